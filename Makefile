@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine (see README):
+#   make proxy   install taskmeter and run the metering proxy
+#   make test    install taskmeter with its test tools and run the tests
+# Each installs into ./.venv from the pinned lock files, only when they changed.
+
+PYTHON := $(shell scripts/find-python)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: proxy test bench install install-test clean
+
+proxy: install
+	$(BIN)/meter proxy $(ARGS)
+
+test: install-test
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: install-test
+	$(BIN)/python -m bench $(ARGS)
+
+install: $(VENV)/.run-installed
+install-test: $(VENV)/.test-installed
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "no Python >= 3.12 found; see above" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-installed: $(BIN)/python requirements-run.lock pyproject.toml
+	$(PIP) -r requirements-run.lock
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.run-installed requirements-test.lock
+	$(PIP) -r requirements-test.lock
+	touch $@
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from taskmeter.cli import main
+
+main()

@@ -1,0 +1,634 @@
+"""The `meter` command line: parse arguments, call the domain code, render.
+
+Every failure a user can cause ends as one line on stderr and exit status 1.
+"""
+
+import contextlib
+import os
+import sqlite3
+import sys
+from collections.abc import Iterator
+
+import click
+
+from taskmeter import __version__, render
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.store import interactions, proxies, tasks
+from taskmeter.timefmt import display, format_duration, now, parse_duration, parse_user_timestamp, seconds_between, to_stored
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(value)
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class TimestampType(click.ParamType):
+    name = "ISO8601"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_user_timestamp(value)
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class PercentType(click.ParamType):
+    name = "PERCENT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().removesuffix("%")
+        try:
+            number = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a percentage such as 87 or 87%", param, ctx)
+        if not 0 <= number <= 100:
+            self.fail(f"{value!r} is outside 0-100%", param, ctx)
+        return number
+
+
+DURATION, TIMESTAMP, PERCENT = DurationType(), TimestampType(), PercentType()
+YES_NO = click.Choice(["yes", "no"], case_sensitive=False)
+
+db_option = click.option(
+    "--db",
+    "db_path",
+    envvar=store_db.ENV_VAR,
+    type=click.Path(dir_okay=False),
+    help=f"Database file (default: ${store_db.ENV_VAR}, else {store_db.default_path()}).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@contextlib.contextmanager
+def open_db(path: str | None) -> Iterator[sqlite3.Connection]:
+    connection = store_db.connect(path)
+    try:
+        yield connection
+    except sqlite3.Error as exc:
+        raise store_db.describe_sqlite_error(exc, store_db.resolve_path(path)) from None
+    finally:
+        connection.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="meter")
+def cli() -> None:
+    """Meter AI calls per task: tokens, cost, context switches and hallucinations.
+
+    \b
+    Typical flow:
+      meter set-task P1-010 --estimate 1h30m   # what you are working on
+      meter mark initial                        # milestones as they happen
+      meter log                                 # recent AI calls with their IDs
+      meter flag last --note "invented API"     # a hallucination
+
+    The database is one SQLite file; --db or $METER_DB choose another.
+    """
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@cli.command("set-task")
+@click.argument("task_id", required=False)
+@click.option("--title", help="A short title for the task.")
+@click.option("--estimate", type=DURATION, help="Estimated duration, e.g. 1h30m, 90m, 1.5h.")
+@click.option("--phase", help="Phase ID (default: the part before the first dash, P1 for P1-010).")
+@click.option("--none", "clear", is_flag=True, help="Clear the current task; calls go to 'unassigned'.")
+@db_option
+def set_task_cmd(task_id, title, estimate, phase, clear, db_path):
+    """Make TASK_ID the current task; AI calls are attributed to it from the next call on.
+
+    The task (and its phase) is created on first use and its BEGIN_TIMESTAMP recorded.
+    Switching from another task records a context switch.
+    """
+    if clear == bool(task_id):
+        raise click.UsageError("give a task ID, or --none to clear the current task")
+    if clear and (title or estimate or phase):
+        raise click.UsageError("--none takes no other options")
+    with open_db(db_path) as db:
+        if clear:
+            previous = tasks.clear_task(db)
+            render.info(f"No current task (was {previous})." if previous else "No current task.")
+            return
+        result = tasks.set_task(db, task_id, title=title, estimate_seconds=estimate, phase_id=phase)
+        task = tasks.get_task(db, result.task_id)
+    if result.unchanged:
+        render.info(f"{result.task_id} is already the current task.")
+        return
+    details = ["created" if result.created else None, f"began {display(task['begin_at'])}" if result.began else None]
+    details = [d for d in details if d]
+    line = f"Current task: {result.task_id}"
+    if details:
+        line += f" ({', '.join(details)})"
+    if result.previous:
+        line += f"; switched from {result.previous}"
+    render.info(line + ".")
+
+
+# Options of `meter task` and the columns they edit.
+_TASK_OPTIONS = {
+    "title": "title",
+    "estimate": "estimate_seconds",
+    "projected": "projected_outcome",
+    "actual": "actual_outcome",
+    "projection_met": "projection_met",
+    "success": "success",
+    "coverage_target": "coverage_target",
+    "coverage_actual": "coverage_actual",
+    "perf_target": "performance_target",
+    "perf_actual": "performance_actual",
+    "perf_met": "performance_met",
+    "docs": "doc_completeness",
+    "blockers": "blockers",
+    "lessons": "lessons",
+}
+
+
+def _option_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
+    values = {}
+    for key, column in columns.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if key.endswith("_met"):
+            value = 1 if value.lower() == "yes" else 0
+        values[column] = value
+    names = {_option_name(key): column for key, column in columns.items()}
+    for name in unset:
+        if name not in names:
+            raise MeterError(f"cannot unset {name!r}: use one of {', '.join(names)}")
+        if names[name] in values:
+            raise MeterError(f"--{name} and --unset {name} contradict each other")
+        values[names[name]] = None
+    return values
+
+
+@cli.command("task")
+@click.argument("task_id")
+@click.option("--title", help="Task title.")
+@click.option("--phase", help="Move the task to this phase.")
+@click.option("--estimate", type=DURATION, help="ESTIMATED_DURATION, e.g. 1h30m.")
+@click.option("--projected", help="PROJECTED_OUTCOME: the expected deliverable.")
+@click.option("--actual", help="ACTUAL_OUTCOME: what was delivered.")
+@click.option("--projection-met", type=YES_NO, help="Did the projected outcome materialise (THEORY_ACCURACY)?")
+@click.option("--success", type=click.Choice(tasks.SUCCESS_VALUES), help="SUCCESS_CRITERIA: pass, pending or fail.")
+@click.option("--coverage-target", type=PERCENT, help="TEST_COVERAGE_TARGET in %.")
+@click.option("--coverage-actual", type=PERCENT, help="TEST_COVERAGE_ACTUAL in %.")
+@click.option("--perf-target", help="PERFORMANCE_TARGET, e.g. '<50ms pattern match'.")
+@click.option("--perf-actual", help="PERFORMANCE_ACTUAL, e.g. '47.2ms'.")
+@click.option("--perf-met", type=YES_NO, help="Was the performance target met?")
+@click.option("--docs", type=PERCENT, help="DOC_COMPLETENESS in %.")
+@click.option("--blockers", help="BLOCKERS_ENCOUNTERED.")
+@click.option("--lessons", help="LESSONS_LEARNED.")
+@click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset estimate).")
+@json_option
+@db_option
+def task_cmd(task_id, phase, unset, as_json, db_path, **options):
+    """View TASK_ID, or edit the Level 1 fields that are not measured automatically."""
+    values = _edits(options, _TASK_OPTIONS, unset)
+    with open_db(db_path) as db:
+        task = tasks.get_task(db, task_id.strip())
+        if values or phase:
+            tasks.update_task(db, task["id"], values, phase_id=phase)
+        view = _task_view(db, task["id"])
+    if as_json:
+        render.print_json(view)
+        return
+    _render_task(view)
+
+
+def _task_view(db: sqlite3.Connection, task_id: str) -> dict:
+    task = dict(tasks.get_task(db, task_id))
+    usage = interactions.usage_totals(db, task_id=task_id)
+    current = tasks.current_task(db)
+    end = task["final_approval_at"] or to_stored(now())
+    elapsed = seconds_between(task["begin_at"], end) if task["begin_at"] else None
+    tokens = None
+    if usage["input_total_calls"] or usage["output_total_calls"]:
+        tokens = (usage["input_total"] or 0) + (usage["output_total"] or 0)
+    return {
+        **task,
+        "current": bool(current and current.task_id.lower() == task_id.lower()),
+        "status": "approved" if task["final_approval_at"] else "open",
+        "elapsed_seconds": elapsed,
+        "iterations": tasks.iterations(db, task_id),
+        "token_count_used": tokens,
+        "ai_interactions": usage["interactions"],
+        "hallucination_count": usage["flagged"],
+        "usage": usage,
+        "events": [dict(e) for e in tasks.events(db, task_id)],
+    }
+
+
+def _yes_no(value) -> str | None:
+    return None if value is None else ("yes" if value else "no")
+
+
+def _percent(value) -> str | None:
+    return None if value is None else f"{value:g}%"
+
+
+def _render_task(view: dict) -> None:
+    title = f" — {view['title']}" if view["title"] else ""
+    marker = " (current)" if view["current"] else ""
+    render.info(f"{view['id']}{title}  [phase {view['phase_id']}, {view['status']}]{marker}")
+    render.info("=== TIMESTAMPS ===")
+    render.fields(
+        [
+            ("BEGIN_TIMESTAMP", display(view["begin_at"])),
+            ("INITIAL_COMPLETION_TIMESTAMP", display(view["initial_completion_at"])),
+            ("TESTS_COMPLETION_TIMESTAMP", display(view["tests_completion_at"])),
+            ("VALIDATION_TIMESTAMP", display(view["validation_at"])),
+            ("FINAL_APPROVAL_TIMESTAMP", display(view["final_approval_at"])),
+        ]
+    )
+    label = "ACTUAL_DURATION" if view["final_approval_at"] else "ELAPSED_SO_FAR"
+    render.info("=== DURATION ===")
+    render.fields(
+        [("ESTIMATED_DURATION", format_duration(view["estimate_seconds"])), (label, format_duration(view["elapsed_seconds"]))]
+    )
+    render.info("=== QUALITY METRICS ===")
+    render.fields(
+        [
+            ("ITERATIONS_COUNT", view["iterations"]),
+            ("TEST_COVERAGE_TARGET", _percent(view["coverage_target"])),
+            ("TEST_COVERAGE_ACTUAL", _percent(view["coverage_actual"])),
+            ("PERFORMANCE_TARGET", view["performance_target"]),
+            ("PERFORMANCE_ACTUAL", view["performance_actual"]),
+            ("PERFORMANCE_MET", _yes_no(view["performance_met"])),
+            ("DOC_COMPLETENESS", _percent(view["doc_completeness"])),
+        ]
+    )
+    render.info("=== TOKEN EFFICIENCY ===")
+    render.fields(
+        [
+            ("TOKEN_COUNT_USED", render.number(view["token_count_used"])),
+            ("AI_INTERACTIONS", view["ai_interactions"]),
+            ("HALLUCINATION_COUNT", view["hallucination_count"]),
+        ]
+    )
+    render.info("=== OUTCOME TRACKING ===")
+    render.fields(
+        [
+            ("PROJECTED_OUTCOME", view["projected_outcome"]),
+            ("ACTUAL_OUTCOME", view["actual_outcome"]),
+            ("PROJECTION_MET", _yes_no(view["projection_met"])),
+            ("SUCCESS_CRITERIA", view["success"]),
+            ("BLOCKERS_ENCOUNTERED", view["blockers"]),
+            ("LESSONS_LEARNED", view["lessons"]),
+        ]
+    )
+
+
+@cli.command("mark")
+@click.argument("milestone", type=click.Choice(["initial", "tests", "validated", "approved"]))
+@click.argument("task_id", required=False)
+@click.option("--at", type=TIMESTAMP, help="When it happened (ISO 8601 with zone); default now.")
+@click.option("--force", is_flag=True, help="Record even if out of order or already recorded.")
+@click.option("--note", help="A note kept with the milestone.")
+@db_option
+def mark_cmd(milestone, task_id, at, force, note, db_path):
+    """Record a milestone of TASK_ID (default: the current task).
+
+    \b
+    initial    INITIAL_COMPLETION_TIMESTAMP  first version done
+    tests      TESTS_COMPLETION_TIMESTAMP    tests pass
+    validated  VALIDATION_TIMESTAMP          validation complete
+    approved   FINAL_APPROVAL_TIMESTAMP      approved for merge
+    """
+    with open_db(db_path) as db:
+        recorded_task, stamp = tasks.mark(db, task_id, milestone, at=at, force=force, note=note)
+    render.info(f"{recorded_task}: {milestone} at {display(stamp)}.")
+
+
+@cli.command("iteration")
+@click.argument("task_id", required=False)
+@click.option("--note", help="What had to be redone.")
+@click.option("--at", type=TIMESTAMP, help="When (ISO 8601 with zone); default now.")
+@db_option
+def iteration_cmd(task_id, note, at, db_path):
+    """Record a retry or rework of TASK_ID (default: the current task)."""
+    with open_db(db_path) as db:
+        recorded_task, count = tasks.add_iteration(db, task_id, at=at, note=note)
+    render.info(f"{recorded_task}: iteration {count} recorded.")
+
+
+@cli.command("tasks")
+@click.option("--phase", help="Only this phase's tasks.")
+@json_option
+@db_option
+def tasks_cmd(phase, as_json, db_path):
+    """List tasks with their measured totals."""
+    with open_db(db_path) as db:
+        rows = tasks.list_tasks(db, phase)
+        current = tasks.current_task(db)
+    if as_json:
+        render.print_json(rows)
+        return
+    if not rows:
+        render.info("No tasks yet: start one with `meter set-task P1-001`.")
+        return
+    current_id = current.task_id.lower() if current else None
+    render.table(
+        ["", "Task", "Phase", "Title", "Began", "Estimate", "Status", "Iter", "Calls", "Tokens", "Flags"],
+        [
+            (
+                "*" if row["id"].lower() == current_id else "",
+                row["id"],
+                row["phase_id"],
+                row["title"],
+                display(row["begin_at"]),
+                format_duration(row["estimate_seconds"]),
+                "approved" if row["final_approval_at"] else "open",
+                row["iterations"],
+                row["interactions"] or 0,
+                render.number(row["tokens"]),
+                row["flagged"] or 0,
+            )
+            for row in rows
+        ],
+    )
+
+
+# ---------------------------------------------------------------- phases
+
+_PHASE_OPTIONS = {
+    "title": "title",
+    "deliverables": "projected_deliverables",
+    "completed": "deliverables_completed",
+    "blockers": "critical_blockers",
+    "patterns": "patterns_extracted",
+    "debt": "technical_debt",
+    "surprise": "biggest_surprise",
+    "win": "biggest_win",
+    "challenge": "biggest_challenge",
+    "improvements": "theory_improvements",
+}
+
+
+@cli.command("phase")
+@click.argument("phase_id")
+@click.option("--title", help="Phase title.")
+@click.option("--deliverables", help="PROJECTED_DELIVERABLES.")
+@click.option("--completed", help="DELIVERABLES_COMPLETED.")
+@click.option("--blockers", help="CRITICAL_BLOCKERS.")
+@click.option("--patterns", help="PATTERNS_EXTRACTED.")
+@click.option("--debt", help="TECHNICAL_DEBT_INCURRED.")
+@click.option("--surprise", help="BIGGEST_SURPRISE.")
+@click.option("--win", help="BIGGEST_WIN.")
+@click.option("--challenge", help="BIGGEST_CHALLENGE.")
+@click.option("--improvements", help="THEORY_IMPROVEMENTS.")
+@click.option(
+    "--mark",
+    "milestone",
+    type=click.Choice(list(tasks.PHASE_MILESTONES)),
+    help="Record a phase timestamp (PHASE_BEGIN ... PHASE_FINAL_APPROVAL).",
+)
+@click.option("--at", type=TIMESTAMP, help="With --mark: when (ISO 8601 with zone); default now.")
+@click.option("--force", is_flag=True, help="With --mark: record even if out of order.")
+@click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset debt).")
+@json_option
+@db_option
+def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options):
+    """View PHASE_ID, or edit its Level 2 inputs and meta-learning fields."""
+    if (at or force) and not milestone:
+        raise click.UsageError("--at and --force go with --mark")
+    values = _edits(options, _PHASE_OPTIONS, unset)
+    with open_db(db_path) as db:
+        phase = tasks.get_phase(db, phase_id.strip())
+        if values:
+            tasks.update_phase(db, phase["id"], values)
+        if milestone:
+            tasks.mark_phase(db, phase["id"], milestone, at=at, force=force)
+        view = dict(tasks.get_phase(db, phase["id"]))
+        view["tasks"] = [row["id"] for row in tasks.list_tasks(db, phase["id"])]
+    if as_json:
+        render.print_json(view)
+        return
+    render.info(f"Phase {view['id']}" + (f" — {view['title']}" if view["title"] else ""))
+    render.info("=== PHASE-LEVEL TIMESTAMPS ===")
+    render.fields(
+        [
+            ("PHASE_BEGIN", display(view["begin_at"])),
+            ("PHASE_FIRST_CODE", display(view["first_code_at"])),
+            ("PHASE_TESTS_PASSING", display(view["tests_passing_at"])),
+            ("PHASE_INTEGRATION_COMPLETE", display(view["integration_complete_at"])),
+            ("PHASE_DOCUMENTATION_COMPLETE", display(view["documentation_complete_at"])),
+            ("PHASE_FINAL_APPROVAL", display(view["final_approval_at"])),
+        ]
+    )
+    render.info("=== PHASE OUTCOME ANALYSIS ===")
+    render.fields(
+        [
+            ("PROJECTED_DELIVERABLES", view["projected_deliverables"]),
+            ("DELIVERABLES_COMPLETED", view["deliverables_completed"]),
+            ("CRITICAL_BLOCKERS", view["critical_blockers"]),
+            ("PATTERNS_EXTRACTED", view["patterns_extracted"]),
+            ("TECHNICAL_DEBT_INCURRED", view["technical_debt"]),
+        ]
+    )
+    render.info("=== META-LEARNING ===")
+    render.fields(
+        [
+            ("BIGGEST_SURPRISE", view["biggest_surprise"]),
+            ("BIGGEST_WIN", view["biggest_win"]),
+            ("BIGGEST_CHALLENGE", view["biggest_challenge"]),
+            ("THEORY_IMPROVEMENTS", view["theory_improvements"]),
+        ]
+    )
+    render.info(f"Tasks: {', '.join(view['tasks']) or render.MISSING}")
+
+
+@cli.command("phases")
+@json_option
+@db_option
+def phases_cmd(as_json, db_path):
+    """List phases."""
+    with open_db(db_path) as db:
+        rows = tasks.list_phases(db)
+        counts = {row["id"]: 0 for row in rows}
+        for row in tasks.list_tasks(db):
+            counts[row["phase_id"]] = counts.get(row["phase_id"], 0) + 1
+    if as_json:
+        render.print_json([{**row, "task_count": counts[row["id"]]} for row in rows])
+        return
+    render.table(
+        ["Phase", "Title", "Tasks", "Began", "Approved"],
+        [(r["id"], r["title"], counts[r["id"]], display(r["begin_at"]), display(r["final_approval_at"])) for r in rows],
+    )
+
+
+# ---------------------------------------------------------------- status, log, flags
+
+
+@cli.command("status")
+@json_option
+@db_option
+def status_cmd(as_json, db_path):
+    """The current task, its time and tokens so far, and whether a proxy is metering."""
+    with open_db(db_path) as db:
+        current = tasks.current_task(db)
+        view = _task_view(db, current.task_id) if current else None
+        running = proxies.running(db)
+        unassigned = interactions.recent(db, limit=1, task_id=None)
+    state = {
+        "database": str(store_db.resolve_path(db_path)),
+        "current_task": current.task_id if current else None,
+        "current_since": current.since if current else None,
+        "current_for_seconds": seconds_between(current.since, to_stored(now())) if current else None,
+        "task": view,
+        "proxies": running,
+        "last_interaction_at": unassigned[0]["started_at"] if unassigned else None,
+    }
+    if as_json:
+        render.print_json(state)
+        return
+    if current is None:
+        render.info("No current task: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
+    else:
+        render.fields(
+            [
+                ("Current task", f"{view['id']}" + (f" — {view['title']}" if view["title"] else "")),
+                ("Current for", format_duration(state["current_for_seconds"])),
+                ("Elapsed since begin", format_duration(view["elapsed_seconds"])),
+                ("Estimate", format_duration(view["estimate_seconds"])),
+                ("Tokens so far", render.number(view["token_count_used"])),
+                ("AI interactions", view["ai_interactions"]),
+                ("Hallucinations", view["hallucination_count"]),
+            ]
+        )
+    if running:
+        for proxy in running:
+            render.info(f"Proxy running: pid {proxy['pid']} on {proxy['listen']} since {display(proxy['started_at'])}")
+    else:
+        render.info("No proxy is running on this database: start one with `meter proxy`.")
+    render.info(f"Database: {state['database']}")
+
+
+def _tokens_cell(value) -> str:
+    return render.number(value)
+
+
+@cli.command("log")
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many calls.")
+@click.option("--task", "task_id", help="Only this task's calls.")
+@json_option
+@db_option
+def log_cmd(limit, task_id, as_json, db_path):
+    """Recent AI calls, newest first, with IDs to use with `meter flag`."""
+    with open_db(db_path) as db:
+        if task_id:
+            task_id = tasks.get_task(db, task_id.strip())["id"]
+        rows = interactions.recent(db, limit=limit, task_id=task_id)
+    if as_json:
+        render.print_json(rows)
+        return
+    if not rows:
+        render.info("No AI calls recorded yet.")
+        return
+    render.table(
+        ["ID", "Started", "Task", "Model", "In", "Cache R", "Cache W", "Out", "Reason", "Source", "Status", "Flag"],
+        [
+            (
+                row["id"],
+                display(row["started_at"]),
+                row["task_id"] or "unassigned",
+                row["model"],
+                _tokens_cell(row["input_total"]),
+                _tokens_cell(row["cache_read"]),
+                _tokens_cell(row["cache_write"]),
+                _tokens_cell(row["output_total"]),
+                _tokens_cell(row["reasoning"]),
+                row["usage_source"],
+                _status_cell(row),
+                "⚑" if row["flagged_at"] else "",
+            )
+            for row in rows
+        ],
+    )
+
+
+def _status_cell(row: dict) -> str:
+    status = str(row["http_status"]) if row["http_status"] is not None else ""
+    if row["outcome"] and row["outcome"] != "complete":
+        status = f"{status} {row['outcome']}".strip()
+    return status
+
+
+@cli.command("flag")
+@click.argument("interaction")
+@click.option("--note", help="What was hallucinated, e.g. 'invented API'.")
+@db_option
+def flag_cmd(interaction, note, db_path):
+    """Flag an AI call as a hallucination, by ID, unique ID prefix, or `last`."""
+    with open_db(db_path) as db:
+        interaction_id, already = interactions.flag(db, interaction, note)
+    if already:
+        render.info(f"{interaction_id} was already flagged" + ("; note updated." if note is not None else "."))
+    else:
+        render.info(f"Flagged {interaction_id} as a hallucination.")
+
+
+@cli.command("unflag")
+@click.argument("interaction")
+@db_option
+def unflag_cmd(interaction, db_path):
+    """Remove the hallucination flag from an AI call."""
+    with open_db(db_path) as db:
+        interaction_id = interactions.unflag(db, interaction)
+    render.info(f"Unflagged {interaction_id}.")
+
+
+@cli.command("path")
+@db_option
+def path_cmd(db_path):
+    """Print the database path (for sqlite3 or Datasette)."""
+    render.info(str(store_db.resolve_path(db_path)))
+
+
+def main() -> None:
+    """Entry point: no traceback ever reaches the user."""
+    try:
+        cli.main(prog_name="meter", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        render.error("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see `{exc.ctx.command_path} --help`)"
+        render.error(exc.format_message().replace("\n", " ") + hint)
+        sys.exit(1)
+    except MeterError as exc:
+        render.error(str(exc))
+        sys.exit(1)
+    except sqlite3.Error as exc:
+        render.error(str(store_db.describe_sqlite_error(exc, "the database")))
+        sys.exit(1)
+    except OSError as exc:
+        render.error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("METER_DEBUG"):
+            raise
+        render.error(f"internal error: {type(exc).__name__}: {exc} (set METER_DEBUG=1 for the traceback)")
+        sys.exit(1)

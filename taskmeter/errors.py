@@ -1,0 +1,17 @@
+"""Errors a user can act on.
+
+Anything raised as a MeterError reaches the terminal as one line and exit status 1;
+the message must say what was wrong and, where it can, what to do about it.
+"""
+
+
+class MeterError(Exception):
+    """A failure caused by input or environment, reported to the user in one line."""
+
+
+class NotFound(MeterError):
+    pass
+
+
+class Ambiguous(MeterError):
+    pass

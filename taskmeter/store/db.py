@@ -1,0 +1,95 @@
+"""Opening the database: one file, WAL, busy timeout, foreign keys, migrations."""
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import platformdirs
+
+from taskmeter.errors import MeterError
+from taskmeter.store import migrations
+
+ENV_VAR = "METER_DB"
+# Long enough that a CLI command waits out the proxy's writer instead of failing.
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def default_path() -> Path:
+    return platformdirs.user_data_path("taskmeter") / "meter.db"
+
+
+def resolve_path(explicit: str | os.PathLike | None = None) -> Path:
+    """`--db` beats `$METER_DB` beats the per-user default."""
+    chosen = explicit or os.environ.get(ENV_VAR) or default_path()
+    return Path(chosen).expanduser()
+
+
+def _configure(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA foreign_keys = ON")
+    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+
+
+def _refuse_foreign_database(db: sqlite3.Connection, path: Path) -> None:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "_meter_migrations" not in tables:
+        raise MeterError(f"{path} is an SQLite database that taskmeter did not create; left untouched")
+
+
+def connect(path: str | os.PathLike | None = None) -> sqlite3.Connection:
+    """Open (creating or upgrading as needed) the taskmeter database at `path`."""
+    target = resolve_path(path)
+    if target.is_dir():
+        raise MeterError(f"database path {target} is a directory; give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MeterError(f"cannot create the folder for database {target}: {exc.strerror}") from None
+    try:
+        db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise MeterError(f"cannot open database {target}: {exc}") from None
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        _refuse_foreign_database(db, target)  # before anything writes to the file
+        _configure(db)
+        migrations.migrate(db)
+    except MeterError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise describe_sqlite_error(exc, target) from None
+    return db
+
+
+def describe_sqlite_error(exc: sqlite3.Error, path: Path | str) -> MeterError:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return MeterError(f"{path} is not a readable taskmeter database ({text}); left untouched")
+    if "locked" in text or "busy" in text:
+        return MeterError(
+            f"database {path} stayed locked by another process for {BUSY_TIMEOUT_SECONDS:.0f} s; try again"
+        )
+    if "readonly" in text or "unable to open" in text:
+        return MeterError(f"cannot write database {path}: check its permissions ({text})")
+    if "disk" in text or "full" in text:
+        return MeterError(f"cannot write database {path}: {text}")
+    return MeterError(f"database {path}: {text}")
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE takes the write lock up front, so a busy database waits
+    (busy_timeout) instead of failing halfway through a read-then-write."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

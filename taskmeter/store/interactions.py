@@ -1,0 +1,168 @@
+"""Interactions (one row per AI call), hallucination flags and their look-ups."""
+
+import sqlite3
+from dataclasses import asdict, dataclass, fields
+
+from taskmeter import ids
+from taskmeter.errors import Ambiguous, MeterError, NotFound
+from taskmeter.store.db import write_transaction
+from taskmeter.timefmt import now_stored
+
+TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
+
+
+@dataclass(slots=True)
+class Interaction:
+    """One AI call as stored. Token counts are inclusive (OpenTelemetry GenAI):
+    input_total includes cache_read and cache_write, output_total includes
+    reasoning. A number the provider did not give stays None (NULL), never 0."""
+
+    id: str
+    started_at: str
+    task_id: str | None = None
+    attribution: str | None = None
+    first_byte_at: str | None = None
+    ended_at: str | None = None
+    provider: str | None = None
+    protocol: str | None = None
+    operation: str = "generate"
+    method: str | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    streamed: bool | None = None
+    http_status: int | None = None
+    outcome: str | None = None
+    error: str | None = None
+    input_total: int | None = None
+    cache_read: int | None = None
+    cache_write: int | None = None
+    output_total: int | None = None
+    reasoning: int | None = None
+    usage_source: str | None = None
+    raw_usage: str | None = None
+    cost_usd: float | None = None
+    price_source: str | None = None
+    conversation_id: str | None = None
+    context_switch: bool | None = None
+    client: str | None = None
+    proxy_id: str | None = None
+
+
+COLUMNS = tuple(f.name for f in fields(Interaction))
+_INSERT = (
+    f"INSERT INTO interactions ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)}) "
+    "ON CONFLICT(id) DO NOTHING"
+)
+
+
+def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
+    """Insert in the caller's transaction. Replaying a row already stored is a no-op,
+    so a spool replayed twice never double-counts."""
+    db.executemany(_INSERT, [tuple(getattr(row, c) for c in COLUMNS) for row in rows])
+
+
+def insert(db: sqlite3.Connection, row: Interaction) -> None:
+    with write_transaction(db):
+        insert_many(db, [row])
+
+
+def as_dict(row: Interaction) -> dict:
+    return asdict(row)
+
+
+def resolve_id(db: sqlite3.Connection, reference: str) -> str:
+    """An interaction ID from `last`, a full ID or any unique prefix of one."""
+    text = reference.strip()
+    if text.lower() == "last":
+        row = db.execute("SELECT id FROM interactions ORDER BY ended_at DESC, id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise NotFound("no interactions recorded yet")
+        return row["id"]
+    prefix = ids.normalise_prefix(text)
+    if not ids.is_valid_prefix(prefix):
+        raise MeterError(
+            f"malformed interaction ID {reference!r}: IDs are up to {ids.LENGTH} letters and digits, "
+            "as shown by `meter log`"
+        )
+    matches = [
+        row["id"]
+        for row in db.execute(
+            "SELECT id FROM interactions WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (prefix, prefix + "~")
+        )
+    ]
+    if not matches:
+        raise NotFound(f"unknown interaction {reference!r}: see `meter log` for IDs")
+    if len(matches) > 1:
+        raise Ambiguous(
+            f"interaction prefix {reference!r} is ambiguous ({', '.join(matches[:2])}, ...): type more of it"
+        )
+    return matches[0]
+
+
+def flag(db: sqlite3.Connection, reference: str, note: str | None = None) -> tuple[str, bool]:
+    """Flag an interaction as a hallucination; returns (ID, whether it was already flagged)."""
+    with write_transaction(db):
+        interaction_id = resolve_id(db, reference)
+        existing = db.execute("SELECT note FROM flags WHERE interaction_id = ?", (interaction_id,)).fetchone()
+        if existing is None:
+            db.execute(
+                "INSERT INTO flags (interaction_id, note, flagged_at) VALUES (?, ?, ?)",
+                (interaction_id, note, now_stored()),
+            )
+        elif note is not None:
+            db.execute("UPDATE flags SET note = ? WHERE interaction_id = ?", (note, interaction_id))
+    return interaction_id, existing is not None
+
+
+def unflag(db: sqlite3.Connection, reference: str) -> str:
+    with write_transaction(db):
+        interaction_id = resolve_id(db, reference)
+        deleted = db.execute("DELETE FROM flags WHERE interaction_id = ?", (interaction_id,)).rowcount
+        if not deleted:
+            raise MeterError(f"interaction {interaction_id} is not flagged")
+    return interaction_id
+
+
+def recent(db: sqlite3.Connection, limit: int = 20, task_id: str | None = None) -> list[dict]:
+    """Newest first, with the flag (if any) of each."""
+    where, params = "", []
+    if task_id is not None:
+        where, params = "WHERE i.task_id = ?", [task_id]
+    rows = db.execute(
+        f"""
+        SELECT i.*, f.flagged_at, f.note AS flag_note
+        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+        {where}
+        ORDER BY i.started_at DESC, i.id DESC
+        LIMIT ?
+        """,
+        (*params, limit),
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def usage_totals(db: sqlite3.Connection, task_id: str | None = None, since: str | None = None) -> dict:
+    """Token sums over AI interactions (token-counting calls excluded).
+
+    A sum covers only the calls that stated that number; `*_calls` say how many did,
+    so a partial sum is never mistaken for a complete one."""
+    clauses, params = ["operation = 'generate'"], []
+    if task_id is not None:
+        clauses.append("task_id = ?")
+        params.append(task_id)
+    if since is not None:
+        clauses.append("started_at >= ?")
+        params.append(since)
+    sums = ", ".join(f"sum({c}) AS {c}, count({c}) AS {c}_calls" for c in TOKEN_COLUMNS)
+    row = db.execute(
+        f"""
+        SELECT count(*) AS interactions, {sums},
+               sum(cost_usd) AS cost_usd, count(cost_usd) AS cost_calls,
+               (SELECT count(*) FROM flags f JOIN interactions j ON j.id = f.interaction_id
+                 WHERE {' AND '.join('j.' + c for c in clauses)}) AS flagged
+        FROM interactions WHERE {' AND '.join(clauses)}
+        """,
+        (*params, *params),
+    ).fetchone()
+    return dict(row)

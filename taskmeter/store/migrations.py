@@ -1,0 +1,219 @@
+"""Schema changes as an ordered, append-only list of named functions.
+
+Each function runs once, inside the transaction that records its name in
+`_meter_migrations`. Never edit or reorder a released migration: add a new one.
+"""
+
+import sqlite3
+from collections.abc import Callable
+
+from taskmeter.errors import MeterError
+from taskmeter.timefmt import now_stored
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one: executescript() would COMMIT the open transaction."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement!r}")
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    run_script(
+        db,
+        """
+        CREATE TABLE phases (
+            id TEXT PRIMARY KEY COLLATE NOCASE,
+            title TEXT,
+            created_at TEXT NOT NULL,
+            begin_at TEXT,
+            first_code_at TEXT,
+            tests_passing_at TEXT,
+            integration_complete_at TEXT,
+            documentation_complete_at TEXT,
+            final_approval_at TEXT,
+            projected_deliverables TEXT,
+            deliverables_completed TEXT,
+            critical_blockers TEXT,
+            patterns_extracted TEXT,
+            technical_debt TEXT,
+            biggest_surprise TEXT,
+            biggest_win TEXT,
+            biggest_challenge TEXT,
+            theory_improvements TEXT
+        );
+
+        CREATE TABLE tasks (
+            id TEXT PRIMARY KEY COLLATE NOCASE,
+            phase_id TEXT NOT NULL REFERENCES phases(id),
+            title TEXT,
+            created_at TEXT NOT NULL,
+            begin_at TEXT,
+            initial_completion_at TEXT,
+            tests_completion_at TEXT,
+            validation_at TEXT,
+            final_approval_at TEXT,
+            estimate_seconds INTEGER CHECK (estimate_seconds > 0),
+            projected_outcome TEXT,
+            actual_outcome TEXT,
+            projection_met INTEGER CHECK (projection_met IN (0, 1)),
+            success TEXT CHECK (success IN ('pass', 'pending', 'fail')),
+            coverage_target REAL,
+            coverage_actual REAL,
+            performance_target TEXT,
+            performance_actual TEXT,
+            performance_met INTEGER CHECK (performance_met IN (0, 1)),
+            doc_completeness REAL,
+            blockers TEXT,
+            lessons TEXT
+        );
+        CREATE INDEX tasks_phase ON tasks(phase_id);
+
+        -- Everything that happened to a task, in order: switches, milestones, iterations.
+        CREATE TABLE task_events (
+            id INTEGER PRIMARY KEY,
+            task_id TEXT REFERENCES tasks(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('switch', 'milestone', 'iteration')),
+            at TEXT NOT NULL,
+            milestone TEXT,
+            previous_task_id TEXT,
+            note TEXT
+        );
+        CREATE INDEX task_events_task ON task_events(task_id, at);
+        CREATE INDEX task_events_at ON task_events(at);
+
+        -- Single-row facts shared by every process on this database.
+        CREATE TABLE state (
+            key TEXT PRIMARY KEY,
+            value TEXT
+        );
+
+        CREATE TABLE interactions (
+            id TEXT PRIMARY KEY,
+            task_id TEXT REFERENCES tasks(id) ON DELETE SET NULL,
+            attribution TEXT CHECK (attribution IN ('path', 'header', 'current', 'none', 'retag')),
+            started_at TEXT NOT NULL,
+            first_byte_at TEXT,
+            ended_at TEXT,
+            provider TEXT,
+            protocol TEXT,
+            operation TEXT NOT NULL DEFAULT 'generate'
+                CHECK (operation IN ('generate', 'count_tokens', 'other')),
+            method TEXT,
+            endpoint TEXT,
+            model TEXT,
+            streamed INTEGER CHECK (streamed IN (0, 1)),
+            http_status INTEGER,
+            outcome TEXT CHECK (outcome IN ('complete', 'partial', 'aborted', 'failed')),
+            error TEXT,
+            input_total INTEGER,
+            cache_read INTEGER,
+            cache_write INTEGER,
+            output_total INTEGER,
+            reasoning INTEGER,
+            usage_source TEXT CHECK (usage_source IN ('reported', 'estimated', 'partial')),
+            raw_usage TEXT,
+            cost_usd REAL,
+            price_source TEXT,
+            conversation_id TEXT,
+            context_switch INTEGER CHECK (context_switch IN (0, 1)),
+            client TEXT,
+            proxy_id TEXT
+        );
+        CREATE INDEX interactions_task ON interactions(task_id, started_at);
+        CREATE INDEX interactions_started ON interactions(started_at);
+        CREATE INDEX interactions_ended ON interactions(ended_at);
+
+        CREATE TABLE flags (
+            interaction_id TEXT PRIMARY KEY REFERENCES interactions(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL DEFAULT 'hallucination',
+            note TEXT,
+            flagged_at TEXT NOT NULL
+        );
+
+        -- Opt-in request/response bodies, kept apart so the metrics table stays narrow.
+        CREATE TABLE bodies (
+            interaction_id TEXT PRIMARY KEY REFERENCES interactions(id) ON DELETE CASCADE,
+            request_body TEXT,
+            response_body TEXT
+        );
+
+        -- Running proxies announce themselves here so `meter status` can see them.
+        CREATE TABLE proxies (
+            id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            hostname TEXT NOT NULL,
+            listen TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+def applied(db: sqlite3.Connection) -> list[str]:
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'"
+    ).fetchone()
+    if not exists:
+        return []
+    return [row[0] for row in db.execute("SELECT name FROM _meter_migrations ORDER BY rowid")]
+
+
+def check_not_newer(done: list[str]) -> None:
+    known = {m.__name__ for m in MIGRATIONS}
+    unknown = [name for name in done if name not in known]
+    if unknown:
+        raise MeterError(
+            f"this database was written by a newer taskmeter (it has migration {unknown[0]}); "
+            "upgrade taskmeter to use it"
+        )
+
+
+def pending(db: sqlite3.Connection) -> list[Migration]:
+    done = applied(db)
+    check_not_newer(done)
+    return [fn for fn in MIGRATIONS if fn.__name__ not in done]
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply every pending migration, each in its own immediate transaction.
+
+    An up-to-date database is only read, so opening it never takes the write lock.
+    """
+    ran: list[str] = []
+    if not pending(db):
+        return ran
+    for fn in MIGRATIONS:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS _meter_migrations"
+                " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            if fn in pending(db):
+                fn(db)
+                db.execute(
+                    "INSERT INTO _meter_migrations (name, applied_at) VALUES (?, ?)",
+                    (fn.__name__, now_stored()),
+                )
+                ran.append(fn.__name__)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return ran

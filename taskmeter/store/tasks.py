@@ -1,0 +1,361 @@
+"""Tasks, phases, the current task, milestones and iterations."""
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from taskmeter.errors import MeterError, NotFound
+from taskmeter.store.db import write_transaction
+from taskmeter.timefmt import display, now, to_stored
+
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$")
+_PHASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
+
+# The seed's Level 1 milestones, in the order they must happen.
+MILESTONES = {
+    "begin": "begin_at",
+    "initial": "initial_completion_at",
+    "tests": "tests_completion_at",
+    "validated": "validation_at",
+    "approved": "final_approval_at",
+}
+PHASE_MILESTONES = {
+    "begin": "begin_at",
+    "first-code": "first_code_at",
+    "tests-passing": "tests_passing_at",
+    "integration": "integration_complete_at",
+    "docs": "documentation_complete_at",
+    "approved": "final_approval_at",
+}
+
+# Level 1 inputs a person records; everything else is measured.
+TASK_INPUTS = (
+    "title",
+    "estimate_seconds",
+    "projected_outcome",
+    "actual_outcome",
+    "projection_met",
+    "success",
+    "coverage_target",
+    "coverage_actual",
+    "performance_target",
+    "performance_actual",
+    "performance_met",
+    "doc_completeness",
+    "blockers",
+    "lessons",
+)
+PHASE_INPUTS = (
+    "title",
+    "projected_deliverables",
+    "deliverables_completed",
+    "critical_blockers",
+    "patterns_extracted",
+    "technical_debt",
+    "biggest_surprise",
+    "biggest_win",
+    "biggest_challenge",
+    "theory_improvements",
+)
+SUCCESS_VALUES = ("pass", "pending", "fail")
+
+
+def validate_task_id(text: str) -> str:
+    task_id = text.strip()
+    if not _TASK_ID.match(task_id) or len(task_id) > 64:
+        raise MeterError(
+            f"malformed task ID {text!r}: use a phase, a dash and a number or name, such as P1-010"
+        )
+    return task_id
+
+
+def validate_phase_id(text: str) -> str:
+    phase_id = text.strip()
+    if not _PHASE_ID.match(phase_id) or len(phase_id) > 32:
+        raise MeterError(f"malformed phase ID {text!r}: use letters, digits and dots, such as P1")
+    return phase_id
+
+
+def infer_phase(task_id: str) -> str:
+    """`P1-010` belongs to phase `P1`; `P3.5-002` to `P3.5`."""
+    return task_id.split("-", 1)[0]
+
+
+def _ensure_phase(db: sqlite3.Connection, phase_id: str, at: str) -> None:
+    db.execute(
+        "INSERT INTO phases (id, created_at) VALUES (?, ?) ON CONFLICT(id) DO NOTHING",
+        (phase_id, at),
+    )
+
+
+def get_task(db: sqlite3.Connection, task_id: str) -> sqlite3.Row:
+    row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown task {task_id!r}: create it with `meter set-task {task_id}`")
+    return row
+
+
+def get_phase(db: sqlite3.Connection, phase_id: str) -> sqlite3.Row:
+    row = db.execute("SELECT * FROM phases WHERE id = ?", (phase_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown phase {phase_id!r}: phases are created by `meter set-task`")
+    return row
+
+
+@dataclass(frozen=True)
+class CurrentTask:
+    task_id: str
+    since: str
+
+
+def current_task(db: sqlite3.Connection) -> CurrentTask | None:
+    rows = dict(db.execute("SELECT key, value FROM state WHERE key IN ('current_task', 'current_since')"))
+    if not rows.get("current_task"):
+        return None
+    return CurrentTask(rows["current_task"], rows["current_since"])
+
+
+def _set_current(db: sqlite3.Connection, task_id: str | None, at: str) -> None:
+    db.executemany(
+        "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [("current_task", task_id), ("current_since", at)],
+    )
+
+
+@dataclass(frozen=True)
+class SetTaskResult:
+    task_id: str
+    created: bool
+    began: bool
+    previous: str | None
+    unchanged: bool
+
+
+def set_task(
+    db: sqlite3.Connection,
+    task_id: str,
+    *,
+    title: str | None = None,
+    estimate_seconds: int | None = None,
+    phase_id: str | None = None,
+) -> SetTaskResult:
+    """Make `task_id` current, creating it (and its phase) on first use."""
+    task_id = validate_task_id(task_id)
+    phase_id = validate_phase_id(phase_id) if phase_id else infer_phase(task_id)
+    at = to_stored(now())
+    with write_transaction(db):
+        existing = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        created = existing is None
+        if created:
+            _ensure_phase(db, phase_id, at)
+            db.execute(
+                "INSERT INTO tasks (id, phase_id, title, estimate_seconds, created_at) VALUES (?, ?, ?, ?, ?)",
+                (task_id, phase_id, title, estimate_seconds, at),
+            )
+        else:
+            task_id = existing["id"]
+            updates = {"title": title, "estimate_seconds": estimate_seconds}
+            if phase_id != existing["phase_id"] and phase_id != infer_phase(task_id):
+                _ensure_phase(db, phase_id, at)
+                updates["phase_id"] = phase_id
+            _update(db, "tasks", task_id, {k: v for k, v in updates.items() if v is not None})
+        began = created or existing["begin_at"] is None
+        if began:
+            db.execute("UPDATE tasks SET begin_at = ? WHERE id = ?", (at, task_id))
+        current = current_task(db)
+        previous = current.task_id if current else None
+        unchanged = previous is not None and previous.lower() == task_id.lower()
+        if not unchanged:
+            _set_current(db, task_id, at)
+            db.execute(
+                "INSERT INTO task_events (task_id, kind, at, previous_task_id) VALUES (?, 'switch', ?, ?)",
+                (task_id, at, previous),
+            )
+    return SetTaskResult(task_id, created, began, previous, unchanged)
+
+
+def clear_task(db: sqlite3.Connection) -> str | None:
+    """No task is current any more; returns the task that was."""
+    at = to_stored(now())
+    with write_transaction(db):
+        current = current_task(db)
+        if current is None:
+            return None
+        _set_current(db, None, at)
+        db.execute(
+            "INSERT INTO task_events (task_id, kind, at, previous_task_id) VALUES (NULL, 'switch', ?, ?)",
+            (at, current.task_id),
+        )
+    return current.task_id
+
+
+def resolve_task(db: sqlite3.Connection, task_id: str | None) -> sqlite3.Row:
+    """The named task, or the current one when none is named."""
+    if task_id:
+        return get_task(db, task_id.strip())
+    current = current_task(db)
+    if current is None:
+        raise MeterError("no current task: name one, or set it with `meter set-task ID`")
+    return get_task(db, current.task_id)
+
+
+def _update(db: sqlite3.Connection, table: str, key: str, values: dict) -> None:
+    if not values:
+        return
+    assignments = ", ".join(f"{column} = ?" for column in values)
+    db.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*values.values(), key))
+
+
+def update_task(db: sqlite3.Connection, task_id: str, values: dict, phase_id: str | None = None) -> None:
+    unknown = set(values) - set(TASK_INPUTS)
+    if unknown:
+        raise MeterError(f"not a task field: {', '.join(sorted(unknown))}")
+    if values.get("success") not in (None, *SUCCESS_VALUES):
+        raise MeterError(f"success must be one of {', '.join(SUCCESS_VALUES)}")
+    with write_transaction(db):
+        task = get_task(db, task_id)
+        if phase_id:
+            phase_id = validate_phase_id(phase_id)
+            _ensure_phase(db, phase_id, to_stored(now()))
+            values = {**values, "phase_id": phase_id}
+        _update(db, "tasks", task["id"], values)
+
+
+def update_phase(db: sqlite3.Connection, phase_id: str, values: dict) -> None:
+    unknown = set(values) - set(PHASE_INPUTS)
+    if unknown:
+        raise MeterError(f"not a phase field: {', '.join(sorted(unknown))}")
+    with write_transaction(db):
+        phase = get_phase(db, phase_id)
+        _update(db, "phases", phase["id"], values)
+
+
+def _check_order(record: sqlite3.Row, order: dict[str, str], milestone: str, at: str, what: str) -> None:
+    names = list(order)
+    position = names.index(milestone)
+    column = order[milestone]
+    if record[column] is not None:
+        raise MeterError(
+            f"{what} already has {milestone} at {display(record[column])}; use --force to replace it"
+        )
+    for earlier in names[:position]:
+        value = record[order[earlier]]
+        if value is None:
+            raise MeterError(
+                f"milestone out of order: {what} has no {earlier} yet; record it first or use --force"
+            )
+        if value > at:
+            raise MeterError(
+                f"milestone out of order: {milestone} at {display(at)} is before {earlier} "
+                f"at {display(value)}; use --force to record it anyway"
+            )
+    for later in names[position + 1 :]:
+        value = record[order[later]]
+        if value is not None and value < at:
+            raise MeterError(
+                f"milestone out of order: {what} already has {later} at {display(value)}, "
+                f"before {display(at)}; use --force to record it anyway"
+            )
+
+
+def mark(
+    db: sqlite3.Connection,
+    task_id: str | None,
+    milestone: str,
+    *,
+    at: datetime | None = None,
+    force: bool = False,
+    note: str | None = None,
+) -> tuple[str, str]:
+    """Record a Level 1 milestone timestamp; returns (task ID, stored timestamp)."""
+    if milestone not in MILESTONES:
+        raise MeterError(f"unknown milestone {milestone!r}: use one of {', '.join(MILESTONES)}")
+    stamp = to_stored(at or now())
+    with write_transaction(db):
+        task = resolve_task(db, task_id)
+        if not force:
+            _check_order(task, MILESTONES, milestone, stamp, f"task {task['id']}")
+        db.execute(f"UPDATE tasks SET {MILESTONES[milestone]} = ? WHERE id = ?", (stamp, task["id"]))
+        db.execute(
+            "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
+            (task["id"], stamp, milestone, note),
+        )
+    return task["id"], stamp
+
+
+def mark_phase(
+    db: sqlite3.Connection, phase_id: str, milestone: str, *, at: datetime | None = None, force: bool = False
+) -> str:
+    if milestone not in PHASE_MILESTONES:
+        raise MeterError(f"unknown phase milestone {milestone!r}: use one of {', '.join(PHASE_MILESTONES)}")
+    stamp = to_stored(at or now())
+    with write_transaction(db):
+        phase = get_phase(db, phase_id)
+        if not force:
+            _check_order(phase, PHASE_MILESTONES, milestone, stamp, f"phase {phase['id']}")
+        db.execute(f"UPDATE phases SET {PHASE_MILESTONES[milestone]} = ? WHERE id = ?", (stamp, phase["id"]))
+    return stamp
+
+
+def add_iteration(
+    db: sqlite3.Connection, task_id: str | None, *, at: datetime | None = None, note: str | None = None
+) -> tuple[str, int]:
+    """Record a retry or rework; returns (task ID, iterations so far)."""
+    stamp = to_stored(at or now())
+    with write_transaction(db):
+        task = resolve_task(db, task_id)
+        db.execute(
+            "INSERT INTO task_events (task_id, kind, at, note) VALUES (?, 'iteration', ?, ?)",
+            (task["id"], stamp, note),
+        )
+        count = iterations(db, task["id"])
+    return task["id"], count
+
+
+def iterations(db: sqlite3.Connection, task_id: str) -> int:
+    """ITERATIONS_COUNT: the first attempt plus every recorded retry."""
+    reworks = db.execute(
+        "SELECT count(*) FROM task_events WHERE task_id = ? AND kind = 'iteration'", (task_id,)
+    ).fetchone()[0]
+    return 1 + reworks
+
+
+def events(db: sqlite3.Connection, task_id: str) -> list[sqlite3.Row]:
+    return db.execute(
+        "SELECT * FROM task_events WHERE task_id = ? OR previous_task_id = ? ORDER BY at, id",
+        (task_id, task_id),
+    ).fetchall()
+
+
+def list_tasks(db: sqlite3.Connection, phase_id: str | None = None) -> list[dict]:
+    """Every task with the measured numbers a listing shows."""
+    where, params = "", []
+    if phase_id is not None:
+        where, params = "WHERE t.phase_id = ?", [phase_id]
+    rows = db.execute(
+        f"""
+        SELECT t.*,
+            (SELECT count(*) FROM task_events e WHERE e.task_id = t.id AND e.kind = 'iteration') + 1
+                AS iterations,
+            u.interactions, u.tokens, u.flagged
+        FROM tasks t
+        LEFT JOIN (
+            SELECT i.task_id, count(*) AS interactions,
+                   CASE WHEN count(i.input_total) + count(i.output_total) > 0
+                        THEN coalesce(sum(i.input_total), 0) + coalesce(sum(i.output_total), 0) END AS tokens,
+                   count(f.interaction_id) AS flagged
+            FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+            WHERE i.operation = 'generate'
+            GROUP BY i.task_id
+        ) u ON u.task_id = t.id
+        {where}
+        ORDER BY t.phase_id, t.id
+        """,
+        params,
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def list_phases(db: sqlite3.Connection) -> list[dict]:
+    return [dict(row) for row in db.execute("SELECT * FROM phases ORDER BY id")]

@@ -1,0 +1,59 @@
+import io
+import sqlite3
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from taskmeter.cli import main
+from taskmeter.store import db as store_db
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def db_path(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "meter.db"
+    monkeypatch.setenv("METER_DB", str(path))
+    return path
+
+
+@pytest.fixture
+def meter(db_path, monkeypatch):
+    """Run the real `meter` entry point in-process and capture what a user would see."""
+
+    def run(*args: str) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(sys, "argv", ["meter", *args])
+        code = 0
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+        return Result(code, out.getvalue(), err.getvalue())
+
+    return run
+
+
+@pytest.fixture
+def db(db_path):
+    connection = store_db.connect(db_path)
+    yield connection
+    connection.close()
+
+
+def dump(path: Path) -> str:
+    """Every row of every table, to prove a failed command changed nothing."""
+    with sqlite3.connect(path) as connection:
+        return "\n".join(connection.iterdump())

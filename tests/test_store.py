@@ -1,0 +1,125 @@
+"""The store: migrations, inclusive token semantics, and several processes at once."""
+
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.store import interactions, migrations, tasks
+from taskmeter.store.interactions import Interaction
+from tests.conftest import dump
+
+EXPECTED_TABLES = {"phases", "tasks", "task_events", "state", "interactions", "flags", "bodies", "proxies", "_meter_migrations"}
+
+
+def test_fresh_database_has_schema_wal_and_foreign_keys(db_path):
+    connection = store_db.connect(db_path)
+    tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert EXPECTED_TABLES <= tables
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert connection.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    names = [r[0] for r in connection.execute("SELECT name FROM _meter_migrations")]
+    assert names == [m.__name__ for m in migrations.MIGRATIONS]
+
+
+def test_older_database_is_upgraded_in_place_keeping_data(db_path, monkeypatch):
+    connection = store_db.connect(db_path)
+    tasks.set_task(connection, "P1-001", title="kept")
+    connection.close()
+
+    def m999_test_column(db):
+        db.execute("ALTER TABLE tasks ADD COLUMN colour TEXT")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_test_column])
+    upgraded = store_db.connect(db_path)
+    assert tasks.get_task(upgraded, "P1-001")["title"] == "kept"
+    assert "colour" in tasks.get_task(upgraded, "P1-001").keys()
+    assert upgraded.execute("SELECT name FROM _meter_migrations ORDER BY rowid DESC").fetchone()[0] == "m999_test_column"
+
+
+def test_failed_migration_rolls_back_entirely(db_path, monkeypatch):
+    store_db.connect(db_path).close()
+
+    def m998_half_done(db):
+        db.execute("CREATE TABLE half (x)")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m998_half_done])
+    with pytest.raises(MeterError):
+        store_db.connect(db_path)
+    monkeypatch.undo()
+    connection = store_db.connect(db_path)
+    assert connection.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
+
+
+def test_database_from_newer_code_is_refused_and_not_modified(db_path):
+    connection = store_db.connect(db_path)
+    connection.execute("INSERT INTO _meter_migrations VALUES ('m900_from_the_future', '2030-01-01T00:00:00.000000Z')")
+    connection.close()
+    before = dump(db_path)
+    with pytest.raises(MeterError, match="newer taskmeter"):
+        store_db.connect(db_path)
+    assert dump(db_path) == before
+
+
+def test_token_semantics_are_inclusive_and_missing_stays_null(db):
+    # Anthropic-style call: 2 uncached + 1650 read + 44 written = 1696 input.
+    interactions.insert(db, Interaction(id="00000000000a", started_at="2026-01-01T00:00:00.000000Z",
+                                        input_total=1696, cache_read=1650, cache_write=44, output_total=7))
+    # A call whose provider stated no usage at all.
+    interactions.insert(db, Interaction(id="00000000000b", started_at="2026-01-01T00:00:01.000000Z"))
+    # A token-counting call is stored but is not an AI interaction.
+    interactions.insert(db, Interaction(id="00000000000c", started_at="2026-01-01T00:00:02.000000Z",
+                                        operation="count_tokens", input_total=20))
+    row = db.execute("SELECT * FROM interactions WHERE id = '00000000000b'").fetchone()
+    assert all(row[c] is None for c in interactions.TOKEN_COLUMNS)
+    totals = interactions.usage_totals(db)
+    assert totals["interactions"] == 2
+    assert totals["input_total"] == 1696 and totals["input_total_calls"] == 1
+    assert totals["cache_read"] == 1650 and totals["cache_write"] == 44
+    assert totals["output_total"] == 7
+    assert totals["reasoning"] is None and totals["reasoning_calls"] == 0
+
+
+def test_replaying_a_stored_interaction_is_a_no_op(db):
+    row = Interaction(id="00000000000a", started_at="2026-01-01T00:00:00.000000Z", input_total=5)
+    interactions.insert(db, row)
+    interactions.insert(db, Interaction(id="00000000000a", started_at="2026-01-01T00:00:00.000000Z", input_total=999))
+    assert db.execute("SELECT input_total FROM interactions").fetchall()[0][0] == 5
+
+
+def _writer_process(path: str, worker: int, rounds: int, errors) -> None:
+    try:
+        connection = store_db.connect(path)
+        for n in range(rounds):
+            tasks.set_task(connection, f"P{worker}-{n % 3:03d}")
+            interactions.insert(connection, Interaction(id=f"w{worker}{n:010d}", started_at="2026-01-01T00:00:00.000000Z", ended_at="2026-01-01T00:00:00.000000Z"))
+            tasks.add_iteration(connection, None)
+            interactions.flag(connection, "last")
+        connection.close()
+    except Exception as exc:  # reported to the parent, which fails the test
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_processes_write_at_once_without_locking_errors(db_path):
+    store_db.connect(db_path).close()
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    rounds = 150
+    workers = [context.Process(target=_writer_process, args=(str(db_path), w, rounds, errors)) for w in (1, 2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert problems == []
+    assert all(p.exitcode == 0 for p in workers)
+    connection = store_db.connect(db_path)
+    assert connection.execute("SELECT count(*) FROM interactions").fetchone()[0] == 2 * rounds
+    assert connection.execute("SELECT count(*) FROM task_events WHERE kind = 'iteration'").fetchone()[0] == 2 * rounds
+    assert connection.execute("SELECT count(*) FROM flags").fetchone()[0] >= rounds
