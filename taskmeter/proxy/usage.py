@@ -1,0 +1,394 @@
+"""Where each protocol states token usage, and how it maps to our inclusive columns.
+
+The rules follow ../shared/docs/wire-formats.md and are pinned by the recorded
+fixtures: input_total includes cache reads and writes, output_total includes
+reasoning. A count the protocol cannot state is None; a count the protocol omits
+because it is zero (Gemini, Anthropic before caching, OpenAI details) is 0.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Usage:
+    input_total: int | None = None
+    cache_read: int | None = None
+    cache_write: int | None = None
+    output_total: int | None = None
+    reasoning: int | None = None
+    raw: dict | None = None
+
+
+def _count(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _details(usage: dict, key: str) -> dict:
+    details = usage.get(key)
+    return details if isinstance(details, dict) else {}
+
+
+def _or_zero(value) -> int:
+    return _count(value) or 0
+
+
+def openai_chat_usage(usage: dict) -> Usage:
+    prompt = _details(usage, "prompt_tokens_details")
+    completion = _details(usage, "completion_tokens_details")
+    return Usage(
+        input_total=_count(usage.get("prompt_tokens")),
+        cache_read=_or_zero(prompt.get("cached_tokens")),
+        cache_write=_or_zero(prompt.get("cache_write_tokens")),
+        output_total=_count(usage.get("completion_tokens")),
+        reasoning=_or_zero(completion.get("reasoning_tokens")),
+        raw=usage,
+    )
+
+
+def openai_responses_usage(usage: dict) -> Usage:
+    inputs = _details(usage, "input_tokens_details")
+    outputs = _details(usage, "output_tokens_details")
+    return Usage(
+        input_total=_count(usage.get("input_tokens")),
+        cache_read=_or_zero(inputs.get("cached_tokens")),
+        cache_write=_or_zero(inputs.get("cache_write_tokens")),
+        output_total=_count(usage.get("output_tokens")),
+        reasoning=_or_zero(outputs.get("reasoning_tokens")),
+        raw=usage,
+    )
+
+
+def anthropic_usage(usage: dict) -> Usage:
+    """Anthropic's input_tokens excludes cache reads and writes: add them back."""
+    uncached = _count(usage.get("input_tokens"))
+    read = _or_zero(usage.get("cache_read_input_tokens"))
+    write = _or_zero(usage.get("cache_creation_input_tokens"))
+    thinking = _details(usage, "output_tokens_details").get("thinking_tokens")
+    return Usage(
+        input_total=None if uncached is None else uncached + read + write,
+        cache_read=read,
+        cache_write=write,
+        output_total=_count(usage.get("output_tokens")),
+        reasoning=_count(thinking),
+        raw=usage,
+    )
+
+
+def gemini_usage(metadata: dict) -> Usage:
+    """Gemini omits zero counts; thoughts and tool-use prompts sit outside
+    candidates and prompt but are billed, so they join output and input."""
+    thoughts = _or_zero(metadata.get("thoughtsTokenCount"))
+    return Usage(
+        input_total=_or_zero(metadata.get("promptTokenCount")) + _or_zero(metadata.get("toolUsePromptTokenCount")),
+        cache_read=_or_zero(metadata.get("cachedContentTokenCount")),
+        cache_write=0,
+        output_total=_or_zero(metadata.get("candidatesTokenCount")) + thoughts,
+        reasoning=thoughts,
+        raw=metadata,
+    )
+
+
+_OLLAMA_KEYS = (
+    "prompt_eval_count",
+    "prompt_eval_cached_count",
+    "eval_count",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_duration",
+    "eval_duration",
+)
+
+
+def ollama_usage(final: dict) -> Usage:
+    """Old Ollama omits prompt_eval_count on a KV-cache hit: the input is then unknown."""
+    raw = {key: final[key] for key in _OLLAMA_KEYS if key in final}
+    return Usage(
+        input_total=_count(final.get("prompt_eval_count")),
+        cache_read=_count(final.get("prompt_eval_cached_count")),
+        cache_write=0,
+        output_total=_count(final.get("eval_count")),
+        reasoning=None,
+        raw=raw,
+    )
+
+
+def bedrock_usage(usage: dict) -> Usage:
+    """Bedrock's inputTokens excludes cache reads and writes, like Anthropic's."""
+    uncached = _count(usage.get("inputTokens"))
+    read = _or_zero(usage.get("cacheReadInputTokens"))
+    write = _or_zero(usage.get("cacheWriteInputTokens"))
+    return Usage(
+        input_total=None if uncached is None else uncached + read + write,
+        cache_read=read,
+        cache_write=write,
+        output_total=_count(usage.get("outputTokens")),
+        reasoning=None,
+        raw=usage,
+    )
+
+
+# ---------------------------------------------------------------- accumulators
+
+
+def _error_text(error) -> str:
+    if isinstance(error, dict):
+        for key in ("message", "type", "code"):
+            if error.get(key):
+                return str(error[key])
+        return json.dumps(error)[:500]
+    return str(error)[:500]
+
+
+@dataclass
+class Accumulator:
+    """Collects what a response says, event by event, for one protocol."""
+
+    model: str | None = None
+    response_id: str | None = None
+    errors: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    counted_tokens: int | None = None
+    finished: bool = False
+    events: int = 0
+
+    def on_event(self, name: str, payload) -> None:
+        raise NotImplementedError
+
+    def usage(self) -> Usage | None:
+        raise NotImplementedError
+
+    def _note_error(self, error) -> None:
+        if error:
+            text = _error_text(error)
+            if text not in self.errors:  # e.g. Responses' `error` repeated in `response.failed`
+                self.errors.append(text)
+
+    def _note_model(self, model) -> None:
+        if isinstance(model, str) and model:
+            self.model = model
+
+
+class OpenAIChat(Accumulator):
+    """Chat Completions and compatible servers: the last non-null `usage` wins
+    (Groq also puts it in `x_groq.usage`); `choices: []` is not a usage signal."""
+
+    _usage: dict | None = None
+
+    def on_event(self, name, payload):
+        if payload == "[DONE]":
+            self.finished = True
+            return
+        if not isinstance(payload, dict):
+            return
+        self._note_model(payload.get("model"))
+        self.response_id = payload.get("id") or self.response_id
+        self._note_error(payload.get("error"))
+        if name == "error" and "error" not in payload:
+            self._note_error(payload)
+        usage = payload.get("usage")
+        if not isinstance(usage, dict):
+            usage = (payload.get("x_groq") or {}).get("usage") if isinstance(payload.get("x_groq"), dict) else None
+        if isinstance(usage, dict):
+            self._usage = usage
+        for choice in payload.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            part = choice.get("delta") or choice.get("message") or {}
+            if isinstance(part, dict):
+                if isinstance(part.get("content"), str):
+                    self.text.append(part["content"])
+                for call in part.get("tool_calls") or ():
+                    arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
+                    if isinstance(arguments, str):
+                        self.text.append(arguments)
+            if choice.get("finish_reason"):
+                self.finished = True
+
+    def usage(self):
+        return openai_chat_usage(self._usage) if self._usage else None
+
+
+class OpenAIResponses(Accumulator):
+    """Responses API: usage only in the terminal event (completed/incomplete/failed)."""
+
+    _usage: dict | None = None
+
+    def on_event(self, name, payload):
+        if not isinstance(payload, dict):
+            return
+        kind = payload.get("type") or name
+        if payload.get("object") == "response.input_tokens":
+            self.counted_tokens = _count(payload.get("input_tokens"))
+            return
+        response = payload.get("response") if isinstance(payload.get("response"), dict) else None
+        if response is None and payload.get("object") == "response":
+            response = payload  # not streamed: the body is the response
+            kind = "response." + str(payload.get("status", "completed"))
+        if response is not None:
+            self._note_model(response.get("model"))
+            self.response_id = response.get("id") or self.response_id
+            if isinstance(response.get("usage"), dict):
+                self._usage = response["usage"]
+            if kind in ("response.completed", "response.incomplete", "response.failed"):
+                self.finished = True
+                self._note_error(response.get("error"))
+            if payload is response:
+                for item in response.get("output") or ():
+                    for content in (item.get("content") or ()) if isinstance(item, dict) else ():
+                        if isinstance(content, dict) and isinstance(content.get("text"), str):
+                            self.text.append(content["text"])
+        elif kind == "error":
+            self._note_error(payload.get("error") or payload)
+        elif kind == "response.output_text.delta" and isinstance(payload.get("delta"), str):
+            self.text.append(payload["delta"])
+        elif "error" in payload:
+            self._note_error(payload["error"])
+
+    def usage(self):
+        return openai_responses_usage(self._usage) if self._usage else None
+
+
+class Anthropic(Accumulator):
+    """Messages API: message_start's usage, overwritten field by field by every
+    message_delta (its counts are cumulative: never add them)."""
+
+    _usage: dict | None = None
+
+    def on_event(self, name, payload):
+        if not isinstance(payload, dict):
+            return
+        kind = payload.get("type") or name
+        if kind == "message_start" and isinstance(payload.get("message"), dict):
+            message = payload["message"]
+            self._note_model(message.get("model"))
+            self.response_id = message.get("id")
+            if isinstance(message.get("usage"), dict):
+                self._usage = dict(message["usage"])
+        elif kind == "message_delta" and isinstance(payload.get("usage"), dict):
+            merged = self._usage or {}
+            merged.update({k: v for k, v in payload["usage"].items() if v is not None})
+            self._usage = merged
+        elif kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
+            delta = payload["delta"]
+            for key in ("text", "partial_json", "thinking"):
+                if isinstance(delta.get(key), str):
+                    self.text.append(delta[key])
+        elif kind == "message_stop":
+            self.finished = True
+        elif kind == "message":  # not streamed: the body is the message
+            self._note_model(payload.get("model"))
+            self.response_id = payload.get("id")
+            if isinstance(payload.get("usage"), dict):
+                self._usage = dict(payload["usage"])
+            for block in payload.get("content") or ():
+                if isinstance(block, dict) and isinstance(block.get("text"), str):
+                    self.text.append(block["text"])
+            self.finished = True
+        elif kind == "error":
+            self._note_error(payload.get("error") or payload)
+        elif set(payload) == {"input_tokens"}:  # /v1/messages/count_tokens
+            self.counted_tokens = _count(payload["input_tokens"])
+
+    def usage(self):
+        return anthropic_usage(self._usage) if self._usage else None
+
+
+class Gemini(Accumulator):
+    """generateContent / streamGenerateContent: every chunk carries a cumulative
+    usageMetadata snapshot; the last one is the total."""
+
+    _usage: dict | None = None
+
+    def on_event(self, name, payload):
+        if not isinstance(payload, dict):
+            return
+        if "totalTokens" in payload and "candidates" not in payload:  # :countTokens
+            self.counted_tokens = _count(payload["totalTokens"])
+            return
+        self._note_model(payload.get("modelVersion"))
+        self.response_id = payload.get("responseId") or self.response_id
+        self._note_error(payload.get("error"))
+        if isinstance(payload.get("usageMetadata"), dict):
+            self._usage = payload["usageMetadata"]
+        for candidate in payload.get("candidates") or ():
+            if not isinstance(candidate, dict):
+                continue
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    self.text.append(part["text"])
+            if candidate.get("finishReason"):
+                self.finished = True
+
+    def usage(self):
+        return gemini_usage(self._usage) if self._usage else None
+
+
+class Ollama(Accumulator):
+    """Native /api/chat and /api/generate: usage on the line with done: true."""
+
+    _final: dict | None = None
+
+    def on_event(self, name, payload):
+        if not isinstance(payload, dict):
+            return
+        self._note_model(payload.get("model"))
+        self._note_error(payload.get("error"))
+        message = payload.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            self.text.append(message["content"])
+        if isinstance(payload.get("response"), str):
+            self.text.append(payload["response"])
+        if payload.get("done") is True:
+            self._final = payload
+            self.finished = True
+
+    def usage(self):
+        return ollama_usage(self._final) if self._final else None
+
+
+class Bedrock(Accumulator):
+    """Converse (JSON usage) and converse-stream (the `metadata` frame's usage)."""
+
+    _usage: dict | None = None
+
+    def on_event(self, name, payload):
+        if name.startswith("exception:"):
+            self._note_error(payload if isinstance(payload, dict) else {"message": str(payload)})
+            return
+        if not isinstance(payload, dict):
+            return
+        if isinstance(payload.get("usage"), dict):
+            self._usage = payload["usage"]
+        if name == "messageStop" or "stopReason" in payload:
+            self.finished = True
+        if name == "contentBlockDelta":
+            text = (payload.get("delta") or {}).get("text")
+            if isinstance(text, str):
+                self.text.append(text)
+        message = (payload.get("output") or {}).get("message") if isinstance(payload.get("output"), dict) else None
+        if isinstance(message, dict):
+            for block in message.get("content") or ():
+                if isinstance(block, dict) and isinstance(block.get("text"), str):
+                    self.text.append(block["text"])
+        if "message" in payload and "output" not in payload and len(payload) == 1:
+            self._note_error(payload)
+
+    def usage(self):
+        return bedrock_usage(self._usage) if self._usage else None
+
+
+ACCUMULATORS: dict[str, type[Accumulator]] = {
+    "openai_chat": OpenAIChat,
+    "openai_responses": OpenAIResponses,
+    "anthropic": Anthropic,
+    "gemini": Gemini,
+    "ollama": Ollama,
+    "bedrock": Bedrock,
+}
