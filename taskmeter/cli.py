@@ -594,6 +594,106 @@ def unflag_cmd(interaction, db_path):
     render.info(f"Unflagged {interaction_id}.")
 
 
+# ---------------------------------------------------------------- the proxy
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    envvar="METER_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Settings file (default: $METER_CONFIG, else the user config folder's config.toml).",
+)
+
+
+@cli.command("proxy")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default from config: 8877; 0 picks a free one).")
+@click.option("--host", help="Address to listen on (default 127.0.0.1; anything else exposes the meter to your network).")
+@config_option
+@db_option
+def proxy_cmd(port, host, config_path, db_path):
+    """Run the metering proxy in the foreground until Ctrl-C.
+
+    \b
+    One port serves two ways:
+      base-URL gateway   OPENAI_BASE_URL=http://127.0.0.1:8877/openai/v1, /anthropic, /gemini, ...
+                         with /t/TASK/ in front to attribute a client's calls to TASK
+      HTTPS proxy        HTTPS_PROXY=http://127.0.0.1:8877 plus the meter's CA
+    `eval "$(meter env)"` sets both for a shell; `meter run -- CMD` for one command.
+    """
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.runner import run_proxy
+
+    settings = load_settings(config_path)
+    path = store_db.resolve_path(db_path)
+    store_db.connect(path).close()  # a bad database fails here, before listening
+    listen_host = host or settings.proxy.listen_host
+    listen_port = settings.proxy.port if port is None else port
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        origin = f"http://{bound_host}:{bound_port}"
+        render.info(f"taskmeter proxy listening on {bound_host}:{bound_port}, recording to {path}")
+        render.info(f"  gateway: {origin}/openai/v1  {origin}/anthropic  {origin}/gemini  (see `meter env`)")
+        render.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
+        sys.stdout.flush()
+
+    run_proxy(settings, path, listen_host, listen_port, ready)
+
+
+def _listen_address(db_path, settings) -> str:
+    with open_db(db_path) as db:
+        running = proxies.running(db)
+    if running:
+        return running[-1]["listen"]
+    render.err_console.print(
+        f"# meter: no proxy is running on this database yet; using the configured port {settings.proxy.port}",
+        markup=False,
+    )
+    return f"{settings.proxy.listen_host}:{settings.proxy.port}"
+
+
+@cli.command("env")
+@click.option("--shell", type=click.Choice(["sh", "fish", "powershell"]), default="sh", show_default=True)
+@click.option("--task", "task_id", help="Attribute the calls of clients using these variables to TASK.")
+@config_option
+@db_option
+def env_cmd(shell, task_id, config_path, db_path):
+    """Print the variables that point AI clients at the running proxy.
+
+    Use: eval "$(meter env)"  (fish: meter env --shell fish | source)
+    """
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.environment import client_environment, render_exports
+
+    if task_id:
+        task_id = tasks.validate_task_id(task_id)
+    settings = load_settings(config_path)
+    env = client_environment(settings, _listen_address(db_path, settings), task_id)
+    click.echo(render_exports(env, shell))
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--task", "task_id", help="Attribute this command's AI calls to TASK (default: the current task).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@config_option
+@db_option
+def run_cmd(task_id, command, config_path, db_path):
+    """Run COMMAND with its AI clients pointed at the proxy: meter run --task P1-010 -- claude"""
+    import shutil
+
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.environment import client_environment
+
+    if task_id:
+        task_id = tasks.validate_task_id(task_id)
+    settings = load_settings(config_path)
+    env = {**os.environ, **client_environment(settings, _listen_address(db_path, settings), task_id)}
+    program = shutil.which(command[0], path=env.get("PATH"))
+    if program is None:
+        raise MeterError(f"command not found: {command[0]}")
+    sys.stdout.flush()
+    os.execve(program, list(command), env)
+
+
 @cli.command("path")
 @db_option
 def path_cmd(db_path):

@@ -3,7 +3,7 @@
 import json
 from dataclasses import dataclass
 
-from taskmeter.proxy.framing import FRAMINGS, content_decoder, framing_for
+from taskmeter.proxy.framing import FRAMINGS, UnsupportedEncoding, content_decoder, framing_for
 from taskmeter.proxy.usage import ACCUMULATORS, Usage
 
 
@@ -23,10 +23,14 @@ class BodyParser:
     """Feed the body's bytes as they come (any boundaries), then close()."""
 
     def __init__(self, protocol: str, content_type: str | None, content_encoding: str | None = None) -> None:
-        self._decoder = content_decoder(content_encoding)
         self._framing = FRAMINGS[framing_for(content_type)]()
         self._accumulator = ACCUMULATORS[protocol]()
         self._parse_error: str | None = None
+        try:
+            self._decoder = content_decoder(content_encoding)
+        except UnsupportedEncoding as exc:
+            self._decoder = None
+            self._parse_error = f"unsupported content encoding {exc}"
 
     def feed(self, data: bytes) -> None:
         if self._parse_error or not data:

@@ -208,8 +208,8 @@ class OpenAIChat(Accumulator):
                     arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
                     if isinstance(arguments, str):
                         self.text.append(arguments)
-            if choice.get("finish_reason"):
-                self.finished = True
+        if payload.get("object") == "chat.completion":  # not streamed: the whole answer
+            self.finished = True
 
     def usage(self):
         return openai_chat_usage(self._usage) if self._usage else None

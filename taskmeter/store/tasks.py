@@ -359,3 +359,35 @@ def list_tasks(db: sqlite3.Connection, phase_id: str | None = None) -> list[dict
 
 def list_phases(db: sqlite3.Connection) -> list[dict]:
     return [dict(row) for row in db.execute("SELECT * FROM phases ORDER BY id")]
+
+
+def ensure_task(db: sqlite3.Connection, task_id: str, at: str) -> str:
+    """The stored spelling of `task_id`, creating the task (begun at `at`) and its
+    phase when a call names a task nobody has set yet. Runs in the caller's transaction."""
+    row = db.execute("SELECT id FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is not None:
+        return row["id"]
+    task_id = validate_task_id(task_id)
+    phase_id = infer_phase(task_id)
+    _ensure_phase(db, phase_id, at)
+    db.execute(
+        "INSERT INTO tasks (id, phase_id, created_at, begin_at) VALUES (?, ?, ?, ?)", (task_id, phase_id, at, at)
+    )
+    return task_id
+
+
+def task_current_at(db: sqlite3.Connection, at: str) -> str | None:
+    """The task that `meter set-task` had made current at the moment `at`."""
+    row = db.execute(
+        "SELECT task_id FROM task_events WHERE kind = 'switch' AND at <= ? ORDER BY at DESC, id DESC LIMIT 1", (at,)
+    ).fetchone()
+    return row["task_id"] if row else None
+
+
+def switched_into_between(db: sqlite3.Connection, task_id: str, after: str, until: str) -> bool:
+    """Did `meter set-task` make `task_id` current again between two moments?"""
+    row = db.execute(
+        "SELECT 1 FROM task_events WHERE kind = 'switch' AND task_id = ? AND at > ? AND at <= ? LIMIT 1",
+        (task_id, after, until),
+    ).fetchone()
+    return row is not None

@@ -1,0 +1,95 @@
+"""Load and validate settings: shipped defaults.toml, then the user's config.toml."""
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from taskmeter.errors import MeterError
+
+ENV_VAR = "METER_CONFIG"
+
+
+class ProxySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen_host: str
+    port: int = Field(ge=0, le=65535)
+    inject_stream_usage: bool
+    store_bodies: bool
+    max_parsed_body_mb: int = Field(ge=1)
+    # Where the proxy keeps its CA (key files 0600); default: the user data folder.
+    confdir: Path | None = None
+    # Extra CA file trusted for upstream TLS (e.g. a corporate or test CA).
+    upstream_ca: Path | None = None
+
+
+class InterceptSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: dict[str, str]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    proxy: ProxySettings
+    upstreams: dict[str, str]
+    intercept: InterceptSettings
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstream_urls(cls, upstreams: dict[str, str]) -> dict[str, str]:
+        for name, url in upstreams.items():
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"upstream name {name!r} must be letters, digits, - or _")
+            if name == "t":
+                raise ValueError("upstream name 't' is reserved for /t/<TASK>/ prefixes")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"upstream {name!r} must be an http:// or https:// URL, not {url!r}")
+        return {name: url.rstrip("/") for name, url in upstreams.items()}
+
+    @property
+    def confdir(self) -> Path:
+        return self.proxy.confdir or platformdirs.user_data_path("taskmeter") / "mitmproxy"
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path:
+    chosen = explicit or os.environ.get(ENV_VAR) or platformdirs.user_config_path("taskmeter") / "config.toml"
+    return Path(chosen).expanduser()
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(explicit: str | os.PathLike | None = None) -> Settings:
+    defaults = tomllib.loads(resources.files(__package__).joinpath("defaults.toml").read_text())
+    path = config_path(explicit)
+    user: dict = {}
+    if path.exists():
+        try:
+            user = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MeterError(f"cannot read config {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise MeterError(f"config {path} is not valid TOML: {exc}") from None
+    elif explicit:
+        raise MeterError(f"config file {path} does not exist")
+    try:
+        return Settings.model_validate(_merge(defaults, user))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MeterError(f"config {path}: {where}: {first['msg']}") from None

@@ -1,0 +1,229 @@
+"""The mitmproxy addon: one small class per concern, hooks named after events.
+
+Hooks do in-memory work only. Finished calls go to the Writer's queue; parsing,
+estimation, pricing and SQLite all happen in the writer thread.
+"""
+
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from mitmproxy import http
+
+from taskmeter.config import Settings
+from taskmeter.ids import new_id
+from taskmeter.proxy.capture import CapturedCall, ResponseTee
+from taskmeter.proxy.framing import framing_for
+from taskmeter.proxy.routing import GatewayError, Router, classify
+from taskmeter.store.tasks import validate_task_id
+from taskmeter.errors import MeterError
+
+log = logging.getLogger("taskmeter.proxy")
+
+TASK_HEADER = "x-meter-task"
+ID_HEADER = "x-meter-interaction-id"
+_META_KEY = "taskmeter"
+_SECRET_QUERY_KEYS = {"key", "api_key", "api-key", "apikey", "access_token", "token"}
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _error_response(status: int, message: str) -> http.Response:
+    body = json.dumps({"error": {"type": "taskmeter_error", "message": message}})
+    return http.Response.make(status, body, {"content-type": "application/json"})
+
+
+def safe_endpoint(path: str) -> str:
+    """The request path with secret query parameters (Gemini's `key=`) redacted."""
+    parts = urlsplit(path)
+    if not parts.query:
+        return path
+    query = [(k, "redacted" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return f"{parts.path}?{urlencode(query)}"
+
+
+def task_from_proxy_auth(value: str | None) -> str | None:
+    """`meter run --task ID` sets HTTPS_PROXY=http://task:ID@host:port; clients send it
+    as Proxy-Authorization: Basic base64("task:ID")."""
+    if not value or not value.lower().startswith("basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(value[6:].strip()).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password if user == "task" and password else None
+
+
+class Meter:
+    """Attributes, observes and hands over every AI call that passes the proxy."""
+
+    def __init__(self, settings: Settings, submit) -> None:
+        self._settings = settings
+        self._router = Router(settings)
+        self._submit = submit
+        self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
+        self.live: dict[str, CapturedCall] = {}
+        self._tunnel_tasks: dict[str, str] = {}
+
+    # ---------------------------------------------------------- HTTPS_PROXY tunnels
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        task = task_from_proxy_auth(flow.request.headers.get("proxy-authorization"))
+        if task:
+            self._tunnel_tasks[flow.client_conn.id] = task
+        flow.request.headers.pop("proxy-authorization", None)
+
+    def client_disconnected(self, client) -> None:
+        self._tunnel_tasks.pop(client.id, None)
+
+    # ---------------------------------------------------------- requests
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        header_task = request.headers.pop(TASK_HEADER, None)
+        path_task = None
+        if self._addressed_to_us(flow):
+            try:
+                target = self._router.gateway(request.path)
+            except GatewayError as exc:
+                flow.response = _error_response(404, f"taskmeter: {exc}")
+                return
+            request.scheme, request.host, request.port = target.scheme, target.host, target.port
+            request.path = target.path
+            request.host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+            provider, path_task = target.provider, target.task_id
+        else:
+            provider = self._router.provider_for_host(request.pretty_host)
+            if provider is None:
+                return
+        endpoint = classify(request.method, urlsplit(request.path).path)
+        if endpoint is None:
+            return
+        task_id, attribution = self._attribution(flow, path_task, header_task)
+        if task_id:
+            try:
+                task_id = validate_task_id(task_id)
+            except MeterError as exc:
+                flow.response = _error_response(400, f"taskmeter: {exc}")
+                return
+        call = CapturedCall(
+            id=new_id(),
+            started=time.time(),
+            provider=provider,
+            protocol=endpoint.protocol,
+            operation=endpoint.operation,
+            method=request.method,
+            endpoint=safe_endpoint(request.path),
+            task_id=task_id,
+            attribution=attribution,
+            client=request.headers.get("user-agent"),
+        )
+        # Plain bodies: nothing to decompress, and the client is not slowed by
+        # block-buffered compression (servers may still compress; we decode then).
+        request.headers["accept-encoding"] = "identity"
+        flow.metadata[_META_KEY] = call
+        self.live[flow.id] = call
+
+    def _addressed_to_us(self, flow: http.HTTPFlow) -> bool:
+        """An origin-form request to the proxy's own address is a gateway request."""
+        if flow.client_conn.tls or flow.client_conn.sockname is None:
+            return False
+        own_host, own_port = flow.client_conn.sockname[:2]
+        host = flow.request.host.strip("[]")
+        return flow.request.port == own_port and (host == own_host or host in _LOOPBACK)
+
+    def _attribution(self, flow, path_task, header_task) -> tuple[str | None, str | None]:
+        if path_task:
+            return path_task, "path"
+        if header_task:
+            return header_task.strip(), "header"
+        tunnel_task = self._tunnel_tasks.get(flow.client_conn.id)
+        if tunnel_task:
+            return tunnel_task, "path"
+        return None, None  # the writer attributes it to the task current at its start
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call: CapturedCall | None = flow.metadata.get(_META_KEY)
+        if call is None:
+            return
+        call.request_body = flow.request.get_content(strict=False)
+        if self._settings.proxy.inject_stream_usage and call.protocol == "openai_chat" and call.operation == "generate":
+            self._ask_for_stream_usage(flow, call)
+
+    @staticmethod
+    def _ask_for_stream_usage(flow: http.HTTPFlow, call: CapturedCall) -> None:
+        """OpenAI-compatible streams carry usage only when asked: ask, and strip the
+        extra chunk later so the client gets the stream it requested."""
+        body = call.request_body
+        if not body or b'"stream"' not in body:
+            return
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(data, dict) or data.get("stream") is not True:
+            return
+        options = data.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            return
+        if options is None:
+            # Splice the key in rather than re-serialise a large body.
+            start = body.index(b"{") + 1
+            flow.request.content = body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
+        elif isinstance(options, dict):
+            data["stream_options"] = {**options, "include_usage": True}
+            flow.request.content = json.dumps(data, ensure_ascii=False).encode()
+        else:
+            return
+        call.injected_usage = True
+
+    # ---------------------------------------------------------- responses
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call: CapturedCall | None = flow.metadata.get(_META_KEY)
+        if call is None:
+            return
+        response = flow.response
+        call.status = response.status_code
+        call.content_type = response.headers.get("content-type")
+        call.content_encoding = response.headers.get("content-encoding")
+        response.headers[ID_HEADER] = call.id
+        strip = call.injected_usage and framing_for(call.content_type) == "sse" and not call.content_encoding
+        response.stream = ResponseTee(call, self._body_limit, strip)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = self.live.pop(flow.id, None)
+        if call is None:
+            return
+        call.ended = time.time()
+        call.outcome = "complete"
+        call.status = flow.response.status_code
+        if not call.response_body and flow.response.raw_content:
+            # A response mitmproxy made itself (e.g. 502) was not streamed.
+            call.response_body += flow.response.raw_content
+            call.content_type = flow.response.headers.get("content-type")
+        self._submit(call)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = self.live.pop(flow.id, None)
+        if call is None:
+            return
+        call.ended = time.time()
+        call.error = flow.error.msg if flow.error else "unknown error"
+        if flow.response is not None:
+            call.status = flow.response.status_code
+        call.outcome = "partial" if call.first_byte is not None else "failed"
+        self._submit(call)
+
+    def done(self) -> None:
+        """Shutdown drops in-flight flows without an error hook: record them as aborted."""
+        for call in self.live.values():
+            call.ended = time.time()
+            call.outcome = "aborted"
+            call.error = "proxy shut down during the call"
+        for call in self.live.values():
+            self._submit(call)
+        self.live.clear()

@@ -1,0 +1,63 @@
+"""The environment that points AI clients at a running meter: `meter env` and `meter run`."""
+
+import shlex
+from urllib.parse import quote
+
+from taskmeter.config import Settings
+from taskmeter.proxy.runner import ca_bundle_path, ca_cert_path
+
+# Base-URL variables the common clients read, and the gateway path each needs.
+BASE_URL_VARIABLES = {
+    "OPENAI_BASE_URL": "/openai/v1",  # openai SDKs, many OpenAI-compatible tools
+    "ANTHROPIC_BASE_URL": "/anthropic",  # anthropic SDKs, Claude Code (no /v1)
+    "GOOGLE_GEMINI_BASE_URL": "/gemini",  # google-genai
+    "OLLAMA_HOST": "/ollama",  # ollama CLI and libraries
+}
+
+
+def proxy_origin(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def client_environment(settings: Settings, listen: str, task_id: str | None = None) -> dict[str, str]:
+    origin = proxy_origin(listen)
+    prefix = f"/t/{quote(task_id, safe='')}" if task_id else ""
+    env = {name: origin + prefix + path for name, path in BASE_URL_VARIABLES.items()}
+    proxy = origin
+    if task_id:
+        scheme, rest = origin.split("://", 1)
+        proxy = f"{scheme}://task:{quote(task_id, safe='')}@{rest}"
+    bundle, ca = str(ca_bundle_path(settings)), str(ca_cert_path(settings))
+    env.update(
+        {
+            "HTTPS_PROXY": proxy,
+            "https_proxy": proxy,
+            # Gateway calls go straight to the meter, not through it as a proxy.
+            "NO_PROXY": "127.0.0.1,localhost,::1",
+            "no_proxy": "127.0.0.1,localhost,::1",
+            "SSL_CERT_FILE": bundle,
+            "REQUESTS_CA_BUNDLE": bundle,
+            "CURL_CA_BUNDLE": bundle,
+            "NODE_EXTRA_CA_CERTS": ca,
+        }
+    )
+    return env
+
+
+def render_exports(env: dict[str, str], shell: str) -> str:
+    lines = []
+    for name, value in env.items():
+        if shell == "fish":
+            lines.append(f"set -gx {name} {shlex.quote(value)};")
+        elif shell == "powershell":
+            escaped = value.replace("'", "''")
+            lines.append(f"$env:{name} = '{escaped}'")
+        else:
+            lines.append(f"export {name}={shlex.quote(value)}")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""`meter proxy`: an embedded mitmproxy master with the meter addon, in the foreground."""
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import certifi
+from mitmproxy import options
+from mitmproxy.tools.dump import DumpMaster
+
+from taskmeter.config import Settings
+from taskmeter.errors import MeterError
+from taskmeter.ids import new_id
+from taskmeter.proxy.addon import Meter
+from taskmeter.proxy.finalize import Finalizer
+from taskmeter.proxy.routing import Router
+from taskmeter.store import proxies
+from taskmeter.store import db as store_db
+from taskmeter.store.writer import Writer
+
+log = logging.getLogger("taskmeter.proxy")
+
+CA_CERT = "mitmproxy-ca-cert.pem"
+CA_BUNDLE = "ca-bundle.pem"
+
+
+def ca_cert_path(settings: Settings) -> Path:
+    return settings.confdir / CA_CERT
+
+
+def ca_bundle_path(settings: Settings) -> Path:
+    return settings.confdir / CA_BUNDLE
+
+
+def _check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MeterError(f"port {port} on {host} is already in use: is another `meter proxy` running? Try --port") from None
+            raise MeterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+class Announcer:
+    """Once mitmproxy listens: register in the database, secure the CA, say where we are."""
+
+    def __init__(self, settings: Settings, db_path: Path, proxy_id: str, ready) -> None:
+        self._settings = settings
+        self._db_path = db_path
+        self._proxy_id = proxy_id
+        self._ready = ready
+
+    def running(self) -> None:
+        from mitmproxy import ctx
+
+        server = ctx.master.addons.get("proxyserver")
+        host, port = server.listen_addrs()[0][:2]
+        listen = f"{host}:{port}"
+        self._secure_ca()
+        db = store_db.connect(self._db_path)
+        try:
+            proxies.register(db, self._proxy_id, listen)
+        finally:
+            db.close()
+        self._ready(host, port)
+
+    def _secure_ca(self) -> None:
+        confdir = self._settings.confdir
+        os.chmod(confdir, 0o700)
+        for path in confdir.iterdir():
+            if path.is_file() and path.suffix in (".pem", ".p12", ".cer"):
+                os.chmod(path, 0o600)
+        # httpx and requests *replace* their CA list with SSL_CERT_FILE: give them
+        # the usual public roots plus the meter's CA.
+        bundle = Path(certifi.where()).read_text() + "\n" + (confdir / CA_CERT).read_text()
+        target = confdir / CA_BUNDLE
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(bundle)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    meter_log = logging.getLogger("taskmeter")
+    meter_log.addHandler(handler)
+    meter_log.setLevel(logging.INFO)
+    meter_log.propagate = False
+    logging.getLogger("mitmproxy").setLevel(logging.ERROR)
+
+
+async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
+    settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    proxy_id = new_id()
+    finalizer = Finalizer(store_bodies=settings.proxy.store_bodies)
+    writer = Writer(db_path, finalizer.finish, proxy_id=proxy_id)
+    writer.start()
+    opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))
+    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    master.options.update(
+        # Both sides HTTP/1.1, server connections opened per request: proper 502s
+        # and error hooks, and no h2->h1 close-delimited responses.
+        connection_strategy="lazy",
+        http2=False,
+        allow_hosts=Router(settings).allow_hosts(),
+        ssl_verify_upstream_trusted_ca=str(settings.proxy.upstream_ca) if settings.proxy.upstream_ca else None,
+        # Long agent streams can idle between events.
+        tcp_timeout=1800,
+    )
+    master.addons.add(Meter(settings, writer.submit), Announcer(settings, db_path, proxy_id, ready))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    try:
+        await master.run()
+    except SystemExit:
+        raise MeterError("the proxy could not start (see the messages above)") from None
+    finally:
+        writer.stop()
+
+
+def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
+    """Run until SIGINT/SIGTERM; `ready(host, port)` is called once listening."""
+    _check_port_free(host, port)
+    _configure_logging()
+    asyncio.run(_serve(settings, db_path, host, port, ready))

@@ -1,0 +1,69 @@
+"""A real `meter proxy` in its own process, on loopback, with a throwaway CA and config."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from taskmeter.store import db as store_db
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def write_config(path: Path, confdir: Path, upstreams: dict[str, str], **proxy) -> Path:
+    lines = ["[proxy]", f'confdir = "{confdir}"']
+    lines += [f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {str(value).lower()}" for key, value in proxy.items()]
+    lines.append("[upstreams]")
+    lines += [f'{name} = "{url}"' for name, url in upstreams.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class RunningProxy:
+    def __init__(self, config: Path, db_path: Path, extra_env: dict | None = None) -> None:
+        self.config = config
+        self.db_path = db_path
+        env = {**os.environ, **(extra_env or {})}
+        env.pop("HTTPS_PROXY", None)
+        env.pop("https_proxy", None)
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(db_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        line = self.process.stdout.readline()
+        if "listening on" not in line:
+            self.process.kill()
+            raise RuntimeError(f"proxy did not start: {line!r} {self.process.stderr.read()}")
+        self.address = line.split("listening on ")[1].split(",")[0]
+        self.origin = f"http://{self.address}"
+
+    def stop(self, sig=signal.SIGINT, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def stderr(self) -> str:
+        return self.process.stderr.read() if self.process.poll() is not None else ""
+
+    def rows(self, wait_for: int = 1, timeout: float = 10) -> list[dict]:
+        """Interactions in the database once at least `wait_for` are stored."""
+        deadline = time.monotonic() + timeout
+        while True:
+            db = store_db.connect(self.db_path)
+            try:
+                rows = [dict(r) for r in db.execute("SELECT * FROM interactions ORDER BY started_at")]
+            finally:
+                db.close()
+            if len(rows) >= wait_for or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)

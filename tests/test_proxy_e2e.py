@@ -1,0 +1,301 @@
+"""End to end: the official SDKs -> a real `meter proxy` process -> a loopback fake
+of the provider serving recorded bytes -> rows in a real SQLite file."""
+
+import json
+import socket
+import threading
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from taskmeter.store import db as store_db
+from taskmeter.store import tasks
+from tests.fake_upstream import FakeUpstream, Scenario
+from tests.fixtures import ALL
+from tests.proxy_harness import RunningProxy, write_config
+
+FIXTURE = {f.name: f for f in ALL}
+CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
+API_KEY = "sk-test-secret-4242"
+
+
+def sse(name: str, **kwargs) -> Scenario:
+    return Scenario(body=FIXTURE[name].body, content_type="text/event-stream", chunk_size=97, delay=0.002, **kwargs)
+
+
+def json_reply(name: str, **kwargs) -> Scenario:
+    return Scenario(body=FIXTURE[name].body, content_type="application/json", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("proxy")
+    origin = f"http://127.0.0.1:{upstream.port}"
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    config = write_config(tmp / "config.toml", tmp / "ca", {"openai": origin, "anthropic": origin, "fake": origin, "down": down})
+    running = RunningProxy(config, tmp / "meter.db")
+    yield running
+    running.stop()
+
+
+def row(proxy: RunningProxy, interaction_id: str) -> dict:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for candidate in proxy.rows(wait_for=0):
+            if candidate["id"] == interaction_id:
+                return candidate
+        time.sleep(0.05)
+    raise AssertionError(f"interaction {interaction_id} was not recorded")
+
+
+def openai_client(proxy, prefix="") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{proxy.origin}{prefix}/openai/v1", api_key=API_KEY, max_retries=0)
+
+
+def anthropic_client(proxy, prefix="") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=f"{proxy.origin}{prefix}/anthropic", api_key=API_KEY, max_retries=0)
+
+
+MESSAGES_ARGS = dict(model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+
+
+def test_openai_stream_through_gateway_is_metered_exactly_and_not_buffered(proxy, upstream):
+    upstream.routes[CHAT] = sse("openai/chat_stream_include_usage_toolcall", headers={})
+    upstream.routes[CHAT].delay = 0.02
+    raw = openai_client(proxy).chat.completions.with_raw_response.create(
+        **CHAT_ARGS, stream=True, stream_options={"include_usage": True}
+    )
+    interaction_id = raw.headers["x-meter-interaction-id"]
+    first_chunk_at = None
+    chunks = []
+    for chunk in raw.parse():
+        first_chunk_at = first_chunk_at or time.time()
+        chunks.append(chunk)
+    assert first_chunk_at < upstream.last_chunk_sent_at[CHAT]  # streamed, not buffered
+    assert chunks[-1].usage.prompt_tokens == 54  # the client asked for usage: it keeps it
+    stored = row(proxy, interaction_id)
+    assert (stored["input_total"], stored["cache_read"], stored["output_total"], stored["reasoning"]) == (54, 0, 20, 0)
+    assert stored["usage_source"] == "reported" and stored["outcome"] == "complete" and stored["streamed"] == 1
+    assert stored["provider"] == "openai" and stored["protocol"] == "openai_chat"
+    assert stored["model"] == "gpt-4o-mini-2024-07-18"
+    assert stored["cost_usd"] > 0 and "genai-prices" in stored["price_source"]
+    assert stored["first_byte_at"] <= stored["ended_at"]
+    assert upstream.received[-1].headers["Accept-Encoding"] == "identity"
+
+
+def test_usage_chunk_the_meter_asked_for_is_removed_from_the_client_stream(proxy, upstream):
+    upstream.routes[CHAT] = sse("openai/chat_stream_include_usage_httprr")
+    response = httpx.post(
+        f"{proxy.origin}/openai/v1/chat/completions",
+        json={**CHAT_ARGS, "stream": True},
+        headers={"authorization": f"Bearer {API_KEY}"},
+    )
+    assert upstream.request_json()["stream_options"] == {"include_usage": True}
+    original = FIXTURE["openai/chat_stream_include_usage_httprr"].body
+    events = [e for e in original.split(b"\n\n") if e]
+    usage_only = [e for e in events if b'"choices":[]' in e and b'"usage":{' in e]
+    assert len(usage_only) == 1
+    assert response.content == original.replace(usage_only[0] + b"\n\n", b"")
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert (stored["input_total"], stored["output_total"], stored["usage_source"]) == (14, 13, "reported")
+
+
+def test_openai_non_streamed_cached_tokens(proxy, upstream):
+    upstream.routes[CHAT] = json_reply("openai/chat_nonstream_cached_tokens")
+    raw = openai_client(proxy).chat.completions.with_raw_response.create(**CHAT_ARGS)
+    assert raw.parse().usage.prompt_tokens_details.cached_tokens == 1024
+    stored = row(proxy, raw.headers["x-meter-interaction-id"])
+    assert (stored["input_total"], stored["cache_read"], stored["output_total"]) == (1149, 1024, 353)
+    assert stored["streamed"] == 0 and stored["usage_source"] == "reported"
+
+
+def test_anthropic_sdk_stream_and_message(proxy, upstream):
+    upstream.routes[MESSAGES] = sse("anthropic/messages_stream_cache_creation")
+    client = anthropic_client(proxy)
+    with client.messages.stream(**MESSAGES_ARGS) as stream:
+        final = stream.get_final_message()
+        interaction_id = stream.response.headers["x-meter-interaction-id"]
+    assert final.usage.output_tokens == 201
+    stored = row(proxy, interaction_id)
+    assert (stored["input_total"], stored["cache_read"], stored["cache_write"], stored["output_total"]) == (1169, 0, 1165, 201)
+    assert stored["model"] and stored["cost_usd"] > 0
+
+    # Server tools: message_delta's cumulative counts replace message_start's.
+    upstream.routes[MESSAGES] = sse("anthropic/messages_stream_server_tools_cumulative")
+    response = httpx.post(f"{proxy.origin}/anthropic/v1/messages", json={**MESSAGES_ARGS, "stream": True})
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert (stored["input_total"], stored["cache_read"], stored["cache_write"], stored["output_total"]) == (9632, 6289, 3337, 198)
+
+    upstream.routes[MESSAGES] = json_reply("anthropic/messages_nonstream_cache")
+    raw = client.messages.with_raw_response.create(**MESSAGES_ARGS)
+    stored = row(proxy, raw.headers["x-meter-interaction-id"])
+    assert (stored["input_total"], stored["cache_read"], stored["cache_write"], stored["output_total"]) == (1696, 1650, 44, 7)
+
+
+def test_gzip_stream_from_a_server_that_ignores_identity(proxy, upstream):
+    upstream.routes[MESSAGES] = sse("anthropic/messages_stream_parallel_tool_use_gzip", gzip=True)
+    with anthropic_client(proxy).messages.stream(**MESSAGES_ARGS) as stream:
+        final = stream.get_final_message()
+        interaction_id = stream.response.headers["x-meter-interaction-id"]
+    assert final.usage.input_tokens == 542
+    stored = row(proxy, interaction_id)
+    assert (stored["input_total"], stored["output_total"], stored["usage_source"]) == (542, 62, "reported")
+
+
+def test_count_tokens_is_recorded_but_not_an_ai_interaction(proxy, upstream):
+    upstream.routes["/v1/messages/count_tokens"] = json_reply("anthropic/count_tokens")
+    raw = anthropic_client(proxy).messages.with_raw_response.count_tokens(model="claude-test", messages=MESSAGES_ARGS["messages"])
+    stored = row(proxy, raw.headers["x-meter-interaction-id"])
+    assert stored["operation"] == "count_tokens"
+    assert stored["input_total"] is None and json.loads(stored["raw_usage"]) == {"counted_input_tokens": 20}
+
+
+def test_upstream_error_is_passed_through_unchanged_and_recorded(proxy, upstream):
+    error_body = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    upstream.routes[MESSAGES] = Scenario(body=error_body, status=529)
+    response = httpx.post(f"{proxy.origin}/anthropic/v1/messages", json=MESSAGES_ARGS)
+    assert response.status_code == 529 and response.content == error_body
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert stored["http_status"] == 529 and stored["error"] == "Overloaded"
+    assert stored["input_total"] is None and stored["usage_source"] is None
+
+
+def test_malformed_upstream_body_is_passed_through_and_recorded_with_a_parse_error(proxy, upstream):
+    upstream.routes[CHAT] = Scenario(body=b"<html>oops</html>", content_type="application/json")
+    response = httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=CHAT_ARGS)
+    assert response.content == b"<html>oops</html>"
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert "unparsed response body" in stored["error"]
+
+
+def test_stream_without_usage_is_estimated_with_tiktoken(proxy, upstream):
+    # A server that ignores include_usage: nothing states usage.
+    upstream.routes[CHAT] = sse("openai/chat_stream_no_usage")
+    with openai_client(proxy).chat.completions.with_streaming_response.create(**CHAT_ARGS, stream=True) as response:
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        interaction_id = response.headers["x-meter-interaction-id"]
+    stored = row(proxy, interaction_id)
+    assert stored["usage_source"] == "estimated"
+    assert stored["output_total"] > 0 and stored["input_total"] > 0
+    assert abs(stored["output_total"] - len(text) / 4) < len(text) / 4  # the right order of size
+    assert json.loads(stored["raw_usage"])["estimated_with"] in ("cl100k_base", "o200k_base")
+
+
+def test_client_abort_mid_stream_is_recorded_as_partial(proxy, upstream):
+    upstream.routes[MESSAGES] = sse("anthropic/messages_stream_tool_use")
+    upstream.routes[MESSAGES].delay = 0.05
+    received = b""
+    with httpx.stream("POST", f"{proxy.origin}/anthropic/v1/messages", json={**MESSAGES_ARGS, "stream": True}) as response:
+        interaction_id = response.headers["x-meter-interaction-id"]
+        for chunk in response.iter_raw():
+            received += chunk
+            if b"content_block_start" in received:
+                break  # the client gives up after message_start
+    stored = row(proxy, interaction_id)
+    assert stored["outcome"] == "partial"
+    assert stored["usage_source"] == "partial"
+    assert stored["input_total"] == 633  # message_start arrived before the client left
+    assert stored["error"]
+
+
+def test_unreachable_upstream_gives_a_readable_502(proxy):
+    response = httpx.post(f"{proxy.origin}/down/v1/chat/completions", json=CHAT_ARGS)
+    assert response.status_code == 502
+    assert "connect call failed" in response.text.lower()  # mitmproxy's own page names the cause
+    deadline = time.monotonic() + 10
+    while not (stored := [r for r in proxy.rows(wait_for=0) if r["provider"] == "down"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stored[0]["outcome"] == "failed" and "connect call failed" in stored[0]["error"].lower()
+    assert stored[0]["input_total"] is None and stored[0]["first_byte_at"] is None
+
+
+def test_unknown_gateway_prefix_is_a_readable_404(proxy):
+    response = httpx.post(f"{proxy.origin}/nope/v1/chat/completions", json=CHAT_ARGS)
+    assert response.status_code == 404
+    assert "no upstream named 'nope'" in response.json()["error"]["message"]
+
+
+def test_path_prefix_and_header_attribute_to_a_task(proxy, upstream):
+    upstream.routes[CHAT] = json_reply("openai/chat_nonstream_toolcall")
+    raw = openai_client(proxy, "/t/P7-001").chat.completions.with_raw_response.create(**CHAT_ARGS)
+    stored = row(proxy, raw.headers["x-meter-interaction-id"])
+    assert (stored["task_id"], stored["attribution"]) == ("P7-001", "path")
+    response = httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=CHAT_ARGS, headers={"x-meter-task": "P7-002"})
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert (stored["task_id"], stored["attribution"]) == ("P7-002", "header")
+    assert "x-meter-task" not in {k.lower() for k in upstream.received[-1].headers}
+    bad = httpx.post(f"{proxy.origin}/t/bad%20id/openai/v1/chat/completions", json=CHAT_ARGS)
+    assert bad.status_code == 400 and "malformed task ID" in bad.text
+
+
+def test_set_task_applies_to_the_very_next_call(proxy, upstream):
+    upstream.routes[CHAT] = json_reply("openai/chat_nonstream_toolcall")
+    client = openai_client(proxy)
+    db = store_db.connect(proxy.db_path)
+    try:
+        seen = []
+        for task_id in ("P8-001", "P8-002", "P8-001"):
+            tasks.set_task(db, task_id)
+            raw = client.chat.completions.with_raw_response.create(**CHAT_ARGS)
+            seen.append(row(proxy, raw.headers["x-meter-interaction-id"]))
+        tasks.clear_task(db)
+        raw = client.chat.completions.with_raw_response.create(**CHAT_ARGS)
+        unassigned = row(proxy, raw.headers["x-meter-interaction-id"])
+    finally:
+        db.close()
+    assert [(r["task_id"], r["attribution"]) for r in seen] == [("P8-001", "current"), ("P8-002", "current"), ("P8-001", "current")]
+    # Returning to P8-001 after P8-002 was current is a context switch, even in the same conversation.
+    assert seen[2]["context_switch"] == 1
+    assert (unassigned["task_id"], unassigned["attribution"]) == (None, "none")
+
+
+def test_32_concurrent_streams_are_all_recorded(proxy, upstream):
+    upstream.routes[MESSAGES] = sse("anthropic/messages_stream_cache_read")
+    upstream.routes[MESSAGES].delay = 0.005
+    client = anthropic_client(proxy)
+    ids, errors = [], []
+
+    def one():
+        try:
+            with client.messages.stream(**MESSAGES_ARGS) as stream:
+                stream.get_final_message()
+                ids.append(stream.response.headers["x-meter-interaction-id"])
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and len(set(ids)) == 32
+    stored = [row(proxy, i) for i in ids]
+    assert all((r["input_total"], r["cache_read"], r["output_total"]) == (1169, 1165, 221) for r in stored)
+
+
+def test_api_keys_are_never_stored(proxy, upstream):
+    upstream.routes["/v1beta/models/gemini-2.5-flash:generateContent"] = json_reply("gemini/nonstream_basic")
+    response = httpx.post(
+        f"{proxy.origin}/fake/v1beta/models/gemini-2.5-flash:generateContent?key={API_KEY}",
+        json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+        headers={"x-goog-api-key": API_KEY, "authorization": f"Bearer {API_KEY}", "x-api-key": API_KEY},
+    )
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert stored["endpoint"] == "/v1beta/models/gemini-2.5-flash:generateContent?key=redacted"
+    assert (stored["input_total"], stored["output_total"], stored["model"]) == (5, 5, "gemini-1.5-flash-002")
+    with open(proxy.db_path, "rb") as handle:
+        assert API_KEY.encode() not in handle.read()
