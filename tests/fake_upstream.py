@@ -38,7 +38,7 @@ class Received:
 
 
 class FakeUpstream:
-    def __init__(self, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Scenario] = {}
         self.received: list[Received] = []
         self.last_chunk_sent_at: dict[str, float] = {}
@@ -100,7 +100,7 @@ class FakeUpstream:
             def handle_error(self, request, client_address):
                 pass  # clients that hang up mid-stream are part of the tests
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server((host, 0), Handler)
         self.server.daemon_threads = True
         if tls_context is not None:
             self.server.socket = tls_context.wrap_socket(self.server.socket, server_side=True)

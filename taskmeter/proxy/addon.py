@@ -29,6 +29,7 @@ ID_HEADER = "x-meter-interaction-id"
 _META_KEY = "taskmeter"
 _SECRET_QUERY_KEYS = {"key", "api_key", "api-key", "apikey", "access_token", "token"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_SHUTDOWN = "proxy shut down during the call"
 
 
 def _error_response(status: int, message: str) -> http.Response:
@@ -67,6 +68,7 @@ class Meter:
         self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
         self.live: dict[str, CapturedCall] = {}
         self._tunnel_tasks: dict[str, str] = {}
+        self.shutting_down = False
 
     # ---------------------------------------------------------- HTTPS_PROXY tunnels
 
@@ -212,18 +214,19 @@ class Meter:
         if call is None:
             return
         call.ended = time.time()
-        call.error = flow.error.msg if flow.error else "unknown error"
         if flow.response is not None:
             call.status = flow.response.status_code
-        call.outcome = "partial" if call.first_byte is not None else "failed"
+        if self.shutting_down:
+            call.outcome, call.error = "aborted", _SHUTDOWN
+        else:
+            call.outcome = "partial" if call.first_byte is not None else "failed"
+            call.error = flow.error.msg if flow.error else "unknown error"
         self._submit(call)
 
     def done(self) -> None:
         """Shutdown drops in-flight flows without an error hook: record them as aborted."""
         for call in self.live.values():
             call.ended = time.time()
-            call.outcome = "aborted"
-            call.error = "proxy shut down during the call"
-        for call in self.live.values():
+            call.outcome, call.error = "aborted", _SHUTDOWN
             self._submit(call)
         self.live.clear()

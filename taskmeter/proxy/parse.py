@@ -45,7 +45,7 @@ class BodyParser:
         if not self._parse_error:
             try:
                 for name, payload in self._framing.close():
-                    self._event(name, payload)
+                    self._event(name, payload, at_end=True)
             except Exception as exc:
                 self._parse_error = f"{type(exc).__name__}: {exc}"[:500]
         acc = self._accumulator
@@ -60,7 +60,7 @@ class BodyParser:
             parse_error=self._parse_error,
         )
 
-    def _event(self, name: str, payload) -> None:
+    def _event(self, name: str, payload, at_end: bool = False) -> None:
         if isinstance(payload, str):
             stripped = payload.strip()
             if stripped == "[DONE]":
@@ -71,7 +71,8 @@ class BodyParser:
                 try:
                     payload = json.loads(stripped)
                 except json.JSONDecodeError:
-                    self._accumulator.errors.append(f"malformed JSON event: {stripped[:80]}")
+                    if not at_end:  # at the end it is the event the stream was cut in
+                        self._accumulator.errors.append(f"malformed JSON event: {stripped[:80]}")
                     return
         self._accumulator.events += 1
         self._accumulator.on_event(name, payload)

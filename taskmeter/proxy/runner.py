@@ -100,6 +100,13 @@ def _configure_logging() -> None:
     logging.getLogger("mitmproxy").setLevel(logging.ERROR)
 
 
+def _quiet_about_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Connections cancelled at shutdown are expected; anything else is reported."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
@@ -118,10 +125,17 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
         # Long agent streams can idle between events.
         tcp_timeout=1800,
     )
-    master.addons.add(Meter(settings, writer.submit), Announcer(settings, db_path, proxy_id, ready))
+    meter = Meter(settings, writer.submit)
+    master.addons.add(meter, Announcer(settings, db_path, proxy_id, ready))
+
+    def shut_down() -> None:
+        meter.shutting_down = True  # calls cut off from here on were aborted by us
+        master.shutdown()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, shut_down)
+    loop.set_exception_handler(_quiet_about_cancelled_connections)
     try:
         await master.run()
     except SystemExit:

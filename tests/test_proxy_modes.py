@@ -1,0 +1,212 @@
+"""HTTPS_PROXY mode, `meter env` / `meter run`, failures of the database and of the
+proxy itself: each with a real proxy process on loopback."""
+
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from taskmeter.store import db as store_db
+from tests.fake_upstream import FakeUpstream, Scenario
+from tests.fixtures import ALL
+from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.tls import make_server_tls
+
+FIXTURE = {f.name: f for f in ALL}
+CHAT = "/v1/chat/completions"
+CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+TLS_HOST = "127.0.0.2"  # loopback, but not in the NO_PROXY list `meter env` sets
+
+
+def chat_stream(**kwargs) -> Scenario:
+    return Scenario(
+        body=FIXTURE["openai/chat_stream_include_usage_toolcall"].body,
+        content_type="text/event-stream",
+        chunk_size=101,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def tls_upstream(tmp_path):
+    context, ca_path = make_server_tls(tmp_path, TLS_HOST)
+    with FakeUpstream(tls_context=context, host=TLS_HOST) as fake:
+        fake.ca_path = ca_path
+        yield fake
+
+
+@pytest.fixture
+def tls_proxy(tls_upstream, tmp_path):
+    config = write_config(
+        tmp_path / "config.toml",
+        tmp_path / "ca",
+        {"corp": f"https://{TLS_HOST}:{tls_upstream.port}"},
+        upstream_ca=str(tls_upstream.ca_path),
+    )
+    running = RunningProxy(config, tmp_path / "meter.db")
+    yield running
+    running.stop()
+
+
+def test_https_proxy_mode_meters_tls_traffic_with_the_meter_ca(tls_proxy, tls_upstream):
+    tls_upstream.routes[CHAT] = chat_stream()
+    bundle = tls_proxy.config.parent / "ca" / "ca-bundle.pem"
+    client = openai.OpenAI(
+        base_url=f"https://{TLS_HOST}:{tls_upstream.port}/v1",
+        api_key="sk-x",
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(proxy=tls_proxy.origin, verify=ssl.create_default_context(cafile=bundle)),
+    )
+    raw = client.chat.completions.with_raw_response.create(**CHAT_ARGS, stream=True)
+    chunks = list(raw.parse())
+    assert chunks and all(c.choices or c.usage is None for c in chunks)  # usage chunk stripped
+    stored = tls_proxy.rows()[0]
+    assert stored["id"] == raw.headers["x-meter-interaction-id"]
+    assert (stored["provider"], stored["input_total"], stored["output_total"]) == ("corp", 54, 20)
+    ca_files = sorted((tls_proxy.config.parent / "ca").glob("mitmproxy-ca*"))
+    assert ca_files and all(oct(f.stat().st_mode & 0o777) == "0o600" for f in ca_files)
+
+
+def test_hosts_that_are_not_ai_hosts_pass_as_blind_tunnels(tls_proxy, tmp_path):
+    # A TLS server the meter does not know: the client must see *its* certificate.
+    (tmp_path / "other").mkdir()
+    context, ca_path = make_server_tls(tmp_path / "other", "127.0.0.3")
+    with FakeUpstream(tls_context=context, host="127.0.0.3") as other:
+        other.routes[CHAT] = Scenario(body=b'{"ok":true}')
+        response = httpx.post(f"https://127.0.0.3:{other.port}{CHAT}", json={}, proxy=tls_proxy.origin, verify=ssl.create_default_context(cafile=ca_path))
+        assert response.json() == {"ok": True}
+    assert "x-meter-interaction-id" not in response.headers
+    time.sleep(0.3)
+    assert tls_proxy.rows(wait_for=0) == []
+
+
+def test_meter_run_sets_the_environment_and_attributes_its_calls(tls_proxy, tls_upstream):
+    tls_upstream.routes[CHAT] = chat_stream()
+    script = (
+        "import openai, os, sys\n"
+        f"c = openai.OpenAI(base_url='https://{TLS_HOST}:{tls_upstream.port}/v1', api_key='sk-x', max_retries=0)\n"
+        "r = c.chat.completions.with_raw_response.create(model='m', messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "print(r.headers['x-meter-interaction-id'])\n"
+        "print(os.environ['OPENAI_BASE_URL'])\n"
+    )
+    tls_upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+    result = subprocess.run(
+        [str(VENV_BIN / "meter"), "run", "--task", "P5-001", "--config", str(tls_proxy.config), "--db", str(tls_proxy.db_path), "--", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    interaction_id, base_url = result.stdout.split()
+    assert base_url == f"{tls_proxy.origin}/t/P5-001/openai/v1"
+    stored = tls_proxy.rows()[0]
+    assert stored["id"] == interaction_id
+    assert (stored["task_id"], stored["attribution"], stored["input_total"]) == ("P5-001", "path", 92)
+
+
+def test_meter_env_prints_exports_for_the_running_proxy(tls_proxy):
+    def env(*args):
+        return subprocess.run(
+            [str(VENV_BIN / "meter"), "env", "--config", str(tls_proxy.config), "--db", str(tls_proxy.db_path), *args],
+            capture_output=True, text=True, timeout=30,
+        )
+
+    sh = env()
+    assert sh.returncode == 0
+    assert f"export OPENAI_BASE_URL={tls_proxy.origin}/openai/v1" in sh.stdout
+    assert f"export ANTHROPIC_BASE_URL={tls_proxy.origin}/anthropic" in sh.stdout
+    assert f"export GOOGLE_GEMINI_BASE_URL={tls_proxy.origin}/gemini" in sh.stdout
+    assert f"export OLLAMA_HOST={tls_proxy.origin}/ollama" in sh.stdout
+    assert f"export HTTPS_PROXY={tls_proxy.origin}" in sh.stdout
+    assert "ca-bundle.pem" in sh.stdout and "NODE_EXTRA_CA_CERTS=" in sh.stdout
+    assert f"set -gx HTTPS_PROXY {tls_proxy.origin};" in env("--shell", "fish").stdout
+    assert f"$env:HTTPS_PROXY = '{tls_proxy.origin}'" in env("--shell", "powershell").stdout
+    assert "/t/P1-002/openai/v1" in env("--task", "P1-002").stdout
+    bad = env("--task", "no good")
+    assert bad.returncode == 1 and bad.stderr.startswith("meter: error: malformed task ID")
+
+
+def test_proxy_shutdown_mid_stream_records_the_call_as_aborted(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = chat_stream(delay=0.2)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        with httpx.stream("POST", f"{proxy.origin}/openai/v1/chat/completions", json={**CHAT_ARGS, "stream": True}) as response:
+            interaction_id = response.headers["x-meter-interaction-id"]
+            chunks = response.iter_raw()  # keep a reference: dropping it closes the stream
+            next(chunks)
+            assert proxy.stop(signal.SIGINT) == 0
+            assert "Traceback" not in proxy.process.stderr.read()
+    db = store_db.connect(tmp_path / "meter.db")
+    stored = dict(db.execute("SELECT * FROM interactions WHERE id = ?", (interaction_id,)).fetchone())
+    assert stored["outcome"] == "aborted" and "shut down" in stored["error"]
+    assert db.execute("SELECT count(*) FROM proxies").fetchone()[0] == 0  # unregistered
+
+
+def test_calls_survive_a_locked_database_and_are_stored_once_it_frees(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            blocker = store_db.connect(tmp_path / "meter.db")
+            blocker.execute("BEGIN EXCLUSIVE")  # nobody else may write (or read) now
+            ids = []
+            for _ in range(5):
+                response = httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=CHAT_ARGS, timeout=10)
+                assert response.status_code == 200  # the client never notices
+                ids.append(response.headers["x-meter-interaction-id"])
+            spool = tmp_path / "meter.db.spool.jsonl"
+            deadline = time.monotonic() + 15
+            while not spool.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert spool.exists()
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            stored = proxy.rows(wait_for=5, timeout=20)
+            assert sorted(r["id"] for r in stored) == sorted(ids)
+            assert all(r["input_total"] == 92 for r in stored)
+            deadline = time.monotonic() + 10
+            while spool.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not spool.exists()
+        finally:
+            proxy.stop()
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path):
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {})
+    first = RunningProxy(config, tmp_path / "meter.db")
+    try:
+        port = first.address.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [str(VENV_BIN / "meter"), "proxy", "--port", port, "--config", str(config), "--db", str(tmp_path / "meter.db")],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"meter: error: port {port} on 127.0.0.1 is already in use: is another `meter proxy` running? Try --port"
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[proxy]\nport = 99999\n", "proxy.port: Input should be less than or equal to 65535"),
+        ("[upstreams]\nvllm = \"ftp://box\"\n", "must be an http:// or https:// URL"),
+        ("[proxy\n", "is not valid TOML"),
+        ("[proxy]\ncolour = 1\n", "proxy.colour: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_config_is_a_one_line_error(tmp_path, content, message):
+    config = tmp_path / "config.toml"
+    config.write_text(content)
+    result = subprocess.run(
+        [str(VENV_BIN / "meter"), "proxy", "--config", str(config), "--db", str(tmp_path / "meter.db")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1

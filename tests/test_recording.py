@@ -1,0 +1,64 @@
+"""Attribution and context switches as the writer stores calls (store level)."""
+
+import time
+
+from taskmeter.store import recording, tasks
+from taskmeter.store.db import write_transaction
+from taskmeter.store.interactions import Interaction
+from taskmeter.store.recording import Recorded
+from taskmeter.timefmt import now_stored
+
+
+def _call(n: int, conversation: str | None, task_id=None, attribution=None, operation="generate") -> Interaction:
+    time.sleep(0.002)  # distinct, ordered start times
+    return Interaction(id=f"0000000000{n:02d}", started_at=now_stored(), conversation_id=conversation,
+                       task_id=task_id, attribution=attribution, operation=operation)
+
+
+def _store(db, *rows):
+    with write_transaction(db):
+        recording.record(db, [Recorded(r) for r in rows])
+    return [dict(db.execute("SELECT * FROM interactions WHERE id = ?", (r.id,)).fetchone()) for r in rows]
+
+
+def test_calls_go_to_the_task_current_when_they_started(db):
+    before = _call(1, "a")
+    tasks.set_task(db, "P1-001")
+    during = _call(2, "a")
+    tasks.clear_task(db)
+    after = _call(3, "a")
+    stored = _store(db, after, during, before)  # stored out of order, as a batch may be
+    assert [(r["task_id"], r["attribution"]) for r in stored] == [(None, "none"), ("P1-001", "current"), (None, "none")]
+
+
+def test_explicit_attribution_creates_the_task_and_wins_over_current(db):
+    tasks.set_task(db, "P1-001")
+    stored = _store(db, _call(1, "a", task_id="P2-005", attribution="path"))
+    assert (stored[0]["task_id"], stored[0]["attribution"]) == ("P2-005", "path")
+    created = tasks.get_task(db, "P2-005")
+    assert created["phase_id"] == "P2" and created["begin_at"] == stored[0]["started_at"]
+    assert tasks.current_task(db).task_id == "P1-001"  # naming a task does not make it current
+
+
+def test_context_switch_is_a_new_conversation_within_a_task(db):
+    tasks.set_task(db, "P1-001")
+    rows = _store(db, _call(1, "a"), _call(2, "a"), _call(3, "b"), _call(4, "b"), _call(5, "a"))
+    assert [r["context_switch"] for r in rows] == [0, 0, 1, 0, 1]
+
+
+def test_returning_to_a_task_counts_as_a_context_switch(db):
+    tasks.set_task(db, "P1-001")
+    first = _store(db, _call(1, "a"))
+    tasks.set_task(db, "P1-002")
+    other = _store(db, _call(2, "z"))
+    tasks.set_task(db, "P1-001")
+    back = _store(db, _call(3, "a"))
+    assert first[0]["context_switch"] == 0
+    assert other[0]["context_switch"] == 0  # P1-002's first call: nothing to switch from
+    assert back[0]["context_switch"] == 1
+
+
+def test_token_counting_calls_are_not_context_switches(db):
+    tasks.set_task(db, "P1-001")
+    rows = _store(db, _call(1, "a"), _call(2, None, operation="count_tokens"), _call(3, "a"))
+    assert [r["context_switch"] for r in rows] == [0, None, 0]
