@@ -123,3 +123,61 @@ def test_two_processes_write_at_once_without_locking_errors(db_path):
     assert connection.execute("SELECT count(*) FROM interactions").fetchone()[0] == 2 * rounds
     assert connection.execute("SELECT count(*) FROM task_events WHERE kind = 'iteration'").fetchone()[0] == 2 * rounds
     assert connection.execute("SELECT count(*) FROM flags").fetchone()[0] >= rounds
+
+
+def _rollup(db, task_key):
+    return dict(db.execute("SELECT * FROM task_usage WHERE task_key = ?", (task_key,)).fetchone() or {})
+
+
+def _direct(db, task_id):
+    where = "task_id IS NULL" if task_id is None else "task_id = ?"
+    params = () if task_id is None else (task_id,)
+    row = db.execute(
+        f"SELECT count(*) AS interactions, coalesce(sum(input_total), 0) AS input_total, count(input_total) AS input_total_calls,"
+        f" coalesce(sum(output_total), 0) AS output_total, coalesce(sum(cost_usd), 0) AS cost_usd,"
+        f" coalesce(sum(context_switch), 0) AS context_switches,"
+        f" (SELECT count(*) FROM flags f JOIN interactions j ON j.id = f.interaction_id WHERE j.operation = 'generate' AND j.{where}) AS flagged"
+        f" FROM interactions WHERE operation = 'generate' AND {where}",
+        params * 2,
+    ).fetchone()
+    return dict(row)
+
+
+def test_rollups_follow_inserts_flags_retags_and_deletes(db):
+    tasks.set_task(db, "P1-001")
+    tasks.set_task(db, "P1-002")
+    for n in range(30):
+        interactions.insert(db, Interaction(
+            id=f"00000000{n:04d}", started_at=f"2026-01-01T00:00:{n:02d}.000000Z",
+            task_id=("P1-001", "P1-002", None)[n % 3], operation="count_tokens" if n % 7 == 0 else "generate",
+            input_total=None if n % 5 == 0 else n * 10, output_total=n, cost_usd=None if n % 4 == 0 else 0.5,
+            context_switch=n % 2 == 0, usage_source="reported",
+        ))
+    interactions.flag(db, "000000000001")
+    interactions.flag(db, "000000000004")
+    interactions.flag(db, "000000000005")
+    interactions.unflag(db, "000000000004")
+    db.execute("UPDATE interactions SET task_id = 'P1-002' WHERE id IN ('000000000001', '000000000003')")
+    db.execute("UPDATE interactions SET input_total = 999 WHERE id = '000000000010'")
+    db.execute("DELETE FROM interactions WHERE id IN ('000000000005', '000000000008')")
+    for key, task_id in (("P1-001", "P1-001"), ("P1-002", "P1-002"), ("", None)):
+        rollup = _rollup(db, key)
+        expected = _direct(db, task_id)
+        assert {k: rollup[k] for k in expected} == pytest.approx(expected), key
+
+
+def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monkeypatch):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    old = store_db.connect(db_path)
+    tasks.set_task(old, "P1-001")
+    for n in range(5):
+        interactions.insert(old, Interaction(id=f"00000000000{n}", started_at=f"2026-01-01T00:00:0{n}.000000Z",
+                                             task_id="P1-001", input_total=100, output_total=n, cost_usd=0.25))
+    interactions.flag(old, "000000000002")
+    old.close()
+    monkeypatch.undo()
+    upgraded = store_db.connect(db_path)
+    assert upgraded.execute("SELECT count(*) FROM _meter_migrations").fetchone()[0] == len(migrations.MIGRATIONS)
+    rollup = _rollup(upgraded, "P1-001")
+    assert (rollup["interactions"], rollup["input_total"], rollup["output_total"], rollup["flagged"]) == (5, 500, 10, 1)
+    assert rollup["cost_usd"] == pytest.approx(1.25)

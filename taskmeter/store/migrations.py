@@ -165,6 +165,94 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+# Sums kept per task (task_key '' = unassigned) over AI interactions
+# (operation 'generate'), so reports never scan the interactions table.
+_ROLLUP_SUMS = {
+    "interactions": "1",
+    "input_total": "coalesce({r}.input_total, 0)",
+    "input_total_calls": "{r}.input_total IS NOT NULL",
+    "cache_read": "coalesce({r}.cache_read, 0)",
+    "cache_read_calls": "{r}.cache_read IS NOT NULL",
+    "cache_read_input": "CASE WHEN {r}.cache_read IS NOT NULL THEN coalesce({r}.input_total, 0) ELSE 0 END",
+    "cache_write": "coalesce({r}.cache_write, 0)",
+    "cache_write_calls": "{r}.cache_write IS NOT NULL",
+    "output_total": "coalesce({r}.output_total, 0)",
+    "output_total_calls": "{r}.output_total IS NOT NULL",
+    "reasoning": "coalesce({r}.reasoning, 0)",
+    "reasoning_calls": "{r}.reasoning IS NOT NULL",
+    "reasoning_output": "CASE WHEN {r}.reasoning IS NOT NULL THEN coalesce({r}.output_total, 0) ELSE 0 END",
+    "cost_usd": "coalesce({r}.cost_usd, 0)",
+    "cost_calls": "{r}.cost_usd IS NOT NULL",
+    "reported_tokens": "CASE WHEN {r}.usage_source = 'reported' THEN coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0) ELSE 0 END",
+    "estimated_tokens": "CASE WHEN {r}.usage_source = 'estimated' THEN coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0) ELSE 0 END",
+    "partial_tokens": "CASE WHEN {r}.usage_source = 'partial' THEN coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0) ELSE 0 END",
+    "context_switches": "coalesce({r}.context_switch, 0)",
+    "flagged": "EXISTS (SELECT 1 FROM flags WHERE interaction_id = {r}.id)",
+}
+
+
+def _rollup_upsert(row: str, sign: str) -> str:
+    """Add (sign '+') or take away (sign '-') one interaction row's share of the sums.
+    The WHERE clause keeps SQLite from reading ON CONFLICT as a join constraint."""
+    columns = ", ".join(_ROLLUP_SUMS)
+    values = ", ".join(f"{sign}({expression.format(r=row)})" for expression in _ROLLUP_SUMS.values())
+    updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in _ROLLUP_SUMS)
+    return (
+        f"INSERT INTO task_usage (task_key, {columns}) SELECT coalesce({row}.task_id, ''), {values} "
+        f"WHERE {row}.operation = 'generate' ON CONFLICT(task_key) DO UPDATE SET {updates};"
+    )
+
+
+@migration
+def m002_task_usage_rollup(db: sqlite3.Connection) -> None:
+    columns = ",\n".join(f"    {c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL DEFAULT 0" for c in _ROLLUP_SUMS)
+    tracked = "task_id, operation, input_total, cache_read, cache_write, output_total, reasoning, cost_usd, usage_source, context_switch"
+    run_script(
+        db,
+        f"""
+        CREATE TABLE task_usage (
+            task_key TEXT PRIMARY KEY,
+        {columns}
+        );
+
+        CREATE TRIGGER task_usage_insert AFTER INSERT ON interactions
+        BEGIN
+            {_rollup_upsert("NEW", "+")}
+        END;
+
+        CREATE TRIGGER task_usage_update AFTER UPDATE OF {tracked} ON interactions
+        BEGIN
+            {_rollup_upsert("OLD", "-")}
+            {_rollup_upsert("NEW", "+")}
+        END;
+
+        -- Flags leave with their interaction: count them down while it still exists.
+        CREATE TRIGGER task_usage_delete BEFORE DELETE ON interactions
+        BEGIN
+            DELETE FROM flags WHERE interaction_id = OLD.id;
+            {_rollup_upsert("OLD", "-")}
+        END;
+
+        CREATE TRIGGER task_usage_flag AFTER INSERT ON flags
+        BEGIN
+            UPDATE task_usage SET flagged = flagged + 1
+            WHERE task_key = (SELECT coalesce(task_id, '') FROM interactions WHERE id = NEW.interaction_id AND operation = 'generate');
+        END;
+
+        CREATE TRIGGER task_usage_unflag AFTER DELETE ON flags
+        BEGIN
+            UPDATE task_usage SET flagged = flagged - 1
+            WHERE task_key = (SELECT coalesce(task_id, '') FROM interactions WHERE id = OLD.interaction_id AND operation = 'generate');
+        END;
+        """,
+    )
+    sums = ", ".join(f"sum({expression.format(r='i')})" for expression in _ROLLUP_SUMS.values())
+    db.execute(
+        f"INSERT INTO task_usage (task_key, {', '.join(_ROLLUP_SUMS)}) "
+        f"SELECT coalesce(i.task_id, ''), {sums} FROM interactions i WHERE i.operation = 'generate' GROUP BY 1"
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'"

@@ -338,17 +338,10 @@ def list_tasks(db: sqlite3.Connection, phase_id: str | None = None) -> list[dict
         SELECT t.*,
             (SELECT count(*) FROM task_events e WHERE e.task_id = t.id AND e.kind = 'iteration') + 1
                 AS iterations,
-            u.interactions, u.tokens, u.flagged
+            u.interactions, u.flagged,
+            CASE WHEN u.input_total_calls + u.output_total_calls > 0 THEN u.input_total + u.output_total END AS tokens
         FROM tasks t
-        LEFT JOIN (
-            SELECT i.task_id, count(*) AS interactions,
-                   CASE WHEN count(i.input_total) + count(i.output_total) > 0
-                        THEN coalesce(sum(i.input_total), 0) + coalesce(sum(i.output_total), 0) END AS tokens,
-                   count(f.interaction_id) AS flagged
-            FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
-            WHERE i.operation = 'generate'
-            GROUP BY i.task_id
-        ) u ON u.task_id = t.id
+        LEFT JOIN task_usage u ON u.task_key = t.id
         {where}
         ORDER BY t.phase_id, t.id
         """,
