@@ -199,100 +199,20 @@ def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
 @json_option
 @db_option
 def task_cmd(task_id, phase, unset, as_json, db_path, **options):
-    """View TASK_ID, or edit the Level 1 fields that are not measured automatically."""
+    """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically."""
+    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics.reports import task_report
+
     values = _edits(options, _TASK_OPTIONS, unset)
     with open_db(db_path) as db:
         task = tasks.get_task(db, task_id.strip())
         if values or phase:
             tasks.update_task(db, task["id"], values, phase_id=phase)
-        view = _task_view(db, task["id"])
+        report = task_report(db, task["id"])
     if as_json:
-        render.print_json(view)
+        render.print_json(report)
         return
-    _render_task(view)
-
-
-def _task_view(db: sqlite3.Connection, task_id: str) -> dict:
-    task = dict(tasks.get_task(db, task_id))
-    usage = interactions.usage_totals(db, task_id=task_id)
-    current = tasks.current_task(db)
-    end = task["final_approval_at"] or to_stored(now())
-    elapsed = seconds_between(task["begin_at"], end) if task["begin_at"] else None
-    tokens = None
-    if usage["input_total_calls"] or usage["output_total_calls"]:
-        tokens = (usage["input_total"] or 0) + (usage["output_total"] or 0)
-    return {
-        **task,
-        "current": bool(current and current.task_id.lower() == task_id.lower()),
-        "status": "approved" if task["final_approval_at"] else "open",
-        "elapsed_seconds": elapsed,
-        "iterations": tasks.iterations(db, task_id),
-        "token_count_used": tokens,
-        "ai_interactions": usage["interactions"],
-        "hallucination_count": usage["flagged"],
-        "usage": usage,
-        "events": [dict(e) for e in tasks.events(db, task_id)],
-    }
-
-
-def _yes_no(value) -> str | None:
-    return None if value is None else ("yes" if value else "no")
-
-
-def _percent(value) -> str | None:
-    return None if value is None else f"{value:g}%"
-
-
-def _render_task(view: dict) -> None:
-    title = f" — {view['title']}" if view["title"] else ""
-    marker = " (current)" if view["current"] else ""
-    render.info(f"{view['id']}{title}  [phase {view['phase_id']}, {view['status']}]{marker}")
-    render.info("=== TIMESTAMPS ===")
-    render.fields(
-        [
-            ("BEGIN_TIMESTAMP", display(view["begin_at"])),
-            ("INITIAL_COMPLETION_TIMESTAMP", display(view["initial_completion_at"])),
-            ("TESTS_COMPLETION_TIMESTAMP", display(view["tests_completion_at"])),
-            ("VALIDATION_TIMESTAMP", display(view["validation_at"])),
-            ("FINAL_APPROVAL_TIMESTAMP", display(view["final_approval_at"])),
-        ]
-    )
-    label = "ACTUAL_DURATION" if view["final_approval_at"] else "ELAPSED_SO_FAR"
-    render.info("=== DURATION ===")
-    render.fields(
-        [("ESTIMATED_DURATION", format_duration(view["estimate_seconds"])), (label, format_duration(view["elapsed_seconds"]))]
-    )
-    render.info("=== QUALITY METRICS ===")
-    render.fields(
-        [
-            ("ITERATIONS_COUNT", view["iterations"]),
-            ("TEST_COVERAGE_TARGET", _percent(view["coverage_target"])),
-            ("TEST_COVERAGE_ACTUAL", _percent(view["coverage_actual"])),
-            ("PERFORMANCE_TARGET", view["performance_target"]),
-            ("PERFORMANCE_ACTUAL", view["performance_actual"]),
-            ("PERFORMANCE_MET", _yes_no(view["performance_met"])),
-            ("DOC_COMPLETENESS", _percent(view["doc_completeness"])),
-        ]
-    )
-    render.info("=== TOKEN EFFICIENCY ===")
-    render.fields(
-        [
-            ("TOKEN_COUNT_USED", render.number(view["token_count_used"])),
-            ("AI_INTERACTIONS", view["ai_interactions"]),
-            ("HALLUCINATION_COUNT", view["hallucination_count"]),
-        ]
-    )
-    render.info("=== OUTCOME TRACKING ===")
-    render.fields(
-        [
-            ("PROJECTED_OUTCOME", view["projected_outcome"]),
-            ("ACTUAL_OUTCOME", view["actual_outcome"]),
-            ("PROJECTION_MET", _yes_no(view["projection_met"])),
-            ("SUCCESS_CRITERIA", view["success"]),
-            ("BLOCKERS_ENCOUNTERED", view["blockers"]),
-            ("LESSONS_LEARNED", view["lessons"]),
-        ]
-    )
+    click.echo(reports_render.task_text(report), nl=False)
 
 
 @cli.command("mark")
@@ -481,11 +401,13 @@ def phases_cmd(as_json, db_path):
 @db_option
 def status_cmd(as_json, db_path):
     """The current task, its time and tokens so far, and whether a proxy is metering."""
+    from taskmeter.analytics.reports import task_report
+
     with open_db(db_path) as db:
         current = tasks.current_task(db)
-        view = _task_view(db, current.task_id) if current else None
+        view = task_report(db, current.task_id) if current else None
         running = proxies.running(db)
-        unassigned = interactions.recent(db, limit=1, task_id=None)
+        latest = interactions.recent(db, limit=1)
     state = {
         "database": str(store_db.resolve_path(db_path)),
         "current_task": current.task_id if current else None,
@@ -493,7 +415,7 @@ def status_cmd(as_json, db_path):
         "current_for_seconds": seconds_between(current.since, to_stored(now())) if current else None,
         "task": view,
         "proxies": running,
-        "last_interaction_at": unassigned[0]["started_at"] if unassigned else None,
+        "last_interaction_at": latest[0]["started_at"] if latest else None,
     }
     if as_json:
         render.print_json(state)
@@ -503,10 +425,10 @@ def status_cmd(as_json, db_path):
     else:
         render.fields(
             [
-                ("Current task", f"{view['id']}" + (f" — {view['title']}" if view["title"] else "")),
+                ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
                 ("Current for", format_duration(state["current_for_seconds"])),
-                ("Elapsed since begin", format_duration(view["elapsed_seconds"])),
-                ("Estimate", format_duration(view["estimate_seconds"])),
+                ("Elapsed since begin", format_duration(view["actual_duration"])),
+                ("Estimate", format_duration(view["estimated_duration"])),
                 ("Tokens so far", render.number(view["token_count_used"])),
                 ("AI interactions", view["ai_interactions"]),
                 ("Hallucinations", view["hallucination_count"]),
@@ -592,6 +514,119 @@ def unflag_cmd(interaction, db_path):
     with open_db(db_path) as db:
         interaction_id = interactions.unflag(db, interaction)
     render.info(f"Unflagged {interaction_id}.")
+
+
+# ---------------------------------------------------------------- reports
+
+FORMAT = click.Choice(["table", "markdown", "json", "csv"])
+format_option = click.option("--format", "output_format", type=FORMAT, default="table", show_default=True,
+                             help="markdown reproduces the seed's execution-log blocks; json uses its field names.")
+
+
+@cli.group("report", invoke_without_command=True)
+@format_option
+@db_option
+@click.pass_context
+def report_cmd(ctx, output_format, db_path):
+    """Execution reports: `meter report` gives one line per phase with the trend;
+    `meter report task ID` and `meter report phase ID` give the seed's Level 1 and 2 logs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics.reports import overview_report
+
+    with open_db(db_path) as db:
+        report = overview_report(db)
+    if output_format == "json":
+        click.echo(reports_render.as_json(report), nl=False)
+    elif output_format == "csv":
+        unassigned = {"phase_id": "unassigned", **report["unassigned"]}
+        click.echo(reports_render.as_csv([*report["phases"], unassigned]), nl=False)
+    elif output_format == "markdown":
+        click.echo(reports_render.overview_markdown(report), nl=False)
+    else:
+        render.table(
+            ["Phase", "Tasks", "Tokens", "Tokens/task", "Trend", "Calls", "Halluc. rate", "Cost", "Complete"],
+            reports_render.overview_rows(report),
+        )
+
+
+@report_cmd.command("task")
+@click.argument("task_id")
+@format_option
+@db_option
+def report_task_cmd(task_id, output_format, db_path):
+    """The seed's Level 1 execution log of TASK_ID, with cost and token detail."""
+    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics.reports import task_report
+
+    with open_db(db_path) as db:
+        report = task_report(db, task_id.strip())
+    _emit(report, output_format, reports_render.task_markdown, reports_render.task_text)
+
+
+@report_cmd.command("phase")
+@click.argument("phase_id")
+@format_option
+@db_option
+def report_phase_cmd(phase_id, output_format, db_path):
+    """The seed's Level 2 aggregate of PHASE_ID, with the pattern-effectiveness targets."""
+    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics.reports import phase_report
+
+    with open_db(db_path) as db:
+        report = phase_report(db, phase_id.strip())
+    _emit(report, output_format, reports_render.phase_markdown, reports_render.phase_text)
+
+
+def _emit(report: dict, output_format: str, markdown, text) -> None:
+    from taskmeter.analytics import render as reports_render
+
+    if output_format == "json":
+        click.echo(reports_render.as_json(report), nl=False)
+    elif output_format == "csv":
+        click.echo(reports_render.as_csv([report]), nl=False)
+    elif output_format == "markdown":
+        click.echo(markdown(report), nl=False)
+    else:
+        click.echo(text(report), nl=False)
+
+
+@cli.command("retag")
+@click.argument("interactions_", metavar="[ID]...", nargs=-1)
+@click.option("--to", "to_task", help="The task to move them to.")
+@click.option("--unassign", is_flag=True, help="Move them to the unassigned bucket instead.")
+@click.option("--between", nargs=2, metavar="ID ID", help="Every interaction from the first ID to the second, inclusive.")
+@click.option("--since", type=TIMESTAMP, help="Every interaction started at or after this time ...")
+@click.option("--until", type=TIMESTAMP, help="... and before this one (ISO 8601 with zone).")
+@db_option
+def retag_cmd(interactions_, to_task, unassign, between, since, until, db_path):
+    """Move AI calls to another task (or unassign them); reports follow at once.
+
+    \b
+      meter retag 05j6e2pw21jh 05j6e2q0 --to P1-011
+      meter retag --between 05j6e2pw 05j6e3aa --to P1-011
+      meter retag --since 2025-10-04T09:00:00Z --until 2025-10-04T10:00:00Z --to P1-011
+    """
+    from taskmeter.store.recording import retag
+
+    if bool(to_task) == unassign:
+        raise click.UsageError("give --to TASK, or --unassign")
+    chosen = [bool(interactions_), bool(between), bool(since or until)]
+    if sum(chosen) != 1:
+        raise click.UsageError("choose the interactions one way: IDs, --between, or --since/--until")
+    if (since is None) != (until is None):
+        raise click.UsageError("--since and --until go together")
+    if to_task:
+        to_task = tasks.validate_task_id(to_task)
+    window = (to_stored(since), to_stored(until)) if since else None
+    with open_db(db_path) as db:
+        with store_db.write_transaction(db):
+            ids = interactions.select_ids(db, list(interactions_), between, window)
+            if not ids:
+                raise MeterError("no interactions match")
+            moved = retag(db, ids, to_task)
+    render.info(f"Moved {moved} interaction{'s' if moved != 1 else ''} to {to_task or 'unassigned'}.")
 
 
 # ---------------------------------------------------------------- the proxy

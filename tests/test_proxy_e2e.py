@@ -299,3 +299,27 @@ def test_api_keys_are_never_stored(proxy, upstream):
     assert (stored["input_total"], stored["output_total"], stored["model"]) == (5, 5, "gemini-1.5-flash-002")
     with open(proxy.db_path, "rb") as handle:
         assert API_KEY.encode() not in handle.read()
+
+
+def test_phase_report_over_calls_metered_by_the_proxy(proxy, upstream):
+    from taskmeter.analytics.render import phase_markdown
+    from taskmeter.analytics.reports import phase_report
+    from taskmeter.store import interactions
+
+    upstream.routes[CHAT] = json_reply("openai/chat_nonstream_cached_tokens")
+    client = openai_client(proxy, "/t/P9-001")
+    ids = [client.chat.completions.with_raw_response.create(**CHAT_ARGS).headers["x-meter-interaction-id"] for _ in range(3)]
+    for interaction_id in ids:
+        row(proxy, interaction_id)
+    db = store_db.connect(proxy.db_path)
+    try:
+        interactions.flag(db, ids[0], "invented API")
+        report = phase_report(db, "P9")
+    finally:
+        db.close()
+    assert report["ai_interactions_total"] == 3 and report["hallucination_count_total"] == 1
+    assert report["total_tokens_used"] == 3 * 1502
+    assert report["tokens"]["cache_read"] == 3 * 1024
+    assert report["rework_tokens"] == 2 * 1502  # the two calls after the flagged one, same conversation
+    assert report["cost_usd"] > 0
+    assert "TOTAL_TOKENS_USED:            4,506 tokens" in phase_markdown(report)

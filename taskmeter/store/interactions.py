@@ -100,6 +100,25 @@ def resolve_id(db: sqlite3.Connection, reference: str) -> str:
     return matches[0]
 
 
+def select_ids(
+    db: sqlite3.Connection,
+    references: list[str] | None = None,
+    between: tuple[str, str] | None = None,
+    window: tuple[str, str] | None = None,
+) -> list[str]:
+    """Interaction IDs named one by one, as an inclusive ID range, or by start time."""
+    if references:
+        return list(dict.fromkeys(resolve_id(db, reference) for reference in references))
+    if between:
+        low, high = sorted(resolve_id(db, reference) for reference in between)
+        return [row[0] for row in db.execute("SELECT id FROM interactions WHERE id BETWEEN ? AND ? ORDER BY id", (low, high))]
+    if window:
+        return [row[0] for row in db.execute(
+            "SELECT id FROM interactions WHERE started_at >= ? AND started_at < ? ORDER BY started_at", window
+        )]
+    return []
+
+
 def flag(db: sqlite3.Connection, reference: str, note: str | None = None) -> tuple[str, bool]:
     """Flag an interaction as a hallucination; returns (ID, whether it was already flagged)."""
     with write_transaction(db):

@@ -56,3 +56,50 @@ def record(db: sqlite3.Connection, items: list[Recorded]) -> None:
                 "INSERT OR IGNORE INTO bodies (interaction_id, request_body, response_body) VALUES (?, ?, ?)",
                 (item.interaction.id, item.request_body, item.response_body),
             )
+
+
+def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:
+    """Apply the context-switch rule afresh to every call of a task (after a retag);
+    returns how many calls changed. Runs in the caller's transaction."""
+    switch_times = [row[0] for row in db.execute(
+        "SELECT at FROM task_events WHERE kind = 'switch' AND task_id = ? ORDER BY at", (task_id,)
+    )]
+    updates, previous = [], None
+    for row in db.execute(
+        "SELECT id, started_at, conversation_id, context_switch FROM interactions"
+        " WHERE task_id = ? AND operation = 'generate' ORDER BY started_at, id",
+        (task_id,),
+    ).fetchall():
+        if previous is None:
+            value = 0
+        else:
+            came_back = any(previous["started_at"] < at <= row["started_at"] for at in switch_times)
+            value = int(previous["conversation_id"] != row["conversation_id"] or came_back)
+        if row["context_switch"] != value:
+            updates.append((value, row["id"]))
+        previous = row
+    db.executemany("UPDATE interactions SET context_switch = ? WHERE id = ?", updates)
+    return len(updates)
+
+
+def retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | None) -> int:
+    """Move interactions to `task_id` (None: unassigned); context switches of every
+    task involved are recomputed. Runs in the caller's transaction."""
+    if not interaction_ids:
+        return 0
+    placeholders = ", ".join("?" for _ in interaction_ids)
+    touched = {row[0] for row in db.execute(
+        f"SELECT DISTINCT task_id FROM interactions WHERE id IN ({placeholders}) AND task_id IS NOT NULL", interaction_ids
+    )}
+    if task_id is not None:
+        first = db.execute(f"SELECT min(started_at) FROM interactions WHERE id IN ({placeholders})", interaction_ids).fetchone()[0]
+        task_id = tasks.ensure_task(db, task_id, first)
+        touched.add(task_id)
+    changed = db.execute(
+        f"UPDATE interactions SET task_id = ?, attribution = ?, context_switch = CASE WHEN ? IS NULL THEN NULL ELSE context_switch END"
+        f" WHERE id IN ({placeholders})",
+        (task_id, "retag" if task_id else "none", task_id, *interaction_ids),
+    ).rowcount
+    for touched_task in touched:
+        recompute_context_switches(db, touched_task)
+    return changed

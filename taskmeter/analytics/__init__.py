@@ -1,0 +1,1 @@
+"""The seed's execution reports: queries over the store, pure computations, renderers."""

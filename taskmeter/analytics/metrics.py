@@ -1,0 +1,330 @@
+"""The seed's Level 1 and Level 2 fields, computed from histories. Pure functions:
+no database, no clock (the caller passes `now`).
+
+Every field is named as in the seed, in snake_case. A field with no data is None
+and is listed under tracking_completeness.missing; nothing is zero-filled.
+Durations are seconds; ratios are plain numbers (0.9, not 90%).
+"""
+
+from taskmeter.analytics.history import PhaseHistory, TaskHistory
+from taskmeter.timefmt import seconds_between
+
+# The seed's Level 1 template, section by section (snake_case of its field names).
+TASK_SECTIONS = {
+    "TIMESTAMPS (ISO 8601 Format)": [
+        "begin_timestamp",
+        "initial_completion_timestamp",
+        "tests_completion_timestamp",
+        "validation_timestamp",
+        "final_approval_timestamp",
+    ],
+    "DURATION ANALYSIS": ["estimated_duration", "actual_duration", "variance", "efficiency_ratio"],
+    "QUALITY METRICS": [
+        "iterations_count",
+        "test_coverage_target",
+        "test_coverage_actual",
+        "performance_target",
+        "performance_actual",
+        "doc_completeness",
+    ],
+    "TOKEN EFFICIENCY": ["token_count_used", "ai_interactions", "hallucination_count", "context_switches"],
+    "OUTCOME TRACKING": [
+        "projected_outcome",
+        "actual_outcome",
+        "success_criteria",
+        "blockers_encountered",
+        "lessons_learned",
+    ],
+}
+
+# The seed's Level 2 template.
+PHASE_SECTIONS = {
+    "PHASE-LEVEL TIMESTAMPS": [
+        "phase_begin",
+        "phase_first_code",
+        "phase_tests_passing",
+        "phase_integration_complete",
+        "phase_documentation_complete",
+        "phase_final_approval",
+    ],
+    "PHASE DURATION ANALYSIS": ["estimated_total", "actual_total", "variance", "efficiency_ratio", "parallel_efficiency"],
+    "PHASE QUALITY METRICS": [
+        "tasks_total",
+        "tasks_completed",
+        "tasks_failed_first_attempt",
+        "average_iterations_per_task",
+        "test_coverage_overall",
+        "performance_targets_met",
+    ],
+    "PHASE TOKEN EFFICIENCY": [
+        "total_tokens_used",
+        "tokens_per_task_avg",
+        "ai_interactions_total",
+        "hallucination_count_total",
+        "hallucination_rate",
+    ],
+    "PHASE OUTCOME ANALYSIS": [
+        "projected_deliverables",
+        "deliverables_completed",
+        "critical_blockers",
+        "patterns_extracted",
+        "technical_debt_incurred",
+    ],
+    "META-LEARNING": ["theory_accuracy", "biggest_surprise", "biggest_win", "biggest_challenge", "theory_improvements"],
+}
+
+# The seed's "Metrics" table: how to tell the pattern is working.
+TARGETS = [
+    ("tracking_completeness", "Tracking completeness", "100% of fields filled"),
+    ("projection_accuracy", "Projection accuracy", "> 80%"),
+    ("iteration_efficiency", "Iteration efficiency", "< 1.2 avg iterations/task"),
+    ("hallucination_rate", "Hallucination rate", "< 1%"),
+    ("token_efficiency_improvement", "Token efficiency improvement", "-10% tokens per task vs previous phase"),
+]
+
+
+def _ratio(numerator, denominator) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def _tokens(usage: dict) -> dict:
+    total = None
+    if usage["input_total"] is not None or usage["output_total"] is not None:
+        total = (usage["input_total"] or 0) + (usage["output_total"] or 0)
+    return {
+        "input_total": usage["input_total"],
+        "cache_read": usage["cache_read"],
+        "cache_write": usage["cache_write"],
+        "output_total": usage["output_total"],
+        "reasoning": usage["reasoning"],
+        "total": total,
+    }
+
+
+def _usage_extras(usage: dict) -> dict:
+    return {
+        "tokens": _tokens(usage),
+        "tokens_by_source": {
+            "reported": usage["reported_tokens"],
+            "estimated": usage["estimated_tokens"],
+            "partial": usage["partial_tokens"],
+        },
+        "cost_usd": usage["cost_usd"],
+        "unpriced_interactions": usage["interactions"] - usage["cost_calls"],
+        "cache_hit_ratio": _ratio(usage["cache_read"], usage["cache_read_input"]),
+        "reasoning_share": _ratio(usage["reasoning"], usage["reasoning_output"]),
+    }
+
+
+def _end_of(task: dict, now: str) -> str:
+    return task["final_approval_at"] or now
+
+
+def active_seconds(task: dict, switches: list[tuple[str, str | None]], now: str) -> float | None:
+    """Time the task was current (`meter set-task`), up to its approval or now."""
+    if task["begin_at"] is None:
+        return None
+    end = _end_of(task, now)
+    total = 0.0
+    key = task["id"].lower()
+    for index, (at, current) in enumerate(switches):
+        if current is None or current.lower() != key or at >= end:
+            continue
+        until = switches[index + 1][0] if index + 1 < len(switches) else end
+        total += max(0.0, seconds_between(at, min(until, end)))
+    return total
+
+
+def task_fields(history: TaskHistory, now: str) -> dict:
+    task, usage = history.task, history.usage
+    actual = seconds_between(task["begin_at"], _end_of(task, now)) if task["begin_at"] else None
+    estimate = task["estimate_seconds"]
+    tokens = _tokens(usage)["total"]
+    fields = {
+        "task_id": task["id"],
+        "title": task["title"],
+        "phase_id": task["phase_id"],
+        "status": "approved" if task["final_approval_at"] else "open",
+        "begin_timestamp": task["begin_at"],
+        "initial_completion_timestamp": task["initial_completion_at"],
+        "tests_completion_timestamp": task["tests_completion_at"],
+        "validation_timestamp": task["validation_at"],
+        "final_approval_timestamp": task["final_approval_at"],
+        "estimated_duration": estimate,
+        "actual_duration": actual,
+        "actual_duration_is_elapsed_so_far": actual is not None and task["final_approval_at"] is None,
+        "variance": actual - estimate if actual is not None and estimate else None,
+        "efficiency_ratio": _ratio(actual, estimate),
+        "iterations_count": history.iterations,
+        "test_coverage_target": task["coverage_target"],
+        "test_coverage_actual": task["coverage_actual"],
+        "performance_target": task["performance_target"],
+        "performance_actual": task["performance_actual"],
+        "performance_met": None if task["performance_met"] is None else bool(task["performance_met"]),
+        "doc_completeness": task["doc_completeness"],
+        "token_count_used": tokens,
+        "ai_interactions": usage["interactions"],
+        "hallucination_count": usage["flagged"],
+        "hallucination_rate": _ratio(usage["flagged"], usage["interactions"]),
+        "context_switches": usage["context_switches"],
+        "projected_outcome": task["projected_outcome"],
+        "actual_outcome": task["actual_outcome"],
+        "projection_met": None if task["projection_met"] is None else bool(task["projection_met"]),
+        "success_criteria": task["success"],
+        "blockers_encountered": task["blockers"],
+        "lessons_learned": task["lessons"],
+        **_usage_extras(usage),
+        "rework_tokens": history.rework_tokens,
+        "rework_cost_usd": history.rework_cost_usd,
+        "rework_interactions": history.rework_calls,
+        "active_duration": active_seconds(task, history.switches, now),
+        "wall_duration": actual,
+    }
+    fields["tracking_completeness"] = completeness(fields, TASK_SECTIONS)
+    return fields
+
+
+def completeness(fields: dict, sections: dict, prefix: str = "") -> dict:
+    names = [name for section in sections.values() for name in section]
+    missing = [prefix + name.upper() for name in names if fields.get(name) is None]
+    return {
+        "percent": 100.0 * (len(names) - len(missing)) / len(names),
+        "filled": len(names) - len(missing),
+        "total": len(names),
+        "missing": missing,
+    }
+
+
+def _sum_usage(histories: list[TaskHistory]) -> dict:
+    total: dict = {}
+    for history in histories:
+        for key, value in history.usage.items():
+            if value is not None:
+                total[key] = total.get(key, 0) + value
+    for key, calls in (
+        ("input_total", "input_total_calls"),
+        ("cache_read", "cache_read_calls"),
+        ("cache_write", "cache_write_calls"),
+        ("output_total", "output_total_calls"),
+        ("reasoning", "reasoning_calls"),
+        ("cost_usd", "cost_calls"),
+    ):
+        total.setdefault(calls, 0)
+        if not total[calls]:
+            total[key] = None
+    for key in ("interactions", "flagged", "context_switches", "reported_tokens", "estimated_tokens", "partial_tokens", "cache_read_input", "reasoning_output"):
+        total.setdefault(key, 0)
+    return total
+
+
+def phase_fields(history: PhaseHistory, now: str, previous_tokens_per_task: float | None = None) -> dict:
+    phase = history.phase
+    tasks = [task_fields(t, now) for t in history.tasks]
+    usage = _sum_usage(history.tasks)
+    begins = [t["begin_timestamp"] for t in tasks if t["begin_timestamp"]]
+    ends = [t["final_approval_timestamp"] or now for t in tasks if t["begin_timestamp"]]
+    durations = [t["actual_duration"] for t in tasks if t["actual_duration"] is not None]
+    estimates = [t["estimated_duration"] for t in tasks]
+    estimated_total = sum(estimates) if tasks and all(e is not None for e in estimates) else None
+    actual_total = sum(durations) if durations else None
+    span = seconds_between(min(begins), max(ends)) if begins else None
+    coverages = [t["test_coverage_actual"] for t in tasks if t["test_coverage_actual"] is not None]
+    performance = [t["performance_met"] for t in tasks if t["performance_met"] is not None]
+    projections = [t["projection_met"] for t in tasks if t["projection_met"] is not None]
+    total_tokens = _tokens(usage)["total"]
+    tokens_per_task = _ratio(total_tokens, len(tasks))
+    failed_first = [t["task_id"] for t in tasks if t["iterations_count"] > 1]
+    fields = {
+        "phase_id": phase["id"],
+        "title": phase["title"],
+        "phase_begin": phase["begin_at"] or (min(begins) if begins else None),
+        "phase_first_code": phase["first_code_at"],
+        "phase_tests_passing": phase["tests_passing_at"],
+        "phase_integration_complete": phase["integration_complete_at"],
+        "phase_documentation_complete": phase["documentation_complete_at"],
+        "phase_final_approval": phase["final_approval_at"],
+        "estimated_total": estimated_total,
+        "tasks_without_estimate": [t["task_id"] for t in tasks if t["estimated_duration"] is None],
+        "actual_total": actual_total,
+        "variance": actual_total - estimated_total if actual_total is not None and estimated_total else None,
+        "efficiency_ratio": _ratio(actual_total, estimated_total),
+        "parallel_efficiency": _ratio(actual_total, span),
+        "wall_clock_span": span,
+        "tasks_total": len(tasks),
+        "tasks_completed": sum(1 for t in tasks if t["status"] == "approved"),
+        "tasks_failed_first_attempt": len(failed_first),
+        "tasks_reworked": failed_first,
+        "average_iterations_per_task": _ratio(sum(t["iterations_count"] for t in tasks), len(tasks)),
+        "test_coverage_overall": sum(coverages) / len(coverages) if coverages else None,
+        "performance_targets_met": f"{sum(performance)} / {len(performance)}" if performance else None,
+        "performance_targets_met_count": sum(performance) if performance else None,
+        "performance_targets_total": len(performance) if performance else None,
+        "total_tokens_used": total_tokens,
+        "tokens_per_task_avg": tokens_per_task,
+        "ai_interactions_total": usage["interactions"],
+        "hallucination_count_total": usage["flagged"],
+        "hallucination_rate": _ratio(usage["flagged"], usage["interactions"]),
+        "context_switches_total": usage["context_switches"],
+        "projected_deliverables": phase["projected_deliverables"],
+        "deliverables_completed": phase["deliverables_completed"],
+        "critical_blockers": phase["critical_blockers"],
+        "patterns_extracted": phase["patterns_extracted"],
+        "technical_debt_incurred": phase["technical_debt"],
+        "theory_accuracy": _ratio(sum(projections), len(projections)) if projections else None,
+        "projections_materialized": sum(projections) if projections else None,
+        "projections_total": len(projections) if projections else None,
+        "biggest_surprise": phase["biggest_surprise"],
+        "biggest_win": phase["biggest_win"],
+        "biggest_challenge": phase["biggest_challenge"],
+        "theory_improvements": phase["theory_improvements"],
+        **_usage_extras(usage),
+        "rework_tokens": sum(t["rework_tokens"] for t in tasks if t["rework_tokens"] is not None) if any(t["rework_tokens"] is not None for t in tasks) else None,
+        "token_efficiency_change": _ratio(tokens_per_task - previous_tokens_per_task, previous_tokens_per_task)
+        if tokens_per_task is not None and previous_tokens_per_task
+        else None,
+        "tasks": tasks,
+    }
+    own = completeness(fields, PHASE_SECTIONS)
+    missing = own["missing"] + [f"{t['task_id']}: {name}" for t in tasks for name in t["tracking_completeness"]["missing"]]
+    filled = own["filled"] + sum(t["tracking_completeness"]["filled"] for t in tasks)
+    total = own["total"] + sum(t["tracking_completeness"]["total"] for t in tasks)
+    fields["tracking_completeness"] = {"percent": 100.0 * filled / total, "filled": filled, "total": total, "missing": missing}
+    fields["pattern_effectiveness"] = pattern_effectiveness(fields)
+    return fields
+
+
+def pattern_effectiveness(fields: dict) -> list[dict]:
+    values = {
+        "tracking_completeness": fields["tracking_completeness"]["percent"],
+        "projection_accuracy": fields["theory_accuracy"],
+        "iteration_efficiency": fields["average_iterations_per_task"],
+        "hallucination_rate": fields["hallucination_rate"],
+        "token_efficiency_improvement": fields["token_efficiency_change"],
+    }
+    checks = {
+        "tracking_completeness": lambda v: v >= 100.0,
+        "projection_accuracy": lambda v: v > 0.80,
+        "iteration_efficiency": lambda v: v < 1.2,
+        "hallucination_rate": lambda v: v < 0.01,
+        "token_efficiency_improvement": lambda v: v <= -0.10,
+    }
+    return [
+        {"metric": key, "name": name, "target": target, "value": values[key], "passed": None if values[key] is None else checks[key](values[key])}
+        for key, name, target in TARGETS
+    ]
+
+
+def overview(phases: list[dict], unassigned: dict) -> dict:
+    """One line per phase (fields from phase_fields) with the phase-over-phase
+    token trend, and the calls attributed to no task."""
+    keys = (
+        "phase_id", "title", "tasks_total", "tasks_completed", "total_tokens_used", "tokens_per_task_avg",
+        "token_efficiency_change", "ai_interactions_total", "hallucination_rate", "cost_usd",
+    )
+    rows = [{**{key: fields[key] for key in keys}, "tracking_completeness": fields["tracking_completeness"]["percent"]} for fields in phases]
+    return {
+        "phases": rows,
+        "unassigned": {"ai_interactions": unassigned["interactions"], "tokens": _tokens(unassigned), "cost_usd": unassigned["cost_usd"]},
+    }

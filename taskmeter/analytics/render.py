@@ -1,0 +1,268 @@
+"""Rendering reports: markdown in the seed's execution-log form, a terminal view,
+JSON with the seed's field names in snake_case, and CSV. Nothing is computed here."""
+
+import csv
+import io
+import json
+
+from taskmeter.analytics.metrics import PHASE_SECTIONS, TASK_SECTIONS
+from taskmeter.timefmt import display, format_duration
+
+PLACEHOLDER = "_____"  # the seed's mark for a field not filled
+
+_TIMESTAMPS = {
+    "begin_timestamp", "initial_completion_timestamp", "tests_completion_timestamp", "validation_timestamp",
+    "final_approval_timestamp", "phase_begin", "phase_first_code", "phase_tests_passing",
+    "phase_integration_complete", "phase_documentation_complete", "phase_final_approval",
+}
+_DURATIONS = {"estimated_duration", "actual_duration", "estimated_total", "actual_total"}
+_PERCENT_INPUTS = {"test_coverage_target", "test_coverage_actual", "doc_completeness", "test_coverage_overall"}
+_SUCCESS = {"pass": "✅ PASS", "pending": "⏳ PENDING", "fail": "❌ FAIL"}
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} hours ({format_duration(seconds)})"
+
+
+def _tokens(value: int) -> str:
+    return f"{value:,} tokens"
+
+
+def describe(name: str, fields: dict) -> str | None:
+    """The seed-style text of one field, or None when it has no value."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    if name in _TIMESTAMPS:
+        return display(value)
+    if name in _DURATIONS:
+        text = _hours(value)
+        if name == "actual_duration" and fields.get("actual_duration_is_elapsed_so_far"):
+            text += " so far (task open)"
+        return text
+    so_far = " so far" if fields.get("actual_duration_is_elapsed_so_far") else ""
+    if name == "variance":
+        direction = "behind schedule" if value > 0 else "ahead of schedule"
+        return f"{value / 3600:+.2f} hours ({format_duration(abs(value))} {direction}{so_far})"
+    if name == "efficiency_ratio":
+        if value == 1:
+            return f"1.00 (as estimated{so_far})"
+        change = abs(1 - value) * 100
+        return f"{value:.2f} ({change:.0f}% {'faster' if value < 1 else 'slower'} than estimated{so_far})"
+    if name == "parallel_efficiency":
+        return f"{value:.2f} (task time / wall-clock span of the phase)"
+    if name in _PERCENT_INPUTS:
+        return f"{value:g}%"
+    if name in ("token_count_used", "total_tokens_used"):
+        return _tokens(value)
+    if name == "tokens_per_task_avg":
+        return f"{value:,.0f} tokens"
+    if name in ("ai_interactions", "ai_interactions_total"):
+        return f"{value} interactions"
+    if name in ("hallucination_rate",):
+        flagged = fields.get("hallucination_count", fields.get("hallucination_count_total"))
+        calls = fields.get("ai_interactions", fields.get("ai_interactions_total"))
+        return f"{value * 100:.2f}% ({flagged} / {calls} interactions)"
+    if name == "iterations_count":
+        return f"{value} (completed first try)" if value == 1 else f"{value} ({value - 1} rework)"
+    if name == "tasks_completed":
+        total = fields["tasks_total"]
+        return f"{value} / {total} ({value / total:.0%})" if total else str(value)
+    if name == "tasks_failed_first_attempt":
+        reworked = fields.get("tasks_reworked") or []
+        return f"{value} ({', '.join(reworked)} required rework)" if reworked else str(value)
+    if name == "average_iterations_per_task":
+        return f"{value:.2f} iterations"
+    if name == "theory_accuracy":
+        return f"{value:.0%} ({fields['projections_materialized']}/{fields['projections_total']} projections materialized)"
+    if name == "success_criteria":
+        return _SUCCESS.get(value, value)
+    if name == "estimated_total" and fields.get("tasks_without_estimate"):
+        return None
+    return str(value)
+
+
+def _block(fields: dict, sections: dict) -> list[str]:
+    lines = []
+    width = max(len(name) for section in sections.values() for name in section) + 2
+    for title, names in sections.items():
+        lines.append(f"=== {title} ===")
+        for name in names:
+            text = describe(name, fields)
+            lines.append(f"{(name.upper() + ':'):<{width}}{text if text is not None else PLACEHOLDER}")
+        lines.append("")
+    return lines[:-1]
+
+
+def _beyond(fields: dict) -> list[str]:
+    tokens = fields["tokens"]
+    by_source = fields["tokens_by_source"]
+    cost = fields["cost_usd"]
+    unpriced = fields["unpriced_interactions"]
+    lines = ["=== COST AND TOKEN DETAIL (taskmeter) ==="]
+    lines.append(
+        "TOKENS:            "
+        + (
+            f"{tokens['total']:,} = input {tokens['input_total'] or 0:,} (cache read {tokens['cache_read'] or 0:,}, "
+            f"cache write {tokens['cache_write'] or 0:,}) + output {tokens['output_total'] or 0:,} (reasoning {tokens['reasoning'] or 0:,})"
+            if tokens["total"] is not None
+            else PLACEHOLDER
+        )
+    )
+    lines.append(
+        f"TOKENS_BY_SOURCE:  reported {by_source['reported']:,}, estimated {by_source['estimated']:,}, partial {by_source['partial']:,}"
+    )
+    cost_text = f"${cost:,.4f}" if cost is not None else PLACEHOLDER
+    if unpriced:
+        cost_text += f" ({unpriced} interactions with no known price not included)"
+    lines.append(f"COST_USD:          {cost_text}")
+    for label, key in (("CACHE_HIT_RATIO", "cache_hit_ratio"), ("REASONING_SHARE", "reasoning_share")):
+        value = fields[key]
+        lines.append(f"{label + ':':<19}{f'{value:.1%}' if value is not None else PLACEHOLDER}")
+    rework = fields.get("rework_tokens")
+    lines.append(f"REWORK_TOKENS:     {f'{rework:,} (calls after a flagged hallucination)' if rework is not None else 'none (no flagged hallucination)'}")
+    if "active_duration" in fields:
+        active, wall = fields["active_duration"], fields["wall_duration"]
+        lines.append(
+            f"ACTIVE_DURATION:   {format_duration(active) if active is not None else PLACEHOLDER} current, "
+            f"of {format_duration(wall) if wall is not None else PLACEHOLDER} wall clock"
+        )
+    if "context_switches_total" in fields:
+        lines.append(f"CONTEXT_SWITCHES:  {fields['context_switches_total']}")
+    return lines
+
+
+def _completeness_line(fields: dict) -> str:
+    completeness = fields["tracking_completeness"]
+    line = f"Tracking completeness: {completeness['percent']:.0f}% ({completeness['filled']}/{completeness['total']} fields)"
+    if completeness["missing"]:
+        shown = completeness["missing"][:12]
+        more = len(completeness["missing"]) - len(shown)
+        line += "; missing: " + ", ".join(shown) + (f" and {more} more" if more else "")
+    return line
+
+
+def task_markdown(fields: dict) -> str:
+    title = f" — {fields['title']}" if fields["title"] else ""
+    lines = [f"### Task {fields['task_id']}{title}", "", "**Execution Log:**", "```", *_block(fields, TASK_SECTIONS), "", *_beyond(fields), "```", ""]
+    lines.append(_completeness_line(fields))
+    return "\n".join(lines) + "\n"
+
+
+def _target_value(check: dict) -> str:
+    value = check["value"]
+    if value is None:
+        return "not measured"
+    if check["metric"] == "tracking_completeness":
+        return f"{value:.0f}%"
+    if check["metric"] == "iteration_efficiency":
+        return f"{value:.2f}"
+    if check["metric"] == "token_efficiency_improvement":
+        return f"{value:+.1%}"
+    return f"{value:.1%}" if check["metric"] == "projection_accuracy" else f"{value:.2%}"
+
+
+def _verdict(check: dict) -> str:
+    return {True: "✅", False: "❌", None: "—"}[check["passed"]]
+
+
+def phase_markdown(fields: dict) -> str:
+    title = f" — {fields['title']}" if fields["title"] else ""
+    lines = [f"## 📈 Phase {fields['phase_id']} Aggregate Tracking{title}", "", "```", *_block(fields, PHASE_SECTIONS), "", *_beyond(fields), "```", ""]
+    lines += ["### Pattern effectiveness", "", "| Metric | Target | Measured | |", "|---|---|---|---|"]
+    for check in fields["pattern_effectiveness"]:
+        lines.append(f"| {check['name']} | {check['target']} | {_target_value(check)} | {_verdict(check)} |")
+    lines += ["", "### Tasks", "", "| Task | Status | Duration | Estimate | Iterations | Tokens | Interactions | Hallucinations | Cost |", "|---|---|---|---|---|---|---|---|---|"]
+    for task in fields["tasks"]:
+        lines.append(
+            f"| {task['task_id']} | {task['status']} | {format_duration(task['actual_duration']) or PLACEHOLDER} "
+            f"| {format_duration(task['estimated_duration']) or PLACEHOLDER} | {task['iterations_count']} "
+            f"| {f'{task['token_count_used']:,}' if task['token_count_used'] is not None else PLACEHOLDER} | {task['ai_interactions']} "
+            f"| {task['hallucination_count']} | {f'${task['cost_usd']:.4f}' if task['cost_usd'] is not None else PLACEHOLDER} |"
+        )
+    lines += ["", _completeness_line(fields)]
+    return "\n".join(lines) + "\n"
+
+
+def task_text(fields: dict) -> str:
+    """The terminal view: the execution log without markdown fences."""
+    title = f" — {fields['title']}" if fields["title"] else ""
+    lines = [f"Task {fields['task_id']}{title}  [phase {fields['phase_id']}, {fields['status']}]", *_block(fields, TASK_SECTIONS), "", *_beyond(fields), "", _completeness_line(fields)]
+    return "\n".join(lines) + "\n"
+
+
+def phase_text(fields: dict) -> str:
+    title = f" — {fields['title']}" if fields["title"] else ""
+    lines = [f"Phase {fields['phase_id']}{title}", *_block(fields, PHASE_SECTIONS), "", *_beyond(fields), "", "=== PATTERN EFFECTIVENESS ==="]
+    for check in fields["pattern_effectiveness"]:
+        lines.append(f"{check['name'] + ':':<30}{_target_value(check):<14} target {check['target']:<40} {_verdict(check)}")
+    lines += ["", _completeness_line(fields)]
+    return "\n".join(lines) + "\n"
+
+
+def as_json(report: dict) -> str:
+    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        flat = {}
+        for key, child in value.items():
+            flat.update(_flatten(child, f"{prefix}{key}."))
+        return flat
+    if isinstance(value, list):
+        return {prefix[:-1]: json.dumps(value, ensure_ascii=False)}
+    return {prefix[:-1]: value}
+
+
+def as_csv(rows: list[dict]) -> str:
+    """A header of (dotted) field names, then one line per report row."""
+    flat = [_flatten(row) for row in rows]
+    columns = list(dict.fromkeys(key for row in flat for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    return out.getvalue()
+
+
+def overview_markdown(report: dict) -> str:
+    lines = ["| Phase | Tasks | Tokens | Tokens/task | Trend | Interactions | Hallucination rate | Cost | Completeness |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in overview_rows(report):
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def overview_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for phase in report["phases"]:
+        trend = phase["token_efficiency_change"]
+        rows.append(
+            [
+                phase["phase_id"] + (f" {phase['title']}" if phase["title"] else ""),
+                f"{phase['tasks_completed']}/{phase['tasks_total']} done",
+                f"{phase['total_tokens_used']:,}" if phase["total_tokens_used"] is not None else PLACEHOLDER,
+                f"{phase['tokens_per_task_avg']:,.0f}" if phase["tokens_per_task_avg"] is not None else PLACEHOLDER,
+                f"{trend:+.1%}" if trend is not None else "—",
+                str(phase["ai_interactions_total"]),
+                f"{phase['hallucination_rate']:.2%}" if phase["hallucination_rate"] is not None else PLACEHOLDER,
+                f"${phase['cost_usd']:.4f}" if phase["cost_usd"] is not None else PLACEHOLDER,
+                f"{phase['tracking_completeness']:.0f}%",
+            ]
+        )
+    unassigned = report["unassigned"]
+    tokens = unassigned["tokens"]["total"]
+    rows.append(
+        [
+            "unassigned",
+            "—",
+            f"{tokens:,}" if tokens is not None else "0",
+            "—",
+            "—",
+            str(unassigned["ai_interactions"]),
+            "—",
+            f"${unassigned['cost_usd']:.4f}" if unassigned["cost_usd"] is not None else "—",
+            "—",
+        ]
+    )
+    return rows
