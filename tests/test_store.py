@@ -5,6 +5,7 @@ import sqlite3
 
 import pytest
 
+from taskmeter.analytics.history import usages
 from taskmeter.errors import MeterError
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, migrations, tasks
@@ -76,7 +77,7 @@ def test_token_semantics_are_inclusive_and_missing_stays_null(db):
                                         operation="count_tokens", input_total=20))
     row = db.execute("SELECT * FROM interactions WHERE id = '00000000000b'").fetchone()
     assert all(row[c] is None for c in interactions.TOKEN_COLUMNS)
-    totals = interactions.usage_totals(db)
+    totals = usages(db, [""])[""]
     assert totals["interactions"] == 2
     assert totals["input_total"] == 1696 and totals["input_total_calls"] == 1
     assert totals["cache_read"] == 1650 and totals["cache_write"] == 44

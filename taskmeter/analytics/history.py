@@ -1,12 +1,31 @@
-"""Reading what reports need from the store. Sums come from the task_usage rollup,
-so a report costs the same over a thousand calls or a million."""
+"""Reading what reports need from the store, a few set-wise queries per report.
+Sums come from the task_usage rollup, so a report costs about the same over a
+thousand calls or a million."""
 
 import re
 import sqlite3
+from collections import defaultdict
 from dataclasses import dataclass, field
 
-from taskmeter.store.interactions import usage_totals
-from taskmeter.store.tasks import get_phase, get_task, iterations
+from taskmeter.store.tasks import get_phase, get_task
+
+
+# Each summed column and the count of calls that stated it: a sum no call stated is missing.
+STATED_BY = {
+    "input_total": "input_total_calls",
+    "cache_read": "cache_read_calls",
+    "cache_write": "cache_write_calls",
+    "output_total": "output_total_calls",
+    "reasoning": "reasoning_calls",
+    "cost_usd": "cost_calls",
+}
+
+
+def missing_when_unstated(usage: dict) -> dict:
+    for column, calls in STATED_BY.items():
+        if not usage.get(calls):
+            usage[column] = None
+    return usage
 
 
 @dataclass
@@ -31,61 +50,98 @@ def natural_key(identifier: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", identifier)]
 
 
+def _placeholders(values) -> str:
+    return ", ".join("?" for _ in values)
+
+
 def all_switches(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
     return [(row["at"], row["task_id"]) for row in db.execute("SELECT at, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id")]
 
 
-def _rework(db: sqlite3.Connection, task_id: str) -> tuple[int | None, float | None, int]:
-    """Tokens and cost of the calls after each flagged call of the task, up to the
-    next context switch (the user steering the model back on course)."""
-    flagged = db.execute(
-        "SELECT i.started_at FROM flags f JOIN interactions i ON i.id = f.interaction_id"
-        " WHERE i.task_id = ? AND i.operation = 'generate' ORDER BY i.started_at",
-        (task_id,),
-    ).fetchall()
-    if not flagged:
-        return None, None, 0
-    counted: set[str] = set()
-    tokens, cost, calls = 0, 0.0, 0
-    for (started_at,) in flagged:
-        cursor = db.execute(
-            "SELECT id, input_total, output_total, cost_usd, context_switch FROM interactions"
-            " WHERE task_id = ? AND operation = 'generate' AND started_at > ? ORDER BY started_at",
-            (task_id, started_at),
-        )
-        for row in cursor:
-            if row["context_switch"]:
-                break
-            if row["id"] in counted:
-                continue
-            counted.add(row["id"])
-            calls += 1
-            tokens += (row["input_total"] or 0) + (row["output_total"] or 0)
-            cost += row["cost_usd"] or 0.0
-        cursor.close()
-    return tokens, cost, calls
+def _rollup_columns(db: sqlite3.Connection) -> list[str]:
+    return [row["name"] for row in db.execute("PRAGMA table_info(task_usage)") if row["name"] != "task_key"]
 
 
-def task_history(db: sqlite3.Connection, task_id: str, switches=None) -> TaskHistory:
-    task = dict(get_task(db, task_id))
-    rework_tokens, rework_cost, rework_calls = _rework(db, task["id"])
-    return TaskHistory(
-        task=task,
-        iterations=iterations(db, task["id"]),
-        usage=usage_totals(db, task["id"]),
-        switches=all_switches(db) if switches is None else switches,
-        rework_tokens=rework_tokens,
-        rework_cost_usd=rework_cost,
-        rework_calls=rework_calls,
+def usages(db: sqlite3.Connection, task_keys: list[str]) -> dict[str, dict]:
+    """Rollup sums per task key ('' = unassigned); a task with no calls has zeros."""
+    columns = _rollup_columns(db)
+    found = {
+        row["task_key"]: dict(row)
+        for row in db.execute(f"SELECT * FROM task_usage WHERE task_key IN ({_placeholders(task_keys)})", task_keys)
+    }
+    result = {}
+    for key in task_keys:
+        usage = found.get(key) or dict.fromkeys(columns, 0)
+        usage.pop("task_key", None)
+        result[key] = missing_when_unstated(usage)
+    return result
+
+
+def _iterations(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, int]:
+    counts = dict(
+        db.execute(
+            f"SELECT task_id, count(*) FROM task_events WHERE kind = 'iteration' AND task_id IN ({_placeholders(task_ids)}) GROUP BY task_id",
+            task_ids,
+        ).fetchall()
     )
+    return {task_id: 1 + counts.get(task_id, 0) for task_id in task_ids}
+
+
+def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int | None, float | None, int]]:
+    """Per task: tokens, cost and count of the calls after each flagged call, up to
+    the task's next context switch (the user steering the model back on course)."""
+    flagged: dict[str, list[str]] = defaultdict(list)
+    # Flags are few: walk them and look each interaction up, never the other way round.
+    for row in db.execute(
+        "SELECT i.task_id, i.started_at FROM flags f CROSS JOIN interactions i ON i.id = f.interaction_id"
+        " WHERE i.operation = 'generate' AND i.task_id IS NOT NULL ORDER BY i.started_at"
+    ):
+        flagged[row["task_id"]].append(row["started_at"])
+    result: dict[str, tuple[int | None, float | None, int]] = {task_id: (None, None, 0) for task_id in task_ids}
+    for task_id in task_ids:
+        if task_id not in flagged:
+            continue
+        counted: set[str] = set()
+        tokens, cost = 0, 0.0
+        for started_at in flagged[task_id]:
+            cursor = db.execute(
+                "SELECT id, input_total, output_total, cost_usd, context_switch FROM interactions"
+                " WHERE task_id = ? AND operation = 'generate' AND started_at > ? ORDER BY started_at",
+                (task_id, started_at),
+            )
+            for row in cursor:
+                if row["context_switch"]:
+                    break
+                if row["id"] not in counted:
+                    counted.add(row["id"])
+                    tokens += (row["input_total"] or 0) + (row["output_total"] or 0)
+                    cost += row["cost_usd"] or 0.0
+            cursor.close()
+        result[task_id] = (tokens, cost, len(counted))
+    return result
+
+
+def _histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistory]:
+    ids = [row["id"] for row in task_rows]
+    if not ids:
+        return []
+    switches = all_switches(db)
+    usage, iterations, rework = usages(db, ids), _iterations(db, ids), _rework(db, ids)
+    return [
+        TaskHistory(row, iterations[row["id"]], usage[row["id"]], switches, *rework[row["id"]])
+        for row in task_rows
+    ]
+
+
+def task_history(db: sqlite3.Connection, task_id: str) -> TaskHistory:
+    return _histories(db, [dict(get_task(db, task_id))])[0]
 
 
 def phase_history(db: sqlite3.Connection, phase_id: str) -> PhaseHistory:
     phase = dict(get_phase(db, phase_id))
-    switches = all_switches(db)
-    ids = [row["id"] for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (phase["id"],))]
-    ids.sort(key=natural_key)
-    return PhaseHistory(phase, [task_history(db, task_id, switches) for task_id in ids])
+    rows = [dict(row) for row in db.execute("SELECT * FROM tasks WHERE phase_id = ?", (phase["id"],))]
+    rows.sort(key=lambda row: natural_key(row["id"]))
+    return PhaseHistory(phase, _histories(db, rows))
 
 
 def phase_ids(db: sqlite3.Connection) -> list[str]:
@@ -93,4 +149,4 @@ def phase_ids(db: sqlite3.Connection) -> list[str]:
 
 
 def unassigned_usage(db: sqlite3.Connection) -> dict:
-    return usage_totals(db, "")
+    return usages(db, [""])[""]

@@ -6,7 +6,7 @@ and is listed under tracking_completeness.missing; nothing is zero-filled.
 Durations are seconds; ratios are plain numbers (0.9, not 90%).
 """
 
-from taskmeter.analytics.history import PhaseHistory, TaskHistory
+from taskmeter.analytics.history import STATED_BY, PhaseHistory, TaskHistory, missing_when_unstated
 from taskmeter.timefmt import seconds_between
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
@@ -198,25 +198,11 @@ def completeness(fields: dict, sections: dict, prefix: str = "") -> dict:
 
 
 def _sum_usage(histories: list[TaskHistory]) -> dict:
-    total: dict = {}
-    for history in histories:
-        for key, value in history.usage.items():
-            if value is not None:
-                total[key] = total.get(key, 0) + value
-    for key, calls in (
-        ("input_total", "input_total_calls"),
-        ("cache_read", "cache_read_calls"),
-        ("cache_write", "cache_write_calls"),
-        ("output_total", "output_total_calls"),
-        ("reasoning", "reasoning_calls"),
-        ("cost_usd", "cost_calls"),
-    ):
-        total.setdefault(calls, 0)
-        if not total[calls]:
-            total[key] = None
-    for key in ("interactions", "flagged", "context_switches", "reported_tokens", "estimated_tokens", "partial_tokens", "cache_read_input", "reasoning_output"):
-        total.setdefault(key, 0)
-    return total
+    keys = {key for history in histories for key in history.usage} or {*STATED_BY, *STATED_BY.values(), "interactions", "flagged",
+                                                                    "context_switches", "reported_tokens", "estimated_tokens",
+                                                                    "partial_tokens", "cache_read_input", "reasoning_output"}
+    total = {key: sum(history.usage[key] or 0 for history in histories) for key in keys}
+    return missing_when_unstated(total)
 
 
 def phase_fields(history: PhaseHistory, now: str, previous_tokens_per_task: float | None = None) -> dict:

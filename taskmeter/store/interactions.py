@@ -159,29 +159,3 @@ def recent(db: sqlite3.Connection, limit: int = 20, task_id: str | None = None) 
         (*params, limit),
     ).fetchall()
     return [dict(row) for row in rows]
-
-
-ROLLUP_COUNTED = {
-    "input_total": "input_total_calls",
-    "cache_read": "cache_read_calls",
-    "cache_write": "cache_write_calls",
-    "output_total": "output_total_calls",
-    "reasoning": "reasoning_calls",
-    "cost_usd": "cost_calls",
-}
-
-
-def usage_totals(db: sqlite3.Connection, task_id: str | None = None) -> dict:
-    """Sums over AI interactions (token-counting calls excluded) of one task, or of
-    everything when no task is named, from the `task_usage` rollup.
-
-    A sum covers only the calls that stated that number (`*_calls` say how many);
-    a sum no call stated is None, never 0."""
-    columns = [row["name"] for row in db.execute("PRAGMA table_info(task_usage)") if row["name"] != "task_key"]
-    where, params = ("WHERE task_key = ?", (task_id,)) if task_id is not None else ("", ())
-    sums = ", ".join(f"coalesce(sum({c}), 0) AS {c}" for c in columns)
-    totals = dict(db.execute(f"SELECT {sums} FROM task_usage {where}", params).fetchone())
-    for column, calls in ROLLUP_COUNTED.items():
-        if not totals[calls]:
-            totals[column] = None
-    return totals

@@ -1,0 +1,113 @@
+"""The arms of every measurement, as separate processes on loopback:
+D = direct to the mock, M = bare mitmproxy (same version, no addon, streaming on),
+P = `meter proxy` writing to a real database."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early: {process.args}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}: {process.args}")
+
+
+@dataclass
+class Arm:
+    name: str
+    port: int
+    path: str  # request path for the chat endpoint
+    process: subprocess.Popen | None = None
+    sent: int = 0  # requests answered, to check that the meter recorded every one
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the arm's process, from /proc."""
+        if not self.process:
+            return 0.0
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        if not self.process:
+            return 0.0
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_mock() -> Arm:
+    process = subprocess.Popen([sys.executable, "-m", "bench.mock"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    port = int(process.stdout.readline())
+    return Arm("D", port, "/v1/chat/completions", process)
+
+
+def start_bare_mitmproxy(mock_port: int, confdir: Path) -> Arm:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(BIN / "mitmdump"), "-q",
+            "--mode", f"reverse:http://127.0.0.1:{mock_port}@{port}",
+            "--listen-host", "127.0.0.1",
+            "--set", f"confdir={confdir}",
+            "--set", "stream_large_bodies=1",  # stream every body: a fair floor
+            "--set", "connection_strategy=lazy",
+            "--set", "http2=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_listening(port, process)
+    return Arm("M", port, "/v1/chat/completions", process)
+
+
+def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
+    config = workdir / "config.toml"
+    config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\nopenai = "http://127.0.0.1:{mock_port}"\n')
+    db_path = workdir / "bench.db"
+    process = subprocess.Popen(
+        [str(BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(db_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        process.kill()
+        raise RuntimeError(f"meter proxy did not start: {line!r}")
+    port = int(line.split("listening on ")[1].split(",")[0].rsplit(":", 1)[1])
+    return Arm("P", port, "/openai/v1/chat/completions", process), db_path

@@ -1,0 +1,220 @@
+"""Each measurement of the harness. Every function returns plain numbers; the
+targets and the write-up live in bench/__main__.py."""
+
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.arms import Arm
+from bench.client import Connection, Reply
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+STREAM = {**CHAT, "stream": True}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99), "mean": statistics.fmean(values) if values else None}
+
+
+async def _one(arm: Arm, connection: Connection, payload: dict, headers: dict) -> Reply:
+    reply = await connection.post(arm.path, payload, headers)
+    if reply.status != 200:
+        raise RuntimeError(f"{arm.name} answered {reply.status}: {reply.body[:200]!r}")
+    arm.sent += 1
+    return reply
+
+
+async def sequential_interleaved(arms: list[Arm], samples: int, warmup: int, payload: dict, headers: dict) -> dict[str, list[Reply]]:
+    """c=1, one request per arm in turn (order shuffled each round): same window for all."""
+    connections = {arm.name: Connection("127.0.0.1", arm.port) for arm in arms}
+    replies: dict[str, list[Reply]] = {arm.name: [] for arm in arms}
+    for index in range(warmup + samples):
+        order = arms[:]
+        random.shuffle(order)
+        for arm in order:
+            reply = await _one(arm, connections[arm.name], payload, headers)
+            if index >= warmup:
+                replies[arm.name].append(reply)
+    for connection in connections.values():
+        await connection.close()
+    return replies
+
+
+async def parallel_arms(arms: list[Arm], samples: int, warmup: int, payload: dict, headers: dict) -> dict[str, list[Reply]]:
+    """c=1 per arm, the arms side by side: for slow upstreams, where requests mostly wait."""
+
+    async def run(arm: Arm) -> list[Reply]:
+        connection = Connection("127.0.0.1", arm.port)
+        out = []
+        for index in range(warmup + samples):
+            reply = await _one(arm, connection, payload, headers)
+            if index >= warmup:
+                out.append(reply)
+        await connection.close()
+        return out
+
+    results = await asyncio.gather(*(run(arm) for arm in arms))
+    return {arm.name: result for arm, result in zip(arms, results)}
+
+
+async def concurrent_streams(arm: Arm, streams: int, headers: dict) -> list[Reply]:
+    """`streams` simultaneous streams, each on a new connection."""
+    connections = [Connection("127.0.0.1", arm.port) for _ in range(streams)]
+    replies = await asyncio.gather(*(_one(arm, c, STREAM, headers) for c in connections))
+    for connection in connections:
+        await connection.close()
+    return list(replies)
+
+
+async def sustained(arm: Arm, workers: int, seconds: float, headers: dict) -> dict:
+    """Requests per second with `workers` keep-alive clients looping for `seconds`."""
+    deadline = time.perf_counter() + seconds
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        connection = Connection("127.0.0.1", arm.port)
+        while time.perf_counter() < deadline:
+            try:
+                reply = await _one(arm, connection, CHAT, headers)
+                latencies.append(reply.total)
+            except Exception:
+                errors += 1
+                await connection.close()
+        await connection.close()
+
+    cpu_before, started = arm.cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    elapsed = time.perf_counter() - started
+    cpu = arm.cpu_seconds() - cpu_before
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "cpu_ms_per_request": cpu * 1000 / len(latencies) if latencies else None,
+    }
+
+
+async def soak(arm: Arm, total: int, workers: int, samples: int = 5) -> list[float]:
+    """RSS after each fifth of `total` zero-delay requests."""
+    rss = [arm.rss_mb()]
+    per_step = total // samples
+    for _ in range(samples):
+        queue = list(range(per_step))
+
+        async def worker() -> None:
+            connection = Connection("127.0.0.1", arm.port)
+            while queue:
+                queue.pop()
+                await _one(arm, connection, CHAT, {})
+            await connection.close()
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        rss.append(arm.rss_mb())
+    return rss
+
+
+def writer_rows_per_second(rows: int) -> dict:
+    """The store writer's sustained rate, attribution and context switches included."""
+    from taskmeter.ids import IdGenerator
+    from taskmeter.store import db as store_db
+    from taskmeter.store import tasks
+    from taskmeter.store.interactions import Interaction
+    from taskmeter.store.recording import Recorded
+    from taskmeter.store.writer import Writer
+    from taskmeter.timefmt import now_stored
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "writer.db"
+        db = store_db.connect(path)
+        tasks.set_task(db, "P1-001")
+        db.close()
+        ids = IdGenerator()
+        items = [
+            Recorded(Interaction(id=ids.new(), started_at=now_stored(), ended_at=now_stored(), provider="openai",
+                                 protocol="openai_chat", model="gpt-4o-mini", input_total=1000 + n, cache_read=512,
+                                 cache_write=0, output_total=200, reasoning=0, usage_source="reported",
+                                 cost_usd=0.001, conversation_id=f"c{n // 20}", http_status=200, outcome="complete"))
+            for n in range(rows)
+        ]
+        writer = Writer(path, prepare=lambda item: item)
+        writer.start()
+        started = time.perf_counter()
+        for item in items:
+            writer.submit(item)
+        writer.stop(timeout=600)
+        elapsed = time.perf_counter() - started
+        return {"rows": writer.written, "seconds": elapsed, "rows_per_second": writer.written / elapsed}
+
+
+def report_latency(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
+    """`meter report phase` over `rows` synthetic stored interactions."""
+    from taskmeter.analytics.reports import phase_report
+    from taskmeter.ids import IdGenerator
+    from taskmeter.store import db as store_db
+    from taskmeter.store import tasks
+    from taskmeter.store.interactions import COLUMNS
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "report.db"
+        db = store_db.connect(path)
+        task_ids = [f"P1-{n:03d}" for n in range(tasks_count)]
+        for task_id in task_ids:
+            tasks.set_task(db, task_id, estimate_seconds=3600)
+        ids = IdGenerator()
+        build_started = time.perf_counter()
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        batch = []
+        db.execute("BEGIN")
+        for n in range(rows):
+            second, micro = divmod(n, 1000)
+            call = n // tasks_count  # the call's position within its task: 20 calls per conversation
+            started = f"2026-{1 + (second // 2_000_000) % 12:02d}-01T00:{(second // 60) % 60:02d}:{second % 60:02d}.{micro:06d}Z"
+            row = dict.fromkeys(COLUMNS)
+            row.update(id=ids.new(), task_id=task_ids[n % tasks_count], attribution="current", started_at=started,
+                       ended_at=started, provider="openai", protocol="openai_chat", operation="generate",
+                       model="gpt-4o-mini", streamed=1, http_status=200, outcome="complete", input_total=1200,
+                       cache_read=800, cache_write=0, output_total=300, reasoning=40, usage_source="reported",
+                       cost_usd=0.0004, conversation_id=f"{n % tasks_count}-{call // 20}",
+                       context_switch=int(call > 0 and call % 20 == 0))
+            batch.append(tuple(row[c] for c in COLUMNS))
+            if len(batch) == 10_000:
+                db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
+                batch.clear()
+        if batch:
+            db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
+        flagged = [row[0] for row in db.execute(f"SELECT id FROM interactions ORDER BY random() LIMIT {flags}")]
+        db.executemany("INSERT INTO flags (interaction_id, flagged_at) VALUES (?, '2026-06-01T00:00:00.000000Z')", [(i,) for i in flagged])
+        db.execute("COMMIT")
+        build_seconds = time.perf_counter() - build_started
+        timings = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            report = phase_report(db, "P1")
+            timings.append(time.perf_counter() - started)
+        scan_started = time.perf_counter()
+        db.execute("SELECT task_id, sum(input_total), sum(output_total) FROM interactions GROUP BY task_id").fetchall()
+        raw_scan = time.perf_counter() - scan_started
+        db.close()
+        assert report["ai_interactions_total"] == rows
+        return {
+            "rows": rows,
+            "build_seconds": build_seconds,
+            "median_ms": statistics.median(timings) * 1000,
+            "max_ms": max(timings) * 1000,
+            "raw_scan_ms": raw_scan * 1000,
+            "flags": flags,
+        }

@@ -1,0 +1,28 @@
+"""The benchmark harness runs end to end (a few requests per arm), so it cannot
+rot unnoticed. It asserts that every measure produced a number, not a timing."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_run_produces_every_measure(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert len(report["targets"]) == 16
+    for target in report["targets"]:
+        value = target["value"]
+        assert isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)), target
+    results = report["results"]
+    assert results["meter_rows"]["stored"] == results["meter_rows"]["requests"] > 0
+    assert results["sse"]["P"]["identical_bytes"] and results["sse"]["M"]["identical_bytes"]
+    assert results["concurrent_streams"]["P"]["lost_events"] == 0
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| measure | target | measured | pass | detail |" in markdown
