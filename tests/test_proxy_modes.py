@@ -2,11 +2,13 @@
 proxy itself: each with a real proxy process on loopback."""
 
 import json
+import os
 import signal
 import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -210,3 +212,56 @@ def test_bad_config_is_a_one_line_error(tmp_path, content, message):
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def _recorders(pid: int) -> list[int]:
+    """The proxy's recorder child (multiprocessing also starts a resource tracker)."""
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [child for child in children if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def _post_calls(proxy, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        response = httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=CHAT_ARGS, timeout=10)
+        assert response.status_code == 200
+        ids.append(response.headers["x-meter-interaction-id"])
+    return ids
+
+
+def test_a_recorder_process_that_dies_is_replaced(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            before = _post_calls(proxy, 3)
+            assert len(proxy.rows(wait_for=3)) == 3
+            (recorder,) = _recorders(proxy.process.pid)
+            os.kill(recorder, signal.SIGKILL)
+            time.sleep(0.2)
+            after = _post_calls(proxy, 3)
+            stored = {r["id"] for r in proxy.rows(wait_for=6, timeout=30)}
+            assert set(before) <= stored and set(after) <= stored
+            assert _recorders(proxy.process.pid) != [recorder]
+        finally:
+            proxy.stop()
+
+
+def test_calls_handed_over_survive_the_proxy_being_killed(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        (recorder,) = _recorders(proxy.process.pid)
+        ids = _post_calls(proxy, 5)
+        time.sleep(0.3)  # handed over: the sender thread batches within milliseconds
+        proxy.process.kill()
+        proxy.process.wait()
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{recorder}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        db = store_db.connect(tmp_path / "meter.db")
+        stored = {row[0] for row in db.execute("SELECT id FROM interactions")}
+        db.close()
+        assert set(ids) <= stored

@@ -17,11 +17,10 @@ from taskmeter.config import Settings
 from taskmeter.errors import MeterError
 from taskmeter.ids import new_id
 from taskmeter.proxy.addon import Meter
-from taskmeter.proxy.finalize import Finalizer
+from taskmeter.proxy.recorder import Recorder
 from taskmeter.proxy.routing import Router
 from taskmeter.store import proxies
 from taskmeter.store import db as store_db
-from taskmeter.store.writer import Writer
 
 log = logging.getLogger("taskmeter.proxy")
 
@@ -90,7 +89,7 @@ class Announcer:
         os.replace(temporary, target)
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     meter_log = logging.getLogger("taskmeter")
@@ -110,9 +109,8 @@ def _quiet_about_cancelled_connections(loop: asyncio.AbstractEventLoop, context:
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
-    finalizer = Finalizer(store_bodies=settings.proxy.store_bodies)
-    writer = Writer(db_path, finalizer.finish, proxy_id=proxy_id)
-    writer.start()
+    recorder = Recorder(db_path, settings.proxy.store_bodies, proxy_id)
+    recorder.start()
     opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     master.options.update(
@@ -125,7 +123,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
         # Long agent streams can idle between events.
         tcp_timeout=1800,
     )
-    meter = Meter(settings, writer.submit)
+    meter = Meter(settings, recorder.submit)
     master.addons.add(meter, Announcer(settings, db_path, proxy_id, ready))
 
     def shut_down() -> None:
@@ -141,11 +139,11 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
     except SystemExit:
         raise MeterError("the proxy could not start (see the messages above)") from None
     finally:
-        writer.stop()
+        recorder.stop()
 
 
 def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
     """Run until SIGINT/SIGTERM; `ready(host, port)` is called once listening."""
     _check_port_free(host, port)
-    _configure_logging()
+    configure_logging()
     asyncio.run(_serve(settings, db_path, host, port, ready))

@@ -47,13 +47,11 @@ class Writer:
         db_path: Path,
         prepare: Callable[[object], Recorded],
         proxy_id: str | None = None,
-        listen: str | None = None,
     ) -> None:
         self.db_path = db_path
         self.spool = spool_path(db_path)
         self._prepare = prepare
-        self._proxy_id = proxy_id
-        self._listen = listen
+        self._proxy_id = proxy_id  # whose heartbeat this writer keeps in `proxies`
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="taskmeter-writer", daemon=True)
         self._db: sqlite3.Connection | None = None
@@ -65,11 +63,7 @@ class Writer:
         self.idle = threading.Event()
 
     def start(self) -> None:
-        self._db = store_db.connect(self.db_path)  # fails loudly at start-up, before traffic
-        if self._proxy_id:
-            proxies.register(self._db, self._proxy_id, self._listen or "")
-        self._db.close()
-        self._db = None
+        store_db.connect(self.db_path).close()  # fails loudly at start-up, before traffic
         self._thread.start()
 
     def submit(self, item: object) -> None:
