@@ -1,7 +1,7 @@
 """The mitmproxy addon: one small class per concern, hooks named after events.
 
-Hooks do in-memory work only. Finished calls go to the Writer's queue; parsing,
-estimation, pricing and SQLite all happen in the writer thread.
+Hooks do in-memory work only. Finished calls go to the recorder's queue; parsing,
+estimation, pricing and SQLite all happen in the recorder process.
 """
 
 import base64

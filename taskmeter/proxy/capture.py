@@ -1,7 +1,7 @@
 """What the proxy keeps of a call while it is in flight, and the stream callable.
 
 Everything here runs on mitmproxy's event loop, so it does O(chunk) work only:
-no parsing, no I/O. Parsing happens later, in the writer thread.
+no parsing, no I/O. Parsing happens later, in the recorder process.
 """
 
 import json
@@ -88,7 +88,7 @@ class UsageChunkStripper:
 
 class ResponseTee:
     """mitmproxy's `flow.response.stream` callable: forwards every chunk at once and
-    keeps a copy (up to a limit) for the writer thread to parse. Never raises."""
+    keeps a copy (up to a limit) for the recorder to parse. Never raises."""
 
     __slots__ = ("_call", "_limit", "_stripper")
 

@@ -1,6 +1,6 @@
-"""Turning a finished CapturedCall into an Interaction row. Runs in the writer
-thread, never on the proxy's event loop: this is where bodies are parsed,
-tokens estimated and prices looked up."""
+"""Turning a finished CapturedCall into an Interaction row. Runs in the recorder
+process, never in the proxy's: this is where bodies are parsed, tokens
+estimated and prices looked up."""
 
 import json
 import logging

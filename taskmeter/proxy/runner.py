@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import certifi
@@ -16,6 +15,7 @@ from mitmproxy.tools.dump import DumpMaster
 from taskmeter.config import Settings
 from taskmeter.errors import MeterError
 from taskmeter.ids import new_id
+from taskmeter.logs import configure_logging
 from taskmeter.proxy.addon import Meter
 from taskmeter.proxy.recorder import Recorder
 from taskmeter.proxy.routing import Router
@@ -87,16 +87,6 @@ class Announcer:
         temporary.write_text(bundle)
         os.chmod(temporary, 0o644)
         os.replace(temporary, target)
-
-
-def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    meter_log = logging.getLogger("taskmeter")
-    meter_log.addHandler(handler)
-    meter_log.setLevel(logging.INFO)
-    meter_log.propagate = False
-    logging.getLogger("mitmproxy").setLevel(logging.ERROR)
 
 
 def _quiet_about_cancelled_connections(loop: asyncio.AbstractEventLoop, context: dict) -> None:
