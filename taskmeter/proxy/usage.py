@@ -39,45 +39,50 @@ def _or_zero(value) -> int:
     return _count(value) or 0
 
 
-def openai_chat_usage(usage: dict) -> Usage:
-    prompt = _details(usage, "prompt_tokens_details")
-    completion = _details(usage, "completion_tokens_details")
+def _openai_style(usage: dict, prefix: str) -> Usage:
+    """OpenAI's shape: cached tokens inside the prompt count, reasoning inside the
+    completion count. Chat says prompt/completion, Responses input/output."""
+    inputs, outputs = ("prompt", "completion") if prefix == "chat" else ("input", "output")
+    prompt = _details(usage, f"{inputs}_tokens_details")
+    completion = _details(usage, f"{outputs}_tokens_details")
     return Usage(
-        input_total=_count(usage.get("prompt_tokens")),
+        input_total=_count(usage.get(f"{inputs}_tokens")),
         cache_read=_or_zero(prompt.get("cached_tokens")),
         cache_write=_or_zero(prompt.get("cache_write_tokens")),
-        output_total=_count(usage.get("completion_tokens")),
+        output_total=_count(usage.get(f"{outputs}_tokens")),
         reasoning=_or_zero(completion.get("reasoning_tokens")),
         raw=usage,
     )
 
 
+def openai_chat_usage(usage: dict) -> Usage:
+    return _openai_style(usage, "chat")
+
+
 def openai_responses_usage(usage: dict) -> Usage:
-    inputs = _details(usage, "input_tokens_details")
-    outputs = _details(usage, "output_tokens_details")
+    return _openai_style(usage, "responses")
+
+
+def _cache_outside_input(usage: dict, uncached: str, read: str, write: str, output: str, reasoning) -> Usage:
+    """Anthropic's and Bedrock's shape: the input count excludes cache reads and
+    writes, so they are added back to make input_total inclusive."""
+    uncached_count = _count(usage.get(uncached))
+    read_count = _or_zero(usage.get(read))
+    write_count = _or_zero(usage.get(write))
     return Usage(
-        input_total=_count(usage.get("input_tokens")),
-        cache_read=_or_zero(inputs.get("cached_tokens")),
-        cache_write=_or_zero(inputs.get("cache_write_tokens")),
-        output_total=_count(usage.get("output_tokens")),
-        reasoning=_or_zero(outputs.get("reasoning_tokens")),
+        input_total=None if uncached_count is None else uncached_count + read_count + write_count,
+        cache_read=read_count,
+        cache_write=write_count,
+        output_total=_count(usage.get(output)),
+        reasoning=_count(reasoning),
         raw=usage,
     )
 
 
 def anthropic_usage(usage: dict) -> Usage:
-    """Anthropic's input_tokens excludes cache reads and writes: add them back."""
-    uncached = _count(usage.get("input_tokens"))
-    read = _or_zero(usage.get("cache_read_input_tokens"))
-    write = _or_zero(usage.get("cache_creation_input_tokens"))
     thinking = _details(usage, "output_tokens_details").get("thinking_tokens")
-    return Usage(
-        input_total=None if uncached is None else uncached + read + write,
-        cache_read=read,
-        cache_write=write,
-        output_total=_count(usage.get("output_tokens")),
-        reasoning=_count(thinking),
-        raw=usage,
+    return _cache_outside_input(
+        usage, "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens", thinking
     )
 
 
@@ -120,18 +125,7 @@ def ollama_usage(final: dict) -> Usage:
 
 
 def bedrock_usage(usage: dict) -> Usage:
-    """Bedrock's inputTokens excludes cache reads and writes, like Anthropic's."""
-    uncached = _count(usage.get("inputTokens"))
-    read = _or_zero(usage.get("cacheReadInputTokens"))
-    write = _or_zero(usage.get("cacheWriteInputTokens"))
-    return Usage(
-        input_total=None if uncached is None else uncached + read + write,
-        cache_read=read,
-        cache_write=write,
-        output_total=_count(usage.get("outputTokens")),
-        reasoning=None,
-        raw=usage,
-    )
+    return _cache_outside_input(usage, "inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens", None)
 
 
 # ---------------------------------------------------------------- accumulators
