@@ -1,7 +1,6 @@
 """HTTPS_PROXY mode, `meter env` / `meter run`, failures of the database and of the
 proxy itself: each with a real proxy process on loopback."""
 
-import json
 import os
 import signal
 import ssl

@@ -8,7 +8,6 @@ import base64
 import binascii
 import json
 import logging
-import re
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
