@@ -21,6 +21,16 @@ class Result:
     err: str
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_proxy_outlives_the_tests():
+    """A test that fails before stopping its proxy still leaves no process behind."""
+    from tests.proxy_harness import RunningProxy
+
+    yield
+    for proxy in RunningProxy.started:
+        proxy.stop()
+
+
 @pytest.fixture
 def db_path(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "meter.db"

@@ -22,6 +22,9 @@ def write_config(path: Path, confdir: Path, upstreams: dict[str, str], **proxy) 
 
 
 class RunningProxy:
+    # Every proxy a test starts, so that none outlives its test (see conftest.py).
+    started: list["RunningProxy"] = []
+
     def __init__(self, config: Path, db_path: Path, extra_env: dict | None = None) -> None:
         self.config = config
         self.db_path = db_path
@@ -35,6 +38,7 @@ class RunningProxy:
             text=True,
             env=env,
         )
+        RunningProxy.started.append(self)
         line = self.process.stdout.readline()
         if "listening on" not in line:
             self.process.kill()

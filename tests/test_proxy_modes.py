@@ -251,11 +251,13 @@ def test_calls_handed_over_survive_the_proxy_being_killed(tmp_path):
         upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
         config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
         proxy = RunningProxy(config, tmp_path / "meter.db")
-        (recorder,) = _recorders(proxy.process.pid)
-        ids = _post_calls(proxy, 5)
-        time.sleep(0.3)  # handed over: the sender thread batches within milliseconds
-        proxy.process.kill()
-        proxy.process.wait()
+        try:
+            (recorder,) = _recorders(proxy.process.pid)
+            ids = _post_calls(proxy, 5)
+            time.sleep(0.3)  # handed over: the sender thread batches within milliseconds
+        finally:
+            proxy.process.kill()
+            proxy.process.wait()
         deadline = time.monotonic() + 30
         while Path(f"/proc/{recorder}").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
