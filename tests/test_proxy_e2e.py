@@ -45,7 +45,9 @@ def proxy(upstream, tmp_path_factory):
     closed.bind(("127.0.0.1", 0))
     down = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
-    config = write_config(tmp / "config.toml", tmp / "ca", {"openai": origin, "anthropic": origin, "fake": origin, "down": down})
+    config = write_config(
+        tmp / "config.toml", tmp / "ca", {"openai": origin, "anthropic": origin, "gemini": origin, "fake": origin, "down": down},
+    )
     running = RunningProxy(config, tmp / "meter.db")
     yield running
     running.stop()
@@ -323,3 +325,26 @@ def test_phase_report_over_calls_metered_by_the_proxy(proxy, upstream):
     assert report["rework_tokens"] == 2 * 1502  # the two calls after the flagged one, same conversation
     assert report["cost_usd"] > 0
     assert "TOTAL_TOKENS_USED:            4,506 tokens" in phase_markdown(report)
+
+
+def test_google_genai_sdk_through_the_gemini_base_url(proxy, upstream, monkeypatch):
+    from google import genai
+
+    upstream.routes["/v1beta/models/gemini-2.5-flash:streamGenerateContent"] = Scenario(
+        body=FIXTURE["gemini/stream_sse_thoughts"].body, content_type="text/event-stream", chunk_size=120, delay=0.002
+    )
+    upstream.routes["/v1beta/models/gemini-3.5-flash:generateContent"] = json_reply("gemini/nonstream_cached_thoughts")
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"{proxy.origin}/gemini")  # what `meter env` exports
+    client = genai.Client(api_key=API_KEY)
+    text = "".join(chunk.text or "" for chunk in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
+    assert text
+    answer = client.models.generate_content(model="gemini-3.5-flash", contents="hi")
+    assert answer.usage_metadata.cached_content_token_count == 92
+    deadline = time.monotonic() + 10
+    while len(stored := [r for r in proxy.rows(wait_for=0) if r["protocol"] == "gemini" and r["provider"] == "gemini"]) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    streamed, plain = sorted(stored[-2:], key=lambda r: r["streamed"], reverse=True)
+    assert (streamed["input_total"], streamed["output_total"], streamed["reasoning"], streamed["streamed"]) == (18, 115, 35, 1)
+    assert (plain["input_total"], plain["cache_read"], plain["output_total"], plain["reasoning"]) == (341, 92, 509, 499)
+    assert API_KEY not in (streamed["endpoint"] + plain["endpoint"])
