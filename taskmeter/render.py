@@ -27,10 +27,6 @@ def number(value: int | float | None) -> str:
     return f"{int(value):,}"
 
 
-def money(value: float | None) -> str:
-    return MISSING if value is None else f"${value:,.4f}"
-
-
 def text(value) -> str:
     return MISSING if value is None else str(value)
 

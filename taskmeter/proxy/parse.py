@@ -76,9 +76,3 @@ class BodyParser:
                     return
         self._accumulator.events += 1
         self._accumulator.on_event(name, payload)
-
-
-def parse_body(protocol: str, content_type: str | None, body: bytes, content_encoding: str | None = None) -> ParseResult:
-    parser = BodyParser(protocol, content_type, content_encoding)
-    parser.feed(body)
-    return parser.close()

@@ -1,7 +1,7 @@
 """Interactions (one row per AI call), hallucination flags and their look-ups."""
 
 import sqlite3
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from taskmeter import ids
 from taskmeter.errors import Ambiguous, MeterError, NotFound
@@ -65,10 +65,6 @@ def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
 def insert(db: sqlite3.Connection, row: Interaction) -> None:
     with write_transaction(db):
         insert_many(db, [row])
-
-
-def as_dict(row: Interaction) -> dict:
-    return asdict(row)
 
 
 def resolve_id(db: sqlite3.Connection, reference: str) -> str:

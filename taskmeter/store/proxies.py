@@ -6,7 +6,7 @@ import sqlite3
 from datetime import timedelta
 
 from taskmeter.store.db import write_transaction
-from taskmeter.timefmt import from_stored, now, now_stored, to_stored
+from taskmeter.timefmt import now, now_stored, to_stored
 
 HEARTBEAT_SECONDS = 5
 # A proxy that missed three heartbeats is taken as gone.
@@ -52,7 +52,3 @@ def running(db: sqlite3.Connection) -> list[dict]:
             continue
         alive.append(dict(row))
     return alive
-
-
-def age_seconds(stamp: str) -> float:
-    return (now() - from_stored(stamp)).total_seconds()
