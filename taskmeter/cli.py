@@ -442,10 +442,6 @@ def status_cmd(as_json, db_path):
     render.info(f"Database: {state['database']}")
 
 
-def _tokens_cell(value) -> str:
-    return render.number(value)
-
-
 @cli.command("log")
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many calls.")
 @click.option("--task", "task_id", help="Only this task's calls.")
@@ -471,11 +467,11 @@ def log_cmd(limit, task_id, as_json, db_path):
                 display(row["started_at"]),
                 row["task_id"] or "unassigned",
                 row["model"],
-                _tokens_cell(row["input_total"]),
-                _tokens_cell(row["cache_read"]),
-                _tokens_cell(row["cache_write"]),
-                _tokens_cell(row["output_total"]),
-                _tokens_cell(row["reasoning"]),
+                render.number(row["input_total"]),
+                render.number(row["cache_read"]),
+                render.number(row["cache_write"]),
+                render.number(row["output_total"]),
+                render.number(row["reasoning"]),
                 row["usage_source"],
                 _status_cell(row),
                 "⚑" if row["flagged_at"] else "",

@@ -7,7 +7,6 @@ estimation, pricing and SQLite all happen in the recorder process.
 import base64
 import binascii
 import json
-import logging
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -21,7 +20,6 @@ from taskmeter.proxy.routing import GatewayError, Router, classify
 from taskmeter.store.tasks import validate_task_id
 from taskmeter.errors import MeterError
 
-log = logging.getLogger("taskmeter.proxy")
 
 TASK_HEADER = "x-meter-task"
 ID_HEADER = "x-meter-interaction-id"

@@ -2,7 +2,6 @@
 
 import asyncio
 import errno
-import logging
 import os
 import signal
 import socket
@@ -22,7 +21,6 @@ from taskmeter.proxy.routing import Router
 from taskmeter.store import proxies
 from taskmeter.store import db as store_db
 
-log = logging.getLogger("taskmeter.proxy")
 
 CA_CERT = "mitmproxy-ca-cert.pem"
 CA_BUNDLE = "ca-bundle.pem"
