@@ -57,19 +57,22 @@ class Announcer:
         self._proxy_id = proxy_id
         self._ready = ready
 
-    def running(self) -> None:
+    async def running(self) -> None:
         from mitmproxy import ctx
 
         server = ctx.master.addons.get("proxyserver")
         host, port = server.listen_addrs()[0][:2]
-        listen = f"{host}:{port}"
+        # File and database work, once: in a thread, so no hook blocks the event loop.
+        await asyncio.to_thread(self._announce, f"{host}:{port}")
+        self._ready(host, port)
+
+    def _announce(self, listen: str) -> None:
         self._secure_ca()
         db = store_db.connect(self._db_path)
         try:
             proxies.register(db, self._proxy_id, listen)
         finally:
             db.close()
-        self._ready(host, port)
 
     def _secure_ca(self) -> None:
         confdir = self._settings.confdir
