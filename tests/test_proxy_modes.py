@@ -265,3 +265,55 @@ def test_calls_handed_over_survive_the_proxy_being_killed(tmp_path):
         stored = {row[0] for row in db.execute("SELECT id FROM interactions")}
         db.close()
         assert set(ids) <= stored
+
+
+def _immutable(paths, on: bool) -> None:
+    """Read-only even for root (tests run as root, which ignores file modes)."""
+    for path in paths:
+        if path.exists():
+            subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+def test_database_made_read_only_while_traffic_flows_loses_nothing(tmp_path):
+    db_path = tmp_path / "meter.db"
+    files = [db_path, tmp_path / "meter.db-wal"]
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, db_path)
+        try:
+            first = _post_calls(proxy, 2)
+            proxy.rows(wait_for=2)
+            _immutable(files, True)
+            try:
+                during = _post_calls(proxy, 4)  # the clients notice nothing
+                spool = tmp_path / "meter.db.spool.jsonl"
+                deadline = time.monotonic() + 15
+                while not spool.exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert spool.exists()
+            finally:
+                _immutable(files, False)
+            after = _post_calls(proxy, 2)
+            stored = {r["id"] for r in proxy.rows(wait_for=8, timeout=30)}
+            assert set(first + during + after) <= stored
+        finally:
+            proxy.stop()
+
+
+def test_calls_a_dying_recorder_never_stored_are_sent_to_the_next(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            (recorder,) = _recorders(proxy.process.pid)
+            os.kill(recorder, signal.SIGSTOP)  # it receives nothing and acknowledges nothing
+            ids = _post_calls(proxy, 4)
+            time.sleep(0.3)
+            os.kill(recorder, signal.SIGKILL)
+            stored = {r["id"] for r in proxy.rows(wait_for=4, timeout=30)}
+            assert set(ids) <= stored
+            assert len(stored) == 4  # resent once, stored once
+        finally:
+            proxy.stop()

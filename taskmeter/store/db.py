@@ -39,8 +39,9 @@ def _refuse_foreign_database(db: sqlite3.Connection, path: Path) -> None:
         raise MeterError(f"{path} is an SQLite database that taskmeter did not create; left untouched")
 
 
-def connect(path: str | os.PathLike | None = None) -> sqlite3.Connection:
-    """Open (creating or upgrading as needed) the taskmeter database at `path`."""
+def connect(path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
+    """Open (creating or upgrading as needed) the taskmeter database at `path`,
+    waiting up to `busy_timeout` seconds whenever another process holds the lock."""
     target = resolve_path(path)
     if target.is_dir():
         raise MeterError(f"database path {target} is a directory; give a file path")
@@ -49,12 +50,12 @@ def connect(path: str | os.PathLike | None = None) -> sqlite3.Connection:
     except OSError as exc:
         raise MeterError(f"cannot create the folder for database {target}: {exc.strerror}") from None
     try:
-        db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        db = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None)
     except sqlite3.Error as exc:
         raise MeterError(f"cannot open database {target}: {exc}") from None
     db.row_factory = sqlite3.Row
     try:
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         _refuse_foreign_database(db, target)  # before anything writes to the file
         _configure(db)
         migrations.migrate(db)

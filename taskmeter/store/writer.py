@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,9 +30,17 @@ BATCH_MAX = 500
 FLUSH_SECONDS = 0.05
 RETRY_SECONDS = 1.0
 # A locked database makes the writer wait this long before it spools instead.
-WRITER_BUSY_TIMEOUT_MS = 2000
+WRITER_BUSY_SECONDS = 2.0
 
 _STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Submitted after a group of calls: reported to `on_checkpoint` once every
+    call submitted before it is stored or spooled."""
+
+    seq: int
 
 
 def spool_path(db_path: Path) -> Path:
@@ -47,11 +55,13 @@ class Writer:
         db_path: Path,
         prepare: Callable[[object], Recorded],
         proxy_id: str | None = None,
+        on_checkpoint: Callable[[int], None] | None = None,
     ) -> None:
         self.db_path = db_path
         self.spool = spool_path(db_path)
         self._prepare = prepare
         self._proxy_id = proxy_id  # whose heartbeat this writer keeps in `proxies`
+        self._on_checkpoint = on_checkpoint
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="taskmeter-writer", daemon=True)
         self._db: sqlite3.Connection | None = None
@@ -63,7 +73,8 @@ class Writer:
         self.idle = threading.Event()
 
     def start(self) -> None:
-        store_db.connect(self.db_path).close()  # fails loudly at start-up, before traffic
+        # An unusable database is not fatal here: calls go to the spool until it is
+        # usable. (`meter proxy` refuses to start on a bad database before listening.)
         self._thread.start()
 
     def submit(self, item: object) -> None:
@@ -84,8 +95,13 @@ class Writer:
             stopping = False
             while not stopping:
                 batch, stopping = self._next_batch()
-                if batch:
-                    self._store([self._prepare_safely(item) for item in batch])
+                calls = [item for item in batch if not isinstance(item, Checkpoint)]
+                if calls:
+                    self._store([self._prepare_safely(item) for item in calls])
+                if self._on_checkpoint:
+                    for item in batch:
+                        if isinstance(item, Checkpoint):
+                            self._on_checkpoint(item.seq)
                 self._housekeeping()
                 if self._queue.empty():
                     self.idle.set()
@@ -131,8 +147,7 @@ class Writer:
         if self._db is not None:
             return True
         try:
-            self._db = store_db.connect(self.db_path)
-            self._db.execute(f"PRAGMA busy_timeout = {WRITER_BUSY_TIMEOUT_MS}")
+            self._db = store_db.connect(self.db_path, busy_timeout=WRITER_BUSY_SECONDS)
             return True
         except Exception as exc:
             self._failed(exc)
