@@ -35,6 +35,17 @@ def chat_stream(**kwargs) -> Scenario:
 
 
 @pytest.fixture
+def chat_proxy(tmp_path):
+    """A meter proxy whose `openai` upstream answers chat calls with a recorded reply."""
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        yield proxy, upstream
+        proxy.stop()
+
+
+@pytest.fixture
 def tls_upstream(tmp_path):
     context, ca_path = make_server_tls(tmp_path, TLS_HOST)
     with FakeUpstream(tls_context=context, host=TLS_HOST) as fake:
@@ -131,52 +142,46 @@ def test_meter_env_prints_exports_for_the_running_proxy(tls_proxy):
     assert bad.returncode == 1 and bad.stderr.startswith("meter: error: malformed task ID")
 
 
-def test_proxy_shutdown_mid_stream_records_the_call_as_aborted(tmp_path):
-    with FakeUpstream() as upstream:
-        upstream.routes[CHAT] = chat_stream(delay=0.2)
-        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
-        proxy = RunningProxy(config, tmp_path / "meter.db")
-        with httpx.stream("POST", f"{proxy.origin}/openai/v1/chat/completions", json={**CHAT_ARGS, "stream": True}) as response:
-            interaction_id = response.headers["x-meter-interaction-id"]
-            chunks = response.iter_raw()  # keep a reference: dropping it closes the stream
-            next(chunks)
-            assert proxy.stop(signal.SIGINT) == 0
-            assert "Traceback" not in proxy.process.stderr.read()
+def test_proxy_shutdown_mid_stream_records_the_call_as_aborted(chat_proxy, tmp_path):
+    proxy, upstream = chat_proxy
+    upstream.routes[CHAT] = chat_stream(delay=0.2)
+    with httpx.stream("POST", f"{proxy.origin}/openai/v1/chat/completions", json={**CHAT_ARGS, "stream": True}) as response:
+        interaction_id = response.headers["x-meter-interaction-id"]
+        chunks = response.iter_raw()  # keep a reference: dropping it closes the stream
+        next(chunks)
+        assert proxy.stop(signal.SIGINT) == 0
+        assert "Traceback" not in proxy.process.stderr.read()
     db = store_db.connect(tmp_path / "meter.db")
     stored = dict(db.execute("SELECT * FROM interactions WHERE id = ?", (interaction_id,)).fetchone())
     assert stored["outcome"] == "aborted" and "shut down" in stored["error"]
     assert db.execute("SELECT count(*) FROM proxies").fetchone()[0] == 0  # unregistered
 
 
-def test_calls_survive_a_locked_database_and_are_stored_once_it_frees(tmp_path):
-    with FakeUpstream() as upstream:
-        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
-        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
-        proxy = RunningProxy(config, tmp_path / "meter.db")
-        try:
-            blocker = store_db.connect(tmp_path / "meter.db")
-            blocker.execute("BEGIN EXCLUSIVE")  # nobody else may write (or read) now
-            ids = []
-            for _ in range(5):
-                response = httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=CHAT_ARGS, timeout=10)
-                assert response.status_code == 200  # the client never notices
-                ids.append(response.headers["x-meter-interaction-id"])
-            spool = tmp_path / "meter.db.spool.jsonl"
-            deadline = time.monotonic() + 15
-            while not spool.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert spool.exists()
-            blocker.execute("ROLLBACK")
-            blocker.close()
-            stored = proxy.rows(wait_for=5, timeout=20)
-            assert sorted(r["id"] for r in stored) == sorted(ids)
-            assert all(r["input_total"] == 92 for r in stored)
-            deadline = time.monotonic() + 10
-            while spool.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not spool.exists()
-        finally:
-            proxy.stop()
+def _spool_appears(folder: Path) -> Path:
+    """The recorder keeps calls in the spool while the database cannot take them."""
+    spool = folder / "meter.db.spool.jsonl"
+    deadline = time.monotonic() + 15
+    while not spool.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert spool.exists()
+    return spool
+
+
+def test_calls_survive_a_locked_database_and_are_stored_once_it_frees(chat_proxy, tmp_path):
+    proxy, _ = chat_proxy
+    blocker = store_db.connect(tmp_path / "meter.db")
+    blocker.execute("BEGIN EXCLUSIVE")  # nobody else may write (or read) now
+    ids = _post_calls(proxy, 5)  # the clients never notice
+    spool = _spool_appears(tmp_path)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    stored = proxy.rows(wait_for=5, timeout=20)
+    assert sorted(r["id"] for r in stored) == sorted(ids)
+    assert all(r["input_total"] == 92 for r in stored)
+    deadline = time.monotonic() + 10
+    while spool.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not spool.exists()
 
 
 def test_port_in_use_is_a_one_line_error(tmp_path):
@@ -227,44 +232,35 @@ def _post_calls(proxy, count: int) -> list[str]:
     return ids
 
 
-def test_a_recorder_process_that_dies_is_replaced(tmp_path):
-    with FakeUpstream() as upstream:
-        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
-        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
-        proxy = RunningProxy(config, tmp_path / "meter.db")
-        try:
-            before = _post_calls(proxy, 3)
-            assert len(proxy.rows(wait_for=3)) == 3
-            (recorder,) = _recorders(proxy.process.pid)
-            os.kill(recorder, signal.SIGKILL)
-            time.sleep(0.2)
-            after = _post_calls(proxy, 3)
-            stored = {r["id"] for r in proxy.rows(wait_for=6, timeout=30)}
-            assert set(before) <= stored and set(after) <= stored
-            assert _recorders(proxy.process.pid) != [recorder]
-        finally:
-            proxy.stop()
+def test_a_recorder_process_that_dies_is_replaced(chat_proxy, tmp_path):
+    proxy, _ = chat_proxy
+    before = _post_calls(proxy, 3)
+    assert len(proxy.rows(wait_for=3)) == 3
+    (recorder,) = _recorders(proxy.process.pid)
+    os.kill(recorder, signal.SIGKILL)
+    time.sleep(0.2)
+    after = _post_calls(proxy, 3)
+    stored = {r["id"] for r in proxy.rows(wait_for=6, timeout=30)}
+    assert set(before) <= stored and set(after) <= stored
+    assert _recorders(proxy.process.pid) != [recorder]
 
 
-def test_calls_handed_over_survive_the_proxy_being_killed(tmp_path):
-    with FakeUpstream() as upstream:
-        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
-        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
-        proxy = RunningProxy(config, tmp_path / "meter.db")
-        try:
-            (recorder,) = _recorders(proxy.process.pid)
-            ids = _post_calls(proxy, 5)
-            time.sleep(0.3)  # handed over: the sender thread batches within milliseconds
-        finally:
-            proxy.process.kill()
-            proxy.process.wait()
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{recorder}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        db = store_db.connect(tmp_path / "meter.db")
-        stored = {row[0] for row in db.execute("SELECT id FROM interactions")}
-        db.close()
-        assert set(ids) <= stored
+def test_calls_handed_over_survive_the_proxy_being_killed(chat_proxy, tmp_path):
+    proxy, _ = chat_proxy
+    try:
+        (recorder,) = _recorders(proxy.process.pid)
+        ids = _post_calls(proxy, 5)
+        time.sleep(0.3)  # handed over: the sender thread batches within milliseconds
+    finally:
+        proxy.process.kill()
+        proxy.process.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{recorder}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    db = store_db.connect(tmp_path / "meter.db")
+    stored = {row[0] for row in db.execute("SELECT id FROM interactions")}
+    db.close()
+    assert set(ids) <= stored
 
 
 def _immutable(paths, on: bool) -> None:
@@ -274,46 +270,30 @@ def _immutable(paths, on: bool) -> None:
             subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
 
 
-def test_database_made_read_only_while_traffic_flows_loses_nothing(tmp_path):
+def test_database_made_read_only_while_traffic_flows_loses_nothing(chat_proxy, tmp_path):
     db_path = tmp_path / "meter.db"
     files = [db_path, tmp_path / "meter.db-wal"]
-    with FakeUpstream() as upstream:
-        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
-        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
-        proxy = RunningProxy(config, db_path)
-        try:
-            first = _post_calls(proxy, 2)
-            proxy.rows(wait_for=2)
-            _immutable(files, True)
-            try:
-                during = _post_calls(proxy, 4)  # the clients notice nothing
-                spool = tmp_path / "meter.db.spool.jsonl"
-                deadline = time.monotonic() + 15
-                while not spool.exists() and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                assert spool.exists()
-            finally:
-                _immutable(files, False)
-            after = _post_calls(proxy, 2)
-            stored = {r["id"] for r in proxy.rows(wait_for=8, timeout=30)}
-            assert set(first + during + after) <= stored
-        finally:
-            proxy.stop()
+    proxy, _ = chat_proxy
+    first = _post_calls(proxy, 2)
+    proxy.rows(wait_for=2)
+    _immutable(files, True)
+    try:
+        during = _post_calls(proxy, 4)  # the clients notice nothing
+        _spool_appears(tmp_path)
+    finally:
+        _immutable(files, False)
+    after = _post_calls(proxy, 2)
+    stored = {r["id"] for r in proxy.rows(wait_for=8, timeout=30)}
+    assert set(first + during + after) <= stored
 
 
-def test_calls_a_dying_recorder_never_stored_are_sent_to_the_next(tmp_path):
-    with FakeUpstream() as upstream:
-        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
-        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
-        proxy = RunningProxy(config, tmp_path / "meter.db")
-        try:
-            (recorder,) = _recorders(proxy.process.pid)
-            os.kill(recorder, signal.SIGSTOP)  # it receives nothing and acknowledges nothing
-            ids = _post_calls(proxy, 4)
-            time.sleep(0.3)
-            os.kill(recorder, signal.SIGKILL)
-            stored = {r["id"] for r in proxy.rows(wait_for=4, timeout=30)}
-            assert set(ids) <= stored
-            assert len(stored) == 4  # resent once, stored once
-        finally:
-            proxy.stop()
+def test_calls_a_dying_recorder_never_stored_are_sent_to_the_next(chat_proxy, tmp_path):
+    proxy, _ = chat_proxy
+    (recorder,) = _recorders(proxy.process.pid)
+    os.kill(recorder, signal.SIGSTOP)  # it receives nothing and acknowledges nothing
+    ids = _post_calls(proxy, 4)
+    time.sleep(0.3)
+    os.kill(recorder, signal.SIGKILL)
+    stored = {r["id"] for r in proxy.rows(wait_for=4, timeout=30)}
+    assert set(ids) <= stored
+    assert len(stored) == 4  # resent once, stored once
