@@ -3,6 +3,7 @@ of the provider serving recorded bytes -> rows in a real SQLite file."""
 
 import json
 import socket
+import subprocess
 import threading
 import time
 
@@ -15,7 +16,7 @@ from taskmeter.store import db as store_db
 from taskmeter.store import tasks
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
 FIXTURE = {f.name: f for f in ALL}
 CHAT = "/v1/chat/completions"
@@ -97,6 +98,17 @@ def test_openai_stream_through_gateway_is_metered_exactly_and_not_buffered(proxy
     assert stored["cost_usd"] > 0 and "genai-prices" in stored["price_source"]
     assert stored["first_byte_at"] <= stored["ended_at"]
     assert upstream.received[-1].headers["Accept-Encoding"] == "identity"
+    assert stored["proxy_id"] and stored["client"].startswith("OpenAI/Python")
+
+
+def test_status_shows_the_running_proxy(proxy):
+    result = subprocess.run(
+        [str(VENV_BIN / "meter"), "status", "--json", "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    running = json.loads(result.stdout)["proxies"]
+    assert [p["listen"] for p in running] == [proxy.address]
+    assert running[0]["pid"] == proxy.process.pid
 
 
 def test_usage_chunk_the_meter_asked_for_is_removed_from_the_client_stream(proxy, upstream):

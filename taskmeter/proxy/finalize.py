@@ -43,8 +43,9 @@ def _json(body: bytes | None):
 class Finalizer:
     """Stateful only for Responses API chains: response id -> conversation id."""
 
-    def __init__(self, store_bodies: bool = False) -> None:
+    def __init__(self, store_bodies: bool = False, proxy_id: str | None = None) -> None:
         self._store_bodies = store_bodies
+        self._proxy_id = proxy_id  # which proxy recorded the call (several may share a database)
         self._responses: OrderedDict[str, str] = OrderedDict()
 
     def finish(self, call: CapturedCall) -> Recorded:
@@ -93,6 +94,7 @@ class Finalizer:
             price_source=price_source,
             conversation_id=conversation,
             client=call.client,
+            proxy_id=self._proxy_id,
         )
         finished = Recorded(interaction)
         if self._store_bodies:

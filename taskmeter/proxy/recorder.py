@@ -184,7 +184,7 @@ def main() -> None:
         except OSError:
             pass  # the proxy is gone; nobody is waiting for the answer
 
-    writer = Writer(Path(args.db), Finalizer(store_bodies=args.store_bodies).finish, proxy_id=args.proxy_id,
+    writer = Writer(Path(args.db), Finalizer(args.store_bodies, args.proxy_id).finish, proxy_id=args.proxy_id,
                     on_checkpoint=acknowledge)
     writer.start()
     try:
