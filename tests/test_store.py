@@ -182,3 +182,24 @@ def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monke
     rollup = _rollup(upgraded, "P1-001")
     assert (rollup["interactions"], rollup["input_total"], rollup["output_total"], rollup["flagged"]) == (5, 500, 10, 1)
     assert rollup["cost_usd"] == pytest.approx(1.25)
+
+
+def test_several_processes_creating_the_database_at_once_all_succeed(tmp_path):
+    import threading
+
+    errors = []
+    for attempt in range(60):
+        path = tmp_path / f"new-{attempt}.db"
+
+        def open_it():
+            try:
+                store_db.connect(path).close()
+            except Exception as exc:
+                errors.append(exc)
+
+        openers = [threading.Thread(target=open_it) for _ in range(3)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join()
+    assert errors == []

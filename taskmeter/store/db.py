@@ -3,6 +3,7 @@
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,18 +55,28 @@ def connect(path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TI
     except sqlite3.Error as exc:
         raise MeterError(f"cannot open database {target}: {exc}") from None
     db.row_factory = sqlite3.Row
-    try:
-        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        _refuse_foreign_database(db, target)  # before anything writes to the file
-        _configure(db)
-        migrations.migrate(db)
-    except MeterError:
-        db.close()
-        raise
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise describe_sqlite_error(exc, target) from None
-    return db
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            _refuse_foreign_database(db, target)  # before anything writes to the file
+            _configure(db)
+            migrations.migrate(db)
+            return db
+        except MeterError:
+            db.close()
+            raise
+        except sqlite3.OperationalError as exc:
+            # Switching a brand-new file to WAL is not covered by the busy handler:
+            # two processes creating the database at once retry here instead.
+            if "locked" in str(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            db.close()
+            raise describe_sqlite_error(exc, target) from None
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise describe_sqlite_error(exc, target) from None
 
 
 def describe_sqlite_error(exc: sqlite3.Error, path: Path | str) -> MeterError:
@@ -73,9 +84,7 @@ def describe_sqlite_error(exc: sqlite3.Error, path: Path | str) -> MeterError:
     if "not a database" in text or "malformed" in text:
         return MeterError(f"{path} is not a readable taskmeter database ({text}); left untouched")
     if "locked" in text or "busy" in text:
-        return MeterError(
-            f"database {path} stayed locked by another process for {BUSY_TIMEOUT_SECONDS:.0f} s; try again"
-        )
+        return MeterError(f"database {path} stayed locked by another process; try again")
     if "readonly" in text or "unable to open" in text:
         return MeterError(f"cannot write database {path}: check its permissions ({text})")
     if "disk" in text or "full" in text:

@@ -31,6 +31,7 @@ FLUSH_SECONDS = 0.05
 RETRY_SECONDS = 1.0
 # A locked database makes the writer wait this long before it spools instead.
 WRITER_BUSY_SECONDS = 2.0
+PROBE_BUSY_SECONDS = 0.1
 
 _STOP = object()
 
@@ -147,13 +148,21 @@ class Writer:
         if self._db is not None:
             return True
         try:
-            self._db = store_db.connect(self.db_path, busy_timeout=WRITER_BUSY_SECONDS)
+            # While the database is failing, a retry only probes: it must not stall the spooling.
+            busy = PROBE_BUSY_SECONDS if self.failing else WRITER_BUSY_SECONDS
+            self._db = store_db.connect(self.db_path, busy_timeout=busy)
             return True
         except Exception as exc:
             self._failed(exc)
             return False
 
     def _store(self, items: list[Recorded]) -> None:
+        if self.failing and time.monotonic() - self._last_retry < RETRY_SECONDS:
+            # Do not wait out a busy timeout for every batch while the database is
+            # unusable: spool at once; _housekeeping retries once a second.
+            self._write_spool(items)
+            return
+        self._last_retry = time.monotonic()
         if self.spool.exists() and not self._replay_spool():
             self._write_spool(items)
             return
@@ -172,6 +181,7 @@ class Writer:
         if self.failing:
             log.warning("meter: database %s is writable again", self.db_path)
             self.failing = None
+            self._db.execute(f"PRAGMA busy_timeout = {int(WRITER_BUSY_SECONDS * 1000)}")
         self.written += len(items)
         return True
 
