@@ -533,18 +533,16 @@ def report_cmd(ctx, output_format, db_path):
 
     with open_db(db_path) as db:
         report = overview_report(db)
-    if output_format == "json":
-        click.echo(reports_render.as_json(report), nl=False)
-    elif output_format == "csv":
-        unassigned = {"phase_id": "unassigned", **report["unassigned"]}
-        click.echo(reports_render.as_csv([*report["phases"], unassigned]), nl=False)
-    elif output_format == "markdown":
-        click.echo(reports_render.overview_markdown(report), nl=False)
-    else:
+
+    def table(overview: dict) -> str:
         render.table(
             ["Phase", "Tasks", "Tokens", "Tokens/task", "Trend", "Calls", "Halluc. rate", "Cost", "Complete"],
-            reports_render.overview_rows(report),
+            reports_render.overview_rows(overview),
         )
+        return ""
+
+    csv_rows = [*report["phases"], {"phase_id": "unassigned", **report["unassigned"]}]
+    _emit(report, output_format, reports_render.overview_markdown, table, csv_rows)
 
 
 @report_cmd.command("task")
@@ -575,13 +573,14 @@ def report_phase_cmd(phase_id, output_format, db_path):
     _emit(report, output_format, reports_render.phase_markdown, reports_render.phase_text)
 
 
-def _emit(report: dict, output_format: str, markdown, text) -> None:
+def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict] | None = None) -> None:
+    """One report in the chosen format; CSV has one row per report unless rows are given."""
     from taskmeter.analytics import render as reports_render
 
     if output_format == "json":
         click.echo(reports_render.as_json(report), nl=False)
     elif output_format == "csv":
-        click.echo(reports_render.as_csv([report]), nl=False)
+        click.echo(reports_render.as_csv(csv_rows or [report]), nl=False)
     elif output_format == "markdown":
         click.echo(markdown(report), nl=False)
     else:

@@ -1,6 +1,7 @@
 import io
 import sqlite3
 import sys
+import threading
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,24 @@ def db(db_path):
     connection = store_db.connect(db_path)
     yield connection
     connection.close()
+
+
+def run_concurrently(work, count: int, timeout: float = 60) -> list[Exception]:
+    """Run `work` in `count` threads at once; the exceptions they raised."""
+    errors: list[Exception] = []
+
+    def guarded():
+        try:
+            work()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return errors
 
 
 def dump(path: Path) -> str:

@@ -4,7 +4,6 @@ of the provider serving recorded bytes -> rows in a real SQLite file."""
 import json
 import socket
 import subprocess
-import threading
 import time
 
 import anthropic
@@ -14,6 +13,7 @@ import pytest
 
 from taskmeter.store import db as store_db
 from taskmeter.store import tasks
+from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -281,22 +281,15 @@ def test_32_concurrent_streams_are_all_recorded(proxy, upstream):
     upstream.routes[MESSAGES] = sse("anthropic/messages_stream_cache_read")
     upstream.routes[MESSAGES].delay = 0.005
     client = anthropic_client(proxy)
-    ids, errors = [], []
+    ids = []
 
     def one():
-        try:
-            with client.messages.stream(**MESSAGES_ARGS) as stream:
-                stream.get_final_message()
-                ids.append(stream.response.headers["x-meter-interaction-id"])
-        except Exception as exc:
-            errors.append(exc)
+        with client.messages.stream(**MESSAGES_ARGS) as stream:
+            stream.get_final_message()
+            ids.append(stream.response.headers["x-meter-interaction-id"])
 
-    threads = [threading.Thread(target=one) for _ in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == [] and len(set(ids)) == 32
+    assert run_concurrently(one, 32) == []
+    assert len(set(ids)) == 32
     stored = [row(proxy, i) for i in ids]
     assert all((r["input_total"], r["cache_read"], r["output_total"]) == (1169, 1165, 221) for r in stored)
 

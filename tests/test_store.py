@@ -10,7 +10,7 @@ from taskmeter.errors import MeterError
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, migrations, tasks
 from taskmeter.store.interactions import Interaction
-from tests.conftest import dump
+from tests.conftest import dump, run_concurrently
 
 EXPECTED_TABLES = {"phases", "tasks", "task_events", "state", "interactions", "flags", "bodies", "proxies", "_meter_migrations"}
 
@@ -185,21 +185,6 @@ def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monke
 
 
 def test_several_processes_creating_the_database_at_once_all_succeed(tmp_path):
-    import threading
-
-    errors = []
     for attempt in range(60):
         path = tmp_path / f"new-{attempt}.db"
-
-        def open_it():
-            try:
-                store_db.connect(path).close()
-            except Exception as exc:
-                errors.append(exc)
-
-        openers = [threading.Thread(target=open_it) for _ in range(3)]
-        for opener in openers:
-            opener.start()
-        for opener in openers:
-            opener.join()
-    assert errors == []
+        assert run_concurrently(lambda: store_db.connect(path).close(), 3) == []

@@ -7,7 +7,7 @@ import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from taskmeter.store.tasks import get_phase, get_task
+from taskmeter.store.tasks import get_phase, get_task, iterations_of
 
 
 # Each summed column and the count of calls that stated it: a sum no call stated is missing.
@@ -77,16 +77,6 @@ def usages(db: sqlite3.Connection, task_keys: list[str]) -> dict[str, dict]:
     return result
 
 
-def _iterations(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, int]:
-    counts = dict(
-        db.execute(
-            f"SELECT task_id, count(*) FROM task_events WHERE kind = 'iteration' AND task_id IN ({_placeholders(task_ids)}) GROUP BY task_id",
-            task_ids,
-        ).fetchall()
-    )
-    return {task_id: 1 + counts.get(task_id, 0) for task_id in task_ids}
-
-
 def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int | None, float | None, int]]:
     """Per task: tokens, cost and count of the calls after each flagged call, up to
     the task's next context switch (the user steering the model back on course)."""
@@ -126,7 +116,7 @@ def _histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistor
     if not ids:
         return []
     switches = all_switches(db)
-    usage, iterations, rework = usages(db, ids), _iterations(db, ids), _rework(db, ids)
+    usage, iterations, rework = usages(db, ids), iterations_of(db, ids), _rework(db, ids)
     return [
         TaskHistory(row, iterations[row["id"]], usage[row["id"]], switches, *rework[row["id"]])
         for row in task_rows

@@ -50,11 +50,6 @@ class Recorder:
         self._process: subprocess.Popen | None = None
         self._stopping = False
         self._spawned_at = 0.0
-        self.restarts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     def start(self) -> None:
         with self._lock:
@@ -95,7 +90,6 @@ class Recorder:
         with self._lock:
             if self._process is not dead or self._stopping:
                 return
-            self.restarts += 1
             log.error("meter: the recorder process exited (code %s); starting a new one", dead.poll())
             self._spawn()
 

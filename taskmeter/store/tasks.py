@@ -259,6 +259,21 @@ def _check_order(record: sqlite3.Row, order: dict[str, str], milestone: str, at:
             )
 
 
+def _milestone_stamp(order: dict[str, str], milestone: str, at: datetime | None, what: str) -> str:
+    if milestone not in order:
+        raise MeterError(f"unknown {what} milestone {milestone!r}: use one of {', '.join(order)}")
+    return to_stored(at or now())
+
+
+def _set_milestone(
+    db: sqlite3.Connection, table: str, what: str, record: sqlite3.Row, order: dict[str, str], milestone: str, stamp: str, force: bool
+) -> None:
+    """Check the order (unless forced) and store the timestamp, in the caller's transaction."""
+    if not force:
+        _check_order(record, order, milestone, stamp, f"{what} {record['id']}")
+    db.execute(f"UPDATE {table} SET {order[milestone]} = ? WHERE id = ?", (stamp, record["id"]))
+
+
 def mark(
     db: sqlite3.Connection,
     task_id: str | None,
@@ -269,14 +284,10 @@ def mark(
     note: str | None = None,
 ) -> tuple[str, str]:
     """Record a Level 1 milestone timestamp; returns (task ID, stored timestamp)."""
-    if milestone not in MILESTONES:
-        raise MeterError(f"unknown milestone {milestone!r}: use one of {', '.join(MILESTONES)}")
-    stamp = to_stored(at or now())
+    stamp = _milestone_stamp(MILESTONES, milestone, at, "task")
     with write_transaction(db):
         task = resolve_task(db, task_id)
-        if not force:
-            _check_order(task, MILESTONES, milestone, stamp, f"task {task['id']}")
-        db.execute(f"UPDATE tasks SET {MILESTONES[milestone]} = ? WHERE id = ?", (stamp, task["id"]))
+        _set_milestone(db, "tasks", "task", task, MILESTONES, milestone, stamp, force)
         db.execute(
             "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
             (task["id"], stamp, milestone, note),
@@ -287,14 +298,10 @@ def mark(
 def mark_phase(
     db: sqlite3.Connection, phase_id: str, milestone: str, *, at: datetime | None = None, force: bool = False
 ) -> str:
-    if milestone not in PHASE_MILESTONES:
-        raise MeterError(f"unknown phase milestone {milestone!r}: use one of {', '.join(PHASE_MILESTONES)}")
-    stamp = to_stored(at or now())
+    """Record a Level 2 phase timestamp; returns the stored timestamp."""
+    stamp = _milestone_stamp(PHASE_MILESTONES, milestone, at, "phase")
     with write_transaction(db):
-        phase = get_phase(db, phase_id)
-        if not force:
-            _check_order(phase, PHASE_MILESTONES, milestone, stamp, f"phase {phase['id']}")
-        db.execute(f"UPDATE phases SET {PHASE_MILESTONES[milestone]} = ? WHERE id = ?", (stamp, phase["id"]))
+        _set_milestone(db, "phases", "phase", get_phase(db, phase_id), PHASE_MILESTONES, milestone, stamp, force)
     return stamp
 
 
@@ -313,12 +320,21 @@ def add_iteration(
     return task["id"], count
 
 
+def iterations_of(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, int]:
+    """ITERATIONS_COUNT per task: the first attempt plus every recorded retry."""
+    placeholders = ", ".join("?" for _ in task_ids)
+    reworks = dict(
+        db.execute(
+            f"SELECT task_id, count(*) FROM task_events WHERE kind = 'iteration' AND task_id IN ({placeholders})"
+            " GROUP BY task_id",
+            task_ids,
+        ).fetchall()
+    )
+    return {task_id: 1 + reworks.get(task_id, 0) for task_id in task_ids}
+
+
 def iterations(db: sqlite3.Connection, task_id: str) -> int:
-    """ITERATIONS_COUNT: the first attempt plus every recorded retry."""
-    reworks = db.execute(
-        "SELECT count(*) FROM task_events WHERE task_id = ? AND kind = 'iteration'", (task_id,)
-    ).fetchone()[0]
-    return 1 + reworks
+    return iterations_of(db, [task_id])[task_id]
 
 
 def events(db: sqlite3.Connection, task_id: str) -> list[sqlite3.Row]:
@@ -335,10 +351,7 @@ def list_tasks(db: sqlite3.Connection, phase_id: str | None = None) -> list[dict
         where, params = "WHERE t.phase_id = ?", [phase_id]
     rows = db.execute(
         f"""
-        SELECT t.*,
-            (SELECT count(*) FROM task_events e WHERE e.task_id = t.id AND e.kind = 'iteration') + 1
-                AS iterations,
-            u.interactions, u.flagged,
+        SELECT t.*, u.interactions, u.flagged,
             CASE WHEN u.input_total_calls + u.output_total_calls > 0 THEN u.input_total + u.output_total END AS tokens
         FROM tasks t
         LEFT JOIN task_usage u ON u.task_key = t.id
@@ -347,7 +360,8 @@ def list_tasks(db: sqlite3.Connection, phase_id: str | None = None) -> list[dict
         """,
         params,
     ).fetchall()
-    return [dict(row) for row in rows]
+    counts = iterations_of(db, [row["id"] for row in rows])
+    return [{**dict(row), "iterations": counts[row["id"]]} for row in rows]
 
 
 def list_phases(db: sqlite3.Connection) -> list[dict]:

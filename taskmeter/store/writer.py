@@ -71,7 +71,6 @@ class Writer:
         self.failing: str | None = None  # why the database cannot be written, while it cannot
         self.written = 0
         self.spooled = 0
-        self.idle = threading.Event()
 
     def start(self) -> None:
         # An unusable database is not fatal here: calls go to the spool until it is
@@ -79,7 +78,6 @@ class Writer:
         self._thread.start()
 
     def submit(self, item: object) -> None:
-        self.idle.clear()
         self._queue.put(item)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -104,8 +102,6 @@ class Writer:
                         if isinstance(item, Checkpoint):
                             self._on_checkpoint(item.seq)
                 self._housekeeping()
-                if self._queue.empty():
-                    self.idle.set()
             self._replay_spool()
             self._unregister()
         except Exception:
@@ -113,7 +109,6 @@ class Writer:
         finally:
             if self._db is not None:
                 self._db.close()
-            self.idle.set()
 
     def _next_batch(self) -> tuple[list, bool]:
         timeout = RETRY_SECONDS if self.failing else FLUSH_SECONDS * 20
