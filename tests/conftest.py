@@ -11,8 +11,6 @@ import pytest
 from taskmeter.cli import main
 from taskmeter.store import db as store_db
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures"
 
 
 @dataclass

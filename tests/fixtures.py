@@ -1,10 +1,10 @@
-"""The recorded provider responses in ../shared/fixtures, ready to replay."""
+"""The recorded provider responses in tests/recorded/, ready to replay."""
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import FIXTURES
+FIXTURES = Path(__file__).resolve().parent / "recorded"
 
 # Count endpoints were recorded as protocol "raw"; they belong to their provider's protocol.
 _PROTOCOL_OF_PROVIDER = {"openai_responses": "openai_responses", "gemini": "gemini", "anthropic": "anthropic"}

@@ -1,7 +1,7 @@
 """Where each protocol states token usage, and how it maps to our inclusive columns.
 
-The rules follow ../shared/docs/wire-formats.md and are pinned by the recorded
-fixtures: input_total includes cache reads and writes, output_total includes
+The rules are those of docs/wire-formats.md, pinned by the recorded responses in
+tests/recorded/: input_total includes cache reads and writes, output_total includes
 reasoning. A count the protocol cannot state is None; a count the protocol omits
 because it is zero (Gemini, Anthropic before caching, OpenAI details) is 0.
 """
