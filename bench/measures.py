@@ -134,6 +134,7 @@ def writer_rows_per_second(rows: int) -> dict:
     from taskmeter.store import tasks
     from taskmeter.store.interactions import Interaction
     from taskmeter.store.recording import Recorded
+    from taskmeter.proxy.handover import BATCH as HANDOVER_BATCH
     from taskmeter.store.writer import Writer
     from taskmeter.timefmt import now_stored
 
@@ -150,14 +151,13 @@ def writer_rows_per_second(rows: int) -> dict:
                                  cost_usd=0.001, conversation_id=f"c{n // 20}", http_status=200, outcome="complete"))
             for n in range(rows)
         ]
-        writer = Writer(path, prepare=lambda item: item)
-        writer.start()
+        writer = Writer(path)
         started = time.perf_counter()
-        for item in items:
-            writer.submit(item)
-        writer.stop(timeout=600)
+        for start in range(0, len(items), HANDOVER_BATCH):  # as the proxy hands them over
+            assert writer.store(items[start : start + HANDOVER_BATCH]) == []
         elapsed = time.perf_counter() - started
-        return {"rows": writer.written, "seconds": elapsed, "rows_per_second": writer.written / elapsed}
+        writer.close()
+        return {"rows": len(items), "seconds": elapsed, "rows_per_second": len(items) / elapsed}
 
 
 def report_latency(rows: int, tasks_count: int, flags: int, runs: int) -> dict:

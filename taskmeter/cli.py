@@ -13,6 +13,7 @@ import click
 
 from taskmeter import __version__, render
 from taskmeter.errors import MeterError
+from taskmeter.proxy import callfile
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, proxies, tasks
 from taskmeter.timefmt import display, format_duration, now, parse_duration, parse_user_timestamp, seconds_between, to_stored
@@ -408,14 +409,19 @@ def status_cmd(as_json, db_path):
         view = task_report(db, current.task_id) if current else None
         running = proxies.running(db)
         latest = interactions.recent(db, limit=1)
+    database = store_db.resolve_path(db_path)
     state = {
-        "database": str(store_db.resolve_path(db_path)),
+        "database": str(database),
         "current_task": current.task_id if current else None,
         "current_since": current.since if current else None,
         "current_for_seconds": seconds_between(current.since, to_stored(now())) if current else None,
         "task": view,
         "proxies": running,
         "last_interaction_at": latest[0]["started_at"] if latest else None,
+        # Calls not in the database: waiting in the spool, or kept apart for a person.
+        "spooled_calls": callfile.count_lines(callfile.spool_path(database)),
+        "quarantined_calls": callfile.count_lines(callfile.quarantine_path(database)),
+        "quarantine": str(callfile.quarantine_path(database)),
     }
     if as_json:
         render.print_json(state)
@@ -437,8 +443,16 @@ def status_cmd(as_json, db_path):
     if running:
         for proxy in running:
             render.info(f"Proxy running: pid {proxy['pid']} on {proxy['listen']} since {display(proxy['started_at'])}")
+            if proxy["recording"] != proxies.RECORDING:
+                render.warn(f"NOT RECORDING: {proxy['recording']}")
+            if proxy["dropped_calls"]:
+                render.warn(f"{proxy['dropped_calls']} calls were lost: neither the database nor the spool could take them")
     else:
         render.info("No proxy is running on this database: start one with `meter proxy`.")
+    if state["spooled_calls"]:
+        render.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
+    if state["quarantined_calls"]:
+        render.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
     render.info(f"Database: {state['database']}")
 
 

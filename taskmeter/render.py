@@ -53,5 +53,10 @@ def info(message: str) -> None:
     console.print(message, markup=False)
 
 
+def warn(message: str) -> None:
+    """Something the user must not miss, in a listing that goes on."""
+    console.print(message, style="bold yellow", markup=False)
+
+
 def error(message: str) -> None:
     err_console.print(f"meter: error: {message}", markup=False)

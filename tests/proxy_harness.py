@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,11 +39,16 @@ class RunningProxy:
             text=True,
             env=env,
         )
+        # Read stderr as it comes: a full pipe would block the proxy's logging.
+        self._stderr: list[str] = []
+        threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True).start()
         RunningProxy.started.append(self)
         line = self.process.stdout.readline()
         if "listening on" not in line:
             self.process.kill()
-            raise RuntimeError(f"proxy did not start: {line!r} {self.process.stderr.read()}")
+            self.process.wait()
+            time.sleep(0.1)
+            raise RuntimeError(f"proxy did not start: {line!r} {self.stderr()}")
         self.address = line.split("listening on ")[1].split(",")[0]
         self.origin = f"http://{self.address}"
 
@@ -57,7 +63,8 @@ class RunningProxy:
         return self.process.returncode
 
     def stderr(self) -> str:
-        return self.process.stderr.read() if self.process.poll() is not None else ""
+        """What the proxy has written to stderr so far."""
+        return "".join(self._stderr)
 
     def rows(self, wait_for: int = 1, timeout: float = 10) -> list[dict]:
         """Interactions in the database once at least `wait_for` are stored."""

@@ -172,8 +172,10 @@ def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monke
     old = store_db.connect(db_path)
     tasks.set_task(old, "P1-001")
     for n in range(5):
-        interactions.insert(old, Interaction(id=f"00000000000{n}", started_at=f"2026-01-01T00:00:0{n}.000000Z",
-                                             task_id="P1-001", input_total=100, output_total=n, cost_usd=0.25))
+        old.execute(  # the first release's columns
+            "INSERT INTO interactions (id, started_at, task_id, input_total, output_total, cost_usd) VALUES (?, ?, ?, ?, ?, ?)",
+            (f"00000000000{n}", f"2026-01-01T00:00:0{n}.000000Z", "P1-001", 100, n, 0.25),
+        )
     interactions.flag(old, "000000000002")
     old.close()
     monkeypatch.undo()
@@ -188,3 +190,31 @@ def test_several_processes_creating_the_database_at_once_all_succeed(tmp_path):
     for attempt in range(60):
         path = tmp_path / f"new-{attempt}.db"
         assert run_concurrently(lambda: store_db.connect(path).close(), 3) == []
+
+
+def test_upgrading_repairs_task_and_phase_ids_of_mixed_case(db_path, monkeypatch):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+    old = store_db.connect(db_path)
+    # What the second release stored for `set-task P1-010` then `set-task p1-010`.
+    old.executescript(
+        """
+        INSERT INTO phases (id, created_at) VALUES ('P1', '2026-01-01T00:00:00.000000Z'), ('p2', '2026-01-01T00:00:00.000000Z');
+        INSERT INTO tasks (id, phase_id, created_at) VALUES ('P1-010', 'p1', '2026-01-01T00:00:00.000000Z'),
+                                                            ('p2-001', 'p2', '2026-01-01T00:00:00.000000Z');
+        INSERT INTO task_events (task_id, kind, at) VALUES ('p2-001', 'switch', '2026-01-01T00:00:01.000000Z');
+        INSERT INTO state (key, value) VALUES ('current_task', 'p2-001'), ('current_since', '2026-01-01T00:00:01.000000Z');
+        INSERT INTO interactions (id, started_at, task_id, input_total, output_total) VALUES
+            ('000000000001', '2026-01-01T00:00:02.000000Z', 'p2-001', 10, 5);
+        """
+    )
+    old.close()
+    monkeypatch.undo()
+    upgraded = store_db.connect(db_path)
+    assert [tuple(r) for r in upgraded.execute("SELECT id, phase_id FROM tasks ORDER BY id")] == [("P1-010", "P1"), ("P2-001", "P2")]
+    assert [r[0] for r in upgraded.execute("SELECT id FROM phases ORDER BY id")] == ["P1", "P2"]
+    assert upgraded.execute("SELECT task_id FROM interactions").fetchone()[0] == "P2-001"
+    assert upgraded.execute("SELECT task_id FROM task_events").fetchone()[0] == "P2-001"
+    assert tasks.current_task(upgraded).task_id == "P2-001"
+    assert [(r["task_key"], r["input_total"]) for r in upgraded.execute("SELECT * FROM task_usage")] == [("P2-001", 10)]
+    assert [t["id"] for t in tasks.list_tasks(upgraded, "p1")] == ["P1-010"]
+    assert upgraded.execute("PRAGMA foreign_key_check").fetchall() == []

@@ -22,6 +22,7 @@ class ProxySettings(BaseModel):
     inject_stream_usage: bool
     store_bodies: bool
     max_parsed_body_mb: int = Field(ge=1)
+    max_pending_mb: float = Field(gt=0)
     # Where the proxy keeps its CA (key files 0600); default: the user data folder.
     confdir: Path | None = None
     # Extra CA file trusted for upstream TLS (e.g. a corporate or test CA).

@@ -7,6 +7,7 @@ estimation, pricing and SQLite all happen in the recorder process.
 import base64
 import binascii
 import json
+import re
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -15,7 +16,7 @@ from mitmproxy import http
 from taskmeter.config import Settings
 from taskmeter.ids import new_id
 from taskmeter.proxy.capture import CapturedCall, ResponseTee
-from taskmeter.proxy.framing import framing_for
+from taskmeter.proxy.framing import UnsupportedEncoding, content_decoder
 from taskmeter.proxy.routing import GatewayError, Router, classify
 from taskmeter.store.tasks import validate_task_id
 from taskmeter.errors import MeterError
@@ -27,6 +28,16 @@ _META_KEY = "taskmeter"
 _SECRET_QUERY_KEYS = {"key", "api_key", "api-key", "apikey", "access_token", "token"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SHUTDOWN = "proxy shut down during the call"
+_ABSENT = object()
+_NULL_OPTIONS = re.compile(rb'"stream_options"\s*:\s*null')
+_OPTIONS_OPENING = re.compile(rb'"stream_options"\s*:\s*\{')
+
+
+def _splice_once(body: bytes, pattern: re.Pattern, replacement: bytes) -> bytes | None:
+    """`body` with the one match of `pattern` replaced; None when it is not unique
+    (the key spelled with escapes, or the text inside a string)."""
+    spliced, count = pattern.subn(replacement, body)
+    return spliced if count == 1 else None
 
 
 def _error_response(status: int, message: str) -> http.Response:
@@ -155,29 +166,33 @@ class Meter:
     @staticmethod
     def _ask_for_stream_usage(flow: http.HTTPFlow, call: CapturedCall) -> None:
         """OpenAI-compatible streams carry usage only when asked: ask, and strip the
-        extra chunk later so the client gets the stream it requested."""
+        extra chunk later so the client gets the stream it requested. The request is
+        spliced, never re-serialised, so every other byte the client sent (a large
+        body, a character cut in half) goes upstream unchanged."""
         body = call.request_body
         if not body or b'"stream"' not in body:
             return
         try:
-            data = json.loads(body)
+            data = json.loads(body.decode("utf-8", "surrogateescape"))
         except ValueError:
             return
         if not isinstance(data, dict) or data.get("stream") is not True:
             return
-        options = data.get("stream_options")
+        options = data.get("stream_options", _ABSENT)
         if isinstance(options, dict) and options.get("include_usage"):
             return
-        if options is None:
-            # Splice the key in rather than re-serialise a large body.
+        if options is _ABSENT:
             start = body.index(b"{") + 1
-            flow.request.content = body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
-        elif isinstance(options, dict):
-            data["stream_options"] = {**options, "include_usage": True}
-            flow.request.content = json.dumps(data, ensure_ascii=False).encode()
+            spliced = body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
+        elif options is None:
+            spliced = _splice_once(body, _NULL_OPTIONS, b'"stream_options":{"include_usage":true}')
+        elif isinstance(options, dict) and "include_usage" not in options:
+            spliced = _splice_once(body, _OPTIONS_OPENING, rb"\g<0>" + (b'"include_usage":true' + (b"," if options else b"")))
         else:
-            return
-        call.injected_usage = True
+            return  # include_usage: false, or options of another type: the client's choice stands
+        if spliced is not None:
+            flow.request.content = spliced
+            call.injected_usage = True
 
     # ---------------------------------------------------------- responses
 
@@ -190,8 +205,19 @@ class Meter:
         call.content_type = response.headers.get("content-type")
         call.content_encoding = response.headers.get("content-encoding")
         response.headers[ID_HEADER] = call.id
-        strip = call.injected_usage and framing_for(call.content_type) == "sse" and not call.content_encoding
-        response.stream = ResponseTee(call, self._body_limit, strip)
+        # A server that compresses although asked not to: decode, so the usage
+        # event can still be removed; the client gets the plain stream.
+        decoder = None
+        if call.injected_usage and call.content_encoding:
+            try:
+                decoder = content_decoder(call.content_encoding)
+            except UnsupportedEncoding:
+                pass  # passed on as it came; the usage event stays in it
+            else:
+                response.headers.pop("content-encoding", None)
+                response.headers.pop("content-length", None)
+                call.content_encoding = None  # what is kept is the decoded stream
+        response.stream = ResponseTee(call, self._body_limit, call.injected_usage and not call.content_encoding, decoder)
 
     def response(self, flow: http.HTTPFlow) -> None:
         call = self.live.pop(flow.id, None)

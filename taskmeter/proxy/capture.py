@@ -9,7 +9,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from taskmeter.proxy.framing import looks_like_sse
+
 log = logging.getLogger("taskmeter.proxy")
+
+# Past the parse limit, the last bytes of a response are still kept: that is where
+# most protocols state usage.
+TAIL_BYTES = 256 * 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -32,9 +38,13 @@ class CapturedCall:
     content_type: str | None = None
     content_encoding: str | None = None
     response_body: bytearray = field(default_factory=bytearray)
-    response_truncated: bool = False
+    # Set once the body passed the parse limit: the bytes skipped, and the last
+    # TAIL_BYTES of the rest.
+    response_skipped: int = 0
+    response_tail: bytearray = field(default_factory=bytearray)
     outcome: str | None = None
     error: str | None = None
+    notes: str | None = None
 
 
 class UsageChunkStripper:
@@ -48,29 +58,35 @@ class UsageChunkStripper:
         self._pending = bytearray()
 
     def feed(self, data: bytes) -> bytes:
+        """The complete events so far, less the usage-only one; O(len(data))."""
         self._pending += data
-        out = bytearray()
-        while True:
-            end, separator = self._event_end()
-            if end < 0:
-                break
-            block = bytes(self._pending[: end + separator])
-            del self._pending[: end + separator]
-            if not self._is_usage_only(block):
-                out += block
-        return bytes(out)
+        lf, crlf = self._pending.rfind(b"\n\n"), self._pending.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        complete = bytes(self._pending[:end])
+        del self._pending[:end]
+        if b'"choices":[]' not in complete and b'"choices": []' not in complete:
+            return complete  # the usual case: no candidate in these events
+        return b"".join(block for block in self._events(complete) if not self._is_usage_only(block))
 
     def flush(self) -> bytes:
         rest = bytes(self._pending)
         self._pending.clear()
         return b"" if self._is_usage_only(rest) else rest
 
-    def _event_end(self) -> tuple[int, int]:
-        lf = self._pending.find(b"\n\n")
-        crlf = self._pending.find(b"\r\n\r\n")
-        if crlf >= 0 and (lf < 0 or crlf < lf):
-            return crlf, 4
-        return lf, 2
+    @staticmethod
+    def _events(data: bytes):
+        start = 0
+        while start < len(data):
+            lf = data.find(b"\n\n", start)
+            crlf = data.find(b"\r\n\r\n", start)
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                end = crlf + 4
+            elif lf >= 0:
+                end = lf + 2
+            else:
+                end = len(data)
+            yield data[start:end]
+            start = end
 
     @staticmethod
     def _is_usage_only(block: bytes) -> bool:
@@ -88,27 +104,45 @@ class UsageChunkStripper:
 
 class ResponseTee:
     """mitmproxy's `flow.response.stream` callable: forwards every chunk at once and
-    keeps a copy (up to a limit) for the recorder to parse. Never raises."""
+    keeps a copy (up to a limit, then the tail) for the recorder to parse. Never raises.
 
-    __slots__ = ("_call", "_limit", "_stripper")
+    When the meter asked for stream usage, the usage-only event is removed from an
+    event stream, recognised by its content type or by its first bytes. A server
+    that compresses anyway is decoded here, and the client gets the plain stream
+    (the caller drops Content-Encoding)."""
 
-    def __init__(self, call: CapturedCall, limit: int, strip_usage_chunk: bool) -> None:
+    __slots__ = ("_call", "_limit", "_strip", "_stripper", "_decoder")
+
+    def __init__(self, call: CapturedCall, limit: int, strip_usage_chunk: bool, decoder=None) -> None:
         self._call = call
         self._limit = limit
-        self._stripper = UsageChunkStripper() if strip_usage_chunk else None
+        self._strip = strip_usage_chunk  # once the stream is known to be SSE
+        self._stripper: UsageChunkStripper | None = None
+        self._decoder = decoder
 
     def __call__(self, data: bytes):
+        at_end = not data  # mitmproxy's last call
+        if self._decoder is not None and data:
+            try:
+                data = self._decoder.feed(data)
+            except Exception:
+                log.exception("meter: cannot decode the stream; it is passed on as it came")
+                self._decoder, self._strip = None, False
         try:
             self._observe(data)
         except Exception:
             log.exception("meter: stream observer failed; the stream is passed on untouched")
+        if self._strip and self._stripper is None and data:
+            self._strip = looks_like_sse(self._call.content_type, data)
+            if self._strip:
+                self._stripper = UsageChunkStripper()
         if self._stripper is None:
-            return data
+            # An empty bytes object would end an HTTP/1.1 chunked body early.
+            return data if data or at_end else []
         try:
-            if not data:
+            if at_end:
                 return self._stripper.flush()
             out = self._stripper.feed(data)
-            # An empty bytes object would end an HTTP/1.1 chunked body early.
             return out if out else []
         except Exception:
             log.exception("meter: usage-chunk removal failed; the rest of the stream is passed on untouched")
@@ -122,7 +156,11 @@ class ResponseTee:
         call = self._call
         if call.first_byte is None:
             call.first_byte = time.time()
-        if len(call.response_body) + len(data) <= self._limit:
+        tail = call.response_tail
+        if not tail and len(call.response_body) + len(data) <= self._limit:
             call.response_body += data
-        else:
-            call.response_truncated = True
+            return
+        tail += data
+        if len(tail) > 2 * TAIL_BYTES:  # trimmed in steps, so each byte moves at most twice
+            call.response_skipped += len(tail) - TAIL_BYTES
+            del tail[:-TAIL_BYTES]

@@ -48,4 +48,6 @@ def conversation_id(protocol: str, request: object) -> str | None:
     if root is None or root == [None, None]:
         return None
     canonical = json.dumps(root, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    # surrogatepass: a lone surrogate (half an emoji from a JavaScript client)
+    # hashes like any other character.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -92,6 +92,9 @@ def encoding(model: str | None) -> tiktoken.Encoding:
 def count_tokens(text: str, model: str | None) -> int:
     if not text:
         return 0
+    # A client that cut an emoji in half sends a lone surrogate: count it as one
+    # replacement character rather than fail.
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return len(encoding(model).encode(text, disallowed_special=()))
 
 

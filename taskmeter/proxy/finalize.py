@@ -31,12 +31,14 @@ def _stamp(moment: float | None) -> str | None:
     return None if moment is None else to_stored(datetime.fromtimestamp(moment, UTC))
 
 
-def _json(body: bytes | None):
+def request_json(body: bytes | None):
+    """A request body as JSON, or None. Invalid UTF-8 (a client that cut a
+    character in half) does not hide the model and prompt around it."""
     if not body:
         return None
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(body.decode("utf-8", "replace"))
+    except ValueError:
         return None
 
 
@@ -49,8 +51,9 @@ class Finalizer:
         self._responses: OrderedDict[str, str] = OrderedDict()
 
     def finish(self, call: CapturedCall) -> Recorded:
-        request = _json(call.request_body)
-        result = self._parse(call)
+        request = request_json(call.request_body)
+        notes = [call.notes] if call.notes else []
+        result = self._parse(call, notes)
         if call.outcome == "partial" and result.finished:
             # The client hung up after the stream's own end marker: nothing was lost.
             call.outcome, call.error = "complete", None
@@ -58,7 +61,7 @@ class Finalizer:
         if not model and call.protocol == "gemini":
             model = _gemini_model(call.endpoint)
         streamed = _streamed(call, request)
-        usage, source, errors = self._usage(call, request, result, model)
+        usage, source, errors = self._usage(call, request, result, model, notes)
         cost, price_source = (None, None)
         if usage is not None and call.operation != "count_tokens":
             cost, price_source = pricing.price(call.provider, model, usage)
@@ -95,6 +98,7 @@ class Finalizer:
             conversation_id=conversation,
             client=call.client,
             proxy_id=self._proxy_id,
+            notes="; ".join(notes) or None,
         )
         finished = Recorded(interaction)
         if self._store_bodies:
@@ -102,22 +106,56 @@ class Finalizer:
             finished.response_body = redact(bytes(call.response_body).decode("utf-8", "replace")) or None
         return finished
 
+    def unreadable(self, call: CapturedCall, exc: Exception) -> Recorded:
+        """The row of a call finish() failed on: what the proxy saw, and why."""
+        return Recorded(
+            Interaction(
+                id=call.id,
+                started_at=_stamp(call.started),
+                ended_at=_stamp(call.ended),
+                task_id=call.task_id,
+                attribution=call.attribution,
+                provider=call.provider,
+                protocol=call.protocol,
+                operation=call.operation,
+                method=call.method,
+                endpoint=call.endpoint,
+                http_status=call.status,
+                outcome=call.outcome,
+                error=f"meter could not read this call: {type(exc).__name__}: {exc}"[:500],
+                client=call.client,
+                proxy_id=self._proxy_id,
+                notes=call.notes,
+            )
+        )
+
     @staticmethod
-    def _parse(call: CapturedCall) -> ParseResult:
+    def _parse(call: CapturedCall, notes: list[str]) -> ParseResult:
         parser = BodyParser(call.protocol, call.content_type, call.content_encoding)
         parser.feed(bytes(call.response_body))
+        if call.response_tail:
+            skipped = f"{call.response_skipped:,} bytes past the parse limit were not read"
+            why = parser.feed_tail(bytes(call.response_tail))
+            notes.append(f"{skipped}; usage may be missing: {why}" if why else f"{skipped}; usage read from the last bytes")
         return parser.close()
 
-    def _usage(self, call, request, result: ParseResult, model) -> tuple[Usage | None, str | None, list[str]]:
+    def _usage(self, call, request, result: ParseResult, model, notes) -> tuple[Usage | None, str | None, list[str]]:
         errors = list(call.error and [call.error] or [])
         errors += result.errors
         if result.parse_error:
             errors.append(f"unparsed response body: {result.parse_error}")
-        if call.response_truncated:
-            errors.append("response body over the parse limit; usage may be missing")
         cut_short = call.outcome != "complete"
         if result.usage is not None:
-            return result.usage, "partial" if cut_short and not result.finished else "reported", errors
+            usage = result.usage
+            if not cut_short or result.finished:
+                return usage, "reported", errors
+            # A cut stream states at most a running count (Anthropic's message_start
+            # says 1): count what was delivered when that is more.
+            delivered = self._estimate(result.text, model, call, errors)
+            if delivered is not None and (usage.output_total is None or delivered > usage.output_total):
+                notes.append(f"output counted from the delivered text ({delivered}; the stream had stated {usage.output_total})")
+                usage.output_total = delivered
+            return usage, "partial", errors
         succeeded = call.status is not None and 200 <= call.status < 300
         if call.operation != "generate" or not succeeded:
             return None, None, errors
@@ -133,6 +171,15 @@ class Finalizer:
             errors.append(f"token estimate failed: {exc}")
             return None, None, errors
         return usage, "partial" if cut_short else "estimated", errors
+
+    @staticmethod
+    def _estimate(text: str, model, call, errors: list[str]) -> int | None:
+        try:
+            return estimate.count_tokens(text, model)
+        except Exception as exc:
+            log.warning("meter: token estimate failed for %s: %s", call.id, exc)
+            errors.append(f"token estimate failed: {exc}")
+            return None
 
     def _conversation(self, protocol: str, request, response_id: str | None) -> str | None:
         conversation = None

@@ -311,9 +311,20 @@ FRAMINGS = {
 }
 
 
-def framing_for(content_type: str | None) -> str:
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+def looks_like_sse(content_type: str | None, first_bytes: bytes) -> bool:
+    """An event stream by its content type, or, whatever the type says, by its
+    first bytes: some servers send SSE as text/plain or application/json."""
+    if framing_for(content_type) == "sse":
+        return True
+    return first_bytes.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(_SSE_FIELDS)
+
+
+def framing_for(content_type: str | None, first_bytes: bytes = b"") -> str:
     media = (content_type or "").split(";")[0].strip().lower()
-    if media == "text/event-stream":
+    if media == "text/event-stream" or (first_bytes and looks_like_sse(None, first_bytes)):
         return "sse"
     if media in ("application/x-ndjson", "application/ndjson", "application/jsonl"):
         return "ndjson"

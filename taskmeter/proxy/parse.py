@@ -1,9 +1,10 @@
 """Reading a response body, in pieces, into what the meter records."""
 
 import json
+import re
 from dataclasses import dataclass
 
-from taskmeter.proxy.framing import FRAMINGS, UnsupportedEncoding, content_decoder, framing_for
+from taskmeter.proxy.framing import FRAMINGS, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
 from taskmeter.proxy.usage import ACCUMULATORS, Usage
 
 
@@ -19,11 +20,26 @@ class ParseResult:
     parse_error: str | None
 
 
+# Where a plain JSON body states usage, and the event that carries it to each
+# protocol's accumulator, for reading usage from the tail of a body too large to keep.
+_JSON_TAIL_USAGE = {
+    "openai_chat": ("usage", lambda usage: {"usage": usage}),
+    "openai_responses": ("usage", lambda usage: {"type": "response.completed", "response": {"usage": usage}}),
+    "anthropic": ("usage", lambda usage: {"type": "message_delta", "usage": usage}),
+    "gemini": ("usageMetadata", lambda usage: {"usageMetadata": usage}),
+    "bedrock": ("usage", lambda usage: {"usage": usage}),
+}
+
+
 class BodyParser:
-    """Feed the body's bytes as they come (any boundaries), then close()."""
+    """Feed the body's bytes as they come (any boundaries), then close(). The
+    framing follows the content type, or the first bytes for an event stream."""
 
     def __init__(self, protocol: str, content_type: str | None, content_encoding: str | None = None) -> None:
-        self._framing = FRAMINGS[framing_for(content_type)]()
+        self._protocol = protocol
+        self._content_type = content_type
+        self._framing_name: str | None = None
+        self._framing = None  # chosen with the first bytes
         self._accumulator = ACCUMULATORS[protocol]()
         self._parse_error: str | None = None
         try:
@@ -36,13 +52,46 @@ class BodyParser:
         if self._parse_error or not data:
             return
         try:
-            for name, payload in self._framing.feed(self._decoder.feed(data)):
+            data = self._decoder.feed(data)
+            if self._framing is None and data:
+                self._framing_name = framing_for(self._content_type, data)
+                self._framing = FRAMINGS[self._framing_name]()
+            for name, payload in self._framing.feed(data) if data else ():
                 self._event(name, payload)
         except Exception as exc:  # a malformed body must never stop the meter
             self._parse_error = f"{type(exc).__name__}: {exc}"[:500]
 
+    def feed_tail(self, tail: bytes) -> str | None:
+        """After feed(): the last bytes of a body whose middle was not kept. Parsing
+        resumes at the tail's first whole event. Returns why the tail could not be
+        read, or None."""
+        if self._parse_error or self._framing is None:
+            return self._parse_error
+        if not isinstance(self._decoder, IdentityDecoder):
+            return "the body is compressed, so its tail cannot be read on its own"
+        try:
+            if self._framing_name in ("sse", "ndjson"):
+                boundary = re.search(rb"\r\n\r\n|\n\n|\r\r" if self._framing_name == "sse" else rb"\n", tail)
+                if boundary is None:
+                    return "no whole event in the kept tail"
+                self._framing = FRAMINGS[self._framing_name]()
+                for name, payload in self._framing.feed(tail[boundary.end() :]):
+                    self._event(name, payload)
+                return None
+            if self._framing_name == "json" and self._protocol in _JSON_TAIL_USAGE:
+                self._framing = FRAMINGS["json"]()  # the head alone is no document
+                key, event = _JSON_TAIL_USAGE[self._protocol]
+                usage = _last_object(tail.decode("utf-8", "replace"), key)
+                if usage is None:
+                    return f"no {key} object in the kept tail"
+                self._event("", event(usage))
+                return None
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return f"the tail of a {self._framing_name} body cannot be read on its own"
+
     def close(self) -> ParseResult:
-        if not self._parse_error:
+        if not self._parse_error and self._framing is not None:
             try:
                 for name, payload in self._framing.close():
                     self._event(name, payload, at_end=True)
@@ -76,3 +125,16 @@ class BodyParser:
                     return
         self._accumulator.events += 1
         self._accumulator.on_event(name, payload)
+
+
+def _last_object(text: str, key: str) -> dict | None:
+    """The JSON object that follows the last `"key":` in `text`."""
+    decoder = json.JSONDecoder()
+    for match in reversed(list(re.finditer(r'"' + re.escape(key) + r'"\s*:\s*', text))):
+        try:
+            value, _ = decoder.raw_decode(text, match.end())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None

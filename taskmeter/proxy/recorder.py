@@ -1,157 +1,228 @@
-"""Recording runs in its own process, so parsing, token estimates, pricing and
-SQLite never hold the proxy's interpreter lock: the event loop that moves the
-user's bytes only queues finished calls.
+"""The recorder process (`python -m taskmeter.proxy.recorder DB`): one loop that
+reads a batch of finished calls from the proxy, stores it (or spools it), and
+acknowledges it. Parsing, token estimates, pricing and SQLite run here, so they
+never hold the proxy's interpreter lock. The proxy side is taskmeter/proxy/handover.py.
 
-Proxy side: Recorder.submit() queues a call; a sender thread pickles batches and
-writes them, numbered and length-prefixed, to the recorder's stdin, keeping each
-until the recorder acknowledges it on stdout. Recorder side
-(`python -m taskmeter.proxy.recorder DB`): feeds the calls to a Writer (see
-taskmeter/store/writer.py) and acknowledges a batch once it is stored or
-spooled. If the recorder dies, a new one is started and every unacknowledged
-batch is sent again (inserts ignore IDs already stored, so nothing is counted
-twice). The recorder ignores Ctrl-C and stops at end of input, after storing
-everything it received.
+What may happen to a batch, and only then is it acknowledged:
+- stored: every call is finalised into a row; a row the database refuses is
+  retried alone, and one that still fails goes to the quarantine;
+- spooled: the database cannot be written now (locked, read-only, full), so the
+  calls go to the spool, replayed once it can;
+- held: neither database nor spool can be written. Each call's row (metadata
+  and usage, not its bodies) is held in memory, up to HELD_ROWS_MAX; past that,
+  calls are dropped and counted, and the count reaches `meter status`.
 """
 
 import logging
+import os
 import pickle
-import queue
+import select
 import signal
-import struct
-import subprocess
 import sys
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
-log = logging.getLogger("taskmeter.proxy")
+from taskmeter.proxy import callfile
+from taskmeter.proxy.handover import ACK, HEADER
+from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
+from taskmeter.store.writer import DatabaseUnavailable, Writer
 
-_STOP = object()
-_BATCH = 256
-_HEADER = struct.Struct(">IQ")  # payload length, batch number
-_ACK = struct.Struct(">Q")
-# A recorder that dies at once is not restarted more often than this.
-_RESPAWN_SECONDS = 1.0
+log = logging.getLogger("taskmeter.recorder")
+
+RETRY_SECONDS = 1.0
+HELD_ROWS_MAX = 10_000
+REPLAY_BATCH = 500
 
 
-class Recorder:
-    def __init__(self, db_path: Path, store_bodies: bool, proxy_id: str | None = None) -> None:
-        self._command = [sys.executable, "-m", "taskmeter.proxy.recorder", str(db_path)]
-        if store_bodies:
-            self._command.append("--store-bodies")
-        if proxy_id:
-            self._command += ["--proxy-id", proxy_id]
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._sender = threading.Thread(target=self._send_loop, name="taskmeter-recorder", daemon=True)
-        self._lock = threading.Lock()  # the child process and the unacknowledged batches
-        self._unacknowledged: OrderedDict[int, bytes] = OrderedDict()
-        self._next_seq = 1
-        self._process: subprocess.Popen | None = None
-        self._stopping = False
-        self._spawned_at = 0.0
+class FrameReader:
+    """Length-prefixed frames from a pipe, read without blocking past `timeout`."""
 
-    def start(self) -> None:
-        with self._lock:
-            self._spawn()
-        self._sender.start()
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self.closed = False
 
-    def submit(self, call) -> None:
-        """Called on the event loop: a queue put, nothing more."""
-        self._queue.put(call)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Hand over everything submitted, then wait for the recorder to store it."""
-        self._queue.put(_STOP)
-        self._sender.join(timeout)
-        process = self._process
-        if process is not None:
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.error("meter: the recorder did not finish in %.0f s; stopping it", timeout)
-                process.kill()
-
-    # ------------------------------------------------------------ proxy side
-
-    def _spawn(self) -> None:
-        """Start a recorder (its own session: Ctrl-C is the proxy's to handle) and
-        send it whatever the previous one had not acknowledged. Holds _lock."""
-        process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-        self._process = process
-        self._spawned_at = time.monotonic()
-        threading.Thread(target=self._read_acks, args=(process,), name="taskmeter-recorder-acks", daemon=True).start()
-        for frame in self._unacknowledged.values():
-            process.stdin.write(frame)
-        process.stdin.flush()
-
-    def _respawn(self, dead: subprocess.Popen) -> None:
-        time.sleep(max(0.0, self._spawned_at + _RESPAWN_SECONDS - time.monotonic()))
-        with self._lock:
-            if self._process is not dead or self._stopping:
-                return
-            log.error("meter: the recorder process exited (code %s); starting a new one", dead.poll())
-            self._spawn()
-
-    def _read_acks(self, process: subprocess.Popen) -> None:
+    def next(self, timeout: float) -> tuple[int, bytes] | None:
+        deadline = time.monotonic() + timeout
         while True:
-            data = process.stdout.read(_ACK.size)
-            if len(data) < _ACK.size:
-                break
-            (seq,) = _ACK.unpack(data)
-            with self._lock:
-                while self._unacknowledged and next(iter(self._unacknowledged)) <= seq:
-                    self._unacknowledged.popitem(last=False)
-        process.wait()
-        self._respawn(process)
+            frame = self._take()
+            if frame is not None or self.closed:
+                return frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+                return None
+            data = os.read(self._fd, 1 << 20)
+            if not data:
+                self.closed = True  # a torn last frame: the proxy resends what we did not acknowledge
+            self._buffer += data
 
-    def _send(self, payload: bytes) -> None:
-        with self._lock:
-            frame = _HEADER.pack(len(payload), self._next_seq) + payload
-            self._unacknowledged[self._next_seq] = frame
-            self._next_seq += 1
-            process = self._process
-        try:
-            process.stdin.write(frame)
-            process.stdin.flush()
-        except (OSError, ValueError):
-            self._respawn(process)  # the new recorder gets this frame with the others
-
-    def _send_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if batch[-1] is _STOP:
-                batch.pop()
-                stopping = True
-            if batch:
-                self._send(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        with self._lock:
-            self._stopping = True
-            try:
-                self._process.stdin.close()
-            except OSError:
-                pass
+    def _take(self) -> tuple[int, bytes] | None:
+        if len(self._buffer) < HEADER.size:
+            return None
+        length, seq = HEADER.unpack_from(self._buffer)
+        if len(self._buffer) < HEADER.size + length:
+            return None
+        payload = bytes(self._buffer[HEADER.size : HEADER.size + length])
+        del self._buffer[: HEADER.size + length]
+        return seq, payload
 
 
-# ---------------------------------------------------------------- recorder side
+class RecorderLoop:
+    def __init__(self, db_path: Path, finalizer, proxy_id: str | None) -> None:
+        self.writer = Writer(db_path)
+        self.spool = callfile.spool_path(db_path)
+        self.quarantine = callfile.quarantine_path(db_path)
+        self._finalizer = finalizer
+        self._proxy_id = proxy_id
+        self._held: list = []  # rows that could be neither stored nor spooled
+        self.dropped = 0
+        self._dropped_reported = 0
+        self._last_retry = 0.0
+        self._last_heartbeat = 0.0
 
+    # ------------------------------------------------------------ batches
 
-def _read_batches(stream):
-    while True:
-        header = stream.read(_HEADER.size)
-        if len(header) < _HEADER.size:
+    def record(self, calls: list) -> None:
+        """Store, spool or hold `calls`; returns only when one of them is done."""
+        if self.writer.failing and time.monotonic() - self._last_retry < RETRY_SECONDS:
+            # Do not wait out a busy timeout for every batch while the database is
+            # unusable: spool at once; housekeeping() retries once a second.
+            self._spool(calls)
             return
-        length, seq = _HEADER.unpack(header)
-        payload = stream.read(length)
-        if len(payload) < length:
-            return  # the proxy died mid-write; it resends unacknowledged batches
-        yield seq, pickle.loads(payload)
+        stored = self.replay() and self._store(calls)
+        self._last_retry = time.monotonic()  # after the attempt, which may have waited out a busy timeout
+        if not stored:
+            self._spool(calls)
+
+    def _store(self, calls: list) -> bool:
+        """True when every call was stored or quarantined."""
+        rows = []
+        for call in calls:
+            try:
+                rows.append(self._row(call))
+            except Exception as exc:
+                self._quarantine([call], f"no row could be made of it: {type(exc).__name__}: {exc}")
+        try:
+            rejected = self.writer.store(rows)
+        except DatabaseUnavailable:
+            return False
+        if rejected:
+            by_id = {call.id: call for call in calls}
+            for row, reason in rejected:
+                self._quarantine([by_id[row.interaction.id]], f"the database refused it: {reason}")
+        return True
+
+    def _row(self, call):
+        try:
+            return self._finalizer.finish(call)
+        except Exception as exc:  # never lose a call because its body puzzled us
+            log.exception("meter: could not read call %s", call.id)
+            return self._finalizer.unreadable(call, exc)
+
+    def _spool(self, calls: list) -> None:
+        try:
+            callfile.append(self.spool, calls)
+        except OSError as exc:
+            self._hold(calls, exc)
+
+    def _hold(self, calls: list, exc: OSError) -> None:
+        room = HELD_ROWS_MAX - len(self._held)
+        if not self._held:
+            log.error("meter: cannot write the spool %s either (%s): keeping calls' usage in memory, bodies dropped", self.spool, exc)
+        for call in calls[:room]:
+            try:
+                row = self._row(call)
+            except Exception:
+                self.dropped += 1
+                continue
+            row.request_body = row.response_body = None
+            note = "bodies dropped: neither database nor spool could be written"
+            row.interaction.notes = "; ".join(filter(None, [row.interaction.notes, note]))
+            self._held.append(row)
+        lost = len(calls) - max(room, 0)
+        if lost > 0:
+            if not self.dropped:  # said once; `meter status` keeps the count
+                log.error("meter: calls are being LOST: database, spool and memory reserve are all full")
+            self.dropped += lost
+
+    def _quarantine(self, calls: list, reason: str) -> None:
+        log.error("meter: %d call(s) quarantined in %s: %s", len(calls), self.quarantine, reason)
+        try:
+            callfile.append(self.quarantine, calls, reason)
+        except OSError as exc:
+            self.dropped += len(calls)
+            log.error("meter: cannot write the quarantine either (%s): %d call(s) lost", exc, len(calls))
+
+    # ------------------------------------------------------------ the spool
+
+    def replay(self) -> bool:
+        """Store what was held or spooled; True when nothing is left waiting."""
+        if self._held:
+            try:
+                rejected = self.writer.store(self._held)
+            except DatabaseUnavailable:
+                return False
+            for row, reason in rejected:
+                log.error("meter: call %s could not be stored and is lost: %s", row.interaction.id, reason)
+                self.dropped += 1
+            log.warning("meter: stored %d calls held in memory", len(self._held))
+            self._held = []
+        try:
+            return self._replay_spool()
+        except OSError as exc:
+            log.error("meter: cannot replay the spool %s now: %s", self.spool, exc)
+            return False
+
+    def _replay_spool(self) -> bool:
+        taken = callfile.take_for_replay(self.spool)
+        if taken is None:
+            return True
+        batch, replayed = [], 0
+        for item in callfile.read(taken):
+            if isinstance(item, str):
+                log.warning("meter: skipped an unreadable spool line (%d characters)", len(item))
+                continue
+            batch.append(item)
+            if len(batch) >= REPLAY_BATCH:
+                if not self._store(batch):
+                    return False
+                replayed += len(batch)
+                batch = []
+        if batch and not self._store(batch):
+            return False
+        os.unlink(taken)
+        if replayed + len(batch):
+            log.warning("meter: replayed %d spooled calls into %s", replayed + len(batch), self.writer.db_path)
+        return True
+
+    # ------------------------------------------------------------ housekeeping
+
+    def housekeeping(self) -> None:
+        now = time.monotonic()
+        waiting = self.writer.failing or self._held or self.spool.exists()
+        if waiting and now - self._last_retry >= RETRY_SECONDS:
+            self._last_retry = now
+            self.replay()
+        if self._proxy_id and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = now
+            if self.writer.heartbeat(self._proxy_id, RECORDING, self.dropped - self._dropped_reported):
+                self._dropped_reported = self.dropped
+
+    def finish(self) -> None:
+        """End of input: store what we can, then leave the proxies table."""
+        self.replay()
+        if self._held:
+            log.error("meter: %d calls could not be stored or spooled before exit and are lost", len(self._held))
+        if self._proxy_id:
+            self.writer.unregister(self._proxy_id)
+        self.writer.close()
+
+
+def _acknowledge(seq: int) -> None:
+    try:
+        os.write(sys.stdout.fileno(), ACK.pack(seq))
+    except OSError:
+        pass  # the proxy is gone; nobody is waiting for the answer
 
 
 def main() -> None:
@@ -159,35 +230,27 @@ def main() -> None:
 
     from taskmeter.logs import configure_logging
     from taskmeter.proxy.finalize import Finalizer
-    from taskmeter.store.writer import Checkpoint, Writer
 
     parser = argparse.ArgumentParser(prog="python -m taskmeter.proxy.recorder")
     parser.add_argument("db")
     parser.add_argument("--store-bodies", action="store_true")
     parser.add_argument("--proxy-id")
     args = parser.parse_args()
+    # The proxy handles Ctrl-C and stops us by closing our input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging()
-    acks = sys.stdout.buffer
-
-    def acknowledge(seq: int) -> None:
-        try:
-            acks.write(_ACK.pack(seq))
-            acks.flush()
-        except OSError:
-            pass  # the proxy is gone; nobody is waiting for the answer
-
-    writer = Writer(Path(args.db), Finalizer(args.store_bodies, args.proxy_id).finish, proxy_id=args.proxy_id,
-                    on_checkpoint=acknowledge)
-    writer.start()
-    try:
-        for seq, batch in _read_batches(sys.stdin.buffer):
-            for call in batch:
-                writer.submit(call)
-            writer.submit(Checkpoint(seq))
-    finally:
-        writer.stop(timeout=600)
+    loop = RecorderLoop(Path(args.db), Finalizer(args.store_bodies, args.proxy_id), args.proxy_id)
+    frames = FrameReader(sys.stdin.fileno())
+    loop.replay()
+    while not frames.closed:
+        frame = frames.next(timeout=RETRY_SECONDS)
+        if frame is not None:
+            seq, payload = frame
+            loop.record(pickle.loads(payload))
+            _acknowledge(seq)
+        loop.housekeeping()
+    loop.finish()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from taskmeter.errors import MeterError
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
 from taskmeter.proxy.addon import Meter
-from taskmeter.proxy.recorder import Recorder
+from taskmeter.proxy.handover import Handover
 from taskmeter.proxy.routing import Router
 from taskmeter.store import proxies
 from taskmeter.store import db as store_db
@@ -100,8 +100,8 @@ def _quiet_about_cancelled_connections(loop: asyncio.AbstractEventLoop, context:
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
-    recorder = Recorder(db_path, settings.proxy.store_bodies, proxy_id)
-    recorder.start()
+    handover = Handover(db_path, settings.proxy.store_bodies, proxy_id, int(settings.proxy.max_pending_mb * 1024 * 1024))
+    handover.start()
     opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     master.options.update(
@@ -114,7 +114,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
         # Long agent streams can idle between events.
         tcp_timeout=1800,
     )
-    meter = Meter(settings, recorder.submit)
+    meter = Meter(settings, handover.submit)
     master.addons.add(meter, Announcer(settings, db_path, proxy_id, ready))
 
     def shut_down() -> None:
@@ -130,7 +130,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
     except SystemExit:
         raise MeterError("the proxy could not start (see the messages above)") from None
     finally:
-        recorder.stop()
+        handover.stop()
 
 
 def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:

@@ -240,7 +240,9 @@ class OpenAIResponses(Accumulator):
                             self.text.append(content["text"])
         elif kind == "error":
             self._note_error(payload.get("error") or payload)
-        elif kind == "response.output_text.delta" and isinstance(payload.get("delta"), str):
+        elif kind in ("response.output_text.delta", "response.function_call_arguments.delta") and isinstance(
+            payload.get("delta"), str
+        ):
             self.text.append(payload["delta"])
         elif "error" in payload:
             self._note_error(payload["error"])
@@ -317,6 +319,8 @@ class Gemini(Accumulator):
             for part in (candidate.get("content") or {}).get("parts") or ():
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     self.text.append(part["text"])
+                elif isinstance(part, dict) and isinstance(part.get("functionCall"), dict):
+                    self.text.append(json.dumps(part["functionCall"].get("args") or {}))
             if candidate.get("finishReason"):
                 self.finished = True
 
@@ -362,10 +366,12 @@ class Bedrock(Accumulator):
             self._usage = payload["usage"]
         if name == "messageStop" or "stopReason" in payload:
             self.finished = True
-        if name == "contentBlockDelta":
-            text = (payload.get("delta") or {}).get("text")
-            if isinstance(text, str):
-                self.text.append(text)
+        if name == "contentBlockDelta" and isinstance(payload.get("delta"), dict):
+            delta = payload["delta"]
+            tool_input = delta.get("toolUse").get("input") if isinstance(delta.get("toolUse"), dict) else None
+            for text in (delta.get("text"), tool_input):
+                if isinstance(text, str):
+                    self.text.append(text)
         message = (payload.get("output") or {}).get("message") if isinstance(payload.get("output"), dict) else None
         if isinstance(message, dict):
             for block in message.get("content") or ():

@@ -46,6 +46,8 @@ class Interaction:
     context_switch: bool | None = None
     client: str | None = None
     proxy_id: str | None = None
+    # What the recorder had to change or drop to store the call (see storable()).
+    notes: str | None = None
 
 
 COLUMNS = tuple(f.name for f in fields(Interaction))
@@ -59,7 +61,66 @@ _INSERT = (
 def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
     """Insert in the caller's transaction. Replaying a row already stored is a no-op,
     so a spool replayed twice never double-counts."""
-    db.executemany(_INSERT, [tuple(getattr(row, c) for c in COLUMNS) for row in rows])
+    db.executemany(_INSERT, [tuple(getattr(storable(row), c) for c in COLUMNS) for row in rows])
+
+
+# What SQLite can hold: 64-bit signed integers, finite floats, UTF-8 text.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# A float past this is no real cost or count; it would only poison sums.
+_FLOAT_MAX = 1e15
+_TEXT_MAX = {"model": 256, "endpoint": 4096, "client": 1024, "error": 8192, "conversation_id": 256}
+_TEXT_MAX_DEFAULT = 65536
+
+
+def storable_text(value: str, limit: int | None = None) -> tuple[str, list[str]]:
+    """`value` as text SQLite stores faithfully, and what was changed: lone
+    surrogates become U+FFFD, NUL characters go, and text past `limit` is cut."""
+    changes = []
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        changes.append("lone surrogates replaced")
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+        changes.append("NUL characters removed")
+    if limit is not None and len(value) > limit:
+        changes.append(f"cut from {len(value)} to {limit} characters")
+        value = value[:limit]
+    return value, changes
+
+
+def storable(row: Interaction) -> Interaction:
+    """Clamp or null, in place, every value SQLite cannot hold, noting each change
+    on the row: one odd value from an upstream must never stop recording."""
+    notes = []
+    for column in COLUMNS:
+        value = getattr(row, column)
+        if value is None or column == "notes":
+            continue
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if not _INT_MIN <= value <= _INT_MAX:
+                setattr(row, column, None)
+                notes.append(f"{column} {str(value)[:40]} is past SQLite's integer range: stored as NULL")
+        elif isinstance(value, float):
+            if not (value == value and abs(value) <= _FLOAT_MAX):
+                setattr(row, column, None)
+                notes.append(f"{column} {value!r} is not a plausible number: stored as NULL")
+        elif isinstance(value, str):
+            text, changes = storable_text(value, _TEXT_MAX.get(column, _TEXT_MAX_DEFAULT))
+            if changes:
+                setattr(row, column, text)
+                notes.append(f"{column}: {', '.join(changes)}")
+        else:
+            setattr(row, column, None)
+            notes.append(f"{column} of type {type(value).__name__} cannot be stored: stored as NULL")
+    if notes:
+        row.notes = "; ".join(filter(None, [row.notes, *notes]))
+    if row.notes:
+        row.notes = storable_text(row.notes, _TEXT_MAX_DEFAULT)[0]
+    return row
 
 
 def insert(db: sqlite3.Connection, row: Interaction) -> None:

@@ -253,6 +253,33 @@ def m002_task_usage_rollup(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_canonical_ids_and_recording_health(db: sqlite3.Connection) -> None:
+    """Task and phase IDs in one spelling (upper case); a note column for what the
+    recorder had to drop from a call; each proxy's recording health."""
+    db.execute("PRAGMA defer_foreign_keys = ON")  # ids and their references change together
+    run_script(
+        db,
+        """
+        UPDATE phases SET id = upper(id) WHERE id != upper(id) COLLATE BINARY;
+        UPDATE tasks SET id = upper(id) WHERE id != upper(id) COLLATE BINARY;
+        UPDATE tasks SET phase_id = upper(phase_id) WHERE phase_id != upper(phase_id) COLLATE BINARY;
+        UPDATE task_events SET task_id = upper(task_id) WHERE task_id != upper(task_id) COLLATE BINARY;
+        UPDATE task_events SET previous_task_id = upper(previous_task_id) WHERE previous_task_id != upper(previous_task_id) COLLATE BINARY;
+        UPDATE state SET value = upper(value) WHERE key = 'current_task' AND value != upper(value) COLLATE BINARY;
+        -- (COLLATE BINARY: the ID columns compare without case.) The rollup
+        -- triggers move each call's sums to the canonical key.
+        UPDATE interactions SET task_id = upper(task_id) WHERE task_id != upper(task_id) COLLATE BINARY;
+        DELETE FROM task_usage WHERE task_key != upper(task_key) COLLATE BINARY AND interactions = 0;
+
+        ALTER TABLE interactions ADD COLUMN notes TEXT;
+
+        ALTER TABLE proxies ADD COLUMN recording TEXT NOT NULL DEFAULT 'recording';
+        ALTER TABLE proxies ADD COLUMN dropped_calls INTEGER NOT NULL DEFAULT 0;
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'"

@@ -23,8 +23,16 @@ def register(db: sqlite3.Connection, proxy_id: str, listen: str) -> None:
         )
 
 
-def heartbeat(db: sqlite3.Connection, proxy_id: str) -> None:
-    db.execute("UPDATE proxies SET heartbeat_at = ? WHERE id = ?", (now_stored(), proxy_id))
+RECORDING = "recording"
+
+
+def heartbeat(db: sqlite3.Connection, proxy_id: str, recording: str = RECORDING, newly_dropped: int = 0) -> None:
+    """`recording` is RECORDING or why calls are not being recorded; newly_dropped
+    adds calls lost for good since the last report, so that no loss is silent."""
+    db.execute(
+        "UPDATE proxies SET heartbeat_at = ?, recording = ?, dropped_calls = dropped_calls + ? WHERE id = ?",
+        (now_stored(), recording, newly_dropped, proxy_id),
+    )
 
 
 def unregister(db: sqlite3.Connection, proxy_id: str) -> None:
@@ -43,12 +51,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def running(db: sqlite3.Connection) -> list[dict]:
-    """Proxies with a fresh heartbeat whose process (on this host) still exists."""
+    """Proxies that still run: on this host, those whose process exists; elsewhere,
+    those with a fresh heartbeat. A live proxy without a fresh heartbeat is not
+    recording (its recorder keeps the heartbeat)."""
     cutoff = to_stored(now() - STALE_AFTER)
     alive = []
     host = socket.gethostname()
-    for row in db.execute("SELECT * FROM proxies WHERE heartbeat_at >= ? ORDER BY started_at", (cutoff,)):
-        if row["hostname"] == host and not _pid_alive(row["pid"]):
+    for row in db.execute("SELECT * FROM proxies ORDER BY started_at"):
+        proxy = dict(row)
+        fresh = proxy["heartbeat_at"] >= cutoff
+        if proxy["hostname"] == host:
+            if not _pid_alive(proxy["pid"]):
+                continue
+        elif not fresh:
             continue
-        alive.append(dict(row))
+        if not fresh and proxy["recording"] == RECORDING:
+            proxy["recording"] = f"not recording: no word from its recorder since {proxy['heartbeat_at']}"
+        alive.append(proxy)
     return alive

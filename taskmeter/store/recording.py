@@ -1,12 +1,12 @@
 """Storing finished calls: attribution to the task current when each call began,
-and context switches. Used by the proxy's writer and by spool replay alike, so a
-replayed call gets exactly the row it would have had."""
+and context switches. Used for live calls and spool replay alike, so a replayed
+call gets exactly the row it would have had."""
 
 import sqlite3
 from dataclasses import dataclass
 
 from taskmeter.store import tasks
-from taskmeter.store.interactions import Interaction, insert_many
+from taskmeter.store.interactions import Interaction, insert_many, storable_text
 
 
 @dataclass(slots=True)
@@ -54,7 +54,7 @@ def record(db: sqlite3.Connection, items: list[Recorded]) -> None:
         if item.request_body is not None or item.response_body is not None:
             db.execute(
                 "INSERT OR IGNORE INTO bodies (interaction_id, request_body, response_body) VALUES (?, ?, ?)",
-                (item.interaction.id, item.request_body, item.response_body),
+                (item.interaction.id, *(None if body is None else storable_text(body)[0] for body in (item.request_body, item.response_body))),
             )
 
 

@@ -62,7 +62,8 @@ SUCCESS_VALUES = ("pass", "pending", "fail")
 
 
 def validate_task_id(text: str) -> str:
-    task_id = text.strip()
+    """The canonical (upper-case) spelling of a task ID: IDs are case-insensitive."""
+    task_id = text.strip().upper()
     if not _TASK_ID.match(task_id) or len(task_id) > 64:
         raise MeterError(
             f"malformed task ID {text!r}: use a phase, a dash and a number or name, such as P1-010"
@@ -71,7 +72,8 @@ def validate_task_id(text: str) -> str:
 
 
 def validate_phase_id(text: str) -> str:
-    phase_id = text.strip()
+    """The canonical (upper-case) spelling of a phase ID."""
+    phase_id = text.strip().upper()
     if not _PHASE_ID.match(phase_id) or len(phase_id) > 32:
         raise MeterError(f"malformed phase ID {text!r}: use letters, digits and dots, such as P1")
     return phase_id
@@ -165,7 +167,7 @@ def set_task(
             db.execute("UPDATE tasks SET begin_at = ? WHERE id = ?", (at, task_id))
         current = current_task(db)
         previous = current.task_id if current else None
-        unchanged = previous is not None and previous.lower() == task_id.lower()
+        unchanged = previous == task_id
         if not unchanged:
             _set_current(db, task_id, at)
             db.execute(
@@ -348,7 +350,7 @@ def list_tasks(db: sqlite3.Connection, phase_id: str | None = None) -> list[dict
     """Every task with the measured numbers a listing shows."""
     where, params = "", []
     if phase_id is not None:
-        where, params = "WHERE t.phase_id = ?", [phase_id]
+        where, params = "WHERE t.phase_id = ?", [validate_phase_id(phase_id)]
     rows = db.execute(
         f"""
         SELECT t.*, u.interactions, u.flagged,

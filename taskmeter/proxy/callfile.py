@@ -1,0 +1,122 @@
+"""Files of captured calls kept beside the database, as JSON lines (bodies in base64):
+
+- the **spool** (`<db>.spool.jsonl`) holds calls not yet stored: the database
+  could not be written, or the recorder fell behind. The recorder stores them
+  as soon as it can; inserts are idempotent, so a call replayed twice is stored
+  once.
+- the **quarantine** (`<db>.quarantine.jsonl`) holds calls that could not be
+  stored at all, each with the reason: kept for a person to look at, never
+  replayed automatically. `meter status` counts them.
+
+The proxy and its recorder both append (under an exclusive lock, one write per
+batch); only the recorder takes the spool for replay, by renaming it first.
+Files are created 0600: they may hold prompts.
+"""
+
+import base64
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+
+from taskmeter.proxy.capture import CapturedCall
+
+_BYTES_FIELDS = {"request_body", "response_body", "response_tail"}
+_FIELDS = {f.name for f in fields(CapturedCall)}
+
+
+def spool_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".spool.jsonl")
+
+
+def quarantine_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".quarantine.jsonl")
+
+
+def encode(call: CapturedCall, reason: str | None = None) -> str:
+    data = {}
+    for name in _FIELDS:
+        value = getattr(call, name)
+        data[name] = base64.b64encode(value).decode() if name in _BYTES_FIELDS and value is not None else value
+    if reason:
+        data["quarantined_because"] = reason
+    # ensure_ascii: lone surrogates and other odd text travel as escapes.
+    return json.dumps(data, separators=(",", ":")) + "\n"
+
+
+def decode(line: str) -> CapturedCall:
+    data = json.loads(line)
+    values = {name: data[name] for name in _FIELDS if name in data}
+    for name in _BYTES_FIELDS & values.keys():
+        if values[name] is not None:
+            values[name] = base64.b64decode(values[name])
+    for name in ("response_body", "response_tail"):
+        values[name] = bytearray(values.get(name) or b"")
+    return CapturedCall(**values)
+
+
+def append_lines(path: Path, text: str) -> None:
+    """Append whole lines in one locked write; raises OSError when it cannot."""
+    data = text.encode()
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is None or current.st_ino != os.fstat(fd).st_ino:
+                continue  # renamed for replay while we waited: append to the new file
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            return
+        finally:
+            os.close(fd)
+
+
+def append(path: Path, calls: list[CapturedCall], reason: str | None = None) -> None:
+    append_lines(path, "".join(encode(call, reason) for call in calls))
+
+
+def take_for_replay(spool: Path) -> Path | None:
+    """Rename the spool aside (under its lock) so appends go to a fresh file; the
+    renamed file, or None when there is nothing to replay."""
+    taken = spool.with_name(spool.name + ".replaying")
+    if taken.exists():
+        return taken  # a replay that did not finish
+    try:
+        fd = os.open(spool, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(spool, taken)
+    finally:
+        os.close(fd)
+    return taken
+
+
+def read(path: Path) -> Iterator[CapturedCall | str]:
+    """Each call in the file, or, for a line that cannot be read (the torn last
+    line of a crash), that line."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                yield decode(line)
+            except (ValueError, TypeError, KeyError):
+                yield line
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except OSError:
+        return 0

@@ -1,0 +1,329 @@
+"""The hand-over from the proxy to its recorder process (taskmeter/proxy/recorder.py).
+
+The event loop only queues finished calls (submit). A sender thread pickles them
+in numbered batches and keeps each until the recorder acknowledges it on stdout
+as stored, spooled or held; a pipe thread writes them, length-prefixed, to the
+recorder's stdin, so a recorder that stops reading never holds up the sender.
+If the recorder dies, a new one is started and gets every unacknowledged batch
+again (inserts ignore IDs already stored).
+
+Nothing is lost silently, and memory stays bounded:
+- unacknowledged batches are limited by bytes (`max_pending_mb`); past the
+  limit, or while no recorder runs, batches go straight to the spool, which the
+  next recorder replays;
+- if the spool cannot be written either, calls go on without their bodies
+  (metadata only, noted on the row); past a second bound they are dropped and
+  counted, and `meter status` shows the count;
+- a batch that was being recorded when two recorders in a row died is moved to
+  the quarantine instead of being sent a third time;
+- a recorder that cannot run at all is reported once, loudly, and `meter status`
+  shows the proxy as not recording; it is retried in the background.
+"""
+
+import logging
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from taskmeter.proxy import callfile
+
+log = logging.getLogger("taskmeter.proxy")
+
+HEADER = struct.Struct(">IQ")  # payload length, batch number
+ACK = struct.Struct(">Q")
+_STOP = object()
+BATCH = 256
+# A recorder that dies sooner than this after its start, having stored nothing,
+# failed to start; after this many such deaths in a row, the proxy is not recording.
+_STARTUP_SECONDS = 5.0
+_FAILED_STARTS = 3
+_RESPAWN_SECONDS = 1.0
+_RETRY_NOT_RUNNING_SECONDS = 30.0
+# Metadata-only calls (when not even the spool can be written) may use this much
+# more than the byte limit before they are dropped.
+_METADATA_ALLOWANCE = 1.25
+_REPORT_SECONDS = 1.0
+# A batch in flight when this many recorders in a row died is quarantined.
+_CRASHES_TO_QUARANTINE = 2
+
+
+class Handover:
+    def __init__(self, db_path: Path, store_bodies: bool, proxy_id: str, max_pending_bytes: int) -> None:
+        self._command = [sys.executable, "-m", "taskmeter.proxy.recorder", str(db_path), "--proxy-id", proxy_id]
+        if store_bodies:
+            self._command.append("--store-bodies")
+        self._db_path = db_path
+        self._proxy_id = proxy_id
+        self._spool = callfile.spool_path(db_path)
+        self._quarantine = callfile.quarantine_path(db_path)
+        self._limit = max_pending_bytes
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="taskmeter-handover", daemon=True)
+        self._pipe = threading.Thread(target=self._pipe_loop, name="taskmeter-recorder-pipe", daemon=True)
+        self._lock = threading.Lock()  # everything below
+        self._wake_pipe = threading.Condition(self._lock)
+        self._unacknowledged: OrderedDict[int, bytes] = OrderedDict()
+        self._written_seq = 0  # the last batch written to the current recorder
+        self._pending_bytes = 0
+        self._next_seq = 1
+        self._process: subprocess.Popen | None = None
+        self._spawned_at = 0.0
+        self._acknowledged_since_spawn = False
+        self._failed_starts = 0
+        self._crashes: dict[int, int] = {}  # batch number -> recorders that died on it
+        self._stopping = False
+        self._spool_failing = False  # touched by the sender thread only
+        self.not_recording: str | None = None  # why, while no recorder runs
+        self.dropped = 0
+        self._dropped_reported = 0
+        self._last_report = 0.0
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn()
+        self._sender.start()
+        self._pipe.start()
+
+    def submit(self, call) -> None:
+        """Called on the event loop: a queue put, nothing more."""
+        self._queue.put(call)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Hand over everything submitted, then wait for the recorder to store it."""
+        self._queue.put(_STOP)
+        self._sender.join(timeout)
+        self._pipe.join(timeout)
+        process = self._process
+        if process is not None:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.error("meter: the recorder did not finish in %.0f s; stopping it", timeout)
+                process.kill()
+        with self._lock:
+            if self._unacknowledged:
+                # No recorder took them: keep them for the next one.
+                self._spool_frames(list(self._unacknowledged.values()))
+                self._unacknowledged.clear()
+        if self.dropped:
+            log.error("meter: %d calls were lost in this run: neither the recorder nor the spool could take them", self.dropped)
+
+    # ------------------------------------------------------------ sending
+
+    def _send_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                batch = [self._queue.get(timeout=_REPORT_SECONDS)]
+            except queue.Empty:
+                self._report_losses()  # the last ones, once calls stop coming
+                continue
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is _STOP:
+                batch.pop()
+                stopping = True
+            if batch:
+                self._hand_over(batch)
+        with self._lock:
+            self._stopping = True
+            self._wake_pipe.notify()
+
+    def _pipe_loop(self) -> None:
+        """Write every batch not yet written to the current recorder; once stopping
+        and all is written, close its input, which tells it to finish."""
+        while True:
+            with self._lock:
+                while not (self._process is not None and self._unwritten()) and not self._stopping:
+                    self._wake_pipe.wait()
+                process, frames = self._process, self._unwritten()
+                if self._stopping and (process is None or not frames):
+                    # Written, or no recorder to write to: stop() spools what is left.
+                    if process is not None:
+                        try:
+                            process.stdin.close()
+                        except OSError:
+                            pass
+                    return
+            for seq, frame in frames:
+                try:
+                    process.stdin.write(frame)
+                    process.stdin.flush()
+                except (OSError, ValueError):
+                    break  # it died: the acknowledgement reader starts a new one
+                with self._lock:
+                    if self._process is process:
+                        self._written_seq = seq
+
+    def _unwritten(self) -> list[tuple[int, bytes]]:
+        """Holds _lock."""
+        return [(seq, frame) for seq, frame in self._unacknowledged.items() if seq > self._written_seq]
+
+    def _hand_over(self, calls: list) -> None:
+        payload = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            if self.not_recording is None and self._pending_bytes + len(payload) <= self._limit:
+                self._send(payload)
+                return
+        # The recorder is behind or not running: the spool keeps the calls.
+        try:
+            callfile.append(self._spool, calls)
+            if self._spool_failing:
+                log.warning("meter: the spool %s can be written again", self._spool)
+                self._spool_failing = False
+            return
+        except OSError as exc:
+            if not self._spool_failing:  # said once, not for every batch
+                log.error("meter: cannot write the spool %s (%s): calls go on without their bodies", self._spool, exc)
+                self._spool_failing = True
+        for call in calls:
+            call.request_body, call.response_body, call.response_tail = None, bytearray(), bytearray()
+            call.notes = "; ".join(filter(None, [call.notes, "bodies dropped: the recorder was behind and the spool could not be written"]))
+        payload = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            if self._pending_bytes + len(payload) <= self._limit * _METADATA_ALLOWANCE:
+                self._send(payload)
+                return
+            first_loss = not self.dropped
+            self.dropped += len(calls)
+        if first_loss:
+            log.error("meter: calls are being LOST: the recorder is behind and the spool cannot be written; `meter status` counts them")
+        self._report_losses()
+
+    def _send(self, payload: bytes) -> None:
+        """Holds _lock."""
+        frame = HEADER.pack(len(payload), self._next_seq) + payload
+        self._unacknowledged[self._next_seq] = frame
+        self._pending_bytes += len(frame)
+        self._next_seq += 1
+        self._wake_pipe.notify()
+
+    # ------------------------------------------------------------ the recorder process
+
+    def _spawn(self) -> None:
+        """Start a recorder (its own session: Ctrl-C is the proxy's to handle) and
+        send it whatever is unacknowledged. Holds _lock."""
+        self._spawned_at = time.monotonic()
+        self._acknowledged_since_spawn = False
+        try:
+            process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            self._process = None
+            threading.Thread(target=self._recorder_exited, args=(None, str(exc)), daemon=True).start()
+            return
+        self._process = process
+        self._written_seq = 0  # it gets every unacknowledged batch
+        self._wake_pipe.notify()
+        threading.Thread(target=self._read_acks, args=(process,), name="taskmeter-recorder-acks", daemon=True).start()
+
+    def _read_acks(self, process: subprocess.Popen) -> None:
+        while True:
+            data = process.stdout.read(ACK.size)
+            if len(data) < ACK.size:
+                break
+            (seq,) = ACK.unpack(data)
+            with self._lock:
+                self._acknowledged_since_spawn = True
+                self._crashes.clear()
+                while self._unacknowledged and next(iter(self._unacknowledged)) <= seq:
+                    self._pending_bytes -= len(self._unacknowledged.popitem(last=False)[1])
+                recovered = self.not_recording is not None
+                self.not_recording = None
+                self._failed_starts = 0
+            if recovered:
+                log.warning("meter: the recorder runs again: recording")
+            self._report_losses()
+        self._recorder_exited(process, f"exit code {process.wait()}")
+
+    def _recorder_exited(self, process: subprocess.Popen | None, how: str) -> None:
+        with self._lock:
+            if self._process is not process or self._stopping:
+                return
+            failed_start = not self._acknowledged_since_spawn and time.monotonic() - self._spawned_at < _STARTUP_SECONDS
+            self._failed_starts = self._failed_starts + 1 if failed_start else 0
+            self._quarantine_crashed_batch()
+            if self._failed_starts >= _FAILED_STARTS and self.not_recording is None:
+                self.not_recording = f"the recorder process cannot run ({how})"
+                log.error(
+                    "meter: NOT RECORDING: %s, %d times in a row. Calls are kept in %s until it runs; "
+                    "retrying every %.0f s.",
+                    self.not_recording, self._failed_starts, self._spool, _RETRY_NOT_RUNNING_SECONDS,
+                )
+            elif self.not_recording is None:
+                log.error("meter: the recorder process exited (%s); starting a new one", how)
+            delay = _RETRY_NOT_RUNNING_SECONDS if self.not_recording else _RESPAWN_SECONDS
+            self._process = None  # frames sent meanwhile wait for the next recorder
+        if self.not_recording:
+            self._report_state()
+            self._move_unacknowledged_to_spool()
+        time.sleep(max(0.0, self._spawned_at + delay - time.monotonic()))
+        with self._lock:
+            if self._process is None and not self._stopping:
+                self._spawn()
+
+    def _quarantine_crashed_batch(self) -> None:
+        """The first unacknowledged batch is the one the dead recorder was on. Holds _lock."""
+        if not self._unacknowledged:
+            return
+        seq = next(iter(self._unacknowledged))
+        self._crashes = {seq: self._crashes.get(seq, 0) + 1}
+        if self._crashes[seq] < _CRASHES_TO_QUARANTINE:
+            return
+        frame = self._unacknowledged.pop(seq)
+        self._pending_bytes -= len(frame)
+        calls = pickle.loads(frame[HEADER.size :])
+        reason = f"{_CRASHES_TO_QUARANTINE} recorders in a row died while recording this batch"
+        log.error("meter: %d call(s) quarantined in %s: %s", len(calls), self._quarantine, reason)
+        try:
+            callfile.append(self._quarantine, calls, reason)
+        except OSError as exc:
+            self.dropped += len(calls)
+            log.error("meter: cannot write the quarantine (%s): %d call(s) lost", exc, len(calls))
+
+    def _move_unacknowledged_to_spool(self) -> None:
+        with self._lock:
+            frames = list(self._unacknowledged.values())
+            if self._spool_frames(frames):
+                self._unacknowledged.clear()
+                self._pending_bytes = 0
+
+    def _spool_frames(self, frames: list[bytes]) -> bool:
+        try:
+            for frame in frames:
+                callfile.append(self._spool, pickle.loads(frame[HEADER.size :]))
+        except OSError as exc:
+            log.error("meter: cannot write the spool %s (%s): %d batches wait in memory", self._spool, exc, len(frames))
+            return False
+        return True
+
+    def _report_losses(self) -> None:
+        """Losses not yet in the proxies table, at most once a second."""
+        if self.dropped != self._dropped_reported and time.monotonic() - self._last_report >= _REPORT_SECONDS:
+            self._report_state()
+
+    def _report_state(self) -> None:
+        """Tell `meter status` (through the proxies table) why nothing is recorded,
+        and how many calls were lost. Off the event loop, and rare."""
+        from taskmeter.store import db as store_db
+        from taskmeter.store import proxies
+
+        dropped = self.dropped
+        self._last_report = time.monotonic()
+        try:
+            db = store_db.connect(self._db_path, busy_timeout=1.0)
+            try:
+                proxies.heartbeat(db, self._proxy_id, self.not_recording or proxies.RECORDING, dropped - self._dropped_reported)
+            finally:
+                db.close()
+            self._dropped_reported = dropped
+        except Exception as exc:
+            log.error("meter: cannot record the proxy's state in %s: %s", self._db_path, exc)
