@@ -58,12 +58,16 @@ def latency_block(replies: dict) -> dict:
 
 
 async def run(plan: Plan, workdir: Path, log) -> dict:
-    mock = start_mock()
-    bare = start_bare_mitmproxy(mock.port, workdir / "mitm-ca")
-    meter, db_path = start_meter(mock.port, workdir)
-    arms = [mock, bare, meter]
+    started: list = []  # stopped in `finally`, even when a later arm fails to start
     results: dict = {}
     try:
+        mock = start_mock()
+        started.append(mock)
+        bare = start_bare_mitmproxy(mock.port, workdir / "mitm-ca")
+        started.append(bare)
+        meter, db_path = start_meter(mock.port, workdir)
+        started.append(meter)
+        arms = [mock, bare, meter]
         time.sleep(0.5)
         results["idle_rss_mb"] = {"M": bare.rss_mb(), "P": meter.rss_mb()}
 
@@ -133,7 +137,7 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
         log(f"soak: {plan.soak_requests} calls per proxy, RSS sampled")
         results["soak_rss_mb"] = {arm.name: await measures.soak(arm, plan.soak_requests, 16) for arm in (bare, meter)}
     finally:
-        for arm in (meter, bare, mock):
+        for arm in reversed(started):
             arm.stop()
     with sqlite3.connect(db_path) as db:
         stored = db.execute("SELECT count(*) FROM interactions").fetchone()[0]

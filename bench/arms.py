@@ -91,7 +91,11 @@ class Arm:
 
 
 def start_mock() -> Arm:
-    process = subprocess.Popen([sys.executable, "-m", "bench.mock"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    # Its own stderr: a caller capturing ours must not wait on a pipe the mock holds.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.mock"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        text=True, cwd=Path(__file__).parent.parent,
+    )
     port = int(process.stdout.readline())
     return Arm("D", port, "/v1/chat/completions", process)
 
@@ -123,11 +127,13 @@ def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
         [str(BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(db_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
         text=True,
     )
     line = process.stdout.readline()
     if "listening on" not in line:
         process.kill()
+        process.wait()
         raise RuntimeError(f"meter proxy did not start: {line!r}")
     port = int(line.split("listening on ")[1].split(",")[0].rsplit(":", 1)[1])
     return Arm("P", port, "/openai/v1/chat/completions", process), db_path

@@ -13,7 +13,6 @@ import click
 
 from taskmeter import __version__, render
 from taskmeter.errors import MeterError
-from taskmeter.proxy import callfile
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, proxies, tasks
 from taskmeter.timefmt import display, format_duration, now, parse_duration, parse_user_timestamp, seconds_between, to_stored
@@ -403,6 +402,7 @@ def phases_cmd(as_json, db_path):
 def status_cmd(as_json, db_path):
     """The current task, its time and tokens so far, and whether a proxy is metering."""
     from taskmeter.analytics.reports import task_report
+    from taskmeter.proxy import callfile
 
     with open_db(db_path) as db:
         current = tasks.current_task(db)

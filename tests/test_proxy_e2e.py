@@ -47,7 +47,10 @@ def proxy(upstream, tmp_path_factory):
     down = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
     config = write_config(
-        tmp / "config.toml", tmp / "ca", {"openai": origin, "anthropic": origin, "gemini": origin, "fake": origin, "down": down},
+        tmp / "config.toml", tmp / "ca",
+        {"openai": origin, "anthropic": origin, "gemini": origin, "fake": origin, "down": down,
+         # TLS to a server that speaks plain HTTP: the handshake fails.
+         "tlsdown": f"https://127.0.0.1:{upstream.port}"},
     )
     running = RunningProxy(config, tmp / "meter.db")
     yield running
@@ -226,15 +229,40 @@ def test_client_abort_mid_stream_is_recorded_as_partial(proxy, upstream):
     assert stored["error"]
 
 
-def test_unreachable_upstream_gives_a_readable_502(proxy):
-    response = httpx.post(f"{proxy.origin}/down/v1/chat/completions", json=CHAT_ARGS)
-    assert response.status_code == 502
-    assert "connect call failed" in response.text.lower()  # mitmproxy's own page names the cause
-    deadline = time.monotonic() + 10
-    while not (stored := [r for r in proxy.rows(wait_for=0) if r["provider"] == "down"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert stored[0]["outcome"] == "failed" and "connect call failed" in stored[0]["error"].lower()
-    assert stored[0]["input_total"] is None and stored[0]["first_byte_at"] is None
+def test_an_unreachable_upstream_answers_in_the_openai_shape_through_the_sdk(proxy):
+    client = openai.OpenAI(base_url=f"{proxy.origin}/down/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(**CHAT_ARGS)
+    response = raised.value.response
+    assert response.status_code == 502 and response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "upstream_unreachable" and error["type"] == "upstream_error"
+    assert "127.0.0.1:" in error["message"] and "connect call failed" in error["message"].lower()
+    assert "could not be reached" in str(raised.value)  # what the SDK shows the user
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert stored["outcome"] == "failed" and stored["http_status"] == 502 and "connect call failed" in stored["error"].lower()
+    assert stored["input_total"] is None and stored["first_byte_at"] is None
+
+
+def test_unreachable_upstream_errors_in_the_anthropic_and_gemini_shapes(proxy):
+    client = anthropic.Anthropic(base_url=f"{proxy.origin}/down", api_key=API_KEY, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        client.messages.create(**MESSAGES_ARGS)
+    document = raised.value.response.json()
+    assert document["type"] == "error" and document["error"]["type"] == "api_error"
+    assert raised.value.response.headers["x-meter-interaction-id"]
+    # The gateway keeps the protocol of the path: a Gemini path on the same dead upstream.
+    gemini = httpx.post(f"{proxy.origin}/down/v1beta/models/gemini-2.5-flash:generateContent", json={"contents": []})
+    assert gemini.status_code == 502
+    assert gemini.json()["error"]["code"] == 502 and gemini.json()["error"]["status"] == "UNAVAILABLE"
+
+
+def test_a_failed_tls_handshake_with_the_upstream_is_a_json_502(proxy):
+    response = httpx.post(f"{proxy.origin}/tlsdown/v1/chat/completions", json=CHAT_ARGS)
+    assert response.status_code == 502 and response.headers["content-type"] == "application/json"
+    assert "tls" in response.json()["error"]["message"].lower()
+    stored = row(proxy, response.headers["x-meter-interaction-id"])
+    assert stored["outcome"] == "failed" and stored["http_status"] == 502
 
 
 def test_unknown_gateway_prefix_is_a_readable_404(proxy):

@@ -297,3 +297,17 @@ def test_calls_a_dying_recorder_never_stored_are_sent_to_the_next(chat_proxy, tm
     stored = {r["id"] for r in proxy.rows(wait_for=4, timeout=30)}
     assert set(ids) <= stored
     assert len(stored) == 4  # resent once, stored once
+
+
+def test_meter_env_does_not_load_the_proxy(tmp_path):
+    """`eval "$(meter env)"` runs in every new shell: it must not import mitmproxy."""
+    script = (
+        "import sys\n"
+        f"sys.argv = ['meter', 'env', '--db', {str(tmp_path / 'meter.db')!r}]\n"
+        "from taskmeter.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED' if any(m.split('.')[0] == 'mitmproxy' for m in sys.modules) else 'LEAN', file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "OPENAI_BASE_URL=" in result.stdout
+    assert result.stderr.strip().endswith("LEAN")

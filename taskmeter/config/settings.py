@@ -59,6 +59,16 @@ class Settings(BaseModel):
     def confdir(self) -> Path:
         return self.proxy.confdir or platformdirs.user_data_path("taskmeter") / "mitmproxy"
 
+    @property
+    def ca_cert(self) -> Path:
+        """The meter's CA certificate (mitmproxy writes it on the first start)."""
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The public roots plus the meter's CA, for clients that replace their CA list."""
+        return self.confdir / "ca-bundle.pem"
+
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
     chosen = explicit or os.environ.get(ENV_VAR) or platformdirs.user_config_path("taskmeter") / "config.toml"

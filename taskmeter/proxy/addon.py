@@ -18,6 +18,8 @@ from taskmeter.ids import new_id
 from taskmeter.proxy.capture import CapturedCall, ResponseTee
 from taskmeter.proxy.framing import UnsupportedEncoding, content_decoder
 from taskmeter.proxy.routing import GatewayError, Router, classify
+from taskmeter.proxy import upstream_errors
+from taskmeter.proxy.secrets import is_secret_name
 from taskmeter.store.tasks import validate_task_id
 from taskmeter.errors import MeterError
 
@@ -25,7 +27,6 @@ from taskmeter.errors import MeterError
 TASK_HEADER = "x-meter-task"
 ID_HEADER = "x-meter-interaction-id"
 _META_KEY = "taskmeter"
-_SECRET_QUERY_KEYS = {"key", "api_key", "api-key", "apikey", "access_token", "token"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SHUTDOWN = "proxy shut down during the call"
 _ABSENT = object()
@@ -50,7 +51,7 @@ def safe_endpoint(path: str) -> str:
     parts = urlsplit(path)
     if not parts.query:
         return path
-    query = [(k, "redacted" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, "redacted" if is_secret_name(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return f"{parts.path}?{urlencode(query)}"
 
 
@@ -244,6 +245,7 @@ class Meter:
         else:
             call.outcome = "partial" if call.first_byte is not None else "failed"
             call.error = flow.error.msg if flow.error else "unknown error"
+            call.status = upstream_errors.reply_instead(flow, call.protocol, call.id) or call.status
         self._submit(call)
 
     def done(self) -> None:

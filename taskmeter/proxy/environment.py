@@ -4,7 +4,6 @@ import shlex
 from urllib.parse import quote
 
 from taskmeter.config import Settings
-from taskmeter.proxy.runner import ca_bundle_path, ca_cert_path
 
 # Base-URL variables the common clients read, and the gateway path each needs.
 BASE_URL_VARIABLES = {
@@ -33,7 +32,7 @@ def client_environment(settings: Settings, listen: str, task_id: str | None = No
     if task_id:
         scheme, rest = origin.split("://", 1)
         proxy = f"{scheme}://task:{quote(task_id, safe='')}@{rest}"
-    bundle, ca = str(ca_bundle_path(settings)), str(ca_cert_path(settings))
+    bundle, ca = str(settings.ca_bundle), str(settings.ca_cert)
     env.update(
         {
             "HTTPS_PROXY": proxy,

@@ -12,20 +12,13 @@ from taskmeter.proxy import estimate, pricing
 from taskmeter.proxy.capture import CapturedCall
 from taskmeter.proxy.conversation import conversation_id
 from taskmeter.proxy.parse import BodyParser, ParseResult
+from taskmeter.proxy.secrets import redact
 from taskmeter.proxy.usage import Usage
 from taskmeter.store.interactions import Interaction
 from taskmeter.store.recording import Recorded
 from taskmeter.timefmt import to_stored
 
 log = logging.getLogger("taskmeter.proxy")
-
-_SECRET_KEYS = re.compile(r'("(?:api[_-]?key|authorization|x-api-key|x-goog-api-key|key|token|secret)"\s*:\s*)"[^"]*"', re.I)
-
-
-def redact(text: str) -> str:
-    """Secrets that may sit inside a body (keys in JSON fields) are replaced."""
-    return _SECRET_KEYS.sub(r'\1"[redacted]"', text)
-
 
 def _stamp(moment: float | None) -> str | None:
     return None if moment is None else to_stored(datetime.fromtimestamp(moment, UTC))
@@ -85,7 +78,7 @@ class Finalizer:
             streamed=streamed,
             http_status=call.status,
             outcome=call.outcome,
-            error="; ".join(errors) or None,
+            error=redact("; ".join(errors)) or None,
             input_total=usage.input_total if usage else None,
             cache_read=usage.cache_read if usage else None,
             cache_write=usage.cache_write if usage else None,

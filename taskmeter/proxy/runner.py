@@ -16,22 +16,11 @@ from taskmeter.errors import MeterError
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
 from taskmeter.proxy.addon import Meter
+from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.handover import Handover
 from taskmeter.proxy.routing import Router
 from taskmeter.store import proxies
 from taskmeter.store import db as store_db
-
-
-CA_CERT = "mitmproxy-ca-cert.pem"
-CA_BUNDLE = "ca-bundle.pem"
-
-
-def ca_cert_path(settings: Settings) -> Path:
-    return settings.confdir / CA_CERT
-
-
-def ca_bundle_path(settings: Settings) -> Path:
-    return settings.confdir / CA_BUNDLE
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -82,8 +71,8 @@ class Announcer:
                 os.chmod(path, 0o600)
         # httpx and requests *replace* their CA list with SSL_CERT_FILE: give them
         # the usual public roots plus the meter's CA.
-        bundle = Path(certifi.where()).read_text() + "\n" + (confdir / CA_CERT).read_text()
-        target = confdir / CA_BUNDLE
+        bundle = Path(certifi.where()).read_text() + "\n" + self._settings.ca_cert.read_text()
+        target = self._settings.ca_bundle
         temporary = target.with_suffix(".tmp")
         temporary.write_text(bundle)
         os.chmod(temporary, 0o644)
@@ -115,6 +104,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
         tcp_timeout=1800,
     )
     meter = Meter(settings, handover.submit)
+    upstream_errors.install()
     master.addons.add(meter, Announcer(settings, db_path, proxy_id, ready))
 
     def shut_down() -> None:

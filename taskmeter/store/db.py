@@ -51,6 +51,14 @@ def connect(path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TI
     except OSError as exc:
         raise MeterError(f"cannot create the folder for database {target}: {exc.strerror}") from None
     try:
+        # Prompts and answers may be stored: only the user may read the file.
+        # SQLite gives its -wal and -shm files the database's permissions.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise MeterError(f"cannot create database {target}: {exc.strerror}") from None
+    try:
         db = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None)
     except sqlite3.Error as exc:
         raise MeterError(f"cannot open database {target}: {exc}") from None

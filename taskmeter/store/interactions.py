@@ -61,7 +61,7 @@ _INSERT = (
 def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
     """Insert in the caller's transaction. Replaying a row already stored is a no-op,
     so a spool replayed twice never double-counts."""
-    db.executemany(_INSERT, [tuple(getattr(storable(row), c) for c in COLUMNS) for row in rows])
+    db.executemany(_INSERT, [tuple(getattr(row, c) for c in COLUMNS) for row in map(storable, rows)])
 
 
 # What SQLite can hold: 64-bit signed integers, finite floats, UTF-8 text.

@@ -165,72 +165,313 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-# Sums kept per task (task_key '' = unassigned) over AI interactions
-# (operation 'generate'), so reports never scan the interactions table.
-_ROLLUP_SUMS = {
-    "interactions": "1",
-    "input_total": "coalesce({r}.input_total, 0)",
-    "input_total_calls": "{r}.input_total IS NOT NULL",
-    "cache_read": "coalesce({r}.cache_read, 0)",
-    "cache_read_calls": "{r}.cache_read IS NOT NULL",
-    "cache_read_input": "CASE WHEN {r}.cache_read IS NOT NULL THEN coalesce({r}.input_total, 0) ELSE 0 END",
-    "cache_write": "coalesce({r}.cache_write, 0)",
-    "cache_write_calls": "{r}.cache_write IS NOT NULL",
-    "output_total": "coalesce({r}.output_total, 0)",
-    "output_total_calls": "{r}.output_total IS NOT NULL",
-    "reasoning": "coalesce({r}.reasoning, 0)",
-    "reasoning_calls": "{r}.reasoning IS NOT NULL",
-    "reasoning_output": "CASE WHEN {r}.reasoning IS NOT NULL THEN coalesce({r}.output_total, 0) ELSE 0 END",
-    "cost_usd": "coalesce({r}.cost_usd, 0)",
-    "cost_calls": "{r}.cost_usd IS NOT NULL",
-    "reported_tokens": "CASE WHEN {r}.usage_source = 'reported' THEN coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0) ELSE 0 END",
-    "estimated_tokens": "CASE WHEN {r}.usage_source = 'estimated' THEN coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0) ELSE 0 END",
-    "partial_tokens": "CASE WHEN {r}.usage_source = 'partial' THEN coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0) ELSE 0 END",
-    "context_switches": "coalesce({r}.context_switch, 0)",
-    "flagged": "EXISTS (SELECT 1 FROM flags WHERE interaction_id = {r}.id)",
-}
-
-
-def _rollup_upsert(row: str, sign: str) -> str:
-    """Add (sign '+') or take away (sign '-') one interaction row's share of the sums.
-    The WHERE clause keeps SQLite from reading ON CONFLICT as a join constraint."""
-    columns = ", ".join(_ROLLUP_SUMS)
-    values = ", ".join(f"{sign}({expression.format(r=row)})" for expression in _ROLLUP_SUMS.values())
-    updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in _ROLLUP_SUMS)
-    return (
-        f"INSERT INTO task_usage (task_key, {columns}) SELECT coalesce({row}.task_id, ''), {values} "
-        f"WHERE {row}.operation = 'generate' ON CONFLICT(task_key) DO UPDATE SET {updates};"
-    )
-
-
 @migration
 def m002_task_usage_rollup(db: sqlite3.Connection) -> None:
-    columns = ",\n".join(f"    {c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL DEFAULT 0" for c in _ROLLUP_SUMS)
-    tracked = "task_id, operation, input_total, cache_read, cache_write, output_total, reasoning, cost_usd, usage_source, context_switch"
+    """Sums kept per task (task_key '' = unassigned) over AI interactions
+    (operation 'generate'), so reports never scan the interactions table."""
     run_script(
         db,
-        f"""
+        """
         CREATE TABLE task_usage (
             task_key TEXT PRIMARY KEY,
-        {columns}
+            interactions INTEGER NOT NULL DEFAULT 0,
+            input_total INTEGER NOT NULL DEFAULT 0,
+            input_total_calls INTEGER NOT NULL DEFAULT 0,
+            cache_read INTEGER NOT NULL DEFAULT 0,
+            cache_read_calls INTEGER NOT NULL DEFAULT 0,
+            cache_read_input INTEGER NOT NULL DEFAULT 0,
+            cache_write INTEGER NOT NULL DEFAULT 0,
+            cache_write_calls INTEGER NOT NULL DEFAULT 0,
+            output_total INTEGER NOT NULL DEFAULT 0,
+            output_total_calls INTEGER NOT NULL DEFAULT 0,
+            reasoning INTEGER NOT NULL DEFAULT 0,
+            reasoning_calls INTEGER NOT NULL DEFAULT 0,
+            reasoning_output INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            cost_calls INTEGER NOT NULL DEFAULT 0,
+            reported_tokens INTEGER NOT NULL DEFAULT 0,
+            estimated_tokens INTEGER NOT NULL DEFAULT 0,
+            partial_tokens INTEGER NOT NULL DEFAULT 0,
+            context_switches INTEGER NOT NULL DEFAULT 0,
+            flagged INTEGER NOT NULL DEFAULT 0
         );
 
         CREATE TRIGGER task_usage_insert AFTER INSERT ON interactions
         BEGIN
-            {_rollup_upsert("NEW", "+")}
+            INSERT INTO task_usage (
+                task_key,
+                interactions,
+                input_total,
+                input_total_calls,
+                cache_read,
+                cache_read_calls,
+                cache_read_input,
+                cache_write,
+                cache_write_calls,
+                output_total,
+                output_total_calls,
+                reasoning,
+                reasoning_calls,
+                reasoning_output,
+                cost_usd,
+                cost_calls,
+                reported_tokens,
+                estimated_tokens,
+                partial_tokens,
+                context_switches,
+                flagged
+            )
+            SELECT coalesce(NEW.task_id, ''),
+                +(1),
+                +(coalesce(NEW.input_total, 0)),
+                +(NEW.input_total IS NOT NULL),
+                +(coalesce(NEW.cache_read, 0)),
+                +(NEW.cache_read IS NOT NULL),
+                +(CASE WHEN NEW.cache_read IS NOT NULL THEN coalesce(NEW.input_total, 0) ELSE 0 END),
+                +(coalesce(NEW.cache_write, 0)),
+                +(NEW.cache_write IS NOT NULL),
+                +(coalesce(NEW.output_total, 0)),
+                +(NEW.output_total IS NOT NULL),
+                +(coalesce(NEW.reasoning, 0)),
+                +(NEW.reasoning IS NOT NULL),
+                +(CASE WHEN NEW.reasoning IS NOT NULL THEN coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(coalesce(NEW.cost_usd, 0)),
+                +(NEW.cost_usd IS NOT NULL),
+                +(CASE WHEN NEW.usage_source = 'reported' THEN coalesce(NEW.input_total, 0) + coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(CASE WHEN NEW.usage_source = 'estimated' THEN coalesce(NEW.input_total, 0) + coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(CASE WHEN NEW.usage_source = 'partial' THEN coalesce(NEW.input_total, 0) + coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(coalesce(NEW.context_switch, 0)),
+                +(EXISTS (SELECT 1 FROM flags WHERE interaction_id = NEW.id))
+            WHERE NEW.operation = 'generate'
+            ON CONFLICT(task_key) DO UPDATE SET
+                interactions = interactions + excluded.interactions,
+                input_total = input_total + excluded.input_total,
+                input_total_calls = input_total_calls + excluded.input_total_calls,
+                cache_read = cache_read + excluded.cache_read,
+                cache_read_calls = cache_read_calls + excluded.cache_read_calls,
+                cache_read_input = cache_read_input + excluded.cache_read_input,
+                cache_write = cache_write + excluded.cache_write,
+                cache_write_calls = cache_write_calls + excluded.cache_write_calls,
+                output_total = output_total + excluded.output_total,
+                output_total_calls = output_total_calls + excluded.output_total_calls,
+                reasoning = reasoning + excluded.reasoning,
+                reasoning_calls = reasoning_calls + excluded.reasoning_calls,
+                reasoning_output = reasoning_output + excluded.reasoning_output,
+                cost_usd = cost_usd + excluded.cost_usd,
+                cost_calls = cost_calls + excluded.cost_calls,
+                reported_tokens = reported_tokens + excluded.reported_tokens,
+                estimated_tokens = estimated_tokens + excluded.estimated_tokens,
+                partial_tokens = partial_tokens + excluded.partial_tokens,
+                context_switches = context_switches + excluded.context_switches,
+                flagged = flagged + excluded.flagged;
         END;
 
-        CREATE TRIGGER task_usage_update AFTER UPDATE OF {tracked} ON interactions
+        CREATE TRIGGER task_usage_update AFTER UPDATE OF task_id, operation, input_total, cache_read, cache_write, output_total, reasoning, cost_usd, usage_source, context_switch ON interactions
         BEGIN
-            {_rollup_upsert("OLD", "-")}
-            {_rollup_upsert("NEW", "+")}
+            INSERT INTO task_usage (
+                task_key,
+                interactions,
+                input_total,
+                input_total_calls,
+                cache_read,
+                cache_read_calls,
+                cache_read_input,
+                cache_write,
+                cache_write_calls,
+                output_total,
+                output_total_calls,
+                reasoning,
+                reasoning_calls,
+                reasoning_output,
+                cost_usd,
+                cost_calls,
+                reported_tokens,
+                estimated_tokens,
+                partial_tokens,
+                context_switches,
+                flagged
+            )
+            SELECT coalesce(OLD.task_id, ''),
+                -(1),
+                -(coalesce(OLD.input_total, 0)),
+                -(OLD.input_total IS NOT NULL),
+                -(coalesce(OLD.cache_read, 0)),
+                -(OLD.cache_read IS NOT NULL),
+                -(CASE WHEN OLD.cache_read IS NOT NULL THEN coalesce(OLD.input_total, 0) ELSE 0 END),
+                -(coalesce(OLD.cache_write, 0)),
+                -(OLD.cache_write IS NOT NULL),
+                -(coalesce(OLD.output_total, 0)),
+                -(OLD.output_total IS NOT NULL),
+                -(coalesce(OLD.reasoning, 0)),
+                -(OLD.reasoning IS NOT NULL),
+                -(CASE WHEN OLD.reasoning IS NOT NULL THEN coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(coalesce(OLD.cost_usd, 0)),
+                -(OLD.cost_usd IS NOT NULL),
+                -(CASE WHEN OLD.usage_source = 'reported' THEN coalesce(OLD.input_total, 0) + coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(CASE WHEN OLD.usage_source = 'estimated' THEN coalesce(OLD.input_total, 0) + coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(CASE WHEN OLD.usage_source = 'partial' THEN coalesce(OLD.input_total, 0) + coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(coalesce(OLD.context_switch, 0)),
+                -(EXISTS (SELECT 1 FROM flags WHERE interaction_id = OLD.id))
+            WHERE OLD.operation = 'generate'
+            ON CONFLICT(task_key) DO UPDATE SET
+                interactions = interactions + excluded.interactions,
+                input_total = input_total + excluded.input_total,
+                input_total_calls = input_total_calls + excluded.input_total_calls,
+                cache_read = cache_read + excluded.cache_read,
+                cache_read_calls = cache_read_calls + excluded.cache_read_calls,
+                cache_read_input = cache_read_input + excluded.cache_read_input,
+                cache_write = cache_write + excluded.cache_write,
+                cache_write_calls = cache_write_calls + excluded.cache_write_calls,
+                output_total = output_total + excluded.output_total,
+                output_total_calls = output_total_calls + excluded.output_total_calls,
+                reasoning = reasoning + excluded.reasoning,
+                reasoning_calls = reasoning_calls + excluded.reasoning_calls,
+                reasoning_output = reasoning_output + excluded.reasoning_output,
+                cost_usd = cost_usd + excluded.cost_usd,
+                cost_calls = cost_calls + excluded.cost_calls,
+                reported_tokens = reported_tokens + excluded.reported_tokens,
+                estimated_tokens = estimated_tokens + excluded.estimated_tokens,
+                partial_tokens = partial_tokens + excluded.partial_tokens,
+                context_switches = context_switches + excluded.context_switches,
+                flagged = flagged + excluded.flagged;
+            INSERT INTO task_usage (
+                task_key,
+                interactions,
+                input_total,
+                input_total_calls,
+                cache_read,
+                cache_read_calls,
+                cache_read_input,
+                cache_write,
+                cache_write_calls,
+                output_total,
+                output_total_calls,
+                reasoning,
+                reasoning_calls,
+                reasoning_output,
+                cost_usd,
+                cost_calls,
+                reported_tokens,
+                estimated_tokens,
+                partial_tokens,
+                context_switches,
+                flagged
+            )
+            SELECT coalesce(NEW.task_id, ''),
+                +(1),
+                +(coalesce(NEW.input_total, 0)),
+                +(NEW.input_total IS NOT NULL),
+                +(coalesce(NEW.cache_read, 0)),
+                +(NEW.cache_read IS NOT NULL),
+                +(CASE WHEN NEW.cache_read IS NOT NULL THEN coalesce(NEW.input_total, 0) ELSE 0 END),
+                +(coalesce(NEW.cache_write, 0)),
+                +(NEW.cache_write IS NOT NULL),
+                +(coalesce(NEW.output_total, 0)),
+                +(NEW.output_total IS NOT NULL),
+                +(coalesce(NEW.reasoning, 0)),
+                +(NEW.reasoning IS NOT NULL),
+                +(CASE WHEN NEW.reasoning IS NOT NULL THEN coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(coalesce(NEW.cost_usd, 0)),
+                +(NEW.cost_usd IS NOT NULL),
+                +(CASE WHEN NEW.usage_source = 'reported' THEN coalesce(NEW.input_total, 0) + coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(CASE WHEN NEW.usage_source = 'estimated' THEN coalesce(NEW.input_total, 0) + coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(CASE WHEN NEW.usage_source = 'partial' THEN coalesce(NEW.input_total, 0) + coalesce(NEW.output_total, 0) ELSE 0 END),
+                +(coalesce(NEW.context_switch, 0)),
+                +(EXISTS (SELECT 1 FROM flags WHERE interaction_id = NEW.id))
+            WHERE NEW.operation = 'generate'
+            ON CONFLICT(task_key) DO UPDATE SET
+                interactions = interactions + excluded.interactions,
+                input_total = input_total + excluded.input_total,
+                input_total_calls = input_total_calls + excluded.input_total_calls,
+                cache_read = cache_read + excluded.cache_read,
+                cache_read_calls = cache_read_calls + excluded.cache_read_calls,
+                cache_read_input = cache_read_input + excluded.cache_read_input,
+                cache_write = cache_write + excluded.cache_write,
+                cache_write_calls = cache_write_calls + excluded.cache_write_calls,
+                output_total = output_total + excluded.output_total,
+                output_total_calls = output_total_calls + excluded.output_total_calls,
+                reasoning = reasoning + excluded.reasoning,
+                reasoning_calls = reasoning_calls + excluded.reasoning_calls,
+                reasoning_output = reasoning_output + excluded.reasoning_output,
+                cost_usd = cost_usd + excluded.cost_usd,
+                cost_calls = cost_calls + excluded.cost_calls,
+                reported_tokens = reported_tokens + excluded.reported_tokens,
+                estimated_tokens = estimated_tokens + excluded.estimated_tokens,
+                partial_tokens = partial_tokens + excluded.partial_tokens,
+                context_switches = context_switches + excluded.context_switches,
+                flagged = flagged + excluded.flagged;
         END;
 
         -- Flags leave with their interaction: count them down while it still exists.
         CREATE TRIGGER task_usage_delete BEFORE DELETE ON interactions
         BEGIN
             DELETE FROM flags WHERE interaction_id = OLD.id;
-            {_rollup_upsert("OLD", "-")}
+            INSERT INTO task_usage (
+                task_key,
+                interactions,
+                input_total,
+                input_total_calls,
+                cache_read,
+                cache_read_calls,
+                cache_read_input,
+                cache_write,
+                cache_write_calls,
+                output_total,
+                output_total_calls,
+                reasoning,
+                reasoning_calls,
+                reasoning_output,
+                cost_usd,
+                cost_calls,
+                reported_tokens,
+                estimated_tokens,
+                partial_tokens,
+                context_switches,
+                flagged
+            )
+            SELECT coalesce(OLD.task_id, ''),
+                -(1),
+                -(coalesce(OLD.input_total, 0)),
+                -(OLD.input_total IS NOT NULL),
+                -(coalesce(OLD.cache_read, 0)),
+                -(OLD.cache_read IS NOT NULL),
+                -(CASE WHEN OLD.cache_read IS NOT NULL THEN coalesce(OLD.input_total, 0) ELSE 0 END),
+                -(coalesce(OLD.cache_write, 0)),
+                -(OLD.cache_write IS NOT NULL),
+                -(coalesce(OLD.output_total, 0)),
+                -(OLD.output_total IS NOT NULL),
+                -(coalesce(OLD.reasoning, 0)),
+                -(OLD.reasoning IS NOT NULL),
+                -(CASE WHEN OLD.reasoning IS NOT NULL THEN coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(coalesce(OLD.cost_usd, 0)),
+                -(OLD.cost_usd IS NOT NULL),
+                -(CASE WHEN OLD.usage_source = 'reported' THEN coalesce(OLD.input_total, 0) + coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(CASE WHEN OLD.usage_source = 'estimated' THEN coalesce(OLD.input_total, 0) + coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(CASE WHEN OLD.usage_source = 'partial' THEN coalesce(OLD.input_total, 0) + coalesce(OLD.output_total, 0) ELSE 0 END),
+                -(coalesce(OLD.context_switch, 0)),
+                -(EXISTS (SELECT 1 FROM flags WHERE interaction_id = OLD.id))
+            WHERE OLD.operation = 'generate'
+            ON CONFLICT(task_key) DO UPDATE SET
+                interactions = interactions + excluded.interactions,
+                input_total = input_total + excluded.input_total,
+                input_total_calls = input_total_calls + excluded.input_total_calls,
+                cache_read = cache_read + excluded.cache_read,
+                cache_read_calls = cache_read_calls + excluded.cache_read_calls,
+                cache_read_input = cache_read_input + excluded.cache_read_input,
+                cache_write = cache_write + excluded.cache_write,
+                cache_write_calls = cache_write_calls + excluded.cache_write_calls,
+                output_total = output_total + excluded.output_total,
+                output_total_calls = output_total_calls + excluded.output_total_calls,
+                reasoning = reasoning + excluded.reasoning,
+                reasoning_calls = reasoning_calls + excluded.reasoning_calls,
+                reasoning_output = reasoning_output + excluded.reasoning_output,
+                cost_usd = cost_usd + excluded.cost_usd,
+                cost_calls = cost_calls + excluded.cost_calls,
+                reported_tokens = reported_tokens + excluded.reported_tokens,
+                estimated_tokens = estimated_tokens + excluded.estimated_tokens,
+                partial_tokens = partial_tokens + excluded.partial_tokens,
+                context_switches = context_switches + excluded.context_switches,
+                flagged = flagged + excluded.flagged;
         END;
 
         CREATE TRIGGER task_usage_flag AFTER INSERT ON flags
@@ -244,13 +485,55 @@ def m002_task_usage_rollup(db: sqlite3.Connection) -> None:
             UPDATE task_usage SET flagged = flagged - 1
             WHERE task_key = (SELECT coalesce(task_id, '') FROM interactions WHERE id = OLD.interaction_id AND operation = 'generate');
         END;
+
+        INSERT INTO task_usage (
+            task_key,
+            interactions,
+            input_total,
+            input_total_calls,
+            cache_read,
+            cache_read_calls,
+            cache_read_input,
+            cache_write,
+            cache_write_calls,
+            output_total,
+            output_total_calls,
+            reasoning,
+            reasoning_calls,
+            reasoning_output,
+            cost_usd,
+            cost_calls,
+            reported_tokens,
+            estimated_tokens,
+            partial_tokens,
+            context_switches,
+            flagged
+        )
+        SELECT coalesce(i.task_id, ''),
+            sum(1),
+            sum(coalesce(i.input_total, 0)),
+            sum(i.input_total IS NOT NULL),
+            sum(coalesce(i.cache_read, 0)),
+            sum(i.cache_read IS NOT NULL),
+            sum(CASE WHEN i.cache_read IS NOT NULL THEN coalesce(i.input_total, 0) ELSE 0 END),
+            sum(coalesce(i.cache_write, 0)),
+            sum(i.cache_write IS NOT NULL),
+            sum(coalesce(i.output_total, 0)),
+            sum(i.output_total IS NOT NULL),
+            sum(coalesce(i.reasoning, 0)),
+            sum(i.reasoning IS NOT NULL),
+            sum(CASE WHEN i.reasoning IS NOT NULL THEN coalesce(i.output_total, 0) ELSE 0 END),
+            sum(coalesce(i.cost_usd, 0)),
+            sum(i.cost_usd IS NOT NULL),
+            sum(CASE WHEN i.usage_source = 'reported' THEN coalesce(i.input_total, 0) + coalesce(i.output_total, 0) ELSE 0 END),
+            sum(CASE WHEN i.usage_source = 'estimated' THEN coalesce(i.input_total, 0) + coalesce(i.output_total, 0) ELSE 0 END),
+            sum(CASE WHEN i.usage_source = 'partial' THEN coalesce(i.input_total, 0) + coalesce(i.output_total, 0) ELSE 0 END),
+            sum(coalesce(i.context_switch, 0)),
+            sum(EXISTS (SELECT 1 FROM flags WHERE interaction_id = i.id))
+        FROM interactions i WHERE i.operation = 'generate' GROUP BY 1;
         """,
     )
-    sums = ", ".join(f"sum({expression.format(r='i')})" for expression in _ROLLUP_SUMS.values())
-    db.execute(
-        f"INSERT INTO task_usage (task_key, {', '.join(_ROLLUP_SUMS)}) "
-        f"SELECT coalesce(i.task_id, ''), {sums} FROM interactions i WHERE i.operation = 'generate' GROUP BY 1"
-    )
+
 
 
 @migration
