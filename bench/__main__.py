@@ -44,9 +44,22 @@ class Plan:
     report_runs: int = 7
 
 
-SMOKE = Plan(warmup=2, samples=5, sse_samples=5, sse_zero_samples=5, streams=8, stream_rounds=1, rps_seconds=1.0,
-             rps_windows=1, soak_requests=100, writer_rows=2000, report_rows=20_000, report_tasks=10, report_flags=10,
-             report_runs=3)
+SMOKE = Plan(
+    warmup=2,
+    samples=5,
+    sse_samples=5,
+    sse_zero_samples=5,
+    streams=8,
+    stream_rounds=1,
+    rps_seconds=1.0,
+    rps_windows=1,
+    soak_requests=100,
+    writer_rows=2000,
+    report_rows=20_000,
+    report_tasks=10,
+    report_flags=10,
+    report_runs=3,
+)
 
 
 def ms(seconds: float) -> float:
@@ -54,7 +67,10 @@ def ms(seconds: float) -> float:
 
 
 def latency_block(replies: dict) -> dict:
-    return {name: {key: (ms(v) if key != "n" and v is not None else v) for key, v in summary([r.total for r in rs]).items()} for name, rs in replies.items()}
+    return {
+        name: {key: (ms(v) if key != "n" and v is not None else v) for key, v in summary([r.total for r in rs]).items()}
+        for name, rs in replies.items()
+    }
 
 
 async def run(plan: Plan, workdir: Path, log) -> dict:
@@ -87,7 +103,9 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
             name: {
                 "ttft": summary([ms(r.ttfb) for r in rs]),
                 "total": summary([ms(r.total) for r in rs]),
-                "gap_p99_ms": percentile([ms(b - a) for r in rs for a, b in zip(r.chunk_times[1:], r.chunk_times[2:])], 99),
+                "gap_p99_ms": percentile(
+                    [ms(b - a) for r in rs for a, b in zip(r.chunk_times[1:], r.chunk_times[2:], strict=False)], 99
+                ),
                 "identical_bytes": all(r.body == reference for r in rs),
             }
             for name, rs in replies.items()
@@ -160,36 +178,119 @@ def targets(r: dict) -> list[dict]:
     soak = r["soak_rss_mb"]["P"]
     plateau = soak[-1] - soak[len(soak) // 2]
     rows = [
-        row("non-streamed, 200 ms upstream, c=1: P/D p50", "<= 1.03", n200["P"]["p50"] / n200["D"]["p50"], n200["P"]["p50"] / n200["D"]["p50"] <= 1.03),
-        row("non-streamed, 200 ms upstream, c=1: P/D p99", "<= 1.05", n200["P"]["p99"] / n200["D"]["p99"], n200["P"]["p99"] / n200["D"]["p99"] <= 1.05),
-        row("the meter's own share (P-D)/(M-D), p50, zero-delay", "<= 1.25", share, share <= 1.25,
-            f"P-D {zero['P']['p50'] - zero['D']['p50']:.2f} ms, M-D {zero['M']['p50'] - zero['D']['p50']:.2f} ms"),
-        row("SSE TTFT, c=1: P/D p50", "<= 1.03", sse["P"]["ttft"]["p50"] / sse["D"]["ttft"]["p50"], sse["P"]["ttft"]["p50"] / sse["D"]["ttft"]["p50"] <= 1.03),
-        row("SSE never buffered: P TTFT / P total stream time (p99)", "<= 0.1", unbuffered["P"]["ttft_over_total_p99"], unbuffered["P"]["ttft_over_total_p99"] <= 0.1),
-        row("SSE: identical bytes delivered (P vs D)", "identical", sse["P"]["identical_bytes"] and unbuffered["P"]["identical_bytes"],
-            sse["P"]["identical_bytes"] and unbuffered["P"]["identical_bytes"]),
+        row(
+            "non-streamed, 200 ms upstream, c=1: P/D p50",
+            "<= 1.03",
+            n200["P"]["p50"] / n200["D"]["p50"],
+            n200["P"]["p50"] / n200["D"]["p50"] <= 1.03,
+        ),
+        row(
+            "non-streamed, 200 ms upstream, c=1: P/D p99",
+            "<= 1.05",
+            n200["P"]["p99"] / n200["D"]["p99"],
+            n200["P"]["p99"] / n200["D"]["p99"] <= 1.05,
+        ),
+        row(
+            "the meter's own share (P-D)/(M-D), p50, zero-delay",
+            "<= 1.25",
+            share,
+            share <= 1.25,
+            f"P-D {zero['P']['p50'] - zero['D']['p50']:.2f} ms, M-D {zero['M']['p50'] - zero['D']['p50']:.2f} ms",
+        ),
+        row(
+            "SSE TTFT, c=1: P/D p50",
+            "<= 1.03",
+            sse["P"]["ttft"]["p50"] / sse["D"]["ttft"]["p50"],
+            sse["P"]["ttft"]["p50"] / sse["D"]["ttft"]["p50"] <= 1.03,
+        ),
+        row(
+            "SSE never buffered: P TTFT / P total stream time (p99)",
+            "<= 0.1",
+            unbuffered["P"]["ttft_over_total_p99"],
+            unbuffered["P"]["ttft_over_total_p99"] <= 0.1,
+        ),
+        row(
+            "SSE: identical bytes delivered (P vs D)",
+            "identical",
+            sse["P"]["identical_bytes"] and unbuffered["P"]["identical_bytes"],
+            sse["P"]["identical_bytes"] and unbuffered["P"]["identical_bytes"],
+        ),
         row("64 concurrent streams: lost events (P)", "0", conc["P"]["lost_events"], conc["P"]["lost_events"] == 0),
-        row("meter rows for every proxied call", "0 lost", r["meter_rows"]["requests"] - r["meter_rows"]["stored"], r["meter_rows"]["requests"] == r["meter_rows"]["stored"],
-            f"{r['meter_rows']['stored']} stored of {r['meter_rows']['requests']} calls"),
-        row("64 concurrent streams: P/D TTFT p99", "<= 2.0", conc["P"]["ttft_p99_ms"] / conc["D"]["ttft_p99_ms"], conc["P"]["ttft_p99_ms"] / conc["D"]["ttft_p99_ms"] <= 2.0),
-        row("requests/s at c=64, 200 ms upstream: P/M", ">= 0.95", rps["P"]["rps"] / rps["M"]["rps"], rps["P"]["rps"] / rps["M"]["rps"] >= 0.95),
-        row("requests/s at c=64, 200 ms upstream: P/D", ">= 0.90", rps["P"]["rps"] / rps["D"]["rps"], rps["P"]["rps"] / rps["D"]["rps"] >= 0.90),
-        row("CPU per request: P/M", "<= 1.2", rps["P"]["cpu_ms_per_request"] / rps["M"]["cpu_ms_per_request"],
+        row(
+            "meter rows for every proxied call",
+            "0 lost",
+            r["meter_rows"]["requests"] - r["meter_rows"]["stored"],
+            r["meter_rows"]["requests"] == r["meter_rows"]["stored"],
+            f"{r['meter_rows']['stored']} stored of {r['meter_rows']['requests']} calls",
+        ),
+        row(
+            "64 concurrent streams: P/D TTFT p99",
+            "<= 2.0",
+            conc["P"]["ttft_p99_ms"] / conc["D"]["ttft_p99_ms"],
+            conc["P"]["ttft_p99_ms"] / conc["D"]["ttft_p99_ms"] <= 2.0,
+        ),
+        row(
+            "requests/s at c=64, 200 ms upstream: P/M",
+            ">= 0.95",
+            rps["P"]["rps"] / rps["M"]["rps"],
+            rps["P"]["rps"] / rps["M"]["rps"] >= 0.95,
+        ),
+        row(
+            "requests/s at c=64, 200 ms upstream: P/D",
+            ">= 0.90",
+            rps["P"]["rps"] / rps["D"]["rps"],
+            rps["P"]["rps"] / rps["D"]["rps"] >= 0.90,
+        ),
+        row(
+            "CPU per request: P/M",
+            "<= 1.2",
+            rps["P"]["cpu_ms_per_request"] / rps["M"]["cpu_ms_per_request"],
             rps["P"]["cpu_ms_per_request"] / rps["M"]["cpu_ms_per_request"] <= 1.2,
-            f"P {rps['P']['cpu_ms_per_request']:.2f} ms, M {rps['M']['cpu_ms_per_request']:.2f} ms"),
-        row("store writer, sustained", ">= 10,000 rows/s", r["writer"]["rows_per_second"], r["writer"]["rows_per_second"] >= 10_000),
-        row(f"phase report over {r['report']['rows']:,} interactions, median", "<= 100 ms", r["report"]["median_ms"], r["report"]["median_ms"] <= 100),
-        row("idle RSS: P/M", "<= 1.3", r["idle_rss_mb"]["P"] / r["idle_rss_mb"]["M"], r["idle_rss_mb"]["P"] / r["idle_rss_mb"]["M"] <= 1.3,
-            f"P {r['idle_rss_mb']['P']:.1f} MB, M {r['idle_rss_mb']['M']:.1f} MB"),
-        row("RSS plateau after the soak (growth over its second half)", "< 5 MB", plateau, plateau < 5,
-            "samples " + ", ".join(f"{v:.1f}" for v in soak) + " MB"),
+            f"P {rps['P']['cpu_ms_per_request']:.2f} ms, M {rps['M']['cpu_ms_per_request']:.2f} ms",
+        ),
+        row(
+            "store writer, sustained",
+            ">= 10,000 rows/s",
+            r["writer"]["rows_per_second"],
+            r["writer"]["rows_per_second"] >= 10_000,
+        ),
+        row(
+            f"phase report over {r['report']['rows']:,} interactions, median",
+            "<= 100 ms",
+            r["report"]["median_ms"],
+            r["report"]["median_ms"] <= 100,
+        ),
+        row(
+            "idle RSS: P/M",
+            "<= 1.3",
+            r["idle_rss_mb"]["P"] / r["idle_rss_mb"]["M"],
+            r["idle_rss_mb"]["P"] / r["idle_rss_mb"]["M"] <= 1.3,
+            f"P {r['idle_rss_mb']['P']:.1f} MB, M {r['idle_rss_mb']['M']:.1f} MB",
+        ),
+        row(
+            "RSS plateau after the soak (growth over its second half)",
+            "< 5 MB",
+            plateau,
+            plateau < 5,
+            "samples " + ", ".join(f"{v:.1f}" for v in soak) + " MB",
+        ),
     ]
     return rows
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.machine())
-    memory = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), None)
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    memory = next(
+        (int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")),
+        None,
+    )
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -228,17 +329,36 @@ def markdown(report: dict) -> str:
     for t in report["targets"]:
         lines.append(f"| {t['measure']} | {t['target']} | {_fmt(t['value'])} | {'✅' if t['passed'] else '❌'} | {t['detail']} |")
     lines += ["", "## Context (absolute figures of this run)", "", "| measure | D | M | P |", "|---|---|---|---|"]
-    for label, key in (("non-streamed, zero delay, p50 / p99 ms", "nonstream_zero"), ("non-streamed, 200 ms upstream, p50 / p99 ms", "nonstream_200")):
+    for label, key in (
+        ("non-streamed, zero delay, p50 / p99 ms", "nonstream_zero"),
+        ("non-streamed, 200 ms upstream, p50 / p99 ms", "nonstream_200"),
+    ):
         lines.append(f"| {label} | " + " | ".join(f"{r[key][a]['p50']:.2f} / {r[key][a]['p99']:.2f}" for a in "DMP") + " |")
-    lines.append("| SSE TTFT p50 / p99 ms (200 ms to first token) | " + " | ".join(f"{r['sse'][a]['ttft']['p50']:.1f} / {r['sse'][a]['ttft']['p99']:.1f}" for a in "DMP") + " |")
+    lines.append(
+        "| SSE TTFT p50 / p99 ms (200 ms to first token) | "
+        + " | ".join(f"{r['sse'][a]['ttft']['p50']:.1f} / {r['sse'][a]['ttft']['p99']:.1f}" for a in "DMP")
+        + " |"
+    )
     lines.append("| SSE inter-chunk gap p99 ms | " + " | ".join(f"{r['sse'][a]['gap_p99_ms']:.2f}" for a in "DMP") + " |")
-    lines.append("| 64 concurrent streams: TTFT p99 ms | " + " | ".join(f"{r['concurrent_streams'][a]['ttft_p99_ms']:.1f}" for a in "DMP") + " |")
-    lines.append("| c=64, 200 ms upstream: requests/s | " + " | ".join(f"{r['sustained_c64'][a]['rps']:.0f}" for a in "DMP") + " |")
+    lines.append(
+        "| 64 concurrent streams: TTFT p99 ms | "
+        + " | ".join(f"{r['concurrent_streams'][a]['ttft_p99_ms']:.1f}" for a in "DMP")
+        + " |"
+    )
+    lines.append(
+        "| c=64, 200 ms upstream: requests/s | " + " | ".join(f"{r['sustained_c64'][a]['rps']:.0f}" for a in "DMP") + " |"
+    )
     lines.append("| c=64: p99 ms | " + " | ".join(f"{r['sustained_c64'][a]['p99_ms']:.0f}" for a in "DMP") + " |")
     lines.append("| c=64: errors | " + " | ".join(str(r["sustained_c64"][a]["errors"]) for a in "DMP") + " |")
-    lines.append("| proxy CPU ms per request | — | " + " | ".join(f"{r['sustained_c64'][a]['cpu_ms_per_request']:.2f}" for a in "MP") + " |")
+    lines.append(
+        "| proxy CPU ms per request | — | "
+        + " | ".join(f"{r['sustained_c64'][a]['cpu_ms_per_request']:.2f}" for a in "MP")
+        + " |"
+    )
     lines.append("| idle RSS MB | — | " + " | ".join(f"{r['idle_rss_mb'][a]:.1f}" for a in "MP") + " |")
-    lines.append("| RSS MB through the soak | — | " + " | ".join(" → ".join(f"{v:.0f}" for v in r["soak_rss_mb"][a]) for a in "MP") + " |")
+    lines.append(
+        "| RSS MB through the soak | — | " + " | ".join(" → ".join(f"{v:.0f}" for v in r["soak_rss_mb"][a]) for a in "MP") + " |"
+    )
     lines += [
         "",
         f"Store writer: {r['writer']['rows']:,} rows in {r['writer']['seconds']:.2f} s, attribution and context switches included.",

@@ -93,8 +93,12 @@ class Arm:
 def start_mock() -> Arm:
     # Its own stderr: a caller capturing ours must not wait on a pipe the mock holds.
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.mock"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        text=True, cwd=Path(__file__).parent.parent,
+        [sys.executable, "-m", "bench.mock"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=Path(__file__).parent.parent,
     )
     port = int(process.stdout.readline())
     return Arm("D", port, "/v1/chat/completions", process)
@@ -104,13 +108,20 @@ def start_bare_mitmproxy(mock_port: int, confdir: Path) -> Arm:
     port = free_port()
     process = subprocess.Popen(
         [
-            str(BIN / "mitmdump"), "-q",
-            "--mode", f"reverse:http://127.0.0.1:{mock_port}@{port}",
-            "--listen-host", "127.0.0.1",
-            "--set", f"confdir={confdir}",
-            "--set", "stream_large_bodies=1",  # stream every body: a fair floor
-            "--set", "connection_strategy=lazy",
-            "--set", "http2=false",
+            str(BIN / "mitmdump"),
+            "-q",
+            "--mode",
+            f"reverse:http://127.0.0.1:{mock_port}@{port}",
+            "--listen-host",
+            "127.0.0.1",
+            "--set",
+            f"confdir={confdir}",
+            "--set",
+            "stream_large_bodies=1",  # stream every body: a fair floor
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            "http2=false",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

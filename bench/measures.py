@@ -24,7 +24,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99), "mean": statistics.fmean(values) if values else None}
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "mean": statistics.fmean(values) if values else None,
+    }
 
 
 async def _one(arm: Arm, connection: Connection, payload: dict, headers: dict) -> Reply:
@@ -35,7 +40,9 @@ async def _one(arm: Arm, connection: Connection, payload: dict, headers: dict) -
     return reply
 
 
-async def sequential_interleaved(arms: list[Arm], samples: int, warmup: int, payload: dict, headers: dict) -> dict[str, list[Reply]]:
+async def sequential_interleaved(
+    arms: list[Arm], samples: int, warmup: int, payload: dict, headers: dict
+) -> dict[str, list[Reply]]:
     """c=1, one request per arm in turn (order shuffled each round): same window for all."""
     connections = {arm.name: Connection("127.0.0.1", arm.port) for arm in arms}
     replies: dict[str, list[Reply]] = {arm.name: [] for arm in arms}
@@ -65,7 +72,7 @@ async def parallel_arms(arms: list[Arm], samples: int, warmup: int, payload: dic
         return out
 
     results = await asyncio.gather(*(run(arm) for arm in arms))
-    return {arm.name: result for arm, result in zip(arms, results)}
+    return {arm.name: result for arm, result in zip(arms, results, strict=True)}
 
 
 async def concurrent_streams(arm: Arm, streams: int, headers: dict) -> list[Reply]:
@@ -115,7 +122,7 @@ async def soak(arm: Arm, total: int, workers: int, samples: int = 5) -> list[flo
     for _ in range(samples):
         queue = list(range(per_step))
 
-        async def worker() -> None:
+        async def worker(queue: list = queue) -> None:
             connection = Connection("127.0.0.1", arm.port)
             while queue:
                 queue.pop()
@@ -130,11 +137,11 @@ async def soak(arm: Arm, total: int, workers: int, samples: int = 5) -> list[flo
 def writer_rows_per_second(rows: int) -> dict:
     """The store writer's sustained rate, attribution and context switches included."""
     from taskmeter.ids import IdGenerator
+    from taskmeter.proxy.handover import BATCH as HANDOVER_BATCH
     from taskmeter.store import db as store_db
     from taskmeter.store import tasks
     from taskmeter.store.interactions import Interaction
     from taskmeter.store.recording import Recorded
-    from taskmeter.proxy.handover import BATCH as HANDOVER_BATCH
     from taskmeter.store.writer import Writer
     from taskmeter.timefmt import now_stored
 
@@ -145,10 +152,26 @@ def writer_rows_per_second(rows: int) -> dict:
         db.close()
         ids = IdGenerator()
         items = [
-            Recorded(Interaction(id=ids.new(), started_at=now_stored(), ended_at=now_stored(), provider="openai",
-                                 protocol="openai_chat", model="gpt-4o-mini", input_total=1000 + n, cache_read=512,
-                                 cache_write=0, output_total=200, reasoning=0, usage_source="reported",
-                                 cost_usd=0.001, conversation_id=f"c{n // 20}", http_status=200, outcome="complete"))
+            Recorded(
+                Interaction(
+                    id=ids.new(),
+                    started_at=now_stored(),
+                    ended_at=now_stored(),
+                    provider="openai",
+                    protocol="openai_chat",
+                    model="gpt-4o-mini",
+                    input_total=1000 + n,
+                    cache_read=512,
+                    cache_write=0,
+                    output_total=200,
+                    reasoning=0,
+                    usage_source="reported",
+                    cost_usd=0.001,
+                    conversation_id=f"c{n // 20}",
+                    http_status=200,
+                    outcome="complete",
+                )
+            )
             for n in range(rows)
         ]
         writer = Writer(path)
@@ -184,12 +207,29 @@ def report_latency(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
             call = n // tasks_count  # the call's position within its task: 20 calls per conversation
             started = f"2026-{1 + (second // 2_000_000) % 12:02d}-01T00:{(second // 60) % 60:02d}:{second % 60:02d}.{micro:06d}Z"
             row = dict.fromkeys(COLUMNS)
-            row.update(id=ids.new(), task_id=task_ids[n % tasks_count], attribution="current", started_at=started,
-                       ended_at=started, provider="openai", protocol="openai_chat", operation="generate",
-                       model="gpt-4o-mini", streamed=1, http_status=200, outcome="complete", input_total=1200,
-                       cache_read=800, cache_write=0, output_total=300, reasoning=40, usage_source="reported",
-                       cost_usd=0.0004, conversation_id=f"{n % tasks_count}-{call // 20}",
-                       context_switch=int(call > 0 and call % 20 == 0))
+            row.update(
+                id=ids.new(),
+                task_id=task_ids[n % tasks_count],
+                attribution="current",
+                started_at=started,
+                ended_at=started,
+                provider="openai",
+                protocol="openai_chat",
+                operation="generate",
+                model="gpt-4o-mini",
+                streamed=1,
+                http_status=200,
+                outcome="complete",
+                input_total=1200,
+                cache_read=800,
+                cache_write=0,
+                output_total=300,
+                reasoning=40,
+                usage_source="reported",
+                cost_usd=0.0004,
+                conversation_id=f"{n % tasks_count}-{call // 20}",
+                context_switch=int(call > 0 and call % 20 == 0),
+            )
             batch.append(tuple(row[c] for c in COLUMNS))
             if len(batch) == 10_000:
                 db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
@@ -197,7 +237,9 @@ def report_latency(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
         if batch:
             db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
         flagged = [row[0] for row in db.execute(f"SELECT id FROM interactions ORDER BY random() LIMIT {flags}")]
-        db.executemany("INSERT INTO flags (interaction_id, flagged_at) VALUES (?, '2026-06-01T00:00:00.000000Z')", [(i,) for i in flagged])
+        db.executemany(
+            "INSERT INTO flags (interaction_id, flagged_at) VALUES (?, '2026-06-01T00:00:00.000000Z')", [(i,) for i in flagged]
+        )
         db.execute("COMMIT")
         build_seconds = time.perf_counter() - build_started
         timings = []

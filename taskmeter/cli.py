@@ -4,7 +4,9 @@ Every failure a user can cause ends as one line on stderr and exit status 1.
 """
 
 import contextlib
+import ipaddress
 import os
+import socket
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -529,8 +531,14 @@ def unflag_cmd(interaction, db_path):
 # ---------------------------------------------------------------- reports
 
 FORMAT = click.Choice(["table", "markdown", "json", "csv"])
-format_option = click.option("--format", "output_format", type=FORMAT, default="table", show_default=True,
-                             help="markdown reproduces the seed's execution-log blocks; json uses its field names.")
+format_option = click.option(
+    "--format",
+    "output_format",
+    type=FORMAT,
+    default="table",
+    show_default=True,
+    help="markdown reproduces the seed's execution-log blocks; json uses its field names.",
+)
 
 
 @cli.group("report", invoke_without_command=True)
@@ -652,9 +660,16 @@ config_option = click.option(
 @cli.command("proxy")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default from config: 8877; 0 picks a free one).")
 @click.option("--host", help="Address to listen on (default 127.0.0.1; anything else exposes the meter to your network).")
+@click.option(
+    "--allow-from",
+    "allow_from",
+    multiple=True,
+    metavar="CIDR",
+    help="Clients beyond loopback that may also use HTTPS-proxy mode (default: the gateway only). Repeatable.",
+)
 @config_option
 @db_option
-def proxy_cmd(port, host, config_path, db_path):
+def proxy_cmd(port, host, allow_from, config_path, db_path):
     """Run the metering proxy in the foreground until Ctrl-C.
 
     \b
@@ -668,10 +683,19 @@ def proxy_cmd(port, host, config_path, db_path):
     from taskmeter.proxy.runner import run_proxy
 
     settings = load_settings(config_path)
+    if allow_from:
+        settings = settings.model_copy(update={"proxy": settings.proxy.model_copy(update={"allow_from": list(allow_from)})})
+        settings.trusted_networks()  # a malformed CIDR fails here
     path = store_db.resolve_path(db_path)
     store_db.connect(path).close()  # a bad database fails here, before listening
     listen_host = host or settings.proxy.listen_host
     listen_port = settings.proxy.port if port is None else port
+    if not ipaddress.ip_address(socket.gethostbyname(listen_host)).is_loopback and not settings.proxy.allow_from:
+        click.echo(
+            f"meter: warning: listening on {listen_host}: clients not on loopback may use only the gateway to your "
+            "upstreams (no HTTPS_PROXY, no other hosts); --allow-from CIDR lets a network do more",
+            err=True,
+        )
 
     def ready(bound_host: str, bound_port: int) -> None:
         origin = f"http://{bound_host}:{bound_port}"

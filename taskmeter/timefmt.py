@@ -44,13 +44,9 @@ def parse_user_timestamp(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(candidate)
     except ValueError:
-        raise MeterError(
-            f"cannot parse timestamp {text!r}: use ISO 8601 such as 2025-10-04T09:15:00Z"
-        ) from None
+        raise MeterError(f"cannot parse timestamp {text!r}: use ISO 8601 such as 2025-10-04T09:15:00Z") from None
     if moment.tzinfo is None:
-        raise MeterError(
-            f"timestamp {text!r} has no time zone: add Z for UTC or an offset such as -07:00"
-        )
+        raise MeterError(f"timestamp {text!r} has no time zone: add Z for UTC or an offset such as -07:00")
     return moment.astimezone(UTC)
 
 
@@ -77,9 +73,7 @@ def parse_duration(text: str) -> int:
             unit = match.group(2).lower()
             seconds += float(match.group(1)) * {"h": 3600, "m": 60, "s": 1}[unit]
         if position != len(compact) or position == 0:
-            raise MeterError(
-                f"cannot parse duration {text!r}: use forms like 1h30m, 90m, 1.5h or PT1H30M"
-            )
+            raise MeterError(f"cannot parse duration {text!r}: use forms like 1h30m, 90m, 1.5h or PT1H30M")
     if seconds <= 0:
         raise MeterError(f"duration {text!r} must be longer than zero")
     return round(seconds)

@@ -12,7 +12,6 @@ from taskmeter.cli import main
 from taskmeter.store import db as store_db
 
 
-
 @dataclass
 class Result:
     code: int

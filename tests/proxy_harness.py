@@ -15,7 +15,10 @@ VENV_BIN = Path(sys.executable).parent
 
 def write_config(path: Path, confdir: Path, upstreams: dict[str, str], **proxy) -> Path:
     lines = ["[proxy]", f'confdir = "{confdir}"']
-    lines += [f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {str(value).lower()}" for key, value in proxy.items()]
+    lines += [
+        f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {str(value).lower()}"
+        for key, value in proxy.items()
+    ]
     lines.append("[upstreams]")
     lines += [f'{name} = "{url}"' for name, url in upstreams.items()]
     path.write_text("\n".join(lines) + "\n")
@@ -26,14 +29,14 @@ class RunningProxy:
     # Every proxy a test starts, so that none outlives its test (see conftest.py).
     started: list["RunningProxy"] = []
 
-    def __init__(self, config: Path, db_path: Path, extra_env: dict | None = None) -> None:
+    def __init__(self, config: Path, db_path: Path, extra_env: dict | None = None, extra_args: list[str] = ()) -> None:
         self.config = config
         self.db_path = db_path
         env = {**os.environ, **(extra_env or {})}
         env.pop("HTTPS_PROXY", None)
         env.pop("https_proxy", None)
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(db_path)],
+            [str(VENV_BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(db_path), *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

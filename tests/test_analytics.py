@@ -39,16 +39,39 @@ def new_task(db, task_id, begin, estimate=None, **fields):
 def call(db, n, task_id, when, conversation="c1", **usage):
     usage.setdefault("usage_source", "reported")
     with write_transaction(db):
-        record(db, [Recorded(Interaction(id=f"0000000{n:05d}", task_id=task_id, attribution="path", started_at=when,
-                                         ended_at=when, conversation_id=conversation, **usage))])
+        record(
+            db,
+            [
+                Recorded(
+                    Interaction(
+                        id=f"0000000{n:05d}",
+                        task_id=task_id,
+                        attribution="path",
+                        started_at=when,
+                        ended_at=when,
+                        conversation_id=conversation,
+                        **usage,
+                    )
+                )
+            ],
+        )
     return f"0000000{n:05d}"
 
 
 @pytest.fixture
 def phase_one(db):
     """P1: P1-001 done on estimate with a hallucination and rework; P1-002 open, no estimate."""
-    new_task(db, "P1-001", at(9), estimate=3600, projected_outcome="lib compiles", projection_met=1,
-             coverage_actual=90.0, performance_met=1, success="pass")
+    new_task(
+        db,
+        "P1-001",
+        at(9),
+        estimate=3600,
+        projected_outcome="lib compiles",
+        projection_met=1,
+        coverage_actual=90.0,
+        performance_met=1,
+        success="pass",
+    )
     new_task(db, "P1-002", at(9, 30), projected_outcome="IPC", projection_met=0, coverage_actual=70.0, performance_met=0)
     tasks.mark(db, "P1-001", "approved", at=_dt(at(10, 30)), force=True)
     tasks.add_iteration(db, "P1-002", at=_dt(at(10)))
@@ -57,7 +80,19 @@ def phase_one(db):
     switch(db, "P1-001", at(10))
     switch(db, None, at(10, 15))
     # P1-001: 3 calls; the first is flagged, the second follows it in the same conversation.
-    flagged = call(db, 1, "P1-001", at(9, 5), input_total=1000, cache_read=600, cache_write=0, output_total=200, reasoning=50, cost_usd=0.01, model="gpt-4o")
+    flagged = call(
+        db,
+        1,
+        "P1-001",
+        at(9, 5),
+        input_total=1000,
+        cache_read=600,
+        cache_write=0,
+        output_total=200,
+        reasoning=50,
+        cost_usd=0.01,
+        model="gpt-4o",
+    )
     call(db, 2, "P1-001", at(9, 10), input_total=500, cache_read=0, cache_write=0, output_total=100, reasoning=0, cost_usd=0.005)
     call(db, 3, "P1-001", at(10, 5), conversation="c2", input_total=300, output_total=30, usage_source="estimated")
     # P1-002: a model nobody has a price for.
@@ -80,7 +115,14 @@ def test_task_report_fields(phase_one):
     assert report["variance"] == 1800 and report["efficiency_ratio"] == 1.5
     assert report["iterations_count"] == 1
     assert report["token_count_used"] == 1000 + 200 + 500 + 100 + 300 + 30
-    assert report["tokens"] == {"input_total": 1800, "cache_read": 600, "cache_write": 0, "output_total": 330, "reasoning": 50, "total": 2130}
+    assert report["tokens"] == {
+        "input_total": 1800,
+        "cache_read": 600,
+        "cache_write": 0,
+        "output_total": 330,
+        "reasoning": 50,
+        "total": 2130,
+    }
     assert report["tokens_by_source"] == {"reported": 1800, "estimated": 330, "partial": 0}
     assert report["ai_interactions"] == 3 and report["hallucination_count"] == 1
     assert report["hallucination_rate"] == pytest.approx(1 / 3)
@@ -173,10 +215,22 @@ def test_every_format(phase_one, meter, kind):
     rows = list(csv.reader(io.StringIO(meter("report", kind, target, "--format", "csv").out)))
     assert len(rows) == 2 and "hallucination_rate" in rows[0] and "tokens.input_total" in rows[0]
     markdown = meter("report", kind, target, "--format", "markdown").out
-    headings = ["=== TIMESTAMPS (ISO 8601 Format) ===", "=== DURATION ANALYSIS ===", "=== TOKEN EFFICIENCY ===", "=== OUTCOME TRACKING ==="]
+    headings = [
+        "=== TIMESTAMPS (ISO 8601 Format) ===",
+        "=== DURATION ANALYSIS ===",
+        "=== TOKEN EFFICIENCY ===",
+        "=== OUTCOME TRACKING ===",
+    ]
     if kind == "phase":
-        headings = ["## 📈 Phase P1 Aggregate Tracking", "=== PHASE-LEVEL TIMESTAMPS ===", "=== PHASE DURATION ANALYSIS ===",
-                    "=== PHASE QUALITY METRICS ===", "=== PHASE TOKEN EFFICIENCY ===", "=== META-LEARNING ===", "### Pattern effectiveness"]
+        headings = [
+            "## 📈 Phase P1 Aggregate Tracking",
+            "=== PHASE-LEVEL TIMESTAMPS ===",
+            "=== PHASE DURATION ANALYSIS ===",
+            "=== PHASE QUALITY METRICS ===",
+            "=== PHASE TOKEN EFFICIENCY ===",
+            "=== META-LEARNING ===",
+            "### Pattern effectiveness",
+        ]
     for heading in headings:
         assert heading in markdown
     assert "_____" in markdown  # missing fields keep the seed's placeholder
@@ -197,3 +251,22 @@ def test_seed_style_values_in_markdown(phase_one):
     assert "HALLUCINATION_RATE:           25.00% (1 / 4 interactions)" in text
     assert "THEORY_ACCURACY:              50% (1/2 projections materialized)" in text
     assert "TASKS_FAILED_FIRST_ATTEMPT:   1 (P1-002 required rework)" in text
+
+
+def test_calls_that_never_reached_a_model_are_counted_apart(db):
+    new_task(db, "P4-001", at(9), estimate=3600)
+    flagged = call(db, 1, "P4-001", at(9, 1), input_total=100, output_total=10, http_status=200, outcome="complete")
+    # An SDK retrying an unreachable upstream, then a rate limit, then an overloaded server.
+    call(db, 2, "P4-001", at(9, 2), http_status=502, outcome="failed", usage_source=None)
+    call(db, 3, "P4-001", at(9, 3), http_status=429, outcome="complete", usage_source=None)
+    call(db, 4, "P4-001", at(9, 4), http_status=503, outcome="complete", usage_source=None)
+    # A bad request reached the model's front door: still an interaction.
+    call(db, 5, "P4-001", at(9, 5), http_status=400, outcome="complete", usage_source=None)
+    call(db, 6, "P4-001", at(9, 6), input_total=50, output_total=5, http_status=200, outcome="complete")
+    interactions.flag(db, flagged)
+    report = task_report(db, "P4-001")
+    assert report["ai_interactions"] == 3 and report["failed_calls"] == 3
+    assert report["hallucination_rate"] == pytest.approx(1 / 3)
+    assert report["token_count_used"] == 165
+    assert "FAILED_CALLS:      3 (never reached a model" in render.task_markdown(report)
+    assert phase_report(db, "P4")["failed_calls"] == 3

@@ -14,7 +14,10 @@ def history(meter, db):
     meter("set-task", "P1-001")
     meter("set-task", "P1-002")
     for suffix in ("aaa1", "aab2"):
-        interactions.insert(db, Interaction(id="00000000" + suffix, started_at="2026-01-01T00:00:00.000000Z", ended_at="2026-01-01T00:00:01.000000Z"))
+        interactions.insert(
+            db,
+            Interaction(id="00000000" + suffix, started_at="2026-01-01T00:00:00.000000Z", ended_at="2026-01-01T00:00:01.000000Z"),
+        )
     return db
 
 

@@ -51,11 +51,35 @@ def test_phase_override_and_dotted_phases(meter, db):
 def test_task_edits_every_level1_input_and_shows_it(meter):
     meter("set-task", "P1-010")
     result = meter(
-        "task", "P1-010",
-        "--estimate", "1h", "--projected", "workspace compiles", "--actual", "it compiles",
-        "--projection-met", "yes", "--success", "pass", "--coverage-target", "80", "--coverage-actual", "87%",
-        "--perf-target", "<50ms", "--perf-actual", "47.2ms", "--perf-met", "yes", "--docs", "100",
-        "--blockers", "none", "--lessons", "faster with AI", "--json",
+        "task",
+        "P1-010",
+        "--estimate",
+        "1h",
+        "--projected",
+        "workspace compiles",
+        "--actual",
+        "it compiles",
+        "--projection-met",
+        "yes",
+        "--success",
+        "pass",
+        "--coverage-target",
+        "80",
+        "--coverage-actual",
+        "87%",
+        "--perf-target",
+        "<50ms",
+        "--perf-actual",
+        "47.2ms",
+        "--perf-met",
+        "yes",
+        "--docs",
+        "100",
+        "--blockers",
+        "none",
+        "--lessons",
+        "faster with AI",
+        "--json",
     )
     assert result.code == 0, result.err
     view = json.loads(result.out)
@@ -70,7 +94,12 @@ def test_task_edits_every_level1_input_and_shows_it(meter):
     assert view["doc_completeness"] == 100
     assert view["blockers_encountered"] == "none" and view["lessons_learned"] == "faster with AI"
     text = meter("task", "P1-010").out
-    for heading in ("=== TIMESTAMPS (ISO 8601 Format) ===", "=== QUALITY METRICS ===", "=== TOKEN EFFICIENCY ===", "=== OUTCOME TRACKING ==="):
+    for heading in (
+        "=== TIMESTAMPS (ISO 8601 Format) ===",
+        "=== QUALITY METRICS ===",
+        "=== TOKEN EFFICIENCY ===",
+        "=== OUTCOME TRACKING ===",
+    ):
         assert heading in text
     assert re.search(r"TEST_COVERAGE_ACTUAL: +87%", text)
     unset = json.loads(meter("task", "P1-010", "--unset", "estimate", "--json").out)
@@ -124,10 +153,33 @@ def test_iterations_count_the_first_attempt(meter, db):
 def test_phase_view_edit_and_milestones(meter):
     meter("set-task", "P1-001")
     result = meter(
-        "phase", "P1", "--title", "Foundation", "--surprise", "fast matching", "--win", "bindings",
-        "--challenge", "IPC", "--improvements", "estimate IPC higher", "--patterns", "Pattern-IPC-001",
-        "--debt", "no retries", "--deliverables", "core lib", "--completed", "core lib",
-        "--blockers", "none", "--mark", "begin", "--at", "2025-10-04T09:00:00Z", "--json",
+        "phase",
+        "P1",
+        "--title",
+        "Foundation",
+        "--surprise",
+        "fast matching",
+        "--win",
+        "bindings",
+        "--challenge",
+        "IPC",
+        "--improvements",
+        "estimate IPC higher",
+        "--patterns",
+        "Pattern-IPC-001",
+        "--debt",
+        "no retries",
+        "--deliverables",
+        "core lib",
+        "--completed",
+        "core lib",
+        "--blockers",
+        "none",
+        "--mark",
+        "begin",
+        "--at",
+        "2025-10-04T09:00:00Z",
+        "--json",
     )
     assert result.code == 0, result.err
     view = json.loads(result.out)
@@ -144,9 +196,16 @@ def _call(db, interaction_id, task_id, **usage):
     interactions.insert(
         db,
         Interaction(
-            id=interaction_id, task_id=task_id, started_at=f"2026-01-01T00:00:0{interaction_id[-1]}.000000Z",
-            ended_at=f"2026-01-01T00:00:0{interaction_id[-1]}.500000Z", model="gpt-4o", provider="openai",
-            usage_source="reported", http_status=200, outcome="complete", **usage,
+            id=interaction_id,
+            task_id=task_id,
+            started_at=f"2026-01-01T00:00:0{interaction_id[-1]}.000000Z",
+            ended_at=f"2026-01-01T00:00:0{interaction_id[-1]}.500000Z",
+            model="gpt-4o",
+            provider="openai",
+            usage_source="reported",
+            http_status=200,
+            outcome="complete",
+            **usage,
         ),
     )
 

@@ -36,7 +36,13 @@ def test_a_corrupt_cached_file_is_replaced_from_the_package(tmp_path, monkeypatc
 
 @pytest.mark.parametrize(
     "model, encoding",
-    [("gpt-4o-mini", "o200k_base"), ("gpt-4", "cl100k_base"), ("gpt-3.5-turbo", "cl100k_base"), ("claude-sonnet-4-5", "o200k_base"), (None, "o200k_base")],
+    [
+        ("gpt-4o-mini", "o200k_base"),
+        ("gpt-4", "cl100k_base"),
+        ("gpt-3.5-turbo", "cl100k_base"),
+        ("claude-sonnet-4-5", "o200k_base"),
+        (None, "o200k_base"),
+    ],
 )
 def test_encoding_by_model(model, encoding):
     assert estimate.encoding_name(model) == encoding

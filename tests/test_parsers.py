@@ -59,7 +59,15 @@ def _check(fixture, result):
 def test_all_46_fixtures_are_covered():
     assert len(ALL) == 46
     assert {f.meta["provider"] for f in ALL} == {
-        "openai", "openai_responses", "anthropic", "gemini", "ollama", "azure", "openrouter", "groq", "bedrock"
+        "openai",
+        "openai_responses",
+        "anthropic",
+        "gemini",
+        "ollama",
+        "azure",
+        "openrouter",
+        "groq",
+        "bedrock",
     }
 
 
@@ -80,7 +88,7 @@ def test_fixture_byte_by_byte(fixture):
 def test_fixture_random_chunkings(fixture, data):
     body = fixture.body
     cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=max(1, len(body) - 1)), max_size=40)))
-    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
     _check(fixture, _parse(fixture, pieces))
 
 

@@ -47,10 +47,17 @@ def proxy(upstream, tmp_path_factory):
     down = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
     config = write_config(
-        tmp / "config.toml", tmp / "ca",
-        {"openai": origin, "anthropic": origin, "gemini": origin, "fake": origin, "down": down,
-         # TLS to a server that speaks plain HTTP: the handshake fails.
-         "tlsdown": f"https://127.0.0.1:{upstream.port}"},
+        tmp / "config.toml",
+        tmp / "ca",
+        {
+            "openai": origin,
+            "anthropic": origin,
+            "gemini": origin,
+            "fake": origin,
+            "down": down,
+            # TLS to a server that speaks plain HTTP: the handshake fails.
+            "tlsdown": f"https://127.0.0.1:{upstream.port}",
+        },
     )
     running = RunningProxy(config, tmp / "meter.db")
     yield running
@@ -299,7 +306,11 @@ def test_set_task_applies_to_the_very_next_call(proxy, upstream):
         unassigned = row(proxy, raw.headers["x-meter-interaction-id"])
     finally:
         db.close()
-    assert [(r["task_id"], r["attribution"]) for r in seen] == [("P8-001", "current"), ("P8-002", "current"), ("P8-001", "current")]
+    assert [(r["task_id"], r["attribution"]) for r in seen] == [
+        ("P8-001", "current"),
+        ("P8-002", "current"),
+        ("P8-001", "current"),
+    ]
     # Returning to P8-001 after P8-002 was current is a context switch, even in the same conversation.
     assert seen[2]["context_switch"] == 1
     assert (unassigned["task_id"], unassigned["attribution"]) == (None, "none")

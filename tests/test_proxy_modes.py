@@ -91,7 +91,12 @@ def test_hosts_that_are_not_ai_hosts_pass_as_blind_tunnels(tls_proxy, tmp_path):
     context, ca_path = make_server_tls(tmp_path / "other", "127.0.0.3")
     with FakeUpstream(tls_context=context, host="127.0.0.3") as other:
         other.routes[CHAT] = Scenario(body=b'{"ok":true}')
-        response = httpx.post(f"https://127.0.0.3:{other.port}{CHAT}", json={}, proxy=tls_proxy.origin, verify=ssl.create_default_context(cafile=ca_path))
+        response = httpx.post(
+            f"https://127.0.0.3:{other.port}{CHAT}",
+            json={},
+            proxy=tls_proxy.origin,
+            verify=ssl.create_default_context(cafile=ca_path),
+        )
         assert response.json() == {"ok": True}
     assert "x-meter-interaction-id" not in response.headers
     time.sleep(0.3)
@@ -109,8 +114,23 @@ def test_meter_run_sets_the_environment_and_attributes_its_calls(tls_proxy, tls_
     )
     tls_upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
     result = subprocess.run(
-        [str(VENV_BIN / "meter"), "run", "--task", "P5-001", "--config", str(tls_proxy.config), "--db", str(tls_proxy.db_path), "--", sys.executable, "-c", script],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(VENV_BIN / "meter"),
+            "run",
+            "--task",
+            "P5-001",
+            "--config",
+            str(tls_proxy.config),
+            "--db",
+            str(tls_proxy.db_path),
+            "--",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     interaction_id, base_url = result.stdout.split()
@@ -124,7 +144,9 @@ def test_meter_env_prints_exports_for_the_running_proxy(tls_proxy):
     def env(*args):
         return subprocess.run(
             [str(VENV_BIN / "meter"), "env", "--config", str(tls_proxy.config), "--db", str(tls_proxy.db_path), *args],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
 
     sh = env()
@@ -142,19 +164,67 @@ def test_meter_env_prints_exports_for_the_running_proxy(tls_proxy):
     assert bad.returncode == 1 and bad.stderr.startswith("meter: error: malformed task ID")
 
 
-def test_proxy_shutdown_mid_stream_records_the_call_as_aborted(chat_proxy, tmp_path):
+def _stored_call(db_path: Path, interaction_id: str) -> dict:
+    db = store_db.connect(db_path)
+    try:
+        return dict(db.execute("SELECT * FROM interactions WHERE id = ?", (interaction_id,)).fetchone())
+    finally:
+        db.close()
+
+
+def test_a_stop_lets_the_stream_in_flight_finish_and_takes_no_new_call(chat_proxy, tmp_path):
     proxy, upstream = chat_proxy
-    upstream.routes[CHAT] = chat_stream(delay=0.2)
-    with httpx.stream("POST", f"{proxy.origin}/openai/v1/chat/completions", json={**CHAT_ARGS, "stream": True}) as response:
+    upstream.routes[CHAT] = chat_stream(delay=0.04)  # about 2 s
+    asked = {**CHAT_ARGS, "stream": True, "stream_options": {"include_usage": True}}  # the stream comes unchanged
+    with httpx.stream("POST", f"{proxy.origin}/openai/v1/chat/completions", json=asked) as response:
         interaction_id = response.headers["x-meter-interaction-id"]
         chunks = response.iter_raw()  # keep a reference: dropping it closes the stream
+        received = next(chunks)
+        proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=CHAT_ARGS)
+        received += b"".join(chunks)
+    assert proxy.process.wait(20) == 0
+    assert received == FIXTURE["openai/chat_stream_include_usage_toolcall"].body
+    assert _stored_call(tmp_path / "meter.db", interaction_id)["outcome"] == "complete"
+    assert "in flight may finish" in proxy.stderr() and "Traceback" not in proxy.stderr()
+
+
+def test_a_second_signal_cuts_the_calls_in_flight_as_aborted(chat_proxy, tmp_path):
+    proxy, upstream = chat_proxy
+    upstream.routes[CHAT] = chat_stream(delay=0.2)  # about 10 s
+    with httpx.stream("POST", f"{proxy.origin}/openai/v1/chat/completions", json={**CHAT_ARGS, "stream": True}) as response:
+        interaction_id = response.headers["x-meter-interaction-id"]
+        chunks = response.iter_raw()
         next(chunks)
+        proxy.process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
         assert proxy.stop(signal.SIGINT) == 0
-        assert "Traceback" not in proxy.process.stderr.read()
-    db = store_db.connect(tmp_path / "meter.db")
-    stored = dict(db.execute("SELECT * FROM interactions WHERE id = ?", (interaction_id,)).fetchone())
+        assert time.monotonic() - started < 5
+    stored = _stored_call(tmp_path / "meter.db", interaction_id)
     assert stored["outcome"] == "aborted" and "shut down" in stored["error"]
+    db = store_db.connect(tmp_path / "meter.db")
     assert db.execute("SELECT count(*) FROM proxies").fetchone()[0] == 0  # unregistered
+    db.close()
+
+
+def test_calls_still_in_flight_when_the_grace_period_ends_are_aborted(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = chat_stream(delay=0.2)
+        config = write_config(
+            tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"}, shutdown_grace_seconds=1
+        )
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        with httpx.stream("POST", f"{proxy.origin}/openai/v1/chat/completions", json={**CHAT_ARGS, "stream": True}) as response:
+            interaction_id = response.headers["x-meter-interaction-id"]
+            chunks = response.iter_raw()
+            next(chunks)
+            started = time.monotonic()
+            assert proxy.stop(signal.SIGTERM) == 0
+            assert 0.9 < time.monotonic() - started < 6
+    assert _stored_call(tmp_path / "meter.db", interaction_id)["outcome"] == "aborted"
 
 
 def _spool_appears(folder: Path) -> Path:
@@ -191,10 +261,15 @@ def test_port_in_use_is_a_one_line_error(tmp_path):
         port = first.address.rsplit(":", 1)[1]
         result = subprocess.run(
             [str(VENV_BIN / "meter"), "proxy", "--port", port, "--config", str(config), "--db", str(tmp_path / "meter.db")],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 1
-        assert result.stderr.strip() == f"meter: error: port {port} on 127.0.0.1 is already in use: is another `meter proxy` running? Try --port"
+        assert (
+            result.stderr.strip()
+            == f"meter: error: port {port} on 127.0.0.1 is already in use: is another `meter proxy` running? Try --port"
+        )
     finally:
         first.stop()
 
@@ -203,7 +278,7 @@ def test_port_in_use_is_a_one_line_error(tmp_path):
     "content, message",
     [
         ("[proxy]\nport = 99999\n", "proxy.port: Input should be less than or equal to 65535"),
-        ("[upstreams]\nvllm = \"ftp://box\"\n", "must be an http:// or https:// URL"),
+        ('[upstreams]\nvllm = "ftp://box"\n', "must be an http:// or https:// URL"),
         ("[proxy\n", "is not valid TOML"),
         ("[proxy]\ncolour = 1\n", "proxy.colour: Extra inputs are not permitted"),
     ],
@@ -213,7 +288,9 @@ def test_bad_config_is_a_one_line_error(tmp_path, content, message):
     config.write_text(content)
     result = subprocess.run(
         [str(VENV_BIN / "meter"), "proxy", "--config", str(config), "--db", str(tmp_path / "meter.db")],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1
 

@@ -11,8 +11,14 @@ from taskmeter.timefmt import now_stored
 
 def _call(n: int, conversation: str | None, task_id=None, attribution=None, operation="generate") -> Interaction:
     time.sleep(0.002)  # distinct, ordered start times
-    return Interaction(id=f"0000000000{n:02d}", started_at=now_stored(), conversation_id=conversation,
-                       task_id=task_id, attribution=attribution, operation=operation)
+    return Interaction(
+        id=f"0000000000{n:02d}",
+        started_at=now_stored(),
+        conversation_id=conversation,
+        task_id=task_id,
+        attribution=attribution,
+        operation=operation,
+    )
 
 
 def _store(db, *rows):

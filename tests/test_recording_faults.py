@@ -57,8 +57,10 @@ def upstream():
 def _start(tmp_path, upstream, **proxy_settings) -> RunningProxy:
     origin = f"http://127.0.0.1:{upstream.port}"
     config = write_config(
-        tmp_path / "config.toml", tmp_path / "ca",
-        {"openai": origin, "anthropic": origin, "poison": f"{origin}/poison"}, **proxy_settings,
+        tmp_path / "config.toml",
+        tmp_path / "ca",
+        {"openai": origin, "anthropic": origin, "poison": f"{origin}/poison"},
+        **proxy_settings,
     )
     return RunningProxy(config, tmp_path / "meter.db")
 
@@ -166,7 +168,9 @@ def test_a_request_with_half_an_emoji_keeps_its_model_and_usage(tmp_path, upstre
     proxy = _start(tmp_path, upstream)
     try:
         client = openai.OpenAI(
-            base_url=f"{proxy.origin}/openai/v1", api_key="sk-test", max_retries=0,
+            base_url=f"{proxy.origin}/openai/v1",
+            api_key="sk-test",
+            max_retries=0,
             http_client=httpx.Client(transport=CutsAnEmojiInHalf(half)),
         )
         messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a cut emoji: HALF"}]
@@ -179,7 +183,12 @@ def test_a_request_with_half_an_emoji_keeps_its_model_and_usage(tmp_path, upstre
     assert half in upstream.received[-1].body  # forwarded as the client sent it
     assert json.loads(upstream.received[-1].body.decode("utf-8", "replace"))["stream_options"] == {"include_usage": True}
     assert all(chunk.usage is None for chunk in chunks)  # the usage chunk the meter asked for was removed
-    assert (row["model"], row["input_total"], row["output_total"], row["usage_source"]) == ("gpt-4o-mini-2024-07-18", 54, 20, "reported")
+    assert (row["model"], row["input_total"], row["output_total"], row["usage_source"]) == (
+        "gpt-4o-mini-2024-07-18",
+        54,
+        20,
+        "reported",
+    )
     assert row["cost_usd"] > 0 and row["conversation_id"]
 
 
@@ -188,7 +197,9 @@ def test_stream_options_null_is_replaced_not_duplicated(tmp_path, upstream):
     upstream.routes[CHAT] = Scenario(body=stream.body, content_type="text/event-stream", chunk_size=101)
     proxy = _start(tmp_path, upstream)
     try:
-        response = httpx.post(f"{proxy.origin}/openai{CHAT}", content=json.dumps({**CHAT_ARGS, "stream": True, "stream_options": None}))
+        response = httpx.post(
+            f"{proxy.origin}/openai{CHAT}", content=json.dumps({**CHAT_ARGS, "stream": True, "stream_options": None})
+        )
         row = _stored(proxy.db_path, 1)[response.headers["x-meter-interaction-id"]]
     finally:
         proxy.stop()
@@ -251,7 +262,9 @@ def test_a_task_id_in_any_case_is_one_task(tmp_path, upstream):
             ids = [
                 _post(client, proxy),
                 _post(client, proxy, f"/t/p1-010/openai{CHAT}"),
-                client.post(f"{proxy.origin}/openai{CHAT}", json=CHAT_ARGS, headers={"x-meter-task": "p1-010"}).headers["x-meter-interaction-id"],
+                client.post(f"{proxy.origin}/openai{CHAT}", json=CHAT_ARGS, headers={"x-meter-task": "p1-010"}).headers[
+                    "x-meter-interaction-id"
+                ],
             ]
         rows = _stored(proxy.db_path, 3)
         report = meter("report", "phase", "p1", "--format", "json")
@@ -273,7 +286,9 @@ def test_a_stalled_recorder_and_an_unwritable_spool_keep_memory_bounded_and_coun
     big = _chat(usage='{"prompt_tokens":7,"completion_tokens":8}')[:-1] + b',"padding":"' + b"x" * 200_000 + b'"}'
     upstream.routes["/big" + CHAT] = Scenario(body=big)
     origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "big": f"{origin}/big"}, max_pending_mb=0.25)
+    config = write_config(
+        tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "big": f"{origin}/big"}, max_pending_mb=0.25
+    )
     proxy = RunningProxy(config, tmp_path / "meter.db")
     spool = callfile.spool_path(proxy.db_path)
     try:
@@ -283,17 +298,24 @@ def test_a_stalled_recorder_and_an_unwritable_spool_keep_memory_bounded_and_coun
         _immutable([spool], True)  # and the spool cannot be written
         ids = []
         with httpx.Client(limits=httpx.Limits(max_connections=32)) as client:
+
             def calls():
                 for _ in range(30):
                     ids.append(_post(client, proxy, f"/big{CHAT}"))
 
             assert run_concurrently(calls, 20) == []
-        rss_kb = int(next(line for line in Path(f"/proc/{proxy.process.pid}/status").read_text().splitlines() if line.startswith("VmRSS")).split()[1])
+        rss_kb = int(
+            next(
+                line for line in Path(f"/proc/{proxy.process.pid}/status").read_text().splitlines() if line.startswith("VmRSS")
+            ).split()[1]
+        )
         _immutable([spool], False)
         os.kill(recorder, signal.SIGCONT)
         deadline = time.monotonic() + 30
         while True:  # until every call is stored or counted as lost
-            status = subprocess.run([str(VENV_BIN / "meter"), "status", "--json", "--db", str(proxy.db_path)], capture_output=True, text=True)
+            status = subprocess.run(
+                [str(VENV_BIN / "meter"), "status", "--json", "--db", str(proxy.db_path)], capture_output=True, text=True
+            )
             (running,) = json.loads(status.stdout)["proxies"]
             rows = _stored(proxy.db_path, 0)
             if len(rows) + running["dropped_calls"] >= 600 or time.monotonic() > deadline:
@@ -318,12 +340,16 @@ def test_a_100_mb_stream_keeps_its_usage_and_small_calls_pass_beside_it(tmp_path
     body = line * (100 * 1024 * 1024 // len(line)) + usage
     upstream.routes["/huge" + CHAT] = Scenario(body=body, content_type="text/event-stream", chunk_size=65536)
     origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "huge": f"{origin}/huge"}, max_parsed_body_mb=8)
+    config = write_config(
+        tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "huge": f"{origin}/huge"}, max_parsed_body_mb=8
+    )
     proxy = RunningProxy(config, tmp_path / "meter.db")
     try:
         small_ids, received = [], 0
         with httpx.Client() as client, httpx.Client() as streaming:
-            with streaming.stream("POST", f"{proxy.origin}/huge{CHAT}", json={**CHAT_ARGS, "stream": True}, timeout=120) as response:
+            with streaming.stream(
+                "POST", f"{proxy.origin}/huge{CHAT}", json={**CHAT_ARGS, "stream": True}, timeout=120
+            ) as response:
                 huge_id = response.headers["x-meter-interaction-id"]
                 for chunk in response.iter_raw():
                     received += len(chunk)
@@ -366,7 +392,9 @@ def test_a_recorder_that_cannot_run_is_reported_once_and_the_calls_wait_in_the_s
         while callfile.count_lines(spool) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         status = subprocess.run([str(VENV_BIN / "meter"), "status", "--db", str(proxy.db_path)], capture_output=True, text=True)
-        as_json = subprocess.run([str(VENV_BIN / "meter"), "status", "--json", "--db", str(proxy.db_path)], capture_output=True, text=True)
+        as_json = subprocess.run(
+            [str(VENV_BIN / "meter"), "status", "--json", "--db", str(proxy.db_path)], capture_output=True, text=True
+        )
     finally:
         proxy.stop()
     assert proxy.stderr().count("NOT RECORDING") == 1  # said once, loudly

@@ -43,18 +43,30 @@ def test_redaction_takes_exact_names_and_key_shapes_but_not_token_counts():
 
 
 def test_no_secret_of_any_shape_or_field_is_stored_and_the_files_are_private(tmp_path):
-    echoed = {"object": "chat.completion", "model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 4},
-              "choices": [{"message": {"role": "assistant", "content": "You said " + " and ".join(KEY_SHAPES)}}]}
+    echoed = {
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+        "choices": [{"message": {"role": "assistant", "content": "You said " + " and ".join(KEY_SHAPES)}}],
+    }
     with FakeUpstream() as upstream:
         upstream.routes["/v1/chat/completions"] = Scenario(body=json.dumps(echoed).encode())
         upstream.routes["/v1/bad/chat/completions"] = Scenario(
             body=json.dumps({"error": {"message": f"Incorrect API key provided: {KEY_SHAPES[0]}"}}).encode(), status=401
         )
-        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"}, store_bodies=True)
+        config = write_config(
+            tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"}, store_bodies=True
+        )
         proxy = RunningProxy(config, tmp_path / "meter.db")
         try:
-            request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "keys: " + " ".join(KEY_SHAPES)}], **SECRET_FIELDS}
-            ok = httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=request, headers={"authorization": f"Bearer {KEY_SHAPES[0]}"})
+            request = {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": "keys: " + " ".join(KEY_SHAPES)}],
+                **SECRET_FIELDS,
+            }
+            ok = httpx.post(
+                f"{proxy.origin}/openai/v1/chat/completions", json=request, headers={"authorization": f"Bearer {KEY_SHAPES[0]}"}
+            )
             bad = httpx.post(f"{proxy.origin}/openai/v1/bad/chat/completions", json=request)
             rows = proxy.rows(wait_for=2)
         finally:

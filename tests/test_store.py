@@ -68,13 +68,23 @@ def test_database_from_newer_code_is_refused_and_not_modified(db_path):
 
 def test_token_semantics_are_inclusive_and_missing_stays_null(db):
     # Anthropic-style call: 2 uncached + 1650 read + 44 written = 1696 input.
-    interactions.insert(db, Interaction(id="00000000000a", started_at="2026-01-01T00:00:00.000000Z",
-                                        input_total=1696, cache_read=1650, cache_write=44, output_total=7))
+    interactions.insert(
+        db,
+        Interaction(
+            id="00000000000a",
+            started_at="2026-01-01T00:00:00.000000Z",
+            input_total=1696,
+            cache_read=1650,
+            cache_write=44,
+            output_total=7,
+        ),
+    )
     # A call whose provider stated no usage at all.
     interactions.insert(db, Interaction(id="00000000000b", started_at="2026-01-01T00:00:01.000000Z"))
     # A token-counting call is stored but is not an AI interaction.
-    interactions.insert(db, Interaction(id="00000000000c", started_at="2026-01-01T00:00:02.000000Z",
-                                        operation="count_tokens", input_total=20))
+    interactions.insert(
+        db, Interaction(id="00000000000c", started_at="2026-01-01T00:00:02.000000Z", operation="count_tokens", input_total=20)
+    )
     row = db.execute("SELECT * FROM interactions WHERE id = '00000000000b'").fetchone()
     assert all(row[c] is None for c in interactions.TOKEN_COLUMNS)
     totals = usages(db, [""])[""]
@@ -97,7 +107,12 @@ def _writer_process(path: str, worker: int, rounds: int, errors) -> None:
         connection = store_db.connect(path)
         for n in range(rounds):
             tasks.set_task(connection, f"P{worker}-{n % 3:03d}")
-            interactions.insert(connection, Interaction(id=f"w{worker}{n:010d}", started_at="2026-01-01T00:00:00.000000Z", ended_at="2026-01-01T00:00:00.000000Z"))
+            interactions.insert(
+                connection,
+                Interaction(
+                    id=f"w{worker}{n:010d}", started_at="2026-01-01T00:00:00.000000Z", ended_at="2026-01-01T00:00:00.000000Z"
+                ),
+            )
             tasks.add_iteration(connection, None)
             interactions.flag(connection, "last")
         connection.close()
@@ -133,8 +148,10 @@ def _rollup(db, task_key):
 def _direct(db, task_id):
     where = "task_id IS NULL" if task_id is None else "task_id = ?"
     params = () if task_id is None else (task_id,)
+    failed = "(input_total IS NULL AND (outcome = 'failed' OR http_status = 429 OR http_status >= 500))"
     row = db.execute(
-        f"SELECT count(*) AS interactions, coalesce(sum(input_total), 0) AS input_total, count(input_total) AS input_total_calls,"
+        f"SELECT count(*) - sum({failed}) AS interactions, sum({failed}) AS failed_calls,"
+        f" coalesce(sum(input_total), 0) AS input_total, count(input_total) AS input_total_calls,"
         f" coalesce(sum(output_total), 0) AS output_total, coalesce(sum(cost_usd), 0) AS cost_usd,"
         f" coalesce(sum(context_switch), 0) AS context_switches,"
         f" (SELECT count(*) FROM flags f JOIN interactions j ON j.id = f.interaction_id WHERE j.operation = 'generate' AND j.{where}) AS flagged"
@@ -148,18 +165,30 @@ def test_rollups_follow_inserts_flags_retags_and_deletes(db):
     tasks.set_task(db, "P1-001")
     tasks.set_task(db, "P1-002")
     for n in range(30):
-        interactions.insert(db, Interaction(
-            id=f"00000000{n:04d}", started_at=f"2026-01-01T00:00:{n:02d}.000000Z",
-            task_id=("P1-001", "P1-002", None)[n % 3], operation="count_tokens" if n % 7 == 0 else "generate",
-            input_total=None if n % 5 == 0 else n * 10, output_total=n, cost_usd=None if n % 4 == 0 else 0.5,
-            context_switch=n % 2 == 0, usage_source="reported",
-        ))
+        interactions.insert(
+            db,
+            Interaction(
+                id=f"00000000{n:04d}",
+                started_at=f"2026-01-01T00:00:{n:02d}.000000Z",
+                task_id=("P1-001", "P1-002", None)[n % 3],
+                operation="count_tokens" if n % 7 == 0 else "generate",
+                input_total=None if n % 5 == 0 else n * 10,
+                output_total=n,
+                cost_usd=None if n % 4 == 0 else 0.5,
+                context_switch=n % 2 == 0,
+                usage_source="reported",
+                # Some never reached a model: no response, a 429, a 503.
+                outcome="failed" if n % 6 == 0 else "complete",
+                http_status=(None, 200, 429, 200, 503, 200)[n % 6],
+            ),
+        )
     interactions.flag(db, "000000000001")
     interactions.flag(db, "000000000004")
     interactions.flag(db, "000000000005")
     interactions.unflag(db, "000000000004")
     db.execute("UPDATE interactions SET task_id = 'P1-002' WHERE id IN ('000000000001', '000000000003')")
-    db.execute("UPDATE interactions SET input_total = 999 WHERE id = '000000000010'")
+    db.execute("UPDATE interactions SET input_total = 999 WHERE id = '000000000010'")  # a failed call states usage
+    db.execute("UPDATE interactions SET http_status = 500 WHERE id = '000000000011'")  # a call becomes failed
     db.execute("DELETE FROM interactions WHERE id IN ('000000000005', '000000000008')")
     for key, task_id in (("P1-001", "P1-001"), ("P1-002", "P1-002"), ("", None)):
         rollup = _rollup(db, key)
@@ -189,7 +218,7 @@ def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monke
 def test_several_processes_creating_the_database_at_once_all_succeed(tmp_path):
     for attempt in range(60):
         path = tmp_path / f"new-{attempt}.db"
-        assert run_concurrently(lambda: store_db.connect(path).close(), 3) == []
+        assert run_concurrently(lambda path=path: store_db.connect(path).close(), 3) == []
 
 
 def test_upgrading_repairs_task_and_phase_ids_of_mixed_case(db_path, monkeypatch):
@@ -210,7 +239,10 @@ def test_upgrading_repairs_task_and_phase_ids_of_mixed_case(db_path, monkeypatch
     old.close()
     monkeypatch.undo()
     upgraded = store_db.connect(db_path)
-    assert [tuple(r) for r in upgraded.execute("SELECT id, phase_id FROM tasks ORDER BY id")] == [("P1-010", "P1"), ("P2-001", "P2")]
+    assert [tuple(r) for r in upgraded.execute("SELECT id, phase_id FROM tasks ORDER BY id")] == [
+        ("P1-010", "P1"),
+        ("P2-001", "P2"),
+    ]
     assert [r[0] for r in upgraded.execute("SELECT id FROM phases ORDER BY id")] == ["P1", "P2"]
     assert upgraded.execute("SELECT task_id FROM interactions").fetchone()[0] == "P2-001"
     assert upgraded.execute("SELECT task_id FROM task_events").fetchone()[0] == "P2-001"

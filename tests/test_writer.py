@@ -29,8 +29,16 @@ def _call(n: int, body: bytes | None = None, model: str = "gpt-4o-mini", **value
     usage = {"prompt_tokens": 10, "completion_tokens": 5}
     response = body if body is not None else json.dumps({"object": "chat.completion", "model": model, "usage": usage}).encode()
     defaults = dict(
-        id=f"00000000{n:04d}", started=time.time(), provider="openai", protocol="openai_chat", operation="generate",
-        method="POST", endpoint="/v1/chat/completions", status=200, content_type="application/json", outcome="complete",
+        id=f"00000000{n:04d}",
+        started=time.time(),
+        provider="openai",
+        protocol="openai_chat",
+        operation="generate",
+        method="POST",
+        endpoint="/v1/chat/completions",
+        status=200,
+        content_type="application/json",
+        outcome="complete",
         request_body=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode(),
     )
     call = CapturedCall(**{**defaults, **values})

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from taskmeter.store.tasks import get_phase, get_task, iterations_of
 
-
 # Each summed column and the count of calls that stated it: a sum no call stated is missing.
 STATED_BY = {
     "input_total": "input_total_calls",
@@ -55,7 +54,10 @@ def _placeholders(values) -> str:
 
 
 def all_switches(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
-    return [(row["at"], row["task_id"]) for row in db.execute("SELECT at, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id")]
+    return [
+        (row["at"], row["task_id"])
+        for row in db.execute("SELECT at, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id")
+    ]
 
 
 def _rollup_columns(db: sqlite3.Connection) -> list[str]:
@@ -117,10 +119,7 @@ def _histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistor
         return []
     switches = all_switches(db)
     usage, iterations, rework = usages(db, ids), iterations_of(db, ids), _rework(db, ids)
-    return [
-        TaskHistory(row, iterations[row["id"]], usage[row["id"]], switches, *rework[row["id"]])
-        for row in task_rows
-    ]
+    return [TaskHistory(row, iterations[row["id"]], usage[row["id"]], switches, *rework[row["id"]]) for row in task_rows]
 
 
 def task_history(db: sqlite3.Connection, task_id: str) -> TaskHistory:

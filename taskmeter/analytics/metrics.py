@@ -113,6 +113,8 @@ def _usage_extras(usage: dict) -> dict:
         },
         "cost_usd": usage["cost_usd"],
         "unpriced_interactions": usage["interactions"] - usage["cost_calls"],
+        # Calls that never reached a model (no response, 429, 5xx): not AI interactions.
+        "failed_calls": usage["failed_calls"],
         "cache_hit_ratio": _ratio(usage["cache_read"], usage["cache_read_input"]),
         "reasoning_share": _ratio(usage["reasoning"], usage["reasoning_output"]),
     }
@@ -198,9 +200,18 @@ def completeness(fields: dict, sections: dict, prefix: str = "") -> dict:
 
 
 def _sum_usage(histories: list[TaskHistory]) -> dict:
-    keys = {key for history in histories for key in history.usage} or {*STATED_BY, *STATED_BY.values(), "interactions", "flagged",
-                                                                    "context_switches", "reported_tokens", "estimated_tokens",
-                                                                    "partial_tokens", "cache_read_input", "reasoning_output"}
+    keys = {key for history in histories for key in history.usage} or {
+        *STATED_BY,
+        *STATED_BY.values(),
+        "interactions",
+        "flagged",
+        "context_switches",
+        "reported_tokens",
+        "estimated_tokens",
+        "partial_tokens",
+        "cache_read_input",
+        "reasoning_output",
+    }
     total = {key: sum(history.usage[key] or 0 for history in histories) for key in keys}
     return missing_when_unstated(total)
 
@@ -266,7 +277,9 @@ def phase_fields(history: PhaseHistory, now: str, previous_tokens_per_task: floa
         "biggest_challenge": phase["biggest_challenge"],
         "theory_improvements": phase["theory_improvements"],
         **_usage_extras(usage),
-        "rework_tokens": sum(t["rework_tokens"] for t in tasks if t["rework_tokens"] is not None) if any(t["rework_tokens"] is not None for t in tasks) else None,
+        "rework_tokens": sum(t["rework_tokens"] for t in tasks if t["rework_tokens"] is not None)
+        if any(t["rework_tokens"] is not None for t in tasks)
+        else None,
         "token_efficiency_change": _ratio(tokens_per_task - previous_tokens_per_task, previous_tokens_per_task)
         if tokens_per_task is not None and previous_tokens_per_task
         else None,
@@ -297,7 +310,13 @@ def pattern_effectiveness(fields: dict) -> list[dict]:
         "token_efficiency_improvement": lambda v: v <= -0.10,
     }
     return [
-        {"metric": key, "name": name, "target": target, "value": values[key], "passed": None if values[key] is None else checks[key](values[key])}
+        {
+            "metric": key,
+            "name": name,
+            "target": target,
+            "value": values[key],
+            "passed": None if values[key] is None else checks[key](values[key]),
+        }
         for key, name, target in TARGETS
     ]
 
@@ -306,11 +325,26 @@ def overview(phases: list[dict], unassigned: dict) -> dict:
     """One line per phase (fields from phase_fields) with the phase-over-phase
     token trend, and the calls attributed to no task."""
     keys = (
-        "phase_id", "title", "tasks_total", "tasks_completed", "total_tokens_used", "tokens_per_task_avg",
-        "token_efficiency_change", "ai_interactions_total", "hallucination_rate", "cost_usd",
+        "phase_id",
+        "title",
+        "tasks_total",
+        "tasks_completed",
+        "total_tokens_used",
+        "tokens_per_task_avg",
+        "token_efficiency_change",
+        "ai_interactions_total",
+        "hallucination_rate",
+        "cost_usd",
     )
-    rows = [{**{key: fields[key] for key in keys}, "tracking_completeness": fields["tracking_completeness"]["percent"]} for fields in phases]
+    rows = [
+        {**{key: fields[key] for key in keys}, "tracking_completeness": fields["tracking_completeness"]["percent"]}
+        for fields in phases
+    ]
     return {
         "phases": rows,
-        "unassigned": {"ai_interactions": unassigned["interactions"], "tokens": _tokens(unassigned), "cost_usd": unassigned["cost_usd"]},
+        "unassigned": {
+            "ai_interactions": unassigned["interactions"],
+            "tokens": _tokens(unassigned),
+            "cost_usd": unassigned["cost_usd"],
+        },
     }

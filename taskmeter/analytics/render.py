@@ -11,9 +11,17 @@ from taskmeter.timefmt import display, format_duration
 PLACEHOLDER = "_____"  # the seed's mark for a field not filled
 
 _TIMESTAMPS = {
-    "begin_timestamp", "initial_completion_timestamp", "tests_completion_timestamp", "validation_timestamp",
-    "final_approval_timestamp", "phase_begin", "phase_first_code", "phase_tests_passing",
-    "phase_integration_complete", "phase_documentation_complete", "phase_final_approval",
+    "begin_timestamp",
+    "initial_completion_timestamp",
+    "tests_completion_timestamp",
+    "validation_timestamp",
+    "final_approval_timestamp",
+    "phase_begin",
+    "phase_first_code",
+    "phase_tests_passing",
+    "phase_integration_complete",
+    "phase_documentation_complete",
+    "phase_final_approval",
 }
 _DURATIONS = {"estimated_duration", "actual_duration", "estimated_total", "actual_total"}
 _PERCENT_INPUTS = {"test_coverage_target", "test_coverage_actual", "doc_completeness", "test_coverage_overall"}
@@ -116,11 +124,16 @@ def _beyond(fields: dict) -> list[str]:
     if unpriced:
         cost_text += f" ({unpriced} interactions with no known price not included)"
     lines.append(f"COST_USD:          {cost_text}")
+    lines.append(
+        f"FAILED_CALLS:      {fields['failed_calls']} (never reached a model: no response, 429 or 5xx; not AI interactions)"
+    )
     for label, key in (("CACHE_HIT_RATIO", "cache_hit_ratio"), ("REASONING_SHARE", "reasoning_share")):
         value = fields[key]
         lines.append(f"{label + ':':<19}{f'{value:.1%}' if value is not None else PLACEHOLDER}")
     rework = fields.get("rework_tokens")
-    lines.append(f"REWORK_TOKENS:     {f'{rework:,} (calls after a flagged hallucination)' if rework is not None else 'none (no flagged hallucination)'}")
+    lines.append(
+        f"REWORK_TOKENS:     {f'{rework:,} (calls after a flagged hallucination)' if rework is not None else 'none (no flagged hallucination)'}"
+    )
     if "active_duration" in fields:
         active, wall = fields["active_duration"], fields["wall_duration"]
         lines.append(
@@ -144,7 +157,17 @@ def _completeness_line(fields: dict) -> str:
 
 def task_markdown(fields: dict) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
-    lines = [f"### Task {fields['task_id']}{title}", "", "**Execution Log:**", "```", *_block(fields, TASK_SECTIONS), "", *_beyond(fields), "```", ""]
+    lines = [
+        f"### Task {fields['task_id']}{title}",
+        "",
+        "**Execution Log:**",
+        "```",
+        *_block(fields, TASK_SECTIONS),
+        "",
+        *_beyond(fields),
+        "```",
+        "",
+    ]
     lines.append(_completeness_line(fields))
     return "\n".join(lines) + "\n"
 
@@ -168,17 +191,32 @@ def _verdict(check: dict) -> str:
 
 def phase_markdown(fields: dict) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
-    lines = [f"## 📈 Phase {fields['phase_id']} Aggregate Tracking{title}", "", "```", *_block(fields, PHASE_SECTIONS), "", *_beyond(fields), "```", ""]
+    lines = [
+        f"## 📈 Phase {fields['phase_id']} Aggregate Tracking{title}",
+        "",
+        "```",
+        *_block(fields, PHASE_SECTIONS),
+        "",
+        *_beyond(fields),
+        "```",
+        "",
+    ]
     lines += ["### Pattern effectiveness", "", "| Metric | Target | Measured | |", "|---|---|---|---|"]
     for check in fields["pattern_effectiveness"]:
         lines.append(f"| {check['name']} | {check['target']} | {_target_value(check)} | {_verdict(check)} |")
-    lines += ["", "### Tasks", "", "| Task | Status | Duration | Estimate | Iterations | Tokens | Interactions | Hallucinations | Cost |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "### Tasks",
+        "",
+        "| Task | Status | Duration | Estimate | Iterations | Tokens | Interactions | Hallucinations | Cost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for task in fields["tasks"]:
         lines.append(
             f"| {task['task_id']} | {task['status']} | {format_duration(task['actual_duration']) or PLACEHOLDER} "
             f"| {format_duration(task['estimated_duration']) or PLACEHOLDER} | {task['iterations_count']} "
-            f"| {f'{task['token_count_used']:,}' if task['token_count_used'] is not None else PLACEHOLDER} | {task['ai_interactions']} "
-            f"| {task['hallucination_count']} | {f'${task['cost_usd']:.4f}' if task['cost_usd'] is not None else PLACEHOLDER} |"
+            f"| {f'{task["token_count_used"]:,}' if task['token_count_used'] is not None else PLACEHOLDER} | {task['ai_interactions']} "
+            f"| {task['hallucination_count']} | {f'${task["cost_usd"]:.4f}' if task['cost_usd'] is not None else PLACEHOLDER} |"
         )
     lines += ["", _completeness_line(fields)]
     return "\n".join(lines) + "\n"
@@ -187,13 +225,27 @@ def phase_markdown(fields: dict) -> str:
 def task_text(fields: dict) -> str:
     """The terminal view: the execution log without markdown fences."""
     title = f" — {fields['title']}" if fields["title"] else ""
-    lines = [f"Task {fields['task_id']}{title}  [phase {fields['phase_id']}, {fields['status']}]", *_block(fields, TASK_SECTIONS), "", *_beyond(fields), "", _completeness_line(fields)]
+    lines = [
+        f"Task {fields['task_id']}{title}  [phase {fields['phase_id']}, {fields['status']}]",
+        *_block(fields, TASK_SECTIONS),
+        "",
+        *_beyond(fields),
+        "",
+        _completeness_line(fields),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def phase_text(fields: dict) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
-    lines = [f"Phase {fields['phase_id']}{title}", *_block(fields, PHASE_SECTIONS), "", *_beyond(fields), "", "=== PATTERN EFFECTIVENESS ==="]
+    lines = [
+        f"Phase {fields['phase_id']}{title}",
+        *_block(fields, PHASE_SECTIONS),
+        "",
+        *_beyond(fields),
+        "",
+        "=== PATTERN EFFECTIVENESS ===",
+    ]
     for check in fields["pattern_effectiveness"]:
         lines.append(f"{check['name'] + ':':<30}{_target_value(check):<14} target {check['target']:<40} {_verdict(check)}")
     lines += ["", _completeness_line(fields)]
@@ -227,7 +279,10 @@ def as_csv(rows: list[dict]) -> str:
 
 
 def overview_markdown(report: dict) -> str:
-    lines = ["| Phase | Tasks | Tokens | Tokens/task | Trend | Interactions | Hallucination rate | Cost | Completeness |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| Phase | Tasks | Tokens | Tokens/task | Trend | Interactions | Hallucination rate | Cost | Completeness |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in overview_rows(report):
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """Load and validate settings: shipped defaults.toml, then the user's config.toml."""
 
+import ipaddress
 import os
 import tomllib
 from importlib import resources
@@ -23,6 +24,21 @@ class ProxySettings(BaseModel):
     store_bodies: bool
     max_parsed_body_mb: int = Field(ge=1)
     max_pending_mb: float = Field(gt=0)
+    shutdown_grace_seconds: float = Field(ge=0)
+    # Clients beyond loopback that may use HTTPS-proxy mode and absolute-form
+    # requests (CIDRs); all others may use only the gateway to [upstreams].
+    allow_from: list[str] = []
+
+    @field_validator("allow_from")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network such as 192.168.1.0/24") from None
+        return networks
+
     # Where the proxy keeps its CA (key files 0600); default: the user data folder.
     confdir: Path | None = None
     # Extra CA file trusted for upstream TLS (e.g. a corporate or test CA).
@@ -58,6 +74,12 @@ class Settings(BaseModel):
     @property
     def confdir(self) -> Path:
         return self.proxy.confdir or platformdirs.user_data_path("taskmeter") / "mitmproxy"
+
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        try:
+            return [ipaddress.ip_network(network, strict=False) for network in self.proxy.allow_from]
+        except ValueError as exc:
+            raise MeterError(f"--allow-from: {exc}") from None
 
     @property
     def ca_cert(self) -> Path:

@@ -6,6 +6,7 @@ estimation, pricing and SQLite all happen in the recorder process.
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 import time
@@ -14,21 +15,24 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from mitmproxy import http
 
 from taskmeter.config import Settings
+from taskmeter.errors import MeterError
 from taskmeter.ids import new_id
+from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.capture import CapturedCall, ResponseTee
 from taskmeter.proxy.framing import UnsupportedEncoding, content_decoder
 from taskmeter.proxy.routing import GatewayError, Router, classify
-from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.secrets import is_secret_name
 from taskmeter.store.tasks import validate_task_id
-from taskmeter.errors import MeterError
-
 
 TASK_HEADER = "x-meter-task"
 ID_HEADER = "x-meter-interaction-id"
 _META_KEY = "taskmeter"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SHUTDOWN = "proxy shut down during the call"
+_GATEWAY_ONLY = (
+    "taskmeter: clients beyond loopback may use only the gateway (http://HOST:PORT/<upstream>/...); "
+    "start the meter with --allow-from CIDR to let this network use it as an HTTPS proxy"
+)
 _ABSENT = object()
 _NULL_OPTIONS = re.compile(rb'"stream_options"\s*:\s*null')
 _OPTIONS_OPENING = re.compile(rb'"stream_options"\s*:\s*\{')
@@ -73,15 +77,20 @@ class Meter:
     def __init__(self, settings: Settings, submit) -> None:
         self._settings = settings
         self._router = Router(settings)
+        self._trusted = settings.trusted_networks()
         self._submit = submit
         self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
         self.live: dict[str, CapturedCall] = {}
         self._tunnel_tasks: dict[str, str] = {}
+        self.draining = False  # stopping: calls in flight finish, no new ones start
         self.shutting_down = False
 
     # ---------------------------------------------------------- HTTPS_PROXY tunnels
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
+        if not self._may_use_proxy_mode(flow):
+            flow.response = _error_response(403, _GATEWAY_ONLY)
+            return
         task = task_from_proxy_auth(flow.request.headers.get("proxy-authorization"))
         if task:
             self._tunnel_tasks[flow.client_conn.id] = task
@@ -93,6 +102,9 @@ class Meter:
     # ---------------------------------------------------------- requests
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.draining:
+            flow.response = _error_response(503, "taskmeter: the meter is stopping; send the call again once it runs")
+            return
         request = flow.request
         header_task = request.headers.pop(TASK_HEADER, None)
         path_task = None
@@ -106,6 +118,9 @@ class Meter:
             request.path = target.path
             request.host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
             provider, path_task = target.provider, target.task_id
+        elif not self._may_use_proxy_mode(flow):
+            flow.response = _error_response(403, _GATEWAY_ONLY)
+            return
         else:
             provider = self._router.provider_for_host(request.pretty_host)
             if provider is None:
@@ -145,6 +160,15 @@ class Meter:
         own_host, own_port = flow.client_conn.sockname[:2]
         host = flow.request.host.strip("[]")
         return flow.request.port == own_port and (host == own_host or host in _LOOPBACK)
+
+    def _may_use_proxy_mode(self, flow: http.HTTPFlow) -> bool:
+        """HTTPS-proxy mode and absolute-form requests reach any host and port: only
+        for loopback clients and the networks named with --allow-from, so that the
+        meter is never an open forwarder into this machine's loopback services."""
+        address = ipaddress.ip_address(flow.client_conn.peername[0])
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return address.is_loopback or any(address in network for network in self._trusted)
 
     def _attribution(self, flow, path_task, header_task) -> tuple[str | None, str | None]:
         if path_task:

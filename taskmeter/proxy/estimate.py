@@ -100,9 +100,27 @@ def count_tokens(text: str, model: str | None) -> int:
 
 # Keys whose strings are not prompt text the model reads as tokens.
 _NOT_PROMPT_TEXT = {
-    "model", "role", "type", "id", "tool_call_id", "call_id", "url", "image_url", "data",
-    "mime_type", "media_type", "mimeType", "file_id", "previous_response_id", "service_tier",
-    "user", "metadata", "stream", "stream_options", "cache_control", "signature",
+    "model",
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "call_id",
+    "url",
+    "image_url",
+    "data",
+    "mime_type",
+    "media_type",
+    "mimeType",
+    "file_id",
+    "previous_response_id",
+    "service_tier",
+    "user",
+    "metadata",
+    "stream",
+    "stream_options",
+    "cache_control",
+    "signature",
 }
 
 

@@ -20,6 +20,7 @@ from taskmeter.timefmt import to_stored
 
 log = logging.getLogger("taskmeter.proxy")
 
+
 def _stamp(moment: float | None) -> str | None:
     return None if moment is None else to_stored(datetime.fromtimestamp(moment, UTC))
 

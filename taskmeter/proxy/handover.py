@@ -187,7 +187,9 @@ class Handover:
                 self._spool_failing = True
         for call in calls:
             call.request_body, call.response_body, call.response_tail = None, bytearray(), bytearray()
-            call.notes = "; ".join(filter(None, [call.notes, "bodies dropped: the recorder was behind and the spool could not be written"]))
+            call.notes = "; ".join(
+                filter(None, [call.notes, "bodies dropped: the recorder was behind and the spool could not be written"])
+            )
         payload = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self._pending_bytes + len(payload) <= self._limit * _METADATA_ALLOWANCE:
@@ -196,7 +198,9 @@ class Handover:
             first_loss = not self.dropped
             self.dropped += len(calls)
         if first_loss:
-            log.error("meter: calls are being LOST: the recorder is behind and the spool cannot be written; `meter status` counts them")
+            log.error(
+                "meter: calls are being LOST: the recorder is behind and the spool cannot be written; `meter status` counts them"
+            )
         self._report_losses()
 
     def _send(self, payload: bytes) -> None:
@@ -254,9 +258,11 @@ class Handover:
             if self._failed_starts >= _FAILED_STARTS and self.not_recording is None:
                 self.not_recording = f"the recorder process cannot run ({how})"
                 log.error(
-                    "meter: NOT RECORDING: %s, %d times in a row. Calls are kept in %s until it runs; "
-                    "retrying every %.0f s.",
-                    self.not_recording, self._failed_starts, self._spool, _RETRY_NOT_RUNNING_SECONDS,
+                    "meter: NOT RECORDING: %s, %d times in a row. Calls are kept in %s until it runs; retrying every %.0f s.",
+                    self.not_recording,
+                    self._failed_starts,
+                    self._spool,
+                    _RETRY_NOT_RUNNING_SECONDS,
                 )
             elif self.not_recording is None:
                 log.error("meter: the recorder process exited (%s); starting a new one", how)

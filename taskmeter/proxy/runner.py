@@ -2,9 +2,11 @@
 
 import asyncio
 import errno
+import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import certifi
@@ -15,12 +17,14 @@ from taskmeter.config import Settings
 from taskmeter.errors import MeterError
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
-from taskmeter.proxy.addon import Meter
 from taskmeter.proxy import upstream_errors
+from taskmeter.proxy.addon import Meter
 from taskmeter.proxy.handover import Handover
 from taskmeter.proxy.routing import Router
-from taskmeter.store import proxies
 from taskmeter.store import db as store_db
+from taskmeter.store import proxies
+
+log = logging.getLogger("taskmeter.proxy")
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -33,7 +37,9 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise MeterError(f"port {port} on {host} is already in use: is another `meter proxy` running? Try --port") from None
+                raise MeterError(
+                    f"port {port} on {host} is already in use: is another `meter proxy` running? Try --port"
+                ) from None
             raise MeterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
@@ -86,6 +92,41 @@ def _quiet_about_cancelled_connections(loop: asyncio.AbstractEventLoop, context:
     loop.default_exception_handler(context)
 
 
+class GracefulStop:
+    """The first Ctrl-C or SIGTERM stops accepting calls and lets those in flight
+    finish, up to the grace period; a second signal, or the end of the grace
+    period, cuts the rest, which are recorded as aborted."""
+
+    def __init__(self, master: DumpMaster, meter: Meter, grace_seconds: float) -> None:
+        self._master = master
+        self._meter = meter
+        self._grace = grace_seconds
+        self._drain: asyncio.Task | None = None
+
+    def signalled(self) -> None:
+        if self._meter.draining or not self._meter.live or self._grace <= 0:
+            self._cut()
+            return
+        self._meter.draining = True
+        self._master.options.update(server=False)  # closes the listening socket; connections stay
+        log.warning(
+            "meter: stopping: %d call(s) in flight may finish within %.0f s (Ctrl-C again to cut them)",
+            len(self._meter.live),
+            self._grace,
+        )
+        self._drain = asyncio.get_running_loop().create_task(self._wait_for_calls())
+
+    async def _wait_for_calls(self) -> None:
+        deadline = time.monotonic() + self._grace
+        while self._meter.live and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self._cut()
+
+    def _cut(self) -> None:
+        self._meter.shutting_down = True  # calls cut off from here on were aborted by us
+        self._master.shutdown()
+
+
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
@@ -107,13 +148,10 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
     upstream_errors.install()
     master.addons.add(meter, Announcer(settings, db_path, proxy_id, ready))
 
-    def shut_down() -> None:
-        meter.shutting_down = True  # calls cut off from here on were aborted by us
-        master.shutdown()
-
+    stop = GracefulStop(master, meter, settings.proxy.shutdown_grace_seconds)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, shut_down)
+        loop.add_signal_handler(sig, stop.signalled)
     loop.set_exception_handler(_quiet_about_cancelled_connections)
     try:
         await master.run()

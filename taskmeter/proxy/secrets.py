@@ -14,8 +14,18 @@ REDACTED = "[redacted]"
 
 SECRET_NAMES = frozenset(
     {
-        "authorization", "apikey", "xapikey", "xgoogapikey", "key", "token",
-        "accesstoken", "refreshtoken", "idtoken", "clientsecret", "password", "secret",
+        "authorization",
+        "apikey",
+        "xapikey",
+        "xgoogapikey",
+        "key",
+        "token",
+        "accesstoken",
+        "refreshtoken",
+        "idtoken",
+        "clientsecret",
+        "password",
+        "secret",
     }
 )
 

@@ -51,11 +51,7 @@ class Interaction:
 
 
 COLUMNS = tuple(f.name for f in fields(Interaction))
-_INSERT = (
-    f"INSERT INTO interactions ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)}) "
-    "ON CONFLICT(id) DO NOTHING"
-)
+_INSERT = f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT(id) DO NOTHING"
 
 
 def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
@@ -139,21 +135,16 @@ def resolve_id(db: sqlite3.Connection, reference: str) -> str:
     prefix = ids.normalise_prefix(text)
     if not ids.is_valid_prefix(prefix):
         raise MeterError(
-            f"malformed interaction ID {reference!r}: IDs are up to {ids.LENGTH} letters and digits, "
-            "as shown by `meter log`"
+            f"malformed interaction ID {reference!r}: IDs are up to {ids.LENGTH} letters and digits, as shown by `meter log`"
         )
     matches = [
         row["id"]
-        for row in db.execute(
-            "SELECT id FROM interactions WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (prefix, prefix + "~")
-        )
+        for row in db.execute("SELECT id FROM interactions WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (prefix, prefix + "~"))
     ]
     if not matches:
         raise NotFound(f"unknown interaction {reference!r}: see `meter log` for IDs")
     if len(matches) > 1:
-        raise Ambiguous(
-            f"interaction prefix {reference!r} is ambiguous ({', '.join(matches[:2])}, ...): type more of it"
-        )
+        raise Ambiguous(f"interaction prefix {reference!r} is ambiguous ({', '.join(matches[:2])}, ...): type more of it")
     return matches[0]
 
 
@@ -170,9 +161,12 @@ def select_ids(
         low, high = sorted(resolve_id(db, reference) for reference in between)
         return [row[0] for row in db.execute("SELECT id FROM interactions WHERE id BETWEEN ? AND ? ORDER BY id", (low, high))]
     if window:
-        return [row[0] for row in db.execute(
-            "SELECT id FROM interactions WHERE started_at >= ? AND started_at < ? ORDER BY started_at", window
-        )]
+        return [
+            row[0]
+            for row in db.execute(
+                "SELECT id FROM interactions WHERE started_at >= ? AND started_at < ? ORDER BY started_at", window
+            )
+        ]
     return []
 
 

@@ -161,7 +161,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
             started_at TEXT NOT NULL,
             heartbeat_at TEXT NOT NULL
         );
-        """
+        """,
     )
 
 
@@ -535,7 +535,6 @@ def m002_task_usage_rollup(db: sqlite3.Connection) -> None:
     )
 
 
-
 @migration
 def m003_canonical_ids_and_recording_health(db: sqlite3.Connection) -> None:
     """Task and phase IDs in one spelling (upper case); a note column for what the
@@ -563,10 +562,49 @@ def m003_canonical_ids_and_recording_health(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m004_failed_calls_apart(db: sqlite3.Connection) -> None:
+    """Calls that never reached a model (no response, 429, 5xx, and no usage
+    stated) are counted in task_usage.failed_calls, not as AI interactions, so
+    that an SDK's retries do not inflate the interaction count."""
+    failed = "({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status = 429 OR {r}.http_status >= 500))"
+    run_script(
+        db,
+        f"""
+        ALTER TABLE task_usage ADD COLUMN failed_calls INTEGER NOT NULL DEFAULT 0;
+
+        -- Besides task_usage_insert/update/delete (m002): move a failed call
+        -- from `interactions` to `failed_calls`.
+        CREATE TRIGGER task_usage_failed_insert AFTER INSERT ON interactions WHEN {failed.format(r="NEW")}
+        BEGIN
+            INSERT INTO task_usage (task_key, interactions, failed_calls) VALUES (coalesce(NEW.task_id, ''), -1, 1)
+            ON CONFLICT(task_key) DO UPDATE SET interactions = interactions - 1, failed_calls = failed_calls + 1;
+        END;
+
+        CREATE TRIGGER task_usage_failed_update AFTER UPDATE OF task_id, operation, input_total, outcome, http_status ON interactions
+        BEGIN
+            UPDATE task_usage SET interactions = interactions + 1, failed_calls = failed_calls - 1
+            WHERE task_key = coalesce(OLD.task_id, '') AND {failed.format(r="OLD")};
+            INSERT INTO task_usage (task_key, interactions, failed_calls)
+            SELECT coalesce(NEW.task_id, ''), -1, 1 WHERE {failed.format(r="NEW")}
+            ON CONFLICT(task_key) DO UPDATE SET interactions = interactions - 1, failed_calls = failed_calls + 1;
+        END;
+
+        CREATE TRIGGER task_usage_failed_delete BEFORE DELETE ON interactions WHEN {failed.format(r="OLD")}
+        BEGIN
+            UPDATE task_usage SET interactions = interactions + 1, failed_calls = failed_calls - 1
+            WHERE task_key = coalesce(OLD.task_id, '');
+        END;
+
+        UPDATE task_usage SET
+            failed_calls = (SELECT count(*) FROM interactions i WHERE coalesce(i.task_id, '') = task_key AND {failed.format(r="i")}),
+            interactions = interactions - (SELECT count(*) FROM interactions i WHERE coalesce(i.task_id, '') = task_key AND {failed.format(r="i")});
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
-    exists = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'"
-    ).fetchone()
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
         return []
     return [row[0] for row in db.execute("SELECT name FROM _meter_migrations ORDER BY rowid")]
@@ -577,8 +615,7 @@ def check_not_newer(done: list[str]) -> None:
     unknown = [name for name in done if name not in known]
     if unknown:
         raise MeterError(
-            f"this database was written by a newer taskmeter (it has migration {unknown[0]}); "
-            "upgrade taskmeter to use it"
+            f"this database was written by a newer taskmeter (it has migration {unknown[0]}); upgrade taskmeter to use it"
         )
 
 
@@ -599,10 +636,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     for fn in MIGRATIONS:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS _meter_migrations"
-                " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
+            db.execute("CREATE TABLE IF NOT EXISTS _meter_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
             if fn in pending(db):
                 fn(db)
                 db.execute(

@@ -17,8 +17,7 @@ def register(db: sqlite3.Connection, proxy_id: str, listen: str) -> None:
     stamp = now_stored()
     with write_transaction(db):
         db.execute(
-            "INSERT OR REPLACE INTO proxies (id, pid, hostname, listen, started_at, heartbeat_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO proxies (id, pid, hostname, listen, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
             (proxy_id, os.getpid(), socket.gethostname(), listen, stamp, stamp),
         )
 

@@ -54,16 +54,19 @@ def record(db: sqlite3.Connection, items: list[Recorded]) -> None:
         if item.request_body is not None or item.response_body is not None:
             db.execute(
                 "INSERT OR IGNORE INTO bodies (interaction_id, request_body, response_body) VALUES (?, ?, ?)",
-                (item.interaction.id, *(None if body is None else storable_text(body)[0] for body in (item.request_body, item.response_body))),
+                (
+                    item.interaction.id,
+                    *(None if body is None else storable_text(body)[0] for body in (item.request_body, item.response_body)),
+                ),
             )
 
 
 def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:
     """Apply the context-switch rule afresh to every call of a task (after a retag);
     returns how many calls changed. Runs in the caller's transaction."""
-    switch_times = [row[0] for row in db.execute(
-        "SELECT at FROM task_events WHERE kind = 'switch' AND task_id = ? ORDER BY at", (task_id,)
-    )]
+    switch_times = [
+        row[0] for row in db.execute("SELECT at FROM task_events WHERE kind = 'switch' AND task_id = ? ORDER BY at", (task_id,))
+    ]
     updates, previous = [], None
     for row in db.execute(
         "SELECT id, started_at, conversation_id, context_switch FROM interactions"
@@ -88,11 +91,16 @@ def retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | Non
     if not interaction_ids:
         return 0
     placeholders = ", ".join("?" for _ in interaction_ids)
-    touched = {row[0] for row in db.execute(
-        f"SELECT DISTINCT task_id FROM interactions WHERE id IN ({placeholders}) AND task_id IS NOT NULL", interaction_ids
-    )}
+    touched = {
+        row[0]
+        for row in db.execute(
+            f"SELECT DISTINCT task_id FROM interactions WHERE id IN ({placeholders}) AND task_id IS NOT NULL", interaction_ids
+        )
+    }
     if task_id is not None:
-        first = db.execute(f"SELECT min(started_at) FROM interactions WHERE id IN ({placeholders})", interaction_ids).fetchone()[0]
+        first = db.execute(f"SELECT min(started_at) FROM interactions WHERE id IN ({placeholders})", interaction_ids).fetchone()[
+            0
+        ]
         task_id = tasks.ensure_task(db, task_id, first)
         touched.add(task_id)
     changed = db.execute(

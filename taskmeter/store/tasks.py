@@ -65,9 +65,7 @@ def validate_task_id(text: str) -> str:
     """The canonical (upper-case) spelling of a task ID: IDs are case-insensitive."""
     task_id = text.strip().upper()
     if not _TASK_ID.match(task_id) or len(task_id) > 64:
-        raise MeterError(
-            f"malformed task ID {text!r}: use a phase, a dash and a number or name, such as P1-010"
-        )
+        raise MeterError(f"malformed task ID {text!r}: use a phase, a dash and a number or name, such as P1-010")
     return task_id
 
 
@@ -238,15 +236,11 @@ def _check_order(record: sqlite3.Row, order: dict[str, str], milestone: str, at:
     position = names.index(milestone)
     column = order[milestone]
     if record[column] is not None:
-        raise MeterError(
-            f"{what} already has {milestone} at {display(record[column])}; use --force to replace it"
-        )
+        raise MeterError(f"{what} already has {milestone} at {display(record[column])}; use --force to replace it")
     for earlier in names[:position]:
         value = record[order[earlier]]
         if value is None:
-            raise MeterError(
-                f"milestone out of order: {what} has no {earlier} yet; record it first or use --force"
-            )
+            raise MeterError(f"milestone out of order: {what} has no {earlier} yet; record it first or use --force")
         if value > at:
             raise MeterError(
                 f"milestone out of order: {milestone} at {display(at)} is before {earlier} "
@@ -268,7 +262,14 @@ def _milestone_stamp(order: dict[str, str], milestone: str, at: datetime | None,
 
 
 def _set_milestone(
-    db: sqlite3.Connection, table: str, what: str, record: sqlite3.Row, order: dict[str, str], milestone: str, stamp: str, force: bool
+    db: sqlite3.Connection,
+    table: str,
+    what: str,
+    record: sqlite3.Row,
+    order: dict[str, str],
+    milestone: str,
+    stamp: str,
+    force: bool,
 ) -> None:
     """Check the order (unless forced) and store the timestamp, in the caller's transaction."""
     if not force:
@@ -297,9 +298,7 @@ def mark(
     return task["id"], stamp
 
 
-def mark_phase(
-    db: sqlite3.Connection, phase_id: str, milestone: str, *, at: datetime | None = None, force: bool = False
-) -> str:
+def mark_phase(db: sqlite3.Connection, phase_id: str, milestone: str, *, at: datetime | None = None, force: bool = False) -> str:
     """Record a Level 2 phase timestamp; returns the stored timestamp."""
     stamp = _milestone_stamp(PHASE_MILESTONES, milestone, at, "phase")
     with write_transaction(db):
@@ -379,9 +378,7 @@ def ensure_task(db: sqlite3.Connection, task_id: str, at: str) -> str:
     task_id = validate_task_id(task_id)
     phase_id = infer_phase(task_id)
     _ensure_phase(db, phase_id, at)
-    db.execute(
-        "INSERT INTO tasks (id, phase_id, created_at, begin_at) VALUES (?, ?, ?, ?)", (task_id, phase_id, at, at)
-    )
+    db.execute("INSERT INTO tasks (id, phase_id, created_at, begin_at) VALUES (?, ?, ?, ?)", (task_id, phase_id, at, at))
     return task_id
 
 
