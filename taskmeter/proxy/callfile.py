@@ -16,12 +16,15 @@ Files are created 0600: they may hold prompts.
 import base64
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
 from taskmeter.proxy.capture import CapturedCall
+
+log = logging.getLogger("taskmeter.recorder")
 
 _BYTES_FIELDS = {"request_body", "response_body", "response_tail"}
 _FIELDS = {f.name for f in fields(CapturedCall)}
@@ -81,6 +84,18 @@ def append_lines(path: Path, text: str) -> None:
 
 def append(path: Path, calls: list[CapturedCall], reason: str | None = None) -> None:
     append_lines(path, "".join(encode(call, reason) for call in calls))
+
+
+def quarantine(path: Path, calls: list[CapturedCall], reason: str) -> int:
+    """Keep `calls` apart with the reason, saying so; returns how many were lost
+    because the quarantine itself could not be written."""
+    log.error("meter: %d call(s) quarantined in %s: %s", len(calls), path, reason)
+    try:
+        append(path, calls, reason)
+    except OSError as exc:
+        log.error("meter: cannot write the quarantine (%s): %d call(s) lost", exc, len(calls))
+        return len(calls)
+    return 0
 
 
 def take_for_replay(spool: Path) -> Path | None:

@@ -145,7 +145,7 @@ class Finalizer:
                 return usage, "reported", errors
             # A cut stream states at most a running count (Anthropic's message_start
             # says 1): count what was delivered when that is more.
-            delivered = self._estimate(result.text, model, call, errors)
+            delivered = _estimate(call, errors, lambda: estimate.count_tokens(result.text, model))
             if delivered is not None and (usage.output_total is None or delivered > usage.output_total):
                 notes.append(f"output counted from the delivered text ({delivered}; the stream had stated {usage.output_total})")
                 usage.output_total = delivered
@@ -154,26 +154,18 @@ class Finalizer:
         if call.operation != "generate" or not succeeded:
             return None, None, errors
         # No usage from the provider: estimate what was sent and what arrived.
-        try:
-            usage = Usage(
+        usage = _estimate(
+            call,
+            errors,
+            lambda: Usage(
                 input_total=estimate.request_tokens(request, model),
                 output_total=estimate.count_tokens(result.text, model),
                 raw={"estimated_with": estimate.encoding_name(model)},
-            )
-        except Exception as exc:
-            log.warning("meter: token estimate failed for %s: %s", call.id, exc)
-            errors.append(f"token estimate failed: {exc}")
+            ),
+        )
+        if usage is None:
             return None, None, errors
         return usage, "partial" if cut_short else "estimated", errors
-
-    @staticmethod
-    def _estimate(text: str, model, call, errors: list[str]) -> int | None:
-        try:
-            return estimate.count_tokens(text, model)
-        except Exception as exc:
-            log.warning("meter: token estimate failed for %s: %s", call.id, exc)
-            errors.append(f"token estimate failed: {exc}")
-            return None
 
     def _conversation(self, protocol: str, request, response_id: str | None) -> str | None:
         conversation = None
@@ -186,6 +178,16 @@ class Finalizer:
             while len(self._responses) > 10_000:
                 self._responses.popitem(last=False)
         return conversation
+
+
+def _estimate(call: CapturedCall, errors: list[str], compute):
+    """`compute()`, a tiktoken estimate; None (and the reason in `errors`) if it fails."""
+    try:
+        return compute()
+    except Exception as exc:
+        log.warning("meter: token estimate failed for %s: %s", call.id, exc)
+        errors.append(f"token estimate failed: {exc}")
+        return None
 
 
 def _streamed(call: CapturedCall, request) -> bool:

@@ -73,6 +73,7 @@ class Handover:
         self._pending_bytes = 0
         self._next_seq = 1
         self._process: subprocess.Popen | None = None
+        self._acks: threading.Thread | None = None  # reads the current recorder's acknowledgements
         self._spawned_at = 0.0
         self._acknowledged_since_spawn = False
         self._failed_starts = 0
@@ -99,13 +100,14 @@ class Handover:
         self._queue.put(_STOP)
         self._sender.join(timeout)
         self._pipe.join(timeout)
-        process = self._process
+        process, acks = self._process, self._acks
         if process is not None:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.error("meter: the recorder did not finish in %.0f s; stopping it", timeout)
                 process.kill()
+            acks.join(timeout)  # its last acknowledgements
         with self._lock:
             if self._unacknowledged:
                 # No recorder took them: keep them for the next one.
@@ -227,7 +229,8 @@ class Handover:
         self._process = process
         self._written_seq = 0  # it gets every unacknowledged batch
         self._wake_pipe.notify()
-        threading.Thread(target=self._read_acks, args=(process,), name="taskmeter-recorder-acks", daemon=True).start()
+        self._acks = threading.Thread(target=self._read_acks, args=(process,), name="taskmeter-recorder-acks", daemon=True)
+        self._acks.start()
 
     def _read_acks(self, process: subprocess.Popen) -> None:
         while True:
@@ -286,14 +289,8 @@ class Handover:
             return
         frame = self._unacknowledged.pop(seq)
         self._pending_bytes -= len(frame)
-        calls = pickle.loads(frame[HEADER.size :])
         reason = f"{_CRASHES_TO_QUARANTINE} recorders in a row died while recording this batch"
-        log.error("meter: %d call(s) quarantined in %s: %s", len(calls), self._quarantine, reason)
-        try:
-            callfile.append(self._quarantine, calls, reason)
-        except OSError as exc:
-            self.dropped += len(calls)
-            log.error("meter: cannot write the quarantine (%s): %d call(s) lost", exc, len(calls))
+        self.dropped += callfile.quarantine(self._quarantine, pickle.loads(frame[HEADER.size :]), reason)
 
     def _move_unacknowledged_to_spool(self) -> None:
         with self._lock:

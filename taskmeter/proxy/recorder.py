@@ -159,12 +159,7 @@ class RecorderLoop:
             self.dropped += lost
 
     def _quarantine(self, calls: list, reason: str) -> None:
-        log.error("meter: %d call(s) quarantined in %s: %s", len(calls), self.quarantine, reason)
-        try:
-            callfile.append(self.quarantine, calls, reason)
-        except OSError as exc:
-            self.dropped += len(calls)
-            log.error("meter: cannot write the quarantine either (%s): %d call(s) lost", exc, len(calls))
+        self.dropped += callfile.quarantine(self.quarantine, calls, reason)
 
     # ------------------------------------------------------------ the spool
 
