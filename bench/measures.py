@@ -136,12 +136,12 @@ async def soak(arm: Arm, total: int, workers: int, samples: int = 5) -> list[flo
 
 def writer_rows_per_second(rows: int) -> dict:
     """The store writer's sustained rate, attribution and context switches included."""
+    from taskmeter.handover.pipe import BATCH as HANDOVER_BATCH
     from taskmeter.ids import IdGenerator
-    from taskmeter.proxy.handover import BATCH as HANDOVER_BATCH
     from taskmeter.store import db as store_db
     from taskmeter.store import tasks
+    from taskmeter.store.calls import CallRow
     from taskmeter.store.interactions import Interaction
-    from taskmeter.store.recording import Recorded
     from taskmeter.store.writer import Writer
     from taskmeter.timefmt import now_stored
 
@@ -152,7 +152,7 @@ def writer_rows_per_second(rows: int) -> dict:
         db.close()
         ids = IdGenerator()
         items = [
-            Recorded(
+            CallRow(
                 Interaction(
                     id=ids.new(),
                     started_at=now_stored(),

@@ -1,4 +1,4 @@
-"""The `meter` command line: parse arguments, call the domain code, render.
+"""The `meter` command line: parse arguments, call the domain code, terminal.
 
 Every failure a user can cause ends as one line on stderr and exit status 1.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import click
 
-from taskmeter import __version__, render
+from taskmeter import __version__, terminal
 from taskmeter.errors import MeterError
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, proxies, tasks
@@ -121,12 +121,12 @@ def set_task_cmd(task_id, title, estimate, phase, clear, db_path):
     with open_db(db_path) as db:
         if clear:
             previous = tasks.clear_task(db)
-            render.info(f"No current task (was {previous})." if previous else "No current task.")
+            terminal.info(f"No current task (was {previous})." if previous else "No current task.")
             return
         result = tasks.set_task(db, task_id, title=title, estimate_seconds=estimate, phase_id=phase)
         task = tasks.get_task(db, result.task_id)
     if result.unchanged:
-        render.info(f"{result.task_id} is already the current task.")
+        terminal.info(f"{result.task_id} is already the current task.")
         return
     details = ["created" if result.created else None, f"began {display(task['begin_at'])}" if result.began else None]
     details = [d for d in details if d]
@@ -135,7 +135,7 @@ def set_task_cmd(task_id, title, estimate, phase, clear, db_path):
         line += f" ({', '.join(details)})"
     if result.previous:
         line += f"; switched from {result.previous}"
-    render.info(line + ".")
+    terminal.info(line + ".")
 
 
 # Options of `meter task` and the columns they edit.
@@ -202,7 +202,7 @@ def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
 @db_option
 def task_cmd(task_id, phase, unset, as_json, db_path, **options):
     """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically."""
-    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics import formats
     from taskmeter.analytics.reports import task_report
 
     values = _edits(options, _TASK_OPTIONS, unset)
@@ -212,9 +212,9 @@ def task_cmd(task_id, phase, unset, as_json, db_path, **options):
             tasks.update_task(db, task["id"], values, phase_id=phase)
         report = task_report(db, task["id"])
     if as_json:
-        render.print_json(report)
+        terminal.print_json(report)
         return
-    click.echo(reports_render.task_text(report), nl=False)
+    click.echo(formats.task_text(report), nl=False)
 
 
 @cli.command("mark")
@@ -235,7 +235,7 @@ def mark_cmd(milestone, task_id, at, force, note, db_path):
     """
     with open_db(db_path) as db:
         recorded_task, stamp = tasks.mark(db, task_id, milestone, at=at, force=force, note=note)
-    render.info(f"{recorded_task}: {milestone} at {display(stamp)}.")
+    terminal.info(f"{recorded_task}: {milestone} at {display(stamp)}.")
 
 
 @cli.command("iteration")
@@ -247,7 +247,7 @@ def iteration_cmd(task_id, note, at, db_path):
     """Record a retry or rework of TASK_ID (default: the current task)."""
     with open_db(db_path) as db:
         recorded_task, count = tasks.add_iteration(db, task_id, at=at, note=note)
-    render.info(f"{recorded_task}: iteration {count} recorded.")
+    terminal.info(f"{recorded_task}: iteration {count} recorded.")
 
 
 @cli.command("tasks")
@@ -260,13 +260,13 @@ def tasks_cmd(phase, as_json, db_path):
         rows = tasks.list_tasks(db, phase)
         current = tasks.current_task(db)
     if as_json:
-        render.print_json(rows)
+        terminal.print_json(rows)
         return
     if not rows:
-        render.info("No tasks yet: start one with `meter set-task P1-001`.")
+        terminal.info("No tasks yet: start one with `meter set-task P1-001`.")
         return
     current_id = current.task_id.lower() if current else None
-    render.table(
+    terminal.table(
         ["", "Task", "Phase", "Title", "Began", "Estimate", "Status", "Iter", "Calls", "Tokens", "Flags"],
         [
             (
@@ -279,7 +279,7 @@ def tasks_cmd(phase, as_json, db_path):
                 "approved" if row["final_approval_at"] else "open",
                 row["iterations"],
                 row["interactions"] or 0,
-                render.number(row["tokens"]),
+                terminal.number(row["tokens"]),
                 row["flagged"] or 0,
             )
             for row in rows
@@ -340,11 +340,11 @@ def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options
         view = dict(tasks.get_phase(db, phase["id"]))
         view["tasks"] = [row["id"] for row in tasks.list_tasks(db, phase["id"])]
     if as_json:
-        render.print_json(view)
+        terminal.print_json(view)
         return
-    render.info(f"Phase {view['id']}" + (f" — {view['title']}" if view["title"] else ""))
-    render.info("=== PHASE-LEVEL TIMESTAMPS ===")
-    render.fields(
+    terminal.info(f"Phase {view['id']}" + (f" — {view['title']}" if view["title"] else ""))
+    terminal.info("=== PHASE-LEVEL TIMESTAMPS ===")
+    terminal.fields(
         [
             ("PHASE_BEGIN", display(view["begin_at"])),
             ("PHASE_FIRST_CODE", display(view["first_code_at"])),
@@ -354,8 +354,8 @@ def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options
             ("PHASE_FINAL_APPROVAL", display(view["final_approval_at"])),
         ]
     )
-    render.info("=== PHASE OUTCOME ANALYSIS ===")
-    render.fields(
+    terminal.info("=== PHASE OUTCOME ANALYSIS ===")
+    terminal.fields(
         [
             ("PROJECTED_DELIVERABLES", view["projected_deliverables"]),
             ("DELIVERABLES_COMPLETED", view["deliverables_completed"]),
@@ -364,8 +364,8 @@ def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options
             ("TECHNICAL_DEBT_INCURRED", view["technical_debt"]),
         ]
     )
-    render.info("=== META-LEARNING ===")
-    render.fields(
+    terminal.info("=== META-LEARNING ===")
+    terminal.fields(
         [
             ("BIGGEST_SURPRISE", view["biggest_surprise"]),
             ("BIGGEST_WIN", view["biggest_win"]),
@@ -373,7 +373,7 @@ def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options
             ("THEORY_IMPROVEMENTS", view["theory_improvements"]),
         ]
     )
-    render.info(f"Tasks: {', '.join(view['tasks']) or render.MISSING}")
+    terminal.info(f"Tasks: {', '.join(view['tasks']) or terminal.MISSING}")
 
 
 @cli.command("phases")
@@ -387,9 +387,9 @@ def phases_cmd(as_json, db_path):
         for row in tasks.list_tasks(db):
             counts[row["phase_id"]] = counts.get(row["phase_id"], 0) + 1
     if as_json:
-        render.print_json([{**row, "task_count": counts[row["id"]]} for row in rows])
+        terminal.print_json([{**row, "task_count": counts[row["id"]]} for row in rows])
         return
-    render.table(
+    terminal.table(
         ["Phase", "Title", "Tasks", "Began", "Approved"],
         [(r["id"], r["title"], counts[r["id"]], display(r["begin_at"]), display(r["final_approval_at"])) for r in rows],
     )
@@ -404,7 +404,7 @@ def phases_cmd(as_json, db_path):
 def status_cmd(as_json, db_path):
     """The current task, its time and tokens so far, and whether a proxy is metering."""
     from taskmeter.analytics.reports import task_report
-    from taskmeter.proxy import callfile
+    from taskmeter.handover import callfile
 
     with open_db(db_path) as db:
         current = tasks.current_task(db)
@@ -426,36 +426,36 @@ def status_cmd(as_json, db_path):
         "quarantine": str(callfile.quarantine_path(database)),
     }
     if as_json:
-        render.print_json(state)
+        terminal.print_json(state)
         return
     if current is None:
-        render.info("No current task: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
+        terminal.info("No current task: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
     else:
-        render.fields(
+        terminal.fields(
             [
                 ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
                 ("Current for", format_duration(state["current_for_seconds"])),
                 ("Elapsed since begin", format_duration(view["actual_duration"])),
                 ("Estimate", format_duration(view["estimated_duration"])),
-                ("Tokens so far", render.number(view["token_count_used"])),
+                ("Tokens so far", terminal.number(view["token_count_used"])),
                 ("AI interactions", view["ai_interactions"]),
                 ("Hallucinations", view["hallucination_count"]),
             ]
         )
     if running:
         for proxy in running:
-            render.info(f"Proxy running: pid {proxy['pid']} on {proxy['listen']} since {display(proxy['started_at'])}")
+            terminal.info(f"Proxy running: pid {proxy['pid']} on {proxy['listen']} since {display(proxy['started_at'])}")
             if proxy["recording"] != proxies.RECORDING:
-                render.warn(f"NOT RECORDING: {proxy['recording']}")
+                terminal.warn(f"NOT RECORDING: {proxy['recording']}")
             if proxy["dropped_calls"]:
-                render.warn(f"{proxy['dropped_calls']} calls were lost: neither the database nor the spool could take them")
+                terminal.warn(f"{proxy['dropped_calls']} calls were lost: neither the database nor the spool could take them")
     else:
-        render.info("No proxy is running on this database: start one with `meter proxy`.")
+        terminal.info("No proxy is running on this database: start one with `meter proxy`.")
     if state["spooled_calls"]:
-        render.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
+        terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
     if state["quarantined_calls"]:
-        render.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
-    render.info(f"Database: {state['database']}")
+        terminal.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
+    terminal.info(f"Database: {state['database']}")
 
 
 @cli.command("log")
@@ -470,12 +470,12 @@ def log_cmd(limit, task_id, as_json, db_path):
             task_id = tasks.get_task(db, task_id.strip())["id"]
         rows = interactions.recent(db, limit=limit, task_id=task_id)
     if as_json:
-        render.print_json(rows)
+        terminal.print_json(rows)
         return
     if not rows:
-        render.info("No AI calls recorded yet.")
+        terminal.info("No AI calls recorded yet.")
         return
-    render.table(
+    terminal.table(
         ["ID", "Started", "Task", "Model", "In", "Cache R", "Cache W", "Out", "Reason", "Source", "Status", "Flag"],
         [
             (
@@ -483,11 +483,11 @@ def log_cmd(limit, task_id, as_json, db_path):
                 display(row["started_at"]),
                 row["task_id"] or "unassigned",
                 row["model"],
-                render.number(row["input_total"]),
-                render.number(row["cache_read"]),
-                render.number(row["cache_write"]),
-                render.number(row["output_total"]),
-                render.number(row["reasoning"]),
+                terminal.number(row["input_total"]),
+                terminal.number(row["cache_read"]),
+                terminal.number(row["cache_write"]),
+                terminal.number(row["output_total"]),
+                terminal.number(row["reasoning"]),
                 row["usage_source"],
                 _status_cell(row),
                 "⚑" if row["flagged_at"] else "",
@@ -513,9 +513,9 @@ def flag_cmd(interaction, note, db_path):
     with open_db(db_path) as db:
         interaction_id, already = interactions.flag(db, interaction, note)
     if already:
-        render.info(f"{interaction_id} was already flagged" + ("; note updated." if note is not None else "."))
+        terminal.info(f"{interaction_id} was already flagged" + ("; note updated." if note is not None else "."))
     else:
-        render.info(f"Flagged {interaction_id} as a hallucination.")
+        terminal.info(f"Flagged {interaction_id} as a hallucination.")
 
 
 @cli.command("unflag")
@@ -525,7 +525,7 @@ def unflag_cmd(interaction, db_path):
     """Remove the hallucination flag from an AI call."""
     with open_db(db_path) as db:
         interaction_id = interactions.unflag(db, interaction)
-    render.info(f"Unflagged {interaction_id}.")
+    terminal.info(f"Unflagged {interaction_id}.")
 
 
 # ---------------------------------------------------------------- reports
@@ -550,21 +550,21 @@ def report_cmd(ctx, output_format, db_path):
     `meter report task ID` and `meter report phase ID` give the seed's Level 1 and 2 logs."""
     if ctx.invoked_subcommand is not None:
         return
-    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics import formats
     from taskmeter.analytics.reports import overview_report
 
     with open_db(db_path) as db:
         report = overview_report(db)
 
     def table(overview: dict) -> str:
-        render.table(
+        terminal.table(
             ["Phase", "Tasks", "Tokens", "Tokens/task", "Trend", "Calls", "Halluc. rate", "Cost", "Complete"],
-            reports_render.overview_rows(overview),
+            formats.overview_rows(overview),
         )
         return ""
 
     csv_rows = [*report["phases"], {"phase_id": "unassigned", **report["unassigned"]}]
-    _emit(report, output_format, reports_render.overview_markdown, table, csv_rows)
+    _emit(report, output_format, formats.overview_markdown, table, csv_rows)
 
 
 @report_cmd.command("task")
@@ -573,12 +573,12 @@ def report_cmd(ctx, output_format, db_path):
 @db_option
 def report_task_cmd(task_id, output_format, db_path):
     """The seed's Level 1 execution log of TASK_ID, with cost and token detail."""
-    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics import formats
     from taskmeter.analytics.reports import task_report
 
     with open_db(db_path) as db:
         report = task_report(db, task_id.strip())
-    _emit(report, output_format, reports_render.task_markdown, reports_render.task_text)
+    _emit(report, output_format, formats.task_markdown, formats.task_text)
 
 
 @report_cmd.command("phase")
@@ -587,22 +587,22 @@ def report_task_cmd(task_id, output_format, db_path):
 @db_option
 def report_phase_cmd(phase_id, output_format, db_path):
     """The seed's Level 2 aggregate of PHASE_ID, with the pattern-effectiveness targets."""
-    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics import formats
     from taskmeter.analytics.reports import phase_report
 
     with open_db(db_path) as db:
         report = phase_report(db, phase_id.strip())
-    _emit(report, output_format, reports_render.phase_markdown, reports_render.phase_text)
+    _emit(report, output_format, formats.phase_markdown, formats.phase_text)
 
 
 def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict] | None = None) -> None:
     """One report in the chosen format; CSV has one row per report unless rows are given."""
-    from taskmeter.analytics import render as reports_render
+    from taskmeter.analytics import formats
 
     if output_format == "json":
-        click.echo(reports_render.as_json(report), nl=False)
+        click.echo(formats.as_json(report), nl=False)
     elif output_format == "csv":
-        click.echo(reports_render.as_csv(csv_rows or [report]), nl=False)
+        click.echo(formats.as_csv(csv_rows or [report]), nl=False)
     elif output_format == "markdown":
         click.echo(markdown(report), nl=False)
     else:
@@ -625,7 +625,7 @@ def retag_cmd(interactions_, to_task, unassign, between, since, until, db_path):
       meter retag --between 05j6e2pw 05j6e3aa --to P1-011
       meter retag --since 2025-10-04T09:00:00Z --until 2025-10-04T10:00:00Z --to P1-011
     """
-    from taskmeter.store.recording import retag
+    from taskmeter.store.calls import retag
 
     if bool(to_task) == unassign:
         raise click.UsageError("give --to TASK, or --unassign")
@@ -643,7 +643,7 @@ def retag_cmd(interactions_, to_task, unassign, between, since, until, db_path):
             if not ids:
                 raise MeterError("no interactions match")
             moved = retag(db, ids, to_task)
-    render.info(f"Moved {moved} interaction{'s' if moved != 1 else ''} to {to_task or 'unassigned'}.")
+    terminal.info(f"Moved {moved} interaction{'s' if moved != 1 else ''} to {to_task or 'unassigned'}.")
 
 
 # ---------------------------------------------------------------- the proxy
@@ -699,9 +699,9 @@ def proxy_cmd(port, host, allow_from, config_path, db_path):
 
     def ready(bound_host: str, bound_port: int) -> None:
         origin = f"http://{bound_host}:{bound_port}"
-        render.info(f"taskmeter proxy listening on {bound_host}:{bound_port}, recording to {path}")
-        render.info(f"  gateway: {origin}/openai/v1  {origin}/anthropic  {origin}/gemini  (see `meter env`)")
-        render.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
+        terminal.info(f"taskmeter proxy listening on {bound_host}:{bound_port}, recording to {path}")
+        terminal.info(f"  gateway: {origin}/openai/v1  {origin}/anthropic  {origin}/gemini  (see `meter env`)")
+        terminal.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
         sys.stdout.flush()
 
     run_proxy(settings, path, listen_host, listen_port, ready)
@@ -712,7 +712,7 @@ def _listen_address(db_path, settings) -> str:
         running = proxies.running(db)
     if running:
         return running[-1]["listen"]
-    render.err_console.print(
+    terminal.err_console.print(
         f"# meter: no proxy is running on this database yet; using the configured port {settings.proxy.port}",
         markup=False,
     )
@@ -766,7 +766,7 @@ def run_cmd(task_id, command, config_path, db_path):
 @db_option
 def path_cmd(db_path):
     """Print the database path (for sqlite3 or Datasette)."""
-    render.info(str(store_db.resolve_path(db_path)))
+    terminal.info(str(store_db.resolve_path(db_path)))
 
 
 def main() -> None:
@@ -776,27 +776,27 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        render.error("aborted")
+        terminal.error("aborted")
         sys.exit(1)
     except click.ClickException as exc:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             hint = f" (see `{exc.ctx.command_path} --help`)"
-        render.error(exc.format_message().replace("\n", " ") + hint)
+        terminal.error(exc.format_message().replace("\n", " ") + hint)
         sys.exit(1)
     except MeterError as exc:
-        render.error(str(exc))
+        terminal.error(str(exc))
         sys.exit(1)
     except sqlite3.Error as exc:
-        render.error(str(store_db.describe_sqlite_error(exc, "the database")))
+        terminal.error(str(store_db.describe_sqlite_error(exc, "the database")))
         sys.exit(1)
     except OSError as exc:
-        render.error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        terminal.error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("METER_DEBUG"):
             raise
-        render.error(f"internal error: {type(exc).__name__}: {exc} (set METER_DEBUG=1 for the traceback)")
+        terminal.error(f"internal error: {type(exc).__name__}: {exc} (set METER_DEBUG=1 for the traceback)")
         sys.exit(1)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from taskmeter.analytics import render
+from taskmeter.analytics import formats
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
 from taskmeter.store import interactions, tasks
+from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.db import write_transaction
 from taskmeter.store.interactions import Interaction
-from taskmeter.store.recording import Recorded, record
 
 NOW = "2025-10-05T12:00:00.000000Z"
 
@@ -39,10 +39,10 @@ def new_task(db, task_id, begin, estimate=None, **fields):
 def call(db, n, task_id, when, conversation="c1", **usage):
     usage.setdefault("usage_source", "reported")
     with write_transaction(db):
-        record(
+        store_calls(
             db,
             [
-                Recorded(
+                CallRow(
                     Interaction(
                         id=f"0000000{n:05d}",
                         task_id=task_id,
@@ -246,7 +246,7 @@ def test_overview_formats(phase_one, meter):
 
 
 def test_seed_style_values_in_markdown(phase_one):
-    text = render.phase_markdown(phase_report(phase_one, "P1", now=NOW))
+    text = formats.phase_markdown(phase_report(phase_one, "P1", now=NOW))
     assert "TASKS_COMPLETED:              1 / 2 (50%)" in text
     assert "HALLUCINATION_RATE:           25.00% (1 / 4 interactions)" in text
     assert "THEORY_ACCURACY:              50% (1/2 projections materialized)" in text
@@ -268,5 +268,5 @@ def test_calls_that_never_reached_a_model_are_counted_apart(db):
     assert report["ai_interactions"] == 3 and report["failed_calls"] == 3
     assert report["hallucination_rate"] == pytest.approx(1 / 3)
     assert report["token_count_used"] == 165
-    assert "FAILED_CALLS:      3 (never reached a model" in render.task_markdown(report)
+    assert "FAILED_CALLS:      3 (never reached a model" in formats.task_markdown(report)
     assert phase_report(db, "P4")["failed_calls"] == 3

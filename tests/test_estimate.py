@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmeter.proxy import estimate
+from taskmeter.recorder import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,8 +18,8 @@ def test_shipped_rank_files_match_tiktokens_published_hashes():
 
 def test_the_package_build_ships_the_rank_files():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["taskmeter.proxy"]
-    shipped = {p.name for pattern in patterns for p in (ROOT / "taskmeter" / "proxy").glob(pattern)}
+    patterns = config["tool"]["setuptools"]["package-data"]["taskmeter.recorder"]
+    shipped = {p.name for pattern in patterns for p in (ROOT / "taskmeter" / "recorder").glob(pattern)}
     assert shipped == {f"{name}.tiktoken.gz" for name in estimate.BPE_FILES}
 
 

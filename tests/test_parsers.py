@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskmeter.proxy.parse import BodyParser
+from taskmeter.recorder.parse import BodyParser
 from tests.fixtures import ALL
 
 USAGE_FIELDS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")

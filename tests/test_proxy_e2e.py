@@ -348,7 +348,7 @@ def test_api_keys_are_never_stored(proxy, upstream):
 
 
 def test_phase_report_over_calls_metered_by_the_proxy(proxy, upstream):
-    from taskmeter.analytics.render import phase_markdown
+    from taskmeter.analytics.formats import phase_markdown
     from taskmeter.analytics.reports import phase_report
     from taskmeter.store import interactions
 

@@ -2,10 +2,10 @@
 
 import time
 
-from taskmeter.store import recording, tasks
+from taskmeter.store import calls, tasks
+from taskmeter.store.calls import CallRow
 from taskmeter.store.db import write_transaction
 from taskmeter.store.interactions import Interaction
-from taskmeter.store.recording import Recorded
 from taskmeter.timefmt import now_stored
 
 
@@ -23,7 +23,7 @@ def _call(n: int, conversation: str | None, task_id=None, attribution=None, oper
 
 def _store(db, *rows):
     with write_transaction(db):
-        recording.record(db, [Recorded(r) for r in rows])
+        calls.store_calls(db, [CallRow(r) for r in rows])
     return [dict(db.execute("SELECT * FROM interactions WHERE id = ?", (r.id,)).fetchone()) for r in rows]
 
 

@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
-from taskmeter.proxy import callfile
-from taskmeter.proxy.estimate import count_tokens
+from taskmeter.handover import callfile
+from taskmeter.recorder.estimate import count_tokens
 from taskmeter.store import db as store_db
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -371,7 +371,7 @@ def _recorder_sabotage(folder: Path, code: str) -> dict:
     what a broken install or a crash in a C extension would do to them."""
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(
-        "import sys\nif 'taskmeter.proxy.recorder' in sys.orig_argv:\n" + "".join(f"    {line}\n" for line in code.splitlines())
+        "import sys\nif 'taskmeter.recorder' in sys.orig_argv:\n" + "".join(f"    {line}\n" for line in code.splitlines())
     )
     return {"PYTHONPATH": str(folder)}
 

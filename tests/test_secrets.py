@@ -7,8 +7,8 @@ import stat
 
 import httpx
 
-from taskmeter.proxy import callfile
-from taskmeter.proxy.secrets import redact
+from taskmeter.handover import callfile
+from taskmeter.secrets import redact
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import RunningProxy, write_config
 

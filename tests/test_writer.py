@@ -9,20 +9,20 @@ import time
 
 import pytest
 
-from taskmeter.proxy import callfile
-from taskmeter.proxy import recorder as recorder_module
-from taskmeter.proxy.capture import CapturedCall
-from taskmeter.proxy.finalize import Finalizer
-from taskmeter.proxy.recorder import RecorderLoop
+from taskmeter.handover import callfile
+from taskmeter.handover.call import CapturedCall
+from taskmeter.recorder import loop as recorder_module
+from taskmeter.recorder.finalize import Finalizer
+from taskmeter.recorder.loop import RecorderLoop
 from taskmeter.store import db as store_db
+from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
-from taskmeter.store.recording import Recorded
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.timefmt import now_stored
 
 
-def _row(n: int, **values) -> Recorded:
-    return Recorded(Interaction(**{"id": f"00000000{n:04d}", "started_at": now_stored(), "input_total": n, **values}))
+def _row(n: int, **values) -> CallRow:
+    return CallRow(Interaction(**{"id": f"00000000{n:04d}", "started_at": now_stored(), "input_total": n, **values}))
 
 
 def _call(n: int, body: bytes | None = None, model: str = "gpt-4o-mini", **values) -> CapturedCall:

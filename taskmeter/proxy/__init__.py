@@ -1,1 +1,2 @@
-"""The metering proxy: the mitmproxy addon, its recorder process and the embedded runner."""
+"""What runs on the proxy's event loop: the mitmproxy addon, the stream tee,
+routing, and the embedded runner. Finished calls leave through taskmeter.handover."""

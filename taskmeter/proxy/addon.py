@@ -16,12 +16,13 @@ from mitmproxy import http
 
 from taskmeter.config import Settings
 from taskmeter.errors import MeterError
+from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
 from taskmeter.proxy import upstream_errors
-from taskmeter.proxy.capture import CapturedCall, ResponseTee
-from taskmeter.proxy.framing import UnsupportedEncoding, content_decoder
 from taskmeter.proxy.routing import GatewayError, Router, classify
-from taskmeter.proxy.secrets import is_secret_name
+from taskmeter.proxy.tee import ResponseTee
+from taskmeter.recorder.framing import UnsupportedEncoding, content_decoder
+from taskmeter.secrets import is_secret_name
 from taskmeter.store.tasks import validate_task_id
 
 TASK_HEADER = "x-meter-task"

@@ -15,11 +15,11 @@ from mitmproxy.tools.dump import DumpMaster
 
 from taskmeter.config import Settings
 from taskmeter.errors import MeterError
+from taskmeter.handover.pipe import Handover
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
 from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.addon import Meter
-from taskmeter.proxy.handover import Handover
 from taskmeter.proxy.routing import Router
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies

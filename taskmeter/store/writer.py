@@ -14,7 +14,7 @@ from pathlib import Path
 
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
-from taskmeter.store.recording import Recorded, record
+from taskmeter.store.calls import CallRow, store_calls
 
 log = logging.getLogger("taskmeter.writer")
 
@@ -45,7 +45,7 @@ class Writer:
         self._db: sqlite3.Connection | None = None
         self.failing: str | None = None  # why the database cannot be written, while it cannot
 
-    def store(self, items: list[Recorded]) -> list[tuple[Recorded, str]]:
+    def store(self, items: list[CallRow]) -> list[tuple[CallRow, str]]:
         """Store `items`; returns those that cannot be stored at all, each with the
         reason. Raises DatabaseUnavailable when nothing can be stored now."""
         if not items:
@@ -76,11 +76,11 @@ class Writer:
 
     # ------------------------------------------------------------ internals
 
-    def _transaction(self, items: list[Recorded]) -> None:
+    def _transaction(self, items: list[CallRow]) -> None:
         db = self._connect()
         try:
             with store_db.write_transaction(db):
-                record(db, items)
+                store_calls(db, items)
         except Exception as exc:
             if _is_unavailable(exc):
                 self._failed(exc)

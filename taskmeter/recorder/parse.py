@@ -4,8 +4,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from taskmeter.proxy.framing import FRAMINGS, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
-from taskmeter.proxy.usage import ACCUMULATORS, Usage
+from taskmeter.recorder.framing import FRAMINGS, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
+from taskmeter.recorder.usage import ACCUMULATORS, Usage
 
 
 @dataclass(slots=True)

@@ -10,7 +10,10 @@ from taskmeter.store.interactions import Interaction, insert_many, storable_text
 
 
 @dataclass(slots=True)
-class Recorded:
+class CallRow:
+    """One call as the store takes it: its interactions row and, when bodies are
+    stored, its request and response text."""
+
     interaction: Interaction
     request_body: str | None = None
     response_body: str | None = None
@@ -45,7 +48,7 @@ def mark_context_switch(db: sqlite3.Connection, row: Interaction) -> None:
     row.context_switch = other_conversation or came_back
 
 
-def record(db: sqlite3.Connection, items: list[Recorded]) -> None:
+def store_calls(db: sqlite3.Connection, items: list[CallRow]) -> None:
     """Store finished calls, oldest first, in the caller's transaction."""
     for item in sorted(items, key=lambda i: i.interaction.started_at):
         attribute(db, item.interaction)

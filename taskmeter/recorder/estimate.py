@@ -42,7 +42,7 @@ class BpeFileCorrupt(RuntimeError):
 def shipped_bpe(name: str) -> bytes:
     """The decompressed rank file shipped in the package, verified."""
     _, expected = BPE_FILES[name]
-    data = gzip.decompress(resources.files("taskmeter.proxy").joinpath(f"bpe/{name}.tiktoken.gz").read_bytes())
+    data = gzip.decompress(resources.files("taskmeter.recorder").joinpath(f"bpe/{name}.tiktoken.gz").read_bytes())
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise BpeFileCorrupt(f"shipped {name} has SHA-256 {actual}, expected {expected}; reinstall taskmeter")

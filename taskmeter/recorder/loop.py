@@ -1,7 +1,7 @@
-"""The recorder process (`python -m taskmeter.proxy.recorder DB`): one loop that
+"""The recorder process (`python -m taskmeter.recorder DB`): one loop that
 reads a batch of finished calls from the proxy, stores it (or spools it), and
 acknowledges it. Parsing, token estimates, pricing and SQLite run here, so they
-never hold the proxy's interpreter lock. The proxy side is taskmeter/proxy/handover.py.
+never hold the proxy's interpreter lock. The proxy side is taskmeter/handover/pipe.py.
 
 What may happen to a batch, and only then is it acknowledged:
 - stored: every call is finalised into a row; a row the database refuses is
@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from taskmeter.proxy import callfile
-from taskmeter.proxy.handover import ACK, HEADER
+from taskmeter.handover import callfile
+from taskmeter.handover.pipe import ACK, HEADER
 from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 
@@ -237,9 +237,9 @@ def main() -> None:
     import argparse
 
     from taskmeter.logs import configure_logging
-    from taskmeter.proxy.finalize import Finalizer
+    from taskmeter.recorder.finalize import Finalizer
 
-    parser = argparse.ArgumentParser(prog="python -m taskmeter.proxy.recorder")
+    parser = argparse.ArgumentParser(prog="python -m taskmeter.recorder")
     parser.add_argument("db")
     parser.add_argument("--store-bodies", action="store_true")
     parser.add_argument("--proxy-id")

@@ -8,14 +8,14 @@ import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 
-from taskmeter.proxy import estimate, pricing
-from taskmeter.proxy.capture import CapturedCall
-from taskmeter.proxy.conversation import conversation_id
-from taskmeter.proxy.parse import BodyParser, ParseResult
-from taskmeter.proxy.secrets import redact
-from taskmeter.proxy.usage import Usage
+from taskmeter.handover.call import CapturedCall
+from taskmeter.recorder import estimate, pricing
+from taskmeter.recorder.conversation import conversation_id
+from taskmeter.recorder.parse import BodyParser, ParseResult
+from taskmeter.recorder.usage import Usage
+from taskmeter.secrets import redact
+from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
-from taskmeter.store.recording import Recorded
 from taskmeter.timefmt import to_stored
 
 log = logging.getLogger("taskmeter.proxy")
@@ -44,7 +44,7 @@ class Finalizer:
         self._proxy_id = proxy_id  # which proxy recorded the call (several may share a database)
         self._responses: OrderedDict[str, str] = OrderedDict()
 
-    def finish(self, call: CapturedCall) -> Recorded:
+    def finish(self, call: CapturedCall) -> CallRow:
         request = request_json(call.request_body)
         notes = [call.notes] if call.notes else []
         result = self._parse(call, notes)
@@ -94,15 +94,15 @@ class Finalizer:
             proxy_id=self._proxy_id,
             notes="; ".join(notes) or None,
         )
-        finished = Recorded(interaction)
+        finished = CallRow(interaction)
         if self._store_bodies:
             finished.request_body = redact(call.request_body.decode("utf-8", "replace")) if call.request_body else None
             finished.response_body = redact(bytes(call.response_body).decode("utf-8", "replace")) or None
         return finished
 
-    def unreadable(self, call: CapturedCall, exc: Exception) -> Recorded:
+    def unreadable(self, call: CapturedCall, exc: Exception) -> CallRow:
         """The row of a call finish() failed on: what the proxy saw, and why."""
-        return Recorded(
+        return CallRow(
             Interaction(
                 id=call.id,
                 started_at=_stamp(call.started),

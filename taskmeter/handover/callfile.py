@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from taskmeter.proxy.capture import CapturedCall
+from taskmeter.handover.call import CapturedCall
 
 log = logging.getLogger("taskmeter.recorder")
 

@@ -7,44 +7,15 @@ no parsing, no I/O. Parsing happens later, in the recorder process.
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 
-from taskmeter.proxy.framing import looks_like_sse
+from taskmeter.handover.call import CapturedCall
+from taskmeter.recorder.framing import looks_like_sse
 
 log = logging.getLogger("taskmeter.proxy")
 
 # Past the parse limit, the last bytes of a response are still kept: that is where
 # most protocols state usage.
 TAIL_BYTES = 256 * 1024
-
-
-@dataclass(slots=True, eq=False)
-class CapturedCall:
-    id: str
-    started: float
-    provider: str
-    protocol: str
-    operation: str
-    method: str
-    endpoint: str
-    task_id: str | None = None
-    attribution: str | None = None
-    client: str | None = None
-    request_body: bytes | None = None
-    injected_usage: bool = False
-    first_byte: float | None = None
-    ended: float | None = None
-    status: int | None = None
-    content_type: str | None = None
-    content_encoding: str | None = None
-    response_body: bytearray = field(default_factory=bytearray)
-    # Set once the body passed the parse limit: the bytes skipped, and the last
-    # TAIL_BYTES of the rest.
-    response_skipped: int = 0
-    response_tail: bytearray = field(default_factory=bytearray)
-    outcome: str | None = None
-    error: str | None = None
-    notes: str | None = None
 
 
 class UsageChunkStripper:

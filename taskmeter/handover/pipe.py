@@ -1,4 +1,4 @@
-"""The hand-over from the proxy to its recorder process (taskmeter/proxy/recorder.py).
+"""The hand-over from the proxy to its recorder process (taskmeter/recorder/loop.py).
 
 The event loop only queues finished calls (submit). A sender thread pickles them
 in numbered batches and keeps each until the recorder acknowledges it on stdout
@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from taskmeter.proxy import callfile
+from taskmeter.handover import callfile
 
 log = logging.getLogger("taskmeter.proxy")
 
@@ -55,7 +55,7 @@ _CRASHES_TO_QUARANTINE = 2
 
 class Handover:
     def __init__(self, db_path: Path, store_bodies: bool, proxy_id: str, max_pending_bytes: int) -> None:
-        self._command = [sys.executable, "-m", "taskmeter.proxy.recorder", str(db_path), "--proxy-id", proxy_id]
+        self._command = [sys.executable, "-m", "taskmeter.recorder", str(db_path), "--proxy-id", proxy_id]
         if store_bodies:
             self._command.append("--store-bodies")
         self._db_path = db_path

@@ -1,0 +1,3 @@
+from taskmeter.recorder.loop import main
+
+main()
