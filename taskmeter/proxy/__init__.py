@@ -1,2 +1,2 @@
-"""What runs on the proxy's event loop: the mitmproxy addon, the stream tee,
+"""What runs on the proxy's event loop: the mitmproxy addons, the stream tee,
 routing, and the embedded runner. Finished calls leave through taskmeter.handover."""

@@ -19,7 +19,7 @@ from taskmeter.handover.pipe import Handover
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
 from taskmeter.proxy import upstream_errors
-from taskmeter.proxy.addon import Meter
+from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
 from taskmeter.proxy.routing import Router
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
@@ -97,33 +97,34 @@ class GracefulStop:
     finish, up to the grace period; a second signal, or the end of the grace
     period, cuts the rest, which are recorded as aborted."""
 
-    def __init__(self, master: DumpMaster, meter: Meter, grace_seconds: float) -> None:
+    def __init__(self, master: DumpMaster, gateway: Gateway, capture: Capture, grace_seconds: float) -> None:
         self._master = master
-        self._meter = meter
+        self._gateway = gateway
+        self._capture = capture
         self._grace = grace_seconds
         self._drain: asyncio.Task | None = None
 
     def signalled(self) -> None:
-        if self._meter.draining or not self._meter.live or self._grace <= 0:
+        if self._gateway.draining or not self._capture.live or self._grace <= 0:
             self._cut()
             return
-        self._meter.draining = True
+        self._gateway.draining = True
         self._master.options.update(server=False)  # closes the listening socket; connections stay
         log.warning(
             "meter: stopping: %d call(s) in flight may finish within %.0f s (Ctrl-C again to cut them)",
-            len(self._meter.live),
+            len(self._capture.live),
             self._grace,
         )
         self._drain = asyncio.get_running_loop().create_task(self._wait_for_calls())
 
     async def _wait_for_calls(self) -> None:
         deadline = time.monotonic() + self._grace
-        while self._meter.live and time.monotonic() < deadline:
+        while self._capture.live and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._cut()
 
     def _cut(self) -> None:
-        self._meter.shutting_down = True  # calls cut off from here on were aborted by us
+        self._capture.shutting_down = True
         self._master.shutdown()
 
 
@@ -144,11 +145,11 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
         # Long agent streams can idle between events.
         tcp_timeout=1800,
     )
-    meter = Meter(settings, handover.submit)
+    gateway, capture = Gateway(settings), Capture(settings, handover.submit)
     upstream_errors.install()
-    master.addons.add(meter, Announcer(settings, db_path, proxy_id, ready))
+    master.addons.add(gateway, TaskAttribution(), capture, Announcer(settings, db_path, proxy_id, ready))
 
-    stop = GracefulStop(master, meter, settings.proxy.shutdown_grace_seconds)
+    stop = GracefulStop(master, gateway, capture, settings.proxy.shutdown_grace_seconds)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.signalled)

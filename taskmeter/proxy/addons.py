@@ -1,6 +1,9 @@
-"""The mitmproxy addon: one small class per concern, hooks named after events.
+"""The mitmproxy addons, one small class per concern, hooks named after events,
+added in this order: Gateway (where a call goes, and who may send it),
+TaskAttribution (which task it belongs to), Capture (what it says, handed over
+when it ends). They pass what they learn to the next through flow.metadata.
 
-Hooks do in-memory work only. Finished calls go to the recorder's queue; parsing,
+Hooks do in-memory work only. Finished calls go to the hand-over; parsing,
 estimation, pricing and SQLite all happen in the recorder process.
 """
 
@@ -10,6 +13,7 @@ import ipaddress
 import json
 import re
 import time
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy import http
@@ -19,7 +23,7 @@ from taskmeter.errors import MeterError
 from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
 from taskmeter.proxy import upstream_errors
-from taskmeter.proxy.routing import GatewayError, Router, classify
+from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify
 from taskmeter.proxy.tee import ResponseTee
 from taskmeter.recorder.framing import UnsupportedEncoding, content_decoder
 from taskmeter.secrets import is_secret_name
@@ -27,7 +31,10 @@ from taskmeter.store.tasks import validate_task_id
 
 TASK_HEADER = "x-meter-task"
 ID_HEADER = "x-meter-interaction-id"
-_META_KEY = "taskmeter"
+# flow.metadata keys, each set by one addon for those after it.
+_ROUTE = "taskmeter.route"  # Gateway: a metered AI call's Route
+_TASK = "taskmeter.task"  # TaskAttribution: (task ID or None, attribution or None)
+_CALL = "taskmeter.call"  # Capture: the CapturedCall
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SHUTDOWN = "proxy shut down during the call"
 _GATEWAY_ONLY = (
@@ -37,6 +44,13 @@ _GATEWAY_ONLY = (
 _ABSENT = object()
 _NULL_OPTIONS = re.compile(rb'"stream_options"\s*:\s*null')
 _OPTIONS_OPENING = re.compile(rb'"stream_options"\s*:\s*\{')
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    endpoint: Endpoint
+    path_task: str | None  # a /t/<TASK>/ prefix
 
 
 def _splice_once(body: bytes, pattern: re.Pattern, replacement: bytes) -> bytes | None:
@@ -72,42 +86,26 @@ def task_from_proxy_auth(value: str | None) -> str | None:
     return password if user == "task" and password else None
 
 
-class Meter:
-    """Attributes, observes and hands over every AI call that passes the proxy."""
+class Gateway:
+    """Where a call goes: `/<upstream>/...` (with an optional `/t/<TASK>/` prefix)
+    to its upstream, or, in HTTPS-proxy mode, a known AI host. Only loopback
+    clients and --allow-from networks may use the proxy mode; new calls are
+    refused while the meter stops."""
 
-    def __init__(self, settings: Settings, submit) -> None:
-        self._settings = settings
+    def __init__(self, settings: Settings) -> None:
         self._router = Router(settings)
         self._trusted = settings.trusted_networks()
-        self._submit = submit
-        self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
-        self.live: dict[str, CapturedCall] = {}
-        self._tunnel_tasks: dict[str, str] = {}
         self.draining = False  # stopping: calls in flight finish, no new ones start
-        self.shutting_down = False
-
-    # ---------------------------------------------------------- HTTPS_PROXY tunnels
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if not self._may_use_proxy_mode(flow):
             flow.response = _error_response(403, _GATEWAY_ONLY)
-            return
-        task = task_from_proxy_auth(flow.request.headers.get("proxy-authorization"))
-        if task:
-            self._tunnel_tasks[flow.client_conn.id] = task
-        flow.request.headers.pop("proxy-authorization", None)
-
-    def client_disconnected(self, client) -> None:
-        self._tunnel_tasks.pop(client.id, None)
-
-    # ---------------------------------------------------------- requests
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.draining:
             flow.response = _error_response(503, "taskmeter: the meter is stopping; send the call again once it runs")
             return
         request = flow.request
-        header_task = request.headers.pop(TASK_HEADER, None)
         path_task = None
         if self._addressed_to_us(flow):
             try:
@@ -127,32 +125,8 @@ class Meter:
             if provider is None:
                 return
         endpoint = classify(request.method, urlsplit(request.path).path)
-        if endpoint is None:
-            return
-        task_id, attribution = self._attribution(flow, path_task, header_task)
-        if task_id:
-            try:
-                task_id = validate_task_id(task_id)
-            except MeterError as exc:
-                flow.response = _error_response(400, f"taskmeter: {exc}")
-                return
-        call = CapturedCall(
-            id=new_id(),
-            started=time.time(),
-            provider=provider,
-            protocol=endpoint.protocol,
-            operation=endpoint.operation,
-            method=request.method,
-            endpoint=safe_endpoint(request.path),
-            task_id=task_id,
-            attribution=attribution,
-            client=request.headers.get("user-agent"),
-        )
-        # Plain bodies: nothing to decompress, and the client is not slowed by
-        # block-buffered compression (servers may still compress; we decode then).
-        request.headers["accept-encoding"] = "identity"
-        flow.metadata[_META_KEY] = call
-        self.live[flow.id] = call
+        if endpoint is not None:
+            flow.metadata[_ROUTE] = Route(provider, endpoint, path_task)
 
     def _addressed_to_us(self, flow: http.HTTPFlow) -> bool:
         """An origin-form request to the proxy's own address is a gateway request."""
@@ -171,7 +145,42 @@ class Meter:
             address = address.ipv4_mapped
         return address.is_loopback or any(address in network for network in self._trusted)
 
-    def _attribution(self, flow, path_task, header_task) -> tuple[str | None, str | None]:
+
+class TaskAttribution:
+    """Which task a call belongs to, in this order: the `/t/<TASK>/` prefix, the
+    `x-meter-task` header (removed before forwarding), the task `meter run --task`
+    put on an HTTPS-proxy tunnel; otherwise the recorder attributes it to the task
+    current at its start."""
+
+    def __init__(self) -> None:
+        self._tunnel_tasks: dict[str, str] = {}
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        task = task_from_proxy_auth(flow.request.headers.get("proxy-authorization"))
+        if task:
+            self._tunnel_tasks[flow.client_conn.id] = task
+        flow.request.headers.pop("proxy-authorization", None)
+
+    def client_disconnected(self, client) -> None:
+        self._tunnel_tasks.pop(client.id, None)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        header_task = flow.request.headers.pop(TASK_HEADER, None)
+        route: Route | None = flow.metadata.get(_ROUTE)
+        if route is None or flow.response is not None:
+            return
+        task_id, attribution = self._named_task(flow, route.path_task, header_task)
+        if task_id:
+            try:
+                task_id = validate_task_id(task_id)
+            except MeterError as exc:
+                flow.response = _error_response(400, f"taskmeter: {exc}")
+                return
+        flow.metadata[_TASK] = (task_id, attribution)
+
+    def _named_task(self, flow, path_task, header_task) -> tuple[str | None, str | None]:
         if path_task:
             return path_task, "path"
         if header_task:
@@ -179,10 +188,48 @@ class Meter:
         tunnel_task = self._tunnel_tasks.get(flow.client_conn.id)
         if tunnel_task:
             return tunnel_task, "path"
-        return None, None  # the writer attributes it to the task current at its start
+        return None, None
+
+
+class Capture:
+    """What a metered call sends and receives, kept in a CapturedCall and handed
+    over when the call ends."""
+
+    def __init__(self, settings: Settings, submit) -> None:
+        self._settings = settings
+        self._submit = submit
+        self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
+        self.live: dict[str, CapturedCall] = {}
+        self.shutting_down = False  # calls cut off from now on were aborted by us
+
+    # ---------------------------------------------------------- requests
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        route: Route | None = flow.metadata.get(_ROUTE)
+        if route is None or flow.response is not None:
+            return
+        task_id, attribution = flow.metadata[_TASK]
+        request = flow.request
+        call = CapturedCall(
+            id=new_id(),
+            started=time.time(),
+            provider=route.provider,
+            protocol=route.endpoint.protocol,
+            operation=route.endpoint.operation,
+            method=request.method,
+            endpoint=safe_endpoint(request.path),
+            task_id=task_id,
+            attribution=attribution,
+            client=request.headers.get("user-agent"),
+        )
+        # Plain bodies: nothing to decompress, and the client is not slowed by
+        # block-buffered compression (servers may still compress; we decode then).
+        request.headers["accept-encoding"] = "identity"
+        flow.metadata[_CALL] = call
+        self.live[flow.id] = call
 
     def request(self, flow: http.HTTPFlow) -> None:
-        call: CapturedCall | None = flow.metadata.get(_META_KEY)
+        call: CapturedCall | None = flow.metadata.get(_CALL)
         if call is None:
             return
         call.request_body = flow.request.get_content(strict=False)
@@ -223,7 +270,7 @@ class Meter:
     # ---------------------------------------------------------- responses
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        call: CapturedCall | None = flow.metadata.get(_META_KEY)
+        call: CapturedCall | None = flow.metadata.get(_CALL)
         if call is None:
             return
         response = flow.response
@@ -246,10 +293,9 @@ class Meter:
         response.stream = ResponseTee(call, self._body_limit, call.injected_usage and not call.content_encoding, decoder)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        call = self.live.pop(flow.id, None)
+        call = self._ending(flow)
         if call is None:
             return
-        call.ended = time.time()
         call.outcome = "complete"
         call.status = flow.response.status_code
         if not call.response_body and flow.response.raw_content:
@@ -259,10 +305,9 @@ class Meter:
         self._submit(call)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        call = self.live.pop(flow.id, None)
+        call = self._ending(flow)
         if call is None:
             return
-        call.ended = time.time()
         if flow.response is not None:
             call.status = flow.response.status_code
         if self.shutting_down:
@@ -272,6 +317,13 @@ class Meter:
             call.error = flow.error.msg if flow.error else "unknown error"
             call.status = upstream_errors.reply_instead(flow, call.protocol, call.id) or call.status
         self._submit(call)
+
+    def _ending(self, flow: http.HTTPFlow) -> CapturedCall | None:
+        """The call of a flow that just ended, no longer live; None if not metered."""
+        call = self.live.pop(flow.id, None)
+        if call is not None:
+            call.ended = time.time()
+        return call
 
     def done(self) -> None:
         """Shutdown drops in-flight flows without an error hook: record them as aborted."""
