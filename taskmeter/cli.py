@@ -327,7 +327,10 @@ _PHASE_OPTIONS = {
 @json_option
 @db_option
 def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options):
-    """View PHASE_ID, or edit its Level 2 inputs and meta-learning fields."""
+    """View PHASE_ID's execution log, or edit its Level 2 inputs and meta-learning fields."""
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.reports import phase_report
+
     if (at or force) and not milestone:
         raise click.UsageError("--at and --force go with --mark")
     values = _edits(options, _PHASE_OPTIONS, unset)
@@ -337,43 +340,11 @@ def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options
             tasks.update_phase(db, phase["id"], values)
         if milestone:
             tasks.mark_phase(db, phase["id"], milestone, at=at, force=force)
-        view = dict(tasks.get_phase(db, phase["id"]))
-        view["tasks"] = [row["id"] for row in tasks.list_tasks(db, phase["id"])]
+        report = phase_report(db, phase["id"])
     if as_json:
-        terminal.print_json(view)
+        terminal.print_json(report)
         return
-    terminal.info(f"Phase {view['id']}" + (f" — {view['title']}" if view["title"] else ""))
-    terminal.info("=== PHASE-LEVEL TIMESTAMPS ===")
-    terminal.fields(
-        [
-            ("PHASE_BEGIN", display(view["begin_at"])),
-            ("PHASE_FIRST_CODE", display(view["first_code_at"])),
-            ("PHASE_TESTS_PASSING", display(view["tests_passing_at"])),
-            ("PHASE_INTEGRATION_COMPLETE", display(view["integration_complete_at"])),
-            ("PHASE_DOCUMENTATION_COMPLETE", display(view["documentation_complete_at"])),
-            ("PHASE_FINAL_APPROVAL", display(view["final_approval_at"])),
-        ]
-    )
-    terminal.info("=== PHASE OUTCOME ANALYSIS ===")
-    terminal.fields(
-        [
-            ("PROJECTED_DELIVERABLES", view["projected_deliverables"]),
-            ("DELIVERABLES_COMPLETED", view["deliverables_completed"]),
-            ("CRITICAL_BLOCKERS", view["critical_blockers"]),
-            ("PATTERNS_EXTRACTED", view["patterns_extracted"]),
-            ("TECHNICAL_DEBT_INCURRED", view["technical_debt"]),
-        ]
-    )
-    terminal.info("=== META-LEARNING ===")
-    terminal.fields(
-        [
-            ("BIGGEST_SURPRISE", view["biggest_surprise"]),
-            ("BIGGEST_WIN", view["biggest_win"]),
-            ("BIGGEST_CHALLENGE", view["biggest_challenge"]),
-            ("THEORY_IMPROVEMENTS", view["theory_improvements"]),
-        ]
-    )
-    terminal.info(f"Tasks: {', '.join(view['tasks']) or terminal.MISSING}")
+    click.echo(formats.phase_text(report), nl=False)
 
 
 @cli.command("phases")

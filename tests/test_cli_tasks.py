@@ -182,10 +182,10 @@ def test_phase_view_edit_and_milestones(meter):
         "--json",
     )
     assert result.code == 0, result.err
-    view = json.loads(result.out)
+    view = json.loads(result.out)  # the same fields as `meter report phase P1 --format json`
     assert view["title"] == "Foundation" and view["biggest_surprise"] == "fast matching"
-    assert view["begin_at"] == "2025-10-04T09:00:00.000000Z"
-    assert view["tasks"] == ["P1-001"]
+    assert view["phase_begin"] == "2025-10-04T09:00:00.000000Z"
+    assert [task["task_id"] for task in view["tasks"]] == ["P1-001"]
     text = meter("phase", "P1").out
     assert "=== META-LEARNING ===" in text and "BIGGEST_WIN:" in text
     phases = json.loads(meter("phases", "--json").out)

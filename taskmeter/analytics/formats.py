@@ -10,19 +10,7 @@ from taskmeter.timefmt import display, format_duration
 
 PLACEHOLDER = "_____"  # the seed's mark for a field not filled
 
-_TIMESTAMPS = {
-    "begin_timestamp",
-    "initial_completion_timestamp",
-    "tests_completion_timestamp",
-    "validation_timestamp",
-    "final_approval_timestamp",
-    "phase_begin",
-    "phase_first_code",
-    "phase_tests_passing",
-    "phase_integration_complete",
-    "phase_documentation_complete",
-    "phase_final_approval",
-}
+_TIMESTAMPS = {*TASK_SECTIONS["TIMESTAMPS (ISO 8601 Format)"], *PHASE_SECTIONS["PHASE-LEVEL TIMESTAMPS"]}
 _DURATIONS = {"estimated_duration", "actual_duration", "estimated_total", "actual_total"}
 _PERCENT_INPUTS = {"test_coverage_target", "test_coverage_actual", "doc_completeness", "test_coverage_overall"}
 _SUCCESS = {"pass": "✅ PASS", "pending": "⏳ PENDING", "fail": "❌ FAIL"}

@@ -41,6 +41,7 @@ class TaskHistory:
 @dataclass
 class PhaseHistory:
     phase: dict
+    usage_columns: list[str]  # the task_usage rollup's columns, as the schema defines them
     tasks: list[TaskHistory] = field(default_factory=list)
 
 
@@ -130,7 +131,7 @@ def phase_history(db: sqlite3.Connection, phase_id: str) -> PhaseHistory:
     phase = dict(get_phase(db, phase_id))
     rows = [dict(row) for row in db.execute("SELECT * FROM tasks WHERE phase_id = ?", (phase["id"],))]
     rows.sort(key=lambda row: natural_key(row["id"]))
-    return PhaseHistory(phase, _histories(db, rows))
+    return PhaseHistory(phase, _rollup_columns(db), _histories(db, rows))
 
 
 def phase_ids(db: sqlite3.Connection) -> list[str]:

@@ -6,7 +6,7 @@ and is listed under tracking_completeness.missing; nothing is zero-filled.
 Durations are seconds; ratios are plain numbers (0.9, not 90%).
 """
 
-from taskmeter.analytics.history import STATED_BY, PhaseHistory, TaskHistory, missing_when_unstated
+from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
 from taskmeter.timefmt import seconds_between
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
@@ -199,27 +199,15 @@ def completeness(fields: dict, sections: dict, prefix: str = "") -> dict:
     }
 
 
-def _sum_usage(histories: list[TaskHistory]) -> dict:
-    keys = {key for history in histories for key in history.usage} or {
-        *STATED_BY,
-        *STATED_BY.values(),
-        "interactions",
-        "flagged",
-        "context_switches",
-        "reported_tokens",
-        "estimated_tokens",
-        "partial_tokens",
-        "cache_read_input",
-        "reasoning_output",
-    }
-    total = {key: sum(history.usage[key] or 0 for history in histories) for key in keys}
+def _sum_usage(histories: list[TaskHistory], columns: list[str]) -> dict:
+    total = {key: sum(history.usage[key] or 0 for history in histories) for key in columns}
     return missing_when_unstated(total)
 
 
 def phase_fields(history: PhaseHistory, now: str, previous_tokens_per_task: float | None = None) -> dict:
     phase = history.phase
     tasks = [task_fields(t, now) for t in history.tasks]
-    usage = _sum_usage(history.tasks)
+    usage = _sum_usage(history.tasks, history.usage_columns)
     begins = [t["begin_timestamp"] for t in tasks if t["begin_timestamp"]]
     ends = [t["final_approval_timestamp"] or now for t in tasks if t["begin_timestamp"]]
     durations = [t["actual_duration"] for t in tasks if t["actual_duration"] is not None]
