@@ -5,6 +5,7 @@ Every failure a user can cause ends as one line on stderr and exit status 1.
 
 import contextlib
 import ipaddress
+import json
 import os
 import socket
 import sqlite3
@@ -693,20 +694,44 @@ def _listen_address(db_path, settings) -> str:
 @cli.command("env")
 @click.option("--shell", type=click.Choice(["sh", "fish", "powershell"]), default="sh", show_default=True)
 @click.option("--task", "task_id", help="Attribute the calls of clients using these variables to TASK.")
+@click.option(
+    "--https-proxy",
+    "https_proxy",
+    is_flag=True,
+    help="Also HTTPS_PROXY and the meter's CA bundle, for clients without a base URL setting (every client "
+    "of the shell obeys them, and fails while the meter is down).",
+)
+@click.option("--unset", is_flag=True, help="Print the lines that undo `meter env` (with or without --https-proxy).")
 @config_option
 @db_option
-def env_cmd(shell, task_id, config_path, db_path):
+def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
     """Print the variables that point AI clients at the running proxy.
 
-    Use: eval "$(meter env)"  (fish: meter env --shell fish | source)
+    \b
+    Use: eval "$(meter env)"          (fish: meter env --shell fish | source)
+    Undo: eval "$(meter env --unset)"
+    By default only the base-URL variables (OPENAI_BASE_URL, ANTHROPIC_BASE_URL, ...),
+    which AI clients alone read, so git, pip and curl never depend on the meter.
     """
+    from taskmeter.proxy.environment import (
+        BASE_URL_VARIABLES,
+        PROXY_VARIABLES,
+        client_environment,
+        render_exports,
+        render_unsets,
+    )
+
+    if unset:
+        if task_id or https_proxy:
+            raise click.UsageError("--unset goes alone (it undoes every variable `meter env` may set)")
+        click.echo(render_unsets([*BASE_URL_VARIABLES, *PROXY_VARIABLES], shell))
+        return
     from taskmeter.config import load_settings
-    from taskmeter.proxy.environment import client_environment, render_exports
 
     if task_id:
         task_id = tasks.validate_task_id(task_id)
     settings = load_settings(config_path)
-    env = client_environment(settings, _listen_address(db_path, settings), task_id)
+    env = client_environment(settings, _listen_address(db_path, settings), task_id, https_proxy=https_proxy)
     click.echo(render_exports(env, shell))
 
 
@@ -731,6 +756,67 @@ def run_cmd(task_id, command, config_path, db_path):
         raise MeterError(f"command not found: {command[0]}")
     sys.stdout.flush()
     os.execve(program, list(command), env)
+
+
+@cli.group("config")
+def config_group():
+    """Where the settings live, what they are, and whether a file is valid."""
+
+
+@config_group.command("path")
+@config_option
+def config_path_cmd(config_path):
+    """Print the config file's path (whether or not it exists yet)."""
+    from taskmeter.config import settings as config_settings
+
+    path = config_settings.config_path(config_path)
+    terminal.info(f"{path}" + ("" if path.exists() else "  (does not exist: defaults apply; `meter config init` writes one)"))
+
+
+@config_group.command("show")
+@json_option
+@config_option
+def config_show_cmd(as_json, config_path):
+    """Print every effective setting and where it came from (default or the file)."""
+    from taskmeter.config import settings as config_settings
+
+    rows = config_settings.settings_with_sources(config_path)
+    if as_json:
+        terminal.print_json([{"setting": name, "value": value, "source": source} for name, value, source in rows])
+        return
+    terminal.table(["setting", "value", "source"], [[name, json.dumps(value), source] for name, value, source in rows])
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@config_option
+def config_check_cmd(file, config_path):
+    """Validate FILE (default: the config file) without starting anything."""
+    from taskmeter.config import settings as config_settings
+
+    path = config_settings.config_path(file or config_path)
+    if not path.exists():
+        raise MeterError(f"config file {path} does not exist")
+    config_settings.load_settings(path)
+    terminal.info(f"{path}: valid")
+
+
+@config_group.command("init")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@config_option
+def config_init_cmd(force, config_path):
+    """Write a commented starter config file with every setting and its default."""
+    from taskmeter.config import settings as config_settings
+
+    path = config_settings.config_path(config_path)
+    if path.exists() and not force:
+        raise MeterError(f"{path} exists; edit it, or use --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config_settings.starter_text())
+    except OSError as exc:
+        raise MeterError(f"cannot write {path}: {exc.strerror}") from None
+    terminal.info(f"wrote {path}")
 
 
 @cli.command("path")

@@ -155,10 +155,14 @@ def test_meter_env_prints_exports_for_the_running_proxy(tls_proxy):
     assert f"export ANTHROPIC_BASE_URL={tls_proxy.origin}/anthropic" in sh.stdout
     assert f"export GOOGLE_GEMINI_BASE_URL={tls_proxy.origin}/gemini" in sh.stdout
     assert f"export OLLAMA_HOST={tls_proxy.origin}/ollama" in sh.stdout
-    assert f"export HTTPS_PROXY={tls_proxy.origin}" in sh.stdout
-    assert "ca-bundle.pem" in sh.stdout and "NODE_EXTRA_CA_CERTS=" in sh.stdout
-    assert f"set -gx HTTPS_PROXY {tls_proxy.origin};" in env("--shell", "fish").stdout
-    assert f"$env:HTTPS_PROXY = '{tls_proxy.origin}'" in env("--shell", "powershell").stdout
+    # The shell's other clients (git, pip, curl) are left alone unless asked.
+    assert "HTTPS_PROXY" not in sh.stdout and "SSL_CERT_FILE" not in sh.stdout
+    proxied = env("--https-proxy").stdout
+    assert f"export HTTPS_PROXY={tls_proxy.origin}" in proxied
+    assert "ca-bundle.pem" in proxied and "NODE_EXTRA_CA_CERTS=" in proxied
+    assert f"set -gx HTTPS_PROXY {tls_proxy.origin};" in env("--https-proxy", "--shell", "fish").stdout
+    assert f"$env:HTTPS_PROXY = '{tls_proxy.origin}'" in env("--https-proxy", "--shell", "powershell").stdout
+    assert f"set -gx OPENAI_BASE_URL {tls_proxy.origin}/openai/v1;" in env("--shell", "fish").stdout
     assert "/t/P1-002/openai/v1" in env("--task", "P1-002").stdout
     bad = env("--task", "no good")
     assert bad.returncode == 1 and bad.stderr.startswith("meter: error: malformed task ID")
@@ -388,3 +392,23 @@ def test_meter_env_does_not_load_the_proxy(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "OPENAI_BASE_URL=" in result.stdout
     assert result.stderr.strip().endswith("LEAN")
+
+
+def test_meter_env_and_its_undo_in_a_real_shell(tls_proxy):
+    meter = f"{VENV_BIN / 'meter'} env --config {tls_proxy.config} --db {tls_proxy.db_path}"
+    script = (
+        f'eval "$({meter})"; echo "base=$OPENAI_BASE_URL proxy=${{HTTPS_PROXY:-none}}"; '
+        f'eval "$({meter} --https-proxy)"; echo "proxy=$HTTPS_PROXY ca=${{SSL_CERT_FILE:+set}}"; '
+        f'eval "$({meter} --unset)"; echo "after=${{OPENAI_BASE_URL:-none}} ${{HTTPS_PROXY:-none}} ${{SSL_CERT_FILE:-none}}"'
+    )
+    result = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=60, env={**os.environ, "HTTPS_PROXY": ""}
+    )
+    first, second, third = result.stdout.splitlines()
+    assert first == f"base={tls_proxy.origin}/openai/v1 proxy=none"
+    assert second == f"proxy={tls_proxy.origin} ca=set"
+    assert third == "after=none none none"
+    fish = subprocess.run(
+        [str(VENV_BIN / "meter"), "env", "--unset", "--shell", "fish"], capture_output=True, text=True, timeout=30
+    )
+    assert "set -e OPENAI_BASE_URL;" in fish.stdout and "set -e HTTPS_PROXY;" in fish.stdout

@@ -107,8 +107,13 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_settings(explicit: str | os.PathLike | None = None) -> Settings:
-    defaults = tomllib.loads(resources.files(__package__).joinpath("defaults.toml").read_text())
+def defaults_text() -> str:
+    return resources.files(__package__).joinpath("defaults.toml").read_text()
+
+
+def _layers(explicit: str | os.PathLike | None) -> tuple[dict, dict, Path]:
+    """The shipped defaults, the user's file (empty when absent) and its path."""
+    defaults = tomllib.loads(defaults_text())
     path = config_path(explicit)
     user: dict = {}
     if path.exists():
@@ -120,9 +125,42 @@ def load_settings(explicit: str | os.PathLike | None = None) -> Settings:
             raise MeterError(f"config {path} is not valid TOML: {exc}") from None
     elif explicit:
         raise MeterError(f"config file {path} does not exist")
+    return defaults, user, path
+
+
+def load_settings(explicit: str | os.PathLike | None = None) -> Settings:
+    defaults, user, path = _layers(explicit)
     try:
         return Settings.model_validate(_merge(defaults, user))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise MeterError(f"config {path}: {where}: {first['msg']}") from None
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def settings_with_sources(explicit: str | os.PathLike | None = None) -> list[tuple[str, object, str]]:
+    """Every effective setting as (dotted name, value, where it came from)."""
+    settings = load_settings(explicit)  # valid, or a one-line error
+    _, user, path = _layers(explicit)
+    from_file = _flatten(user)
+    effective = _flatten(settings.model_dump(mode="json"))
+    return [(name, value, str(path) if name in from_file else "default") for name, value in effective.items()]
+
+
+def starter_text() -> str:
+    """A commented config.toml: every setting with its default, to uncomment."""
+    lines = ["# taskmeter settings. Uncomment a line to change it; `meter config check` validates.", ""]
+    for line in defaults_text().splitlines()[2:]:
+        lines.append(line if not line.strip() or line.startswith("#") else f"# {line}")
+    return "\n".join(lines) + "\n"

@@ -24,10 +24,21 @@ def proxy_origin(listen: str) -> str:
     return f"http://{host}:{port}"
 
 
-def client_environment(settings: Settings, listen: str, task_id: str | None = None) -> dict[str, str]:
+# HTTPS-proxy mode reaches every client of the shell (git, pip, curl): only on request.
+PROXY_VARIABLES = (
+    "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
+    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+)  # fmt: skip
+
+
+def client_environment(settings: Settings, listen: str, task_id: str | None = None, https_proxy: bool = True) -> dict[str, str]:
+    """The base-URL variables, which only AI clients read; with `https_proxy`, also
+    HTTPS_PROXY and the CA bundle, which every client of the environment obeys."""
     origin = proxy_origin(listen)
     prefix = f"/t/{quote(task_id, safe='')}" if task_id else ""
     env = {name: origin + prefix + path for name, path in BASE_URL_VARIABLES.items()}
+    if not https_proxy:
+        return env
     proxy = origin
     if task_id:
         scheme, rest = origin.split("://", 1)
@@ -47,6 +58,15 @@ def client_environment(settings: Settings, listen: str, task_id: str | None = No
         }
     )
     return env
+
+
+def render_unsets(names, shell: str) -> str:
+    """The lines that remove `names` from a shell's environment."""
+    if shell == "fish":
+        return "\n".join(f"set -e {name};" for name in names)
+    if shell == "powershell":
+        return "\n".join(f"Remove-Item Env:{name} -ErrorAction SilentlyContinue" for name in names)
+    return "unset " + " ".join(names)
 
 
 def render_exports(env: dict[str, str], shell: str) -> str:
