@@ -135,7 +135,8 @@ def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
     config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\nopenai = "http://127.0.0.1:{mock_port}"\n')
     db_path = workdir / "bench.db"
     process = subprocess.Popen(
-        [str(BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(db_path)],
+        # --quiet: nobody reads the live view here, and a full pipe would stall the recorder.
+        [str(BIN / "meter"), "proxy", "--quiet", "--port", "0", "--config", str(config), "--db", str(db_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

@@ -10,6 +10,7 @@ import os
 import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 
 import click
@@ -81,6 +82,10 @@ def open_db(path: str | None) -> Iterator[sqlite3.Connection]:
         raise store_db.describe_sqlite_error(exc, store_db.resolve_path(path)) from None
     finally:
         connection.close()
+
+
+# How often `meter log --follow` looks for new calls: a short read transaction.
+FOLLOW_POLL_SECONDS = 0.25
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -433,13 +438,19 @@ def status_cmd(as_json, db_path):
 @cli.command("log")
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many calls.")
 @click.option("--task", "task_id", help="Only this task's calls.")
+@click.option("-f", "--follow", is_flag=True, help="Then print a line for each call as it is recorded, until Ctrl-C.")
 @json_option
 @db_option
-def log_cmd(limit, task_id, as_json, db_path):
+def log_cmd(limit, task_id, follow, as_json, db_path):
     """Recent AI calls, newest first, with IDs to use with `meter flag`."""
+    if follow and as_json:
+        raise click.UsageError("--follow prints lines; use it without --json")
     with open_db(db_path) as db:
         if task_id:
             task_id = tasks.get_task(db, task_id.strip())["id"]
+        if follow:
+            _follow(db, limit, task_id)
+            return
         rows = interactions.recent(db, limit=limit, task_id=task_id)
     if as_json:
         terminal.print_json(rows)
@@ -467,6 +478,27 @@ def log_cmd(limit, task_id, as_json, db_path):
             for row in rows
         ],
     )
+
+
+def _follow(db: sqlite3.Connection, limit: int, task_id: str | None) -> None:
+    """The last `limit` calls, oldest first, then each new one as the recorder
+    stores it: the proxy's live view, from any terminal."""
+    from taskmeter.callline import call_line
+
+    db.execute("BEGIN")  # one snapshot for both: no call missed or shown twice
+    seen = db.execute("SELECT coalesce(max(rowid), 0) FROM interactions").fetchone()[0]
+    earlier = interactions.recent(db, limit=limit, task_id=task_id)
+    db.execute("COMMIT")
+    for row in reversed(earlier):
+        click.echo(call_line(row))
+    try:
+        while True:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            for row in interactions.stored_after(db, seen, task_id):
+                seen = row["rowid"]
+                click.echo(call_line(row))
+    except KeyboardInterrupt:
+        return
 
 
 def _status_cell(row: dict) -> str:
@@ -639,9 +671,10 @@ config_option = click.option(
     metavar="CIDR",
     help="Clients beyond loopback that may also use HTTPS-proxy mode (default: the gateway only). Repeatable.",
 )
+@click.option("--quiet", is_flag=True, help="No line per call (and no summary at the end) on standard output.")
 @config_option
 @db_option
-def proxy_cmd(port, host, allow_from, config_path, db_path):
+def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     """Run the metering proxy in the foreground until Ctrl-C.
 
     \b
@@ -659,7 +692,14 @@ def proxy_cmd(port, host, allow_from, config_path, db_path):
         settings = settings.model_copy(update={"proxy": settings.proxy.model_copy(update={"allow_from": list(allow_from)})})
         settings.trusted_networks()  # a malformed CIDR fails here
     path = store_db.resolve_path(db_path)
-    store_db.connect(path).close()  # a bad database fails here, before listening
+    with open_db(path) as db:  # a bad database fails here, before listening
+        running = proxies.running(db)
+    if running:
+        other = running[0]
+        raise MeterError(
+            f"a meter proxy already records to {path} (pid {other['pid']} on {other['listen']}): "
+            "point clients at it (`meter env`), stop it first, or give this one another --db"
+        )
     listen_host = host or settings.proxy.listen_host
     listen_port = settings.proxy.port if port is None else port
     if not ipaddress.ip_address(socket.gethostbyname(listen_host)).is_loopback and not settings.proxy.allow_from:
@@ -676,7 +716,7 @@ def proxy_cmd(port, host, allow_from, config_path, db_path):
         terminal.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
         sys.stdout.flush()
 
-    run_proxy(settings, path, listen_host, listen_port, ready)
+    run_proxy(settings, path, listen_host, listen_port, ready, quiet)
 
 
 def _listen_address(db_path, settings) -> str:

@@ -54,6 +54,13 @@ class RunningProxy:
             raise RuntimeError(f"proxy did not start: {line!r} {self.stderr()}")
         self.address = line.split("listening on ")[1].split(",")[0]
         self.origin = f"http://{self.address}"
+        # The live view: (when read, line) for every later line of standard output.
+        self.live_view: list[tuple[float, str]] = []
+        threading.Thread(target=self._read_live_view, daemon=True).start()
+
+    def _read_live_view(self) -> None:
+        for line in self.process.stdout:
+            self.live_view.append((time.monotonic(), line.rstrip("\n")))
 
     def stop(self, sig=signal.SIGINT, timeout: float = 20) -> int:
         if self.process.poll() is None:

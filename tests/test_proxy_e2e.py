@@ -392,3 +392,39 @@ def test_google_genai_sdk_through_the_gemini_base_url(proxy, upstream, monkeypat
     assert (streamed["input_total"], streamed["output_total"], streamed["reasoning"], streamed["streamed"]) == (18, 115, 35, 1)
     assert (plain["input_total"], plain["cache_read"], plain["output_total"], plain["reasoning"]) == (341, 92, 509, 499)
     assert API_KEY not in (streamed["endpoint"] + plain["endpoint"])
+
+
+def test_the_live_view_prints_a_line_per_call_within_a_second(proxy, upstream):
+    upstream.routes[CHAT] = json_reply("openai/chat_nonstream_cached_tokens")
+    raw = openai_client(proxy, "/t/P9-050").chat.completions.with_raw_response.create(**CHAT_ARGS)
+    answered = time.monotonic()
+    interaction_id = raw.headers["x-meter-interaction-id"]
+    deadline = answered + 5
+    while not (lines := [(at, line) for at, line in proxy.live_view if interaction_id in line]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ((printed_at, line),) = lines
+    assert printed_at - answered < 1.0
+    assert "P9-050" in line and "gpt-4o-mini" in line and "200" in line
+    assert "in 1,149 (cached 1,024, written 0)  out 353" in line and "$0.0" in line
+    failed = httpx.post(f"{proxy.origin}/down/v1/chat/completions", json=CHAT_ARGS).headers["x-meter-interaction-id"]
+    deadline = time.monotonic() + 5
+    while not (lines := [line for _, line in proxy.live_view if failed in line]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "502 failed" in lines[0] and "connect call failed" in lines[0].lower()  # upstream errors show too
+
+
+def test_log_follow_shows_each_new_call_from_another_terminal(proxy, upstream):
+    upstream.routes[CHAT] = json_reply("openai/chat_nonstream_toolcall")
+    follower = subprocess.Popen(
+        [str(VENV_BIN / "meter"), "log", "--follow", "-n", "1", "--db", str(proxy.db_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout.readline()  # the latest call so far
+        raw = openai_client(proxy, "/t/P9-051").chat.completions.with_raw_response.create(**CHAT_ARGS)
+        line = follower.stdout.readline()
+        assert raw.headers["x-meter-interaction-id"] in line and "P9-051" in line and "in 92  out 17" in line
+    finally:
+        follower.terminate()
+        follower.wait(10)

@@ -264,7 +264,7 @@ def test_port_in_use_is_a_one_line_error(tmp_path):
     try:
         port = first.address.rsplit(":", 1)[1]
         result = subprocess.run(
-            [str(VENV_BIN / "meter"), "proxy", "--port", port, "--config", str(config), "--db", str(tmp_path / "meter.db")],
+            [str(VENV_BIN / "meter"), "proxy", "--port", port, "--config", str(config), "--db", str(tmp_path / "other.db")],
             capture_output=True,
             text=True,
             timeout=30,
@@ -412,3 +412,41 @@ def test_meter_env_and_its_undo_in_a_real_shell(tls_proxy):
         [str(VENV_BIN / "meter"), "env", "--unset", "--shell", "fish"], capture_output=True, text=True, timeout=30
     )
     assert "set -e OPENAI_BASE_URL;" in fish.stdout and "set -e HTTPS_PROXY;" in fish.stdout
+
+
+def test_the_proxy_sums_up_its_run_at_the_end_and_quiet_prints_nothing(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        loud = RunningProxy(config, tmp_path / "meter.db")
+        _post_calls(loud, 2)
+        loud.rows(wait_for=2)
+        assert loud.stop() == 0
+        quiet = RunningProxy(config, tmp_path / "quiet.db", extra_args=["--quiet"])
+        _post_calls(quiet, 2)
+        quiet.rows(wait_for=2)
+        assert quiet.stop() == 0
+    time.sleep(0.2)
+    lines = [line for _, line in loud.live_view]
+    assert len([line for line in lines if "gpt-4o-mini" in line]) == 2
+    assert "2 calls recorded (0 without a response), 218 tokens" in lines[-1]
+    quiet_lines = [line for _, line in quiet.live_view]
+    assert quiet_lines and all(line.startswith(("  gateway:", "  proxy:")) for line in quiet_lines)  # the banner only
+
+
+def test_a_second_proxy_on_the_same_database_is_refused(tmp_path):
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {})
+    first = RunningProxy(config, tmp_path / "meter.db")
+    try:
+        result = subprocess.run(
+            [str(VENV_BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(tmp_path / "meter.db")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        first.stop()
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert (
+        f"a meter proxy already records to {tmp_path / 'meter.db'} (pid {first.process.pid} on {first.address})" in result.stderr
+    )

@@ -54,10 +54,16 @@ _CRASHES_TO_QUARANTINE = 2
 
 
 class Handover:
-    def __init__(self, db_path: Path, store_bodies: bool, proxy_id: str, max_pending_bytes: int) -> None:
+    def __init__(
+        self, db_path: Path, store_bodies: bool, proxy_id: str, max_pending_bytes: int, live_view_fd: int | None = None
+    ) -> None:
         self._command = [sys.executable, "-m", "taskmeter.recorder", str(db_path), "--proxy-id", proxy_id]
         if store_bodies:
             self._command.append("--store-bodies")
+        # The recorder prints the live view itself, so the event loop never formats a line.
+        self._pass_fds = () if live_view_fd is None else (live_view_fd,)
+        if live_view_fd is not None:
+            self._command += ["--live-view-fd", str(live_view_fd)]
         self._db_path = db_path
         self._proxy_id = proxy_id
         self._spool = callfile.spool_path(db_path)
@@ -221,7 +227,9 @@ class Handover:
         self._spawned_at = time.monotonic()
         self._acknowledged_since_spawn = False
         try:
-            process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+            process = subprocess.Popen(
+                self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, pass_fds=self._pass_fds
+            )
         except OSError as exc:
             self._process = None
             threading.Thread(target=self._recorder_exited, args=(None, str(exc)), daemon=True).start()

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -128,10 +129,17 @@ class GracefulStop:
         self._master.shutdown()
 
 
-async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
+async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
-    handover = Handover(db_path, settings.proxy.store_bodies, proxy_id, int(settings.proxy.max_pending_mb * 1024 * 1024))
+    handover = Handover(
+        db_path,
+        settings.proxy.store_bodies,
+        proxy_id,
+        int(settings.proxy.max_pending_mb * 1024 * 1024),
+        # A copy of our stdout: in the recorder, fd 1 is the acknowledgement pipe.
+        live_view_fd=None if quiet else os.dup(sys.stdout.fileno()),
+    )
     handover.start()
     opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
@@ -162,8 +170,9 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready)
         handover.stop()
 
 
-def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready) -> None:
-    """Run until SIGINT/SIGTERM; `ready(host, port)` is called once listening."""
+def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool = False) -> None:
+    """Run until SIGINT/SIGTERM; `ready(host, port)` is called once listening.
+    Unless `quiet`, the recorder prints a line per call to our stdout."""
     _check_port_free(host, port)
     configure_logging()
-    asyncio.run(_serve(settings, db_path, host, port, ready))
+    asyncio.run(_serve(settings, db_path, host, port, ready, quiet))

@@ -20,8 +20,11 @@ import select
 import signal
 import sys
 import time
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
+from taskmeter.callline import call_line, run_summary
 from taskmeter.handover import callfile
 from taskmeter.handover.pipe import ACK, HEADER
 from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
@@ -79,8 +82,11 @@ class FrameReader:
 
 
 class RecorderLoop:
-    def __init__(self, db_path: Path, finalizer, proxy_id: str | None) -> None:
+    def __init__(self, db_path: Path, finalizer, proxy_id: str | None, live_view=None) -> None:
         self.writer = Writer(db_path)
+        self._live_view = live_view  # a text stream: one line per call stored, and a summary at the end
+        self._totals = {"calls": 0, "unanswered": 0, "tokens": 0, "cost": 0.0}
+        self._started = datetime.now(UTC)
         self.spool = callfile.spool_path(db_path)
         self.quarantine = callfile.quarantine_path(db_path)
         self._finalizer = finalizer
@@ -100,13 +106,13 @@ class RecorderLoop:
             # unusable: spool at once; housekeeping() retries once a second.
             self._spool(calls)
             return
-        stored = self.replay() and self._store(calls)
+        stored = self.replay() and self._store(calls, show=True)
         self._last_retry = time.monotonic()  # after the attempt, which may have waited out a busy timeout
         if not stored:
             self._spool(calls)
 
-    def _store(self, calls: list) -> bool:
-        """True when every call was stored or quarantined."""
+    def _store(self, calls: list, show: bool = False) -> bool:
+        """True when every call was stored or quarantined; `show` prints them."""
         rows = []
         for call in calls:
             try:
@@ -121,7 +127,24 @@ class RecorderLoop:
             by_id = {call.id: call for call in calls}
             for row, reason in rejected:
                 self._quarantine([by_id[row.interaction.id]], f"the database refused it: {reason}")
+        if show:
+            refused = {row.interaction.id for row, _ in rejected}
+            self._show([row.interaction for row in rows if row.interaction.id not in refused])
         return True
+
+    def _show(self, stored: list) -> None:
+        for interaction in stored:
+            self._totals["calls"] += 1
+            self._totals["unanswered"] += interaction.outcome == "failed"
+            self._totals["tokens"] += (interaction.input_total or 0) + (interaction.output_total or 0)
+            self._totals["cost"] += interaction.cost_usd or 0.0
+        if self._live_view is None or not stored:
+            return
+        try:
+            self._live_view.write("".join(call_line(asdict(i)) + "\n" for i in stored))
+            self._live_view.flush()
+        except (OSError, ValueError):
+            self._live_view = None  # the terminal is gone; recording goes on
 
     def _row(self, call):
         try:
@@ -217,8 +240,17 @@ class RecorderLoop:
                 self._dropped_reported = self.dropped
 
     def finish(self) -> None:
-        """End of input: store what we can, then leave the proxies table."""
+        """End of input: store what we can, say what this run recorded, then
+        leave the proxies table."""
         self.replay()
+        if self._live_view is not None:
+            totals = self._totals
+            summary = run_summary(totals["calls"], totals["unanswered"], totals["tokens"], totals["cost"], self._started)
+            try:
+                self._live_view.write(summary + "\n")
+                self._live_view.flush()
+            except (OSError, ValueError):
+                pass
         if self._held:
             log.error("meter: %d calls could not be stored or spooled before exit and are lost", len(self._held))
         if self._proxy_id:
@@ -243,12 +275,14 @@ def main() -> None:
     parser.add_argument("db")
     parser.add_argument("--store-bodies", action="store_true")
     parser.add_argument("--proxy-id")
+    parser.add_argument("--live-view-fd", type=int, help="Print a line per call stored to this file descriptor.")
     args = parser.parse_args()
     # The proxy handles Ctrl-C and stops us by closing our input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging()
-    loop = RecorderLoop(Path(args.db), Finalizer(args.store_bodies, args.proxy_id), args.proxy_id)
+    live_view = open(args.live_view_fd, "w", encoding="utf-8", errors="replace") if args.live_view_fd is not None else None
+    loop = RecorderLoop(Path(args.db), Finalizer(args.store_bodies, args.proxy_id), args.proxy_id, live_view)
     frames = FrameReader(sys.stdin.fileno())
     loop.replay()
     first_since_start = True

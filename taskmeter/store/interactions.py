@@ -194,6 +194,23 @@ def unflag(db: sqlite3.Connection, reference: str) -> str:
     return interaction_id
 
 
+def stored_after(db: sqlite3.Connection, rowid: int, task_id: str | None = None) -> list[dict]:
+    """Calls stored after the row `rowid` (insertion order), oldest first."""
+    where, params = "", []
+    if task_id is not None:
+        where, params = "AND i.task_id = ?", [task_id]
+    rows = db.execute(
+        f"""
+        SELECT i.rowid, i.*, f.flagged_at, f.note AS flag_note
+        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+        WHERE i.rowid > ? {where}
+        ORDER BY i.rowid
+        """,
+        (rowid, *params),
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
 def recent(db: sqlite3.Connection, limit: int = 20, task_id: str | None = None) -> list[dict]:
     """Newest first, with the flag (if any) of each."""
     where, params = "", []

@@ -4,6 +4,7 @@ import os
 import socket
 import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import now, now_stored, to_stored
@@ -40,13 +41,17 @@ def unregister(db: sqlite3.Connection, proxy_id: str) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """The process runs, and (where /proc tells) is a meter, not a reused pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return b"meter" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def running(db: sqlite3.Connection) -> list[dict]:
