@@ -380,6 +380,7 @@ def phases_cmd(as_json, db_path):
 @db_option
 def status_cmd(as_json, db_path):
     """The current task, its time and tokens so far, and whether a proxy is metering."""
+    from taskmeter import lifecycle
     from taskmeter.analytics.reports import task_report
     from taskmeter.handover import callfile
 
@@ -401,6 +402,9 @@ def status_cmd(as_json, db_path):
         "spooled_calls": callfile.count_lines(callfile.spool_path(database)),
         "quarantined_calls": callfile.count_lines(callfile.quarantine_path(database)),
         "quarantine": str(callfile.quarantine_path(database)),
+        # Set when `meter start` runs the proxy in the background.
+        "pidfile": str(lifecycle.pid_path(database)) if lifecycle.pid_path(database).exists() else None,
+        "log": str(lifecycle.log_path(database)) if lifecycle.pid_path(database).exists() else None,
     }
     if as_json:
         terminal.print_json(state)
@@ -422,6 +426,8 @@ def status_cmd(as_json, db_path):
     if running:
         for proxy in running:
             terminal.info(f"Proxy running: pid {proxy['pid']} on {proxy['listen']} since {display(proxy['started_at'])}")
+            if state["log"]:
+                terminal.info(f"  in the background (`meter stop`); pidfile {state['pidfile']}, log {state['log']}")
             if proxy["recording"] != proxies.RECORDING:
                 terminal.warn(f"NOT RECORDING: {proxy['recording']}")
             if proxy["dropped_calls"]:
@@ -719,6 +725,34 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     run_proxy(settings, path, listen_host, listen_port, ready, quiet)
 
 
+@cli.command("start")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default from config: 8877).")
+@config_option
+@db_option
+def start_cmd(port, config_path, db_path):
+    """Run the metering proxy in the background (log and pidfile in the user state folder)."""
+    from taskmeter import lifecycle
+
+    path = store_db.resolve_path(db_path)
+    args = (["--port", str(port)] if port is not None else []) + (["--config", config_path] if config_path else [])
+    proxy = lifecycle.start(path, args)
+    terminal.info(f"meter proxy started: pid {proxy['pid']} on {proxy['listen']}, recording to {path}")
+    terminal.info(f"log: {lifecycle.log_path(path)}   stop it with `meter stop`")
+
+
+@cli.command("stop")
+@config_option
+@db_option
+def stop_cmd(config_path, db_path):
+    """Stop the proxy recording to the database, as Ctrl-C would: calls in flight may finish."""
+    from taskmeter import lifecycle
+    from taskmeter.config import load_settings
+
+    path = store_db.resolve_path(db_path)
+    pid = lifecycle.stop(path, timeout=load_settings(config_path).proxy.shutdown_grace_seconds + 5)
+    terminal.info(f"meter proxy (pid {pid}) stopped" if pid else f"no meter proxy records to {path}")
+
+
 def _listen_address(db_path, settings) -> str:
     with open_db(db_path) as db:
         running = proxies.running(db)
@@ -897,3 +931,7 @@ def main() -> None:
             raise
         terminal.error(f"internal error: {type(exc).__name__}: {exc} (set METER_DEBUG=1 for the traceback)")
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`meter start` and `meter stop`: the proxy in the background, with a log file and
+a pidfile in the user's state folder, one pair per database."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import platformdirs
+
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.store import proxies
+
+START_TIMEOUT_SECONDS = 30
+
+
+def _state_name(db_path: Path) -> str:
+    """Files of the proxy recording to `db_path`: one name per database."""
+    return "proxy-" + hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:12]
+
+
+def log_path(db_path: Path) -> Path:
+    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.log"
+
+
+def pid_path(db_path: Path) -> Path:
+    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.pid"
+
+
+def running_proxy(db_path: Path) -> dict | None:
+    db = store_db.connect(db_path)
+    try:
+        found = proxies.running(db)
+    finally:
+        db.close()
+    return found[0] if found else None
+
+
+def start(db_path: Path, proxy_args: list[str]) -> dict:
+    """Start `meter proxy` in the background; returns its proxies row once it
+    listens. A proxy already recording to the database is an error."""
+    already = running_proxy(db_path)
+    if already:
+        raise MeterError(f"a meter proxy already records to {db_path} (pid {already['pid']} on {already['listen']})")
+    log, pidfile = log_path(db_path), pid_path(db_path)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taskmeter.cli", "proxy", "--db", str(db_path), *proxy_args],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
+        )
+    pidfile.write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pidfile.unlink(missing_ok=True)
+            last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise MeterError(f"the proxy did not start: {last[0]} (log: {log})")
+        started = running_proxy(db_path)
+        if started and started["pid"] == process.pid:
+            return started
+        time.sleep(0.1)
+    process.terminate()
+    pidfile.unlink(missing_ok=True)
+    raise MeterError(f"the proxy did not start within {START_TIMEOUT_SECONDS} s (log: {log})")
+
+
+def stop(db_path: Path, timeout: float) -> int | None:
+    """Stop the proxy recording to `db_path` as Ctrl-C would (calls in flight may
+    finish); returns its pid, or None when none runs."""
+    proxy = running_proxy(db_path)
+    pidfile = pid_path(db_path)
+    if proxy is None:
+        pidfile.unlink(missing_ok=True)
+        return None
+    pid = proxy["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)  # the second signal cuts the calls still in flight
+        while _alive(pid):
+            time.sleep(0.1)
+    pidfile.unlink(missing_ok=True)
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
