@@ -753,6 +753,20 @@ def stop_cmd(config_path, db_path):
     terminal.info(f"meter proxy (pid {pid}) stopped" if pid else f"no meter proxy records to {path}")
 
 
+@cli.command("doctor")
+@config_option
+@db_option
+def doctor_cmd(config_path, db_path):
+    """Check, one line each, that the meter can meter this shell's AI calls; exit 1 if not."""
+    from taskmeter.doctor import run_checks
+
+    checks = run_checks(store_db.resolve_path(db_path), config_path, dict(os.environ))
+    for check in checks:
+        terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
 def _listen_address(db_path, settings) -> str:
     with open_db(db_path) as db:
         running = proxies.running(db)

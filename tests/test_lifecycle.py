@@ -50,3 +50,40 @@ def test_start_status_stop(tmp_path):
     assert after["proxies"] == [] and after["pidfile"] is None
     assert "calls recorded" in open(status["log"]).read()  # the summary at the end
     assert "no meter proxy records to" in meter("stop").stdout
+
+
+def test_doctor_says_what_is_wrong_and_when_all_is_well(tmp_path):
+    from tests.proxy_harness import RunningProxy
+
+    env = {
+        k: v for k, v in os.environ.items() if not k.endswith(("_BASE_URL", "_PROXY", "_proxy", "_HOST")) and k != "SSL_CERT_FILE"
+    }
+    env["METER_DB"] = str(tmp_path / "meter.db")
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {})
+    env["METER_CONFIG"] = str(config)
+
+    def doctor(extra: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(VENV_BIN / "meter"), "doctor"], capture_output=True, text=True, timeout=60, env={**env, **(extra or {})}
+        )
+
+    down = doctor()
+    assert down.returncode == 1
+    assert "ok    config" in down.stdout and "ok    database" in down.stdout
+    assert "FAIL  proxy     no meter proxy records to" in down.stdout
+
+    proxy = RunningProxy(config, tmp_path / "meter.db")
+    try:
+        unpointed = doctor()
+        assert unpointed.returncode == 1 and "FAIL  shell" in unpointed.stdout and "ok    gateway" in unpointed.stdout
+        exports = subprocess.run(
+            [str(VENV_BIN / "meter"), "env", "--https-proxy"], capture_output=True, text=True, timeout=60, env=env
+        ).stdout
+        pointed = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+        well = doctor(pointed)
+        assert well.returncode == 0, well.stdout
+        assert "ok    shell" in well.stdout and "ok    ca" in well.stdout and "holds the meter's CA" in well.stdout
+        wrong_ca = doctor({**pointed, "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt"})
+        assert wrong_ca.returncode == 1 and "FAIL  ca" in wrong_ca.stdout
+    finally:
+        proxy.stop()

@@ -30,6 +30,7 @@ from taskmeter.secrets import is_secret_name
 from taskmeter.store.tasks import validate_task_id
 
 TASK_HEADER = "x-meter-task"
+PING_PATH = "/_meter/ping"
 ID_HEADER = "x-meter-interaction-id"
 # flow.metadata keys, each set by one addon for those after it.
 _ROUTE = "taskmeter.route"  # Gateway: a metered AI call's Route
@@ -108,6 +109,9 @@ class Gateway:
         request = flow.request
         path_task = None
         if self._addressed_to_us(flow):
+            if request.path == PING_PATH:  # `meter doctor`: the gateway answers, nothing leaves the machine
+                flow.response = http.Response.make(200, b'{"meter": "ok"}', {"content-type": "application/json"})
+                return
             try:
                 target = self._router.gateway(request.path)
             except GatewayError as exc:

@@ -1,0 +1,93 @@
+"""`meter doctor`: each thing the meter needs, checked and explained in one line."""
+
+import json
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.store import proxies
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) -> list[Check]:
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.addons import PING_PATH
+    from taskmeter.proxy.environment import BASE_URL_VARIABLES, proxy_origin
+
+    checks = []
+    try:
+        settings = load_settings(config_path)
+        checks.append(Check("config", True, "valid"))
+    except MeterError as exc:
+        return [Check("config", False, str(exc))]
+
+    try:
+        db = store_db.connect(db_path)
+        try:
+            db.execute("BEGIN IMMEDIATE")  # takes the write lock, writes nothing
+            db.execute("ROLLBACK")
+            running = proxies.running(db)
+        finally:
+            db.close()
+        checks.append(Check("database", True, f"{db_path} is writable"))
+    except Exception as exc:
+        return [*checks, Check("database", False, f"{db_path}: {exc}")]
+
+    if not running:
+        checks.append(Check("proxy", False, f"no meter proxy records to {db_path}: start one with `meter start`"))
+        return checks
+    proxy = running[0]
+    origin = proxy_origin(proxy["listen"])
+    recording = proxy["recording"] == proxies.RECORDING
+    checks.append(
+        Check("proxy", recording, f"pid {proxy['pid']} on {proxy['listen']}" + ("" if recording else f": {proxy['recording']}"))
+    )
+
+    pointed = {name: environ[name] for name in BASE_URL_VARIABLES if environ.get(name)}
+    elsewhere = [name for name, value in pointed.items() if not value.startswith(origin)]
+    if not pointed:
+        checks.append(Check("shell", False, 'no base-URL variable points at the meter here: eval "$(meter env)"'))
+    elif elsewhere:
+        checks.append(Check("shell", False, f'{", ".join(elsewhere)} point elsewhere than {origin}: eval "$(meter env)"'))
+    else:
+        checks.append(Check("shell", True, f"{', '.join(pointed)} point at {origin}"))
+
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the meter
+        with opener.open(origin + PING_PATH, timeout=5) as answer:
+            reached = json.loads(answer.read()) == {"meter": "ok"}
+        checks.append(Check("gateway", reached, f"{origin} answers" if reached else f"{origin} answered, but not as the meter"))
+    except OSError as exc:
+        checks.append(Check("gateway", False, f"{origin} cannot be reached: {exc}"))
+
+    https_proxy = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
+    if not https_proxy or not _same_place(https_proxy, origin):
+        checks.append(Check("ca", True, "HTTPS-proxy mode is not used in this shell: no CA needed"))
+    else:
+        bundle = environ.get("SSL_CERT_FILE") or environ.get("REQUESTS_CA_BUNDLE")
+        try:
+            trusted = bundle and settings.ca_cert.read_text().strip() in Path(bundle).read_text()
+        except OSError:
+            trusted = False
+        detail = (
+            f"{bundle} holds the meter's CA"
+            if trusted
+            else 'SSL_CERT_FILE does not hold the meter\'s CA: eval "$(meter env --https-proxy)"'
+        )
+        checks.append(Check("ca", bool(trusted), detail))
+    return checks
+
+
+def _same_place(url: str, origin: str) -> bool:
+    """Does `url` (HTTPS_PROXY, with or without task credentials) name the meter?"""
+    there, meter = urlsplit(url), urlsplit(origin)
+    return (there.hostname, there.port) == (meter.hostname, meter.port)
