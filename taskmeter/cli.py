@@ -829,21 +829,37 @@ def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
 @config_option
 @db_option
 def run_cmd(task_id, command, config_path, db_path):
-    """Run COMMAND with its AI clients pointed at the proxy: meter run --task P1-010 -- claude"""
-    import shutil
+    """Run COMMAND with its AI clients pointed at the proxy: meter run --task P1-010 -- claude
 
+    The running proxy is used; when none runs, one is started for COMMAND and
+    stopped when the last `meter run` using it ends (other terminals' runs
+    keep it). Ctrl-C goes to COMMAND; its exit status is meter run's.
+    """
+    import shutil
+    import signal
+    import subprocess
+
+    from taskmeter import lifecycle
     from taskmeter.config import load_settings
     from taskmeter.proxy.environment import client_environment
 
     if task_id:
         task_id = tasks.validate_task_id(task_id)
     settings = load_settings(config_path)
-    env = {**os.environ, **client_environment(settings, _listen_address(db_path, settings), task_id)}
-    program = shutil.which(command[0], path=env.get("PATH"))
+    program = shutil.which(command[0])
     if program is None:
         raise MeterError(f"command not found: {command[0]}")
-    sys.stdout.flush()
-    os.execve(program, list(command), env)
+    path = store_db.resolve_path(db_path)
+    proxy = lifecycle.join(path, ["--config", config_path] if config_path else [])
+    try:
+        env = {**os.environ, **client_environment(settings, proxy["listen"], task_id)}
+        sys.stdout.flush()
+        # Ctrl-C is COMMAND's; we stay to clean up. (A handler, not SIG_IGN, which COMMAND would inherit.)
+        signal.signal(signal.SIGINT, lambda *_: None)
+        returncode = subprocess.run([program, *command[1:]], env=env).returncode
+    finally:
+        lifecycle.leave(path, timeout=settings.proxy.shutdown_grace_seconds + 5)
+    sys.exit(returncode if returncode >= 0 else 128 - returncode)
 
 
 @cli.group("config")

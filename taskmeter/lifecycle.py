@@ -1,6 +1,10 @@
 """`meter start` and `meter stop`: the proxy in the background, with a log file and
-a pidfile in the user's state folder, one pair per database."""
+a pidfile in the user's state folder, one pair per database. And `meter run`'s
+share of it: a run joins the running proxy, or starts one that the last run to
+leave stops, counted by reference so that two terminals never stop each other's."""
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import signal
@@ -102,3 +106,50 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _users(db_path: Path) -> Path:
+    """One file per `meter run` using the proxy, named by its pid."""
+    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.runs"
+
+
+def _started_by_runs(db_path: Path) -> Path:
+    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.started-by-run"
+
+
+@contextlib.contextmanager
+def _locked(db_path: Path):
+    lock = platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def join(db_path: Path, proxy_args: list[str]) -> dict:
+    """The proxy for `meter run`: the running one, or one started for the runs."""
+    with _locked(db_path):
+        users = _users(db_path)
+        users.mkdir(parents=True, exist_ok=True)
+        (users / str(os.getpid())).touch()
+        proxy = running_proxy(db_path)
+        if proxy is None:
+            try:
+                proxy = start(db_path, proxy_args)
+            except MeterError:
+                (users / str(os.getpid())).unlink(missing_ok=True)
+                raise
+            _started_by_runs(db_path).touch()
+        return proxy
+
+
+def leave(db_path: Path, timeout: float) -> None:
+    """This run is done; the last run to leave a proxy that runs started stops it."""
+    with _locked(db_path):
+        users = _users(db_path)
+        (users / str(os.getpid())).unlink(missing_ok=True)
+        remaining = [entry for entry in users.iterdir() if _alive(int(entry.name))] if users.exists() else []
+        if remaining or not _started_by_runs(db_path).exists():
+            return
+        _started_by_runs(db_path).unlink()
+        stop(db_path, timeout)

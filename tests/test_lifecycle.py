@@ -3,7 +3,9 @@ with its log and pidfile in the user's state folder."""
 
 import json
 import os
+import sqlite3
 import subprocess
+import sys
 import time
 
 import httpx
@@ -87,3 +89,88 @@ def test_doctor_says_what_is_wrong_and_when_all_is_well(tmp_path):
         assert wrong_ca.returncode == 1 and "FAIL  ca" in wrong_ca.stdout
     finally:
         proxy.stop()
+
+
+CALL_AND_WAIT = (
+    "import os, sys, time, httpx\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "r = httpx.post(os.environ['OPENAI_BASE_URL'] + '/chat/completions', json={'model': 'm', 'messages': []})\n"
+    "print(r.headers['x-meter-interaction-id'], os.environ['OPENAI_BASE_URL'], flush=True)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+)
+
+
+def test_meter_run_starts_a_proxy_for_its_command_and_two_runs_share_it(tmp_path):
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "METER_DB": str(tmp_path / "meter.db")}
+    with FakeUpstream() as upstream:
+        upstream.routes["/v1/chat/completions"] = Scenario(body=PLAIN.body)
+        env["METER_CONFIG"] = str(
+            write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"}, port=0)
+        )
+
+        def run(before: float, after: float, task: str) -> subprocess.Popen:
+            return subprocess.Popen(
+                [
+                    str(VENV_BIN / "meter"),
+                    "run",
+                    "--task",
+                    task,
+                    "--",
+                    sys.executable,
+                    "-c",
+                    CALL_AND_WAIT,
+                    str(before),
+                    str(after),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+
+        first = run(0, 3, "P6-001")  # starts the proxy, and keeps running after the second is done
+        first_line = first.stdout.readline().split()
+        second = run(0, 0, "P6-002")  # joins it
+        second_out, second_err = second.communicate(timeout=60)
+        assert second.returncode == 0, second_err
+        second_line = second_out.split()
+        status = json.loads(
+            subprocess.run([str(VENV_BIN / "meter"), "status", "--json"], capture_output=True, text=True, env=env).stdout
+        )
+        assert len(status["proxies"]) == 1  # the second run did not stop the first's proxy
+        assert first.wait(60) == 0
+    assert first_line[1].split("/t/")[0] == second_line[1].split("/t/")[0]  # one proxy for both
+    db = sqlite3.connect(tmp_path / "meter.db")
+    tasks_of = dict(db.execute("SELECT id, task_id FROM interactions").fetchall())
+    db.close()
+    assert tasks_of == {first_line[0]: "P6-001", second_line[0]: "P6-002"}
+    after = json.loads(
+        subprocess.run([str(VENV_BIN / "meter"), "status", "--json"], capture_output=True, text=True, env=env).stdout
+    )
+    assert after["proxies"] == []  # the last run to leave stopped the proxy it started
+
+
+def test_meter_run_uses_a_running_proxy_and_leaves_it_running(tmp_path):
+    from tests.proxy_harness import RunningProxy
+
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "METER_DB": str(tmp_path / "meter.db")}
+    with FakeUpstream() as upstream:
+        upstream.routes["/v1/chat/completions"] = Scenario(body=PLAIN.body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        env["METER_CONFIG"] = str(config)
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            result = subprocess.run(
+                [str(VENV_BIN / "meter"), "run", "--", sys.executable, "-c", CALL_AND_WAIT, "0", "0"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.split()[1] == f"{proxy.origin}/openai/v1"
+            assert proxy.process.poll() is None  # not ours to stop
+        finally:
+            proxy.stop()
+    failing = subprocess.run([str(VENV_BIN / "meter"), "run", "--", "false"], capture_output=True, env=env, timeout=60)
+    assert failing.returncode == 1  # the command's exit status
