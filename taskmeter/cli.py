@@ -693,10 +693,15 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     from taskmeter.config import load_settings
     from taskmeter.proxy.runner import run_proxy
 
-    settings = load_settings(config_path)
-    if allow_from:
-        settings = settings.model_copy(update={"proxy": settings.proxy.model_copy(update={"allow_from": list(allow_from)})})
-        settings.trusted_networks()  # a malformed CIDR fails here
+    def proxy_settings():
+        """The config file's settings with this command line's overrides: at start, and on reload."""
+        settings = load_settings(config_path)
+        if allow_from:
+            settings = settings.model_copy(update={"proxy": settings.proxy.model_copy(update={"allow_from": list(allow_from)})})
+            settings.trusted_networks()  # a malformed CIDR fails here
+        return settings
+
+    settings = proxy_settings()
     path = store_db.resolve_path(db_path)
     with open_db(path) as db:  # a bad database fails here, before listening
         running = proxies.running(db)
@@ -722,7 +727,7 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
         terminal.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
         sys.stdout.flush()
 
-    run_proxy(settings, path, listen_host, listen_port, ready, quiet)
+    run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings)
 
 
 @cli.command("start")

@@ -450,3 +450,31 @@ def test_a_second_proxy_on_the_same_database_is_refused(tmp_path):
     assert (
         f"a meter proxy already records to {tmp_path / 'meter.db'} (pid {first.process.pid} on {first.address})" in result.stderr
     )
+
+
+def test_sighup_reloads_the_config_and_names_what_needs_a_restart(tmp_path):
+    with FakeUpstream() as upstream:
+        upstream.routes["/extra" + CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+        origin = f"http://127.0.0.1:{upstream.port}"
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            before = httpx.post(f"{proxy.origin}/extra/v1/chat/completions", json=CHAT_ARGS)
+            assert before.status_code == 404 and "reload the proxy" in before.json()["error"]["message"]
+            write_config(config, tmp_path / "ca", {"openai": origin, "extra": f"{origin}/extra"}, port=9)
+            proxy.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "config reloaded" not in proxy.stderr() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            after = httpx.post(f"{proxy.origin}/extra/v1/chat/completions", json=CHAT_ARGS)
+            assert after.status_code == 200 and proxy.rows(wait_for=1)[-1]["provider"] == "extra"
+            assert "upstreams.extra applied" in proxy.stderr() and "restart to apply: proxy.port" in proxy.stderr()
+            config.write_text("[proxy\n")  # a broken file changes nothing
+            proxy.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "config not reloaded" not in proxy.stderr() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "config not reloaded" in proxy.stderr()
+            assert httpx.post(f"{proxy.origin}/extra/v1/chat/completions", json=CHAT_ARGS).status_code == 200
+        finally:
+            assert proxy.stop() == 0

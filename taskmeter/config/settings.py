@@ -138,6 +138,11 @@ def load_settings(explicit: str | os.PathLike | None = None) -> Settings:
         raise MeterError(f"config {path}: {where}: {first['msg']}") from None
 
 
+def flat(settings: Settings) -> dict[str, object]:
+    """Every setting by its dotted name (`proxy.port`, `upstreams.openai`)."""
+    return _flatten(settings.model_dump(mode="json"))
+
+
 def _flatten(table: dict, prefix: str = "") -> dict[str, object]:
     flat = {}
     for key, value in table.items():
@@ -154,7 +159,7 @@ def settings_with_sources(explicit: str | os.PathLike | None = None) -> list[tup
     settings = load_settings(explicit)  # valid, or a one-line error
     _, user, path = _layers(explicit)
     from_file = _flatten(user)
-    effective = _flatten(settings.model_dump(mode="json"))
+    effective = flat(settings)
     return [(name, value, str(path) if name in from_file else "default") for name, value in effective.items()]
 
 

@@ -94,9 +94,13 @@ class Gateway:
     refused while the meter stops."""
 
     def __init__(self, settings: Settings) -> None:
+        self.configure(settings)
+        self.draining = False  # stopping: calls in flight finish, no new ones start
+
+    def configure(self, settings: Settings) -> None:
+        """At start, and again when the config is reloaded."""
         self._router = Router(settings)
         self._trusted = settings.trusted_networks()
-        self.draining = False  # stopping: calls in flight finish, no new ones start
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if not self._may_use_proxy_mode(flow):
@@ -200,11 +204,15 @@ class Capture:
     over when the call ends."""
 
     def __init__(self, settings: Settings, submit) -> None:
-        self._settings = settings
+        self.configure(settings)
         self._submit = submit
-        self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
         self.live: dict[str, CapturedCall] = {}
         self.shutting_down = False  # calls cut off from now on were aborted by us
+
+    def configure(self, settings: Settings) -> None:
+        """At start, and again when the config is reloaded."""
+        self._settings = settings
+        self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
 
     # ---------------------------------------------------------- requests
 

@@ -93,7 +93,10 @@ class Router:
         name, _, tail = rest.lstrip("/").partition("/")
         if name not in self._upstreams:
             known = ", ".join(f"/{n}/" for n in self._upstreams)
-            raise GatewayError(f"no upstream named {name!r} at this meter; use one of {known}, or add it to config.toml")
+            raise GatewayError(
+                f"no upstream named {name!r} at this meter; use one of {known}, or add it under [upstreams] "
+                "in the config file (`meter config path`) and reload the proxy (kill -HUP its pid)"
+            )
         scheme, host, port, base = self._upstreams[name]
         return GatewayTarget(name, scheme, host, port, f"{base}/{tail}", task_id)
 

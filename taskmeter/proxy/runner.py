@@ -15,6 +15,7 @@ from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
 from taskmeter.config import Settings
+from taskmeter.config.settings import flat
 from taskmeter.errors import MeterError
 from taskmeter.handover.pipe import Handover
 from taskmeter.ids import new_id
@@ -102,11 +103,11 @@ class GracefulStop:
         self._master = master
         self._gateway = gateway
         self._capture = capture
-        self._grace = grace_seconds
+        self.grace = grace_seconds
         self._drain: asyncio.Task | None = None
 
     def signalled(self) -> None:
-        if self._gateway.draining or not self._capture.live or self._grace <= 0:
+        if self._gateway.draining or not self._capture.live or self.grace <= 0:
             self._cut()
             return
         self._gateway.draining = True
@@ -114,12 +115,12 @@ class GracefulStop:
         log.warning(
             "meter: stopping: %d call(s) in flight may finish within %.0f s (Ctrl-C again to cut them)",
             len(self._capture.live),
-            self._grace,
+            self.grace,
         )
         self._drain = asyncio.get_running_loop().create_task(self._wait_for_calls())
 
     async def _wait_for_calls(self) -> None:
-        deadline = time.monotonic() + self._grace
+        deadline = time.monotonic() + self.grace
         while self._capture.live and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._cut()
@@ -129,7 +130,44 @@ class GracefulStop:
         self._master.shutdown()
 
 
-async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool) -> None:
+class ConfigReload:
+    """SIGHUP: read the config file again. Upstreams, intercepted hosts,
+    allow_from, usage injection, the parse limit and the grace period apply at
+    once; settings the running proxy cannot change are named ("restart to apply").
+    A file that does not validate changes nothing."""
+
+    NEEDS_RESTART = (
+        "proxy.listen_host", "proxy.port", "proxy.confdir", "proxy.upstream_ca", "proxy.store_bodies", "proxy.max_pending_mb",
+    )  # fmt: skip
+
+    def __init__(self, load, settings: Settings, master: DumpMaster, addons: list, stop: "GracefulStop") -> None:
+        self._load = load
+        self._settings = settings
+        self._master = master
+        self._addons = addons
+        self._stop = stop
+
+    def signalled(self) -> None:
+        try:
+            new = self._load()
+        except MeterError as exc:
+            log.error("meter: config not reloaded, nothing changed: %s", exc)
+            return
+        before, after = flat(self._settings), flat(new)
+        changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+        later = [name for name in changed if name in self.NEEDS_RESTART]
+        now = [name for name in changed if name not in self.NEEDS_RESTART]
+        for addon in self._addons:
+            addon.configure(new)
+        self._master.options.update(allow_hosts=Router(new).allow_hosts())
+        self._stop.grace = new.proxy.shutdown_grace_seconds
+        self._settings = new
+        log.warning("meter: config reloaded: %s", ", ".join(now) + " applied" if now else "no change to apply")
+        if later:
+            log.warning("meter: restart to apply: %s", ", ".join(later))
+
+
+async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
     handover = Handover(
@@ -158,9 +196,11 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
     master.addons.add(gateway, TaskAttribution(), capture, Announcer(settings, db_path, proxy_id, ready))
 
     stop = GracefulStop(master, gateway, capture, settings.proxy.shutdown_grace_seconds)
+    reload = ConfigReload(reload_settings, settings, master, [gateway, capture], stop)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.signalled)
+    loop.add_signal_handler(signal.SIGHUP, reload.signalled)
     loop.set_exception_handler(_quiet_about_cancelled_connections)
     try:
         await master.run()
@@ -170,9 +210,9 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         handover.stop()
 
 
-def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool = False) -> None:
-    """Run until SIGINT/SIGTERM; `ready(host, port)` is called once listening.
-    Unless `quiet`, the recorder prints a line per call to our stdout."""
+def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
+    """Run until SIGINT/SIGTERM, taking `reload_settings()` on SIGHUP; `ready(host, port)`
+    is called once listening. Unless `quiet`, the recorder prints a line per call."""
     _check_port_free(host, port)
     configure_logging()
-    asyncio.run(_serve(settings, db_path, host, port, ready, quiet))
+    asyncio.run(_serve(settings, db_path, host, port, ready, quiet, reload_settings))
