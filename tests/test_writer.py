@@ -5,6 +5,7 @@ spool. Every other call is stored exactly once."""
 import json
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -191,3 +192,22 @@ def test_an_unusable_database_raises_unavailable_not_a_row_error(tmp_path):
     writer = Writer(tmp_path / "folder.db")
     with pytest.raises(DatabaseUnavailable):
         writer.store([_row(1)])
+
+
+def test_a_terminal_that_stops_reading_never_holds_up_recording():
+    from taskmeter.recorder.loop import LIVE_VIEW_BACKLOG, LiveView
+
+    read_end, write_end = os.pipe()
+    view = LiveView(open(write_end, "w"))  # nobody reads yet: the pipe fills, the writer thread blocks
+    shown = threading.Thread(target=lambda: [view.show("x" * 200 + "\n") for _ in range(5 * LIVE_VIEW_BACKLOG)])
+    shown.start()
+    shown.join(30)
+    assert not shown.is_alive()  # show() never waited for the terminal
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(read_end).read()))
+    reader.start()  # the terminal reads again
+    view.show("last\n")
+    view.close(timeout=30)
+    reader.join(30)
+    (text,) = received
+    assert "lines not shown (the terminal was not reading)" in text and text.endswith("last\n")

@@ -16,9 +16,11 @@ What may happen to a batch, and only then is it acknowledged:
 import logging
 import os
 import pickle
+import queue
 import select
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -35,6 +37,7 @@ log = logging.getLogger("taskmeter.recorder")
 RETRY_SECONDS = 1.0
 HELD_ROWS_MAX = 10_000
 REPLAY_BATCH = 500
+LIVE_VIEW_BACKLOG = 1000
 FRAMES_PER_TRANSACTION = 32
 
 
@@ -81,10 +84,49 @@ class FrameReader:
         return seq, payload
 
 
+class LiveView:
+    """Lines for the proxy's terminal, written by a thread of their own: a terminal
+    that stops reading (Ctrl-S, a paused pager) must never hold up recording.
+    Past LIVE_VIEW_BACKLOG waiting writes, lines are skipped and the gap is said."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._lines: queue.Queue = queue.Queue(maxsize=LIVE_VIEW_BACKLOG)
+        self._skipped = 0
+        self._thread = threading.Thread(target=self._write, name="taskmeter-live-view", daemon=True)
+        self._thread.start()
+
+    def show(self, text: str) -> None:
+        try:
+            self._lines.put_nowait(text)
+        except queue.Full:
+            self._skipped += text.count("\n")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is waiting (for up to `timeout`), then close the stream."""
+        try:
+            self._lines.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._stream.close()
+
+    def _write(self) -> None:
+        while (text := self._lines.get()) is not None:
+            if self._skipped:
+                text, self._skipped = f"meter: {self._skipped} lines not shown (the terminal was not reading)\n" + text, 0
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (OSError, ValueError):
+                return  # the terminal is gone; recording goes on
+
+
 class RecorderLoop:
     def __init__(self, db_path: Path, finalizer, proxy_id: str | None, live_view=None) -> None:
         self.writer = Writer(db_path)
-        self._live_view = live_view  # a text stream: one line per call stored, and a summary at the end
+        self._live_view = live_view  # one line per call stored, and a summary at the end
         self._totals = {"calls": 0, "unanswered": 0, "tokens": 0, "cost": 0.0}
         self._started = datetime.now(UTC)
         self.spool = callfile.spool_path(db_path)
@@ -138,13 +180,8 @@ class RecorderLoop:
             self._totals["unanswered"] += interaction.outcome == "failed"
             self._totals["tokens"] += (interaction.input_total or 0) + (interaction.output_total or 0)
             self._totals["cost"] += interaction.cost_usd or 0.0
-        if self._live_view is None or not stored:
-            return
-        try:
-            self._live_view.write("".join(call_line(asdict(i)) + "\n" for i in stored))
-            self._live_view.flush()
-        except (OSError, ValueError):
-            self._live_view = None  # the terminal is gone; recording goes on
+        if self._live_view is not None and stored:
+            self._live_view.show("".join(call_line(asdict(i)) + "\n" for i in stored))
 
     def _row(self, call):
         try:
@@ -245,12 +282,10 @@ class RecorderLoop:
         self.replay()
         if self._live_view is not None:
             totals = self._totals
-            summary = run_summary(totals["calls"], totals["unanswered"], totals["tokens"], totals["cost"], self._started)
-            try:
-                self._live_view.write(summary + "\n")
-                self._live_view.flush()
-            except (OSError, ValueError):
-                pass
+            self._live_view.show(
+                run_summary(totals["calls"], totals["unanswered"], totals["tokens"], totals["cost"], self._started) + "\n"
+            )
+            self._live_view.close()
         if self._held:
             log.error("meter: %d calls could not be stored or spooled before exit and are lost", len(self._held))
         if self._proxy_id:
@@ -281,7 +316,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging()
-    live_view = open(args.live_view_fd, "w", encoding="utf-8", errors="replace") if args.live_view_fd is not None else None
+    live_view = None
+    if args.live_view_fd is not None:
+        live_view = LiveView(open(args.live_view_fd, "w", encoding="utf-8", errors="replace"))
     loop = RecorderLoop(Path(args.db), Finalizer(args.store_bodies, args.proxy_id), args.proxy_id, live_view)
     frames = FrameReader(sys.stdin.fileno())
     loop.replay()
