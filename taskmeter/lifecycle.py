@@ -90,22 +90,14 @@ def stop(db_path: Path, timeout: float) -> int | None:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while proxies.meter_process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
+    if proxies.meter_process_alive(pid):
         os.kill(pid, signal.SIGTERM)  # the second signal cuts the calls still in flight
-        while _alive(pid):
+        while proxies.meter_process_alive(pid):
             time.sleep(0.1)
     pidfile.unlink(missing_ok=True)
     return pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def _users(db_path: Path) -> Path:
@@ -148,7 +140,7 @@ def leave(db_path: Path, timeout: float) -> None:
     with _locked(db_path):
         users = _users(db_path)
         (users / str(os.getpid())).unlink(missing_ok=True)
-        remaining = [entry for entry in users.iterdir() if _alive(int(entry.name))] if users.exists() else []
+        remaining = [entry for entry in users.iterdir() if proxies.meter_process_alive(int(entry.name))] if users.exists() else []
         if remaining or not _started_by_runs(db_path).exists():
             return
         _started_by_runs(db_path).unlink()

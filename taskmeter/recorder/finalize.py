@@ -64,21 +64,10 @@ class Finalizer:
         if call.operation == "count_tokens" and result.counted_tokens is not None:
             raw = {"counted_input_tokens": result.counted_tokens}
         interaction = Interaction(
-            id=call.id,
-            task_id=call.task_id,
-            attribution=call.attribution,
-            started_at=_stamp(call.started),
+            **self._as_captured(call),
             first_byte_at=_stamp(call.first_byte),
-            ended_at=_stamp(call.ended),
-            provider=call.provider,
-            protocol=call.protocol,
-            operation=call.operation,
-            method=call.method,
-            endpoint=call.endpoint,
             model=model,
             streamed=streamed,
-            http_status=call.status,
-            outcome=call.outcome,
             error=redact("; ".join(errors)) or None,
             input_total=usage.input_total if usage else None,
             cache_read=usage.cache_read if usage else None,
@@ -90,8 +79,6 @@ class Finalizer:
             cost_usd=cost,
             price_source=price_source,
             conversation_id=conversation,
-            client=call.client,
-            proxy_id=self._proxy_id,
             notes="; ".join(notes) or None,
         )
         finished = CallRow(interaction)
@@ -104,23 +91,29 @@ class Finalizer:
         """The row of a call finish() failed on: what the proxy saw, and why."""
         return CallRow(
             Interaction(
-                id=call.id,
-                started_at=_stamp(call.started),
-                ended_at=_stamp(call.ended),
-                task_id=call.task_id,
-                attribution=call.attribution,
-                provider=call.provider,
-                protocol=call.protocol,
-                operation=call.operation,
-                method=call.method,
-                endpoint=call.endpoint,
-                http_status=call.status,
-                outcome=call.outcome,
+                **self._as_captured(call),
                 error=f"meter could not read this call: {type(exc).__name__}: {exc}"[:500],
-                client=call.client,
-                proxy_id=self._proxy_id,
                 notes=call.notes,
             )
+        )
+
+    def _as_captured(self, call: CapturedCall) -> dict:
+        """The columns taken as the proxy saw the call, before its body is read."""
+        return dict(
+            id=call.id,
+            task_id=call.task_id,
+            attribution=call.attribution,
+            started_at=_stamp(call.started),
+            ended_at=_stamp(call.ended),
+            provider=call.provider,
+            protocol=call.protocol,
+            operation=call.operation,
+            method=call.method,
+            endpoint=call.endpoint,
+            http_status=call.status,
+            outcome=call.outcome,
+            client=call.client,
+            proxy_id=self._proxy_id,
         )
 
     @staticmethod

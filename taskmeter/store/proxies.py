@@ -40,8 +40,9 @@ def unregister(db: sqlite3.Connection, proxy_id: str) -> None:
         db.execute("DELETE FROM proxies WHERE id = ?", (proxy_id,))
 
 
-def _pid_alive(pid: int) -> bool:
-    """The process runs, and (where /proc tells) is a meter, not a reused pid."""
+def meter_process_alive(pid: int) -> bool:
+    """The process runs, and (where /proc tells) is a meter, not a reused pid or
+    a zombie (whose command line is empty)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,7 +66,7 @@ def running(db: sqlite3.Connection) -> list[dict]:
         proxy = dict(row)
         fresh = proxy["heartbeat_at"] >= cutoff
         if proxy["hostname"] == host:
-            if not _pid_alive(proxy["pid"]):
+            if not meter_process_alive(proxy["pid"]):
                 continue
         elif not fresh:
             continue
