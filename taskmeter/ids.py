@@ -1,10 +1,17 @@
-"""Interaction IDs: short, typeable, time-sortable, unique across processes.
+"""Interaction IDs: short, typeable, time-sortable, unique across processes, and
+checked, so a one-character typo fails instead of naming another call.
 
-An ID is 12 characters of Crockford base32 (lowercase, no i/l/o/u): 8 for the
-time in centiseconds since 2025-01-01 (good for 11,000 years) and 4 random ones
-(20 bits). Within one process, IDs made in the same centisecond increment the
-random part, so they stay unique and ordered; two proxies writing one database
-collide only if they draw the same 20 bits in the same centisecond.
+An ID is 13 characters of Crockford base32 (lowercase, no i/l/o/u): 8 for the
+time in centiseconds since 2025-01-01 (good for 11,000 years), 4 random ones
+(20 bits) and a check character. Within one process, IDs made in the same
+centisecond increment the random part, so they stay unique and ordered; two
+proxies writing one database collide only if they draw the same 20 bits in the
+same centisecond.
+
+The check character is a weighted sum of the 12 others, mod 32, with odd
+weights: changing any one character always changes it, and swapping two
+neighbours changes it unless they differ by exactly 16. IDs made before the
+check character existed (12 characters) stay valid.
 """
 
 import secrets
@@ -12,11 +19,16 @@ import threading
 import time
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_VALUES = {char: value for value, char in enumerate(ALPHABET)}
 _EPOCH = 1735689600  # 2025-01-01T00:00:00Z
 _TIME_CHARS = 8
 _RANDOM_CHARS = 4
 _RANDOM_SPACE = 32**_RANDOM_CHARS
-LENGTH = _TIME_CHARS + _RANDOM_CHARS
+BODY_LENGTH = _TIME_CHARS + _RANDOM_CHARS
+LENGTH = BODY_LENGTH + 1
+# Shorter prefixes name a stretch of about five minutes, not a call.
+MIN_PREFIX = 6
+_WEIGHTS = tuple(2 * position + 1 for position in range(BODY_LENGTH))
 
 
 def _encode(value: int, width: int) -> str:
@@ -25,6 +37,11 @@ def _encode(value: int, width: int) -> str:
         value, digit = divmod(value, 32)
         chars.append(ALPHABET[digit])
     return "".join(reversed(chars))
+
+
+def check_char(body: str) -> str:
+    """The check character of an ID's first 12 characters."""
+    return ALPHABET[sum(weight * _VALUES[char] for weight, char in zip(_WEIGHTS, body, strict=True)) % 32]
 
 
 class IdGenerator:
@@ -48,7 +65,8 @@ class IdGenerator:
                 # Start in the lower half so increments rarely overflow.
                 self._last_random = secrets.randbelow(_RANDOM_SPACE // 2)
             self._last_time = centis
-            return _encode(centis, _TIME_CHARS) + _encode(self._last_random, _RANDOM_CHARS)
+            body = _encode(centis, _TIME_CHARS) + _encode(self._last_random, _RANDOM_CHARS)
+        return body + check_char(body)
 
 
 new_id = IdGenerator().new
@@ -59,5 +77,12 @@ def normalise_prefix(text: str) -> str:
     return text.strip().lower().translate(str.maketrans("oil", "011"))
 
 
-def is_valid_prefix(text: str) -> bool:
-    return 0 < len(text) <= LENGTH and all(c in ALPHABET for c in text)
+def prefix_problem(prefix: str) -> str | None:
+    """Why a normalised reference cannot name a call, or None when it can."""
+    if not prefix or len(prefix) > LENGTH or any(char not in ALPHABET for char in prefix):
+        return f"IDs are {LENGTH} letters and digits (older ones {BODY_LENGTH}), as `meter log` shows them"
+    if len(prefix) < MIN_PREFIX:
+        return f"give at least {MIN_PREFIX} characters of it"
+    if len(prefix) == LENGTH and check_char(prefix[:BODY_LENGTH]) != prefix[-1]:
+        return "its last character does not check: a character is mistyped"
+    return None

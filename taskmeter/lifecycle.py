@@ -54,7 +54,7 @@ def start(db_path: Path, proxy_args: list[str]) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "taskmeter.cli", "proxy", "--db", str(db_path), *proxy_args],
+            [sys.executable, "-m", "taskmeter", "proxy", "--db", str(db_path), *proxy_args],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,

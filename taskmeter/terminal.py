@@ -1,17 +1,53 @@
-"""Terminal and JSON rendering for the CLI; no domain logic lives here."""
+"""Terminal and pipe output for the CLI; no domain logic lives here.
+
+A table is for a person in a terminal: it fits the terminal's width (columns
+shortened or dropped, never an ID or a time wrapped), with short local times.
+Piped, the same table is plain tab-separated text with a header line and
+unabbreviated values (ISO times, plain numbers), for cut, awk and sort.
+"""
 
 import json
+import shutil
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from rich.console import Console
-from rich.table import Table
+
+from taskmeter.timefmt import from_stored
 
 MISSING = "—"
+# A shortened text column keeps at least this many characters, ellipsis included.
+_SHORTEST_TEXT = 8
+_COMFORTABLE_TEXT = 20
+_GAP = 2
 
-# Piped output gets room for a whole table row instead of rich's 80-column guess.
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: what kind of value it holds decides how it is written.
+
+    kind: text, id, time, count, money or duration (already-formatted text).
+    drop: when the terminal is too narrow, columns go in decreasing `drop`
+    order; 0 is never dropped. shrink: text that may be cut with an ellipsis.
+    """
+
+    header: str
+    kind: str = "text"
+    drop: int = 0
+    shrink: bool = False
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("count", "money")
+
+
+def to_pipe() -> bool:
+    return not sys.stdout.isatty()
 
 
 def print_json(value) -> None:
@@ -27,18 +63,94 @@ def number(value: int | float | None) -> str:
     return f"{int(value):,}"
 
 
-def text(value) -> str:
-    return MISSING if value is None else str(value)
+def money(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:.4f}"
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence], title: str | None = None) -> None:
-    grid = Table(title=title, show_edge=False, pad_edge=False, header_style="bold")
-    for column in columns:
-        numeric = column.lower() in {"tokens", "in", "out", "cache r", "cache w", "reason", "calls", "iter", "flags", "cost"}
-        grid.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    for row in rows:
-        grid.add_row(*(text(cell) for cell in row))
-    console.print(grid)
+def moment(stored: str | None, utc: bool = False, short: bool = True, today: datetime | None = None) -> str:
+    """A stored timestamp as a person reads it: local time (UTC with `utc`), and
+    in a table only what differs from now: 14:02:11, 11-23 14:02 or 2025-11-23."""
+    if stored is None:
+        return MISSING
+    when = from_stored(stored)
+    when = when if utc else when.astimezone()
+    zone = "Z" if utc else ""
+    if not short:
+        return when.strftime("%Y-%m-%dT%H:%M:%S") + (zone or when.strftime("%z")[:3] + ":" + when.strftime("%z")[3:])
+    today = today or (datetime.now(UTC) if utc else datetime.now().astimezone())
+    if when.date() == today.date():
+        return when.strftime("%H:%M:%S") + zone
+    if when.year == today.year:
+        return when.strftime("%m-%d %H:%M") + zone
+    return when.strftime("%Y-%m-%d")
+
+
+def _cell(column: Column, value, utc: bool, piped: bool) -> str:
+    if piped:
+        if value is None:
+            return ""
+        if column.kind == "time":
+            return moment(value, utc, short=False)
+        if column.kind == "money":
+            return f"{value:.6f}"
+        return " ".join(str(value).split())  # no tab or newline may break a row
+    if column.kind == "time":
+        return moment(value, utc)
+    if column.kind == "count":
+        return number(value)
+    if column.kind == "money":
+        return money(value)
+    return MISSING if value is None else " ".join(str(value).split())
+
+
+def _fit(columns: list[Column], cells: list[list[str]], width: int) -> tuple[list[int], list[int]]:
+    """Which columns to show and how wide, so that a row fits `width`."""
+    shown = list(range(len(columns)))
+    widths = [max([len(columns[i].header), *(len(row[i]) for row in cells)]) for i in shown]
+
+    def total() -> int:
+        return sum(widths[i] for i in shown) + _GAP * (len(shown) - 1)
+
+    def shrink(floor: int) -> None:
+        for i in sorted(shown, key=lambda i: -widths[i]):
+            if columns[i].shrink and total() > width:
+                widths[i] = max(floor, len(columns[i].header), widths[i] - (total() - width))
+
+    shrink(_COMFORTABLE_TEXT)
+    for i in sorted((i for i in shown if columns[i].drop), key=lambda i: -columns[i].drop):
+        if total() <= width:
+            break
+        shown.remove(i)
+    shrink(_SHORTEST_TEXT)
+    return shown, widths
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(columns: Sequence[Column], rows: Iterable[Sequence], utc: bool = False) -> None:
+    columns = list(columns)
+    piped = to_pipe()
+    cells = [[_cell(column, value, utc, piped) for column, value in zip(columns, row, strict=True)] for row in rows]
+    if piped:
+        sys.stdout.write("\t".join(column.header for column in columns) + "\n")
+        sys.stdout.writelines("\t".join(row) + "\n" for row in cells)
+        return
+    shown, widths = _fit(columns, cells, shutil.get_terminal_size().columns)
+
+    def line(values: list[str]) -> str:
+        parts = []
+        for i in shown:
+            text = _clip(values[i], widths[i])
+            parts.append(text.rjust(widths[i]) if columns[i].numeric else text.ljust(widths[i]))
+        return (" " * _GAP).join(parts).rstrip()
+
+    console.print(line([column.header for column in columns]), style="bold", markup=False)
+    for row in cells:
+        console.print(line(row), markup=False)
 
 
 def fields(pairs: Iterable[tuple[str, object]]) -> None:
@@ -46,7 +158,7 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
     pairs = list(pairs)
     width = max((len(name) for name, _ in pairs), default=0) + 1
     for name, value in pairs:
-        console.print(f"{name + ':':<{width}} {text(value)}", markup=False)
+        console.print(f"{name + ':':<{width}} {MISSING if value is None else value}", markup=False)
 
 
 def info(message: str) -> None:

@@ -98,3 +98,37 @@ def format_duration(seconds: float | None) -> str | None:
 
 def seconds_between(start: str, end: str) -> float:
     return (from_stored(end) - from_stored(start)) / timedelta(seconds=1)
+
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(d|h|m|w)$", re.IGNORECASE)
+
+
+def parse_moment(text: str, reference: datetime | None = None) -> datetime:
+    """A point in time for --since, --until and --before: `today`, `yesterday`,
+    an age (`90m`, `6h`, `7d`, `2w`: that long ago), a date (`2026-11-20`, local
+    midnight) or a time (`2026-11-20T14:00`, local unless it has a zone)."""
+    reference = reference or now()
+    local_now = reference.astimezone()
+    word = text.strip().lower()
+    midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if word == "today":
+        return midnight.astimezone(UTC)
+    if word == "yesterday":
+        return (midnight - timedelta(days=1)).astimezone(UTC)
+    age = _AGO.match(word)
+    if age:
+        unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[age.group(2).lower()]
+        return reference - timedelta(seconds=float(age.group(1)) * unit)
+    candidate = text.strip()
+    if candidate.endswith(("z", "Z")):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise MeterError(
+            f"cannot read {text!r} as a time: use today, yesterday, an age such as 6h or 7d, "
+            "a date such as 2026-11-20, or an ISO 8601 time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # the user's local time
+    return moment.astimezone(UTC)

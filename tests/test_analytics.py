@@ -200,10 +200,10 @@ def test_retag_moves_calls_and_reports_follow(phase_one, meter):
     assert row["attribution"] == "retag" and row["context_switch"] == 1  # c2 -> c9 in P1-001
     assert meter("retag", "--since", "2025-10-04T09:00:00Z", "--until", "2025-10-04T09:07:00Z", "--unassign").code == 0
     assert overview_report(phase_one, now=NOW)["unassigned"]["ai_interactions"] == 1
-    assert meter("retag", "--between", "000000000002", "000000000003", "--to", "P1-009").code == 0
+    assert meter("retag", "--between", "000000000002", "000000000003", "--to", "P1-009", "--create").code == 0
     assert task_report(phase_one, "P1-009", now=NOW)["ai_interactions"] == 2
     bad = meter("retag", "--to", "P1-001")
-    assert bad.code == 1 and "choose the interactions one way" in bad.err
+    assert bad.code == 1 and "choose the calls one way" in bad.err
 
 
 @pytest.mark.parametrize("kind", ["task", "phase"])

@@ -2,6 +2,7 @@
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
 from taskmeter.store import interactions, tasks
 from taskmeter.store.interactions import Interaction
@@ -108,17 +109,14 @@ def test_task_edits_every_level1_input_and_shows_it(meter):
 
 def test_milestones_in_order_then_view(meter, db):
     meter("set-task", "P1-001")
-    for milestone, stamp in [
-        ("initial", "2099-10-04T10:05:00Z"),
-        ("tests", "2099-10-04T10:12:00Z"),
-        ("validated", "2099-10-04T10:20:00Z"),
-        ("approved", "2099-10-04T10:25:00-00:00"),
-    ]:
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    for seconds, milestone in enumerate(["initial", "tests", "validated", "approved"]):
+        stamp = (soon + timedelta(seconds=seconds * 10)).isoformat()  # within the minute a clock may be ahead
         result = meter("mark", milestone, "--at", stamp)
         assert result.code == 0, result.err
     task = tasks.get_task(db, "P1-001")
-    assert task["initial_completion_at"] == "2099-10-04T10:05:00.000000Z"
-    assert task["final_approval_at"] == "2099-10-04T10:25:00.000000Z"
+    assert task["initial_completion_at"] == soon.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    assert task["final_approval_at"] == (soon + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
     report = json.loads(meter("task", "P1-001", "--json").out)
     assert report["status"] == "approved"
     assert report["actual_duration"] == report["wall_duration"] > 0
@@ -147,7 +145,7 @@ def test_iterations_count_the_first_attempt(meter, db):
     assert "iteration 3 recorded" in meter("iteration", "P1-005").out
     assert tasks.iterations(db, "P1-005") == 3
     listed = json.loads(meter("tasks", "--json").out)
-    assert listed[0]["iterations"] == 3
+    assert listed[0]["iterations_count"] == 3
 
 
 def test_phase_view_edit_and_milestones(meter):
@@ -189,7 +187,7 @@ def test_phase_view_edit_and_milestones(meter):
     text = meter("phase", "P1").out
     assert "=== META-LEARNING ===" in text and "BIGGEST_WIN:" in text
     phases = json.loads(meter("phases", "--json").out)
-    assert phases[0]["id"] == "P1" and phases[0]["task_count"] == 1
+    assert phases[0]["phase_id"] == "P1" and phases[0]["tasks_total"] == 1
 
 
 def _call(db, interaction_id, task_id, **usage):
@@ -215,20 +213,22 @@ def test_log_status_and_flags(meter, db):
     _call(db, "00000000aaa1", "P1-010", input_total=1149, cache_read=1024, output_total=353, reasoning=0)
     _call(db, "00000000aab2", None, input_total=10, output_total=5)
     rows = json.loads(meter("log", "--json").out)
-    assert [r["id"] for r in rows] == ["00000000aab2", "00000000aaa1"]
-    assert json.loads(meter("log", "--task", "P1-010", "--json").out)[0]["input_total"] == 1149
-    table = meter("log").out
-    assert "00000000aaa1" in table and "1,149" in table and "unassigned" in table
+    assert [r["interaction_id"] for r in rows] == ["00000000aab2", "00000000aaa1"]
+    assert json.loads(meter("log", "--task", "P1-010", "--json").out)[0]["tokens"]["input_total"] == 1149
+    table = meter("log").out  # piped: tab-separated, plain numbers
+    assert table.splitlines()[0].split("\t")[:3] == ["ID", "Started", "Task"]
+    assert "00000000aaa1" in table and "\t1149\t" in table and "unassigned" in table
 
-    assert "Flagged 00000000aab2" in meter("flag", "last", "--note", "invented API").out
-    assert "Flagged 00000000aaa1" in meter("flag", "00000000aaa").out
+    # `last` skips the small side call of another conversation, made after it.
+    assert "Flagged 00000000aaa1" in meter("flag", "last", "--any").out
+    assert "Flagged 00000000aab2" in meter("flag", "00000000aab", "--note", "invented API").out
     assert "already flagged" in meter("flag", "00000000AAA1").out
     flagged = json.loads(meter("log", "--json").out)
     assert flagged[0]["flag_note"] == "invented API"
     assert "Unflagged 00000000aab2" in meter("unflag", "00000000aab").out
 
     status = json.loads(meter("status", "--json").out)
-    assert status["current_task"] == "P1-010"
+    assert status["task_id"] == "P1-010"
     assert status["task"]["token_count_used"] == 1149 + 353
     assert status["task"]["hallucination_count"] == 1
     assert status["proxies"] == []

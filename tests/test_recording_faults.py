@@ -274,7 +274,7 @@ def test_a_task_id_in_any_case_is_one_task(tmp_path, upstream):
     assert {rows[i]["task_id"] for i in ids} == {"P1-010"}
     phase = json.loads(report)
     assert phase["ai_interactions_total"] == 3 and phase["total_tokens_used"] == 3 * 109
-    assert [(t["id"], t["phase_id"]) for t in json.loads(listing)] == [("P1-010", "P1")]
+    assert [(t["task_id"], t["phase_id"]) for t in json.loads(listing)] == [("P1-010", "P1")]
 
 
 def _recorder_of(proxy: RunningProxy) -> int:

@@ -114,7 +114,7 @@ def _writer_process(path: str, worker: int, rounds: int, errors) -> None:
                 ),
             )
             tasks.add_iteration(connection, None)
-            interactions.flag(connection, "last")
+            interactions.flag(connection, f"w{worker}{n:010d}")
         connection.close()
     except Exception as exc:  # reported to the parent, which fails the test
         errors.put(f"{type(exc).__name__}: {exc}")
@@ -248,5 +248,5 @@ def test_upgrading_repairs_task_and_phase_ids_of_mixed_case(db_path, monkeypatch
     assert upgraded.execute("SELECT task_id FROM task_events").fetchone()[0] == "P2-001"
     assert tasks.current_task(upgraded).task_id == "P2-001"
     assert [(r["task_key"], r["input_total"]) for r in upgraded.execute("SELECT * FROM task_usage")] == [("P2-001", 10)]
-    assert [t["id"] for t in tasks.list_tasks(upgraded, "p1")] == ["P1-010"]
+    assert [t["id"] for t in tasks.list_task_rows(upgraded, "p1")] == ["P1-010"]
     assert upgraded.execute("PRAGMA foreign_key_check").fetchall() == []

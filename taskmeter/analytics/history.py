@@ -2,12 +2,11 @@
 Sums come from the task_usage rollup, so a report costs about the same over a
 thousand calls or a million."""
 
-import re
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from taskmeter.store.tasks import get_phase, get_task, iterations_of
+from taskmeter.store.tasks import get_phase, get_task, iterations_of, natural_key
 
 # Each summed column and the count of calls that stated it: a sum no call stated is missing.
 STATED_BY = {
@@ -43,11 +42,6 @@ class PhaseHistory:
     phase: dict
     usage_columns: list[str]  # the task_usage rollup's columns, as the schema defines them
     tasks: list[TaskHistory] = field(default_factory=list)
-
-
-def natural_key(identifier: str) -> list:
-    """P2 before P10, P3 before P3.5."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", identifier)]
 
 
 def _placeholders(values) -> str:
@@ -114,7 +108,7 @@ def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int 
     return result
 
 
-def _histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistory]:
+def histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistory]:
     ids = [row["id"] for row in task_rows]
     if not ids:
         return []
@@ -124,14 +118,14 @@ def _histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistor
 
 
 def task_history(db: sqlite3.Connection, task_id: str) -> TaskHistory:
-    return _histories(db, [dict(get_task(db, task_id))])[0]
+    return histories(db, [dict(get_task(db, task_id))])[0]
 
 
 def phase_history(db: sqlite3.Connection, phase_id: str) -> PhaseHistory:
     phase = dict(get_phase(db, phase_id))
     rows = [dict(row) for row in db.execute("SELECT * FROM tasks WHERE phase_id = ?", (phase["id"],))]
     rows.sort(key=lambda row: natural_key(row["id"]))
-    return PhaseHistory(phase, _rollup_columns(db), _histories(db, rows))
+    return PhaseHistory(phase, _rollup_columns(db), histories(db, rows))
 
 
 def phase_ids(db: sqlite3.Connection) -> list[str]:

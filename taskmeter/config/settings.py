@@ -5,6 +5,7 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -21,10 +22,18 @@ class ProxySettings(BaseModel):
     listen_host: str
     port: int = Field(ge=0, le=65535)
     inject_stream_usage: bool
-    store_bodies: bool
+    store_bodies: Literal["none", "text", "full"]
+    retention_days: int = Field(ge=0)
     max_parsed_body_mb: int = Field(ge=1)
     max_pending_mb: float = Field(gt=0)
     shutdown_grace_seconds: float = Field(ge=0)
+
+    @field_validator("store_bodies", mode="before")
+    @classmethod
+    def _bodies_mode(cls, value):
+        """Before texts, store_bodies was true or false: they mean "full" and "none"."""
+        return {True: "full", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
     # Clients beyond loopback that may use HTTPS-proxy mode and absolute-form
     # requests (CIDRs); all others may use only the gateway to [upstreams].
     allow_from: list[str] = []

@@ -16,6 +16,7 @@ class CapturedCall:
     task_id: str | None = None
     attribution: str | None = None
     client: str | None = None
+    client_session: str | None = None  # a client's own session ID header (Claude Code's)
     request_body: bytes | None = None
     injected_usage: bool = False
     first_byte: float | None = None

@@ -55,11 +55,14 @@ _CRASHES_TO_QUARANTINE = 2
 
 class Handover:
     def __init__(
-        self, db_path: Path, store_bodies: bool, proxy_id: str, max_pending_bytes: int, live_view_fd: int | None = None
+        self,
+        db_path: Path,
+        recorder_args: list[str],
+        proxy_id: str,
+        max_pending_bytes: int,
+        live_view_fd: int | None = None,
     ) -> None:
-        self._command = [sys.executable, "-m", "taskmeter.recorder", str(db_path), "--proxy-id", proxy_id]
-        if store_bodies:
-            self._command.append("--store-bodies")
+        self._command = [sys.executable, "-m", "taskmeter.recorder", str(db_path), "--proxy-id", proxy_id, *recorder_args]
         # The recorder prints the live view itself, so the event loop never formats a line.
         self._pass_fds = () if live_view_fd is None else (live_view_fd,)
         if live_view_fd is not None:

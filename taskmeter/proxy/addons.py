@@ -233,6 +233,7 @@ class Capture:
             task_id=task_id,
             attribution=attribution,
             client=request.headers.get("user-agent"),
+            client_session=request.headers.get("x-claude-code-session-id"),
         )
         # Plain bodies: nothing to decompress, and the client is not slowed by
         # block-buffered compression (servers may still compress; we decode then).

@@ -12,6 +12,7 @@ from taskmeter.handover.call import CapturedCall
 from taskmeter.recorder import estimate, pricing
 from taskmeter.recorder.conversation import conversation_id
 from taskmeter.recorder.parse import BodyParser, ParseResult
+from taskmeter.recorder.texts import call_text
 from taskmeter.recorder.usage import Usage
 from taskmeter.secrets import redact
 from taskmeter.store.calls import CallRow
@@ -39,8 +40,8 @@ def request_json(body: bytes | None):
 class Finalizer:
     """Stateful only for Responses API chains: response id -> conversation id."""
 
-    def __init__(self, store_bodies: bool = False, proxy_id: str | None = None) -> None:
-        self._store_bodies = store_bodies
+    def __init__(self, store_bodies: str = "none", proxy_id: str | None = None) -> None:
+        self._store_bodies = store_bodies  # see config: none, text or full
         self._proxy_id = proxy_id  # which proxy recorded the call (several may share a database)
         self._responses: OrderedDict[str, str] = OrderedDict()
 
@@ -79,10 +80,13 @@ class Finalizer:
             cost_usd=cost,
             price_source=price_source,
             conversation_id=conversation,
+            client_session=call.client_session or _session_in_metadata(request),
             notes="; ".join(notes) or None,
         )
         finished = CallRow(interaction)
-        if self._store_bodies:
+        if self._store_bodies in ("text", "full") and call.operation == "generate":
+            finished.texts = call_text(call.protocol, request, result.answer, result.tool_calls).stored()
+        if self._store_bodies == "full":
             finished.request_body = redact(call.request_body.decode("utf-8", "replace")) if call.request_body else None
             finished.response_body = redact(bytes(call.response_body).decode("utf-8", "replace")) or None
         return finished
@@ -193,6 +197,22 @@ def _streamed(call: CapturedCall, request) -> bool:
     if isinstance(request, dict) and "stream" in request:
         return bool(request["stream"])
     return call.protocol == "ollama"  # Ollama streams unless told not to
+
+
+def _session_in_metadata(request) -> str | None:
+    """Claude Code's session ID from metadata.user_id, for versions that send no
+    header: `user_…_session_<uuid>`, or (from 2.1.78) a JSON object with session_id."""
+    user_id = (request.get("metadata") or {}).get("user_id") if isinstance(request, dict) else None
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):
+        try:
+            session = json.loads(user_id).get("session_id")
+        except (ValueError, AttributeError):
+            return None
+        return session if isinstance(session, str) and session else None
+    _, found, session = user_id.rpartition("_session_")
+    return session or None if found else None
 
 
 def _gemini_model(endpoint: str) -> str | None:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from taskmeter.callline import call_line, run_summary
@@ -31,6 +31,7 @@ from taskmeter.handover import callfile
 from taskmeter.handover.pipe import ACK, HEADER
 from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
 from taskmeter.store.writer import DatabaseUnavailable, Writer
+from taskmeter.timefmt import to_stored
 
 log = logging.getLogger("taskmeter.recorder")
 
@@ -39,6 +40,8 @@ HELD_ROWS_MAX = 10_000
 REPLAY_BATCH = 500
 LIVE_VIEW_BACKLOG = 1000
 FRAMES_PER_TRANSACTION = 32
+# Stored text past retention_days is deleted at start and then this often.
+PRUNE_SECONDS = 3600
 
 
 class FrameReader:
@@ -124,8 +127,10 @@ class LiveView:
 
 
 class RecorderLoop:
-    def __init__(self, db_path: Path, finalizer, proxy_id: str | None, live_view=None) -> None:
+    def __init__(self, db_path: Path, finalizer, proxy_id: str | None, live_view=None, retention_days: int = 0) -> None:
         self.writer = Writer(db_path)
+        self._retention_days = retention_days
+        self._last_prune = -PRUNE_SECONDS
         self._live_view = live_view  # one line per call stored, and a summary at the end
         self._totals = {"calls": 0, "unanswered": 0, "tokens": 0, "cost": 0.0}
         self._started = datetime.now(UTC)
@@ -275,6 +280,12 @@ class RecorderLoop:
             self._last_heartbeat = now
             if self.writer.heartbeat(self._proxy_id, RECORDING, self.dropped - self._dropped_reported):
                 self._dropped_reported = self.dropped
+        if self._retention_days and now - self._last_prune >= PRUNE_SECONDS:
+            self._last_prune = now
+            cutoff = datetime.now(UTC) - timedelta(days=self._retention_days)
+            pruned = self.writer.prune_texts(to_stored(cutoff))
+            if pruned:
+                log.warning("meter: deleted the stored text of %d calls older than %d days", pruned, self._retention_days)
 
     def finish(self) -> None:
         """End of input: store what we can, say what this run recorded, then
@@ -308,7 +319,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m taskmeter.recorder")
     parser.add_argument("db")
-    parser.add_argument("--store-bodies", action="store_true")
+    parser.add_argument("--store-bodies", choices=["none", "text", "full"], default="none")
+    parser.add_argument("--retention-days", type=int, default=0, help="Delete stored text older than this (0: keep it).")
     parser.add_argument("--proxy-id")
     parser.add_argument("--live-view-fd", type=int, help="Print a line per call stored to this file descriptor.")
     args = parser.parse_args()
@@ -319,7 +331,7 @@ def main() -> None:
     live_view = None
     if args.live_view_fd is not None:
         live_view = LiveView(open(args.live_view_fd, "w", encoding="utf-8", errors="replace"))
-    loop = RecorderLoop(Path(args.db), Finalizer(args.store_bodies, args.proxy_id), args.proxy_id, live_view)
+    loop = RecorderLoop(Path(args.db), Finalizer(args.store_bodies, args.proxy_id), args.proxy_id, live_view, args.retention_days)
     frames = FrameReader(sys.stdin.fileno())
     loop.replay()
     first_since_start = True

@@ -14,7 +14,9 @@ class ParseResult:
     model: str | None
     response_id: str | None
     errors: list[str]
-    text: str
+    text: str  # everything the model wrote, for token estimates
+    answer: str  # its prose
+    tool_calls: list[list]  # [name, [argument pieces]] per tool call
     counted_tokens: int | None
     finished: bool
     parse_error: str | None
@@ -104,6 +106,8 @@ class BodyParser:
             response_id=acc.response_id,
             errors=acc.errors,
             text="".join(acc.text),
+            answer="".join(acc.answer),
+            tool_calls=acc.tool_calls,
             counted_tokens=acc.counted_tokens,
             finished=acc.finished,
             parse_error=self._parse_error,

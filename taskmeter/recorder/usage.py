@@ -147,7 +147,9 @@ class Accumulator:
     model: str | None = None
     response_id: str | None = None
     errors: list[str] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # everything the model wrote, for token estimates
+    answer: list[str] = field(default_factory=list)  # its prose alone, for `meter show`
+    tool_calls: list[list] = field(default_factory=list)  # [name, [argument pieces]] per tool call
     counted_tokens: int | None = None
     finished: bool = False
     events: int = 0
@@ -163,6 +165,21 @@ class Accumulator:
             text = _error_text(error)
             if text not in self.errors:  # e.g. Responses' `error` repeated in `response.failed`
                 self.errors.append(text)
+
+    def _said(self, text: str) -> None:
+        self.text.append(text)
+        self.answer.append(text)
+
+    def _tool_call(self, name, arguments=None) -> None:
+        """A tool call starts (streams send its arguments in later pieces)."""
+        self.tool_calls.append([name if isinstance(name, str) else None, []])
+        if arguments is not None:
+            self._tool_arguments(arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False))
+
+    def _tool_arguments(self, piece: str, index: int = -1) -> None:
+        self.text.append(piece)
+        if self.tool_calls:
+            self.tool_calls[index][1].append(piece)
 
     def _note_model(self, model) -> None:
         if isinstance(model, str) and model:
@@ -197,11 +214,15 @@ class OpenAIChat(Accumulator):
             part = choice.get("delta") or choice.get("message") or {}
             if isinstance(part, dict):
                 if isinstance(part.get("content"), str):
-                    self.text.append(part["content"])
+                    self._said(part["content"])
                 for call in part.get("tool_calls") or ():
-                    arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
-                    if isinstance(arguments, str):
-                        self.text.append(arguments)
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if not isinstance(function, dict):
+                        continue
+                    if function.get("name"):  # a stream names a call in its first piece only
+                        self._tool_call(function["name"])
+                    if isinstance(function.get("arguments"), str):
+                        self._tool_arguments(function["arguments"])
         if payload.get("object") == "chat.completion":  # not streamed: the whole answer
             self.finished = True
 
@@ -235,15 +256,20 @@ class OpenAIResponses(Accumulator):
                 self._note_error(response.get("error"))
             if payload is response:
                 for item in response.get("output") or ():
+                    if isinstance(item, dict) and item.get("type") == "function_call":
+                        self._tool_call(item.get("name"), item.get("arguments"))
                     for content in (item.get("content") or ()) if isinstance(item, dict) else ():
                         if isinstance(content, dict) and isinstance(content.get("text"), str):
-                            self.text.append(content["text"])
+                            self._said(content["text"])
         elif kind == "error":
             self._note_error(payload.get("error") or payload)
-        elif kind in ("response.output_text.delta", "response.function_call_arguments.delta") and isinstance(
-            payload.get("delta"), str
-        ):
-            self.text.append(payload["delta"])
+        elif kind == "response.output_item.added" and isinstance(payload.get("item"), dict):
+            if payload["item"].get("type") == "function_call":
+                self._tool_call(payload["item"].get("name"))
+        elif kind == "response.output_text.delta" and isinstance(payload.get("delta"), str):
+            self._said(payload["delta"])
+        elif kind == "response.function_call_arguments.delta" and isinstance(payload.get("delta"), str):
+            self._tool_arguments(payload["delta"])
         elif "error" in payload:
             self._note_error(payload["error"])
 
@@ -271,11 +297,17 @@ class Anthropic(Accumulator):
             merged = self._usage or {}
             merged.update({k: v for k, v in payload["usage"].items() if v is not None})
             self._usage = merged
+        elif kind == "content_block_start" and isinstance(payload.get("content_block"), dict):
+            if payload["content_block"].get("type") == "tool_use":
+                self._tool_call(payload["content_block"].get("name"))
         elif kind == "content_block_delta" and isinstance(payload.get("delta"), dict):
             delta = payload["delta"]
-            for key in ("text", "partial_json", "thinking"):
-                if isinstance(delta.get(key), str):
-                    self.text.append(delta[key])
+            if isinstance(delta.get("text"), str):
+                self._said(delta["text"])
+            if isinstance(delta.get("partial_json"), str):
+                self._tool_arguments(delta["partial_json"])
+            if isinstance(delta.get("thinking"), str):
+                self.text.append(delta["thinking"])
         elif kind == "message_stop":
             self.finished = True
         elif kind == "message":  # not streamed: the body is the message
@@ -285,7 +317,9 @@ class Anthropic(Accumulator):
                 self._usage = dict(payload["usage"])
             for block in payload.get("content") or ():
                 if isinstance(block, dict) and isinstance(block.get("text"), str):
-                    self.text.append(block["text"])
+                    self._said(block["text"])
+                elif isinstance(block, dict) and block.get("type") == "tool_use":
+                    self._tool_call(block.get("name"), block.get("input"))
             self.finished = True
         elif kind == "error":
             self._note_error(payload.get("error") or payload)
@@ -318,9 +352,9 @@ class Gemini(Accumulator):
                 continue
             for part in (candidate.get("content") or {}).get("parts") or ():
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    self.text.append(part["text"])
+                    self._said(part["text"])
                 elif isinstance(part, dict) and isinstance(part.get("functionCall"), dict):
-                    self.text.append(json.dumps(part["functionCall"].get("args") or {}))
+                    self._tool_call(part["functionCall"].get("name"), part["functionCall"].get("args") or {})
             if candidate.get("finishReason"):
                 self.finished = True
 
@@ -340,9 +374,9 @@ class Ollama(Accumulator):
         self._note_error(payload.get("error"))
         message = payload.get("message")
         if isinstance(message, dict) and isinstance(message.get("content"), str):
-            self.text.append(message["content"])
+            self._said(message["content"])
         if isinstance(payload.get("response"), str):
-            self.text.append(payload["response"])
+            self._said(payload["response"])
         if payload.get("done") is True:
             self._final = payload
             self.finished = True
@@ -366,17 +400,22 @@ class Bedrock(Accumulator):
             self._usage = payload["usage"]
         if name == "messageStop" or "stopReason" in payload:
             self.finished = True
+        if name == "contentBlockStart" and isinstance((payload.get("start") or {}).get("toolUse"), dict):
+            self._tool_call(payload["start"]["toolUse"].get("name"))
         if name == "contentBlockDelta" and isinstance(payload.get("delta"), dict):
             delta = payload["delta"]
+            if isinstance(delta.get("text"), str):
+                self._said(delta["text"])
             tool_input = delta.get("toolUse").get("input") if isinstance(delta.get("toolUse"), dict) else None
-            for text in (delta.get("text"), tool_input):
-                if isinstance(text, str):
-                    self.text.append(text)
+            if isinstance(tool_input, str):
+                self._tool_arguments(tool_input)
         message = (payload.get("output") or {}).get("message") if isinstance(payload.get("output"), dict) else None
         if isinstance(message, dict):
             for block in message.get("content") or ():
                 if isinstance(block, dict) and isinstance(block.get("text"), str):
-                    self.text.append(block["text"])
+                    self._said(block["text"])
+                elif isinstance(block, dict) and isinstance(block.get("toolUse"), dict):
+                    self._tool_call(block["toolUse"].get("name"), block["toolUse"].get("input"))
         if "message" in payload and "output" not in payload and len(payload) == 1:
             self._note_error(payload)
 

@@ -5,16 +5,19 @@ call gets exactly the row it would have had."""
 import sqlite3
 from dataclasses import dataclass
 
+from taskmeter.errors import NotFound
 from taskmeter.store import tasks
 from taskmeter.store.interactions import Interaction, insert_many, storable_text
 
 
 @dataclass(slots=True)
 class CallRow:
-    """One call as the store takes it: its interactions row and, when bodies are
-    stored, its request and response text."""
+    """One call as the store takes it: its interactions row, what it said (the
+    call_texts columns: prompt, steps, response) and, when whole bodies are kept,
+    its request and response bodies."""
 
     interaction: Interaction
+    texts: tuple[str | None, str | None, str | None] | None = None
     request_body: str | None = None
     response_body: str | None = None
 
@@ -54,6 +57,11 @@ def store_calls(db: sqlite3.Connection, items: list[CallRow]) -> None:
         attribute(db, item.interaction)
         mark_context_switch(db, item.interaction)
         insert_many(db, [item.interaction])
+        if item.texts is not None and any(item.texts):
+            db.execute(
+                "INSERT OR IGNORE INTO call_texts (interaction_id, prompt, steps, response) VALUES (?, ?, ?, ?)",
+                (item.interaction.id, *(None if text is None else storable_text(text)[0] for text in item.texts)),
+            )
         if item.request_body is not None or item.response_body is not None:
             db.execute(
                 "INSERT OR IGNORE INTO bodies (interaction_id, request_body, response_body) VALUES (?, ?, ?)",
@@ -88,11 +96,14 @@ def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:
     return len(updates)
 
 
-def retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | None) -> int:
+def retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | None, create: bool = False) -> int:
     """Move interactions to `task_id` (None: unassigned); context switches of every
-    task involved are recomputed. Runs in the caller's transaction."""
+    task involved are recomputed. An unknown task is created only with `create`,
+    so a typo never makes a task. Runs in the caller's transaction."""
     if not interaction_ids:
         return 0
+    if task_id is not None and not create and not db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone():
+        raise NotFound(f"unknown task {task_id!r}: check the ID with `meter tasks`, or give --create to make it")
     placeholders = ", ".join("?" for _ in interaction_ids)
     touched = {
         row[0]

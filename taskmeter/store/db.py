@@ -7,10 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import platformdirs
-
 from taskmeter.errors import MeterError
-from taskmeter.store import migrations
 
 ENV_VAR = "METER_DB"
 # Long enough that a CLI command waits out the proxy's writer instead of failing.
@@ -18,6 +15,8 @@ BUSY_TIMEOUT_SECONDS = 30.0
 
 
 def default_path() -> Path:
+    import platformdirs  # here, not at the top: `meter statusline` with $METER_DB never pays for it
+
     return platformdirs.user_data_path("taskmeter") / "meter.db"
 
 
@@ -63,6 +62,8 @@ def connect(path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TI
     except sqlite3.Error as exc:
         raise MeterError(f"cannot open database {target}: {exc}") from None
     db.row_factory = sqlite3.Row
+    from taskmeter.store import migrations  # here: a reader such as `meter statusline` never needs it
+
     deadline = time.monotonic() + busy_timeout
     while True:
         try:

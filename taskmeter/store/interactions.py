@@ -45,6 +45,7 @@ class Interaction:
     conversation_id: str | None = None
     context_switch: bool | None = None
     client: str | None = None
+    client_session: str | None = None
     proxy_id: str | None = None
     # What the recorder had to change or drop to store the call (see storable()).
     notes: str | None = None
@@ -125,55 +126,63 @@ def insert(db: sqlite3.Connection, row: Interaction) -> None:
 
 
 def resolve_id(db: sqlite3.Connection, reference: str) -> str:
-    """An interaction ID from `last`, a full ID or any unique prefix of one."""
-    text = reference.strip()
-    if text.lower() == "last":
-        row = db.execute("SELECT id FROM interactions ORDER BY ended_at DESC, id DESC LIMIT 1").fetchone()
-        if row is None:
-            raise NotFound("no interactions recorded yet")
-        return row["id"]
-    prefix = ids.normalise_prefix(text)
-    if not ids.is_valid_prefix(prefix):
-        raise MeterError(
-            f"malformed interaction ID {reference!r}: IDs are up to {ids.LENGTH} letters and digits, as shown by `meter log`"
-        )
+    """An interaction ID from a full ID or a unique prefix of at least ids.MIN_PREFIX
+    characters. A full ID must pass its check character, so a typo fails."""
+    prefix = ids.normalise_prefix(reference)
+    problem = ids.prefix_problem(prefix)
+    if problem:
+        raise MeterError(f"not an interaction ID: {reference.strip()!r}: {problem}")
     matches = [
         row["id"]
         for row in db.execute("SELECT id FROM interactions WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (prefix, prefix + "~"))
     ]
     if not matches:
-        raise NotFound(f"unknown interaction {reference!r}: see `meter log` for IDs")
+        raise NotFound(f"unknown interaction {reference.strip()!r}: see `meter log` for IDs")
     if len(matches) > 1:
-        raise Ambiguous(f"interaction prefix {reference!r} is ambiguous ({', '.join(matches[:2])}, ...): type more of it")
+        raise Ambiguous(f"interaction prefix {reference.strip()!r} is ambiguous ({', '.join(matches[:2])}, ...): type more of it")
     return matches[0]
 
 
-def select_ids(
-    db: sqlite3.Connection,
-    references: list[str] | None = None,
-    between: tuple[str, str] | None = None,
-    window: tuple[str, str] | None = None,
-) -> list[str]:
-    """Interaction IDs named one by one, as an inclusive ID range, or by start time."""
+def select_ids(db: sqlite3.Connection, references: list[str] | None = None, between: tuple[str, str] | None = None) -> list[str]:
+    """Interaction IDs named one by one, or as an inclusive ID range."""
     if references:
         return list(dict.fromkeys(resolve_id(db, reference) for reference in references))
     if between:
         low, high = sorted(resolve_id(db, reference) for reference in between)
         return [row[0] for row in db.execute("SELECT id FROM interactions WHERE id BETWEEN ? AND ? ORDER BY id", (low, high))]
-    if window:
-        return [
-            row[0]
-            for row in db.execute(
-                "SELECT id FROM interactions WHERE started_at >= ? AND started_at < ? ORDER BY started_at", window
-            )
-        ]
     return []
 
 
-def flag(db: sqlite3.Connection, reference: str, note: str | None = None) -> tuple[str, bool]:
-    """Flag an interaction as a hallucination; returns (ID, whether it was already flagged)."""
+# `flag last` looks for the main conversation among this many recent answered calls.
+MAIN_CONVERSATION_WINDOW = 20
+_ANSWERED = "operation = 'generate' AND http_status BETWEEN 200 AND 299"
+
+
+def last_call(db: sqlite3.Connection, task_id: str | None) -> str:
+    """What `last` names: the newest answered call of the main conversation (the
+    one with the most tokens among the last MAIN_CONVERSATION_WINDOW answered calls)
+    of `task_id`, or of every task when None. Side calls, such as a client's
+    title or quota requests, start conversations of their own and are skipped."""
+    where, params = _ANSWERED, []
+    if task_id is not None:
+        where, params = f"task_id = ? AND {_ANSWERED}", [task_id]
+    recent_calls = db.execute(
+        f"SELECT id, coalesce(conversation_id, id) AS conversation, coalesce(input_total, 0) + coalesce(output_total, 0) AS tokens"
+        f" FROM interactions WHERE {where} ORDER BY started_at DESC, id DESC LIMIT ?",
+        (*params, MAIN_CONVERSATION_WINDOW),
+    ).fetchall()
+    if not recent_calls:
+        raise NotFound(f"no answered AI call of {task_id} yet" if task_id else "no answered AI call recorded yet")
+    tokens: dict[str, int] = {}
+    for row in recent_calls:
+        tokens[row["conversation"]] = tokens.get(row["conversation"], 0) + row["tokens"]
+    main = max(tokens, key=tokens.get)  # ties: the conversation seen first, which is the newest
+    return next(row["id"] for row in recent_calls if row["conversation"] == main)
+
+
+def flag(db: sqlite3.Connection, interaction_id: str, note: str | None = None) -> bool:
+    """Flag an interaction as a hallucination; returns whether it was already flagged."""
     with write_transaction(db):
-        interaction_id = resolve_id(db, reference)
         existing = db.execute("SELECT note FROM flags WHERE interaction_id = ?", (interaction_id,)).fetchone()
         if existing is None:
             db.execute(
@@ -182,7 +191,7 @@ def flag(db: sqlite3.Connection, reference: str, note: str | None = None) -> tup
             )
         elif note is not None:
             db.execute("UPDATE flags SET note = ? WHERE interaction_id = ?", (note, interaction_id))
-    return interaction_id, existing is not None
+    return existing is not None
 
 
 def unflag(db: sqlite3.Connection, reference: str) -> str:
@@ -194,36 +203,96 @@ def unflag(db: sqlite3.Connection, reference: str) -> str:
     return interaction_id
 
 
-def stored_after(db: sqlite3.Connection, rowid: int, task_id: str | None = None) -> list[dict]:
+# A call that never reached a model: no response, 429 or 5xx, and no usage stated.
+# (Migration m004 keeps its own frozen copy of this rule for the rollup.)
+# `{r}` is the interactions table's name or alias in the query.
+FAILED_CALL_SQL = (
+    "({r}.operation = 'generate' AND {r}.input_total IS NULL"
+    " AND ({r}.outcome = 'failed' OR {r}.http_status = 429 OR {r}.http_status >= 500))"
+)
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """Which calls a listing shows; every field narrows, None leaves it open."""
+
+    task_id: str | None = None
+    unassigned: bool = False
+    since: str | None = None  # stored timestamps
+    until: str | None = None
+    model: str | None = None  # a substring, any case
+    flagged: bool = False
+    failed: bool = False
+    search: str | None = None  # in the stored text, the model or the error
+
+    def where(self) -> tuple[str, list]:
+        """SQL over `interactions i`, `flags f` and `call_texts t`, and its parameters."""
+        clauses, params = [], []
+        if self.task_id is not None:
+            clauses.append("i.task_id = ?")
+            params.append(self.task_id)
+        if self.unassigned:
+            clauses.append("i.task_id IS NULL")
+        if self.since:
+            clauses.append("i.started_at >= ?")
+            params.append(self.since)
+        if self.until:
+            clauses.append("i.started_at < ?")
+            params.append(self.until)
+        if self.model:
+            clauses.append("i.model LIKE ? ESCAPE '\\'")
+            params.append("%" + _like_escape(self.model) + "%")
+        if self.flagged:
+            clauses.append("f.interaction_id IS NOT NULL")
+        if self.failed:
+            clauses.append(FAILED_CALL_SQL.format(r="i"))
+        if self.search:
+            pattern = "%" + _like_escape(self.search) + "%"
+            clauses.append(
+                "(t.prompt LIKE ? ESCAPE '\\' OR t.response LIKE ? ESCAPE '\\' OR t.steps LIKE ? ESCAPE '\\'"
+                " OR i.model LIKE ? ESCAPE '\\' OR i.error LIKE ? ESCAPE '\\')"
+            )
+            params += [pattern] * 5
+        return (" AND ".join(clauses) or "1"), params
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_CALLS = """
+    SELECT i.rowid, i.*, f.flagged_at, f.note AS flag_note, t.response
+    FROM interactions i
+    LEFT JOIN flags f ON f.interaction_id = i.id
+    LEFT JOIN call_texts t ON t.interaction_id = i.id
+"""
+
+
+def stored_after(db: sqlite3.Connection, rowid: int, calls: CallFilter = CallFilter()) -> list[dict]:
     """Calls stored after the row `rowid` (insertion order), oldest first."""
-    where, params = "", []
-    if task_id is not None:
-        where, params = "AND i.task_id = ?", [task_id]
-    rows = db.execute(
-        f"""
-        SELECT i.rowid, i.*, f.flagged_at, f.note AS flag_note
-        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
-        WHERE i.rowid > ? {where}
-        ORDER BY i.rowid
-        """,
-        (rowid, *params),
-    ).fetchall()
+    where, params = calls.where()
+    rows = db.execute(f"{_CALLS} WHERE i.rowid > ? AND {where} ORDER BY i.rowid", (rowid, *params)).fetchall()
     return [dict(row) for row in rows]
 
 
-def recent(db: sqlite3.Connection, limit: int = 20, task_id: str | None = None) -> list[dict]:
-    """Newest first, with the flag (if any) of each."""
-    where, params = "", []
-    if task_id is not None:
-        where, params = "WHERE i.task_id = ?", [task_id]
-    rows = db.execute(
-        f"""
-        SELECT i.*, f.flagged_at, f.note AS flag_note
-        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
-        {where}
-        ORDER BY i.started_at DESC, i.id DESC
-        LIMIT ?
-        """,
-        (*params, limit),
-    ).fetchall()
+def recent(db: sqlite3.Connection, limit: int = 20, calls: CallFilter = CallFilter()) -> list[dict]:
+    """Newest first, with the flag (if any) and the response text (if kept) of each."""
+    where, params = calls.where()
+    rows = db.execute(f"{_CALLS} WHERE {where} ORDER BY i.started_at DESC, i.id DESC LIMIT ?", (*params, limit)).fetchall()
     return [dict(row) for row in rows]
+
+
+def matching_ids(db: sqlite3.Connection, calls: CallFilter) -> list[str]:
+    where, params = calls.where()
+    return [
+        row[0]
+        for row in db.execute(
+            "SELECT i.id FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id"
+            f" LEFT JOIN call_texts t ON t.interaction_id = i.id WHERE {where} ORDER BY i.started_at",
+            params,
+        )
+    ]
+
+
+def one(db: sqlite3.Connection, interaction_id: str) -> dict:
+    return dict(db.execute(f"{_CALLS} WHERE i.id = ?", (interaction_id,)).fetchone())

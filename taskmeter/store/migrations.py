@@ -603,6 +603,30 @@ def m004_failed_calls_apart(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_call_texts(db: sqlite3.Connection) -> None:
+    """What a call said, for `meter show`: the last message a person typed, the
+    tool calls and results since (a line each), and the response's text. Kept
+    apart from usage so `meter purge` and retention can delete it alone. And
+    the client's session, so a status line can tell whether its calls are metered."""
+    run_script(
+        db,
+        """
+        CREATE TABLE call_texts (
+            interaction_id TEXT PRIMARY KEY REFERENCES interactions(id) ON DELETE CASCADE,
+            prompt TEXT,
+            steps TEXT,
+            response TEXT
+        );
+        CREATE INDEX interactions_model ON interactions(model, started_at);
+
+        -- The client's own session (Claude Code's session ID), for its status line.
+        ALTER TABLE interactions ADD COLUMN client_session TEXT;
+        CREATE INDEX interactions_client_session ON interactions(client_session, started_at);
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:

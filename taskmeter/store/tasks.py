@@ -3,7 +3,7 @@
 import re
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from taskmeter.errors import MeterError, NotFound
 from taskmeter.store.db import write_transaction
@@ -20,6 +20,8 @@ MILESTONES = {
     "validated": "validation_at",
     "approved": "final_approval_at",
 }
+# A clock a little ahead is not "the future".
+FUTURE_TOLERANCE = timedelta(minutes=1)
 PHASE_MILESTONES = {
     "begin": "begin_at",
     "first-code": "first_code_at",
@@ -271,7 +273,16 @@ def _set_milestone(
     stamp: str,
     force: bool,
 ) -> None:
-    """Check the order (unless forced) and store the timestamp, in the caller's transaction."""
+    """Check the order (unless forced) and store the timestamp, in the caller's transaction.
+    Nothing happens before the record began, forced or not; a time in the future
+    (beyond clock skew) needs force."""
+    begin = record[order["begin"]]
+    if begin is not None and stamp < begin and milestone != "begin":
+        raise MeterError(
+            f"{milestone} at {display(stamp)} is before {what} {record['id']} began ({display(begin)}): not recorded"
+        )
+    if not force and stamp > to_stored(now() + FUTURE_TOLERANCE):
+        raise MeterError(f"{milestone} at {display(stamp)} is in the future; use --force if that is meant")
     if not force:
         _check_order(record, order, milestone, stamp, f"{what} {record['id']}")
     db.execute(f"UPDATE {table} SET {order[milestone]} = ? WHERE id = ?", (stamp, record["id"]))
@@ -345,24 +356,18 @@ def events(db: sqlite3.Connection, task_id: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def list_tasks(db: sqlite3.Connection, phase_id: str | None = None) -> list[dict]:
-    """Every task with the measured numbers a listing shows."""
+def natural_key(identifier: str) -> list:
+    """P2 before P10, P3 before P3.5."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", identifier)]
+
+
+def list_task_rows(db: sqlite3.Connection, phase_id: str | None = None) -> list[sqlite3.Row]:
+    """Tasks in phase and natural ID order (P1-2 before P1-10)."""
     where, params = "", []
     if phase_id is not None:
-        where, params = "WHERE t.phase_id = ?", [validate_phase_id(phase_id)]
-    rows = db.execute(
-        f"""
-        SELECT t.*, u.interactions, u.flagged,
-            CASE WHEN u.input_total_calls + u.output_total_calls > 0 THEN u.input_total + u.output_total END AS tokens
-        FROM tasks t
-        LEFT JOIN task_usage u ON u.task_key = t.id
-        {where}
-        ORDER BY t.phase_id, t.id
-        """,
-        params,
-    ).fetchall()
-    counts = iterations_of(db, [row["id"] for row in rows])
-    return [{**dict(row), "iterations": counts[row["id"]]} for row in rows]
+        where, params = "WHERE phase_id = ?", [get_phase(db, phase_id)["id"]]
+    rows = db.execute(f"SELECT * FROM tasks {where}", params).fetchall()
+    return sorted(rows, key=lambda row: (natural_key(row["phase_id"]), natural_key(row["id"])))
 
 
 def list_phases(db: sqlite3.Connection) -> list[dict]:

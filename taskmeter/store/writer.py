@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from taskmeter.store import db as store_db
-from taskmeter.store import proxies
+from taskmeter.store import proxies, texts
 from taskmeter.store.calls import CallRow, store_calls
 
 log = logging.getLogger("taskmeter.writer")
@@ -65,6 +65,14 @@ class Writer:
 
     def heartbeat(self, proxy_id: str, recording: str, newly_dropped: int) -> bool:
         return self._quietly(proxies.heartbeat, proxy_id, recording, newly_dropped)
+
+    def prune_texts(self, before: str) -> int:
+        """Delete stored text of calls started before `before`; 0 when the database cannot be written now."""
+        try:
+            return texts.purge(self._connect(), before)
+        except (DatabaseUnavailable, sqlite3.Error):
+            self.close()
+            return 0
 
     def unregister(self, proxy_id: str) -> bool:
         return self._quietly(proxies.unregister, proxy_id)

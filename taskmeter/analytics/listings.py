@@ -1,0 +1,74 @@
+"""Listings in the names every `--json` uses. One name per thing everywhere:
+task_id, interaction_id, model, ai_interactions, failed_calls,
+hallucination_count, cost_usd, tokens{input_total, cache_read, cache_write,
+output_total, reasoning, total}; timestamps as stored (ISO 8601 UTC, `…Z`);
+yes/no as true/false. docs/schema.md lists them."""
+
+import sqlite3
+
+from taskmeter.analytics import history, metrics
+from taskmeter.store import tasks
+from taskmeter.timefmt import now_stored
+
+
+def tokens(row: dict) -> dict:
+    """The tokens object of a call or a sum (inclusive counts, None when not stated)."""
+    stated = row["input_total"] is not None or row["output_total"] is not None
+    return {
+        "input_total": row["input_total"],
+        "cache_read": row["cache_read"],
+        "cache_write": row["cache_write"],
+        "output_total": row["output_total"],
+        "reasoning": row["reasoning"],
+        "total": (row["input_total"] or 0) + (row["output_total"] or 0) if stated else None,
+    }
+
+
+def _flag(value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def call_record(row: dict) -> dict:
+    """One call as `log --json`, `show --json` and `flag --json` give it."""
+    return {
+        "interaction_id": row["id"],
+        "task_id": row["task_id"],
+        "attribution": row["attribution"],
+        "started_at": row["started_at"],
+        "first_byte_at": row["first_byte_at"],
+        "ended_at": row["ended_at"],
+        "provider": row["provider"],
+        "protocol": row["protocol"],
+        "operation": row["operation"],
+        "method": row["method"],
+        "endpoint": row["endpoint"],
+        "model": row["model"],
+        "streamed": _flag(row["streamed"]),
+        "http_status": row["http_status"],
+        "outcome": row["outcome"],
+        "error": row["error"],
+        "tokens": tokens(row),
+        "usage_source": row["usage_source"],
+        "cost_usd": row["cost_usd"],
+        "price_source": row["price_source"],
+        "conversation_id": row["conversation_id"],
+        "context_switch": _flag(row["context_switch"]),
+        "client": row["client"],
+        "client_session": row["client_session"],
+        "flagged": row["flagged_at"] is not None,
+        "flagged_at": row["flagged_at"],
+        "flag_note": row["flag_note"],
+        "notes": row["notes"],
+    }
+
+
+def task_records(db: sqlite3.Connection, phase_id: str | None = None, now: str | None = None) -> list[dict]:
+    """Every task's Level 1 fields (as `task --json` gives them), and whether it is current."""
+    now = now or now_stored()
+    current = tasks.current_task(db)
+    current_id = current.task_id.lower() if current else None
+    rows = [dict(row) for row in tasks.list_task_rows(db, phase_id)]
+    return [
+        {**metrics.task_fields(task_history, now), "current": task_history.task["id"].lower() == current_id}
+        for task_history in history.histories(db, rows)
+    ]

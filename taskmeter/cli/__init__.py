@@ -1,0 +1,54 @@
+"""The `meter` command line: parse arguments, call the domain code, print.
+
+Every failure a user can cause ends as one line on stderr and exit status 1.
+The commands live in the modules beside this one; importing them (and click
+and rich) is left to main(), so that `meter statusline` starts fast.
+"""
+
+import os
+import sqlite3
+import sys
+
+
+def main() -> None:
+    """Entry point: no traceback ever reaches the user."""
+    from taskmeter import statusline
+
+    if statusline.fast_path(sys.argv[1:]):
+        return
+    import click
+
+    from taskmeter import terminal
+    from taskmeter.cli.app import cli
+    from taskmeter.errors import MeterError
+    from taskmeter.store import db as store_db
+
+    try:
+        cli.main(prog_name="meter", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        terminal.error("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see `{exc.ctx.command_path} --help`)"
+        terminal.error(exc.format_message().replace("\n", " ") + hint)
+        sys.exit(1)
+    except MeterError as exc:
+        terminal.error(str(exc))
+        sys.exit(1)
+    except sqlite3.Error as exc:
+        terminal.error(str(store_db.describe_sqlite_error(exc, "the database")))
+        sys.exit(1)
+    except OSError as exc:
+        terminal.error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("METER_DEBUG"):
+            raise
+        terminal.error(f"internal error: {type(exc).__name__}: {exc} (set METER_DEBUG=1 for the traceback)")
+        sys.exit(1)

@@ -1,0 +1,385 @@
+"""The calls: status, log, show, flag, unflag, retag, purge."""
+
+import sqlite3
+import time
+
+import click
+
+from taskmeter import terminal
+from taskmeter.analytics.listings import call_record
+from taskmeter.cli.common import (
+    INTERACTION,
+    MOMENT,
+    TASK,
+    cli,
+    db_option,
+    json_option,
+    open_db,
+    utc_option,
+)
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.store import interactions, proxies, tasks
+from taskmeter.store import texts as call_texts
+from taskmeter.terminal import Column
+from taskmeter.timefmt import format_duration, now_stored, seconds_between
+
+# How often `meter log --follow` looks for new calls: a short read transaction.
+FOLLOW_POLL_SECONDS = 0.25
+
+
+@cli.command("status")
+@json_option
+@utc_option
+@db_option
+def status_cmd(as_json, utc, db_path):
+    """The current task, its time, tokens and cost so far, and whether a proxy is metering."""
+    from taskmeter import lifecycle
+    from taskmeter.analytics.reports import task_report
+    from taskmeter.handover import callfile
+
+    with open_db(db_path) as db:
+        current = tasks.current_task(db)
+        view = task_report(db, current.task_id) if current else None
+        running = proxies.running(db)
+        latest = interactions.recent(db, limit=1)
+    database = store_db.resolve_path(db_path)
+    state = {
+        "database": str(database),
+        "task_id": current.task_id if current else None,
+        "current_since": current.since if current else None,
+        "current_for_seconds": seconds_between(current.since, now_stored()) if current else None,
+        "task": view,
+        "proxies": [{"proxy_id": proxy.pop("id"), **proxy} for proxy in running],
+        "last_interaction_at": latest[0]["started_at"] if latest else None,
+        # Calls not in the database: waiting in the spool, or kept apart for a person.
+        "spooled_calls": callfile.count_lines(callfile.spool_path(database)),
+        "quarantined_calls": callfile.count_lines(callfile.quarantine_path(database)),
+        "quarantine": str(callfile.quarantine_path(database)),
+        # Set when `meter start` runs the proxy in the background.
+        "pidfile": str(lifecycle.pid_path(database)) if lifecycle.pid_path(database).exists() else None,
+        "log": str(lifecycle.log_path(database)) if lifecycle.pid_path(database).exists() else None,
+    }
+    if as_json:
+        terminal.print_json(state)
+        return
+    if current is None:
+        terminal.info("No current task: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
+    else:
+        cost = terminal.money(view["cost_usd"])
+        if view["unpriced_interactions"]:
+            cost += f" ({view['unpriced_interactions']} calls with no known price not included)"
+        terminal.fields(
+            [
+                ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
+                ("Current for", format_duration(state["current_for_seconds"])),
+                ("Elapsed since begin", format_duration(view["actual_duration"])),
+                ("Estimate", format_duration(view["estimated_duration"])),
+                ("Tokens so far", terminal.number(view["token_count_used"])),
+                ("Cost so far", cost),
+                ("AI interactions", view["ai_interactions"]),
+                ("Failed calls", view["failed_calls"]),
+                ("Hallucinations", view["hallucination_count"]),
+            ]
+        )
+    if running:
+        for proxy in state["proxies"]:
+            terminal.info(
+                f"Proxy running: pid {proxy['pid']} on {proxy['listen']} since {terminal.moment(proxy['started_at'], utc)}"
+            )
+            if state["log"]:
+                terminal.info(f"  in the background (`meter stop`); pidfile {state['pidfile']}, log {state['log']}")
+            if proxy["recording"] != proxies.RECORDING:
+                terminal.warn(f"NOT RECORDING: {proxy['recording']}")
+            if proxy["dropped_calls"]:
+                terminal.warn(f"{proxy['dropped_calls']} calls were lost: neither the database nor the spool could take them")
+    else:
+        terminal.info("No proxy is running on this database: start one with `meter proxy`.")
+    if state["spooled_calls"]:
+        terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
+    if state["quarantined_calls"]:
+        terminal.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
+    terminal.info(f"Database: {state['database']}")
+
+
+# The log's columns; the narrower the terminal, the more of the high `drop` ones go.
+LOG_COLUMNS = [
+    Column("ID", "id"),
+    Column("Started", "time"),
+    Column("Task", "id", drop=4),
+    Column("Model", shrink=True),
+    Column("In", "count"),
+    Column("Cache R", "count", drop=6),
+    Column("Cache W", "count", drop=7),
+    Column("Out", "count"),
+    Column("Reason", "count", drop=5),
+    Column("Cost", "money", drop=3),
+    Column("Source", drop=8),
+    Column("Status", drop=2),
+    Column("Flag", drop=1),
+]
+
+
+def _log_row(row: dict) -> list:
+    return [
+        row["id"],
+        row["started_at"],
+        row["task_id"] or "unassigned",
+        row["model"],
+        row["input_total"],
+        row["cache_read"],
+        row["cache_write"],
+        row["output_total"],
+        row["reasoning"],
+        row["cost_usd"],
+        row["usage_source"],
+        _status_cell(row),
+        "⚑" if row["flagged_at"] else "",
+    ]
+
+
+@cli.command("log")
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many calls.")
+@click.option("--task", "task_id", type=TASK, help="Only this task's calls.")
+@click.option("--unassigned", is_flag=True, help="Only calls of no task (retag them with `meter retag ID --to TASK`).")
+@click.option("--since", type=MOMENT, help="Only calls from this time on: today, yesterday, 6h, 7d, 2026-11-20, ISO 8601.")
+@click.option("--until", type=MOMENT, help="Only calls before this time (same forms as --since).")
+@click.option("--model", help="Only calls of models whose name contains this.")
+@click.option("--flagged", is_flag=True, help="Only calls flagged as hallucinations.")
+@click.option("--failed", is_flag=True, help="Only calls that never reached a model (no response, 429, 5xx).")
+@click.option("--search", metavar="TEXT", help="Only calls whose stored text, model or error contains TEXT.")
+@click.option("-f", "--follow", is_flag=True, help="Then print a line for each call as it is recorded, until Ctrl-C.")
+@json_option
+@utc_option
+@db_option
+def log_cmd(limit, task_id, unassigned, since, until, model, flagged, failed, search, follow, as_json, utc, db_path):
+    """Recent AI calls, newest first, with IDs to use with `meter show` and `meter flag`."""
+    if follow and as_json:
+        raise click.UsageError("--follow prints lines; use it without --json")
+    if task_id and unassigned:
+        raise click.UsageError("--task and --unassigned contradict each other")
+    with open_db(db_path) as db:
+        if task_id:
+            task_id = tasks.get_task(db, task_id.strip())["id"]
+        calls = interactions.CallFilter(task_id, unassigned, since, until, model, flagged, failed, search)
+        if follow:
+            _follow(db, limit, calls)
+            return
+        rows = interactions.recent(db, limit=limit, calls=calls)
+    if as_json:
+        terminal.print_json([call_record(row) for row in rows])
+        return
+    if not rows:
+        terminal.info("No AI calls match." if calls != interactions.CallFilter() else "No AI calls recorded yet.")
+        return
+    terminal.table(LOG_COLUMNS, [_log_row(row) for row in rows], utc=utc)
+
+
+def _follow(db: sqlite3.Connection, limit: int, calls: interactions.CallFilter) -> None:
+    """The last `limit` calls, oldest first, then each new one as the recorder
+    stores it: the proxy's live view, from any terminal."""
+    from taskmeter.callline import call_line
+
+    db.execute("BEGIN")  # one snapshot for both: no call missed or shown twice
+    seen = db.execute("SELECT coalesce(max(rowid), 0) FROM interactions").fetchone()[0]
+    earlier = interactions.recent(db, limit=limit, calls=calls)
+    db.execute("COMMIT")
+    for row in reversed(earlier):
+        click.echo(call_line(row))
+    try:
+        while True:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            for row in interactions.stored_after(db, seen, calls):
+                seen = row["rowid"]
+                click.echo(call_line(row))
+    except KeyboardInterrupt:
+        return
+
+
+def _status_cell(row: dict) -> str:
+    status = str(row["http_status"]) if row["http_status"] is not None else ""
+    if row["outcome"] and row["outcome"] != "complete":
+        status = f"{status} {row['outcome']}".strip()
+    return status
+
+
+def _tokens_text(row: dict) -> str:
+    if row["input_total"] is None and row["output_total"] is None:
+        return "no usage"
+    return f"{(row['input_total'] or 0) + (row['output_total'] or 0):,} tokens"
+
+
+def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> str:
+    """`last` (see interactions.last_call) or an ID or prefix."""
+    if reference.strip().lower() != "last":
+        if any_task:
+            raise click.UsageError("--any goes with `last`")
+        return interactions.resolve_id(db, reference)
+    if any_task:
+        return interactions.last_call(db, None)
+    current = tasks.current_task(db)
+    if current is None:
+        raise MeterError("no current task: `last --any` names the last call of any task, or give an ID from `meter log`")
+    return interactions.last_call(db, current.task_id)
+
+
+@cli.command("show")
+@click.argument("interaction", type=INTERACTION)
+@click.option("--any", "any_task", is_flag=True, help="With `last`: the last call of any task, not the current one.")
+@json_option
+@utc_option
+@db_option
+def show_cmd(interaction, any_task, as_json, utc, db_path):
+    """What one AI call said and cost: by ID, prefix (6+ characters) or `last`.
+
+    Metadata, usage and where it came from, cost, flag and note, then the last
+    message a person typed, the tool steps since (a line each) and the response.
+    """
+    with open_db(db_path) as db:
+        interaction_id = _resolve(db, interaction, any_task)
+        row = interactions.one(db, interaction_id)
+        said = call_texts.of_call(db, interaction_id)
+    record = call_record(row)
+    if as_json:
+        terminal.print_json({**record, "text": said})
+        return
+    tokens = record["tokens"]
+    usage = "no usage stated"
+    if tokens["total"] is not None:
+        usage = (
+            f"input {terminal.number(tokens['input_total'])} (cache read {terminal.number(tokens['cache_read'])}, "
+            f"cache write {terminal.number(tokens['cache_write'])}), output {terminal.number(tokens['output_total'])} "
+            f"(reasoning {terminal.number(tokens['reasoning'])}) = {terminal.number(tokens['total'])}"
+        )
+    source = {"reported": "stated by the provider", "estimated": "estimated with tiktoken (the provider stated none)",
+              "partial": "the stream was cut: what it stated, or the delivered text counted"}.get(record["usage_source"], "")  # fmt: skip
+    duration = seconds_between(row["started_at"], row["ended_at"]) if row["ended_at"] else None
+    terminal.fields(
+        [
+            ("Call", record["interaction_id"]),
+            ("Task", record["task_id"] or "unassigned"),
+            ("When", f"{terminal.moment(record['started_at'], utc, short=False)}" + (f" ({duration:.1f} s)" if duration is not None else "")),
+            ("Model", f"{record['model'] or '?'} via {record['provider'] or '?'} ({record['endpoint'] or '?'})"),
+            ("Status", (_status_cell(row) or "no response") + (f": {record['error']}" if record["error"] else "")),
+            ("Tokens", usage),
+            ("Usage source", f"{record['usage_source']}: {source}" if record["usage_source"] else None),
+            ("Cost", terminal.money(record["cost_usd"]) + (f" ({record['price_source']})" if record["price_source"] else "")),
+            ("Flag", f"hallucination, {terminal.moment(record['flagged_at'], utc, short=False)}" + (f": {record['flag_note']}" if record["flag_note"] else "") if record["flagged"] else "no"),
+            ("Notes", record["notes"]),
+        ]
+    )  # fmt: skip
+    if said is None:
+        terminal.info('\nNo text kept for this call (store_bodies is "none", it was purged, or it said nothing).')
+        return
+    terminal.info("\n--- last message typed ---")
+    terminal.info(said["prompt"] or "(none in this request)")
+    if said["steps"]:
+        terminal.info("\n--- since then ---")
+        for step in said["steps"]:
+            terminal.info(step)
+    terminal.info("\n--- response ---")
+    terminal.info(said["response"] or "(no text)")
+
+
+@cli.command("flag")
+@click.argument("interaction", type=INTERACTION)
+@click.option("--note", help="What was hallucinated, e.g. 'invented API'.")
+@click.option("--any", "any_task", is_flag=True, help="With `last`: the last call of any task, not the current one.")
+@json_option
+@utc_option
+@db_option
+def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
+    """Flag an AI call as a hallucination, by ID, prefix (6+ characters) or `last`.
+
+    `last` is the last answered call of the current task's main conversation,
+    skipping small side calls (a client's title or quota requests).
+    """
+    with open_db(db_path) as db:
+        interaction_id = _resolve(db, interaction, any_task)
+        already = interactions.flag(db, interaction_id, note)
+        row = interactions.one(db, interaction_id)
+    if as_json:
+        terminal.print_json({**call_record(row), "already_flagged": already})
+        return
+    what = (
+        f"{interaction_id} was already flagged" + ("; note updated" if note is not None else "")
+        if already
+        else f"Flagged {interaction_id} as a hallucination"
+    )
+    terminal.info(what + ":")
+    details = [
+        row["task_id"] or "unassigned",
+        row["model"] or "?",
+        terminal.moment(row["started_at"], utc, short=False),
+        _tokens_text(row),
+    ]
+    terminal.info("  " + "  ".join(details))
+    terminal.info("  " + (call_texts.first_line(row["response"]) or "(no response text kept)"))  # fmt: skip
+
+
+@cli.command("unflag")
+@click.argument("interaction", type=INTERACTION)
+@db_option
+def unflag_cmd(interaction, db_path):
+    """Remove the hallucination flag from an AI call."""
+    with open_db(db_path) as db:
+        interaction_id = interactions.unflag(db, interaction)
+    terminal.info(f"Unflagged {interaction_id}.")
+
+
+@cli.command("purge")
+@click.option("--before", type=MOMENT, help="Only calls started before this time (default: every call).")
+@db_option
+def purge_cmd(before, db_path):
+    """Delete the stored text and bodies of calls; their usage, cost and flags stay.
+
+    The recorder already deletes text older than `retention_days` (config).
+    """
+    with open_db(db_path) as db:
+        purged = call_texts.purge(db, before)
+    terminal.info(f"Deleted the stored text of {purged:,} call{'s' if purged != 1 else ''}; usage is kept.")
+
+
+@cli.command("retag")
+@click.argument("interactions_", metavar="[ID]...", nargs=-1, type=INTERACTION)
+@click.option("--to", "to_task", type=TASK, help="The task to move them to (it must exist, unless --create).")
+@click.option("--create", is_flag=True, help="With --to: create the task (and its phase) if it does not exist.")
+@click.option("--unassign", is_flag=True, help="Move them to the unassigned bucket instead.")
+@click.option("--between", nargs=2, metavar="ID ID", help="Every call from the first ID to the second, inclusive.")
+@click.option("--unassigned", "from_unassigned", is_flag=True, help="Every unassigned call (within --since/--until if given).")
+@click.option("--since", type=MOMENT, help="Every call started at or after this time ...")
+@click.option("--until", type=MOMENT, help="... and before this one (today, 6h, 2026-11-20, ISO 8601).")
+@db_option
+def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned, since, until, db_path):
+    """Move AI calls to another task (or unassign them); reports follow at once.
+
+    \b
+      meter retag 05j6e2pw21jh7 05j6e2q0 --to P1-011
+      meter retag --between 05j6e2pw 05j6e3aa --to P1-011
+      meter retag --since 2025-10-04T09:00:00Z --until 2025-10-04T10:00:00Z --to P1-011
+      meter retag --unassigned --since today --to P1-011
+    """
+    from taskmeter.store.calls import retag
+
+    if bool(to_task) == unassign:
+        raise click.UsageError("give --to TASK, or --unassign")
+    if create and not to_task:
+        raise click.UsageError("--create goes with --to")
+    chosen = [bool(interactions_), bool(between), bool(since or until or from_unassigned)]
+    if sum(chosen) != 1:
+        raise click.UsageError("choose the calls one way: IDs, --between, --unassigned, or --since/--until")
+    if not from_unassigned and (since is None) != (until is None):
+        raise click.UsageError("--since and --until go together (or narrow --unassigned)")
+    if to_task:
+        to_task = tasks.validate_task_id(to_task)
+    with open_db(db_path) as db:
+        with store_db.write_transaction(db):
+            if interactions_ or between:
+                ids = interactions.select_ids(db, list(interactions_), between)
+            else:
+                window = interactions.CallFilter(unassigned=from_unassigned, since=since, until=until)
+                ids = interactions.matching_ids(db, window)
+            if not ids:
+                raise MeterError("no interactions match")
+            moved = retag(db, ids, to_task, create=create)
+    terminal.info(f"Moved {moved} interaction{'s' if moved != 1 else ''} to {to_task or 'unassigned'}.")

@@ -1,0 +1,149 @@
+"""What every command shares: the `meter` group, argument types, options, opening the database."""
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+
+import click
+from click.shell_completion import CompletionItem
+
+from taskmeter import __version__
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.timefmt import parse_duration, parse_moment, parse_user_timestamp, to_stored
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(value)
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class TimestampType(click.ParamType):
+    name = "ISO8601"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_user_timestamp(value)
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class PercentType(click.ParamType):
+    name = "PERCENT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().removesuffix("%")
+        try:
+            number = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a percentage such as 87 or 87%", param, ctx)
+        if not 0 <= number <= 100:
+            self.fail(f"{value!r} is outside 0-100%", param, ctx)
+        return number
+
+
+class MomentType(click.ParamType):
+    """--since, --until, --before: a stored timestamp from today, 6h, 2026-11-20 and the like."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        try:
+            return to_stored(parse_moment(value))
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _known(query: str, incomplete: str) -> list[tuple[str, str]]:
+    """For shell completion: (value, help) pairs from the database, quietly none
+    when it cannot be read. Read-only: completing must never create or migrate it."""
+    path = store_db.resolve_path(None)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+        try:
+            return [(row[0], row[1] or "") for row in db.execute(query, (incomplete.lower() + "%",))]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+
+
+class TaskIdType(click.ParamType):
+    name = "TASK"
+
+    def shell_complete(self, ctx, param, incomplete):
+        found = _known("SELECT id, title FROM tasks WHERE lower(id) LIKE ? ORDER BY begin_at DESC LIMIT 100", incomplete)
+        return [CompletionItem(value, help=help) for value, help in found]
+
+
+class InteractionIdType(click.ParamType):
+    name = "ID"
+
+    def shell_complete(self, ctx, param, incomplete):
+        found = _known(
+            "SELECT id, coalesce(task_id, 'unassigned') || ' ' || coalesce(model, '?') FROM interactions"
+            " WHERE id LIKE ? ORDER BY started_at DESC LIMIT 50",
+            incomplete,
+        )
+        values = [CompletionItem(value, help=help) for value, help in found]
+        return (
+            [CompletionItem("last", help="the last call of the current task")] if "last".startswith(incomplete) else []
+        ) + values
+
+
+DURATION, TIMESTAMP, PERCENT, MOMENT = DurationType(), TimestampType(), PercentType(), MomentType()
+TASK, INTERACTION = TaskIdType(), InteractionIdType()
+YES_NO = click.Choice(["yes", "no"], case_sensitive=False)
+
+db_option = click.option(
+    "--db",
+    "db_path",
+    envvar=store_db.ENV_VAR,
+    type=click.Path(dir_okay=False),
+    help=f"Database file (default: ${store_db.ENV_VAR}, else {store_db.default_path()}).",
+)
+config_option = click.option(
+    "--config",
+    "config_path",
+    envvar="METER_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Settings file (default: $METER_CONFIG, else the user config folder's config.toml).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (field names in docs/schema.md).")
+utc_option = click.option("--utc", is_flag=True, help="Show times in UTC instead of local time.")
+
+
+@contextlib.contextmanager
+def open_db(path: str | None) -> Iterator[sqlite3.Connection]:
+    connection = store_db.connect(path)
+    try:
+        yield connection
+    except sqlite3.Error as exc:
+        raise store_db.describe_sqlite_error(exc, store_db.resolve_path(path)) from None
+    finally:
+        connection.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="meter")
+def cli() -> None:
+    """Meter AI calls per task: tokens, cost, context switches and hallucinations.
+
+    \b
+    Typical flow:
+      meter set-task P1-010 --estimate 1h30m   # what you are working on
+      meter mark initial                        # milestones as they happen
+      meter log                                 # recent AI calls with their IDs
+      meter flag last --note "invented API"     # a hallucination
+
+    The database is one SQLite file; --db or $METER_DB choose another.
+    """

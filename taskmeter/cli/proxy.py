@@ -1,0 +1,219 @@
+"""Running the proxy and pointing clients at it: proxy, start, stop, doctor, env, run."""
+
+import ipaddress
+import os
+import socket
+import sys
+
+import click
+
+from taskmeter import terminal
+from taskmeter.cli.common import (
+    cli,
+    config_option,
+    db_option,
+    open_db,
+)
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.store import proxies, tasks
+
+
+@cli.command("proxy")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default from config: 8877; 0 picks a free one).")
+@click.option("--host", help="Address to listen on (default 127.0.0.1; anything else exposes the meter to your network).")
+@click.option(
+    "--allow-from",
+    "allow_from",
+    multiple=True,
+    metavar="CIDR",
+    help="Clients beyond loopback that may also use HTTPS-proxy mode (default: the gateway only). Repeatable.",
+)
+@click.option("--quiet", is_flag=True, help="No line per call (and no summary at the end) on standard output.")
+@config_option
+@db_option
+def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
+    """Run the metering proxy in the foreground until Ctrl-C.
+
+    \b
+    One port serves two ways:
+      base-URL gateway   OPENAI_BASE_URL=http://127.0.0.1:8877/openai/v1, /anthropic, /gemini, ...
+                         with /t/TASK/ in front to attribute a client's calls to TASK
+      HTTPS proxy        HTTPS_PROXY=http://127.0.0.1:8877 plus the meter's CA
+    `eval "$(meter env)"` sets both for a shell; `meter run -- CMD` for one command.
+    """
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.runner import run_proxy
+
+    def proxy_settings():
+        """The config file's settings with this command line's overrides: at start, and on reload."""
+        settings = load_settings(config_path)
+        if allow_from:
+            settings = settings.model_copy(update={"proxy": settings.proxy.model_copy(update={"allow_from": list(allow_from)})})
+            settings.trusted_networks()  # a malformed CIDR fails here
+        return settings
+
+    settings = proxy_settings()
+    path = store_db.resolve_path(db_path)
+    with open_db(path) as db:  # a bad database fails here, before listening
+        running = proxies.running(db)
+    if running:
+        other = running[0]
+        raise MeterError(
+            f"a meter proxy already records to {path} (pid {other['pid']} on {other['listen']}): "
+            "point clients at it (`meter env`), stop it first, or give this one another --db"
+        )
+    listen_host = host or settings.proxy.listen_host
+    listen_port = settings.proxy.port if port is None else port
+    if not ipaddress.ip_address(socket.gethostbyname(listen_host)).is_loopback and not settings.proxy.allow_from:
+        click.echo(
+            f"meter: warning: listening on {listen_host}: clients not on loopback may use only the gateway to your "
+            "upstreams (no HTTPS_PROXY, no other hosts); --allow-from CIDR lets a network do more",
+            err=True,
+        )
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        origin = f"http://{bound_host}:{bound_port}"
+        terminal.info(f"taskmeter proxy listening on {bound_host}:{bound_port}, recording to {path}")
+        terminal.info(f"  gateway: {origin}/openai/v1  {origin}/anthropic  {origin}/gemini  (see `meter env`)")
+        terminal.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
+        sys.stdout.flush()
+
+    run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings)
+
+
+@cli.command("start")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default from config: 8877).")
+@config_option
+@db_option
+def start_cmd(port, config_path, db_path):
+    """Run the metering proxy in the background (log and pidfile in the user state folder)."""
+    from taskmeter import lifecycle
+
+    path = store_db.resolve_path(db_path)
+    args = (["--port", str(port)] if port is not None else []) + (["--config", config_path] if config_path else [])
+    proxy = lifecycle.start(path, args)
+    terminal.info(f"meter proxy started: pid {proxy['pid']} on {proxy['listen']}, recording to {path}")
+    terminal.info(f"log: {lifecycle.log_path(path)}   stop it with `meter stop`")
+
+
+@cli.command("stop")
+@config_option
+@db_option
+def stop_cmd(config_path, db_path):
+    """Stop the proxy recording to the database, as Ctrl-C would: calls in flight may finish."""
+    from taskmeter import lifecycle
+    from taskmeter.config import load_settings
+
+    path = store_db.resolve_path(db_path)
+    pid = lifecycle.stop(path, timeout=load_settings(config_path).proxy.shutdown_grace_seconds + 5)
+    terminal.info(f"meter proxy (pid {pid}) stopped" if pid else f"no meter proxy records to {path}")
+
+
+@cli.command("doctor")
+@config_option
+@db_option
+def doctor_cmd(config_path, db_path):
+    """Check, one line each, that the meter can meter this shell's AI calls; exit 1 if not."""
+    from taskmeter.doctor import run_checks
+
+    checks = run_checks(store_db.resolve_path(db_path), config_path, dict(os.environ))
+    for check in checks:
+        terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
+def _listen_address(db_path, settings) -> str:
+    with open_db(db_path) as db:
+        running = proxies.running(db)
+    if running:
+        return running[-1]["listen"]
+    terminal.err_console.print(
+        f"# meter: no proxy is running on this database yet; using the configured port {settings.proxy.port}",
+        markup=False,
+    )
+    return f"{settings.proxy.listen_host}:{settings.proxy.port}"
+
+
+@cli.command("env")
+@click.option("--shell", type=click.Choice(["sh", "fish", "powershell"]), default="sh", show_default=True)
+@click.option("--task", "task_id", help="Attribute the calls of clients using these variables to TASK.")
+@click.option(
+    "--https-proxy",
+    "https_proxy",
+    is_flag=True,
+    help="Also HTTPS_PROXY and the meter's CA bundle, for clients without a base URL setting (every client "
+    "of the shell obeys them, and fails while the meter is down).",
+)
+@click.option("--unset", is_flag=True, help="Print the lines that undo `meter env` (with or without --https-proxy).")
+@config_option
+@db_option
+def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
+    """Print the variables that point AI clients at the running proxy.
+
+    \b
+    Use: eval "$(meter env)"          (fish: meter env --shell fish | source)
+    Undo: eval "$(meter env --unset)"
+    By default only the base-URL variables (OPENAI_BASE_URL, ANTHROPIC_BASE_URL, ...),
+    which AI clients alone read, so git, pip and curl never depend on the meter.
+    """
+    from taskmeter.proxy.environment import (
+        BASE_URL_VARIABLES,
+        PROXY_VARIABLES,
+        client_environment,
+        render_exports,
+        render_unsets,
+    )
+
+    if unset:
+        if task_id or https_proxy:
+            raise click.UsageError("--unset goes alone (it undoes every variable `meter env` may set)")
+        click.echo(render_unsets([*BASE_URL_VARIABLES, *PROXY_VARIABLES], shell))
+        return
+    from taskmeter.config import load_settings
+
+    if task_id:
+        task_id = tasks.validate_task_id(task_id)
+    settings = load_settings(config_path)
+    env = client_environment(settings, _listen_address(db_path, settings), task_id, https_proxy=https_proxy)
+    click.echo(render_exports(env, shell))
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--task", "task_id", help="Attribute this command's AI calls to TASK (default: the current task).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@config_option
+@db_option
+def run_cmd(task_id, command, config_path, db_path):
+    """Run COMMAND with its AI clients pointed at the proxy: meter run --task P1-010 -- claude
+
+    The running proxy is used; when none runs, one is started for COMMAND and
+    stopped when the last `meter run` using it ends (other terminals' runs
+    keep it). Ctrl-C goes to COMMAND; its exit status is meter run's.
+    """
+    import shutil
+    import signal
+    import subprocess
+
+    from taskmeter import lifecycle
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.environment import client_environment
+
+    if task_id:
+        task_id = tasks.validate_task_id(task_id)
+    settings = load_settings(config_path)
+    program = shutil.which(command[0])
+    if program is None:
+        raise MeterError(f"command not found: {command[0]}")
+    path = store_db.resolve_path(db_path)
+    proxy = lifecycle.join(path, ["--config", config_path] if config_path else [])
+    try:
+        env = {**os.environ, **client_environment(settings, proxy["listen"], task_id)}
+        sys.stdout.flush()
+        # Ctrl-C is COMMAND's; we stay to clean up. (A handler, not SIG_IGN, which COMMAND would inherit.)
+        signal.signal(signal.SIGINT, lambda *_: None)
+        returncode = subprocess.run([program, *command[1:]], env=env).returncode
+    finally:
+        lifecycle.leave(path, timeout=settings.proxy.shutdown_grace_seconds + 5)
+    sys.exit(returncode if returncode >= 0 else 128 - returncode)

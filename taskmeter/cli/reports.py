@@ -1,0 +1,202 @@
+"""Reports: the overview, a task, a phase, and usage by day, week, month or model.
+
+`meter report` and its subcommands take the same output options, in either
+place: `meter report --json daily` and `meter report daily --json` are one command.
+"""
+
+import click
+
+from taskmeter import terminal
+from taskmeter.cli.common import MOMENT, TASK, cli, db_option, open_db, utc_option
+from taskmeter.terminal import Column
+
+FORMAT = click.Choice(["table", "markdown", "json", "csv"])
+
+
+def report_options(command):
+    """The options every report takes, on the group and on each subcommand."""
+    for option in reversed(
+        [
+            click.option(
+                "--format",
+                "output_format",
+                type=FORMAT,
+                help="table (default), markdown (the seed's execution-log blocks), json or csv.",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="The same as --format json."),
+            utc_option,
+            db_option,
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _chosen(ctx: click.Context, output_format, as_json, utc, db_path) -> tuple[str, bool, str | None]:
+    """The output options given here or to `meter report`; given twice, they must agree."""
+    outer = ctx.parent.params if ctx.parent is not None else {}
+    formats = {f for f in (output_format, outer.get("output_format"), "json" if as_json or outer.get("as_json") else None) if f}
+    if len(formats) > 1:
+        raise click.UsageError(f"conflicting output formats: {', '.join(sorted(formats))}")
+    return (formats.pop() if formats else "table"), utc or bool(outer.get("utc")), db_path or outer.get("db_path")
+
+
+@cli.group("report", invoke_without_command=True)
+@report_options
+@click.pass_context
+def report_cmd(ctx, output_format, as_json, utc, db_path):
+    """Execution reports and usage by period.
+
+    \b
+      meter report                 one line per phase, with the token trend
+      meter report task P1-010     the seed's Level 1 execution log
+      meter report phase P1        the seed's Level 2 aggregate
+      meter report daily           tokens, cost, calls, failed calls, flags per day
+      meter report weekly|monthly  the same per week (from Monday) or month
+      meter report models          the same per model
+    Days are local unless --utc. Output options go before or after the subcommand.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.reports import overview_report
+
+    output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+    with open_db(db_path) as db:
+        report = overview_report(db)
+
+    def table(overview: dict) -> str:
+        terminal.table(
+            [
+                Column("Phase", shrink=True),
+                Column("Tasks", drop=4),
+                Column("Tokens", "count"),
+                Column("Tokens/task", "count", drop=3),
+                Column("Trend", drop=5),
+                Column("Calls", "count", drop=2),
+                Column("Halluc. rate", drop=1),
+                Column("Cost", "count"),
+                Column("Complete", drop=6),
+            ],
+            formats.overview_rows(overview),
+        )
+        return ""
+
+    csv_rows = [*report["phases"], {"phase_id": "unassigned", **report["unassigned"]}]
+    _emit(report, output_format, formats.overview_markdown, table, csv_rows)
+
+
+@report_cmd.command("task")
+@click.argument("task_id", type=TASK)
+@report_options
+@click.pass_context
+def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
+    """The seed's Level 1 execution log of TASK_ID, with cost and token detail."""
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.reports import task_report
+
+    output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+    with open_db(db_path) as db:
+        report = task_report(db, task_id.strip())
+    _emit(report, output_format, formats.task_markdown, formats.task_text)
+
+
+@report_cmd.command("phase")
+@click.argument("phase_id")
+@report_options
+@click.pass_context
+def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
+    """The seed's Level 2 aggregate of PHASE_ID, with the pattern-effectiveness targets."""
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.reports import phase_report
+
+    output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+    with open_db(db_path) as db:
+        report = phase_report(db, phase_id.strip())
+    _emit(report, output_format, formats.phase_markdown, formats.phase_text)
+
+
+USAGE_COLUMNS = [
+    Column("Calls", "count"),
+    Column("Failed", "count", drop=3),
+    Column("Input", "count"),
+    Column("Cache R", "count", drop=4),
+    Column("Output", "count"),
+    Column("Reason", "count", drop=5),
+    Column("Cost", "money"),
+    Column("Flags", "count", drop=2),
+]
+
+
+def _usage_cells(stats: dict) -> list:
+    tokens = stats["tokens"]
+    return [
+        stats["ai_interactions"],
+        stats["failed_calls"],
+        tokens["input_total"],
+        tokens["cache_read"],
+        tokens["output_total"],
+        tokens["reasoning"],
+        stats["cost_usd"],
+        stats["hallucination_count"],
+    ]
+
+
+def _usage_command(period: str, label: str, help_text: str):
+    @report_cmd.command(period, help=help_text)
+    @click.option("--since", type=MOMENT, help="From this time on: today, yesterday, 7d, 2026-11-01, ISO 8601.")
+    @click.option("--until", type=MOMENT, help="Before this time (same forms).")
+    @report_options
+    @click.pass_context
+    def command(ctx, since, until, output_format, as_json, utc, db_path):
+        from taskmeter.analytics.periods import usage_report
+
+        output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+        with open_db(db_path) as db:
+            report = usage_report(db, period, since, until, utc)
+        if output_format == "json":
+            terminal.print_json(report)
+            return
+        if output_format in ("csv", "markdown"):
+            raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
+        groups = report["models"] if period == "models" else report["periods"]
+        if not groups:
+            terminal.info("No AI calls in this time." if since or until else "No AI calls recorded yet.")
+            return
+        piped = terminal.to_pipe()
+        rows = []
+        if period == "models":
+            rows = [[model["model"], *_usage_cells(model)] for model in groups]
+            columns = [Column("Model", shrink=True), *USAGE_COLUMNS]
+        else:
+            columns = [Column(label, "id"), Column("Model", shrink=True, drop=1), *USAGE_COLUMNS]
+            for group in groups:
+                rows.append([group["period"], "all" if piped else "", *_usage_cells(group)])
+                rows += [["" if not piped else group["period"], "  " + model["model"] if not piped else model["model"],
+                          *_usage_cells(model)] for model in group["models"]]  # fmt: skip
+        rows.append(["Total", *([""] if period != "models" else []), *_usage_cells(report["totals"])])
+        terminal.table(columns, rows, utc=utc)
+        if report["totals"]["unpriced_interactions"]:
+            terminal.info(f"{report['totals']['unpriced_interactions']} calls have no known price and are not in the cost.")
+
+    return command
+
+
+_usage_command("daily", "Day", "Tokens, cost, calls, failed calls and flags per day, with a line per model.")
+_usage_command("weekly", "Week of", "The daily report per week (weeks start on Monday).")
+_usage_command("monthly", "Month", "The daily report per month.")
+_usage_command("models", "Model", "Tokens, cost, calls, failed calls and flags per model.")
+
+
+def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict] | None = None) -> None:
+    """One report in the chosen format; CSV has one row per report unless rows are given."""
+    from taskmeter.analytics import formats
+
+    if output_format == "json":
+        click.echo(formats.as_json(report), nl=False)
+    elif output_format == "csv":
+        click.echo(formats.as_csv(csv_rows or [report]), nl=False)
+    elif output_format == "markdown":
+        click.echo(markdown(report), nl=False)
+    else:
+        click.echo(text(report), nl=False)

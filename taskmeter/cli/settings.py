@@ -1,0 +1,101 @@
+"""The config file, the database path and shell completion: config path|show|check|init, path, completion."""
+
+import json
+
+import click
+
+from taskmeter import terminal
+from taskmeter.cli.common import (
+    cli,
+    config_option,
+    db_option,
+    json_option,
+)
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+
+
+@cli.group("config")
+def config_group():
+    """Where the settings live, what they are, and whether a file is valid."""
+
+
+@config_group.command("path")
+@config_option
+def config_path_cmd(config_path):
+    """Print the config file's path (whether or not it exists yet)."""
+    from taskmeter.config import settings as config_settings
+
+    path = config_settings.config_path(config_path)
+    terminal.info(f"{path}" + ("" if path.exists() else "  (does not exist: defaults apply; `meter config init` writes one)"))
+
+
+@config_group.command("show")
+@json_option
+@config_option
+def config_show_cmd(as_json, config_path):
+    """Print every effective setting and where it came from (default or the file)."""
+    from taskmeter.config import settings as config_settings
+
+    rows = config_settings.settings_with_sources(config_path)
+    if as_json:
+        terminal.print_json([{"setting": name, "value": value, "source": source} for name, value, source in rows])
+        return
+    terminal.table(["setting", "value", "source"], [[name, json.dumps(value), source] for name, value, source in rows])
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@config_option
+def config_check_cmd(file, config_path):
+    """Validate FILE (default: the config file) without starting anything."""
+    from taskmeter.config import settings as config_settings
+
+    path = config_settings.config_path(file or config_path)
+    if not path.exists():
+        raise MeterError(f"config file {path} does not exist")
+    config_settings.load_settings(path)
+    terminal.info(f"{path}: valid")
+
+
+@config_group.command("init")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@config_option
+def config_init_cmd(force, config_path):
+    """Write a commented starter config file with every setting and its default."""
+    from taskmeter.config import settings as config_settings
+
+    path = config_settings.config_path(config_path)
+    if path.exists() and not force:
+        raise MeterError(f"{path} exists; edit it, or use --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config_settings.starter_text())
+    except OSError as exc:
+        raise MeterError(f"cannot write {path}: {exc.strerror}") from None
+    terminal.info(f"wrote {path}")
+
+
+@cli.command("path")
+@db_option
+def path_cmd(db_path):
+    """Print the database path (for sqlite3 or Datasette)."""
+    terminal.info(str(store_db.resolve_path(db_path)))
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_cmd(shell):
+    """Print the shell code that completes meter's commands, options, task IDs and call IDs.
+
+    \b
+      bash: eval "$(meter completion bash)"     (in ~/.bashrc)
+      zsh:  eval "$(meter completion zsh)"      (in ~/.zshrc)
+      fish: meter completion fish > ~/.config/fish/completions/meter.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    from taskmeter.cli.app import cli as meter
+
+    completion = get_completion_class(shell)(meter, {}, "meter", "_METER_COMPLETE")
+    click.echo(completion.source())

@@ -1,0 +1,334 @@
+"""Tasks and phases: set-task, task, mark, iteration, tasks, phase, phases."""
+
+import click
+
+from taskmeter import terminal
+from taskmeter.cli.common import (
+    DURATION,
+    PERCENT,
+    TASK,
+    TIMESTAMP,
+    YES_NO,
+    cli,
+    db_option,
+    json_option,
+    open_db,
+    utc_option,
+)
+from taskmeter.errors import MeterError
+from taskmeter.store import tasks
+from taskmeter.terminal import Column
+from taskmeter.timefmt import display, format_duration
+
+
+@cli.command("set-task")
+@click.argument("task_id", type=TASK, required=False)
+@click.option("--title", help="A short title for the task.")
+@click.option("--estimate", type=DURATION, help="Estimated duration, e.g. 1h30m, 90m, 1.5h.")
+@click.option("--phase", help="Phase ID (default: the part before the first dash, P1 for P1-010).")
+@click.option("--none", "clear", is_flag=True, help="Clear the current task; calls go to 'unassigned'.")
+@db_option
+def set_task_cmd(task_id, title, estimate, phase, clear, db_path):
+    """Make TASK_ID the current task; AI calls are attributed to it from the next call on.
+
+    The task (and its phase) is created on first use and its BEGIN_TIMESTAMP recorded.
+    Switching from another task records a context switch.
+    """
+    if clear == bool(task_id):
+        raise click.UsageError("give a task ID, or --none to clear the current task")
+    if clear and (title or estimate or phase):
+        raise click.UsageError("--none takes no other options")
+    with open_db(db_path) as db:
+        if clear:
+            previous = tasks.clear_task(db)
+            terminal.info(f"No current task (was {previous})." if previous else "No current task.")
+            return
+        result = tasks.set_task(db, task_id, title=title, estimate_seconds=estimate, phase_id=phase)
+        task = tasks.get_task(db, result.task_id)
+    if result.unchanged:
+        terminal.info(f"{result.task_id} is already the current task.")
+        return
+    details = ["created" if result.created else None, f"began {display(task['begin_at'])}" if result.began else None]
+    details = [d for d in details if d]
+    line = f"Current task: {result.task_id}"
+    if details:
+        line += f" ({', '.join(details)})"
+    if result.previous:
+        line += f"; switched from {result.previous}"
+    terminal.info(line + ".")
+
+
+# Options of `meter task` and the columns they edit.
+_TASK_OPTIONS = {
+    "title": "title",
+    "estimate": "estimate_seconds",
+    "projected": "projected_outcome",
+    "actual": "actual_outcome",
+    "projection_met": "projection_met",
+    "success": "success",
+    "coverage_target": "coverage_target",
+    "coverage_actual": "coverage_actual",
+    "perf_target": "performance_target",
+    "perf_actual": "performance_actual",
+    "perf_met": "performance_met",
+    "docs": "doc_completeness",
+    "blockers": "blockers",
+    "lessons": "lessons",
+}
+
+
+def _option_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
+    values = {}
+    for key, column in columns.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if key.endswith("_met"):
+            value = 1 if value.lower() == "yes" else 0
+        values[column] = value
+    names = {_option_name(key): column for key, column in columns.items()}
+    for name in unset:
+        if name not in names:
+            raise MeterError(f"cannot unset {name!r}: use one of {', '.join(names)}")
+        if names[name] in values:
+            raise MeterError(f"--{name} and --unset {name} contradict each other")
+        values[names[name]] = None
+    return values
+
+
+@cli.command("task")
+@click.argument("task_id", type=TASK)
+@click.option("--title", help="Task title.")
+@click.option("--phase", help="Move the task to this phase.")
+@click.option("--estimate", type=DURATION, help="ESTIMATED_DURATION, e.g. 1h30m.")
+@click.option("--projected", help="PROJECTED_OUTCOME: the expected deliverable.")
+@click.option("--actual", help="ACTUAL_OUTCOME: what was delivered.")
+@click.option("--projection-met", type=YES_NO, help="Did the projected outcome materialise (THEORY_ACCURACY)?")
+@click.option("--success", type=click.Choice(tasks.SUCCESS_VALUES), help="SUCCESS_CRITERIA: pass, pending or fail.")
+@click.option("--coverage-target", type=PERCENT, help="TEST_COVERAGE_TARGET in %.")
+@click.option("--coverage-actual", type=PERCENT, help="TEST_COVERAGE_ACTUAL in %.")
+@click.option("--perf-target", help="PERFORMANCE_TARGET, e.g. '<50ms pattern match'.")
+@click.option("--perf-actual", help="PERFORMANCE_ACTUAL, e.g. '47.2ms'.")
+@click.option("--perf-met", type=YES_NO, help="Was the performance target met?")
+@click.option("--docs", type=PERCENT, help="DOC_COMPLETENESS in %.")
+@click.option("--blockers", help="BLOCKERS_ENCOUNTERED.")
+@click.option("--lessons", help="LESSONS_LEARNED.")
+@click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset estimate).")
+@json_option
+@db_option
+def task_cmd(task_id, phase, unset, as_json, db_path, **options):
+    """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically."""
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.reports import task_report
+
+    values = _edits(options, _TASK_OPTIONS, unset)
+    with open_db(db_path) as db:
+        task = tasks.get_task(db, task_id.strip())
+        if values or phase:
+            tasks.update_task(db, task["id"], values, phase_id=phase)
+        report = task_report(db, task["id"])
+    if as_json:
+        terminal.print_json(report)
+        return
+    click.echo(formats.task_text(report), nl=False)
+
+
+@cli.command("mark")
+@click.argument("milestone", type=click.Choice(["initial", "tests", "validated", "approved"]))
+@click.argument("task_id", type=TASK, required=False)
+@click.option("--at", type=TIMESTAMP, help="When it happened (ISO 8601 with zone); default now.")
+@click.option("--force", is_flag=True, help="Record even if out of order or already recorded.")
+@click.option("--note", help="A note kept with the milestone.")
+@db_option
+def mark_cmd(milestone, task_id, at, force, note, db_path):
+    """Record a milestone of TASK_ID (default: the current task).
+
+    \b
+    initial    INITIAL_COMPLETION_TIMESTAMP  first version done
+    tests      TESTS_COMPLETION_TIMESTAMP    tests pass
+    validated  VALIDATION_TIMESTAMP          validation complete
+    approved   FINAL_APPROVAL_TIMESTAMP      approved for merge
+    """
+    with open_db(db_path) as db:
+        recorded_task, stamp = tasks.mark(db, task_id, milestone, at=at, force=force, note=note)
+    terminal.info(f"{recorded_task}: {milestone} at {display(stamp)}.")
+
+
+@cli.command("iteration")
+@click.argument("task_id", type=TASK, required=False)
+@click.option("--note", help="What had to be redone.")
+@click.option("--at", type=TIMESTAMP, help="When (ISO 8601 with zone); default now.")
+@db_option
+def iteration_cmd(task_id, note, at, db_path):
+    """Record a retry or rework of TASK_ID (default: the current task)."""
+    with open_db(db_path) as db:
+        recorded_task, count = tasks.add_iteration(db, task_id, at=at, note=note)
+    terminal.info(f"{recorded_task}: iteration {count} recorded.")
+
+
+TASK_COLUMNS = [
+    Column("", drop=0),
+    Column("Task", "id"),
+    Column("Phase", "id", drop=6),
+    Column("Title", shrink=True, drop=3),
+    Column("Began", "time", drop=5),
+    Column("Elapsed", "duration", drop=4),
+    Column("Estimate", "duration", drop=7),
+    Column("Status"),
+    Column("Iter", "count", drop=8),
+    Column("Calls", "count", drop=2),
+    Column("Tokens", "count"),
+    Column("Cost", "money"),
+    Column("Flags", "count", drop=1),
+]
+
+
+@cli.command("tasks")
+@click.option("--phase", help="Only this phase's tasks.")
+@json_option
+@utc_option
+@db_option
+def tasks_cmd(phase, as_json, utc, db_path):
+    """List tasks with their measured totals (the current one starred)."""
+    from taskmeter.analytics.listings import task_records
+
+    with open_db(db_path) as db:
+        records = task_records(db, phase.strip() if phase else None)
+    if as_json:
+        terminal.print_json(records)
+        return
+    if not records:
+        terminal.info("No tasks yet: start one with `meter set-task P1-001`.")
+        return
+    terminal.table(
+        TASK_COLUMNS,
+        [
+            (
+                "*" if task["current"] else "",
+                task["task_id"],
+                task["phase_id"],
+                task["title"],
+                task["begin_timestamp"],
+                format_duration(task["actual_duration"]),
+                format_duration(task["estimated_duration"]),
+                task["status"],
+                task["iterations_count"],
+                task["ai_interactions"],
+                task["token_count_used"],
+                task["cost_usd"],
+                task["hallucination_count"],
+            )
+            for task in records
+        ],
+        utc=utc,
+    )
+
+
+# ---------------------------------------------------------------- phases
+
+_PHASE_OPTIONS = {
+    "title": "title",
+    "deliverables": "projected_deliverables",
+    "completed": "deliverables_completed",
+    "blockers": "critical_blockers",
+    "patterns": "patterns_extracted",
+    "debt": "technical_debt",
+    "surprise": "biggest_surprise",
+    "win": "biggest_win",
+    "challenge": "biggest_challenge",
+    "improvements": "theory_improvements",
+}
+
+
+@cli.command("phase")
+@click.argument("phase_id")
+@click.option("--title", help="Phase title.")
+@click.option("--deliverables", help="PROJECTED_DELIVERABLES.")
+@click.option("--completed", help="DELIVERABLES_COMPLETED.")
+@click.option("--blockers", help="CRITICAL_BLOCKERS.")
+@click.option("--patterns", help="PATTERNS_EXTRACTED.")
+@click.option("--debt", help="TECHNICAL_DEBT_INCURRED.")
+@click.option("--surprise", help="BIGGEST_SURPRISE.")
+@click.option("--win", help="BIGGEST_WIN.")
+@click.option("--challenge", help="BIGGEST_CHALLENGE.")
+@click.option("--improvements", help="THEORY_IMPROVEMENTS.")
+@click.option(
+    "--mark",
+    "milestone",
+    type=click.Choice(list(tasks.PHASE_MILESTONES)),
+    help="Record a phase timestamp (PHASE_BEGIN ... PHASE_FINAL_APPROVAL).",
+)
+@click.option("--at", type=TIMESTAMP, help="With --mark: when (ISO 8601 with zone); default now.")
+@click.option("--force", is_flag=True, help="With --mark: record even if out of order.")
+@click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset debt).")
+@json_option
+@db_option
+def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options):
+    """View PHASE_ID's execution log, or edit its Level 2 inputs and meta-learning fields."""
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.reports import phase_report
+
+    if (at or force) and not milestone:
+        raise click.UsageError("--at and --force go with --mark")
+    values = _edits(options, _PHASE_OPTIONS, unset)
+    with open_db(db_path) as db:
+        phase = tasks.get_phase(db, phase_id.strip())
+        if values:
+            tasks.update_phase(db, phase["id"], values)
+        if milestone:
+            tasks.mark_phase(db, phase["id"], milestone, at=at, force=force)
+        report = phase_report(db, phase["id"])
+    if as_json:
+        terminal.print_json(report)
+        return
+    click.echo(formats.phase_text(report), nl=False)
+
+
+@cli.command("phases")
+@json_option
+@utc_option
+@db_option
+def phases_cmd(as_json, utc, db_path):
+    """List phases with their measured totals."""
+    from taskmeter.analytics.reports import overview_report
+
+    with open_db(db_path) as db:
+        phases = overview_report(db)["phases"]
+    if as_json:
+        terminal.print_json(phases)
+        return
+    if not phases:
+        terminal.info("No phases yet: `meter set-task P1-001` makes phase P1.")
+        return
+    terminal.table(
+        [
+            Column("Phase", "id"),
+            Column("Title", shrink=True, drop=3),
+            Column("Tasks", "count"),
+            Column("Done", "count", drop=4),
+            Column("Began", "time", drop=2),
+            Column("Approved", "time", drop=5),
+            Column("Tokens", "count"),
+            Column("Cost", "money"),
+            Column("Flags", "count", drop=1),
+        ],
+        [
+            (
+                phase["phase_id"],
+                phase["title"],
+                phase["tasks_total"],
+                phase["tasks_completed"],
+                phase["phase_begin"],
+                phase["phase_final_approval"],
+                phase["total_tokens_used"],
+                phase["cost_usd"],
+                phase["hallucination_count_total"],
+            )
+            for phase in phases
+        ],
+        utc=utc,
+    )

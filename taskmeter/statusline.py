@@ -1,0 +1,115 @@
+"""`meter statusline`: one short line for shell prompts and Claude Code's statusLine.
+
+    P1-010 42m/1h30m · 182.4k tok · $1.23 · ⚑1
+    NOT METERED · P1-010 42m/1h30m · ...
+
+It runs on every prompt, so it stays cheap: the standard library and the store's
+path and liveness helpers only (no click, rich or pydantic; `meter` hands it
+over before importing them), and reads the database without writing or migrating it.
+
+Given Claude Code's status JSON on stdin (`session_id`, `model`, `workspace`),
+"not metered" means the meter has recorded no call of that session; without it,
+it means no proxy records to the database.
+"""
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime
+
+from taskmeter.store import db as store_db
+from taskmeter.store import proxies
+
+NOT_METERED = "NOT METERED"
+
+
+def fast_path(arguments: list[str]) -> bool:
+    """Print the status line when the command line is `statusline [--db PATH]`;
+    False for anything else (help, other options), which click then handles."""
+    if not arguments or arguments[0] != "statusline":
+        return False
+    rest = arguments[1:]
+    if rest and rest[0].startswith("--db="):
+        rest = ["--db", rest[0].removeprefix("--db="), *rest[1:]]
+    if rest and (len(rest) != 2 or rest[0] != "--db"):
+        return False
+    print_status(rest[1] if rest else None)
+    return True
+
+
+def print_status(db_path: str | None) -> None:
+    claude = _claude_status()
+    sys.stdout.write(status_line(store_db.resolve_path(db_path), claude) + "\n")
+
+
+def _claude_status() -> dict:
+    """Claude Code's JSON when it pipes one; {} from a terminal or an empty stdin."""
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return {}
+        data = json.loads(sys.stdin.read() or "{}")
+    except (ValueError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _tokens(count: int) -> str:
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if count >= size:
+            return f"{count / size:.1f}{unit} tok"
+    return f"{count} tok"
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def _seconds_since(stored: str) -> float:
+    return time.time() - datetime.strptime(stored, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def status_line(path, claude: dict) -> str:
+    if not os.path.exists(path):
+        return f"{NOT_METERED} · no meter database at {path}"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        db.row_factory = sqlite3.Row
+        try:
+            return _line(db, claude)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return f"meter: {exc}"
+
+
+def _line(db: sqlite3.Connection, claude: dict) -> str:
+    state = dict(db.execute("SELECT key, value FROM state WHERE key = 'current_task'").fetchall())
+    task_id = state.get("current_task")
+    parts = []
+    if task_id:
+        task = db.execute("SELECT begin_at, estimate_seconds FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        elapsed = _duration(_seconds_since(task["begin_at"])) if task and task["begin_at"] else "?"
+        estimate = f"/{_duration(task['estimate_seconds'])}" if task and task["estimate_seconds"] else ""
+        parts.append(f"{task_id} {elapsed}{estimate}")
+        usage = db.execute(
+            "SELECT input_total + output_total AS tokens, cost_usd, flagged FROM task_usage WHERE task_key = ?", (task_id,)
+        ).fetchone()
+        if usage is not None:
+            parts.append(_tokens(usage["tokens"] or 0))
+            parts.append(f"${usage['cost_usd'] or 0:.2f}")
+            if usage["flagged"]:
+                parts.append(f"⚑{usage['flagged']}")
+    else:
+        parts.append("no task")
+    session = claude.get("session_id")
+    if isinstance(session, str) and session:
+        seen = db.execute("SELECT 1 FROM interactions WHERE client_session = ? LIMIT 1", (session,)).fetchone()
+        metered = seen is not None
+    else:
+        metered = any(proxy["recording"] == proxies.RECORDING for proxy in proxies.running(db))
+    if not metered:
+        parts.insert(0, NOT_METERED)
+    return " · ".join(parts)

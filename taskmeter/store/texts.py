@@ -1,0 +1,34 @@
+"""What calls said (call_texts) and their whole bodies (bodies): read for
+`meter show`, deleted by retention and `meter purge`. Usage never goes with them."""
+
+import json
+import sqlite3
+
+from taskmeter.store.db import write_transaction
+
+
+def of_call(db: sqlite3.Connection, interaction_id: str) -> dict | None:
+    """{"prompt", "steps", "response"} of a call, or None when nothing was kept."""
+    row = db.execute("SELECT prompt, steps, response FROM call_texts WHERE interaction_id = ?", (interaction_id,)).fetchone()
+    if row is None:
+        return None
+    return {"prompt": row["prompt"], "steps": json.loads(row["steps"]) if row["steps"] else [], "response": row["response"]}
+
+
+def first_line(text: str | None, width: int = 100) -> str | None:
+    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), None)
+    if line is None:
+        return None
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def purge(db: sqlite3.Connection, before: str | None = None) -> int:
+    """Delete the stored text and bodies of calls started before `before` (every
+    call when None); returns how many calls lost text."""
+    where, params = "", []
+    if before is not None:
+        where, params = "WHERE interaction_id IN (SELECT id FROM interactions WHERE started_at < ?)", [before]
+    with write_transaction(db):
+        texts = db.execute(f"DELETE FROM call_texts {where}", params).rowcount
+        bodies = db.execute(f"DELETE FROM bodies {where}", params).rowcount
+    return max(texts, bodies)
