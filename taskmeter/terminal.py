@@ -20,7 +20,7 @@ from taskmeter.timefmt import from_stored
 MISSING = "—"
 # A shortened text column keeps at least this many characters, ellipsis included.
 _SHORTEST_TEXT = 8
-_COMFORTABLE_TEXT = 20
+_COMFORTABLE_TEXT = 16
 _GAP = 2
 
 console = Console(highlight=False, soft_wrap=True)
@@ -31,7 +31,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 class Column:
     """One column: what kind of value it holds decides how it is written.
 
-    kind: text, id, time, count, money or duration (already-formatted text).
+    kind: text, id, time, count, money, or figure (a number already formatted).
     drop: when the terminal is too narrow, columns go in decreasing `drop`
     order; 0 is never dropped. shrink: text that may be cut with an ellipsis.
     """
@@ -43,7 +43,7 @@ class Column:
 
     @property
     def numeric(self) -> bool:
-        return self.kind in ("count", "money")
+        return self.kind in ("count", "money", "figure")
 
 
 def to_pipe() -> bool:
@@ -163,6 +163,11 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
 
 def info(message: str) -> None:
     console.print(message, markup=False)
+
+
+def note(message: str) -> None:
+    """A remark under a table: on stderr when piped, so the table stays plain data."""
+    (err_console if to_pipe() else console).print(message, markup=False)
 
 
 def warn(message: str) -> None:

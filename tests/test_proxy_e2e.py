@@ -428,3 +428,106 @@ def test_log_follow_shows_each_new_call_from_another_terminal(proxy, upstream):
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def meter_cli(proxy: RunningProxy, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], input=stdin, capture_output=True, text=True, timeout=30
+    )
+
+
+WEATHER_TOOL = {"name": "weather", "description": "Weather", "input_schema": {"type": "object", "properties": {}}}
+
+
+def test_show_tells_what_an_anthropic_tool_use_turn_said(proxy, upstream):
+    upstream.routes[MESSAGES] = sse("anthropic/messages_stream_tool_use")
+    messages = [
+        {"role": "user", "content": f"Is it raining in Paris? My key is {API_KEY}-and-more-of-it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18°C,\ndry"},
+                {"type": "text", "text": "<system-reminder>the todo list is empty</system-reminder>"},
+            ],
+        },
+    ]
+    with anthropic_client(proxy).messages.stream(
+        model="claude-haiku-4-5", max_tokens=100, messages=messages, tools=[WEATHER_TOOL]
+    ) as stream:
+        stream.get_final_message()
+        interaction_id = stream.response.headers["x-meter-interaction-id"]
+    row(proxy, interaction_id)
+    shown = json.loads(meter_cli(proxy, "show", interaction_id, "--json").stdout)
+    # The tool result travelled as a user turn, but the typed message is the first one.
+    assert shown["text"]["prompt"] == "Is it raining in Paris? My key is [redacted]"
+    assert shown["text"]["steps"] == ['tool call weather {"city": "Paris"}', "tool result 18°C, dry"]
+    assert shown["text"]["response"] == 'tool call weather {"latitude": "52.5200", "longitude": "13.4050"}'
+    assert shown["interaction_id"] == interaction_id and shown["tokens"]["input_total"] == 633
+    text = meter_cli(proxy, "show", interaction_id[:8]).stdout
+    assert "Usage source: reported: stated by the provider" in text
+    assert text.index("--- last message typed ---") < text.index("--- since then ---") < text.index("--- response ---")
+    assert "tool result 18°C, dry" in text
+
+
+def test_show_and_flag_an_openai_call_with_a_tool_result(proxy, upstream):
+    upstream.routes[CHAT] = json_reply("openai/chat_nonstream_toolcall")
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "How many people live in Crumpet?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "lookup_city", "arguments": '{"city":"Crumpet"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Crumpet is a country, not a city"},
+    ]  # fmt: skip
+    meter_cli(proxy, "set-task", "P9-070")
+    raw = openai_client(proxy).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+    interaction_id = raw.headers["x-meter-interaction-id"]
+    row(proxy, interaction_id)
+    shown = json.loads(meter_cli(proxy, "show", "last", "--json").stdout)
+    assert shown["interaction_id"] == interaction_id and shown["task_id"] == "P9-070"
+    assert shown["text"] == {
+        "prompt": "How many people live in Crumpet?",
+        "steps": ['tool call lookup_city {"city":"Crumpet"}', "tool result Crumpet is a country, not a city"],
+        "response": 'tool call lookup_population {"country":"Crumpet"}',
+    }
+    flagged = meter_cli(proxy, "flag", "last", "--note", "invented a country")
+    assert flagged.returncode == 0, flagged.stderr
+    first, details, response = flagged.stdout.splitlines()
+    assert first == f"Flagged {interaction_id} as a hallucination:"
+    assert "P9-070" in details and "gpt-4o-mini-2024-07-18" in details and "109 tokens" in details
+    assert response.strip() == 'tool call lookup_population {"country":"Crumpet"}'
+    purged = meter_cli(proxy, "purge")
+    assert purged.returncode == 0 and "usage is kept" in purged.stdout
+    after = json.loads(meter_cli(proxy, "show", interaction_id, "--json").stdout)
+    assert after["text"] is None and after["tokens"]["total"] == 109 and after["flagged"]
+    meter_cli(proxy, "set-task", "--none")
+
+
+def test_statusline_knows_whether_a_claude_code_session_is_metered(proxy, upstream, tmp_path):
+    upstream.routes[MESSAGES] = json_reply("anthropic/messages_nonstream_cache")
+    meter_cli(proxy, "set-task", "P9-080", "--estimate", "2h")
+    client = anthropic_client(proxy)
+    with_header = client.messages.with_raw_response.create(**MESSAGES_ARGS, extra_headers={"x-claude-code-session-id": "cc-1"})
+    in_metadata = client.messages.with_raw_response.create(
+        **MESSAGES_ARGS, metadata={"user_id": json.dumps({"session_id": "cc-2"})}
+    )
+    for raw in (with_header, in_metadata):
+        row(proxy, raw.headers["x-meter-interaction-id"])
+
+    def statusline(db_args: list[str], claude: dict | None) -> str:
+        command = [str(VENV_BIN / "meter"), "statusline", *db_args]
+        stdin = json.dumps(claude) if claude is not None else ""
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and result.stderr == ""
+        return result.stdout.strip()
+
+    up = ["--db", str(proxy.db_path)]
+    for session in ("cc-1", "cc-2"):
+        line = statusline(up, {"session_id": session, "model": {"display_name": "Sonnet"}, "workspace": {"current_dir": "/w"}})
+        assert line.startswith("P9-080 0m/2h00m · 3.4k tok · $")  # two calls of 1,703 and "NOT METERED" not in line
+    assert statusline(up, {"session_id": "cc-unseen"}).startswith("NOT METERED · P9-080")
+    assert "NOT METERED" not in statusline(up, None)  # no Claude Code: a recording proxy is enough
+    down = tmp_path / "no-proxy.db"
+    subprocess.run([str(VENV_BIN / "meter"), "set-task", "P9-081", "--db", str(down)], check=True, capture_output=True)
+    assert statusline(["--db", str(down)], None).startswith("NOT METERED · P9-081 0m")
+    meter_cli(proxy, "set-task", "--none")

@@ -24,7 +24,8 @@ def phase_report(db: sqlite3.Connection, phase_id: str, now: str | None = None) 
     return report
 
 
-def overview_report(db: sqlite3.Connection, now: str | None = None) -> dict:
+def phase_reports(db: sqlite3.Connection, now: str | None = None) -> list[dict]:
+    """Every phase's Level 2 fields (as `phase --json` gives them), in phase order."""
     now = now or now_stored()
     phases = []
     previous_tokens = None
@@ -32,4 +33,8 @@ def overview_report(db: sqlite3.Connection, now: str | None = None) -> dict:
         fields = metrics.phase_fields(history.phase_history(db, phase_id), now, previous_tokens)
         previous_tokens = fields["tokens_per_task_avg"]
         phases.append(fields)
-    return metrics.overview(phases, history.unassigned_usage(db))
+    return phases
+
+
+def overview_report(db: sqlite3.Connection, now: str | None = None) -> dict:
+    return metrics.overview(phase_reports(db, now), history.unassigned_usage(db))

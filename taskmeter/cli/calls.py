@@ -106,17 +106,17 @@ def status_cmd(as_json, utc, db_path):
 LOG_COLUMNS = [
     Column("ID", "id"),
     Column("Started", "time"),
-    Column("Task", "id", drop=4),
+    Column("Task", "id", drop=3),
     Column("Model", shrink=True),
     Column("In", "count"),
-    Column("Cache R", "count", drop=6),
-    Column("Cache W", "count", drop=7),
+    Column("Cache R", "count", drop=7),
+    Column("Cache W", "count", drop=8),
     Column("Out", "count"),
-    Column("Reason", "count", drop=5),
-    Column("Cost", "money", drop=3),
-    Column("Source", drop=8),
-    Column("Status", drop=2),
-    Column("Flag", drop=1),
+    Column("Reason", "count", drop=6),
+    Column("Cost", "money", drop=2),
+    Column("Source", drop=9),
+    Column("Status", drop=5),
+    Column("⚑", drop=1),  # flagged as a hallucination
 ]
 
 

@@ -70,13 +70,13 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
             [
                 Column("Phase", shrink=True),
                 Column("Tasks", drop=4),
-                Column("Tokens", "count"),
-                Column("Tokens/task", "count", drop=3),
-                Column("Trend", drop=5),
-                Column("Calls", "count", drop=2),
-                Column("Halluc. rate", drop=1),
-                Column("Cost", "count"),
-                Column("Complete", drop=6),
+                Column("Tokens", "figure"),
+                Column("Tokens/task", "figure", drop=3),
+                Column("Trend", "figure", drop=5),
+                Column("Calls", "figure", drop=2),
+                Column("Halluc. rate", "figure", drop=1),
+                Column("Cost", "figure"),
+                Column("Complete", "figure", drop=6),
             ],
             formats.overview_rows(overview),
         )
@@ -177,7 +177,10 @@ def _usage_command(period: str, label: str, help_text: str):
         rows.append(["Total", *([""] if period != "models" else []), *_usage_cells(report["totals"])])
         terminal.table(columns, rows, utc=utc)
         if report["totals"]["unpriced_interactions"]:
-            terminal.info(f"{report['totals']['unpriced_interactions']} calls have no known price and are not in the cost.")
+            unpriced = report["totals"]["unpriced_interactions"]
+            terminal.note(
+                f"{unpriced} call{' has' if unpriced == 1 else 's have'} no known price and {'is' if unpriced == 1 else 'are'} not in the cost."
+            )
 
     return command
 

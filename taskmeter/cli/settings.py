@@ -13,6 +13,7 @@ from taskmeter.cli.common import (
 )
 from taskmeter.errors import MeterError
 from taskmeter.store import db as store_db
+from taskmeter.terminal import Column
 
 
 @cli.group("config")
@@ -41,7 +42,10 @@ def config_show_cmd(as_json, config_path):
     if as_json:
         terminal.print_json([{"setting": name, "value": value, "source": source} for name, value, source in rows])
         return
-    terminal.table(["setting", "value", "source"], [[name, json.dumps(value), source] for name, value, source in rows])
+    terminal.table(
+        [Column("Setting"), Column("Value", shrink=True), Column("Source", shrink=True)],
+        [[name, json.dumps(value), source] for name, value, source in rows],
+    )
 
 
 @config_group.command("check")

@@ -176,8 +176,8 @@ TASK_COLUMNS = [
     Column("Phase", "id", drop=6),
     Column("Title", shrink=True, drop=3),
     Column("Began", "time", drop=5),
-    Column("Elapsed", "duration", drop=4),
-    Column("Estimate", "duration", drop=7),
+    Column("Elapsed", "figure", drop=4),
+    Column("Estimate", "figure", drop=7),
     Column("Status"),
     Column("Iter", "count", drop=8),
     Column("Calls", "count", drop=2),
@@ -294,10 +294,10 @@ def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options
 @db_option
 def phases_cmd(as_json, utc, db_path):
     """List phases with their measured totals."""
-    from taskmeter.analytics.reports import overview_report
+    from taskmeter.analytics.reports import phase_reports
 
     with open_db(db_path) as db:
-        phases = overview_report(db)["phases"]
+        phases = phase_reports(db)
     if as_json:
         terminal.print_json(phases)
         return
