@@ -2,8 +2,11 @@
 targets and the write-up live in bench/__main__.py."""
 
 import asyncio
+import json
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -183,8 +186,9 @@ def writer_rows_per_second(rows: int) -> dict:
         return {"rows": len(items), "seconds": elapsed, "rows_per_second": len(items) / elapsed}
 
 
-def report_latency(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
-    """`meter report phase` over `rows` synthetic stored interactions."""
+def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
+    """Over `rows` synthetic stored interactions: `meter report phase`, and the
+    cost of `meter statusline` (Claude Code's JSON on stdin) over interpreter start-up."""
     from taskmeter.analytics.reports import phase_report
     from taskmeter.ids import IdGenerator
     from taskmeter.store import db as store_db
@@ -253,10 +257,36 @@ def report_latency(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
         db.close()
         assert report["ai_interactions_total"] == rows
         return {
-            "rows": rows,
-            "build_seconds": build_seconds,
-            "median_ms": statistics.median(timings) * 1000,
-            "max_ms": max(timings) * 1000,
-            "raw_scan_ms": raw_scan * 1000,
-            "flags": flags,
+            "report": {
+                "rows": rows,
+                "build_seconds": build_seconds,
+                "median_ms": statistics.median(timings) * 1000,
+                "max_ms": max(timings) * 1000,
+                "raw_scan_ms": raw_scan * 1000,
+                "flags": flags,
+            },
+            "statusline": statusline_cost(path, runs=4 * runs),
         }
+
+
+def statusline_cost(db_path: Path, runs: int) -> dict:
+    """Wall time of `meter statusline --db PATH` against `python -c pass`, the two
+    interleaved, medians of `runs` each."""
+    meter = Path(sys.executable).parent / "meter"
+    claude = json.dumps({"session_id": "bench-session", "model": {"display_name": "Opus"}, "workspace": {"current_dir": "/"}})
+    commands = {"statusline": [str(meter), "statusline", "--db", str(db_path)], "python": [sys.executable, "-c", "pass"]}
+    shown = subprocess.run(commands["statusline"], input=claude, capture_output=True, text=True, check=True).stdout
+    assert shown.startswith("NOT METERED · P1-"), shown  # the session was never seen: the marker shows
+    timings: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, input=claude, capture_output=True, text=True, check=True)
+            timings[name].append((time.perf_counter() - started) * 1000)
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    return {
+        "runs": runs,
+        "statusline_ms": medians["statusline"],
+        "python_ms": medians["python"],
+        "added_ms": medians["statusline"] - medians["python"],
+    }

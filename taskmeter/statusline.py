@@ -17,10 +17,10 @@ import os
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
+from taskmeter.timefmt import from_stored
 
 NOT_METERED = "NOT METERED"
 
@@ -68,7 +68,7 @@ def _duration(seconds: float) -> str:
 
 
 def _seconds_since(stored: str) -> float:
-    return time.time() - datetime.strptime(stored, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    return time.time() - from_stored(stored).timestamp()
 
 
 def status_line(path, claude: dict) -> str:

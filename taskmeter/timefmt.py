@@ -26,7 +26,7 @@ def now_stored() -> str:
 
 
 def from_stored(text: str) -> datetime:
-    return datetime.strptime(text, _STORED_FORMAT).replace(tzinfo=UTC)
+    return datetime.fromisoformat(text)  # the `Z` reads as UTC; far cheaper than strptime
 
 
 def display(text: str | None) -> str | None:

@@ -254,7 +254,7 @@ def test_log_filters(history):
     def listed(*args: str) -> list[str]:
         return [row["interaction_id"] for row in json.loads(piped(history, "log", "--json", *args).stdout)]
 
-    assert listed("--unassigned") == [_id(4), _id(3)]
+    assert listed("--unassigned") == listed("--task", "unassigned") == [_id(4), _id(3)]
     assert listed("--failed") == [_id(4)]
     assert listed("--flagged") == [_id(2)]
     assert listed("--model", "CLAUDE") == [_id(2)]

@@ -140,7 +140,7 @@ def _log_row(row: dict) -> list:
 
 @cli.command("log")
 @click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many calls.")
-@click.option("--task", "task_id", type=TASK, help="Only this task's calls.")
+@click.option("--task", "task_id", type=TASK, help="Only this task's calls (`unassigned`: calls of no task).")
 @click.option("--unassigned", is_flag=True, help="Only calls of no task (retag them with `meter retag ID --to TASK`).")
 @click.option("--since", type=MOMENT, help="Only calls from this time on: today, yesterday, 6h, 7d, 2026-11-20, ISO 8601.")
 @click.option("--until", type=MOMENT, help="Only calls before this time (same forms as --since).")
@@ -156,6 +156,8 @@ def log_cmd(limit, task_id, unassigned, since, until, model, flagged, failed, se
     """Recent AI calls, newest first, with IDs to use with `meter show` and `meter flag`."""
     if follow and as_json:
         raise click.UsageError("--follow prints lines; use it without --json")
+    if task_id and task_id.strip().lower() == "unassigned":  # the name listings show for no task
+        task_id, unassigned = None, True
     if task_id and unassigned:
         raise click.UsageError("--task and --unassigned contradict each other")
     with open_db(db_path) as db:
