@@ -174,14 +174,35 @@ DATA_COMMANDS = [
     ["report", "daily", "--json"],
     ["report", "--json", "models"],
     ["config", "show", "--json"],
+    ["doctor", "--json"],
 ]
 
 
 @pytest.mark.parametrize("args", DATA_COMMANDS, ids=" ".join)
 def test_every_data_command_prints_json(history, args):
     result = piped(history, *args)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == (1 if args[0] == "doctor" else 0), result.stderr  # doctor: no proxy runs
     json.loads(result.stdout)
+
+
+def test_shell_completion_offers_task_and_call_ids(history):
+    def complete(*words: str) -> list[str]:
+        env = {
+            **_env(history),
+            "_METER_COMPLETE": "bash_complete",
+            "COMP_WORDS": " ".join(["meter", *words]),
+            "COMP_CWORD": str(len(words)),
+        }
+        result = subprocess.run([str(VENV_BIN / "meter")], capture_output=True, text=True, env=env, timeout=30)
+        return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+
+    assert complete("task", "p1") == ["P1-010", "P1-011"]
+    assert complete("show", "0d00000000") == [c[0] for c in reversed(CALLS)]
+    assert complete("flag", "la") == ["last"]
+    assert "statusline" in complete("st")
+    assert "--unassigned" in complete("log", "--un")
+    script = piped(history, "completion", "bash").stdout
+    assert "_METER_COMPLETE=bash_complete" in script
 
 
 def test_one_name_for_one_thing_across_listings(history):

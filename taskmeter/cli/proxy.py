@@ -12,6 +12,7 @@ from taskmeter.cli.common import (
     cli,
     config_option,
     db_option,
+    json_option,
     open_db,
 )
 from taskmeter.errors import MeterError
@@ -111,15 +112,21 @@ def stop_cmd(config_path, db_path):
 
 
 @cli.command("doctor")
+@json_option
 @config_option
 @db_option
-def doctor_cmd(config_path, db_path):
+def doctor_cmd(as_json, config_path, db_path):
     """Check, one line each, that the meter can meter this shell's AI calls; exit 1 if not."""
+    from dataclasses import asdict
+
     from taskmeter.doctor import run_checks
 
     checks = run_checks(store_db.resolve_path(db_path), config_path, dict(os.environ))
-    for check in checks:
-        terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+    if as_json:
+        terminal.print_json([asdict(check) for check in checks])
+    else:
+        for check in checks:
+            terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
     if not all(check.ok for check in checks):
         sys.exit(1)
 
