@@ -232,6 +232,7 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dic
                 usage_source="reported",
                 cost_usd=0.0004,
                 conversation_id=f"{n % tasks_count}-{call // 20}",
+                session_id=f"{n % tasks_count}-{call // 20}",
                 context_switch=int(call > 0 and call % 20 == 0),
             )
             batch.append(tuple(row[c] for c in COLUMNS))

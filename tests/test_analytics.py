@@ -111,8 +111,17 @@ def test_task_report_fields(phase_one):
     report = task_report(phase_one, "P1-001", now=NOW)
     assert report["begin_timestamp"] == at(9) and report["final_approval_timestamp"] == at(10, 30)
     assert report["estimated_duration"] == 3600
-    assert report["actual_duration"] == 5400 and report["actual_duration_is_elapsed_so_far"] is False
-    assert report["variance"] == 1800 and report["efficiency_ratio"] == 1.5
+    # Working time: current 09:00-09:30 and 10:00-10:15, less the 19 idle minutes after the 09:10 call.
+    assert report["actual_duration"] == 26 * 60 and report["actual_duration_is_elapsed_so_far"] is False
+    assert report["wall_duration"] == 5400  # begin to approval, labelled apart
+    assert report["variance"] == 26 * 60 - 3600 and report["efficiency_ratio"] == pytest.approx(26 / 60)
+    assert report["stage_durations"] == {
+        "begin_to_initial": None,
+        "initial_to_tests": None,
+        "tests_to_validation": None,
+        "validation_to_approval": None,
+    }
+    assert report["after_approval"] == {"ai_interactions": 0, "token_count_used": None}
     assert report["iterations_count"] == 1
     assert report["token_count_used"] == 1000 + 200 + 500 + 100 + 300 + 30
     assert report["tokens"] == {
@@ -130,16 +139,16 @@ def test_task_report_fields(phase_one):
     assert report["cost_usd"] == pytest.approx(0.015) and report["unpriced_interactions"] == 1
     assert report["cache_hit_ratio"] == pytest.approx(600 / 1500)  # calls that state cache reads
     assert report["reasoning_share"] == pytest.approx(50 / 300)
-    assert report["rework_tokens"] == 600 and report["rework_interactions"] == 1  # call 2; call 3 switched context
-    # Current 09:00-09:30 and 10:00-10:15; approved at 10:30.
-    assert report["active_duration"] == 45 * 60 and report["wall_duration"] == 5400
+    assert report["rework_tokens"] == 600 and report["rework_interactions"] == 1  # call 2; call 3 is another session
 
 
 def test_open_task_without_estimate_is_missing_not_invented(phase_one):
     report = task_report(phase_one, "P1-002", now=NOW)
     assert report["status"] == "open"
     assert report["estimated_duration"] is None and report["variance"] is None and report["efficiency_ratio"] is None
-    assert report["actual_duration"] == (24 + 2) * 3600 + 30 * 60 and report["actual_duration_is_elapsed_so_far"]
+    # Current 09:30-10:00 with a call at 09:40: 11 minutes, then 19 idle; a night later it is still 11.
+    assert report["actual_duration"] == 11 * 60 and report["actual_duration_is_elapsed_so_far"]
+    assert report["wall_duration"] == (24 + 2) * 3600 + 30 * 60
     assert report["iterations_count"] == 2
     assert report["cost_usd"] is None and report["unpriced_interactions"] == 1
     missing = report["tracking_completeness"]["missing"]
@@ -155,9 +164,10 @@ def test_phase_report_fields_and_targets(phase_one):
     assert report["tasks_failed_first_attempt"] == 1 and report["tasks_reworked"] == ["P1-002"]
     assert report["average_iterations_per_task"] == 1.5
     assert report["estimated_total"] is None and report["tasks_without_estimate"] == ["P1-002"]
-    assert report["actual_total"] == 5400 + 26.5 * 3600
-    # Sum of task time over the phase's span (09:00 -> now).
-    assert report["parallel_efficiency"] == pytest.approx((5400 + 26.5 * 3600) / (27 * 3600))
+    assert report["actual_total"] == (26 + 11) * 60  # the tasks never overlapped
+    assert report["parallel_efficiency"] == 0  # one person working serially saves nothing
+    assert report["variance_tasks"] == ["P1-001"] and report["variance"] == 26 * 60 - 3600
+    assert report["open_tasks_so_far"] == [{"task_id": "P1-002", "actual_duration": 11 * 60, "estimated_duration": None}]
     assert report["test_coverage_overall"] == 80.0
     assert report["performance_targets_met"] == "1 / 2"
     assert report["total_tokens_used"] == 2130 + 110 and report["tokens_per_task_avg"] == 1120
@@ -270,3 +280,44 @@ def test_calls_that_never_reached_a_model_are_counted_apart(db):
     assert report["token_count_used"] == 165
     assert "FAILED_CALLS:      3 (never reached a model" in formats.task_markdown(report)
     assert phase_report(db, "P4")["failed_calls"] == 3
+
+
+def test_working_time_leaves_out_nights_and_counts_interleaved_work_once(db):
+    new_task(db, "P3-001", at(9), estimate=4 * 3600)
+    new_task(db, "P3-002", at(9), estimate=3600)
+    switch(db, "P3-001", at(9))
+    for n, minute in enumerate(range(0, 60, 10)):  # a call every 10 minutes, 09:00-09:50
+        call(db, n, "P3-001", at(9, minute))
+    switch(db, "P3-002", at(10))
+    call(db, 10, "P3-002", at(10, 5), conversation="c5")
+    switch(db, "P3-001", at(10, 10))
+    call(db, 11, "P3-001", at(10, 15))
+    # Next morning, after a night with nothing: 08:00-08:30.
+    call(db, 12, "P3-001", "2025-10-05T08:00:00.000000Z")
+    call(db, 13, "P3-001", "2025-10-05T08:30:00.000000Z")
+    report = phase_report(db, "P3", now="2025-10-05T08:31:00.000000Z")
+    first, second = report["tasks"]
+    # P3-001: 09:00-10:00 (the switch away is activity), 10:10-10:16, then the night is idle,
+    # and each of the two morning calls is a minute of its own: 29 minutes apart is idle too.
+    assert first["actual_duration"] == 60 * 60 + 6 * 60 + 2 * 60
+    assert first["wall_duration"] == 23.5 * 3600 + 60
+    assert second["actual_duration"] == 10 * 60  # 10:00-10:10, current and active
+    assert report["actual_total"] == first["actual_duration"] + second["actual_duration"]
+    assert report["parallel_efficiency"] == 0
+    assert report["variance"] is None and [t["task_id"] for t in report["open_tasks_so_far"]] == ["P3-001", "P3-002"]
+
+
+def test_parallel_work_saves_time_and_calls_after_approval_are_reported(db):
+    new_task(db, "P4-001", at(9))
+    new_task(db, "P4-002", at(9))
+    for minute in range(0, 31, 5):  # both worked at once: one current, the other through /t/P4-002/
+        call(db, minute, "P4-001", at(9, minute))
+        call(db, 100 + minute, "P4-002", at(9, minute), conversation="other")
+    switch(db, "P4-001", at(9))
+    tasks.mark(db, "P4-002", "approved", at=_dt(at(9, 31)), force=True)
+    call(db, 200, "P4-002", at(11), conversation="other", input_total=40_000, output_total=10_000)
+    report = phase_report(db, "P4", now=at(9, 40))
+    first, second = report["tasks"]
+    assert second["actual_duration"] == 31 * 60 and second["after_approval"] == {"ai_interactions": 1, "token_count_used": 50_000}
+    assert report["parallel_efficiency"] == min(first["actual_duration"], second["actual_duration"])
+    assert "AFTER_APPROVAL:    1 AI calls, 50,000 tokens after FINAL_APPROVAL" in formats.task_text(second)

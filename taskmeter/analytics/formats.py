@@ -33,8 +33,12 @@ def describe(name: str, fields: dict) -> str | None:
         return display(value)
     if name in _DURATIONS:
         text = _hours(value)
+        if name in ("actual_duration", "actual_total"):
+            text += " working time"
         if name == "actual_duration" and fields.get("actual_duration_is_elapsed_so_far"):
             text += " so far (task open)"
+        if name == "actual_total" and fields.get("open_tasks_so_far"):
+            text += ", open tasks so far"
         return text
     so_far = " so far" if fields.get("actual_duration_is_elapsed_so_far") else ""
     if name == "variance":
@@ -46,7 +50,7 @@ def describe(name: str, fields: dict) -> str | None:
         change = abs(1 - value) * 100
         return f"{value:.2f} ({change:.0f}% {'faster' if value < 1 else 'slower'} than estimated{so_far})"
     if name == "parallel_efficiency":
-        return f"{value:.2f} (task time / wall-clock span of the phase)"
+        return f"{format_duration(value)} saved by parallel work (tasks' working time {format_duration(value + fields['actual_total'])} in {format_duration(fields['actual_total'])})"
     if name in _PERCENT_INPUTS:
         return f"{value:g}%"
     if name in ("token_count_used", "total_tokens_used"):
@@ -122,12 +126,28 @@ def _beyond(fields: dict) -> list[str]:
     lines.append(
         f"REWORK_TOKENS:     {f'{rework:,} (calls after a flagged hallucination)' if rework is not None else 'none (no flagged hallucination)'}"
     )
-    if "active_duration" in fields:
-        active, wall = fields["active_duration"], fields["wall_duration"]
+    if "wall_duration" in fields:
+        wall = fields["wall_duration"]
         lines.append(
-            f"ACTIVE_DURATION:   {format_duration(active) if active is not None else PLACEHOLDER} current, "
-            f"of {format_duration(wall) if wall is not None else PLACEHOLDER} wall clock"
+            f"ELAPSED_WALL_TIME: {format_duration(wall) if wall is not None else PLACEHOLDER} (begin to approval, or now; nights included)"
         )
+        stages = ", ".join(
+            f"{name.replace('_', ' ')} {format_duration(value) or PLACEHOLDER}"
+            for name, value in fields["stage_durations"].items()
+        )
+        lines.append(f"STAGE_DURATIONS:   {stages}")
+        after = fields["after_approval"]
+        if after and after["ai_interactions"]:
+            lines.append(
+                f"AFTER_APPROVAL:    {after['ai_interactions']} AI calls, {after['token_count_used'] or 0:,} tokens after FINAL_APPROVAL"
+            )
+    if "variance_tasks" in fields:
+        lines.append(f"VARIANCE_OVER:     {', '.join(fields['variance_tasks']) or 'no approved task with an estimate yet'}")
+        for task in fields["open_tasks_so_far"]:
+            lines.append(
+                f"OPEN_SO_FAR:       {task['task_id']} {format_duration(task['actual_duration']) or PLACEHOLDER} working time"
+                f" against {format_duration(task['estimated_duration']) or 'no estimate'}"
+            )
     if "context_switches_total" in fields:
         lines.append(f"CONTEXT_SWITCHES:  {fields['context_switches_total']}")
     return lines

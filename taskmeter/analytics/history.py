@@ -35,6 +35,9 @@ class TaskHistory:
     rework_tokens: int | None
     rework_cost_usd: float | None
     rework_calls: int
+    activity_minutes: list[str] = field(default_factory=list)  # `YYYY-MM-DDTHH:MM` with an AI call of the task
+    events: list[str] = field(default_factory=list)  # its milestones and iterations
+    after_approval: tuple[int, int | None] = (0, None)  # AI calls and tokens after its final approval
 
 
 @dataclass
@@ -75,36 +78,29 @@ def usages(db: sqlite3.Connection, task_keys: list[str]) -> dict[str, dict]:
 
 
 def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int | None, float | None, int]]:
-    """Per task: tokens, cost and count of the calls after each flagged call, up to
-    the task's next context switch (the user steering the model back on course)."""
-    flagged: dict[str, list[str]] = defaultdict(list)
-    # Flags are few: walk them and look each interaction up, never the other way round.
-    for row in db.execute(
-        "SELECT i.task_id, i.started_at FROM flags f CROSS JOIN interactions i ON i.id = f.interaction_id"
-        " WHERE i.operation = 'generate' AND i.task_id IS NOT NULL ORDER BY i.started_at"
-    ):
-        flagged[row["task_id"]].append(row["started_at"])
+    """Per task: tokens, cost and count of the calls that followed a flagged call
+    in its session (the developer steering the model back on course)."""
     result: dict[str, tuple[int | None, float | None, int]] = {task_id: (None, None, 0) for task_id in task_ids}
-    for task_id in task_ids:
-        if task_id not in flagged:
+    wanted = set(task_ids)
+    counted: dict[str, dict[str, tuple[int, float]]] = {}
+    # Flags are few: walk them, and each flagged call's session by its index.
+    for row in db.execute(
+        """
+        SELECT g.task_id, i.id, coalesce(i.input_total, 0) + coalesce(i.output_total, 0) AS tokens, coalesce(i.cost_usd, 0) AS cost
+        FROM flags f
+        CROSS JOIN interactions g ON g.id = f.interaction_id
+        LEFT JOIN interactions i ON i.session_id = g.session_id AND i.task_id = g.task_id AND i.operation = 'generate'
+            AND (i.started_at, i.id) > (g.started_at, g.id)
+        WHERE g.operation = 'generate' AND g.task_id IS NOT NULL
+        """
+    ):
+        if row["task_id"] not in wanted:
             continue
-        counted: set[str] = set()
-        tokens, cost = 0, 0.0
-        for started_at in flagged[task_id]:
-            cursor = db.execute(
-                "SELECT id, input_total, output_total, cost_usd, context_switch FROM interactions"
-                " WHERE task_id = ? AND operation = 'generate' AND started_at > ? ORDER BY started_at",
-                (task_id, started_at),
-            )
-            for row in cursor:
-                if row["context_switch"]:
-                    break
-                if row["id"] not in counted:
-                    counted.add(row["id"])
-                    tokens += (row["input_total"] or 0) + (row["output_total"] or 0)
-                    cost += row["cost_usd"] or 0.0
-            cursor.close()
-        result[task_id] = (tokens, cost, len(counted))
+        calls = counted.setdefault(row["task_id"], {})
+        if row["id"] is not None:
+            calls[row["id"]] = (row["tokens"], row["cost"])
+    for task_id, calls in counted.items():
+        result[task_id] = (sum(t for t, _ in calls.values()), sum(c for _, c in calls.values()), len(calls))
     return result
 
 
@@ -114,7 +110,38 @@ def histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistory
         return []
     switches = all_switches(db)
     usage, iterations, rework = usages(db, ids), iterations_of(db, ids), _rework(db, ids)
-    return [TaskHistory(row, iterations[row["id"]], usage[row["id"]], switches, *rework[row["id"]]) for row in task_rows]
+    minutes: dict[str, list[str]] = defaultdict(list)
+    for row in db.execute(f"SELECT task_id, minute FROM task_activity WHERE task_id IN ({_placeholders(ids)})", ids):
+        minutes[row["task_id"]].append(row["minute"])
+    events: dict[str, list[str]] = defaultdict(list)
+    for row in db.execute(
+        f"SELECT task_id, at FROM task_events WHERE kind IN ('milestone', 'iteration') AND task_id IN ({_placeholders(ids)})", ids
+    ):
+        events[row["task_id"]].append(row["at"])
+    return [
+        TaskHistory(
+            row,
+            iterations[row["id"]],
+            usage[row["id"]],
+            switches,
+            *rework[row["id"]],
+            activity_minutes=minutes[row["id"]],
+            events=events[row["id"]],
+            after_approval=_after_approval(db, row),
+        )
+        for row in task_rows
+    ]
+
+
+def _after_approval(db: sqlite3.Connection, task: dict) -> tuple[int, int | None]:
+    if task["final_approval_at"] is None:
+        return 0, None
+    row = db.execute(
+        "SELECT count(*) AS calls, sum(input_total) + sum(coalesce(output_total, 0)) AS tokens FROM interactions"
+        " WHERE task_id = ? AND operation = 'generate' AND started_at > ?",
+        (task["id"], task["final_approval_at"]),
+    ).fetchone()
+    return row["calls"], row["tokens"]
 
 
 def task_history(db: sqlite3.Connection, task_id: str) -> TaskHistory:

@@ -7,6 +7,7 @@ yes/no as true/false. docs/schema.md lists them."""
 import sqlite3
 
 from taskmeter.analytics import history, metrics
+from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
 from taskmeter.timefmt import now_stored
 
@@ -62,13 +63,15 @@ def call_record(row: dict) -> dict:
     }
 
 
-def task_records(db: sqlite3.Connection, phase_id: str | None = None, now: str | None = None) -> list[dict]:
+def task_records(
+    db: sqlite3.Connection, phase_id: str | None = None, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
+) -> list[dict]:
     """Every task's Level 1 fields (as `task --json` gives them), and whether it is current."""
     now = now or now_stored()
     current = tasks.current_task(db)
     current_id = current.task_id.lower() if current else None
     rows = [dict(row) for row in tasks.list_task_rows(db, phase_id)]
     return [
-        {**metrics.task_fields(task_history, now), "current": task_history.task["id"].lower() == current_id}
+        {**metrics.task_fields(task_history, now, idle_seconds), "current": task_history.task["id"].lower() == current_id}
         for task_history in history.histories(db, rows)
     ]

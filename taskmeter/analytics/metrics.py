@@ -6,8 +6,9 @@ and is listed under tracking_completeness.missing; nothing is zero-filled.
 Durations are seconds; ratios are plain numbers (0.9, not 90%).
 """
 
+from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
-from taskmeter.timefmt import seconds_between
+from taskmeter.timefmt import from_stored, seconds_between
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
 TASK_SECTIONS = {
@@ -124,24 +125,49 @@ def _end_of(task: dict, now: str) -> str:
     return task["final_approval_at"] or now
 
 
-def active_seconds(task: dict, switches: list[tuple[str, str | None]], now: str) -> float | None:
-    """Time the task was current (`meter set-task`), up to its approval or now."""
-    if task["begin_at"] is None:
-        return None
+def current_intervals(task: dict, switches: list[tuple[str, str | None]], now: str) -> list[tuple[str, str]]:
+    """When the task was current (`meter set-task`), up to its approval or now."""
     end = _end_of(task, now)
-    total = 0.0
     key = task["id"].lower()
+    intervals = []
     for index, (at, current) in enumerate(switches):
         if current is None or current.lower() != key or at >= end:
             continue
         until = switches[index + 1][0] if index + 1 < len(switches) else end
-        total += max(0.0, seconds_between(at, min(until, end)))
-    return total
+        intervals.append((at, min(until, end)))
+    return intervals
 
 
-def task_fields(history: TaskHistory, now: str) -> dict:
+def _seconds(stored: str) -> float:
+    return from_stored(stored).timestamp()
+
+
+def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[worktime.Span]:
+    """The task's working spans (analytics/worktime.py), up to its approval or now."""
+    task = history.task
+    if task["begin_at"] is None:
+        return []
+    end = _seconds(_end_of(task, now))
+    current = [(_seconds(a), _seconds(b)) for a, b in current_intervals(task, history.switches, now)]
+    activity = [(start, start + 60) for start in (_seconds(m + ":00.000000Z") for m in history.activity_minutes)]
+    activity += [(at, at) for at in map(_seconds, history.events)]
+    activity = [(a, min(b, end)) for a, b in activity if a <= end]
+    return worktime.working_spans(current, activity, idle_seconds)
+
+
+def _stages(task: dict) -> dict:
+    names = ["begin_at", "initial_completion_at", "tests_completion_at", "validation_at", "final_approval_at"]
+    labels = ["begin_to_initial", "initial_to_tests", "tests_to_validation", "validation_to_approval"]
+    return {
+        label: seconds_between(task[a], task[b]) if task[a] and task[b] else None
+        for label, a, b in zip(labels, names, names[1:], strict=False)
+    }
+
+
+def task_fields(history: TaskHistory, now: str, idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS) -> dict:
     task, usage = history.task, history.usage
-    actual = seconds_between(task["begin_at"], _end_of(task, now)) if task["begin_at"] else None
+    wall = seconds_between(task["begin_at"], _end_of(task, now)) if task["begin_at"] else None
+    actual = worktime.total(task_spans(history, now, idle_seconds)) if task["begin_at"] else None
     estimate = task["estimate_seconds"]
     tokens = _tokens(usage)["total"]
     fields = {
@@ -181,8 +207,11 @@ def task_fields(history: TaskHistory, now: str) -> dict:
         "rework_tokens": history.rework_tokens,
         "rework_cost_usd": history.rework_cost_usd,
         "rework_interactions": history.rework_calls,
-        "active_duration": active_seconds(task, history.switches, now),
-        "wall_duration": actual,
+        "wall_duration": wall,
+        "stage_durations": _stages(task),
+        "after_approval": {"ai_interactions": history.after_approval[0], "token_count_used": history.after_approval[1]}
+        if task["final_approval_at"]
+        else None,
     }
     fields["tracking_completeness"] = completeness(fields, TASK_SECTIONS)
     return fields
@@ -204,16 +233,26 @@ def _sum_usage(histories: list[TaskHistory], columns: list[str]) -> dict:
     return missing_when_unstated(total)
 
 
-def phase_fields(history: PhaseHistory, now: str, previous_tokens_per_task: float | None = None) -> dict:
+def phase_fields(
+    history: PhaseHistory,
+    now: str,
+    previous_tokens_per_task: float | None = None,
+    idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS,
+) -> dict:
     phase = history.phase
-    tasks = [task_fields(t, now) for t in history.tasks]
+    tasks = [task_fields(t, now, idle_seconds) for t in history.tasks]
     usage = _sum_usage(history.tasks, history.usage_columns)
     begins = [t["begin_timestamp"] for t in tasks if t["begin_timestamp"]]
     ends = [t["final_approval_timestamp"] or now for t in tasks if t["begin_timestamp"]]
-    durations = [t["actual_duration"] for t in tasks if t["actual_duration"] is not None]
     estimates = [t["estimated_duration"] for t in tasks]
     estimated_total = sum(estimates) if tasks and all(e is not None for e in estimates) else None
-    actual_total = sum(durations) if durations else None
+    # The phase's working time: the union of its tasks' working spans (overlaps count once).
+    every_span = [span for t in history.tasks for span in task_spans(t, now, idle_seconds)]
+    actual_total = worktime.total(every_span) if begins else None
+    summed = sum(t["actual_duration"] for t in tasks if t["actual_duration"] is not None)
+    # Variance and efficiency compare finished work with its estimate; open tasks are apart, "so far".
+    done = [t for t in tasks if t["status"] == "approved" and t["estimated_duration"] and t["actual_duration"] is not None]
+    done_actual, done_estimate = sum(t["actual_duration"] for t in done), sum(t["estimated_duration"] for t in done)
     span = seconds_between(min(begins), max(ends)) if begins else None
     coverages = [t["test_coverage_actual"] for t in tasks if t["test_coverage_actual"] is not None]
     performance = [t["performance_met"] for t in tasks if t["performance_met"] is not None]
@@ -233,9 +272,16 @@ def phase_fields(history: PhaseHistory, now: str, previous_tokens_per_task: floa
         "estimated_total": estimated_total,
         "tasks_without_estimate": [t["task_id"] for t in tasks if t["estimated_duration"] is None],
         "actual_total": actual_total,
-        "variance": actual_total - estimated_total if actual_total is not None and estimated_total else None,
-        "efficiency_ratio": _ratio(actual_total, estimated_total),
-        "parallel_efficiency": _ratio(actual_total, span),
+        "variance": done_actual - done_estimate if done else None,
+        "efficiency_ratio": _ratio(done_actual, done_estimate) if done else None,
+        "variance_tasks": [t["task_id"] for t in done],
+        "open_tasks_so_far": [
+            {"task_id": t["task_id"], "actual_duration": t["actual_duration"], "estimated_duration": t["estimated_duration"]}
+            for t in tasks
+            if t["status"] != "approved"
+        ],
+        # The seed's time saved by parallel work: one person working serially scores 0.
+        "parallel_efficiency": summed - actual_total if actual_total is not None else None,
         "wall_clock_span": span,
         "tasks_total": len(tasks),
         "tasks_completed": sum(1 for t in tasks if t["status"] == "approved"),

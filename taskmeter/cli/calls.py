@@ -13,6 +13,7 @@ from taskmeter.cli.common import (
     TASK,
     cli,
     db_option,
+    idle_seconds,
     json_option,
     open_db,
     utc_option,
@@ -40,7 +41,7 @@ def status_cmd(as_json, utc, db_path):
 
     with open_db(db_path) as db:
         current = tasks.current_task(db)
-        view = task_report(db, current.task_id) if current else None
+        view = task_report(db, current.task_id, idle_seconds=idle_seconds()) if current else None
         running = proxies.running(db)
         latest = interactions.recent(db, limit=1)
     database = store_db.resolve_path(db_path)
@@ -73,7 +74,8 @@ def status_cmd(as_json, utc, db_path):
             [
                 ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
                 ("Current for", format_duration(state["current_for_seconds"])),
-                ("Elapsed since begin", format_duration(view["actual_duration"])),
+                ("Working time", format_duration(view["actual_duration"])),
+                ("Elapsed (wall)", format_duration(view["wall_duration"])),
                 ("Estimate", format_duration(view["estimated_duration"])),
                 ("Tokens so far", terminal.number(view["token_count_used"])),
                 ("Cost so far", cost),
@@ -82,6 +84,12 @@ def status_cmd(as_json, utc, db_path):
                 ("Hallucinations", view["hallucination_count"]),
             ]
         )
+        if view["final_approval_timestamp"]:
+            after = view["after_approval"]
+            terminal.warn(
+                f"{view['task_id']} was approved at {terminal.moment(view['final_approval_timestamp'], utc, short=False)}: "
+                f"calls now count as after approval ({after['ai_interactions']} so far); `meter set-task` another task"
+            )
     if running:
         for proxy in state["proxies"]:
             terminal.info(

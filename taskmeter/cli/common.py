@@ -122,6 +122,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (
 utc_option = click.option("--utc", is_flag=True, help="Show times in UTC instead of local time.")
 
 
+def idle_seconds() -> float:
+    """The working-time rule's idle gap, from the config file (record.idle_minutes)."""
+    from taskmeter.config import load_settings
+
+    return load_settings().record.idle_minutes * 60
+
+
 @contextlib.contextmanager
 def open_db(path: str | None) -> Iterator[sqlite3.Connection]:
     connection = store_db.connect(path)

@@ -7,7 +7,7 @@ place: `meter report --json daily` and `meter report daily --json` are one comma
 import click
 
 from taskmeter import terminal
-from taskmeter.cli.common import MOMENT, TASK, cli, db_option, open_db, utc_option
+from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, open_db, utc_option
 from taskmeter.terminal import Column
 
 FORMAT = click.Choice(["table", "markdown", "json", "csv"])
@@ -63,7 +63,7 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path) as db:
-        report = overview_report(db)
+        report = overview_report(db, idle_seconds=idle_seconds())
 
     def table(overview: dict) -> str:
         terminal.table(
@@ -97,7 +97,7 @@ def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path) as db:
-        report = task_report(db, task_id.strip())
+        report = task_report(db, task_id.strip(), idle_seconds=idle_seconds())
     _emit(report, output_format, formats.task_markdown, formats.task_text)
 
 
@@ -112,7 +112,7 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path) as db:
-        report = phase_report(db, phase_id.strip())
+        report = phase_report(db, phase_id.strip(), idle_seconds=idle_seconds())
     _emit(report, output_format, formats.phase_markdown, formats.phase_text)
 
 

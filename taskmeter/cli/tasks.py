@@ -11,6 +11,7 @@ from taskmeter.cli.common import (
     YES_NO,
     cli,
     db_option,
+    idle_seconds,
     json_option,
     open_db,
     utc_option,
@@ -130,7 +131,7 @@ def task_cmd(task_id, phase, unset, as_json, db_path, **options):
         task = tasks.get_task(db, task_id.strip())
         if values or phase:
             tasks.update_task(db, task["id"], values, phase_id=phase)
-        report = task_report(db, task["id"])
+        report = task_report(db, task["id"], idle_seconds=idle_seconds())
     if as_json:
         terminal.print_json(report)
         return
@@ -197,7 +198,7 @@ def tasks_cmd(phase, as_json, utc, db_path):
     from taskmeter.analytics.listings import task_records
 
     with open_db(db_path) as db:
-        records = task_records(db, phase.strip() if phase else None)
+        records = task_records(db, phase.strip() if phase else None, idle_seconds=idle_seconds())
     if as_json:
         terminal.print_json(records)
         return
@@ -281,7 +282,7 @@ def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options
             tasks.update_phase(db, phase["id"], values)
         if milestone:
             tasks.mark_phase(db, phase["id"], milestone, at=at, force=force)
-        report = phase_report(db, phase["id"])
+        report = phase_report(db, phase["id"], idle_seconds=idle_seconds())
     if as_json:
         terminal.print_json(report)
         return
@@ -297,7 +298,7 @@ def phases_cmd(as_json, utc, db_path):
     from taskmeter.analytics.reports import phase_reports
 
     with open_db(db_path) as db:
-        phases = phase_reports(db)
+        phases = phase_reports(db, idle_seconds=idle_seconds())
     if as_json:
         terminal.print_json(phases)
         return

@@ -60,10 +60,20 @@ class InterceptSettings(BaseModel):
     hosts: dict[str, str]
 
 
+class RecordSettings(BaseModel):
+    """How calls and activity become sessions and working time (docs/metrics.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_gap_minutes: float = Field(gt=0)
+    idle_minutes: float = Field(gt=0)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     proxy: ProxySettings
+    record: RecordSettings
     upstreams: dict[str, str]
     intercept: InterceptSettings
 

@@ -138,7 +138,7 @@ class ConfigReload:
 
     NEEDS_RESTART = (
         "proxy.listen_host", "proxy.port", "proxy.confdir", "proxy.upstream_ca", "proxy.store_bodies", "proxy.retention_days",
-        "proxy.max_pending_mb",
+        "proxy.max_pending_mb", "record.session_gap_minutes",
     )  # fmt: skip
 
     def __init__(self, load, settings: Settings, master: DumpMaster, addons: list, stop: "GracefulStop") -> None:
@@ -173,7 +173,11 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
     proxy_id = new_id()
     handover = Handover(
         db_path,
-        ["--store-bodies", settings.proxy.store_bodies, "--retention-days", str(settings.proxy.retention_days)],
+        [
+            *("--store-bodies", settings.proxy.store_bodies),
+            *("--retention-days", str(settings.proxy.retention_days)),
+            *("--session-gap-minutes", str(settings.record.session_gap_minutes)),
+        ],
         proxy_id,
         int(settings.proxy.max_pending_mb * 1024 * 1024),
         # A copy of our stdout: in the recorder, fd 1 is the acknowledgement pipe.

@@ -30,6 +30,7 @@ from taskmeter.callline import call_line, run_summary
 from taskmeter.handover import callfile
 from taskmeter.handover.pipe import ACK, HEADER
 from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
+from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.timefmt import to_stored
 
@@ -127,8 +128,16 @@ class LiveView:
 
 
 class RecorderLoop:
-    def __init__(self, db_path: Path, finalizer, proxy_id: str | None, live_view=None, retention_days: int = 0) -> None:
-        self.writer = Writer(db_path)
+    def __init__(
+        self,
+        db_path: Path,
+        finalizer,
+        proxy_id: str | None,
+        live_view=None,
+        retention_days: int = 0,
+        session_gap_seconds: float = DEFAULT_SESSION_GAP_SECONDS,
+    ) -> None:
+        self.writer = Writer(db_path, session_gap_seconds)
         self._retention_days = retention_days
         self._last_prune = -PRUNE_SECONDS
         self._live_view = live_view  # one line per call stored, and a summary at the end
@@ -321,6 +330,7 @@ def main() -> None:
     parser.add_argument("db")
     parser.add_argument("--store-bodies", choices=["none", "text", "full"], default="none")
     parser.add_argument("--retention-days", type=int, default=0, help="Delete stored text older than this (0: keep it).")
+    parser.add_argument("--session-gap-minutes", type=float, default=DEFAULT_SESSION_GAP_SECONDS / 60)
     parser.add_argument("--proxy-id")
     parser.add_argument("--live-view-fd", type=int, help="Print a line per call stored to this file descriptor.")
     args = parser.parse_args()
@@ -331,7 +341,8 @@ def main() -> None:
     live_view = None
     if args.live_view_fd is not None:
         live_view = LiveView(open(args.live_view_fd, "w", encoding="utf-8", errors="replace"))
-    loop = RecorderLoop(Path(args.db), Finalizer(args.store_bodies, args.proxy_id), args.proxy_id, live_view, args.retention_days)
+    finalizer = Finalizer(args.store_bodies, args.proxy_id)
+    loop = RecorderLoop(Path(args.db), finalizer, args.proxy_id, live_view, args.retention_days, args.session_gap_minutes * 60)
     frames = FrameReader(sys.stdin.fileno())
     loop.replay()
     first_since_start = True

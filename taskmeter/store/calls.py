@@ -1,6 +1,6 @@
 """Storing finished calls: attribution to the task current when each call began,
-and context switches. Used for live calls and spool replay alike, so a replayed
-call gets exactly the row it would have had."""
+sessions and context switches (rules in store/sessions.py). Used for live calls
+and spool replay alike, so a replayed call gets exactly the row it would have had."""
 
 import sqlite3
 from dataclasses import dataclass
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from taskmeter.errors import NotFound
 from taskmeter.store import tasks
 from taskmeter.store.interactions import Interaction, insert_many, storable_text
+from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS, is_context_switch, session_of
 
 
 @dataclass(slots=True)
@@ -32,31 +33,15 @@ def attribute(db: sqlite3.Connection, row: Interaction) -> None:
     row.attribution = "current" if row.task_id else "none"
 
 
-def mark_context_switch(db: sqlite3.Connection, row: Interaction) -> None:
-    """A call is a context switch when the previous AI call of its task belonged to
-    another conversation, or when the task was switched away from and back since."""
-    if row.task_id is None or row.operation != "generate":
-        return
-    previous = db.execute(
-        "SELECT conversation_id, started_at FROM interactions"
-        " WHERE task_id = ? AND operation = 'generate' AND started_at < ? AND id != ?"
-        " ORDER BY started_at DESC LIMIT 1",
-        (row.task_id, row.started_at, row.id),
-    ).fetchone()
-    if previous is None:
-        row.context_switch = False
-        return
-    other_conversation = previous["conversation_id"] != row.conversation_id
-    came_back = tasks.switched_into_between(db, row.task_id, previous["started_at"], row.started_at)
-    row.context_switch = other_conversation or came_back
-
-
-def store_calls(db: sqlite3.Connection, items: list[CallRow]) -> None:
+def store_calls(db: sqlite3.Connection, items: list[CallRow], session_gap_seconds: float = DEFAULT_SESSION_GAP_SECONDS) -> None:
     """Store finished calls, oldest first, in the caller's transaction."""
-    for item in sorted(items, key=lambda i: i.interaction.started_at):
-        attribute(db, item.interaction)
-        mark_context_switch(db, item.interaction)
-        insert_many(db, [item.interaction])
+    for item in sorted(items, key=lambda i: (i.interaction.started_at, i.interaction.id)):
+        row = item.interaction
+        attribute(db, row)
+        row.session_id = session_of(db, row, session_gap_seconds)
+        if row.task_id is not None and row.operation == "generate":
+            row.context_switch = is_context_switch(db, row.task_id, row.id, row.started_at, row.session_id)
+        insert_many(db, [row])
         if item.texts is not None and any(item.texts):
             db.execute(
                 "INSERT OR IGNORE INTO call_texts (interaction_id, prompt, steps, response) VALUES (?, ?, ?, ?)",
@@ -75,23 +60,15 @@ def store_calls(db: sqlite3.Connection, items: list[CallRow]) -> None:
 def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:
     """Apply the context-switch rule afresh to every call of a task (after a retag);
     returns how many calls changed. Runs in the caller's transaction."""
-    switch_times = [
-        row[0] for row in db.execute("SELECT at FROM task_events WHERE kind = 'switch' AND task_id = ? ORDER BY at", (task_id,))
-    ]
-    updates, previous = [], None
+    updates = []
     for row in db.execute(
-        "SELECT id, started_at, conversation_id, context_switch FROM interactions"
+        "SELECT id, started_at, session_id, context_switch FROM interactions"
         " WHERE task_id = ? AND operation = 'generate' ORDER BY started_at, id",
         (task_id,),
     ).fetchall():
-        if previous is None:
-            value = 0
-        else:
-            came_back = any(previous["started_at"] < at <= row["started_at"] for at in switch_times)
-            value = int(previous["conversation_id"] != row["conversation_id"] or came_back)
+        value = int(is_context_switch(db, task_id, row["id"], row["started_at"], row["session_id"] or row["id"]))
         if row["context_switch"] != value:
             updates.append((value, row["id"]))
-        previous = row
     db.executemany("UPDATE interactions SET context_switch = ? WHERE id = ?", updates)
     return len(updates)
 

@@ -46,6 +46,7 @@ class Interaction:
     context_switch: bool | None = None
     client: str | None = None
     client_session: str | None = None
+    session_id: str | None = None  # set when stored: see store/sessions.py
     proxy_id: str | None = None
     # What the recorder had to change or drop to store the call (see storable()).
     notes: str | None = None

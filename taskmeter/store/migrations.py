@@ -627,6 +627,62 @@ def m005_call_texts(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_sessions(db: sqlite3.Connection) -> None:
+    """The session each call belongs to (see docs/metrics.md, "Sessions and
+    context switches"). Calls recorded before have the client's session, else
+    their conversation, else themselves; their context_switch values stay as the
+    earlier rule set them until a retag recomputes their task."""
+    run_script(
+        db,
+        """
+        ALTER TABLE interactions ADD COLUMN session_id TEXT;
+        UPDATE interactions SET session_id = coalesce(client_session, conversation_id, id);
+        CREATE INDEX interactions_session ON interactions(session_id, started_at);
+        """,
+    )
+
+
+@migration
+def m007_task_activity(db: sqlite3.Connection) -> None:
+    """The minutes in which each task had an AI call, kept by triggers, so that
+    working time (docs/metrics.md) never scans the calls."""
+    minute = "substr({r}.started_at, 1, 16)"
+    still_used = (
+        "EXISTS (SELECT 1 FROM interactions i WHERE i.task_id = OLD.task_id"
+        f" AND i.started_at >= {minute.format(r='OLD')} AND i.started_at < {minute.format(r='OLD')} || ':60')"
+    )
+    run_script(
+        db,
+        f"""
+        CREATE TABLE task_activity (
+            task_id TEXT NOT NULL,
+            minute TEXT NOT NULL,
+            PRIMARY KEY (task_id, minute)
+        ) WITHOUT ROWID;
+
+        INSERT OR IGNORE INTO task_activity (task_id, minute)
+        SELECT task_id, {minute.format(r="interactions")} FROM interactions WHERE task_id IS NOT NULL;
+
+        CREATE TRIGGER task_activity_insert AFTER INSERT ON interactions WHEN NEW.task_id IS NOT NULL
+        BEGIN
+            INSERT OR IGNORE INTO task_activity (task_id, minute) VALUES (NEW.task_id, {minute.format(r="NEW")});
+        END;
+
+        CREATE TRIGGER task_activity_update AFTER UPDATE OF task_id ON interactions
+        BEGIN
+            DELETE FROM task_activity WHERE task_id = OLD.task_id AND minute = {minute.format(r="OLD")} AND NOT {still_used};
+            INSERT OR IGNORE INTO task_activity (task_id, minute) SELECT NEW.task_id, {minute.format(r="NEW")} WHERE NEW.task_id IS NOT NULL;
+        END;
+
+        CREATE TRIGGER task_activity_delete AFTER DELETE ON interactions WHEN OLD.task_id IS NOT NULL
+        BEGIN
+            DELETE FROM task_activity WHERE task_id = OLD.task_id AND minute = {minute.format(r="OLD")} AND NOT {still_used};
+        END;
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:

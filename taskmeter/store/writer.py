@@ -15,6 +15,7 @@ from pathlib import Path
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies, texts
 from taskmeter.store.calls import CallRow, store_calls
+from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 
 log = logging.getLogger("taskmeter.writer")
 
@@ -40,8 +41,9 @@ def _is_unavailable(exc: Exception) -> bool:
 
 
 class Writer:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, session_gap_seconds: float = DEFAULT_SESSION_GAP_SECONDS) -> None:
         self.db_path = db_path
+        self._session_gap_seconds = session_gap_seconds
         self._db: sqlite3.Connection | None = None
         self.failing: str | None = None  # why the database cannot be written, while it cannot
 
@@ -88,7 +90,7 @@ class Writer:
         db = self._connect()
         try:
             with store_db.write_transaction(db):
-                store_calls(db, items)
+                store_calls(db, items, self._session_gap_seconds)
         except Exception as exc:
             if _is_unavailable(exc):
                 self._failed(exc)

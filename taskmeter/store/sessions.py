@@ -1,0 +1,60 @@
+"""Sessions and context switches: the one definition of each (docs/metrics.md).
+
+A session is a stretch of work with one client in one context:
+- Claude Code's own session (its `x-claude-code-session-id` header, or the
+  `session_id` in `metadata.user_id`), whatever calls it makes inside: side
+  calls to a small model, subagents, title generation, retries;
+- a Responses API chain (calls linked by previous_response_id share their
+  conversation);
+- for other clients, a conversation root that is continued within
+  `session_gap` of its previous call; a longer pause starts a new session.
+
+A call is a context switch when its task had an earlier AI call and either the
+task was switched away from and back since that call (`meter set-task`), or the
+call starts a session new to the task. Calls are ordered by (started_at, id).
+"""
+
+import sqlite3
+from datetime import timedelta
+
+from taskmeter.store import tasks
+from taskmeter.store.interactions import Interaction
+from taskmeter.timefmt import from_stored, to_stored
+
+DEFAULT_SESSION_GAP_SECONDS = 30 * 60
+
+
+def session_of(db: sqlite3.Connection, row: Interaction, gap_seconds: float = DEFAULT_SESSION_GAP_SECONDS) -> str:
+    """The session a call belongs to, given the calls stored before it."""
+    if row.client_session:
+        return row.client_session
+    if row.conversation_id is None:
+        return row.id  # nothing ties it to another call
+    if row.protocol == "openai_responses":
+        return row.conversation_id
+    since = to_stored(from_stored(row.started_at) - timedelta(seconds=gap_seconds))
+    previous = db.execute(
+        "SELECT session_id FROM interactions WHERE conversation_id = ? AND started_at >= ? AND started_at <= ? AND id != ?"
+        " ORDER BY started_at DESC, id DESC LIMIT 1",
+        (row.conversation_id, since, row.started_at, row.id),
+    ).fetchone()
+    return previous["session_id"] if previous and previous["session_id"] else row.id
+
+
+def is_context_switch(db: sqlite3.Connection, task_id: str, call_id: str, started_at: str, session_id: str) -> bool:
+    """The context-switch rule, for a generation call of `task_id`."""
+    previous = db.execute(
+        "SELECT started_at FROM interactions WHERE task_id = ? AND operation = 'generate' AND (started_at, id) < (?, ?)"
+        " ORDER BY started_at DESC, id DESC LIMIT 1",
+        (task_id, started_at, call_id),
+    ).fetchone()
+    if previous is None:
+        return False
+    if tasks.switched_into_between(db, task_id, previous["started_at"], started_at):
+        return True
+    seen = db.execute(
+        "SELECT 1 FROM interactions WHERE session_id = ? AND task_id = ? AND operation = 'generate' AND (started_at, id) < (?, ?)"
+        " LIMIT 1",
+        (session_id, task_id, started_at, call_id),
+    ).fetchone()
+    return seen is None
