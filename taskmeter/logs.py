@@ -4,8 +4,11 @@ import logging
 import sys
 
 
-def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(path=None) -> None:
+    """Log lines to stderr, or appended to the file `path`."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.StreamHandler(sys.stderr) if path is None else logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     meter_log = logging.getLogger("taskmeter")
     meter_log.addHandler(handler)

@@ -69,11 +69,33 @@ class RecordSettings(BaseModel):
     idle_minutes: float = Field(gt=0)
 
 
+class AutomationSettings(BaseModel):
+    """What the git hooks and the pytest plugin read from a repository (docs/automation.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    branch_pattern: str
+    main_branch: str
+    coverage_target: float | None = Field(default=None, ge=0, le=100)
+
+    @field_validator("branch_pattern")
+    @classmethod
+    def _pattern(cls, pattern: str) -> str:
+        import re
+
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     proxy: ProxySettings
     record: RecordSettings
+    automation: AutomationSettings
     upstreams: dict[str, str]
     intercept: InterceptSettings
 

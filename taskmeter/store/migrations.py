@@ -683,6 +683,37 @@ def m007_task_activity(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m008_commits_and_automatic_marks(db: sqlite3.Connection) -> None:
+    """Commits the git hooks saw, and every mark the meter set by itself with its
+    source (docs/automation.md). A task's commits count as activity for working time."""
+    run_script(
+        db,
+        """
+        CREATE TABLE commits (
+            sha TEXT PRIMARY KEY,
+            repo TEXT NOT NULL,
+            branch TEXT,
+            task_id TEXT REFERENCES tasks(id),
+            committed_at TEXT NOT NULL,
+            files INTEGER NOT NULL,
+            insertions INTEGER NOT NULL,
+            deletions INTEGER NOT NULL
+        );
+        CREATE INDEX commits_task ON commits(task_id, committed_at);
+
+        CREATE TABLE automatic_marks (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            task_id TEXT,
+            phase_id TEXT,
+            milestone TEXT NOT NULL,
+            source TEXT NOT NULL
+        );
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:

@@ -309,6 +309,28 @@ def mark(
     return task["id"], stamp
 
 
+def auto_mark(db: sqlite3.Connection, table: str, record_id: str, milestone: str, stamp: str, source: str) -> bool:
+    """A milestone the meter saw happen (a commit, a test run, a merge): recorded
+    only where none is set, so it never overwrites a person's mark, with its
+    source in the event's note. `table` is tasks or phases. Returns whether it
+    was recorded. Runs in the caller's transaction."""
+    order = MILESTONES if table == "tasks" else PHASE_MILESTONES
+    column = order[milestone]
+    changed = db.execute(f"UPDATE {table} SET {column} = ? WHERE id = ? AND {column} IS NULL", (stamp, record_id)).rowcount
+    if changed:
+        task_id, phase_id = (record_id, None) if table == "tasks" else (None, record_id)
+        db.execute(
+            "INSERT INTO automatic_marks (at, task_id, phase_id, milestone, source) VALUES (?, ?, ?, ?, ?)",
+            (stamp, task_id, phase_id, milestone, source),
+        )
+        if task_id:
+            db.execute(
+                "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
+                (task_id, stamp, milestone, f"automatic: {source}"),
+            )
+    return bool(changed)
+
+
 def mark_phase(db: sqlite3.Connection, phase_id: str, milestone: str, *, at: datetime | None = None, force: bool = False) -> str:
     """Record a Level 2 phase timestamp; returns the stored timestamp."""
     stamp = _milestone_stamp(PHASE_MILESTONES, milestone, at, "phase")

@@ -1,0 +1,1 @@
+"""The self-filling record: git hooks, the pytest plugin, Claude Code hooks (docs/automation.md)."""

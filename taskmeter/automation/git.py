@@ -1,0 +1,221 @@
+"""The git side of the self-filling record (docs/automation.md).
+
+`meter hooks install` puts small shell hooks into a repository. Each hands the
+event to `python -m taskmeter.automation.git HOOK ...` in the background and
+exits with the status of the hook it replaced (0 when there was none), so a
+hook never fails or slows a git command. Here, in that background process:
+
+- post-checkout (branch checkouts only): the branch name selects the task;
+- post-commit: the commit is recorded against the branch's task; the task's
+  first commit sets INITIAL_COMPLETION, the phase's first PHASE_FIRST_CODE;
+- post-checkout, post-merge (a pull too): a task whose last commit is now in
+  the main branch gets FINAL_APPROVAL, at the time that was first seen.
+
+Every failure is swallowed into the meter's log: the developer's git must
+never see us.
+"""
+
+import logging
+import os
+import re
+import stat
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from taskmeter.errors import MeterError
+from taskmeter.store import db as store_db
+from taskmeter.store import tasks
+from taskmeter.store.db import write_transaction
+from taskmeter.timefmt import now_stored, to_stored
+
+log = logging.getLogger("taskmeter.automation")
+
+HOOKS = ("post-checkout", "post-commit", "post-merge")
+MARKER = "# taskmeter hook: `meter hooks uninstall` removes it"
+CHAINED_SUFFIX = ".pre-meter"
+
+
+class NotARepository(MeterError):
+    pass
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
+
+def hooks_dir(repo: Path) -> Path:
+    """Where git runs this repository's hooks: core.hooksPath is honoured."""
+    try:
+        top = Path(_git(repo, "rev-parse", "--show-toplevel"))
+        path = Path(_git(repo, "rev-parse", "--git-path", "hooks"))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        raise NotARepository(f"{repo} is not a git repository (or git is not installed)") from None
+    return path if path.is_absolute() else top / path
+
+
+def _hook_text(name: str, db_path: Path | None) -> str:
+    db = f" --db '{db_path}'" if db_path else ""
+    return f"""#!/bin/sh
+{MARKER}
+status=0
+if [ -x "$0{CHAINED_SUFFIX}" ]; then "$0{CHAINED_SUFFIX}" "$@"; status=$?; fi
+( '{sys.executable}' -m taskmeter.automation.git --repo "$PWD"{db} {name} "$@" </dev/null >/dev/null 2>&1 & )
+exit $status
+"""
+
+
+def install(repo: Path, db_path: Path | None = None) -> list[str]:
+    """Install (or refresh) the hooks; a hook already there is kept and chained."""
+    folder = hooks_dir(repo)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = []
+    for name in HOOKS:
+        hook = folder / name
+        if hook.exists() and MARKER not in hook.read_text(errors="replace"):
+            hook.rename(folder / (name + CHAINED_SUFFIX))  # theirs runs first, from ours
+        hook.write_text(_hook_text(name, db_path))
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        done.append(str(hook))
+    return done
+
+
+def uninstall(repo: Path) -> list[str]:
+    """Remove our hooks and put back the ones they chained."""
+    folder = hooks_dir(repo)
+    removed = []
+    for name in HOOKS:
+        hook = folder / name
+        if hook.exists() and MARKER in hook.read_text(errors="replace"):
+            hook.unlink()
+            removed.append(str(hook))
+            chained = folder / (name + CHAINED_SUFFIX)
+            if chained.exists():
+                chained.rename(hook)
+    return removed
+
+
+def installed(repo: Path) -> bool:
+    hook = hooks_dir(repo) / "post-commit"
+    return hook.exists() and MARKER in hook.read_text(errors="replace")
+
+
+# ------------------------------------------------------------ events
+
+
+def task_of_branch(branch: str | None, pattern: str) -> str | None:
+    if not branch:
+        return None
+    match = re.search(pattern, branch)
+    if match is None:
+        return None
+    try:
+        return tasks.validate_task_id(match.group(1) if match.groups() else match.group(0))
+    except MeterError:
+        return None
+
+
+def _branch(repo: Path) -> str | None:
+    try:
+        return _git(repo, "symbolic-ref", "--short", "-q", "HEAD") or None
+    except subprocess.CalledProcessError:
+        return None  # detached HEAD
+
+
+def on_checkout(db, repo: Path, flag: str, pattern: str, main: str) -> None:
+    if flag == "1":  # a branch checkout, not a file checkout
+        task_id = task_of_branch(_branch(repo), pattern)
+        if task_id:
+            tasks.set_task(db, task_id)
+    approve_merged(db, repo, main)
+
+
+def on_commit(db, repo: Path, pattern: str) -> None:
+    branch = _branch(repo)
+    task_id = task_of_branch(branch, pattern)
+    if task_id is None:
+        current = tasks.current_task(db)
+        task_id = current.task_id if current else None
+    sha, committed = _git(repo, "log", "-1", "--format=%H%x00%cI").split("\x00")
+    numstat = _git(repo, "show", "--numstat", "--format=", sha).splitlines()
+    added = sum(int(parts[0]) for parts in (line.split("\t") for line in numstat) if parts[0].isdigit())
+    deleted = sum(int(parts[1]) for parts in (line.split("\t") for line in numstat) if parts[1].isdigit())
+    at = to_stored(datetime.fromisoformat(committed))
+    with write_transaction(db):
+        if task_id:
+            task_id = tasks.ensure_task(db, task_id, at)
+        db.execute(
+            "INSERT OR IGNORE INTO commits (sha, repo, branch, task_id, committed_at, files, insertions, deletions)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sha, str(repo), branch, task_id, at, len(numstat), added, deleted),
+        )
+        if task_id is None:
+            return
+        tasks.auto_mark(db, "tasks", task_id, "initial", at, f"commit {sha[:12]}")
+        phase_id = db.execute("SELECT phase_id FROM tasks WHERE id = ?", (task_id,)).fetchone()["phase_id"]
+        tasks.auto_mark(db, "phases", phase_id, "first-code", at, f"commit {sha[:12]}")
+
+
+def approve_merged(db, repo: Path, main: str) -> None:
+    """FINAL_APPROVAL for each open task whose last commit here is in `main`."""
+    try:
+        _git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{main}")
+    except subprocess.CalledProcessError:
+        return
+    candidates = db.execute(
+        "SELECT c.task_id, c.sha FROM commits c JOIN tasks t ON t.id = c.task_id"
+        " WHERE c.repo = ? AND t.final_approval_at IS NULL AND c.committed_at = ("
+        "   SELECT max(committed_at) FROM commits WHERE task_id = c.task_id AND repo = c.repo)",
+        (str(repo),),
+    ).fetchall()
+    for row in candidates:
+        merged = subprocess.run(
+            ["git", "-C", str(repo), "merge-base", "--is-ancestor", row["sha"], main], capture_output=True, timeout=10
+        )
+        if merged.returncode == 0:
+            with write_transaction(db):
+                tasks.auto_mark(db, "tasks", row["task_id"], "approved", now_stored(), f"commit {row['sha'][:12]} is in {main}")
+
+
+def hooks_log() -> Path:
+    """Where the hooks' background work says what went wrong (git never shows it)."""
+    import platformdirs
+
+    return platformdirs.user_state_path("taskmeter") / "hooks.log"
+
+
+def main() -> None:
+    import argparse
+
+    from taskmeter.config import load_settings
+    from taskmeter.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m taskmeter.automation.git")
+    parser.add_argument("hook", choices=HOOKS)
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--db")
+    parser.add_argument("args", nargs="*")
+    args = parser.parse_args()
+    configure_logging(hooks_log())
+    try:
+        settings = load_settings()
+        repo = Path(_git(Path(args.repo), "rev-parse", "--show-toplevel"))
+        db = store_db.connect(args.db or os.environ.get(store_db.ENV_VAR))
+        try:
+            if args.hook == "post-checkout":
+                on_checkout(
+                    db, repo, (args.args + ["", "", ""])[2], settings.automation.branch_pattern, settings.automation.main_branch
+                )
+            elif args.hook == "post-commit":
+                on_commit(db, repo, settings.automation.branch_pattern)
+            else:
+                approve_merged(db, repo, settings.automation.main_branch)
+        finally:
+            db.close()
+    except Exception as exc:  # never the developer's problem: a line in the meter's log
+        log.error("meter: %s hook: %s: %s", args.hook, type(exc).__name__, exc)
+
+
+if __name__ == "__main__":
+    main()

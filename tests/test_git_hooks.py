@@ -1,0 +1,147 @@
+"""The git hooks in a real repository: the branch picks the task, commits mark
+INITIAL_COMPLETION and PHASE_FIRST_CODE, a merge into main marks FINAL_APPROVAL;
+hooks already there keep running, and git never sees a failure or a delay."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from taskmeter.store import db as store_db
+from taskmeter.store import tasks
+from tests.proxy_harness import VENV_BIN
+
+
+@pytest.fixture
+def repo(tmp_path, db_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # the hooks' log and config live in the user's folders
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    path = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(path))
+    git(path, "config", "user.email", "dev@example.com")
+    git(path, "config", "user.name", "Dev")
+    (path / "README").write_text("hello\n")
+    git(path, "add", "README")
+    git(path, "commit", "-q", "-m", "start")
+    return path
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=os.environ)
+
+
+def meter(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "meter"), *args], capture_output=True, text=True, env=os.environ, timeout=30)
+
+
+def eventually(check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("the hook's background work did not happen")
+
+
+def _task(db_path, task_id):
+    db = store_db.connect(db_path)
+    try:
+        row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return dict(row) if row else None
+    finally:
+        db.close()
+
+
+def test_branch_commit_and_merge_fill_the_record(repo, db_path):
+    assert meter("hooks", "install", "--repo", str(repo)).returncode == 0
+    started = time.monotonic()
+    git(repo, "checkout", "-q", "-b", "feature/P1-010-login")
+    assert time.monotonic() - started < 2  # the hook returned at once (the work is in the background)
+    eventually(lambda: _task(db_path, "P1-010"))
+    db = store_db.connect(db_path)
+    assert tasks.current_task(db).task_id == "P1-010"
+    db.close()
+
+    (repo / "login.py").write_text("def login():\n    return True\n")
+    git(repo, "add", "login.py")
+    git(repo, "commit", "-q", "-m", "login")
+    sha = git(repo, "rev-parse", "HEAD").stdout.strip()
+    task = eventually(lambda: (t := _task(db_path, "P1-010")) and t["initial_completion_at"] and t)
+    db = store_db.connect(db_path)
+    commit = dict(db.execute("SELECT * FROM commits WHERE sha = ?", (sha,)).fetchone())
+    assert (commit["task_id"], commit["branch"], commit["files"], commit["insertions"]) == (
+        "P1-010",
+        "feature/P1-010-login",
+        1,
+        2,
+    )
+    assert task["initial_completion_at"] == commit["committed_at"]
+    assert db.execute("SELECT first_code_at FROM phases WHERE id = 'P1'").fetchone()[0] == commit["committed_at"]
+    sources = [row["source"] for row in db.execute("SELECT source FROM automatic_marks ORDER BY id")]
+    assert sources == [f"commit {sha[:12]}", f"commit {sha[:12]}"]
+    db.close()
+
+    git(repo, "checkout", "-q", "main")
+    git(repo, "merge", "-q", "--no-ff", "-m", "merge", "feature/P1-010-login")
+    approved = eventually(lambda: (t := _task(db_path, "P1-010")) and t["final_approval_at"] and t)
+    assert approved["final_approval_at"] > commit["committed_at"]
+
+
+def test_a_person_s_mark_is_never_overwritten(repo, db_path):
+    meter("hooks", "install", "--repo", str(repo))
+    assert meter("set-task", "P2-001").returncode == 0
+    assert meter("mark", "initial", "P2-001").returncode == 0
+    typed = _task(db_path, "P2-001")["initial_completion_at"]
+    git(repo, "checkout", "-q", "-b", "P2-001")
+    (repo / "a.py").write_text("x = 1\n")
+    git(repo, "add", "a.py")
+    git(repo, "commit", "-q", "-m", "a")
+    db = store_db.connect(db_path)
+    eventually(lambda: db.execute("SELECT count(*) FROM commits WHERE task_id = 'P2-001'").fetchone()[0])
+    db.close()
+    assert _task(db_path, "P2-001")["initial_completion_at"] == typed
+
+
+def test_existing_hooks_are_chained_kept_and_restored_and_core_hookspath_honoured(repo, db_path, tmp_path):
+    hooks = tmp_path / "shared-hooks"
+    hooks.mkdir()
+    git(repo, "config", "core.hooksPath", str(hooks))
+    theirs = hooks / "post-commit"
+    theirs.write_text(f"#!/bin/sh\necho ran >> '{tmp_path / 'theirs.log'}'\nexit 3\n")
+    theirs.chmod(0o755)
+    for _ in range(2):  # installing twice changes nothing
+        assert meter("hooks", "install", "--repo", str(repo)).returncode == 0
+    assert "exit 3" in (hooks / "post-commit.pre-meter").read_text()
+    assert "status=0" in (hooks / "post-commit").read_text()
+    (repo / "b.py").write_text("y = 2\n")
+    git(repo, "add", "b.py")
+    committed = subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "b"], capture_output=True, text=True)
+    assert committed.returncode == 0  # a post-commit hook's status never fails the commit
+    assert (tmp_path / "theirs.log").read_text() == "ran\n"
+    assert "installed" in meter("hooks", "status", "--repo", str(repo)).stdout
+    assert meter("hooks", "uninstall", "--repo", str(repo)).returncode == 0
+    assert "exit 3" in theirs.read_text() and not (hooks / "post-commit.pre-meter").exists()
+    assert "not installed" in meter("hooks", "status", "--repo", str(repo)).stdout
+
+
+def test_file_checkouts_detached_heads_and_other_branches_leave_the_task_alone(repo, db_path):
+    meter("hooks", "install", "--repo", str(repo))
+    assert meter("set-task", "P3-001").returncode == 0
+    git(repo, "checkout", "-q", "README")  # a file checkout (flag 0)
+    git(repo, "checkout", "-q", "--detach")
+    git(repo, "checkout", "-q", "-b", "docs-cleanup")  # no task in the name
+    time.sleep(1.5)  # the hooks have run in the background by now
+    db = store_db.connect(db_path)
+    assert tasks.current_task(db).task_id == "P3-001"
+    db.close()
+
+
+def test_outside_a_repository_install_is_a_clear_error(tmp_path):
+    result = meter("hooks", "install", "--repo", str(tmp_path))
+    assert result.returncode == 1 and "is not a git repository" in result.stderr and "Traceback" not in result.stderr
