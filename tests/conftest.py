@@ -11,6 +11,9 @@ import pytest
 from taskmeter.cli import main
 from taskmeter.store import db as store_db
 
+# The `repo` fixture: a real git repository for the automation tests.
+pytest_plugins = ["tests.gitrepo"]
+
 
 @dataclass
 class Result:

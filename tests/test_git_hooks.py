@@ -2,60 +2,12 @@
 INITIAL_COMPLETION and PHASE_FIRST_CODE, a merge into main marks FINAL_APPROVAL;
 hooks already there keep running, and git never sees a failure or a delay."""
 
-import os
 import subprocess
 import time
-from pathlib import Path
-
-import pytest
 
 from taskmeter.store import db as store_db
 from taskmeter.store import tasks
-from tests.proxy_harness import VENV_BIN
-
-
-@pytest.fixture
-def repo(tmp_path, db_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))  # the hooks' log and config live in the user's folders
-    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
-    path = tmp_path / "repo"
-    git(tmp_path, "init", "-q", "-b", "main", str(path))
-    git(path, "config", "user.email", "dev@example.com")
-    git(path, "config", "user.name", "Dev")
-    (path / "README").write_text("hello\n")
-    git(path, "add", "README")
-    git(path, "commit", "-q", "-m", "start")
-    return path
-
-
-def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=os.environ)
-
-
-def meter(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "meter"), *args], capture_output=True, text=True, env=os.environ, timeout=30)
-
-
-def eventually(check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("the hook's background work did not happen")
-
-
-def _task(db_path, task_id):
-    db = store_db.connect(db_path)
-    try:
-        row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return dict(row) if row else None
-    finally:
-        db.close()
+from tests.gitrepo import eventually, git, meter, task_row
 
 
 def test_branch_commit_and_merge_fill_the_record(repo, db_path):
@@ -63,7 +15,7 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
     started = time.monotonic()
     git(repo, "checkout", "-q", "-b", "feature/P1-010-login")
     assert time.monotonic() - started < 2  # the hook returned at once (the work is in the background)
-    eventually(lambda: _task(db_path, "P1-010"))
+    eventually(lambda: task_row(db_path, "P1-010"))
     db = store_db.connect(db_path)
     assert tasks.current_task(db).task_id == "P1-010"
     db.close()
@@ -72,7 +24,7 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
     git(repo, "add", "login.py")
     git(repo, "commit", "-q", "-m", "login")
     sha = git(repo, "rev-parse", "HEAD").stdout.strip()
-    task = eventually(lambda: (t := _task(db_path, "P1-010")) and t["initial_completion_at"] and t)
+    task = eventually(lambda: (t := task_row(db_path, "P1-010")) and t["initial_completion_at"] and t)
     db = store_db.connect(db_path)
     commit = dict(db.execute("SELECT * FROM commits WHERE sha = ?", (sha,)).fetchone())
     assert (commit["task_id"], commit["branch"], commit["files"], commit["insertions"]) == (
@@ -89,7 +41,7 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
 
     git(repo, "checkout", "-q", "main")
     git(repo, "merge", "-q", "--no-ff", "-m", "merge", "feature/P1-010-login")
-    approved = eventually(lambda: (t := _task(db_path, "P1-010")) and t["final_approval_at"] and t)
+    approved = eventually(lambda: (t := task_row(db_path, "P1-010")) and t["final_approval_at"] and t)
     assert approved["final_approval_at"] > commit["committed_at"]
 
 
@@ -97,7 +49,7 @@ def test_a_person_s_mark_is_never_overwritten(repo, db_path):
     meter("hooks", "install", "--repo", str(repo))
     assert meter("set-task", "P2-001").returncode == 0
     assert meter("mark", "initial", "P2-001").returncode == 0
-    typed = _task(db_path, "P2-001")["initial_completion_at"]
+    typed = task_row(db_path, "P2-001")["initial_completion_at"]
     git(repo, "checkout", "-q", "-b", "P2-001")
     (repo / "a.py").write_text("x = 1\n")
     git(repo, "add", "a.py")
@@ -105,7 +57,7 @@ def test_a_person_s_mark_is_never_overwritten(repo, db_path):
     db = store_db.connect(db_path)
     eventually(lambda: db.execute("SELECT count(*) FROM commits WHERE task_id = 'P2-001'").fetchone()[0])
     db.close()
-    assert _task(db_path, "P2-001")["initial_completion_at"] == typed
+    assert task_row(db_path, "P2-001")["initial_completion_at"] == typed
 
 
 def test_existing_hooks_are_chained_kept_and_restored_and_core_hookspath_honoured(repo, db_path, tmp_path):

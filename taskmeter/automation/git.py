@@ -116,7 +116,7 @@ def task_of_branch(branch: str | None, pattern: str) -> str | None:
         return None
 
 
-def _branch(repo: Path) -> str | None:
+def current_branch(repo: Path) -> str | None:
     try:
         return _git(repo, "symbolic-ref", "--short", "-q", "HEAD") or None
     except subprocess.CalledProcessError:
@@ -125,14 +125,14 @@ def _branch(repo: Path) -> str | None:
 
 def on_checkout(db, repo: Path, flag: str, pattern: str, main: str) -> None:
     if flag == "1":  # a branch checkout, not a file checkout
-        task_id = task_of_branch(_branch(repo), pattern)
+        task_id = task_of_branch(current_branch(repo), pattern)
         if task_id:
             tasks.set_task(db, task_id)
     approve_merged(db, repo, main)
 
 
 def on_commit(db, repo: Path, pattern: str) -> None:
-    branch = _branch(repo)
+    branch = current_branch(repo)
     task_id = task_of_branch(branch, pattern)
     if task_id is None:
         current = tasks.current_task(db)

@@ -168,6 +168,7 @@ def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
     from taskmeter.proxy.environment import (
         BASE_URL_VARIABLES,
         PROXY_VARIABLES,
+        PYTEST_VARIABLES,
         client_environment,
         render_exports,
         render_unsets,
@@ -176,7 +177,8 @@ def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
     if unset:
         if task_id or https_proxy:
             raise click.UsageError("--unset goes alone (it undoes every variable `meter env` may set)")
-        click.echo(render_unsets([*BASE_URL_VARIABLES, *PROXY_VARIABLES], shell))
+        # PYTHONPATH stays: without PYTEST_PLUGINS the plugin's folder is inert.
+        click.echo(render_unsets([*BASE_URL_VARIABLES, *PROXY_VARIABLES, *PYTEST_VARIABLES], shell))
         return
     from taskmeter.config import load_settings
 

@@ -708,8 +708,32 @@ def m008_commits_and_automatic_marks(db: sqlite3.Connection) -> None:
             task_id TEXT,
             phase_id TEXT,
             milestone TEXT NOT NULL,
+            value,
             source TEXT NOT NULL
         );
+        """,
+    )
+
+
+@migration
+def m009_test_runs(db: sqlite3.Connection) -> None:
+    """pytest sessions the plugin reported (docs/automation.md)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE test_runs (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            repo TEXT NOT NULL,
+            task_id TEXT REFERENCES tasks(id),
+            exit_status INTEGER NOT NULL,
+            tests INTEGER,
+            failed INTEGER,
+            full_run INTEGER NOT NULL,
+            coverage REAL,
+            coverage_target REAL
+        );
+        CREATE INDEX test_runs_task ON test_runs(task_id, at);
         """,
     )
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from taskmeter.errors import MeterError, NotFound
 from taskmeter.store.db import write_transaction
-from taskmeter.timefmt import display, now, to_stored
+from taskmeter.timefmt import display, now, now_stored, to_stored
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$")
 _PHASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
@@ -309,21 +309,35 @@ def mark(
     return task["id"], stamp
 
 
-def auto_mark(db: sqlite3.Connection, table: str, record_id: str, milestone: str, stamp: str, source: str) -> bool:
-    """A milestone the meter saw happen (a commit, a test run, a merge): recorded
-    only where none is set, so it never overwrites a person's mark, with its
-    source in the event's note. `table` is tasks or phases. Returns whether it
-    was recorded. Runs in the caller's transaction."""
+def auto_mark(
+    db: sqlite3.Connection, table: str, record_id: str, milestone: str, stamp, source: str, replace_own: bool = False
+) -> bool:
+    """A milestone or value the meter saw happen (a commit, a test run, a merge):
+    recorded only where none is set, or, with `replace_own`, where the value is
+    the meter's own last one, so a person's mark is never overwritten; its
+    source goes to automatic_marks (and the event's note). `table` is tasks or
+    phases; `milestone` a milestone name or a task column (coverage_actual).
+    Returns whether it was recorded. Runs in the caller's transaction."""
     order = MILESTONES if table == "tasks" else PHASE_MILESTONES
-    column = order[milestone]
-    changed = db.execute(f"UPDATE {table} SET {column} = ? WHERE id = ? AND {column} IS NULL", (stamp, record_id)).rowcount
+    column = order.get(milestone, milestone)
+    condition = f"{column} IS NULL"
+    params: list = [stamp, record_id]
+    if replace_own:
+        own = db.execute(
+            "SELECT value FROM automatic_marks WHERE coalesce(task_id, phase_id) = ? AND milestone = ? ORDER BY id DESC LIMIT 1",
+            (record_id, milestone),
+        ).fetchone()
+        if own is not None:
+            condition += f" OR {column} = ?"
+            params.append(own["value"])
+    changed = db.execute(f"UPDATE {table} SET {column} = ? WHERE id = ? AND ({condition})", params).rowcount
     if changed:
         task_id, phase_id = (record_id, None) if table == "tasks" else (None, record_id)
         db.execute(
-            "INSERT INTO automatic_marks (at, task_id, phase_id, milestone, source) VALUES (?, ?, ?, ?, ?)",
-            (stamp, task_id, phase_id, milestone, source),
+            "INSERT INTO automatic_marks (at, task_id, phase_id, milestone, value, source) VALUES (?, ?, ?, ?, ?, ?)",
+            (now_stored(), task_id, phase_id, milestone, stamp, source),
         )
-        if task_id:
+        if task_id and milestone in MILESTONES:
             db.execute(
                 "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
                 (task_id, stamp, milestone, f"automatic: {source}"),
