@@ -26,31 +26,48 @@ NOT_METERED = "NOT METERED"
 
 
 def fast_path(arguments: list[str]) -> bool:
-    """Print the status line when the command line is `statusline [--db PATH]`;
-    False for anything else (help, other options), which click then handles."""
+    """Print the status line when the command line is `statusline` with only
+    `--db PATH` and `--chain COMMAND`; False for anything else (help, a typo),
+    which click then handles."""
     if not arguments or arguments[0] != "statusline":
         return False
+    options: dict[str, str] = {}
     rest = arguments[1:]
-    if rest and rest[0].startswith("--db="):
-        rest = ["--db", rest[0].removeprefix("--db="), *rest[1:]]
-    if rest and (len(rest) != 2 or rest[0] != "--db"):
-        return False
-    print_status(rest[1] if rest else None)
+    while rest:
+        name, _, value = rest[0].partition("=")
+        if name not in ("--db", "--chain") or name in options or (not value and len(rest) < 2):
+            return False
+        options[name] = value or rest[1]
+        rest = rest[1:] if value else rest[2:]
+    print_status(options.get("--db"), options.get("--chain"))
     return True
 
 
-def print_status(db_path: str | None) -> None:
-    claude = _claude_status()
-    sys.stdout.write(status_line(store_db.resolve_path(db_path), claude) + "\n")
+def print_status(db_path: str | None, chain: str | None = None) -> None:
+    """Our line; with `chain`, then the line of that command given the same stdin
+    (a status line the user had before `meter claude install`)."""
+    raw = _stdin()
+    line = status_line(store_db.resolve_path(db_path), _claude_status(raw))
+    if chain:
+        import subprocess
+
+        theirs = subprocess.run(chain, shell=True, input=raw, capture_output=True, text=True, timeout=10).stdout.strip()
+        line = f"{line} | {theirs}" if theirs else line
+    sys.stdout.write(line + "\n")
 
 
-def _claude_status() -> dict:
+def _stdin() -> str:
+    try:
+        return "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    except OSError:
+        return ""
+
+
+def _claude_status(raw: str) -> dict:
     """Claude Code's JSON when it pipes one; {} from a terminal or an empty stdin."""
     try:
-        if sys.stdin is None or sys.stdin.isatty():
-            return {}
-        data = json.loads(sys.stdin.read() or "{}")
-    except (ValueError, OSError):
+        data = json.loads(raw or "{}")
+    except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -1,5 +1,6 @@
 """The pytest plugin with real pytest and pytest-cov runs in a real repository:
-green, a selected run, red, green, then a merge. The record fills itself."""
+green, a selected run, red, green, then a merge, with an AI call through a real
+proxy on the way. The record fills itself: 17 of the 24 Level 1 fields."""
 
 import os
 import re
@@ -7,12 +8,17 @@ import subprocess
 import sys
 
 import coverage
+import openai
 
 from taskmeter.proxy.environment import pytest_environment
 from taskmeter.store import db as store_db
+from tests.fake_upstream import FakeUpstream, Scenario
+from tests.fixtures import ALL
 from tests.gitrepo import eventually, git, meter, task_row
+from tests.proxy_harness import RunningProxy, write_config
 
-CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+CALC = '"""Arithmetic."""\n\n\ndef add(a, b):\n    """The sum."""\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n'
+
 GREEN = (
     "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\ndef test_add_zero():\n    assert add(0, 0) == 0\n"
 )
@@ -32,7 +38,33 @@ def _runs(db_path) -> list[dict]:
         db.close()
 
 
-def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path):
+HUMAN_JUDGEMENTS = [
+    "PERFORMANCE_TARGET",
+    "PERFORMANCE_ACTUAL",
+    "PROJECTED_OUTCOME",
+    "ACTUAL_OUTCOME",
+    "SUCCESS_CRITERIA",
+    "BLOCKERS_ENCOUNTERED",
+    "LESSONS_LEARNED",
+]
+
+
+def ai_call_through_a_real_proxy(db_path, tmp_path) -> None:
+    """One OpenAI SDK call through `meter proxy`, while the branch's task is current."""
+    body = next(f for f in ALL if f.name == "openai/chat_nonstream_cached_tokens").body
+    with FakeUpstream() as upstream:
+        upstream.routes["/v1/chat/completions"] = Scenario(body=body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        proxy = RunningProxy(config, db_path)
+        try:
+            client = openai.OpenAI(base_url=f"{proxy.origin}/openai/v1", api_key="sk-test", max_retries=0)
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "write calc"}])
+            proxy.rows(wait_for=1)
+        finally:
+            proxy.stop()
+
+
+def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path, tmp_path):
     assert meter("hooks", "install", "--repo", str(repo)).returncode == 0
     git(repo, "checkout", "-q", "-b", "feature/P1-010-calc")
     eventually(lambda: task_row(db_path, "P1-010"))
@@ -43,6 +75,7 @@ def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path):
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "calc")
     eventually(lambda: (t := task_row(db_path, "P1-010")) and t["initial_completion_at"])
+    ai_call_through_a_real_proxy(db_path, tmp_path)
 
     green = pytest_run(repo)
     assert green.returncode == 0, green.stdout + green.stderr
@@ -94,8 +127,13 @@ def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path):
         "efficiency_ratio",
         "test_coverage_target",
         "test_coverage_actual",
+        "doc_completeness",
     ):
         assert name in filled, name
+    # Docstrings of the files the task's commits touched: calc.py 2 of 3, test_calc.py 0 of 3.
+    assert report["doc_completeness"] == 33.3
+    # Every Level 1 field but the seven human judgements: 17 of 24.
+    assert sorted(report["tracking_completeness"]["missing"]) == sorted(HUMAN_JUDGEMENTS)
 
 
 def test_outside_an_enrolled_repository_the_plugin_does_nothing(repo, db_path):

@@ -155,6 +155,35 @@ def on_commit(db, repo: Path, pattern: str) -> None:
         tasks.auto_mark(db, "tasks", task_id, "initial", at, f"commit {sha[:12]}")
         phase_id = db.execute("SELECT phase_id FROM tasks WHERE id = ?", (task_id,)).fetchone()["phase_id"]
         tasks.auto_mark(db, "phases", phase_id, "first-code", at, f"commit {sha[:12]}")
+        shas = [row["sha"] for row in db.execute("SELECT sha FROM commits WHERE task_id = ? AND repo = ?", (task_id, str(repo)))]
+        documented = docstring_coverage(repo, touched_python_files(repo, shas))
+        if documented is not None:
+            tasks.auto_mark(db, "tasks", task_id, "doc_completeness", documented, f"docstrings at {sha[:12]}", replace_own=True)
+
+
+def touched_python_files(repo: Path, shas: list[str]) -> list[Path]:
+    """The Python files the commits touched that still exist."""
+    names: set[str] = set()
+    for sha in shas:
+        names.update(_git(repo, "show", "--name-only", "--format=", sha).splitlines())
+    return sorted(repo / name for name in names if name.endswith(".py") and (repo / name).is_file())
+
+
+def docstring_coverage(repo: Path, files: list[Path]) -> float | None:
+    """DOC_COMPLETENESS: the share of modules, classes and functions in `files`
+    that have a docstring, in percent (as interrogate counts them, with `ast`)."""
+    import ast
+
+    total = documented = 0
+    for path in files:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            continue
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+        total += len(nodes)
+        documented += sum(1 for node in nodes if ast.get_docstring(node) is not None)
+    return round(100.0 * documented / total, 1) if total else None
 
 
 def approve_merged(db, repo: Path, main: str) -> None:

@@ -1,11 +1,11 @@
-"""The self-filling record: meter hooks install|uninstall|status."""
+"""The self-filling record: meter hooks install|uninstall|status, meter claude install|uninstall."""
 
 from pathlib import Path
 
 import click
 
 from taskmeter import terminal
-from taskmeter.cli.common import cli
+from taskmeter.cli.common import cli, db_option, open_db
 from taskmeter.store import db as store_db
 
 
@@ -56,3 +56,66 @@ def hooks_status_cmd(repo):
 
     folder = git.hooks_dir(repo.resolve())
     terminal.info(f"{'installed' if git.installed(repo.resolve()) else 'not installed'} in {folder}; log: {git.hooks_log()}")
+
+
+@cli.group("claude")
+def claude_group():
+    """Claude Code hooks in a project's .claude/settings.local.json (never the
+    committed settings.json): each session bound to its branch's task, a
+    `/hallucination [note]` prompt that flags the last call without a model
+    call, and `meter statusline` as the status line (chaining one already set).
+    """
+
+
+project_option = click.option(
+    "--project", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True, help="The project folder."
+)
+
+
+@claude_group.command("install")
+@project_option
+def claude_install_cmd(project):
+    """Add the hooks and the status line (again: refreshed, never doubled)."""
+    from taskmeter.automation import claude
+
+    terminal.info(f"wrote {claude.install(project.resolve())}")
+
+
+@claude_group.command("uninstall")
+@project_option
+def claude_uninstall_cmd(project):
+    """Remove them, putting back a status line they chained."""
+    from taskmeter.automation import claude
+
+    terminal.info(f"wrote {claude.uninstall(project.resolve())}")
+
+
+@claude_group.command("hook", hidden=True)
+@click.argument("event", type=click.Choice(["session-start", "prompt"]))
+@db_option
+def claude_hook_cmd(event, db_path):
+    """What Claude Code runs: its hook JSON on stdin. Never fails Claude Code:
+    a problem goes to the hooks' log, and the prompt goes on."""
+    import json
+    import sys
+
+    from taskmeter.automation import claude
+    from taskmeter.automation.git import hooks_log
+    from taskmeter.config import load_settings
+
+    try:
+        hook_input = json.loads(sys.stdin.read() or "{}")
+        with open_db(db_path) as db:
+            if event == "session-start":
+                claude.session_start(db, hook_input, load_settings().automation.branch_pattern)
+                return
+            answer = claude.prompt_submit(db, hook_input)
+        if answer is not None:
+            click.echo(json.dumps(answer))
+    except Exception as exc:
+        import logging
+
+        from taskmeter.logs import configure_logging
+
+        configure_logging(hooks_log())
+        logging.getLogger("taskmeter.automation").error("meter: claude %s hook: %s: %s", event, type(exc).__name__, exc)

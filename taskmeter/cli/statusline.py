@@ -1,12 +1,17 @@
 """`meter statusline`: the click side, for --help and `meter --help`. A plain
 `meter statusline [--db PATH]` never gets here (see taskmeter.statusline.fast_path)."""
 
+import click
+
 from taskmeter.cli.common import cli, db_option
 
 
 @cli.command("statusline")
+@click.option(
+    "--chain", metavar="COMMAND", help="Then the line of COMMAND, given the same stdin (set by `meter claude install`)."
+)
 @db_option
-def statusline_cmd(db_path):
+def statusline_cmd(chain, db_path):
     """One short line for shell prompts and Claude Code's statusLine: task, elapsed
     against estimate, tokens, cost, flags, and NOT METERED when calls are not metered.
 
@@ -18,4 +23,4 @@ def statusline_cmd(db_path):
     """
     from taskmeter.statusline import print_status
 
-    print_status(db_path)
+    print_status(db_path, chain)

@@ -159,14 +159,17 @@ MAIN_CONVERSATION_WINDOW = 20
 _ANSWERED = "operation = 'generate' AND http_status BETWEEN 200 AND 299"
 
 
-def last_call(db: sqlite3.Connection, task_id: str | None) -> str:
+def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str | None = None) -> str:
     """What `last` names: the newest answered call of the main conversation (the
-    one with the most tokens among the last MAIN_CONVERSATION_WINDOW answered calls)
-    of `task_id`, or of every task when None. Side calls, such as a client's
-    title or quota requests, start conversations of their own and are skipped."""
+    one with the most tokens among the last MAIN_CONVERSATION_WINDOW answered
+    calls) of `task_id`, or of every task when None; of `client_session` alone
+    when given. Side calls, such as a client's title or quota requests, start
+    conversations of their own and are skipped."""
     where, params = _ANSWERED, []
     if task_id is not None:
         where, params = f"task_id = ? AND {_ANSWERED}", [task_id]
+    if client_session is not None:
+        where, params = f"client_session = ? AND {where}", [client_session, *params]
     recent_calls = db.execute(
         f"SELECT id, coalesce(conversation_id, id) AS conversation, coalesce(input_total, 0) + coalesce(output_total, 0) AS tokens"
         f" FROM interactions WHERE {where} ORDER BY started_at DESC, id DESC LIMIT ?",

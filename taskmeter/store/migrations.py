@@ -738,6 +738,22 @@ def m009_test_runs(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m010_session_tasks(db: sqlite3.Connection) -> None:
+    """Claude Code sessions bound to a task by its SessionStart hook: their calls
+    go to that task, whatever `meter set-task` says in other terminals."""
+    run_script(
+        db,
+        """
+        CREATE TABLE session_tasks (
+            session_id TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES tasks(id),
+            bound_at TEXT NOT NULL
+        );
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
