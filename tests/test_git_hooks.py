@@ -35,8 +35,12 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
     )
     assert task["initial_completion_at"] == commit["committed_at"]
     assert db.execute("SELECT first_code_at FROM phases WHERE id = 'P1'").fetchone()[0] == commit["committed_at"]
-    sources = [row["source"] for row in db.execute("SELECT source FROM automatic_marks ORDER BY id")]
-    assert sources == [f"commit {sha[:12]}", f"commit {sha[:12]}"]
+    marks = [(row["milestone"], row["value"], row["source"]) for row in db.execute("SELECT * FROM automatic_marks ORDER BY id")]
+    assert marks == [
+        ("initial", commit["committed_at"], f"commit {sha[:12]}"),
+        ("first-code", commit["committed_at"], f"commit {sha[:12]}"),
+        ("doc_completeness", 0.0, f"docstrings at {sha[:12]}"),  # login.py: neither module nor function has one
+    ]
     db.close()
 
     git(repo, "checkout", "-q", "main")
