@@ -47,6 +47,10 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
     git(repo, "merge", "-q", "--no-ff", "-m", "merge", "feature/P1-010-login")
     approved = eventually(lambda: (t := task_row(db_path, "P1-010")) and t["final_approval_at"] and t)
     assert approved["final_approval_at"] > commit["committed_at"]
+    db = store_db.connect(db_path)
+    integrated = db.execute("SELECT integration_complete_at FROM phases WHERE id = 'P1'").fetchone()[0]
+    assert integrated == approved["final_approval_at"]  # P1's only task is in main
+    db.close()
 
 
 def test_a_person_s_mark_is_never_overwritten(repo, db_path):

@@ -31,7 +31,7 @@ class TaskHistory:
     task: dict
     iterations: int
     usage: dict
-    switches: list[tuple[str, str | None]]  # (at, task made current), every switch in time order
+    current: list[tuple[str, str | None]]  # (from, until) the task was current; until None: still is
     rework_tokens: int | None
     rework_cost_usd: float | None
     rework_calls: int
@@ -51,11 +51,17 @@ def _placeholders(values) -> str:
     return ", ".join("?" for _ in values)
 
 
-def all_switches(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
-    return [
-        (row["at"], row["task_id"])
-        for row in db.execute("SELECT at, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id")
-    ]
+def current_intervals(db: sqlite3.Connection) -> dict[str, list[tuple[str, str | None]]]:
+    """Per task (lower-case ID), when `meter set-task` had it current: one pass over every switch."""
+    intervals: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+    previous: tuple[str, str | None] | None = None
+    for row in db.execute("SELECT at, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id"):
+        if previous is not None and previous[1] is not None:
+            intervals[previous[1].lower()].append((previous[0], row["at"]))
+        previous = (row["at"], row["task_id"])
+    if previous is not None and previous[1] is not None:
+        intervals[previous[1].lower()].append((previous[0], None))
+    return intervals
 
 
 def _rollup_columns(db: sqlite3.Connection) -> list[str]:
@@ -108,7 +114,7 @@ def histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistory
     ids = [row["id"] for row in task_rows]
     if not ids:
         return []
-    switches = all_switches(db)
+    current = current_intervals(db)
     usage, iterations, rework = usages(db, ids), iterations_of(db, ids), _rework(db, ids)
     minutes: dict[str, list[str]] = defaultdict(list)
     for row in db.execute(f"SELECT task_id, minute FROM task_activity WHERE task_id IN ({_placeholders(ids)})", ids):
@@ -125,7 +131,7 @@ def histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistory
             row,
             iterations[row["id"]],
             usage[row["id"]],
-            switches,
+            current[row["id"].lower()],
             *rework[row["id"]],
             activity_minutes=minutes[row["id"]],
             events=events[row["id"]],

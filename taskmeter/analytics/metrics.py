@@ -125,19 +125,6 @@ def _end_of(task: dict, now: str) -> str:
     return task["final_approval_at"] or now
 
 
-def current_intervals(task: dict, switches: list[tuple[str, str | None]], now: str) -> list[tuple[str, str]]:
-    """When the task was current (`meter set-task`), up to its approval or now."""
-    end = _end_of(task, now)
-    key = task["id"].lower()
-    intervals = []
-    for index, (at, current) in enumerate(switches):
-        if current is None or current.lower() != key or at >= end:
-            continue
-        until = switches[index + 1][0] if index + 1 < len(switches) else end
-        intervals.append((at, min(until, end)))
-    return intervals
-
-
 def _seconds(stored: str) -> float:
     return from_stored(stored).timestamp()
 
@@ -148,7 +135,8 @@ def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[work
     if task["begin_at"] is None:
         return []
     end = _seconds(_end_of(task, now))
-    current = [(_seconds(a), _seconds(b)) for a, b in current_intervals(task, history.switches, now)]
+    # A task still current is current until its approval, or now.
+    current = [(_seconds(a), min(end, _seconds(b)) if b else end) for a, b in history.current if _seconds(a) < end]
     activity = [(start, start + 60) for start in (_seconds(m + ":00.000000Z") for m in history.activity_minutes)]
     activity += [(at, at) for at in map(_seconds, history.events)]
     activity = [(a, min(b, end)) for a, b in activity if a <= end]

@@ -203,8 +203,15 @@ def approve_merged(db, repo: Path, main: str) -> None:
             ["git", "-C", str(repo), "merge-base", "--is-ancestor", row["sha"], main], capture_output=True, timeout=10
         )
         if merged.returncode == 0:
+            source, seen = f"commit {row['sha'][:12]} is in {main}", now_stored()
             with write_transaction(db):
-                tasks.auto_mark(db, "tasks", row["task_id"], "approved", now_stored(), f"commit {row['sha'][:12]} is in {main}")
+                tasks.auto_mark(db, "tasks", row["task_id"], "approved", seen, source)
+                phase_id = db.execute("SELECT phase_id FROM tasks WHERE id = ?", (row["task_id"],)).fetchone()["phase_id"]
+                open_tasks = db.execute(
+                    "SELECT count(*) FROM tasks WHERE phase_id = ? AND final_approval_at IS NULL", (phase_id,)
+                ).fetchone()[0]
+                if not open_tasks:  # the phase's last task is in: its work is integrated
+                    tasks.auto_mark(db, "phases", phase_id, "integration", seen, f"every task of {phase_id} approved; {source}")
 
 
 def hooks_log() -> Path:
