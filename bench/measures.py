@@ -2,6 +2,7 @@
 targets and the write-up live in bench/__main__.py."""
 
 import asyncio
+import datetime
 import json
 import random
 import statistics
@@ -186,88 +187,115 @@ def writer_rows_per_second(rows: int) -> dict:
         return {"rows": len(items), "seconds": elapsed, "rows_per_second": len(items) / elapsed}
 
 
-def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
-    """Over `rows` synthetic stored interactions: `meter report phase`, and the
-    cost of `meter statusline` (Claude Code's JSON on stdin) over interpreter start-up."""
-    from taskmeter.analytics.reports import phase_report
+PHASES = 10
+SWITCHES = 20_000
+
+
+def build_history(path: Path, rows: int, tasks_count: int, flags: int, switches: bool) -> float:
+    """The issue's history: `rows` calls over `tasks_count` tasks in PHASES phases.
+    With `switches`, SWITCHES set-task events, a new session at each return (so a
+    context switch every rows/SWITCHES calls); without, one session per task, no
+    switch at all. Returns the seconds the build took."""
     from taskmeter.ids import IdGenerator
     from taskmeter.store import db as store_db
     from taskmeter.store import tasks
     from taskmeter.store.interactions import COLUMNS
+    from taskmeter.timefmt import to_stored
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "report.db"
-        db = store_db.connect(path)
-        task_ids = [f"P1-{n:03d}" for n in range(tasks_count)]
+    started = time.perf_counter()
+    db = store_db.connect(path)
+    per_phase = max(1, tasks_count // PHASES)
+    task_ids = [f"P{1 + n // per_phase}-{n % per_phase:03d}" for n in range(tasks_count)]
+    origin = 1_767_600_000  # 2026-01-05
+    with store_db.write_transaction(db):
         for task_id in task_ids:
-            tasks.set_task(db, task_id, estimate_seconds=3600)
-        ids = IdGenerator()
-        build_started = time.perf_counter()
-        placeholders = ", ".join("?" for _ in COLUMNS)
-        batch = []
-        db.execute("BEGIN")
-        for n in range(rows):
-            second, micro = divmod(n, 1000)
-            call = n // tasks_count  # the call's position within its task: 20 calls per conversation
-            started = f"2026-{1 + (second // 2_000_000) % 12:02d}-01T00:{(second // 60) % 60:02d}:{second % 60:02d}.{micro:06d}Z"
-            row = dict.fromkeys(COLUMNS)
-            row.update(
-                id=ids.new(),
-                task_id=task_ids[n % tasks_count],
-                attribution="current",
-                started_at=started,
-                ended_at=started,
-                provider="openai",
-                protocol="openai_chat",
-                operation="generate",
-                model="gpt-4o-mini",
-                streamed=1,
-                http_status=200,
-                outcome="complete",
-                input_total=1200,
-                cache_read=800,
-                cache_write=0,
-                output_total=300,
-                reasoning=40,
-                usage_source="reported",
-                cost_usd=0.0004,
-                conversation_id=f"{n % tasks_count}-{call // 20}",
-                session_id=f"{n % tasks_count}-{call // 20}",
-                context_switch=int(call > 0 and call % 20 == 0),
-            )
-            batch.append(tuple(row[c] for c in COLUMNS))
-            if len(batch) == 10_000:
-                db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
-                batch.clear()
-        if batch:
-            db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
-        flagged = [row[0] for row in db.execute(f"SELECT id FROM interactions ORDER BY random() LIMIT {flags}")]
+            tasks.ensure_task(db, task_id, to_stored(datetime.datetime.fromtimestamp(origin, datetime.UTC)))
+            db.execute("UPDATE tasks SET estimate_seconds = 3600 WHERE id = ?", (task_id,))
+    intervals = SWITCHES if switches else tasks_count
+    calls_per_interval = max(1, rows // intervals)
+
+    def stamp(seconds: float) -> str:
+        return to_stored(datetime.datetime.fromtimestamp(origin + seconds, datetime.UTC))
+
+    ids = IdGenerator()
+    placeholders = ", ".join("?" for _ in COLUMNS)
+    db.execute("BEGIN")
+    if switches:
         db.executemany(
-            "INSERT INTO flags (interaction_id, flagged_at) VALUES (?, '2026-06-01T00:00:00.000000Z')", [(i,) for i in flagged]
+            "INSERT INTO task_events (task_id, kind, at) VALUES (?, 'switch', ?)",
+            [(task_ids[(k * 37) % tasks_count], stamp(k * 200)) for k in range(intervals)],
         )
-        db.execute("COMMIT")
-        build_seconds = time.perf_counter() - build_started
-        timings = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            report = phase_report(db, "P1")
-            timings.append(time.perf_counter() - started)
-        scan_started = time.perf_counter()
-        db.execute("SELECT task_id, sum(input_total), sum(output_total) FROM interactions GROUP BY task_id").fetchall()
-        raw_scan = time.perf_counter() - scan_started
-        db.close()
-        assert report["ai_interactions_total"] == rows
-        return {
-            "report": {
+    batch = []
+    for n in range(rows):
+        k, position = divmod(n, calls_per_interval)
+        k = min(k, intervals - 1)
+        task_id = task_ids[(k * 37) % tasks_count] if switches else task_ids[k]
+        at = stamp(k * 200 + 1 + position * (199 / calls_per_interval)) if switches else stamp(k * 86400 + position * 4)
+        row = dict.fromkeys(COLUMNS)
+        row.update(
+            id=ids.new(), task_id=task_id, attribution="current" if switches else "path", started_at=at, ended_at=at,
+            provider="anthropic", protocol="anthropic", operation="generate", model="claude-sonnet-4-5", streamed=1,
+            http_status=200, outcome="complete", input_total=1200, cache_read=800, cache_write=0, output_total=300,
+            reasoning=40, usage_source="reported", cost_usd=0.0004, conversation_id=f"{task_id}-{k}",
+            session_id=f"{task_id}-{k}" if switches else task_id, client_session=None,
+            context_switch=int(switches and position == 0 and k >= tasks_count),
+        )  # fmt: skip
+        batch.append(tuple(row[c] for c in COLUMNS))
+        if len(batch) == 10_000:
+            db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
+            batch.clear()
+    if batch:
+        db.executemany(f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({placeholders})", batch)
+    flagged = [row[0] for row in db.execute(f"SELECT id FROM interactions ORDER BY random() LIMIT {flags}")]
+    db.executemany(
+        "INSERT INTO flags (interaction_id, flagged_at) VALUES (?, '2026-06-01T00:00:00.000000Z')", [(i,) for i in flagged]
+    )
+    db.execute("COMMIT")
+    db.close()
+    return time.perf_counter() - started
+
+
+def _median_ms(action, runs: int) -> float:
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000
+
+
+def _wall_ms(command: list[str], runs: int) -> float:
+    return _median_ms(lambda: subprocess.run(command, capture_output=True, check=True), runs)
+
+
+def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
+    """Over both of the issue's histories: `meter report` and `meter report phase
+    ID --format json`, their work in process and their wall time with start-up;
+    and over the first, the cost of `meter statusline`."""
+    from taskmeter.analytics.reports import overview_report, phase_report
+    from taskmeter.store import db as store_db
+
+    meter = str(Path(sys.executable).parent / "meter")
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, switches in (("with_switches", True), ("no_switches", False)):
+            path = Path(folder) / f"{name}.db"
+            build_seconds = build_history(path, rows, tasks_count, flags, switches)
+            db = store_db.connect(path)
+            overview_report(db)  # warm the page cache, as a second report would find it
+            phase = "P5" if tasks_count >= PHASES else "P1"
+            results[name] = {
                 "rows": rows,
                 "build_seconds": build_seconds,
-                "median_ms": statistics.median(timings) * 1000,
-                "max_ms": max(timings) * 1000,
-                "raw_scan_ms": raw_scan * 1000,
-                "flags": flags,
-            },
-            "statusline": statusline_cost(path, runs=4 * runs),
-        }
+                "overview_ms": _median_ms(lambda db=db: overview_report(db), runs),
+                "phase_ms": _median_ms(lambda db=db, phase=phase: phase_report(db, phase), runs),
+                "overview_wall_ms": _wall_ms([meter, "report", "--json", "--db", str(path)], runs),
+                "phase_wall_ms": _wall_ms([meter, "report", "phase", phase, "--format", "json", "--db", str(path)], runs),
+            }
+            db.close()
+        results["statusline"] = statusline_cost(Path(folder) / "with_switches.db", runs=4 * runs)
+    statusline = results.pop("statusline")
+    return {"report": results, "statusline": statusline}
 
 
 def statusline_cost(db_path: Path, runs: int) -> dict:
@@ -277,7 +305,7 @@ def statusline_cost(db_path: Path, runs: int) -> dict:
     claude = json.dumps({"session_id": "bench-session", "model": {"display_name": "Opus"}, "workspace": {"current_dir": "/"}})
     commands = {"statusline": [str(meter), "statusline", "--db", str(db_path)], "python": [sys.executable, "-c", "pass"]}
     shown = subprocess.run(commands["statusline"], input=claude, capture_output=True, text=True, check=True).stdout
-    assert shown.startswith("NOT METERED · P1-"), shown  # the session was never seen: the marker shows
+    assert shown.startswith("NOT METERED · "), shown  # the session was never seen: the marker shows
     timings: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, command in commands.items():

@@ -163,6 +163,17 @@ def phase_history(db: sqlite3.Connection, phase_id: str) -> PhaseHistory:
     return PhaseHistory(phase, _rollup_columns(db), histories(db, rows))
 
 
+def phase_histories(db: sqlite3.Connection) -> list[PhaseHistory]:
+    """Every phase's history, in phase order, from one pass over the switches and flags."""
+    phases = {row["id"]: dict(row) for row in db.execute("SELECT * FROM phases")}
+    rows = sorted((dict(row) for row in db.execute("SELECT * FROM tasks")), key=lambda row: natural_key(row["id"]))
+    by_phase: dict[str, list[TaskHistory]] = defaultdict(list)
+    for task_history in histories(db, rows):
+        by_phase[task_history.task["phase_id"]].append(task_history)
+    columns = _rollup_columns(db)
+    return [PhaseHistory(phases[phase_id], columns, by_phase[phase_id]) for phase_id in phase_ids(db)]
+
+
 def phase_ids(db: sqlite3.Connection) -> list[str]:
     return sorted((row["id"] for row in db.execute("SELECT id FROM phases")), key=natural_key)
 

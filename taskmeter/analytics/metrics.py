@@ -152,10 +152,15 @@ def _stages(task: dict) -> dict:
     }
 
 
-def task_fields(history: TaskHistory, now: str, idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS) -> dict:
+def task_fields(
+    history: TaskHistory, now: str, idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS, spans: list | None = None
+) -> dict:
+    """`spans`: the task's working spans when the caller has them already."""
     task, usage = history.task, history.usage
     wall = seconds_between(task["begin_at"], _end_of(task, now)) if task["begin_at"] else None
-    actual = worktime.total(task_spans(history, now, idle_seconds)) if task["begin_at"] else None
+    if spans is None:
+        spans = task_spans(history, now, idle_seconds)
+    actual = worktime.total(spans) if task["begin_at"] else None
     estimate = task["estimate_seconds"]
     tokens = _tokens(usage)["total"]
     fields = {
@@ -228,14 +233,15 @@ def phase_fields(
     idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS,
 ) -> dict:
     phase = history.phase
-    tasks = [task_fields(t, now, idle_seconds) for t in history.tasks]
+    spans = [task_spans(t, now, idle_seconds) for t in history.tasks]
+    tasks = [task_fields(t, now, idle_seconds, task_spans_) for t, task_spans_ in zip(history.tasks, spans, strict=True)]
     usage = _sum_usage(history.tasks, history.usage_columns)
     begins = [t["begin_timestamp"] for t in tasks if t["begin_timestamp"]]
     ends = [t["final_approval_timestamp"] or now for t in tasks if t["begin_timestamp"]]
     estimates = [t["estimated_duration"] for t in tasks]
     estimated_total = sum(estimates) if tasks and all(e is not None for e in estimates) else None
     # The phase's working time: the union of its tasks' working spans (overlaps count once).
-    every_span = [span for t in history.tasks for span in task_spans(t, now, idle_seconds)]
+    every_span = [span for task_spans_ in spans for span in task_spans_]
     actual_total = worktime.total(every_span) if begins else None
     summed = sum(t["actual_duration"] for t in tasks if t["actual_duration"] is not None)
     # Variance and efficiency compare finished work with its estimate; open tasks are apart, "so far".

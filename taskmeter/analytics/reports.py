@@ -33,8 +33,8 @@ def phase_reports(db: sqlite3.Connection, now: str | None = None, idle_seconds: 
     now = now or now_stored()
     phases = []
     previous_tokens = None
-    for phase_id in history.phase_ids(db):
-        fields = metrics.phase_fields(history.phase_history(db, phase_id), now, previous_tokens, idle_seconds)
+    for phase_history in history.phase_histories(db):
+        fields = metrics.phase_fields(phase_history, now, previous_tokens, idle_seconds)
         previous_tokens = fields["tokens_per_task_avg"]
         phases.append(fields)
     return phases

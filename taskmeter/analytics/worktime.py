@@ -16,20 +16,31 @@ def working_spans(current: list[Span], activity: list[Span], idle_seconds: float
     """The spans of `current` that are not idle gaps. `activity` holds (start, end)
     items: an AI call's minute, or an instant (start == end). Each interval's
     start and end (a set-task, an approval, or now) count as activity, so a task
-    still current keeps the time since its last activity unless that is a gap."""
+    still current keeps the time since its last activity unless that is a gap.
+    One walk over both, sorted: O(n log n)."""
     activity = sorted(activity)
+    current = sorted(current)
     if not current and activity:
         current = [(activity[0][0], max(end for _, end in activity))]
     spans: list[Span] = []
+    first = 0  # the first activity item that may reach into this interval
     for start, end in current:
-        items = [(max(a, start), min(b, end)) for a, b in activity if b >= start and a <= end]
-        points = [(start, start), *items, (end, end)]
-        span_start, span_end = points[0]
-        for a, b in points[1:]:
+        while first < len(activity) and activity[first][1] < start:
+            first += 1
+        span_start, span_end = start, start
+        index = first
+        while True:
+            if index < len(activity) and activity[index][0] <= end:
+                a, b = max(activity[index][0], start), min(activity[index][1], end)
+                index += 1
+            else:
+                a = b = end  # the interval's end is the last point
             if a - span_end > idle_seconds:
                 spans.append((span_start, span_end))
                 span_start = a
             span_end = max(span_end, b)
+            if a == end and b == end and (index >= len(activity) or activity[index][0] > end):
+                break
         spans.append((span_start, span_end))
     return [(a, b) for a, b in spans if b > a]
 
