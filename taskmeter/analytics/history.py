@@ -85,28 +85,36 @@ def usages(db: sqlite3.Connection, task_keys: list[str]) -> dict[str, dict]:
 
 def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int | None, float | None, int]]:
     """Per task: tokens, cost and count of the calls that followed a flagged call
-    in its session (the developer steering the model back on course)."""
+    in its session (the developer steering the model back on course). In each
+    session only its first flagged call matters: every later call follows it."""
     result: dict[str, tuple[int | None, float | None, int]] = {task_id: (None, None, 0) for task_id in task_ids}
     wanted = set(task_ids)
-    counted: dict[str, dict[str, tuple[int, float]]] = {}
-    # Flags are few: walk them, and each flagged call's session by its index.
-    for row in db.execute(
+    # Flags are few: the first flagged call of each (task, session), then one
+    # indexed sum over the session's later calls.
+    firsts = db.execute(
         """
-        SELECT g.task_id, i.id, coalesce(i.input_total, 0) + coalesce(i.output_total, 0) AS tokens, coalesce(i.cost_usd, 0) AS cost
-        FROM flags f
-        CROSS JOIN interactions g ON g.id = f.interaction_id
-        LEFT JOIN interactions i ON i.session_id = g.session_id AND i.task_id = g.task_id AND i.operation = 'generate'
-            AND (i.started_at, i.id) > (g.started_at, g.id)
+        SELECT g.task_id, g.session_id, min(g.started_at) AS started_at, g.id
+        FROM flags f CROSS JOIN interactions g ON g.id = f.interaction_id
         WHERE g.operation = 'generate' AND g.task_id IS NOT NULL
+        GROUP BY g.task_id, g.session_id
         """
-    ):
-        if row["task_id"] not in wanted:
+    ).fetchall()
+    totals: dict[str, list] = {}
+    for first in firsts:
+        if first["task_id"] not in wanted:
             continue
-        calls = counted.setdefault(row["task_id"], {})
-        if row["id"] is not None:
-            calls[row["id"]] = (row["tokens"], row["cost"])
-    for task_id, calls in counted.items():
-        result[task_id] = (sum(t for t, _ in calls.values()), sum(c for _, c in calls.values()), len(calls))
+        row = db.execute(
+            "SELECT count(*) AS calls, coalesce(sum(coalesce(input_total, 0) + coalesce(output_total, 0)), 0) AS tokens,"
+            " coalesce(sum(cost_usd), 0) AS cost FROM interactions"
+            " WHERE session_id = ? AND task_id = ? AND operation = 'generate' AND (started_at, id) > (?, ?)",
+            (first["session_id"], first["task_id"], first["started_at"], first["id"]),
+        ).fetchone()
+        total = totals.setdefault(first["task_id"], [0, 0.0, 0])
+        total[0] += row["tokens"]
+        total[1] += row["cost"]
+        total[2] += row["calls"]
+    for task_id, (tokens, cost, calls) in totals.items():
+        result[task_id] = (tokens, cost, calls)
     return result
 
 

@@ -639,6 +639,8 @@ def m006_sessions(db: sqlite3.Connection) -> None:
         ALTER TABLE interactions ADD COLUMN session_id TEXT;
         UPDATE interactions SET session_id = coalesce(client_session, conversation_id, id);
         CREATE INDEX interactions_session ON interactions(session_id, started_at);
+        -- A conversation's last call, to tell whether it continues a session.
+        CREATE INDEX interactions_conversation ON interactions(conversation_id, started_at);
         """,
     )
 
