@@ -36,15 +36,22 @@ def display(text: str | None) -> str | None:
     return text[:19] + "Z"
 
 
-def parse_user_timestamp(text: str) -> datetime:
-    """Parse an ISO 8601 timestamp given on the command line; it must carry a zone."""
+def _from_iso(text: str) -> datetime | None:
+    """An ISO 8601 date or time (a `z` or `Z` is UTC), or None."""
     candidate = text.strip()
     if candidate.endswith(("z", "Z")):
         candidate = candidate[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(candidate)
+        return datetime.fromisoformat(candidate)
     except ValueError:
-        raise MeterError(f"cannot parse timestamp {text!r}: use ISO 8601 such as 2025-10-04T09:15:00Z") from None
+        return None
+
+
+def parse_user_timestamp(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp given on the command line; it must carry a zone."""
+    moment = _from_iso(text)
+    if moment is None:
+        raise MeterError(f"cannot parse timestamp {text!r}: use ISO 8601 such as 2025-10-04T09:15:00Z")
     if moment.tzinfo is None:
         raise MeterError(f"timestamp {text!r} has no time zone: add Z for UTC or an offset such as -07:00")
     return moment.astimezone(UTC)
@@ -119,16 +126,12 @@ def parse_moment(text: str, reference: datetime | None = None) -> datetime:
     if age:
         unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[age.group(2).lower()]
         return reference - timedelta(seconds=float(age.group(1)) * unit)
-    candidate = text.strip()
-    if candidate.endswith(("z", "Z")):
-        candidate = candidate[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(candidate)
-    except ValueError:
+    moment = _from_iso(text)
+    if moment is None:
         raise MeterError(
             f"cannot read {text!r} as a time: use today, yesterday, an age such as 6h or 7d, "
             "a date such as 2026-11-20, or an ISO 8601 time"
-        ) from None
+        )
     if moment.tzinfo is None:
         moment = moment.astimezone()  # the user's local time
     return moment.astimezone(UTC)
