@@ -152,13 +152,13 @@ def _usage_command(period: str, label: str, help_text: str):
         from taskmeter.analytics.periods import usage_report
 
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+        if output_format in ("csv", "markdown"):
+            raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
         with open_db(db_path) as db:
             report = usage_report(db, period, since, until, utc)
         if output_format == "json":
             terminal.print_json(report)
             return
-        if output_format in ("csv", "markdown"):
-            raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
         groups = report["models"] if period == "models" else report["periods"]
         if not groups:
             terminal.info("No AI calls in this time." if since or until else "No AI calls recorded yet.")
@@ -172,12 +172,14 @@ def _usage_command(period: str, label: str, help_text: str):
             columns = [Column(label, "id"), Column("Model", shrink=True, drop=1), *USAGE_COLUMNS]
             for group in groups:
                 rows.append([group["period"], "all" if piped else "", *_usage_cells(group)])
-                rows += [["" if not piped else group["period"], "  " + model["model"] if not piped else model["model"],
-                          *_usage_cells(model)] for model in group["models"]]  # fmt: skip
+                for model in group["models"]:
+                    # In a terminal each period shows once, its models indented; piped, every row is whole.
+                    period_cell, model_cell = (group["period"], model["model"]) if piped else ("", "  " + model["model"])
+                    rows.append([period_cell, model_cell, *_usage_cells(model)])
         rows.append(["Total", *([""] if period != "models" else []), *_usage_cells(report["totals"])])
         terminal.table(columns, rows, utc=utc)
-        if report["totals"]["unpriced_interactions"]:
-            unpriced = report["totals"]["unpriced_interactions"]
+        unpriced = report["totals"]["unpriced_interactions"]
+        if unpriced:
             terminal.note(
                 f"{unpriced} call{' has' if unpriced == 1 else 's have'} no known price and {'is' if unpriced == 1 else 'are'} not in the cost."
             )
