@@ -103,8 +103,11 @@ def status_line(path, claude: dict) -> str:
 
 
 def _line(db: sqlite3.Connection, claude: dict) -> str:
+    session = claude.get("session_id") if isinstance(claude.get("session_id"), str) else None
+    # A Claude Code session bound to a task (`meter claude install`) shows its own task.
+    bound = session and db.execute("SELECT task_id FROM session_tasks WHERE session_id = ?", (session,)).fetchone()
     state = dict(db.execute("SELECT key, value FROM state WHERE key = 'current_task'").fetchall())
-    task_id = state.get("current_task")
+    task_id = bound["task_id"] if bound else state.get("current_task")
     parts = []
     if task_id:
         task = db.execute("SELECT begin_at, estimate_seconds FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -121,8 +124,7 @@ def _line(db: sqlite3.Connection, claude: dict) -> str:
                 parts.append(f"⚑{usage['flagged']}")
     else:
         parts.append("no task")
-    session = claude.get("session_id")
-    if isinstance(session, str) and session:
+    if session:
         seen = db.execute("SELECT 1 FROM interactions WHERE client_session = ? LIMIT 1", (session,)).fetchone()
         metered = seen is not None
     else:

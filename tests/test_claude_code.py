@@ -75,6 +75,10 @@ def test_a_session_is_bound_to_its_branch_s_task_and_its_calls_follow(repo, db_p
     assert rows["0000000cc002"]["task_id"] == "P5-009"
     assert tasks.current_task(db).task_id == "P5-009"
     db.close()
+    line = subprocess.run(
+        [str(VENV_BIN / "meter"), "statusline"], input=json.dumps({"session_id": "cc-7"}), capture_output=True, text=True
+    ).stdout
+    assert line.startswith("P5-002 ")  # the session's own task, not the other terminal's
 
 
 def test_hallucination_prompt_flags_the_session_s_last_main_call_and_is_blocked(repo, db_path):
