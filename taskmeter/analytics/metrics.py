@@ -221,9 +221,14 @@ def completeness(fields: dict, sections: dict, prefix: str = "") -> dict:
     }
 
 
-def _sum_usage(histories: list[TaskHistory], columns: list[str]) -> dict:
-    total = {key: sum(history.usage[key] or 0 for history in histories) for key in columns}
+def sum_usage(usages: list[dict], columns: list[str]) -> dict:
+    total = {key: sum(usage[key] or 0 for usage in usages) for key in columns}
     return missing_when_unstated(total)
+
+
+def tokens_per_task(usages: list[dict], columns: list[str]) -> float | None:
+    """TOKENS_PER_TASK_AVG of a phase, from its tasks' rollup sums."""
+    return _ratio(_tokens(sum_usage(usages, columns))["total"], len(usages))
 
 
 def phase_fields(
@@ -235,7 +240,7 @@ def phase_fields(
     phase = history.phase
     spans = [task_spans(t, now, idle_seconds) for t in history.tasks]
     tasks = [task_fields(t, now, idle_seconds, task_spans_) for t, task_spans_ in zip(history.tasks, spans, strict=True)]
-    usage = _sum_usage(history.tasks, history.usage_columns)
+    usage = sum_usage([t.usage for t in history.tasks], history.usage_columns)
     begins = [t["begin_timestamp"] for t in tasks if t["begin_timestamp"]]
     ends = [t["final_approval_timestamp"] or now for t in tasks if t["begin_timestamp"]]
     estimates = [t["estimated_duration"] for t in tasks]
@@ -252,7 +257,7 @@ def phase_fields(
     performance = [t["performance_met"] for t in tasks if t["performance_met"] is not None]
     projections = [t["projection_met"] for t in tasks if t["projection_met"] is not None]
     total_tokens = _tokens(usage)["total"]
-    tokens_per_task = _ratio(total_tokens, len(tasks))
+    per_task = tokens_per_task([t.usage for t in history.tasks], history.usage_columns)
     failed_first = [t["task_id"] for t in tasks if t["iterations_count"] > 1]
     fields = {
         "phase_id": phase["id"],
@@ -287,7 +292,7 @@ def phase_fields(
         "performance_targets_met_count": sum(performance) if performance else None,
         "performance_targets_total": len(performance) if performance else None,
         "total_tokens_used": total_tokens,
-        "tokens_per_task_avg": tokens_per_task,
+        "tokens_per_task_avg": per_task,
         "ai_interactions_total": usage["interactions"],
         "hallucination_count_total": usage["flagged"],
         "hallucination_rate": _ratio(usage["flagged"], usage["interactions"]),
@@ -308,8 +313,8 @@ def phase_fields(
         "rework_tokens": sum(t["rework_tokens"] for t in tasks if t["rework_tokens"] is not None)
         if any(t["rework_tokens"] is not None for t in tasks)
         else None,
-        "token_efficiency_change": _ratio(tokens_per_task - previous_tokens_per_task, previous_tokens_per_task)
-        if tokens_per_task is not None and previous_tokens_per_task
+        "token_efficiency_change": _ratio(per_task - previous_tokens_per_task, previous_tokens_per_task)
+        if per_task is not None and previous_tokens_per_task
         else None,
         "tasks": tasks,
     }

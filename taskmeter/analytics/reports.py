@@ -20,9 +20,9 @@ def phase_report(
     ordered = history.phase_ids(db)
     position = ordered.index(current.phase["id"])
     previous_tokens = None
-    if position > 0:
-        previous = metrics.phase_fields(history.phase_history(db, ordered[position - 1]), now, idle_seconds=idle_seconds)
-        previous_tokens = previous["tokens_per_task_avg"]
+    if position > 0:  # only its tokens per task: from the rollup, not a whole report
+        previous_ids = [row["id"] for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (ordered[position - 1],))]
+        previous_tokens = metrics.tokens_per_task(list(history.usages(db, previous_ids).values()), current.usage_columns)
     report = metrics.phase_fields(current, now, previous_tokens, idle_seconds)
     report["previous_phase_id"] = ordered[position - 1] if position > 0 else None
     return report
