@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
+from taskmeter.store.texts import clip
 from taskmeter.timefmt import from_stored
 
 MISSING = "—"
@@ -127,10 +128,6 @@ def _fit(columns: list[Column], cells: list[list[str]], width: int) -> tuple[lis
     return shown, widths
 
 
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def table(columns: Sequence[Column], rows: Iterable[Sequence], utc: bool = False) -> None:
     columns = list(columns)
     piped = to_pipe()
@@ -144,7 +141,7 @@ def table(columns: Sequence[Column], rows: Iterable[Sequence], utc: bool = False
     def line(values: list[str]) -> str:
         parts = []
         for i in shown:
-            text = _clip(values[i], widths[i])
+            text = clip(values[i], widths[i])
             parts.append(text.rjust(widths[i]) if columns[i].numeric else text.ljust(widths[i]))
         return (" " * _GAP).join(parts).rstrip()
 

@@ -98,15 +98,12 @@ def uninstall(project: Path) -> Path:
 
 def session_start(db, event: dict, branch_pattern: str) -> str | None:
     """Bind the session to its branch's task (else the current task); prints nothing."""
-    from taskmeter.automation.git import current_branch, task_of_branch
+    from taskmeter.automation.git import task_of_repository
 
     session = event.get("session_id")
     if not isinstance(session, str) or not session:
         return None
-    task_id = task_of_branch(current_branch(Path(event.get("cwd") or ".")), branch_pattern)
-    if task_id is None:
-        current = tasks.current_task(db)
-        task_id = current.task_id if current else None
+    task_id = task_of_repository(db, Path(event.get("cwd") or "."), branch_pattern)
     if task_id is None:
         return None
     at = now_stored()

@@ -123,6 +123,15 @@ def current_branch(repo: Path) -> str | None:
         return None  # detached HEAD
 
 
+def task_of_repository(db, repo: Path, pattern: str) -> str | None:
+    """The task work in `repo` belongs to: its branch's, else the current task."""
+    task_id = task_of_branch(current_branch(repo), pattern)
+    if task_id is None:
+        current = tasks.current_task(db)
+        task_id = current.task_id if current else None
+    return task_id
+
+
 def on_checkout(db, repo: Path, flag: str, pattern: str, main: str) -> None:
     if flag == "1":  # a branch checkout, not a file checkout
         task_id = task_of_branch(current_branch(repo), pattern)
@@ -133,10 +142,7 @@ def on_checkout(db, repo: Path, flag: str, pattern: str, main: str) -> None:
 
 def on_commit(db, repo: Path, pattern: str) -> None:
     branch = current_branch(repo)
-    task_id = task_of_branch(branch, pattern)
-    if task_id is None:
-        current = tasks.current_task(db)
-        task_id = current.task_id if current else None
+    task_id = task_of_repository(db, repo, pattern)
     sha, committed = _git(repo, "log", "-1", "--format=%H%x00%cI").split("\x00")
     numstat = _git(repo, "show", "--numstat", "--format=", sha).splitlines()
     added = sum(int(parts[0]) for parts in (line.split("\t") for line in numstat) if parts[0].isdigit())

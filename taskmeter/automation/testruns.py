@@ -78,7 +78,7 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
 
 
 def main() -> None:
-    from taskmeter.automation.git import current_branch, hooks_log, task_of_branch
+    from taskmeter.automation.git import hooks_log, task_of_repository
     from taskmeter.config import load_settings
     from taskmeter.logs import configure_logging
 
@@ -88,10 +88,7 @@ def main() -> None:
         settings = load_settings().automation
         db = store_db.connect(None)
         try:
-            task_id = task_of_branch(current_branch(Path(run["repo"])), settings.branch_pattern)
-            if task_id is None:
-                current = tasks.current_task(db)
-                task_id = current.task_id if current else None
+            task_id = task_of_repository(db, Path(run["repo"]), settings.branch_pattern)
             record_run(db, run, task_id, settings.coverage_target)
         finally:
             db.close()

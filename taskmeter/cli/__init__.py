@@ -12,10 +12,11 @@ import sys
 
 def main() -> None:
     """Entry point: no traceback ever reaches the user."""
-    from taskmeter import statusline
+    if sys.argv[1:2] == ["statusline"]:  # imported only then: every other command starts without it
+        from taskmeter import statusline
 
-    if statusline.fast_path(sys.argv[1:]):
-        return
+        if statusline.fast_path(sys.argv[1:]):
+            return
     import click
 
     from taskmeter import terminal

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from taskmeter.secrets import redact
+from taskmeter.store.texts import clip
 
 # Each text is cut here (characters), as the issue of storing text promises.
 TEXT_LIMIT = 65536
@@ -37,8 +38,7 @@ def _cut(text: str) -> str:
 
 
 def one_line(text: str, width: int = STEP_WIDTH) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return clip(" ".join(str(text).split()), width)
 
 
 def tool_call_line(name: str | None, arguments) -> str:

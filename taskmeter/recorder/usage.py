@@ -176,10 +176,11 @@ class Accumulator:
         if arguments is not None:
             self._tool_arguments(arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False))
 
-    def _tool_arguments(self, piece: str, index: int = -1) -> None:
+    def _tool_arguments(self, piece: str) -> None:
+        """A piece of the latest tool call's arguments (calls stream one after another)."""
         self.text.append(piece)
         if self.tool_calls:
-            self.tool_calls[index][1].append(piece)
+            self.tool_calls[-1][1].append(piece)
 
     def _note_model(self, model) -> None:
         if isinstance(model, str) and model:

@@ -385,13 +385,6 @@ def iterations(db: sqlite3.Connection, task_id: str) -> int:
     return iterations_of(db, [task_id])[task_id]
 
 
-def events(db: sqlite3.Connection, task_id: str) -> list[sqlite3.Row]:
-    return db.execute(
-        "SELECT * FROM task_events WHERE task_id = ? OR previous_task_id = ? ORDER BY at, id",
-        (task_id, task_id),
-    ).fetchall()
-
-
 def natural_key(identifier: str) -> list:
     """P2 before P10, P3 before P3.5."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", identifier)]
@@ -404,10 +397,6 @@ def list_task_rows(db: sqlite3.Connection, phase_id: str | None = None) -> list[
         where, params = "WHERE phase_id = ?", [get_phase(db, phase_id)["id"]]
     rows = db.execute(f"SELECT * FROM tasks {where}", params).fetchall()
     return sorted(rows, key=lambda row: (natural_key(row["phase_id"]), natural_key(row["id"])))
-
-
-def list_phases(db: sqlite3.Connection) -> list[dict]:
-    return [dict(row) for row in db.execute("SELECT * FROM phases ORDER BY id")]
 
 
 def ensure_task(db: sqlite3.Connection, task_id: str, at: str) -> str:

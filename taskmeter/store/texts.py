@@ -15,11 +15,14 @@ def of_call(db: sqlite3.Connection, interaction_id: str) -> dict | None:
     return {"prompt": row["prompt"], "steps": json.loads(row["steps"]) if row["steps"] else [], "response": row["response"]}
 
 
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def first_line(text: str | None, width: int = 100) -> str | None:
     line = next((line.strip() for line in (text or "").splitlines() if line.strip()), None)
-    if line is None:
-        return None
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return None if line is None else clip(line, width)
 
 
 def purge(db: sqlite3.Connection, before: str | None = None) -> int:
