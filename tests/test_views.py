@@ -271,6 +271,24 @@ def test_weekly_monthly_models_and_a_window(history):
     assert [d["period"] for d in window["periods"]] == ["2026-11-21"]
 
 
+def test_hourly_usage_and_one_task_s_usage(history):
+    hours = json.loads(piped(history, "report", "hourly", "--json").stdout)["periods"]
+    assert [(h["period"], h["ai_interactions"], h["failed_calls"]) for h in hours] == [
+        ("2026-11-20 10:00", 1, 0),
+        ("2026-11-20 23:00", 1, 0),
+        ("2026-11-21 05:00", 1, 1),
+        ("2026-11-23 12:00", 1, 0),
+    ]
+    one_task = json.loads(piped(history, "report", "models", "--task", "p1-010", "--json").stdout)
+    assert one_task["task_id"] == "P1-010"
+    assert [(m["model"], m["tokens"]["total"]) for m in one_task["models"]] == [
+        ("gpt-4o-2024-08-06", 1100),
+        ("claude-sonnet-4-5-20250929", 550),
+    ]
+    unknown = piped(history, "report", "daily", "--task", "P7-000")
+    assert unknown.returncode == 1 and "unknown task 'P7-000'" in unknown.stderr
+
+
 def test_log_filters(history):
     def listed(*args: str) -> list[str]:
         return [row["interaction_id"] for row in json.loads(piped(history, "log", "--json", *args).stdout)]

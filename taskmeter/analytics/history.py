@@ -64,13 +64,13 @@ def current_intervals(db: sqlite3.Connection) -> dict[str, list[tuple[str, str |
     return intervals
 
 
-def _rollup_columns(db: sqlite3.Connection) -> list[str]:
+def rollup_columns(db: sqlite3.Connection) -> list[str]:
     return [row["name"] for row in db.execute("PRAGMA table_info(task_usage)") if row["name"] != "task_key"]
 
 
 def usages(db: sqlite3.Connection, task_keys: list[str]) -> dict[str, dict]:
     """Rollup sums per task key ('' = unassigned); a task with no calls has zeros."""
-    columns = _rollup_columns(db)
+    columns = rollup_columns(db)
     found = {
         row["task_key"]: dict(row)
         for row in db.execute(f"SELECT * FROM task_usage WHERE task_key IN ({_placeholders(task_keys)})", task_keys)
@@ -168,7 +168,7 @@ def phase_history(db: sqlite3.Connection, phase_id: str) -> PhaseHistory:
     phase = dict(get_phase(db, phase_id))
     rows = [dict(row) for row in db.execute("SELECT * FROM tasks WHERE phase_id = ?", (phase["id"],))]
     rows.sort(key=lambda row: natural_key(row["id"]))
-    return PhaseHistory(phase, _rollup_columns(db), histories(db, rows))
+    return PhaseHistory(phase, rollup_columns(db), histories(db, rows))
 
 
 def phase_histories(db: sqlite3.Connection) -> list[PhaseHistory]:
@@ -178,7 +178,7 @@ def phase_histories(db: sqlite3.Connection) -> list[PhaseHistory]:
     by_phase: dict[str, list[TaskHistory]] = defaultdict(list)
     for task_history in histories(db, rows):
         by_phase[task_history.task["phase_id"]].append(task_history)
-    columns = _rollup_columns(db)
+    columns = rollup_columns(db)
     return [PhaseHistory(phases[phase_id], columns, by_phase[phase_id]) for phase_id in phase_ids(db)]
 
 

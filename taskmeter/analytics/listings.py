@@ -6,7 +6,8 @@ yes/no as true/false. docs/schema.md lists them."""
 
 import sqlite3
 
-from taskmeter.analytics import history, metrics
+from taskmeter.analytics import history
+from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
 from taskmeter.timefmt import now_stored
@@ -72,6 +73,6 @@ def task_records(
     current_id = current.task_id.lower() if current else None
     rows = [dict(row) for row in tasks.list_task_rows(db, phase_id)]
     return [
-        {**metrics.task_fields(task_history, now, idle_seconds), "current": task_history.task["id"].lower() == current_id}
+        {**task_record(task_history, now, idle_seconds), "current": task_history.task["id"].lower() == current_id}
         for task_history in history.histories(db, rows)
     ]

@@ -231,6 +231,11 @@ def tokens_per_task(usages: list[dict], columns: list[str]) -> float | None:
     return _ratio(_tokens(sum_usage(usages, columns))["total"], len(usages))
 
 
+def token_change(per_task: float | None, previous_per_task: float | None) -> float | None:
+    """TOKEN_EFFICIENCY_CHANGE: tokens per task against the phase before (the seed wants -10% or less)."""
+    return _ratio(per_task - previous_per_task, previous_per_task) if per_task is not None and previous_per_task else None
+
+
 def phase_fields(
     history: PhaseHistory,
     now: str,
@@ -313,9 +318,7 @@ def phase_fields(
         "rework_tokens": sum(t["rework_tokens"] for t in tasks if t["rework_tokens"] is not None)
         if any(t["rework_tokens"] is not None for t in tasks)
         else None,
-        "token_efficiency_change": _ratio(per_task - previous_tokens_per_task, previous_tokens_per_task)
-        if per_task is not None and previous_tokens_per_task
-        else None,
+        "token_efficiency_change": token_change(per_task, previous_tokens_per_task),
         "tasks": tasks,
     }
     own = completeness(fields, PHASE_SECTIONS)

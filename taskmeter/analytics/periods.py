@@ -1,4 +1,4 @@
-"""Usage by day, week, month or model, like ccusage's reports: AI interactions,
+"""Usage by hour, day, week, month or model, like ccusage's reports: AI interactions,
 failed calls, tokens (cached and reasoning apart), cost and hallucination flags
 per period, each with its per-model breakdown. Periods are local calendar days
 (weeks start on Monday) unless `utc`."""
@@ -8,12 +8,11 @@ import sqlite3
 from taskmeter.analytics.listings import tokens
 from taskmeter.store.interactions import FAILED_CALL_SQL
 
-PERIODS = ("daily", "weekly", "monthly")
-
 
 def _period_sql(period: str, utc: bool) -> str:
     moment = "i.started_at" if utc else "i.started_at, 'localtime'"
     return {
+        "hourly": f"strftime('%Y-%m-%d %H:00', {moment})",
         "daily": f"date({moment})",
         "weekly": f"date({moment}, 'weekday 0', '-6 days')",  # the Monday of the week
         "monthly": f"strftime('%Y-%m', {moment})",
@@ -41,9 +40,15 @@ def _sum(rows: list[dict]) -> dict:
 
 
 def usage_report(
-    db: sqlite3.Connection, period: str, since: str | None = None, until: str | None = None, utc: bool = False
+    db: sqlite3.Connection,
+    period: str,
+    since: str | None = None,
+    until: str | None = None,
+    utc: bool = False,
+    task_id: str | None = None,
 ) -> dict:
-    """`period` is daily, weekly, monthly or models; since/until are stored timestamps."""
+    """`period` is hourly, daily, weekly, monthly or models; since/until are stored
+    timestamps; `task_id` narrows to one task's calls."""
     failed = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
     clauses, params = ["i.operation = 'generate'"], []
     if since:
@@ -52,6 +57,9 @@ def usage_report(
     if until:
         clauses.append("i.started_at < ?")
         params.append(until)
+    if task_id:
+        clauses.append("i.task_id = ?")
+        params.append(task_id)
     # sum() of no stated value is NULL: a count no call stated stays missing, never 0.
     rows = db.execute(
         f"""
@@ -75,6 +83,7 @@ def usage_report(
         "period": period,
         "since": since,
         "until": until,
+        "task_id": task_id,
         "time_zone": "UTC" if utc else "local",
         "totals": _stats(_sum(every)) if every else _stats(_sum([])),
     }

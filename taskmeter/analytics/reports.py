@@ -2,14 +2,28 @@
 `idle_seconds` is the working-time rule's idle gap (config: record.idle_minutes)."""
 
 import sqlite3
+from datetime import UTC, datetime
 
 from taskmeter.analytics import history, metrics
-from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
-from taskmeter.timefmt import now_stored
+from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS, union
+from taskmeter.timefmt import now_stored, to_stored
 
 
 def task_report(db: sqlite3.Connection, task_id: str, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> dict:
-    return metrics.task_fields(history.task_history(db, task_id), now or now_stored(), idle_seconds)
+    return task_record(history.task_history(db, task_id), now or now_stored(), idle_seconds)
+
+
+def task_record(task_history: history.TaskHistory, now: str, idle_seconds: float) -> dict:
+    """A task's Level 1 fields, and the working intervals its working time adds up
+    (`report task`, `task` and `tasks --json`; phase reports leave the intervals out)."""
+    spans = metrics.task_spans(task_history, now, idle_seconds)
+    record = metrics.task_fields(task_history, now, idle_seconds, spans)
+    record["working_intervals"] = [[_stored(start), _stored(end)] for start, end in union(spans)]
+    return record
+
+
+def _stored(seconds: float) -> str:
+    return to_stored(datetime.fromtimestamp(seconds, UTC))
 
 
 def phase_report(
@@ -19,10 +33,8 @@ def phase_report(
     current = history.phase_history(db, phase_id)
     ordered = history.phase_ids(db)
     position = ordered.index(current.phase["id"])
-    previous_tokens = None
-    if position > 0:  # only its tokens per task: from the rollup, not a whole report
-        previous_ids = [row["id"] for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (ordered[position - 1],))]
-        previous_tokens = metrics.tokens_per_task(list(history.usages(db, previous_ids).values()), current.usage_columns)
+    # Only the previous phase's tokens per task: from the rollup, not a whole report.
+    previous_tokens = _tokens_per_task(db, ordered[position - 1]) if position > 0 else None
     report = metrics.phase_fields(current, now, previous_tokens, idle_seconds)
     report["previous_phase_id"] = ordered[position - 1] if position > 0 else None
     return report
@@ -42,3 +54,26 @@ def phase_reports(db: sqlite3.Connection, now: str | None = None, idle_seconds: 
 
 def overview_report(db: sqlite3.Connection, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> dict:
     return metrics.overview(phase_reports(db, now, idle_seconds), history.unassigned_usage(db))
+
+
+def _tokens_per_task(db: sqlite3.Connection, phase_id: str) -> float | None:
+    task_ids = [row["id"] for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (phase_id,))]
+    return metrics.tokens_per_task(list(history.usages(db, task_ids).values()), history.rollup_columns(db))
+
+
+def token_trend(db: sqlite3.Connection) -> list[dict]:
+    """Tokens per task of every phase, in phase order, and the change from the phase
+    before: the overview's trend, from the rollup alone (no working time)."""
+    trend = []
+    previous = None
+    for phase_id in history.phase_ids(db):
+        per_task = _tokens_per_task(db, phase_id)
+        trend.append(
+            {
+                "phase_id": phase_id,
+                "tokens_per_task_avg": per_task,
+                "token_efficiency_change": metrics.token_change(per_task, previous),
+            }
+        )
+        previous = per_task
+    return trend

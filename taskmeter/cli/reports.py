@@ -8,6 +8,7 @@ import click
 
 from taskmeter import terminal
 from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, open_db, utc_option
+from taskmeter.store import tasks
 from taskmeter.terminal import Column
 
 FORMAT = click.Choice(["table", "markdown", "json", "csv"])
@@ -52,9 +53,9 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
       meter report task P1-010     the seed's Level 1 execution log
       meter report phase P1        the seed's Level 2 aggregate
       meter report daily           tokens, cost, calls, failed calls, flags per day
-      meter report weekly|monthly  the same per week (from Monday) or month
+      meter report hourly|weekly|monthly  the same per hour, week (from Monday) or month
       meter report models          the same per model
-    Days are local unless --utc. Output options go before or after the subcommand.
+    Days are local unless --utc; --task narrows usage reports to one task. Output options go before or after the subcommand.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -146,16 +147,19 @@ def _usage_command(period: str, label: str, help_text: str):
     @report_cmd.command(period, help=help_text)
     @click.option("--since", type=MOMENT, help="From this time on: today, yesterday, 7d, 2026-11-01, ISO 8601.")
     @click.option("--until", type=MOMENT, help="Before this time (same forms).")
+    @click.option("--task", "task_id", type=TASK, help="Only this task's calls.")
     @report_options
     @click.pass_context
-    def command(ctx, since, until, output_format, as_json, utc, db_path):
+    def command(ctx, since, until, task_id, output_format, as_json, utc, db_path):
         from taskmeter.analytics.periods import usage_report
 
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
         if output_format in ("csv", "markdown"):
             raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
         with open_db(db_path) as db:
-            report = usage_report(db, period, since, until, utc)
+            if task_id:
+                task_id = tasks.get_task(db, task_id.strip())["id"]
+            report = usage_report(db, period, since, until, utc, task_id)
         if output_format == "json":
             terminal.print_json(report)
             return
@@ -187,6 +191,7 @@ def _usage_command(period: str, label: str, help_text: str):
     return command
 
 
+_usage_command("hourly", "Hour", "Tokens, cost, calls, failed calls and flags per hour, with a line per model.")
 _usage_command("daily", "Day", "Tokens, cost, calls, failed calls and flags per day, with a line per model.")
 _usage_command("weekly", "Week of", "The daily report per week (weeks start on Monday).")
 _usage_command("monthly", "Month", "The daily report per month.")

@@ -272,11 +272,15 @@ _CALLS = """
 """
 
 
-def stored_after(db: sqlite3.Connection, rowid: int, calls: CallFilter = CallFilter()) -> list[dict]:
-    """Calls stored after the row `rowid` (insertion order), oldest first."""
+def stored_after_query(rowid: int, calls: CallFilter = CallFilter(), limit: int = -1) -> tuple[str, tuple]:
+    """SQL and parameters for the calls stored after the row `rowid` (insertion
+    order), oldest first: for this module's connection and the dashboard's async one."""
     where, params = calls.where()
-    rows = db.execute(f"{_CALLS} WHERE i.rowid > ? AND {where} ORDER BY i.rowid", (rowid, *params)).fetchall()
-    return [dict(row) for row in rows]
+    return f"{_CALLS} WHERE i.rowid > ? AND {where} ORDER BY i.rowid LIMIT ?", (rowid, *params, limit)
+
+
+def stored_after(db: sqlite3.Connection, rowid: int, calls: CallFilter = CallFilter()) -> list[dict]:
+    return [dict(row) for row in db.execute(*stored_after_query(rowid, calls)).fetchall()]
 
 
 def recent(db: sqlite3.Connection, limit: int = 20, calls: CallFilter = CallFilter()) -> list[dict]:
