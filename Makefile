@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make proxy   install taskmeter and run the metering proxy
-#   make test    install taskmeter with its test tools, lint (ruff) and run the tests
+#   make test    install taskmeter with its test tools (and Debian's chromium), lint (ruff) and run the tests
 # Each installs into ./.venv from the pinned lock files, only when they changed.
 
 PYTHON := $(shell scripts/find-python)
@@ -14,6 +14,7 @@ proxy: install
 	$(BIN)/meter proxy $(ARGS)
 
 test: install-test
+	scripts/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(ARGS)

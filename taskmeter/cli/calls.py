@@ -19,8 +19,8 @@ from taskmeter.cli.common import (
     utc_option,
 )
 from taskmeter.errors import MeterError
+from taskmeter.store import dashboards, interactions, proxies, tasks
 from taskmeter.store import db as store_db
-from taskmeter.store import interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, now_stored, seconds_between
@@ -44,6 +44,7 @@ def status_cmd(as_json, utc, db_path):
         view = task_report(db, current.task_id, idle_seconds=idle_seconds()) if current else None
         running = proxies.running(db)
         latest = interactions.recent(db, limit=1)
+        dashboard = dashboards.running(db)
     database = store_db.resolve_path(db_path)
     state = {
         "database": str(database),
@@ -52,6 +53,7 @@ def status_cmd(as_json, utc, db_path):
         "current_for_seconds": seconds_between(current.since, now_stored()) if current else None,
         "task": view,
         "proxies": [{"proxy_id": proxy.pop("id"), **proxy} for proxy in running],
+        "dashboard": dashboard,
         "last_interaction_at": latest[0]["started_at"] if latest else None,
         # Calls not in the database: waiting in the spool, or kept apart for a person.
         "spooled_calls": callfile.count_lines(callfile.spool_path(database)),
@@ -107,6 +109,8 @@ def status_cmd(as_json, utc, db_path):
         terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
     if state["quarantined_calls"]:
         terminal.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
+    if dashboard:
+        terminal.info(f"Dashboard: {dashboard}")
     terminal.info(f"Database: {state['database']}")
 
 

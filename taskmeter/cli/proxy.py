@@ -16,8 +16,8 @@ from taskmeter.cli.common import (
     open_db,
 )
 from taskmeter.errors import MeterError
+from taskmeter.store import dashboards, proxies, tasks
 from taskmeter.store import db as store_db
-from taskmeter.store import proxies, tasks
 
 
 @cli.command("proxy")
@@ -78,6 +78,9 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
         terminal.info(f"taskmeter proxy listening on {bound_host}:{bound_port}, recording to {path}")
         terminal.info(f"  gateway: {origin}/openai/v1  {origin}/anthropic  {origin}/gemini  (see `meter env`)")
         terminal.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
+        with open_db(path) as db:
+            dashboard = dashboards.running(db)
+        terminal.info(f"  dashboard: {dashboard}" if dashboard else "  dashboard: `meter ui` serves one on http://127.0.0.1:8878")
         sys.stdout.flush()
 
     run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings)

@@ -1,0 +1,26 @@
+"""The web dashboard: meter ui."""
+
+import click
+
+from taskmeter.cli.common import cli, db_option, idle_seconds
+from taskmeter.store import db as store_db
+
+
+@cli.command("ui")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8878, show_default=True, help="Port on 127.0.0.1 (0 picks a free one)."
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in the web browser.")
+@db_option
+def ui_cmd(port, open_browser, db_path):
+    """Serve the dashboard on 127.0.0.1 until Ctrl-C.
+
+    \b
+    Now      the current task, a live feed of calls, tokens and cost per hour today
+    Phases   tokens per task, the token trend, the seed's targets as pass/fail tiles
+    Task     the execution record, a timeline, its calls with their text and flag buttons
+    History  tokens and cost per day, week or month by model; unassigned calls to retag
+    """
+    from taskmeter.dashboard.server import serve
+
+    serve(store_db.resolve_path(db_path), port, idle_seconds(), open_browser)

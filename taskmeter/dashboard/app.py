@@ -1,0 +1,166 @@
+"""The dashboard's ASGI app: four pages, a live feed, and three writes.
+
+Pages build their numbers in a worker thread with their own sqlite3 connection
+(pages.py); the feed polls through aiosqlite (feed.py); writes go through the
+same store functions as `meter flag|unflag|retag`, behind guard.py's checks.
+"""
+
+import secrets
+import sqlite3
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from taskmeter import terminal
+from taskmeter.analytics import formats
+from taskmeter.analytics.metrics import PHASE_SECTIONS, TASK_SECTIONS
+from taskmeter.dashboard import feed, pages
+from taskmeter.dashboard.guard import LOOPBACK_NAMES, SameOriginWrites
+from taskmeter.errors import MeterError, NotFound
+from taskmeter.store import calls, interactions
+from taskmeter.store import db as store_db
+from taskmeter.timefmt import format_duration
+
+PACKAGE = files("taskmeter.dashboard")
+
+
+def _templates() -> Jinja2Templates:
+    # Stored model text is untrusted: every template autoescapes.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PACKAGE / "templates")), autoescape=True)
+    env.filters.update(
+        moment=terminal.moment,
+        number=terminal.number,
+        money=terminal.money,
+        duration=lambda seconds: format_duration(seconds) or "—",
+        percent=lambda ratio: "—" if ratio is None else f"{ratio * 100:.1f}%",
+        describe=lambda name, fields: formats.describe(name, fields) or "—",
+    )
+    env.globals.update(task_sections=TASK_SECTIONS, phase_sections=PHASE_SECTIONS)
+    return Jinja2Templates(env=env)
+
+
+def create_app(db_path: Path, port: int, idle_seconds: float) -> Starlette:
+    """The app for a dashboard on 127.0.0.1:`port` over the database at `db_path`."""
+    templates = _templates()
+    token = secrets.token_urlsafe(32)  # per run: a form from an earlier run, or elsewhere, is refused
+
+    async def read(build: Callable, *args):
+        """`build(db, *args)` in a worker thread, on a connection of its own."""
+
+        def work():
+            db = store_db.connect(db_path)
+            try:
+                return build(db, *args)
+            except sqlite3.Error as exc:
+                raise store_db.describe_sqlite_error(exc, db_path) from None
+            finally:
+                db.close()
+
+        return await run_in_threadpool(work)
+
+    call_row = templates.env.get_template("macros.html").module.call_row
+
+    def feed_row(call: dict) -> str:
+        return str(call_row(call, token, "/"))
+
+    def render(request: Request, name: str, context: dict, status: int = 200) -> Response:
+        return templates.TemplateResponse(request, name, {"token": token, "page": name.removesuffix(".html"), **context}, status)
+
+    async def now_page(request: Request) -> Response:
+        return render(request, "now.html", await read(pages.now_page, idle_seconds))
+
+    async def phases_page(request: Request) -> Response:
+        return render(request, "phases.html", await read(pages.phases_page, request.path_params.get("phase_id"), idle_seconds))
+
+    async def task_page(request: Request) -> Response:
+        return render(request, "task.html", await read(pages.task_page, request.path_params["task_id"], idle_seconds))
+
+    async def history_page(request: Request) -> Response:
+        period = request.query_params.get("period", "daily")
+        if period not in pages.USAGE_PERIODS:
+            raise MeterError(f"no such period {period!r}: daily, weekly or monthly")
+        return render(request, "history.html", await read(pages.history_page, period))
+
+    async def form(request: Request) -> dict:
+        """The posted form, once its token is this run's."""
+        fields = await request.form()
+        if not secrets.compare_digest(str(fields.get("token", "")), token):
+            raise HTTPException(403, "this form is not from this dashboard (reload the page)")
+        return {key: str(value) for key, value in fields.items()}
+
+    def back(fields: dict) -> RedirectResponse:
+        """Back to the page the form was on: a path on this dashboard only."""
+        target = fields.get("back", "/")
+        if not target.startswith("/") or target.startswith("//"):
+            target = "/"
+        return RedirectResponse(target, status_code=303)
+
+    async def flag(request: Request) -> Response:
+        fields = await form(request)
+        note = fields.get("note", "").strip() or None
+
+        def write(db):
+            interactions.flag(db, interactions.resolve_id(db, request.path_params["interaction_id"]), note)
+
+        await read(write)
+        return back(fields)
+
+    async def unflag(request: Request) -> Response:
+        fields = await form(request)
+        await read(interactions.unflag, request.path_params["interaction_id"])
+        return back(fields)
+
+    async def retag(request: Request) -> Response:
+        fields = await form(request)
+        task_id = fields.get("task_id", "").strip()
+        if not task_id:
+            raise MeterError("give the task to retag the call to")
+
+        def write(db):
+            calls.retag(db, [interactions.resolve_id(db, request.path_params["interaction_id"])], task_id)
+
+        await read(write)
+        return back(fields)
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        status = 404 if isinstance(exc, NotFound) else 400
+        if isinstance(exc, HTTPException):
+            status, message = exc.status_code, exc.detail
+        else:
+            message = str(exc)
+        return render(request, "error.html", {"message": message}, status)
+
+    routes = [
+        Route("/", now_page),
+        Route("/phases", phases_page),
+        Route("/phases/{phase_id}", phases_page),
+        Route("/tasks/{task_id}", task_page),
+        Route("/history", history_page),
+        Route("/feed", feed.endpoint(db_path, feed_row)),
+        Route("/calls/{interaction_id}/flag", flag, methods=["POST"]),
+        Route("/calls/{interaction_id}/unflag", unflag, methods=["POST"]),
+        Route("/calls/{interaction_id}/retag", retag, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static"),
+    ]
+    middleware = [
+        # DNS rebinding: a page of another name that resolves to 127.0.0.1 is refused.
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES)),
+        Middleware(SameOriginWrites, origins=[f"http://{name}:{port}" for name in LOOPBACK_NAMES]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={MeterError: refused, HTTPException: refused},
+    )

@@ -1,0 +1,62 @@
+"""The live feed: server-sent events, one per call as it is stored.
+
+It polls through aiosqlite, each poll a single SELECT in autocommit mode, so a
+read transaction lasts one query and never holds back the WAL checkpoints of
+the recorder. A browser that reconnects sends Last-Event-ID and misses nothing.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiosqlite
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from taskmeter.dashboard.pages import feed_call
+from taskmeter.store.interactions import stored_after_query
+
+POLL_SECONDS = 0.25
+KEEPALIVE_SECONDS = 15  # a comment now and then, so proxies and browsers keep the stream
+BATCH = 200  # calls read in one poll at most
+
+
+# A call as a row of the feed's table, rendered by the page's own template.
+RenderRow = Callable[[dict], str]
+
+
+def _event(call: dict, render_row: RenderRow) -> str:
+    data = json.dumps({"call": call, "html": render_row(call)})
+    return f"id: {call['rowid']}\nevent: call\ndata: {data}\n\n"
+
+
+async def calls_after(db_path: Path, rowid: int, render_row: RenderRow) -> AsyncIterator[str]:
+    """Events for every call stored after `rowid`, as they come, and keep-alive comments."""
+    async with aiosqlite.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None) as db:
+        db.row_factory = aiosqlite.Row
+        quiet = 0.0
+        while True:
+            async with db.execute(*stored_after_query(rowid, limit=BATCH)) as cursor:
+                rows = await cursor.fetchall()
+            for row in rows:
+                call = feed_call(dict(row))
+                rowid = call["rowid"]
+                yield _event(call, render_row)
+            quiet = 0.0 if rows else quiet + POLL_SECONDS
+            if quiet >= KEEPALIVE_SECONDS:
+                quiet = 0.0
+                yield ": still here\n\n"
+            if len(rows) < BATCH:
+                await asyncio.sleep(POLL_SECONDS)
+
+
+def endpoint(db_path: Path, render_row: RenderRow):
+    async def feed(request: Request) -> StreamingResponse:
+        start = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+        rowid = int(start) if start.isdigit() else 0
+        return StreamingResponse(
+            calls_after(db_path, rowid, render_row), media_type="text/event-stream", headers={"cache-control": "no-store"}
+        )
+
+    return feed

@@ -1,0 +1,193 @@
+"""What each page shows. Every number comes from the analytics the CLI's JSON
+comes from (never computed a second time here); these functions only choose
+them and shape each chart's data. They run in a worker thread with their own
+sqlite3 connection (see app.py)."""
+
+import sqlite3
+from datetime import datetime, timedelta
+
+from taskmeter.analytics import history
+from taskmeter.analytics.listings import call_record
+from taskmeter.analytics.periods import usage_report
+from taskmeter.analytics.reports import phase_report, task_report, token_trend
+from taskmeter.store import interactions, tasks
+from taskmeter.store import texts as call_texts
+from taskmeter.store.interactions import CallFilter
+from taskmeter.timefmt import from_stored, now, to_stored
+
+FEED_LENGTH = 50  # calls on the Now page before the live ones
+CALLS_SHOWN = 200  # a task's newest calls, with their text
+UNASSIGNED_SHOWN = 100
+# The pass/fail tiles of the Phases page; the fifth target is the trend chart.
+TILE_METRICS = ("hallucination_rate", "iteration_efficiency", "projection_accuracy", "tracking_completeness")
+USAGE_PERIODS = ("daily", "weekly", "monthly")
+
+
+def chart(kind: str, labels: list, datasets: list[dict], stacked: bool = False, money_axis: bool = False) -> dict:
+    """A chart's data as the page embeds it (static/dashboard.js draws it): datasets
+    carry `label`, `data` and optionally `type` and `axis` ("money" for the right axis)."""
+    return {"kind": kind, "labels": labels, "datasets": datasets, "stacked": stacked, "money_axis": money_axis}
+
+
+def feed_call(row: dict) -> dict:
+    """A call as the live feed and the call tables show it: `log --json`'s record and its row number."""
+    return {**call_record(row), "rowid": row["rowid"]}
+
+
+def last_rowid(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT coalesce(max(rowid), 0) FROM interactions").fetchone()[0]
+
+
+def now_page(db: sqlite3.Connection, idle_seconds: float) -> dict:
+    current = tasks.current_task(db)
+    report = task_report(db, current.task_id, idle_seconds=idle_seconds) if current else None
+    midnight = datetime.fromisoformat(now().astimezone().date().isoformat()).astimezone()
+    hourly = usage_report(db, "hourly", since=to_stored(midnight))
+    by_hour = {group["period"]: group for group in hourly["periods"]}
+    hours = [(midnight + timedelta(hours=h)).strftime("%Y-%m-%d %H:00") for h in range(now().astimezone().hour + 1)]
+    return {
+        "task": report,
+        "calls": [feed_call(row) for row in interactions.recent(db, FEED_LENGTH)],
+        "last_rowid": last_rowid(db),
+        "hourly": hourly,
+        "charts": {
+            "hourly": chart(
+                "bar",
+                [hour[11:] for hour in hours],
+                [
+                    {"label": "Tokens", "data": [(by_hour[h]["tokens"]["total"] or 0) if h in by_hour else 0 for h in hours]},
+                    {
+                        "label": "Cost (USD)",
+                        "type": "line",
+                        "axis": "money",
+                        "data": [(by_hour[h]["cost_usd"] or 0) if h in by_hour else 0 for h in hours],
+                    },
+                ],
+                money_axis=True,
+            )
+        },
+    }
+
+
+def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: float) -> dict:
+    ordered = history.phase_ids(db)
+    if not ordered:
+        return {"phase_ids": [], "report": None, "charts": {}}
+    if phase_id is None:
+        current = tasks.current_task(db)
+        phase_id = tasks.get_task(db, current.task_id)["phase_id"] if current else ordered[-1]
+    report = phase_report(db, phase_id, idle_seconds=idle_seconds)
+    trend = token_trend(db)
+    per_task = [phase["tokens_per_task_avg"] for phase in trend]
+    # The seed's target: each phase 10% under the one before.
+    target = [None] + [None if before is None else before * 0.9 for before in per_task[:-1]]
+    return {
+        "phase_ids": ordered,
+        "report": report,
+        "trend": trend,
+        "tiles": [target for target in report["pattern_effectiveness"] if target["metric"] in TILE_METRICS],
+        "charts": {
+            "tasks": chart(
+                "bar",
+                [task["task_id"] for task in report["tasks"]],
+                [{"label": "Tokens", "data": [task["token_count_used"] or 0 for task in report["tasks"]]}],
+            ),
+            "trend": chart(
+                "line",
+                [phase["phase_id"] for phase in trend],
+                [
+                    {"label": "Tokens per task", "data": per_task},
+                    {"label": "Target: -10% per phase", "data": target},
+                ],
+            ),
+        },
+    }
+
+
+def task_page(db: sqlite3.Connection, task_id: str, idle_seconds: float) -> dict:
+    task_id = tasks.get_task(db, task_id)["id"]
+    report = task_report(db, task_id, idle_seconds=idle_seconds)
+    models = usage_report(db, "models", task_id=task_id)
+    calls = []
+    for row in interactions.recent(db, CALLS_SHOWN, CallFilter(task_id=task_id)):
+        calls.append({**feed_call(row), "texts": call_texts.of_call(db, row["id"])})
+    sources = report["tokens_by_source"]
+    return {
+        "report": report,
+        "models": models,
+        "calls": calls,
+        "timeline": timeline(report),
+        "charts": {
+            "models": chart(
+                "bar",
+                [model["model"] for model in models["models"]],
+                [{"label": "Tokens", "data": [model["tokens"]["total"] or 0 for model in models["models"]]}],
+            ),
+            "sources": chart("bar", list(sources), [{"label": "Tokens", "data": [value or 0 for value in sources.values()]}]),
+        },
+    }
+
+
+MILESTONES = [
+    ("begin_timestamp", "Begin"),
+    ("initial_completion_timestamp", "Initial"),
+    ("tests_completion_timestamp", "Tests"),
+    ("validation_timestamp", "Validation"),
+    ("final_approval_timestamp", "Approval"),
+]
+TIMELINE_WIDTH = 1000  # the SVG's own units; it scales to the page
+
+
+def timeline(report: dict) -> dict | None:
+    """Positions (0..TIMELINE_WIDTH) of the task's milestones and working intervals,
+    for a server-drawn SVG: attributes, not inline styles, so the CSP stays strict."""
+    moments = [report[key] for key, _ in MILESTONES if report[key]] + [
+        b for interval in report["working_intervals"] for b in interval
+    ]
+    if not moments:
+        return None
+    start = min(from_stored(m) for m in moments)
+    end = max(from_stored(m) for m in moments)
+    span = max((end - start).total_seconds(), 1)
+
+    def x(stored: str) -> float:
+        return round(TIMELINE_WIDTH * (from_stored(stored) - start).total_seconds() / span, 1)
+
+    return {
+        "width": TIMELINE_WIDTH,
+        "start": to_stored(start),
+        "end": to_stored(end),
+        "milestones": [{"label": label, "at": report[key], "x": x(report[key])} for key, label in MILESTONES if report[key]],
+        "intervals": [{"start": a, "end": b, "x": x(a), "width": max(x(b) - x(a), 1)} for a, b in report["working_intervals"]],
+    }
+
+
+def history_page(db: sqlite3.Connection, period: str) -> dict:
+    report = usage_report(db, period)
+    labels = [group["period"] for group in report["periods"]]
+    models = sorted({model["model"] for group in report["periods"] for model in group["models"]})
+
+    def per_model(model: str, value) -> list:
+        found = [{m["model"]: m for m in group["models"]}.get(model) for group in report["periods"]]
+        return [value(m) or 0 if m else 0 for m in found]
+
+    unassigned = interactions.recent(db, UNASSIGNED_SHOWN, CallFilter(unassigned=True))
+    return {
+        "period": period,
+        "report": report,
+        "unassigned": [feed_call(row) for row in unassigned],
+        "charts": {
+            "tokens": chart(
+                "bar",
+                labels,
+                [{"label": model, "data": per_model(model, lambda m: m["tokens"]["total"])} for model in models],
+                stacked=True,
+            ),
+            "cost": chart(
+                "bar",
+                labels,
+                [{"label": model, "data": per_model(model, lambda m: m["cost_usd"])} for model in models],
+                stacked=True,
+            ),
+        },
+    }
