@@ -2,14 +2,18 @@
 
 import multiprocessing
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from taskmeter.analytics.history import usages
 from taskmeter.errors import MeterError
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, migrations, tasks
 from taskmeter.store.interactions import Interaction
+from taskmeter.timefmt import to_stored
 from tests.conftest import dump, run_concurrently
 
 EXPECTED_TABLES = {"phases", "tasks", "task_events", "state", "interactions", "flags", "bodies", "proxies", "_meter_migrations"}
@@ -250,3 +254,110 @@ def test_upgrading_repairs_task_and_phase_ids_of_mixed_case(db_path, monkeypatch
     assert [(r["task_key"], r["input_total"]) for r in upgraded.execute("SELECT * FROM task_usage")] == [("P2-001", 10)]
     assert [t["id"] for t in tasks.list_task_rows(upgraded, "p1")] == ["P1-010"]
     assert upgraded.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def _usage_both_ways(db, period: str, utc: bool, task_id: str | None) -> tuple[dict, dict]:
+    """A usage report from the usage_quarters rollup (no window) and from the calls
+    themselves (a window whose edges are off the quarter hour but take in every call)."""
+    from taskmeter.analytics.periods import usage_report
+
+    def rounded(value):  # float sums in another order differ in the last bits
+        if isinstance(value, dict):
+            return {key: rounded(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [rounded(item) for item in value]
+        return round(value, 9) if isinstance(value, float) else value
+
+    def body(report: dict) -> dict:
+        return rounded({key: value for key, value in report.items() if key not in ("since", "until")})
+
+    rollup = usage_report(db, period, utc=utc, task_id=task_id)
+    direct = usage_report(db, period, "2000-01-01T00:00:00.000001Z", "2100-01-01T00:00:00.000001Z", utc, task_id)
+    return body(rollup), body(direct)
+
+
+CALL = st.fixed_dictionaries(
+    {
+        "minute": st.integers(0, 3 * 24 * 60),
+        "second": st.integers(0, 59),
+        "task_id": st.sampled_from([None, "P1-001", "P1-002"]),
+        "model": st.sampled_from([None, "gpt-4o", "claude-sonnet-4-5"]),
+        "operation": st.sampled_from(["generate", "generate", "generate", "count_tokens"]),
+        "input_total": st.one_of(st.none(), st.integers(0, 10_000)),
+        "output_total": st.one_of(st.none(), st.integers(0, 1000)),
+        "reasoning": st.one_of(st.none(), st.integers(0, 100)),
+        "cost_usd": st.one_of(st.none(), st.floats(0, 1)),
+        "http_status": st.sampled_from([None, 200, 200, 429, 503]),
+        "outcome": st.sampled_from(["complete", "failed"]),
+    }
+)
+CHANGE = st.tuples(st.sampled_from(["flag", "unflag", "retag", "fail", "delete", "move"]), st.integers(0, 29))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=st.lists(CALL, min_size=1, max_size=30), changes=st.lists(CHANGE, max_size=12))
+def test_the_usage_rollup_equals_the_calls_after_any_changes(db, calls, changes):
+    """Usage reports read usage_quarters; whatever happens to the calls (flags,
+    retags, a call turned failed, deletes, a changed start), it stays what
+    summing the calls themselves gives, in every period, zone and task."""
+    db.execute("DELETE FROM interactions")
+    tasks.set_task(db, "P1-001")
+    tasks.set_task(db, "P1-002")
+    ids = []
+    for n, call in enumerate(calls):
+        minute, second = call.pop("minute"), call.pop("second")
+        started = datetime(2026, 3, 28, tzinfo=UTC) + timedelta(minutes=minute, seconds=second)
+        ids.append(f"00000001{n:04d}")
+        interactions.insert(db, Interaction(id=ids[-1], started_at=to_stored(started), usage_source="reported", **call))
+    for change, index in changes:
+        target = ids[index % len(ids)]
+        if not db.execute("SELECT 1 FROM interactions WHERE id = ?", (target,)).fetchone():
+            continue  # deleted by an earlier change
+        if change == "flag":
+            interactions.flag(db, target)
+        elif change == "unflag":
+            db.execute("DELETE FROM flags WHERE interaction_id = ?", (target,))
+        elif change == "retag":
+            db.execute(
+                "UPDATE interactions SET task_id = CASE WHEN task_id = 'P1-001' THEN NULL ELSE 'P1-001' END WHERE id = ?",
+                (target,),
+            )
+        elif change == "fail":
+            db.execute("UPDATE interactions SET input_total = NULL, http_status = 503 WHERE id = ?", (target,))
+        elif change == "move":
+            db.execute(
+                "UPDATE interactions SET started_at = '2026-03-30T23:59:59.000000Z', model = 'moved' WHERE id = ?", (target,)
+            )
+        else:
+            db.execute("DELETE FROM interactions WHERE id = ?", (target,))
+    for period in ("hourly", "daily", "weekly", "monthly", "models"):
+        for utc in (True, False):
+            for task_id in (None, "P1-001"):
+                rollup, direct = _usage_both_ways(db, period, utc, task_id)
+                assert rollup == direct, (period, utc, task_id)
+
+
+def test_upgrading_backfills_the_usage_rollup(db_path, monkeypatch):
+    before_usage_quarters = [m for m in migrations.MIGRATIONS if m.__name__ < "m011"]
+    monkeypatch.setattr(migrations, "MIGRATIONS", before_usage_quarters)
+    old = store_db.connect(db_path)
+    tasks.set_task(old, "P1-001")
+    for n in range(40):
+        interactions.insert(
+            old,
+            Interaction(
+                id=f"00000002{n:04d}", started_at=f"2026-01-01T{n % 24:02d}:{n:02d}:00.000000Z", task_id="P1-001" if n % 2 else None,
+                model=("gpt-4o", "claude-sonnet-4-5")[n % 2], input_total=None if n % 9 == 0 else 100 + n, output_total=n,
+                cost_usd=None if n % 4 == 0 else 0.01, usage_source="reported", http_status=503 if n % 9 == 0 else 200,
+            ),
+        )  # fmt: skip
+    interactions.flag(old, "000000020003")
+    old.close()
+    monkeypatch.undo()
+    upgraded = store_db.connect(db_path)
+    assert upgraded.execute("SELECT count(*) FROM usage_quarters").fetchone()[0] > 0
+    for period in ("hourly", "daily", "models"):
+        rollup, direct = _usage_both_ways(upgraded, period, True, None)
+        assert rollup == direct
+        assert rollup["totals"]["ai_interactions"] == 35 and rollup["totals"]["failed_calls"] == 5
+        assert rollup["totals"]["hallucination_count"] == 1

@@ -8,9 +8,30 @@ import sqlite3
 from taskmeter.analytics.listings import tokens
 from taskmeter.store.interactions import FAILED_CALL_SQL
 
+COUNTED = ("input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd")
+_FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
+_SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in COUNTED)}, priced, flagged"""
+
+# Usage per quarter hour, model and task, kept by triggers (migration m011).
+_QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, task_key, {_SUMS} FROM usage_quarters"
+# Each call as the rollup counts it: for a window that does not start and end on a quarter hour.
+_CALLS = f"""
+    SELECT i.started_at AS at, coalesce(i.model, '?') AS model, coalesce(i.task_id, '') AS task_key,
+        NOT {_FAILED} AS ai_interactions, {_FAILED} AS failed_calls,
+        {", ".join(f"coalesce(i.{c}, 0) AS {c}, i.{c} IS NOT NULL AS {c}_calls" for c in COUNTED)},
+        i.cost_usd IS NOT NULL AND NOT {_FAILED} AS priced, f.interaction_id IS NOT NULL AS flagged
+    FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+    WHERE i.operation = 'generate'
+"""
+
+
+def _on_quarter(stored: str | None) -> bool:
+    """Whether a window's edge falls on a quarter hour (local midnight always does)."""
+    return stored is None or (stored[14:16] in ("00", "15", "30", "45") and stored[16:] == ":00.000000Z")
+
 
 def _period_sql(period: str, utc: bool) -> str:
-    moment = "i.started_at" if utc else "i.started_at, 'localtime'"
+    moment = "at" if utc else "at, 'localtime'"
     return {
         "hourly": f"strftime('%Y-%m-%d %H:00', {moment})",
         "daily": f"date({moment})",
@@ -49,29 +70,26 @@ def usage_report(
 ) -> dict:
     """`period` is hourly, daily, weekly, monthly or models; since/until are stored
     timestamps; `task_id` narrows to one task's calls."""
-    failed = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
-    clauses, params = ["i.operation = 'generate'"], []
+    clauses, params = [], []
     if since:
-        clauses.append("i.started_at >= ?")
+        clauses.append("at >= ?")
         params.append(since)
     if until:
-        clauses.append("i.started_at < ?")
+        clauses.append("at < ?")
         params.append(until)
     if task_id:
-        clauses.append("i.task_id = ?")
+        clauses.append("task_key = ?")
         params.append(task_id)
-    # sum() of no stated value is NULL: a count no call stated stays missing, never 0.
+    source = _QUARTERS if _on_quarter(since) and _on_quarter(until) else _CALLS
+    # A count no call stated stays missing, never 0.
+    stated = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in COUNTED)
     rows = db.execute(
         f"""
-        SELECT {_period_sql(period, utc)} AS period, coalesce(i.model, '?') AS model,
-            sum(NOT {failed}) AS ai_interactions, sum({failed}) AS failed_calls,
-            sum(i.input_total) AS input_total, sum(i.cache_read) AS cache_read, sum(i.cache_write) AS cache_write,
-            sum(i.output_total) AS output_total, sum(i.reasoning) AS reasoning,
-            sum(i.cost_usd) AS cost_usd, sum(i.cost_usd IS NOT NULL AND NOT {failed}) AS priced,
-            count(f.interaction_id) AS hallucination_count
-        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
-        WHERE {" AND ".join(clauses)}
-        GROUP BY 1, 2 ORDER BY 1, sum(coalesce(i.input_total, 0) + coalesce(i.output_total, 0)) DESC, 2
+        SELECT {_period_sql(period, utc)} AS period, model, sum(ai_interactions) AS ai_interactions,
+            sum(failed_calls) AS failed_calls, {stated}, sum(priced) AS priced, sum(flagged) AS hallucination_count
+        FROM ({source}) WHERE {" AND ".join(clauses) or "1"}
+        GROUP BY 1, 2 HAVING sum(ai_interactions) + sum(failed_calls) > 0
+        ORDER BY 1, sum(input_total + output_total) DESC, 2
         """,
         params,
     ).fetchall()

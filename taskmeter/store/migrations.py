@@ -756,6 +756,107 @@ def m010_session_tasks(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m011_usage_quarters(db: sqlite3.Connection) -> None:
+    """Usage per quarter hour (UTC), model and task, kept by triggers, so that the
+    usage reports (docs/metrics.md) read a few thousand rows, not every call.
+    Quarter hours, because every time zone's offset is a multiple of 15 minutes:
+    local hours, days, weeks and months are whole sets of them. A count nobody
+    stated stays NULL: each token column keeps how many calls stated it."""
+    # The failed-call rule of m004, frozen here; a NULL status makes it NULL: not failed.
+    failed = "coalesce(({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status = 429 OR {r}.http_status >= 500)), 0)"
+    quarter = (
+        "substr({r}.started_at, 1, 14) || CASE WHEN substr({r}.started_at, 15, 2) < '15' THEN '00'"
+        " WHEN substr({r}.started_at, 15, 2) < '30' THEN '15' WHEN substr({r}.started_at, 15, 2) < '45' THEN '30' ELSE '45' END"
+    )
+    counted = ["input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd"]
+
+    def add(r: str, sign: str, flag_too: bool = True) -> str:
+        """The call `r` (NEW or OLD) added to (sign +) or taken from (sign -) its
+        quarter; with its flag unless the flag's own trigger counts it."""
+        flagged = f"EXISTS (SELECT 1 FROM flags WHERE interaction_id = {r}.id)" if flag_too else "0"
+        values = [
+            f"{sign}(NOT {failed.format(r=r)})",
+            f"{sign}({failed.format(r=r)})",
+            *(f"{sign}coalesce({r}.{c}, 0), {sign}({r}.{c} IS NOT NULL)" for c in counted),
+            f"{sign}({r}.cost_usd IS NOT NULL AND NOT {failed.format(r=r)})",
+            f"{sign}({flagged})",
+        ]
+        sums = ["ai_interactions", "failed_calls", *(f"{c}, {c}_calls" for c in counted), "priced", "flagged"]
+        updates = ", ".join(f"{c} = {c} + excluded.{c}" for group in sums for c in group.split(", "))
+        return f"""
+            INSERT INTO usage_quarters (quarter, model, task_key, {", ".join(sums)})
+            SELECT {quarter.format(r=r)}, coalesce({r}.model, '?'), coalesce({r}.task_id, ''), {", ".join(values)}
+            WHERE {r}.operation = 'generate'
+            ON CONFLICT(quarter, model, task_key) DO UPDATE SET {updates};"""
+
+    def flag(r: str, sign: str) -> str:
+        return f"""
+            UPDATE usage_quarters SET flagged = flagged {sign} 1
+            WHERE (quarter, model, task_key) = (
+                SELECT {quarter.format(r="i")}, coalesce(i.model, '?'), coalesce(i.task_id, '')
+                FROM interactions i WHERE i.id = {r}.interaction_id AND i.operation = 'generate'
+            );"""
+
+    columns = "".join(
+        f"{c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL DEFAULT 0, {c}_calls INTEGER NOT NULL DEFAULT 0, "
+        for c in counted
+    )
+    run_script(
+        db,
+        f"""
+        CREATE TABLE usage_quarters (
+            quarter TEXT NOT NULL,
+            model TEXT NOT NULL,
+            task_key TEXT NOT NULL,
+            ai_interactions INTEGER NOT NULL DEFAULT 0,
+            failed_calls INTEGER NOT NULL DEFAULT 0,
+            {columns}
+            priced INTEGER NOT NULL DEFAULT 0,
+            flagged INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (quarter, model, task_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX usage_quarters_task ON usage_quarters(task_key, quarter);
+
+        CREATE TRIGGER usage_quarters_insert AFTER INSERT ON interactions
+        BEGIN {add("NEW", "+")}
+        END;
+
+        CREATE TRIGGER usage_quarters_update AFTER UPDATE OF task_id, model, started_at, operation, input_total, cache_read,
+            cache_write, output_total, reasoning, cost_usd, outcome, http_status ON interactions
+        BEGIN {add("OLD", "-")} {add("NEW", "+")}
+        END;
+
+        -- Its flag goes by the flags' cascade, and usage_quarters_unflag.
+        CREATE TRIGGER usage_quarters_delete BEFORE DELETE ON interactions
+        BEGIN {add("OLD", "-", flag_too=False)}
+        END;
+
+        CREATE TRIGGER usage_quarters_flag AFTER INSERT ON flags
+        BEGIN {flag("NEW", "+")}
+        END;
+
+        CREATE TRIGGER usage_quarters_unflag AFTER DELETE ON flags
+        BEGIN {flag("OLD", "-")}
+        END;
+        """,
+    )
+    # The calls so far, as the triggers would have added them one by one.
+    totals = ", ".join(f"sum(coalesce(i.{c}, 0)), sum(i.{c} IS NOT NULL)" for c in counted)
+    db.execute(
+        f"""
+        INSERT INTO usage_quarters (quarter, model, task_key, ai_interactions, failed_calls,
+            {", ".join(f"{c}, {c}_calls" for c in counted)}, priced, flagged)
+        SELECT {quarter.format(r="i")}, coalesce(i.model, '?'), coalesce(i.task_id, ''),
+            sum(NOT {failed.format(r="i")}), sum({failed.format(r="i")}), {totals},
+            sum(i.cost_usd IS NOT NULL AND NOT {failed.format(r="i")}), count(f.interaction_id)
+        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+        WHERE i.operation = 'generate'
+        GROUP BY 1, 2, 3
+        """
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
