@@ -96,6 +96,12 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
         replies = await measures.parallel_arms(arms, plan.samples, plan.warmup, CHAT, {"x-mock-delay-ms": "200"})
         results["nonstream_200"] = latency_block(replies)
 
+        log("non-streamed, 200 ms upstream, c=1, D and P: blocks without and with the dashboard and its feed open")
+        per_block = max(2, plan.samples // 4)
+        results["dashboard_load"] = await measures.with_dashboard(
+            [mock, meter], db_path, per_block, 2, {"x-mock-delay-ms": "200"}
+        )
+
         log("SSE, 200 ms to first token, 32 chunks every 10 ms, c=1")
         sse_headers = {"x-mock-delay-ms": "200", "x-mock-chunks": "32", "x-mock-interval-ms": "10"}
         replies = await measures.parallel_arms(arms, plan.sse_samples, plan.warmup, STREAM, sse_headers)
@@ -190,6 +196,10 @@ def targets(r: dict) -> list[dict]:
     flat = r["sse_flat_out"]
     per_chunk_ms = (flat["P"]["p50"] - flat["M"]["p50"]) / 32
     soak_ratio = r["soak_rss_mb"]["P"][-1] / r["soak_rss_mb"]["M"][-1]
+    load = r["dashboard_load"]
+    dashboard_change = load["ratio"]["with"] / load["ratio"]["without"] - 1
+    feed = load["feed_delay_ms"]
+    pages = r["dashboard_pages"]["ttfb_ms"]
     rows = [
         row(
             "non-streamed, 200 ms upstream, c=1: P/D p50",
@@ -287,6 +297,30 @@ def targets(r: dict) -> list[dict]:
             r["statusline"]["added_ms"] <= 25,
             f"statusline {r['statusline']['statusline_ms']:.1f} ms, python -c pass {r['statusline']['python_ms']:.1f} ms, "
             f"{r['report']['with_switches']['rows']:,} calls stored",
+        ),
+        *(
+            row(
+                f"dashboard page {page}: server time to first byte over {r['report']['with_switches']['rows']:,} calls, "
+                f"median of {r['dashboard_pages']['runs']}",
+                "<= 200 ms",
+                ttfb,
+                ttfb <= 200,
+            )
+            for page, ttfb in pages.items()
+        ),
+        row(
+            "dashboard open, its live feed followed: change of P/D p50 (200 ms upstream, c=1)",
+            "within ±3%",
+            dashboard_change,
+            abs(dashboard_change) <= 0.03,
+            f"P/D {load['ratio']['without']:.4f} without, {load['ratio']['with']:.4f} with",
+        ),
+        row(
+            "a stored call reaches the open live feed: delay after its answer, p99",
+            "<= 1000 ms",
+            feed["p99"],
+            feed["p99"] <= 1000 and load["feed_missing"] == 0,
+            f"p50 {feed['p50']:.0f} ms over {feed['n']} calls; {load['feed_missing']} never arrived",
         ),
         row(
             "RSS after the soak: P/M (the meter's recorder process included)",
@@ -397,6 +431,13 @@ def markdown(report: dict) -> str:
             f" building the history took {h['build_seconds']:.0f} s."
             for name, h in r["report"].items()
         ),
+        "Dashboard over the first history, time to first byte (median of "
+        f"{r['dashboard_pages']['runs']}): "
+        + ", ".join(f"`{page}` {ttfb:.0f} ms" for page, ttfb in r["dashboard_pages"]["ttfb_ms"].items())
+        + f". Live feed: a call reached it {r['dashboard_load']['feed_delay_ms']['p50']:.0f} ms (p50) after its answer;"
+        f" D / P p50 {r['dashboard_load']['latency']['with']['D']['p50']:.1f} / {r['dashboard_load']['latency']['with']['P']['p50']:.1f} ms"
+        f" with the dashboard open, {r['dashboard_load']['latency']['without']['D']['p50']:.1f} /"
+        f" {r['dashboard_load']['latency']['without']['P']['p50']:.1f} ms without.",
         "",
     ]
     return "\n".join(lines)

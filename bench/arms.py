@@ -149,3 +149,21 @@ def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
         raise RuntimeError(f"meter proxy did not start: {line!r}")
     port = int(line.split("listening on ")[1].split(",")[0].rsplit(":", 1)[1])
     return Arm("P", port, "/openai/v1/chat/completions", process), db_path
+
+
+def start_dashboard(db_path: Path) -> Arm:
+    """`meter ui` over `db_path`, on a free port."""
+    process = subprocess.Popen(
+        [str(BIN / "meter"), "ui", "--port", "0", "--db", str(db_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    line = process.stdout.readline()
+    if "dashboard on " not in line:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"meter ui did not start: {line!r}")
+    port = int(line.split("dashboard on ")[1].split(",")[0].rsplit(":", 1)[1])
+    return Arm("UI", port, "/", process)

@@ -3,6 +3,7 @@ targets and the write-up live in bench/__main__.py."""
 
 import asyncio
 import datetime
+import http.client
 import json
 import random
 import statistics
@@ -12,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.arms import Arm
+from bench.arms import Arm, start_dashboard
 from bench.client import Connection, Reply
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
@@ -294,8 +295,22 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dic
             }
             db.close()
         results["statusline"] = statusline_cost(Path(folder) / "with_switches.db", runs=4 * runs)
-    statusline = results.pop("statusline")
-    return {"report": results, "statusline": statusline}
+        results["dashboard"] = dashboard_over_history(Path(folder) / "with_switches.db", tasks_count)
+    statusline, dashboard = results.pop("statusline"), results.pop("dashboard")
+    return {"report": results, "statusline": statusline, "dashboard_pages": dashboard}
+
+
+def dashboard_over_history(db_path: Path, tasks_count: int, runs: int = 20) -> dict:
+    """Each page's time to first byte over the history, with a task of it current."""
+    from taskmeter.store import db as store_db
+    from taskmeter.store import tasks
+
+    phase = "P5" if tasks_count >= PHASES else "P1"
+    db = store_db.connect(db_path)
+    tasks.set_task(db, f"{phase}-000")
+    db.close()
+    pages = ["/", f"/phases/{phase}", f"/tasks/{phase}-000", "/history?period=daily"]
+    return {"runs": runs, "ttfb_ms": dashboard_pages(db_path, pages, runs)}
 
 
 def statusline_cost(db_path: Path, runs: int) -> dict:
@@ -319,3 +334,90 @@ def statusline_cost(db_path: Path, runs: int) -> dict:
         "python_ms": medians["python"],
         "added_ms": medians["statusline"] - medians["python"],
     }
+
+
+def dashboard_pages(db_path: Path, pages: list[str], runs: int) -> dict[str, float]:
+    """Server time to first byte of each dashboard page (the page is rendered
+    whole before its first byte), median of `runs` after one warm-up, in ms."""
+    dashboard = start_dashboard(db_path)
+    try:
+        medians = {}
+        for page in pages:
+            timings = []
+            for index in range(runs + 1):
+                connection = http.client.HTTPConnection("127.0.0.1", dashboard.port, timeout=60)
+                started = time.perf_counter()
+                connection.request("GET", page)
+                response = connection.getresponse()
+                first_byte = time.perf_counter()
+                response.read()
+                connection.close()
+                if response.status != 200:
+                    raise RuntimeError(f"dashboard page {page} answered {response.status}")
+                if index:
+                    timings.append((first_byte - started) * 1000)
+            medians[page] = statistics.median(timings)
+        return medians
+    finally:
+        dashboard.stop()
+
+
+class FeedWatcher:
+    """Reads the dashboard's live feed and notes when each call arrives."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.arrived: dict[str, float] = {}  # interaction ID -> perf_counter
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writer.write(f"GET /feed HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\n\r\n".encode())
+        await self._writer.drain()
+        self._task = asyncio.create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            # Chunked framing lines never start with "data: ", so only events match.
+            if line.startswith(b"data: "):
+                self.arrived[json.loads(line[6:])["call"]["interaction_id"]] = time.perf_counter()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        self._writer.close()
+
+
+async def with_dashboard(arms: list[Arm], db_path: Path, samples: int, warmup: int, headers: dict) -> dict:
+    """c=1 latency of D and P side by side, in alternating blocks without and with
+    a dashboard open on the meter's database and its live feed followed; and how
+    long each call of the `with` blocks took to reach the feed after its answer."""
+    replies: dict[str, dict[str, list[Reply]]] = {block: {arm.name: [] for arm in arms} for block in ("without", "with")}
+    feed_delays_ms, missing = [], 0
+    for block in ("without", "with", "without", "with"):
+        dashboard = watcher = None
+        if block == "with":
+            dashboard = start_dashboard(db_path)
+            watcher = FeedWatcher(dashboard.port)
+            await watcher.start()
+        try:
+            got = await parallel_arms(arms, samples, warmup, CHAT, headers)
+            for name, arm_replies in got.items():
+                replies[block][name] += arm_replies
+            if watcher is not None:
+                await asyncio.sleep(1.5)  # the last call's way to the feed
+                for reply in got["P"]:
+                    arrived = watcher.arrived.get(reply.headers["x-meter-interaction-id"])
+                    if arrived is None:
+                        missing += 1
+                    else:
+                        feed_delays_ms.append((arrived - reply.ended) * 1000)
+        finally:
+            if watcher is not None:
+                await watcher.stop()
+                dashboard.stop()
+    latency = {
+        block: {name: summary([r.total * 1000 for r in arm_replies]) for name, arm_replies in by_arm.items()}
+        for block, by_arm in replies.items()
+    }
+    ratio = {block: latency[block]["P"]["p50"] / latency[block]["D"]["p50"] for block in latency}
+    return {"latency": latency, "ratio": ratio, "feed_delay_ms": summary(feed_delays_ms), "feed_missing": missing}
