@@ -3,9 +3,8 @@
 When the upstream cannot be reached, times out, or fails its TLS handshake
 before answering, mitmproxy writes its own HTML error page; SDKs then show only
 "Error code: 502". Instead the client gets JSON in the shape its provider uses
-(OpenAI-style `{"error": {...}}`, Anthropic's `{"type": "error", ...}`,
-Gemini's `{"error": {"code", "message", "status"}}`), naming the upstream and
-the cause, with the call's `x-meter-interaction-id`.
+(provider_errors.py), naming the upstream and the cause, with the call's
+`x-meter-interaction-id`.
 
 mitmproxy builds that page in its HTTP/1 layer, after the `error` hook and
 without the flow; `install()` wraps that one function. The `error` hook leaves
@@ -13,11 +12,11 @@ the reply under the identity of the error message, which is the very string
 the layer passes on, so no other flow's page can be taken by mistake.
 """
 
-import json
-
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
+
+from taskmeter.proxy import provider_errors
 
 BAD_GATEWAY, GATEWAY_TIMEOUT = 502, 504
 
@@ -42,20 +41,6 @@ def status_for(cause: str) -> int:
     return GATEWAY_TIMEOUT if "timed out" in cause.lower() or "timeout" in cause.lower() else BAD_GATEWAY
 
 
-def body(protocol: str, status: int, message: str) -> bytes:
-    """The error as `protocol`'s clients expect to read it."""
-    if protocol == "anthropic":
-        kind = "timeout_error" if status == GATEWAY_TIMEOUT else "api_error"
-        document = {"type": "error", "error": {"type": kind, "message": message}}
-    elif protocol == "gemini":
-        state = "DEADLINE_EXCEEDED" if status == GATEWAY_TIMEOUT else "UNAVAILABLE"
-        document = {"error": {"code": status, "message": message, "status": state}}
-    else:  # OpenAI and every OpenAI-compatible server (and Ollama, Bedrock: JSON either way)
-        code = "upstream_timeout" if status == GATEWAY_TIMEOUT else "upstream_unreachable"
-        document = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
-    return json.dumps(document).encode()
-
-
 def reply_instead(flow: http.HTTPFlow, protocol: str, interaction_id: str) -> int | None:
     """From the `error` hook: have the client get the provider-shaped error, when
     mitmproxy is about to send its own page. Returns the status sent, or None."""
@@ -67,7 +52,7 @@ def reply_instead(flow: http.HTTPFlow, protocol: str, interaction_id: str) -> in
     message = f"taskmeter: the upstream {upstream} could not be reached: {cause}"
     response = http.Response.make(
         status,
-        body(protocol, status, message),
+        provider_errors.body(protocol, status, "timeout" if status == GATEWAY_TIMEOUT else "unreachable", message),
         {"content-type": "application/json", "x-meter-interaction-id": interaction_id, "connection": "close"},
     )
     _replies[id(cause)] = (cause, response)
