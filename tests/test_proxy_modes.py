@@ -431,7 +431,9 @@ def test_the_proxy_sums_up_its_run_at_the_end_and_quiet_prints_nothing(tmp_path)
     assert len([line for line in lines if "gpt-4o-mini" in line]) == 2
     assert "2 calls recorded (0 without a response), 218 tokens" in lines[-1]
     quiet_lines = [line for _, line in quiet.live_view]
-    assert quiet_lines and all(line.startswith(("  gateway:", "  proxy:")) for line in quiet_lines)  # the banner only
+    assert quiet_lines and all(
+        line.startswith(("  gateway:", "  proxy:", "  dashboard:")) for line in quiet_lines
+    )  # the banner only
 
 
 def test_a_second_proxy_on_the_same_database_is_refused(tmp_path):

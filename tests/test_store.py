@@ -342,13 +342,14 @@ def test_upgrading_backfills_the_usage_rollup(db_path, monkeypatch):
     monkeypatch.setattr(migrations, "MIGRATIONS", before_usage_quarters)
     old = store_db.connect(db_path)
     tasks.set_task(old, "P1-001")
-    for n in range(40):
-        interactions.insert(
-            old,
-            Interaction(
-                id=f"00000002{n:04d}", started_at=f"2026-01-01T{n % 24:02d}:{n:02d}:00.000000Z", task_id="P1-001" if n % 2 else None,
-                model=("gpt-4o", "claude-sonnet-4-5")[n % 2], input_total=None if n % 9 == 0 else 100 + n, output_total=n,
-                cost_usd=None if n % 4 == 0 else 0.01, usage_source="reported", http_status=503 if n % 9 == 0 else 200,
+    for n in range(40):  # the columns of that release
+        old.execute(
+            "INSERT INTO interactions (id, started_at, task_id, model, input_total, output_total, cost_usd, usage_source,"
+            " http_status) VALUES (?, ?, ?, ?, ?, ?, ?, 'reported', ?)",
+            (
+                f"00000002{n:04d}", f"2026-01-01T{n % 24:02d}:{n:02d}:00.000000Z", "P1-001" if n % 2 else None,
+                ("gpt-4o", "claude-sonnet-4-5")[n % 2], None if n % 9 == 0 else 100 + n, n, None if n % 4 == 0 else 0.01,
+                503 if n % 9 == 0 else 200,
             ),
         )  # fmt: skip
     interactions.flag(old, "000000020003")

@@ -11,6 +11,7 @@ from taskmeter.cli.common import (
     INTERACTION,
     MOMENT,
     TASK,
+    budget_defaults,
     cli,
     db_option,
     idle_seconds,
@@ -19,7 +20,7 @@ from taskmeter.cli.common import (
     utc_option,
 )
 from taskmeter.errors import MeterError
-from taskmeter.store import dashboards, interactions, proxies, tasks
+from taskmeter.store import alerts, dashboards, interactions, proxies, tasks
 from taskmeter.store import db as store_db
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
@@ -36,6 +37,7 @@ FOLLOW_POLL_SECONDS = 0.25
 def status_cmd(as_json, utc, db_path):
     """The current task, its time, tokens and cost so far, and whether a proxy is metering."""
     from taskmeter import lifecycle
+    from taskmeter.analytics.budgets import WARN_AT, current_budget, describe
     from taskmeter.analytics.reports import task_report
     from taskmeter.handover import callfile
 
@@ -45,6 +47,8 @@ def status_cmd(as_json, utc, db_path):
         running = proxies.running(db)
         latest = interactions.recent(db, limit=1)
         dashboard = dashboards.running(db)
+        budget = current_budget(db, budget_defaults())
+        open_alerts = alerts.listed(db)
     database = store_db.resolve_path(db_path)
     state = {
         "database": str(database),
@@ -54,6 +58,8 @@ def status_cmd(as_json, utc, db_path):
         "task": view,
         "proxies": [{"proxy_id": proxy.pop("id"), **proxy} for proxy in running],
         "dashboard": dashboard,
+        "budget": budget,
+        "alerts": [{"alert_id": alert.pop("id"), **alert, "blocks": bool(alert["blocks"])} for alert in open_alerts],
         "last_interaction_at": latest[0]["started_at"] if latest else None,
         # Calls not in the database: waiting in the spool, or kept apart for a person.
         "spooled_calls": callfile.count_lines(callfile.spool_path(database)),
@@ -86,6 +92,14 @@ def status_cmd(as_json, utc, db_path):
                 ("Hallucinations", view["hallucination_count"]),
             ]
         )
+        if budget:
+            line = describe(budget)
+            if budget["blocks"]:
+                terminal.warn(f"BUDGET SPENT, new calls are refused: {line}")
+            elif budget["used_share"] >= WARN_AT[0]:
+                terminal.warn(f"budget {budget['used_share'] * 100:.0f}% used: {line}")
+            else:
+                terminal.info(f"Budget: {line}")
         if view["final_approval_timestamp"]:
             after = view["after_approval"]
             terminal.warn(
@@ -109,6 +123,8 @@ def status_cmd(as_json, utc, db_path):
         terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
     if state["quarantined_calls"]:
         terminal.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
+    for alert in state["alerts"]:
+        terminal.warn(f"ALERT {alert['alert_id']}: {alert['message']} (`meter alerts clear {alert['alert_id']}`)")
     if dashboard:
         terminal.info(f"Dashboard: {dashboard}")
     terminal.info(f"Database: {state['database']}")

@@ -129,6 +129,15 @@ def idle_seconds() -> float:
     return load_settings().record.idle_minutes * 60
 
 
+def budget_defaults():
+    """The config's [budgets]: the default mode and per-task budget (analytics/budgets.py)."""
+    from taskmeter.analytics.budgets import Defaults
+    from taskmeter.config import load_settings
+
+    settings = load_settings().budgets
+    return Defaults(settings.on_budget_exceeded, settings.task_tokens, settings.task_usd)
+
+
 @contextlib.contextmanager
 def open_db(path: str | None) -> Iterator[sqlite3.Connection]:
     connection = store_db.connect(path)

@@ -2,7 +2,7 @@
 
 import click
 
-from taskmeter.cli.common import cli, db_option, idle_seconds
+from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds
 from taskmeter.store import db as store_db
 
 
@@ -16,11 +16,11 @@ def ui_cmd(port, open_browser, db_path):
     """Serve the dashboard on 127.0.0.1 until Ctrl-C.
 
     \b
-    Now      the current task, a live feed of calls, tokens and cost per hour today
+    Now      the current task, its budget, open alerts, a live feed of calls, tokens and cost per hour today
     Phases   tokens per task, the token trend, the seed's targets as pass/fail tiles
     Task     the execution record, a timeline, its calls with their text and flag buttons
     History  tokens and cost per day, week or month by model; unassigned calls to retag
     """
     from taskmeter.dashboard.server import serve
 
-    serve(store_db.resolve_path(db_path), port, idle_seconds(), open_browser)
+    serve(store_db.resolve_path(db_path), port, idle_seconds(), budget_defaults(), open_browser)

@@ -3,6 +3,7 @@
 import click
 
 from taskmeter import terminal
+from taskmeter.cli.budgets import apply_budget, budget_options
 from taskmeter.cli.common import (
     DURATION,
     PERCENT,
@@ -118,17 +119,19 @@ def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
 @click.option("--docs", type=PERCENT, help="DOC_COMPLETENESS in %.")
 @click.option("--blockers", help="BLOCKERS_ENCOUNTERED.")
 @click.option("--lessons", help="LESSONS_LEARNED.")
+@budget_options
 @click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset estimate).")
 @json_option
 @db_option
-def task_cmd(task_id, phase, unset, as_json, db_path, **options):
+def task_cmd(task_id, phase, budget_amounts, on_exceeded, unset, as_json, db_path, **options):
     """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically."""
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import task_report
 
-    values = _edits(options, _TASK_OPTIONS, unset)
     with open_db(db_path) as db:
         task = tasks.get_task(db, task_id.strip())
+        unset = apply_budget(db, "task", task["id"], budget_amounts, on_exceeded, unset)
+        values = _edits(options, _TASK_OPTIONS, unset)
         if values or phase:
             tasks.update_task(db, task["id"], values, phase_id=phase)
         report = task_report(db, task["id"], idle_seconds=idle_seconds())
@@ -265,19 +268,21 @@ _PHASE_OPTIONS = {
 )
 @click.option("--at", type=TIMESTAMP, help="With --mark: when (ISO 8601 with zone); default now.")
 @click.option("--force", is_flag=True, help="With --mark: record even if out of order.")
+@budget_options
 @click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset debt).")
 @json_option
 @db_option
-def phase_cmd(phase_id, milestone, at, force, unset, as_json, db_path, **options):
+def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, unset, as_json, db_path, **options):
     """View PHASE_ID's execution log, or edit its Level 2 inputs and meta-learning fields."""
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import phase_report
 
     if (at or force) and not milestone:
         raise click.UsageError("--at and --force go with --mark")
-    values = _edits(options, _PHASE_OPTIONS, unset)
     with open_db(db_path) as db:
         phase = tasks.get_phase(db, phase_id.strip())
+        unset = apply_budget(db, "phase", phase["id"], budget_amounts, on_exceeded, unset)
+        values = _edits(options, _PHASE_OPTIONS, unset)
         if values:
             tasks.update_phase(db, phase["id"], values)
         if milestone:

@@ -90,12 +90,36 @@ class AutomationSettings(BaseModel):
         return pattern
 
 
+class BudgetSettings(BaseModel):
+    """Budgets and what spending one does (docs/budgets.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_budget_exceeded: Literal["warn", "block"]
+    task_tokens: int | None = Field(default=None, gt=0)
+    task_usd: float | None = Field(default=None, gt=0)
+
+
+class AlertSettings(BaseModel):
+    """Runaway-agent and burn-rate alerts (docs/budgets.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loop_calls: int = Field(ge=2)
+    loop_minutes: float = Field(gt=0)
+    on_loop: Literal["warn", "block"]
+    burn_rate_k: float = Field(gt=0)
+    alert_command: list[str]
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     proxy: ProxySettings
     record: RecordSettings
     automation: AutomationSettings
+    budgets: BudgetSettings
+    alerts: AlertSettings
     upstreams: dict[str, str]
     intercept: InterceptSettings
 

@@ -1,4 +1,4 @@
-"""The dashboard's ASGI app: four pages, a live feed, and three writes.
+"""The dashboard's ASGI app: four pages, a live feed, and four writes.
 
 Pages build their numbers in a worker thread with their own sqlite3 connection
 (pages.py); the feed polls through aiosqlite (feed.py); writes go through the
@@ -24,12 +24,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from taskmeter import terminal
-from taskmeter.analytics import formats
+from taskmeter.analytics import budgets, formats
+from taskmeter.analytics.budgets import Defaults
 from taskmeter.analytics.metrics import PHASE_SECTIONS, TASK_SECTIONS
 from taskmeter.dashboard import feed, pages
 from taskmeter.dashboard.guard import LOOPBACK_NAMES, SameOriginWrites
 from taskmeter.errors import MeterError, NotFound
-from taskmeter.store import calls, interactions
+from taskmeter.store import alerts, calls, interactions
 from taskmeter.store import db as store_db
 from taskmeter.timefmt import format_duration
 
@@ -46,12 +47,13 @@ def _templates() -> Jinja2Templates:
         duration=lambda seconds: format_duration(seconds) or "—",
         percent=lambda ratio: "—" if ratio is None else f"{ratio * 100:.1f}%",
         describe=lambda name, fields: formats.describe(name, fields) or "—",
+        budget_line=budgets.describe,
     )
     env.globals.update(task_sections=TASK_SECTIONS, phase_sections=PHASE_SECTIONS)
     return Jinja2Templates(env=env)
 
 
-def create_app(db_path: Path, port: int, idle_seconds: float) -> Starlette:
+def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaults) -> Starlette:
     """The app for a dashboard on 127.0.0.1:`port` over the database at `db_path`."""
     templates = _templates()
     token = secrets.token_urlsafe(32)  # per run: a form from an earlier run, or elsewhere, is refused
@@ -79,7 +81,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float) -> Starlette:
         return templates.TemplateResponse(request, name, {"token": token, "page": name.removesuffix(".html"), **context}, status)
 
     async def now_page(request: Request) -> Response:
-        return render(request, "now.html", await read(pages.now_page, idle_seconds))
+        return render(request, "now.html", await read(pages.now_page, idle_seconds, budget_defaults))
 
     async def phases_page(request: Request) -> Response:
         return render(request, "phases.html", await read(pages.phases_page, request.path_params.get("phase_id"), idle_seconds))
@@ -134,6 +136,11 @@ def create_app(db_path: Path, port: int, idle_seconds: float) -> Starlette:
         await read(write)
         return back(fields)
 
+    async def clear_alert(request: Request) -> Response:
+        fields = await form(request)
+        await read(alerts.clear, [request.path_params["alert_id"]])
+        return back(fields)
+
     async def refused(request: Request, exc: Exception) -> Response:
         status = 404 if isinstance(exc, NotFound) else 400
         if isinstance(exc, HTTPException):
@@ -152,6 +159,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float) -> Starlette:
         Route("/calls/{interaction_id}/flag", flag, methods=["POST"]),
         Route("/calls/{interaction_id}/unflag", unflag, methods=["POST"]),
         Route("/calls/{interaction_id}/retag", retag, methods=["POST"]),
+        Route("/alerts/{alert_id:int}/clear", clear_alert, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static"),
     ]
     middleware = [

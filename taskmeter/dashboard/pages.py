@@ -7,10 +7,11 @@ import sqlite3
 from datetime import datetime, timedelta
 
 from taskmeter.analytics import history
+from taskmeter.analytics.budgets import Defaults, current_budget
 from taskmeter.analytics.listings import call_record
 from taskmeter.analytics.periods import usage_report
 from taskmeter.analytics.reports import phase_report, task_report, token_trend
-from taskmeter.store import interactions, tasks
+from taskmeter.store import alerts, interactions, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
 from taskmeter.timefmt import from_stored, now, to_stored
@@ -38,7 +39,7 @@ def last_rowid(db: sqlite3.Connection) -> int:
     return db.execute("SELECT coalesce(max(rowid), 0) FROM interactions").fetchone()[0]
 
 
-def now_page(db: sqlite3.Connection, idle_seconds: float) -> dict:
+def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults) -> dict:
     current = tasks.current_task(db)
     report = task_report(db, current.task_id, idle_seconds=idle_seconds) if current else None
     midnight = datetime.fromisoformat(now().astimezone().date().isoformat()).astimezone()
@@ -47,6 +48,8 @@ def now_page(db: sqlite3.Connection, idle_seconds: float) -> dict:
     hours = [(midnight + timedelta(hours=h)).strftime("%Y-%m-%d %H:00") for h in range(now().astimezone().hour + 1)]
     return {
         "task": report,
+        "budget": current_budget(db, defaults),
+        "alerts": alerts.listed(db),
         "calls": [feed_call(row) for row in interactions.recent(db, FEED_LENGTH)],
         "last_rowid": last_rowid(db),
         "hourly": hourly,

@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from taskmeter import terminal
+from taskmeter.analytics.budgets import Defaults
 from taskmeter.dashboard.app import create_app
 from taskmeter.errors import MeterError
 from taskmeter.store import dashboards
@@ -32,7 +33,7 @@ def _listen(port: int) -> socket.socket:
     return sock
 
 
-def serve(db_path: Path, port: int, idle_seconds: float, open_browser: bool) -> None:
+def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaults, open_browser: bool) -> None:
     sock = _listen(port)
     bound_port = sock.getsockname()[1]
     address = f"http://{HOST}:{bound_port}"
@@ -44,7 +45,7 @@ def serve(db_path: Path, port: int, idle_seconds: float, open_browser: bool) -> 
         if open_browser:
             webbrowser.open(address)
         config = uvicorn.Config(
-            create_app(db_path, bound_port, idle_seconds),
+            create_app(db_path, bound_port, idle_seconds, budget_defaults),
             log_level="warning",
             access_log=False,
             # Open live feeds would otherwise hold Ctrl-C until the browser leaves.

@@ -20,6 +20,7 @@ Nothing is lost silently, and memory stays bounded:
   shows the proxy as not recording; it is retried in the background.
 """
 
+import json
 import logging
 import pickle
 import queue
@@ -36,7 +37,11 @@ from taskmeter.handover import callfile
 log = logging.getLogger("taskmeter.proxy")
 
 HEADER = struct.Struct(">IQ")  # payload length, batch number
-ACK = struct.Struct(">Q")
+# What the recorder says back: a kind and a number. ACKNOWLEDGED: the number is
+# the last batch stored; GUARD_STATE: the number is the length of the JSON that
+# follows (recorder/guard.py), which the proxy's Guard decides calls by.
+REPLY = struct.Struct(">BQ")
+ACKNOWLEDGED, GUARD_STATE = 1, 2
 _STOP = object()
 BATCH = 256
 # A recorder that dies sooner than this after its start, having stored nothing,
@@ -61,6 +66,7 @@ class Handover:
         proxy_id: str,
         max_pending_bytes: int,
         live_view_fd: int | None = None,
+        on_guard_state=None,
     ) -> None:
         self._command = [sys.executable, "-m", "taskmeter.recorder", str(db_path), "--proxy-id", proxy_id, *recorder_args]
         # The recorder prints the live view itself, so the event loop never formats a line.
@@ -69,6 +75,7 @@ class Handover:
             self._command += ["--live-view-fd", str(live_view_fd)]
         self._db_path = db_path
         self._proxy_id = proxy_id
+        self._on_guard_state = on_guard_state  # called on the replies thread, never the event loop
         self._spool = callfile.spool_path(db_path)
         self._quarantine = callfile.quarantine_path(db_path)
         self._limit = max_pending_bytes
@@ -245,10 +252,17 @@ class Handover:
 
     def _read_acks(self, process: subprocess.Popen) -> None:
         while True:
-            data = process.stdout.read(ACK.size)
-            if len(data) < ACK.size:
+            data = process.stdout.read(REPLY.size)
+            if len(data) < REPLY.size:
                 break
-            (seq,) = ACK.unpack(data)
+            kind, seq = REPLY.unpack(data)
+            if kind == GUARD_STATE:
+                state = process.stdout.read(seq)
+                if len(state) < seq:
+                    break
+                if self._on_guard_state is not None:
+                    self._on_guard_state(json.loads(state))
+                continue
             with self._lock:
                 self._acknowledged_since_spawn = True
                 self._crashes.clear()

@@ -2,6 +2,7 @@
 
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
@@ -15,13 +16,13 @@ from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
 from taskmeter.config import Settings
-from taskmeter.config.settings import flat
+from taskmeter.config.settings import AlertSettings, BudgetSettings, flat
 from taskmeter.errors import MeterError
 from taskmeter.handover.pipe import Handover
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
 from taskmeter.proxy import upstream_errors
-from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
+from taskmeter.proxy.addons import Capture, Gateway, Guard, TaskAttribution
 from taskmeter.proxy.routing import Router
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
@@ -138,7 +139,9 @@ class ConfigReload:
 
     NEEDS_RESTART = (
         "proxy.listen_host", "proxy.port", "proxy.confdir", "proxy.upstream_ca", "proxy.store_bodies", "proxy.retention_days",
-        "proxy.max_pending_mb", "record.session_gap_minutes",
+        "proxy.max_pending_mb", "record.session_gap_minutes", "record.idle_minutes",
+        *(f"budgets.{name}" for name in BudgetSettings.model_fields),
+        *(f"alerts.{name}" for name in AlertSettings.model_fields),
     )  # fmt: skip
 
     def __init__(self, load, settings: Settings, master: DumpMaster, addons: list, stop: "GracefulStop") -> None:
@@ -168,20 +171,34 @@ class ConfigReload:
             log.warning("meter: restart to apply: %s", ", ".join(later))
 
 
+def guard_settings(settings: Settings) -> str:
+    """What the recorder's Guard needs of the settings, as its --guard argument."""
+    return json.dumps(
+        {
+            "budgets": settings.budgets.model_dump(),
+            "alerts": settings.alerts.model_dump(),
+            "idle_seconds": settings.record.idle_minutes * 60,
+        }
+    )
+
+
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
+    guard = Guard()
     handover = Handover(
         db_path,
         [
             *("--store-bodies", settings.proxy.store_bodies),
             *("--retention-days", str(settings.proxy.retention_days)),
             *("--session-gap-minutes", str(settings.record.session_gap_minutes)),
+            *("--guard", guard_settings(settings)),
         ],
         proxy_id,
         int(settings.proxy.max_pending_mb * 1024 * 1024),
         # A copy of our stdout: in the recorder, fd 1 is the acknowledgement pipe.
         live_view_fd=None if quiet else os.dup(sys.stdout.fileno()),
+        on_guard_state=guard.update,
     )
     handover.start()
     opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))
@@ -198,7 +215,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
     )
     gateway, capture = Gateway(settings), Capture(settings, handover.submit)
     upstream_errors.install()
-    master.addons.add(gateway, TaskAttribution(), capture, Announcer(settings, db_path, proxy_id, ready))
+    master.addons.add(gateway, TaskAttribution(), capture, guard, Announcer(settings, db_path, proxy_id, ready))
 
     stop = GracefulStop(master, gateway, capture, settings.proxy.shutdown_grace_seconds)
     reload = ConfigReload(reload_settings, settings, master, [gateway, capture], stop)

@@ -12,6 +12,17 @@ import json
 _SYSTEM_ROLES = ("system", "developer")
 
 
+def request_json(body: bytes | None):
+    """A request body as JSON, or None. Invalid UTF-8 (a client that cut a
+    character in half) does not hide the model and prompt around it."""
+    if not body:
+        return None
+    try:
+        return json.loads(body.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+
+
 def _first_user(messages) -> object:
     for message in messages or ():
         if isinstance(message, dict) and message.get("role", "user") == "user":

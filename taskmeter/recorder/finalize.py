@@ -8,9 +8,10 @@ import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 
+from taskmeter.analytics.alerts import loop_signatures
 from taskmeter.handover.call import CapturedCall
 from taskmeter.recorder import estimate, pricing
-from taskmeter.recorder.conversation import conversation_id
+from taskmeter.recorder.conversation import conversation_id, request_json
 from taskmeter.recorder.parse import BodyParser, ParseResult
 from taskmeter.recorder.texts import call_text
 from taskmeter.recorder.usage import Usage
@@ -24,17 +25,6 @@ log = logging.getLogger("taskmeter.proxy")
 
 def _stamp(moment: float | None) -> str | None:
     return None if moment is None else to_stored(datetime.fromtimestamp(moment, UTC))
-
-
-def request_json(body: bytes | None):
-    """A request body as JSON, or None. Invalid UTF-8 (a client that cut a
-    character in half) does not hide the model and prompt around it."""
-    if not body:
-        return None
-    try:
-        return json.loads(body.decode("utf-8", "replace"))
-    except ValueError:
-        return None
 
 
 class Finalizer:
@@ -84,6 +74,8 @@ class Finalizer:
             notes="; ".join(notes) or None,
         )
         finished = CallRow(interaction)
+        if call.operation == "generate" and not call.blocked:
+            finished.loop_signatures = tuple(loop_signatures(call.protocol, request, model, result.tool_calls))
         if self._store_bodies in ("text", "full") and call.operation == "generate":
             finished.texts = call_text(call.protocol, request, result.answer, result.tool_calls).stored()
         if self._store_bodies == "full":
@@ -118,6 +110,7 @@ class Finalizer:
             outcome=call.outcome,
             client=call.client,
             proxy_id=self._proxy_id,
+            blocked=call.blocked,
         )
 
     @staticmethod

@@ -13,6 +13,7 @@ What may happen to a batch, and only then is it acknowledged:
   calls are dropped and counted, and the count reaches `meter status`.
 """
 
+import json
 import logging
 import os
 import pickle
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from taskmeter.callline import call_line, run_summary
 from taskmeter.handover import callfile
-from taskmeter.handover.pipe import ACK, HEADER
+from taskmeter.handover.pipe import ACKNOWLEDGED, GUARD_STATE, HEADER, REPLY
 from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
@@ -37,6 +38,9 @@ from taskmeter.timefmt import to_stored
 log = logging.getLogger("taskmeter.recorder")
 
 RETRY_SECONDS = 1.0
+# How often an idle recorder looks around (retries, heartbeat, budgets): within
+# REFRESH_SECONDS of a change, the proxy knows what to refuse.
+WAKE_SECONDS = 0.25
 HELD_ROWS_MAX = 10_000
 REPLAY_BATCH = 500
 LIVE_VIEW_BACKLOG = 1000
@@ -152,6 +156,7 @@ class RecorderLoop:
         self._dropped_reported = 0
         self._last_retry = 0.0
         self._last_heartbeat = 0.0
+        self.guard = None  # budgets and alerts (recorder/guard.py), when the proxy runs us
 
     # ------------------------------------------------------------ batches
 
@@ -183,9 +188,11 @@ class RecorderLoop:
             by_id = {call.id: call for call in calls}
             for row, reason in rejected:
                 self._quarantine([by_id[row.interaction.id]], f"the database refused it: {reason}")
+        refused = {row.interaction.id for row, _ in rejected}
         if show:
-            refused = {row.interaction.id for row, _ in rejected}
             self._show([row.interaction for row in rows if row.interaction.id not in refused])
+        if self.guard is not None:
+            self.guard.stored([row for row in rows if row.interaction.id not in refused])
         return True
 
     def _show(self, stored: list) -> None:
@@ -289,6 +296,8 @@ class RecorderLoop:
             self._last_heartbeat = now
             if self.writer.heartbeat(self._proxy_id, RECORDING, self.dropped - self._dropped_reported):
                 self._dropped_reported = self.dropped
+        if self.guard is not None:
+            self.guard.refresh()
         if self._retention_days and now - self._last_prune >= PRUNE_SECONDS:
             self._last_prune = now
             cutoff = datetime.now(UTC) - timedelta(days=self._retention_days)
@@ -313,11 +322,21 @@ class RecorderLoop:
         self.writer.close()
 
 
-def _acknowledge(seq: int) -> None:
+def _reply(data: bytes) -> None:
     try:
-        os.write(sys.stdout.fileno(), ACK.pack(seq))
+        while data:
+            data = data[os.write(sys.stdout.fileno(), data) :]
     except OSError:
         pass  # the proxy is gone; nobody is waiting for the answer
+
+
+def _acknowledge(seq: int) -> None:
+    _reply(REPLY.pack(ACKNOWLEDGED, seq))
+
+
+def _push_guard_state(state: dict) -> None:
+    payload = json.dumps(state).encode()
+    _reply(REPLY.pack(GUARD_STATE, len(payload)) + payload)
 
 
 def main() -> None:
@@ -333,6 +352,7 @@ def main() -> None:
     parser.add_argument("--session-gap-minutes", type=float, default=DEFAULT_SESSION_GAP_SECONDS / 60)
     parser.add_argument("--proxy-id")
     parser.add_argument("--live-view-fd", type=int, help="Print a line per call stored to this file descriptor.")
+    parser.add_argument("--guard", help="JSON: the [budgets] and [alerts] settings and idle_seconds (recorder/guard.py).")
     args = parser.parse_args()
     # The proxy handles Ctrl-C and stops us by closing our input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -343,11 +363,13 @@ def main() -> None:
         live_view = LiveView(open(args.live_view_fd, "w", encoding="utf-8", errors="replace"))
     finalizer = Finalizer(args.store_bodies, args.proxy_id)
     loop = RecorderLoop(Path(args.db), finalizer, args.proxy_id, live_view, args.retention_days, args.session_gap_minutes * 60)
+    if args.guard:
+        loop.guard = _guard(loop, json.loads(args.guard), live_view)
     frames = FrameReader(sys.stdin.fileno())
     loop.replay()
     first_since_start = True
     while not frames.closed:
-        first = frames.next(timeout=RETRY_SECONDS)
+        first = frames.next(timeout=WAKE_SECONDS)
         if first is not None:
             # Under load, batches queue up while one is stored: take them all in
             # one transaction, which costs far less CPU than one each. The first
@@ -359,6 +381,31 @@ def main() -> None:
             _acknowledge(batches[-1][0])
         loop.housekeeping()
     loop.finish()
+
+
+def _guard(loop: RecorderLoop, config: dict, live_view):
+    from taskmeter.analytics.budgets import Defaults
+    from taskmeter.recorder.guard import Guard
+
+    def announce(line: str) -> None:
+        if live_view is not None:
+            live_view.show(line + "\n")
+        else:
+            log.warning("%s", line)
+
+    budgets, alerts = config["budgets"], config["alerts"]
+    return Guard(
+        loop.writer,
+        _push_guard_state,
+        announce,
+        Defaults(budgets["on_budget_exceeded"], budgets["task_tokens"], budgets["task_usd"]),
+        alerts["loop_calls"],
+        alerts["loop_minutes"],
+        alerts["on_loop"],
+        alerts["burn_rate_k"],
+        alerts["alert_command"],
+        config["idle_seconds"],
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ class CallRow:
     texts: tuple[str | None, str | None, str | None] | None = None
     request_body: str | None = None
     response_body: str | None = None
+    # What a loop of near-identical requests would repeat (analytics/alerts.py); not stored.
+    loop_signatures: tuple[str, ...] = ()
 
 
 def attribute(db: sqlite3.Connection, row: Interaction) -> None:

@@ -50,6 +50,7 @@ class Interaction:
     proxy_id: str | None = None
     # What the recorder had to change or drop to store the call (see storable()).
     notes: str | None = None
+    blocked: str | None = None  # "budget" or "loop": the meter refused the call, the upstream never saw it
 
 
 COLUMNS = tuple(f.name for f in fields(Interaction))
@@ -73,6 +74,8 @@ _TEXT_MAX_DEFAULT = 65536
 def storable_text(value: str, limit: int | None = None) -> tuple[str, list[str]]:
     """`value` as text SQLite stores faithfully, and what was changed: lone
     surrogates become U+FFFD, NUL characters go, and text past `limit` is cut."""
+    if value.isascii() and "\x00" not in value and (limit is None or len(value) <= limit):
+        return value, []  # the common case, checked without encoding
     changes = []
     try:
         value.encode("utf-8")

@@ -818,8 +818,9 @@ def m011_usage_quarters(db: sqlite3.Connection) -> None:
         ) WITHOUT ROWID;
         CREATE INDEX usage_quarters_task ON usage_quarters(task_key, quarter);
 
-        CREATE TRIGGER usage_quarters_insert AFTER INSERT ON interactions
-        BEGIN {add("NEW", "+")}
+        -- A call being stored has no flag yet (flags name stored calls).
+        CREATE TRIGGER usage_quarters_insert AFTER INSERT ON interactions WHEN NEW.operation = 'generate'
+        BEGIN {add("NEW", "+", flag_too=False)}
         END;
 
         CREATE TRIGGER usage_quarters_update AFTER UPDATE OF task_id, model, started_at, operation, input_total, cache_read,
@@ -854,6 +855,45 @@ def m011_usage_quarters(db: sqlite3.Connection) -> None:
         WHERE i.operation = 'generate'
         GROUP BY 1, 2, 3
         """
+    )
+
+
+@migration
+def m012_budgets_and_alerts(db: sqlite3.Connection) -> None:
+    """Budgets per task and phase, the alerts the recorder raised, and which calls
+    the meter refused (docs/budgets.md)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE budgets (
+            scope TEXT NOT NULL CHECK (scope IN ('task', 'phase')),
+            target TEXT NOT NULL,
+            tokens INTEGER CHECK (tokens > 0),
+            usd REAL CHECK (usd > 0),
+            on_exceeded TEXT CHECK (on_exceeded IN ('warn', 'block')),  -- NULL: the config's
+            set_at TEXT NOT NULL,
+            PRIMARY KEY (scope, target),
+            CHECK (tokens IS NOT NULL OR usd IS NOT NULL)
+        );
+
+        CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('budget', 'loop', 'burn_rate')),
+            key TEXT NOT NULL,  -- what it is about, raised once: budget:task:P1-010:80, loop:SESSION:FINGERPRINT
+            task_id TEXT,
+            session_id TEXT,
+            conversation_id TEXT,  -- a loop's, to block a client that sends no session of its own
+            blocks INTEGER NOT NULL DEFAULT 0,  -- a loop alert in block mode: the session's calls are refused
+            message TEXT NOT NULL,
+            cleared_at TEXT
+        );
+        CREATE UNIQUE INDEX alerts_key ON alerts(key) WHERE cleared_at IS NULL;
+        CREATE INDEX alerts_open ON alerts(cleared_at, at);
+
+        -- Why the meter answered a call itself instead of forwarding it: budget or loop.
+        ALTER TABLE interactions ADD COLUMN blocked TEXT;
+        """,
     )
 
 

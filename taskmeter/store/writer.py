@@ -66,7 +66,8 @@ class Writer:
         return rejected
 
     def heartbeat(self, proxy_id: str, recording: str, newly_dropped: int) -> bool:
-        return self._quietly(proxies.heartbeat, proxy_id, recording, newly_dropped)
+        # proxies.heartbeat returns None: False means the database could not be used.
+        return self.quietly(proxies.heartbeat, proxy_id, recording, newly_dropped, default=False) is not False
 
     def prune_texts(self, before: str) -> int:
         """Delete stored text of calls started before `before`; 0 when the database cannot be written now."""
@@ -77,7 +78,7 @@ class Writer:
             return 0
 
     def unregister(self, proxy_id: str) -> bool:
-        return self._quietly(proxies.unregister, proxy_id)
+        return self.quietly(proxies.unregister, proxy_id, default=False) is not False
 
     def close(self) -> None:
         if self._db is not None:
@@ -117,10 +118,10 @@ class Writer:
         self.failing = str(exc)
         self.close()
 
-    def _quietly(self, action, *args) -> bool:
+    def quietly(self, action, *args, default=None):
+        """`action(db, *args)`'s result, or `default` when the database cannot be used now."""
         try:
-            action(self._connect(), *args)
-            return True
+            return action(self._connect(), *args)
         except (DatabaseUnavailable, sqlite3.Error):
             self.close()
-            return False
+            return default

@@ -1,0 +1,158 @@
+"""Budgets against spend: what each budget has used, what remains, whether it
+blocks, and (for `meter budget`) where the current burn rate takes it.
+
+Spend is the task_usage rollup's: total tokens (input + output, as
+TOKEN_COUNT_USED) and the cost of the priced calls; a phase's is its tasks' sum.
+A task with no budget of its own has the config's default per-task budget, if any.
+"""
+
+import sqlite3
+from dataclasses import dataclass
+
+WARN_AT = (0.8, 1.0)  # the shares of a budget whose crossing is announced
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The config's [budgets] section."""
+
+    on_exceeded: str = "warn"
+    task_tokens: int | None = None
+    task_usd: float | None = None
+
+
+def _spend_by_task(db: sqlite3.Connection) -> dict[str, dict]:
+    """task ID -> {phase_id, tokens, usd, approved} for every task."""
+    rows = db.execute(
+        """
+        SELECT t.id, t.phase_id, t.final_approval_at,
+            coalesce(u.input_total, 0) + coalesce(u.output_total, 0) AS tokens, coalesce(u.cost_usd, 0) AS usd
+        FROM tasks t LEFT JOIN task_usage u ON u.task_key = t.id
+        """
+    )
+    return {
+        row["id"]: {
+            "phase_id": row["phase_id"],
+            "tokens": row["tokens"],
+            "usd": row["usd"],
+            "approved": bool(row["final_approval_at"]),
+        }
+        for row in rows
+    }
+
+
+def _status(scope: str, target: str, tokens: int | None, usd: float | None, on_exceeded: str, own: bool, spent: dict) -> dict:
+    shares = [spent["tokens"] / tokens if tokens else None, spent["usd"] / usd if usd else None]
+    used = max(share for share in shares if share is not None)
+    return {
+        "scope": scope,
+        "target": target,
+        "own": own,  # False: the config's default per-task budget
+        "tokens_budget": tokens,
+        "usd_budget": usd,
+        "tokens_used": spent["tokens"],
+        "usd_used": spent["usd"],
+        "tokens_remaining": tokens - spent["tokens"] if tokens else None,
+        "usd_remaining": usd - spent["usd"] if usd else None,
+        "used_share": used,
+        "exceeded": used >= 1.0,
+        "on_exceeded": on_exceeded,
+        "blocks": used >= 1.0 and on_exceeded == "block",
+        # Spend past the budget: calls already in flight when it ran out are never cut.
+        "tokens_over": max(0, spent["tokens"] - tokens) if tokens else None,
+        "usd_over": max(0.0, spent["usd"] - usd) if usd else None,
+    }
+
+
+def budget_statuses(db: sqlite3.Connection, defaults: Defaults) -> list[dict]:
+    """Every budget in force: each phase's and task's own, then the default for
+    every open task without one. Phases first, then tasks, by ID."""
+    by_task = _spend_by_task(db)
+    statuses, own_tasks = [], set()
+    for row in db.execute("SELECT * FROM budgets ORDER BY scope, target"):
+        mode = row["on_exceeded"] or defaults.on_exceeded
+        if row["scope"] == "phase":
+            members = [spent for spent in by_task.values() if spent["phase_id"] == row["target"]]
+            spent = {"tokens": sum(m["tokens"] for m in members), "usd": sum(m["usd"] for m in members)}
+        else:
+            own_tasks.add(row["target"])
+            spent = by_task.get(row["target"], {"tokens": 0, "usd": 0.0})
+        statuses.append(_status(row["scope"], row["target"], row["tokens"], row["usd"], mode, True, spent))
+    if defaults.task_tokens or defaults.task_usd:
+        for task_id, spent in sorted(by_task.items()):
+            if task_id not in own_tasks and not spent["approved"]:
+                statuses.append(
+                    _status("task", task_id, defaults.task_tokens, defaults.task_usd, defaults.on_exceeded, False, spent)
+                )
+    return statuses
+
+
+def header(status: dict) -> str:
+    """The x-meter-budget response header: what remains of the budget a call counts against."""
+    parts = [f"{status['scope']}={status['target']}"]
+    if status["tokens_budget"]:
+        parts.append(f"tokens-remaining={status['tokens_remaining']}")
+    if status["usd_budget"]:
+        parts.append(f"usd-remaining={status['usd_remaining']:.4f}")
+    parts.append(f"used={status['used_share'] * 100:.1f}%")
+    return "; ".join(parts)
+
+
+def describe(status: dict) -> str:
+    """One line: P1-010: 1,612,000 of 2,000,000 tokens (81%), $3.10 of $5.00."""
+    amounts = []
+    if status["tokens_budget"]:
+        amounts.append(f"{status['tokens_used']:,} of {status['tokens_budget']:,} tokens")
+    if status["usd_budget"]:
+        amounts.append(f"${status['usd_used']:.2f} of ${status['usd_budget']:.2f}")
+    what = f"phase {status['target']}" if status["scope"] == "phase" else status["target"]
+    return f"{what}: {', '.join(amounts)} ({status['used_share'] * 100:.0f}% used)"
+
+
+def refusal(status: dict) -> str:
+    """Why a blocked call was refused, and how to go on: the message its client shows."""
+    command = f"meter {status['scope']} {status['target']} --budget <more>"
+    if not status["own"]:
+        command += " (or raise [budgets] task_tokens / task_usd in the config)"
+    return (
+        f"taskmeter: the budget of {describe(status)} is spent, and it blocks new calls. "
+        f"Raise it with `{command}`, or let calls through with `meter {status['scope']} {status['target']} --on-exceeded warn`."
+    )
+
+
+def projection(status: dict, worked_seconds: float | None, estimated_seconds: float | None) -> dict:
+    """Where the burn rate so far (spend per working hour) takes the budget: the
+    spend projected at the estimate, the overrun that means, and when it runs out."""
+    key, limit = ("tokens", status["tokens_budget"]) if status["tokens_budget"] else ("usd", status["usd_budget"])
+    if not worked_seconds:
+        return {
+            "unit": key,
+            "burn_rate_per_hour": None,
+            "projected_at_estimate": None,
+            "projected_overrun": None,
+            "runs_out_in_seconds": None,
+        }
+    used = status[f"{key}_used"]
+    rate = used / worked_seconds  # per working second
+    projected = rate * estimated_seconds if estimated_seconds else None
+    return {
+        "unit": key,
+        "burn_rate_per_hour": rate * 3600,
+        "projected_at_estimate": projected,
+        "projected_overrun": projected - limit if projected is not None else None,
+        "runs_out_in_seconds": 0.0 if used >= limit else ((limit - used) / rate if rate > 0 else None),
+    }
+
+
+def current_budget(db: sqlite3.Connection, defaults: Defaults) -> dict | None:
+    """The budget the current task's calls count against (its own or the default,
+    else its phase's), for `meter status` and the dashboard."""
+    from taskmeter.store import tasks
+
+    current = tasks.current_task(db)
+    if current is None:
+        return None
+    phase_id = tasks.get_task(db, current.task_id)["phase_id"]
+    statuses = budget_statuses(db, defaults)
+    own = next((s for s in statuses if s["scope"] == "task" and s["target"] == current.task_id), None)
+    return own or next((s for s in statuses if s["scope"] == "phase" and s["target"] == phase_id), None)

@@ -1,0 +1,186 @@
+"""Budgets and alerts: meter budget, meter alerts [clear]; the --budget options of
+`meter task` and `meter phase` (docs/budgets.md)."""
+
+import click
+
+from taskmeter import terminal
+from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds, json_option, open_db, utc_option
+from taskmeter.errors import MeterError
+from taskmeter.store import alerts
+from taskmeter.store import budgets as stored_budgets
+from taskmeter.terminal import Column
+from taskmeter.timefmt import format_duration
+
+
+class BudgetType(click.ParamType):
+    name = "AMOUNT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return stored_budgets.parse_amount(value)
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def budget_options(command):
+    """--budget and --on-exceeded, for `meter task` and `meter phase`."""
+    command = click.option(
+        "--on-exceeded",
+        type=click.Choice(["warn", "block"]),
+        help="When the budget is spent: warn (default from config) or block new calls with HTTP 429.",
+    )(command)
+    return click.option(
+        "--budget",
+        "budget_amounts",
+        type=BudgetType(),
+        multiple=True,
+        help="A budget in tokens (2M, 500k) or dollars ('$5'); give both kinds to cap both. `--unset budget` removes it.",
+    )(command)
+
+
+def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str | None, unset: tuple[str, ...]) -> tuple[str, ...]:
+    """Set, change or remove the budget of `target`; the --unset names left for the other fields."""
+    if "budget" in unset:
+        if amounts:
+            raise MeterError("--budget and --unset budget contradict each other")
+        if not stored_budgets.clear_budget(db, scope, target):
+            raise MeterError(f"{target} has no budget of its own")
+    if amounts:
+        stored_budgets.set_budget(db, scope, target, list(amounts), on_exceeded)
+    elif on_exceeded:
+        stored_budgets.set_mode(db, scope, target, on_exceeded)
+    return tuple(name for name in unset if name != "budget")
+
+
+def budget_records(db) -> list[dict]:
+    """Every budget in force with its spend and where the burn rate takes it (`meter budget --json`)."""
+    from taskmeter.analytics.budgets import budget_statuses, projection
+    from taskmeter.analytics.reports import phase_report, task_report
+
+    records = []
+    for status in budget_statuses(db, budget_defaults()):
+        if status["scope"] == "task":
+            try:
+                report = task_report(db, status["target"], idle_seconds=idle_seconds())
+            except MeterError:  # a budget for a task not yet begun
+                report = {"actual_duration": None, "estimated_duration": None}
+            worked, estimate = report["actual_duration"], report["estimated_duration"]
+        else:
+            try:
+                report = phase_report(db, status["target"], idle_seconds=idle_seconds())
+            except MeterError:
+                report = {"actual_total": None, "estimated_total": None}
+            worked, estimate = report["actual_total"], report["estimated_total"]
+        records.append({**status, **projection(status, worked, estimate)})
+    return records
+
+
+def _amount(status: dict, key: str) -> str:
+    """`used / budget` of one kind, or empty when the budget has no such limit."""
+    if not status[f"{key}_budget"]:
+        return ""
+    if key == "usd":
+        return f"{terminal.money(status['usd_used'])} / {terminal.money(status['usd_budget'])}"
+    return f"{terminal.number(status['tokens_used'])} / {terminal.number(status['tokens_budget'])}"
+
+
+@cli.command("budget")
+@json_option
+@db_option
+def budget_cmd(as_json, db_path):
+    """Budgets with spend, what remains, and the overrun the current burn rate projects.
+
+    \b
+    Set one:   meter task P1-010 --budget 2M [--budget '$5'] [--on-exceeded block]
+               meter phase P1 --budget '$50'
+    Default:   [budgets] task_tokens / task_usd in the config, for every open task
+    """
+    with open_db(db_path) as db:
+        records = budget_records(db)
+    if as_json:
+        terminal.print_json(records)
+        return
+    if not records:
+        terminal.info("No budgets. Set one with `meter task ID --budget 2M` or `meter phase ID --budget '$50'`.")
+        return
+    rows = []
+    for record in records:
+        overrun = record["projected_overrun"]
+        if overrun is None:
+            projected = ""
+        elif record["unit"] == "usd":
+            projected = f"{'+' if overrun > 0 else '-'}{terminal.money(abs(overrun))}"
+        else:
+            projected = f"{'+' if overrun > 0 else '-'}{terminal.number(round(abs(overrun)))}"
+        runs_out = record["runs_out_in_seconds"]
+        rows.append(
+            [
+                ("phase " if record["scope"] == "phase" else "") + record["target"] + ("" if record["own"] else " (default)"),
+                _amount(record, "tokens"),
+                _amount(record, "usd"),
+                f"{record['used_share'] * 100:.0f}%",
+                record["on_exceeded"] + (" BLOCKING" if record["blocks"] else ""),
+                projected,
+                "spent" if runs_out == 0 else (format_duration(runs_out) or "") if runs_out is not None else "",
+            ]
+        )
+    terminal.table(
+        [
+            Column("Budget", "id"),
+            Column("Tokens used", "text"),
+            Column("Cost used", "text", drop=3),
+            Column("Used", "figure"),
+            Column("When spent", "text", drop=2),
+            Column("Projected overrun", "figure", drop=4),
+            Column("Runs out in", "text", drop=1),
+        ],
+        rows,
+    )
+    terminal.note("Projected overrun: the spend per working hour so far, over the whole estimate, less the budget.")
+
+
+@cli.group("alerts", invoke_without_command=True)
+@click.option("--all", "include_cleared", is_flag=True, help="Cleared alerts too.")
+@json_option
+@utc_option
+@db_option
+@click.pass_context
+def alerts_cmd(ctx, include_cleared, as_json, utc, db_path):
+    """Alerts the recorder raised: budgets at 80% and 100%, loops of near-identical
+    requests, burn rates far above the approved tasks'. `meter alerts clear` closes them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with open_db(db_path) as db:
+        found = alerts.listed(db, include_cleared)
+    if as_json:
+        terminal.print_json([{"alert_id": alert.pop("id"), **alert, "blocks": bool(alert["blocks"])} for alert in found])
+        return
+    if not found:
+        terminal.info("No open alerts." if not include_cleared else "No alerts.")
+        return
+    terminal.table(
+        [
+            Column("ID", "id"),
+            Column("At", "time"),
+            Column("Kind", "text", drop=2),
+            Column("Alert", "text", shrink=True),
+            Column("Cleared", "time", drop=1),
+        ],
+        [[alert["id"], alert["at"], alert["kind"], alert["message"], alert["cleared_at"]] for alert in found],
+        utc=utc,
+    )
+
+
+@alerts_cmd.command("clear")
+@click.argument("alert_ids", nargs=-1, type=int)
+@db_option
+def alerts_clear_cmd(alert_ids, db_path):
+    """Close the alerts given by ID (every open one when none is given). A loop
+    alert that blocks its session stops blocking within a second."""
+    with open_db(db_path) as db:
+        cleared = alerts.clear(db, list(alert_ids) or None)
+    if alert_ids and cleared < len(alert_ids):
+        raise MeterError(f"only {cleared} of {len(alert_ids)} alerts were open: see `meter alerts --all`")
+    terminal.info(f"Cleared {cleared} alert{'s' if cleared != 1 else ''}.")

@@ -1,0 +1,215 @@
+"""The recorder's half of budgets and alerts: it works out, from the database,
+what the proxy must refuse, and pushes that to the proxy whenever it changes
+(checked after every stored batch and at least every REFRESH_SECONDS), so the
+proxy decides each call with a dictionary lookup (proxy/guard.py). It also
+raises the alerts: budget crossings, loops of near-identical requests, and
+burn rates far above the approved tasks' (docs/budgets.md).
+"""
+
+import json
+import logging
+import subprocess
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+
+from taskmeter.analytics import alerts as rules
+from taskmeter.analytics import budgets
+from taskmeter.store import alerts, tasks
+from taskmeter.store.calls import CallRow
+
+log = logging.getLogger("taskmeter.recorder")
+
+REFRESH_SECONDS = 0.5
+BURN_RATE_SECONDS = 60  # how often the current task's burn rate is judged
+BASELINE_SECONDS = 600  # how often the approved tasks' rates are read again
+
+
+class LoopWatch:
+    """Per session, the loop signatures of its recent calls: a signature seen
+    `calls` times within `minutes` is a loop."""
+
+    def __init__(self, calls: int, minutes: float) -> None:
+        self.calls = calls
+        self.window = minutes * 60
+        self._seen: dict[str, deque] = defaultdict(deque)  # session -> (time, signature)
+
+    def observe(self, session: str, at: float, signatures: tuple[str, ...]) -> list[str]:
+        """The signatures that this call makes a loop."""
+        seen = self._seen[session]
+        seen.extend((at, signature) for signature in signatures)
+        while seen and seen[0][0] < at - self.window:
+            seen.popleft()
+        counts: dict[str, int] = defaultdict(int)
+        for _, signature in seen:
+            counts[signature] += 1
+        return [signature for signature in signatures if counts[signature] >= self.calls]
+
+
+class Guard:
+    def __init__(
+        self,
+        writer,
+        push: Callable[[dict], None],
+        announce: Callable[[str], None],
+        defaults: budgets.Defaults,
+        loop_calls: int,
+        loop_minutes: float,
+        on_loop: str,
+        burn_rate_k: float,
+        alert_command: list[str],
+        idle_seconds: float,
+    ) -> None:
+        self._writer = writer
+        self._push = push
+        self._announce = announce
+        self._defaults = defaults
+        self._loops = LoopWatch(loop_calls, loop_minutes)
+        self._on_loop = on_loop
+        self._burn_rate_k = burn_rate_k
+        self._alert_command = alert_command
+        self._idle_seconds = idle_seconds
+        self._pushed: str | None = None
+        self._last_refresh = 0.0
+        self._last_burn_check = 0.0
+        self._baseline_at = -BASELINE_SECONDS
+        self._threshold: float | None = None
+        self._commands: list[subprocess.Popen] = []  # alert commands still running, reaped as they end
+
+    # ------------------------------------------------------------ events
+
+    def stored(self, rows: list[CallRow]) -> None:
+        """After a batch is stored: loops, then what the proxy must know now."""
+        for row in rows:
+            call = row.interaction
+            if not row.loop_signatures or not call.session_id:
+                continue
+            for signature in self._loops.observe(call.session_id, time.monotonic(), row.loop_signatures):
+                self._writer.quietly(self._loop_alert, call, signature)
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_refresh < REFRESH_SECONDS:
+            return
+        self._last_refresh = now
+        state = self._writer.quietly(self._state)
+        if state is None:
+            return  # the database cannot be read now: the proxy keeps the last state
+        message = json.dumps(state, sort_keys=True)
+        if message != self._pushed:
+            self._pushed = message
+            self._push(state)
+        if now - self._last_burn_check >= BURN_RATE_SECONDS:
+            self._last_burn_check = now
+            self._writer.quietly(self._burn_rate, now)
+
+    # ------------------------------------------------------------ rules
+
+    def _state(self, db) -> dict:
+        """What the proxy needs: per task (lower-case) the x-meter-budget header
+        and, when its budget or its phase's blocks, why; the current task; the
+        bound Claude Code sessions; the sessions and conversations blocked for looping."""
+        statuses = budgets.budget_statuses(db, self._defaults)
+        for status in statuses:
+            self._crossings(db, status)
+        phase_of = {row["id"]: row["phase_id"] for row in db.execute("SELECT id, phase_id FROM tasks")}
+        by_phase = {s["target"]: s for s in statuses if s["scope"] == "phase"}
+        by_task = {s["target"]: s for s in statuses if s["scope"] == "task"}
+        guarded = {}
+        for task_id, phase_id in phase_of.items():
+            own, phase = by_task.get(task_id), by_phase.get(phase_id)
+            if own is None and phase is None:
+                continue
+            blocking = next((s for s in (own, phase) if s is not None and s["blocks"]), None)
+            guarded[task_id.lower()] = {
+                "header": budgets.header(own or phase),
+                "refusal": budgets.refusal(blocking) if blocking else None,
+            }
+        current = tasks.current_task(db)
+        return {
+            "current_task": current.task_id.lower() if current else None,
+            "tasks": guarded,
+            "sessions": {row[0]: row[1].lower() for row in db.execute("SELECT session_id, task_id FROM session_tasks")},
+            "blocked": alerts.blocked(db),
+        }
+
+    def _crossings(self, db, status: dict) -> None:
+        for share in budgets.WARN_AT:
+            if status["used_share"] < share:
+                break
+            percent = round(share * 100)
+            then = "new calls are refused" if status["blocks"] else "calls go on (on_exceeded = warn)"
+            message = f"budget {percent}% used: {budgets.describe(status)}" + (f"; {then}" if share >= 1 else "")
+            key = f"budget:{status['scope']}:{status['target']}:{percent}"
+            task_id = status["target"] if status["scope"] == "task" else None
+            self._raised(alerts.raise_alert(db, "budget", key, message, task_id=task_id))
+
+    def _loop_alert(self, db, call, signature: str) -> None:
+        blocks = self._on_loop == "block"
+        what = "the same tool call with the same arguments" if signature.startswith("tools:") else "near-identical requests"
+        message = (
+            f"loop: session {call.session_id} sent {self._loops.calls} calls of {what} within "
+            f"{self._loops.window / 60:g} min (task {call.task_id or 'unassigned'}, model {call.model or '?'})"
+            + ("; its calls are refused until `meter alerts clear`" if blocks else "")
+        )
+        key = f"loop:{call.session_id}:{signature}"
+        # The proxy knows a Claude Code session by its header; other clients by their conversation.
+        conversation = None if call.client_session else call.conversation_id
+        alert = alerts.raise_alert(
+            db,
+            "loop",
+            key,
+            message,
+            task_id=call.task_id,
+            session_id=call.client_session,
+            conversation_id=conversation,
+            blocks=blocks,
+        )
+        self._raised(alert)
+
+    def _burn_rate(self, db, now: float) -> None:
+        from taskmeter.analytics.listings import task_records
+        from taskmeter.analytics.reports import task_report
+
+        if now - self._baseline_at >= BASELINE_SECONDS:
+            self._baseline_at = now
+            rates = [
+                rules.tokens_per_working_hour(r)
+                for r in task_records(db, idle_seconds=self._idle_seconds)
+                if r["status"] == "approved"
+            ]
+            self._threshold = rules.burn_rate_threshold([rate for rate in rates if rate is not None], self._burn_rate_k)
+        current = tasks.current_task(db)
+        if self._threshold is None or current is None:
+            return
+        record = task_report(db, current.task_id, idle_seconds=self._idle_seconds)
+        rate = rules.tokens_per_working_hour(record)
+        if rate is not None and rate > self._threshold:
+            message = (
+                f"burn rate: {current.task_id} uses {rate:,.0f} tokens per working hour, above "
+                f"{self._threshold:,.0f} (median + {self._burn_rate_k:g} MAD of the approved tasks)"
+            )
+            self._raised(alerts.raise_alert(db, "burn_rate", f"burn_rate:{current.task_id}", message, task_id=current.task_id))
+
+    # ------------------------------------------------------------ telling the user
+
+    def _raised(self, alert: dict | None) -> None:
+        """A new alert: a line in the proxy's output, and the alert command."""
+        if alert is None:
+            return
+        self._announce(f"meter: ALERT {alert['message']}")
+        self._commands = [command for command in self._commands if command.poll() is None]
+        if self._alert_command:
+            try:
+                self._commands.append(
+                    subprocess.Popen(
+                        [*self._alert_command, alert["message"]],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+            except OSError as exc:
+                log.warning("meter: alert_command %s could not run: %s", self._alert_command[0], exc)

@@ -1,0 +1,59 @@
+"""Alerts the recorder raised (budget crossings, loops, burn rate), each once
+while open; `meter alerts clear` closes them (docs/budgets.md)."""
+
+import sqlite3
+
+from taskmeter.store.db import write_transaction
+from taskmeter.timefmt import now_stored
+
+
+def raise_alert(
+    db: sqlite3.Connection,
+    kind: str,
+    key: str,
+    message: str,
+    task_id: str | None = None,
+    session_id: str | None = None,
+    conversation_id: str | None = None,
+    blocks: bool = False,
+) -> dict | None:
+    """Record an alert unless one with `key` is open; the new alert, or None."""
+    with write_transaction(db):
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO alerts (at, kind, key, task_id, session_id, conversation_id, blocks, message)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (now_stored(), kind, key, task_id, session_id, conversation_id, int(blocks), message),
+        )
+    if not cursor.rowcount:
+        return None
+    return dict(db.execute("SELECT * FROM alerts WHERE id = ?", (cursor.lastrowid,)).fetchone())
+
+
+def listed(db: sqlite3.Connection, include_cleared: bool = False) -> list[dict]:
+    where = "" if include_cleared else "WHERE cleared_at IS NULL"
+    return [dict(row) for row in db.execute(f"SELECT * FROM alerts {where} ORDER BY at DESC, id DESC")]
+
+
+def clear(db: sqlite3.Connection, alert_ids: list[int] | None = None, key_prefix: str | None = None) -> int:
+    """Close the open alerts given (every open one when none is given); how many were closed."""
+    clauses, params = ["cleared_at IS NULL"], [now_stored()]
+    if alert_ids:
+        clauses.append(f"id IN ({', '.join('?' for _ in alert_ids)})")
+        params += alert_ids
+    if key_prefix:
+        clauses.append("substr(key, 1, ?) = ?")
+        params += [len(key_prefix), key_prefix]
+    with write_transaction(db):
+        return db.execute(f"UPDATE alerts SET cleared_at = ? WHERE {' AND '.join(clauses)}", params).rowcount
+
+
+def blocked(db: sqlite3.Connection) -> dict[str, dict[str, str]]:
+    """What open loop alerts in block mode refuse, with their messages: the client
+    sessions (Claude Code's header) and, for clients with none, the conversations."""
+    found: dict[str, dict[str, str]] = {"sessions": {}, "conversations": {}}
+    for row in db.execute("SELECT session_id, conversation_id, message FROM alerts WHERE blocks = 1 AND cleared_at IS NULL"):
+        if row["session_id"]:
+            found["sessions"][row["session_id"]] = row["message"]
+        if row["conversation_id"]:
+            found["conversations"][row["conversation_id"]] = row["message"]
+    return found

@@ -1,0 +1,62 @@
+"""Budgets per task and per phase, in tokens and/or US dollars (docs/budgets.md)."""
+
+import re
+import sqlite3
+
+from taskmeter.errors import MeterError
+from taskmeter.store import alerts
+from taskmeter.store.db import write_transaction
+from taskmeter.timefmt import now_stored
+
+_TOKENS = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMbB]?)(?:\s*tokens?)?$")
+_USD = re.compile(r"^\$\s*(\d+(?:\.\d+)?)$|^(\d+(?:\.\d+)?)\s*(?:usd|USD|\$)$")
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def parse_amount(text: str) -> tuple[str, int | float]:
+    """`2M`, `500k`, `150000` (tokens) or `$5`, `5 USD` (dollars): ("tokens", 2000000) or ("usd", 5.0)."""
+    value = text.strip()
+    usd = _USD.match(value)
+    if usd:
+        amount = float(usd.group(1) or usd.group(2))
+        if amount > 0:
+            return "usd", amount
+    tokens = _TOKENS.match(value)
+    if tokens:
+        amount = round(float(tokens.group(1)) * _SCALE[tokens.group(2).lower()])
+        if amount > 0:
+            return "tokens", amount
+    raise MeterError(f"cannot read {text!r} as a budget: give tokens (2M, 500k, 150000) or dollars ('$5', '5 USD'), above 0")
+
+
+def set_budget(
+    db: sqlite3.Connection, scope: str, target: str, amounts: list[tuple[str, int | float]], on_exceeded: str | None = None
+) -> None:
+    """Set (or replace) the budget of a task or phase: each amount replaces its kind, the other kind stays."""
+    tokens = next((amount for kind, amount in reversed(amounts) if kind == "tokens"), None)
+    usd = next((amount for kind, amount in reversed(amounts) if kind == "usd"), None)
+    with write_transaction(db):
+        db.execute(
+            "INSERT INTO budgets (scope, target, tokens, usd, on_exceeded, set_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(scope, target) DO UPDATE SET tokens = coalesce(excluded.tokens, tokens),"
+            " usd = coalesce(excluded.usd, usd), on_exceeded = coalesce(excluded.on_exceeded, on_exceeded), set_at = excluded.set_at",
+            (scope, target, tokens, usd, on_exceeded, now_stored()),
+        )
+    # A new budget starts its warnings afresh.
+    alerts.clear(db, key_prefix=f"budget:{scope}:{target}:")
+
+
+def set_mode(db: sqlite3.Connection, scope: str, target: str, on_exceeded: str) -> None:
+    with write_transaction(db):
+        changed = db.execute(
+            "UPDATE budgets SET on_exceeded = ? WHERE scope = ? AND target = ?", (on_exceeded, scope, target)
+        ).rowcount
+    if not changed:
+        raise MeterError(f"{target} has no budget of its own: give one with --budget")
+
+
+def clear_budget(db: sqlite3.Connection, scope: str, target: str) -> bool:
+    with write_transaction(db):
+        removed = db.execute("DELETE FROM budgets WHERE scope = ? AND target = ?", (scope, target)).rowcount > 0
+    alerts.clear(db, key_prefix=f"budget:{scope}:{target}:")
+    return removed
