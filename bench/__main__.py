@@ -98,9 +98,14 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
 
         log("non-streamed, 200 ms upstream, c=1, D and P: blocks without and with the dashboard and its feed open")
         per_block = max(2, plan.samples // 4)
-        results["dashboard_load"] = await measures.with_dashboard(
-            [mock, meter], db_path, per_block, 2, {"x-mock-delay-ms": "200"}
-        )
+        dashboard = measures.DashboardOpen(db_path)
+        results["dashboard_load"] = await measures.alternating([mock, meter], per_block, 2, {"x-mock-delay-ms": "200"}, dashboard)
+        results["dashboard_load"].update(feed_delay_ms=summary(dashboard.feed_delays_ms), feed_missing=dashboard.missing)
+
+        log("non-streamed, 200 ms upstream, c=1, D and P: blocks without and with budgets set")
+        budgets = measures.BudgetsSet(db_path)
+        results["budgets_load"] = await measures.alternating([mock, meter], per_block, 2, {"x-mock-delay-ms": "200"}, budgets)
+        results["budgets_load"]["headers_seen"] = budgets.headers_seen
 
         log("SSE, 200 ms to first token, 32 chunks every 10 ms, c=1")
         sse_headers = {"x-mock-delay-ms": "200", "x-mock-chunks": "32", "x-mock-interval-ms": "10"}
@@ -199,6 +204,7 @@ def targets(r: dict) -> list[dict]:
     load = r["dashboard_load"]
     dashboard_change = load["ratio"]["with"] / load["ratio"]["without"] - 1
     feed = load["feed_delay_ms"]
+    budgets_change = r["budgets_load"]["ratio"]["with"] / r["budgets_load"]["ratio"]["without"] - 1
     pages = r["dashboard_pages"]["ttfb_ms"]
     rows = [
         row(
@@ -314,6 +320,14 @@ def targets(r: dict) -> list[dict]:
             dashboard_change,
             abs(dashboard_change) <= 0.03,
             f"P/D {load['ratio']['without']:.4f} without, {load['ratio']['with']:.4f} with",
+        ),
+        row(
+            "budgets set (every call judged, x-meter-budget on each): change of P/D p50 (200 ms upstream, c=1)",
+            "within ±3%",
+            budgets_change,
+            abs(budgets_change) <= 0.03 and r["budgets_load"]["headers_seen"] > 0,
+            f"P/D {r['budgets_load']['ratio']['without']:.4f} without, {r['budgets_load']['ratio']['with']:.4f} with; "
+            f"{r['budgets_load']['headers_seen']} budget headers seen",
         ),
         row(
             "a stored call reaches the open live feed: delay after its answer, p99",

@@ -387,37 +387,82 @@ class FeedWatcher:
         self._writer.close()
 
 
-async def with_dashboard(arms: list[Arm], db_path: Path, samples: int, warmup: int, headers: dict) -> dict:
-    """c=1 latency of D and P side by side, in alternating blocks without and with
-    a dashboard open on the meter's database and its live feed followed; and how
-    long each call of the `with` blocks took to reach the feed after its answer."""
+async def alternating(arms: list[Arm], samples: int, warmup: int, headers: dict, condition) -> dict:
+    """c=1 latency of D and P side by side, in blocks without and with `condition`
+    (an async context manager), alternated so that drift falls on both; the
+    replies of the `with` blocks are handed to the condition's `replies`."""
     replies: dict[str, dict[str, list[Reply]]] = {block: {arm.name: [] for arm in arms} for block in ("without", "with")}
-    feed_delays_ms, missing = [], 0
     for block in ("without", "with", "without", "with"):
-        dashboard = watcher = None
-        if block == "with":
-            dashboard = start_dashboard(db_path)
-            watcher = FeedWatcher(dashboard.port)
-            await watcher.start()
-        try:
+        if block == "without":
             got = await parallel_arms(arms, samples, warmup, CHAT, headers)
-            for name, arm_replies in got.items():
-                replies[block][name] += arm_replies
-            if watcher is not None:
-                await asyncio.sleep(1.5)  # the last call's way to the feed
-                for reply in got["P"]:
-                    arrived = watcher.arrived.get(reply.headers["x-meter-interaction-id"])
-                    if arrived is None:
-                        missing += 1
-                    else:
-                        feed_delays_ms.append((arrived - reply.ended) * 1000)
-        finally:
-            if watcher is not None:
-                await watcher.stop()
-                dashboard.stop()
+        else:
+            async with condition:
+                got = await parallel_arms(arms, samples, warmup, CHAT, headers)
+                await condition.replies(got["P"])
+        for name, arm_replies in got.items():
+            replies[block][name] += arm_replies
     latency = {
         block: {name: summary([r.total * 1000 for r in arm_replies]) for name, arm_replies in by_arm.items()}
         for block, by_arm in replies.items()
     }
-    ratio = {block: latency[block]["P"]["p50"] / latency[block]["D"]["p50"] for block in latency}
-    return {"latency": latency, "ratio": ratio, "feed_delay_ms": summary(feed_delays_ms), "feed_missing": missing}
+    return {"latency": latency, "ratio": {block: latency[block]["P"]["p50"] / latency[block]["D"]["p50"] for block in latency}}
+
+
+class DashboardOpen:
+    """A dashboard on the meter's database with its live feed followed; notes how
+    long each call took to reach the feed after its answer."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.feed_delays_ms: list[float] = []
+        self.missing = 0
+
+    async def __aenter__(self):
+        self._dashboard = start_dashboard(self.db_path)
+        self._watcher = FeedWatcher(self._dashboard.port)
+        await self._watcher.start()
+
+    async def replies(self, replies: list[Reply]) -> None:
+        await asyncio.sleep(1.5)  # the last call's way to the feed
+        for reply in replies:
+            arrived = self._watcher.arrived.get(reply.headers["x-meter-interaction-id"])
+            if arrived is None:
+                self.missing += 1
+            else:
+                self.feed_delays_ms.append((arrived - reply.ended) * 1000)
+
+    async def __aexit__(self, *exc) -> None:
+        await self._watcher.stop()
+        self._dashboard.stop()
+
+
+class BudgetsSet:
+    """The current task with a budget far from spent, and 50 other budgets: every
+    call is judged and gets an x-meter-budget header."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.headers_seen = 0
+
+    async def __aenter__(self):
+        from taskmeter.store import budgets, tasks
+        from taskmeter.store import db as store_db
+
+        db = store_db.connect(self.db_path)
+        tasks.set_task(db, "B1-001")
+        for n in range(50):
+            budgets.set_budget(db, "task", f"B1-{n + 1:03d}", [("tokens", 10**12)], "block")
+        db.close()
+        await asyncio.sleep(1.0)  # the recorder tells the proxy within a second
+
+    async def replies(self, replies: list[Reply]) -> None:
+        self.headers_seen += sum("x-meter-budget" in reply.headers for reply in replies)
+
+    async def __aexit__(self, *exc) -> None:
+        from taskmeter.store import db as store_db
+
+        db = store_db.connect(self.db_path)
+        with store_db.write_transaction(db):
+            db.execute("DELETE FROM budgets")
+        db.close()
+        await asyncio.sleep(1.0)
