@@ -130,40 +130,31 @@ def start_bare_mitmproxy(mock_port: int, confdir: Path) -> Arm:
     return Arm("M", port, "/v1/chat/completions", process)
 
 
+def _start_meter_command(args: list[str], announces: str) -> tuple[subprocess.Popen, int]:
+    """A `meter` server process, and the port from its first line (`... <announces> HOST:PORT, ...`)."""
+    process = subprocess.Popen(
+        [str(BIN / "meter"), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True
+    )
+    line = process.stdout.readline()
+    if announces not in line:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"meter {args[0]} did not start: {line!r}")
+    return process, int(line.split(announces)[1].split(",")[0].rsplit(":", 1)[1])
+
+
 def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
     config = workdir / "config.toml"
     config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\nopenai = "http://127.0.0.1:{mock_port}"\n')
     db_path = workdir / "bench.db"
-    process = subprocess.Popen(
-        # --quiet: nobody reads the live view here, and a full pipe would stall the recorder.
-        [str(BIN / "meter"), "proxy", "--quiet", "--port", "0", "--config", str(config), "--db", str(db_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
+    # --quiet: nobody reads the live view here, and a full pipe would stall the recorder.
+    process, port = _start_meter_command(
+        ["proxy", "--quiet", "--port", "0", "--config", str(config), "--db", str(db_path)], "listening on "
     )
-    line = process.stdout.readline()
-    if "listening on" not in line:
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"meter proxy did not start: {line!r}")
-    port = int(line.split("listening on ")[1].split(",")[0].rsplit(":", 1)[1])
     return Arm("P", port, "/openai/v1/chat/completions", process), db_path
 
 
 def start_dashboard(db_path: Path) -> Arm:
     """`meter ui` over `db_path`, on a free port."""
-    process = subprocess.Popen(
-        [str(BIN / "meter"), "ui", "--port", "0", "--db", str(db_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    line = process.stdout.readline()
-    if "dashboard on " not in line:
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"meter ui did not start: {line!r}")
-    port = int(line.split("dashboard on ")[1].split(",")[0].rsplit(":", 1)[1])
+    process, port = _start_meter_command(["ui", "--port", "0", "--db", str(db_path)], "dashboard on ")
     return Arm("UI", port, "/", process)

@@ -326,3 +326,30 @@ def test_budget_amounts_and_modes_fail_in_one_line(meter):
     assert result.code == 1 and "has no budget of its own" in result.err
     result = meter("task", "P4-001", "--budget", "1M", "--unset", "budget")
     assert result.code == 1 and "contradict" in result.err
+
+
+def test_a_budget_warns_once_per_budget_as_set(db_path, meter):
+    """A crossing is raised once: a recorder started again does not repeat it, a
+    cleared one stays cleared, and a new budget warns afresh."""
+    from taskmeter.analytics.budgets import Defaults
+    from taskmeter.recorder.guard import Guard
+    from taskmeter.store.writer import Writer
+    from tests.test_analytics import call
+
+    _meter(meter, "set-task", "P5-001")
+    _meter(meter, "task", "P5-001", "--budget", "1000")
+    db = store_db.connect(db_path)
+    call(db, 1, "P5-001", "2026-11-24T10:00:00.000000Z", input_total=850, output_total=0)
+    db.close()
+
+    def refreshed() -> list[str]:
+        announced: list[str] = []
+        Guard(Writer(db_path), lambda state: None, announced.append, Defaults(), 10, 5, "warn", 3.0, [], 900).refresh(force=True)
+        return announced
+
+    assert refreshed() == ["meter: ALERT budget 80% used: P5-001: 850 of 1,000 tokens (85% used)"]
+    assert refreshed() == []  # a recorder started again
+    _meter(meter, "alerts", "clear")
+    assert refreshed() == []
+    _meter(meter, "task", "P5-001", "--budget", "900")
+    assert refreshed() == ["meter: ALERT budget 80% used: P5-001: 850 of 900 tokens (94% used)"]

@@ -41,13 +41,16 @@ def _spend_by_task(db: sqlite3.Connection) -> dict[str, dict]:
     }
 
 
-def _status(scope: str, target: str, tokens: int | None, usd: float | None, on_exceeded: str, own: bool, spent: dict) -> dict:
+def _status(
+    scope: str, target: str, tokens: int | None, usd: float | None, on_exceeded: str, set_at: str | None, spent: dict
+) -> dict:
     shares = [spent["tokens"] / tokens if tokens else None, spent["usd"] / usd if usd else None]
     used = max(share for share in shares if share is not None)
     return {
         "scope": scope,
         "target": target,
-        "own": own,  # False: the config's default per-task budget
+        "own": set_at is not None,  # False: the config's default per-task budget
+        "set_at": set_at,
         "tokens_budget": tokens,
         "usd_budget": usd,
         "tokens_used": spent["tokens"],
@@ -77,12 +80,12 @@ def budget_statuses(db: sqlite3.Connection, defaults: Defaults) -> list[dict]:
         else:
             own_tasks.add(row["target"])
             spent = by_task.get(row["target"], {"tokens": 0, "usd": 0.0})
-        statuses.append(_status(row["scope"], row["target"], row["tokens"], row["usd"], mode, True, spent))
+        statuses.append(_status(row["scope"], row["target"], row["tokens"], row["usd"], mode, row["set_at"], spent))
     if defaults.task_tokens or defaults.task_usd:
         for task_id, spent in sorted(by_task.items()):
             if task_id not in own_tasks and not spent["approved"]:
                 statuses.append(
-                    _status("task", task_id, defaults.task_tokens, defaults.task_usd, defaults.on_exceeded, False, spent)
+                    _status("task", task_id, defaults.task_tokens, defaults.task_usd, defaults.on_exceeded, None, spent)
                 )
     return statuses
 

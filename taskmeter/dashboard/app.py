@@ -58,7 +58,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
     templates = _templates()
     token = secrets.token_urlsafe(32)  # per run: a form from an earlier run, or elsewhere, is refused
 
-    async def read(build: Callable, *args):
+    async def in_thread(build: Callable, *args):
         """`build(db, *args)` in a worker thread, on a connection of its own."""
 
         def work():
@@ -81,19 +81,21 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         return templates.TemplateResponse(request, name, {"token": token, "page": name.removesuffix(".html"), **context}, status)
 
     async def now_page(request: Request) -> Response:
-        return render(request, "now.html", await read(pages.now_page, idle_seconds, budget_defaults))
+        return render(request, "now.html", await in_thread(pages.now_page, idle_seconds, budget_defaults))
 
     async def phases_page(request: Request) -> Response:
-        return render(request, "phases.html", await read(pages.phases_page, request.path_params.get("phase_id"), idle_seconds))
+        return render(
+            request, "phases.html", await in_thread(pages.phases_page, request.path_params.get("phase_id"), idle_seconds)
+        )
 
     async def task_page(request: Request) -> Response:
-        return render(request, "task.html", await read(pages.task_page, request.path_params["task_id"], idle_seconds))
+        return render(request, "task.html", await in_thread(pages.task_page, request.path_params["task_id"], idle_seconds))
 
     async def history_page(request: Request) -> Response:
         period = request.query_params.get("period", "daily")
         if period not in pages.USAGE_PERIODS:
             raise MeterError(f"no such period {period!r}: daily, weekly or monthly")
-        return render(request, "history.html", await read(pages.history_page, period))
+        return render(request, "history.html", await in_thread(pages.history_page, period))
 
     async def form(request: Request) -> dict:
         """The posted form, once its token is this run's."""
@@ -116,12 +118,12 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         def write(db):
             interactions.flag(db, interactions.resolve_id(db, request.path_params["interaction_id"]), note)
 
-        await read(write)
+        await in_thread(write)
         return back(fields)
 
     async def unflag(request: Request) -> Response:
         fields = await form(request)
-        await read(interactions.unflag, request.path_params["interaction_id"])
+        await in_thread(interactions.unflag, request.path_params["interaction_id"])
         return back(fields)
 
     async def retag(request: Request) -> Response:
@@ -133,12 +135,12 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         def write(db):
             calls.retag(db, [interactions.resolve_id(db, request.path_params["interaction_id"])], task_id)
 
-        await read(write)
+        await in_thread(write)
         return back(fields)
 
     async def clear_alert(request: Request) -> Response:
         fields = await form(request)
-        await read(alerts.clear, [request.path_params["alert_id"]])
+        await in_thread(alerts.clear, [request.path_params["alert_id"]])
         return back(fields)
 
     async def refused(request: Request, exc: Exception) -> Response:

@@ -33,7 +33,8 @@ def _event(call: dict, render_row: RenderRow) -> str:
 
 async def calls_after(db_path: Path, rowid: int, render_row: RenderRow) -> AsyncIterator[str]:
     """Events for every call stored after `rowid`, as they come, and keep-alive comments."""
-    async with aiosqlite.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None) as db:
+    read_only = Path(db_path).resolve().as_uri() + "?mode=ro"  # a path with spaces or '?' stays one path
+    async with aiosqlite.connect(read_only, uri=True, isolation_level=None) as db:
         db.row_factory = aiosqlite.Row
         quiet = 0.0
         while True:

@@ -75,6 +75,7 @@ class Guard:
         self._baseline_at = -BASELINE_SECONDS
         self._threshold: float | None = None
         self._commands: list[subprocess.Popen] = []  # alert commands still running, reaped as they end
+        self._raised_keys: set[str] = set()  # budget crossings already handled: no write every refresh
 
     # ------------------------------------------------------------ events
 
@@ -141,9 +142,14 @@ class Guard:
             percent = round(share * 100)
             then = "new calls are refused" if status["blocks"] else "calls go on (on_exceeded = warn)"
             message = f"budget {percent}% used: {budgets.describe(status)}" + (f"; {then}" if share >= 1 else "")
-            key = f"budget:{status['scope']}:{status['target']}:{percent}"
+            # Once per budget as set: a new budget (or a new default) warns afresh.
+            budget = status["set_at"] or f"default-{status['tokens_budget']}-{status['usd_budget']}"
+            key = f"budget:{status['scope']}:{status['target']}:{percent}:{budget}"
+            if key in self._raised_keys:
+                continue
+            self._raised_keys.add(key)
             task_id = status["target"] if status["scope"] == "task" else None
-            self._raised(alerts.raise_alert(db, "budget", key, message, task_id=task_id))
+            self._raised(alerts.raise_alert(db, "budget", key, message, task_id=task_id, once=True))
 
     def _loop_alert(self, db, call, signature: str) -> None:
         blocks = self._on_loop == "block"
@@ -190,7 +196,8 @@ class Guard:
                 f"burn rate: {current.task_id} uses {rate:,.0f} tokens per working hour, above "
                 f"{self._threshold:,.0f} (median + {self._burn_rate_k:g} MAD of the approved tasks)"
             )
-            self._raised(alerts.raise_alert(db, "burn_rate", f"burn_rate:{current.task_id}", message, task_id=current.task_id))
+            key = f"burn_rate:{current.task_id}"
+            self._raised(alerts.raise_alert(db, "burn_rate", key, message, task_id=current.task_id, once=True))
 
     # ------------------------------------------------------------ telling the user
 

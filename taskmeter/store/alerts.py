@@ -16,13 +16,15 @@ def raise_alert(
     session_id: str | None = None,
     conversation_id: str | None = None,
     blocks: bool = False,
+    once: bool = False,
 ) -> dict | None:
-    """Record an alert unless one with `key` is open; the new alert, or None."""
+    """Record an alert unless one with `key` is open (with `once`, unless one was
+    ever raised: clearing it does not bring it back); the new alert, or None."""
     with write_transaction(db):
         cursor = db.execute(
             "INSERT OR IGNORE INTO alerts (at, kind, key, task_id, session_id, conversation_id, blocks, message)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (now_stored(), kind, key, task_id, session_id, conversation_id, int(blocks), message),
+            " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT ? OR NOT EXISTS (SELECT 1 FROM alerts WHERE key = ?)",
+            (now_stored(), kind, key, task_id, session_id, conversation_id, int(blocks), message, once, key),
         )
     if not cursor.rowcount:
         return None

@@ -880,7 +880,7 @@ def m012_budgets_and_alerts(db: sqlite3.Connection) -> None:
             id INTEGER PRIMARY KEY,
             at TEXT NOT NULL,
             kind TEXT NOT NULL CHECK (kind IN ('budget', 'loop', 'burn_rate')),
-            key TEXT NOT NULL,  -- what it is about, raised once: budget:task:P1-010:80, loop:SESSION:FINGERPRINT
+            key TEXT NOT NULL,  -- what it is about: budget:task:P1-010:80:<budget set_at>, loop:SESSION:SIGNATURE
             task_id TEXT,
             session_id TEXT,
             conversation_id TEXT,  -- a loop's, to block a client that sends no session of its own
