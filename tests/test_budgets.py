@@ -140,6 +140,7 @@ def test_a_tiny_budget_warns_then_blocks_in_each_provider_s_shape(proxy, upstrea
     _meter(meter, "task", "P1-010", "--budget", "1M")
     time.sleep(SETTLE)
     assert client.chat.completions.create(**CHAT_ARGS).usage.total_tokens == 1502
+    assert "Traceback" not in proxy.stderr() and "Addon error" not in proxy.stderr()  # no hook failed on the way
 
 
 def test_a_budget_is_judged_on_the_task_the_call_names(proxy, upstream, meter, monkeypatch):
@@ -313,8 +314,11 @@ def test_loop_watch_counts_within_its_window():
     assert watch.observe("s", 0, ("a",)) == []
     assert watch.observe("s", 10, ("a", "b")) == []
     assert watch.observe("s", 20, ("a",)) == ["a"]
-    assert watch.observe("s", 100, ("a",)) == []  # the first two fell out of the minute
+    assert watch.observe("s", 21, ("a",)) == []  # a loop found counts afresh
+    assert watch.observe("s", 100, ("a",)) == []  # the call at 21 fell out of the minute
     assert watch.observe("t", 100, ("b",)) == []  # sessions apart
+    assert watch.observe("s", 101, ("a",)) == []
+    assert watch.observe("s", 102, ("a",)) == ["a"]  # the loop goes on: found again
 
 
 def test_budget_amounts_and_modes_fail_in_one_line(meter):

@@ -6,6 +6,10 @@ they learn to the next through flow.metadata.
 
 Hooks do in-memory work only. Finished calls go to the hand-over; parsing,
 estimation, pricing and SQLite all happen in the recorder process.
+
+mitmproxy calls every addon method named after one of its events, so settings
+and state come in through `apply_settings` and `take_state`, never `configure`
+or `update` (which mitmproxy calls with option names and flows).
 """
 
 import base64
@@ -97,10 +101,10 @@ class Gateway:
     refused while the meter stops."""
 
     def __init__(self, settings: Settings) -> None:
-        self.configure(settings)
+        self.apply_settings(settings)
         self.draining = False  # stopping: calls in flight finish, no new ones start
 
-    def configure(self, settings: Settings) -> None:
+    def apply_settings(self, settings: Settings) -> None:
         """At start, and again when the config is reloaded."""
         self._router = Router(settings)
         self._trusted = settings.trusted_networks()
@@ -207,12 +211,12 @@ class Capture:
     over when the call ends."""
 
     def __init__(self, settings: Settings, submit) -> None:
-        self.configure(settings)
+        self.apply_settings(settings)
         self._submit = submit
         self.live: dict[str, CapturedCall] = {}
         self.shutting_down = False  # calls cut off from now on were aborted by us
 
-    def configure(self, settings: Settings) -> None:
+    def apply_settings(self, settings: Settings) -> None:
         """At start, and again when the config is reloaded."""
         self._settings = settings
         self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
@@ -374,7 +378,7 @@ class Guard:
     def __init__(self) -> None:
         self._state = GuardState()
 
-    def update(self, state: dict) -> None:
+    def take_state(self, state: dict) -> None:
         """From the hand-over's reply thread: one reference swapped, read whole by the hooks."""
         self._state = GuardState(
             state["current_task"],

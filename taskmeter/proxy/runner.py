@@ -162,7 +162,7 @@ class ConfigReload:
         later = [name for name in changed if name in self.NEEDS_RESTART]
         now = [name for name in changed if name not in self.NEEDS_RESTART]
         for addon in self._addons:
-            addon.configure(new)
+            addon.apply_settings(new)
         self._master.options.update(allow_hosts=Router(new).allow_hosts())
         self._stop.grace = new.proxy.shutdown_grace_seconds
         self._settings = new
@@ -198,7 +198,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         int(settings.proxy.max_pending_mb * 1024 * 1024),
         # A copy of our stdout: in the recorder, fd 1 is the acknowledgement pipe.
         live_view_fd=None if quiet else os.dup(sys.stdout.fileno()),
-        on_guard_state=guard.update,
+        on_guard_state=guard.take_state,
     )
     handover.start()
     opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))

@@ -10,40 +10,58 @@ import json
 import logging
 import subprocess
 import time
-from collections import defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from taskmeter.analytics import alerts as rules
 from taskmeter.analytics import budgets
 from taskmeter.store import alerts, tasks
 from taskmeter.store.calls import CallRow
+from taskmeter.timefmt import from_stored
 
 log = logging.getLogger("taskmeter.recorder")
 
 REFRESH_SECONDS = 0.5
 BURN_RATE_SECONDS = 60  # how often the current task's burn rate is judged
 BASELINE_SECONDS = 600  # how often the approved tasks' rates are read again
+MAX_SESSIONS = 1000  # sessions watched for loops before the quiet ones are forgotten
 
 
 class LoopWatch:
     """Per session, the loop signatures of its recent calls: a signature seen
-    `calls` times within `minutes` is a loop."""
+    `calls` times within `minutes` is a loop. Counts are kept as calls come and
+    go, so each call costs the same however long the loop; a loop found starts
+    its count afresh, so a loop that goes on is found again every `calls` calls."""
 
     def __init__(self, calls: int, minutes: float) -> None:
         self.calls = calls
         self.window = minutes * 60
-        self._seen: dict[str, deque] = defaultdict(deque)  # session -> (time, signature)
+        self._seen: dict[str, deque] = {}  # session -> (time, signature), oldest first
+        self._counts: dict[str, Counter] = {}  # session -> signature -> calls in the window
 
     def observe(self, session: str, at: float, signatures: tuple[str, ...]) -> list[str]:
-        """The signatures that this call makes a loop."""
-        seen = self._seen[session]
-        seen.extend((at, signature) for signature in signatures)
+        """The signatures that this call (started at `at`, POSIX seconds) makes a loop."""
+        if len(self._seen) > MAX_SESSIONS:
+            self._forget_quiet(at)
+        seen = self._seen.setdefault(session, deque())
+        counts = self._counts.setdefault(session, Counter())
         while seen and seen[0][0] < at - self.window:
-            seen.popleft()
-        counts: dict[str, int] = defaultdict(int)
-        for _, signature in seen:
+            counts[seen.popleft()[1]] -= 1
+        found = []
+        for signature in signatures:
+            seen.append((at, signature))
             counts[signature] += 1
-        return [signature for signature in signatures if counts[signature] >= self.calls]
+            if counts[signature] >= self.calls:
+                found.append(signature)
+        for signature in found:
+            self._seen[session] = seen = deque(item for item in seen if item[1] != signature)
+            del counts[signature]
+        return found
+
+    def _forget_quiet(self, at: float) -> None:
+        """Sessions with no call within the window."""
+        for session in [s for s, seen in self._seen.items() if not seen or seen[-1][0] < at - self.window]:
+            del self._seen[session], self._counts[session]
 
 
 class Guard:
@@ -76,6 +94,7 @@ class Guard:
         self._threshold: float | None = None
         self._commands: list[subprocess.Popen] = []  # alert commands still running, reaped as they end
         self._raised_keys: set[str] = set()  # budget crossings already handled: no write every refresh
+        self._open_loops: set[str] = set()  # keys of open loop alerts, read at each refresh
 
     # ------------------------------------------------------------ events
 
@@ -85,9 +104,10 @@ class Guard:
             call = row.interaction
             if not row.loop_signatures or not call.session_id:
                 continue
-            for signature in self._loops.observe(call.session_id, time.monotonic(), row.loop_signatures):
+            started = from_stored(call.started_at).timestamp()  # a replayed spool keeps its calls' own times
+            for signature in self._loops.observe(call.session_id, started, row.loop_signatures):
                 self._writer.quietly(self._loop_alert, call, signature)
-        self.refresh(force=True)
+        self.refresh()
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -128,6 +148,7 @@ class Guard:
                 "refusal": budgets.refusal(blocking) if blocking else None,
             }
         current = tasks.current_task(db)
+        self._open_loops = {row[0] for row in db.execute("SELECT key FROM alerts WHERE kind = 'loop' AND cleared_at IS NULL")}
         return {
             "current_task": current.task_id.lower() if current else None,
             "tasks": guarded,
@@ -160,6 +181,8 @@ class Guard:
             + ("; its calls are refused until `meter alerts clear`" if blocks else "")
         )
         key = f"loop:{call.session_id}:{signature}"
+        if key in self._open_loops:
+            return  # the loop goes on, already told: no write
         # The proxy knows a Claude Code session by its header; other clients by their conversation.
         conversation = None if call.client_session else call.conversation_id
         alert = alerts.raise_alert(
@@ -172,6 +195,7 @@ class Guard:
             conversation_id=conversation,
             blocks=blocks,
         )
+        self._open_loops.add(key)
         self._raised(alert)
 
     def _burn_rate(self, db, now: float) -> None:
