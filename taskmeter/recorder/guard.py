@@ -1,9 +1,9 @@
 """The recorder's half of budgets and alerts: it works out, from the database,
 what the proxy must refuse, and pushes that to the proxy whenever it changes
-(checked after every stored batch and at least every REFRESH_SECONDS), so the
-proxy decides each call with a dictionary lookup (proxy/guard.py). It also
-raises the alerts: budget crossings, loops of near-identical requests, and
-burn rates far above the approved tasks' (docs/budgets.md).
+(checked every REFRESH_SECONDS, idle or busy), so the proxy's Guard addon
+(proxy/addons.py) decides each call with dictionary lookups. It also raises the
+alerts: budget crossings, loops of near-identical requests, and burn rates far
+above the approved tasks' (docs/budgets.md).
 """
 
 import json
@@ -99,7 +99,7 @@ class Guard:
     # ------------------------------------------------------------ events
 
     def stored(self, rows: list[CallRow]) -> None:
-        """After a batch is stored: loops, then what the proxy must know now."""
+        """After a batch is stored: loops, then (at most every REFRESH_SECONDS) what the proxy must know."""
         for row in rows:
             call = row.interaction
             if not row.loop_signatures or not call.session_id:
