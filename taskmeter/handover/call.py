@@ -32,4 +32,4 @@ class CapturedCall:
     outcome: str | None = None
     error: str | None = None
     notes: str | None = None
-    blocked: str | None = None  # "budget" or "loop": answered by the meter (proxy/guard.py)
+    blocked: str | None = None  # "budget" or "loop": answered by the meter (the Guard addon)
