@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import time
 
+from taskmeter.analytics import budgets
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
 from taskmeter.timefmt import from_stored
@@ -102,31 +103,6 @@ def status_line(path, claude: dict) -> str:
         return f"meter: {exc}"
 
 
-def _budget_share(db: sqlite3.Connection, task_id: str, usage) -> float | None:
-    """The largest share used of the task's own budget, else its phase's (the
-    config's default budget needs the config: `meter status` shows it)."""
-    own = db.execute("SELECT tokens, usd FROM budgets WHERE scope = 'task' AND target = ?", (task_id,)).fetchone()
-    spent = usage
-    if own is None:
-        own = db.execute(
-            "SELECT b.tokens, b.usd FROM budgets b JOIN tasks t ON b.scope = 'phase' AND b.target = t.phase_id WHERE t.id = ?",
-            (task_id,),
-        ).fetchone()
-        if own is None:
-            return None
-        spent = db.execute(
-            "SELECT sum(coalesce(u.input_total, 0) + coalesce(u.output_total, 0)) AS tokens, sum(u.cost_usd) AS cost_usd"
-            " FROM task_usage u JOIN tasks t ON u.task_key = t.id WHERE t.phase_id = (SELECT phase_id FROM tasks WHERE id = ?)",
-            (task_id,),
-        ).fetchone()
-    tokens, cost = (spent["tokens"] or 0, spent["cost_usd"] or 0) if spent is not None else (0, 0)
-    return max(
-        share
-        for share in (tokens / own["tokens"] if own["tokens"] else None, cost / own["usd"] if own["usd"] else None)
-        if share is not None
-    )
-
-
 def _line(db: sqlite3.Connection, claude: dict) -> str:
     session = claude.get("session_id") if isinstance(claude.get("session_id"), str) else None
     # A Claude Code session bound to a task (`meter claude install`) shows its own task.
@@ -147,9 +123,11 @@ def _line(db: sqlite3.Connection, claude: dict) -> str:
             parts.append(f"${usage['cost_usd'] or 0:.2f}")
             if usage["flagged"]:
                 parts.append(f"⚑{usage['flagged']}")
-        budget = _budget_share(db, task_id, usage)
-        if budget is not None:
-            parts.append(f"budget {budget * 100:.0f}%" + ("!" if budget >= 1 else ""))
+        # Budgets set with --budget (the config's default needs the config: `meter status` shows it).
+        covered = budgets.task_budgets(db, budgets.budget_statuses(db, budgets.Defaults())).get(task_id)
+        if covered is not None:
+            share = covered["counted"]["used_share"]
+            parts.append(f"budget {share * 100:.0f}%" + ("!" if share >= 1 else ""))
     else:
         parts.append("no task")
     open_alerts = db.execute("SELECT count(*) FROM alerts WHERE cleared_at IS NULL").fetchone()[0]

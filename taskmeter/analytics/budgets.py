@@ -7,18 +7,19 @@ A task with no budget of its own has the config's default per-task budget, if an
 """
 
 import sqlite3
-from dataclasses import dataclass
+from collections import namedtuple
 
 WARN_AT = (0.8, 1.0)  # the shares of a budget whose crossing is announced
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """The config's [budgets] section."""
+# The config's [budgets] section. A namedtuple, not a dataclass: the status line
+# imports this module, and importing dataclasses would cost it 9 ms.
+Defaults = namedtuple("Defaults", "on_exceeded task_tokens task_usd", defaults=("warn", None, None))
 
-    on_exceeded: str = "warn"
-    task_tokens: int | None = None
-    task_usd: float | None = None
+
+def defaults_of(section: dict) -> Defaults:
+    """Defaults from the config's [budgets] section, as a dict."""
+    return Defaults(section["on_budget_exceeded"], section["task_tokens"], section["task_usd"])
 
 
 def _spend_by_task(db: sqlite3.Connection) -> dict[str, dict]:
@@ -147,15 +148,27 @@ def projection(status: dict, worked_seconds: float | None, estimated_seconds: fl
     }
 
 
+def task_budgets(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict]:
+    """Per task whose calls a budget covers: `counted` (its own budget, else its
+    phase's: what the x-meter-budget header and `meter status` show) and
+    `blocking` (its own or its phase's, whichever blocks, else None)."""
+    by_scope = {(s["scope"], s["target"]): s for s in statuses}
+    covered = {}
+    for row in db.execute("SELECT id, phase_id FROM tasks"):
+        own, phase = by_scope.get(("task", row["id"])), by_scope.get(("phase", row["phase_id"]))
+        if own is None and phase is None:
+            continue
+        blocking = next((s for s in (own, phase) if s is not None and s["blocks"]), None)
+        covered[row["id"]] = {"counted": own or phase, "blocking": blocking}
+    return covered
+
+
 def current_budget(db: sqlite3.Connection, defaults: Defaults) -> dict | None:
-    """The budget the current task's calls count against (its own or the default,
-    else its phase's), for `meter status` and the dashboard."""
-    from taskmeter.store import tasks
+    """The budget the current task's calls count against, for `meter status` and the dashboard."""
+    from taskmeter.store import tasks  # here: the status line imports this module and must start fast
 
     current = tasks.current_task(db)
     if current is None:
         return None
-    phase_id = tasks.get_task(db, current.task_id)["phase_id"]
-    statuses = budget_statuses(db, defaults)
-    own = next((s for s in statuses if s["scope"] == "task" and s["target"] == current.task_id), None)
-    return own or next((s for s in statuses if s["scope"] == "phase" and s["target"] == phase_id), None)
+    covered = task_budgets(db, budget_statuses(db, defaults)).get(current.task_id)
+    return covered["counted"] if covered else None

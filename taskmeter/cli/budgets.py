@@ -55,26 +55,27 @@ def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str |
 
 
 def budget_records(db) -> list[dict]:
-    """Every budget in force with its spend and where the burn rate takes it (`meter budget --json`)."""
+    """Every budget in force with its spend and where the burn rate takes it (`meter budget --json`).
+    Working time comes from one pass over every task and phase, not a report per budget."""
     from taskmeter.analytics.budgets import budget_statuses, projection
-    from taskmeter.analytics.reports import phase_report, task_report
+    from taskmeter.analytics.listings import task_records
+    from taskmeter.analytics.reports import phase_reports
 
-    records = []
-    for status in budget_statuses(db, budget_defaults()):
-        if status["scope"] == "task":
-            try:
-                report = task_report(db, status["target"], idle_seconds=idle_seconds())
-            except MeterError:  # a budget for a task not yet begun
-                report = {"actual_duration": None, "estimated_duration": None}
-            worked, estimate = report["actual_duration"], report["estimated_duration"]
-        else:
-            try:
-                report = phase_report(db, status["target"], idle_seconds=idle_seconds())
-            except MeterError:
-                report = {"actual_total": None, "estimated_total": None}
-            worked, estimate = report["actual_total"], report["estimated_total"]
-        records.append({**status, **projection(status, worked, estimate)})
-    return records
+    statuses = budget_statuses(db, budget_defaults())
+    idle = idle_seconds()
+    worked: dict[tuple[str, str], tuple] = {}  # (scope, target) -> (working time, estimate)
+    if any(status["scope"] == "task" for status in statuses):
+        worked |= {
+            ("task", r["task_id"]): (r["actual_duration"], r["estimated_duration"]) for r in task_records(db, idle_seconds=idle)
+        }
+    if any(status["scope"] == "phase" for status in statuses):
+        worked |= {
+            ("phase", p["phase_id"]): (p["actual_total"], p["estimated_total"]) for p in phase_reports(db, idle_seconds=idle)
+        }
+    # A budget for a task or phase not begun yet has no working time.
+    return [
+        {**status, **projection(status, *worked.get((status["scope"], status["target"]), (None, None)))} for status in statuses
+    ]
 
 
 def _amount(status: dict, key: str) -> str:

@@ -131,11 +131,10 @@ def idle_seconds() -> float:
 
 def budget_defaults():
     """The config's [budgets]: the default mode and per-task budget (analytics/budgets.py)."""
-    from taskmeter.analytics.budgets import Defaults
+    from taskmeter.analytics.budgets import defaults_of
     from taskmeter.config import load_settings
 
-    settings = load_settings().budgets
-    return Defaults(settings.on_budget_exceeded, settings.task_tokens, settings.task_usd)
+    return defaults_of(load_settings().budgets.model_dump())
 
 
 @contextlib.contextmanager

@@ -134,19 +134,13 @@ class Guard:
         statuses = budgets.budget_statuses(db, self._defaults)
         for status in statuses:
             self._crossings(db, status)
-        phase_of = {row["id"]: row["phase_id"] for row in db.execute("SELECT id, phase_id FROM tasks")}
-        by_phase = {s["target"]: s for s in statuses if s["scope"] == "phase"}
-        by_task = {s["target"]: s for s in statuses if s["scope"] == "task"}
-        guarded = {}
-        for task_id, phase_id in phase_of.items():
-            own, phase = by_task.get(task_id), by_phase.get(phase_id)
-            if own is None and phase is None:
-                continue
-            blocking = next((s for s in (own, phase) if s is not None and s["blocks"]), None)
-            guarded[task_id.lower()] = {
-                "header": budgets.header(own or phase),
-                "refusal": budgets.refusal(blocking) if blocking else None,
+        guarded = {
+            task_id.lower(): {
+                "header": budgets.header(covered["counted"]),
+                "refusal": budgets.refusal(covered["blocking"]) if covered["blocking"] else None,
             }
+            for task_id, covered in budgets.task_budgets(db, statuses).items()
+        }
         current = tasks.current_task(db)
         self._open_loops = {row[0] for row in db.execute("SELECT key FROM alerts WHERE kind = 'loop' AND cleared_at IS NULL")}
         return {

@@ -384,7 +384,7 @@ def main() -> None:
 
 
 def _guard(loop: RecorderLoop, config: dict, live_view):
-    from taskmeter.analytics.budgets import Defaults
+    from taskmeter.analytics.budgets import defaults_of
     from taskmeter.recorder.guard import Guard
 
     def announce(line: str) -> None:
@@ -393,12 +393,12 @@ def _guard(loop: RecorderLoop, config: dict, live_view):
         else:
             log.warning("%s", line)
 
-    budgets, alerts = config["budgets"], config["alerts"]
+    alerts = config["alerts"]
     return Guard(
         loop.writer,
         _push_guard_state,
         announce,
-        Defaults(budgets["on_budget_exceeded"], budgets["task_tokens"], budgets["task_usd"]),
+        defaults_of(config["budgets"]),
         alerts["loop_calls"],
         alerts["loop_minutes"],
         alerts["on_loop"],
