@@ -123,9 +123,10 @@ def current_branch(repo: Path) -> str | None:
         return None  # detached HEAD
 
 
-def task_of_repository(db, repo: Path, pattern: str) -> str | None:
-    """The task work in `repo` belongs to: its branch's, else the current task."""
-    task_id = task_of_branch(current_branch(repo), pattern)
+def task_of_repository(db, repo: Path, pattern: str, branch: str | None = None) -> str | None:
+    """The task work in `repo` belongs to: its branch's (`branch` when the caller
+    has asked git already), else the current task."""
+    task_id = task_of_branch(branch or current_branch(repo), pattern)
     if task_id is None:
         current = tasks.current_task(db)
         task_id = current.task_id if current else None
@@ -142,7 +143,7 @@ def on_checkout(db, repo: Path, flag: str, pattern: str, main: str) -> None:
 
 def on_commit(db, repo: Path, pattern: str) -> None:
     branch = current_branch(repo)
-    task_id = task_of_repository(db, repo, pattern)
+    task_id = task_of_repository(db, repo, pattern, branch)
     sha, committed = _git(repo, "log", "-1", "--format=%H%x00%cI").split("\x00")
     numstat = _git(repo, "show", "--numstat", "--format=", sha).splitlines()
     added = sum(int(parts[0]) for parts in (line.split("\t") for line in numstat) if parts[0].isdigit())
