@@ -8,9 +8,9 @@ import sqlite3
 from taskmeter.analytics.listings import tokens
 from taskmeter.store.interactions import FAILED_CALL_SQL
 
-COUNTED = ("input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd")
+_COUNTED = ("input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd")
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
-_SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in COUNTED)}, priced, flagged"""
+_SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in _COUNTED)}, priced, flagged"""
 
 # Usage per quarter hour, model and task, kept by triggers (migration m011).
 _QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, task_key, {_SUMS} FROM usage_quarters"
@@ -18,7 +18,7 @@ _QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, task_key, {_SUMS} FR
 _CALLS = f"""
     SELECT i.started_at AS at, coalesce(i.model, '?') AS model, coalesce(i.task_id, '') AS task_key,
         NOT {_FAILED} AS ai_interactions, {_FAILED} AS failed_calls,
-        {", ".join(f"coalesce(i.{c}, 0) AS {c}, i.{c} IS NOT NULL AS {c}_calls" for c in COUNTED)},
+        {", ".join(f"coalesce(i.{c}, 0) AS {c}, i.{c} IS NOT NULL AS {c}_calls" for c in _COUNTED)},
         i.cost_usd IS NOT NULL AND NOT {_FAILED} AS priced, f.interaction_id IS NOT NULL AS flagged
     FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
     WHERE i.operation = 'generate'
@@ -82,7 +82,7 @@ def usage_report(
         params.append(task_id)
     source = _QUARTERS if _on_quarter(since) and _on_quarter(until) else _CALLS
     # A count no call stated stays missing, never 0.
-    stated = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in COUNTED)
+    stated = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in _COUNTED)
     rows = db.execute(
         f"""
         SELECT {_period_sql(period, utc)} AS period, model, sum(ai_interactions) AS ai_interactions,

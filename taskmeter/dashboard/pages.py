@@ -4,7 +4,7 @@ them and shape each chart's data. They run in a worker thread with their own
 sqlite3 connection (see app.py)."""
 
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from taskmeter.analytics import history
 from taskmeter.analytics.budgets import Defaults, current_budget
@@ -14,7 +14,7 @@ from taskmeter.analytics.reports import phase_report, task_report, token_trend
 from taskmeter.store import alerts, interactions, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
-from taskmeter.timefmt import from_stored, now, to_stored
+from taskmeter.timefmt import from_stored, now, parse_moment, to_stored
 
 FEED_LENGTH = 50  # calls on the Now page before the live ones
 CALLS_SHOWN = 200  # a task's newest calls, with their text
@@ -42,10 +42,12 @@ def last_rowid(db: sqlite3.Connection) -> int:
 def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults) -> dict:
     current = tasks.current_task(db)
     report = task_report(db, current.task_id, idle_seconds=idle_seconds) if current else None
-    midnight = datetime.fromisoformat(now().astimezone().date().isoformat()).astimezone()
+    midnight = parse_moment("today")  # local midnight, as `--since today` reads it
     hourly = usage_report(db, "hourly", since=to_stored(midnight))
     by_hour = {group["period"]: group for group in hourly["periods"]}
-    hours = [(midnight + timedelta(hours=h)).strftime("%Y-%m-%d %H:00") for h in range(now().astimezone().hour + 1)]
+    # Each hour label in local time as SQLite's 'localtime' gives it (a day with a clock change included).
+    elapsed = int((now() - midnight).total_seconds() // 3600) + 1
+    hours = [(midnight + timedelta(hours=h)).astimezone().strftime("%Y-%m-%d %H:00") for h in range(elapsed)]
     return {
         "task": report,
         "budget": current_budget(db, defaults),
