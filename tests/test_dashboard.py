@@ -125,14 +125,8 @@ def history(db_path):
                 0.01 * n,
                 text,
             )
-        for milestone, hour in (("initial", 9), ("tests", 10), ("validated", 10), ("approved", 10)):
-            when = from_stored(
-                begin.replace(
-                    "T09:00",
-                    f"T{hour:02d}:{55 if hour == 9 else 30 if milestone == 'tests' else 40 if milestone == 'validated' else 50}",
-                )
-            )
-            tasks.mark(db, task_id, milestone, at=when, force=True)
+        for milestone, clock in (("initial", "09:55"), ("tests", "10:30"), ("validated", "10:40"), ("approved", "10:50")):
+            tasks.mark(db, task_id, milestone, at=from_stored(begin.replace("09:00", clock)), force=True)
     interactions.flag(db, _id(1), "invented an API")
     _call(db, 98, None, _at(6, 12), "gpt-4o-2024-08-06", (400, 0, 10, 0), 0.001, "unassigned answer")
     _call(db, 99, None, _at(6, 12, 5), "gpt-4o-2024-08-06", (500, 0, 20, 0), 0.002, "unassigned answer")
@@ -413,7 +407,8 @@ def test_now_shows_the_budget_and_open_alerts_and_clears_one_by_click(history, p
 
     _cli_json(meter, "status")  # the database is current
     assert meter("set-task", "P2-001").code == 0
-    assert meter("task", "P2-001", "--budget", "30000").code == 0  # 31,500 spent: over, in warn mode
+    # P2-001's calls (n = 9, 10, 11) used 1,050 n tokens each: 31,500, over the budget, in warn mode.
+    assert meter("task", "P2-001", "--budget", "30000").code == 0
     db = store_db.connect(history)
     alerts.raise_alert(db, "loop", "loop:s1:x", "loop: session s1 sent 10 calls of near-identical requests", session_id="s1")
     db.close()
