@@ -194,6 +194,18 @@ def test_token_trend_phase_over_phase(phase_one):
     assert overview["phases"][1]["token_efficiency_change"] == pytest.approx((900 - 1120) / 1120)
 
 
+def test_overview_lines_equal_the_phase_reports(phase_one):
+    """The overview reads no working time; each of its lines still says what the
+    phase's full report says, tracking completeness included."""
+    new_task(phase_one, "P2-001", at(11), estimate=3600)
+    new_task(phase_one, "P2-002", None)  # never begun: no duration at all
+    call(phase_one, 10, "P2-001", at(11, 5), input_total=800, output_total=100)
+    for line in overview_report(phase_one, now=NOW)["phases"]:
+        full = phase_report(phase_one, line["phase_id"], now=NOW)
+        assert full["actual_total"] is not None
+        assert line == {key: full[key] for key in line} | {"tracking_completeness": full["tracking_completeness"]["percent"]}
+
+
 def test_overview_shows_the_unassigned_bucket(phase_one):
     call(phase_one, 20, None, at(12), input_total=40, output_total=2, cost_usd=0.001)
     overview = overview_report(phase_one, now=NOW)

@@ -337,6 +337,119 @@ def test_the_usage_rollup_equals_the_calls_after_any_changes(db, calls, changes)
                 assert rollup == direct, (period, utc, task_id)
 
 
+SESSION_CALL = st.fixed_dictionaries(
+    {
+        "minute": st.integers(0, 5),  # few minutes: calls that start together, ordered by ID
+        "task_id": st.sampled_from([None, "P1-001", "P1-001", "P1-002"]),
+        "session_id": st.sampled_from([None, "s1", "s1", "s2"]),
+        "operation": st.sampled_from(["generate", "generate", "generate", "count_tokens"]),
+        "input_total": st.one_of(st.none(), st.integers(0, 10_000)),
+        "output_total": st.one_of(st.none(), st.integers(0, 1000)),
+        "cost_usd": st.one_of(st.none(), st.floats(0, 1)),
+    }
+)
+SESSION_CHANGE = st.tuples(
+    st.sampled_from(["flag", "flag", "unflag", "retag", "session", "move", "delete", "call"]), st.integers(0, 7)
+)
+
+
+def _rework_by_scan(db) -> dict:
+    """The rule itself, over every call: per task and session, the calls that
+    follow the session's first flagged call."""
+    calls = [dict(row) for row in db.execute("SELECT * FROM interactions WHERE operation = 'generate' AND task_id IS NOT NULL")]
+    flagged = {row[0] for row in db.execute("SELECT interaction_id FROM flags")}
+    firsts: dict = {}
+    for call in sorted(calls, key=lambda c: (c["started_at"], c["id"])):
+        if call["id"] in flagged:
+            firsts.setdefault((call["task_id"], call["session_id"] or call["id"]), call)
+    result = {}
+    for (task_id, key), first in firsts.items():
+        later = [
+            c for c in calls
+            if c["task_id"] == task_id and c["session_id"] == key and (c["started_at"], c["id"]) > (first["started_at"], first["id"])
+        ]  # fmt: skip
+        tokens = sum((c["input_total"] or 0) + (c["output_total"] or 0) for c in later)
+        result[(task_id, key)] = (first["id"], len(later), tokens, round(sum(c["cost_usd"] or 0 for c in later), 9))
+    return result
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    calls=st.lists(SESSION_CALL, min_size=1, max_size=8),
+    flagged=st.lists(st.integers(0, 7), min_size=1, max_size=3),
+    changes=st.lists(SESSION_CHANGE, max_size=20),
+)
+def test_the_rework_rollup_equals_the_rule_after_any_changes(db, calls, flagged, changes):
+    """Reports read rework from session_rework; whatever happens to the calls and
+    their flags, it stays what the rule gives over the calls themselves."""
+    db.execute("DELETE FROM interactions")
+    tasks.set_task(db, "P1-001")
+    tasks.set_task(db, "P1-002")
+    ids = []
+    for n, call in enumerate(calls):
+        started = datetime(2026, 3, 28, tzinfo=UTC) + timedelta(minutes=call.pop("minute"))
+        ids.append(f"00000003{n:04d}")
+        interactions.insert(db, Interaction(id=ids[-1], started_at=to_stored(started), usage_source="reported", **call))
+    for change, index in [("flag", index) for index in flagged] + changes:  # flags first, then anything
+        target = ids[index % len(ids)]
+        if not db.execute("SELECT 1 FROM interactions WHERE id = ?", (target,)).fetchone():
+            continue  # deleted by an earlier change
+        if change == "flag":
+            interactions.flag(db, target)
+        elif change == "unflag":
+            db.execute("DELETE FROM flags WHERE interaction_id = ?", (target,))
+        elif change == "retag":
+            db.execute(
+                "UPDATE interactions SET task_id = CASE WHEN task_id = 'P1-001' THEN 'P1-002' ELSE 'P1-001' END WHERE id = ?",
+                (target,),
+            )
+        elif change == "session":
+            db.execute(
+                "UPDATE interactions SET session_id = CASE WHEN session_id = 's1' THEN 's2' ELSE 's1' END WHERE id = ?", (target,)
+            )
+        elif change == "move":
+            db.execute("UPDATE interactions SET started_at = '2026-03-28T00:03:00.000000Z' WHERE id = ?", (target,))
+        elif change == "call":  # a later call of the same session
+            ids.append(f"00000003{len(ids):04d}")
+            db.execute(
+                "INSERT INTO interactions (id, started_at, task_id, session_id, operation, input_total, usage_source)"
+                " SELECT ?, '2026-03-28T00:09:00.000000Z', task_id, session_id, 'generate', 7, 'reported' FROM interactions"
+                " WHERE id = ?",
+                (ids[-1], target),
+            )
+        else:
+            db.execute("DELETE FROM interactions WHERE id = ?", (target,))
+    assert _rework_kept(db) == _rework_by_scan(db)
+
+
+def _rework_kept(db) -> dict:
+    return {
+        (row["task_id"], row["session_key"]): (row["flagged_id"], row["calls"], row["tokens"], round(row["cost_usd"], 9))
+        for row in db.execute("SELECT * FROM session_rework")
+    }
+
+
+def test_upgrading_backfills_the_rework_rollup(db_path, monkeypatch):
+    before_rework = [m for m in migrations.MIGRATIONS if m.__name__ < "m013"]
+    monkeypatch.setattr(migrations, "MIGRATIONS", before_rework)
+    old = store_db.connect(db_path)
+    tasks.set_task(old, "P1-001")
+    for n in range(30):
+        old.execute(
+            "INSERT INTO interactions (id, started_at, task_id, session_id, input_total, output_total, cost_usd, usage_source)"
+            " VALUES (?, ?, 'P1-001', ?, 100, ?, 0.01, 'reported')",
+            (f"00000004{n:04d}", f"2026-01-01T00:{n:02d}:00.000000Z", f"s{n % 3}", n),
+        )
+    for n in (4, 5, 10):  # two sessions flagged, one of them twice
+        interactions.flag(old, f"00000004{n:04d}")
+    old.close()
+    monkeypatch.undo()
+    upgraded = store_db.connect(db_path)
+    kept = _rework_kept(upgraded)
+    assert kept == _rework_by_scan(upgraded)
+    assert {key: calls for key, (_, calls, _, _) in kept.items()} == {("P1-001", "s1"): 8, ("P1-001", "s2"): 8}
+
+
 def test_upgrading_backfills_the_usage_rollup(db_path, monkeypatch):
     before_usage_quarters = [m for m in migrations.MIGRATIONS if m.__name__ < "m011"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before_usage_quarters)

@@ -85,45 +85,30 @@ def usages(db: sqlite3.Connection, task_keys: list[str]) -> dict[str, dict]:
 
 def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int | None, float | None, int]]:
     """Per task: tokens, cost and count of the calls that followed a flagged call
-    in its session (the developer steering the model back on course). In each
-    session only its first flagged call matters: every later call follows it."""
+    in its session (the developer steering the model back on course), from the
+    session_rework rollup; (None, None, 0) for a task with no flagged call."""
     result: dict[str, tuple[int | None, float | None, int]] = {task_id: (None, None, 0) for task_id in task_ids}
-    wanted = set(task_ids)
-    # Flags are few: the first flagged call of each (task, session), then one
-    # indexed sum over the session's later calls.
-    firsts = db.execute(
-        """
-        SELECT g.task_id, g.session_id, min(g.started_at) AS started_at, g.id
-        FROM flags f CROSS JOIN interactions g ON g.id = f.interaction_id
-        WHERE g.operation = 'generate' AND g.task_id IS NOT NULL
-        GROUP BY g.task_id, g.session_id
-        """
-    ).fetchall()
-    totals: dict[str, list] = {}
-    for first in firsts:
-        if first["task_id"] not in wanted:
-            continue
-        row = db.execute(
-            "SELECT count(*) AS calls, coalesce(sum(coalesce(input_total, 0) + coalesce(output_total, 0)), 0) AS tokens,"
-            " coalesce(sum(cost_usd), 0) AS cost FROM interactions"
-            " WHERE session_id = ? AND task_id = ? AND operation = 'generate' AND (started_at, id) > (?, ?)",
-            (first["session_id"], first["task_id"], first["started_at"], first["id"]),
-        ).fetchone()
-        total = totals.setdefault(first["task_id"], [0, 0.0, 0])
-        total[0] += row["tokens"]
-        total[1] += row["cost"]
-        total[2] += row["calls"]
-    for task_id, (tokens, cost, calls) in totals.items():
-        result[task_id] = (tokens, cost, calls)
+    for row in db.execute(
+        "SELECT task_id, sum(tokens) AS tokens, sum(cost_usd) AS cost, sum(calls) AS calls FROM session_rework"
+        f" WHERE task_id IN ({_placeholders(task_ids)}) GROUP BY task_id",
+        task_ids,
+    ):
+        result[row["task_id"]] = (row["tokens"], row["cost"], row["calls"])
     return result
 
 
-def histories(db: sqlite3.Connection, task_rows: list[dict]) -> list[TaskHistory]:
+def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool = True) -> list[TaskHistory]:
+    """Each task's history. `working_time=False` reads only the rows and rollups:
+    no switches, activity, events, rework or calls after approval, for a caller
+    that shows none of what they give (the overview)."""
     ids = [row["id"] for row in task_rows]
     if not ids:
         return []
+    usage, iterations = usages(db, ids), iterations_of(db, ids)
+    if not working_time:
+        return [TaskHistory(row, iterations[row["id"]], usage[row["id"]], [], None, None, 0) for row in task_rows]
     current = current_intervals(db)
-    usage, iterations, rework = usages(db, ids), iterations_of(db, ids), _rework(db, ids)
+    rework = _rework(db, ids)
     minutes: dict[str, list[str]] = defaultdict(list)
     for row in db.execute(f"SELECT task_id, minute FROM task_activity WHERE task_id IN ({_placeholders(ids)})", ids):
         minutes[row["task_id"]].append(row["minute"])
@@ -171,12 +156,12 @@ def phase_history(db: sqlite3.Connection, phase_id: str) -> PhaseHistory:
     return PhaseHistory(phase, rollup_columns(db), histories(db, rows))
 
 
-def phase_histories(db: sqlite3.Connection) -> list[PhaseHistory]:
+def phase_histories(db: sqlite3.Connection, working_time: bool = True) -> list[PhaseHistory]:
     """Every phase's history, in phase order, from one pass over the switches and flags."""
     phases = {row["id"]: dict(row) for row in db.execute("SELECT * FROM phases")}
     rows = sorted((dict(row) for row in db.execute("SELECT * FROM tasks")), key=lambda row: natural_key(row["id"]))
     by_phase: dict[str, list[TaskHistory]] = defaultdict(list)
-    for task_history in histories(db, rows):
+    for task_history in histories(db, rows, working_time):
         by_phase[task_history.task["phase_id"]].append(task_history)
     columns = rollup_columns(db)
     return [PhaseHistory(phases[phase_id], columns, by_phase[phase_id]) for phase_id in phase_ids(db)]

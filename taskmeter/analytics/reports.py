@@ -42,18 +42,30 @@ def phase_report(
 
 def phase_reports(db: sqlite3.Connection, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> list[dict]:
     """Every phase's Level 2 fields (as `phase --json` gives them), in phase order."""
-    now = now or now_stored()
-    phases = []
+    return _phase_fields_in_order(history.phase_histories(db), now or now_stored(), idle_seconds)
+
+
+def overview_report(db: sqlite3.Connection, now: str | None = None) -> dict:
+    """One line per phase, from the rows and rollups alone. A line shows no
+    duration, so no working time is read and every duration in the phases'
+    fields comes out 0; whether one is present, all that tracking completeness
+    counts, depends on the tasks' begins and estimates, never on their spans.
+    metrics.overview picks no duration."""
+    phases = history.phase_histories(db, working_time=False)
+    return metrics.overview(_phase_fields_in_order(phases, now or now_stored()), history.unassigned_usage(db))
+
+
+def _phase_fields_in_order(
+    phases: list[history.PhaseHistory], now: str, idle_seconds: float = DEFAULT_IDLE_SECONDS
+) -> list[dict]:
+    """Each phase's fields, its token change taken against the phase before."""
+    reports = []
     previous_tokens = None
-    for phase_history in history.phase_histories(db):
+    for phase_history in phases:
         fields = metrics.phase_fields(phase_history, now, previous_tokens, idle_seconds)
         previous_tokens = fields["tokens_per_task_avg"]
-        phases.append(fields)
-    return phases
-
-
-def overview_report(db: sqlite3.Connection, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> dict:
-    return metrics.overview(phase_reports(db, now, idle_seconds), history.unassigned_usage(db))
+        reports.append(fields)
+    return reports
 
 
 def _tokens_per_task(db: sqlite3.Connection, phase_id: str) -> float | None:

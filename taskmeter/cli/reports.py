@@ -64,7 +64,7 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path) as db:
-        report = overview_report(db, idle_seconds=idle_seconds())
+        report = overview_report(db)
 
     def table(overview: dict) -> str:
         terminal.table(

@@ -897,6 +897,104 @@ def m012_budgets_and_alerts(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m013_rework_rollup(db: sqlite3.Connection) -> None:
+    """Rework per (task, session), kept by triggers, so that reports never scan a
+    session's calls: the calls of a session that follow its first flagged call
+    (docs/metrics.md). A new call adds itself; a flag, an unflag, or a change to a
+    flagged call recomputes its session's row from that session's calls alone."""
+    session = "coalesce({r}.session_id, {r}.id)"  # a call with no session is a session of its own
+
+    def rows(which: str) -> str:
+        """The rows of the sessions `which` (a condition on their flagged calls g)."""
+        return f"""
+            INSERT INTO session_rework (task_id, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)
+            SELECT first.task_id, first.session_key, first.started_at, first.id, count(later.id),
+                coalesce(sum(coalesce(later.input_total, 0) + coalesce(later.output_total, 0)), 0),
+                coalesce(sum(later.cost_usd), 0)
+            FROM (
+                SELECT * FROM (
+                    SELECT g.task_id, {session.format(r="g")} AS session_key, g.started_at, g.id,
+                        row_number() OVER (PARTITION BY g.task_id, {session.format(r="g")} ORDER BY g.started_at, g.id) AS n
+                    FROM flags f JOIN interactions g ON g.id = f.interaction_id
+                    WHERE g.operation = 'generate' AND g.task_id IS NOT NULL AND {which}
+                ) WHERE n = 1
+            ) first
+            LEFT JOIN interactions later ON later.session_id = first.session_key AND later.task_id = first.task_id
+                AND later.operation = 'generate' AND (later.started_at, later.id) > (first.started_at, first.id)
+            GROUP BY first.task_id, first.session_key;"""
+
+    def recompute(task: str, key: str) -> str:
+        return f"""
+            DELETE FROM session_rework WHERE task_id = {task} AND session_key = {key};
+            {rows(f"g.task_id = {task} AND {session.format(r='g')} = {key}")}"""
+
+    def of_call(r: str) -> str:
+        return recompute(f"{r}.task_id", session.format(r=r))
+
+    def of_flag(r: str) -> str:
+        looked_up = "(SELECT {column} FROM interactions WHERE id = " + r + ".interaction_id)"
+        return recompute(looked_up.format(column="task_id"), looked_up.format(column=session.format(r="interactions")))
+
+    def add(r: str, sign: str) -> str:
+        """The call `r` (NEW or OLD) added to (sign +) or taken from (sign -) the row
+        of its session, when it follows the session's first flagged call."""
+        return f"""
+            UPDATE session_rework SET calls = calls {sign} 1,
+                tokens = tokens {sign} (coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0)),
+                cost_usd = cost_usd {sign} coalesce({r}.cost_usd, 0)
+            WHERE task_id = {r}.task_id AND session_key = {r}.session_id AND {r}.operation = 'generate'
+                AND ({r}.started_at, {r}.id) > (flagged_at, flagged_id);"""
+
+    flagged = "EXISTS (SELECT 1 FROM flags WHERE interaction_id = NEW.id)"
+    changed = "task_id, session_id, operation, started_at, input_total, output_total, cost_usd"
+    run_script(
+        db,
+        f"""
+        CREATE TABLE session_rework (
+            task_id TEXT NOT NULL,
+            session_key TEXT NOT NULL,
+            flagged_at TEXT NOT NULL,  -- the session's first flagged call: its start and ID
+            flagged_id TEXT NOT NULL,
+            calls INTEGER NOT NULL,  -- the calls after it in the session, their tokens and cost
+            tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            PRIMARY KEY (task_id, session_key)
+        ) WITHOUT ROWID;
+
+        -- A call being stored has no flag yet (flags name stored calls).
+        CREATE TRIGGER session_rework_insert AFTER INSERT ON interactions
+            WHEN NEW.operation = 'generate' AND NEW.task_id IS NOT NULL
+        BEGIN {add("NEW", "+")}
+        END;
+
+        -- A call that is not flagged moves no session's first flag.
+        CREATE TRIGGER session_rework_update AFTER UPDATE OF {changed} ON interactions WHEN NOT {flagged}
+        BEGIN {add("OLD", "-")} {add("NEW", "+")}
+        END;
+
+        CREATE TRIGGER session_rework_update_flagged AFTER UPDATE OF {changed} ON interactions WHEN {flagged}
+        BEGIN {of_call("OLD")} {of_call("NEW")}
+        END;
+
+        -- A flagged call's delete also deletes its flag (foreign key cascade): session_rework_unflag.
+        CREATE TRIGGER session_rework_delete AFTER DELETE ON interactions
+        BEGIN {add("OLD", "-")}
+        END;
+
+        CREATE TRIGGER session_rework_flag AFTER INSERT ON flags
+        BEGIN {of_flag("NEW")}
+        END;
+
+        CREATE TRIGGER session_rework_unflag AFTER DELETE ON flags
+        BEGIN {of_flag("OLD")}
+        END;
+
+        {rows("1")}
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
