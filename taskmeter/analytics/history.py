@@ -98,17 +98,16 @@ def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int 
 
 
 def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool = True) -> list[TaskHistory]:
-    """Each task's history. `working_time=False` reads only the rows and rollups:
-    no switches, activity, events, rework or calls after approval, for a caller
-    that shows none of what they give (the overview)."""
+    """Each task's history. `working_time=False` reads only the rows and rollups,
+    not the switches, activity minutes, events and calls after approval: for a
+    caller that shows nothing they give (the overview)."""
     ids = [row["id"] for row in task_rows]
     if not ids:
         return []
-    usage, iterations = usages(db, ids), iterations_of(db, ids)
+    usage, iterations, rework = usages(db, ids), iterations_of(db, ids), _rework(db, ids)
     if not working_time:
-        return [TaskHistory(row, iterations[row["id"]], usage[row["id"]], [], None, None, 0) for row in task_rows]
+        return [TaskHistory(row, iterations[row["id"]], usage[row["id"]], [], *rework[row["id"]]) for row in task_rows]
     current = current_intervals(db)
-    rework = _rework(db, ids)
     minutes: dict[str, list[str]] = defaultdict(list)
     for row in db.execute(f"SELECT task_id, minute FROM task_activity WHERE task_id IN ({_placeholders(ids)})", ids):
         minutes[row["task_id"]].append(row["minute"])
