@@ -276,6 +276,25 @@ def _usage_both_ways(db, period: str, utc: bool, task_id: str | None) -> tuple[d
     return body(rollup), body(direct)
 
 
+def _change_calls(db, ids: list[str], changes: list[tuple[str, int]], **statements: str) -> None:
+    """Apply each (change, index) to the call ids[index]: "flag", "unflag" and
+    "delete" as named, any other change by its statement, which takes the call's
+    ID. A call an earlier change deleted is left alone."""
+    statements = {
+        "unflag": "DELETE FROM flags WHERE interaction_id = ?",
+        "delete": "DELETE FROM interactions WHERE id = ?",
+        **statements,
+    }
+    for change, index in changes:
+        target = ids[index % len(ids)]
+        if not db.execute("SELECT 1 FROM interactions WHERE id = ?", (target,)).fetchone():
+            continue
+        if change == "flag":
+            interactions.flag(db, target)
+        else:
+            db.execute(statements[change], (target,))
+
+
 CALL = st.fixed_dictionaries(
     {
         "minute": st.integers(0, 3 * 24 * 60),
@@ -309,27 +328,14 @@ def test_the_usage_rollup_equals_the_calls_after_any_changes(db, calls, changes)
         started = datetime(2026, 3, 28, tzinfo=UTC) + timedelta(minutes=minute, seconds=second)
         ids.append(f"00000001{n:04d}")
         interactions.insert(db, Interaction(id=ids[-1], started_at=to_stored(started), usage_source="reported", **call))
-    for change, index in changes:
-        target = ids[index % len(ids)]
-        if not db.execute("SELECT 1 FROM interactions WHERE id = ?", (target,)).fetchone():
-            continue  # deleted by an earlier change
-        if change == "flag":
-            interactions.flag(db, target)
-        elif change == "unflag":
-            db.execute("DELETE FROM flags WHERE interaction_id = ?", (target,))
-        elif change == "retag":
-            db.execute(
-                "UPDATE interactions SET task_id = CASE WHEN task_id = 'P1-001' THEN NULL ELSE 'P1-001' END WHERE id = ?",
-                (target,),
-            )
-        elif change == "fail":
-            db.execute("UPDATE interactions SET input_total = NULL, http_status = 503 WHERE id = ?", (target,))
-        elif change == "move":
-            db.execute(
-                "UPDATE interactions SET started_at = '2026-03-30T23:59:59.000000Z', model = 'moved' WHERE id = ?", (target,)
-            )
-        else:
-            db.execute("DELETE FROM interactions WHERE id = ?", (target,))
+    _change_calls(
+        db,
+        ids,
+        changes,
+        retag="UPDATE interactions SET task_id = CASE WHEN task_id = 'P1-001' THEN NULL ELSE 'P1-001' END WHERE id = ?",
+        fail="UPDATE interactions SET input_total = NULL, http_status = 503 WHERE id = ?",
+        move="UPDATE interactions SET started_at = '2026-03-30T23:59:59.000000Z', model = 'moved' WHERE id = ?",
+    )
     for period in ("hourly", "daily", "weekly", "monthly", "models"):
         for utc in (True, False):
             for task_id in (None, "P1-001"):
@@ -390,35 +396,18 @@ def test_the_rework_rollup_equals_the_rule_after_any_changes(db, calls, flagged,
         started = datetime(2026, 3, 28, tzinfo=UTC) + timedelta(minutes=call.pop("minute"))
         ids.append(f"00000003{n:04d}")
         interactions.insert(db, Interaction(id=ids[-1], started_at=to_stored(started), usage_source="reported", **call))
-    for change, index in [("flag", index) for index in flagged] + changes:  # flags first, then anything
-        target = ids[index % len(ids)]
-        if not db.execute("SELECT 1 FROM interactions WHERE id = ?", (target,)).fetchone():
-            continue  # deleted by an earlier change
-        if change == "flag":
-            interactions.flag(db, target)
-        elif change == "unflag":
-            db.execute("DELETE FROM flags WHERE interaction_id = ?", (target,))
-        elif change == "retag":
-            db.execute(
-                "UPDATE interactions SET task_id = CASE WHEN task_id = 'P1-001' THEN 'P1-002' ELSE 'P1-001' END WHERE id = ?",
-                (target,),
-            )
-        elif change == "session":
-            db.execute(
-                "UPDATE interactions SET session_id = CASE WHEN session_id = 's1' THEN 's2' ELSE 's1' END WHERE id = ?", (target,)
-            )
-        elif change == "move":
-            db.execute("UPDATE interactions SET started_at = '2026-03-28T00:03:00.000000Z' WHERE id = ?", (target,))
-        elif change == "call":  # a later call of the same session
-            ids.append(f"00000003{len(ids):04d}")
-            db.execute(
-                "INSERT INTO interactions (id, started_at, task_id, session_id, operation, input_total, usage_source)"
-                " SELECT ?, '2026-03-28T00:09:00.000000Z', task_id, session_id, 'generate', 7, 'reported' FROM interactions"
-                " WHERE id = ?",
-                (ids[-1], target),
-            )
-        else:
-            db.execute("DELETE FROM interactions WHERE id = ?", (target,))
+    _change_calls(
+        db,
+        ids,
+        [("flag", index) for index in flagged] + changes,  # flags first, then anything
+        retag="UPDATE interactions SET task_id = CASE WHEN task_id = 'P1-001' THEN 'P1-002' ELSE 'P1-001' END WHERE id = ?",
+        session="UPDATE interactions SET session_id = CASE WHEN session_id = 's1' THEN 's2' ELSE 's1' END WHERE id = ?",
+        move="UPDATE interactions SET started_at = '2026-03-28T00:03:00.000000Z' WHERE id = ?",
+        # A later call of the same session, under a new ID.
+        call="INSERT INTO interactions (id, started_at, task_id, session_id, operation, input_total, usage_source)"
+        " SELECT hex(randomblob(6)), '2026-03-28T00:09:00.000000Z', task_id, session_id, 'generate', 7, 'reported'"
+        " FROM interactions WHERE id = ?",
+    )
     assert _rework_kept(db) == _rework_by_scan(db)
 
 
