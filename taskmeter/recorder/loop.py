@@ -95,12 +95,14 @@ class FrameReader:
 class LiveView:
     """Lines for the proxy's terminal, written by a thread of their own: a terminal
     that stops reading (Ctrl-S, a paused pager) must never hold up recording.
-    Past LIVE_VIEW_BACKLOG waiting writes, lines are skipped and the gap is said."""
+    Past LIVE_VIEW_BACKLOG waiting writes, lines are skipped and the gap is said,
+    before the next line written or at the end."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
         self._lines: queue.Queue = queue.Queue(maxsize=LIVE_VIEW_BACKLOG)
         self._skipped = 0
+        self._skipped_lock = threading.Lock()  # counted by show(), said and reset by the writer
         self._thread = threading.Thread(target=self._write, name="taskmeter-live-view", daemon=True)
         self._thread.start()
 
@@ -108,7 +110,8 @@ class LiveView:
         try:
             self._lines.put_nowait(text)
         except queue.Full:
-            self._skipped += text.count("\n")
+            with self._skipped_lock:
+                self._skipped += text.count("\n")
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is waiting (for up to `timeout`), then close the stream."""
@@ -121,14 +124,18 @@ class LiveView:
             self._stream.close()
 
     def _write(self) -> None:
-        while (text := self._lines.get()) is not None:
-            if self._skipped:
-                text, self._skipped = f"meter: {self._skipped} lines not shown (the terminal was not reading)\n" + text, 0
+        while True:
+            text = self._lines.get()
+            with self._skipped_lock:
+                skipped, self._skipped = self._skipped, 0
+            gap = f"meter: {skipped} lines not shown (the terminal was not reading)\n" if skipped else ""
             try:
-                self._stream.write(text)
+                self._stream.write(gap + (text or ""))
                 self._stream.flush()
             except (OSError, ValueError):
                 return  # the terminal is gone; recording goes on
+            if text is None:
+                return
 
 
 class RecorderLoop:
