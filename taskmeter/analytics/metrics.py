@@ -226,9 +226,9 @@ def sum_usage(usages: list[dict], columns: list[str]) -> dict:
     return missing_when_unstated(total)
 
 
-def tokens_per_task(usages: list[dict], columns: list[str]) -> float | None:
-    """TOKENS_PER_TASK_AVG of a phase, from its tasks' rollup sums."""
-    return _ratio(_tokens(sum_usage(usages, columns))["total"], len(usages))
+def tokens_per_task(usage: dict, tasks: int) -> float | None:
+    """TOKENS_PER_TASK_AVG of a phase, from the sum of its tasks' rollups."""
+    return _ratio(_tokens(usage)["total"], tasks)
 
 
 def token_change(per_task: float | None, previous_per_task: float | None) -> float | None:
@@ -262,7 +262,7 @@ def phase_fields(
     performance = [t["performance_met"] for t in tasks if t["performance_met"] is not None]
     projections = [t["projection_met"] for t in tasks if t["projection_met"] is not None]
     total_tokens = _tokens(usage)["total"]
-    per_task = tokens_per_task([t.usage for t in history.tasks], history.usage_columns)
+    per_task = tokens_per_task(usage, len(tasks))
     failed_first = [t["task_id"] for t in tasks if t["iterations_count"] > 1]
     fields = {
         "phase_id": phase["id"],

@@ -70,22 +70,5 @@ def _phase_fields_in_order(
 
 def _tokens_per_task(db: sqlite3.Connection, phase_id: str) -> float | None:
     task_ids = [row["id"] for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (phase_id,))]
-    return metrics.tokens_per_task(list(history.usages(db, task_ids).values()), history.rollup_columns(db))
-
-
-def token_trend(db: sqlite3.Connection) -> list[dict]:
-    """Tokens per task of every phase, in phase order, and the change from the phase
-    before: the overview's trend, from the rollup alone (no working time)."""
-    trend = []
-    previous = None
-    for phase_id in history.phase_ids(db):
-        per_task = _tokens_per_task(db, phase_id)
-        trend.append(
-            {
-                "phase_id": phase_id,
-                "tokens_per_task_avg": per_task,
-                "token_efficiency_change": metrics.token_change(per_task, previous),
-            }
-        )
-        previous = per_task
-    return trend
+    usages = list(history.usages(db, task_ids).values())
+    return metrics.tokens_per_task(metrics.sum_usage(usages, history.rollup_columns(db)), len(usages))

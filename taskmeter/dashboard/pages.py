@@ -10,7 +10,7 @@ from taskmeter.analytics import history
 from taskmeter.analytics.budgets import Defaults, current_budget
 from taskmeter.analytics.listings import call_record
 from taskmeter.analytics.periods import usage_report
-from taskmeter.analytics.reports import phase_report, task_report, token_trend
+from taskmeter.analytics.reports import overview_report, phase_report, task_report
 from taskmeter.store import alerts, interactions, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
@@ -82,7 +82,7 @@ def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: floa
         current = tasks.current_task(db)
         phase_id = tasks.get_task(db, current.task_id)["phase_id"] if current else ordered[-1]
     report = phase_report(db, phase_id, idle_seconds=idle_seconds)
-    trend = token_trend(db)
+    trend = overview_report(db)["phases"]
     per_task = [phase["tokens_per_task_avg"] for phase in trend]
     # The seed's target: each phase 10% under the one before.
     target = [None] + [None if before is None else before * 0.9 for before in per_task[:-1]]
