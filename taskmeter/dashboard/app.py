@@ -133,7 +133,8 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
             raise MeterError("give the task to retag the call to")
 
         def write(db):
-            calls.retag(db, [interactions.resolve_id(db, request.path_params["interaction_id"])], task_id)
+            with store_db.write_transaction(db):  # the move and the context switches it changes, at once
+                calls.retag(db, [interactions.resolve_id(db, request.path_params["interaction_id"])], task_id)
 
         await in_thread(write)
         return back(fields)
