@@ -91,12 +91,15 @@ def test_doctor_says_what_is_wrong_and_when_all_is_well(tmp_path):
         proxy.stop()
 
 
+# Makes one call, prints its ID, then stays until the file argv[1] names exists
+# (an empty name: leaves at once), polling with a deadline rather than sleeping a guess.
 CALL_AND_WAIT = (
     "import os, sys, time, httpx\n"
-    "time.sleep(float(sys.argv[1]))\n"
     "r = httpx.post(os.environ['OPENAI_BASE_URL'] + '/chat/completions', json={'model': 'm', 'messages': []})\n"
     "print(r.headers['x-meter-interaction-id'], os.environ['OPENAI_BASE_URL'], flush=True)\n"
-    "time.sleep(float(sys.argv[2]))\n"
+    "deadline = time.monotonic() + 60\n"
+    "while sys.argv[1] and not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:\n"
+    "    time.sleep(0.05)\n"
 )
 
 
@@ -108,7 +111,7 @@ def test_meter_run_starts_a_proxy_for_its_command_and_two_runs_share_it(tmp_path
             write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"}, port=0)
         )
 
-        def run(before: float, after: float, task: str) -> subprocess.Popen:
+        def run(task: str, stay_until: str = "") -> subprocess.Popen:
             return subprocess.Popen(
                 [
                     str(VENV_BIN / "meter"),
@@ -119,8 +122,7 @@ def test_meter_run_starts_a_proxy_for_its_command_and_two_runs_share_it(tmp_path
                     sys.executable,
                     "-c",
                     CALL_AND_WAIT,
-                    str(before),
-                    str(after),
+                    stay_until,
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -128,9 +130,10 @@ def test_meter_run_starts_a_proxy_for_its_command_and_two_runs_share_it(tmp_path
                 env=env,
             )
 
-        first = run(0, 3, "P6-001")  # starts the proxy, and keeps running after the second is done
+        release = tmp_path / "release-first"
+        first = run("P6-001", str(release))  # starts the proxy, and keeps running until the second is done
         first_line = first.stdout.readline().split()
-        second = run(0, 0, "P6-002")  # joins it
+        second = run("P6-002")  # joins it
         second_out, second_err = second.communicate(timeout=60)
         assert second.returncode == 0, second_err
         second_line = second_out.split()
@@ -138,6 +141,7 @@ def test_meter_run_starts_a_proxy_for_its_command_and_two_runs_share_it(tmp_path
             subprocess.run([str(VENV_BIN / "meter"), "status", "--json"], capture_output=True, text=True, env=env).stdout
         )
         assert len(status["proxies"]) == 1  # the second run did not stop the first's proxy
+        release.touch()
         assert first.wait(60) == 0
     assert first_line[1].split("/t/")[0] == second_line[1].split("/t/")[0]  # one proxy for both
     db = sqlite3.connect(tmp_path / "meter.db")
