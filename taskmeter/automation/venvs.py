@@ -65,7 +65,14 @@ def _record_line(site: Path, path: Path) -> str:
 def install(venv: Path) -> None:
     """Install (or refresh) the plugin as the distribution taskmeter-pytest."""
     site = site_packages(venv)
-    _remove(site)
+    try:
+        _remove(site)
+        _write(site)
+    except OSError as exc:
+        raise NotAVirtualenv(f"cannot install the pytest plugin in {venv}: {exc.strerror or exc}") from None
+
+
+def _write(site: Path) -> None:
     module = site / f"{MODULE}.py"
     shutil.copyfile(PLUGIN_SOURCE, module)
     info = site / DIST_INFO
@@ -84,7 +91,10 @@ def install(venv: Path) -> None:
 
 def uninstall(venv: Path) -> bool:
     """Remove the plugin; False when it was not there."""
-    return _remove(site_packages(venv))
+    try:
+        return _remove(site_packages(venv))
+    except OSError as exc:
+        raise NotAVirtualenv(f"cannot remove the pytest plugin from {venv}: {exc.strerror or exc}") from None
 
 
 def installed(venv: Path) -> bool:
