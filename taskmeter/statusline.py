@@ -18,9 +18,7 @@ must never show a traceback, nor wait for us.
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 
@@ -84,6 +82,9 @@ def _failure(exc: BaseException) -> str:
 def _chained_line(command: str, raw: str) -> str:
     """The chained command's line, given `raw` on stdin; after CHAIN_TIMEOUT_SECONDS
     it and everything it started (its own process group) is killed."""
+    import signal
+    import subprocess  # only with --chain: a prompt without one starts faster
+
     process = subprocess.Popen(
         command,
         shell=True,
