@@ -139,6 +139,24 @@ def test_a_venv_without_the_plugin_and_a_repository_without_hooks_run_pytest_as_
     assert ran.returncode == 1
 
 
+def test_a_tox_environment_is_enrolled_with_venv_and_a_folder_that_is_no_venv_changes_nothing(repo, db_path, tmp_path):
+    calc_project(repo, "feature/P1-013-tox")
+    tox = repo / ".tox" / "py312"
+    make_venv(tox, with_taskmeter=False)
+    wrong = meter("hooks", "install", "--repo", str(repo), "--venv", str(tmp_path))
+    assert wrong.returncode == 1 and wrong.stderr == f"meter: error: {tmp_path} is not a virtualenv (it has no pyvenv.cfg)\n"
+    assert "not installed" in meter("hooks", "status", "--repo", str(repo)).stdout
+
+    installed = meter("hooks", "install", "--repo", str(repo), "--venv", str(tox), "--db", str(db_path))
+    assert f"installed the pytest plugin in {tox}" in installed.stdout
+    status = meter("hooks", "status", "--repo", str(repo), "--venv", str(tox)).stdout
+    assert f"pytest plugin installed in {tox}" in status
+    clean = ["env", "-i", f"PATH={tox / 'bin'}:/usr/bin:/bin", f"HOME={os.environ['HOME']}"]  # as tox runs it
+    ran = subprocess.run([*clean, "python", "-m", "pytest", "-q"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout
+    assert [(run["task_id"], run["full_run"]) for run in eventually(lambda: recorded_runs(db_path))] == [("P1-013", 1)]
+
+
 def test_narrowed_runs_are_recorded_but_never_full_green_runs(repo, project, db_path):
     assert meter("hooks", "install", "--repo", str(repo)).returncode == 0
     calc_project(repo, "feature/P1-012-calc")
