@@ -10,6 +10,10 @@ over before importing them), and reads the database without writing or migrating
 Given Claude Code's status JSON on stdin (`session_id`, `model`, `workspace`),
 "not metered" means the meter has recorded no call of that session; without it,
 it means no proxy records to the database.
+
+Whatever happens (a missing, locked or corrupt database, a malformed value, a
+chained command that hangs), it prints one short line and exits 0: a prompt
+must never show a traceback, nor wait for us.
 """
 
 import json
@@ -24,6 +28,11 @@ from taskmeter.store import proxies
 from taskmeter.timefmt import from_stored
 
 NOT_METERED = "NOT METERED"
+# A chained status line gets this long; then its process group is killed.
+CHAIN_TIMEOUT_SECONDS = 1.0
+CHAIN_TIMED_OUT = f"(no answer in {CHAIN_TIMEOUT_SECONDS:g}s)"
+# What is left of an error's text: the line is for a prompt.
+ERROR_WIDTH = 80
 
 
 def fast_path(arguments: list[str]) -> bool:
@@ -48,13 +57,54 @@ def print_status(db_path: str | None, chain: str | None = None) -> None:
     """Our line; with `chain`, then the line of that command given the same stdin
     (a status line the user had before `meter claude install`)."""
     raw = _stdin()
-    line = status_line(store_db.resolve_path(db_path), _claude_status(raw))
+    try:
+        line = status_line(store_db.resolve_path(db_path), _claude_status(raw))
+    except Exception as exc:  # a malformed value anywhere: still one line, never a traceback
+        line = _failure(exc)
     if chain:
-        import subprocess
-
-        theirs = subprocess.run(chain, shell=True, input=raw, capture_output=True, text=True, timeout=10).stdout.strip()
+        try:
+            theirs = _chained_line(chain, raw)
+        except Exception as exc:
+            theirs = _failure(exc)
         line = f"{line} | {theirs}" if theirs else line
-    sys.stdout.write(line + "\n")
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass  # the reader went away: nobody is left to tell
+
+
+def _failure(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return "meter: " + (text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…")
+
+
+def _chained_line(command: str, raw: str) -> str:
+    """The chained command's line, given `raw` on stdin; after CHAIN_TIMEOUT_SECONDS
+    it and everything it started (its own process group) is killed."""
+    import signal
+    import subprocess  # only with --chain: a prompt without one starts faster
+
+    process = subprocess.Popen(
+        command,
+        shell=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(raw, timeout=CHAIN_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()  # not communicate(): something outside the group may still hold the pipe
+        process.stdout.close()
+        return CHAIN_TIMED_OUT
+    return out.strip()
 
 
 def _stdin() -> str:
@@ -100,7 +150,7 @@ def status_line(path, claude: dict) -> str:
         finally:
             db.close()
     except sqlite3.Error as exc:
-        return f"meter: {exc}"
+        return _failure(exc)
 
 
 def _line(db: sqlite3.Connection, claude: dict) -> str:

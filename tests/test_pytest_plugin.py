@@ -5,16 +5,15 @@ proxy on the way. The record fills itself: 17 of the 24 Level 1 fields."""
 import os
 import re
 import subprocess
-import sys
 
 import coverage
 import openai
 
-from taskmeter.proxy.environment import pytest_environment
+from taskmeter.automation import venvs
 from taskmeter.store import db as store_db
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.gitrepo import eventually, git, meter, task_row
+from tests.gitrepo import eventually, git, make_venv, meter, task_row
 from tests.proxy_harness import RunningProxy, write_config
 
 CALC = '"""Arithmetic."""\n\n\ndef add(a, b):\n    """The sum."""\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n'
@@ -24,10 +23,17 @@ GREEN = (
 )
 
 
+def project_venv(repo):
+    """The project's own virtualenv, without taskmeter, where `meter hooks install` finds it."""
+    with open(repo / ".git" / "info" / "exclude", "a") as exclude:
+        exclude.write(".venv/\n")
+    return make_venv(repo / ".venv", with_taskmeter=False).parent.parent
+
+
 def pytest_run(folder, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **pytest_environment(dict(os.environ))}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--cov=calc", "--cov-report=term", *args]
-    return subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env, timeout=120)
+    python = folder / ".venv" / "bin" / "python"
+    command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--cov=calc", "--cov-report=term", *args]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
 
 
 def _runs(db_path) -> list[dict]:
@@ -65,6 +71,7 @@ def ai_call_through_a_real_proxy(db_path, tmp_path) -> None:
 
 
 def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path, tmp_path):
+    project_venv(repo)
     assert meter("hooks", "install", "--repo", str(repo)).returncode == 0
     git(repo, "checkout", "-q", "-b", "feature/P1-010-calc")
     eventually(lambda: task_row(db_path, "P1-010"))
@@ -137,6 +144,7 @@ def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path, tmp_path):
 
 
 def test_outside_an_enrolled_repository_the_plugin_does_nothing(repo, db_path):
+    venvs.install(project_venv(repo))  # installed for another repository, say
     (repo / "calc.py").write_text(CALC)
     (repo / "test_calc.py").write_text(GREEN)
     result = pytest_run(repo)

@@ -1,9 +1,11 @@
 """The git side of the self-filling record (docs/automation.md).
 
-`meter hooks install` puts small shell hooks into a repository. Each hands the
-event to `python -m taskmeter.automation.git HOOK ...` in the background and
-exits with the status of the hook it replaced (0 when there was none), so a
-hook never fails or slows a git command. Here, in that background process:
+`meter hooks install` puts small shell hooks into a repository. Each reads
+HEAD and the branch (a few ms: the background job may run after the next git
+command), hands the event to `python -m taskmeter.automation.git HOOK ...` in
+the background, and exits with the status of the hook it replaced (0 when
+there was none), so a hook never fails or slows a git command. Here, in that
+background process:
 
 - post-checkout (branch checkouts only): the branch name selects the task;
 - post-commit: the commit is recorded against the branch's task; the task's
@@ -15,15 +17,18 @@ Every failure is swallowed into the meter's log: the developer's git must
 never see us.
 """
 
+import json
 import logging
 import os
 import re
-import stat
+import shlex
 import subprocess
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from taskmeter.automation.pytest_plugin.taskmeter_pytest import SETTINGS_PREFIX
 from taskmeter.errors import MeterError
 from taskmeter.store import db as store_db
 from taskmeter.store import tasks
@@ -38,6 +43,10 @@ CHAINED_SUFFIX = ".pre-meter"
 
 
 class NotARepository(MeterError):
+    pass
+
+
+class HookConflict(MeterError):
     pass
 
 
@@ -56,29 +65,67 @@ def hooks_dir(repo: Path) -> Path:
 
 
 def _hook_text(name: str, db_path: Path | None) -> str:
-    db = f" --db '{db_path}'" if db_path else ""
+    """The hook: every path in it is shell-quoted (any character may be in a path),
+    and the settings line tells the pytest plugin which interpreter and database to use."""
+    python = sys.executable
+    settings = json.dumps({"python": python, "db": str(db_path) if db_path else None})
+    db = f" --db {shlex.quote(str(db_path))}" if db_path else ""
     return f"""#!/bin/sh
 {MARKER}
+{SETTINGS_PREFIX}{settings}
 status=0
 if [ -x "$0{CHAINED_SUFFIX}" ]; then "$0{CHAINED_SUFFIX}" "$@"; status=$?; fi
-( '{sys.executable}' -m taskmeter.automation.git --repo "$PWD"{db} {name} "$@" </dev/null >/dev/null 2>&1 & )
+python={shlex.quote(python)}
+if [ ! -x "$python" ]; then
+    printf '%s\\n' "meter: $python is missing: taskmeter's {name} hook records nothing (meter hooks uninstall removes it)" >&2
+    exit $status
+fi
+head=$(git rev-parse -q --verify HEAD 2>/dev/null)
+branch=$(git symbolic-ref -q --short HEAD 2>/dev/null)
+( "$python" -m taskmeter.automation.git --repo "$PWD" --head "$head" --branch "$branch"{db} {name} -- "$@" </dev/null >/dev/null 2>&1 & )
 exit $status
 """
 
 
+def _ours(hook: Path) -> bool:
+    return hook.exists() and MARKER in hook.read_text(errors="replace")
+
+
 def install(repo: Path, db_path: Path | None = None) -> list[str]:
-    """Install (or refresh) the hooks; a hook already there is kept and chained."""
+    """Install (or refresh) the hooks; a hook already there is kept and chained.
+    A hook that replaced ours after we had chained one is never overwritten:
+    then nothing changes, and HookConflict says which."""
     folder = hooks_dir(repo)
+    replaced = [name for name in HOOKS if (folder / name).exists() and not _ours(folder / name)]
+    conflicts = [name for name in replaced if (folder / (name + CHAINED_SUFFIX)).exists()]
+    if conflicts:
+        both = ", ".join(f"{name} and {name}{CHAINED_SUFFIX}" for name in conflicts)
+        raise HookConflict(
+            f"another tool replaced taskmeter's hooks in {folder}: {both} are both someone's hooks;"
+            f" nothing changed: merge or move one of each pair, then install again"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     done = []
     for name in HOOKS:
         hook = folder / name
-        if hook.exists() and MARKER not in hook.read_text(errors="replace"):
+        if name in replaced:
             hook.rename(folder / (name + CHAINED_SUFFIX))  # theirs runs first, from ours
-        hook.write_text(_hook_text(name, db_path))
-        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        _write_executable(hook, _hook_text(name, db_path))
         done.append(str(hook))
     return done
+
+
+def _write_executable(path: Path, text: str) -> None:
+    """Replace `path` in one step, so a git command running now sees the old hook or the new one."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def uninstall(repo: Path) -> list[str]:
@@ -87,7 +134,7 @@ def uninstall(repo: Path) -> list[str]:
     removed = []
     for name in HOOKS:
         hook = folder / name
-        if hook.exists() and MARKER in hook.read_text(errors="replace"):
+        if _ours(hook):
             hook.unlink()
             removed.append(str(hook))
             chained = folder / (name + CHAINED_SUFFIX)
@@ -97,8 +144,7 @@ def uninstall(repo: Path) -> list[str]:
 
 
 def installed(repo: Path) -> bool:
-    hook = hooks_dir(repo) / "post-commit"
-    return hook.exists() and MARKER in hook.read_text(errors="replace")
+    return _ours(hooks_dir(repo) / "post-commit")
 
 
 # ------------------------------------------------------------ events
@@ -123,28 +169,33 @@ def current_branch(repo: Path) -> str | None:
         return None  # detached HEAD
 
 
-def task_of_repository(db, repo: Path, pattern: str, branch: str | None = None) -> str | None:
-    """The task work in `repo` belongs to: its branch's (`branch` when the caller
-    has asked git already), else the current task."""
-    task_id = task_of_branch(branch or current_branch(repo), pattern)
+def task_of_work(db, branch: str | None, pattern: str) -> str | None:
+    """The task work on `branch` belongs to: the branch's, else the current task."""
+    task_id = task_of_branch(branch, pattern)
     if task_id is None:
         current = tasks.current_task(db)
         task_id = current.task_id if current else None
     return task_id
 
 
-def on_checkout(db, repo: Path, flag: str, pattern: str, main: str) -> None:
+def task_of_repository(db, repo: Path, pattern: str) -> str | None:
+    """The task work in `repo` belongs to now: its branch's, else the current task."""
+    return task_of_work(db, current_branch(repo), pattern)
+
+
+def on_checkout(db, repo: Path, flag: str, branch: str | None, pattern: str, main: str) -> None:
+    """`branch`: the one the hook saw checked out (None: a detached HEAD)."""
     if flag == "1":  # a branch checkout, not a file checkout
-        task_id = task_of_branch(current_branch(repo), pattern)
+        task_id = task_of_branch(branch, pattern)
         if task_id:
             tasks.set_task(db, task_id)
     approve_merged(db, repo, main)
 
 
-def on_commit(db, repo: Path, pattern: str) -> None:
-    branch = current_branch(repo)
-    task_id = task_of_repository(db, repo, pattern, branch)
-    sha, committed = _git(repo, "log", "-1", "--format=%H%x00%cI").split("\x00")
+def on_commit(db, repo: Path, sha: str, branch: str | None, pattern: str) -> None:
+    """`sha` and `branch`: the commit and branch the hook saw, whatever HEAD is by now."""
+    task_id = task_of_work(db, branch, pattern)
+    sha, committed = _git(repo, "log", "-1", "--format=%H%x00%cI", sha).split("\x00")
     numstat = _git(repo, "show", "--numstat", "--format=", sha).splitlines()
     added = sum(int(parts[0]) for parts in (line.split("\t") for line in numstat) if parts[0].isdigit())
     deleted = sum(int(parts[1]) for parts in (line.split("\t") for line in numstat) if parts[1].isdigit())
@@ -228,30 +279,46 @@ def hooks_log() -> Path:
     return platformdirs.user_state_path("taskmeter") / "hooks.log"
 
 
+def log_to_hooks_log() -> None:
+    """Send the meter's log lines to hooks.log, created private (0600 in a 0700
+    folder) whatever the umask: its lines name the user's repositories and tasks."""
+    from taskmeter.logs import configure_logging
+
+    path = hooks_log()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(path, 0o600)
+    except OSError:
+        return  # no log is better than a failed hook
+    configure_logging(path)
+
+
 def main() -> None:
     import argparse
 
     from taskmeter.config import load_settings
-    from taskmeter.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m taskmeter.automation.git")
     parser.add_argument("hook", choices=HOOKS)
     parser.add_argument("--repo", required=True)
     parser.add_argument("--db")
+    parser.add_argument("--head", help="HEAD when the hook ran (default: HEAD now)")
+    parser.add_argument("--branch", help="the branch when the hook ran, empty for a detached HEAD (default: now)")
     parser.add_argument("args", nargs="*")
     args = parser.parse_args()
-    configure_logging(hooks_log())
+    log_to_hooks_log()
     try:
         settings = load_settings()
         repo = Path(_git(Path(args.repo), "rev-parse", "--show-toplevel"))
+        branch = current_branch(repo) if args.branch is None else args.branch or None
         db = store_db.connect(args.db or os.environ.get(store_db.ENV_VAR))
         try:
             if args.hook == "post-checkout":
-                on_checkout(
-                    db, repo, (args.args + ["", "", ""])[2], settings.automation.branch_pattern, settings.automation.main_branch
-                )
+                flag = (args.args + ["", "", ""])[2]
+                on_checkout(db, repo, flag, branch, settings.automation.branch_pattern, settings.automation.main_branch)
             elif args.hook == "post-commit":
-                on_commit(db, repo, settings.automation.branch_pattern)
+                on_commit(db, repo, args.head or "HEAD", branch, settings.automation.branch_pattern)
             else:
                 approve_merged(db, repo, settings.automation.main_branch)
         finally:

@@ -2,8 +2,9 @@
 plugin (pytest_plugin/taskmeter_pytest.py) hands each session over on stdin:
 `python -m taskmeter.automation.testruns`.
 
-- A full run: at least one test collected, and no selection (-k, -m, node
-  IDs, --lf, deselected tests). Green: exit status 0; red: 1 (tests failed).
+- A full run: at least one test collected, and the run not narrowed (-k, -m,
+  a file or node ID, a sub-folder, --lf, --collect-only, deselected tests).
+  Green: exit status 0; red: 1 (tests failed).
 - TESTS_COMPLETION: the first full green run after INITIAL_COMPLETION.
 - An iteration: a red full run after TESTS_COMPLETION.
 - VALIDATION: the last full green run before approval.
@@ -18,7 +19,6 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 from taskmeter.store import db as store_db
 from taskmeter.store import tasks
@@ -78,17 +78,21 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
 
 
 def main() -> None:
-    from taskmeter.automation.git import hooks_log, task_of_repository
-    from taskmeter.config import load_settings
-    from taskmeter.logs import configure_logging
+    import argparse
 
-    configure_logging(hooks_log())
+    from taskmeter.automation.git import log_to_hooks_log, task_of_work
+    from taskmeter.config import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m taskmeter.automation.testruns", description="a pytest run on stdin")
+    parser.add_argument("--db", help="the database the repository's hooks record to (default: $METER_DB, else the default)")
+    args = parser.parse_args()
+    log_to_hooks_log()
     try:
         run = json.loads(sys.stdin.read())
         settings = load_settings().automation
-        db = store_db.connect(None)
+        db = store_db.connect(args.db)
         try:
-            task_id = task_of_repository(db, Path(run["repo"]), settings.branch_pattern)
+            task_id = task_of_work(db, run.get("branch"), settings.branch_pattern)
             record_run(db, run, task_id, settings.coverage_target)
         finally:
             db.close()

@@ -11,10 +11,11 @@ from taskmeter.store import db as store_db
 
 @cli.group("hooks")
 def hooks_group():
-    """Git hooks that fill the task record: the branch picks the task, commits set
-    INITIAL_COMPLETION and PHASE_FIRST_CODE, a merge into main sets FINAL_APPROVAL.
+    """Git hooks and the pytest plugin that fill the task record: the branch picks
+    the task, commits set INITIAL_COMPLETION and PHASE_FIRST_CODE, full green test
+    runs set TESTS_COMPLETION and VALIDATION, a merge into main sets FINAL_APPROVAL.
 
-    They honour core.hooksPath, keep (and run) hooks already there, return at
+    The hooks honour core.hooksPath, keep (and run) hooks already there, return at
     once (the work happens in the background) and never change git's outcome.
     Rules and settings: docs/automation.md.
     """
@@ -23,39 +24,68 @@ def hooks_group():
 repo_option = click.option(
     "--repo", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True, help="The repository."
 )
+venv_option = click.option(
+    "--venv",
+    "named_venvs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A virtualenv the project's pytest runs in, besides the active one and those at the repository's top (repeatable).",
+)
 
 
 @hooks_group.command("install")
 @repo_option
+@venv_option
 @click.option(
     "--db", "db_path", type=click.Path(dir_okay=False), help="Record to this database (default: $METER_DB when git runs)."
 )
-def hooks_install_cmd(repo, db_path):
-    """Install the hooks in a repository (again: refreshed, never doubled)."""
-    from taskmeter.automation import git
+def hooks_install_cmd(repo, named_venvs, db_path):
+    """Install the hooks in a repository (again: refreshed, never doubled), and the
+    pytest plugin in its virtualenvs: the active one, those at the repository's
+    top (.venv, venv, ...) and each --venv."""
+    from taskmeter.automation import git, venvs
 
-    written = git.install(repo.resolve(), store_db.resolve_path(db_path) if db_path else None)
+    repo = repo.resolve()
+    git.hooks_dir(repo)  # not a repository: say so before touching any virtualenv
+    found = venvs.repository_venvs(repo, list(named_venvs))
+    written = git.install(repo, store_db.resolve_path(db_path) if db_path else None)
     terminal.info(f"installed {', '.join(Path(path).name for path in written)} in {Path(written[0]).parent}")
+    for venv in found:
+        venvs.install(venv)
+        terminal.info(f"installed the pytest plugin in {venv}")
+    if not found:
+        terminal.info("no virtualenv for the pytest plugin (none active, none at the repository's top): name one with --venv")
 
 
 @hooks_group.command("uninstall")
 @repo_option
-def hooks_uninstall_cmd(repo):
-    """Remove the hooks, putting back any they had chained."""
-    from taskmeter.automation import git
+@venv_option
+def hooks_uninstall_cmd(repo, named_venvs):
+    """Remove the hooks, putting back any they had chained, and the pytest plugin
+    from the virtualenvs install would choose."""
+    from taskmeter.automation import git, venvs
 
-    removed = git.uninstall(repo.resolve())
+    repo = repo.resolve()
+    removed = git.uninstall(repo)
     terminal.info(f"removed {', '.join(Path(path).name for path in removed)}" if removed else "no taskmeter hooks here")
+    for venv in venvs.repository_venvs(repo, list(named_venvs)):
+        if venvs.uninstall(venv):
+            terminal.info(f"removed the pytest plugin from {venv}")
 
 
 @hooks_group.command("status")
 @repo_option
-def hooks_status_cmd(repo):
-    """Whether the hooks are installed, and where their background work logs."""
-    from taskmeter.automation import git
+@venv_option
+def hooks_status_cmd(repo, named_venvs):
+    """Whether the hooks are installed, which virtualenvs have the pytest plugin,
+    and where their background work logs."""
+    from taskmeter.automation import git, venvs
 
-    folder = git.hooks_dir(repo.resolve())
-    terminal.info(f"{'installed' if git.installed(repo.resolve()) else 'not installed'} in {folder}; log: {git.hooks_log()}")
+    repo = repo.resolve()
+    folder = git.hooks_dir(repo)
+    terminal.info(f"{'installed' if git.installed(repo) else 'not installed'} in {folder}; log: {git.hooks_log()}")
+    for venv in venvs.repository_venvs(repo, list(named_venvs)):
+        terminal.info(f"pytest plugin {'installed' if venvs.installed(venv) else 'not installed'} in {venv}")
 
 
 @cli.group("claude")
@@ -100,7 +130,7 @@ def claude_hook_cmd(event, db_path):
     import sys
 
     from taskmeter.automation import claude
-    from taskmeter.automation.git import hooks_log
+    from taskmeter.automation.git import log_to_hooks_log
     from taskmeter.config import load_settings
 
     try:
@@ -115,7 +145,5 @@ def claude_hook_cmd(event, db_path):
     except Exception as exc:
         import logging
 
-        from taskmeter.logs import configure_logging
-
-        configure_logging(hooks_log())
+        log_to_hooks_log()
         logging.getLogger("taskmeter.automation").error("meter: claude %s hook: %s: %s", event, type(exc).__name__, exc)

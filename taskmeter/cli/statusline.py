@@ -8,7 +8,9 @@ from taskmeter.cli.common import cli, db_option
 
 @cli.command("statusline")
 @click.option(
-    "--chain", metavar="COMMAND", help="Then the line of COMMAND, given the same stdin (set by `meter claude install`)."
+    "--chain",
+    metavar="COMMAND",
+    help="Then the line of COMMAND, given the same stdin; it gets 1 s (set by `meter claude install`).",
 )
 @db_option
 def statusline_cmd(chain, db_path):

@@ -1,9 +1,6 @@
 """The environment that points AI clients at a running meter: `meter env` and `meter run`."""
 
-import os
 import shlex
-import sys
-from pathlib import Path
 from urllib.parse import quote
 
 from taskmeter.config import Settings
@@ -27,25 +24,11 @@ def proxy_origin(listen: str) -> str:
     return f"http://{host}:{port}"
 
 
-# HTTPS-proxy mode reaches every client of the shell (git, pip, curl): only on request.
-# The pytest plugin (taskmeter/automation/pytest_plugin): a module any project's
-# pytest loads, and the interpreter it hands its runs to.
+# What `meter env` set for the pytest plugin before `meter hooks install` installed
+# it as a package: `meter env --unset` still removes them from a shell that has them.
 PYTEST_VARIABLES = ("PYTEST_PLUGINS", "TASKMETER_PYTHON")
-PYTEST_PLUGIN = "taskmeter_pytest"
 
-
-def pytest_environment(environ: dict[str, str]) -> dict[str, str]:
-    """PYTHONPATH and PYTEST_PLUGINS with the plugin added to what `environ` has."""
-    folder = str(Path(__file__).resolve().parent.parent / "automation" / "pytest_plugin")
-    paths = [path for path in environ.get("PYTHONPATH", "").split(os.pathsep) if path and path != folder]
-    plugins = [name for name in environ.get("PYTEST_PLUGINS", "").split(",") if name and name != PYTEST_PLUGIN]
-    return {
-        "PYTHONPATH": os.pathsep.join([folder, *paths]),
-        "PYTEST_PLUGINS": ",".join([*plugins, PYTEST_PLUGIN]),
-        "TASKMETER_PYTHON": sys.executable,
-    }
-
-
+# HTTPS-proxy mode reaches every client of the shell (git, pip, curl): only on request.
 PROXY_VARIABLES = (
     "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
     "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
@@ -58,7 +41,6 @@ def client_environment(settings: Settings, listen: str, task_id: str | None = No
     origin = proxy_origin(listen)
     prefix = f"/t/{quote(task_id, safe='')}" if task_id else ""
     env = {name: origin + prefix + path for name, path in BASE_URL_VARIABLES.items()}
-    env.update(pytest_environment(dict(os.environ)))
     if not https_proxy:
         return env
     proxy = origin

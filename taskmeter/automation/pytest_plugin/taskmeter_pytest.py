@@ -1,12 +1,16 @@
 """taskmeter's pytest plugin. Standard library only, so it loads in any
-project's virtualenv: `meter env` puts this folder on PYTHONPATH and names the
-plugin in PYTEST_PLUGINS, with TASKMETER_PYTHON naming the meter's interpreter.
+project's virtualenv: `meter hooks install` installs this file there as a small
+distribution whose `pytest11` entry point pytest loads by itself. No
+PYTHONPATH or PYTEST_PLUGINS is involved, so no way of starting pytest (a
+different PYTHONPATH, tox, `env -i`, xdist) can make it fail to load.
 
 At the end of a session it hands what happened (exit status, tests collected
-and failed, whether the run was a full one, pytest-cov's total and fail_under)
-to `python -m taskmeter.automation.testruns` in the background, and returns.
-It does nothing outside repositories with taskmeter's git hooks, and never
-changes pytest's outcome or exit code (docs/automation.md).
+and failed, whether the run was narrowed, pytest-cov's total and fail_under)
+to `python -m taskmeter.automation.testruns` in the background, and returns,
+using the interpreter and database that the repository's post-commit hook
+names. It does nothing outside repositories with taskmeter's git hooks, in
+xdist's workers (the controller hands the run over), and never changes
+pytest's outcome or exit code (docs/automation.md).
 """
 
 import json
@@ -14,32 +18,53 @@ import os
 import subprocess
 import time
 
-MARKER = "# taskmeter hook"
+HOOK_MARKER = "# taskmeter hook"
+# The hook's line naming the meter's interpreter and database (taskmeter.automation.git writes it).
+SETTINGS_PREFIX = "# taskmeter settings: "
 
 
-def _enrolled(root: str) -> bool:
+def _git(root: str, *args: str) -> str:
+    return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=5).stdout.strip()
+
+
+def enrolment(root: str) -> dict | None:
+    """The settings line of the repository's taskmeter post-commit hook, or None
+    when the repository has no taskmeter hooks."""
     try:
-        hooks = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--path-format=absolute", "--git-path", "hooks"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
+        hooks = _git(root, "rev-parse", "--path-format=absolute", "--git-path", "hooks")
+        if not hooks:
+            return None
         with open(os.path.join(hooks, "post-commit"), encoding="utf-8", errors="replace") as hook:
-            return MARKER in hook.read()
+            text = hook.read()
     except (OSError, subprocess.SubprocessError):
-        return False
+        return None
+    if HOOK_MARKER not in text:
+        return None
+    for line in text.splitlines():
+        if line.startswith(SETTINGS_PREFIX):
+            settings = json.loads(line[len(SETTINGS_PREFIX) :])
+            return settings if isinstance(settings, dict) else None
+    return None
 
 
-def _selected(config, session) -> bool:
-    """Did the user narrow the run (-k, -m, node IDs, --lf, deselection)?"""
+def _is_default_path(config, arg: str) -> bool:
+    """A path argument that still means the whole suite: the rootdir, one of
+    `testpaths`, or a top-level folder (`pytest tests/`, or pytest run there)."""
+    path = os.path.realpath(os.path.join(str(config.invocation_params.dir), arg))
+    root = os.path.realpath(str(config.rootpath))
+    testpaths = [os.path.realpath(os.path.join(root, name)) for name in config.getini("testpaths")]
+    return os.path.isdir(path) and (path in (root, *testpaths) or os.path.dirname(path) == root)
+
+
+def _narrowed(config) -> bool:
+    """Did the user narrow the run (-k, -m, node IDs, a file, --lf, --collect-only, deselection)?"""
     option = config.option
     if getattr(option, "keyword", "") or getattr(option, "markexpr", ""):
         return True
-    if getattr(option, "lf", False) or getattr(option, "last_failed", False):
+    if getattr(option, "lf", False) or getattr(option, "last_failed", False) or getattr(option, "collectonly", False):
         return True
-    if any("::" in str(arg) for arg in config.args):
-        return True
+    if not all(_is_default_path(config, str(arg)) for arg in config.args):
+        return True  # a file, a node ID (`::`), a sub-folder
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     return bool(reporter and reporter.stats.get("deselected"))
 
@@ -56,6 +81,10 @@ def _coverage(config) -> tuple[float | None, float | None]:
     return total, fail_under
 
 
+def pytest_sessionstart(session):
+    session.config._taskmeter_session = session
+
+
 def pytest_sessionfinish(session, exitstatus):
     session.config._taskmeter_exitstatus = int(exitstatus)
     session.config._taskmeter_finished = time.time()
@@ -63,25 +92,31 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_unconfigure(config):
     try:
-        python = os.environ.get("TASKMETER_PYTHON")
         session_status = getattr(config, "_taskmeter_exitstatus", None)
+        if session_status is None or hasattr(config, "workerinput"):  # an xdist worker: the controller records
+            return
         root = str(config.rootpath)
-        if not python or session_status is None or not _enrolled(root):
+        settings = enrolment(root)
+        python = settings and settings.get("python")
+        if not python or not os.access(python, os.X_OK):
             return
         session = getattr(config, "_taskmeter_session", None)
         total, fail_under = _coverage(config)
         run = {
             "repo": root,
+            # The branch now: the background job runs after the developer may have switched.
+            "branch": _git(root, "symbolic-ref", "-q", "--short", "HEAD") or None,
             "at": config._taskmeter_finished,
             "exit_status": session_status,
             "tests": session.testscollected if session else None,
             "failed": session.testsfailed if session else None,
-            "selected": _selected(config, session),
+            "selected": _narrowed(config),
             "coverage": total,
             "coverage_target": fail_under,
         }
+        database = ["--db", settings["db"]] if settings.get("db") else []
         process = subprocess.Popen(
-            [python, "-m", "taskmeter.automation.testruns"],
+            [python, "-m", "taskmeter.automation.testruns", *database],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -91,7 +126,3 @@ def pytest_unconfigure(config):
         process.stdin.close()
     except Exception:  # the developer's test run is never ours to break
         return
-
-
-def pytest_sessionstart(session):
-    session.config._taskmeter_session = session
