@@ -6,7 +6,9 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +20,7 @@ from playwright.sync_api import sync_playwright
 from taskmeter.store import db as store_db
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
 FIXTURE = {f.name: f for f in ALL}
 CHAT_BODY = FIXTURE["openai/chat_nonstream_toolcall"].body
@@ -33,10 +35,13 @@ def upstream():
         yield fake
 
 
-def _proxy(tmp_path, upstream, **proxy_settings) -> RunningProxy:
+def _config(tmp_path, upstream, **proxy_settings):
     origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "gemini": origin}, **proxy_settings)
-    return RunningProxy(config, tmp_path / "meter.db")
+    return write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "gemini": origin}, **proxy_settings)
+
+
+def _proxy(tmp_path, upstream, **proxy_settings) -> RunningProxy:
+    return RunningProxy(_config(tmp_path, upstream, **proxy_settings), tmp_path / "meter.db")
 
 
 @pytest.fixture
@@ -416,5 +421,41 @@ def test_an_upstream_that_names_the_meter_itself_is_refused(tmp_path, upstream):
             status, _, body = _send(proxy, "POST", "/loop/v1/chat/completions", CHAT_REQUEST)
         assert status == 508 and "upstream 'loop' is this meter itself" in body["error"]["message"]
         assert fds.peak <= fds.before + 2
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("origin", ["localhost:5173", "http://localhost:5173/app", "ftp://box", "http://x:port", "*"])
+def test_a_malformed_allowed_origin_is_a_one_line_error(tmp_path, origin):
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {}, allowed_origins=[origin])
+    result = subprocess.run(
+        [str(VENV_BIN / "meter"), "proxy", "--config", str(config), "--db", str(tmp_path / "meter.db")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "proxy.allowed_origins" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_allowed_origins_apply_on_reload(tmp_path, upstream):
+    upstream.routes["/v1/chat/completions"] = Scenario(body=CHAT_BODY)
+    page = "http://localhost:5173"
+    proxy = _proxy(tmp_path, upstream)
+    try:
+        status, _, _ = _send(proxy, "POST", "/openai/v1/chat/completions", CHAT_REQUEST, Origin=page)
+        assert status == 403
+        _config(tmp_path, upstream, allowed_origins=["http://localhost:5173/"])  # the slash is dropped
+        proxy.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reloaded" not in proxy.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "proxy.allowed_origins" in proxy.stderr()
+        status, headers, _ = _send(proxy, "POST", "/openai/v1/chat/completions", CHAT_REQUEST, Origin=page)
+        assert status == 200 and headers["access-control-allow-origin"] == page
+        assert "x-meter-interaction-id" in headers["access-control-expose-headers"]
+        assert [row["id"] for row in _stored_with(proxy, headers["x-meter-interaction-id"])] == [
+            headers["x-meter-interaction-id"]
+        ]
     finally:
         proxy.stop()
