@@ -297,7 +297,7 @@ def test_a_web_page_cannot_call_through_the_meter(browser, page_server, proxy, u
     assert [row["id"] for row in _stored_with(proxy, call_id)] == [call_id]
     assert _query(proxy, "SELECT id FROM tasks WHERE id = 'EVIL-666'") == []
     assert _query(proxy, "SELECT count(*) FROM alerts") == [(0,)]
-    assert f"refused a call from a web page ({page_server.origin})" in proxy.stderr()
+    assert f"refused a call from a web page ('{page_server.origin}')" in proxy.stderr()
 
 
 @pytest.mark.parametrize(

@@ -46,8 +46,8 @@ log = logging.getLogger("taskmeter.proxy")
 _ROUTE = "taskmeter.route"  # Gateway: a metered AI call's Route
 _TASK = "taskmeter.task"  # TaskAttribution: (task ID or None, attribution or None)
 _CALL = "taskmeter.call"  # Capture: the CapturedCall
+_ORIGIN = "taskmeter.origin"  # Gateway: the allowed web page a call comes from, for its CORS headers
 _SHUTDOWN = "proxy shut down during the call"
-_ORIGIN = "taskmeter.origin"  # Gateway: the allowed web page a call comes from
 _LOOP = "taskmeter: this request came back to the meter that sent it (a forwarding loop); refused"
 _LOOP_FIX = "point clients at an upstream, not at the meter, and check [upstreams] (`meter config show`)"
 _NOT_AN_AI_HOST = (
@@ -169,12 +169,13 @@ class Gateway:
             flow.response = _error_response(403, _GATEWAY_ONLY)
             return
         else:
-            # request.host is where mitmproxy connects (the Host header may say otherwise).
-            flow.response = self._target_refusal(flow, request.host, request.port)
+            # request.host is where mitmproxy connects; the Host header may name another.
             provider = self._router.provider_for_host(request.host)
-            if provider is None and not flow.client_conn.tls and flow.response is None:
-                flow.response = _error_response(403, _NOT_AN_AI_HOST.format(host=request.host))
-            if flow.response is not None or provider is None:
+            refusal = self._target_refusal(flow, request.host, request.port)
+            if refusal is None and provider is None and not flow.client_conn.tls:
+                refusal = _error_response(403, _NOT_AN_AI_HOST.format(host=request.host))
+            if refusal is not None or provider is None:
+                flow.response = refusal
                 return
         if request.scheme == "http":
             request.headers.add("via", self._via)
@@ -204,10 +205,10 @@ class Gateway:
         if origin is not None and origin.lower() in self._allowed_origins:
             flow.metadata[_ORIGIN] = origin
             return True
-        page = origin or f"a {site} page"
-        if page not in self._origins_said and len(self._origins_said) < 32:
+        page = (origin or f"a {site} page")[:200]
+        if page not in self._origins_said and len(self._origins_said) < 32:  # a line per page, a few pages
             self._origins_said.add(page)
-            log.warning("meter: refused a call from a web page (%s); allow it with [proxy] allowed_origins", page)
+            log.warning("meter: refused a call from a web page (%s); allow it with [proxy] allowed_origins", ascii(page))
         flow.response = _error_response(403, _WEB_PAGE.format(page=page))
         return False
 
