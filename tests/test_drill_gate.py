@@ -8,11 +8,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import openai
 import pytest
 from playwright.sync_api import sync_playwright
@@ -21,6 +23,7 @@ from taskmeter.store import db as store_db
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.tls import make_server_tls
 
 FIXTURE = {f.name: f for f in ALL}
 CHAT_BODY = FIXTURE["openai/chat_nonstream_toolcall"].body
@@ -459,3 +462,31 @@ def test_allowed_origins_apply_on_reload(tmp_path, upstream):
         ]
     finally:
         proxy.stop()
+
+
+def test_https_proxy_mode_refuses_web_pages_too(tmp_path):
+    tls_host = "127.0.0.2"
+    context, ca_path = make_server_tls(tmp_path, tls_host)
+    with FakeUpstream(tls_context=context, host=tls_host) as upstream:
+        upstream.routes["/v1/chat/completions"] = Scenario(body=CHAT_BODY)
+        config = write_config(
+            tmp_path / "config.toml",
+            tmp_path / "ca",
+            {"corp": f"https://{tls_host}:{upstream.port}"},
+            upstream_ca=str(ca_path),
+        )
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            bundle = ssl.create_default_context(cafile=tmp_path / "ca" / "ca-bundle.pem")
+            with httpx.Client(proxy=proxy.origin, verify=bundle) as client:
+                url = f"https://{tls_host}:{upstream.port}/v1/chat/completions"
+                refused = client.post(url, content=CHAT_REQUEST, headers={"origin": "https://evil.example"})
+                answered = client.post(url, content=CHAT_REQUEST)
+        finally:
+            proxy.stop()
+    assert refused.status_code == 403 and "web page" in refused.json()["error"]["message"]
+    assert answered.status_code == 200
+    assert [row["id"] for row in _stored_with(proxy, answered.headers["x-meter-interaction-id"])] == [
+        answered.headers["x-meter-interaction-id"]
+    ]
+    assert len(upstream.received) == 1
