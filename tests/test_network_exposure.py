@@ -1,6 +1,7 @@
 """With --host beyond loopback the meter is no open forwarder: a client on the
-network may use only the gateway to configured upstreams, unless --allow-from
-names its network. The client runs in a network namespace this test makes,
+network may use only the gateway, to the upstreams the config file names (never
+a shipped default such as the loopback-only Ollama), unless --allow-from names
+its network; even then, this machine's loopback services stay out of reach. The client runs in a network namespace this test makes,
 joined to the host by a veth pair with link-local addresses of its own; no
 address of the machine's real network is used."""
 
@@ -18,25 +19,36 @@ from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 HOST_ADDRESS, CLIENT_ADDRESS, NETWORK = "169.254.77.1", "169.254.77.2", "169.254.77.0/30"
 PLAIN = next(f for f in ALL if f.name == "openai/chat_nonstream_toolcall")
 
-# Run inside the namespace: the three ways a client could use the meter.
+# Run inside the namespace: the ways a client could use the meter.
 CLIENT = """
-import json, sys, httpx
-meter, secret_port = sys.argv[1], sys.argv[2]
+import http.client, json, sys, httpx
+meter, loopback_port, network_service = sys.argv[1], sys.argv[2], sys.argv[3]
+body = {"model": "gpt-4o-mini", "messages": []}
 outcome = {}
-gateway = httpx.post(f"http://{meter}/openai/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []})
-outcome["gateway"] = gateway.status_code
+outcome["gateway"] = httpx.post(f"http://{meter}/openai/v1/chat/completions", json=body).status_code
+# Shipped default upstreams the config file does not name, such as the loopback-only Ollama.
+for name in ("ollama", "anthropic"):
+    answer = httpx.post(f"http://{meter}/{name}/api/chat", json=body)
+    outcome[name] = [answer.status_code, answer.json()["error"]["message"]]
 try:
-    forwarded = httpx.get(f"http://127.0.0.1:{secret_port}/", proxy=f"http://{meter}")
-    outcome["absolute_form"] = forwarded.status_code
+    outcome["absolute_form"] = httpx.post(f"http://127.0.0.1:{loopback_port}/", proxy=f"http://{meter}").status_code
 except httpx.HTTPError as exc:
     outcome["absolute_form"] = type(exc).__name__
-try:
-    tunnel = httpx.get(f"https://127.0.0.1:{secret_port}/", proxy=f"http://{meter}", verify=False)
-    outcome["connect"] = tunnel.status_code
-except httpx.ProxyError as exc:
-    outcome["connect"] = str(exc)
-except httpx.HTTPError as exc:
-    outcome["connect"] = type(exc).__name__
+
+def tunnel(target):
+    host, port = meter.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.set_tunnel(target)
+    try:
+        connection.request("POST", "/", body=b"")
+        return connection.getresponse().read().decode()
+    except OSError as exc:
+        return str(exc)
+    finally:
+        connection.close()
+
+outcome["connect_loopback"] = tunnel(f"127.0.0.1:{loopback_port}")
+outcome["connect_network"] = tunnel(network_service)
 print(json.dumps(outcome))
 """
 
@@ -61,9 +73,9 @@ def namespace():
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def _from_the_network(namespace: str, proxy: RunningProxy, secret_port: int) -> dict:
+def _from_the_network(namespace: str, proxy: RunningProxy, loopback_port: int, network_service: str) -> dict:
     result = subprocess.run(
-        ["ip", "netns", "exec", namespace, sys.executable, "-c", CLIENT, proxy.address, str(secret_port)],
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", CLIENT, proxy.address, str(loopback_port), network_service],
         capture_output=True,
         text=True,
         timeout=60,
@@ -77,33 +89,57 @@ def _proxy(tmp_path, upstream, *extra: str) -> RunningProxy:
     return RunningProxy(config, tmp_path / "meter.db", extra_args=["--host", HOST_ADDRESS, *extra])
 
 
-def test_a_network_client_may_use_only_the_gateway(tmp_path, namespace):
-    with FakeUpstream() as upstream, FakeUpstream() as loopback_only_service:
+def _warning(proxy: RunningProxy) -> str:
+    return next(line for line in proxy.stderr().splitlines() if line.startswith("meter: warning: listening on"))
+
+
+def _network_run(tmp_path, namespace: str, *extra: str) -> tuple[dict, RunningProxy, FakeUpstream]:
+    """What the client in `namespace` got, the proxy, and the loopback-only service it tried."""
+    with (
+        FakeUpstream() as upstream,
+        FakeUpstream() as loopback_only_service,
+        FakeUpstream(host=HOST_ADDRESS) as network_service,
+    ):
         upstream.routes["/v1/chat/completions"] = Scenario(body=PLAIN.body)
         loopback_only_service.routes["/"] = Scenario(body=b"secret")
-        proxy = _proxy(tmp_path, upstream)
+        network_service.routes["/"] = Scenario(body=b"fine")
+        proxy = _proxy(tmp_path, upstream, *extra)
         try:
-            outcome = _from_the_network(namespace, proxy, loopback_only_service.port)
+            service = f"{HOST_ADDRESS}:{network_service.port}"
+            outcome = _from_the_network(namespace, proxy, loopback_only_service.port, service)
         finally:
             proxy.stop()
+    return outcome, proxy, loopback_only_service
+
+
+def _refused_defaults(outcome: dict) -> None:
+    for name in ("ollama", "anthropic"):
+        status, message = outcome[name]
+        assert status == 404 and f"upstream {name!r} is served only to clients on this machine" in message
+
+
+def test_a_network_client_may_use_only_the_gateway_to_upstreams_the_config_names(tmp_path, namespace):
+    outcome, proxy, loopback_only_service = _network_run(tmp_path, namespace)
     assert outcome["gateway"] == 200
+    _refused_defaults(outcome)
     assert outcome["absolute_form"] == 403
-    assert "403" in str(outcome["connect"])
+    assert "403" in outcome["connect_loopback"] and "403" in outcome["connect_network"]
     assert loopback_only_service.received == []  # nothing reached the loopback-only service
-    assert "clients not on loopback may use only the gateway" in proxy.stderr()
+    warning = _warning(proxy)
+    assert "clients not on loopback may use only the gateway to /openai/ (the [upstreams] your config file names)" in warning
+    assert "/ollama/" not in warning and "/anthropic/" not in warning
 
 
-def test_allow_from_lets_a_named_network_use_proxy_mode(tmp_path, namespace):
-    with FakeUpstream() as upstream, FakeUpstream() as service:
-        upstream.routes["/v1/chat/completions"] = Scenario(body=PLAIN.body)
-        service.routes["/"] = Scenario(body=b"fine")
-        proxy = _proxy(tmp_path, upstream, "--allow-from", NETWORK)
-        try:
-            outcome = _from_the_network(namespace, proxy, service.port)
-        finally:
-            proxy.stop()
-    assert outcome["gateway"] == 200 and outcome["absolute_form"] != 403
-    assert "may use only the gateway" not in proxy.stderr()
+def test_allow_from_lets_a_named_network_use_proxy_mode_but_not_loopback_services(tmp_path, namespace):
+    outcome, proxy, loopback_only_service = _network_run(tmp_path, namespace, "--allow-from", NETWORK)
+    assert outcome["gateway"] == 200
+    _refused_defaults(outcome)
+    assert outcome["connect_network"] == "fine"  # an HTTPS-proxy tunnel to a host of the network
+    assert outcome["absolute_form"] == 403 and "403" in outcome["connect_loopback"]
+    assert loopback_only_service.received == []
+    warning = _warning(proxy)
+    assert f"those in {NETWORK} may also use it as an HTTPS proxy" in warning and "/openai/" in warning
+    assert "may use only the gateway" not in warning
 
 
 def test_a_malformed_allow_from_is_one_line_and_no_proxy(tmp_path):

@@ -493,7 +493,7 @@ def test_addon_methods_named_after_mitmproxy_events_are_meant_as_hooks():
     from taskmeter.proxy import addons
 
     meant = {
-        addons.Gateway: {"http_connect", "requestheaders"},
+        addons.Gateway: {"http_connect", "requestheaders", "responseheaders"},
         addons.TaskAttribution: {"http_connect", "client_disconnected", "requestheaders"},
         addons.Capture: {"requestheaders", "request", "responseheaders", "response", "error", "done"},
         addons.Guard: {"request", "responseheaders"},

@@ -1,8 +1,6 @@
 """Running the proxy and pointing clients at it: proxy, start, stop, doctor, env, run."""
 
-import ipaddress
 import os
-import socket
 import sys
 
 import click
@@ -44,7 +42,7 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     `eval "$(meter env)"` sets both for a shell; `meter run -- CMD` for one command.
     """
     from taskmeter.config import load_settings
-    from taskmeter.proxy.runner import run_proxy
+    from taskmeter.proxy.runner import exposure_warning, run_proxy
 
     def proxy_settings():
         """The config file's settings with this command line's overrides: at start, and on reload."""
@@ -66,12 +64,9 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
         )
     listen_host = host or settings.proxy.listen_host
     listen_port = settings.proxy.port if port is None else port
-    if not ipaddress.ip_address(socket.gethostbyname(listen_host)).is_loopback and not settings.proxy.allow_from:
-        click.echo(
-            f"meter: warning: listening on {listen_host}: clients not on loopback may use only the gateway to your "
-            "upstreams (no HTTPS_PROXY, no other hosts); --allow-from CIDR lets a network do more",
-            err=True,
-        )
+    warning = exposure_warning(settings, listen_host)
+    if warning:
+        click.echo(warning, err=True)
 
     def ready(bound_host: str, bound_port: int) -> None:
         origin = f"http://{bound_host}:{bound_port}"

@@ -9,7 +9,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from taskmeter.errors import MeterError
 
@@ -47,6 +47,26 @@ class ProxySettings(BaseModel):
             except ValueError:
                 raise ValueError(f"{network!r} is not a network such as 192.168.1.0/24") from None
         return networks
+
+    # Web pages (origins such as "http://localhost:5173") that may call through the
+    # meter; requests from any other page are refused (docs/proxy.md, "Security").
+    allowed_origins: list[str] = []
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        """Each as a browser sends it in `Origin`: scheme://host[:port], lower case."""
+        normalised = []
+        for origin in origins:
+            parts = urlsplit(origin.lower())
+            port = parts.port  # a port that is no number raises here
+            extra = parts.path.strip("/") or parts.query or parts.fragment or "@" in parts.netloc
+            if parts.scheme not in ("http", "https") or not parts.hostname or extra:
+                raise ValueError(f"{origin!r} is not an origin such as http://localhost:5173 (scheme, host and port only)")
+            default_port = port in (None, {"http": 80, "https": 443}[parts.scheme])
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            normalised.append(f"{parts.scheme}://{host}" + ("" if default_port else f":{port}"))
+        return normalised
 
     # Where the proxy keeps its CA (key files 0600); default: the user data folder.
     confdir: Path | None = None
@@ -122,6 +142,9 @@ class Settings(BaseModel):
     alerts: AlertSettings
     upstreams: dict[str, str]
     intercept: InterceptSettings
+    # The [upstreams] the user's config file names (the others are shipped defaults):
+    # only these are served to clients beyond loopback. Set by load_settings.
+    _user_upstreams: frozenset[str] = PrivateAttr(default=frozenset())
 
     @field_validator("upstreams")
     @classmethod
@@ -135,6 +158,11 @@ class Settings(BaseModel):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"upstream {name!r} must be an http:// or https:// URL, not {url!r}")
         return {name: url.rstrip("/") for name, url in upstreams.items()}
+
+    @property
+    def network_upstreams(self) -> list[str]:
+        """The upstreams served to clients beyond loopback: those the config file names."""
+        return [name for name in self.upstreams if name in self._user_upstreams]
 
     @property
     def confdir(self) -> Path:
@@ -196,11 +224,13 @@ def _layers(explicit: str | os.PathLike | None) -> tuple[dict, dict, Path]:
 def load_settings(explicit: str | os.PathLike | None = None) -> Settings:
     defaults, user, path = _layers(explicit)
     try:
-        return Settings.model_validate(_merge(defaults, user))
+        settings = Settings.model_validate(_merge(defaults, user))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise MeterError(f"config {path}: {where}: {first['msg']}") from None
+    settings._user_upstreams = frozenset(user.get("upstreams", {}))
+    return settings
 
 
 def flat(settings: Settings) -> dict[str, object]:

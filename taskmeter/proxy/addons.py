@@ -16,7 +16,9 @@ import base64
 import binascii
 import ipaddress
 import json
+import logging
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -28,7 +30,7 @@ from taskmeter.errors import MeterError
 from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
 from taskmeter.proxy import provider_errors, upstream_errors
-from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify
+from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify, host_address, is_loopback_host
 from taskmeter.proxy.tee import ResponseTee
 from taskmeter.recorder.conversation import conversation_id, request_json
 from taskmeter.recorder.framing import UnsupportedEncoding, content_decoder
@@ -39,12 +41,23 @@ TASK_HEADER = "x-meter-task"
 PING_PATH = "/_meter/ping"
 ID_HEADER = "x-meter-interaction-id"
 BUDGET_HEADER = "x-meter-budget"
+log = logging.getLogger("taskmeter.proxy")
 # flow.metadata keys, each set by one addon for those after it.
 _ROUTE = "taskmeter.route"  # Gateway: a metered AI call's Route
 _TASK = "taskmeter.task"  # TaskAttribution: (task ID or None, attribution or None)
 _CALL = "taskmeter.call"  # Capture: the CapturedCall
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_ORIGIN = "taskmeter.origin"  # Gateway: the allowed web page a call comes from, for its CORS headers
 _SHUTDOWN = "proxy shut down during the call"
+_LOOP = "taskmeter: this request came back to the meter that sent it (a forwarding loop); refused"
+_LOOP_FIX = "point clients at an upstream, not at the meter, and check [upstreams] (`meter config show`)"
+_NOT_AN_AI_HOST = (
+    "taskmeter: the meter forwards plain HTTP only to AI hosts, and {host} is not one; use the gateway "
+    "(http://HOST:PORT/<upstream>/...), or add the host under [intercept.hosts] in the config file"
+)
+_WEB_PAGE = (
+    "taskmeter: refused a call from a web page ({page}): pages you visit may not use the meter; "
+    "to allow a browser-based client, add its origin to [proxy] allowed_origins in the config file"
+)
 _GATEWAY_ONLY = (
     "taskmeter: clients beyond loopback may use only the gateway (http://HOST:PORT/<upstream>/...); "
     "start the meter with --allow-from CIDR to let this network use it as an HTTPS proxy"
@@ -95,38 +108,58 @@ def task_from_proxy_auth(value: str | None) -> str | None:
 
 
 class Gateway:
-    """Where a call goes: `/<upstream>/...` (with an optional `/t/<TASK>/` prefix)
-    to its upstream, or, in HTTPS-proxy mode, a known AI host. Only loopback
-    clients and --allow-from networks may use the proxy mode; new calls are
-    refused while the meter stops."""
+    """Where a call goes, and who may send it: `/<upstream>/...` (with an optional
+    `/t/<TASK>/` prefix) to its upstream, or, in proxy mode, a known AI host.
+    Refused: requests from web pages whose origin is not allowed, requests that
+    came back from this meter (a loop), plain-HTTP forwarding to any host but an
+    AI host, proxy mode for clients beyond loopback not in --allow-from (and, for
+    those in it, this machine's loopback services), and new calls while the meter
+    stops."""
 
     def __init__(self, settings: Settings) -> None:
         self.apply_settings(settings)
         self.draining = False  # stopping: calls in flight finish, no new ones start
+        # Added to what this meter forwards in the clear: a request that carries it came back to us.
+        self._via = f"1.1 taskmeter-{secrets.token_hex(8)}"
+        self._origins_said: set[str] = set()  # refused origins already logged
 
     def apply_settings(self, settings: Settings) -> None:
         """At start, and again when the config is reloaded."""
         self._router = Router(settings)
         self._trusted = settings.trusted_networks()
+        self._allowed_origins = set(settings.proxy.allowed_origins)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if not self._may_use_proxy_mode(flow):
             flow.response = _error_response(403, _GATEWAY_ONLY)
+        else:
+            flow.response = self._target_refusal(flow, flow.request.host, flow.request.port)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.draining:
             flow.response = _error_response(503, "taskmeter: the meter is stopping; send the call again once it runs")
             return
         request = flow.request
+        if any(self._via in value for value in request.headers.get_all("via")):
+            flow.response = _error_response(508, _LOOP)
+            return
+        if not self._from_allowed_page(flow):
+            return
+        if flow.metadata.get(_ORIGIN) and request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+            flow.response = _preflight_answer(request)
+            return
         path_task = None
         if self._addressed_to_us(flow):
             if request.path == PING_PATH:  # `meter doctor`: the gateway answers, nothing leaves the machine
                 flow.response = http.Response.make(200, b'{"meter": "ok"}', {"content-type": "application/json"})
                 return
             try:
-                target = self._router.gateway(request.path)
+                target = self._router.gateway(request.path, from_network=not self._client_address(flow).is_loopback)
             except GatewayError as exc:
                 flow.response = _error_response(404, f"taskmeter: {exc}")
+                return
+            if self._is_us(flow, target.host, target.port):
+                flow.response = _error_response(508, f"taskmeter: upstream {target.provider!r} is this meter itself; {_LOOP_FIX}")
                 return
             request.scheme, request.host, request.port = target.scheme, target.host, target.port
             request.path = target.path
@@ -136,29 +169,102 @@ class Gateway:
             flow.response = _error_response(403, _GATEWAY_ONLY)
             return
         else:
-            provider = self._router.provider_for_host(request.pretty_host)
-            if provider is None:
+            # request.host is where mitmproxy connects; the Host header may name another.
+            provider = self._router.provider_for_host(request.host)
+            refusal = self._target_refusal(flow, request.host, request.port)
+            if refusal is None and provider is None and not flow.client_conn.tls:
+                refusal = _error_response(403, _NOT_AN_AI_HOST.format(host=request.host))
+            if refusal is not None or provider is None:
+                flow.response = refusal
                 return
-        endpoint = classify(request.method, urlsplit(request.path).path)
+        if request.scheme == "http":
+            request.headers.add("via", self._via)
+        endpoint = classify(request.method, request.path)
         if endpoint is not None:
             flow.metadata[_ROUTE] = Route(provider, endpoint, path_task)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """An allowed page may read the answer, and the meter's headers on it."""
+        origin = flow.metadata.get(_ORIGIN)
+        if origin is None:
+            return
+        headers = flow.response.headers
+        headers["access-control-allow-origin"] = origin
+        exposed = [value for value in headers.get_all("access-control-expose-headers") if value.strip() != "*"]
+        headers.set_all("access-control-expose-headers", [*exposed, f"{ID_HEADER}, {BUDGET_HEADER}"])
+        headers.add("vary", "origin")
+
+    def _from_allowed_page(self, flow: http.HTTPFlow) -> bool:
+        """SDKs and agents send no `Origin` and no cross-site `Sec-Fetch-Site`; a web
+        page does, and is refused unless its origin is allowed, so that a page the
+        user visits cannot create tasks, spend budgets or raise alerts."""
+        headers = flow.request.headers
+        origin, site = headers.get("origin"), headers.get("sec-fetch-site", "none").lower()
+        if origin is None and site in ("none", "same-origin"):
+            return True
+        if origin is not None and origin.lower() in self._allowed_origins:
+            flow.metadata[_ORIGIN] = origin
+            return True
+        page = (origin or f"a {site} page")[:200]
+        if page not in self._origins_said and len(self._origins_said) < 32:  # a line per page, a few pages
+            self._origins_said.add(page)
+            log.warning("meter: refused a call from a web page (%s); allow it with [proxy] allowed_origins", ascii(page))
+        flow.response = _error_response(403, _WEB_PAGE.format(page=page))
+        return False
+
     def _addressed_to_us(self, flow: http.HTTPFlow) -> bool:
-        """An origin-form request to the proxy's own address is a gateway request."""
+        """A request in the clear whose target is the proxy itself is a gateway request."""
         if flow.client_conn.tls or flow.client_conn.sockname is None:
             return False
+        return self._is_us(flow, flow.request.host, flow.request.port)
+
+    @staticmethod
+    def _is_us(flow: http.HTTPFlow, host: str, port: int) -> bool:
+        """`host:port` reaches this proxy: our port on any loopback, unspecified or
+        `localhost` host, in any form (`127.1`, `0x7f000001`, `[::ffff:127.0.0.1]`,
+        `localhost.`), or on the address the client came in on. Parsed, never
+        resolved; a name that resolves to us is caught by the `via` mark instead."""
         own_host, own_port = flow.client_conn.sockname[:2]
-        host = flow.request.host.strip("[]")
-        return flow.request.port == own_port and (host == own_host or host in _LOOPBACK)
+        if port != own_port:
+            return False
+        address = host_address(host)
+        return is_loopback_host(host) or (address is not None and address == host_address(own_host))
+
+    def _target_refusal(self, flow: http.HTTPFlow, host: str, port: int) -> http.Response | None:
+        """Proxy mode never leads back to the proxy, nor a client beyond loopback
+        to this machine's loopback-only services."""
+        if flow.client_conn.sockname is not None and self._is_us(flow, host, port):
+            return _error_response(508, f"taskmeter: {host}:{port} is this meter itself; {_LOOP_FIX}")
+        if not self._client_address(flow).is_loopback and is_loopback_host(host):
+            return _error_response(403, "taskmeter: clients beyond loopback cannot reach this machine's loopback services")
+        return None
+
+    @staticmethod
+    def _client_address(flow: http.HTTPFlow) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        address = ipaddress.ip_address(flow.client_conn.peername[0])
+        return address.ipv4_mapped if address.version == 6 and address.ipv4_mapped else address
 
     def _may_use_proxy_mode(self, flow: http.HTTPFlow) -> bool:
         """HTTPS-proxy mode and absolute-form requests reach any host and port: only
         for loopback clients and the networks named with --allow-from, so that the
         meter is never an open forwarder into this machine's loopback services."""
-        address = ipaddress.ip_address(flow.client_conn.peername[0])
-        if address.version == 6 and address.ipv4_mapped:
-            address = address.ipv4_mapped
+        address = self._client_address(flow)
         return address.is_loopback or any(address in network for network in self._trusted)
+
+
+def _preflight_answer(request: http.Request) -> http.Response:
+    """A browser's CORS preflight from an allowed origin, answered by the meter:
+    the method and headers it asks for are granted."""
+    headers = {
+        "access-control-allow-origin": request.headers["origin"],
+        "access-control-allow-methods": request.headers["access-control-request-method"],
+        "access-control-allow-headers": request.headers.get("access-control-request-headers", ""),
+        "access-control-max-age": "600",
+        "vary": "origin",
+    }
+    if request.headers.get("access-control-request-private-network") == "true":
+        headers["access-control-allow-private-network"] = "true"
+    return http.Response.make(204, b"", headers)
 
 
 class TaskAttribution:

@@ -1,6 +1,8 @@
 """Which calls are AI calls, which protocol they speak, and where they go."""
 
+import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -17,20 +19,30 @@ _GENERATE, _COUNT, _OTHER = "generate", "count_tokens", "other"
 
 
 def classify(method: str, path: str) -> Endpoint | None:
-    """The protocol of a request from its method and path (query excluded), or None
-    when it is not a metered AI call (model listings, file uploads, ...)."""
-    if method != "POST":
+    """The protocol of a request from its method and path, or None when it is not
+    a metered AI call (model listings, file uploads, ...). The path is judged as
+    every common server may read it (`upstream_readings`): a call that any of them
+    would serve as an AI call is metered."""
+    if method.upper() != "POST":
         # GET /v1/responses/{id}?stream=true replays a response already metered.
         return None
+    for reading in upstream_readings(path):
+        endpoint = _classify_path(reading)
+        if endpoint is not None:
+            return endpoint
+    return None
+
+
+def _classify_path(path: str) -> Endpoint | None:
     path = path.rstrip("/")
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
         verb = last.rsplit(":", 1)[1]
-        if verb in ("generateContent", "streamGenerateContent"):
+        if verb in ("generatecontent", "streamgeneratecontent"):
             return Endpoint("gemini", _GENERATE)
-        if verb == "countTokens":
+        if verb == "counttokens":
             return Endpoint("gemini", _COUNT)
-        if verb in ("rawPredict", "streamRawPredict"):  # Claude on Vertex AI
+        if verb in ("rawpredict", "streamrawpredict"):  # Claude on Vertex AI
             return Endpoint("anthropic", _GENERATE)
         return None
     if path.endswith(("/chat/completions", "/completions")):
@@ -50,6 +62,42 @@ def classify(method: str, path: str) -> Endpoint | None:
     if path.endswith("/embeddings"):
         return Endpoint("openai_chat", _OTHER)
     return None
+
+
+_ESCAPED_SLASH = re.compile(r"%(2f|5c)", re.IGNORECASE)
+_PATH_PARAMETERS = re.compile(r";[^/]*")
+_SLASHES = re.compile(r"[/\\]+")
+
+
+def upstream_readings(target: str) -> list[str]:
+    """The path of a request target (query cut off) as upstream servers read it,
+    lower-cased: percent-escapes decoded once (so `%2563` stays `%63`), dot
+    segments removed (RFC 3986); also with runs of slashes and backslashes merged
+    first (nginx, Go), with `%2F` kept as it is (servers that route on the escaped
+    path), with `;parameters` dropped (Java servers), and with a `#` and what
+    follows cut off (nginx). When servers differ, the meter takes every reading:
+    metering a call no server serves costs nothing, missing one is a hole."""
+    path = target.partition("?")[0]
+    readings = []
+    for base in dict.fromkeys((path, path.partition("#")[0])):
+        readings += [
+            unquote(base),
+            _SLASHES.sub("/", unquote(base)),
+            unquote(_ESCAPED_SLASH.sub(r"%25\1", base)),
+            _SLASHES.sub("/", unquote(_PATH_PARAMETERS.sub("", base))),
+        ]
+    return list(dict.fromkeys(_remove_dot_segments(reading).lower() for reading in readings))
+
+
+def _remove_dot_segments(path: str) -> str:
+    kept: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if len(kept) > 1:  # never above the root
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    return "/".join(kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,21 +126,32 @@ class Router:
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             self._upstreams[name] = (parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+        self._network_upstreams = set(settings.network_upstreams)
         self._hosts = [(_host_pattern(glob), provider) for glob, provider in settings.intercept.hosts.items()]
         for name, (_, host, _, _) in self._upstreams.items():
             self._hosts.insert(0, (_host_pattern(host), name))
 
-    def gateway(self, path: str) -> GatewayTarget:
-        """`/t/<TASK>/<upstream>/<rest>` or `/<upstream>/<rest>` to its upstream URL."""
+    def gateway(self, path: str, from_network: bool = False) -> GatewayTarget:
+        """`/t/<TASK>/<upstream>/<rest>` or `/<upstream>/<rest>` to its upstream URL:
+        the prefix is read percent-decoded, the rest goes upstream as it came. A
+        client `from_network` (not on loopback) reaches only the upstreams the config
+        file names, never a shipped default such as the loopback-only Ollama."""
         task_id = None
         rest = path
-        if rest.startswith("/t/"):
-            _, _, task_segment, rest = (rest.split("/", 3) + [""])[:4]
-            task_id = unquote(task_segment)
-            rest = "/" + rest
+        segments = path.split("/", 3)
+        if len(segments) > 2 and unquote(segments[1]) == "t":
+            task_id = unquote(segments[2])
+            rest = segments[3] if len(segments) > 3 else ""
         name, _, tail = rest.lstrip("/").partition("/")
-        if name not in self._upstreams:
-            known = ", ".join(f"/{n}/" for n in self._upstreams)
+        name = unquote(name)
+        served = self._network_upstreams if from_network else self._upstreams
+        if name not in served:
+            known = ", ".join(f"/{n}/" for n in self._upstreams if n in served) or "none"
+            if name in self._upstreams:
+                raise GatewayError(
+                    f"upstream {name!r} is served only to clients on this machine; to serve it to the network, "
+                    "name it under [upstreams] in your config file (`meter config path`) and reload the proxy"
+                )
             raise GatewayError(
                 f"no upstream named {name!r} at this meter; use one of {known}, or add it under [upstreams] "
                 "in the config file (`meter config path`) and reload the proxy (kill -HUP its pid)"
@@ -110,3 +169,31 @@ class Router:
     def allow_hosts(self) -> list[str]:
         """mitmproxy `allow_hosts` regexes: only these hosts are intercepted."""
         return [pattern.pattern.rstrip("$") + r"(:\d+)?$" for pattern, _ in self._hosts]
+
+
+def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a numeric host names, in every form the system resolver takes
+    (`127.1`, `0x7f000001`, `2130706433`, `[::ffff:127.0.0.1]`, IPv4-mapped as
+    IPv4): parsed, never looked up. None for a name."""
+    host = host.strip("[]").rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if address.version == 6 and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback_host(host: str) -> bool:
+    """A host that names this machine without DNS: `localhost` and its subdomains
+    (RFC 6761), a loopback address, or the unspecified address (0.0.0.0, ::),
+    which a connection takes to mean this machine."""
+    name = host.lower().strip("[]").rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = host_address(name)
+    return address is not None and (address.is_loopback or address.is_unspecified)

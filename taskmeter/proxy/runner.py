@@ -2,6 +2,7 @@
 
 import asyncio
 import errno
+import ipaddress
 import json
 import logging
 import os
@@ -44,6 +45,28 @@ def _check_port_free(host: str, port: int) -> None:
                     f"port {port} on {host} is already in use: is another `meter proxy` running? Try --port"
                 ) from None
             raise MeterError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def exposure_warning(settings: Settings, listen_host: str) -> str | None:
+    """What a listening address beyond loopback opens to the network, or None on loopback."""
+    if ipaddress.ip_address(socket.gethostbyname(listen_host)).is_loopback:
+        return None
+    served = ", ".join(f"/{name}/" for name in settings.network_upstreams)
+    gateway = (
+        f"the gateway to {served} (the [upstreams] your config file names)"
+        if served
+        else "the gateway, to no upstream yet (name them under [upstreams] in your config file)"
+    )
+    if not settings.proxy.allow_from:
+        return (
+            f"meter: warning: listening on {listen_host}: clients not on loopback may use only {gateway}; "
+            "no HTTPS_PROXY, no other hosts; --allow-from CIDR lets a network do more"
+        )
+    networks = ", ".join(settings.proxy.allow_from)
+    return (
+        f"meter: warning: listening on {listen_host}: clients not on loopback may use {gateway}; "
+        f"those in {networks} may also use it as an HTTPS proxy (to any host but this machine's loopback services)"
+    )
 
 
 class Announcer:
