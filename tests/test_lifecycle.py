@@ -165,7 +165,7 @@ def test_meter_run_uses_a_running_proxy_and_leaves_it_running(tmp_path):
         proxy = RunningProxy(config, tmp_path / "meter.db")
         try:
             result = subprocess.run(
-                [str(VENV_BIN / "meter"), "run", "--", sys.executable, "-c", CALL_AND_WAIT, "0", "0"],
+                [str(VENV_BIN / "meter"), "run", "--", sys.executable, "-c", CALL_AND_WAIT, ""],
                 capture_output=True,
                 text=True,
                 env=env,
