@@ -10,18 +10,17 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
+from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import RunningProxy, write_config
 
-CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
+CHAT = "/v1/chat/completions"
 CALL_TOKENS = 1502  # the fake's answer: 1,502 tokens a call
 CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-PROBE_TASK = "ZZ-001"
 
 
 @pytest.fixture
@@ -45,30 +44,6 @@ def _meter(meter, *args):
     result = meter(*args)
     assert result.code == 0, result.err
     return result
-
-
-class Probe:
-    """Waits, without sleeping blind, until the proxy holds what the recorder
-    worked out after every command run so far: the probe task's budget is set
-    to a new amount, then a probe call (an embedding: no usage) is made until
-    its x-meter-budget header shows that amount. Make it before the test's own
-    tasks: it creates the probe task with `meter set-task`."""
-
-    def __init__(self, proxy: RunningProxy, meter) -> None:
-        self._proxy, self._meter = proxy, meter
-        self._amount = 10**9
-        _meter(meter, "set-task", PROBE_TASK)
-
-    def proxy_knows(self) -> None:
-        self._amount += 1
-        _meter(self._meter, "task", PROBE_TASK, "--budget", str(self._amount))
-        expected = f"task={PROBE_TASK}; tokens-remaining={self._amount}; used=0.0%"
-        url = f"{self._proxy.origin}/t/{PROBE_TASK}/openai/v1/embeddings"
-        for _ in range(200):
-            reply = httpx.post(url, json={"model": "e", "input": "x"})
-            if reply.headers.get("x-meter-budget") == expected:
-                return
-        pytest.fail(f"the proxy never showed the probe's budget: {reply.headers.get('x-meter-budget')!r}")
 
 
 def _chat(proxy, prefix: str = "", upstream: str = "openai", **headers) -> openai.OpenAI:

@@ -70,8 +70,11 @@ class Guard:
         """From the hand-over's reply thread."""
         if self._loop is None:
             self._apply(state)
-        else:
+            return
+        try:
             self._loop.call_soon_threadsafe(self._apply, state)
+        except RuntimeError:
+            pass  # the event loop is closed: the proxy has stopped, no call is left to judge
 
     def _apply(self, state: dict) -> None:
         self._state = GuardState(

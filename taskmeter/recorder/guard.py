@@ -105,19 +105,21 @@ class Guard:
 
     def stored(self, rows: list[CallRow]) -> None:
         """After a batch is stored: loops, then what the proxy must know: at once
-        while it counts calls in flight, else at most every REFRESH_SECONDS."""
+        while it counts calls in flight or when a loop is to be refused, else at
+        most every REFRESH_SECONDS."""
+        blocked_loop = False
         for row in rows:
             call = row.interaction
             if not row.loop_signatures or not call.session_id:
                 continue
             started = from_stored(call.started_at).timestamp()  # a replayed spool keeps its calls' own times
-            looping = json.dumps([call.session_id, call.task_id, call.client])
+            looping = json.dumps([call.session_id, call.task_id, call.client])  # a loop is one client's in one task
             for signature in self._loops.observe(looping, started, row.loop_signatures):
-                self._writer.quietly(self._loop_alert, call, signature)
+                blocked_loop |= bool(self._writer.quietly(self._loop_alert, call, signature))
         if self._proxy_counts:
             self.refresh(force=True, settled=[row.interaction.id for row in rows if not row.interaction.blocked])
         else:
-            self.refresh()
+            self.refresh(force=blocked_loop)
 
     def refresh(self, force: bool = False, settled: list[str] = ()) -> None:
         """Push the state if it changed; with `settled`, the IDs of calls just stored, push it anyway."""
@@ -179,7 +181,8 @@ class Guard:
             task_id = status["target"] if status["scope"] == "task" else None
             self._raised(alerts.raise_alert(db, "budget", key, message, task_id=task_id, once=True))
 
-    def _loop_alert(self, db, call, signature: str) -> None:
+    def _loop_alert(self, db, call, signature: str) -> bool:
+        """Raise the loop's alert unless it is open; True when it is new and blocks."""
         blocks = self._on_loop == "block"
         what = "the same tool call with the same arguments" if signature.startswith("tools:") else "near-identical requests"
         message = (
@@ -189,7 +192,7 @@ class Guard:
         )
         key = alerts.loop_key(call.session_id, call.task_id, call.client, signature)
         if key in self._open_loops:
-            return  # the loop goes on, already told: no write
+            return False  # the loop goes on, already told: no write
         # The proxy knows a Claude Code session by its header; other clients by
         # their conversation, in the task and from the client that looped.
         conversation = None if call.client_session else call.conversation_id
@@ -205,6 +208,7 @@ class Guard:
         )
         self._open_loops.add(key)
         self._raised(alert)
+        return blocks and alert is not None
 
     def _burn_rate(self, db, now: float) -> None:
         from taskmeter.analytics.listings import task_records
