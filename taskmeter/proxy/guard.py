@@ -15,7 +15,6 @@ at the first call after the crossing one.
 
 import asyncio
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 from mitmproxy import http
@@ -61,7 +60,7 @@ class Guard:
         self._state = GuardState()
         self._loop = loop  # states come in on another thread, and are applied on this loop
         self._flying: dict[str, tuple[CapturedCall, tuple[str, ...]]] = {}  # call ID -> (call, budgets it counts in)
-        self._in_flight: Counter[str] = Counter()  # budget -> its calls in flight
+        self._in_flight: dict[str, int] = {}  # budget -> its calls in flight
         self._changed = asyncio.Event()  # set (and replaced) at each state: waiting calls look again
 
     # ------------------------------------------------------------ the recorder's state
@@ -99,7 +98,8 @@ class Guard:
     def _landed(self, call_id: str) -> None:
         flying = self._flying.pop(call_id, None)
         if flying is not None:
-            self._in_flight.subtract(flying[1])
+            for key in flying[1]:
+                self._in_flight[key] -= 1
 
     # ------------------------------------------------------------ hooks
 
@@ -138,18 +138,21 @@ class Guard:
     def _judge(self, call: CapturedCall, task: str | None, may_wait: bool):
         """The refusal, _WAIT, or None: let through, and counted as in flight."""
         blocking = [(key, budget) for key, budget in self._budgets(task, self._state) if budget["blocks"]]
+        if not blocking:
+            return None
         for _, budget in blocking:
             if budget["refusal"]:
                 return budget["refusal"]
+        in_flight = self._in_flight
         if may_wait:
             for key, budget in blocking:
-                flying, room = self._in_flight[key], budget["room"]
+                flying, room = in_flight.get(key, 0), budget["room"]
                 if flying and room is not None and flying >= room:
                     return _WAIT
-        if blocking:
-            keys = tuple(key for key, _ in blocking)
-            self._flying[call.id] = (call, keys)
-            self._in_flight.update(keys)
+        keys = tuple(key for key, _ in blocking)
+        self._flying[call.id] = (call, keys)
+        for key in keys:
+            in_flight[key] = in_flight.get(key, 0) + 1
         return None
 
     async def _wait(self, flow: http.HTTPFlow, call: CapturedCall, task: str | None) -> None:
@@ -184,8 +187,8 @@ class Guard:
         """The budgets a call of `task` counts against: its own, then its phase's."""
         if task is None:
             return []
-        keys = (f"task:{task}", f"phase:{state.phases.get(task) or infer_phase(task)}")
-        return [(key, state.budgets[key]) for key in keys if key in state.budgets]
+        own, phase = "task:" + task, "phase:" + (state.phases.get(task) or infer_phase(task))
+        return [(key, state.budgets[key]) for key in (own, phase) if key in state.budgets]
 
     @staticmethod
     def _looping(call: CapturedCall, task: str | None, state: GuardState) -> str | None:
