@@ -105,6 +105,7 @@ def test_sequential_calls_stop_at_the_first_call_after_the_crossing_one(tmp_path
         assert [row["blocked"] for row in rows] == [None] * 3 + ["budget"] * 3
         budget = _budget(meter, "task", "D1-001")
         assert (budget["tokens_used"], budget["tokens_over"]) == (3 * CALL_TOKENS, CALL_TOKENS // 2)  # under one call over
+        assert "Traceback" not in proxy.stderr() and "Addon error" not in proxy.stderr()  # no hook failed
     finally:
         proxy.stop()
 
@@ -128,6 +129,7 @@ def test_a_burst_of_20_concurrent_calls_past_the_limit_is_refused(tmp_path, upst
         assert sum(row["blocked"] == "budget" for row in rows) == 17
         budget = _budget(meter, "task", "D2-001")
         assert (budget["tokens_used"], budget["tokens_over"]) == (4 * CALL_TOKENS, CALL_TOKENS // 2)
+        assert "Traceback" not in proxy.stderr() and "Addon error" not in proxy.stderr()  # no hook failed
     finally:
         proxy.stop()
 
@@ -157,6 +159,7 @@ def test_a_spent_phase_refuses_its_tasks_the_proxy_never_saw(tmp_path, upstream,
         refused_tasks = sorted(row["task_id"] for row in rows if row["blocked"] == "budget")
         assert refused_tasks == ["D3-001", "D3-002", "D3-002", "D3-NEW-CURRENT", "D3-NEW-HEADER", "D3-NEW-PATH"]
         assert _budget(meter, "phase", "D3")["tokens_used"] == 3 * CALL_TOKENS
+        assert "Traceback" not in proxy.stderr() and "Addon error" not in proxy.stderr()  # no hook failed
     finally:
         proxy.stop()
 
@@ -188,5 +191,6 @@ def test_a_loop_block_refuses_only_the_task_and_client_that_looped(tmp_path, ups
             ("D5-002", "agent-a/1.0", None),
             ("D5-001", "agent-a/1.0", "loop"),
         ]
+        assert "Traceback" not in proxy.stderr() and "Addon error" not in proxy.stderr()  # no hook failed
     finally:
         proxy.stop()
