@@ -17,6 +17,7 @@ from taskmeter.recorder.guard import LoopWatch
 from taskmeter.store import db as store_db
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
+from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import RunningProxy, write_config
 
 FIXTURE = {f.name: f for f in ALL}
@@ -24,7 +25,6 @@ CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 GEMINI = "/v1beta/models/gemini-test:generateContent"
 CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 MESSAGES_ARGS = dict(model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
-SETTLE = 1.0  # the recorder pushes what the proxy must refuse within this
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,7 @@ def upstream():
         fake.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_cached_tokens"].body)  # 1,502 tokens
         fake.routes[MESSAGES] = Scenario(body=FIXTURE["anthropic/messages_nonstream_cache"].body)  # 1,703 tokens
         fake.routes[GEMINI] = Scenario(body=FIXTURE["gemini/nonstream_basic"].body)  # 10 tokens
+        fake.routes[EMBEDDINGS] = Scenario(body=b"{}")  # the probe's: no usage
         fake.routes["/s" + CHAT] = Scenario(  # 74 tokens, streamed
             body=FIXTURE["openai/chat_stream_include_usage_toolcall"].body, content_type="text/event-stream", chunk_size=97
         )
@@ -63,14 +64,34 @@ def _anthropic(proxy, **kwargs) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=f"{proxy.origin}/anthropic", api_key="sk-test", **kwargs)
 
 
-def _rows(proxy) -> list[dict]:
-    return proxy.rows(wait_for=0)
+def _poll(found, timeout: float = 10.0):
+    """found() once it is truthy, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := found()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return result
 
 
 def _wait_rows(proxy, count: int) -> list[dict]:
-    rows = proxy.rows(wait_for=count)
-    assert len(rows) >= count
-    return rows
+    """The calls stored (not the probe's), once at least `count` are."""
+
+    def rows():
+        return [row for row in proxy.rows(wait_for=0) if not Probe.is_probe(row)]
+
+    _poll(lambda: len(rows()) >= count)
+    found = rows()
+    assert len(found) >= count
+    return found
+
+
+def _model_calls(upstream) -> int:
+    """The calls that reached the fake upstream, the probe's left out."""
+    return sum(1 for received in upstream.received if received.path != EMBEDDINGS)
+
+
+def _alerts(meter) -> list[dict]:
+    """The open alerts, once there is one."""
+    return _poll(lambda: json.loads(_meter(meter, "alerts", "--json").out))
 
 
 def _meter(meter, *args):
@@ -80,32 +101,32 @@ def _meter(meter, *args):
 
 
 def test_a_tiny_budget_warns_then_blocks_in_each_provider_s_shape(proxy, upstream, meter, monkeypatch):
-    meter_db = proxy.db_path
-    monkeypatch.setenv("METER_DB", str(meter_db))
+    monkeypatch.setenv("METER_DB", str(proxy.db_path))
+    probe = Probe(proxy, meter)
     _meter(meter, "set-task", "P1-010")
     _meter(meter, "task", "P1-010", "--budget", "1550")  # warn (the config's default)
-    time.sleep(SETTLE)
+    probe.proxy_knows()
     client, streaming = _openai(proxy), _openai(proxy, upstream="stream")
     first = client.chat.completions.with_raw_response.create(**CHAT_ARGS)
     assert first.headers["x-meter-budget"] == "task=P1-010; tokens-remaining=1550; used=0.0%"
     _wait_rows(proxy, 1)
-    time.sleep(SETTLE)
+    probe.proxy_knows()
     # Past 80%, then past 100%: warned, not blocked; the header says what remained.
     second = streaming.chat.completions.with_raw_response.create(**{**CHAT_ARGS, "stream": True})
     assert list(second.parse())  # the usage the meter asked for is not in the client's stream
     assert second.headers["x-meter-budget"] == "task=P1-010; tokens-remaining=48; used=96.9%"
     _wait_rows(proxy, 2)
-    time.sleep(SETTLE)
+    probe.proxy_knows()  # the crossings are raised before the state is pushed
     listed = json.loads(_meter(meter, "alerts", "--json").out)
     assert sorted(alert["message"].split(":")[0] for alert in listed) == ["budget 100% used", "budget 80% used"]
-    assert any("ALERT budget 80% used: P1-010" in line for _, line in proxy.live_view)
+    assert _poll(lambda: any("ALERT budget 80% used: P1-010" in line for _, line in proxy.live_view))
     status = json.loads(_meter(meter, "status", "--json").out)
     assert status["budget"]["exceeded"] is True and status["budget"]["blocks"] is False
-    received = len(upstream.received)
+    received = _model_calls(upstream)
 
     # Block: each provider's SDK gets a 429 in its own shape, with no retry.
     _meter(meter, "task", "P1-010", "--on-exceeded", "block")
-    time.sleep(SETTLE)
+    probe.proxy_knows()
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(**CHAT_ARGS)
     body = refused.value.body
@@ -126,7 +147,7 @@ def test_a_tiny_budget_warns_then_blocks_in_each_provider_s_shape(proxy, upstrea
         gemini.models.generate_content(model="gemini-test", contents="hi")
     assert refused.value.code == 429 and refused.value.status == "RESOURCE_EXHAUSTED"
     # Exactly one request per refused call, none of them upstream, each recorded as blocked.
-    assert len(upstream.received) == received
+    assert _model_calls(upstream) == received
     rows = _wait_rows(proxy, 6)
     blocked = [r for r in rows if r["blocked"]]
     assert [(r["blocked"], r["http_status"], r["outcome"]) for r in blocked] == [("budget", 429, "failed")] * 4
@@ -138,29 +159,29 @@ def test_a_tiny_budget_warns_then_blocks_in_each_provider_s_shape(proxy, upstrea
 
     # Raising the budget lets calls through again.
     _meter(meter, "task", "P1-010", "--budget", "1M")
-    time.sleep(SETTLE)
+    probe.proxy_knows()
     assert client.chat.completions.create(**CHAT_ARGS).usage.total_tokens == 1502
     assert "Traceback" not in proxy.stderr() and "Addon error" not in proxy.stderr()  # no hook failed on the way
 
 
 def test_a_budget_is_judged_on_the_task_the_call_names(proxy, upstream, meter, monkeypatch):
     monkeypatch.setenv("METER_DB", str(proxy.db_path))
+    probe = Probe(proxy, meter)
     _meter(meter, "set-task", "P2-001")  # current, without a budget
     _meter(meter, "set-task", "P2-002")
     _meter(meter, "set-task", "P2-001")
     _meter(meter, "task", "P2-002", "--budget", "100", "--on-exceeded", "block")
-    time.sleep(SETTLE)
+    probe.proxy_knows()
     named = _openai(proxy, "/t/P2-002")
     named.chat.completions.create(**CHAT_ARGS)  # within budget when it started: never cut
-    _wait_rows(proxy, 1)
-    time.sleep(SETTLE)
+    # The next waits until the proxy knows what the first spent, however soon it comes.
     with pytest.raises(openai.RateLimitError):
         named.chat.completions.create(**CHAT_ARGS)
     # The current task has no budget: its calls go on.
     assert _openai(proxy).chat.completions.create(**CHAT_ARGS).usage.total_tokens == 1502
     # And a phase budget covers its tasks.
     _meter(meter, "phase", "P2", "--budget", "$0.0001", "--on-exceeded", "block")
-    time.sleep(SETTLE)
+    probe.proxy_knows()
     with pytest.raises(openai.RateLimitError) as refused:
         _openai(proxy).chat.completions.create(**CHAT_ARGS)
     assert "phase P2" in refused.value.body["message"]
@@ -170,6 +191,7 @@ def test_a_loop_of_identical_agent_requests_raises_one_alert_then_is_blocked(tmp
     proxy = start_proxy(tmp_path, upstream, '\n[alerts]\nloop_calls = 10\nloop_minutes = 5\non_loop = "block"\n')
     try:
         monkeypatch.setenv("METER_DB", str(proxy.db_path))
+        probe = Probe(proxy, meter)
         session = {"x-claude-code-session-id": "5f0c2a43-loop"}
         agent = _anthropic(proxy, default_headers=session)
         outcomes = []
@@ -184,8 +206,8 @@ def test_a_loop_of_identical_agent_requests_raises_one_alert_then_is_blocked(tmp
         first_refused = outcomes.index("refused") if "refused" in outcomes else len(outcomes)
         assert set(outcomes[first_refused:]) <= {"refused"}
         _wait_rows(proxy, 12)
-        time.sleep(SETTLE)
-        listed = json.loads(_meter(meter, "alerts", "--json").out)
+        listed = _alerts(meter)
+        probe.proxy_knows()
         assert len(listed) == 1
         assert listed[0]["kind"] == "loop" and listed[0]["session_id"] == "5f0c2a43-loop" and listed[0]["blocks"] is True
         assert "10 calls of near-identical requests" in listed[0]["message"]
@@ -196,7 +218,7 @@ def test_a_loop_of_identical_agent_requests_raises_one_alert_then_is_blocked(tmp
         assert _anthropic(proxy, default_headers={"x-claude-code-session-id": "other"}).messages.create(**MESSAGES_ARGS)
         assert "⚠ 1 alert" in _meter(meter, "statusline").out
         _meter(meter, "alerts", "clear")
-        time.sleep(SETTLE)
+        probe.proxy_knows()
         assert agent.messages.create(**MESSAGES_ARGS).usage.output_tokens == 7
         rows = _wait_rows(proxy, 15)
         assert [r["blocked"] for r in rows].count("loop") == outcomes.count("refused") + 1
@@ -208,11 +230,13 @@ def test_a_loop_without_a_session_header_is_blocked_by_its_conversation(tmp_path
     proxy = start_proxy(tmp_path, upstream, '\n[alerts]\nloop_calls = 3\nloop_minutes = 5\non_loop = "block"\n')
     try:
         monkeypatch.setenv("METER_DB", str(proxy.db_path))
+        probe = Probe(proxy, meter)
         client = _openai(proxy)
         for _ in range(3):
             client.chat.completions.create(**CHAT_ARGS)
         _wait_rows(proxy, 3)
-        time.sleep(SETTLE)
+        assert [alert["kind"] for alert in _alerts(meter)] == ["loop"]
+        probe.proxy_knows()
         with pytest.raises(openai.RateLimitError) as refused:
             client.chat.completions.create(**CHAT_ARGS)
         assert refused.value.body["code"] == "loop_detected"
@@ -235,9 +259,10 @@ def test_alert_command_hears_of_each_alert(tmp_path, upstream, meter, monkeypatc
     )
     try:
         monkeypatch.setenv("METER_DB", str(proxy.db_path))
+        probe = Probe(proxy, meter)
         _meter(meter, "set-task", "P3-001")
         _meter(meter, "task", "P3-001", "--budget", "1000")
-        time.sleep(SETTLE)
+        probe.proxy_knows()
         _openai(proxy).chat.completions.create(**CHAT_ARGS)
         deadline = time.monotonic() + 5
         while (not heard.exists() or len(heard.read_text().splitlines()) < 2) and time.monotonic() < deadline:

@@ -490,13 +490,13 @@ def test_addon_methods_named_after_mitmproxy_events_are_meant_as_hooks():
     import mitmproxy.proxy.server_hooks  # noqa: F401  (declares the connection events)
     from mitmproxy import hooks
 
-    from taskmeter.proxy import addons
+    from taskmeter.proxy import addons, guard
 
     meant = {
         addons.Gateway: {"http_connect", "requestheaders", "responseheaders"},
         addons.TaskAttribution: {"http_connect", "client_disconnected", "requestheaders"},
         addons.Capture: {"requestheaders", "request", "responseheaders", "response", "error", "done"},
-        addons.Guard: {"request", "responseheaders"},
+        guard.Guard: {"request", "responseheaders"},
     }
     assert "update" in hooks.all_hooks and "configure" in hooks.all_hooks
     for addon, events in meant.items():

@@ -23,10 +23,10 @@ def defaults_of(section: dict) -> Defaults:
 
 
 def _spend_by_task(db: sqlite3.Connection) -> dict[str, dict]:
-    """task ID -> {phase_id, tokens, usd, approved} for every task."""
+    """task ID -> {phase_id, tokens, usd, calls, approved} for every task."""
     rows = db.execute(
         """
-        SELECT t.id, t.phase_id, t.final_approval_at,
+        SELECT t.id, t.phase_id, t.final_approval_at, coalesce(u.interactions, 0) AS calls,
             coalesce(u.input_total, 0) + coalesce(u.output_total, 0) AS tokens, coalesce(u.cost_usd, 0) AS usd
         FROM tasks t LEFT JOIN task_usage u ON u.task_key = t.id
         """
@@ -36,6 +36,7 @@ def _spend_by_task(db: sqlite3.Connection) -> dict[str, dict]:
             "phase_id": row["phase_id"],
             "tokens": row["tokens"],
             "usd": row["usd"],
+            "calls": row["calls"],
             "approved": bool(row["final_approval_at"]),
         }
         for row in rows
@@ -56,6 +57,7 @@ def _status(
         "usd_budget": usd,
         "tokens_used": spent["tokens"],
         "usd_used": spent["usd"],
+        "calls": spent["calls"],
         "tokens_remaining": tokens - spent["tokens"] if tokens else None,
         "usd_remaining": usd - spent["usd"] if usd else None,
         "used_share": used,
@@ -77,10 +79,10 @@ def budget_statuses(db: sqlite3.Connection, defaults: Defaults) -> list[dict]:
         mode = row["on_exceeded"] or defaults.on_exceeded
         if row["scope"] == "phase":
             members = [spent for spent in by_task.values() if spent["phase_id"] == row["target"]]
-            spent = {"tokens": sum(m["tokens"] for m in members), "usd": sum(m["usd"] for m in members)}
+            spent = {key: sum(m[key] for m in members) for key in ("tokens", "usd", "calls")}
         else:
             own_tasks.add(row["target"])
-            spent = by_task.get(row["target"], {"tokens": 0, "usd": 0.0})
+            spent = by_task.get(row["target"], {"tokens": 0, "usd": 0.0, "calls": 0})
         statuses.append(_status(row["scope"], row["target"], row["tokens"], row["usd"], mode, row["set_at"], spent))
     if defaults.task_tokens or defaults.task_usd:
         for task_id, spent in sorted(by_task.items()):
@@ -161,6 +163,42 @@ def task_budgets(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict
         blocking = next((s for s in (own, phase) if s is not None and s["blocks"]), None)
         covered[row["id"]] = {"counted": own or phase, "blocking": blocking}
     return covered
+
+
+def guarded_scopes(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict]:
+    """What the proxy's Guard judges calls by (docs/budgets.md), per budget:
+    `scope:target` (lower-case) -> its x-meter-budget `header`, whether it `blocks`
+    when spent, the `refusal` once it does, and its `room`: how many calls the
+    spend left would pay for at the scope's mean call (of every call stored, when
+    the scope has none; 0 when none is stored at all; None when calls cost it nothing)."""
+    everything = db.execute("SELECT sum(interactions), sum(input_total + output_total), sum(cost_usd) FROM task_usage").fetchone()
+    calls, tokens, usd = (value or 0 for value in everything)
+    overall = {"tokens": tokens / calls, "usd": usd / calls} if calls else None
+    return {
+        f"{status['scope']}:{status['target']}".lower(): {
+            "header": header(status),
+            "blocks": status["on_exceeded"] == "block",
+            "refusal": refusal(status) if status["blocks"] else None,
+            "room": _room(status, overall),
+        }
+        for status in statuses
+    }
+
+
+def _room(status: dict, overall: dict | None) -> float | None:
+    rooms = []
+    for kind in ("tokens", "usd"):
+        if not status[f"{kind}_budget"]:
+            continue
+        if status["calls"]:
+            per_call = status[f"{kind}_used"] / status["calls"]
+        elif overall is not None:
+            per_call = overall[kind]
+        else:
+            return 0.0  # nothing measured yet: one call at a time until one is
+        if per_call > 0:
+            rooms.append(max(0.0, status[f"{kind}_remaining"]) / per_call)
+    return min(rooms, default=None)
 
 
 def current_budget(db: sqlite3.Connection, defaults: Defaults) -> dict | None:

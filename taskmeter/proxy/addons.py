@@ -1,8 +1,8 @@
 """The mitmproxy addons, one small class per concern, hooks named after events,
 added in this order: Gateway (where a call goes, and who may send it),
 TaskAttribution (which task it belongs to), Capture (what it says, handed over
-when it ends), Guard (whether a budget or a loop refuses it). They pass what
-they learn to the next through flow.metadata.
+when it ends), Guard (whether a budget or a loop refuses it, in proxy/guard.py).
+They pass what they learn to the next through flow.metadata.
 
 Hooks do in-memory work only. Finished calls go to the hand-over; parsing,
 estimation, pricing and SQLite all happen in the recorder process.
@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy import http
@@ -29,10 +29,9 @@ from taskmeter.config import Settings
 from taskmeter.errors import MeterError
 from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
-from taskmeter.proxy import provider_errors, upstream_errors
+from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify, host_address, is_loopback_host
 from taskmeter.proxy.tee import ResponseTee
-from taskmeter.recorder.conversation import conversation_id, request_json
 from taskmeter.recorder.framing import UnsupportedEncoding, content_decoder
 from taskmeter.secrets import is_secret_name
 from taskmeter.store.tasks import validate_task_id
@@ -458,85 +457,3 @@ class Capture:
             call.outcome, call.error = "aborted", _SHUTDOWN
             self._submit(call)
         self.live.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class GuardState:
-    """What the recorder pushes (recorder/guard.py): per task (lower-case) its
-    x-meter-budget header and, when spent in block mode, its refusal; the current
-    task; bound Claude Code sessions; what loop alerts block."""
-
-    current_task: str | None = None
-    tasks: dict = field(default_factory=dict)
-    sessions: dict = field(default_factory=dict)
-    blocked_sessions: dict = field(default_factory=dict)
-    blocked_conversations: dict = field(default_factory=dict)
-
-
-class Guard:
-    """Budgets and loops, decided on the event loop by dictionary lookups in the
-    state the recorder pushes. A refused call gets HTTP 429 in its provider's
-    shape with `x-should-retry: false` (the official SDKs and Claude Code then do
-    not retry), never reaches the upstream, and is recorded as blocked. Calls in
-    flight are never cut. A call is judged on its own task (the /t/ prefix, the
-    header, a bound Claude Code session), else on the current one."""
-
-    def __init__(self) -> None:
-        self._state = GuardState()
-
-    def take_state(self, state: dict) -> None:
-        """From the hand-over's reply thread: one reference swapped, read whole by the hooks."""
-        self._state = GuardState(
-            state["current_task"],
-            state["tasks"],
-            state["sessions"],
-            state["blocked"]["sessions"],
-            state["blocked"]["conversations"],
-        )
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        call: CapturedCall | None = flow.metadata.get(_CALL)
-        state = self._state
-        if (
-            call is None
-            or call.operation != "generate"
-            or not (state.tasks or state.blocked_sessions or state.blocked_conversations)
-        ):
-            return
-        refusal = self._loop(call, state)
-        kind = "loop"
-        if refusal is None:
-            guarded = state.tasks.get(self._task(call, state))
-            refusal, kind = (guarded["refusal"], "budget") if guarded else (None, None)
-        if refusal is None:
-            return
-        call.blocked, call.error = kind, refusal
-        flow.response = http.Response.make(
-            429,
-            provider_errors.body(call.protocol, 429, kind, refusal),
-            {"content-type": "application/json", "x-should-retry": "false"},
-        )
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        call: CapturedCall | None = flow.metadata.get(_CALL)
-        state = self._state
-        if call is None or not state.tasks:
-            return
-        guarded = state.tasks.get(self._task(call, state))
-        if guarded:
-            flow.response.headers[BUDGET_HEADER] = guarded["header"]
-
-    @staticmethod
-    def _task(call: CapturedCall, state: GuardState) -> str | None:
-        if call.task_id:
-            return call.task_id.lower()
-        return state.sessions.get(call.client_session) or state.current_task
-
-    @staticmethod
-    def _loop(call: CapturedCall, state: GuardState) -> str | None:
-        if call.client_session and call.client_session in state.blocked_sessions:
-            return state.blocked_sessions[call.client_session]
-        if state.blocked_conversations:  # only while a loop is blocked: the request is hashed
-            conversation = conversation_id(call.protocol, request_json(call.request_body))
-            return state.blocked_conversations.get(conversation)
-        return None

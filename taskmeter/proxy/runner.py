@@ -23,7 +23,8 @@ from taskmeter.handover.pipe import Handover
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
 from taskmeter.proxy import upstream_errors
-from taskmeter.proxy.addons import Capture, Gateway, Guard, TaskAttribution
+from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
+from taskmeter.proxy.guard import Guard
 from taskmeter.proxy.routing import Router
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
@@ -208,7 +209,7 @@ def guard_settings(settings: Settings) -> str:
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
     settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proxy_id = new_id()
-    guard = Guard()
+    guard = Guard(asyncio.get_running_loop())
     handover = Handover(
         db_path,
         [

@@ -1,9 +1,11 @@
 """The recorder's half of budgets and alerts: it works out, from the database,
-what the proxy must refuse, and pushes that to the proxy whenever it changes
+what the proxy must know, and pushes that to the proxy whenever it changes
 (checked every REFRESH_SECONDS, idle or busy), so the proxy's Guard addon
-(proxy/addons.py) decides each call with dictionary lookups. It also raises the
-alerts: budget crossings, loops of near-identical requests, and burn rates far
-above the approved tasks' (docs/budgets.md).
+(proxy/guard.py) decides each call with dictionary lookups and counters. While
+a budget in block mode is set, it pushes after every batch stored: the budgets'
+new spend and the IDs of the calls stored, which the proxy no longer counts as in
+flight. It also raises the alerts: budget crossings, loops of near-identical
+requests, and burn rates far above the approved tasks' (docs/budgets.md).
 """
 
 import json
@@ -95,21 +97,32 @@ class Guard:
         self._commands: list[subprocess.Popen] = []  # alert commands still running, reaped as they end
         self._raised_keys: set[str] = set()  # budget crossings already handled: no write every refresh
         self._open_loops: set[str] = set()  # keys of open loop alerts, read at each refresh
+        # A budget in block mode was in the last state pushed (or none was pushed
+        # yet): the proxy counts calls in flight, so each batch stored is pushed at once.
+        self._proxy_counts = True
 
     # ------------------------------------------------------------ events
 
     def stored(self, rows: list[CallRow]) -> None:
-        """After a batch is stored: loops, then (at most every REFRESH_SECONDS) what the proxy must know."""
+        """After a batch is stored: loops, then what the proxy must know: at once
+        while it counts calls in flight or when a loop is to be refused, else at
+        most every REFRESH_SECONDS."""
+        blocked_loop = False
         for row in rows:
             call = row.interaction
             if not row.loop_signatures or not call.session_id:
                 continue
             started = from_stored(call.started_at).timestamp()  # a replayed spool keeps its calls' own times
-            for signature in self._loops.observe(call.session_id, started, row.loop_signatures):
-                self._writer.quietly(self._loop_alert, call, signature)
-        self.refresh()
+            looping = json.dumps([call.session_id, call.task_id, call.client])  # a loop is one client's in one task
+            for signature in self._loops.observe(looping, started, row.loop_signatures):
+                blocked_loop |= bool(self._writer.quietly(self._loop_alert, call, signature))
+        if self._proxy_counts:
+            self.refresh(force=True, settled=[row.interaction.id for row in rows if not row.interaction.blocked])
+        else:
+            self.refresh(force=blocked_loop)
 
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self, force: bool = False, settled: list[str] = ()) -> None:
+        """Push the state if it changed; with `settled`, the IDs of calls just stored, push it anyway."""
         now = time.monotonic()
         if not force and now - self._last_refresh < REFRESH_SECONDS:
             return
@@ -118,9 +131,10 @@ class Guard:
         if state is None:
             return  # the database cannot be read now: the proxy keeps the last state
         message = json.dumps(state, sort_keys=True)
-        if message != self._pushed:
+        if message != self._pushed or settled:
             self._pushed = message
-            self._push(state)
+            self._proxy_counts = any(scope["blocks"] for scope in state["budgets"].values())
+            self._push({**state, "settled": settled})
         if now - self._last_burn_check >= BURN_RATE_SECONDS:
             self._last_burn_check = now
             self._writer.quietly(self._burn_rate, now)
@@ -128,24 +142,25 @@ class Guard:
     # ------------------------------------------------------------ rules
 
     def _state(self, db) -> dict:
-        """What the proxy needs: per task (lower-case) the x-meter-budget header
-        and, when its budget or its phase's blocks, why; the current task; the
-        bound Claude Code sessions; the sessions and conversations blocked for looping."""
+        """What the proxy needs (IDs lower-case): per budget (`task:P1-010`,
+        `phase:P1`) its header, mode, refusal once spent and room
+        (analytics/budgets.py guarded_scopes); the tasks whose phase is not the one
+        their ID names (the proxy takes any other task's from its ID, seen or not);
+        the current task; the bound Claude Code sessions; the sessions and
+        conversations blocked for looping."""
         statuses = budgets.budget_statuses(db, self._defaults)
         for status in statuses:
             self._crossings(db, status)
-        guarded = {
-            task_id.lower(): {
-                "header": budgets.header(covered["counted"]),
-                "refusal": budgets.refusal(covered["blocking"]) if covered["blocking"] else None,
-            }
-            for task_id, covered in budgets.task_budgets(db, statuses).items()
-        }
         current = tasks.current_task(db)
         self._open_loops = {row[0] for row in db.execute("SELECT key FROM alerts WHERE kind = 'loop' AND cleared_at IS NULL")}
         return {
             "current_task": current.task_id.lower() if current else None,
-            "tasks": guarded,
+            "budgets": budgets.guarded_scopes(db, statuses),
+            "phases": {
+                row[0].lower(): row[1].lower()
+                for row in db.execute("SELECT id, phase_id FROM tasks")
+                if row[1] != tasks.infer_phase(row[0])
+            },
             "sessions": {row[0]: row[1].lower() for row in db.execute("SELECT session_id, task_id FROM session_tasks")},
             "blocked": alerts.blocked(db),
         }
@@ -166,18 +181,20 @@ class Guard:
             task_id = status["target"] if status["scope"] == "task" else None
             self._raised(alerts.raise_alert(db, "budget", key, message, task_id=task_id, once=True))
 
-    def _loop_alert(self, db, call, signature: str) -> None:
+    def _loop_alert(self, db, call, signature: str) -> bool:
+        """Raise the loop's alert unless it is open; True when it is new and blocks."""
         blocks = self._on_loop == "block"
         what = "the same tool call with the same arguments" if signature.startswith("tools:") else "near-identical requests"
         message = (
             f"loop: session {call.session_id} sent {self._loops.calls} calls of {what} within "
-            f"{self._loops.window / 60:g} min (task {call.task_id or 'unassigned'}, model {call.model or '?'})"
-            + ("; its calls are refused until `meter alerts clear`" if blocks else "")
+            f"{self._loops.window / 60:g} min (task {call.task_id or 'unassigned'}, client {call.client or '?'}, "
+            f"model {call.model or '?'})" + ("; its calls are refused until `meter alerts clear`" if blocks else "")
         )
-        key = f"loop:{call.session_id}:{signature}"
+        key = alerts.loop_key(call.session_id, call.task_id, call.client, signature)
         if key in self._open_loops:
-            return  # the loop goes on, already told: no write
-        # The proxy knows a Claude Code session by its header; other clients by their conversation.
+            return False  # the loop goes on, already told: no write
+        # The proxy knows a Claude Code session by its header; other clients by
+        # their conversation, in the task and from the client that looped.
         conversation = None if call.client_session else call.conversation_id
         alert = alerts.raise_alert(
             db,
@@ -191,6 +208,7 @@ class Guard:
         )
         self._open_loops.add(key)
         self._raised(alert)
+        return blocks and alert is not None
 
     def _burn_rate(self, db, now: float) -> None:
         from taskmeter.analytics.listings import task_records

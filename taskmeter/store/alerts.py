@@ -1,6 +1,7 @@
 """Alerts the recorder raised (budget crossings, loops, burn rate), each once
 while open; `meter alerts clear` closes them (docs/budgets.md)."""
 
+import json
 import sqlite3
 
 from taskmeter.store.db import write_transaction
@@ -49,13 +50,29 @@ def clear(db: sqlite3.Connection, alert_ids: list[int] | None = None, key_prefix
         return db.execute(f"UPDATE alerts SET cleared_at = ? WHERE {' AND '.join(clauses)}", params).rowcount
 
 
-def blocked(db: sqlite3.Connection) -> dict[str, dict[str, str]]:
+def loop_key(session_id: str, task_id: str | None, client: str | None, signature: str) -> str:
+    """The key of a loop alert: one per signature and looping scope, the recorder's
+    session with the task and the client (user-agent) it looped in."""
+    return "loop:" + json.dumps([session_id, task_id, client, signature])
+
+
+def blocked(db: sqlite3.Connection) -> dict[str, dict]:
     """What open loop alerts in block mode refuse, with their messages: the client
-    sessions (Claude Code's header) and, for clients with none, the conversations."""
-    found: dict[str, dict[str, str]] = {"sessions": {}, "conversations": {}}
-    for row in db.execute("SELECT session_id, conversation_id, message FROM alerts WHERE blocks = 1 AND cleared_at IS NULL"):
+    sessions (Claude Code's header) and, for clients with none, per task
+    (lower-case, '' for none) and client ('' for none) the conversations."""
+    found: dict[str, dict] = {"sessions": {}, "conversations": {}}
+    rows = db.execute(
+        "SELECT key, task_id, session_id, conversation_id, message FROM alerts"
+        " WHERE kind = 'loop' AND blocks = 1 AND cleared_at IS NULL"
+    )
+    for row in rows:
         if row["session_id"]:
             found["sessions"][row["session_id"]] = row["message"]
-        if row["conversation_id"]:
-            found["conversations"][row["conversation_id"]] = row["message"]
+        elif row["conversation_id"]:
+            try:
+                _, _, client, _ = json.loads(row["key"].removeprefix("loop:"))
+            except ValueError:
+                continue  # raised before loops were scoped to a client: its conversation is not refused
+            by_client = found["conversations"].setdefault((row["task_id"] or "").lower(), {})
+            by_client.setdefault(client or "", {})[row["conversation_id"]] = row["message"]
     return found

@@ -1,0 +1,202 @@
+"""The Guard addon: whether a spent budget or a loop refuses a call, decided on
+the event loop by dictionary lookups and counters in the state the recorder
+pushes (recorder/guard.py; docs/budgets.md).
+
+A budget in block mode refuses every new call once its stored spend reaches it.
+Until then the proxy counts, per such budget, its calls in flight (let through,
+not yet said stored by the recorder). A new call waits, instead of starting,
+while those calls could spend what is left: as many are in flight as the budget
+has room for (its spend left over its mean call). It goes on, or is refused,
+when the recorder says they are stored, which it does after every batch while
+such a budget is set. So a budget is overshot by at most the calls in flight
+when its spend crossed it, and the calls of one client one after another stop
+at the first call after the crossing one.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from mitmproxy import http
+
+from taskmeter.handover.call import CapturedCall
+from taskmeter.proxy import provider_errors
+from taskmeter.proxy.addons import _CALL, BUDGET_HEADER
+from taskmeter.recorder.conversation import conversation_id, request_json
+from taskmeter.store.tasks import infer_phase
+
+# Longest a call waits for the spend of the calls in flight; then it goes on, judged on the spend stored.
+WAIT_SECONDS = 30.0
+# A call that ended this long ago and was never said stored (quarantined, or lost
+# with a full disk) no longer counts as in flight.
+FORGET_SECONDS = 60.0
+_WAIT = object()  # a verdict: neither let through nor refused yet
+
+
+@dataclass(frozen=True, slots=True)
+class GuardState:
+    """What the recorder pushes, IDs lower-case: per budget (`task:p1-010`,
+    `phase:p1`) its header, mode, refusal once spent and room; the tasks whose
+    phase is not the one their ID names; the current task; bound Claude Code
+    sessions; the sessions, and per task and client the conversations, a loop blocks."""
+
+    current_task: str | None = None
+    budgets: dict = field(default_factory=dict)
+    phases: dict = field(default_factory=dict)
+    sessions: dict = field(default_factory=dict)
+    blocked_sessions: dict = field(default_factory=dict)
+    blocked_conversations: dict = field(default_factory=dict)
+
+
+class Guard:
+    """Budgets and loops. A refused call gets HTTP 429 in its provider's shape
+    with `x-should-retry: false` (the official SDKs and Claude Code then do not
+    retry), never reaches the upstream, and is recorded as blocked. Calls in
+    flight are never cut. A call is judged on its own task (the /t/ prefix, the
+    header, a bound Claude Code session), else on the current one, and on that
+    task's phase, seen before or not."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._state = GuardState()
+        self._loop = loop  # states come in on another thread, and are applied on this loop
+        self._flying: dict[str, tuple[CapturedCall, tuple[str, ...]]] = {}  # call ID -> (call, budgets it counts in)
+        self._in_flight: dict[str, int] = {}  # budget -> its calls in flight
+        self._changed = asyncio.Event()  # set (and replaced) at each state: waiting calls look again
+
+    # ------------------------------------------------------------ the recorder's state
+
+    def take_state(self, state: dict) -> None:
+        """From the hand-over's reply thread."""
+        if self._loop is None:
+            self._apply(state)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._apply, state)
+        except RuntimeError:
+            pass  # the event loop is closed: the proxy has stopped, no call is left to judge
+
+    def _apply(self, state: dict) -> None:
+        self._state = GuardState(
+            state["current_task"],
+            state["budgets"],
+            state["phases"],
+            state["sessions"],
+            state["blocked"]["sessions"],
+            state["blocked"]["conversations"],
+        )
+        if not any(budget["blocks"] for budget in state["budgets"].values()):
+            self._flying.clear()  # nothing to count against: the recorder stops saying what it stored
+            self._in_flight.clear()
+        for call_id in state["settled"]:
+            self._landed(call_id)
+        forgotten = time.time() - FORGET_SECONDS
+        for call_id in [i for i, (call, _) in self._flying.items() if call.ended is not None and call.ended < forgotten]:
+            self._landed(call_id)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _landed(self, call_id: str) -> None:
+        flying = self._flying.pop(call_id, None)
+        if flying is not None:
+            for key in flying[1]:
+                self._in_flight[key] -= 1
+
+    # ------------------------------------------------------------ hooks
+
+    def request(self, flow: http.HTTPFlow):
+        call: CapturedCall | None = flow.metadata.get(_CALL)
+        state = self._state
+        if (
+            call is None
+            or call.operation != "generate"
+            or not (state.budgets or state.blocked_sessions or state.blocked_conversations)
+        ):
+            return None
+        task = self._task(call, state)
+        refusal = self._looping(call, task, state)
+        if refusal is not None:
+            self._refuse(flow, call, "loop", refusal)
+            return None
+        verdict = self._judge(call, task, may_wait=True)
+        if verdict is _WAIT:
+            return self._wait(flow, call, task)  # mitmproxy awaits it: this call alone waits
+        if verdict is not None:
+            self._refuse(flow, call, "budget", verdict)
+        return None
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call: CapturedCall | None = flow.metadata.get(_CALL)
+        state = self._state
+        if call is None or not state.budgets:
+            return
+        budgets = self._budgets(self._task(call, state), state)
+        if budgets:
+            flow.response.headers[BUDGET_HEADER] = budgets[0][1]["header"]  # its own, else its phase's
+
+    # ------------------------------------------------------------ judging
+
+    def _judge(self, call: CapturedCall, task: str | None, may_wait: bool):
+        """The refusal, _WAIT, or None: let through, and counted as in flight."""
+        blocking = [(key, budget) for key, budget in self._budgets(task, self._state) if budget["blocks"]]
+        if not blocking:
+            return None
+        for _, budget in blocking:
+            if budget["refusal"]:
+                return budget["refusal"]
+        in_flight = self._in_flight
+        if may_wait:
+            for key, budget in blocking:
+                flying, room = in_flight.get(key, 0), budget["room"]
+                if flying and room is not None and flying >= room:
+                    return _WAIT
+        keys = tuple(key for key, _ in blocking)
+        self._flying[call.id] = (call, keys)
+        for key in keys:
+            in_flight[key] = in_flight.get(key, 0) + 1
+        return None
+
+    async def _wait(self, flow: http.HTTPFlow, call: CapturedCall, task: str | None) -> None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        verdict = _WAIT
+        while verdict is _WAIT:
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+                verdict = self._judge(call, task, may_wait=True)
+            except TimeoutError:
+                verdict = self._judge(call, task, may_wait=False)  # the recorder is slow: judged on the spend stored
+        if verdict is not None:
+            self._refuse(flow, call, "budget", verdict)
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, call: CapturedCall, kind: str, refusal: str) -> None:
+        call.blocked, call.error = kind, refusal
+        flow.response = http.Response.make(
+            429,
+            provider_errors.body(call.protocol, 429, kind, refusal),
+            {"content-type": "application/json", "x-should-retry": "false"},
+        )
+
+    @staticmethod
+    def _task(call: CapturedCall, state: GuardState) -> str | None:
+        if call.task_id:
+            return call.task_id.lower()
+        return state.sessions.get(call.client_session) or state.current_task
+
+    @staticmethod
+    def _budgets(task: str | None, state: GuardState) -> list[tuple[str, dict]]:
+        """The budgets a call of `task` counts against: its own, then its phase's."""
+        if task is None:
+            return []
+        own, phase = "task:" + task, "phase:" + (state.phases.get(task) or infer_phase(task))
+        return [(key, state.budgets[key]) for key in (own, phase) if key in state.budgets]
+
+    @staticmethod
+    def _looping(call: CapturedCall, task: str | None, state: GuardState) -> str | None:
+        """A loop alert's refusal: of a Claude Code session; of another client,
+        its conversation in the task and from the client that looped."""
+        if call.client_session and call.client_session in state.blocked_sessions:
+            return state.blocked_sessions[call.client_session]
+        conversations = state.blocked_conversations.get(task or "", {}).get(call.client or "")
+        if conversations:  # only for the client and task that looped: the request is hashed
+            return conversations.get(conversation_id(call.protocol, request_json(call.request_body)))
+        return None
