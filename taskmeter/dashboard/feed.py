@@ -52,10 +52,12 @@ async def calls_after(db_path: Path, rowid: int, render_row: RenderRow) -> Async
                 await asyncio.sleep(POLL_SECONDS)
 
 
-def endpoint(db_path: Path, render_row: RenderRow):
+def endpoint(db_path: Path, render_row: RenderRow, row_number: Callable[..., int]):
+    """The feed's route; `row_number` checks the row it starts after (a 400 when it is no row number)."""
+
     async def feed(request: Request) -> StreamingResponse:
         start = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        rowid = int(start) if start.isdigit() else 0
+        rowid = row_number(start, "the call to start after (after= or Last-Event-ID)", smallest=0)
         return StreamingResponse(
             calls_after(db_path, rowid, render_row), media_type="text/event-stream", headers={"cache-control": "no-store"}
         )

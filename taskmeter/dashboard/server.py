@@ -2,6 +2,7 @@
 database for the proxy's banner and `meter status` while it runs."""
 
 import errno
+import secrets
 import socket
 import sys
 import webbrowser
@@ -12,6 +13,7 @@ import uvicorn
 from taskmeter import terminal
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.dashboard.app import create_app
+from taskmeter.dashboard.guard import tokened_url
 from taskmeter.errors import MeterError
 from taskmeter.store import dashboards
 from taskmeter.store import db as store_db
@@ -37,15 +39,17 @@ def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaul
     sock = _listen(port)
     bound_port = sock.getsockname()[1]
     address = f"http://{HOST}:{bound_port}"
+    access_token = secrets.token_urlsafe(32)  # per run, as Jupyter's: other users of the machine reach 127.0.0.1 too
+    url = tokened_url(address, access_token)
     db = store_db.connect(db_path)  # migrates a new or older database before the pages read it
     try:
-        dashboards.register(db, address)
-        terminal.info(f"taskmeter dashboard on {address}, reading {db_path} (Ctrl-C stops it)")
+        dashboards.register(db, db_path, address, url)
+        terminal.info(f"taskmeter dashboard on {url} (reading {db_path}; Ctrl-C stops it)")
         sys.stdout.flush()
         if open_browser:
-            webbrowser.open(address)
+            webbrowser.open(url)
         config = uvicorn.Config(
-            create_app(db_path, bound_port, idle_seconds, budget_defaults),
+            create_app(db_path, bound_port, idle_seconds, budget_defaults, access_token),
             log_level="warning",
             access_log=False,
             # Open live feeds would otherwise hold Ctrl-C until the browser leaves.
