@@ -4,6 +4,7 @@ import logging
 import sys
 
 from taskmeter.printable import printable
+from taskmeter.private import private_dir, private_file
 
 
 class _PrintableFormatter(logging.Formatter):
@@ -16,7 +17,7 @@ class _PrintableFormatter(logging.Formatter):
 def configure_logging(path=None) -> None:
     """Log lines to stderr, or appended to the file `path`."""
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(private_dir(path.parent) / path.name)
     handler = logging.StreamHandler(sys.stderr) if path is None else logging.FileHandler(path)
     handler.setFormatter(_PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     meter_log = logging.getLogger("taskmeter")

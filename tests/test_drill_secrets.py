@@ -7,6 +7,7 @@ import pty
 import re
 import select
 import signal
+import stat
 import subprocess
 import termios
 import time
@@ -159,3 +160,110 @@ def test_titles_notes_and_alerts_are_printed_without_their_escapes(tmp_path):
         _assert_printable(piped, f"meter {args[0]} piped")
         _assert_printable(_meter_on_a_terminal(db_path, *args), f"meter {args[0]} on a terminal")
     assert json.loads(_meter(db_path, "alerts", "--json").stdout)[0]["message"] == f"loop: session s1{CLEAR} sent 10 calls"
+
+
+def _private_environment(root: Path) -> dict:
+    """The user's folders (data, state, config, cache) under `root`, none of them made yet."""
+    env = {key: value for key, value in os.environ.items() if key not in ("METER_DB", "METER_CONFIG", "HTTPS_PROXY")}
+    for name in ("DATA", "STATE", "CONFIG", "CACHE"):
+        env[f"XDG_{name}_HOME"] = str(root / name.lower())
+    return env
+
+
+def _with_umask_000(env: dict, *args: str, **popen) -> subprocess.Popen:
+    """`meter ARGS` as a user whose umask takes no bit away."""
+    return subprocess.Popen(["sh", "-c", 'umask 000 && exec "$@"', "sh", str(VENV_BIN / "meter"), *args], env=env, **popen)
+
+
+def _run_with_umask_000(env: dict, *args: str) -> str:
+    process = _with_umask_000(env, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, (args, out, err)
+    return out
+
+
+def test_every_file_and_folder_a_run_makes_is_the_users_alone_whatever_the_umask(tmp_path):
+    root = tmp_path / "home"
+    root.mkdir(mode=0o700)
+    env = _private_environment(root)
+    answer = {"object": "chat.completion", "model": "gpt-4o-mini", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+    answer["choices"] = [{"message": {"role": "assistant", "content": "hi"}}]
+    with FakeUpstream() as upstream:
+        upstream.routes["/v1/chat/completions"] = Scenario(body=json.dumps(answer).encode())
+        _run_with_umask_000(env, "config", "init")
+        config = root / "config" / "taskmeter" / "config.toml"
+        config.write_text(f'[proxy]\nport = 0\n[upstreams]\nopenai = "http://127.0.0.1:{upstream.port}"\n')  # its mode stays
+        started = _run_with_umask_000(env, "start")
+        listen = started.split(" on ")[1].split(",")[0]
+        try:
+            reply = httpx.post(f"http://{listen}/openai/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []})
+            assert reply.status_code == 200
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not json.loads(_run_with_umask_000(env, "log", "--json")):
+                time.sleep(0.1)
+            dashboard = _with_umask_000(env, "ui", "--port", "0", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                url = dashboard.stdout.readline().split("dashboard on ")[1].split()[0]
+                assert httpx.get(url, follow_redirects=True).status_code == 200
+                status = json.loads(_run_with_umask_000(env, "status", "--json"))
+            finally:
+                dashboard.send_signal(signal.SIGINT)
+                dashboard.wait(10)
+        finally:
+            _run_with_umask_000(env, "stop")
+        _run_with_umask_000(env, "run", "--", "true")  # a proxy started for a run, and stopped after it
+    assert status["task"] is None and status["pidfile"] and status["log"] and status["dashboard"] == url
+    logged = json.loads(_run_with_umask_000(env, "log", "--json"))
+    assert [call["interaction_id"] for call in logged] == [reply.headers["x-meter-interaction-id"]]
+    made = sorted(root.rglob("*"))
+    expected = [
+        root / "data" / "taskmeter" / "meter.db",
+        root / "data" / "taskmeter" / "mitmproxy" / "mitmproxy-ca.pem",
+        root / "data" / "taskmeter" / "mitmproxy" / "ca-bundle.pem",
+        Path(status["log"]),
+        config,
+    ]
+    assert set(expected) <= set(made) and Path(status["log"]).parent.parent == root / "state"
+    loose = {str(path.relative_to(root)): f"{stat.S_IMODE(path.lstat().st_mode):04o}" for path in made}
+    assert {path: mode for path, mode in loose.items() if int(mode, 8) & 0o077} == {}
+
+
+def _check_config(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "meter"), "proxy", "--port", "0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_config_other_users_may_change_is_refused_in_one_line(tmp_path):
+    """Another account that could edit the config could set alert_command (run as the user)
+    or send the user's API keys to its own upstream: the meter refuses the config instead."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    config = folder / "config.toml"
+    marker = tmp_path / "ran"
+    config.write_text(f'[alerts]\nalert_command = ["touch", "{marker}"]\n[proxy]\nport = 0\n')
+    for file_mode, folder_mode, owner, refusal in [
+        (0o664, 0o700, os.getuid(), f"other users may change {config} (mode 0664); refused: `chmod go-w {config}`"),
+        (0o646, 0o700, os.getuid(), f"other users may change {config} (mode 0646)"),
+        (0o600, 0o777, os.getuid(), f"other users may change {folder} (mode 0777)"),
+        (0o600, 0o700, 65534, f"{config} belongs to another user (uid 65534); refused"),
+    ]:
+        config.chmod(file_mode)
+        folder.chmod(folder_mode)
+        os.chown(config, owner, -1)
+        refused = _check_config(config)
+        assert refused.returncode == 1 and refusal in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+        assert refused.stdout == ""  # the proxy never started
+    # Readable by others is fine, and so is a sticky folder such as /tmp: nobody else can change the file.
+    os.chown(config, os.getuid(), -1)
+    config.chmod(0o644)
+    folder.chmod(0o1777)
+    accepted = subprocess.run(
+        [str(VENV_BIN / "meter"), "config", "check", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert not marker.exists()
