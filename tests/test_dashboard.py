@@ -2,16 +2,19 @@
 Playwright, against a real `meter ui` process over a real SQLite file, and a
 real `meter proxy` for the live feed. Screenshots go to test-artifacts/dashboard/."""
 
+import html
 import json
+import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 import openai
@@ -36,12 +39,13 @@ HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2
 class RunningDashboard:
     """`meter ui --port 0` in its own process; stopped by its process ID."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *extra_args: str, env: dict | None = None) -> None:
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "meter"), "ui", "--port", "0", "--db", str(db_path)],
+            [str(VENV_BIN / "meter"), "ui", "--port", "0", "--db", str(db_path), *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         line = self.process.stdout.readline()
         if "dashboard on " not in line:
@@ -55,12 +59,18 @@ class RunningDashboard:
         # What a browser sends once it has opened the URL: for httpx requests.
         self.cookie = {"Cookie": f"taskmeter-ui-{self.port}={self.token}"}
 
+    def enter(self, page: Page, url: str | None = None) -> None:
+        """Open the printed URL (or `url`, which leads to it) as the user does: it sets the
+        cookie and moves on to the dashboard without the token."""
+        page.goto(url or self.url)
+        page.wait_for_url(f"{self.origin}/")
+        page.wait_for_load_state("load")
+
     def goto(self, page: Page, path: str = "/"):
-        """`path` in the browser, let in as the printed URL lets it in: the token
-        given once sets the cookie, and the page lands on `path` without it."""
-        response = page.goto(f"{self.origin}{path}{'&' if '?' in path else '?'}token={self.token}")
-        assert "token=" not in page.url
-        return response
+        """`path` in the browser, once let in by the printed URL."""
+        if not any(cookie["name"] == f"taskmeter-ui-{self.port}" for cookie in page.context.cookies()):
+            self.enter(page)
+        return page.goto(f"{self.origin}{path}")
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -471,14 +481,39 @@ def test_the_printed_url_lets_the_browser_in_and_nothing_else_does(dashboard, pa
         )
     stranger.context.close()
     # The printed URL: a cookie the page's scripts cannot read, sent to no other site, and the token leaves the address.
-    response = page.goto(dashboard.url)
-    assert response.status == 200 and page.url == f"{dashboard.origin}/"
+    dashboard.enter(page)
     (cookie,) = page.context.cookies()
     assert (cookie["name"], cookie["value"]) == (f"taskmeter-ui-{dashboard.port}", dashboard.token)
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     assert page.evaluate("document.cookie") == ""
     page.wait_for_selector("#feed-state.live")  # the feed (EventSource) and the static files go with the cookie
     assert page.errors == []
+
+
+def test_open_gives_the_browser_a_private_page_not_the_token(db_path, page, tmp_path):
+    """A command line is there for every user to read (ps): `--open` hands the
+    browser a page of the user's alone that leads to the URL with the token."""
+    browser_log = tmp_path / "browser-args"
+    fake_browser = tmp_path / "browser"
+    fake_browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {browser_log}\n')
+    fake_browser.chmod(0o700)
+    env = {**os.environ, "BROWSER": f"{fake_browser} %s", "XDG_STATE_HOME": str(tmp_path / "state")}
+    dashboard = RunningDashboard(db_path, "--open", env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not browser_log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (given,) = browser_log.read_text().split()
+        assert given.startswith("file://") and dashboard.token not in given
+        opener = Path(unquote(urlsplit(given).path))
+        assert stat.S_IMODE(opener.stat().st_mode) == 0o600 and dashboard.url in html.unescape(opener.read_text())
+        assert _as_nobody("cat", str(opener)).returncode != 0
+        # The browser opens the page, which leads it in: the cookie goes even after a start from a file.
+        dashboard.enter(page, given)
+        assert page.locator("#feed").count() == 1 and page.errors == []
+    finally:
+        dashboard.stop()
+    assert not opener.exists()
 
 
 def test_another_user_of_the_machine_gets_nothing(meter):

@@ -2,12 +2,13 @@
 come only from its own pages, and headers keep stored model text inert. Host
 names are checked by Starlette's TrustedHostMiddleware."""
 
+import html
 import secrets
 from urllib.parse import urlencode
 
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The names a browser on this machine reaches the dashboard by; it listens on 127.0.0.1 only.
@@ -64,12 +65,24 @@ def tokened_url(address: str, token: str) -> str:
     return f"{address}/?token={token}"
 
 
+def moving_on_page(target: str, what: str) -> str:
+    """A page that goes to `target` at once (a meta refresh: no script, which the policy forbids)."""
+    target = html.escape(target)
+    return (
+        f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={target}">'
+        f'<link rel="icon" href="data:,"><title>taskmeter</title><p><a href="{target}">{html.escape(what)}</a></p>\n'
+    )
+
+
 class AccessToken:
     """Every request, reads included, carries this run's access token: as
-    `?token=` (a GET is then sent, with an HttpOnly SameSite=Strict cookie, to
-    the same URL without it, so the token leaves the address bar and history)
-    or as that cookie. Another user of the machine reaches 127.0.0.1 too, but
-    has neither: 403."""
+    `?token=` or as the HttpOnly SameSite=Strict cookie a GET with the token
+    sets. Another user of the machine reaches 127.0.0.1 too, but has neither: 403.
+
+    The GET with the token answers a page that moves on to the same URL without
+    it (the token leaves the address bar) by a meta refresh, not a redirect: a
+    navigation of this origin carries the Strict cookie even when the URL was
+    opened from another site or from a file, as `meter ui --open` does."""
 
     def __init__(self, app: ASGIApp, token: str, port: int) -> None:
         self.app = app
@@ -94,9 +107,10 @@ class AccessToken:
             return
         await self.app(scope, receive, send)
 
-    def _let_in(self, connection: HTTPConnection) -> RedirectResponse:
+    def _let_in(self, connection: HTTPConnection) -> HTMLResponse:
         rest = [(key, value) for key, value in connection.query_params.multi_items() if key != "token"]
         target = "/" + connection.url.path.lstrip("/")  # a path here, never `//elsewhere`
-        response = RedirectResponse(target + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
+        page = moving_on_page(target + (f"?{urlencode(rest)}" if rest else ""), "Continue to the dashboard")
+        response = HTMLResponse(page, headers={"cache-control": "no-store"})
         response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", path="/")
         return response
