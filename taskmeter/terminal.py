@@ -168,6 +168,11 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
         console.print(f"{name + ':':<{width}} {MISSING if value is None else printable(str(value))}", markup=False)
 
 
+def text(block: str) -> None:
+    """A report's text or Markdown, as it is (it ends with its own newline)."""
+    sys.stdout.write(printable(block))
+
+
 def info(message: str) -> None:
     console.print(printable(message), markup=False)
 

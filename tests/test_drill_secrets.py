@@ -151,14 +151,17 @@ def test_terminal_escapes_from_the_wire_reach_no_terminal_and_json_keeps_them(tm
 def test_titles_notes_and_alerts_are_printed_without_their_escapes(tmp_path):
     db_path = tmp_path / "meter.db"
     _meter(db_path, "set-task", "P1-002", "--title", f"fix it{TITLE}")
+    _meter(db_path, "phase", "P1", "--surprise", f"it worked{CLEAR}")
     db = store_db.connect(db_path)
     alerts.raise_alert(db, "loop", "loop:s1:x", f"loop: session s1{CLEAR} sent 10 calls")
     db.close()
-    for args in (["tasks"], ["alerts"], ["status"]):
+    commands = [["tasks"], ["alerts"], ["status"], ["task", "P1-002"], ["report", "task", "P1-002"], ["phase", "P1"]]
+    commands += [["report", "task", "P1-002", "--format", "markdown"], ["report", "phase", "P1"]]
+    for args in commands:
         piped = _meter(db_path, *args).stdout
         assert "\ufffd" in piped, args  # the title or the message is there, its escape shown
-        _assert_printable(piped, f"meter {args[0]} piped")
-        _assert_printable(_meter_on_a_terminal(db_path, *args), f"meter {args[0]} on a terminal")
+        _assert_printable(piped, f"meter {' '.join(args)} piped")
+        _assert_printable(_meter_on_a_terminal(db_path, *args), f"meter {' '.join(args)} on a terminal")
     assert json.loads(_meter(db_path, "alerts", "--json").stdout)[0]["message"] == f"loop: session s1{CLEAR} sent 10 calls"
 
 
