@@ -32,18 +32,9 @@ from taskmeter.dashboard.guard import LOOPBACK_NAMES, AccessToken, SameOriginWri
 from taskmeter.errors import MeterError, NotFound
 from taskmeter.store import alerts, calls, interactions, tasks
 from taskmeter.store import db as store_db
-from taskmeter.store.texts import clip
 from taskmeter.timefmt import format_duration
 
 PACKAGE = files("taskmeter.dashboard")
-ROWID_MAX = 2**63 - 1  # SQLite's largest row number
-
-
-def row_number(text: str, what: str, smallest: int = 1) -> int:
-    """A row number given in a URL, or a one-line 400: no huge, negative, non-ASCII or 5,000-digit value reaches SQLite."""
-    if text.isascii() and text.isdigit() and len(text) <= len(str(ROWID_MAX)) and smallest <= int(text) <= ROWID_MAX:
-        return int(text)
-    raise MeterError(f"{what} must be a whole number from {smallest} to {ROWID_MAX}, not {clip(text, 24)!r}")
 
 
 def _templates() -> Jinja2Templates:
@@ -155,7 +146,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
 
     async def clear_alert(request: Request) -> Response:
         fields = await form(request)
-        await in_thread(alerts.clear, [row_number(request.path_params["alert_id"], "an alert ID")])
+        await in_thread(alerts.clear, [feed.row_number(request.path_params["alert_id"], "an alert ID")])
         return back(fields)
 
     async def refused(request: Request, exc: Exception) -> Response:
@@ -172,7 +163,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         Route("/phases/{phase_id}", phases_page),
         Route("/tasks/{task_id}", task_page),
         Route("/history", history_page),
-        Route("/feed", feed.endpoint(db_path, feed_row, row_number)),
+        Route("/feed", feed.endpoint(db_path, feed_row)),
         Route("/calls/{interaction_id}/flag", flag, methods=["POST"]),
         Route("/calls/{interaction_id}/unflag", unflag, methods=["POST"]),
         Route("/calls/{interaction_id}/retag", retag, methods=["POST"]),
