@@ -45,8 +45,9 @@ SECRET_NAMES = frozenset(
 SECRET_QUERY_NAMES = SECRET_NAMES | {"sig", "signature", "code", "xamzsignature", "xamzsecuritytoken"}
 
 # The last `_`-separated part of a NAME=value that makes it a secret.
-_SECRET_SUFFIXES = "PASSWORD|SECRET|TOKEN|KEY"
-# Where a word starts: after no letter or digit, or after a `\n` or `\t` escaped in JSON.
+SECRET_SUFFIXES = ("PASSWORD", "SECRET", "TOKEN", "KEY")
+_SECRET_SUFFIX = "|".join(SECRET_SUFFIXES)
+# Where a word starts: after no letter, digit or `_`, or after a `\n`, `\r` or `\t` escaped in JSON.
 _WORD_START = r"(?:(?<![A-Za-z0-9_])|(?<=\\[nrt]))"
 
 # Each alternative starts with literal text, which keeps the scan of a large body fast.
@@ -71,8 +72,8 @@ _KEY_SHAPES = re.compile(
 # NAME of NAME=value, just before the `=`: upper-case anywhere, or of any case first on a line
 # (also after a `\n` escaped in JSON), so that `sorted(x, key=len)` in pasted code stays.
 _ASSIGNED_NAME = re.compile(
-    rf"(?:{_WORD_START}(?:[A-Z][A-Z0-9_]*_)?(?:{_SECRET_SUFFIXES})"
-    rf"|(?im:(?:^|(?<=\\n))(?:export[ \t]+)?(?:[a-z][a-z0-9_]*_)?(?:{_SECRET_SUFFIXES})))[ \t]*\Z"
+    rf"(?:{_WORD_START}(?:[A-Z][A-Z0-9_]*_)?(?:{_SECRET_SUFFIX})"
+    rf"|(?im:(?:^|(?<=\\n))(?:export[ \t]+)?(?:[a-z][a-z0-9_]*_)?(?:{_SECRET_SUFFIX})))[ \t]*\Z"
 )
 _LONGEST_NAME = 100
 # Its value: quoted (also with the quotes escaped, inside a JSON string), or up to a space, quote or
@@ -128,9 +129,7 @@ def _secret_assignments(text: str) -> str:
     sign = text.find("=")
     while sign != -1:
         before = text[max(done, sign - 12) : sign].rstrip(" \t").upper()
-        if before.endswith(("PASSWORD", "SECRET", "TOKEN", "KEY")) and _ASSIGNED_NAME.search(
-            text, max(done, sign - _LONGEST_NAME), sign
-        ):
+        if before.endswith(SECRET_SUFFIXES) and _ASSIGNED_NAME.search(text, max(done, sign - _LONGEST_NAME), sign):
             value = _ASSIGNED_VALUE.match(text, sign + 1)
             if value:
                 parts += [text[done : value.start("value")], REDACTED]
