@@ -4,7 +4,8 @@ The rules, each defined once, here:
 - a field whose name is one of SECRET_NAMES (compared without case, `-` or
   `_`, so `api_key`, `apiKey` and `api-key` are one name; `max_tokens` or
   usage fields are never caught): its value, whatever its type (a string, a
-  number, an object, an array), becomes "[redacted]";
+  number, an object, an array), becomes "[redacted]"; in JSON inside a JSON
+  string too (a tool call's `arguments`);
 - a query parameter whose name is one of SECRET_QUERY_NAMES (the field names,
   and `sig`, `signature`, `code` of signed URLs and OAuth redirects), in a
   request's path or in a URL anywhere in text;
@@ -80,9 +81,14 @@ _LONGEST_NAME = 100
 # backslash (which would start a JSON escape, to be kept whole). A `$VARIABLE` is no secret.
 _ASSIGNED_VALUE = re.compile(r"""[ \t]*(?!\$)(?P<open>\\?["']?)(?P<value>(?<=["'])[^"'\\\n]+|(?<!["'])[^\s"'\\]+)(?P=open)""")
 _QUERY_PARAMETER = re.compile(r"(?P<lead>[?&](?P<name>[A-Za-z0-9_\-]{1,40})=)(?P<value>[^&#\s\"'\\<>]+)")
-_JSON_FIELD = re.compile(r'"(?P<name>[A-Za-z0-9_\-]{1,40})"\s*:\s*')
+# A field of JSON, or of JSON inside a JSON string (a tool call's `arguments`), its quotes escaped.
+_JSON_FIELD = re.compile(r'(?P<escaped>\\?)"(?P<name>[A-Za-z0-9_\-]{1,40})(?P=escaped)"\s*:\s*')
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?')
 _JSON_SCALAR = re.compile(r"[^,}\]\s]*")
+# In JSON inside a JSON string: a string (its own escapes doubled), a scalar, or else the rest of the outer string.
+_ESCAPED_STRING = re.compile(r'\\"(?:\\\\(?:\\.|[^"\\])|\\[^"\\]|[^"\\])*(?:\\")?')
+_ESCAPED_SCALAR = re.compile(r"-?[0-9][0-9.eE+\-]*|true|false|null")
+_REST_OF_STRING = re.compile(r'(?:\\.|[^"\\])*')
 _DECODER = json.JSONDecoder()
 
 
@@ -100,6 +106,24 @@ def is_secret_query_name(name: str) -> bool:
     return _normalised(name) in SECRET_QUERY_NAMES
 
 
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON value at `start` ends."""
+    try:
+        return _DECODER.raw_decode(text, start)[1]
+    except ValueError:  # cut short, or not JSON: a string to its end, an object or array to the text's end
+        if text.startswith('"', start):
+            return _JSON_STRING.match(text, start).end()
+        if text.startswith(("{", "["), start):
+            return len(text)
+        return _JSON_SCALAR.match(text, start).end()
+
+
+def _escaped_value_end(text: str, start: int) -> int:
+    """Where the value at `start` of JSON inside a JSON string ends."""
+    found = _ESCAPED_STRING.match(text, start) or _ESCAPED_SCALAR.match(text, start) or _REST_OF_STRING.match(text, start)
+    return found.end()
+
+
 def _secret_values(text: str) -> str:
     """`text` with the value of every secret JSON field replaced, whatever its type."""
     parts, done = [], 0
@@ -107,17 +131,10 @@ def _secret_values(text: str) -> str:
         start = match.end()
         if start < done or not is_secret_name(match["name"]):
             continue
-        try:
-            end = _DECODER.raw_decode(text, start)[1]
-        except ValueError:  # cut short, or not JSON: a string to its end, an object or array to the text's end
-            if text.startswith('"', start):
-                end = _JSON_STRING.match(text, start).end()
-            elif text.startswith(("{", "["), start):
-                end = len(text)
-            else:
-                end = _JSON_SCALAR.match(text, start).end()
+        quote = match["escaped"] + '"'
+        end = _escaped_value_end(text, start) if match["escaped"] else _value_end(text, start)
         if end > start:
-            parts += [text[done:start], f'"{REDACTED}"']
+            parts += [text[done:start], f"{quote}{REDACTED}{quote}"]
             done = end
     return "".join(parts) + text[done:] if parts else text
 

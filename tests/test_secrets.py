@@ -220,3 +220,21 @@ def test_spool_and_quarantine_are_private(tmp_path):
     for path in (callfile.spool_path(tmp_path / "meter.db"), callfile.quarantine_path(tmp_path / "meter.db")):
         callfile.append(path, [_call(1)])
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+_QUOTED_TEXT = st.text(alphabet='ab "\\/{}:,\n', max_size=20)  # quotes and backslashes, escaped twice when nested
+
+
+@given(st.dictionaries(_KEYS, _SCALARS | _QUOTED_TEXT, max_size=6), st.sampled_from([None, 2]))
+def test_secret_fields_of_json_inside_a_json_string_go_too(arguments, indent):
+    """A tool call's `arguments` is JSON inside a JSON string, as the request body holds it."""
+    body = json.dumps({"tool_calls": [{"function": {"name": "login", "arguments": json.dumps(arguments, indent=indent)}}]})
+    redacted = json.loads(redact(body))
+    assert json.loads(redacted["tool_calls"][0]["function"]["arguments"]) == _expected(arguments)
+
+
+def test_a_secret_object_inside_a_json_string_goes_with_the_rest_of_that_string():
+    arguments = json.dumps({"user": "ann", "password": {"old": "field-value-12", "new": "field-value-13"}, "after": 1})
+    redacted = json.loads(redact(json.dumps({"arguments": arguments, "model": "m"})))
+    assert redacted == {"arguments": '{"user": "ann", "password": "[redacted]"', "model": "m"}
