@@ -17,7 +17,8 @@ class _PrintableFormatter(logging.Formatter):
 def configure_logging(path=None) -> None:
     """Log lines to stderr, or appended to the file `path`."""
     if path is not None:
-        private_file(private_dir(path.parent) / path.name)
+        private_dir(path.parent)
+        private_file(path)  # FileHandler then appends to it, its mode kept
     handler = logging.StreamHandler(sys.stderr) if path is None else logging.FileHandler(path)
     handler.setFormatter(_PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
     meter_log = logging.getLogger("taskmeter")
