@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 BIN = Path(sys.executable).parent
 
@@ -39,6 +40,7 @@ class Arm:
     port: int
     path: str  # request path for the chat endpoint
     process: subprocess.Popen | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request (the dashboard's access cookie)
     sent: int = 0  # requests answered, to check that the meter recorded every one
 
     @property
@@ -130,8 +132,8 @@ def start_bare_mitmproxy(mock_port: int, confdir: Path) -> Arm:
     return Arm("M", port, "/v1/chat/completions", process)
 
 
-def _start_meter_command(args: list[str], announces: str) -> tuple[subprocess.Popen, int]:
-    """A `meter` server process, and the port from its first line (`... <announces> HOST:PORT, ...`)."""
+def _start_meter_command(args: list[str], announces: str) -> tuple[subprocess.Popen, str]:
+    """A `meter` server process, and the address its first line gives (`... <announces> ADDRESS, ...`)."""
     process = subprocess.Popen(
         [str(BIN / "meter"), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True
     )
@@ -140,7 +142,7 @@ def _start_meter_command(args: list[str], announces: str) -> tuple[subprocess.Po
         process.kill()
         process.wait()
         raise RuntimeError(f"meter {args[0]} did not start: {line!r}")
-    return process, int(line.split(announces)[1].split(",")[0].rsplit(":", 1)[1])
+    return process, line.split(announces)[1].split()[0].rstrip(",")
 
 
 def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
@@ -148,13 +150,15 @@ def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
     config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\nopenai = "http://127.0.0.1:{mock_port}"\n')
     db_path = workdir / "bench.db"
     # --quiet: nobody reads the live view here, and a full pipe would stall the recorder.
-    process, port = _start_meter_command(
+    process, listen = _start_meter_command(
         ["proxy", "--quiet", "--port", "0", "--config", str(config), "--db", str(db_path)], "listening on "
     )
-    return Arm("P", port, "/openai/v1/chat/completions", process), db_path
+    return Arm("P", int(listen.rsplit(":", 1)[1]), "/openai/v1/chat/completions", process), db_path
 
 
 def start_dashboard(db_path: Path) -> Arm:
-    """`meter ui` over `db_path`, on a free port."""
-    process, port = _start_meter_command(["ui", "--port", "0", "--db", str(db_path)], "dashboard on ")
-    return Arm("UI", port, "/", process)
+    """`meter ui` over `db_path`, on a free port; its requests carry the access token's cookie."""
+    process, url = _start_meter_command(["ui", "--port", "0", "--db", str(db_path)], "dashboard on ")
+    address = urlsplit(url)
+    token = parse_qs(address.query)["token"][0]
+    return Arm("UI", address.port, "/", process, headers={"cookie": f"taskmeter-ui-{address.port}={token}"})

@@ -347,7 +347,7 @@ def dashboard_pages(db_path: Path, pages: list[str], runs: int) -> dict[str, flo
             for index in range(runs + 1):
                 connection = http.client.HTTPConnection("127.0.0.1", dashboard.port, timeout=60)
                 started = time.perf_counter()
-                connection.request("GET", page)
+                connection.request("GET", page, headers=dashboard.headers)
                 response = connection.getresponse()
                 first_byte = time.perf_counter()
                 response.read()
@@ -365,14 +365,15 @@ def dashboard_pages(db_path: Path, pages: list[str], runs: int) -> dict[str, flo
 class FeedWatcher:
     """Reads the dashboard's live feed and notes when each call arrives."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
         self.port = port
+        self.headers = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         self.arrived: dict[str, float] = {}  # interaction ID -> perf_counter
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self._writer.write(f"GET /feed HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\n\r\n".encode())
+        self._writer.write(f"GET /feed HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\n{self.headers}\r\n".encode())
         await self._writer.drain()
         self._task = asyncio.create_task(self._read(reader))
 
@@ -419,7 +420,7 @@ class DashboardOpen:
 
     async def __aenter__(self):
         self._dashboard = start_dashboard(self.db_path)
-        self._watcher = FeedWatcher(self._dashboard.port)
+        self._watcher = FeedWatcher(self._dashboard.port, self._dashboard.headers)
         await self._watcher.start()
 
     async def replies(self, replies: list[Reply]) -> None:

@@ -3,6 +3,7 @@ show it. Standard library only: the recorder process prints these."""
 
 from datetime import datetime
 
+from taskmeter.printable import printable
 from taskmeter.timefmt import from_stored
 
 
@@ -11,7 +12,8 @@ def _count(value: int | None) -> str:
 
 
 def call_line(row: dict) -> str:
-    """`09:15:02  P1-010  gpt-4o-mini  in 1,149 (cached 1,024)  out 353 (reasoning 0)  $0.0004  200  05J8...`"""
+    """`09:15:02  P1-010  gpt-4o-mini  in 1,149 (cached 1,024)  out 353 (reasoning 0)  $0.0004  200  05J8...`,
+    one line whatever the model's name or error says, with no control character."""
     started = from_stored(row["started_at"]).astimezone().strftime("%H:%M:%S") if row["started_at"] else "--:--:--"
     tokens = ""
     if row["input_total"] is not None or row["output_total"] is not None:
@@ -30,7 +32,7 @@ def call_line(row: dict) -> str:
     parts = [started, row["task_id"] or "unassigned", row["model"] or "?", tokens or "no usage", cost, status, row["id"]]
     if row["outcome"] == "failed" and row["error"]:
         parts.append(f"({row['error'][:120]})")
-    return "  ".join(parts)
+    return printable("  ".join(parts), one_line=True)
 
 
 def run_summary(calls: int, unanswered: int, tokens: int, cost: float, started: datetime) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import platformdirs
 
 from taskmeter.errors import MeterError
+from taskmeter.private import private_dir, private_file
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
 
@@ -51,8 +52,8 @@ def start(db_path: Path, proxy_args: list[str]) -> dict:
     if already:
         raise MeterError(f"a meter proxy already records to {db_path} (pid {already['pid']} on {already['listen']})")
     log, pidfile = log_path(db_path), pid_path(db_path)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as output:
+    private_dir(log.parent)
+    with open(private_file(log), "ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "taskmeter", "proxy", "--db", str(db_path), *proxy_args],
             stdin=subprocess.DEVNULL,
@@ -60,7 +61,7 @@ def start(db_path: Path, proxy_args: list[str]) -> dict:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
         )
-    pidfile.write_text(f"{process.pid}\n")
+    private_file(pidfile).write_text(f"{process.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -112,8 +113,8 @@ def _started_by_runs(db_path: Path) -> Path:
 @contextlib.contextmanager
 def _locked(db_path: Path):
     lock = platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as handle:
+    private_dir(lock.parent)
+    with open(private_file(lock), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -122,8 +123,8 @@ def join(db_path: Path, proxy_args: list[str]) -> dict:
     """The proxy for `meter run`: the running one, or one started for the runs."""
     with _locked(db_path):
         users = _users(db_path)
-        users.mkdir(parents=True, exist_ok=True)
-        (users / str(os.getpid())).touch()
+        private_dir(users)
+        (users / str(os.getpid())).touch(mode=0o600)
         proxy = running_proxy(db_path)
         if proxy is None:
             try:
@@ -131,7 +132,7 @@ def join(db_path: Path, proxy_args: list[str]) -> dict:
             except MeterError:
                 (users / str(os.getpid())).unlink(missing_ok=True)
                 raise
-            _started_by_runs(db_path).touch()
+            _started_by_runs(db_path).touch(mode=0o600)
         return proxy
 
 

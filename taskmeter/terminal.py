@@ -4,9 +4,13 @@ A table is for a person in a terminal: it fits the terminal's width (columns
 shortened or dropped, never an ID or a time wrapped), with short local times.
 Piped, the same table is plain tab-separated text with a header line and
 unabbreviated values (ISO times, plain numbers), for cut, awk and sort.
+
+Every text printed here goes through `printable` first: a model's name or
+reply may carry terminal escapes. JSON keeps the exact value, escaped.
 """
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -15,6 +19,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
+from taskmeter.printable import printable
 from taskmeter.store.texts import clip
 from taskmeter.timefmt import from_stored
 
@@ -51,9 +56,14 @@ def to_pipe() -> bool:
     return not sys.stdout.isatty()
 
 
+# JSON escapes C0 controls itself; with ensure_ascii=False it leaves C1 ones (and DEL) raw, which
+# some terminals obey. They only occur inside strings, where an escape is the same value.
+_RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
+
+
 def print_json(value) -> None:
-    json.dump(value, sys.stdout, indent=2, default=str, ensure_ascii=False)
-    sys.stdout.write("\n")
+    text = json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    sys.stdout.write(_RAW_IN_JSON.sub(lambda match: f"\\u{ord(match[0]):04x}", text) + "\n")
 
 
 def number(value: int | float | None) -> str:
@@ -96,14 +106,14 @@ def _cell(column: Column, value, utc: bool, piped: bool) -> str:
             return moment(value, utc, short=False)
         if column.kind == "money":
             return f"{value:.6f}"
-        return " ".join(str(value).split())  # no tab or newline may break a row
+        return printable(" ".join(str(value).split()))  # no tab or newline may break a row
     if column.kind == "time":
         return moment(value, utc)
     if column.kind == "count":
         return number(value)
     if column.kind == "money":
         return money(value)
-    return MISSING if value is None else " ".join(str(value).split())
+    return MISSING if value is None else printable(" ".join(str(value).split()))
 
 
 def _fit(columns: list[Column], cells: list[list[str]], width: int) -> tuple[list[int], list[int]]:
@@ -155,22 +165,27 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
     pairs = list(pairs)
     width = max((len(name) for name, _ in pairs), default=0) + 1
     for name, value in pairs:
-        console.print(f"{name + ':':<{width}} {MISSING if value is None else value}", markup=False)
+        console.print(f"{name + ':':<{width}} {MISSING if value is None else printable(str(value))}", markup=False)
+
+
+def text(block: str) -> None:
+    """A report's text or Markdown, as it is (it ends with its own newline)."""
+    sys.stdout.write(printable(block))
 
 
 def info(message: str) -> None:
-    console.print(message, markup=False)
+    console.print(printable(message), markup=False)
 
 
 def note(message: str) -> None:
     """A remark under a table: on stderr when piped, so the table stays plain data."""
-    (err_console if to_pipe() else console).print(message, markup=False)
+    (err_console if to_pipe() else console).print(printable(message), markup=False)
 
 
 def warn(message: str) -> None:
     """Something the user must not miss, in a listing that goes on."""
-    console.print(message, style="bold yellow", markup=False)
+    console.print(printable(message), style="bold yellow", markup=False)
 
 
 def error(message: str) -> None:
-    err_console.print(f"meter: error: {message}", markup=False)
+    err_console.print(f"meter: error: {printable(message)}", markup=False)

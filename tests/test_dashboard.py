@@ -2,13 +2,19 @@
 Playwright, against a real `meter ui` process over a real SQLite file, and a
 real `meter proxy` for the live feed. Screenshots go to test-artifacts/dashboard/."""
 
+import html
 import json
+import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 import openai
@@ -16,8 +22,8 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from taskmeter import ids
+from taskmeter.store import dashboards, interactions, tasks
 from taskmeter.store import db as store_db
-from taskmeter.store import interactions, tasks
 from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.db import write_transaction
 from taskmeter.store.interactions import Interaction
@@ -33,19 +39,38 @@ HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2
 class RunningDashboard:
     """`meter ui --port 0` in its own process; stopped by its process ID."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *extra_args: str, env: dict | None = None) -> None:
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "meter"), "ui", "--port", "0", "--db", str(db_path)],
+            [str(VENV_BIN / "meter"), "ui", "--port", "0", "--db", str(db_path), *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         line = self.process.stdout.readline()
         if "dashboard on " not in line:
             self.stop()
             raise RuntimeError(f"meter ui did not start: {line!r} {self.process.stderr.read()}")
-        self.origin = line.split("dashboard on ")[1].split(",")[0]
-        self.port = int(self.origin.rsplit(":", 1)[1])
+        self.url = line.split("dashboard on ")[1].split()[0]  # with the access token, as the user opens it
+        address = urlsplit(self.url)
+        self.origin = f"http://{address.netloc}"
+        self.port = address.port
+        self.token = parse_qs(address.query)["token"][0]
+        # What a browser sends once it has opened the URL: for httpx requests.
+        self.cookie = {"Cookie": f"taskmeter-ui-{self.port}={self.token}"}
+
+    def enter(self, page: Page, url: str | None = None) -> None:
+        """Open the printed URL (or `url`, which leads to it) as the user does: it sets the
+        cookie and moves on to the dashboard without the token."""
+        page.goto(url or self.url)
+        page.wait_for_url(f"{self.origin}/")
+        page.wait_for_load_state("load")
+
+    def goto(self, page: Page, path: str = "/"):
+        """`path` in the browser, once let in by the printed URL."""
+        if not any(cookie["name"] == f"taskmeter-ui-{self.port}" for cookie in page.context.cookies()):
+            self.enter(page)
+        return page.goto(f"{self.origin}{path}")
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -193,7 +218,7 @@ def _cli_json(meter, *args):
 
 
 def test_phase_page_numbers_and_charts_equal_the_cli_json(dashboard, page, meter):
-    page.goto(f"{dashboard.origin}/phases/P2")
+    dashboard.goto(page, "/phases/P2")
     cli = _cli_json(meter, "report", "phase", "P2")
     assert _embedded(page, "report") == cli
     shown = _shown_fields(page)
@@ -220,7 +245,7 @@ def test_phase_page_numbers_and_charts_equal_the_cli_json(dashboard, page, meter
 
 
 def test_task_page_record_timeline_and_charts_equal_the_cli_json(dashboard, page, meter):
-    page.goto(f"{dashboard.origin}/tasks/P1-001")
+    dashboard.goto(page, "/tasks/P1-001")
     cli = _cli_json(meter, "report", "task", "P1-001")
     assert _embedded(page, "report") == cli
     shown = _shown_fields(page)
@@ -246,7 +271,7 @@ def test_task_page_record_timeline_and_charts_equal_the_cli_json(dashboard, page
 
 def test_history_charts_stack_the_usage_reports_by_model(dashboard, page, meter):
     for period in ("daily", "weekly", "monthly"):
-        page.goto(f"{dashboard.origin}/history?period={period}")
+        dashboard.goto(page, f"/history?period={period}")
         cli = _cli_json(meter, "report", period)
         assert _embedded(page, "report") == cli
         charts = _embedded(page, "charts")
@@ -260,17 +285,17 @@ def test_history_charts_stack_the_usage_reports_by_model(dashboard, page, meter)
 
 
 def test_a_response_with_a_script_renders_as_text(dashboard, page):
-    page.goto(f"{dashboard.origin}/tasks/P1-001")
+    dashboard.goto(page, "/tasks/P1-001")
     hostile = page.locator(f"#call-{_id(2)} pre.response")
     assert hostile.text_content() == HOSTILE
     assert page.locator(f"#call-{_id(2)} script, #call-{_id(2)} img").count() == 0
     assert page.evaluate("window.pwned") is None
-    policy = httpx.get(f"{dashboard.origin}/tasks/P1-001").headers["content-security-policy"]
+    policy = httpx.get(f"{dashboard.origin}/tasks/P1-001", headers=dashboard.cookie).headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
 
 
 def test_clicking_flag_creates_the_flag_that_meter_log_shows(dashboard, page, meter):
-    page.goto(f"{dashboard.origin}/tasks/P1-002")
+    dashboard.goto(page, "/tasks/P1-002")
     call = page.locator(f"#call-{_id(5)}")
     call.locator('input[name="note"]').fill("made up a flag")
     call.get_by_role("button", name="Flag as hallucination").click()
@@ -286,7 +311,7 @@ def test_clicking_flag_creates_the_flag_that_meter_log_shows(dashboard, page, me
 
 
 def test_retagging_an_unassigned_call_by_click(dashboard, page, meter):
-    page.goto(f"{dashboard.origin}/history")
+    dashboard.goto(page, "/history")
     row = page.locator(f"#call-{_id(99)}")
     row.locator('input[name="task_id"]').fill("P2-001")
     row.get_by_role("button", name="Retag").click()
@@ -304,21 +329,21 @@ def test_retagging_an_unassigned_call_by_click(dashboard, page, meter):
 
 
 def test_cross_origin_writes_and_foreign_hosts_are_refused(dashboard, page, meter):
-    page.goto(f"{dashboard.origin}/tasks/P1-002")
+    dashboard.goto(page, "/tasks/P1-002")
     token = page.locator('input[name="token"]').first.get_attribute("value")
     flag = f"{dashboard.origin}/calls/{_id(6)}/flag"
     # Another site's page posting through the user's browser: its Origin gives it away.
-    refused = httpx.post(flag, data={"token": token, "note": "x"}, headers={"Origin": "http://evil.example"})
+    refused = httpx.post(flag, data={"token": token, "note": "x"}, headers={"Origin": "http://evil.example", **dashboard.cookie})
     assert refused.status_code == 403
     # The right origin without this run's token (a stale or forged form).
-    forged = httpx.post(flag, data={"token": "guess", "note": "x"}, headers={"Origin": dashboard.origin})
+    forged = httpx.post(flag, data={"token": "guess", "note": "x"}, headers={"Origin": dashboard.origin, **dashboard.cookie})
     assert forged.status_code == 403
-    assert httpx.post(flag, data={"token": token}).status_code == 403  # no Origin at all
+    assert httpx.post(flag, data={"token": token}, headers=dashboard.cookie).status_code == 403  # no Origin at all
     # DNS rebinding: a foreign name that resolves to 127.0.0.1.
     assert httpx.get(f"{dashboard.origin}/", headers={"Host": f"evil.example:{dashboard.port}"}).status_code == 400
     assert [c["interaction_id"] for c in _cli_json(meter, "log", "--flagged")] == [_id(1)]
     # The same form from the dashboard's own origin is taken.
-    taken = httpx.post(flag, data={"token": token, "back": "/"}, headers={"Origin": dashboard.origin})
+    taken = httpx.post(flag, data={"token": token, "back": "/"}, headers={"Origin": dashboard.origin, **dashboard.cookie})
     assert taken.status_code == 303
     assert _id(6) in [c["interaction_id"] for c in _cli_json(meter, "log", "--flagged")]
 
@@ -326,7 +351,7 @@ def test_cross_origin_writes_and_foreign_hosts_are_refused(dashboard, page, mete
 def test_every_page_renders_without_console_errors_and_is_photographed(dashboard, page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for name, path in [("now", "/"), ("phases", "/phases"), ("task", "/tasks/P1-001"), ("history", "/history")]:
-        response = page.goto(f"{dashboard.origin}{path}")
+        response = dashboard.goto(page, path)
         assert response.status == 200
         page.wait_for_load_state("load")
         drawn = page.locator("canvas[data-chart]")
@@ -338,21 +363,22 @@ def test_every_page_renders_without_console_errors_and_is_photographed(dashboard
 
 
 def test_unknown_pages_say_what_is_missing(dashboard, page):
-    response = page.goto(f"{dashboard.origin}/tasks/P7-777")
+    response = dashboard.goto(page, "/tasks/P7-777")
     assert response.status == 404
     assert "unknown task 'P7-777'" in page.locator(".error").text_content()
 
 
 def test_status_and_the_proxy_banner_print_the_dashboard_address(dashboard, meter, db_path, tmp_path):
-    assert _cli_json(meter, "status")["dashboard"] == dashboard.origin
-    assert f"Dashboard: {dashboard.origin}" in meter("status").out
+    # The URL with the token: the database is the user's alone, so whoever reads it could read the pages anyway.
+    assert _cli_json(meter, "status")["dashboard"] == dashboard.url
+    assert f"Dashboard: {dashboard.url}" in meter("status").out
     config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": "http://127.0.0.1:9"})
     proxy = RunningProxy(config, db_path)
     try:
         deadline = time.monotonic() + 5
         while not any("dashboard:" in line for _, line in proxy.live_view) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert f"  dashboard: {dashboard.origin}" in [line for _, line in proxy.live_view]
+        assert f"  dashboard: {dashboard.url}" in [line for _, line in proxy.live_view]
     finally:
         proxy.stop()
     dashboard.stop()
@@ -384,7 +410,7 @@ def test_a_call_through_a_real_proxy_appears_in_the_live_feed(db_path, page, tmp
         proxy = RunningProxy(config, db_path)
         dashboard = RunningDashboard(db_path)
         try:
-            page.goto(dashboard.origin)
+            dashboard.goto(page)
             page.wait_for_selector("#feed-state.live")
             client = openai.OpenAI(base_url=f"{proxy.origin}/t/P5-001/openai/v1", api_key="sk-test", max_retries=0)
             raw = client.chat.completions.with_raw_response.create(
@@ -414,7 +440,7 @@ def test_now_shows_the_budget_and_open_alerts_and_clears_one_by_click(history, p
     db.close()
     dashboard = RunningDashboard(history)
     try:
-        page.goto(dashboard.origin)
+        dashboard.goto(page)
         budget = _cli_json(meter, "status")["budget"]
         shown = page.locator(".budget [data-field=used_share]")
         assert json.loads(shown.get_attribute("data-value")) == budget["used_share"]
@@ -428,3 +454,166 @@ def test_now_shows_the_budget_and_open_alerts_and_clears_one_by_click(history, p
         assert page.errors == []
     finally:
         dashboard.stop()
+
+
+def _form_token(dashboard: RunningDashboard) -> str:
+    page = httpx.get(f"{dashboard.origin}/tasks/P1-001", headers=dashboard.cookie)
+    return re.search(r'name="token" value="([^"]+)"', page.text).group(1)
+
+
+def _as_nobody(*command: str) -> subprocess.CompletedProcess:
+    """`command` as the user `nobody`: another account on the same machine."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "these tests need util-linux's setpriv"
+    return subprocess.run(
+        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_the_printed_url_lets_the_browser_in_and_nothing_else_does(dashboard, page, browser):
+    # Without the token, every page says what to open, in one line.
+    stranger = browser.new_context().new_page()
+    for path in ("/", "/tasks/P1-001", "/static/dashboard.js", f"/?token={dashboard.token[:-1]}"):
+        response = stranger.goto(f"{dashboard.origin}{path}")
+        assert response.status == 403, path
+        assert response.text() == (
+            f"this dashboard needs its access token: open the URL `meter ui` printed ({dashboard.origin}/?token=...)"
+        )
+    stranger.context.close()
+    # The printed URL: a cookie the page's scripts cannot read, sent to no other site, and the token leaves the address.
+    dashboard.enter(page)
+    (cookie,) = page.context.cookies()
+    assert (cookie["name"], cookie["value"]) == (f"taskmeter-ui-{dashboard.port}", dashboard.token)
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""
+    page.wait_for_selector("#feed-state.live")  # the feed (EventSource) and the static files go with the cookie
+    assert page.errors == []
+
+
+def test_open_gives_the_browser_a_private_page_not_the_token(db_path, page, tmp_path):
+    """A command line is there for every user to read (ps): `--open` hands the
+    browser a page of the user's alone that leads to the URL with the token."""
+    browser_log = tmp_path / "browser-args"
+    fake_browser = tmp_path / "browser"
+    fake_browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {browser_log}\n')
+    fake_browser.chmod(0o700)
+    env = {**os.environ, "BROWSER": f"{fake_browser} %s", "XDG_STATE_HOME": str(tmp_path / "state")}
+    dashboard = RunningDashboard(db_path, "--open", env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not browser_log.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (given,) = browser_log.read_text().split()
+        assert given.startswith("file://") and dashboard.token not in given
+        opener = Path(unquote(urlsplit(given).path))
+        assert stat.S_IMODE(opener.stat().st_mode) == 0o600 and dashboard.url in html.unescape(opener.read_text())
+        assert _as_nobody("cat", str(opener)).returncode != 0
+        # The browser opens the page, which leads it in: the cookie goes even after a start from a file.
+        dashboard.enter(page, given)
+        assert page.locator("#feed").count() == 1 and page.errors == []
+    finally:
+        dashboard.stop()
+    assert not opener.exists()
+
+
+def test_another_user_of_the_machine_gets_nothing(meter):
+    """`nobody` reaches 127.0.0.1 like anyone, and reads what other users may read:
+    no page, no feed, no write, and not the database that holds the token's URL."""
+    shared = Path(tempfile.mkdtemp(prefix="meter-shared-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)  # so that only the files' own modes keep nobody out
+        db_path = shared / "meter.db"
+        db = store_db.connect(db_path)
+        tasks.set_task(db, "P1-001", title="with a pasted .env")
+        _call(db, 1, "P1-001", _at(4, 9), "gpt-4o-2024-08-06", (10, 0, 5, 0), 0.01, "DATABASE_PASSWORD=hunter2")
+        db.close()
+        dashboard = RunningDashboard(db_path)
+        try:
+            form_token = _form_token(dashboard)  # as if it had leaked: the access token is still needed
+            flag = f"{dashboard.origin}/calls/{_id(1)}/flag"
+            curl = ["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"]
+            attempts = {
+                "page": [f"{dashboard.origin}/tasks/P1-001"],
+                "now": [f"{dashboard.origin}/"],
+                "feed": [f"{dashboard.origin}/feed?after=0"],
+                "static": [f"{dashboard.origin}/static/dashboard.js"],
+                "guessed token": [f"{dashboard.origin}/?token=guess"],
+                "write": ["-X", "POST", "-H", f"Origin: {dashboard.origin}", "-d", f"token={form_token}&note=x", flag],
+            }
+            for what, arguments in attempts.items():
+                assert _as_nobody(*curl, *arguments).stdout == "403", what
+            # The same requests with the cookie succeed, so the 403s are the token's doing.
+            cookie = ["-H", f"Cookie: taskmeter-ui-{dashboard.port}={dashboard.token}"]
+            assert (
+                subprocess.run([*curl, *cookie, f"{dashboard.origin}/tasks/P1-001"], capture_output=True, text=True).stdout
+                == "200"
+            )
+            # The database holds the URL with the token (and every prompt): nobody may not read it.
+            reader = store_db.connect(db_path)
+            assert dashboards.running(reader) == dashboard.url
+            reader.close()
+            for path in sorted(shared.iterdir()):
+                assert _as_nobody("stat", str(path)).returncode == 0  # it sees the file ...
+                denied = _as_nobody("cat", str(path))
+                assert denied.returncode != 0 and "Permission denied" in denied.stderr, path  # ... but cannot read it
+            # Nobody wrote anything.
+            assert [c["interaction_id"] for c in _cli_json(meter, "log", "--flagged", "--db", str(db_path))] == []
+        finally:
+            dashboard.stop()
+        assert "Traceback" not in dashboard.process.stderr.read()
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_a_database_others_may_read_is_not_given_the_token(db_path, meter):
+    store_db.connect(db_path).close()
+    db_path.chmod(0o644)
+    dashboard = RunningDashboard(db_path)
+    try:
+        assert _cli_json(meter, "status")["dashboard"] == dashboard.origin
+        assert dashboard.token.encode() not in b"".join(path.read_bytes() for path in db_path.parent.glob("meter.db*"))
+    finally:
+        dashboard.stop()
+
+
+# Each is refused with a 400 wherever a row number or an ID is expected: no 500, no traceback.
+HOSTILE_NUMBERS = ["999999999999999999999", str(2**63), "-1", "0x1f", "1e3", "abc", "١٢", "9" * 5000, "+7"]
+WELL_FORMED_PHASE_NAMES = {"999999999999999999999", str(2**63), "0x1f", "1e3", "abc"}
+
+
+def _one_line_refusal(response: httpx.Response) -> str:
+    message = re.search(r'<p class="error" role="alert">(.*?)</p>', response.text, re.DOTALL).group(1)
+    assert "\n" not in message and "Traceback" not in response.text
+    return message
+
+
+def test_bad_numbers_and_ids_in_every_route_are_a_400_in_one_line(dashboard, meter):
+    form = {"token": _form_token(dashboard), "back": "/"}
+    writes = {"Origin": dashboard.origin, **dashboard.cookie}
+    with httpx.Client(base_url=dashboard.origin, headers=dashboard.cookie, timeout=10) as client:
+        for value in HOSTILE_NUMBERS:
+            quoted = quote(value, safe="")
+            refused = {
+                "clear": client.post(f"/alerts/{quoted}/clear", data=form, headers=writes),
+                "feed": client.get("/feed", params={"after": value}),
+                "feed id": client.get("/feed", headers={"Last-Event-ID": value.encode()}),
+                "task": client.get(f"/tasks/{quoted}"),
+                "flag": client.post(f"/calls/{quoted}/flag", data=form, headers=writes),
+                "unflag": client.post(f"/calls/{quoted}/unflag", data=form, headers=writes),
+                "retag": client.post(f"/calls/{quoted}/retag", data={**form, "task_id": "P1-001"}, headers=writes),
+                "retag to": client.post(f"/calls/{_id(98)}/retag", data={**form, "task_id": value}, headers=writes),
+                "period": client.get("/history", params={"period": value}),
+            }
+            for route, response in refused.items():
+                assert response.status_code == 400, (route, value[:30], response.text[:300])
+                _one_line_refusal(response)
+            # Phase IDs are names: the well-formed ones are simply unknown.
+            phase = client.get(f"/phases/{quoted}")
+            assert phase.status_code == (404 if value in WELL_FORMED_PHASE_NAMES else 400), value[:30]
+            _one_line_refusal(phase)
+        assert "must be a whole number from 1 to 9223372036854775807" in _one_line_refusal(
+            client.post("/alerts/0/clear", data=form, headers=writes)
+        )
+    assert _cli_json(meter, "show", _id(98))["task_id"] is None
+    dashboard.stop()
+    assert "Traceback" not in dashboard.process.stderr.read()

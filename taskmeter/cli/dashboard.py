@@ -10,10 +10,12 @@ from taskmeter.store import db as store_db
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8878, show_default=True, help="Port on 127.0.0.1 (0 picks a free one)."
 )
-@click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in the web browser.")
+@click.option(
+    "--open", "open_browser", is_flag=True, help="Open the dashboard (the URL with its access token) in the web browser."
+)
 @db_option
 def ui_cmd(port, open_browser, db_path):
-    """Serve the dashboard on 127.0.0.1 until Ctrl-C.
+    """Serve the dashboard on 127.0.0.1 until Ctrl-C; open the URL it prints (it carries a per-run token).
 
     \b
     Now      the current task, its budget, open alerts, a live feed of calls, tokens and cost per hour today

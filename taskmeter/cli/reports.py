@@ -207,6 +207,6 @@ def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict]
     elif output_format == "csv":
         click.echo(formats.as_csv(csv_rows or [report]), nl=False)
     elif output_format == "markdown":
-        click.echo(markdown(report), nl=False)
+        terminal.text(markdown(report))
     else:
-        click.echo(text(report), nl=False)
+        terminal.text(text(report))

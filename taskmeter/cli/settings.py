@@ -12,6 +12,7 @@ from taskmeter.cli.common import (
     json_option,
 )
 from taskmeter.errors import MeterError
+from taskmeter.private import private_dir, private_file
 from taskmeter.store import db as store_db
 from taskmeter.terminal import Column
 
@@ -73,8 +74,8 @@ def config_init_cmd(force, config_path):
     if path.exists() and not force:
         raise MeterError(f"{path} exists; edit it, or use --force to replace it")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config_settings.starter_text())
+        private_dir(path.parent)
+        private_file(path).write_text(config_settings.starter_text())
     except OSError as exc:
         raise MeterError(f"cannot write {path}: {exc.strerror}") from None
     terminal.info(f"wrote {path}")

@@ -138,7 +138,7 @@ def task_cmd(task_id, phase, budget_amounts, on_exceeded, unset, as_json, db_pat
     if as_json:
         terminal.print_json(report)
         return
-    click.echo(formats.task_text(report), nl=False)
+    terminal.text(formats.task_text(report))
 
 
 @cli.command("mark")
@@ -291,7 +291,7 @@ def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, unset
     if as_json:
         terminal.print_json(report)
         return
-    click.echo(formats.phase_text(report), nl=False)
+    terminal.text(formats.phase_text(report))
 
 
 @cli.command("phases")

@@ -12,6 +12,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from taskmeter.errors import MeterError
+from taskmeter.private import refuse_if_others_may_write
 
 ENV_VAR = "METER_CONFIG"
 
@@ -210,6 +211,8 @@ def _layers(explicit: str | os.PathLike | None) -> tuple[dict, dict, Path]:
     path = config_path(explicit)
     user: dict = {}
     if path.exists():
+        # It names commands the meter runs (alert_command) and where API keys go (upstreams).
+        refuse_if_others_may_write(path, "config")
         try:
             user = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError) as exc:

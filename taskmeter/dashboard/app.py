@@ -28,9 +28,9 @@ from taskmeter.analytics import budgets, formats
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.analytics.metrics import PHASE_SECTIONS, TASK_SECTIONS
 from taskmeter.dashboard import feed, pages
-from taskmeter.dashboard.guard import LOOPBACK_NAMES, SameOriginWrites
+from taskmeter.dashboard.guard import LOOPBACK_NAMES, AccessToken, SameOriginWrites, same_secret
 from taskmeter.errors import MeterError, NotFound
-from taskmeter.store import alerts, calls, interactions
+from taskmeter.store import alerts, calls, interactions, tasks
 from taskmeter.store import db as store_db
 from taskmeter.timefmt import format_duration
 
@@ -53,10 +53,13 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaults) -> Starlette:
-    """The app for a dashboard on 127.0.0.1:`port` over the database at `db_path`."""
+def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaults, access_token: str) -> Starlette:
+    """The app for a dashboard on 127.0.0.1:`port` over the database at `db_path`,
+    open to requests that carry `access_token` (guard.AccessToken)."""
     templates = _templates()
-    token = secrets.token_urlsafe(32)  # per run: a form from an earlier run, or elsewhere, is refused
+    # The forms' token, per run: a form from an earlier run, or elsewhere, is refused. It is
+    # not the access token, which pages never show (its cookie is HttpOnly).
+    token = secrets.token_urlsafe(32)
 
     async def in_thread(build: Callable, *args):
         """`build(db, *args)` in a worker thread, on a connection of its own."""
@@ -84,12 +87,13 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         return render(request, "now.html", await in_thread(pages.now_page, idle_seconds, budget_defaults))
 
     async def phases_page(request: Request) -> Response:
-        return render(
-            request, "phases.html", await in_thread(pages.phases_page, request.path_params.get("phase_id"), idle_seconds)
-        )
+        phase_id = request.path_params.get("phase_id")
+        phase_id = tasks.validate_phase_id(phase_id) if phase_id is not None else None
+        return render(request, "phases.html", await in_thread(pages.phases_page, phase_id, idle_seconds))
 
     async def task_page(request: Request) -> Response:
-        return render(request, "task.html", await in_thread(pages.task_page, request.path_params["task_id"], idle_seconds))
+        task_id = tasks.validate_task_id(request.path_params["task_id"])
+        return render(request, "task.html", await in_thread(pages.task_page, task_id, idle_seconds))
 
     async def history_page(request: Request) -> Response:
         period = request.query_params.get("period", "daily")
@@ -100,7 +104,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
     async def form(request: Request) -> dict:
         """The posted form, once its token is this run's."""
         fields = await request.form()
-        if not secrets.compare_digest(str(fields.get("token", "")), token):
+        if not same_secret(str(fields.get("token", "")), token):
             raise HTTPException(403, "this form is not from this dashboard (reload the page)")
         return {key: str(value) for key, value in fields.items()}
 
@@ -115,7 +119,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         fields = await form(request)
         note = fields.get("note", "").strip() or None
 
-        def write(db):
+        def write(db):  # resolve_id refuses what cannot be an ID (400) and says which it does not know (404)
             interactions.flag(db, interactions.resolve_id(db, request.path_params["interaction_id"]), note)
 
         await in_thread(write)
@@ -131,6 +135,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         task_id = fields.get("task_id", "").strip()
         if not task_id:
             raise MeterError("give the task to retag the call to")
+        task_id = tasks.validate_task_id(task_id)
 
         def write(db):
             with store_db.write_transaction(db):  # the move and the context switches it changes, at once
@@ -141,7 +146,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
 
     async def clear_alert(request: Request) -> Response:
         fields = await form(request)
-        await in_thread(alerts.clear, [request.path_params["alert_id"]])
+        await in_thread(alerts.clear, [feed.row_number(request.path_params["alert_id"], "an alert ID")])
         return back(fields)
 
     async def refused(request: Request, exc: Exception) -> Response:
@@ -162,13 +167,15 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         Route("/calls/{interaction_id}/flag", flag, methods=["POST"]),
         Route("/calls/{interaction_id}/unflag", unflag, methods=["POST"]),
         Route("/calls/{interaction_id}/retag", retag, methods=["POST"]),
-        Route("/alerts/{alert_id:int}/clear", clear_alert, methods=["POST"]),
+        Route("/alerts/{alert_id}/clear", clear_alert, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static"),
     ]
     middleware = [
         # DNS rebinding: a page of another name that resolves to 127.0.0.1 is refused.
         Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES)),
         Middleware(SameOriginWrites, origins=[f"http://{name}:{port}" for name in LOOPBACK_NAMES]),
+        # Other users of the machine reach 127.0.0.1 too: every request needs this run's token.
+        Middleware(AccessToken, token=access_token, port=port),
     ]
     return Starlette(
         routes=routes,

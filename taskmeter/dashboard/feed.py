@@ -15,11 +15,14 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from taskmeter.dashboard.pages import feed_call
+from taskmeter.errors import MeterError
 from taskmeter.store.interactions import stored_after_query
+from taskmeter.store.texts import clip
 
 POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15  # a comment now and then, so proxies and browsers keep the stream
 BATCH = 200  # calls read in one poll at most
+ROWID_MAX = 2**63 - 1  # SQLite's largest row number
 
 
 # A call as a row of the feed's table, rendered by the page's own template.
@@ -52,10 +55,18 @@ async def calls_after(db_path: Path, rowid: int, render_row: RenderRow) -> Async
                 await asyncio.sleep(POLL_SECONDS)
 
 
+def row_number(text: str, what: str, smallest: int = 1) -> int:
+    """A row number from a URL (the feed's start, an alert's ID), or a one-line 400:
+    no huge, negative, non-ASCII or 5,000-digit value reaches int() or SQLite."""
+    if text.isascii() and text.isdigit() and len(text) <= len(str(ROWID_MAX)) and smallest <= int(text) <= ROWID_MAX:
+        return int(text)
+    raise MeterError(f"{what} must be a whole number from {smallest} to {ROWID_MAX}, not {clip(text, 24)!r}")
+
+
 def endpoint(db_path: Path, render_row: RenderRow):
     async def feed(request: Request) -> StreamingResponse:
         start = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        rowid = int(start) if start.isdigit() else 0
+        rowid = row_number(start, "the call to start after (after= or Last-Event-ID)", smallest=0)
         return StreamingResponse(
             calls_after(db_path, rowid, render_row), media_type="text/event-stream", headers={"cache-control": "no-store"}
         )

@@ -2,17 +2,22 @@
 database for the proxy's banner and `meter status` while it runs."""
 
 import errno
+import os
+import secrets
 import socket
 import sys
 import webbrowser
 from pathlib import Path
 
+import platformdirs
 import uvicorn
 
 from taskmeter import terminal
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.dashboard.app import create_app
+from taskmeter.dashboard.guard import moving_on_page, tokened_url
 from taskmeter.errors import MeterError
+from taskmeter.private import private_dir, private_file
 from taskmeter.store import dashboards
 from taskmeter.store import db as store_db
 
@@ -33,19 +38,31 @@ def _listen(port: int) -> socket.socket:
     return sock
 
 
+def _opener(url: str) -> Path:
+    """A page of the user's alone that opens `url`: the browser is given its path, not the
+    token, since a command line is there for every user of the machine to read (as Jupyter does)."""
+    path = private_dir(platformdirs.user_state_path("taskmeter")) / f"ui-{os.getpid()}-open.html"
+    private_file(path).write_text(moving_on_page(url, "Open the taskmeter dashboard"))
+    return path
+
+
 def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaults, open_browser: bool) -> None:
     sock = _listen(port)
     bound_port = sock.getsockname()[1]
     address = f"http://{HOST}:{bound_port}"
+    access_token = secrets.token_urlsafe(32)  # per run, as Jupyter's: other users of the machine reach 127.0.0.1 too
+    url = tokened_url(address, access_token)
+    opener = None
     db = store_db.connect(db_path)  # migrates a new or older database before the pages read it
     try:
-        dashboards.register(db, address)
-        terminal.info(f"taskmeter dashboard on {address}, reading {db_path} (Ctrl-C stops it)")
+        dashboards.register(db, db_path, address, url)
+        terminal.info(f"taskmeter dashboard on {url} (reading {db_path}; Ctrl-C stops it)")
         sys.stdout.flush()
         if open_browser:
-            webbrowser.open(address)
+            opener = _opener(url)
+            webbrowser.open(opener.as_uri())
         config = uvicorn.Config(
-            create_app(db_path, bound_port, idle_seconds, budget_defaults),
+            create_app(db_path, bound_port, idle_seconds, budget_defaults, access_token),
             log_level="warning",
             access_log=False,
             # Open live feeds would otherwise hold Ctrl-C until the browser leaves.
@@ -56,3 +73,5 @@ def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaul
         dashboards.unregister(db)
         db.close()
         sock.close()
+        if opener:
+            opener.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify, host_address, is_loopback_host
 from taskmeter.proxy.tee import ResponseTee
 from taskmeter.recorder.framing import UnsupportedEncoding, content_decoder
-from taskmeter.secrets import is_secret_name
+from taskmeter.secrets import is_secret_query_name
 from taskmeter.store.tasks import validate_task_id
 
 TASK_HEADER = "x-meter-task"
@@ -86,11 +86,11 @@ def _error_response(status: int, message: str) -> http.Response:
 
 
 def safe_endpoint(path: str) -> str:
-    """The request path with secret query parameters (Gemini's `key=`) redacted."""
+    """The request path with secret query parameters (Gemini's `key=`, a signed URL's `sig=`) redacted."""
     parts = urlsplit(path)
     if not parts.query:
         return path
-    query = [(k, "redacted" if is_secret_name(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, "redacted" if is_secret_query_name(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return f"{parts.path}?{urlencode(query)}"
 
 

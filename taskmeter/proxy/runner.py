@@ -22,6 +22,7 @@ from taskmeter.errors import MeterError
 from taskmeter.handover.pipe import Handover
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
+from taskmeter.private import private_dir
 from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
 from taskmeter.proxy.guard import Guard
@@ -108,7 +109,7 @@ class Announcer:
         target = self._settings.ca_bundle
         temporary = target.with_suffix(".tmp")
         temporary.write_text(bundle)
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o600)
         os.replace(temporary, target)
 
 
@@ -207,7 +208,7 @@ def guard_settings(settings: Settings) -> str:
 
 
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
-    settings.confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(settings.confdir)
     proxy_id = new_id()
     guard = Guard(asyncio.get_running_loop())
     handover = Handover(

@@ -18,6 +18,8 @@ import platformdirs
 import tiktoken
 from tiktoken.model import encoding_name_for_model
 
+from taskmeter.private import private_dir
+
 # name -> (the URL tiktoken keys its cache on, SHA-256 of the decompressed file)
 BPE_FILES = {
     "o200k_base": (
@@ -60,7 +62,7 @@ def _prepare_cache() -> None:
         if _prepared:
             return
         directory = cache_dir()
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         for name, (url, expected) in BPE_FILES.items():
             target = directory / hashlib.sha1(url.encode()).hexdigest()
             if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == expected:

@@ -30,6 +30,7 @@ from pathlib import Path
 from taskmeter.callline import call_line, run_summary
 from taskmeter.handover import callfile
 from taskmeter.handover.pipe import ACKNOWLEDGED, GUARD_STATE, HEADER, REPLY
+from taskmeter.printable import printable
 from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
@@ -396,7 +397,7 @@ def _guard(loop: RecorderLoop, config: dict, live_view):
 
     def announce(line: str) -> None:
         if live_view is not None:
-            live_view.show(line + "\n")
+            live_view.show(printable(line, one_line=True) + "\n")  # alerts quote session IDs from the wire
         else:
             log.warning("%s", line)
 

@@ -1,10 +1,18 @@
-"""A running dashboard (`meter ui`) announces its address in the `state` table,
-so that the proxy's banner and `meter status` can print it."""
+"""A running dashboard (`meter ui`) announces itself in the `state` table, so
+that the proxy's banner and `meter status` can print the URL that opens it.
+
+That URL holds the dashboard's access token. It is stored only while the
+database file is the user's alone (mode 0600, as the meter creates it):
+whoever can read the file can read every prompt the dashboard would show, so
+the token gives them nothing more. Otherwise only the address is stored, and
+the token stays in the terminal of `meter ui`."""
 
 import json
 import os
 import socket
 import sqlite3
+import stat
+from pathlib import Path
 
 from taskmeter.store.db import write_transaction
 from taskmeter.store.proxies import meter_process_alive
@@ -13,8 +21,23 @@ from taskmeter.timefmt import now_stored
 KEY = "dashboard"
 
 
-def register(db: sqlite3.Connection, address: str) -> None:
-    value = json.dumps({"address": address, "pid": os.getpid(), "hostname": socket.gethostname(), "started_at": now_stored()})
+def private_to_user(path: Path) -> bool:
+    """Whether only this user may read and write the file at `path`."""
+    status = os.stat(path)
+    return status.st_uid == os.getuid() and not stat.S_IMODE(status.st_mode) & 0o077
+
+
+def register(db: sqlite3.Connection, db_path: Path, address: str, url: str) -> None:
+    """`url` is the address with the access token, stored only in a private database file."""
+    value = json.dumps(
+        {
+            "address": address,
+            "url": url if private_to_user(db_path) else None,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "started_at": now_stored(),
+        }
+    )
     with write_transaction(db):
         db.execute(
             "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (KEY, value)
@@ -28,11 +51,12 @@ def unregister(db: sqlite3.Connection) -> None:
 
 
 def running(db: sqlite3.Connection) -> str | None:
-    """The address of the dashboard that serves this database, if one still runs."""
+    """The URL that opens the dashboard serving this database (its bare address,
+    when the token is not stored), if one still runs."""
     row = db.execute("SELECT value FROM state WHERE key = ?", (KEY,)).fetchone()
     if row is None:
         return None
     dashboard = json.loads(row[0])
     if dashboard["hostname"] == socket.gethostname() and not meter_process_alive(dashboard["pid"]):
         return None
-    return dashboard["address"]
+    return dashboard.get("url") or dashboard["address"]

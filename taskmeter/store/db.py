@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from taskmeter.errors import MeterError
+from taskmeter.private import private_dir
 
 ENV_VAR = "METER_DB"
 # Long enough that a CLI command waits out the proxy's writer instead of failing.
@@ -46,7 +47,7 @@ def connect(path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TI
     if target.is_dir():
         raise MeterError(f"database path {target} is a directory; give a file path")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
     except OSError as exc:
         raise MeterError(f"cannot create the folder for database {target}: {exc.strerror}") from None
     try:

@@ -1,0 +1,53 @@
+"""Files and folders that are the user's alone, whatever the umask: the data
+(prompts), state (logs, pidfiles), config (which names commands to run and
+where API keys go) and CA folders, and the files the meter writes in them.
+
+A mode given to mkdir or open is masked by the umask, which only takes bits
+away: 0700 and 0600 stay private under any umask. Parents that mkdir creates
+get the plain umask instead, hence `private_dir`."""
+
+import os
+import stat
+from pathlib import Path
+
+from taskmeter.errors import MeterError
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created 0700 with each parent it lacks; folders that exist are left as they are."""
+    missing, folder = [], path
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process
+            pass
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """`path`, created 0600 if missing (and made 0600 if it is the meter's from an older
+    version); open it as usual afterwards: its mode stays."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+    finally:
+        os.close(descriptor)
+    return path
+
+
+def refuse_if_others_may_write(path: Path, what: str) -> None:
+    """A one-line error when another account could change the file at `path`: it, or its
+    folder (which could swap it; a sticky folder such as /tmp cannot), is owned by someone
+    else (root aside) or writable by its group or by anyone."""
+    for checked, swappable in ((path, True), (path.resolve().parent, False)):
+        status = os.stat(checked)
+        if status.st_uid not in (os.getuid(), 0):
+            raise MeterError(f"{what} {path}: {checked} belongs to another user (uid {status.st_uid}); refused")
+        if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and (swappable or not status.st_mode & stat.S_ISVTX):
+            raise MeterError(
+                f"{what} {path}: other users may change {checked} (mode {stat.S_IMODE(status.st_mode):04o}); "
+                f"refused: `chmod go-w {checked}`"
+            )
