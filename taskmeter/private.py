@@ -6,7 +6,9 @@ A mode given to mkdir or open is masked by the umask, which only takes bits
 away: 0700 and 0600 stay private under any umask. Parents that mkdir creates
 get the plain umask instead, hence `private_dir`."""
 
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -38,15 +40,29 @@ def private_file(path: Path) -> Path:
     return path
 
 
+def _private_group(gid: int) -> bool:
+    """The user's own group (Debian's user private groups, which umask 002 assumes):
+    named after the user, with no other member."""
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return group.gr_name == user and set(group.gr_mem) <= {user}
+
+
 def refuse_if_others_may_write(path: Path, what: str) -> None:
     """A one-line error when another account could change the file at `path`: it, or its
     folder (which could swap it; a sticky folder such as /tmp cannot), is owned by someone
-    else (root aside) or writable by its group or by anyone."""
+    else (root aside), writable by anyone, or writable by a group others belong to."""
     for checked, swappable in ((path, True), (path.resolve().parent, False)):
         status = os.stat(checked)
         if status.st_uid not in (os.getuid(), 0):
             raise MeterError(f"{what} {path}: {checked} belongs to another user (uid {status.st_uid}); refused")
-        if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and (swappable or not status.st_mode & stat.S_ISVTX):
+        writable_by_others = status.st_mode & stat.S_IWOTH or (
+            status.st_mode & stat.S_IWGRP and not _private_group(status.st_gid)
+        )
+        if writable_by_others and (swappable or not status.st_mode & stat.S_ISVTX):
             raise MeterError(
                 f"{what} {path}: other users may change {checked} (mode {stat.S_IMODE(status.st_mode):04o}); "
                 f"refused: `chmod go-w {checked}`"

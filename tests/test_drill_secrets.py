@@ -1,6 +1,7 @@
 """Hostile drills, secrets and other users: terminal escapes from the wire, and
 the modes of every file and folder the meter makes."""
 
+import grp
 import json
 import os
 import pty
@@ -248,22 +249,25 @@ def test_a_config_other_users_may_change_is_refused_in_one_line(tmp_path):
     config = folder / "config.toml"
     marker = tmp_path / "ran"
     config.write_text(f'[alerts]\nalert_command = ["touch", "{marker}"]\n[proxy]\nport = 0\n')
-    for file_mode, folder_mode, owner, refusal in [
-        (0o664, 0o700, os.getuid(), f"other users may change {config} (mode 0664); refused: `chmod go-w {config}`"),
-        (0o646, 0o700, os.getuid(), f"other users may change {config} (mode 0646)"),
-        (0o600, 0o777, os.getuid(), f"other users may change {folder} (mode 0777)"),
-        (0o600, 0o700, 65534, f"{config} belongs to another user (uid 65534); refused"),
+    own_group = os.getgid()
+    shared_group = grp.getgrnam("staff").gr_gid  # not named after the user: others may be in it
+    for file_mode, folder_mode, owner, group, refusal in [
+        (0o664, 0o700, os.getuid(), shared_group, f"other users may change {config} (mode 0664); refused: `chmod go-w {config}`"),
+        (0o646, 0o700, os.getuid(), own_group, f"other users may change {config} (mode 0646)"),
+        (0o600, 0o777, os.getuid(), own_group, f"other users may change {folder} (mode 0777)"),
+        (0o600, 0o700, 65534, own_group, f"{config} belongs to another user (uid 65534); refused"),
     ]:
         config.chmod(file_mode)
         folder.chmod(folder_mode)
-        os.chown(config, owner, -1)
+        os.chown(config, owner, group)
         refused = _check_config(config)
         assert refused.returncode == 1 and refusal in refused.stderr, refused.stderr
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
         assert refused.stdout == ""  # the proxy never started
-    # Readable by others is fine, and so is a sticky folder such as /tmp: nobody else can change the file.
-    os.chown(config, os.getuid(), -1)
-    config.chmod(0o644)
+    # Readable by others is fine, so is a sticky folder such as /tmp (nobody else can change
+    # the file), and so is the user's own private group, which umask 002 assumes.
+    os.chown(config, os.getuid(), own_group)
+    config.chmod(0o664)
     folder.chmod(0o1777)
     accepted = subprocess.run(
         [str(VENV_BIN / "meter"), "config", "check", "--config", str(config)], capture_output=True, text=True, timeout=30
