@@ -23,6 +23,7 @@ import sys
 import time
 
 from taskmeter.analytics import budgets
+from taskmeter.printable import printable
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
 from taskmeter.timefmt import from_stored
@@ -61,6 +62,7 @@ def print_status(db_path: str | None, chain: str | None = None) -> None:
         line = status_line(store_db.resolve_path(db_path), _claude_status(raw))
     except Exception as exc:  # a malformed value anywhere: still one line, never a traceback
         line = _failure(exc)
+    line = printable(line, one_line=True)  # a task title is the user's, but may hold an escape sequence
     if chain:
         try:
             theirs = _chained_line(chain, raw)

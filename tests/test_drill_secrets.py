@@ -151,7 +151,7 @@ def test_terminal_escapes_from_the_wire_reach_no_terminal_and_json_keeps_them(tm
 
 def test_titles_notes_and_alerts_are_printed_without_their_escapes(tmp_path):
     db_path = tmp_path / "meter.db"
-    _meter(db_path, "set-task", "P1-002", "--title", f"fix it{TITLE}")
+    _meter(db_path, "set-task", "P1-002", "--title", f"fix it{TITLE}{C1_CSI}")
     _meter(db_path, "phase", "P1", "--surprise", f"it worked{CLEAR}")
     db = store_db.connect(db_path)
     alerts.raise_alert(db, "loop", "loop:s1:x", f"loop: session s1{CLEAR} sent 10 calls")
@@ -164,6 +164,11 @@ def test_titles_notes_and_alerts_are_printed_without_their_escapes(tmp_path):
         _assert_printable(piped, f"meter {' '.join(args)} piped")
         _assert_printable(_meter_on_a_terminal(db_path, *args), f"meter {' '.join(args)} on a terminal")
     assert json.loads(_meter(db_path, "alerts", "--json").stdout)[0]["message"] == f"loop: session s1{CLEAR} sent 10 calls"
+    # The status line, and reports as JSON and CSV: JSON escapes the title's controls, keeping its exact value.
+    for args in (["statusline"], ["report", "task", "P1-002", "--format", "csv"], ["report", "task", "P1-002", "--json"]):
+        _assert_printable(_meter(db_path, *args).stdout, f"meter {' '.join(args)}")
+    report = json.loads(_meter(db_path, "report", "task", "P1-002", "--json").stdout)
+    assert report["title"] == f"fix it{TITLE}{C1_CSI}"
 
 
 def _private_environment(root: Path) -> dict:

@@ -260,10 +260,6 @@ def phase_text(fields: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_json(report: dict) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-
-
 def _flatten(value, prefix: str = "") -> dict:
     if isinstance(value, dict):
         flat = {}

@@ -203,9 +203,9 @@ def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict]
     from taskmeter.analytics import formats
 
     if output_format == "json":
-        click.echo(formats.as_json(report), nl=False)
+        terminal.print_json(report)
     elif output_format == "csv":
-        click.echo(formats.as_csv(csv_rows or [report]), nl=False)
+        terminal.text(formats.as_csv(csv_rows or [report]))
     elif output_format == "markdown":
         terminal.text(markdown(report))
     else:
