@@ -37,7 +37,7 @@ def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaul
     sock = _listen(port)
     bound_port = sock.getsockname()[1]
     address = f"http://{HOST}:{bound_port}"
-    db = store_db.connect(db_path)  # migrates a new or older database before the pages read it
+    db = store_db.connect(db_path, create=False)  # migrates an older database before the pages read it; makes none
     try:
         dashboards.register(db, address)
         terminal.info(f"taskmeter dashboard on {address}, reading {db_path} (Ctrl-C stops it)")
