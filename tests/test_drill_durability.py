@@ -178,6 +178,50 @@ def test_calls_still_held_when_the_proxy_stops_on_a_full_disk_are_counted_lost_e
     assert len(lost) == 1 and f"meter: {41 - len(stored)} calls were lost in this run" in lost[0]
 
 
+def test_losses_on_a_full_disk_with_a_stalled_recorder_are_counted_exactly_while_they_happen(tmp_path, upstream, small_disk):
+    big = ANSWER[:-1] + b', "padding": "' + b"x" * 200_000 + b'"}'
+    upstream.routes["/big" + CHAT] = Scenario(body=big)
+    db_path = small_disk / "meter.db"
+    config = write_config(
+        tmp_path / "config.toml",
+        tmp_path / "ca",
+        {"openai": f"http://127.0.0.1:{upstream.port}", "big": f"http://127.0.0.1:{upstream.port}/big"},
+        max_pending_mb=0.25,
+    )
+    proxy = RunningProxy(config, db_path)
+    try:
+        with httpx.Client() as client:
+            ids = [_post(client, proxy, 0)]
+            _until(lambda: len(_stored_ids(db_path)) == 1, what="the first call")
+            recorder = _recorder_of(proxy)
+            os.kill(recorder, signal.SIGSTOP)  # it takes nothing: the proxy's memory limit fills
+            filler = _fill(small_disk)  # and the spool cannot be written
+            try:
+                for n in range(1, 301):
+                    response = client.post(f"{proxy.origin}/big{CHAT}", json=_ask(n), timeout=30)
+                    ids.append(response.headers["x-meter-interaction-id"])
+                # Said while it happens, though no database can be written.
+                lost_so_far = _until(
+                    lambda: sum(p["dropped_calls"] for p in _status(db_path)["proxies"]), what="losses in status"
+                )
+            finally:
+                os.kill(recorder, signal.SIGCONT)
+            filler.unlink()
+
+            def settled():
+                (running,) = _status(db_path)["proxies"]
+                done = len(_stored_ids(db_path)) + running["dropped_calls"] >= 301 and not running["held_calls"]
+                return running if done else None
+
+            running = _until(settled, timeout=60, what="every call stored or lost")
+    finally:
+        assert proxy.stop() == 0
+    stored = set(_stored_ids(db_path))
+    assert stored <= set(ids) and len(ids) == 301
+    assert 0 < lost_so_far <= running["dropped_calls"] == 301 - len(stored)
+    assert f"meter: {301 - len(stored)} calls were lost in this run" in proxy.stderr()
+
+
 # ---------------------------------------------------------------- a deleted database
 
 
