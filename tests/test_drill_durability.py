@@ -155,6 +155,8 @@ def test_a_full_disk_holds_calls_then_stores_each_once_usage_first_and_said_whil
     assert all((row[1], row[2]) == (7, 8) for row in rows)
     assert (after["held_calls"], after["dropped_calls"]) == (0, 0)
     assert "lost" not in proxy.stderr()
+    # A spool write the full disk cut short was cut back whole: no half line to trip over later.
+    assert "unreadable spool line" not in proxy.stderr() and not callfile.spool_path(db_path).exists()
 
 
 def test_calls_still_held_when_the_proxy_stops_on_a_full_disk_are_counted_lost_exactly(tmp_path, upstream, small_disk):
@@ -220,6 +222,7 @@ def test_losses_on_a_full_disk_with_a_stalled_recorder_are_counted_exactly_while
     assert stored <= set(ids) and len(ids) == 301
     assert 0 < lost_so_far <= running["dropped_calls"] == 301 - len(stored)
     assert f"meter: {301 - len(stored)} calls were lost in this run" in proxy.stderr()
+    assert "unreadable spool line" not in proxy.stderr()
 
 
 # ---------------------------------------------------------------- a deleted database

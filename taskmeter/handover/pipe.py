@@ -119,6 +119,7 @@ class Handover:
         self._last_report = 0.0
         self._failures_said: set[str] = set()  # kinds of unexpected error already logged
         self._health = proxies.HealthFile(db_path)
+        self._health_lock = threading.Lock()
 
     @property
     def lost(self) -> int:
@@ -367,10 +368,11 @@ class Handover:
         self._write_health()
 
     def _write_health(self) -> None:
-        try:
-            self._health.write(self.held, self.lost)
-        except OSError:
-            self._said_once(f"writing {self._health.path}")
+        with self._health_lock:  # counts read and written together: a slower thread never writes older ones last
+            try:
+                self._health.write(self.held, self.lost)
+            except OSError:
+                self._said_once(f"writing {self._health.path}")
 
     def _recorder_exited(self, process: subprocess.Popen | None, how: str) -> None:
         with self._lock:
