@@ -109,6 +109,12 @@ def _status(db_path: Path) -> dict:
     return json.loads(done.stdout)
 
 
+def _status_saying(db_path: Path, words: str) -> str | None:
+    """What `meter status` prints, once it says `words`."""
+    text = subprocess.run([str(VENV_BIN / "meter"), "status", "--db", str(db_path)], capture_output=True, text=True).stdout
+    return text if words in text else None
+
+
 def _until(condition, timeout: float = 30, what: str = "the condition"):
     """Poll `condition()` until it gives something true; fail past `timeout`."""
     deadline = time.monotonic() + timeout
@@ -138,10 +144,10 @@ def test_a_full_disk_holds_calls_then_stores_each_once_usage_first_and_said_whil
                 lambda: next((p for p in _status(db_path)["proxies"] if p["held_calls"]), None), what="held calls in status"
             )
             assert 0 < running["held_calls"] <= 150 and running["dropped_calls"] == 0
-            text = subprocess.run(
-                [str(VENV_BIN / "meter"), "status", "--db", str(db_path)], capture_output=True, text=True
-            ).stdout
-            assert "calls are held in the recorder's memory" in text
+            # Once the heartbeat is overdue, the reason is said too (not "no word from its recorder").
+            text = _until(lambda: _status_saying(db_path, "NOT RECORDING"), what="the reason in status")
+            assert "NOT RECORDING: neither the database nor the spool can be written (is the disk full?)" in text
+            assert "calls are held in the recorder's memory until the database can be written" in text
             # Some room again, less than the held calls' text needs in one go: usage first.
             os.truncate(filler, filler.stat().st_size - 700 * 1024)
             _until(lambda: len(_stored_ids(db_path)) == 151, what="the usage of every call")

@@ -120,10 +120,7 @@ def status_cmd(as_json, utc, db_path):
             if proxy["recording"] != proxies.RECORDING:
                 terminal.warn(f"NOT RECORDING: {proxy['recording']}")
             if proxy["held_calls"]:
-                terminal.warn(
-                    f"{proxy['held_calls']} calls are held in the recorder's memory: neither the database nor the spool "
-                    "can be written (is the disk full?)"
-                )
+                terminal.warn(f"{proxy['held_calls']} calls are held in the recorder's memory until the database can be written")
             if proxy["dropped_calls"]:
                 terminal.warn(f"{proxy['dropped_calls']} calls were lost: neither the database nor the spool could take them")
     else:

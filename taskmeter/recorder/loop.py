@@ -15,7 +15,8 @@ What may happen to a batch, and only then is it acknowledged:
 
 A nearly full disk takes small transactions when a big one never fits: held
 rows, and any batch refused for lack of space, are stored CATCH_UP_ROWS at a
-time, their usage first and what they said after (kept in memory until it fits).
+time, their usage first and what they said after (kept in memory until it
+fits), each followed by a checkpoint that gives the WAL's space back.
 Before it acknowledges a batch, the loop tells the proxy how many calls it holds
 and has lost, so that the count is exact and `meter status` shows it at once.
 
@@ -233,6 +234,7 @@ class RecorderLoop:
         rejected = []
         for start in range(0, len(rows), CATCH_UP_ROWS):
             rejected += self.writer.store([_usage_only(row) for row in rows[start : start + CATCH_UP_ROWS]])
+            self.writer.make_room()
         refused = {row.interaction.id for row, _ in rejected}
         for row in rows:
             if row.interaction.id not in refused and _text_chars(row):
@@ -329,6 +331,7 @@ class RecorderLoop:
             except DatabaseUnavailable:
                 break
             del self._held[: len(chunk)]
+            self.writer.make_room()
             refused = {row.interaction.id for row, _ in rejected}
             for row, reason in rejected:
                 log.error("meter: call %s could not be stored and is lost: %s", row.interaction.id, reason)
@@ -355,6 +358,7 @@ class RecorderLoop:
             except DatabaseUnavailable:
                 return False
             del self._texts_waiting[: len(chunk)]
+            self.writer.make_room()
             self._text_chars -= sum(_text_chars(row) for row in chunk)
             for row, reason in rejected:
                 log.error("meter: the text of call %s could not be stored: %s", row.interaction.id, reason)

@@ -140,11 +140,16 @@ def running(db: sqlite3.Connection) -> list[dict]:
                 continue
         elif not fresh:
             continue
-        if not fresh and proxy["recording"] == RECORDING:
-            proxy["recording"] = f"not recording: no word from its recorder since {proxy['heartbeat_at']}"
         proxy["held_calls"] = 0
         if health and health.get("proxy_id") == proxy["id"]:
             proxy["held_calls"] = health["held_calls"]
             proxy["dropped_calls"] = max(proxy["dropped_calls"], health["dropped_calls"])
+        if not fresh and proxy["recording"] == RECORDING:
+            # A recorder holding calls is alive: what stops its heartbeat stops the calls too.
+            proxy["recording"] = (
+                "neither the database nor the spool can be written (is the disk full?)"
+                if proxy["held_calls"]
+                else f"not recording: no word from its recorder since {proxy['heartbeat_at']}"
+            )
         alive.append(proxy)
     return alive

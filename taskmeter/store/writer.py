@@ -93,6 +93,21 @@ class Writer:
     def unregister(self, proxy_id: str) -> bool:
         return self.quietly(proxies.unregister, proxy_id, default=False) is not False
 
+    def make_room(self) -> None:
+        """Copy the WAL into the database and truncate it, without waiting for
+        readers: on a nearly full disk the WAL, which SQLite checkpoints only
+        past 4 MB, would otherwise keep the space the data needs."""
+
+        def checkpoint(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                busy = PROBE_BUSY_SECONDS if self.failing else WRITER_BUSY_SECONDS
+                db.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
+
+        self.quietly(checkpoint)
+
     def rollback(self) -> None:
         """End a transaction someone left open on our connection."""
         if self._db is not None and self._db.in_transaction:
