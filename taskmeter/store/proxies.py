@@ -131,7 +131,8 @@ def running(db: sqlite3.Connection) -> list[dict]:
     cutoff = to_stored(now() - STALE_AFTER)
     alive = []
     host = socket.gethostname()
-    health = read_health(Path(db.execute("PRAGMA database_list").fetchone()[2]))
+    file = db.execute("PRAGMA database_list").fetchone()[2]  # "" for a database in memory
+    health = read_health(Path(file)) if file else None
     for row in db.execute("SELECT * FROM proxies ORDER BY started_at"):
         proxy = dict(row)
         fresh = proxy["heartbeat_at"] >= cutoff
