@@ -98,7 +98,7 @@ def budget_cmd(as_json, db_path):
                meter phase P1 --budget '$50'
     Default:   [budgets] task_tokens / task_usd in the config, for every open task
     """
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         records = budget_records(db)
     if as_json:
         terminal.print_json(records)
@@ -153,7 +153,7 @@ def alerts_cmd(ctx, include_cleared, as_json, utc, db_path):
     requests, burn rates far above the approved tasks'. `meter alerts clear` closes them."""
     if ctx.invoked_subcommand is not None:
         return
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         found = alerts.listed(db, include_cleared)
     if as_json:
         terminal.print_json([{"alert_id": alert.pop("id"), **alert, "blocks": bool(alert["blocks"])} for alert in found])

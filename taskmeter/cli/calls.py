@@ -41,7 +41,10 @@ def status_cmd(as_json, utc, db_path):
     from taskmeter.analytics.reports import task_report
     from taskmeter.handover import callfile
 
-    with open_db(db_path) as db:
+    if not store_db.resolve_path(db_path).exists():
+        _status_without_database(store_db.resolve_path(db_path), as_json)
+        return
+    with open_db(db_path, create=False) as db:
         current = tasks.current_task(db)
         view = task_report(db, current.task_id, idle_seconds=idle_seconds()) if current else None
         running = proxies.running(db)
@@ -52,6 +55,7 @@ def status_cmd(as_json, utc, db_path):
     database = store_db.resolve_path(db_path)
     state = {
         "database": str(database),
+        "database_exists": True,
         "task_id": current.task_id if current else None,
         "current_since": current.since if current else None,
         "current_for_seconds": seconds_between(current.since, now_stored()) if current else None,
@@ -115,6 +119,8 @@ def status_cmd(as_json, utc, db_path):
                 terminal.info(f"  in the background (`meter stop`); pidfile {state['pidfile']}, log {state['log']}")
             if proxy["recording"] != proxies.RECORDING:
                 terminal.warn(f"NOT RECORDING: {proxy['recording']}")
+            if proxy["held_calls"]:
+                terminal.warn(f"{proxy['held_calls']} calls are held in the recorder's memory until the database can be written")
             if proxy["dropped_calls"]:
                 terminal.warn(f"{proxy['dropped_calls']} calls were lost: neither the database nor the spool could take them")
     else:
@@ -128,6 +134,20 @@ def status_cmd(as_json, utc, db_path):
     if dashboard:
         terminal.info(f"Dashboard: {dashboard}")
     terminal.info(f"Database: {state['database']}")
+
+
+def _status_without_database(database, as_json: bool) -> None:
+    """`meter status` where there is no database: it says so, makes none, and
+    still says whether a proxy records there (its health file tells)."""
+    health = proxies.read_health(database)
+    if as_json:
+        terminal.print_json({"database": str(database), "database_exists": False, "proxies": [health] if health else []})
+        return
+    terminal.info(f"No database at {database}: nothing was recorded there (`meter proxy` creates it).")
+    if health:
+        terminal.info(f"Proxy running: pid {health['pid']}; it makes the database again with its next call")
+    else:
+        terminal.info("No proxy is running on this database: start one with `meter proxy`.")
 
 
 # The log's columns; the narrower the terminal, the more of the high `drop` ones go.
@@ -188,7 +208,7 @@ def log_cmd(limit, task_id, unassigned, since, until, model, flagged, failed, se
         task_id, unassigned = None, True
     if task_id and unassigned:
         raise click.UsageError("--task and --unassigned contradict each other")
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         if task_id:
             task_id = tasks.get_task(db, task_id.strip())["id"]
         calls = interactions.CallFilter(task_id, unassigned, since, until, model, flagged, failed, search)
@@ -265,7 +285,7 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
     Metadata, usage and where it came from, cost, flag and note, then the last
     message a person typed, the tool steps since (a line each) and the response.
     """
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         interaction_id = _resolve(db, interaction, any_task)
         row = interactions.one(db, interaction_id)
         said = call_texts.of_call(db, interaction_id)

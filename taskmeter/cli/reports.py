@@ -63,7 +63,7 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
     from taskmeter.analytics.reports import overview_report
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         report = overview_report(db)
 
     def table(overview: dict) -> str:
@@ -97,7 +97,7 @@ def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
     from taskmeter.analytics.reports import task_report
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         report = task_report(db, task_id.strip(), idle_seconds=idle_seconds())
     _emit(report, output_format, formats.task_markdown, formats.task_text)
 
@@ -112,7 +112,7 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
     from taskmeter.analytics.reports import phase_report
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         report = phase_report(db, phase_id.strip(), idle_seconds=idle_seconds())
     _emit(report, output_format, formats.phase_markdown, formats.phase_text)
 
@@ -156,7 +156,7 @@ def _usage_command(period: str, label: str, help_text: str):
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
         if output_format in ("csv", "markdown"):
             raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
-        with open_db(db_path) as db:
+        with open_db(db_path, create=False) as db:
             if task_id:
                 task_id = tasks.get_task(db, task_id.strip())["id"]
             report = usage_report(db, period, since, until, utc, task_id)

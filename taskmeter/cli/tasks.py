@@ -200,7 +200,7 @@ def tasks_cmd(phase, as_json, utc, db_path):
     """List tasks with their measured totals (the current one starred)."""
     from taskmeter.analytics.listings import task_records
 
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         records = task_records(db, phase.strip() if phase else None, idle_seconds=idle_seconds())
     if as_json:
         terminal.print_json(records)
@@ -302,7 +302,7 @@ def phases_cmd(as_json, utc, db_path):
     """List phases with their measured totals."""
     from taskmeter.analytics.reports import phase_reports
 
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         phases = phase_reports(db, idle_seconds=idle_seconds())
     if as_json:
         terminal.print_json(phases)

@@ -29,6 +29,15 @@ class ProxySettings(BaseModel):
     max_pending_mb: float = Field(gt=0)
     shutdown_grace_seconds: float = Field(ge=0)
 
+    @field_validator("max_pending_mb")
+    @classmethod
+    def _fits_a_frame(cls, value: float) -> float:
+        from taskmeter.handover.pipe import MAX_PENDING_MB
+
+        if value > MAX_PENDING_MB:
+            raise ValueError(f"at most {MAX_PENDING_MB} (a batch for the recorder must fit one frame of its pipe), not {value:g}")
+        return value
+
     @field_validator("store_bodies", mode="before")
     @classmethod
     def _bodies_mode(cls, value):

@@ -65,7 +65,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         """`build(db, *args)` in a worker thread, on a connection of its own."""
 
         def work():
-            db = store_db.connect(db_path)
+            db = store_db.connect(db_path, create=False)
             try:
                 return build(db, *args)
             except sqlite3.Error as exc:

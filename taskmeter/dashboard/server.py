@@ -53,7 +53,7 @@ def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaul
     access_token = secrets.token_urlsafe(32)  # per run, as Jupyter's: other users of the machine reach 127.0.0.1 too
     url = tokened_url(address, access_token)
     opener = None
-    db = store_db.connect(db_path)  # migrates a new or older database before the pages read it
+    db = store_db.connect(db_path, create=False)  # migrates an older database before the pages read it; makes none
     try:
         dashboards.register(db, db_path, address, url)
         terminal.info(f"taskmeter dashboard on {url} (reading {db_path}; Ctrl-C stops it)")

@@ -9,8 +9,10 @@
   replayed automatically. `meter status` counts them.
 
 The proxy and its recorder both append (under an exclusive lock, one write per
-batch); only the recorder takes the spool for replay, by renaming it first.
-Files are created 0600: they may hold prompts.
+batch, cut back whole when it fails, so that a full disk never leaves half a
+line for the next one to join); only the recorder takes the spool for replay,
+by renaming it first. Files are created 0600: they may hold prompts. Secrets
+never reach them: bodies and errors are redacted (taskmeter/secrets.py) first.
 """
 
 import base64
@@ -23,6 +25,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from taskmeter.handover.call import CapturedCall
+from taskmeter.secrets import redact
 
 log = logging.getLogger("taskmeter.recorder")
 
@@ -42,11 +45,20 @@ def encode(call: CapturedCall, reason: str | None = None) -> str:
     data = {}
     for name in _FIELDS:
         value = getattr(call, name)
-        data[name] = base64.b64encode(value).decode() if name in _BYTES_FIELDS and value is not None else value
+        if name in _BYTES_FIELDS and value is not None:
+            value = base64.b64encode(_redacted(value)).decode()
+        elif name == "error" and value:
+            value = redact(value)
+        data[name] = value
     if reason:
         data["quarantined_because"] = reason
     # ensure_ascii: lone surrogates and other odd text travel as escapes.
     return json.dumps(data, separators=(",", ":")) + "\n"
+
+
+def _redacted(body: bytes | bytearray) -> bytes:
+    """`body` with secrets redacted; every other byte as it was, invalid UTF-8 included."""
+    return redact(bytes(body).decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
 
 def decode(line: str) -> CapturedCall:
@@ -73,10 +85,15 @@ def append_lines(path: Path, text: str) -> None:
                 current = None
             if current is None or current.st_ino != os.fstat(fd).st_ino:
                 continue  # renamed for replay while we waited: append to the new file
+            end = os.fstat(fd).st_size
             view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            try:
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            except OSError:
+                os.ftruncate(fd, end)  # no half line: the next append would join it and both be unreadable
+                raise
             return
         finally:
             os.close(fd)

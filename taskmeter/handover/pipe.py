@@ -17,7 +17,15 @@ Nothing is lost silently, and memory stays bounded:
 - a batch that was being recorded when two recorders in a row died is moved to
   the quarantine instead of being sent a third time;
 - a recorder that cannot run at all is reported once, loudly, and `meter status`
-  shows the proxy as not recording; it is retried in the background.
+  shows the proxy as not recording; it is retried in the background;
+- the recorder tells the proxy, before it acknowledges a batch, how many calls
+  it holds in memory and how many it lost; the proxy adds its own losses and
+  keeps the total where `meter status` reads it even on a full disk (the health
+  file, store/proxies.py). A recorder that dies holding calls lost them.
+
+Nothing here may stop the hand-over: an unexpected error in the sender (or in
+reading the recorder's replies) is logged with its traceback, once per kind,
+and the calls it was on go to the spool, or are counted as lost.
 """
 
 import json
@@ -29,19 +37,23 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from pathlib import Path
 
 from taskmeter.handover import callfile
+from taskmeter.store import proxies
 
 log = logging.getLogger("taskmeter.proxy")
 
 HEADER = struct.Struct(">IQ")  # payload length, batch number
 # What the recorder says back: a kind and a number. ACKNOWLEDGED: the number is
 # the last batch stored; GUARD_STATE: the number is the length of the JSON that
-# follows (recorder/guard.py), which the proxy's Guard decides calls by.
+# follows (recorder/guard.py), which the proxy's Guard decides calls by;
+# RECORDER_STATE: the length of the JSON that follows, {"held": calls kept in
+# its memory, "lost": calls it lost so far}.
 REPLY = struct.Struct(">BQ")
-ACKNOWLEDGED, GUARD_STATE = 1, 2
+ACKNOWLEDGED, GUARD_STATE, RECORDER_STATE = 1, 2, 3
 _STOP = object()
 BATCH = 256
 # A recorder that dies sooner than this after its start, having stored nothing,
@@ -56,6 +68,9 @@ _METADATA_ALLOWANCE = 1.25
 _REPORT_SECONDS = 1.0
 # A batch in flight when this many recorders in a row died is quarantined.
 _CRASHES_TO_QUARANTINE = 2
+# A frame's length is 32 bits, and a batch may use up to _METADATA_ALLOWANCE times
+# max_pending_mb: the setting may not go past this (config/settings.py).
+MAX_PENDING_MB = int((2**32 - 1 - HEADER.size) / _METADATA_ALLOWANCE) >> 20
 
 
 class Handover:
@@ -97,11 +112,29 @@ class Handover:
         self._stopping = False
         self._spool_failing = False  # touched by the sender thread only
         self.not_recording: str | None = None  # why, while no recorder runs
-        self.dropped = 0
+        self.dropped = 0  # calls the proxy lost
+        self._recorder_lost = 0  # calls its recorders lost, those dead holding calls included
+        self._recorder_said = {"held": 0, "lost": 0}  # by the current recorder
         self._dropped_reported = 0
         self._last_report = 0.0
+        self._failures_said: set[str] = set()  # kinds of unexpected error already logged
+        self._health = proxies.HealthFile(db_path)
+        self._health_lock = threading.Lock()
+
+    @property
+    def lost(self) -> int:
+        """Every call lost in this run, by the proxy or its recorders."""
+        return self.dropped + self._recorder_lost
+
+    @property
+    def held(self) -> int:
+        return self._recorder_said["held"]
 
     def start(self) -> None:
+        try:
+            self._health.create(self._proxy_id)
+        except OSError as exc:
+            log.error("meter: cannot write %s (%s): `meter status` cannot count held calls", self._health.path, exc)
         with self._lock:
             self._spawn()
         self._sender.start()
@@ -127,10 +160,15 @@ class Handover:
         with self._lock:
             if self._unacknowledged:
                 # No recorder took them: keep them for the next one.
-                self._spool_frames(list(self._unacknowledged.values()))
+                frames = list(self._unacknowledged.values())
+                if not self._spool_frames(frames):
+                    self.dropped += sum(len(pickle.loads(frame[HEADER.size :])) for frame in frames)
                 self._unacknowledged.clear()
-        if self.dropped:
-            log.error("meter: %d calls were lost in this run: neither the recorder nor the spool could take them", self.dropped)
+        if self.lost:
+            log.error(
+                "meter: %d calls were lost in this run: neither the database, the spool nor memory could take them", self.lost
+            )
+        self._health.remove()
 
     # ------------------------------------------------------------ sending
 
@@ -151,10 +189,39 @@ class Handover:
                 batch.pop()
                 stopping = True
             if batch:
-                self._hand_over(batch)
+                self._hand_over_guarded(batch)
         with self._lock:
             self._stopping = True
             self._wake_pipe.notify()
+
+    def _hand_over_guarded(self, calls: list) -> None:
+        """Hand over `calls`; whatever goes wrong, the sender goes on. After an
+        unexpected error, each call is handed over alone, so one call that breaks
+        it costs no other; one that still fails is spooled, or counted as lost."""
+        try:
+            self._hand_over(calls)
+            return
+        except Exception:
+            self._said_once("handing calls over to the recorder")
+        for call in calls:
+            try:
+                self._hand_over([call])
+            except Exception:
+                self._said_once("handing one call over to the recorder")
+                try:
+                    callfile.append(self._spool, [call])
+                except Exception:
+                    self._said_once("spooling a call that could not be handed over")
+                    with self._lock:
+                        self.dropped += 1
+                    self._report_losses()
+
+    def _said_once(self, doing: str) -> None:
+        """Log the exception being handled, with its traceback, the first time its kind happens."""
+        kind = f"{doing}: {traceback.format_exc().strip().splitlines()[-1]}"
+        if kind not in self._failures_said:
+            self._failures_said.add(kind)
+            log.exception("meter: unexpected error %s (said once; the hand-over goes on)", doing)
 
     def _pipe_loop(self) -> None:
         """Write every batch not yet written to the current recorder; once stopping
@@ -215,6 +282,7 @@ class Handover:
                 return
             first_loss = not self.dropped
             self.dropped += len(calls)
+        self._write_health()
         if first_loss:
             log.error(
                 "meter: calls are being LOST: the recorder is behind and the spool cannot be written; `meter status` counts them"
@@ -256,12 +324,17 @@ class Handover:
             if len(data) < REPLY.size:
                 break
             kind, seq = REPLY.unpack(data)
-            if kind == GUARD_STATE:
+            if kind in (GUARD_STATE, RECORDER_STATE):
                 state = process.stdout.read(seq)
                 if len(state) < seq:
                     break
-                if self._on_guard_state is not None:
-                    self._on_guard_state(json.loads(state))
+                try:
+                    if kind == RECORDER_STATE:
+                        self._recorder_state(json.loads(state))
+                    elif self._on_guard_state is not None:
+                        self._on_guard_state(json.loads(state))
+                except Exception:
+                    self._said_once("reading what the recorder said")
                 continue
             with self._lock:
                 self._acknowledged_since_spawn = True
@@ -274,7 +347,32 @@ class Handover:
             if recovered:
                 log.warning("meter: the recorder runs again: recording")
             self._report_losses()
+        self._recorder_gone()
         self._recorder_exited(process, f"exit code {process.wait()}")
+
+    def _recorder_state(self, said: dict) -> None:
+        """The current recorder's count of calls held in its memory and lost."""
+        with self._lock:
+            self._recorder_lost += said["lost"] - self._recorder_said["lost"]
+            self._recorder_said = {"held": said["held"], "lost": said["lost"]}
+        self._write_health()
+
+    def _recorder_gone(self) -> None:
+        """A recorder that ends holding calls in its memory lost them."""
+        with self._lock:
+            held = self._recorder_said["held"]
+            self._recorder_lost += held
+            self._recorder_said = {"held": 0, "lost": 0}
+        if held:
+            log.error("meter: the recorder ended holding %d calls it could not store: they are lost", held)
+        self._write_health()
+
+    def _write_health(self) -> None:
+        with self._health_lock:  # counts read and written together: a slower thread never writes older ones last
+            try:
+                self._health.write(self.held, self.lost)
+            except OSError:
+                self._said_once(f"writing {self._health.path}")
 
     def _recorder_exited(self, process: subprocess.Popen | None, how: str) -> None:
         with self._lock:
@@ -335,23 +433,24 @@ class Handover:
 
     def _report_losses(self) -> None:
         """Losses not yet in the proxies table, at most once a second."""
-        if self.dropped != self._dropped_reported and time.monotonic() - self._last_report >= _REPORT_SECONDS:
+        if self.lost != self._dropped_reported and time.monotonic() - self._last_report >= _REPORT_SECONDS:
             self._report_state()
 
     def _report_state(self) -> None:
-        """Tell `meter status` (through the proxies table) why nothing is recorded,
-        and how many calls were lost. Off the event loop, and rare."""
+        """Tell `meter status` why nothing is recorded, and how many calls were
+        lost: in the health file always, in the proxies table when it can be
+        written. Off the event loop, and rare."""
         from taskmeter.store import db as store_db
-        from taskmeter.store import proxies
 
-        dropped = self.dropped
+        lost = self.lost
         self._last_report = time.monotonic()
+        self._write_health()
         try:
             db = store_db.connect(self._db_path, busy_timeout=1.0)
             try:
-                proxies.heartbeat(db, self._proxy_id, self.not_recording or proxies.RECORDING, dropped - self._dropped_reported)
+                proxies.heartbeat(db, self._proxy_id, self.not_recording or proxies.RECORDING, lost)
             finally:
                 db.close()
-            self._dropped_reported = dropped
+            self._dropped_reported = lost
         except Exception as exc:
             log.error("meter: cannot record the proxy's state in %s: %s", self._db_path, exc)

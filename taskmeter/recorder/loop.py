@@ -8,9 +8,20 @@ What may happen to a batch, and only then is it acknowledged:
   retried alone, and one that still fails goes to the quarantine;
 - spooled: the database cannot be written now (locked, read-only, full), so the
   calls go to the spool, replayed once it can;
-- held: neither database nor spool can be written. Each call's row (metadata
-  and usage, not its bodies) is held in memory, up to HELD_ROWS_MAX; past that,
-  calls are dropped and counted, and the count reaches `meter status`.
+- held: neither database nor spool can be written. Each call's row (metadata,
+  usage and what it said, not its bodies) is held in memory, up to
+  HELD_ROWS_MAX rows and HELD_TEXT_CHARS of text; past that, calls are lost
+  (or their text is), counted, and the count reaches `meter status`.
+
+A nearly full disk takes small transactions when a big one never fits: held
+rows, and any batch refused for lack of space, are stored CATCH_UP_ROWS at a
+time, their usage first and what they said after (kept in memory until it
+fits), each followed by a checkpoint that gives the WAL's space back.
+Before it acknowledges a batch, the loop tells the proxy how many calls it holds
+and has lost, so that the count is exact and `meter status` shows it at once.
+
+Budget and alert planning (recorder/guard.py) is not recording: whatever it
+raises is logged once per kind, and recording goes on.
 """
 
 import json
@@ -23,15 +34,17 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
+import traceback
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from taskmeter.callline import call_line, run_summary
 from taskmeter.handover import callfile
-from taskmeter.handover.pipe import ACKNOWLEDGED, GUARD_STATE, HEADER, REPLY
+from taskmeter.handover.pipe import ACKNOWLEDGED, GUARD_STATE, HEADER, RECORDER_STATE, REPLY
 from taskmeter.printable import printable
-from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
+from taskmeter.store.calls import CallRow
+from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING, recorded_by
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.timefmt import to_stored
@@ -43,6 +56,10 @@ RETRY_SECONDS = 1.0
 # REFRESH_SECONDS of a change, the proxy knows what to refuse.
 WAKE_SECONDS = 0.25
 HELD_ROWS_MAX = 10_000
+# What held calls said (characters in all), kept until it can be stored; past
+# this, a call is held with its usage only, and a note says so.
+HELD_TEXT_CHARS = 32 * 1024 * 1024
+CATCH_UP_ROWS = 20
 REPLAY_BATCH = 500
 LIVE_VIEW_BACKLOG = 1000
 FRAMES_PER_TRANSACTION = 32
@@ -159,12 +176,16 @@ class RecorderLoop:
         self.quarantine = callfile.quarantine_path(db_path)
         self._finalizer = finalizer
         self._proxy_id = proxy_id
-        self._held: list = []  # rows that could be neither stored nor spooled
-        self.dropped = 0
-        self._dropped_reported = 0
+        self._held: list[CallRow] = []  # rows that could be neither stored nor spooled
+        self._texts_waiting: list[CallRow] = []  # rows stored without what they said, for lack of space
+        self._text_chars = 0  # what the rows of both lists said, in characters
+        self.dropped = 0  # calls lost
+        self.tell = None  # tell(state): the proxy learns the held and lost counts (main() sets it)
+        self._told: dict | None = None
         self._last_retry = 0.0
         self._last_heartbeat = 0.0
         self.guard = None  # budgets and alerts (recorder/guard.py), when the proxy runs us
+        self._planning_failures: set[str] = set()
 
     # ------------------------------------------------------------ batches
 
@@ -189,7 +210,7 @@ class RecorderLoop:
             except Exception as exc:
                 self._quarantine([call], f"no row could be made of it: {type(exc).__name__}: {exc}")
         try:
-            rejected = self.writer.store(rows)
+            rejected = self._write(rows)
         except DatabaseUnavailable:
             return False
         if rejected:
@@ -199,9 +220,28 @@ class RecorderLoop:
         refused = {row.interaction.id for row, _ in rejected}
         if show:
             self._show([row.interaction for row in rows if row.interaction.id not in refused])
-        if self.guard is not None:
-            self.guard.stored([row for row in rows if row.interaction.id not in refused])
+        self._plan("stored", [row for row in rows if row.interaction.id not in refused])
         return True
+
+    def _write(self, rows: list[CallRow]) -> list[tuple[CallRow, str]]:
+        """Store `rows` in one transaction or, when the disk is too full for it,
+        in small ones: their usage first, what they said after, kept in memory
+        until it fits. Raises DatabaseUnavailable when not even that goes."""
+        try:
+            return self.writer.store(rows)
+        except DatabaseUnavailable:
+            if len(rows) <= 1 or "full" not in (self.writer.failing or ""):
+                raise
+        rejected = []
+        for start in range(0, len(rows), CATCH_UP_ROWS):
+            rejected += self.writer.store([_usage_only(row) for row in rows[start : start + CATCH_UP_ROWS]])
+            self.writer.make_room()
+        refused = {row.interaction.id for row, _ in rejected}
+        for row in rows:
+            if row.interaction.id not in refused and _text_chars(row):
+                self._keep_text(row, self._texts_waiting)
+        self._store_texts()
+        return rejected
 
     def _show(self, stored: list) -> None:
         for interaction in stored:
@@ -229,46 +269,101 @@ class RecorderLoop:
         room = HELD_ROWS_MAX - len(self._held)
         if not self._held:
             log.error(
-                "meter: cannot write the spool %s either (%s): keeping calls' usage in memory, bodies dropped", self.spool, exc
+                "meter: cannot write the spool %s either (%s): keeping calls' usage and text in memory, bodies dropped",
+                self.spool,
+                exc,
             )
         for call in calls[:room]:
-            try:
-                row = self._row(call)
-            except Exception:
-                self.dropped += 1
-                continue
+            row = self._row(call)
             row.request_body = row.response_body = None
             note = "bodies dropped: neither database nor spool could be written"
             row.interaction.notes = "; ".join(filter(None, [row.interaction.notes, note]))
-            self._held.append(row)
+            self._keep_text(row, self._held)
         lost = len(calls) - max(room, 0)
         if lost > 0:
             if not self.dropped:  # said once; `meter status` keeps the count
                 log.error("meter: calls are being LOST: database, spool and memory reserve are all full")
             self.dropped += lost
 
+    def _keep_text(self, row: CallRow, where: list) -> None:
+        """Put `row` in `where` with what it said, while the memory reserve for text lasts."""
+        chars = _text_chars(row)
+        if chars and self._text_chars + chars > HELD_TEXT_CHARS:
+            if where is self._held:
+                row.texts = None
+                note = "text not kept: the recorder's memory reserve was full"
+                row.interaction.notes = "; ".join(filter(None, [row.interaction.notes, note]))
+                where.append(row)
+            else:
+                log.error(
+                    "meter: the text of call %s is not kept: the database is full, and so is the memory reserve",
+                    row.interaction.id,
+                )
+            return
+        self._text_chars += chars
+        where.append(row)
+
     def _quarantine(self, calls: list, reason: str) -> None:
         self.dropped += callfile.quarantine(self.quarantine, calls, reason)
 
-    # ------------------------------------------------------------ the spool
+    # ------------------------------------------------------------ what waits
 
     def replay(self) -> bool:
-        """Store what was held or spooled; True when nothing is left waiting."""
-        if self._held:
+        """Store what was held or spooled; True when no call is left waiting
+        (what stored calls said may still wait for room)."""
+        if not self._store_held():
+            return False
+        try:
+            replayed = self._replay_spool()
+        except OSError as exc:
+            log.error("meter: cannot replay the spool %s now: %s", self.spool, exc)
+            replayed = False
+        self._store_texts()
+        return replayed
+
+    def _store_held(self) -> bool:
+        """The usage of held rows, CATCH_UP_ROWS a transaction: a nearly full disk
+        takes what fits. What they said waits until that is done."""
+        stored = 0
+        while self._held:
+            chunk = self._held[:CATCH_UP_ROWS]
             try:
-                rejected = self.writer.store(self._held)
+                rejected = self.writer.store([_usage_only(row) for row in chunk])
             except DatabaseUnavailable:
-                return False
+                break
+            del self._held[: len(chunk)]
+            self.writer.make_room()
+            refused = {row.interaction.id for row, _ in rejected}
             for row, reason in rejected:
                 log.error("meter: call %s could not be stored and is lost: %s", row.interaction.id, reason)
                 self.dropped += 1
-            log.warning("meter: stored %d calls held in memory", len(self._held))
-            self._held = []
-        try:
-            return self._replay_spool()
-        except OSError as exc:
-            log.error("meter: cannot replay the spool %s now: %s", self.spool, exc)
-            return False
+            kept = [row for row in chunk if row.interaction.id not in refused]
+            for row in chunk:
+                if row.interaction.id in refused or not _text_chars(row):
+                    self._text_chars -= _text_chars(row)
+                else:
+                    self._texts_waiting.append(row)
+            stored += len(kept)
+            self.tell_state()  # at once: should we die now, the proxy must not count these as lost
+            self._plan("stored", kept)
+        if stored:
+            log.warning("meter: stored %d calls held in memory", stored)
+        return not self._held
+
+    def _store_texts(self) -> bool:
+        """What stored calls said, CATCH_UP_ROWS a transaction, once there is room."""
+        while self._texts_waiting:
+            chunk = self._texts_waiting[:CATCH_UP_ROWS]
+            try:
+                rejected = self.writer.store(chunk, texts_only=True)
+            except DatabaseUnavailable:
+                return False
+            del self._texts_waiting[: len(chunk)]
+            self.writer.make_room()
+            self._text_chars -= sum(_text_chars(row) for row in chunk)
+            for row, reason in rejected:
+                log.error("meter: the text of call %s could not be stored: %s", row.interaction.id, reason)
+        return True
 
     def _replay_spool(self) -> bool:
         taken = callfile.take_for_replay(self.spool)
@@ -296,16 +391,14 @@ class RecorderLoop:
 
     def housekeeping(self) -> None:
         now = time.monotonic()
-        waiting = self.writer.failing or self._held or self.spool.exists()
+        waiting = self.writer.failing or self._held or self._texts_waiting or self.spool.exists()
         if waiting and now - self._last_retry >= RETRY_SECONDS:
             self._last_retry = now
             self.replay()
         if self._proxy_id and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
-            if self.writer.heartbeat(self._proxy_id, RECORDING, self.dropped - self._dropped_reported):
-                self._dropped_reported = self.dropped
-        if self.guard is not None:
-            self.guard.refresh()
+            self.writer.heartbeat(self._proxy_id, RECORDING)
+        self._plan("refresh")
         if self._retention_days and now - self._last_prune >= PRUNE_SECONDS:
             self._last_prune = now
             cutoff = datetime.now(UTC) - timedelta(days=self._retention_days)
@@ -313,21 +406,66 @@ class RecorderLoop:
             if pruned:
                 log.warning("meter: deleted the stored text of %d calls older than %d days", pruned, self._retention_days)
 
+    def _plan(self, step: str, *args) -> None:
+        """Budgets and alerts (`self.guard.<step>(*args)`): never the end of recording.
+        An error is logged with its traceback the first time its kind happens."""
+        if self.guard is None:
+            return
+        try:
+            getattr(self.guard, step)(*args)
+        except Exception:
+            kind = traceback.format_exc().strip().splitlines()[-1]
+            if kind not in self._planning_failures:
+                self._planning_failures.add(kind)
+                log.exception("meter: budget and alert planning failed (said once); calls are still recorded")
+            self.writer.rollback()  # a transaction it left open must not hold up the next batch
+
+    def tell_state(self) -> None:
+        """Tell the proxy the calls held in memory and lost, when they changed."""
+        state = {"held": len(self._held), "lost": self.dropped}
+        if self.tell is not None and state != self._told:
+            self.tell(state)
+            self._told = state
+
     def finish(self) -> None:
         """End of input: store what we can, say what this run recorded, then
         leave the proxies table."""
         self.replay()
-        if self._live_view is not None:
-            totals = self._totals
-            self._live_view.show(
-                run_summary(totals["calls"], totals["unanswered"], totals["tokens"], totals["cost"], self._started) + "\n"
-            )
-            self._live_view.close()
         if self._held:
             log.error("meter: %d calls could not be stored or spooled before exit and are lost", len(self._held))
+            self.dropped += len(self._held)
+            self._held = []
+        if self._texts_waiting:
+            log.error("meter: what %d stored calls said could not be stored before exit", len(self._texts_waiting))
+        self.tell_state()
+        if self._live_view is not None:
+            self._live_view.show(self._summary() + "\n")
+            self._live_view.close()
         if self._proxy_id:
             self.writer.unregister(self._proxy_id)
         self.writer.close()
+
+    def _summary(self) -> str:
+        """What this proxy run recorded, counted in the database (recorders
+        restarted during the run included); this process's own count if it cannot be read."""
+        found = self.writer.quietly(recorded_by, self._proxy_id) if self._proxy_id else None
+        if found is None:
+            found = self._totals
+        line = run_summary(found["calls"], found["unanswered"], found["tokens"], found["cost"], self._started)
+        return (
+            line
+            if found is not self._totals or not self._proxy_id
+            else line + " (this recorder's count: the database could not be read)"
+        )
+
+
+def _usage_only(row: CallRow) -> CallRow:
+    return replace(row, texts=None, request_body=None, response_body=None)
+
+
+def _text_chars(row: CallRow) -> int:
+    """How much text a row carries beside its usage (what it said, bodies), in characters."""
+    return sum(len(text) for text in (*(row.texts or ()), row.request_body, row.response_body) if text)
 
 
 def _reply(data: bytes) -> None:
@@ -345,6 +483,11 @@ def _acknowledge(seq: int) -> None:
 def _push_guard_state(state: dict) -> None:
     payload = json.dumps(state).encode()
     _reply(REPLY.pack(GUARD_STATE, len(payload)) + payload)
+
+
+def _tell_recorder_state(state: dict) -> None:
+    payload = json.dumps(state).encode()
+    _reply(REPLY.pack(RECORDER_STATE, len(payload)) + payload)
 
 
 def main() -> None:
@@ -371,8 +514,12 @@ def main() -> None:
         live_view = LiveView(open(args.live_view_fd, "w", encoding="utf-8", errors="replace"))
     finalizer = Finalizer(args.store_bodies, args.proxy_id)
     loop = RecorderLoop(Path(args.db), finalizer, args.proxy_id, live_view, args.retention_days, args.session_gap_minutes * 60)
+    loop.tell = _tell_recorder_state
     if args.guard:
-        loop.guard = _guard(loop, json.loads(args.guard), live_view)
+        try:
+            loop.guard = _guard(loop, json.loads(args.guard), live_view)
+        except Exception:
+            log.exception("meter: budgets and alerts cannot be planned; calls are still recorded")
     frames = FrameReader(sys.stdin.fileno())
     loop.replay()
     first_since_start = True
@@ -386,8 +533,10 @@ def main() -> None:
             batches = [first] if first_since_start else [first, *frames.waiting(limit=FRAMES_PER_TRANSACTION - 1)]
             first_since_start = False
             loop.record([call for _, payload in batches for call in pickle.loads(payload)])
+            loop.tell_state()  # before the acknowledgement: the proxy always knows what we hold
             _acknowledge(batches[-1][0])
         loop.housekeeping()
+        loop.tell_state()
     loop.finish()
 
 

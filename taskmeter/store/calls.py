@@ -52,19 +52,24 @@ def store_calls(db: sqlite3.Connection, items: list[CallRow], session_gap_second
         if row.task_id is not None and row.operation == "generate":
             row.context_switch = is_context_switch(db, row.task_id, row.id, row.started_at, row.session_id)
         insert_many(db, [row])
-        if item.texts is not None and any(item.texts):
-            db.execute(
-                "INSERT OR IGNORE INTO call_texts (interaction_id, prompt, steps, response) VALUES (?, ?, ?, ?)",
-                (item.interaction.id, *(None if text is None else storable_text(text)[0] for text in item.texts)),
-            )
-        if item.request_body is not None or item.response_body is not None:
-            db.execute(
-                "INSERT OR IGNORE INTO bodies (interaction_id, request_body, response_body) VALUES (?, ?, ?)",
-                (
-                    item.interaction.id,
-                    *(None if body is None else storable_text(body)[0] for body in (item.request_body, item.response_body)),
-                ),
-            )
+        insert_texts(db, item)
+
+
+def insert_texts(db: sqlite3.Connection, item: CallRow) -> None:
+    """What a stored call said, and its bodies when kept; replaying them is a no-op."""
+    if item.texts is not None and any(item.texts):
+        db.execute(
+            "INSERT OR IGNORE INTO call_texts (interaction_id, prompt, steps, response) VALUES (?, ?, ?, ?)",
+            (item.interaction.id, *(None if text is None else storable_text(text)[0] for text in item.texts)),
+        )
+    if item.request_body is not None or item.response_body is not None:
+        db.execute(
+            "INSERT OR IGNORE INTO bodies (interaction_id, request_body, response_body) VALUES (?, ?, ?)",
+            (
+                item.interaction.id,
+                *(None if body is None else storable_text(body)[0] for body in (item.request_body, item.response_body)),
+            ),
+        )
 
 
 def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:

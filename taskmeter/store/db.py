@@ -6,6 +6,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.request import pathname2url
 
 from taskmeter.errors import MeterError
 from taskmeter.private import private_dir
@@ -27,6 +28,10 @@ def resolve_path(explicit: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser()
 
 
+class NoDatabase(MeterError):
+    """The database file does not exist, and the command only reads one."""
+
+
 def _configure(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA foreign_keys = ON")
     if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -40,27 +45,29 @@ def _refuse_foreign_database(db: sqlite3.Connection, path: Path) -> None:
         raise MeterError(f"{path} is an SQLite database that taskmeter did not create; left untouched")
 
 
-def connect(path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
-    """Open (creating or upgrading as needed) the taskmeter database at `path`,
-    waiting up to `busy_timeout` seconds whenever another process holds the lock."""
+def connect(
+    path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TIMEOUT_SECONDS, create: bool = True
+) -> sqlite3.Connection:
+    """Open (upgrading as needed) the taskmeter database at `path`, waiting up to
+    `busy_timeout` seconds whenever another process holds the lock. It is created
+    when missing, unless `create` is false (commands that only read): then
+    NoDatabase says so, and no file is made."""
     target = resolve_path(path)
     if target.is_dir():
         raise MeterError(f"database path {target} is a directory; give a file path")
+    if create:
+        _create(target)
+    elif not target.exists():
+        raise NoDatabase(
+            f"no database at {target}: nothing was recorded there (`meter proxy` creates it; --db or ${ENV_VAR} names another)"
+        )
     try:
-        private_dir(target.parent)
-    except OSError as exc:
-        raise MeterError(f"cannot create the folder for database {target}: {exc.strerror}") from None
-    try:
-        # Prompts and answers may be stored: only the user may read the file.
-        # SQLite gives its -wal and -shm files the database's permissions.
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise MeterError(f"cannot create database {target}: {exc.strerror}") from None
-    try:
-        db = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None)
+        # mode=rw: a file deleted since the check above is not made again here.
+        where = target if create else f"file:{pathname2url(str(target))}?mode=rw"
+        db = sqlite3.connect(where, timeout=busy_timeout, isolation_level=None, uri=not create)
     except sqlite3.Error as exc:
+        if not create and not target.exists():
+            raise NoDatabase(f"no database at {target}: it was deleted") from None
         raise MeterError(f"cannot open database {target}: {exc}") from None
     db.row_factory = sqlite3.Row
     from taskmeter.store import migrations  # here: a reader such as `meter statusline` never needs it
@@ -87,6 +94,37 @@ def connect(path: str | os.PathLike | None = None, busy_timeout: float = BUSY_TI
         except sqlite3.DatabaseError as exc:
             db.close()
             raise describe_sqlite_error(exc, target) from None
+
+
+def _create(target: Path) -> None:
+    try:
+        private_dir(target.parent)
+    except OSError as exc:
+        raise MeterError(f"cannot create the folder for database {target}: {exc.strerror}") from None
+    # A -wal or -shm file there before the database is the leftover of one that
+    # was deleted: SQLite would apply its pages to the new file and corrupt it.
+    leftovers = {path: file_identity(path) for path in (Path(f"{target}-wal"), Path(f"{target}-shm"))}
+    try:
+        # Prompts and answers may be stored: only the user may read the file.
+        # SQLite gives its -wal and -shm files the database's permissions.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise MeterError(f"cannot create database {target}: {exc.strerror}") from None
+    for path, identity in leftovers.items():
+        if identity is not None and file_identity(path) == identity:  # not one a concurrent creator just made
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, or None when there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def describe_sqlite_error(exc: sqlite3.Error, path: Path | str) -> MeterError:

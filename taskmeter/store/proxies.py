@@ -1,5 +1,14 @@
-"""Running proxies announce themselves so that `meter status` can tell who is metering."""
+"""Running proxies announce themselves so that `meter status` can tell who is metering.
 
+Two places say how a proxy records. The proxies table (a row each, a heartbeat
+every HEARTBEAT_SECONDS), and a small health file beside the database, which
+the proxy keeps: calls its recorder holds in memory and calls lost, rewritten in
+place, so that it is up to date even when the disk is full and the database
+cannot be written, which is exactly when it matters.
+"""
+
+import contextlib
+import json
 import os
 import socket
 import sqlite3
@@ -26,18 +35,77 @@ def register(db: sqlite3.Connection, proxy_id: str, listen: str) -> None:
 RECORDING = "recording"
 
 
-def heartbeat(db: sqlite3.Connection, proxy_id: str, recording: str = RECORDING, newly_dropped: int = 0) -> None:
-    """`recording` is RECORDING or why calls are not being recorded; newly_dropped
-    adds calls lost for good since the last report, so that no loss is silent."""
+def heartbeat(db: sqlite3.Connection, proxy_id: str, recording: str = RECORDING, dropped: int | None = None) -> None:
+    """`recording` is RECORDING or why calls are not being recorded; `dropped`,
+    when given, the calls this proxy lost for good so far, so that no loss is silent."""
     db.execute(
-        "UPDATE proxies SET heartbeat_at = ?, recording = ?, dropped_calls = dropped_calls + ? WHERE id = ?",
-        (now_stored(), recording, newly_dropped, proxy_id),
+        "UPDATE proxies SET heartbeat_at = ?, recording = ?, dropped_calls = coalesce(?, dropped_calls) WHERE id = ?",
+        (now_stored(), recording, dropped, proxy_id),
     )
+
+
+# The health file: one JSON object, padded to a fixed size that is written once
+# at start, then rewritten in place: on a full disk no new block is needed.
+HEALTH_BYTES = 512
+
+
+def health_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".health.json")
+
+
+class HealthFile:
+    """The proxy's side: `create` at start (while there is room), `write` on every
+    change, `remove` at exit. An OSError is the caller's to say."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = health_path(db_path)
+        self._fd: int | None = None
+
+    def create(self, proxy_id: str) -> None:
+        self._proxy_id = proxy_id
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.write(held=0, lost=0)
+        os.fsync(self._fd)  # the blocks are the file's before any disk fills
+
+    def write(self, held: int, lost: int) -> None:
+        if self._fd is None:
+            return
+        state = {"pid": os.getpid(), "proxy_id": self._proxy_id, "held_calls": held, "dropped_calls": lost, "at": now_stored()}
+        os.pwrite(self._fd, json.dumps(state).encode().ljust(HEALTH_BYTES - 1) + b"\n", 0)
+
+    def remove(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def read_health(db_path: Path) -> dict | None:
+    """What the running proxy's health file says, or None (no proxy runs, or the file is unreadable)."""
+    try:
+        state = json.loads(health_path(db_path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and meter_process_alive(state.get("pid", 0)) else None
 
 
 def unregister(db: sqlite3.Connection, proxy_id: str) -> None:
     with write_transaction(db):
         db.execute("DELETE FROM proxies WHERE id = ?", (proxy_id,))
+
+
+def recorded_by(db: sqlite3.Connection, proxy_id: str) -> dict:
+    """Calls a proxy run recorded: its calls, those without a response, tokens and cost.
+    IDs sort by time and one process makes them in order, so the proxy's own ID
+    comes before its calls': the primary key finds them."""
+    row = db.execute(
+        "SELECT count(*), coalesce(sum(outcome = 'failed'), 0),"
+        " coalesce(sum(coalesce(input_total, 0) + coalesce(output_total, 0)), 0), coalesce(sum(cost_usd), 0.0)"
+        " FROM interactions WHERE id > ? AND proxy_id = ?",
+        (proxy_id, proxy_id),
+    ).fetchone()
+    return {"calls": row[0], "unanswered": row[1], "tokens": row[2], "cost": row[3]}
 
 
 def meter_process_alive(pid: int) -> bool:
@@ -58,10 +126,13 @@ def meter_process_alive(pid: int) -> bool:
 def running(db: sqlite3.Connection) -> list[dict]:
     """Proxies that still run: on this host, those whose process exists; elsewhere,
     those with a fresh heartbeat. A live proxy without a fresh heartbeat is not
-    recording (its recorder keeps the heartbeat)."""
+    recording (its recorder keeps the heartbeat). Each has `held_calls` and
+    `dropped_calls` as its health file says them, which is newer than its row."""
     cutoff = to_stored(now() - STALE_AFTER)
     alive = []
     host = socket.gethostname()
+    file = db.execute("PRAGMA database_list").fetchone()[2]  # "" for a database in memory
+    health = read_health(Path(file)) if file else None
     for row in db.execute("SELECT * FROM proxies ORDER BY started_at"):
         proxy = dict(row)
         fresh = proxy["heartbeat_at"] >= cutoff
@@ -70,7 +141,16 @@ def running(db: sqlite3.Connection) -> list[dict]:
                 continue
         elif not fresh:
             continue
+        proxy["held_calls"] = 0
+        if health and health.get("proxy_id") == proxy["id"]:
+            proxy["held_calls"] = health["held_calls"]
+            proxy["dropped_calls"] = max(proxy["dropped_calls"], health["dropped_calls"])
         if not fresh and proxy["recording"] == RECORDING:
-            proxy["recording"] = f"not recording: no word from its recorder since {proxy['heartbeat_at']}"
+            # A recorder holding calls is alive: what stops its heartbeat stops the calls too.
+            proxy["recording"] = (
+                "neither the database nor the spool can be written (is the disk full?)"
+                if proxy["held_calls"]
+                else f"not recording: no word from its recorder since {proxy['heartbeat_at']}"
+            )
         alive.append(proxy)
     return alive

@@ -6,15 +6,21 @@ Two kinds of failure are told apart. The database may be unusable for a while
 (locked, read-only, disk full, unreachable): then nothing can be stored and the
 caller keeps the calls elsewhere (DatabaseUnavailable). Or a row itself cannot
 be stored: it is returned, with the reason, for the caller to quarantine.
+
+Before each use, the writer checks that the file it writes is still the one at
+the database's path. One deleted or replaced under it (`rm meter.db`) is said
+once, loudly, and a new database is made there (with the proxies row, so that
+`meter status` still knows the proxy): calls never go into a file nobody sees.
 """
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
 
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies, texts
-from taskmeter.store.calls import CallRow, store_calls
+from taskmeter.store.calls import CallRow, insert_texts, store_calls
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 
 log = logging.getLogger("taskmeter.writer")
@@ -23,6 +29,10 @@ log = logging.getLogger("taskmeter.writer")
 WRITER_BUSY_SECONDS = 2.0
 # While the database is failing, a retry only probes: it must not stall spooling.
 PROBE_BUSY_SECONDS = 0.1
+
+
+_PROXY_COLUMNS = "id, pid, hostname, listen, started_at, heartbeat_at, recording, dropped_calls"
+_REGISTER = f"INSERT OR IGNORE INTO proxies ({_PROXY_COLUMNS}) VALUES ({', '.join('?' * 8)})"
 
 
 class DatabaseUnavailable(Exception):
@@ -45,15 +55,18 @@ class Writer:
         self.db_path = db_path
         self._session_gap_seconds = session_gap_seconds
         self._db: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # of the file self._db writes
         self.failing: str | None = None  # why the database cannot be written, while it cannot
+        self._running_proxies: list[tuple] = []  # to register again in a database made anew
 
-    def store(self, items: list[CallRow]) -> list[tuple[CallRow, str]]:
-        """Store `items`; returns those that cannot be stored at all, each with the
-        reason. Raises DatabaseUnavailable when nothing can be stored now."""
+    def store(self, items: list[CallRow], texts_only: bool = False) -> list[tuple[CallRow, str]]:
+        """Store `items` (with `texts_only`, only what they said, for calls already
+        stored); returns those that cannot be stored at all, each with the reason.
+        Raises DatabaseUnavailable when nothing can be stored now."""
         if not items:
             return []
         try:
-            self._transaction(items)
+            self._transaction(items, texts_only)
             return []
         except DatabaseUnavailable:
             raise
@@ -62,12 +75,12 @@ class Writer:
                 return [(items[0], f"{type(exc).__name__}: {exc}"[:500])]
         rejected = []
         for item in items:
-            rejected += self.store([item])
+            rejected += self.store([item], texts_only)
         return rejected
 
-    def heartbeat(self, proxy_id: str, recording: str, newly_dropped: int) -> bool:
+    def heartbeat(self, proxy_id: str, recording: str) -> bool:
         # proxies.heartbeat returns None: False means the database could not be used.
-        return self.quietly(proxies.heartbeat, proxy_id, recording, newly_dropped, default=False) is not False
+        return self.quietly(proxies.heartbeat, proxy_id, recording, default=False) is not False
 
     def prune_texts(self, before: str) -> int:
         """Delete stored text of calls started before `before`; 0 when the database cannot be written now."""
@@ -80,6 +93,29 @@ class Writer:
     def unregister(self, proxy_id: str) -> bool:
         return self.quietly(proxies.unregister, proxy_id, default=False) is not False
 
+    def make_room(self) -> None:
+        """Copy the WAL into the database and truncate it, without waiting for
+        readers: on a nearly full disk the WAL, which SQLite checkpoints only
+        past 4 MB, would otherwise keep the space the data needs."""
+
+        def checkpoint(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                busy = PROBE_BUSY_SECONDS if self.failing else WRITER_BUSY_SECONDS
+                db.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
+
+        self.quietly(checkpoint)
+
+    def rollback(self) -> None:
+        """End a transaction someone left open on our connection."""
+        if self._db is not None and self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                self.close()
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -87,11 +123,15 @@ class Writer:
 
     # ------------------------------------------------------------ internals
 
-    def _transaction(self, items: list[CallRow]) -> None:
+    def _transaction(self, items: list[CallRow], texts_only: bool) -> None:
         db = self._connect()
         try:
             with store_db.write_transaction(db):
-                store_calls(db, items, self._session_gap_seconds)
+                if texts_only:
+                    for item in items:
+                        insert_texts(db, item)
+                else:
+                    store_calls(db, items, self._session_gap_seconds)
         except Exception as exc:
             if _is_unavailable(exc):
                 self._failed(exc)
@@ -103,6 +143,8 @@ class Writer:
             db.execute(f"PRAGMA busy_timeout = {int(WRITER_BUSY_SECONDS * 1000)}")
 
     def _connect(self) -> sqlite3.Connection:
+        if self._db is not None and store_db.file_identity(self.db_path) != self._identity:
+            self._replaced()
         if self._db is None:
             busy = PROBE_BUSY_SECONDS if self.failing else WRITER_BUSY_SECONDS
             try:
@@ -110,7 +152,33 @@ class Writer:
             except Exception as exc:
                 self._failed(exc)
                 raise DatabaseUnavailable(str(exc)) from None
+            # After the open: the file SQLite has open is the one at the path now.
+            self._identity = store_db.file_identity(self.db_path)
+            if self._running_proxies:
+                with contextlib.suppress(sqlite3.Error):  # the heartbeat says the rest
+                    self._db.executemany(_REGISTER, self._running_proxies)
+                self._running_proxies = []
         return self._db
+
+    def _replaced(self) -> None:
+        """The file we write was deleted or replaced: say so, and go on in a new
+        one at the path, keeping the proxies rows (read from the old file, still
+        open) so that `meter status` and a second `meter proxy` know about us."""
+        gone = not self.db_path.exists()
+        log.error(
+            "meter: the database %s was %s while calls were recorded to it; %s, and recording goes on there",
+            self.db_path,
+            "deleted" if gone else "replaced by another file",
+            "a new database is made" if gone else "calls now go into the file at that path",
+        )
+        try:
+            self._running_proxies = [tuple(row) for row in self._db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies")]
+        except sqlite3.Error:
+            self._running_proxies = []
+        # Closing must not checkpoint: SQLite would write, and then delete, the -wal
+        # file at the path, which may by now be the new database's.
+        self._db.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+        self.close()
 
     def _failed(self, exc: Exception) -> None:
         if self.failing is None:
