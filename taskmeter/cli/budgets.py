@@ -180,7 +180,7 @@ def alerts_cmd(ctx, include_cleared, as_json, utc, db_path):
 def alerts_clear_cmd(alert_ids, db_path):
     """Close the alerts given by ID (every open one when none is given). A loop
     alert that blocks its session stops blocking within a second."""
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         cleared = alerts.clear(db, list(alert_ids) or None)
     if alert_ids and cleared < len(alert_ids):
         raise MeterError(f"only {cleared} of {len(alert_ids)} alerts were open: see `meter alerts --all`")

@@ -344,7 +344,7 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
     `last` is the last answered call of the current task's main conversation,
     skipping small side calls (a client's title or quota requests).
     """
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         interaction_id = _resolve(db, interaction, any_task)
         already = interactions.flag(db, interaction_id, note)
         row = interactions.one(db, interaction_id)
@@ -372,7 +372,7 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
 @db_option
 def unflag_cmd(interaction, db_path):
     """Remove the hallucination flag from an AI call."""
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         interaction_id = interactions.unflag(db, interaction)
     terminal.info(f"Unflagged {interaction_id}.")
 
@@ -385,7 +385,7 @@ def purge_cmd(before, db_path):
 
     The recorder already deletes text older than `retention_days` (config).
     """
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         purged = call_texts.purge(db, before)
     terminal.info(f"Deleted the stored text of {purged:,} call{'s' if purged != 1 else ''}; usage is kept.")
 
@@ -422,7 +422,7 @@ def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned
         raise click.UsageError("--since and --until go together (or narrow --unassigned)")
     if to_task:
         to_task = tasks.validate_task_id(to_task)
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         with store_db.write_transaction(db):
             if interactions_ or between:
                 ids = interactions.select_ids(db, list(interactions_), between)

@@ -139,7 +139,7 @@ def budget_defaults():
 
 @contextlib.contextmanager
 def open_db(path: str | None, create: bool = True) -> Iterator[sqlite3.Connection]:
-    """The database, for a command. One that only reads gives `create=False`: where
+    """The database, for a command. One that reads or changes what is stored gives `create=False`: where
     there is no database it says so (store_db.NoDatabase) instead of making an empty one."""
     connection = store_db.connect(path, create=create)
     try:
