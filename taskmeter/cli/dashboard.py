@@ -25,4 +25,7 @@ def ui_cmd(port, open_browser, db_path):
     """
     from taskmeter.dashboard.server import serve
 
-    serve(store_db.resolve_path(db_path), port, idle_seconds(), budget_defaults(), open_browser)
+    try:
+        serve(store_db.resolve_path(db_path), port, idle_seconds(), budget_defaults(), open_browser)
+    except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again: the way to stop, not a failure
+        return
