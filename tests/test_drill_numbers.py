@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskmeter.handover.call import CapturedCall
+from taskmeter.proxy import stream_usage
+from taskmeter.proxy.stream_usage import include_usage_splice
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.store.interactions import (
     MAX_COST_PER_CALL_USD,
@@ -425,3 +427,88 @@ def test_an_absurd_usage_through_the_proxy_neither_spends_a_5_dollar_block_budge
     (task_budget,) = budget
     assert task_budget["usd_used"] == pytest.approx(0.35 * len(normal)) and task_budget["on_exceeded"] == "block"
     assert not task_budget["exceeded"]
+
+
+# ---------------------------------------------------------------- big bodies: the request scan
+
+
+def _decided_by_parsing(body: bytes) -> dict | None:
+    """What the meter must send, by the rule read off the parsed request: the
+    request with include_usage added, or None when it goes as it came."""
+    try:
+        data = json.loads(body.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("stream") is not True:
+        return None
+    options = data.get("stream_options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, dict) or "include_usage" in options:
+        return None
+    return {**data, "stream_options": {**options, "include_usage": True}}
+
+
+def _scan(body: bytes) -> tuple[bytes | None, int]:
+    """The scan's result and how many times it paused."""
+    scan, pauses = include_usage_splice(body), 0
+    try:
+        while True:
+            next(scan)
+            pauses += 1
+    except StopIteration as finished:
+        return finished.value, pauses
+
+
+KEYS = st.sampled_from(["stream", "stream_options", "model", "messages", "str\\u0065am", "include_usage", "n"])
+REQUEST_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='ab"\\{}[]:, \n\u00e9', max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def requests(draw) -> bytes:
+    """A JSON object as clients write it: any members, `stream` and
+    `stream_options` among them or not, in any order, with any spacing."""
+    members = draw(st.lists(st.tuples(KEYS, REQUEST_VALUES), max_size=6))
+    if draw(st.booleans()):
+        members.append(("stream", True))
+    if draw(st.booleans()):
+        members.append(("stream_options", draw(st.sampled_from([None, {}, {"include_usage": False}, {"x": 1}, 7]))))
+    members = draw(st.permutations(members))
+    space = draw(st.sampled_from(["", " ", "\n  "]))
+    parts = [f"{space}{json.dumps(key).replace('\\\\u', '\\u')}{space}:{space}{json.dumps(value)}" for key, value in members]
+    return ("{" + ",".join(parts) + space + "}").encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=requests(), slice_bytes=st.sampled_from([1, 7, 64, 256 * 1024]))
+def test_the_scan_decides_as_parsing_would_and_splices_nothing_else(body, slice_bytes):
+    with pytest.MonkeyPatch.context() as patch:  # pauses everywhere a large body could pause
+        patch.setattr(stream_usage, "SLICE_BYTES", slice_bytes)
+        patch.setattr(stream_usage, "SLICE_STEPS", 3)
+        spliced, _ = _scan(body)
+    expected = _decided_by_parsing(body)
+    if expected is None:
+        assert spliced is None
+    else:
+        assert json.loads(spliced) == expected
+        assert len(spliced) > len(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[]", b'"stream"', b'{"stream": true', b'{"stream": true}}', b'{"a": "unterminated, "stream": true}', b"{,}"],
+)
+def test_what_is_not_one_json_object_goes_as_it_came(body):
+    assert _scan(body)[0] is None
+
+
+def test_a_48_mb_request_is_scanned_in_many_short_slices():
+    text = 'print("hello, world")  # a line of code\n' * (48 * 1024 * 1024 // 48)
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], "stream": True}).encode()
+    spliced, pauses = _scan(body)
+    assert pauses >= len(body) // stream_usage.SLICE_BYTES
+    assert spliced.startswith(b'{"stream_options":{"include_usage":true},"model"') and spliced.endswith(body[1:])
