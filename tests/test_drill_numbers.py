@@ -6,6 +6,7 @@ block budget."""
 
 import json
 import math
+import threading
 import time
 
 import httpx
@@ -512,3 +513,85 @@ def test_a_48_mb_request_is_scanned_in_many_short_slices():
     spliced, pauses = _scan(body)
     assert pauses >= len(body) // stream_usage.SLICE_BYTES
     assert spliced.startswith(b'{"stream_options":{"include_usage":true},"model"') and spliced.endswith(body[1:])
+
+
+# ---------------------------------------------------------------- big bodies, end to end
+
+
+def _sse_chat(*events: bytes) -> bytes:
+    return b"".join(b"data: " + event + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+
+
+def test_a_48_mb_request_and_a_100_mb_stream_are_metered_exactly_beside_small_calls(tmp_path):
+    line = 'print("hello, world")  # a line of code\n'
+    text = line * (48 * 1024 * 1024 // 48)
+    big_request = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], "stream": True}).encode()
+    content = b'{"choices":[{"index":0,"delta":{"content":"' + b"x" * 900 + b'"}}]}'
+    huge_body = _sse_chat(
+        *[content] * (100 * 1024 * 1024 // (len(content) + 8)),
+        b'{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":99999}}',
+    )
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(
+            body=b'{"object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}'
+        )
+        upstream.routes["/big" + CHAT] = Scenario(
+            body=_sse_chat(
+                b'{"choices":[{"index":0,"delta":{"content":"ok"}}]}',
+                b'{"choices":[],"usage":{"prompt_tokens":12582912,"completion_tokens":2}}',
+            ),
+            content_type="text/event-stream",
+            chunk_size=64,
+        )
+        upstream.routes["/huge" + CHAT] = Scenario(body=huge_body, content_type="text/event-stream", chunk_size=65536)
+        origin = f"http://127.0.0.1:{upstream.port}"
+        config = write_config(
+            tmp_path / "config.toml",
+            tmp_path / "ca",
+            {"openai": origin, "big": f"{origin}/big", "huge": f"{origin}/huge"},
+            max_parsed_body_mb=8,
+        )
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            large: dict[str, httpx.Response | int] = {}
+
+            def send_big_request():
+                large["request"] = httpx.post(f"{proxy.origin}/big{CHAT}", content=big_request, timeout=120)
+
+            def read_huge_stream():
+                with httpx.stream(
+                    "POST",
+                    f"{proxy.origin}/huge{CHAT}",
+                    json={"model": "gpt-4o-mini", "stream": True, "messages": []},
+                    timeout=120,
+                ) as response:
+                    large["stream"] = response
+                    large["stream_bytes"] = sum(len(chunk) for chunk in response.iter_raw())
+
+            workers = [threading.Thread(target=send_big_request), threading.Thread(target=read_huge_stream)]
+            for worker in workers:
+                worker.start()
+            small = []
+            with httpx.Client(timeout=30) as client:
+                while any(worker.is_alive() for worker in workers) or len(small) < 3:
+                    reply = client.post(f"{proxy.origin}/openai{CHAT}", json={"model": "gpt-4o-mini", "messages": []})
+                    small.append(reply.headers["x-meter-interaction-id"])
+            for worker in workers:
+                worker.join()
+            big_id = large["request"].headers["x-meter-interaction-id"]
+            huge_id = large["stream"].headers["x-meter-interaction-id"]
+            rows = {row["id"]: row for row in proxy.rows(wait_for=len(small) + 2, timeout=120)}
+        finally:
+            assert proxy.stop() == 0
+        sent_upstream = next(r.body for r in upstream.received if r.path.startswith("/big"))
+    # The request went upstream as the client sent it, asking for usage; the client got no usage event.
+    assert sent_upstream == b'{"stream_options":{"include_usage":true},' + big_request[1:]
+    assert b'"usage"' not in large["request"].content and large["request"].content.endswith(b"data: [DONE]\n\n")
+    assert large["stream_bytes"] == len(huge_body) - len(
+        b'data: {"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":99999}}\n\n'
+    )
+    assert sorted(rows) == sorted([*small, big_id, huge_id])  # every call stored exactly once
+    assert (rows[big_id]["input_total"], rows[big_id]["output_total"], rows[big_id]["usage_source"]) == (12582912, 2, "reported")
+    assert rows[big_id]["model"] == "gpt-4o-mini"
+    assert (rows[huge_id]["input_total"], rows[huge_id]["output_total"], rows[huge_id]["usage_source"]) == (11, 99999, "reported")
+    assert all((rows[i]["input_total"], rows[i]["output_total"]) == (3, 4) for i in small)
