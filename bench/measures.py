@@ -525,6 +525,8 @@ async def beside_large_bodies(arms: list[Arm], rounds: int, folder: Path, settle
             results.setdefault(kind, {})[arm.name] = {
                 "alone": summary([_ms(t) for t in alone]),
                 "beside": summary([_ms(t) for t in beside]),
+                "worst_alone_ms": _ms(max(alone)),
+                "worst_beside_ms": _ms(max(beside)),
                 "transfer_seconds": seconds,
             }
     return results
