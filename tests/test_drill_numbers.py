@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from taskmeter.handover.call import CapturedCall
 from taskmeter.proxy import stream_usage
 from taskmeter.proxy.stream_usage import include_usage_splice
+from taskmeter.proxy.tee import UsageChunkStripper
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.store.interactions import (
     MAX_COST_PER_CALL_USD,
@@ -435,7 +436,10 @@ def test_an_absurd_usage_through_the_proxy_neither_spends_a_5_dollar_block_budge
 
 def _decided_by_parsing(body: bytes) -> dict | None:
     """What the meter must send, by the rule read off the parsed request: the
-    request with include_usage added, or None when it goes as it came."""
+    request with include_usage added, or None when it goes as it came. A request
+    that never spells `"stream"` plainly (only with escapes) is not looked into."""
+    if b'"stream"' not in body:
+        return None
     try:
         data = json.loads(body.decode("utf-8", "surrogateescape"))
     except ValueError:
@@ -595,3 +599,26 @@ def test_a_48_mb_request_and_a_100_mb_stream_are_metered_exactly_beside_small_ca
     assert rows[big_id]["model"] == "gpt-4o-mini"
     assert (rows[huge_id]["input_total"], rows[huge_id]["output_total"], rows[huge_id]["usage_source"]) == (11, 99999, "reported")
     assert all((rows[i]["input_total"], rows[i]["output_total"]) == (3, 4) for i in small)
+
+
+# ---------------------------------------------------------------- big bodies: the response tee
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    line_end=st.sampled_from([b"\n", b"\r\n"]),
+    texts=st.lists(st.text(alphabet='ab "[]\n{}', max_size=30), min_size=1, max_size=8),
+)
+def test_the_usage_event_is_removed_under_any_chunking_and_every_other_byte_passes(data, line_end, texts):
+    def event(payload: dict) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + line_end * 2
+
+    events = [event({"choices": [{"delta": {"content": text}}]}) for text in texts]
+    usage = event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+    done = b"data: [DONE]" + line_end * 2
+    body = b"".join(events) + usage + done
+    cuts = sorted(data.draw(st.sets(st.integers(min_value=1, max_value=len(body) - 1), max_size=12)))
+    stripper = UsageChunkStripper()
+    out = b"".join(stripper.feed(body[a:b]) for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)) + stripper.flush()
+    assert out == b"".join(events) + done

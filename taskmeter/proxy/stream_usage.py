@@ -55,7 +55,8 @@ def include_usage_splice(body: bytes) -> Scan:
     """The body with `stream_options.include_usage: true` added when the request
     streams (`"stream": true`) and the client did not ask for usage itself: the
     option absent, `null`, or an object without it. `include_usage: false` is the
-    client's choice and stays. See the module's docstring for how to drive it."""
+    client's choice and stays; a body that never spells `"stream"` plainly (only
+    with escapes) is not looked into. See the module's docstring for how to drive it."""
     position = 0
     while True:  # the cheap test first, by slices too: most requests never say "stream"
         if body.find(b'"stream"', max(0, position - 8), position + 4 * SLICE_BYTES) >= 0:
