@@ -3,7 +3,8 @@
 The rules are those of docs/wire-formats.md, pinned by the recorded responses in
 tests/recorded/: input_total includes cache reads and writes, output_total includes
 reasoning. A count the protocol cannot state is None; a count the protocol omits
-because it is zero (Gemini, Anthropic before caching, OpenAI details) is 0.
+because it is zero (Gemini, Anthropic before caching, OpenAI details) is 0; a
+count stated with a value no call can have is None, and noted (`_Stated`).
 """
 
 import json
