@@ -43,6 +43,7 @@ class Plan:
     report_tasks: int = 200
     report_flags: int = 2000
     report_runs: int = 7
+    large_body_rounds: int = 5
 
 
 SMOKE = Plan(
@@ -60,6 +61,7 @@ SMOKE = Plan(
     report_tasks=10,
     report_flags=10,
     report_runs=3,
+    large_body_rounds=1,
 )
 
 
@@ -170,6 +172,14 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
             for name, ws in windows.items()
         }
 
+        log(f"small calls beside a {measures.LARGE_STREAM_MB} MB response and a {measures.LARGE_REQUEST_MB} MB request, M and P")
+
+        async def settle(arm) -> None:
+            if arm is meter:
+                await measures.stored(db_path, meter.sent)
+
+        results["large_bodies"] = await measures.beside_large_bodies([bare, meter], plan.large_body_rounds, workdir, settle)
+
         log(f"soak: {plan.soak_requests} calls per proxy, RSS sampled")
         results["soak_rss_mb"] = {arm.name: await measures.soak(arm, plan.soak_requests, 16) for arm in (bare, meter)}
     finally:
@@ -206,6 +216,20 @@ def targets(r: dict) -> list[dict]:
     feed = load["feed_delay_ms"]
     budgets_change = r["budgets_load"]["ratio"]["with"] / r["budgets_load"]["ratio"]["without"] - 1
     pages = r["dashboard_pages"]["ttfb_ms"]
+    large = r["large_bodies"]
+
+    def beside_large(kind: str, label: str) -> dict:
+        p, m = large[kind]["P"], large[kind]["M"]
+        ratio = p["beside"]["p99"] / p["alone"]["p99"]
+        return row(
+            f"small calls (c=1, zero delay) while {label} passes: P p99 beside / P p99 alone",
+            "<= 2.0",
+            ratio,
+            ratio <= 2.0,
+            f"P {p['alone']['p99']:.1f} → {p['beside']['p99']:.1f} ms over {p['beside']['n']} calls (worst"
+            f" {p['worst_alone_ms']:.0f} → {p['worst_beside_ms']:.0f} ms); M {m['alone']['p99']:.1f} → {m['beside']['p99']:.1f} ms",
+        )
+
     rows = [
         row(
             "non-streamed, 200 ms upstream, c=1: P/D p50",
@@ -336,6 +360,8 @@ def targets(r: dict) -> list[dict]:
             feed["p99"] <= 1000 and load["feed_missing"] == 0,
             f"p50 {feed['p50']:.0f} ms over {feed['n']} calls; {load['feed_missing']} never arrived",
         ),
+        beside_large("stream", f"a {measures.LARGE_STREAM_MB} MB streamed response"),
+        beside_large("request", f"a {measures.LARGE_REQUEST_MB} MB request"),
         row(
             "RSS after the soak: P/M (the meter's recorder process included)",
             "<= 1.3",
@@ -432,6 +458,15 @@ def markdown(report: dict) -> str:
         + " | ".join(f"{r['sustained_c64'][a]['cpu_ms_per_request']:.2f}" for a in "MP")
         + " |"
     )
+    for kind, label in (("stream", "a 100 MB response"), ("request", "a 48 MB request")):
+        lines.append(
+            f"| small calls beside {label}: p99 alone → beside, ms | — | "
+            + " | ".join(
+                f"{r['large_bodies'][kind][a]['alone']['p99']:.1f} → {r['large_bodies'][kind][a]['beside']['p99']:.1f}"
+                for a in "MP"
+            )
+            + " |"
+        )
     lines.append("| idle RSS MB | — | " + " | ".join(f"{r['idle_rss_mb'][a]:.1f}" for a in "MP") + " |")
     lines.append(
         "| RSS MB through the soak | — | " + " | ".join(" → ".join(f"{v:.0f}" for v in r["soak_rss_mb"][a]) for a in "MP") + " |"

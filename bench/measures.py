@@ -6,6 +6,7 @@ import datetime
 import http.client
 import json
 import random
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -467,3 +468,81 @@ class BudgetsSet:
             db.execute("DELETE FROM budgets")
         db.close()
         await asyncio.sleep(1.0)
+
+
+LARGE_STREAM_MB = 100
+LARGE_REQUEST_MB = 48
+
+
+def large_request_file(folder: Path) -> Path:
+    """A 48 MB streamed chat request, as an agent sends a big context: code with quotes
+    and line ends (so escapes all through the text), `stream` after the messages."""
+    path = folder / "large-request.json"
+    line = 'print("hello, world")  # a line of code\n'
+    text = line * (LARGE_REQUEST_MB * 1024 * 1024 // len(json.dumps(line)))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], "stream": True}
+    path.write_bytes(json.dumps(body).encode())
+    return path
+
+
+def _large_transfer(arm: Arm, kind: str, request_file: Path) -> subprocess.Popen:
+    url = f"http://127.0.0.1:{arm.port}{arm.path}"
+    command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", url]
+    if kind == "stream":
+        command += ["-H", f"x-mock-stream-mb: {LARGE_STREAM_MB}", "--data-binary", json.dumps(STREAM)]
+    else:
+        command += ["--data-binary", f"@{request_file}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def beside_large_bodies(arms: list[Arm], rounds: int, folder: Path, settle) -> dict:
+    """Per arm and kind (a 100 MB streamed response, a 48 MB request): the latency
+    of small calls (non-streamed, zero delay, c=1) made while the large body passes
+    through the arm, and of as many made just before, with nothing else passing.
+    `settle(arm)` waits until the arm is done with the large body (the meter: stored),
+    so that each round starts quiet. The large body goes through curl, in a process
+    of its own, so that moving its bytes costs this loop nothing."""
+    request_file = large_request_file(folder)
+    results: dict = {}
+    for kind in ("stream", "request"):
+        for arm in arms:
+            alone, beside, seconds = [], [], []
+            connection = Connection("127.0.0.1", arm.port)
+            for _ in range(rounds):
+                for _ in range(max(50, len(beside) // max(1, len(seconds)))):
+                    alone.append((await _one(arm, connection, CHAT, {})).total)
+                transfer = _large_transfer(arm, kind, request_file)
+                started = time.perf_counter()
+                while transfer.poll() is None:
+                    beside.append((await _one(arm, connection, CHAT, {})).total)
+                    await asyncio.sleep(0)
+                seconds.append(time.perf_counter() - started)
+                out, err = transfer.communicate()
+                if out != "200":
+                    raise RuntimeError(f"{arm.name}: the large {kind} failed: {out} {err}")
+                arm.sent += 1
+                await settle(arm)
+            await connection.close()
+            results.setdefault(kind, {})[arm.name] = {
+                "alone": summary([_ms(t) for t in alone]),
+                "beside": summary([_ms(t) for t in beside]),
+                "worst_alone_ms": _ms(max(alone)),
+                "worst_beside_ms": _ms(max(beside)),
+                "transfer_seconds": seconds,
+            }
+    return results
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+async def stored(db_path: Path, count: int, timeout: float = 120) -> None:
+    """Until the meter's database holds `count` calls: the recorder is done with the last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db_path) as db:
+            if db.execute("SELECT count(*) FROM interactions").fetchone()[0] >= count:
+                return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the meter stored fewer than {count} calls in {timeout:.0f} s")

@@ -2,8 +2,11 @@
 
 POST /v1/chat/completions answers with fixed bytes (so every arm can be compared
 byte for byte). Headers set the shape: x-mock-delay-ms (before the first byte),
-x-mock-chunks and x-mock-interval-ms (paced SSE when the body says "stream": true).
-The usage chunk is sent only when the request asks for it (include_usage).
+x-mock-chunks and x-mock-interval-ms (paced SSE when the body says "stream": true),
+x-mock-stream-mb (an SSE stream of that many MB, sent as fast as it is read).
+The usage chunk is sent only when the request asks for it (include_usage). A body
+past LARGE_BODY is not parsed, so that it stalls no other reply: it is answered
+as a stream with usage.
 Run: python -m bench.mock  (prints the port, serves until killed).
 """
 
@@ -12,6 +15,9 @@ import json
 import sys
 
 USAGE = {"prompt_tokens": 25, "completion_tokens": 32, "total_tokens": 57}
+LARGE_BODY = 1 << 20
+# One event of the large stream: about 1 KB of text.
+LARGE_EVENT_TEXT = "x" * 1000
 
 
 def completion_body() -> bytes:
@@ -47,6 +53,22 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[dict, bytes] | No
     return headers, body
 
 
+async def _large_stream(writer: asyncio.StreamWriter, size: int, request: dict) -> None:
+    """About `size` bytes of content events in 64 KB HTTP chunks, then usage (if asked) and [DONE]."""
+    event = chunk({"content": LARGE_EVENT_TEXT})
+    piece = event * (65536 // len(event))
+    framed = b"%x\r\n%s\r\n" % (len(piece), piece)
+    for _ in range(size // len(piece)):
+        writer.write(framed)
+        await writer.drain()
+    tail = chunk({}, finish="stop")
+    if (request.get("stream_options") or {}).get("include_usage"):
+        tail += chunk({}, usage=USAGE, choices=False)
+    tail += b"data: [DONE]\n\n"
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+    await writer.drain()
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -54,7 +76,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 headers, body = await _read_request(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
-            request = json.loads(body or b"{}")
+            if len(body) > LARGE_BODY:
+                request = {"stream": True, "stream_options": {"include_usage": True}}
+            else:
+                request = json.loads(body or b"{}")
             delay = int(headers.get("x-mock-delay-ms", "0")) / 1000
             if delay:
                 await asyncio.sleep(delay)
@@ -65,9 +90,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 )
                 await writer.drain()
                 continue
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            if "x-mock-stream-mb" in headers:
+                await _large_stream(writer, int(headers["x-mock-stream-mb"]) << 20, request)
+                continue
             chunks = int(headers.get("x-mock-chunks", "32"))
             interval = int(headers.get("x-mock-interval-ms", "10")) / 1000
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             events = [chunk({"role": "assistant", "content": ""})]
             events += [chunk({"content": f"tok{n} "}) for n in range(chunks)]
             events.append(chunk({}, finish="stop"))

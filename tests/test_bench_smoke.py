@@ -16,7 +16,7 @@ def test_bench_smoke_run_produces_every_measure(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert len(report["targets"]) == 27
+    assert len(report["targets"]) == 29
     for target in report["targets"]:
         value = target["value"]
         assert isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)), target
@@ -26,5 +26,6 @@ def test_bench_smoke_run_produces_every_measure(tmp_path):
     assert results["concurrent_streams"]["P"]["lost_events"] == 0
     assert results["dashboard_load"]["feed_missing"] == 0 and results["dashboard_load"]["feed_delay_ms"]["n"] > 0
     assert results["budgets_load"]["headers_seen"] > 0
+    assert all(arm["beside"]["n"] > 0 for kind in results["large_bodies"].values() for arm in kind.values())
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| measure | target | measured | pass | detail |" in markdown

@@ -46,6 +46,7 @@ def _check(fixture, result):
         assert result.usage is None
     else:
         assert {f: getattr(result.usage, f) for f in USAGE_FIELDS} == expected
+        assert result.usage.implausible == []  # every real provider's usage passes the plausibility rule
     stated = fixture.meta["expected_usage"]
     if "stream_errors" in stated:
         assert len(result.errors) == len(stated["stream_errors"])

@@ -107,7 +107,7 @@ def test_poison_values_between_normal_calls_are_stored_with_notes_and_stop_nothi
         assert (rows[interaction_id]["input_total"], rows[interaction_id]["output_total"]) == (92, 17)
         assert rows[interaction_id]["notes"] is None
     assert rows[poisoned["integer-past-2-63"]]["input_total"] is None
-    assert "integer range" in rows[poisoned["integer-past-2-63"]]["notes"]
+    assert "9223372036854775808 is not a plausible count" in rows[poisoned["integer-past-2-63"]]["notes"]
     assert rows[poisoned["float-1e300"]]["output_total"] is None and rows[poisoned["float-1e300"]]["input_total"] == 5
     assert rows[poisoned["surrogate-model"]]["model"] == "gpt-\ufffd"
     assert rows[poisoned["surrogate-error"]]["error"] == "bad \ufffd input"

@@ -112,7 +112,7 @@ def test_poison_in_the_usage_of_a_response_is_recorded_with_its_neighbours(db_pa
     rows = _rows(db_path)
     assert len(rows) == 4
     assert rows["000000000002"]["input_total"] is None and rows["000000000002"]["output_total"] is None
-    assert "past SQLite's integer range" in rows["000000000002"]["notes"]
+    assert "prompt_tokens: 9223372036854775808 is not a plausible count" in rows["000000000002"]["notes"]
     assert rows["000000000003"]["model"] == "m\ufffd"
     assert rows["000000000001"]["input_total"] == 10 and rows["000000000004"]["output_total"] == 5
 

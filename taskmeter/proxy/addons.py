@@ -12,12 +12,12 @@ and state come in through `apply_settings` and `take_state`, never `configure`
 or `update` (which mitmproxy calls with option names and flows).
 """
 
+import asyncio
 import base64
 import binascii
 import ipaddress
 import json
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
 from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify, host_address, is_loopback_host
+from taskmeter.proxy.stream_usage import include_usage_splice
 from taskmeter.proxy.tee import ResponseTee
 from taskmeter.recorder.framing import UnsupportedEncoding, content_decoder
 from taskmeter.secrets import is_secret_query_name
@@ -61,9 +62,6 @@ _GATEWAY_ONLY = (
     "taskmeter: clients beyond loopback may use only the gateway (http://HOST:PORT/<upstream>/...); "
     "start the meter with --allow-from CIDR to let this network use it as an HTTPS proxy"
 )
-_ABSENT = object()
-_NULL_OPTIONS = re.compile(rb'"stream_options"\s*:\s*null')
-_OPTIONS_OPENING = re.compile(rb'"stream_options"\s*:\s*\{')
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +69,6 @@ class Route:
     provider: str
     endpoint: Endpoint
     path_task: str | None  # a /t/<TASK>/ prefix
-
-
-def _splice_once(body: bytes, pattern: re.Pattern, replacement: bytes) -> bytes | None:
-    """`body` with the one match of `pattern` replaced; None when it is not unique
-    (the key spelled with escapes, or the text inside a string)."""
-    spliced, count = pattern.subn(replacement, body)
-    return spliced if count == 1 else None
 
 
 def _error_response(status: int, message: str) -> http.Response:
@@ -353,41 +344,30 @@ class Capture:
         flow.metadata[_CALL] = call
         self.live[flow.id] = call
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         call: CapturedCall | None = flow.metadata.get(_CALL)
         if call is None:
             return
         call.request_body = flow.request.get_content(strict=False)
         if self._settings.proxy.inject_stream_usage and call.protocol == "openai_chat" and call.operation == "generate":
-            self._ask_for_stream_usage(flow, call)
+            await self._ask_for_stream_usage(flow, call)
 
     @staticmethod
-    def _ask_for_stream_usage(flow: http.HTTPFlow, call: CapturedCall) -> None:
+    async def _ask_for_stream_usage(flow: http.HTTPFlow, call: CapturedCall) -> None:
         """OpenAI-compatible streams carry usage only when asked: ask, and strip the
         extra chunk later so the client gets the stream it requested. The request is
         spliced, never re-serialised, so every other byte the client sent (a large
-        body, a character cut in half) goes upstream unchanged."""
-        body = call.request_body
-        if not body or b'"stream"' not in body:
+        body, a character cut in half) goes upstream unchanged. A large body is
+        scanned in slices, other calls' hooks running in between."""
+        if not call.request_body:
             return
+        scan = include_usage_splice(call.request_body)
         try:
-            data = json.loads(body.decode("utf-8", "surrogateescape"))
-        except ValueError:
-            return
-        if not isinstance(data, dict) or data.get("stream") is not True:
-            return
-        options = data.get("stream_options", _ABSENT)
-        if isinstance(options, dict) and options.get("include_usage"):
-            return
-        if options is _ABSENT:
-            start = body.index(b"{") + 1
-            spliced = body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
-        elif options is None:
-            spliced = _splice_once(body, _NULL_OPTIONS, b'"stream_options":{"include_usage":true}')
-        elif isinstance(options, dict) and "include_usage" not in options:
-            spliced = _splice_once(body, _OPTIONS_OPENING, rb"\g<0>" + (b'"include_usage":true' + (b"," if options else b"")))
-        else:
-            return  # include_usage: false, or options of another type: the client's choice stands
+            while True:
+                next(scan)
+                await asyncio.sleep(0)
+        except StopIteration as finished:
+            spliced = finished.value
         if spliced is not None:
             flow.request.content = spliced
             call.injected_usage = True

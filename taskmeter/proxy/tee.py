@@ -29,15 +29,23 @@ class UsageChunkStripper:
         self._pending = bytearray()
 
     def feed(self, data: bytes) -> bytes:
-        """The complete events so far, less the usage-only one; O(len(data))."""
-        self._pending += data
-        lf, crlf = self._pending.rfind(b"\n\n"), self._pending.rfind(b"\r\n\r\n")
+        """The complete events so far, less the usage-only one; O(len(data)), in
+        as few passes over the data as can be (this runs for every chunk)."""
+        if self._pending:  # the start of an event cut by the last chunk: short
+            data = bytes(self._pending) + data
+            self._pending.clear()
+        lf = data.rfind(b"\n\n")  # from the end: stops at the last event's end
+        crlf = data.rfind(b"\r\n\r\n", max(lf, 0))
         end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-        complete = bytes(self._pending[:end])
-        del self._pending[:end]
+        self._pending += memoryview(data)[end:]
+        complete = data[:end]  # the chunk itself when it ends with an event, as most do
         if b'"choices":[]' not in complete and b'"choices": []' not in complete:
             return complete  # the usual case: no candidate in these events
-        return b"".join(block for block in self._events(complete) if not self._is_usage_only(block))
+        try:
+            return b"".join(block for block in self._events(complete) if not self._is_usage_only(block))
+        except Exception:
+            self._pending[:0] = complete  # held again, so the caller can pass everything on untouched
+            raise
 
     def flush(self) -> bytes:
         rest = bytes(self._pending)

@@ -47,6 +47,8 @@ class Finalizer:
             model = _gemini_model(call.endpoint)
         streamed = _streamed(call, request)
         usage, source, errors = self._usage(call, request, result, model, notes)
+        if usage is not None:
+            notes += usage.implausible
         cost, price_source = (None, None)
         if usage is not None and call.operation != "count_tokens":
             cost, price_source = pricing.price(call.provider, model, usage)

@@ -6,6 +6,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 from taskmeter.recorder.usage import Usage
+from taskmeter.store.interactions import call_cost
 
 # Our provider names -> genai-prices provider ids (None: let it guess from the model).
 _PROVIDER_IDS = {
@@ -27,10 +28,12 @@ _VERSION = version("genai-prices")
 
 
 def price(provider: str | None, model: str | None, usage: Usage) -> tuple[float | None, str | None]:
-    """(cost in USD, where the price came from); (None, reason) when unknown, never 0."""
-    reported = (usage.raw or {}).get("cost") if isinstance(usage.raw, dict) else None
-    if isinstance(reported, (int, float)) and not isinstance(reported, bool):
-        return float(reported), f"reported by {provider}"
+    """(cost in USD, where the price came from); (None, reason) when unknown, never 0.
+    A usage with a count that cannot be real is not priced at all."""
+    if usage.counts_nulled:
+        return None, "not priced: a token count cannot be real (see notes)"
+    if usage.reported_cost is not None:
+        return usage.reported_cost, f"reported by {provider}"
     if not model or usage.input_total is None or usage.output_total is None:
         return None, None
     try:
@@ -48,4 +51,8 @@ def price(provider: str | None, model: str | None, usage: Usage) -> tuple[float 
         return None, f"no price for {model} in genai-prices {_VERSION}"
     except Exception as exc:  # a price-data problem must not lose the call
         return None, f"genai-prices {_VERSION} failed: {exc}"[:200]
-    return float(calculation.total_price), f"genai-prices {_VERSION}: {calculation.provider.id}/{calculation.model.id}"
+    source = f"genai-prices {_VERSION}: {calculation.provider.id}/{calculation.model.id}"
+    cost = call_cost(float(calculation.total_price))
+    if cost is None:
+        return None, f"not priced: {source} gave {float(calculation.total_price)!r}, not a plausible cost of one call"
+    return cost, source

@@ -3,11 +3,14 @@
 The rules are those of docs/wire-formats.md, pinned by the recorded responses in
 tests/recorded/: input_total includes cache reads and writes, output_total includes
 reasoning. A count the protocol cannot state is None; a count the protocol omits
-because it is zero (Gemini, Anthropic before caching, OpenAI details) is 0.
+because it is zero (Gemini, Anthropic before caching, OpenAI details) is 0; a
+count stated with a value no call can have is None, and noted (`_Stated`).
 """
 
 import json
 from dataclasses import dataclass, field
+
+from taskmeter.store.interactions import call_cost, shown, token_count
 
 
 @dataclass(slots=True)
@@ -18,25 +21,59 @@ class Usage:
     output_total: int | None = None
     reasoning: int | None = None
     raw: dict | None = None
+    reported_cost: float | None = None  # the provider's own price of the call (OpenRouter's `cost`)
+    # What the provider stated that cannot be real, one note each. A count stated
+    # so is not reported (None), and the call is not priced.
+    implausible: list[str] = field(default_factory=list)
+    counts_nulled: bool = False
 
 
-def _count(value) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
+class _Stated:
+    """Reads a provider's usage object by the store's one rule of what a count can
+    be (token_count): a value that cannot be real is not reported, and noted."""
+
+    def __init__(self, usage: dict) -> None:
+        self.usage = usage
+        self.implausible: list[str] = []
+        self.counts_nulled = False
+
+    def count(self, key: str, within: dict | None = None, absent=None) -> int | None:
+        """The count at `key` (of `within`, else of the usage object); `absent` when
+        it is not stated (missing or null), None when it cannot be real."""
+        value = (self.usage if within is None else within).get(key)
+        if value is None:
+            return absent
+        count = token_count(value)
+        if count is None:
+            self._nulled(f"{key}: {shown(value)} is not a plausible count")
+        return count
+
+    def total(self, name: str, *parts: int | None) -> int | None:
+        """The sum of `parts`: unknown when one is, and not real past the rule."""
+        if any(part is None for part in parts):
+            return None
+        count = token_count(sum(parts))
+        if count is None:
+            self._nulled(f"{name}: the sum {sum(parts)} is not a plausible count")
+        return count
+
+    def usage_of(self, **counts) -> Usage:
+        cost = self.usage.get("cost")
+        reported = call_cost(cost)
+        if cost is not None and reported is None:
+            self.implausible.append(f"cost: {shown(cost)} is not a plausible cost of one call: not trusted")
+        return Usage(
+            **counts, raw=self.usage, reported_cost=reported, implausible=self.implausible, counts_nulled=self.counts_nulled
+        )
+
+    def _nulled(self, note: str) -> None:
+        self.implausible.append(note)
+        self.counts_nulled = True
 
 
 def _details(usage: dict, key: str) -> dict:
     details = usage.get(key)
     return details if isinstance(details, dict) else {}
-
-
-def _or_zero(value) -> int:
-    return _count(value) or 0
 
 
 def _openai_style(usage: dict, prefix: str) -> Usage:
@@ -45,13 +82,13 @@ def _openai_style(usage: dict, prefix: str) -> Usage:
     inputs, outputs = ("prompt", "completion") if prefix == "chat" else ("input", "output")
     prompt = _details(usage, f"{inputs}_tokens_details")
     completion = _details(usage, f"{outputs}_tokens_details")
-    return Usage(
-        input_total=_count(usage.get(f"{inputs}_tokens")),
-        cache_read=_or_zero(prompt.get("cached_tokens")),
-        cache_write=_or_zero(prompt.get("cache_write_tokens")),
-        output_total=_count(usage.get(f"{outputs}_tokens")),
-        reasoning=_or_zero(completion.get("reasoning_tokens")),
-        raw=usage,
+    stated = _Stated(usage)
+    return stated.usage_of(
+        input_total=stated.count(f"{inputs}_tokens"),
+        cache_read=stated.count("cached_tokens", prompt, absent=0),
+        cache_write=stated.count("cache_write_tokens", prompt, absent=0),
+        output_total=stated.count(f"{outputs}_tokens"),
+        reasoning=stated.count("reasoning_tokens", completion, absent=0),
     )
 
 
@@ -63,40 +100,42 @@ def openai_responses_usage(usage: dict) -> Usage:
     return _openai_style(usage, "responses")
 
 
-def _cache_outside_input(usage: dict, uncached: str, read: str, write: str, output: str, reasoning) -> Usage:
+def _cache_outside_input(stated: _Stated, uncached: str, read: str, write: str, output: str, reasoning: int | None) -> Usage:
     """Anthropic's and Bedrock's shape: the input count excludes cache reads and
-    writes, so they are added back to make input_total inclusive."""
-    uncached_count = _count(usage.get(uncached))
-    read_count = _or_zero(usage.get(read))
-    write_count = _or_zero(usage.get(write))
-    return Usage(
-        input_total=None if uncached_count is None else uncached_count + read_count + write_count,
+    writes, so they are added back to make input_total inclusive (and it is
+    unknown when one of the three is)."""
+    read_count = stated.count(read, absent=0)
+    write_count = stated.count(write, absent=0)
+    return stated.usage_of(
+        input_total=stated.total("input_total", stated.count(uncached), read_count, write_count),
         cache_read=read_count,
         cache_write=write_count,
-        output_total=_count(usage.get(output)),
-        reasoning=_count(reasoning),
-        raw=usage,
+        output_total=stated.count(output),
+        reasoning=reasoning,
     )
 
 
 def anthropic_usage(usage: dict) -> Usage:
-    thinking = _details(usage, "output_tokens_details").get("thinking_tokens")
+    stated = _Stated(usage)
+    thinking = stated.count("thinking_tokens", _details(usage, "output_tokens_details"))
     return _cache_outside_input(
-        usage, "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens", thinking
+        stated, "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens", thinking
     )
 
 
 def gemini_usage(metadata: dict) -> Usage:
     """Gemini omits zero counts; thoughts and tool-use prompts sit outside
     candidates and prompt but are billed, so they join output and input."""
-    thoughts = _or_zero(metadata.get("thoughtsTokenCount"))
-    return Usage(
-        input_total=_or_zero(metadata.get("promptTokenCount")) + _or_zero(metadata.get("toolUsePromptTokenCount")),
-        cache_read=_or_zero(metadata.get("cachedContentTokenCount")),
+    stated = _Stated(metadata)
+    thoughts = stated.count("thoughtsTokenCount", absent=0)
+    return stated.usage_of(
+        input_total=stated.total(
+            "input_total", stated.count("promptTokenCount", absent=0), stated.count("toolUsePromptTokenCount", absent=0)
+        ),
+        cache_read=stated.count("cachedContentTokenCount", absent=0),
         cache_write=0,
-        output_total=_or_zero(metadata.get("candidatesTokenCount")) + thoughts,
+        output_total=stated.total("output_total", stated.count("candidatesTokenCount", absent=0), thoughts),
         reasoning=thoughts,
-        raw=metadata,
     )
 
 
@@ -113,19 +152,20 @@ _OLLAMA_KEYS = (
 
 def ollama_usage(final: dict) -> Usage:
     """Old Ollama omits prompt_eval_count on a KV-cache hit: the input is then unknown."""
-    raw = {key: final[key] for key in _OLLAMA_KEYS if key in final}
-    return Usage(
-        input_total=_count(final.get("prompt_eval_count")),
-        cache_read=_count(final.get("prompt_eval_cached_count")),
+    stated = _Stated({key: final[key] for key in _OLLAMA_KEYS if key in final})
+    return stated.usage_of(
+        input_total=stated.count("prompt_eval_count"),
+        cache_read=stated.count("prompt_eval_cached_count"),
         cache_write=0,
-        output_total=_count(final.get("eval_count")),
+        output_total=stated.count("eval_count"),
         reasoning=None,
-        raw=raw,
     )
 
 
 def bedrock_usage(usage: dict) -> Usage:
-    return _cache_outside_input(usage, "inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens", None)
+    return _cache_outside_input(
+        _Stated(usage), "inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens", None
+    )
 
 
 # ---------------------------------------------------------------- accumulators
@@ -241,7 +281,7 @@ class OpenAIResponses(Accumulator):
             return
         kind = payload.get("type") or name
         if payload.get("object") == "response.input_tokens":
-            self.counted_tokens = _count(payload.get("input_tokens"))
+            self.counted_tokens = token_count(payload.get("input_tokens"))
             return
         response = payload.get("response") if isinstance(payload.get("response"), dict) else None
         if response is None and payload.get("object") == "response":
@@ -325,7 +365,7 @@ class Anthropic(Accumulator):
         elif kind == "error":
             self._note_error(payload.get("error") or payload)
         elif set(payload) == {"input_tokens"}:  # /v1/messages/count_tokens
-            self.counted_tokens = _count(payload["input_tokens"])
+            self.counted_tokens = token_count(payload["input_tokens"])
 
     def usage(self):
         return anthropic_usage(self._usage) if self._usage else None
@@ -341,7 +381,7 @@ class Gemini(Accumulator):
         if not isinstance(payload, dict):
             return
         if "totalTokens" in payload and "candidates" not in payload:  # :countTokens
-            self.counted_tokens = _count(payload["totalTokens"])
+            self.counted_tokens = token_count(payload["totalTokens"])
             return
         self._note_model(payload.get("modelVersion"))
         self.response_id = payload.get("responseId") or self.response_id

@@ -1,5 +1,6 @@
 """Interactions (one row per AI call), hallucination flags and their look-ups."""
 
+import json
 import sqlite3
 from dataclasses import dataclass, fields
 
@@ -65,8 +66,45 @@ def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
 
 # What SQLite can hold: 64-bit signed integers, finite floats, UTF-8 text.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
-# A float past this is no real cost or count; it would only poison sums.
+# A float past this is no real number of ours; it would only poison sums.
 _FLOAT_MAX = 1e15
+
+# What one call can really count or cost: the largest context windows hold about
+# 10^7 tokens, and the dearest call of today's price lists costs about $100. A
+# value past these is a broken or hostile upstream, and one such row would
+# poison every sum and every budget.
+MAX_TOKENS_PER_CALL = 10**9
+MAX_COST_PER_CALL_USD = 10_000.0
+
+
+def token_count(value) -> int | None:
+    """`value` as a token count of one call, or None when it cannot be one: not a
+    JSON number (a string, a boolean, an object), not whole, negative, or past
+    MAX_TOKENS_PER_CALL. The one rule for every token count the meter stores."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 12.0 is a count; 12.5, NaN and infinities are not
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS_PER_CALL:
+        return value
+    return None
+
+
+def call_cost(value) -> float | None:
+    """`value` as the cost in USD of one call, or None when it cannot be one:
+    not a number, negative, not finite, or past MAX_COST_PER_CALL_USD."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_COST_PER_CALL_USD:
+        return float(value)
+    return None
+
+
+def shown(value) -> str:
+    """A value as it came, short, for a note."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # not JSON, or an integer past Python's digit limit
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 _TEXT_MAX = {"model": 256, "endpoint": 4096, "client": 1024, "error": 8192, "conversation_id": 256}
 _TEXT_MAX_DEFAULT = 65536
 
@@ -95,9 +133,21 @@ def storable(row: Interaction) -> Interaction:
     """Clamp or null, in place, every value SQLite cannot hold, noting each change
     on the row: one odd value from an upstream must never stop recording."""
     notes = []
+    for column in TOKEN_COLUMNS:
+        value = getattr(row, column)
+        if value is not None and token_count(value) is None:
+            setattr(row, column, None)
+            notes.append(f"{column} {shown(value)} is not a plausible count: stored as NULL")
+    if notes and row.cost_usd is not None:
+        # A price is only as good as the counts it was computed from.
+        notes.append(f"cost_usd {row.cost_usd!r} was computed from them: stored as NULL")
+        row.cost_usd = None
+    if row.cost_usd is not None and call_cost(row.cost_usd) is None:
+        notes.append(f"cost_usd {shown(row.cost_usd)} is not a plausible cost of one call: stored as NULL")
+        row.cost_usd = None
     for column in COLUMNS:
         value = getattr(row, column)
-        if value is None or column == "notes":
+        if value is None or column == "notes" or column in TOKEN_COLUMNS:
             continue
         if isinstance(value, bool):
             continue

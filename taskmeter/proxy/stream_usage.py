@@ -1,0 +1,188 @@
+"""Asking an OpenAI-compatible server for stream usage, on the event loop, in
+bounded slices: the request's top-level keys are found by a scan of its
+structure (strings are skipped by a regular expression, nothing is decoded), and
+the scan pauses after each slice, so a request of many megabytes never holds
+the loop. The body is spliced, never re-serialised.
+
+`include_usage_splice(body)` is a generator: each `next()` does at most one slice
+of work; its return value (StopIteration.value) is the spliced body, or None when
+the request is to be sent as it came.
+"""
+
+import json
+import re
+from collections.abc import Generator
+
+# One slice of work: this many bytes, or this many structural characters.
+SLICE_BYTES = 256 * 1024
+SLICE_STEPS = 2000
+# A key this long is none of ours; a stream_options value this long is left alone.
+_LONGEST_KEY = 64
+_LONGEST_OPTIONS = 64 * 1024
+
+_QUOTE = ord('"')
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)  # up to the closing quote, escapes skipped
+_NESTED = re.compile(rb'["{}\[\]]')
+_SCALAR = re.compile(rb"[^,}\] \t\r\n]*")
+_INCLUDE_USAGE = b'"include_usage":true'
+_ADDED_OPTIONS = b'"stream_options":{' + _INCLUDE_USAGE + b"}"
+
+Scan = Generator[None, None, bytes | None]
+
+
+class _NotAnObject(Exception):
+    """The body is not one JSON object: it goes as it came."""
+
+
+class _Slices:
+    """Counts work; `due(pos)` says when a slice is done (then the scan pauses)."""
+
+    __slots__ = ("_until", "_steps")
+
+    def __init__(self, pos: int) -> None:
+        self._until, self._steps = pos + SLICE_BYTES, 0
+
+    def due(self, pos: int) -> bool:
+        self._steps += 1
+        if pos < self._until and self._steps < SLICE_STEPS:
+            return False
+        self._until, self._steps = pos + SLICE_BYTES, 0
+        return True
+
+
+def include_usage_splice(body: bytes) -> Scan:
+    """The body with `stream_options.include_usage: true` added when the request
+    streams (`"stream": true`) and the client did not ask for usage itself: the
+    option absent, `null`, or an object without it. `include_usage: false` is the
+    client's choice and stays; a body that never spells `"stream"` plainly (only
+    with escapes) is not looked into. See the module's docstring for how to drive it."""
+    position = 0
+    while True:  # the cheap test first, by slices too: most requests never say "stream"
+        if body.find(b'"stream"', max(0, position - 8), position + 4 * SLICE_BYTES) >= 0:
+            break
+        position += 4 * SLICE_BYTES
+        if position >= len(body):
+            return None
+        yield
+    try:
+        members = yield from _top_level_members(body, {"stream", "stream_options"})
+    except _NotAnObject:
+        return None
+    stream, options = members.get("stream"), members.get("stream_options")
+    if stream is None or body[stream[0] : stream[1]] != b"true":
+        return None
+    if options is None:
+        opening = _WHITESPACE.match(body).end() + 1
+        return b"".join((body[:opening], _ADDED_OPTIONS, b",", memoryview(body)[opening:]))
+    start, end = options
+    value = body[start:end]
+    if value == b"null":
+        return b"".join((memoryview(body)[:start], _ADDED_OPTIONS[len(b'"stream_options":') :], memoryview(body)[end:]))
+    if not value.startswith(b"{") or end - start > _LONGEST_OPTIONS:
+        return None  # options of another type, or too odd to read: the client's choice stands
+    try:
+        parsed = json.loads(value.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or "include_usage" in parsed:
+        return None  # asked for already, or declined
+    inside = start + 1
+    added = _INCLUDE_USAGE + (b"," if parsed else b"")
+    return b"".join((memoryview(body)[:inside], added, memoryview(body)[inside:]))
+
+
+def _top_level_members(body: bytes, wanted: set[str]) -> Generator[None, None, dict[str, tuple[int, int]]]:
+    """(start, end) of the value of each wanted top-level key of the JSON object
+    `body`; a repeated key's last value, as json.loads keeps. Raises _NotAnObject."""
+    members: dict[str, tuple[int, int]] = {}
+    slices = _Slices(0)
+    end = len(body)
+    pos = _WHITESPACE.match(body).end()
+    if pos >= end or body[pos] != ord("{"):
+        raise _NotAnObject
+    pos = _WHITESPACE.match(body, pos + 1).end()
+    if body[pos : pos + 1] == b"}":
+        return members
+    while True:
+        if body[pos : pos + 1] != b'"':
+            raise _NotAnObject
+        key_start = pos + 1
+        pos = yield from _string_end(body, key_start, slices)
+        key = _key(body[key_start : pos - 1]) if pos - 1 - key_start <= _LONGEST_KEY else None
+        pos = _WHITESPACE.match(body, pos).end()
+        if body[pos : pos + 1] != b":":
+            raise _NotAnObject
+        value_start = _WHITESPACE.match(body, pos + 1).end()
+        pos = yield from _value_end(body, value_start, slices)
+        if key in wanted:
+            members[key] = (value_start, pos)
+        pos = _WHITESPACE.match(body, pos).end()
+        separator = body[pos : pos + 1]
+        if separator == b"}":
+            if _WHITESPACE.match(body, pos + 1).end() != end:
+                raise _NotAnObject
+            return members
+        if separator != b",":
+            raise _NotAnObject
+        pos = _WHITESPACE.match(body, pos + 1).end()
+        if slices.due(pos):
+            yield
+
+
+def _key(raw: bytes) -> str | None:
+    if b"\\" not in raw:
+        return raw.decode("utf-8", "replace")
+    try:  # a key spelled with escapes (`"str\u0065am"`) is the key it decodes to
+        return json.loads(b'"' + raw + b'"')
+    except ValueError:
+        return None
+
+
+def _string_end(body: bytes, pos: int, slices: _Slices) -> Generator[None, None, int]:
+    """The position after the closing quote of the string whose text starts at `pos`."""
+    end = len(body)
+    while True:
+        limit = min(end, pos + SLICE_BYTES + 1)  # room for an escape, so each slice moves on
+        pos = _STRING_REST.match(body, pos, limit).end()
+        if pos < end and body[pos] == _QUOTE:
+            return pos + 1
+        if limit == end:
+            raise _NotAnObject  # the string never ends
+        slices.due(limit)
+        yield
+
+
+def _value_end(body: bytes, pos: int, slices: _Slices) -> Generator[None, None, int]:
+    """The position after the JSON value that starts at `pos`."""
+    end = len(body)
+    first = body[pos : pos + 1]
+    if first == b'"':
+        return (yield from _string_end(body, pos + 1, slices))
+    if first not in (b"{", b"["):
+        scalar_end = _SCALAR.match(body, pos).end()
+        if scalar_end == pos:
+            raise _NotAnObject
+        return scalar_end
+    depth, pos = 1, pos + 1
+    while True:
+        found = _NESTED.search(body, pos, min(end, pos + SLICE_BYTES))
+        if found is None:
+            if pos + SLICE_BYTES >= end:
+                raise _NotAnObject
+            pos += SLICE_BYTES
+            slices.due(pos)
+            yield
+            continue
+        pos = found.end()
+        character = body[found.start()]
+        if character == _QUOTE:
+            pos = yield from _string_end(body, pos, slices)
+        elif character in b"{[":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return pos
+        if slices.due(pos):
+            yield
