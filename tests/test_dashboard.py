@@ -498,6 +498,7 @@ def test_open_gives_the_browser_a_private_page_not_the_token(db_path, page, tmp_
     fake_browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {browser_log}\n')
     fake_browser.chmod(0o700)
     env = {**os.environ, "BROWSER": f"{fake_browser} %s", "XDG_STATE_HOME": str(tmp_path / "state")}
+    store_db.connect(db_path).close()  # the dashboard shows a database, never makes one
     dashboard = RunningDashboard(db_path, "--open", env=env)
     try:
         deadline = time.monotonic() + 10
