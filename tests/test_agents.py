@@ -1,4 +1,4 @@
-"""`meter run` knows each agent: the real Codex CLI and Gemini CLI (from npm, see
+"""`meter run` knows each agent: the real Codex CLI, Gemini CLI and Claude Code (from npm, see
 scripts/ensure-agent-clis) run non-interactively under `meter run` against the
 loopback fake upstream through a real `meter proxy`; the gateway takes Anthropic
 paths with and without /v1; the argv and environment built for the agents that
@@ -221,6 +221,29 @@ def test_gemini_under_meter_run_is_metered_with_its_usage_and_task_and_its_setti
     assert (row["provider"], row["task_id"], row["model"]) == ("gemini", "P4-011", "gemini-2.5-flash")
     # Gemini states thoughts apart from candidates; the meter counts them in the output.
     assert (row["input_total"], row["cache_read"], row["output_total"], row["reasoning"]) == (4321, 1000, 17, 5)
+
+
+# ---------------------------------------------------------------- Claude Code
+
+CLAUDE_STREAM = FIXTURE["anthropic/messages_stream_cache_read"]
+
+
+def test_claude_code_under_meter_run_is_metered_with_its_usage_and_task(tmp_path, proxy, upstream):
+    _installed("claude")
+    upstream.routes["/v1/messages"] = Scenario(body=CLAUDE_STREAM.body, content_type=CLAUDE_STREAM.content_type, chunk_size=512)
+    result = _meter_run(proxy, _home(tmp_path), "P4-012", ["claude", "-p", "say hi"], ANTHROPIC_API_KEY="sk-ant-test-claude")
+
+    assert result.returncode == 0, result.stderr
+    assert upstream.received and all(_header(r, "x-api-key") == "sk-ant-test-claude" for r in upstream.received)
+    rows = proxy.rows(wait_for=len(upstream.received))
+    assert len(rows) == len(upstream.received)
+    expected = CLAUDE_STREAM.meta["normalized"]
+    for row in rows:
+        assert (row["provider"], row["task_id"], row["attribution"]) == ("anthropic", "P4-012", "path")
+        assert {name: row[name] for name in ("input_total", "cache_read", "cache_write", "output_total")} == {
+            name: expected[name] for name in ("input_total", "cache_read", "cache_write", "output_total")
+        }
+        assert row["client_session"]  # Claude Code's session header, kept as the meter keeps it
 
 
 # ---------------------------------------------------------------- the argv and environment per agent
