@@ -110,7 +110,7 @@ def _point_codex(launch: Launch, machine: Machine) -> None:
     if _codex_chosen_provider(launch.argv[launch.program_index + 1 :], _codex_config(machine)) != "openai":
         return  # the user's own provider (Azure, Ollama, ...) goes where its table says
     table = {
-        "name": "taskmeter",
+        "name": CODEX_PROVIDER,
         "base_url": launch.env["OPENAI_BASE_URL"],
         "wire_api": "responses",
         # The key from `codex login --with-api-key`, else the variable that holds one.
@@ -138,7 +138,7 @@ def _diagnose_codex(machine: Machine, origin: str) -> list[Finding]:
                 Finding(
                     False,
                     f"ChatGPT login ({auth_file}): its calls go to chatgpt.com, which this meter does not intercept; "
-                    "to meter them, log in with an API key (`codex login --with-api-key`) or add chatgpt.com under [intercept.hosts]",
+                    "to meter them, log in with an API key (`codex login --with-api-key`)",
                 )
             )
     elif login != "none":
@@ -232,12 +232,10 @@ def _diagnose_gemini(machine: Machine, origin: str) -> list[Finding]:
             )
         ]
     if chosen == "vertex-ai":
-        return [
-            Finding(
-                True,
-                "auth type vertex-ai: metered in HTTPS-proxy mode (aiplatform.googleapis.com), which `meter run -- gemini` sets",
-            )
-        ]
+        host = "aiplatform.googleapis.com"
+        if machine.intercepted(host):
+            return [Finding(True, f"auth type vertex-ai: metered in HTTPS-proxy mode ({host}), which `meter run -- gemini` sets")]
+        return [Finding(False, f"auth type vertex-ai: its calls go to {host}, which this meter does not intercept")]
     if chosen:
         return [Finding(False, f"auth type {chosen!r}: the meter does not know where it sends calls")]
     if not machine.env.get("GEMINI_API_KEY"):
@@ -355,6 +353,9 @@ UNREACHABLE = {
 
 # Runners that start a package by name: the agent is the package after them.
 _LAUNCHERS = {("npx",), ("bunx",), ("pnpx",), ("uvx",), ("pnpm", "dlx"), ("npm", "exec"), ("pipx", "run"), ("bun", "x")}
+# Their options that take the next word as a value, and those that run a shell string.
+_VALUE_OPTIONS = {"-p", "--package", "--from", "--with", "--python", "--spec", "--index-url"}
+_CALL_OPTIONS = {"-c", "--call"}
 
 
 def _package_name(spec: str) -> str:
@@ -376,10 +377,15 @@ def recognise(argv: list[str]) -> tuple[Agent, int] | None:
     for launcher in _LAUNCHERS:
         if tuple([name, *argv[1 : len(launcher)]]) != launcher:
             continue
-        for index in range(len(launcher), len(argv)):
+        index = len(launcher)
+        while index < len(argv):
             arg = argv[index]
+            if arg in _CALL_OPTIONS:
+                return None  # a shell string: no agent name to put options after
             if arg.startswith("-"):
+                index += 2 if arg in _VALUE_OPTIONS else 1
                 continue
+            # The package itself, or (after `-p PACKAGE`, `--from PACKAGE`) the command it provides.
             agent = by_package.get(_package_name(arg)) or by_command.get(arg)
             return (agent, index) if agent else None
     return None

@@ -284,6 +284,7 @@ CODEX_OPTIONS = [
             ["npx", "-y", "@openai/codex@0.171.0", *CODEX_OPTIONS, "exec", "hi"],
         ),
         (["pnpm", "dlx", "@openai/codex"], ["pnpm", "dlx", "@openai/codex", *CODEX_OPTIONS]),
+        (["npx", "-p", "@openai/codex", "codex", "exec"], ["npx", "-p", "@openai/codex", "codex", *CODEX_OPTIONS, "exec"]),
     ],
 )
 def test_codex_gets_the_gateway_as_a_provider_without_websockets(tmp_path, argv, expected):
@@ -326,6 +327,7 @@ def test_gemini_keeps_its_base_url_only_when_its_settings_name_the_api_key(tmp_p
     [
         (["aider", "--model", "openai/gpt-4o"], "aider", {"OPENAI_API_BASE": GATEWAY + "/openai/v1"}),
         (["uvx", "aider-chat@latest"], "aider", {"OPENAI_API_BASE": GATEWAY + "/openai/v1"}),
+        (["uvx", "--from", "aider-chat", "aider", "--model", "x"], "aider", {"OPENAI_API_BASE": GATEWAY + "/openai/v1"}),
         (["/home/me/.local/bin/opencode", "run", "hi"], "opencode", {}),
         (["npx", "opencode-ai"], "opencode", {}),
         (["llm", "-m", "gpt-4o-mini", "hi"], "llm", {}),
@@ -340,7 +342,7 @@ def test_other_agents_get_the_variables_they_read(tmp_path, argv, name, added):
 
 
 def test_other_commands_are_left_as_they_are(tmp_path):
-    for argv in (["python", "-c", "pass"], ["npx", "cowsay"], ["npx"], ["codex-helper"]):
+    for argv in (["python", "-c", "pass"], ["npx", "cowsay"], ["npx"], ["codex-helper"], ["npx", "-c", "codex exec hi"]):
         assert _prepare(tmp_path, argv) == (argv, METER_ENV, None)
 
 
