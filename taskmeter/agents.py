@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from taskmeter.proxy.routing import classify
+
 
 @dataclass
 class Launch:
@@ -265,16 +267,35 @@ def _point_nothing(launch: Launch, machine: Machine) -> None:
     """The common variables are all this agent needs."""
 
 
+# Claude Code on a cloud: its switch, and a host and path its calls take there.
+_CLAUDE_CLOUDS = (
+    (
+        "CLAUDE_CODE_USE_BEDROCK",
+        "Bedrock",
+        "bedrock-runtime.us-east-1.amazonaws.com",
+        "/model/anthropic.claude/invoke-with-response-stream",
+    ),
+    (
+        "CLAUDE_CODE_USE_VERTEX",
+        "Vertex AI",
+        "us-east5-aiplatform.googleapis.com",
+        "/v1/projects/p/locations/l/publishers/anthropic/models/claude:streamRawPredict",
+    ),
+)
+
+
 def _diagnose_claude(machine: Machine, origin: str) -> list[Finding]:
     env = machine.env
-    if env.get("CLAUDE_CODE_USE_BEDROCK") or env.get("CLAUDE_CODE_USE_VERTEX"):
-        cloud = "Bedrock" if env.get("CLAUDE_CODE_USE_BEDROCK") else "Vertex AI"
-        return [
-            Finding(
-                True,
-                f"{cloud}: metered in HTTPS-proxy mode, which `meter run -- claude` sets (ANTHROPIC_BASE_URL does not apply)",
-            )
-        ]
+    for switch, cloud, host, path in _CLAUDE_CLOUDS:
+        if env.get(switch):
+            if machine.intercepted(host) and classify("POST", path) is not None:
+                detail = (
+                    f"{cloud}: metered in HTTPS-proxy mode, which `meter run -- claude` sets (ANTHROPIC_BASE_URL does not apply)"
+                )
+                return [Finding(True, detail)]
+            return [
+                Finding(False, f"{cloud}: the meter cannot yet read Claude Code's calls to {host} ({path.rsplit('/', 1)[-1]})")
+            ]
     config_dir = Path(env.get("CLAUDE_CONFIG_DIR") or machine.home / ".claude")
     credentials = _read_json(config_dir / ".credentials.json") or {}
     if env.get("ANTHROPIC_API_KEY") or env.get("ANTHROPIC_AUTH_TOKEN"):

@@ -385,12 +385,25 @@ def test_doctor_on_gemini_logins(tmp_path):
     assert "metered through the gateway (GOOGLE_GEMINI_BASE_URL)" in api_key.stdout
 
 
+def test_doctor_on_opencode_providers_sent_elsewhere(tmp_path):
+    config = tmp_path / "xdg" / "opencode" / "opencode.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"provider": {"anthropic": {"options": {"baseURL": "https://gw.example/anthropic"}}}}))
+    result = _doctor(tmp_path, "opencode")
+    assert result.returncode == 1
+    assert "sends provider 'anthropic' to https://gw.example/anthropic" in result.stdout
+
+
 def test_doctor_on_a_claude_ai_login_and_on_agents_the_meter_cannot_reach(tmp_path):
     claude_dir = _home(tmp_path) / ".claude"
     claude_dir.mkdir()
     (claude_dir / ".credentials.json").write_text(json.dumps({"claudeAiOauth": {"accessToken": "t"}}))
     claude = _doctor(tmp_path, "claude")
     assert "claude.ai login (subscription): metered through the gateway" in claude.stdout
+    bedrock = _doctor(tmp_path, "claude", CLAUDE_CODE_USE_BEDROCK="1")
+    assert bedrock.returncode == 1 and "Bedrock: the meter cannot yet read" in bedrock.stdout
+    vertex = _doctor(tmp_path, "claude", CLAUDE_CODE_USE_VERTEX="1")
+    assert "Vertex AI: metered in HTTPS-proxy mode" in vertex.stdout
     cursor = _doctor(tmp_path, "cursor")
     assert cursor.returncode == 1 and cursor.stdout.startswith("FAIL") and "Cursor's servers" in cursor.stdout
     unknown = _doctor(tmp_path, "nosuchagent")
