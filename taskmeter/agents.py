@@ -4,12 +4,9 @@ checks of its login and configuration on this machine (docs/agents.md)."""
 
 import json
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from taskmeter.proxy.routing import classify
 
 
 @dataclass
@@ -87,6 +84,8 @@ def _codex_login(machine: Machine) -> str:
 
 
 def _codex_config(machine: Machine) -> dict:
+    import tomllib  # only when an agent is run or checked, not for every `meter` command
+
     try:
         return tomllib.loads((_codex_home(machine) / "config.toml").read_text())
     except (OSError, tomllib.TOMLDecodeError):
@@ -285,6 +284,8 @@ _CLAUDE_CLOUDS = (
 
 
 def _diagnose_claude(machine: Machine, origin: str) -> list[Finding]:
+    from taskmeter.proxy.routing import classify
+
     env = machine.env
     for switch, cloud, host, path in _CLAUDE_CLOUDS:
         if env.get(switch):
