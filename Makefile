@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README):
 #   make proxy   install taskmeter and run the metering proxy
-#   make test    install taskmeter with its test tools (and Debian's chromium), lint (ruff) and run the tests
+#   make test    install taskmeter with its test tools (and Debian's chromium, the Codex, Gemini and Claude Code CLIs), lint (ruff) and run the tests
 # Each installs into ./.venv from the pinned lock files, only when they changed.
 
 PYTHON := $(shell scripts/find-python)
@@ -15,6 +15,7 @@ proxy: install
 
 test: install-test
 	scripts/ensure-chromium
+	scripts/ensure-agent-clis
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(ARGS)

@@ -87,6 +87,43 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
     return checks
 
 
+def run_agent_checks(name: str, db_path: Path, config_path: str | None, environ: dict[str, str]) -> list[Check]:
+    """Whether agent `name`, as logged in and configured here, will be metered: one
+    line per finding, each saying what to do when it will not."""
+    import shutil
+
+    from taskmeter import agents
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.environment import proxy_origin
+    from taskmeter.proxy.routing import Router
+
+    if name in agents.UNREACHABLE:
+        return [Check(name, False, agents.UNREACHABLE[name])]
+    try:
+        settings = load_settings(config_path)
+    except MeterError as exc:
+        return [Check("config", False, str(exc))]
+    agent = agents.AGENTS[name]
+    checks = []
+    installed = next(filter(None, map(shutil.which, agent.commands)), None)
+    checks.append(
+        Check(name, bool(installed), f"installed at {installed}" if installed else f"`{agent.commands[0]}` is not on PATH")
+    )
+    try:
+        db = store_db.connect(db_path)
+        try:
+            running = proxies.running(db)
+        finally:
+            db.close()
+    except Exception:
+        running = []
+    listen = running[0]["listen"] if running else f"{settings.proxy.listen_host}:{settings.proxy.port}"
+    router = Router(settings)
+    machine = agents.default_machine(environ, lambda host: router.provider_for_host(host) is not None)
+    checks += [Check(name, finding.ok, finding.detail) for finding in agent.diagnose(machine, proxy_origin(listen))]
+    return checks
+
+
 def _same_place(url: str, origin: str) -> bool:
     """Does `url` (HTTPS_PROXY, with or without task credentials) name the meter?"""
     there, meter = urlsplit(url), urlsplit(origin)

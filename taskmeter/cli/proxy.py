@@ -109,17 +109,31 @@ def stop_cmd(config_path, db_path):
     terminal.info(f"meter proxy (pid {pid}) stopped" if pid else f"no meter proxy records to {path}")
 
 
+def _agent_names() -> list[str]:
+    from taskmeter.agents import AGENTS, UNREACHABLE
+
+    return [*AGENTS, *UNREACHABLE]
+
+
 @cli.command("doctor")
+@click.option(
+    "--agent",
+    type=click.Choice(_agent_names()),
+    help="Instead: whether this agent, as logged in and configured on this machine, will be metered.",
+)
 @json_option
 @config_option
 @db_option
-def doctor_cmd(as_json, config_path, db_path):
+def doctor_cmd(agent, as_json, config_path, db_path):
     """Check, one line each, that the meter can meter this shell's AI calls; exit 1 if not."""
     from dataclasses import asdict
 
-    from taskmeter.doctor import run_checks
+    from taskmeter.doctor import run_agent_checks, run_checks
 
-    checks = run_checks(store_db.resolve_path(db_path), config_path, dict(os.environ))
+    if agent:
+        checks = run_agent_checks(agent, store_db.resolve_path(db_path), config_path, dict(os.environ))
+    else:
+        checks = run_checks(store_db.resolve_path(db_path), config_path, dict(os.environ))
     if as_json:
         terminal.print_json([asdict(check) for check in checks])
     else:
@@ -195,6 +209,11 @@ def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
 def run_cmd(task_id, command, config_path, db_path):
     """Run COMMAND with its AI clients pointed at the proxy: meter run --task P1-010 -- claude
 
+    \b
+    Every command gets the base URLs and HTTPS-proxy mode (`meter env --https-proxy`).
+    A known agent (codex, claude, gemini, aider, opencode, llm; also through npx)
+    is pointed the way it honours, e.g. Codex by -c options (docs/agents.md).
+
     The running proxy is used; when none runs, one is started for COMMAND and
     stopped when the last `meter run` using it ends (other terminals' runs
     keep it). Ctrl-C goes to COMMAND; its exit status is meter run's.
@@ -203,9 +222,10 @@ def run_cmd(task_id, command, config_path, db_path):
     import signal
     import subprocess
 
-    from taskmeter import lifecycle
+    from taskmeter import agents, lifecycle
     from taskmeter.config import load_settings
     from taskmeter.proxy.environment import client_environment
+    from taskmeter.proxy.routing import Router
 
     if task_id:
         task_id = tasks.validate_task_id(task_id)
@@ -217,10 +237,13 @@ def run_cmd(task_id, command, config_path, db_path):
     proxy = lifecycle.join(path, ["--config", config_path] if config_path else [])
     try:
         env = {**os.environ, **client_environment(settings, proxy["listen"], task_id)}
+        router = Router(settings)
+        machine = agents.default_machine(dict(os.environ), lambda host: router.provider_for_host(host) is not None)
+        argv, env, _ = agents.prepare([program, *command[1:]], env, machine)
         sys.stdout.flush()
         # Ctrl-C is COMMAND's; we stay to clean up. (A handler, not SIG_IGN, which COMMAND would inherit.)
         signal.signal(signal.SIGINT, lambda *_: None)
-        returncode = subprocess.run([program, *command[1:]], env=env).returncode
+        returncode = subprocess.run(argv, env=env).returncode
     finally:
         lifecycle.leave(path, timeout=settings.proxy.shutdown_grace_seconds + 5)
     sys.exit(returncode if returncode >= 0 else 128 - returncode)

@@ -31,7 +31,7 @@ PYTEST_VARIABLES = ("PYTEST_PLUGINS", "TASKMETER_PYTHON")
 # HTTPS-proxy mode reaches every client of the shell (git, pip, curl): only on request.
 PROXY_VARIABLES = (
     "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
-    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CODEX_CA_CERTIFICATE",
 )  # fmt: skip
 
 
@@ -59,6 +59,7 @@ def client_environment(settings: Settings, listen: str, task_id: str | None = No
             "REQUESTS_CA_BUNDLE": bundle,
             "CURL_CA_BUNDLE": bundle,
             "NODE_EXTRA_CA_CERTS": ca,
+            "CODEX_CA_CERTIFICATE": bundle,  # Codex replaces its roots with this file
         }
     )
     return env

@@ -114,6 +114,24 @@ class GatewayError(ValueError):
     """An origin-form request that names no known upstream."""
 
 
+# Upstreams whose API lives wholly under a version segment: Claude Code wants
+# ANTHROPIC_BASE_URL without `/v1`, AI-SDK clients (opencode) append `/messages`
+# to it and so need it with `/v1`; the gateway serves both from the one URL.
+_API_VERSION = {"anthropic": "v1"}
+
+
+def _versioned(upstream: str, tail: str) -> str:
+    """`tail` with the upstream's version segment in front when no server would
+    read one there already (the path goes on as it came, only prefixed)."""
+    version = _API_VERSION.get(upstream)
+    if version is None:
+        return tail
+    head = f"/{version}"
+    if any(reading == head or reading.startswith(head + "/") for reading in upstream_readings("/" + tail)):
+        return tail
+    return f"{version}/{tail}"
+
+
 def _host_pattern(glob: str) -> re.Pattern:
     # `*` stands for one or more characters inside one label.
     return re.compile("^" + re.escape(glob.lower()).replace(r"\*", "[^.]+") + "$")
@@ -157,7 +175,7 @@ class Router:
                 "in the config file (`meter config path`) and reload the proxy (kill -HUP its pid)"
             )
         scheme, host, port, base = self._upstreams[name]
-        return GatewayTarget(name, scheme, host, port, f"{base}/{tail}", task_id)
+        return GatewayTarget(name, scheme, host, port, f"{base}/{_versioned(name, tail)}", task_id)
 
     def provider_for_host(self, host: str) -> str | None:
         host = host.lower().rstrip(".")
