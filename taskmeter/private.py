@@ -6,6 +6,7 @@ A mode given to mkdir or open is masked by the umask, which only takes bits
 away: 0700 and 0600 stay private under any umask. Parents that mkdir creates
 get the plain umask instead, hence `private_dir`."""
 
+import errno
 import grp
 import os
 import pwd
@@ -26,6 +27,8 @@ def private_dir(path: Path) -> Path:
             folder.mkdir(mode=0o700)
         except FileExistsError:  # made meanwhile by another process
             pass
+    if not path.is_dir():  # a file stands where the folder should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return path
 
 
