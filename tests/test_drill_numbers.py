@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskmeter.handover.call import CapturedCall
-from taskmeter.proxy import stream_usage
-from taskmeter.proxy.stream_usage import include_usage_splice
-from taskmeter.proxy.tee import UsageChunkStripper
+from taskmeter.protocols import stream_usage
+from taskmeter.protocols.stream_usage import UsageChunkStripper, include_usage_splice
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.store.interactions import (
     MAX_COST_PER_CALL_USD,

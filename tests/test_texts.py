@@ -9,10 +9,11 @@ import pytest
 
 from taskmeter.config.settings import load_settings
 from taskmeter.errors import MeterError
+from taskmeter.protocols.texts import request_turns
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.recorder.loop import RecorderLoop
 from taskmeter.recorder.parse import BodyParser
-from taskmeter.recorder.texts import TEXT_LIMIT, call_text, request_turns
+from taskmeter.recorder.texts import TEXT_LIMIT, call_text
 from taskmeter.store import db as store_db
 from taskmeter.store import texts
 from tests.fixtures import ALL

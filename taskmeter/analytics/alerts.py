@@ -10,17 +10,16 @@ MIN_APPROVED_TASKS = 3
 MIN_WORKED_SECONDS = 600
 
 
-def loop_signatures(protocol: str | None, request, model: str | None, tool_calls: list[list]) -> list[str]:
+def loop_signatures(turns, model: str | None, tool_calls: list[list]) -> list[str]:
     """What makes two requests "near-identical": the same model and the same last
-    two messages; or the same tool calls with the same arguments in the answer.
+    two messages of the request's `turns` (each protocol says where they are: its
+    `loop_turns`); or the same tool calls with the same arguments in the answer.
     Each as a short hash; none for a request with no messages."""
     tail = None
-    if isinstance(request, dict):
-        turns = request.get("contents") if protocol == "gemini" else request.get("input", request.get("messages"))
-        if isinstance(turns, list) and turns:
-            tail = turns[-2:]
-        elif isinstance(turns, str):
-            tail = turns
+    if isinstance(turns, list) and turns:
+        tail = turns[-2:]
+    elif isinstance(turns, str):
+        tail = turns
     found = []
     if tail is not None:
         found.append("request:" + _digest([model, tail]))

@@ -25,15 +25,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy import http
 
+from taskmeter import protocols
 from taskmeter.config import Settings
 from taskmeter.errors import MeterError
 from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
+from taskmeter.protocols.framing import UnsupportedEncoding, content_decoder
+from taskmeter.protocols.record import StreamUsage
 from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify, host_address, is_loopback_host
-from taskmeter.proxy.stream_usage import include_usage_splice
 from taskmeter.proxy.tee import ResponseTee
-from taskmeter.recorder.framing import UnsupportedEncoding, content_decoder
 from taskmeter.secrets import is_secret_query_name
 from taskmeter.store.tasks import validate_task_id
 
@@ -325,6 +326,7 @@ class Capture:
             return
         task_id, attribution = flow.metadata[_TASK]
         request = flow.request
+        protocol = protocols.by_name(route.endpoint.protocol)
         call = CapturedCall(
             id=new_id(),
             started=time.time(),
@@ -336,7 +338,7 @@ class Capture:
             task_id=task_id,
             attribution=attribution,
             client=request.headers.get("user-agent"),
-            client_session=request.headers.get("x-claude-code-session-id"),
+            client_session=next(filter(None, map(request.headers.get, protocol.session_headers)), None),
         )
         # Plain bodies: nothing to decompress, and the client is not slowed by
         # block-buffered compression (servers may still compress; we decode then).
@@ -349,19 +351,21 @@ class Capture:
         if call is None:
             return
         call.request_body = flow.request.get_content(strict=False)
-        if self._settings.proxy.inject_stream_usage and call.protocol == "openai_chat" and call.operation == "generate":
-            await self._ask_for_stream_usage(flow, call)
+        stream_usage = protocols.by_name(call.protocol).stream_usage
+        if self._settings.proxy.inject_stream_usage and stream_usage and call.operation == "generate":
+            await self._ask_for_stream_usage(flow, call, stream_usage)
 
     @staticmethod
-    async def _ask_for_stream_usage(flow: http.HTTPFlow, call: CapturedCall) -> None:
-        """OpenAI-compatible streams carry usage only when asked: ask, and strip the
-        extra chunk later so the client gets the stream it requested. The request is
-        spliced, never re-serialised, so every other byte the client sent (a large
-        body, a character cut in half) goes upstream unchanged. A large body is
-        scanned in slices, other calls' hooks running in between."""
+    async def _ask_for_stream_usage(flow: http.HTTPFlow, call: CapturedCall, stream_usage: StreamUsage) -> None:
+        """Streams that carry usage only when asked (OpenAI-compatible ones): ask,
+        and strip the extra chunk later so the client gets the stream it
+        requested. The request is spliced, never re-serialised, so every other
+        byte the client sent (a large body, a character cut in half) goes
+        upstream unchanged. A large body is scanned in slices, other calls'
+        hooks running in between."""
         if not call.request_body:
             return
-        scan = include_usage_splice(call.request_body)
+        scan = stream_usage.splice(call.request_body)
         try:
             while True:
                 next(scan)
@@ -395,7 +399,8 @@ class Capture:
                 response.headers.pop("content-encoding", None)
                 response.headers.pop("content-length", None)
                 call.content_encoding = None  # what is kept is the decoded stream
-        response.stream = ResponseTee(call, self._body_limit, call.injected_usage and not call.content_encoding, decoder)
+        stripper = protocols.by_name(call.protocol).stream_usage.stripper if call.injected_usage else None
+        response.stream = ResponseTee(call, self._body_limit, None if call.content_encoding else stripper, decoder)
 
     def response(self, flow: http.HTTPFlow) -> None:
         call = self._ending(flow)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from mitmproxy import http
 
 from taskmeter.handover.call import CapturedCall
-from taskmeter.proxy import provider_errors
+from taskmeter.protocols import provider_errors
+from taskmeter.protocols.conversation import conversation_id, request_json
 from taskmeter.proxy.addons import _CALL, BUDGET_HEADER
-from taskmeter.recorder.conversation import conversation_id, request_json
 from taskmeter.store.tasks import infer_phase
 
 # Longest a call waits for the spend of the calls in flight; then it goes on, judged on the spend stored.

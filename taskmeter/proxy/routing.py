@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from taskmeter import protocols
 from taskmeter.config import Settings
 
 
@@ -15,7 +16,9 @@ class Endpoint:
     operation: str  # generate | count_tokens | other
 
 
-_GENERATE, _COUNT, _OTHER = "generate", "count_tokens", "other"
+# Each protocol's routes (taskmeter/protocols/): a verb (`models/x:verb`) or a path ending.
+_BY_VERB = {verb: Endpoint(p.name, operation) for p in protocols.ALL for verb, operation in p.verbs.items()}
+_BY_ENDING = {ending: Endpoint(p.name, operation) for p in protocols.ALL for ending, operation in p.paths.items()}
 
 
 def classify(method: str, path: str) -> Endpoint | None:
@@ -37,31 +40,8 @@ def _classify_path(path: str) -> Endpoint | None:
     path = path.rstrip("/")
     last = path.rsplit("/", 1)[-1]
     if ":" in last:
-        verb = last.rsplit(":", 1)[1]
-        if verb in ("generatecontent", "streamgeneratecontent"):
-            return Endpoint("gemini", _GENERATE)
-        if verb == "counttokens":
-            return Endpoint("gemini", _COUNT)
-        if verb in ("rawpredict", "streamrawpredict"):  # Claude on Vertex AI
-            return Endpoint("anthropic", _GENERATE)
-        return None
-    if path.endswith(("/chat/completions", "/completions")):
-        return Endpoint("openai_chat", _GENERATE)
-    if path.endswith("/responses/input_tokens"):
-        return Endpoint("openai_responses", _COUNT)
-    if path.endswith("/responses"):
-        return Endpoint("openai_responses", _GENERATE)
-    if path.endswith("/messages/count_tokens"):
-        return Endpoint("anthropic", _COUNT)
-    if path.endswith("/messages"):
-        return Endpoint("anthropic", _GENERATE)
-    if path.endswith(("/api/chat", "/api/generate")):
-        return Endpoint("ollama", _GENERATE)
-    if path.endswith(("/converse", "/converse-stream")):
-        return Endpoint("bedrock", _GENERATE)
-    if path.endswith("/embeddings"):
-        return Endpoint("openai_chat", _OTHER)
-    return None
+        return _BY_VERB.get(last.rsplit(":", 1)[1])
+    return next((endpoint for ending, endpoint in _BY_ENDING.items() if path.endswith(ending)), None)
 
 
 _ESCAPED_SLASH = re.compile(r"%(2f|5c)", re.IGNORECASE)

@@ -16,7 +16,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
-from taskmeter.proxy import provider_errors
+from taskmeter.protocols import provider_errors
 
 BAD_GATEWAY, GATEWAY_TIMEOUT = 502, 504
 

@@ -4,17 +4,17 @@ estimated and prices looked up."""
 
 import json
 import logging
-import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 
+from taskmeter import protocols
 from taskmeter.analytics.alerts import loop_signatures
 from taskmeter.handover.call import CapturedCall
+from taskmeter.protocols.conversation import conversation_id, request_json
+from taskmeter.protocols.usage import Usage
 from taskmeter.recorder import estimate, pricing
-from taskmeter.recorder.conversation import conversation_id, request_json
 from taskmeter.recorder.parse import BodyParser, ParseResult
 from taskmeter.recorder.texts import call_text
-from taskmeter.recorder.usage import Usage
 from taskmeter.secrets import redact
 from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
@@ -36,6 +36,7 @@ class Finalizer:
         self._responses: OrderedDict[str, str] = OrderedDict()
 
     def finish(self, call: CapturedCall) -> CallRow:
+        protocol = protocols.by_name(call.protocol)
         request = request_json(call.request_body)
         notes = [call.notes] if call.notes else []
         result = self._parse(call, notes)
@@ -43,16 +44,16 @@ class Finalizer:
             # The client hung up after the stream's own end marker: nothing was lost.
             call.outcome, call.error = "complete", None
         model = result.model or (request.get("model") if isinstance(request, dict) else None)
-        if not model and call.protocol == "gemini":
-            model = _gemini_model(call.endpoint)
-        streamed = _streamed(call, request)
+        if not model and protocol.model_in_endpoint:
+            model = protocol.model_in_endpoint(call.endpoint)
+        streamed = protocol.streamed(call.endpoint, request)
         usage, source, errors = self._usage(call, request, result, model, notes)
         if usage is not None:
             notes += usage.implausible
         cost, price_source = (None, None)
         if usage is not None and call.operation != "count_tokens":
             cost, price_source = pricing.price(call.provider, model, usage)
-        conversation = self._conversation(call.protocol, request, result.response_id)
+        conversation = self._conversation(protocol, request, result.response_id)
         raw = dict(usage.raw) if usage is not None and usage.raw is not None else None
         if call.operation == "count_tokens" and result.counted_tokens is not None:
             raw = {"counted_input_tokens": result.counted_tokens}
@@ -72,12 +73,13 @@ class Finalizer:
             cost_usd=cost,
             price_source=price_source,
             conversation_id=conversation,
-            client_session=call.client_session or _session_in_metadata(request),
+            client_session=call.client_session or (protocol.session_in_request and protocol.session_in_request(request)),
             notes="; ".join(notes) or None,
         )
         finished = CallRow(interaction)
         if call.operation == "generate" and not call.blocked:
-            finished.loop_signatures = tuple(loop_signatures(call.protocol, request, model, result.tool_calls))
+            turns = protocol.loop_turns(request) if isinstance(request, dict) else None
+            finished.loop_signatures = tuple(loop_signatures(turns, model, result.tool_calls))
         if self._store_bodies in ("text", "full") and call.operation == "generate":
             finished.texts = call_text(call.protocol, request, result.answer, result.tool_calls).stored()
         if self._store_bodies == "full":
@@ -159,13 +161,13 @@ class Finalizer:
             return None, None, errors
         return usage, "partial" if cut_short else "estimated", errors
 
-    def _conversation(self, protocol: str, request, response_id: str | None) -> str | None:
+    def _conversation(self, protocol: protocols.Protocol, request, response_id: str | None) -> str | None:
         conversation = None
         if isinstance(request, dict) and request.get("previous_response_id") in self._responses:
             conversation = self._responses[request["previous_response_id"]]
         if conversation is None:
-            conversation = conversation_id(protocol, request)
-        if response_id and conversation and protocol == "openai_responses":
+            conversation = conversation_id(protocol.name, request)
+        if response_id and conversation and protocol.chains_responses:
             self._responses[response_id] = conversation
             while len(self._responses) > 10_000:
                 self._responses.popitem(last=False)
@@ -180,36 +182,3 @@ def _estimate(call: CapturedCall, errors: list[str], compute):
         log.warning("meter: token estimate failed for %s: %s", call.id, exc)
         errors.append(f"token estimate failed: {exc}")
         return None
-
-
-def _streamed(call: CapturedCall, request) -> bool:
-    if call.protocol == "gemini":
-        return ":streamGenerateContent" in call.endpoint
-    if call.protocol == "bedrock":
-        return call.endpoint.split("?")[0].endswith("-stream")
-    if call.protocol == "anthropic" and ":streamRawPredict" in call.endpoint:
-        return True
-    if isinstance(request, dict) and "stream" in request:
-        return bool(request["stream"])
-    return call.protocol == "ollama"  # Ollama streams unless told not to
-
-
-def _session_in_metadata(request) -> str | None:
-    """Claude Code's session ID from metadata.user_id, for versions that send no
-    header: `user_…_session_<uuid>`, or (from 2.1.78) a JSON object with session_id."""
-    user_id = (request.get("metadata") or {}).get("user_id") if isinstance(request, dict) else None
-    if not isinstance(user_id, str):
-        return None
-    if user_id.startswith("{"):
-        try:
-            session = json.loads(user_id).get("session_id")
-        except (ValueError, AttributeError):
-            return None
-        return session if isinstance(session, str) and session else None
-    _, found, session = user_id.rpartition("_session_")
-    return session or None if found else None
-
-
-def _gemini_model(endpoint: str) -> str | None:
-    match = re.search(r"/models/([^/:?]+)", endpoint)
-    return match.group(1) if match else None

@@ -4,8 +4,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from taskmeter.recorder.framing import FRAMINGS, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
-from taskmeter.recorder.usage import ACCUMULATORS, Usage
+from taskmeter import protocols
+from taskmeter.protocols.framing import FRAMINGS, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
+from taskmeter.protocols.usage import Usage
 
 
 @dataclass(slots=True)
@@ -22,27 +23,16 @@ class ParseResult:
     parse_error: str | None
 
 
-# Where a plain JSON body states usage, and the event that carries it to each
-# protocol's accumulator, for reading usage from the tail of a body too large to keep.
-_JSON_TAIL_USAGE = {
-    "openai_chat": ("usage", lambda usage: {"usage": usage}),
-    "openai_responses": ("usage", lambda usage: {"type": "response.completed", "response": {"usage": usage}}),
-    "anthropic": ("usage", lambda usage: {"type": "message_delta", "usage": usage}),
-    "gemini": ("usageMetadata", lambda usage: {"usageMetadata": usage}),
-    "bedrock": ("usage", lambda usage: {"usage": usage}),
-}
-
-
 class BodyParser:
     """Feed the body's bytes as they come (any boundaries), then close(). The
     framing follows the content type, or the first bytes for an event stream."""
 
     def __init__(self, protocol: str, content_type: str | None, content_encoding: str | None = None) -> None:
-        self._protocol = protocol
+        self._protocol = protocols.by_name(protocol)
         self._content_type = content_type
         self._framing_name: str | None = None
         self._framing = None  # chosen with the first bytes
-        self._accumulator = ACCUMULATORS[protocol]()
+        self._accumulator = self._protocol.accumulator()
         self._parse_error: str | None = None
         try:
             self._decoder = content_decoder(content_encoding)
@@ -80,9 +70,9 @@ class BodyParser:
                 for name, payload in self._framing.feed(tail[boundary.end() :]):
                     self._event(name, payload)
                 return None
-            if self._framing_name == "json" and self._protocol in _JSON_TAIL_USAGE:
+            if self._framing_name == "json" and self._protocol.tail_usage:
                 self._framing = FRAMINGS["json"]()  # the head alone is no document
-                key, event = _JSON_TAIL_USAGE[self._protocol]
+                key, event = self._protocol.tail_usage
                 usage = _last_object(tail.decode("utf-8", "replace"), key)
                 if usage is None:
                     return f"no {key} object in the kept tail"

@@ -5,7 +5,7 @@ from importlib.metadata import version
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
-from taskmeter.recorder.usage import Usage
+from taskmeter.protocols.usage import Usage
 from taskmeter.store.interactions import call_cost
 
 # Our provider names -> genai-prices provider ids (None: let it guess from the model).

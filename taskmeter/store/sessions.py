@@ -17,11 +17,14 @@ call starts a session new to the task. Calls are ordered by (started_at, id).
 import sqlite3
 from datetime import timedelta
 
+from taskmeter import protocols
 from taskmeter.store import tasks
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, to_stored
 
 DEFAULT_SESSION_GAP_SECONDS = 30 * 60
+# Protocols whose calls chain to earlier responses: their conversation is the session.
+_CHAINED_PROTOCOLS = frozenset(protocol.name for protocol in protocols.ALL if protocol.chains_responses)
 
 
 def session_of(db: sqlite3.Connection, row: Interaction, gap_seconds: float = DEFAULT_SESSION_GAP_SECONDS) -> str:
@@ -30,7 +33,7 @@ def session_of(db: sqlite3.Connection, row: Interaction, gap_seconds: float = DE
         return row.client_session
     if row.conversation_id is None:
         return row.id  # nothing ties it to another call
-    if row.protocol == "openai_responses":
+    if row.protocol in _CHAINED_PROTOCOLS:
         return row.conversation_id
     since = to_stored(from_stored(row.started_at) - timedelta(seconds=gap_seconds))
     previous = db.execute(

@@ -1,13 +1,16 @@
 """Conversation identity: a hash of the conversation's root.
 
 The root is what every later turn of a conversation repeats: the system prompt
-(or instructions) and the first user turn. Two calls with the same root belong to
-one conversation; tools, later turns and parameters do not change it. A Responses
+(or instructions) and the first user turn; each protocol says where they are
+(its `conversation_root`). Two calls with the same root belong to one
+conversation; tools, later turns and parameters do not change it. A Responses
 API call chained with previous_response_id joins the conversation of that response.
 """
 
 import hashlib
 import json
+
+from taskmeter import protocols
 
 _SYSTEM_ROLES = ("system", "developer")
 
@@ -23,39 +26,21 @@ def request_json(body: bytes | None):
         return None
 
 
-def _first_user(messages) -> object:
+def first_user(messages) -> object:
     for message in messages or ():
         if isinstance(message, dict) and message.get("role", "user") == "user":
             return message.get("content", message.get("parts"))
     return None
 
 
-def _system_messages(messages) -> list:
+def system_messages(messages) -> list:
     return [m.get("content") for m in messages or () if isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES]
-
-
-def conversation_root(protocol: str, request: dict) -> object | None:
-    if protocol in ("openai_chat", "ollama"):
-        if "messages" in request:
-            return [_system_messages(request["messages"]), _first_user(request["messages"])]
-        return [request.get("system"), request.get("prompt")]  # /api/generate
-    if protocol == "anthropic":
-        return [request.get("system"), _first_user(request.get("messages"))]
-    if protocol == "openai_responses":
-        items = request.get("input")
-        first = items if isinstance(items, str) else _first_user(items)
-        return [request.get("instructions"), first]
-    if protocol == "gemini":
-        return [request.get("systemInstruction") or request.get("system_instruction"), _first_user(request.get("contents"))]
-    if protocol == "bedrock":
-        return [request.get("system"), _first_user(request.get("messages"))]
-    return None
 
 
 def conversation_id(protocol: str, request: object) -> str | None:
     if not isinstance(request, dict):
         return None
-    root = conversation_root(protocol, request)
+    root = protocols.by_name(protocol).conversation_root(request)
     if root is None or root == [None, None]:
         return None
     canonical = json.dumps(root, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

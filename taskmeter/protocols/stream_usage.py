@@ -1,7 +1,10 @@
-"""Asking an OpenAI-compatible server for stream usage, on the event loop, in
-bounded slices: the request's top-level keys are found by a scan of its
-structure (strings are skipped by a regular expression, nothing is decoded), and
-the scan pauses after each slice, so a request of many megabytes never holds
+"""Usage injection, for OpenAI-compatible streams, which carry usage only when
+asked: the proxy asks (`include_usage_splice`), and removes the extra event
+from the answer (`UsageChunkStripper`), so the client gets the stream it requested.
+
+The request is spliced on the event loop, in bounded slices: its top-level keys
+are found by a scan of its structure (strings are skipped by a regular
+expression, nothing is decoded), and the scan pauses after each slice, so a request of many megabytes never holds
 the loop. The body is spliced, never re-serialised.
 
 `include_usage_splice(body)` is a generator: each `next()` does at most one slice
@@ -186,3 +189,66 @@ def _value_end(body: bytes, pos: int, slices: _Slices) -> Generator[None, None, 
                 return pos
         if slices.due(pos):
             yield
+
+
+class UsageChunkStripper:
+    """Removes the usage-only chunk (`"choices": []` with a usage object) that the
+    meter asked an OpenAI-compatible server for, so the client gets exactly the
+    stream it requested. Holds back only the bytes of an event not yet complete."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete events so far, less the usage-only one; O(len(data)), in
+        as few passes over the data as can be (this runs for every chunk)."""
+        if self._pending:  # the start of an event cut by the last chunk: short
+            data = bytes(self._pending) + data
+            self._pending.clear()
+        lf = data.rfind(b"\n\n")  # from the end: stops at the last event's end
+        crlf = data.rfind(b"\r\n\r\n", max(lf, 0))
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        self._pending += memoryview(data)[end:]
+        complete = data[:end]  # the chunk itself when it ends with an event, as most do
+        if b'"choices":[]' not in complete and b'"choices": []' not in complete:
+            return complete  # the usual case: no candidate in these events
+        try:
+            return b"".join(block for block in self._events(complete) if not self._is_usage_only(block))
+        except Exception:
+            self._pending[:0] = complete  # held again, so the caller can pass everything on untouched
+            raise
+
+    def flush(self) -> bytes:
+        rest = bytes(self._pending)
+        self._pending.clear()
+        return b"" if self._is_usage_only(rest) else rest
+
+    @staticmethod
+    def _events(data: bytes):
+        start = 0
+        while start < len(data):
+            lf = data.find(b"\n\n", start)
+            crlf = data.find(b"\r\n\r\n", start)
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                end = crlf + 4
+            elif lf >= 0:
+                end = lf + 2
+            else:
+                end = len(data)
+            yield data[start:end]
+            start = end
+
+    @staticmethod
+    def _is_usage_only(block: bytes) -> bool:
+        if b'"usage"' not in block or b'"choices"' not in block:
+            return False
+        for line in block.splitlines():
+            if line.startswith(b"data:"):
+                try:
+                    event = json.loads(line[5:])
+                except ValueError:
+                    return False
+                return isinstance(event, dict) and event.get("choices") == [] and isinstance(event.get("usage"), dict)
+        return False
