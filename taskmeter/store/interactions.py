@@ -51,6 +51,7 @@ class Interaction:
     # What the recorder had to change or drop to store the call (see storable()).
     notes: str | None = None
     blocked: str | None = None  # "budget" or "loop": the meter refused the call, the upstream never saw it
+    response_id: str | None = None  # the provider's ID of the response (msg_…, chatcmpl-…, resp_…, responseId)
 
 
 COLUMNS = tuple(f.name for f in fields(Interaction))
@@ -67,7 +68,7 @@ def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # A float past this is no real cost or count; it would only poison sums.
 _FLOAT_MAX = 1e15
-_TEXT_MAX = {"model": 256, "endpoint": 4096, "client": 1024, "error": 8192, "conversation_id": 256}
+_TEXT_MAX = {"model": 256, "endpoint": 4096, "client": 1024, "error": 8192, "conversation_id": 256, "response_id": 256}
 _TEXT_MAX_DEFAULT = 65536
 
 
