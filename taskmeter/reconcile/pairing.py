@@ -10,7 +10,7 @@ Each call pairs with one turn at most; of several, the nearest in time."""
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -74,6 +74,8 @@ def read_logs(
     for name in agents:
         module = AGENTS[name]
         files = module.log_files(env, home)
+        if since is not None:  # a file last written before `since` holds no turn after it
+            files = [path for path in files if _written_since(path, since)]
         turns = [turn for turn in module.read(files, warn) if since is None or turn.at >= since]
         found[name] = (len(files), sorted(turns, key=lambda turn: (turn.at, turn.key)))
     return found
@@ -126,19 +128,19 @@ def _pair(db, module, turns: list[LogTurn], since: str | None) -> dict[str, tupl
     taken = {call_id for call_id, _ in paired.values()}
     low, high = _window(turns, since)
     marks = ", ".join("?" for _ in module.PROTOCOLS)
-    candidates = [
-        dict(row)
-        for row in db.execute(
-            f"SELECT {_CALL_COLUMNS} FROM interactions WHERE operation = 'generate' AND protocol IN ({marks})"
-            " AND started_at >= ? AND started_at <= ? AND usage_source IS NOT ? ORDER BY started_at, id",
-            (*module.PROTOCOLS, low, high, AGENT_LOG),
-        )
-        if row["id"] not in taken
-    ]
+    candidates: dict[tuple, list[dict]] = {}  # by (input, output): only calls with a turn's usage can be its call
+    for row in db.execute(
+        f"SELECT {_CALL_COLUMNS} FROM interactions WHERE operation = 'generate' AND protocol IN ({marks})"
+        " AND started_at >= ? AND started_at <= ? AND usage_source IS NOT ? ORDER BY started_at, id",
+        (*module.PROTOCOLS, low, high, AGENT_LOG),
+    ):
+        if row["id"] not in taken:
+            candidates.setdefault((row["input_total"], row["output_total"]), []).append(dict(row))
     for turn in turns:
         if turn.key in paired:
             continue
-        fitting = [call for call in candidates if call["id"] not in taken and _same_call(turn, call)]
+        same_usage = candidates.get((turn.usage.input_total, turn.usage.output_total), [])
+        fitting = [call for call in same_usage if call["id"] not in taken and _same_call(turn, call)]
         if fitting:
             call = min(fitting, key=lambda call: abs(_seconds(turn.at) - _seconds(call["ended_at"] or call["started_at"])))
             paired[turn.key] = (call["id"], "seen")
@@ -176,6 +178,13 @@ def _meter_only(db, module, turns: list[LogTurn], since: str | None, taken: set[
         (*module.PROTOCOLS, _like_prefix(module.CLIENT_PREFIX), low, high, AGENT_LOG),
     )
     return [dict(row) for row in rows if row["id"] not in taken]
+
+
+def _written_since(path: Path, since: str) -> bool:
+    try:
+        return to_stored(datetime.fromtimestamp(path.stat().st_mtime, UTC)) >= since
+    except OSError:
+        return False  # gone since it was listed (the agent's cleanup)
 
 
 def _window(turns: list[LogTurn], since: str | None) -> tuple[str, str]:
