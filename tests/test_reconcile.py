@@ -275,7 +275,8 @@ def test_turns_pair_by_usage_and_time_and_the_missed_ones_import_once_to_their_t
     base = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
     _switch(db, "P1-001", base - timedelta(hours=1))
     _switch(db, "P1-002", base + timedelta(minutes=30))
-    _metered(db, 1, base, "gemini", "gemini-2.5-flash", (18, 0, 0, 115, 35), client="GeminiCLI/0.61.0")
+    # The log names the model asked for, the response its version: they agree.
+    _metered(db, 1, base, "gemini", "gemini-2.5-flash-001", (18, 0, 0, 115, 35), client="GeminiCLI/0.61.0")
     # Same usage but ten minutes away: not the same call, and the log lacks it.
     lacking = _metered(
         db, 2, base + timedelta(minutes=10), "gemini", "gemini-2.5-flash", (18, 0, 0, 115, 35), client="GeminiCLI/0.61.0"
@@ -303,6 +304,10 @@ def test_turns_pair_by_usage_and_time_and_the_missed_ones_import_once_to_their_t
     ]  # fmt: skip
     assert agent["missed"]["cost_usd"] > 0 and agent["missed"]["unpriced"] == 0
     assert _dump(db) == before  # reporting changes nothing
+    [later] = json.loads(
+        meter("reconcile", "--agent", "gemini", "--json", "--since", to_stored(base + timedelta(minutes=20))).out
+    )["agents"]
+    assert (later["seen"]["count"], later["missed"]["count"], later["meter_only"]["count"]) == (0, 1, 0)
 
     first = meter("reconcile", "--agent", "gemini", "--import", "--json")
     assert json.loads(first.out)["imported"] == 2

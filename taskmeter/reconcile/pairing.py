@@ -2,8 +2,8 @@
 
 First by ID: the response ID the meter stores (Claude Code's `msg_…`, Codex's
 `resp_…`), and the ID an earlier `--import` gave the turn. Then, for turns with
-no ID match (Gemini CLI logs none), by the exact usage, the model, the session
-where both state one, and time: the agent writes a turn down as its response
+no ID match (Gemini CLI logs none), by the exact usage, the model (an alias
+agrees with its dated version), the session where both state one, and time: the agent writes a turn down as its response
 ends, so the turn must fall between the call's start and shortly after its end.
 Each call pairs with one turn at most; of several, the nearest in time."""
 
@@ -154,7 +154,7 @@ def _same_call(turn: LogTurn, call: dict) -> bool:
         return False
     if call["cache_read"] is not None and usage.cache_read is not None and call["cache_read"] != usage.cache_read:
         return False
-    if turn.model and call["model"] and turn.model != call["model"]:
+    if turn.model and call["model"] and not _same_model(turn.model, call["model"]):
         return False
     if turn.response_id and call["response_id"]:  # both named and not the same: another response
         return False
@@ -162,6 +162,12 @@ def _same_call(turn: LogTurn, call: dict) -> bool:
         return False
     at = _seconds(turn.at)
     return _seconds(call["started_at"]) <= at <= _seconds(call["ended_at"] or call["started_at"]) + WRITE_DELAY_SECONDS
+
+
+def _same_model(logged: str, metered: str) -> bool:
+    """A log may name the model asked for, the meter the one that answered: an
+    alias and its dated version (`gemini-2.5-flash`, `gemini-2.5-flash-001`) agree."""
+    return logged.startswith(metered) or metered.startswith(logged)
 
 
 def _meter_only(db, module, turns: list[LogTurn], since: str | None, taken: set[str]) -> list[dict]:
