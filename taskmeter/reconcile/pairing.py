@@ -179,9 +179,9 @@ def _meter_only(db, module, turns: list[LogTurn], since: str | None, taken: set[
     marks = ", ".join("?" for _ in module.PROTOCOLS)
     rows = db.execute(
         f"SELECT {_CALL_COLUMNS} FROM interactions i WHERE operation = 'generate' AND protocol IN ({marks})"
-        f" AND client LIKE ? ESCAPE '\\' AND started_at >= ? AND started_at <= ? AND usage_source IS NOT ?"
+        " AND substr(client, 1, ?) = ? AND started_at >= ? AND started_at <= ? AND usage_source IS NOT ?"
         f" AND blocked IS NULL AND NOT {FAILED_CALL_SQL.format(r='i')} ORDER BY started_at, id",
-        (*module.PROTOCOLS, _like_prefix(module.CLIENT_PREFIX), low, high, AGENT_LOG),
+        (*module.PROTOCOLS, len(module.CLIENT_PREFIX), module.CLIENT_PREFIX, low, high, AGENT_LOG),
     )
     return [dict(row) for row in rows if row["id"] not in taken]
 
@@ -211,10 +211,6 @@ def _rows(db, column: str, values: list[str]) -> list[sqlite3.Row]:
 
 def _seconds(stored: str) -> float:
     return from_stored(stored).timestamp()
-
-
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class _Destinations:
