@@ -201,6 +201,16 @@ def test_bad_lines_and_unknown_versions_warn_once_naming_file_and_line_and_the_r
         f"{path}:3: an assistant line without usage in a form this meter knows; line skipped",
         f"{path}:4: written by Claude Code 3.0.0, a version this meter does not know; read as 2.x",
     ]
+    header, *records = lines(GEMINI_LOG)
+    [turn] = [r for r in records if r.get("type") == "gemini"]
+    strange = {**turn, "id": "strange", "tokens": {"prompt": 5}}  # a shape of tokens this meter does not know
+    path = write_lines(gemini_file(tmp_path, "bad"), [header, strange, "not json at all", turn])
+    turns, warnings = read(gemini, tmp_path)
+    assert [t.usage.output_total for t in turns] == [115]
+    assert warnings == [
+        f"{path}:3: not JSON; line skipped",
+        f"{path}:2: a gemini record in a form this meter does not know; line skipped",
+    ]
     rollout = lines(CODEX_LOG)
     rollout[0]["payload"]["cli_version"] = "1.2.0"
     path = write_lines(codex_file(tmp_path, "future"), [rollout[0], "[1, 2]", *rollout[1:]])
@@ -378,6 +388,24 @@ def test_a_turn_with_no_current_task_goes_to_its_branch_s_task_else_unassigned(m
     assert [tuple(r) for r in rows] == [
         ("msg_01XQRA3bs4SB4yTBMwD3dbUi", "P4-007", "branch"), ("msg_2", "P4-008", "branch"), ("msg_3", None, "none"),
     ]  # fmt: skip
+
+
+def test_an_imported_turn_between_calls_moves_the_context_switch_to_where_it_happened(meter, db, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    _switch(db, "P1-003", base - timedelta(hours=1))
+    usage = (1169, 1165, 0, 221, None)
+    _metered(db, 1, base, "anthropic", "claude-3-5-sonnet-20240620", usage, client_session="A", response_id="msg_a")
+    later = _metered(db, 2, base + timedelta(minutes=9), "anthropic", "claude-3-5-sonnet-20240620", usage,
+                     client_session="B", response_id="msg_b2")  # fmt: skip
+    assert db.execute("SELECT context_switch FROM interactions WHERE id = ?", (later.id,)).fetchone()[0] == 1
+    assistant = next(r for r in lines(CLAUDE_LOG) if r["type"] == "assistant")
+    missed = {**assistant, "sessionId": "B", "timestamp": to_stored(base + timedelta(minutes=5)),
+              "message": {**assistant["message"], "id": "msg_b1"}}  # fmt: skip
+    write_lines(claude_file(tmp_path, "B"), [missed])
+    assert json.loads(meter("reconcile", "--import", "--json").out)["imported"] == 1
+    switches = db.execute("SELECT response_id, context_switch FROM interactions ORDER BY started_at").fetchall()
+    assert [tuple(r) for r in switches] == [("msg_a", 0), ("msg_b1", 1), ("msg_b2", 0)]
 
 
 def test_an_import_never_overwrites_a_metered_call_that_has_its_id(meter, db, tmp_path, monkeypatch):

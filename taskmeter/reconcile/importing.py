@@ -2,7 +2,8 @@
 
 Each becomes an interactions row with usage_source 'agent-log', priced by the
 recorder's pricing, attributed as pairing.py says, and stored by the store's
-own path (store_calls), so every rollup counts it as the call it was. Its ID
+own path (store_calls), so every rollup counts it as the call it was, and the
+context switches of its task are recomputed as after a retag. Its ID
 is derived from the turn (pairing.import_id): a second import finds it and adds
 nothing, and an ID already taken is never overwritten."""
 
@@ -10,7 +11,7 @@ import json
 import sqlite3
 
 from taskmeter.reconcile.pairing import AGENT_LOG, AgentResult
-from taskmeter.store.calls import CallRow, store_calls
+from taskmeter.store.calls import CallRow, recompute_context_switches, store_calls
 from taskmeter.store.interactions import Interaction
 
 
@@ -55,4 +56,7 @@ def import_missed(db: sqlite3.Connection, results: list[AgentResult]) -> int:
     count = "SELECT count(*) FROM interactions WHERE usage_source = ?"
     before = db.execute(count, (AGENT_LOG,)).fetchone()[0]
     store_calls(db, rows)  # an ID a metered call already has is left alone (ON CONFLICT DO NOTHING)
+    # A call stored into the past can change whether later calls switched context.
+    for task_id in {row.interaction.task_id for row in rows} - {None}:
+        recompute_context_switches(db, task_id)
     return db.execute(count, (AGENT_LOG,)).fetchone()[0] - before
