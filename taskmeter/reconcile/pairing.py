@@ -3,8 +3,9 @@
 First by ID: the response ID the meter stores (Claude Code's `msg_…`, Codex's
 `resp_…`), and the ID an earlier `--import` gave the turn. Then, for turns with
 no ID match (Gemini CLI logs none), by the exact usage, the model (an alias
-agrees with its dated version), the session where both state one, and time: the agent writes a turn down as its response
-ends, so the turn must fall between the call's start and shortly after its end.
+agrees with its dated version), the session where both state one, and time:
+the agent writes a turn down as its response ends, so the turn must fall
+between the call's start and shortly after its end.
 Each call pairs with one turn at most; of several, the nearest in time."""
 
 import sqlite3
@@ -42,7 +43,6 @@ class Turn:
 
     log: LogTurn
     status: str
-    call_id: str | None
     task_id: str | None
     attribution: str | None
     cost_usd: float | None
@@ -90,7 +90,7 @@ def reconcile(
         module = AGENTS[name]
         result = AgentResult(module, files)
         paired = _pair(db, module, turns, since)
-        taken = {call_id for call_id, _ in paired.values() if call_id}
+        taken = {call_id for call_id, _ in paired.values()}
         for turn in turns:
             call_id, status = paired.get(turn.key, (None, "missed"))
             if status == "missed":
@@ -100,13 +100,8 @@ def reconcile(
                 row = db.execute(
                     "SELECT task_id, attribution, cost_usd, price_source FROM interactions WHERE id = ?", (call_id,)
                 ).fetchone()
-                task_id, attribution, cost, price_source = (
-                    row["task_id"],
-                    row["attribution"],
-                    row["cost_usd"],
-                    row["price_source"],
-                )
-            result.turns.append(Turn(turn, status, call_id, task_id, attribution, cost, price_source))
+                task_id, attribution, cost, price_source = tuple(row)
+            result.turns.append(Turn(turn, status, task_id, attribution, cost, price_source))
         result.meter_only = _meter_only(db, module, turns, since, taken)
         results.append(result)
     return results

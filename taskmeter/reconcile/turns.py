@@ -32,10 +32,6 @@ class LogTurn:
     branch: str | None = None
     version: str | None = None
 
-    @property
-    def tokens(self) -> int:
-        return (self.usage.input_total or 0) + (self.usage.output_total or 0)
-
 
 def stored_time(value) -> str | None:
     """An agent's ISO 8601 timestamp (`…Z` or an offset) in the stored form, or None."""
