@@ -14,6 +14,7 @@ neighbours changes it unless they differ by exactly 16. IDs made before the
 check character existed (12 characters) stay valid.
 """
 
+import hashlib
 import secrets
 import threading
 import time
@@ -70,6 +71,16 @@ class IdGenerator:
 
 
 new_id = IdGenerator().new
+
+
+def derived_id(moment: float, key: str) -> str:
+    """The same ID every time for the same `key` at the same `moment` (epoch
+    seconds): the random part is drawn from the key's hash, so importing a
+    record twice (`meter reconcile --import`) names the same call."""
+    centis = int((moment - _EPOCH) * 100)
+    drawn = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4]) % _RANDOM_SPACE
+    body = _encode(centis, _TIME_CHARS) + _encode(drawn, _RANDOM_CHARS)
+    return body + check_char(body)
 
 
 def normalise_prefix(text: str) -> str:

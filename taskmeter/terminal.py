@@ -187,5 +187,10 @@ def warn(message: str) -> None:
     console.print(printable(message), style="bold yellow", markup=False)
 
 
+def problem(message: str) -> None:
+    """One line about bad input that the command reads past: on stderr, so output stays data."""
+    err_console.print(f"meter: warning: {printable(message)}", markup=False)
+
+
 def error(message: str) -> None:
     err_console.print(f"meter: error: {printable(message)}", markup=False)

@@ -132,7 +132,7 @@ def test_task_report_fields(phase_one):
         "reasoning": 50,
         "total": 2130,
     }
-    assert report["tokens_by_source"] == {"reported": 1800, "estimated": 330, "partial": 0}
+    assert report["tokens_by_source"] == {"reported": 1800, "estimated": 330, "partial": 0, "agent_log": 0}
     assert report["ai_interactions"] == 3 and report["hallucination_count"] == 1
     assert report["hallucination_rate"] == pytest.approx(1 / 3)
     assert report["context_switches"] == 1  # c1 -> c2

@@ -110,7 +110,9 @@ def _beyond(fields: dict) -> list[str]:
         )
     )
     lines.append(
-        f"TOKENS_BY_SOURCE:  reported {by_source['reported']:,}, estimated {by_source['estimated']:,}, partial {by_source['partial']:,}"
+        f"TOKENS_BY_SOURCE:  reported {by_source['reported']:,}, estimated {by_source['estimated']:,}, partial {by_source['partial']:,},"
+        f" agent log {by_source['agent_log']:,}"
+        + (f" ({fields['agent_log_share']:.1%} of the tokens, from the agents' own logs)" if fields["agent_log_share"] else "")
     )
     cost_text = f"${cost:,.4f}" if cost is not None else PLACEHOLDER
     if unpriced:
@@ -284,12 +286,17 @@ def as_csv(rows: list[dict]) -> str:
 
 def overview_markdown(report: dict) -> str:
     lines = [
-        "| Phase | Tasks | Tokens | Tokens/task | Trend | Interactions | Hallucination rate | Cost | Completeness |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Phase | Tasks | Tokens | Tokens/task | Trend | Interactions | Hallucination rate | Cost | From agent logs | Completeness |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in overview_rows(report):
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    """The share of tokens imported from the agents' logs: none reads as 0%, never as a blank."""
+    return f"{value or 0:.1%}"
 
 
 def overview_rows(report: dict) -> list[list[str]]:
@@ -306,6 +313,7 @@ def overview_rows(report: dict) -> list[list[str]]:
                 str(phase["ai_interactions_total"]),
                 f"{phase['hallucination_rate']:.2%}" if phase["hallucination_rate"] is not None else PLACEHOLDER,
                 f"${phase['cost_usd']:.4f}" if phase["cost_usd"] is not None else PLACEHOLDER,
+                _share(phase["agent_log_share"]),
                 f"{phase['tracking_completeness']:.0f}%",
             ]
         )
@@ -321,6 +329,7 @@ def overview_rows(report: dict) -> list[list[str]]:
             str(unassigned["ai_interactions"]),
             "—",
             f"${unassigned['cost_usd']:.4f}" if unassigned["cost_usd"] is not None else "—",
+            _share(unassigned["agent_log_share"]),
             "—",
         ]
     )

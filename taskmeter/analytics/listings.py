@@ -57,6 +57,7 @@ def call_record(row: dict) -> dict:
         "context_switch": _flag(row["context_switch"]),
         "client": row["client"],
         "client_session": row["client_session"],
+        "response_id": row["response_id"],
         "flagged": row["flagged_at"] is not None,
         "flagged_at": row["flagged_at"],
         "flag_note": row["flag_note"],

@@ -111,7 +111,9 @@ def _usage_extras(usage: dict) -> dict:
             "reported": usage["reported_tokens"],
             "estimated": usage["estimated_tokens"],
             "partial": usage["partial_tokens"],
+            "agent_log": usage["agent_log_tokens"],  # imported by `meter reconcile --import`: the meter never saw them
         },
+        "agent_log_share": _ratio(usage["agent_log_tokens"], _tokens(usage)["total"]),
         "cost_usd": usage["cost_usd"],
         "unpriced_interactions": usage["interactions"] - usage["cost_calls"],
         # Calls that never reached a model (no response, 429, 5xx): not AI interactions.
@@ -371,6 +373,7 @@ def overview(phases: list[dict], unassigned: dict) -> dict:
         "ai_interactions_total",
         "hallucination_rate",
         "cost_usd",
+        "agent_log_share",
     )
     rows = [
         {**{key: fields[key] for key in keys}, "tracking_completeness": fields["tracking_completeness"]["percent"]}
@@ -382,5 +385,6 @@ def overview(phases: list[dict], unassigned: dict) -> dict:
             "ai_interactions": unassigned["interactions"],
             "tokens": _tokens(unassigned),
             "cost_usd": unassigned["cost_usd"],
+            "agent_log_share": _ratio(unassigned["agent_log_tokens"], _tokens(unassigned)["total"]),
         },
     }

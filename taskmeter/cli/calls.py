@@ -248,6 +248,8 @@ def _follow(db: sqlite3.Connection, limit: int, calls: interactions.CallFilter) 
 
 def _status_cell(row: dict) -> str:
     status = str(row["http_status"]) if row["http_status"] is not None else ""
+    if row["usage_source"] == "agent-log":  # the agent logged an answer; the meter saw no status
+        status = "in agent log"
     if row["outcome"] and row["outcome"] != "complete":
         status = f"{status} {row['outcome']}".strip()
     return status
@@ -302,7 +304,8 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
             f"(reasoning {terminal.number(tokens['reasoning'])}) = {terminal.number(tokens['total'])}"
         )
     source = {"reported": "stated by the provider", "estimated": "estimated with tiktoken (the provider stated none)",
-              "partial": "the stream was cut: what it stated, or the delivered text counted"}.get(record["usage_source"], "")  # fmt: skip
+              "partial": "the stream was cut: what it stated, or the delivered text counted",
+              "agent-log": "from the agent's own log (`meter reconcile --import`): the meter never saw this call"}.get(record["usage_source"], "")  # fmt: skip
     duration = seconds_between(row["started_at"], row["ended_at"]) if row["ended_at"] else None
     terminal.fields(
         [

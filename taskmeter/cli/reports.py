@@ -77,6 +77,7 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
                 Column("Calls", "figure", drop=2),
                 Column("Halluc. rate", "figure", drop=1),
                 Column("Cost", "figure"),
+                Column("From logs", "figure", drop=7),
                 Column("Complete", "figure", drop=6),
             ],
             formats.overview_rows(overview),

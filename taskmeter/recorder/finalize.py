@@ -75,6 +75,7 @@ class Finalizer:
             conversation_id=conversation,
             client_session=call.client_session or (protocol.session_in_request and protocol.session_in_request(request)),
             notes="; ".join(notes) or None,
+            response_id=result.response_id if isinstance(result.response_id, str) else None,
         )
         finished = CallRow(interaction)
         if call.operation == "generate" and not call.blocked:

@@ -52,6 +52,7 @@ class Interaction:
     # What the recorder had to change or drop to store the call (see storable()).
     notes: str | None = None
     blocked: str | None = None  # "budget" or "loop": the meter refused the call, the upstream never saw it
+    response_id: str | None = None  # the provider's ID of the response (msg_…, chatcmpl-…, resp_…, responseId)
 
 
 COLUMNS = tuple(f.name for f in fields(Interaction))
@@ -105,7 +106,7 @@ def shown(value) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
-_TEXT_MAX = {"model": 256, "endpoint": 4096, "client": 1024, "error": 8192, "conversation_id": 256}
+_TEXT_MAX = {"model": 256, "endpoint": 4096, "client": 1024, "error": 8192, "conversation_id": 256, "response_id": 256}
 _TEXT_MAX_DEFAULT = 65536
 
 

@@ -31,6 +31,26 @@ def run_script(db: sqlite3.Connection, script: str) -> None:
         raise ValueError(f"incomplete SQL statement in migration: {statement!r}")
 
 
+def widen_checks(db: sqlite3.Connection, table: str, changes: dict[str, str]) -> None:
+    """Loosen CHECK constraints of `table` in place, each `old` clause text made
+    `new`: SQLite's documented procedure for removing or relaxing a constraint
+    (lang_altertable.html, "other kinds of table schema changes"). Every stored
+    row meets the wider constraint, so the table is not rebuilt; the schema
+    version is bumped so that every connection reads the new schema."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    for old, new in changes.items():
+        if old not in sql:
+            raise MeterError(f"cannot upgrade table {table}: its schema lacks {old!r}")
+        sql = sql.replace(old, new)
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    db.execute("PRAGMA writable_schema = ON")
+    try:
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", (sql, table))
+        db.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        db.execute("PRAGMA writable_schema = OFF")
+
+
 @migration
 def m001_initial(db: sqlite3.Connection) -> None:
     run_script(
@@ -991,6 +1011,58 @@ def m013_rework_rollup(db: sqlite3.Connection) -> None:
         END;
 
         {rows("1")}
+        """,
+    )
+
+
+@migration
+def m014_response_ids_and_agent_logs(db: sqlite3.Connection) -> None:
+    """The provider's own ID of each response (Anthropic `msg_…`, OpenAI `chatcmpl-…`
+    or `resp_…`, Gemini `responseId`), the key that pairs a call with the turn an
+    agent logged (`meter reconcile`). Calls imported from the agents' own logs:
+    usage_source 'agent-log', attribution 'branch' for those that went to their
+    log's branch's task, and their tokens per task, so reports can show their share."""
+    widen_checks(
+        db,
+        "interactions",
+        {
+            # A call imported from an agent's log, and one attributed to its log's branch.
+            "usage_source IN ('reported', 'estimated', 'partial')": "usage_source IN ('reported', 'estimated', 'partial', 'agent-log')",
+            "attribution IN ('path', 'header', 'current', 'none', 'retag')": (
+                "attribution IN ('path', 'header', 'current', 'none', 'retag', 'branch')"
+            ),
+        },
+    )
+    agent_log = "({r}.operation = 'generate' AND {r}.usage_source = 'agent-log')"
+    tokens = "coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0)"
+
+    def add(r: str, sign: str) -> str:
+        return f"""
+            INSERT INTO task_usage (task_key, agent_log_tokens)
+            SELECT coalesce({r}.task_id, ''), {sign}({tokens.format(r=r)}) WHERE {agent_log.format(r=r)}
+            ON CONFLICT(task_key) DO UPDATE SET agent_log_tokens = agent_log_tokens + excluded.agent_log_tokens;"""
+
+    run_script(
+        db,
+        f"""
+        ALTER TABLE interactions ADD COLUMN response_id TEXT;
+        CREATE INDEX interactions_response_id ON interactions(response_id) WHERE response_id IS NOT NULL;
+
+        ALTER TABLE task_usage ADD COLUMN agent_log_tokens INTEGER NOT NULL DEFAULT 0;
+
+        -- Besides task_usage_insert/update/delete (m002), which count the call itself.
+        CREATE TRIGGER task_usage_agent_log_insert AFTER INSERT ON interactions WHEN {agent_log.format(r="NEW")}
+        BEGIN {add("NEW", "+")}
+        END;
+
+        CREATE TRIGGER task_usage_agent_log_update AFTER UPDATE OF task_id, operation, input_total, output_total, usage_source
+            ON interactions
+        BEGIN {add("OLD", "-")} {add("NEW", "+")}
+        END;
+
+        CREATE TRIGGER task_usage_agent_log_delete BEFORE DELETE ON interactions WHEN {agent_log.format(r="OLD")}
+        BEGIN {add("OLD", "-")}
+        END;
         """,
     )
 
