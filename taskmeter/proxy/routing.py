@@ -33,6 +33,15 @@ def classify(method: str, path: str) -> Endpoint | None:
     return None
 
 
+def websocket_endpoint(method: str, path: str, headers) -> Endpoint | None:
+    """The Responses API over WebSocket: an upgrade (a GET) on a path where a POST
+    would create a response (`/v1/responses`, `/backend-api/codex/responses`)."""
+    if method.upper() != "GET" or headers.get("upgrade", "").lower() != "websocket":
+        return None
+    endpoint = classify("POST", path)
+    return endpoint if endpoint == Endpoint("openai_responses", _GENERATE) else None
+
+
 def _classify_path(path: str) -> Endpoint | None:
     path = path.rstrip("/")
     last = path.rsplit("/", 1)[-1]

@@ -27,6 +27,7 @@ from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
 from taskmeter.proxy.guard import Guard
 from taskmeter.proxy.routing import Router
+from taskmeter.proxy.websocket import ResponsesWebSocket
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
 
@@ -239,11 +240,12 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         tcp_timeout=1800,
     )
     gateway, capture = Gateway(settings), Capture(settings, handover.submit)
+    sockets = ResponsesWebSocket(settings, handover.submit)
     upstream_errors.install()
-    master.addons.add(gateway, TaskAttribution(), capture, guard, Announcer(settings, db_path, proxy_id, ready))
+    master.addons.add(gateway, TaskAttribution(), capture, sockets, guard, Announcer(settings, db_path, proxy_id, ready))
 
     stop = GracefulStop(master, gateway, capture, settings.proxy.shutdown_grace_seconds)
-    reload = ConfigReload(reload_settings, settings, master, [gateway, capture], stop)
+    reload = ConfigReload(reload_settings, settings, master, [gateway, capture, sockets], stop)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.signalled)
