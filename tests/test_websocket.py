@@ -3,6 +3,8 @@
 scripted frames -> one row per response in a real SQLite file."""
 
 import json
+import os
+import shutil
 import subprocess
 import threading
 
@@ -12,6 +14,7 @@ from websockets.sync.client import connect
 
 from taskmeter.store import db as store_db
 from tests.conftest import run_concurrently
+from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fake_ws_upstream import FakeResponsesSocket, response_frames, sse_frames, usage
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -322,3 +325,125 @@ def test_refuse_answers_the_upgrade_with_426(upstream, tmp_path):
     finally:
         assert proxy.stop() == 0
     assert proxy.rows(wait_for=0, timeout=0) == []
+
+
+def codex_script(create: dict, socket) -> list[str]:
+    """What Codex needs to finish a turn: a message item, then `response.completed`.
+    A prewarm (`generate: false`) gets no output; usage is billed for its input."""
+    generate = create.get("generate", True) is not False
+    number = len(socket.frames)
+    message = {
+        "type": "message",
+        "id": f"msg_{number}",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": "Hello from the fake.", "annotations": []}],
+    }
+    response = {
+        "id": f"resp_codex_{number}",
+        "object": "response",
+        "model": "gpt-5.4-mini-2026-03-17",
+        "status": "in_progress",
+        "output": [],
+    }
+    frames = [{"type": "response.created", "response": response}]
+    if generate:
+        frames += [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {**message, "status": "in_progress", "content": []},
+            },
+            {
+                "type": "response.output_text.delta",
+                "item_id": message["id"],
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "Hello from the fake.",
+            },
+            {"type": "response.output_item.done", "output_index": 0, "item": message},
+        ]
+    completed = {**response, "status": "completed", "output": [message] if generate else []}
+    completed["usage"] = usage(3000 + number, 9 if generate else 0, cached=1024)
+    frames.append({"type": "response.completed", "response": completed})
+    return [json.dumps(frame) for frame in frames]
+
+
+def run_codex(proxy: RunningProxy, home, base_path: str = "/openai/v1") -> subprocess.CompletedProcess:
+    codex = shutil.which("codex")
+    assert codex, "the Codex CLI is needed: npm install -g @openai/codex@0.171.0"
+    (home / ".codex").mkdir(parents=True)
+    done = subprocess.run(
+        [codex, "exec", "--skip-git-repo-check", "-c", f"openai_base_url=http://{proxy.address}{base_path}", "say hi"],
+        env={"PATH": os.environ["PATH"], "HOME": str(home), "CODEX_HOME": str(home / ".codex"), "OPENAI_API_KEY": "sk-test"},
+        cwd=home,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_the_codex_cli_over_websocket_is_metered_response_by_response(tmp_path):
+    """The real Codex CLI (npm @openai/codex 0.171), pointed at the gateway as its
+    docs say, speaks the Responses API over WebSocket: a prewarm and the answer."""
+    codex = shutil.which("codex")
+    assert codex, "the Codex CLI is needed: npm install -g @openai/codex@0.171.0"
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True)
+    with FakeResponsesSocket(codex_script) as fake:
+        proxy = start_proxy(tmp_path, fake)
+        try:
+            done = subprocess.run(
+                [
+                    codex,
+                    "exec",
+                    "--skip-git-repo-check",
+                    "-c",
+                    f"openai_base_url=http://{proxy.address}/t/WS-CODEX/openai/v1",
+                    "say hi",
+                ],
+                env={
+                    "PATH": os.environ["PATH"],
+                    "HOME": str(home),
+                    "CODEX_HOME": str(home / ".codex"),
+                    "OPENAI_API_KEY": "sk-test",
+                },
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "Hello from the fake." in done.stdout
+            rows = new_rows(proxy, 0, 2)
+        finally:
+            assert proxy.stop() == 0
+        # Codex took the WebSocket: one upgrade, two creates, no HTTP fallback.
+        assert [socket.path for socket in fake.sockets] == ["/v1/responses"]
+        creates = [json.loads(frame) for frame in fake.sockets[0].frames]
+    assert [create.get("generate", True) for create in creates] == [False, True]
+    # Served usage: input 3000 + the number of frames the socket had received.
+    assert [(row["input_total"], row["cache_read"], row["output_total"]) for row in rows] == [(3001, 1024, 0), (3002, 1024, 9)]
+    assert all(row["task_id"] == "WS-CODEX" and row["outcome"] == "complete" for row in rows)
+
+
+def test_the_codex_cli_refused_a_websocket_falls_back_to_http_and_is_metered(tmp_path):
+    with FakeUpstream() as fake:
+        fake.routes["/v1/responses"] = Scenario(
+            body=FIXTURE["openai_responses/responses_stream_basic"].body, content_type="text/event-stream", chunk_size=200
+        )
+        config = write_config(
+            tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{fake.port}"}, websocket="refuse"
+        )
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            run_codex(proxy, tmp_path / "home")
+            rows = new_rows(proxy, 0, 1)
+        finally:
+            assert proxy.stop() == 0
+        assert [(received.method, received.path) for received in fake.received] == [("POST", "/v1/responses")]
+    assert (rows[0]["method"], rows[0]["input_total"], rows[0]["output_total"]) == ("POST", 11, 5)
