@@ -447,3 +447,62 @@ def test_the_codex_cli_refused_a_websocket_falls_back_to_http_and_is_metered(tmp
             assert proxy.stop() == 0
         assert [(received.method, received.path) for received in fake.received] == [("POST", "/v1/responses")]
     assert (rows[0]["method"], rows[0]["input_total"], rows[0]["output_total"]) == ("POST", 11, 5)
+
+
+def test_a_long_socket_keeps_no_frame_and_a_bounded_copy_of_each_response(tmp_path):
+    """mitmproxy keeps every frame of a socket on its flow; the meter drops each
+    once read, and keeps of a response what the HTTP tee keeps: the first
+    max_parsed_body_mb, then the last 256 KB."""
+    from mitmproxy.test import tflow
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    from taskmeter.config import load_settings
+    from taskmeter.proxy.addons import _SOCKET, _TASK, Route
+    from taskmeter.proxy.routing import Endpoint
+    from taskmeter.proxy.tee import TAIL_BYTES
+    from taskmeter.proxy.websocket import ResponsesWebSocket
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[proxy]\nconfdir = "{tmp_path}"\nmax_parsed_body_mb = 1\n')
+    submitted = []
+    addon = ResponsesWebSocket(load_settings(config), submitted.append)
+    flow = tflow.twebsocketflow(messages=False)
+    flow.request.path = "/v1/responses"
+    flow.metadata[_SOCKET] = Route("openai", Endpoint("openai_responses", "generate"), None)
+    flow.metadata[_TASK] = (None, None)
+    upgraded, flow.response = flow.response, None  # the upgrade as it is asked for, then answered
+    addon.requestheaders(flow)
+    flow.response = upgraded
+    addon.responseheaders(flow)
+
+    def frame(from_client: bool, event: dict) -> None:
+        flow.websocket.messages.append(WebSocketMessage(Opcode.TEXT, from_client, json.dumps(event).encode()))
+        addon.websocket_message(flow)
+        assert flow.websocket.messages == []
+
+    delta = {"type": "response.output_text.delta", "delta": "x" * 1000}
+    for turn in range(2):
+        frame(True, {"type": "response.create", "model": "gpt-5.4-mini", "input": "go"})
+        frame(False, {"type": "response.created", "response": {"id": f"resp_long_{turn}"}})
+        for _ in range(5000):  # 5 MB of events
+            frame(False, delta)
+        frame(False, {"type": "response.completed", "response": {"id": f"resp_long_{turn}", "usage": usage(10, 5000)}})
+    assert len(submitted) == 2
+    for call in submitted:
+        assert len(call.response_body) <= 1024 * 1024 and len(call.response_tail) <= 2 * TAIL_BYTES
+        assert call.response_skipped > 3 * 1024 * 1024
+        assert b'"response.completed"' in bytes(call.response_tail)  # where usage is, as for HTTP
+    assert addon.sockets[flow.id].open() == []
+
+
+def test_a_response_in_flight_when_the_meter_stops_is_stored(upstream, tmp_path):
+    proxy = start_proxy(tmp_path, upstream, shutdown_grace_seconds=0)
+    with connect(socket_url(proxy)) as ws:
+        ws.send(create("resp_stopped", 50, 5, plan={"terminal": None}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
+        assert proxy.stop() == 0
+    rows = proxy.rows(wait_for=1, timeout=0)
+    assert len(rows) == 1
+    assert (rows[0]["outcome"], rows[0]["error"]) == ("aborted", "proxy shut down during the call")
+    assert "resp_stopped" in stored_body(proxy, rows[0]["id"])
