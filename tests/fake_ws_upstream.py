@@ -74,11 +74,10 @@ class FakeResponsesSocket:
     (str: a text frame, bytes: a binary frame, a float: seconds to wait before the
     next frame). A script that gives no terminal event leaves its response open."""
 
-    def __init__(self, script) -> None:
+    def __init__(self, script, tls_context=None, host: str = "127.0.0.1") -> None:
         self.script = script
         self.sockets: list[Socket] = []
-        self.sent_at: list[float] = []  # when each frame left, for the bench
-        self._server = serve(self._handle, "127.0.0.1", 0, compression=None, max_size=None)
+        self._server = serve(self._handle, host, 0, ssl=tls_context, compression=None, max_size=None)
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -5,6 +5,7 @@ scripted frames -> one row per response in a real SQLite file."""
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 
@@ -18,6 +19,7 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fake_ws_upstream import FakeResponsesSocket, response_frames, sse_frames, usage
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.tls import make_server_tls
 
 FIXTURE = {f.name: f for f in ALL}
 TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
@@ -506,3 +508,58 @@ def test_a_response_in_flight_when_the_meter_stops_is_stored(upstream, tmp_path)
     assert len(rows) == 1
     assert (rows[0]["outcome"], rows[0]["error"]) == ("aborted", "proxy shut down during the call")
     assert "resp_stopped" in stored_body(proxy, rows[0]["id"])
+
+
+TLS_HOST = "127.0.0.2"
+
+
+@pytest.fixture
+def tls_upstream(tmp_path):
+    context, ca_path = make_server_tls(tmp_path, TLS_HOST)
+    with FakeResponsesSocket(script, tls_context=context, host=TLS_HOST) as fake:
+        fake.ca_path = ca_path
+        yield fake
+
+
+def test_the_gateway_takes_a_socket_to_a_wss_upstream(tls_upstream, tmp_path):
+    config = write_config(
+        tmp_path / "config.toml",
+        tmp_path / "ca",
+        {"openai": f"https://{TLS_HOST}:{tls_upstream.port}"},
+        upstream_ca=str(tls_upstream.ca_path),
+    )
+    proxy = RunningProxy(config, tmp_path / "meter.db")
+    try:
+        with connect(socket_url(proxy)) as ws:
+            ws.send(create("resp_wss", 600, 6))
+            receive_response(ws)
+        row = new_rows(proxy, 0, 1)[0]
+    finally:
+        assert proxy.stop() == 0
+    assert (row["input_total"], row["output_total"], row["endpoint"]) == (600, 6, "/v1/responses")
+
+
+def test_https_proxy_mode_meters_a_socket_to_a_known_ai_host(tls_upstream, tmp_path):
+    config = write_config(
+        tmp_path / "config.toml",
+        tmp_path / "ca",
+        {"corp": f"https://{TLS_HOST}:{tls_upstream.port}"},
+        upstream_ca=str(tls_upstream.ca_path),
+    )
+    proxy = RunningProxy(config, tmp_path / "meter.db")
+    try:
+        meter_ca = ssl.create_default_context(cafile=tmp_path / "ca" / "ca-bundle.pem")
+        url = f"wss://{TLS_HOST}:{tls_upstream.port}/v1/responses"
+        with connect(url, proxy=proxy.origin, ssl=meter_ca, additional_headers={"x-meter-task": "WS-TLS"}) as ws:
+            assert ws.response.headers["x-meter-interaction-id"]
+            ws.send(create("resp_tls_1", 700, 7))
+            receive_response(ws)
+            ws.send(create("resp_tls_2", 800, 8, previous_response_id="resp_tls_1"))
+            receive_response(ws)
+        rows = new_rows(proxy, 0, 2)
+    finally:
+        assert proxy.stop() == 0
+    assert [(row["provider"], row["task_id"], row["input_total"], row["output_total"]) for row in rows] == [
+        ("corp", "WS-TLS", 700, 7),
+        ("corp", "WS-TLS", 800, 8),
+    ]
