@@ -105,20 +105,25 @@ class _Socket:
             queue.remove(response)
             if not queue:
                 del self.waiting[response.stream]
-        if self.active.get(response.stream) is response:
-            del self.active[response.stream]
+        for stream in [stream for stream, active in self.active.items() if active is response]:
+            del self.active[stream]
         if response.response_id is not None:
             self.by_id.pop(response.response_id, None)
+
+    def start(self, response: _Response, stream, response_id: str | None) -> None:
+        """A response whose events now stream on `stream`."""
+        if response_id is not None:
+            response.response_id = response_id
+            self.by_id[response_id] = response
+        self.active[stream] = response
 
     def response_for(self, kind: str, event: dict) -> _Response | None:
         """The response a server event belongs to: by response id once known; a
         `response.created` takes the oldest create waiting on its stream; other
         events belong to the response streaming on their stream (or, an error
         before any `response.created`, to the oldest create waiting there)."""
-        stream = event.get("stream_id")
-        body = event.get("response") if isinstance(event.get("response"), dict) else None
-        response_id = body.get("id") if body is not None else event.get("response_id")
-        if isinstance(response_id, str) and response_id in self.by_id:
+        stream, response_id = _stream_of(event), _response_id_of(event)
+        if response_id in self.by_id:
             return self.by_id[response_id]
         if kind == "response.created":
             queue = self.waiting.get(stream) or next(iter(self.waiting.values()), None)  # a server that drops stream_id
@@ -127,10 +132,7 @@ class _Socket:
             response = queue.popleft()
             if not queue:
                 del self.waiting[response.stream]
-            if isinstance(response_id, str):
-                response.response_id = response_id
-                self.by_id[response_id] = response
-            self.active[stream] = response
+            self.start(response, stream, response_id)
             return response
         if stream in self.active:
             return self.active[stream]
@@ -210,7 +212,7 @@ class ResponsesWebSocket:
         call = socket.call(started=message.timestamp)
         request = {key: value for key, value in event.items() if key != "type"}
         call.request_body = json.dumps({**request, "stream": True}).encode()
-        response = _Response(call, socket.limit, event.get("stream_id"))
+        response = _Response(call, socket.limit, _stream_of(event))
         socket.waiting.setdefault(response.stream, deque()).append(response)
 
     def _server_frame(self, socket: _Socket, message) -> None:
@@ -228,8 +230,8 @@ class ResponsesWebSocket:
             # A response no create frame the meter saw asked for: still a call.
             call = socket.call(started=message.timestamp)
             call.notes = "a response on a WebSocket with no response.create before it"
-            response = _Response(call, socket.limit, event.get("stream_id"))
-            socket.active[response.stream] = response
+            response = _Response(call, socket.limit, _stream_of(event))
+            socket.start(response, response.stream, _response_id_of(event))
         call = response.call
         if call.status is None:
             call.status, call.content_type = 200, "text/event-stream"
@@ -245,9 +247,8 @@ class ResponsesWebSocket:
     def _supersede(self, socket: _Socket, event: dict) -> None:
         """A new response on a stream whose last one never sent its terminal event
         (an `error` with no `response.failed` after it): that one has ended."""
-        previous = socket.active.get(event.get("stream_id"))
-        body = event.get("response")
-        if previous is None or (isinstance(body, dict) and body.get("id") == previous.response_id):
+        previous = socket.active.get(_stream_of(event))
+        if previous is None or previous.response_id == _response_id_of(event):
             return
         socket.forget(previous)
         if previous.errored:
@@ -308,6 +309,18 @@ def _event(message) -> tuple[dict | None, str]:
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         return None, "JSON frame that is not an event"
     return event, ""
+
+
+def _stream_of(event: dict):
+    """The event's `stream_id` as a key (None when absent; any JSON value is taken)."""
+    stream = event.get("stream_id")
+    return stream if stream is None or isinstance(stream, (str, int)) else json.dumps(stream, sort_keys=True)
+
+
+def _response_id_of(event: dict) -> str | None:
+    body = event.get("response")
+    response_id = body.get("id") if isinstance(body, dict) else event.get("response_id")
+    return response_id if isinstance(response_id, str) else None
 
 
 def _keep_unread(socket: _Socket, message, reason: str) -> None:
