@@ -31,6 +31,9 @@ def script(create: dict, socket) -> list:
     plan = create.get("metadata") or {}
     if plan.get("reply", "").startswith("fixture:"):
         return sse_frames(FIXTURE[plan["reply"][8:]].body)
+    if plan.get("refuse"):
+        error = {"type": "error", "status": plan["refuse"], "error": {"code": "rate_limit_exceeded", "message": "Slow down."}}
+        return [json.dumps(error), json.dumps({"type": "codex.rate_limits", "primary": {"used_percent": 99}})]
     if plan.get("defer"):
         return []  # answered with the next create's frames
     if plan.get("interleave"):
@@ -203,6 +206,25 @@ def test_a_failed_response_is_a_call_with_its_error_and_usage(proxy):
     assert "The model failed" in failed["error"]
     assert "insufficient_quota" in quota["error"] or "exceeded your current quota" in quota["error"]
     assert (after["input_total"], after["output_total"]) == (900, 4)
+
+
+def test_a_create_the_server_refuses_is_a_failed_call_without_usage(proxy):
+    before = len(proxy.rows(wait_for=0, timeout=0))
+    with connect(socket_url(proxy)) as ws:
+        ws.send(create("resp_refused", 500, 5, plan={"refuse": 429}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "error"
+        assert json.loads(ws.recv(timeout=10))["type"] == "codex.rate_limits"  # a notice: passed on, no call
+        ws.send(create("resp_after_refusal", 510, 6))
+        receive_response(ws)
+    refused, after = new_rows(proxy, before, 2)
+    assert (refused["outcome"], refused["http_status"], refused["input_total"], refused["usage_source"]) == (
+        "failed",
+        429,
+        None,
+        None,
+    )
+    assert "Slow down." in refused["error"]
+    assert (after["input_total"], after["output_total"], after["outcome"]) == (510, 6, "complete")
 
 
 def test_a_client_that_closes_mid_response_leaves_a_partial_call_with_its_bytes(proxy):

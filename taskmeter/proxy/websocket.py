@@ -233,16 +233,21 @@ class ResponsesWebSocket:
             response = _Response(call, socket.limit, _stream_of(event))
             socket.start(response, response.stream, _response_id_of(event))
         call = response.call
+        refused = kind == "error" and response.response_id is None
         if call.status is None:
-            call.status, call.content_type = 200, "text/event-stream"
+            call.content_type = "text/event-stream"
+            # A create refused before any response began is an HTTP error reply:
+            # nothing was generated, so no usage is estimated for it.
+            call.status = (event.get("status") if isinstance(event.get("status"), int) else None) if refused else 200
         response.tee(_as_sse(kind, message.content))
-        # An `error` ends a create the server refused; after `response.created`,
-        # `response.failed` follows it, as in the HTTP stream.
-        if kind in _TERMINAL or (kind == "error" and response.response_id is None):
+        if refused:
+            socket.forget(response)
+            self._finish(call, "failed")
+        elif kind in _TERMINAL:
             socket.forget(response)
             self._finish(call, "complete")
         elif kind == "error":
-            response.errored = True
+            response.errored = True  # `response.failed` follows, as in the HTTP stream
 
     def _supersede(self, socket: _Socket, event: dict) -> None:
         """A new response on a stream whose last one never sent its terminal event
