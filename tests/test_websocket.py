@@ -8,6 +8,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -134,8 +135,14 @@ def test_two_responses_on_one_socket_are_two_calls_with_their_usage(proxy):
     assert one["usage_source"] == two["usage_source"] == "reported"
     assert one["protocol"] == "openai_responses" and one["outcome"] == "complete" and one["streamed"] == 1
     assert one["model"] == "gpt-5.4-mini-2026-03-17" and one["cost_usd"] is not None
-    # Each response has its own interaction ID; the socket has another.
+    # Each response has its own interaction ID, in the live view and `meter log`; the socket has another.
     assert len({one["id"], two["id"], socket_id}) == 3
+    deadline = time.monotonic() + 10
+    while not all(any(row["id"] in line for _, line in proxy.live_view) for row in (one, two)):
+        assert time.monotonic() < deadline, proxy.live_view[-5:]
+        time.sleep(0.05)
+    log = meter_cli(proxy, "log", "--json", "--limit", "1000").stdout
+    assert one["id"] in log and two["id"] in log
     # A `previous_response_id` chain is one conversation, as over HTTP.
     assert one["conversation_id"] and one["conversation_id"] == two["conversation_id"]
 
