@@ -77,7 +77,9 @@ class FakeResponsesSocket:
     def __init__(self, script, tls_context=None, host: str = "127.0.0.1") -> None:
         self.script = script
         self.sockets: list[Socket] = []
-        self._server = serve(self._handle, host, 0, ssl=tls_context, compression=None, max_size=None)
+        self._server = serve(
+            self._handle, host, 0, ssl=tls_context, compression=None, max_size=None, process_request=self._refuse_some
+        )
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -88,6 +90,13 @@ class FakeResponsesSocket:
     def __exit__(self, *exc):
         self._server.shutdown()
         self._thread.join(5)
+
+    @staticmethod
+    def _refuse_some(connection, request):
+        """An upgrade to a path under /refused/ gets a 403, as from a server that takes no WebSocket there."""
+        if request.path.startswith("/refused/"):
+            return connection.respond(403, "no WebSocket here\n")
+        return None
 
     def _handle(self, connection) -> None:
         socket = Socket(connection.request.path, dict(connection.request.headers.raw_items()), [])

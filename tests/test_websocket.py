@@ -288,6 +288,23 @@ def stored_request(proxy: RunningProxy, interaction_id: str) -> str:
         db.close()
 
 
+def test_only_upgrades_to_a_responses_path_are_metered(proxy, upstream):
+    before = len(proxy.rows(wait_for=0, timeout=0))
+    with connect(f"ws://{proxy.address}/openai/v1/realtime") as ws:
+        ws.send(create("resp_realtime", 11, 1))
+        receive_response(ws)
+    assert upstream.sockets[-1].path == "/v1/realtime"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://{proxy.address}/openai/refused/v1/responses")
+    assert refused.value.response.status_code == 403  # the upstream's answer, passed on; no socket, no call
+    with connect(socket_url(proxy)) as ws:
+        ws.send(create("resp_metered", 12, 2))
+        receive_response(ws)
+    # Only the last socket's response is stored: stored in order, nothing came before it.
+    (row,) = new_rows(proxy, before, 1)
+    assert (row["input_total"], row["endpoint"]) == (12, "/v1/responses")
+
+
 def test_64_concurrent_sockets_lose_no_response(proxy):
     before = len(proxy.rows(wait_for=0, timeout=0))
     counter = iter(range(64))
