@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import measures
-from bench.arms import start_bare_mitmproxy, start_meter, start_mock
+from bench import measures, websocket
+from bench.arms import Arm, start_bare_mitmproxy, start_meter, start_mock
 from bench.measures import CHAT, STREAM, percentile, summary
 
 EVENTS_PER_STREAM = 32 + 3  # content chunks + role + finish + [DONE]
@@ -44,6 +44,9 @@ class Plan:
     report_flags: int = 2000
     report_runs: int = 7
     large_body_rounds: int = 5
+    websocket_samples: int = 400
+    websockets: int = 64
+    websocket_rounds: int = 3
 
 
 SMOKE = Plan(
@@ -62,6 +65,9 @@ SMOKE = Plan(
     report_flags=10,
     report_runs=3,
     large_body_rounds=1,
+    websocket_samples=5,
+    websockets=8,
+    websocket_rounds=1,
 )
 
 
@@ -84,7 +90,12 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
         started.append(mock)
         bare = start_bare_mitmproxy(mock.port, workdir / "mitm-ca")
         started.append(bare)
-        meter, db_path = start_meter(mock.port, workdir)
+        websocket_mock = websocket.start_mock()
+        started.append(websocket_mock)
+        websocket_bare = start_bare_mitmproxy(websocket_mock.port, workdir / "mitm-ca")
+        websocket_bare.path = websocket.PATH
+        started.append(websocket_bare)
+        meter, db_path = start_meter(mock.port, workdir, websocket_mock.port)
         started.append(meter)
         arms = [mock, bare, meter]
         time.sleep(0.5)
@@ -155,6 +166,12 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
             }
             for name, rs in streams.items()
         }
+
+        websocket_arms = [websocket_mock, websocket_bare, Arm("P", meter.port, "/websocket" + websocket.PATH, meter.process)]
+        results["websocket"] = await websocket.measure(
+            websocket_arms, db_path, plan.websocket_samples, plan.websockets, plan.websocket_rounds, log
+        )
+        meter.sent += results["websocket"]["metered"]
 
         log(f"sustained requests/s at c=64, 200 ms upstream, {plan.rps_windows} x {plan.rps_seconds:.0f} s per arm")
         windows: dict = {arm.name: [] for arm in arms}
@@ -303,6 +320,7 @@ def targets(r: dict) -> list[dict]:
             per_chunk_ms <= 0.1,
             f"P {flat['P']['p50']:.2f} ms, M {flat['M']['p50']:.2f} ms per stream",
         ),
+        *websocket.targets(r["websocket"], row),
         row(
             "store writer, sustained",
             ">= 10,000 rows/s",

@@ -145,9 +145,12 @@ def _start_meter_command(args: list[str], announces: str) -> tuple[subprocess.Po
     return process, line.split(announces)[1].split()[0].rstrip(",")
 
 
-def start_meter(mock_port: int, workdir: Path) -> tuple[Arm, Path]:
+def start_meter(mock_port: int, workdir: Path, websocket_port: int) -> tuple[Arm, Path]:
     config = workdir / "config.toml"
-    config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\nopenai = "http://127.0.0.1:{mock_port}"\n')
+    config.write_text(
+        f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\nopenai = "http://127.0.0.1:{mock_port}"\n'
+        f'websocket = "http://127.0.0.1:{websocket_port}"\n'  # bench/websocket.py's mock
+    )
     db_path = workdir / "bench.db"
     # --quiet: nobody reads the live view here, and a full pipe would stall the recorder.
     process, listen = _start_meter_command(

@@ -16,7 +16,7 @@ def test_bench_smoke_run_produces_every_measure(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert len(report["targets"]) == 29
+    assert len(report["targets"]) == 32
     for target in report["targets"]:
         value = target["value"]
         assert isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)), target
@@ -24,6 +24,8 @@ def test_bench_smoke_run_produces_every_measure(tmp_path):
     assert results["meter_rows"]["stored"] == results["meter_rows"]["requests"] > 0
     assert results["sse"]["P"]["identical_bytes"] and results["sse"]["M"]["identical_bytes"]
     assert results["concurrent_streams"]["P"]["lost_events"] == 0
+    assert results["websocket"]["stored"]["lost"] == 0 and results["websocket"]["stored"]["exact_usage"]
+    assert all(arm["lost_frames"] == 0 for arm in results["websocket"]["concurrent"].values())
     assert results["dashboard_load"]["feed_missing"] == 0 and results["dashboard_load"]["feed_delay_ms"]["n"] > 0
     assert results["budgets_load"]["headers_seen"] > 0
     assert all(arm["beside"]["n"] > 0 for kind in results["large_bodies"].values() for arm in kind.values())

@@ -28,6 +28,7 @@ class ProxySettings(BaseModel):
     max_parsed_body_mb: int = Field(ge=1)
     max_pending_mb: float = Field(gt=0)
     shutdown_grace_seconds: float = Field(ge=0)
+    websocket: Literal["meter", "refuse"]
 
     @field_validator("max_pending_mb")
     @classmethod

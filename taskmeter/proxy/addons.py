@@ -1,7 +1,8 @@
 """The mitmproxy addons, one small class per concern, hooks named after events,
 added in this order: Gateway (where a call goes, and who may send it),
 TaskAttribution (which task it belongs to), Capture (what it says, handed over
-when it ends), Guard (whether a budget or a loop refuses it, in proxy/guard.py).
+when it ends), ResponsesWebSocket (each response on a Responses API WebSocket, in
+proxy/websocket.py), Guard (whether a budget or a loop refuses it, in proxy/guard.py).
 They pass what they learn to the next through flow.metadata.
 
 Hooks do in-memory work only. Finished calls go to the hand-over; parsing,
@@ -31,9 +32,17 @@ from taskmeter.errors import MeterError
 from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
 from taskmeter.protocols.framing import UnsupportedEncoding, content_decoder
-from taskmeter.protocols.record import StreamUsage
+from taskmeter.protocols.record import Protocol, StreamUsage
 from taskmeter.proxy import upstream_errors
-from taskmeter.proxy.routing import Endpoint, GatewayError, Router, classify, host_address, is_loopback_host
+from taskmeter.proxy.routing import (
+    Endpoint,
+    GatewayError,
+    Router,
+    classify,
+    host_address,
+    is_loopback_host,
+    websocket_endpoint,
+)
 from taskmeter.proxy.tee import ResponseTee
 from taskmeter.secrets import is_secret_query_name
 from taskmeter.store.tasks import validate_task_id
@@ -47,6 +56,7 @@ log = logging.getLogger("taskmeter.proxy")
 _ROUTE = "taskmeter.route"  # Gateway: a metered AI call's Route
 _TASK = "taskmeter.task"  # TaskAttribution: (task ID or None, attribution or None)
 _CALL = "taskmeter.call"  # Capture: the CapturedCall
+_SOCKET = "taskmeter.socket"  # Gateway: the Route of a WebSocket upgrade to the Responses API
 _ORIGIN = "taskmeter.origin"  # Gateway: the allowed web page a call comes from, for its CORS headers
 _SHUTDOWN = "proxy shut down during the call"
 _LOOP = "taskmeter: this request came back to the meter that sent it (a forwarding loop); refused"
@@ -84,6 +94,11 @@ def safe_endpoint(path: str) -> str:
         return path
     query = [(k, "redacted" if is_secret_query_name(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return f"{parts.path}?{urlencode(query)}"
+
+
+def client_session(protocol: Protocol, headers) -> str | None:
+    """A client's own session ID, from the first of its protocol's session headers it sends."""
+    return next(filter(None, map(headers.get, protocol.session_headers)), None)
 
 
 def task_from_proxy_auth(value: str | None) -> str | None:
@@ -173,6 +188,8 @@ class Gateway:
         endpoint = classify(request.method, request.path)
         if endpoint is not None:
             flow.metadata[_ROUTE] = Route(provider, endpoint, path_task)
+        elif (endpoint := websocket_endpoint(request.method, request.path, request.headers)) is not None:
+            flow.metadata[_SOCKET] = Route(provider, endpoint, path_task)  # metered by proxy/websocket.py
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """An allowed page may read the answer, and the meter's headers on it."""
@@ -280,7 +297,7 @@ class TaskAttribution:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         header_task = flow.request.headers.pop(TASK_HEADER, None)
-        route: Route | None = flow.metadata.get(_ROUTE)
+        route: Route | None = flow.metadata.get(_ROUTE) or flow.metadata.get(_SOCKET)
         if route is None or flow.response is not None:
             return
         task_id, attribution = self._named_task(flow, route.path_task, header_task)
@@ -338,7 +355,7 @@ class Capture:
             task_id=task_id,
             attribution=attribution,
             client=request.headers.get("user-agent"),
-            client_session=next(filter(None, map(request.headers.get, protocol.session_headers)), None),
+            client_session=client_session(protocol, request.headers),
         )
         # Plain bodies: nothing to decompress, and the client is not slowed by
         # block-buffered compression (servers may still compress; we decode then).

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 from taskmeter import protocols
 from taskmeter.config import Settings
+from taskmeter.protocols.record import GENERATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,15 @@ def classify(method: str, path: str) -> Endpoint | None:
         if endpoint is not None:
             return endpoint
     return None
+
+
+def websocket_endpoint(method: str, path: str, headers) -> Endpoint | None:
+    """The Responses API over WebSocket: an upgrade (a GET) on a path where a POST
+    would create a response (`/v1/responses`, `/backend-api/codex/responses`)."""
+    if method.upper() != "GET" or headers.get("upgrade", "").lower() != "websocket":
+        return None
+    endpoint = classify("POST", path)
+    return endpoint if endpoint == Endpoint("openai_responses", GENERATE) else None
 
 
 def _classify_path(path: str) -> Endpoint | None:

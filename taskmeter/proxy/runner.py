@@ -27,6 +27,7 @@ from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
 from taskmeter.proxy.guard import Guard
 from taskmeter.proxy.routing import Router
+from taskmeter.proxy.websocket import ResponsesWebSocket
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
 
@@ -125,29 +126,35 @@ class GracefulStop:
     finish, up to the grace period; a second signal, or the end of the grace
     period, cuts the rest, which are recorded as aborted."""
 
-    def __init__(self, master: DumpMaster, gateway: Gateway, capture: Capture, grace_seconds: float) -> None:
+    def __init__(
+        self, master: DumpMaster, gateway: Gateway, capture: Capture, sockets: ResponsesWebSocket, grace_seconds: float
+    ) -> None:
         self._master = master
         self._gateway = gateway
         self._capture = capture
+        self._sockets = sockets
         self.grace = grace_seconds
         self._drain: asyncio.Task | None = None
 
+    def _in_flight(self) -> int:
+        return len(self._capture.live) + self._sockets.in_flight()
+
     def signalled(self) -> None:
-        if self._gateway.draining or not self._capture.live or self.grace <= 0:
+        if self._gateway.draining or not self._in_flight() or self.grace <= 0:
             self._cut()
             return
         self._gateway.draining = True
         self._master.options.update(server=False)  # closes the listening socket; connections stay
         log.warning(
             "meter: stopping: %d call(s) in flight may finish within %.0f s (Ctrl-C again to cut them)",
-            len(self._capture.live),
+            self._in_flight(),
             self.grace,
         )
         self._drain = asyncio.get_running_loop().create_task(self._wait_for_calls())
 
     async def _wait_for_calls(self) -> None:
         deadline = time.monotonic() + self.grace
-        while self._capture.live and time.monotonic() < deadline:
+        while self._in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._cut()
 
@@ -239,11 +246,12 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         tcp_timeout=1800,
     )
     gateway, capture = Gateway(settings), Capture(settings, handover.submit)
+    sockets = ResponsesWebSocket(settings, handover.submit)
     upstream_errors.install()
-    master.addons.add(gateway, TaskAttribution(), capture, guard, Announcer(settings, db_path, proxy_id, ready))
+    master.addons.add(gateway, TaskAttribution(), capture, sockets, guard, Announcer(settings, db_path, proxy_id, ready))
 
-    stop = GracefulStop(master, gateway, capture, settings.proxy.shutdown_grace_seconds)
-    reload = ConfigReload(reload_settings, settings, master, [gateway, capture], stop)
+    stop = GracefulStop(master, gateway, capture, sockets, settings.proxy.shutdown_grace_seconds)
+    reload = ConfigReload(reload_settings, settings, master, [gateway, capture, sockets], stop)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.signalled)
