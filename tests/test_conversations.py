@@ -11,11 +11,12 @@ import json
 import uuid
 
 import anthropic
+import httpx
 import openai
 import pytest
 
 from taskmeter.protocols.conversation import root_hash
-from taskmeter.store import calls, migrations
+from taskmeter.store import calls, interactions, migrations
 from taskmeter.store import db as store_db
 from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
@@ -115,7 +116,7 @@ def upstream():
 @pytest.fixture
 def proxy(tmp_path, upstream):
     origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "anthropic": origin})
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "anthropic": origin, "gemini": origin})
     running = RunningProxy(config, tmp_path / "meter.db")
     yield running
     running.stop()
@@ -206,6 +207,35 @@ def test_codex_sessions_are_kept_and_context_switches_follow_them(proxy, upstrea
     # Only a session new to the task is a switch; going back to one it had is not.
     assert [row["context_switch"] for row in rows] == [0, 1, 0, 0]
     assert rows[0]["conversation_id"] == rows[2]["conversation_id"] != rows[1]["conversation_id"]
+    # Rework after a flag follows the flagged call's session: one's later call, not two's.
+    db = store_db.connect(proxy.db_path)
+    try:
+        interactions.flag(db, rows[0]["id"])
+        rework = [dict(r) for r in db.execute("SELECT session_key, flagged_id, calls FROM session_rework")]
+    finally:
+        db.close()
+    assert rework == [{"session_key": one, "flagged_id": rows[0]["id"], "calls": 1}]
+
+
+def test_gemini_cli_code_assist_sessions_are_kept(proxy, upstream):
+    """Gemini CLI on a Google login names its session in the Code Assist envelope
+    (`request.session_id`); each prompt has its own `user_prompt_id`."""
+    upstream.routes["/v1internal:generateContent"] = Scenario(body=FIXTURE["gemini/nonstream_basic"].body)
+    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    with httpx.Client(base_url=f"{proxy.origin}/t/P5-009/gemini") as client:
+        for session in (one, two, one):
+            envelope = {
+                "model": "gemini-2.5-flash",
+                "project": "sunny-lane-1234",
+                "user_prompt_id": f"{session}########0",
+                "request": {"contents": [{"role": "user", "parts": [{"text": "say hi"}]}], "session_id": session},
+            }
+            assert client.post("/v1internal:generateContent", json=envelope).status_code == 200
+
+    rows = proxy.rows(wait_for=3)
+    assert len(rows) == len(upstream.received) == 3
+    assert [row["client_session"] for row in rows] == [row["session_id"] for row in rows] == [one, two, one]
+    assert [row["context_switch"] for row in rows] == [0, 1, 0]
 
 
 def test_a_retagged_call_leaves_its_conversation_for_the_new_task(proxy, upstream):
