@@ -49,7 +49,7 @@ def call(db, n, task_id, when, conversation="c1", **usage):
                         attribution="path",
                         started_at=when,
                         ended_at=when,
-                        conversation_id=conversation,
+                        conversation_root=conversation,
                         **usage,
                     )
                 )

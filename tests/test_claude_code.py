@@ -34,7 +34,7 @@ def _claude_call(n: int, session: str, conversation: str, tokens: int) -> Intera
         http_status=200,
         outcome="complete",
         client_session=session,
-        conversation_id=conversation,
+        conversation_root=conversation,
         model="claude-haiku-4-5" if conversation == "side" else "claude-sonnet-4-5",
         input_total=tokens,
         output_total=10,

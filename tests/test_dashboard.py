@@ -102,7 +102,7 @@ def _call(db, n: int, task_id: str | None, when: str, model: str, tokens: tuple,
                     Interaction(
                         id=_id(n), task_id=task_id, attribution="path" if task_id else "none", started_at=when, ended_at=when,
                         provider="openai", model=model, http_status=200, outcome="complete", usage_source="reported",
-                        conversation_id=f"c{n // 3}", input_total=input_total, cache_read=cache_read, cache_write=0,
+                        conversation_root=f"c{n // 3}", input_total=input_total, cache_read=cache_read, cache_write=0,
                         output_total=output_total, reasoning=reasoning, cost_usd=cost,
                     )
                 )

@@ -14,7 +14,7 @@ def _call(n: int, conversation: str | None, task_id=None, attribution=None, oper
     return Interaction(
         id=f"0000000000{n:02d}",
         started_at=values.pop("started_at", None) or now_stored(),
-        conversation_id=conversation,
+        conversation_root=conversation,
         task_id=task_id,
         attribution=attribution,
         operation=operation,

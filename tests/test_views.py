@@ -63,7 +63,7 @@ def history(db_path):
             Interaction(
                 id=interaction_id, started_at=started, ended_at=started.replace("00.000000Z", "03.000000Z"), task_id=task_id,
                 model=model, provider="openai", http_status=extra.get("http_status", 200), outcome=extra.get("outcome", "complete"),
-                usage_source="reported" if usage else None, cost_usd=cost, conversation_id="c1", **tokens,
+                usage_source="reported" if usage else None, cost_usd=cost, conversation_root="c1", **tokens,
             ),
         )  # fmt: skip
     interactions.flag(db, FLAGGED, "invented an API")

@@ -1,5 +1,6 @@
 """OpenAI Responses API: /responses (SSE or JSON) and /responses/input_tokens.
-A response chained to an earlier one by previous_response_id continues its conversation."""
+A response chained to an earlier one by previous_response_id continues its conversation.
+Codex names its session in a header, and in client_metadata.session_id."""
 
 from taskmeter.protocols.conversation import first_user
 from taskmeter.protocols.provider_errors import openai_style
@@ -66,6 +67,14 @@ def conversation_root(request: dict) -> object:
     return [request.get("instructions"), first]
 
 
+def session_in_client_metadata(request) -> str | None:
+    """Codex's session ID from the body's client_metadata (0.171 sends it there as
+    well as in its `session-id` header; a WebSocket `response.create` frame has only the body)."""
+    metadata = request.get("client_metadata") if isinstance(request, dict) else None
+    session = metadata.get("session_id") if isinstance(metadata, dict) else None
+    return session if isinstance(session, str) and session else None
+
+
 def request_turns(request: dict, turns: Turns) -> None:
     items = request.get("input")
     if isinstance(items, str):
@@ -97,5 +106,8 @@ PROTOCOL = Protocol(
     loop_turns=input_or_messages,
     error_body=openai_style,
     tail_usage=("usage", lambda usage: {"type": "response.completed", "response": {"usage": usage}}),
+    # Codex: `session-id` since about 0.100 (with `thread-id`), `session_id` before.
+    session_headers=("session-id", "session_id"),
+    session_in_request=session_in_client_metadata,
     chains_responses=True,
 )

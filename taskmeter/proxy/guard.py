@@ -21,7 +21,7 @@ from mitmproxy import http
 
 from taskmeter.handover.call import CapturedCall
 from taskmeter.protocols import provider_errors
-from taskmeter.protocols.conversation import conversation_id, request_json
+from taskmeter.protocols.conversation import request_json, root_hash
 from taskmeter.proxy.addons import _CALL, BUDGET_HEADER
 from taskmeter.store.tasks import infer_phase
 
@@ -38,7 +38,7 @@ class GuardState:
     """What the recorder pushes, IDs lower-case: per budget (`task:p1-010`,
     `phase:p1`) its header, mode, refusal once spent and room; the tasks whose
     phase is not the one their ID names; the current task; bound Claude Code
-    sessions; the sessions, and per task and client the conversations, a loop blocks."""
+    sessions; the sessions, and per task and client the conversation roots, a loop blocks."""
 
     current_task: str | None = None
     budgets: dict = field(default_factory=dict)
@@ -192,11 +192,14 @@ class Guard:
 
     @staticmethod
     def _looping(call: CapturedCall, task: str | None, state: GuardState) -> str | None:
-        """A loop alert's refusal: of a Claude Code session; of another client,
-        its conversation in the task and from the client that looped."""
+        """A loop alert's refusal: of a client's own session (Claude Code's, Codex's);
+        of another client, its conversation in the task and from the client that
+        looped. The stored conversation ID scopes the root to the task and the
+        session, which for such a client the recorder derives from its stored
+        calls: the proxy matches the root's hash within the task and the client."""
         if call.client_session and call.client_session in state.blocked_sessions:
             return state.blocked_sessions[call.client_session]
         conversations = state.blocked_conversations.get(task or "", {}).get(call.client or "")
         if conversations:  # only for the client and task that looped: the request is hashed
-            return conversations.get(conversation_id(call.protocol, request_json(call.request_body)))
+            return conversations.get(root_hash(call.protocol, request_json(call.request_body)))
         return None

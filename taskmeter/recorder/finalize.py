@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from taskmeter import protocols
 from taskmeter.analytics.alerts import loop_signatures
 from taskmeter.handover.call import CapturedCall
-from taskmeter.protocols.conversation import conversation_id, request_json
+from taskmeter.protocols.conversation import request_json, root_hash
 from taskmeter.protocols.usage import Usage
 from taskmeter.recorder import estimate, pricing
 from taskmeter.recorder.parse import BodyParser, ParseResult
@@ -28,7 +28,7 @@ def _stamp(moment: float | None) -> str | None:
 
 
 class Finalizer:
-    """Stateful only for Responses API chains: response id -> conversation id."""
+    """Stateful only for Responses API chains: response id -> conversation root."""
 
     def __init__(self, store_bodies: str = "none", proxy_id: str | None = None) -> None:
         self._store_bodies = store_bodies  # see config: none, text or full
@@ -53,7 +53,7 @@ class Finalizer:
         cost, price_source = (None, None)
         if usage is not None and call.operation != "count_tokens":
             cost, price_source = pricing.price(call.provider, model, usage)
-        conversation = self._conversation(protocol, request, result.response_id)
+        root = self._root(protocol, request, result.response_id)
         raw = dict(usage.raw) if usage is not None and usage.raw is not None else None
         if call.operation == "count_tokens" and result.counted_tokens is not None:
             raw = {"counted_input_tokens": result.counted_tokens}
@@ -72,7 +72,7 @@ class Finalizer:
             raw_usage=json.dumps(raw, separators=(",", ":")) if raw is not None else None,
             cost_usd=cost,
             price_source=price_source,
-            conversation_id=conversation,
+            conversation_root=root,
             client_session=call.client_session or (protocol.session_in_request and protocol.session_in_request(request)),
             notes="; ".join(notes) or None,
             response_id=result.response_id if isinstance(result.response_id, str) else None,
@@ -162,17 +162,17 @@ class Finalizer:
             return None, None, errors
         return usage, "partial" if cut_short else "estimated", errors
 
-    def _conversation(self, protocol: protocols.Protocol, request, response_id: str | None) -> str | None:
-        conversation = None
+    def _root(self, protocol: protocols.Protocol, request, response_id: str | None) -> str | None:
+        root = None
         if isinstance(request, dict) and request.get("previous_response_id") in self._responses:
-            conversation = self._responses[request["previous_response_id"]]
-        if conversation is None:
-            conversation = conversation_id(protocol.name, request)
-        if response_id and conversation and protocol.chains_responses:
-            self._responses[response_id] = conversation
+            root = self._responses[request["previous_response_id"]]
+        if root is None:
+            root = root_hash(protocol.name, request)
+        if response_id and root and protocol.chains_responses:
+            self._responses[response_id] = root
             while len(self._responses) > 10_000:
                 self._responses.popitem(last=False)
-        return conversation
+        return root
 
 
 def _estimate(call: CapturedCall, errors: list[str], compute):

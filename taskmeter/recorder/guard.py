@@ -193,7 +193,7 @@ class Guard:
         key = alerts.loop_key(call.session_id, call.task_id, call.client, signature)
         if key in self._open_loops:
             return False  # the loop goes on, already told: no write
-        # The proxy knows a Claude Code session by its header; other clients by
+        # The proxy knows a client's own session by its header; other clients by
         # their conversation, in the task and from the client that looped.
         conversation = None if call.client_session else call.conversation_id
         alert = alerts.raise_alert(

@@ -58,21 +58,23 @@ def loop_key(session_id: str, task_id: str | None, client: str | None, signature
 
 def blocked(db: sqlite3.Connection) -> dict[str, dict]:
     """What open loop alerts in block mode refuse, with their messages: the client
-    sessions (Claude Code's header) and, for clients with none, per task
-    (lower-case, '' for none) and client ('' for none) the conversations."""
+    sessions (Claude Code's, Codex's) and, for clients with none, per task
+    (lower-case, '' for none) and client ('' for none) the conversations, by the
+    root hash the proxy computes from a request (protocols/conversation.py)."""
     found: dict[str, dict] = {"sessions": {}, "conversations": {}}
     rows = db.execute(
-        "SELECT key, task_id, session_id, conversation_id, message FROM alerts"
-        " WHERE kind = 'loop' AND blocks = 1 AND cleared_at IS NULL"
+        "SELECT key, task_id, session_id, message,"
+        " (SELECT conversation_root FROM interactions WHERE conversation_id = alerts.conversation_id LIMIT 1) AS root"
+        " FROM alerts WHERE kind = 'loop' AND blocks = 1 AND cleared_at IS NULL"
     )
     for row in rows:
         if row["session_id"]:
             found["sessions"][row["session_id"]] = row["message"]
-        elif row["conversation_id"]:
+        elif row["root"]:
             try:
                 _, _, client, _ = json.loads(row["key"].removeprefix("loop:"))
             except ValueError:
                 continue  # raised before loops were scoped to a client: its conversation is not refused
             by_client = found["conversations"].setdefault((row["task_id"] or "").lower(), {})
-            by_client.setdefault(client or "", {})[row["conversation_id"]] = row["message"]
+            by_client.setdefault(client or "", {})[row["root"]] = row["message"]
     return found

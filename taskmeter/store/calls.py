@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from taskmeter.errors import NotFound
 from taskmeter.store import tasks
 from taskmeter.store.interactions import Interaction, insert_many, storable_text
-from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS, is_context_switch, session_of
+from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS, conversation_of, is_context_switch, session_of
 
 
 @dataclass(slots=True)
@@ -49,6 +49,7 @@ def store_calls(db: sqlite3.Connection, items: list[CallRow], session_gap_second
         row = item.interaction
         attribute(db, row)
         row.session_id = session_of(db, row, session_gap_seconds)
+        row.conversation_id = conversation_of(row.conversation_root, row.task_id, row.session_id)
         if row.task_id is not None and row.operation == "generate":
             row.context_switch = is_context_switch(db, row.task_id, row.id, row.started_at, row.session_id)
         insert_many(db, [row])
@@ -114,6 +115,16 @@ def retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | Non
         f" WHERE id IN ({placeholders})",
         (task_id, "retag" if task_id else "none", task_id, *interaction_ids),
     ).rowcount
+    # A conversation belongs to one task: the moved calls' is scoped to their new one.
+    moved = db.execute(
+        f"SELECT id, conversation_root, session_id FROM interactions WHERE id IN ({placeholders})"
+        " AND conversation_root IS NOT NULL",
+        interaction_ids,
+    ).fetchall()
+    db.executemany(
+        "UPDATE interactions SET conversation_id = ? WHERE id = ?",
+        [(conversation_of(row["conversation_root"], task_id, row["session_id"]), row["id"]) for row in moved],
+    )
     for touched_task in touched:
         recompute_context_switches(db, touched_task)
     return changed

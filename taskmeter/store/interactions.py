@@ -43,7 +43,8 @@ class Interaction:
     raw_usage: str | None = None
     cost_usd: float | None = None
     price_source: str | None = None
-    conversation_id: str | None = None
+    conversation_root: str | None = None  # the root hash (protocols/conversation.py), as the proxy computes it
+    conversation_id: str | None = None  # set when stored: the root in the call's task and session (store/sessions.py)
     context_switch: bool | None = None
     client: str | None = None
     client_session: str | None = None
@@ -106,7 +107,15 @@ def shown(value) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
-_TEXT_MAX = {"model": 256, "endpoint": 4096, "client": 1024, "error": 8192, "conversation_id": 256, "response_id": 256}
+_TEXT_MAX = {
+    "model": 256,
+    "endpoint": 4096,
+    "client": 1024,
+    "error": 8192,
+    "conversation_id": 256,
+    "conversation_root": 256,
+    "response_id": 256,
+}
 _TEXT_MAX_DEFAULT = 65536
 
 

@@ -1067,6 +1067,22 @@ def m014_response_ids_and_agent_logs(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m016_conversation_roots(db: sqlite3.Connection) -> None:
+    """The conversation root's hash apart from the stored conversation ID, which
+    now scopes it to the call's task and session (store/sessions.py): sessions
+    continue a root by it, and a loop block names it to the proxy. Older rows
+    stored the root's hash as their conversation ID: it is their root."""
+    run_script(
+        db,
+        """
+        ALTER TABLE interactions ADD COLUMN conversation_root TEXT;
+        UPDATE interactions SET conversation_root = conversation_id;
+        CREATE INDEX interactions_conversation_root ON interactions(conversation_root, started_at);
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
