@@ -51,8 +51,9 @@ class Agent:
 # ---------------------------------------------------------------- Codex CLI
 
 # Codex ignores OPENAI_BASE_URL, and its built-in provider speaks Responses over a
-# WebSocket first, which the meter does not meter yet: a provider table of the
-# meter's own, with the user's OpenAI login and WebSockets off, takes it over HTTP+SSE.
+# WebSocket first, which the meter meters but whose calls budgets cannot refuse: a
+# provider table of the meter's own, with the user's OpenAI login and WebSockets
+# off, takes it over HTTP+SSE.
 CODEX_PROVIDER = "taskmeter"
 
 
