@@ -55,7 +55,9 @@ def test_a_response_keeps_at_most_a_quarter_of_max_pending_mb_and_its_usage(tmp_
         proxy.stop()
     assert response.status_code == 200 and len(response.content) == len(STREAM) - len(USAGE) + len(b"data: [DONE]\n\n")
     assert (row["input_total"], row["output_total"], row["usage_source"]) == (11, 99999, "reported")
-    skipped = int(re.search(r"([\d,]+) bytes past the parse limit were not read", row["notes"])[1].replace(",", ""))
+    said = re.search(r"([\d,]+) bytes past the parse limit were not read", row["notes"] or "")
+    assert said, row["notes"]
+    skipped = int(said[1].replace(",", ""))
     # Kept: the first 2 MB, and a tail of 256 to 512 KB (trimmed in steps).
     assert len(STREAM) - 2 * MB - 2 * TAIL_BYTES <= skipped <= len(STREAM) - 2 * MB - TAIL_BYTES
 
