@@ -244,7 +244,8 @@ def targets(r: dict) -> list[dict]:
             ratio,
             ratio <= 2.0,
             f"P {p['alone']['p99']:.1f} → {p['beside']['p99']:.1f} ms over {p['beside']['n']} calls (worst"
-            f" {p['worst_alone_ms']:.0f} → {p['worst_beside_ms']:.0f} ms); M {m['alone']['p99']:.1f} → {m['beside']['p99']:.1f} ms",
+            f" {p['worst_alone_ms']:.0f} → {p['worst_beside_ms']:.0f} ms; then, until it was stored, worst"
+            f" {p['worst_settling_ms']:.0f} ms); M {m['alone']['p99']:.1f} → {m['beside']['p99']:.1f} ms",
         )
 
     rows = [

@@ -498,15 +498,15 @@ def _large_transfer(arm: Arm, kind: str, request_file: Path) -> subprocess.Popen
 async def beside_large_bodies(arms: list[Arm], rounds: int, folder: Path, settle) -> dict:
     """Per arm and kind (a 100 MB streamed response, a 48 MB request): the latency
     of small calls (non-streamed, zero delay, c=1) made while the large body passes
-    through the arm, and of as many made just before, with nothing else passing.
-    `settle(arm)` waits until the arm is done with the large body (the meter: stored),
-    so that each round starts quiet. The large body goes through curl, in a process
-    of its own, so that moving its bytes costs this loop nothing."""
+    through the arm, then until the arm is done with it (`settle(arm)`; the meter:
+    handed over and stored), and of as many made just before, with nothing else
+    passing. The large body goes through curl, in a process of its own, so that
+    moving its bytes costs this loop nothing."""
     request_file = large_request_file(folder)
     results: dict = {}
     for kind in ("stream", "request"):
         for arm in arms:
-            alone, beside, seconds = [], [], []
+            alone, beside, settling_calls, seconds = [], [], [], []
             connection = Connection("127.0.0.1", arm.port)
             for _ in range(rounds):
                 for _ in range(max(50, len(beside) // max(1, len(seconds)))):
@@ -521,13 +521,18 @@ async def beside_large_bodies(arms: list[Arm], rounds: int, folder: Path, settle
                 if out != "200":
                     raise RuntimeError(f"{arm.name}: the large {kind} failed: {out} {err}")
                 arm.sent += 1
-                await settle(arm)
+                settling = asyncio.ensure_future(settle(arm))
+                while not settling.done():
+                    settling_calls.append((await _one(arm, connection, CHAT, {})).total)
+                    await asyncio.sleep(0)
+                await settling
             await connection.close()
             results.setdefault(kind, {})[arm.name] = {
                 "alone": summary([_ms(t) for t in alone]),
                 "beside": summary([_ms(t) for t in beside]),
                 "worst_alone_ms": _ms(max(alone)),
                 "worst_beside_ms": _ms(max(beside)),
+                "worst_settling_ms": _ms(max(settling_calls, default=0.0)),
                 "transfer_seconds": seconds,
             }
     return results

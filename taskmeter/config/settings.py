@@ -39,6 +39,14 @@ class ProxySettings(BaseModel):
             raise ValueError(f"at most {MAX_PENDING_MB} (a batch for the recorder must fit one frame of its pipe), not {value:g}")
         return value
 
+    @property
+    def parse_limit_bytes(self) -> int:
+        """How much of a response is kept for parsing: `max_parsed_body_mb`, and at
+        most a quarter of `max_pending_mb` (but 1 MB at least), so that one response
+        never fills the hand-over alone: it would go to the spool, encoded in the
+        proxy's own process, where it holds the event loop for seconds."""
+        return int(min(self.max_parsed_body_mb, max(1, self.max_pending_mb / 4)) * 1024 * 1024)
+
     @field_validator("store_bodies", mode="before")
     @classmethod
     def _bodies_mode(cls, value):

@@ -4,6 +4,8 @@ The event loop only queues finished calls (submit). A sender thread pickles them
 in numbered batches and keeps each until the recorder acknowledges it on stdout
 as stored, spooled or held; a pipe thread writes them, length-prefixed, to the
 recorder's stdin, so a recorder that stops reading never holds up the sender.
+A large body is never copied on the way (see `_Frame`): a copy of many megabytes
+is one long step that holds the interpreter lock, and so the event loop.
 If the recorder dies, a new one is started and gets every unacknowledged batch
 again (inserts ignore IDs already stored).
 
@@ -40,6 +42,7 @@ import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 from taskmeter.handover import callfile
 from taskmeter.store import proxies
@@ -73,6 +76,27 @@ _CRASHES_TO_QUARANTINE = 2
 MAX_PENDING_MB = int((2**32 - 1 - HEADER.size) / _METADATA_ALLOWANCE) >> 20
 
 
+class _Frame:
+    """One batch as the recorder reads it: HEADER (its payload's length and the
+    batch number), then the pickle of its calls. The pickle is kept in the pieces
+    `pickle.dump` writes: a body of 64 KB or more is written as the call's own
+    bytes object, so a piece shares it instead of copying it, and the pipe thread
+    writes each piece as it is (the write releases the interpreter lock). The
+    calls are kept too, for the spool and the quarantine."""
+
+    __slots__ = ("calls", "pieces", "payload_size")
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+        self.pieces: list = []
+        pickle.dump(calls, SimpleNamespace(write=self.pieces.append), protocol=pickle.HIGHEST_PROTOCOL)
+        self.payload_size = sum(len(piece) for piece in self.pieces)
+
+    @property
+    def size(self) -> int:
+        return HEADER.size + self.payload_size
+
+
 class Handover:
     def __init__(
         self,
@@ -99,7 +123,7 @@ class Handover:
         self._pipe = threading.Thread(target=self._pipe_loop, name="taskmeter-recorder-pipe", daemon=True)
         self._lock = threading.Lock()  # everything below
         self._wake_pipe = threading.Condition(self._lock)
-        self._unacknowledged: OrderedDict[int, bytes] = OrderedDict()
+        self._unacknowledged: OrderedDict[int, _Frame] = OrderedDict()
         self._written_seq = 0  # the last batch written to the current recorder
         self._pending_bytes = 0
         self._next_seq = 1
@@ -162,7 +186,7 @@ class Handover:
                 # No recorder took them: keep them for the next one.
                 frames = list(self._unacknowledged.values())
                 if not self._spool_frames(frames):
-                    self.dropped += sum(len(pickle.loads(frame[HEADER.size :])) for frame in frames)
+                    self.dropped += sum(len(frame.calls) for frame in frames)
                 self._unacknowledged.clear()
         if self.lost:
             log.error(
@@ -241,7 +265,9 @@ class Handover:
                     return
             for seq, frame in frames:
                 try:
-                    process.stdin.write(frame)
+                    process.stdin.write(HEADER.pack(frame.payload_size, seq))
+                    for piece in frame.pieces:
+                        process.stdin.write(piece)
                     process.stdin.flush()
                 except (OSError, ValueError):
                     break  # it died: the acknowledgement reader starts a new one
@@ -249,15 +275,15 @@ class Handover:
                     if self._process is process:
                         self._written_seq = seq
 
-    def _unwritten(self) -> list[tuple[int, bytes]]:
+    def _unwritten(self) -> list[tuple[int, _Frame]]:
         """Holds _lock."""
         return [(seq, frame) for seq, frame in self._unacknowledged.items() if seq > self._written_seq]
 
     def _hand_over(self, calls: list) -> None:
-        payload = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _Frame(calls)
         with self._lock:
-            if self.not_recording is None and self._pending_bytes + len(payload) <= self._limit:
-                self._send(payload)
+            if self.not_recording is None and self._pending_bytes + frame.size <= self._limit:
+                self._send(frame)
                 return
         # The recorder is behind or not running: the spool keeps the calls.
         try:
@@ -275,10 +301,10 @@ class Handover:
             call.notes = "; ".join(
                 filter(None, [call.notes, "bodies dropped: the recorder was behind and the spool could not be written"])
             )
-        payload = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _Frame(calls)
         with self._lock:
-            if self._pending_bytes + len(payload) <= self._limit * _METADATA_ALLOWANCE:
-                self._send(payload)
+            if self._pending_bytes + frame.size <= self._limit * _METADATA_ALLOWANCE:
+                self._send(frame)
                 return
             first_loss = not self.dropped
             self.dropped += len(calls)
@@ -289,11 +315,10 @@ class Handover:
             )
         self._report_losses()
 
-    def _send(self, payload: bytes) -> None:
+    def _send(self, frame: _Frame) -> None:
         """Holds _lock."""
-        frame = HEADER.pack(len(payload), self._next_seq) + payload
         self._unacknowledged[self._next_seq] = frame
-        self._pending_bytes += len(frame)
+        self._pending_bytes += frame.size
         self._next_seq += 1
         self._wake_pipe.notify()
 
@@ -340,7 +365,7 @@ class Handover:
                 self._acknowledged_since_spawn = True
                 self._crashes.clear()
                 while self._unacknowledged and next(iter(self._unacknowledged)) <= seq:
-                    self._pending_bytes -= len(self._unacknowledged.popitem(last=False)[1])
+                    self._pending_bytes -= self._unacknowledged.popitem(last=False)[1].size
                 recovered = self.not_recording is not None
                 self.not_recording = None
                 self._failed_starts = 0
@@ -411,9 +436,9 @@ class Handover:
         if self._crashes[seq] < _CRASHES_TO_QUARANTINE:
             return
         frame = self._unacknowledged.pop(seq)
-        self._pending_bytes -= len(frame)
+        self._pending_bytes -= frame.size
         reason = f"{_CRASHES_TO_QUARANTINE} recorders in a row died while recording this batch"
-        self.dropped += callfile.quarantine(self._quarantine, pickle.loads(frame[HEADER.size :]), reason)
+        self.dropped += callfile.quarantine(self._quarantine, frame.calls, reason)
 
     def _move_unacknowledged_to_spool(self) -> None:
         with self._lock:
@@ -422,10 +447,10 @@ class Handover:
                 self._unacknowledged.clear()
                 self._pending_bytes = 0
 
-    def _spool_frames(self, frames: list[bytes]) -> bool:
+    def _spool_frames(self, frames: list[_Frame]) -> bool:
         try:
             for frame in frames:
-                callfile.append(self._spool, pickle.loads(frame[HEADER.size :]))
+                callfile.append(self._spool, frame.calls)
         except OSError as exc:
             log.error("meter: cannot write the spool %s (%s): %d batches wait in memory", self._spool, exc, len(frames))
             return False

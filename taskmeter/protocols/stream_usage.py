@@ -12,13 +12,16 @@ of work; its return value (StopIteration.value) is the spliced body, or None whe
 the request is to be sent as it came.
 """
 
+import io
 import json
 import re
 from collections.abc import Generator
 
-# One slice of work: this many bytes, or this many structural characters.
-SLICE_BYTES = 256 * 1024
+# One slice of work: this many bytes, or this many structural characters (a
+# slice of text full of escapes takes a few ms), or one copy of COPY_BYTES.
+SLICE_BYTES = 64 * 1024
 SLICE_STEPS = 2000
+COPY_BYTES = 1024 * 1024
 # A key this long is none of ours; a stream_options value this long is left alone.
 _LONGEST_KEY = 64
 _LONGEST_OPTIONS = 64 * 1024
@@ -77,11 +80,12 @@ def include_usage_splice(body: bytes) -> Scan:
         return None
     if options is None:
         opening = _WHITESPACE.match(body).end() + 1
-        return b"".join((body[:opening], _ADDED_OPTIONS, b",", memoryview(body)[opening:]))
+        return (yield from _joined((memoryview(body)[:opening], _ADDED_OPTIONS, b",", memoryview(body)[opening:])))
     start, end = options
     value = body[start:end]
     if value == b"null":
-        return b"".join((memoryview(body)[:start], _ADDED_OPTIONS[len(b'"stream_options":') :], memoryview(body)[end:]))
+        added = _ADDED_OPTIONS[len(b'"stream_options":') :]
+        return (yield from _joined((memoryview(body)[:start], added, memoryview(body)[end:])))
     if not value.startswith(b"{") or end - start > _LONGEST_OPTIONS:
         return None  # options of another type, or too odd to read: the client's choice stands
     try:
@@ -92,7 +96,19 @@ def include_usage_splice(body: bytes) -> Scan:
         return None  # asked for already, or declined
     inside = start + 1
     added = _INCLUDE_USAGE + (b"," if parsed else b"")
-    return b"".join((memoryview(body)[:inside], added, memoryview(body)[inside:]))
+    return (yield from _joined((memoryview(body)[:inside], added, memoryview(body)[inside:])))
+
+
+def _joined(parts) -> Generator[None, None, bytes]:
+    """b"".join(parts), copied a slice at a time: one copy of many megabytes would
+    hold the loop. BytesIO hands its buffer over without a last copy."""
+    joined = io.BytesIO()
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), COPY_BYTES):
+            joined.write(view[start : start + COPY_BYTES])
+            yield
+    return joined.getvalue()
 
 
 def _top_level_members(body: bytes, wanted: set[str]) -> Generator[None, None, dict[str, tuple[int, int]]]:

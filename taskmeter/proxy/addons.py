@@ -333,7 +333,7 @@ class Capture:
     def apply_settings(self, settings: Settings) -> None:
         """At start, and again when the config is reloaded."""
         self._settings = settings
-        self._body_limit = settings.proxy.max_parsed_body_mb * 1024 * 1024
+        self._body_limit = settings.proxy.parse_limit_bytes
 
     # ---------------------------------------------------------- requests
 

@@ -31,6 +31,9 @@ WAIT_SECONDS = 30.0
 # with a full disk) no longer counts as in flight.
 FORGET_SECONDS = 60.0
 _WAIT = object()  # a verdict: neither let through nor refused yet
+# Finding a request's conversation parses it whole, on the event loop, at about
+# 3 ms a megabyte: a larger request is not checked against a blocked conversation.
+LOOP_CHECK_MAX_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +203,7 @@ class Guard:
         if call.client_session and call.client_session in state.blocked_sessions:
             return state.blocked_sessions[call.client_session]
         conversations = state.blocked_conversations.get(task or "", {}).get(call.client or "")
-        if conversations:  # only for the client and task that looped: the request is hashed
+        if conversations and len(call.request_body or b"") <= LOOP_CHECK_MAX_BYTES:
+            # only for the client and task that looped: the request is hashed
             return conversations.get(root_hash(call.protocol, request_json(call.request_body)))
         return None
