@@ -7,6 +7,7 @@ marked so, and spends no USD budget unless the config says so."""
 
 import json
 import os
+import shutil
 import sqlite3
 import ssl
 import subprocess
@@ -215,6 +216,9 @@ def test_subscription_calls_are_metered_at_the_api_equivalent_price(proxy, subsc
     logged = {call["interaction_id"]: call for call in json.loads(meter(proxy, "log", "--json", "--limit", "20").stdout)}
     assert [logged[i]["price_basis"] for i in ids] == ["api-equivalent"] * 5 + ["api"]
     assert json.loads(meter(proxy, "show", ids[0], "--json").stdout)["price_basis"] == "api-equivalent"
+    assert (
+        "API-equivalent" in meter(proxy, "show", ids[0]).stdout and "API-equivalent" not in meter(proxy, "show", ids[-1]).stdout
+    )
     report = json.loads(meter(proxy, "task", TASK, "--json").stdout)
     subscription_cost = sum(rows[i]["cost_usd"] for i in ids[:5] if rows[i]["operation"] == "generate")
     assert report["cost_usd"] == pytest.approx(subscription_cost + claude_key["cost_usd"])
@@ -281,3 +285,66 @@ def test_upgrading_marks_stored_calls_api_and_sums_api_equivalent_cost(tmp_path,
     assert upgraded.execute("SELECT sum(api_equivalent_usd) FROM task_usage").fetchone()[0] == 0
     with pytest.raises(sqlite3.IntegrityError):
         upgraded.execute("INSERT INTO interactions (id, started_at, price_basis) VALUES ('z', 'y', 'free')")
+
+
+def test_the_real_gemini_cli_on_a_google_login_is_metered_through_code_assist_endpoint(tmp_path):
+    """Gemini CLI pointed at the gateway with CODE_ASSIST_ENDPOINT, logged in with
+    an access token (GOOGLE_GENAI_USE_GCA, as in Cloud Shell): its setup calls
+    pass unmetered, its generation is metered from the envelope."""
+    assert shutil.which("gemini"), "gemini is not installed: run scripts/ensure-agent-clis"
+    with FakeUpstream() as fake:
+        setup = {
+            "loadCodeAssist": {"currentTier": {"id": "standard-tier"}, "cloudaicompanionProject": "test-project"},
+            "retrieveUserQuota": {"buckets": []},
+            "listExperiments": {"experimentIds": [], "flags": []},
+        }
+        for method, answer in setup.items():
+            fake.routes[f"/v1internal:{method}"] = Scenario(body=json.dumps(answer).encode())
+        fake.routes["/v1internal:streamGenerateContent"] = Scenario(
+            body=CODE_ASSIST.body, content_type="text/event-stream", chunk_size=200
+        )
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"code_assist": f"http://127.0.0.1:{fake.port}"})
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            home = tmp_path / "home"
+            (home / ".gemini").mkdir(parents=True)
+            (home / ".gemini" / "settings.json").write_text(
+                json.dumps({"security": {"auth": {"selectedType": "oauth-personal"}}})
+            )
+            env = {name: value for name, value in os.environ.items() if not name.lower().endswith("_proxy")}
+            env.update(
+                HOME=str(home),
+                XDG_CONFIG_HOME=str(home / ".config"),
+                CODE_ASSIST_ENDPOINT=f"{proxy.origin}/t/{TASK}/code_assist",
+                GOOGLE_GENAI_USE_GCA="true",
+                GOOGLE_CLOUD_ACCESS_TOKEN="ya29.test-access-token",
+            )
+            result = subprocess.run(
+                ["gemini", "--skip-trust", "-m", "gemini-2.5-flash", "-p", "say hi"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                cwd=home,
+            )
+            assert result.returncode == 0, result.stderr[-2000:]
+            generations = [r for r in fake.received if ":streamGenerateContent" in r.path]
+            assert generations and {r.path.split("?")[0] for r in fake.received} >= {"/v1internal:loadCodeAssist"}
+            assert all(
+                {k.lower(): v for k, v in r.headers.items()}["authorization"] == "Bearer ya29.test-access-token"
+                for r in generations
+            )
+            rows = proxy.rows(wait_for=len(generations))
+            assert len(rows) == len(generations)  # the setup calls state no usage and are not metered
+            sent = json.loads(generations[0].body)
+            row = rows[0]
+            assert (row["provider"], row["protocol"], row["task_id"], row["model"]) == (
+                "code_assist",
+                "code_assist",
+                TASK,
+                sent["model"],
+            )
+            assert tokens_of(row) == normalized(CODE_ASSIST) and row["price_basis"] == "api-equivalent"
+            assert row["client_session"] == sent["request"]["session_id"]
+        finally:
+            proxy.stop()

@@ -316,7 +316,8 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
             ("Status", (_status_cell(row) or "no response") + (f": {record['error']}" if record["error"] else "")),
             ("Tokens", usage),
             ("Usage source", f"{record['usage_source']}: {source}" if record["usage_source"] else None),
-            ("Cost", terminal.money(record["cost_usd"]) + (f" ({record['price_source']})" if record["price_source"] else "")),
+            ("Cost", terminal.money(record["cost_usd"]) + (f" ({record['price_source']})" if record["price_source"] else "")
+             + (", API-equivalent: a subscription login paid for this call" if record["price_basis"] == "api-equivalent" else "")),
             ("Flag", f"hallucination, {terminal.moment(record['flagged_at'], utc, short=False)}" + (f": {record['flag_note']}" if record["flag_note"] else "") if record["flagged"] else "no"),
             ("Notes", record["notes"]),
         ]
