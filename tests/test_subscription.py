@@ -8,9 +8,11 @@ marked so, and spends no USD budget unless the config says so."""
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import ssl
 import subprocess
+import time
 
 import anthropic
 import httpx
@@ -348,3 +350,33 @@ def test_the_real_gemini_cli_on_a_google_login_is_metered_through_code_assist_en
             assert row["client_session"] == sent["request"]["session_id"]
         finally:
             proxy.stop()
+
+
+def _reload(proxy: RunningProxy, config_text: str, times: int) -> None:
+    """Write the config and SIGHUP the proxy; return once it has reloaded `times` times in all."""
+    proxy.config.write_text(config_text)
+    proxy.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while proxy.stderr().count("config reloaded") < times and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.stderr().count("config reloaded") == times, proxy.stderr()
+
+
+def test_a_redirect_to_plain_http_keeps_the_host_and_one_back_to_the_meter_is_refused(proxy, anthropic_upstream):
+    """Redirects apply on reload; an http:// target gets the request in the clear with
+    the Host the client named; a redirect that leads back to the meter is a 508."""
+    anthropic_upstream.routes["/backend-api/codex/responses"] = Scenario(body=CODEX.body, content_type="text/event-stream")
+    base = proxy.config.read_text().split("[intercept.redirect]")[0]
+    _reload(proxy, base + f'[intercept.redirect]\n"chatgpt.com" = "http://127.0.0.1:{anthropic_upstream.port}"\n', 1)
+    first = codex_call(proxy)
+    [row] = proxy.rows(wait_for=1)
+    assert (row["id"], row["provider"], row["price_basis"]) == (first, "chatgpt", "api-equivalent")
+    assert tokens_of(row) == normalized(CODEX)
+    [received] = anthropic_upstream.received
+    assert received.headers["Host"] == "chatgpt.com" and received.path == "/backend-api/codex/responses"
+
+    _reload(proxy, base + f'[intercept.redirect]\n"chatgpt.com" = "http://{proxy.address}"\n', 2)
+    with pytest.raises(openai.APIStatusError) as refused:
+        codex_call(proxy)
+    assert refused.value.status_code == 508 and "leads to this meter itself" in refused.value.message
+    assert len(anthropic_upstream.received) == 1 and len(proxy.rows(wait_for=1)) == 1
