@@ -113,7 +113,8 @@ _CLAUDE_OAUTH_BEARER = "bearer sk-ant-oat"
 def subscription_login(provider: str, authorization: str | None) -> bool:
     """Whether a call is billed by a subscription: the one rule, read from the
     provider and the Authorization header (only its prefix: the token is never kept)."""
-    return provider in SUBSCRIPTION_PROVIDERS or (authorization or "")[:17].lower() == _CLAUDE_OAUTH_BEARER
+    prefix = (authorization or "")[: len(_CLAUDE_OAUTH_BEARER)]
+    return provider in SUBSCRIPTION_PROVIDERS or prefix.lower() == _CLAUDE_OAUTH_BEARER
 
 
 class GatewayError(ValueError):
