@@ -242,6 +242,7 @@ def test_usd_budgets_leave_out_api_equivalent_cost_unless_the_config_counts_it(
         api_cost = rows[ids[2]]["cost_usd"]
         every_cost = sum(row["cost_usd"] for row in rows.values())
         assert status["usd_used"] == pytest.approx(every_cost if counted else api_cost)
+        assert "API-equivalent: subscription calls" in meter(proxy, "status").stdout
         # Token budgets count every call's tokens.
         assert status["tokens_used"] == sum(row["input_total"] + row["output_total"] for row in rows.values())
     finally:

@@ -82,6 +82,8 @@ def status_cmd(as_json, utc, db_path):
         cost = terminal.money(view["cost_usd"])
         if view["unpriced_interactions"]:
             cost += f" ({view['unpriced_interactions']} calls with no known price not included)"
+        if view["cost_api_equivalent_usd"]:
+            cost += f" (of which {terminal.money(view['cost_api_equivalent_usd'])} API-equivalent: subscription calls)"
         terminal.fields(
             [
                 ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
