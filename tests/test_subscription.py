@@ -5,6 +5,7 @@ holds a certificate for the real host names; Claude on a claude.ai login (an
 OAuth bearer) through the gateway. Their cost is the API-equivalent price,
 marked so, and spends no USD budget unless the config says so."""
 
+import base64
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from taskmeter.store import migrations, tasks
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.test_agents import _responses_stream
 from tests.tls import make_server_tls
 
 FIXTURE = {f.name: f for f in ALL}
@@ -43,6 +45,11 @@ def normalized(fixture) -> dict:
 
 def tokens_of(row: dict) -> dict:
     return {key: row[key] for key in ("input_total", "cache_read", "output_total", "reasoning")}
+
+
+def header(received, name: str) -> str | None:
+    """A header the fake received, by its name in any case (clients differ)."""
+    return next((value for key, value in received.headers.items() if key.lower() == name), None)
 
 
 def meter(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess:
@@ -333,10 +340,7 @@ def test_the_real_gemini_cli_on_a_google_login_is_metered_through_code_assist_en
             assert result.returncode == 0, result.stderr[-2000:]
             generations = [r for r in fake.received if ":streamGenerateContent" in r.path]
             assert generations and {r.path.split("?")[0] for r in fake.received} >= {"/v1internal:loadCodeAssist"}
-            assert all(
-                {k.lower(): v for k, v in r.headers.items()}["authorization"] == "Bearer ya29.test-access-token"
-                for r in generations
-            )
+            assert all(header(r, "authorization") == "Bearer ya29.test-access-token" for r in generations)
             rows = proxy.rows(wait_for=len(generations))
             assert len(rows) == len(generations)  # the setup calls state no usage and are not metered
             sent = json.loads(generations[0].body)
@@ -381,3 +385,96 @@ def test_a_redirect_to_plain_http_keeps_the_host_and_one_back_to_the_meter_is_re
         codex_call(proxy)
     assert refused.value.status_code == 508 and "leads to this meter itself" in refused.value.message
     assert len(anthropic_upstream.received) == 1 and len(proxy.rows(wait_for=1)) == 1
+
+
+def _jwt(claims: dict) -> str:
+    """An unsigned-looking JWT: Codex reads a ChatGPT login's claims without checking the signature."""
+    part = lambda data: base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.{part('signature')}"
+
+
+def _answer_gets(fake: FakeUpstream, answers: dict[str, object]) -> list[str]:
+    """Let the fake answer GETs: the first answer whose key the path contains, else {}; the paths asked."""
+    asked: list[str] = []
+
+    def do_get(handler):
+        asked.append(handler.path)
+        answer = next((value for key, value in answers.items() if key in handler.path), {})
+        body = json.dumps(answer).encode()
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    fake.server.RequestHandlerClass.do_GET = do_get
+    return asked
+
+
+def test_the_real_codex_cli_on_a_chatgpt_login_is_metered_in_https_proxy_mode(tmp_path, subscription_hosts):
+    """Codex with a ChatGPT login in ~/.codex/auth.json, under `meter run`: its calls
+    to chatgpt.com go through HTTPS-proxy mode (redirected to the fake), and only
+    its Responses calls are metered, at the API-equivalent price."""
+    assert shutil.which("codex"), "codex is not installed: run scripts/ensure-agent-clis"
+    account = {
+        "id": "acct-1",
+        "structure": "personal",
+        "plan_type": "plus",
+        "workspace_backend_origin": "https://chatgpt.com",
+        "account_routing_override": "NO_CONSTRAINT",
+    }
+    _answer_gets(subscription_hosts, {"/wham/accounts/check": {"accounts": [account]}, "/codex/models": {"models": []}})
+    # Codex reads the Responses stream item by item: the recorded one would need its tools.
+    usage = {
+        "input_tokens": 5123,
+        "input_tokens_details": {"cached_tokens": 2048},
+        "output_tokens": 77,
+        "output_tokens_details": {"reasoning_tokens": 31},
+        "total_tokens": 5200,
+    }
+    subscription_hosts.routes["/backend-api/codex/responses"] = Scenario(
+        body=_responses_stream("resp_chatgpt_1", "hello from chatgpt", usage), content_type="text/event-stream", chunk_size=256
+    )
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {}, upstream_ca=str(subscription_hosts.ca_path))
+    config.write_text(
+        config.read_text() + f'[intercept.redirect]\n"chatgpt.com" = "https://127.0.0.1:{subscription_hosts.port}"\n'
+    )
+    proxy = RunningProxy(config, tmp_path / "meter.db")
+    try:
+        home = tmp_path / "home"
+        (home / ".codex").mkdir(parents=True)
+        claims = {
+            "email": "dev@example.com",
+            "exp": int(time.time()) + 3600,
+            "https://api.openai.com/auth": {"chatgpt_plan_type": "plus", "chatgpt_account_id": "acct-1"},
+        }
+        login = {
+            "OPENAI_API_KEY": None,
+            "tokens": {"id_token": _jwt(claims), "access_token": _jwt(claims), "refresh_token": "rt", "account_id": "acct-1"},
+            "last_refresh": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (home / ".codex" / "auth.json").write_text(json.dumps(login))
+        env = {name: value for name, value in os.environ.items() if not name.endswith(("_API_KEY", "_PROXY", "_proxy"))}
+        env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+        result = subprocess.run(
+            [str(VENV_BIN / "meter"), "run", "--task", TASK, "--config", str(config), "--db", str(proxy.db_path), "--",
+             "codex", "exec", "--skip-git-repo-check", "say hi"],
+            capture_output=True, text=True, env=env, cwd=home, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "hello from chatgpt" in result.stdout
+        generations = [r for r in subscription_hosts.received if r.path == "/backend-api/codex/responses"]
+        assert generations and all(header(r, "host") == "chatgpt.com" for r in subscription_hosts.received)
+        rows = proxy.rows(wait_for=len(generations))
+        assert len(rows) == len(generations)  # its analytics, plugin and MCP calls are not AI calls
+        for row in rows:
+            assert (row["provider"], row["protocol"], row["task_id"], row["price_basis"]) == (
+                "chatgpt",
+                "openai_responses",
+                TASK,
+                "api-equivalent",
+            )
+            assert tokens_of(row) == {"input_total": 5123, "cache_read": 2048, "output_total": 77, "reasoning": 31}
+            assert row["cost_usd"] > 0 and row["response_id"] == "resp_chatgpt_1"
+    finally:
+        proxy.stop()
