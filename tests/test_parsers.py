@@ -57,8 +57,8 @@ def _check(fixture, result):
         assert result.counted_tokens == counted
 
 
-def test_all_46_fixtures_are_covered():
-    assert len(ALL) == 46
+def test_all_47_fixtures_are_covered():
+    assert len(ALL) == 47
     assert {f.meta["provider"] for f in ALL} == {
         "openai",
         "openai_responses",
@@ -69,6 +69,7 @@ def test_all_46_fixtures_are_covered():
         "openrouter",
         "groq",
         "bedrock",
+        "code_assist",
     }
 
 

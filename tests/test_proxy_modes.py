@@ -493,7 +493,7 @@ def test_addon_methods_named_after_mitmproxy_events_are_meant_as_hooks():
     from taskmeter.proxy import addons, guard
 
     meant = {
-        addons.Gateway: {"http_connect", "requestheaders", "responseheaders"},
+        addons.Gateway: {"http_connect", "requestheaders", "responseheaders", "server_connect", "client_disconnected"},
         addons.TaskAttribution: {"http_connect", "client_disconnected", "requestheaders"},
         addons.Capture: {"requestheaders", "request", "responseheaders", "response", "error", "done"},
         guard.Guard: {"request", "responseheaders"},

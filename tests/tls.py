@@ -15,8 +15,8 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_server_tls(directory: Path, ip: str) -> tuple[ssl.SSLContext, Path]:
-    """(server context for `ip`, path of the CA certificate that signed it)."""
+def make_server_tls(directory: Path, ip: str | None, dns_names: tuple[str, ...] = ()) -> tuple[ssl.SSLContext, Path]:
+    """(server context for `ip` and/or `dns_names`, path of the CA certificate that signed it)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -34,13 +34,18 @@ def make_server_tls(directory: Path, ip: str) -> tuple[ssl.SSLContext, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(ip))
+        .subject_name(_name(ip or dns_names[0]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                ([x509.IPAddress(ipaddress.ip_address(ip))] if ip else []) + [x509.DNSName(name) for name in dns_names]
+            ),
+            critical=False,
+        )
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

@@ -3,6 +3,9 @@ blocks, and (for `meter budget`) where the current burn rate takes it.
 
 Spend is the task_usage rollup's: total tokens (input + output, as
 TOKEN_COUNT_USED) and the cost of the priced calls; a phase's is its tasks' sum.
+The API-equivalent cost of subscription calls (price_basis 'api-equivalent') is
+money the subscription already paid: it spends USD budgets only when the config's
+count_subscription_usd says so. Their tokens always count.
 A task with no budget of its own has the config's default per-task budget, if any.
 """
 
@@ -14,20 +17,27 @@ WARN_AT = (0.8, 1.0)  # the shares of a budget whose crossing is announced
 
 # The config's [budgets] section. A namedtuple, not a dataclass: the status line
 # imports this module, and importing dataclasses would cost it 9 ms.
-Defaults = namedtuple("Defaults", "on_exceeded task_tokens task_usd", defaults=("warn", None, None))
+Defaults = namedtuple("Defaults", "on_exceeded task_tokens task_usd count_subscription_usd", defaults=("warn", None, None, False))
 
 
 def defaults_of(section: dict) -> Defaults:
     """Defaults from the config's [budgets] section, as a dict."""
-    return Defaults(section["on_budget_exceeded"], section["task_tokens"], section["task_usd"])
+    return Defaults(section["on_budget_exceeded"], section["task_tokens"], section["task_usd"], section["count_subscription_usd"])
 
 
-def _spend_by_task(db: sqlite3.Connection) -> dict[str, dict]:
+def _spent_usd(defaults: Defaults, table: str = "") -> str:
+    """SQL of the USD a task_usage row (`table.`) spends against budgets."""
+    if defaults.count_subscription_usd:
+        return f"{table}cost_usd"
+    return f"({table}cost_usd - {table}api_equivalent_usd)"
+
+
+def _spend_by_task(db: sqlite3.Connection, defaults: Defaults) -> dict[str, dict]:
     """task ID -> {phase_id, tokens, usd, calls, approved} for every task."""
     rows = db.execute(
-        """
+        f"""
         SELECT t.id, t.phase_id, t.final_approval_at, coalesce(u.interactions, 0) AS calls,
-            coalesce(u.input_total, 0) + coalesce(u.output_total, 0) AS tokens, coalesce(u.cost_usd, 0) AS usd
+            coalesce(u.input_total, 0) + coalesce(u.output_total, 0) AS tokens, coalesce({_spent_usd(defaults, "u.")}, 0) AS usd
         FROM tasks t LEFT JOIN task_usage u ON u.task_key = t.id
         """
     )
@@ -73,7 +83,7 @@ def _status(
 def budget_statuses(db: sqlite3.Connection, defaults: Defaults) -> list[dict]:
     """Every budget in force: each phase's and task's own, then the default for
     every open task without one. Phases first, then tasks, by ID."""
-    by_task = _spend_by_task(db)
+    by_task = _spend_by_task(db, defaults)
     statuses, own_tasks = [], set()
     for row in db.execute("SELECT * FROM budgets ORDER BY scope, target"):
         mode = row["on_exceeded"] or defaults.on_exceeded

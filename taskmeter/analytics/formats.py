@@ -117,6 +117,10 @@ def _beyond(fields: dict) -> list[str]:
     cost_text = f"${cost:,.4f}" if cost is not None else PLACEHOLDER
     if unpriced:
         cost_text += f" ({unpriced} interactions with no known price not included)"
+    if fields["cost_api_equivalent_usd"]:
+        cost_text += (
+            f" (of which ${fields['cost_api_equivalent_usd']:,.4f} API-equivalent: subscription calls, not billed per token)"
+        )
     lines.append(f"COST_USD:          {cost_text}")
     lines.append(
         f"FAILED_CALLS:      {fields['failed_calls']} (never reached a model: no response, 429 or 5xx; not AI interactions)"

@@ -53,6 +53,7 @@ def call_record(row: dict) -> dict:
         "usage_source": row["usage_source"],
         "cost_usd": row["cost_usd"],
         "price_source": row["price_source"],
+        "price_basis": row["price_basis"],
         "conversation_id": row["conversation_id"],
         "context_switch": _flag(row["context_switch"]),
         "client": row["client"],

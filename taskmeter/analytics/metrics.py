@@ -115,6 +115,8 @@ def _usage_extras(usage: dict) -> dict:
         },
         "agent_log_share": _ratio(usage["agent_log_tokens"], _tokens(usage)["total"]),
         "cost_usd": usage["cost_usd"],
+        # The part of cost_usd a subscription login paid for: its API-equivalent price.
+        "cost_api_equivalent_usd": usage["api_equivalent_usd"] if usage["cost_usd"] is not None else None,
         "unpriced_interactions": usage["interactions"] - usage["cost_calls"],
         # Calls that never reached a model (no response, 429, 5xx): not AI interactions.
         "failed_calls": usage["failed_calls"],

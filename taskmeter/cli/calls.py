@@ -82,6 +82,8 @@ def status_cmd(as_json, utc, db_path):
         cost = terminal.money(view["cost_usd"])
         if view["unpriced_interactions"]:
             cost += f" ({view['unpriced_interactions']} calls with no known price not included)"
+        if view["cost_api_equivalent_usd"]:
+            cost += f" (of which {terminal.money(view['cost_api_equivalent_usd'])} API-equivalent: subscription calls)"
         terminal.fields(
             [
                 ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
@@ -316,7 +318,8 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
             ("Status", (_status_cell(row) or "no response") + (f": {record['error']}" if record["error"] else "")),
             ("Tokens", usage),
             ("Usage source", f"{record['usage_source']}: {source}" if record["usage_source"] else None),
-            ("Cost", terminal.money(record["cost_usd"]) + (f" ({record['price_source']})" if record["price_source"] else "")),
+            ("Cost", terminal.money(record["cost_usd"]) + (f" ({record['price_source']})" if record["price_source"] else "")
+             + (", API-equivalent: a subscription login paid for this call" if record["price_basis"] == "api-equivalent" else "")),
             ("Flag", f"hallucination, {terminal.moment(record['flagged_at'], utc, short=False)}" + (f": {record['flag_note']}" if record["flag_note"] else "") if record["flagged"] else "no"),
             ("Notes", record["notes"]),
         ]

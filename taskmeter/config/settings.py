@@ -97,6 +97,23 @@ class InterceptSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hosts: dict[str, str]
+    # An intercepted host -> the http(s)://address[:port] its calls are sent to instead.
+    redirect: dict[str, str] = {}
+
+    @field_validator("redirect")
+    @classmethod
+    def _redirect_urls(cls, redirect: dict[str, str]) -> dict[str, str]:
+        targets = {}
+        for host, url in redirect.items():
+            parts = urlsplit(url)
+            try:
+                port_ok = parts.port is None or parts.port > 0  # a port that is no number raises here
+            except ValueError:
+                port_ok = False
+            if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+                raise ValueError(f"redirect of {host!r} must be http://ADDRESS[:PORT] or https://ADDRESS[:PORT], not {url!r}")
+            targets[host.lower().rstrip(".")] = url.rstrip("/")
+        return targets
 
 
 class RecordSettings(BaseModel):
@@ -137,6 +154,8 @@ class BudgetSettings(BaseModel):
     on_budget_exceeded: Literal["warn", "block"]
     task_tokens: int | None = Field(default=None, gt=0)
     task_usd: float | None = Field(default=None, gt=0)
+    # Whether the API-equivalent price of subscription calls spends USD budgets.
+    count_subscription_usd: bool = False
 
 
 class AlertSettings(BaseModel):

@@ -17,6 +17,7 @@ class CapturedCall:
     attribution: str | None = None
     client: str | None = None
     client_session: str | None = None  # a client's own session ID header (Claude Code's)
+    subscription: bool = False  # billed by a subscription login (routing.subscription_login), not per token
     request_body: bytes | None = None
     injected_usage: bool = False
     first_byte: float | None = None

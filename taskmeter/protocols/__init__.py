@@ -7,11 +7,11 @@ and framings, the plausibility of counts, the conversation hash, the shape of a
 refusal's causes) is in the shared modules beside them.
 """
 
-from taskmeter.protocols import anthropic, bedrock, gemini, ollama, openai_chat, openai_responses
+from taskmeter.protocols import anthropic, bedrock, code_assist, gemini, ollama, openai_chat, openai_responses
 from taskmeter.protocols.record import Protocol
 
 ALL: tuple[Protocol, ...] = tuple(
-    module.PROTOCOL for module in (openai_chat, openai_responses, anthropic, gemini, ollama, bedrock)
+    module.PROTOCOL for module in (openai_chat, openai_responses, anthropic, gemini, code_assist, ollama, bedrock)
 )
 _BY_NAME = {protocol.name: protocol for protocol in ALL}
 

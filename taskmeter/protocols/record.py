@@ -29,8 +29,8 @@ class StreamUsage:
 class Protocol:
     name: str  # as stored in interactions.protocol
     # Routing (proxy/routing.py reads each path as upstream servers may): the
-    # lower-cased path's last segment `name:verb` by its verb, else the path by
-    # its ending; each to its operation (GENERATE, COUNT_TOKENS or OTHER).
+    # lower-cased path by its ending, else its last segment `name:verb` by its
+    # verb; each to its operation (GENERATE, COUNT_TOKENS or OTHER).
     paths: dict[str, str]
     # Reading a response: the framing (SSE, NDJSON, JSON, eventstream) follows the
     # content type (framing.py); the accumulator reads the events into usage,

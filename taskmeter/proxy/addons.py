@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from mitmproxy import http
+from mitmproxy import connection, http
+from mitmproxy.proxy import server_hooks
 
 from taskmeter import protocols
 from taskmeter.config import Settings
@@ -37,10 +38,12 @@ from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.routing import (
     Endpoint,
     GatewayError,
+    Redirect,
     Router,
     classify,
     host_address,
     is_loopback_host,
+    subscription_login,
     websocket_endpoint,
 )
 from taskmeter.proxy.tee import ResponseTee
@@ -128,6 +131,9 @@ class Gateway:
         # Added to what this meter forwards in the clear: a request that carries it came back to us.
         self._via = f"1.1 taskmeter-{secrets.token_hex(8)}"
         self._origins_said: set[str] = set()  # refused origins already logged
+        # Per client connection, the redirected addresses it reaches and the host it
+        # named for each: the TLS server name of those connections (server_connect).
+        self._named_hosts: dict[str, dict[tuple[str, int], str]] = {}
 
     def apply_settings(self, settings: Settings) -> None:
         """At start, and again when the config is reloaded."""
@@ -183,6 +189,12 @@ class Gateway:
             if refusal is not None or provider is None:
                 flow.response = refusal
                 return
+            redirect = self._router.redirect_for(request.host)
+            if redirect is not None:
+                if self._is_us(flow, redirect.host, redirect.port):
+                    flow.response = _error_response(508, f"taskmeter: the redirect of {request.host} leads to this meter itself")
+                    return
+                self._redirect(flow, redirect)
         if request.scheme == "http":
             request.headers.add("via", self._via)
         endpoint = classify(request.method, request.path)
@@ -190,6 +202,27 @@ class Gateway:
             flow.metadata[_ROUTE] = Route(provider, endpoint, path_task)
         elif (endpoint := websocket_endpoint(request.method, request.path, request.headers)) is not None:
             flow.metadata[_SOCKET] = Route(provider, endpoint, path_task)  # metered by proxy/websocket.py
+
+    def _redirect(self, flow: http.HTTPFlow, redirect: Redirect) -> None:
+        """Connect to the redirect's address instead (`[intercept.redirect]`), as
+        curl's --connect-to does: the Host header stays as the client sent it, and
+        TLS names and verifies the host the client named."""
+        request = flow.request
+        named, host_header = request.host, request.host_header
+        request.scheme, request.host, request.port = redirect.scheme, redirect.host, redirect.port
+        request.host_header = host_header  # setting the host rewrote it
+        if redirect.scheme == "https":
+            self._named_hosts.setdefault(flow.client_conn.id, {})[(redirect.host, redirect.port)] = named
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """A redirected connection's TLS server name is the host the client named
+        (mitmproxy would name the address it connects to)."""
+        named = self._named_hosts.get(data.client.id, {}).get(data.server.address)
+        if named is not None:
+            data.server.sni = named
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._named_hosts.pop(client.id, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """An allowed page may read the answer, and the meter's headers on it."""
@@ -356,6 +389,7 @@ class Capture:
             attribution=attribution,
             client=request.headers.get("user-agent"),
             client_session=client_session(protocol, request.headers),
+            subscription=subscription_login(route.provider, request.headers.get("authorization")),
         )
         # Plain bodies: nothing to decompress, and the client is not slowed by
         # block-buffered compression (servers may still compress; we decode then).

@@ -17,7 +17,7 @@ class Endpoint:
     operation: str  # generate | count_tokens | other
 
 
-# Each protocol's routes (taskmeter/protocols/): a verb (`models/x:verb`) or a path ending.
+# Each protocol's routes (taskmeter/protocols/): a path ending, or a verb (`models/x:verb`).
 _BY_VERB = {verb: Endpoint(p.name, operation) for p in protocols.ALL for verb, operation in p.verbs.items()}
 _BY_ENDING = {ending: Endpoint(p.name, operation) for p in protocols.ALL for ending, operation in p.paths.items()}
 
@@ -47,11 +47,14 @@ def websocket_endpoint(method: str, path: str, headers) -> Endpoint | None:
 
 
 def _classify_path(path: str) -> Endpoint | None:
+    """By the path's ending first (Code Assist's `/v1internal:streamgeneratecontent`
+    is a whole segment), else by the verb of a last segment `name:verb` (Gemini's)."""
     path = path.rstrip("/")
+    by_ending = next((endpoint for ending, endpoint in _BY_ENDING.items() if path.endswith(ending)), None)
     last = path.rsplit("/", 1)[-1]
-    if ":" in last:
-        return _BY_VERB.get(last.rsplit(":", 1)[1])
-    return next((endpoint for ending, endpoint in _BY_ENDING.items() if path.endswith(ending)), None)
+    if by_ending is not None or ":" not in last:
+        return by_ending
+    return _BY_VERB.get(last.rsplit(":", 1)[1])
 
 
 _ESCAPED_SLASH = re.compile(r"%(2f|5c)", re.IGNORECASE)
@@ -100,6 +103,30 @@ class GatewayTarget:
     task_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Where the calls to an intercepted host go instead (`[intercept.redirect]`)."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+# Logins a subscription pays for, not each token: their calls are priced at the
+# API's list price and marked "api-equivalent" (docs/budgets.md). Known by the
+# provider their host names (chatgpt.com, cloudcode-pa.googleapis.com) or, for
+# Anthropic, by a claude.ai login's OAuth bearer token.
+SUBSCRIPTION_PROVIDERS = frozenset({"chatgpt", "code_assist"})
+_CLAUDE_OAUTH_BEARER = "bearer sk-ant-oat"
+
+
+def subscription_login(provider: str, authorization: str | None) -> bool:
+    """Whether a call is billed by a subscription: the one rule, read from the
+    provider and the Authorization header (only its prefix: the token is never kept)."""
+    prefix = (authorization or "")[: len(_CLAUDE_OAUTH_BEARER)]
+    return provider in SUBSCRIPTION_PROVIDERS or prefix.lower() == _CLAUDE_OAUTH_BEARER
+
+
 class GatewayError(ValueError):
     """An origin-form request that names no known upstream."""
 
@@ -138,6 +165,10 @@ class Router:
         self._hosts = [(_host_pattern(glob), provider) for glob, provider in settings.intercept.hosts.items()]
         for name, (_, host, _, _) in self._upstreams.items():
             self._hosts.insert(0, (_host_pattern(host), name))
+        self._redirects = {}
+        for host, url in settings.intercept.redirect.items():
+            parts = urlsplit(url)
+            self._redirects[host] = Redirect(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
 
     def gateway(self, path: str, from_network: bool = False) -> GatewayTarget:
         """`/t/<TASK>/<upstream>/<rest>` or `/<upstream>/<rest>` to its upstream URL:
@@ -173,6 +204,10 @@ class Router:
             if pattern.match(host):
                 return provider
         return None
+
+    def redirect_for(self, host: str) -> Redirect | None:
+        """Where calls to `host` go instead, if the config redirects it."""
+        return self._redirects.get(host.lower().rstrip("."))
 
     def allow_hosts(self) -> list[str]:
         """mitmproxy `allow_hosts` regexes: only these hosts are intercepted."""

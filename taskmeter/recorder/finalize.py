@@ -116,6 +116,7 @@ class Finalizer:
             client=call.client,
             proxy_id=self._proxy_id,
             blocked=call.blocked,
+            price_basis="api-equivalent" if call.subscription else "api",
         )
 
     @staticmethod

@@ -23,6 +23,8 @@ _PROVIDER_IDS = {
     "xai": "x-ai",
     "together": "together",
     "fireworks": "fireworks",
+    "chatgpt": "openai",  # Codex on a ChatGPT login: priced as OpenAI's API would
+    "code_assist": "google",  # Gemini CLI's Login with Google
 }
 _VERSION = version("genai-prices")
 

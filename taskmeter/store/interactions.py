@@ -54,6 +54,9 @@ class Interaction:
     notes: str | None = None
     blocked: str | None = None  # "budget" or "loop": the meter refused the call, the upstream never saw it
     response_id: str | None = None  # the provider's ID of the response (msg_…, chatcmpl-…, resp_…, responseId)
+    # "api": cost_usd is what the call costs; "api-equivalent": a subscription login
+    # paid for it, and cost_usd is its price at the API's list price (docs/budgets.md).
+    price_basis: str = "api"
 
 
 COLUMNS = tuple(f.name for f in fields(Interaction))

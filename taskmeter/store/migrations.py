@@ -1068,6 +1068,43 @@ def m014_response_ids_and_agent_logs(db: sqlite3.Connection) -> None:
 
 
 @migration
+def m015_price_basis(db: sqlite3.Connection) -> None:
+    """Whether a call's cost is what it costs ('api') or, for a subscription login,
+    its price at the API's list price ('api-equivalent'), and the latter's sum per
+    task, which USD budgets leave out unless the config counts it (docs/budgets.md)."""
+    equivalent = "({r}.operation = 'generate' AND {r}.price_basis = 'api-equivalent')"
+
+    def add(r: str, sign: str) -> str:
+        return f"""
+            INSERT INTO task_usage (task_key, api_equivalent_usd)
+            SELECT coalesce({r}.task_id, ''), {sign}coalesce({r}.cost_usd, 0) WHERE {equivalent.format(r=r)}
+            ON CONFLICT(task_key) DO UPDATE SET api_equivalent_usd = api_equivalent_usd + excluded.api_equivalent_usd;"""
+
+    run_script(
+        db,
+        f"""
+        ALTER TABLE interactions ADD COLUMN price_basis TEXT NOT NULL DEFAULT 'api'
+            CHECK (price_basis IN ('api', 'api-equivalent'));
+
+        ALTER TABLE task_usage ADD COLUMN api_equivalent_usd REAL NOT NULL DEFAULT 0;
+
+        -- Besides task_usage_insert/update/delete (m002), which count the call's cost in cost_usd.
+        CREATE TRIGGER task_usage_api_equivalent_insert AFTER INSERT ON interactions WHEN {equivalent.format(r="NEW")}
+        BEGIN {add("NEW", "+")}
+        END;
+
+        CREATE TRIGGER task_usage_api_equivalent_update AFTER UPDATE OF task_id, operation, cost_usd, price_basis ON interactions
+        BEGIN {add("OLD", "-")} {add("NEW", "+")}
+        END;
+
+        CREATE TRIGGER task_usage_api_equivalent_delete BEFORE DELETE ON interactions WHEN {equivalent.format(r="OLD")}
+        BEGIN {add("OLD", "-")}
+        END;
+        """,
+    )
+
+
+@migration
 def m016_conversation_roots(db: sqlite3.Connection) -> None:
     """The conversation root's hash apart from the stored conversation ID, which
     now scopes it to the call's task and session (store/sessions.py): sessions
