@@ -605,3 +605,28 @@ def test_https_proxy_mode_meters_a_socket_to_a_known_ai_host(tls_upstream, tmp_p
         ("corp", "WS-TLS", 700, 7),
         ("corp", "WS-TLS", 800, 8),
     ]
+
+
+def test_a_socket_of_codex_on_a_chatgpt_login_is_metered_at_the_api_equivalent_price(tmp_path):
+    """Codex on a ChatGPT login opens its socket to chatgpt.com (HTTPS-proxy mode,
+    sent by [intercept.redirect] to a loopback fake): each response is a call of the
+    chatgpt provider, priced as the API would, and marked as paid by the subscription."""
+    context, ca_path = make_server_tls(tmp_path, None, dns_names=("chatgpt.com",))
+    with FakeResponsesSocket(script, tls_context=context) as fake:
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {}, upstream_ca=str(ca_path))
+        config.write_text(config.read_text() + f'[intercept.redirect]\n"chatgpt.com" = "https://127.0.0.1:{fake.port}"\n')
+        proxy = RunningProxy(config, tmp_path / "meter.db")
+        try:
+            meter_ca = ssl.create_default_context(cafile=tmp_path / "ca" / "ca-bundle.pem")
+            url = "wss://chatgpt.com/backend-api/codex/responses"
+            headers = {"authorization": "Bearer chatgpt-session-token", "x-meter-task": "WS-SUB"}
+            with connect(url, proxy=proxy.origin, ssl=meter_ca, additional_headers=headers) as ws:
+                ws.send(create("resp_sub_1", 900, 9))
+                receive_response(ws)
+            (row,) = new_rows(proxy, 0, 1)
+            (shown,) = json.loads(meter_cli(proxy, "log", "--json").stdout)
+        finally:
+            assert proxy.stop() == 0
+    assert (row["provider"], row["task_id"], row["input_total"], row["output_total"]) == ("chatgpt", "WS-SUB", 900, 9)
+    assert shown["price_basis"] == "api-equivalent" and shown["cost_usd"] > 0
+    assert b"chatgpt-session-token" not in (tmp_path / "meter.db").read_bytes()

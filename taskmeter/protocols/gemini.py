@@ -92,14 +92,6 @@ def request_turns(request: dict, turns: Turns) -> None:
             turns.typed("\n".join(typed_texts))
 
 
-def session_in_envelope(request) -> str | None:
-    """Gemini CLI's session ID from a Code Assist envelope: {"model", "project",
-    "user_prompt_id", "request": {…, "session_id"}}."""
-    inner = request.get("request") if isinstance(request, dict) else None
-    session = inner.get("session_id") if isinstance(inner, dict) else None
-    return session if isinstance(session, str) and session else None
-
-
 def error_body(status: int, cause: str, message: str) -> bytes:
     return json.dumps({"error": {"code": status, "message": message, "status": CAUSES[cause][3]}}).encode()
 
@@ -116,5 +108,4 @@ PROTOCOL = Protocol(
     error_body=error_body,
     tail_usage=("usageMetadata", lambda usage: {"usageMetadata": usage}),
     model_in_endpoint=model_in_endpoint,
-    session_in_request=session_in_envelope,
 )

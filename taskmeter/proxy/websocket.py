@@ -39,6 +39,7 @@ from taskmeter.proxy.addons import (
     client_session,
     safe_endpoint,
 )
+from taskmeter.proxy.routing import subscription_login
 from taskmeter.proxy.tee import ResponseTee
 
 log = logging.getLogger("taskmeter.proxy")
@@ -74,6 +75,7 @@ class _Socket:
         self.endpoint = safe_endpoint(request.path)
         self.client = request.headers.get("user-agent")
         self.client_session = client_session(protocols.by_name(route.endpoint.protocol), request.headers)
+        self.subscription = subscription_login(route.provider, request.headers.get("authorization"))
         self.limit = limit
         self.waiting: dict[object, deque[_Response]] = {}  # per stream_id: creates not yet answered with response.created
         self.active: dict[object, _Response] = {}  # per stream_id: the response whose events are streaming
@@ -94,6 +96,7 @@ class _Socket:
             attribution=self.attribution,
             client=self.client,
             client_session=self.client_session,
+            subscription=self.subscription,
         )
 
     def open(self) -> list[_Response]:
