@@ -190,3 +190,38 @@ def test_a_loop_block_refuses_the_looping_clients_create(tmp_path, upstreams, me
         no_hook_failed(proxy)
     finally:
         proxy.stop()
+
+
+def test_a_create_beside_its_sockets_own_response_in_flight_is_not_held_behind_it(tmp_path, upstreams, meter):
+    """A budget of 1.8 responses, one spent: room for 0.8 more. A create sent
+    while the socket's own response is streaming would wait for that response
+    over HTTP; on the socket, waiting would hold back that response's frames, so
+    it is judged on the spend stored: let through, at once. Then the next is refused."""
+    proxy = start_proxy(tmp_path, upstreams)
+    try:
+        probe = Probe(proxy, meter)
+        _meter(meter, "set-task", "W4-001")
+        _meter(meter, "task", "W4-001", "--budget", str(CALL_TOKENS * 9 // 5), "--on-exceeded", "block")
+        probe.proxy_knows()
+        with connect(f"ws://{proxy.address}/ws/v1/responses") as ws:
+            ws.send(create("resp_w4_first"))
+            assert answer(ws)["type"] == "response.completed"
+            stored_responses(proxy, 1)
+            probe.proxy_knows()  # the proxy knows the spend and room of the first
+            ws.send(create("resp_w4_a", slow=True))
+            assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
+            ws.send(create("resp_w4_b"))
+            ends = []
+            while len(ends) < 2:  # a create held behind its own response would stall both for 30 s
+                event = json.loads(ws.recv(timeout=10))
+                if event["type"] in ("response.completed", "error"):
+                    ends.append(event["type"])
+            assert ends == ["response.completed"] * 2
+            stored_responses(proxy, 3)
+            ws.send(create("resp_w4_over"))
+            assert answer(ws)["type"] == "error"
+        assert creates_reached(upstreams[1]) == 3
+        assert _budget(meter, "task", "W4-001")["tokens_used"] == 3 * CALL_TOKENS  # over by the response in flight
+        no_hook_failed(proxy)
+    finally:
+        proxy.stop()
