@@ -107,9 +107,10 @@ def test_a_spent_budget_refuses_the_next_create_on_an_open_socket(tmp_path, upst
         rows = stored_responses(proxy, 5)
         by_start = sorted(rows, key=lambda row: row["started_at"])
         assert [row["blocked"] for row in by_start] == [None] * 3 + ["budget"] * 2
-        for row in by_start[3:]:
+        (http_row,) = _poll(lambda: [row for row in proxy.rows(wait_for=0) if row["method"] == "POST" and row["blocked"]])
+        for row in [*by_start[3:], http_row]:
             assert (row["outcome"], row["http_status"], row["input_total"], row["usage_source"]) == ("failed", 429, None, None)
-            assert refusal["error"]["message"] in row["error"]
+            assert row["error"] == http_row["error"] and refusal["error"]["message"] in row["error"]  # stored as over HTTP
         budget = _budget(meter, "task", "W1-001")
         assert (budget["tokens_used"], budget["tokens_over"]) == (3 * CALL_TOKENS, CALL_TOKENS // 2)
         no_hook_failed(proxy)
