@@ -242,9 +242,13 @@ class ResponsesWebSocket:
 
     async def _hold(self, flow: http.HTTPFlow, socket: _Socket, message, response: _Response) -> None:
         verdict = await self._guard.held(response.call)
-        if socket.held is response:  # else the socket ended meanwhile, and the call with it
-            socket.held = None
+        if socket.held is not response:
+            return  # the socket ended meanwhile, and the call with it
+        socket.held = None
+        try:
             self._judged(flow, socket, message, response, verdict)
+        except Exception:
+            log.exception("meter: a WebSocket frame could not be read; the socket is passed on untouched")
 
     def _judged(self, flow: http.HTTPFlow, socket: _Socket, message, response: _Response, verdict: Refusal | None) -> None:
         if verdict is None:
