@@ -503,6 +503,7 @@ def test_a_long_socket_keeps_no_frame_and_a_bounded_copy_of_each_response(tmp_pa
 
     from taskmeter.config import load_settings
     from taskmeter.proxy.addons import _SOCKET, _TASK, Route
+    from taskmeter.proxy.guard import Guard
     from taskmeter.proxy.routing import Endpoint
     from taskmeter.proxy.tee import TAIL_BYTES
     from taskmeter.proxy.websocket import ResponsesWebSocket
@@ -510,7 +511,7 @@ def test_a_long_socket_keeps_no_frame_and_a_bounded_copy_of_each_response(tmp_pa
     config = tmp_path / "config.toml"
     config.write_text(f'[proxy]\nconfdir = "{tmp_path}"\nmax_parsed_body_mb = 1\n')
     submitted = []
-    addon = ResponsesWebSocket(load_settings(config), submitted.append)
+    addon = ResponsesWebSocket(load_settings(config), submitted.append, Guard())
     flow = tflow.twebsocketflow(messages=False)
     flow.request.path = "/v1/responses"
     flow.metadata[_SOCKET] = Route("openai", Endpoint("openai_responses", "generate"), None)

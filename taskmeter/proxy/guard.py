@@ -15,7 +15,9 @@ at the first call after the crossing one.
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from mitmproxy import http
 
@@ -30,10 +32,21 @@ WAIT_SECONDS = 30.0
 # A call that ended this long ago and was never said stored (quarantined, or lost
 # with a full disk) no longer counts as in flight.
 FORGET_SECONDS = 60.0
-_WAIT = object()  # a verdict: neither let through nor refused yet
+HOLD = object()  # a verdict: neither let through nor refused yet
 # Finding a request's conversation parses it whole, on the event loop, at about
 # 3 ms a megabyte: a larger request is not checked against a blocked conversation.
 LOOP_CHECK_MAX_BYTES = 2 * 1024 * 1024
+
+
+class Refusal(NamedTuple):
+    """A verdict: the call is answered by the meter (429 over HTTP, an `error`
+    event on a WebSocket), never reaches the upstream, and is stored as blocked."""
+
+    cause: str  # "budget" or "loop" (provider_errors.CAUSES)
+    message: str
+
+    def mark(self, call: CapturedCall) -> None:
+        call.blocked, call.error = self.cause, self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +67,9 @@ class GuardState:
 class Guard:
     """Budgets and loops. A refused call gets HTTP 429 in its provider's shape
     with `x-should-retry: false` (the official SDKs and Claude Code then do not
-    retry), never reaches the upstream, and is recorded as blocked. Calls in
+    retry), never reaches the upstream, and is recorded as blocked. The verdict
+    (judge, held) is the one a `response.create` on a WebSocket gets too
+    (proxy/websocket.py), refused there with an `error` event. Calls in
     flight are never cut. A call is judged on its own task (the /t/ prefix, the
     header, a bound Claude Code session), else on the current one, and on that
     task's phase, seen before or not."""
@@ -104,28 +119,55 @@ class Guard:
             for key in flying[1]:
                 self._in_flight[key] -= 1
 
+    # ------------------------------------------------------------ the verdict, for HTTP and WebSocket alike
+
+    def judge(self, call: CapturedCall, may_hold: bool = True):
+        """A call about to start: None (let through, counted as in flight when a
+        budget in block mode covers it), a Refusal, or HOLD: wait in held() for
+        the calls in flight. Lookups and counters only: hooks call it as they go."""
+        state = self._state
+        if call.operation != "generate" or not (state.budgets or state.blocked_sessions or state.blocked_conversations):
+            return None
+        task = self._task(call, state)
+        looping = self._looping(call, task, state)
+        if looping is not None:
+            return Refusal("loop", looping)
+        return self._judge(call, task, may_hold)
+
+    def held(self, call: CapturedCall) -> Coroutine[None, None, Refusal | None]:
+        """The verdict on a call judged HOLD, once the recorder has said enough
+        calls in flight were stored; after WAIT_SECONDS, on the spend stored.
+        Its task is the one it was judged on."""
+        return self._held(call, self._task(call, self._state))
+
+    async def _held(self, call: CapturedCall, task: str | None) -> Refusal | None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        verdict = HOLD
+        while verdict is HOLD:
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+                verdict = self._judge(call, task, may_hold=True)
+            except TimeoutError:
+                verdict = self._judge(call, task, may_hold=False)  # the recorder is slow: judged on the spend stored
+        return verdict
+
     # ------------------------------------------------------------ hooks
 
     def request(self, flow: http.HTTPFlow):
         call: CapturedCall | None = flow.metadata.get(_CALL)
-        state = self._state
-        if (
-            call is None
-            or call.operation != "generate"
-            or not (state.budgets or state.blocked_sessions or state.blocked_conversations)
-        ):
+        if call is None:
             return None
-        task = self._task(call, state)
-        refusal = self._looping(call, task, state)
-        if refusal is not None:
-            self._refuse(flow, call, "loop", refusal)
-            return None
-        verdict = self._judge(call, task, may_wait=True)
-        if verdict is _WAIT:
-            return self._wait(flow, call, task)  # mitmproxy awaits it: this call alone waits
+        verdict = self.judge(call)
+        if verdict is HOLD:
+            return self._hold(flow, call)  # mitmproxy awaits it: this call alone waits
         if verdict is not None:
-            self._refuse(flow, call, "budget", verdict)
+            self._refuse(flow, call, verdict)
         return None
+
+    async def _hold(self, flow: http.HTTPFlow, call: CapturedCall) -> None:
+        verdict = await self.held(call)
+        if verdict is not None:
+            self._refuse(flow, call, verdict)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call: CapturedCall | None = flow.metadata.get(_CALL)
@@ -138,44 +180,32 @@ class Guard:
 
     # ------------------------------------------------------------ judging
 
-    def _judge(self, call: CapturedCall, task: str | None, may_wait: bool):
-        """The refusal, _WAIT, or None: let through, and counted as in flight."""
+    def _judge(self, call: CapturedCall, task: str | None, may_hold: bool):
+        """A budget's Refusal, HOLD, or None: let through, and counted as in flight."""
         blocking = [(key, budget) for key, budget in self._budgets(task, self._state) if budget["blocks"]]
         if not blocking:
             return None
         for _, budget in blocking:
             if budget["refusal"]:
-                return budget["refusal"]
+                return Refusal("budget", budget["refusal"])
         in_flight = self._in_flight
-        if may_wait:
+        if may_hold:
             for key, budget in blocking:
                 flying, room = in_flight.get(key, 0), budget["room"]
                 if flying and room is not None and flying >= room:
-                    return _WAIT
+                    return HOLD
         keys = tuple(key for key, _ in blocking)
         self._flying[call.id] = (call, keys)
         for key in keys:
             in_flight[key] = in_flight.get(key, 0) + 1
         return None
 
-    async def _wait(self, flow: http.HTTPFlow, call: CapturedCall, task: str | None) -> None:
-        deadline = time.monotonic() + WAIT_SECONDS
-        verdict = _WAIT
-        while verdict is _WAIT:
-            try:
-                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
-                verdict = self._judge(call, task, may_wait=True)
-            except TimeoutError:
-                verdict = self._judge(call, task, may_wait=False)  # the recorder is slow: judged on the spend stored
-        if verdict is not None:
-            self._refuse(flow, call, "budget", verdict)
-
     @staticmethod
-    def _refuse(flow: http.HTTPFlow, call: CapturedCall, kind: str, refusal: str) -> None:
-        call.blocked, call.error = kind, refusal
+    def _refuse(flow: http.HTTPFlow, call: CapturedCall, refusal: "Refusal") -> None:
+        refusal.mark(call)
         flow.response = http.Response.make(
             429,
-            provider_errors.body(call.protocol, 429, kind, refusal),
+            provider_errors.body(call.protocol, 429, refusal.cause, refusal.message),
             {"content-type": "application/json", "x-should-retry": "false"},
         )
 

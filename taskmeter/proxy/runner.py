@@ -250,7 +250,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         tcp_timeout=1800,
     )
     gateway, capture = Gateway(settings), Capture(settings, handover.submit)
-    sockets = ResponsesWebSocket(settings, handover.submit)
+    sockets = ResponsesWebSocket(settings, handover.submit, guard)
     upstream_errors.install()
     master.addons.add(gateway, TaskAttribution(), capture, sockets, guard, Announcer(settings, db_path, proxy_id, ready))
 

@@ -15,6 +15,13 @@ Frames pass through untouched and undelayed: the hooks only copy a frame's bytes
 for an hour holds only its responses in flight. What cannot be read (binary
 frames, text that is not a JSON event, responses cut off by the socket's end) is
 recorded with its bytes and the reason, never dropped.
+
+Each create is judged by the Guard as an HTTP call is (budgets in block mode,
+loop blocks). A refused one is dropped, never reaching the upstream, and the
+client gets the `error` event OpenAI sends for a create it refuses, with the text
+of the HTTP 429; the socket stays open. One that must wait for the calls in
+flight holds its socket's later frames (only that socket's) until judged, unless
+responses of that socket are still streaming: then it is judged on the spend stored.
 """
 
 import json
@@ -23,12 +30,13 @@ import re
 import time
 from collections import deque
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from taskmeter import protocols
 from taskmeter.config import Settings
 from taskmeter.handover.call import CapturedCall
 from taskmeter.ids import new_id
+from taskmeter.protocols import provider_errors
 from taskmeter.proxy.addons import (
     _SHUTDOWN,
     _SOCKET,
@@ -39,6 +47,7 @@ from taskmeter.proxy.addons import (
     client_session,
     safe_endpoint,
 )
+from taskmeter.proxy.guard import HOLD, Guard, Refusal
 from taskmeter.proxy.routing import subscription_login
 from taskmeter.proxy.tee import ResponseTee
 
@@ -80,6 +89,7 @@ class _Socket:
         self.waiting: dict[object, deque[_Response]] = {}  # per stream_id: creates not yet answered with response.created
         self.active: dict[object, _Response] = {}  # per stream_id: the response whose events are streaming
         self.by_id: dict[str, _Response] = {}
+        self.held: _Response | None = None  # a create waiting for the Guard's verdict
         self.unread: _Response | None = None  # frames the meter could not read, as one call
         self.unread_reasons: dict[str, int] = {}
 
@@ -101,7 +111,8 @@ class _Socket:
 
     def open(self) -> list[_Response]:
         queued = [response for queue in self.waiting.values() for response in queue]
-        return list(dict.fromkeys([*self.active.values(), *queued, *self.by_id.values()]))
+        held = [self.held] if self.held is not None else []
+        return list(dict.fromkeys([*self.active.values(), *queued, *self.by_id.values(), *held]))
 
     def forget(self, response: _Response) -> None:
         queue = self.waiting.get(response.stream)
@@ -152,9 +163,10 @@ class ResponsesWebSocket:
     """Meters the Responses API over WebSocket, or refuses the upgrade with 426
     (`[proxy] websocket = "refuse"`), so that the client falls back to HTTP."""
 
-    def __init__(self, settings: Settings, submit) -> None:
+    def __init__(self, settings: Settings, submit, guard: Guard) -> None:
         self.apply_settings(settings)
         self._submit = submit
+        self._guard = guard
         self.sockets: dict[str, _Socket] = {}
 
     def apply_settings(self, settings: Settings) -> None:
@@ -191,33 +203,74 @@ class ResponsesWebSocket:
 
     # ---------------------------------------------------------- frames
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow):
         messages = flow.websocket.messages
         socket = self.sockets.get(flow.id)
         try:
             for message in messages if socket is not None else ():
-                if message.from_client:
-                    self._client_frame(socket, message)
-                else:
+                if message.injected:
+                    continue  # the meter's own: an error event refusing a create
+                if not message.from_client:
                     self._server_frame(socket, message)
+                elif (held := self._client_frame(flow, socket, message)) is not None:
+                    return held  # mitmproxy awaits it: this socket's frames wait, no other socket's
         except Exception:
             log.exception("meter: a WebSocket frame could not be read; the socket is passed on untouched")
         finally:
             # mitmproxy forwards the frame it holds itself; the meter keeps no frame.
             messages.clear()
+        return None
 
-    def _client_frame(self, socket: _Socket, message) -> None:
+    def _client_frame(self, flow: http.HTTPFlow, socket: _Socket, message):
+        """A create opens a call, judged by the Guard as an HTTP call is; a
+        coroutine when it must wait for the calls in flight."""
         event, reason = _event(message)
         if event is None:
             _keep_unread(socket, message, f"client {reason}")
-            return
+            return None
         if event.get("type") != "response.create":
-            return  # response.cancel and the like: no response of their own
+            return None  # response.cancel and the like: no response of their own
         call = socket.call(started=message.timestamp)
         request = {key: value for key, value in event.items() if key != "type"}
         call.request_body = json.dumps({**request, "stream": True}).encode()
         response = _Response(call, socket.limit, _stream_of(event))
-        socket.waiting.setdefault(response.stream, deque()).append(response)
+        # Responses of its own still streaming on this socket would wait with it:
+        # then it is judged on the spend stored, as a call that waited too long.
+        verdict = self._guard.judge(call, may_hold=not socket.open())
+        if verdict is HOLD:
+            socket.held = response
+            return self._hold(flow, socket, message, response)
+        self._judged(flow, socket, message, response, verdict)
+        return None
+
+    async def _hold(self, flow: http.HTTPFlow, socket: _Socket, message, response: _Response) -> None:
+        verdict = await self._guard.held(response.call)
+        if socket.held is not response:
+            return  # the socket ended meanwhile, and the call with it
+        socket.held = None
+        try:
+            self._judged(flow, socket, message, response, verdict)
+        except Exception:
+            log.exception("meter: a WebSocket frame could not be read; the socket is passed on untouched")
+
+    def _judged(self, flow: http.HTTPFlow, socket: _Socket, message, response: _Response, verdict: Refusal | None) -> None:
+        if verdict is None:
+            socket.waiting.setdefault(response.stream, deque()).append(response)
+            return
+        # Refused: the upstream never sees the frame, the client gets the error
+        # event OpenAI sends for a create it refuses, with the HTTP 429's text.
+        message.drop()
+        call = response.call
+        verdict.mark(call)
+        error = json.loads(provider_errors.body(call.protocol, 429, verdict.cause, verdict.message))["error"]
+        event = {"type": "error", "status": 429, "error": error}
+        if response.stream is not None:
+            event["stream_id"] = response.stream
+        frame = json.dumps(event).encode()
+        ctx.master.commands.call("inject.websocket", flow, True, frame, True)
+        call.status, call.content_type = 429, "text/event-stream"
+        response.tee(_as_sse("error", frame))
+        self._finish(call, "failed", verdict.message)
 
     def _server_frame(self, socket: _Socket, message) -> None:
         event, reason = _event(message)
@@ -283,6 +336,7 @@ class ResponsesWebSocket:
             # A create the server never answered got nothing back: aborted, not partial.
             self._finish(call, outcome if call.first_byte is not None else "aborted", why)
         socket.waiting.clear()
+        socket.held = None
         socket.active.clear()
         socket.by_id.clear()
         if socket.unread is not None:
