@@ -50,10 +50,10 @@ class Agent:
 
 # ---------------------------------------------------------------- Codex CLI
 
-# Codex ignores OPENAI_BASE_URL, and its built-in provider speaks Responses over a
-# WebSocket first, which the meter meters but whose calls budgets cannot refuse: a
-# provider table of the meter's own, with the user's OpenAI login and WebSockets
-# off, takes it over HTTP+SSE.
+# Codex ignores OPENAI_BASE_URL: a provider table of the meter's own, with the
+# user's OpenAI login, points it at the gateway. WebSockets are off in it, so Codex
+# speaks HTTP+SSE from its first call instead of after retried upgrades (the meter
+# meters either; docs/agents.md).
 CODEX_PROVIDER = "taskmeter"
 
 
