@@ -51,9 +51,8 @@ class Agent:
 # ---------------------------------------------------------------- Codex CLI
 
 # Codex ignores OPENAI_BASE_URL: a provider table of the meter's own, with the
-# user's OpenAI login, points it at the gateway. WebSockets are off in it, so Codex
-# speaks HTTP+SSE from its first call instead of after retried upgrades (the meter
-# meters either; docs/agents.md).
+# user's OpenAI login, points it at the gateway. WebSockets are off in it: HTTP+SSE
+# is the transport meter run is tested with (the meter meters either; docs/agents.md).
 CODEX_PROVIDER = "taskmeter"
 
 
