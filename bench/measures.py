@@ -238,7 +238,8 @@ def build_history(path: Path, rows: int, tasks_count: int, flags: int, switches:
             id=ids.new(), task_id=task_id, attribution="current" if switches else "path", started_at=at, ended_at=at,
             provider="anthropic", protocol="anthropic", operation="generate", model="claude-sonnet-4-5", streamed=1,
             http_status=200, outcome="complete", input_total=1200, cache_read=800, cache_write=0, output_total=300,
-            reasoning=40, usage_source="reported", cost_usd=0.0004, conversation_id=f"{task_id}-{k}",
+            reasoning=40, usage_source="reported", cost_usd=0.0004, price_basis="api", conversation_id=f"{task_id}-{k}",
+            conversation_root=f"{task_id}-{k}",
             session_id=f"{task_id}-{k}" if switches else task_id, client_session=None,
             context_switch=int(switches and position == 0 and k >= tasks_count),
         )  # fmt: skip
