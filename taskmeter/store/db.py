@@ -6,7 +6,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.request import pathname2url
+from urllib.parse import quote
 
 from taskmeter.errors import MeterError
 from taskmeter.private import private_dir
@@ -63,7 +63,7 @@ def connect(
         )
     try:
         # mode=rw: a file deleted since the check above is not made again here.
-        where = target if create else f"file:{pathname2url(str(target))}?mode=rw"
+        where = target if create else f"file:{quote(str(target))}?mode=rw"
         db = sqlite3.connect(where, timeout=busy_timeout, isolation_level=None, uri=not create)
     except sqlite3.Error as exc:
         if not create and not target.exists():
