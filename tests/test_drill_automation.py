@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -347,3 +348,22 @@ def test_the_status_line_is_one_line_whatever_the_database_holds(db_path, tmp_pa
     assert assert_one_line(statusline("--db", str(corrupt))).startswith("meter: DatabaseError")
     missing = assert_one_line(statusline("--db", str(tmp_path / "missing.db")))
     assert missing.startswith("NOT METERED · no meter database") and not (tmp_path / "missing.db").exists()
+
+
+def test_the_status_line_loads_none_of_the_heavy_modules(tmp_path):
+    """A shell prompt runs it every time: it must not pay for the CLI, rich, pydantic,
+    mitmproxy or urllib.request (http.client, email), each of which costs it milliseconds."""
+    db = tmp_path / "meter.db"
+    store_db.connect(db).close()
+    probe = (
+        "import sys, runpy\n"
+        f"sys.argv = ['meter', 'statusline', '--db', {str(db)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('taskmeter', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('click', 'rich', 'pydantic', 'mitmproxy', 'urllib.request', 'taskmeter.cli.app', 'taskmeter.protocols')\n"
+        "print(sorted(m for m in sys.modules if m in heavy), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], input="{}", capture_output=True, text=True, timeout=60)
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
