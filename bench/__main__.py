@@ -189,6 +189,11 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
             for name, ws in windows.items()
         }
 
+        log(f"soak: {plan.soak_requests} calls per proxy, RSS sampled")
+        results["soak_rss_mb"] = {arm.name: await measures.soak(arm, plan.soak_requests, 16) for arm in (bare, meter)}
+
+        # After the soak: a 100 MB body raises the proxies' memory high-water mark,
+        # which the allocator keeps, and the soak measures small calls' memory.
         log(f"small calls beside a {measures.LARGE_STREAM_MB} MB response and a {measures.LARGE_REQUEST_MB} MB request, M and P")
 
         async def settle(arm) -> None:
@@ -196,9 +201,6 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
                 await measures.stored(db_path, meter.sent)
 
         results["large_bodies"] = await measures.beside_large_bodies([bare, meter], plan.large_body_rounds, workdir, settle)
-
-        log(f"soak: {plan.soak_requests} calls per proxy, RSS sampled")
-        results["soak_rss_mb"] = {arm.name: await measures.soak(arm, plan.soak_requests, 16) for arm in (bare, meter)}
     finally:
         for arm in reversed(started):
             arm.stop()
