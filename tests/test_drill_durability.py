@@ -275,6 +275,7 @@ COMMANDS_ON_STORED_DATA = [
     ["retag", "--unassigned", "--to", "P1-010"],
     ["purge"],
     ["alerts", "clear"],
+    ["reconcile"],
 ]
 
 

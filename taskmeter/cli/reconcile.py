@@ -45,9 +45,10 @@ def reconcile_cmd(since, agents, do_import, as_json, utc, db_path):
             terminal.problem(message)
 
     pattern = load_settings().automation.branch_pattern
-    logs = read_logs(list(agents or AGENT_NAMES), os.environ, Path.home(), since, warn)
     imported = None
-    with open_db(db_path) as db:
+    # Only --import writes: without it, no database is made where there is none.
+    with open_db(db_path, create=do_import) as db:
+        logs = read_logs(list(agents or AGENT_NAMES), os.environ, Path.home(), since, warn)
         if do_import:
             # Pairing and storing in one write transaction: no call lands in between.
             with write_transaction(db):
