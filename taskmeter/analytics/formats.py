@@ -5,7 +5,7 @@ import csv
 import io
 import json
 
-from taskmeter.analytics.metrics import PHASE_SECTIONS, TASK_SECTIONS
+from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
 from taskmeter.timefmt import display, format_duration
 
 PLACEHOLDER = "_____"  # the seed's mark for a field not filled
@@ -24,10 +24,41 @@ def _tokens(value: int) -> str:
     return f"{value:,} tokens"
 
 
+def _open(name: str, fields: dict) -> str:
+    """A task's figures so far, before its approval: no verdict on unfinished work."""
+    if name == "iterations_count":
+        return f"open: {fields['iterations_count']} so far"
+    so_far = f"{format_duration(fields['actual_duration'])} so far of {format_duration(fields['estimated_duration'])} estimated"
+    return f"open: {so_far}" if name == "variance" else f"open: {fields['efficiency_ratio']:.2f} ({so_far})"
+
+
+def _phase_open(name: str, fields: dict) -> str:
+    """A phase field taken over approved tasks, while it has none: the open tasks' figures so far."""
+    open_tasks = fields["open_tasks_so_far"]
+    count = f"{len(open_tasks)} open task{'s' if len(open_tasks) != 1 else ''}"
+    if name == "tokens_per_task_avg":
+        so_far = f"{fields['total_tokens_used'] or 0:,} tokens so far over {count}"
+    elif name == "average_iterations_per_task":
+        iterations = sum(t["iterations_count"] for t in fields["tasks"] if t["status"] != "approved")
+        so_far = f"{iterations} iterations so far over {count}"
+    else:
+        worked = sum(t["actual_duration"] or 0 for t in open_tasks)
+        estimates = [t["estimated_duration"] for t in open_tasks if t["estimated_duration"]]
+        against = f" of {format_duration(sum(estimates))} estimated" if estimates else ""
+        so_far = f"{count}, {format_duration(worked)} so far{against}"
+    return f"open: no approved task yet ({so_far})"
+
+
+# Phase fields over approved tasks only: "open" until one is approved.
+_APPROVED_ONLY = {"variance", "efficiency_ratio", "average_iterations_per_task", "tokens_per_task_avg"}
+
+
 def describe(name: str, fields: dict) -> str | None:
     """The seed-style text of one field, or None when it has no value."""
     value = fields.get(name)
     if value is None:
+        if name in _APPROVED_ONLY and fields.get("tasks_completed") == 0 and fields.get("open_tasks_so_far"):
+            return _phase_open(name, fields)
         return None
     if name in _TIMESTAMPS:
         return display(value)
@@ -40,15 +71,16 @@ def describe(name: str, fields: dict) -> str | None:
         if name == "actual_total" and fields.get("open_tasks_so_far"):
             text += ", open tasks so far"
         return text
-    so_far = " so far" if fields.get("actual_duration_is_elapsed_so_far") else ""
+    if fields.get("verdict") == "open" and name in ("variance", "efficiency_ratio", "iterations_count"):
+        return _open(name, fields)
     if name == "variance":
         direction = "behind schedule" if value > 0 else "ahead of schedule"
-        return f"{value / 3600:+.2f} hours ({format_duration(abs(value))} {direction}{so_far})"
+        return f"{value / 3600:+.2f} hours ({format_duration(abs(value))} {direction})"
     if name == "efficiency_ratio":
         if value == 1:
-            return f"1.00 (as estimated{so_far})"
+            return "1.00 (as estimated)"
         change = abs(1 - value) * 100
-        return f"{value:.2f} ({change:.0f}% {'faster' if value < 1 else 'slower'} than estimated{so_far})"
+        return f"{value:.2f} ({change:.0f}% {'faster' if value < 1 else 'slower'} than estimated)"
     if name == "parallel_efficiency":
         return f"{format_duration(value)} saved by parallel work (tasks' working time {format_duration(value + fields['actual_total'])} in {format_duration(fields['actual_total'])})"
     if name in _PERCENT_INPUTS:
@@ -189,7 +221,14 @@ def task_markdown(fields: dict) -> str:
 def _target_value(check: dict) -> str:
     value = check["value"]
     if value is None:
-        return "not measured"
+        return NOT_MEASURED
+    if check["reason"] == NOT_YET:
+        return _measured(check) + " so far"
+    return _measured(check)
+
+
+def _measured(check: dict) -> str:
+    value = check["value"]
     if check["metric"] == "tracking_completeness":
         return f"{value:.0f}%"
     if check["metric"] == "iteration_efficiency":
@@ -200,6 +239,8 @@ def _target_value(check: dict) -> str:
 
 
 def _verdict(check: dict) -> str:
+    if check["reason"] == NOT_YET:
+        return "not yet"
     return {True: "✅", False: "❌", None: "—"}[check["passed"]]
 
 

@@ -172,6 +172,8 @@ def task_fields(
         "title": task["title"],
         "phase_id": task["phase_id"],
         "status": "approved" if task["final_approval_at"] else "open",
+        # Until approval, VARIANCE, EFFICIENCY_RATIO and ITERATIONS_COUNT are figures so far, not a verdict.
+        "verdict": "final" if task["final_approval_at"] else "open",
         "begin_timestamp": task["begin_at"],
         "initial_completion_timestamp": task["initial_completion_at"],
         "tests_completion_timestamp": task["tests_completion_at"],
@@ -231,7 +233,8 @@ def sum_usage(usages: list[dict], columns: list[str]) -> dict:
 
 
 def tokens_per_task(usage: dict, tasks: int) -> float | None:
-    """TOKENS_PER_TASK_AVG of a phase, from the sum of its tasks' rollups."""
+    """TOKENS_PER_TASK_AVG of a phase, from the sum of its approved tasks' rollups:
+    an open task's tokens so far would pull the average down."""
     return _ratio(_tokens(usage)["total"], tasks)
 
 
@@ -266,7 +269,11 @@ def phase_fields(
     performance = [t["performance_met"] for t in tasks if t["performance_met"] is not None]
     projections = [t["projection_met"] for t in tasks if t["projection_met"] is not None]
     total_tokens = _tokens(usage)["total"]
-    per_task = tokens_per_task(usage, len(tasks))
+    # Averages over finished work only: an open task's tokens and iterations are figures so far.
+    approved = [t for t in tasks if t["status"] == "approved"]
+    approved_usage = [h.usage for h, t in zip(history.tasks, tasks, strict=True) if t["status"] == "approved"]
+    per_task = tokens_per_task(sum_usage(approved_usage, history.usage_columns), len(approved))
+    # An iteration recorded stays recorded: an open task that needed one has already failed its first attempt.
     failed_first = [t["task_id"] for t in tasks if t["iterations_count"] > 1]
     fields = {
         "phase_id": phase["id"],
@@ -292,10 +299,10 @@ def phase_fields(
         "parallel_efficiency": summed - actual_total if actual_total is not None else None,
         "wall_clock_span": span,
         "tasks_total": len(tasks),
-        "tasks_completed": sum(1 for t in tasks if t["status"] == "approved"),
+        "tasks_completed": len(approved),
         "tasks_failed_first_attempt": len(failed_first),
         "tasks_reworked": failed_first,
-        "average_iterations_per_task": _ratio(sum(t["iterations_count"] for t in tasks), len(tasks)),
+        "average_iterations_per_task": _ratio(sum(t["iterations_count"] for t in approved), len(approved)),
         "test_coverage_overall": sum(coverages) / len(coverages) if coverages else None,
         "performance_targets_met": f"{sum(performance)} / {len(performance)}" if performance else None,
         "performance_targets_met_count": sum(performance) if performance else None,
@@ -334,7 +341,12 @@ def phase_fields(
     return fields
 
 
+NOT_YET = "no approved task yet"  # a phase's targets judge finished work only
+NOT_MEASURED = "not measured"
+
+
 def pattern_effectiveness(fields: dict) -> list[dict]:
+    """The seed's targets, each passed, failed, or neither (`passed` None) with the `reason`."""
     values = {
         "tracking_completeness": fields["tracking_completeness"]["percent"],
         "projection_accuracy": fields["theory_accuracy"],
@@ -349,16 +361,12 @@ def pattern_effectiveness(fields: dict) -> list[dict]:
         "hallucination_rate": lambda v: v < 0.01,
         "token_efficiency_improvement": lambda v: v <= -0.10,
     }
-    return [
-        {
-            "metric": key,
-            "name": name,
-            "target": target,
-            "value": values[key],
-            "passed": None if values[key] is None else checks[key](values[key]),
-        }
-        for key, name, target in TARGETS
-    ]
+    judged = []
+    for key, name, target in TARGETS:
+        reason = NOT_YET if not fields["tasks_completed"] else NOT_MEASURED if values[key] is None else None
+        passed = checks[key](values[key]) if reason is None else None
+        judged.append({"metric": key, "name": name, "target": target, "value": values[key], "passed": passed, "reason": reason})
+    return judged
 
 
 def overview(phases: list[dict], unassigned: dict) -> dict:

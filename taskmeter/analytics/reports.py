@@ -69,6 +69,7 @@ def _phase_fields_in_order(
 
 
 def _tokens_per_task(db: sqlite3.Connection, phase_id: str) -> float | None:
-    task_ids = [row["id"] for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (phase_id,))]
+    approved = "SELECT id FROM tasks WHERE phase_id = ? AND final_approval_at IS NOT NULL"  # as metrics.phase_fields
+    task_ids = [row["id"] for row in db.execute(approved, (phase_id,))]
     usages = list(history.usages(db, task_ids).values())
     return metrics.tokens_per_task(metrics.sum_usage(usages, history.rollup_columns(db)), len(usages))

@@ -26,7 +26,7 @@ from starlette.templating import Jinja2Templates
 from taskmeter import terminal
 from taskmeter.analytics import budgets, formats
 from taskmeter.analytics.budgets import Defaults
-from taskmeter.analytics.metrics import PHASE_SECTIONS, TASK_SECTIONS
+from taskmeter.analytics.metrics import NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
 from taskmeter.dashboard import feed, pages
 from taskmeter.dashboard.guard import LOOPBACK_NAMES, AccessToken, SameOriginWrites, same_secret
 from taskmeter.errors import MeterError, NotFound
@@ -49,7 +49,7 @@ def _templates() -> Jinja2Templates:
         describe=lambda name, fields: formats.describe(name, fields) or "—",
         budget_line=budgets.describe,
     )
-    env.globals.update(task_sections=TASK_SECTIONS, phase_sections=PHASE_SECTIONS)
+    env.globals.update(task_sections=TASK_SECTIONS, phase_sections=PHASE_SECTIONS, not_yet=NOT_YET)
     return Jinja2Templates(env=env)
 
 
