@@ -1,5 +1,5 @@
 """Budgets against spend: what each budget has used, what remains, whether it
-blocks, and (for `meter budget`) where the current burn rate takes it.
+blocks, and (for `meter budget`) where the current burn rate takes open work.
 
 Spend is the task_usage rollup's: total tokens (input + output, as
 TOKEN_COUNT_USED) and the cost of the priced calls; a phase's is its tasks' sum.
@@ -136,28 +136,40 @@ def refusal(status: dict) -> str:
     )
 
 
-def projection(status: dict, worked_seconds: float | None, estimated_seconds: float | None) -> dict:
-    """Where the burn rate so far (spend per working hour) takes the budget: the
-    spend projected at the estimate, the overrun that means, and when it runs out."""
-    key, limit = ("tokens", status["tokens_budget"]) if status["tokens_budget"] else ("usd", status["usd_budget"])
-    if not worked_seconds:
-        return {
-            "unit": key,
+def caps(status: dict, finished: bool, worked_seconds: float | None, estimate_left_seconds: float | None) -> list[dict]:
+    """Each cap of a budget (tokens, USD) judged on its own (docs/budgets.md,
+    "Projection"). Finished work shows its final spend against the cap. Open work
+    shows where the spend per working hour so far takes it: the spend so far plus
+    that rate over the estimated working time left, the overrun that means, and
+    the working time until the cap runs out."""
+    judged = []
+    for unit in ("tokens", "usd"):
+        limit = status[f"{unit}_budget"]
+        if not limit:
+            continue
+        used = status[f"{unit}_used"]
+        cap = {
+            "unit": unit,
+            "budget": limit,
+            "used": used,
+            "used_share": used / limit,
+            "exceeded": used >= limit,
+            "final": finished,
+            "final_overrun": used - limit if finished else None,  # negative: left unspent
             "burn_rate_per_hour": None,
-            "projected_at_estimate": None,
+            "projected_at_completion": None,
             "projected_overrun": None,
             "runs_out_in_seconds": None,
         }
-    used = status[f"{key}_used"]
-    rate = used / worked_seconds  # per working second
-    projected = rate * estimated_seconds if estimated_seconds else None
-    return {
-        "unit": key,
-        "burn_rate_per_hour": rate * 3600,
-        "projected_at_estimate": projected,
-        "projected_overrun": projected - limit if projected is not None else None,
-        "runs_out_in_seconds": 0.0 if used >= limit else ((limit - used) / rate if rate > 0 else None),
-    }
+        if not finished and worked_seconds:
+            rate = used / worked_seconds  # per working second
+            cap["burn_rate_per_hour"] = rate * 3600
+            if estimate_left_seconds is not None:
+                cap["projected_at_completion"] = used + rate * estimate_left_seconds
+                cap["projected_overrun"] = cap["projected_at_completion"] - limit
+            cap["runs_out_in_seconds"] = 0.0 if used >= limit else ((limit - used) / rate if rate > 0 else None)
+        judged.append(cap)
+    return judged
 
 
 def task_budgets(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict]:

@@ -55,43 +55,74 @@ def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str |
 
 
 def budget_records(db) -> list[dict]:
-    """Every budget in force with its spend and where the burn rate takes it (`meter budget --json`).
+    """Every budget in force with its spend and each of its caps judged (`meter budget --json`).
     Working time comes from one pass over every task and phase, not a report per budget."""
-    from taskmeter.analytics.budgets import budget_statuses, projection
+    from taskmeter.analytics.budgets import budget_statuses, caps
     from taskmeter.analytics.listings import task_records
     from taskmeter.analytics.reports import phase_reports
 
     statuses = budget_statuses(db, budget_defaults())
     idle = idle_seconds()
-    worked: dict[tuple[str, str], tuple] = {}  # (scope, target) -> (working time, estimate)
+    # (scope, target) -> (finished, working time, estimated working time left)
+    work: dict[tuple[str, str], tuple] = {}
     if any(status["scope"] == "task" for status in statuses):
-        worked |= {
-            ("task", r["task_id"]): (r["actual_duration"], r["estimated_duration"]) for r in task_records(db, idle_seconds=idle)
+        work |= {
+            ("task", r["task_id"]): (r["status"] == "approved", r["actual_duration"], _left([r]))
+            for r in task_records(db, idle_seconds=idle)
         }
     if any(status["scope"] == "phase" for status in statuses):
-        worked |= {
-            ("phase", p["phase_id"]): (p["actual_total"], p["estimated_total"]) for p in phase_reports(db, idle_seconds=idle)
+        work |= {
+            ("phase", p["phase_id"]): (
+                p["tasks_total"] > 0 and p["tasks_completed"] == p["tasks_total"],
+                p["actual_total"],
+                _left(p["open_tasks_so_far"]),
+            )
+            for p in phase_reports(db, idle_seconds=idle)
         }
-    # A budget for a task or phase not begun yet has no working time.
-    return [
-        {**status, **projection(status, *worked.get((status["scope"], status["target"]), (None, None)))} for status in statuses
-    ]
+    records = []
+    for status in statuses:
+        # A budget for a task or phase not begun yet has no working time: open, nothing to project.
+        finished, worked, left = work.get((status["scope"], status["target"]), (False, None, None))
+        records.append({**status, "finished": finished, "caps": caps(status, finished, worked, left)})
+    return records
 
 
-def _amount(status: dict, key: str) -> str:
-    """`used / budget` of one kind, or empty when the budget has no such limit."""
-    if not status[f"{key}_budget"]:
+def _left(open_tasks: list[dict]) -> float | None:
+    """The estimated working time the open tasks have left; None when one has no estimate.
+    A task already past its estimate has none left."""
+    if any(not task["estimated_duration"] for task in open_tasks):
+        return None
+    return sum(max(0.0, task["estimated_duration"] - (task["actual_duration"] or 0)) for task in open_tasks)
+
+
+def _amount(unit: str, value: float) -> str:
+    return terminal.money(value) if unit == "usd" else terminal.number(round(value))
+
+
+def _outlook(cap: dict) -> str:
+    """Finished work: its final spend against the cap. Open work: the projection, if any."""
+    if cap["final"]:
+        overrun, said = cap["final_overrun"], "final"
+    elif cap["projected_overrun"] is not None:
+        overrun, said = cap["projected_overrun"], "projected"
+    else:
         return ""
-    if key == "usd":
-        return f"{terminal.money(status['usd_used'])} / {terminal.money(status['usd_budget'])}"
-    return f"{terminal.number(status['tokens_used'])} / {terminal.number(status['tokens_budget'])}"
+    return f"{said}: {_amount(cap['unit'], abs(overrun))} {'over' if overrun > 0 else 'under'}"
+
+
+def _runs_out(cap: dict) -> str:
+    seconds = cap["runs_out_in_seconds"]
+    if seconds is None:
+        return ""
+    return "spent" if seconds == 0 else format_duration(seconds) or ""
 
 
 @cli.command("budget")
 @json_option
 @db_option
 def budget_cmd(as_json, db_path):
-    """Budgets with spend, what remains, and the overrun the current burn rate projects.
+    """Budgets with spend, and each cap judged: finished work against its final
+    spend, open work by where the current burn rate takes it.
 
     \b
     Set one:   meter task P1-010 --budget 2M [--budget '$5'] [--on-exceeded block]
@@ -108,38 +139,35 @@ def budget_cmd(as_json, db_path):
         return
     rows = []
     for record in records:
-        overrun = record["projected_overrun"]
-        if overrun is None:
-            projected = ""
-        elif record["unit"] == "usd":
-            projected = f"{'+' if overrun > 0 else '-'}{terminal.money(abs(overrun))}"
-        else:
-            projected = f"{'+' if overrun > 0 else '-'}{terminal.number(round(abs(overrun)))}"
-        runs_out = record["runs_out_in_seconds"]
-        rows.append(
-            [
-                ("phase " if record["scope"] == "phase" else "") + record["target"] + ("" if record["own"] else " (default)"),
-                _amount(record, "tokens"),
-                _amount(record, "usd"),
-                f"{record['used_share'] * 100:.0f}%",
-                record["on_exceeded"] + (" BLOCKING" if record["blocks"] else ""),
-                projected,
-                "spent" if runs_out == 0 else (format_duration(runs_out) or "") if runs_out is not None else "",
-            ]
-        )
+        name = ("phase " if record["scope"] == "phase" else "") + record["target"] + ("" if record["own"] else " (default)")
+        for cap in record["caps"]:  # one line per cap: each is judged on its own
+            spent = cap["exceeded"] and record["on_exceeded"] == "block"
+            rows.append(
+                [
+                    name,
+                    f"{_amount(cap['unit'], cap['used'])} of {_amount(cap['unit'], cap['budget'])}"
+                    + (" tokens" if cap["unit"] == "tokens" else ""),
+                    f"{cap['used_share'] * 100:.0f}%",
+                    record["on_exceeded"] + (" BLOCKING" if spent else ""),
+                    _outlook(cap),
+                    _runs_out(cap),
+                ]
+            )
     terminal.table(
         [
             Column("Budget", "id"),
-            Column("Tokens used", "text"),
-            Column("Cost used", "text", drop=3),
+            Column("Used of cap", "text"),
             Column("Used", "figure"),
             Column("When spent", "text", drop=2),
-            Column("Projected overrun", "figure", drop=4),
+            Column("At completion", "text", drop=3),
             Column("Runs out in", "text", drop=1),
         ],
         rows,
     )
-    terminal.note("Projected overrun: the spend per working hour so far, over the whole estimate, less the budget.")
+    terminal.note(
+        "At completion: finished work, its final spend against the cap; open work, its spend so far"
+        " plus the spend per working hour over the estimated working time left."
+    )
 
 
 @cli.group("alerts", invoke_without_command=True)
