@@ -7,15 +7,19 @@ through the real `meter` CLI and the dashboard in a real browser."""
 
 import json
 import re
+import time
 
+import openai
 import pytest
 
 from taskmeter import ids
 from taskmeter.store import budgets, tasks
+from taskmeter.store import db as store_db
 from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.db import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, now_stored
+from tests.test_budgets import CHAT_ARGS, start_proxy, upstream  # noqa: F401 (a fixture)
 from tests.test_dashboard import RunningDashboard, browser, page  # noqa: F401 (fixtures)
 
 DAY = "2025-10-04"
@@ -281,3 +285,48 @@ def test_open_work_judges_each_cap_on_its_own(spent, meter):
     assert token_row == ["3,000 of 100,000 tokens", "3%", "warn", "projected: 88,000 under", "16h 10m"]
     assert re.fullmatch(r"\$1\.10\d* of \$1\.00\d*", usd_row[0]) and usd_row[1:3] == ["110%", "warn"]
     assert re.fullmatch(r"projected: \$3\.40\d* over", usd_row[3]) and usd_row[4] == "spent"
+
+
+def test_through_a_real_proxy_open_work_is_open_and_each_cap_is_judged(tmp_path, upstream, meter, monkeypatch):  # noqa: F811
+    """Calls by the official SDK through a real `meter proxy`: the task stays
+    "open" until approved; a task over its dollar cap and far under its token cap
+    shows each cap on its own line; once approved, final spend and no projection."""
+    proxy = start_proxy(tmp_path, upstream)
+    try:
+        monkeypatch.setenv("METER_DB", str(proxy.db_path))
+        assert meter("set-task", "P3-001", "--estimate", "1h30m").code == 0
+        client = openai.OpenAI(base_url=f"{proxy.origin}/openai/v1", api_key="sk-test")
+        for _ in range(2):
+            assert client.chat.completions.create(**CHAT_ARGS).usage.total_tokens == 1502
+        deadline = time.monotonic() + 10
+        while len(proxy.rows(wait_for=0)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rows = proxy.rows(wait_for=0)
+        assert len(rows) == 2 and len({row["id"] for row in rows}) == 2  # each call stored exactly once
+        fields = report(meter, "task", "P3-001")
+        assert (fields["verdict"], fields["token_count_used"], fields["ai_interactions"]) == ("open", 3004, 2)
+        shown = text_of(meter, "report", "task", "P3-001")
+        assert field_line(shown, "VARIANCE").split(":", 1)[1].strip().startswith("open: ")
+        assert not re.search("ahead of schedule|than estimated|first try", shown)
+        with store_db.connect(proxy.db_path) as db:  # the dollar cap just under what was spent: 110%
+            budgets.set_budget(db, "task", "P3-001", [("tokens", 1_000_000), ("usd", fields["cost_usd"] / 1.1)])
+        record = _budget(meter, "task", "P3-001")
+        tokens, usd = record["caps"]
+        assert record["finished"] is False
+        assert (tokens["exceeded"], usd["exceeded"], usd["used_share"]) == (False, True, pytest.approx(1.1))
+        token_row, usd_row = _rows(meter)["P3-001"]
+        assert token_row[0] == "3,004 of 1,000,000 tokens" and token_row[4] != "spent"
+        assert usd_row[1] == "110%" and usd_row[4] == "spent"
+
+        assert meter("mark", "approved", "P3-001", "--force").code == 0
+        record = _budget(meter, "task", "P3-001")
+        assert record["finished"] is True
+        assert [(c["final"], c["burn_rate_per_hour"], c["runs_out_in_seconds"]) for c in record["caps"]] == [
+            (True, None, None)
+        ] * 2
+        assert record["caps"][0]["final_overrun"] == 3004 - 1_000_000
+        token_row, usd_row = _rows(meter)["P3-001"]
+        assert token_row[3:] == ["final: 996,996 under", ""] and usd_row[3].endswith(" over") and usd_row[4] == ""
+        assert report(meter, "task", "P3-001")["verdict"] == "final"
+    finally:
+        proxy.stop()
