@@ -330,3 +330,19 @@ def test_through_a_real_proxy_open_work_is_open_and_each_cap_is_judged(tmp_path,
         assert report(meter, "task", "P3-001")["verdict"] == "final"
     finally:
         proxy.stop()
+
+
+def test_a_budget_with_two_caps_shows_each_cap_s_share(spent, db_path, page, meter):  # noqa: F811
+    """The Now page and `meter status` name the spent cap: $1.10 of $1.00, while tokens are at 3%."""
+    assert meter("set-task", "P2-001").code == 0
+    line = "P2-001: 3,000 of 100,000 tokens (3% used), $1.10 of $1.00 (110% used)"
+    status = meter("status")
+    assert status.code == 0 and f"budget 110% used: {line}" in status.out + status.err
+    dashboard = RunningDashboard(db_path)
+    try:
+        dashboard.goto(page)
+        shown = page.locator(".budget [data-field=used_share]")
+        assert shown.text_content() == f"Budget: {line} — spent (calls go on: warn)"
+        assert page.errors == []
+    finally:
+        assert dashboard.stop() == 0

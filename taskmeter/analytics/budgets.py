@@ -115,14 +115,18 @@ def header(status: dict) -> str:
 
 
 def describe(status: dict) -> str:
-    """One line: P1-010: 1,612,000 of 2,000,000 tokens (81%), $3.10 of $5.00."""
+    """One line: P1-010: 1,612,000 of 2,000,000 tokens (81% used); with both caps,
+    each with its own share: ... tokens (81% used), $5.50 of $5.00 (110% used)."""
     amounts = []
     if status["tokens_budget"]:
         amounts.append(f"{status['tokens_used']:,} of {status['tokens_budget']:,} tokens")
     if status["usd_budget"]:
         amounts.append(f"${status['usd_used']:.2f} of ${status['usd_budget']:.2f}")
     what = f"phase {status['target']}" if status["scope"] == "phase" else status["target"]
-    return f"{what}: {', '.join(amounts)} ({status['used_share'] * 100:.0f}% used)"
+    if len(amounts) == 2:  # each cap judged on its own: one share would hide which cap is spent
+        tokens_share, usd_share = status["tokens_used"] / status["tokens_budget"], status["usd_used"] / status["usd_budget"]
+        return f"{what}: {amounts[0]} ({tokens_share * 100:.0f}% used), {amounts[1]} ({usd_share * 100:.0f}% used)"
+    return f"{what}: {amounts[0]} ({status['used_share'] * 100:.0f}% used)"
 
 
 def refusal(status: dict) -> str:
