@@ -279,6 +279,8 @@ def test_doc_completeness_leaves_out_test_files_and_private_helpers(repo, db_pat
         # A setup.cfg without a pytest section configures nothing: tox.ini's is read.
         ({"setup.cfg": "[metadata]\nname = x\n", "tox.ini": "[pytest]\npython_files = check_*.py\n"}, ["check_a.py"], []),
         ({"pyproject.toml": "[tool.pytest.ini_options\n"}, ["test_a.py"], ["check_a.py"]),  # unreadable: the defaults
+        ({"tox.ini": "[pytest]\npython_files = 'check_*.py\n"}, ["test_a.py"], ["check_a.py"]),  # an unclosed quote
+        ({"pytest.toml": "[pytest]\npython_files = 3\n"}, ["test_a.py"], ["a.py"]),  # not patterns
     ],
 )
 def test_the_repository_s_python_files_setting_is_read_as_pytest_reads_it(tmp_path, files, tests, not_tests):

@@ -266,21 +266,20 @@ def python_test_patterns(repo: Path) -> list[str]:
     that cannot be read configures nothing."""
     import configparser
     import shlex
-    import tomllib
 
     for name, table in PYTEST_CONFIG_TABLES.items():
         path = repo / name
         if not path.is_file():
             continue
-        try:
+        try:  # tomllib's and the decoder's errors are ValueErrors, as is shlex's unclosed quote
             settings = _pytest_table(path, table)
-        except (OSError, UnicodeDecodeError, ValueError, tomllib.TOMLDecodeError, configparser.Error):
+            if settings is None:
+                continue
+            configured = settings.get("python_files", [])
+            patterns = shlex.split(configured) if isinstance(configured, str) else list(configured)
+        except (OSError, ValueError, TypeError, configparser.Error):
             break
-        if settings is None:
-            continue
-        configured = settings.get("python_files", [])
-        patterns = shlex.split(configured) if isinstance(configured, str) else [str(p) for p in configured]
-        return list(dict.fromkeys([*TEST_FILE_PATTERNS, *patterns]))
+        return list(dict.fromkeys([*TEST_FILE_PATTERNS, *map(str, patterns)]))
     return list(TEST_FILE_PATTERNS)
 
 
@@ -324,7 +323,7 @@ def docstring_coverage(repo: Path, files: list[Path]) -> float | None:
             continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-        except SyntaxError:
+        except (OSError, SyntaxError, ValueError):  # gone since the commit, not Python, or a NUL byte
             continue
         nodes = [tree, *public(tree)]
         total += len(nodes)

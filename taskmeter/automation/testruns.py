@@ -117,6 +117,9 @@ def reworking_runs(db, task_ids: list[str]) -> dict[str, list[str]]:
         if tests_done is None or not runs[task["id"]]:
             continue
         validated = task["validation_at"] if task["validation_at"] != own_validation.get(task["id"]) else None
+        committed = min((at for at in commits[task["id"]] if at > tests_done), default=None)
+        # From then on, a red run is no longer part of the first attempt.
+        settled = min((at for at in (committed, validated) if at is not None), default=None)
         last_green_tests = None
         for run in runs[task["id"]]:
             if run["exit_status"] == 0:
@@ -125,8 +128,7 @@ def reworking_runs(db, task_ids: list[str]) -> dict[str, list[str]]:
             if run["at"] <= tests_done or (approved is not None and run["at"] > approved):
                 continue
             adds_tests = last_green_tests is not None and run["tests"] > last_green_tests
-            committed = any(tests_done < at < run["at"] for at in commits[task["id"]])
-            if not adds_tests and (committed or (validated is not None and validated < run["at"])):
+            if settled is not None and run["at"] > settled and not adds_tests:
                 reworks[task["id"]].append(run["at"])
     return reworks
 
