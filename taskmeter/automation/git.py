@@ -227,18 +227,105 @@ def touched_python_files(repo: Path, shas: list[str]) -> list[Path]:
     return sorted(repo / name for name in names if name.endswith(".py") and (repo / name).is_file())
 
 
+# pytest's default `python_files`, and its conftest files: test code, not the code DOC_COMPLETENESS is about.
+TEST_FILE_PATTERNS = ("test_*.py", "*_test.py", "conftest.py")
+# pytest's configuration files, in the order it looks for them, and each one's table.
+PYTEST_CONFIG_TABLES = {
+    "pytest.toml": "pytest",
+    ".pytest.toml": "pytest",
+    "pytest.ini": "pytest",
+    ".pytest.ini": "pytest",
+    "pyproject.toml": "tool.pytest",
+    "tox.ini": "pytest",
+    "setup.cfg": "tool:pytest",
+}
+
+
+def _pytest_table(path: Path, table: str) -> dict | None:
+    """The file's pytest settings, or None when it does not configure pytest
+    (pytest.toml and pytest.ini always do)."""
+    import configparser
+    import tomllib
+
+    always = path.name.lstrip(".").startswith("pytest")
+    if path.suffix == ".toml":
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        for key in table.split("."):
+            document = document.get(key) if isinstance(document, dict) else None
+        if isinstance(document, dict) and path.name == "pyproject.toml" and "ini_options" in document:
+            document = document["ini_options"]  # pytest's INI mode: [tool.pytest.ini_options]
+        return document if isinstance(document, dict) else ({} if always else None)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path, encoding="utf-8")
+    return dict(parser[table]) if parser.has_section(table) else ({} if always else None)
+
+
+def python_test_patterns(repo: Path) -> list[str]:
+    """TEST_FILE_PATTERNS and the repository's own `python_files`, from the first
+    of pytest's configuration files at its top that configures pytest. A file
+    that cannot be read configures nothing."""
+    import configparser
+    import shlex
+
+    for name, table in PYTEST_CONFIG_TABLES.items():
+        path = repo / name
+        if not path.is_file():
+            continue
+        try:  # tomllib's and the decoder's errors are ValueErrors, as is shlex's unclosed quote
+            settings = _pytest_table(path, table)
+            if settings is None:
+                continue
+            configured = settings.get("python_files", [])
+            patterns = shlex.split(configured) if isinstance(configured, str) else list(configured)
+        except (OSError, ValueError, TypeError, configparser.Error):
+            break
+        return list(dict.fromkeys([*TEST_FILE_PATTERNS, *map(str, patterns)]))
+    return list(TEST_FILE_PATTERNS)
+
+
+def is_test_file(path: Path, patterns: list[str]) -> bool:
+    """pytest's match (`fnmatch_ex`): a pattern without a slash matches the file's
+    name; one with a slash, the end of its (absolute) path."""
+    import fnmatch
+
+    def matches(pattern: str) -> bool:
+        if "/" not in pattern:
+            return fnmatch.fnmatch(path.name, pattern)
+        return fnmatch.fnmatch(str(path), pattern if os.path.isabs(pattern) else f"*/{pattern}")
+
+    return any(matches(pattern) for pattern in patterns)
+
+
 def docstring_coverage(repo: Path, files: list[Path]) -> float | None:
     """DOC_COMPLETENESS: the share of modules, classes and functions in `files`
-    that have a docstring, in percent (as interrogate counts them, with `ast`)."""
+    that have a docstring, in percent, counted with `ast` as interrogate does with
+    --ignore-private, --ignore-semiprivate and --ignore-magic: test files (pytest's
+    discovery rules) and definitions whose name starts with `_` (with what is
+    inside them) are left out."""
     import ast
+
+    patterns = python_test_patterns(repo)
+    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+    def public(node: ast.AST) -> list[ast.AST]:
+        found = []
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, definitions):
+                if not child.name.startswith("_"):
+                    found += [child, *public(child)]
+            else:
+                found += public(child)
+        return found
 
     total = documented = 0
     for path in files:
+        if is_test_file(path, patterns):
+            continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-        except SyntaxError:
+        except (OSError, SyntaxError, ValueError):  # gone since the commit, not Python, or a NUL byte
             continue
-        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+        nodes = [tree, *public(tree)]
         total += len(nodes)
         documented += sum(1 for node in nodes if ast.get_docstring(node) is not None)
     return round(100.0 * documented / total, 1) if total else None

@@ -6,10 +6,15 @@ plugin (pytest_plugin/taskmeter_pytest.py) hands each session over on stdin:
   a file or node ID, a sub-folder, --lf, --collect-only, deselected tests).
   Green: exit status 0; red: 1 (tests failed).
 - TESTS_COMPLETION: the first full green run after INITIAL_COMPLETION.
-- An iteration: a red full run after TESTS_COMPLETION.
+- An iteration (rework): a red full run after TESTS_COMPLETION and before
+  approval that adds no tests (collects no more than the last green full
+  run) and comes after a commit of the task made since TESTS_COMPLETION, or
+  after a VALIDATION a person marked. Red runs of red-green TDD before the
+  next commit are not rework. Derived when read (`reworking_runs`).
 - VALIDATION: the last full green run before approval.
 - TEST_COVERAGE_ACTUAL: pytest-cov's total of the last full green run;
-  TEST_COVERAGE_TARGET: coverage's fail_under, else automation.coverage_target.
+  TEST_COVERAGE_TARGET: coverage's fail_under, else automation.coverage_target
+  (a fail_under of 0, coverage's default, is no target).
 - PHASE_TESTS_PASSING: the first full green run once every task of the phase
   has INITIAL_COMPLETION.
 Marks the meter set itself may be moved on by later runs; a person's never are.
@@ -18,6 +23,7 @@ Marks the meter set itself may be moved on by later runs; a person's never are.
 import json
 import logging
 import sys
+from collections import defaultdict
 from datetime import UTC, datetime
 
 from taskmeter.store import db as store_db
@@ -28,10 +34,18 @@ from taskmeter.timefmt import to_stored
 log = logging.getLogger("taskmeter.automation")
 
 
+def coverage_target_of(fail_under: float | None, configured: float | None) -> float | None:
+    """TEST_COVERAGE_TARGET: coverage's fail_under, else the configured target.
+    A fail_under of 0 is coverage's default, which pytest-cov reports when nobody
+    set one: it is no target."""
+    return fail_under if fail_under else configured
+
+
 def record_run(db, run: dict, task_id: str | None, coverage_target: float | None = None) -> None:
     at = to_stored(datetime.fromtimestamp(run["at"], UTC))
     full = bool(run["tests"]) and not run["selected"] and run["exit_status"] in (0, 1)
     green = full and run["exit_status"] == 0
+    own_target = coverage_target_of(run["coverage_target"], None)
     with write_transaction(db):
         if task_id:
             task_id = tasks.ensure_task(db, task_id, at)
@@ -47,27 +61,20 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
                 run["failed"],
                 int(full),
                 run["coverage"],
-                run["coverage_target"],
+                own_target,
             ),
         )
-        if task_id is None or not full:
-            return
+        if task_id is None or not green:
+            return  # a red run's meaning (rework or not) is derived when read: reworking_runs
         task = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         source = f"pytest run at {at}: {run['tests']} tests, {run['failed'] or 0} failed"
         if task["final_approval_at"] is not None or task["initial_completion_at"] is None or at < task["initial_completion_at"]:
-            return
-        if not green:
-            if task["tests_completion_at"] is not None:
-                db.execute(
-                    "INSERT INTO task_events (task_id, kind, at, note) VALUES (?, 'iteration', ?, ?)",
-                    (task_id, at, f"automatic: {source}"),
-                )
             return
         tasks.auto_mark(db, "tasks", task_id, "tests", at, source)
         tasks.auto_mark(db, "tasks", task_id, "validated", at, source, replace_own=True)
         if run["coverage"] is not None:
             tasks.auto_mark(db, "tasks", task_id, "coverage_actual", round(run["coverage"], 2), source, replace_own=True)
-        target = run["coverage_target"] if run["coverage_target"] is not None else coverage_target
+        target = coverage_target_of(own_target, coverage_target)
         if target is not None:
             tasks.auto_mark(db, "tasks", task_id, "coverage_target", target, source, replace_own=True)
         waiting = db.execute(
@@ -75,6 +82,55 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
         ).fetchone()[0]
         if not waiting:
             tasks.auto_mark(db, "phases", task["phase_id"], "tests-passing", at, source)
+
+
+def reworking_runs(db, task_ids: list[str]) -> dict[str, list[str]]:
+    """Per task, the times of its red full runs that count as iterations: after
+    TESTS_COMPLETION and before approval, collecting no more tests than the last
+    green full run (a red run that adds tests is the red of red-green TDD), and
+    after a commit of the task made since TESTS_COMPLETION or after a VALIDATION
+    a person marked (the meter's own moves on with every green run)."""
+    reworks: dict[str, list[str]] = {task_id: [] for task_id in task_ids}
+    if not task_ids:
+        return reworks
+    placeholders = ", ".join("?" for _ in task_ids)
+    runs, commits = defaultdict(list), defaultdict(list)
+    for run in db.execute(
+        f"SELECT task_id, at, exit_status, tests FROM test_runs WHERE full_run = 1 AND task_id IN ({placeholders})"
+        " ORDER BY at, id",
+        task_ids,
+    ):
+        runs[run["task_id"]].append(run)
+    for commit in db.execute(f"SELECT task_id, committed_at FROM commits WHERE task_id IN ({placeholders})", task_ids):
+        commits[commit["task_id"]].append(commit["committed_at"])
+    own_validation = dict(
+        db.execute(
+            "SELECT task_id, value FROM automatic_marks WHERE id IN (SELECT max(id) FROM automatic_marks"
+            f" WHERE milestone = 'validated' AND task_id IN ({placeholders}) GROUP BY task_id)",
+            task_ids,
+        ).fetchall()
+    )
+    for task in db.execute(
+        f"SELECT id, tests_completion_at, validation_at, final_approval_at FROM tasks WHERE id IN ({placeholders})", task_ids
+    ):
+        tests_done, approved = task["tests_completion_at"], task["final_approval_at"]
+        if tests_done is None or not runs[task["id"]]:
+            continue
+        validated = task["validation_at"] if task["validation_at"] != own_validation.get(task["id"]) else None
+        committed = min((at for at in commits[task["id"]] if at > tests_done), default=None)
+        # From then on, a red run is no longer part of the first attempt.
+        settled = min((at for at in (committed, validated) if at is not None), default=None)
+        last_green_tests = None
+        for run in runs[task["id"]]:
+            if run["exit_status"] == 0:
+                last_green_tests = run["tests"]
+                continue
+            if run["at"] <= tests_done or (approved is not None and run["at"] > approved):
+                continue
+            adds_tests = last_green_tests is not None and run["tests"] > last_green_tests
+            if settled is not None and run["at"] > settled and not adds_tests:
+                reworks[task["id"]].append(run["at"])
+    return reworks
 
 
 def main() -> None:

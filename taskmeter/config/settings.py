@@ -132,7 +132,14 @@ class AutomationSettings(BaseModel):
 
     branch_pattern: str
     main_branch: str
-    coverage_target: float | None = Field(default=None, ge=0, le=100)
+    coverage_target: float | None = Field(default=None, le=100)
+
+    @field_validator("coverage_target")
+    @classmethod
+    def _target(cls, target: float | None) -> float | None:
+        if target is not None and target <= 0:
+            raise ValueError("a percentage above 0 (0 would be no target: leave the setting out)")
+        return target
 
     @field_validator("branch_pattern")
     @classmethod

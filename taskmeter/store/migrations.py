@@ -1166,3 +1166,25 @@ def migrate(db: sqlite3.Connection) -> list[str]:
             db.execute("ROLLBACK")
             raise
     return ran
+
+
+@migration
+def m021_derived_iterations_and_no_zero_coverage_target(db: sqlite3.Connection) -> None:
+    """Red test runs are no longer stored as iterations: which of them are rework
+    is derived when read (automation/testruns.py reworking_runs), so the events
+    the pytest plugin stored go, and each task's count follows the new rule.
+    A coverage `fail_under` of 0 (coverage's default) is no target: runs that
+    reported it keep none, and a task's TEST_COVERAGE_TARGET of 0 the meter set
+    itself (its last automatic mark is that 0) is cleared; a person's is kept."""
+    run_script(
+        db,
+        """
+        DELETE FROM task_events WHERE kind = 'iteration' AND note LIKE 'automatic: pytest run at %';
+        UPDATE test_runs SET coverage_target = NULL WHERE coverage_target = 0;
+        UPDATE tasks SET coverage_target = NULL
+        WHERE coverage_target = 0 AND (
+            SELECT value FROM automatic_marks
+            WHERE task_id = tasks.id AND milestone = 'coverage_target' ORDER BY id DESC LIMIT 1
+        ) = 0;
+        """,
+    )

@@ -369,7 +369,11 @@ def add_iteration(
 
 
 def iterations_of(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, int]:
-    """ITERATIONS_COUNT per task: the first attempt plus every recorded retry."""
+    """ITERATIONS_COUNT per task: the first attempt, every retry recorded with
+    `meter iteration`, and every red full test run that is rework (automation/testruns.py)."""
+    from taskmeter.automation.testruns import reworking_runs  # it records through this module
+
+    red_runs = reworking_runs(db, task_ids)
     placeholders = ", ".join("?" for _ in task_ids)
     reworks = dict(
         db.execute(
@@ -378,7 +382,7 @@ def iterations_of(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, int]
             task_ids,
         ).fetchall()
     )
-    return {task_id: 1 + reworks.get(task_id, 0) for task_id in task_ids}
+    return {task_id: 1 + reworks.get(task_id, 0) + len(red_runs[task_id]) for task_id in task_ids}
 
 
 def iterations(db: sqlite3.Connection, task_id: str) -> int:

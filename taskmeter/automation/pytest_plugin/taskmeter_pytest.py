@@ -70,14 +70,15 @@ def _narrowed(config) -> bool:
 
 
 def _coverage(config) -> tuple[float | None, float | None]:
-    """pytest-cov's total, as coverage.py's API reports it, and fail_under."""
+    """pytest-cov's total, as coverage.py's API reports it, and fail_under as set
+    (0, coverage's default, is passed on: testruns.coverage_target_of reads it)."""
     plugin = config.pluginmanager.get_plugin("_cov")
     total = getattr(plugin, "cov_total", None) if plugin else None
     fail_under = getattr(getattr(plugin, "options", None), "cov_fail_under", None) if plugin else None
     controller = getattr(plugin, "cov_controller", None)
     coverage = getattr(controller, "cov", None)
     if fail_under is None and coverage is not None:
-        fail_under = coverage.get_option("report:fail_under") or None
+        fail_under = coverage.get_option("report:fail_under")
     return total, fail_under
 
 
