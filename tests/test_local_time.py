@@ -165,7 +165,7 @@ def test_the_hourly_report_labels_both_repeated_hours_and_loses_none(db_path):
     assert [h["tokens"]["total"] for h in in_utc] == per_hour
 
 
-def test_spring_forward_has_no_skipped_hour_and_new_york_repeats_one(db_path):
+def test_spring_forward_has_no_row_for_the_hour_it_skips(db_path):
     per_hour = store_hourly_calls(db_path, utc("2026-03-28T23:00"), 23)  # Berlin's 23 hours of 2026-03-29
     hours = hourly(BERLIN, db_path, "--since", "2026-03-29", "--until", "2026-03-30")
     labels = [h["period"][11:] for h in hours]
@@ -207,8 +207,7 @@ def test_records_and_confirmations_show_local_times_with_their_offset(db_path):
     # set-task's confirmation: the begin time as the clock on the wall shows it.
     line = meter_in(NEW_YORK, db_path, "set-task", "P1-777").stdout
     began = datetime.now(UTC).astimezone(ZoneInfo(NEW_YORK)).isoformat(timespec="seconds")
-    pattern = rf"Current task: P1-777 \(created, began {began[:11]}\d\d:\d\d:\d\d{re.escape(began[19:])}\)\.\n"
-    assert re.fullmatch(pattern, line), line
+    assert re.search(rf"^Current task: P1-777 \(created, began {began[:11]}\d\d:\d\d:\d\d{re.escape(began[19:])}\)", line), line
 
 
 @pytest.mark.parametrize(
