@@ -3,6 +3,7 @@ show it. Standard library only: the recorder process prints these."""
 
 from datetime import datetime
 
+from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.timefmt import from_stored
 
@@ -25,7 +26,7 @@ def call_line(row: dict) -> str:
             tokens += f" (reasoning {_count(row['reasoning'])})"
         if row["usage_source"] and row["usage_source"] != "reported":
             tokens += f" [{row['usage_source']}]"
-    cost = f"${row['cost_usd']:.4f}" if row["cost_usd"] is not None else "$?"
+    cost = usd(row["cost_usd"]) if row["cost_usd"] is not None else "$?"
     status = str(row["http_status"]) if row["http_status"] is not None else "---"
     if row["outcome"] and row["outcome"] != "complete":
         status += f" {row['outcome']}"
@@ -39,5 +40,5 @@ def run_summary(calls: int, unanswered: int, tokens: int, cost: float, started: 
     minutes = (datetime.now(started.tzinfo) - started).total_seconds() / 60
     return (
         f"meter: stopped after {minutes:.1f} min: {calls:,} calls recorded ({unanswered:,} without a response), "
-        f"{tokens:,} tokens, ${cost:.4f}"
+        f"{tokens:,} tokens, {usd(cost)}"
     )

@@ -23,6 +23,7 @@ import sys
 import time
 
 from taskmeter.analytics import budgets
+from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
@@ -172,7 +173,7 @@ def _line(db: sqlite3.Connection, claude: dict) -> str:
         ).fetchone()
         if usage is not None:
             parts.append(_tokens(usage["tokens"] or 0))
-            parts.append(f"${usage['cost_usd'] or 0:.2f}")
+            parts.append(usd(usage["cost_usd"] or 0))
             if usage["flagged"]:
                 parts.append(f"⚑{usage['flagged']}")
         # Budgets set with --budget (the config's default needs the config: `meter status` shows it).

@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
+from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.store.texts import clip
-from taskmeter.timefmt import from_stored
+from taskmeter.timefmt import display, from_stored
 
 MISSING = "—"
 # A shortened text column keeps at least this many characters, ellipsis included.
@@ -77,7 +78,7 @@ def number(value: int | float | None) -> str:
 def money(value: float | None) -> str:
     if value is None:
         return MISSING
-    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:.4f}"
+    return usd(value)
 
 
 def moment(stored: str | None, utc: bool = False, short: bool = True, today: datetime | None = None) -> str:
@@ -85,11 +86,11 @@ def moment(stored: str | None, utc: bool = False, short: bool = True, today: dat
     in a table only what differs from now: 14:02:11, 11-23 14:02 or 2025-11-23."""
     if stored is None:
         return MISSING
+    if not short:
+        return display(stored, utc)
     when = from_stored(stored)
     when = when if utc else when.astimezone()
     zone = "Z" if utc else ""
-    if not short:
-        return when.strftime("%Y-%m-%dT%H:%M:%S") + (zone or when.strftime("%z")[:3] + ":" + when.strftime("%z")[3:])
     today = today or (datetime.now(UTC) if utc else datetime.now().astimezone())
     if when.date() == today.date():
         return when.strftime("%H:%M:%S") + zone

@@ -6,7 +6,7 @@ and keep durations exact to the microsecond.
 """
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from taskmeter.errors import MeterError
 
@@ -29,11 +29,48 @@ def from_stored(text: str) -> datetime:
     return datetime.fromisoformat(text)  # the `Z` reads as UTC; far cheaper than strptime
 
 
-def display(text: str | None) -> str | None:
-    """The seed's `YYYY-MM-DDTHH:MM:SSZ` form of a stored timestamp."""
+def display(text: str | None, utc: bool = False) -> str | None:
+    """A stored timestamp as a person reads it: local time with its offset
+    (`2025-10-04T11:15:00+02:00`), or with `utc` the seed's `2025-10-04T09:15:00Z`."""
     if text is None:
         return None
-    return text[:19] + "Z"
+    if utc:
+        return text[:19] + "Z"
+    return from_stored(text).astimezone().isoformat(timespec="seconds")
+
+
+# Local time here is the C library's (TZ, else /etc/localtime), as SQLite's 'localtime' reads it,
+# so that a day or an hour means the same in Python and in a report's SQL.
+
+
+def local_midnight(day: date) -> datetime:
+    """When `day` begins in local time, with that day's own offset: on a day whose clock
+    changes, midnight is before the change (Berlin, 2026-10-25: 00:00 CEST, 22:00Z)."""
+    return datetime.combine(day, time()).astimezone().astimezone(UTC)
+
+
+def local_hour_starts(since: datetime, until: datetime) -> list[datetime]:
+    """The starts (UTC) of the local hours from `since` until before `until`: real hours,
+    so a day whose clock goes back has 25 and one whose clock goes forward 23."""
+    starts: list[datetime] = []
+    moment = since
+    while moment < until:
+        local = moment.astimezone()
+        start = moment - timedelta(minutes=local.minute, seconds=local.second, microseconds=local.microsecond)
+        if not starts or starts[-1] != start:
+            starts.append(start.astimezone(UTC))
+        moment += timedelta(minutes=15)  # every offset is whole quarter hours
+    return starts
+
+
+def hour_label(start: str, utc: bool = False) -> str:
+    """An hour as a person reads it, with its zone: `2026-10-25 02:00 CEST` and then
+    `2026-10-25 02:00 CET` on the day the clock goes back (`2026-10-25 00:00 UTC` with `utc`)."""
+    moment = from_stored(start)
+    if utc:
+        return moment.strftime("%Y-%m-%d %H:00 UTC")
+    local = moment.astimezone()
+    return local.strftime("%Y-%m-%d %H:00 ") + local.tzname()
 
 
 def _from_iso(text: str) -> datetime | None:
@@ -113,15 +150,15 @@ _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(d|h|m|w)$", re.IGNORECASE)
 def parse_moment(text: str, reference: datetime | None = None) -> datetime:
     """A point in time for --since, --until and --before: `today`, `yesterday`,
     an age (`90m`, `6h`, `7d`, `2w`: that long ago), a date (`2026-11-20`, local
-    midnight) or a time (`2026-11-20T14:00`, local unless it has a zone)."""
+    midnight) or a time (`2026-11-20T14:00`, local unless it has a zone). A day
+    begins at its own midnight, with its own offset (local_midnight)."""
     reference = reference or now()
-    local_now = reference.astimezone()
+    today = reference.astimezone().date()
     word = text.strip().lower()
-    midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
     if word == "today":
-        return midnight.astimezone(UTC)
+        return local_midnight(today)
     if word == "yesterday":
-        return (midnight - timedelta(days=1)).astimezone(UTC)
+        return local_midnight(today - timedelta(days=1))
     age = _AGO.match(word)
     if age:
         unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[age.group(2).lower()]

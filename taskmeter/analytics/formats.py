@@ -6,6 +6,7 @@ import io
 import json
 
 from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
+from taskmeter.money import usd
 from taskmeter.timefmt import display, format_duration
 
 PLACEHOLDER = "_____"  # the seed's mark for a field not filled
@@ -53,15 +54,16 @@ def _phase_open(name: str, fields: dict) -> str:
 _APPROVED_ONLY = {"variance", "efficiency_ratio", "average_iterations_per_task", "tokens_per_task_avg"}
 
 
-def describe(name: str, fields: dict) -> str | None:
-    """The seed-style text of one field, or None when it has no value."""
+def describe(name: str, fields: dict, utc: bool = False) -> str | None:
+    """The seed-style text of one field, or None when it has no value; times local with
+    their offset, or UTC with `utc`."""
     value = fields.get(name)
     if value is None:
         if name in _APPROVED_ONLY and fields.get("tasks_completed") == 0 and fields.get("open_tasks_so_far"):
             return _phase_open(name, fields)
         return None
     if name in _TIMESTAMPS:
-        return display(value)
+        return display(value, utc)
     if name in _DURATIONS:
         text = _hours(value)
         if name in ("actual_duration", "actual_total"):
@@ -114,13 +116,13 @@ def describe(name: str, fields: dict) -> str | None:
     return str(value)
 
 
-def _block(fields: dict, sections: dict) -> list[str]:
+def _block(fields: dict, sections: dict, utc: bool = False) -> list[str]:
     lines = []
     width = max(len(name) for section in sections.values() for name in section) + 2
     for title, names in sections.items():
         lines.append(f"=== {title} ===")
         for name in names:
-            text = describe(name, fields)
+            text = describe(name, fields, utc)
             lines.append(f"{(name.upper() + ':'):<{width}}{text if text is not None else PLACEHOLDER}")
         lines.append("")
     return lines[:-1]
@@ -146,12 +148,12 @@ def _beyond(fields: dict) -> list[str]:
         f" agent log {by_source['agent_log']:,}"
         + (f" ({fields['agent_log_share']:.1%} of the tokens, from the agents' own logs)" if fields["agent_log_share"] else "")
     )
-    cost_text = f"${cost:,.4f}" if cost is not None else PLACEHOLDER
+    cost_text = usd(cost) if cost is not None else PLACEHOLDER
     if unpriced:
         cost_text += f" ({unpriced} interactions with no known price not included)"
     if fields["cost_api_equivalent_usd"]:
         cost_text += (
-            f" (of which ${fields['cost_api_equivalent_usd']:,.4f} API-equivalent: subscription calls, not billed per token)"
+            f" (of which {usd(fields['cost_api_equivalent_usd'])} API-equivalent: subscription calls, not billed per token)"
         )
     lines.append(f"COST_USD:          {cost_text}")
     lines.append(
@@ -201,14 +203,14 @@ def _completeness_line(fields: dict) -> str:
     return line
 
 
-def task_markdown(fields: dict) -> str:
+def task_markdown(fields: dict, utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"### Task {fields['task_id']}{title}",
         "",
         "**Execution Log:**",
         "```",
-        *_block(fields, TASK_SECTIONS),
+        *_block(fields, TASK_SECTIONS, utc),
         "",
         *_beyond(fields),
         "```",
@@ -244,13 +246,13 @@ def _verdict(check: dict) -> str:
     return {True: "✅", False: "❌", None: "—"}[check["passed"]]
 
 
-def phase_markdown(fields: dict) -> str:
+def phase_markdown(fields: dict, utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"## 📈 Phase {fields['phase_id']} Aggregate Tracking{title}",
         "",
         "```",
-        *_block(fields, PHASE_SECTIONS),
+        *_block(fields, PHASE_SECTIONS, utc),
         "",
         *_beyond(fields),
         "```",
@@ -271,18 +273,18 @@ def phase_markdown(fields: dict) -> str:
             f"| {task['task_id']} | {task['status']} | {format_duration(task['actual_duration']) or PLACEHOLDER} "
             f"| {format_duration(task['estimated_duration']) or PLACEHOLDER} | {task['iterations_count']} "
             f"| {f'{task["token_count_used"]:,}' if task['token_count_used'] is not None else PLACEHOLDER} | {task['ai_interactions']} "
-            f"| {task['hallucination_count']} | {f'${task["cost_usd"]:.4f}' if task['cost_usd'] is not None else PLACEHOLDER} |"
+            f"| {task['hallucination_count']} | {usd(task['cost_usd']) if task['cost_usd'] is not None else PLACEHOLDER} |"
         )
     lines += ["", _completeness_line(fields)]
     return "\n".join(lines) + "\n"
 
 
-def task_text(fields: dict) -> str:
+def task_text(fields: dict, utc: bool = False) -> str:
     """The terminal view: the execution log without markdown fences."""
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"Task {fields['task_id']}{title}  [phase {fields['phase_id']}, {fields['status']}]",
-        *_block(fields, TASK_SECTIONS),
+        *_block(fields, TASK_SECTIONS, utc),
         "",
         *_beyond(fields),
         "",
@@ -291,11 +293,11 @@ def task_text(fields: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def phase_text(fields: dict) -> str:
+def phase_text(fields: dict, utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"Phase {fields['phase_id']}{title}",
-        *_block(fields, PHASE_SECTIONS),
+        *_block(fields, PHASE_SECTIONS, utc),
         "",
         *_beyond(fields),
         "",
@@ -357,7 +359,7 @@ def overview_rows(report: dict) -> list[list[str]]:
                 f"{trend:+.1%}" if trend is not None else "—",
                 str(phase["ai_interactions_total"]),
                 f"{phase['hallucination_rate']:.2%}" if phase["hallucination_rate"] is not None else PLACEHOLDER,
-                f"${phase['cost_usd']:.4f}" if phase["cost_usd"] is not None else PLACEHOLDER,
+                usd(phase["cost_usd"]) if phase["cost_usd"] is not None else PLACEHOLDER,
                 _share(phase["agent_log_share"]),
                 f"{phase['tracking_completeness']:.0f}%",
             ]
@@ -373,7 +375,7 @@ def overview_rows(report: dict) -> list[list[str]]:
             "—",
             str(unassigned["ai_interactions"]),
             "—",
-            f"${unassigned['cost_usd']:.4f}" if unassigned["cost_usd"] is not None else "—",
+            usd(unassigned["cost_usd"]) if unassigned["cost_usd"] is not None else "—",
             _share(unassigned["agent_log_share"]),
             "—",
         ]

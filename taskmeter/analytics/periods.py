@@ -1,12 +1,14 @@
 """Usage by hour, day, week, month or model, like ccusage's reports: AI interactions,
 failed calls, tokens (cached and reasoning apart), cost and hallucination flags
-per period, each with its per-model breakdown. Periods are local calendar days
-(weeks start on Monday) unless `utc`."""
+per period, each with its per-model breakdown. Periods are local hours and calendar
+days (weeks start on Monday) unless `utc`. An hour is a real hour: on the day the
+clock goes back the repeated hour is two periods, each labelled with its zone."""
 
 import sqlite3
 
 from taskmeter.analytics.listings import tokens
 from taskmeter.store.interactions import FAILED_CALL_SQL
+from taskmeter.timefmt import hour_label
 
 _COUNTED = ("input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd")
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
@@ -30,10 +32,15 @@ def _on_quarter(stored: str | None) -> bool:
     return stored is None or (stored[14:16] in ("00", "15", "30", "45") and stored[16:] == ":00.000000Z")
 
 
+# The UTC start of the call's local hour: the local hour's text would merge the hour a clock
+# change repeats. Minus the local minute, as an offset can be half or three quarters of an hour.
+_LOCAL_HOUR_START = "strftime('%Y-%m-%dT%H:%M:00.000000Z', at, printf('-%d minutes', strftime('%M', at, 'localtime')))"
+
+
 def _period_sql(period: str, utc: bool) -> str:
     moment = "at" if utc else "at, 'localtime'"
     return {
-        "hourly": f"strftime('%Y-%m-%d %H:00', {moment})",
+        "hourly": "strftime('%Y-%m-%dT%H:00:00.000000Z', at)" if utc else _LOCAL_HOUR_START,
         "daily": f"date({moment})",
         "weekly": f"date({moment}, 'weekday 0', '-6 days')",  # the Monday of the week
         "monthly": f"strftime('%Y-%m', {moment})",
@@ -109,7 +116,12 @@ def usage_report(
         report["models"] = [{"model": row["model"], **_stats(row)} for row in every]
     else:
         report["periods"] = [
-            {"period": key, **_stats(_sum(group)), "models": [{"model": row["model"], **_stats(row)} for row in group]}
+            {
+                # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
+                **({"period": hour_label(key, utc), "start": key} if period == "hourly" else {"period": key}),
+                **_stats(_sum(group)),
+                "models": [{"model": row["model"], **_stats(row)} for row in group],
+            }
             for key, group in by_period.items()
         ]
     return report

@@ -4,6 +4,8 @@
 place: `meter report --json daily` and `meter report daily --json` are one command.
 """
 
+from functools import partial
+
 import click
 
 from taskmeter import terminal
@@ -55,7 +57,8 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
       meter report daily           tokens, cost, calls, failed calls, flags per day
       meter report hourly|weekly|monthly  the same per hour, week (from Monday) or month
       meter report models          the same per model
-    Days are local unless --utc; --task narrows usage reports to one task. Output options go before or after the subcommand.
+    Times and days are local, hours labelled with their zone (a repeated hour is two rows), unless --utc;
+    --task narrows usage reports to one task. Output options go before or after the subcommand.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -97,10 +100,10 @@ def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import task_report
 
-    output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+    output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path, create=False) as db:
         report = task_report(db, task_id.strip(), idle_seconds=idle_seconds())
-    _emit(report, output_format, formats.task_markdown, formats.task_text)
+    _emit(report, output_format, partial(formats.task_markdown, utc=utc), partial(formats.task_text, utc=utc))
 
 
 @report_cmd.command("phase")
@@ -112,10 +115,10 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import phase_report
 
-    output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+    output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path, create=False) as db:
         report = phase_report(db, phase_id.strip(), idle_seconds=idle_seconds())
-    _emit(report, output_format, formats.phase_markdown, formats.phase_text)
+    _emit(report, output_format, partial(formats.phase_markdown, utc=utc), partial(formats.phase_text, utc=utc))
 
 
 USAGE_COLUMNS = [

@@ -180,11 +180,12 @@ TASK_COLUMNS = [
     Column("Phase", "id", drop=6),
     Column("Title", shrink=True, drop=3),
     Column("Began", "time", drop=5),
-    Column("Elapsed", "figure", drop=4),
+    Column("Working", "figure", drop=4),
     Column("Estimate", "figure", drop=7),
     Column("Status"),
     Column("Iter", "count", drop=8),
-    Column("Calls", "count", drop=2),
+    Column("AI calls", "count", drop=2),
+    Column("Failed", "count", drop=9),
     Column("Tokens", "count"),
     Column("Cost", "money"),
     Column("Flags", "count", drop=1),
@@ -197,7 +198,12 @@ TASK_COLUMNS = [
 @utc_option
 @db_option
 def tasks_cmd(phase, as_json, utc, db_path):
-    """List tasks with their measured totals (the current one starred)."""
+    """List tasks with their measured totals (the current one starred).
+
+    Working is the working time (ACTUAL_DURATION, so far for an open task), not the time since
+    it began; AI calls are the calls that reached a model (AI_INTERACTIONS), Failed those that
+    never did (docs/metrics.md), which are not in AI calls.
+    """
     from taskmeter.analytics.listings import task_records
 
     with open_db(db_path, create=False) as db:
@@ -222,6 +228,7 @@ def tasks_cmd(phase, as_json, utc, db_path):
                 task["status"],
                 task["iterations_count"],
                 task["ai_interactions"],
+                task["failed_calls"],
                 task["token_count_used"],
                 task["cost_usd"],
                 task["hallucination_count"],

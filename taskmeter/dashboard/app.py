@@ -41,7 +41,8 @@ def _templates() -> Jinja2Templates:
     # Stored model text is untrusted: every template autoescapes.
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PACKAGE / "templates")), autoescape=True)
     env.filters.update(
-        moment=terminal.moment,
+        moment=terminal.moment,  # short, as in the CLI's tables
+        local_time=lambda stored: terminal.moment(stored, short=False),  # whole, with the offset
         number=terminal.number,
         money=terminal.money,
         duration=lambda seconds: format_duration(seconds) or "—",
@@ -84,7 +85,8 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         return templates.TemplateResponse(request, name, {"token": token, "page": name.removesuffix(".html"), **context}, status)
 
     async def now_page(request: Request) -> Response:
-        return render(request, "now.html", await in_thread(pages.now_page, idle_seconds, budget_defaults))
+        day = pages.chart_day(request.query_params.get("day"))
+        return render(request, "now.html", await in_thread(pages.now_page, idle_seconds, budget_defaults, day))
 
     async def phases_page(request: Request) -> Response:
         phase_id = request.path_params.get("phase_id")

@@ -4,17 +4,19 @@ them and shape each chart's data. They run in a worker thread with their own
 sqlite3 connection (see app.py)."""
 
 import sqlite3
-from datetime import timedelta
+from datetime import date, timedelta
 
 from taskmeter.analytics import history
 from taskmeter.analytics.budgets import Defaults, current_budget
 from taskmeter.analytics.listings import call_record
 from taskmeter.analytics.periods import usage_report
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
+from taskmeter.errors import MeterError
+from taskmeter.money import usd
 from taskmeter.store import alerts, interactions, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
-from taskmeter.timefmt import from_stored, now, parse_moment, to_stored
+from taskmeter.timefmt import from_stored, hour_label, local_hour_starts, local_midnight, now, to_stored
 
 FEED_LENGTH = 50  # calls on the Now page before the live ones
 CALLS_SHOWN = 200  # a task's newest calls, with their text
@@ -22,12 +24,18 @@ UNASSIGNED_SHOWN = 100
 # The pass/fail tiles of the Phases page; the fifth target is the trend chart.
 TILE_METRICS = ("hallucination_rate", "iteration_efficiency", "projection_accuracy", "tracking_completeness")
 USAGE_PERIODS = ("daily", "weekly", "monthly")
+FIRST_DAY = date(1970, 1, 1)  # the hourly chart's earliest day: local time before it is not everywhere known
 
 
 def chart(kind: str, labels: list, datasets: list[dict], stacked: bool = False, money_axis: bool = False) -> dict:
     """A chart's data as the page embeds it (static/dashboard.js draws it): datasets
     carry `label`, `data` and optionally `type` and `axis` ("money" for the right axis)."""
     return {"kind": kind, "labels": labels, "datasets": datasets, "stacked": stacked, "money_axis": money_axis}
+
+
+def costs(label: str, values: list, **options) -> dict:
+    """A dataset of USD amounts; `text` has each one as the tables write it, for the tooltips."""
+    return {"label": label, "data": values, "text": [usd(value or 0) for value in values], **options}
 
 
 def feed_call(row: dict) -> dict:
@@ -39,15 +47,29 @@ def last_rowid(db: sqlite3.Connection) -> int:
     return db.execute("SELECT coalesce(max(rowid), 0) FROM interactions").fetchone()[0]
 
 
-def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults) -> dict:
+def chart_day(text: str | None) -> date | None:
+    """The Now page's `day=YYYY-MM-DD`: the local day its hourly chart shows (today without it)."""
+    if text is None:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or not FIRST_DAY <= day <= now().astimezone().date():
+        raise MeterError(f"day must be a date from {FIRST_DAY} to today, such as 2026-10-25, not {text[:24]!r}")
+    return day
+
+
+def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults, day: date | None = None) -> dict:
     current = tasks.current_task(db)
     report = task_report(db, current.task_id, idle_seconds=idle_seconds) if current else None
-    midnight = parse_moment("today")  # local midnight, as `--since today` reads it
-    hourly = usage_report(db, "hourly", since=to_stored(midnight))
-    by_hour = {group["period"]: group for group in hourly["periods"]}
-    # Each hour label in local time as SQLite's 'localtime' gives it (a day with a clock change included).
-    elapsed = int((now() - midnight).total_seconds() // 3600) + 1
-    hours = [(midnight + timedelta(hours=h)).astimezone().strftime("%Y-%m-%d %H:00") for h in range(elapsed)]
+    today = now().astimezone().date()
+    start, end = local_midnight(day or today), local_midnight((day or today) + timedelta(days=1))
+    hourly = usage_report(db, "hourly", since=to_stored(start), until=to_stored(end))
+    by_hour = {group["start"]: group for group in hourly["periods"]}
+    # A bar per real hour (23 or 25 on a day whose clock changes), each labelled with its zone;
+    # today's end with the hour under way.
+    hours = [to_stored(hour) for hour in local_hour_starts(start, min(end, now()))]
     return {
         "task": report,
         "budget": current_budget(db, defaults),
@@ -55,18 +77,19 @@ def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults) ->
         "calls": [feed_call(row) for row in interactions.recent(db, FEED_LENGTH)],
         "last_rowid": last_rowid(db),
         "hourly": hourly,
+        "day": None if day in (None, today) else day.isoformat(),
         "charts": {
             "hourly": chart(
                 "bar",
-                [hour[11:] for hour in hours],
+                [hour_label(h)[11:] for h in hours],
                 [
                     {"label": "Tokens", "data": [(by_hour[h]["tokens"]["total"] or 0) if h in by_hour else 0 for h in hours]},
-                    {
-                        "label": "Cost (USD)",
-                        "type": "line",
-                        "axis": "money",
-                        "data": [(by_hour[h]["cost_usd"] or 0) if h in by_hour else 0 for h in hours],
-                    },
+                    costs(
+                        "Cost (USD)",
+                        [(by_hour[h]["cost_usd"] or 0) if h in by_hour else 0 for h in hours],
+                        type="line",
+                        axis="money",
+                    ),
                 ],
                 money_axis=True,
             )
@@ -191,7 +214,7 @@ def history_page(db: sqlite3.Connection, period: str) -> dict:
             "cost": chart(
                 "bar",
                 labels,
-                [{"label": model, "data": per_model(model, lambda m: m["cost_usd"])} for model in models],
+                [costs(model, per_model(model, lambda m: m["cost_usd"])) for model in models],
                 stacked=True,
             ),
         },

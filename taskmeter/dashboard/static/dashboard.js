@@ -26,6 +26,7 @@ function drawCharts() {
         datasets: spec.datasets.map((dataset, index) => ({
           label: dataset.label,
           data: dataset.data,
+          text: dataset.text,
           type: dataset.type,
           yAxisID: dataset.axis === "money" ? "money" : "y",
           backgroundColor: COLORS[index % COLORS.length],
@@ -33,7 +34,14 @@ function drawCharts() {
           borderDash: dataset.label.startsWith("Target") ? [6, 4] : [],
         })),
       },
-      options: { animation: false, responsive: true, maintainAspectRatio: false, scales },
+      options: {
+        animation: false,
+        responsive: true,
+        maintainAspectRatio: false,
+        scales,
+        // A dataset may carry its values as the server writes them (costs: pages.py, money.usd).
+        plugins: { tooltip: { callbacks: { label: (item) => `${item.dataset.label}: ${item.dataset.text?.[item.dataIndex] ?? item.formattedValue}` } } },
+      },
     });
   }
 }
