@@ -1166,3 +1166,23 @@ def migrate(db: sqlite3.Connection) -> list[str]:
             db.execute("ROLLBACK")
             raise
     return ran
+
+
+@migration
+def m019_phase_marks(db: sqlite3.Connection) -> None:
+    """Every phase milestone a person marked with `meter phase --mark`, and whether
+    the mark confirmed the time the meter had derived or seen (docs/tracking-pattern.md)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE phase_marks (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            phase_id TEXT NOT NULL,
+            milestone TEXT NOT NULL,
+            value TEXT NOT NULL,
+            confirmed TEXT  -- what the mark confirmed (the meter's source); NULL: a time the person gave
+        );
+        CREATE INDEX phase_marks_phase ON phase_marks(phase_id, milestone);
+        """,
+    )
