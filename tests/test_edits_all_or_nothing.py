@@ -254,3 +254,22 @@ def test_the_status_line_status_and_budget_show_the_budget_that_binds(tmp_path, 
     status = json.loads(_ok(meter, "status", "--json").out)
     assert (status["budget"]["scope"], status["budget"]["target"]) == ("phase", "P4")
     assert "The budget that binds P4-001 (the current task): phase P4, 95% used." in _ok(meter, "budget").err
+
+
+def test_a_write_transaction_inside_another_commits_with_it_or_not_at_all(db):
+    def titles():
+        return [row[0] for row in db.execute("SELECT title FROM phases ORDER BY id")]
+
+    db.execute("INSERT INTO phases (id, created_at) VALUES ('P1', '2026-01-01T00:00:00.000000Z')")
+    with pytest.raises(RuntimeError), store_db.write_transaction(db):
+        db.execute("UPDATE phases SET title = 'outer'")
+        with store_db.write_transaction(db):
+            db.execute("UPDATE phases SET title = 'inner'")
+        raise RuntimeError("a later check fails")
+    assert titles() == [None] and not db.in_transaction
+    with store_db.write_transaction(db):
+        db.execute("UPDATE phases SET title = 'outer'")
+        with pytest.raises(RuntimeError), store_db.write_transaction(db):
+            db.execute("UPDATE phases SET title = 'inner'")
+            raise RuntimeError("the inner part fails, and the outer goes on")
+    assert titles() == ["outer"]
