@@ -126,9 +126,8 @@ def _changes(values: dict, columns: dict) -> list[str]:
     return phrases
 
 
-def _edit_options(command):
-    """--show, for the commands that edit a record and otherwise print one line."""
-    return click.option("--show", is_flag=True, help="After an edit, print the whole record too.")(command)
+# An edit prints one line; --show prints the record after it too.
+_show_option = click.option("--show", is_flag=True, help="After an edit, print the whole record too.")
 
 
 @cli.command("task")
@@ -150,7 +149,7 @@ def _edit_options(command):
 @click.option("--lessons", help="LESSONS_LEARNED.")
 @budget_options
 @click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset estimate).")
-@_edit_options
+@_show_option
 @json_option
 @db_option
 def task_cmd(task_id, phase, budget_amounts, on_exceeded, also, unset, show, as_json, db_path, **options):
@@ -313,7 +312,7 @@ _PHASE_OPTIONS = {
 @click.option("--force", is_flag=True, help="With --mark: record even if out of order.")
 @budget_options
 @click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset debt).")
-@_edit_options
+@_show_option
 @json_option
 @db_option
 def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, also, unset, show, as_json, db_path, **options):
