@@ -177,10 +177,13 @@ def _line(db: sqlite3.Connection, claude: dict) -> str:
             if usage["flagged"]:
                 parts.append(f"⚑{usage['flagged']}")
         # Budgets set with --budget (the config's default needs the config: `meter status` shows it).
+        # The one that binds: a phase at 95% shows, whatever the task's own has used.
         covered = budgets.task_budgets(db, budgets.budget_statuses(db, budgets.Defaults())).get(task_id)
         if covered is not None:
-            share = covered["counted"]["used_share"]
-            parts.append(f"budget {share * 100:.0f}%" + ("!" if share >= 1 else ""))
+            bound = covered["binding"]
+            share = bound["used_share"]
+            scope = f"phase {bound['target']} " if bound["scope"] == "phase" else ""
+            parts.append(f"{scope}budget {share * 100:.0f}%" + ("!" if share >= 1 else ""))
     else:
         parts.append("no task")
     open_alerts = db.execute("SELECT count(*) FROM alerts WHERE cleared_at IS NULL").fetchone()[0]

@@ -176,10 +176,16 @@ def caps(status: dict, finished: bool, worked_seconds: float | None, estimate_le
     return judged
 
 
+def binding(candidates) -> dict | None:
+    """The budget that binds a task's calls: of those covering them (its own or the
+    config's default, its phase's), the one with the highest share used, the
+    task's own on a tie. `meter status`, `meter budget` and the status line show it."""
+    return max((status for status in candidates if status is not None), key=lambda status: status["used_share"], default=None)
+
+
 def task_budgets(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict]:
-    """Per task whose calls a budget covers: `counted` (its own budget, else its
-    phase's: what the x-meter-budget header and `meter status` show) and
-    `blocking` (its own or its phase's, whichever blocks, else None)."""
+    """Per task whose calls a budget covers: `binding` (above) and `blocking`
+    (its own or its phase's, whichever blocks, else None)."""
     by_scope = {(s["scope"], s["target"]): s for s in statuses}
     covered = {}
     for row in db.execute("SELECT id, phase_id FROM tasks"):
@@ -187,7 +193,7 @@ def task_budgets(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict
         if own is None and phase is None:
             continue
         blocking = next((s for s in (own, phase) if s is not None and s["blocks"]), None)
-        covered[row["id"]] = {"counted": own or phase, "blocking": blocking}
+        covered[row["id"]] = {"binding": binding((own, phase)), "blocking": blocking}
     return covered
 
 
@@ -228,11 +234,11 @@ def _room(status: dict, overall: dict | None) -> float | None:
 
 
 def current_budget(db: sqlite3.Connection, defaults: Defaults) -> dict | None:
-    """The budget the current task's calls count against, for `meter status` and the dashboard."""
+    """The budget that binds the current task's calls, for `meter status`, `meter budget` and the dashboard."""
     from taskmeter.store import tasks  # here: the status line imports this module and must start fast
 
     current = tasks.current_task(db)
     if current is None:
         return None
     covered = task_budgets(db, budget_statuses(db, defaults)).get(current.task_id)
-    return covered["counted"] if covered else None
+    return covered["binding"] if covered else None

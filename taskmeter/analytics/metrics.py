@@ -8,6 +8,7 @@ Durations are seconds; ratios are plain numbers (0.9, not 90%).
 
 from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
+from taskmeter.store.tasks import phase_milestones
 from taskmeter.timefmt import from_stored, seconds_between
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
@@ -278,12 +279,8 @@ def phase_fields(
     fields = {
         "phase_id": phase["id"],
         "title": phase["title"],
-        "phase_begin": phase["begin_at"] or (min(begins) if begins else None),
-        "phase_first_code": phase["first_code_at"],
-        "phase_tests_passing": phase["tests_passing_at"],
-        "phase_integration_complete": phase["integration_complete_at"],
-        "phase_documentation_complete": phase["documentation_complete_at"],
-        "phase_final_approval": phase["final_approval_at"],
+        # PHASE_BEGIN ... in the order of store.tasks.PHASE_MILESTONES, as `meter phase --mark` checks them.
+        **dict(zip(PHASE_SECTIONS["PHASE-LEVEL TIMESTAMPS"], phase_milestones(phase, begins).values(), strict=True)),
         "estimated_total": estimated_total,
         "tasks_without_estimate": [t["task_id"] for t in tasks if t["estimated_duration"] is None],
         "actual_total": actual_total,

@@ -8,6 +8,7 @@ from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds, 
 from taskmeter.errors import MeterError
 from taskmeter.store import alerts
 from taskmeter.store import budgets as stored_budgets
+from taskmeter.store.db import write_transaction
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration
 
@@ -25,33 +26,52 @@ class BudgetType(click.ParamType):
 
 
 def budget_options(command):
-    """--budget and --on-exceeded, for `meter task` and `meter phase`."""
+    """--budget, --also and --on-exceeded, for `meter task` and `meter phase`."""
     command = click.option(
         "--on-exceeded",
         type=click.Choice(["warn", "block"]),
         help="When the budget is spent: warn (default from config) or block new calls with HTTP 429.",
+    )(command)
+    command = click.option(
+        "--also",
+        is_flag=True,
+        help="With --budget: keep the budget's cap in the other unit (tokens or dollars) instead of replacing it.",
     )(command)
     return click.option(
         "--budget",
         "budget_amounts",
         type=BudgetType(),
         multiple=True,
-        help="A budget in tokens (2M, 500k) or dollars ('$5'); give both kinds to cap both. `--unset budget` removes it.",
+        help="A budget in tokens (2M, 500k) or dollars ('$5'); it replaces the budget set before (give both kinds, "
+        "or add --also, to cap both). `--unset budget` removes it.",
     )(command)
 
 
-def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str | None, unset: tuple[str, ...]) -> tuple[str, ...]:
-    """Set, change or remove the budget of `target`; the --unset names left for the other fields."""
-    if "budget" in unset:
-        if amounts:
-            raise MeterError("--budget and --unset budget contradict each other")
-        if not stored_budgets.clear_budget(db, scope, target):
-            raise MeterError(f"{target} has no budget of its own")
+def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str | None, also: bool, remove: bool) -> str | None:
+    """Set, change or remove the budget of `target`, in the caller's transaction; what the
+    confirmation line says of it (every cap in force), or None when it was left alone."""
+    if also and not amounts:
+        raise MeterError("--also goes with --budget")
+    if remove and (amounts or on_exceeded):
+        raise MeterError("--budget and --unset budget contradict each other")
+    before = stored_budgets.own_budget(db, scope, target)
+    if before is None and (remove or (on_exceeded and not amounts)):
+        raise MeterError(f"{target} has no budget of its own: give one with --budget")
+    if remove:
+        stored_budgets.clear_budget(db, scope, target)
+        return f"budget removed (was {stored_budgets.caps_text(before)})"
     if amounts:
-        stored_budgets.set_budget(db, scope, target, list(amounts), on_exceeded)
+        stored_budgets.set_budget(db, scope, target, list(amounts), on_exceeded, also)
     elif on_exceeded:
         stored_budgets.set_mode(db, scope, target, on_exceeded)
-    return tuple(name for name in unset if name != "budget")
+    else:
+        return None
+    after = stored_budgets.own_budget(db, scope, target)
+    mode = after["on_exceeded"] or f"{budget_defaults().on_exceeded} by default"
+    line = f"budget {stored_budgets.caps_text(after)} ({mode})"
+    if before is not None and stored_budgets.caps_text(before) != stored_budgets.caps_text(after):
+        line += f", was {stored_budgets.caps_text(before)}"
+    return line
 
 
 def budget_records(db) -> list[dict]:
@@ -129,8 +149,12 @@ def budget_cmd(as_json, db_path):
                meter phase P1 --budget '$50'
     Default:   [budgets] task_tokens / task_usd in the config, for every open task
     """
+    from taskmeter.analytics.budgets import current_budget
+    from taskmeter.store.tasks import current_task
+
     with open_db(db_path, create=False) as db:
         records = budget_records(db)
+        current, binding = current_task(db), current_budget(db, budget_defaults())
     if as_json:
         terminal.print_json(records)
         return
@@ -164,6 +188,11 @@ def budget_cmd(as_json, db_path):
         ],
         rows,
     )
+    if binding is not None:
+        what = f"phase {binding['target']}" if binding["scope"] == "phase" else binding["target"]
+        terminal.note(
+            f"The budget that binds {current.task_id} (the current task): {what}, {binding['used_share'] * 100:.0f}% used."
+        )
     terminal.note(
         "At completion: finished work, its final spend against the cap; open work, its spend so far"
         " plus the spend per working hour over the estimated working time left."
@@ -208,8 +237,9 @@ def alerts_cmd(ctx, include_cleared, as_json, utc, db_path):
 def alerts_clear_cmd(alert_ids, db_path):
     """Close the alerts given by ID (every open one when none is given). A loop
     alert that blocks its session stops blocking within a second."""
-    with open_db(db_path, create=False) as db:
-        cleared = alerts.clear(db, list(alert_ids) or None)
-    if alert_ids and cleared < len(alert_ids):
-        raise MeterError(f"only {cleared} of {len(alert_ids)} alerts were open: see `meter alerts --all`")
+    wanted = set(alert_ids)
+    with open_db(db_path, create=False) as db, write_transaction(db):
+        cleared = alerts.clear(db, list(wanted) or None)
+        if cleared < len(wanted):  # all or nothing: the transaction is rolled back
+            raise MeterError(f"only {cleared} of {len(wanted)} alerts are open: none cleared; see `meter alerts --all`")
     terminal.info(f"Cleared {cleared} alert{'s' if cleared != 1 else ''}.")

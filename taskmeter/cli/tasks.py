@@ -19,6 +19,7 @@ from taskmeter.cli.common import (
 )
 from taskmeter.errors import MeterError
 from taskmeter.store import tasks
+from taskmeter.store.db import write_transaction
 from taskmeter.terminal import Column
 from taskmeter.timefmt import display, format_duration
 
@@ -95,11 +96,38 @@ def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
     names = {_option_name(key): column for key, column in columns.items()}
     for name in unset:
         if name not in names:
-            raise MeterError(f"cannot unset {name!r}: use one of {', '.join(names)}")
+            raise MeterError(f"cannot unset {name!r}: use one of {', '.join(['budget', *names])}")
         if names[name] in values:
             raise MeterError(f"--{name} and --unset {name} contradict each other")
         values[names[name]] = None
     return values
+
+
+# Fields the confirmation line shows as a percentage, a duration or yes/no.
+_PERCENT_COLUMNS = ("coverage_target", "coverage_actual", "doc_completeness")
+_YES_NO_COLUMNS = ("projection_met", "performance_met")
+
+
+def _changes(values: dict, columns: dict) -> list[str]:
+    """What an edit changed, one phrase per field, for the confirmation line."""
+    names = {column: _option_name(key) for key, column in columns.items()}
+    phrases = []
+    for column, value in values.items():
+        if value is None:
+            phrases.append(f"{names[column]} cleared")
+        elif column == "estimate_seconds":
+            phrases.append(f"estimate {format_duration(value)}")
+        elif column in _PERCENT_COLUMNS:
+            phrases.append(f"{names[column]} {value:g}%")
+        elif column in _YES_NO_COLUMNS:
+            phrases.append(f"{names[column]} {'yes' if value else 'no'}")
+        else:
+            phrases.append(f"{names[column]} {value!r}")
+    return phrases
+
+
+# An edit prints one line; --show prints the record after it too.
+_show_option = click.option("--show", is_flag=True, help="After an edit, print the whole record too.")
 
 
 @cli.command("task")
@@ -121,24 +149,38 @@ def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
 @click.option("--lessons", help="LESSONS_LEARNED.")
 @budget_options
 @click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset estimate).")
+@_show_option
 @json_option
 @db_option
-def task_cmd(task_id, phase, budget_amounts, on_exceeded, unset, as_json, db_path, **options):
-    """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically."""
+def task_cmd(task_id, phase, budget_amounts, on_exceeded, also, unset, show, as_json, db_path, **options):
+    """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically.
+
+    An edit prints one line saying what changed (--show: the record too); it
+    changes everything asked or, when anything is wrong, nothing.
+    """
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import task_report
 
     with open_db(db_path) as db:
         task = tasks.get_task(db, task_id.strip())
-        unset = apply_budget(db, "task", task["id"], budget_amounts, on_exceeded, unset)
-        values = _edits(options, _TASK_OPTIONS, unset)
-        if values or phase:
-            tasks.update_task(db, task["id"], values, phase_id=phase)
-        report = task_report(db, task["id"], idle_seconds=idle_seconds())
-    if as_json:
+        values = _edits(options, _TASK_OPTIONS, tuple(name for name in unset if name != "budget"))
+        changes = _changes(values, _TASK_OPTIONS)
+        with write_transaction(db):
+            budget = apply_budget(db, "task", task["id"], budget_amounts, on_exceeded, also, "budget" in unset)
+            if values or phase:
+                tasks.update_task(db, task["id"], values, phase_id=phase)
+        if phase:
+            changes.insert(0, f"phase {tasks.get_task(db, task['id'])['phase_id']}")
+        if budget:
+            changes.insert(0, budget)
+        report = task_report(db, task["id"], idle_seconds=idle_seconds()) if as_json or show or not changes else None
+    if as_json:  # the record alone: what a script reads
         terminal.print_json(report)
         return
-    terminal.text(formats.task_text(report))
+    if changes:
+        terminal.info(f"{task['id']}: {'; '.join(changes)}.")
+    if report is not None:
+        terminal.text(formats.task_text(report))
 
 
 @cli.command("mark")
@@ -277,10 +319,16 @@ _PHASE_OPTIONS = {
 @click.option("--force", is_flag=True, help="With --mark: record even if out of order.")
 @budget_options
 @click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset debt).")
+@_show_option
 @json_option
 @db_option
-def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, unset, as_json, db_path, **options):
-    """View PHASE_ID's execution log, or edit its Level 2 inputs and meta-learning fields."""
+def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, also, unset, show, as_json, db_path, **options):
+    """View PHASE_ID's execution log, or edit its Level 2 inputs and meta-learning fields.
+
+    An edit prints one line saying what changed (--show: the record too); it
+    changes everything asked or, when anything is wrong, nothing. Marking a
+    milestone the meter derived or saw, without --at, confirms its time.
+    """
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import phase_report
 
@@ -288,17 +336,26 @@ def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, unset
         raise click.UsageError("--at and --force go with --mark")
     with open_db(db_path) as db:
         phase = tasks.get_phase(db, phase_id.strip())
-        unset = apply_budget(db, "phase", phase["id"], budget_amounts, on_exceeded, unset)
-        values = _edits(options, _PHASE_OPTIONS, unset)
-        if values:
-            tasks.update_phase(db, phase["id"], values)
-        if milestone:
-            tasks.mark_phase(db, phase["id"], milestone, at=at, force=force)
-        report = phase_report(db, phase["id"], idle_seconds=idle_seconds())
-    if as_json:
+        values = _edits(options, _PHASE_OPTIONS, tuple(name for name in unset if name != "budget"))
+        changes = _changes(values, _PHASE_OPTIONS)
+        with write_transaction(db):
+            budget = apply_budget(db, "phase", phase["id"], budget_amounts, on_exceeded, also, "budget" in unset)
+            if values:
+                tasks.update_phase(db, phase["id"], values)
+            marked = tasks.mark_phase(db, phase["id"], milestone, at=at, force=force) if milestone else None
+        if budget:
+            changes.insert(0, budget)
+        if marked:
+            confirmed = f" (confirmed: {marked.confirmed})" if marked.confirmed else ""
+            changes.append(f"{milestone} at {display(marked.stamp)}{confirmed}")
+        report = phase_report(db, phase["id"], idle_seconds=idle_seconds()) if as_json or show or not changes else None
+    if as_json:  # the record alone: what a script reads
         terminal.print_json(report)
         return
-    terminal.text(formats.phase_text(report))
+    if changes:
+        terminal.info(f"{phase['id']}: {'; '.join(changes)}.")
+    if report is not None:
+        terminal.text(formats.phase_text(report))
 
 
 @cli.command("phases")

@@ -30,20 +30,45 @@ def parse_amount(text: str) -> tuple[str, int | float]:
 
 
 def set_budget(
-    db: sqlite3.Connection, scope: str, target: str, amounts: list[tuple[str, int | float]], on_exceeded: str | None = None
+    db: sqlite3.Connection,
+    scope: str,
+    target: str,
+    amounts: list[tuple[str, int | float]],
+    on_exceeded: str | None = None,
+    also: bool = False,
 ) -> None:
-    """Set (or replace) the budget of a task or phase: each amount replaces its kind, the other kind stays."""
+    """Set the budget of a task or phase to `amounts`: a cap of the same unit is
+    replaced, and a cap of the other unit is removed unless `also` keeps it."""
     tokens = next((amount for kind, amount in reversed(amounts) if kind == "tokens"), None)
     usd = next((amount for kind, amount in reversed(amounts) if kind == "usd"), None)
+    kept = "coalesce(excluded.{0}, {0})" if also else "excluded.{0}"
     with write_transaction(db):
         db.execute(
             "INSERT INTO budgets (scope, target, tokens, usd, on_exceeded, set_at) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(scope, target) DO UPDATE SET tokens = coalesce(excluded.tokens, tokens),"
-            " usd = coalesce(excluded.usd, usd), on_exceeded = coalesce(excluded.on_exceeded, on_exceeded), set_at = excluded.set_at",
+            f" ON CONFLICT(scope, target) DO UPDATE SET tokens = {kept.format('tokens')}, usd = {kept.format('usd')},"
+            " on_exceeded = coalesce(excluded.on_exceeded, on_exceeded), set_at = excluded.set_at",
             (scope, target, tokens, usd, on_exceeded, now_stored()),
         )
-    # A new budget starts its warnings afresh.
-    alerts.clear(db, key_prefix=f"budget:{scope}:{target}:")
+        # A new budget starts its warnings afresh.
+        alerts.clear(db, key_prefix=f"budget:{scope}:{target}:")
+
+
+def own_budget(db: sqlite3.Connection, scope: str, target: str) -> sqlite3.Row | None:
+    """The budget set for a task or phase (tokens, usd, on_exceeded), or None."""
+    return db.execute("SELECT tokens, usd, on_exceeded FROM budgets WHERE scope = ? AND target = ?", (scope, target)).fetchone()
+
+
+def caps_text(budget: sqlite3.Row | dict | None) -> str:
+    """Every cap of a budget in one phrase: `10,000 tokens and $1.00`."""
+    if budget is None:
+        return "none"
+    caps = []
+    if budget["tokens"]:
+        caps.append(f"{budget['tokens']:,} tokens")
+    if budget["usd"]:
+        usd = budget["usd"]
+        caps.append(f"${usd:,.2f}" if round(usd, 2) == usd else f"${usd:g}")
+    return " and ".join(caps)
 
 
 def set_mode(db: sqlite3.Connection, scope: str, target: str, on_exceeded: str) -> None:
@@ -58,5 +83,5 @@ def set_mode(db: sqlite3.Connection, scope: str, target: str, on_exceeded: str) 
 def clear_budget(db: sqlite3.Connection, scope: str, target: str) -> bool:
     with write_transaction(db):
         removed = db.execute("DELETE FROM budgets WHERE scope = ? AND target = ?", (scope, target)).rowcount > 0
-    alerts.clear(db, key_prefix=f"budget:{scope}:{target}:")
+        alerts.clear(db, key_prefix=f"budget:{scope}:{target}:")
     return removed

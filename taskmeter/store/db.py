@@ -143,7 +143,19 @@ def describe_sqlite_error(exc: sqlite3.Error, path: Path | str) -> MeterError:
 @contextlib.contextmanager
 def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE takes the write lock up front, so a busy database waits
-    (busy_timeout) instead of failing halfway through a read-then-write."""
+    (busy_timeout) instead of failing halfway through a read-then-write.
+    Inside a transaction already open, it is a savepoint of that one: a command
+    that makes several edits commits them all or none (docs/tracking-pattern.md)."""
+    if db.in_transaction:
+        db.execute("SAVEPOINT nested_write")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK TO nested_write")
+            db.execute("RELEASE nested_write")
+            raise
+        db.execute("RELEASE nested_write")
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db

@@ -1169,6 +1169,26 @@ def migrate(db: sqlite3.Connection) -> list[str]:
 
 
 @migration
+def m019_phase_marks(db: sqlite3.Connection) -> None:
+    """Every phase milestone a person marked with `meter phase --mark`, and whether
+    the mark confirmed the time the meter had derived or seen (docs/tracking-pattern.md)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE phase_marks (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            phase_id TEXT NOT NULL,
+            milestone TEXT NOT NULL,
+            value TEXT NOT NULL,
+            confirmed TEXT  -- what the mark confirmed (the meter's source); NULL: a time the person gave
+        );
+        CREATE INDEX phase_marks_phase ON phase_marks(phase_id, milestone);
+        """,
+    )
+
+
+@migration
 def m021_derived_iterations_and_no_zero_coverage_target(db: sqlite3.Connection) -> None:
     """Red test runs are no longer stored as iterations: which of them are rework
     is derived when read (automation/testruns.py reworking_runs), so the events

@@ -233,14 +233,14 @@ def update_phase(db: sqlite3.Connection, phase_id: str, values: dict) -> None:
         _update(db, "phases", phase["id"], values)
 
 
-def _check_order(record: sqlite3.Row, order: dict[str, str], milestone: str, at: str, what: str) -> None:
-    names = list(order)
+def _check_order(values: dict[str, str | None], milestone: str, at: str, what: str) -> None:
+    """`values`: every milestone (in order) of the record as its report shows it."""
+    names = list(values)
     position = names.index(milestone)
-    column = order[milestone]
-    if record[column] is not None:
-        raise MeterError(f"{what} already has {milestone} at {display(record[column])}; use --force to replace it")
+    if values[milestone] is not None:
+        raise MeterError(f"{what} already has {milestone} at {display(values[milestone])}; use --force to replace it")
     for earlier in names[:position]:
-        value = record[order[earlier]]
+        value = values[earlier]
         if value is None:
             raise MeterError(f"milestone out of order: {what} has no {earlier} yet; record it first or use --force")
         if value > at:
@@ -249,7 +249,7 @@ def _check_order(record: sqlite3.Row, order: dict[str, str], milestone: str, at:
                 f"at {display(value)}; use --force to record it anyway"
             )
     for later in names[position + 1 :]:
-        value = record[order[later]]
+        value = values[later]
         if value is not None and value < at:
             raise MeterError(
                 f"milestone out of order: {what} already has {later} at {display(value)}, "
@@ -263,6 +263,18 @@ def _milestone_stamp(order: dict[str, str], milestone: str, at: datetime | None,
     return to_stored(at or now())
 
 
+def _check_milestone(values: dict[str, str | None], milestone: str, stamp: str, force: bool, what: str) -> None:
+    """Nothing happens before the record began, forced or not; a time in the future
+    (beyond clock skew) needs force, and so does one out of order."""
+    begin = values["begin"]
+    if begin is not None and stamp < begin and milestone != "begin":
+        raise MeterError(f"{milestone} at {display(stamp)} is before {what} began ({display(begin)}): not recorded")
+    if not force and stamp > to_stored(now() + FUTURE_TOLERANCE):
+        raise MeterError(f"{milestone} at {display(stamp)} is in the future; use --force if that is meant")
+    if not force:
+        _check_order(values, milestone, stamp, what)
+
+
 def _set_milestone(
     db: sqlite3.Connection,
     table: str,
@@ -273,18 +285,9 @@ def _set_milestone(
     stamp: str,
     force: bool,
 ) -> None:
-    """Check the order (unless forced) and store the timestamp, in the caller's transaction.
-    Nothing happens before the record began, forced or not; a time in the future
-    (beyond clock skew) needs force."""
-    begin = record[order["begin"]]
-    if begin is not None and stamp < begin and milestone != "begin":
-        raise MeterError(
-            f"{milestone} at {display(stamp)} is before {what} {record['id']} began ({display(begin)}): not recorded"
-        )
-    if not force and stamp > to_stored(now() + FUTURE_TOLERANCE):
-        raise MeterError(f"{milestone} at {display(stamp)} is in the future; use --force if that is meant")
-    if not force:
-        _check_order(record, order, milestone, stamp, f"{what} {record['id']}")
+    """Check the milestone and store its timestamp, in the caller's transaction."""
+    values = {name: record[column] for name, column in order.items()}
+    _check_milestone(values, milestone, stamp, force, f"{what} {record['id']}")
     db.execute(f"UPDATE {table} SET {order[milestone]} = ? WHERE id = ?", (stamp, record["id"]))
 
 
@@ -345,12 +348,69 @@ def auto_mark(
     return bool(changed)
 
 
-def mark_phase(db: sqlite3.Connection, phase_id: str, milestone: str, *, at: datetime | None = None, force: bool = False) -> str:
-    """Record a Level 2 phase timestamp; returns the stored timestamp."""
+def phase_milestones(phase, task_begins) -> dict[str, str | None]:
+    """A phase's milestones as its report shows them (PHASE_BEGIN ...), in order:
+    each as recorded, and the begin, while nobody marked it, derived from the
+    earliest begin of its tasks. The report and `meter phase --mark` both use it."""
+    values = {name: phase[column] for name, column in PHASE_MILESTONES.items()}
+    if values["begin"] is None:
+        values["begin"] = min((begin for begin in task_begins if begin), default=None)
+    return values
+
+
+# What a phase's begin is, until someone marks it.
+DERIVED_BEGIN = "the earliest begin of its tasks"
+
+
+def _meter_source(db: sqlite3.Connection, phase: sqlite3.Row, milestone: str, value: str | None) -> str | None:
+    """Where the meter got a phase milestone nobody marked: derived, or the
+    source of its automatic mark; None when a person marked it (or none is set)."""
+    if value is None:
+        return None
+    if phase[PHASE_MILESTONES[milestone]] is None:
+        return DERIVED_BEGIN
+    marked = db.execute(
+        "SELECT 1 FROM phase_marks WHERE phase_id = ? AND milestone = ? AND value = ?", (phase["id"], milestone, value)
+    ).fetchone()
+    if marked:
+        return None
+    seen = db.execute(
+        "SELECT value, source FROM automatic_marks WHERE phase_id = ? AND milestone = ? ORDER BY id DESC LIMIT 1",
+        (phase["id"], milestone),
+    ).fetchone()
+    return seen["source"] if seen is not None and seen["value"] == value else None
+
+
+@dataclass(frozen=True)
+class PhaseMark:
+    stamp: str
+    confirmed: str | None  # the meter's source a person confirmed, or None for a time they gave
+
+
+def mark_phase(
+    db: sqlite3.Connection, phase_id: str, milestone: str, *, at: datetime | None = None, force: bool = False
+) -> PhaseMark:
+    """Record a Level 2 phase timestamp. Marking one the meter derived or saw,
+    without `at`, confirms it: its time stays, and the mark says a person confirmed it."""
     stamp = _milestone_stamp(PHASE_MILESTONES, milestone, at, "phase")
     with write_transaction(db):
-        _set_milestone(db, "phases", "phase", get_phase(db, phase_id), PHASE_MILESTONES, milestone, stamp, force)
-    return stamp
+        phase = get_phase(db, phase_id)
+        begins = [row[0] for row in db.execute("SELECT begin_at FROM tasks WHERE phase_id = ?", (phase["id"],))]
+        shown = phase_milestones(phase, begins)
+        confirmed = _meter_source(db, phase, milestone, shown[milestone])
+        if confirmed and at is None:
+            stamp = shown[milestone]
+        else:
+            if confirmed:  # a person's time replaces the meter's
+                shown[milestone] = None
+            confirmed = None
+            _check_milestone(shown, milestone, stamp, force, f"phase {phase['id']}")
+        db.execute(f"UPDATE phases SET {PHASE_MILESTONES[milestone]} = ? WHERE id = ?", (stamp, phase["id"]))
+        db.execute(
+            "INSERT INTO phase_marks (at, phase_id, milestone, value, confirmed) VALUES (?, ?, ?, ?, ?)",
+            (now_stored(), phase["id"], milestone, stamp, confirmed),
+        )
+    return PhaseMark(stamp, confirmed)
 
 
 def add_iteration(
