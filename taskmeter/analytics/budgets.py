@@ -12,6 +12,8 @@ A task with no budget of its own has the config's default per-task budget, if an
 import sqlite3
 from collections import namedtuple
 
+from taskmeter.money import usd
+
 WARN_AT = (0.8, 1.0)  # the shares of a budget whose crossing is announced
 
 
@@ -121,7 +123,7 @@ def describe(status: dict) -> str:
     if status["tokens_budget"]:
         amounts.append(f"{status['tokens_used']:,} of {status['tokens_budget']:,} tokens")
     if status["usd_budget"]:
-        amounts.append(f"${status['usd_used']:.2f} of ${status['usd_budget']:.2f}")
+        amounts.append(f"{usd(status['usd_used'])} of {usd(status['usd_budget'])}")
     what = f"phase {status['target']}" if status["scope"] == "phase" else status["target"]
     if len(amounts) == 2:  # each cap judged on its own: one share would hide which cap is spent
         tokens_share, usd_share = status["tokens_used"] / status["tokens_budget"], status["usd_used"] / status["usd_budget"]
