@@ -100,6 +100,23 @@ def _meter(meter, *args):
     return result
 
 
+def test_the_budget_header_names_the_budget_that_binds(proxy, upstream, meter, monkeypatch):
+    """A task at 1.5% of its own budget in a phase at 75% of its own: the header is the phase's."""
+    monkeypatch.setenv("METER_DB", str(proxy.db_path))
+    probe = Probe(proxy, meter)
+    _meter(meter, "set-task", "P1-010")
+    _meter(meter, "task", "P1-010", "--budget", "100000")
+    _meter(meter, "phase", "P1", "--budget", "2000")
+    probe.proxy_knows()
+    client = _openai(proxy)
+    first = client.chat.completions.with_raw_response.create(**CHAT_ARGS)
+    assert first.headers["x-meter-budget"] == "task=P1-010; tokens-remaining=100000; used=0.0%"  # a tie: its own
+    _wait_rows(proxy, 1)
+    probe.proxy_knows()
+    second = client.chat.completions.with_raw_response.create(**CHAT_ARGS)
+    assert second.headers["x-meter-budget"] == "phase=P1; tokens-remaining=498; used=75.1%"
+
+
 def test_a_tiny_budget_warns_then_blocks_in_each_provider_s_shape(proxy, upstream, meter, monkeypatch):
     monkeypatch.setenv("METER_DB", str(proxy.db_path))
     probe = Probe(proxy, meter)

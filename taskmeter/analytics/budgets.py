@@ -201,7 +201,7 @@ def task_budgets(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict
 
 def guarded_scopes(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, dict]:
     """What the proxy's Guard judges calls by (docs/budgets.md), per budget:
-    `scope:target` (lower-case) -> its x-meter-budget `header`, whether it `blocks`
+    `scope:target` (lower-case) -> its x-meter-budget `header`, its `used_share`, whether it `blocks`
     when spent, the `refusal` once it does, and its `room`: how many calls the
     spend left would pay for at the scope's mean call (of every call stored, when
     the scope has none; 0 when none is stored at all; None when calls cost it nothing)."""
@@ -211,6 +211,7 @@ def guarded_scopes(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, di
     return {
         f"{status['scope']}:{status['target']}".lower(): {
             "header": header(status),
+            "used_share": status["used_share"],
             "blocks": status["on_exceeded"] == "block",
             "refusal": refusal(status) if status["blocks"] else None,
             "room": _room(status, overall),

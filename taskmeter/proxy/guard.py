@@ -174,9 +174,9 @@ class Guard:
         state = self._state
         if call is None or not state.budgets:
             return
-        budgets = self._budgets(self._task(call, state), state)
-        if budgets:
-            flow.response.headers[BUDGET_HEADER] = budgets[0][1]["header"]  # its own, else its phase's
+        budgets = [budget for _, budget in self._budgets(self._task(call, state), state)]
+        if budgets:  # the one that binds: the highest share used, its own on a tie (analytics/budgets.py binding)
+            flow.response.headers[BUDGET_HEADER] = max(budgets, key=lambda budget: budget["used_share"])["header"]
 
     # ------------------------------------------------------------ judging
 
