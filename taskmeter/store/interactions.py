@@ -246,7 +246,7 @@ def _scope(alias: str, task_id: str | None, client_session: str | None) -> tuple
 
 
 def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str | None = None) -> LastCall:
-    """What `last` names (docs/tracking-pattern.md). Among the answered calls of
+    """What `last` names (docs/metrics.md). Among the answered calls of
     `task_id` (of every task when None; of the client's session `client_session`
     alone when given), take the newest one's session; in that session and task,
     its main conversation: the one with the most tokens among the session's last
