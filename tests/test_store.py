@@ -290,8 +290,10 @@ def _change_calls(db, ids: list[str], changes: list[tuple[str, int]], **statemen
         if not db.execute("SELECT 1 FROM interactions WHERE id = ?", (target,)).fetchone():
             continue
         if change == "flag":
-            if interactions.failed_call(db, target) is None:  # a call with no model answer cannot be flagged
+            try:
                 interactions.flag(db, target)
+            except MeterError:  # a call with no model answer, or no generation, cannot be flagged
+                pass
         else:
             db.execute(statements[change], (target,))
 

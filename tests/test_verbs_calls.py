@@ -338,3 +338,22 @@ def test_a_set_aside_flag_is_shown_and_can_be_removed(db_path, monkeypatch, mete
     assert meter("unflag", refused).out.strip() == f"Unflagged {refused}."
     assert json.loads(meter("show", refused, "--json").out)["flag_set_aside"] is None
     assert json.loads(meter("show", answered, "--json").out)["flag_set_aside"] is None
+
+
+def test_a_token_count_cannot_be_flagged_and_last_passes_over_it(proxy, upstream):
+    assert meter(proxy, "set-task", "P7-005").returncode == 0
+    claude = anthropic.Anthropic(base_url=f"{proxy.origin}/anthropic", api_key="sk-test", max_retries=0)
+    upstream.routes[MESSAGES] = _message(SONNET, "done", 900, 40)
+    upstream.routes["/v1/messages/count_tokens"] = Scenario(body=FIXTURE["anthropic/count_tokens"].body)
+    messages = [{"role": "user", "content": "hi"}]
+    answered = claude.messages.with_raw_response.create(model=SONNET, max_tokens=100, messages=messages)
+    counted = claude.messages.with_raw_response.count_tokens(model=SONNET, messages=messages)
+    answered_id, counted_id = (raw.headers["x-meter-interaction-id"] for raw in (answered, counted))
+    _stored(proxy, 2)
+    refused = meter(proxy, "flag", counted_id)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"meter: error: {counted_id} is not a generation (count_tokens): only an answer can be a hallucination"
+    ]
+    flagged = meter(proxy, "flag", "last")
+    assert flagged.stdout.splitlines()[0] == f"Flagged {answered_id} as a hallucination:"
+    assert flagged.stdout.splitlines()[-1] == f"  skipped newer {counted_id}, not a generation: count_tokens"

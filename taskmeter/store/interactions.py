@@ -242,7 +242,8 @@ def _scope(alias: str, task_id: str | None, client_session: str | None) -> tuple
     if client_session is not None:
         clauses.append(f"{alias}.client_session = ?")
         params.append(client_session)
-    return " AND ".join(clauses) or "1", params
+    # With no other clause, an open range on started_at lets SQLite walk its index newest first.
+    return " AND ".join(clauses) or f"{alias}.started_at > ''", params
 
 
 def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str | None = None) -> LastCall:
@@ -256,31 +257,34 @@ def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str |
     that got no model answer are passed over, and named with why."""
     scope, params = _scope("i", task_id, client_session)
     newest = db.execute(
-        f"SELECT i.task_id, coalesce(i.session_id, i.id) AS session FROM interactions i"
+        f"SELECT i.id, i.task_id, i.session_id FROM interactions i"
         f" WHERE {scope} AND {_ANSWERED.format(r='i')} ORDER BY i.started_at DESC, i.id DESC LIMIT 1",
         params,
     ).fetchone()
     if newest is None:
         raise NotFound(f"no answered AI call of {task_id} yet" if task_id else "no answered AI call recorded yet")
+    # A call stored with no session is a session of its own.
+    in_session = ("i.session_id = ?", newest["session_id"]) if newest["session_id"] else ("i.id = ?", newest["id"])
     session_calls = db.execute(
-        "SELECT i.id, coalesce(i.conversation_id, i.id) AS conversation,"
+        "SELECT i.id, i.started_at, coalesce(i.conversation_id, i.id) AS conversation,"
         " coalesce(i.input_total, 0) + coalesce(i.output_total, 0) AS tokens FROM interactions i"
-        f" WHERE coalesce(i.session_id, i.id) = ? AND i.task_id IS ? AND {_ANSWERED.format(r='i')}"
+        f" WHERE {in_session[0]} AND i.task_id IS ? AND {_ANSWERED.format(r='i')}"
         " ORDER BY i.started_at DESC, i.id DESC LIMIT ?",
-        (newest["session"], newest["task_id"], MAIN_CONVERSATION_WINDOW),
+        (in_session[1], newest["task_id"], MAIN_CONVERSATION_WINDOW),
     ).fetchall()
     tokens: dict[str, int] = {}
     for row in session_calls:
         tokens[row["conversation"]] = tokens.get(row["conversation"], 0) + row["tokens"]
     main = max(tokens, key=tokens.get)  # ties: the conversation seen first, which is the newest
-    chosen = next(row["id"] for row in session_calls if row["conversation"] == main)
+    chosen = next(row for row in session_calls if row["conversation"] == main)
     newer = db.execute(
         "SELECT i.id, i.operation, i.model, i.http_status, i.outcome, i.blocked, coalesce(i.session_id, i.id) AS session,"
-        f" coalesce({FAILED_CALL_SQL.format(r='i')}, 0) AS failed FROM interactions i, interactions c"
-        f" WHERE c.id = ? AND {scope} AND (i.started_at, i.id) > (c.started_at, c.id) ORDER BY i.started_at DESC, i.id DESC",
-        (chosen, *params),
+        f" coalesce({FAILED_CALL_SQL.format(r='i')}, 0) AS failed FROM interactions i"
+        f" WHERE {scope} AND i.started_at >= ? AND (i.started_at, i.id) > (?, ?) ORDER BY i.started_at DESC, i.id DESC",
+        (*params, chosen["started_at"], chosen["started_at"], chosen["id"]),
     ).fetchall()
-    return LastCall(chosen, [(row["id"], _why_passed_over(dict(row), newest["session"])) for row in newer])
+    session = newest["session_id"] or newest["id"]
+    return LastCall(chosen["id"], [(row["id"], _why_passed_over(dict(row), session)) for row in newer])
 
 
 def _why_passed_over(row: dict, session: str) -> str:
@@ -321,6 +325,9 @@ def flag(db: sqlite3.Connection, interaction_id: str, note: str | None = None) -
             raise MeterError(
                 f"{interaction_id} got no model answer ({no_answer_reason(failed)}): only an answer can be a hallucination"
             )
+        operation = db.execute("SELECT operation FROM interactions WHERE id = ?", (interaction_id,)).fetchone()
+        if operation is not None and operation[0] != "generate":
+            raise MeterError(f"{interaction_id} is not a generation ({operation[0]}): only an answer can be a hallucination")
         existing = db.execute("SELECT note FROM flags WHERE interaction_id = ?", (interaction_id,)).fetchone()
         if existing is None:
             db.execute(
