@@ -307,27 +307,21 @@ def no_answer_reason(row: dict) -> str:
     return "no response"
 
 
-def failed_call(db: sqlite3.Connection, interaction_id: str) -> dict | None:
-    """The call, when it got no model answer (FAILED_CALL_SQL); None otherwise."""
-    row = db.execute(
-        f"SELECT i.* FROM interactions i WHERE i.id = ? AND {FAILED_CALL_SQL.format(r='i')}",
-        (interaction_id,),
-    ).fetchone()
-    return dict(row) if row else None
-
-
 def flag(db: sqlite3.Connection, interaction_id: str, note: str | None = None) -> bool:
     """Flag an interaction as a hallucination; returns whether it was already
-    flagged. A call that got no model answer cannot be: there is no answer to judge."""
+    flagged. Only a model's answer can be one: a call that got none (a failed
+    call), or that is no generation (a token count), is refused."""
     with write_transaction(db):
-        failed = failed_call(db, interaction_id)
-        if failed is not None:
+        call = db.execute(
+            f"SELECT i.*, coalesce({FAILED_CALL_SQL.format(r='i')}, 0) AS failed FROM interactions i WHERE i.id = ?",
+            (interaction_id,),
+        ).fetchone()
+        if call is not None and call["operation"] != "generate":
+            raise MeterError(f"{interaction_id} is not a generation ({call['operation']}): only an answer can be a hallucination")
+        if call is not None and call["failed"]:
             raise MeterError(
-                f"{interaction_id} got no model answer ({no_answer_reason(failed)}): only an answer can be a hallucination"
+                f"{interaction_id} got no model answer ({no_answer_reason(dict(call))}): only an answer can be a hallucination"
             )
-        operation = db.execute("SELECT operation FROM interactions WHERE id = ?", (interaction_id,)).fetchone()
-        if operation is not None and operation[0] != "generate":
-            raise MeterError(f"{interaction_id} is not a generation ({operation[0]}): only an answer can be a hallucination")
         existing = db.execute("SELECT note FROM flags WHERE interaction_id = ?", (interaction_id,)).fetchone()
         if existing is None:
             db.execute(
