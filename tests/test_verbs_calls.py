@@ -102,7 +102,8 @@ def test_last_is_the_claude_code_session_s_last_main_turn_and_names_what_it_skip
     turns = [{"role": "user", "content": "Fix the failing test in tests/test_math.py"}]
     main_ids = []
     for n in range(2):
-        upstream.routes[MESSAGES] = _message(SONNET, f"step {n}", 5000 + n * 800, 300)
+        # Fewer tokens than the SDK chat's 2 x 1,502: "the most tokens" alone would pick the chat.
+        upstream.routes[MESSAGES] = _message(SONNET, f"step {n}", 900 + n * 200, 60)
         raw = claude.messages.with_raw_response.create(
             model=SONNET, max_tokens=8192, system=CLAUDE_CODE_SYSTEM, messages=turns, extra_headers=session
         )
