@@ -14,7 +14,10 @@ import uuid
 import anthropic
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from taskmeter.errors import MeterError
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, migrations, tasks
 from taskmeter.store.interactions import Interaction
@@ -358,3 +361,74 @@ def test_a_token_count_cannot_be_flagged_and_last_passes_over_it(proxy, upstream
     flagged = meter(proxy, "flag", "last")
     assert flagged.stdout.splitlines()[0] == f"Flagged {answered_id} as a hallucination:"
     assert flagged.stdout.splitlines()[-1] == f"  skipped newer {counted_id}, not a generation: count_tokens"
+
+
+# ---------------------------------------------------------------- the rule of `last`, over random histories
+
+HISTORY_CALL = st.fixed_dictionaries(
+    {
+        "second": st.integers(0, 30),  # few seconds: calls that start together, ordered by ID
+        "task_id": st.sampled_from(["P1-001", "P1-001", "P1-002", None]),
+        "session_id": st.sampled_from([None, "s1", "s1", "s2"]),
+        "conversation_id": st.sampled_from([None, "main", "main", "title", "other"]),
+        "operation": st.sampled_from(["generate", "generate", "generate", "count_tokens"]),
+        "http_status": st.sampled_from([None, 200, 200, 200, 400, 429, 500]),
+        "outcome": st.sampled_from(["complete", "complete", "failed"]),
+        "input_total": st.one_of(st.none(), st.integers(0, 5000)),
+        "output_total": st.one_of(st.none(), st.integers(0, 500)),
+    }
+)
+
+
+def _last_by_hand(calls: list[dict], task_id: str | None) -> tuple[str, list[str]] | None:
+    """The documented rule, over plain dictionaries."""
+
+    def answered(call):
+        return call["operation"] == "generate" and call["http_status"] is not None and 200 <= call["http_status"] < 300
+
+    order = sorted(calls, key=lambda c: (c["started_at"], c["id"]), reverse=True)  # newest first
+    scope = [c for c in order if task_id is None or c["task_id"] == task_id]
+    newest = next((c for c in scope if answered(c)), None)
+    if newest is None:
+        return None
+    if newest["session_id"] is None:
+        session = [newest]
+    else:
+        session = [c for c in order if c["session_id"] == newest["session_id"] and c["task_id"] == newest["task_id"]]
+    session = [c for c in session if answered(c)][: interactions.MAIN_CONVERSATION_WINDOW]
+    tokens: dict[str, int] = {}
+    for call in session:
+        key = call["conversation_id"] or call["id"]
+        tokens[key] = tokens.get(key, 0) + (call["input_total"] or 0) + (call["output_total"] or 0)
+    main = max(tokens, key=tokens.get)
+    chosen = next(c for c in session if (c["conversation_id"] or c["id"]) == main)
+    newer = [c["id"] for c in scope if (c["started_at"], c["id"]) > (chosen["started_at"], chosen["id"])]
+    return chosen["id"], newer
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=st.lists(HISTORY_CALL, max_size=25), any_task=st.booleans())
+def test_last_follows_its_rule_over_any_history(db, history, any_task):
+    with store_db.write_transaction(db):
+        db.execute("DELETE FROM interactions")
+    for task_id in ("P1-002", "P1-001"):
+        tasks.set_task(db, task_id)
+    calls = []
+    for n, call in enumerate(history):
+        second = call.pop("second")
+        call = {**call, "id": f"0000000cd{n:03d}", "started_at": f"2026-01-01T00:00:{second:02d}.000000Z"}
+        interactions.insert(db, Interaction(**call))
+        calls.append(call)
+    task_id = None if any_task else "P1-001"
+    expected = _last_by_hand(calls, task_id)
+    if expected is None:
+        with pytest.raises(MeterError):
+            interactions.last_call(db, task_id)
+        return
+    chosen = interactions.last_call(db, task_id)
+    assert (chosen.interaction_id, [interaction_id for interaction_id, _ in chosen.skipped]) == expected
+    by_id = {call["id"]: call for call in calls}
+    for interaction_id, why in chosen.skipped:
+        call = by_id[interaction_id]
+        if call["operation"] == "generate" and call["http_status"] in (400, 429, 500) and call["input_total"] is None:
+            assert why == f"a failed call: HTTP {call['http_status']}"
