@@ -213,6 +213,14 @@ def test_4xx_answers_are_failed_calls_everywhere_and_cannot_be_flagged(proxy, up
         db.close()
     assert (page["report"]["ai_interactions"], page["report"]["failed_calls"]) == (1, len(STATUSES))
 
+    shown = meter(proxy, "show", "last").stdout.splitlines()
+    newest_failed = [failed[status] for status in reversed(STATUSES)]
+    assert [line for line in shown if "skipped" in line] == [
+        *(f"  skipped newer {interaction_id}, a failed call: HTTP {status}" for status, interaction_id in
+          zip(reversed(STATUSES[-3:]), newest_failed[:3], strict=True)),
+        f"  and {len(STATUSES) - 3} more newer calls skipped (`meter log` lists them)",
+    ]  # fmt: skip
+
     proxy.stop()  # its heartbeat would change the dump
     before = dump(proxy.db_path)
     for status, interaction_id in failed.items():

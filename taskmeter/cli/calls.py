@@ -283,7 +283,7 @@ def _skipped_lines(chosen: interactions.LastCall) -> list[str]:
     lines = [f"  skipped newer {interaction_id}, {why}" for interaction_id, why in chosen.skipped[:SKIPPED_NAMED]]
     more = len(chosen.skipped) - SKIPPED_NAMED
     if more > 0:
-        lines.append(f"  and {more} older of the newer calls skipped (`meter log` lists them)")
+        lines.append(f"  and {more} more newer calls skipped (`meter log` lists them)")
     return lines
 
 
