@@ -2,7 +2,7 @@
 call of the main conversation of the session of the current task's newest
 answered call, and names the newer calls it skipped; a call that got no model
 answer (any HTTP 4xx or 5xx, a refusal by the meter, no response) is a failed
-call, not an AI interaction, and cannot be flagged; flags such calls got before
+call, not an AI interaction, and cannot be flagged (the dashboard offers no button); flags such calls got before
 are set aside by migration m017 and counted nowhere. Through a real `meter
 proxy`, the official SDKs and the real CLI, against the loopback fake upstream."""
 
@@ -12,6 +12,7 @@ import subprocess
 import uuid
 
 import anthropic
+import httpx
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +26,7 @@ from tests.conftest import dump
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.test_dashboard import RunningDashboard
 
 FIXTURE = {f.name: f for f in ALL}
 CHAT = "/v1/chat/completions"
@@ -204,14 +206,24 @@ def test_4xx_answers_are_failed_calls_everywhere_and_cannot_be_flagged(proxy, up
     assert {call["interaction_id"] for call in meter_json(proxy, "log", "--failed")} == set(failed.values())
     budget = meter_json(proxy, "status")["budget"]
     assert budget["calls"] == 1 and budget["usd_used"] == pytest.approx(cost)
-    from taskmeter.dashboard import pages
-
-    db = store_db.connect(proxy.db_path, create=False)
+    # The dashboard's task page: its record, and a flag button on the answered call only.
+    dashboard = RunningDashboard(proxy.db_path)
     try:
-        page = pages.task_page(db, "P7-002", 900.0)
+        page = httpx.get(f"{dashboard.origin}/tasks/P7-002", headers=dashboard.cookie, timeout=30)
+        form_token = page.text.split('name="token" value="')[1].split('"')[0]  # the form of the answered call
+        refused = httpx.post(
+            f"{dashboard.origin}/calls/{failed[400]}/flag",
+            data={"token": form_token, "back": "/"},
+            headers={**dashboard.cookie, "Origin": dashboard.origin},
+            timeout=30,
+        )
     finally:
-        db.close()
-    assert (page["report"]["ai_interactions"], page["report"]["failed_calls"]) == (1, len(STATUSES))
+        dashboard.stop()
+    record = json.loads(page.text.split('<script type="application/json" id="report">')[1].split("</script>")[0])
+    assert (record["ai_interactions"], record["failed_calls"]) == (1, len(STATUSES))
+    assert f'action="/calls/{answered}/flag"' in page.text
+    assert not any(f'action="/calls/{interaction_id}/flag"' in page.text for interaction_id in failed.values())
+    assert refused.status_code == 400 and "got no model answer (HTTP 400)" in refused.text
 
     shown = meter(proxy, "show", "last").stdout.splitlines()
     newest_failed = [failed[status] for status in reversed(STATUSES)]

@@ -410,8 +410,8 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-_CALLS = """
-    SELECT i.rowid, i.*, f.flagged_at, f.note AS flag_note, t.response
+_CALLS = f"""
+    SELECT i.rowid, i.*, coalesce({FAILED_CALL_SQL.format(r="i")}, 0) AS failed, f.flagged_at, f.note AS flag_note, t.response
     FROM interactions i
     LEFT JOIN flags f ON f.interaction_id = i.id
     LEFT JOIN call_texts t ON t.interaction_id = i.id
