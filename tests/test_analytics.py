@@ -283,16 +283,16 @@ def test_calls_that_never_reached_a_model_are_counted_apart(db):
     call(db, 2, "P4-001", at(9, 2), http_status=502, outcome="failed", usage_source=None)
     call(db, 3, "P4-001", at(9, 3), http_status=429, outcome="complete", usage_source=None)
     call(db, 4, "P4-001", at(9, 4), http_status=503, outcome="complete", usage_source=None)
-    # A bad request reached the model's front door: still an interaction.
+    # A bad request ran no model either: a failed call too.
     call(db, 5, "P4-001", at(9, 5), http_status=400, outcome="complete", usage_source=None)
     call(db, 6, "P4-001", at(9, 6), input_total=50, output_total=5, http_status=200, outcome="complete")
     interactions.flag(db, flagged)
     report = task_report(db, "P4-001")
-    assert report["ai_interactions"] == 3 and report["failed_calls"] == 3
-    assert report["hallucination_rate"] == pytest.approx(1 / 3)
+    assert report["ai_interactions"] == 2 and report["failed_calls"] == 4
+    assert report["hallucination_rate"] == pytest.approx(1 / 2)
     assert report["token_count_used"] == 165
-    assert "FAILED_CALLS:      3 (never reached a model" in formats.task_markdown(report)
-    assert phase_report(db, "P4")["failed_calls"] == 3
+    assert "FAILED_CALLS:      4 (never reached a model" in formats.task_markdown(report)
+    assert phase_report(db, "P4")["failed_calls"] == 4
 
 
 def test_working_time_leaves_out_nights_and_counts_interleaved_work_once(db):

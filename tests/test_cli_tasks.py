@@ -221,8 +221,8 @@ def test_log_status_and_flags(meter, db):
     assert table.splitlines()[0].split("\t")[:3] == ["ID", "Started", "Task"]
     assert "00000000aaa1" in table and "\t1149\t" in table and "unassigned" in table
 
-    # `last` skips the small side call of another conversation, made after it.
-    assert "Flagged 00000000aaa1" in meter("flag", "last", "--any").out
+    # `last` is the current task's; the newer unassigned call is another task's.
+    assert "Flagged 00000000aaa1" in meter("flag", "last").out
     assert "Flagged 00000000aab2" in meter("flag", "00000000aab", "--note", "invented API").out
     assert "already flagged" in meter("flag", "00000000AAA1").out
     flagged = json.loads(meter("log", "--json").out)

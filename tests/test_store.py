@@ -290,7 +290,10 @@ def _change_calls(db, ids: list[str], changes: list[tuple[str, int]], **statemen
         if not db.execute("SELECT 1 FROM interactions WHERE id = ?", (target,)).fetchone():
             continue
         if change == "flag":
-            interactions.flag(db, target)
+            try:
+                interactions.flag(db, target)
+            except MeterError:  # a call with no model answer, or no generation, cannot be flagged
+                pass
         else:
             db.execute(statements[change], (target,))
 
@@ -306,7 +309,7 @@ CALL = st.fixed_dictionaries(
         "output_total": st.one_of(st.none(), st.integers(0, 1000)),
         "reasoning": st.one_of(st.none(), st.integers(0, 100)),
         "cost_usd": st.one_of(st.none(), st.floats(0, 1)),
-        "http_status": st.sampled_from([None, 200, 200, 429, 503]),
+        "http_status": st.sampled_from([None, 200, 200, 400, 413, 429, 503]),
         "outcome": st.sampled_from(["complete", "failed"]),
     }
 )

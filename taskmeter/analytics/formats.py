@@ -157,7 +157,7 @@ def _beyond(fields: dict) -> list[str]:
         )
     lines.append(f"COST_USD:          {cost_text}")
     lines.append(
-        f"FAILED_CALLS:      {fields['failed_calls']} (never reached a model: no response, 429 or 5xx; not AI interactions)"
+        f"FAILED_CALLS:      {fields['failed_calls']} (never reached a model: no response, HTTP 4xx or 5xx; not AI interactions)"
     )
     for label, key in (("CACHE_HIT_RATIO", "cache_hit_ratio"), ("REASONING_SHARE", "reasoning_share")):
         value = fields[key]

@@ -48,6 +48,7 @@ def call_record(row: dict) -> dict:
         "streamed": _flag(row["streamed"]),
         "http_status": row["http_status"],
         "outcome": row["outcome"],
+        "failed": bool(row["failed"]),  # got no model answer: a failed call, not an AI interaction
         "error": row["error"],
         "tokens": tokens(row),
         "usage_source": row["usage_source"],

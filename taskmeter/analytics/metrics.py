@@ -119,7 +119,7 @@ def _usage_extras(usage: dict) -> dict:
         # The part of cost_usd a subscription login paid for: its API-equivalent price.
         "cost_api_equivalent_usd": usage["api_equivalent_usd"] if usage["cost_usd"] is not None else None,
         "unpriced_interactions": usage["interactions"] - usage["cost_calls"],
-        # Calls that never reached a model (no response, 429, 5xx): not AI interactions.
+        # Calls that got no model answer (no response, HTTP 4xx or 5xx): not AI interactions.
         "failed_calls": usage["failed_calls"],
         "cache_hit_ratio": _ratio(usage["cache_read"], usage["cache_read_input"]),
         "reasoning_share": _ratio(usage["reasoning"], usage["reasoning_output"]),

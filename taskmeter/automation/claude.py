@@ -125,7 +125,7 @@ def prompt_submit(db, event: dict) -> dict | None:
         return None
     note = prompt[len(FLAG_COMMAND) :].strip() or None
     try:
-        interaction_id = interactions.last_call(db, None, client_session=str(event.get("session_id") or ""))
+        interaction_id = interactions.last_call(db, None, client_session=str(event.get("session_id") or "")).interaction_id
     except MeterError as exc:
         return {"decision": "block", "reason": f"meter: nothing flagged: {exc}"}
     interactions.flag(db, interaction_id, note)

@@ -196,7 +196,7 @@ def _log_row(row: dict) -> list:
 @click.option("--until", type=MOMENT, help="Only calls before this time (same forms as --since).")
 @click.option("--model", help="Only calls of models whose name contains this.")
 @click.option("--flagged", is_flag=True, help="Only calls flagged as hallucinations.")
-@click.option("--failed", is_flag=True, help="Only calls that never reached a model (no response, 429, 5xx).")
+@click.option("--failed", is_flag=True, help="Only calls that got no model answer (no response, HTTP 4xx or 5xx).")
 @click.option("--search", metavar="TEXT", help="Only calls whose stored text, model or error contains TEXT.")
 @click.option("-f", "--follow", is_flag=True, help="Then print a line for each call as it is recorded, until Ctrl-C.")
 @json_option
@@ -263,18 +263,32 @@ def _tokens_text(row: dict) -> str:
     return f"{(row['input_total'] or 0) + (row['output_total'] or 0):,} tokens"
 
 
-def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> str:
-    """`last` (see interactions.last_call) or an ID or prefix."""
+def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> interactions.LastCall:
+    """`last` (see interactions.last_call: of the current task; of every task with
+    --any or when no task is current) or an ID or prefix, which skips nothing."""
     if reference.strip().lower() != "last":
         if any_task:
             raise click.UsageError("--any goes with `last`")
-        return interactions.resolve_id(db, reference)
-    if any_task:
-        return interactions.last_call(db, None)
-    current = tasks.current_task(db)
-    if current is None:
-        raise MeterError("no current task: `last --any` names the last call of any task, or give an ID from `meter log`")
-    return interactions.last_call(db, current.task_id)
+        return interactions.LastCall(interactions.resolve_id(db, reference), [])
+    current = None if any_task else tasks.current_task(db)
+    return interactions.last_call(db, current.task_id if current else None)
+
+
+# How many of the newer calls `last` passed over are named, newest first.
+SKIPPED_NAMED = 3
+
+
+def _skipped_lines(chosen: interactions.LastCall) -> list[str]:
+    """The newer calls `last` passed over, and why, a line each."""
+    lines = [f"  skipped newer {interaction_id}, {why}" for interaction_id, why in chosen.skipped[:SKIPPED_NAMED]]
+    more = len(chosen.skipped) - SKIPPED_NAMED
+    if more > 0:
+        lines.append(f"  and {more} more newer calls skipped (`meter log` lists them)")
+    return lines
+
+
+def _skipped_json(chosen: interactions.LastCall) -> list[dict]:
+    return [{"interaction_id": interaction_id, "why": why} for interaction_id, why in chosen.skipped]
 
 
 @cli.command("show")
@@ -290,12 +304,14 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
     message a person typed, the tool steps since (a line each) and the response.
     """
     with open_db(db_path, create=False) as db:
-        interaction_id = _resolve(db, interaction, any_task)
+        chosen = _resolve(db, interaction, any_task)
+        interaction_id = chosen.interaction_id
         row = interactions.one(db, interaction_id)
         said = call_texts.of_call(db, interaction_id)
+        set_aside = interactions.set_aside_flag(db, interaction_id)
     record = call_record(row)
     if as_json:
-        terminal.print_json({**record, "text": said})
+        terminal.print_json({**record, "flag_set_aside": set_aside, "skipped": _skipped_json(chosen), "text": said})
         return
     tokens = record["tokens"]
     usage = "no usage stated"
@@ -320,10 +336,12 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
             ("Usage source", f"{record['usage_source']}: {source}" if record["usage_source"] else None),
             ("Cost", terminal.money(record["cost_usd"]) + (f" ({record['price_source']})" if record["price_source"] else "")
              + (", API-equivalent: a subscription login paid for this call" if record["price_basis"] == "api-equivalent" else "")),
-            ("Flag", f"hallucination, {terminal.moment(record['flagged_at'], utc, short=False)}" + (f": {record['flag_note']}" if record["flag_note"] else "") if record["flagged"] else "no"),
+            ("Flag", f"hallucination, {terminal.moment(record['flagged_at'], utc, short=False)}" + (f": {record['flag_note']}" if record["flag_note"] else "") if record["flagged"] else _set_aside_text(set_aside, utc)),
             ("Notes", record["notes"]),
         ]
     )  # fmt: skip
+    for line in _skipped_lines(chosen):
+        terminal.info(line)
     if said is None:
         terminal.info('\nNo text kept for this call (store_bodies is "none", it was purged, or it said nothing).')
         return
@@ -337,6 +355,16 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
     terminal.info(said["response"] or "(no text)")
 
 
+def _set_aside_text(set_aside: dict | None, utc: bool) -> str:
+    if set_aside is None:
+        return "no"
+    return (
+        f"set aside, counted nowhere: flagged {terminal.moment(set_aside['flagged_at'], utc, short=False)}"
+        + (f" ({set_aside['note']})" if set_aside["note"] else "")
+        + ", but the call got no model answer (`meter unflag` removes it)"
+    )
+
+
 @cli.command("flag")
 @click.argument("interaction", type=INTERACTION)
 @click.option("--note", help="What was hallucinated, e.g. 'invented API'.")
@@ -347,15 +375,19 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
 def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
     """Flag an AI call as a hallucination, by ID, prefix (6+ characters) or `last`.
 
-    `last` is the last answered call of the current task's main conversation,
-    skipping small side calls (a client's title or quota requests).
+    `last` is the newest call of the main conversation of the session of the
+    current task's newest answered call (of any task with --any, or when no task
+    is current); the newer calls it skips are named, with why.
+    A call that got no model answer (HTTP 4xx or 5xx, refused by the meter, no
+    response) cannot be flagged.
     """
     with open_db(db_path, create=False) as db:
-        interaction_id = _resolve(db, interaction, any_task)
+        chosen = _resolve(db, interaction, any_task)
+        interaction_id = chosen.interaction_id
         already = interactions.flag(db, interaction_id, note)
         row = interactions.one(db, interaction_id)
     if as_json:
-        terminal.print_json({**call_record(row), "already_flagged": already})
+        terminal.print_json({**call_record(row), "already_flagged": already, "skipped": _skipped_json(chosen)})
         return
     what = (
         f"{interaction_id} was already flagged" + ("; note updated" if note is not None else "")
@@ -371,6 +403,8 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
     ]
     terminal.info("  " + "  ".join(details))
     terminal.info("  " + (call_texts.first_line(row["response"]) or "(no response text kept)"))  # fmt: skip
+    for line in _skipped_lines(chosen):
+        terminal.info(line)
 
 
 @cli.command("unflag")

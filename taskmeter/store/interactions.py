@@ -220,39 +220,108 @@ def select_ids(db: sqlite3.Connection, references: list[str] | None = None, betw
     return []
 
 
-# `flag last` looks for the main conversation among this many recent answered calls.
+# `last` picks the main conversation among this many of its session's newest answered calls.
 MAIN_CONVERSATION_WINDOW = 20
-_ANSWERED = "operation = 'generate' AND http_status BETWEEN 200 AND 299"
+_ANSWERED = "{r}.operation = 'generate' AND {r}.http_status BETWEEN 200 AND 299"
 
 
-def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str | None = None) -> str:
-    """What `last` names: the newest answered call of the main conversation (the
-    one with the most tokens among the last MAIN_CONVERSATION_WINDOW answered
-    calls) of `task_id`, or of every task when None; of `client_session` alone
-    when given. Side calls, such as a client's title or quota requests, start
-    conversations of their own and are skipped."""
-    where, params = _ANSWERED, []
+@dataclass(frozen=True)
+class LastCall:
+    """What `last` names, and the newer calls of its scope it passed over, newest
+    first, each as (interaction ID, why)."""
+
+    interaction_id: str
+    skipped: list[tuple[str, str]]
+
+
+def _scope(alias: str, task_id: str | None, client_session: str | None) -> tuple[str, list]:
+    clauses, params = [], []
     if task_id is not None:
-        where, params = f"task_id = ? AND {_ANSWERED}", [task_id]
+        clauses.append(f"{alias}.task_id = ?")
+        params.append(task_id)
     if client_session is not None:
-        where, params = f"client_session = ? AND {where}", [client_session, *params]
-    recent_calls = db.execute(
-        f"SELECT id, coalesce(conversation_id, id) AS conversation, coalesce(input_total, 0) + coalesce(output_total, 0) AS tokens"
-        f" FROM interactions WHERE {where} ORDER BY started_at DESC, id DESC LIMIT ?",
-        (*params, MAIN_CONVERSATION_WINDOW),
-    ).fetchall()
-    if not recent_calls:
+        clauses.append(f"{alias}.client_session = ?")
+        params.append(client_session)
+    # With no other clause, an open range on started_at lets SQLite walk its index newest first.
+    return " AND ".join(clauses) or f"{alias}.started_at > ''", params
+
+
+def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str | None = None) -> LastCall:
+    """What `last` names (docs/metrics.md). Among the answered calls of
+    `task_id` (of every task when None; of the client's session `client_session`
+    alone when given), take the newest one's session; in that session and task,
+    its main conversation: the one with the most tokens among the session's last
+    MAIN_CONVERSATION_WINDOW answered calls (ties: the newest); and that
+    conversation's newest call. Side calls (a client's title, topic or quota
+    requests, each a conversation of its own, mostly to a small model) and calls
+    that got no model answer are passed over, and named with why."""
+    scope, params = _scope("i", task_id, client_session)
+    newest = db.execute(
+        f"SELECT i.id, i.task_id, i.session_id FROM interactions i"
+        f" WHERE {scope} AND {_ANSWERED.format(r='i')} ORDER BY i.started_at DESC, i.id DESC LIMIT 1",
+        params,
+    ).fetchone()
+    if newest is None:
         raise NotFound(f"no answered AI call of {task_id} yet" if task_id else "no answered AI call recorded yet")
+    # A call stored with no session is a session of its own.
+    in_session = ("i.session_id = ?", newest["session_id"]) if newest["session_id"] else ("i.id = ?", newest["id"])
+    session_calls = db.execute(
+        "SELECT i.id, i.started_at, coalesce(i.conversation_id, i.id) AS conversation,"
+        " coalesce(i.input_total, 0) + coalesce(i.output_total, 0) AS tokens FROM interactions i"
+        f" WHERE {in_session[0]} AND i.task_id IS ? AND {_ANSWERED.format(r='i')}"
+        " ORDER BY i.started_at DESC, i.id DESC LIMIT ?",
+        (in_session[1], newest["task_id"], MAIN_CONVERSATION_WINDOW),
+    ).fetchall()
     tokens: dict[str, int] = {}
-    for row in recent_calls:
+    for row in session_calls:
         tokens[row["conversation"]] = tokens.get(row["conversation"], 0) + row["tokens"]
     main = max(tokens, key=tokens.get)  # ties: the conversation seen first, which is the newest
-    return next(row["id"] for row in recent_calls if row["conversation"] == main)
+    chosen = next(row for row in session_calls if row["conversation"] == main)
+    newer = db.execute(
+        "SELECT i.id, i.operation, i.model, i.http_status, i.outcome, i.blocked, coalesce(i.session_id, i.id) AS session,"
+        f" coalesce({FAILED_CALL_SQL.format(r='i')}, 0) AS failed FROM interactions i"
+        f" WHERE {scope} AND i.started_at >= ? AND (i.started_at, i.id) > (?, ?) ORDER BY i.started_at DESC, i.id DESC",
+        (*params, chosen["started_at"], chosen["started_at"], chosen["id"]),
+    ).fetchall()
+    session = newest["session_id"] or newest["id"]
+    return LastCall(chosen["id"], [(row["id"], _why_passed_over(dict(row), session)) for row in newer])
+
+
+def _why_passed_over(row: dict, session: str) -> str:
+    """Why `last` passed over a newer call of its scope."""
+    if row["operation"] != "generate":
+        return f"not a generation: {row['operation']}"
+    if row["failed"] or not (row["http_status"] is not None and 200 <= row["http_status"] < 300):
+        return f"a failed call: {no_answer_reason(row)}"
+    if row["session"] != session:
+        return "a call of another session"
+    return f"a side call: {row['model'] or '?'}, another conversation of its session"
+
+
+def no_answer_reason(row: dict) -> str:
+    """In words, why a call got no model answer: refused by the meter, an HTTP error, or no response."""
+    if row.get("blocked"):
+        return f"refused by the meter: {row['blocked']}"
+    if row["http_status"] is not None and not 200 <= row["http_status"] < 300:
+        return f"HTTP {row['http_status']}"
+    return "no response"
 
 
 def flag(db: sqlite3.Connection, interaction_id: str, note: str | None = None) -> bool:
-    """Flag an interaction as a hallucination; returns whether it was already flagged."""
+    """Flag an interaction as a hallucination; returns whether it was already
+    flagged. Only a model's answer can be one: a call that got none (a failed
+    call), or that is no generation (a token count), is refused."""
     with write_transaction(db):
+        call = db.execute(
+            f"SELECT i.*, coalesce({FAILED_CALL_SQL.format(r='i')}, 0) AS failed FROM interactions i WHERE i.id = ?",
+            (interaction_id,),
+        ).fetchone()
+        if call is not None and call["operation"] != "generate":
+            raise MeterError(f"{interaction_id} is not a generation ({call['operation']}): only an answer can be a hallucination")
+        if call is not None and call["failed"]:
+            raise MeterError(
+                f"{interaction_id} got no model answer ({no_answer_reason(dict(call))}): only an answer can be a hallucination"
+            )
         existing = db.execute("SELECT note FROM flags WHERE interaction_id = ?", (interaction_id,)).fetchone()
         if existing is None:
             db.execute(
@@ -264,21 +333,32 @@ def flag(db: sqlite3.Connection, interaction_id: str, note: str | None = None) -
     return existing is not None
 
 
+def set_aside_flag(db: sqlite3.Connection, interaction_id: str) -> dict | None:
+    """The flag a call got before flags on failed calls were refused, which
+    migration m017 set aside: kept, counted nowhere."""
+    row = db.execute(
+        "SELECT note, flagged_at, set_aside_at FROM failed_call_flags WHERE interaction_id = ?", (interaction_id,)
+    ).fetchone()
+    return dict(row) if row else None
+
+
 def unflag(db: sqlite3.Connection, reference: str) -> str:
     with write_transaction(db):
         interaction_id = resolve_id(db, reference)
         deleted = db.execute("DELETE FROM flags WHERE interaction_id = ?", (interaction_id,)).rowcount
+        deleted += db.execute("DELETE FROM failed_call_flags WHERE interaction_id = ?", (interaction_id,)).rowcount
         if not deleted:
             raise MeterError(f"interaction {interaction_id} is not flagged")
     return interaction_id
 
 
-# A call that never reached a model: no response, 429 or 5xx, and no usage stated.
-# (Migration m004 keeps its own frozen copy of this rule for the rollup.)
+# A failed call: a generation call that got no model answer and stated no usage:
+# no response came (outcome 'failed', the meter's own refusals included), or the
+# answer was an HTTP error, 4xx or 5xx. Not an AI interaction (docs/metrics.md).
+# The one rule; the rollups' triggers keep a frozen copy (migration m017).
 # `{r}` is the interactions table's name or alias in the query.
 FAILED_CALL_SQL = (
-    "({r}.operation = 'generate' AND {r}.input_total IS NULL"
-    " AND ({r}.outcome = 'failed' OR {r}.http_status = 429 OR {r}.http_status >= 500))"
+    "({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status >= 400))"
 )
 
 
@@ -330,8 +410,8 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-_CALLS = """
-    SELECT i.rowid, i.*, f.flagged_at, f.note AS flag_note, t.response
+_CALLS = f"""
+    SELECT i.rowid, i.*, coalesce({FAILED_CALL_SQL.format(r="i")}, 0) AS failed, f.flagged_at, f.note AS flag_note, t.response
     FROM interactions i
     LEFT JOIN flags f ON f.interaction_id = i.id
     LEFT JOIN call_texts t ON t.interaction_id = i.id

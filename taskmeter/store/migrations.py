@@ -1169,6 +1169,121 @@ def migrate(db: sqlite3.Connection) -> list[str]:
 
 
 @migration
+def m017_failed_calls_one_rule(db: sqlite3.Connection) -> None:
+    """A failed call is one that got no model answer: no response, or any HTTP
+    error, 4xx as well as 429 and 5xx (a 400 or 401 ran no model either). The
+    rollups' failed-call triggers (m004's on task_usage, m011's on usage_quarters)
+    are made again with that rule, and both rollups' counts rebuilt from
+    `interactions`. A hallucination flag on a failed call judges no answer: such
+    flags move to failed_call_flags, kept and shown but counted nowhere; leaving
+    `flags` takes them out of every rollup through the flags' own triggers."""
+    # The rule of store/interactions.py FAILED_CALL_SQL, frozen here; NULL (no status) is not failed.
+    failed = "coalesce(({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status >= 400)), 0)"
+    run_script(
+        db,
+        f"""
+        CREATE TABLE failed_call_flags (
+            interaction_id TEXT PRIMARY KEY REFERENCES interactions(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            note TEXT,
+            flagged_at TEXT NOT NULL,
+            set_aside_at TEXT NOT NULL
+        );
+        INSERT INTO failed_call_flags (interaction_id, kind, note, flagged_at, set_aside_at)
+            SELECT f.interaction_id, f.kind, f.note, f.flagged_at, '{now_stored()}'
+            FROM flags f JOIN interactions i ON i.id = f.interaction_id WHERE {failed.format(r="i")};
+        DELETE FROM flags WHERE interaction_id IN (SELECT interaction_id FROM failed_call_flags);
+
+        DROP TRIGGER task_usage_failed_insert;
+        DROP TRIGGER task_usage_failed_update;
+        DROP TRIGGER task_usage_failed_delete;
+        CREATE TRIGGER task_usage_failed_insert AFTER INSERT ON interactions WHEN {failed.format(r="NEW")}
+        BEGIN
+            INSERT INTO task_usage (task_key, interactions, failed_calls) VALUES (coalesce(NEW.task_id, ''), -1, 1)
+            ON CONFLICT(task_key) DO UPDATE SET interactions = interactions - 1, failed_calls = failed_calls + 1;
+        END;
+        CREATE TRIGGER task_usage_failed_update AFTER UPDATE OF task_id, operation, input_total, outcome, http_status ON interactions
+        BEGIN
+            UPDATE task_usage SET interactions = interactions + 1, failed_calls = failed_calls - 1
+            WHERE task_key = coalesce(OLD.task_id, '') AND {failed.format(r="OLD")};
+            INSERT INTO task_usage (task_key, interactions, failed_calls)
+            SELECT coalesce(NEW.task_id, ''), -1, 1 WHERE {failed.format(r="NEW")}
+            ON CONFLICT(task_key) DO UPDATE SET interactions = interactions - 1, failed_calls = failed_calls + 1;
+        END;
+        CREATE TRIGGER task_usage_failed_delete BEFORE DELETE ON interactions WHEN {failed.format(r="OLD")}
+        BEGIN
+            UPDATE task_usage SET interactions = interactions + 1, failed_calls = failed_calls - 1
+            WHERE task_key = coalesce(OLD.task_id, '');
+        END;
+
+        UPDATE task_usage SET
+            failed_calls = (SELECT count(*) FROM interactions i WHERE i.task_id IS nullif(task_key, '') AND {failed.format(r="i")}),
+            interactions = (SELECT count(*) FROM interactions i WHERE i.task_id IS nullif(task_key, '')
+                AND i.operation = 'generate' AND NOT {failed.format(r="i")}),
+            flagged = (SELECT count(*) FROM flags f JOIN interactions i ON i.id = f.interaction_id
+                WHERE i.task_id IS nullif(task_key, '') AND i.operation = 'generate');
+        """,
+    )
+    _m017_usage_quarters(db, failed)
+
+
+def _m017_usage_quarters(db: sqlite3.Connection, failed: str) -> None:
+    """m011's usage_quarters triggers with m017's failed-call rule, and the table
+    refilled from `interactions` as those triggers would have filled it."""
+    quarter = (
+        "substr({r}.started_at, 1, 14) || CASE WHEN substr({r}.started_at, 15, 2) < '15' THEN '00'"
+        " WHEN substr({r}.started_at, 15, 2) < '30' THEN '15' WHEN substr({r}.started_at, 15, 2) < '45' THEN '30' ELSE '45' END"
+    )
+    counted = ["input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd"]
+    sums = ["ai_interactions", "failed_calls", *(f"{c}, {c}_calls" for c in counted), "priced", "flagged"]
+
+    def add(r: str, sign: str, flag_too: bool = True) -> str:
+        flagged = f"EXISTS (SELECT 1 FROM flags WHERE interaction_id = {r}.id)" if flag_too else "0"
+        values = [
+            f"{sign}(NOT {failed.format(r=r)})",
+            f"{sign}({failed.format(r=r)})",
+            *(f"{sign}coalesce({r}.{c}, 0), {sign}({r}.{c} IS NOT NULL)" for c in counted),
+            f"{sign}({r}.cost_usd IS NOT NULL AND NOT {failed.format(r=r)})",
+            f"{sign}({flagged})",
+        ]
+        updates = ", ".join(f"{c} = {c} + excluded.{c}" for group in sums for c in group.split(", "))
+        return f"""
+            INSERT INTO usage_quarters (quarter, model, task_key, {", ".join(sums)})
+            SELECT {quarter.format(r=r)}, coalesce({r}.model, '?'), coalesce({r}.task_id, ''), {", ".join(values)}
+            WHERE {r}.operation = 'generate'
+            ON CONFLICT(quarter, model, task_key) DO UPDATE SET {updates};"""
+
+    totals = ", ".join(f"sum(coalesce(i.{c}, 0)), sum(i.{c} IS NOT NULL)" for c in counted)
+    run_script(
+        db,
+        f"""
+        DROP TRIGGER usage_quarters_insert;
+        DROP TRIGGER usage_quarters_update;
+        DROP TRIGGER usage_quarters_delete;
+        CREATE TRIGGER usage_quarters_insert AFTER INSERT ON interactions WHEN NEW.operation = 'generate'
+        BEGIN {add("NEW", "+", flag_too=False)}
+        END;
+        CREATE TRIGGER usage_quarters_update AFTER UPDATE OF task_id, model, started_at, operation, input_total, cache_read,
+            cache_write, output_total, reasoning, cost_usd, outcome, http_status ON interactions
+        BEGIN {add("OLD", "-")} {add("NEW", "+")}
+        END;
+        CREATE TRIGGER usage_quarters_delete BEFORE DELETE ON interactions
+        BEGIN {add("OLD", "-", flag_too=False)}
+        END;
+
+        DELETE FROM usage_quarters;
+        INSERT INTO usage_quarters (quarter, model, task_key, {", ".join(sums)})
+        SELECT {quarter.format(r="i")}, coalesce(i.model, '?'), coalesce(i.task_id, ''),
+            sum(NOT {failed.format(r="i")}), sum({failed.format(r="i")}), {totals},
+            sum(i.cost_usd IS NOT NULL AND NOT {failed.format(r="i")}), count(f.interaction_id)
+        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+        WHERE i.operation = 'generate'
+        GROUP BY 1, 2, 3;
+        """,
+    )
+
+
+@migration
 def m019_phase_marks(db: sqlite3.Connection) -> None:
     """Every phase milestone a person marked with `meter phase --mark`, and whether
     the mark confirmed the time the meter had derived or seen (docs/tracking-pattern.md)."""
