@@ -9,7 +9,9 @@ proxy`, the official SDKs and the real CLI, against the loopback fake upstream."
 import json
 import sqlite3
 import subprocess
+import time
 import uuid
+from types import SimpleNamespace
 
 import anthropic
 import httpx
@@ -25,6 +27,7 @@ from taskmeter.store.interactions import Interaction
 from tests.conftest import dump
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
+from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.test_dashboard import RunningDashboard
 
@@ -84,6 +87,27 @@ def _error(status: int, message: str) -> Scenario:
 def _stored(proxy: RunningProxy, count: int) -> list[dict]:
     rows = proxy.rows(wait_for=count)
     assert len(rows) == count, f"{len(rows)} calls stored, {count} expected"
+    return rows
+
+
+class _ProbeMeter:
+    """`meter` as tests/guard_probe.py's Probe calls it."""
+
+    def __init__(self, proxy: RunningProxy) -> None:
+        self._proxy = proxy
+
+    def __call__(self, *args: str) -> SimpleNamespace:
+        done = meter(self._proxy, *args)
+        return SimpleNamespace(code=done.returncode, err=done.stderr)
+
+
+def _calls_of(proxy: RunningProxy, task_id: str, count: int) -> list[dict]:
+    """The stored calls of `task_id` (not the probe's), once there are `count`."""
+    deadline = time.monotonic() + 10
+    while len(rows := [row for row in proxy.rows(wait_for=0) if row["task_id"] == task_id]) < count:
+        assert time.monotonic() < deadline, f"{len(rows)} calls of {task_id} stored, {count} expected"
+        time.sleep(0.05)
+    assert len(rows) == count
     return rows
 
 
@@ -253,12 +277,16 @@ def test_a_call_the_meter_refused_cannot_be_flagged(proxy, upstream):
     assert meter(proxy, "task", "P7-004", "--budget", "10", "--on-exceeded", "block").returncode == 0
     chat = openai.OpenAI(base_url=f"{proxy.origin}/openai/v1", api_key="sk-test", max_retries=0)
     upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_cached_tokens"].body)
+    upstream.routes[EMBEDDINGS] = Scenario(body=b"{}")
+    probe = Probe(proxy, _ProbeMeter(proxy))
     chat.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])  # spends the budget
-    _stored(proxy, 1)
+    _calls_of(proxy, "P7-004", 1)
+    probe.proxy_knows()  # the proxy has the state worked out after that call was stored
     with pytest.raises(openai.RateLimitError) as refused:
         chat.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "again"}])
     refused_id = refused.value.response.headers["x-meter-interaction-id"]
-    assert _stored(proxy, 2)[-1]["blocked"] == "budget" and len(upstream.received) == 1
+    assert _calls_of(proxy, "P7-004", 2)[-1]["blocked"] == "budget"
+    assert sum(1 for received in upstream.received if received.path == CHAT) == 1
     proxy.stop()  # its heartbeat would change the dump
     before = dump(proxy.db_path)
     flagged = meter(proxy, "flag", refused_id)
