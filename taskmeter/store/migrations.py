@@ -1120,6 +1120,37 @@ def m016_conversation_roots(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m018_estimate_and_approval_history(db: sqlite3.Connection) -> None:
+    """Every estimate of a task, so ESTIMATED_DURATION stays the first (what was
+    projected) when it is re-estimated, and the approvals `meter task ID --reopen`
+    withdrew (docs/metrics.md). A task estimated before this keeps its estimate in
+    force as its first: an earlier one was overwritten and is not known."""
+    run_script(
+        db,
+        """
+        CREATE TABLE task_estimates (
+            id INTEGER PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+            estimate_seconds INTEGER,  -- NULL: unset
+            set_at TEXT NOT NULL
+        );
+        CREATE INDEX task_estimates_task ON task_estimates(task_id, id);
+        INSERT INTO task_estimates (task_id, estimate_seconds, set_at)
+        SELECT id, estimate_seconds, created_at FROM tasks WHERE estimate_seconds IS NOT NULL;
+
+        CREATE TABLE task_approvals (
+            id INTEGER PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+            approved_at TEXT NOT NULL,
+            reopened_at TEXT NOT NULL,
+            note TEXT
+        );
+        CREATE INDEX task_approvals_task ON task_approvals(task_id, id);
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
