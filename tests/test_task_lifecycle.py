@@ -21,6 +21,7 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.gitrepo import eventually, git, task_row
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.test_pytest_plugin import project_venv, pytest_run
 
 CHAT = "/v1/chat/completions"
 CHAT_TOKENS = 1502  # the recorded answer's prompt + completion tokens
@@ -180,7 +181,9 @@ def test_merge_moves_calls_events_commits_and_the_time_it_was_current(meter, db,
     ok(meter("task", "P1-01O", "--budget", "10k"))
     ok(meter("set-task", "P1-010"))
     chat(proxy, first="a")
-    assert len(proxy.rows(wait_for=4)) == 4
+    rows = proxy.rows(wait_for=4)
+    assert len(rows) == 4
+    ok(meter("flag", rows[1]["id"], "--note", "invented"))  # the typo task's first call: the second is rework
 
     err = refused(meter, db_path, "task", "P1-01O", "--delete")
     assert "P1-01O has 2 calls: give --move-calls-to TASK" in err
@@ -202,11 +205,41 @@ def test_merge_moves_calls_events_commits_and_the_time_it_was_current(meter, db,
     report = json.loads(ok(meter("task", "P1-010", "--json")).out)
     assert report["ai_interactions"] == 4 and report["token_count_used"] == 4 * CHAT_TOKENS
     assert report["iterations_count"] == 2 and report["initial_completion_timestamp"] is not None
+    assert (report["hallucination_count"], report["rework_interactions"], report["rework_tokens"]) == (1, 1, CHAT_TOKENS)
     assert report["estimated_duration"] == 3600  # P1-010's own fields stay
     switches = db.execute("SELECT task_id, previous_task_id FROM task_events WHERE kind = 'switch'").fetchall()
     assert [tuple(row) for row in switches] == [("P1-010", None)]  # current all along: no switch, no context switch
     conversations = {row[0] for row in db.execute("SELECT conversation_id FROM interactions")}
     assert len(conversations) == 2  # "a" and "b", each scoped to P1-010 now
+
+
+def test_merge_moves_commits_and_test_runs_with_the_milestones_they_set(meter, db, repo, db_path):
+    project_venv(repo)
+    ok(meter("hooks", "install", "--repo", str(repo)))
+    ok(meter("set-task", "P1-010"))
+    ok(meter("set-task", "P1-01O", "--create"))
+    git(repo, "checkout", "-q", "-b", "work")  # a branch that names no task: the current one's work
+    (repo / "calc.py").write_text('"""Arithmetic."""\n\n\ndef add(a, b):\n    """The sum."""\n    return a + b\n')
+    (repo / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "calc")
+    assert pytest_run(repo).returncode == 0
+    typo = eventually(lambda: (t := task_row(db_path, "P1-01O")) and t["tests_completion_at"] and t)
+    assert "has 1 commit, 1 test run" in refused(meter, db_path, "task", "P1-01O", "--delete")
+
+    line = ok(meter("task", "P1-01O", "--merge-into", "P1-010")).out
+    assert "1 commit, 1 test run moved to P1-010" in line and "P1-010 took its initial, tests" in line
+    assert [tuple(r) for r in db.execute("SELECT task_id FROM commits UNION ALL SELECT task_id FROM test_runs")] == [
+        ("P1-010",),
+        ("P1-010",),
+    ]
+    task = task_row(db_path, "P1-010")
+    assert (task["initial_completion_at"], task["tests_completion_at"]) == (
+        typo["initial_completion_at"],
+        typo["tests_completion_at"],
+    )
+    sources = [row[0] for row in db.execute("SELECT DISTINCT task_id FROM automatic_marks WHERE task_id IS NOT NULL")]
+    assert sources == ["P1-010"]  # the marks behind the milestones taken came along
 
 
 def test_delete_moves_calls_only_when_told_and_takes_an_empty_phase_along(meter, db, db_path, proxy):
