@@ -134,6 +134,7 @@ def first_estimate(history: TaskHistory) -> int | None:
     it was re-estimated since; none while its estimate is unset."""
     if history.task["estimate_seconds"] is None:
         return None
+    # The estimate in force stands in where no history was kept (a table rebuilt without m018's triggers).
     return next((seconds for _, seconds in history.estimates if seconds is not None), history.task["estimate_seconds"])
 
 

@@ -1139,6 +1139,19 @@ def m018_estimate_and_approval_history(db: sqlite3.Connection) -> None:
         INSERT INTO task_estimates (task_id, estimate_seconds, set_at)
         SELECT id, estimate_seconds, created_at FROM tasks WHERE estimate_seconds IS NOT NULL;
 
+        -- Whatever writes an estimate, its history follows (set_at in the stored form).
+        CREATE TRIGGER task_estimates_insert AFTER INSERT ON tasks WHEN NEW.estimate_seconds IS NOT NULL
+        BEGIN
+            INSERT INTO task_estimates (task_id, estimate_seconds, set_at)
+            VALUES (NEW.id, NEW.estimate_seconds, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'));
+        END;
+        CREATE TRIGGER task_estimates_update AFTER UPDATE OF estimate_seconds ON tasks
+            WHEN NEW.estimate_seconds IS NOT OLD.estimate_seconds
+        BEGIN
+            INSERT INTO task_estimates (task_id, estimate_seconds, set_at)
+            VALUES (NEW.id, NEW.estimate_seconds, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'));
+        END;
+
         CREATE TABLE task_approvals (
             id INTEGER PRIMARY KEY,
             task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,

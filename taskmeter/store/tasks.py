@@ -244,11 +244,7 @@ def set_task(
                 "INSERT INTO tasks (id, phase_id, title, estimate_seconds, created_at) VALUES (?, ?, ?, ?, ?)",
                 (task_id, phase_id, title, estimate_seconds, at),
             )
-            if estimate_seconds is not None:
-                _record_estimate(db, task_id, estimate_seconds, at)
         else:
-            if estimate_seconds is not None and estimate_seconds != existing["estimate_seconds"]:
-                _record_estimate(db, existing["id"], estimate_seconds, at)
             task_id = existing["id"]
             updates = {"title": title, "estimate_seconds": estimate_seconds}
             if phase_id != existing["phase_id"] and phase_id != infer_phase(task_id):
@@ -314,18 +310,12 @@ def update_task(db: sqlite3.Connection, task_id: str, values: dict, phase_id: st
             phase_id = validate_phase_id(phase_id)
             _ensure_phase(db, phase_id, to_stored(now()))
             values = {**values, "phase_id": phase_id}
-        if "estimate_seconds" in values and values["estimate_seconds"] != task["estimate_seconds"]:
-            _record_estimate(db, task["id"], values["estimate_seconds"], now_stored())
         _update(db, "tasks", task["id"], values)
 
 
-def _record_estimate(db: sqlite3.Connection, task_id: str, seconds: int | None, at: str) -> None:
-    """Keep every estimate (None: unset): ESTIMATED_DURATION is the first, what was projected."""
-    db.execute("INSERT INTO task_estimates (task_id, estimate_seconds, set_at) VALUES (?, ?, ?)", (task_id, seconds, at))
-
-
 def estimate_histories(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, list[tuple[str, int | None]]]:
-    """Per task, its estimates as (set at, seconds) in the order they were set; None: unset."""
+    """Per task, its estimates as (set at, seconds) in the order they were set; None: unset.
+    Triggers keep them, whatever writes `tasks.estimate_seconds` (m018)."""
     history: dict[str, list[tuple[str, int | None]]] = {task_id: [] for task_id in task_ids}
     placeholders = ", ".join("?" for _ in task_ids)
     for row in db.execute(
