@@ -130,16 +130,15 @@ def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
 @click.option("--reopen", is_flag=True, help="Withdraw its approval: working time resumes; the approval stays in history.")
 @json_option
 @db_option
-def task_cmd(
-    task_id, phase, budget_amounts, on_exceeded, unset, delete, move_calls_to, merge_into, reopen, as_json, db_path, **options
-):
+def task_cmd(task_id, phase, budget_amounts, on_exceeded, unset, as_json, db_path, **options):
     """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically."""
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import task_report
 
-    if delete or move_calls_to or merge_into or reopen:
+    lifecycle = {name: options.pop(name) for name in ("delete", "move_calls_to", "merge_into", "reopen")}
+    if any(lifecycle.values()):
         edits = phase or budget_amounts or on_exceeded or unset or any(value is not None for value in options.values())
-        _task_lifecycle(task_id, delete, move_calls_to, merge_into, reopen, edits, as_json, db_path)
+        _task_lifecycle(task_id, **lifecycle, edits=edits, as_json=as_json, db_path=db_path)
         return
     with open_db(db_path) as db:
         task = tasks.get_task(db, task_id.strip())
@@ -235,6 +234,7 @@ def mark_cmd(milestone, task_id, at, force, note, db_path):
 
 def _branch_task() -> str | None:
     """The task this directory's branch names, where the git hooks are installed: the next current task on approval."""
+    import subprocess
     from pathlib import Path
 
     from taskmeter.automation import git
@@ -244,7 +244,7 @@ def _branch_task() -> str | None:
         if not git.installed(Path.cwd()):
             return None
         return git.task_of_branch(git.current_branch(Path.cwd()), load_settings().automation.branch_pattern)
-    except (MeterError, OSError):
+    except (MeterError, OSError, subprocess.SubprocessError):
         return None
 
 
