@@ -102,7 +102,7 @@ def test_a_new_id_near_an_existing_one_or_in_a_strange_phase_needs_create(meter,
     ok(meter("set-task", "P1-001"))  # the first task of an empty database
     ok(meter("set-task", "P1-002"))  # one edit from P1-001, but the next of P1's numbering
     ok(meter("set-task", "P2-001"))  # the next phase in the same naming
-    ok(meter("set-task", "P3.5-001"))  # a phase in the same naming, between two others
+    ok(meter("set-task", "P3.5-001"))  # a new phase in the same naming, not the next number
     err = refused(meter, db_path, "set-task", "P1-00O")
     assert "P1-00O is a new task ID within one edit of P1-001, P1-002" in err and "--create" in err
     assert "one edit of P1-001" in refused(meter, db_path, "set-task", "P1-0001")  # a zero too many
@@ -118,9 +118,7 @@ def test_a_new_id_near_an_existing_one_or_in_a_strange_phase_needs_create(meter,
     assert {row[0] for row in db.execute("SELECT id FROM phases")} == {"P1", "P2", "P3.5"}
 
 
-def test_run_refuses_a_near_typo_before_its_command_starts_and_the_proxy_records_any_task(
-    meter, db, db_path, proxy, tmp_path, upstream
-):
+def test_run_refuses_a_near_typo_before_its_command_starts_and_the_proxy_records_any_task(meter, db, db_path, proxy, tmp_path):
     ok(meter("set-task", "P1-010"))
     chat(proxy)
     proxy.rows(wait_for=1)
@@ -170,7 +168,7 @@ def test_a_branch_naming_a_near_typo_creates_no_task_and_says_why(meter, db, rep
 # ------------------------------------------------------------ delete and merge
 
 
-def test_merge_moves_calls_events_commits_and_the_time_it_was_current(meter, db, db_path, proxy):
+def test_merge_moves_calls_flags_events_and_the_time_it_was_current(meter, db, db_path, proxy):
     ok(meter("set-task", "P1-010", "--estimate", "1h"))
     chat(proxy, first="a")
     ok(meter("set-task", "P1-01O", "--create"))  # the typo, current for a while
