@@ -185,7 +185,9 @@ def _line(db: sqlite3.Connection, claude: dict) -> str:
             scope = f"phase {bound['target']} " if bound["scope"] == "phase" else ""
             parts.append(f"{scope}budget {share * 100:.0f}%" + ("!" if share >= 1 else ""))
     else:
-        parts.append("no task")
+        # Why none is, when the meter cleared it: `no task (P1-010 approved)`.
+        cleared = db.execute("SELECT note FROM task_events WHERE kind = 'switch' ORDER BY at DESC, id DESC LIMIT 1").fetchone()
+        parts.append(f"no task ({cleared['note']})" if cleared and cleared["note"] else "no task")
     open_alerts = db.execute("SELECT count(*) FROM alerts WHERE cleared_at IS NULL").fetchone()[0]
     if open_alerts:
         parts.append(f"⚠ {open_alerts} alert{'s' if open_alerts > 1 else ''}")

@@ -7,7 +7,7 @@ import httpx
 
 from tests.proxy_harness import RunningProxy
 
-PROBE_TASK = "ZZ-001"
+PROBE_TASK = "P99-001"  # in the tests' own phase naming, so their first P1-… task needs no --create
 EMBEDDINGS = "/v1/embeddings"  # the probe's call: give the fake upstream a route for it that reports no usage
 
 

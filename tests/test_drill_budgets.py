@@ -94,7 +94,7 @@ def test_sequential_calls_stop_at_the_first_call_after_the_crossing_one(tmp_path
     proxy = start_proxy(tmp_path, upstream)
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "D1-001")
+        _meter(meter, "set-task", "D1-001", "--create")
         _meter(meter, "task", "D1-001", "--budget", str(CALL_TOKENS * 5 // 2), "--on-exceeded", "block")
         probe.proxy_knows()
         client = _chat(proxy)
@@ -116,7 +116,7 @@ def test_a_burst_of_20_concurrent_calls_past_the_limit_is_refused(tmp_path, upst
     proxy = start_proxy(tmp_path, upstream)
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "D2-001")
+        _meter(meter, "set-task", "D2-001", "--create")
         _meter(meter, "task", "D2-001", "--budget", str(CALL_TOKENS * 7 // 2), "--on-exceeded", "block")
         probe.proxy_knows()
         assert _outcome(_chat(proxy)) == "answered"
@@ -141,7 +141,8 @@ def test_a_spent_phase_refuses_its_tasks_the_proxy_never_saw(tmp_path, upstream,
     proxy = start_proxy(tmp_path, upstream)
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "D3-NEW-CURRENT")  # current; no call of it ever reaches the proxy before the budget is spent
+        # current; no call of it ever reaches the proxy before the budget is spent
+        _meter(meter, "set-task", "D3-NEW-CURRENT", "--create")
         _meter(meter, "phase", "D3", "--budget", str(CALL_TOKENS * 5 // 2), "--on-exceeded", "block")
         probe.proxy_knows()
         by_path, by_header = _chat(proxy, "/t/D3-001"), _chat(proxy, **{"x-meter-task": "D3-002"})
@@ -171,7 +172,7 @@ def test_a_loop_block_refuses_only_the_task_and_client_that_looped(tmp_path, ups
     proxy = start_proxy(tmp_path, upstream, '\n[alerts]\nloop_calls = 3\nloop_minutes = 5\non_loop = "block"\n')
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "D5-001")
+        _meter(meter, "set-task", "D5-001", "--create")
         looping = _chat(proxy, **{"user-agent": "agent-a/1.0"})
         assert [_outcome(looping) for _ in range(3)] == ["answered"] * 3
         _stored_calls(proxy, 3)

@@ -82,7 +82,7 @@ def test_a_spent_budget_refuses_the_next_create_on_an_open_socket(tmp_path, upst
     proxy = start_proxy(tmp_path, upstreams)
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "W1-001")
+        _meter(meter, "set-task", "W1-001", "--create")
         _meter(meter, "task", "W1-001", "--budget", str(CALL_TOKENS * 5 // 2), "--on-exceeded", "block")
         probe.proxy_knows()
         with connect(f"ws://{proxy.address}/ws/v1/responses") as ws:
@@ -125,7 +125,7 @@ def test_a_burst_of_creates_on_several_sockets_overshoots_by_at_most_the_respons
     proxy = start_proxy(tmp_path, upstreams)
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "W2-001")
+        _meter(meter, "set-task", "W2-001", "--create")
         _meter(meter, "task", "W2-001", "--budget", str(CALL_TOKENS * 7 // 2), "--on-exceeded", "block")
         probe.proxy_knows()
         with connect(f"ws://{proxy.address}/ws/v1/responses") as ws:
@@ -163,7 +163,7 @@ def test_a_loop_block_refuses_the_looping_clients_create(tmp_path, upstreams, me
     proxy = start_proxy(tmp_path, upstreams, '\n[alerts]\nloop_calls = 3\nloop_minutes = 5\non_loop = "block"\n')
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "W3-001")
+        _meter(meter, "set-task", "W3-001", "--create")
         url = f"ws://{proxy.address}/ws/v1/responses"
         with connect(url, user_agent_header="agent-a/1.0") as looping:
             for n in range(3):
@@ -201,7 +201,7 @@ def test_a_create_beside_its_sockets_own_response_in_flight_is_not_held_behind_i
     proxy = start_proxy(tmp_path, upstreams)
     try:
         probe = Probe(proxy, meter)
-        _meter(meter, "set-task", "W4-001")
+        _meter(meter, "set-task", "W4-001", "--create")
         _meter(meter, "task", "W4-001", "--budget", str(CALL_TOKENS * 9 // 5), "--on-exceeded", "block")
         probe.proxy_knows()
         with connect(f"ws://{proxy.address}/ws/v1/responses") as ws:

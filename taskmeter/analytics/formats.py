@@ -176,6 +176,7 @@ def _beyond(fields: dict) -> list[str]:
             for name, value in fields["stage_durations"].items()
         )
         lines.append(f"STAGE_DURATIONS:   {stages}")
+        lines.extend(_history_lines(fields))
         after = fields["after_approval"]
         if after and after["ai_interactions"]:
             lines.append(
@@ -190,6 +191,22 @@ def _beyond(fields: dict) -> list[str]:
             )
     if "context_switches_total" in fields:
         lines.append(f"CONTEXT_SWITCHES:  {fields['context_switches_total']}")
+    return lines
+
+
+def _history_lines(fields: dict) -> list[str]:
+    """A re-estimated task's latest estimate (ESTIMATED_DURATION is its first), and a
+    reopened task's approvals."""
+    lines = []
+    if fields["estimate_latest"] is not None and fields["estimate_latest"] != fields["estimated_duration"]:
+        steps = " -> ".join(format_duration(e["estimate_seconds"]) or "unset" for e in fields["estimates"])
+        lines.append(f"ESTIMATE_LATEST:   {_hours(fields['estimate_latest'])} (estimates in order: {steps})")
+    if any(approval["reopened_at"] for approval in fields["approvals"]):
+        approvals = [
+            f"{display(a['approved_at'])} " + (f"(reopened {display(a['reopened_at'])})" if a["reopened_at"] else "(in force)")
+            for a in fields["approvals"]
+        ]
+        lines.append(f"APPROVALS:         {'; '.join(approvals)}")
     return lines
 
 

@@ -6,7 +6,7 @@ import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from taskmeter.store.tasks import get_phase, get_task, iterations_of, natural_key
+from taskmeter.store.tasks import approval_histories, estimate_histories, get_phase, get_task, iterations_of, natural_key
 
 # Each summed column and the count of calls that stated it: a sum no call stated is missing.
 STATED_BY = {
@@ -38,6 +38,8 @@ class TaskHistory:
     activity_minutes: list[str] = field(default_factory=list)  # `YYYY-MM-DDTHH:MM` with an AI call of the task
     events: list[str] = field(default_factory=list)  # its milestones, iterations and commits
     after_approval: tuple[int, int | None] = (0, None)  # AI calls and tokens after its final approval
+    estimates: list[tuple[str, int | None]] = field(default_factory=list)  # (set at, seconds; None: unset), in order
+    withdrawn_approvals: list[tuple[str, str]] = field(default_factory=list)  # (approved at, reopened at)
 
 
 @dataclass
@@ -105,8 +107,20 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
     if not ids:
         return []
     usage, iterations, rework = usages(db, ids), iterations_of(db, ids), _rework(db, ids)
+    estimates, approvals = estimate_histories(db, ids), approval_histories(db, ids)
     if not working_time:
-        return [TaskHistory(row, iterations[row["id"]], usage[row["id"]], [], *rework[row["id"]]) for row in task_rows]
+        return [
+            TaskHistory(
+                row,
+                iterations[row["id"]],
+                usage[row["id"]],
+                [],
+                *rework[row["id"]],
+                estimates=estimates[row["id"]],
+                withdrawn_approvals=approvals[row["id"]],
+            )
+            for row in task_rows
+        ]
     current = current_intervals(db)
     minutes: dict[str, list[str]] = defaultdict(list)
     for row in db.execute(f"SELECT task_id, minute FROM task_activity WHERE task_id IN ({_placeholders(ids)})", ids):
@@ -128,6 +142,8 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
             activity_minutes=minutes[row["id"]],
             events=events[row["id"]],
             after_approval=_after_approval(db, row),
+            estimates=estimates[row["id"]],
+            withdrawn_approvals=approvals[row["id"]],
         )
         for row in task_rows
     ]

@@ -130,6 +130,15 @@ def _end_of(task: dict, now: str) -> str:
     return task["final_approval_at"] or now
 
 
+def first_estimate(history: TaskHistory) -> int | None:
+    """ESTIMATED_DURATION: the task's first estimate, what was projected, however often
+    it was re-estimated since; none while its estimate is unset."""
+    if history.task["estimate_seconds"] is None:
+        return None
+    # The estimate in force stands in where no history was kept (a table rebuilt without m018's triggers).
+    return next((seconds for _, seconds in history.estimates if seconds is not None), history.task["estimate_seconds"])
+
+
 def _seconds(stored: str) -> float:
     return from_stored(stored).timestamp()
 
@@ -166,7 +175,7 @@ def task_fields(
     if spans is None:
         spans = task_spans(history, now, idle_seconds)
     actual = worktime.total(spans) if task["begin_at"] else None
-    estimate = task["estimate_seconds"]
+    estimate = first_estimate(history)
     tokens = _tokens(usage)["total"]
     fields = {
         "task_id": task["id"],
@@ -180,7 +189,12 @@ def task_fields(
         "tests_completion_timestamp": task["tests_completion_at"],
         "validation_timestamp": task["validation_at"],
         "final_approval_timestamp": task["final_approval_at"],
+        # Every approval, oldest first: those `meter task --reopen` withdrew, then the one in force.
+        "approvals": [{"approved_at": a, "reopened_at": r} for a, r in history.withdrawn_approvals]
+        + ([{"approved_at": task["final_approval_at"], "reopened_at": None}] if task["final_approval_at"] else []),
         "estimated_duration": estimate,
+        "estimate_latest": task["estimate_seconds"],
+        "estimates": [{"set_at": at, "estimate_seconds": seconds} for at, seconds in history.estimates],
         "actual_duration": actual,
         "actual_duration_is_elapsed_so_far": actual is not None and task["final_approval_at"] is None,
         "variance": actual - estimate if actual is not None and estimate else None,

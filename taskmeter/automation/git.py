@@ -169,9 +169,21 @@ def current_branch(repo: Path) -> str | None:
         return None  # detached HEAD
 
 
+def branch_task(db, branch: str | None, pattern: str) -> str | None:
+    """The task `branch` names, unless it is a new ID that `meter set-task` would make
+    only with --create (a near-typo): a branch never creates such a task silently;
+    hooks.log says why it was passed over."""
+    task_id = task_of_branch(branch, pattern)
+    refusal = task_id and tasks.creation_refusal(db, task_id)
+    if refusal:
+        log.warning("meter: branch %s names no task: %s; `meter set-task %s --create` makes it", branch, refusal, task_id)
+        return None
+    return task_id
+
+
 def task_of_work(db, branch: str | None, pattern: str) -> str | None:
     """The task work on `branch` belongs to: the branch's, else the current task."""
-    task_id = task_of_branch(branch, pattern)
+    task_id = branch_task(db, branch, pattern)
     if task_id is None:
         current = tasks.current_task(db)
         task_id = current.task_id if current else None
@@ -186,10 +198,10 @@ def task_of_repository(db, repo: Path, pattern: str) -> str | None:
 def on_checkout(db, repo: Path, flag: str, branch: str | None, pattern: str, main: str) -> None:
     """`branch`: the one the hook saw checked out (None: a detached HEAD)."""
     if flag == "1":  # a branch checkout, not a file checkout
-        task_id = task_of_branch(branch, pattern)
+        task_id = branch_task(db, branch, pattern)
         if task_id:
-            tasks.set_task(db, task_id)
-    approve_merged(db, repo, main)
+            tasks.set_task(db, task_id, create=True)  # branch_task applied the typo rule
+    approve_merged(db, repo, main, pattern)
 
 
 def on_commit(db, repo: Path, sha: str, branch: str | None, pattern: str) -> None:
@@ -331,8 +343,10 @@ def docstring_coverage(repo: Path, files: list[Path]) -> float | None:
     return round(100.0 * documented / total, 1) if total else None
 
 
-def approve_merged(db, repo: Path, main: str) -> None:
-    """FINAL_APPROVAL for each open task whose last commit here is in `main`."""
+def approve_merged(db, repo: Path, main: str, pattern: str | None = None) -> None:
+    """FINAL_APPROVAL for each open task whose last commit here is in `main`; a
+    reopened task only for a commit made since it was reopened. An approved task
+    that is current is current no more: the branch's task (`pattern`) follows it."""
     try:
         _git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{main}")
     except subprocess.CalledProcessError:
@@ -340,9 +354,15 @@ def approve_merged(db, repo: Path, main: str) -> None:
     candidates = db.execute(
         "SELECT c.task_id, c.sha FROM commits c JOIN tasks t ON t.id = c.task_id"
         " WHERE c.repo = ? AND t.final_approval_at IS NULL AND c.committed_at = ("
-        "   SELECT max(committed_at) FROM commits WHERE task_id = c.task_id AND repo = c.repo)",
+        "   SELECT max(committed_at) FROM commits WHERE task_id = c.task_id AND repo = c.repo)"
+        # After a reopen: a commit of that second or later (git's times are whole seconds),
+        # and never the one whose merge approved it before.
+        " AND c.committed_at >= coalesce((SELECT substr(max(reopened_at), 1, 19) FROM task_approvals WHERE task_id = c.task_id), '')"
+        " AND NOT EXISTS (SELECT 1 FROM automatic_marks m WHERE m.task_id = c.task_id AND m.milestone = 'approved'"
+        "   AND m.source LIKE 'commit ' || substr(c.sha, 1, 12) || ' %')",
         (str(repo),),
     ).fetchall()
+    following = task_of_branch(current_branch(repo), pattern) if pattern and candidates else None
     for row in candidates:
         merged = subprocess.run(
             ["git", "-C", str(repo), "merge-base", "--is-ancestor", row["sha"], main], capture_output=True, timeout=10
@@ -351,6 +371,7 @@ def approve_merged(db, repo: Path, main: str) -> None:
             source, seen = f"commit {row['sha'][:12]} is in {main}", now_stored()
             with write_transaction(db):
                 tasks.auto_mark(db, "tasks", row["task_id"], "approved", seen, source)
+                tasks.release_approved(db, row["task_id"], seen, following)
                 phase_id = db.execute("SELECT phase_id FROM tasks WHERE id = ?", (row["task_id"],)).fetchone()["phase_id"]
                 open_tasks = db.execute(
                     "SELECT count(*) FROM tasks WHERE phase_id = ? AND final_approval_at IS NULL", (phase_id,)
@@ -407,7 +428,7 @@ def main() -> None:
             elif args.hook == "post-commit":
                 on_commit(db, repo, args.head or "HEAD", branch, settings.automation.branch_pattern)
             else:
-                approve_merged(db, repo, settings.automation.main_branch)
+                approve_merged(db, repo, settings.automation.main_branch, settings.automation.branch_pattern)
         finally:
             db.close()
     except Exception as exc:  # never the developer's problem: a line in the meter's log

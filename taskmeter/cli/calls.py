@@ -46,6 +46,7 @@ def status_cmd(as_json, utc, db_path):
         return
     with open_db(db_path, create=False) as db:
         current = tasks.current_task(db)
+        note = tasks.current_note(db)
         view = task_report(db, current.task_id, idle_seconds=idle_seconds()) if current else None
         running = proxies.running(db)
         latest = interactions.recent(db, limit=1)
@@ -59,6 +60,7 @@ def status_cmd(as_json, utc, db_path):
         "task_id": current.task_id if current else None,
         "current_since": current.since if current else None,
         "current_for_seconds": seconds_between(current.since, now_stored()) if current else None,
+        "current_note": note,  # why the meter changed the current task: `P1-010 approved`
         "task": view,
         "proxies": [{"proxy_id": proxy.pop("id"), **proxy} for proxy in running],
         "dashboard": dashboard,
@@ -77,7 +79,8 @@ def status_cmd(as_json, utc, db_path):
         terminal.print_json(state)
         return
     if current is None:
-        terminal.info("No current task: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
+        why = f" ({note})" if note else ""
+        terminal.info(f"No current task{why}: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
     else:
         cost = terminal.money(view["cost_usd"])
         if view["unpriced_interactions"]:
@@ -87,7 +90,7 @@ def status_cmd(as_json, utc, db_path):
         terminal.fields(
             [
                 ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
-                ("Current for", format_duration(state["current_for_seconds"])),
+                ("Current for", format_duration(state["current_for_seconds"]) + (f" (since {note})" if note else "")),
                 ("Working time", format_duration(view["actual_duration"])),
                 ("Elapsed (wall)", format_duration(view["wall_duration"])),
                 ("Estimate", format_duration(view["estimated_duration"])),

@@ -203,10 +203,11 @@ def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
 
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--task", "task_id", help="Attribute this command's AI calls to TASK (default: the current task).")
+@click.option("--create", is_flag=True, help="With --task: a new TASK may look like a typo of another (as in set-task).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @config_option
 @db_option
-def run_cmd(task_id, command, config_path, db_path):
+def run_cmd(task_id, create, command, config_path, db_path):
     """Run COMMAND with its AI clients pointed at the proxy: meter run --task P1-010 -- claude
 
     \b
@@ -227,13 +228,19 @@ def run_cmd(task_id, command, config_path, db_path):
     from taskmeter.proxy.environment import client_environment
     from taskmeter.proxy.routing import Router
 
+    if create and not task_id:
+        raise click.UsageError("--create goes with --task")
     if task_id:
         task_id = tasks.validate_task_id(task_id)
     settings = load_settings(config_path)
     program = shutil.which(command[0])
+    path = store_db.resolve_path(db_path)
+    if task_id and not create and path.exists():
+        # Refused before COMMAND runs: the proxy records whatever task a call names.
+        with open_db(path, create=False) as db:
+            tasks.refuse_typo(db, task_id)
     if program is None:
         raise MeterError(f"command not found: {command[0]}")
-    path = store_db.resolve_path(db_path)
     proxy = lifecycle.join(path, ["--config", config_path] if config_path else [])
     try:
         env = {**os.environ, **client_environment(settings, proxy["listen"], task_id)}

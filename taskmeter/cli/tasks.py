@@ -30,23 +30,26 @@ from taskmeter.timefmt import display, format_duration
 @click.option("--estimate", type=DURATION, help="Estimated duration, e.g. 1h30m, 90m, 1.5h.")
 @click.option("--phase", help="Phase ID (default: the part before the first dash, P1 for P1-010).")
 @click.option("--none", "clear", is_flag=True, help="Clear the current task; calls go to 'unassigned'.")
+@click.option("--create", is_flag=True, help="Create the task even though its ID looks like a typo of another.")
 @db_option
-def set_task_cmd(task_id, title, estimate, phase, clear, db_path):
+def set_task_cmd(task_id, title, estimate, phase, clear, create, db_path):
     """Make TASK_ID the current task; AI calls are attributed to it from the next call on.
 
     The task (and its phase) is created on first use and its BEGIN_TIMESTAMP recorded.
+    A new ID within one edit of an existing one (P1-01O beside P1-010), or in a new
+    phase that does not follow the phase naming (LOGIN beside P1, P2), needs --create.
     Switching from another task records a context switch.
     """
     if clear == bool(task_id):
         raise click.UsageError("give a task ID, or --none to clear the current task")
-    if clear and (title or estimate or phase):
+    if clear and (title or estimate or phase or create):
         raise click.UsageError("--none takes no other options")
     with open_db(db_path) as db:
         if clear:
             previous = tasks.clear_task(db)
             terminal.info(f"No current task (was {previous})." if previous else "No current task.")
             return
-        result = tasks.set_task(db, task_id, title=title, estimate_seconds=estimate, phase_id=phase)
+        result = tasks.set_task(db, task_id, title=title, estimate_seconds=estimate, phase_id=phase, create=create)
         task = tasks.get_task(db, result.task_id)
     if result.unchanged:
         terminal.info(f"{result.task_id} is already the current task.")
@@ -150,6 +153,10 @@ _show_option = click.option("--show", is_flag=True, help="After an edit, print t
 @budget_options
 @click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset estimate).")
 @_show_option
+@click.option("--delete", is_flag=True, help="Delete the task; refused while it has calls, unless --move-calls-to.")
+@click.option("--move-calls-to", "move_calls_to", type=TASK, metavar="TASK", help="With --delete: its calls go to TASK.")
+@click.option("--merge-into", "merge_into", type=TASK, metavar="TASK", help="Merge the task into TASK, then delete it.")
+@click.option("--reopen", is_flag=True, help="Withdraw its approval: working time resumes; the approval stays in history.")
 @json_option
 @db_option
 def task_cmd(task_id, phase, budget_amounts, on_exceeded, also, unset, show, as_json, db_path, **options):
@@ -161,6 +168,11 @@ def task_cmd(task_id, phase, budget_amounts, on_exceeded, also, unset, show, as_
     from taskmeter.analytics import formats
     from taskmeter.analytics.reports import task_report
 
+    lifecycle = {name: options.pop(name) for name in ("delete", "move_calls_to", "merge_into", "reopen")}
+    if any(lifecycle.values()):
+        edits = phase or budget_amounts or on_exceeded or also or unset or any(value is not None for value in options.values())
+        _task_lifecycle(task_id, **lifecycle, edits=edits, as_json=as_json, db_path=db_path)
+        return
     with open_db(db_path) as db:
         task = tasks.get_task(db, task_id.strip())
         values = _edits(options, _TASK_OPTIONS, tuple(name for name in unset if name != "budget"))
@@ -183,6 +195,58 @@ def task_cmd(task_id, phase, budget_amounts, on_exceeded, also, unset, show, as_
         terminal.text(formats.task_text(report))
 
 
+def _task_lifecycle(task_id, delete, move_calls_to, merge_into, reopen, edits, as_json, db_path) -> None:
+    """`meter task ID --delete [--move-calls-to OTHER]`, `--merge-into OTHER`, `--reopen`:
+    one at a time, never with an edit, each in one transaction."""
+    if sum(map(bool, (delete, merge_into, reopen))) != 1 or (move_calls_to and not delete) or edits:
+        raise click.UsageError("--delete (with --move-calls-to), --merge-into and --reopen go alone")
+    with open_db(db_path, create=False) as db:
+        if reopen:
+            reopened, withdrawn = tasks.reopen(db, task_id)
+            line = f"{reopened} reopened: its approval of {display(withdrawn)} is kept in its history; working time resumes."
+            result = {"task_id": reopened, "reopened": True, "approval_withdrawn": withdrawn}
+        else:
+            removal = tasks.merge_task(db, task_id, merge_into) if merge_into else tasks.delete_task(db, task_id, move_calls_to)
+            line = _removal_line(removal, merged=bool(merge_into))
+            result = {"deleted": removal.task_id, "into": removal.into, "merged": bool(merge_into), **_moved(removal)}
+    if as_json:
+        terminal.print_json(result)
+        return
+    terminal.info(line)
+
+
+def _moved(removal: tasks.Removal) -> dict:
+    return {
+        "calls": removal.calls,
+        "commits": removal.commits,
+        "test_runs": removal.test_runs,
+        "events": removal.events,
+        "milestones_taken": removal.milestones,
+        "phase_deleted": removal.phase_deleted,
+        "was_current": removal.was_current,
+    }
+
+
+def _removal_line(removal: tasks.Removal, merged: bool) -> str:
+    parts = [f"{removal.task_id} {'merged into ' + removal.into if merged else 'deleted'}"]
+    moved = [
+        tasks.counted(n, noun)
+        for noun, n in (("call", removal.calls), ("commit", removal.commits), ("test run", removal.test_runs))
+        if n
+    ]
+    if removal.into and moved:
+        parts.append(f"{', '.join(moved)} moved to {removal.into}")
+    if removal.events:
+        parts.append(f"{tasks.counted(removal.events, 'milestone and iteration event')} moved")
+    if removal.milestones:
+        parts.append(f"{removal.into} took its {', '.join(removal.milestones)}")
+    if removal.was_current:
+        parts.append(f"{removal.into} is the current task now" if removal.into else "no task is current now")
+    if removal.phase_deleted:
+        parts.append(f"phase {removal.phase_deleted} had no other task and was deleted")
+    return "; ".join(parts) + "."
+
+
 @cli.command("mark")
 @click.argument("milestone", type=click.Choice(["initial", "tests", "validated", "approved"]))
 @click.argument("task_id", type=TASK, required=False)
@@ -200,8 +264,30 @@ def mark_cmd(milestone, task_id, at, force, note, db_path):
     approved   FINAL_APPROVAL_TIMESTAMP      approved for merge
     """
     with open_db(db_path) as db:
-        recorded_task, stamp = tasks.mark(db, task_id, milestone, at=at, force=force, note=note)
-    terminal.info(f"{recorded_task}: {milestone} at {display(stamp)}.")
+        next_task = _branch_task() if milestone == "approved" else None
+        marked = tasks.mark(db, task_id, milestone, at=at, force=force, note=note, next_task=next_task)
+    line = f"{marked.task_id}: {milestone} at {display(marked.stamp)}"
+    if marked.released:
+        line += (
+            f"; {marked.now_current} (this branch's task) is current now" if marked.now_current else "; no task is current now"
+        )
+    terminal.info(line + ".")
+
+
+def _branch_task() -> str | None:
+    """The task this directory's branch names, where the git hooks are installed: the next current task on approval."""
+    import subprocess
+    from pathlib import Path
+
+    from taskmeter.automation import git
+    from taskmeter.config import load_settings
+
+    try:
+        if not git.installed(Path.cwd()):
+            return None
+        return git.task_of_branch(git.current_branch(Path.cwd()), load_settings().automation.branch_pattern)
+    except (MeterError, OSError, subprocess.SubprocessError):
+        return None
 
 
 @cli.command("iteration")

@@ -89,6 +89,24 @@ def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:
     return len(updates)
 
 
+def move_task_calls(db: sqlite3.Connection, from_task: str, to_task: str) -> int:
+    """Move every call of `from_task` to `to_task` (a merge), set-wise, by retag's
+    rules: conversations rescoped to the new task, its context switches recomputed.
+    Runs in the caller's transaction; returns how many calls moved."""
+    moved = db.execute("SELECT id, conversation_root, session_id FROM interactions WHERE task_id = ?", (from_task,)).fetchall()
+    db.execute("UPDATE interactions SET task_id = ?, attribution = 'retag' WHERE task_id = ?", (to_task, from_task))
+    db.executemany(
+        "UPDATE interactions SET conversation_id = ? WHERE id = ?",
+        [
+            (conversation_of(row["conversation_root"], to_task, row["session_id"]), row["id"])
+            for row in moved
+            if row["conversation_root"]
+        ],
+    )
+    recompute_context_switches(db, to_task)
+    return len(moved)
+
+
 def retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | None, create: bool = False) -> int:
     """Move interactions to `task_id` (None: unassigned); context switches of every
     task involved are recomputed. An unknown task is created only with `create`,

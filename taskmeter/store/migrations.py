@@ -1120,54 +1120,6 @@ def m016_conversation_roots(db: sqlite3.Connection) -> None:
     )
 
 
-def applied(db: sqlite3.Connection) -> list[str]:
-    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
-    if not exists:
-        return []
-    return [row[0] for row in db.execute("SELECT name FROM _meter_migrations ORDER BY rowid")]
-
-
-def check_not_newer(done: list[str]) -> None:
-    known = {m.__name__ for m in MIGRATIONS}
-    unknown = [name for name in done if name not in known]
-    if unknown:
-        raise MeterError(
-            f"this database was written by a newer taskmeter (it has migration {unknown[0]}); upgrade taskmeter to use it"
-        )
-
-
-def pending(db: sqlite3.Connection) -> list[Migration]:
-    done = applied(db)
-    check_not_newer(done)
-    return [fn for fn in MIGRATIONS if fn.__name__ not in done]
-
-
-def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply every pending migration, each in its own immediate transaction.
-
-    An up-to-date database is only read, so opening it never takes the write lock.
-    """
-    ran: list[str] = []
-    if not pending(db):
-        return ran
-    for fn in MIGRATIONS:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS _meter_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-            if fn in pending(db):
-                fn(db)
-                db.execute(
-                    "INSERT INTO _meter_migrations (name, applied_at) VALUES (?, ?)",
-                    (fn.__name__, now_stored()),
-                )
-                ran.append(fn.__name__)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-    return ran
-
-
 @migration
 def m017_failed_calls_one_rule(db: sqlite3.Connection) -> None:
     """A failed call is one that got no model answer: no response, or any HTTP
@@ -1284,6 +1236,50 @@ def _m017_usage_quarters(db: sqlite3.Connection, failed: str) -> None:
 
 
 @migration
+def m018_estimate_and_approval_history(db: sqlite3.Connection) -> None:
+    """Every estimate of a task, so ESTIMATED_DURATION stays the first (what was
+    projected) when it is re-estimated, and the approvals `meter task ID --reopen`
+    withdrew (docs/metrics.md). A task estimated before this keeps its estimate in
+    force as its first: an earlier one was overwritten and is not known."""
+    run_script(
+        db,
+        """
+        CREATE TABLE task_estimates (
+            id INTEGER PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+            estimate_seconds INTEGER,  -- NULL: unset
+            set_at TEXT NOT NULL
+        );
+        CREATE INDEX task_estimates_task ON task_estimates(task_id, id);
+        INSERT INTO task_estimates (task_id, estimate_seconds, set_at)
+        SELECT id, estimate_seconds, created_at FROM tasks WHERE estimate_seconds IS NOT NULL;
+
+        -- Whatever writes an estimate, its history follows (set_at in the stored form).
+        CREATE TRIGGER task_estimates_insert AFTER INSERT ON tasks WHEN NEW.estimate_seconds IS NOT NULL
+        BEGIN
+            INSERT INTO task_estimates (task_id, estimate_seconds, set_at)
+            VALUES (NEW.id, NEW.estimate_seconds, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'));
+        END;
+        CREATE TRIGGER task_estimates_update AFTER UPDATE OF estimate_seconds ON tasks
+            WHEN NEW.estimate_seconds IS NOT OLD.estimate_seconds
+        BEGIN
+            INSERT INTO task_estimates (task_id, estimate_seconds, set_at)
+            VALUES (NEW.id, NEW.estimate_seconds, strftime('%Y-%m-%dT%H:%M:%f000Z', 'now'));
+        END;
+
+        CREATE TABLE task_approvals (
+            id INTEGER PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+            approved_at TEXT NOT NULL,
+            reopened_at TEXT NOT NULL,
+            note TEXT
+        );
+        CREATE INDEX task_approvals_task ON task_approvals(task_id, id);
+        """,
+    )
+
+
+@migration
 def m019_phase_marks(db: sqlite3.Connection) -> None:
     """Every phase milestone a person marked with `meter phase --mark`, and whether
     the mark confirmed the time the meter had derived or seen (docs/tracking-pattern.md)."""
@@ -1323,3 +1319,51 @@ def m021_derived_iterations_and_no_zero_coverage_target(db: sqlite3.Connection) 
         ) = 0;
         """,
     )
+
+
+def applied(db: sqlite3.Connection) -> list[str]:
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
+    if not exists:
+        return []
+    return [row[0] for row in db.execute("SELECT name FROM _meter_migrations ORDER BY rowid")]
+
+
+def check_not_newer(done: list[str]) -> None:
+    known = {m.__name__ for m in MIGRATIONS}
+    unknown = [name for name in done if name not in known]
+    if unknown:
+        raise MeterError(
+            f"this database was written by a newer taskmeter (it has migration {unknown[0]}); upgrade taskmeter to use it"
+        )
+
+
+def pending(db: sqlite3.Connection) -> list[Migration]:
+    done = applied(db)
+    check_not_newer(done)
+    return [fn for fn in MIGRATIONS if fn.__name__ not in done]
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply every pending migration, each in its own immediate transaction.
+
+    An up-to-date database is only read, so opening it never takes the write lock.
+    """
+    ran: list[str] = []
+    if not pending(db):
+        return ran
+    for fn in MIGRATIONS:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS _meter_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            if fn in pending(db):
+                fn(db)
+                db.execute(
+                    "INSERT INTO _meter_migrations (name, applied_at) VALUES (?, ?)",
+                    (fn.__name__, now_stored()),
+                )
+                ran.append(fn.__name__)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return ran

@@ -105,6 +105,91 @@ def get_phase(db: sqlite3.Connection, phase_id: str) -> sqlite3.Row:
     return row
 
 
+class NeedsCreate(MeterError):
+    """A new task ID that looks like a typo: it is made only when asked (--create)."""
+
+
+# A name and its number: `P` and `3` of phase P3 (`3.5` of P3.5), `0` and `010` of task P1-010.
+_NUMBERED = re.compile(r"^(.*?)(\d+(?:\.\d+)*)$")
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """One character added, dropped or replaced, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        differ = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        swapped = len(differ) == 2 and differ[1] == differ[0] + 1 and (a[differ[0]], a[differ[1]]) == (b[differ[1]], b[differ[0]])
+        return len(differ) == 1 or swapped
+    short, long = sorted((a, b), key=len)
+    first = next((i for i, (x, y) in enumerate(zip(short, long, strict=False)) if x != y), len(short))
+    return short[first:] == long[first + 1 :]
+
+
+def _numbered(identifier: str) -> tuple[str, str] | None:
+    match = _NUMBERED.match(identifier)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def _follows_task_naming(task_id: str, phase_id: str, siblings: list[str]) -> bool:
+    """Is `task_id` the next of its phase's numbering: the same name before the
+    number, and a number above every sibling's (P1-011 after P1-010)? A leading
+    zero fixes the width: P1-0100 does not follow P1-010."""
+
+    def numbered_suffix(identifier: str) -> tuple[str, str] | None:
+        prefix = phase_id + "-"
+        numbered = _numbered(identifier[len(prefix) :]) if identifier.startswith(prefix) else None
+        return numbered if numbered and numbered[1].isdigit() else None
+
+    own = numbered_suffix(task_id)
+    if own is None:
+        return False
+    numbers = [
+        int(numbered[1])
+        for sibling in siblings
+        if (numbered := numbered_suffix(sibling))
+        and numbered[0] == own[0]
+        and (len(numbered[1]) == len(own[1]) or not own[1].startswith("0"))
+    ]
+    return bool(numbers) and int(own[1]) > max(numbers)
+
+
+def creation_refusal(db: sqlite3.Connection, task_id: str, phase_id: str | None = None) -> str | None:
+    """Why a new task `task_id` (in `phase_id`, default its ID's) must not be made
+    without --create, or None: the one rule for every way a task is named (set-task,
+    run --task, branch checkouts). A new ID needs --create when it is within one edit
+    of an existing ID, or when its phase is new and does not follow the database's
+    phase naming (LOGIN when the phases are P1 and P2). The first task of an empty
+    database, a new phase in the same naming (P3 after P2), and the next task of a
+    phase's numbering (P1-011 after P1-010) never need it."""
+    task_id = validate_task_id(task_id)
+    phase_id = validate_phase_id(phase_id) if phase_id else infer_phase(task_id)
+    existing = [row["id"].upper() for row in db.execute("SELECT id FROM tasks")]
+    if not existing or task_id in existing:
+        return None
+    phases = [row["id"].upper() for row in db.execute("SELECT id FROM phases")]
+    if phase_id not in phases:
+        names = {numbered[0] for phase in phases if (numbered := _numbered(phase))}
+        numbered = _numbered(phase_id)
+        if numbered is None or numbered[0] not in names:
+            return f"{task_id} would start phase {phase_id}, which does not follow this database's phase naming ({', '.join(sorted(phases, key=natural_key))})"
+        return None
+    siblings = [row["id"].upper() for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (phase_id,))]
+    if _follows_task_naming(task_id, phase_id, siblings):
+        return None
+    resembles = sorted((other for other in existing if _one_edit_apart(task_id, other)), key=natural_key)
+    if resembles:
+        return f"{task_id} is a new task ID within one edit of {', '.join(resembles)}"
+    return None
+
+
+def refuse_typo(db: sqlite3.Connection, task_id: str, phase_id: str | None = None) -> None:
+    """Raise NeedsCreate when `task_id` may be made only with --create."""
+    refusal = creation_refusal(db, task_id, phase_id)
+    if refusal:
+        raise NeedsCreate(f"{refusal}: check the ID (`meter tasks`), or give --create if it is meant")
+
+
 @dataclass(frozen=True)
 class CurrentTask:
     task_id: str
@@ -141,8 +226,10 @@ def set_task(
     title: str | None = None,
     estimate_seconds: int | None = None,
     phase_id: str | None = None,
+    create: bool = False,
 ) -> SetTaskResult:
-    """Make `task_id` current, creating it (and its phase) on first use."""
+    """Make `task_id` current, creating it (and its phase) on first use; a new ID
+    that looks like a typo (creation_refusal) is made only with `create`."""
     task_id = validate_task_id(task_id)
     phase_id = validate_phase_id(phase_id) if phase_id else infer_phase(task_id)
     at = to_stored(now())
@@ -150,6 +237,8 @@ def set_task(
         existing = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         created = existing is None
         if created:
+            if not create:
+                refuse_typo(db, task_id, phase_id)
             _ensure_phase(db, phase_id, at)
             db.execute(
                 "INSERT INTO tasks (id, phase_id, title, estimate_seconds, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -224,6 +313,29 @@ def update_task(db: sqlite3.Connection, task_id: str, values: dict, phase_id: st
         _update(db, "tasks", task["id"], values)
 
 
+def estimate_histories(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, list[tuple[str, int | None]]]:
+    """Per task, its estimates as (set at, seconds) in the order they were set; None: unset.
+    Triggers keep them, whatever writes `tasks.estimate_seconds` (m018)."""
+    history: dict[str, list[tuple[str, int | None]]] = {task_id: [] for task_id in task_ids}
+    placeholders = ", ".join("?" for _ in task_ids)
+    for row in db.execute(
+        f"SELECT task_id, set_at, estimate_seconds FROM task_estimates WHERE task_id IN ({placeholders}) ORDER BY id", task_ids
+    ):
+        history[row["task_id"]].append((row["set_at"], row["estimate_seconds"]))
+    return history
+
+
+def approval_histories(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Per task, the approvals withdrawn by `meter task ID --reopen`: (approved at, reopened at)."""
+    history: dict[str, list[tuple[str, str]]] = {task_id: [] for task_id in task_ids}
+    placeholders = ", ".join("?" for _ in task_ids)
+    for row in db.execute(
+        f"SELECT task_id, approved_at, reopened_at FROM task_approvals WHERE task_id IN ({placeholders}) ORDER BY id", task_ids
+    ):
+        history[row["task_id"]].append((row["approved_at"], row["reopened_at"]))
+    return history
+
+
 def update_phase(db: sqlite3.Connection, phase_id: str, values: dict) -> None:
     unknown = set(values) - set(PHASE_INPUTS)
     if unknown:
@@ -291,6 +403,14 @@ def _set_milestone(
     db.execute(f"UPDATE {table} SET {order[milestone]} = ? WHERE id = ?", (stamp, record["id"]))
 
 
+@dataclass(frozen=True)
+class Marked:
+    task_id: str
+    stamp: str
+    released: bool  # the approved task was current, and is no more
+    now_current: str | None  # the task current after a release (None: none)
+
+
 def mark(
     db: sqlite3.Connection,
     task_id: str | None,
@@ -299,8 +419,10 @@ def mark(
     at: datetime | None = None,
     force: bool = False,
     note: str | None = None,
-) -> tuple[str, str]:
-    """Record a Level 1 milestone timestamp; returns (task ID, stored timestamp)."""
+    next_task: str | None = None,
+) -> Marked:
+    """Record a Level 1 milestone timestamp. An approved task that is current stops
+    being current: `next_task` (the branch's, say) becomes current if it is an open task."""
     stamp = _milestone_stamp(MILESTONES, milestone, at, "task")
     with write_transaction(db):
         task = resolve_task(db, task_id)
@@ -309,7 +431,195 @@ def mark(
             "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
             (task["id"], stamp, milestone, note),
         )
-    return task["id"], stamp
+        released, now_current = release_approved(db, task["id"], stamp, next_task) if milestone == "approved" else (False, None)
+    return Marked(task["id"], stamp, released, now_current)
+
+
+def release_approved(
+    db: sqlite3.Connection, task_id: str, approved_at: str, next_task: str | None = None
+) -> tuple[bool, str | None]:
+    """An approved task stays current no more, so later calls do not pile into closed
+    work: if `task_id` is current, `next_task` becomes current when it is another
+    open task, else none is; from now, or from an approval a little ahead of the clock.
+    The switch's note says why (`meter status` shows it). Returns (released, the task
+    current now). Runs in the caller's transaction."""
+    current = current_task(db)
+    if current is None or current.task_id != task_id:
+        return False, None
+    following = (
+        next_task
+        and db.execute(
+            "SELECT id, begin_at FROM tasks WHERE id = ? AND id != ? AND final_approval_at IS NULL", (next_task, task_id)
+        ).fetchone()
+    )
+    chosen = following["id"] if following else None
+    at = max(now_stored(), approved_at)
+    if following and following["begin_at"] is None:
+        db.execute("UPDATE tasks SET begin_at = ? WHERE id = ?", (at, chosen))
+    _set_current(db, chosen, at)
+    db.execute(
+        "INSERT INTO task_events (task_id, kind, at, previous_task_id, note) VALUES (?, 'switch', ?, ?, ?)",
+        (chosen, at, task_id, f"{task_id} approved"),
+    )
+    return True, chosen
+
+
+def current_note(db: sqlite3.Connection) -> str | None:
+    """Why the current task (or none) is current, when the meter chose: `P1-010 approved`."""
+    row = db.execute("SELECT note FROM task_events WHERE kind = 'switch' ORDER BY at DESC, id DESC LIMIT 1").fetchone()
+    return row["note"] if row else None
+
+
+def reopen(db: sqlite3.Connection, task_id: str, note: str | None = None) -> tuple[str, str]:
+    """Withdraw a task's approval: it moves to task_approvals, working time resumes
+    (the task is open again) and a later approval is recorded as usual.
+    Returns (task ID, the approval withdrawn)."""
+    at = now_stored()
+    with write_transaction(db):
+        task = get_task(db, task_id.strip())
+        approved = task["final_approval_at"]
+        if approved is None:
+            raise MeterError(f"{task['id']} is not approved: there is nothing to reopen")
+        db.execute(
+            "INSERT INTO task_approvals (task_id, approved_at, reopened_at, note) VALUES (?, ?, ?, ?)",
+            (task["id"], approved, at, note),
+        )
+        db.execute("UPDATE tasks SET final_approval_at = NULL WHERE id = ?", (task["id"],))
+        db.execute(
+            "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, 'reopened', ?)",
+            (task["id"], at, note),
+        )
+    return task["id"], approved
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What `meter task ID --delete` or `--merge-into` did."""
+
+    task_id: str
+    into: str | None
+    calls: int
+    commits: int
+    test_runs: int
+    events: int  # milestone and iteration events merged into `into`
+    milestones: list[str]  # milestones `into` took over from the task
+    phase_deleted: str | None  # the task's phase, gone with its last task
+    was_current: bool  # it was the current task: `into` is now, or none
+
+
+def _work_of(db: sqlite3.Connection, task_id: str) -> dict[str, int]:
+    return {
+        "calls": db.execute("SELECT count(*) FROM interactions WHERE task_id = ?", (task_id,)).fetchone()[0],
+        "commits": db.execute("SELECT count(*) FROM commits WHERE task_id = ?", (task_id,)).fetchone()[0],
+        "test_runs": db.execute("SELECT count(*) FROM test_runs WHERE task_id = ?", (task_id,)).fetchone()[0],
+    }
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def delete_task(db: sqlite3.Connection, task_id: str, move_calls_to: str | None = None) -> Removal:
+    """Delete a task (a typo, say). Refused while it has calls, commits or test runs,
+    unless `move_calls_to` names the task they go to, with the time it was current."""
+    return _remove(db, task_id, move_calls_to, merge=False)
+
+
+def merge_task(db: sqlite3.Connection, task_id: str, into: str) -> Removal:
+    """Merge a task into another: its calls, commits, test runs, sessions, the time it
+    was current, its milestone and iteration events go to `into`, which keeps its own
+    fields, estimate, budget and milestones and takes the milestones it lacks
+    (its begin is the earlier of the two; an approval is never taken over)."""
+    return _remove(db, task_id, into, merge=True)
+
+
+def _remove(db: sqlite3.Connection, task_id: str, into: str | None, merge: bool) -> Removal:
+    from taskmeter.store.calls import move_task_calls  # calls.py builds on this module
+
+    with write_transaction(db):
+        task = get_task(db, task_id.strip())
+        task_id = task["id"]
+        target = get_task(db, into.strip()) if into else None
+        if target is not None and target["id"] == task_id:
+            raise MeterError(f"{task_id} cannot take its own calls: name another task")
+        work = _work_of(db, task_id)
+        if target is None and any(work.values()):
+            found = ", ".join(
+                counted(n, noun) for noun, n in zip(("call", "commit", "test run"), work.values(), strict=True) if n
+            )
+            raise MeterError(f"{task_id} has {found}: give --move-calls-to TASK to keep them, or --merge-into TASK")
+        into = target["id"] if target is not None else None
+        # The time it was current goes with its calls, or to no task: never to the task before it.
+        db.execute("UPDATE task_events SET task_id = ? WHERE kind = 'switch' AND task_id = ?", (into, task_id))
+        # A switch into the task already current is no switch (no context switch either).
+        db.execute(
+            "DELETE FROM task_events WHERE id IN (SELECT id FROM (SELECT id, task_id,"
+            "   lag(task_id, 1, '') OVER (ORDER BY at, id) AS before FROM task_events WHERE kind = 'switch')"
+            " WHERE task_id IS ? AND before IS ?)",
+            (into, into),
+        )
+        if into:
+            db.execute("UPDATE task_events SET previous_task_id = ? WHERE previous_task_id = ?", (into, task_id))
+        events = 0
+        taken: list[str] = []
+        if merge:
+            events = db.execute(
+                "UPDATE task_events SET task_id = ? WHERE task_id = ? AND kind IN ('milestone', 'iteration')", (into, task_id)
+            ).rowcount
+            taken = _take_milestones(db, task, target)
+        for table in ("commits", "test_runs"):
+            db.execute(f"UPDATE {table} SET task_id = ? WHERE task_id = ?", (into, task_id))
+        if into:
+            db.execute("UPDATE session_tasks SET task_id = ? WHERE task_id = ?", (into, task_id))
+            move_task_calls(db, task_id, into)
+        else:
+            db.execute("DELETE FROM session_tasks WHERE task_id = ?", (task_id,))
+        current = current_task(db)
+        was_current = current is not None and current.task_id == task_id
+        if was_current:
+            _set_current(db, into, current.since)
+        db.execute("UPDATE alerts SET cleared_at = ? WHERE task_id = ? AND cleared_at IS NULL", (now_stored(), task_id))
+        db.execute("DELETE FROM budgets WHERE scope = 'task' AND target = ?", (task_id,))
+        db.execute("DELETE FROM automatic_marks WHERE task_id = ?", (task_id,))
+        # Its rollup rows are all zero now that its calls have gone.
+        db.execute("DELETE FROM task_usage WHERE task_key = ?", (task_id,))
+        db.execute("DELETE FROM usage_quarters WHERE task_key = ?", (task_id,))
+        db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+        phase_deleted = _delete_empty_phase(db, task["phase_id"])
+    return Removal(task_id, into, *work.values(), events, taken, phase_deleted, was_current)
+
+
+def _take_milestones(db: sqlite3.Connection, task: sqlite3.Row, target: sqlite3.Row) -> list[str]:
+    """`target` takes the earlier begin and each milestone it lacks, but never an approval;
+    the automatic marks behind the milestones taken go with them."""
+    taken = {}
+    if task["begin_at"] and (target["begin_at"] is None or task["begin_at"] < target["begin_at"]):
+        taken["begin"] = task["begin_at"]
+    for milestone in ("initial", "tests", "validated"):
+        column = MILESTONES[milestone]
+        if task[column] and target[column] is None:
+            taken[milestone] = task[column]
+    _update(db, "tasks", target["id"], {MILESTONES[milestone]: stamp for milestone, stamp in taken.items()})
+    if taken:
+        db.execute(
+            f"UPDATE automatic_marks SET task_id = ? WHERE task_id = ? AND milestone IN ({', '.join('?' for _ in taken)})",
+            (target["id"], task["id"], *taken),
+        )
+    return list(taken)
+
+
+def _delete_empty_phase(db: sqlite3.Connection, phase_id: str) -> str | None:
+    """A phase left with no task and nothing a person wrote about it (a typo's phase) goes too."""
+    phase = db.execute("SELECT * FROM phases WHERE id = ?", (phase_id,)).fetchone()
+    if db.execute("SELECT 1 FROM tasks WHERE phase_id = ? LIMIT 1", (phase_id,)).fetchone():
+        return None
+    if any(phase[column] is not None for column in PHASE_INPUTS):
+        return None
+    if db.execute("SELECT 1 FROM budgets WHERE scope = 'phase' AND target = ?", (phase_id,)).fetchone():
+        return None
+    db.execute("DELETE FROM automatic_marks WHERE phase_id = ?", (phase_id,))
+    db.execute("DELETE FROM phases WHERE id = ?", (phase_id,))
+    return phase["id"]
 
 
 def auto_mark(
