@@ -460,7 +460,7 @@ def test_last_follows_its_rule_over_any_history(db, history, any_task):
     with store_db.write_transaction(db):
         db.execute("DELETE FROM interactions")
     for task_id in ("P1-002", "P1-001"):
-        tasks.set_task(db, task_id)
+        tasks.set_task(db, task_id, create=True)  # P1-001 after P1-002 looks like a typo
     calls = []
     for n, call in enumerate(history):
         second = call.pop("second")
