@@ -118,6 +118,18 @@ def test_a_new_id_near_an_existing_one_or_in_a_strange_phase_needs_create(meter,
     assert {row[0] for row in db.execute("SELECT id FROM phases")} == {"P1", "P2", "P3.5"}
 
 
+def test_moving_a_task_to_a_strange_phase_or_pointing_env_at_a_near_typo_needs_create(meter, db, db_path):
+    ok(meter("set-task", "P1-001"))
+    ok(meter("set-task", "P2-001"))
+    assert "P1-001 would move to a new phase LOGIN" in refused(meter, db_path, "task", "P1-001", "--phase", "LOGIN")
+    assert "phase LOGIN" in refused(meter, db_path, "set-task", "P1-001", "--phase", "LOGIN")
+    assert "within one edit of P1-001" in refused(meter, db_path, "env", "--task", "P1-00l")
+    ok(meter("task", "P1-001", "--phase", "P3"))  # a new phase in the same naming
+    assert "LOGIN-1" in ok(meter("env", "--task", "LOGIN-1", "--create")).out
+    ok(meter("task", "P1-001", "--phase", "LOGIN", "--create"))
+    assert tasks.get_task(db, "P1-001")["phase_id"] == "LOGIN"
+
+
 def test_run_refuses_a_near_typo_before_its_command_starts_and_the_proxy_records_any_task(meter, db, db_path, proxy, tmp_path):
     ok(meter("set-task", "P1-010"))
     chat(proxy)

@@ -166,9 +166,10 @@ def _listen_address(db_path, settings) -> str:
     "of the shell obeys them, and fails while the meter is down).",
 )
 @click.option("--unset", is_flag=True, help="Print the lines that undo `meter env` (with or without --https-proxy).")
+@click.option("--create", is_flag=True, help="With --task: a new TASK may look like a typo of another (as in set-task).")
 @config_option
 @db_option
-def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
+def env_cmd(shell, task_id, https_proxy, unset, create, config_path, db_path):
     """Print the variables that point AI clients at the running proxy.
 
     \b
@@ -186,6 +187,8 @@ def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
         render_unsets,
     )
 
+    if create and not task_id:
+        raise click.UsageError("--create goes with --task")
     if unset:
         if task_id or https_proxy:
             raise click.UsageError("--unset goes alone (it undoes every variable `meter env` may set)")
@@ -196,9 +199,19 @@ def env_cmd(shell, task_id, https_proxy, unset, config_path, db_path):
 
     if task_id:
         task_id = tasks.validate_task_id(task_id)
+        _refuse_typo(db_path, task_id, create)
     settings = load_settings(config_path)
     env = client_environment(settings, _listen_address(db_path, settings), task_id, https_proxy=https_proxy)
     click.echo(render_exports(env, shell))
+
+
+def _refuse_typo(db_path, task_id: str, create: bool) -> None:
+    """A task ID given to `meter env` or `meter run` that looks like a typo needs
+    --create, as with set-task: the proxy itself records whatever task a call names."""
+    path = store_db.resolve_path(db_path)
+    if not create and path.exists():
+        with open_db(path, create=False) as db:
+            tasks.refuse_typo(db, task_id)
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -235,10 +248,8 @@ def run_cmd(task_id, create, command, config_path, db_path):
     settings = load_settings(config_path)
     program = shutil.which(command[0])
     path = store_db.resolve_path(db_path)
-    if task_id and not create and path.exists():
-        # Refused before COMMAND runs: the proxy records whatever task a call names.
-        with open_db(path, create=False) as db:
-            tasks.refuse_typo(db, task_id)
+    if task_id:
+        _refuse_typo(path, task_id, create)  # before COMMAND runs
     if program is None:
         raise MeterError(f"command not found: {command[0]}")
     proxy = lifecycle.join(path, ["--config", config_path] if config_path else [])

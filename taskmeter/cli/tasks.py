@@ -137,6 +137,7 @@ _show_option = click.option("--show", is_flag=True, help="After an edit, print t
 @click.argument("task_id", type=TASK)
 @click.option("--title", help="Task title.")
 @click.option("--phase", help="Move the task to this phase.")
+@click.option("--create", is_flag=True, help="With --phase: a new phase that does not follow the phase naming.")
 @click.option("--estimate", type=DURATION, help="ESTIMATED_DURATION, e.g. 1h30m.")
 @click.option("--projected", help="PROJECTED_OUTCOME: the expected deliverable.")
 @click.option("--actual", help="ACTUAL_OUTCOME: what was delivered.")
@@ -159,7 +160,7 @@ _show_option = click.option("--show", is_flag=True, help="After an edit, print t
 @click.option("--reopen", is_flag=True, help="Withdraw its approval: working time resumes; the approval stays in history.")
 @json_option
 @db_option
-def task_cmd(task_id, phase, budget_amounts, on_exceeded, also, unset, show, as_json, db_path, **options):
+def task_cmd(task_id, phase, create, budget_amounts, on_exceeded, also, unset, show, as_json, db_path, **options):
     """View TASK_ID's execution log, or edit the Level 1 fields that are not measured automatically.
 
     An edit prints one line saying what changed (--show: the record too); it
@@ -170,17 +171,27 @@ def task_cmd(task_id, phase, budget_amounts, on_exceeded, also, unset, show, as_
 
     lifecycle = {name: options.pop(name) for name in ("delete", "move_calls_to", "merge_into", "reopen")}
     if any(lifecycle.values()):
-        edits = phase or budget_amounts or on_exceeded or also or unset or any(value is not None for value in options.values())
+        edits = (
+            phase
+            or create
+            or budget_amounts
+            or on_exceeded
+            or also
+            or unset
+            or any(value is not None for value in options.values())
+        )
         _task_lifecycle(task_id, **lifecycle, edits=edits, as_json=as_json, db_path=db_path)
         return
-    with open_db(db_path) as db:
+    if create and not phase:
+        raise click.UsageError("--create goes with --phase")
+    with open_db(db_path, create=False) as db:
         task = tasks.get_task(db, task_id.strip())
         values = _edits(options, _TASK_OPTIONS, tuple(name for name in unset if name != "budget"))
         changes = _changes(values, _TASK_OPTIONS)
         with write_transaction(db):
             budget = apply_budget(db, "task", task["id"], budget_amounts, on_exceeded, also, "budget" in unset)
             if values or phase:
-                tasks.update_task(db, task["id"], values, phase_id=phase)
+                tasks.update_task(db, task["id"], values, phase_id=phase, create=create)
         if phase:
             changes.insert(0, f"phase {tasks.get_task(db, task['id'])['phase_id']}")
         if budget:

@@ -169,11 +169,8 @@ def creation_refusal(db: sqlite3.Connection, task_id: str, phase_id: str | None 
         return None
     phases = [row["id"].upper() for row in db.execute("SELECT id FROM phases")]
     if phase_id not in phases:
-        names = {numbered[0] for phase in phases if (numbered := _numbered(phase))}
-        numbered = _numbered(phase_id)
-        if numbered is None or numbered[0] not in names:
-            return f"{task_id} would start phase {phase_id}, which does not follow this database's phase naming ({', '.join(sorted(phases, key=natural_key))})"
-        return None
+        off_naming = new_phase_refusal(db, phase_id)
+        return f"{task_id} would start {off_naming}" if off_naming else None
     siblings = [row["id"].upper() for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (phase_id,))]
     if _follows_task_naming(task_id, phase_id, siblings):
         return None
@@ -181,6 +178,30 @@ def creation_refusal(db: sqlite3.Connection, task_id: str, phase_id: str | None 
     if resembles:
         return f"{task_id} is a new task ID within one edit of {', '.join(resembles)}"
     return None
+
+
+def new_phase_refusal(db: sqlite3.Connection, phase_id: str) -> str | None:
+    """Why a new phase `phase_id` must not be made without --create, or None: it
+    does not follow the database's phase naming (LOGIN when the phases are P1 and
+    P2). A database with no phase, and an existing phase, never need it."""
+    phases = [row["id"].upper() for row in db.execute("SELECT id FROM phases")]
+    if not phases or phase_id in phases:
+        return None
+    names = {numbered[0] for phase in phases if (numbered := _numbered(phase))}
+    numbered = _numbered(phase_id)
+    if numbered is None or numbered[0] not in names:
+        return (
+            f"phase {phase_id}, which does not follow this database's phase naming ({', '.join(sorted(phases, key=natural_key))})"
+        )
+    return None
+
+
+def _refuse_new_phase(db: sqlite3.Connection, task_id: str, phase_id: str, create: bool) -> None:
+    off_naming = None if create else new_phase_refusal(db, phase_id)
+    if off_naming:
+        raise NeedsCreate(
+            f"{task_id} would move to a new {off_naming}: check the ID (`meter phases`), or give --create if it is meant"
+        )
 
 
 def refuse_typo(db: sqlite3.Connection, task_id: str, phase_id: str | None = None) -> None:
@@ -248,6 +269,7 @@ def set_task(
             task_id = existing["id"]
             updates = {"title": title, "estimate_seconds": estimate_seconds}
             if phase_id != existing["phase_id"] and phase_id != infer_phase(task_id):
+                _refuse_new_phase(db, task_id, phase_id, create)
                 _ensure_phase(db, phase_id, at)
                 updates["phase_id"] = phase_id
             _update(db, "tasks", task_id, {k: v for k, v in updates.items() if v is not None})
@@ -298,7 +320,8 @@ def _update(db: sqlite3.Connection, table: str, key: str, values: dict) -> None:
     db.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", (*values.values(), key))
 
 
-def update_task(db: sqlite3.Connection, task_id: str, values: dict, phase_id: str | None = None) -> None:
+def update_task(db: sqlite3.Connection, task_id: str, values: dict, phase_id: str | None = None, create: bool = False) -> None:
+    """Edit a task's inputs; moving it to a new phase off the naming (new_phase_refusal) needs `create`."""
     unknown = set(values) - set(TASK_INPUTS)
     if unknown:
         raise MeterError(f"not a task field: {', '.join(sorted(unknown))}")
@@ -308,6 +331,7 @@ def update_task(db: sqlite3.Connection, task_id: str, values: dict, phase_id: st
         task = get_task(db, task_id)
         if phase_id:
             phase_id = validate_phase_id(phase_id)
+            _refuse_new_phase(db, task["id"], phase_id, create)
             _ensure_phase(db, phase_id, to_stored(now()))
             values = {**values, "phase_id": phase_id}
         _update(db, "tasks", task["id"], values)
