@@ -114,6 +114,29 @@ def test_a_red_run_after_a_validation_a_person_marked_is_rework(work, meter):
     assert work.iterations() == 3
 
 
+def test_marking_a_milestone_the_meter_set_confirms_it_and_the_meter_moves_it_no_more(work, meter, db_path):
+    work.commit(0)  # INITIAL_COMPLETION, from the commit
+    work.run(1, 0, tests=2)  # TESTS_COMPLETION and the meter's own VALIDATION
+    before = task_row_in(work.db)
+    confirmed = meter("mark", "tests", "P1-001")
+    assert confirmed.code == 0, confirmed.err
+    assert "(confirmed: pytest run at" in confirmed.out
+    confirmed = meter("mark", "validated", "P1-001")
+    assert confirmed.code == 0 and "(confirmed: pytest run at" in confirmed.out
+    after = task_row_in(work.db)
+    assert (after["tests_completion_at"], after["validation_at"]) == (before["tests_completion_at"], before["validation_at"])
+    work.run(2, 0, tests=2)  # a green run moves a VALIDATION no person has confirmed; this one stays
+    assert task_row_in(work.db)["validation_at"] == before["validation_at"]
+    work.run(3, 1, tests=2)  # after a person's VALIDATION: rework
+    assert work.iterations() == 2
+    # --at replaces the meter's time without --force, checked for order like any mark.
+    refused = meter("mark", "initial", "P1-001", "--at", at(2).isoformat())
+    assert refused.code == 1 and "already has tests" in refused.err
+    assert meter("mark", "initial", "P1-001", "--at", at(0).isoformat()).code == 0
+    again = meter("mark", "initial", "P1-001", "--at", at(0).isoformat())  # now a person's: --force to replace
+    assert again.code == 1 and "already has initial" in again.err
+
+
 def task_row_in(db) -> dict:
     return dict(db.execute("SELECT * FROM tasks WHERE id = 'P1-001'").fetchone())
 

@@ -103,20 +103,14 @@ def reworking_runs(db, task_ids: list[str]) -> dict[str, list[str]]:
         runs[run["task_id"]].append(run)
     for commit in db.execute(f"SELECT task_id, committed_at FROM commits WHERE task_id IN ({placeholders})", task_ids):
         commits[commit["task_id"]].append(commit["committed_at"])
-    own_validation = dict(
-        db.execute(
-            "SELECT task_id, value FROM automatic_marks WHERE id IN (SELECT max(id) FROM automatic_marks"
-            f" WHERE milestone = 'validated' AND task_id IN ({placeholders}) GROUP BY task_id)",
-            task_ids,
-        ).fetchall()
-    )
+    meter_validated = tasks.meter_set(db, task_ids, "validated")
     for task in db.execute(
         f"SELECT id, tests_completion_at, validation_at, final_approval_at FROM tasks WHERE id IN ({placeholders})", task_ids
     ):
         tests_done, approved = task["tests_completion_at"], task["final_approval_at"]
         if tests_done is None or not runs[task["id"]]:
             continue
-        validated = task["validation_at"] if task["validation_at"] != own_validation.get(task["id"]) else None
+        validated = task["validation_at"] if task["id"] not in meter_validated else None
         committed = min((at for at in commits[task["id"]] if at > tests_done), default=None)
         # From then on, a red run is no longer part of the first attempt.
         settled = min((at for at in (committed, validated) if at is not None), default=None)

@@ -273,11 +273,15 @@ def mark_cmd(milestone, task_id, at, force, note, db_path):
     tests      TESTS_COMPLETION_TIMESTAMP    tests pass
     validated  VALIDATION_TIMESTAMP          validation complete
     approved   FINAL_APPROVAL_TIMESTAMP      approved for merge
+
+    Marking one the meter set (a commit, a test run), without --at, confirms its time.
     """
-    with open_db(db_path) as db:
+    with open_db(db_path, create=False) as db:
         next_task = _branch_task() if milestone == "approved" else None
         marked = tasks.mark(db, task_id, milestone, at=at, force=force, note=note, next_task=next_task)
     line = f"{marked.task_id}: {milestone} at {display(marked.stamp)}"
+    if marked.confirmed:
+        line += f" (confirmed: {marked.confirmed})"
     if marked.released:
         line += (
             f"; {marked.now_current} (this branch's task) is current now" if marked.now_current else "; no task is current now"

@@ -411,28 +411,35 @@ def _check_milestone(values: dict[str, str | None], milestone: str, stamp: str, 
         _check_order(values, milestone, stamp, what)
 
 
-def _set_milestone(
-    db: sqlite3.Connection,
-    table: str,
-    what: str,
-    record: sqlite3.Row,
-    order: dict[str, str],
-    milestone: str,
-    stamp: str,
-    force: bool,
-) -> None:
-    """Check the milestone and store its timestamp, in the caller's transaction."""
-    values = {name: record[column] for name, column in order.items()}
-    _check_milestone(values, milestone, stamp, force, f"{what} {record['id']}")
-    db.execute(f"UPDATE {table} SET {order[milestone]} = ? WHERE id = ?", (stamp, record["id"]))
-
-
 @dataclass(frozen=True)
 class Marked:
     task_id: str
     stamp: str
     released: bool  # the approved task was current, and is no more
     now_current: str | None  # the task current after a release (None: none)
+    confirmed: str | None = None  # the meter's source a person confirmed, or None for a time they gave
+
+
+# The note of a milestone event the meter recorded by itself: "automatic: <source>".
+AUTOMATIC_NOTE = "automatic: "
+
+
+def meter_set(db: sqlite3.Connection, task_ids: list[str], milestone: str) -> dict[str, str]:
+    """Per task whose `milestone` the meter set and no person has marked since (its
+    latest event of that milestone is the meter's): the meter's source."""
+    if not task_ids:
+        return {}
+    placeholders = ", ".join("?" for _ in task_ids)
+    rows = db.execute(
+        "SELECT task_id, note FROM task_events WHERE id IN (SELECT max(id) FROM task_events"
+        f" WHERE kind = 'milestone' AND milestone = ? AND task_id IN ({placeholders}) GROUP BY task_id)",
+        [milestone, *task_ids],
+    )
+    return {
+        row["task_id"]: row["note"].removeprefix(AUTOMATIC_NOTE)
+        for row in rows
+        if row["note"] and row["note"].startswith(AUTOMATIC_NOTE)
+    }
 
 
 def mark(
@@ -445,18 +452,30 @@ def mark(
     note: str | None = None,
     next_task: str | None = None,
 ) -> Marked:
-    """Record a Level 1 milestone timestamp. An approved task that is current stops
-    being current: `next_task` (the branch's, say) becomes current if it is an open task."""
+    """Record a Level 1 milestone timestamp. Marking one the meter set (a commit, a
+    test run), without `at`, confirms it: its time stays, and from then on it is a
+    person's. An approved task that is current stops being current: `next_task`
+    (the branch's, say) becomes current if it is an open task."""
     stamp = _milestone_stamp(MILESTONES, milestone, at, "task")
     with write_transaction(db):
         task = resolve_task(db, task_id)
-        _set_milestone(db, "tasks", "task", task, MILESTONES, milestone, stamp, force)
+        column = MILESTONES[milestone]
+        confirmed = meter_set(db, [task["id"]], milestone).get(task["id"]) if task[column] is not None else None
+        if confirmed and at is None:
+            stamp = task[column]
+        else:
+            values = {name: task[name_column] for name, name_column in MILESTONES.items()}
+            if confirmed:  # a person's time replaces the meter's
+                values[milestone] = None
+            confirmed = None
+            _check_milestone(values, milestone, stamp, force, f"task {task['id']}")
+            db.execute(f"UPDATE tasks SET {column} = ? WHERE id = ?", (stamp, task["id"]))
         db.execute(
             "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
             (task["id"], stamp, milestone, note),
         )
         released, now_current = release_approved(db, task["id"], stamp, next_task) if milestone == "approved" else (False, None)
-    return Marked(task["id"], stamp, released, now_current)
+    return Marked(task["id"], stamp, released, now_current, confirmed)
 
 
 def release_approved(
@@ -659,7 +678,9 @@ def auto_mark(
     column = order.get(milestone, milestone)
     condition = f"{column} IS NULL"
     params: list = [stamp, record_id]
-    if replace_own:
+    # A task milestone a person marked since (or confirmed) is theirs, whatever its value.
+    marked_by_person = table == "tasks" and milestone in MILESTONES and record_id not in meter_set(db, [record_id], milestone)
+    if replace_own and not marked_by_person:
         own = db.execute(
             "SELECT value FROM automatic_marks WHERE coalesce(task_id, phase_id) = ? AND milestone = ? ORDER BY id DESC LIMIT 1",
             (record_id, milestone),
@@ -677,7 +698,7 @@ def auto_mark(
         if task_id and milestone in MILESTONES:
             db.execute(
                 "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
-                (task_id, stamp, milestone, f"automatic: {source}"),
+                (task_id, stamp, milestone, AUTOMATIC_NOTE + source),
             )
     return bool(changed)
 
