@@ -1,48 +1,54 @@
 """Working time: when a task was being worked on, not merely open.
 
-A task's working time is the time it was current (`meter set-task`), less idle
-gaps: stretches longer than `idle_seconds` with no activity of the task (an AI
-call, a set-task, a milestone or an iteration). A task that was never current
-(its calls came through `/t/TASK/` or `meter run --task`) is taken as current
-from its first activity to its last. Pure functions over POSIX seconds.
+A task's working time, within its wall time (from its begin to its approval,
+or now), is made of
+- its activity joined into stretches wherever two items are at most
+  `idle_seconds` apart: the minute of each AI call attributed to it, whether it
+  was current or not (a second terminal's `/t/TASK/`, `meter run --task`), its
+  commits, test runs, milestones and iterations;
+- and the time it was current (`meter set-task`), less idle gaps: there the
+  set-task into it, the switch away from it, and now while it is still current
+  count as activity too, so a task current while its developer thinks counts
+  up to now until the pause exceeds `idle_seconds`.
+Nights and lunches do not count, a switch away is not bridged to later work by
+itself, and working time never exceeds wall time. Pure functions over POSIX seconds.
 """
+
+from bisect import bisect_right
 
 Span = tuple[float, float]
 
 DEFAULT_IDLE_SECONDS = 15 * 60
 
 
-def working_spans(current: list[Span], activity: list[Span], idle_seconds: float) -> list[Span]:
-    """The spans of `current` that are not idle gaps. `activity` holds (start, end)
-    items: an AI call's minute, or an instant (start == end). Each interval's
-    start and end (a set-task, an approval, or now) count as activity, so a task
-    still current keeps the time since its last activity unless that is a gap.
-    One walk over both, sorted: O(n log n)."""
-    activity = sorted(activity)
-    current = sorted(current)
-    if not current and activity:
-        current = [(activity[0][0], max(end for _, end in activity))]
+def _joined(items: list[Span], idle_seconds: float) -> list[Span]:
+    """Sorted (start, end) items joined wherever the gap is at most `idle_seconds`."""
     spans: list[Span] = []
-    first = 0  # the first activity item that may reach into this interval
+    for start, end in items:
+        if spans and start - spans[-1][1] <= idle_seconds:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def working_spans(current: list[Span], activity: list[Span], idle_seconds: float, window: Span) -> list[Span]:
+    """The working spans of a task, clipped to `window` (its wall time). `current`: when it was current (each
+    end a set-task, or now while it still is); `activity`: (start, end) items, an
+    AI call's minute or an instant (start == end). O(n log n) but for the items
+    of each current interval."""
+    activity = sorted(activity)
+    spans = _joined(activity, idle_seconds)
+    starts = [start for start, _ in activity]
+    longest = max((end - start for start, end in activity), default=0)
     for start, end in current:
-        while first < len(activity) and activity[first][1] < start:
-            first += 1
-        span_start, span_end = start, start
-        index = first
-        while True:
-            if index < len(activity) and activity[index][0] <= end:
-                a, b = max(activity[index][0], start), min(activity[index][1], end)
-                index += 1
-            else:
-                a = b = end  # the interval's end is the last point
-            if a - span_end > idle_seconds:
-                spans.append((span_start, span_end))
-                span_start = a
-            span_end = max(span_end, b)
-            if a == end and b == end and (index >= len(activity) or activity[index][0] > end):
-                break
-        spans.append((span_start, span_end))
-    return [(a, b) for a, b in spans if b > a]
+        # The items that reach into this interval, clipped to it, between its two ends.
+        reaching = activity[bisect_right(starts, start - longest - 1) : bisect_right(starts, end)]
+        inside = [(max(a, start), min(b, end)) for a, b in reaching if b >= start]
+        spans += _joined([(start, start), *inside, (end, end)], idle_seconds)
+    low, high = window
+    clipped = [(max(start, low), min(end, high)) for start, end in spans]
+    return union([(start, end) for start, end in clipped if end > start])
 
 
 def total(spans: list[Span]) -> float:
