@@ -111,10 +111,12 @@ def test_task_report_fields(phase_one):
     report = task_report(phase_one, "P1-001", now=NOW)
     assert report["begin_timestamp"] == at(9) and report["final_approval_timestamp"] == at(10, 30)
     assert report["estimated_duration"] == 3600
-    # Working time: current 09:00-09:30 and 10:00-10:15, less the 19 idle minutes after the 09:10 call.
-    assert report["actual_duration"] == 26 * 60 and report["actual_duration_is_elapsed_so_far"] is False
+    # Working time: current 09:00-09:30 and 10:00-10:15, less the 19 idle minutes after the 09:10 call;
+    # and since issue 22 (a task's activity counts whether or not it is current) to the approval at
+    # 10:30, its activity 15 minutes after it was cleared: within the idle gap.
+    assert report["actual_duration"] == 41 * 60 and report["actual_duration_is_elapsed_so_far"] is False
     assert report["wall_duration"] == 5400  # begin to approval, labelled apart
-    assert report["variance"] == 26 * 60 - 3600 and report["efficiency_ratio"] == pytest.approx(26 / 60)
+    assert report["variance"] == 41 * 60 - 3600 and report["efficiency_ratio"] == pytest.approx(41 / 60)
     assert report["stage_durations"] == {
         "begin_to_initial": None,
         "initial_to_tests": None,
@@ -165,9 +167,9 @@ def test_phase_report_fields_and_targets(phase_one):
     assert report["tasks_failed_first_attempt"] == 1 and report["tasks_reworked"] == ["P1-002"]
     assert report["average_iterations_per_task"] == 1.5
     assert report["estimated_total"] is None and report["tasks_without_estimate"] == ["P1-002"]
-    assert report["actual_total"] == (26 + 11) * 60  # the tasks never overlapped
+    assert report["actual_total"] == (41 + 11) * 60  # the tasks never overlapped
     assert report["parallel_efficiency"] == 0  # one person working serially saves nothing
-    assert report["variance_tasks"] == ["P1-001"] and report["variance"] == 26 * 60 - 3600
+    assert report["variance_tasks"] == ["P1-001"] and report["variance"] == 41 * 60 - 3600
     assert report["open_tasks_so_far"] == [{"task_id": "P1-002", "actual_duration": 11 * 60, "estimated_duration": None}]
     assert report["test_coverage_overall"] == 80.0
     assert report["performance_targets_met"] == "1 / 2"

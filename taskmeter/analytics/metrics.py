@@ -140,7 +140,7 @@ def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[work
         return []
     begin, end = _seconds(task["begin_at"]), _seconds(_end_of(task, now))
     # A task still current is current until its approval, or now.
-    current = [(_seconds(a), min(end, _seconds(b)) if b else end) for a, b in history.current if _seconds(a) < end]
+    current = [(_seconds(a), min(end, _seconds(b)) if b else end) for a, b in history.current if _seconds(a) <= end]
     activity = [(start, start + 60) for start in (_seconds(m + ":00.000000Z") for m in history.activity_minutes)]
     activity += [(at, at) for at in map(_seconds, history.events)]
     return worktime.working_spans(current, activity, idle_seconds, (begin, end))
