@@ -6,7 +6,7 @@ intervals, and one never current only from its first activity to its last), and
 everything is clipped to the task's wall time. So the definition below takes
 activity outside current intervals too, and each test passes the window."""
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from taskmeter.analytics.worktime import total, union, working_spans
@@ -42,11 +42,17 @@ def _intervals(draw_points):
     return [(ordered[i], ordered[i + 1]) for i in range(0, len(ordered) - 1, 2)]
 
 
+@settings(max_examples=300)
 @given(
-    st.lists(st.integers(0, 500), min_size=0, max_size=12).map(_intervals),
-    st.lists(st.tuples(st.integers(0, 520), st.sampled_from([0, 0, 5, 60])).map(lambda t: (t[0], t[0] + t[1])), max_size=40),
-    st.tuples(st.integers(0, 300), st.integers(0, 300)).map(lambda t: (t[0], t[0] + t[1])),
+    # Few distinct moments, so that items often start or end together.
+    st.lists(st.integers(0, 40).map(lambda n: n * 5), min_size=0, max_size=12).map(_intervals),
+    st.lists(
+        st.tuples(st.integers(0, 44).map(lambda n: n * 5), st.sampled_from([0, 0, 5, 60])).map(lambda t: (t[0], t[0] + t[1])),
+        max_size=30,
+    ),
+    st.tuples(st.integers(0, 100), st.integers(0, 250)).map(lambda t: (t[0], t[0] + t[1])),
 )
+@example([(0, 100), (115, 130)], [(115, 120)], (0, 200))  # a call at the moment of a switch back joins the gap before
 def test_the_walk_matches_the_definition(current, activity, window):
     spans = working_spans(current, activity, IDLE, window)
     assert total(spans) == by_definition(current, activity, IDLE, window)
@@ -64,6 +70,8 @@ def test_activity_counts_outside_current_intervals_but_a_switch_away_and_back_is
     assert working_spans([(0, 100), (700, 800)], [(30, 90), (400, 460)], 900, (0, 10_000)) == [(0, 800)]
     # Nothing of the task between the switch away at 100 and back at 700: 600 s of other work, not joined.
     assert working_spans([(0, 100), (700, 800)], [(30, 90)], 900, (0, 10_000)) == [(0, 100), (700, 800)]
+    # A call of the task at the moment it is switched back to: its activity joins the gap before.
+    assert working_spans([(0, 100), (1000, 1100)], [(1000, 1060)], 900, (0, 10_000)) == [(0, 1100)]
 
 
 def test_a_call_minute_never_reaches_past_the_wall_time():

@@ -34,8 +34,11 @@ def working_spans(current: list[Span], activity: list[Span], idle_seconds: float
         return index >= 0 and moment <= current[index][1]
 
     # (start, end, is activity): a current interval's ends are points that are not activity.
+    # Activity first among items that start together: it decides whether the gap before them is joined.
     items = sorted(
-        [(start, end, True) for start, end in activity] + [(moment, moment, False) for interval in current for moment in interval]
+        [(start, end, True) for start, end in activity]
+        + [(moment, moment, False) for interval in current for moment in interval],
+        key=lambda item: (item[0], not item[2]),
     )
     spans: list[Span] = []
     last_is_activity = False  # whether an item ending where the last span ends is activity
