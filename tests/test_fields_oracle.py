@@ -6,7 +6,8 @@ clock-change day in Europe/Berlin (2026-10-25) or America/New_York (2026-11-01),
 with TZ set to that zone: `meter set-task`, a clear, calls with and without an
 agent session (Claude Code's header, a Responses chain, one-shot SDK calls,
 failed calls), calls a second terminal attributes by `/t/TASK/`, retags, test
-runs, approvals and hallucination flags. Each step is written through the
+runs, approvals and hallucination flags; some calls stream past the next call
+and are stored after it, as the recorder stores calls when they end. Each step is written through the
 store's own functions on a real SQLite file: tasks.set_task and clear_task (the
 clock set), the recorder's Writer, calls.retag, the pytest plugin's
 record_run, tasks.mark and interactions.flag. `Model` keeps what the steps
@@ -72,6 +73,7 @@ _call = st.tuples(
     st.sampled_from([None, None, *TASKS]),  # a /t/TASK/ prefix (a second terminal), or none: the current task
     st.sampled_from(["sdk", "sdk", "agent", "agent", "responses", "failed"]),
     st.integers(0, 5),  # which root or agent session
+    st.sampled_from([False, False, False, True]),  # a stream that ends after the next call: stored after it
 )
 STEP = st.tuples(
     st.sampled_from([1, 5, 40, 120, 400, 700, 950, 1900, 4000]),  # seconds after the step before
@@ -168,6 +170,12 @@ def _stored(at: float) -> str:
 def apply(db, writer: Writer, model: Model, steps, start: datetime) -> float:
     """Write each step through the store's own functions, and into the model; returns the last step's time."""
     at = start.timestamp()
+    streaming: list[tuple[Call, Interaction, str | None]] = []  # stored once the next call is
+
+    def store(call: Call, row: Interaction, explicit: str | None) -> None:
+        assert writer.store([CallRow(row)]) == []
+        model.store(call, explicit)
+
     for n, (delay, step) in enumerate(steps):
         at += delay
         moment = datetime.fromtimestamp(at, UTC)
@@ -177,7 +185,7 @@ def apply(db, writer: Writer, model: Model, steps, start: datetime) -> float:
                 tasks.set_task(db, step[1]) if kind == "set" else tasks.clear_task(db)
             model.set_task(step[1] if kind == "set" else None, at)
         elif kind == "call":
-            _, explicit, call_kind, which = step
+            _, explicit, call_kind, which, long = step
             call = Call(
                 id=f"{n:012d}",
                 at=at,
@@ -201,8 +209,12 @@ def apply(db, writer: Writer, model: Model, steps, start: datetime) -> float:
                 output_total=call.tokens[1] if call.tokens else None,
                 usage_source="reported" if call.tokens else None,
             )
-            assert writer.store([CallRow(row)]) == []
-            model.store(call, explicit)
+            if long:
+                streaming.append((call, row, explicit))
+                continue
+            store(call, row, explicit)
+            while streaming:
+                store(*streaming.pop())
         elif kind == "retag" and model.calls:
             call = model.calls[step[1] % len(model.calls)]
             with write_transaction(db):
@@ -222,6 +234,8 @@ def apply(db, writer: Writer, model: Model, steps, start: datetime) -> float:
                 call = answered[step[1] % len(answered)]
                 interactions.flag(db, call.id)
                 model.flags.add(call.id)
+    while streaming:
+        store(*streaming.pop())
     return at
 
 
@@ -382,14 +396,19 @@ def check_phase(report: dict, oracle: Oracle, phase: str, tasks_: list[str]) -> 
 # a second terminal's calls between the current task's are no switches.
 @example(
     history=(
-        [(5, ("set", "P1-101")), (40, ("call", None, "agent", 0)), (5, ("clear",))]
-        + [(40, ("set", "P1-101")), (40, ("call", None, "agent", 0))],
+        [(5, ("set", "P1-101")), (40, ("call", None, "agent", 0, False)), (5, ("clear",))]
+        + [(40, ("set", "P1-101")), (40, ("call", None, "agent", 0, False))],
         300,
     )
 )
-@example(history=([(5, ("call", "P1-235", "sdk", 0)), (40, ("set", "P1-235")), (40, ("call", None, "sdk", 0))], 300))
 @example(
-    history=([(5, ("set", "P1-101"))] + [(40, ("call", task, "agent", n)) for n, task in enumerate([None, "P2-470"] * 3)], 1)
+    history=([(5, ("call", "P1-235", "sdk", 0, False)), (40, ("set", "P1-235")), (40, ("call", None, "sdk", 0, False))], 300)
+)
+@example(
+    history=(
+        [(5, ("set", "P1-101"))] + [(40, ("call", task, "agent", n, n == 2)) for n, task in enumerate([None, "P2-470"] * 3)],
+        1,
+    )
 )
 def test_every_field_equals_its_plain_recomputation(zone, history):
     steps, tail = history

@@ -251,6 +251,37 @@ def test_the_open_interval_counts_up_to_now_while_the_developer_thinks(db, db_pa
     assert _report_at(db, "P6-001", 30)["actual_duration"] == 10 * 60 + 4 * 60
 
 
+def test_a_stream_stored_after_shorter_calls_that_began_later_moves_the_switch_to_it(db, db_path):
+    """A new Claude Code session's main call streams while its side call, begun a
+    second later, finishes and is stored first; after a return, likewise. One
+    switch each time, on the call that began first, as if stored in order."""
+
+    def call(n: int, minutes: float, session: str) -> CallRow:
+        at = to_stored(_at(minutes))
+        return CallRow(
+            Interaction(
+                id=f"{n:012d}", started_at=at, protocol="anthropic", conversation_root=f"root-{n}", client_session=session
+            )
+        )
+
+    _set_task(db, "P8-001", 0)
+    writer = Writer(db_path)
+    try:
+        assert writer.store([call(1, 1, "cc-one")]) == []
+        main, side = call(2, 2, "cc-two"), call(3, 2.02, "cc-two")
+        assert writer.store([side]) == [] and writer.store([main]) == []
+        _set_task(db, "P8-002", 3)
+        _set_task(db, "P8-001", 4)
+        main, side = call(4, 5, "cc-two"), call(5, 5.02, "cc-two")
+        assert writer.store([side]) == [] and writer.store([main]) == []
+    finally:
+        writer.close()
+    switches = [row[0] for row in db.execute("SELECT context_switch FROM interactions ORDER BY started_at")]
+    assert switches == [0, 1, 0, 1, 0]
+    with write_transaction(db):
+        assert calls.recompute_context_switches(db, "P8-001") == 0
+
+
 def test_m020_judges_every_stored_call_afresh_and_rebuilds_the_rollup(db_path, monkeypatch):
     """A database written by the earlier rule (each new SDK conversation a switch),
     upgraded: its calls and the task_usage rollup follow the rule, as a retag would."""

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from taskmeter.errors import NotFound
 from taskmeter.store import tasks
 from taskmeter.store.interactions import Interaction, insert_many, storable_text
-from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS, context_switches, conversation_of, is_context_switch, session_of
+from taskmeter.store.sessions import (
+    DEFAULT_SESSION_GAP_SECONDS,
+    context_switches,
+    conversation_of,
+    is_context_switch,
+    later_calls_judged_afresh,
+    session_of,
+)
 
 
 @dataclass(slots=True)
@@ -53,6 +60,9 @@ def store_calls(db: sqlite3.Connection, items: list[CallRow], session_gap_second
         if row.task_id is not None and row.operation == "generate":
             row.context_switch = is_context_switch(db, row)
         insert_many(db, [row])
+        if row.task_id is not None and row.operation == "generate":
+            # Calls of the task that started later but were stored first are judged again with this one.
+            db.executemany("UPDATE interactions SET context_switch = ? WHERE id = ?", later_calls_judged_afresh(db, row))
         insert_texts(db, item)
 
 

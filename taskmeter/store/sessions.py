@@ -124,6 +124,30 @@ def is_context_switch(db: sqlite3.Connection, row: Interaction) -> bool:
     )
 
 
+def later_calls_judged_afresh(db: sqlite3.Connection, row: Interaction) -> list[tuple[int, str]]:
+    """(value, call ID) for each call of the task that started after `row` but
+    was stored before it (a stream that finished after shorter calls began) and
+    that the rule now judges otherwise. Usually none, in one indexed query."""
+    later = [
+        Interaction(
+            id=call["id"],
+            started_at=call["started_at"],
+            task_id=row.task_id,
+            protocol=call["protocol"],
+            client_session=call["client_session"],
+            session_id=call["session_id"],
+            context_switch=call["context_switch"],
+        )
+        for call in db.execute(
+            "SELECT id, started_at, session_id, client_session, protocol, context_switch FROM interactions"
+            " WHERE task_id = ? AND operation = 'generate' AND (started_at, id) > (?, ?) ORDER BY started_at, id",
+            (row.task_id, row.started_at, row.id),
+        )
+    ]
+    judged = [(int(is_context_switch(db, call)), call) for call in later]
+    return [(value, call.id) for value, call in judged if value != call.context_switch]
+
+
 def switch_events(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
     """Every `meter set-task` (at, task ID; None: cleared), in order."""
     return [
