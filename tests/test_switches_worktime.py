@@ -199,7 +199,11 @@ def _stored_call(db_path, n: int, minutes: float, task_id: str | None = None) ->
         output_total=10,
         usage_source="reported",
     )
-    assert Writer(db_path).store([CallRow(row)]) == []
+    writer = Writer(db_path)
+    try:
+        assert writer.store([CallRow(row)]) == []
+    finally:
+        writer.close()
 
 
 def _report_at(db, task_id: str, minutes: float) -> dict:
