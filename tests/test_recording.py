@@ -47,10 +47,19 @@ def test_explicit_attribution_creates_the_task_and_wins_over_current(db):
     assert tasks.current_task(db).task_id == "P1-001"  # naming a task does not make it current
 
 
-def test_a_new_session_within_a_task_is_a_context_switch_and_going_back_is_not(db):
+def test_a_new_agent_session_within_a_task_is_a_context_switch_and_going_back_is_not(db):
+    tasks.set_task(db, "P1-001")
+    rows = _store(db, *(_call(n, root, client_session=f"cc-{root}") for n, root in enumerate(["a", "a", "b", "b", "a"], 1)))
+    assert [r["context_switch"] for r in rows] == [0, 0, 1, 0, 0]
+    assert [r["session_id"] for r in rows] == ["cc-a"] * 2 + ["cc-b"] * 2 + ["cc-a"]
+
+
+def test_sdk_conversations_are_sessions_but_never_context_switches(db):
+    """A client that names no session: each new first message is a session of its
+    own, yet no context switch (the developer stayed on the task)."""
     tasks.set_task(db, "P1-001")
     rows = _store(db, _call(1, "a"), _call(2, "a"), _call(3, "b"), _call(4, "b"), _call(5, "a"))
-    assert [r["context_switch"] for r in rows] == [0, 0, 1, 0, 0]
+    assert [r["context_switch"] for r in rows] == [0] * 5
     assert [r["session_id"] for r in rows] == ["000000000001"] * 2 + ["000000000003"] * 2 + ["000000000001"]
 
 
@@ -80,7 +89,7 @@ def test_a_conversation_paused_longer_than_the_gap_is_a_new_session(db):
         return _call(n, "a", task_id="P1-001", attribution="path", started_at=f"2026-11-20T{at}:00.000000Z")
 
     rows = _store(db, call(1, "09:00"), call(2, "09:20"), call(3, "10:00"))  # 40 minutes on: past the 30-minute gap
-    assert [r["context_switch"] for r in rows] == [0, 0, 1]
+    assert [r["context_switch"] for r in rows] == [0, 0, 0]  # a pause inside one SDK chat is no switch
     assert [r["session_id"] for r in rows] == ["000000000001", "000000000001", "000000000003"]
 
 

@@ -15,6 +15,8 @@ _TIMESTAMPS = {*TASK_SECTIONS["TIMESTAMPS (ISO 8601 Format)"], *PHASE_SECTIONS["
 _DURATIONS = {"estimated_duration", "actual_duration", "estimated_total", "actual_total"}
 _PERCENT_INPUTS = {"test_coverage_target", "test_coverage_actual", "doc_completeness", "test_coverage_overall"}
 _SUCCESS = {"pass": "✅ PASS", "pending": "⏳ PENDING", "fail": "❌ FAIL"}
+# What a context switch is (docs/metrics.md, store/sessions.py), said beside the count.
+CONTEXT_SWITCHES_NOTE = "returns to the task after another one, and agent sessions after its first"
 
 
 def _hours(seconds: float) -> str:
@@ -91,6 +93,8 @@ def describe(name: str, fields: dict, utc: bool = False) -> str | None:
         return _tokens(value)
     if name == "tokens_per_task_avg":
         return f"{value:,.0f} tokens"
+    if name == "context_switches":
+        return f"{value} ({CONTEXT_SWITCHES_NOTE})"
     if name in ("ai_interactions", "ai_interactions_total"):
         return f"{value} interactions"
     if name in ("hallucination_rate",):
@@ -190,7 +194,7 @@ def _beyond(fields: dict) -> list[str]:
                 f" against {format_duration(task['estimated_duration']) or 'no estimate'}"
             )
     if "context_switches_total" in fields:
-        lines.append(f"CONTEXT_SWITCHES:  {fields['context_switches_total']}")
+        lines.append(f"CONTEXT_SWITCHES:  {fields['context_switches_total']} ({CONTEXT_SWITCHES_NOTE})")
     return lines
 
 

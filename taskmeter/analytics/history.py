@@ -36,7 +36,7 @@ class TaskHistory:
     rework_cost_usd: float | None
     rework_calls: int
     activity_minutes: list[str] = field(default_factory=list)  # `YYYY-MM-DDTHH:MM` with an AI call of the task
-    events: list[str] = field(default_factory=list)  # its milestones, iterations and commits
+    events: list[str] = field(default_factory=list)  # its milestones, iterations, commits and test runs
     after_approval: tuple[int, int | None] = (0, None)  # AI calls and tokens after its final approval
     estimates: list[tuple[str, int | None]] = field(default_factory=list)  # (set at, seconds; None: unset), in order
     withdrawn_approvals: list[tuple[str, str]] = field(default_factory=list)  # (approved at, reopened at)
@@ -128,8 +128,9 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
     events: dict[str, list[str]] = defaultdict(list)
     for row in db.execute(
         f"SELECT task_id, at FROM task_events WHERE kind IN ('milestone', 'iteration') AND task_id IN ({_placeholders(ids)})"
-        f" UNION ALL SELECT task_id, committed_at FROM commits WHERE task_id IN ({_placeholders(ids)})",
-        ids + ids,
+        f" UNION ALL SELECT task_id, committed_at FROM commits WHERE task_id IN ({_placeholders(ids)})"
+        f" UNION ALL SELECT task_id, at FROM test_runs WHERE task_id IN ({_placeholders(ids)})",
+        ids + ids + ids,
     ):
         events[row["task_id"]].append(row["at"])
     return [

@@ -144,17 +144,16 @@ def _seconds(stored: str) -> float:
 
 
 def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[worktime.Span]:
-    """The task's working spans (analytics/worktime.py), up to its approval or now."""
+    """The task's working spans (analytics/worktime.py), within its wall time: begin to approval, or now."""
     task = history.task
     if task["begin_at"] is None:
         return []
-    end = _seconds(_end_of(task, now))
+    begin, end = _seconds(task["begin_at"]), _seconds(_end_of(task, now))
     # A task still current is current until its approval, or now.
-    current = [(_seconds(a), min(end, _seconds(b)) if b else end) for a, b in history.current if _seconds(a) < end]
+    current = [(_seconds(a), min(end, _seconds(b)) if b else end) for a, b in history.current if _seconds(a) <= end]
     activity = [(start, start + 60) for start in (_seconds(m + ":00.000000Z") for m in history.activity_minutes)]
     activity += [(at, at) for at in map(_seconds, history.events)]
-    activity = [(a, min(b, end)) for a, b in activity if a <= end]
-    return worktime.working_spans(current, activity, idle_seconds)
+    return worktime.working_spans(current, activity, idle_seconds, (begin, end))
 
 
 def _stages(task: dict) -> dict:

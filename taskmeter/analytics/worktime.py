@@ -1,52 +1,73 @@
 """Working time: when a task was being worked on, not merely open.
 
-A task's working time is the time it was current (`meter set-task`), less idle
-gaps: stretches longer than `idle_seconds` with no activity of the task (an AI
-call, a set-task, a milestone or an iteration). A task that was never current
-(its calls came through `/t/TASK/` or `meter run --task`) is taken as current
-from its first activity to its last. Pure functions over POSIX seconds.
+A task's working time, within its wall time (from its begin to its approval,
+or now), is its activity joined into stretches wherever two items are at most
+`idle_seconds` apart. Its activity: the minute of each AI call attributed to
+it, whether it was current or not (a second terminal's `/t/TASK/`, `meter run
+--task`), its commits, test runs, milestones and iterations; and the times it
+was current (`meter set-task`): the set-task into it, the switch away from it,
+and now while it still is, so a task current while its developer thinks counts
+up to now until the pause exceeds `idle_seconds`. Only a gap with activity of
+the task on one side, or inside a time it was current, is joined: a switch away
+and the next switch back, with other work between, are not. Nights and lunches
+do not count, and working time never exceeds wall time. Pure functions over
+POSIX seconds.
 """
+
+from bisect import bisect_right
 
 Span = tuple[float, float]
 
 DEFAULT_IDLE_SECONDS = 15 * 60
 
 
-def working_spans(current: list[Span], activity: list[Span], idle_seconds: float) -> list[Span]:
-    """The spans of `current` that are not idle gaps. `activity` holds (start, end)
-    items: an AI call's minute, or an instant (start == end). Each interval's
-    start and end (a set-task, an approval, or now) count as activity, so a task
-    still current keeps the time since its last activity unless that is a gap.
-    One walk over both, sorted: O(n log n)."""
-    activity = sorted(activity)
-    current = sorted(current)
-    if not current and activity:
-        current = [(activity[0][0], max(end for _, end in activity))]
+def working_spans(current: list[Span], activity: list[Span], idle_seconds: float, window: Span) -> list[Span]:
+    """The working spans of a task, clipped to `window` (its wall time).
+    `current`: when it was current (each end a set-task, or now while it still
+    is); `activity`: (start, end) items, an AI call's minute or an instant
+    (start == end). One sort and one walk: O(n log n)."""
+    current = union(current)
+    current_starts = [start for start, _ in current]
+
+    def while_current(moment: float) -> bool:
+        index = bisect_right(current_starts, moment) - 1
+        return index >= 0 and moment <= current[index][1]
+
+    # (start, end, is activity): a current interval's ends are points that are not activity.
+    # Activity first among items that start together: it decides whether the gap before them is joined.
+    items = sorted(
+        [(start, end, True) for start, end in activity]
+        + [(moment, moment, False) for interval in current for moment in interval],
+        key=lambda item: (item[0], not item[2]),
+    )
     spans: list[Span] = []
-    first = 0  # the first activity item that may reach into this interval
-    for start, end in current:
-        while first < len(activity) and activity[first][1] < start:
-            first += 1
-        span_start, span_end = start, start
-        index = first
-        while True:
-            if index < len(activity) and activity[index][0] <= end:
-                a, b = max(activity[index][0], start), min(activity[index][1], end)
-                index += 1
-            else:
-                a = b = end  # the interval's end is the last point
-            if a - span_end > idle_seconds:
-                spans.append((span_start, span_end))
-                span_start = a
-            span_end = max(span_end, b)
-            if a == end and b == end and (index >= len(activity) or activity[index][0] > end):
-                break
-        spans.append((span_start, span_end))
-    return [(a, b) for a, b in spans if b > a]
+    last_is_activity = False  # whether an item ending where the last span ends is activity
+    for start, end, is_activity in items:
+        if spans and (
+            start <= spans[-1][1]
+            or (
+                start - spans[-1][1] <= idle_seconds
+                and (is_activity or last_is_activity or while_current((start + spans[-1][1]) / 2))
+            )
+        ):
+            span_start, span_end = spans[-1]
+            if end > span_end:
+                last_is_activity = is_activity
+            elif end == span_end:
+                last_is_activity = last_is_activity or is_activity
+            spans[-1] = (span_start, max(span_end, end))
+        else:
+            spans.append((start, end))
+            last_is_activity = is_activity
+    low, high = window
+    clipped = [(max(start, low), min(end, high)) for start, end in spans]
+    return [(start, end) for start, end in clipped if end > start]
 
 
 def total(spans: list[Span]) -> float:
-    return sum(end - start for start, end in union(spans))
+    # Every end is a stored moment (whole microseconds): rounding drops the float
+    # error of POSIX seconds, so working time never exceeds wall time by 1e-7 s.
+    return round(sum(end - start for start, end in union(spans)), 6)
 
 
 def union(spans: list[Span]) -> list[Span]:

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from taskmeter.errors import NotFound
 from taskmeter.store import tasks
 from taskmeter.store.interactions import Interaction, insert_many, storable_text
-from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS, conversation_of, is_context_switch, session_of
+from taskmeter.store.sessions import (
+    DEFAULT_SESSION_GAP_SECONDS,
+    context_switches,
+    conversation_of,
+    is_context_switch,
+    later_calls_judged_afresh,
+    session_of,
+)
 
 
 @dataclass(slots=True)
@@ -51,8 +58,11 @@ def store_calls(db: sqlite3.Connection, items: list[CallRow], session_gap_second
         row.session_id = session_of(db, row, session_gap_seconds)
         row.conversation_id = conversation_of(row.conversation_root, row.task_id, row.session_id)
         if row.task_id is not None and row.operation == "generate":
-            row.context_switch = is_context_switch(db, row.task_id, row.id, row.started_at, row.session_id)
+            row.context_switch = is_context_switch(db, row)
         insert_many(db, [row])
+        if row.task_id is not None and row.operation == "generate":
+            # Calls of the task that started later but were stored first are judged again with this one.
+            db.executemany("UPDATE interactions SET context_switch = ? WHERE id = ?", later_calls_judged_afresh(db, row))
         insert_texts(db, item)
 
 
@@ -76,15 +86,7 @@ def insert_texts(db: sqlite3.Connection, item: CallRow) -> None:
 def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:
     """Apply the context-switch rule afresh to every call of a task (after a retag);
     returns how many calls changed. Runs in the caller's transaction."""
-    updates = []
-    for row in db.execute(
-        "SELECT id, started_at, session_id, context_switch FROM interactions"
-        " WHERE task_id = ? AND operation = 'generate' ORDER BY started_at, id",
-        (task_id,),
-    ).fetchall():
-        value = int(is_context_switch(db, task_id, row["id"], row["started_at"], row["session_id"] or row["id"]))
-        if row["context_switch"] != value:
-            updates.append((value, row["id"]))
+    updates = [(value, call_id) for call_id, value, stored in context_switches(db, task_id) if stored != value]
     db.executemany("UPDATE interactions SET context_switch = ? WHERE id = ?", updates)
     return len(updates)
 

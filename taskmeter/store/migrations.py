@@ -1300,6 +1300,28 @@ def m019_phase_marks(db: sqlite3.Connection) -> None:
 
 
 @migration
+def m020_context_switches_as_developers_mean_them(db: sqlite3.Connection) -> None:
+    """Context switches by the rule of store/sessions.py (docs/metrics.md): a
+    return to a task after another one, or an agent session after the task's
+    first; a new SDK conversation or a pause in one no longer counts. Every
+    stored call is judged afresh, and the task_usage rollup's context_switches
+    rebuilt from the calls."""
+    from taskmeter.store import sessions  # the rule as it stands, applied once to the stored calls
+
+    switches = sessions.switch_events(db)
+    tasks = [row[0] for row in db.execute("SELECT DISTINCT task_id FROM interactions WHERE task_id IS NOT NULL")]
+    for task_id in tasks:
+        db.executemany(
+            "UPDATE interactions SET context_switch = ? WHERE id = ?",
+            [(value, call_id) for call_id, value, stored in sessions.context_switches(db, task_id, switches) if stored != value],
+        )
+    db.execute(
+        "UPDATE task_usage SET context_switches = (SELECT coalesce(sum(i.context_switch), 0) FROM interactions i"
+        " WHERE coalesce(i.task_id, '') = task_usage.task_key AND i.operation = 'generate')"
+    )
+
+
+@migration
 def m021_derived_iterations_and_no_zero_coverage_target(db: sqlite3.Connection) -> None:
     """Red test runs are no longer stored as iterations: which of them are rework
     is derived when read (automation/testruns.py reworking_runs), so the events

@@ -14,12 +14,23 @@ A conversation is a conversation root (protocols/conversation.py) in one task an
 one session: its stored ID hashes the three, so separate runs with the same first
 prompt are separate conversations.
 
-A call is a context switch when its task had an earlier AI call and either the
-task was switched away from and back since that call (`meter set-task`), or the
-call starts a session new to the task. Calls are ordered by (started_at, id).
+A call is a context switch (docs/metrics.md) when its task had an earlier AI
+call and, since that call, either
+- the developer returned to the task: `meter set-task` made it current again
+  after another task had been current (calls of other tasks in between, from a
+  second terminal, do not count: the meter cannot tell them from parallel work);
+- or the call starts an agent session of the task after its first one. Agent
+  sessions are those the agent names itself (`client_session`: Claude Code,
+  Codex, Gemini CLI) and Responses chains, which become one at their second
+  call. Other sessions (scripts, one-shot SDK calls, an SDK chat resumed after
+  a pause) never make a switch.
+Calls are ordered by (started_at, id). `is_context_switch` judges a call as it
+is stored; `context_switches` judges every call of a task at once (after a
+retag, and in migration m020); both decide by the same predicates below.
 """
 
 import sqlite3
+from bisect import bisect_right
 from datetime import timedelta
 
 from taskmeter import protocols
@@ -55,20 +66,124 @@ def conversation_of(root: str | None, task_id: str | None, session_id: str | Non
     return None if root is None else short_hash([root, task_id, session_id])
 
 
-def is_context_switch(db: sqlite3.Connection, task_id: str, call_id: str, started_at: str, session_id: str) -> bool:
-    """The context-switch rule, for a generation call of `task_id`."""
+def _returned(task_id: str, current_then: str | None, switched_to: list[str | None]) -> bool:
+    """Was `task_id` made current again after another task had been current?
+    `current_then`: the task current at its previous call; `switched_to`: each
+    `meter set-task` since, in order (None: cleared)."""
+    away = current_then not in (None, task_id)
+    for target in switched_to:
+        if target == task_id and away:
+            return True
+        away = away or target not in (None, task_id)
+    return False
+
+
+def _agent_work(client_session: str | None, protocol: str | None, earlier_in_session: bool) -> bool:
+    """Is a call part of an agent session: one its client names, or a Responses
+    chain it continues (a first Responses call alone is a one-shot call)?"""
+    return client_session is not None or (protocol in _CHAINED_PROTOCOLS and earlier_in_session)
+
+
+_CHAINED_SQL = ", ".join(f"'{name}'" for name in sorted(_CHAINED_PROTOCOLS))
+_BEFORE = "e.task_id = ? AND e.operation = 'generate' AND (e.started_at, e.id) < (?, ?)"
+# _agent_work of an earlier call `e` of the same task, in SQL.
+_AGENT_WORK_SQL = (
+    f"(e.client_session IS NOT NULL OR (e.protocol IN ({_CHAINED_SQL}) AND EXISTS (SELECT 1 FROM interactions f"
+    " WHERE f.task_id = e.task_id AND f.session_id = e.session_id AND f.operation = 'generate'"
+    " AND (f.started_at, f.id) < (e.started_at, e.id))))"
+)
+
+
+def is_context_switch(db: sqlite3.Connection, row: Interaction) -> bool:
+    """The context-switch rule for a generation call of a task, as it is stored
+    after the calls that started before it."""
+    before = (row.task_id, row.started_at, row.id)
     previous = db.execute(
-        "SELECT started_at FROM interactions WHERE task_id = ? AND operation = 'generate' AND (started_at, id) < (?, ?)"
-        " ORDER BY started_at DESC, id DESC LIMIT 1",
-        (task_id, started_at, call_id),
+        f"SELECT e.started_at FROM interactions e WHERE {_BEFORE} ORDER BY e.started_at DESC, e.id DESC LIMIT 1", before
     ).fetchone()
     if previous is None:
         return False
-    if tasks.switched_into_between(db, task_id, previous["started_at"], started_at):
+    switched_to = [
+        event["task_id"]
+        for event in db.execute(
+            "SELECT task_id FROM task_events WHERE kind = 'switch' AND at > ? AND at <= ? ORDER BY at, id",
+            (previous["started_at"], row.started_at),
+        )
+    ]
+    # (The task current at the previous call matters only when the task was switched into since.)
+    if row.task_id in switched_to and _returned(row.task_id, tasks.task_current_at(db, previous["started_at"]), switched_to):
         return True
-    seen = db.execute(
-        "SELECT 1 FROM interactions WHERE session_id = ? AND task_id = ? AND operation = 'generate' AND (started_at, id) < (?, ?)"
-        " LIMIT 1",
-        (session_id, task_id, started_at, call_id),
+    in_session = f"SELECT 1 FROM interactions e WHERE {_BEFORE} AND e.session_id = ?"
+    earlier_in_session, agent_in_session = db.execute(
+        f"SELECT EXISTS ({in_session}), EXISTS ({in_session} AND {_AGENT_WORK_SQL})", (*before, row.session_id) * 2
     ).fetchone()
-    return seen is None
+    if not _agent_work(row.client_session, row.protocol, bool(earlier_in_session)) or agent_in_session:
+        return False  # not agent work, or its agent session had begun already
+    return (
+        db.execute(f"SELECT 1 FROM interactions e WHERE {_BEFORE} AND {_AGENT_WORK_SQL} LIMIT 1", before).fetchone() is not None
+    )
+
+
+def later_calls_judged_afresh(db: sqlite3.Connection, row: Interaction) -> list[tuple[int, str]]:
+    """(value, call ID) for each call of the task that started after `row` but
+    was stored before it (a stream that finished after shorter calls began) and
+    that the rule now judges otherwise. Usually none, in one indexed query."""
+    later = [
+        Interaction(
+            id=call["id"],
+            started_at=call["started_at"],
+            task_id=row.task_id,
+            protocol=call["protocol"],
+            client_session=call["client_session"],
+            session_id=call["session_id"],
+            context_switch=call["context_switch"],
+        )
+        for call in db.execute(
+            "SELECT id, started_at, session_id, client_session, protocol, context_switch FROM interactions"
+            " WHERE task_id = ? AND operation = 'generate' AND (started_at, id) > (?, ?) ORDER BY started_at, id",
+            (row.task_id, row.started_at, row.id),
+        )
+    ]
+    judged = [(int(is_context_switch(db, call)), call) for call in later]
+    return [(value, call.id) for value, call in judged if value != call.context_switch]
+
+
+def switch_events(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
+    """Every `meter set-task` (at, task ID; None: cleared), in order."""
+    return [
+        (row["at"], row["task_id"])
+        for row in db.execute("SELECT at, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id")
+    ]
+
+
+def context_switches(
+    db: sqlite3.Connection, task_id: str, switches: list[tuple[str, str | None]] | None = None
+) -> list[tuple[str, int, int | None]]:
+    """Every generation call of a task judged afresh: (call ID, the rule's value,
+    the stored value). `switches`: switch_events(db), when the caller has them."""
+    if switches is None:
+        switches = switch_events(db)
+    moments = [at for at, _ in switches]
+    judged = []
+    previous: str | None = None
+    seen: set[str] = set()  # sessions with a call of the task so far
+    agent_sessions: set[str] = set()  # those with agent work so far
+    for row in db.execute(
+        "SELECT id, started_at, session_id, client_session, protocol, context_switch FROM interactions"
+        " WHERE task_id = ? AND operation = 'generate' ORDER BY started_at, id",
+        (task_id,),
+    ):
+        session = row["session_id"] or row["id"]
+        work = _agent_work(row["client_session"], row["protocol"], session in seen)
+        switch = False
+        if previous is not None:
+            then = bisect_right(moments, previous)
+            switched_to = [target for _, target in switches[then : bisect_right(moments, row["started_at"])]]
+            returned = _returned(task_id, switches[then - 1][1] if then else None, switched_to)
+            switch = returned or (work and session not in agent_sessions and bool(agent_sessions))
+        if work:
+            agent_sessions.add(session)
+        seen.add(session)
+        previous = row["started_at"]
+        judged.append((row["id"], int(switch), row["context_switch"]))
+    return judged
