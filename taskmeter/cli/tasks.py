@@ -38,7 +38,7 @@ def set_task_cmd(task_id, title, estimate, phase, clear, create, db_path):
     The task (and its phase) is created on first use and its BEGIN_TIMESTAMP recorded.
     A new ID within one edit of an existing one (P1-01O beside P1-010), or in a new
     phase that does not follow the phase naming (LOGIN beside P1, P2), needs --create.
-    Switching from another task records a context switch.
+    Switching back to a task after another one was current makes its next AI call a context switch.
     """
     if clear == bool(task_id):
         raise click.UsageError("give a task ID, or --none to clear the current task")
