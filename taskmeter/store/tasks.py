@@ -411,6 +411,19 @@ def _check_milestone(values: dict[str, str | None], milestone: str, stamp: str, 
         _check_order(values, milestone, stamp, what)
 
 
+def _person_mark(
+    shown: dict[str, str | None], milestone: str, stamp: str, at: datetime | None, force: bool, source: str | None, what: str
+) -> tuple[str, str | None]:
+    """The one rule of a person's mark, given the milestones as the report shows them
+    and `source`, where the meter got the one marked (None: a person's, or unset).
+    Without `at` it confirms the meter's time; otherwise the person's time replaces
+    the meter's, checked for order. Returns (the time to store, the source confirmed)."""
+    if source and at is None:
+        return shown[milestone], source
+    _check_milestone({**shown, milestone: None} if source else shown, milestone, stamp, force, what)
+    return stamp, None
+
+
 @dataclass(frozen=True)
 class Marked:
     task_id: str
@@ -460,16 +473,10 @@ def mark(
     with write_transaction(db):
         task = resolve_task(db, task_id)
         column = MILESTONES[milestone]
-        confirmed = meter_set(db, [task["id"]], milestone).get(task["id"]) if task[column] is not None else None
-        if confirmed and at is None:
-            stamp = task[column]
-        else:
-            values = {name: task[name_column] for name, name_column in MILESTONES.items()}
-            if confirmed:  # a person's time replaces the meter's
-                values[milestone] = None
-            confirmed = None
-            _check_milestone(values, milestone, stamp, force, f"task {task['id']}")
-            db.execute(f"UPDATE tasks SET {column} = ? WHERE id = ?", (stamp, task["id"]))
+        source = meter_set(db, [task["id"]], milestone).get(task["id"]) if task[column] is not None else None
+        shown = {name: task[name_column] for name, name_column in MILESTONES.items()}
+        stamp, confirmed = _person_mark(shown, milestone, stamp, at, force, source, f"task {task['id']}")
+        db.execute(f"UPDATE tasks SET {column} = ? WHERE id = ?", (stamp, task["id"]))
         db.execute(
             "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, ?, ?)",
             (task["id"], stamp, milestone, note),
@@ -752,14 +759,8 @@ def mark_phase(
         phase = get_phase(db, phase_id)
         begins = [row[0] for row in db.execute("SELECT begin_at FROM tasks WHERE phase_id = ?", (phase["id"],))]
         shown = phase_milestones(phase, begins)
-        confirmed = _meter_source(db, phase, milestone, shown[milestone])
-        if confirmed and at is None:
-            stamp = shown[milestone]
-        else:
-            if confirmed:  # a person's time replaces the meter's
-                shown[milestone] = None
-            confirmed = None
-            _check_milestone(shown, milestone, stamp, force, f"phase {phase['id']}")
+        source = _meter_source(db, phase, milestone, shown[milestone])
+        stamp, confirmed = _person_mark(shown, milestone, stamp, at, force, source, f"phase {phase['id']}")
         db.execute(f"UPDATE phases SET {PHASE_MILESTONES[milestone]} = ? WHERE id = ?", (stamp, phase["id"]))
         db.execute(
             "INSERT INTO phase_marks (at, phase_id, milestone, value, confirmed) VALUES (?, ?, ?, ?, ?)",
