@@ -204,7 +204,7 @@ def test_a_budget_of_a_new_unit_replaces_the_old_one_unless_also(meter, db_path)
     assert replaced == "P1-010: budget $1.00 (block), was 10,000 tokens.\n"
     assert _budget_row(db_path, "P1-010") == (None, 1.0, "block")
     both = _ok(meter, "task", "P1-010", "--budget", "20k", "--also").out
-    assert both == "P1-010: budget 20,000 tokens and $1.00 (block), was $1.00.\n"
+    assert both == "P1-010: budget 20,000 tokens and $1.00 (block).\n"  # --also replaced nothing
     same_unit = _ok(meter, "task", "P1-010", "--budget", "$2", "--also").out
     assert same_unit == "P1-010: budget 20,000 tokens and $2.00 (block), was 20,000 tokens and $1.00.\n"
     removed = _ok(meter, "task", "P1-010", "--unset", "budget").out

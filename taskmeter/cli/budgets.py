@@ -69,7 +69,8 @@ def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str |
     after = stored_budgets.own_budget(db, scope, target)
     mode = after["on_exceeded"] or f"{budget_defaults().on_exceeded} by default"
     line = f"budget {stored_budgets.caps_text(after)} ({mode})"
-    if before is not None and stored_budgets.caps_text(before) != stored_budgets.caps_text(after):
+    replaced = before is not None and any(before[unit] and before[unit] != after[unit] for unit in ("tokens", "usd"))
+    if replaced:  # a cap that --also adds replaces nothing
         line += f", was {stored_budgets.caps_text(before)}"
     return line
 
