@@ -345,6 +345,19 @@ class Oracle:
         mark no VALIDATION, so no red test run is rework (docs/metrics.md)."""
         return 1 + self.model.iterations.get(task, 0)
 
+    def rework_tokens(self, task: str) -> int | None:
+        """The tokens of the task's calls that followed the first flagged call of their
+        session; none when the task has no flagged call."""
+        calls_ = self.calls_of(task)
+        firsts = {}
+        for call in calls_:
+            if self.counts_as_flag(call):
+                firsts.setdefault(call.session, call)
+        if not firsts:
+            return None
+        later = [c for c in calls_ if c.session in firsts and (c.at, c.id) > (firsts[c.session].at, firsts[c.session].id)]
+        return sum(sum(c.tokens) for c in later if c.tokens is not None)
+
     def tokens_per_task(self, tasks_: list[str]) -> float | None:
         """TOKENS_PER_TASK_AVG: over the approved tasks only."""
         approved = [task for task in tasks_ if task in self.model.approvals]
@@ -458,7 +471,7 @@ def check_task(report: dict, oracle: Oracle, task: str) -> None:
     estimate, estimates = oracle.first_estimate(task), model.estimates.get(task, [])
     assert report["begin_timestamp"] == _stored(model.begins[task])
     assert report["final_approval_timestamp"] == (_stored(model.approvals[task]) if approved else None)
-    assert report["verdict"] == ("final" if approved else "open")
+    assert (report["status"], report["verdict"]) == (("approved", "final") if approved else ("open", "open"))
     assert report["approvals"] == [
         {"approved_at": _stored(approval), "reopened_at": _stored(reopened)}
         for approval, reopened in model.withdrawn.get(task, [])
@@ -478,6 +491,7 @@ def check_task(report: dict, oracle: Oracle, task: str) -> None:
     assert report["hallucination_count"] == sum(oracle.counts_as_flag(c) for c in calls_)
     assert report["hallucination_rate"] == _rate(sum(oracle.counts_as_flag(c) for c in calls_), len(answered))
     assert report["context_switches"] == sum(oracle.switches(task).values())
+    assert report["rework_tokens"] == oracle.rework_tokens(task)
     after = [c for c in answered if approved and c.at > model.approvals[task]]
     assert report["after_approval"] == ({"ai_interactions": len(after), "token_count_used": _tokens(after)} if approved else None)
 
@@ -519,7 +533,14 @@ def check_phase(report: dict, oracle: Oracle, tasks_: list[str], previous: list[
     # Averages over approved tasks only; a reworked open task has failed its first attempt already.
     average = sum(oracle.iterations(task) for task in approved) / len(approved) if approved else None
     assert report["average_iterations_per_task"] == average
-    assert report["tasks_failed_first_attempt"] == sum(oracle.iterations(task) > 1 for task in tasks_)
+    assert sorted(report["tasks_reworked"]) == sorted(task for task in tasks_ if oracle.iterations(task) > 1)
+    assert report["tasks_failed_first_attempt"] == len(report["tasks_reworked"])
+    open_so_far = {t["task_id"]: t["actual_duration"] for t in report["open_tasks_so_far"]}
+    assert open_so_far == {
+        task: pytest.approx(oracle.measure(oracle.task_segments(task))) for task in tasks_ if task not in approved
+    }
+    reworks = [oracle.rework_tokens(task) for task in tasks_ if oracle.rework_tokens(task) is not None]
+    assert report["rework_tokens"] == (sum(reworks) if reworks else None)
     per_task = oracle.tokens_per_task(tasks_)
     assert report["tokens_per_task_avg"] == (pytest.approx(per_task) if per_task is not None else None)
     before = oracle.tokens_per_task(previous) if previous else None
