@@ -613,6 +613,8 @@ def test_every_field_equals_its_plain_recomputation(zone, history):
             stored = {row["id"]: dict(row) for row in db.execute("SELECT * FROM interactions")}
             # Each call stored once, in the task the model says, with the model's context switch.
             assert sorted(stored) == sorted(c.id for c in model.calls)
+            # In the task the model says, or none (after a clear, or the current task's approval).
+            assert {call_id: row["task_id"] for call_id, row in stored.items()} == {c.id: c.task for c in model.calls}
             for task in model.begins:
                 for call_id, switch in oracle.switches(task).items():
                     assert (stored[call_id]["task_id"], stored[call_id]["context_switch"]) == (task, int(switch)), call_id
