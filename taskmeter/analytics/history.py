@@ -6,6 +6,7 @@ import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.store.tasks import approval_histories, estimate_histories, get_phase, get_task, iterations_of, natural_key
 
 # Each summed column and the count of calls that stated it: a sum no call stated is missing.
@@ -154,8 +155,9 @@ def _after_approval(db: sqlite3.Connection, task: dict) -> tuple[int, int | None
     if task["final_approval_at"] is None:
         return 0, None
     row = db.execute(
-        "SELECT count(*) AS calls, sum(input_total) + sum(coalesce(output_total, 0)) AS tokens FROM interactions"
-        " WHERE task_id = ? AND operation = 'generate' AND started_at > ?",
+        "SELECT count(*) AS calls, sum(input_total) + sum(coalesce(output_total, 0)) AS tokens FROM interactions i"
+        f" WHERE task_id = ? AND operation = 'generate' AND NOT coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"
+        " AND started_at > ?",
         (task["id"], task["final_approval_at"]),
     ).fetchone()
     return row["calls"], row["tokens"]
