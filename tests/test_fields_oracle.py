@@ -345,9 +345,9 @@ class Oracle:
         mark no VALIDATION, so no red test run is rework (docs/metrics.md)."""
         return 1 + self.model.iterations.get(task, 0)
 
-    def rework_tokens(self, task: str) -> int | None:
-        """The tokens of the task's calls that followed the first flagged call of their
-        session; none when the task has no flagged call."""
+    def rework(self, task: str) -> list[Call] | None:
+        """The task's calls that followed the first flagged call of their session;
+        None when the task has no flagged call."""
         calls_ = self.calls_of(task)
         firsts = {}
         for call in calls_:
@@ -355,8 +355,15 @@ class Oracle:
                 firsts.setdefault(call.session, call)
         if not firsts:
             return None
-        later = [c for c in calls_ if c.session in firsts and (c.at, c.id) > (firsts[c.session].at, firsts[c.session].id)]
-        return sum(sum(c.tokens) for c in later if c.tokens is not None)
+        return [c for c in calls_ if c.session in firsts and (c.at, c.id) > (firsts[c.session].at, firsts[c.session].id)]
+
+    def rework_tokens(self, task: str) -> int | None:
+        later = self.rework(task)
+        return None if later is None else sum(sum(c.tokens) for c in later if c.tokens is not None)
+
+    def rework_interactions(self, task: str) -> int:
+        """The AI interactions among them: a failed call is no rework."""
+        return sum(1 for c in self.rework(task) or [] if self.answered(c))
 
     def tokens_per_task(self, tasks_: list[str]) -> float | None:
         """TOKENS_PER_TASK_AVG: over the approved tasks only."""
@@ -492,6 +499,7 @@ def check_task(report: dict, oracle: Oracle, task: str) -> None:
     assert report["hallucination_rate"] == _rate(sum(oracle.counts_as_flag(c) for c in calls_), len(answered))
     assert report["context_switches"] == sum(oracle.switches(task).values())
     assert report["rework_tokens"] == oracle.rework_tokens(task)
+    assert report["rework_interactions"] == oracle.rework_interactions(task)
     after = [c for c in answered if approved and c.at > model.approvals[task]]
     assert report["after_approval"] == ({"ai_interactions": len(after), "token_count_used": _tokens(after)} if approved else None)
 

@@ -355,6 +355,7 @@ SESSION_CALL = st.fixed_dictionaries(
         "input_total": st.one_of(st.none(), st.integers(0, 10_000)),
         "output_total": st.one_of(st.none(), st.integers(0, 1000)),
         "cost_usd": st.one_of(st.none(), st.floats(0, 1)),
+        "http_status": st.sampled_from([200, 200, 400, 500]),  # failed without usage: no rework
     }
 )
 SESSION_CHANGE = st.tuples(
@@ -363,8 +364,8 @@ SESSION_CHANGE = st.tuples(
 
 
 def _rework_by_scan(db) -> dict:
-    """The rule itself, over every call: per task and session, the calls that
-    follow the session's first flagged call."""
+    """The rule itself, over every call: per task and session, the calls a model
+    answered that follow the session's first flagged call."""
     calls = [dict(row) for row in db.execute("SELECT * FROM interactions WHERE operation = 'generate' AND task_id IS NOT NULL")]
     flagged = {row[0] for row in db.execute("SELECT interaction_id FROM flags")}
     firsts: dict = {}
@@ -376,6 +377,7 @@ def _rework_by_scan(db) -> dict:
         later = [
             c for c in calls
             if c["task_id"] == task_id and c["session_id"] == key and (c["started_at"], c["id"]) > (first["started_at"], first["id"])
+            and not (c["input_total"] is None and (c["outcome"] == "failed" or (c["http_status"] or 0) >= 400))
         ]  # fmt: skip
         tokens = sum((c["input_total"] or 0) + (c["output_total"] or 0) for c in later)
         result[(task_id, key)] = (first["id"], len(later), tokens, round(sum(c["cost_usd"] or 0 for c in later), 9))

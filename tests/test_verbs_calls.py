@@ -356,8 +356,8 @@ def test_m017_sets_flags_on_failed_calls_aside_and_rebuilds_the_rollups(db_path,
     assert [row[0] for row in upgraded.execute("SELECT interaction_id FROM flags")] == [ids[0]]
     set_aside = [row[0] for row in upgraded.execute("SELECT interaction_id FROM failed_call_flags ORDER BY 1")]
     assert set_aside == [ids[1], ids[2], ids[4]]
-    # Rework follows the first counted flag only: the call after the answered one.
-    assert [tuple(row) for row in upgraded.execute("SELECT flagged_id, calls FROM session_rework")] == [(ids[0], 6)]
+    # Rework follows the first counted flag only, and counts the answered calls after it (m022): one.
+    assert [tuple(row) for row in upgraded.execute("SELECT flagged_id, calls FROM session_rework")] == [(ids[0], 1)]
     # New calls follow the same rule through the rebuilt triggers.
     interactions.insert(
         upgraded,
@@ -366,6 +366,7 @@ def test_m017_sets_flags_on_failed_calls_aside_and_rebuilds_the_rollups(db_path,
         ),
     )
     assert upgraded.execute("SELECT failed_calls FROM task_usage WHERE task_key = 'P1-001'").fetchone()[0] == 6
+    assert upgraded.execute("SELECT calls FROM session_rework").fetchone()[0] == 1  # nor is the new failed call rework
     upgraded.close()
 
 

@@ -917,16 +917,21 @@ def m012_budgets_and_alerts(db: sqlite3.Connection) -> None:
     )
 
 
-@migration
-def m013_rework_rollup(db: sqlite3.Connection) -> None:
-    """Rework per (task, session), kept by triggers, so that reports never scan a
-    session's calls: the calls of a session that follow its first flagged call
-    (docs/metrics.md). A new call adds itself; a flag, an unflag, or a change to a
-    flagged call recomputes its session's row from that session's calls alone."""
+class _SessionRework:
+    """The SQL that keeps session_rework (m013), for the calls `counted` lets in
+    (a condition on a call {r}; None: every generation call)."""
+
     session = "coalesce({r}.session_id, {r}.id)"  # a call with no session is a session of its own
 
-    def rows(which: str) -> str:
+    def __init__(self, counted: str | None = None) -> None:
+        self.counted = counted
+
+    def _counts(self, r: str) -> str:
+        return "" if self.counted is None else f" AND {self.counted.format(r=r)}"
+
+    def rows(self, which: str) -> str:
         """The rows of the sessions `which` (a condition on their flagged calls g)."""
+        session = self.session
         return f"""
             INSERT INTO session_rework (task_id, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)
             SELECT first.task_id, first.session_key, first.started_at, first.id, count(later.id),
@@ -941,22 +946,22 @@ def m013_rework_rollup(db: sqlite3.Connection) -> None:
                 ) WHERE n = 1
             ) first
             LEFT JOIN interactions later ON later.session_id = first.session_key AND later.task_id = first.task_id
-                AND later.operation = 'generate' AND (later.started_at, later.id) > (first.started_at, first.id)
+                AND later.operation = 'generate' AND (later.started_at, later.id) > (first.started_at, first.id){self._counts("later")}
             GROUP BY first.task_id, first.session_key;"""
 
-    def recompute(task: str, key: str) -> str:
+    def recompute(self, task: str, key: str) -> str:
         return f"""
             DELETE FROM session_rework WHERE task_id = {task} AND session_key = {key};
-            {rows(f"g.task_id = {task} AND {session.format(r='g')} = {key}")}"""
+            {self.rows(f"g.task_id = {task} AND {self.session.format(r='g')} = {key}")}"""
 
-    def of_call(r: str) -> str:
-        return recompute(f"{r}.task_id", session.format(r=r))
+    def of_call(self, r: str) -> str:
+        return self.recompute(f"{r}.task_id", self.session.format(r=r))
 
-    def of_flag(r: str) -> str:
+    def of_flag(self, r: str) -> str:
         looked_up = "(SELECT {column} FROM interactions WHERE id = " + r + ".interaction_id)"
-        return recompute(looked_up.format(column="task_id"), looked_up.format(column=session.format(r="interactions")))
+        return self.recompute(looked_up.format(column="task_id"), looked_up.format(column=self.session.format(r="interactions")))
 
-    def add(r: str, sign: str) -> str:
+    def add(self, r: str, sign: str) -> str:
         """The call `r` (NEW or OLD) added to (sign +) or taken from (sign -) the row
         of its session, when it follows the session's first flagged call."""
         return f"""
@@ -964,24 +969,14 @@ def m013_rework_rollup(db: sqlite3.Connection) -> None:
                 tokens = tokens {sign} (coalesce({r}.input_total, 0) + coalesce({r}.output_total, 0)),
                 cost_usd = cost_usd {sign} coalesce({r}.cost_usd, 0)
             WHERE task_id = {r}.task_id AND session_key = {r}.session_id AND {r}.operation = 'generate'
-                AND ({r}.started_at, {r}.id) > (flagged_at, flagged_id);"""
+                AND ({r}.started_at, {r}.id) > (flagged_at, flagged_id){self._counts(r)};"""
 
-    flagged = "EXISTS (SELECT 1 FROM flags WHERE interaction_id = NEW.id)"
     changed = "task_id, session_id, operation, started_at, input_total, output_total, cost_usd"
-    run_script(
-        db,
-        f"""
-        CREATE TABLE session_rework (
-            task_id TEXT NOT NULL,
-            session_key TEXT NOT NULL,
-            flagged_at TEXT NOT NULL,  -- the session's first flagged call: its start and ID
-            flagged_id TEXT NOT NULL,
-            calls INTEGER NOT NULL,  -- the calls after it in the session, their tokens and cost
-            tokens INTEGER NOT NULL,
-            cost_usd REAL NOT NULL,
-            PRIMARY KEY (task_id, session_key)
-        ) WITHOUT ROWID;
 
+    def triggers(self) -> str:
+        flagged = "EXISTS (SELECT 1 FROM flags WHERE interaction_id = NEW.id)"
+        add, of_call, of_flag = self.add, self.of_call, self.of_flag
+        return f"""
         -- A call being stored has no flag yet (flags name stored calls).
         CREATE TRIGGER session_rework_insert AFTER INSERT ON interactions
             WHEN NEW.operation = 'generate' AND NEW.task_id IS NOT NULL
@@ -989,11 +984,11 @@ def m013_rework_rollup(db: sqlite3.Connection) -> None:
         END;
 
         -- A call that is not flagged moves no session's first flag.
-        CREATE TRIGGER session_rework_update AFTER UPDATE OF {changed} ON interactions WHEN NOT {flagged}
+        CREATE TRIGGER session_rework_update AFTER UPDATE OF {self.changed} ON interactions WHEN NOT {flagged}
         BEGIN {add("OLD", "-")} {add("NEW", "+")}
         END;
 
-        CREATE TRIGGER session_rework_update_flagged AFTER UPDATE OF {changed} ON interactions WHEN {flagged}
+        CREATE TRIGGER session_rework_update_flagged AFTER UPDATE OF {self.changed} ON interactions WHEN {flagged}
         BEGIN {of_call("OLD")} {of_call("NEW")}
         END;
 
@@ -1009,8 +1004,31 @@ def m013_rework_rollup(db: sqlite3.Connection) -> None:
         CREATE TRIGGER session_rework_unflag AFTER DELETE ON flags
         BEGIN {of_flag("OLD")}
         END;
+"""
 
-        {rows("1")}
+
+@migration
+def m013_rework_rollup(db: sqlite3.Connection) -> None:
+    """Rework per (task, session), kept by triggers, so that reports never scan a
+    session's calls: the calls of a session that follow its first flagged call
+    (docs/metrics.md). A new call adds itself; a flag, an unflag, or a change to a
+    flagged call recomputes its session's row from that session's calls alone."""
+    rework = _SessionRework()
+    run_script(
+        db,
+        f"""
+        CREATE TABLE session_rework (
+            task_id TEXT NOT NULL,
+            session_key TEXT NOT NULL,
+            flagged_at TEXT NOT NULL,  -- the session's first flagged call: its start and ID
+            flagged_id TEXT NOT NULL,
+            calls INTEGER NOT NULL,  -- the calls after it in the session, their tokens and cost
+            tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            PRIMARY KEY (task_id, session_key)
+        ) WITHOUT ROWID;
+        {rework.triggers()}
+        {rework.rows("1")}
         """,
     )
 
@@ -1120,6 +1138,12 @@ def m016_conversation_roots(db: sqlite3.Connection) -> None:
     )
 
 
+# The rule of store/interactions.py FAILED_CALL_SQL as m017 made it, frozen here; NULL (no status) is not failed.
+_FAILED_CALL = (
+    "coalesce(({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status >= 400)), 0)"
+)
+
+
 @migration
 def m017_failed_calls_one_rule(db: sqlite3.Connection) -> None:
     """A failed call is one that got no model answer: no response, or any HTTP
@@ -1129,8 +1153,7 @@ def m017_failed_calls_one_rule(db: sqlite3.Connection) -> None:
     `interactions`. A hallucination flag on a failed call judges no answer: such
     flags move to failed_call_flags, kept and shown but counted nowhere; leaving
     `flags` takes them out of every rollup through the flags' own triggers."""
-    # The rule of store/interactions.py FAILED_CALL_SQL, frozen here; NULL (no status) is not failed.
-    failed = "coalesce(({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status >= 400)), 0)"
+    failed = _FAILED_CALL
     run_script(
         db,
         f"""
@@ -1339,6 +1362,24 @@ def m021_derived_iterations_and_no_zero_coverage_target(db: sqlite3.Connection) 
             SELECT value FROM automatic_marks
             WHERE task_id = tasks.id AND milestone = 'coverage_target' ORDER BY id DESC LIMIT 1
         ) = 0;
+        """,
+    )
+
+
+@migration
+def m022_rework_counts_answered_calls(db: sqlite3.Connection) -> None:
+    """The rework after a flagged call counts the calls a model answered: a failed
+    call (m017's rule) is no AI interaction, so it is no rework either. The
+    session_rework triggers are made again with that rule and the rows rebuilt."""
+    rework = _SessionRework(counted=f"NOT {_FAILED_CALL}")
+    names = ["insert", "update", "update_flagged", "delete", "flag", "unflag"]
+    run_script(
+        db,
+        "".join(f"DROP TRIGGER session_rework_{name};\n" for name in names)
+        + f"""
+        {rework.triggers()}
+        DELETE FROM session_rework;
+        {rework.rows("1")}
         """,
     )
 
