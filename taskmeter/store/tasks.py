@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from taskmeter.errors import MeterError, NotFound
-from taskmeter.store.db import write_transaction
+from taskmeter.store.db import require_transaction, write_transaction
 from taskmeter.timefmt import display, now, now_stored, to_stored
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$")
@@ -486,6 +486,7 @@ def release_approved(
     open task, else none is; from now, or from an approval a little ahead of the clock.
     The switch's note says why (`meter status` shows it). Returns (released, the task
     current now). Runs in the caller's transaction."""
+    require_transaction(db, "release_approved")
     current = current_task(db)
     if current is None or current.task_id != task_id:
         return False, None
@@ -674,6 +675,7 @@ def auto_mark(
     source goes to automatic_marks (and the event's note). `table` is tasks or
     phases; `milestone` a milestone name or a task column (coverage_actual).
     Returns whether it was recorded. Runs in the caller's transaction."""
+    require_transaction(db, "auto_mark")
     order = MILESTONES if table == "tasks" else PHASE_MILESTONES
     column = order.get(milestone, milestone)
     condition = f"{column} IS NULL"
@@ -821,6 +823,7 @@ def list_task_rows(db: sqlite3.Connection, phase_id: str | None = None) -> list[
 def ensure_task(db: sqlite3.Connection, task_id: str, at: str) -> str:
     """The stored spelling of `task_id`, creating the task (begun at `at`) and its
     phase when a call names a task nobody has set yet. Runs in the caller's transaction."""
+    require_transaction(db, "ensure_task")
     row = db.execute("SELECT id FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if row is not None:
         return row["id"]
