@@ -834,6 +834,29 @@ def ensure_task(db: sqlite3.Connection, task_id: str, at: str) -> str:
     return task_id
 
 
+def tasks_by_id(db: sqlite3.Connection, task_ids: list[str]) -> list[sqlite3.Row]:
+    """The rows of the tasks named that exist, in no particular order."""
+    placeholders = ", ".join("?" for _ in task_ids)
+    return db.execute(f"SELECT * FROM tasks WHERE id IN ({placeholders})", task_ids).fetchall()
+
+
+def phase_tasks_without(db: sqlite3.Connection, phase_id: str, milestone: str) -> int:
+    """How many tasks of the phase have no `milestone` (one of MILESTONES) yet."""
+    return db.execute(
+        f"SELECT count(*) FROM tasks WHERE phase_id = ? AND {MILESTONES[milestone]} IS NULL", (phase_id,)
+    ).fetchone()[0]
+
+
+def bind_session(db: sqlite3.Connection, session_id: str, task_id: str, at: str) -> None:
+    """From now on, the calls of a client's session (Claude Code's) go to `task_id`."""
+    with write_transaction(db):
+        db.execute(
+            "INSERT INTO session_tasks (session_id, task_id, bound_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(session_id) DO UPDATE SET task_id = excluded.task_id, bound_at = excluded.bound_at",
+            (session_id, task_id, at),
+        )
+
+
 def task_current_at(db: sqlite3.Connection, at: str) -> str | None:
     """The task that `meter set-task` had made current at the moment `at`."""
     row = db.execute(
