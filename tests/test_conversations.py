@@ -243,8 +243,7 @@ def test_a_retagged_call_leaves_its_conversation_for_the_new_task(proxy, upstrea
     rows = proxy.rows(wait_for=2)
     db = store_db.connect(proxy.db_path)
     try:
-        with db:
-            calls.retag(db, [rows[1]["id"]], "P5-007", create=True)
+        calls.retag(db, [rows[1]["id"]], "P5-007", create=True)
         moved = db.execute("SELECT task_id, conversation_id FROM interactions WHERE id = ?", (rows[1]["id"],)).fetchone()
     finally:
         db.close()
@@ -273,7 +272,7 @@ def test_a_conversation_begun_before_the_upgrade_continues_its_session(db_path, 
             protocol="anthropic",
             conversation_root=root_hash("anthropic", second),
         )
-        with db:
+        with store_db.write_transaction(db):
             calls.store_calls(db, [CallRow(later)])
         rows = {
             r["id"]: dict(r) for r in db.execute("SELECT id, conversation_root, conversation_id, session_id FROM interactions")

@@ -211,7 +211,8 @@ def test_merge_moves_calls_flags_events_and_the_time_it_was_current(meter, db, d
     assert db.execute("SELECT count(*) FROM budgets").fetchone()[0] == 0  # its cap went with it
     assert {row[0] for row in db.execute("SELECT task_id FROM task_events WHERE kind = 'switch'")} == {"P1-010"}
     rollups_match_the_calls(db)
-    assert recompute_context_switches(db, "P1-010") == 0  # already by the rule
+    with store_db.write_transaction(db):
+        assert recompute_context_switches(db, "P1-010") == 0  # already by the rule
     report = json.loads(ok(meter("task", "P1-010", "--json")).out)
     assert report["ai_interactions"] == 4 and report["token_count_used"] == 4 * CHAT_TOKENS
     assert report["iterations_count"] == 2 and report["initial_completion_timestamp"] is not None

@@ -109,11 +109,7 @@ def session_start(db, event: dict, branch_pattern: str) -> str | None:
     at = now_stored()
     with write_transaction(db):
         task_id = tasks.ensure_task(db, task_id, at)
-        db.execute(
-            "INSERT INTO session_tasks (session_id, task_id, bound_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(session_id) DO UPDATE SET task_id = excluded.task_id, bound_at = excluded.bound_at",
-            (session, task_id, at),
-        )
+        tasks.bind_session(db, session, task_id, at)
     return task_id
 
 

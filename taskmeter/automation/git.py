@@ -30,8 +30,8 @@ from pathlib import Path
 
 from taskmeter.automation.pytest_plugin.taskmeter_pytest import SETTINGS_PREFIX
 from taskmeter.errors import MeterError
+from taskmeter.store import commits, tasks
 from taskmeter.store import db as store_db
-from taskmeter.store import tasks
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import now_stored, to_stored
 
@@ -215,18 +215,12 @@ def on_commit(db, repo: Path, sha: str, branch: str | None, pattern: str) -> Non
     with write_transaction(db):
         if task_id:
             task_id = tasks.ensure_task(db, task_id, at)
-        db.execute(
-            "INSERT OR IGNORE INTO commits (sha, repo, branch, task_id, committed_at, files, insertions, deletions)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (sha, str(repo), branch, task_id, at, len(numstat), added, deleted),
-        )
+        commits.record_commit(db, sha, str(repo), branch, task_id, at, len(numstat), added, deleted)
         if task_id is None:
             return
         tasks.auto_mark(db, "tasks", task_id, "initial", at, f"commit {sha[:12]}")
-        phase_id = db.execute("SELECT phase_id FROM tasks WHERE id = ?", (task_id,)).fetchone()["phase_id"]
-        tasks.auto_mark(db, "phases", phase_id, "first-code", at, f"commit {sha[:12]}")
-        shas = [row["sha"] for row in db.execute("SELECT sha FROM commits WHERE task_id = ? AND repo = ?", (task_id, str(repo)))]
-        documented = docstring_coverage(repo, touched_python_files(repo, shas))
+        tasks.auto_mark(db, "phases", tasks.get_task(db, task_id)["phase_id"], "first-code", at, f"commit {sha[:12]}")
+        documented = docstring_coverage(repo, touched_python_files(repo, commits.shas_of_task(db, task_id, str(repo))))
         if documented is not None:
             tasks.auto_mark(db, "tasks", task_id, "doc_completeness", documented, f"docstrings at {sha[:12]}", replace_own=True)
 
@@ -351,17 +345,7 @@ def approve_merged(db, repo: Path, main: str, pattern: str | None = None) -> Non
         _git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{main}")
     except subprocess.CalledProcessError:
         return
-    candidates = db.execute(
-        "SELECT c.task_id, c.sha FROM commits c JOIN tasks t ON t.id = c.task_id"
-        " WHERE c.repo = ? AND t.final_approval_at IS NULL AND c.committed_at = ("
-        "   SELECT max(committed_at) FROM commits WHERE task_id = c.task_id AND repo = c.repo)"
-        # After a reopen: a commit of that second or later (git's times are whole seconds),
-        # and never the one whose merge approved it before.
-        " AND c.committed_at >= coalesce((SELECT substr(max(reopened_at), 1, 19) FROM task_approvals WHERE task_id = c.task_id), '')"
-        " AND NOT EXISTS (SELECT 1 FROM automatic_marks m WHERE m.task_id = c.task_id AND m.milestone = 'approved'"
-        "   AND m.source LIKE 'commit ' || substr(c.sha, 1, 12) || ' %')",
-        (str(repo),),
-    ).fetchall()
+    candidates = commits.last_commits_of_open_tasks(db, str(repo))
     following = task_of_branch(current_branch(repo), pattern) if pattern and candidates else None
     for row in candidates:
         merged = subprocess.run(
@@ -372,11 +356,8 @@ def approve_merged(db, repo: Path, main: str, pattern: str | None = None) -> Non
             with write_transaction(db):
                 tasks.auto_mark(db, "tasks", row["task_id"], "approved", seen, source)
                 tasks.release_approved(db, row["task_id"], seen, following)
-                phase_id = db.execute("SELECT phase_id FROM tasks WHERE id = ?", (row["task_id"],)).fetchone()["phase_id"]
-                open_tasks = db.execute(
-                    "SELECT count(*) FROM tasks WHERE phase_id = ? AND final_approval_at IS NULL", (phase_id,)
-                ).fetchone()[0]
-                if not open_tasks:  # the phase's last task is in: its work is integrated
+                phase_id = tasks.get_task(db, row["task_id"])["phase_id"]
+                if not tasks.phase_tasks_without(db, phase_id, "approved"):  # the phase's last task is in: its work is integrated
                     tasks.auto_mark(db, "phases", phase_id, "integration", seen, f"every task of {phase_id} approved; {source}")
 
 

@@ -23,11 +23,11 @@ Marks the meter set itself may be moved on by later runs; a person's never are.
 import json
 import logging
 import sys
-from collections import defaultdict
 from datetime import UTC, datetime
 
+from taskmeter.store import commits, tasks
 from taskmeter.store import db as store_db
-from taskmeter.store import tasks
+from taskmeter.store import testruns as stored_runs
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import to_stored
 
@@ -49,24 +49,12 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
     with write_transaction(db):
         if task_id:
             task_id = tasks.ensure_task(db, task_id, at)
-        db.execute(
-            "INSERT INTO test_runs (at, repo, task_id, exit_status, tests, failed, full_run, coverage, coverage_target)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                at,
-                run["repo"],
-                task_id,
-                run["exit_status"],
-                run["tests"],
-                run["failed"],
-                int(full),
-                run["coverage"],
-                own_target,
-            ),
+        stored_runs.record_test_run(
+            db, at, run["repo"], task_id, run["exit_status"], run["tests"], run["failed"], full, run["coverage"], own_target
         )
         if task_id is None or not green:
             return  # a red run's meaning (rework or not) is derived when read: reworking_runs
-        task = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        task = tasks.get_task(db, task_id)
         source = f"pytest run at {at}: {run['tests']} tests, {run['failed'] or 0} failed"
         if task["final_approval_at"] is not None or task["initial_completion_at"] is None or at < task["initial_completion_at"]:
             return
@@ -77,10 +65,7 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
         target = coverage_target_of(own_target, coverage_target)
         if target is not None:
             tasks.auto_mark(db, "tasks", task_id, "coverage_target", target, source, replace_own=True)
-        waiting = db.execute(
-            "SELECT count(*) FROM tasks WHERE phase_id = ? AND initial_completion_at IS NULL", (task["phase_id"],)
-        ).fetchone()[0]
-        if not waiting:
+        if not tasks.phase_tasks_without(db, task["phase_id"], "initial"):
             tasks.auto_mark(db, "phases", task["phase_id"], "tests-passing", at, source)
 
 
@@ -93,25 +78,14 @@ def reworking_runs(db, task_ids: list[str]) -> dict[str, list[str]]:
     reworks: dict[str, list[str]] = {task_id: [] for task_id in task_ids}
     if not task_ids:
         return reworks
-    placeholders = ", ".join("?" for _ in task_ids)
-    runs, commits = defaultdict(list), defaultdict(list)
-    for run in db.execute(
-        f"SELECT task_id, at, exit_status, tests FROM test_runs WHERE full_run = 1 AND task_id IN ({placeholders})"
-        " ORDER BY at, id",
-        task_ids,
-    ):
-        runs[run["task_id"]].append(run)
-    for commit in db.execute(f"SELECT task_id, committed_at FROM commits WHERE task_id IN ({placeholders})", task_ids):
-        commits[commit["task_id"]].append(commit["committed_at"])
+    runs, commit_times = stored_runs.full_runs(db, task_ids), commits.commit_times(db, task_ids)
     meter_validated = tasks.meter_set(db, task_ids, "validated")
-    for task in db.execute(
-        f"SELECT id, tests_completion_at, validation_at, final_approval_at FROM tasks WHERE id IN ({placeholders})", task_ids
-    ):
+    for task in tasks.tasks_by_id(db, task_ids):
         tests_done, approved = task["tests_completion_at"], task["final_approval_at"]
-        if tests_done is None or not runs[task["id"]]:
+        if tests_done is None or task["id"] not in runs:
             continue
         validated = task["validation_at"] if task["id"] not in meter_validated else None
-        committed = min((at for at in commits[task["id"]] if at > tests_done), default=None)
+        committed = min((at for at in commit_times.get(task["id"], []) if at > tests_done), default=None)
         # From then on, a red run is no longer part of the first attempt.
         settled = min((at for at in (committed, validated) if at is not None), default=None)
         last_green_tests = None

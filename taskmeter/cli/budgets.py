@@ -8,7 +8,7 @@ from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds, 
 from taskmeter.errors import MeterError
 from taskmeter.store import alerts
 from taskmeter.store import budgets as stored_budgets
-from taskmeter.store.db import write_transaction
+from taskmeter.store.db import require_transaction, write_transaction
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration
 
@@ -50,6 +50,7 @@ def budget_options(command):
 def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str | None, also: bool, remove: bool) -> str | None:
     """Set, change or remove the budget of `target`, in the caller's transaction; what the
     confirmation line says of it (every cap in force), or None when it was left alone."""
+    require_transaction(db, "apply_budget")
     if also and not amounts:
         raise MeterError("--also goes with --budget")
     if remove and (amounts or on_exceeded):

@@ -140,8 +140,7 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         task_id = tasks.validate_task_id(task_id)
 
         def write(db):
-            with store_db.write_transaction(db):  # the move and the context switches it changes, at once
-                calls.retag(db, [interactions.resolve_id(db, request.path_params["interaction_id"])], task_id)
+            calls.retag(db, [interactions.resolve_id(db, request.path_params["interaction_id"])], task_id)
 
         await in_thread(write)
         return back(fields)

@@ -12,11 +12,13 @@ import sqlite3
 
 from taskmeter.reconcile.pairing import AGENT_LOG, AgentResult
 from taskmeter.store.calls import CallRow, recompute_context_switches, store_calls
+from taskmeter.store.db import require_transaction
 from taskmeter.store.interactions import Interaction
 
 
 def import_missed(db: sqlite3.Connection, results: list[AgentResult]) -> int:
     """Store every missed turn in the caller's transaction; returns how many."""
+    require_transaction(db, "import_missed")
     rows = []
     for result in results:
         module = result.agent

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from taskmeter.errors import NotFound
 from taskmeter.store import tasks
+from taskmeter.store.db import require_transaction, write_transaction
 from taskmeter.store.interactions import Interaction, insert_many, storable_text
 from taskmeter.store.sessions import (
     DEFAULT_SESSION_GAP_SECONDS,
@@ -52,6 +53,7 @@ def attribute(db: sqlite3.Connection, row: Interaction) -> None:
 
 def store_calls(db: sqlite3.Connection, items: list[CallRow], session_gap_seconds: float = DEFAULT_SESSION_GAP_SECONDS) -> None:
     """Store finished calls, oldest first, in the caller's transaction."""
+    require_transaction(db, "store_calls")
     for item in sorted(items, key=lambda i: (i.interaction.started_at, i.interaction.id)):
         row = item.interaction
         attribute(db, row)
@@ -67,7 +69,9 @@ def store_calls(db: sqlite3.Connection, items: list[CallRow], session_gap_second
 
 
 def insert_texts(db: sqlite3.Connection, item: CallRow) -> None:
-    """What a stored call said, and its bodies when kept; replaying them is a no-op."""
+    """What a stored call said, and its bodies when kept; replaying them is a no-op.
+    Runs in the caller's transaction."""
+    require_transaction(db, "insert_texts")
     if item.texts is not None and any(item.texts):
         db.execute(
             "INSERT OR IGNORE INTO call_texts (interaction_id, prompt, steps, response) VALUES (?, ?, ?, ?)",
@@ -86,6 +90,7 @@ def insert_texts(db: sqlite3.Connection, item: CallRow) -> None:
 def recompute_context_switches(db: sqlite3.Connection, task_id: str) -> int:
     """Apply the context-switch rule afresh to every call of a task (after a retag);
     returns how many calls changed. Runs in the caller's transaction."""
+    require_transaction(db, "recompute_context_switches")
     updates = [(value, call_id) for call_id, value, stored in context_switches(db, task_id) if stored != value]
     db.executemany("UPDATE interactions SET context_switch = ? WHERE id = ?", updates)
     return len(updates)
@@ -95,6 +100,7 @@ def move_task_calls(db: sqlite3.Connection, from_task: str, to_task: str) -> int
     """Move every call of `from_task` to `to_task` (a merge), set-wise, by retag's
     rules: conversations rescoped to the new task, its context switches recomputed.
     Runs in the caller's transaction; returns how many calls moved."""
+    require_transaction(db, "move_task_calls")
     moved = db.execute("SELECT id, conversation_root, session_id FROM interactions WHERE task_id = ?", (from_task,)).fetchall()
     db.execute("UPDATE interactions SET task_id = ?, attribution = 'retag' WHERE task_id = ?", (to_task, from_task))
     db.executemany(
@@ -112,9 +118,15 @@ def move_task_calls(db: sqlite3.Connection, from_task: str, to_task: str) -> int
 def retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | None, create: bool = False) -> int:
     """Move interactions to `task_id` (None: unassigned); context switches of every
     task involved are recomputed. An unknown task is created only with `create`,
-    so a typo never makes a task. Runs in the caller's transaction."""
+    so a typo never makes a task. The move and the context switches it changes
+    are stored at once (a savepoint of the caller's transaction, if one is open)."""
     if not interaction_ids:
         return 0
+    with write_transaction(db):
+        return _retag(db, interaction_ids, task_id, create)
+
+
+def _retag(db: sqlite3.Connection, interaction_ids: list[str], task_id: str | None, create: bool) -> int:
     if task_id is not None and not create and not db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone():
         raise NotFound(f"unknown task {task_id!r}: check the ID with `meter tasks`, or give --create to make it")
     placeholders = ", ".join("?" for _ in interaction_ids)

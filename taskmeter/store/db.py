@@ -140,19 +140,35 @@ def describe_sqlite_error(exc: sqlite3.Error, path: Path | str) -> MeterError:
     return MeterError(f"database {path}: {text}")
 
 
+class NotInTransaction(RuntimeError):
+    """A store function that is one step of a larger write ran outside a
+    transaction: a bug of ours, never the user's input."""
+
+
+def require_transaction(db: sqlite3.Connection, what: str) -> None:
+    """For a store function that is one step of a larger write ("runs in the
+    caller's transaction"): on an autocommit connection each of its statements
+    would commit alone, and a failure halfway would leave half of it stored."""
+    if not db.in_transaction:
+        raise NotInTransaction(f"{what} runs in the caller's transaction: call it inside `with write_transaction(db):`")
+
+
 @contextlib.contextmanager
 def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE takes the write lock up front, so a busy database waits
+    """The one way the store writes: every write runs inside it.
+    BEGIN IMMEDIATE takes the write lock up front, so a busy database waits
     (busy_timeout) instead of failing halfway through a read-then-write.
-    Inside a transaction already open, it is a savepoint of that one: a command
-    that makes several edits commits them all or none (docs/tracking-pattern.md)."""
+    Inside a transaction already open, it is a savepoint of that one: a failure
+    undoes only its own part, and the whole commits with the outer transaction
+    or not at all (a command that makes several edits: docs/tracking-pattern.md)."""
     if db.in_transaction:
         db.execute("SAVEPOINT nested_write")
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK TO nested_write")
-            db.execute("RELEASE nested_write")
+            if db.in_transaction:  # SQLite may have rolled the whole transaction back already (a full disk)
+                db.execute("ROLLBACK TO nested_write")
+                db.execute("RELEASE nested_write")
             raise
         db.execute("RELEASE nested_write")
         return
@@ -160,6 +176,7 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 from taskmeter import ids
 from taskmeter.errors import Ambiguous, MeterError, NotFound
-from taskmeter.store.db import write_transaction
+from taskmeter.store.db import require_transaction, write_transaction
 from taskmeter.timefmt import now_stored
 
 TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
@@ -66,6 +66,7 @@ _INSERT = f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({', '.join('
 def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
     """Insert in the caller's transaction. Replaying a row already stored is a no-op,
     so a spool replayed twice never double-counts."""
+    require_transaction(db, "insert_many")
     db.executemany(_INSERT, [tuple(getattr(row, c) for c in COLUMNS) for row in map(storable, rows)])
 
 

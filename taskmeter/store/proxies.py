@@ -38,10 +38,11 @@ RECORDING = "recording"
 def heartbeat(db: sqlite3.Connection, proxy_id: str, recording: str = RECORDING, dropped: int | None = None) -> None:
     """`recording` is RECORDING or why calls are not being recorded; `dropped`,
     when given, the calls this proxy lost for good so far, so that no loss is silent."""
-    db.execute(
-        "UPDATE proxies SET heartbeat_at = ?, recording = ?, dropped_calls = coalesce(?, dropped_calls) WHERE id = ?",
-        (now_stored(), recording, dropped, proxy_id),
-    )
+    with write_transaction(db):
+        db.execute(
+            "UPDATE proxies SET heartbeat_at = ?, recording = ?, dropped_calls = coalesce(?, dropped_calls) WHERE id = ?",
+            (now_stored(), recording, dropped, proxy_id),
+        )
 
 
 # The health file: one JSON object, padded to a fixed size that is written once

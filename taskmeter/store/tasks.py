@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from taskmeter.errors import MeterError, NotFound
-from taskmeter.store.db import write_transaction
+from taskmeter.store.db import require_transaction, write_transaction
 from taskmeter.timefmt import display, now, now_stored, to_stored
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$")
@@ -493,6 +493,7 @@ def release_approved(
     open task, else none is; from now, or from an approval a little ahead of the clock.
     The switch's note says why (`meter status` shows it). Returns (released, the task
     current now). Runs in the caller's transaction."""
+    require_transaction(db, "release_approved")
     current = current_task(db)
     if current is None or current.task_id != task_id:
         return False, None
@@ -681,6 +682,7 @@ def auto_mark(
     source goes to automatic_marks (and the event's note). `table` is tasks or
     phases; `milestone` a milestone name or a task column (coverage_actual).
     Returns whether it was recorded. Runs in the caller's transaction."""
+    require_transaction(db, "auto_mark")
     order = MILESTONES if table == "tasks" else PHASE_MILESTONES
     column = order.get(milestone, milestone)
     condition = f"{column} IS NULL"
@@ -822,6 +824,7 @@ def list_task_rows(db: sqlite3.Connection, phase_id: str | None = None) -> list[
 def ensure_task(db: sqlite3.Connection, task_id: str, at: str) -> str:
     """The stored spelling of `task_id`, creating the task (begun at `at`) and its
     phase when a call names a task nobody has set yet. Runs in the caller's transaction."""
+    require_transaction(db, "ensure_task")
     row = db.execute("SELECT id FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if row is not None:
         return row["id"]
@@ -830,6 +833,29 @@ def ensure_task(db: sqlite3.Connection, task_id: str, at: str) -> str:
     _ensure_phase(db, phase_id, at)
     db.execute("INSERT INTO tasks (id, phase_id, created_at, begin_at) VALUES (?, ?, ?, ?)", (task_id, phase_id, at, at))
     return task_id
+
+
+def tasks_by_id(db: sqlite3.Connection, task_ids: list[str]) -> list[sqlite3.Row]:
+    """The rows of the tasks named that exist, in no particular order."""
+    placeholders = ", ".join("?" for _ in task_ids)
+    return db.execute(f"SELECT * FROM tasks WHERE id IN ({placeholders})", task_ids).fetchall()
+
+
+def phase_tasks_without(db: sqlite3.Connection, phase_id: str, milestone: str) -> int:
+    """How many tasks of the phase have no `milestone` (one of MILESTONES) yet."""
+    return db.execute(
+        f"SELECT count(*) FROM tasks WHERE phase_id = ? AND {MILESTONES[milestone]} IS NULL", (phase_id,)
+    ).fetchone()[0]
+
+
+def bind_session(db: sqlite3.Connection, session_id: str, task_id: str, at: str) -> None:
+    """From now on, the calls of a client's session (Claude Code's) go to `task_id`."""
+    with write_transaction(db):
+        db.execute(
+            "INSERT INTO session_tasks (session_id, task_id, bound_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(session_id) DO UPDATE SET task_id = excluded.task_id, bound_at = excluded.bound_at",
+            (session_id, task_id, at),
+        )
 
 
 def task_current_at(db: sqlite3.Connection, at: str) -> str | None:

@@ -110,6 +110,8 @@ class Writer:
 
     def rollback(self) -> None:
         """End a transaction someone left open on our connection."""
+        # A plain ROLLBACK: the code that opened it is gone (its own rollback failed),
+        # and the open transaction would hold the write lock against the next batch.
         if self._db is not None and self._db.in_transaction:
             try:
                 self._db.execute("ROLLBACK")
@@ -126,6 +128,7 @@ class Writer:
     def _transaction(self, items: list[CallRow], texts_only: bool) -> None:
         db = self._connect()
         try:
+            # BEGIN IMMEDIATE: the batch waits WRITER_BUSY_SECONDS for the lock, then spools.
             with store_db.write_transaction(db):
                 if texts_only:
                     for item in items:
@@ -155,7 +158,7 @@ class Writer:
             # After the open: the file SQLite has open is the one at the path now.
             self._identity = store_db.file_identity(self.db_path)
             if self._running_proxies:
-                with contextlib.suppress(sqlite3.Error):  # the heartbeat says the rest
+                with contextlib.suppress(sqlite3.Error), store_db.write_transaction(self._db):  # the heartbeat says the rest
                     self._db.executemany(_REGISTER, self._running_proxies)
                 self._running_proxies = []
         return self._db
