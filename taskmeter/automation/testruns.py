@@ -10,7 +10,7 @@ plugin (pytest_plugin/taskmeter_pytest.py) hands each session over on stdin:
   approval that adds no tests (collects no more than the last green full
   run) and comes after a commit of the task made since TESTS_COMPLETION, or
   after a VALIDATION a person marked. Red runs of red-green TDD before the
-  next commit are not rework. Derived when read (`reworking_runs`).
+  next commit are not rework. Derived when read (store/testruns.py `reworking_runs`).
 - VALIDATION: the last full green run before approval.
 - TEST_COVERAGE_ACTUAL: pytest-cov's total of the last full green run;
   TEST_COVERAGE_TARGET: coverage's fail_under, else automation.coverage_target
@@ -25,8 +25,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from taskmeter.store import commits, tasks
 from taskmeter.store import db as store_db
+from taskmeter.store import tasks
 from taskmeter.store import testruns as stored_runs
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import to_stored
@@ -53,7 +53,7 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
             db, at, run["repo"], task_id, run["exit_status"], run["tests"], run["failed"], full, run["coverage"], own_target
         )
         if task_id is None or not green:
-            return  # a red run's meaning (rework or not) is derived when read: reworking_runs
+            return  # a red run's meaning (rework or not) is derived when read: store/testruns.py reworking_runs
         task = tasks.get_task(db, task_id)
         source = f"pytest run at {at}: {run['tests']} tests, {run['failed'] or 0} failed"
         if task["final_approval_at"] is not None or task["initial_completion_at"] is None or at < task["initial_completion_at"]:
@@ -67,38 +67,6 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
             tasks.auto_mark(db, "tasks", task_id, "coverage_target", target, source, replace_own=True)
         if not tasks.phase_tasks_without(db, task["phase_id"], "initial"):
             tasks.auto_mark(db, "phases", task["phase_id"], "tests-passing", at, source)
-
-
-def reworking_runs(db, task_ids: list[str]) -> dict[str, list[str]]:
-    """Per task, the times of its red full runs that count as iterations: after
-    TESTS_COMPLETION and before approval, collecting no more tests than the last
-    green full run (a red run that adds tests is the red of red-green TDD), and
-    after a commit of the task made since TESTS_COMPLETION or after a VALIDATION
-    a person marked (the meter's own moves on with every green run)."""
-    reworks: dict[str, list[str]] = {task_id: [] for task_id in task_ids}
-    if not task_ids:
-        return reworks
-    runs, commit_times = stored_runs.full_runs(db, task_ids), commits.commit_times(db, task_ids)
-    meter_validated = tasks.meter_set(db, task_ids, "validated")
-    for task in tasks.tasks_by_id(db, task_ids):
-        tests_done, approved = task["tests_completion_at"], task["final_approval_at"]
-        if tests_done is None or task["id"] not in runs:
-            continue
-        validated = task["validation_at"] if task["id"] not in meter_validated else None
-        committed = min((at for at in commit_times.get(task["id"], []) if at > tests_done), default=None)
-        # From then on, a red run is no longer part of the first attempt.
-        settled = min((at for at in (committed, validated) if at is not None), default=None)
-        last_green_tests = None
-        for run in runs[task["id"]]:
-            if run["exit_status"] == 0:
-                last_green_tests = run["tests"]
-                continue
-            if run["at"] <= tests_done or (approved is not None and run["at"] > approved):
-                continue
-            adds_tests = last_green_tests is not None and run["tests"] > last_green_tests
-            if settled is not None and run["at"] > settled and not adds_tests:
-                reworks[task["id"]].append(run["at"])
-    return reworks
 
 
 def main() -> None:

@@ -1347,7 +1347,7 @@ def m020_context_switches_as_developers_mean_them(db: sqlite3.Connection) -> Non
 @migration
 def m021_derived_iterations_and_no_zero_coverage_target(db: sqlite3.Connection) -> None:
     """Red test runs are no longer stored as iterations: which of them are rework
-    is derived when read (automation/testruns.py reworking_runs), so the events
+    is derived when read (store/testruns.py reworking_runs), so the events
     the pytest plugin stored go, and each task's count follows the new rule.
     A coverage `fail_under` of 0 (coverage's default) is no target: runs that
     reported it keep none, and a task's TEST_COVERAGE_TARGET of 0 the meter set

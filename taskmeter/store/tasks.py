@@ -789,7 +789,7 @@ def add_iteration(
 def iterations_of(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, int]:
     """ITERATIONS_COUNT per task: the first attempt, every retry recorded with
     `meter iteration`, and every red full test run that is rework (automation/testruns.py)."""
-    from taskmeter.automation.testruns import reworking_runs  # it records through this module
+    from taskmeter.store.testruns import reworking_runs  # it reads tasks through this module
 
     red_runs = reworking_runs(db, task_ids)
     placeholders = ", ".join("?" for _ in task_ids)
