@@ -12,6 +12,18 @@ from taskmeter.timefmt import now_stored
 TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
 
 
+def total_tokens(row) -> int | None:
+    """A call's or a sum's tokens: input plus output (inclusive counts), None when neither was stated."""
+    if row["input_total"] is None and row["output_total"] is None:
+        return None
+    return (row["input_total"] or 0) + (row["output_total"] or 0)
+
+
+def tokens_object(row) -> dict:
+    """The tokens object of a call or a sum, as every report and `--json` gives it."""
+    return {**{column: row[column] for column in TOKEN_COLUMNS}, "total": total_tokens(row)}
+
+
 @dataclass(slots=True)
 class Interaction:
     """One AI call as stored. Token counts are inclusive (OpenTelemetry GenAI):
