@@ -9,7 +9,7 @@ import pytest
 
 from taskmeter.cli.tasks import phase_cmd, task_cmd
 from taskmeter.store import tasks
-from taskmeter.store.interactions import TOKEN_COLUMNS, tokens_object
+from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 
 # The options of `meter task` and `meter phase` that edit no recorded field.
 TASK_OTHER_OPTIONS = {

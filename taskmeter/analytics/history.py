@@ -6,8 +6,8 @@ import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from taskmeter.store.interactions import TOKEN_COLUMNS
 from taskmeter.store.tasks import approval_histories, estimate_histories, get_phase, get_task, iterations_of, natural_key
+from taskmeter.tokens import TOKEN_COLUMNS
 
 # Each summed column and the count of calls that stated it, as task_usage names it:
 # a sum no call stated is missing.

@@ -10,8 +10,8 @@ from taskmeter.analytics import history
 from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
-from taskmeter.store.interactions import tokens_object
 from taskmeter.timefmt import now_stored
+from taskmeter.tokens import tokens_object
 
 
 def _flag(value) -> bool | None:

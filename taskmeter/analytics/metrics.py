@@ -8,9 +8,9 @@ Durations are seconds; ratios are plain numbers (0.9, not 90%).
 
 from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
-from taskmeter.store.interactions import tokens_object, total_tokens
 from taskmeter.store.tasks import MILESTONES, phase_milestones
 from taskmeter.timefmt import from_stored, seconds_between
+from taskmeter.tokens import tokens_object, total_tokens
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
 TASK_SECTIONS = {

@@ -7,8 +7,9 @@ clock goes back the repeated hour is two periods, each labelled with its zone.""
 import sqlite3
 
 from taskmeter.analytics.history import STATED_BY
-from taskmeter.store.interactions import FAILED_CALL_SQL, tokens_object
+from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
+from taskmeter.tokens import tokens_object
 
 # The columns summed with a count of the calls that stated each; usage_quarters (m011) names that count `{column}_calls`.
 _COUNTED = tuple(STATED_BY)

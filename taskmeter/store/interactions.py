@@ -8,20 +8,7 @@ from taskmeter import ids
 from taskmeter.errors import Ambiguous, MeterError, NotFound
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import now_stored
-
-TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
-
-
-def total_tokens(row) -> int | None:
-    """A call's or a sum's tokens: input plus output (inclusive counts), None when neither was stated."""
-    if row["input_total"] is None and row["output_total"] is None:
-        return None
-    return (row["input_total"] or 0) + (row["output_total"] or 0)
-
-
-def tokens_object(row) -> dict:
-    """The tokens object of a call or a sum, as every report and `--json` gives it."""
-    return {**{column: row[column] for column in TOKEN_COLUMNS}, "total": total_tokens(row)}
+from taskmeter.tokens import TOKEN_COLUMNS, TOKENS_SQL
 
 
 @dataclass(slots=True)
@@ -279,7 +266,7 @@ def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str |
     in_session = ("i.session_id = ?", newest["session_id"]) if newest["session_id"] else ("i.id = ?", newest["id"])
     session_calls = db.execute(
         "SELECT i.id, i.started_at, coalesce(i.conversation_id, i.id) AS conversation,"
-        " coalesce(i.input_total, 0) + coalesce(i.output_total, 0) AS tokens FROM interactions i"
+        f" {TOKENS_SQL.format(r='i.')} AS tokens FROM interactions i"
         f" WHERE {in_session[0]} AND i.task_id IS ? AND {_ANSWERED.format(r='i')}"
         " ORDER BY i.started_at DESC, i.id DESC LIMIT ?",
         (in_session[1], newest["task_id"], MAIN_CONVERSATION_WINDOW),

@@ -1,0 +1,23 @@
+"""Token counts as every part names and adds them: the stored columns, the tokens
+object of the reports and `--json`, and their total. No imports: the status line,
+the recorder and the budgets use it."""
+
+# Inclusive counts (OpenTelemetry GenAI): input_total includes cache_read and
+# cache_write, output_total includes reasoning. A count not stated is None (NULL).
+TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
+
+# total_tokens in SQL, where a count not stated adds nothing; `{r}` is the table's
+# name or alias with its dot (`i.`, `u.`), or nothing.
+TOKENS_SQL = "(coalesce({r}input_total, 0) + coalesce({r}output_total, 0))"
+
+
+def total_tokens(row) -> int | None:
+    """A call's or a sum's tokens: input plus output, None when neither was stated."""
+    if row["input_total"] is None and row["output_total"] is None:
+        return None
+    return (row["input_total"] or 0) + (row["output_total"] or 0)
+
+
+def tokens_object(row) -> dict:
+    """The tokens object of a call or a sum, as every report and `--json` gives it."""
+    return {**{column: row[column] for column in TOKEN_COLUMNS}, "total": total_tokens(row)}
