@@ -25,6 +25,7 @@ from taskmeter.store import db as store_db
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, now_stored, seconds_between
+from taskmeter.tokens import total_tokens
 
 # How often `meter log --follow` looks for new calls: a short read transaction.
 FOLLOW_POLL_SECONDS = 0.25
@@ -261,9 +262,8 @@ def _status_cell(row: dict) -> str:
 
 
 def _tokens_text(row: dict) -> str:
-    if row["input_total"] is None and row["output_total"] is None:
-        return "no usage"
-    return f"{(row['input_total'] or 0) + (row['output_total'] or 0):,} tokens"
+    total = total_tokens(row)
+    return "no usage" if total is None else f"{total:,} tokens"
 
 
 def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> interactions.LastCall:
