@@ -6,7 +6,7 @@ from datetime import datetime
 from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.timefmt import from_stored
-from taskmeter.tokens import total_tokens
+from taskmeter.tokens import REPORTED, total_tokens
 
 
 def _count(value: int | None) -> str:
@@ -25,7 +25,7 @@ def call_line(row: dict) -> str:
         tokens += f"  out {_count(row['output_total'])}"
         if row["reasoning"]:
             tokens += f" (reasoning {_count(row['reasoning'])})"
-        if row["usage_source"] and row["usage_source"] != "reported":
+        if row["usage_source"] and row["usage_source"] != REPORTED:
             tokens += f" [{row['usage_source']}]"
     cost = usd(row["cost_usd"]) if row["cost_usd"] is not None else "$?"
     status = str(row["http_status"]) if row["http_status"] is not None else "---"

@@ -6,6 +6,19 @@ the recorder and the budgets use it."""
 # cache_write, output_total includes reasoning. A count not stated is None (NULL).
 TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
 
+# Who stated a call's counts (interactions.usage_source).
+REPORTED = "reported"  # the provider
+ESTIMATED = "estimated"  # counted with tiktoken: the provider stated none
+PARTIAL = "partial"  # the stream was cut: what it stated, or the delivered text counted
+AGENT_LOG = "agent-log"  # the agent's own log (`meter reconcile --import`): the meter never saw the call
+# The task_usage column summing each source's tokens.
+SOURCE_COLUMNS = {
+    REPORTED: "reported_tokens",
+    ESTIMATED: "estimated_tokens",
+    PARTIAL: "partial_tokens",
+    AGENT_LOG: "agent_log_tokens",
+}
+
 # total_tokens in SQL, where a count not stated adds nothing; `{r}` is the table's
 # name or alias with its dot (`i.`, `u.`), or nothing.
 TOKENS_SQL = "(coalesce({r}input_total, 0) + coalesce({r}output_total, 0))"

@@ -149,8 +149,8 @@ def _beyond(fields: dict) -> list[str]:
         )
     )
     lines.append(
-        f"TOKENS_BY_SOURCE:  reported {by_source['reported']:,}, estimated {by_source['estimated']:,}, partial {by_source['partial']:,},"
-        f" agent log {by_source['agent_log']:,}"
+        "TOKENS_BY_SOURCE:  "
+        + ", ".join(f"{source.replace('_', ' ')} {tokens:,}" for source, tokens in by_source.items())
         + (f" ({fields['agent_log_share']:.1%} of the tokens, from the agents' own logs)" if fields["agent_log_share"] else "")
     )
     cost_text = usd(cost) if cost is not None else PLACEHOLDER

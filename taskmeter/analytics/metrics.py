@@ -10,7 +10,7 @@ from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
 from taskmeter.store.tasks import MILESTONES, phase_milestones
 from taskmeter.timefmt import from_stored, seconds_between
-from taskmeter.tokens import tokens_object, total_tokens
+from taskmeter.tokens import AGENT_LOG, SOURCE_COLUMNS, tokens_object, total_tokens
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
 TASK_SECTIONS = {
@@ -92,16 +92,16 @@ def _ratio(numerator, denominator) -> float | None:
     return numerator / denominator
 
 
+def _agent_log_share(usage: dict) -> float | None:
+    """The share of the tokens imported from the agents' logs: calls the meter never saw."""
+    return _ratio(usage[SOURCE_COLUMNS[AGENT_LOG]], total_tokens(usage))
+
+
 def _usage_extras(usage: dict) -> dict:
     return {
         "tokens": tokens_object(usage),
-        "tokens_by_source": {
-            "reported": usage["reported_tokens"],
-            "estimated": usage["estimated_tokens"],
-            "partial": usage["partial_tokens"],
-            "agent_log": usage["agent_log_tokens"],  # imported by `meter reconcile --import`: the meter never saw them
-        },
-        "agent_log_share": _ratio(usage["agent_log_tokens"], total_tokens(usage)),
+        "tokens_by_source": {column.removesuffix("_tokens"): usage[column] for column in SOURCE_COLUMNS.values()},
+        "agent_log_share": _agent_log_share(usage),
         "cost_usd": usage["cost_usd"],
         # The part of cost_usd a subscription login paid for: its API-equivalent price.
         "cost_api_equivalent_usd": usage["api_equivalent_usd"] if usage["cost_usd"] is not None else None,
@@ -392,6 +392,6 @@ def overview(phases: list[dict], unassigned: dict) -> dict:
             "ai_interactions": unassigned["interactions"],
             "tokens": tokens_object(unassigned),
             "cost_usd": unassigned["cost_usd"],
-            "agent_log_share": _ratio(unassigned["agent_log_tokens"], total_tokens(unassigned)),
+            "agent_log_share": _agent_log_share(unassigned),
         },
     }
