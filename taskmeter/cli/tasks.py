@@ -95,7 +95,8 @@ def set_task_cmd(task_id, title, estimate, phase, clear, create, db_path):
 
 
 def _edits(options: dict, fields: tuple[tasks.Field, ...], unset: tuple[str, ...]) -> dict:
-    """The columns an edit sets, from the field options given, and those --unset clears (None)."""
+    """The columns an edit sets, from the field options given, and those --unset clears
+    (None); `--unset budget` is apply_budget's."""
     values = {}
     for field in fields:
         value = options.get(_parameter(field))
@@ -104,6 +105,8 @@ def _edits(options: dict, fields: tuple[tasks.Field, ...], unset: tuple[str, ...
         values[field.column] = int(value.lower() == "yes") if field.kind == "yes-no" else value
     by_option = {field.option: field.column for field in fields}
     for name in unset:
+        if name == "budget":
+            continue
         if name not in by_option:
             raise MeterError(f"cannot unset {name!r}: use one of {', '.join(['budget', *by_option])}")
         if by_option[name] in values:
@@ -130,6 +133,18 @@ def _changes(values: dict, fields: tuple[tasks.Field, ...]) -> list[str]:
             said = repr(value)
         phrases.append(f"{field.option} {said}")
     return phrases
+
+
+def _say_edit(record_id: str, changes: list[str], report: dict | None, as_json: bool, as_text) -> None:
+    """An edit's one line of what changed, then the record when there is one to show;
+    with --json the record alone: what a script reads."""
+    if as_json:
+        terminal.print_json(report)
+        return
+    if changes:
+        terminal.info(f"{record_id}: {'; '.join(changes)}.")
+    if report is not None:
+        terminal.text(as_text(report))
 
 
 # An edit prints one line; --show prints the record after it too.
@@ -175,7 +190,7 @@ def task_cmd(task_id, phase, create, budget_amounts, on_exceeded, also, unset, s
         raise click.UsageError("--create goes with --phase")
     with open_db(db_path, create=False) as db:
         task = tasks.get_task(db, task_id.strip())
-        values = _edits(options, tasks.TASK_FIELDS, tuple(name for name in unset if name != "budget"))
+        values = _edits(options, tasks.TASK_FIELDS, unset)
         changes = _changes(values, tasks.TASK_FIELDS)
         with write_transaction(db):
             budget = apply_budget(db, "task", task["id"], budget_amounts, on_exceeded, also, "budget" in unset)
@@ -186,13 +201,7 @@ def task_cmd(task_id, phase, create, budget_amounts, on_exceeded, also, unset, s
         if budget:
             changes.insert(0, budget)
         report = task_report(db, task["id"], idle_seconds=idle_seconds()) if as_json or show or not changes else None
-    if as_json:  # the record alone: what a script reads
-        terminal.print_json(report)
-        return
-    if changes:
-        terminal.info(f"{task['id']}: {'; '.join(changes)}.")
-    if report is not None:
-        terminal.text(formats.task_text(report))
+    _say_edit(task["id"], changes, report, as_json, formats.task_text)
 
 
 def _task_lifecycle(task_id, delete, move_calls_to, merge_into, reopen, edits, as_json, db_path) -> None:
@@ -403,7 +412,7 @@ def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, also,
         raise click.UsageError("--at and --force go with --mark")
     with open_db(db_path) as db:
         phase = tasks.get_phase(db, phase_id.strip())
-        values = _edits(options, tasks.PHASE_FIELDS, tuple(name for name in unset if name != "budget"))
+        values = _edits(options, tasks.PHASE_FIELDS, unset)
         changes = _changes(values, tasks.PHASE_FIELDS)
         with write_transaction(db):
             budget = apply_budget(db, "phase", phase["id"], budget_amounts, on_exceeded, also, "budget" in unset)
@@ -416,13 +425,7 @@ def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, also,
             confirmed = f" (confirmed: {marked.confirmed})" if marked.confirmed else ""
             changes.append(f"{milestone} at {display(marked.stamp)}{confirmed}")
         report = phase_report(db, phase["id"], idle_seconds=idle_seconds()) if as_json or show or not changes else None
-    if as_json:  # the record alone: what a script reads
-        terminal.print_json(report)
-        return
-    if changes:
-        terminal.info(f"{phase['id']}: {'; '.join(changes)}.")
-    if report is not None:
-        terminal.text(formats.phase_text(report))
+    _say_edit(phase["id"], changes, report, as_json, formats.phase_text)
 
 
 @cli.command("phases")
