@@ -6,6 +6,7 @@ from datetime import datetime
 from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.timefmt import from_stored
+from taskmeter.tokens import REPORTED, total_tokens
 
 
 def _count(value: int | None) -> str:
@@ -17,14 +18,14 @@ def call_line(row: dict) -> str:
     one line whatever the model's name or error says, with no control character."""
     started = from_stored(row["started_at"]).astimezone().strftime("%H:%M:%S") if row["started_at"] else "--:--:--"
     tokens = ""
-    if row["input_total"] is not None or row["output_total"] is not None:
+    if total_tokens(row) is not None:
         tokens = f"in {_count(row['input_total'])}"
         if row["cache_read"] or row["cache_write"]:
             tokens += f" (cached {_count(row['cache_read'])}, written {_count(row['cache_write'])})"
         tokens += f"  out {_count(row['output_total'])}"
         if row["reasoning"]:
             tokens += f" (reasoning {_count(row['reasoning'])})"
-        if row["usage_source"] and row["usage_source"] != "reported":
+        if row["usage_source"] and row["usage_source"] != REPORTED:
             tokens += f" [{row['usage_source']}]"
     cost = usd(row["cost_usd"]) if row["cost_usd"] is not None else "$?"
     status = str(row["http_status"]) if row["http_status"] is not None else "---"

@@ -384,7 +384,7 @@ def test_an_error_in_the_sender_costs_only_the_call_that_caused_it(db_path, capl
     handover.start()
     good = [_call(n) for n in range(10)]
     broken = [_call(n, notes=lambda: "cannot be pickled, nor written as JSON") for n in (90, 91)]
-    with caplog.at_level(logging.ERROR, logger="taskmeter.proxy"):
+    with caplog.at_level(logging.ERROR, logger="taskmeter.handover"):
         for call in [*good[:5], broken[0], *good[5:8], broken[1], *good[8:]]:
             handover.submit(call)
         handover.stop()

@@ -13,6 +13,7 @@ import sqlite3
 from collections import namedtuple
 
 from taskmeter.money import usd
+from taskmeter.tokens import TOKENS_SQL
 
 WARN_AT = (0.8, 1.0)  # the shares of a budget whose crossing is announced
 
@@ -39,7 +40,7 @@ def _spend_by_task(db: sqlite3.Connection, defaults: Defaults) -> dict[str, dict
     rows = db.execute(
         f"""
         SELECT t.id, t.phase_id, t.final_approval_at, coalesce(u.interactions, 0) AS calls,
-            coalesce(u.input_total, 0) + coalesce(u.output_total, 0) AS tokens, coalesce({_spent_usd(defaults, "u.")}, 0) AS usd
+            {TOKENS_SQL.format(r="u.")} AS tokens, coalesce({_spent_usd(defaults, "u.")}, 0) AS usd
         FROM tasks t LEFT JOIN task_usage u ON u.task_key = t.id
         """
     )
@@ -205,7 +206,7 @@ def guarded_scopes(db: sqlite3.Connection, statuses: list[dict]) -> dict[str, di
     when spent, the `refusal` once it does, and its `room`: how many calls the
     spend left would pay for at the scope's mean call (of every call stored, when
     the scope has none; 0 when none is stored at all; None when calls cost it nothing)."""
-    everything = db.execute("SELECT sum(interactions), sum(input_total + output_total), sum(cost_usd) FROM task_usage").fetchone()
+    everything = db.execute(f"SELECT sum(interactions), sum({TOKENS_SQL.format(r='')}), sum(cost_usd) FROM task_usage").fetchone()
     calls, tokens, usd = (value or 0 for value in everything)
     overall = {"tokens": tokens / calls, "usd": usd / calls} if calls else None
     return {

@@ -7,13 +7,14 @@ import json
 
 from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
 from taskmeter.money import usd
+from taskmeter.store.tasks import TASK_FIELDS
 from taskmeter.timefmt import display, format_duration
 
 PLACEHOLDER = "_____"  # the seed's mark for a field not filled
 
 _TIMESTAMPS = {*TASK_SECTIONS["TIMESTAMPS (ISO 8601 Format)"], *PHASE_SECTIONS["PHASE-LEVEL TIMESTAMPS"]}
 _DURATIONS = {"estimated_duration", "actual_duration", "estimated_total", "actual_total"}
-_PERCENT_INPUTS = {"test_coverage_target", "test_coverage_actual", "doc_completeness", "test_coverage_overall"}
+_PERCENT_INPUTS = {*(field.seed for field in TASK_FIELDS if field.kind == "percent"), "test_coverage_overall"}
 _SUCCESS = {"pass": "✅ PASS", "pending": "⏳ PENDING", "fail": "❌ FAIL"}
 # What a context switch is (docs/metrics.md, store/sessions.py), said beside the count.
 CONTEXT_SWITCHES_NOTE = "returns to the task after another one, and agent sessions after its first"
@@ -148,8 +149,8 @@ def _beyond(fields: dict) -> list[str]:
         )
     )
     lines.append(
-        f"TOKENS_BY_SOURCE:  reported {by_source['reported']:,}, estimated {by_source['estimated']:,}, partial {by_source['partial']:,},"
-        f" agent log {by_source['agent_log']:,}"
+        "TOKENS_BY_SOURCE:  "
+        + ", ".join(f"{source.replace('_', ' ')} {tokens:,}" for source, tokens in by_source.items())
         + (f" ({fields['agent_log_share']:.1%} of the tokens, from the agents' own logs)" if fields["agent_log_share"] else "")
     )
     cost_text = usd(cost) if cost is not None else PLACEHOLDER

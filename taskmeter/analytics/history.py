@@ -8,16 +8,11 @@ from dataclasses import dataclass, field
 
 from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.store.tasks import approval_histories, estimate_histories, get_phase, get_task, iterations_of, natural_key
+from taskmeter.tokens import TOKEN_COLUMNS
 
-# Each summed column and the count of calls that stated it: a sum no call stated is missing.
-STATED_BY = {
-    "input_total": "input_total_calls",
-    "cache_read": "cache_read_calls",
-    "cache_write": "cache_write_calls",
-    "output_total": "output_total_calls",
-    "reasoning": "reasoning_calls",
-    "cost_usd": "cost_calls",
-}
+# Each summed column and the count of calls that stated it, as task_usage names it:
+# a sum no call stated is missing.
+STATED_BY = {column: f"{column}_calls" for column in TOKEN_COLUMNS} | {"cost_usd": "cost_calls"}
 
 
 def missing_when_unstated(usage: dict) -> dict:

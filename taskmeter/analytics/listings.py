@@ -11,19 +11,7 @@ from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
 from taskmeter.timefmt import now_stored
-
-
-def tokens(row: dict) -> dict:
-    """The tokens object of a call or a sum (inclusive counts, None when not stated)."""
-    stated = row["input_total"] is not None or row["output_total"] is not None
-    return {
-        "input_total": row["input_total"],
-        "cache_read": row["cache_read"],
-        "cache_write": row["cache_write"],
-        "output_total": row["output_total"],
-        "reasoning": row["reasoning"],
-        "total": (row["input_total"] or 0) + (row["output_total"] or 0) if stated else None,
-    }
+from taskmeter.tokens import tokens_object
 
 
 def _flag(value) -> bool | None:
@@ -50,7 +38,7 @@ def call_record(row: dict) -> dict:
         "outcome": row["outcome"],
         "failed": bool(row["failed"]),  # got no model answer: a failed call, not an AI interaction
         "error": row["error"],
-        "tokens": tokens(row),
+        "tokens": tokens_object(row),
         "usage_source": row["usage_source"],
         "cost_usd": row["cost_usd"],
         "price_source": row["price_source"],

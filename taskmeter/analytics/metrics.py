@@ -8,8 +8,9 @@ Durations are seconds; ratios are plain numbers (0.9, not 90%).
 
 from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
-from taskmeter.store.tasks import phase_milestones
+from taskmeter.store.tasks import MILESTONES, phase_milestones
 from taskmeter.timefmt import from_stored, seconds_between
+from taskmeter.tokens import AGENT_LOG, SOURCE_COLUMNS, tokens_object, total_tokens
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
 TASK_SECTIONS = {
@@ -91,30 +92,16 @@ def _ratio(numerator, denominator) -> float | None:
     return numerator / denominator
 
 
-def _tokens(usage: dict) -> dict:
-    total = None
-    if usage["input_total"] is not None or usage["output_total"] is not None:
-        total = (usage["input_total"] or 0) + (usage["output_total"] or 0)
-    return {
-        "input_total": usage["input_total"],
-        "cache_read": usage["cache_read"],
-        "cache_write": usage["cache_write"],
-        "output_total": usage["output_total"],
-        "reasoning": usage["reasoning"],
-        "total": total,
-    }
+def _agent_log_share(usage: dict) -> float | None:
+    """The share of the tokens imported from the agents' logs: calls the meter never saw."""
+    return _ratio(usage[SOURCE_COLUMNS[AGENT_LOG]], total_tokens(usage))
 
 
 def _usage_extras(usage: dict) -> dict:
     return {
-        "tokens": _tokens(usage),
-        "tokens_by_source": {
-            "reported": usage["reported_tokens"],
-            "estimated": usage["estimated_tokens"],
-            "partial": usage["partial_tokens"],
-            "agent_log": usage["agent_log_tokens"],  # imported by `meter reconcile --import`: the meter never saw them
-        },
-        "agent_log_share": _ratio(usage["agent_log_tokens"], _tokens(usage)["total"]),
+        "tokens": tokens_object(usage),
+        "tokens_by_source": {column.removesuffix("_tokens"): usage[column] for column in SOURCE_COLUMNS.values()},
+        "agent_log_share": _agent_log_share(usage),
         "cost_usd": usage["cost_usd"],
         # The part of cost_usd a subscription login paid for: its API-equivalent price.
         "cost_api_equivalent_usd": usage["api_equivalent_usd"] if usage["cost_usd"] is not None else None,
@@ -157,7 +144,7 @@ def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[work
 
 
 def _stages(task: dict) -> dict:
-    names = ["begin_at", "initial_completion_at", "tests_completion_at", "validation_at", "final_approval_at"]
+    names = list(MILESTONES.values())
     labels = ["begin_to_initial", "initial_to_tests", "tests_to_validation", "validation_to_approval"]
     return {
         label: seconds_between(task[a], task[b]) if task[a] and task[b] else None
@@ -175,7 +162,7 @@ def task_fields(
         spans = task_spans(history, now, idle_seconds)
     actual = worktime.total(spans) if task["begin_at"] else None
     estimate = first_estimate(history)
-    tokens = _tokens(usage)["total"]
+    tokens = total_tokens(usage)
     fields = {
         "task_id": task["id"],
         "title": task["title"],
@@ -249,7 +236,7 @@ def sum_usage(usages: list[dict], columns: list[str]) -> dict:
 def tokens_per_task(usage: dict, tasks: int) -> float | None:
     """TOKENS_PER_TASK_AVG of a phase, from the sum of its approved tasks' rollups:
     an open task's tokens so far would pull the average down."""
-    return _ratio(_tokens(usage)["total"], tasks)
+    return _ratio(total_tokens(usage), tasks)
 
 
 def token_change(per_task: float | None, previous_per_task: float | None) -> float | None:
@@ -282,7 +269,7 @@ def phase_fields(
     coverages = [t["test_coverage_actual"] for t in tasks if t["test_coverage_actual"] is not None]
     performance = [t["performance_met"] for t in tasks if t["performance_met"] is not None]
     projections = [t["projection_met"] for t in tasks if t["projection_met"] is not None]
-    total_tokens = _tokens(usage)["total"]
+    tokens = total_tokens(usage)
     # Averages over finished work only: an open task's tokens and iterations are figures so far.
     approved = [t for t in tasks if t["status"] == "approved"]
     approved_usage = [h.usage for h, t in zip(history.tasks, tasks, strict=True) if t["status"] == "approved"]
@@ -317,7 +304,7 @@ def phase_fields(
         "performance_targets_met": f"{sum(performance)} / {len(performance)}" if performance else None,
         "performance_targets_met_count": sum(performance) if performance else None,
         "performance_targets_total": len(performance) if performance else None,
-        "total_tokens_used": total_tokens,
+        "total_tokens_used": tokens,
         "tokens_per_task_avg": per_task,
         "ai_interactions_total": usage["interactions"],
         "hallucination_count_total": usage["flagged"],
@@ -403,8 +390,8 @@ def overview(phases: list[dict], unassigned: dict) -> dict:
         "phases": rows,
         "unassigned": {
             "ai_interactions": unassigned["interactions"],
-            "tokens": _tokens(unassigned),
+            "tokens": tokens_object(unassigned),
             "cost_usd": unassigned["cost_usd"],
-            "agent_log_share": _ratio(unassigned["agent_log_tokens"], _tokens(unassigned)["total"]),
+            "agent_log_share": _agent_log_share(unassigned),
         },
     }

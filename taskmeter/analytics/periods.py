@@ -6,11 +6,13 @@ clock goes back the repeated hour is two periods, each labelled with its zone.""
 
 import sqlite3
 
-from taskmeter.analytics.listings import tokens
+from taskmeter.analytics.history import STATED_BY
 from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
+from taskmeter.tokens import tokens_object
 
-_COUNTED = ("input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd")
+# The columns summed with a count of the calls that stated each; usage_quarters (m011) names that count `{column}_calls`.
+_COUNTED = tuple(STATED_BY)
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
 _SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in _COUNTED)}, priced, flagged"""
 
@@ -52,7 +54,7 @@ def _stats(row: dict) -> dict:
     return {
         "ai_interactions": row["ai_interactions"],
         "failed_calls": row["failed_calls"],
-        "tokens": tokens(row),
+        "tokens": tokens_object(row),
         "cost_usd": row["cost_usd"],
         "unpriced_interactions": row["ai_interactions"] - row["priced"],
         "hallucination_count": row["hallucination_count"],
@@ -61,7 +63,7 @@ def _stats(row: dict) -> dict:
 
 def _sum(rows: list[dict]) -> dict:
     total = {key: sum(row[key] for row in rows) for key in ("ai_interactions", "failed_calls", "priced", "hallucination_count")}
-    for column in ("input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd"):
+    for column in _COUNTED:
         stated = [row[column] for row in rows if row[column] is not None]
         total[column] = sum(stated) if stated else None
     return total

@@ -35,7 +35,7 @@ from taskmeter.store import db as store_db
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import now_stored, to_stored
 
-log = logging.getLogger("taskmeter.automation")
+log = logging.getLogger(__name__)
 
 HOOKS = ("post-checkout", "post-commit", "post-merge")
 MARKER = "# taskmeter hook: `meter hooks uninstall` removes it"
@@ -416,5 +416,8 @@ def main() -> None:
         log.error("meter: %s hook: %s: %s", args.hook, type(exc).__name__, exc)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the hooks run `python -m taskmeter.automation.git`
+    # The imported module's main: its log lines are then under `taskmeter`, which writes hooks.log.
+    from taskmeter.automation import git
+
+    git.main()

@@ -31,7 +31,7 @@ from taskmeter.store import testruns as stored_runs
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import to_stored
 
-log = logging.getLogger("taskmeter.automation")
+log = logging.getLogger(__name__)
 
 
 def coverage_target_of(fail_under: float | None, configured: float | None) -> float | None:
@@ -92,5 +92,8 @@ def main() -> None:
         log.error("meter: pytest run: %s: %s", type(exc).__name__, exc)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the hooks run `python -m taskmeter.automation.testruns`
+    # The imported module's main: its log lines are then under `taskmeter`, which writes hooks.log.
+    from taskmeter.automation import testruns
+
+    testruns.main()

@@ -146,4 +146,4 @@ def claude_hook_cmd(event, db_path):
         import logging
 
         log_to_hooks_log()
-        logging.getLogger("taskmeter.automation").error("meter: claude %s hook: %s: %s", event, type(exc).__name__, exc)
+        logging.getLogger(__name__).error("meter: claude %s hook: %s: %s", event, type(exc).__name__, exc)

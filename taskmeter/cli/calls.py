@@ -25,6 +25,7 @@ from taskmeter.store import db as store_db
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, now_stored, seconds_between
+from taskmeter.tokens import AGENT_LOG, ESTIMATED, PARTIAL, REPORTED, total_tokens
 
 # How often `meter log --follow` looks for new calls: a short read transaction.
 FOLLOW_POLL_SECONDS = 0.25
@@ -253,7 +254,7 @@ def _follow(db: sqlite3.Connection, limit: int, calls: interactions.CallFilter) 
 
 def _status_cell(row: dict) -> str:
     status = str(row["http_status"]) if row["http_status"] is not None else ""
-    if row["usage_source"] == "agent-log":  # the agent logged an answer; the meter saw no status
+    if row["usage_source"] == AGENT_LOG:  # the agent logged an answer; the meter saw no status
         status = "in agent log"
     if row["outcome"] and row["outcome"] != "complete":
         status = f"{status} {row['outcome']}".strip()
@@ -261,9 +262,8 @@ def _status_cell(row: dict) -> str:
 
 
 def _tokens_text(row: dict) -> str:
-    if row["input_total"] is None and row["output_total"] is None:
-        return "no usage"
-    return f"{(row['input_total'] or 0) + (row['output_total'] or 0):,} tokens"
+    total = total_tokens(row)
+    return "no usage" if total is None else f"{total:,} tokens"
 
 
 def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> interactions.LastCall:
@@ -324,9 +324,9 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
             f"cache write {terminal.number(tokens['cache_write'])}), output {terminal.number(tokens['output_total'])} "
             f"(reasoning {terminal.number(tokens['reasoning'])}) = {terminal.number(tokens['total'])}"
         )
-    source = {"reported": "stated by the provider", "estimated": "estimated with tiktoken (the provider stated none)",
-              "partial": "the stream was cut: what it stated, or the delivered text counted",
-              "agent-log": "from the agent's own log (`meter reconcile --import`): the meter never saw this call"}.get(record["usage_source"], "")  # fmt: skip
+    source = {REPORTED: "stated by the provider", ESTIMATED: "estimated with tiktoken (the provider stated none)",
+              PARTIAL: "the stream was cut: what it stated, or the delivered text counted",
+              AGENT_LOG: "from the agent's own log (`meter reconcile --import`): the meter never saw this call"}.get(record["usage_source"], "")  # fmt: skip
     duration = seconds_between(row["started_at"], row["ended_at"]) if row["ended_at"] else None
     terminal.fields(
         [

@@ -23,11 +23,41 @@ from taskmeter.store.db import write_transaction
 from taskmeter.terminal import Column
 from taskmeter.timefmt import display, format_duration
 
+# How each kind of field (store/tasks.py Field.kind) is typed on the command line.
+_TYPES = {"text": None, "duration": DURATION, "percent": PERCENT, "yes-no": YES_NO, "success": click.Choice(tasks.SUCCESS_VALUES)}
+
+
+def _parameter(field: tasks.Field) -> str:
+    """The option's value in the command's keyword arguments (click's name for it)."""
+    return field.option.replace("-", "_")
+
+
+def _field_option(field: tasks.Field):
+    return click.option(f"--{field.option}", type=_TYPES[field.kind], help=f"{field.seed.upper()}: {field.about}")
+
+
+def _field_options(fields: tuple[tasks.Field, ...]):
+    """An option per field of the table, in its order, and --unset naming them."""
+    names = ", ".join(field.option for field in fields)
+
+    def decorate(command):
+        command = click.option(
+            "--unset", multiple=True, metavar="FIELD", help=f"Clear a field by its option's name: {names} or budget."
+        )(command)
+        for field in reversed(fields):
+            command = _field_option(field)(command)
+        return command
+
+    return decorate
+
+
+_TASK_FIELD = {field.option: field for field in tasks.TASK_FIELDS}
+
 
 @cli.command("set-task")
 @click.argument("task_id", type=TASK, required=False)
-@click.option("--title", help="A short title for the task.")
-@click.option("--estimate", type=DURATION, help="Estimated duration, e.g. 1h30m, 90m, 1.5h.")
+@_field_option(_TASK_FIELD["title"])
+@_field_option(_TASK_FIELD["estimate"])
 @click.option("--phase", help="Phase ID (default: the part before the first dash, P1 for P1-010).")
 @click.option("--none", "clear", is_flag=True, help="Clear the current task; calls go to 'unassigned'.")
 @click.option("--create", is_flag=True, help="Create the task even though its ID looks like a typo of another.")
@@ -64,69 +94,57 @@ def set_task_cmd(task_id, title, estimate, phase, clear, create, db_path):
     terminal.info(line + ".")
 
 
-# Options of `meter task` and the columns they edit.
-_TASK_OPTIONS = {
-    "title": "title",
-    "estimate": "estimate_seconds",
-    "projected": "projected_outcome",
-    "actual": "actual_outcome",
-    "projection_met": "projection_met",
-    "success": "success",
-    "coverage_target": "coverage_target",
-    "coverage_actual": "coverage_actual",
-    "perf_target": "performance_target",
-    "perf_actual": "performance_actual",
-    "perf_met": "performance_met",
-    "docs": "doc_completeness",
-    "blockers": "blockers",
-    "lessons": "lessons",
-}
-
-
-def _option_name(key: str) -> str:
-    return key.replace("_", "-")
-
-
-def _edits(options: dict, columns: dict, unset: tuple[str, ...]) -> dict:
+def _edits(options: dict, fields: tuple[tasks.Field, ...], unset: tuple[str, ...]) -> dict:
+    """The columns an edit sets, from the field options given, and those --unset clears
+    (None); `--unset budget` is apply_budget's."""
     values = {}
-    for key, column in columns.items():
-        value = options.get(key)
+    for field in fields:
+        value = options.get(_parameter(field))
         if value is None:
             continue
-        if key.endswith("_met"):
-            value = 1 if value.lower() == "yes" else 0
-        values[column] = value
-    names = {_option_name(key): column for key, column in columns.items()}
+        values[field.column] = int(value.lower() == "yes") if field.kind == "yes-no" else value
+    by_option = {field.option: field.column for field in fields}
     for name in unset:
-        if name not in names:
-            raise MeterError(f"cannot unset {name!r}: use one of {', '.join(['budget', *names])}")
-        if names[name] in values:
+        if name == "budget":
+            continue
+        if name not in by_option:
+            raise MeterError(f"cannot unset {name!r}: use one of {', '.join(['budget', *by_option])}")
+        if by_option[name] in values:
             raise MeterError(f"--{name} and --unset {name} contradict each other")
-        values[names[name]] = None
+        values[by_option[name]] = None
     return values
 
 
-# Fields the confirmation line shows as a percentage, a duration or yes/no.
-_PERCENT_COLUMNS = ("coverage_target", "coverage_actual", "doc_completeness")
-_YES_NO_COLUMNS = ("projection_met", "performance_met")
-
-
-def _changes(values: dict, columns: dict) -> list[str]:
+def _changes(values: dict, fields: tuple[tasks.Field, ...]) -> list[str]:
     """What an edit changed, one phrase per field, for the confirmation line."""
-    names = {column: _option_name(key) for key, column in columns.items()}
+    by_column = {field.column: field for field in fields}
     phrases = []
     for column, value in values.items():
+        field = by_column[column]
         if value is None:
-            phrases.append(f"{names[column]} cleared")
-        elif column == "estimate_seconds":
-            phrases.append(f"estimate {format_duration(value)}")
-        elif column in _PERCENT_COLUMNS:
-            phrases.append(f"{names[column]} {value:g}%")
-        elif column in _YES_NO_COLUMNS:
-            phrases.append(f"{names[column]} {'yes' if value else 'no'}")
+            said = "cleared"
+        elif field.kind == "duration":
+            said = format_duration(value)
+        elif field.kind == "percent":
+            said = f"{value:g}%"
+        elif field.kind == "yes-no":
+            said = "yes" if value else "no"
         else:
-            phrases.append(f"{names[column]} {value!r}")
+            said = repr(value)
+        phrases.append(f"{field.option} {said}")
     return phrases
+
+
+def _say_edit(record_id: str, changes: list[str], report: dict | None, as_json: bool, as_text) -> None:
+    """An edit's one line of what changed, then the record when there is one to show;
+    with --json the record alone: what a script reads."""
+    if as_json:
+        terminal.print_json(report)
+        return
+    if changes:
+        terminal.info(f"{record_id}: {'; '.join(changes)}.")
+    if report is not None:
+        terminal.text(as_text(report))
 
 
 # An edit prints one line; --show prints the record after it too.
@@ -135,24 +153,10 @@ _show_option = click.option("--show", is_flag=True, help="After an edit, print t
 
 @cli.command("task")
 @click.argument("task_id", type=TASK)
-@click.option("--title", help="Task title.")
 @click.option("--phase", help="Move the task to this phase.")
 @click.option("--create", is_flag=True, help="With --phase: a new phase that does not follow the phase naming.")
-@click.option("--estimate", type=DURATION, help="ESTIMATED_DURATION, e.g. 1h30m.")
-@click.option("--projected", help="PROJECTED_OUTCOME: the expected deliverable.")
-@click.option("--actual", help="ACTUAL_OUTCOME: what was delivered.")
-@click.option("--projection-met", type=YES_NO, help="Did the projected outcome materialise (THEORY_ACCURACY)?")
-@click.option("--success", type=click.Choice(tasks.SUCCESS_VALUES), help="SUCCESS_CRITERIA: pass, pending or fail.")
-@click.option("--coverage-target", type=PERCENT, help="TEST_COVERAGE_TARGET in %.")
-@click.option("--coverage-actual", type=PERCENT, help="TEST_COVERAGE_ACTUAL in %.")
-@click.option("--perf-target", help="PERFORMANCE_TARGET, e.g. '<50ms pattern match'.")
-@click.option("--perf-actual", help="PERFORMANCE_ACTUAL, e.g. '47.2ms'.")
-@click.option("--perf-met", type=YES_NO, help="Was the performance target met?")
-@click.option("--docs", type=PERCENT, help="DOC_COMPLETENESS in %.")
-@click.option("--blockers", help="BLOCKERS_ENCOUNTERED.")
-@click.option("--lessons", help="LESSONS_LEARNED.")
+@_field_options(tasks.TASK_FIELDS)
 @budget_options
-@click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset estimate).")
 @_show_option
 @click.option("--delete", is_flag=True, help="Delete the task; refused while it has calls, unless --move-calls-to.")
 @click.option("--move-calls-to", "move_calls_to", type=TASK, metavar="TASK", help="With --delete: its calls go to TASK.")
@@ -186,8 +190,8 @@ def task_cmd(task_id, phase, create, budget_amounts, on_exceeded, also, unset, s
         raise click.UsageError("--create goes with --phase")
     with open_db(db_path, create=False) as db:
         task = tasks.get_task(db, task_id.strip())
-        values = _edits(options, _TASK_OPTIONS, tuple(name for name in unset if name != "budget"))
-        changes = _changes(values, _TASK_OPTIONS)
+        values = _edits(options, tasks.TASK_FIELDS, unset)
+        changes = _changes(values, tasks.TASK_FIELDS)
         with write_transaction(db):
             budget = apply_budget(db, "task", task["id"], budget_amounts, on_exceeded, also, "budget" in unset)
             if values or phase:
@@ -197,13 +201,7 @@ def task_cmd(task_id, phase, create, budget_amounts, on_exceeded, also, unset, s
         if budget:
             changes.insert(0, budget)
         report = task_report(db, task["id"], idle_seconds=idle_seconds()) if as_json or show or not changes else None
-    if as_json:  # the record alone: what a script reads
-        terminal.print_json(report)
-        return
-    if changes:
-        terminal.info(f"{task['id']}: {'; '.join(changes)}.")
-    if report is not None:
-        terminal.text(formats.task_text(report))
+    _say_edit(task["id"], changes, report, as_json, formats.task_text)
 
 
 def _task_lifecycle(task_id, delete, move_calls_to, merge_into, reopen, edits, as_json, db_path) -> None:
@@ -259,7 +257,7 @@ def _removal_line(removal: tasks.Removal, merged: bool) -> str:
 
 
 @cli.command("mark")
-@click.argument("milestone", type=click.Choice(["initial", "tests", "validated", "approved"]))
+@click.argument("milestone", type=click.Choice([name for name in tasks.MILESTONES if name != "begin"]))
 @click.argument("task_id", type=TASK, required=False)
 @click.option("--at", type=TIMESTAMP, help="When it happened (ISO 8601 with zone); default now.")
 @click.option("--force", is_flag=True, help="Record even if out of order or already recorded.")
@@ -384,32 +382,10 @@ def tasks_cmd(phase, as_json, utc, db_path):
 
 # ---------------------------------------------------------------- phases
 
-_PHASE_OPTIONS = {
-    "title": "title",
-    "deliverables": "projected_deliverables",
-    "completed": "deliverables_completed",
-    "blockers": "critical_blockers",
-    "patterns": "patterns_extracted",
-    "debt": "technical_debt",
-    "surprise": "biggest_surprise",
-    "win": "biggest_win",
-    "challenge": "biggest_challenge",
-    "improvements": "theory_improvements",
-}
-
 
 @cli.command("phase")
 @click.argument("phase_id")
-@click.option("--title", help="Phase title.")
-@click.option("--deliverables", help="PROJECTED_DELIVERABLES.")
-@click.option("--completed", help="DELIVERABLES_COMPLETED.")
-@click.option("--blockers", help="CRITICAL_BLOCKERS.")
-@click.option("--patterns", help="PATTERNS_EXTRACTED.")
-@click.option("--debt", help="TECHNICAL_DEBT_INCURRED.")
-@click.option("--surprise", help="BIGGEST_SURPRISE.")
-@click.option("--win", help="BIGGEST_WIN.")
-@click.option("--challenge", help="BIGGEST_CHALLENGE.")
-@click.option("--improvements", help="THEORY_IMPROVEMENTS.")
+@_field_options(tasks.PHASE_FIELDS)
 @click.option(
     "--mark",
     "milestone",
@@ -419,7 +395,6 @@ _PHASE_OPTIONS = {
 @click.option("--at", type=TIMESTAMP, help="With --mark: when (ISO 8601 with zone); default now.")
 @click.option("--force", is_flag=True, help="With --mark: record even if out of order.")
 @budget_options
-@click.option("--unset", multiple=True, metavar="FIELD", help="Clear a field (option name, e.g. --unset debt).")
 @_show_option
 @json_option
 @db_option
@@ -437,8 +412,8 @@ def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, also,
         raise click.UsageError("--at and --force go with --mark")
     with open_db(db_path) as db:
         phase = tasks.get_phase(db, phase_id.strip())
-        values = _edits(options, _PHASE_OPTIONS, tuple(name for name in unset if name != "budget"))
-        changes = _changes(values, _PHASE_OPTIONS)
+        values = _edits(options, tasks.PHASE_FIELDS, unset)
+        changes = _changes(values, tasks.PHASE_FIELDS)
         with write_transaction(db):
             budget = apply_budget(db, "phase", phase["id"], budget_amounts, on_exceeded, also, "budget" in unset)
             if values:
@@ -450,13 +425,7 @@ def phase_cmd(phase_id, milestone, at, force, budget_amounts, on_exceeded, also,
             confirmed = f" (confirmed: {marked.confirmed})" if marked.confirmed else ""
             changes.append(f"{milestone} at {display(marked.stamp)}{confirmed}")
         report = phase_report(db, phase["id"], idle_seconds=idle_seconds()) if as_json or show or not changes else None
-    if as_json:  # the record alone: what a script reads
-        terminal.print_json(report)
-        return
-    if changes:
-        terminal.info(f"{phase['id']}: {'; '.join(changes)}.")
-    if report is not None:
-        terminal.text(formats.phase_text(report))
+    _say_edit(phase["id"], changes, report, as_json, formats.phase_text)
 
 
 @cli.command("phases")

@@ -27,7 +27,7 @@ from pathlib import Path
 from taskmeter.handover.call import CapturedCall
 from taskmeter.secrets import redact
 
-log = logging.getLogger("taskmeter.recorder")
+log = logging.getLogger(__name__)
 
 _BYTES_FIELDS = {"request_body", "response_body", "response_tail"}
 _FIELDS = {f.name for f in fields(CapturedCall)}

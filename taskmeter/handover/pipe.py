@@ -47,7 +47,7 @@ from types import SimpleNamespace
 from taskmeter.handover import callfile
 from taskmeter.store import proxies
 
-log = logging.getLogger("taskmeter.proxy")
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">IQ")  # payload length, batch number
 # What the recorder says back: a kind and a number. ACKNOWLEDGED: the number is

@@ -54,7 +54,7 @@ TASK_HEADER = "x-meter-task"
 PING_PATH = "/_meter/ping"
 ID_HEADER = "x-meter-interaction-id"
 BUDGET_HEADER = "x-meter-budget"
-log = logging.getLogger("taskmeter.proxy")
+log = logging.getLogger(__name__)
 # flow.metadata keys, each set by one addon for those after it.
 _ROUTE = "taskmeter.route"  # Gateway: a metered AI call's Route
 _TASK = "taskmeter.task"  # TaskAttribution: (task ID or None, attribution or None)

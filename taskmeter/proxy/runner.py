@@ -32,7 +32,7 @@ from taskmeter.proxy.websocket import ResponsesWebSocket
 from taskmeter.store import db as store_db
 from taskmeter.store import proxies
 
-log = logging.getLogger("taskmeter.proxy")
+log = logging.getLogger(__name__)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from taskmeter.handover.call import CapturedCall
 from taskmeter.protocols.framing import looks_like_sse
 
-log = logging.getLogger("taskmeter.proxy")
+log = logging.getLogger(__name__)
 
 # Past the parse limit, the last bytes of a response are still kept: that is where
 # most protocols state usage.

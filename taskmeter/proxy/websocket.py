@@ -51,7 +51,7 @@ from taskmeter.proxy.guard import HOLD, Guard, Refusal
 from taskmeter.proxy.routing import subscription_login
 from taskmeter.proxy.tee import ResponseTee
 
-log = logging.getLogger("taskmeter.proxy")
+log = logging.getLogger(__name__)
 
 _TERMINAL = frozenset(("response.completed", "response.failed", "response.incomplete"))
 _EVENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")

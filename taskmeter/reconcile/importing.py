@@ -10,10 +10,11 @@ nothing, and an ID already taken is never overwritten."""
 import json
 import sqlite3
 
-from taskmeter.reconcile.pairing import AGENT_LOG, AgentResult
+from taskmeter.reconcile.pairing import AgentResult
 from taskmeter.store.calls import CallRow, recompute_context_switches, store_calls
 from taskmeter.store.db import require_transaction
 from taskmeter.store.interactions import Interaction
+from taskmeter.tokens import AGENT_LOG
 
 
 def import_missed(db: sqlite3.Connection, results: list[AgentResult]) -> int:

@@ -21,11 +21,11 @@ from taskmeter.reconcile import claude, codex, gemini
 from taskmeter.reconcile.turns import LogTurn, Warn
 from taskmeter.recorder import pricing
 from taskmeter.store.calls import attribute
-from taskmeter.store.interactions import FAILED_CALL_SQL, TOKEN_COLUMNS, Interaction
+from taskmeter.store.interactions import FAILED_CALL_SQL, Interaction
 from taskmeter.timefmt import from_stored, to_stored
+from taskmeter.tokens import AGENT_LOG, TOKEN_COLUMNS
 
 AGENTS: dict[str, ModuleType] = {module.NAME: module for module in (claude, codex, gemini)}
-AGENT_LOG = "agent-log"  # the usage_source of a call imported from an agent's log
 # How long after a call's end its turn may be written down, and how far around
 # the logs' turns the meter's calls are looked at.
 WRITE_DELAY_SECONDS = 120

@@ -2,9 +2,8 @@
 per agent and per task, the turns the meter saw, missed and imported, and the
 calls the log does not have, each with tokens and cost."""
 
-from taskmeter.analytics.listings import tokens as tokens_object
 from taskmeter.reconcile.pairing import AgentResult, Turn
-from taskmeter.store.interactions import TOKEN_COLUMNS
+from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 
 KINDS = ("seen", "missed", "imported", "meter_only")
 

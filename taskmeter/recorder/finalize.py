@@ -20,7 +20,7 @@ from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import to_stored
 
-log = logging.getLogger("taskmeter.proxy")
+log = logging.getLogger(__name__)
 
 
 def _stamp(moment: float | None) -> str | None:

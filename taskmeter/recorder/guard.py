@@ -21,7 +21,7 @@ from taskmeter.store import alerts, tasks
 from taskmeter.store.calls import CallRow
 from taskmeter.timefmt import from_stored
 
-log = logging.getLogger("taskmeter.recorder")
+log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 0.5
 BURN_RATE_SECONDS = 60  # how often the current task's burn rate is judged

@@ -49,7 +49,7 @@ from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.timefmt import to_stored
 
-log = logging.getLogger("taskmeter.recorder")
+log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 # How often an idle recorder looks around (retries, heartbeat, budgets): within
@@ -563,7 +563,3 @@ def _guard(loop: RecorderLoop, config: dict, live_view):
         alerts["alert_command"],
         config["idle_seconds"],
     )
-
-
-if __name__ == "__main__":
-    main()

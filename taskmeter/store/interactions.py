@@ -8,8 +8,7 @@ from taskmeter import ids
 from taskmeter.errors import Ambiguous, MeterError, NotFound
 from taskmeter.store.db import require_transaction, write_transaction
 from taskmeter.timefmt import now_stored
-
-TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
+from taskmeter.tokens import TOKEN_COLUMNS, TOKENS_SQL
 
 
 @dataclass(slots=True)
@@ -268,7 +267,7 @@ def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str |
     in_session = ("i.session_id = ?", newest["session_id"]) if newest["session_id"] else ("i.id = ?", newest["id"])
     session_calls = db.execute(
         "SELECT i.id, i.started_at, coalesce(i.conversation_id, i.id) AS conversation,"
-        " coalesce(i.input_total, 0) + coalesce(i.output_total, 0) AS tokens FROM interactions i"
+        f" {TOKENS_SQL.format(r='i.')} AS tokens FROM interactions i"
         f" WHERE {in_session[0]} AND i.task_id IS ? AND {_ANSWERED.format(r='i')}"
         " ORDER BY i.started_at DESC, i.id DESC LIMIT ?",
         (in_session[1], newest["task_id"], MAIN_CONVERSATION_WINDOW),

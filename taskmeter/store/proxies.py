@@ -17,6 +17,7 @@ from pathlib import Path
 
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import now, now_stored, to_stored
+from taskmeter.tokens import TOKENS_SQL
 
 HEARTBEAT_SECONDS = 5
 # A proxy that missed three heartbeats is taken as gone.
@@ -102,7 +103,7 @@ def recorded_by(db: sqlite3.Connection, proxy_id: str) -> dict:
     comes before its calls': the primary key finds them."""
     row = db.execute(
         "SELECT count(*), coalesce(sum(outcome = 'failed'), 0),"
-        " coalesce(sum(coalesce(input_total, 0) + coalesce(output_total, 0)), 0), coalesce(sum(cost_usd), 0.0)"
+        f" coalesce(sum({TOKENS_SQL.format(r='')}), 0), coalesce(sum(cost_usd), 0.0)"
         " FROM interactions WHERE id > ? AND proxy_id = ?",
         (proxy_id, proxy_id),
     ).fetchone()

@@ -31,36 +31,68 @@ PHASE_MILESTONES = {
     "approved": "final_approval_at",
 }
 
-# Level 1 inputs a person records; everything else is measured.
-TASK_INPUTS = (
-    "title",
-    "estimate_seconds",
-    "projected_outcome",
-    "actual_outcome",
-    "projection_met",
-    "success",
-    "coverage_target",
-    "coverage_actual",
-    "performance_target",
-    "performance_actual",
-    "performance_met",
-    "doc_completeness",
-    "blockers",
-    "lessons",
-)
-PHASE_INPUTS = (
-    "title",
-    "projected_deliverables",
-    "deliverables_completed",
-    "critical_blockers",
-    "patterns_extracted",
-    "technical_debt",
-    "biggest_surprise",
-    "biggest_win",
-    "biggest_challenge",
-    "theory_improvements",
-)
 SUCCESS_VALUES = ("pass", "pending", "fail")
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field a person records (everything else is measured), as every part spells it:
+    `meter task`/`meter phase` take it as --option, the store keeps it in `column`,
+    reports name it `seed` (the seed's field in snake_case; upper case in the execution
+    log and in the option's help, before `about`). `kind` says how it is typed, parsed
+    and said: text, duration (seconds), percent (0-100), yes-no (stored 1/0), success."""
+
+    option: str
+    column: str
+    seed: str
+    kind: str
+    about: str
+
+
+# Level 1 inputs, in the seed's order; `meter task` takes an option for each.
+TASK_FIELDS = (
+    Field("title", "title", "title", "text", "a short title for the task."),
+    Field("estimate", "estimate_seconds", "estimated_duration", "duration", "how long it should take, e.g. 1h30m, 90m, 1.5h."),
+    Field("projected", "projected_outcome", "projected_outcome", "text", "the expected deliverable."),
+    Field("actual", "actual_outcome", "actual_outcome", "text", "what was delivered."),
+    Field(
+        "projection-met",
+        "projection_met",
+        "projection_met",
+        "yes-no",
+        "did the projected outcome materialise? (its phase's THEORY_ACCURACY counts these)",
+    ),
+    Field("success", "success", "success_criteria", "success", "pass, pending or fail."),
+    Field("coverage-target", "coverage_target", "test_coverage_target", "percent", "the test coverage aimed at, in %."),
+    Field("coverage-actual", "coverage_actual", "test_coverage_actual", "percent", "the test coverage reached, in %."),
+    Field(
+        "perf-target",
+        "performance_target",
+        "performance_target",
+        "text",
+        "the performance it must reach, e.g. '<50ms pattern match'.",
+    ),
+    Field("perf-actual", "performance_actual", "performance_actual", "text", "the performance it reached, e.g. '47.2ms'."),
+    Field("perf-met", "performance_met", "performance_met", "yes-no", "was the performance target met?"),
+    Field("docs", "doc_completeness", "doc_completeness", "percent", "how much of it is documented, in %."),
+    Field("blockers", "blockers", "blockers_encountered", "text", "what stood in the way."),
+    Field("lessons", "lessons", "lessons_learned", "text", "what to do the same or differently next time."),
+)
+# Level 2 inputs and the meta-learning fields; `meter phase` takes an option for each.
+PHASE_FIELDS = (
+    Field("title", "title", "title", "text", "a short title for the phase."),
+    Field("deliverables", "projected_deliverables", "projected_deliverables", "text", "what the phase is to deliver."),
+    Field("completed", "deliverables_completed", "deliverables_completed", "text", "what it delivered."),
+    Field("blockers", "critical_blockers", "critical_blockers", "text", "what stood in its way."),
+    Field("patterns", "patterns_extracted", "patterns_extracted", "text", "patterns worth reusing."),
+    Field("debt", "technical_debt", "technical_debt_incurred", "text", "shortcuts to pay back later."),
+    Field("surprise", "biggest_surprise", "biggest_surprise", "text", "what nobody expected."),
+    Field("win", "biggest_win", "biggest_win", "text", "what went best."),
+    Field("challenge", "biggest_challenge", "biggest_challenge", "text", "what was hardest."),
+    Field("improvements", "theory_improvements", "theory_improvements", "text", "what to change in how work is planned."),
+)
+TASK_INPUTS = tuple(field.column for field in TASK_FIELDS)
+PHASE_INPUTS = tuple(field.column for field in PHASE_FIELDS)
 
 
 def validate_task_id(text: str) -> str:

@@ -23,7 +23,7 @@ from taskmeter.store import proxies, texts
 from taskmeter.store.calls import CallRow, insert_texts, store_calls
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 
-log = logging.getLogger("taskmeter.writer")
+log = logging.getLogger(__name__)
 
 # A locked database makes the recorder wait this long before it spools instead.
 WRITER_BUSY_SECONDS = 2.0
