@@ -15,7 +15,7 @@ def loop_signatures(turns, model: str | None, tool_calls: list[list]) -> list[st
     two messages of the request's `turns` (each protocol says where they are: its
     `loop_turns`); or the same tool calls with the same arguments in the answer.
     Each as a short hash; none for a request with no messages."""
-    tail = None
+    tail: list | str | None = None
     if isinstance(turns, list) and turns:
         tail = turns[-2:]
     elif isinstance(turns, str):

@@ -67,6 +67,7 @@ def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str |
     else:
         return None
     after = stored_budgets.own_budget(db, scope, target)
+    assert after is not None  # just set
     mode = after["on_exceeded"] or f"{budget_defaults().on_exceeded} by default"
     line = f"budget {stored_budgets.caps_text(after)} ({mode})"
     if before is not None and stored_budgets.caps_text(before) != stored_budgets.caps_text(after):

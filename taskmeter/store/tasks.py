@@ -606,6 +606,7 @@ def _remove(db: sqlite3.Connection, task_id: str, into: str | None, merge: bool)
         events = 0
         taken: list[str] = []
         if merge:
+            assert target is not None  # merge_task always names the task to merge into
             events = db.execute(
                 "UPDATE task_events SET task_id = ? WHERE task_id = ? AND kind IN ('milestone', 'iteration')", (into, task_id)
             ).rowcount
@@ -619,7 +620,7 @@ def _remove(db: sqlite3.Connection, task_id: str, into: str | None, merge: bool)
             db.execute("DELETE FROM session_tasks WHERE task_id = ?", (task_id,))
         current = current_task(db)
         was_current = current is not None and current.task_id == task_id
-        if was_current:
+        if current is not None and was_current:
             _set_current(db, into, current.since)
         db.execute("UPDATE alerts SET cleared_at = ? WHERE task_id = ? AND cleared_at IS NULL", (now_stored(), task_id))
         db.execute("DELETE FROM budgets WHERE scope = 'task' AND target = ?", (task_id,))
@@ -629,7 +630,7 @@ def _remove(db: sqlite3.Connection, task_id: str, into: str | None, merge: bool)
         db.execute("DELETE FROM usage_quarters WHERE task_key = ?", (task_id,))
         db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
         phase_deleted = _delete_empty_phase(db, task["phase_id"])
-    return Removal(task_id, into, *work.values(), events, taken, phase_deleted, was_current)
+    return Removal(task_id, into, work["calls"], work["commits"], work["test_runs"], events, taken, phase_deleted, was_current)
 
 
 def _take_milestones(db: sqlite3.Connection, task: sqlite3.Row, target: sqlite3.Row) -> list[str]:
@@ -752,9 +753,10 @@ def mark_phase(
         phase = get_phase(db, phase_id)
         begins = [row[0] for row in db.execute("SELECT begin_at FROM tasks WHERE phase_id = ?", (phase["id"],))]
         shown = phase_milestones(phase, begins)
-        confirmed = _meter_source(db, phase, milestone, shown[milestone])
-        if confirmed and at is None:
-            stamp = shown[milestone]
+        meter_stamp = shown[milestone]
+        confirmed = _meter_source(db, phase, milestone, meter_stamp)
+        if confirmed and meter_stamp is not None and at is None:  # a source always comes with its stamp
+            stamp = meter_stamp
         else:
             if confirmed:  # a person's time replaces the meter's
                 shown[milestone] = None
