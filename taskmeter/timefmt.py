@@ -130,6 +130,12 @@ def parse_duration(text: str) -> int:
     return round(seconds)
 
 
+@overload
+def format_duration(seconds: float) -> str: ...
+@overload
+def format_duration(seconds: None) -> None: ...
+@overload
+def format_duration(seconds: float | None) -> str | None: ...
 def format_duration(seconds: float | None) -> str | None:
     """`1h 30m` style, with a sign for negative variances."""
     if seconds is None:

@@ -7,13 +7,14 @@ yes/no as true/false. docs/schema.md lists them."""
 import sqlite3
 
 from taskmeter.analytics import history
+from taskmeter.analytics.records import TaskListing, Tokens
 from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
 from taskmeter.timefmt import now_stored
 
 
-def tokens(row: dict) -> dict:
+def tokens(row: dict) -> Tokens:
     """The tokens object of a call or a sum (inclusive counts, None when not stated)."""
     stated = row["input_total"] is not None or row["output_total"] is not None
     return {
@@ -69,7 +70,7 @@ def call_record(row: dict) -> dict:
 
 def task_records(
     db: sqlite3.Connection, phase_id: str | None = None, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> list[dict]:
+) -> list[TaskListing]:
     """Every task's Level 1 fields (as `task --json` gives them), and whether it is current."""
     now = now or now_stored()
     current = tasks.current_task(db)

@@ -4,6 +4,7 @@
 import click
 
 from taskmeter import terminal
+from taskmeter.analytics.records import OpenTaskSoFar
 from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds, json_option, open_db, utc_option
 from taskmeter.errors import MeterError
 from taskmeter.store import alerts
@@ -108,12 +109,13 @@ def budget_records(db) -> list[dict]:
     return records
 
 
-def _left(open_tasks: list[dict]) -> float | None:
+def _left(open_tasks: list[OpenTaskSoFar]) -> float | None:
     """The estimated working time the open tasks have left; None when one has no estimate.
     A task already past its estimate has none left."""
-    if any(not task["estimated_duration"] for task in open_tasks):
-        return None
-    return sum(max(0.0, task["estimated_duration"] - (task["actual_duration"] or 0)) for task in open_tasks)
+    left = [
+        max(0.0, estimate - (task["actual_duration"] or 0)) for task in open_tasks if (estimate := task["estimated_duration"])
+    ]
+    return sum(left) if len(left) == len(open_tasks) else None
 
 
 def _amount(unit: str, value: float) -> str:
