@@ -18,6 +18,7 @@ test: install-test
 	scripts/ensure-agent-clis
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: install-test

@@ -111,16 +111,17 @@ def _value_end(text: str, start: int) -> int:
     try:
         return _DECODER.raw_decode(text, start)[1]
     except ValueError:  # cut short, or not JSON: a string to its end, an object or array to the text's end
-        if text.startswith('"', start):
-            return _JSON_STRING.match(text, start).end()
         if text.startswith(("{", "["), start):
             return len(text)
-        return _JSON_SCALAR.match(text, start).end()
+        found = (_JSON_STRING if text.startswith('"', start) else _JSON_SCALAR).match(text, start)
+        assert found is not None  # each matches at its start: a quote, or anything (the scalar may be empty)
+        return found.end()
 
 
 def _escaped_value_end(text: str, start: int) -> int:
     """Where the value at `start` of JSON inside a JSON string ends."""
     found = _ESCAPED_STRING.match(text, start) or _ESCAPED_SCALAR.match(text, start) or _REST_OF_STRING.match(text, start)
+    assert found is not None  # the rest of the string may be empty, so it always matches
     return found.end()
 
 

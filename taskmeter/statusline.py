@@ -105,6 +105,7 @@ def _chained_line(command: str, raw: str) -> str:
         except ProcessLookupError:
             pass
         process.wait()  # not communicate(): something outside the group may still hold the pipe
+        assert process.stdout is not None  # opened as a pipe
         process.stdout.close()
         return CHAIN_TIMED_OUT
     return out.strip()

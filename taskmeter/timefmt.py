@@ -7,6 +7,7 @@ and keep durations exact to the microsecond.
 
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from typing import overload
 
 from taskmeter.errors import MeterError
 
@@ -29,6 +30,12 @@ def from_stored(text: str) -> datetime:
     return datetime.fromisoformat(text)  # the `Z` reads as UTC; far cheaper than strptime
 
 
+@overload
+def display(text: str, utc: bool = False) -> str: ...
+@overload
+def display(text: None, utc: bool = False) -> None: ...
+@overload
+def display(text: str | None, utc: bool = False) -> str | None: ...
 def display(text: str | None, utc: bool = False) -> str | None:
     """A stored timestamp as a person reads it: local time with its offset
     (`2025-10-04T11:15:00+02:00`), or with `utc` the seed's `2025-10-04T09:15:00Z`."""
@@ -70,7 +77,7 @@ def hour_label(start: str, utc: bool = False) -> str:
     if utc:
         return moment.strftime("%Y-%m-%d %H:00 UTC")
     local = moment.astimezone()
-    return local.strftime("%Y-%m-%d %H:00 ") + local.tzname()
+    return local.strftime("%Y-%m-%d %H:00 %Z")
 
 
 def _from_iso(text: str) -> datetime | None:
@@ -123,6 +130,12 @@ def parse_duration(text: str) -> int:
     return round(seconds)
 
 
+@overload
+def format_duration(seconds: float) -> str: ...
+@overload
+def format_duration(seconds: None) -> None: ...
+@overload
+def format_duration(seconds: float | None) -> str | None: ...
 def format_duration(seconds: float | None) -> str | None:
     """`1h 30m` style, with a sign for negative variances."""
     if seconds is None:

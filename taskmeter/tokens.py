@@ -2,6 +2,10 @@
 object of the reports and `--json`, and their total. No imports: the status line,
 the recorder and the budgets use it."""
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker alone: this module imports nothing when it runs
+    from taskmeter.analytics.records import Tokens
+
 # Inclusive counts (OpenTelemetry GenAI): input_total includes cache_read and
 # cache_write, output_total includes reasoning. A count not stated is None (NULL).
 TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
@@ -31,6 +35,13 @@ def total_tokens(row) -> int | None:
     return (row["input_total"] or 0) + (row["output_total"] or 0)
 
 
-def tokens_object(row) -> dict:
+def tokens_object(row) -> "Tokens":
     """The tokens object of a call or a sum, as every report and `--json` gives it."""
-    return {**{column: row[column] for column in TOKEN_COLUMNS}, "total": total_tokens(row)}
+    return {
+        "input_total": row["input_total"],
+        "cache_read": row["cache_read"],
+        "cache_write": row["cache_write"],
+        "output_total": row["output_total"],
+        "reasoning": row["reasoning"],
+        "total": total_tokens(row),
+    }

@@ -5,6 +5,8 @@ import hashlib
 import json
 import statistics
 
+from taskmeter.analytics.records import TaskReport
+
 # Burn rate: judged only over enough history, and after enough work to mean something.
 MIN_APPROVED_TASKS = 3
 MIN_WORKED_SECONDS = 600
@@ -15,7 +17,7 @@ def loop_signatures(turns, model: str | None, tool_calls: list[list]) -> list[st
     two messages of the request's `turns` (each protocol says where they are: its
     `loop_turns`); or the same tool calls with the same arguments in the answer.
     Each as a short hash; none for a request with no messages."""
-    tail = None
+    tail: list | str | None = None
     if isinstance(turns, list) and turns:
         tail = turns[-2:]
     elif isinstance(turns, str):
@@ -32,7 +34,7 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def tokens_per_working_hour(record: dict) -> float | None:
+def tokens_per_working_hour(record: TaskReport) -> float | None:
     """A task's burn rate: TOKEN_COUNT_USED per hour of working time; None before
     MIN_WORKED_SECONDS of work."""
     worked, tokens = record["actual_duration"], record["token_count_used"]

@@ -4,8 +4,11 @@ JSON with the seed's field names in snake_case, and CSV. Nothing is computed her
 import csv
 import io
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
+from taskmeter.analytics.records import OverviewReport, PhaseReport, TargetCheck, TaskReport
 from taskmeter.money import usd
 from taskmeter.store.tasks import TASK_FIELDS
 from taskmeter.timefmt import display, format_duration
@@ -28,7 +31,7 @@ def _tokens(value: int) -> str:
     return f"{value:,} tokens"
 
 
-def _open(name: str, fields: dict) -> str:
+def _open(name: str, fields: Mapping[str, Any]) -> str:
     """A task's figures so far, before its approval: no verdict on unfinished work."""
     if name == "iterations_count":
         return f"open: {fields['iterations_count']} so far"
@@ -36,7 +39,7 @@ def _open(name: str, fields: dict) -> str:
     return f"open: {so_far}" if name == "variance" else f"open: {fields['efficiency_ratio']:.2f} ({so_far})"
 
 
-def _phase_open(name: str, fields: dict) -> str:
+def _phase_open(name: str, fields: Mapping[str, Any]) -> str:
     """A phase field taken over approved tasks, while it has none: the open tasks' figures so far."""
     open_tasks = fields["open_tasks_so_far"]
     count = f"{len(open_tasks)} open task{'s' if len(open_tasks) != 1 else ''}"
@@ -57,7 +60,7 @@ def _phase_open(name: str, fields: dict) -> str:
 _APPROVED_ONLY = {"variance", "efficiency_ratio", "average_iterations_per_task", "tokens_per_task_avg"}
 
 
-def describe(name: str, fields: dict, utc: bool = False) -> str | None:
+def describe(name: str, fields: Mapping[str, Any], utc: bool = False) -> str | None:
     """The seed-style text of one field, or None when it has no value; times local with
     their offset, or UTC with `utc`."""
     value = fields.get(name)
@@ -121,7 +124,7 @@ def describe(name: str, fields: dict, utc: bool = False) -> str | None:
     return str(value)
 
 
-def _block(fields: dict, sections: dict, utc: bool = False) -> list[str]:
+def _block(fields: Mapping[str, Any], sections: dict[str, list[str]], utc: bool = False) -> list[str]:
     lines = []
     width = max(len(name) for section in sections.values() for name in section) + 2
     for title, names in sections.items():
@@ -133,7 +136,7 @@ def _block(fields: dict, sections: dict, utc: bool = False) -> list[str]:
     return lines[:-1]
 
 
-def _beyond(fields: dict) -> list[str]:
+def _beyond(fields: Mapping[str, Any]) -> list[str]:
     tokens = fields["tokens"]
     by_source = fields["tokens_by_source"]
     cost = fields["cost_usd"]
@@ -199,7 +202,7 @@ def _beyond(fields: dict) -> list[str]:
     return lines
 
 
-def _history_lines(fields: dict) -> list[str]:
+def _history_lines(fields: Mapping[str, Any]) -> list[str]:
     """A re-estimated task's latest estimate (ESTIMATED_DURATION is its first), and a
     reopened task's approvals."""
     lines = []
@@ -215,7 +218,7 @@ def _history_lines(fields: dict) -> list[str]:
     return lines
 
 
-def _completeness_line(fields: dict) -> str:
+def _completeness_line(fields: TaskReport | PhaseReport) -> str:
     completeness = fields["tracking_completeness"]
     line = f"Tracking completeness: {completeness['percent']:.0f}% ({completeness['filled']}/{completeness['total']} fields)"
     if completeness["missing"]:
@@ -225,7 +228,7 @@ def _completeness_line(fields: dict) -> str:
     return line
 
 
-def task_markdown(fields: dict, utc: bool = False) -> str:
+def task_markdown(fields: TaskReport, utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"### Task {fields['task_id']}{title}",
@@ -242,7 +245,7 @@ def task_markdown(fields: dict, utc: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _target_value(check: dict) -> str:
+def _target_value(check: TargetCheck) -> str:
     value = check["value"]
     if value is None:
         return NOT_MEASURED
@@ -251,7 +254,7 @@ def _target_value(check: dict) -> str:
     return _measured(check)
 
 
-def _measured(check: dict) -> str:
+def _measured(check: TargetCheck) -> str:
     value = check["value"]
     if check["metric"] == "tracking_completeness":
         return f"{value:.0f}%"
@@ -262,13 +265,13 @@ def _measured(check: dict) -> str:
     return f"{value:.1%}" if check["metric"] == "projection_accuracy" else f"{value:.2%}"
 
 
-def _verdict(check: dict) -> str:
+def _verdict(check: TargetCheck) -> str:
     if check["reason"] == NOT_YET:
         return "not yet"
     return {True: "✅", False: "❌", None: "—"}[check["passed"]]
 
 
-def phase_markdown(fields: dict, utc: bool = False) -> str:
+def phase_markdown(fields: PhaseReport, utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"## 📈 Phase {fields['phase_id']} Aggregate Tracking{title}",
@@ -301,7 +304,7 @@ def phase_markdown(fields: dict, utc: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def task_text(fields: dict, utc: bool = False) -> str:
+def task_text(fields: TaskReport, utc: bool = False) -> str:
     """The terminal view: the execution log without markdown fences."""
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
@@ -315,7 +318,7 @@ def task_text(fields: dict, utc: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def phase_text(fields: dict, utc: bool = False) -> str:
+def phase_text(fields: PhaseReport, utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"Phase {fields['phase_id']}{title}",
@@ -353,7 +356,7 @@ def as_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def overview_markdown(report: dict) -> str:
+def overview_markdown(report: OverviewReport) -> str:
     lines = [
         "| Phase | Tasks | Tokens | Tokens/task | Trend | Interactions | Hallucination rate | Cost | From agent logs | Completeness |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -368,7 +371,7 @@ def _share(value: float | None) -> str:
     return f"{value or 0:.1%}"
 
 
-def overview_rows(report: dict) -> list[list[str]]:
+def overview_rows(report: OverviewReport) -> list[list[str]]:
     rows = []
     for phase in report["phases"]:
         trend = phase["token_efficiency_change"]

@@ -7,6 +7,7 @@ yes/no as true/false. docs/schema.md lists them."""
 import sqlite3
 
 from taskmeter.analytics import history
+from taskmeter.analytics.records import TaskListing
 from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
@@ -57,7 +58,7 @@ def call_record(row: dict) -> dict:
 
 def task_records(
     db: sqlite3.Connection, phase_id: str | None = None, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> list[dict]:
+) -> list[TaskListing]:
     """Every task's Level 1 fields (as `task --json` gives them), and whether it is current."""
     now = now or now_stored()
     current = tasks.current_task(db)

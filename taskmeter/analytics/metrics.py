@@ -6,11 +6,26 @@ and is listed under tracking_completeness.missing; nothing is zero-filled.
 Durations are seconds; ratios are plain numbers (0.9, not 90%).
 """
 
+from collections.abc import Mapping
+
 from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
-from taskmeter.store.tasks import MILESTONES, phase_milestones
+from taskmeter.analytics.records import (
+    Approval,
+    Completeness,
+    OverviewLine,
+    OverviewReport,
+    PhaseFields,
+    PhaseReport,
+    StageDurations,
+    TargetCheck,
+    TaskFields,
+    TaskReport,
+    UsageExtras,
+)
+from taskmeter.store.tasks import phase_milestones
 from taskmeter.timefmt import from_stored, seconds_between
-from taskmeter.tokens import AGENT_LOG, SOURCE_COLUMNS, tokens_object, total_tokens
+from taskmeter.tokens import AGENT_LOG, ESTIMATED, PARTIAL, REPORTED, SOURCE_COLUMNS, tokens_object, total_tokens
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
 TASK_SECTIONS = {
@@ -97,10 +112,15 @@ def _agent_log_share(usage: dict) -> float | None:
     return _ratio(usage[SOURCE_COLUMNS[AGENT_LOG]], total_tokens(usage))
 
 
-def _usage_extras(usage: dict) -> dict:
+def _usage_extras(usage: dict) -> UsageExtras:
     return {
         "tokens": tokens_object(usage),
-        "tokens_by_source": {column.removesuffix("_tokens"): usage[column] for column in SOURCE_COLUMNS.values()},
+        "tokens_by_source": {
+            "reported": usage[SOURCE_COLUMNS[REPORTED]],
+            "estimated": usage[SOURCE_COLUMNS[ESTIMATED]],
+            "partial": usage[SOURCE_COLUMNS[PARTIAL]],
+            "agent_log": usage[SOURCE_COLUMNS[AGENT_LOG]],
+        },
         "agent_log_share": _agent_log_share(usage),
         "cost_usd": usage["cost_usd"],
         # The part of cost_usd a subscription login paid for: its API-equivalent price.
@@ -143,18 +163,21 @@ def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[work
     return worktime.working_spans(current, activity, idle_seconds, (begin, end))
 
 
-def _stages(task: dict) -> dict:
-    names = list(MILESTONES.values())
-    labels = ["begin_to_initial", "initial_to_tests", "tests_to_validation", "validation_to_approval"]
+def _stages(task: dict) -> StageDurations:
+    def between(a: str, b: str) -> float | None:
+        return seconds_between(task[a], task[b]) if task[a] and task[b] else None
+
     return {
-        label: seconds_between(task[a], task[b]) if task[a] and task[b] else None
-        for label, a, b in zip(labels, names, names[1:], strict=False)
+        "begin_to_initial": between("begin_at", "initial_completion_at"),
+        "initial_to_tests": between("initial_completion_at", "tests_completion_at"),
+        "tests_to_validation": between("tests_completion_at", "validation_at"),
+        "validation_to_approval": between("validation_at", "final_approval_at"),
     }
 
 
 def task_fields(
     history: TaskHistory, now: str, idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS, spans: list | None = None
-) -> dict:
+) -> TaskReport:
     """`spans`: the task's working spans when the caller has them already."""
     task, usage = history.task, history.usage
     wall = seconds_between(task["begin_at"], _end_of(task, now)) if task["begin_at"] else None
@@ -163,7 +186,11 @@ def task_fields(
     actual = worktime.total(spans) if task["begin_at"] else None
     estimate = first_estimate(history)
     tokens = total_tokens(usage)
-    fields = {
+    # Every approval, oldest first: those `meter task --reopen` withdrew, then the one in force.
+    approvals: list[Approval] = [{"approved_at": a, "reopened_at": r} for a, r in history.withdrawn_approvals]
+    if task["final_approval_at"]:
+        approvals.append({"approved_at": task["final_approval_at"], "reopened_at": None})
+    fields: TaskFields = {
         "task_id": task["id"],
         "title": task["title"],
         "phase_id": task["phase_id"],
@@ -175,9 +202,7 @@ def task_fields(
         "tests_completion_timestamp": task["tests_completion_at"],
         "validation_timestamp": task["validation_at"],
         "final_approval_timestamp": task["final_approval_at"],
-        # Every approval, oldest first: those `meter task --reopen` withdrew, then the one in force.
-        "approvals": [{"approved_at": a, "reopened_at": r} for a, r in history.withdrawn_approvals]
-        + ([{"approved_at": task["final_approval_at"], "reopened_at": None}] if task["final_approval_at"] else []),
+        "approvals": approvals,
         "estimated_duration": estimate,
         "estimate_latest": task["estimate_seconds"],
         "estimates": [{"set_at": at, "estimate_seconds": seconds} for at, seconds in history.estimates],
@@ -213,11 +238,10 @@ def task_fields(
         if task["final_approval_at"]
         else None,
     }
-    fields["tracking_completeness"] = completeness(fields, TASK_SECTIONS)
-    return fields
+    return {**fields, "tracking_completeness": completeness(fields, TASK_SECTIONS)}
 
 
-def completeness(fields: dict, sections: dict, prefix: str = "") -> dict:
+def completeness(fields: Mapping[str, object], sections: dict[str, list[str]], prefix: str = "") -> Completeness:
     names = [name for section in sections.values() for name in section]
     missing = [prefix + name.upper() for name in names if fields.get(name) is None]
     return {
@@ -249,22 +273,23 @@ def phase_fields(
     now: str,
     previous_tokens_per_task: float | None = None,
     idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS,
-) -> dict:
+) -> PhaseReport:
     phase = history.phase
     spans = [task_spans(t, now, idle_seconds) for t in history.tasks]
     tasks = [task_fields(t, now, idle_seconds, task_spans_) for t, task_spans_ in zip(history.tasks, spans, strict=True)]
     usage = sum_usage([t.usage for t in history.tasks], history.usage_columns)
     begins = [t["begin_timestamp"] for t in tasks if t["begin_timestamp"]]
     ends = [t["final_approval_timestamp"] or now for t in tasks if t["begin_timestamp"]]
-    estimates = [t["estimated_duration"] for t in tasks]
-    estimated_total = sum(estimates) if tasks and all(e is not None for e in estimates) else None
+    estimates = [t["estimated_duration"] for t in tasks if t["estimated_duration"] is not None]
+    estimated_total = sum(estimates) if tasks and len(estimates) == len(tasks) else None
     # The phase's working time: the union of its tasks' working spans (overlaps count once).
     every_span = [span for task_spans_ in spans for span in task_spans_]
     actual_total = worktime.total(every_span) if begins else None
     summed = sum(t["actual_duration"] for t in tasks if t["actual_duration"] is not None)
     # Variance and efficiency compare finished work with its estimate; open tasks are apart, "so far".
     done = [t for t in tasks if t["status"] == "approved" and t["estimated_duration"] and t["actual_duration"] is not None]
-    done_actual, done_estimate = sum(t["actual_duration"] for t in done), sum(t["estimated_duration"] for t in done)
+    done_actual = sum(t["actual_duration"] for t in done if t["actual_duration"] is not None)
+    done_estimate = sum(t["estimated_duration"] for t in done if t["estimated_duration"] is not None)
     span = seconds_between(min(begins), max(ends)) if begins else None
     coverages = [t["test_coverage_actual"] for t in tasks if t["test_coverage_actual"] is not None]
     performance = [t["performance_met"] for t in tasks if t["performance_met"] is not None]
@@ -276,11 +301,17 @@ def phase_fields(
     per_task = tokens_per_task(sum_usage(approved_usage, history.usage_columns), len(approved))
     # An iteration recorded stays recorded: an open task that needed one has already failed its first attempt.
     failed_first = [t["task_id"] for t in tasks if t["iterations_count"] > 1]
-    fields = {
+    milestones = phase_milestones(phase, begins)
+    fields: PhaseFields = {
         "phase_id": phase["id"],
         "title": phase["title"],
         # PHASE_BEGIN ... in the order of store.tasks.PHASE_MILESTONES, as `meter phase --mark` checks them.
-        **dict(zip(PHASE_SECTIONS["PHASE-LEVEL TIMESTAMPS"], phase_milestones(phase, begins).values(), strict=True)),
+        "phase_begin": milestones["begin"],
+        "phase_first_code": milestones["first-code"],
+        "phase_tests_passing": milestones["tests-passing"],
+        "phase_integration_complete": milestones["integration"],
+        "phase_documentation_complete": milestones["docs"],
+        "phase_final_approval": milestones["approved"],
         "estimated_total": estimated_total,
         "tasks_without_estimate": [t["task_id"] for t in tasks if t["estimated_duration"] is None],
         "actual_total": actual_total,
@@ -333,16 +364,17 @@ def phase_fields(
     missing = own["missing"] + [f"{t['task_id']}: {name}" for t in tasks for name in t["tracking_completeness"]["missing"]]
     filled = own["filled"] + sum(t["tracking_completeness"]["filled"] for t in tasks)
     total = own["total"] + sum(t["tracking_completeness"]["total"] for t in tasks)
-    fields["tracking_completeness"] = {"percent": 100.0 * filled / total, "filled": filled, "total": total, "missing": missing}
-    fields["pattern_effectiveness"] = pattern_effectiveness(fields)
-    return fields
+    tracking: Completeness = {"percent": 100.0 * filled / total, "filled": filled, "total": total, "missing": missing}
+    report: PhaseReport = {**fields, "tracking_completeness": tracking, "pattern_effectiveness": []}
+    report["pattern_effectiveness"] = pattern_effectiveness(report)
+    return report
 
 
 NOT_YET = "no approved task yet"  # a phase's targets judge finished work only
 NOT_MEASURED = "not measured"
 
 
-def pattern_effectiveness(fields: dict) -> list[dict]:
+def pattern_effectiveness(fields: PhaseReport) -> list[TargetCheck]:
     """The seed's targets, each passed, failed, or neither (`passed` None) with the `reason`."""
     values = {
         "tracking_completeness": fields["tracking_completeness"]["percent"],
@@ -358,7 +390,7 @@ def pattern_effectiveness(fields: dict) -> list[dict]:
         "hallucination_rate": lambda v: v < 0.01,
         "token_efficiency_improvement": lambda v: v <= -0.10,
     }
-    judged = []
+    judged: list[TargetCheck] = []
     for key, name, target in TARGETS:
         reason = NOT_YET if not fields["tasks_completed"] else NOT_MEASURED if values[key] is None else None
         passed = checks[key](values[key]) if reason is None else None
@@ -366,26 +398,27 @@ def pattern_effectiveness(fields: dict) -> list[dict]:
     return judged
 
 
-def overview(phases: list[dict], unassigned: dict) -> dict:
+def _overview_line(fields: PhaseReport) -> OverviewLine:
+    return {
+        "phase_id": fields["phase_id"],
+        "title": fields["title"],
+        "tasks_total": fields["tasks_total"],
+        "tasks_completed": fields["tasks_completed"],
+        "total_tokens_used": fields["total_tokens_used"],
+        "tokens_per_task_avg": fields["tokens_per_task_avg"],
+        "token_efficiency_change": fields["token_efficiency_change"],
+        "ai_interactions_total": fields["ai_interactions_total"],
+        "hallucination_rate": fields["hallucination_rate"],
+        "cost_usd": fields["cost_usd"],
+        "agent_log_share": fields["agent_log_share"],
+        "tracking_completeness": fields["tracking_completeness"]["percent"],
+    }
+
+
+def overview(phases: list[PhaseReport], unassigned: dict) -> OverviewReport:
     """One line per phase (fields from phase_fields) with the phase-over-phase
     token trend, and the calls attributed to no task."""
-    keys = (
-        "phase_id",
-        "title",
-        "tasks_total",
-        "tasks_completed",
-        "total_tokens_used",
-        "tokens_per_task_avg",
-        "token_efficiency_change",
-        "ai_interactions_total",
-        "hallucination_rate",
-        "cost_usd",
-        "agent_log_share",
-    )
-    rows = [
-        {**{key: fields[key] for key in keys}, "tracking_completeness": fields["tracking_completeness"]["percent"]}
-        for fields in phases
-    ]
+    rows = [_overview_line(fields) for fields in phases]
     return {
         "phases": rows,
         "unassigned": {

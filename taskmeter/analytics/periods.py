@@ -7,6 +7,7 @@ clock goes back the repeated hour is two periods, each labelled with its zone.""
 import sqlite3
 
 from taskmeter.analytics.history import STATED_BY
+from taskmeter.analytics.records import ModelUsage, PeriodUsage, UsageReport, UsageStats
 from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
 from taskmeter.tokens import tokens_object
@@ -50,7 +51,7 @@ def _period_sql(period: str, utc: bool) -> str:
     }[period]
 
 
-def _stats(row: dict) -> dict:
+def _stats(row: dict) -> UsageStats:
     return {
         "ai_interactions": row["ai_interactions"],
         "failed_calls": row["failed_calls"],
@@ -76,7 +77,7 @@ def usage_report(
     until: str | None = None,
     utc: bool = False,
     task_id: str | None = None,
-) -> dict:
+) -> UsageReport:
     """`period` is hourly, daily, weekly, monthly or models; since/until are stored
     timestamps; `task_id` narrows to one task's calls."""
     clauses, params = [], []
@@ -106,7 +107,7 @@ def usage_report(
     for row in map(dict, rows):
         by_period.setdefault(row["period"], []).append(row)
     every = [row for group in by_period.values() for row in group]
-    report = {
+    report: UsageReport = {
         "period": period,
         "since": since,
         "until": until,
@@ -115,15 +116,18 @@ def usage_report(
         "totals": _stats(_sum(every)) if every else _stats(_sum([])),
     }
     if period == "models":
-        report["models"] = [{"model": row["model"], **_stats(row)} for row in every]
+        report["models"] = [_model_usage(row) for row in every]
     else:
-        report["periods"] = [
-            {
-                # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
-                **({"period": hour_label(key, utc), "start": key} if period == "hourly" else {"period": key}),
-                **_stats(_sum(group)),
-                "models": [{"model": row["model"], **_stats(row)} for row in group],
-            }
-            for key, group in by_period.items()
-        ]
+        report["periods"] = [_period_usage(key, group, period == "hourly", utc) for key, group in by_period.items()]
     return report
+
+
+def _model_usage(row: dict) -> ModelUsage:
+    return {"model": row["model"], **_stats(row)}
+
+
+def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> PeriodUsage:
+    stats, models = _stats(_sum(group)), [_model_usage(row) for row in group]
+    if hourly:  # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
+        return {"period": hour_label(key, utc), "start": key, **stats, "models": models}
+    return {"period": key, **stats, "models": models}

@@ -5,21 +5,23 @@ import sqlite3
 from datetime import UTC, datetime
 
 from taskmeter.analytics import history, metrics
+from taskmeter.analytics.records import OverviewReport, PhaseReport, PhaseReportAlone, TaskRecord
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS, union
 from taskmeter.timefmt import now_stored, to_stored
 
 
-def task_report(db: sqlite3.Connection, task_id: str, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> dict:
+def task_report(
+    db: sqlite3.Connection, task_id: str, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
+) -> TaskRecord:
     return task_record(history.task_history(db, task_id), now or now_stored(), idle_seconds)
 
 
-def task_record(task_history: history.TaskHistory, now: str, idle_seconds: float) -> dict:
+def task_record(task_history: history.TaskHistory, now: str, idle_seconds: float) -> TaskRecord:
     """A task's Level 1 fields, and the working intervals its working time adds up
     (`report task`, `task` and `tasks --json`; phase reports leave the intervals out)."""
     spans = metrics.task_spans(task_history, now, idle_seconds)
     record = metrics.task_fields(task_history, now, idle_seconds, spans)
-    record["working_intervals"] = [[_stored(start), _stored(end)] for start, end in union(spans)]
-    return record
+    return {**record, "working_intervals": [[_stored(start), _stored(end)] for start, end in union(spans)]}
 
 
 def _stored(seconds: float) -> str:
@@ -28,7 +30,7 @@ def _stored(seconds: float) -> str:
 
 def phase_report(
     db: sqlite3.Connection, phase_id: str, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> dict:
+) -> PhaseReportAlone:
     now = now or now_stored()
     current = history.phase_history(db, phase_id)
     ordered = history.phase_ids(db)
@@ -36,16 +38,17 @@ def phase_report(
     # Only the previous phase's tokens per task: from the rollup, not a whole report.
     previous_tokens = _tokens_per_task(db, ordered[position - 1]) if position > 0 else None
     report = metrics.phase_fields(current, now, previous_tokens, idle_seconds)
-    report["previous_phase_id"] = ordered[position - 1] if position > 0 else None
-    return report
+    return {**report, "previous_phase_id": ordered[position - 1] if position > 0 else None}
 
 
-def phase_reports(db: sqlite3.Connection, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> list[dict]:
+def phase_reports(
+    db: sqlite3.Connection, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
+) -> list[PhaseReport]:
     """Every phase's Level 2 fields (as `phase --json` gives them), in phase order."""
     return _phase_fields_in_order(history.phase_histories(db), now or now_stored(), idle_seconds)
 
 
-def overview_report(db: sqlite3.Connection, now: str | None = None) -> dict:
+def overview_report(db: sqlite3.Connection, now: str | None = None) -> OverviewReport:
     """One line per phase, from the rows and rollups alone. A line shows no
     duration, so no working time is read and every duration in the phases'
     fields comes out 0; whether one is present, all that tracking completeness
@@ -57,7 +60,7 @@ def overview_report(db: sqlite3.Connection, now: str | None = None) -> dict:
 
 def _phase_fields_in_order(
     phases: list[history.PhaseHistory], now: str, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> list[dict]:
+) -> list[PhaseReport]:
     """Each phase's fields, its token change taken against the phase before."""
     reports = []
     previous_tokens = None

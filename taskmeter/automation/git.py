@@ -255,7 +255,7 @@ def _pytest_table(path: Path, table: str) -> dict | None:
 
     always = path.name.lstrip(".").startswith("pytest")
     if path.suffix == ".toml":
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        document: object = tomllib.loads(path.read_text(encoding="utf-8"))
         for key in table.split("."):
             document = document.get(key) if isinstance(document, dict) else None
         if isinstance(document, dict) and path.name == "pyproject.toml" and "ini_options" in document:
@@ -313,8 +313,8 @@ def docstring_coverage(repo: Path, files: list[Path]) -> float | None:
     patterns = python_test_patterns(repo)
     definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
-    def public(node: ast.AST) -> list[ast.AST]:
-        found = []
+    def public(node: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+        found: list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef] = []
         for child in ast.iter_child_nodes(node):
             if isinstance(child, definitions):
                 if not child.name.startswith("_"):
@@ -331,7 +331,7 @@ def docstring_coverage(repo: Path, files: list[Path]) -> float | None:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
         except (OSError, SyntaxError, ValueError):  # gone since the commit, not Python, or a NUL byte
             continue
-        nodes = [tree, *public(tree)]
+        nodes: list[ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef] = [tree, *public(tree)]
         total += len(nodes)
         documented += sum(1 for node in nodes if ast.get_docstring(node) is not None)
     return round(100.0 * documented / total, 1) if total else None

@@ -4,6 +4,7 @@
 import click
 
 from taskmeter import terminal
+from taskmeter.analytics.records import OpenTaskSoFar
 from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds, json_option, open_db, utc_option
 from taskmeter.errors import MeterError
 from taskmeter.store import alerts
@@ -68,6 +69,7 @@ def apply_budget(db, scope: str, target: str, amounts: tuple, on_exceeded: str |
     else:
         return None
     after = stored_budgets.own_budget(db, scope, target)
+    assert after is not None  # just set
     mode = after["on_exceeded"] or f"{budget_defaults().on_exceeded} by default"
     line = f"budget {stored_budgets.caps_text(after)} ({mode})"
     replaced = before is not None and any(before[unit] and before[unit] != after[unit] for unit in ("tokens", "usd"))
@@ -109,12 +111,13 @@ def budget_records(db) -> list[dict]:
     return records
 
 
-def _left(open_tasks: list[dict]) -> float | None:
+def _left(open_tasks: list[OpenTaskSoFar]) -> float | None:
     """The estimated working time the open tasks have left; None when one has no estimate.
     A task already past its estimate has none left."""
-    if any(not task["estimated_duration"] for task in open_tasks):
-        return None
-    return sum(max(0.0, task["estimated_duration"] - (task["actual_duration"] or 0)) for task in open_tasks)
+    left = [
+        max(0.0, estimate - (task["actual_duration"] or 0)) for task in open_tasks if (estimate := task["estimated_duration"])
+    ]
+    return sum(left) if len(left) == len(open_tasks) else None
 
 
 def _amount(unit: str, value: float) -> str:

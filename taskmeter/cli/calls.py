@@ -35,10 +35,11 @@ FOLLOW_POLL_SECONDS = 0.25
 @json_option
 @utc_option
 @db_option
-def status_cmd(as_json, utc, db_path):
+def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     """The current task, its time, tokens and cost so far, and whether a proxy is metering."""
     from taskmeter import lifecycle
     from taskmeter.analytics.budgets import WARN_AT, current_budget, describe
+    from taskmeter.analytics.records import StatusReport
     from taskmeter.analytics.reports import task_report
     from taskmeter.handover import callfile
 
@@ -55,12 +56,13 @@ def status_cmd(as_json, utc, db_path):
         budget = current_budget(db, budget_defaults())
         open_alerts = alerts.listed(db)
     database = store_db.resolve_path(db_path)
-    state = {
+    at = now_stored()
+    state: StatusReport = {
         "database": str(database),
         "database_exists": True,
         "task_id": current.task_id if current else None,
         "current_since": current.since if current else None,
-        "current_for_seconds": seconds_between(current.since, now_stored()) if current else None,
+        "current_for_seconds": seconds_between(current.since, at) if current else None,
         "current_note": note,  # why the meter changed the current task: `P1-010 approved`
         "task": view,
         "proxies": [{"proxy_id": proxy.pop("id"), **proxy} for proxy in running],
@@ -79,7 +81,7 @@ def status_cmd(as_json, utc, db_path):
     if as_json:
         terminal.print_json(state)
         return
-    if current is None:
+    if current is None or view is None:
         why = f" ({note})" if note else ""
         terminal.info(f"No current task{why}: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
     else:
@@ -91,7 +93,7 @@ def status_cmd(as_json, utc, db_path):
         terminal.fields(
             [
                 ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
-                ("Current for", format_duration(state["current_for_seconds"]) + (f" (since {note})" if note else "")),
+                ("Current for", format_duration(seconds_between(current.since, at)) + (f" (since {note})" if note else "")),
                 ("Working time", format_duration(view["actual_duration"])),
                 ("Elapsed (wall)", format_duration(view["wall_duration"])),
                 ("Estimate", format_duration(view["estimated_duration"])),
@@ -110,8 +112,8 @@ def status_cmd(as_json, utc, db_path):
                 terminal.warn(f"budget {budget['used_share'] * 100:.0f}% used: {line}")
             else:
                 terminal.info(f"Budget: {line}")
-        if view["final_approval_timestamp"]:
-            after = view["after_approval"]
+        after = view["after_approval"]  # set once it is approved
+        if view["final_approval_timestamp"] and after is not None:
             terminal.warn(
                 f"{view['task_id']} was approved at {terminal.moment(view['final_approval_timestamp'], utc, short=False)}: "
                 f"calls now count as after approval ({after['ai_interactions']} so far); `meter set-task` another task"

@@ -1,6 +1,7 @@
 """What every command shares: the `meter` group, argument types, options, opening the database."""
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 
@@ -138,7 +139,7 @@ def budget_defaults():
 
 
 @contextlib.contextmanager
-def open_db(path: str | None, create: bool = True) -> Iterator[sqlite3.Connection]:
+def open_db(path: str | os.PathLike | None, create: bool = True) -> Iterator[sqlite3.Connection]:
     """The database, for a command. One that reads or changes what is stored gives `create=False`: where
     there is no database it says so (store_db.NoDatabase) instead of making an empty one."""
     connection = store_db.connect(path, create=create)

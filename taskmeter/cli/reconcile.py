@@ -22,7 +22,9 @@ AGENT_NAMES = ("claude", "codex", "gemini")
 @json_option
 @utc_option
 @db_option
-def reconcile_cmd(since, agents, do_import, as_json, utc, db_path):
+def reconcile_cmd(
+    since: str | None, agents: tuple[str, ...], do_import: bool, as_json: bool, utc: bool, db_path: str | None
+) -> None:
     """The agents' own logs against the meter: turns it saw, turns it missed, calls the logs lack.
 
     \b

@@ -63,13 +63,14 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
     if ctx.invoked_subcommand is not None:
         return
     from taskmeter.analytics import formats
+    from taskmeter.analytics.records import OverviewReport
     from taskmeter.analytics.reports import overview_report
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path, create=False) as db:
         report = overview_report(db)
 
-    def table(overview: dict) -> str:
+    def table(overview: OverviewReport) -> str:
         terminal.table(
             [
                 Column("Phase", shrink=True),

@@ -237,7 +237,7 @@ def _moved(removal: tasks.Removal) -> dict:
 
 
 def _removal_line(removal: tasks.Removal, merged: bool) -> str:
-    parts = [f"{removal.task_id} {'merged into ' + removal.into if merged else 'deleted'}"]
+    parts = [f"{removal.task_id} {f'merged into {removal.into}' if merged else 'deleted'}"]
     moved = [
         tasks.counted(n, noun)
         for noun, n in (("call", removal.calls), ("commit", removal.commits), ("test run", removal.test_runs))

@@ -76,7 +76,8 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
 
         return await run_in_threadpool(work)
 
-    call_row = templates.env.get_template("macros.html").module.call_row
+    # A template's macros are attributes jinja2 sets at run time, unknown to its types.
+    call_row = templates.env.get_template("macros.html").module.call_row  # type: ignore[attr-defined]
 
     def feed_row(call: dict) -> str:
         return str(call_row(call, token, "/"))

@@ -42,7 +42,7 @@ async def calls_after(db_path: Path, rowid: int, render_row: RenderRow) -> Async
         quiet = 0.0
         while True:
             async with db.execute(*stored_after_query(rowid, limit=BATCH)) as cursor:
-                rows = await cursor.fetchall()
+                rows = list(await cursor.fetchall())  # a list: aiosqlite types it as any iterable
             for row in rows:
                 call = feed_call(dict(row))
                 rowid = call["rowid"]

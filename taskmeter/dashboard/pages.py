@@ -5,11 +5,13 @@ sqlite3 connection (see app.py)."""
 
 import sqlite3
 from datetime import date, timedelta
+from typing import Literal
 
 from taskmeter.analytics import history
 from taskmeter.analytics.budgets import Defaults, current_budget
 from taskmeter.analytics.listings import call_record
 from taskmeter.analytics.periods import usage_report
+from taskmeter.analytics.records import TaskRecord
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
 from taskmeter.errors import MeterError
 from taskmeter.money import usd
@@ -156,7 +158,14 @@ def task_page(db: sqlite3.Connection, task_id: str, idle_seconds: float) -> dict
     }
 
 
-MILESTONES = [
+Milestone = Literal[
+    "begin_timestamp",
+    "initial_completion_timestamp",
+    "tests_completion_timestamp",
+    "validation_timestamp",
+    "final_approval_timestamp",
+]
+MILESTONES: list[tuple[Milestone, str]] = [
     ("begin_timestamp", "Begin"),
     ("initial_completion_timestamp", "Initial"),
     ("tests_completion_timestamp", "Tests"),
@@ -166,12 +175,11 @@ MILESTONES = [
 TIMELINE_WIDTH = 1000  # the SVG's own units; it scales to the page
 
 
-def timeline(report: dict) -> dict | None:
+def timeline(report: TaskRecord) -> dict | None:
     """Positions (0..TIMELINE_WIDTH) of the task's milestones and working intervals,
     for a server-drawn SVG: attributes, not inline styles, so the CSP stays strict."""
-    moments = [report[key] for key, _ in MILESTONES if report[key]] + [
-        b for interval in report["working_intervals"] for b in interval
-    ]
+    marked = [(label, at) for key, label in MILESTONES if (at := report[key])]
+    moments = [at for _, at in marked] + [b for interval in report["working_intervals"] for b in interval]
     if not moments:
         return None
     start = min(from_stored(m) for m in moments)
@@ -185,7 +193,7 @@ def timeline(report: dict) -> dict | None:
         "width": TIMELINE_WIDTH,
         "start": to_stored(start),
         "end": to_stored(end),
-        "milestones": [{"label": label, "at": report[key], "x": x(report[key])} for key, label in MILESTONES if report[key]],
+        "milestones": [{"label": label, "at": at, "x": x(at)} for label, at in marked],
         "intervals": [{"start": a, "end": b, "x": x(a), "width": max(x(b) - x(a), 1)} for a, b in report["working_intervals"]],
     }
 

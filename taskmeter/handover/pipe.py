@@ -43,6 +43,7 @@ import traceback
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import IO
 
 from taskmeter.handover import callfile
 from taskmeter.store import proxies
@@ -74,6 +75,12 @@ _CRASHES_TO_QUARANTINE = 2
 # A frame's length is 32 bits, and a batch may use up to _METADATA_ALLOWANCE times
 # max_pending_mb: the setting may not go past this (config/settings.py).
 MAX_PENDING_MB = int((2**32 - 1 - HEADER.size) / _METADATA_ALLOWANCE) >> 20
+
+
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    """A recorder's stdin or stdout, which _spawn opens as pipes."""
+    assert stream is not None
+    return stream
 
 
 class _Frame:
@@ -127,7 +134,7 @@ class Handover:
         self._written_seq = 0  # the last batch written to the current recorder
         self._pending_bytes = 0
         self._next_seq = 1
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._acks: threading.Thread | None = None  # reads the current recorder's acknowledgements
         self._spawned_at = 0.0
         self._acknowledged_since_spawn = False
@@ -180,7 +187,8 @@ class Handover:
             except subprocess.TimeoutExpired:
                 log.error("meter: the recorder did not finish in %.0f s; stopping it", timeout)
                 process.kill()
-            acks.join(timeout)  # its last acknowledgements
+            if acks is not None:  # it always has its reader
+                acks.join(timeout)  # its last acknowledgements
         with self._lock:
             if self._unacknowledged:
                 # No recorder took them: keep them for the next one.
@@ -259,16 +267,18 @@ class Handover:
                     # Written, or no recorder to write to: stop() spools what is left.
                     if process is not None:
                         try:
-                            process.stdin.close()
+                            _pipe(process.stdin).close()
                         except OSError:
                             pass
                     return
+            assert process is not None  # the wait ends with a recorder to write to, or returns
+            stdin = _pipe(process.stdin)
             for seq, frame in frames:
                 try:
-                    process.stdin.write(HEADER.pack(frame.payload_size, seq))
+                    stdin.write(HEADER.pack(frame.payload_size, seq))
                     for piece in frame.pieces:
-                        process.stdin.write(piece)
-                    process.stdin.flush()
+                        stdin.write(piece)
+                    stdin.flush()
                 except (OSError, ValueError):
                     break  # it died: the acknowledgement reader starts a new one
                 with self._lock:
@@ -343,14 +353,15 @@ class Handover:
         self._acks = threading.Thread(target=self._read_acks, args=(process,), name="taskmeter-recorder-acks", daemon=True)
         self._acks.start()
 
-    def _read_acks(self, process: subprocess.Popen) -> None:
+    def _read_acks(self, process: subprocess.Popen[bytes]) -> None:
+        stdout = _pipe(process.stdout)
         while True:
-            data = process.stdout.read(REPLY.size)
+            data = stdout.read(REPLY.size)
             if len(data) < REPLY.size:
                 break
             kind, seq = REPLY.unpack(data)
             if kind in (GUARD_STATE, RECORDER_STATE):
-                state = process.stdout.read(seq)
+                state = stdout.read(seq)
                 if len(state) < seq:
                     break
                 try:

@@ -40,7 +40,7 @@ class DeflateDecoder:
     """`deflate` is zlib-wrapped in practice, raw deflate in a few servers."""
 
     def __init__(self) -> None:
-        self._inflate = None
+        self._inflate: zlib._Decompress | None = None
 
     def feed(self, data: bytes) -> bytes:
         if self._inflate is None:
@@ -158,7 +158,10 @@ class SseDecoder:
 
     def _line(self, raw: bytes) -> tuple[str, str] | None:
         if not raw:
-            return self._dispatch() if self._data else self._reset()
+            if self._data:
+                return self._dispatch()
+            self._reset()
+            return None
         line = raw.decode("utf-8", "replace")
         if line.startswith(":"):
             return None
@@ -303,7 +306,8 @@ def _eventstream_headers(raw: bytes) -> dict[str, str]:
     return headers
 
 
-FRAMINGS = {
+Framing = SseDecoder | NdjsonDecoder | JsonDecoder | EventStreamDecoder
+FRAMINGS: dict[str, type[Framing]] = {
     "sse": SseDecoder,
     "ndjson": NdjsonDecoder,
     "json": JsonDecoder,

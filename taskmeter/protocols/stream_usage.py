@@ -15,6 +15,7 @@ the request is to be sent as it came.
 import io
 import json
 import re
+import sys
 from collections.abc import Generator
 
 # One slice of work: this many bytes, or this many structural characters (a
@@ -33,6 +34,14 @@ _NESTED = re.compile(rb'["{}\[\]]')
 _SCALAR = re.compile(rb"[^,}\] \t\r\n]*")
 _INCLUDE_USAGE = b'"include_usage":true'
 _ADDED_OPTIONS = b'"stream_options":{' + _INCLUDE_USAGE + b"}"
+
+
+def _end(pattern: re.Pattern[bytes], body: bytes, pos: int = 0, endpos: int = sys.maxsize) -> int:
+    """Where a match of `pattern` (which may be empty, so always matches) from `pos` ends."""
+    found = pattern.match(body, pos, endpos)
+    assert found is not None  # every pattern here matches the empty string
+    return found.end()
+
 
 Scan = Generator[None, None, bytes | None]
 
@@ -79,7 +88,7 @@ def include_usage_splice(body: bytes) -> Scan:
     if stream is None or body[stream[0] : stream[1]] != b"true":
         return None
     if options is None:
-        opening = _WHITESPACE.match(body).end() + 1
+        opening = _end(_WHITESPACE, body) + 1
         return (yield from _joined((memoryview(body)[:opening], _ADDED_OPTIONS, b",", memoryview(body)[opening:])))
     start, end = options
     value = body[start:end]
@@ -117,10 +126,10 @@ def _top_level_members(body: bytes, wanted: set[str]) -> Generator[None, None, d
     members: dict[str, tuple[int, int]] = {}
     slices = _Slices(0)
     end = len(body)
-    pos = _WHITESPACE.match(body).end()
+    pos = _end(_WHITESPACE, body)
     if pos >= end or body[pos] != ord("{"):
         raise _NotAnObject
-    pos = _WHITESPACE.match(body, pos + 1).end()
+    pos = _end(_WHITESPACE, body, pos + 1)
     if body[pos : pos + 1] == b"}":
         return members
     while True:
@@ -129,22 +138,22 @@ def _top_level_members(body: bytes, wanted: set[str]) -> Generator[None, None, d
         key_start = pos + 1
         pos = yield from _string_end(body, key_start, slices)
         key = _key(body[key_start : pos - 1]) if pos - 1 - key_start <= _LONGEST_KEY else None
-        pos = _WHITESPACE.match(body, pos).end()
+        pos = _end(_WHITESPACE, body, pos)
         if body[pos : pos + 1] != b":":
             raise _NotAnObject
-        value_start = _WHITESPACE.match(body, pos + 1).end()
+        value_start = _end(_WHITESPACE, body, pos + 1)
         pos = yield from _value_end(body, value_start, slices)
         if key in wanted:
             members[key] = (value_start, pos)
-        pos = _WHITESPACE.match(body, pos).end()
+        pos = _end(_WHITESPACE, body, pos)
         separator = body[pos : pos + 1]
         if separator == b"}":
-            if _WHITESPACE.match(body, pos + 1).end() != end:
+            if _end(_WHITESPACE, body, pos + 1) != end:
                 raise _NotAnObject
             return members
         if separator != b",":
             raise _NotAnObject
-        pos = _WHITESPACE.match(body, pos + 1).end()
+        pos = _end(_WHITESPACE, body, pos + 1)
         if slices.due(pos):
             yield
 
@@ -163,7 +172,7 @@ def _string_end(body: bytes, pos: int, slices: _Slices) -> Generator[None, None,
     end = len(body)
     while True:
         limit = min(end, pos + SLICE_BYTES + 1)  # room for an escape, so each slice moves on
-        pos = _STRING_REST.match(body, pos, limit).end()
+        pos = _end(_STRING_REST, body, pos, limit)
         if pos < end and body[pos] == _QUOTE:
             return pos + 1
         if limit == end:
@@ -179,7 +188,7 @@ def _value_end(body: bytes, pos: int, slices: _Slices) -> Generator[None, None, 
     if first == b'"':
         return (yield from _string_end(body, pos + 1, slices))
     if first not in (b"{", b"["):
-        scalar_end = _SCALAR.match(body, pos).end()
+        scalar_end = _end(_SCALAR, body, pos)
         if scalar_end == pos:
             raise _NotAnObject
         return scalar_end

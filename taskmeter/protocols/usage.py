@@ -52,11 +52,12 @@ class Stated:
 
     def total(self, name: str, *parts: int | None) -> int | None:
         """The sum of `parts`: unknown when one is, and not real past the rule."""
-        if any(part is None for part in parts):
+        known = [part for part in parts if part is not None]
+        if len(known) < len(parts):
             return None
-        count = token_count(sum(parts))
+        count = token_count(sum(known))
         if count is None:
-            self._nulled(f"{name}: the sum {sum(parts)} is not a plausible count")
+            self._nulled(f"{name}: the sum {sum(known)} is not a plausible count")
         return count
 
     def usage_of(self, **counts) -> Usage:

@@ -161,6 +161,7 @@ class Gateway:
             flow.response = _preflight_answer(request)
             return
         path_task = None
+        provider: str | None
         if self._addressed_to_us(flow):
             if request.path == PING_PATH:  # `meter doctor`: the gateway answers, nothing leaves the machine
                 flow.response = http.Response.make(200, b'{"meter": "ok"}', {"content-type": "application/json"})
@@ -217,7 +218,8 @@ class Gateway:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """A redirected connection's TLS server name is the host the client named
         (mitmproxy would name the address it connects to)."""
-        named = self._named_hosts.get(data.client.id, {}).get(data.server.address)
+        address = data.server.address
+        named = self._named_hosts.get(data.client.id, {}).get(address) if address is not None else None
         if named is not None:
             data.server.sni = named
 
@@ -229,6 +231,7 @@ class Gateway:
         origin = flow.metadata.get(_ORIGIN)
         if origin is None:
             return
+        assert flow.response is not None  # mitmproxy calls this hook with the response's headers
         headers = flow.response.headers
         headers["access-control-allow-origin"] = origin
         exposed = [value for value in headers.get_all("access-control-expose-headers") if value.strip() != "*"]
@@ -434,6 +437,7 @@ class Capture:
         if call is None:
             return
         response = flow.response
+        assert response is not None  # mitmproxy calls this hook with the response's headers
         call.status = response.status_code
         call.content_type = response.headers.get("content-type")
         call.content_encoding = response.headers.get("content-encoding")
@@ -450,7 +454,8 @@ class Capture:
                 response.headers.pop("content-encoding", None)
                 response.headers.pop("content-length", None)
                 call.content_encoding = None  # what is kept is the decoded stream
-        stripper = protocols.by_name(call.protocol).stream_usage.stripper if call.injected_usage else None
+        stream_usage = protocols.by_name(call.protocol).stream_usage  # there is one whenever usage was injected
+        stripper = stream_usage.stripper if call.injected_usage and stream_usage is not None else None
         response.stream = ResponseTee(call, self._body_limit, None if call.content_encoding else stripper, decoder)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -458,11 +463,13 @@ class Capture:
         if call is None:
             return
         call.outcome = "failed" if call.blocked else "complete"  # a refused call never reached a model
-        call.status = flow.response.status_code
-        if not call.response_body and flow.response.raw_content:
+        response = flow.response
+        assert response is not None  # mitmproxy calls this hook with the whole response
+        call.status = response.status_code
+        if not call.response_body and response.raw_content:
             # A response mitmproxy made itself (e.g. 502) was not streamed.
-            call.response_body += flow.response.raw_content
-            call.content_type = flow.response.headers.get("content-type")
+            call.response_body += response.raw_content
+            call.content_type = response.headers.get("content-type")
         self._submit(call)
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -14,10 +14,11 @@ at the first call after the crossing one.
 """
 
 import asyncio
+import enum
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from mitmproxy import http
 
@@ -32,10 +33,18 @@ WAIT_SECONDS = 30.0
 # A call that ended this long ago and was never said stored (quarantined, or lost
 # with a full disk) no longer counts as in flight.
 FORGET_SECONDS = 60.0
-HOLD = object()  # a verdict: neither let through nor refused yet
 # Finding a request's conversation parses it whole, on the event loop, at about
 # 3 ms a megabyte: a larger request is not checked against a blocked conversation.
 LOOP_CHECK_MAX_BYTES = 2 * 1024 * 1024
+
+
+class Hold(enum.Enum):
+    """A verdict: neither let through nor refused yet."""
+
+    HOLD = "hold"
+
+
+HOLD: Final = Hold.HOLD
 
 
 class Refusal(NamedTuple):
@@ -121,7 +130,7 @@ class Guard:
 
     # ------------------------------------------------------------ the verdict, for HTTP and WebSocket alike
 
-    def judge(self, call: CapturedCall, may_hold: bool = True):
+    def judge(self, call: CapturedCall, may_hold: bool = True) -> Refusal | Hold | None:
         """A call about to start: None (let through, counted as in flight when a
         budget in block mode covers it), a Refusal, or HOLD: wait in held() for
         the calls in flight. Lookups and counters only: hooks call it as they go."""
@@ -142,7 +151,7 @@ class Guard:
 
     async def _held(self, call: CapturedCall, task: str | None) -> Refusal | None:
         deadline = time.monotonic() + WAIT_SECONDS
-        verdict = HOLD
+        verdict: Refusal | Hold | None = HOLD
         while verdict is HOLD:
             try:
                 await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
@@ -176,11 +185,12 @@ class Guard:
             return
         budgets = [budget for _, budget in self._budgets(self._task(call, state), state)]
         if budgets:  # the one that binds: the highest share used, its own on a tie (analytics/budgets.py binding)
+            assert flow.response is not None  # mitmproxy calls this hook with the response's headers
             flow.response.headers[BUDGET_HEADER] = max(budgets, key=lambda budget: budget["used_share"])["header"]
 
     # ------------------------------------------------------------ judging
 
-    def _judge(self, call: CapturedCall, task: str | None, may_hold: bool):
+    def _judge(self, call: CapturedCall, task: str | None, may_hold: bool) -> Refusal | Hold | None:
         """A budget's Refusal, HOLD, or None: let through, and counted as in flight."""
         blocking = [(key, budget) for key, budget in self._budgets(task, self._state) if budget["blocks"]]
         if not blocking:

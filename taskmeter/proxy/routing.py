@@ -4,7 +4,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from taskmeter import protocols
 from taskmeter.config import Settings
@@ -154,13 +154,18 @@ def _host_pattern(glob: str) -> re.Pattern:
     return re.compile("^" + re.escape(glob.lower()).replace(r"\*", "[^.]+") + "$")
 
 
+def _host(parts: SplitResult) -> str:
+    assert parts.hostname is not None  # the settings refuse a URL without a host
+    return parts.hostname
+
+
 class Router:
     def __init__(self, settings: Settings) -> None:
-        self._upstreams = {}
+        self._upstreams: dict[str, tuple[str, str, int, str]] = {}
         for name, url in settings.upstreams.items():
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            self._upstreams[name] = (parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+            self._upstreams[name] = (parts.scheme, _host(parts), port, parts.path.rstrip("/"))
         self._network_upstreams = set(settings.network_upstreams)
         self._hosts = [(_host_pattern(glob), provider) for glob, provider in settings.intercept.hosts.items()]
         for name, (_, host, _, _) in self._upstreams.items():
@@ -168,7 +173,7 @@ class Router:
         self._redirects = {}
         for host, url in settings.intercept.redirect.items():
             parts = urlsplit(url)
-            self._redirects[host] = Redirect(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+            self._redirects[host] = Redirect(parts.scheme, _host(parts), parts.port or (443 if parts.scheme == "https" else 80))
 
     def gateway(self, path: str, from_network: bool = False) -> GatewayTarget:
         """`/t/<TASK>/<upstream>/<rest>` or `/<upstream>/<rest>` to its upstream URL:

@@ -193,6 +193,7 @@ class ResponsesWebSocket:
         socket = self.sockets.get(flow.id)
         if socket is None:
             return
+        assert flow.response is not None  # mitmproxy calls this hook with the response's headers
         if flow.response.status_code == 101:
             flow.response.headers[ID_HEADER] = socket.id
         else:
@@ -204,12 +205,14 @@ class ResponsesWebSocket:
     # ---------------------------------------------------------- frames
 
     def websocket_message(self, flow: http.HTTPFlow):
+        assert flow.websocket is not None  # mitmproxy calls this hook on a WebSocket flow
         messages = flow.websocket.messages
         socket = self.sockets.get(flow.id)
         try:
             for message in messages if socket is not None else ():
                 if message.injected:
                     continue  # the meter's own: an error event refusing a create
+                assert socket is not None  # no frame is read without its socket
                 if not message.from_client:
                     self._server_frame(socket, message)
                 elif (held := self._client_frame(flow, socket, message)) is not None:
@@ -322,6 +325,7 @@ class ResponsesWebSocket:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         websocket = flow.websocket
+        assert websocket is not None  # mitmproxy calls this hook on a WebSocket flow
         by = "client" if websocket.closed_by_client else "server"
         self._closed(flow, f"the WebSocket was closed by the {by} (code {websocket.close_code}) before this response ended")
 

@@ -84,8 +84,8 @@ def _records(path: Path, warn: Warn) -> list[tuple[int, dict]]:
     latest: dict[str, tuple[int, dict]] = {}
     header: list[tuple[int, dict]] = []
     for number, record in json_lines(path, warn):
-        updates = record.get("$set") if isinstance(record.get("$set"), dict) else {}
-        messages = updates.get("messages") if isinstance(updates.get("messages"), list) else [record]
+        updates = found if isinstance(found := record.get("$set"), dict) else {}
+        messages = listed if isinstance(listed := updates.get("messages"), list) else [record]
         for message in messages:
             if isinstance(message, dict) and isinstance(message.get("id"), str) and "type" in message:
                 latest.pop(message["id"], None)  # re-insert: the newer version replaces the older

@@ -60,6 +60,6 @@ def import_missed(db: sqlite3.Connection, results: list[AgentResult]) -> int:
     before = db.execute(count, (AGENT_LOG,)).fetchone()[0]
     store_calls(db, rows)  # an ID a metered call already has is left alone (ON CONFLICT DO NOTHING)
     # A call stored into the past can change whether later calls switched context.
-    for task_id in {row.interaction.task_id for row in rows} - {None}:
+    for task_id in {row.interaction.task_id for row in rows if row.interaction.task_id is not None}:
         recompute_context_switches(db, task_id)
     return db.execute(count, (AGENT_LOG,)).fetchone()[0] - before

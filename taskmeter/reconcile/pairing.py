@@ -218,7 +218,7 @@ class _Destinations:
         self._pattern = branch_pattern
         self._branches: dict[str, str | None] = {}
 
-    def of(self, turn: LogTurn) -> tuple[str | None, str]:
+    def of(self, turn: LogTurn) -> tuple[str | None, str | None]:
         row = Interaction(id="", started_at=turn.at, client_session=turn.session)
         attribute(self._db, row)
         if row.task_id is None:

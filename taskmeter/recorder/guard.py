@@ -13,7 +13,7 @@ import logging
 import subprocess
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from taskmeter.analytics import alerts as rules
 from taskmeter.analytics import budgets
@@ -92,7 +92,7 @@ class Guard:
         self._pushed: str | None = None
         self._last_refresh = 0.0
         self._last_burn_check = 0.0
-        self._baseline_at = -BASELINE_SECONDS
+        self._baseline_at: float = -BASELINE_SECONDS
         self._threshold: float | None = None
         self._commands: list[subprocess.Popen] = []  # alert commands still running, reaped as they end
         self._raised_keys: set[str] = set()  # budget crossings already handled: no write every refresh
@@ -121,7 +121,7 @@ class Guard:
         else:
             self.refresh(force=blocked_loop)
 
-    def refresh(self, force: bool = False, settled: list[str] = ()) -> None:
+    def refresh(self, force: bool = False, settled: Sequence[str] = ()) -> None:
         """Push the state if it changed; with `settled`, the IDs of calls just stored, push it anyway."""
         now = time.monotonic()
         if not force and now - self._last_refresh < REFRESH_SECONDS:

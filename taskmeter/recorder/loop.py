@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +45,7 @@ from taskmeter.handover import callfile
 from taskmeter.handover.pipe import ACKNOWLEDGED, GUARD_STATE, HEADER, RECORDER_STATE, REPLY
 from taskmeter.printable import printable
 from taskmeter.store.calls import CallRow
-from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING, recorded_by
+from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING, RunTotals, recorded_by
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.timefmt import to_stored
@@ -91,7 +92,7 @@ class FrameReader:
 
     def waiting(self, limit: int) -> list[tuple[int, bytes]]:
         """The frames that arrived meanwhile, up to `limit`, without waiting."""
-        frames = []
+        frames: list[tuple[int, bytes]] = []
         while len(frames) < limit:
             frame = self.next(timeout=0)
             if frame is None:
@@ -168,9 +169,9 @@ class RecorderLoop:
     ) -> None:
         self.writer = Writer(db_path, session_gap_seconds)
         self._retention_days = retention_days
-        self._last_prune = -PRUNE_SECONDS
+        self._last_prune: float = -PRUNE_SECONDS
         self._live_view = live_view  # one line per call stored, and a summary at the end
-        self._totals = {"calls": 0, "unanswered": 0, "tokens": 0, "cost": 0.0}
+        self._totals: RunTotals = {"calls": 0, "unanswered": 0, "tokens": 0, "cost": 0.0}
         self._started = datetime.now(UTC)
         self.spool = callfile.spool_path(db_path)
         self.quarantine = callfile.quarantine_path(db_path)
@@ -180,7 +181,7 @@ class RecorderLoop:
         self._texts_waiting: list[CallRow] = []  # rows stored without what they said, for lack of space
         self._text_chars = 0  # what the rows of both lists said, in characters
         self.dropped = 0  # calls lost
-        self.tell = None  # tell(state): the proxy learns the held and lost counts (main() sets it)
+        self.tell: Callable[[dict], None] | None = None  # tell(state): the proxy learns the held and lost counts (main() sets it)
         self._told: dict | None = None
         self._last_retry = 0.0
         self._last_heartbeat = 0.0

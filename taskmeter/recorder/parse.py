@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 from taskmeter import protocols
-from taskmeter.protocols.framing import FRAMINGS, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
+from taskmeter.protocols.framing import FRAMINGS, Framing, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
 from taskmeter.protocols.usage import Usage
 
 
@@ -31,7 +31,7 @@ class BodyParser:
         self._protocol = protocols.by_name(protocol)
         self._content_type = content_type
         self._framing_name: str | None = None
-        self._framing = None  # chosen with the first bytes
+        self._framing: Framing | None = None  # chosen with the first bytes
         self._accumulator = self._protocol.accumulator()
         self._parse_error: str | None = None
         try:
@@ -45,10 +45,12 @@ class BodyParser:
             return
         try:
             data = self._decoder.feed(data)
-            if self._framing is None and data:
+            if not data:
+                return
+            if self._framing is None:
                 self._framing_name = framing_for(self._content_type, data)
                 self._framing = FRAMINGS[self._framing_name]()
-            for name, payload in self._framing.feed(data) if data else ():
+            for name, payload in self._framing.feed(data):
                 self._event(name, payload)
         except Exception as exc:  # a malformed body must never stop the meter
             self._parse_error = f"{type(exc).__name__}: {exc}"[:500]

@@ -39,7 +39,8 @@ def listed(db: sqlite3.Connection, include_cleared: bool = False) -> list[dict]:
 
 def clear(db: sqlite3.Connection, alert_ids: list[int] | None = None, key_prefix: str | None = None) -> int:
     """Close the open alerts given (every open one when none is given); how many were closed."""
-    clauses, params = ["cleared_at IS NULL"], [now_stored()]
+    clauses = ["cleared_at IS NULL"]
+    params: list[str | int] = [now_stored()]
     if alert_ids:
         clauses.append(f"id IN ({', '.join('?' for _ in alert_ids)})")
         params += alert_ids

@@ -275,7 +275,7 @@ def last_call(db: sqlite3.Connection, task_id: str | None, client_session: str |
     tokens: dict[str, int] = {}
     for row in session_calls:
         tokens[row["conversation"]] = tokens.get(row["conversation"], 0) + row["tokens"]
-    main = max(tokens, key=tokens.get)  # ties: the conversation seen first, which is the newest
+    main = max(tokens, key=tokens.__getitem__)  # ties: the conversation seen first, which is the newest
     chosen = next(row for row in session_calls if row["conversation"] == main)
     newer = db.execute(
         "SELECT i.id, i.operation, i.model, i.http_status, i.outcome, i.blocked, coalesce(i.session_id, i.id) AS session,"

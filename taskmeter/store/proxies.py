@@ -14,6 +14,7 @@ import socket
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
+from typing import TypedDict
 
 from taskmeter.store.db import write_transaction
 from taskmeter.timefmt import now, now_stored, to_stored
@@ -97,7 +98,14 @@ def unregister(db: sqlite3.Connection, proxy_id: str) -> None:
         db.execute("DELETE FROM proxies WHERE id = ?", (proxy_id,))
 
 
-def recorded_by(db: sqlite3.Connection, proxy_id: str) -> dict:
+class RunTotals(TypedDict):
+    calls: int
+    unanswered: int  # calls without a response
+    tokens: int
+    cost: float
+
+
+def recorded_by(db: sqlite3.Connection, proxy_id: str) -> RunTotals:
     """Calls a proxy run recorded: its calls, those without a response, tokens and cost.
     IDs sort by time and one process makes them in order, so the proxy's own ID
     comes before its calls': the primary key finds them."""

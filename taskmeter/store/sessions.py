@@ -97,6 +97,8 @@ _AGENT_WORK_SQL = (
 def is_context_switch(db: sqlite3.Connection, row: Interaction) -> bool:
     """The context-switch rule for a generation call of a task, as it is stored
     after the calls that started before it."""
+    if row.task_id is None:  # a call of no task switches no context
+        return False
     before = (row.task_id, row.started_at, row.id)
     previous = db.execute(
         f"SELECT e.started_at FROM interactions e WHERE {_BEFORE} ORDER BY e.started_at DESC, e.id DESC LIMIT 1", before

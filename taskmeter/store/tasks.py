@@ -450,8 +450,9 @@ def _person_mark(
     and `source`, where the meter got the one marked (None: a person's, or unset).
     Without `at` it confirms the meter's time; otherwise the person's time replaces
     the meter's, checked for order. Returns (the time to store, the source confirmed)."""
-    if source and at is None:
-        return shown[milestone], source
+    meter_stamp = shown[milestone]
+    if source and meter_stamp is not None and at is None:  # a source always comes with its time
+        return meter_stamp, source
     _check_milestone({**shown, milestone: None} if source else shown, milestone, stamp, force, what)
     return stamp, None
 
@@ -646,6 +647,7 @@ def _remove(db: sqlite3.Connection, task_id: str, into: str | None, merge: bool)
         events = 0
         taken: list[str] = []
         if merge:
+            assert target is not None  # merge_task always names the task to merge into
             events = db.execute(
                 "UPDATE task_events SET task_id = ? WHERE task_id = ? AND kind IN ('milestone', 'iteration')", (into, task_id)
             ).rowcount
@@ -659,7 +661,7 @@ def _remove(db: sqlite3.Connection, task_id: str, into: str | None, merge: bool)
             db.execute("DELETE FROM session_tasks WHERE task_id = ?", (task_id,))
         current = current_task(db)
         was_current = current is not None and current.task_id == task_id
-        if was_current:
+        if current is not None and was_current:
             _set_current(db, into, current.since)
         db.execute("UPDATE alerts SET cleared_at = ? WHERE task_id = ? AND cleared_at IS NULL", (now_stored(), task_id))
         db.execute("DELETE FROM budgets WHERE scope = 'task' AND target = ?", (task_id,))
@@ -669,7 +671,7 @@ def _remove(db: sqlite3.Connection, task_id: str, into: str | None, merge: bool)
         db.execute("DELETE FROM usage_quarters WHERE task_key = ?", (task_id,))
         db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
         phase_deleted = _delete_empty_phase(db, task["phase_id"])
-    return Removal(task_id, into, *work.values(), events, taken, phase_deleted, was_current)
+    return Removal(task_id, into, work["calls"], work["commits"], work["test_runs"], events, taken, phase_deleted, was_current)
 
 
 def _take_milestones(db: sqlite3.Connection, task: sqlite3.Row, target: sqlite3.Row) -> list[str]:

@@ -147,7 +147,7 @@ class Writer:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None and store_db.file_identity(self.db_path) != self._identity:
-            self._replaced()
+            self._replaced(self._db)
         if self._db is None:
             busy = PROBE_BUSY_SECONDS if self.failing else WRITER_BUSY_SECONDS
             try:
@@ -163,7 +163,7 @@ class Writer:
                 self._running_proxies = []
         return self._db
 
-    def _replaced(self) -> None:
+    def _replaced(self, db: sqlite3.Connection) -> None:
         """The file we write was deleted or replaced: say so, and go on in a new
         one at the path, keeping the proxies rows (read from the old file, still
         open) so that `meter status` and a second `meter proxy` know about us."""
@@ -175,12 +175,12 @@ class Writer:
             "a new database is made" if gone else "calls now go into the file at that path",
         )
         try:
-            self._running_proxies = [tuple(row) for row in self._db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies")]
+            self._running_proxies = [tuple(row) for row in db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies")]
         except sqlite3.Error:
             self._running_proxies = []
         # Closing must not checkpoint: SQLite would write, and then delete, the -wal
         # file at the path, which may by now be the new database's.
-        self._db.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+        db.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
         self.close()
 
     def _failed(self, exc: Exception) -> None:
