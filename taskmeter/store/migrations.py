@@ -1,9 +1,12 @@
 """Schema changes as an ordered, append-only list of named functions.
 
 Each function runs once, inside the transaction that records its name in
-`_meter_migrations`. Never edit or reorder a released migration: add a new one.
+`_meter_migrations`. Never edit or reorder a released migration: add a new one
+(tests/test_migration_guard.py locks them by the hash of their source). After
+adding one, `python -m taskmeter.store.schema_doc` brings docs/schema.md up to date.
 """
 
+import re
 import sqlite3
 from collections.abc import Callable
 
@@ -36,12 +39,9 @@ def widen_checks(db: sqlite3.Connection, table: str, changes: dict[str, str]) ->
     `new`: SQLite's documented procedure for removing or relaxing a constraint
     (lang_altertable.html, "other kinds of table schema changes"). Every stored
     row meets the wider constraint, so the table is not rebuilt; the schema
-    version is bumped so that every connection reads the new schema."""
-    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
-    for old, new in changes.items():
-        if old not in sql:
-            raise MeterError(f"cannot upgrade table {table}: its schema lacks {old!r}")
-        sql = sql.replace(old, new)
+    version is bumped so that every connection reads the new schema. A
+    constraint made stricter needs rebuild_table()."""
+    sql = _changed_table_sql(db, table, changes)
     version = db.execute("PRAGMA schema_version").fetchone()[0]
     db.execute("PRAGMA writable_schema = ON")
     try:
@@ -49,6 +49,84 @@ def widen_checks(db: sqlite3.Connection, table: str, changes: dict[str, str]) ->
         db.execute(f"PRAGMA schema_version = {version + 1}")
     finally:
         db.execute("PRAGMA writable_schema = OFF")
+
+
+def _changed_table_sql(db: sqlite3.Connection, table: str, changes: dict[str, str]) -> str:
+    """The CREATE TABLE statement of `table`, each `old` text in it made `new`."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    for old, new in changes.items():
+        if old not in sql:
+            raise MeterError(f"cannot upgrade table {table}: its schema lacks {old!r}")
+        sql = sql.replace(old, new)
+    return sql
+
+
+# Migrations that call rebuild_table(), which migrate() runs with foreign keys off.
+_REBUILDING: set[str] = set()
+
+
+def rebuilds_tables(fn: Migration) -> Migration:
+    """Mark a migration that calls rebuild_table() (under @migration): migrate()
+    turns foreign keys off around its transaction, where SQLite heeds the pragma.
+    With them on, dropping the old table would delete, by cascade, every row that
+    refers to it."""
+    _REBUILDING.add(fn.__name__)
+    return fn
+
+
+def rebuild_table(db: sqlite3.Connection, table: str, changes: dict[str, str]) -> None:
+    """Change `table` in any way its CREATE TABLE statement can say (a stricter
+    CHECK, a column's type or default), each `old` text of the statement made
+    `new`: SQLite's 12-step procedure (lang_altertable.html, "making other kinds
+    of table schema changes"). In a migration marked @rebuilds_tables, so in
+    its transaction with foreign keys off (steps 1, 2, 11 and 12 are migrate()'s):
+    a new table, the rows copied (the columns both tables have), the old one
+    dropped, the new one renamed, its indexes and triggers made again, and the
+    foreign keys to and from it checked. A row the new table refuses fails the
+    migration, which then changes nothing."""
+    if not db.in_transaction or db.execute("PRAGMA foreign_keys").fetchone()[0]:
+        raise MeterError(f"cannot rebuild table {table}: only in a migration marked @rebuilds_tables")
+    rebuilt = f"_rebuild_{table}"
+    sql = re.sub(
+        r'^CREATE TABLE\s+(?:"[^"]+"|\S+?)(?=\s*\()', f'CREATE TABLE "{rebuilt}"', _changed_table_sql(db, table, changes)
+    )
+    companions = db.execute(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY rowid",
+        (table,),
+    ).fetchall()
+    sequence = _autoincrement_sequence(db, table)
+    db.execute(sql)
+    old_columns = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
+    columns = ", ".join(f'"{row[1]}"' for row in db.execute(f'PRAGMA table_info("{rebuilt}")') if row[1] in old_columns)
+    db.execute(f'INSERT INTO "{rebuilt}" ({columns}) SELECT {columns} FROM "{table}"')
+    db.execute(f'DROP TABLE "{table}"')
+    # Legacy renaming leaves other tables' triggers and views alone: they name
+    # `table`, which is missing until the rename, and name it again after.
+    db.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        db.execute(f'ALTER TABLE "{rebuilt}" RENAME TO "{table}"')
+    finally:
+        db.execute("PRAGMA legacy_alter_table = OFF")
+    for (companion,) in companions:
+        db.execute(companion)
+    if sequence is not None:  # AUTOINCREMENT never hands out an ID it gave before, even of a deleted row
+        db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (sequence, table))
+    referring = [
+        name
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if any(row[2] == table for row in db.execute(f'PRAGMA foreign_key_list("{name}")'))
+    ]
+    for name in dict.fromkeys([table, *referring]):
+        broken = db.execute(f'PRAGMA foreign_key_check("{name}")').fetchone()
+        if broken is not None:
+            raise MeterError(f"cannot rebuild table {table}: a row of {broken[0]} refers to a missing row of {broken[2]}")
+
+
+def _autoincrement_sequence(db: sqlite3.Connection, table: str) -> int | None:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        return None
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return row[0] if row else None
 
 
 @migration
@@ -1374,6 +1452,9 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     if not pending(db):
         return ran
     for fn in MIGRATIONS:
+        foreign_keys_off = fn.__name__ in _REBUILDING and db.execute("PRAGMA foreign_keys").fetchone()[0]
+        if foreign_keys_off:
+            db.execute("PRAGMA foreign_keys = OFF")  # before the transaction: SQLite ignores it inside one
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("CREATE TABLE IF NOT EXISTS _meter_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
@@ -1388,4 +1469,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        finally:
+            if foreign_keys_off:
+                db.execute("PRAGMA foreign_keys = ON")
     return ran
