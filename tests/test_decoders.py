@@ -111,6 +111,19 @@ def test_the_stripper_removes_the_usage_event_under_any_line_ends_and_passes_eve
 
 
 @pytest.mark.parametrize("line_end", LINE_ENDS, ids=["LF", "CRLF", "CR"])
+def test_the_stripper_passes_every_other_byte_wherever_two_cuts_fall(line_end):
+    # Exhaustive where chance is thin: a cut between the `\r` and the `\n` that end the usage event.
+    events = [b"data: " + _chunk(payload) + line_end * 2 for payload in (_content("a"), USAGE)]
+    body = b"".join(events) + b"data: [DONE]" + line_end * 2
+    expected = body.replace(events[1], b"")
+    for first in range(1, len(body)):
+        for second in range(first, len(body)):
+            stripper = UsageChunkStripper()
+            out = b"".join(stripper.feed(piece) for piece in (body[:first], body[first:second], body[second:]) if piece)
+            assert out + stripper.flush() == expected, (first, second)
+
+
+@pytest.mark.parametrize("line_end", LINE_ENDS, ids=["LF", "CRLF", "CR"])
 def test_each_whole_event_is_given_out_with_the_chunk_that_completes_it(line_end):
     splitter = SseSplitter()
     first, second = b"data: 1" + line_end * 2, b"data: 2" + line_end * 2

@@ -36,14 +36,23 @@ class SseSplitter:
         with an event, as most do); the start of the next one is held back."""
         start = 0
         if self._held:
+            if b"\n" not in data and b"\r" not in data:
+                self._held += data  # no line end, so no event end: nothing to give out yet
+                return b""
             # The held bytes hold no event end, so one can start at most 3 bytes before their end.
             start = max(0, len(self._held) - 3)
             data = bytes(self._held) + data
             self._held.clear()
-        last = _LAST_EVENT_END.match(data, start)
+        # An event ends at a line end: the search starts from the last one, found at C speed.
+        last_line_end = max(data.rfind(b"\n", start), data.rfind(b"\r", start))
+        last = _LAST_EVENT_END.match(data, start, last_line_end + 1) if last_line_end > start else None
         end = last.end() if last else 0
         self._held += memoryview(data)[end:]
         return data[:end]
+
+    def holds(self) -> bool:
+        """Whether the start of an event is held back."""
+        return bool(self._held)
 
     def flush(self) -> list[bytes]:
         """The end of the stream: what was held, a last event without its empty line."""

@@ -216,20 +216,29 @@ class UsageChunkStripper:
     (sse.py, any line ends); only the bytes of an event not yet
     complete are held back."""
 
-    __slots__ = ("_splitter", "_unsent")
+    __slots__ = ("_splitter", "_unsent", "_removed_cr")
 
     def __init__(self) -> None:
         self._splitter = SseSplitter()
         self._unsent = b""
+        self._removed_cr = False  # the usage event just removed ended the data with `\r`: a `\n` next is its own
 
     def feed(self, data: bytes) -> bytes:
         """The complete events so far, less the usage-only one; O(len(data)), in
         as few passes over the data as can be (this runs for every chunk)."""
+        if self._removed_cr:
+            self._removed_cr = False
+            if data[:1] == b"\n":
+                data = data[1:]  # the rest of the removed event's `\r\n`
         complete = self._splitter.whole(data)
         if b'"choices":[]' not in complete and b'"choices": []' not in complete:
             return complete  # the usual case: no candidate in these events
         try:
-            return b"".join(map(_without_usage, split_events(complete)))
+            events = split_events(complete)
+            kept = b"".join(map(_without_usage, events))
+            ends_data = not self._splitter.holds()  # only then may the next byte be the `\n` of its `\r\n`
+            self._removed_cr = ends_data and events[-1].endswith(b"\r") and _is_usage_only(events[-1])
+            return kept
         except Exception:
             self._unsent = complete  # for release(): the caller passes everything on untouched
             raise
