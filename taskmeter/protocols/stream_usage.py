@@ -213,8 +213,8 @@ class UsageChunkStripper:
     """Removes the usage-only chunk (`"choices": []` with a usage object) that the
     meter asked an OpenAI-compatible server for, so the client gets exactly the
     stream it requested. Events are cut where the recorder's parser cuts them
-    (sse.py, any line ends); only the bytes of an event not yet
-    complete are held back."""
+    (sse.py, any line ends); only the bytes of an event not yet complete are
+    held back."""
 
     __slots__ = ("_splitter", "_unsent", "_removed_cr")
 
