@@ -1,19 +1,35 @@
 """Incremental decoders for response bodies: content encodings and message framings.
 
-Every decoder takes bytes in arbitrary pieces (one byte, one network chunk or the
-whole body) and yields the same results: chunk boundaries never matter.
+Every decoder keeps one contract (httpx's, in httpx/_decoders.py): `feed(data)`
+takes bytes in arbitrary pieces (one byte, one network chunk or the whole body)
+and returns what they complete; `flush()`, at the end of the body, returns the
+rest. Chunk boundaries never change the result. A content decoder returns bytes;
+a framing returns a list of (event name, payload) items.
+
+Bytes that are not what their headers or framing say raise `DecodingError`, and
+nothing else: the caller notes it as a fault of the input. Any other exception
+out of a decoder is a bug of ours.
 """
 
 import json
 import struct
 import zlib
-from collections.abc import Iterator
 
 import brotli
 import zstandard
 
+from taskmeter.protocols.sse import SseSplitter, sse_event
+
 # Decompression output is produced in slices so a bomb cannot balloon at once.
 _MAX_SLICE = 1 << 20
+
+
+class DecodingError(ValueError):
+    """The one error a decoder raises: the body is not what it says it is."""
+
+
+class UnsupportedEncoding(DecodingError):
+    """A Content-Encoding no decoder reads (raised when one is asked for)."""
 
 
 class GzipDecoder:
@@ -24,16 +40,25 @@ class GzipDecoder:
 
     def feed(self, data: bytes) -> bytes:
         out = bytearray()
-        while data:
-            out += self._inflate.decompress(data, _MAX_SLICE)
-            while self._inflate.unconsumed_tail:
-                out += self._inflate.decompress(self._inflate.unconsumed_tail, _MAX_SLICE)
-            if self._inflate.eof:
-                data = self._inflate.unused_data.lstrip(b"\x00")
-                self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)
-            else:
-                data = b""
+        try:
+            while data:
+                out += self._inflate.decompress(data, _MAX_SLICE)
+                while self._inflate.unconsumed_tail:
+                    out += self._inflate.decompress(self._inflate.unconsumed_tail, _MAX_SLICE)
+                if self._inflate.eof:
+                    data = self._inflate.unused_data.lstrip(b"\x00")
+                    self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)
+                else:
+                    data = b""
+        except zlib.error as exc:
+            raise DecodingError(f"gzip: {exc}") from exc
         return bytes(out)
+
+    def flush(self) -> bytes:
+        try:
+            return self._inflate.flush()
+        except zlib.error as exc:
+            raise DecodingError(f"gzip: {exc}") from exc
 
 
 class DeflateDecoder:
@@ -48,7 +73,18 @@ class DeflateDecoder:
                 return b""
             zlib_header = (data[0] & 0x0F) == 8
             self._inflate = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        return self._inflate.decompress(data)
+        try:
+            return self._inflate.decompress(data)
+        except zlib.error as exc:
+            raise DecodingError(f"deflate: {exc}") from exc
+
+    def flush(self) -> bytes:
+        if self._inflate is None:
+            return b""
+        try:
+            return self._inflate.flush()
+        except zlib.error as exc:
+            raise DecodingError(f"deflate: {exc}") from exc
 
 
 class BrotliDecoder:
@@ -56,7 +92,13 @@ class BrotliDecoder:
         self._decompressor = brotli.Decompressor()
 
     def feed(self, data: bytes) -> bytes:
-        return self._decompressor.process(data)
+        try:
+            return self._decompressor.process(data)
+        except brotli.error as exc:
+            raise DecodingError(f"br: {exc}") from exc
+
+    def flush(self) -> bytes:
+        return b""  # the decompressor gives out all it can at each feed
 
 
 class ZstdDecoder:
@@ -64,12 +106,21 @@ class ZstdDecoder:
         self._decompressor = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
 
     def feed(self, data: bytes) -> bytes:
-        return self._decompressor.decompress(data)
+        try:
+            return self._decompressor.decompress(data)
+        except zstandard.ZstdError as exc:
+            raise DecodingError(f"zstd: {exc}") from exc
+
+    def flush(self) -> bytes:
+        return self._decompressor.flush()
 
 
 class IdentityDecoder:
     def feed(self, data: bytes) -> bytes:
         return data
+
+    def flush(self) -> bytes:
+        return b""
 
 
 _CONTENT_DECODERS = {
@@ -83,16 +134,13 @@ _CONTENT_DECODERS = {
 }
 
 
-class UnsupportedEncoding(ValueError):
-    pass
-
-
 def content_decoder(content_encoding: str | None):
-    """A decoder for a Content-Encoding header value (several codings are applied in order)."""
+    """A decoder for a Content-Encoding header value (several codings are applied
+    in order). Raises UnsupportedEncoding for a coding no decoder reads."""
     codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
     for coding in codings:
         if coding not in _CONTENT_DECODERS:
-            raise UnsupportedEncoding(coding)
+            raise UnsupportedEncoding(f"unsupported content encoding {coding}")
     decoders = [_CONTENT_DECODERS[c]() for c in reversed(codings)]
     if not decoders:
         return IdentityDecoder()
@@ -110,78 +158,32 @@ class _Chain:
             data = decoder.feed(data)
         return data
 
+    def flush(self) -> bytes:
+        data = b""
+        for decoder in self._decoders:
+            data = decoder.feed(data) + decoder.flush()
+        return data
+
 
 # ---------------------------------------------------------------- framings
 
 
 class SseDecoder:
-    """Server-sent events per the WHATWG grammar: `\\n`, `\\r\\n` or `\\r` line ends,
-    comments, multi-line data, an optional space after the colon. Yields
-    (event name, data) for each dispatched event."""
+    """Server-sent events (sse.py): (event name, data) for each event with data."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._event = ""
-        self._data: list[str] = []
+        self._splitter = SseSplitter()
 
-    def feed(self, data: bytes) -> Iterator[tuple[str, str]]:
-        self._buffer += data
-        start = 0
-        buffer = self._buffer
-        length = len(buffer)
-        while start < length:
-            newline = buffer.find(b"\n", start)
-            carriage = buffer.find(b"\r", start, newline if newline >= 0 else length)
-            if carriage >= 0:
-                if carriage + 1 == length:
-                    break  # may be half of \r\n: wait for the next byte
-                end, after = carriage, carriage + (2 if buffer[carriage + 1] == 0x0A else 1)
-            elif newline >= 0:
-                end, after = newline, newline + 1
-            else:
-                break
-            event = self._line(bytes(buffer[start:end]))
-            if event is not None:
-                yield event
-            start = after
-        del self._buffer[:start]
+    def feed(self, data: bytes) -> list[tuple[str, str]]:
+        return _events(self._splitter.feed(data))
 
-    def close(self) -> Iterator[tuple[str, str]]:
-        """End of stream: a last line and event without their blank line still count."""
-        if self._buffer:
-            event = self._line(bytes(self._buffer.rstrip(b"\r")))
-            self._buffer.clear()
-            if event is not None:
-                yield event
-        if self._data:
-            yield self._dispatch()
+    def flush(self) -> list[tuple[str, str]]:
+        """End of stream: a last event without its empty line still counts."""
+        return _events(self._splitter.flush())
 
-    def _line(self, raw: bytes) -> tuple[str, str] | None:
-        if not raw:
-            if self._data:
-                return self._dispatch()
-            self._reset()
-            return None
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        return None
 
-    def _reset(self) -> None:
-        self._event = ""
-        self._data = []
-
-    def _dispatch(self) -> tuple[str, str]:
-        event = (self._event, "\n".join(self._data))
-        self._reset()
-        return event
+def _events(raw_events: list[bytes]) -> list[tuple[str, str]]:
+    return [event for raw in raw_events if (event := sse_event(raw)) is not None]
 
 
 class NdjsonDecoder:
@@ -190,21 +192,19 @@ class NdjsonDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[tuple[str, str]]:
+    def feed(self, data: bytes) -> list[tuple[str, str]]:
         self._buffer += data
         end = self._buffer.rfind(b"\n")
         if end < 0:
-            return
+            return []
         complete = bytes(self._buffer[: end + 1])
         del self._buffer[: end + 1]
-        for line in complete.split(b"\n"):
-            if line.strip():
-                yield "", line.decode("utf-8", "replace")
+        return [("", line.decode("utf-8", "replace")) for line in complete.split(b"\n") if line.strip()]
 
-    def close(self) -> Iterator[tuple[str, str]]:
-        if self._buffer.strip():
-            yield "", self._buffer.decode("utf-8", "replace")
+    def flush(self) -> list[tuple[str, str]]:
+        rest = self._buffer.decode("utf-8", "replace")
         self._buffer.clear()
+        return [("", rest)] if rest.strip() else []
 
 
 class JsonDecoder:
@@ -215,74 +215,82 @@ class JsonDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[tuple[str, str]]:
+    def feed(self, data: bytes) -> list[tuple[str, object]]:
         self._buffer += data
-        return iter(())
+        return []
 
-    def close(self) -> Iterator[tuple[str, object]]:
+    def flush(self) -> list[tuple[str, object]]:
         text = self._buffer.decode("utf-8", "replace")
         self._buffer.clear()
         if not text.strip():
-            return
+            return []
         try:
             document = json.loads(text)
         except json.JSONDecodeError:
-            yield from _complete_array_elements(text)
-            return
+            return _complete_array_elements(text)
+        except RecursionError as exc:
+            raise DecodingError("the JSON body is nested too deeply to read") from exc
         if isinstance(document, list):
-            for element in document:
-                yield "", element
-        else:
-            yield "", document
+            return [("", element) for element in document]
+        return [("", document)]
 
 
-def _complete_array_elements(text: str) -> Iterator[tuple[str, object]]:
+def _complete_array_elements(text: str) -> list[tuple[str, object]]:
     decoder = json.JSONDecoder()
     position = text.find("[")
     if position < 0:
-        raise json.JSONDecodeError("response body is not JSON", text, 0)
+        raise DecodingError("not JSON")
     position += 1
+    elements: list[tuple[str, object]] = []
     while True:
         while position < len(text) and text[position] in " \t\r\n,":
             position += 1
         if position >= len(text) or text[position] == "]":
-            return
+            return elements
         try:
             element, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError:
-            return  # the element the stream was cut in
-        yield "", element
+        except (json.JSONDecodeError, RecursionError):
+            return elements  # the element the stream was cut in
+        elements.append(("", element))
+
+
+# An eventstream frame: [total length][headers length][prelude CRC] (the prelude),
+# [headers][payload], [message CRC].
+_PRELUDE_BYTES, _CRC_BYTES = 12, 4
 
 
 class EventStreamDecoder:
-    """AWS `application/vnd.amazon.eventstream` frames (Bedrock converse-stream):
-    [total length][headers length][prelude CRC][headers][payload][message CRC]."""
+    """AWS `application/vnd.amazon.eventstream` frames (Bedrock converse-stream)."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[tuple[str, str]]:
+    def feed(self, data: bytes) -> list[tuple[str, str]]:
         self._buffer += data
-        while len(self._buffer) >= 12:
-            total, headers_length, prelude_crc = struct.unpack(">III", self._buffer[:12])
+        events = []
+        while len(self._buffer) >= _PRELUDE_BYTES:
+            total, headers_length, prelude_crc = struct.unpack(">III", self._buffer[:_PRELUDE_BYTES])
             if zlib.crc32(self._buffer[:8]) != prelude_crc:
-                raise ValueError("eventstream frame has a bad prelude CRC")
+                raise DecodingError("eventstream frame has a bad prelude CRC")
+            if headers_length > total - _PRELUDE_BYTES - _CRC_BYTES:
+                raise DecodingError(f"eventstream frame of {total} bytes cannot hold {headers_length} bytes of headers")
             if len(self._buffer) < total:
-                return
+                break
             frame = bytes(self._buffer[:total])
             del self._buffer[:total]
-            if zlib.crc32(frame[:-4]) != struct.unpack(">I", frame[-4:])[0]:
-                raise ValueError("eventstream frame has a bad message CRC")
-            headers = _eventstream_headers(frame[12 : 12 + headers_length])
-            payload = frame[12 + headers_length : -4].decode("utf-8", "replace")
+            if zlib.crc32(frame[:-_CRC_BYTES]) != struct.unpack(">I", frame[-_CRC_BYTES:])[0]:
+                raise DecodingError("eventstream frame has a bad message CRC")
+            headers = _eventstream_headers(frame[_PRELUDE_BYTES : _PRELUDE_BYTES + headers_length])
+            payload = frame[_PRELUDE_BYTES + headers_length : -_CRC_BYTES].decode("utf-8", "replace")
             name = headers.get(":event-type") or headers.get(":exception-type") or ""
             if headers.get(":message-type") == "exception":
                 name = "exception:" + name
-            yield name, payload
+            events.append((name, payload))
+        return events
 
-    def close(self) -> Iterator[tuple[str, str]]:
-        self._buffer.clear()
-        return iter(())
+    def flush(self) -> list[tuple[str, str]]:
+        self._buffer.clear()  # a frame cut short says nothing whole
+        return []
 
 
 _FIXED_HEADER_SIZES = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
@@ -290,19 +298,22 @@ _FIXED_HEADER_SIZES = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
 
 def _eventstream_headers(raw: bytes) -> dict[str, str]:
     headers, position = {}, 0
-    while position < len(raw):
-        name_length = raw[position]
-        name = raw[position + 1 : position + 1 + name_length].decode()
-        position += 1 + name_length
-        kind = raw[position]
-        position += 1
-        if kind in (6, 7):  # byte array, string: 2-byte length
-            (length,) = struct.unpack(">H", raw[position : position + 2])
-            value = raw[position + 2 : position + 2 + length]
-            position += 2 + length
-            headers[name] = value.decode("utf-8", "replace") if kind == 7 else value.hex()
-        else:
-            position += _FIXED_HEADER_SIZES[kind]
+    try:
+        while position < len(raw):
+            name_length = raw[position]
+            name = raw[position + 1 : position + 1 + name_length].decode()
+            position += 1 + name_length
+            kind = raw[position]
+            position += 1
+            if kind in (6, 7):  # byte array, string: 2-byte length
+                (length,) = struct.unpack(">H", raw[position : position + 2])
+                value = raw[position + 2 : position + 2 + length]
+                position += 2 + length
+                headers[name] = value.decode("utf-8", "replace") if kind == 7 else value.hex()
+            else:
+                position += _FIXED_HEADER_SIZES[kind]
+    except (IndexError, KeyError, UnicodeDecodeError, struct.error) as exc:
+        raise DecodingError(f"eventstream frame has malformed headers: {type(exc).__name__}: {exc}") from exc
     return headers
 
 

@@ -18,6 +18,8 @@ import re
 import sys
 from collections.abc import Generator
 
+from taskmeter.protocols.sse import SseSplitter, split_events, sse_event
+
 # One slice of work: this many bytes, or this many structural characters (a
 # slice of text full of escapes takes a few ms), or one copy of COPY_BYTES.
 SLICE_BYTES = 64 * 1024
@@ -219,61 +221,63 @@ def _value_end(body: bytes, pos: int, slices: _Slices) -> Generator[None, None, 
 class UsageChunkStripper:
     """Removes the usage-only chunk (`"choices": []` with a usage object) that the
     meter asked an OpenAI-compatible server for, so the client gets exactly the
-    stream it requested. Holds back only the bytes of an event not yet complete."""
+    stream it requested. Events are cut where the recorder's parser cuts them
+    (sse.py, any line ends); only the bytes of an event not yet complete are
+    held back."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_splitter", "_unsent", "_removed_cr")
 
     def __init__(self) -> None:
-        self._pending = bytearray()
+        self._splitter = SseSplitter()
+        self._unsent = b""
+        self._removed_cr = False  # the usage event just removed ended the data with `\r`: a `\n` next is its own
 
     def feed(self, data: bytes) -> bytes:
         """The complete events so far, less the usage-only one; O(len(data)), in
         as few passes over the data as can be (this runs for every chunk)."""
-        if self._pending:  # the start of an event cut by the last chunk: short
-            data = bytes(self._pending) + data
-            self._pending.clear()
-        lf = data.rfind(b"\n\n")  # from the end: stops at the last event's end
-        crlf = data.rfind(b"\r\n\r\n", max(lf, 0))
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-        self._pending += memoryview(data)[end:]
-        complete = data[:end]  # the chunk itself when it ends with an event, as most do
+        if self._removed_cr:
+            self._removed_cr = False
+            if data[:1] == b"\n":
+                data = data[1:]  # the rest of the removed event's `\r\n`
+        complete = self._splitter.whole(data)
         if b'"choices":[]' not in complete and b'"choices": []' not in complete:
             return complete  # the usual case: no candidate in these events
         try:
-            return b"".join(block for block in self._events(complete) if not self._is_usage_only(block))
+            events = split_events(complete)
+            kept = b"".join(map(_without_usage, events))
+            ends_data = not self._splitter.holds()  # only then may the next byte be the `\n` of its `\r\n`
+            self._removed_cr = ends_data and events[-1].endswith(b"\r") and _is_usage_only(events[-1])
+            return kept
         except Exception:
-            self._pending[:0] = complete  # held again, so the caller can pass everything on untouched
+            self._unsent = complete  # for release(): the caller passes everything on untouched
             raise
 
     def flush(self) -> bytes:
-        rest = bytes(self._pending)
-        self._pending.clear()
-        return b"" if self._is_usage_only(rest) else rest
+        return b"".join(map(_without_usage, self._splitter.flush()))
 
-    @staticmethod
-    def _events(data: bytes):
-        start = 0
-        while start < len(data):
-            lf = data.find(b"\n\n", start)
-            crlf = data.find(b"\r\n\r\n", start)
-            if crlf >= 0 and (lf < 0 or crlf < lf):
-                end = crlf + 4
-            elif lf >= 0:
-                end = lf + 2
-            else:
-                end = len(data)
-            yield data[start:end]
-            start = end
+    def release(self) -> bytes:
+        """After feed() failed: every byte not passed on yet, as it came."""
+        unsent, self._unsent = self._unsent, b""
+        return unsent + b"".join(self._splitter.flush())
 
-    @staticmethod
-    def _is_usage_only(block: bytes) -> bool:
-        if b'"usage"' not in block or b'"choices"' not in block:
-            return False
-        for line in block.splitlines():
-            if line.startswith(b"data:"):
-                try:
-                    event = json.loads(line[5:])
-                except ValueError:
-                    return False
-                return isinstance(event, dict) and event.get("choices") == [] and isinstance(event.get("usage"), dict)
+
+def _without_usage(raw_event: bytes) -> bytes:
+    """The event, or nothing of it when it is the usage-only one but the empty
+    lines before it (the `\n` of a `\r\n` cut from the event before), which are
+    the stream's."""
+    if not _is_usage_only(raw_event):
+        return raw_event
+    return raw_event[: len(raw_event) - len(raw_event.lstrip(b"\r\n"))]
+
+
+def _is_usage_only(raw_event: bytes) -> bool:
+    if b'"usage"' not in raw_event or b'"choices"' not in raw_event:
         return False
+    event = sse_event(raw_event)
+    if event is None:
+        return False
+    try:
+        payload = json.loads(event[1])
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and payload.get("choices") == [] and isinstance(payload.get("usage"), dict)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from taskmeter.handover.call import CapturedCall
-from taskmeter.protocols.framing import looks_like_sse
+from taskmeter.protocols.framing import DecodingError, looks_like_sse
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,8 @@ class ResponseTee:
 
     def __call__(self, data: bytes):
         at_end = not data  # mitmproxy's last call
-        if self._decoder is not None and data:
-            try:
-                data = self._decoder.feed(data)
-            except Exception:
-                log.exception("meter: cannot decode the stream; it is passed on as it came")
-                self._decoder, self._strip = None, None
+        if self._decoder is not None:
+            data = self._decode(data, at_end)
         try:
             self._observe(data)
         except Exception:
@@ -56,15 +52,26 @@ class ResponseTee:
             # An empty bytes object would end an HTTP/1.1 chunked body early.
             return data if data or at_end else []
         try:
+            out = self._stripper.feed(data) if data else b""
             if at_end:
-                return self._stripper.flush()
-            out = self._stripper.feed(data)
+                return out + self._stripper.flush()
             return out if out else []
         except Exception:
             log.exception("meter: usage-chunk removal failed; the rest of the stream is passed on untouched")
-            held = bytes(self._stripper._pending)  # already includes `data`
+            held = self._stripper.release()  # already includes `data`
             self._stripper = None
             return held or []
+
+    def _decode(self, data: bytes, at_end: bool) -> bytes:
+        """The stream decoded; as it came, from the first byte that cannot be."""
+        try:
+            return self._decoder.flush() if at_end else self._decoder.feed(data)
+        except DecodingError as exc:
+            log.warning("meter: cannot decode the stream (%s); it is passed on as it came", exc)
+        except Exception:
+            log.exception("meter: decoding the stream failed; it is passed on as it came")
+        self._decoder, self._strip = None, None
+        return data
 
     def _observe(self, data: bytes) -> None:
         if not data:

@@ -88,16 +88,6 @@ class Finalizer:
             finished.response_body = redact(bytes(call.response_body).decode("utf-8", "replace")) or None
         return finished
 
-    def unreadable(self, call: CapturedCall, exc: Exception) -> CallRow:
-        """The row of a call finish() failed on: what the proxy saw, and why."""
-        return CallRow(
-            Interaction(
-                **self._as_captured(call),
-                error=f"meter could not read this call: {type(exc).__name__}: {exc}"[:500],
-                notes=call.notes,
-            )
-        )
-
     def _as_captured(self, call: CapturedCall) -> dict:
         """The columns taken as the proxy saw the call, before its body is read."""
         return dict(

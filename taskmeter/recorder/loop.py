@@ -5,7 +5,8 @@ never hold the proxy's interpreter lock. The proxy side is taskmeter/handover/pi
 
 What may happen to a batch, and only then is it acknowledged:
 - stored: every call is finalised into a row; a row the database refuses is
-  retried alone, and one that still fails goes to the quarantine;
+  retried alone, and one that still fails goes to the quarantine, as does a
+  call whose reading hit a bug of ours (a body at fault is noted in its row);
 - spooled: the database cannot be written now (locked, read-only, full), so the
   calls go to the spool, replayed once it can;
 - held: neither database nor spool can be written. Each call's row (metadata,
@@ -186,7 +187,7 @@ class RecorderLoop:
         self._last_retry = 0.0
         self._last_heartbeat = 0.0
         self.guard = None  # budgets and alerts (recorder/guard.py), when the proxy runs us
-        self._planning_failures: set[str] = set()
+        self._bugs_seen: set[str] = set()  # kinds of our own errors, each logged with its traceback once
 
     # ------------------------------------------------------------ batches
 
@@ -204,12 +205,7 @@ class RecorderLoop:
 
     def _store(self, calls: list, show: bool = False) -> bool:
         """True when every call was stored or quarantined; `show` prints them."""
-        rows = []
-        for call in calls:
-            try:
-                rows.append(self._row(call))
-            except Exception as exc:
-                self._quarantine([call], f"no row could be made of it: {type(exc).__name__}: {exc}")
+        rows = [row for row in map(self._row, calls) if row is not None]
         try:
             rejected = self._write(rows)
         except DatabaseUnavailable:
@@ -253,12 +249,26 @@ class RecorderLoop:
         if self._live_view is not None and stored:
             self._live_view.show("".join(call_line(asdict(i)) + "\n" for i in stored))
 
-    def _row(self, call):
+    def _row(self, call) -> CallRow | None:
+        """The call's row, or None when reading it raised: a body that is not what
+        it says is noted in the row (the parser's DecodingError), so whatever is
+        raised here is a bug of ours. The call is quarantined whole, for the fix,
+        and recording goes on."""
         try:
             return self._finalizer.finish(call)
-        except Exception as exc:  # never lose a call because its body puzzled us
-            log.exception("meter: could not read call %s", call.id)
-            return self._finalizer.unreadable(call, exc)
+        except Exception as exc:
+            self._bug(exc, "meter: a bug in the meter stopped it reading a call (said once per kind); such calls are quarantined")
+            self._quarantine([call], f"the meter failed to read it (a bug of ours): {type(exc).__name__}: {exc}"[:500])
+            return None
+
+    def _bug(self, exc: Exception, message: str) -> None:
+        """Log `message` with the traceback the first time this kind of error
+        (its type and the line that raised it) happens."""
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        kind = f"{type(exc).__name__} at {where.filename}:{where.lineno}"
+        if kind not in self._bugs_seen:
+            self._bugs_seen.add(kind)
+            log.error(message, exc_info=exc)
 
     def _spool(self, calls: list) -> None:
         try:
@@ -276,6 +286,8 @@ class RecorderLoop:
             )
         for call in calls[:room]:
             row = self._row(call)
+            if row is None:
+                continue
             row.request_body = row.response_body = None
             note = "bodies dropped: neither database nor spool could be written"
             row.interaction.notes = "; ".join(filter(None, [row.interaction.notes, note]))
@@ -414,11 +426,8 @@ class RecorderLoop:
             return
         try:
             getattr(self.guard, step)(*args)
-        except Exception:
-            kind = traceback.format_exc().strip().splitlines()[-1]
-            if kind not in self._planning_failures:
-                self._planning_failures.add(kind)
-                log.exception("meter: budget and alert planning failed (said once); calls are still recorded")
+        except Exception as exc:
+            self._bug(exc, "meter: budget and alert planning failed (said once per kind); calls are still recorded")
             self.writer.rollback()  # a transaction it left open must not hold up the next batch
 
     def tell_state(self) -> None:

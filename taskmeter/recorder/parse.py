@@ -5,7 +5,8 @@ import re
 from dataclasses import dataclass
 
 from taskmeter import protocols
-from taskmeter.protocols.framing import FRAMINGS, Framing, IdentityDecoder, UnsupportedEncoding, content_decoder, framing_for
+from taskmeter.protocols.framing import FRAMINGS, DecodingError, Framing, IdentityDecoder, content_decoder, framing_for
+from taskmeter.protocols.sse import first_event_end
 from taskmeter.protocols.usage import Usage
 
 
@@ -36,24 +37,30 @@ class BodyParser:
         self._parse_error: str | None = None
         try:
             self._decoder = content_decoder(content_encoding)
-        except UnsupportedEncoding as exc:
+        except DecodingError as exc:
             self._decoder = None
-            self._parse_error = f"unsupported content encoding {exc}"
+            self._parse_error = str(exc)
 
     def feed(self, data: bytes) -> None:
+        """Bytes that are not what the body says they are (DecodingError) are noted
+        in parse_error and the rest is not read; any other exception is a bug of
+        ours and is raised, for the caller to keep the call aside."""
         if self._parse_error or not data:
             return
         try:
-            data = self._decoder.feed(data)
-            if not data:
-                return
-            if self._framing is None:
-                self._framing_name = framing_for(self._content_type, data)
-                self._framing = FRAMINGS[self._framing_name]()
-            for name, payload in self._framing.feed(data):
-                self._event(name, payload)
-        except Exception as exc:  # a malformed body must never stop the meter
-            self._parse_error = f"{type(exc).__name__}: {exc}"[:500]
+            self._frame(self._decoder.feed(data))
+        except DecodingError as exc:
+            self._parse_error = str(exc)[:500]
+
+    def _frame(self, data: bytes) -> None:
+        """Decoded bytes into the framing, which their first bytes choose."""
+        if not data:
+            return
+        if self._framing is None:
+            self._framing_name = framing_for(self._content_type, data)
+            self._framing = FRAMINGS[self._framing_name]()
+        for name, payload in self._framing.feed(data):
+            self._event(name, payload)
 
     def feed_tail(self, tail: bytes) -> str | None:
         """After feed(): the last bytes of a body whose middle was not kept. Parsing
@@ -65,11 +72,11 @@ class BodyParser:
             return "the body is compressed, so its tail cannot be read on its own"
         try:
             if self._framing_name in ("sse", "ndjson"):
-                boundary = re.search(rb"\r\n\r\n|\n\n|\r\r" if self._framing_name == "sse" else rb"\n", tail)
-                if boundary is None:
+                start = first_event_end(tail) if self._framing_name == "sse" else tail.find(b"\n") + 1
+                if start <= 0:
                     return "no whole event in the kept tail"
                 self._framing = FRAMINGS[self._framing_name]()
-                for name, payload in self._framing.feed(tail[boundary.end() :]):
+                for name, payload in self._framing.feed(tail[start:]):
                     self._event(name, payload)
                 return None
             if self._framing_name == "json" and self._protocol.tail_usage:
@@ -80,17 +87,18 @@ class BodyParser:
                     return f"no {key} object in the kept tail"
                 self._event("", event(usage))
                 return None
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"[:500]
+        except DecodingError as exc:
+            return str(exc)[:500]
         return f"the tail of a {self._framing_name} body cannot be read on its own"
 
     def close(self) -> ParseResult:
-        if not self._parse_error and self._framing is not None:
+        if not self._parse_error:
             try:
-                for name, payload in self._framing.close():
+                self._frame(self._decoder.flush())
+                for name, payload in self._framing.flush() if self._framing is not None else ():
                     self._event(name, payload, at_end=True)
-            except Exception as exc:
-                self._parse_error = f"{type(exc).__name__}: {exc}"[:500]
+            except DecodingError as exc:
+                self._parse_error = str(exc)[:500]
         acc = self._accumulator
         return ParseResult(
             usage=acc.usage(),
@@ -115,7 +123,7 @@ class BodyParser:
             else:
                 try:
                     payload = json.loads(stripped)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply to read
                     if not at_end:  # at the end it is the event the stream was cut in
                         self._accumulator.errors.append(f"malformed JSON event: {stripped[:80]}")
                     return
@@ -129,7 +137,7 @@ def _last_object(text: str, key: str) -> dict | None:
     for match in reversed(list(re.finditer(r'"' + re.escape(key) + r'"\s*:\s*', text))):
         try:
             value, _ = decoder.raw_decode(text, match.end())
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             return value

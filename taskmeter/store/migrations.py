@@ -1,9 +1,12 @@
 """Schema changes as an ordered, append-only list of named functions.
 
 Each function runs once, inside the transaction that records its name in
-`_meter_migrations`. Never edit or reorder a released migration: add a new one.
+`_meter_migrations`. Never edit or reorder a released migration: add a new one
+(tests/test_migration_guard.py locks them by the hash of their source). After
+adding one, `python -m taskmeter.store.schema_doc` brings docs/schema.md up to date.
 """
 
+import re
 import sqlite3
 from collections.abc import Callable
 
@@ -36,12 +39,9 @@ def widen_checks(db: sqlite3.Connection, table: str, changes: dict[str, str]) ->
     `new`: SQLite's documented procedure for removing or relaxing a constraint
     (lang_altertable.html, "other kinds of table schema changes"). Every stored
     row meets the wider constraint, so the table is not rebuilt; the schema
-    version is bumped so that every connection reads the new schema."""
-    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
-    for old, new in changes.items():
-        if old not in sql:
-            raise MeterError(f"cannot upgrade table {table}: its schema lacks {old!r}")
-        sql = sql.replace(old, new)
+    version is bumped so that every connection reads the new schema. A
+    constraint made stricter needs rebuild_table()."""
+    sql = _changed_table_sql(db, table, changes)
     version = db.execute("PRAGMA schema_version").fetchone()[0]
     db.execute("PRAGMA writable_schema = ON")
     try:
@@ -49,6 +49,84 @@ def widen_checks(db: sqlite3.Connection, table: str, changes: dict[str, str]) ->
         db.execute(f"PRAGMA schema_version = {version + 1}")
     finally:
         db.execute("PRAGMA writable_schema = OFF")
+
+
+def _changed_table_sql(db: sqlite3.Connection, table: str, changes: dict[str, str]) -> str:
+    """The CREATE TABLE statement of `table`, each `old` text in it made `new`."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    for old, new in changes.items():
+        if old not in sql:
+            raise MeterError(f"cannot upgrade table {table}: its schema lacks {old!r}")
+        sql = sql.replace(old, new)
+    return sql
+
+
+# Migrations that call rebuild_table(), which migrate() runs with foreign keys off.
+_REBUILDING: set[str] = set()
+
+
+def rebuilds_tables(fn: Migration) -> Migration:
+    """Mark a migration that calls rebuild_table() (under @migration): migrate()
+    turns foreign keys off around its transaction, where SQLite heeds the pragma.
+    With them on, dropping the old table would delete, by cascade, every row that
+    refers to it."""
+    _REBUILDING.add(fn.__name__)
+    return fn
+
+
+def rebuild_table(db: sqlite3.Connection, table: str, changes: dict[str, str]) -> None:
+    """Change `table` in any way its CREATE TABLE statement can say (a stricter
+    CHECK, a column's type or default), each `old` text of the statement made
+    `new`: SQLite's 12-step procedure (lang_altertable.html, "making other kinds
+    of table schema changes"). In a migration marked @rebuilds_tables, so in
+    its transaction with foreign keys off (steps 1, 2, 11 and 12 are migrate()'s):
+    a new table, the rows copied (the columns both tables have), the old one
+    dropped, the new one renamed, its indexes and triggers made again, and the
+    foreign keys to and from it checked. A row the new table refuses fails the
+    migration, which then changes nothing."""
+    if not db.in_transaction or db.execute("PRAGMA foreign_keys").fetchone()[0]:
+        raise MeterError(f"cannot rebuild table {table}: only in a migration marked @rebuilds_tables")
+    rebuilt = f"_rebuild_{table}"
+    sql = re.sub(
+        r'^CREATE TABLE\s+(?:"[^"]+"|\S+?)(?=\s*\()', f'CREATE TABLE "{rebuilt}"', _changed_table_sql(db, table, changes)
+    )
+    companions = db.execute(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY rowid",
+        (table,),
+    ).fetchall()
+    sequence = _autoincrement_sequence(db, table)
+    db.execute(sql)
+    old_columns = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
+    columns = ", ".join(f'"{row[1]}"' for row in db.execute(f'PRAGMA table_info("{rebuilt}")') if row[1] in old_columns)
+    db.execute(f'INSERT INTO "{rebuilt}" ({columns}) SELECT {columns} FROM "{table}"')
+    db.execute(f'DROP TABLE "{table}"')
+    # Legacy renaming leaves other tables' triggers and views alone: they name
+    # `table`, which is missing until the rename, and name it again after.
+    db.execute("PRAGMA legacy_alter_table = ON")
+    try:
+        db.execute(f'ALTER TABLE "{rebuilt}" RENAME TO "{table}"')
+    finally:
+        db.execute("PRAGMA legacy_alter_table = OFF")
+    for (companion,) in companions:
+        db.execute(companion)
+    if sequence is not None:  # AUTOINCREMENT never hands out an ID it gave before, even of a deleted row
+        db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (sequence, table))
+    referring = [
+        name
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if any(row[2] == table for row in db.execute(f'PRAGMA foreign_key_list("{name}")'))
+    ]
+    for name in dict.fromkeys([table, *referring]):
+        broken = db.execute(f'PRAGMA foreign_key_check("{name}")').fetchone()
+        if broken is not None:
+            raise MeterError(f"cannot rebuild table {table}: a row of {broken[0]} refers to a missing row of {broken[2]}")
+
+
+def _autoincrement_sequence(db: sqlite3.Connection, table: str) -> int | None:
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        return None
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return row[0] if row else None
 
 
 @migration
@@ -917,7 +995,7 @@ def m012_budgets_and_alerts(db: sqlite3.Connection) -> None:
     )
 
 
-class _SessionRework:
+class _m013_ReworkSql:
     """The SQL that keeps session_rework (m013), for the calls `counted` lets in
     (a condition on a call {r}; None: every generation call)."""
 
@@ -1013,7 +1091,7 @@ def m013_rework_rollup(db: sqlite3.Connection) -> None:
     session's calls: the calls of a session that follow its first flagged call
     (docs/metrics.md). A new call adds itself; a flag, an unflag, or a change to a
     flagged call recomputes its session's row from that session's calls alone."""
-    rework = _SessionRework()
+    rework = _m013_ReworkSql()
     run_script(
         db,
         f"""
@@ -1139,7 +1217,7 @@ def m016_conversation_roots(db: sqlite3.Connection) -> None:
 
 
 # The rule of store/interactions.py FAILED_CALL_SQL as m017 made it, frozen here; NULL (no status) is not failed.
-_FAILED_CALL = (
+_m017_FAILED_CALL = (
     "coalesce(({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status >= 400)), 0)"
 )
 
@@ -1153,7 +1231,7 @@ def m017_failed_calls_one_rule(db: sqlite3.Connection) -> None:
     `interactions`. A hallucination flag on a failed call judges no answer: such
     flags move to failed_call_flags, kept and shown but counted nowhere; leaving
     `flags` takes them out of every rollup through the flags' own triggers."""
-    failed = _FAILED_CALL
+    failed = _m017_FAILED_CALL
     run_script(
         db,
         f"""
@@ -1371,7 +1449,7 @@ def m022_rework_counts_answered_calls(db: sqlite3.Connection) -> None:
     """The rework after a flagged call counts the calls a model answered: a failed
     call (m017's rule) is no AI interaction, so it is no rework either. The
     session_rework triggers are made again with that rule and the rows rebuilt."""
-    rework = _SessionRework(counted=f"NOT {_FAILED_CALL}")
+    rework = _m013_ReworkSql(counted=f"NOT {_m017_FAILED_CALL}")
     names = ["insert", "update", "update_flagged", "delete", "flag", "unflag"]
     run_script(
         db,
@@ -1415,6 +1493,9 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     if not pending(db):
         return ran
     for fn in MIGRATIONS:
+        foreign_keys_off = fn.__name__ in _REBUILDING and db.execute("PRAGMA foreign_keys").fetchone()[0]
+        if foreign_keys_off:
+            db.execute("PRAGMA foreign_keys = OFF")  # before the transaction: SQLite ignores it inside one
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("CREATE TABLE IF NOT EXISTS _meter_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
@@ -1429,4 +1510,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        finally:
+            if foreign_keys_off:
+                db.execute("PRAGMA foreign_keys = ON")
     return ran
