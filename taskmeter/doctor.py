@@ -19,7 +19,7 @@ class Check:
 
 def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) -> list[Check]:
     from taskmeter.config import files
-    from taskmeter.proxy.environment import BASE_URL_VARIABLES, proxy_origin
+    from taskmeter.proxy.environment import BASE_URL_VARIABLES, PING_PATH, proxy_origin
 
     checks = []
     if config_path or files.config_path().exists():  # validated whole; the shipped defaults are valid (a test holds it)
@@ -65,9 +65,7 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
     else:
         checks.append(Check("shell", True, f"{', '.join(pointed)} point at {origin}"))
 
-    import urllib.request  # here: the checks before this one never pay for it, nor for mitmproxy (addons)
-
-    from taskmeter.proxy.addons import PING_PATH
+    import urllib.request  # here: only the check that goes over the network pays for it
 
     try:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to the meter

@@ -105,6 +105,11 @@ def _tokens(usage: dict) -> dict:
     }
 
 
+def token_total(usage: dict) -> int | None:
+    """TOKEN_COUNT_USED of a usage sum: input plus output, None when no call stated either."""
+    return _tokens(usage)["total"]
+
+
 def _usage_extras(usage: dict) -> dict:
     return {
         "tokens": _tokens(usage),
@@ -145,14 +150,17 @@ def _seconds(stored: str) -> float:
 
 def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[worktime.Span]:
     """The task's working spans (analytics/worktime.py), within its wall time: begin to approval, or now."""
-    task = history.task
+    return spans_of(history.task, history.current, history.activity, history.events, now, idle_seconds)
+
+
+def spans_of(task: dict, current: list, activity: list, events: list, now: str, idle_seconds: float) -> list[worktime.Span]:
+    """task_spans from a task's row and TaskHistory's working-time fields (history.working_inputs)."""
     if task["begin_at"] is None:
         return []
     begin, end = _seconds(task["begin_at"]), _seconds(_end_of(task, now))
     # A task still current is current until its approval, or now.
-    current = [(_seconds(a), min(end, _seconds(b)) if b else end) for a, b in history.current if _seconds(a) <= end]
-    activity = [(start, start + 60) for start in (_seconds(m + ":00.000000Z") for m in history.activity_minutes)]
-    activity += [(at, at) for at in map(_seconds, history.events)]
+    current = [(a, min(end, b) if b is not None else end) for a, b in current if a <= end]
+    activity = activity + [(at, at) for at in events]
     return worktime.working_spans(current, activity, idle_seconds, (begin, end))
 
 

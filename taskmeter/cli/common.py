@@ -132,16 +132,10 @@ def idle_seconds() -> float:
 
 def budget_defaults():
     """The config's [budgets]: the default mode and per-task budget (analytics/budgets.py)."""
-    from taskmeter.analytics.budgets import Defaults
-    from taskmeter.config.files import FLAG, NUMBER, TEXT, read_values
+    from taskmeter.analytics.budgets import configured_defaults
+    from taskmeter.config.files import read_values
 
-    values = read_values()
-    return Defaults(
-        values.get("budgets.on_budget_exceeded", TEXT),
-        values.get("budgets.task_tokens", NUMBER),
-        values.get("budgets.task_usd", NUMBER),
-        values.get("budgets.count_subscription_usd", FLAG),
-    )
+    return configured_defaults(read_values())
 
 
 @contextlib.contextmanager

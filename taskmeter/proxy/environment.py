@@ -15,6 +15,10 @@ BASE_URL_VARIABLES = {
 }
 
 
+# `meter doctor` asks it of the gateway: the proxy answers itself, nothing leaves the machine.
+PING_PATH = "/_meter/ping"
+
+
 def proxy_origin(listen: str) -> str:
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
