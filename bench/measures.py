@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -272,7 +273,7 @@ def _wall_ms(command: list[str], runs: int) -> float:
     return _median_ms(lambda: subprocess.run(command, capture_output=True, check=True), runs)
 
 
-def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
+def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int, command_runs: int) -> dict:
     """Over both of the issue's histories: `meter report` and `meter report phase
     ID --format json`, their work in process and their wall time with start-up;
     and over the first, the cost of `meter statusline`."""
@@ -300,7 +301,7 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dic
         results["statusline"] = statusline_cost(Path(folder) / "with_switches.db", runs=4 * runs)
         results["dashboard"] = dashboard_over_history(Path(folder) / "with_switches.db", tasks_count)
         # After the dashboard's: a task of the history is current, as `meter status` usually finds one.
-        results["commands"] = read_command_costs(Path(folder) / "with_switches.db", phase_of(tasks_count), READ_RUNS)
+        results["commands"] = read_command_costs(Path(folder) / "with_switches.db", phase_of(tasks_count), command_runs)
     statusline, dashboard, commands = results.pop("statusline"), results.pop("dashboard"), results.pop("commands")
     return {"report": results, "statusline": statusline, "dashboard_pages": dashboard, "read_commands": commands}
 
@@ -367,7 +368,6 @@ READ_COMMANDS = {
     "doctor": ["doctor"],  # no proxy runs on the history: no network check
     "env": ["env"],
 }
-READ_RUNS = 5
 
 
 def read_command_costs(db_path: Path, phase: str, runs: int, names: list[str] | None = None) -> dict:
@@ -382,21 +382,35 @@ def read_command_costs(db_path: Path, phase: str, runs: int, names: list[str] | 
             arguments = [argument.format(phase=phase) for argument in READ_COMMANDS[name]]
             commands[name] = [meter, *arguments, "--db", str(db_path)]
         timings: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(runs):
             for name, command in commands.items():
-                started = time.perf_counter()
+                cpu_before, started = _children_cpu(), time.perf_counter()
                 done = subprocess.run(command, capture_output=True, text=True, env=environ, stdin=subprocess.DEVNULL)
                 timings[name].append((time.perf_counter() - started) * 1000)
+                cpu[name].append((_children_cpu() - cpu_before) * 1000)
                 # doctor says FAIL (exit 1) where no proxy runs: that is its answer, not an error of the command
                 if done.returncode not in (0, 1) or "Traceback" in done.stderr or "meter: error" in done.stderr:
                     raise RuntimeError(f"meter {name} failed: {done.stderr[-500:]}")
     medians = {name: statistics.median(values) for name, values in timings.items()}
-    python = medians.pop("python -c pass")
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
+    python, python_cpu = medians.pop("python -c pass"), cpu_medians["python -c pass"]
     return {
         "runs": runs,
         "python_ms": python,
-        "commands": {name: {"wall_ms": wall, "added_ms": wall - python} for name, wall in medians.items()},
+        "python_cpu_ms": python_cpu,
+        # CPU time (user + system) is context: on a busy machine it moves less than wall time.
+        "commands": {
+            name: {"wall_ms": wall, "added_ms": wall - python, "added_cpu_ms": cpu_medians[name] - python_cpu}
+            for name, wall in medians.items()
+        },
     }
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def dashboard_pages(db_path: Path, pages: list[str], runs: int) -> dict[str, float]:

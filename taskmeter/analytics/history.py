@@ -78,13 +78,17 @@ def _activity(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[tuple[fl
     """Per task, its minutes with an AI call (the task_activity rollup) as (start, end) seconds,
     a run of consecutive minutes as one: the working-time rule joins them anyway."""
     runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    query = f"SELECT task_id, unixepoch(minute) * 1.0 FROM task_activity WHERE task_id IN ({_placeholders(ids)}) ORDER BY 1, 2"
-    for task_id, start in db.execute(query, ids):
+    # A row per task, not per minute: a history of a million calls has tens of thousands of minutes.
+    query = (
+        f"SELECT task_id, group_concat(unixepoch(minute)) FROM task_activity WHERE task_id IN ({_placeholders(ids)}) GROUP BY 1"
+    )
+    for task_id, minutes in db.execute(query, ids):
         task_runs = runs[task_id]
-        if task_runs and task_runs[-1][1] == start:
-            task_runs[-1] = (task_runs[-1][0], start + 60)
-        else:
-            task_runs.append((start, start + 60))
+        for start in sorted(map(float, minutes.split(","))):
+            if task_runs and task_runs[-1][1] == start:
+                task_runs[-1] = (task_runs[-1][0], start + 60)
+            else:
+                task_runs.append((start, start + 60))
     return runs
 
 
