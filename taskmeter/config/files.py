@@ -6,7 +6,6 @@ of the kind it computes with, and starts without pydantic."""
 
 import os
 import tomllib
-from importlib import resources
 from pathlib import Path
 
 from taskmeter.errors import MeterError
@@ -46,7 +45,8 @@ def ca_bundle(folder: Path) -> Path:
 
 
 def defaults_text() -> str:
-    return resources.files(__package__).joinpath("defaults.toml").read_text()
+    # Beside this module (package data), read without importlib.resources: the status line reads it too.
+    return Path(__file__).with_name("defaults.toml").read_text()
 
 
 def starter_text() -> str:
