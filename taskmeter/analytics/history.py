@@ -61,16 +61,20 @@ def _placeholders(values) -> str:
     return ", ".join("?" for _ in values)
 
 
-def current_intervals(db: sqlite3.Connection) -> dict[str, list[tuple[float, float | None]]]:
-    """Per task (lower-case ID), when `meter set-task` had it current: one pass over every switch."""
+def current_intervals(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[tuple[float, float | None]]]:
+    """Per task of `ids` (keyed by lower-case ID), when `meter set-task` had it current:
+    from each switch to it until the next switch (None: still current), found by the
+    index on the switches' times, so that one task's costs no pass over every switch."""
     intervals: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
-    previous: tuple[float, str | None] | None = None
-    for at, task_id in db.execute(f"SELECT {seconds_sql('at')}, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id"):
-        if previous is not None and previous[1] is not None:
-            intervals[previous[1].lower()].append((previous[0], at))
-        previous = (at, task_id)
-    if previous is not None and previous[1] is not None:
-        intervals[previous[1].lower()].append((previous[0], None))
+    query = f"""
+        SELECT lower(s.task_id), {seconds_sql("s.at")}, (
+            SELECT {seconds_sql("n.at")} FROM task_events n
+            WHERE n.kind = 'switch' AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1
+        )
+        FROM task_events s WHERE s.kind = 'switch' AND lower(s.task_id) IN ({_placeholders(ids)}) ORDER BY s.at, s.id
+    """
+    for task_id, since, until in db.execute(query, [task_id.lower() for task_id in ids]):
+        intervals[task_id].append((since, until))
     return intervals
 
 
@@ -137,7 +141,7 @@ def working_inputs(db: sqlite3.Connection, ids: list[str]) -> tuple[dict, dict, 
         ids + ids + ids,
     ):
         events[task_id].append(at)
-    return current_intervals(db), _activity(db, ids), events
+    return current_intervals(db, ids), _activity(db, ids), events
 
 
 def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool = True) -> list[TaskHistory]:
