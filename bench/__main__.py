@@ -43,6 +43,7 @@ class Plan:
     report_tasks: int = 200
     report_flags: int = 2000
     report_runs: int = 7
+    command_runs: int = 5
     large_body_rounds: int = 5
     websocket_samples: int = 400
     websockets: int = 64
@@ -64,6 +65,7 @@ SMOKE = Plan(
     report_tasks=10,
     report_flags=10,
     report_runs=3,
+    command_runs=1,
     large_body_rounds=1,
     websocket_samples=5,
     websockets=8,
@@ -211,7 +213,9 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
     log(f"store writer: {plan.writer_rows} rows")
     results["writer"] = measures.writer_rows_per_second(plan.writer_rows)
     log(f"reports over two histories of {plan.report_rows:,} calls")
-    results.update(measures.large_store_reads(plan.report_rows, plan.report_tasks, plan.report_flags, plan.report_runs))
+    results.update(
+        measures.large_store_reads(plan.report_rows, plan.report_tasks, plan.report_flags, plan.report_runs, plan.command_runs)
+    )
     return results
 
 
@@ -341,6 +345,7 @@ def targets(r: dict) -> list[dict]:
             for history, description in (("with_switches", "20k switches"), ("no_switches", "no switches"))
             for label, key in (("meter report", "overview_ms"), ("meter report phase ID --format json", "phase_ms"))
         ),
+        *command_rows(r["read_commands"], r["report"]["with_switches"]["rows"], row),
         row(
             "meter statusline (Claude Code JSON on stdin): wall time over interpreter start-up, median",
             "<= 25 ms",
@@ -400,6 +405,49 @@ def targets(r: dict) -> list[dict]:
         ),
     ]
     return rows
+
+
+READ_COMMAND_TARGET_MS = 70
+
+
+def command_rows(measured: dict, rows: int, row) -> list[dict]:
+    """A row per read command: its wall time over interpreter start-up."""
+    return [
+        row(
+            f"meter {name} over {rows:,} calls: wall time over interpreter start-up, median of {measured['runs']}",
+            f"<= {READ_COMMAND_TARGET_MS} ms",
+            command["added_ms"],
+            command["added_ms"] <= READ_COMMAND_TARGET_MS,
+            f"{command['wall_ms']:.0f} ms wall, python -c pass {measured['python_ms']:.0f} ms;"
+            f" CPU over python -c pass {command['added_cpu_ms']:.0f} ms",
+        )
+        for name, command in measured["commands"].items()
+    ]
+
+
+def only_commands(history: Path | None, names: list[str] | None, plan: Plan, log) -> None:
+    """`--only commands`: the read commands' rows alone, printed, over `history` or a new one."""
+
+    def row(measure, target, value, passed, detail=""):
+        return f"| {measure} | {target} | {_fmt(value)} | {'✅' if passed else '❌'} | {detail} |"
+
+    with tempfile.TemporaryDirectory() as folder:
+        if history is None:
+            from taskmeter.store import db as store_db
+            from taskmeter.store import tasks
+
+            history = Path(folder) / "history.db"
+            log(f"building a history of {plan.report_rows:,} calls")
+            measures.build_history(history, plan.report_rows, plan.report_tasks, plan.report_flags, switches=True)
+            db = store_db.connect(history)
+            tasks.set_task(db, f"{measures.phase_of(plan.report_tasks)}-000")
+            db.close()
+        with sqlite3.connect(history) as db:
+            rows = db.execute("SELECT count(*) FROM interactions").fetchone()[0]
+        log(f"read commands over {rows:,} calls")
+        measured = measures.read_command_costs(history, measures.phase_of(plan.report_tasks), plan.command_runs, names)
+    print("| measure | target | measured | pass | detail |\n|---|---|---|---|---|")
+    print("\n".join(command_rows(measured, rows, row)))
 
 
 def machine() -> dict:
@@ -517,12 +565,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few requests per arm: checks the harness, measures nothing")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs")
+    parser.add_argument(
+        "--only",
+        choices=["commands"],
+        help="only the read commands' rows, printed (nothing written): over --history, else over a new history",
+    )
+    parser.add_argument("--history", type=Path, help="with --only: a history bench.measures.build_history made, reused")
+    parser.add_argument("--command", action="append", choices=list(measures.READ_COMMANDS), help="with --only: this one")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else Plan()
     started = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    if args.only:
+        only_commands(args.history, args.command, plan, log)
+        return
 
     with tempfile.TemporaryDirectory() as folder:
         results = asyncio.run(run(plan, Path(folder), log))

@@ -5,7 +5,9 @@ import asyncio
 import datetime
 import http.client
 import json
+import os
 import random
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -271,7 +273,7 @@ def _wall_ms(command: list[str], runs: int) -> float:
     return _median_ms(lambda: subprocess.run(command, capture_output=True, check=True), runs)
 
 
-def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dict:
+def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int, command_runs: int) -> dict:
     """Over both of the issue's histories: `meter report` and `meter report phase
     ID --format json`, their work in process and their wall time with start-up;
     and over the first, the cost of `meter statusline`."""
@@ -286,7 +288,7 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dic
             build_seconds = build_history(path, rows, tasks_count, flags, switches)
             db = store_db.connect(path)
             overview_report(db)  # warm the page cache, as a second report would find it
-            phase = "P5" if tasks_count >= PHASES else "P1"
+            phase = phase_of(tasks_count)
             results[name] = {
                 "rows": rows,
                 "build_seconds": build_seconds,
@@ -298,8 +300,15 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int) -> dic
             db.close()
         results["statusline"] = statusline_cost(Path(folder) / "with_switches.db", runs=4 * runs)
         results["dashboard"] = dashboard_over_history(Path(folder) / "with_switches.db", tasks_count)
-    statusline, dashboard = results.pop("statusline"), results.pop("dashboard")
-    return {"report": results, "statusline": statusline, "dashboard_pages": dashboard}
+        # After the dashboard's: a task of the history is current, as `meter status` usually finds one.
+        results["commands"] = read_command_costs(Path(folder) / "with_switches.db", phase_of(tasks_count), command_runs)
+    statusline, dashboard, commands = results.pop("statusline"), results.pop("dashboard"), results.pop("commands")
+    return {"report": results, "statusline": statusline, "dashboard_pages": dashboard, "read_commands": commands}
+
+
+def phase_of(tasks_count: int) -> str:
+    """The phase the report, dashboard and command measures read: one in the middle of the history."""
+    return "P5" if tasks_count >= PHASES else "P1"
 
 
 def dashboard_over_history(db_path: Path, tasks_count: int, runs: int = 20) -> dict:
@@ -307,7 +316,7 @@ def dashboard_over_history(db_path: Path, tasks_count: int, runs: int = 20) -> d
     from taskmeter.store import db as store_db
     from taskmeter.store import tasks
 
-    phase = "P5" if tasks_count >= PHASES else "P1"
+    phase = phase_of(tasks_count)
     db = store_db.connect(db_path)
     tasks.set_task(db, f"{phase}-000")
     db.close()
@@ -336,6 +345,72 @@ def statusline_cost(db_path: Path, runs: int) -> dict:
         "python_ms": medians["python"],
         "added_ms": medians["statusline"] - medians["python"],
     }
+
+
+# Every command that only reads, as a person types it; `show last` and `status` find the
+# history's task of phase_of() current (dashboard_over_history sets it).
+READ_COMMANDS = {
+    "status": ["status"],
+    "log": ["log"],
+    "show last": ["show", "last"],
+    "tasks": ["tasks"],
+    "phases": ["phases"],
+    "report": ["report"],
+    "report task ID": ["report", "task", "{phase}-000"],
+    "report phase ID --format json": ["report", "phase", "{phase}", "--format", "json"],
+    "report hourly": ["report", "hourly"],
+    "report daily": ["report", "daily"],
+    "report weekly": ["report", "weekly"],
+    "report monthly": ["report", "monthly"],
+    "report models": ["report", "models"],
+    "budget": ["budget"],
+    "alerts": ["alerts"],
+    "doctor": ["doctor"],  # no proxy runs on the history: no network check
+    "env": ["env"],
+}
+
+
+def read_command_costs(db_path: Path, phase: str, runs: int, names: list[str] | None = None) -> dict:
+    """Each read command's wall time with `--db PATH`, output piped, against `python -c pass`,
+    interleaved run by run; medians of `runs`. No user config is read: the shipped defaults."""
+    meter = str(Path(sys.executable).parent / "meter")
+    with tempfile.TemporaryDirectory() as config_home:
+        environ = {name: value for name, value in os.environ.items() if name not in ("METER_CONFIG", "METER_DB")}
+        environ["XDG_CONFIG_HOME"] = config_home
+        commands = {"python -c pass": [sys.executable, "-c", "pass"]}
+        for name in names or READ_COMMANDS:
+            arguments = [argument.format(phase=phase) for argument in READ_COMMANDS[name]]
+            commands[name] = [meter, *arguments, "--db", str(db_path)]
+        timings: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, command in commands.items():
+                cpu_before, started = _children_cpu(), time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True, env=environ, stdin=subprocess.DEVNULL)
+                timings[name].append((time.perf_counter() - started) * 1000)
+                cpu[name].append((_children_cpu() - cpu_before) * 1000)
+                # doctor says FAIL (exit 1) where no proxy runs: that is its answer, not an error of the command
+                if done.returncode not in (0, 1) or "Traceback" in done.stderr or "meter: error" in done.stderr:
+                    raise RuntimeError(f"meter {name} failed: {done.stderr[-500:]}")
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
+    python, python_cpu = medians.pop("python -c pass"), cpu_medians["python -c pass"]
+    return {
+        "runs": runs,
+        "python_ms": python,
+        "python_cpu_ms": python_cpu,
+        # CPU time (user + system) is context: on a busy machine it moves less than wall time.
+        "commands": {
+            name: {"wall_ms": wall, "added_ms": wall - python, "added_cpu_ms": cpu_medians[name] - python_cpu}
+            for name, wall in medians.items()
+        },
+    }
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def dashboard_pages(db_path: Path, pages: list[str], runs: int) -> dict[str, float]:

@@ -3,9 +3,10 @@
     P1-010 42m/1h30m · 182.4k tok · $1.23 · ⚑1
     NOT METERED · P1-010 42m/1h30m · ...
 
-It runs on every prompt, so it stays cheap: the standard library and the store's
-path and liveness helpers only (no click, rich or pydantic; `meter` hands it
-over before importing them), and reads the database without writing or migrating it.
+It runs on every prompt, so it stays cheap: the state comes from
+analytics/snapshot.py, as `meter status` has it, without click, rich or pydantic
+(`meter` hands it over before importing them), and the database is read without
+writing or migrating it. Time is working time against the estimate, as reports count it.
 
 Given Claude Code's status JSON on stdin (`session_id`, `model`, `workspace`),
 "not metered" means the meter has recorded no call of that session; without it,
@@ -20,14 +21,10 @@ import json
 import os
 import sqlite3
 import sys
-import time
 
-from taskmeter.analytics import budgets
 from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.store import db as store_db
-from taskmeter.store import proxies
-from taskmeter.timefmt import from_stored
 
 NOT_METERED = "NOT METERED"
 # A chained status line gets this long; then its process group is killed.
@@ -139,10 +136,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-def _seconds_since(stored: str) -> float:
-    return time.time() - from_stored(stored).timestamp()
-
-
 def status_line(path, claude: dict) -> str:
     if not os.path.exists(path):
         return f"{NOT_METERED} · no meter database at {path}"
@@ -158,45 +151,36 @@ def status_line(path, claude: dict) -> str:
 
 
 def _line(db: sqlite3.Connection, claude: dict) -> str:
+    from taskmeter.analytics.budgets import configured_defaults
+    from taskmeter.analytics.snapshot import current_state, task_figures
+    from taskmeter.config.files import NUMBER, read_values
+
     session = claude.get("session_id") if isinstance(claude.get("session_id"), str) else None
-    # A Claude Code session bound to a task (`meter claude install`) shows its own task.
-    bound = session and db.execute("SELECT task_id FROM session_tasks WHERE session_id = ?", (session,)).fetchone()
-    state = dict(db.execute("SELECT key, value FROM state WHERE key = 'current_task'").fetchall())
-    task_id = bound["task_id"] if bound else state.get("current_task")
+    config = read_values()
+    state = current_state(db, configured_defaults(config), session)
+    task_id = state["task_id"]
     parts = []
     if task_id:
-        task = db.execute("SELECT begin_at, estimate_seconds FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        elapsed = _duration(_seconds_since(task["begin_at"])) if task and task["begin_at"] else "?"
-        estimate = f"/{_duration(task['estimate_seconds'])}" if task and task["estimate_seconds"] else ""
-        parts.append(f"{task_id} {elapsed}{estimate}")
-        usage = db.execute(
-            "SELECT input_total + output_total AS tokens, cost_usd, flagged FROM task_usage WHERE task_key = ?", (task_id,)
-        ).fetchone()
-        if usage is not None:
-            parts.append(_tokens(usage["tokens"] or 0))
-            parts.append(usd(usage["cost_usd"] or 0))
-            if usage["flagged"]:
-                parts.append(f"⚑{usage['flagged']}")
-        # Budgets set with --budget (the config's default needs the config: `meter status` shows it).
+        figures = task_figures(db, task_id, config.get("record.idle_minutes", NUMBER) * 60)
+        worked = figures["actual_duration"] if figures else None
+        estimate = f"/{_duration(figures['estimate_seconds'])}" if figures and figures["estimate_seconds"] else ""
+        parts.append(f"{task_id} {_duration(worked) if worked is not None else '?'}{estimate}")
+        if figures and (figures["token_count_used"] is not None or figures["cost_usd"] is not None):
+            parts.append(_tokens(figures["token_count_used"] or 0))
+            parts.append(usd(figures["cost_usd"] or 0))
+            if figures["hallucination_count"]:
+                parts.append(f"⚑{figures['hallucination_count']}")
         # The one that binds: a phase at 95% shows, whatever the task's own has used.
-        covered = budgets.task_budgets(db, budgets.budget_statuses(db, budgets.Defaults())).get(task_id)
-        if covered is not None:
-            bound = covered["binding"]
+        if state["budget"] is not None:
+            bound = state["budget"]
             share = bound["used_share"]
             scope = f"phase {bound['target']} " if bound["scope"] == "phase" else ""
             parts.append(f"{scope}budget {share * 100:.0f}%" + ("!" if share >= 1 else ""))
     else:
         # Why none is, when the meter cleared it: `no task (P1-010 approved)`.
-        cleared = db.execute("SELECT note FROM task_events WHERE kind = 'switch' ORDER BY at DESC, id DESC LIMIT 1").fetchone()
-        parts.append(f"no task ({cleared['note']})" if cleared and cleared["note"] else "no task")
-    open_alerts = db.execute("SELECT count(*) FROM alerts WHERE cleared_at IS NULL").fetchone()[0]
-    if open_alerts:
-        parts.append(f"⚠ {open_alerts} alert{'s' if open_alerts > 1 else ''}")
-    if session:
-        seen = db.execute("SELECT 1 FROM interactions WHERE client_session = ? LIMIT 1", (session,)).fetchone()
-        metered = seen is not None
-    else:
-        metered = any(proxy["recording"] == proxies.RECORDING for proxy in proxies.running(db))
-    if not metered:
+        parts.append(f"no task ({state['current_note']})" if state["current_note"] else "no task")
+    if state["alerts"]:
+        parts.append(f"⚠ {len(state['alerts'])} alert{'s' if len(state['alerts']) > 1 else ''}")
+    if not state["metered"]:
         parts.insert(0, NOT_METERED)
     return " · ".join(parts)

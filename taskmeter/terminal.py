@@ -7,17 +7,19 @@ unabbreviated values (ISO times, plain numbers), for cut, awk and sort.
 
 Every text printed here goes through `printable` first: a model's name or
 reply may carry terminal escapes. JSON keeps the exact value, escaped.
+
+Only a table's header and a warning are styled (bold, bold yellow), and only on a
+terminal: plain SGR codes, not a library, so that no command pays for one at start-up.
 """
 
 import json
+import os
 import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from rich.console import Console
+from typing import NamedTuple, TextIO
 
 from taskmeter.money import usd
 from taskmeter.printable import printable
@@ -30,12 +32,24 @@ _SHORTEST_TEXT = 8
 _COMFORTABLE_TEXT = 16
 _GAP = 2
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+BOLD, WARNING = "1", "1;33"  # SGR parameters
 
 
-@dataclass(frozen=True)
-class Column:
+def _styles(stream: TextIO) -> bool:
+    """Whether `stream` is a terminal that takes styles (https://no-color.org: NO_COLOR keeps bold, drops colour)."""
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def _line(stream: TextIO, text: str, style: str = "") -> None:
+    """One line, styled on a terminal; flushed, so that stdout and stderr keep their order."""
+    if style and _styles(stream):
+        style = BOLD if os.environ.get("NO_COLOR") else style
+        text = f"\x1b[{style}m{text}\x1b[0m"
+    stream.write(text + "\n")
+    stream.flush()
+
+
+class Column(NamedTuple):
     """One column: what kind of value it holds decides how it is written.
 
     kind: text, id, time, count, money, or figure (a number already formatted).
@@ -156,9 +170,9 @@ def table(columns: Sequence[Column], rows: Iterable[Sequence], utc: bool = False
             parts.append(text.rjust(widths[i]) if columns[i].numeric else text.ljust(widths[i]))
         return (" " * _GAP).join(parts).rstrip()
 
-    console.print(line([column.header for column in columns]), style="bold", markup=False)
-    for row in cells:
-        console.print(line(row), markup=False)
+    _line(sys.stdout, line([column.header for column in columns]), BOLD)
+    sys.stdout.writelines(line(row) + "\n" for row in cells)
+    sys.stdout.flush()
 
 
 def fields(pairs: Iterable[tuple[str, object]]) -> None:
@@ -166,7 +180,7 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
     pairs = list(pairs)
     width = max((len(name) for name, _ in pairs), default=0) + 1
     for name, value in pairs:
-        console.print(f"{name + ':':<{width}} {MISSING if value is None else printable(str(value))}", markup=False)
+        _line(sys.stdout, f"{name + ':':<{width}} {MISSING if value is None else printable(str(value))}")
 
 
 def text(block: str) -> None:
@@ -175,23 +189,28 @@ def text(block: str) -> None:
 
 
 def info(message: str) -> None:
-    console.print(printable(message), markup=False)
+    _line(sys.stdout, printable(message))
 
 
 def note(message: str) -> None:
     """A remark under a table: on stderr when piped, so the table stays plain data."""
-    (err_console if to_pipe() else console).print(printable(message), markup=False)
+    _line(sys.stderr if to_pipe() else sys.stdout, printable(message))
+
+
+def comment(message: str) -> None:
+    """A line on stderr beside output that a shell evaluates (`meter env`)."""
+    _line(sys.stderr, printable(message))
 
 
 def warn(message: str) -> None:
     """Something the user must not miss, in a listing that goes on."""
-    console.print(printable(message), style="bold yellow", markup=False)
+    _line(sys.stdout, printable(message), WARNING)
 
 
 def problem(message: str) -> None:
     """One line about bad input that the command reads past: on stderr, so output stays data."""
-    err_console.print(f"meter: warning: {printable(message)}", markup=False)
+    _line(sys.stderr, f"meter: warning: {printable(message)}")
 
 
 def error(message: str) -> None:
-    err_console.print(f"meter: error: {printable(message)}", markup=False)
+    _line(sys.stderr, f"meter: error: {printable(message)}")

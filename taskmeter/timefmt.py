@@ -11,15 +11,14 @@ from typing import overload
 
 from taskmeter.errors import MeterError
 
-_STORED_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
 def to_stored(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(_STORED_FORMAT)
+    # isoformat, not strftime: the same text at half the cost (a listing writes thousands)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def now_stored() -> str:

@@ -362,7 +362,7 @@ def test_the_status_line_loads_none_of_the_heavy_modules(tmp_path):
         "    runpy.run_module('taskmeter', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = ('click', 'rich', 'pydantic', 'mitmproxy', 'urllib.request', 'taskmeter.cli.app', 'taskmeter.protocols')\n"
+        "heavy = ('click', 'rich', 'pydantic', 'mitmproxy', 'urllib.request', 'taskmeter.cli.common', 'taskmeter.protocols')\n"
         "print(sorted(m for m in sys.modules if m in heavy), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], input="{}", capture_output=True, text=True, timeout=60)

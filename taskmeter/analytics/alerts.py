@@ -5,7 +5,7 @@ import hashlib
 import json
 import statistics
 
-from taskmeter.analytics.records import TaskReport
+from taskmeter.analytics.records import TaskFields
 
 # Burn rate: judged only over enough history, and after enough work to mean something.
 MIN_APPROVED_TASKS = 3
@@ -34,7 +34,7 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def tokens_per_working_hour(record: TaskReport) -> float | None:
+def tokens_per_working_hour(record: TaskFields) -> float | None:
     """A task's burn rate: TOKEN_COUNT_USED per hour of working time; None before
     MIN_WORKED_SECONDS of work."""
     worked, tokens = record["actual_duration"], record["token_count_used"]

@@ -28,6 +28,18 @@ def defaults_of(section: dict) -> Defaults:
     return Defaults(section["on_budget_exceeded"], section["task_tokens"], section["task_usd"], section["count_subscription_usd"])
 
 
+def configured_defaults(values) -> Defaults:
+    """Defaults from the config files as read without validating them (config/files.py's Values)."""
+    from taskmeter.config.files import FLAG, NUMBER, TEXT
+
+    return Defaults(
+        values.get("budgets.on_budget_exceeded", TEXT),
+        values.get("budgets.task_tokens", NUMBER),
+        values.get("budgets.task_usd", NUMBER),
+        values.get("budgets.count_subscription_usd", FLAG),
+    )
+
+
 def _spent_usd(defaults: Defaults, table: str = "") -> str:
     """SQL of the USD a task_usage row (`table.`) spends against budgets."""
     if defaults.count_subscription_usd:

@@ -22,17 +22,25 @@ def missing_when_unstated(usage: dict) -> dict:
     return usage
 
 
+# A stored moment as POSIX seconds, computed by SQLite as from_stored(moment).timestamp()
+# is (whole microseconds over 10**6, one rounding): reading thousands of moments costs
+# a report nothing in Python.
+def seconds_sql(column: str) -> str:
+    return f"(unixepoch(substr({column}, 1, 19)) * 1000000 + CAST(substr({column}, 21, 6) AS INTEGER)) / 1e6"
+
+
 @dataclass
 class TaskHistory:
     task: dict
     iterations: int
     usage: dict
-    current: list[tuple[str, str | None]]  # (from, until) the task was current; until None: still is
+    current: list[tuple[float, float | None]]  # (from, until) the task was current, POSIX seconds; until None: still is
     rework_tokens: int | None
     rework_cost_usd: float | None
     rework_calls: int
-    activity_minutes: list[str] = field(default_factory=list)  # `YYYY-MM-DDTHH:MM` with an AI call of the task
-    events: list[str] = field(default_factory=list)  # its milestones, iterations, commits and test runs
+    # Its minutes with an AI call, joined where one follows another: (start, end), POSIX seconds.
+    activity: list[tuple[float, float]] = field(default_factory=list)
+    events: list[float] = field(default_factory=list)  # its milestones, iterations, commits and test runs, POSIX seconds
     after_approval: tuple[int, int | None] = (0, None)  # AI calls and tokens after its final approval
     estimates: list[tuple[str, int | None]] = field(default_factory=list)  # (set at, seconds; None: unset), in order
     withdrawn_approvals: list[tuple[str, str]] = field(default_factory=list)  # (approved at, reopened at)
@@ -49,17 +57,39 @@ def _placeholders(values) -> str:
     return ", ".join("?" for _ in values)
 
 
-def current_intervals(db: sqlite3.Connection) -> dict[str, list[tuple[str, str | None]]]:
-    """Per task (lower-case ID), when `meter set-task` had it current: one pass over every switch."""
-    intervals: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
-    previous: tuple[str, str | None] | None = None
-    for row in db.execute("SELECT at, task_id FROM task_events WHERE kind = 'switch' ORDER BY at, id"):
-        if previous is not None and previous[1] is not None:
-            intervals[previous[1].lower()].append((previous[0], row["at"]))
-        previous = (row["at"], row["task_id"])
-    if previous is not None and previous[1] is not None:
-        intervals[previous[1].lower()].append((previous[0], None))
+def current_intervals(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[tuple[float, float | None]]]:
+    """Per task of `ids` (keyed by lower-case ID), when `meter set-task` had it current:
+    from each switch to it until the next switch (None: still current), found by the
+    index on the switches' times, so that one task's costs no pass over every switch."""
+    intervals: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+    query = f"""
+        SELECT lower(s.task_id), {seconds_sql("s.at")}, (
+            SELECT {seconds_sql("n.at")} FROM task_events n
+            WHERE n.kind = 'switch' AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1
+        )
+        FROM task_events s WHERE s.kind = 'switch' AND lower(s.task_id) IN ({_placeholders(ids)}) ORDER BY s.at, s.id
+    """
+    for task_id, since, until in db.execute(query, [task_id.lower() for task_id in ids]):
+        intervals[task_id].append((since, until))
     return intervals
+
+
+def _activity(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """Per task, its minutes with an AI call (the task_activity rollup) as (start, end) seconds,
+    a run of consecutive minutes as one: the working-time rule joins them anyway."""
+    runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    # A row per task, not per minute: a history of a million calls has tens of thousands of minutes.
+    query = (
+        f"SELECT task_id, group_concat(unixepoch(minute)) FROM task_activity WHERE task_id IN ({_placeholders(ids)}) GROUP BY 1"
+    )
+    for task_id, minutes in db.execute(query, ids):
+        task_runs = runs[task_id]
+        for start in sorted(map(float, minutes.split(","))):
+            if task_runs and task_runs[-1][1] == start:
+                task_runs[-1] = (task_runs[-1][0], start + 60)
+            else:
+                task_runs.append((start, start + 60))
+    return runs
 
 
 def rollup_columns(db: sqlite3.Connection) -> list[str]:
@@ -95,6 +125,21 @@ def _rework(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, tuple[int 
     return result
 
 
+def working_inputs(db: sqlite3.Connection, ids: list[str]) -> tuple[dict, dict, dict]:
+    """What the working time of the tasks `ids` is made of, per task: when it was current
+    (keyed by lower-case ID), its activity and its events (TaskHistory's fields)."""
+    events: dict[str, list[float]] = defaultdict(list)
+    for task_id, at in db.execute(
+        f"SELECT task_id, {seconds_sql('at')} FROM task_events WHERE kind IN ('milestone', 'iteration')"
+        f" AND task_id IN ({_placeholders(ids)})"
+        f" UNION ALL SELECT task_id, {seconds_sql('committed_at')} FROM commits WHERE task_id IN ({_placeholders(ids)})"
+        f" UNION ALL SELECT task_id, {seconds_sql('at')} FROM test_runs WHERE task_id IN ({_placeholders(ids)})",
+        ids + ids + ids,
+    ):
+        events[task_id].append(at)
+    return current_intervals(db, ids), _activity(db, ids), events
+
+
 def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool = True) -> list[TaskHistory]:
     """Each task's history. `working_time=False` reads only the rows and rollups,
     not the switches, activity minutes, events and calls after approval: for a
@@ -117,18 +162,7 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
             )
             for row in task_rows
         ]
-    current = current_intervals(db)
-    minutes: dict[str, list[str]] = defaultdict(list)
-    for row in db.execute(f"SELECT task_id, minute FROM task_activity WHERE task_id IN ({_placeholders(ids)})", ids):
-        minutes[row["task_id"]].append(row["minute"])
-    events: dict[str, list[str]] = defaultdict(list)
-    for row in db.execute(
-        f"SELECT task_id, at FROM task_events WHERE kind IN ('milestone', 'iteration') AND task_id IN ({_placeholders(ids)})"
-        f" UNION ALL SELECT task_id, committed_at FROM commits WHERE task_id IN ({_placeholders(ids)})"
-        f" UNION ALL SELECT task_id, at FROM test_runs WHERE task_id IN ({_placeholders(ids)})",
-        ids + ids + ids,
-    ):
-        events[row["task_id"]].append(row["at"])
+    current, activity, events = working_inputs(db, ids)
     return [
         TaskHistory(
             row,
@@ -136,7 +170,7 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
             usage[row["id"]],
             current[row["id"].lower()],
             *rework[row["id"]],
-            activity_minutes=minutes[row["id"]],
+            activity=activity[row["id"]],
             events=events[row["id"]],
             after_approval=_after_approval(db, row),
             estimates=estimates[row["id"]],

@@ -6,8 +6,8 @@ yes/no as true/false. docs/schema.md lists them."""
 
 import sqlite3
 
-from taskmeter.analytics import history
-from taskmeter.analytics.records import TaskListing
+from taskmeter.analytics import history, metrics
+from taskmeter.analytics.records import TaskListing, TaskRow
 from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
@@ -57,14 +57,25 @@ def call_record(row: dict) -> dict:
 
 
 def task_records(
-    db: sqlite3.Connection, phase_id: str | None = None, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> list[TaskListing]:
-    """Every task's Level 1 fields (as `task --json` gives them), and whether it is current."""
+    db: sqlite3.Connection,
+    phase_id: str | None = None,
+    now: str | None = None,
+    idle_seconds: float = DEFAULT_IDLE_SECONDS,
+    intervals: bool = True,
+) -> list[TaskListing] | list[TaskRow]:
+    """Every task's Level 1 fields (as `task --json` gives them), and whether it is current.
+    Without `intervals`, no `working_intervals`: tens of thousands of timestamps to write
+    for a history of a million calls, which only JSON shows."""
     now = now or now_stored()
     current = tasks.current_task(db)
     current_id = current.task_id.lower() if current else None
-    rows = [dict(row) for row in tasks.list_task_rows(db, phase_id)]
-    return [
-        {**task_record(task_history, now, idle_seconds), "current": task_history.task["id"].lower() == current_id}
-        for task_history in history.histories(db, rows)
+    task_histories = history.histories(db, [dict(row) for row in tasks.list_task_rows(db, phase_id)])
+    if intervals:
+        listings: list[TaskListing] = [
+            {**task_record(h, now, idle_seconds), "current": h.task["id"].lower() == current_id} for h in task_histories
+        ]
+        return listings
+    rows: list[TaskRow] = [
+        {**metrics.task_fields(h, now, idle_seconds), "current": h.task["id"].lower() == current_id} for h in task_histories
     ]
+    return rows

@@ -137,13 +137,13 @@ def _end_of(task: dict, now: str) -> str:
     return task["final_approval_at"] or now
 
 
-def first_estimate(history: TaskHistory) -> int | None:
-    """ESTIMATED_DURATION: the task's first estimate, what was projected, however often
-    it was re-estimated since; none while its estimate is unset."""
-    if history.task["estimate_seconds"] is None:
+def first_estimate(in_force: int | None, estimates: list[tuple[str, int | None]]) -> int | None:
+    """ESTIMATED_DURATION: the task's first estimate (`estimates`, its history), what was
+    projected, however often it was re-estimated since; none while its estimate is unset."""
+    if in_force is None:
         return None
     # The estimate in force stands in where no history was kept (a table rebuilt without m018's triggers).
-    return next((seconds for _, seconds in history.estimates if seconds is not None), history.task["estimate_seconds"])
+    return next((seconds for _, seconds in estimates if seconds is not None), in_force)
 
 
 def _seconds(stored: str) -> float:
@@ -152,14 +152,17 @@ def _seconds(stored: str) -> float:
 
 def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[worktime.Span]:
     """The task's working spans (analytics/worktime.py), within its wall time: begin to approval, or now."""
-    task = history.task
+    return spans_of(history.task, history.current, history.activity, history.events, now, idle_seconds)
+
+
+def spans_of(task: dict, current: list, activity: list, events: list, now: str, idle_seconds: float) -> list[worktime.Span]:
+    """task_spans from a task's row and TaskHistory's working-time fields (history.working_inputs)."""
     if task["begin_at"] is None:
         return []
     begin, end = _seconds(task["begin_at"]), _seconds(_end_of(task, now))
     # A task still current is current until its approval, or now.
-    current = [(_seconds(a), min(end, _seconds(b)) if b else end) for a, b in history.current if _seconds(a) <= end]
-    activity = [(start, start + 60) for start in (_seconds(m + ":00.000000Z") for m in history.activity_minutes)]
-    activity += [(at, at) for at in map(_seconds, history.events)]
+    current = [(a, min(end, b) if b is not None else end) for a, b in current if a <= end]
+    activity = activity + [(at, at) for at in events]
     return worktime.working_spans(current, activity, idle_seconds, (begin, end))
 
 
@@ -184,7 +187,7 @@ def task_fields(
     if spans is None:
         spans = task_spans(history, now, idle_seconds)
     actual = worktime.total(spans) if task["begin_at"] else None
-    estimate = first_estimate(history)
+    estimate = first_estimate(history.task["estimate_seconds"], history.estimates)
     tokens = total_tokens(usage)
     # Every approval, oldest first: those `meter task --reopen` withdrew, then the one in force.
     approvals: list[Approval] = [{"approved_at": a, "reopened_at": r} for a, r in history.withdrawn_approvals]

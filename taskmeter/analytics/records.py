@@ -144,6 +144,12 @@ class TaskListing(TaskRecord):
     current: bool  # it is the current task
 
 
+class TaskRow(TaskReport):
+    """A task in `meter tasks`' table: its fields without the working intervals."""
+
+    current: bool
+
+
 class OpenTaskSoFar(TypedDict):
     task_id: str
     actual_duration: float | None

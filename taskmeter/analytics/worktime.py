@@ -33,32 +33,29 @@ def working_spans(current: list[Span], activity: list[Span], idle_seconds: float
         index = bisect_right(current_starts, moment) - 1
         return index >= 0 and moment <= current[index][1]
 
-    # (start, end, is activity): a current interval's ends are points that are not activity.
+    # (start, is not activity, end): a current interval's ends are points that are not activity.
     # Activity first among items that start together: it decides whether the gap before them is joined.
+    # Plain tuples, sorted as they compare: a key function would cost a call per item.
     items = sorted(
-        [(start, end, True) for start, end in activity]
-        + [(moment, moment, False) for interval in current for moment in interval],
-        key=lambda item: (item[0], not item[2]),
+        [(start, False, end) for start, end in activity] + [(moment, True, moment) for interval in current for moment in interval]
     )
     spans: list[Span] = []
     last_is_activity = False  # whether an item ending where the last span ends is activity
-    for start, end, is_activity in items:
-        if spans and (
-            start <= spans[-1][1]
-            or (
-                start - spans[-1][1] <= idle_seconds
-                and (is_activity or last_is_activity or while_current((start + spans[-1][1]) / 2))
-            )
-        ):
+    for start, not_activity, end in items:
+        if spans:
             span_start, span_end = spans[-1]
-            if end > span_end:
-                last_is_activity = is_activity
-            elif end == span_end:
-                last_is_activity = last_is_activity or is_activity
-            spans[-1] = (span_start, max(span_end, end))
-        else:
-            spans.append((start, end))
-            last_is_activity = is_activity
+            if start <= span_end or (
+                start - span_end <= idle_seconds
+                and (not not_activity or last_is_activity or while_current((start + span_end) / 2))
+            ):
+                if end > span_end:
+                    spans[-1] = (span_start, end)
+                    last_is_activity = not not_activity
+                elif end == span_end:
+                    last_is_activity = last_is_activity or not not_activity
+                continue
+        spans.append((start, end))
+        last_is_activity = not not_activity
     low, high = window
     clipped = [(max(start, low), min(end, high)) for start, end in spans]
     return [(start, end) for start, end in clipped if end > start]

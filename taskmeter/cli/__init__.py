@@ -1,8 +1,9 @@
 """The `meter` command line: parse arguments, call the domain code, print.
 
 Every failure a user can cause ends as one line on stderr and exit status 1.
-The commands live in the modules beside this one; importing them (and click
-and rich) is left to main(), so that `meter statusline` starts fast.
+The commands live in the modules beside this one; importing click and the
+command's module is left to main() (cli.common.COMMAND_MODULES says which module),
+so that `meter statusline` starts without either and every command without the others.
 """
 
 import os
@@ -20,7 +21,7 @@ def main() -> None:
     import click
 
     from taskmeter import terminal
-    from taskmeter.cli.app import cli
+    from taskmeter.cli.common import cli
     from taskmeter.errors import MeterError
     from taskmeter.store import db as store_db
 

@@ -92,7 +92,7 @@ def budget_records(db) -> list[dict]:
     if any(status["scope"] == "task" for status in statuses):
         work |= {
             ("task", r["task_id"]): (r["status"] == "approved", r["actual_duration"], _left([r]))
-            for r in task_records(db, idle_seconds=idle)
+            for r in task_records(db, idle_seconds=idle, intervals=False)
         }
     if any(status["scope"] == "phase" for status in statuses):
         work |= {

@@ -20,7 +20,7 @@ from taskmeter.cli.common import (
     utc_option,
 )
 from taskmeter.errors import MeterError
-from taskmeter.store import alerts, dashboards, interactions, proxies, tasks
+from taskmeter.store import dashboards, interactions, proxies, tasks
 from taskmeter.store import db as store_db
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
@@ -38,37 +38,34 @@ FOLLOW_POLL_SECONDS = 0.25
 def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     """The current task, its time, tokens and cost so far, and whether a proxy is metering."""
     from taskmeter import lifecycle
-    from taskmeter.analytics.budgets import WARN_AT, current_budget, describe
+    from taskmeter.analytics.budgets import WARN_AT, describe
     from taskmeter.analytics.records import StatusReport
     from taskmeter.analytics.reports import task_report
+    from taskmeter.analytics.snapshot import current_state
     from taskmeter.handover import callfile
 
     if not store_db.resolve_path(db_path).exists():
         _status_without_database(store_db.resolve_path(db_path), as_json)
         return
     with open_db(db_path, create=False) as db:
-        current = tasks.current_task(db)
-        note = tasks.current_note(db)
-        view = task_report(db, current.task_id, idle_seconds=idle_seconds()) if current else None
-        running = proxies.running(db)
+        now = current_state(db, budget_defaults())
+        view = task_report(db, now["task_id"], idle_seconds=idle_seconds()) if now["task_id"] else None
         latest = interactions.recent(db, limit=1)
         dashboard = dashboards.running(db)
-        budget = current_budget(db, budget_defaults())
-        open_alerts = alerts.listed(db)
     database = store_db.resolve_path(db_path)
-    at = now_stored()
+    note, budget, running = now["current_note"], now["budget"], now["proxies"]
     state: StatusReport = {
         "database": str(database),
         "database_exists": True,
-        "task_id": current.task_id if current else None,
-        "current_since": current.since if current else None,
-        "current_for_seconds": seconds_between(current.since, at) if current else None,
-        "current_note": note,  # why the meter changed the current task: `P1-010 approved`
+        "task_id": now["task_id"],
+        "current_since": now["current_since"],
+        "current_for_seconds": seconds_between(now["current_since"], now_stored()) if now["task_id"] else None,
+        "current_note": note,
         "task": view,
         "proxies": [{"proxy_id": proxy.pop("id"), **proxy} for proxy in running],
         "dashboard": dashboard,
         "budget": budget,
-        "alerts": [{"alert_id": alert.pop("id"), **alert, "blocks": bool(alert["blocks"])} for alert in open_alerts],
+        "alerts": [{"alert_id": alert.pop("id"), **alert, "blocks": bool(alert["blocks"])} for alert in now["alerts"]],
         "last_interaction_at": latest[0]["started_at"] if latest else None,
         # Calls not in the database: waiting in the spool, or kept apart for a person.
         "spooled_calls": callfile.count_lines(callfile.spool_path(database)),
@@ -81,7 +78,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     if as_json:
         terminal.print_json(state)
         return
-    if current is None or view is None:
+    if view is None:
         why = f" ({note})" if note else ""
         terminal.info(f"No current task{why}: AI calls are recorded as unassigned. Start one with `meter set-task ID`.")
     else:
@@ -93,7 +90,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         terminal.fields(
             [
                 ("Current task", f"{view['task_id']}" + (f" — {view['title']}" if view["title"] else "")),
-                ("Current for", format_duration(seconds_between(current.since, at)) + (f" (since {note})" if note else "")),
+                ("Current for", format_duration(state["current_for_seconds"] or 0) + (f" (since {note})" if note else "")),
                 ("Working time", format_duration(view["actual_duration"])),
                 ("Elapsed (wall)", format_duration(view["wall_duration"])),
                 ("Estimate", format_duration(view["estimated_duration"])),

@@ -1,6 +1,7 @@
 """What every command shares: the `meter` group, argument types, options, opening the database."""
 
 import contextlib
+import importlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -125,17 +126,17 @@ utc_option = click.option("--utc", is_flag=True, help="Show times in UTC instead
 
 def idle_seconds() -> float:
     """The working-time rule's idle gap, from the config file (record.idle_minutes)."""
-    from taskmeter.config import load_settings
+    from taskmeter.config.files import NUMBER, read_values
 
-    return load_settings().record.idle_minutes * 60
+    return read_values().get("record.idle_minutes", NUMBER) * 60
 
 
 def budget_defaults():
     """The config's [budgets]: the default mode and per-task budget (analytics/budgets.py)."""
-    from taskmeter.analytics.budgets import defaults_of
-    from taskmeter.config import load_settings
+    from taskmeter.analytics.budgets import configured_defaults
+    from taskmeter.config.files import read_values
 
-    return defaults_of(load_settings().budgets.model_dump())
+    return configured_defaults(read_values())
 
 
 @contextlib.contextmanager
@@ -151,7 +152,56 @@ def open_db(path: str | os.PathLike | None, create: bool = True) -> Iterator[sql
         connection.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# The module of taskmeter.cli that defines each command: `meter X` imports that module
+# alone, so that a command pays at start-up only for what it uses.
+COMMAND_MODULES = {
+    "alerts": "budgets",
+    "budget": "budgets",
+    "claude": "automation",
+    "completion": "settings",
+    "config": "settings",
+    "doctor": "proxy",
+    "env": "proxy",
+    "flag": "calls",
+    "hooks": "automation",
+    "iteration": "tasks",
+    "log": "calls",
+    "mark": "tasks",
+    "path": "settings",
+    "phase": "tasks",
+    "phases": "tasks",
+    "proxy": "proxy",
+    "purge": "calls",
+    "reconcile": "reconcile",
+    "report": "reports",
+    "retag": "calls",
+    "run": "proxy",
+    "set-task": "tasks",
+    "show": "calls",
+    "start": "proxy",
+    "status": "calls",
+    "statusline": "statusline",
+    "stop": "proxy",
+    "task": "tasks",
+    "tasks": "tasks",
+    "ui": "dashboard",
+    "unflag": "calls",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when they are asked for (click's "lazily loading subcommands")."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"taskmeter.cli.{COMMAND_MODULES[cmd_name]}")  # its decorators add it to `cli`
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="meter")
 def cli() -> None:
     """Meter AI calls per task: tokens, cost, context switches and hallucinations.

@@ -143,16 +143,13 @@ def doctor_cmd(agent, as_json, config_path, db_path):
         sys.exit(1)
 
 
-def _listen_address(db_path, settings) -> str:
+def _listen_address(db_path, host: str, port: int) -> str:
     with open_db(db_path) as db:
         running = proxies.running(db)
     if running:
         return running[-1]["listen"]
-    terminal.err_console.print(
-        f"# meter: no proxy is running on this database yet; using the configured port {settings.proxy.port}",
-        markup=False,
-    )
-    return f"{settings.proxy.listen_host}:{settings.proxy.port}"
+    terminal.comment(f"# meter: no proxy is running on this database yet; using the configured port {port}")
+    return f"{host}:{port}"
 
 
 @cli.command("env")
@@ -195,13 +192,14 @@ def env_cmd(shell, task_id, https_proxy, unset, create, config_path, db_path):
         # PYTHONPATH stays: without PYTEST_PLUGINS the plugin's folder is inert.
         click.echo(render_unsets([*BASE_URL_VARIABLES, *PROXY_VARIABLES, *PYTEST_VARIABLES], shell))
         return
-    from taskmeter.config import load_settings
+    from taskmeter.config.files import NUMBER, TEXT, ca_folder, read_values
 
     if task_id:
         task_id = tasks.validate_task_id(task_id)
         _refuse_typo(db_path, task_id, create)
-    settings = load_settings(config_path)
-    env = client_environment(settings, _listen_address(db_path, settings), task_id, https_proxy=https_proxy)
+    values = read_values(config_path)
+    listen = _listen_address(db_path, values.get("proxy.listen_host", TEXT), values.get("proxy.port", NUMBER))
+    env = client_environment(ca_folder(values.get("proxy.confdir", TEXT)), listen, task_id, https_proxy=https_proxy)
     click.echo(render_exports(env, shell))
 
 
@@ -254,7 +252,7 @@ def run_cmd(task_id, create, command, config_path, db_path):
         raise MeterError(f"command not found: {command[0]}")
     proxy = lifecycle.join(path, ["--config", config_path] if config_path else [])
     try:
-        env = {**os.environ, **client_environment(settings, proxy["listen"], task_id)}
+        env = {**os.environ, **client_environment(settings.confdir, proxy["listen"], task_id)}
         router = Router(settings)
         machine = agents.default_machine(dict(os.environ), lambda host: router.provider_for_host(host) is not None)
         argv, env, _ = agents.prepare([program, *command[1:]], env, machine)

@@ -26,9 +26,9 @@ def config_group():
 @config_option
 def config_path_cmd(config_path):
     """Print the config file's path (whether or not it exists yet)."""
-    from taskmeter.config import settings as config_settings
+    from taskmeter.config import files
 
-    path = config_settings.config_path(config_path)
+    path = files.config_path(config_path)
     terminal.info(f"{path}" + ("" if path.exists() else "  (does not exist: defaults apply; `meter config init` writes one)"))
 
 
@@ -54,12 +54,12 @@ def config_show_cmd(as_json, config_path):
 @config_option
 def config_check_cmd(file, config_path):
     """Validate FILE (default: the config file) without starting anything."""
-    from taskmeter.config import settings as config_settings
+    from taskmeter.config import files, settings
 
-    path = config_settings.config_path(file or config_path)
+    path = files.config_path(file or config_path)
     if not path.exists():
         raise MeterError(f"config file {path} does not exist")
-    config_settings.load_settings(path)
+    settings.load_settings(path)
     terminal.info(f"{path}: valid")
 
 
@@ -68,14 +68,14 @@ def config_check_cmd(file, config_path):
 @config_option
 def config_init_cmd(force, config_path):
     """Write a commented starter config file with every setting and its default."""
-    from taskmeter.config import settings as config_settings
+    from taskmeter.config import files
 
-    path = config_settings.config_path(config_path)
+    path = files.config_path(config_path)
     if path.exists() and not force:
         raise MeterError(f"{path} exists; edit it, or use --force to replace it")
     try:
         private_dir(path.parent)
-        private_file(path).write_text(config_settings.starter_text())
+        private_file(path).write_text(files.starter_text())
     except OSError as exc:
         raise MeterError(f"cannot write {path}: {exc.strerror}") from None
     terminal.info(f"wrote {path}")
@@ -100,7 +100,5 @@ def completion_cmd(shell):
     """
     from click.shell_completion import get_completion_class
 
-    from taskmeter.cli.app import cli as meter
-
-    completion = get_completion_class(shell)(meter, {}, "meter", "_METER_COMPLETE")
+    completion = get_completion_class(shell)(cli, {}, "meter", "_METER_COMPLETE")
     click.echo(completion.source())

@@ -14,7 +14,7 @@ from taskmeter.cli.common import cli, db_option
 )
 @db_option
 def statusline_cmd(chain, db_path):
-    """One short line for shell prompts and Claude Code's statusLine: task, elapsed
+    """One short line for shell prompts and Claude Code's statusLine: task, working time
     against estimate, tokens, cost, flags, and NOT METERED when calls are not metered.
 
     \b

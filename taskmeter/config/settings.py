@@ -1,20 +1,18 @@
-"""Load and validate settings: shipped defaults.toml, then the user's config.toml."""
+"""Validate settings whole: shipped defaults.toml, then the user's config.toml (files.py reads them).
+
+Every default is defaults.toml's: a field has a default here only where the setting
+may be left unset (None), which TOML cannot say."""
 
 import ipaddress
 import os
-import tomllib
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from taskmeter.config import files
 from taskmeter.errors import MeterError
-from taskmeter.private import refuse_if_others_may_write
-
-ENV_VAR = "METER_CONFIG"
 
 
 class ProxySettings(BaseModel):
@@ -55,7 +53,7 @@ class ProxySettings(BaseModel):
 
     # Clients beyond loopback that may use HTTPS-proxy mode and absolute-form
     # requests (CIDRs); all others may use only the gateway to [upstreams].
-    allow_from: list[str] = []
+    allow_from: list[str]
 
     @field_validator("allow_from")
     @classmethod
@@ -69,7 +67,7 @@ class ProxySettings(BaseModel):
 
     # Web pages (origins such as "http://localhost:5173") that may call through the
     # meter; requests from any other page are refused (docs/proxy.md, "Security").
-    allowed_origins: list[str] = []
+    allowed_origins: list[str]
 
     @field_validator("allowed_origins")
     @classmethod
@@ -98,7 +96,7 @@ class InterceptSettings(BaseModel):
 
     hosts: dict[str, str]
     # An intercepted host -> the http(s)://address[:port] its calls are sent to instead.
-    redirect: dict[str, str] = {}
+    redirect: dict[str, str]
 
     @field_validator("redirect")
     @classmethod
@@ -162,7 +160,7 @@ class BudgetSettings(BaseModel):
     task_tokens: int | None = Field(default=None, gt=0)
     task_usd: float | None = Field(default=None, gt=0)
     # Whether the API-equivalent price of subscription calls spends USD budgets.
-    count_subscription_usd: bool = False
+    count_subscription_usd: bool
 
 
 class AlertSettings(BaseModel):
@@ -211,7 +209,7 @@ class Settings(BaseModel):
 
     @property
     def confdir(self) -> Path:
-        return self.proxy.confdir or platformdirs.user_data_path("taskmeter") / "mitmproxy"
+        return files.ca_folder(self.proxy.confdir)
 
     def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         try:
@@ -221,57 +219,17 @@ class Settings(BaseModel):
 
     @property
     def ca_cert(self) -> Path:
-        """The meter's CA certificate (mitmproxy writes it on the first start)."""
-        return self.confdir / "mitmproxy-ca-cert.pem"
+        return files.ca_cert(self.confdir)
 
     @property
     def ca_bundle(self) -> Path:
-        """The public roots plus the meter's CA, for clients that replace their CA list."""
-        return self.confdir / "ca-bundle.pem"
-
-
-def config_path(explicit: str | os.PathLike | None = None) -> Path:
-    chosen = explicit or os.environ.get(ENV_VAR) or platformdirs.user_config_path("taskmeter") / "config.toml"
-    return Path(chosen).expanduser()
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def defaults_text() -> str:
-    return resources.files(__package__).joinpath("defaults.toml").read_text()
-
-
-def _layers(explicit: str | os.PathLike | None) -> tuple[dict, dict, Path]:
-    """The shipped defaults, the user's file (empty when absent) and its path."""
-    defaults = tomllib.loads(defaults_text())
-    path = config_path(explicit)
-    user: dict = {}
-    if path.exists():
-        # It names commands the meter runs (alert_command) and where API keys go (upstreams).
-        refuse_if_others_may_write(path, "config")
-        try:
-            user = tomllib.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MeterError(f"cannot read config {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise MeterError(f"config {path} is not valid TOML: {exc}") from None
-    elif explicit:
-        raise MeterError(f"config file {path} does not exist")
-    return defaults, user, path
+        return files.ca_bundle(self.confdir)
 
 
 def load_settings(explicit: str | os.PathLike | None = None) -> Settings:
-    defaults, user, path = _layers(explicit)
+    defaults, user, path = files.layers(explicit)
     try:
-        settings = Settings.model_validate(_merge(defaults, user))
+        settings = Settings.model_validate(files.merge(defaults, user))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -299,15 +257,7 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, object]:
 def settings_with_sources(explicit: str | os.PathLike | None = None) -> list[tuple[str, object, str]]:
     """Every effective setting as (dotted name, value, where it came from)."""
     settings = load_settings(explicit)  # valid, or a one-line error
-    _, user, path = _layers(explicit)
+    _, user, path = files.layers(explicit)
     from_file = _flatten(user)
     effective = flat(settings)
     return [(name, value, str(path) if name in from_file else "default") for name, value in effective.items()]
-
-
-def starter_text() -> str:
-    """A commented config.toml: every setting with its default, to uncomment."""
-    lines = ["# taskmeter settings. Uncomment a line to change it; `meter config check` validates.", ""]
-    for line in defaults_text().splitlines()[2:]:
-        lines.append(line if not line.strip() or line.startswith("#") else f"# {line}")
-    return "\n".join(lines) + "\n"

@@ -8,14 +8,15 @@ from datetime import date, timedelta
 from typing import Literal
 
 from taskmeter.analytics import history
-from taskmeter.analytics.budgets import Defaults, current_budget
+from taskmeter.analytics.budgets import Defaults
 from taskmeter.analytics.listings import call_record
 from taskmeter.analytics.periods import usage_report
 from taskmeter.analytics.records import TaskRecord
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
+from taskmeter.analytics.snapshot import current_state
 from taskmeter.errors import MeterError
 from taskmeter.money import usd
-from taskmeter.store import alerts, interactions, tasks
+from taskmeter.store import interactions, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
 from taskmeter.timefmt import from_stored, hour_label, local_hour_starts, local_midnight, now, to_stored
@@ -63,8 +64,8 @@ def chart_day(text: str | None) -> date | None:
 
 
 def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults, day: date | None = None) -> dict:
-    current = tasks.current_task(db)
-    report = task_report(db, current.task_id, idle_seconds=idle_seconds) if current else None
+    state = current_state(db, defaults)
+    report = task_report(db, state["task_id"], idle_seconds=idle_seconds) if state["task_id"] else None
     today = now().astimezone().date()
     start, end = local_midnight(day or today), local_midnight((day or today) + timedelta(days=1))
     hourly = usage_report(db, "hourly", since=to_stored(start), until=to_stored(end))
@@ -74,8 +75,8 @@ def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults, da
     hours = [to_stored(hour) for hour in local_hour_starts(start, min(end, now()))]
     return {
         "task": report,
-        "budget": current_budget(db, defaults),
-        "alerts": alerts.listed(db),
+        "budget": state["budget"],
+        "alerts": state["alerts"],
         "calls": [feed_call(row) for row in interactions.recent(db, FEED_LENGTH)],
         "last_rowid": last_rowid(db),
         "hourly": hourly,

@@ -35,6 +35,7 @@ from taskmeter.ids import new_id
 from taskmeter.protocols.framing import UnsupportedEncoding, content_decoder
 from taskmeter.protocols.record import Protocol, StreamUsage
 from taskmeter.proxy import upstream_errors
+from taskmeter.proxy.environment import PING_PATH
 from taskmeter.proxy.routing import (
     Endpoint,
     GatewayError,
@@ -51,7 +52,6 @@ from taskmeter.secrets import is_secret_query_name
 from taskmeter.store.tasks import validate_task_id
 
 TASK_HEADER = "x-meter-task"
-PING_PATH = "/_meter/ping"
 ID_HEADER = "x-meter-interaction-id"
 BUDGET_HEADER = "x-meter-budget"
 log = logging.getLogger(__name__)

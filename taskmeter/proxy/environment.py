@@ -1,9 +1,10 @@
 """The environment that points AI clients at a running meter: `meter env` and `meter run`."""
 
 import shlex
+from pathlib import Path
 from urllib.parse import quote
 
-from taskmeter.config import Settings
+from taskmeter.config.files import ca_bundle, ca_cert
 
 # Base-URL variables the common clients read, and the gateway path each needs.
 BASE_URL_VARIABLES = {
@@ -12,6 +13,10 @@ BASE_URL_VARIABLES = {
     "GOOGLE_GEMINI_BASE_URL": "/gemini",  # google-genai
     "OLLAMA_HOST": "/ollama",  # ollama CLI and libraries
 }
+
+
+# `meter doctor` asks it of the gateway: the proxy answers itself, nothing leaves the machine.
+PING_PATH = "/_meter/ping"
 
 
 def proxy_origin(listen: str) -> str:
@@ -35,9 +40,9 @@ PROXY_VARIABLES = (
 )  # fmt: skip
 
 
-def client_environment(settings: Settings, listen: str, task_id: str | None = None, https_proxy: bool = True) -> dict[str, str]:
+def client_environment(ca_folder: Path, listen: str, task_id: str | None = None, https_proxy: bool = True) -> dict[str, str]:
     """The base-URL variables, which only AI clients read; with `https_proxy`, also
-    HTTPS_PROXY and the CA bundle, which every client of the environment obeys."""
+    HTTPS_PROXY and the CA bundle (in `ca_folder`), which every client of the environment obeys."""
     origin = proxy_origin(listen)
     prefix = f"/t/{quote(task_id, safe='')}" if task_id else ""
     env = {name: origin + prefix + path for name, path in BASE_URL_VARIABLES.items()}
@@ -47,7 +52,7 @@ def client_environment(settings: Settings, listen: str, task_id: str | None = No
     if task_id:
         scheme, rest = origin.split("://", 1)
         proxy = f"{scheme}://task:{quote(task_id, safe='')}@{rest}"
-    bundle, ca = str(settings.ca_bundle), str(settings.ca_cert)
+    bundle, ca = str(ca_bundle(ca_folder)), str(ca_cert(ca_folder))
     env.update(
         {
             "HTTPS_PROXY": proxy,

@@ -218,7 +218,7 @@ class Guard:
             self._baseline_at = now
             rates = [
                 rules.tokens_per_working_hour(r)
-                for r in task_records(db, idle_seconds=self._idle_seconds)
+                for r in task_records(db, idle_seconds=self._idle_seconds, intervals=False)
                 if r["status"] == "approved"
             ]
             self._threshold = rules.burn_rate_threshold([rate for rate in rates if rate is not None], self._burn_rate_k)

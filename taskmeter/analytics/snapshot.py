@@ -1,0 +1,58 @@
+"""The current state: which task is current and why, the budget that binds it, the
+open alerts, the proxies running and whether calls are metered. One function for
+`meter status --json`, the dashboard's Now page and `meter statusline`, which
+runs on every prompt: so this module loads no click, rich or pydantic."""
+
+import sqlite3
+
+from taskmeter.analytics import budgets, history, metrics, worktime
+from taskmeter.store import alerts, proxies, tasks
+from taskmeter.timefmt import now_stored
+from taskmeter.tokens import total_tokens
+
+
+def current_state(db: sqlite3.Connection, defaults: budgets.Defaults, session: str | None = None) -> dict:
+    """`session`: a Claude Code session ID; a session bound to a task (`meter claude install`)
+    shows its own task, and "metered" means the meter has recorded a call of it. Without one,
+    "metered" means a proxy records to this database."""
+    current = tasks.current_task(db)
+    bound = session and db.execute("SELECT task_id FROM session_tasks WHERE session_id = ?", (session,)).fetchone()
+    task_id = bound[0] if bound else current.task_id if current else None
+    running = proxies.running(db)
+    if session:
+        metered = db.execute("SELECT 1 FROM interactions WHERE client_session = ? LIMIT 1", (session,)).fetchone() is not None
+    else:
+        metered = any(proxy["recording"] == proxies.RECORDING for proxy in running)
+    covered = budgets.task_budgets(db, budgets.budget_statuses(db, defaults)).get(task_id) if task_id else None
+    return {
+        "task_id": task_id,
+        "current_since": current.since if current else None,
+        "current_note": tasks.current_note(db),  # why the meter changed the current task: `P1-010 approved`
+        "budget": covered["binding"] if covered else None,  # the one that binds its calls
+        "alerts": alerts.listed(db),
+        "proxies": running,
+        "metered": metered,
+    }
+
+
+def task_figures(db: sqlite3.Connection, task_id: str, idle_seconds: float, now: str | None = None) -> dict | None:
+    """What the status line shows of a task, each as its report says it: working time
+    (ACTUAL_DURATION), its estimate (ESTIMATED_DURATION: the first), tokens, cost and flags so far. None for a task not stored."""
+    row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        return None
+    task = dict(row)
+    current, activity, events = history.working_inputs(db, [task["id"]])
+    spans = metrics.spans_of(
+        task, current[task["id"].lower()], activity[task["id"]], events[task["id"]], now or now_stored(), idle_seconds
+    )
+    usage = history.usages(db, [task["id"]])[task["id"]]
+    return {
+        "actual_duration": worktime.total(spans) if task["begin_at"] else None,
+        "estimate_seconds": metrics.first_estimate(
+            task["estimate_seconds"], tasks.estimate_histories(db, [task["id"]])[task["id"]]
+        ),
+        "token_count_used": total_tokens(usage),
+        "cost_usd": usage["cost_usd"],
+        "hallucination_count": usage["flagged"],
+    }
