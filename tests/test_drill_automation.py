@@ -329,6 +329,7 @@ def test_the_status_line_is_one_line_whatever_the_database_holds(db_path, tmp_pa
 
     db = sqlite3.connect(db_path)
     db.execute("UPDATE tasks SET begin_at = NULL, estimate_seconds = 'an hour' WHERE id = 'P1-061'")
+    db.execute("UPDATE task_estimates SET estimate_seconds = 'an hour' WHERE task_id = 'P1-061'")  # the first estimate too
     db.commit()
     db.close()
     assert assert_one_line(statusline()).startswith("meter: TypeError")
