@@ -4,9 +4,9 @@ thousand calls or a million."""
 
 import sqlite3
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import NamedTuple
 
-from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.store.tasks import approval_histories, estimate_histories, get_phase, get_task, iterations_of, natural_key
 from taskmeter.tokens import TOKEN_COLUMNS
 
@@ -29,8 +29,7 @@ def seconds_sql(column: str) -> str:
     return f"(unixepoch(substr({column}, 1, 19)) * 1000000 + CAST(substr({column}, 21, 6) AS INTEGER)) / 1e6"
 
 
-@dataclass
-class TaskHistory:
+class TaskHistory(NamedTuple):
     task: dict
     iterations: int
     usage: dict
@@ -39,18 +38,17 @@ class TaskHistory:
     rework_cost_usd: float | None
     rework_calls: int
     # Its minutes with an AI call, joined where one follows another: (start, end), POSIX seconds.
-    activity: list[tuple[float, float]] = field(default_factory=list)
-    events: list[float] = field(default_factory=list)  # its milestones, iterations, commits and test runs, POSIX seconds
+    activity: Sequence[tuple[float, float]] = ()
+    events: Sequence[float] = ()  # its milestones, iterations, commits and test runs, POSIX seconds
     after_approval: tuple[int, int | None] = (0, None)  # AI calls and tokens after its final approval
-    estimates: list[tuple[str, int | None]] = field(default_factory=list)  # (set at, seconds; None: unset), in order
-    withdrawn_approvals: list[tuple[str, str]] = field(default_factory=list)  # (approved at, reopened at)
+    estimates: Sequence[tuple[str, int | None]] = ()  # (set at, seconds; None: unset), in order
+    withdrawn_approvals: Sequence[tuple[str, str]] = ()  # (approved at, reopened at)
 
 
-@dataclass
-class PhaseHistory:
+class PhaseHistory(NamedTuple):
     phase: dict
     usage_columns: list[str]  # the task_usage rollup's columns, as the schema defines them
-    tasks: list[TaskHistory] = field(default_factory=list)
+    tasks: list[TaskHistory]
 
 
 def _placeholders(values) -> str:
@@ -183,6 +181,8 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
 def _after_approval(db: sqlite3.Connection, task: dict) -> tuple[int, int | None]:
     if task["final_approval_at"] is None:
         return 0, None
+    from taskmeter.store.interactions import FAILED_CALL_SQL  # here: the status line reads this module and starts fast
+
     row = db.execute(
         "SELECT count(*) AS calls, sum(input_total) + sum(coalesce(output_total, 0)) AS tokens FROM interactions i"
         f" WHERE task_id = ? AND operation = 'generate' AND NOT coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"

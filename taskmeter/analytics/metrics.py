@@ -6,7 +6,7 @@ and is listed under tracking_completeness.missing; nothing is zero-filled.
 Durations are seconds; ratios are plain numbers (0.9, not 90%).
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
@@ -137,7 +137,7 @@ def _end_of(task: dict, now: str) -> str:
     return task["final_approval_at"] or now
 
 
-def first_estimate(in_force: int | None, estimates: list[tuple[str, int | None]]) -> int | None:
+def first_estimate(in_force: int | None, estimates: Sequence[tuple[str, int | None]]) -> int | None:
     """ESTIMATED_DURATION: the task's first estimate (`estimates`, its history), what was
     projected, however often it was re-estimated since; none while its estimate is unset."""
     if in_force is None:
@@ -155,15 +155,16 @@ def task_spans(history: TaskHistory, now: str, idle_seconds: float) -> list[work
     return spans_of(history.task, history.current, history.activity, history.events, now, idle_seconds)
 
 
-def spans_of(task: dict, current: list, activity: list, events: list, now: str, idle_seconds: float) -> list[worktime.Span]:
+def spans_of(
+    task: dict, current: Sequence, activity: Sequence, events: Sequence, now: str, idle_seconds: float
+) -> list[worktime.Span]:
     """task_spans from a task's row and TaskHistory's working-time fields (history.working_inputs)."""
     if task["begin_at"] is None:
         return []
     begin, end = _seconds(task["begin_at"]), _seconds(_end_of(task, now))
     # A task still current is current until its approval, or now.
-    current = [(a, min(end, b) if b is not None else end) for a, b in current if a <= end]
-    activity = activity + [(at, at) for at in events]
-    return worktime.working_spans(current, activity, idle_seconds, (begin, end))
+    current_spans = [(a, min(end, b) if b is not None else end) for a, b in current if a <= end]
+    return worktime.working_spans(current_spans, [*activity, *((at, at) for at in events)], idle_seconds, (begin, end))
 
 
 def _stages(task: dict) -> StageDurations:

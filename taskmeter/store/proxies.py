@@ -10,7 +10,6 @@ cannot be written, which is exactly when it matters.
 import contextlib
 import json
 import os
-import socket
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -25,12 +24,16 @@ HEARTBEAT_SECONDS = 5
 STALE_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 
 
+# The host name is os.uname().nodename, what socket.gethostname() returns on Linux and macOS,
+# without importing socket on the status line's path.
+
+
 def register(db: sqlite3.Connection, proxy_id: str, listen: str) -> None:
     stamp = now_stored()
     with write_transaction(db):
         db.execute(
             "INSERT OR REPLACE INTO proxies (id, pid, hostname, listen, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (proxy_id, os.getpid(), socket.gethostname(), listen, stamp, stamp),
+            (proxy_id, os.getpid(), os.uname().nodename, listen, stamp, stamp),
         )
 
 
@@ -140,7 +143,7 @@ def running(db: sqlite3.Connection) -> list[dict]:
     `dropped_calls` as its health file says them, which is newer than its row."""
     cutoff = to_stored(now() - STALE_AFTER)
     alive = []
-    host = socket.gethostname()
+    host = os.uname().nodename
     file = db.execute("PRAGMA database_list").fetchone()[2]  # "" for a database in memory
     health = read_health(Path(file)) if file else None
     for row in db.execute("SELECT * FROM proxies ORDER BY started_at"):

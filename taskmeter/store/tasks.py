@@ -2,8 +2,8 @@
 
 import re
 import sqlite3
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from taskmeter.errors import MeterError, NotFound
 from taskmeter.store.db import require_transaction, write_transaction
@@ -34,8 +34,7 @@ PHASE_MILESTONES = {
 SUCCESS_VALUES = ("pass", "pending", "fail")
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """A field a person records (everything else is measured), as every part spells it:
     `meter task`/`meter phase` take it as --option, the store keeps it in `column`,
     reports name it `seed` (the seed's field in snake_case; upper case in the execution
@@ -243,8 +242,7 @@ def refuse_typo(db: sqlite3.Connection, task_id: str, phase_id: str | None = Non
         raise NeedsCreate(f"{refusal}: check the ID (`meter tasks`), or give --create if it is meant")
 
 
-@dataclass(frozen=True)
-class CurrentTask:
+class CurrentTask(NamedTuple):
     task_id: str
     since: str
 
@@ -263,8 +261,7 @@ def _set_current(db: sqlite3.Connection, task_id: str | None, at: str) -> None:
     )
 
 
-@dataclass(frozen=True)
-class SetTaskResult:
+class SetTaskResult(NamedTuple):
     task_id: str
     created: bool
     began: bool
@@ -457,8 +454,7 @@ def _person_mark(
     return stamp, None
 
 
-@dataclass(frozen=True)
-class Marked:
+class Marked(NamedTuple):
     task_id: str
     stamp: str
     released: bool  # the approved task was current, and is no more
@@ -576,8 +572,7 @@ def reopen(db: sqlite3.Connection, task_id: str, note: str | None = None) -> tup
     return task["id"], approved
 
 
-@dataclass(frozen=True)
-class Removal:
+class Removal(NamedTuple):
     """What `meter task ID --delete` or `--merge-into` did."""
 
     task_id: str
@@ -779,8 +774,7 @@ def _meter_source(db: sqlite3.Connection, phase: sqlite3.Row, milestone: str, va
     return seen["source"] if seen is not None and seen["value"] == value else None
 
 
-@dataclass(frozen=True)
-class PhaseMark:
+class PhaseMark(NamedTuple):
     stamp: str
     confirmed: str | None  # the meter's source a person confirmed, or None for a time they gave
 
