@@ -1,5 +1,6 @@
 """A real `meter proxy` in its own process, on loopback, with a throwaway CA and config."""
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -11,6 +12,24 @@ from pathlib import Path
 from taskmeter.store import db as store_db
 
 VENV_BIN = Path(sys.executable).parent
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SPLICE_F_NONBLOCK = 2
+
+
+def unread_input(pid: int) -> bytes:
+    """What was written to a process's standard input (a pipe) that it has not
+    read yet, copied with tee(2): the process still reads all of it."""
+    pipe = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    copy_out, copy_in = os.pipe()
+    try:
+        os.set_blocking(copy_out, False)
+        copied = _libc.tee(pipe, copy_in, 1 << 20, _SPLICE_F_NONBLOCK)
+        return os.read(copy_out, copied) if copied > 0 else b""
+    finally:
+        for fd in (pipe, copy_out, copy_in):
+            os.close(fd)
 
 
 def write_config(path: Path, confdir: Path, upstreams: dict[str, str], **proxy) -> Path:

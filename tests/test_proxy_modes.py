@@ -16,7 +16,7 @@ import pytest
 from taskmeter.store import db as store_db
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, unread_input, write_config
 from tests.tls import make_server_tls
 
 pytestmark = pytest.mark.e2e
@@ -394,8 +394,11 @@ def test_calls_a_dying_recorder_never_stored_are_sent_to_the_next(chat_proxy, tm
     (recorder,) = _recorders(proxy.process.pid)
     os.kill(recorder, signal.SIGSTOP)  # it receives nothing and acknowledges nothing
     ids = _post_calls(proxy, 4)
-    time.sleep(0.3)
-    os.kill(recorder, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while not all(interaction_id.encode() in unread_input(recorder) for interaction_id in ids):
+        assert time.monotonic() < deadline, "the calls were never handed over"
+        time.sleep(0.02)
+    os.kill(recorder, signal.SIGKILL)  # with the four calls handed over, unread
     stored = {r["id"] for r in proxy.rows(wait_for=4, timeout=30)}
     assert set(ids) <= stored
     assert len(stored) == 4  # resent once, stored once

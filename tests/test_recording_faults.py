@@ -3,13 +3,10 @@ database, requests with broken text, cut streams, mixed-case task IDs, an
 unwritable spool with a stalled recorder, a 100 MB stream. Each through a real
 `meter proxy` process, asserting that every other call is stored exactly once."""
 
-import fcntl
 import json
 import os
 import signal
-import struct
 import subprocess
-import termios
 import time
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from taskmeter.store import db as store_db
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, unread_input, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -282,15 +279,6 @@ def test_a_task_id_in_any_case_is_one_task(tmp_path, upstream):
     assert [(t["task_id"], t["phase_id"]) for t in json.loads(listing)] == [("P1-010", "P1")]
 
 
-def _waiting_in_the_pipe(recorder: int) -> int:
-    """Bytes written to a recorder's standard input that it has not read yet."""
-    pipe = os.open(f"/proc/{recorder}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        return struct.unpack("i", fcntl.ioctl(pipe, termios.FIONREAD, b"\0" * 4))[0]
-    finally:
-        os.close(pipe)
-
-
 def _recorder_of(proxy: RunningProxy) -> int:
     (pid,) = Path(f"/proc/{proxy.process.pid}/task/{proxy.process.pid}/children").read_text().split()
     return int(pid)
@@ -316,7 +304,7 @@ def test_a_stalled_recorder_and_an_unwritable_spool_keep_memory_bounded_and_coun
         with httpx.Client(limits=httpx.Limits(max_connections=32)) as client:
             ids = [_post(client, proxy, path)]  # alone, within the limit: handed over whole
             deadline = time.monotonic() + 30
-            while not _waiting_in_the_pipe(recorder):
+            while not unread_input(recorder):
                 assert time.monotonic() < deadline, "the first call was never handed over"
                 time.sleep(0.02)
 
