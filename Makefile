@@ -1,6 +1,7 @@
-# Two entry points for a fresh machine (see README):
+# Entry points for a fresh machine (see README):
 #   make proxy   install taskmeter and run the metering proxy
 #   make test    install taskmeter with its test tools (and Debian's chromium, the Codex, Gemini and Claude Code CLIs), lint (ruff) and run the tests
+#   make check   lint, type-check and run the fast tests only: those that start no process (not marked e2e, browser or bench)
 # Each installs into ./.venv from the pinned lock files, only when they changed.
 
 PYTHON := $(shell scripts/find-python)
@@ -8,7 +9,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: proxy test bench install install-test clean
+# The tests run in this many processes (pytest-xdist), each test file whole in one of them.
+JOBS ?= 2
+FAST := -m "not e2e and not browser and not bench"
+
+.PHONY: proxy test check bench install install-test clean
 
 proxy: install
 	$(BIN)/meter proxy $(ARGS)
@@ -19,7 +24,13 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile $(ARGS)
+
+check: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -n $(JOBS) $(FAST) $(ARGS)
 
 bench: install-test
 	$(BIN)/python -m bench $(ARGS)

@@ -1,5 +1,7 @@
 import io
+import os
 import sqlite3
+import subprocess
 import sys
 import threading
 from contextlib import redirect_stderr, redirect_stdout
@@ -20,6 +22,61 @@ class Result:
     code: int
     out: str
     err: str
+
+
+# A test that starts a process (a `meter proxy`, a recorder, a dashboard, the
+# `meter` CLI, a Python, git hooks' background jobs, a browser, the bench) says so
+# with one of these marks; `make check` runs the rest, in-process and fast.
+SLOW_MARKS = ("e2e", "browser", "bench")
+
+
+def is_slow(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(mark) for mark in SLOW_MARKS)
+
+
+def pytest_collection_modifyitems(items):
+    """A test that takes a page of Debian's chromium (test_dashboard.py's fixtures) drives the browser."""
+    for item in items:
+        if {"browser", "page"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures (a module's proxy too) are set up."""
+    from tests import proxy_harness
+
+    proxy_harness.processes_allowed = is_slow(item)
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_interpreter(request, monkeypatch):
+    """A test left unmarked is fast: it may run git, never a Python interpreter
+    (each costs a start-up and hides a slow test in `make check`)."""
+    if is_slow(request.node):
+        return
+    popen_init = subprocess.Popen.__init__
+
+    def checked(self, args, *rest, **kwargs):
+        command = str(args if isinstance(args, (str, os.PathLike)) else args[0]).split(" ")[0]
+        program = os.path.basename(command)
+        if program.startswith(("python", "meter", "pytest")) or os.path.dirname(command) == os.path.dirname(sys.executable):
+            raise AssertionError(f"this test starts {program}: mark it e2e (pytest.mark.e2e), `make check` runs none")
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def own_user_folders(tmp_path_factory):
+    """The meter's user folders (state: pid, lock and log files; data: the default
+    database and CA; cache; config) in this session's temporary folder: never the
+    developer's, and never shared by two xdist workers."""
+    root = tmp_path_factory.mktemp("user")
+    with pytest.MonkeyPatch.context() as patch:
+        for kind in ("CONFIG", "DATA", "STATE", "CACHE"):
+            patch.setenv(f"XDG_{kind}_HOME", str(root / kind.lower()))
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -47,7 +47,30 @@ def eventually(check, timeout: float = 15.0):
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("the hook's background work did not happen")
+    raise AssertionError("the hook's background work did not happen (or did not end)")
+
+
+def processes_in(folder: Path) -> list[int]:
+    """The processes, other than this one, working in `folder` (or under it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue  # gone, or a zombie
+        if cwd == folder or folder in cwd.parents:
+            found.append(int(entry.name))
+    return found
+
+
+def background_work_done(repo: Path, timeout: float = 30.0) -> None:
+    """Every job that git's hooks (or a pytest run's plugin) started in `repo` has
+    ended: what they were going to record is recorded. They run in the repository
+    from their fork on (and pytest's plugin sends its job from there), so none
+    escapes this, whether it has started its interpreter yet or not."""
+    eventually(lambda: not processes_in(repo.resolve()), timeout)
 
 
 def task_row(db_path, task_id):

@@ -1,5 +1,6 @@
 """A real `meter proxy` in its own process, on loopback, with a throwaway CA and config."""
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -11,6 +12,24 @@ from pathlib import Path
 from taskmeter.store import db as store_db
 
 VENV_BIN = Path(sys.executable).parent
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SPLICE_F_NONBLOCK = 2
+
+
+def unread_input(pid: int) -> bytes:
+    """What was written to a process's standard input (a pipe) that it has not
+    read yet, copied with tee(2): the process still reads all of it."""
+    pipe = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    copy_out, copy_in = os.pipe()
+    try:
+        os.set_blocking(copy_out, False)
+        copied = _libc.tee(pipe, copy_in, 1 << 20, _SPLICE_F_NONBLOCK)
+        return os.read(copy_out, copied) if copied > 0 else b""
+    finally:
+        for fd in (pipe, copy_out, copy_in):
+            os.close(fd)
 
 
 def write_config(path: Path, confdir: Path, upstreams: dict[str, str], **proxy) -> Path:
@@ -25,11 +44,19 @@ def write_config(path: Path, confdir: Path, upstreams: dict[str, str], **proxy) 
     return path
 
 
+# Set for each test by conftest.py: only tests marked e2e (or browser, bench) start processes.
+processes_allowed = True
+# The banner's last line: the proxy has done its start-up work (files, database) once it is printed.
+BANNER_END = "  dashboard:"
+
+
 class RunningProxy:
     # Every proxy a test starts, so that none outlives its test (see conftest.py).
     started: list["RunningProxy"] = []
 
     def __init__(self, config: Path, db_path: Path, extra_env: dict | None = None, extra_args: list[str] = ()) -> None:
+        if not processes_allowed:
+            raise AssertionError("this test starts a `meter proxy`: mark it e2e (pytest.mark.e2e), `make check` runs none")
         self.config = config
         self.db_path = db_path
         env = {**os.environ, **(extra_env or {})}
@@ -56,7 +83,35 @@ class RunningProxy:
         self.origin = f"http://{self.address}"
         # The live view: (when read, line) for every later line of standard output.
         self.live_view: list[tuple[float, str]] = []
-        threading.Thread(target=self._read_live_view, daemon=True).start()
+        self._live_view_reader = threading.Thread(target=self._read_live_view, daemon=True)
+        self._live_view_reader.start()
+        self.wait_for_output(BANNER_END, what="the end of the proxy's banner")
+
+    def wait_for_output(self, text: str, timeout: float = 30, what: str = "") -> str:
+        """The first line of standard output after "listening on" that holds `text`,
+        once printed (a proxy that exited prints no more: the line, or "")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = next((line for _, line in self.live_view if text in line), None)
+            if line is not None:
+                return line
+            if self.process.poll() is not None:
+                return ""
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the proxy never printed {what or repr(text)}: {self.stderr()}")
+            time.sleep(0.01)
+
+    def listening(self) -> bool:
+        """Whether the proxy's port is open (a listening socket in /proc/net/tcp)."""
+        port = int(self.address.rsplit(":", 1)[1])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as lines:
+                next(lines)
+                for line in lines:
+                    local, state = line.split()[1], line.split()[3]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        return True
+        return False
 
     def _read_live_view(self) -> None:
         for line in self.process.stdout:
@@ -71,6 +126,12 @@ class RunningProxy:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def whole_live_view(self, timeout: float = 10) -> list[str]:
+        """Every line of standard output after the banner, once the proxy (and its recorder) closed it."""
+        self._live_view_reader.join(timeout)
+        assert not self._live_view_reader.is_alive(), "the proxy's standard output is still open"
+        return [line for _, line in self.live_view]
 
     def stderr(self) -> str:
         """What the proxy has written to stderr so far."""

@@ -23,6 +23,8 @@ from taskmeter.store import migrations, tasks
 from taskmeter.timefmt import to_stored
 from tests.gitrepo import eventually, git, meter, task_row
 
+pytestmark = pytest.mark.e2e
+
 BRANCH = "feature/P1-001-calc"
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
 

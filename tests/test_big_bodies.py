@@ -16,6 +16,8 @@ from tests.fixtures import ALL
 from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 CHAT = "/v1/chat/completions"
 CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

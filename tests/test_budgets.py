@@ -20,6 +20,8 @@ from tests.fixtures import ALL
 from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 GEMINI = "/v1beta/models/gemini-test:generateContent"

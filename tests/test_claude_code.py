@@ -4,6 +4,8 @@ runs them (their documented stdin JSON), and Claude-Code-shaped calls."""
 import json
 import subprocess
 
+import pytest
+
 from taskmeter.store import calls as store_calls
 from taskmeter.store import db as store_db
 from taskmeter.store import interactions, tasks
@@ -13,6 +15,8 @@ from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import now_stored
 from tests.gitrepo import git, meter
 from tests.proxy_harness import VENV_BIN
+
+pytestmark = pytest.mark.e2e
 
 
 def hook(event: str, payload: dict, cwd) -> subprocess.CompletedProcess:

@@ -25,6 +25,8 @@ from tests.fixtures import ALL
 from tests.proxy_harness import RunningProxy, write_config
 from tests.test_agents import _home, _installed, _meter_run, _responses_stream
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 EPHEMERAL = {"type": "ephemeral"}
 SYSTEM = [

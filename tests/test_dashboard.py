@@ -32,6 +32,8 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
 HOSTILE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 

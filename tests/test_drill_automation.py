@@ -23,6 +23,8 @@ from taskmeter.store import db as store_db
 from tests.gitrepo import eventually, git, make_venv, meter, meter_with, task_row
 from tests.proxy_harness import VENV_BIN
 
+pytestmark = pytest.mark.e2e
+
 CALC = '"""Arithmetic."""\n\n\ndef add(a, b):\n    """The sum."""\n    return a + b\n'
 GREEN = (
     "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\ndef test_add_zero():\n    assert add(0, 0) == 0\n"

@@ -18,6 +18,8 @@ from tests.fixtures import ALL
 from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 CHAT = "/v1/chat/completions"
 CALL_TOKENS = 1502  # the fake's answer: 1,502 tokens a call
 CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

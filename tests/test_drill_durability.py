@@ -26,6 +26,8 @@ from taskmeter.timefmt import now_stored
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 CHAT = "/v1/chat/completions"
 # Each answer says about 3 KB, and each prompt 2 KB: what `store_bodies = "text"` keeps.
 ANSWER = json.dumps(

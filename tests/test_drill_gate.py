@@ -25,6 +25,8 @@ from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.tls import make_server_tls
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 CHAT_BODY = FIXTURE["openai/chat_nonstream_toolcall"].body
 GEMINI_BODY = FIXTURE["gemini/nonstream_basic"].body
@@ -303,14 +305,9 @@ def test_a_web_page_cannot_call_through_the_meter(browser, page_server, proxy, u
     assert f"refused a call from a web page ('{page_server.origin}')" in proxy.stderr()
 
 
+# One page's headers here, through a real proxy; each kind of page's, in test_addon_decisions.py.
 @pytest.mark.parametrize(
-    "headers",
-    [
-        {"Origin": "http://127.0.0.1:5999", "Sec_Fetch_Site": "same-site", "Sec_Fetch_Mode": "no-cors"},
-        {"Origin": "null"},  # a sandboxed frame, a file:// page
-        {"Sec_Fetch_Site": "cross-site"},  # no Origin, still a page
-        {"Sec_Fetch_Site": "same-site"},
-    ],
+    "headers", [{"Origin": "http://127.0.0.1:5999", "Sec_Fetch_Site": "same-site", "Sec_Fetch_Mode": "no-cors"}]
 )
 def test_requests_carrying_a_page_origin_are_refused_with_a_json_error(proxy, upstream, headers):
     upstream.routes["/v1/chat/completions"] = Scenario(body=CHAT_BODY)

@@ -379,6 +379,7 @@ def _usd_remaining(response: httpx.Response) -> float:
     return float(header.split("usd-remaining=")[1].split(";")[0])
 
 
+@pytest.mark.e2e
 def test_an_absurd_usage_through_the_proxy_neither_spends_a_5_dollar_block_budget_nor_poisons_the_report(
     tmp_path, meter, monkeypatch
 ):
@@ -525,6 +526,7 @@ def _sse_chat(*events: bytes) -> bytes:
     return b"".join(b"data: " + event + b"\n\n" for event in events) + b"data: [DONE]\n\n"
 
 
+@pytest.mark.e2e
 def test_a_48_mb_request_and_a_100_mb_stream_are_metered_exactly_beside_small_calls(tmp_path):
     line = 'print("hello, world")  # a line of code\n'
     text = line * (48 * 1024 * 1024 // 48)

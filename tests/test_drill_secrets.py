@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from taskmeter.store import alerts
 from taskmeter.store import db as store_db
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+
+pytestmark = pytest.mark.e2e
 
 # What a hostile upstream (or a prompt it echoes) puts where the terminal shows it:
 # clear the screen, set the window title, a C1 CSI, a carriage return that overwrites the line.

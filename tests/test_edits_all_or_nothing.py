@@ -128,6 +128,7 @@ def test_the_failed_phase_edit_of_the_issue_saves_nothing(history, meter, db_pat
 # ---------------------------------------------------------------- phase marks
 
 
+@pytest.mark.e2e
 def test_phase_marks_follow_the_milestones_the_report_shows(repo, db_path):
     """A real git repository: the branch makes P2-001, its commit gives PHASE_FIRST_CODE,
     the merge PHASE_INTEGRATION_COMPLETE; PHASE_BEGIN is derived from the task."""
@@ -232,6 +233,7 @@ def test_edits_print_one_line_show_and_json_print_the_record(meter):
 CHAT = "/v1/chat/completions"
 
 
+@pytest.mark.e2e
 def test_the_status_line_status_and_budget_show_the_budget_that_binds(tmp_path, meter, db_path, monkeypatch):
     body = next(f for f in ALL if f.name == "openai/chat_nonstream_cached_tokens").body  # 1,502 tokens
     with FakeUpstream() as upstream:

@@ -5,9 +5,13 @@ hooks already there keep running, and git never sees a failure or a delay."""
 import subprocess
 import time
 
+import pytest
+
 from taskmeter.store import db as store_db
 from taskmeter.store import tasks
-from tests.gitrepo import eventually, git, meter, task_row
+from tests.gitrepo import background_work_done, eventually, git, meter, task_row
+
+pytestmark = pytest.mark.e2e
 
 
 def test_branch_commit_and_merge_fill_the_record(repo, db_path):
@@ -96,7 +100,7 @@ def test_file_checkouts_detached_heads_and_other_branches_leave_the_task_alone(r
     git(repo, "checkout", "-q", "README")  # a file checkout (flag 0)
     git(repo, "checkout", "-q", "--detach")
     git(repo, "checkout", "-q", "-b", "docs-cleanup")  # no task in the name
-    time.sleep(1.5)  # the hooks have run in the background by now
+    background_work_done(repo)  # the hooks' jobs have ended: whatever they do is done
     db = store_db.connect(db_path)
     assert tasks.current_task(db).task_id == "P3-001"
     db.close()

@@ -9,10 +9,13 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, write_config
+
+pytestmark = pytest.mark.e2e
 
 PLAIN = next(f for f in ALL if f.name == "openai/chat_nonstream_toolcall")
 

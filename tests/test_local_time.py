@@ -30,6 +30,8 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.test_dashboard import RunningDashboard, browser, page  # noqa: F401  (the browser fixtures)
 
+pytestmark = pytest.mark.e2e
+
 BERLIN, NEW_YORK = "Europe/Berlin", "America/New_York"
 FALL_BACK, SPRING_FORWARD, NEW_YORK_BACK = date(2026, 10, 25), date(2026, 3, 29), date(2026, 11, 1)
 

@@ -16,6 +16,8 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 HOST_ADDRESS, CLIENT_ADDRESS, NETWORK = "169.254.77.1", "169.254.77.2", "169.254.77.0/30"
 PLAIN = next(f for f in ALL if f.name == "openai/chat_nonstream_toolcall")
 

@@ -18,6 +18,8 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"

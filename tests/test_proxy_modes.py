@@ -16,8 +16,10 @@ import pytest
 from taskmeter.store import db as store_db
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, unread_input, write_config
 from tests.tls import make_server_tls
+
+pytestmark = pytest.mark.e2e
 
 FIXTURE = {f.name: f for f in ALL}
 CHAT = "/v1/chat/completions"
@@ -85,7 +87,7 @@ def test_https_proxy_mode_meters_tls_traffic_with_the_meter_ca(tls_proxy, tls_up
     assert ca_files and all(oct(f.stat().st_mode & 0o777) == "0o600" for f in ca_files)
 
 
-def test_hosts_that_are_not_ai_hosts_pass_as_blind_tunnels(tls_proxy, tmp_path):
+def test_hosts_that_are_not_ai_hosts_pass_as_blind_tunnels(tls_proxy, tls_upstream, tmp_path):
     # A TLS server the meter does not know: the client must see *its* certificate.
     (tmp_path / "other").mkdir()
     context, ca_path = make_server_tls(tmp_path / "other", "127.0.0.3")
@@ -99,8 +101,10 @@ def test_hosts_that_are_not_ai_hosts_pass_as_blind_tunnels(tls_proxy, tmp_path):
         )
         assert response.json() == {"ok": True}
     assert "x-meter-interaction-id" not in response.headers
-    time.sleep(0.3)
-    assert tls_proxy.rows(wait_for=0) == []
+    # A metered call after it is stored: calls are stored in the order they end, so the tunnel had its chance.
+    tls_upstream.routes[CHAT] = Scenario(body=FIXTURE["openai/chat_nonstream_toolcall"].body)
+    later = httpx.post(f"{tls_proxy.origin}/corp{CHAT}", json=CHAT_ARGS).headers["x-meter-interaction-id"]
+    assert [row["id"] for row in tls_proxy.rows(wait_for=1)] == [later]
 
 
 def test_meter_run_sets_the_environment_and_attributes_its_calls(tls_proxy, tls_upstream):
@@ -168,6 +172,14 @@ def test_meter_env_prints_exports_for_the_running_proxy(tls_proxy):
     assert bad.returncode == 1 and bad.stderr.startswith("meter: error: malformed task ID")
 
 
+def _stops_listening(proxy: RunningProxy) -> None:
+    """Once stopping, the proxy closes its port (the calls in flight go on)."""
+    deadline = time.monotonic() + 10
+    while proxy.listening():
+        assert time.monotonic() < deadline, "the proxy still listens"
+        time.sleep(0.02)
+
+
 def _stored_call(db_path: Path, interaction_id: str) -> dict:
     db = store_db.connect(db_path)
     try:
@@ -185,7 +197,7 @@ def test_a_stop_lets_the_stream_in_flight_finish_and_takes_no_new_call(chat_prox
         chunks = response.iter_raw()  # keep a reference: dropping it closes the stream
         received = next(chunks)
         proxy.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        _stops_listening(proxy)
         with pytest.raises(httpx.ConnectError):
             httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json=CHAT_ARGS)
         received += b"".join(chunks)
@@ -203,7 +215,7 @@ def test_a_second_signal_cuts_the_calls_in_flight_as_aborted(chat_proxy, tmp_pat
         chunks = response.iter_raw()
         next(chunks)
         proxy.process.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        _stops_listening(proxy)  # the first signal was taken: the next one is a second
         started = time.monotonic()
         assert proxy.stop(signal.SIGINT) == 0
         assert time.monotonic() - started < 5
@@ -304,6 +316,14 @@ def _recorders(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _replaced(proxy, recorder: int) -> None:
+    """The proxy has seen its recorder die and started another."""
+    deadline = time.monotonic() + 15
+    while recorder in (children := _recorders(proxy.process.pid)) or not children:
+        assert time.monotonic() < deadline, "the dead recorder was not replaced"
+        time.sleep(0.02)
+
+
 def _post_calls(proxy, count: int) -> list[str]:
     ids = []
     for _ in range(count):
@@ -319,7 +339,7 @@ def test_a_recorder_process_that_dies_is_replaced(chat_proxy, tmp_path):
     assert len(proxy.rows(wait_for=3)) == 3
     (recorder,) = _recorders(proxy.process.pid)
     os.kill(recorder, signal.SIGKILL)
-    time.sleep(0.2)
+    _replaced(proxy, recorder)
     after = _post_calls(proxy, 3)
     stored = {r["id"] for r in proxy.rows(wait_for=6, timeout=30)}
     assert set(before) <= stored and set(after) <= stored
@@ -331,7 +351,8 @@ def test_calls_handed_over_survive_the_proxy_being_killed(chat_proxy, tmp_path):
     try:
         (recorder,) = _recorders(proxy.process.pid)
         ids = _post_calls(proxy, 5)
-        time.sleep(0.3)  # handed over: the sender thread batches within milliseconds
+        for interaction_id in ids:  # handed over: the recorder has them (its live view shows each)
+            proxy.wait_for_output(interaction_id)
     finally:
         proxy.process.kill()
         proxy.process.wait()
@@ -373,8 +394,11 @@ def test_calls_a_dying_recorder_never_stored_are_sent_to_the_next(chat_proxy, tm
     (recorder,) = _recorders(proxy.process.pid)
     os.kill(recorder, signal.SIGSTOP)  # it receives nothing and acknowledges nothing
     ids = _post_calls(proxy, 4)
-    time.sleep(0.3)
-    os.kill(recorder, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while not all(interaction_id.encode() in unread_input(recorder) for interaction_id in ids):
+        assert time.monotonic() < deadline, "the calls were never handed over"
+        time.sleep(0.02)
+    os.kill(recorder, signal.SIGKILL)  # with the four calls handed over, unread
     stored = {r["id"] for r in proxy.rows(wait_for=4, timeout=30)}
     assert set(ids) <= stored
     assert len(stored) == 4  # resent once, stored once
@@ -426,11 +450,10 @@ def test_the_proxy_sums_up_its_run_at_the_end_and_quiet_prints_nothing(tmp_path)
         _post_calls(quiet, 2)
         quiet.rows(wait_for=2)
         assert quiet.stop() == 0
-    time.sleep(0.2)
-    lines = [line for _, line in loud.live_view]
+    lines = loud.whole_live_view()
     assert len([line for line in lines if "gpt-4o-mini" in line]) == 2
     assert "2 calls recorded (0 without a response), 218 tokens" in lines[-1]
-    quiet_lines = [line for _, line in quiet.live_view]
+    quiet_lines = quiet.whole_live_view()
     assert quiet_lines and all(
         line.startswith(("  gateway:", "  proxy:", "  dashboard:")) for line in quiet_lines
     )  # the banner only

@@ -10,14 +10,17 @@ import subprocess
 
 import coverage
 import openai
+import pytest
 
 from taskmeter.automation import venvs
 from taskmeter.store import db as store_db
 from taskmeter.store import tasks
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.gitrepo import eventually, git, make_venv, meter, task_row
+from tests.gitrepo import background_work_done, eventually, git, make_venv, meter, task_row
 from tests.proxy_harness import RunningProxy, write_config
+
+pytestmark = pytest.mark.e2e
 
 CALC = '"""Arithmetic."""\n\n\ndef add(a, b):\n    """The sum."""\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n'
 
@@ -237,7 +240,5 @@ def test_outside_an_enrolled_repository_the_plugin_does_nothing(repo, db_path):
     (repo / "test_calc.py").write_text(GREEN)
     result = pytest_run(repo)
     assert result.returncode == 0 and "taskmeter" not in result.stdout + result.stderr
-    import time
-
-    time.sleep(1.5)
+    background_work_done(repo)  # anything the run started has ended
     assert not db_path.exists() or _runs(db_path) == []

@@ -30,6 +30,8 @@ from tests.fixtures import ALL
 from tests.gitrepo import git
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 LOGS = Path(__file__).resolve().parent / "recorded" / "agent-logs"
 CLAUDE_LOG = LOGS / "claude-code-2.1.197.jsonl"
 CODEX_LOG = next(LOGS.glob("rollout-codex-0.171.0-*.jsonl"))

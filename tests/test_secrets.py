@@ -167,6 +167,7 @@ def test_a_secret_anywhere_in_text_goes(secret, before, after):
     assert value not in redact(json.dumps({"messages": [{"content": text}]}))
 
 
+@pytest.mark.e2e
 def test_no_secret_of_any_shape_or_field_is_stored_and_the_files_are_private(tmp_path):
     echoed = {
         "object": "chat.completion",

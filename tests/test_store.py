@@ -124,6 +124,7 @@ def _writer_process(path: str, worker: int, rounds: int, errors) -> None:
         errors.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.e2e  # two Python processes (multiprocessing)
 def test_two_processes_write_at_once_without_locking_errors(db_path):
     store_db.connect(db_path).close()
     context = multiprocessing.get_context("spawn")

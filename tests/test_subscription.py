@@ -29,6 +29,8 @@ from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.test_agents import _responses_stream
 from tests.tls import make_server_tls
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 CODEX = FIXTURE["openai_responses/responses_stream_cached_reasoning_websearch"]
 CODE_ASSIST = FIXTURE["code_assist/stream_sse_thoughts_wrapped"]

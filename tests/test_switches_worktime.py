@@ -32,6 +32,8 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 BRANCH_PATTERN = load_settings().automation.branch_pattern
 

@@ -23,6 +23,8 @@ from tests.gitrepo import eventually, git, task_row
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.test_pytest_plugin import project_venv, pytest_run
 
+pytestmark = pytest.mark.e2e
+
 CHAT = "/v1/chat/completions"
 CHAT_TOKENS = 1502  # the recorded answer's prompt + completion tokens
 CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

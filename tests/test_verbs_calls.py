@@ -31,6 +31,8 @@ from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.test_dashboard import RunningDashboard
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"

@@ -287,6 +287,7 @@ def test_open_work_judges_each_cap_on_its_own(spent, meter):
     assert re.fullmatch(r"projected: \$3\.40\d* over", usd_row[3]) and usd_row[4] == "spent"
 
 
+@pytest.mark.e2e
 def test_through_a_real_proxy_open_work_is_open_and_each_cap_is_judged(tmp_path, upstream, meter, monkeypatch):  # noqa: F811
     """Calls by the official SDK through a real `meter proxy`: the task stays
     "open" until approved; a task over its dollar cap and far under its token cap

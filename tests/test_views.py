@@ -20,6 +20,8 @@ from taskmeter.store.db import write_transaction
 from taskmeter.store.interactions import Interaction
 from tests.proxy_harness import VENV_BIN
 
+pytestmark = pytest.mark.e2e
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BOX_DRAWING = re.compile("[\u2500-\u257f]")
 

@@ -22,6 +22,8 @@ from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.tls import make_server_tls
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = {f.name: f for f in ALL}
 TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
 

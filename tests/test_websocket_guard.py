@@ -17,6 +17,8 @@ from tests.guard_probe import EMBEDDINGS, Probe
 from tests.proxy_harness import RunningProxy, write_config
 from tests.test_drill_budgets import _budget, _meter, _poll
 
+pytestmark = pytest.mark.e2e
+
 CALL_TOKENS = 1500  # each response: 1,000 in, 500 out
 
 

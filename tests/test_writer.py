@@ -129,6 +129,15 @@ def test_a_call_the_database_refuses_goes_to_the_quarantine(db_path):
     assert os.stat(quarantine).st_mode & 0o777 == 0o600
 
 
+def _housekeeping_after_the_retry_interval(loop: RecorderLoop) -> None:
+    """The loop's housekeeping on a clock moved past its retry interval: a sleep of
+    RETRY_SECONDS, without the wait."""
+    later = time.monotonic() + recorder_module.RETRY_SECONDS
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "monotonic", lambda: later)
+        loop.housekeeping()
+
+
 def test_a_locked_database_spools_then_catches_up(db_path):
     loop = _loop(db_path)
     loop.record([_call(0)])
@@ -141,8 +150,7 @@ def test_a_locked_database_spools_then_catches_up(db_path):
     assert os.stat(spool).st_mode & 0o777 == 0o600
     blocker.execute("ROLLBACK")
     blocker.close()
-    time.sleep(recorder_module.RETRY_SECONDS)
-    loop.housekeeping()
+    _housekeeping_after_the_retry_interval(loop)
     assert len(_rows(db_path)) == 6 and not spool.exists()
     loop.finish()
 
@@ -179,8 +187,7 @@ def test_with_neither_database_nor_spool_usage_is_held_bounded_and_losses_counte
     blocker.execute("ROLLBACK")
     blocker.close()
     immutable(spool, False)
-    time.sleep(recorder_module.RETRY_SECONDS)
-    loop.housekeeping()
+    _housekeeping_after_the_retry_interval(loop)
     rows = _rows(db_path)
     assert set(rows) == {f"00000000000{n}" for n in range(3)}
     assert all(row["input_total"] == 10 and "bodies dropped" in row["notes"] for row in rows.values())
