@@ -227,6 +227,7 @@ def _stored(db_path, count: int) -> dict[str, dict]:
         time.sleep(0.05)
 
 
+@pytest.mark.e2e  # a real meter proxy
 def test_a_stream_with_cr_only_line_ends_flows_as_it_comes_and_its_usage_is_stored(tmp_path):
     events = [_chunk(_content("Hel")), _chunk(_content("lo")), _chunk(_content("!")), _chunk(USAGE)]
     body = b"".join(b"data: " + event + b"\r\r" for event in events) + b"data: [DONE]\r\r"

@@ -10,12 +10,15 @@ import tarfile
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # What a working tree has that is none of the project's.
 NOT_OURS = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", "*.egg-info")
 
 
+@pytest.mark.e2e  # builds the sdist in a Python subprocess
 def test_the_sdist_carries_the_tests_the_bench_and_the_package_data(tmp_path):
     tree = tmp_path / "tree"
     shutil.copytree(ROOT, tree, ignore=NOT_OURS)  # built from a copy: the build writes an egg-info beside the sources

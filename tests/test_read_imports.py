@@ -32,6 +32,8 @@ from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
+pytestmark = pytest.mark.e2e  # real meter commands in subprocesses, and a real proxy
+
 HEAVY = (
     "rich",
     "pydantic",
