@@ -50,6 +50,13 @@ processes_allowed = True
 BANNER_END = "  dashboard:"
 
 
+def proxy_in_front_of(tmp_path: Path, upstream_port: int, providers=("openai", "anthropic")) -> "RunningProxy":
+    """A meter proxy on a fresh database in `tmp_path`, each of `providers` sent to one loopback fake upstream."""
+    origin = f"http://127.0.0.1:{upstream_port}"
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", dict.fromkeys(providers, origin))
+    return RunningProxy(config, tmp_path / "meter.db")
+
+
 class RunningProxy:
     # Every proxy a test starts, so that none outlives its test (see conftest.py).
     started: list["RunningProxy"] = []

@@ -30,7 +30,7 @@ from taskmeter.store.writer import Writer
 from taskmeter.timefmt import to_stored
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -49,9 +49,7 @@ def upstream():
 
 @pytest.fixture
 def proxy(tmp_path, upstream):
-    origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "anthropic": origin})
-    running = RunningProxy(config, tmp_path / "meter.db")
+    running = proxy_in_front_of(tmp_path, upstream.port)
     yield running
     running.stop()
 

@@ -28,7 +28,7 @@ from tests.conftest import dump
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.guard_probe import EMBEDDINGS, Probe
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, proxy_in_front_of
 from tests.test_dashboard import RunningDashboard
 
 pytestmark = pytest.mark.e2e
@@ -50,9 +50,7 @@ def upstream():
 
 @pytest.fixture
 def proxy(tmp_path, upstream):
-    origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "anthropic": origin})
-    running = RunningProxy(config, tmp_path / "meter.db")
+    running = proxy_in_front_of(tmp_path, upstream.port)
     yield running
     running.stop()
 
