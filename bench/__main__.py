@@ -433,13 +433,12 @@ def only_commands(history: Path | None, names: list[str] | None, plan: Plan, log
 
     with tempfile.TemporaryDirectory() as folder:
         if history is None:
-            from taskmeter.store import db as store_db
-            from taskmeter.store import tasks
+            from taskmeter.store import connection, tasks
 
             history = Path(folder) / "history.db"
             log(f"building a history of {plan.report_rows:,} calls")
             measures.build_history(history, plan.report_rows, plan.report_tasks, plan.report_flags, switches=True)
-            db = store_db.connect(history)
+            db = connection.connect(history)
             tasks.set_task(db, f"{measures.phase_of(plan.report_tasks)}-000")
             db.close()
         with sqlite3.connect(history) as db:

@@ -146,8 +146,7 @@ def writer_rows_per_second(rows: int) -> dict:
     """The store writer's sustained rate, attribution and context switches included."""
     from taskmeter.handover.pipe import BATCH as HANDOVER_BATCH
     from taskmeter.ids import IdGenerator
-    from taskmeter.store import db as store_db
-    from taskmeter.store import tasks
+    from taskmeter.store import connection, tasks
     from taskmeter.store.calls import CallRow
     from taskmeter.store.interactions import Interaction
     from taskmeter.store.writer import Writer
@@ -155,7 +154,7 @@ def writer_rows_per_second(rows: int) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "writer.db"
-        db = store_db.connect(path)
+        db = connection.connect(path)
         tasks.set_task(db, "P1-001")
         db.close()
         ids = IdGenerator()
@@ -201,17 +200,16 @@ def build_history(path: Path, rows: int, tasks_count: int, flags: int, switches:
     context switch every rows/SWITCHES calls); without, one session per task, no
     switch at all. Returns the seconds the build took."""
     from taskmeter.ids import IdGenerator
-    from taskmeter.store import db as store_db
-    from taskmeter.store import tasks
+    from taskmeter.store import connection, tasks
     from taskmeter.store.interactions import COLUMNS
     from taskmeter.timefmt import to_stored
 
     started = time.perf_counter()
-    db = store_db.connect(path)
+    db = connection.connect(path)
     per_phase = max(1, tasks_count // PHASES)
     task_ids = [f"P{1 + n // per_phase}-{n % per_phase:03d}" for n in range(tasks_count)]
     origin = 1_767_600_000  # 2026-01-05
-    with store_db.write_transaction(db):
+    with connection.write_transaction(db):
         for task_id in task_ids:
             tasks.ensure_task(db, task_id, to_stored(datetime.datetime.fromtimestamp(origin, datetime.UTC)))
             db.execute("UPDATE tasks SET estimate_seconds = 3600 WHERE id = ?", (task_id,))
@@ -278,7 +276,7 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int, comman
     ID --format json`, their work in process and their wall time with start-up;
     and over the first, the cost of `meter statusline`."""
     from taskmeter.analytics.reports import overview_report, phase_report
-    from taskmeter.store import db as store_db
+    from taskmeter.store import connection
 
     meter = str(Path(sys.executable).parent / "meter")
     results = {}
@@ -286,7 +284,7 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int, comman
         for name, switches in (("with_switches", True), ("no_switches", False)):
             path = Path(folder) / f"{name}.db"
             build_seconds = build_history(path, rows, tasks_count, flags, switches)
-            db = store_db.connect(path)
+            db = connection.connect(path)
             overview_report(db)  # warm the page cache, as a second report would find it
             phase = phase_of(tasks_count)
             results[name] = {
@@ -313,11 +311,10 @@ def phase_of(tasks_count: int) -> str:
 
 def dashboard_over_history(db_path: Path, tasks_count: int, runs: int = 20) -> dict:
     """Each page's time to first byte over the history, with a task of it current."""
-    from taskmeter.store import db as store_db
-    from taskmeter.store import tasks
+    from taskmeter.store import connection, tasks
 
     phase = phase_of(tasks_count)
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     tasks.set_task(db, f"{phase}-000")
     db.close()
     pages = ["/", f"/phases/{phase}", f"/tasks/{phase}-000", "/history?period=daily"]
@@ -523,10 +520,9 @@ class BudgetsSet:
         self.headers_seen = 0
 
     async def __aenter__(self):
-        from taskmeter.store import budgets, tasks
-        from taskmeter.store import db as store_db
+        from taskmeter.store import budgets, connection, tasks
 
-        db = store_db.connect(self.db_path)
+        db = connection.connect(self.db_path)
         tasks.set_task(db, "B1-001")
         for n in range(50):
             budgets.set_budget(db, "task", f"B1-{n + 1:03d}", [("tokens", 10**12)], "block")
@@ -537,10 +533,10 @@ class BudgetsSet:
         self.headers_seen += sum("x-meter-budget" in reply.headers for reply in replies)
 
     async def __aexit__(self, *exc) -> None:
-        from taskmeter.store import db as store_db
+        from taskmeter.store import connection
 
-        db = store_db.connect(self.db_path)
-        with store_db.write_transaction(db):
+        db = connection.connect(self.db_path)
+        with connection.write_transaction(db):
             db.execute("DELETE FROM budgets")
         db.close()
         await asyncio.sleep(1.0)

@@ -6,8 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from taskmeter.errors import MeterError
-from taskmeter.store import db as store_db
-from taskmeter.store import proxies
+from taskmeter.store import connection, proxies
 
 
 @dataclass
@@ -35,7 +34,7 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
         checks.append(Check("config", True, f"none at {files.config_path()}: the shipped defaults"))
 
     try:
-        db = store_db.connect(db_path)
+        db = connection.connect(db_path)
         try:
             db.execute("BEGIN IMMEDIATE")  # takes the write lock, writes nothing
             db.execute("ROLLBACK")
@@ -116,7 +115,7 @@ def run_agent_checks(name: str, db_path: Path, config_path: str | None, environ:
         Check(name, bool(installed), f"installed at {installed}" if installed else f"`{agent.commands[0]}` is not on PATH")
     )
     try:
-        db = store_db.connect(db_path)
+        db = connection.connect(db_path)
         try:
             running = proxies.running(db)
         finally:

@@ -17,8 +17,7 @@ import platformdirs
 
 from taskmeter.errors import MeterError
 from taskmeter.private import private_dir, private_file
-from taskmeter.store import db as store_db
-from taskmeter.store import proxies
+from taskmeter.store import connection, proxies
 
 START_TIMEOUT_SECONDS = 30
 
@@ -37,7 +36,7 @@ def pid_path(db_path: Path) -> Path:
 
 
 def running_proxy(db_path: Path) -> dict | None:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         found = proxies.running(db)
     finally:

@@ -24,7 +24,7 @@ import sys
 
 from taskmeter.money import usd
 from taskmeter.printable import printable
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 
 NOT_METERED = "NOT METERED"
 # A chained status line gets this long; then its process group is killed.
@@ -57,7 +57,7 @@ def print_status(db_path: str | None, chain: str | None = None) -> None:
     (a status line the user had before `meter claude install`)."""
     raw = _stdin()
     try:
-        line = status_line(store_db.resolve_path(db_path), _claude_status(raw))
+        line = status_line(connection.resolve_path(db_path), _claude_status(raw))
     except Exception as exc:  # a malformed value anywhere: still one line, never a traceback
         line = _failure(exc)
     line = printable(line, one_line=True)  # a task title is the user's, but may hold an escape sequence

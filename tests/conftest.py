@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from taskmeter.cli import main
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 
 # The `repo` fixture: a real git repository for the automation tests.
 pytest_plugins = ["tests.gitrepo"]
@@ -116,9 +116,9 @@ def meter(db_path, monkeypatch):
 
 @pytest.fixture
 def db(db_path):
-    connection = store_db.connect(db_path)
-    yield connection
-    connection.close()
+    opened = connection.connect(db_path)
+    yield opened
+    opened.close()
 
 
 def run_concurrently(work, count: int, timeout: float = 60) -> list[Exception]:

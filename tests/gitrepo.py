@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from tests.proxy_harness import VENV_BIN
 
 
@@ -74,7 +74,7 @@ def background_work_done(repo: Path, timeout: float = 30.0) -> None:
 
 
 def task_row(db_path, task_id):
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return dict(row) if row else None

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -148,7 +148,7 @@ class RunningProxy:
         """Interactions in the database once at least `wait_for` are stored."""
         deadline = time.monotonic() + timeout
         while True:
-            db = store_db.connect(self.db_path)
+            db = connection.connect(self.db_path)
             try:
                 rows = [dict(r) for r in db.execute("SELECT * FROM interactions ORDER BY started_at")]
             finally:

@@ -13,7 +13,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from taskmeter.config import load_settings
 from taskmeter.proxy.addons import ID_HEADER, Capture, Gateway, TaskAttribution
-from taskmeter.proxy.guard import Guard
+from taskmeter.proxy.refusals import Guard
 from tests.proxy_harness import write_config
 
 METER = ("127.0.0.1", 8877)  # where the proxy listens, for these flows

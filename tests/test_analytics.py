@@ -10,7 +10,7 @@ from taskmeter.analytics import formats
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
 from taskmeter.store import interactions, tasks
 from taskmeter.store.calls import CallRow, store_calls
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 
 NOW = "2025-10-05T12:00:00.000000Z"

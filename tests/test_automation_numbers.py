@@ -18,8 +18,7 @@ import pytest
 from taskmeter.automation import git as automation_git
 from taskmeter.automation import testruns
 from taskmeter.config import load_settings
-from taskmeter.store import db as store_db
-from taskmeter.store import migrations, tasks
+from taskmeter.store import connection, migrations, tasks
 from taskmeter.timefmt import to_stored
 from tests.gitrepo import eventually, git, meter, task_row
 
@@ -72,7 +71,7 @@ class Work:
 
 @pytest.fixture
 def work(repo, db_path):
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     yield Work(repo, db)
     db.close()
 
@@ -178,7 +177,7 @@ def test_a_configured_coverage_target_is_accepted(meter, tmp_path):
 def test_m021_drops_stored_red_runs_for_the_rule_and_clears_the_meter_s_zero_targets(db_path, monkeypatch):
     before = [m for m in migrations.MIGRATIONS if m.__name__ < "m021"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     stamp = [to_stored(at(minute)) for minute in range(10)]
     with old:
         old.execute("INSERT INTO phases (id, created_at) VALUES ('P1', ?)", (stamp[0],))
@@ -213,7 +212,7 @@ def test_m021_drops_stored_red_runs_for_the_rule_and_clears_the_meter_s_zero_tar
     old.close()
     monkeypatch.undo()
 
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         notes = [row[0] for row in db.execute("SELECT note FROM task_events WHERE kind = 'iteration'")]
         targets = dict(db.execute("SELECT id, coverage_target FROM tasks").fetchall())

@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from taskmeter.analytics.alerts import burn_rate_threshold, tokens_per_working_hour
-from taskmeter.recorder.guard import LoopWatch
-from taskmeter.store import db as store_db
+from taskmeter.recorder.planner import LoopWatch
+from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.guard_probe import EMBEDDINGS, Probe
@@ -309,16 +309,16 @@ def test_burn_rate_alert_over_a_synthetic_history(db_path, meter):
     working hour (median 720, MAD 60: with k = 3 the line is 900), then a current
     task burning about 3,000: one burn-rate alert from the recorder's rule, once."""
     from taskmeter.analytics.budgets import Defaults
-    from taskmeter.recorder.guard import Guard
+    from taskmeter.recorder.planner import Guard
     from taskmeter.store import tasks
     from taskmeter.store.writer import Writer
     from taskmeter.timefmt import from_stored, now, to_stored
     from tests.test_analytics import call, switch
 
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     for n, per_call in enumerate([100, 110, 120, 130, 1000]):
         task_id, day = f"P1-{n:03d}", f"2025-10-0{n + 1}"
-        with store_db.write_transaction(db):
+        with connection.write_transaction(db):
             tasks.ensure_task(db, task_id, f"{day}T09:00:00.000000Z")
         switch(db, task_id, f"{day}T09:00:00.000000Z")
         for k in range(6):  # a call every 10 minutes: an hour of work with no idle gap
@@ -329,10 +329,10 @@ def test_burn_rate_alert_over_a_synthetic_history(db_path, meter):
     assert sorted(round(rate) for rate in rates) == [600, 660, 720, 780, 6000]
     # The current task: begun 20 minutes ago, 1,000 tokens so far.
     begun = now().timestamp() - 1200
-    with store_db.write_transaction(db):
+    with connection.write_transaction(db):
         tasks.ensure_task(db, "P2-001", to_stored(datetime.fromtimestamp(begun, UTC)))
     tasks.set_task(db, "P2-001")
-    with store_db.write_transaction(db):
+    with connection.write_transaction(db):
         db.execute("UPDATE task_events SET at = ? WHERE task_id = 'P2-001'", (to_stored(datetime.fromtimestamp(begun, UTC)),))
     for k in range(5):
         call(db, 90 + k, "P2-001", to_stored(datetime.fromtimestamp(begun + 240 * k, UTC)), input_total=200, output_total=0)
@@ -382,13 +382,13 @@ def test_a_budget_warns_once_per_budget_as_set(db_path, meter):
     """A crossing is raised once: a recorder started again does not repeat it, a
     cleared one stays cleared, and a new budget warns afresh."""
     from taskmeter.analytics.budgets import Defaults
-    from taskmeter.recorder.guard import Guard
+    from taskmeter.recorder.planner import Guard
     from taskmeter.store.writer import Writer
     from tests.test_analytics import call
 
     _meter(meter, "set-task", "P5-001")
     _meter(meter, "task", "P5-001", "--budget", "1000")
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     call(db, 1, "P5-001", "2026-11-24T10:00:00.000000Z", input_total=850, output_total=0)
     db.close()
 

@@ -7,10 +7,9 @@ import subprocess
 import pytest
 
 from taskmeter.store import calls as store_calls
-from taskmeter.store import db as store_db
-from taskmeter.store import interactions, tasks
+from taskmeter.store import connection, interactions, tasks
 from taskmeter.store.calls import CallRow
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import now_stored
 from tests.gitrepo import git, meter
@@ -69,7 +68,7 @@ def test_a_session_is_bound_to_its_branch_s_task_and_its_calls_follow(repo, db_p
     )
     assert started.returncode == 0 and started.stdout == ""  # nothing enters the model's context
     assert meter("set-task", "P5-009").returncode == 0  # another terminal's task
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     with write_transaction(db):
         store_calls.store_calls(
             db, [CallRow(_claude_call(1, "cc-7", "main", 1000)), CallRow(_claude_call(2, "other", "main", 5))]
@@ -86,7 +85,7 @@ def test_a_session_is_bound_to_its_branch_s_task_and_its_calls_follow(repo, db_p
 
 
 def test_hallucination_prompt_flags_the_session_s_last_main_call_and_is_blocked(repo, db_path):
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     tasks.set_task(db, "P6-001")
     shape = [("side", 50), ("main", 4000), ("side", 60), ("main", 4200), ("side", 70)]  # a side call after the last turn
     with write_transaction(db):
@@ -104,7 +103,7 @@ def test_hallucination_prompt_flags_the_session_s_last_main_call_and_is_blocked(
     assert answered.returncode == 0
     decision = json.loads(answered.stdout)
     assert decision["decision"] == "block" and "0000000cc003" in decision["reason"] and "invented a flag" in decision["reason"]
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     assert [row["interaction_id"] for row in db.execute("SELECT interaction_id FROM flags")] == ["0000000cc003"]
     assert interactions.one(db, "0000000cc003")["flag_note"] == "invented a flag"
     db.close()

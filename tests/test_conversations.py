@@ -16,8 +16,7 @@ import openai
 import pytest
 
 from taskmeter.protocols.conversation import root_hash
-from taskmeter.store import calls, interactions, migrations
-from taskmeter.store import db as store_db
+from taskmeter.store import calls, connection, interactions, migrations
 from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -210,7 +209,7 @@ def test_codex_sessions_are_kept_and_context_switches_follow_them(proxy, upstrea
     assert [row["context_switch"] for row in rows] == [0, 1, 0, 0]
     assert rows[0]["conversation_id"] == rows[2]["conversation_id"] != rows[1]["conversation_id"]
     # Rework after a flag follows the flagged call's session: one's later call, not two's.
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         interactions.flag(db, rows[0]["id"])
         rework = [dict(r) for r in db.execute("SELECT session_key, flagged_id, calls FROM session_rework")]
@@ -243,7 +242,7 @@ def test_gemini_cli_code_assist_sessions_are_kept(proxy, upstream):
 def test_a_retagged_call_leaves_its_conversation_for_the_new_task(proxy, upstream):
     _tool_loop(_anthropic(proxy, "P5-006"))
     rows = proxy.rows(wait_for=2)
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         calls.retag(db, [rows[1]["id"]], "P5-007", create=True)
         moved = db.execute("SELECT task_id, conversation_id FROM interactions WHERE id = ?", (rows[1]["id"],)).fetchone()
@@ -257,7 +256,7 @@ def test_a_conversation_begun_before_the_upgrade_continues_its_session(db_path, 
     root = root_hash("anthropic", first)
     before = [m for m in migrations.MIGRATIONS if m.__name__ < "m016"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     with old:
         old.execute(
             "INSERT INTO interactions (id, started_at, task_id, protocol, conversation_id, session_id)"
@@ -266,7 +265,7 @@ def test_a_conversation_begun_before_the_upgrade_continues_its_session(db_path, 
         )
     old.close()
     monkeypatch.undo()
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         later = Interaction(
             id="00000005new",
@@ -274,7 +273,7 @@ def test_a_conversation_begun_before_the_upgrade_continues_its_session(db_path, 
             protocol="anthropic",
             conversation_root=root_hash("anthropic", second),
         )
-        with store_db.write_transaction(db):
+        with connection.write_transaction(db):
             calls.store_calls(db, [CallRow(later)])
         rows = {
             r["id"]: dict(r) for r in db.execute("SELECT id, conversation_root, conversation_id, session_id FROM interactions")

@@ -22,10 +22,9 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from taskmeter import ids
-from taskmeter.store import dashboards, interactions, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import connection, dashboards, interactions, tasks
 from taskmeter.store.calls import CallRow, store_calls
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -122,7 +121,7 @@ def _call(db, n: int, task_id: str | None, when: str, model: str, tokens: tuple,
 def history(db_path):
     """Two phases of approved tasks (so no number depends on the clock), calls on
     two models over three days, one flag, one hostile reply and one unassigned call."""
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     plan = [
         ("P1-001", "Parse the wire formats", 3600, 4, _at(4, 9)),
         ("P1-002", "Store the calls", 1800, 4, _at(5, 9)),
@@ -437,7 +436,7 @@ def test_now_shows_the_budget_and_open_alerts_and_clears_one_by_click(history, p
     assert meter("set-task", "P2-001").code == 0
     # P2-001's calls (n = 9, 10, 11) used 1,050 n tokens each: 31,500, over the budget, in warn mode.
     assert meter("task", "P2-001", "--budget", "30000").code == 0
-    db = store_db.connect(history)
+    db = connection.connect(history)
     alerts.raise_alert(db, "loop", "loop:s1:x", "loop: session s1 sent 10 calls of near-identical requests", session_id="s1")
     db.close()
     dashboard = RunningDashboard(history)
@@ -500,7 +499,7 @@ def test_open_gives_the_browser_a_private_page_not_the_token(db_path, page, tmp_
     fake_browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {browser_log}\n')
     fake_browser.chmod(0o700)
     env = {**os.environ, "BROWSER": f"{fake_browser} %s", "XDG_STATE_HOME": str(tmp_path / "state")}
-    store_db.connect(db_path).close()  # the dashboard shows a database, never makes one
+    connection.connect(db_path).close()  # the dashboard shows a database, never makes one
     dashboard = RunningDashboard(db_path, "--open", env=env)
     try:
         deadline = time.monotonic() + 10
@@ -526,7 +525,7 @@ def test_another_user_of_the_machine_gets_nothing(meter):
     try:
         shared.chmod(0o755)  # so that only the files' own modes keep nobody out
         db_path = shared / "meter.db"
-        db = store_db.connect(db_path)
+        db = connection.connect(db_path)
         tasks.set_task(db, "P1-001", title="with a pasted .env")
         _call(db, 1, "P1-001", _at(4, 9), "gpt-4o-2024-08-06", (10, 0, 5, 0), 0.01, "DATABASE_PASSWORD=hunter2")
         db.close()
@@ -552,7 +551,7 @@ def test_another_user_of_the_machine_gets_nothing(meter):
                 == "200"
             )
             # The database holds the URL with the token (and every prompt): nobody may not read it.
-            reader = store_db.connect(db_path)
+            reader = connection.connect(db_path)
             assert dashboards.running(reader) == dashboard.url
             reader.close()
             for path in sorted(shared.iterdir()):
@@ -569,7 +568,7 @@ def test_another_user_of_the_machine_gets_nothing(meter):
 
 
 def test_a_database_others_may_read_is_not_given_the_token(db_path, meter):
-    store_db.connect(db_path).close()
+    connection.connect(db_path).close()
     db_path.chmod(0o644)
     dashboard = RunningDashboard(db_path)
     try:

@@ -30,7 +30,7 @@ from taskmeter.protocols.stream_usage import UsageChunkStripper
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.recorder.loop import RecorderLoop
 from taskmeter.recorder.parse import BodyParser
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import RunningProxy, write_config
 
@@ -217,7 +217,7 @@ class GatedScenario(Scenario):
 def _stored(db_path, count: int) -> dict[str, dict]:
     deadline = time.monotonic() + 20
     while True:
-        db = store_db.connect(db_path)
+        db = connection.connect(db_path)
         try:
             rows = {row["id"]: dict(row) for row in db.execute("SELECT * FROM interactions")}
         finally:
@@ -290,7 +290,7 @@ def _call(n: int, body: bytes, **values) -> CapturedCall:
 
 
 def _rows(db_path) -> dict[str, dict]:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         return {row["id"]: dict(row) for row in db.execute("SELECT * FROM interactions")}
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from taskmeter.statusline import CHAIN_TIMED_OUT, ERROR_WIDTH
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from tests.gitrepo import eventually, git, make_venv, meter, meter_with, task_row
 from tests.proxy_harness import VENV_BIN
 
@@ -67,7 +67,7 @@ def calc_project(repo: Path, branch: str | None = None) -> None:
 
 
 def rows(db_path, sql: str, *params) -> list[dict]:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         return [dict(row) for row in db.execute(sql, params)]
     finally:
@@ -357,7 +357,7 @@ def test_the_status_line_loads_none_of_the_heavy_modules(tmp_path):
     """A shell prompt runs it every time: it must not pay for the CLI, rich, pydantic,
     mitmproxy or urllib.request (http.client, email), each of which costs it milliseconds."""
     db = tmp_path / "meter.db"
-    store_db.connect(db).close()
+    connection.connect(db).close()
     probe = (
         "import sys, runpy\n"
         f"sys.argv = ['meter', 'statusline', '--db', {str(db)!r}]\n"

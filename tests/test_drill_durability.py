@@ -21,7 +21,7 @@ from taskmeter.handover.call import CapturedCall
 from taskmeter.handover.pipe import Handover
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.recorder.loop import RecorderLoop
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from taskmeter.timefmt import now_stored
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -363,7 +363,7 @@ def test_planning_that_raises_never_stops_recording_and_is_said_once_per_kind(db
 
 def test_a_malformed_budget_row_stops_no_call_through_a_real_proxy(tmp_path, upstream):
     db_path = tmp_path / "meter.db"
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     # SQLite keeps what it is given: text passes `CHECK (tokens > 0)`, and budgets then divide by it.
     db.execute("INSERT INTO budgets (scope, target, tokens, set_at) VALUES ('task', 'P1-010', 'lots', ?)", (now_stored(),))
     db.close()

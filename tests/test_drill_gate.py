@@ -19,7 +19,7 @@ import openai
 import pytest
 from playwright.sync_api import sync_playwright
 
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -90,7 +90,7 @@ def _stored_with(proxy: RunningProxy, last_id: str) -> list[dict]:
 
 
 def _query(proxy: RunningProxy, sql: str) -> list[tuple]:
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         return [tuple(row) for row in db.execute(sql)]
     finally:

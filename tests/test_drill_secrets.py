@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taskmeter.store import alerts
-from taskmeter.store import db as store_db
+from taskmeter.store import alerts, connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
@@ -156,7 +155,7 @@ def test_titles_notes_and_alerts_are_printed_without_their_escapes(tmp_path):
     db_path = tmp_path / "meter.db"
     _meter(db_path, "set-task", "P1-002", "--title", f"fix it{TITLE}{C1_CSI}")
     _meter(db_path, "phase", "P1", "--surprise", f"it worked{CLEAR}")
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     alerts.raise_alert(db, "loop", "loop:s1:x", f"loop: session s1{CLEAR} sent 10 calls")
     db.close()
     commands = [["tasks"], ["alerts"], ["status"], ["task", "P1-002"], ["report", "task", "P1-002"], ["phase", "P1"]]

@@ -11,8 +11,7 @@ from datetime import UTC, datetime, timedelta
 import openai
 import pytest
 
-from taskmeter.store import alerts, interactions
-from taskmeter.store import db as store_db
+from taskmeter.store import alerts, connection, interactions
 from taskmeter.store.interactions import Interaction
 from tests.conftest import dump
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -54,7 +53,7 @@ def history(meter, db_path):
     _ok(meter, "task", "P1-010", "--budget", "10k", "--projected", "users log in")
     _ok(meter, "set-task", "P2-001")
     _ok(meter, "phase", "P2", "--title", "Search", "--budget", "$5")
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         _call(db, "00000000aaa1", "P1-010")
         _call(db, "00000000aaa2", "P2-001")
@@ -158,7 +157,7 @@ def test_phase_marks_follow_the_milestones_the_report_shows(repo, db_path):
     assert seen.returncode == 0 and f"(confirmed: commit {sha[:12]})" in seen.stdout
     after = json.loads(meter_process("phase", "P2", "--json").stdout)
     assert (after["phase_begin"], after["phase_first_code"]) == (derived_begin, first_code)
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     marks = [tuple(row) for row in db.execute("SELECT milestone, value, confirmed FROM phase_marks ORDER BY id")]
     db.close()
     assert marks == [
@@ -189,7 +188,7 @@ def test_at_overrides_a_derived_milestone_and_order_checks_use_what_the_report_s
 
 
 def _budget_row(db_path, target):
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         row = db.execute("SELECT tokens, usd, on_exceeded FROM budgets WHERE target = ?", (target,)).fetchone()
         return tuple(row) if row else None
@@ -263,15 +262,15 @@ def test_a_write_transaction_inside_another_commits_with_it_or_not_at_all(db):
         return [row[0] for row in db.execute("SELECT title FROM phases ORDER BY id")]
 
     db.execute("INSERT INTO phases (id, created_at) VALUES ('P1', '2026-01-01T00:00:00.000000Z')")
-    with pytest.raises(RuntimeError), store_db.write_transaction(db):
+    with pytest.raises(RuntimeError), connection.write_transaction(db):
         db.execute("UPDATE phases SET title = 'outer'")
-        with store_db.write_transaction(db):
+        with connection.write_transaction(db):
             db.execute("UPDATE phases SET title = 'inner'")
         raise RuntimeError("a later check fails")
     assert titles() == [None] and not db.in_transaction
-    with store_db.write_transaction(db):
+    with connection.write_transaction(db):
         db.execute("UPDATE phases SET title = 'outer'")
-        with pytest.raises(RuntimeError), store_db.write_transaction(db):
+        with pytest.raises(RuntimeError), connection.write_transaction(db):
             db.execute("UPDATE phases SET title = 'inner'")
             raise RuntimeError("the inner part fails, and the outer goes on")
     assert titles() == ["outer"]

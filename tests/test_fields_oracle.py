@@ -48,10 +48,9 @@ from hypothesis import strategies as st
 from taskmeter.analytics.reports import phase_report, task_report
 from taskmeter.automation import testruns
 from taskmeter.errors import MeterError
-from taskmeter.store import calls, interactions, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import calls, connection, interactions, tasks
 from taskmeter.store.calls import CallRow
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import Writer
@@ -614,7 +613,7 @@ def test_every_field_equals_its_plain_recomputation(zone, history):
     steps, tail = history
     with _zone(zone), tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "meter.db"
-        db, writer, model = store_db.connect(path), Writer(path), Model()
+        db, writer, model = connection.connect(path), Writer(path), Model()
         try:
             now = apply(db, writer, model, steps, DAYS[zone]) + tail
             oracle = Oracle(model, now)

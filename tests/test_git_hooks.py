@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from taskmeter.store import db as store_db
-from taskmeter.store import tasks
+from taskmeter.store import connection, tasks
 from tests.gitrepo import background_work_done, eventually, git, meter, task_row
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +19,7 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
     git(repo, "checkout", "-q", "-b", "feature/P1-010-login")
     assert time.monotonic() - started < 2  # the hook returned at once (the work is in the background)
     eventually(lambda: task_row(db_path, "P1-010"))
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     assert tasks.current_task(db).task_id == "P1-010"
     db.close()
 
@@ -29,7 +28,7 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
     git(repo, "commit", "-q", "-m", "login")
     sha = git(repo, "rev-parse", "HEAD").stdout.strip()
     task = eventually(lambda: (t := task_row(db_path, "P1-010")) and t["initial_completion_at"] and t)
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     commit = dict(db.execute("SELECT * FROM commits WHERE sha = ?", (sha,)).fetchone())
     assert (commit["task_id"], commit["branch"], commit["files"], commit["insertions"]) == (
         "P1-010",
@@ -51,7 +50,7 @@ def test_branch_commit_and_merge_fill_the_record(repo, db_path):
     git(repo, "merge", "-q", "--no-ff", "-m", "merge", "feature/P1-010-login")
     approved = eventually(lambda: (t := task_row(db_path, "P1-010")) and t["final_approval_at"] and t)
     assert approved["final_approval_at"] > commit["committed_at"]
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     integrated = db.execute("SELECT integration_complete_at FROM phases WHERE id = 'P1'").fetchone()[0]
     assert integrated == approved["final_approval_at"]  # P1's only task is in main
     db.close()
@@ -66,7 +65,7 @@ def test_a_person_s_mark_is_never_overwritten(repo, db_path):
     (repo / "a.py").write_text("x = 1\n")
     git(repo, "add", "a.py")
     git(repo, "commit", "-q", "-m", "a")
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     eventually(lambda: db.execute("SELECT count(*) FROM commits WHERE task_id = 'P2-001'").fetchone()[0])
     db.close()
     assert task_row(db_path, "P2-001")["initial_completion_at"] == typed
@@ -101,7 +100,7 @@ def test_file_checkouts_detached_heads_and_other_branches_leave_the_task_alone(r
     git(repo, "checkout", "-q", "--detach")
     git(repo, "checkout", "-q", "-b", "docs-cleanup")  # no task in the name
     background_work_done(repo)  # the hooks' jobs have ended: whatever they do is done
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     assert tasks.current_task(db).task_id == "P3-001"
     db.close()
 

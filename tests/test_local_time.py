@@ -20,10 +20,9 @@ import pytest
 
 from taskmeter import ids
 from taskmeter.money import usd
-from taskmeter.store import db as store_db
-from taskmeter.store import tasks
+from taskmeter.store import connection, tasks
 from taskmeter.store.calls import CallRow, store_calls
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import local_hour_starts, local_midnight, parse_moment, to_stored
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -100,7 +99,7 @@ def store_hourly_calls(db_path, first: datetime, hours: int, task_id: str = "P1-
     """One answered call ten minutes into each real hour from `first`, with 100 + n
     tokens in; and a failed call (502) in the first hour. The tokens of each hour.
     `series` keeps the IDs of two calls of this apart."""
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     with write_transaction(db):
         tasks.ensure_task(db, task_id, to_stored(first - timedelta(minutes=5)))
     rows = []

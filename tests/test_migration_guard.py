@@ -10,8 +10,7 @@ import sqlite3
 import pytest
 
 from taskmeter.errors import MeterError
-from taskmeter.store import db as store_db
-from taskmeter.store import migrations, schema_doc
+from taskmeter.store import connection, migrations, schema_doc
 
 # Every migration up to and including m022 has run on users' databases: editing
 # one reaches none of them. Its private helpers and constants (`_mNNN_...`) are part of it.
@@ -86,7 +85,7 @@ def test_the_schema_section_is_generated_from_the_live_schema(tmp_path, capsys):
     text = stale.read_text()
     assert schema_doc.main(["--check", str(stale)]) == 0
     assert text.startswith("# intro\n\n") and text.endswith(f"{schema_doc.END}\n\nafter\n") and "`gone`" not in text
-    db = store_db.connect(tmp_path / "meter.db")
+    db = connection.connect(tmp_path / "meter.db")
     try:
         columns = [row[1] for row in db.execute("PRAGMA table_info(interactions)")]
     finally:
@@ -120,7 +119,7 @@ def scratch_db(tmp_path, monkeypatch):
     """A real database with a scratch table full of what a rebuild must keep:
     rows, an index, triggers on it and on a neighbour that names it, a view, a
     child table that cascades, an AUTOINCREMENT past its largest ID."""
-    db = store_db.connect(tmp_path / "meter.db")
+    db = connection.connect(tmp_path / "meter.db")
     migrations.run_script(db, SCRATCH)
     monkeypatch.setattr(migrations, "_REBUILDING", set(migrations._REBUILDING))
     yield db

@@ -11,8 +11,7 @@ import httpx
 import openai
 import pytest
 
-from taskmeter.store import db as store_db
-from taskmeter.store import tasks
+from taskmeter.store import connection, tasks
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
@@ -296,7 +295,7 @@ def test_path_prefix_and_header_attribute_to_a_task(proxy, upstream):
 def test_set_task_applies_to_the_very_next_call(proxy, upstream):
     upstream.routes[CHAT] = json_reply("openai/chat_nonstream_toolcall")
     client = openai_client(proxy)
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         seen = []
         for task_id in ("P8-001", "P8-002", "P8-001"):
@@ -359,7 +358,7 @@ def test_phase_report_over_calls_metered_by_the_proxy(proxy, upstream):
     ids = [client.chat.completions.with_raw_response.create(**CHAT_ARGS).headers["x-meter-interaction-id"] for _ in range(3)]
     for interaction_id in ids:
         row(proxy, interaction_id)
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         interactions.flag(db, ids[0], "invented API")
         report = phase_report(db, "P9")

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, unread_input, write_config
@@ -181,7 +181,7 @@ def _stops_listening(proxy: RunningProxy) -> None:
 
 
 def _stored_call(db_path: Path, interaction_id: str) -> dict:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         return dict(db.execute("SELECT * FROM interactions WHERE id = ?", (interaction_id,)).fetchone())
     finally:
@@ -221,7 +221,7 @@ def test_a_second_signal_cuts_the_calls_in_flight_as_aborted(chat_proxy, tmp_pat
         assert time.monotonic() - started < 5
     stored = _stored_call(tmp_path / "meter.db", interaction_id)
     assert stored["outcome"] == "aborted" and "shut down" in stored["error"]
-    db = store_db.connect(tmp_path / "meter.db")
+    db = connection.connect(tmp_path / "meter.db")
     assert db.execute("SELECT count(*) FROM proxies").fetchone()[0] == 0  # unregistered
     db.close()
 
@@ -255,7 +255,7 @@ def _spool_appears(folder: Path) -> Path:
 
 def test_calls_survive_a_locked_database_and_are_stored_once_it_frees(chat_proxy, tmp_path):
     proxy, _ = chat_proxy
-    blocker = store_db.connect(tmp_path / "meter.db")
+    blocker = connection.connect(tmp_path / "meter.db")
     blocker.execute("BEGIN EXCLUSIVE")  # nobody else may write (or read) now
     ids = _post_calls(proxy, 5)  # the clients never notice
     spool = _spool_appears(tmp_path)
@@ -359,7 +359,7 @@ def test_calls_handed_over_survive_the_proxy_being_killed(chat_proxy, tmp_path):
     deadline = time.monotonic() + 30
     while Path(f"/proc/{recorder}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    db = store_db.connect(tmp_path / "meter.db")
+    db = connection.connect(tmp_path / "meter.db")
     stored = {row[0] for row in db.execute("SELECT id FROM interactions")}
     db.close()
     assert set(ids) <= stored

@@ -13,8 +13,7 @@ import openai
 import pytest
 
 from taskmeter.automation import venvs
-from taskmeter.store import db as store_db
-from taskmeter.store import tasks
+from taskmeter.store import connection, tasks
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.gitrepo import background_work_done, eventually, git, make_venv, meter, task_row
@@ -52,7 +51,7 @@ def pytest_run(folder, *args: str) -> subprocess.CompletedProcess:
 
 
 def _runs(db_path) -> list[dict]:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         return [dict(row) for row in db.execute("SELECT * FROM test_runs ORDER BY id")]
     finally:
@@ -106,7 +105,7 @@ def _measured(repo) -> float:
 
 
 def _iterations(db_path, task_id: str) -> int:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         return tasks.iterations(db, task_id)
     finally:
@@ -227,7 +226,7 @@ def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path, tmp_path, 
 
 
 def _commits(db_path, task_id: str) -> int:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         return db.execute("SELECT count(*) FROM commits WHERE task_id = ?", (task_id,)).fetchone()[0]
     finally:

@@ -26,8 +26,7 @@ from taskmeter.config import files
 from taskmeter.config.settings import flat, load_settings
 from taskmeter.dashboard.pages import now_page
 from taskmeter.statusline import _duration, _tokens
-from taskmeter.store import alerts, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import alerts, connection, tasks
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -149,7 +148,7 @@ def test_a_setting_of_the_wrong_kind_is_one_line_on_the_read_path(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('[record]\nidle_minutes = "soon"\n')
     environ = {**os.environ, "METER_CONFIG": str(config)}
-    store_db.connect(tmp_path / "meter.db").close()
+    connection.connect(tmp_path / "meter.db").close()
     done = _meter(tmp_path / "meter.db", "tasks", env=environ, check=False)
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "record.idle_minutes" in done.stderr and "meter config check" in done.stderr
@@ -191,7 +190,7 @@ def test_status_the_now_page_and_the_status_line_show_one_state_in_working_time(
     `meter status --json` and the Now page say, and counts working time."""
     running, upstream = proxy
     db_path = running.db_path
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         with mock.patch.object(tasks, "now", lambda: _at(180)):
             tasks.set_task(db, "P2-001", estimate_seconds=3600)
@@ -203,7 +202,7 @@ def test_status_the_now_page_and_the_status_line_show_one_state_in_working_time(
     _meter(db_path, "task", "P2-001", "--budget", "5k")
     _ask(running, n=2)
     assert len(running.rows(wait_for=2)) == len(upstream.received) == 2
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         alerts.raise_alert(db, "loop", "loop:s1:x", "loop: session s1 sent 10 calls")
         page = now_page(db, 15 * 60, configured_defaults(files.read_values()))

@@ -19,10 +19,9 @@ from taskmeter.reconcile import claude, codex, gemini
 from taskmeter.reconcile.pairing import import_id
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.recorder.parse import BodyParser
-from taskmeter.store import db as store_db
-from taskmeter.store import migrations, tasks
+from taskmeter.store import connection, migrations, tasks
 from taskmeter.store.calls import CallRow, store_calls
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import to_stored
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -438,7 +437,7 @@ def test_reconcile_reports_bad_options_in_one_line(meter):
 def test_upgrading_keeps_calls_and_accepts_agent_log_calls(db_path, monkeypatch):
     before = [m for m in migrations.MIGRATIONS if m.__name__ < "m014"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")
     with pytest.raises(sqlite3.IntegrityError):
         old.execute("INSERT INTO interactions (id, started_at, usage_source) VALUES ('x', 'y', 'agent-log')")
@@ -448,7 +447,7 @@ def test_upgrading_keeps_calls_and_accepts_agent_log_calls(db_path, monkeypatch)
     )
     old.close()
     monkeypatch.undo()
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     assert upgraded.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert upgraded.execute("SELECT agent_log_tokens, input_total FROM task_usage WHERE task_key = 'P1-001'").fetchone()[:] == (
         0,
@@ -537,7 +536,7 @@ def test_end_to_end_the_log_s_turns_the_proxy_never_saw_are_counted_and_imported
         assert result.returncode == 0 and result.stderr == "", result.stderr
         return json.loads(result.stdout)
 
-    db = store_db.connect(tmp_path / "meter.db")
+    db = connection.connect(tmp_path / "meter.db")
     metered = {row["response_id"]: row for row in db.execute("SELECT * FROM interactions")}
     assert set(metered) == {"msg_e2e_1", "msg_e2e_2", "msg_e2e_5"}
 

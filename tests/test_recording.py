@@ -4,7 +4,7 @@ import time
 
 from taskmeter.store import calls, tasks
 from taskmeter.store.calls import CallRow
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import now_stored
 

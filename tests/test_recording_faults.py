@@ -17,7 +17,7 @@ import pytest
 
 from taskmeter.handover import callfile
 from taskmeter.recorder.estimate import count_tokens
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
@@ -75,7 +75,7 @@ def _post(client: httpx.Client, proxy: RunningProxy, path: str = f"/openai{CHAT}
 def _stored(db_path: Path, expected: int, timeout: float = 30) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while True:
-        db = store_db.connect(db_path)
+        db = connection.connect(db_path)
         try:
             rows = {row["id"]: dict(row) for row in db.execute("SELECT * FROM interactions")}
         finally:

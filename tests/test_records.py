@@ -11,7 +11,7 @@ import pytest
 from taskmeter.analytics import records
 from taskmeter.store import tasks
 from taskmeter.store.calls import CallRow, store_calls
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import now_stored
 

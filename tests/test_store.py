@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from taskmeter.analytics.history import usages
 from taskmeter.errors import MeterError
-from taskmeter.store import db as store_db
-from taskmeter.store import interactions, migrations, tasks
+from taskmeter.store import connection, interactions, migrations, tasks
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import to_stored
 from tests.conftest import dump, run_concurrently
@@ -20,33 +19,33 @@ EXPECTED_TABLES = {"phases", "tasks", "task_events", "state", "interactions", "f
 
 
 def test_fresh_database_has_schema_wal_and_foreign_keys(db_path):
-    connection = store_db.connect(db_path)
-    tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    opened = connection.connect(db_path)
+    tables = {r[0] for r in opened.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert EXPECTED_TABLES <= tables
-    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert connection.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
-    names = [r[0] for r in connection.execute("SELECT name FROM _meter_migrations")]
+    assert opened.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert opened.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert opened.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    names = [r[0] for r in opened.execute("SELECT name FROM _meter_migrations")]
     assert names == [m.__name__ for m in migrations.MIGRATIONS]
 
 
 def test_older_database_is_upgraded_in_place_keeping_data(db_path, monkeypatch):
-    connection = store_db.connect(db_path)
-    tasks.set_task(connection, "P1-001", title="kept")
-    connection.close()
+    opened = connection.connect(db_path)
+    tasks.set_task(opened, "P1-001", title="kept")
+    opened.close()
 
     def m999_test_column(db):
         db.execute("ALTER TABLE tasks ADD COLUMN colour TEXT")
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_test_column])
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     assert tasks.get_task(upgraded, "P1-001")["title"] == "kept"
     assert "colour" in tasks.get_task(upgraded, "P1-001").keys()
     assert upgraded.execute("SELECT name FROM _meter_migrations ORDER BY rowid DESC").fetchone()[0] == "m999_test_column"
 
 
 def test_failed_migration_rolls_back_entirely(db_path, monkeypatch):
-    store_db.connect(db_path).close()
+    connection.connect(db_path).close()
 
     def m998_half_done(db):
         db.execute("CREATE TABLE half (x)")
@@ -54,19 +53,19 @@ def test_failed_migration_rolls_back_entirely(db_path, monkeypatch):
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m998_half_done])
     with pytest.raises(MeterError):
-        store_db.connect(db_path)
+        connection.connect(db_path)
     monkeypatch.undo()
-    connection = store_db.connect(db_path)
-    assert connection.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
+    opened = connection.connect(db_path)
+    assert opened.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
 
 
 def test_database_from_newer_code_is_refused_and_not_modified(db_path):
-    connection = store_db.connect(db_path)
-    connection.execute("INSERT INTO _meter_migrations VALUES ('m900_from_the_future', '2030-01-01T00:00:00.000000Z')")
-    connection.close()
+    opened = connection.connect(db_path)
+    opened.execute("INSERT INTO _meter_migrations VALUES ('m900_from_the_future', '2030-01-01T00:00:00.000000Z')")
+    opened.close()
     before = dump(db_path)
     with pytest.raises(MeterError, match="newer taskmeter"):
-        store_db.connect(db_path)
+        connection.connect(db_path)
     assert dump(db_path) == before
 
 
@@ -108,25 +107,25 @@ def test_replaying_a_stored_interaction_is_a_no_op(db):
 
 def _writer_process(path: str, worker: int, rounds: int, errors) -> None:
     try:
-        connection = store_db.connect(path)
+        opened = connection.connect(path)
         for n in range(rounds):
-            tasks.set_task(connection, f"P{worker}-{n % 3:03d}")
+            tasks.set_task(opened, f"P{worker}-{n % 3:03d}")
             interactions.insert(
-                connection,
+                opened,
                 Interaction(
                     id=f"w{worker}{n:010d}", started_at="2026-01-01T00:00:00.000000Z", ended_at="2026-01-01T00:00:00.000000Z"
                 ),
             )
-            tasks.add_iteration(connection, None)
-            interactions.flag(connection, f"w{worker}{n:010d}")
-        connection.close()
+            tasks.add_iteration(opened, None)
+            interactions.flag(opened, f"w{worker}{n:010d}")
+        opened.close()
     except Exception as exc:  # reported to the parent, which fails the test
         errors.put(f"{type(exc).__name__}: {exc}")
 
 
 @pytest.mark.e2e  # two Python processes (multiprocessing)
 def test_two_processes_write_at_once_without_locking_errors(db_path):
-    store_db.connect(db_path).close()
+    connection.connect(db_path).close()
     context = multiprocessing.get_context("spawn")
     errors = context.Queue()
     rounds = 150
@@ -140,10 +139,10 @@ def test_two_processes_write_at_once_without_locking_errors(db_path):
         problems.append(errors.get())
     assert problems == []
     assert all(p.exitcode == 0 for p in workers)
-    connection = store_db.connect(db_path)
-    assert connection.execute("SELECT count(*) FROM interactions").fetchone()[0] == 2 * rounds
-    assert connection.execute("SELECT count(*) FROM task_events WHERE kind = 'iteration'").fetchone()[0] == 2 * rounds
-    assert connection.execute("SELECT count(*) FROM flags").fetchone()[0] >= rounds
+    opened = connection.connect(db_path)
+    assert opened.execute("SELECT count(*) FROM interactions").fetchone()[0] == 2 * rounds
+    assert opened.execute("SELECT count(*) FROM task_events WHERE kind = 'iteration'").fetchone()[0] == 2 * rounds
+    assert opened.execute("SELECT count(*) FROM flags").fetchone()[0] >= rounds
 
 
 def _rollup(db, task_key):
@@ -203,7 +202,7 @@ def test_rollups_follow_inserts_flags_retags_and_deletes(db):
 
 def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monkeypatch):
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")
     for n in range(5):
         old.execute(  # the first release's columns
@@ -213,7 +212,7 @@ def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monke
     interactions.flag(old, "000000000002")
     old.close()
     monkeypatch.undo()
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     assert upgraded.execute("SELECT count(*) FROM _meter_migrations").fetchone()[0] == len(migrations.MIGRATIONS)
     rollup = _rollup(upgraded, "P1-001")
     assert (rollup["interactions"], rollup["input_total"], rollup["output_total"], rollup["flagged"]) == (5, 500, 10, 1)
@@ -223,12 +222,12 @@ def test_upgrading_a_first_release_database_backfills_the_rollups(db_path, monke
 def test_several_processes_creating_the_database_at_once_all_succeed(tmp_path):
     for attempt in range(60):
         path = tmp_path / f"new-{attempt}.db"
-        assert run_concurrently(lambda path=path: store_db.connect(path).close(), 3) == []
+        assert run_concurrently(lambda path=path: connection.connect(path).close(), 3) == []
 
 
 def test_upgrading_repairs_task_and_phase_ids_of_mixed_case(db_path, monkeypatch):
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     # What the second release stored for `set-task P1-010` then `set-task p1-010`.
     old.executescript(
         """
@@ -243,7 +242,7 @@ def test_upgrading_repairs_task_and_phase_ids_of_mixed_case(db_path, monkeypatch
     )
     old.close()
     monkeypatch.undo()
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     assert [tuple(r) for r in upgraded.execute("SELECT id, phase_id FROM tasks ORDER BY id")] == [
         ("P1-010", "P1"),
         ("P2-001", "P2"),
@@ -427,7 +426,7 @@ def _rework_kept(db) -> dict:
 def test_upgrading_backfills_the_rework_rollup(db_path, monkeypatch):
     before_rework = [m for m in migrations.MIGRATIONS if m.__name__ < "m013"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before_rework)
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")
     for n in range(30):
         old.execute(
@@ -439,7 +438,7 @@ def test_upgrading_backfills_the_rework_rollup(db_path, monkeypatch):
         interactions.flag(old, f"00000004{n:04d}")
     old.close()
     monkeypatch.undo()
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     kept = _rework_kept(upgraded)
     assert kept == _rework_by_scan(upgraded)
     assert {key: calls for key, (_, calls, _, _) in kept.items()} == {("P1-001", "s1"): 8, ("P1-001", "s2"): 8}
@@ -448,7 +447,7 @@ def test_upgrading_backfills_the_rework_rollup(db_path, monkeypatch):
 def test_upgrading_backfills_the_usage_rollup(db_path, monkeypatch):
     before_usage_quarters = [m for m in migrations.MIGRATIONS if m.__name__ < "m011"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before_usage_quarters)
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")
     for n in range(40):  # the columns of that release
         old.execute(
@@ -463,7 +462,7 @@ def test_upgrading_backfills_the_usage_rollup(db_path, monkeypatch):
     interactions.flag(old, "000000020003")
     old.close()
     monkeypatch.undo()
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     assert upgraded.execute("SELECT count(*) FROM usage_quarters").fetchone()[0] > 0
     for period in ("hourly", "daily", "models"):
         rollup, direct = _usage_both_ways(upgraded, period, True, None)

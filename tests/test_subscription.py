@@ -21,8 +21,7 @@ import openai
 import pytest
 
 from taskmeter.proxy.routing import classify, subscription_login
-from taskmeter.store import db as store_db
-from taskmeter.store import migrations, tasks
+from taskmeter.store import connection, migrations, tasks
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -272,7 +271,7 @@ def test_a_redirect_that_is_no_address_is_a_one_line_error(tmp_path):
 def test_upgrading_marks_stored_calls_api_and_sums_api_equivalent_cost(tmp_path, monkeypatch):
     db_path = tmp_path / "meter.db"
     monkeypatch.setattr(migrations, "MIGRATIONS", [m for m in migrations.MIGRATIONS if m.__name__ < "m015"])
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")
     old.execute(
         "INSERT INTO interactions (id, started_at, task_id, input_total, output_total, cost_usd, usage_source)"
@@ -280,7 +279,7 @@ def test_upgrading_marks_stored_calls_api_and_sums_api_equivalent_cost(tmp_path,
     )
     old.close()
     monkeypatch.undo()
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     assert upgraded.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert upgraded.execute("SELECT price_basis FROM interactions").fetchone()[0] == "api"
     usage = "SELECT cost_usd, api_equivalent_usd FROM task_usage WHERE task_key = ?"

@@ -21,10 +21,9 @@ from taskmeter.analytics.reports import phase_report, task_report
 from taskmeter.automation import git as git_hooks
 from taskmeter.automation import testruns
 from taskmeter.config.settings import load_settings
-from taskmeter.store import calls, migrations, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import calls, connection, migrations, tasks
 from taskmeter.store.calls import CallRow
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.store.writer import Writer
 from taskmeter.timefmt import to_stored
@@ -291,7 +290,7 @@ def test_m020_judges_every_stored_call_afresh_and_rebuilds_the_rollup(db_path, m
     upgraded: its calls and the task_usage rollup follow the rule, as a retag would."""
     before = [m for m in migrations.MIGRATIONS if m.__name__ < "m020"]
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     _set_task(old, "P7-001", 0)
     _set_task(old, "P7-002", 5)
     _set_task(old, "P7-001", 10)
@@ -314,7 +313,7 @@ def test_m020_judges_every_stored_call_afresh_and_rebuilds_the_rollup(db_path, m
     old.close()
     monkeypatch.undo()
 
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         switches = [row[0] for row in db.execute("SELECT context_switch FROM interactions ORDER BY started_at")]
         rollup = db.execute("SELECT context_switches FROM task_usage WHERE task_key = 'P7-001'").fetchone()[0]

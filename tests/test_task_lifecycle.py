@@ -13,8 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from taskmeter.store import db as store_db
-from taskmeter.store import migrations, tasks
+from taskmeter.store import connection, migrations, tasks
 from taskmeter.store.calls import recompute_context_switches
 from tests.conftest import dump
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -213,7 +212,7 @@ def test_merge_moves_calls_flags_events_and_the_time_it_was_current(meter, db, d
     assert db.execute("SELECT count(*) FROM budgets").fetchone()[0] == 0  # its cap went with it
     assert {row[0] for row in db.execute("SELECT task_id FROM task_events WHERE kind = 'switch'")} == {"P1-010"}
     rollups_match_the_calls(db)
-    with store_db.write_transaction(db):
+    with connection.write_transaction(db):
         assert recompute_context_switches(db, "P1-010") == 0  # already by the rule
     report = json.loads(ok(meter("task", "P1-010", "--json")).out)
     assert report["ai_interactions"] == 4 and report["token_count_used"] == 4 * CHAT_TOKENS
@@ -386,7 +385,7 @@ def test_re_estimating_keeps_the_first_estimate_for_the_seed_s_fields(meter, db)
 def test_m018_keeps_an_older_database_s_estimate_as_the_first(db_path, monkeypatch, meter):
     with monkeypatch.context() as before_m018:
         before_m018.setattr(migrations, "MIGRATIONS", [m for m in migrations.MIGRATIONS if m.__name__ < "m018"])
-        old = store_db.connect(db_path)
+        old = connection.connect(db_path)
         with old:
             old.execute("INSERT INTO phases (id, created_at) VALUES ('P1', '2026-01-01T09:00:00.000000Z')")
             old.execute(

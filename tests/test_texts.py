@@ -14,8 +14,7 @@ from taskmeter.recorder.finalize import Finalizer
 from taskmeter.recorder.loop import RecorderLoop
 from taskmeter.recorder.parse import BodyParser
 from taskmeter.recorder.texts import TEXT_LIMIT, call_text
-from taskmeter.store import db as store_db
-from taskmeter.store import texts
+from taskmeter.store import connection, texts
 from tests.fixtures import ALL
 from tests.test_writer import _call
 
@@ -107,7 +106,7 @@ def test_texts_are_capped_and_redacted():
 
 
 def _stored(db_path) -> tuple[int, int, int]:
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     try:
         return tuple(
             db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("interactions", "call_texts", "bodies")
@@ -131,7 +130,7 @@ def test_the_recorder_prunes_text_past_retention_and_keeps_usage(db_path):
     assert _stored(db_path) == (2, 2, 0)
     loop.housekeeping()
     assert _stored(db_path) == (2, 1, 0)
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     assert texts.of_call(db, old.id) is None and texts.of_call(db, "000000000002")["prompt"] == "hi"
     assert db.execute("SELECT input_total FROM interactions WHERE id = ?", (old.id,)).fetchone()[0] == 10
     db.close()

@@ -11,8 +11,7 @@ import pytest
 
 from taskmeter.cli.budgets import apply_budget
 from taskmeter.reconcile.importing import import_missed
-from taskmeter.store import budgets, calls, interactions, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import budgets, calls, connection, interactions, tasks
 from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
 from tests.conftest import dump
@@ -34,10 +33,10 @@ def phase(db):
 def test_transactions_nest_and_only_the_outermost_commits(phase, db_path):
     other = sqlite3.connect(db_path)
     try:
-        with store_db.write_transaction(phase):
+        with connection.write_transaction(phase):
             phase.execute("UPDATE phases SET title = 'outer'")
-            with store_db.write_transaction(phase):
-                with store_db.write_transaction(phase):
+            with connection.write_transaction(phase):
+                with connection.write_transaction(phase):
                     phase.execute("UPDATE phases SET title = 'innermost'")
                 assert phase.in_transaction
             # Done inside, yet nobody else sees it: the savepoints were released into the outer transaction.
@@ -49,11 +48,11 @@ def test_transactions_nest_and_only_the_outermost_commits(phase, db_path):
 
 
 def test_a_failing_inner_part_rolls_back_only_itself(phase):
-    with store_db.write_transaction(phase):
+    with connection.write_transaction(phase):
         phase.execute("UPDATE phases SET title = 'outer'")
-        with pytest.raises(ValueError), store_db.write_transaction(phase):
+        with pytest.raises(ValueError), connection.write_transaction(phase):
             phase.execute("UPDATE phases SET title = 'inner'")
-            with store_db.write_transaction(phase):
+            with connection.write_transaction(phase):
                 phase.execute("INSERT INTO phases (id, created_at) VALUES ('P2', ?)", (AT,))
             raise ValueError("the inner part fails")
         assert _titles(phase) == ["outer"]  # P2, stored by a part inside the failed one, went with it
@@ -62,8 +61,8 @@ def test_a_failing_inner_part_rolls_back_only_itself(phase):
 
 
 def test_an_exception_rolls_back_everything_the_inner_parts_did(phase):
-    with pytest.raises(ValueError), store_db.write_transaction(phase):
-        with store_db.write_transaction(phase):
+    with pytest.raises(ValueError), connection.write_transaction(phase):
+        with connection.write_transaction(phase):
             phase.execute("UPDATE phases SET title = 'inner, released'")
         phase.execute("INSERT INTO phases (id, created_at) VALUES ('P2', ?)", (AT,))
         raise ValueError("a later check fails")
@@ -71,9 +70,9 @@ def test_an_exception_rolls_back_everything_the_inner_parts_did(phase):
 
 
 def test_a_transaction_takes_the_write_lock_when_it_begins(phase, db_path):
-    other = store_db.connect(db_path, busy_timeout=0)
+    other = connection.connect(db_path, busy_timeout=0)
     try:
-        with store_db.write_transaction(phase):
+        with connection.write_transaction(phase):
             # Nothing written yet, and still another writer cannot start: no read-then-write races it.
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("BEGIN IMMEDIATE")
@@ -93,7 +92,7 @@ def work(db):
     tasks.set_task(db, "P1-001")
     tasks.set_task(db, "P1-002", create=True)
     tasks.set_task(db, "P1-001")
-    with store_db.write_transaction(db):
+    with connection.write_transaction(db):
         calls.store_calls(db, [CallRow(_call("00000001aaaa"))])
     return db
 
@@ -116,16 +115,16 @@ STEPS = {
 @pytest.mark.parametrize("step", STEPS)
 def test_a_step_of_a_larger_write_refuses_to_run_outside_a_transaction(work, db_path, step):
     before = dump(db_path)
-    with pytest.raises(store_db.NotInTransaction, match=rf"^{step} runs in the caller's transaction: call it inside"):
+    with pytest.raises(connection.NotInTransaction, match=rf"^{step} runs in the caller's transaction: call it inside"):
         STEPS[step](work)
     assert dump(db_path) == before and not work.in_transaction
-    with store_db.write_transaction(work):
+    with connection.write_transaction(work):
         STEPS[step](work)
 
 
 def test_the_steps_that_write_write_inside_a_transaction(work, db_path):
     before = dump(db_path)
-    with store_db.write_transaction(work):
+    with connection.write_transaction(work):
         for step in ("store_calls", "insert_texts", "ensure_task", "auto_mark", "release_approved", "apply_budget"):
             STEPS[step](work)
     after = work.execute(
@@ -139,7 +138,7 @@ def test_the_steps_that_write_write_inside_a_transaction(work, db_path):
 def test_a_retag_outside_any_transaction_is_still_all_or_nothing(work, db_path):
     """The dashboard's retag shipped without a transaction: a failure after its
     first UPDATE kept the move and lost the rest. Retag now opens its own."""
-    with store_db.write_transaction(work):
+    with connection.write_transaction(work):
         calls.store_calls(work, [CallRow(_call("00000003cccc", started_at="2026-01-01T00:01:00.000000Z", root="a root"))])
     work.execute(  # after the move itself, when the conversation is rescoped to the new task
         "CREATE TEMP TRIGGER fail_halfway BEFORE UPDATE OF conversation_id ON interactions"
@@ -181,4 +180,4 @@ def test_transactions_begin_and_end_in_the_helper_alone():
     transaction left open, doctor's probe of the write lock, and `meter log
     --follow`'s read snapshot, which must not take the write lock."""
     found = {name for name, text in _sources(".").items() if TRANSACTION_CONTROL.search(text)}
-    assert found == {"store/db.py", "store/migrations.py", "store/writer.py", "doctor.py", "cli/calls.py"}
+    assert found == {"store/connection.py", "store/migrations.py", "store/writer.py", "doctor.py", "cli/calls.py"}

@@ -21,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskmeter.errors import MeterError
-from taskmeter.store import db as store_db
-from taskmeter.store import interactions, migrations, tasks
+from taskmeter.store import connection, interactions, migrations, tasks
 from taskmeter.store.interactions import Interaction
 from tests.conftest import dump
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -316,9 +315,9 @@ def test_m017_sets_flags_on_failed_calls_aside_and_rebuilds_the_rollups(db_path,
     nowhere, and every rollup equals the calls."""
     every = migrations.MIGRATIONS
     monkeypatch.setattr(migrations, "MIGRATIONS", every[: every.index(migrations.m017_failed_calls_one_rule)])
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")
-    with store_db.write_transaction(old):
+    with connection.write_transaction(old):
         ids = [
             _call(old, 1, 200, "complete", 1000),
             _call(old, 2, 400, "complete", None),
@@ -329,7 +328,7 @@ def test_m017_sets_flags_on_failed_calls_aside_and_rebuilds_the_rollups(db_path,
             _call(old, 7, 200, "complete", 500),
         ]
     for interaction_id in (ids[1], ids[2], ids[4]):
-        with store_db.write_transaction(old):  # as the release before m017 let them be flagged
+        with connection.write_transaction(old):  # as the release before m017 let them be flagged
             old.execute(
                 "INSERT INTO flags (interaction_id, note, flagged_at) VALUES (?, 'made up', '2026-01-01T01:00:00.000000Z')",
                 (interaction_id,),
@@ -342,7 +341,7 @@ def test_m017_sets_flags_on_failed_calls_aside_and_rebuilds_the_rollups(db_path,
     old.close()
     monkeypatch.setattr(migrations, "MIGRATIONS", every)
 
-    upgraded = store_db.connect(db_path)
+    upgraded = connection.connect(db_path)
     usage = dict(
         upgraded.execute("SELECT interactions, failed_calls, flagged FROM task_usage WHERE task_key = 'P1-001'").fetchone()
     )
@@ -373,9 +372,9 @@ def test_m017_sets_flags_on_failed_calls_aside_and_rebuilds_the_rollups(db_path,
 def test_a_set_aside_flag_is_shown_and_can_be_removed(db_path, monkeypatch, meter):
     every = migrations.MIGRATIONS
     monkeypatch.setattr(migrations, "MIGRATIONS", every[: every.index(migrations.m017_failed_calls_one_rule)])
-    old = store_db.connect(db_path)
+    old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")
-    with store_db.write_transaction(old):
+    with connection.write_transaction(old):
         answered, refused = _call(old, 1, 200, "complete", 100), _call(old, 2, 404, "complete", None)
         old.execute(
             "INSERT INTO flags (interaction_id, note, flagged_at) VALUES (?, 'odd', '2026-01-01T01:00:00.000000Z')", (refused,)
@@ -458,7 +457,7 @@ def _last_by_hand(calls: list[dict], task_id: str | None) -> tuple[str, list[str
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=st.lists(HISTORY_CALL, max_size=25), any_task=st.booleans())
 def test_last_follows_its_rule_over_any_history(db, history, any_task):
-    with store_db.write_transaction(db):
+    with connection.write_transaction(db):
         db.execute("DELETE FROM interactions")
     for task_id in ("P1-002", "P1-001"):
         tasks.set_task(db, task_id, create=True)  # P1-001 after P1-002 looks like a typo

@@ -13,10 +13,9 @@ import openai
 import pytest
 
 from taskmeter import ids
-from taskmeter.store import budgets, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import budgets, connection, tasks
 from taskmeter.store.calls import CallRow, store_calls
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, now_stored
 from tests.test_budgets import CHAT_ARGS, start_proxy, upstream  # noqa: F401 (a fixture)
@@ -309,7 +308,7 @@ def test_through_a_real_proxy_open_work_is_open_and_each_cap_is_judged(tmp_path,
         shown = text_of(meter, "report", "task", "P3-001")
         assert field_line(shown, "VARIANCE").split(":", 1)[1].strip().startswith("open: ")
         assert not re.search("ahead of schedule|than estimated|first try", shown)
-        with store_db.connect(proxy.db_path) as db:  # the dollar cap just under what was spent: 110%
+        with connection.connect(proxy.db_path) as db:  # the dollar cap just under what was spent: 110%
             budgets.set_budget(db, "task", "P3-001", [("tokens", 1_000_000), ("usd", fields["cost_usd"] / 1.1)])
         record = _budget(meter, "task", "P3-001")
         tokens, usd = record["caps"]

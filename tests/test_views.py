@@ -14,9 +14,8 @@ from termios import TIOCSWINSZ
 import pytest
 
 from taskmeter import ids
-from taskmeter.store import db as store_db
-from taskmeter.store import interactions, tasks
-from taskmeter.store.db import write_transaction
+from taskmeter.store import connection, interactions, tasks
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from tests.proxy_harness import VENV_BIN
 
@@ -52,7 +51,7 @@ FLAGGED = _id(2)
 
 @pytest.fixture
 def history(db_path):
-    db = store_db.connect(db_path)
+    db = connection.connect(db_path)
     tasks.set_task(db, "P1-010", title="Make the parser stream its input without buffering whole bodies", estimate_seconds=5400)
     with write_transaction(db):
         tasks.ensure_task(db, "P1-011", "2026-11-20T09:00:00.000000Z")

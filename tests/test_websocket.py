@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fake_ws_upstream import FakeResponsesSocket, response_frames, sse_frames, usage
@@ -110,7 +110,7 @@ def socket_url(proxy: RunningProxy, prefix: str = "") -> str:
 
 
 def stored_body(proxy: RunningProxy, interaction_id: str) -> str | None:
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         row = db.execute("SELECT response_body FROM bodies WHERE interaction_id = ?", (interaction_id,)).fetchone()
     finally:
@@ -174,7 +174,7 @@ def test_a_prewarm_with_generate_false_is_a_call_billed_for_its_input(proxy):
     assert (warm["input_total"], warm["output_total"], warm["usage_source"]) == (4321, 0, "reported")
     assert warm["cost_usd"] > 0
     assert (answer["input_total"], answer["output_total"]) == (4400, 12)
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         request = json.loads(db.execute("SELECT request_body FROM bodies WHERE interaction_id = ?", (warm["id"],)).fetchone()[0])
     finally:
@@ -283,7 +283,7 @@ def test_responses_multiplexed_by_stream_id_are_paired_with_their_creates(proxy)
 
 
 def stored_request(proxy: RunningProxy, interaction_id: str) -> str:
-    db = store_db.connect(proxy.db_path)
+    db = connection.connect(proxy.db_path)
     try:
         return db.execute("SELECT request_body FROM bodies WHERE interaction_id = ?", (interaction_id,)).fetchone()[0]
     finally:
@@ -505,7 +505,7 @@ def test_a_long_socket_keeps_no_frame_and_a_bounded_copy_of_each_response(tmp_pa
 
     from taskmeter.config import load_settings
     from taskmeter.proxy.addons import _SOCKET, _TASK, Route
-    from taskmeter.proxy.guard import Guard
+    from taskmeter.proxy.refusals import Guard
     from taskmeter.proxy.routing import Endpoint
     from taskmeter.proxy.tee import TAIL_BYTES
     from taskmeter.proxy.websocket import ResponsesWebSocket

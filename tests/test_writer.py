@@ -15,7 +15,7 @@ from taskmeter.handover.call import CapturedCall
 from taskmeter.recorder import loop as recorder_module
 from taskmeter.recorder.finalize import Finalizer
 from taskmeter.recorder.loop import RecorderLoop
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
 from taskmeter.store.writer import DatabaseUnavailable, Writer
@@ -48,7 +48,7 @@ def _call(n: int, body: bytes | None = None, model: str = "gpt-4o-mini", **value
 
 
 def _rows(path) -> dict[str, dict]:
-    db = store_db.connect(path)
+    db = connection.connect(path)
     try:
         return {row["id"]: dict(row) for row in db.execute("SELECT * FROM interactions")}
     finally:
@@ -141,7 +141,7 @@ def _housekeeping_after_the_retry_interval(loop: RecorderLoop) -> None:
 def test_a_locked_database_spools_then_catches_up(db_path):
     loop = _loop(db_path)
     loop.record([_call(0)])
-    blocker = store_db.connect(db_path)
+    blocker = connection.connect(db_path)
     blocker.execute("BEGIN EXCLUSIVE")
     for n in range(1, 6):
         loop.record([_call(n)])
@@ -175,11 +175,11 @@ def immutable(path, on: bool) -> None:
 
 def test_with_neither_database_nor_spool_usage_is_held_bounded_and_losses_counted(db_path, monkeypatch):
     monkeypatch.setattr(recorder_module, "HELD_ROWS_MAX", 3)
-    store_db.connect(db_path).close()
+    connection.connect(db_path).close()
     spool = callfile.spool_path(db_path)
     spool.touch()
     immutable(spool, True)
-    blocker = store_db.connect(db_path)
+    blocker = connection.connect(db_path)
     blocker.execute("BEGIN EXCLUSIVE")
     loop = _loop(db_path)
     loop.record([_call(n) for n in range(5)])

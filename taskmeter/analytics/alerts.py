@@ -1,5 +1,5 @@
 """The runaway-agent rules, as pure functions (the recorder applies them:
-recorder/guard.py). docs/budgets.md defines each."""
+recorder/planner.py). docs/budgets.md defines each."""
 
 import hashlib
 import json

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from taskmeter.errors import MeterError
 from taskmeter.store import interactions, tasks
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import now_stored
 
 FLAG_COMMAND = "/hallucination"

@@ -30,9 +30,8 @@ from pathlib import Path
 
 from taskmeter.automation.pytest_plugin.taskmeter_pytest import SETTINGS_PREFIX
 from taskmeter.errors import MeterError
-from taskmeter.store import commits, tasks
-from taskmeter.store import db as store_db
-from taskmeter.store.db import write_transaction
+from taskmeter.store import commits, connection, tasks
+from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import now_stored, to_stored
 
 log = logging.getLogger(__name__)
@@ -401,7 +400,7 @@ def main() -> None:
         settings = load_settings()
         repo = Path(_git(Path(args.repo), "rev-parse", "--show-toplevel"))
         branch = current_branch(repo) if args.branch is None else args.branch or None
-        db = store_db.connect(args.db or os.environ.get(store_db.ENV_VAR))
+        db = connection.connect(args.db or os.environ.get(connection.ENV_VAR))
         try:
             if args.hook == "post-checkout":
                 flag = (args.args + ["", "", ""])[2]

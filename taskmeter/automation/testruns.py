@@ -25,10 +25,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from taskmeter.store import db as store_db
-from taskmeter.store import tasks
+from taskmeter.store import connection, tasks
 from taskmeter.store import testruns as stored_runs
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import to_stored
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def main() -> None:
     try:
         run = json.loads(sys.stdin.read())
         settings = load_settings().automation
-        db = store_db.connect(args.db)
+        db = connection.connect(args.db)
         try:
             task_id = task_of_work(db, run.get("branch"), settings.branch_pattern)
             record_run(db, run, task_id, settings.coverage_target)

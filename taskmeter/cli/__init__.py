@@ -23,7 +23,7 @@ def main() -> None:
     from taskmeter import terminal
     from taskmeter.cli.common import cli
     from taskmeter.errors import MeterError
-    from taskmeter.store import db as store_db
+    from taskmeter.store import connection
 
     try:
         cli.main(prog_name="meter", standalone_mode=False)
@@ -42,7 +42,7 @@ def main() -> None:
         terminal.error(str(exc))
         sys.exit(1)
     except sqlite3.Error as exc:
-        terminal.error(str(store_db.describe_sqlite_error(exc, "the database")))
+        terminal.error(str(connection.describe_sqlite_error(exc, "the database")))
         sys.exit(1)
     except OSError as exc:
         terminal.error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))

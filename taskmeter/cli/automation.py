@@ -6,7 +6,7 @@ import click
 
 from taskmeter import terminal
 from taskmeter.cli.common import cli, db_option, open_db
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 
 
 @cli.group("hooks")
@@ -48,7 +48,7 @@ def hooks_install_cmd(repo, named_venvs, db_path):
     repo = repo.resolve()
     git.hooks_dir(repo)  # not a repository: say so before touching any virtualenv
     found = venvs.repository_venvs(repo, list(named_venvs))
-    written = git.install(repo, store_db.resolve_path(db_path) if db_path else None)
+    written = git.install(repo, connection.resolve_path(db_path) if db_path else None)
     terminal.info(f"installed {', '.join(Path(path).name for path in written)} in {Path(written[0]).parent}")
     for venv in found:
         venvs.install(venv)

@@ -9,7 +9,7 @@ from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds, 
 from taskmeter.errors import MeterError
 from taskmeter.store import alerts
 from taskmeter.store import budgets as stored_budgets
-from taskmeter.store.db import require_transaction, write_transaction
+from taskmeter.store.connection import require_transaction, write_transaction
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration
 

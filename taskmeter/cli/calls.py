@@ -20,8 +20,7 @@ from taskmeter.cli.common import (
     utc_option,
 )
 from taskmeter.errors import MeterError
-from taskmeter.store import dashboards, interactions, proxies, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import connection, dashboards, interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, now_stored, seconds_between
@@ -44,15 +43,15 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     from taskmeter.analytics.snapshot import current_state
     from taskmeter.handover import callfile
 
-    if not store_db.resolve_path(db_path).exists():
-        _status_without_database(store_db.resolve_path(db_path), as_json)
+    if not connection.resolve_path(db_path).exists():
+        _status_without_database(connection.resolve_path(db_path), as_json)
         return
     with open_db(db_path, create=False) as db:
         now = current_state(db, budget_defaults())
         view = task_report(db, now["task_id"], idle_seconds=idle_seconds()) if now["task_id"] else None
         latest = interactions.recent(db, limit=1)
         dashboard = dashboards.running(db)
-    database = store_db.resolve_path(db_path)
+    database = connection.resolve_path(db_path)
     note, budget, running = now["current_note"], now["budget"], now["proxies"]
     state: StatusReport = {
         "database": str(database),
@@ -465,7 +464,7 @@ def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned
     if to_task:
         to_task = tasks.validate_task_id(to_task)
     with open_db(db_path, create=False) as db:
-        with store_db.write_transaction(db):
+        with connection.write_transaction(db):
             if interactions_ or between:
                 ids = interactions.select_ids(db, list(interactions_), between)
             else:

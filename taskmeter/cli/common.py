@@ -11,7 +11,7 @@ from click.shell_completion import CompletionItem
 
 from taskmeter import __version__
 from taskmeter.errors import MeterError
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from taskmeter.timefmt import parse_duration, parse_moment, parse_user_timestamp, to_stored
 
 
@@ -68,7 +68,7 @@ class MomentType(click.ParamType):
 def _known(query: str, incomplete: str) -> list[tuple[str, str]]:
     """For shell completion: (value, help) pairs from the database, quietly none
     when it cannot be read. Read-only: completing must never create or migrate it."""
-    path = store_db.resolve_path(None)
+    path = connection.resolve_path(None)
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
         try:
@@ -109,9 +109,9 @@ YES_NO = click.Choice(["yes", "no"], case_sensitive=False)
 db_option = click.option(
     "--db",
     "db_path",
-    envvar=store_db.ENV_VAR,
+    envvar=connection.ENV_VAR,
     type=click.Path(dir_okay=False),
-    help=f"Database file (default: ${store_db.ENV_VAR}, else {store_db.default_path()}).",
+    help=f"Database file (default: ${connection.ENV_VAR}, else {connection.default_path()}).",
 )
 config_option = click.option(
     "--config",
@@ -142,14 +142,14 @@ def budget_defaults():
 @contextlib.contextmanager
 def open_db(path: str | os.PathLike | None, create: bool = True) -> Iterator[sqlite3.Connection]:
     """The database, for a command. One that reads or changes what is stored gives `create=False`: where
-    there is no database it says so (store_db.NoDatabase) instead of making an empty one."""
-    connection = store_db.connect(path, create=create)
+    there is no database it says so (connection.NoDatabase) instead of making an empty one."""
+    db = connection.connect(path, create=create)
     try:
-        yield connection
+        yield db
     except sqlite3.Error as exc:
-        raise store_db.describe_sqlite_error(exc, store_db.resolve_path(path)) from None
+        raise connection.describe_sqlite_error(exc, connection.resolve_path(path)) from None
     finally:
-        connection.close()
+        db.close()
 
 
 # The module of taskmeter.cli that defines each command: `meter X` imports that module

@@ -3,7 +3,7 @@
 import click
 
 from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 
 
 @cli.command("ui")
@@ -26,6 +26,6 @@ def ui_cmd(port, open_browser, db_path):
     from taskmeter.dashboard.server import serve
 
     try:
-        serve(store_db.resolve_path(db_path), port, idle_seconds(), budget_defaults(), open_browser)
+        serve(connection.resolve_path(db_path), port, idle_seconds(), budget_defaults(), open_browser)
     except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again: the way to stop, not a failure
         return

@@ -14,8 +14,7 @@ from taskmeter.cli.common import (
     open_db,
 )
 from taskmeter.errors import MeterError
-from taskmeter.store import dashboards, proxies, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import connection, dashboards, proxies, tasks
 
 
 @cli.command("proxy")
@@ -53,7 +52,7 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
         return settings
 
     settings = proxy_settings()
-    path = store_db.resolve_path(db_path)
+    path = connection.resolve_path(db_path)
     with open_db(path) as db:  # a bad database fails here, before listening
         running = proxies.running(db)
     if running:
@@ -89,7 +88,7 @@ def start_cmd(port, config_path, db_path):
     """Run the metering proxy in the background (log and pidfile in the user state folder)."""
     from taskmeter import lifecycle
 
-    path = store_db.resolve_path(db_path)
+    path = connection.resolve_path(db_path)
     args = (["--port", str(port)] if port is not None else []) + (["--config", config_path] if config_path else [])
     proxy = lifecycle.start(path, args)
     terminal.info(f"meter proxy started: pid {proxy['pid']} on {proxy['listen']}, recording to {path}")
@@ -104,7 +103,7 @@ def stop_cmd(config_path, db_path):
     from taskmeter import lifecycle
     from taskmeter.config import load_settings
 
-    path = store_db.resolve_path(db_path)
+    path = connection.resolve_path(db_path)
     pid = lifecycle.stop(path, timeout=load_settings(config_path).proxy.shutdown_grace_seconds + 5)
     terminal.info(f"meter proxy (pid {pid}) stopped" if pid else f"no meter proxy records to {path}")
 
@@ -131,9 +130,9 @@ def doctor_cmd(agent, as_json, config_path, db_path):
     from taskmeter.doctor import run_agent_checks, run_checks
 
     if agent:
-        checks = run_agent_checks(agent, store_db.resolve_path(db_path), config_path, dict(os.environ))
+        checks = run_agent_checks(agent, connection.resolve_path(db_path), config_path, dict(os.environ))
     else:
-        checks = run_checks(store_db.resolve_path(db_path), config_path, dict(os.environ))
+        checks = run_checks(connection.resolve_path(db_path), config_path, dict(os.environ))
     if as_json:
         terminal.print_json([asdict(check) for check in checks])
     else:
@@ -206,7 +205,7 @@ def env_cmd(shell, task_id, https_proxy, unset, create, config_path, db_path):
 def _refuse_typo(db_path, task_id: str, create: bool) -> None:
     """A task ID given to `meter env` or `meter run` that looks like a typo needs
     --create, as with set-task: the proxy itself records whatever task a call names."""
-    path = store_db.resolve_path(db_path)
+    path = connection.resolve_path(db_path)
     if not create and path.exists():
         with open_db(path, create=False) as db:
             tasks.refuse_typo(db, task_id)
@@ -245,7 +244,7 @@ def run_cmd(task_id, create, command, config_path, db_path):
         task_id = tasks.validate_task_id(task_id)
     settings = load_settings(config_path)
     program = shutil.which(command[0])
-    path = store_db.resolve_path(db_path)
+    path = connection.resolve_path(db_path)
     if task_id:
         _refuse_typo(path, task_id, create)  # before COMMAND runs
     if program is None:

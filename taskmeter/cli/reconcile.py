@@ -37,7 +37,7 @@ def reconcile_cmd(
     from taskmeter.reconcile.importing import import_missed
     from taskmeter.reconcile.pairing import read_logs, reconcile
     from taskmeter.reconcile.summary import summary
-    from taskmeter.store.db import write_transaction
+    from taskmeter.store.connection import write_transaction
 
     warnings: list[str] = []
 

@@ -13,7 +13,7 @@ from taskmeter.cli.common import (
 )
 from taskmeter.errors import MeterError
 from taskmeter.private import private_dir, private_file
-from taskmeter.store import db as store_db
+from taskmeter.store import connection
 from taskmeter.terminal import Column
 
 
@@ -85,7 +85,7 @@ def config_init_cmd(force, config_path):
 @db_option
 def path_cmd(db_path):
     """Print the database path (for sqlite3 or Datasette)."""
-    terminal.info(str(store_db.resolve_path(db_path)))
+    terminal.info(str(connection.resolve_path(db_path)))
 
 
 @cli.command("completion")

@@ -19,7 +19,7 @@ from taskmeter.cli.common import (
 )
 from taskmeter.errors import MeterError
 from taskmeter.store import tasks
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.terminal import Column
 from taskmeter.timefmt import display, format_duration
 

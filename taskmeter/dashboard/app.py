@@ -2,7 +2,7 @@
 
 Pages build their numbers in a worker thread with their own sqlite3 connection
 (pages.py); the feed polls through aiosqlite (feed.py); writes go through the
-same store functions as `meter flag|unflag|retag`, behind guard.py's checks.
+same store functions as `meter flag|unflag|retag`, behind access.py's checks.
 """
 
 import secrets
@@ -28,10 +28,9 @@ from taskmeter.analytics import budgets, formats
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.analytics.metrics import NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
 from taskmeter.dashboard import feed, pages
-from taskmeter.dashboard.guard import LOOPBACK_NAMES, AccessToken, SameOriginWrites, same_secret
+from taskmeter.dashboard.access import LOOPBACK_NAMES, AccessToken, SameOriginWrites, same_secret
 from taskmeter.errors import MeterError, NotFound
-from taskmeter.store import alerts, calls, interactions, tasks
-from taskmeter.store import db as store_db
+from taskmeter.store import alerts, calls, connection, interactions, tasks
 from taskmeter.timefmt import format_duration
 
 PACKAGE = files("taskmeter.dashboard")
@@ -66,11 +65,11 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         """`build(db, *args)` in a worker thread, on a connection of its own."""
 
         def work():
-            db = store_db.connect(db_path, create=False)
+            db = connection.connect(db_path, create=False)
             try:
                 return build(db, *args)
             except sqlite3.Error as exc:
-                raise store_db.describe_sqlite_error(exc, db_path) from None
+                raise connection.describe_sqlite_error(exc, db_path) from None
             finally:
                 db.close()
 

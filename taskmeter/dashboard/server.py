@@ -14,12 +14,11 @@ import uvicorn
 
 from taskmeter import terminal
 from taskmeter.analytics.budgets import Defaults
+from taskmeter.dashboard.access import moving_on_page, tokened_url
 from taskmeter.dashboard.app import create_app
-from taskmeter.dashboard.guard import moving_on_page, tokened_url
 from taskmeter.errors import MeterError
 from taskmeter.private import private_dir, private_file
-from taskmeter.store import dashboards
-from taskmeter.store import db as store_db
+from taskmeter.store import connection, dashboards
 
 HOST = "127.0.0.1"  # loopback only: the dashboard can flag and retag
 
@@ -53,7 +52,7 @@ def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaul
     access_token = secrets.token_urlsafe(32)  # per run, as Jupyter's: other users of the machine reach 127.0.0.1 too
     url = tokened_url(address, access_token)
     opener = None
-    db = store_db.connect(db_path, create=False)  # migrates an older database before the pages read it; makes none
+    db = connection.connect(db_path, create=False)  # migrates an older database before the pages read it; makes none
     try:
         dashboards.register(db, db_path, address, url)
         terminal.info(f"taskmeter dashboard on {url} (reading {db_path}; Ctrl-C stops it)")

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct(">IQ")  # payload length, batch number
 # What the recorder says back: a kind and a number. ACKNOWLEDGED: the number is
 # the last batch stored; GUARD_STATE: the number is the length of the JSON that
-# follows (recorder/guard.py), which the proxy's Guard decides calls by;
+# follows (recorder/planner.py), which the proxy's Guard decides calls by;
 # RECORDER_STATE: the length of the JSON that follows, {"held": calls kept in
 # its memory, "lost": calls it lost so far}.
 REPLY = struct.Struct(">BQ")
@@ -476,13 +476,13 @@ class Handover:
         """Tell `meter status` why nothing is recorded, and how many calls were
         lost: in the health file always, in the proxies table when it can be
         written. Off the event loop, and rare."""
-        from taskmeter.store import db as store_db
+        from taskmeter.store import connection
 
         lost = self.lost
         self._last_report = time.monotonic()
         self._write_health()
         try:
-            db = store_db.connect(self._db_path, busy_timeout=1.0)
+            db = connection.connect(self._db_path, busy_timeout=1.0)
             try:
                 proxies.heartbeat(db, self._proxy_id, self.not_recording or proxies.RECORDING, lost)
             finally:

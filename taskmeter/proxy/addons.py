@@ -2,7 +2,7 @@
 added in this order: Gateway (where a call goes, and who may send it),
 TaskAttribution (which task it belongs to), Capture (what it says, handed over
 when it ends), ResponsesWebSocket (each response on a Responses API WebSocket, in
-proxy/websocket.py), Guard (whether a budget or a loop refuses it, in proxy/guard.py).
+proxy/websocket.py), Guard (whether a budget or a loop refuses it, in proxy/refusals.py).
 They pass what they learn to the next through flow.metadata.
 
 Hooks do in-memory work only. Finished calls go to the hand-over; parsing,

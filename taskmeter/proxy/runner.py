@@ -26,11 +26,10 @@ from taskmeter.logs import configure_logging
 from taskmeter.private import private_dir
 from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
-from taskmeter.proxy.guard import Guard
+from taskmeter.proxy.refusals import Guard
 from taskmeter.proxy.routing import Router
 from taskmeter.proxy.websocket import ResponsesWebSocket
-from taskmeter.store import db as store_db
-from taskmeter.store import proxies
+from taskmeter.store import connection, proxies
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class Announcer:
 
     def _announce(self, listen: str) -> None:
         self._secure_ca()
-        db = store_db.connect(self._db_path)
+        db = connection.connect(self._db_path)
         try:
             proxies.register(db, self._proxy_id, listen)
         finally:

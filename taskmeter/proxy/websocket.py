@@ -47,7 +47,7 @@ from taskmeter.proxy.addons import (
     client_session,
     safe_endpoint,
 )
-from taskmeter.proxy.guard import HOLD, Guard, Refusal
+from taskmeter.proxy.refusals import HOLD, Guard, Refusal
 from taskmeter.proxy.routing import subscription_login
 from taskmeter.proxy.tee import ResponseTee
 

@@ -12,7 +12,7 @@ import sqlite3
 
 from taskmeter.reconcile.pairing import AgentResult
 from taskmeter.store.calls import CallRow, recompute_context_switches, store_calls
-from taskmeter.store.db import require_transaction
+from taskmeter.store.connection import require_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.tokens import AGENT_LOG
 

@@ -21,7 +21,7 @@ fits), each followed by a checkpoint that gives the WAL's space back.
 Before it acknowledges a batch, the loop tells the proxy how many calls it holds
 and has lost, so that the count is exact and `meter status` shows it at once.
 
-Budget and alert planning (recorder/guard.py) is not recording: whatever it
+Budget and alert planning (recorder/planner.py) is not recording: whatever it
 raises is logged once per kind, and recording goes on.
 """
 
@@ -186,7 +186,7 @@ class RecorderLoop:
         self._told: dict | None = None
         self._last_retry = 0.0
         self._last_heartbeat = 0.0
-        self.guard = None  # budgets and alerts (recorder/guard.py), when the proxy runs us
+        self.guard = None  # budgets and alerts (recorder/planner.py), when the proxy runs us
         self._bugs_seen: set[str] = set()  # kinds of our own errors, each logged with its traceback once
 
     # ------------------------------------------------------------ batches
@@ -513,7 +513,7 @@ def main() -> None:
     parser.add_argument("--session-gap-minutes", type=float, default=DEFAULT_SESSION_GAP_SECONDS / 60)
     parser.add_argument("--proxy-id")
     parser.add_argument("--live-view-fd", type=int, help="Print a line per call stored to this file descriptor.")
-    parser.add_argument("--guard", help="JSON: the [budgets] and [alerts] settings and idle_seconds (recorder/guard.py).")
+    parser.add_argument("--guard", help="JSON: the [budgets] and [alerts] settings and idle_seconds (recorder/planner.py).")
     args = parser.parse_args()
     # The proxy handles Ctrl-C and stops us by closing our input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -552,7 +552,7 @@ def main() -> None:
 
 def _guard(loop: RecorderLoop, config: dict, live_view):
     from taskmeter.analytics.budgets import defaults_of
-    from taskmeter.recorder.guard import Guard
+    from taskmeter.recorder.planner import Guard
 
     def announce(line: str) -> None:
         if live_view is not None:

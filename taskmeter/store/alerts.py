@@ -4,7 +4,7 @@ while open; `meter alerts clear` closes them (docs/budgets.md)."""
 import json
 import sqlite3
 
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import now_stored
 
 

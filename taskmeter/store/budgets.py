@@ -5,7 +5,7 @@ import sqlite3
 
 from taskmeter.errors import MeterError
 from taskmeter.store import alerts
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import now_stored
 
 _TOKENS = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMbB]?)(?:\s*tokens?)?$")

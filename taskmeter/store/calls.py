@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from taskmeter.errors import NotFound
 from taskmeter.store import tasks
-from taskmeter.store.db import require_transaction, write_transaction
+from taskmeter.store.connection import require_transaction, write_transaction
 from taskmeter.store.interactions import Interaction, insert_many, storable_text
 from taskmeter.store.sessions import (
     DEFAULT_SESSION_GAP_SECONDS,

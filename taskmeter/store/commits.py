@@ -2,7 +2,7 @@
 
 import sqlite3
 
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 
 
 def record_commit(

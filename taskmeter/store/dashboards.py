@@ -14,7 +14,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.store.proxies import meter_process_alive
 from taskmeter.timefmt import now_stored
 

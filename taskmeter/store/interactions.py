@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 from taskmeter import ids
 from taskmeter.errors import Ambiguous, MeterError, NotFound
-from taskmeter.store.db import require_transaction, write_transaction
+from taskmeter.store.connection import require_transaction, write_transaction
 from taskmeter.timefmt import now_stored
 from taskmeter.tokens import TOKEN_COLUMNS, TOKENS_SQL
 

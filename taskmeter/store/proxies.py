@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypedDict
 
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import now, now_stored, to_stored
 from taskmeter.tokens import TOKENS_SQL
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from taskmeter.errors import MeterError, NotFound
-from taskmeter.store.db import require_transaction, write_transaction
+from taskmeter.store.connection import require_transaction, write_transaction
 from taskmeter.timefmt import display, now, now_stored, to_stored
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$")

@@ -4,7 +4,7 @@ and which red runs are rework: derived when read, never stored."""
 import sqlite3
 
 from taskmeter.store import commits, tasks
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 
 
 def record_test_run(

@@ -4,7 +4,7 @@
 import json
 import sqlite3
 
-from taskmeter.store.db import write_transaction
+from taskmeter.store.connection import write_transaction
 
 
 def of_call(db: sqlite3.Connection, interaction_id: str) -> dict | None:

@@ -18,8 +18,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from taskmeter.store import db as store_db
-from taskmeter.store import proxies, texts
+from taskmeter.store import connection, proxies, texts
 from taskmeter.store.calls import CallRow, insert_texts, store_calls
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 
@@ -129,7 +128,7 @@ class Writer:
         db = self._connect()
         try:
             # BEGIN IMMEDIATE: the batch waits WRITER_BUSY_SECONDS for the lock, then spools.
-            with store_db.write_transaction(db):
+            with connection.write_transaction(db):
                 if texts_only:
                     for item in items:
                         insert_texts(db, item)
@@ -146,19 +145,19 @@ class Writer:
             db.execute(f"PRAGMA busy_timeout = {int(WRITER_BUSY_SECONDS * 1000)}")
 
     def _connect(self) -> sqlite3.Connection:
-        if self._db is not None and store_db.file_identity(self.db_path) != self._identity:
+        if self._db is not None and connection.file_identity(self.db_path) != self._identity:
             self._replaced(self._db)
         if self._db is None:
             busy = PROBE_BUSY_SECONDS if self.failing else WRITER_BUSY_SECONDS
             try:
-                self._db = store_db.connect(self.db_path, busy_timeout=busy)
+                self._db = connection.connect(self.db_path, busy_timeout=busy)
             except Exception as exc:
                 self._failed(exc)
                 raise DatabaseUnavailable(str(exc)) from None
             # After the open: the file SQLite has open is the one at the path now.
-            self._identity = store_db.file_identity(self.db_path)
+            self._identity = connection.file_identity(self.db_path)
             if self._running_proxies:
-                with contextlib.suppress(sqlite3.Error), store_db.write_transaction(self._db):  # the heartbeat says the rest
+                with contextlib.suppress(sqlite3.Error), connection.write_transaction(self._db):  # the heartbeat says the rest
                     self._db.executemany(_REGISTER, self._running_proxies)
                 self._running_proxies = []
         return self._db

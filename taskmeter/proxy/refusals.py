@@ -1,6 +1,6 @@
 """The Guard addon: whether a spent budget or a loop refuses a call, decided on
 the event loop by dictionary lookups and counters in the state the recorder
-pushes (recorder/guard.py; docs/budgets.md).
+pushes (recorder/planner.py; docs/budgets.md).
 
 A budget in block mode refuses every new call once its stored spend reaches it.
 Until then the proxy counts, per such budget, its calls in flight (let through,

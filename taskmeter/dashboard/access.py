@@ -1,4 +1,4 @@
-"""The dashboard's guard: every request carries this run's access token, writes
+"""Who may use the dashboard: every request carries this run's access token, writes
 come only from its own pages, and headers keep stored model text inert. Host
 names are checked by Starlette's TrustedHostMiddleware."""
 

@@ -1,7 +1,7 @@
 """The recorder's half of budgets and alerts: it works out, from the database,
 what the proxy must know, and pushes that to the proxy whenever it changes
 (checked every REFRESH_SECONDS, idle or busy), so the proxy's Guard addon
-(proxy/guard.py) decides each call with dictionary lookups and counters. While
+(proxy/refusals.py) decides each call with dictionary lookups and counters. While
 a budget in block mode is set, it pushes after every batch stored: the budgets'
 new spend and the IDs of the calls stored, which the proxy no longer counts as in
 flight. It also raises the alerts: budget crossings, loops of near-identical
