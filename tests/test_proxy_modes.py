@@ -513,13 +513,13 @@ def test_addon_methods_named_after_mitmproxy_events_are_meant_as_hooks():
     import mitmproxy.proxy.server_hooks  # noqa: F401  (declares the connection events)
     from mitmproxy import hooks
 
-    from taskmeter.proxy import addons, guard
+    from taskmeter.proxy import addons, refusals
 
     meant = {
         addons.Gateway: {"http_connect", "requestheaders", "responseheaders", "server_connect", "client_disconnected"},
         addons.TaskAttribution: {"http_connect", "client_disconnected", "requestheaders"},
         addons.Capture: {"requestheaders", "request", "responseheaders", "response", "error", "done"},
-        guard.Guard: {"request", "responseheaders"},
+        refusals.Guard: {"request", "responseheaders"},
     }
     assert "update" in hooks.all_hooks and "configure" in hooks.all_hooks
     for addon, events in meant.items():
