@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from taskmeter.protocols.anthropic import anthropic_usage
-from taskmeter.reconcile.turns import LogTurn, Warn, count, json_lines, major_version, stored_time
+from taskmeter.reconcile.turns import LogTurn, Warn, count, json_lines, major_version, stored_time, text
 
 NAME = "claude"
 TITLE = "Claude Code"
@@ -58,8 +58,8 @@ def _turn(path: Path, number: int, record: dict) -> LogTurn | None:
     at = stored_time(record.get("timestamp"))
     if usage.input_total is None or count(message["usage"].get("output_tokens")) is None or at is None:
         return None
-    message_id = message.get("id") if isinstance(message.get("id"), str) else None
-    session = record.get("sessionId") if isinstance(record.get("sessionId"), str) else None
+    message_id = text(message, "id")
+    session = text(record, "sessionId")
     key = message_id or f"{session}:{record.get('uuid')}"
     return LogTurn(
         agent=NAME,
@@ -68,10 +68,10 @@ def _turn(path: Path, number: int, record: dict) -> LogTurn | None:
         file=str(path),
         line=number,
         usage=usage,
-        model=message.get("model") if isinstance(message.get("model"), str) else None,
+        model=text(message, "model"),
         session=session,
         response_id=message_id,
-        cwd=record.get("cwd") if isinstance(record.get("cwd"), str) else None,
-        branch=record.get("gitBranch") if isinstance(record.get("gitBranch"), str) else None,
-        version=record.get("version") if isinstance(record.get("version"), str) else None,
+        cwd=text(record, "cwd"),
+        branch=text(record, "gitBranch"),
+        version=text(record, "version"),
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from taskmeter.protocols.openai_responses import openai_responses_usage
 from taskmeter.protocols.usage import Usage
-from taskmeter.reconcile.turns import LogTurn, Warn, count, json_lines, major_version, stored_time
+from taskmeter.reconcile.turns import LogTurn, Warn, count, json_lines, major_version, stored_time, text
 
 NAME = "codex"
 TITLE = "Codex"
@@ -86,7 +86,7 @@ def _read_file(path: Path, warn: Warn) -> list[LogTurn]:
             if usage is None or at is None:
                 warn(f"{path}:{number}: a token_usage_record in a form this meter does not know; line skipped")
                 continue
-            response_id = payload.get("response_id") if isinstance(payload.get("response_id"), str) else None
+            response_id = text(payload, "response_id")
             session = payload.get("session_id") or meta.get("id")
             key = response_id or f"{session}:{_vector_key(payload.get('thread_token_usage') or {})}"
             records.append(_turn(path, number, at, usage, model, meta, session, f"{NAME}:{key}", response_id))
@@ -125,7 +125,7 @@ def _turn(path, number, at, usage, model, meta, session, key, response_id=None) 
         model=model,
         session=session if isinstance(session, str) else None,
         response_id=response_id,
-        cwd=meta.get("cwd") if isinstance(meta.get("cwd"), str) else None,
-        branch=git.get("branch") if isinstance(git.get("branch"), str) else None,
-        version=meta.get("cli_version") if isinstance(meta.get("cli_version"), str) else None,
+        cwd=text(meta, "cwd"),
+        branch=text(git, "branch"),
+        version=text(meta, "cli_version"),
     )

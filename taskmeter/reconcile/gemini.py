@@ -17,7 +17,7 @@ from pathlib import Path
 
 from taskmeter.protocols.gemini import gemini_usage
 from taskmeter.protocols.usage import Usage
-from taskmeter.reconcile.turns import LogTurn, Warn, count, json_lines, stored_time
+from taskmeter.reconcile.turns import LogTurn, Warn, count, json_lines, stored_time, text
 
 NAME = "gemini"
 TITLE = "Gemini CLI"
@@ -72,7 +72,7 @@ def read(paths: list[Path], warn: Warn) -> list[LogTurn]:
                 file=str(path),
                 line=number,
                 usage=usage,
-                model=record.get("model") if isinstance(record.get("model"), str) else None,
+                model=text(record, "model"),
                 session=session,
                 cwd=cwd,
             )

@@ -44,6 +44,12 @@ def stored_time(value) -> str | None:
     return to_stored(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
+def text(record: dict, key: str) -> str | None:
+    """`record[key]` when it is a string, else None: a log field in a form we do not know reads as absent."""
+    value = record.get(key)
+    return value if isinstance(value, str) else None
+
+
 def count(value) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
