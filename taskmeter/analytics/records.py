@@ -28,7 +28,9 @@ class TokensBySource(TypedDict):
 
 
 class UsageExtras(TypedDict):
-    """What a task and a phase report both say about their calls (metrics._usage_extras)."""
+    """What a task and a phase report both say about their calls (metrics._usage_extras).
+    TaskFields and PhaseFields spell these keys again where `--json` prints them: a
+    TypedDict's inherited keys come first, and the key order is part of the output."""
 
     tokens: Tokens
     tokens_by_source: TokensBySource
