@@ -211,9 +211,19 @@ def _task_lifecycle(task_id, delete, move_calls_to, merge_into, reopen, edits, a
         raise click.UsageError("--delete (with --move-calls-to), --merge-into and --reopen go alone")
     with open_db(db_path, create=False) as db:
         if reopen:
-            reopened, withdrawn = tasks.reopen(db, task_id)
-            line = f"{reopened} reopened: its approval of {display(withdrawn)} is kept in its history; working time resumes."
-            result = {"task_id": reopened, "reopened": True, "approval_withdrawn": withdrawn}
+            reopening = tasks.reopen(db, task_id)
+            line = (
+                f"{reopening.task_id} reopened: its approval of {display(reopening.approval)} is kept in its history;"
+                " working time resumes."
+            )
+            if reopening.integration_withdrawn:
+                line += f" Phase {reopening.integration_withdrawn} is no longer integration complete."
+            result = {
+                "task_id": reopening.task_id,
+                "reopened": True,
+                "approval_withdrawn": reopening.approval,
+                "integration_withdrawn": reopening.integration_withdrawn,
+            }
         else:
             removal = tasks.merge_task(db, task_id, merge_into) if merge_into else tasks.delete_task(db, task_id, move_calls_to)
             line = _removal_line(removal, merged=bool(merge_into))

@@ -550,10 +550,19 @@ def current_note(db: sqlite3.Connection) -> str | None:
     return row["note"] if row else None
 
 
-def reopen(db: sqlite3.Connection, task_id: str, note: str | None = None) -> tuple[str, str]:
+class Reopening(NamedTuple):
+    """What `meter task ID --reopen` did."""
+
+    task_id: str
+    approval: str  # the approval withdrawn
+    integration_withdrawn: str | None  # the phase whose automatic "integration complete" mark went with it
+
+
+def reopen(db: sqlite3.Connection, task_id: str, note: str | None = None) -> Reopening:
     """Withdraw a task's approval: it moves to task_approvals, working time resumes
-    (the task is open again) and a later approval is recorded as usual.
-    Returns (task ID, the approval withdrawn)."""
+    (the task is open again) and a later approval is recorded as usual. The
+    phase's integration mark goes too when the meter set it (every task was in);
+    a person's mark stays."""
     at = now_stored()
     with write_transaction(db):
         task = get_task(db, task_id.strip())
@@ -569,7 +578,25 @@ def reopen(db: sqlite3.Connection, task_id: str, note: str | None = None) -> tup
             "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, 'reopened', ?)",
             (task["id"], at, note),
         )
-    return task["id"], approved
+        withdrawn = _withdraw_automatic_integration(db, task["phase_id"], f"{task['id']} reopened")
+    return Reopening(task["id"], approved, withdrawn)
+
+
+def _withdraw_automatic_integration(db: sqlite3.Connection, phase_id: str | None, reason: str) -> str | None:
+    """Clear a phase's "integration complete" when it is the meter's own mark; the
+    withdrawal is kept in automatic_marks as a mark without a value."""
+    if phase_id is None:
+        return None
+    phase = get_phase(db, phase_id)
+    integrated = phase[PHASE_MILESTONES["integration"]]
+    if _meter_source(db, phase, "integration", integrated) is None:  # unset, or a person's
+        return None
+    db.execute(f"UPDATE phases SET {PHASE_MILESTONES['integration']} = NULL WHERE id = ?", (phase_id,))
+    db.execute(
+        "INSERT INTO automatic_marks (at, phase_id, milestone, value, source) VALUES (?, ?, 'integration', NULL, ?)",
+        (now_stored(), phase_id, f"withdrawn: {reason}"),
+    )
+    return phase_id
 
 
 class Removal(NamedTuple):
