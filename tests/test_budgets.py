@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from taskmeter.analytics.alerts import burn_rate_threshold, tokens_per_working_hour
+from taskmeter.analytics.budgets import Defaults
 from taskmeter.recorder.planner import LoopWatch
 from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
@@ -23,6 +24,7 @@ from tests.proxy_harness import RunningProxy, write_config
 pytestmark = pytest.mark.e2e
 
 FIXTURE = {f.name: f for f in ALL}
+NO_DEFAULT_BUDGET = Defaults(on_exceeded="warn", task_tokens=None, task_usd=None, count_subscription_usd=False)
 CHAT, MESSAGES = "/v1/chat/completions", "/v1/messages"
 GEMINI = "/v1beta/models/gemini-test:generateContent"
 CHAT_ARGS = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
@@ -308,7 +310,6 @@ def test_burn_rate_alert_over_a_synthetic_history(db_path, meter):
     """Five approved tasks that burned 600, 660, 720, 780 and 6,000 tokens per
     working hour (median 720, MAD 60: with k = 3 the line is 900), then a current
     task burning about 3,000: one burn-rate alert from the recorder's rule, once."""
-    from taskmeter.analytics.budgets import Defaults
     from taskmeter.recorder.planner import Guard
     from taskmeter.store import tasks
     from taskmeter.store.writer import Writer
@@ -339,7 +340,7 @@ def test_burn_rate_alert_over_a_synthetic_history(db_path, meter):
     db.close()
 
     def guard(announced: list) -> Guard:
-        return Guard(Writer(db_path), lambda state: None, announced.append, Defaults(), 10, 5, "warn", 3.0, [], 900)
+        return Guard(Writer(db_path), lambda state: None, announced.append, NO_DEFAULT_BUDGET, 10, 5, "warn", 3.0, [], 900)
 
     announced: list[str] = []
     guard(announced).refresh(force=True)
@@ -381,7 +382,6 @@ def test_budget_amounts_and_modes_fail_in_one_line(meter):
 def test_a_budget_warns_once_per_budget_as_set(db_path, meter):
     """A crossing is raised once: a recorder started again does not repeat it, a
     cleared one stays cleared, and a new budget warns afresh."""
-    from taskmeter.analytics.budgets import Defaults
     from taskmeter.recorder.planner import Guard
     from taskmeter.store.writer import Writer
     from tests.test_analytics import call
@@ -394,7 +394,9 @@ def test_a_budget_warns_once_per_budget_as_set(db_path, meter):
 
     def refreshed() -> list[str]:
         announced: list[str] = []
-        Guard(Writer(db_path), lambda state: None, announced.append, Defaults(), 10, 5, "warn", 3.0, [], 900).refresh(force=True)
+        Guard(Writer(db_path), lambda state: None, announced.append, NO_DEFAULT_BUDGET, 10, 5, "warn", 3.0, [], 900).refresh(
+            force=True
+        )
         return announced
 
     assert refreshed() == ["meter: ALERT budget 80% used: P5-001: 850 of 1,000 tokens (85% used)"]

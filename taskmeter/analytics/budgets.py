@@ -18,9 +18,10 @@ from taskmeter.tokens import TOKENS_SQL
 WARN_AT = (0.8, 1.0)  # the shares of a budget whose crossing is announced
 
 
-# The config's [budgets] section. A namedtuple, not a dataclass: the status line
-# imports this module, and importing dataclasses would cost it 9 ms.
-Defaults = namedtuple("Defaults", "on_exceeded task_tokens task_usd count_subscription_usd", defaults=("warn", None, None, False))
+# The config's [budgets] section (its defaults are defaults.toml's). A namedtuple,
+# not a dataclass: the status line imports this module, and importing dataclasses
+# would cost it 9 ms.
+Defaults = namedtuple("Defaults", "on_exceeded task_tokens task_usd count_subscription_usd")
 
 
 def defaults_of(section: dict) -> Defaults:
