@@ -23,9 +23,10 @@ def ui_cmd(port, open_browser, db_path):
     Task     the execution record, a timeline, its calls with their text and flag buttons
     History  tokens and cost per day, week or month by model; unassigned calls to retag
     """
-    from taskmeter.dashboard.server import serve
-
     try:
+        # Imported within: Ctrl-C while the dashboard loads stops it as quietly as Ctrl-C later.
+        from taskmeter.dashboard.server import serve
+
         serve(connection.resolve_path(db_path), port, idle_seconds(), budget_defaults(), open_browser)
     except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again: the way to stop, not a failure
         return
