@@ -352,7 +352,8 @@ def test_cross_origin_writes_and_foreign_hosts_are_refused(dashboard, page, mete
 
 def test_every_page_renders_without_console_errors_and_is_photographed(dashboard, page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for name, path in [("now", "/"), ("phases", "/phases"), ("task", "/tasks/P1-001"), ("history", "/history")]:
+    pages = [("now", "/"), ("phases", "/phases"), ("task", "/tasks/P1-001"), ("history", "/history")]
+    for name, path in [*pages, ("tasks", "/tasks"), ("call", f"/calls/{_id(1)}")]:
         response = dashboard.goto(page, path)
         assert response.status == 200
         page.wait_for_load_state("load")

@@ -193,9 +193,9 @@ def test_the_tasks_page_lists_every_task_as_meter_tasks_does_with_a_range_and_a_
     for listed, task in zip(shown, cli, strict=True):
         assert listed == {key: value for key, value in task.items() if key != "working_intervals"}
     row = page.locator('tr[data-task="P1-002"] td').all_text_contents()
-    assert row[:3] == ["P1-002", "Store the calls", "approved"]
+    assert row[:4] == ["P1-002", "P1", "Store the calls", "approved"]
     figures = [cli[1]["ai_interactions"], cli[1]["failed_calls"], cli[1]["token_count_used"]]
-    assert row[6:] == [*map(terminal.number, figures), terminal.money(cli[1]["cost_usd"]), "0"]
+    assert row[7:] == [*map(terminal.number, figures), terminal.money(cli[1]["cost_usd"]), "0"]
 
     # The range keeps the tasks under way in it, the search the IDs and titles that match.
     page.locator('input[name="from"]').fill("2025-10-05")

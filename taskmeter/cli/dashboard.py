@@ -19,9 +19,12 @@ def ui_cmd(port, open_browser, db_path):
 
     \b
     Now      the current task, its budget, open alerts, a live feed of calls, tokens and cost per hour today
-    Phases   tokens per task, the token trend, the seed's targets as pass/fail tiles
-    Task     the execution record, a timeline, its calls with their text and flag buttons
+    Tasks    every task with its state and figures, by date range and search
+    Task     the execution record, a timeline, its calls as rows that open, its fields, budget and milestones to set
+    Call     what `meter show` says of one call, with flag and retag
+    Phases   tokens per task, the token trend, the seed's targets as pass/fail tiles, its fields to set
     History  tokens and cost per day, week or month by model; unassigned calls to retag
+    Every page says whether a proxy is recording.
     """
     try:
         # Imported within: Ctrl-C while the dashboard loads stops it as quietly as Ctrl-C later.

@@ -40,7 +40,7 @@ PACKAGE = files("taskmeter.dashboard")
 
 # The pages the navigation bar names: (label, path, the templates it covers). A page is one line here.
 NAVIGATION = [
-    ("Now", "/", ("now", "call")),
+    ("Now", "/", ("now",)),
     ("Tasks", "/tasks", ("tasks", "task")),
     ("Phases", "/phases", ("phases",)),
     ("History", "/history", ("history",)),
