@@ -295,6 +295,23 @@ def test_the_task_page_sets_estimate_budget_outcome_and_lessons(dashboard, page,
     assert page.errors == []
 
 
+def test_a_save_leaves_alone_what_the_cli_changed_since_the_page_was_made(dashboard, page, db_path, meter):
+    dashboard.goto(page, "/tasks/P1-002")
+    assert meter("task", "P1-002", "--lessons", "from the CLI", "--budget", "70k").code == 0
+    page.locator('form.record-form textarea[name="actual"]').fill("from the page")
+    page.locator("form.record-form").get_by_role("button", name="Save").click()
+    page.wait_for_url("**/tasks/P1-002#record")
+    assert _rows(db_path, "SELECT lessons, actual_outcome FROM tasks WHERE id = 'P1-002'") == [("from the CLI", "from the page")]
+    assert _rows(db_path, "SELECT tokens, usd FROM budgets WHERE target = 'P1-002'") == [(70000, None)]
+    # Its mode, once set, can be changed but not unset (as with --on-exceeded).
+    page.locator('select[name="on_exceeded"]').select_option("warn")
+    page.locator("form.record-form").get_by_role("button", name="Save").click()
+    page.wait_for_url("**/tasks/P1-002#record")
+    assert _rows(db_path, "SELECT tokens, on_exceeded FROM budgets WHERE target = 'P1-002'") == [(70000, "warn")]
+    assert page.locator('select[name="on_exceeded"] option').all_inner_texts() == ["warn", "block"]
+    assert page.errors == []
+
+
 @pytest.mark.parametrize(
     "box, value, message",
     [
@@ -436,6 +453,17 @@ def test_retag_moves_the_ticked_calls_to_a_task_from_the_list_at_once(dashboard,
     page.wait_for_url("**/tasks/P1-001")
     assert _cli_json(meter, "show", _id(1))["task_id"] is None
     assert _console_errors(page) == []
+
+
+def test_tick_all_moves_every_unassigned_call_at_once(dashboard, page, meter):
+    dashboard.goto(page, "/history")
+    page.locator("#retag").get_by_label("tick all").check()
+    page.locator("#retag select[name=task_id]").select_option("P1-002")
+    page.locator("#retag").get_by_role("button", name="Move").click()
+    page.wait_for_url("**/history?period=daily")
+    assert _cli_json(meter, "log", "--unassigned") == []
+    assert {_cli_json(meter, "show", _id(n))["task_id"] for n in (98, 99)} == {"P1-002"}
+    assert page.locator("text=Every call is attributed to a task.").count() == 1
 
 
 def test_every_new_write_needs_the_dashboards_origin_and_form_token(dashboard, page, db_path):

@@ -39,33 +39,40 @@ def budget_shown(budget) -> str:
     return " ".join(([str(budget["tokens"])] if budget["tokens"] else []) + ([f"${budget['usd']:g}"] if budget["usd"] else []))
 
 
+def _was(fields: dict[str, str], name: str, now_shown: str) -> str:
+    """What the box `name` showed when the page was made (its `was:` twin): a box left
+    as it was is not written, even when the CLI changed that field meanwhile."""
+    return fields.get(f"was:{name}", now_shown).strip()
+
+
 def _changed_inputs(fields: dict[str, str], table: tuple[tasks.Field, ...], stored: sqlite3.Row) -> dict:
     """The columns whose box the person changed: a box left as shown is not written
     again (a duration shown to the minute would lose its seconds); an emptied box clears."""
     values = {}
     for field in table:
         text = fields.get(field.option)
-        if text is None or text.strip() == shown(field, stored[field.column]):
+        if text is None or text.strip() == _was(fields, field.option, shown(field, stored[field.column])):
             continue
         values[field.column] = tasks.parse_input(field, text.strip()) if text.strip() else None
     return values
 
 
 def _budget_change(db: sqlite3.Connection, scope: str, target: str, fields: dict[str, str]) -> tuple[tuple, str | None, bool]:
-    """apply_budget's amounts, mode and removal for what the budget boxes say."""
+    """apply_budget's amounts, mode and removal for what the person changed in the budget boxes."""
     before = budgets.own_budget(db, scope, target)
-    text = fields.get("budget", budget_shown(before)).strip()
-    mode = fields.get("on_exceeded", "") or None
-    if mode not in (None, *ON_EXCEEDED):
-        raise MeterError(f"on exceeded must be warn or block, not {mode[:24]!r}")
-    if not text:
-        if before is None and mode:
-            raise MeterError("give the budget an amount (2M, $5) before what happens when it is spent")
-        return (), None, before is not None
-    amounts = () if text == budget_shown(before) else tuple(budgets.parse_amount(part) for part in _AMOUNTS_APART.split(text))
-    if mode == (before["on_exceeded"] if before else None):
-        mode = None  # as it was: not a change
-    return amounts, mode, False
+    amounts_before, mode_before = budget_shown(before), (before["on_exceeded"] if before else None) or ""
+    text = fields.get("budget", amounts_before).strip()
+    mode = fields.get("on_exceeded", mode_before)
+    if mode not in ("", *ON_EXCEEDED):
+        raise MeterError(f"what happens when the budget is spent must be warn or block, not {mode[:24]!r}")
+    amounts_changed = text != _was(fields, "budget", amounts_before)
+    mode_changed = mode != _was(fields, "on_exceeded", mode_before)
+    if amounts_changed and not text:
+        return (), None, before is not None  # emptied: the budget goes, and its mode with it
+    amounts = tuple(budgets.parse_amount(part) for part in _AMOUNTS_APART.split(text)) if amounts_changed else ()
+    if mode_changed and mode and not amounts and before is None:
+        raise MeterError("give the budget an amount (2M, $5) before what happens when it is spent")
+    return amounts, (mode or None) if mode_changed else None, False
 
 
 def edit(db: sqlite3.Connection, scope: str, target: str, fields: dict[str, str]) -> None:

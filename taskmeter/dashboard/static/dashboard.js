@@ -82,6 +82,15 @@ function openCallRows() {
   });
 }
 
+// "tick all" ticks every call box of the retag form on the page.
+function tickAll() {
+  for (const all of document.querySelectorAll("input[data-tick-all]")) {
+    all.addEventListener("change", () => {
+      for (const box of document.querySelectorAll('input[type="checkbox"][name="call"][form="retag"]')) box.checked = all.checked;
+    });
+  }
+}
+
 // The call a link or a form sent back to (#call-ID) is shown open.
 function openLinkedCall() {
   const target = window.location.hash ? document.getElementById(window.location.hash.slice(1)) : null;
@@ -113,5 +122,6 @@ document.addEventListener("DOMContentLoaded", () => {
   followFeed();
   openCallRows();
   openLinkedCall();
+  tickAll();
   watchProxy();
 });
