@@ -604,8 +604,8 @@ def test_bad_numbers_and_ids_in_every_route_are_a_400_in_one_line(dashboard, met
                 "task": client.get(f"/tasks/{quoted}"),
                 "flag": client.post(f"/calls/{quoted}/flag", data=form, headers=writes),
                 "unflag": client.post(f"/calls/{quoted}/unflag", data=form, headers=writes),
-                "retag": client.post(f"/calls/{quoted}/retag", data={**form, "task_id": "P1-001"}, headers=writes),
-                "retag to": client.post(f"/calls/{_id(98)}/retag", data={**form, "task_id": value}, headers=writes),
+                "retag": client.post("/calls/retag", data={**form, "call": value, "task_id": "P1-001"}, headers=writes),
+                "retag to": client.post("/calls/retag", data={**form, "call": _id(98), "task_id": value}, headers=writes),
                 "period": client.get("/history", params={"period": value}),
             }
             for route, response in refused.items():

@@ -200,19 +200,6 @@ def create_app(
         await in_thread(interactions.unflag, request.path_params["interaction_id"])
         return back(fields)
 
-    async def retag(request: Request) -> Response:
-        fields = await form(request)
-        task_id = fields.get("task_id", "").strip()
-        if not task_id:
-            raise MeterError("give the task to retag the call to")
-        task_id = tasks.validate_task_id(task_id)
-
-        def write(db):
-            calls.retag(db, [interactions.resolve_id(db, request.path_params["interaction_id"])], task_id)
-
-        await in_thread(write)
-        return back(fields)
-
     async def retag_chosen(request: Request) -> Response:
         """Several calls at once, to a task picked from a list, in one transaction."""
         fields = await form(request)
@@ -279,7 +266,6 @@ def create_app(
         Route("/calls/{interaction_id}", call_page),
         Route("/calls/{interaction_id}/flag", flag, methods=["POST"]),
         Route("/calls/{interaction_id}/unflag", unflag, methods=["POST"]),
-        Route("/calls/{interaction_id}/retag", retag, methods=["POST"]),
         Route("/alerts/{alert_id}/clear", clear_alert, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static"),
     ]

@@ -204,7 +204,6 @@ def own_budget(db: sqlite3.Connection, scope: str, target: str) -> dict:
     return {
         "amounts": edits.budget_shown(budget),
         "on_exceeded": (budget["on_exceeded"] if budget else None) or "",
-        "caps": budgets.caps_text(budget),
     }
 
 
