@@ -455,6 +455,24 @@ def test_retag_moves_the_ticked_calls_to_a_task_from_the_list_at_once(dashboard,
     assert _console_errors(page) == []
 
 
+def test_the_call_page_moves_its_call_and_flags_it(dashboard, page, db_path, meter):
+    before = _everything(db_path)
+    dashboard.goto(page, f"/calls/{_id(4)}")
+    assert "P1-001" not in page.locator("#retag select option").all_inner_texts()  # not to where it is
+    page.locator("#retag select[name=task_id]").select_option("P1-002")
+    page.locator("#retag").get_by_role("button", name="Move").click()
+    page.wait_for_url(f"**/calls/{_id(4)}")
+    assert page.locator("#call-record a").first.text_content() == "P1-002"
+    after = _everything(db_path)
+    changed = {row[0] for row, old in zip(after["interactions"], before["interactions"], strict=True) if row != old}
+    assert changed == {_id(4)} and _cli_json(meter, "show", _id(4))["task_id"] == "P1-002"
+    page.locator('input[name="note"]').fill("wrong file name")
+    page.get_by_role("button", name="Flag as hallucination").click()
+    page.wait_for_url(f"**/calls/{_id(4)}")
+    assert _embedded(page, "show")["flag_note"] == "wrong file name" == _cli_json(meter, "show", _id(4))["flag_note"]
+    assert page.errors == []
+
+
 def test_tick_all_moves_every_unassigned_call_at_once(dashboard, page, meter):
     dashboard.goto(page, "/history")
     page.locator("#retag").get_by_label("tick all").check()
