@@ -264,9 +264,9 @@ def test_task_page_record_timeline_and_charts_equal_the_cli_json(dashboard, page
         dict(zip(charts["sources"]["labels"], charts["sources"]["datasets"][0]["data"], strict=True)) == cli["tokens_by_source"]
     )
     # Its calls, newest first, each with its stored text.
-    articles = page.locator("article.call")
-    assert articles.count() == 4
-    assert articles.nth(0).locator("pre.response").text_content() == "answer 4\nsecond line"
+    rows = page.locator(".call-row details.call")
+    assert rows.count() == 4
+    assert rows.nth(0).locator("pre.response").text_content() == "answer 4\nsecond line"
     assert page.errors == []
 
 
@@ -298,6 +298,7 @@ def test_a_response_with_a_script_renders_as_text(dashboard, page):
 def test_clicking_flag_creates_the_flag_that_meter_log_shows(dashboard, page, meter):
     dashboard.goto(page, "/tasks/P1-002")
     call = page.locator(f"#call-{_id(5)}")
+    call.locator("summary").click()  # the compact row opens
     call.locator('input[name="note"]').fill("made up a flag")
     call.get_by_role("button", name="Flag as hallucination").click()
     page.wait_for_url(f"**/tasks/P1-002#call-{_id(5)}")
@@ -313,17 +314,17 @@ def test_clicking_flag_creates_the_flag_that_meter_log_shows(dashboard, page, me
 
 def test_retagging_an_unassigned_call_by_click(dashboard, page, meter):
     dashboard.goto(page, "/history")
-    row = page.locator(f"#call-{_id(99)}")
-    row.locator('input[name="task_id"]').fill("P2-001")
-    row.get_by_role("button", name="Retag").click()
+    page.locator(f"#call-{_id(99)} input[name=call]").check()
+    page.locator("#retag select[name=task_id]").select_option("P2-001")
+    page.locator("#retag").get_by_role("button", name="Move").click()
     page.wait_for_load_state()
     assert page.locator(f"#call-{_id(99)}").count() == 0
     assert _cli_json(meter, "show", _id(99))["task_id"] == "P2-001"
-    # A task that does not exist is refused, in words, and nothing changes.
-    row = page.locator(f"#call-{_id(98)}")
-    row.locator('input[name="task_id"]').fill("P9-999")
-    with page.expect_response(f"**/calls/{_id(98)}/retag") as response:
-        row.get_by_role("button", name="Retag").click()
+    # A task that does not exist (a list out of date) is refused, in words, and nothing changes.
+    page.locator(f"#call-{_id(98)} input[name=call]").check()
+    page.locator("#retag select[name=task_id]").evaluate("select => select.add(new Option('P9-999', 'P9-999', true, true))")
+    with page.expect_response("**/calls/retag") as response:
+        page.locator("#retag").get_by_role("button", name="Move").click()
     assert response.value.status == 404
     assert "unknown task 'P9-999'" in page.locator(".error").text_content()
     assert _cli_json(meter, "show", _id(98))["task_id"] is None
@@ -351,7 +352,8 @@ def test_cross_origin_writes_and_foreign_hosts_are_refused(dashboard, page, mete
 
 def test_every_page_renders_without_console_errors_and_is_photographed(dashboard, page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for name, path in [("now", "/"), ("phases", "/phases"), ("task", "/tasks/P1-001"), ("history", "/history")]:
+    pages = [("now", "/"), ("phases", "/phases"), ("task", "/tasks/P1-001"), ("history", "/history")]
+    for name, path in [*pages, ("tasks", "/tasks"), ("call", f"/calls/{_id(1)}")]:
         response = dashboard.goto(page, path)
         assert response.status == 200
         page.wait_for_load_state("load")
@@ -602,8 +604,8 @@ def test_bad_numbers_and_ids_in_every_route_are_a_400_in_one_line(dashboard, met
                 "task": client.get(f"/tasks/{quoted}"),
                 "flag": client.post(f"/calls/{quoted}/flag", data=form, headers=writes),
                 "unflag": client.post(f"/calls/{quoted}/unflag", data=form, headers=writes),
-                "retag": client.post(f"/calls/{quoted}/retag", data={**form, "task_id": "P1-001"}, headers=writes),
-                "retag to": client.post(f"/calls/{_id(98)}/retag", data={**form, "task_id": value}, headers=writes),
+                "retag": client.post("/calls/retag", data={**form, "call": value, "task_id": "P1-001"}, headers=writes),
+                "retag to": client.post("/calls/retag", data={**form, "call": _id(98), "task_id": value}, headers=writes),
                 "period": client.get("/history", params={"period": value}),
             }
             for route, response in refused.items():

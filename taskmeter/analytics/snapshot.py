@@ -22,7 +22,7 @@ def current_state(db: sqlite3.Connection, defaults: budgets.Defaults, session: s
     if session:
         metered = db.execute("SELECT 1 FROM interactions WHERE client_session = ? LIMIT 1", (session,)).fetchone() is not None
     else:
-        metered = any(proxy["recording"] == proxies.RECORDING for proxy in running)
+        metered = recording(running)
     covered = budgets.task_budgets(db, budgets.budget_statuses(db, defaults)).get(task_id) if task_id else None
     return {
         "task_id": task_id,
@@ -33,6 +33,11 @@ def current_state(db: sqlite3.Connection, defaults: budgets.Defaults, session: s
         "proxies": running,
         "metered": metered,
     }
+
+
+def recording(running: list[dict]) -> bool:
+    """Whether calls to this database are metered: one of the proxies `proxies.running` gives records."""
+    return any(proxy["recording"] == proxies.RECORDING for proxy in running)
 
 
 def task_figures(db: sqlite3.Connection, task_id: str, idle_seconds: float, now: str | None = None) -> dict | None:

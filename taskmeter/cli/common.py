@@ -11,7 +11,7 @@ from click.shell_completion import CompletionItem
 
 from taskmeter import __version__
 from taskmeter.errors import MeterError
-from taskmeter.store import connection
+from taskmeter.store import connection, tasks
 from taskmeter.timefmt import parse_duration, parse_moment, parse_user_timestamp, to_stored
 
 
@@ -43,14 +43,10 @@ class PercentType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, float):
             return value
-        text = str(value).strip().removesuffix("%")
         try:
-            number = float(text)
-        except ValueError:
-            self.fail(f"{value!r} is not a percentage such as 87 or 87%", param, ctx)
-        if not 0 <= number <= 100:
-            self.fail(f"{value!r} is outside 0-100%", param, ctx)
-        return number
+            return tasks.parse_percent(str(value))
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class MomentType(click.ParamType):

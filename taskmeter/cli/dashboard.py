@@ -19,13 +19,17 @@ def ui_cmd(port, open_browser, db_path):
 
     \b
     Now      the current task, its budget, open alerts, a live feed of calls, tokens and cost per hour today
-    Phases   tokens per task, the token trend, the seed's targets as pass/fail tiles
-    Task     the execution record, a timeline, its calls with their text and flag buttons
+    Tasks    every task with its state and figures, by date range and search
+    Task     the execution record, a timeline, its calls as rows that open, its fields, budget and milestones to set
+    Call     what `meter show` says of one call, with flag and retag
+    Phases   tokens per task, the token trend, the seed's targets as pass/fail tiles, its fields to set
     History  tokens and cost per day, week or month by model; unassigned calls to retag
+    Every page says whether a proxy is recording.
     """
-    from taskmeter.dashboard.server import serve
-
     try:
+        # Imported within: Ctrl-C while the dashboard loads stops it as quietly as Ctrl-C later.
+        from taskmeter.dashboard.server import serve
+
         serve(connection.resolve_path(db_path), port, idle_seconds(), budget_defaults(), open_browser)
     except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again: the way to stop, not a failure
         return

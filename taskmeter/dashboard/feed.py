@@ -7,6 +7,7 @@ the recorder. A browser that reconnects sends Last-Event-ID and misses nothing.
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -34,13 +35,14 @@ def _event(call: dict, render_row: RenderRow) -> str:
     return f"id: {call['rowid']}\nevent: call\ndata: {data}\n\n"
 
 
-async def calls_after(db_path: Path, rowid: int, render_row: RenderRow) -> AsyncIterator[str]:
-    """Events for every call stored after `rowid`, as they come, and keep-alive comments."""
+async def calls_after(db_path: Path, rowid: int, render_row: RenderRow, stopping: threading.Event) -> AsyncIterator[str]:
+    """Events for every call stored after `rowid`, as they come, and keep-alive comments,
+    until `stopping` is set: the stream then ends by itself, so Ctrl-C finds no feed to cancel."""
     read_only = Path(db_path).resolve().as_uri() + "?mode=ro"  # a path with spaces or '?' stays one path
     async with aiosqlite.connect(read_only, uri=True, isolation_level=None) as db:
         db.row_factory = aiosqlite.Row
         quiet = 0.0
-        while True:
+        while not stopping.is_set():
             async with db.execute(*stored_after_query(rowid, limit=BATCH)) as cursor:
                 rows = list(await cursor.fetchall())  # a list: aiosqlite types it as any iterable
             for row in rows:
@@ -63,12 +65,14 @@ def row_number(text: str, what: str, smallest: int = 1) -> int:
     raise MeterError(f"{what} must be a whole number from {smallest} to {ROWID_MAX}, not {clip(text, 24)!r}")
 
 
-def endpoint(db_path: Path, render_row: RenderRow):
+def endpoint(db_path: Path, render_row: RenderRow, stopping: threading.Event):
     async def feed(request: Request) -> StreamingResponse:
         start = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         rowid = row_number(start, "the call to start after (after= or Last-Event-ID)", smallest=0)
         return StreamingResponse(
-            calls_after(db_path, rowid, render_row), media_type="text/event-stream", headers={"cache-control": "no-store"}
+            calls_after(db_path, rowid, render_row, stopping),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store"},
         )
 
     return feed

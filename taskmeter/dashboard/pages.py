@@ -9,17 +9,27 @@ from typing import Literal
 
 from taskmeter.analytics import history
 from taskmeter.analytics.budgets import Defaults
-from taskmeter.analytics.listings import call_record
+from taskmeter.analytics.listings import call_record, task_records
 from taskmeter.analytics.periods import usage_report
 from taskmeter.analytics.records import TaskRecord
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
-from taskmeter.analytics.snapshot import current_state
+from taskmeter.analytics.snapshot import current_state, recording
+from taskmeter.dashboard import edits
 from taskmeter.errors import MeterError
 from taskmeter.money import usd
-from taskmeter.store import interactions, tasks
+from taskmeter.store import budgets, interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
-from taskmeter.timefmt import from_stored, hour_label, local_hour_starts, local_midnight, now, to_stored
+from taskmeter.timefmt import (
+    from_stored,
+    hour_label,
+    local_hour_starts,
+    local_midnight,
+    now,
+    now_stored,
+    seconds_between,
+    to_stored,
+)
 
 FEED_LENGTH = 50  # calls on the Now page before the live ones
 CALLS_SHOWN = 200  # a task's newest calls, with their text
@@ -44,6 +54,24 @@ def costs(label: str, values: list, **options) -> dict:
 def feed_call(row: dict) -> dict:
     """A call as the live feed and the call tables show it: `log --json`'s record and its row number."""
     return {**call_record(row), "rowid": row["rowid"]}
+
+
+def proxy_state(db: sqlite3.Connection) -> dict:
+    """Whether a proxy records to this database, by the rule `meter status` follows
+    (snapshot.recording): `state` is recording, not-recording or down; `text` says it."""
+    running = proxies.running(db)
+    if not running:
+        return {"state": "down", "text": "No proxy is running: AI calls are not metered (start one with `meter start`)"}
+    if recording(running):
+        proxy = next(proxy for proxy in running if proxy["recording"] == proxies.RECORDING)
+        return {"state": "recording", "text": f"Proxy recording: pid {proxy['pid']} on {proxy['listen']}"}
+    return {"state": "not-recording", "text": f"Proxy running, NOT RECORDING: {running[0]['recording']}"}
+
+
+def task_choices(db: sqlite3.Connection) -> list[dict]:
+    """The tasks a call can be moved to, for the retag lists: the newest begun first."""
+    rows = db.execute("SELECT id, title FROM tasks ORDER BY begin_at IS NULL, begin_at DESC, id").fetchall()
+    return [{"id": row["id"], "title": row["title"]} for row in rows]
 
 
 def last_rowid(db: sqlite3.Connection) -> int:
@@ -115,6 +143,8 @@ def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: floa
     return {
         "phase_ids": ordered,
         "report": report,
+        "inputs": dict(tasks.get_phase(db, report["phase_id"])),
+        "budget": own_budget(db, "phase", report["phase_id"]),
         "trend": trend,
         "tiles": [target for target in report["pattern_effectiveness"] if target["metric"] in TILE_METRICS],
         "charts": {
@@ -135,6 +165,67 @@ def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: floa
     }
 
 
+def local_day(text: str, what: str) -> date:
+    """A local day a form names, `2026-10-25`, or a one-line refusal."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise MeterError(f"{what} must be a date such as 2026-10-25, not {text[:24]!r}") from None
+
+
+def tasks_page(
+    db: sqlite3.Connection, idle_seconds: float, first: date | None, last: date | None, search: str, status: str
+) -> dict:
+    """Every task as `meter tasks --json` gives it; with `first`..`last` (local days, both
+    included), those under way then: begun before the range ends, not approved before it begins.
+    `search`: in the ID or the title, any case."""
+    if first and last and last < first:
+        raise MeterError(f"the range ends ({last}) before it begins ({first})")
+    start = to_stored(local_midnight(first)) if first else None
+    end = to_stored(local_midnight(last + timedelta(days=1))) if last else None
+    needle = search.strip().casefold()
+    shown = []
+    for task in task_records(db, idle_seconds=idle_seconds, intervals=False):
+        begun, approved = task["begin_timestamp"], task["final_approval_timestamp"]
+        if start or end:
+            if begun is None or (end and begun >= end) or (start and (approved or now_stored()) < start):
+                continue
+        if needle and needle not in task["task_id"].casefold() and needle not in (task["title"] or "").casefold():
+            continue
+        if status and task["status"] != status:
+            continue
+        shown.append(task)
+    return {"tasks": shown, "filters": {"from": first, "to": last, "search": search, "status": status}}
+
+
+def own_budget(db: sqlite3.Connection, scope: str, target: str) -> dict:
+    """A task's or phase's own budget as its form shows it: the amounts as `--budget` takes them."""
+    budget = budgets.own_budget(db, scope, target)
+    return {
+        "amounts": edits.budget_shown(budget),
+        "on_exceeded": (budget["on_exceeded"] if budget else None) or "",
+    }
+
+
+def call_page(db: sqlite3.Connection, reference: str) -> dict:
+    """One call as `meter show ID --json` gives it (`show`), and its row for the page."""
+    interaction_id = interactions.resolve_id(db, reference)
+    row = interactions.one(db, interaction_id)
+    record = call_record(row)
+    show = {
+        **record,
+        "flag_set_aside": interactions.set_aside_flag(db, interaction_id),
+        "text": call_texts.of_call(db, interaction_id),
+    }
+    return {
+        "call": feed_call(row),
+        "show": show,
+        "seconds": seconds_between(row["started_at"], row["ended_at"]) if row["ended_at"] else None,
+        "first_byte_seconds": seconds_between(row["started_at"], row["first_byte_at"]) if row["first_byte_at"] else None,
+        "task_choices": task_choices(db),
+    }
+
+
 def task_page(db: sqlite3.Connection, task_id: str, idle_seconds: float) -> dict:
     task_id = tasks.get_task(db, task_id)["id"]
     report = task_report(db, task_id, idle_seconds=idle_seconds)
@@ -147,6 +238,9 @@ def task_page(db: sqlite3.Connection, task_id: str, idle_seconds: float) -> dict
         "report": report,
         "models": models,
         "calls": calls,
+        "task_choices": task_choices(db),
+        "inputs": dict(tasks.get_task(db, task_id)),
+        "budget": own_budget(db, "task", task_id),
         "timeline": timeline(report),
         "charts": {
             "models": chart(
@@ -213,6 +307,7 @@ def history_page(db: sqlite3.Connection, period: str) -> dict:
         "period": period,
         "report": report,
         "unassigned": [feed_call(row) for row in unassigned],
+        "task_choices": task_choices(db),
         "charts": {
             "tokens": chart(
                 "bar",

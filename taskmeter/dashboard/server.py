@@ -6,6 +6,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import webbrowser
 from pathlib import Path
 
@@ -37,6 +38,19 @@ def _listen(port: int) -> socket.socket:
     return sock
 
 
+class StoppingServer(uvicorn.Server):
+    """Sets `stopping` on Ctrl-C, so that open live feeds end by themselves within a poll:
+    uvicorn would otherwise cancel them after its grace period, and log each as an error."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.stopping.set()
+        super().handle_exit(sig, frame)
+
+
 def _opener(url: str) -> Path:
     """A page of the user's alone that opens `url`: the browser is given its path, not the
     token, since a command line is there for every user of the machine to read (as Jupyter does)."""
@@ -60,14 +74,15 @@ def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaul
         if open_browser:
             opener = _opener(url)
             webbrowser.open(opener.as_uri())
+        stopping = threading.Event()
         config = uvicorn.Config(
-            create_app(db_path, bound_port, idle_seconds, budget_defaults, access_token),
+            create_app(db_path, bound_port, idle_seconds, budget_defaults, access_token, stopping),
             log_level="warning",
             access_log=False,
-            # Open live feeds would otherwise hold Ctrl-C until the browser leaves.
+            # A request still running then (a page's report) is cut short rather than hold Ctrl-C.
             timeout_graceful_shutdown=1,
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        StoppingServer(config, stopping).run(sockets=[sock])
     finally:
         dashboards.unregister(db)
         db.close()

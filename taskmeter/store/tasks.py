@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from taskmeter.errors import MeterError, NotFound
 from taskmeter.store.connection import require_transaction, write_transaction
-from taskmeter.timefmt import display, now, now_stored, to_stored
+from taskmeter.timefmt import display, now, now_stored, parse_duration, to_stored
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$")
 _PHASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
@@ -92,6 +92,33 @@ PHASE_FIELDS = (
 )
 TASK_INPUTS = tuple(field.column for field in TASK_FIELDS)
 PHASE_INPUTS = tuple(field.column for field in PHASE_FIELDS)
+
+
+def parse_percent(text: str) -> float:
+    """A percentage as a person types it: `87` or `87%`, from 0 to 100."""
+    try:
+        number = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise MeterError(f"{text!r} is not a percentage such as 87 or 87%") from None
+    if not 0 <= number <= 100:
+        raise MeterError(f"{text!r} is outside 0-100%")
+    return number
+
+
+def parse_input(field: Field, text: str) -> str | int | float:
+    """The value of `field` typed as text, as the column stores it (yes-no as 1/0):
+    the one reading of each kind for `meter task`/`meter phase` and the dashboard's forms."""
+    if field.kind == "duration":
+        return parse_duration(text)
+    if field.kind == "percent":
+        return parse_percent(text)
+    if field.kind == "yes-no":
+        if text.strip().lower() not in ("yes", "no"):
+            raise MeterError(f"{field.option} must be yes or no, not {text!r}")
+        return int(text.strip().lower() == "yes")
+    if field.kind == "success" and text not in SUCCESS_VALUES:
+        raise MeterError(f"{field.option} must be one of {', '.join(SUCCESS_VALUES)}, not {text!r}")
+    return text
 
 
 def validate_task_id(text: str) -> str:

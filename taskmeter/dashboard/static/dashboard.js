@@ -1,9 +1,11 @@
 // The dashboard's only script: it draws the charts whose data each page embeds
-// (the #charts JSON, built in pages.py) and keeps the Now page's feed live.
+// (the #charts JSON, built in pages.py), keeps the Now page's feed live, opens a
+// call's page from its row, and keeps the proxy's state in the navigation bar current.
 "use strict";
 
 const COLORS = ["#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e", "#9498a0"];
 const FEED_ROWS = 200;
+const PROXY_POLL_MS = 2000;
 
 function drawCharts() {
   const source = document.getElementById("charts");
@@ -29,6 +31,8 @@ function drawCharts() {
           text: dataset.text,
           type: dataset.type,
           yAxisID: dataset.axis === "money" ? "money" : "y",
+          // A line is drawn in front of the bars (Chart.js draws the lowest order last).
+          order: dataset.type === "line" ? 0 : 1,
           backgroundColor: COLORS[index % COLORS.length],
           borderColor: COLORS[index % COLORS.length],
           borderDash: dataset.label.startsWith("Target") ? [6, 4] : [],
@@ -69,7 +73,55 @@ function followFeed() {
   });
 }
 
+// A click anywhere on a call's row (but on its links and boxes) opens the call's page.
+function openCallRows() {
+  document.addEventListener("click", (event) => {
+    const row = event.target.closest("tr.opens[data-interaction]");
+    if (!row || event.target.closest("a, input, button, select, label")) return;
+    window.location.assign("/calls/" + encodeURIComponent(row.dataset.interaction));
+  });
+}
+
+// "tick all" ticks every call box of the retag form on the page.
+function tickAll() {
+  for (const all of document.querySelectorAll("input[data-tick-all]")) {
+    all.addEventListener("change", () => {
+      for (const box of document.querySelectorAll('input[type="checkbox"][name="call"][form="retag"]')) box.checked = all.checked;
+    });
+  }
+}
+
+// The call a link or a form sent back to (#call-ID) is shown open.
+function openLinkedCall() {
+  const target = window.location.hash ? document.getElementById(window.location.hash.slice(1)) : null;
+  const details = target?.querySelector("details");
+  if (details) details.open = true;
+}
+
+function watchProxy() {
+  const badge = document.getElementById("proxy-state");
+  if (!badge) return;
+  const look = async () => {
+    try {
+      const response = await fetch("/proxy", { cache: "no-store" });
+      if (!response.ok) return;
+      const state = await response.json();
+      badge.textContent = state.text;
+      badge.className = "proxy " + state.state;
+    } catch {
+      badge.textContent = "The dashboard does not answer: is `meter ui` still running?";
+      badge.className = "proxy unknown";
+    }
+  };
+  look();
+  setInterval(look, PROXY_POLL_MS);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   drawCharts();
   followFeed();
+  openCallRows();
+  openLinkedCall();
+  tickAll();
+  watchProxy();
 });
