@@ -41,6 +41,7 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     `eval "$(meter env)"` sets both for a shell; `meter run -- CMD` for one command.
     """
     from taskmeter.config import load_settings
+    from taskmeter.proxy.chain import corporate_proxy
     from taskmeter.proxy.runner import exposure_warning, run_proxy
 
     def proxy_settings():
@@ -66,18 +67,24 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     warning = exposure_warning(settings, listen_host)
     if warning:
         click.echo(warning, err=True)
+    corporate = corporate_proxy(os.environ, listen_port)
 
     def ready(bound_host: str, bound_port: int) -> None:
         origin = f"http://{bound_host}:{bound_port}"
         terminal.info(f"taskmeter proxy listening on {bound_host}:{bound_port}, recording to {path}")
         terminal.info(f"  gateway: {origin}/openai/v1  {origin}/anthropic  {origin}/gemini  (see `meter env`)")
         terminal.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
+        if corporate:
+            terminal.info(
+                f"  upstream proxy: {corporate.scheme}://{corporate.shown_address} (the HTTPS_PROXY found at start); "
+                "loopback and NO_PROXY hosts directly"
+            )
         with open_db(path) as db:
             dashboard = dashboards.running(db)
         terminal.info(f"  dashboard: {dashboard}" if dashboard else "  dashboard: `meter ui` serves one on http://127.0.0.1:8878")
         sys.stdout.flush()
 
-    run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings)
+    run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings, corporate=corporate)
 
 
 @cli.command("start")
