@@ -66,7 +66,7 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     listen_port = settings.proxy.port if port is None else port
     warning = exposure_warning(settings, listen_host)
     if warning:
-        click.echo(warning, err=True)
+        click.echo(terminal.fit(warning, sys.stderr), err=True)
     corporate = corporate_proxy(os.environ, listen_port)
 
     def ready(bound_host: str, bound_port: int) -> None:
