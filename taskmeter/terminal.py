@@ -56,7 +56,8 @@ _FIELD_GAP = re.compile(r"(?<! )  (?! )")  # exactly two spaces: between a line'
 def wrap(text: str, width: int | None, indent: int | None = None) -> str:
     """Each line of `text` in lines of at most `width` columns, broken between the
     fields it separates with two spaces where they fit, else between words, never
-    inside a word (one longer than a line keeps a line of its own: a path, an ID).
+    inside a word (a word too long for an indented line gives up its indent; one
+    longer than a whole line keeps a line of its own: a path, an ID).
     Continuation lines are indented by `indent` (default: the line's own indent plus
     two). None: `text` as it is."""
     if width is None:
@@ -72,17 +73,18 @@ def _wrap_line(line: str, width: int, indent: int | None) -> str:
     lines: list[str] = []
     current, filled = line[:own], False
     for field in _FIELD_GAP.split(line[own:]):
-        joined = f"{current}  {field}" if filled else current + field
-        if len(joined) <= width:
-            current, filled = joined, True
+        gap = "  " if filled else ""
+        if len(current + gap + field) <= width:
+            current, filled = current + gap + field, True
             continue
-        if filled:
+        # The field whole on a line of its own if it fits one; else its words, from where the line is.
+        if filled and (len(hanging + field) <= width or len(current + gap + field.split(" ", 1)[0]) > width):
             lines.append(current.rstrip())
-            current = hanging
+            current, gap = hanging, ""
         pieces = textwrap.wrap(
             field,
             width,
-            initial_indent=current,
+            initial_indent=current + gap,
             subsequent_indent=hanging,
             break_long_words=False,
             break_on_hyphens=False,
@@ -90,7 +92,10 @@ def _wrap_line(line: str, width: int, indent: int | None) -> str:
         lines += pieces[:-1]
         current, filled = pieces[-1], True
     lines.append(current.rstrip())
-    return "\n".join(lines)
+    # A word too long for its indented line gives up as much of the indent as it must.
+    return "\n".join(
+        line[min(len(line) - width, len(line) - len(line.lstrip(" "))) :] if len(line) > width else line for line in lines
+    )
 
 
 def fit(text: str, stream: TextIO, indent: int | None = None) -> str:
@@ -249,8 +254,9 @@ def text(block: str) -> None:
     sys.stdout.write(printable(block))
 
 
-def info(message: str) -> None:
-    _line(sys.stdout, printable(message))
+def info(message: str, indent: int | None = None) -> None:
+    """A line of output; on a terminal, wrapped with `indent` (see `wrap`)."""
+    _line(sys.stdout, printable(message), indent=indent)
 
 
 def note(message: str) -> None:

@@ -181,9 +181,22 @@ def test_wrap_breaks_between_fields_then_words_and_never_inside_one():
         "  $0.0004  200",
     ]
     path = "/" + "long_folder_name/" * 6 + "meter.db"
-    assert wrap(f"Database: {path}", 40).splitlines() == ["Database:", f"  {path}"]  # too long for any line: whole
+    assert wrap(f"Database: {path}", 40).splitlines() == ["Database:", path]  # too long for any line: whole
     assert wrap("short", 40) == "short" and wrap(line, None) == line
+    assert wrap(f"FAIL  config    {path[:35]}", 40, indent=16).splitlines() == ["FAIL  config", f"     {path[:35]}"]
     assert wrap("  proxy:   HTTPS_PROXY=http://127.0.0.1:8877 with the CA in /home/someone/.local/share", 60).splitlines() == [
         "  proxy:   HTTPS_PROXY=http://127.0.0.1:8877 with the CA in",
         "    /home/someone/.local/share",
     ]
+
+
+@pytest.mark.e2e
+def test_doctor_fits_80_columns_under_each_check_detail(session):
+    _, _, _, db_path = session
+    piped = _meter("doctor", "--db", str(db_path))
+    assert max(len(line) for line in piped.stdout.splitlines()) > COLUMNS  # it needs wrapping
+    printed = Terminal([str(VENV_BIN / "meter"), "doctor", "--db", str(db_path)], COLUMNS).finished()
+    _assert_fits(printed, piped.stdout)
+    continued = [line for line in printed.splitlines() if not line.startswith(("ok", "FAIL"))]
+    # Under the detail; a path too long for that gives up just enough of the indent.
+    assert continued and all(line.startswith(" " * 16) or (line.startswith(" ") and len(line) == COLUMNS) for line in continued)

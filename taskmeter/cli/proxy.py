@@ -144,7 +144,7 @@ def doctor_cmd(agent, as_json, config_path, db_path):
         terminal.print_json([asdict(check) for check in checks])
     else:
         for check in checks:
-            terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+            terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}", indent=16)  # under the detail
     if not all(check.ok for check in checks):
         sys.exit(1)
 
