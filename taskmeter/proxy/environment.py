@@ -40,8 +40,9 @@ def proxy_origin(listen: str) -> str:
     return f"http://{host}:{port}"
 
 
-def meter_answers(listen: str, timeout: float = 0.05) -> bool:
-    """Whether a meter proxy answers on `listen`, within `timeout` seconds all told:
+def meter_answers(listen: str, timeout: float = 0.04) -> bool:
+    """Whether a meter proxy answers on `listen`, within `timeout` seconds all told
+    (by default 40 ms, so that `meter env` spends at most about 50 ms on it):
     the port accepts a connection, and what answers its ping, if anything does in
     time, is a meter (a busy meter may take longer; a server that is not one says
     so at once). A raw request on a socket, so that `meter env` imports no HTTP library."""
