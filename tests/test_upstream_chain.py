@@ -7,6 +7,7 @@ upstream's name)."""
 
 import asyncio
 import base64
+import socket
 import ssl
 import threading
 
@@ -158,3 +159,27 @@ def test_loopback_and_no_proxy_hosts_are_reached_directly():
     assert [host for host in direct + through if chain._is_direct(host)] == direct
     everything = UpstreamChain(corporate_proxy({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, 1))
     assert everything._is_direct("api.openai.com")
+
+
+@pytest.mark.e2e
+def test_an_https_proxy_that_is_the_meter_itself_is_not_chained_to(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with FakeUpstream() as upstream:
+        upstream.routes["/v1/chat/completions"] = Scenario(body=CHAT.body)
+        config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+        # A shell `meter env --https-proxy` pointed at this very meter, with nothing recorded before it.
+        itself = {"HTTPS_PROXY": f"http://localhost:{port}", "METER_WAS_UNSET": "HTTPS_PROXY"}
+        meter = RunningProxy(config, tmp_path / "meter.db", extra_env=itself, extra_args=["--port", str(port)])
+        try:
+            client = openai.OpenAI(base_url=f"{meter.origin}/openai/v1", api_key="sk-test", max_retries=0)
+            answer = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert [row["id"] for row in meter.rows()] == [answer.headers["x-meter-interaction-id"]]
+            banner = [line for _, line in meter.live_view]  # read up to its last line when the proxy started
+            assert any(line.startswith("  dashboard:") for line in banner)
+            assert not any("upstream proxy" in line for line in banner)
+        finally:
+            meter.stop()
