@@ -1,6 +1,6 @@
 # Entry points for a fresh machine (see README):
 #   make proxy   install taskmeter and run the metering proxy
-#   make test    install taskmeter with its test tools (and Debian's chromium, the Codex, Gemini and Claude Code CLIs), lint (ruff), type-check (mypy) and run the tests
+#   make test    install taskmeter with its test tools (and Debian's chromium, zsh and fish, the Codex, Gemini and Claude Code CLIs), lint (ruff), type-check (mypy) and run the tests
 #   make check   lint, type-check and run the fast tests only: those that start no process (not marked e2e, browser or bench)
 # Each installs into ./.venv from the pinned lock files, only when they changed.
 
@@ -21,6 +21,7 @@ proxy: install
 test: install-test
 	scripts/ensure-chromium
 	scripts/ensure-agent-clis
+	scripts/ensure-shells
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import textwrap
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple, TextIO
@@ -40,8 +41,72 @@ def _styles(stream: TextIO) -> bool:
     return stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
-def _line(stream: TextIO, text: str, style: str = "") -> None:
-    """One line, styled on a terminal; flushed, so that stdout and stderr keep their order."""
+def width_of(stream: TextIO) -> int | None:
+    """The columns of the terminal `stream` writes to, asked each time (a window can be
+    resized); None when it is no terminal (a pipe, a file), whose lines stay whole for grep and awk."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (OSError, ValueError, AttributeError):  # closed, or no file descriptor
+        return None
+
+
+_FIELD_GAP = re.compile(r"(?<! )  (?! )")  # exactly two spaces: between a line's fields
+
+
+def wrap(text: str, width: int | None, indent: int | None = None) -> str:
+    """Each line of `text` in lines of at most `width` columns, broken between the
+    fields it separates with two spaces where they fit, else between words, never
+    inside a word (a word too long for an indented line gives up its indent; one
+    longer than a whole line keeps a line of its own: a path, an ID).
+    Continuation lines are indented by `indent` (default: the line's own indent plus
+    two). None: `text` as it is."""
+    if width is None:
+        return text
+    return "\n".join(_wrap_line(line, width, indent) for line in text.split("\n"))
+
+
+def _wrap_line(line: str, width: int, indent: int | None) -> str:
+    if len(line) <= width:
+        return line
+    own = len(line) - len(line.lstrip(" "))
+    hanging = " " * min(own + 2 if indent is None else indent, width // 2)
+    lines: list[str] = []
+    current, filled = line[:own], False
+    for field in _FIELD_GAP.split(line[own:]):
+        gap = "  " if filled else ""
+        if len(current + gap + field) <= width:
+            current, filled = current + gap + field, True
+            continue
+        # The field whole on a line of its own if it fits one; else its words, from where the line is.
+        if filled and (len(hanging + field) <= width or len(current + gap + field.split(" ", 1)[0]) > width):
+            lines.append(current.rstrip())
+            current, gap = hanging, ""
+        pieces = textwrap.wrap(
+            field,
+            width,
+            initial_indent=current + gap,
+            subsequent_indent=hanging,
+            break_long_words=False,
+            break_on_hyphens=False,
+        ) or [current]  # a field of spaces only
+        lines += pieces[:-1]
+        current, filled = pieces[-1], True
+    lines.append(current.rstrip())
+    # A word too long for its indented line gives up as much of the indent as it must.
+    return "\n".join(
+        line[min(len(line) - width, len(line) - len(line.lstrip(" "))) :] if len(line) > width else line for line in lines
+    )
+
+
+def fit(text: str, stream: TextIO, indent: int | None = None) -> str:
+    """`text` wrapped for the terminal `stream` writes to (see `wrap`); as it is when piped."""
+    return wrap(text, width_of(stream), indent)
+
+
+def _line(stream: TextIO, text: str, style: str = "", indent: int | None = None) -> None:
+    """One line, wrapped to the terminal's width and styled on a terminal; flushed,
+    so that stdout and stderr keep their order."""
+    text = fit(text, stream, indent)
     if style and _styles(stream):
         style = BOLD if os.environ.get("NO_COLOR") else style
         text = f"\x1b[{style}m{text}\x1b[0m"
@@ -180,7 +245,8 @@ def fields(pairs: Iterable[tuple[str, object]]) -> None:
     pairs = list(pairs)
     width = max((len(name) for name, _ in pairs), default=0) + 1
     for name, value in pairs:
-        _line(sys.stdout, f"{name + ':':<{width}} {MISSING if value is None else printable(str(value))}")
+        text = MISSING if value is None else printable(str(value))
+        _line(sys.stdout, f"{name + ':':<{width}} {text}", indent=width + 1)  # a long value wraps under itself
 
 
 def text(block: str) -> None:
@@ -188,8 +254,9 @@ def text(block: str) -> None:
     sys.stdout.write(printable(block))
 
 
-def info(message: str) -> None:
-    _line(sys.stdout, printable(message))
+def info(message: str, indent: int | None = None) -> None:
+    """A line of output; on a terminal, wrapped with `indent` (see `wrap`)."""
+    _line(sys.stdout, printable(message), indent=indent)
 
 
 def note(message: str) -> None:

@@ -66,9 +66,9 @@ class RunningProxy:
             raise AssertionError("this test starts a `meter proxy`: mark it e2e (pytest.mark.e2e), `make check` runs none")
         self.config = config
         self.db_path = db_path
-        env = {**os.environ, **(extra_env or {})}
-        env.pop("HTTPS_PROXY", None)
-        env.pop("https_proxy", None)
+        # The test runner's own HTTPS_PROXY is no corporate proxy of the test's; extra_env may name one.
+        env = {name: value for name, value in os.environ.items() if name not in ("HTTPS_PROXY", "https_proxy")}
+        env.update(extra_env or {})
         self.process = subprocess.Popen(
             [str(VENV_BIN / "meter"), "proxy", "--port", "0", "--config", str(config), "--db", str(db_path), *extra_args],
             stdout=subprocess.PIPE,

@@ -426,14 +426,25 @@ def test_meter_env_and_its_undo_in_a_real_shell(tls_proxy):
         f'eval "$({meter} --unset)"; echo "after=${{OPENAI_BASE_URL:-none}} ${{HTTPS_PROXY:-none}} ${{SSL_CERT_FILE:-none}}"'
     )
     result = subprocess.run(
-        ["sh", "-c", script], capture_output=True, text=True, timeout=60, env={**os.environ, "HTTPS_PROXY": ""}
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        # SSL_CERT_FILE unset before, as the last line expects (`--unset` puts back one that was set).
+        env={**{k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"}, "HTTPS_PROXY": ""},
     )
     first, second, third = result.stdout.splitlines()
     assert first == f"base={tls_proxy.origin}/openai/v1 proxy=none"
     assert second == f"proxy={tls_proxy.origin} ca=set"
     assert third == "after=none none none"
+    # A fish shell where `meter env --https-proxy` set both (and recorded that they were unset before).
+    pointed = {"OPENAI_BASE_URL": "x", "HTTPS_PROXY": "x", "METER_WAS_UNSET": "OPENAI_BASE_URL HTTPS_PROXY"}
     fish = subprocess.run(
-        [str(VENV_BIN / "meter"), "env", "--unset", "--shell", "fish"], capture_output=True, text=True, timeout=30
+        [str(VENV_BIN / "meter"), "env", "--unset", "--shell", "fish"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **pointed},
     )
     assert "set -e OPENAI_BASE_URL;" in fish.stdout and "set -e HTTPS_PROXY;" in fish.stdout
 

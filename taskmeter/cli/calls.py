@@ -239,13 +239,13 @@ def _follow(db: sqlite3.Connection, limit: int, calls: interactions.CallFilter) 
     earlier = interactions.recent(db, limit=limit, calls=calls)
     db.execute("COMMIT")
     for row in reversed(earlier):
-        click.echo(call_line(row))
+        terminal.info(call_line(row))  # wrapped to the terminal
     try:
         while True:
             time.sleep(FOLLOW_POLL_SECONDS)
             for row in interactions.stored_after(db, seen, calls):
                 seen = row["rowid"]
-                click.echo(call_line(row))
+                terminal.info(call_line(row))  # wrapped to the terminal
     except KeyboardInterrupt:
         return
 

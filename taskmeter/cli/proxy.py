@@ -41,6 +41,7 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     `eval "$(meter env)"` sets both for a shell; `meter run -- CMD` for one command.
     """
     from taskmeter.config import load_settings
+    from taskmeter.proxy.chain import corporate_proxy
     from taskmeter.proxy.runner import exposure_warning, run_proxy
 
     def proxy_settings():
@@ -65,19 +66,25 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
     listen_port = settings.proxy.port if port is None else port
     warning = exposure_warning(settings, listen_host)
     if warning:
-        click.echo(warning, err=True)
+        click.echo(terminal.fit(warning, sys.stderr), err=True)
+    corporate = corporate_proxy(os.environ, listen_port)
 
     def ready(bound_host: str, bound_port: int) -> None:
         origin = f"http://{bound_host}:{bound_port}"
         terminal.info(f"taskmeter proxy listening on {bound_host}:{bound_port}, recording to {path}")
         terminal.info(f"  gateway: {origin}/openai/v1  {origin}/anthropic  {origin}/gemini  (see `meter env`)")
         terminal.info(f"  proxy:   HTTPS_PROXY={origin} with the CA in {settings.confdir}")
+        if corporate:
+            terminal.info(
+                f"  upstream proxy: {corporate.scheme}://{corporate.shown_address} (the HTTPS_PROXY found at start); "
+                "loopback and NO_PROXY hosts directly"
+            )
         with open_db(path) as db:
             dashboard = dashboards.running(db)
         terminal.info(f"  dashboard: {dashboard}" if dashboard else "  dashboard: `meter ui` serves one on http://127.0.0.1:8878")
         sys.stdout.flush()
 
-    run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings)
+    run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings, corporate=corporate)
 
 
 @cli.command("start")
@@ -137,18 +144,18 @@ def doctor_cmd(agent, as_json, config_path, db_path):
         terminal.print_json([asdict(check) for check in checks])
     else:
         for check in checks:
-            terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+            terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}", indent=16)  # under the detail
     if not all(check.ok for check in checks):
         sys.exit(1)
 
 
-def _listen_address(db_path, host: str, port: int) -> str:
+def _listen_address(db_path, host: str, port: int) -> tuple[str, bool]:
+    """The address of the proxy recording to the database, else the configured one; and whether one is registered."""
     with open_db(db_path) as db:
         running = proxies.running(db)
     if running:
-        return running[-1]["listen"]
-    terminal.comment(f"# meter: no proxy is running on this database yet; using the configured port {port}")
-    return f"{host}:{port}"
+        return running[-1]["listen"], True
+    return f"{host}:{port}", False
 
 
 @cli.command("env")
@@ -161,7 +168,9 @@ def _listen_address(db_path, host: str, port: int) -> str:
     help="Also HTTPS_PROXY and the meter's CA bundle, for clients without a base URL setting (every client "
     "of the shell obeys them, and fails while the meter is down).",
 )
-@click.option("--unset", is_flag=True, help="Print the lines that undo `meter env` (with or without --https-proxy).")
+@click.option(
+    "--unset", is_flag=True, help="Print the lines that put back what `meter env` replaced (with or without --https-proxy)."
+)
 @click.option("--create", is_flag=True, help="With --task: a new TASK may look like a typo of another (as in set-task).")
 @config_option
 @db_option
@@ -173,33 +182,45 @@ def env_cmd(shell, task_id, https_proxy, unset, create, config_path, db_path):
     Undo: eval "$(meter env --unset)"
     By default only the base-URL variables (OPENAI_BASE_URL, ANTHROPIC_BASE_URL, ...),
     which AI clients alone read, so git, pip and curl never depend on the meter.
+    Each variable's earlier value is kept (METER_SAVED_<NAME>, METER_WAS_UNSET),
+    and --unset puts it back: a corporate HTTPS_PROXY or NO_PROXY survives.
     """
+    from taskmeter.config.files import NUMBER, TEXT, ca_folder, read_values
     from taskmeter.proxy.environment import (
-        BASE_URL_VARIABLES,
-        PROXY_VARIABLES,
-        PYTEST_VARIABLES,
         client_environment,
-        render_exports,
-        render_unsets,
+        earlier_value,
+        entering,
+        leaving,
+        meter_answers,
+        render,
     )
 
     if create and not task_id:
         raise click.UsageError("--create goes with --task")
-    if unset:
-        if task_id or https_proxy:
-            raise click.UsageError("--unset goes alone (it undoes every variable `meter env` may set)")
-        # PYTHONPATH stays: without PYTEST_PLUGINS the plugin's folder is inert.
-        click.echo(render_unsets([*BASE_URL_VARIABLES, *PROXY_VARIABLES, *PYTEST_VARIABLES], shell))
-        return
-    from taskmeter.config.files import NUMBER, TEXT, ca_folder, read_values
-
+    if unset and (task_id or https_proxy):
+        raise click.UsageError("--unset goes alone (it undoes every variable `meter env` may set)")
     if task_id:
         task_id = tasks.validate_task_id(task_id)
         _refuse_typo(db_path, task_id, create)
     values = read_values(config_path)
-    listen = _listen_address(db_path, values.get("proxy.listen_host", TEXT), values.get("proxy.port", NUMBER))
-    env = client_environment(ca_folder(values.get("proxy.confdir", TEXT)), listen, task_id, https_proxy=https_proxy)
-    click.echo(render_exports(env, shell))
+    listen, registered = _listen_address(db_path, values.get("proxy.listen_host", TEXT), values.get("proxy.port", NUMBER))
+    ca = ca_folder(values.get("proxy.confdir", TEXT))
+    if unset:
+        # Every variable `meter env` may set: one it set without a record (an older meter) is known by its value.
+        click.echo(render(leaving(client_environment(ca, listen), os.environ), shell))
+        return
+    earlier_no_proxy = [earlier_value(name, os.environ) for name in ("NO_PROXY", "no_proxy")]
+    env = client_environment(ca, listen, task_id, https_proxy=https_proxy, no_proxy=",".join(filter(None, earlier_no_proxy)))
+    click.echo(render(entering(env, os.environ), shell))
+    if not meter_answers(listen):
+        terminal.comment(
+            f"# meter: warning: no meter proxy answers on {listen}; AI clients pointed there fail until one runs: "
+            "`meter start` starts it now, `meter service install` at each login"
+        )
+    elif not registered:
+        terminal.comment(
+            f"# meter: a meter proxy answers on {listen}, but it records to another database than {connection.resolve_path(db_path)}"
+        )
 
 
 def _refuse_typo(db_path, task_id: str, create: bool) -> None:
@@ -251,7 +272,8 @@ def run_cmd(task_id, create, command, config_path, db_path):
         raise MeterError(f"command not found: {command[0]}")
     proxy = lifecycle.join(path, ["--config", config_path] if config_path else [])
     try:
-        env = {**os.environ, **client_environment(settings.confdir, proxy["listen"], task_id)}
+        no_proxy = ",".join(filter(None, (os.environ.get("NO_PROXY"), os.environ.get("no_proxy"))))
+        env = {**os.environ, **client_environment(settings.confdir, proxy["listen"], task_id, no_proxy=no_proxy)}
         router = Router(settings)
         machine = agents.default_machine(dict(os.environ), lambda host: router.provider_for_host(host) is not None)
         argv, env, _ = agents.prepare([program, *command[1:]], env, machine)

@@ -26,6 +26,7 @@ from taskmeter.logs import configure_logging
 from taskmeter.private import private_dir
 from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
+from taskmeter.proxy.chain import CorporateProxy, UpstreamChain
 from taskmeter.proxy.refusals import Guard
 from taskmeter.proxy.routing import Router
 from taskmeter.proxy.websocket import ResponsesWebSocket
@@ -217,7 +218,9 @@ def guard_settings(settings: Settings) -> str:
     )
 
 
-async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
+async def _serve(
+    settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings, corporate: CorporateProxy | None
+) -> None:
     private_dir(settings.confdir)
     proxy_id = new_id()
     guard = Guard(asyncio.get_running_loop())
@@ -236,7 +239,8 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         on_guard_state=guard.take_state,
     )
     handover.start()
-    opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))
+    mode = corporate.mode if corporate else "regular"
+    opts = options.Options(listen_host=host, listen_port=port, mode=[mode], confdir=str(settings.confdir))
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     master.options.update(
         # Both sides HTTP/1.1, server connections opened per request: proper 502s
@@ -251,7 +255,8 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
     gateway, capture = Gateway(settings), Capture(settings, handover.submit)
     sockets = ResponsesWebSocket(settings, handover.submit, guard)
     upstream_errors.install()
-    master.addons.add(gateway, TaskAttribution(), capture, sockets, guard, Announcer(settings, db_path, proxy_id, ready))
+    chain = [UpstreamChain(corporate)] if corporate else []  # after the Gateway, which sets where a call goes
+    master.addons.add(gateway, *chain, TaskAttribution(), capture, sockets, guard, Announcer(settings, db_path, proxy_id, ready))
 
     stop = GracefulStop(master, gateway, capture, sockets, settings.proxy.shutdown_grace_seconds)
     reload = ConfigReload(reload_settings, settings, master, [gateway, capture, sockets], stop)
@@ -268,9 +273,19 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         handover.stop()
 
 
-def run_proxy(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
+def run_proxy(
+    settings: Settings,
+    db_path: Path,
+    host: str,
+    port: int,
+    ready,
+    quiet: bool,
+    reload_settings,
+    corporate: CorporateProxy | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM, taking `reload_settings()` on SIGHUP; `ready(host, port)`
-    is called once listening. Unless `quiet`, the recorder prints a line per call."""
+    is called once listening. Unless `quiet`, the recorder prints a line per call.
+    Upstreams are reached through the `corporate` proxy, if any."""
     _check_port_free(host, port)
     configure_logging()
-    asyncio.run(_serve(settings, db_path, host, port, ready, quiet, reload_settings))
+    asyncio.run(_serve(settings, db_path, host, port, ready, quiet, reload_settings, corporate))

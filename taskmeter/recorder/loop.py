@@ -49,6 +49,7 @@ from taskmeter.store.calls import CallRow
 from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING, RunTotals, recorded_by
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
+from taskmeter.terminal import fit
 from taskmeter.timefmt import to_stored
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class LiveView:
                 skipped, self._skipped = self._skipped, 0
             gap = f"meter: {skipped} lines not shown (the terminal was not reading)\n" if skipped else ""
             try:
-                self._stream.write(gap + (text or ""))
+                self._stream.write(fit(gap + (text or ""), self._stream))  # to the terminal's width
                 self._stream.flush()
             except (OSError, ValueError):
                 return  # the terminal is gone; recording goes on
