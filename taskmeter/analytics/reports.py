@@ -42,10 +42,15 @@ def phase_report(
 
 
 def phase_reports(
-    db: sqlite3.Connection, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
+    db: sqlite3.Connection,
+    now: str | None = None,
+    idle_seconds: float = DEFAULT_IDLE_SECONDS,
+    working_time: bool = True,
 ) -> list[PhaseReport]:
-    """Every phase's Level 2 fields (as `phase --json` gives them), in phase order."""
-    return _phase_fields_in_order(history.phase_histories(db), now or now_stored(), idle_seconds)
+    """Every phase's Level 2 fields (as `phase --json` gives them), in phase order.
+    Without `working_time`, every duration comes out 0, as in overview_report: for a
+    caller that shows none (the `meter phases` table), which then reads no switch or minute."""
+    return _phase_fields_in_order(history.phase_histories(db, working_time), now or now_stored(), idle_seconds)
 
 
 def overview_report(db: sqlite3.Connection, now: str | None = None) -> OverviewReport:
