@@ -62,7 +62,7 @@ def current_intervals(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[
     intervals: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
     query = (
         "SELECT lower(task_id), since, until FROM switch_spans"
-        f" WHERE lower(task_id) IN ({_placeholders(ids)}) ORDER BY at, event_id"
+        f" WHERE lower(task_id) IN ({_placeholders(ids)}) ORDER BY lower(task_id), at, event_id"
     )
     for task_id, since, until in db.execute(query, [task_id.lower() for task_id in ids]):
         intervals[task_id].append((since, until))

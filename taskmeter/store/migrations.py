@@ -1515,7 +1515,7 @@ def m024_working_time_rollups(db: sqlite3.Connection) -> None:
             until REAL
         );
         CREATE INDEX switch_spans_order ON switch_spans(at, event_id);
-        CREATE INDEX switch_spans_task ON switch_spans(lower(task_id));
+        CREATE INDEX switch_spans_task ON switch_spans(lower(task_id), at);
         INSERT INTO switch_spans (event_id, task_id, at, since, until)
         SELECT id, task_id, at, {since}, lead({since}) OVER (ORDER BY at, id) FROM task_events WHERE kind = 'switch';
 
