@@ -8,6 +8,8 @@ backfills a database that had history before it."""
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from taskmeter.analytics import history
 from taskmeter.store import calls, connection, migrations, tasks
 from taskmeter.store.connection import write_transaction
@@ -172,3 +174,89 @@ def test_the_migration_backfills_a_database_with_history(db_path, monkeypatch):
     assert upgraded.execute("SELECT count(*) FROM switch_spans").fetchone()[0] == 4
     assert upgraded.execute("SELECT count(*) FROM task_activity_runs").fetchone()[0] == 4
     upgraded.close()
+
+
+def _reworking_runs_walked(db, task_ids: list[str]) -> dict[str, list[str]]:
+    """The rework rule (store/testruns.py) walked run by run, as it was before it became one
+    query: the recomputation the query must equal."""
+    reworks: dict[str, list[str]] = {task_id: [] for task_id in task_ids}
+    for task in tasks.tasks_by_id(db, task_ids):
+        tests_done, approved = task["tests_completion_at"], task["final_approval_at"]
+        if tests_done is None:
+            continue
+        last_mark = db.execute(
+            "SELECT note FROM task_events WHERE kind = 'milestone' AND milestone = 'validated' AND task_id = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (task["id"],),
+        ).fetchone()
+        by_meter = last_mark is not None and (last_mark["note"] or "").startswith(tasks.AUTOMATIC_NOTE)
+        validated = None if by_meter else task["validation_at"]
+        commits = [row[0] for row in db.execute("SELECT committed_at FROM commits WHERE task_id = ?", (task["id"],))]
+        committed = min((at for at in commits if at > tests_done), default=None)
+        settled = min((at for at in (committed, validated) if at is not None), default=None)
+        last_green_tests = None
+        runs = db.execute(
+            "SELECT at, exit_status, tests FROM test_runs WHERE full_run = 1 AND task_id = ? ORDER BY at, id", (task["id"],)
+        )
+        for run in runs:
+            if run["exit_status"] == 0:
+                last_green_tests = run["tests"]
+                continue
+            if run["at"] <= tests_done or (approved is not None and run["at"] > approved):
+                continue
+            adds_tests = last_green_tests is not None and run["tests"] > last_green_tests
+            if settled is not None and run["at"] > settled and not adds_tests:
+                reworks[task["id"]].append(run["at"])
+    return reworks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_red_runs_that_are_rework_are_found_by_one_query_as_the_rule_walks_them(db, seed):
+    """Random histories of test runs (green and red, full or not, collecting more or fewer
+    tests), commits, TESTS_COMPLETION, VALIDATION marked by a person or by the meter, and
+    approvals: store/testruns.py reworking_runs, one query, finds the runs the rule finds."""
+    from taskmeter.store.testruns import reworking_runs
+
+    rng = random.Random(seed)
+    names = [f"P2-{n:03d}" for n in range(1, 31)]
+    with write_transaction(db):
+        db.execute("INSERT INTO phases (id, created_at) VALUES ('P2', ?)", (_at(0),))
+        for name in names:
+            moments = sorted(rng.sample(range(0, 5000, 10), 3))
+            db.execute(
+                "INSERT INTO tasks (id, phase_id, created_at, begin_at, tests_completion_at, validation_at, final_approval_at)"
+                " VALUES (?, 'P2', ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    _at(0),
+                    _at(0),
+                    rng.choice([None, _at(moments[0]), _at(moments[0]), _at(moments[0])]),
+                    rng.choice([None, _at(moments[1])]),
+                    rng.choice([None, None, _at(moments[2])]),
+                ),
+            )
+            for _ in range(rng.randrange(3)):
+                note = rng.choice([None, "by hand", tasks.AUTOMATIC_NOTE + "green full run"])
+                db.execute(
+                    "INSERT INTO task_events (task_id, kind, at, milestone, note) VALUES (?, 'milestone', ?, 'validated', ?)",
+                    (name, _at(rng.randrange(5000)), note),
+                )
+            for k in range(rng.randrange(4)):
+                db.execute(
+                    "INSERT INTO commits (sha, repo, task_id, committed_at, files, insertions, deletions)"
+                    " VALUES (?, '/repo', ?, ?, 1, 1, 0)",
+                    (f"{name}-{k}", name, _at(rng.randrange(5000))),
+                )
+            for _ in range(rng.randrange(25)):
+                at = rng.choice([rng.randrange(5000), 2500])  # ties: ordered by id
+                db.execute(
+                    "INSERT INTO test_runs (at, repo, task_id, exit_status, tests, failed, full_run)"
+                    " VALUES (?, '/repo', ?, ?, ?, 0, ?)",
+                    (_at(at), name, rng.choice([0, 0, 1, 2]), rng.randrange(5, 9), rng.choice([1, 1, 1, 0])),
+                )
+    found = reworking_runs(db, names)
+    assert found == _reworking_runs_walked(db, names)
+    assert any(found.values())  # the histories have rework to find
+    assert tasks.iterations_of(db, names) == {
+        name: 1 + len(found[name]) for name in names
+    }  # no `meter iteration` here: the count is the first attempt and the rework
