@@ -2,6 +2,7 @@
 
     P1-010 42m/1h30m · 182.4k tok · $1.23 · ⚑1
     NOT METERED · P1-010 42m/1h30m · ...
+    P1-010 42m/1h30m · $1.23 · session $0.42 · today $3.10    (show = [..., "session", "today"])
 
 It runs on every prompt, so it stays cheap: the state comes from
 analytics/snapshot.py, as `meter status` has it, without click, rich or pydantic
