@@ -347,10 +347,10 @@ def targets(r: dict) -> list[dict]:
         ),
         *command_rows(r["read_commands"], r["report"]["with_switches"]["rows"], row),
         row(
-            "meter statusline (Claude Code JSON on stdin): wall time over interpreter start-up, median",
-            "<= 25 ms",
+            "meter statusline, every item shown (Claude Code JSON on stdin): wall time over interpreter start-up, median",
+            f"<= {STATUSLINE_TARGET_MS} ms",
             r["statusline"]["added_ms"],
-            r["statusline"]["added_ms"] <= 25,
+            r["statusline"]["added_ms"] <= STATUSLINE_TARGET_MS,
             f"statusline {r['statusline']['statusline_ms']:.1f} ms, python -c pass {r['statusline']['python_ms']:.1f} ms, "
             f"{r['report']['with_switches']['rows']:,} calls stored",
         ),
@@ -408,6 +408,7 @@ def targets(r: dict) -> list[dict]:
 
 
 READ_COMMAND_TARGET_MS = 70
+STATUSLINE_TARGET_MS = 25
 
 
 def command_rows(measured: dict, rows: int, row) -> list[dict]:
@@ -445,8 +446,18 @@ def only_commands(history: Path | None, names: list[str] | None, plan: Plan, log
             rows = db.execute("SELECT count(*) FROM interactions").fetchone()[0]
         log(f"read commands over {rows:,} calls")
         measured = measures.read_command_costs(history, measures.phase_of(plan.report_tasks), plan.command_runs, names)
+        statusline = measures.statusline_cost(history, runs=4 * plan.command_runs)
     print("| measure | target | measured | pass | detail |\n|---|---|---|---|---|")
     print("\n".join(command_rows(measured, rows, row)))
+    print(
+        row(
+            f"meter statusline, every item shown, over {rows:,} calls: wall time over interpreter start-up, median",
+            f"<= {STATUSLINE_TARGET_MS} ms",
+            statusline["added_ms"],
+            statusline["added_ms"] <= STATUSLINE_TARGET_MS,
+            f"statusline {statusline['statusline_ms']:.1f} ms, python -c pass {statusline['python_ms']:.1f} ms",
+        )
+    )
 
 
 def machine() -> dict:

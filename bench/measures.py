@@ -322,19 +322,27 @@ def dashboard_over_history(db_path: Path, tasks_count: int, runs: int = 20) -> d
 
 
 def statusline_cost(db_path: Path, runs: int) -> dict:
-    """Wall time of `meter statusline --db PATH` against `python -c pass`, the two
-    interleaved, medians of `runs` each."""
+    """Wall time of `meter statusline --db PATH` showing every item it can (today's
+    and the session's cost too) against `python -c pass`, the two interleaved,
+    medians of `runs` each."""
+    from taskmeter.statusline import ITEMS
+
     meter = Path(sys.executable).parent / "meter"
     claude = json.dumps({"session_id": "bench-session", "model": {"display_name": "Opus"}, "workspace": {"current_dir": "/"}})
     commands = {"statusline": [str(meter), "statusline", "--db", str(db_path)], "python": [sys.executable, "-c", "pass"]}
-    shown = subprocess.run(commands["statusline"], input=claude, capture_output=True, text=True, check=True).stdout
-    assert shown.startswith("NOT METERED · "), shown  # the session was never seen: the marker shows
-    timings: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(runs):
-        for name, command in commands.items():
-            started = time.perf_counter()
-            subprocess.run(command, input=claude, capture_output=True, text=True, check=True)
-            timings[name].append((time.perf_counter() - started) * 1000)
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "config.toml"
+        config.write_text("[statusline]\nshow = [" + ", ".join(f'"{item}"' for item in ITEMS) + "]\n")
+        environ = {**os.environ, "METER_CONFIG": str(config)}
+        shown = subprocess.run(commands["statusline"], input=claude, capture_output=True, text=True, check=True, env=environ)
+        # The session was never seen: the marker shows, and the session's cost.
+        assert shown.stdout.startswith("NOT METERED · ") and " · session $" in shown.stdout, shown
+        timings: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, command in commands.items():
+                started = time.perf_counter()
+                subprocess.run(command, input=claude, capture_output=True, text=True, check=True, env=environ)
+                timings[name].append((time.perf_counter() - started) * 1000)
     medians = {name: statistics.median(values) for name, values in timings.items()}
     return {
         "runs": runs,

@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import platformdirs
-
 from taskmeter.errors import MeterError
 from taskmeter.private import private_dir, private_file
 from taskmeter.store import connection, proxies
+from taskmeter.userdirs import user_path
 
 START_TIMEOUT_SECONDS = 30
 
@@ -28,11 +27,11 @@ def _state_name(db_path: Path) -> str:
 
 
 def log_path(db_path: Path) -> Path:
-    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.log"
+    return user_path("state") / f"{_state_name(db_path)}.log"
 
 
 def pid_path(db_path: Path) -> Path:
-    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.pid"
+    return user_path("state") / f"{_state_name(db_path)}.pid"
 
 
 def running_proxy(db_path: Path) -> dict | None:
@@ -102,16 +101,16 @@ def stop(db_path: Path, timeout: float) -> int | None:
 
 def _users(db_path: Path) -> Path:
     """One file per `meter run` using the proxy, named by its pid."""
-    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.runs"
+    return user_path("state") / f"{_state_name(db_path)}.runs"
 
 
 def _started_by_runs(db_path: Path) -> Path:
-    return platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.started-by-run"
+    return user_path("state") / f"{_state_name(db_path)}.started-by-run"
 
 
 @contextlib.contextmanager
 def _locked(db_path: Path):
-    lock = platformdirs.user_state_path("taskmeter") / f"{_state_name(db_path)}.lock"
+    lock = user_path("state") / f"{_state_name(db_path)}.lock"
     private_dir(lock.parent)
     with open(private_file(lock), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -2,6 +2,7 @@
 
     P1-010 42m/1h30m · 182.4k tok · $1.23 · ⚑1
     NOT METERED · P1-010 42m/1h30m · ...
+    P1-010 42m/1h30m · $1.23 · session $0.42 · today $3.10    (show = [..., "session", "today"])
 
 It runs on every prompt, so it stays cheap: the state comes from
 analytics/snapshot.py, as `meter status` has it, without click, rich or pydantic
@@ -22,11 +23,17 @@ import os
 import sqlite3
 import sys
 
+from taskmeter.errors import MeterError
 from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.store import connection
 
 NOT_METERED = "NOT METERED"
+# What the line can show (config `[statusline] show`, in the order given), NOT_METERED always first:
+# the task and its working time against its estimate, its tokens, cost and flags so far, the budget
+# that binds it, the open alerts, the cost of every call since local midnight, and the cost of the
+# Claude Code session whose status line it is.
+ITEMS = ("task", "tokens", "cost", "flags", "budget", "alerts", "today", "session")
 # A chained status line gets this long; then its process group is killed.
 CHAIN_TIMEOUT_SECONDS = 1.0
 CHAIN_TIMED_OUT = f"(no answer in {CHAIN_TIMEOUT_SECONDS:g}s)"
@@ -152,35 +159,51 @@ def status_line(path, claude: dict) -> str:
 
 def _line(db: sqlite3.Connection, claude: dict) -> str:
     from taskmeter.analytics.budgets import configured_defaults
-    from taskmeter.analytics.snapshot import current_state, task_figures
-    from taskmeter.config.files import NUMBER, read_values
+    from taskmeter.analytics.snapshot import current_state, session_cost, task_figures, today_cost
+    from taskmeter.config.files import NUMBER, TEXTS, read_values
 
     session = claude.get("session_id") if isinstance(claude.get("session_id"), str) else None
     config = read_values()
+    show = shown_items(config.get("statusline.show", TEXTS) or [])
     state = current_state(db, configured_defaults(config), session)
     task_id = state["task_id"]
-    parts = []
+    parts: dict[str, str] = {}
     if task_id:
-        figures = task_figures(db, task_id, config.get("record.idle_minutes", NUMBER) * 60)
+        figures = None
+        if {"task", "tokens", "cost", "flags"} & set(show):
+            figures = task_figures(db, task_id, config.get("record.idle_minutes", NUMBER) * 60)
         worked = figures["actual_duration"] if figures else None
         estimate = f"/{_duration(figures['estimate_seconds'])}" if figures and figures["estimate_seconds"] else ""
-        parts.append(f"{task_id} {_duration(worked) if worked is not None else '?'}{estimate}")
+        parts["task"] = f"{task_id} {_duration(worked) if worked is not None else '?'}{estimate}"
         if figures and (figures["token_count_used"] is not None or figures["cost_usd"] is not None):
-            parts.append(_tokens(figures["token_count_used"] or 0))
-            parts.append(usd(figures["cost_usd"] or 0))
+            parts["tokens"] = _tokens(figures["token_count_used"] or 0)
+            parts["cost"] = usd(figures["cost_usd"] or 0)
             if figures["hallucination_count"]:
-                parts.append(f"⚑{figures['hallucination_count']}")
+                parts["flags"] = f"⚑{figures['hallucination_count']}"
         # The one that binds: a phase at 95% shows, whatever the task's own has used.
         if state["budget"] is not None:
             bound = state["budget"]
             share = bound["used_share"]
             scope = f"phase {bound['target']} " if bound["scope"] == "phase" else ""
-            parts.append(f"{scope}budget {share * 100:.0f}%" + ("!" if share >= 1 else ""))
+            parts["budget"] = f"{scope}budget {share * 100:.0f}%" + ("!" if share >= 1 else "")
     else:
         # Why none is, when the meter cleared it: `no task (P1-010 approved)`.
-        parts.append(f"no task ({state['current_note']})" if state["current_note"] else "no task")
+        parts["task"] = f"no task ({state['current_note']})" if state["current_note"] else "no task"
     if state["alerts"]:
-        parts.append(f"⚠ {len(state['alerts'])} alert{'s' if len(state['alerts']) > 1 else ''}")
+        parts["alerts"] = f"⚠ {len(state['alerts'])} alert{'s' if len(state['alerts']) > 1 else ''}"
+    if "today" in show:
+        parts["today"] = f"today {usd(today_cost(db) or 0)}"
+    if "session" in show and session:
+        parts["session"] = f"session {usd(session_cost(db, session) or 0)}"
+    line = [parts[item] for item in show if item in parts]
     if not state["metered"]:
-        parts.insert(0, NOT_METERED)
-    return " · ".join(parts)
+        line.insert(0, NOT_METERED)
+    return " · ".join(line)
+
+
+def shown_items(show: list[str]) -> list[str]:
+    """The items `[statusline] show` names, in its order; each must be one of ITEMS."""
+    unknown = [item for item in show if item not in ITEMS]
+    if unknown:  # short: the line is for a prompt, and `meter config check` says more
+        raise MeterError(f"statusline.show: no item {unknown[0]!r} (`meter config check`)")
+    return list(dict.fromkeys(show))

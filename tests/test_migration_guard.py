@@ -12,7 +12,7 @@ import pytest
 from taskmeter.errors import MeterError
 from taskmeter.store import connection, migrations, schema_doc
 
-# Every migration up to and including m022 has run on users' databases: editing
+# Every migration up to and including m022, and m024, has run on users' databases: editing
 # one reaches none of them. Its private helpers and constants (`_mNNN_...`) are part of it.
 RELEASED = {
     "m001_initial": "e1215df1759d1e41050b733cad832c1883bedc2f7399d5f62e99ad5ac9944155",
@@ -40,6 +40,8 @@ RELEASED = {
     "m020_context_switches_as_developers_mean_them": "08b9d5dd919b67668e96de893f9db7b10c26d6c36dcea7b92d8a7c2b0bf31ce6",
     "m021_derived_iterations_and_no_zero_coverage_target": "c7d3a3b12d5894a1a41dc95e9d59dc9790f5ba4a60405f7621ff0b62ea5ddd86",
     "m022_rework_counts_answered_calls": "a566090a72b2c68214fba1b40c69a4f46b514feba2ac2e8904ef83679601bd0c",
+    "m024_working_time_rollups": "78d3d1e9ebc53828e15103ac30063f35d5d35434cfbed825dfa3e751a180cccf",
+    "_m024_SECONDS": "07ee5d596844375f85195a375c8e498ab35e38e36fceb592ce9f2bf6b68696e3",
 }
 
 

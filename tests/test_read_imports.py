@@ -226,3 +226,24 @@ def test_status_the_now_page_and_the_status_line_show_one_state_in_working_time(
     ]
     assert all(part in line.split(" · ") for part in expected), line
     assert not line.startswith("NOT METERED")  # the proxy records to this database
+
+
+def test_the_status_line_loads_neither_click_nor_platformdirs_nor_the_report_types(tmp_path):
+    """It runs on every prompt: none of what the other commands load but it does not need."""
+    db_path = tmp_path / "meter.db"
+    connection.connect(db_path).close()
+    _meter(db_path, "set-task", "P1-001", "--estimate", "1h")
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['meter', 'statusline', '--db', sys.argv[1]]\n"
+        "runpy.run_module('taskmeter', run_name='__main__')\n"
+        "unwanted = ('click', 'platformdirs', 'taskmeter.analytics.records', 'taskmeter.cli.common', 'dataclasses', *HEAVY)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in unwanted or m in unwanted), file=sys.stderr)\n"
+    ).replace("*HEAVY", ", ".join(repr(name) for name in HEAVY))
+    environ = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "no-config"), "HOME": str(tmp_path)}
+    environ.pop("METER_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(db_path)], input="{}", capture_output=True, text=True, timeout=60, env=environ
+    )
+    assert done.stdout.startswith("NOT METERED · P1-001 0m/1h00m"), done
+    assert ast.literal_eval(done.stderr.strip().splitlines()[-1]) == []

@@ -57,36 +57,25 @@ def _placeholders(values) -> str:
 
 def current_intervals(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[tuple[float, float | None]]]:
     """Per task of `ids` (keyed by lower-case ID), when `meter set-task` had it current:
-    from each switch to it until the next switch (None: still current), found by the
-    index on the switches' times, so that one task's costs no pass over every switch."""
+    from each switch to it until the next switch (None: still current), from the
+    switch_spans rollup (m024), which keeps each switch's moment and the next's."""
     intervals: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
-    query = f"""
-        SELECT lower(s.task_id), {seconds_sql("s.at")}, (
-            SELECT {seconds_sql("n.at")} FROM task_events n
-            WHERE n.kind = 'switch' AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1
-        )
-        FROM task_events s WHERE s.kind = 'switch' AND lower(s.task_id) IN ({_placeholders(ids)}) ORDER BY s.at, s.id
-    """
+    query = (
+        "SELECT lower(task_id), since, until FROM switch_spans"
+        f" WHERE lower(task_id) IN ({_placeholders(ids)}) ORDER BY lower(task_id), at, event_id"
+    )
     for task_id, since, until in db.execute(query, [task_id.lower() for task_id in ids]):
         intervals[task_id].append((since, until))
     return intervals
 
 
 def _activity(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[tuple[float, float]]]:
-    """Per task, its minutes with an AI call (the task_activity rollup) as (start, end) seconds,
-    a run of consecutive minutes as one: the working-time rule joins them anyway."""
+    """Per task, its minutes with an AI call as (start, end) seconds, a run of consecutive
+    minutes as one (the task_activity_runs rollup, m024): the working-time rule joins them anyway."""
     runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    # A row per task, not per minute: a history of a million calls has tens of thousands of minutes.
-    query = (
-        f"SELECT task_id, group_concat(unixepoch(minute)) FROM task_activity WHERE task_id IN ({_placeholders(ids)}) GROUP BY 1"
-    )
-    for task_id, minutes in db.execute(query, ids):
-        task_runs = runs[task_id]
-        for start in sorted(map(float, minutes.split(","))):
-            if task_runs and task_runs[-1][1] == start:
-                task_runs[-1] = (task_runs[-1][0], start + 60)
-            else:
-                task_runs.append((start, start + 60))
+    query = f"SELECT task_id, start, end FROM task_activity_runs WHERE task_id IN ({_placeholders(ids)}) ORDER BY task_id, start"
+    for task_id, start, end in db.execute(query, ids):
+        runs[task_id].append((start, end))
     return runs
 
 

@@ -7,12 +7,15 @@ yes/no as true/false. docs/schema.md lists them."""
 import sqlite3
 
 from taskmeter.analytics import history, metrics
-from taskmeter.analytics.records import TaskListing, TaskRow
 from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.store import tasks
 from taskmeter.timefmt import now_stored
 from taskmeter.tokens import tokens_object
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the report types are for the type checker: importing them costs every command
+    from taskmeter.analytics.records import TaskListing, TaskRow
 
 
 def _flag(value) -> bool | None:
@@ -62,7 +65,7 @@ def task_records(
     now: str | None = None,
     idle_seconds: float = DEFAULT_IDLE_SECONDS,
     intervals: bool = True,
-) -> list[TaskListing] | list[TaskRow]:
+) -> list["TaskListing"] | list["TaskRow"]:
     """Every task's Level 1 fields (as `task --json` gives them), and whether it is current.
     Without `intervals`, no `working_intervals`: tens of thousands of timestamps to write
     for a history of a million calls, which only JSON shows."""

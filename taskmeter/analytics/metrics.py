@@ -10,22 +10,25 @@ from collections.abc import Mapping, Sequence
 
 from taskmeter.analytics import worktime
 from taskmeter.analytics.history import PhaseHistory, TaskHistory, missing_when_unstated
-from taskmeter.analytics.records import (
-    Approval,
-    Completeness,
-    OverviewLine,
-    OverviewReport,
-    PhaseFields,
-    PhaseReport,
-    StageDurations,
-    TargetCheck,
-    TaskFields,
-    TaskReport,
-    UsageExtras,
-)
 from taskmeter.store.tasks import phase_milestones
 from taskmeter.timefmt import from_stored, seconds_between
 from taskmeter.tokens import AGENT_LOG, ESTIMATED, PARTIAL, REPORTED, SOURCE_COLUMNS, tokens_object, total_tokens
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the report types are for the type checker: the status line reads this module
+    from taskmeter.analytics.records import (
+        Approval,
+        Completeness,
+        OverviewLine,
+        OverviewReport,
+        PhaseFields,
+        PhaseReport,
+        StageDurations,
+        TargetCheck,
+        TaskFields,
+        TaskReport,
+        UsageExtras,
+    )
 
 # The seed's Level 1 template, section by section (snake_case of its field names).
 TASK_SECTIONS = {
@@ -112,7 +115,7 @@ def _agent_log_share(usage: dict) -> float | None:
     return _ratio(usage[SOURCE_COLUMNS[AGENT_LOG]], total_tokens(usage))
 
 
-def _usage_extras(usage: dict) -> UsageExtras:
+def _usage_extras(usage: dict) -> "UsageExtras":
     return {
         "tokens": tokens_object(usage),
         "tokens_by_source": {
@@ -167,7 +170,7 @@ def spans_of(
     return worktime.working_spans(current_spans, [*activity, *((at, at) for at in events)], idle_seconds, (begin, end))
 
 
-def _stages(task: dict) -> StageDurations:
+def _stages(task: dict) -> "StageDurations":
     def between(a: str, b: str) -> float | None:
         return seconds_between(task[a], task[b]) if task[a] and task[b] else None
 
@@ -181,7 +184,7 @@ def _stages(task: dict) -> StageDurations:
 
 def task_fields(
     history: TaskHistory, now: str, idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS, spans: list | None = None
-) -> TaskReport:
+) -> "TaskReport":
     """`spans`: the task's working spans when the caller has them already."""
     task, usage = history.task, history.usage
     wall = seconds_between(task["begin_at"], _end_of(task, now)) if task["begin_at"] else None
@@ -245,7 +248,7 @@ def task_fields(
     return {**fields, "tracking_completeness": completeness(fields, TASK_SECTIONS)}
 
 
-def completeness(fields: Mapping[str, object], sections: dict[str, list[str]], prefix: str = "") -> Completeness:
+def completeness(fields: Mapping[str, object], sections: dict[str, list[str]], prefix: str = "") -> "Completeness":
     names = [name for section in sections.values() for name in section]
     missing = [prefix + name.upper() for name in names if fields.get(name) is None]
     return {
@@ -277,7 +280,7 @@ def phase_fields(
     now: str,
     previous_tokens_per_task: float | None = None,
     idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS,
-) -> PhaseReport:
+) -> "PhaseReport":
     phase = history.phase
     spans = [task_spans(t, now, idle_seconds) for t in history.tasks]
     tasks = [task_fields(t, now, idle_seconds, task_spans_) for t, task_spans_ in zip(history.tasks, spans, strict=True)]
@@ -378,7 +381,7 @@ NOT_YET = "no approved task yet"  # a phase's targets judge finished work only
 NOT_MEASURED = "not measured"
 
 
-def pattern_effectiveness(fields: PhaseReport) -> list[TargetCheck]:
+def pattern_effectiveness(fields: "PhaseReport") -> list["TargetCheck"]:
     """The seed's targets, each passed, failed, or neither (`passed` None) with the `reason`."""
     values = {
         "tracking_completeness": fields["tracking_completeness"]["percent"],
@@ -402,7 +405,7 @@ def pattern_effectiveness(fields: PhaseReport) -> list[TargetCheck]:
     return judged
 
 
-def _overview_line(fields: PhaseReport) -> OverviewLine:
+def _overview_line(fields: "PhaseReport") -> "OverviewLine":
     return {
         "phase_id": fields["phase_id"],
         "title": fields["title"],
@@ -419,7 +422,7 @@ def _overview_line(fields: PhaseReport) -> OverviewLine:
     }
 
 
-def overview(phases: list[PhaseReport], unassigned: dict) -> OverviewReport:
+def overview(phases: list["PhaseReport"], unassigned: dict) -> "OverviewReport":
     """One line per phase (fields from phase_fields) with the phase-over-phase
     token trend, and the calls attributed to no task."""
     rows = [_overview_line(fields) for fields in phases]

@@ -5,18 +5,21 @@ import sqlite3
 from datetime import UTC, datetime
 
 from taskmeter.analytics import history, metrics
-from taskmeter.analytics.records import OverviewReport, PhaseReport, PhaseReportAlone, TaskRecord
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS, union
 from taskmeter.timefmt import now_stored, to_stored
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the report types are for the type checker: importing them costs every command
+    from taskmeter.analytics.records import OverviewReport, PhaseReport, PhaseReportAlone, TaskRecord
 
 
 def task_report(
     db: sqlite3.Connection, task_id: str, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> TaskRecord:
+) -> "TaskRecord":
     return task_record(history.task_history(db, task_id), now or now_stored(), idle_seconds)
 
 
-def task_record(task_history: history.TaskHistory, now: str, idle_seconds: float) -> TaskRecord:
+def task_record(task_history: history.TaskHistory, now: str, idle_seconds: float) -> "TaskRecord":
     """A task's Level 1 fields, and the working intervals its working time adds up
     (`report task`, `task` and `tasks --json`; phase reports leave the intervals out)."""
     spans = metrics.task_spans(task_history, now, idle_seconds)
@@ -30,7 +33,7 @@ def _stored(seconds: float) -> str:
 
 def phase_report(
     db: sqlite3.Connection, phase_id: str, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> PhaseReportAlone:
+) -> "PhaseReportAlone":
     now = now or now_stored()
     current = history.phase_history(db, phase_id)
     ordered = history.phase_ids(db)
@@ -42,13 +45,18 @@ def phase_report(
 
 
 def phase_reports(
-    db: sqlite3.Connection, now: str | None = None, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> list[PhaseReport]:
-    """Every phase's Level 2 fields (as `phase --json` gives them), in phase order."""
-    return _phase_fields_in_order(history.phase_histories(db), now or now_stored(), idle_seconds)
+    db: sqlite3.Connection,
+    now: str | None = None,
+    idle_seconds: float = DEFAULT_IDLE_SECONDS,
+    working_time: bool = True,
+) -> list["PhaseReport"]:
+    """Every phase's Level 2 fields (as `phase --json` gives them), in phase order.
+    Without `working_time`, every duration comes out 0, as in overview_report: for a
+    caller that shows none (the `meter phases` table), which then reads no switch or minute."""
+    return _phase_fields_in_order(history.phase_histories(db, working_time), now or now_stored(), idle_seconds)
 
 
-def overview_report(db: sqlite3.Connection, now: str | None = None) -> OverviewReport:
+def overview_report(db: sqlite3.Connection, now: str | None = None) -> "OverviewReport":
     """One line per phase, from the rows and rollups alone. A line shows no
     duration, so no working time is read and every duration in the phases'
     fields comes out 0; whether one is present, all that tracking completeness
@@ -60,7 +68,7 @@ def overview_report(db: sqlite3.Connection, now: str | None = None) -> OverviewR
 
 def _phase_fields_in_order(
     phases: list[history.PhaseHistory], now: str, idle_seconds: float = DEFAULT_IDLE_SECONDS
-) -> list[PhaseReport]:
+) -> list["PhaseReport"]:
     """Each phase's fields, its token change taken against the phase before."""
     reports = []
     previous_tokens = None

@@ -7,7 +7,7 @@ import sqlite3
 
 from taskmeter.analytics import budgets, history, metrics, worktime
 from taskmeter.store import alerts, proxies, tasks
-from taskmeter.timefmt import now_stored
+from taskmeter.timefmt import now_stored, parse_moment, to_stored
 from taskmeter.tokens import total_tokens
 
 
@@ -61,3 +61,21 @@ def task_figures(db: sqlite3.Connection, task_id: str, idle_seconds: float, now:
         "cost_usd": usage["cost_usd"],
         "hallucination_count": usage["flagged"],
     }
+
+
+def today_cost(db: sqlite3.Connection) -> float | None:
+    """The cost of every call since local midnight, as `meter report daily` counts today's
+    (the usage_quarters rollup: local midnight is always a quarter hour); None: none priced."""
+    since = to_stored(parse_moment("today"))[:16]  # a quarter's key: YYYY-MM-DDTHH:MM, UTC
+    row = db.execute(
+        "SELECT CASE WHEN sum(cost_usd_calls) > 0 THEN sum(cost_usd) END FROM usage_quarters WHERE quarter >= ?", (since,)
+    ).fetchone()
+    return row[0]
+
+
+def session_cost(db: sqlite3.Connection, session: str) -> float | None:
+    """The cost of an agent session's calls (Claude Code's session ID); None: none priced."""
+    row = db.execute(
+        "SELECT sum(cost_usd) FROM interactions WHERE client_session = ? AND operation = 'generate'", (session,)
+    ).fetchone()
+    return row[0]

@@ -4,7 +4,6 @@
 import click
 
 from taskmeter import terminal
-from taskmeter.analytics.records import OpenTaskSoFar
 from taskmeter.cli.common import budget_defaults, cli, db_option, idle_seconds, json_option, open_db, utc_option
 from taskmeter.errors import MeterError
 from taskmeter.store import alerts
@@ -12,6 +11,10 @@ from taskmeter.store import budgets as stored_budgets
 from taskmeter.store.connection import require_transaction, write_transaction
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker: importing the report types costs every command
+    from taskmeter.analytics.records import OpenTaskSoFar
 
 
 class BudgetType(click.ParamType):
@@ -111,7 +114,7 @@ def budget_records(db) -> list[dict]:
     return records
 
 
-def _left(open_tasks: list[OpenTaskSoFar]) -> float | None:
+def _left(open_tasks: list["OpenTaskSoFar"]) -> float | None:
     """The estimated working time the open tasks have left; None when one has no estimate.
     A task already past its estimate has none left."""
     left = [

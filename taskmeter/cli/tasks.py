@@ -447,7 +447,8 @@ def phases_cmd(as_json, utc, db_path):
     from taskmeter.analytics.reports import phase_reports
 
     with open_db(db_path, create=False) as db:
-        phases = phase_reports(db, idle_seconds=idle_seconds())
+        # The table shows no duration: only JSON needs the working time.
+        phases = phase_reports(db, idle_seconds=idle_seconds(), working_time=as_json)
     if as_json:
         terminal.print_json(phases)
         return

@@ -13,15 +13,15 @@ from taskmeter.private import refuse_if_others_may_write
 
 ENV_VAR = "METER_CONFIG"
 # What the values a command computes with must be; `meter config check` says more.
-NUMBER, TEXT, FLAG = "a number", "text", "true or false"
+NUMBER, TEXT, FLAG, TEXTS = "a number", "text", "true or false", "a list of text"
 
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
     chosen = explicit or os.environ.get(ENV_VAR)
     if not chosen:
-        import platformdirs  # only here: a command given the file never loads it
+        from taskmeter.userdirs import user_path  # only here: a command given the file never loads it
 
-        chosen = platformdirs.user_config_path("taskmeter") / "config.toml"
+        chosen = user_path("config") / "config.toml"
     return Path(chosen).expanduser()
 
 
@@ -29,9 +29,9 @@ def ca_folder(configured: str | os.PathLike | None) -> Path:
     """Where the proxy keeps its CA (proxy.confdir; default: the user data folder)."""
     if configured:
         return Path(configured)
-    import platformdirs
+    from taskmeter.userdirs import user_path
 
-    return platformdirs.user_data_path("taskmeter") / "mitmproxy"
+    return user_path("data") / "mitmproxy"
 
 
 def ca_cert(folder: Path) -> Path:
@@ -98,8 +98,11 @@ class Values:
         that is not of `kind` is a one-line error naming it."""
         section, _, key = name.partition(".")
         value = self._merged.get(section, {}).get(key)
-        expected = {NUMBER: (int, float), TEXT: (str,), FLAG: (bool,)}[kind]
-        if value is None or (isinstance(value, expected) and not (kind == NUMBER and isinstance(value, bool))):
+        expected = {NUMBER: (int, float), TEXT: (str,), FLAG: (bool,), TEXTS: (list,)}[kind]
+        fits = isinstance(value, expected) and not (kind == NUMBER and isinstance(value, bool))
+        if isinstance(value, list):  # a list of text: each item too
+            fits = fits and all(isinstance(item, str) for item in value)
+        if value is None or fits:
             return value
         raise MeterError(f"config {self.path}: {name}: {value!r} is not {kind} (`meter config check` checks the whole file)")
 

@@ -175,6 +175,26 @@ class AlertSettings(BaseModel):
     alert_command: list[str]
 
 
+class StatuslineSettings(BaseModel):
+    """What `meter statusline` shows, in order (taskmeter/statusline.py ITEMS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    show: list[str]
+
+    @field_validator("show")
+    @classmethod
+    def _known_items(cls, show: list[str]) -> list[str]:
+        from taskmeter.statusline import ITEMS
+
+        for item in show:
+            if item not in ITEMS:
+                raise ValueError(f"{item!r} is not one of {', '.join(ITEMS)}")
+            if show.count(item) > 1:
+                raise ValueError(f"{item!r} is listed twice")
+        return show
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -183,6 +203,7 @@ class Settings(BaseModel):
     automation: AutomationSettings
     budgets: BudgetSettings
     alerts: AlertSettings
+    statusline: StatuslineSettings
     upstreams: dict[str, str]
     intercept: InterceptSettings
     # The [upstreams] the user's config file names (the others are shipped defaults):

@@ -29,15 +29,6 @@ def shas_of_task(db: sqlite3.Connection, task_id: str, repo: str) -> list[str]:
     return [row["sha"] for row in db.execute("SELECT sha FROM commits WHERE task_id = ? AND repo = ?", (task_id, repo))]
 
 
-def commit_times(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, list[str]]:
-    """When each task's commits were made, per task (a task with none is left out)."""
-    placeholders = ", ".join("?" for _ in task_ids)
-    times: dict[str, list[str]] = {}
-    for row in db.execute(f"SELECT task_id, committed_at FROM commits WHERE task_id IN ({placeholders})", task_ids):
-        times.setdefault(row["task_id"], []).append(row["committed_at"])
-    return times
-
-
 def last_commits_of_open_tasks(db: sqlite3.Connection, repo: str) -> list[sqlite3.Row]:
     """(task_id, sha) of the last commit in `repo` of each task not approved:
     the commits whose merge into the main branch approves their task."""

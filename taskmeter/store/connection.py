@@ -17,9 +17,9 @@ BUSY_TIMEOUT_SECONDS = 30.0
 
 
 def default_path() -> Path:
-    import platformdirs  # here, not at the top: `meter statusline` with $METER_DB never pays for it
+    from taskmeter.userdirs import user_path  # here, not at the top: `meter statusline` with $METER_DB never pays for it
 
-    return platformdirs.user_data_path("taskmeter") / "meter.db"
+    return user_path("data") / "meter.db"
 
 
 def resolve_path(explicit: str | os.PathLike | None = None) -> Path:

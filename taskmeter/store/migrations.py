@@ -1462,6 +1462,125 @@ def m022_rework_counts_answered_calls(db: sqlite3.Connection) -> None:
     )
 
 
+# A stored moment as POSIX seconds, as analytics/history.py seconds_sql computes it.
+_m024_SECONDS = "(unixepoch(substr({at}, 1, 19)) * 1000000 + CAST(substr({at}, 21, 6) AS INTEGER)) / 1e6"
+
+
+@migration
+def m024_working_time_rollups(db: sqlite3.Connection) -> None:
+    """What working time is made of, kept by triggers so that `meter tasks` and
+    the phase reports read it instead of deriving it from every switch and minute.
+    `switch_spans`: each set-task switch (task_id NULL: `meter set-task --clear`) with
+    its moment in POSIX seconds and the next switch's (NULL: none yet), in the
+    order of (at, id). `task_activity_runs`: each task's runs of consecutive
+    task_activity minutes, as POSIX seconds [start, end). An index on the kind of
+    task events finds the few iterations and milestones among many switches."""
+    since = _m024_SECONDS.format(at="at")
+    new_since = _m024_SECONDS.format(at="NEW.at")
+
+    def next_since(at: str, event_id: str) -> str:
+        return (
+            f"(SELECT n.since FROM switch_spans n WHERE (n.at, n.event_id) > ({at}, {event_id})"
+            " ORDER BY n.at, n.event_id LIMIT 1)"
+        )
+
+    def previous(at: str, event_id: str) -> str:
+        return (
+            f"(SELECT p.event_id FROM switch_spans p WHERE (p.at, p.event_id) < ({at}, {event_id})"
+            " ORDER BY p.at DESC, p.event_id DESC LIMIT 1)"
+        )
+
+    # A switch leaves: the switch before it now lasts until the one after it.
+    leave = f"""
+            DELETE FROM switch_spans WHERE event_id = OLD.id;
+            UPDATE switch_spans SET until = {next_since("OLD.at", "OLD.id")} WHERE event_id = {previous("OLD.at", "OLD.id")};"""
+    # A switch arrives (if the new row is one): it lasts until the one after it, and ends the one before it.
+    arrive = f"""
+            INSERT INTO switch_spans (event_id, task_id, at, since, until)
+            SELECT NEW.id, NEW.task_id, NEW.at, {new_since}, {next_since("NEW.at", "NEW.id")} WHERE NEW.kind = 'switch';
+            UPDATE switch_spans SET until = {new_since}
+            WHERE NEW.kind = 'switch' AND event_id = {previous("NEW.at", "NEW.id")};"""
+    minute = "unixepoch({r}.minute)"
+    m_new, m_old = minute.format(r="NEW"), minute.format(r="OLD")
+    run_script(
+        db,
+        f"""
+        CREATE INDEX task_events_kind ON task_events(kind, at);
+
+        CREATE TABLE switch_spans (
+            event_id INTEGER PRIMARY KEY,
+            task_id TEXT,
+            at TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL
+        );
+        CREATE INDEX switch_spans_order ON switch_spans(at, event_id);
+        CREATE INDEX switch_spans_task ON switch_spans(lower(task_id), at);
+        INSERT INTO switch_spans (event_id, task_id, at, since, until)
+        SELECT id, task_id, at, {since}, lead({since}) OVER (ORDER BY at, id) FROM task_events WHERE kind = 'switch';
+
+        CREATE TRIGGER switch_spans_insert AFTER INSERT ON task_events WHEN NEW.kind = 'switch'
+        BEGIN{arrive}
+        END;
+
+        CREATE TRIGGER switch_spans_delete AFTER DELETE ON task_events WHEN OLD.kind = 'switch'
+        BEGIN{leave}
+        END;
+
+        CREATE TRIGGER switch_spans_retag AFTER UPDATE OF task_id ON task_events
+        WHEN NEW.kind = 'switch' AND OLD.kind = 'switch' AND NEW.id = OLD.id AND NEW.at = OLD.at
+        BEGIN
+            UPDATE switch_spans SET task_id = NEW.task_id WHERE event_id = NEW.id;
+        END;
+
+        -- A switch moved in time, or a row made a switch or no longer one: it leaves, and arrives anew.
+        CREATE TRIGGER switch_spans_move AFTER UPDATE OF id, kind, at ON task_events
+        WHEN 'switch' IN (OLD.kind, NEW.kind) AND (NEW.kind != OLD.kind OR NEW.id != OLD.id OR NEW.at != OLD.at)
+        BEGIN{leave}{arrive}
+        END;
+
+        CREATE TABLE task_activity_runs (
+            task_id TEXT NOT NULL,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            PRIMARY KEY (task_id, start)
+        ) WITHOUT ROWID;
+        CREATE INDEX task_activity_runs_end ON task_activity_runs(task_id, end);
+        INSERT INTO task_activity_runs (task_id, start, end)
+        SELECT task_id, min(at), max(at) + 60 FROM (
+            SELECT task_id, unixepoch(minute) AS at,
+                unixepoch(minute) - 60 * row_number() OVER (PARTITION BY task_id ORDER BY minute) AS run
+            FROM task_activity
+        ) GROUP BY task_id, run;
+
+        -- A minute joins the run ending where it starts and the one starting where it ends.
+        CREATE TRIGGER task_activity_runs_insert AFTER INSERT ON task_activity
+        BEGIN
+            UPDATE task_activity_runs SET end = coalesce(
+                (SELECT r.end FROM task_activity_runs r WHERE r.task_id = NEW.task_id AND r.start = {m_new} + 60), {m_new} + 60
+            ) WHERE task_id = NEW.task_id AND end = {m_new};
+            DELETE FROM task_activity_runs WHERE task_id = NEW.task_id AND start = {m_new} + 60 AND EXISTS (
+                SELECT 1 FROM task_activity_runs l WHERE l.task_id = NEW.task_id AND l.start < {m_new} AND l.end > {m_new} + 60
+            );
+            UPDATE task_activity_runs SET start = {m_new} WHERE task_id = NEW.task_id AND start = {m_new} + 60;
+            INSERT INTO task_activity_runs (task_id, start, end) SELECT NEW.task_id, {m_new}, {m_new} + 60 WHERE NOT EXISTS (
+                SELECT 1 FROM task_activity_runs r WHERE r.task_id = NEW.task_id AND r.start <= {m_new} AND r.end >= {m_new} + 60
+            );
+        END;
+
+        -- A minute leaves: its run splits around it.
+        CREATE TRIGGER task_activity_runs_delete AFTER DELETE ON task_activity
+        BEGIN
+            INSERT INTO task_activity_runs (task_id, start, end)
+            SELECT task_id, {m_old} + 60, end FROM task_activity_runs
+            WHERE task_id = OLD.task_id AND start <= {m_old} AND end > {m_old} + 60;
+            DELETE FROM task_activity_runs WHERE task_id = OLD.task_id AND start = {m_old};
+            UPDATE task_activity_runs SET end = {m_old} WHERE task_id = OLD.task_id AND start < {m_old} AND end > {m_old};
+        END;
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:

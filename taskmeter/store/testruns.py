@@ -3,7 +3,7 @@ and which red runs are rework: derived when read, never stored."""
 
 import sqlite3
 
-from taskmeter.store import commits, tasks
+from taskmeter.store import tasks
 from taskmeter.store.connection import write_transaction
 
 
@@ -27,46 +27,48 @@ def record_test_run(
         )
 
 
-def full_runs(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, list[sqlite3.Row]]:
-    """Each task's full runs (at, exit_status, tests), oldest first (a task with none is left out)."""
-    placeholders = ", ".join("?" for _ in task_ids)
-    runs: dict[str, list[sqlite3.Row]] = {}
-    for run in db.execute(
-        f"SELECT task_id, at, exit_status, tests FROM test_runs WHERE full_run = 1 AND task_id IN ({placeholders})"
-        " ORDER BY at, id",
-        task_ids,
-    ):
-        runs.setdefault(run["task_id"], []).append(run)
-    return runs
-
-
 def reworking_runs(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, list[str]]:
     """Per task, the times of its red full runs that count as iterations: after
     TESTS_COMPLETION and before approval, collecting no more tests than the last
     green full run (a red run that adds tests is the red of red-green TDD), and
     after a commit of the task made since TESTS_COMPLETION or after a VALIDATION
-    a person marked (the meter's own moves on with every green run)."""
+    a person marked (the meter's own moves on with every green run). In one query:
+    a thousand tasks of twenty runs each cost a report nothing in Python."""
     reworks: dict[str, list[str]] = {task_id: [] for task_id in task_ids}
     if not task_ids:
         return reworks
-    runs, commit_times = full_runs(db, task_ids), commits.commit_times(db, task_ids)
-    meter_validated = tasks.meter_set(db, task_ids, "validated")
-    for task in tasks.tasks_by_id(db, task_ids):
-        tests_done, approved = task["tests_completion_at"], task["final_approval_at"]
-        if tests_done is None or task["id"] not in runs:
-            continue
-        validated = task["validation_at"] if task["id"] not in meter_validated else None
-        committed = min((at for at in commit_times.get(task["id"], []) if at > tests_done), default=None)
-        # From then on, a red run is no longer part of the first attempt.
-        settled = min((at for at in (committed, validated) if at is not None), default=None)
-        last_green_tests = None
-        for run in runs[task["id"]]:
-            if run["exit_status"] == 0:
-                last_green_tests = run["tests"]
-                continue
-            if run["at"] <= tests_done or (approved is not None and run["at"] > approved):
-                continue
-            adds_tests = last_green_tests is not None and run["tests"] > last_green_tests
-            if settled is not None and run["at"] > settled and not adds_tests:
-                reworks[task["id"]].append(run["at"])
+    placeholders = ", ".join("?" for _ in task_ids)
+    # The VALIDATION a person marked: none when the task's latest validated mark is the meter's own.
+    by_person = (
+        "CASE WHEN coalesce(substr((SELECT e.note FROM task_events e WHERE e.kind = 'milestone' AND e.milestone = 'validated'"
+        f" AND e.task_id = t.id COLLATE BINARY ORDER BY e.id DESC LIMIT 1), 1, {len(tasks.AUTOMATIC_NOTE)}) = ?, 0)"
+        " THEN NULL ELSE t.validation_at END"
+    )
+    committed = (
+        "(SELECT min(c.committed_at) FROM commits c"
+        " WHERE c.task_id = t.id COLLATE BINARY AND c.committed_at > t.tests_completion_at)"
+    )
+    last_green_tests = (
+        "(SELECT g.tests FROM test_runs g WHERE g.task_id = r.task_id AND g.full_run = 1 AND g.exit_status = 0"
+        " AND (g.at, g.id) < (r.at, r.id) ORDER BY g.at DESC, g.id DESC LIMIT 1)"
+    )
+    rows = db.execute(
+        f"""
+        WITH settling AS (
+            SELECT id, tests_completion_at AS tests_done, final_approval_at AS approved,
+                {committed} AS committed, {by_person} AS validated
+            FROM tasks t WHERE id IN ({placeholders}) AND tests_completion_at IS NOT NULL
+        )
+        SELECT r.task_id, r.at FROM test_runs r JOIN settling s ON r.task_id = s.id COLLATE BINARY
+        WHERE r.task_id IN ({placeholders}) AND r.full_run = 1 AND r.exit_status != 0
+            AND r.at > s.tests_done AND (s.approved IS NULL OR r.at <= s.approved)
+            -- From the first commit or person's VALIDATION on, a red run is no longer part of the first attempt.
+            AND r.at > min(coalesce(s.committed, s.validated), coalesce(s.validated, s.committed))
+            AND NOT coalesce(r.tests > {last_green_tests}, 0)
+        ORDER BY r.at, r.id
+        """,
+        [tasks.AUTOMATIC_NOTE, *task_ids, *task_ids],
+    )
+    for task_id, at in rows:
+        reworks[task_id].append(at)
     return reworks
