@@ -1,6 +1,7 @@
 """The config file, the database path and shell completion: config path|show|check|init, path, completion."""
 
 import json
+import os
 
 import click
 
@@ -59,7 +60,10 @@ def config_check_cmd(file, config_path):
     path = files.config_path(file or config_path)
     if not path.exists():
         raise MeterError(f"config file {path} does not exist")
-    settings.load_settings(path)
+    loaded = settings.load_settings(path)
+    from taskmeter import telemetry
+
+    telemetry.resolve(loaded.otel.endpoint, os.environ)  # the OTEL_EXPORTER_OTLP_* variables `meter proxy` would read
     terminal.info(f"{path}: valid")
 
 
