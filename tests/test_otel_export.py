@@ -24,16 +24,15 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from taskmeter.errors import MeterError
 from taskmeter.handover.call import CapturedCall
 from taskmeter.handover.pipe import HEADER
 from taskmeter.store import connection
-from taskmeter.telemetry import resource_attributes
+from taskmeter.telemetry import Endpoints, resolve, resource_attributes
 from taskmeter.timefmt import from_stored
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
-
-pytestmark = pytest.mark.e2e
 
 API_KEY = "sk-test-otel-4242"
 DEVELOPER = "ada@example.com"
@@ -46,7 +45,7 @@ ANTHROPIC_REPLY = {
     "id": "msg_otel_1",
     "type": "message",
     "role": "assistant",
-    "model": "claude-sonnet-4-5-20250929",
+    "model": "claude-haiku-4-5-20251001",
     "content": [{"type": "text", "text": "Hello."}],
     "stop_reason": "end_turn",
     "usage": {"input_tokens": 100, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 300, "output_tokens": 50},
@@ -75,6 +74,7 @@ class OtlpReceiver:
         self.spans: list[tuple[dict, Span]] = []  # (resource attributes, span)
         self.metric_requests: list[ExportMetricsServiceRequest] = []
         self.attempts = 0
+        self.authorizations: list[str | None] = []  # each request's Authorization header
         self._released = threading.Event()
         receiver = self
 
@@ -87,6 +87,7 @@ class OtlpReceiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 receiver.attempts += 1
+                receiver.authorizations.append(self.headers.get("authorization"))
                 if receiver.answer == "hang":
                     receiver._released.wait(60)
                     return
@@ -207,13 +208,15 @@ def meter_status(db_path: Path) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.e2e
 def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_points(tmp_path, upstream):
     receiver = OtlpReceiver()
-    proxy = start_proxy(tmp_path, upstream, receiver.endpoint)
+    # Headers (a collector's API key) come from the standard variable, never from our config file.
+    proxy = start_proxy(tmp_path, upstream, receiver.endpoint, OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20t0ken")
     try:
         claude = anthropic.Anthropic(base_url=f"{proxy.origin}/t/P7-001/anthropic", api_key=API_KEY, max_retries=0)
         reply = claude.messages.with_raw_response.create(
-            model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+            model="claude-haiku-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
         )
         cached_id = reply.headers["x-meter-interaction-id"]
         gpt = openai.OpenAI(base_url=f"{proxy.origin}/t/P7-001/openai/v1", api_key=API_KEY, max_retries=0)
@@ -230,6 +233,7 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
         receiver.close()
     rows = stored_rows(proxy.db_path)
     assert set(rows) == {cached_id, thought_id, failed_id}
+    assert receiver.authorizations and set(receiver.authorizations) == {"Bearer t0ken"}
 
     # Every stored call exactly once (the flush at the end sent nothing twice).
     (resource, cached), *others = receiver.spans_named(cached_id)
@@ -240,8 +244,8 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
     assert attributes_of(cached.attributes) == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "anthropic",
-        "gen_ai.request.model": "claude-sonnet-4-5",
-        "gen_ai.response.model": "claude-sonnet-4-5-20250929",
+        "gen_ai.request.model": "claude-haiku-4-5",
+        "gen_ai.response.model": "claude-haiku-4-5-20251001",
         "gen_ai.response.id": "msg_otel_1",
         "gen_ai.usage.input_tokens": 420,  # inclusive: 100 + 20 written + 300 read
         "gen_ai.usage.output_tokens": 50,
@@ -258,7 +262,7 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
         "taskmeter.outcome": "complete",
         "taskmeter.developer": DEVELOPER,
     }
-    assert cached.name == "chat claude-sonnet-4-5"
+    assert cached.name == "chat claude-haiku-4-5"
     assert cached.kind == Span.SPAN_KIND_CLIENT
     assert cached.status.code == Status.STATUS_CODE_UNSET
     # The call's own times, to the microsecond, not the export's.
@@ -292,18 +296,18 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
         for _, point in receiver.histogram_points("gen_ai.client.token.usage")
     }
     assert {key: (point.count, point.sum) for key, point in tokens.items()} == {
-        ("input", "claude-sonnet-4-5"): (1, 420),
-        ("output", "claude-sonnet-4-5"): (1, 50),
+        ("input", "claude-haiku-4-5"): (1, 420),
+        ("output", "claude-haiku-4-5"): (1, 50),
         ("input", "o4-mini"): (1, 12),
         ("output", "o4-mini"): (1, 40),
     }
     metric, _ = receiver.histogram_points("gen_ai.client.token.usage")[0]
     assert metric.unit == "{token}"
-    assert attributes_of(tokens[("input", "claude-sonnet-4-5")].attributes) == {
+    assert attributes_of(tokens[("input", "claude-haiku-4-5")].attributes) == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "anthropic",
-        "gen_ai.request.model": "claude-sonnet-4-5",
-        "gen_ai.response.model": "claude-sonnet-4-5-20250929",
+        "gen_ai.request.model": "claude-haiku-4-5",
+        "gen_ai.response.model": "claude-haiku-4-5-20251001",
         "gen_ai.token.type": "input",
         "taskmeter.task.id": "P7-001",
     }
@@ -311,14 +315,15 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
         attributes_of(point.attributes)["gen_ai.request.model"]: point
         for _, point in receiver.histogram_points("gen_ai.client.operation.duration")
     }
-    assert {model: point.count for model, point in durations.items()} == {"claude-sonnet-4-5": 1, "o4-mini": 1, "gpt-4.1": 1}
+    assert {model: point.count for model, point in durations.items()} == {"claude-haiku-4-5": 1, "o4-mini": 1, "gpt-4.1": 1}
     assert attributes_of(durations["gpt-4.1"].attributes)["error.type"] == "500"
     call_seconds = (nanoseconds(row["ended_at"]) - nanoseconds(row["started_at"])) / 1e9
-    assert durations["claude-sonnet-4-5"].sum == pytest.approx(call_seconds)
+    assert durations["claude-haiku-4-5"].sum == pytest.approx(call_seconds)
     duration_metric, _ = receiver.histogram_points("gen_ai.client.operation.duration")[0]
     assert duration_metric.unit == "s"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("collector", "cause"),
     [("closed", "connection refused"), ("fail", "HTTP 500 Internal Server Error"), ("hang", "timed out")],
@@ -360,6 +365,7 @@ def test_a_dead_collector_loses_no_call_and_costs_one_status_line(tmp_path, upst
     assert "telemetry:" not in meter_status(proxy.db_path)
 
 
+@pytest.mark.e2e
 def test_recovery_clears_the_status_line(tmp_path, upstream):
     receiver = OtlpReceiver("fail")
     proxy = start_proxy(tmp_path, upstream, receiver.endpoint)
@@ -407,6 +413,7 @@ def _recorder_imports(tmp_path: Path, *args: str) -> str:
     return done.stderr.decode()
 
 
+@pytest.mark.e2e
 def test_no_endpoint_no_sdk_in_the_recorder(tmp_path):
     imported = _recorder_imports(tmp_path)
     assert "taskmeter.recorder.loop" in imported
@@ -418,6 +425,7 @@ def test_no_endpoint_no_sdk_in_the_recorder(tmp_path):
     assert "opentelemetry.sdk.trace" in with_export
 
 
+@pytest.mark.e2e
 def test_a_malformed_endpoint_is_one_line_at_config_check_and_proxy_start(tmp_path, upstream):
     config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
     good = config.read_text()
@@ -445,6 +453,7 @@ def test_a_malformed_endpoint_is_one_line_at_config_check_and_proxy_start(tmp_pa
     assert checked.returncode != 0 and "OTEL_EXPORTER_OTLP_ENDPOINT" in checked.stderr
 
 
+@pytest.mark.e2e
 def test_meter_run_gives_the_agent_its_task_in_otel_resource_attributes(tmp_path, upstream):
     config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
     env = {**no_otel_environment(), "OTEL_RESOURCE_ATTRIBUTES": "service.name=claude%20code,taskmeter.task.id=OLD-1"}
@@ -481,3 +490,38 @@ def test_resource_attributes_merge_and_percent_encode():
         resource_attributes("a=1, taskmeter.task.id=X ,broken", {"taskmeter.task.id": "T 1,=%"})
         == "a=1,taskmeter.task.id=T%201%2C%3D%25"
     )
+
+
+def test_where_export_goes_follows_the_config_then_the_specifications_variables():
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318/"}
+    assert resolve(None, {}) == Endpoints(None, None)
+    assert resolve(None, base) == Endpoints("http://env:4318/v1/traces", "http://env:4318/v1/metrics")
+    # [otel] endpoint is the meter's own setting: it wins over the variables.
+    assert resolve("https://collector.example/otlp/", base) == Endpoints(
+        "https://collector.example/otlp/v1/traces", "https://collector.example/otlp/v1/metrics"
+    )
+    # A signal's own variable is used as it is, before the base one.
+    own = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:9999/custom"}
+    assert resolve(None, own) == Endpoints("http://traces:9999/custom", "http://env:4318/v1/metrics")
+    assert resolve(None, {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://m:1/x"}) == Endpoints(None, "http://m:1/x")
+    assert resolve("http://c:4318", {"OTEL_SDK_DISABLED": "true"}) == Endpoints(None, None)
+    # gRPC is not what the meter speaks: that signal is left out, and said once.
+    grpc = resolve(None, {**base, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"})
+    assert (grpc.traces, grpc.metrics) == (None, "http://env:4318/v1/metrics")
+    assert len(grpc.notes) == 1 and "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in grpc.notes[0]
+    assert grpc.recorder_args() == ["--otel-metrics-endpoint", "http://env:4318/v1/metrics"]
+
+
+@pytest.mark.parametrize(
+    ("configured", "environ", "named"),
+    [
+        ("localhost:4318", {}, "otel.endpoint"),
+        ("http://c:4318?x=1", {}, "otel.endpoint"),
+        (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:port/v1/traces"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+    ],
+)
+def test_a_malformed_endpoint_names_where_it_came_from(configured, environ, named):
+    with pytest.raises(MeterError) as refused:
+        resolve(configured, environ)
+    assert str(refused.value).startswith(f"{named}: ") and "\n" not in str(refused.value)

@@ -63,7 +63,9 @@ def config_check_cmd(file, config_path):
     loaded = settings.load_settings(path)
     from taskmeter import telemetry
 
-    telemetry.resolve(loaded.otel.endpoint, os.environ)  # the OTEL_EXPORTER_OTLP_* variables `meter proxy` would read
+    # The OTEL_EXPORTER_OTLP_* variables `meter proxy` would read here.
+    for note in telemetry.resolve(loaded.otel.endpoint, os.environ).notes:
+        terminal.warn(note)
     terminal.info(f"{path}: valid")
 
 

@@ -221,6 +221,8 @@ def guard_settings(settings: Settings) -> str:
 async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings) -> None:
     private_dir(settings.confdir)
     export = telemetry.resolve(settings.otel.endpoint, os.environ)  # a malformed URL is a one-line error, before we start
+    for note in export.notes:
+        log.warning("%s", note)
     proxy_id = new_id()
     guard = Guard(asyncio.get_running_loop())
     handover = Handover(
@@ -230,7 +232,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
             *("--retention-days", str(settings.proxy.retention_days)),
             *("--session-gap-minutes", str(settings.record.session_gap_minutes)),
             *("--guard", guard_settings(settings)),
-            *(export.recorder_args() if export else ()),
+            *export.recorder_args(),
         ],
         proxy_id,
         int(settings.proxy.max_pending_mb * 1024 * 1024),

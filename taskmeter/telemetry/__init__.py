@@ -21,6 +21,8 @@ METRICS_PATH = "v1/metrics"
 # The standard variables, in the OTel specification's order of precedence for each signal.
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SIGNAL_VARIABLES = {"traces": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "metrics": "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"}
+PROTOCOL_VARIABLE = "OTEL_EXPORTER_OTLP_PROTOCOL"
+SIGNAL_PROTOCOL_VARIABLES = {"traces": "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "metrics": "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"}
 RESOURCE_VARIABLE = "OTEL_RESOURCE_ATTRIBUTES"
 
 
@@ -30,6 +32,8 @@ class Endpoints:
 
     traces: str | None
     metrics: str | None
+    # Why a signal the variables name is not exported, a line each (said at proxy start).
+    notes: tuple[str, ...] = ()
 
     def recorder_args(self) -> list[str]:
         """The recorder's command-line options for them."""
@@ -58,14 +62,15 @@ def _with_path(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + path
 
 
-def resolve(configured: str | None, environ: Mapping[str, str]) -> Endpoints | None:
+def resolve(configured: str | None, environ: Mapping[str, str]) -> Endpoints:
     """Where calls are exported: `[otel] endpoint` (a base URL, /v1/traces and
     /v1/metrics appended) when set; otherwise the standard variables, each
     signal's own (used as it is) before OTEL_EXPORTER_OTLP_ENDPOINT (a base).
-    None when nothing is set, or OTEL_SDK_DISABLED=true. A malformed URL is a
-    one-line MeterError naming where it came from."""
+    Nothing when neither is set, or OTEL_SDK_DISABLED=true, and not a signal
+    whose variables ask for gRPC (the meter speaks OTLP/HTTP: a note says so).
+    A malformed URL is a one-line MeterError naming where it came from."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
+        return Endpoints(None, None)
     if configured:
         try:
             check_url(configured)
@@ -73,6 +78,7 @@ def resolve(configured: str | None, environ: Mapping[str, str]) -> Endpoints | N
             raise MeterError(f"otel.endpoint: {exc}") from None
         return Endpoints(_with_path(configured, TRACES_PATH), _with_path(configured, METRICS_PATH))
     found: dict[str, str | None] = {}
+    notes = []
     for signal, path in (("traces", TRACES_PATH), ("metrics", METRICS_PATH)):
         own, base = environ.get(SIGNAL_VARIABLES[signal], "").strip(), environ.get(ENDPOINT_VARIABLE, "").strip()
         variable, url = (SIGNAL_VARIABLES[signal], own) if own else (ENDPOINT_VARIABLE, base and _with_path(base, path))
@@ -80,7 +86,17 @@ def resolve(configured: str | None, environ: Mapping[str, str]) -> Endpoints | N
             found[signal] = check_url(url) if url else None
         except ValueError as exc:
             raise MeterError(f"{variable}: {exc}") from None
-    return Endpoints(found["traces"], found["metrics"]) if any(found.values()) else None
+        protocol_variable = (
+            SIGNAL_PROTOCOL_VARIABLES[signal] if environ.get(SIGNAL_PROTOCOL_VARIABLES[signal]) else PROTOCOL_VARIABLE
+        )
+        protocol = environ.get(protocol_variable, "").strip().lower()
+        if found[signal] and protocol == "grpc":
+            found[signal] = None
+            notes.append(
+                f"meter: {signal} are not exported to OpenTelemetry: {protocol_variable}=grpc, and the meter speaks "
+                "OTLP/HTTP (set [otel] endpoint to the collector's HTTP port, 4318 by default)"
+            )
+    return Endpoints(found["traces"], found["metrics"], tuple(notes))
 
 
 # ------------------------------------------------------------ export state, for `meter status`
