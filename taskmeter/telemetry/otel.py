@@ -125,8 +125,7 @@ class ExportState:
         self.path = state_path(db_path)
         self._lock = threading.Lock()
         self._failing: dict[str, dict] = {}
-        self.dropped = 0
-        self._written_dropped = -1
+        self._dropped = 0
 
     def attempt(self, url: str, cause: str | None) -> None:
         """An HTTP attempt to `url` ended: `cause` of failure, or None when it was taken."""
@@ -142,20 +141,21 @@ class ExportState:
                 self._failing[url] = {"since": before["since"] if before else now_stored(), "cause": cause}
             self._write()
 
-    def note_dropped(self) -> None:
+    def dropped(self, calls: int) -> None:
+        """`calls` stored calls in all were not exported (queue full, or export could not run)."""
         with self._lock:
-            if self.dropped != self._written_dropped:
+            if calls != self._dropped:
+                self._dropped = calls
                 self._write()
 
     def _write(self) -> None:
-        state = {"pid": os.getpid(), "failing": self._failing, "dropped_calls": self.dropped}
+        state = {"pid": os.getpid(), "failing": self._failing, "dropped_calls": self._dropped}
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(json.dumps(state))
             os.replace(temporary, self.path)
-            self._written_dropped = self.dropped
         except OSError:
             pass  # a full disk: status cannot say it, export goes on as it can
 
@@ -192,6 +192,9 @@ class CallExport:
         self._metrics_endpoint = metrics_endpoint
         self._batches: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
         self.state = ExportState(db_path)
+        self._not_queued = 0  # calls the full queue turned away (counted by the recorder's thread only)
+        self._not_exported = 0  # calls the export thread could not export (counted by it only)
+        self._db: sqlite3.Connection | None = None
         self._providers: list = []
         self._thread = threading.Thread(target=self._run, name="taskmeter-otel-export", daemon=True)
         self._thread.start()
@@ -204,18 +207,18 @@ class CallExport:
         try:
             self._batches.put_nowait(batch)
         except queue.Full:
-            self.state.dropped += len(batch)
+            self._not_queued += len(batch)
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Send what is queued, for up to `timeout` seconds; then give up on it."""
-        closing = threading.Thread(target=self._close, name="taskmeter-otel-close", daemon=True)
+        closing = threading.Thread(target=self._close, args=(timeout,), name="taskmeter-otel-close", daemon=True)
         closing.start()
         closing.join(timeout)
         self.state.remove()
 
-    def _close(self) -> None:
+    def _close(self, timeout: float) -> None:
         try:
-            self._batches.put(None, timeout=CLOSE_SECONDS)
+            self._batches.put(None, timeout=timeout)
         except queue.Full:
             return
         self._thread.join()
@@ -225,30 +228,34 @@ class CallExport:
     # ------------------------------------------------------------ the export thread
 
     def _run(self) -> None:
-        self.state.note_dropped()  # this recorder's state file, from its start
+        self.state.dropped(0)  # this recorder's state file, from its start
         try:
-            tracer, token_usage, duration = self._start_sdk()
-            db = sqlite3.connect(f"file:{quote(str(self._db_path))}?mode=ro", uri=True, timeout=5)
-            db.row_factory = sqlite3.Row
+            signals: tuple | None = self._start_sdk()
             the_developer = developer()
-        except Exception:
+        except Exception as exc:
             log.exception("meter: OpenTelemetry export cannot start; calls are still recorded")
-            return
+            for url in filter(None, (self._traces_endpoint, self._metrics_endpoint)):
+                self.state.attempt(url, f"export cannot start: {type(exc).__name__}: {exc}")
+            signals, the_developer = None, None
         while True:
             try:
                 batch = self._batches.get(timeout=1.0)
             except queue.Empty:
-                self.state.note_dropped()
-                continue
+                batch = []
             if batch is None:
-                db.close()
+                if self._db is not None:
+                    self._db.close()
                 return
-            try:
-                self._export(db, batch, tracer, token_usage, duration, the_developer)
-            except Exception:
-                log.exception("meter: a batch of calls could not be exported to OpenTelemetry; recording goes on")
-                self.state.dropped += len(batch)
-            self.state.note_dropped()
+            if batch and signals is not None:
+                try:
+                    self._export(batch, signals, the_developer)
+                except Exception:
+                    if not self._not_exported:  # said once; `meter status` keeps the count
+                        log.exception("meter: calls could not be exported to OpenTelemetry (a bug of ours); recording goes on")
+                    self._not_exported += len(batch)
+            elif batch:
+                self._not_exported += len(batch)
+            self.state.dropped(self._not_queued + self._not_exported)
 
     def _start_sdk(self):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -294,19 +301,38 @@ class CallExport:
             )
         return tracer, token_usage, duration
 
-    def _export(self, db: sqlite3.Connection, batch: list, tracer, token_usage, duration, the_developer) -> None:
+    def _stored_rows(self, ids: list[str]) -> list[sqlite3.Row]:
+        """The calls as stored, read on a connection of this thread's own, opened on
+        first use (the database exists by then) and again when rows are missing
+        (the database was made anew under the recorder)."""
+        query = (
+            f"SELECT i.*, coalesce({FAILED_CALL_SQL.format(r='i')}, 0) AS failed, t.phase_id"
+            " FROM interactions i LEFT JOIN tasks t ON t.id = i.task_id"
+            f" WHERE i.id IN ({', '.join('?' * len(ids))})"
+        )
+        rows: list[sqlite3.Row] = []
+        for reopen in (self._db is None, True):
+            if reopen:
+                if self._db is not None:
+                    self._db.close()
+                self._db = sqlite3.connect(f"file:{quote(str(self._db_path))}?mode=ro", uri=True, timeout=5)
+                self._db.row_factory = sqlite3.Row
+            assert self._db is not None
+            rows = self._db.execute(query, ids).fetchall()
+            if len(rows) == len(set(ids)):
+                break
+        return rows
+
+    def _export(self, batch: list, signals: tuple, the_developer: str | None) -> None:
         from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        tracer, token_usage, duration = signals
 
         models = {call_id: (requested, responded) for call_id, requested, responded in batch}
         ids = list(models)
         for start in range(0, len(ids), _QUERY_CHUNK):
-            chunk = ids[start : start + _QUERY_CHUNK]
-            rows = db.execute(
-                f"SELECT i.*, coalesce({FAILED_CALL_SQL.format(r='i')}, 0) AS failed, t.phase_id"
-                " FROM interactions i LEFT JOIN tasks t ON t.id = i.task_id"
-                f" WHERE i.id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
+            rows = self._stored_rows(ids[start : start + _QUERY_CHUNK])
+            self._not_exported += len(ids[start : start + _QUERY_CHUNK]) - len(rows)
             for row in rows:
                 attributes = span_attributes(row, *models[row["id"]], the_developer)
                 started = _nanoseconds(row["started_at"])
