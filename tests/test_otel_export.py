@@ -208,6 +208,17 @@ def meter_status(db_path: Path) -> str:
     return done.stdout + done.stderr
 
 
+def meter_status_json(db_path: Path) -> str:
+    done = subprocess.run(
+        [str(VENV_BIN / "meter"), "status", "--json", "--db", str(db_path)],
+        capture_output=True,
+        text=True,
+        env=no_otel_environment(),
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.e2e
 def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_points(tmp_path, upstream):
     receiver = OtlpReceiver()
@@ -240,13 +251,14 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
     assert not others
     assert resource["service.name"] == "taskmeter"
     row = rows[cached_id]
-    assert row["cost_usd"] > 0
+    assert row["cost_usd"] > 0 and row["conversation_id"] and row["session_id"] and row["client"].startswith("Anthropic/Python")
     assert attributes_of(cached.attributes) == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "anthropic",
         "gen_ai.request.model": "claude-haiku-4-5",
         "gen_ai.response.model": "claude-haiku-4-5-20251001",
         "gen_ai.response.id": "msg_otel_1",
+        "gen_ai.conversation.id": row["conversation_id"],
         "gen_ai.usage.input_tokens": 420,  # inclusive: 100 + 20 written + 300 read
         "gen_ai.usage.output_tokens": 50,
         "gen_ai.usage.cache_read.input_tokens": 300,
@@ -260,6 +272,8 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
         "taskmeter.cost.basis": "api",
         "taskmeter.usage.source": "reported",
         "taskmeter.outcome": "complete",
+        "taskmeter.session.id": row["session_id"],
+        "taskmeter.client": row["client"],
         "taskmeter.developer": DEVELOPER,
     }
     assert cached.name == "chat claude-haiku-4-5"
@@ -349,6 +363,8 @@ def test_a_dead_collector_loses_no_call_and_costs_one_status_line(tmp_path, upst
         lines = [line for line in status.splitlines() if "telemetry:" in line]
         assert any(f"telemetry: export to {endpoint}/v1/traces failing since" in line for line in lines), status
         assert all(f"({cause})" in line and f"export to {endpoint}/v1/" in line for line in lines), status
+        failing = json.loads(meter_status_json(proxy.db_path))["telemetry"]["failing"]
+        assert failing[f"{endpoint}/v1/traces"]["cause"] == cause
         # The proxy keeps recording while export fails.
         for _ in range(5):
             call()

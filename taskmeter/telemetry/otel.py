@@ -80,6 +80,7 @@ def span_attributes(row: sqlite3.Row, request_model: str | None, response_model:
         "gen_ai.request.model": request_model or row["model"],
         "gen_ai.response.model": response_model,
         "gen_ai.response.id": row["response_id"],
+        "gen_ai.conversation.id": row["conversation_id"],
         "gen_ai.usage.input_tokens": row["input_total"],
         "gen_ai.usage.output_tokens": row["output_total"],
         "gen_ai.usage.cache_read.input_tokens": row["cache_read"],
@@ -95,6 +96,8 @@ def span_attributes(row: sqlite3.Row, request_model: str | None, response_model:
         "taskmeter.cost.basis": row["price_basis"],
         "taskmeter.usage.source": row["usage_source"],
         "taskmeter.outcome": row["outcome"],
+        "taskmeter.session.id": row["session_id"],
+        "taskmeter.client": row["client"],
         "taskmeter.developer": developer,
     }
     if row["failed"]:
