@@ -245,6 +245,9 @@ def test_each_stored_call_is_one_span_with_every_attribute_and_the_metrics_data_
     rows = stored_rows(proxy.db_path)
     assert set(rows) == {cached_id, thought_id, failed_id}
     assert receiver.authorizations and set(receiver.authorizations) == {"Bearer t0ken"}
+    # The proxy said where calls go, once, at its start.
+    said = f"stored calls are exported to OpenTelemetry: {receiver.endpoint}/v1/traces, {receiver.endpoint}/v1/metrics"
+    assert proxy.stderr().count(said) == 1
 
     # Every stored call exactly once (the flush at the end sent nothing twice).
     (resource, cached), *others = receiver.spans_named(cached_id)

@@ -143,7 +143,9 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
             f"telemetry: export to {url} failing since {since} ({failing['cause']}); calls are recorded here all the same"
         )
     if telemetry.get("dropped_calls"):
-        terminal.warn(f"telemetry: {telemetry['dropped_calls']} calls were not exported (the export queue was full)")
+        terminal.warn(
+            f"telemetry: {telemetry['dropped_calls']} stored calls were not exported (the export queue was full, or export could not run)"
+        )
     for alert in state["alerts"]:
         terminal.warn(f"ALERT {alert['alert_id']}: {alert['message']} (`meter alerts clear {alert['alert_id']}`)")
     if dashboard:

@@ -223,6 +223,10 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
     export = telemetry.resolve(settings.otel.endpoint, os.environ)  # a malformed URL is a one-line error, before we start
     for note in export.notes:
         log.warning("%s", note)
+    if export.traces or export.metrics:
+        log.info(
+            "meter: stored calls are exported to OpenTelemetry: %s", ", ".join(filter(None, [export.traces, export.metrics]))
+        )
     proxy_id = new_id()
     guard = Guard(asyncio.get_running_loop())
     handover = Handover(
