@@ -335,4 +335,5 @@ class StatusReport(TypedDict):
     quarantined_calls: int
     quarantine: str
     pidfile: str | None  # set when `meter start` runs the proxy in the background
+    telemetry: dict | None  # the recorder's OpenTelemetry export: {"failing": {url: {since, cause}}, "dropped_calls"}
     log: str | None

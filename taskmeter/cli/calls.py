@@ -42,6 +42,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     from taskmeter.analytics.reports import task_report
     from taskmeter.analytics.snapshot import current_state
     from taskmeter.handover import callfile
+    from taskmeter.telemetry import read_state
 
     if not connection.resolve_path(db_path).exists():
         _status_without_database(connection.resolve_path(db_path), as_json)
@@ -73,6 +74,8 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         # Set when `meter start` runs the proxy in the background.
         "pidfile": str(lifecycle.pid_path(database)) if lifecycle.pid_path(database).exists() else None,
         "log": str(lifecycle.log_path(database)) if lifecycle.pid_path(database).exists() else None,
+        # OpenTelemetry export of the running recorder: endpoints failing, calls not exported.
+        "telemetry": read_state(database),
     }
     if as_json:
         terminal.print_json(state)
@@ -133,6 +136,16 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
     if state["quarantined_calls"]:
         terminal.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
+    telemetry = state["telemetry"] or {}
+    for url, failing in telemetry.get("failing", {}).items():
+        since = terminal.moment(failing["since"], utc)
+        terminal.warn(
+            f"telemetry: export to {url} failing since {since} ({failing['cause']}); calls are recorded here all the same"
+        )
+    if telemetry.get("dropped_calls"):
+        terminal.warn(
+            f"telemetry: {telemetry['dropped_calls']} stored calls were not exported (the export queue was full, or export could not run)"
+        )
     for alert in state["alerts"]:
         terminal.warn(f"ALERT {alert['alert_id']}: {alert['message']} (`meter alerts clear {alert['alert_id']}`)")
     if dashboard:

@@ -232,6 +232,16 @@ def _refuse_typo(db_path, task_id: str, create: bool) -> None:
             tasks.refuse_typo(db, task_id)
 
 
+def _phase_of(path, task_id: str) -> str:
+    """The task's phase as stored, else the one its ID names (as its first call makes it)."""
+    if path.exists():
+        with open_db(path, create=False) as db:
+            row = db.execute("SELECT phase_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is not None:
+            return row["phase_id"]
+    return tasks.infer_phase(task_id)
+
+
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--task", "task_id", help="Attribute this command's AI calls to TASK (default: the current task).")
 @click.option("--create", is_flag=True, help="With --task: a new TASK may look like a typo of another (as in set-task).")
@@ -254,7 +264,7 @@ def run_cmd(task_id, create, command, config_path, db_path):
     import signal
     import subprocess
 
-    from taskmeter import agents, lifecycle
+    from taskmeter import agents, lifecycle, telemetry
     from taskmeter.config import load_settings
     from taskmeter.proxy.environment import client_environment
     from taskmeter.proxy.routing import Router
@@ -274,6 +284,15 @@ def run_cmd(task_id, create, command, config_path, db_path):
     try:
         no_proxy = ",".join(filter(None, (os.environ.get("NO_PROXY"), os.environ.get("no_proxy"))))
         env = {**os.environ, **client_environment(settings.confdir, proxy["listen"], task_id, no_proxy=no_proxy)}
+        # The agent's own OpenTelemetry carries the task too (docs/telemetry.md).
+        env[telemetry.RESOURCE_VARIABLE] = telemetry.resource_attributes(
+            env.get(telemetry.RESOURCE_VARIABLE),
+            {
+                "taskmeter.task.id": task_id,
+                "taskmeter.phase.id": _phase_of(path, task_id) if task_id else None,
+                "taskmeter.developer": telemetry.developer(),
+            },
+        )
         router = Router(settings)
         machine = agents.default_machine(dict(os.environ), lambda host: router.provider_for_host(host) is not None)
         argv, env, _ = agents.prepare([program, *command[1:]], env, machine)

@@ -1,6 +1,7 @@
 """The config file, the database path and shell completion: config path|show|check|init, path, completion."""
 
 import json
+import os
 
 import click
 
@@ -54,12 +55,16 @@ def config_show_cmd(as_json, config_path):
 @config_option
 def config_check_cmd(file, config_path):
     """Validate FILE (default: the config file) without starting anything."""
+    from taskmeter import telemetry
     from taskmeter.config import files, settings
 
     path = files.config_path(file or config_path)
     if not path.exists():
         raise MeterError(f"config file {path} does not exist")
-    settings.load_settings(path)
+    loaded = settings.load_settings(path)
+    # The OTEL_EXPORTER_OTLP_* variables `meter proxy` would read here.
+    for note in telemetry.resolve(loaded.otel.endpoint, os.environ).notes:
+        terminal.warn(note)
     terminal.info(f"{path}: valid")
 
 

@@ -195,6 +195,23 @@ class StatuslineSettings(BaseModel):
         return show
 
 
+class OtelSettings(BaseModel):
+    """OpenTelemetry export of stored calls (docs/telemetry.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The collector's OTLP/HTTP base URL (/v1/traces and /v1/metrics are appended);
+    # unset: the standard OTEL_EXPORTER_OTLP_* variables decide, and without them nothing is exported.
+    endpoint: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, endpoint: str | None) -> str | None:
+        from taskmeter.telemetry import check_url
+
+        return check_url(endpoint) if endpoint else None
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -206,6 +223,7 @@ class Settings(BaseModel):
     statusline: StatuslineSettings
     upstreams: dict[str, str]
     intercept: InterceptSettings
+    otel: OtelSettings
     # The [upstreams] the user's config file names (the others are shipped defaults):
     # only these are served to clients beyond loopback. Set by load_settings.
     _user_upstreams: frozenset[str] = PrivateAttr(default=frozenset())

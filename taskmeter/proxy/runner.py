@@ -17,6 +17,7 @@ import certifi
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
+from taskmeter import telemetry
 from taskmeter.config import Settings
 from taskmeter.config.settings import AlertSettings, BudgetSettings, flat
 from taskmeter.errors import MeterError
@@ -175,7 +176,7 @@ class ConfigReload:
 
     NEEDS_RESTART = (
         "proxy.listen_host", "proxy.port", "proxy.confdir", "proxy.upstream_ca", "proxy.store_bodies", "proxy.retention_days",
-        "proxy.max_pending_mb", "record.session_gap_minutes", "record.idle_minutes",
+        "proxy.max_pending_mb", "record.session_gap_minutes", "record.idle_minutes", "otel.endpoint",
         *(f"budgets.{name}" for name in BudgetSettings.model_fields),
         *(f"alerts.{name}" for name in AlertSettings.model_fields),
     )  # fmt: skip
@@ -222,6 +223,13 @@ async def _serve(
     settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings, corporate: CorporateProxy | None
 ) -> None:
     private_dir(settings.confdir)
+    export = telemetry.resolve(settings.otel.endpoint, os.environ)  # a malformed URL is a one-line error, before we start
+    for note in export.notes:
+        log.warning("%s", note)
+    if export.traces or export.metrics:
+        log.info(
+            "meter: stored calls are exported to OpenTelemetry: %s", ", ".join(filter(None, [export.traces, export.metrics]))
+        )
     proxy_id = new_id()
     guard = Guard(asyncio.get_running_loop())
     handover = Handover(
@@ -231,6 +239,7 @@ async def _serve(
             *("--retention-days", str(settings.proxy.retention_days)),
             *("--session-gap-minutes", str(settings.record.session_gap_minutes)),
             *("--guard", guard_settings(settings)),
+            *export.recorder_args(),
         ],
         proxy_id,
         int(settings.proxy.max_pending_mb * 1024 * 1024),

@@ -43,9 +43,10 @@ class Finalizer:
         if call.outcome == "partial" and result.finished:
             # The client hung up after the stream's own end marker: nothing was lost.
             call.outcome, call.error = "complete", None
-        model = result.model or (request.get("model") if isinstance(request, dict) else None)
-        if not model and protocol.model_in_endpoint:
-            model = protocol.model_in_endpoint(call.endpoint)
+        requested = request.get("model") if isinstance(request, dict) else None
+        if not requested and protocol.model_in_endpoint:
+            requested = protocol.model_in_endpoint(call.endpoint)
+        model = result.model or requested
         streamed = protocol.streamed(call.endpoint, request)
         usage, source, errors = self._usage(call, request, result, model, notes)
         if usage is not None:
@@ -78,6 +79,8 @@ class Finalizer:
             response_id=result.response_id if isinstance(result.response_id, str) else None,
         )
         finished = CallRow(interaction)
+        finished.request_model = requested if isinstance(requested, str) else None
+        finished.response_model = result.model if isinstance(result.model, str) else None
         if call.operation == "generate" and not call.blocked:
             turns = protocol.loop_turns(request) if isinstance(request, dict) else None
             finished.loop_signatures = tuple(loop_signatures(turns, model, result.tool_calls))

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskmeter.callline import call_line, run_summary
 from taskmeter.handover import callfile
@@ -51,6 +52,9 @@ from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.terminal import fit
 from taskmeter.timefmt import to_stored
+
+if TYPE_CHECKING:
+    from taskmeter.telemetry.otel import CallExport
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +192,7 @@ class RecorderLoop:
         self._last_retry = 0.0
         self._last_heartbeat = 0.0
         self.guard = None  # budgets and alerts (recorder/planner.py), when the proxy runs us
+        self.telemetry: CallExport | None = None  # OpenTelemetry export of stored calls (telemetry/otel.py), when configured
         self._bugs_seen: set[str] = set()  # kinds of our own errors, each logged with its traceback once
 
     # ------------------------------------------------------------ batches
@@ -219,6 +224,8 @@ class RecorderLoop:
         if show:
             self._show([row.interaction for row in rows if row.interaction.id not in refused])
         self._plan("stored", [row for row in rows if row.interaction.id not in refused])
+        if self.telemetry is not None:
+            self.telemetry.stored(row for row in rows if row.interaction.id not in refused)
         return True
 
     def _write(self, rows: list[CallRow]) -> list[tuple[CallRow, str]]:
@@ -360,6 +367,8 @@ class RecorderLoop:
             stored += len(kept)
             self.tell_state()  # at once: should we die now, the proxy must not count these as lost
             self._plan("stored", kept)
+            if self.telemetry is not None:
+                self.telemetry.stored(kept)
         if stored:
             log.warning("meter: stored %d calls held in memory", stored)
         return not self._held
@@ -452,6 +461,8 @@ class RecorderLoop:
         if self._live_view is not None:
             self._live_view.show(self._summary() + "\n")
             self._live_view.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
         if self._proxy_id:
             self.writer.unregister(self._proxy_id)
         self.writer.close()
@@ -515,6 +526,8 @@ def main() -> None:
     parser.add_argument("--proxy-id")
     parser.add_argument("--live-view-fd", type=int, help="Print a line per call stored to this file descriptor.")
     parser.add_argument("--guard", help="JSON: the [budgets] and [alerts] settings and idle_seconds (recorder/planner.py).")
+    parser.add_argument("--otel-traces-endpoint", help="Export a span per stored call to this OTLP/HTTP URL.")
+    parser.add_argument("--otel-metrics-endpoint", help="Export the gen_ai.client.* metrics to this OTLP/HTTP URL.")
     args = parser.parse_args()
     # The proxy handles Ctrl-C and stops us by closing our input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -531,6 +544,10 @@ def main() -> None:
             loop.guard = _guard(loop, json.loads(args.guard), live_view)
         except Exception:
             log.exception("meter: budgets and alerts cannot be planned; calls are still recorded")
+    if args.otel_traces_endpoint or args.otel_metrics_endpoint:
+        from taskmeter.telemetry.otel import CallExport  # only then: no cost at all without an endpoint
+
+        loop.telemetry = CallExport(Path(args.db), args.otel_traces_endpoint, args.otel_metrics_endpoint)
     frames = FrameReader(sys.stdin.fileno())
     loop.replay()
     first_since_start = True

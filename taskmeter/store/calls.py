@@ -31,6 +31,9 @@ class CallRow:
     response_body: str | None = None
     # What a loop of near-identical requests would repeat (analytics/alerts.py); not stored.
     loop_signatures: tuple[str, ...] = ()
+    # The model the request asked for and the one the response named (OpenTelemetry export); not stored.
+    request_model: str | None = None
+    response_model: str | None = None
 
 
 def attribute(db: sqlite3.Connection, row: Interaction) -> None:
