@@ -20,6 +20,7 @@ proxy: install
 
 test: install-test
 	scripts/ensure-chromium
+	scripts/ensure-systemd
 	scripts/ensure-agent-clis
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

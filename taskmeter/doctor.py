@@ -45,8 +45,12 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
     except Exception as exc:
         return [*checks, Check("database", False, f"{db_path}: {exc}")]
 
+    from taskmeter import service
+    from taskmeter.lifecycle import START_ADVICE
+
+    checks.append(Check("service", *service.describe(db_path.absolute(), running[0]["pid"] if running else None)))
     if not running:
-        checks.append(Check("proxy", False, f"no meter proxy records to {db_path}: start one with `meter start`"))
+        checks.append(Check("proxy", False, f"no meter proxy records to {db_path}: {START_ADVICE}"))
         return checks
     proxy = running[0]
     origin = proxy_origin(proxy["listen"])

@@ -20,6 +20,8 @@ from taskmeter.private import private_dir, private_file
 from taskmeter.store import connection, proxies
 
 START_TIMEOUT_SECONDS = 30
+# What `meter status`, `meter doctor` and `meter env` say when no proxy runs.
+START_ADVICE = "start one with `meter start`, or keep one running with `meter service install`"
 
 
 def _state_name(db_path: Path) -> str:

@@ -336,3 +336,4 @@ class StatusReport(TypedDict):
     quarantine: str
     pidfile: str | None  # set when `meter start` runs the proxy in the background
     log: str | None
+    service: dict  # the user service: installed, ok, detail, path (`meter service status`)
