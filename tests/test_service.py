@@ -258,7 +258,7 @@ def test_a_file_not_ours_is_never_overwritten(meter, home):
 @pytest.mark.e2e  # a real proxy on the service's database
 def test_status_and_doctor_say_whether_the_service_is_installed_and_running(meter, home, tmp_path, db_path):
     status = meter("status")
-    assert "Service: not installed: `meter service install`" in status.out
+    assert "Service: not installed (`meter service install` keeps the proxy running, from login on)" in status.out
     assert "start one with `meter start`, or keep one running with `meter service install`" in status.out
     doctor = meter("doctor")
     assert "ok    service   not installed" in doctor.out
@@ -270,6 +270,8 @@ def test_status_and_doctor_say_whether_the_service_is_installed_and_running(mete
     service = json.loads(status.out)["service"]
     assert service["installed"] is True and service["ok"] is False and "no proxy runs" in service["detail"]
     assert "FAIL  service   installed" in meter("doctor").out
+    down = meter("service", "status")
+    assert down.code == 1 and down.out.startswith("service: installed (") and "starts at login: yes" in down.out
     unit = (home / ".config/systemd/user/taskmeter.service").read_text()
     argv, environment = _unit_command(unit)
     process = subprocess.Popen(argv, env={**os.environ, **environment}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -280,6 +282,7 @@ def test_status_and_doctor_say_whether_the_service_is_installed_and_running(mete
             time.sleep(0.1)
         assert f"pid {process.pid}" in line  # not started by systemd: its cgroup does not name the unit
         said = meter("service", "status", "--json")
+        assert said.code == 0
         state = json.loads(said.out)
         assert state["installed"] and state["pid"] == process.pid and state["starts_at_login"] is True
         assert state["database"] == str(db_path)
@@ -288,6 +291,7 @@ def test_status_and_doctor_say_whether_the_service_is_installed_and_running(mete
         process.wait(30)
     meter("service", "uninstall")
     assert "Service: not installed" in meter("status").out
+    assert meter("service", "status").code == 1
 
 
 def test_a_service_for_another_database_is_named(meter, home, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import click
 
@@ -83,7 +84,8 @@ def service_uninstall_cmd():
 @json_option
 @db_option
 def service_status_cmd(as_json, db_path):
-    """Whether the service is installed, for which database and port, and running."""
+    """Whether the service is installed, for which database and port, and running
+    (exit 1 unless it is installed for this database and a proxy records there)."""
     from taskmeter import lifecycle
 
     database = connection.resolve_path(db_path).absolute()
@@ -104,14 +106,15 @@ def service_status_cmd(as_json, db_path):
     }
     if as_json:
         terminal.print_json(state)
-        return
-    terminal.info(f"service: {detail}")
-    if found:
-        terminal.info(
-            f"  records to {found.database} on port {found.port}; starts at login: {'yes' if state['starts_at_login'] else 'no'}"
-        )
-        if state["manager_says"]:
-            terminal.info(f"  {found.manager}: {state['manager_says']}")
+    else:
+        terminal.info(f"service: {detail}")
+        if found:
+            login = "yes" if state["starts_at_login"] else "no"
+            terminal.info(f"  records to {found.database} on port {found.port}; starts at login: {login}")
+            if state["manager_says"]:
+                terminal.info(f"  {found.manager}: {state['manager_says']}")
+    if not (found and found.database == database and running):
+        sys.exit(1)
 
 
 def _login_link_holds(installed: service.Service) -> bool:
@@ -141,8 +144,11 @@ def _start(installed: service.Service, restart: bool) -> str | None:
     if installed.manager == service.SYSTEMD:
         verb = "restart" if restart else "start"
         return _run(["systemctl", "--user", "daemon-reload"]) or _run(["systemctl", "--user", verb, service.UNIT])
-    if restart:
-        _run(["launchctl", "bootout", f"{_launchd_domain()}/{service.LABEL}"])  # not loaded yet: nothing to do
+    loaded = _run(["launchctl", "print", f"{_launchd_domain()}/{service.LABEL}"]) is None
+    if loaded and not restart:
+        return None  # launchd runs it already, and nothing changed (bootstrap would fail: already loaded)
+    if loaded:
+        _run(["launchctl", "bootout", f"{_launchd_domain()}/{service.LABEL}"])
     return _run(["launchctl", "bootstrap", _launchd_domain(), str(installed.path)])
 
 

@@ -232,7 +232,7 @@ def describe(database: Path, running_pid: int | None) -> tuple[bool, str]:
         others = installed()
         if others:
             return False, f"installed for {others[0].database}, not this database ({others[0].path})"
-        return True, "not installed: `meter service install` keeps a proxy running, from login on and after a crash"
+        return True, "not installed (`meter service install` keeps the proxy running, from login on)"
     if running_pid is None:
         why = "`journalctl --user -u taskmeter` says why" if service.manager == SYSTEMD else f"its log: {log_of(service)}"
         return False, f"installed ({service.path}) but no proxy runs: {why}"
