@@ -8,10 +8,8 @@ had to make) is named in the file's first line, so uninstall removes exactly tha
 `meter status` and `meter doctor` read the service's state from the file and the
 proxies table, without starting a process (`installed` and `started_by_service`)."""
 
-import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from taskmeter.errors import MeterError
@@ -42,14 +40,14 @@ def login_link(manager: str) -> Path | None:
     return service_file(SYSTEMD).parent / "default.target.wants" / UNIT if manager == SYSTEMD else None
 
 
-@dataclass
 class Service:
-    """An installed service, as its file says."""
+    """An installed service, as its file says. (A plain class: `meter status` imports this module.)"""
 
-    manager: str
-    path: Path
-    argv: list[str]
-    made: list[str]  # what install made besides the file: folders and the login link
+    def __init__(self, manager: str, path: Path, argv: list[str], made: list[str]) -> None:
+        self.manager = manager
+        self.path = path
+        self.argv = argv
+        self.made = made  # what install made besides the file: folders and the login link
 
     @property
     def database(self) -> Path | None:
@@ -80,6 +78,8 @@ def installed_for(database: Path) -> Service | None:
 
 
 def _parse(manager: str, path: Path, text: str) -> Service:
+    import json
+
     record = json.loads(text.split(MARKER, 1)[1].split("\n", 1)[0].removesuffix(" -->"))
     if manager == LAUNCHD:
         import plistlib
@@ -112,6 +112,7 @@ def proxy_argv(database: Path, config: Path | None, port: int) -> list[str]:
 
 
 def render(manager: str, argv: list[str], environment: dict[str, str], stop_timeout: int, log: Path, made: list[str]) -> str:
+    import json
     from string import Template
 
     for word in [*argv, *environment.values(), str(log)]:
