@@ -298,3 +298,15 @@ def test_a_service_for_another_database_is_named(meter, home, tmp_path, monkeypa
     assert meter("service", "install", "--no-start", "--db", str(tmp_path / "other.db")).code == 0
     status = meter("status")
     assert f"Service: installed for {tmp_path / 'other.db'}, not this database" in status.out
+
+
+def test_a_service_whose_interpreter_is_gone_is_broken(meter, home, db_path):
+    assert meter("service", "install", "--no-start").code == 0
+    unit = home / ".config" / "systemd" / "user" / "taskmeter.service"
+    gone = str(home / "deleted-clone" / ".venv" / "bin" / "python")
+    unit.write_text(unit.read_text().replace(f"ExecStart={_unit_command(unit.read_text())[0][0]} ", f"ExecStart={gone} "))
+    said = f"broken: its interpreter {gone} no longer exists: reinstall with `meter service install`"
+    assert f"Service: {said}" in meter("status").out
+    assert f"FAIL  service   {said}" in meter("doctor").out
+    assert meter("service", "install", "--no-start").code == 0  # the repair it names
+    assert "Service: installed (" in meter("status").out

@@ -234,6 +234,8 @@ def describe(database: Path, running_pid: int | None) -> tuple[bool, str]:
         if others:
             return False, f"installed for {others[0].database}, not this database ({others[0].path})"
         return True, "not installed (`meter service install` keeps the proxy running, from login on)"
+    if not os.path.exists(service.argv[0]):  # the installation it names was moved or removed
+        return False, f"broken: its interpreter {service.argv[0]} no longer exists: reinstall with `meter service install`"
     if running_pid is None:
         why = "`journalctl --user -u taskmeter` says why" if service.manager == SYSTEMD else f"its log: {log_of(service)}"
         return False, f"installed ({service.path}) but no proxy runs: {why}"
