@@ -140,3 +140,20 @@ def test_no_hooks_is_not_broken(repo):
     assert status.returncode == 0 and status.stdout.startswith("not installed in ")
     claude = meter("claude", "status", "--project", str(repo))
     assert claude.returncode == 0 and claude.stdout.startswith("not installed in ")
+
+
+def test_claude_settings_of_earlier_versions_name_the_meter_script(repo, tmp_path):
+    """Earlier versions wrote the clone's `.venv/bin/meter` by its path: still checked, by its interpreter."""
+    copy = tmp_path / "old-clone"
+    python = make_venv(copy, with_taskmeter=True)
+    script = copy / "bin" / "meter"
+    script.write_text(f"#!{python}\nimport sys\nfrom taskmeter.cli import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    settings = repo / ".claude" / "settings.local.json"
+    settings.parent.mkdir()
+    hook = {"hooks": [{"type": "command", "command": f"{script} claude hook session-start  # taskmeter"}]}
+    settings.write_text(json.dumps({"hooks": {"SessionStart": [hook]}}))
+    assert meter("claude", "status", "--project", str(repo)).returncode == 0
+    shutil.rmtree(copy)
+    status = meter("claude", "status", "--project", str(repo))
+    assert status.returncode == 1 and f"broken in {settings}: {script} no longer exists: reinstall with" in status.stdout

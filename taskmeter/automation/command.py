@@ -47,10 +47,10 @@ def render(words: list[str]) -> str:
 def broken(words: list[str]) -> str | None:
     """Why `words` can no longer run the meter, or None: its interpreter is gone, or
     cannot import taskmeter (checked by running it, as the hook would)."""
-    if words == [METER]:
-        found = shutil.which(METER)
-        if found is None:
-            return "`meter` is no longer on the PATH"
+    if len(words) == 1:  # a console script: `meter` on the PATH, or by its path (Claude settings of earlier versions)
+        found = shutil.which(METER) if words == [METER] else words[0]
+        if found is None or not Path(found).exists():
+            return "`meter` is no longer on the PATH" if words == [METER] else f"{found} no longer exists"
         python = _interpreter(Path(found))
         if python is None or not python.exists():
             return f"the interpreter of {found} ({python}) no longer exists"
