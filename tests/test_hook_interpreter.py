@@ -42,7 +42,8 @@ def _recorded(db_path: Path, sql: str) -> list:
 def test_the_hooks_run_meter_on_the_path_when_it_is_this_installation(repo, db_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
     make_venv(repo / ".venv", with_taskmeter=False)  # the project's own virtualenv, for the pytest plugin
-    assert meter("hooks", "install", "--repo", str(repo)).returncode == 0
+    installed = meter("hooks", "install", "--repo", str(repo))
+    assert installed.returncode == 0 and "\n  they run `meter` (this installation's, on the PATH)\n" in installed.stdout
     hook = (repo / ".git" / "hooks" / "post-commit").read_text()
     assert "\n( meter hooks git-event --repo " in hook and '"command": ["meter"]' in hook
     assert sys.executable not in hook  # nothing names the clone's interpreter
@@ -69,7 +70,9 @@ def test_the_hooks_name_the_interpreter_when_the_meter_on_the_path_is_another_in
     (other / "meter").write_text("#!/usr/bin/python3\nimport sys\nsys.exit(1)\n")  # someone else's meter
     (other / "meter").chmod(0o755)
     monkeypatch.setenv("PATH", f"{other}:{os.environ['PATH']}")
-    assert meter("hooks", "install", "--repo", str(repo)).returncode == 0
+    installed = meter("hooks", "install", "--repo", str(repo))
+    assert installed.returncode == 0
+    assert f"  they run `{sys.executable} -m taskmeter` (no `meter` of this installation is on the PATH)" in installed.stdout
     hook = (repo / ".git" / "hooks" / "post-commit").read_text()
     assert f"( {sys.executable} -m taskmeter hooks git-event --repo " in hook
     assert meter("claude", "install", "--project", str(repo)).returncode == 0

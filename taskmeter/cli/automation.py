@@ -51,6 +51,7 @@ def hooks_install_cmd(repo, named_venvs, db_path):
     found = venvs.repository_venvs(repo, list(named_venvs))
     written = git.install(repo, connection.resolve_path(db_path) if db_path else None)
     terminal.info(f"installed {', '.join(Path(path).name for path in written)} in {Path(written[0]).parent}")
+    terminal.info(f"  they run {_runs()}")
     for venv in found:
         venvs.install(venv)
         terminal.info(f"installed the pytest plugin in {venv}")
@@ -119,6 +120,17 @@ def claude_install_cmd(project):
     from taskmeter.automation import claude
 
     terminal.info(f"wrote {claude.install(project.resolve())}")
+    terminal.info(f"  its hooks run {_runs()}")
+
+
+def _runs() -> str:
+    """The meter the hooks just written run, and why that one (automation/command.py)."""
+    from taskmeter.automation.command import METER, meter_words, render
+
+    words = meter_words()
+    if words == [METER]:
+        return "`meter` (this installation's, on the PATH)"
+    return f"`{render(words)}` (no `meter` of this installation is on the PATH)"
 
 
 @claude_group.command("uninstall")
