@@ -256,7 +256,8 @@ def test_a_file_not_ours_is_never_overwritten(meter, home):
 
 
 @pytest.mark.e2e  # a real proxy on the service's database
-def test_status_and_doctor_say_whether_the_service_is_installed_and_running(meter, home, tmp_path, db_path):
+def test_status_and_doctor_say_whether_the_service_is_installed_and_running(meter, home, tmp_path, db_path, monkeypatch):
+    monkeypatch.chdir(home)  # doctor also checks the hooks of the repository it runs in: none here
     status = meter("status")
     assert "Service: not installed (`meter service install` keeps the proxy running, from login on)" in status.out
     assert "start one with `meter start`, or keep one running with `meter service install`" in status.out
@@ -300,7 +301,8 @@ def test_a_service_for_another_database_is_named(meter, home, tmp_path, monkeypa
     assert f"Service: installed for {tmp_path / 'other.db'}, not this database" in status.out
 
 
-def test_a_service_whose_interpreter_is_gone_is_broken(meter, home, db_path):
+def test_a_service_whose_interpreter_is_gone_is_broken(meter, home, db_path, monkeypatch):
+    monkeypatch.chdir(home)  # doctor also checks the hooks of the repository it runs in: none here
     assert meter("service", "install", "--no-start").code == 0
     unit = home / ".config" / "systemd" / "user" / "taskmeter.service"
     gone = str(home / "deleted-clone" / ".venv" / "bin" / "python")
