@@ -312,3 +312,17 @@ def test_a_service_whose_interpreter_is_gone_is_broken(meter, home, db_path, mon
     assert f"FAIL  service   {said}" in meter("doctor").out
     assert meter("service", "install", "--no-start").code == 0  # the repair it names
     assert "Service: installed (" in meter("status").out
+
+
+def test_a_service_file_edited_beyond_reading_is_named_and_can_be_rewritten(meter, home, monkeypatch):
+    monkeypatch.chdir(home)
+    assert meter("service", "install", "--no-start").code == 0
+    unit = home / ".config" / "systemd" / "user" / "taskmeter.service"
+    unit.write_text(unit.read_text().replace("ExecStart=", "#ExecStart="))
+    said = f"{unit} cannot be read: `meter service install` writes it again"
+    status = meter("status")
+    assert status.code == 0 and f"Service: {said}" in status.out
+    assert f"FAIL  service   {said}" in meter("doctor").out
+    assert meter("service", "install", "--no-start").code == 0
+    assert "ExecStart=" in unit.read_text().replace("#ExecStart=", "")
+    assert meter("service", "uninstall").code == 0 and _tree(home) == {}

@@ -78,19 +78,27 @@ def installed_for(database: Path) -> Service | None:
 
 
 def _parse(manager: str, path: Path, text: str) -> Service:
+    """The service as its file says; a file edited beyond reading has no command, and
+    what install made is known as far as the first line still says it."""
     import json
 
-    record = json.loads(text.split(MARKER, 1)[1].split("\n", 1)[0].removesuffix(" -->"))
-    if manager == LAUNCHD:
-        import plistlib
+    try:
+        made = [str(entry) for entry in json.loads(text.split(MARKER, 1)[1].split("\n", 1)[0].removesuffix(" -->"))["made"]]
+    except (ValueError, KeyError, TypeError):
+        made = []
+    try:
+        if manager == LAUNCHD:
+            import plistlib
 
-        argv = plistlib.loads(text.encode())["ProgramArguments"]
-    else:
-        import shlex
+            argv = plistlib.loads(text.encode())["ProgramArguments"]
+        else:
+            import shlex
 
-        line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-        argv = [word.replace("%%", "%").replace("$$", "$") for word in shlex.split(line.removeprefix("ExecStart="))]
-    return Service(manager, path, argv, record["made"])
+            line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+            argv = [word.replace("%%", "%").replace("$$", "$") for word in shlex.split(line.removeprefix("ExecStart="))]
+    except (ValueError, KeyError, TypeError, StopIteration):  # plistlib's errors are ValueErrors
+        argv = []
+    return Service(manager, path, [str(word) for word in argv], made)
 
 
 def started_by_service(pid: int) -> bool | None:
@@ -231,6 +239,8 @@ def describe(database: Path, running_pid: int | None) -> tuple[bool, str]:
     service = installed_for(database)
     if service is None:
         others = installed()
+        if others and others[0].database is None:
+            return False, f"{others[0].path} cannot be read: `meter service install` writes it again"
         if others:
             return False, f"installed for {others[0].database}, not this database ({others[0].path})"
         return True, "not installed (`meter service install` keeps the proxy running, from login on)"
