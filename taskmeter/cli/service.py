@@ -52,7 +52,7 @@ def service_install_cmd(port, no_start, manager, config_path, db_path):
         terminal.info("  it starts at your next login (--no-start)")
         return
     running = lifecycle.running_proxy(database) if database.exists() else None
-    if running and not service.started_by_service(running["pid"]):
+    if running and service.started_by_service(running["pid"]) is False:  # None: launchd, which cannot be told here
         terminal.warn(
             f"not started now: a proxy started outside the service (pid {running['pid']}) records to {database};"
             " `meter stop` it, then `meter service install` again"
