@@ -266,7 +266,8 @@ def test_status_and_doctor_say_whether_the_service_is_installed_and_running(mete
     # The same advice from both (one definition).
     assert "start one with `meter start`, or keep one running with `meter service install`" in doctor.out
 
-    assert meter("service", "install", "--no-start", "--port", str(_free_port())).code == 0
+    port = str(_free_port())
+    assert meter("service", "install", "--no-start", "--port", port).code == 0
     status = meter("status", "--json")
     service = json.loads(status.out)["service"]
     assert service["installed"] is True and service["ok"] is False and "no proxy runs" in service["detail"]
@@ -287,6 +288,10 @@ def test_status_and_doctor_say_whether_the_service_is_installed_and_running(mete
         state = json.loads(said.out)
         assert state["installed"] and state["pid"] == process.pid and state["starts_at_login"] is True
         assert state["database"] == str(db_path)
+        # Installing again does not start a second proxy beside one started outside the service.
+        again = meter("service", "install", "--port", port)
+        assert again.code == 0 and "already installed" in again.out
+        assert f"not started now: a proxy started outside the service (pid {process.pid}) records to {db_path}" in again.out
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
