@@ -2,7 +2,8 @@
 #   make proxy   install taskmeter and run the metering proxy
 #   make test    install taskmeter with its test tools (and Debian's chromium, zsh and fish, the Codex, Gemini and Claude Code CLIs), lint (ruff), type-check (mypy) and run the tests
 #   make check   lint, type-check and run the fast tests only: those that start no process (not marked e2e, browser or bench)
-# Each installs into ./.venv from the pinned lock files, only when they changed.
+#   make lock    regenerate requirements-run.lock and requirements-test.lock from pyproject.toml (hashes, every platform)
+# Each installs into ./.venv from the pinned lock files (hashes checked), only when they changed.
 
 PYTHON := $(shell scripts/find-python)
 VENV := .venv
@@ -13,13 +14,14 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 JOBS ?= 2
 FAST := -m "not e2e and not browser and not bench"
 
-.PHONY: proxy test check bench install install-test clean
+.PHONY: proxy test check bench install install-test lock clean
 
 proxy: install
 	$(BIN)/meter proxy $(ARGS)
 
 test: install-test
 	scripts/ensure-chromium
+	scripts/ensure-systemd
 	scripts/ensure-agent-clis
 	scripts/ensure-shells
 	$(BIN)/ruff check .
@@ -43,14 +45,23 @@ $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "no Python >= 3.12 found; see above" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# Every dependency from the lock, each checked against its hashes; then taskmeter itself, editable.
 $(VENV)/.run-installed: $(BIN)/python requirements-run.lock pyproject.toml
-	$(PIP) -r requirements-run.lock
+	$(PIP) --require-hashes -r requirements-run.lock
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
+# The wheelhouse: the run lock's wheels for this platform, from which tests/test_wheel_install.py
+# installs the built wheel into fresh environments offline.
 $(VENV)/.test-installed: $(VENV)/.run-installed requirements-test.lock
-	$(PIP) -r requirements-test.lock
+	$(PIP) --require-hashes -r requirements-test.lock
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --require-hashes --only-binary :all: \
+		-r requirements-run.lock -d $(VENV)/wheelhouse
 	touch $@
+
+# Regenerate both lock files after changing pyproject.toml's dependencies (scripts/lock).
+lock: install-test
+	scripts/lock
 
 clean:
 	rm -rf $(VENV)

@@ -45,8 +45,13 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
     except Exception as exc:
         return [*checks, Check("database", False, f"{db_path}: {exc}")]
 
+    from taskmeter import service
+    from taskmeter.lifecycle import START_ADVICE
+
+    checks.append(Check("service", *service.describe(db_path.absolute(), running[0]["pid"] if running else None)))
+    checks += _automation_checks(Path.cwd())
     if not running:
-        checks.append(Check("proxy", False, f"no meter proxy records to {db_path}: start one with `meter start`"))
+        checks.append(Check("proxy", False, f"no meter proxy records to {db_path}: {START_ADVICE}"))
         return checks
     proxy = running[0]
     origin = proxy_origin(proxy["listen"])
@@ -89,6 +94,43 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
             else 'SSL_CERT_FILE does not hold the meter\'s CA: eval "$(meter env --https-proxy)"'
         )
         checks.append(Check("ca", bool(trusted), detail))
+    return checks
+
+
+def _automation_checks(folder: Path) -> list[Check]:
+    """The git hooks and Claude Code hooks of the project here, where installed: whether
+    the meter they run still runs (a moved or deleted installation silently stops them)."""
+    from taskmeter.automation import claude, git
+    from taskmeter.automation.command import broken, render, repair_claude, repair_hooks
+
+    checks = []
+    top = next((path for path in (folder, *folder.parents) if (path / ".git").exists()), None)
+    try:
+        hooks = git.enrolment_of(git.hooks_dir(top) / "post-commit") if top else None
+    except MeterError:  # git is not installed
+        hooks = None
+    if top and hooks is not None:
+        hook_words = git.hook_command(top) or []
+        problem = broken(hook_words)
+        detail = (
+            f"broken: {problem}: reinstall with `{repair_hooks(top, hooks.get('db'))}`"
+            if problem
+            else f"{top}'s git hooks run `{render(hook_words)}`"
+        )
+        checks.append(Check("hooks", not problem, detail))
+    project = top or folder
+    try:
+        words = claude.installed_command(project)
+    except MeterError:  # their settings file is unreadable: `meter claude install` says so
+        words = None
+    if words is not None:
+        problem = broken(words)
+        detail = (
+            f"broken: {problem}: reinstall with `{repair_claude(project)}`"
+            if problem
+            else f"{project}'s Claude Code hooks run `{render(words)}`"
+        )
+        checks.append(Check("claude", not problem, detail))
     return checks
 
 

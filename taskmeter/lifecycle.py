@@ -19,6 +19,8 @@ from taskmeter.store import connection, proxies
 from taskmeter.userdirs import user_path
 
 START_TIMEOUT_SECONDS = 30
+# What `meter status`, `meter doctor` and `meter env` say when no proxy runs.
+START_ADVICE = "start one with `meter start`, or keep one running with `meter service install`"
 
 
 def _state_name(db_path: Path) -> str:

@@ -295,7 +295,9 @@ def test_status_without_a_database_says_so_and_creates_none(meter, db_path):
     assert result.code == 0 and not db_path.exists()
     assert f"No database at {db_path}" in result.out and "No proxy is running on this database" in result.out
     as_json = json.loads(meter("status", "--json").out)
-    assert as_json == {"database": str(db_path), "database_exists": False, "proxies": []} and not db_path.exists()
+    service = {"installed": False, "ok": True, "path": None, "detail": as_json["service"]["detail"]}
+    assert as_json == {"database": str(db_path), "database_exists": False, "proxies": [], "service": service}
+    assert as_json["service"]["detail"].startswith("not installed") and not db_path.exists()
 
 
 def test_the_dashboard_never_creates_a_database(tmp_path):

@@ -337,3 +337,4 @@ class StatusReport(TypedDict):
     pidfile: str | None  # set when `meter start` runs the proxy in the background
     telemetry: dict | None  # the recorder's OpenTelemetry export: {"failing": {url: {since, cause}}, "dropped_calls"}
     log: str | None
+    service: dict  # the user service: installed, ok, detail, path (`meter service status`)

@@ -13,7 +13,6 @@
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 from taskmeter.errors import MeterError
@@ -26,7 +25,19 @@ _OURS = "taskmeter"  # every command we write names the meter: how we find our e
 
 
 def meter_command() -> str:
-    return shlex.quote(str(Path(sys.executable).parent / "meter"))
+    """`meter`, or this installation's interpreter (automation/command.py), shell-quoted."""
+    from taskmeter.automation.command import meter_words, render
+
+    return render(meter_words())
+
+
+def installed_command(project: Path) -> list[str] | None:
+    """The command our hooks in the project's settings run (None: none of ours)."""
+    for entry in _read(settings_path(project)).get("hooks", {}).get("SessionStart", []):
+        if _ours(entry):
+            words = shlex.split(entry["hooks"][0]["command"], comments=True)
+            return words[: words.index("claude")]
+    return None
 
 
 def settings_path(project: Path) -> Path:

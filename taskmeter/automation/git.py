@@ -2,7 +2,7 @@
 
 `meter hooks install` puts small shell hooks into a repository. Each reads
 HEAD and the branch (a few ms: the background job may run after the next git
-command), hands the event to `python -m taskmeter.automation.git HOOK ...` in
+command), hands the event to `meter hooks git-event HOOK ...` in
 the background, and exits with the status of the hook it replaced (0 when
 there was none), so a hook never fails or slows a git command. Here, in that
 background process:
@@ -23,11 +23,11 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from taskmeter.automation import command
 from taskmeter.automation.pytest_plugin.taskmeter_pytest import SETTINGS_PREFIX
 from taskmeter.errors import MeterError
 from taskmeter.store import commits, connection, tasks
@@ -65,25 +65,51 @@ def hooks_dir(repo: Path) -> Path:
 
 def _hook_text(name: str, db_path: Path | None) -> str:
     """The hook: every path in it is shell-quoted (any character may be in a path),
-    and the settings line tells the pytest plugin which interpreter and database to use."""
-    python = sys.executable
-    settings = json.dumps({"python": python, "db": str(db_path) if db_path else None})
+    and the settings line tells the pytest plugin which command and database to use.
+    The command is `meter` when that is this installation, else its interpreter
+    (automation/command.py); when it is gone, the hook says so and git goes on."""
+    words = command.meter_words()
+    settings = json.dumps({"command": words, "db": str(db_path) if db_path else None})
     db = f" --db {shlex.quote(str(db_path))}" if db_path else ""
+    if words == [command.METER]:
+        missing = "! command -v meter >/dev/null 2>&1"
+        what = "`meter` is not on the PATH"
+    else:
+        missing = f"[ ! -x {shlex.quote(words[0])} ]"
+        what = f"{words[0]} is missing"
+    warning = shlex.quote(f"meter: {what}: taskmeter's {name} hook records nothing (`meter hooks status` says how to repair it)")
     return f"""#!/bin/sh
 {MARKER}
 {SETTINGS_PREFIX}{settings}
 status=0
 if [ -x "$0{CHAINED_SUFFIX}" ]; then "$0{CHAINED_SUFFIX}" "$@"; status=$?; fi
-python={shlex.quote(python)}
-if [ ! -x "$python" ]; then
-    printf '%s\\n' "meter: $python is missing: taskmeter's {name} hook records nothing (meter hooks uninstall removes it)" >&2
+if {missing}; then
+    printf '%s\\n' {warning} >&2
     exit $status
 fi
 head=$(git rev-parse -q --verify HEAD 2>/dev/null)
 branch=$(git symbolic-ref -q --short HEAD 2>/dev/null)
-( "$python" -m taskmeter.automation.git --repo "$PWD" --head "$head" --branch "$branch"{db} {name} -- "$@" </dev/null >/dev/null 2>&1 & )
+( {command.render(words)} hooks git-event --repo "$PWD" --head "$head" --branch "$branch"{db} {name} -- "$@" </dev/null >/dev/null 2>&1 & )
 exit $status
 """
+
+
+def hook_command(repo: Path) -> list[str] | None:
+    """The command the repository's installed hooks run (None: no hooks of ours). Hooks
+    written before the command was recorded name their interpreter alone."""
+    settings = enrolment_of(hooks_dir(repo) / "post-commit")
+    if settings is None:
+        return None
+    return settings.get("command") or [settings["python"], "-m", "taskmeter"]
+
+
+def enrolment_of(hook: Path) -> dict | None:
+    if not _ours(hook):
+        return None
+    for line in hook.read_text(errors="replace").splitlines():
+        if line.startswith(SETTINGS_PREFIX):
+            return json.loads(line[len(SETTINGS_PREFIX) :])
+    return None
 
 
 def _ours(hook: Path) -> bool:
@@ -382,19 +408,20 @@ def log_to_hooks_log() -> None:
     configure_logging(path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """One hook's event, in the background (`meter hooks git-event`, which the hooks run)."""
     import argparse
 
     from taskmeter.config import load_settings
 
-    parser = argparse.ArgumentParser(prog="python -m taskmeter.automation.git")
+    parser = argparse.ArgumentParser(prog="meter hooks git-event")
     parser.add_argument("hook", choices=HOOKS)
     parser.add_argument("--repo", required=True)
     parser.add_argument("--db")
     parser.add_argument("--head", help="HEAD when the hook ran (default: HEAD now)")
     parser.add_argument("--branch", help="the branch when the hook ran, empty for a detached HEAD (default: now)")
     parser.add_argument("args", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     log_to_hooks_log()
     try:
         settings = load_settings()
@@ -415,7 +442,7 @@ def main() -> None:
         log.error("meter: %s hook: %s: %s", args.hook, type(exc).__name__, exc)
 
 
-if __name__ == "__main__":  # the hooks run `python -m taskmeter.automation.git`
+if __name__ == "__main__":  # what hooks installed by earlier versions run
     # The imported module's main: its log lines are then under `taskmeter`, which writes hooks.log.
     from taskmeter.automation import git
 

@@ -1,6 +1,6 @@
 """What a pytest session means for the task record (docs/automation.md). The
 plugin (pytest_plugin/taskmeter_pytest.py) hands each session over on stdin:
-`python -m taskmeter.automation.testruns`.
+`meter hooks test-run`.
 
 - A full run: at least one test collected, and the run not narrowed (-k, -m,
   a file or node ID, a sub-folder, --lf, --collect-only, deselected tests).
@@ -68,15 +68,16 @@ def record_run(db, run: dict, task_id: str | None, coverage_target: float | None
             tasks.auto_mark(db, "phases", task["phase_id"], "tests-passing", at, source)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """A pytest run handed over on stdin (`meter hooks test-run`, which the pytest plugin runs)."""
     import argparse
 
     from taskmeter.automation.git import log_to_hooks_log, task_of_work
     from taskmeter.config import load_settings
 
-    parser = argparse.ArgumentParser(prog="python -m taskmeter.automation.testruns", description="a pytest run on stdin")
+    parser = argparse.ArgumentParser(prog="meter hooks test-run", description="a pytest run on stdin")
     parser.add_argument("--db", help="the database the repository's hooks record to (default: $METER_DB, else the default)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     log_to_hooks_log()
     try:
         run = json.loads(sys.stdin.read())
@@ -91,7 +92,7 @@ def main() -> None:
         log.error("meter: pytest run: %s: %s", type(exc).__name__, exc)
 
 
-if __name__ == "__main__":  # the hooks run `python -m taskmeter.automation.testruns`
+if __name__ == "__main__":  # what the pytest plugin ran from hooks installed by earlier versions
     # The imported module's main: its log lines are then under `taskmeter`, which writes hooks.log.
     from taskmeter.automation import testruns
 

@@ -18,6 +18,14 @@ def main() -> None:
 
         if statusline.fast_path(sys.argv[1:]):
             return
+    if sys.argv[1:3] in (
+        ["hooks", "git-event"],
+        ["hooks", "test-run"],
+    ):  # what hooks run in the background, many at once: no click
+        from taskmeter.automation import git, testruns
+
+        (git.main if sys.argv[2] == "git-event" else testruns.main)(sys.argv[3:])
+        return
     import click
 
     from taskmeter import terminal

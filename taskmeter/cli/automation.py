@@ -1,5 +1,6 @@
 """The self-filling record: meter hooks install|uninstall|status, meter claude install|uninstall."""
 
+import sys
 from pathlib import Path
 
 import click
@@ -50,6 +51,7 @@ def hooks_install_cmd(repo, named_venvs, db_path):
     found = venvs.repository_venvs(repo, list(named_venvs))
     written = git.install(repo, connection.resolve_path(db_path) if db_path else None)
     terminal.info(f"installed {', '.join(Path(path).name for path in written)} in {Path(written[0]).parent}")
+    terminal.info(f"  they run {_runs()}")
     for venv in found:
         venvs.install(venv)
         terminal.info(f"installed the pytest plugin in {venv}")
@@ -80,12 +82,21 @@ def hooks_status_cmd(repo, named_venvs):
     """Whether the hooks are installed, which virtualenvs have the pytest plugin,
     and where their background work logs."""
     from taskmeter.automation import git, venvs
+    from taskmeter.automation.command import broken, repair_hooks
 
     repo = repo.resolve()
     folder = git.hooks_dir(repo)
-    terminal.info(f"{'installed' if git.installed(repo) else 'not installed'} in {folder}; log: {git.hooks_log()}")
+    settings = git.enrolment_of(folder / "post-commit")
+    words = git.hook_command(repo)
+    problem = words and broken(words)
+    if problem:
+        terminal.warn(f"broken in {folder}: {problem}: reinstall with `{repair_hooks(repo, settings and settings.get('db'))}`")
+    else:
+        terminal.info(f"{'installed' if words else 'not installed'} in {folder}; log: {git.hooks_log()}")
     for venv in venvs.repository_venvs(repo, list(named_venvs)):
         terminal.info(f"pytest plugin {'installed' if venvs.installed(venv) else 'not installed'} in {venv}")
+    if problem:
+        sys.exit(1)
 
 
 @cli.group("claude")
@@ -109,6 +120,17 @@ def claude_install_cmd(project):
     from taskmeter.automation import claude
 
     terminal.info(f"wrote {claude.install(project.resolve())}")
+    terminal.info(f"  its hooks run {_runs()}")
+
+
+def _runs() -> str:
+    """The meter the hooks just written run, and why that one (automation/command.py)."""
+    from taskmeter.automation.command import METER, meter_words, render
+
+    words = meter_words()
+    if words == [METER]:
+        return "`meter` (this installation's, on the PATH)"
+    return f"`{render(words)}` (no `meter` of this installation is on the PATH)"
 
 
 @claude_group.command("uninstall")
@@ -118,6 +140,23 @@ def claude_uninstall_cmd(project):
     from taskmeter.automation import claude
 
     terminal.info(f"wrote {claude.uninstall(project.resolve())}")
+
+
+@claude_group.command("status")
+@project_option
+def claude_status_cmd(project):
+    """Whether the hooks are installed, and whether the meter they run still runs."""
+    from taskmeter.automation import claude
+    from taskmeter.automation.command import broken, repair_claude
+
+    project = project.resolve()
+    path = claude.settings_path(project)
+    words = claude.installed_command(project)
+    problem = words and broken(words)
+    if problem:
+        terminal.warn(f"broken in {path}: {problem}: reinstall with `{repair_claude(project)}`")
+        sys.exit(1)
+    terminal.info(f"{'installed' if words else 'not installed'} in {path}")
 
 
 @claude_group.command("hook", hidden=True)

@@ -76,6 +76,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         "log": str(lifecycle.log_path(database)) if lifecycle.pid_path(database).exists() else None,
         # OpenTelemetry export of the running recorder: endpoints failing, calls not exported.
         "telemetry": read_state(database),
+        "service": _service_state(database, running),
     }
     if as_json:
         terminal.print_json(state)
@@ -131,7 +132,8 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
             if proxy["dropped_calls"]:
                 terminal.warn(f"{proxy['dropped_calls']} calls were lost: neither the database nor the spool could take them")
     else:
-        terminal.info("No proxy is running on this database: start one with `meter proxy`.")
+        terminal.info(f"No proxy is running on this database: {lifecycle.START_ADVICE}.")
+    terminal.info(f"Service: {state['service']['detail']}")
     if state["spooled_calls"]:
         terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
     if state["quarantined_calls"]:
@@ -156,15 +158,29 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
 def _status_without_database(database, as_json: bool) -> None:
     """`meter status` where there is no database: it says so, makes none, and
     still says whether a proxy records there (its health file tells)."""
+    from taskmeter.lifecycle import START_ADVICE
+
     health = proxies.read_health(database)
+    service = _service_state(database, [health] if health else [])
     if as_json:
-        terminal.print_json({"database": str(database), "database_exists": False, "proxies": [health] if health else []})
+        proxies_now = [health] if health else []
+        terminal.print_json({"database": str(database), "database_exists": False, "proxies": proxies_now, "service": service})
         return
     terminal.info(f"No database at {database}: nothing was recorded there (`meter proxy` creates it).")
     if health:
         terminal.info(f"Proxy running: pid {health['pid']}; it makes the database again with its next call")
     else:
-        terminal.info("No proxy is running on this database: start one with `meter proxy`.")
+        terminal.info(f"No proxy is running on this database: {START_ADVICE}.")
+    terminal.info(f"Service: {service['detail']}")
+
+
+def _service_state(database, running: list[dict]) -> dict:
+    """The user service (`meter service`), read from its file: no process is started."""
+    from taskmeter import service
+
+    ok, detail = service.describe(database.absolute(), running[0]["pid"] if running else None)
+    installed = service.installed_for(database.absolute())
+    return {"installed": installed is not None, "ok": ok, "detail": detail, "path": str(installed.path) if installed else None}
 
 
 # The log's columns; the narrower the terminal, the more of the high `drop` ones go.

@@ -172,6 +172,7 @@ COMMAND_MODULES = {
     "report": "reports",
     "retag": "calls",
     "run": "proxy",
+    "service": "service",
     "set-task": "tasks",
     "show": "calls",
     "start": "proxy",

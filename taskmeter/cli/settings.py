@@ -30,7 +30,12 @@ def config_path_cmd(config_path):
     from taskmeter.config import files
 
     path = files.config_path(config_path)
-    terminal.info(f"{path}" + ("" if path.exists() else "  (does not exist: defaults apply; `meter config init` writes one)"))
+    if path.exists():
+        terminal.info(f"{path}")
+    elif files.named_config(config_path):
+        terminal.info(f"{path}  ({files.missing_config(path)}; until then every other command refuses it)")
+    else:
+        terminal.info(f"{path}  (does not exist: the shipped defaults apply; `meter config init` writes one)")
 
 
 @config_group.command("show")
@@ -60,7 +65,7 @@ def config_check_cmd(file, config_path):
 
     path = files.config_path(file or config_path)
     if not path.exists():
-        raise MeterError(f"config file {path} does not exist")
+        raise files.missing_config(path)
     loaded = settings.load_settings(path)
     # The OTEL_EXPORTER_OTLP_* variables `meter proxy` would read here.
     for note in telemetry.resolve(loaded.otel.endpoint, os.environ).notes:

@@ -17,12 +17,25 @@ NUMBER, TEXT, FLAG, TEXTS = "a number", "text", "true or false", "a list of text
 
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
-    chosen = explicit or os.environ.get(ENV_VAR)
+    chosen = named_config(explicit)
     if not chosen:
         from taskmeter.userdirs import user_path  # only here: a command given the file never loads it
 
         chosen = user_path("config") / "config.toml"
     return Path(chosen).expanduser()
+
+
+def named_config(explicit: str | os.PathLike | None = None) -> str | os.PathLike | None:
+    """The config file the user named (--config, else $METER_CONFIG), or None for the default place."""
+    return explicit or os.environ.get(ENV_VAR) or None
+
+
+def missing_config(path: Path) -> MeterError:
+    """The one rule for a config file that is named but absent: every command refuses it
+    (a typo must not run the meter on defaults: its budgets, upstreams and redirects lost)."""
+    import shlex
+
+    return MeterError(f"config file {path} does not exist: `meter config init --config {shlex.quote(str(path))}` writes one")
 
 
 def ca_folder(configured: str | os.PathLike | None) -> Path:
@@ -81,8 +94,8 @@ def layers(explicit: str | os.PathLike | None) -> tuple[dict, dict, Path]:
             raise MeterError(f"cannot read config {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise MeterError(f"config {path} is not valid TOML: {exc}") from None
-    elif explicit:
-        raise MeterError(f"config file {path} does not exist")
+    elif named_config(explicit):
+        raise missing_config(path)
     return defaults, user, path
 
 

@@ -299,4 +299,5 @@ def settings_with_sources(explicit: str | os.PathLike | None = None) -> list[tup
     _, user, path = files.layers(explicit)
     from_file = _flatten(user)
     effective = flat(settings)
+    effective["proxy.confdir"] = str(settings.confdir)  # the folder in use, also when it is the default
     return [(name, value, str(path) if name in from_file else "default") for name, value in effective.items()]

@@ -6,20 +6,21 @@ different PYTHONPATH, tox, `env -i`, xdist) can make it fail to load.
 
 At the end of a session it hands what happened (exit status, tests collected
 and failed, whether the run was narrowed, pytest-cov's total and fail_under)
-to `python -m taskmeter.automation.testruns` in the background, and returns,
-using the interpreter and database that the repository's post-commit hook
-names. It does nothing outside repositories with taskmeter's git hooks, in
+to `meter hooks test-run` in the background, and returns, using the command
+(`meter`, or the meter's interpreter) and database that the repository's
+post-commit hook names. It does nothing outside repositories with taskmeter's git hooks, in
 xdist's workers (the controller hands the run over), and never changes
 pytest's outcome or exit code (docs/automation.md).
 """
 
 import json
 import os
+import shutil
 import subprocess
 import time
 
 HOOK_MARKER = "# taskmeter hook"
-# The hook's line naming the meter's interpreter and database (taskmeter.automation.git writes it).
+# The hook's line naming the meter's command and database (taskmeter.automation.git writes it).
 SETTINGS_PREFIX = "# taskmeter settings: "
 
 
@@ -45,6 +46,20 @@ def enrolment(root: str) -> dict | None:
             settings = json.loads(line[len(SETTINGS_PREFIX) :])
             return settings if isinstance(settings, dict) else None
     return None
+
+
+def _meter_command(settings: dict | None) -> list[str] | None:
+    """What hands the run over: the hook's command, when it can run (hooks of earlier
+    versions name the interpreter alone); None when it cannot."""
+    if not settings:
+        return None
+    words = settings.get("command") or ([settings["python"], "-m", "taskmeter"] if settings.get("python") else None)
+    if not words:
+        return None
+    found = shutil.which(words[0]) if words == ["meter"] else words[0]
+    if not found or not os.access(found, os.X_OK):
+        return None
+    return [found, *words[1:], "hooks", "test-run"]
 
 
 def _is_default_path(config, arg: str) -> bool:
@@ -98,8 +113,8 @@ def pytest_unconfigure(config):
             return
         root = str(config.rootpath)
         settings = enrolment(root)
-        python = settings and settings.get("python")
-        if not python or not os.access(python, os.X_OK):
+        command = _meter_command(settings)
+        if command is None:
             return
         session = getattr(config, "_taskmeter_session", None)
         total, fail_under = _coverage(config)
@@ -117,7 +132,7 @@ def pytest_unconfigure(config):
         }
         database = ["--db", settings["db"]] if settings.get("db") else []
         process = subprocess.Popen(
-            [python, "-m", "taskmeter.automation.testruns", *database],
+            [*command, *database],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
