@@ -335,6 +335,6 @@ class StatusReport(TypedDict):
     quarantined_calls: int
     quarantine: str
     pidfile: str | None  # set when `meter start` runs the proxy in the background
-    telemetry: dict | None  # the recorder's OpenTelemetry export: {"failing": {url: {since, cause}}, "dropped_calls"}
     log: str | None
+    telemetry: dict | None  # the recorder's OpenTelemetry export: {"failing": {url: {since, cause}}, "dropped_calls"}
     service: dict  # the user service: installed, ok, detail, path (`meter service status`)
