@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Page
 
 from taskmeter import terminal
+from taskmeter.lifecycle import START_ADVICE
 from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
@@ -96,7 +97,7 @@ def test_the_navigation_bar_says_whether_a_proxy_is_recording(db_path, page, tmp
         dashboard.goto(page)
         badge = page.locator("#proxy-state")
         assert "down" in badge.get_attribute("class")
-        assert badge.text_content() == "No proxy is running: AI calls are not metered (start one with `meter start`)"
+        assert badge.text_content() == f"No proxy is running: AI calls are not metered ({START_ADVICE})"
         with FakeUpstream() as upstream:
             proxy = _proxy(tmp_path, db_path, upstream)
             try:

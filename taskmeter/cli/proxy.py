@@ -213,10 +213,9 @@ def env_cmd(shell, task_id, https_proxy, unset, create, config_path, db_path):
     env = client_environment(ca, listen, task_id, https_proxy=https_proxy, no_proxy=",".join(filter(None, earlier_no_proxy)))
     click.echo(render(entering(env, os.environ), shell))
     if not meter_answers(listen):
-        terminal.comment(
-            f"# meter: warning: no meter proxy answers on {listen}; AI clients pointed there fail until one runs: "
-            "`meter start` starts it now, `meter service install` at each login"
-        )
+        from taskmeter.lifecycle import START_ADVICE
+
+        terminal.comment(f"# meter: warning: no meter proxy answers on {listen}; AI clients pointed there fail: {START_ADVICE}")
     elif not registered:
         terminal.comment(
             f"# meter: a meter proxy answers on {listen}, but it records to another database than {connection.resolve_path(db_path)}"

@@ -16,6 +16,7 @@ from taskmeter.analytics.reports import overview_report, phase_report, task_repo
 from taskmeter.analytics.snapshot import current_state, recording
 from taskmeter.dashboard import edits
 from taskmeter.errors import MeterError
+from taskmeter.lifecycle import START_ADVICE
 from taskmeter.money import usd
 from taskmeter.store import budgets, interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
@@ -61,7 +62,7 @@ def proxy_state(db: sqlite3.Connection) -> dict:
     (snapshot.recording): `state` is recording, not-recording or down; `text` says it."""
     running = proxies.running(db)
     if not running:
-        return {"state": "down", "text": "No proxy is running: AI calls are not metered (start one with `meter start`)"}
+        return {"state": "down", "text": f"No proxy is running: AI calls are not metered ({START_ADVICE})"}
     if recording(running):
         proxy = next(proxy for proxy in running if proxy["recording"] == proxies.RECORDING)
         return {"state": "recording", "text": f"Proxy recording: pid {proxy['pid']} on {proxy['listen']}"}
