@@ -21,6 +21,7 @@ proxy: install
 test: install-test
 	scripts/ensure-chromium
 	scripts/ensure-agent-clis
+	scripts/ensure-postgresql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

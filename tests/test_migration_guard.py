@@ -40,6 +40,8 @@ RELEASED = {
     "m020_context_switches_as_developers_mean_them": "08b9d5dd919b67668e96de893f9db7b10c26d6c36dcea7b92d8a7c2b0bf31ce6",
     "m021_derived_iterations_and_no_zero_coverage_target": "c7d3a3b12d5894a1a41dc95e9d59dc9790f5ba4a60405f7621ff0b62ea5ddd86",
     "m022_rework_counts_answered_calls": "a566090a72b2c68214fba1b40c69a4f46b514feba2ac2e8904ef83679601bd0c",
+    "_m026_synced_tables": "100388e13f6269978990adb71ab8a00e2dbb5e62a4cb15c031998ac83f112524",
+    "m026_team_identity_and_outbox": "7340f16bed7e8e075db741eb0d124b36748f7512496c7c0269671f01aafc03b8",
 }
 
 

@@ -1,0 +1,111 @@
+"""The team store's outbox (migration m026; docs/team.md): which local rows
+changed since they were last sent, and the rows themselves.
+
+Triggers fill `team_outbox` while the meter is in a team, so every code path
+that writes a row lists it. The syncer (taskmeter/team/sync.py) reads a batch,
+sends it, and only after the server's COMMIT removes the entries it sent, each
+by its `seq`: an entry listed again meanwhile has a new `seq` and stays.
+"""
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from taskmeter.store.connection import write_transaction
+from taskmeter.store.migrations import _m026_synced_tables
+
+# The tables m026's triggers list (a migration that syncs another table changes this).
+OWNED, SHARED = _m026_synced_tables()
+
+TABLES = {kind: (table, key) for kind, table, key in OWNED} | {kind: (table, "id") for kind, table in SHARED}
+# Kinds whose key is an INTEGER: the outbox holds it as text, looked up as a number (by its index).
+INTEGER_KEYS = {"task_event", "test_run", "automatic_mark", "phase_mark", "task_estimate", "task_approval"}
+# A shared field's time when the meter joins: its row's creation, so that a
+# value set in the team meanwhile is not overwritten by an older one.
+_JOINED_FIELD_TIME = "created_at"
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    kind: str
+    key: str
+    field: str
+    changed_at: str
+
+
+def device_id(db: sqlite3.Connection) -> str:
+    return db.execute("SELECT device_id FROM team_sync WHERE id = 1").fetchone()[0]
+
+
+def joined(db: sqlite3.Connection) -> str | None:
+    """When this database joined a team (the outbox fills from then on), or None."""
+    row = db.execute("SELECT enabled, joined_at FROM team_sync WHERE id = 1").fetchone()
+    return row[1] if row[0] else None
+
+
+def join(db: sqlite3.Connection, at: str) -> int:
+    """List every row from now on, and the whole history once (joining late).
+    Returns how many entries the history added."""
+    with write_transaction(db):
+        before = pending_count(db)
+        db.execute("UPDATE team_sync SET enabled = 1, joined_at = ? WHERE id = 1", (at,))
+        for kind, table, key in OWNED:
+            db.execute(f"INSERT OR IGNORE INTO team_outbox (kind, key, changed_at) SELECT ?, {key}, ? FROM {table}", (kind, at))
+        for kind, table in SHARED:
+            for column in _columns(db, table):
+                db.execute(
+                    f"INSERT OR IGNORE INTO team_outbox (kind, key, field, changed_at)"
+                    f" SELECT ?, id, ?, {_JOINED_FIELD_TIME} FROM {table} WHERE {column} IS NOT NULL",
+                    (kind, column),
+                )
+            db.execute(
+                f"INSERT OR IGNORE INTO team_outbox (kind, key, field, changed_at)"
+                f" SELECT ?, id, 'deleted', {_JOINED_FIELD_TIME} FROM {table}",
+                (kind,),
+            )
+        return pending_count(db) - before
+
+
+def pending_count(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT count(*) FROM team_outbox").fetchone()[0]
+
+
+def oldest_pending(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT min(changed_at) FROM team_outbox").fetchone()
+    return row[0] if row else None
+
+
+def next_batch(db: sqlite3.Connection, limit: int) -> list[tuple[Entry, dict[str, Any] | None]]:
+    """The oldest `limit` entries, each with its row as it is now (None: deleted).
+    A shared field's row is `{field: value}`."""
+    entries = [Entry(*row) for row in db.execute("SELECT * FROM team_outbox ORDER BY seq LIMIT ?", (limit,))]
+    by_kind: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_kind.setdefault(entry.kind, []).append(entry)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind, group in by_kind.items():
+        table, key = TABLES[kind]
+        keys: list = sorted({int(e.key) if kind in INTEGER_KEYS else e.key for e in group})
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in db.execute(f"SELECT * FROM {table} WHERE {key} IN ({marks})", chunk):
+                rows[(kind, str(row[key]))] = dict(row)
+    batch: list[tuple[Entry, dict[str, Any] | None]] = []
+    for entry in entries:
+        row = rows.get((entry.kind, entry.key))
+        if entry.field and row is not None:
+            row = {entry.field: False} if entry.field == "deleted" else {entry.field: row.get(entry.field)}
+        batch.append((entry, row))
+    return batch
+
+
+def mark_sent(db: sqlite3.Connection, entries: list[Entry]) -> None:
+    """Remove the entries the server has committed; one listed again since keeps its newer entry."""
+    with write_transaction(db):
+        db.executemany("DELETE FROM team_outbox WHERE seq = ?", [(entry.seq,) for entry in entries])
+
+
+def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})") if row[1] != "id"]
