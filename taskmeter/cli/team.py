@@ -129,9 +129,15 @@ def status_cmd(as_json, config_path, db_path):
 
     settings = load_settings(config_path)
     path = connection.resolve_path(db_path)
-    with open_db(path, create=False) as db:
-        joined_at, pending, oldest = outbox.joined(db), outbox.pending_count(db), outbox.oldest_pending(db)
-        device = outbox.device_id(db)
+    full = _full_disk(path)
+    try:
+        with open_db(path, create=False) as db:
+            joined_at, pending, oldest = outbox.joined(db), outbox.pending_count(db), outbox.oldest_pending(db)
+            device = outbox.device_id(db)
+    except MeterError:
+        if full:  # SQLite could not even open it: the full disk is why
+            raise MeterError(full) from None
+        raise
     state = sync.SyncState.read(path)
     error = _current_error(settings.team.url, joined_at, path)
     report = {
@@ -168,9 +174,9 @@ def _current_error(url: str | None, joined_at: str | None, path: Path) -> str | 
 
     if not url or joined_at is None:
         return "this meter is in no team: `meter team join URL`"
-    free = os.statvfs(path.parent)
-    if free.f_bavail * free.f_frsize < FULL_DISK_BYTES:
-        return f"the disk of {path} is full: the outbox cannot list new rows and calls wait in the spool; free some space"
+    full = _full_disk(path)
+    if full:
+        return full
     try:
         conn = address.connect(url)
     except MeterError as exc:
@@ -184,6 +190,13 @@ def _current_error(url: str | None, joined_at: str | None, path: Path) -> str | 
     finally:
         conn.close()
     return None
+
+
+def _full_disk(path: Path) -> str | None:
+    free = os.statvfs(path.parent)
+    if free.f_bavail * free.f_frsize >= FULL_DISK_BYTES:
+        return None
+    return f"the disk of {path} is full: the outbox cannot list new rows and calls wait in the spool; free some space"
 
 
 def _store_errors(action, url: str):

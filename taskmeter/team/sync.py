@@ -263,13 +263,15 @@ def run(db_path: Path, url: str, share_text: bool, once: bool = False, parent: i
                 time.sleep(POLL_SECONDS)
             except (TeamStoreError, sqlite3.OperationalError) as exc:
                 message = str(exc) if isinstance(exc, TeamStoreError) else f"the local database: {exc}"
+                if once:  # the caller says it, as the command's one error line
+                    syncer.state.error, syncer.state.error_since = message, now_stored()
+                    syncer.state.write(db_path)
+                    raise TeamStoreError(message) from None
                 if message != syncer.state.error:
                     log.warning("meter: team sync paused: %s; rows are kept and sent when it works again", message)
                     syncer.state.error_since = now_stored()
                 syncer.state.error = message
                 syncer.state.write(db_path)
-                if once:
-                    raise TeamStoreError(message) from None
                 time.sleep(RETRY_SECONDS)
         return total
     finally:

@@ -1,0 +1,55 @@
+"""On a one-developer team, the team store's reports are the developer's own:
+the phase's Level 2 record, a task's Level 1 log, the overview and the usage
+reports, computed by the same code over the synced rows."""
+
+import pytest
+
+from tests.pg_server import pg_server, team_database  # noqa: F401  (fixtures)
+from tests.team_harness import Developer, setup_team
+from tests.test_team_sync import ask_anthropic, ask_openai, upstream  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_one_developer_teams_reports_equal_the_developers_own(tmp_path, pg_server, team_database, upstream):  # noqa: F811
+    database, suffix = team_database
+    name = f"solo_{suffix}"
+    setup_team(pg_server, database, [name])
+    solo = Developer(tmp_path / "solo", name, pg_server, upstream.port)
+    solo.ok("set-task", "P1-001", "--estimate", "30m", "--title", "login form")
+    solo.ok("phase", "P1", "--surprise", "tokens went down")
+    proxy = solo.start_proxy()
+    ask_openai(proxy.origin, 3)
+    rows = proxy.rows(wait_for=3)
+    solo.ok("flag", rows[1]["id"], "--note", "invented an API")
+    solo.ok("mark", "initial")
+    solo.ok("iteration", "--note", "the form again")
+    solo.ok("task", "P1-001", "--estimate", "45m", "--success", "pass", "--coverage-actual", "91")
+    solo.ok("mark", "tests")
+    solo.ok("mark", "validated")
+    solo.ok("mark", "approved")
+    solo.ok("set-task", "P1-002", "--estimate", "1h")
+    ask_anthropic(proxy.origin, 2)
+    proxy.rows(wait_for=5)
+    solo.ok("mark", "approved", "P1-002", "--force")
+    solo.ok("set-task", "P2-001", "--create")
+    ask_openai(proxy.origin, 1)
+    proxy.rows(wait_for=6)
+    solo.ok("mark", "approved", "P2-001", "--force")
+    proxy.stop()
+    solo.join(database)
+    assert solo.meter("team", "sync", "--once").returncode == 0
+
+    for report in (["phase", "P1"], ["phase", "P2"], ["task", "P1-001"], ["task", "P1-002"]):
+        own = solo.json("report", *report)
+        teams = solo.json("report", *report, "--team")
+        split = teams.pop("developers")
+        assert teams == own, report
+        assert [share["developer"] for share in split] == [name]
+        assert split[0]["tokens"] == own.get("token_count_used", own.get("total_tokens_used"))
+    assert solo.json("report", "--team") == solo.json("report")
+    for period in ("daily", "monthly", "models"):
+        assert solo.json("report", period, "--team") == solo.json("report", period), period
+    assert solo.json("report", "daily", "--team", "--developer", name) == solo.json("report", "daily")
+    nobody = solo.json("report", "models", "--team", "--developer", "nobody")
+    assert nobody["models"] == [] and nobody["totals"]["ai_interactions"] == 0
