@@ -137,6 +137,26 @@ def test_two_developers_meters_sync_into_one_store_and_team_reports_add_up(pg_se
     assert [share["developer"] for share in task["developers"]] == sorted([alice.name, bob.name])
     shown = alice.ok("report", "task", "P1-001", "--team")
     assert f"{alice.name}: 4 calls" in shown
+    with psycopg.connect(pg_server.admin_url(database)) as conn:
+        kinds = dict(conn.execute("SELECT kind, count(*) FROM taskmeter.records GROUP BY kind").fetchall())
+    assert "call_text" not in kinds, "what calls said stays on the machine without [team] share_text"
+
+
+def test_what_calls_said_is_shared_only_with_share_text(pg_server, team):  # noqa: F811
+    database, (alice, _) = team
+    alice.ok("set-task", "P1-001")
+    alice.config.write_text(alice.config.read_text() + "[team]\nshare_text = true\n")
+    alice.join(database)
+    alice.start_proxy()
+    ask_openai(alice.proxy.origin, 2)
+    alice.proxy.rows(wait_for=2)
+
+    def shared_texts():
+        with psycopg.connect(pg_server.admin_url(database)) as conn:
+            return conn.execute("SELECT row->>'response' FROM taskmeter.records WHERE kind = 'call_text'").fetchall()
+
+    wait_for(lambda: len(shared_texts()) == 2, what="the calls' texts")
+    assert shared_texts() == [("an answer",), ("an answer",)]
 
 
 def test_a_meter_killed_between_the_servers_commit_and_the_local_mark_sends_each_call_once(pg_server, team):  # noqa: F811
