@@ -2,10 +2,14 @@
 the phase's Level 2 record, a task's Level 1 log, the overview and the usage
 reports, computed by the same code over the synced rows."""
 
+import re
+
+import httpx
 import pytest
 
 from tests.pg_server import pg_server, team_database  # noqa: F401  (fixtures)
 from tests.team_harness import Developer, setup_team
+from tests.test_dashboard import RunningDashboard
 from tests.test_team_sync import ask_anthropic, ask_openai, upstream  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +32,7 @@ def test_a_one_developer_teams_reports_equal_the_developers_own(tmp_path, pg_ser
     solo.ok("mark", "tests")
     solo.ok("mark", "validated")
     solo.ok("mark", "approved")
-    solo.ok("set-task", "P1-002", "--estimate", "1h")
+    solo.ok("set-task", "P1-002", "--estimate", "1s")  # it runs over
     ask_anthropic(proxy.origin, 2)
     proxy.rows(wait_for=5)
     solo.ok("mark", "approved", "P1-002", "--force")
@@ -53,3 +57,47 @@ def test_a_one_developer_teams_reports_equal_the_developers_own(tmp_path, pg_ser
     assert solo.json("report", "daily", "--team", "--developer", name) == solo.json("report", "daily")
     nobody = solo.json("report", "models", "--team", "--developer", "nobody")
     assert nobody["models"] == [] and nobody["totals"]["ai_interactions"] == 0
+
+
+def test_the_dashboards_team_page_shows_each_developers_share_and_the_tasks_that_ran_over(
+    tmp_path,
+    pg_server,  # noqa: F811
+    team_database,  # noqa: F811
+    upstream,  # noqa: F811
+):
+    database, suffix = team_database
+    names = [f"ann_{suffix}", f"ben_{suffix}"]
+    setup_team(pg_server, database, names)
+    ann, ben = (Developer(tmp_path / name, name, pg_server, upstream.port) for name in names)
+    ann.ok("set-task", "P1-001", "--estimate", "1s")
+    ben.ok("set-task", "P1-002", "--estimate", "8h")
+    for developer, calls in ((ann, 2), (ben, 3)):
+        proxy = developer.start_proxy()
+        ask_openai(proxy.origin, calls)
+        rows = proxy.rows(wait_for=calls)
+        proxy.stop()
+        developer.ok("flag", rows[0]["id"])
+        developer.ok("mark", "approved", "--force")
+        developer.join(database)
+        assert developer.meter("team", "sync", "--once").returncode == 0
+    dashboard = RunningDashboard(ann.db_path, env={**ann.env, "METER_CONFIG": str(ann.config)})
+    try:
+        page = httpx.get(f"{dashboard.origin}/team", headers=dashboard.cookie, timeout=30)
+        assert page.status_code == 200, page.text
+        developers = _table(page.text, "developers")
+        assert [row[:2] for row in developers] == [[names[0], "2"], [names[1], "3"], ["Team", "5"]]
+        assert [row[5] for row in developers] == ["1", "1", "2"], "flags per developer"
+        assert [row[0].split()[0] for row in _table(page.text, "over")] == ["P1-001"]
+        missing = httpx.get(f"{dashboard.origin}/team/P9", headers=dashboard.cookie, timeout=30)
+        assert missing.status_code in (400, 404) and "no phase P9" in missing.text
+    finally:
+        dashboard.stop()
+
+
+def _table(html: str, table_id: str) -> list[list[str]]:
+    """The cells of each body row of the table with this id, as text."""
+    body = html.split(f'id="{table_id}"', 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
+    return [
+        [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    ]

@@ -97,6 +97,13 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         task_id = tasks.validate_task_id(request.path_params["task_id"])
         return render(request, "task.html", await in_thread(pages.task_page, task_id, idle_seconds))
 
+    async def team_page(request: Request) -> Response:
+        from taskmeter.team.page import team_page as build  # psycopg only for this page
+
+        phase_id = request.path_params.get("phase_id")
+        phase_id = tasks.validate_phase_id(phase_id) if phase_id is not None else None
+        return render(request, "team.html", await run_in_threadpool(build, phase_id, idle_seconds))
+
     async def history_page(request: Request) -> Response:
         period = request.query_params.get("period", "daily")
         if period not in pages.USAGE_PERIODS:
@@ -164,6 +171,8 @@ def create_app(db_path: Path, port: int, idle_seconds: float, budget_defaults: D
         Route("/phases/{phase_id}", phases_page),
         Route("/tasks/{task_id}", task_page),
         Route("/history", history_page),
+        Route("/team", team_page),
+        Route("/team/{phase_id}", team_page),
         Route("/feed", feed.endpoint(db_path, feed_row)),
         Route("/calls/{interaction_id}/flag", flag, methods=["POST"]),
         Route("/calls/{interaction_id}/unflag", unflag, methods=["POST"]),

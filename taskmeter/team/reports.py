@@ -9,7 +9,7 @@ are put in time order, so "the first estimate" is the team's first."""
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from taskmeter.errors import MeterError
@@ -217,11 +217,13 @@ _PHASE_SPLIT = [
 ]
 
 
-def with_developers(meta: dict, report: dict, compute, tasks: list[str] | None = None, phases: list[str] | None = None):
+def with_developers(
+    meta: dict, report: Mapping[str, Any], compute, tasks: list[str] | None = None, phases: list[str] | None = None
+):
     """A team task or phase report with `developers`: each developer's figures, computed
     by `compute(db)` (the same report function) over that developer's rows alone."""
     if not meta.get("team"):
-        return report
+        return dict(report)
     url = configured_url()
     split = _TASK_SPLIT if phases is None else _PHASE_SPLIT
     if tasks is None:
