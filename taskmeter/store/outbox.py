@@ -18,8 +18,6 @@ from taskmeter.store.migrations import _m026_synced_tables
 OWNED, SHARED = _m026_synced_tables()
 
 TABLES = {kind: (table, key) for kind, table, key in OWNED} | {kind: (table, "id") for kind, table in SHARED}
-# Kinds whose key is an INTEGER: the outbox holds it as text, looked up as a number (by its index).
-INTEGER_KEYS = {"task_event", "test_run", "automatic_mark", "phase_mark", "task_estimate", "task_approval"}
 # A shared field's time when the meter joins: its row's creation, so that a
 # value set in the team meanwhile is not overwritten by an older one.
 _JOINED_FIELD_TIME = "created_at"
@@ -77,24 +75,30 @@ def oldest_pending(db: sqlite3.Connection) -> str | None:
 
 
 def next_batch(db: sqlite3.Connection, limit: int) -> list[tuple[Entry, dict[str, Any] | None]]:
-    """The oldest `limit` entries, each with its row as it is now (None: deleted).
-    A shared field's row is `{field: value}`."""
-    entries = [Entry(*row) for row in db.execute("SELECT * FROM team_outbox ORDER BY seq LIMIT ?", (limit,))]
-    by_kind: dict[str, list[Entry]] = {}
-    for entry in entries:
-        by_kind.setdefault(entry.kind, []).append(entry)
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for kind, group in by_kind.items():
-        table, key = TABLES[kind]
-        keys: list = sorted({int(e.key) if kind in INTEGER_KEYS else e.key for e in group})
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in db.execute(f"SELECT * FROM {table} WHERE {key} IN ({marks})", chunk):
-                rows[(kind, str(row[key]))] = dict(row)
+    """The oldest `limit` entries, each with its row as it is now (None: deleted),
+    read in one snapshot. A shared field's row is `{field: value}`."""
+    db.execute("BEGIN")  # deferred: a read snapshot, no lock against writers
+    try:
+        entries = [Entry(*row) for row in db.execute("SELECT * FROM team_outbox ORDER BY seq LIMIT ?", (limit,))]
+        rows: dict[int, dict[str, Any]] = {}
+        if entries:
+            for kind in {entry.kind for entry in entries}:
+                table, key = TABLES[kind]
+                found = db.cursor()
+                found.row_factory = None  # plain tuples: a dict made from sqlite3.Row costs twice as much
+                found.execute(
+                    f"SELECT o.seq, t.* FROM team_outbox o JOIN {table} t ON t.{key} = o.key"
+                    " WHERE +o.kind = ? AND o.seq BETWEEN ? AND ?",  # by the seq range, never all of a kind
+                    (kind, entries[0].seq, entries[-1].seq),
+                )
+                names = [column[0] for column in found.description[1:]]
+                for seq, *values in found:
+                    rows[seq] = dict(zip(names, values, strict=True))
+    finally:
+        db.execute("COMMIT")
     batch: list[tuple[Entry, dict[str, Any] | None]] = []
     for entry in entries:
-        row = rows.get((entry.kind, entry.key))
+        row = rows.get(entry.seq)
         if entry.field and row is not None:
             row = {entry.field: False} if entry.field == "deleted" else {entry.field: row.get(entry.field)}
         batch.append((entry, row))

@@ -46,33 +46,47 @@ _RECORD_TIMES = {
     "task_approval": "approved_at",
 }
 
-_UPSERT_CALL = """
-INSERT INTO taskmeter.calls AS team
-    (id, device, rev, deleted, task_id, started_at, model, operation, input_total, output_total, cost_usd, row)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (id) DO UPDATE SET
-    rev = EXCLUDED.rev, deleted = EXCLUDED.deleted, task_id = EXCLUDED.task_id, started_at = EXCLUDED.started_at,
-    model = EXCLUDED.model, operation = EXCLUDED.operation, input_total = EXCLUDED.input_total,
-    output_total = EXCLUDED.output_total, cost_usd = EXCLUDED.cost_usd, row = EXCLUDED.row, synced_at = now()
-WHERE team.rev < EXCLUDED.rev
-"""
-_UPSERT_RECORD = """
-INSERT INTO taskmeter.records AS team (id, device, rev, deleted, kind, task_id, phase_id, at, row)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (id) DO UPDATE SET
-    rev = EXCLUDED.rev, deleted = EXCLUDED.deleted, task_id = EXCLUDED.task_id, phase_id = EXCLUDED.phase_id,
-    at = EXCLUDED.at, row = EXCLUDED.row, synced_at = now()
-WHERE team.rev < EXCLUDED.rev
-"""
-# A shared field: the latest writer wins, and the writer and time are kept.
-_UPSERT_FIELD = """
-INSERT INTO taskmeter.fields AS team (id, entity, entity_id, field, value, device, rev, set_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (id) DO UPDATE SET
-    value = EXCLUDED.value, developer = current_user, device = EXCLUDED.device, rev = EXCLUDED.rev,
-    set_at = EXCLUDED.set_at, synced_at = now()
-WHERE team.rev < EXCLUDED.rev
-"""
+# Each batch is copied into a temporary table (COPY: one round trip), then upserted from
+# it in one statement: a row's newer revision wins, a resend or an older one changes nothing.
+_CALL_COLUMNS = "id, device, rev, deleted, task_id, started_at, model, operation, input_total, output_total, cost_usd, row"
+_RECORD_COLUMNS = "id, device, rev, deleted, kind, task_id, phase_id, at, row"
+_FIELD_COLUMNS = "id, entity, entity_id, field, value, device, rev, set_at"
+_UPSERTS = {
+    "calls": (
+        _CALL_COLUMNS,
+        """
+        rev = EXCLUDED.rev, deleted = EXCLUDED.deleted, task_id = EXCLUDED.task_id, started_at = EXCLUDED.started_at,
+        model = EXCLUDED.model, operation = EXCLUDED.operation, input_total = EXCLUDED.input_total,
+        output_total = EXCLUDED.output_total, cost_usd = EXCLUDED.cost_usd, row = EXCLUDED.row, synced_at = now()""",
+    ),
+    "records": (
+        _RECORD_COLUMNS,
+        """
+        rev = EXCLUDED.rev, deleted = EXCLUDED.deleted, task_id = EXCLUDED.task_id, phase_id = EXCLUDED.phase_id,
+        at = EXCLUDED.at, row = EXCLUDED.row, synced_at = now()""",
+    ),
+    # A shared field: the latest writer wins, and the writer and time are kept.
+    "fields": (
+        _FIELD_COLUMNS,
+        """
+        value = EXCLUDED.value, developer = current_user, device = EXCLUDED.device, rev = EXCLUDED.rev,
+        set_at = EXCLUDED.set_at, synced_at = now()""",
+    ),
+}
+
+
+def _upsert(cursor, table: str, rows: list[tuple]) -> None:
+    columns, updates = _UPSERTS[table]
+    cursor.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS staged_{table} (LIKE taskmeter.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with cursor.copy(f"COPY staged_{table} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    cursor.execute(
+        f"INSERT INTO taskmeter.{table} AS team ({columns}) SELECT {columns} FROM staged_{table}"
+        f" ON CONFLICT (id) DO UPDATE SET {updates} WHERE team.rev < EXCLUDED.rev"
+    )
 
 
 def status_path(db_path: Path) -> Path:
@@ -189,9 +203,9 @@ class Syncer:
             elif entry.kind != "call_text" or self.share_text:
                 records.append(_record_params(self.device, entry, row, Jsonb))
         with conn.cursor() as cursor:
-            for statement, params in ((_UPSERT_CALL, calls), (_UPSERT_RECORD, records), (_UPSERT_FIELD, fields)):
-                if params:
-                    cursor.executemany(statement, params)
+            for table, rows in (("calls", calls), ("records", records), ("fields", fields)):
+                if rows:
+                    _upsert(cursor, table, rows)
         return len(calls) + len(records) + len(fields)
 
 
@@ -236,7 +250,9 @@ def _field_params(device: str, entry: outbox.Entry, row: dict | None, Jsonb) -> 
     if entry.field == "created_at":  # each device's creation is kept: the team's is the earliest
         field_id += f":{device}"
     set_at = from_stored(entry.changed_at)
-    revision = int(set_at.timestamp() * 1_000_000)
+    # The latest set wins: its time in milliseconds (as the trigger states it), then its outbox
+    # order, so that two sets of one field within a millisecond keep their order.
+    revision = int(set_at.timestamp() * 1000) * 1_000_000 + entry.seq % 1_000_000
     return (field_id, entity, entry.key, entry.field, Jsonb(value), device, revision, set_at)
 
 
