@@ -163,3 +163,34 @@ def test_a_full_disk_under_the_outbox_is_one_line_and_loses_nothing(pg_server, t
         assert local.execute("SELECT count(*) FROM task_events").fetchone()[0] == events, "every event, once"
     finally:
         local.close()
+
+
+def test_team_reports_need_a_team_store_and_developer_needs_team(tmp_path):
+    developer = Developer.__new__(Developer)  # no server: nothing here reaches one
+    developer.db_path, developer.config = tmp_path / "meter.db", tmp_path / "config.toml"
+    developer.config.write_text("")
+    developer.env = {}
+    developer.ok("set-task", "P1-001")
+    assert error_line(developer.meter("report", "--team")) == "meter: error: no team store: `meter team join URL` sets [team] url"
+    assert error_line(developer.meter("report", "daily", "--developer", "bob")) == (
+        "meter: error: --developer filters a team report: add --team"
+    )
+    assert error_line(developer.meter("team", "sync", "--once")) == (
+        "meter: error: this meter is in no team: `meter team join URL` first"
+    )
+
+
+def test_a_url_without_a_role_joins_as_the_configured_developer(pg_server, team_database, tmp_path):  # noqa: F811
+    database, suffix = team_database
+    name = f"frank_{suffix}"
+    setup_team(pg_server, database, [name])
+    developer = Developer(tmp_path / "frank", name, pg_server, upstream_port=9)
+    developer.config.write_text(developer.config.read_text() + f'[team]\ndeveloper = "{name}"\n')
+    developer.ok("set-task", "P1-001")
+    joined = developer.ok("team", "join", f"postgresql://127.0.0.1:{pg_server.port}/{database}")
+    assert f"as {name};" in joined
+    status = developer.json("team", "status")
+    assert status["developer"] == name and status["url"] == f"{name}@127.0.0.1:{pg_server.port}/{database}"
+    assert developer.meter("team", "sync", "--once").returncode == 0
+    with psycopg.connect(pg_server.admin_url(database)) as admin:
+        assert admin.execute("SELECT DISTINCT developer FROM taskmeter.records").fetchall() == [(name,)]

@@ -142,7 +142,10 @@ def status_cmd(as_json, config_path, db_path):
     error = _current_error(settings.team.url, joined_at, path)
     report = {
         "url": address.describe(settings.team.url) if settings.team.url else None,
-        "developer": settings.team.developer or address.default_developer(),
+        # The role the URL names is who the team store records; else the one join would use.
+        "developer": (urlsplit(settings.team.url).username if settings.team.url else None)
+        or settings.team.developer
+        or address.default_developer(),
         "device_id": device,
         "joined_at": joined_at,
         "pending_rows": pending,
@@ -162,6 +165,8 @@ def status_cmd(as_json, config_path, db_path):
         terminal.info(
             f"syncer: pid {report['syncer_pid']}" if report["syncer_pid"] else "syncer: not running (`meter proxy` starts it)"
         )
+        if report["syncer_error"] and not error:
+            terminal.info(f"the syncer's last error (since {state.error_since if state else '?'}): {report['syncer_error']}")
     if error:
         raise MeterError(error)
 
