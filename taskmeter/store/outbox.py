@@ -75,34 +75,33 @@ def oldest_pending(db: sqlite3.Connection) -> str | None:
 
 
 def next_batch(db: sqlite3.Connection, limit: int) -> list[tuple[Entry, dict[str, Any] | None]]:
-    """The oldest `limit` entries, each with its row as it is now (None: deleted),
-    read in one snapshot. A shared field's row is `{field: value}`."""
-    db.execute("BEGIN")  # deferred: a read snapshot, no lock against writers
-    try:
-        entries = [Entry(*row) for row in db.execute("SELECT * FROM team_outbox ORDER BY seq LIMIT ?", (limit,))]
-        rows: dict[int, dict[str, Any]] = {}
-        if entries:
-            for kind in {entry.kind for entry in entries}:
-                table, key = TABLES[kind]
-                found = db.cursor()
-                found.row_factory = None  # plain tuples: a dict made from sqlite3.Row costs twice as much
-                found.execute(
-                    f"SELECT o.seq, t.* FROM team_outbox o JOIN {table} t ON t.{key} = o.key"
-                    " WHERE +o.kind = ? AND o.seq BETWEEN ? AND ?",  # by the seq range, never all of a kind
-                    (kind, entries[0].seq, entries[-1].seq),
-                )
-                names = [column[0] for column in found.description[1:]]
-                for seq, *values in found:
-                    rows[seq] = dict(zip(names, values, strict=True))
-    finally:
-        db.execute("COMMIT")
-    batch: list[tuple[Entry, dict[str, Any] | None]] = []
-    for entry in entries:
-        row = rows.get(entry.seq)
-        if entry.field and row is not None:
-            row = {entry.field: False} if entry.field == "deleted" else {entry.field: row.get(entry.field)}
-        batch.append((entry, row))
-    return batch
+    """The oldest `limit` entries, each with its row as it is now (None: deleted).
+    Each kind's entries come with their rows from one statement, so an entry and
+    its row are read at one moment; an entry listed again meanwhile has a `seq`
+    past this batch and goes with the next. A shared field's row is `{field: value}`."""
+    last = db.execute("SELECT seq FROM team_outbox ORDER BY seq LIMIT 1 OFFSET ?", (limit - 1,)).fetchone()
+    last_seq = last[0] if last else db.execute("SELECT max(seq) FROM team_outbox").fetchone()[0]
+    if last_seq is None:
+        return []
+    found: list[tuple[Entry, dict[str, Any] | None]] = []
+    for kind, (table, key) in TABLES.items():
+        cursor = db.cursor()
+        cursor.row_factory = None  # plain tuples: a dict made from sqlite3.Row costs twice as much
+        cursor.execute(
+            f"SELECT o.seq, o.kind, o.key, o.field, o.changed_at, t.* FROM team_outbox o"
+            f" LEFT JOIN {table} t ON t.{key} = o.key"
+            " WHERE +o.kind = ? AND o.seq <= ?",  # by the seq range, never all entries of a kind
+            (kind, last_seq),
+        )
+        names = [column[0] for column in cursor.description[5:]]
+        for seq, kind_, key_, field, changed_at, *values in cursor:
+            entry = Entry(seq, kind_, key_, field, changed_at)
+            row = dict(zip(names, values, strict=True)) if values[names.index(key)] is not None else None
+            if field and row is not None:
+                row = {field: False} if field == "deleted" else {field: row.get(field)}
+            found.append((entry, row))
+    found.sort(key=lambda pair: pair[0].seq)
+    return found
 
 
 def mark_sent(db: sqlite3.Connection, entries: list[Entry]) -> None:

@@ -39,14 +39,17 @@ def team_database(
     one `developer` or all."""
     import psycopg
 
+    from taskmeter.store import scratch
+    from taskmeter.store.connection import write_transaction
     from taskmeter.team.address import TeamStoreError, connect, connection_failure, describe
     from taskmeter.team.schema import check
 
     conn = connect(url)
     try:
         check(conn, describe(url))
-        db = _scratch()
-        _load(conn, db, tasks, phases, developer)
+        db = scratch.scratch_database()
+        with write_transaction(db):
+            _load(conn, db, tasks, phases, developer)
         conn.rollback()
     except psycopg.Error as exc:
         raise TeamStoreError(connection_failure(exc, url)) from None
@@ -86,28 +89,10 @@ def _with_previous(db: sqlite3.Connection, phases: list[str]) -> list[str]:
     return [*phases, *extra]
 
 
-def _scratch() -> sqlite3.Connection:
-    from taskmeter.store import migrations
-
-    db = sqlite3.connect(":memory:", isolation_level=None)
-    db.row_factory = sqlite3.Row
-    migrations.migrate(db)
-    return db
-
-
-def _columns(db: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
-
-
-def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any], columns: list[str], verb: str = "INSERT") -> None:
-    names = [name for name in columns if name in row]
-    db.execute(f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", [row[name] for name in names])
-
-
 def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[str] | None, developer: str | None) -> None:
-    db.execute("BEGIN")
+    from taskmeter.store import scratch
+
     entities = conn.execute("SELECT entity, id, fields, created_at FROM taskmeter.entities ORDER BY entity DESC, id").fetchall()
-    phase_columns, task_columns = _columns(db, "phases"), _columns(db, "tasks")
     task_phases: dict[str, str] = {}
     for entity, entity_id, fields, created_at in entities:  # phases first ("phase" > "task" descending)
         fields = fields or {}
@@ -115,11 +100,11 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
             continue
         row = {**fields, "id": entity_id, "created_at": created_at}
         if entity == "phase":
-            _insert(db, "phases", row, phase_columns)
+            scratch.insert_rows(db, "phases", [row])
         elif fields.get("phase_id"):
-            _insert(db, "tasks", row, task_columns)
+            scratch.insert_rows(db, "tasks", [row])
             task_phases[entity_id] = fields["phase_id"]
-    db.execute("DELETE FROM task_estimates")  # made by the tasks' trigger: the synced history replaces them
+    scratch.drop_derived_estimates(db)
     if tasks is None and phases is not None:
         phases = _with_previous(db, phases)  # a phase's token change is taken against the one before
         wanted = {phase.upper() for phase in phases}
@@ -132,12 +117,10 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
         clauses.append("developer = %s")
         params.append(developer)
     where = " AND ".join(clauses)
-    call_columns = _columns(db, "interactions")
     with conn.cursor(name="team_calls") as cursor:  # server-side: a big phase streams
         cursor.itersize = 5000
         cursor.execute(f"SELECT id, row FROM taskmeter.calls WHERE {where}", params)
-        for call_id, row in cursor:
-            _insert(db, "interactions", {**row, "id": call_id}, call_columns)
+        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in cursor))
     record_where = where
     record_params = list(params)
     if tasks is not None:  # flags and texts name their call, not its task
@@ -157,7 +140,7 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
     records = conn.execute(
         f"SELECT kind, device, row FROM taskmeter.records WHERE {record_where} ORDER BY at, id", record_params
     ).fetchall()
-    columns = {table: _columns(db, table) for table in _RECORD_TABLES.values()}
+    by_table: dict[str, list[dict]] = {}
     for kind, device, row in records:
         table = _RECORD_TABLES.get(kind)
         if table is None:
@@ -167,8 +150,9 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
             row["interaction_id"] = f"{device}:{row['interaction_id']}"
         if kind in _INTEGER_IDS:
             row.pop("id", None)  # each device numbers its own: renumbered here, in time order
-        _insert(db, table, row, columns[table], "INSERT OR IGNORE" if kind == "commit" else "INSERT")
-    db.execute("COMMIT")
+        by_table.setdefault(table, []).append(row)
+    for table, rows in by_table.items():
+        scratch.insert_rows(db, table, rows, keep_first=table == "commits")  # one commit seen by two meters
 
 
 def configured_url(config_path: str | None = None) -> str:
