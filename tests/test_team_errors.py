@@ -194,3 +194,26 @@ def test_a_url_without_a_role_joins_as_the_configured_developer(pg_server, team_
     assert developer.meter("team", "sync", "--once").returncode == 0
     with psycopg.connect(pg_server.admin_url(database)) as admin:
         assert admin.execute("SELECT DISTINCT developer FROM taskmeter.records").fetchall() == [(name,)]
+
+
+def test_leaving_keeps_unsent_rows_unless_forced_and_stops_listing(pg_server, alice):  # noqa: F811
+    database, developer = alice
+    developer.join(database)
+    pending = outbox_rows(developer)
+    assert error_line(developer.meter("team", "leave")) == (
+        f"meter: error: {pending} rows are not sent yet: `meter team sync --once` first, or leave with --force"
+    )
+    assert developer.meter("team", "sync", "--once").returncode == 0
+    assert "left the team store" in developer.ok("team", "leave")
+    assert "url" not in developer.config.read_text()
+    developer.ok("mark", "initial")
+    assert outbox_rows(developer) == 0, "nothing is listed after leaving"
+    assert error_line(developer.meter("team", "status")) == "meter: error: this meter is in no team: `meter team join URL`"
+    developer.join(database)
+    assert outbox_rows(developer) > 0, "joining again lists the history again"
+    assert developer.meter("team", "sync", "--once").returncode == 0
+    with psycopg.connect(pg_server.admin_url(database)) as admin:
+        initial = admin.execute(
+            "SELECT value IS NOT NULL FROM taskmeter.fields WHERE id = 'task:P1-001:initial_completion_at'"
+        ).fetchone()
+    assert initial == (True,), "the mark made while out of the team is sent on joining again"

@@ -62,7 +62,7 @@ def join_cmd(url, config_path, db_path):
     `git config user.email`); the password comes from PGPASSFILE or a libpq service. `meter proxy`
     then syncs continuously (or run `meter team sync`)."""
     from taskmeter.config.files import config_path as settings_path
-    from taskmeter.store import outbox
+    from taskmeter.store import outbox, proxies
     from taskmeter.team import address
     from taskmeter.timefmt import now_stored
 
@@ -75,12 +75,40 @@ def join_cmd(url, config_path, db_path):
     with open_db(db_path) as db:
         listed = outbox.join(db, now_stored())
         pending = outbox.pending_count(db)
+        proxy_running = bool(proxies.running(db))
     path = settings_path(config_path)
     _save_team_url(path, url)
     terminal.info(f"joined the team store at {address.describe(url)} as {role}; [team] url saved in {path}")
     terminal.info(
-        f"{pending} rows to send ({listed} of them this meter's history, sent once);"
-        " `meter proxy` syncs them and every change, or run `meter team sync`"
+        f"{pending} rows to send ({listed} of them this meter's history, sent once); "
+        + (
+            "the running proxy started without a team store: restart it (`meter stop; meter start`) to sync, or run `meter team sync`"
+            if proxy_running
+            else "`meter proxy` syncs them and every change, or run `meter team sync`"
+        )
+    )
+
+
+@team_cmd.command("leave")
+@click.option("--force", is_flag=True, help="Leave even with rows not sent yet (they are not sent).")
+@config_option
+@db_option
+def leave_cmd(force, config_path, db_path):
+    """Stop syncing to the team store: [team] url is removed and the outbox emptied. Rows already
+    sent stay in the team store."""
+    from taskmeter.config.files import config_path as settings_path
+    from taskmeter.store import outbox
+
+    with open_db(db_path, create=False) as db:
+        pending = outbox.pending_count(db)
+        if pending and not force:
+            raise MeterError(f"{pending} rows are not sent yet: `meter team sync --once` first, or leave with --force")
+        dropped = outbox.leave(db)
+    path = settings_path(config_path)
+    if path.exists():
+        _save_team_url(path, None)
+    terminal.info(
+        f"left the team store; [team] url removed from {path}" + (f", {dropped} unsent rows dropped" if dropped else "")
     )
 
 
@@ -232,18 +260,22 @@ def _with_developer(url: str, config_path: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{quote(developer, safe='')}@{parts.netloc}"))
 
 
-def _save_team_url(path: Path, url: str) -> None:
-    """Set `url` in the config file's [team] table, leaving every other line as it is."""
+def _save_team_url(path: Path, url: str | None) -> None:
+    """Set `url` in the config file's [team] table (None: remove it), leaving every other line as it is."""
     line = f"url = {json.dumps(url)}"
     text = path.read_text() if path.exists() else ""
     lines = text.splitlines()
     header = next((i for i, each in enumerate(lines) if re.match(r"^\s*\[team\]\s*(#.*)?$", each)), None)
     if header is None:
-        lines += (["", "[team]"] if lines else ["[team]"]) + [line]
+        if url is not None:
+            lines += (["", "[team]"] if lines else ["[team]"]) + [line]
     else:
         end = next((i for i in range(header + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
         existing = next((i for i in range(header + 1, end) if re.match(r"^\s*url\s*=", lines[i])), None)
-        if existing is None:
+        if url is None:
+            if existing is not None:
+                del lines[existing]
+        elif existing is None:
             lines.insert(header + 1, line)
         else:
             lines[existing] = line

@@ -65,6 +65,15 @@ def join(db: sqlite3.Connection, at: str) -> int:
         return pending_count(db) - before
 
 
+def leave(db: sqlite3.Connection) -> int:
+    """Stop listing rows, and forget the entries not sent; how many there were."""
+    with write_transaction(db):
+        dropped = pending_count(db)
+        db.execute("UPDATE team_sync SET enabled = 0, joined_at = NULL WHERE id = 1")
+        db.execute("DELETE FROM team_outbox")
+        return dropped
+
+
 def pending_count(db: sqlite3.Connection) -> int:
     return db.execute("SELECT count(*) FROM team_outbox").fetchone()[0]
 
