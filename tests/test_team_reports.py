@@ -2,11 +2,17 @@
 the phase's Level 2 record, a task's Level 1 log, the overview and the usage
 reports, computed by the same code over the synced rows."""
 
+import os
 import re
 
 import httpx
 import pytest
 
+from taskmeter.analytics.history import current_intervals
+from taskmeter.analytics.reports import phase_report, task_report
+from taskmeter.store import connection
+from taskmeter.team import reports as team_reports
+from taskmeter.timefmt import now_stored
 from tests.pg_server import pg_server, team_database  # noqa: F401  (fixtures)
 from tests.team_harness import Developer, setup_team
 from tests.test_dashboard import RunningDashboard
@@ -36,15 +42,39 @@ def test_a_one_developer_teams_reports_equal_the_developers_own(tmp_path, pg_ser
     ask_anthropic(proxy.origin, 2)
     proxy.rows(wait_for=5)
     solo.ok("mark", "approved", "P1-002", "--force")
-    solo.ok("set-task", "P2-001", "--create")
+    solo.ok("set-task", "P1-003", "--estimate", "2h")  # left open: its time as current ends with a switch
     ask_openai(proxy.origin, 1)
     proxy.rows(wait_for=6)
+    solo.ok("set-task", "P2-001", "--create")  # the switch is another phase's task
+    ask_openai(proxy.origin, 1)
+    proxy.rows(wait_for=7)
     solo.ok("mark", "approved", "P2-001", "--force")
     proxy.stop()
     solo.join(database)
     assert solo.meter("team", "sync", "--once").returncode == 0
 
-    for report in (["phase", "P1"], ["phase", "P2"], ["task", "P1-001"], ["task", "P1-002"]):
+    # P1 has an open task, whose record depends on the time it is read: both read at one `now`.
+    now = now_stored()
+    os.environ["PGPASSFILE"] = str(pg_server.passfile)
+    try:
+        url = pg_server.url(name, database)
+        with team_reports.team_database(url, phases=["P1"]) as db:
+            team_phase = phase_report(db, "P1", now=now)
+        with team_reports.team_database(url, tasks=["P1-003"]) as db:
+            team_task = task_report(db, "P1-003", now=now)
+            # Its time as current ended with the switch to P2-001, another phase's task.
+            assert [until is not None for _, until in current_intervals(db, ["P1-003"])["p1-003"]] == [True]
+    finally:
+        del os.environ["PGPASSFILE"]
+    local = connection.connect(solo.db_path, create=False)
+    try:
+        assert team_phase == phase_report(local, "P1", now=now)
+        assert team_task == task_report(local, "P1-003", now=now)
+    finally:
+        local.close()
+    assert team_task["status"] == "open" and team_task["actual_duration"] is not None
+
+    for report in (["phase", "P2"], ["task", "P1-001"], ["task", "P1-002"]):
         own = solo.json("report", *report)
         teams = solo.json("report", *report, "--team")
         split = teams.pop("developers")

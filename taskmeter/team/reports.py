@@ -130,6 +130,12 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
             " (SELECT id FROM taskmeter.calls WHERE task_id = ANY(%s))))",
         )
         record_params.insert(1, tasks)
+        # Every switch: the one away from a task (to another phase's, or to none) ends its time as current.
+        record_where = f"({record_where}) OR (kind = 'task_event' AND NOT deleted AND row->>'kind' = 'switch'"
+        if developer is not None:
+            record_where += " AND developer = %s"
+            record_params.append(developer)
+        record_where += ")"
         if phases:
             record_where = f"({record_where}) OR (kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s)"
             record_params.append([phase.upper() for phase in phases])
