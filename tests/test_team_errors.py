@@ -217,3 +217,20 @@ def test_leaving_keeps_unsent_rows_unless_forced_and_stops_listing(pg_server, al
             "SELECT value IS NOT NULL FROM taskmeter.fields WHERE id = 'task:P1-001:initial_completion_at'"
         ).fetchone()
     assert initial == (True,), "the mark made while out of the team is sent on joining again"
+
+
+def test_a_nul_character_postgresql_cannot_hold_never_blocks_the_outbox(pg_server, alice):  # noqa: F811
+    database, developer = alice
+    developer.join(database)
+    local = sqlite3.connect(developer.db_path)
+    local.execute(
+        "INSERT INTO interactions (id, task_id, started_at, operation, model, error) VALUES"
+        " ('0000000000nul', 'P1-001', '2026-01-01T00:00:00.000000Z', 'generate', 'gpt-4o-mini', ?)",
+        ("bad\x00byte",),
+    )
+    local.commit()
+    local.close()
+    assert developer.meter("team", "sync", "--once").returncode == 0
+    with psycopg.connect(pg_server.admin_url(database)) as admin:
+        stored = admin.execute("SELECT row->>'error' FROM taskmeter.calls").fetchall()
+    assert stored == [("badbyte",)] and outbox_rows(developer) == 0

@@ -15,6 +15,7 @@ for `meter team status`.
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -209,6 +210,15 @@ class Syncer:
         return len(calls) + len(records) + len(fields)
 
 
+# An escaped NUL in JSON text: \u0000 after an even number of backslashes (an odd one escapes the text "\u0000").
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _json(value: object) -> str:
+    """JSON that PostgreSQL takes: a NUL character (which a jsonb or text value cannot hold) is left out."""
+    return _NUL.sub(r"\1", json.dumps(value))
+
+
 def _call_params(device: str, entry: outbox.Entry, row: dict | None, Jsonb) -> tuple:
     if row is None:
         return (f"{device}:{entry.key}", device, entry.seq, True, None, None, None, None, None, None, None, Jsonb({}))
@@ -224,7 +234,7 @@ def _call_params(device: str, entry: outbox.Entry, row: dict | None, Jsonb) -> t
         row["input_total"],
         row["output_total"],
         row["cost_usd"],
-        Jsonb(row),
+        Jsonb(row, dumps=_json),
     )
 
 
@@ -233,7 +243,7 @@ def _record_params(device: str, entry: outbox.Entry, row: dict | None, Jsonb) ->
     if row is None:
         return (record_id, device, entry.seq, True, entry.kind, None, None, None, Jsonb({}))
     at = row.get(_RECORD_TIMES.get(entry.kind, ""))
-    return (record_id, device, entry.seq, False, entry.kind, row.get("task_id"), row.get("phase_id"), at, Jsonb(row))
+    return (record_id, device, entry.seq, False, entry.kind, row.get("task_id"), row.get("phase_id"), at, Jsonb(row, dumps=_json))
 
 
 def _field_params(device: str, entry: outbox.Entry, row: dict | None, Jsonb) -> tuple | None:
@@ -253,7 +263,7 @@ def _field_params(device: str, entry: outbox.Entry, row: dict | None, Jsonb) -> 
     # The latest set wins: its time in milliseconds (as the trigger states it), then its outbox
     # order, so that two sets of one field within a millisecond keep their order.
     revision = int(set_at.timestamp() * 1000) * 1_000_000 + entry.seq % 1_000_000
-    return (field_id, entity, entry.key, entry.field, Jsonb(value), device, revision, set_at)
+    return (field_id, entity, entry.key, entry.field, Jsonb(value, dumps=_json), device, revision, set_at)
 
 
 def run(db_path: Path, url: str, share_text: bool, once: bool = False, parent: int | None = None) -> int:
