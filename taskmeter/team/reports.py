@@ -126,8 +126,8 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
     if tasks is not None:  # flags and texts name their call, not its task
         record_where = where.replace(
             "task_id = ANY(%s)",
-            "(task_id = ANY(%s) OR (kind IN ('flag', 'call_text') AND substr(id, strpos(id, ':') + 1) IN"
-            " (SELECT id FROM taskmeter.calls WHERE task_id = ANY(%s))))",
+            "(task_id = ANY(%s) OR id IN (SELECT called.kind || ':' || c.id FROM taskmeter.calls c,"
+            " unnest(ARRAY['flag', 'call_text']) AS called(kind) WHERE c.task_id = ANY(%s)))",  # by their IDs: the index
         )
         record_params.insert(1, tasks)
         # Every switch: the one away from a task (to another phase's, or to none) ends its time as current.

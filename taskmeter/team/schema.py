@@ -61,6 +61,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             row jsonb NOT NULL
         );
         CREATE INDEX records_task ON taskmeter.records (task_id);
+        -- Every report reads the switches of the developers it covers (they end a task's time as current).
+        CREATE INDEX records_switches ON taskmeter.records (developer) WHERE kind = 'task_event' AND row->>'kind' = 'switch';
         CREATE INDEX records_phase ON taskmeter.records (phase_id);
         CREATE TABLE taskmeter.fields (
             id text PRIMARY KEY,
