@@ -14,7 +14,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 JOBS ?= 2
 FAST := -m "not e2e and not browser and not bench"
 
-.PHONY: proxy test check bench install install-test lock clean
+.PHONY: proxy test check bench bench-team install install-test lock clean
 
 proxy: install
 	$(BIN)/meter proxy $(ARGS)
@@ -24,6 +24,7 @@ test: install-test
 	scripts/ensure-systemd
 	scripts/ensure-agent-clis
 	scripts/ensure-shells
+	scripts/ensure-postgresql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -37,6 +38,11 @@ check: install-test
 
 bench: install-test
 	$(BIN)/python -m bench $(ARGS)
+
+# The team store's sync on a real PostgreSQL (docs/team.md): writes docs/team-benchmarks.json.
+bench-team: install-test
+	scripts/ensure-postgresql
+	$(BIN)/python -m bench.team $(ARGS)
 
 install: $(VENV)/.run-installed
 install-test: $(VENV)/.test-installed

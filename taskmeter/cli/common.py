@@ -181,6 +181,7 @@ COMMAND_MODULES = {
     "stop": "proxy",
     "task": "tasks",
     "tasks": "tasks",
+    "team": "team",
     "ui": "dashboard",
     "unflag": "calls",
 }

@@ -84,7 +84,10 @@ def proxy_cmd(port, host, allow_from, quiet, config_path, db_path):
         terminal.info(f"  dashboard: {dashboard}" if dashboard else "  dashboard: `meter ui` serves one on http://127.0.0.1:8878")
         sys.stdout.flush()
 
-    run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings, corporate=corporate)
+    from taskmeter.team.process import syncing
+
+    with syncing(settings.team.url, path, config_path):  # the team store's syncer, in a process of its own
+        run_proxy(settings, path, listen_host, listen_port, ready, quiet, reload_settings=proxy_settings, corporate=corporate)
 
 
 @cli.command("start")

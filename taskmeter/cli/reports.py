@@ -9,8 +9,9 @@ from functools import partial
 import click
 
 from taskmeter import terminal
-from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, open_db, utc_option
+from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, utc_option
 from taskmeter.store import tasks
+from taskmeter.team.reports import report_source, split_text, with_developers
 from taskmeter.terminal import Column
 
 FORMAT = click.Choice(["table", "markdown", "json", "csv"])
@@ -29,10 +30,20 @@ def report_options(command):
             click.option("--json", "as_json", is_flag=True, help="The same as --format json."),
             utc_option,
             db_option,
+            click.option(
+                "--team", is_flag=True, expose_value=False, callback=_remember, help="From the team store (docs/team.md)."
+            ),
+            click.option("--developer", expose_value=False, callback=_remember, help="With --team: one developer's rows."),
         ]
     ):
         command = option(command)
     return command
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value) -> None:
+    """--team and --developer, given to `meter report` or a subcommand: kept in ctx.meta, which both share."""
+    if value:
+        ctx.meta[param.name] = value
 
 
 def _chosen(ctx: click.Context, output_format, as_json, utc, db_path) -> tuple[str, bool, str | None]:
@@ -67,7 +78,7 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
     from taskmeter.analytics.reports import overview_report
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with open_db(db_path, create=False) as db:
+    with report_source(ctx.meta, db_path) as db:
         report = overview_report(db)
 
     def table(overview: OverviewReport) -> str:
@@ -102,9 +113,12 @@ def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
     from taskmeter.analytics.reports import task_report
 
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with open_db(db_path, create=False) as db:
-        report = task_report(db, task_id.strip(), idle_seconds=idle_seconds())
-    _emit(report, output_format, partial(formats.task_markdown, utc=utc), partial(formats.task_text, utc=utc))
+    task_id, idle = task_id.strip(), idle_seconds()
+    with report_source(ctx.meta, db_path, tasks=[task_id.upper()]) as db:
+        report = task_report(db, task_id, idle_seconds=idle)
+    team_task = [task_id.upper()]
+    report = with_developers(ctx.meta, report, lambda db: task_report(db, task_id, idle_seconds=idle), tasks=team_task)
+    _emit(report, output_format, partial(formats.task_markdown, utc=utc), split_text(partial(formats.task_text, utc=utc)))
 
 
 @report_cmd.command("phase")
@@ -117,9 +131,11 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
     from taskmeter.analytics.reports import phase_report
 
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with open_db(db_path, create=False) as db:
-        report = phase_report(db, phase_id.strip(), idle_seconds=idle_seconds())
-    _emit(report, output_format, partial(formats.phase_markdown, utc=utc), partial(formats.phase_text, utc=utc))
+    phase_id, idle = phase_id.strip(), idle_seconds()
+    with report_source(ctx.meta, db_path, phases=[phase_id]) as db:
+        report = phase_report(db, phase_id, idle_seconds=idle)
+    report = with_developers(ctx.meta, report, lambda db: phase_report(db, phase_id, idle_seconds=idle), phases=[phase_id])
+    _emit(report, output_format, partial(formats.phase_markdown, utc=utc), split_text(partial(formats.phase_text, utc=utc)))
 
 
 USAGE_COLUMNS = [
@@ -161,7 +177,7 @@ def _usage_command(period: str, label: str, help_text: str):
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
         if output_format in ("csv", "markdown"):
             raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
-        with open_db(db_path, create=False) as db:
+        with report_source(ctx.meta, db_path, tasks=[task_id.strip().upper()] if task_id else None) as db:
             if task_id:
                 task_id = tasks.get_task(db, task_id.strip())["id"]
             report = usage_report(db, period, since, until, utc, task_id)

@@ -212,6 +212,28 @@ class OtelSettings(BaseModel):
         return check_url(endpoint) if endpoint else None
 
 
+class TeamSettings(BaseModel):
+    """The team store this meter syncs to (docs/team.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    developer: str | None = None
+    share_text: bool
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        from taskmeter.team.address import checked_url
+
+        try:
+            return checked_url(url)
+        except MeterError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -224,6 +246,7 @@ class Settings(BaseModel):
     upstreams: dict[str, str]
     intercept: InterceptSettings
     otel: OtelSettings
+    team: TeamSettings
     # The [upstreams] the user's config file names (the others are shipped defaults):
     # only these are served to clients beyond loopback. Set by load_settings.
     _user_upstreams: frozenset[str] = PrivateAttr(default=frozenset())

@@ -44,6 +44,7 @@ NAVIGATION = [
     ("Tasks", "/tasks", ("tasks", "task")),
     ("Phases", "/phases", ("phases",)),
     ("History", "/history", ("history",)),
+    ("Team", "/team", ("team",)),
 ]
 # The retag list's choice that moves calls to no task (`meter retag --unassign`): not a task ID.
 UNASSIGN = "unassigned"
@@ -165,6 +166,13 @@ def create_app(
     async def proxy_state(request: Request) -> Response:
         return JSONResponse(await in_thread(pages.proxy_state), headers={"cache-control": "no-store"})
 
+    async def team_page(request: Request) -> Response:
+        from taskmeter.team.page import team_page as build  # psycopg only for this page
+
+        phase_id = request.path_params.get("phase_id")
+        phase_id = tasks.validate_phase_id(phase_id) if phase_id is not None else None
+        return render(request, "team.html", await run_in_threadpool(build, phase_id, idle_seconds))
+
     async def history_page(request: Request) -> Response:
         period = request.query_params.get("period", "daily")
         if period not in pages.USAGE_PERIODS:
@@ -260,6 +268,8 @@ def create_app(
         Route("/tasks/{task_id}/edit", record_write("task", edits.edit, task_page), methods=["POST"]),
         Route("/tasks/{task_id}/mark", record_write("task", edits.mark, task_page), methods=["POST"]),
         Route("/history", history_page),
+        Route("/team", team_page),
+        Route("/team/{phase_id}", team_page),
         Route("/proxy", proxy_state),
         Route("/feed", feed.endpoint(db_path, feed_row, stopping or threading.Event())),
         Route("/calls/retag", retag_chosen, methods=["POST"]),
