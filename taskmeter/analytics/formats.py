@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
-from taskmeter.analytics.records import OverviewReport, PhaseReport, TargetCheck, TaskReport
+from taskmeter.analytics.records import OverviewReport, PhaseReport, TargetCheck, TaskReport, UsageReport, UsageStats
 from taskmeter.money import usd
 from taskmeter.store.tasks import TASK_FIELDS
 from taskmeter.timefmt import display, format_duration
@@ -406,3 +406,80 @@ def overview_rows(report: OverviewReport) -> list[list[str]]:
         ]
     )
     return rows
+
+
+# A usage line's figures: (heading, key) in the order every format shows them.
+USAGE_FIGURES = [
+    ("Calls", "ai_interactions"),
+    ("Failed", "failed_calls"),
+    ("Input", "input_total"),
+    ("Cache read", "cache_read"),
+    ("Cache write", "cache_write"),
+    ("Output", "output_total"),
+    ("Reasoning", "reasoning"),
+    ("Total tokens", "total_tokens"),
+    ("Cost", "cost_usd"),
+    ("Unpriced", "unpriced_interactions"),
+    ("Flags", "hallucination_count"),
+]
+LATENCY_FIGURES = [
+    ("First token p50", "first_token_p50_seconds"),
+    ("First token p95", "first_token_p95_seconds"),
+    ("Total p50", "total_p50_seconds"),
+    ("Total p95", "total_p95_seconds"),
+]
+
+
+def _usage_figures(stats: UsageStats) -> dict:
+    tokens = stats["tokens"]
+    return {
+        "ai_interactions": stats["ai_interactions"],
+        "failed_calls": stats["failed_calls"],
+        **{key: tokens[key] for key in ("input_total", "cache_read", "cache_write", "output_total", "reasoning")},
+        "total_tokens": tokens["total"],
+        "cost_usd": None if stats["cost_usd"] is None else round(stats["cost_usd"], 6),  # no float noise in a sum
+        "unpriced_interactions": stats["unpriced_interactions"],
+        "hallucination_count": stats["hallucination_count"],
+    }
+
+
+def usage_lines(report: UsageReport) -> list[dict]:
+    """Every line of a usage report whole, as CSV and Markdown give it: per period its
+    line (model `all`) then its models' lines, or a line per model with its latency;
+    then the totals (period `total`)."""
+    lines: list[dict] = []
+    if "models" in report:
+        for model in report["models"]:
+            latency = model.get("latency")
+            figures = {key: latency[key] if latency else None for _, key in LATENCY_FIGURES}  # type: ignore[literal-required]
+            lines.append({"model": model["model"], **_usage_figures(model), **figures})
+        lines.append({"model": "total", **_usage_figures(report["totals"])})
+        return lines
+    for period in report.get("periods", []):
+        lines.append({"period": period["period"], "model": "all", **_usage_figures(period)})
+        lines += [{"period": period["period"], "model": model["model"], **_usage_figures(model)} for model in period["models"]]
+    lines.append({"period": "total", "model": "all", **_usage_figures(report["totals"])})
+    return lines
+
+
+def _figure(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if key == "cost_usd":
+        return usd(value)
+    if key.endswith("_seconds"):
+        return f"{value:.2f} s"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def usage_markdown(report: UsageReport, label: str) -> str:
+    """A usage report as a Markdown table, a line per usage_lines line."""
+    lines = usage_lines(report)
+    keys = [key for key in lines[0] if key != "unpriced_interactions"] if lines else []
+    headings = {"period": label, "model": "Model", **{key: heading for heading, key in USAGE_FIGURES + LATENCY_FIGURES}}
+    table = ["| " + " | ".join(headings[key] for key in keys) + " |", "|" + "---|" * len(keys)]
+    for line in lines:
+        table.append("| " + " | ".join(_figure(key, line.get(key)) for key in keys) + " |")
+    unpriced = report["totals"]["unpriced_interactions"]
+    note = f"\n{unpriced} of these calls have no known price: they are not in the cost.\n" if unpriced else ""
+    return "\n".join(table) + "\n" + note

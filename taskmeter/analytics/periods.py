@@ -6,8 +6,8 @@ clock goes back the repeated hour is two periods, each labelled with its zone.""
 
 import sqlite3
 
-from taskmeter.analytics.history import STATED_BY
-from taskmeter.analytics.records import ModelUsage, PeriodUsage, UsageReport, UsageStats
+from taskmeter.analytics.history import STATED_BY, seconds_sql
+from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
 from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
 from taskmeter.tokens import tokens_object
@@ -99,7 +99,7 @@ def usage_report(
             sum(failed_calls) AS failed_calls, {stated}, sum(priced) AS priced, sum(flagged) AS hallucination_count
         FROM ({source}) WHERE {" AND ".join(clauses) or "1"}
         GROUP BY 1, 2 HAVING sum(ai_interactions) + sum(failed_calls) > 0
-        ORDER BY 1, sum(input_total + output_total) DESC, 2
+        ORDER BY 1, coalesce(sum(cost_usd), -1) DESC, sum(input_total + output_total) DESC, 2
         """,
         params,
     ).fetchall()
@@ -116,7 +116,8 @@ def usage_report(
         "totals": _stats(_sum(every)) if every else _stats(_sum([])),
     }
     if period == "models":
-        report["models"] = [_model_usage(row) for row in every]
+        latencies = model_latencies(db, since, until, task_id)
+        report["models"] = [{**_model_usage(row), "latency": latencies.get(row["model"], _NO_LATENCY)} for row in every]
     else:
         report["periods"] = [_period_usage(key, group, period == "hourly", utc) for key, group in by_period.items()]
     return report
@@ -131,3 +132,71 @@ def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> Perio
     if hourly:  # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
         return {"period": hour_label(key, utc), "start": key, **stats, "models": models}
     return {"period": key, **stats, "models": models}
+
+
+_NO_LATENCY: ModelLatency = {
+    "timed_calls": 0,
+    "first_token_p50_seconds": None,
+    "first_token_p95_seconds": None,
+    "total_p50_seconds": None,
+    "total_p95_seconds": None,
+}
+
+
+def _rank(percent: int, count: str) -> str:
+    """The nearest-rank percentile's rank among `count` values: ceil(percent/100 × count)."""
+    return f"({percent} * {count} + 99) / 100"
+
+
+def model_latencies(
+    db: sqlite3.Connection, since: str | None = None, until: str | None = None, task_id: str | None = None
+) -> dict[str, ModelLatency]:
+    """Per model, the p50 and p95 (nearest rank) of its answered calls' seconds to the
+    first byte of the answer (a stream's first token) and to the end. Calls imported
+    from agents' logs were never timed by the meter and count in neither."""
+    clauses, params = [], []
+    for clause, value in (("i.started_at >= ?", since), ("i.started_at < ?", until), ("i.task_id = ?", task_id)):
+        if value:
+            clauses.append(clause)
+            params.append(value)
+    rows = db.execute(
+        f"""
+        WITH timed AS (
+            SELECT coalesce(i.model, '?') AS model,
+                {seconds_sql("i.first_byte_at")} - {seconds_sql("i.started_at")} AS first_token,
+                {seconds_sql("i.ended_at")} - {seconds_sql("i.started_at")} AS total
+            FROM interactions i
+            WHERE i.operation = 'generate' AND NOT {_FAILED} AND i.ended_at IS NOT NULL
+                AND i.usage_source IS NOT 'agent-log' AND {" AND ".join(clauses) or "1"}
+        ), ranked AS (
+            SELECT model, first_token, total,
+                row_number() OVER (PARTITION BY model ORDER BY first_token NULLS LAST) AS first_rank,
+                row_number() OVER (PARTITION BY model ORDER BY total) AS total_rank,
+                count(first_token) OVER (PARTITION BY model) AS first_calls,
+                count(*) OVER (PARTITION BY model) AS calls
+            FROM timed
+        )
+        SELECT model, calls,
+            max(CASE WHEN first_rank = {_rank(50, "first_calls")} THEN first_token END) AS first_p50,
+            max(CASE WHEN first_rank = {_rank(95, "first_calls")} THEN first_token END) AS first_p95,
+            max(CASE WHEN total_rank = {_rank(50, "calls")} THEN total END) AS total_p50,
+            max(CASE WHEN total_rank = {_rank(95, "calls")} THEN total END) AS total_p95
+        FROM ranked GROUP BY model
+        """,
+        params,
+    ).fetchall()
+    return {
+        row["model"]: {
+            "timed_calls": row["calls"],
+            "first_token_p50_seconds": _microseconds(row["first_p50"]),
+            "first_token_p95_seconds": _microseconds(row["first_p95"]),
+            "total_p50_seconds": _microseconds(row["total_p50"]),
+            "total_p95_seconds": _microseconds(row["total_p95"]),
+        }
+        for row in rows
+    }
+
+
+def _microseconds(seconds: float | None) -> float | None:
+    """A difference of stored moments, without the float noise of its subtraction."""
+    return None if seconds is None else round(seconds, 6)

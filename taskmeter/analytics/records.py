@@ -281,6 +281,18 @@ class UsageStats(TypedDict):
     hallucination_count: int
 
 
+class ModelLatency(TypedDict):
+    """Seconds from a call's start to the first byte of its answer (a stream's first
+    token) and to its end, over the model's answered calls the meter timed: the
+    nearest-rank p50 and p95 (analytics/periods.py model_latencies)."""
+
+    timed_calls: int
+    first_token_p50_seconds: float | None
+    first_token_p95_seconds: float | None
+    total_p50_seconds: float | None
+    total_p95_seconds: float | None
+
+
 class ModelUsage(TypedDict):
     model: str  # `?` for calls that named none
     ai_interactions: int
@@ -289,6 +301,7 @@ class ModelUsage(TypedDict):
     cost_usd: float | None
     unpriced_interactions: int
     hallucination_count: int
+    latency: NotRequired[ModelLatency]  # in `report models` alone
 
 
 class PeriodUsage(TypedDict):

@@ -24,7 +24,7 @@ from taskmeter.errors import MeterError
 from taskmeter.store import connection, dashboards, interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
-from taskmeter.timefmt import format_duration, now_stored, seconds_between
+from taskmeter.timefmt import format_duration, format_seconds, now_stored, seconds_between
 from taskmeter.tokens import AGENT_LOG, ESTIMATED, PARTIAL, REPORTED, total_tokens
 
 # How often `meter log --follow` looks for new calls: a short read transaction.
@@ -179,13 +179,6 @@ PREVIEW_MIN_COLUMNS = 130
 BESIDE_PREVIEW = {"Cache R", "Cache W", "Reason", "1st tok", "Source"}
 
 
-def seconds(value: float | None) -> str:
-    """A latency as the log and reports show it: 0.42s, 12.3s, 95s."""
-    if value is None:
-        return terminal.MISSING
-    return f"{value:.2f}s" if value < 10 else f"{value:.1f}s" if value < 60 else f"{value:.0f}s"
-
-
 def _log_row(row: dict) -> list:
     first, total = latency(row)
     return [
@@ -199,8 +192,8 @@ def _log_row(row: dict) -> list:
         row["output_total"],
         row["reasoning"],
         row["cost_usd"],
-        seconds(first),
-        seconds(total),
+        format_seconds(first),
+        format_seconds(total),
         row["usage_source"],
         _status_cell(row),
         "⚑" if row["flagged_at"] else "",
@@ -381,7 +374,9 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
               PARTIAL: "the stream was cut: what it stated, or the delivered text counted",
               AGENT_LOG: "from the agent's own log (`meter reconcile --import`): the meter never saw this call"}.get(record["usage_source"], "")  # fmt: skip
     first, total = record["first_token_seconds"], record["total_seconds"]
-    timing = f"first {'token' if record['streamed'] else 'byte'} after {seconds(first)}, done after {seconds(total)}"
+    timing = (
+        f"first {'token' if record['streamed'] else 'byte'} after {format_seconds(first)}, done after {format_seconds(total)}"
+    )
     client = record["client_name"] or record["client"] or "not stated"
     if record["client_name"]:
         client += f" ({record['client']})"

@@ -74,12 +74,13 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
         terminal.table(
             [
                 Column("Phase", shrink=True),
-                Column("Tasks", drop=4),
+                Column("Tasks", drop=5),
                 Column("Tokens", "figure"),
                 Column("Tokens/task", "figure", drop=3),
-                Column("Trend", "figure", drop=5),
+                # The token trend is the Level 2 headline: the last to go but the calls.
+                Column("Trend", "figure", drop=1),
                 Column("Calls", "figure", drop=2),
-                Column("Halluc. rate", "figure", drop=1),
+                Column("Halluc. rate", "figure", drop=4),
                 Column("Cost", "figure"),
                 Column("From logs", "figure", drop=7),
                 Column("Complete", "figure", drop=6),
@@ -125,10 +126,12 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
 USAGE_COLUMNS = [
     Column("Calls", "count"),
     Column("Failed", "count", drop=3),
-    Column("Input", "count"),
+    Column("Input", "count", drop=6),
     Column("Cache R", "count", drop=4),
-    Column("Output", "count"),
+    Column("Cache W", "count", drop=7),
+    Column("Output", "count", drop=8),
     Column("Reason", "count", drop=5),
+    Column("Total", "count"),
     Column("Cost", "money"),
     Column("Flags", "count", drop=2),
 ]
@@ -141,8 +144,10 @@ def _usage_cells(stats: dict) -> list:
         stats["failed_calls"],
         tokens["input_total"],
         tokens["cache_read"],
+        tokens["cache_write"],
         tokens["output_total"],
         tokens["reasoning"],
+        tokens["total"],
         stats["cost_usd"],
         stats["hallucination_count"],
     ]
@@ -156,51 +161,81 @@ def _usage_command(period: str, label: str, help_text: str):
     @report_options
     @click.pass_context
     def command(ctx, since, until, task_id, output_format, as_json, utc, db_path):
+        from taskmeter.analytics import formats
         from taskmeter.analytics.periods import usage_report
 
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-        if output_format in ("csv", "markdown"):
-            raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
         with open_db(db_path, create=False) as db:
             if task_id:
                 task_id = tasks.get_task(db, task_id.strip())["id"]
             report = usage_report(db, period, since, until, utc, task_id)
-        if output_format == "json":
-            terminal.print_json(report)
-            return
-        groups = report["models"] if period == "models" else report["periods"]
-        if not groups:
-            terminal.info("No AI calls in this time." if since or until else "No AI calls recorded yet.")
-            return
-        piped = terminal.to_pipe()
-        rows = []
-        if period == "models":
-            rows = [[model["model"], *_usage_cells(model)] for model in groups]
-            columns = [Column("Model", shrink=True), *USAGE_COLUMNS]
-        else:
-            columns = [Column(label, "id"), Column("Model", shrink=True, drop=1), *USAGE_COLUMNS]
-            for group in groups:
-                rows.append([group["period"], "all" if piped else "", *_usage_cells(group)])
-                for model in group["models"]:
-                    # In a terminal each period shows once, its models indented; piped, every row is whole.
-                    period_cell, model_cell = (group["period"], model["model"]) if piped else ("", "  " + model["model"])
-                    rows.append([period_cell, model_cell, *_usage_cells(model)])
-        rows.append(["Total", *([""] if period != "models" else []), *_usage_cells(report["totals"])])
-        terminal.table(columns, rows, utc=utc)
-        unpriced = report["totals"]["unpriced_interactions"]
-        if unpriced:
-            terminal.note(
-                f"{unpriced} call{' has' if unpriced == 1 else 's have'} no known price and {'is' if unpriced == 1 else 'are'} not in the cost."
-            )
+
+        def table(report) -> str:
+            _usage_table(report, period, label, since or until, utc)
+            return ""
+
+        _emit(report, output_format, partial(formats.usage_markdown, label=label), table, formats.usage_lines(report))
 
     return command
+
+
+def _usage_table(report: dict, period: str, label: str, window: bool, utc: bool) -> None:
+    groups = report["models"] if period == "models" else report["periods"]
+    if not groups:
+        terminal.info("No AI calls in this time." if window else "No AI calls recorded yet.")
+        return
+    piped = terminal.to_pipe()
+    rows = []
+    if period == "models":
+        rows = [[model["model"], *_usage_cells(model)] for model in groups]
+        columns = [Column("Model", shrink=True), *USAGE_COLUMNS]
+    else:
+        columns = [Column(label, "id"), Column("Model", shrink=True, drop=1), *USAGE_COLUMNS]
+        for group in groups:
+            rows.append([group["period"], "all" if piped else "", *_usage_cells(group)])
+            for model in group["models"]:
+                # In a terminal each period shows once, its models indented; piped, every row is whole.
+                period_cell, model_cell = (group["period"], model["model"]) if piped else ("", "  " + model["model"])
+                rows.append([period_cell, model_cell, *_usage_cells(model)])
+    rows.append(["Total", *([""] if period != "models" else []), *_usage_cells(report["totals"])])
+    terminal.table(columns, rows, utc=utc)
+    if period == "models":
+        _latency_lines(groups)
+    unpriced = report["totals"]["unpriced_interactions"]
+    if unpriced:
+        terminal.note(
+            f"{unpriced} call{' has' if unpriced == 1 else 's have'} no known price and {'is' if unpriced == 1 else 'are'} not in the cost."
+        )
+
+
+def _latency_lines(models: list[dict]) -> None:
+    """A line per model timed: its p50 and p95 to the first token and to the end."""
+    from taskmeter.store.texts import clip
+    from taskmeter.timefmt import format_seconds as seconds
+
+    timed = [model for model in models if model["latency"]["timed_calls"]]
+    if not timed:
+        return
+    terminal.note("Latency p50 / p95: first token; whole answer")
+    width = min(LATENCY_MODEL_WIDTH, max(len(model["model"]) for model in timed))
+    for model in timed:
+        latency, calls = model["latency"], model["latency"]["timed_calls"]
+        terminal.note(
+            f"  {clip(model['model'], width):<{width}}  {seconds(latency['first_token_p50_seconds'])} / "
+            f"{seconds(latency['first_token_p95_seconds'])}; {seconds(latency['total_p50_seconds'])} / "
+            f"{seconds(latency['total_p95_seconds'])}  ({calls:,} call{'s' if calls != 1 else ''})"
+        )
+
+
+# A latency line keeps this much of a model's name: it fits 80 columns.
+LATENCY_MODEL_WIDTH = 30
 
 
 _usage_command("hourly", "Hour", "Tokens, cost, calls, failed calls and flags per hour, with a line per model.")
 _usage_command("daily", "Day", "Tokens, cost, calls, failed calls and flags per day, with a line per model.")
 _usage_command("weekly", "Week of", "The daily report per week (weeks start on Monday).")
 _usage_command("monthly", "Month", "The daily report per month.")
-_usage_command("models", "Model", "Tokens, cost, calls, failed calls and flags per model.")
+_usage_command("models", "Model", "Tokens, cost, calls, failed calls and flags per model, dearest first, with latency.")
 
 
 def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict] | None = None) -> None:
