@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
-from taskmeter.analytics.records import OverviewReport, PhaseReport, TargetCheck, TaskReport, UsageReport, UsageStats
+from taskmeter.analytics.records import (
+    BlocksReport,
+    OverviewReport,
+    PhaseReport,
+    SessionsReport,
+    TargetCheck,
+    TaskReport,
+    UsageReport,
+    UsageStats,
+)
 from taskmeter.money import usd
 from taskmeter.store.tasks import TASK_FIELDS
 from taskmeter.timefmt import display, format_duration
@@ -483,3 +492,95 @@ def usage_markdown(report: UsageReport, label: str) -> str:
     unpriced = report["totals"]["unpriced_interactions"]
     note = f"\n{unpriced} of these calls have no known price: they are not in the cost.\n" if unpriced else ""
     return "\n".join(table) + "\n" + note
+
+
+def session_lines(report: SessionsReport) -> list[dict]:
+    """A line per agent session, for CSV and Markdown; then the totals (session `total`)."""
+    lines = []
+    for session in report["sessions"]:
+        lines.append(
+            {
+                "session_id": session["session_id"],
+                "agent": session["agent"],
+                "client": session["client"],
+                "task_ids": " ".join(task or "unassigned" for task in session["task_ids"]),
+                "first_call_at": session["first_call_at"],
+                "last_call_at": session["last_call_at"],
+                "duration_seconds": session["duration_seconds"],
+                **_usage_figures(session),
+                "models": " ".join(session["models"]),
+            }
+        )
+    lines.append({"session_id": "total", **_usage_figures(report["totals"])})
+    return lines
+
+
+def block_lines(report: BlocksReport) -> list[dict]:
+    """A line per block (and gap), for CSV and Markdown."""
+    lines = []
+    for block in report["blocks"]:
+        burn, projected = block["burn_rate"], block["projected"]
+        lines.append(
+            {
+                "start": block["start"],
+                "end": block["end"],
+                "state": "gap" if block["gap"] else "active" if block["active"] else "done",
+                "time_left_seconds": None if block["time_left_seconds"] is None else round(block["time_left_seconds"]),
+                "ai_interactions": block["ai_interactions"],
+                "failed_calls": block["failed_calls"],
+                "total_tokens": block["tokens"]["total"],
+                "cost_usd": None if block["cost_usd"] is None else round(block["cost_usd"], 6),
+                "tokens_per_minute": None if burn is None else round(burn["tokens_per_minute"], 1),
+                "cost_per_hour_usd": None if burn is None else round(burn["cost_per_hour_usd"], 6),
+                "projected_tokens": None if projected is None else projected["tokens"],
+                "projected_cost_usd": None if projected is None else round(projected["cost_usd"], 6),
+                "models": " ".join(block["models"]),
+            }
+        )
+    return lines
+
+
+_HEADINGS = {
+    "period": "Period",
+    "model": "Model",
+    "session_id": "Session",
+    "agent": "Agent",
+    "client": "Client",
+    "task_ids": "Tasks",
+    "first_call_at": "First call",
+    "last_call_at": "Last call",
+    "duration_seconds": "Span",
+    "models": "Models",
+    "start": "Start",
+    "end": "End",
+    "state": "State",
+    "time_left_seconds": "Time left",
+    "tokens_per_minute": "Tokens/min",
+    "cost_per_hour_usd": "Cost/hour",
+    "projected_tokens": "Projected tokens",
+    "projected_cost_usd": "Projected cost",
+    **{key: heading for heading, key in USAGE_FIGURES + LATENCY_FIGURES},
+}
+
+
+def lines_markdown(lines: list[dict], title: str, utc: bool = False) -> str:
+    """Report lines (session_lines, block_lines) as a Markdown table under a heading."""
+    keys = list(dict.fromkeys(key for line in lines for key in line))
+    table = [f"## {title}", "", "| " + " | ".join(_HEADINGS.get(key, key) for key in keys) + " |", "|" + "---|" * len(keys)]
+    for line in lines:
+        table.append("| " + " | ".join(_cell(key, line.get(key), utc) for key in keys) + " |")
+    return "\n".join(table) + "\n"
+
+
+def _cell(key: str, value, utc: bool) -> str:
+    if value is None:
+        return "—"
+    if key.endswith("_at") or key in ("start", "end"):
+        return display(value, utc)
+    if key in ("duration_seconds", "time_left_seconds"):
+        return format_duration(value) or "0s"
+    if key.endswith("_usd"):
+        return usd(value)
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value).replace("|", "\\|")
