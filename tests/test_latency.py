@@ -89,7 +89,7 @@ def test_time_to_first_token_and_total_time_in_log_show_and_report_models(proxy,
     one = streamed[-1]
     shown = meter(proxy, "show", one["id"]).stdout
     first, total = logged[one["id"]]["first_token_seconds"], logged[one["id"]]["total_seconds"]
-    assert f"Latency:       first token after {first:.2f}s, done after {total:.2f}s" in shown
+    assert f"Latency:      first token after {first:.2f}s, done after {total:.2f}s" in shown
 
     report = json.loads(meter(proxy, "report", "models", "--json").stdout)
     latency = {model["model"]: model["latency"] for model in report["models"]}

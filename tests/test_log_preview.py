@@ -201,8 +201,8 @@ def test_show_says_why_the_call_has_its_task_and_which_program_made_it(proxy, ca
     assert chat["attribution"] == "path" and chat["attribution_reason"].startswith("named by the request: a /t/P3-002/ path")
     assert chat["client_name"] == f"openai-python {openai.__version__}"
     text = meter(proxy, "show", by_model["gpt-4o-mini"]["id"]).stdout
-    assert f"Client:        openai-python {openai.__version__} (OpenAI/Python {openai.__version__})" in text
-    assert "Why this task: named by the request: a /t/P3-002/ path" in text
+    assert f"Client:       openai-python {openai.__version__} (OpenAI/Python {openai.__version__})" in text
+    assert "Attributed:   named by the request: a /t/P3-002/ path" in text
 
 
 def test_show_tells_a_bound_session_from_the_current_task(proxy, upstream):
@@ -222,3 +222,36 @@ def test_show_tells_a_bound_session_from_the_current_task(proxy, upstream):
     shown = meter_json(proxy, "show", row["id"])
     assert (shown["task_id"], shown["attribution"]) == ("P3-009", "session")
     assert shown["attribution_reason"] == f"its agent session {SESSION} is bound to P3-009 (`meter claude install`)"
+
+
+def test_each_sdk_s_own_user_agent_names_its_client(tmp_path, monkeypatch):
+    """The User-Agent each official SDK installed here really sends, through the proxy,
+    read by the one table in taskmeter/clients.py."""
+    from google import genai
+
+    from tests.fixtures import ALL
+
+    fixture = {f.name: f for f in ALL}
+    with FakeUpstream() as upstream:
+        upstream.routes["/v1/chat/completions"] = _chat("ok")
+        upstream.routes["/v1/messages"] = _message("ok")
+        upstream.routes["/v1beta/models/gemini-2.5-flash:generateContent"] = Scenario(body=fixture["gemini/nonstream_basic"].body)
+        running = proxy_in_front_of(tmp_path, upstream.port, providers=("openai", "anthropic", "gemini"))
+        try:
+            _sdk_chat(running, "hi")
+            anthropic.Anthropic(base_url=f"{running.origin}/anthropic", api_key="sk-ant-test", max_retries=0).messages.create(
+                model="claude-sonnet-4-6", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+            )
+            monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"{running.origin}/gemini")
+            gemini = genai.Client(api_key="sk-test")  # kept: a client left to the collector closes its connection
+            gemini.models.generate_content(model="gemini-2.5-flash", contents="hi")
+            rows = running.rows(wait_for=3)
+            assert len(rows) == len(upstream.received) == 3  # every call stored once
+            named = {meter_json(running, "show", row["id"])["client_name"] for row in rows}
+        finally:
+            running.stop()
+    assert named == {
+        f"openai-python {openai.__version__}",
+        f"anthropic-python {anthropic.__version__}",
+        f"google-genai {genai.__version__}",
+    }

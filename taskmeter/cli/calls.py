@@ -384,7 +384,7 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
         [
             ("Call", record["interaction_id"]),
             ("Task", record["task_id"] or "unassigned"),
-            ("Why this task", record["attribution_reason"]),
+            ("Attributed", record["attribution_reason"]),
             ("When", terminal.moment(record["started_at"], utc, short=False)),
             ("Latency", timing if total is not None else "no answer recorded"),
             ("Model", f"{record['model'] or '?'} via {record['provider'] or '?'} ({record['endpoint'] or '?'})"),
