@@ -133,3 +133,50 @@ def test_m025_says_which_calls_it_cannot_tell_apart(tmp_path, monkeypatch):
         assert db.execute("SELECT attribution FROM interactions WHERE id = '000000000003'").fetchone()[0] == "session"
     finally:
         db.close()
+
+
+@pytest.mark.e2e
+def test_calls_of_the_same_minute_through_a_real_proxy(tmp_path):
+    """Calls made a moment apart share their first characters; their random end names each."""
+    import json
+    import subprocess
+
+    import openai
+
+    from tests.fake_upstream import FakeUpstream, Scenario
+    from tests.fixtures import ALL
+    from tests.proxy_harness import VENV_BIN, proxy_in_front_of
+
+    chat = {f.name: f for f in ALL}["openai/chat_nonstream_cached_tokens"]
+    with FakeUpstream() as upstream:
+        upstream.routes["/v1/chat/completions"] = Scenario(body=chat.body)
+        running = proxy_in_front_of(tmp_path, upstream.port)
+        try:
+            client = openai.OpenAI(base_url=f"{running.origin}/openai/v1", api_key="sk-test", max_retries=0)
+            for n in range(3):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{n}"}])
+            rows = running.rows(wait_for=3)
+            assert len(rows) == len(upstream.received) == 3  # every call stored once
+
+            def meter(*args: str) -> subprocess.CompletedProcess:
+                command = [str(VENV_BIN / "meter"), *args, "--db", str(running.db_path)]
+                return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+            for row in rows:
+                shown = meter("show", row["id"][-6:], "--json")
+                assert shown.returncode == 0 and json.loads(shown.stdout)["interaction_id"] == row["id"]
+            # The 6th character changes every 10.24 s: the middle call shares it with one neighbour at least.
+            shared = rows[1]["id"][:6]
+            holding = [row["id"] for row in rows if shared in row["id"]]
+            assert len(holding) >= 2
+            refused = meter("flag", shared)
+            assert refused.returncode == 1 and f"is ambiguous: part of {len(holding)} interaction IDs" in refused.stderr
+            assert [line.split()[0] for line in refused.stderr.splitlines()[1:]] == holding
+            assert all(" gpt-4o-mini" in line for line in refused.stderr.splitlines()[1:])
+            db = connection.connect(running.db_path)  # the running proxy writes its health: only the flags are compared
+            try:
+                assert db.execute("SELECT count(*) FROM flags").fetchone()[0] == 0
+            finally:
+                db.close()
+        finally:
+            running.stop()

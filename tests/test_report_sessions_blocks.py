@@ -143,6 +143,16 @@ def test_a_line_per_agent_session_with_its_tasks_calls_tokens_and_cost(proxy, up
     markdown = meter(proxy, "report", "sessions", "--format", "markdown").stdout
     assert markdown.startswith("## Agent sessions\n\n| Session | Agent |") and f"| {CODEX_SESSION} | Codex |" in markdown
 
+    # Made just now, within minutes: one block, active, from the first call's UTC hour.
+    [block] = meter_json(proxy, "report", "blocks")["blocks"]
+    assert block["active"] and block["start"][:13] == rows[0]["started_at"][:13] and block["start"][13:] == ":00:00.000000Z"
+    assert block["ai_interactions"] == 4 and block["first_call_at"] == rows[0]["started_at"]
+    assert block["tokens"]["total"] == sum(row["input_total"] + row["output_total"] for row in rows)
+    assert block["cost_usd"] == pytest.approx(sum(row["cost_usd"] for row in rows))
+    assert 4 * 3600 < block["time_left_seconds"] <= 5 * 3600 and block["projected"]["cost_usd"] >= block["cost_usd"]
+    [anthropic_block] = meter_json(proxy, "report", "blocks", "--provider", "anthropic")["blocks"]
+    assert anthropic_block["ai_interactions"] == 2
+
 
 # ---------------------------------------------------------------- blocks, at known moments
 
