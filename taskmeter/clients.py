@@ -6,9 +6,9 @@ import re
 
 # (what the User-Agent holds, with the version as its group; the name a person knows).
 _CLIENTS = [
-    (r"claude-cli/(\S+)", "Claude Code"),  # claude-cli/2.1.197 (external, cli)
-    (r"codex_(?:cli_rs|exec|vscode)/(\S+)", "Codex"),  # codex_cli_rs/0.169.0 (Debian 12; x86_64) xterm-256color
-    (r"GeminiCLI/(\S+)", "Gemini CLI"),  # GeminiCLI/0.61.0 (linux; x64)
+    (r"claude-cli/(\S+)", "Claude Code"),  # claude-cli/2.1.197 (external, sdk-cli)
+    (r"codex_(?:cli_rs|exec|vscode)/(\S+)", "Codex"),  # codex_exec/0.171.0 (Debian 12.0.0; x86_64) xterm (codex_exec; 0.171.0)
+    (r"GeminiCLI(?:-[\w-]+)?/([^/\s]+)", "Gemini CLI"),  # GeminiCLI-tui/0.61.0/gemini-2.5-flash (linux; x64; terminal)
     (r"OpenAI/Python (\S+)", "openai-python"),
     (r"OpenAI/JS (\S+)", "openai-node"),
     (r"Anthropic/Python (\S+)", "anthropic-python"),

@@ -46,7 +46,7 @@ def upstream():
 
 @pytest.fixture
 def proxy(tmp_path, upstream):
-    running = proxy_in_front_of(tmp_path, upstream.port)
+    running = proxy_in_front_of(tmp_path, upstream.port, providers=("openai", "anthropic", "gemini"))
     yield running
     running.stop()
 
@@ -266,3 +266,56 @@ def test_the_new_reports_load_nothing_heavy(tmp_path, db_path):
         )
         assert "Traceback" not in done.stderr and "meter: error" not in done.stderr, (arguments, done.stderr)
         assert ast.literal_eval(done.stderr.strip().splitlines()[-1]) == [], arguments
+
+
+@pytest.mark.e2e
+def test_the_real_agent_clis_user_agents_and_sessions(tmp_path, proxy, upstream):
+    """Claude Code, Codex and Gemini CLI as `make test` installs them (scripts/ensure-agent-clis),
+    under `meter run`: each call's client read from the User-Agent the CLI really sends, and
+    the agents that name their sessions (Claude Code, Codex) each a line of `report sessions`."""
+    from tests.test_agents import CLAUDE_STREAM, _home, _installed, _meter_run, _responses_stream
+
+    for command in ("claude", "codex", "gemini"):
+        _installed(command)
+    versions = {
+        name: subprocess.run([name, "--version"], capture_output=True, text=True, timeout=60).stdout.split()
+        for name in ("claude", "codex", "gemini")
+    }
+    upstream.routes["/v1/messages"] = Scenario(body=CLAUDE_STREAM.body, content_type=CLAUDE_STREAM.content_type)
+    usage = {"input_tokens": 100, "output_tokens": 5, "total_tokens": 105}
+    upstream.routes["/v1/responses"] = Scenario(
+        body=_responses_stream("resp_codex_ua", "hi", usage), content_type="text/event-stream"
+    )
+    chunk = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 2, "totalTokenCount": 12},
+        "modelVersion": "gemini-2.5-flash",
+    }
+    upstream.routes["/v1beta/models/gemini-2.5-flash:streamGenerateContent"] = Scenario(
+        body=b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n", content_type="text/event-stream"
+    )
+    home = _home(tmp_path)
+    settings = home / ".gemini" / "settings.json"  # an API-key user's, as test_agents.py writes it
+    settings.parent.mkdir()
+    settings.write_text('{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n')
+    runs = [
+        (["claude", "-p", "say hi"], {"ANTHROPIC_API_KEY": "sk-ant-test"}),
+        (["codex", "exec", "--skip-git-repo-check", "say hi"], {"OPENAI_API_KEY": "sk-test"}),
+        (["gemini", "--skip-trust", "-m", "gemini-2.5-flash", "-p", "say hi"], {"GEMINI_API_KEY": "test-key"}),
+    ]
+    for command, keys in runs:
+        done = _meter_run(proxy, home, "P6-010", command, **keys)
+        assert done.returncode == 0, done.stderr
+    rows = proxy.rows(wait_for=len(upstream.received))
+    assert len(rows) == len(upstream.received) >= 3  # every call stored once
+    named = {meter_json(proxy, "show", row["id"])["client_name"] for row in rows}
+    claude_version = next(word for word in versions["claude"] if word[0].isdigit())
+    codex_version = next(word for word in versions["codex"] if word[0].isdigit())
+    gemini_version = next(word for word in versions["gemini"] if word[0].isdigit())
+    assert named == {f"Claude Code {claude_version}", f"Codex {codex_version}", f"Gemini CLI {gemini_version}"}
+    sessions = meter_json(proxy, "report", "sessions")["sessions"]
+    assert sorted((session["agent"], session["client"]) for session in sessions) == [
+        ("Claude Code", f"Claude Code {claude_version}"),
+        ("Codex", f"Codex {codex_version}"),
+    ]
+    assert all(session["task_ids"] == ["P6-010"] for session in sessions)
