@@ -208,32 +208,32 @@ def resolve_id(db: sqlite3.Connection, reference: str) -> str:
         raise MeterError(f"not an interaction ID: {reference.strip()!r}: {problem}")
     if len(part) >= ids.BODY_LENGTH and db.execute("SELECT 1 FROM interactions WHERE id = ?", (part,)).fetchone():
         return part
-    matches = db.execute(
-        "SELECT id, task_id, model, started_at FROM interactions WHERE instr(id, ?) > 0 ORDER BY started_at, id LIMIT ?",
-        (part, CANDIDATES_LISTED + 1),
-    ).fetchall()
+    # Only the IDs are read (the primary key's index covers them): a part can be anywhere in one.
+    matches = [row[0] for row in db.execute("SELECT id FROM interactions WHERE instr(id, ?) > 0", (part,))]
     if not matches:
         raise NotFound(f"unknown interaction {reference.strip()!r}: see `meter log` for IDs")
     if len(matches) > 1:
-        total = db.execute("SELECT count(*) FROM interactions WHERE instr(id, ?) > 0", (part,)).fetchone()[0]
-        lines = [
-            f"{row['id']}  {row['task_id'] or 'unassigned'}  {row['model'] or '?'}  {row['started_at']}"
-            for row in matches[:CANDIDATES_LISTED]
-        ]
-        if total > CANDIDATES_LISTED:
-            lines.append(f"and {total - CANDIDATES_LISTED} more")
+        first = sorted(matches)[:CANDIDATES_LISTED]  # IDs sort by the time they were made
+        listed = db.execute(
+            f"SELECT id, task_id, model, started_at FROM interactions WHERE id IN ({', '.join('?' for _ in first)})"
+            " ORDER BY started_at, id",
+            first,
+        )
+        lines = [f"{row['id']}  {row['task_id'] or 'unassigned'}  {row['model'] or '?'}  {row['started_at']}" for row in listed]
+        if len(matches) > CANDIDATES_LISTED:
+            lines.append(f"and {len(matches) - CANDIDATES_LISTED} more")
         raise Ambiguous(
-            f"{reference.strip()!r} is ambiguous: part of {total} interaction IDs; type more of it, or another part of one",
+            f"{reference.strip()!r} is ambiguous: part of {len(matches)} interaction IDs; type more of it, or another part of one",
             lines,
         )
-    return matches[0]["id"]
+    return matches[0]
 
 
 def resolve_session(db: sqlite3.Connection, reference: str) -> str:
     """A session's ID as stored, from the whole ID (as a loop alert names it) or a
     unique beginning of ids.MIN_PREFIX characters or more (as reports shorten it)."""
     text = reference.strip()
-    if db.execute("SELECT 1 FROM interactions WHERE session_id = ? OR client_session = ? LIMIT 1", (text, text)).fetchone():
+    if db.execute("SELECT 1 FROM interactions WHERE session_id = ? LIMIT 1", (text,)).fetchone():
         return text
     if len(text) < ids.MIN_PREFIX:
         raise NotFound(f"unknown session {text!r}: give its whole ID, or at least {ids.MIN_PREFIX} characters of it")
@@ -247,7 +247,7 @@ def resolve_session(db: sqlite3.Connection, reference: str) -> str:
     if not found:
         raise NotFound(f"unknown session {text!r}: `meter report sessions` lists them")
     if len(found) > 1:
-        raise Ambiguous(f"{text!r} begins {len(found)} session IDs: type more of it", found[:CANDIDATES_LISTED])
+        raise Ambiguous(f"{text!r} begins several session IDs: type more of it", found[:CANDIDATES_LISTED])
     return found[0]
 
 
@@ -415,7 +415,7 @@ class CallFilter:
     flagged: bool = False
     failed: bool = False
     search: str | None = None  # in the stored text, the model or the error
-    session: str | None = None  # the session's ID as stored (session_id, or the client's own)
+    session: str | None = None  # the session's ID as stored
 
     def where(self) -> tuple[str, list]:
         """SQL over `interactions i`, `flags f` and `call_texts t`, and its parameters."""
@@ -439,8 +439,8 @@ class CallFilter:
         if self.failed:
             clauses.append(FAILED_CALL_SQL.format(r="i"))
         if self.session is not None:
-            clauses.append("(i.session_id = ? OR i.client_session = ?)")
-            params += [self.session, self.session]
+            clauses.append("i.session_id = ?")  # an agent's own session ID is its session_id (store/sessions.py)
+            params.append(self.session)
         if self.search:
             pattern = "%" + _like_escape(self.search) + "%"
             clauses.append(
