@@ -131,3 +131,25 @@ def test_the_overview_keeps_its_trend_at_80_columns(stored, db_path):
     assert lines[-1].startswith("unassigned")
     p2 = lines[2].split()
     assert p2[0] == "P2" and p2[header.index("Trend")] == f"{550 / 94_300 - 1:+.1%}"
+
+
+def test_latency_is_taken_over_each_model_s_newest_calls(stored, meter, monkeypatch):
+    """Read through the (model, started_at) index, however long the history: the newest
+    LATENCY_SAMPLE answered calls of each model in the window."""
+    from taskmeter.analytics import periods
+
+    monkeypatch.setattr(periods, "LATENCY_SAMPLE", 1)
+    with write_transaction(stored):
+        # The older call of claude-opus-4-1 answered slowly: out of the sample of one.
+        stored.execute("UPDATE interactions SET ended_at = '2026-11-20T12:00:09.000000Z' WHERE id = '0000000f0002'")
+    latency = {model["model"]: model["latency"] for model in json.loads(meter("report", "models", "--json").out)["models"]}
+    assert latency["claude-opus-4-1"] == {
+        "timed_calls": 1,
+        "first_token_p50_seconds": 0.4,
+        "first_token_p95_seconds": 0.4,
+        "total_p50_seconds": 2.0,
+        "total_p95_seconds": 2.0,
+    }
+    monkeypatch.setattr(periods, "LATENCY_SAMPLE", 1000)
+    both = json.loads(meter("report", "models", "--json").out)["models"][0]["latency"]
+    assert (both["timed_calls"], both["total_p50_seconds"], both["total_p95_seconds"]) == (2, 2.0, 9.0)

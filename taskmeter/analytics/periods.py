@@ -116,8 +116,8 @@ def usage_report(
         "totals": _stats(_sum(every)) if every else _stats(_sum([])),
     }
     if period == "models":
-        latencies = model_latencies(db, since, until, task_id)
-        report["models"] = [{**_model_usage(row), "latency": latencies.get(row["model"], _NO_LATENCY)} for row in every]
+        latencies = model_latencies(db, [row["model"] for row in every], since, until, task_id)
+        report["models"] = [{**_model_usage(row), "latency": latencies[row["model"]]} for row in every]
     else:
         report["periods"] = [_period_usage(key, group, period == "hourly", utc) for key, group in by_period.items()]
     return report
@@ -134,67 +134,56 @@ def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> Perio
     return {"period": key, **stats, "models": models}
 
 
-_NO_LATENCY: ModelLatency = {
-    "timed_calls": 0,
-    "first_token_p50_seconds": None,
-    "first_token_p95_seconds": None,
-    "total_p50_seconds": None,
-    "total_p95_seconds": None,
-}
+# Latency is taken over the newest calls of each model in the window: what it is now,
+# read through the (model, started_at) index however long the history.
+LATENCY_SAMPLE = 1000
 
 
-def _rank(percent: int, count: str) -> str:
-    """The nearest-rank percentile's rank among `count` values: ceil(percent/100 × count)."""
-    return f"({percent} * {count} + 99) / 100"
+def _nearest_rank(ordered: list[float], percent: int) -> float | None:
+    """The nearest-rank percentile of sorted values: the ceil(percent/100 × n)-th."""
+    return ordered[-(-percent * len(ordered) // 100) - 1] if ordered else None
 
 
 def model_latencies(
-    db: sqlite3.Connection, since: str | None = None, until: str | None = None, task_id: str | None = None
+    db: sqlite3.Connection,
+    models: list[str],
+    since: str | None = None,
+    until: str | None = None,
+    task_id: str | None = None,
 ) -> dict[str, ModelLatency]:
-    """Per model, the p50 and p95 (nearest rank) of its answered calls' seconds to the
-    first byte of the answer (a stream's first token) and to the end. Calls imported
-    from agents' logs were never timed by the meter and count in neither."""
+    """Per model (`?`: calls that named none), over its newest LATENCY_SAMPLE answered
+    calls in the window, the p50 and p95 (nearest rank) of the seconds to the first
+    byte of the answer (a stream's first token) and to the end. Calls imported from
+    agents' logs were never timed by the meter and count in neither."""
     clauses, params = [], []
     for clause, value in (("i.started_at >= ?", since), ("i.started_at < ?", until), ("i.task_id = ?", task_id)):
         if value:
             clauses.append(clause)
             params.append(value)
-    rows = db.execute(
-        f"""
-        WITH timed AS (
-            SELECT coalesce(i.model, '?') AS model,
-                {seconds_sql("i.first_byte_at")} - {seconds_sql("i.started_at")} AS first_token,
+    latencies: dict[str, ModelLatency] = {}
+    for model in models:
+        rows = db.execute(
+            f"""
+            SELECT {seconds_sql("i.first_byte_at")} - {seconds_sql("i.started_at")} AS first_token,
                 {seconds_sql("i.ended_at")} - {seconds_sql("i.started_at")} AS total
             FROM interactions i
-            WHERE i.operation = 'generate' AND NOT {_FAILED} AND i.ended_at IS NOT NULL
-                AND i.usage_source IS NOT 'agent-log' AND {" AND ".join(clauses) or "1"}
-        ), ranked AS (
-            SELECT model, first_token, total,
-                row_number() OVER (PARTITION BY model ORDER BY first_token NULLS LAST) AS first_rank,
-                row_number() OVER (PARTITION BY model ORDER BY total) AS total_rank,
-                count(first_token) OVER (PARTITION BY model) AS first_calls,
-                count(*) OVER (PARTITION BY model) AS calls
-            FROM timed
-        )
-        SELECT model, calls,
-            max(CASE WHEN first_rank = {_rank(50, "first_calls")} THEN first_token END) AS first_p50,
-            max(CASE WHEN first_rank = {_rank(95, "first_calls")} THEN first_token END) AS first_p95,
-            max(CASE WHEN total_rank = {_rank(50, "calls")} THEN total END) AS total_p50,
-            max(CASE WHEN total_rank = {_rank(95, "calls")} THEN total END) AS total_p95
-        FROM ranked GROUP BY model
-        """,
-        params,
-    ).fetchall()
-    return {
-        row["model"]: {
-            "timed_calls": row["calls"],
-            "first_token_p50_seconds": _microseconds(row["first_p50"]),
-            "first_token_p95_seconds": _microseconds(row["first_p95"]),
-            "total_p50_seconds": _microseconds(row["total_p50"]),
-            "total_p95_seconds": _microseconds(row["total_p95"]),
+            WHERE {"i.model IS NULL" if model == "?" else "i.model = ?"} AND i.operation = 'generate'
+                AND NOT {_FAILED} AND i.ended_at IS NOT NULL AND i.usage_source IS NOT 'agent-log'
+                AND {" AND ".join(clauses) or "1"}
+            ORDER BY i.started_at DESC LIMIT ?
+            """,
+            [*([] if model == "?" else [model]), *params, LATENCY_SAMPLE],
+        ).fetchall()
+        firsts = sorted(row["first_token"] for row in rows if row["first_token"] is not None)
+        totals = sorted(row["total"] for row in rows)
+        latencies[model] = {
+            "timed_calls": len(rows),
+            "first_token_p50_seconds": _microseconds(_nearest_rank(firsts, 50)),
+            "first_token_p95_seconds": _microseconds(_nearest_rank(firsts, 95)),
+            "total_p50_seconds": _microseconds(_nearest_rank(totals, 50)),
+            "total_p95_seconds": _microseconds(_nearest_rank(totals, 95)),
         }
-        for row in rows
-    }
+    return latencies
 
 
 def _microseconds(seconds: float | None) -> float | None:

@@ -283,10 +283,10 @@ class UsageStats(TypedDict):
 
 class ModelLatency(TypedDict):
     """Seconds from a call's start to the first byte of its answer (a stream's first
-    token) and to its end, over the model's answered calls the meter timed: the
-    nearest-rank p50 and p95 (analytics/periods.py model_latencies)."""
+    token) and to its end, over the model's newest answered calls the meter timed:
+    the nearest-rank p50 and p95 (analytics/periods.py model_latencies)."""
 
-    timed_calls: int
+    timed_calls: int  # at most periods.LATENCY_SAMPLE
     first_token_p50_seconds: float | None
     first_token_p95_seconds: float | None
     total_p50_seconds: float | None
