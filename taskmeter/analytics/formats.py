@@ -465,8 +465,10 @@ def usage_lines(report: UsageReport) -> list[dict]:
         lines.append({"model": "total", **_usage_figures(report["totals"])})
         return lines
     for period in report.get("periods", []):
-        lines.append({"period": period["period"], "model": "all", **_usage_figures(period)})
-        lines += [{"period": period["period"], "model": model["model"], **_usage_figures(model)} for model in period["models"]]
+        # An hour's UTC start beside its label: a spreadsheet sorts and joins by it.
+        when = {"period": period["period"], **({"start": period["start"]} if "start" in period else {})}
+        lines.append({**when, "model": "all", **_usage_figures(period)})
+        lines += [{**when, "model": model["model"], **_usage_figures(model)} for model in period["models"]]
     lines.append({"period": "total", "model": "all", **_usage_figures(report["totals"])})
     return lines
 
@@ -484,8 +486,13 @@ def _figure(key: str, value) -> str:
 def usage_markdown(report: UsageReport, label: str) -> str:
     """A usage report as a Markdown table, a line per usage_lines line."""
     lines = usage_lines(report)
-    keys = [key for key in lines[0] if key != "unpriced_interactions"] if lines else []
-    headings = {"period": label, "model": "Model", **{key: heading for heading, key in USAGE_FIGURES + LATENCY_FIGURES}}
+    keys = [key for key in lines[0] if key not in ("start", "unpriced_interactions")] if lines else []  # the label reads
+    headings = {
+        "period": label,
+        "start": "Start (UTC)",
+        "model": "Model",
+        **{key: heading for heading, key in USAGE_FIGURES + LATENCY_FIGURES},
+    }
     table = ["| " + " | ".join(headings[key] for key in keys) + " |", "|" + "---|" * len(keys)]
     for line in lines:
         table.append("| " + " | ".join(_figure(key, line.get(key)) for key in keys) + " |")

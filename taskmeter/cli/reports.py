@@ -315,8 +315,8 @@ def report_blocks_cmd(ctx, since, until, provider, output_format, as_json, utc, 
     """The 5-hour usage windows subscription plans count in, as ccusage finds them.
 
     Each block's calls, tokens and cost; the active one's time left, burn rate and
-    projection. A block starts at its first call's hour; a call 5 hours after its
-    start or after the call before starts the next.
+    projection. A block starts at its first call's UTC hour; a call more than 5 hours
+    after its start, or after the call before it, starts the next.
     """
     from taskmeter.analytics import formats
     from taskmeter.analytics.windows import block_report
