@@ -14,4 +14,8 @@ class NotFound(MeterError):
 
 
 class Ambiguous(MeterError):
-    pass
+    """A reference that names more than one thing; `candidates` are lines that tell them apart."""
+
+    def __init__(self, message: str, candidates: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = candidates or []

@@ -152,6 +152,13 @@ def format_duration(seconds: float | None) -> str | None:
     return sign + text
 
 
+def format_seconds(value: float | None) -> str:
+    """A latency as listings show it: 0.42s, 12.3s, 95s; `—` when not measured."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}s" if value < 10 else f"{value:.1f}s" if value < 60 else f"{value:.0f}s"
+
+
 def seconds_between(start: str, end: str) -> float:
     return (from_stored(end) - from_stored(start)) / timedelta(seconds=1)
 

@@ -74,7 +74,7 @@ def test_a_session_is_bound_to_its_branch_s_task_and_its_calls_follow(repo, db_p
             db, [CallRow(_claude_call(1, "cc-7", "main", 1000)), CallRow(_claude_call(2, "other", "main", 5))]
         )
     rows = {row["id"]: row for row in db.execute("SELECT id, task_id, attribution FROM interactions")}
-    assert (rows["0000000cc001"]["task_id"], rows["0000000cc001"]["attribution"]) == ("P5-002", "header")
+    assert (rows["0000000cc001"]["task_id"], rows["0000000cc001"]["attribution"]) == ("P5-002", "session")
     assert rows["0000000cc002"]["task_id"] == "P5-009"
     assert tasks.current_task(db).task_id == "P5-009"
     db.close()

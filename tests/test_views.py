@@ -151,7 +151,7 @@ def test_piped_values_are_whole_and_plain(history):
 
 
 def test_narrow_terminals_drop_columns_but_keep_ids(history):
-    code, wide = in_terminal(history, "log", columns=160)
+    code, wide = in_terminal(history, "log", "--no-preview", columns=160)  # a preview takes the place of the detail
     assert code == 0 and "Cache W" in wide.splitlines()[0]
     code, narrow = in_terminal(history, "log", columns=60)
     header = narrow.splitlines()[0]
@@ -248,7 +248,10 @@ def test_daily_report_over_a_known_history(history):
         "total": 1650,
     }
     assert first["cost_usd"] == pytest.approx(0.03)
-    assert [m["model"] for m in first["models"]] == ["gpt-4o-2024-08-06", "claude-sonnet-4-5-20250929"]  # most tokens first
+    assert [(m["model"], m["cost_usd"]) for m in first["models"]] == [  # dearest first
+        ("claude-sonnet-4-5-20250929", pytest.approx(0.02)),
+        ("gpt-4o-2024-08-06", pytest.approx(0.01)),
+    ]
     assert (days["2026-11-21"]["ai_interactions"], days["2026-11-21"]["failed_calls"]) == (1, 1)
     assert days["2026-11-23"]["unpriced_interactions"] == 1 and days["2026-11-23"]["cost_usd"] is None
     assert report["totals"]["ai_interactions"] == 4 and report["totals"]["failed_calls"] == 1
@@ -282,9 +285,9 @@ def test_hourly_usage_and_one_task_s_usage(history):
     ]
     one_task = json.loads(piped(history, "report", "models", "--task", "p1-010", "--json").stdout)
     assert one_task["task_id"] == "P1-010"
-    assert [(m["model"], m["tokens"]["total"]) for m in one_task["models"]] == [
-        ("gpt-4o-2024-08-06", 1100),
+    assert [(m["model"], m["tokens"]["total"]) for m in one_task["models"]] == [  # dearest first: $0.02, then $0.01
         ("claude-sonnet-4-5-20250929", 550),
+        ("gpt-4o-2024-08-06", 1100),
     ]
     unknown = piped(history, "report", "daily", "--task", "P7-000")
     assert unknown.returncode == 1 and "unknown task 'P7-000'" in unknown.stderr

@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
-from taskmeter.analytics.records import OverviewReport, PhaseReport, TargetCheck, TaskReport
+from taskmeter.analytics.records import (
+    BlocksReport,
+    OverviewReport,
+    PhaseReport,
+    SessionsReport,
+    TargetCheck,
+    TaskReport,
+    UsageReport,
+    UsageStats,
+)
 from taskmeter.money import usd
 from taskmeter.store.tasks import TASK_FIELDS
 from taskmeter.timefmt import display, format_duration
@@ -406,3 +415,179 @@ def overview_rows(report: OverviewReport) -> list[list[str]]:
         ]
     )
     return rows
+
+
+# A usage line's figures: (heading, key) in the order every format shows them.
+USAGE_FIGURES = [
+    ("Calls", "ai_interactions"),
+    ("Failed", "failed_calls"),
+    ("Input", "input_total"),
+    ("Cache read", "cache_read"),
+    ("Cache write", "cache_write"),
+    ("Output", "output_total"),
+    ("Reasoning", "reasoning"),
+    ("Total tokens", "total_tokens"),
+    ("Cost", "cost_usd"),
+    ("Unpriced", "unpriced_interactions"),
+    ("Flags", "hallucination_count"),
+]
+LATENCY_FIGURES = [
+    ("First token p50", "first_token_p50_seconds"),
+    ("First token p95", "first_token_p95_seconds"),
+    ("Total p50", "total_p50_seconds"),
+    ("Total p95", "total_p95_seconds"),
+]
+
+
+def _usage_figures(stats: UsageStats) -> dict:
+    tokens = stats["tokens"]
+    return {
+        "ai_interactions": stats["ai_interactions"],
+        "failed_calls": stats["failed_calls"],
+        **{key: tokens[key] for key in ("input_total", "cache_read", "cache_write", "output_total", "reasoning")},
+        "total_tokens": tokens["total"],
+        "cost_usd": None if stats["cost_usd"] is None else round(stats["cost_usd"], 6),  # no float noise in a sum
+        "unpriced_interactions": stats["unpriced_interactions"],
+        "hallucination_count": stats["hallucination_count"],
+    }
+
+
+def usage_lines(report: UsageReport) -> list[dict]:
+    """Every line of a usage report whole, as CSV and Markdown give it: per period its
+    line (model `all`) then its models' lines, or a line per model with its latency;
+    then the totals (period `total`)."""
+    lines: list[dict] = []
+    if "models" in report:
+        for model in report["models"]:
+            latency = model.get("latency")
+            figures = {key: latency[key] if latency else None for _, key in LATENCY_FIGURES}  # type: ignore[literal-required]
+            lines.append({"model": model["model"], **_usage_figures(model), **figures})
+        lines.append({"model": "total", **_usage_figures(report["totals"])})
+        return lines
+    for period in report.get("periods", []):
+        # An hour's UTC start beside its label: a spreadsheet sorts and joins by it.
+        when = {"period": period["period"], **({"start": period["start"]} if "start" in period else {})}
+        lines.append({**when, "model": "all", **_usage_figures(period)})
+        lines += [{**when, "model": model["model"], **_usage_figures(model)} for model in period["models"]]
+    lines.append({"period": "total", "model": "all", **_usage_figures(report["totals"])})
+    return lines
+
+
+def _figure(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if key == "cost_usd":
+        return usd(value)
+    if key.endswith("_seconds"):
+        return f"{value:.2f} s"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def usage_markdown(report: UsageReport, label: str) -> str:
+    """A usage report as a Markdown table, a line per usage_lines line."""
+    lines = usage_lines(report)
+    keys = [key for key in lines[0] if key not in ("start", "unpriced_interactions")] if lines else []  # the label reads
+    headings = {
+        "period": label,
+        "start": "Start (UTC)",
+        "model": "Model",
+        **{key: heading for heading, key in USAGE_FIGURES + LATENCY_FIGURES},
+    }
+    table = ["| " + " | ".join(headings[key] for key in keys) + " |", "|" + "---|" * len(keys)]
+    for line in lines:
+        table.append("| " + " | ".join(_figure(key, line.get(key)) for key in keys) + " |")
+    unpriced = report["totals"]["unpriced_interactions"]
+    note = f"\n{unpriced} of these calls have no known price: they are not in the cost.\n" if unpriced else ""
+    return "\n".join(table) + "\n" + note
+
+
+def session_lines(report: SessionsReport) -> list[dict]:
+    """A line per agent session, for CSV and Markdown; then the totals (session `total`)."""
+    lines = []
+    for session in report["sessions"]:
+        lines.append(
+            {
+                "session_id": session["session_id"],
+                "agent": session["agent"],
+                "client": session["client"],
+                "task_ids": " ".join(task or "unassigned" for task in session["task_ids"]),
+                "first_call_at": session["first_call_at"],
+                "last_call_at": session["last_call_at"],
+                "duration_seconds": session["duration_seconds"],
+                **_usage_figures(session),
+                "models": " ".join(session["models"]),
+            }
+        )
+    lines.append({"session_id": "total", **_usage_figures(report["totals"])})
+    return lines
+
+
+def block_lines(report: BlocksReport) -> list[dict]:
+    """A line per block (and gap), for CSV and Markdown."""
+    lines = []
+    for block in report["blocks"]:
+        burn, projected = block["burn_rate"], block["projected"]
+        lines.append(
+            {
+                "start": block["start"],
+                "end": block["end"],
+                "state": "gap" if block["gap"] else "active" if block["active"] else "done",
+                "time_left_seconds": None if block["time_left_seconds"] is None else round(block["time_left_seconds"]),
+                "ai_interactions": block["ai_interactions"],
+                "failed_calls": block["failed_calls"],
+                "total_tokens": block["tokens"]["total"],
+                "cost_usd": None if block["cost_usd"] is None else round(block["cost_usd"], 6),
+                "tokens_per_minute": None if burn is None else round(burn["tokens_per_minute"], 1),
+                "cost_per_hour_usd": None if burn is None else round(burn["cost_per_hour_usd"], 6),
+                "projected_tokens": None if projected is None else projected["tokens"],
+                "projected_cost_usd": None if projected is None else round(projected["cost_usd"], 6),
+                "models": " ".join(block["models"]),
+            }
+        )
+    return lines
+
+
+_HEADINGS = {
+    "period": "Period",
+    "model": "Model",
+    "session_id": "Session",
+    "agent": "Agent",
+    "client": "Client",
+    "task_ids": "Tasks",
+    "first_call_at": "First call",
+    "last_call_at": "Last call",
+    "duration_seconds": "Span",
+    "models": "Models",
+    "start": "Start",
+    "end": "End",
+    "state": "State",
+    "time_left_seconds": "Time left",
+    "tokens_per_minute": "Tokens/min",
+    "cost_per_hour_usd": "Cost/hour",
+    "projected_tokens": "Projected tokens",
+    "projected_cost_usd": "Projected cost",
+    **{key: heading for heading, key in USAGE_FIGURES + LATENCY_FIGURES},
+}
+
+
+def lines_markdown(lines: list[dict], title: str, utc: bool = False) -> str:
+    """Report lines (session_lines, block_lines) as a Markdown table under a heading."""
+    keys = list(dict.fromkeys(key for line in lines for key in line))
+    table = [f"## {title}", "", "| " + " | ".join(_HEADINGS.get(key, key) for key in keys) + " |", "|" + "---|" * len(keys)]
+    for line in lines:
+        table.append("| " + " | ".join(_cell(key, line.get(key), utc) for key in keys) + " |")
+    return "\n".join(table) + "\n"
+
+
+def _cell(key: str, value, utc: bool) -> str:
+    if value is None:
+        return "—"
+    if key.endswith("_at") or key in ("start", "end"):
+        return display(value, utc)
+    if key in ("duration_seconds", "time_left_seconds"):
+        return format_duration(value) or "0s"
+    if key.endswith("_usd"):
+        return usd(value)
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value).replace("|", "\\|")

@@ -9,9 +9,11 @@ import sqlite3
 from taskmeter.analytics import history, metrics
 from taskmeter.analytics.reports import task_record
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
+from taskmeter.clients import client_name
 from taskmeter.store import tasks
-from taskmeter.timefmt import now_stored
-from taskmeter.tokens import tokens_object
+from taskmeter.store.texts import first_line
+from taskmeter.timefmt import now_stored, seconds_between
+from taskmeter.tokens import AGENT_LOG, tokens_object
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the report types are for the type checker: importing them costs every command
@@ -20,6 +22,14 @@ if TYPE_CHECKING:  # the report types are for the type checker: importing them c
 
 def _flag(value) -> bool | None:
     return None if value is None else bool(value)
+
+
+def latency(row: dict) -> tuple[float | None, float | None]:
+    """Seconds from the call's start to the first byte of its answer (for a stream, its
+    first token; otherwise the whole answer, which comes at once) and to its end."""
+    first = seconds_between(row["started_at"], row["first_byte_at"]) if row["first_byte_at"] else None
+    total = seconds_between(row["started_at"], row["ended_at"]) if row["ended_at"] else None
+    return first, total
 
 
 def call_record(row: dict) -> dict:
@@ -31,6 +41,8 @@ def call_record(row: dict) -> dict:
         "started_at": row["started_at"],
         "first_byte_at": row["first_byte_at"],
         "ended_at": row["ended_at"],
+        "first_token_seconds": latency(row)[0],
+        "total_seconds": latency(row)[1],
         "provider": row["provider"],
         "protocol": row["protocol"],
         "operation": row["operation"],
@@ -50,6 +62,7 @@ def call_record(row: dict) -> dict:
         "conversation_id": row["conversation_id"],
         "context_switch": _flag(row["context_switch"]),
         "client": row["client"],
+        "client_name": client_name(row["client"]),
         "client_session": row["client_session"],
         "response_id": row["response_id"],
         "flagged": row["flagged_at"] is not None,
@@ -82,3 +95,59 @@ def task_records(
         {**metrics.task_fields(h, now, idle_seconds), "current": h.task["id"].lower() == current_id} for h in task_histories
     ]
     return rows
+
+
+# Why a call has its task, per stored attribution (store/calls.py decides it).
+_ATTRIBUTION = {
+    "path": "named by the request: a /t/{task}/ path, or `meter run --task`",
+    "header": "named by the request's x-meter-task header",
+    "session": "its agent session {session} is bound to {task} (`meter claude install`)",
+    "header-or-session": "the x-meter-task header or its bound agent session {session}:"
+    " unknown which (recorded before migration m025 told them apart)",
+    "current": "{task} was the current task when it began (`meter set-task`)",
+    "branch": "its git branch names {task} (no task was current)",
+    "retag": "moved there by `meter retag`",
+    "none": "no task was current when it began",
+}
+
+
+def why_attributed(row: dict) -> str:
+    """In words, why the call has its task."""
+    attribution, task = row["attribution"], row["task_id"] or "unassigned"
+    why = _ATTRIBUTION.get(attribution, attribution or "unknown").format(task=task, session=row["client_session"] or "?")
+    if row["usage_source"] == AGENT_LOG:
+        why = f"imported from the agent's log (`meter reconcile --import`): {why}"
+    return why
+
+
+# How much of a long line a preview keeps; a table clips it further to fit.
+PREVIEW_CHARACTERS = 200
+# Characters kept each side of a search's match.
+SNIPPET_CONTEXT = 40
+
+
+def preview(said: dict | None) -> str | None:
+    """A call in a line: its response's first line, else the last message typed (after `> `)."""
+    if said is None:
+        return None
+    response = first_line(said["response"], PREVIEW_CHARACTERS)
+    if response:
+        return response
+    prompt = first_line(said["prompt"], PREVIEW_CHARACTERS)
+    return f"> {prompt}" if prompt else None
+
+
+def search_match(said: dict | None, row: dict, search: str) -> dict | None:
+    """Where `search` is in the call (as CallFilter.search finds it, any case): the
+    field and the line that holds it, cut to SNIPPET_CONTEXT characters each side."""
+    places = [("prompt", (said or {}).get("prompt")), *(("steps", step) for step in (said or {}).get("steps", []))]
+    places += [("response", (said or {}).get("response")), ("model", row["model"]), ("error", row["error"])]
+    wanted = search.casefold()
+    for field, text in places:
+        for line in (text or "").splitlines():
+            at = line.casefold().find(wanted)
+            if at >= 0:
+                start, end = max(0, at - SNIPPET_CONTEXT), min(len(line), at + len(search) + SNIPPET_CONTEXT)
+                snippet = ("…" if start else "") + line[start:end].strip() + ("…" if end < len(line) else "")
+                return {"field": field, "snippet": snippet}
+    return None

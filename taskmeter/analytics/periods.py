@@ -6,8 +6,8 @@ clock goes back the repeated hour is two periods, each labelled with its zone.""
 
 import sqlite3
 
-from taskmeter.analytics.history import STATED_BY
-from taskmeter.analytics.records import ModelUsage, PeriodUsage, UsageReport, UsageStats
+from taskmeter.analytics.history import STATED_BY, seconds_sql
+from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
 from taskmeter.store.interactions import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
 from taskmeter.tokens import tokens_object
@@ -99,7 +99,7 @@ def usage_report(
             sum(failed_calls) AS failed_calls, {stated}, sum(priced) AS priced, sum(flagged) AS hallucination_count
         FROM ({source}) WHERE {" AND ".join(clauses) or "1"}
         GROUP BY 1, 2 HAVING sum(ai_interactions) + sum(failed_calls) > 0
-        ORDER BY 1, sum(input_total + output_total) DESC, 2
+        ORDER BY 1, coalesce(sum(cost_usd), -1) DESC, sum(input_total + output_total) DESC, 2
         """,
         params,
     ).fetchall()
@@ -116,7 +116,8 @@ def usage_report(
         "totals": _stats(_sum(every)) if every else _stats(_sum([])),
     }
     if period == "models":
-        report["models"] = [_model_usage(row) for row in every]
+        latencies = model_latencies(db, [row["model"] for row in every], since, until, task_id)
+        report["models"] = [{**_model_usage(row), "latency": latencies[row["model"]]} for row in every]
     else:
         report["periods"] = [_period_usage(key, group, period == "hourly", utc) for key, group in by_period.items()]
     return report
@@ -131,3 +132,60 @@ def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> Perio
     if hourly:  # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
         return {"period": hour_label(key, utc), "start": key, **stats, "models": models}
     return {"period": key, **stats, "models": models}
+
+
+# Latency is taken over the newest calls of each model in the window: what it is now,
+# read through the (model, started_at) index however long the history.
+LATENCY_SAMPLE = 1000
+
+
+def _nearest_rank(ordered: list[float], percent: int) -> float | None:
+    """The nearest-rank percentile of sorted values: the ceil(percent/100 × n)-th."""
+    return ordered[-(-percent * len(ordered) // 100) - 1] if ordered else None
+
+
+def model_latencies(
+    db: sqlite3.Connection,
+    models: list[str],
+    since: str | None = None,
+    until: str | None = None,
+    task_id: str | None = None,
+) -> dict[str, ModelLatency]:
+    """Per model (`?`: calls that named none), over its newest LATENCY_SAMPLE answered
+    calls in the window, the p50 and p95 (nearest rank) of the seconds to the first
+    byte of the answer (a stream's first token) and to the end. Calls imported from
+    agents' logs were never timed by the meter and count in neither."""
+    clauses, params = [], []
+    for clause, value in (("i.started_at >= ?", since), ("i.started_at < ?", until), ("i.task_id = ?", task_id)):
+        if value:
+            clauses.append(clause)
+            params.append(value)
+    latencies: dict[str, ModelLatency] = {}
+    for model in models:
+        rows = db.execute(
+            f"""
+            SELECT {seconds_sql("i.first_byte_at")} - {seconds_sql("i.started_at")} AS first_token,
+                {seconds_sql("i.ended_at")} - {seconds_sql("i.started_at")} AS total
+            FROM interactions i
+            WHERE {"i.model IS NULL" if model == "?" else "i.model = ?"} AND i.operation = 'generate'
+                AND NOT {_FAILED} AND i.ended_at IS NOT NULL AND i.usage_source IS NOT 'agent-log'
+                AND {" AND ".join(clauses) or "1"}
+            ORDER BY i.started_at DESC LIMIT ?
+            """,
+            [*([] if model == "?" else [model]), *params, LATENCY_SAMPLE],
+        ).fetchall()
+        firsts = sorted(row["first_token"] for row in rows if row["first_token"] is not None)
+        totals = sorted(row["total"] for row in rows)
+        latencies[model] = {
+            "timed_calls": len(rows),
+            "first_token_p50_seconds": _microseconds(_nearest_rank(firsts, 50)),
+            "first_token_p95_seconds": _microseconds(_nearest_rank(firsts, 95)),
+            "total_p50_seconds": _microseconds(_nearest_rank(totals, 50)),
+            "total_p95_seconds": _microseconds(_nearest_rank(totals, 95)),
+        }
+    return latencies
+
+
+def _microseconds(seconds: float | None) -> float | None:
+    """A difference of stored moments, without the float noise of its subtraction."""
+    return None if seconds is None else round(seconds, 6)

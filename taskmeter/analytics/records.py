@@ -281,6 +281,18 @@ class UsageStats(TypedDict):
     hallucination_count: int
 
 
+class ModelLatency(TypedDict):
+    """Seconds from a call's start to the first byte of its answer (a stream's first
+    token) and to its end, over the model's newest answered calls the meter timed:
+    the nearest-rank p50 and p95 (analytics/periods.py model_latencies)."""
+
+    timed_calls: int  # at most periods.LATENCY_SAMPLE
+    first_token_p50_seconds: float | None
+    first_token_p95_seconds: float | None
+    total_p50_seconds: float | None
+    total_p95_seconds: float | None
+
+
 class ModelUsage(TypedDict):
     model: str  # `?` for calls that named none
     ai_interactions: int
@@ -289,6 +301,7 @@ class ModelUsage(TypedDict):
     cost_usd: float | None
     unpriced_interactions: int
     hallucination_count: int
+    latency: NotRequired[ModelLatency]  # in `report models` alone
 
 
 class PeriodUsage(TypedDict):
@@ -314,6 +327,77 @@ class UsageReport(TypedDict):
     totals: UsageStats
     models: NotRequired[list[ModelUsage]]
     periods: NotRequired[list[PeriodUsage]]
+
+
+class SessionUsage(TypedDict):
+    """An agent session in `meter report sessions` (analytics/windows.py)."""
+
+    session_id: str  # as `meter log --session` takes it
+    agent: str | None  # Claude Code, Codex or Gemini CLI
+    client: str | None  # the program and version, from its User-Agent (taskmeter/clients.py)
+    task_ids: list[str | None]  # in the order the session first called for each; None: unassigned
+    first_call_at: str
+    last_call_at: str
+    duration_seconds: float  # first call to last
+    ai_interactions: int
+    failed_calls: int
+    tokens: Tokens
+    cost_usd: float | None
+    unpriced_interactions: int
+    hallucination_count: int
+    models: list[str]
+
+
+class SessionsReport(TypedDict):
+    """`meter report sessions`."""
+
+    since: str | None
+    until: str | None
+    task_id: str | None
+    sessions: list[SessionUsage]
+    totals: UsageStats
+
+
+class BurnRate(TypedDict):
+    tokens_per_minute: float
+    cost_per_hour_usd: float
+
+
+class Projection(TypedDict):
+    """An active block's figures at its end, if it goes on at its burn rate."""
+
+    tokens: int
+    cost_usd: float
+
+
+class UsageBlock(TypedDict):
+    """A 5-hour block in `meter report blocks` (analytics/windows.py), or a gap between two."""
+
+    start: str  # the first call's UTC hour; a gap's: 5 hours after the last call before it
+    end: str
+    first_call_at: str | None
+    last_call_at: str | None
+    gap: bool
+    active: bool
+    ai_interactions: int
+    failed_calls: int
+    tokens: Tokens
+    cost_usd: float | None
+    unpriced_interactions: int
+    models: list[str]
+    time_left_seconds: float | None  # the active block's
+    burn_rate: BurnRate | None  # None: a single moment of calls, or a gap
+    projected: Projection | None  # the active block's
+
+
+class BlocksReport(TypedDict):
+    """`meter report blocks`."""
+
+    since: str | None
+    until: str | None
+    provider: str | None
+    block_hours: int
+    blocks: list[UsageBlock]
 
 
 class StatusReport(TypedDict):

@@ -30,7 +30,7 @@ def main() -> None:
 
     from taskmeter import terminal
     from taskmeter.cli.common import cli
-    from taskmeter.errors import MeterError
+    from taskmeter.errors import Ambiguous, MeterError
     from taskmeter.store import connection
 
     try:
@@ -48,6 +48,8 @@ def main() -> None:
         sys.exit(1)
     except MeterError as exc:
         terminal.error(str(exc))
+        for candidate in exc.candidates if isinstance(exc, Ambiguous) else []:
+            terminal.comment(f"  {candidate}")
         sys.exit(1)
     except sqlite3.Error as exc:
         terminal.error(str(connection.describe_sqlite_error(exc, "the database")))

@@ -6,7 +6,8 @@ import time
 import click
 
 from taskmeter import terminal
-from taskmeter.analytics.listings import call_record
+from taskmeter.analytics.listings import call_record, latency, search_match, why_attributed
+from taskmeter.analytics.listings import preview as call_preview
 from taskmeter.cli.common import (
     INTERACTION,
     MOMENT,
@@ -23,7 +24,7 @@ from taskmeter.errors import MeterError
 from taskmeter.store import connection, dashboards, interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.terminal import Column
-from taskmeter.timefmt import format_duration, now_stored, seconds_between
+from taskmeter.timefmt import format_duration, format_seconds, now_stored, seconds_between
 from taskmeter.tokens import AGENT_LOG, ESTIMATED, PARTIAL, REPORTED, total_tokens
 
 # How often `meter log --follow` looks for new calls: a short read transaction.
@@ -195,13 +196,20 @@ LOG_COLUMNS = [
     Column("Out", "count"),
     Column("Reason", "count", drop=6),
     Column("Cost", "money", drop=2),
+    Column("1st tok", "figure", drop=11),  # seconds to the answer's first byte
+    Column("Time", "figure", drop=10),  # seconds to its end
     Column("Source", drop=9),
     Column("Status", drop=5),
     Column("⚑", drop=1),  # flagged as a hallucination
 ]
+# Below this terminal width the log shows no preview unless asked with --preview.
+PREVIEW_MIN_COLUMNS = 130
+# The columns a preview takes the place of (`--no-preview` and --json show them).
+BESIDE_PREVIEW = {"Cache R", "Cache W", "Reason", "1st tok", "Source"}
 
 
 def _log_row(row: dict) -> list:
+    first, total = latency(row)
     return [
         row["id"],
         row["started_at"],
@@ -213,6 +221,8 @@ def _log_row(row: dict) -> list:
         row["output_total"],
         row["reasoning"],
         row["cost_usd"],
+        format_seconds(first),
+        format_seconds(total),
         row["usage_source"],
         _status_cell(row),
         "⚑" if row["flagged_at"] else "",
@@ -228,13 +238,27 @@ def _log_row(row: dict) -> list:
 @click.option("--model", help="Only calls of models whose name contains this.")
 @click.option("--flagged", is_flag=True, help="Only calls flagged as hallucinations.")
 @click.option("--failed", is_flag=True, help="Only calls that got no model answer (no response, HTTP 4xx or 5xx).")
-@click.option("--search", metavar="TEXT", help="Only calls whose stored text, model or error contains TEXT.")
+@click.option("--search", metavar="TEXT", help="Only calls whose stored text, model or error contains TEXT; shows where.")
+@click.option(
+    "--session",
+    metavar="ID",
+    help="Only the calls of this session: its ID as a loop alert or `meter report sessions` names it (6+ characters).",
+)
+@click.option(
+    "--preview/--no-preview",
+    default=None,
+    help=f"A column with each response's first line (default: on in a terminal of {PREVIEW_MIN_COLUMNS}+ columns).",
+)
 @click.option("-f", "--follow", is_flag=True, help="Then print a line for each call as it is recorded, until Ctrl-C.")
 @json_option
 @utc_option
 @db_option
-def log_cmd(limit, task_id, unassigned, since, until, model, flagged, failed, search, follow, as_json, utc, db_path):
+def log_cmd(
+    limit, task_id, unassigned, since, until, model, flagged, failed, search, session, preview, follow, as_json, utc, db_path
+):
     """Recent AI calls, newest first, with IDs to use with `meter show` and `meter flag`."""
+    import shutil
+
     if follow and as_json:
         raise click.UsageError("--follow prints lines; use it without --json")
     if task_id and task_id.strip().lower() == "unassigned":  # the name listings show for no task
@@ -244,18 +268,42 @@ def log_cmd(limit, task_id, unassigned, since, until, model, flagged, failed, se
     with open_db(db_path, create=False) as db:
         if task_id:
             task_id = tasks.get_task(db, task_id.strip())["id"]
-        calls = interactions.CallFilter(task_id, unassigned, since, until, model, flagged, failed, search)
+        if session is not None:
+            session = interactions.resolve_session(db, session)
+        calls = interactions.CallFilter(task_id, unassigned, since, until, model, flagged, failed, search, session)
         if follow:
             _follow(db, limit, calls)
             return
         rows = interactions.recent(db, limit=limit, calls=calls)
+        if preview is None:
+            preview = not terminal.to_pipe() and shutil.get_terminal_size().columns >= PREVIEW_MIN_COLUMNS
+        said = call_texts.of_calls(db, [row["id"] for row in rows]) if rows and (preview or search or as_json) else {}
+    matches = {row["id"]: search_match(said.get(row["id"]), row, search) for row in rows} if search else {}
     if as_json:
-        terminal.print_json([call_record(row) for row in rows])
+        listed = []
+        for row in rows:
+            record = {**call_record(row), "preview": call_preview(said.get(row["id"]))}
+            listed.append({**record, "match": matches[row["id"]]} if search else record)
+        terminal.print_json(listed)
         return
     if not rows:
         terminal.info("No AI calls match." if calls != interactions.CallFilter() else "No AI calls recorded yet.")
         return
-    terminal.table(LOG_COLUMNS, [_log_row(row) for row in rows], utc=utc)
+    columns, cells = LOG_COLUMNS, [_log_row(row) for row in rows]
+    if search or preview:  # a search shows where TEXT is, whatever --preview says: why each call is listed
+        header, texts = (
+            ("Match", [_match_text(matches[row["id"]]) for row in rows])
+            if search
+            else ("Preview", [call_preview(said.get(row["id"])) for row in rows])
+        )
+        kept = [i for i, column in enumerate(columns) if column.header not in BESIDE_PREVIEW]
+        columns = [*(columns[i] for i in kept), Column(header, shrink=True)]
+        cells = [[*(line[i] for i in kept), text] for line, text in zip(cells, texts, strict=True)]
+    terminal.table(columns, cells, utc=utc)
+
+
+def _match_text(match: dict | None) -> str | None:
+    return f"{match['field']}: {match['snippet']}" if match else None
 
 
 def _follow(db: sqlite3.Connection, limit: int, calls: interactions.CallFilter) -> None:
@@ -339,7 +387,7 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
         row = interactions.one(db, interaction_id)
         said = call_texts.of_call(db, interaction_id)
         set_aside = interactions.set_aside_flag(db, interaction_id)
-    record = call_record(row)
+    record = {**call_record(row), "attribution_reason": why_attributed(row)}
     if as_json:
         terminal.print_json({**record, "flag_set_aside": set_aside, "skipped": _skipped_json(chosen), "text": said})
         return
@@ -354,13 +402,22 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
     source = {REPORTED: "stated by the provider", ESTIMATED: "estimated with tiktoken (the provider stated none)",
               PARTIAL: "the stream was cut: what it stated, or the delivered text counted",
               AGENT_LOG: "from the agent's own log (`meter reconcile --import`): the meter never saw this call"}.get(record["usage_source"], "")  # fmt: skip
-    duration = seconds_between(row["started_at"], row["ended_at"]) if row["ended_at"] else None
+    first, total = record["first_token_seconds"], record["total_seconds"]
+    timing = (
+        f"first {'token' if record['streamed'] else 'byte'} after {format_seconds(first)}, done after {format_seconds(total)}"
+    )
+    client = record["client_name"] or record["client"] or "not stated"
+    if record["client_name"]:
+        client += f" ({record['client']})"
     terminal.fields(
         [
             ("Call", record["interaction_id"]),
             ("Task", record["task_id"] or "unassigned"),
-            ("When", f"{terminal.moment(record['started_at'], utc, short=False)}" + (f" ({duration:.1f} s)" if duration is not None else "")),
+            ("Attributed", record["attribution_reason"]),
+            ("When", terminal.moment(record["started_at"], utc, short=False)),
+            ("Latency", timing if total is not None else "no answer recorded"),
             ("Model", f"{record['model'] or '?'} via {record['provider'] or '?'} ({record['endpoint'] or '?'})"),
+            ("Client", client + (f", session {record['client_session']}" if record["client_session"] else "")),
             ("Status", (_status_cell(row) or "no response") + (f": {record['error']}" if record["error"] else "")),
             ("Tokens", usage),
             ("Usage source", f"{record['usage_source']}: {source}" if record["usage_source"] else None),

@@ -1,4 +1,5 @@
-"""Reports: the overview, a task, a phase, and usage by day, week, month or model.
+"""Reports: the overview, a task, a phase, usage by hour, day, week, month or model,
+agent sessions and 5-hour blocks.
 
 `meter report` and its subcommands take the same output options, in either
 place: `meter report --json daily` and `meter report daily --json` are one command.
@@ -13,6 +14,7 @@ from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, utc
 from taskmeter.store import tasks
 from taskmeter.team.reports import report_source, split_text, with_developers
 from taskmeter.terminal import Column
+from taskmeter.timefmt import format_duration, seconds_between
 
 FORMAT = click.Choice(["table", "markdown", "json", "csv"])
 
@@ -67,7 +69,9 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
       meter report phase P1        the seed's Level 2 aggregate
       meter report daily           tokens, cost, calls, failed calls, flags per day
       meter report hourly|weekly|monthly  the same per hour, week (from Monday) or month
-      meter report models          the same per model
+      meter report models          the same per model, dearest first, with latency
+      meter report sessions        a line per agent session (Claude Code, Codex, Gemini CLI)
+      meter report blocks          the 5-hour windows subscription plans count in
     Times and days are local, hours labelled with their zone (a repeated hour is two rows), unless --utc;
     --task narrows usage reports to one task. Output options go before or after the subcommand.
     """
@@ -85,12 +89,13 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
         terminal.table(
             [
                 Column("Phase", shrink=True),
-                Column("Tasks", drop=4),
+                Column("Tasks", drop=5),
                 Column("Tokens", "figure"),
                 Column("Tokens/task", "figure", drop=3),
-                Column("Trend", "figure", drop=5),
+                # The token trend is the Level 2 headline: the last to go but the calls.
+                Column("Trend", "figure", drop=1),
                 Column("Calls", "figure", drop=2),
-                Column("Halluc. rate", "figure", drop=1),
+                Column("Halluc. rate", "figure", drop=4),
                 Column("Cost", "figure"),
                 Column("From logs", "figure", drop=7),
                 Column("Complete", "figure", drop=6),
@@ -141,10 +146,12 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
 USAGE_COLUMNS = [
     Column("Calls", "count"),
     Column("Failed", "count", drop=3),
-    Column("Input", "count"),
+    Column("Input", "count", drop=6),
     Column("Cache R", "count", drop=4),
-    Column("Output", "count"),
+    Column("Cache W", "count", drop=7),
+    Column("Output", "count", drop=8),
     Column("Reason", "count", drop=5),
+    Column("Total", "count"),
     Column("Cost", "money"),
     Column("Flags", "count", drop=2),
 ]
@@ -157,8 +164,10 @@ def _usage_cells(stats: dict) -> list:
         stats["failed_calls"],
         tokens["input_total"],
         tokens["cache_read"],
+        tokens["cache_write"],
         tokens["output_total"],
         tokens["reasoning"],
+        tokens["total"],
         stats["cost_usd"],
         stats["hallucination_count"],
     ]
@@ -172,51 +181,212 @@ def _usage_command(period: str, label: str, help_text: str):
     @report_options
     @click.pass_context
     def command(ctx, since, until, task_id, output_format, as_json, utc, db_path):
+        from taskmeter.analytics import formats
         from taskmeter.analytics.periods import usage_report
 
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-        if output_format in ("csv", "markdown"):
-            raise click.UsageError(f"usage reports come as a table or JSON, not {output_format}")
         with report_source(ctx.meta, db_path, tasks=[task_id.strip().upper()] if task_id else None) as db:
             if task_id:
                 task_id = tasks.get_task(db, task_id.strip())["id"]
             report = usage_report(db, period, since, until, utc, task_id)
-        if output_format == "json":
-            terminal.print_json(report)
-            return
-        groups = report["models"] if period == "models" else report["periods"]
-        if not groups:
-            terminal.info("No AI calls in this time." if since or until else "No AI calls recorded yet.")
-            return
-        piped = terminal.to_pipe()
-        rows = []
-        if period == "models":
-            rows = [[model["model"], *_usage_cells(model)] for model in groups]
-            columns = [Column("Model", shrink=True), *USAGE_COLUMNS]
-        else:
-            columns = [Column(label, "id"), Column("Model", shrink=True, drop=1), *USAGE_COLUMNS]
-            for group in groups:
-                rows.append([group["period"], "all" if piped else "", *_usage_cells(group)])
-                for model in group["models"]:
-                    # In a terminal each period shows once, its models indented; piped, every row is whole.
-                    period_cell, model_cell = (group["period"], model["model"]) if piped else ("", "  " + model["model"])
-                    rows.append([period_cell, model_cell, *_usage_cells(model)])
-        rows.append(["Total", *([""] if period != "models" else []), *_usage_cells(report["totals"])])
-        terminal.table(columns, rows, utc=utc)
-        unpriced = report["totals"]["unpriced_interactions"]
-        if unpriced:
-            terminal.note(
-                f"{unpriced} call{' has' if unpriced == 1 else 's have'} no known price and {'is' if unpriced == 1 else 'are'} not in the cost."
-            )
+
+        def table(report) -> str:
+            _usage_table(report, period, label, since or until, utc)
+            return ""
+
+        _emit(report, output_format, partial(formats.usage_markdown, label=label), table, formats.usage_lines(report))
 
     return command
+
+
+def _usage_table(report: dict, period: str, label: str, window: bool, utc: bool) -> None:
+    groups = report["models"] if period == "models" else report["periods"]
+    if not groups:
+        terminal.info("No AI calls in this time." if window else "No AI calls recorded yet.")
+        return
+    piped = terminal.to_pipe()
+    rows = []
+    if period == "models":
+        rows = [[model["model"], *_usage_cells(model)] for model in groups]
+        columns = [Column("Model", shrink=True), *USAGE_COLUMNS]
+    else:
+        columns = [Column(label, "id"), Column("Model", shrink=True, drop=1), *USAGE_COLUMNS]
+        for group in groups:
+            rows.append([group["period"], "all" if piped else "", *_usage_cells(group)])
+            for model in group["models"]:
+                # In a terminal each period shows once, its models indented; piped, every row is whole.
+                period_cell, model_cell = (group["period"], model["model"]) if piped else ("", "  " + model["model"])
+                rows.append([period_cell, model_cell, *_usage_cells(model)])
+    rows.append(["Total", *([""] if period != "models" else []), *_usage_cells(report["totals"])])
+    terminal.table(columns, rows, utc=utc)
+    if period == "models":
+        _latency_lines(groups)
+    unpriced = report["totals"]["unpriced_interactions"]
+    if unpriced:
+        terminal.note(
+            f"{unpriced} call{' has' if unpriced == 1 else 's have'} no known price and {'is' if unpriced == 1 else 'are'} not in the cost."
+        )
+
+
+def _latency_lines(models: list[dict]) -> None:
+    """A line per model timed: its p50 and p95 to the first token and to the end."""
+    from taskmeter.store.texts import clip
+    from taskmeter.timefmt import format_seconds as seconds
+
+    timed = [model for model in models if model["latency"]["timed_calls"]]
+    if not timed:
+        return
+    terminal.note("Latency p50 / p95: first token; whole answer")
+    width = min(LATENCY_MODEL_WIDTH, max(len(model["model"]) for model in timed))
+    for model in timed:
+        latency, calls = model["latency"], model["latency"]["timed_calls"]
+        terminal.note(
+            f"  {clip(model['model'], width):<{width}}  {seconds(latency['first_token_p50_seconds'])} / "
+            f"{seconds(latency['first_token_p95_seconds'])}; {seconds(latency['total_p50_seconds'])} / "
+            f"{seconds(latency['total_p95_seconds'])}  ({calls:,} call{'s' if calls != 1 else ''})"
+        )
+
+
+# A latency line keeps this much of a model's name: it fits 80 columns.
+LATENCY_MODEL_WIDTH = 30
 
 
 _usage_command("hourly", "Hour", "Tokens, cost, calls, failed calls and flags per hour, with a line per model.")
 _usage_command("daily", "Day", "Tokens, cost, calls, failed calls and flags per day, with a line per model.")
 _usage_command("weekly", "Week of", "The daily report per week (weeks start on Monday).")
 _usage_command("monthly", "Month", "The daily report per month.")
-_usage_command("models", "Model", "Tokens, cost, calls, failed calls and flags per model.")
+_usage_command("models", "Model", "Tokens, cost, calls, failed calls and flags per model, dearest first, with latency.")
+
+
+@report_cmd.command("sessions")
+@click.option("--task", "task_id", type=TASK, help="Only the sessions that worked on this task, and only those calls.")
+@click.option("--since", type=MOMENT, help="From this time on: today, yesterday, 7d, 2026-11-01, ISO 8601.")
+@click.option("--until", type=MOMENT, help="Before this time (same forms).")
+@report_options
+@click.pass_context
+def report_sessions_cmd(ctx, task_id, since, until, output_format, as_json, utc, db_path):
+    """A line per agent session (Claude Code, Codex, Gemini CLI): its tasks, time, calls, tokens and cost.
+
+    A session's ID goes to `meter log --session ID`.
+    """
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.windows import session_report
+
+    output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+    with report_source(ctx.meta, db_path, tasks=[task_id.strip().upper()] if task_id else None) as db:
+        if task_id:
+            task_id = tasks.get_task(db, task_id.strip())["id"]
+        report = session_report(db, since, until, task_id)
+
+    def table(report) -> str:
+        if not report["sessions"]:
+            terminal.info("No agent sessions in this time." if since or until or task_id else "No agent sessions recorded yet.")
+            return ""
+        piped = terminal.to_pipe()
+        rows = [
+            [
+                session["session_id"] if piped else session["session_id"][:SESSION_SHOWN],
+                session["agent"],
+                ", ".join(task or "unassigned" for task in session["task_ids"]),
+                session["first_call_at"],
+                format_duration(session["duration_seconds"]) or "0s",
+                session["ai_interactions"],
+                session["failed_calls"],
+                session["tokens"]["total"],
+                session["cost_usd"],
+            ]
+            for session in report["sessions"]
+        ]
+        totals = report["totals"]
+        rows.append(["Total", "", "", None, "", totals["ai_interactions"], totals["failed_calls"], totals["tokens"]["total"], totals["cost_usd"]])  # fmt: skip
+        columns = [
+            Column("Session", "id"),
+            Column("Agent", drop=4),
+            Column("Tasks", shrink=True),
+            Column("Started", "time"),
+            Column("Span", "figure", drop=3),
+            Column("Calls", "count"),
+            Column("Failed", "count", drop=2),
+            Column("Tokens", "count"),
+            Column("Cost", "money"),
+        ]
+        terminal.table(columns, rows, utc=utc)
+        return ""
+
+    markdown = partial(_lines_markdown, lines=formats.session_lines(report), title="Agent sessions", utc=utc)
+    _emit(report, output_format, markdown, table, formats.session_lines(report))
+
+
+# A session's ID as a terminal shows it: enough for `meter log --session`, which takes a unique beginning.
+SESSION_SHOWN = 8
+
+
+@report_cmd.command("blocks")
+@click.option("--since", type=MOMENT, help="From this time on: today, yesterday, 7d, 2026-11-01, ISO 8601.")
+@click.option("--until", type=MOMENT, help="Before this time (same forms).")
+@click.option("--provider", help="Only this provider's calls (anthropic, openai, ...): a plan counts its own.")
+@report_options
+@click.pass_context
+def report_blocks_cmd(ctx, since, until, provider, output_format, as_json, utc, db_path):
+    """The 5-hour usage windows subscription plans count in, as ccusage finds them.
+
+    Each block's calls, tokens and cost; the active one's time left, burn rate and
+    projection. A block starts at its first call's UTC hour; a call more than 5 hours
+    after its start, or after the call before it, starts the next.
+    """
+    from taskmeter.analytics import formats
+    from taskmeter.analytics.windows import block_report
+
+    output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
+    with report_source(ctx.meta, db_path) as db:
+        report = block_report(db, since, until, provider.strip().lower() if provider else None)
+
+    def table(report) -> str:
+        if not report["blocks"]:
+            terminal.info("No AI calls in this time." if since or until or provider else "No AI calls recorded yet.")
+            return ""
+        rows = []
+        for block in report["blocks"]:
+            burn, projected = block["burn_rate"], block["projected"]
+            if block["gap"]:
+                state = f"gap of {format_duration(seconds_between(block['start'], block['end']))}"
+            elif block["active"]:
+                state = f"{format_duration(block['time_left_seconds'])} left"  # the active block
+            else:
+                state = "done"
+            rows.append(
+                [
+                    block["start"],
+                    state,
+                    block["ai_interactions"] + block["failed_calls"] if not block["gap"] else None,
+                    block["tokens"]["total"],
+                    block["cost_usd"],
+                    f"{terminal.money(burn['cost_per_hour_usd'])}/h" if burn else terminal.MISSING,
+                    f"{burn['tokens_per_minute']:,.0f}" if burn else terminal.MISSING,
+                    terminal.money(projected["cost_usd"]) if projected else terminal.MISSING,
+                ]
+            )
+        columns = [
+            Column("Block start", "time"),
+            Column("State", shrink=True),
+            Column("Calls", "count", drop=3),
+            Column("Tokens", "count"),
+            Column("Cost", "money"),
+            Column("Burn", "figure", drop=1),
+            Column("Tokens/min", "figure", drop=4),
+            Column("Projected", "figure", drop=2),
+        ]
+        terminal.table(columns, rows, utc=utc)
+        return ""
+
+    markdown = partial(_lines_markdown, lines=formats.block_lines(report), title="5-hour blocks", utc=utc)
+    _emit(report, output_format, markdown, table, formats.block_lines(report))
+
+
+def _lines_markdown(report: dict, lines: list[dict], title: str, utc: bool) -> str:
+    from taskmeter.analytics import formats
+
+    return formats.lines_markdown(lines, title, utc)
 
 
 def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict] | None = None) -> None:

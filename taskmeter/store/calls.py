@@ -38,7 +38,7 @@ class CallRow:
 
 def attribute(db: sqlite3.Connection, row: Interaction) -> None:
     """Explicit attribution (a /t/<TASK>/ prefix or x-meter-task header) wins;
-    then the task a Claude Code session was bound to (`meter claude install`);
+    then the task a Claude Code session was bound to (`meter claude install`: 'session');
     otherwise the task current at the call's start; otherwise unassigned."""
     if row.task_id:
         row.task_id = tasks.ensure_task(db, row.task_id, row.started_at)
@@ -48,7 +48,7 @@ def attribute(db: sqlite3.Connection, row: Interaction) -> None:
         and db.execute("SELECT task_id FROM session_tasks WHERE session_id = ?", (row.client_session,)).fetchone()
     )
     if bound:
-        row.task_id, row.attribution = bound["task_id"], "header"  # the session header, bound to a task
+        row.task_id, row.attribution = bound["task_id"], "session"  # the session header, bound to a task
         return
     row.task_id = tasks.task_current_at(db, row.started_at)
     row.attribution = "current" if row.task_id else "none"

@@ -192,22 +192,63 @@ def insert(db: sqlite3.Connection, row: Interaction) -> None:
         insert_many(db, [row])
 
 
+# An ambiguous reference lists at most this many of the calls it matches.
+CANDIDATES_LISTED = 10
+
+
 def resolve_id(db: sqlite3.Connection, reference: str) -> str:
-    """An interaction ID from a full ID or a unique prefix of at least ids.MIN_PREFIX
-    characters. A full ID must pass its check character, so a typo fails."""
-    prefix = ids.normalise_prefix(reference)
-    problem = ids.prefix_problem(prefix)
+    """An interaction ID from a full ID or any unique part of one (ids.MIN_PREFIX
+    characters or more: IDs made in the same minutes share their first ones, so
+    the random end tells calls apart best). A full ID must pass its check
+    character, so a typo fails. A part that several IDs hold names none of them:
+    Ambiguous, with a line per candidate (its task, model and time)."""
+    part = ids.normalise_prefix(reference)
+    problem = ids.prefix_problem(part)
     if problem:
         raise MeterError(f"not an interaction ID: {reference.strip()!r}: {problem}")
-    matches = [
-        row["id"]
-        for row in db.execute("SELECT id FROM interactions WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (prefix, prefix + "~"))
-    ]
+    if len(part) >= ids.BODY_LENGTH and db.execute("SELECT 1 FROM interactions WHERE id = ?", (part,)).fetchone():
+        return part
+    # Only the IDs are read (the primary key's index covers them): a part can be anywhere in one.
+    matches = [row[0] for row in db.execute("SELECT id FROM interactions WHERE instr(id, ?) > 0", (part,))]
     if not matches:
         raise NotFound(f"unknown interaction {reference.strip()!r}: see `meter log` for IDs")
     if len(matches) > 1:
-        raise Ambiguous(f"interaction prefix {reference.strip()!r} is ambiguous ({', '.join(matches[:2])}, ...): type more of it")
+        first = sorted(matches)[:CANDIDATES_LISTED]  # IDs sort by the time they were made
+        listed = db.execute(
+            f"SELECT id, task_id, model, started_at FROM interactions WHERE id IN ({', '.join('?' for _ in first)})"
+            " ORDER BY started_at, id",
+            first,
+        )
+        lines = [f"{row['id']}  {row['task_id'] or 'unassigned'}  {row['model'] or '?'}  {row['started_at']}" for row in listed]
+        if len(matches) > CANDIDATES_LISTED:
+            lines.append(f"and {len(matches) - CANDIDATES_LISTED} more")
+        raise Ambiguous(
+            f"{reference.strip()!r} is ambiguous: part of {len(matches)} interaction IDs; type more of it, or another part of one",
+            lines,
+        )
     return matches[0]
+
+
+def resolve_session(db: sqlite3.Connection, reference: str) -> str:
+    """A session's ID as stored, from the whole ID (as a loop alert names it) or a
+    unique beginning of ids.MIN_PREFIX characters or more (as reports shorten it)."""
+    text = reference.strip()
+    if db.execute("SELECT 1 FROM interactions WHERE session_id = ? LIMIT 1", (text,)).fetchone():
+        return text
+    if len(text) < ids.MIN_PREFIX:
+        raise NotFound(f"unknown session {text!r}: give its whole ID, or at least {ids.MIN_PREFIX} characters of it")
+    found = [
+        row[0]
+        for row in db.execute(
+            "SELECT DISTINCT session_id FROM interactions WHERE session_id >= ? AND session_id < ? LIMIT ?",
+            (text, text + "\U0010ffff", CANDIDATES_LISTED + 1),
+        )
+    ]
+    if not found:
+        raise NotFound(f"unknown session {text!r}: `meter report sessions` lists them")
+    if len(found) > 1:
+        raise Ambiguous(f"{text!r} begins several session IDs: type more of it", found[:CANDIDATES_LISTED])
+    return found[0]
 
 
 def select_ids(db: sqlite3.Connection, references: list[str] | None = None, between: tuple[str, str] | None = None) -> list[str]:
@@ -374,6 +415,7 @@ class CallFilter:
     flagged: bool = False
     failed: bool = False
     search: str | None = None  # in the stored text, the model or the error
+    session: str | None = None  # the session's ID as stored
 
     def where(self) -> tuple[str, list]:
         """SQL over `interactions i`, `flags f` and `call_texts t`, and its parameters."""
@@ -396,6 +438,9 @@ class CallFilter:
             clauses.append("f.interaction_id IS NOT NULL")
         if self.failed:
             clauses.append(FAILED_CALL_SQL.format(r="i"))
+        if self.session is not None:
+            clauses.append("i.session_id = ?")  # an agent's own session ID is its session_id (store/sessions.py)
+            params.append(self.session)
         if self.search:
             pattern = "%" + _like_escape(self.search) + "%"
             clauses.append(

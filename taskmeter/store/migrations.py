@@ -1581,6 +1581,28 @@ def m024_working_time_rollups(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m025_attribution_session(db: sqlite3.Connection) -> None:
+    """Why a call has its task, told apart: attribution 'session' for a call whose
+    Claude Code session was bound to a task (`meter claude install`), stored as
+    'header' before, like the x-meter-task header. A call stored so whose session
+    was bound cannot be told apart any more: 'header-or-session'; the other
+    'header' calls named their task in the header."""
+    widen_checks(
+        db,
+        "interactions",
+        {
+            "attribution IN ('path', 'header', 'current', 'none', 'retag', 'branch')": (
+                "attribution IN ('path', 'header', 'current', 'none', 'retag', 'branch', 'session', 'header-or-session')"
+            ),
+        },
+    )
+    db.execute(
+        "UPDATE interactions SET attribution = 'header-or-session'"
+        " WHERE attribution = 'header' AND client_session IN (SELECT session_id FROM session_tasks)"
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:

@@ -15,6 +15,26 @@ def of_call(db: sqlite3.Connection, interaction_id: str) -> dict | None:
     return {"prompt": row["prompt"], "steps": json.loads(row["steps"]) if row["steps"] else [], "response": row["response"]}
 
 
+def of_calls(db: sqlite3.Connection, interaction_ids: list[str]) -> dict[str, dict]:
+    """What each of the calls said, by ID (as of_call; a call with nothing kept is absent)."""
+    said = {}
+    for start in range(0, len(interaction_ids), _IDS_PER_QUERY):
+        chunk = interaction_ids[start : start + _IDS_PER_QUERY]
+        rows = db.execute(
+            "SELECT interaction_id, prompt, steps, response FROM call_texts"
+            f" WHERE interaction_id IN ({', '.join('?' for _ in chunk)})",
+            chunk,
+        )
+        for row in rows:
+            steps = json.loads(row["steps"]) if row["steps"] else []
+            said[row["interaction_id"]] = {"prompt": row["prompt"], "steps": steps, "response": row["response"]}
+    return said
+
+
+# Well under SQLite's limit on a statement's parameters.
+_IDS_PER_QUERY = 500
+
+
 def clip(text: str, width: int) -> str:
     """`text` cut to `width` characters, the cut marked with an ellipsis."""
     return text if len(text) <= width else text[: width - 1] + "…"
