@@ -26,7 +26,7 @@ class Result:
 
 # A test that starts a process (a `meter proxy`, a recorder, a dashboard, the
 # `meter` CLI, a Python, git hooks' background jobs, a browser, the bench) says so
-# with one of these marks; `make check` runs the rest, in-process and fast.
+# with one of these marks (from the least costly to the most); `make check` runs the rest, in-process and fast.
 SLOW_MARKS = ("e2e", "browser", "bench")
 
 
@@ -39,6 +39,19 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"browser", "page"} & set(item.fixturenames):
             item.add_marker(pytest.mark.browser)
+    slowest_files_first(items)
+
+
+def slowest_files_first(items: list[pytest.Item]) -> None:
+    """The files that start processes first (the bench's, then the browser's, then
+    the other e2e ones), the fast ones last, each file's tests together and in
+    order: `make test`'s two workers, which take a file at a time in this order
+    (--no-loadscope-reorder), then end together, the fast files filling in."""
+    slowness: dict[Path, int] = {}
+    for item in items:
+        mark = max((rank for rank, name in enumerate(SLOW_MARKS, 1) if item.get_closest_marker(name)), default=0)
+        slowness[item.path] = max(slowness.get(item.path, 0), mark)
+    items.sort(key=lambda item: slowness[item.path], reverse=True)  # stable
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -5,9 +5,11 @@ import site
 import subprocess
 import time
 import venv
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from taskmeter.store import connection
 from tests.proxy_harness import VENV_BIN
@@ -84,12 +86,38 @@ def task_row(db_path, task_id):
 
 # The packages of the meter's own virtualenv (pytest, pytest-cov, xdist, and taskmeter's dependencies).
 TEST_SITE_PACKAGES = next(path for path in site.getsitepackages() if path.endswith("site-packages"))
+# What a user's project venv has installed to run its tests.
+PROJECT_TOOLS = ("pytest", "pytest-cov", "pytest-xdist")
+
+
+def _installed_with(names) -> list[metadata.Distribution]:
+    """The distributions `names` are, with everything they require (no extras)."""
+    found: dict[str, metadata.Distribution] = {}
+    wanted = list(names)
+    while wanted:
+        dist = metadata.distribution(wanted.pop())
+        if dist.name.lower() in found:
+            continue
+        found[dist.name.lower()] = dist
+        requirements = (Requirement(line) for line in dist.requires or [])
+        wanted += [req.name for req in requirements if req.marker is None or req.marker.evaluate({"extra": ""})]
+    return list(found.values())
+
+
+def _borrow(packages: Path, names) -> None:
+    """Install `names` into the site-packages folder `packages` as links to the test
+    virtualenv's copies: their modules and metadata (entry points: pytest's plugins), and
+    nothing else of the test virtualenv, whose other pytest plugins a user's venv lacks."""
+    for dist in _installed_with(names):
+        for top in {file.parts[0] for file in dist.files or ()}:
+            if top not in ("..", "__pycache__") and not top.endswith(".pth"):
+                (packages / top).symlink_to(Path(TEST_SITE_PACKAGES) / top)
 
 
 def make_venv(path: Path, with_taskmeter: bool) -> Path:
     """A real virtualenv at `path` that borrows the test virtualenv's packages.
-    Without taskmeter, it is a user's project venv: pytest, pytest-cov and xdist,
-    but `import taskmeter` fails (the editable install's finder is not loaded).
+    Without taskmeter, it is a user's project venv: pytest, pytest-cov and xdist
+    only, so `import taskmeter` fails and pytest loads no other plugin.
     With taskmeter, it is another home of the meter (its interpreter at `path`)."""
     venv.create(path, with_pip=False, symlinks=True)
     packages = Path(
@@ -103,7 +131,7 @@ def make_venv(path: Path, with_taskmeter: bool) -> Path:
     if with_taskmeter:  # addsitedir also runs the .pth files there: the editable install of taskmeter
         (packages / "borrowed.pth").write_text(f"import site; site.addsitedir({TEST_SITE_PACKAGES!r})\n")
     else:
-        (packages / "borrowed.pth").write_text(TEST_SITE_PACKAGES + "\n")
+        _borrow(packages, PROJECT_TOOLS)
         # The console script pip would write for pytest.
         script = path / "bin" / "pytest"
         script.write_text(f"#!{path / 'bin' / 'python'}\nimport sys\nfrom pytest import console_main\nsys.exit(console_main())\n")

@@ -86,7 +86,12 @@ def _follow_lines(db_path: Path, expected_ids: list[str]) -> str:
                 output += os.read(process.stdout.fileno(), 65536)
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # Ctrl-C did not stop it: fail, and leave no process behind
+            process.kill()
+            process.wait()
+            raise
     return output.decode()
 
 
