@@ -1462,6 +1462,19 @@ def m022_rework_counts_answered_calls(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m030_task_tags(db: sqlite3.Connection) -> None:
+    """A task's tag (`meter task ID --tag api`): the reference class its forecast is
+    made from before its phase's (analytics/forecast.py, docs/forecasts.md)."""
+    run_script(
+        db,
+        """
+        ALTER TABLE tasks ADD COLUMN tag TEXT;
+        CREATE INDEX tasks_tag ON tasks(tag) WHERE tag IS NOT NULL;
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
