@@ -40,7 +40,7 @@ RELEASED = {
     "m020_context_switches_as_developers_mean_them": "08b9d5dd919b67668e96de893f9db7b10c26d6c36dcea7b92d8a7c2b0bf31ce6",
     "m021_derived_iterations_and_no_zero_coverage_target": "c7d3a3b12d5894a1a41dc95e9d59dc9790f5ba4a60405f7621ff0b62ea5ddd86",
     "m022_rework_counts_answered_calls": "a566090a72b2c68214fba1b40c69a4f46b514feba2ac2e8904ef83679601bd0c",
-    "m030_task_tags": "41000d37b38fce0183d2082dd7daad7b0a04e2b91c26abc3e00fbf3540f0e067",
+    "m030_task_tags_and_forecast_alerts": "ef302b2e882a466b51414ac8e3947becffa7bfb75cd1cdb5f1b1bbbf22c643cb",
 }
 
 

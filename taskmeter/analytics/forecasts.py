@@ -133,9 +133,28 @@ def chances(status: dict, draws: dict[str, list[float] | None]) -> dict[str, flo
     return found
 
 
-def task_draws(task: TaskForecast) -> dict[str, list[float] | None]:
-    """Draws of what an open task has left to use, per quantity (seeded by its ID)."""
-    return {q: forecast.resample_total([task], q, seed=f"{task.record['task_id']}:{q}") for q in QUANTITIES}
+def budget_chances(
+    db: sqlite3.Connection, statuses: list[dict], idle_seconds: float = DEFAULT_IDLE_SECONDS, level: float = DEFAULT_LEVEL
+) -> dict[tuple[str, str], dict[str, float | None]]:
+    """Per budget of open work, (scope, target) -> per cap the chance that the work
+    left keeps it within the cap: each open task's final spend drawn from its class
+    (at least what it has spent), a phase's summed over its open tasks."""
+    everything = outcomes(db, idle_seconds)
+    past = forecast.approved_in_order(everything)
+    found = {}
+    for status in statuses:
+        scope, target = status["scope"], status["target"]
+        members = [
+            o
+            for o in everything
+            if not o.approved_at and (o.phase_id == target if scope == "phase" else o.task_id.lower() == target.lower())
+        ]
+        if scope == "task" and not members:
+            continue  # approved: its spend is final
+        open_tasks = [forecast.forecast_task(o, past, level) for o in members]
+        draws = {q: forecast.resample_total(open_tasks, q, seed=f"{scope}:{target}:{q}") for q in QUANTITIES}
+        found[scope, target] = chances(status, draws)
+    return found
 
 
 def backtest(db: sqlite3.Connection, idle_seconds: float = DEFAULT_IDLE_SECONDS, level: float = DEFAULT_LEVEL) -> dict:

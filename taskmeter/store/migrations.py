@@ -1463,15 +1463,22 @@ def m022_rework_counts_answered_calls(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m030_task_tags(db: sqlite3.Connection) -> None:
+@rebuilds_tables
+def m030_task_tags_and_forecast_alerts(db: sqlite3.Connection) -> None:
     """A task's tag (`meter task ID --tag api`): the reference class its forecast is
-    made from before its phase's (analytics/forecast.py, docs/forecasts.md)."""
+    made from before its phase's; and alerts of the kind `forecast`, an open task
+    past the upper end of its forecast (analytics/forecast.py, docs/forecasts.md)."""
     run_script(
         db,
         """
         ALTER TABLE tasks ADD COLUMN tag TEXT;
         CREATE INDEX tasks_tag ON tasks(tag) WHERE tag IS NOT NULL;
         """,
+    )
+    rebuild_table(
+        db,
+        "alerts",
+        {"CHECK (kind IN ('budget', 'loop', 'burn_rate'))": "CHECK (kind IN ('budget', 'loop', 'burn_rate', 'forecast'))"},
     )
 
 

@@ -1,0 +1,226 @@
+"""`meter forecast`, the --estimate answer, tags, budget chances and the forecast
+alert, over real stored tasks (the store's own functions write them; the reports'
+records are what the forecast reads)."""
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from taskmeter.analytics import forecast
+from taskmeter.store import connection
+from taskmeter.timefmt import from_stored, now
+from tests.forecast_history import START, stored_task
+
+HOUR = 3600
+# Nine approved tasks estimated at an hour: what each took, in hours (ratios to the estimate).
+RATIOS = [1.0, 1.1, 1.2, 1.25, 1.3, 1.4, 1.5, 1.6, 1.8]
+TOKENS_PER_HOUR = 100_000
+USD_PER_TOKEN = 1e-5
+
+
+def history(db, ratios=RATIOS, tag=None, phase="P1", day=0) -> None:
+    """Approved tasks of `phase`, one after another from `day` days after START, each estimated at an hour."""
+    moment = START + timedelta(days=day)
+    for n, ratio in enumerate(ratios, start=1):
+        worked = ratio * HOUR
+        tokens = round(ratio * TOKENS_PER_HOUR)
+        moment = stored_task(
+            db, f"{phase}-{n:03d}", moment, worked, HOUR, tokens, tokens * USD_PER_TOKEN, tag=tag, number=100 * day + n
+        ) + timedelta(minutes=5)
+
+
+def _json(meter, *args):
+    result = meter(*args)
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_a_task_is_forecast_from_the_approved_tasks_as_their_records_give_them(meter, db):
+    history(db)
+    meter("set-task", "P2-001")
+    assert meter("task", "P2-001", "--estimate", "2h").code == 0
+    record = _json(meter, "forecast", "P2-001", "--json")
+    assert record["level"] == 0.8 and record["basis"] == "estimate" and record["estimate_seconds"] == 2 * HOUR
+    # P2 has no approved task: every approved task is the class; nine, the minimum.
+    assert record["reference_class"] == {"kind": "all", "name": None, "tasks": 9}
+    assert record["tasks_used"] == 9
+    working = record["working_seconds"]
+    # Nine ratios at 80%: the conformal ranks are the 1st and the 9th; the point their median.
+    assert working == pytest.approx({"point": 2 * 1.3 * HOUR, "low": 2 * 1.0 * HOUR, "high": 2 * 1.8 * HOUR, "tasks": 9})
+    # Tokens and cost per estimated hour, times the estimate.
+    assert record["tokens"]["low"] == pytest.approx(2 * TOKENS_PER_HOUR)
+    assert record["tokens"]["high"] == pytest.approx(2 * 1.8 * TOKENS_PER_HOUR)
+    assert record["cost_usd"]["point"] == pytest.approx(2 * 1.3 * TOKENS_PER_HOUR * USD_PER_TOKEN)
+    # The same numbers as the pure forecast over the records `meter tasks --json` prints.
+    records = _json(meter, "tasks", "--json")
+    outcomes = [forecast.outcome_of(r) for r in records]
+    target = next(o for o in outcomes if o.task_id == "P2-001")
+    assert forecast.forecast_task(target, forecast.approved_in_order(outcomes)).record["tokens"] == record["tokens"]
+    assert set(record["so_far"]) == set(forecast.QUANTITIES) and record["past_high"] == []
+
+
+def test_an_estimate_is_answered_with_what_similar_tasks_took(meter, db):
+    history(db)
+    result = meter("set-task", "P2-001", "--estimate", "2h")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0].startswith("Current task: P2-001 (created")
+    assert lines[1] == "Similar tasks took 2h 00m–3h 36m (80%, 9 tasks); 200k–360k tokens, $2.00–$3.60."
+    edited = meter("task", "P2-001", "--title", "Login")
+    assert edited.out.splitlines() == ["P2-001: title 'Login'."]  # no estimate given: no forecast
+    again = meter("task", "P2-001", "--estimate", "1h")
+    # ESTIMATED_DURATION is the first estimate, as the reports use it: the forecast says so.
+    assert again.out.splitlines() == [
+        "P2-001: estimate 1h 00m.",
+        "Similar tasks took 2h 00m–3h 36m (80%, 9 tasks); 200k–360k tokens, $2.00–$3.60."
+        " (From its first estimate, 2h 00m, as the reports use.)",
+    ]
+
+
+def test_below_nine_tasks_there_is_no_interval_but_the_reason(meter, db):
+    history(db, RATIOS[:5])
+    result = meter("set-task", "P2-001", "--estimate", "2h")
+    assert result.out.splitlines()[1] == (
+        "Forecast: not enough history (5 tasks); an interval needs 9 comparable approved tasks."
+    )
+    record = _json(meter, "forecast", "P2-001", "--json")
+    for quantity in forecast.QUANTITIES:
+        assert record[quantity] == {"tasks": 5, "reason": "not enough history (5 tasks)", "needed": 9}
+    text = meter("forecast", "P2-001").out
+    assert "WORKING TIME: not enough history (5 tasks)" in text and "–" not in text
+    # 90% needs 19.
+    history(db, RATIOS, phase="P3", day=3)
+    wider = _json(meter, "forecast", "P2-001", "--json", "--level", "0.9")
+    assert wider["working_seconds"]["reason"] == "not enough history (14 tasks)"
+
+
+def test_a_tag_is_a_reference_class(meter, db):
+    history(db, [3.0] * 9, phase="P1")  # slow work, untagged
+    history(db, RATIOS, phase="P3", day=3)
+    for n in range(1, 10):
+        assert meter("task", f"P3-{n:03d}", "--tag", "API").code == 0
+    meter("set-task", "P2-001", "--estimate", "1h")
+    meter("task", "P2-001", "--tag", "api")
+    record = _json(meter, "forecast", "P2-001", "--json")
+    assert record["reference_class"] == {"kind": "tag", "name": "api", "tasks": 9}
+    assert record["working_seconds"]["high"] == pytest.approx(1.8 * HOUR)
+    assert _json(meter, "task", "P2-001", "--json")["tag"] == "api"
+    # Untagged, its phase has no history: every task, the slow ones too.
+    meter("task", "P2-001", "--unset", "tag")
+    assert _json(meter, "forecast", "P2-001", "--json")["reference_class"]["kind"] == "all"
+    bad = meter("task", "P2-001", "--tag", "two words")
+    assert bad.code == 1 and "malformed tag 'two words'" in bad.err and "Traceback" not in bad.err
+
+
+def test_a_phase_is_forecast_by_resampling_its_open_tasks(meter, db):
+    history(db)
+    for n in (1, 2):
+        stored_task(db, f"P2-00{n}", START + timedelta(days=1, hours=n), 600, HOUR, 1000, 0.01, approve=False, number=50 + n)
+    assert meter("phase", "P2", "--budget", "$5").code == 0
+    record = _json(meter, "forecast", "P2", "--json")
+    assert record["open_tasks"] == ["P2-001", "P2-002"] and record["level"] == 0.8
+    working = record["working_seconds"]
+    # What the tasks used so far is their working time as the records give it (an open task's last call's minute counts).
+    records = {r["task_id"]: r for r in _json(meter, "tasks", "--json")}
+    assert working["used"] == pytest.approx(records["P2-001"]["actual_duration"] + records["P2-002"]["actual_duration"])
+    assert 1200 <= working["used"] <= 1320
+    # Two tasks of about 1.3 h each in all.
+    assert working["low"] < working["point"] < working["high"]
+    assert 2 * 1.0 * HOUR <= working["low"] and working["high"] <= 2 * 1.8 * HOUR
+    assert working["left"]["point"] == pytest.approx(working["point"] - working["used"])
+    # The estimate is 2 h: two tasks that each take at least their hour stay within it only
+    # when both draw the lowest ratio, 1.0, one draw in 81.
+    assert record["estimated_total"] == 2 * HOUR
+    assert record["chance_within_estimate"] == pytest.approx(1 / 81, abs=0.008)
+    # $5 against about $2.60 of work: it holds.
+    assert record["chance_within_budget"] == {"usd": 1.0}
+    finish = record["finish"]
+    assert finish["low"] <= finish["point"] <= finish["high"]
+    # The work left at the phase's pace (its working time per second of the clock since it began).
+    left_at_pace = timedelta(seconds=working["left"]["point"] / finish["pace"])
+    assert abs(from_stored(finish["point"]) - now() - left_at_pace) < timedelta(minutes=1)
+    again = _json(meter, "forecast", "P2", "--json")
+    assert {**again, "finish": None} == {**record, "finish": None}  # seeded: the same draws every time
+    budget = {r["target"]: r for r in _json(meter, "budget", "--json")}
+    assert budget["P2"]["caps"][0]["chance_within"] == 1.0
+    assert "Chance within" in meter("budget").out
+
+
+def test_the_backtest_scores_the_forecasts_against_the_baselines(meter, db):
+    history(db, RATIOS * 2)
+    report = _json(meter, "forecast", "--backtest", "--json")
+    assert report["tasks"] == 18
+    working = report["working_seconds"]
+    assert working["n"] == 9  # tasks 10 to 18, each from the ones before
+    assert set(working) == {"n", "coverage", "median_width", "median_abs_log_error", "winkler", "baselines"}
+    assert set(working["baselines"]["raw_estimate"]) == {"n", "coverage", "median_width", "median_abs_log_error", "winkler"}
+    # A point holds only a result exactly on it: the one task of nine that took its hour.
+    assert working["baselines"]["raw_estimate"]["coverage"] == pytest.approx(1 / 9)
+    assert working["coverage"] == 1.0  # the same nine ratios again: each within min..max
+    text = meter("forecast", "--backtest").out
+    assert "raw estimate" in text and "phase median" in text
+
+
+def test_bad_input_is_one_line(meter, db):
+    history(db, RATIOS[:2])
+    for args, said in [
+        (("forecast", "NOPE-1"), "no task or phase 'NOPE-1'"),
+        (("forecast", "P1-001", "--level", "0.99"), "0.99 is outside 0.5-0.95"),
+        (("forecast", "P1", "--backtest"), "--backtest scores every approved task"),
+        (("forecast",), "no current task"),
+    ]:
+        result = meter(*args)
+        assert result.code == 1 and said in result.err and len(result.err.splitlines()) == 1, result.err
+
+
+def test_an_open_task_past_its_interval_raises_one_alert(db_path, meter):
+    from taskmeter.recorder.planner import Guard
+    from taskmeter.store.writer import Writer
+    from tests.test_budgets import NO_DEFAULT_BUDGET
+
+    db = connection.connect(db_path)
+    history(db)
+    # The current task: estimated at 10 minutes, 40 minutes of work so far (the upper end: 18).
+    begun = now() - timedelta(minutes=40)
+    stored_task(db, "P2-004", begun, 40 * 60, 600, 1000, 0.01, approve=False, number=77)
+    from taskmeter.store import tasks
+
+    tasks.set_task(db, "P2-004")
+    db.close()
+
+    def guard(announced: list) -> Guard:
+        return Guard(Writer(db_path), lambda state: None, announced.append, NO_DEFAULT_BUDGET, 10, 5, "warn", 3.0, [], 900)
+
+    announced: list[str] = []
+    guard(announced).refresh(force=True)
+    time_alerts = [line for line in announced if "time" in line]
+    assert len(time_alerts) == 1
+    assert time_alerts[0].startswith("meter: ALERT P2-004 is past 90% of similar tasks' time: 40m so far, above 18m")
+    again: list[str] = []
+    guard(again).refresh(force=True)
+    assert again == []  # once per task and quantity
+    kinds = [a["kind"] for a in _json(meter, "alerts", "--json")]
+    assert "forecast" in kinds
+
+
+@pytest.mark.e2e
+def test_meter_forecast_through_the_real_command(db_path):
+    db = connection.connect(db_path)
+    history(db)
+    db.close()
+    meter_bin = Path(sys.executable).parent / "meter"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(meter_bin), *args, "--db", str(db_path)], capture_output=True, text=True, timeout=60)
+
+    estimate = run("set-task", "P2-001", "--estimate", "30m")
+    assert estimate.returncode == 0, estimate.stderr
+    assert estimate.stdout.splitlines()[1] == "Similar tasks took 30m–54m (80%, 9 tasks); 50k–90k tokens, $0.5000–$0.9000."
+    shown = run("forecast")
+    assert shown.returncode == 0 and "WORKING TIME: 39m (30m–54m)" in shown.stdout, shown.stdout
+    backtest = run("forecast", "--backtest", "--json")
+    assert json.loads(backtest.stdout)["tasks"] == 9
