@@ -224,3 +224,22 @@ def test_meter_forecast_through_the_real_command(db_path):
     assert shown.returncode == 0 and "WORKING TIME: 39m (30m–54m)" in shown.stdout, shown.stdout
     backtest = run("forecast", "--backtest", "--json")
     assert json.loads(backtest.stdout)["tasks"] == 9
+
+
+def test_the_task_and_phase_reports_carry_a_forecast_block(meter, db):
+    history(db, RATIOS * 2)
+    # The tenth task, approved: forecast from the nine approved before it (the ratios 1.0 to 1.8).
+    text = meter("report", "task", "P1-010").out
+    block = text[text.index("=== FORECAST ===") :].splitlines()
+    assert block[1] == "FORECAST:     80% intervals from phase P1's earlier tasks (9 tasks used)"
+    assert block[3] == "WORKING TIME: 1h 18m (1h 00m–1h 48m)"
+    # The seed's fields are as they were: the block comes after them, JSON keeps the seed's record.
+    assert "ESTIMATED_DURATION:" in text[: text.index("=== FORECAST ===")]
+    assert "forecast" not in _json(meter, "report", "task", "P1-010", "--json")
+    markdown = meter("report", "task", "P1-010", "--format", "markdown").out
+    assert "**Forecast:**\n```\n=== FORECAST ===" in markdown
+    stored_task(db, "P1-099", START + timedelta(days=5), 600, HOUR, 1000, 0.01, approve=False, number=999)
+    phase = meter("report", "phase", "P1").out
+    lines = phase[phase.index("=== FORECAST ===") :].splitlines()
+    assert lines[1] == "FORECAST:        80% intervals, 1 open task resampled"
+    assert lines[2].startswith("WORKING TIME:") and " left (" in lines[2]

@@ -134,12 +134,12 @@ def chances(status: dict, draws: dict[str, list[float] | None]) -> dict[str, flo
 
 
 def budget_chances(
-    db: sqlite3.Connection, statuses: list[dict], idle_seconds: float = DEFAULT_IDLE_SECONDS, level: float = DEFAULT_LEVEL
+    everything: list[Outcome], statuses: list[dict], level: float = DEFAULT_LEVEL
 ) -> dict[tuple[str, str], dict[str, float | None]]:
     """Per budget of open work, (scope, target) -> per cap the chance that the work
     left keeps it within the cap: each open task's final spend drawn from its class
-    (at least what it has spent), a phase's summed over its open tasks."""
-    everything = outcomes(db, idle_seconds)
+    (at least what it has spent), a phase's summed over its open tasks. `everything`:
+    every task (outcomes())."""
     past = forecast.approved_in_order(everything)
     found = {}
     for status in statuses:
@@ -244,3 +244,59 @@ def past_high_message(record: dict, quantity: str) -> str:
         f"{record['task_id']} is past {share} of similar tasks' {what}: {said} so far, "
         f"above {SAY[quantity](record[quantity]['high'])} ({class_name(record)}, {record[quantity]['tasks']} tasks)"
     )
+
+
+def _aligned(pairs: list[tuple[str, str]]) -> list[str]:
+    width = max(len(name) for name, _ in pairs) + 2
+    return [f"{(name + ':'):<{width}}{value}" for name, value in pairs]
+
+
+def task_block(record: dict) -> list[str]:
+    """The forecast block of a task's report (next to the seed's DURATION ANALYSIS):
+    for an approved task, what was forecast from the tasks approved before it."""
+    return ["=== FORECAST ===", *_aligned(task_lines(record))]
+
+
+def phase_lines(record: dict, moment) -> list[tuple[str, str]]:
+    """A phase's forecast as `NAME: value` lines (meter forecast PHASE, the phase report's block);
+    `moment` says a stored time as the reader reads it."""
+    level = f"{record['level'] * 100:g}%"
+    resampled = tasks.counted(len(record["open_tasks"]), "open task")
+    pairs = [("FORECAST", f"{level} intervals, {resampled} resampled")]
+    for name, label in (("working_seconds", "WORKING TIME"), ("tokens", "TOKENS"), ("cost_usd", "COST")):
+        quantity = record[name]
+        if quantity.get("high") is None:
+            pairs.append((label, quantity["reason"]))
+            continue
+        say = SAY[name]
+        pairs.append(
+            (
+                label,
+                f"{say(quantity['point'])} in all ({spread(quantity, name)}); "
+                f"{say(quantity['left']['point'])} left ({spread(quantity['left'], name)})",
+            )
+        )
+    finish = record["finish"]
+    if finish.get("point"):
+        pace = SAY["working_seconds"](finish["pace"] * 86400)
+        pairs.append(
+            (
+                "FINISH",
+                f"{moment(finish['point'])} ({moment(finish['low'])} – {moment(finish['high'])})"
+                f" at its pace of {pace} of work a day",
+            )
+        )
+    else:
+        pairs.append(("FINISH", finish["reason"]))
+    chance = record["chance_within_estimate"]
+    if chance is not None:
+        pairs.append(("WITHIN ESTIMATE", f"{chance * 100:.0f}% (estimate {SAY['working_seconds'](record['estimated_total'])})"))
+    elif record.get("estimate_reason"):
+        pairs.append(("WITHIN ESTIMATE", record["estimate_reason"]))
+    for unit, budget_chance in record["chance_within_budget"].items():
+        pairs.append((f"WITHIN {unit.upper()} BUDGET", "no forecast" if budget_chance is None else f"{budget_chance * 100:.0f}%"))
+    return pairs
+
+
+def phase_block(record: dict, moment) -> list[str]:
+    return ["=== FORECAST ===", *_aligned(phase_lines(record, moment))]

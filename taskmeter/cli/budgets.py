@@ -82,6 +82,7 @@ def budget_records(db) -> list[dict]:
     """Every budget in force with its spend and each of its caps judged (`meter budget --json`).
     Working time comes from one pass over every task and phase, not a report per budget."""
     from taskmeter.analytics.budgets import budget_statuses, caps
+    from taskmeter.analytics.forecast import outcome_of
     from taskmeter.analytics.forecasts import budget_chances
     from taskmeter.analytics.listings import task_records
     from taskmeter.analytics.reports import phase_reports
@@ -90,11 +91,9 @@ def budget_records(db) -> list[dict]:
     idle = idle_seconds()
     # (scope, target) -> (finished, working time, estimated working time left)
     work: dict[tuple[str, str], tuple] = {}
+    every_task = task_records(db, idle_seconds=idle, intervals=False) if statuses else []
     if any(status["scope"] == "task" for status in statuses):
-        work |= {
-            ("task", r["task_id"]): (r["status"] == "approved", r["actual_duration"], _left([r]))
-            for r in task_records(db, idle_seconds=idle, intervals=False)
-        }
+        work |= {("task", r["task_id"]): (r["status"] == "approved", r["actual_duration"], _left([r])) for r in every_task}
     if any(status["scope"] == "phase" for status in statuses):
         work |= {
             ("phase", p["phase_id"]): (
@@ -104,7 +103,7 @@ def budget_records(db) -> list[dict]:
             )
             for p in phase_reports(db, idle_seconds=idle)
         }
-    chances = budget_chances(db, statuses, idle) if statuses else {}
+    chances = budget_chances([outcome_of(r) for r in every_task], statuses)
     records = []
     for status in statuses:
         # A budget for a task or phase not begun yet has no working time: open, nothing to project.

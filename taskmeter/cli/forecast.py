@@ -85,43 +85,10 @@ def _resolve(db, target: str | None) -> tuple[str, str]:
 def _say_phase(record: dict, utc: bool) -> None:
     from taskmeter.analytics import forecasts
 
+    pairs = forecasts.phase_lines(record, lambda stored: terminal.moment(stored, utc, short=False))
     level = f"{record['level'] * 100:g}%"
-    pairs: list[tuple[str, object]] = []
-    for name, label in (("working_seconds", "WORKING TIME"), ("tokens", "TOKENS"), ("cost_usd", "COST")):
-        quantity = record[name]
-        if quantity.get("high") is None:
-            pairs.append((label, quantity["reason"]))
-            continue
-        say = forecasts.SAY[name]
-        pairs.append(
-            (
-                label,
-                f"{say(quantity['point'])} in all ({forecasts.spread(quantity, name)}); "
-                f"{say(quantity['left']['point'])} left ({forecasts.spread(quantity['left'], name)})",
-            )
-        )
-    finish = record["finish"]
-    if finish.get("point"):
-        pace = forecasts.SAY["working_seconds"](finish["pace"] * 86400)
-        pairs.append(
-            (
-                "FINISH",
-                f"{terminal.moment(finish['point'], utc, short=False)} ({terminal.moment(finish['low'], utc, short=False)}"
-                f" – {terminal.moment(finish['high'], utc, short=False)}) at its pace of {pace} of work a day",
-            )
-        )
-    else:
-        pairs.append(("FINISH", finish["reason"]))
-    chance = record["chance_within_estimate"]
-    if chance is not None:
-        pairs.append(
-            ("WITHIN ESTIMATE", f"{chance * 100:.0f}% (estimate {forecasts.SAY['working_seconds'](record['estimated_total'])})")
-        )
-    for unit, budget_chance in record["chance_within_budget"].items():
-        said = "no forecast" if budget_chance is None else f"{budget_chance * 100:.0f}%"
-        pairs.append((f"WITHIN {unit.upper()} BUDGET", said))
-    terminal.info(f"Phase {record['phase_id']}: {len(record['open_tasks'])} open tasks, {level} intervals")
-    terminal.fields(pairs)
+    terminal.info(f"Phase {record['phase_id']}: {tasks.counted(len(record['open_tasks']), 'open task')}, {level} intervals")
+    terminal.fields(pairs[1:])
     if record["tasks"]:
         terminal.table(
             [

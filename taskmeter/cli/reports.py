@@ -104,7 +104,13 @@ def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path, create=False) as db:
         report = task_report(db, task_id.strip(), idle_seconds=idle_seconds())
-    _emit(report, output_format, partial(formats.task_markdown, utc=utc), partial(formats.task_text, utc=utc))
+        block = _forecast_block(db, "task", report["task_id"], output_format, utc)
+    _emit(
+        report,
+        output_format,
+        _followed(partial(formats.task_markdown, utc=utc), block, fenced=True),
+        _followed(partial(formats.task_text, utc=utc), block),
+    )
 
 
 @report_cmd.command("phase")
@@ -119,7 +125,35 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with open_db(db_path, create=False) as db:
         report = phase_report(db, phase_id.strip(), idle_seconds=idle_seconds())
-    _emit(report, output_format, partial(formats.phase_markdown, utc=utc), partial(formats.phase_text, utc=utc))
+        block = _forecast_block(db, "phase", report["phase_id"], output_format, utc)
+    _emit(
+        report,
+        output_format,
+        _followed(partial(formats.phase_markdown, utc=utc), block, fenced=True),
+        _followed(partial(formats.phase_text, utc=utc), block),
+    )
+
+
+def _forecast_block(db, scope: str, record_id: str, output_format: str, utc: bool) -> list[str]:
+    """The forecast block the task and phase reports show next to the seed's fields
+    (docs/forecasts.md); JSON and CSV keep the seed's record: `meter forecast --json` has it."""
+    if output_format not in ("table", "markdown"):
+        return []
+    from taskmeter.analytics import forecasts
+    from taskmeter.cli.common import budget_defaults
+
+    if scope == "task":
+        return forecasts.task_block(forecasts.task_forecast(db, record_id, idle_seconds()).record)
+    record = forecasts.phase_forecast(db, record_id, idle_seconds(), budget_defaults=budget_defaults())
+    return forecasts.phase_block(record, lambda stored: terminal.moment(stored, utc, short=False))
+
+
+def _followed(render, block: list[str], fenced: bool = False):
+    """A report's text, then the forecast block (in a Markdown code block when `fenced`)."""
+    if not block:
+        return render
+    lines = ["", "**Forecast:**", "```", *block, "```"] if fenced else ["", *block]
+    return lambda report: render(report) + "\n".join(lines) + "\n"
 
 
 USAGE_COLUMNS = [
