@@ -3,6 +3,7 @@ alert, over real stored tasks (the store's own functions write them; the reports
 records are what the forecast reads)."""
 
 import json
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -243,3 +244,28 @@ def test_the_task_and_phase_reports_carry_a_forecast_block(meter, db):
     lines = phase[phase.index("=== FORECAST ===") :].splitlines()
     assert lines[1] == "FORECAST:        80% intervals, 1 open task resampled"
     assert lines[2].startswith("WORKING TIME:") and " left (" in lines[2]
+
+
+@pytest.mark.e2e
+def test_the_dashboard_shows_the_phase_and_task_forecasts(db_path):
+    import httpx
+
+    from tests.test_dashboard import RunningDashboard
+
+    db = connection.connect(db_path)
+    history(db)
+    stored_task(db, "P2-001", START + timedelta(days=1), 600, HOUR, 1000, 0.01, approve=False, number=51)
+    db.close()
+    running = RunningDashboard(db_path)
+    try:
+        phase = httpx.get(f"{running.origin}/phases/P2", headers=running.cookie, timeout=30)
+        task = httpx.get(f"{running.origin}/tasks/P2-001", headers=running.cookie, timeout=30)
+    finally:
+        assert running.stop() == 0
+    assert phase.status_code == 200 and task.status_code == 200
+    assert '<h2 id="forecast">Forecast</h2>' in phase.text
+    # Its one open task stays within its hour only when it draws the ratio 1.0: one draw in nine.
+    within = re.search(r"<tr><th>Within estimate</th><td>(\d+)% \(estimate 1h 00m\)</td></tr>", phase.text)
+    assert within and 7 <= int(within.group(1)) <= 15
+    # The task's forecast against what it has used so far.
+    assert "<tr><th>Working time</th><td>1h 18m (1h 00m–1h 48m); so far 11m</td></tr>" in task.text

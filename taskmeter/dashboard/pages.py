@@ -7,7 +7,7 @@ import sqlite3
 from datetime import date, timedelta
 from typing import Literal
 
-from taskmeter.analytics import history
+from taskmeter.analytics import forecasts, history
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.analytics.listings import call_record, task_records
 from taskmeter.analytics.periods import usage_report
@@ -20,6 +20,7 @@ from taskmeter.money import usd
 from taskmeter.store import budgets, interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
+from taskmeter.terminal import moment
 from taskmeter.timefmt import (
     from_stored,
     hour_label,
@@ -128,7 +129,12 @@ def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults, da
     }
 
 
-def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: float) -> dict:
+def _forecast_lines(pairs: list[tuple[str, str]]) -> list[dict]:
+    """A forecast's `NAME: value` lines (analytics/forecasts.py) as the page's table rows."""
+    return [{"name": name.capitalize(), "value": value} for name, value in pairs]
+
+
+def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: float, defaults: Defaults | None = None) -> dict:
     ordered = history.phase_ids(db)
     if not ordered:
         return {"phase_ids": [], "report": None, "charts": {}}
@@ -140,9 +146,12 @@ def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: floa
     per_task = [phase["tokens_per_task_avg"] for phase in trend]
     # The seed's target: each phase 10% under the one before.
     target = [None] + [None if before is None else before * 0.9 for before in per_task[:-1]]
+    forecast = forecasts.phase_forecast(db, report["phase_id"], idle_seconds, budget_defaults=defaults)
     return {
         "phase_ids": ordered,
         "report": report,
+        "forecast": forecast,
+        "forecast_lines": _forecast_lines(forecasts.phase_lines(forecast, lambda stored: moment(stored, short=False))),
         "inputs": dict(tasks.get_phase(db, report["phase_id"])),
         "budget": own_budget(db, "phase", report["phase_id"]),
         "trend": trend,
@@ -234,8 +243,11 @@ def task_page(db: sqlite3.Connection, task_id: str, idle_seconds: float) -> dict
     for row in interactions.recent(db, CALLS_SHOWN, CallFilter(task_id=task_id)):
         calls.append({**feed_call(row), "texts": call_texts.of_call(db, row["id"])})
     sources = report["tokens_by_source"]
+    forecast = forecasts.task_forecast(db, task_id, idle_seconds).record
     return {
         "report": report,
+        "forecast": forecast,
+        "forecast_lines": _forecast_lines(forecasts.task_lines(forecast)),
         "models": models,
         "calls": calls,
         "task_choices": task_choices(db),
