@@ -178,7 +178,7 @@ def test_bad_input_is_one_line(meter, db):
         assert result.code == 1 and said in result.err and len(result.err.splitlines()) == 1, result.err
 
 
-def test_an_open_task_past_its_interval_raises_one_alert(db_path, meter):
+def test_an_open_task_past_its_interval_raises_one_alert_per_quantity(db_path, meter):
     from taskmeter.recorder.planner import Guard
     from taskmeter.store.writer import Writer
     from tests.test_budgets import NO_DEFAULT_BUDGET
@@ -188,6 +188,8 @@ def test_an_open_task_past_its_interval_raises_one_alert(db_path, meter):
     # The current task: estimated at 10 minutes, 40 minutes of work so far (the upper end: 18).
     begun = now() - timedelta(minutes=40)
     stored_task(db, "P2-004", begun, 40 * 60, 600, 1000, 0.01, approve=False, number=77)
+    # Another open task, not current (its calls came with its /t/ prefix): 30 minutes of work on 10.
+    stored_task(db, "P2-005", begun - timedelta(hours=2), 30 * 60, 600, 1000, 0.01, approve=False, number=78)
     from taskmeter.store import tasks
 
     tasks.set_task(db, "P2-004")
@@ -198,9 +200,11 @@ def test_an_open_task_past_its_interval_raises_one_alert(db_path, meter):
 
     announced: list[str] = []
     guard(announced).refresh(force=True)
-    time_alerts = [line for line in announced if "time" in line]
-    assert len(time_alerts) == 1
+    time_alerts = sorted(line for line in announced if "time" in line)
+    assert len(time_alerts) == 2
     assert time_alerts[0].startswith("meter: ALERT P2-004 is past 90% of similar tasks' time: 40m so far, above 18m")
+    # (an open task's working time runs to the end of its last call's minute)
+    assert re.match(r"meter: ALERT P2-005 is past 90% of similar tasks' time: 3[01]m so far, above 18m", time_alerts[1])
     again: list[str] = []
     guard(again).refresh(force=True)
     assert again == []  # once per task and quantity

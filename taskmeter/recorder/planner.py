@@ -218,12 +218,13 @@ class Guard:
 
         if now - self._baseline_at >= BASELINE_SECONDS:
             self._baseline_at = now
-            approved = [
-                r for r in task_records(db, idle_seconds=self._idle_seconds, intervals=False) if r["status"] == "approved"
-            ]
+            records = task_records(db, idle_seconds=self._idle_seconds, intervals=False)
+            approved = [r for r in records if r["status"] == "approved"]
             rates = [rules.tokens_per_working_hour(r) for r in approved]
             self._threshold = rules.burn_rate_threshold([rate for rate in rates if rate is not None], self._burn_rate_k)
             self._approved = forecast.approved_in_order(forecast.outcome_of(r) for r in approved)
+            for listed in records:  # every open task now and then: calls reach tasks that are not current too
+                self._past_forecast(db, listed)
         current = tasks.current_task(db)
         if current is None:
             return
