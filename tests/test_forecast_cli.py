@@ -273,3 +273,21 @@ def test_the_dashboard_shows_the_phase_and_task_forecasts(db_path):
     assert within and 7 <= int(within.group(1)) <= 15
     # The task's forecast against what it has used so far.
     assert "<tr><th>Working time</th><td>1h 18m (1h 00m–1h 48m); so far 11m</td></tr>" in task.text
+
+
+def test_upgrading_keeps_the_alerts_and_takes_forecast_alerts_and_tags(db_path, monkeypatch):
+    from taskmeter.store import alerts, migrations, tasks
+
+    m030 = next(n for n, fn in enumerate(migrations.MIGRATIONS) if fn.__name__.startswith("m030_"))
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:m030])
+    old = connection.connect(db_path)
+    tasks.set_task(old, "P1-001")
+    kept = alerts.raise_alert(old, "budget", "budget:task:P1-001:80:x", "budget 80% used", task_id="P1-001", once=True)
+    old.close()
+    monkeypatch.undo()
+    upgraded = connection.connect(db_path)
+    assert [dict(row) for row in upgraded.execute("SELECT * FROM alerts")] == [kept]
+    assert alerts.raise_alert(upgraded, "forecast", "forecast:P1-001:tokens", "past", task_id="P1-001", once=True)
+    tasks.update_task(upgraded, "P1-001", {"tag": "api"})
+    assert tasks.get_task(upgraded, "P1-001")["tag"] == "api"
+    upgraded.close()
