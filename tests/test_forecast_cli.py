@@ -15,6 +15,7 @@ from taskmeter.analytics import forecast
 from taskmeter.store import connection
 from taskmeter.timefmt import from_stored, now
 from tests.forecast_history import START, stored_task
+from tests.test_dashboard import browser, page  # noqa: F401 (fixtures of the dashboard's browser test)
 
 HOUR = 3600
 # Nine approved tasks estimated at an hour: what each took, in hours (ratios to the estimate).
@@ -251,7 +252,7 @@ def test_the_task_and_phase_reports_carry_a_forecast_block(meter, db):
 
 
 @pytest.mark.e2e
-def test_the_dashboard_shows_the_phase_and_task_forecasts(db_path):
+def test_the_dashboard_shows_the_forecasts_the_chances_and_the_burndown(db_path, page):  # noqa: F811
     import httpx
 
     from tests.test_dashboard import RunningDashboard
@@ -264,6 +265,11 @@ def test_the_dashboard_shows_the_phase_and_task_forecasts(db_path):
     try:
         phase = httpx.get(f"{running.origin}/phases/P2", headers=running.cookie, timeout=30)
         task = httpx.get(f"{running.origin}/tasks/P2-001", headers=running.cookie, timeout=30)
+        running.enter(page)
+        assert running.goto(page, "/phases/P1").status == 200
+        page.wait_for_load_state("load")
+        burndown = page.locator('canvas[data-chart="burndown"]')
+        labels = burndown.evaluate("canvas => Chart.getChart(canvas).data.datasets.map(d => d.label)")
     finally:
         assert running.stop() == 0
     assert phase.status_code == 200 and task.status_code == 200
@@ -273,6 +279,16 @@ def test_the_dashboard_shows_the_phase_and_task_forecasts(db_path):
     assert within and 7 <= int(within.group(1)) <= 15
     # The task's forecast against what it has used so far.
     assert "<tr><th>Working time</th><td>1h 18m (1h 00m–1h 48m); so far 11m</td></tr>" in task.text
+    # P2's burndown: an hour estimated, none approved; its fan from now to no work left.
+    charts = json.loads(re.search(r'<script type="application/json" id="charts">(.*?)</script>', phase.text).group(1))
+    lines = {dataset["label"]: dataset["data"] for dataset in charts["burndown"]["datasets"]}
+    assert lines["Estimated work left"][0] == {"x": 0.0, "y": 1.0} and lines["Estimated work left"][-1]["y"] == 1.0
+    now_at = lines["Estimated work left"][-1]
+    low, median, high = (lines[f"Forecast, {end}"] for end in ("low", "median", "high"))
+    assert low[0] == median[0] == high[0] == now_at
+    assert now_at["x"] < low[1]["x"] <= median[1]["x"] <= high[1]["x"] and low[1]["y"] == 0
+    # P1, all approved: the line alone, drawn by Chart.js in the browser without an error.
+    assert labels == ["Estimated work left"] and page.errors == []
 
 
 def test_upgrading_keeps_the_alerts_and_takes_forecast_alerts_and_tags(db_path, monkeypatch):

@@ -11,7 +11,7 @@ from taskmeter.analytics import forecasts, history
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.analytics.listings import call_record, task_records
 from taskmeter.analytics.periods import usage_report
-from taskmeter.analytics.records import TaskRecord
+from taskmeter.analytics.records import PhaseReport, TaskRecord
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
 from taskmeter.analytics.snapshot import current_state, recording
 from taskmeter.dashboard import edits
@@ -134,6 +134,33 @@ def _forecast_lines(pairs: list[tuple[str, str]]) -> list[dict]:
     return [{"name": name.capitalize(), "value": value} for name, value in pairs]
 
 
+def burndown(report: PhaseReport, forecast: dict) -> dict:
+    """The phase's estimated work left (hours) against its working time (hours): a point
+    at each approval (its task's estimate off, its working time on) and now; then the
+    forecast's fan, from now to no work left after the working time left (low, median, high)."""
+    hours = 3600  # seconds
+    approved = sorted(
+        (t for t in report["tasks"] if t["status"] == "approved"), key=lambda t: t["final_approval_timestamp"] or ""
+    )
+    left = sum(t["estimated_duration"] or 0 for t in report["tasks"]) / hours
+    worked = 0.0
+    steps = [{"x": 0.0, "y": left}]
+    for task in approved:
+        worked += (task["actual_duration"] or 0) / hours
+        left -= (task["estimated_duration"] or 0) / hours
+        steps.append({"x": worked, "y": left})
+    worked += sum(t["actual_duration"] or 0 for t in report["tasks"] if t["status"] != "approved") / hours
+    steps.append({"x": worked, "y": left})
+    datasets = [{"label": "Estimated work left", "type": "line", "data": steps}]
+    spread = forecast["working_seconds"].get("left")
+    if spread and forecast["open_tasks"]:
+        for end, label in (("low", "Forecast, low"), ("point", "Forecast, median"), ("high", "Forecast, high")):
+            datasets.append(
+                {"label": label, "type": "line", "data": [{"x": worked, "y": left}, {"x": worked + spread[end] / hours, "y": 0}]}
+            )
+    return chart("scatter", [], datasets)
+
+
 def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: float, defaults: Defaults | None = None) -> dict:
     ordered = history.phase_ids(db)
     if not ordered:
@@ -157,6 +184,7 @@ def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: floa
         "trend": trend,
         "tiles": [target for target in report["pattern_effectiveness"] if target["metric"] in TILE_METRICS],
         "charts": {
+            "burndown": burndown(report, forecast),
             "tasks": chart(
                 "bar",
                 [task["task_id"] for task in report["tasks"]],
