@@ -52,14 +52,18 @@ class Outcome(NamedTuple):
 
 
 def outcome_of(record: Mapping) -> Outcome:
-    """An Outcome from a task's record (metrics.task_fields)."""
+    """An Outcome from a task's record (metrics.task_fields). A task without an AI call
+    used no tokens and no money (its record says none were stated: null)."""
+    no_calls = not record["ai_interactions"] and not record["failed_calls"]
+    results = [record[RECORD_FIELDS[quantity]] for quantity in QUANTITIES]
+    spent = [0 if value is None and no_calls else value for value in results[1:]]
     return Outcome(
         record["task_id"],
         record["phase_id"],
         record.get("tag"),
         record["final_approval_timestamp"],
         record["estimated_duration"] or None,
-        tuple(record[RECORD_FIELDS[quantity]] for quantity in QUANTITIES),
+        (results[0], *spent),
     )
 
 
@@ -120,21 +124,33 @@ def predict(ordered: Sequence[float], level: float) -> Prediction:
 
 
 class Window:
-    """The last WINDOW values of a class, in the order they came and sorted; `count` is every value ever added."""
+    """A class's last WINDOW comparable tasks (comparable in working time), in the order
+    they came, with each quantity's log-values among them sorted; `count`: every
+    comparable task ever added."""
 
     __slots__ = ("arrived", "ordered", "count")
 
     def __init__(self) -> None:
-        self.arrived: deque[float] = deque()
-        self.ordered: list[float] = []
+        self.arrived: deque[tuple[float | None, ...]] = deque()
+        self.ordered: list[list[float]] = [[] for _ in QUANTITIES]
         self.count = 0
 
-    def add(self, value: float) -> None:
+    def add(self, values: tuple[float | None, ...]) -> None:
         self.count += 1
-        self.arrived.append(value)
-        bisect.insort(self.ordered, value)
+        self.arrived.append(values)
+        for ordered, value in zip(self.ordered, values, strict=True):
+            if value is not None:
+                bisect.insort(ordered, value)
         if len(self.arrived) > WINDOW:
-            del self.ordered[bisect.bisect_left(self.ordered, self.arrived.popleft())]
+            for ordered, value in zip(self.ordered, self.arrived.popleft(), strict=True):
+                if value is not None:
+                    del ordered[bisect.bisect_left(ordered, value)]
+
+
+def log_values(outcome: Outcome, by_estimate: bool) -> tuple[float | None, ...] | None:
+    """Every quantity's log_value of `outcome`; None when it is not comparable (no working time, or no estimate)."""
+    values = tuple(log_value(outcome, index, by_estimate) for index in range(len(QUANTITIES)))
+    return values if values[0] is not None else None
 
 
 # ---------------------------------------------------------------- reference classes
@@ -214,11 +230,11 @@ def forecast_task(target: Outcome, history: Sequence[Outcome], level: float = DE
         "reference_class": {"kind": key[0], "name": key[1], "tasks": comparable(key)},
         "tasks_used": 0,
     }
-    windows = {}
-    for index, quantity in enumerate(QUANTITIES):
-        values = [v for o in members[key] if (v := log_value(o, index, by_estimate)) is not None]
-        ordered = sorted(values[-WINDOW:])
-        windows[quantity] = ordered
+    window = Window()
+    for values in [v for o in members[key] if (v := log_values(o, by_estimate)) is not None][-WINDOW:]:
+        window.add(values)
+    windows = dict(zip(QUANTITIES, window.ordered, strict=True))
+    for quantity, ordered in windows.items():
         record[quantity] = _quantity(predict(ordered, level), scale, needed)
     record["tasks_used"] = record["working_seconds"]["tasks"]
     if not target.approved_at:
@@ -331,8 +347,8 @@ def backtest(outcomes: Iterable[Outcome], level: float = DEFAULT_LEVEL) -> dict:
     phase's earlier tasks with their empirical interval. A task the forecast gives
     no interval is not scored (nor are the baselines on it)."""
     ordered_outcomes = approved_in_order(outcomes)
-    # (basis, quantity index, class key) -> Window
-    windows: dict[tuple[bool, int, tuple[str, str | None]], Window] = {}
+    # (basis, class key) -> Window
+    windows: dict[tuple[bool, tuple[str, str | None]], Window] = {}
     phase_results: dict[tuple[str | None, int], list[float]] = {}
     model = {q: _Scores(level) for q in QUANTITIES}
     raw = _Scores(level)
@@ -342,14 +358,14 @@ def backtest(outcomes: Iterable[Outcome], level: float = DEFAULT_LEVEL) -> dict:
         scale = outcome.estimate if by_estimate and outcome.estimate else 1.0
 
         def comparable(key, by_estimate=by_estimate) -> int:
-            window = windows.get((by_estimate, 0, key))
+            window = windows.get((by_estimate, key))
             return window.count if window else 0
 
         key = choose_class(outcome, comparable, level)
+        chosen = windows.get((by_estimate, key))
         for index, quantity in enumerate(QUANTITIES):
             actual = outcome.results[index]
-            window = windows.get((by_estimate, index, key))
-            prediction = predict(window.ordered if window else [], level)
+            prediction = predict(chosen.ordered[index] if chosen else [], level)
             if actual is None or prediction.high is None:
                 continue
             floor = _FLOORS[quantity]
@@ -362,17 +378,16 @@ def backtest(outcomes: Iterable[Outcome], level: float = DEFAULT_LEVEL) -> dict:
                 point, low, high = _plain_interval(earlier, level)
                 phase_median[quantity].add(actual, point, low, high, floor)
         keys = class_keys(outcome)
-        for index in range(len(QUANTITIES)):
-            for basis in (True, False):
-                value = log_value(outcome, index, basis)
-                if value is None:
-                    continue
-                for class_key in keys:
-                    window = windows.get((basis, index, class_key))
-                    if window is None:
-                        window = windows[basis, index, class_key] = Window()
-                    window.add(value)
-            result = outcome.results[index]
+        for basis in (True, False):
+            values = log_values(outcome, basis)
+            if values is None:
+                continue
+            for class_key in keys:
+                window = windows.get((basis, class_key))
+                if window is None:
+                    window = windows[basis, class_key] = Window()
+                window.add(values)
+        for index, result in enumerate(outcome.results):
             if result is not None:
                 bisect.insort(phase_results.setdefault((outcome.phase_id, index), []), result)
     return {
