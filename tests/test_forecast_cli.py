@@ -307,3 +307,20 @@ def test_upgrading_keeps_the_alerts_and_takes_forecast_alerts_and_tags(db_path, 
     tasks.update_task(upgraded, "P1-001", {"tag": "api"})
     assert tasks.get_task(upgraded, "P1-001")["tag"] == "api"
     upgraded.close()
+
+
+def test_only_the_window_is_read_in_full_and_the_forecast_is_the_same(meter, db):
+    """70 approved tasks: the forecast reads the last 60 comparable in full (the others
+    from their rows alone) and says what the forecast over every record says."""
+    ratios = [1.0 + (n % 9) / 10 for n in range(70)]
+    history(db, ratios[:35])
+    history(db, ratios[35:], phase="P3", day=5)
+    with connection.write_transaction(db):  # two tasks without an estimate: not comparable
+        db.execute("UPDATE tasks SET estimate_seconds = NULL WHERE id IN ('P1-002', 'P3-030')")
+    stored_task(db, "P2-001", START + timedelta(days=20), 600, HOUR, 1000, 0.01, approve=False, number=999)
+    record = _json(meter, "forecast", "P2-001", "--json")
+    assert record["reference_class"] == {"kind": "all", "name": None, "tasks": 68} and record["tasks_used"] == 60
+    outcomes = [forecast.outcome_of(r) for r in _json(meter, "tasks", "--json")]
+    target = next(o for o in outcomes if o.task_id == "P2-001")
+    expected = forecast.forecast_task(target, forecast.approved_in_order(outcomes)).record
+    assert record == json.loads(json.dumps(expected))

@@ -210,16 +210,29 @@ class TaskForecast(NamedTuple):
     scale: float
 
 
+class ReferenceClass(NamedTuple):
+    key: tuple[str, str | None]
+    tasks: int  # its tasks comparable with the target
+    window: list[Outcome]  # the last WINDOW of them: the forecast is made from these alone
+
+
+def reference_class(target: Outcome, history: Sequence[Outcome], level: float = DEFAULT_LEVEL) -> ReferenceClass:
+    """The class `target` is forecast from, and the tasks of its window. Which tasks
+    are comparable depends on the estimate and the working time being there, not on
+    their values: a caller may pass stand-ins for the results of tasks outside the window."""
+    by_estimate = bool(target.estimate)
+    members = {key: [o for o in history if _member(o, key) and o.task_id != target.task_id] for key in class_keys(target)}
+    comparable = {key: [o for o in found if log_value(o, 0, by_estimate) is not None] for key, found in members.items()}
+    key = choose_class(target, lambda key: len(comparable[key]), level)
+    return ReferenceClass(key, len(comparable[key]), comparable[key][-WINDOW:])
+
+
 def forecast_task(target: Outcome, history: Sequence[Outcome], level: float = DEFAULT_LEVEL) -> TaskForecast:
     """Forecast `target` from `history` (approved outcomes in approval order, not
     including the target): per quantity point, low and high at `level`, or the reason there is none."""
     by_estimate = bool(target.estimate)
-    members = {key: [o for o in history if _member(o, key) and o.task_id != target.task_id] for key in class_keys(target)}
-
-    def comparable(key) -> int:
-        return sum(1 for o in members[key] if log_value(o, 0, by_estimate) is not None)
-
-    key = choose_class(target, comparable, level)
+    chosen = reference_class(target, history, level)
+    key = chosen.key
     scale = target.estimate if by_estimate and target.estimate else 1.0
     needed = max(MIN_TASKS, minimum_tasks(level))
     record: dict = {
@@ -227,11 +240,13 @@ def forecast_task(target: Outcome, history: Sequence[Outcome], level: float = DE
         "level": level,
         "basis": "estimate" if by_estimate else "actuals",
         "estimate_seconds": target.estimate,
-        "reference_class": {"kind": key[0], "name": key[1], "tasks": comparable(key)},
+        "reference_class": {"kind": key[0], "name": key[1], "tasks": chosen.tasks},
         "tasks_used": 0,
     }
     window = Window()
-    for values in [v for o in members[key] if (v := log_values(o, by_estimate)) is not None][-WINDOW:]:
+    for outcome in chosen.window:
+        values = log_values(outcome, by_estimate)
+        assert values is not None  # comparable
         window.add(values)
     windows = dict(zip(QUANTITIES, window.ordered, strict=True))
     for quantity, ordered in windows.items():

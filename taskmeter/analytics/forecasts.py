@@ -11,7 +11,6 @@ from taskmeter.analytics import forecast
 from taskmeter.analytics.forecast import DEFAULT_LEVEL, QUANTITIES, Outcome, TaskForecast
 from taskmeter.analytics.listings import task_records
 from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
-from taskmeter.errors import NotFound
 from taskmeter.money import usd
 from taskmeter.store import tasks
 from taskmeter.timefmt import format_duration, from_stored, now_stored, seconds_between, to_stored
@@ -25,11 +24,30 @@ def outcomes(db: sqlite3.Connection, idle_seconds: float = DEFAULT_IDLE_SECONDS,
     return [forecast.outcome_of(r) for r in task_records(db, now=now, idle_seconds=idle_seconds, intervals=False)]
 
 
-def _target(everything: list[Outcome], task_id: str) -> Outcome:
-    found = next((o for o in everything if o.task_id.lower() == task_id.lower()), None)
-    if found is None:
-        raise NotFound(f"unknown task {task_id!r}: create it with `meter set-task {task_id}`")
-    return found
+def _approved_rows(db: sqlite3.Connection) -> list[Outcome]:
+    """Every approved task in approval order, from its row alone: what choosing a class
+    needs (its tag, phase, whether it has an estimate and working time), with a stand-in
+    for its results (forecast.reference_class), so that only the tasks of a window
+    have their working time computed."""
+    rows = db.execute("SELECT id, phase_id, tag, final_approval_at, estimate_seconds, begin_at FROM tasks")
+    return forecast.approved_in_order(
+        Outcome(row[0], row[1], row[2], row[3], row[4], (0.0 if row[5] else None, None, None)) for row in rows
+    )
+
+
+def _history_for(
+    db: sqlite3.Connection, targets: list[Outcome], past: list[Outcome], now: str, idle_seconds: float, level: float
+) -> list[Outcome]:
+    """`past` (from _approved_rows) with the tasks of each target's window read in full,
+    as their records (metrics.task_fields) give them."""
+    from taskmeter.analytics import history, metrics
+
+    wanted = {o.task_id for target in targets for o in forecast.reference_class(target, past, level).window}
+    if not wanted:
+        return past
+    rows = [dict(row) for row in tasks.tasks_by_id(db, sorted(wanted))]
+    full = {h.task["id"]: forecast.outcome_of(metrics.task_fields(h, now, idle_seconds)) for h in history.histories(db, rows)}
+    return [full.get(o.task_id, o) for o in past]
 
 
 def task_forecast(
@@ -37,16 +55,19 @@ def task_forecast(
     task_id: str,
     idle_seconds: float = DEFAULT_IDLE_SECONDS,
     level: float = DEFAULT_LEVEL,
-    everything: list[Outcome] | None = None,
+    now: str | None = None,
 ) -> TaskForecast:
     """The forecast of one task (open or approved) from the tasks approved before now
-    (an approved task: before its own approval)."""
-    everything = everything if everything is not None else outcomes(db, idle_seconds)
-    target = _target(everything, task_id)
-    past = forecast.approved_in_order(everything)
+    (an approved task: before its own approval). Only the tasks of its class's window
+    are read in full, however long the history."""
+    from taskmeter.analytics.reports import task_report
+
+    now = now or now_stored()
+    target = forecast.outcome_of(task_report(db, task_id.strip(), now, idle_seconds))
+    past = _approved_rows(db)
     if target.approved_at:
         past = [o for o in past if (o.approved_at, o.task_id) < (target.approved_at, target.task_id)]
-    return forecast.forecast_task(target, past, level)
+    return forecast.forecast_task(target, _history_for(db, [target], past, now, idle_seconds, level), level)
 
 
 def phase_forecast(
@@ -64,11 +85,11 @@ def phase_forecast(
 
     now = now or now_stored()
     phase = tasks.get_phase(db, phase_id.strip())
-    everything = outcomes(db, idle_seconds, now)
-    past = forecast.approved_in_order(everything)
-    members = [o for o in everything if o.phase_id == phase["id"]]
-    open_tasks = [forecast.forecast_task(o, past, level) for o in members if not o.approved_at]
     report = phase_report(db, phase["id"], now, idle_seconds)
+    members = [forecast.outcome_of(task) for task in report["tasks"]]
+    targets = [o for o in members if not o.approved_at]
+    past = _history_for(db, targets, _approved_rows(db), now, idle_seconds, level)
+    open_tasks = [forecast.forecast_task(o, past, level) for o in targets]
     record: dict = {"phase_id": phase["id"], "level": level, "open_tasks": [f.record["task_id"] for f in open_tasks]}
     draws: dict[str, list[float] | None] = {}
     short = [f.record["task_id"] for f in open_tasks if f.record["working_seconds"].get("high") is None]
