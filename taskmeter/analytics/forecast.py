@@ -73,7 +73,7 @@ def approved_in_order(outcomes: Iterable[Outcome]) -> list[Outcome]:
 
 
 def minimum_tasks(level: float) -> int:
-    """The fewest comparable tasks that give an interval at `level`."""
+    """The fewest comparable tasks that give an interval at `level` (MIN_TASKS at 80%)."""
     n = 1
     while _upper_rank(n, level) > n:
         n += 1
@@ -170,7 +170,7 @@ def class_keys(outcome: Outcome) -> list[tuple[str, str | None]]:
 def choose_class(target: Outcome, comparable: Callable[[tuple[str, str | None]], int], level: float) -> tuple[str, str | None]:
     """The first of the target's classes with enough tasks comparable in working time
     (`comparable(key)` counts them); every task when none has."""
-    needed = max(MIN_TASKS, minimum_tasks(level))
+    needed = minimum_tasks(level)
     return next((key for key in class_keys(target) if comparable(key) >= needed), ("all", None))
 
 
@@ -234,14 +234,14 @@ def forecast_task(target: Outcome, history: Sequence[Outcome], level: float = DE
     chosen = reference_class(target, history, level)
     key = chosen.key
     scale = target.estimate if by_estimate and target.estimate else 1.0
-    needed = max(MIN_TASKS, minimum_tasks(level))
+    needed = minimum_tasks(level)
     record: dict = {
         "task_id": target.task_id,
         "level": level,
         "basis": "estimate" if by_estimate else "actuals",
         "estimate_seconds": target.estimate,
         "reference_class": {"kind": key[0], "name": key[1], "tasks": chosen.tasks},
-        "tasks_used": 0,
+        "tasks_used": len(chosen.window),
     }
     window = Window()
     for outcome in chosen.window:
@@ -251,7 +251,6 @@ def forecast_task(target: Outcome, history: Sequence[Outcome], level: float = DE
     windows = dict(zip(QUANTITIES, window.ordered, strict=True))
     for quantity, ordered in windows.items():
         record[quantity] = _quantity(predict(ordered, level), scale, needed)
-    record["tasks_used"] = record["working_seconds"]["tasks"]
     if not target.approved_at:
         record["so_far"] = dict(zip(QUANTITIES, target.results, strict=True))
         record["past_high"] = [

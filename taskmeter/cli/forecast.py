@@ -113,6 +113,7 @@ def _say_phase(record: dict, utc: bool) -> None:
 
 def _say_backtest(report: dict) -> None:
     from taskmeter.analytics import forecasts
+    from taskmeter.analytics.forecast import minimum_tasks
 
     level = f"{report['level'] * 100:g}%"
     terminal.info(f"Backtest over {report['tasks']} approved tasks, each forecast from those approved before it ({level}):")
@@ -139,7 +140,8 @@ def _say_backtest(report: dict) -> None:
                 ]
             )
     if not rows:
-        terminal.info("No task could be forecast yet: an interval needs 9 comparable approved tasks before it.")
+        needed = minimum_tasks(report["level"])
+        terminal.info(f"No task could be forecast yet: an interval needs {needed} comparable approved tasks before it.")
         return
     terminal.table(
         [
