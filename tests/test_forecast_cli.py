@@ -324,3 +324,23 @@ def test_only_the_window_is_read_in_full_and_the_forecast_is_the_same(meter, db)
     target = next(o for o in outcomes if o.task_id == "P2-001")
     expected = forecast.forecast_task(target, forecast.approved_in_order(outcomes)).record
     assert record == json.loads(json.dumps(expected))
+
+
+def test_an_estimate_says_there_is_no_history_only_once_there_is_some(meter, db):
+    # No approved task yet: nothing to say.
+    lines = meter("set-task", "P1-001", "--estimate", "1h").out.splitlines()
+    assert lines == [f"Current task: P1-001 (created, began {tasks_begin(db, 'P1-001')})."]
+    # Approved tasks, none estimated: none comparable with an estimate, and it says so.
+    stored_task(db, "P0-001", START, HOUR, None, 1000, 0.01, number=1)
+    lines = meter("task", "P1-001", "--estimate", "2h").out.splitlines()
+    assert lines == [
+        "P1-001: estimate 2h 00m.",
+        "Forecast: not enough history (0 tasks); an interval needs 9 comparable approved tasks.",
+    ]
+
+
+def tasks_begin(db, task_id: str) -> str:
+    from taskmeter.store import tasks
+    from taskmeter.timefmt import display
+
+    return display(tasks.get_task(db, task_id)["begin_at"])

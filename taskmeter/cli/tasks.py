@@ -112,12 +112,12 @@ def _forecast_line(db, task_id: str) -> str | None:
     nothing before the first approved task: there is no history to speak of yet."""
     from taskmeter.analytics import forecasts
 
-    record = forecasts.task_forecast(db, task_id, idle_seconds()).record
-    if not record["reference_class"]["tasks"]:
+    if db.execute("SELECT 1 FROM tasks WHERE final_approval_at IS NOT NULL LIMIT 1").fetchone() is None:
         return None
+    record = forecasts.task_forecast(db, task_id, idle_seconds()).record
     line = forecasts.similar_line(record)
     latest = tasks.get_task(db, task_id)["estimate_seconds"]
-    if record["estimate_seconds"] and latest != record["estimate_seconds"]:
+    if record["working_seconds"].get("high") is not None and latest != record["estimate_seconds"]:
         line += f" (From its first estimate, {format_duration(record['estimate_seconds'])}, as the reports use.)"
     return line
 
