@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import measures, websocket
+from bench import forecasts, measures, websocket
 from bench.arms import Arm, start_bare_mitmproxy, start_meter, start_mock
 from bench.measures import CHAT, STREAM, percentile, summary
 
@@ -48,6 +48,8 @@ class Plan:
     websocket_samples: int = 400
     websockets: int = 64
     websocket_rounds: int = 3
+    forecast_tasks: int = 10_000
+    forecast_runs: int = 9
 
 
 SMOKE = Plan(
@@ -70,6 +72,8 @@ SMOKE = Plan(
     websocket_samples=5,
     websockets=8,
     websocket_rounds=1,
+    forecast_tasks=500,
+    forecast_runs=1,
 )
 
 
@@ -216,6 +220,8 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
     results.update(
         measures.large_store_reads(plan.report_rows, plan.report_tasks, plan.report_flags, plan.report_runs, plan.command_runs)
     )
+    log(f"forecasts over {plan.forecast_tasks:,} approved tasks")
+    results["forecast"] = forecasts.measure(plan.forecast_tasks, plan.forecast_runs)
     return results
 
 
@@ -403,6 +409,7 @@ def targets(r: dict) -> list[dict]:
             plateau < 5,
             "samples " + ", ".join(f"{v:.1f}" for v in soak) + " MB",
         ),
+        *forecasts.targets(r["forecast"], row),
     ]
     return rows
 

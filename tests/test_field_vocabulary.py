@@ -30,7 +30,14 @@ TASK_OTHER_OPTIONS = {
 PHASE_OTHER_OPTIONS = {"--mark", "--at", "--force", "--budget", "--also", "--on-exceeded", "--unset", "--show", "--json", "--db"}
 
 # Per kind: the click type's name, and its choices.
-TYPE_NAMES = {"text": "text", "duration": "DURATION", "percent": "PERCENT", "yes-no": "choice", "success": "choice"}
+TYPE_NAMES = {
+    "text": "text",
+    "duration": "DURATION",
+    "percent": "PERCENT",
+    "yes-no": "choice",
+    "success": "choice",
+    "tag": "TAG",
+}
 CHOICES = {"yes-no": ["yes", "no"], "success": list(tasks.SUCCESS_VALUES)}
 
 # Per kind: what is typed, what is stored, what the confirmation line says, what --json gives.
@@ -40,6 +47,7 @@ SAMPLES = {
     "percent": ("87.5%", 87.5, "87.5%", 87.5),
     "yes-no": ("yes", 1, "yes", True),
     "success": ("pass", "pass", "'pass'", "pass"),
+    "tag": ("API", "api", "'api'", "api"),
 }
 
 CASES = [("task", "P1-010", "tasks", field) for field in tasks.TASK_FIELDS]
@@ -97,8 +105,9 @@ def test_the_field_table_matches_the_reports_sections():
     from taskmeter.analytics.metrics import PHASE_SECTIONS, TASK_SECTIONS
 
     seeds = {name for names in TASK_SECTIONS.values() for name in names}
-    # Every seed field of the template a person fills in (not a title, nor a yes/no the phase sums).
-    assert {field.seed for field in tasks.TASK_FIELDS} - seeds == {"title", "projection_met", "performance_met"}
+    # Every seed field of the template a person fills in (not a title, nor a yes/no the phase sums, nor
+    # the tag forecasts group tasks by).
+    assert {field.seed for field in tasks.TASK_FIELDS} - seeds == {"title", "projection_met", "performance_met", "tag"}
     phase_seeds = {name for names in PHASE_SECTIONS.values() for name in names}
     assert {field.seed for field in tasks.PHASE_FIELDS} - phase_seeds == {"title"}
 

@@ -43,8 +43,9 @@ RELEASED = {
     "m024_working_time_rollups": "78d3d1e9ebc53828e15103ac30063f35d5d35434cfbed825dfa3e751a180cccf",
     "_m024_SECONDS": "07ee5d596844375f85195a375c8e498ab35e38e36fceb592ce9f2bf6b68696e3",
     "m025_attribution_session": "7b2f0a93a035f57a72b6aaebd0113e8054e87fe6b31fbde167a557361da5f4ef",
-    "_m026_synced_tables": "100388e13f6269978990adb71ab8a00e2dbb5e62a4cb15c031998ac83f112524",
-    "m026_team_identity_and_outbox": "7340f16bed7e8e075db741eb0d124b36748f7512496c7c0269671f01aafc03b8",
+    "m026_task_tags_and_forecast_alerts": "dd5ad92be0a4352d636acafea1e91d47d7726c8b0e24c770769862dfda54ba60",
+    "_m027_synced_tables": "82d7450ef3177a227a93f5d0ab25590660e91a7bef29a8fdc6425813e7ea4751",
+    "m027_team_identity_and_outbox": "e059a06f846b6420b7752c5835a6b027fa7cc969eec259e9f5906da7d467e932",
 }
 
 

@@ -1,4 +1,4 @@
-"""The team store's outbox (m026) in the meter's own database: nothing is listed
+"""The team store's outbox (m027) in the meter's own database: nothing is listed
 before joining, joining lists the history once, every change after is listed
 by a trigger with a revision that only grows, and an entry listed again while
 its batch was being sent survives that batch's mark."""

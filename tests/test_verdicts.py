@@ -238,7 +238,7 @@ def _budget(meter, scope: str, target: str) -> dict:
 def _rows(meter) -> dict[str, list[list[str]]]:
     """`meter budget` piped: its table's rows (tab-separated) by budget."""
     header, *lines = text_of(meter, "budget").splitlines()
-    assert header.split("\t") == ["Budget", "Used of cap", "Used", "When spent", "At completion", "Runs out in"]
+    assert header.split("\t") == ["Budget", "Used of cap", "Used", "When spent", "At completion", "Runs out in", "Chance within"]
     rows: dict[str, list[list[str]]] = {}
     for line in lines:
         name, *cells = line.split("\t")
@@ -261,8 +261,9 @@ def test_finished_work_shows_its_final_spend_not_a_projection(spent, meter):
         (6000 - 20_000, None, None)
     ]
     rows = _rows(meter)
-    assert rows["phase P1"] == [["10,954 of 10,000 tokens", "110%", "warn", "final: 954 over", ""]]
-    assert rows["P1-001"] == [["6,000 of 20,000 tokens", "30%", "warn", "final: 14,000 under", ""]]
+    # Finished work has no chance to stay within: its spend is final (the last cell, blank).
+    assert rows["phase P1"] == [["10,954 of 10,000 tokens", "110%", "warn", "final: 954 over", "", ""]]
+    assert rows["P1-001"] == [["6,000 of 20,000 tokens", "30%", "warn", "final: 14,000 under", "", ""]]
 
 
 def test_open_work_judges_each_cap_on_its_own(spent, meter):
@@ -281,7 +282,8 @@ def test_open_work_judges_each_cap_on_its_own(spent, meter):
     assert tokens["runs_out_in_seconds"] == pytest.approx((100_000 - 3000) / 6000 * 3600)
     assert usd["projected_overrun"] == pytest.approx(4 * 1.1 - 1.0)
     (token_row, usd_row) = _rows(meter)["P2-001"]
-    assert token_row == ["3,000 of 100,000 tokens", "3%", "warn", "projected: 88,000 under", "16h 10m"]
+    # Two approved tasks are too few for a forecast: no chance to stay within (the last cell, blank).
+    assert token_row == ["3,000 of 100,000 tokens", "3%", "warn", "projected: 88,000 under", "16h 10m", ""]
     assert re.fullmatch(r"\$1\.10\d* of \$1\.00\d*", usd_row[0]) and usd_row[1:3] == ["110%", "warn"]
     assert re.fullmatch(r"projected: \$3\.40\d* over", usd_row[3]) and usd_row[4] == "spent"
 
@@ -326,7 +328,7 @@ def test_through_a_real_proxy_open_work_is_open_and_each_cap_is_judged(tmp_path,
         ] * 2
         assert record["caps"][0]["final_overrun"] == 3004 - 1_000_000
         token_row, usd_row = _rows(meter)["P3-001"]
-        assert token_row[3:] == ["final: 996,996 under", ""] and usd_row[3].endswith(" over") and usd_row[4] == ""
+        assert token_row[3:] == ["final: 996,996 under", "", ""] and usd_row[3].endswith(" over") and usd_row[4] == ""
         assert report(meter, "task", "P3-001")["verdict"] == "final"
     finally:
         proxy.stop()

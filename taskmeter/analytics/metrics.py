@@ -201,6 +201,7 @@ def task_fields(
         "task_id": task["id"],
         "title": task["title"],
         "phase_id": task["phase_id"],
+        "tag": task["tag"],
         "status": "approved" if task["final_approval_at"] else "open",
         # Until approval, VARIANCE, EFFICIENCY_RATIO and ITERATIONS_COUNT are figures so far, not a verdict.
         "verdict": "final" if task["final_approval_at"] else "open",

@@ -78,6 +78,7 @@ class TaskFields(TypedDict):
     task_id: str
     title: str | None
     phase_id: str | None
+    tag: str | None  # its forecasts' reference class (`meter task ID --tag api`)
     status: str  # approved or open
     verdict: str  # final or open: until approval, the figures are so far
     begin_timestamp: str | None

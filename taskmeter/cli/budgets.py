@@ -85,6 +85,8 @@ def budget_records(db) -> list[dict]:
     """Every budget in force with its spend and each of its caps judged (`meter budget --json`).
     Working time comes from one pass over every task and phase, not a report per budget."""
     from taskmeter.analytics.budgets import budget_statuses, caps
+    from taskmeter.analytics.forecast import outcome_of
+    from taskmeter.analytics.forecasts import budget_chances
     from taskmeter.analytics.listings import task_records
     from taskmeter.analytics.reports import phase_reports
 
@@ -92,11 +94,9 @@ def budget_records(db) -> list[dict]:
     idle = idle_seconds()
     # (scope, target) -> (finished, working time, estimated working time left)
     work: dict[tuple[str, str], tuple] = {}
+    every_task = task_records(db, idle_seconds=idle, intervals=False) if statuses else []
     if any(status["scope"] == "task" for status in statuses):
-        work |= {
-            ("task", r["task_id"]): (r["status"] == "approved", r["actual_duration"], _left([r]))
-            for r in task_records(db, idle_seconds=idle, intervals=False)
-        }
+        work |= {("task", r["task_id"]): (r["status"] == "approved", r["actual_duration"], _left([r])) for r in every_task}
     if any(status["scope"] == "phase" for status in statuses):
         work |= {
             ("phase", p["phase_id"]): (
@@ -106,11 +106,15 @@ def budget_records(db) -> list[dict]:
             )
             for p in phase_reports(db, idle_seconds=idle)
         }
+    chances = budget_chances([outcome_of(r) for r in every_task], statuses)
     records = []
     for status in statuses:
         # A budget for a task or phase not begun yet has no working time: open, nothing to project.
         finished, worked, left = work.get((status["scope"], status["target"]), (False, None, None))
-        records.append({**status, "finished": finished, "caps": caps(status, finished, worked, left)})
+        judged = caps(status, finished, worked, left)
+        for cap in judged:  # the forecast's chance to stay within it (docs/forecasts.md); None: no forecast
+            cap["chance_within"] = None if finished else chances.get((status["scope"], status["target"]), {}).get(cap["unit"])
+        records.append({**status, "finished": finished, "caps": judged})
     return records
 
 
@@ -183,6 +187,7 @@ def budget_cmd(as_json, db_path):
                     record["on_exceeded"] + (" BLOCKING" if spent else ""),
                     _outlook(cap),
                     _runs_out(cap),
+                    "" if cap["chance_within"] is None else f"{cap['chance_within'] * 100:.0f}%",
                 ]
             )
     terminal.table(
@@ -193,6 +198,7 @@ def budget_cmd(as_json, db_path):
             Column("When spent", "text", drop=2),
             Column("At completion", "text", drop=3),
             Column("Runs out in", "text", drop=1),
+            Column("Chance within", "figure", drop=4),
         ],
         rows,
     )
@@ -204,6 +210,7 @@ def budget_cmd(as_json, db_path):
     terminal.note(
         "At completion: finished work, its final spend against the cap; open work, its spend so far"
         " plus the spend per working hour over the estimated working time left."
+        " Chance within: how often work like it stayed within the cap (meter forecast; blank: not enough history)."
     )
 
 
@@ -215,7 +222,8 @@ def budget_cmd(as_json, db_path):
 @click.pass_context
 def alerts_cmd(ctx, include_cleared, as_json, utc, db_path):
     """Alerts the recorder raised: budgets at 80% and 100%, loops of near-identical
-    requests, burn rates far above the approved tasks'. `meter alerts clear` closes them."""
+    requests, burn rates far above the approved tasks', open tasks past the upper end
+    of their forecast. `meter alerts clear` closes them."""
     if ctx.invoked_subcommand is not None:
         return
     with open_db(db_path, create=False) as db:

@@ -49,6 +49,16 @@ class PercentType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class TagType(click.ParamType):
+    name = "TAG"
+
+    def convert(self, value, param, ctx):
+        try:
+            return tasks.parse_tag(value)
+        except MeterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class MomentType(click.ParamType):
     """--since, --until, --before: a stored timestamp from today, 6h, 2026-11-20 and the like."""
 
@@ -98,7 +108,7 @@ class InteractionIdType(click.ParamType):
         ) + values
 
 
-DURATION, TIMESTAMP, PERCENT, MOMENT = DurationType(), TimestampType(), PercentType(), MomentType()
+DURATION, TIMESTAMP, PERCENT, MOMENT, TAG = DurationType(), TimestampType(), PercentType(), MomentType(), TagType()
 TASK, INTERACTION = TaskIdType(), InteractionIdType()
 YES_NO = click.Choice(["yes", "no"], case_sensitive=False)
 
@@ -159,6 +169,7 @@ COMMAND_MODULES = {
     "doctor": "proxy",
     "env": "proxy",
     "flag": "calls",
+    "forecast": "forecast",
     "hooks": "automation",
     "iteration": "tasks",
     "log": "calls",

@@ -121,9 +121,15 @@ def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
     task_id, idle = task_id.strip(), idle_seconds()
     with report_source(ctx.meta, db_path, tasks=[task_id.upper()]) as db:
         report = task_report(db, task_id, idle_seconds=idle)
+        block = _forecast_block(ctx.meta, db, "task", report["task_id"], output_format, utc)
     team_task = [task_id.upper()]
     report = with_developers(ctx.meta, report, lambda db: task_report(db, task_id, idle_seconds=idle), tasks=team_task)
-    _emit(report, output_format, partial(formats.task_markdown, utc=utc), split_text(partial(formats.task_text, utc=utc)))
+    _emit(
+        report,
+        output_format,
+        _followed(partial(formats.task_markdown, utc=utc), block, fenced=True),
+        split_text(_followed(partial(formats.task_text, utc=utc), block)),
+    )
 
 
 @report_cmd.command("phase")
@@ -139,8 +145,37 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
     phase_id, idle = phase_id.strip(), idle_seconds()
     with report_source(ctx.meta, db_path, phases=[phase_id]) as db:
         report = phase_report(db, phase_id, idle_seconds=idle)
+        block = _forecast_block(ctx.meta, db, "phase", report["phase_id"], output_format, utc)
     report = with_developers(ctx.meta, report, lambda db: phase_report(db, phase_id, idle_seconds=idle), phases=[phase_id])
-    _emit(report, output_format, partial(formats.phase_markdown, utc=utc), split_text(partial(formats.phase_text, utc=utc)))
+    _emit(
+        report,
+        output_format,
+        _followed(partial(formats.phase_markdown, utc=utc), block, fenced=True),
+        split_text(_followed(partial(formats.phase_text, utc=utc), block)),
+    )
+
+
+def _forecast_block(meta: dict, db, scope: str, record_id: str, output_format: str, utc: bool) -> list[str]:
+    """The forecast block the task and phase reports show next to the seed's fields
+    (docs/forecasts.md); JSON and CSV keep the seed's record: `meter forecast --json` has it.
+    A team report has none: forecasts are made from this meter's own approved tasks."""
+    if output_format not in ("table", "markdown") or meta.get("team"):
+        return []
+    from taskmeter.analytics import forecasts
+    from taskmeter.cli.common import budget_defaults
+
+    if scope == "task":
+        return forecasts.task_block(forecasts.task_forecast(db, record_id, idle_seconds()).record)
+    record = forecasts.phase_forecast(db, record_id, idle_seconds(), budget_defaults=budget_defaults())
+    return forecasts.phase_block(record, lambda stored: terminal.moment(stored, utc, short=False))
+
+
+def _followed(render, block: list[str], fenced: bool = False):
+    """A report's text, then the forecast block (in a Markdown code block when `fenced`)."""
+    if not block:
+        return render
+    lines = ["", "**Forecast:**", "```", *block, "```"] if fenced else ["", *block]
+    return lambda report: render(report) + "\n".join(lines) + "\n"
 
 
 USAGE_COLUMNS = [

@@ -7,6 +7,7 @@ from taskmeter.cli.budgets import apply_budget, budget_options
 from taskmeter.cli.common import (
     DURATION,
     PERCENT,
+    TAG,
     TASK,
     TIMESTAMP,
     YES_NO,
@@ -24,7 +25,14 @@ from taskmeter.terminal import Column
 from taskmeter.timefmt import display, format_duration
 
 # How each kind of field (store/tasks.py Field.kind) is typed on the command line.
-_TYPES = {"text": None, "duration": DURATION, "percent": PERCENT, "yes-no": YES_NO, "success": click.Choice(tasks.SUCCESS_VALUES)}
+_TYPES = {
+    "text": None,
+    "duration": DURATION,
+    "percent": PERCENT,
+    "yes-no": YES_NO,
+    "success": click.Choice(tasks.SUCCESS_VALUES),
+    "tag": TAG,
+}
 
 
 def _parameter(field: tasks.Field) -> str:
@@ -81,8 +89,11 @@ def set_task_cmd(task_id, title, estimate, phase, clear, create, db_path):
             return
         result = tasks.set_task(db, task_id, title=title, estimate_seconds=estimate, phase_id=phase, create=create)
         task = tasks.get_task(db, result.task_id)
+        forecast = _forecast_line(db, result.task_id) if estimate is not None else None
     if result.unchanged:
         terminal.info(f"{result.task_id} is already the current task.")
+        if forecast:
+            terminal.info(forecast)
         return
     details = ["created" if result.created else None, f"began {display(task['begin_at'])}" if result.began else None]
     details = [d for d in details if d]
@@ -92,6 +103,23 @@ def set_task_cmd(task_id, title, estimate, phase, clear, create, db_path):
     if result.previous:
         line += f"; switched from {result.previous}"
     terminal.info(line + ".")
+    if forecast:
+        terminal.info(forecast)
+
+
+def _forecast_line(db, task_id: str) -> str | None:
+    """What similar tasks took, said when an estimate is given (analytics/forecasts.py);
+    nothing before the first approved task: there is no history to speak of yet."""
+    from taskmeter.analytics import forecasts
+
+    if db.execute("SELECT 1 FROM tasks WHERE final_approval_at IS NOT NULL LIMIT 1").fetchone() is None:
+        return None
+    record = forecasts.task_forecast(db, task_id, idle_seconds()).record
+    line = forecasts.similar_line(record)
+    latest = tasks.get_task(db, task_id)["estimate_seconds"]
+    if record["working_seconds"].get("high") is not None and latest != record["estimate_seconds"]:
+        line += f" (From its first estimate, {format_duration(record['estimate_seconds'])}, as the reports use.)"
+    return line
 
 
 def _edits(options: dict, fields: tuple[tasks.Field, ...], unset: tuple[str, ...]) -> dict:
@@ -201,7 +229,11 @@ def task_cmd(task_id, phase, create, budget_amounts, on_exceeded, also, unset, s
         if budget:
             changes.insert(0, budget)
         report = task_report(db, task["id"], idle_seconds=idle_seconds()) if as_json or show or not changes else None
+        estimated = values.get("estimate_seconds") is not None and not as_json
+        forecast = _forecast_line(db, task["id"]) if estimated else None
     _say_edit(task["id"], changes, report, as_json, formats.task_text)
+    if forecast:
+        terminal.info(forecast)
 
 
 def _task_lifecycle(task_id, delete, move_calls_to, merge_into, reopen, edits, as_json, db_path) -> None:

@@ -142,7 +142,7 @@ def create_app(
     async def phases_page(request: Request, refusal: dict | None = None) -> Response:
         phase_id = request.path_params.get("phase_id")
         phase_id = tasks.validate_phase_id(phase_id) if phase_id is not None else None
-        data = await page_data(pages.phases_page, phase_id, idle_seconds)
+        data = await page_data(pages.phases_page, phase_id, idle_seconds, budget_defaults)
         return render(request, "phases.html", {**data, **(refusal or {})}, 400 if refusal else 200)
 
     async def task_page(request: Request, refusal: dict | None = None) -> Response:

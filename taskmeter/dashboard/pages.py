@@ -7,11 +7,11 @@ import sqlite3
 from datetime import date, timedelta
 from typing import Literal
 
-from taskmeter.analytics import history
+from taskmeter.analytics import forecasts, history
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.analytics.listings import call_record, task_records
 from taskmeter.analytics.periods import usage_report
-from taskmeter.analytics.records import TaskRecord
+from taskmeter.analytics.records import PhaseReport, TaskRecord
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
 from taskmeter.analytics.snapshot import current_state, recording
 from taskmeter.dashboard import edits
@@ -21,6 +21,7 @@ from taskmeter.money import usd
 from taskmeter.store import budgets, interactions, proxies, tasks
 from taskmeter.store import texts as call_texts
 from taskmeter.store.interactions import CallFilter
+from taskmeter.terminal import moment
 from taskmeter.timefmt import (
     from_stored,
     hour_label,
@@ -129,7 +130,39 @@ def now_page(db: sqlite3.Connection, idle_seconds: float, defaults: Defaults, da
     }
 
 
-def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: float) -> dict:
+def _forecast_lines(pairs: list[tuple[str, str]]) -> list[dict]:
+    """A forecast's `NAME: value` lines (analytics/forecasts.py) as the page's table rows."""
+    return [{"name": name.capitalize(), "value": value} for name, value in pairs]
+
+
+def burndown(report: PhaseReport, forecast: dict) -> dict:
+    """The phase's estimated work left (hours) against its working time (hours): a point
+    at each approval (its task's estimate off, its working time on) and now; then the
+    forecast's fan, from now to no work left after the working time left (low, median, high)."""
+    hours = 3600  # seconds
+    approved = sorted(
+        (t for t in report["tasks"] if t["status"] == "approved"), key=lambda t: t["final_approval_timestamp"] or ""
+    )
+    left = sum(t["estimated_duration"] or 0 for t in report["tasks"]) / hours
+    worked = 0.0
+    steps = [{"x": 0.0, "y": left}]
+    for task in approved:
+        worked += (task["actual_duration"] or 0) / hours
+        left -= (task["estimated_duration"] or 0) / hours
+        steps.append({"x": worked, "y": left})
+    worked += sum(t["actual_duration"] or 0 for t in report["tasks"] if t["status"] != "approved") / hours
+    steps.append({"x": worked, "y": left})
+    datasets = [{"label": "Estimated work left", "type": "line", "data": steps}]
+    spread = forecast["working_seconds"].get("left")
+    if spread and forecast["open_tasks"]:
+        for end, label in (("low", "Forecast, low"), ("point", "Forecast, median"), ("high", "Forecast, high")):
+            datasets.append(
+                {"label": label, "type": "line", "data": [{"x": worked, "y": left}, {"x": worked + spread[end] / hours, "y": 0}]}
+            )
+    return chart("scatter", [], datasets)
+
+
+def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: float, defaults: Defaults | None = None) -> dict:
     ordered = history.phase_ids(db)
     if not ordered:
         return {"phase_ids": [], "report": None, "charts": {}}
@@ -141,14 +174,18 @@ def phases_page(db: sqlite3.Connection, phase_id: str | None, idle_seconds: floa
     per_task = [phase["tokens_per_task_avg"] for phase in trend]
     # The seed's target: each phase 10% under the one before.
     target = [None] + [None if before is None else before * 0.9 for before in per_task[:-1]]
+    forecast = forecasts.phase_forecast(db, report["phase_id"], idle_seconds, budget_defaults=defaults)
     return {
         "phase_ids": ordered,
         "report": report,
+        "forecast": forecast,
+        "forecast_lines": _forecast_lines(forecasts.phase_lines(forecast, lambda stored: moment(stored, short=False))),
         "inputs": dict(tasks.get_phase(db, report["phase_id"])),
         "budget": own_budget(db, "phase", report["phase_id"]),
         "trend": trend,
         "tiles": [target for target in report["pattern_effectiveness"] if target["metric"] in TILE_METRICS],
         "charts": {
+            "burndown": burndown(report, forecast),
             "tasks": chart(
                 "bar",
                 [task["task_id"] for task in report["tasks"]],
@@ -235,8 +272,11 @@ def task_page(db: sqlite3.Connection, task_id: str, idle_seconds: float) -> dict
     for row in interactions.recent(db, CALLS_SHOWN, CallFilter(task_id=task_id)):
         calls.append({**feed_call(row), "texts": call_texts.of_call(db, row["id"])})
     sources = report["tokens_by_source"]
+    forecast = forecasts.task_forecast(db, task_id, idle_seconds).record
     return {
         "report": report,
+        "forecast": forecast,
+        "forecast_lines": _forecast_lines(forecasts.task_lines(forecast)),
         "models": models,
         "calls": calls,
         "task_choices": task_choices(db),

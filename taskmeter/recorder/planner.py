@@ -5,7 +5,8 @@ what the proxy must know, and pushes that to the proxy whenever it changes
 a budget in block mode is set, it pushes after every batch stored: the budgets'
 new spend and the IDs of the calls stored, which the proxy no longer counts as in
 flight. It also raises the alerts: budget crossings, loops of near-identical
-requests, and burn rates far above the approved tasks' (docs/budgets.md).
+requests, burn rates far above the approved tasks' (docs/budgets.md), and open
+tasks past the upper end of their forecast (docs/forecasts.md).
 """
 
 import json
@@ -16,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 from taskmeter.analytics import alerts as rules
-from taskmeter.analytics import budgets
+from taskmeter.analytics import budgets, forecast, forecasts
 from taskmeter.store import alerts, tasks
 from taskmeter.store.calls import CallRow
 from taskmeter.timefmt import from_stored
@@ -94,6 +95,7 @@ class Guard:
         self._last_burn_check = 0.0
         self._baseline_at: float = -BASELINE_SECONDS
         self._threshold: float | None = None
+        self._approved: list[forecast.Outcome] = []  # the approved tasks forecasts are made from, read with the baseline
         self._commands: list[subprocess.Popen] = []  # alert commands still running, reaped as they end
         self._raised_keys: set[str] = set()  # budget crossings already handled: no write every refresh
         self._open_loops: set[str] = set()  # keys of open loop alerts, read at each refresh
@@ -216,16 +218,20 @@ class Guard:
 
         if now - self._baseline_at >= BASELINE_SECONDS:
             self._baseline_at = now
-            rates = [
-                rules.tokens_per_working_hour(r)
-                for r in task_records(db, idle_seconds=self._idle_seconds, intervals=False)
-                if r["status"] == "approved"
-            ]
+            records = task_records(db, idle_seconds=self._idle_seconds, intervals=False)
+            approved = [r for r in records if r["status"] == "approved"]
+            rates = [rules.tokens_per_working_hour(r) for r in approved]
             self._threshold = rules.burn_rate_threshold([rate for rate in rates if rate is not None], self._burn_rate_k)
+            self._approved = forecast.approved_in_order(forecast.outcome_of(r) for r in approved)
+            for listed in records:  # every open task now and then: calls reach tasks that are not current too
+                self._past_forecast(db, listed)
         current = tasks.current_task(db)
-        if self._threshold is None or current is None:
+        if current is None:
             return
         record = task_report(db, current.task_id, idle_seconds=self._idle_seconds)
+        self._past_forecast(db, record)
+        if self._threshold is None:
+            return
         rate = rules.tokens_per_working_hour(record)
         if rate is not None and rate > self._threshold:
             message = (
@@ -234,6 +240,17 @@ class Guard:
             )
             key = f"burn_rate:{current.task_id}"
             self._raised(alerts.raise_alert(db, "burn_rate", key, message, task_id=current.task_id, once=True))
+
+    def _past_forecast(self, db, record) -> None:
+        """An open task past the upper end of its forecast's interval, in working time,
+        tokens or cost: an alert, once per task and quantity (docs/forecasts.md)."""
+        if record["status"] == "approved":
+            return
+        predicted = forecast.forecast_task(forecast.outcome_of(record), self._approved).record
+        for quantity in predicted["past_high"]:
+            message = forecasts.past_high_message(predicted, quantity)
+            key = f"forecast:{record['task_id']}:{quantity}"
+            self._raised(alerts.raise_alert(db, "forecast", key, message, task_id=record["task_id"], once=True))
 
     # ------------------------------------------------------------ telling the user
 

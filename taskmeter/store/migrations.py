@@ -1603,6 +1603,108 @@ def m025_attribution_session(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+@rebuilds_tables
+def m026_task_tags_and_forecast_alerts(db: sqlite3.Connection) -> None:
+    """A task's tag (`meter task ID --tag api`): the reference class its forecast is
+    made from before its phase's; and alerts of the kind `forecast`, an open task
+    past the upper end of its forecast (analytics/forecast.py, docs/forecasts.md)."""
+    run_script(
+        db,
+        """
+        ALTER TABLE tasks ADD COLUMN tag TEXT;
+        CREATE INDEX tasks_tag ON tasks(tag) WHERE tag IS NOT NULL;
+        """,
+    )
+    rebuild_table(
+        db,
+        "alerts",
+        {"CHECK (kind IN ('budget', 'loop', 'burn_rate'))": "CHECK (kind IN ('budget', 'loop', 'burn_rate', 'forecast'))"},
+    )
+
+
+def _m027_synced_tables() -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """What m027 sends to a team store: (kind, table, key column) of the rows one
+    device owns, and (kind, table) of the rows a team shares field by field."""
+    owned = [
+        ("call", "interactions", "id"),
+        ("call_text", "call_texts", "interaction_id"),
+        ("flag", "flags", "interaction_id"),
+        ("task_event", "task_events", "id"),
+        ("commit", "commits", "sha"),
+        ("test_run", "test_runs", "id"),
+        ("automatic_mark", "automatic_marks", "id"),
+        ("phase_mark", "phase_marks", "id"),
+        ("task_estimate", "task_estimates", "id"),
+        ("task_approval", "task_approvals", "id"),
+    ]
+    return owned, [("task_field", "tasks"), ("phase_field", "phases")]
+
+
+@migration
+def m027_team_identity_and_outbox(db: sqlite3.Connection) -> None:
+    """A device ID minted once per database, and the outbox of the team store
+    (docs/team.md): while `team_sync.enabled`, triggers list every row that
+    changed, so no code path can forget one. A row's team-wide ID is the
+    device's ID and its own key; its revision is its outbox `seq`, which only
+    grows (AUTOINCREMENT). Tasks and phases are shared: each changed field is
+    listed apart (`field`), with the time it was set, so that the team merges
+    them per field. Nothing is listed until the meter joins a team; joining
+    lists the history once (store/outbox.py)."""
+    import uuid
+
+    owned, shared = _m027_synced_tables()
+    now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    enabled = "(SELECT enabled FROM team_sync WHERE id = 1)"
+    script = f"""
+        CREATE TABLE team_sync (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            device_id TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 0,
+            joined_at TEXT
+        );
+        INSERT INTO team_sync (id, device_id) VALUES (1, '{uuid.uuid4()}');
+        CREATE TABLE team_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            field TEXT NOT NULL DEFAULT '',
+            changed_at TEXT NOT NULL,
+            UNIQUE (kind, key, field)
+        );
+    """
+    for kind, table, key in owned:
+        for event, row in (("insert", "NEW"), ("update", "NEW"), ("delete", "OLD")):
+            script += f"""
+        CREATE TRIGGER team_outbox_{table}_{event} AFTER {event.upper()} ON {table} WHEN {enabled} BEGIN
+            INSERT OR REPLACE INTO team_outbox (kind, key, changed_at) VALUES ('{kind}', {row}.{key}, {now});
+        END;"""
+    for kind, table in shared:
+        columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})") if row[1] != "id"]
+        inserted = "".join(
+            f"""
+            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at)
+                SELECT '{kind}', NEW.id, '{column}', {now} WHERE NEW.{column} IS NOT NULL;"""
+            for column in columns
+        )
+        updated = "".join(
+            f"""
+            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at)
+                SELECT '{kind}', NEW.id, '{column}', {now} WHERE NEW.{column} IS NOT OLD.{column};"""
+            for column in columns
+        )
+        script += f"""
+        CREATE TRIGGER team_outbox_{table}_insert AFTER INSERT ON {table} WHEN {enabled} BEGIN{inserted}
+            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at) VALUES ('{kind}', NEW.id, 'deleted', {now});
+        END;
+        CREATE TRIGGER team_outbox_{table}_update AFTER UPDATE ON {table} WHEN {enabled} BEGIN{updated}
+        END;
+        CREATE TRIGGER team_outbox_{table}_delete AFTER DELETE ON {table} WHEN {enabled} BEGIN
+            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at) VALUES ('{kind}', OLD.id, 'deleted', {now});
+        END;"""
+    run_script(db, script + "\n")
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
@@ -1655,85 +1757,3 @@ def migrate(db: sqlite3.Connection) -> list[str]:
             if foreign_keys_off:
                 db.execute("PRAGMA foreign_keys = ON")
     return ran
-
-
-def _m026_synced_tables() -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-    """What m026 sends to a team store: (kind, table, key column) of the rows one
-    device owns, and (kind, table) of the rows a team shares field by field."""
-    owned = [
-        ("call", "interactions", "id"),
-        ("call_text", "call_texts", "interaction_id"),
-        ("flag", "flags", "interaction_id"),
-        ("task_event", "task_events", "id"),
-        ("commit", "commits", "sha"),
-        ("test_run", "test_runs", "id"),
-        ("automatic_mark", "automatic_marks", "id"),
-        ("phase_mark", "phase_marks", "id"),
-        ("task_estimate", "task_estimates", "id"),
-        ("task_approval", "task_approvals", "id"),
-    ]
-    return owned, [("task_field", "tasks"), ("phase_field", "phases")]
-
-
-@migration
-def m026_team_identity_and_outbox(db: sqlite3.Connection) -> None:
-    """A device ID minted once per database, and the outbox of the team store
-    (docs/team.md): while `team_sync.enabled`, triggers list every row that
-    changed, so no code path can forget one. A row's team-wide ID is the
-    device's ID and its own key; its revision is its outbox `seq`, which only
-    grows (AUTOINCREMENT). Tasks and phases are shared: each changed field is
-    listed apart (`field`), with the time it was set, so that the team merges
-    them per field. Nothing is listed until the meter joins a team; joining
-    lists the history once (store/outbox.py)."""
-    import uuid
-
-    owned, shared = _m026_synced_tables()
-    now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-    enabled = "(SELECT enabled FROM team_sync WHERE id = 1)"
-    script = f"""
-        CREATE TABLE team_sync (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            device_id TEXT NOT NULL,
-            enabled INTEGER NOT NULL DEFAULT 0,
-            joined_at TEXT
-        );
-        INSERT INTO team_sync (id, device_id) VALUES (1, '{uuid.uuid4()}');
-        CREATE TABLE team_outbox (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL,
-            key TEXT NOT NULL,
-            field TEXT NOT NULL DEFAULT '',
-            changed_at TEXT NOT NULL,
-            UNIQUE (kind, key, field)
-        );
-    """
-    for kind, table, key in owned:
-        for event, row in (("insert", "NEW"), ("update", "NEW"), ("delete", "OLD")):
-            script += f"""
-        CREATE TRIGGER team_outbox_{table}_{event} AFTER {event.upper()} ON {table} WHEN {enabled} BEGIN
-            INSERT OR REPLACE INTO team_outbox (kind, key, changed_at) VALUES ('{kind}', {row}.{key}, {now});
-        END;"""
-    for kind, table in shared:
-        columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})") if row[1] != "id"]
-        inserted = "".join(
-            f"""
-            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at)
-                SELECT '{kind}', NEW.id, '{column}', {now} WHERE NEW.{column} IS NOT NULL;"""
-            for column in columns
-        )
-        updated = "".join(
-            f"""
-            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at)
-                SELECT '{kind}', NEW.id, '{column}', {now} WHERE NEW.{column} IS NOT OLD.{column};"""
-            for column in columns
-        )
-        script += f"""
-        CREATE TRIGGER team_outbox_{table}_insert AFTER INSERT ON {table} WHEN {enabled} BEGIN{inserted}
-            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at) VALUES ('{kind}', NEW.id, 'deleted', {now});
-        END;
-        CREATE TRIGGER team_outbox_{table}_update AFTER UPDATE ON {table} WHEN {enabled} BEGIN{updated}
-        END;
-        CREATE TRIGGER team_outbox_{table}_delete AFTER DELETE ON {table} WHEN {enabled} BEGIN
-            INSERT OR REPLACE INTO team_outbox (kind, key, field, changed_at) VALUES ('{kind}', OLD.id, 'deleted', {now});
-        END;"""
-    run_script(db, script + "\n")

@@ -1,4 +1,4 @@
-"""The team store's outbox (migration m026; docs/team.md): which local rows
+"""The team store's outbox (migration m027; docs/team.md): which local rows
 changed since they were last sent, and the rows themselves.
 
 Triggers fill `team_outbox` while the meter is in a team, so every code path
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskmeter.store.connection import write_transaction
-from taskmeter.store.migrations import _m026_synced_tables
+from taskmeter.store.migrations import _m027_synced_tables
 
-# The tables m026's triggers list (a migration that syncs another table changes this).
-OWNED, SHARED = _m026_synced_tables()
+# The tables m027's triggers list (a migration that syncs another table changes this).
+OWNED, SHARED = _m027_synced_tables()
 
 TABLES = {kind: (table, key) for kind, table, key in OWNED} | {kind: (table, "id") for kind, table in SHARED}
 # A shared field's time when the meter joins: its row's creation, so that a

@@ -39,7 +39,8 @@ class Field(NamedTuple):
     `meter task`/`meter phase` take it as --option, the store keeps it in `column`,
     reports name it `seed` (the seed's field in snake_case; upper case in the execution
     log and in the option's help, before `about`). `kind` says how it is typed, parsed
-    and said: text, duration (seconds), percent (0-100), yes-no (stored 1/0), success."""
+    and said: text, duration (seconds), percent (0-100), yes-no (stored 1/0), success,
+    tag (one word, lower case)."""
 
     option: str
     column: str
@@ -76,6 +77,7 @@ TASK_FIELDS = (
     Field("docs", "doc_completeness", "doc_completeness", "percent", "how much of it is documented, in %."),
     Field("blockers", "blockers", "blockers_encountered", "text", "what stood in the way."),
     Field("lessons", "lessons", "lessons_learned", "text", "what to do the same or differently next time."),
+    Field("tag", "tag", "tag", "tag", "a word such as api: tasks with the same tag forecast each other (docs/forecasts.md)."),
 )
 # Level 2 inputs and the meta-learning fields; `meter phase` takes an option for each.
 PHASE_FIELDS = (
@@ -105,6 +107,17 @@ def parse_percent(text: str) -> float:
     return number
 
 
+_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+
+
+def parse_tag(text: str) -> str:
+    """A tag as stored: one word of letters, digits, dots, dashes and underscores, in lower case."""
+    tag = text.strip().lower()
+    if not _TAG.match(tag):
+        raise MeterError(f"malformed tag {text!r}: use one word of letters, digits, '.', '-' or '_', such as api")
+    return tag
+
+
 def parse_input(field: Field, text: str) -> str | int | float:
     """The value of `field` typed as text, as the column stores it (yes-no as 1/0):
     the one reading of each kind for `meter task`/`meter phase` and the dashboard's forms."""
@@ -116,6 +129,8 @@ def parse_input(field: Field, text: str) -> str | int | float:
         if text.strip().lower() not in ("yes", "no"):
             raise MeterError(f"{field.option} must be yes or no, not {text!r}")
         return int(text.strip().lower() == "yes")
+    if field.kind == "tag":
+        return parse_tag(text)
     if field.kind == "success" and text not in SUCCESS_VALUES:
         raise MeterError(f"{field.option} must be one of {', '.join(SUCCESS_VALUES)}, not {text!r}")
     return text
