@@ -234,6 +234,7 @@ async def _serve(settings: Settings, db_path: Path, host: str, port: int, ready,
         # A copy of our stdout: in the recorder, fd 1 is the acknowledgement pipe.
         live_view_fd=None if quiet else os.dup(sys.stdout.fileno()),
         on_guard_state=guard.take_state,
+        urgent=lambda: guard.counts_in_flight,
     )
     handover.start()
     opts = options.Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(settings.confdir))
