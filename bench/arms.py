@@ -73,14 +73,21 @@ class Arm:
         return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
-        total = 0
+        return sum(self.rss_by_process().values())
+
+    def rss_by_process(self) -> dict[str, float]:
+        """MB resident per process of the arm, named by its command (`proxy`, `recorder`...)."""
+        found: dict[str, float] = {}
         for pid in self.pids():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        return total / 1024
+            kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+            name = "recorder" if b"taskmeter.recorder" in command else "proxy" if pid == self.pid else f"pid {pid}"
+            found[name] = found.get(name, 0) + kb / 1024
+        return found
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -145,12 +152,12 @@ def _start_meter_command(args: list[str], announces: str) -> tuple[subprocess.Po
     return process, line.split(announces)[1].split()[0].rstrip(",")
 
 
-def start_meter(mock_port: int, workdir: Path, websocket_port: int) -> tuple[Arm, Path]:
+def start_meter(mock_port: int, workdir: Path, websocket_port: int | None = None) -> tuple[Arm, Path]:
     config = workdir / "config.toml"
-    config.write_text(
-        f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\nopenai = "http://127.0.0.1:{mock_port}"\n'
-        f'websocket = "http://127.0.0.1:{websocket_port}"\n'  # bench/websocket.py's mock
-    )
+    upstreams = f'openai = "http://127.0.0.1:{mock_port}"\n'
+    if websocket_port is not None:
+        upstreams += f'websocket = "http://127.0.0.1:{websocket_port}"\n'  # bench/websocket.py's mock
+    config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\n{upstreams}')
     db_path = workdir / "bench.db"
     # --quiet: nobody reads the live view here, and a full pipe would stall the recorder.
     process, listen = _start_meter_command(

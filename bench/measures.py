@@ -631,3 +631,63 @@ async def stored(db_path: Path, count: int, timeout: float = 120) -> None:
                 return
         await asyncio.sleep(0.1)
     raise RuntimeError(f"the meter stored fewer than {count} calls in {timeout:.0f} s")
+
+
+# The proxy's cost per call, in CPU seconds of its processes (the meter's recorder
+# included): the scenarios of issue 23, each run for M and P in the same window.
+CPU_SCENARIOS: dict[str, dict] = {
+    "c=1, zero delay": {"concurrency": 1, "headers": {}},
+    "c=1, 200 ms upstream": {"concurrency": 1, "headers": {"x-mock-delay-ms": "200"}},
+    "c=32, zero delay": {"concurrency": 32, "headers": {}},
+}
+
+
+async def paired_cpu(arms: list[Arm], requests: int, concurrency: int, headers: dict, settle) -> dict:
+    """CPU ms per call of each arm over `requests` calls, the arms loaded in the same
+    window: at c=1 with no upstream delay one call per arm in turn, else side by side
+    with `concurrency` keep-alive clients each. The window ends once every arm is
+    done with its calls (`await settle(arm)`: the meter has stored them), so the
+    recorder's share is in."""
+    connections = {arm.name: [Connection("127.0.0.1", arm.port) for _ in range(concurrency)] for arm in arms}
+    for arm in arms:  # connections open and code warm before the window
+        for connection in connections[arm.name]:
+            await _one(arm, connection, CHAT, headers)
+        await settle(arm)
+    before = {arm.name: arm.cpu_seconds() for arm in arms}
+    if concurrency == 1 and not headers.get("x-mock-delay-ms"):
+        for _ in range(requests):
+            for arm in random.sample(arms, len(arms)):
+                await _one(arm, connections[arm.name][0], CHAT, headers)
+    else:
+
+        async def load(arm: Arm) -> None:
+            left = [requests]
+
+            async def worker(connection: Connection) -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    await _one(arm, connection, CHAT, headers)
+
+            await asyncio.gather(*(worker(connection) for connection in connections[arm.name]))
+
+        await asyncio.gather(*(load(arm) for arm in arms))
+    for arm in arms:
+        await settle(arm)
+    spent = {arm.name: arm.cpu_seconds() - before[arm.name] for arm in arms}
+    for arm in arms:
+        for connection in connections[arm.name]:
+            await connection.close()
+    return {name: {"requests": requests, "cpu_ms_per_request": seconds * 1000 / requests} for name, seconds in spent.items()}
+
+
+async def idle_cpu(arms: list[Arm], seconds: float) -> dict:
+    """Each arm's CPU use while no call comes, in % of one core."""
+    before, started = {arm.name: arm.cpu_seconds() for arm in arms}, time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - started
+    return {arm.name: (arm.cpu_seconds() - before[arm.name]) * 100 / elapsed for arm in arms}
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average, context for every CPU figure."""
+    return os.getloadavg()[0]

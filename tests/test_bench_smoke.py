@@ -20,7 +20,7 @@ def test_bench_smoke_run_produces_every_measure(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert len(report["targets"]) == 51  # 34, and a row per read command (bench.measures.READ_COMMANDS)
+    assert len(report["targets"]) == 54  # 37, and a row per read command (bench.measures.READ_COMMANDS)
     for target in report["targets"]:
         value = target["value"]
         assert isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)), target
@@ -32,6 +32,10 @@ def test_bench_smoke_run_produces_every_measure(tmp_path):
     assert all(arm["lost_frames"] == 0 for arm in results["websocket"]["concurrent"].values())
     assert results["dashboard_load"]["feed_missing"] == 0 and results["dashboard_load"]["feed_delay_ms"]["n"] > 0
     assert results["budgets_load"]["headers_seen"] > 0
+    # Issue 23's proxy costs: CPU per call in each scenario, M and P measured in the same window.
+    assert set(results["cpu_per_request"]) == {"c=1, zero delay", "c=1, 200 ms upstream", "c=32, zero delay"}
+    assert all(s[arm]["cpu_ms_per_request"] >= 0 for s in results["cpu_per_request"].values() for arm in "MP")
+    assert set(results["soak_rss_mb"]["P_processes"]) == {"proxy", "recorder"}
     assert all(arm["beside"]["n"] > 0 for kind in results["large_bodies"].values() for arm in kind.values())
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| measure | target | measured | pass | detail |" in markdown

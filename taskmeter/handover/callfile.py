@@ -72,35 +72,37 @@ def decode(line: str) -> CapturedCall:
     return CapturedCall(**values)
 
 
-def append_lines(path: Path, text: str) -> None:
-    """Append whole lines in one locked write; raises OSError when it cannot."""
-    data = text.encode()
-    while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
+def append(path: Path, calls: list[CapturedCall], reason: str | None = None) -> None:
+    """Append `calls` as whole lines in one locked write; raises OSError when it
+    cannot. The file is opened before the calls are encoded: a file that cannot
+    be opened costs no encoding (of bodies that may be many megabytes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        data = "".join(encode(call, reason) for call in calls).encode()
+        while True:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 current = os.stat(path)
             except FileNotFoundError:
                 current = None
-            if current is None or current.st_ino != os.fstat(fd).st_ino:
-                continue  # renamed for replay while we waited: append to the new file
-            end = os.fstat(fd).st_size
-            view = memoryview(data)
-            try:
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            except OSError:
-                os.ftruncate(fd, end)  # no half line: the next append would join it and both be unreadable
-                raise
-            return
-        finally:
+            if current is not None and current.st_ino == os.fstat(fd).st_ino:
+                break
+            # Renamed for replay while we encoded or waited: append to the new file.
             os.close(fd)
-
-
-def append(path: Path, calls: list[CapturedCall], reason: str | None = None) -> None:
-    append_lines(path, "".join(encode(call, reason) for call in calls))
+            fd = -1  # closed, should the open below fail
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        end = os.fstat(fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError:
+            os.ftruncate(fd, end)  # no half line: the next append would join it and both be unreadable
+            raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def quarantine(path: Path, calls: list[CapturedCall], reason: str) -> int:

@@ -89,6 +89,9 @@ class Guard:
         self._flying: dict[str, tuple[CapturedCall, tuple[str, ...]]] = {}  # call ID -> (call, budgets it counts in)
         self._in_flight: dict[str, int] = {}  # budget -> its calls in flight
         self._changed = asyncio.Event()  # set (and replaced) at each state: waiting calls look again
+        # A budget in block mode is set: calls in flight are counted until the
+        # recorder says them stored, so the hand-over sends each call at once.
+        self.counts_in_flight = False
 
     # ------------------------------------------------------------ the recorder's state
 
@@ -111,7 +114,8 @@ class Guard:
             state["blocked"]["sessions"],
             state["blocked"]["conversations"],
         )
-        if not any(budget["blocks"] for budget in state["budgets"].values()):
+        self.counts_in_flight = any(budget["blocks"] for budget in state["budgets"].values())
+        if not self.counts_in_flight:
             self._flying.clear()  # nothing to count against: the recorder stops saying what it stored
             self._in_flight.clear()
         for call_id in state["settled"]:

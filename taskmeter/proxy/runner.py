@@ -246,6 +246,7 @@ async def _serve(
         # A copy of our stdout: in the recorder, fd 1 is the acknowledgement pipe.
         live_view_fd=None if quiet else os.dup(sys.stdout.fileno()),
         on_guard_state=guard.take_state,
+        urgent=lambda: guard.counts_in_flight,
     )
     handover.start()
     mode = corporate.mode if corporate else "regular"

@@ -27,7 +27,7 @@ class ResponseTee:
     that compresses anyway is decoded here, and the client gets the plain stream
     (the caller drops Content-Encoding)."""
 
-    __slots__ = ("_call", "_limit", "_strip", "_stripper", "_decoder")
+    __slots__ = ("_call", "_limit", "_strip", "_stripper", "_decoder", "_observer_failed")
 
     def __init__(self, call: CapturedCall, limit: int, usage_stripper: Callable | None, decoder=None) -> None:
         self._call = call
@@ -35,6 +35,7 @@ class ResponseTee:
         self._strip = usage_stripper  # made once the stream is known to be SSE
         self._stripper = None
         self._decoder = decoder
+        self._observer_failed = False  # said once per call, not once per chunk
 
     def __call__(self, data: bytes):
         at_end = not data  # mitmproxy's last call
@@ -43,7 +44,9 @@ class ResponseTee:
         try:
             self._observe(data)
         except Exception:
-            log.exception("meter: stream observer failed; the stream is passed on untouched")
+            if not self._observer_failed:
+                self._observer_failed = True
+                log.exception("meter: stream observer failed (said once per call); the stream is passed on untouched")
         if self._strip and self._stripper is None and data:
             if looks_like_sse(self._call.content_type, data):
                 self._stripper = self._strip()

@@ -72,6 +72,9 @@ LIVE_VIEW_BACKLOG = 1000
 FRAMES_PER_TRANSACTION = 32
 # Stored text past retention_days is deleted at start and then this often.
 PRUNE_SECONDS = 3600
+# A pipe gives at most its buffer (64 KB on Linux) a read; asking for more made
+# each read allocate, and give back, a megabyte.
+PIPE_READ_BYTES = 1 << 16
 
 
 class FrameReader:
@@ -91,7 +94,7 @@ class FrameReader:
             remaining = max(0.0, deadline - time.monotonic())
             if not select.select([self._fd], [], [], remaining)[0]:
                 return None
-            data = os.read(self._fd, 1 << 20)
+            data = os.read(self._fd, PIPE_READ_BYTES)
             if not data:
                 self.closed = True  # a torn last frame: the proxy resends what we did not acknowledge
             self._buffer += data

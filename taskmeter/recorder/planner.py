@@ -1,6 +1,7 @@
 """The recorder's half of budgets and alerts: it works out, from the database,
 what the proxy must know, and pushes that to the proxy whenever it changes
-(checked every REFRESH_SECONDS, idle or busy), so the proxy's Guard addon
+(checked every REFRESH_SECONDS, idle or busy, and worked out again only when
+the database may have changed it), so the proxy's Guard addon
 (proxy/refusals.py) decides each call with dictionary lookups and counters. While
 a budget in block mode is set, it pushes after every batch stored: the budgets'
 new spend and the IDs of the calls stored, which the proxy no longer counts as in
@@ -102,6 +103,12 @@ class Guard:
         # A budget in block mode was in the last state pushed (or none was pushed
         # yet): the proxy counts calls in flight, so each batch stored is pushed at once.
         self._proxy_counts = True
+        # When the state was last worked out: the connection and its data_version,
+        # which moves when another connection writes (`meter budget`, `set-task`,
+        # `alerts clear`...); and whether calls stored since then spend a budget.
+        self._read_at: tuple | None = None
+        self._spent = True
+        self._budgets_spent = True  # stored calls spend a budget: one is set, or a default one is
 
     # ------------------------------------------------------------ events
 
@@ -118,6 +125,7 @@ class Guard:
             looping = json.dumps([call.session_id, call.task_id, call.client])  # a loop is one client's in one task
             for signature in self._loops.observe(looping, started, row.loop_signatures):
                 blocked_loop |= bool(self._writer.quietly(self._loop_alert, call, signature))
+        self._spent |= self._budgets_spent and bool(rows)
         if self._proxy_counts:
             self.refresh(force=True, settled=[row.interaction.id for row in rows if not row.interaction.blocked])
         else:
@@ -129,17 +137,33 @@ class Guard:
         if not force and now - self._last_refresh < REFRESH_SECONDS:
             return
         self._last_refresh = now
+        if force or self._writer.quietly(self._may_have_changed, default=True):
+            self._push_state(settled)
+        if now - self._last_burn_check >= BURN_RATE_SECONDS:
+            self._last_burn_check = now
+            self._writer.quietly(self._burn_rate, now)
+
+    def _push_state(self, settled: Sequence[str]) -> None:
         state = self._writer.quietly(self._state)
         if state is None:
-            return  # the database cannot be read now: the proxy keeps the last state
+            self._read_at = None  # the database cannot be read now: the proxy keeps the last state
+            return
         message = json.dumps(state, sort_keys=True)
         if message != self._pushed or settled:
             self._pushed = message
             self._proxy_counts = any(scope["blocks"] for scope in state["budgets"].values())
             self._push({**state, "settled": settled})
-        if now - self._last_burn_check >= BURN_RATE_SECONDS:
-            self._last_burn_check = now
-            self._writer.quietly(self._burn_rate, now)
+
+    def _may_have_changed(self, db) -> bool:
+        """Whether the state may differ from the one last worked out: the state is
+        read from the database alone, so only a write can change it, by another
+        connection or, with a budget in force, the calls we stored. Working it out
+        again for nothing read every budget's spend twice a second."""
+        read_at = (db, db.execute("PRAGMA data_version").fetchone()[0])
+        changed = self._spent or read_at != self._read_at  # a connection equals only itself
+        self._read_at = read_at
+        self._spent = False
+        return changed
 
     # ------------------------------------------------------------ rules
 
@@ -151,6 +175,7 @@ class Guard:
         the current task; the bound Claude Code sessions; the sessions and
         conversations blocked for looping."""
         statuses = budgets.budget_statuses(db, self._defaults)
+        self._budgets_spent = bool(statuses or self._defaults.task_tokens or self._defaults.task_usd)
         for status in statuses:
             self._crossings(db, status)
         current = tasks.current_task(db)
