@@ -43,11 +43,17 @@ def _styles(stream: TextIO) -> bool:
 
 def width_of(stream: TextIO) -> int | None:
     """The columns of the terminal `stream` writes to, asked each time (a window can be
-    resized); None when it is no terminal (a pipe, a file), whose lines stay whole for grep and awk."""
+    resized); None when it is no terminal (a pipe, a file), whose lines stay whole for grep and awk.
+    As the tables' shutil.get_terminal_size: COLUMNS first, and 80 for a terminal that
+    reports no size (a pseudo-terminal nobody sized says 0 columns)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+        if not stream.isatty():
+            return None
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError, AttributeError):  # closed, or no file descriptor
         return None
+    chosen = os.environ.get("COLUMNS", "")
+    return int(chosen) if chosen.isdigit() and int(chosen) > 0 else columns or 80
 
 
 _FIELD_GAP = re.compile(r"(?<! )  (?! )")  # exactly two spaces: between a line's fields

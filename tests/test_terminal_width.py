@@ -21,7 +21,7 @@ import pytest
 
 from taskmeter.callline import call_line
 from taskmeter.store import connection
-from taskmeter.terminal import wrap
+from taskmeter.terminal import width_of, wrap
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import BANNER_END, VENV_BIN, write_config
@@ -188,6 +188,27 @@ def test_wrap_breaks_between_fields_then_words_and_never_inside_one():
         "  proxy:   HTTPS_PROXY=http://127.0.0.1:8877 with the CA in",
         "    /home/someone/.local/share",
     ]
+
+
+def test_a_terminal_that_reports_no_size_is_80_columns_wide_unless_columns_says(monkeypatch):
+    """A pseudo-terminal nobody sized says 0 columns (as under some CI runners and
+    `docker exec -t`): the lines wrap as the tables do, at COLUMNS or 80, instead of
+    every message failing on a zero width."""
+    leader, follower = pty.openpty()
+    try:
+        with os.fdopen(os.dup(follower), "w") as stream:
+            assert os.get_terminal_size(follower).columns == 0
+            monkeypatch.delenv("COLUMNS", raising=False)
+            assert width_of(stream) == 80
+            monkeypatch.setenv("COLUMNS", "120")
+            assert width_of(stream) == 120
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+            assert width_of(stream) == 120  # COLUMNS first, as shutil.get_terminal_size
+            monkeypatch.delenv("COLUMNS")
+            assert width_of(stream) == 100
+    finally:
+        os.close(leader)
+        os.close(follower)
 
 
 @pytest.mark.e2e
