@@ -120,6 +120,23 @@ def why_attributed(row: dict) -> str:
     return why
 
 
+def show_record(db: sqlite3.Connection, row, skipped: list[dict] | None = None) -> dict:
+    """One call (its stored `row`) as `meter show --json` gives it, and the dashboard's
+    call page embeds: its listing, why it has its task, a flag set aside, the newer
+    calls `last` passed over (`skipped`, only when it was named so) and its text."""
+    from taskmeter.store import interactions, texts
+
+    record = {
+        **call_record(row),
+        "attribution_reason": why_attributed(row),
+        "flag_set_aside": interactions.set_aside_flag(db, row["id"]),
+    }
+    if skipped is not None:
+        record["skipped"] = skipped
+    record["text"] = texts.of_call(db, row["id"])
+    return record
+
+
 # How much of a long line a preview keeps; a table clips it further to fit.
 PREVIEW_CHARACTERS = 200
 # Characters kept each side of a search's match.

@@ -6,7 +6,7 @@ import time
 import click
 
 from taskmeter import terminal
-from taskmeter.analytics.listings import call_record, latency, search_match, why_attributed
+from taskmeter.analytics.listings import call_record, latency, search_match, show_record
 from taskmeter.analytics.listings import preview as call_preview
 from taskmeter.cli.common import (
     INTERACTION,
@@ -383,14 +383,12 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
     """
     with open_db(db_path, create=False) as db:
         chosen = _resolve(db, interaction, any_task)
-        interaction_id = chosen.interaction_id
-        row = interactions.one(db, interaction_id)
-        said = call_texts.of_call(db, interaction_id)
-        set_aside = interactions.set_aside_flag(db, interaction_id)
-    record = {**call_record(row), "attribution_reason": why_attributed(row)}
+        row = interactions.one(db, chosen.interaction_id)
+        record = show_record(db, row, skipped=_skipped_json(chosen))
     if as_json:
-        terminal.print_json({**record, "flag_set_aside": set_aside, "skipped": _skipped_json(chosen), "text": said})
+        terminal.print_json(record)
         return
+    said, set_aside = record["text"], record["flag_set_aside"]
     tokens = record["tokens"]
     usage = "no usage stated"
     if tokens["total"] is not None:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from taskmeter.analytics import forecasts, history
 from taskmeter.analytics.budgets import Defaults
-from taskmeter.analytics.listings import call_record, task_records
+from taskmeter.analytics.listings import call_record, show_record, task_records
 from taskmeter.analytics.periods import usage_report
 from taskmeter.analytics.records import PhaseReport, TaskRecord
 from taskmeter.analytics.reports import overview_report, phase_report, task_report
@@ -249,15 +249,9 @@ def call_page(db: sqlite3.Connection, reference: str) -> dict:
     """One call as `meter show ID --json` gives it (`show`), and its row for the page."""
     interaction_id = interactions.resolve_id(db, reference)
     row = interactions.one(db, interaction_id)
-    record = call_record(row)
-    show = {
-        **record,
-        "flag_set_aside": interactions.set_aside_flag(db, interaction_id),
-        "text": call_texts.of_call(db, interaction_id),
-    }
     return {
         "call": feed_call(row),
-        "show": show,
+        "show": show_record(db, row),
         "seconds": seconds_between(row["started_at"], row["ended_at"]) if row["ended_at"] else None,
         "first_byte_seconds": seconds_between(row["started_at"], row["first_byte_at"]) if row["first_byte_at"] else None,
         "task_choices": task_choices(db),
