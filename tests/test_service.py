@@ -35,6 +35,8 @@ def home(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("HOME", str(folder))
     monkeypatch.delenv("XDG_CONFIG_HOME")  # systemd's user units: ~/.config/systemd/user
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):  # a corporate proxy is the test's to give
+        monkeypatch.delenv(name, raising=False)
     return folder
 
 
@@ -197,6 +199,21 @@ def test_the_launchd_agent_is_a_plist_whose_program_starts_a_proxy_that_records(
     _answers_and_records(arguments, agent["EnvironmentVariables"], port, db_path)
     assert meter("service", "uninstall").code == 0
     assert _tree(home) == {}
+
+
+def test_the_service_chains_to_the_corporate_proxy_the_user_had_and_keeps_it_private(meter, home, monkeypatch):
+    """A proxy started at login has no shell to find HTTPS_PROXY in: the unit carries
+    the corporate proxy as it was before `meter env` pointed the shell at the meter,
+    and, its password included, is readable by the user alone."""
+    corporate = "http://me:s3cret@proxy.corp.example:3128"
+    monkeypatch.setenv("METER_SAVED_HTTPS_PROXY", corporate)  # what `meter env --https-proxy` replaced
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:8877")
+    monkeypatch.setenv("NO_PROXY", "intranet.corp.example")
+    assert meter("service", "install", "--no-start").code == 0
+    unit_path = home / ".config" / "systemd" / "user" / "taskmeter.service"
+    _, environment = _unit_command(unit_path.read_text())
+    assert (environment["HTTPS_PROXY"], environment["NO_PROXY"]) == (corporate, "intranet.corp.example")
+    assert oct(unit_path.stat().st_mode & 0o777) == oct(0o600)
 
 
 def test_install_twice_changes_nothing_and_uninstall_removes_exactly_what_install_wrote(meter, home, tmp_path):

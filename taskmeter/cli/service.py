@@ -43,7 +43,7 @@ def service_install_cmd(port, no_start, manager, config_path, db_path):
     database = connection.resolve_path(db_path).absolute()
     config = files.config_path(config_path)
     argv = service.proxy_argv(database, config if config.exists() else None, port or settings.proxy.port)
-    environment = {name: os.environ[name] for name in service.CARRIED_VARIABLES if os.environ.get(name)}
+    environment = service.carried_environment(os.environ)
     stop_timeout = int(settings.proxy.shutdown_grace_seconds) + 5
     installed, changed = service.install(manager, argv, environment, stop_timeout, lifecycle.log_path(database))
     terminal.info(f"{'installed' if changed else 'already installed'}: {installed.path}")

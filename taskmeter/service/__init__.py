@@ -14,6 +14,10 @@ from pathlib import Path
 
 from taskmeter.errors import MeterError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # collections.abc is not loaded on `meter status`'s path
+    from collections.abc import Mapping
+
 SYSTEMD, LAUNCHD = "systemd", "launchd"
 MANAGERS = (SYSTEMD, LAUNCHD)
 UNIT = "taskmeter.service"
@@ -22,6 +26,18 @@ MARKER = "taskmeter service, written by `meter service install`; `meter service 
 TEMPLATES = Path(__file__).with_name("templates")
 # Folders the proxy finds its state, data and config in: the service sees the user's.
 CARRIED_VARIABLES = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")
+# The corporate proxy the meter chains to (docs/proxy.md), as it was before any `meter env`:
+# a service started at login has no shell to find it in.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+
+
+def carried_environment(environ: "Mapping[str, str]") -> dict[str, str]:
+    """What the service's proxy is given of the installing user's environment."""
+    from taskmeter.proxy.environment import earlier_value
+
+    carried = {name: environ[name] for name in CARRIED_VARIABLES if environ.get(name)}
+    carried.update({name: value for name in PROXY_VARIABLES if (value := earlier_value(name, environ))})
+    return carried
 
 
 def this_systems_manager() -> str:
@@ -211,7 +227,7 @@ def _write_whole(path: Path, text: str) -> None:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o600)  # the user's alone: a corporate proxy's password may be in it
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
