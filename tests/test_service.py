@@ -273,6 +273,7 @@ def test_a_file_not_ours_is_never_overwritten(meter, home):
 
 
 @pytest.mark.e2e  # a real proxy on the service's database
+@pytest.mark.e2e  # runs the unit's proxy
 def test_status_and_doctor_say_whether_the_service_is_installed_and_running(meter, home, tmp_path, db_path, monkeypatch):
     monkeypatch.chdir(home)  # doctor also checks the hooks of the repository it runs in: none here
     status = meter("status")
@@ -315,6 +316,39 @@ def test_status_and_doctor_say_whether_the_service_is_installed_and_running(mete
     meter("service", "uninstall")
     assert "Service: not installed" in meter("status").out
     assert meter("service", "status").code == 1
+
+
+def _start_the_units_proxy(meter, home, db_path):
+    """The unit's ExecStart run as its manager would, once `meter status` sees it record."""
+    argv, environment = _unit_command((home / ".config/systemd/user/taskmeter.service").read_text())
+    process = subprocess.Popen(argv, env={**os.environ, **environment}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while f"pid {process.pid}" not in (line := meter("status").out):
+        assert process.poll() is None and time.monotonic() < deadline, line
+        time.sleep(0.1)
+    return process
+
+
+@pytest.mark.e2e  # runs the unit's proxy
+def test_meter_stop_says_when_the_service_s_proxy_stays_down_until_login(meter, home, db_path, monkeypatch):
+    """A proxy the service runs exits cleanly on `meter stop`, which Restart=on-failure
+    does not restart: stop says so, and how to start it again. Whether systemd runs a
+    process is read from its cgroup, which a test cannot give a process here: the
+    cgroup reading is replaced, for the second proxy, by its answer under systemd."""
+    from taskmeter import service
+
+    assert meter("service", "install", "--no-start", "--port", str(_free_port())).code == 0
+    outside = _start_the_units_proxy(meter, home, db_path)
+    stopped = meter("stop")
+    assert outside.wait(30) == 0 and f"meter proxy (pid {outside.pid}) stopped" in stopped.out
+    assert "the user service ran it" not in stopped.out  # started outside the service
+    under_systemd = _start_the_units_proxy(meter, home, db_path)
+    monkeypatch.setattr(service, "started_by_service", lambda pid: pid == under_systemd.pid)
+    stopped = meter("stop")
+    assert under_systemd.wait(30) == 0
+    assert "the user service ran it: it stays stopped until your next login" in stopped.out
+    assert "`meter service install` starts it again now" in stopped.out
+    meter("service", "uninstall")
 
 
 def test_a_service_for_another_database_is_named(meter, home, tmp_path, monkeypatch):

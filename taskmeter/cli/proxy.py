@@ -110,12 +110,22 @@ def start_cmd(port, config_path, db_path):
 @db_option
 def stop_cmd(config_path, db_path):
     """Stop the proxy recording to the database, as Ctrl-C would: calls in flight may finish."""
-    from taskmeter import lifecycle
+    from taskmeter import lifecycle, service
     from taskmeter.config import load_settings
 
     path = connection.resolve_path(db_path)
+    running = lifecycle.running_proxy(path) if path.exists() else None
+    # Asked before it stops: afterwards its cgroup is gone with it.
+    ran_as_service = running is not None and service.installed_for(path.absolute()) is not None
+    ran_as_service = ran_as_service and service.started_by_service(running["pid"]) is not False
     pid = lifecycle.stop(path, timeout=load_settings(config_path).proxy.shutdown_grace_seconds + 5)
     terminal.info(f"meter proxy (pid {pid}) stopped" if pid else f"no meter proxy records to {path}")
+    if pid and ran_as_service:
+        # It exited cleanly, which Restart=on-failure (KeepAlive on failure) does not restart.
+        terminal.info(
+            "  the user service ran it: it stays stopped until your next login;"
+            " `meter service install` starts it again now, `meter service uninstall` removes it"
+        )
 
 
 def _agent_names() -> list[str]:
