@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.store.tasks import approval_histories, estimate_histories, get_phase, get_task, iterations_of, natural_key
 from taskmeter.tokens import TOKEN_COLUMNS
 
@@ -170,8 +171,6 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
 def _after_approval(db: sqlite3.Connection, task: dict) -> tuple[int, int | None]:
     if task["final_approval_at"] is None:
         return 0, None
-    from taskmeter.store.interactions import FAILED_CALL_SQL  # here: the status line reads this module and starts fast
-
     row = db.execute(
         "SELECT count(*) AS calls, sum(input_total) + sum(coalesce(output_total, 0)) AS tokens FROM interactions i"
         f" WHERE task_id = ? AND operation = 'generate' AND NOT coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"

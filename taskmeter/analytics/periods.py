@@ -8,7 +8,7 @@ import sqlite3
 
 from taskmeter.analytics.history import STATED_BY, seconds_sql
 from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
-from taskmeter.store.interactions import FAILED_CALL_SQL
+from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
 from taskmeter.tokens import tokens_object
 

@@ -24,7 +24,7 @@ from taskmeter.analytics.records import (
     UsageStats,
 )
 from taskmeter.clients import AGENTS, client_name
-from taskmeter.store.interactions import FAILED_CALL_SQL
+from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import from_stored, now_stored, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 
