@@ -35,6 +35,9 @@ BLOCK_HOURS = 5
 _SUMS = ", ".join(f"CASE WHEN count(i.{c}) > 0 THEN sum(i.{c}) END AS {c}" for c in (*TOKEN_COLUMNS, "cost_usd"))
 _COUNTS = f"""sum(NOT {_FAILED}) AS ai_interactions, sum({_FAILED}) AS failed_calls,
     sum(i.cost_usd IS NOT NULL AND NOT {_FAILED}) AS priced"""
+# The calls an agent named its session in, through their index: without statistics SQLite
+# reads every call to test `client_session IS NOT NULL` (1 s over a million calls).
+_SESSION_CALLS = "interactions i INDEXED BY interactions_client_session"
 
 
 def _window(since: str | None, until: str | None, task_id: str | None) -> tuple[str, list]:
@@ -60,7 +63,7 @@ def _stats(row) -> UsageStats:
 def _totals(db: sqlite3.Connection, where: str, params: list) -> UsageStats:
     row = db.execute(
         f"SELECT {_COUNTS}, {_SUMS}, count(f.interaction_id) AS hallucination_count"
-        f" FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id WHERE {where}",
+        f" FROM {_SESSION_CALLS} LEFT JOIN flags f ON f.interaction_id = i.id WHERE {where}",
         params,
     ).fetchone()
     return _stats(row)
@@ -79,14 +82,14 @@ def session_report(
             max(i.client) AS client, max(i.protocol) AS protocol, {_COUNTS}, {_SUMS},
             count(f.interaction_id) AS hallucination_count,
             json_group_array(DISTINCT coalesce(i.model, '?')) AS models
-        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+        FROM {_SESSION_CALLS} LEFT JOIN flags f ON f.interaction_id = i.id
         WHERE {where} GROUP BY i.session_id ORDER BY first_call_at, i.session_id
         """,
         params,
     ).fetchall()
     tasks_of: dict[str, list[str | None]] = {}
     for session, task in db.execute(
-        f"SELECT i.session_id, i.task_id FROM interactions i WHERE {where}"
+        f"SELECT i.session_id, i.task_id FROM {_SESSION_CALLS} WHERE {where}"
         " GROUP BY i.session_id, i.task_id ORDER BY min(i.started_at)",
         params,
     ):
