@@ -5,6 +5,7 @@ agent sessions and 5-hour blocks.
 place: `meter report --json daily` and `meter report daily --json` are one command.
 """
 
+from collections.abc import Callable
 from functools import partial
 
 import click
@@ -104,7 +105,9 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
         )
         return ""
 
-    csv_rows = [*report["phases"], {"phase_id": "unassigned", **report["unassigned"]}]
+    def csv_rows() -> list[dict]:
+        return [*report["phases"], {"phase_id": "unassigned", **report["unassigned"]}]
+
     _emit(report, output_format, formats.overview_markdown, table, csv_rows)
 
 
@@ -194,7 +197,7 @@ def _usage_command(period: str, label: str, help_text: str):
             _usage_table(report, period, label, since or until, utc)
             return ""
 
-        _emit(report, output_format, partial(formats.usage_markdown, label=label), table, formats.usage_lines(report))
+        _emit(report, output_format, partial(formats.usage_markdown, label=label), table, partial(formats.usage_lines, report))
 
     return command
 
@@ -314,7 +317,7 @@ def report_sessions_cmd(ctx, task_id, since, until, output_format, as_json, utc,
         return ""
 
     markdown = partial(_lines_markdown, lines=formats.session_lines(report), title="Agent sessions", utc=utc)
-    _emit(report, output_format, markdown, table, formats.session_lines(report))
+    _emit(report, output_format, markdown, table, partial(formats.session_lines, report))
 
 
 # A session's ID as a terminal shows it: enough for `meter log --session`, which takes a unique beginning.
@@ -380,7 +383,7 @@ def report_blocks_cmd(ctx, since, until, provider, output_format, as_json, utc, 
         return ""
 
     markdown = partial(_lines_markdown, lines=formats.block_lines(report), title="5-hour blocks", utc=utc)
-    _emit(report, output_format, markdown, table, formats.block_lines(report))
+    _emit(report, output_format, markdown, table, partial(formats.block_lines, report))
 
 
 def _lines_markdown(report: dict, lines: list[dict], title: str, utc: bool) -> str:
@@ -389,14 +392,15 @@ def _lines_markdown(report: dict, lines: list[dict], title: str, utc: bool) -> s
     return formats.lines_markdown(lines, title, utc)
 
 
-def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict] | None = None) -> None:
-    """One report in the chosen format; CSV has one row per report unless rows are given."""
+def _emit(report: dict, output_format: str, markdown, text, csv_rows: Callable[[], list[dict]] | None = None) -> None:
+    """One report in the chosen format; CSV has one row per report unless `csv_rows` gives rows
+    (made only for CSV: thousands of lines for an hourly report)."""
     from taskmeter.analytics import formats
 
     if output_format == "json":
         terminal.print_json(report)
     elif output_format == "csv":
-        terminal.text(formats.as_csv(csv_rows or [report]))
+        terminal.text(formats.as_csv(csv_rows() if csv_rows else [report]))
     elif output_format == "markdown":
         terminal.text(markdown(report))
     else:
