@@ -61,12 +61,14 @@ def current_intervals(db: sqlite3.Connection, ids: list[str]) -> dict[str, list[
     from each switch to it until the next switch (None: still current), from the
     switch_spans rollup (m024), which keeps each switch's moment and the next's."""
     intervals: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
-    query = (
-        "SELECT lower(task_id), since, until FROM switch_spans"
-        f" WHERE lower(task_id) IN ({_placeholders(ids)}) ORDER BY lower(task_id), at, event_id"
-    )
-    for task_id, since, until in db.execute(query, [task_id.lower() for task_id in ids]):
-        intervals[task_id].append((since, until))
+    wanted = {task_id.lower() for task_id in ids}
+    if len(wanted) < db.execute("SELECT count(*) FROM tasks").fetchone()[0]:
+        query = f"SELECT lower(task_id), since, until FROM switch_spans WHERE lower(task_id) IN ({_placeholders(ids)})"
+    else:  # every task (`meter tasks`): one scan in the index's order costs half a seek per task
+        query, ids = "SELECT lower(task_id), since, until FROM switch_spans", []
+    for task_id, since, until in db.execute(f"{query} ORDER BY lower(task_id), at, event_id", [i.lower() for i in ids]):
+        if task_id in wanted:
+            intervals[task_id].append((since, until))
     return intervals
 
 
