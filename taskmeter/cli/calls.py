@@ -42,9 +42,9 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     from taskmeter import lifecycle
     from taskmeter.analytics.budgets import WARN_AT, describe
     from taskmeter.analytics.reports import task_report
-    from taskmeter.analytics.snapshot import current_state
+    from taskmeter.analytics.snapshot import current_state, last_call_at
     from taskmeter.handover import callfiles
-    from taskmeter.store import dashboards, interactions
+    from taskmeter.store import dashboards
     from taskmeter.telemetry import read_state
 
     if not connection.resolve_path(db_path).exists():
@@ -53,7 +53,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     with open_db(db_path, create=False) as db:
         now = current_state(db, budget_defaults())
         view = task_report(db, now["task_id"], idle_seconds=idle_seconds()) if now["task_id"] else None
-        latest = interactions.recent(db, limit=1)
+        latest = last_call_at(db)
         dashboard = dashboards.running(db)
     database = connection.resolve_path(db_path)
     note, budget, running = now["current_note"], now["budget"], now["proxies"]
@@ -69,7 +69,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         "dashboard": dashboard,
         "budget": budget,
         "alerts": [{"alert_id": alert.pop("id"), **alert, "blocks": bool(alert["blocks"])} for alert in now["alerts"]],
-        "last_interaction_at": latest[0]["started_at"] if latest else None,
+        "last_interaction_at": latest,
         # Calls not in the database: waiting in the spool, or kept apart for a person.
         "spooled_calls": callfiles.count_lines(callfiles.spool_path(database)),
         "quarantined_calls": callfiles.count_lines(callfiles.quarantine_path(database)),
