@@ -134,9 +134,9 @@ def _plain_blocks(db, since, until, provider) -> list[dict]:
 @example(  # the last call of a block exactly 5 hours after its start, the next 1 µs later, in the same quarter
     history=[
         (3300.0, "anthropic", True, 10, 0.1, None),
-        (3600.0 + SPAN, "anthropic", True, 20, 0.2, None),
-        (3600.000001 + SPAN, "openai", True, 30, 0.3, "gpt-5"),
-        (3600.0 + 2 * SPAN + 60, "anthropic", False, None, None, None),
+        (SPAN, "anthropic", True, 20, 0.2, None),  # the block of 3300 s starts at 0
+        (SPAN + 0.000001, "openai", True, 30, 0.3, "gpt-5"),
+        (2 * SPAN + 60, "anthropic", False, None, None, None),
     ],
     window=(None, None, None),
 )

@@ -141,12 +141,14 @@ def block_report(
     span = BLOCK_HOURS * 3600
     blocks: list[UsageBlock] = []
     last, first = None, _edge_call(db, where, params)
+    end: str | None = None
     while first is not None:
-        end = _stored(_hour_start(first["at"]) + span)
+        end_before, end = end, _stored(_hour_start(first["at"]) + span)
         if last is not None and first["at"] - last["at"] > span:
             blocks.append(_gap(last["at"] + span, first["at"]))
         last = _edge_call(db, f"{where} AND i.started_at <= ?", [*params, end], newest=True)
-        usage = _block_usage(db, first["started_at"], last["started_at"], where, params, provider)
+        edges = (since, until, end_before, end)
+        usage = _block_usage(db, first["started_at"], last["started_at"], edges, where, params, provider)
         blocks.append(_block(first, last, usage, moment))
         first = _edge_call(db, f"{where} AND i.started_at > ?", [*params, end])
     return {"since": since, "until": until, "provider": provider, "block_hours": BLOCK_HOURS, "blocks": blocks}
@@ -175,15 +177,23 @@ _QUARTERS_USAGE = ", ".join(f"sum({column}) AS {column}" for column in _USAGE_CO
 QUARTER_SECONDS = 15 * 60
 
 
-def _block_usage(db: sqlite3.Connection, first: str, last: str, where: str, params: list, provider: str | None) -> dict:
+def _block_usage(
+    db: sqlite3.Connection, first: str, last: str, edges: tuple, where: str, params: list, provider: str | None
+) -> dict:
     """Per model, the usage of the calls that match `where` and started from `first` to `last`
-    (stored moments, inclusive): whole quarter hours from usage_quarters, the rest call by call."""
+    (stored moments, inclusive): whole quarter hours from usage_quarters, the rest call by call.
+    `edges`: the window's since and until, the end of the block before (None: none) and this one's."""
     parts: list[tuple[str, list]] = []
+    since, until, end_before, end = edges
     rollup_from, rollup_until = _quarter_start(first), _quarter_start(last, after=True)
     if provider is None:  # usage_quarters keeps every provider's calls together
-        if _any_call(db, "i.started_at >= ? AND i.started_at < ?", rollup_from, first):  # before the block (or window)
-            rollup_from = _quarter_start(first, after=True)  # in its first quarter: that quarter call by call
-        if _any_call(db, "i.started_at > ? AND i.started_at < ?", last, rollup_until):  # after it, in its last
+        # A call before the block in its first quarter, or after it in its last, makes that quarter call by call.
+        # None can be there, with no look, where the seeks for `first` and `last` would have found it.
+        maybe_before = (end_before is not None and rollup_from <= end_before) or (since is not None and since > rollup_from)
+        if maybe_before and _any_call(db, "i.started_at >= ? AND i.started_at < ?", rollup_from, first):
+            rollup_from = _quarter_start(first, after=True)
+        maybe_after = last == end or (until is not None and until < rollup_until)
+        if maybe_after and _any_call(db, "i.started_at > ? AND i.started_at < ?", last, rollup_until):
             rollup_until = _quarter_start(last)
     if provider is None and rollup_from < rollup_until:
         parts.append(
