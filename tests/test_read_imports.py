@@ -138,8 +138,10 @@ def test_status_and_the_listings_load_only_their_own_modules(proxy, tmp_path):
     )
     assert _heavy_loaded(running.db_path, tmp_path, "status", modules=own) == []
     assert _heavy_loaded(running.db_path, tmp_path, "status", "--json", modules=own) == []
-    assert _heavy_loaded(running.db_path, tmp_path, "report", "blocks", modules=(*HEAVY, "taskmeter.store.interactions")) == []
-    assert _heavy_loaded(running.db_path, tmp_path, "report", "sessions", modules=(*HEAVY, "taskmeter.store.interactions")) == []
+    # A usage report's table or JSON needs neither the other formats nor the report types.
+    unused = (*HEAVY, "taskmeter.store.interactions", "taskmeter.analytics.formats", "taskmeter.analytics.records")
+    for report in ("blocks", "sessions", "hourly", "daily", "models"):
+        assert _heavy_loaded(running.db_path, tmp_path, "report", report, modules=unused) == [], report
     assert _heavy_loaded(running.db_path, tmp_path, "service", "status", modules=("psycopg",)) == []
     in_no_team = "meter: error: this meter is in no team"
     assert _heavy_loaded(running.db_path, tmp_path, "team", "status", modules=("psycopg",), answer=in_no_team) == []

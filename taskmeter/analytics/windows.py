@@ -14,19 +14,22 @@ import sqlite3
 from datetime import UTC, datetime
 
 from taskmeter.analytics.history import seconds_sql
-from taskmeter.analytics.records import (
-    BlocksReport,
-    BurnRate,
-    Projection,
-    SessionsReport,
-    SessionUsage,
-    UsageBlock,
-    UsageStats,
-)
 from taskmeter.clients import AGENTS, client_name
 from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import from_stored, now_stored, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker: the report types cost a report's start-up
+    from taskmeter.analytics.records import (
+        BlocksReport,
+        BurnRate,
+        Projection,
+        SessionsReport,
+        SessionUsage,
+        UsageBlock,
+        UsageStats,
+    )
 
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"
 # The agent that names its sessions in each protocol (protocols/*.py session headers).
@@ -49,7 +52,7 @@ def _window(since: str | None, until: str | None, task_id: str | None) -> tuple[
     return " AND ".join(clauses), params
 
 
-def _stats(row) -> UsageStats:
+def _stats(row) -> "UsageStats":
     return {
         "ai_interactions": row["ai_interactions"] or 0,
         "failed_calls": row["failed_calls"] or 0,
@@ -60,7 +63,7 @@ def _stats(row) -> UsageStats:
     }
 
 
-def _totals(db: sqlite3.Connection, where: str, params: list) -> UsageStats:
+def _totals(db: sqlite3.Connection, where: str, params: list) -> "UsageStats":
     row = db.execute(
         f"SELECT {_COUNTS}, {_SUMS}, count(f.interaction_id) AS hallucination_count"
         f" FROM {_SESSION_CALLS} LEFT JOIN flags f ON f.interaction_id = i.id WHERE {where}",
@@ -71,7 +74,7 @@ def _totals(db: sqlite3.Connection, where: str, params: list) -> UsageStats:
 
 def session_report(
     db: sqlite3.Connection, since: str | None = None, until: str | None = None, task_id: str | None = None
-) -> SessionsReport:
+) -> "SessionsReport":
     """A line per agent session with a call in the window (and of `task_id`), oldest
     first: its agent, tasks, first and last call, and its calls' usage (of `task_id` alone, when given)."""
     where, params = _window(since, until, task_id)
@@ -126,7 +129,7 @@ def block_report(
     until: str | None = None,
     provider: str | None = None,
     now: str | None = None,
-) -> BlocksReport:
+) -> "BlocksReport":
     """The 5-hour blocks of the calls in the window (of `provider`, when given), oldest first, gaps between.
 
     A block's calls are those from its first call to its end (its start + 5 hours, inclusive): a later call
@@ -246,7 +249,7 @@ def _stored(seconds: float) -> str:
     return to_stored(datetime.fromtimestamp(seconds, UTC))
 
 
-def _block(first, last, usage: dict, now: datetime) -> UsageBlock:
+def _block(first, last, usage: dict, now: datetime) -> "UsageBlock":
     start = _hour_start(first["at"])
     end = start + BLOCK_HOURS * 3600
     now_seconds = now.timestamp()
@@ -286,7 +289,7 @@ def _block(first, last, usage: dict, now: datetime) -> UsageBlock:
     }
 
 
-def _gap(start: float, end: float) -> UsageBlock:
+def _gap(start: float, end: float) -> "UsageBlock":
     """A pause of more than a block: nothing was used from 5 hours after the last call until the next."""
     return {
         "start": _stored(start),
