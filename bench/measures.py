@@ -368,6 +368,8 @@ READ_COMMANDS = {
     "report weekly": ["report", "weekly"],
     "report monthly": ["report", "monthly"],
     "report models": ["report", "models"],
+    "report sessions": ["report", "sessions"],
+    "report blocks": ["report", "blocks"],
     "budget": ["budget"],
     "alerts": ["alerts"],
     "doctor": ["doctor"],  # no proxy runs on the history: no network check

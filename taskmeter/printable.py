@@ -22,6 +22,8 @@ def _replace(match: re.Match) -> str:
 
 def printable(text: str, one_line: bool = False) -> str:
     """`text` with its control characters replaced; `one_line` also turns newlines and tabs into spaces."""
+    if text.isprintable():  # no control character (the patterns' characters are all of category Cc): most text, fast
+        return text
     if one_line:
         return _CONTROLS_AND_LAYOUT.sub(_replace, text)
     return _CONTROLS.sub(REPLACEMENT, text)

@@ -188,6 +188,8 @@ def _cell(column: Column, value, utc: bool, piped: bool) -> str:
     if piped:
         if value is None:
             return ""
+        if type(value) is int and column.kind not in ("time", "money"):  # a count: most cells, written as they are
+            return str(value)
         if column.kind == "time":
             return moment(value, utc, short=False)
         if column.kind == "money":

@@ -44,6 +44,7 @@ HEAVY = (
     "urllib.request",
     "http.client",
     "jinja2",
+    "psycopg",
 )
 CHAT = {f.name: f for f in ALL}["openai/chat_nonstream_cached_tokens"]
 
@@ -80,6 +81,20 @@ def test_each_read_command_loads_nothing_heavy(proxy, tmp_path):
     _meter(running.db_path, "set-task", "P5-000", "--estimate", "1h")
     _ask(running, n=2)
     assert len(running.rows(wait_for=2)) == len(upstream.received) == 2  # every call stored once
+
+    def loaded(*arguments: str) -> list[str]:
+        return _heavy_loaded(running.db_path, tmp_path, *arguments)
+
+    # With a proxy running, doctor asks its gateway: an HTTP client, but neither mitmproxy nor pydantic.
+    assert set(loaded("doctor")) == {"http.client", "urllib.request"}
+    running.stop()
+    for arguments in READ_COMMANDS.values():
+        assert loaded(*(argument.format(phase="P5") for argument in arguments)) == [], arguments
+
+
+def _heavy_loaded(db_path, tmp_path, *arguments: str, modules: tuple[str, ...] = HEAVY, answer: str = "it answered") -> list[str]:
+    """Which of `modules` (or their submodules) `meter ARGUMENTS --db DB_PATH` loads, run with no config
+    file. Its `answer` is on stdout, else ("meter: error: ...") its error line."""
     probe = (
         "import sys, runpy\n"
         "sys.argv = ['meter', *sys.argv[1:]]\n"
@@ -87,29 +102,49 @@ def test_each_read_command_loads_nothing_heavy(proxy, tmp_path):
         "    runpy.run_module('taskmeter', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        f"heavy = {HEAVY!r}\n"
+        f"heavy = {modules!r}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy), file=sys.stderr)\n"
     )
     environ = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "no-config")}
     environ.pop("METER_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *arguments, "--db", str(db_path)], capture_output=True, text=True, timeout=60, env=environ
+    )
+    assert "Traceback" not in done.stderr, (arguments, done.stderr)
+    if answer.startswith("meter: error"):
+        assert done.stderr.startswith(answer), (arguments, done.stderr)
+    else:
+        assert "meter: error" not in done.stderr and done.stdout, (arguments, done.stderr)  # it answered
+    return ast.literal_eval(done.stderr.strip().splitlines()[-1])  # the list the probe printed
 
-    def loaded(*arguments: str) -> list[str]:
-        done = subprocess.run(
-            [sys.executable, "-c", probe, *arguments, "--db", str(running.db_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=environ,
-        )
-        assert "Traceback" not in done.stderr and "meter: error" not in done.stderr, (arguments, done.stderr)
-        assert done.stdout, arguments  # it answered
-        return ast.literal_eval(done.stderr.strip().splitlines()[-1])  # the list the probe printed
 
-    # With a proxy running, doctor asks its gateway: an HTTP client, but neither mitmproxy nor pydantic.
-    assert set(loaded("doctor")) == {"http.client", "urllib.request"}
+def test_status_and_the_listings_load_only_their_own_modules(proxy, tmp_path):
+    """`meter status` counts the spool and quarantine lines without the hand-over's codec
+    (dataclasses, logging, the secrets patterns), `log` and `status` without each
+    other's modules, and the service's and team store's status without psycopg
+    while no team store is joined."""
+    running, upstream = proxy
+    _meter(running.db_path, "set-task", "P5-000", "--estimate", "1h")
+    _ask(running, n=2)
+    assert len(running.rows(wait_for=2)) == len(upstream.received) == 2  # every call stored once
     running.stop()
-    for arguments in READ_COMMANDS.values():
-        assert loaded(*(argument.format(phase="P5") for argument in arguments)) == [], arguments
+    own = (
+        "taskmeter.handover.callfile",
+        "taskmeter.secrets",
+        "logging",
+        "taskmeter.analytics.listings",
+        "taskmeter.analytics.records",
+        "taskmeter.store.interactions",  # its dataclasses: status reads the last call's start alone
+    )
+    assert _heavy_loaded(running.db_path, tmp_path, "status", modules=own) == []
+    assert _heavy_loaded(running.db_path, tmp_path, "status", "--json", modules=own) == []
+    # A usage report's table or JSON needs neither the other formats nor the report types.
+    unused = (*HEAVY, "taskmeter.store.interactions", "taskmeter.analytics.formats", "taskmeter.analytics.records")
+    for report in ("blocks", "sessions", "hourly", "daily", "models"):
+        assert _heavy_loaded(running.db_path, tmp_path, "report", report, modules=unused) == [], report
+    assert _heavy_loaded(running.db_path, tmp_path, "service", "status", modules=("psycopg",)) == []
+    in_no_team = "meter: error: this meter is in no team"
+    assert _heavy_loaded(running.db_path, tmp_path, "team", "status", modules=("psycopg",), answer=in_no_team) == []
 
 
 def test_click_finds_every_command_in_the_module_that_defines_it():

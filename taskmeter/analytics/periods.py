@@ -7,10 +7,13 @@ clock goes back the repeated hour is two periods, each labelled with its zone.""
 import sqlite3
 
 from taskmeter.analytics.history import STATED_BY, seconds_sql
-from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
-from taskmeter.store.interactions import FAILED_CALL_SQL
+from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
 from taskmeter.tokens import tokens_object
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker: the report types cost a report's start-up
+    from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
 
 # The columns summed with a count of the calls that stated each; usage_quarters (m011) names that count `{column}_calls`.
 _COUNTED = tuple(STATED_BY)
@@ -51,7 +54,7 @@ def _period_sql(period: str, utc: bool) -> str:
     }[period]
 
 
-def _stats(row: dict) -> UsageStats:
+def _stats(row: dict) -> "UsageStats":
     return {
         "ai_interactions": row["ai_interactions"],
         "failed_calls": row["failed_calls"],
@@ -77,7 +80,7 @@ def usage_report(
     until: str | None = None,
     utc: bool = False,
     task_id: str | None = None,
-) -> UsageReport:
+) -> "UsageReport":
     """`period` is hourly, daily, weekly, monthly or models; since/until are stored
     timestamps; `task_id` narrows to one task's calls."""
     clauses, params = [], []
@@ -123,11 +126,11 @@ def usage_report(
     return report
 
 
-def _model_usage(row: dict) -> ModelUsage:
+def _model_usage(row: dict) -> "ModelUsage":
     return {"model": row["model"], **_stats(row)}
 
 
-def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> PeriodUsage:
+def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> "PeriodUsage":
     stats, models = _stats(_sum(group)), [_model_usage(row) for row in group]
     if hourly:  # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
         return {"period": hour_label(key, utc), "start": key, **stats, "models": models}
@@ -150,7 +153,7 @@ def model_latencies(
     since: str | None = None,
     until: str | None = None,
     task_id: str | None = None,
-) -> dict[str, ModelLatency]:
+) -> "dict[str, ModelLatency]":
     """Per model (`?`: calls that named none), over its newest LATENCY_SAMPLE answered
     calls in the window, the p50 and p95 (nearest rank) of the seconds to the first
     byte of the answer (a stream's first token) and to the end. Calls imported from

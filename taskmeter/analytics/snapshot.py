@@ -63,6 +63,11 @@ def task_figures(db: sqlite3.Connection, task_id: str, idle_seconds: float, now:
     }
 
 
+def last_call_at(db: sqlite3.Connection) -> str | None:
+    """When the newest call started (store/interactions.py's `recent` lists from it), read through the index."""
+    return db.execute("SELECT max(started_at) FROM interactions").fetchone()[0]
+
+
 def today_cost(db: sqlite3.Connection) -> float | None:
     """The cost of every call since local midnight, as `meter report daily` counts today's
     (the usage_quarters rollup: local midnight is always a quarter hour); None: none priced."""

@@ -14,19 +14,22 @@ import sqlite3
 from datetime import UTC, datetime
 
 from taskmeter.analytics.history import seconds_sql
-from taskmeter.analytics.records import (
-    BlocksReport,
-    BurnRate,
-    Projection,
-    SessionsReport,
-    SessionUsage,
-    UsageBlock,
-    UsageStats,
-)
 from taskmeter.clients import AGENTS, client_name
-from taskmeter.store.interactions import FAILED_CALL_SQL
+from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import from_stored, now_stored, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker: the report types cost a report's start-up
+    from taskmeter.analytics.records import (
+        BlocksReport,
+        BurnRate,
+        Projection,
+        SessionsReport,
+        SessionUsage,
+        UsageBlock,
+        UsageStats,
+    )
 
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"
 # The agent that names its sessions in each protocol (protocols/*.py session headers).
@@ -35,6 +38,9 @@ BLOCK_HOURS = 5
 _SUMS = ", ".join(f"CASE WHEN count(i.{c}) > 0 THEN sum(i.{c}) END AS {c}" for c in (*TOKEN_COLUMNS, "cost_usd"))
 _COUNTS = f"""sum(NOT {_FAILED}) AS ai_interactions, sum({_FAILED}) AS failed_calls,
     sum(i.cost_usd IS NOT NULL AND NOT {_FAILED}) AS priced"""
+# The calls an agent named its session in, through their index: without statistics SQLite
+# reads every call to test `client_session IS NOT NULL` (1 s over a million calls).
+_SESSION_CALLS = "interactions i INDEXED BY interactions_client_session"
 
 
 def _window(since: str | None, until: str | None, task_id: str | None) -> tuple[str, list]:
@@ -46,7 +52,7 @@ def _window(since: str | None, until: str | None, task_id: str | None) -> tuple[
     return " AND ".join(clauses), params
 
 
-def _stats(row) -> UsageStats:
+def _stats(row) -> "UsageStats":
     return {
         "ai_interactions": row["ai_interactions"] or 0,
         "failed_calls": row["failed_calls"] or 0,
@@ -57,10 +63,10 @@ def _stats(row) -> UsageStats:
     }
 
 
-def _totals(db: sqlite3.Connection, where: str, params: list) -> UsageStats:
+def _totals(db: sqlite3.Connection, where: str, params: list) -> "UsageStats":
     row = db.execute(
         f"SELECT {_COUNTS}, {_SUMS}, count(f.interaction_id) AS hallucination_count"
-        f" FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id WHERE {where}",
+        f" FROM {_SESSION_CALLS} LEFT JOIN flags f ON f.interaction_id = i.id WHERE {where}",
         params,
     ).fetchone()
     return _stats(row)
@@ -68,7 +74,7 @@ def _totals(db: sqlite3.Connection, where: str, params: list) -> UsageStats:
 
 def session_report(
     db: sqlite3.Connection, since: str | None = None, until: str | None = None, task_id: str | None = None
-) -> SessionsReport:
+) -> "SessionsReport":
     """A line per agent session with a call in the window (and of `task_id`), oldest
     first: its agent, tasks, first and last call, and its calls' usage (of `task_id` alone, when given)."""
     where, params = _window(since, until, task_id)
@@ -79,14 +85,14 @@ def session_report(
             max(i.client) AS client, max(i.protocol) AS protocol, {_COUNTS}, {_SUMS},
             count(f.interaction_id) AS hallucination_count,
             json_group_array(DISTINCT coalesce(i.model, '?')) AS models
-        FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
+        FROM {_SESSION_CALLS} LEFT JOIN flags f ON f.interaction_id = i.id
         WHERE {where} GROUP BY i.session_id ORDER BY first_call_at, i.session_id
         """,
         params,
     ).fetchall()
     tasks_of: dict[str, list[str | None]] = {}
     for session, task in db.execute(
-        f"SELECT i.session_id, i.task_id FROM interactions i WHERE {where}"
+        f"SELECT i.session_id, i.task_id FROM {_SESSION_CALLS} WHERE {where}"
         " GROUP BY i.session_id, i.task_id ORDER BY min(i.started_at)",
         params,
     ):
@@ -123,34 +129,116 @@ def block_report(
     until: str | None = None,
     provider: str | None = None,
     now: str | None = None,
-) -> BlocksReport:
-    """The 5-hour blocks of the calls in the window (of `provider`, when given), oldest first, gaps between."""
+) -> "BlocksReport":
+    """The 5-hour blocks of the calls in the window (of `provider`, when given), oldest first, gaps between.
+
+    A block's calls are those from its first call to its end (its start + 5 hours, inclusive): a later call
+    is more than 5 hours after the start, and a pause of more than 5 hours after a call ends a block anyway.
+    So each block is found with two seeks in the started_at index, and its sums come from usage_quarters,
+    the calls of a quarter only partly in the block (or of one provider) read one by one."""
     where, params = _window(since, until, None)
     if provider:
         where += " AND i.provider = ?"
         params.append(provider)
-    calls = db.execute(
-        f"""
-        SELECT {seconds_sql("i.started_at")} AS at, i.started_at, coalesce(i.model, '?') AS model,
-            NOT {_FAILED} AS answered, i.cost_usd, {", ".join(f"i.{c}" for c in TOKEN_COLUMNS)}
-        FROM interactions i WHERE {where} ORDER BY i.started_at, i.id
-        """,
-        params,
-    ).fetchall()
     moment = from_stored(now or now_stored())
     span = BLOCK_HOURS * 3600
     blocks: list[UsageBlock] = []
-    current: list = []
-    for call in calls:
-        if current and (call["at"] - _hour_start(current[0]["at"]) > span or call["at"] - current[-1]["at"] > span):
-            blocks.append(_block(current, moment))
-            if call["at"] - current[-1]["at"] > span:
-                blocks.append(_gap(current[-1]["at"] + span, call["at"]))
-            current = []
-        current.append(call)
-    if current:
-        blocks.append(_block(current, moment))
+    last, first = None, _edge_call(db, where, params)
+    end: str | None = None
+    while first is not None:
+        end_before, end = end, _stored(_hour_start(first["at"]) + span)
+        if last is not None and first["at"] - last["at"] > span:
+            blocks.append(_gap(last["at"] + span, first["at"]))
+        last = _edge_call(db, f"{where} AND i.started_at <= ?", [*params, end], newest=True)
+        edges = (since, until, end_before, end)
+        usage = _block_usage(db, first["started_at"], last["started_at"], edges, where, params, provider)
+        blocks.append(_block(first, last, usage, moment))
+        first = _edge_call(db, f"{where} AND i.started_at > ?", [*params, end])
     return {"since": since, "until": until, "provider": provider, "block_hours": BLOCK_HOURS, "blocks": blocks}
+
+
+def _edge_call(db: sqlite3.Connection, where: str, params: list, newest: bool = False):
+    """The first call (by start, then ID) that matches, or with `newest` the last; None if none does."""
+    order = "DESC" if newest else ""
+    return db.execute(
+        f"SELECT {seconds_sql('i.started_at')} AS at, i.started_at FROM interactions i INDEXED BY interactions_started"
+        f" WHERE {where} ORDER BY i.started_at {order}, i.id {order} LIMIT 1",
+        params,
+    ).fetchone()
+
+
+# A block's usage per model, as usage_quarters keeps it: each sum with how many calls stated it.
+_USAGE_COLUMNS = ("ai_interactions", "failed_calls", *(f"{c}{n}" for c in (*TOKEN_COLUMNS, "cost_usd") for n in ("", "_calls")), "priced")  # fmt: skip
+_CALLS_USAGE = ", ".join(
+    (
+        f"sum(NOT {_FAILED}) AS ai_interactions, sum({_FAILED}) AS failed_calls",
+        *(f"sum(coalesce(i.{c}, 0)) AS {c}, count(i.{c}) AS {c}_calls" for c in (*TOKEN_COLUMNS, "cost_usd")),
+        f"sum(i.cost_usd IS NOT NULL AND NOT {_FAILED}) AS priced",
+    )
+)
+_QUARTERS_USAGE = ", ".join(f"sum({column}) AS {column}" for column in _USAGE_COLUMNS)
+QUARTER_SECONDS = 15 * 60
+
+
+def _block_usage(
+    db: sqlite3.Connection, first: str, last: str, edges: tuple, where: str, params: list, provider: str | None
+) -> dict:
+    """Per model, the usage of the calls that match `where` and started from `first` to `last`
+    (stored moments, inclusive): whole quarter hours from usage_quarters, the rest call by call.
+    `edges`: the window's since and until, the end of the block before (None: none) and this one's."""
+    parts: list[tuple[str, list]] = []
+    since, until, end_before, end = edges
+    rollup_from, rollup_until = _quarter_start(first), _quarter_start(last, after=True)
+    if provider is None:  # usage_quarters keeps every provider's calls together
+        # A call before the block in its first quarter, or after it in its last, makes that quarter call by call.
+        # None can be there, with no look, where the seeks for `first` and `last` would have found it.
+        maybe_before = (end_before is not None and rollup_from <= end_before) or (since is not None and since > rollup_from)
+        if maybe_before and _any_call(db, "i.started_at >= ? AND i.started_at < ?", rollup_from, first):
+            rollup_from = _quarter_start(first, after=True)
+        maybe_after = last == end or (until is not None and until < rollup_until)
+        if maybe_after and _any_call(db, "i.started_at > ? AND i.started_at < ?", last, rollup_until):
+            rollup_until = _quarter_start(last)
+    if provider is None and rollup_from < rollup_until:
+        parts.append(
+            (
+                f"SELECT model, {_QUARTERS_USAGE} FROM usage_quarters WHERE quarter >= ? AND quarter < ? GROUP BY model",
+                [rollup_from[:16], rollup_until[:16]],
+            )
+        )
+        ranges = [(first, rollup_from, "<"), (rollup_until, last, "<=")]
+    else:
+        ranges = [(first, last, "<=")]
+    for low, high, below in ranges:
+        if low < high or (below == "<=" and low == high):
+            parts.append(
+                (
+                    f"SELECT coalesce(i.model, '?') AS model, {_CALLS_USAGE} FROM interactions i INDEXED BY interactions_started"
+                    f" WHERE {where} AND i.started_at >= ? AND i.started_at {below} ? GROUP BY coalesce(i.model, '?')",
+                    [*params, low, high],
+                )
+            )
+    usage: dict = dict.fromkeys(_USAGE_COLUMNS, 0)
+    models: set[str] = set()
+    for query, values in parts:
+        for row in db.execute(query, values):
+            if row["ai_interactions"] or row["failed_calls"]:
+                models.add(row["model"])
+                for column in _USAGE_COLUMNS:
+                    usage[column] += row[column]
+    return {**usage, "models": sorted(models)}
+
+
+def _any_call(db: sqlite3.Connection, between: str, low: str, high: str) -> bool:
+    """Whether a generation call started `between` the stored moments `low` and `high`."""
+    query = f"SELECT 1 FROM interactions i INDEXED BY interactions_started WHERE i.operation = 'generate' AND {between} LIMIT 1"
+    return db.execute(query, (low, high)).fetchone() is not None
+
+
+def _quarter_start(stored: str, after: bool = False) -> str:
+    """The stored moment that starts the UTC quarter hour of `stored`, or with `after` the next one."""
+    seconds = from_stored(stored).timestamp()
+    start = seconds - seconds % QUARTER_SECONDS + (QUARTER_SECONDS if after else 0)
+    return _stored(start)
 
 
 def _hour_start(seconds: float) -> float:
@@ -161,18 +249,14 @@ def _stored(seconds: float) -> str:
     return to_stored(datetime.fromtimestamp(seconds, UTC))
 
 
-def _block(calls: list, now: datetime) -> UsageBlock:
-    start = _hour_start(calls[0]["at"])
-    end, first, last = start + BLOCK_HOURS * 3600, calls[0]["at"], calls[-1]["at"]
+def _block(first, last, usage: dict, now: datetime) -> "UsageBlock":
+    start = _hour_start(first["at"])
+    end = start + BLOCK_HOURS * 3600
     now_seconds = now.timestamp()
-    active = now_seconds - last < BLOCK_HOURS * 3600 and now_seconds < end
-    sums: dict = {}
-    for column in (*TOKEN_COLUMNS, "cost_usd"):
-        stated = [call[column] for call in calls if call[column] is not None]
-        sums[column] = sum(stated) if stated else None
-    answered = sum(call["answered"] for call in calls)
+    active = now_seconds - last["at"] < BLOCK_HOURS * 3600 and now_seconds < end
+    sums = {column: usage[column] if usage[f"{column}_calls"] else None for column in (*TOKEN_COLUMNS, "cost_usd")}
     tokens = tokens_object(sums)
-    minutes = (last - first) / 60
+    minutes = (last["at"] - first["at"]) / 60
     burn: BurnRate | None = None
     if minutes > 0:
         burn = {
@@ -189,23 +273,23 @@ def _block(calls: list, now: datetime) -> UsageBlock:
     return {
         "start": _stored(start),
         "end": _stored(end),
-        "first_call_at": calls[0]["started_at"],
-        "last_call_at": calls[-1]["started_at"],
+        "first_call_at": first["started_at"],
+        "last_call_at": last["started_at"],
         "gap": False,
         "active": active,
-        "ai_interactions": answered,
-        "failed_calls": len(calls) - answered,
+        "ai_interactions": usage["ai_interactions"],
+        "failed_calls": usage["failed_calls"],
         "tokens": tokens,
         "cost_usd": sums["cost_usd"],
-        "unpriced_interactions": sum(1 for call in calls if call["answered"] and call["cost_usd"] is None),
-        "models": sorted({call["model"] for call in calls}),
+        "unpriced_interactions": usage["ai_interactions"] - usage["priced"],
+        "models": usage["models"],
         "time_left_seconds": left,
         "burn_rate": burn,
         "projected": projected,
     }
 
 
-def _gap(start: float, end: float) -> UsageBlock:
+def _gap(start: float, end: float) -> "UsageBlock":
     """A pause of more than a block: nothing was used from 5 hours after the last call until the next."""
     return {
         "start": _stored(start),

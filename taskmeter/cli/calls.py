@@ -6,8 +6,6 @@ import time
 import click
 
 from taskmeter import terminal
-from taskmeter.analytics.listings import call_record, latency, search_match, show_record
-from taskmeter.analytics.listings import preview as call_preview
 from taskmeter.cli.common import (
     INTERACTION,
     MOMENT,
@@ -21,11 +19,15 @@ from taskmeter.cli.common import (
     utc_option,
 )
 from taskmeter.errors import MeterError
-from taskmeter.store import connection, dashboards, interactions, proxies, tasks
-from taskmeter.store import texts as call_texts
+from taskmeter.store import connection, proxies, tasks
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, format_seconds, now_stored, seconds_between
 from taskmeter.tokens import AGENT_LOG, ESTIMATED, PARTIAL, REPORTED, total_tokens
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker: each command imports what it uses (cli.common.COMMAND_MODULES)
+    from taskmeter.analytics.records import StatusReport
+    from taskmeter.store.interactions import CallFilter, LastCall
 
 # How often `meter log --follow` looks for new calls: a short read transaction.
 FOLLOW_POLL_SECONDS = 0.25
@@ -39,10 +41,10 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     """The current task, its time, tokens and cost so far, and whether a proxy is metering."""
     from taskmeter import lifecycle
     from taskmeter.analytics.budgets import WARN_AT, describe
-    from taskmeter.analytics.records import StatusReport
     from taskmeter.analytics.reports import task_report
-    from taskmeter.analytics.snapshot import current_state
-    from taskmeter.handover import callfile
+    from taskmeter.analytics.snapshot import current_state, last_call_at
+    from taskmeter.handover import callfiles
+    from taskmeter.store import dashboards
     from taskmeter.telemetry import read_state
 
     if not connection.resolve_path(db_path).exists():
@@ -51,7 +53,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     with open_db(db_path, create=False) as db:
         now = current_state(db, budget_defaults())
         view = task_report(db, now["task_id"], idle_seconds=idle_seconds()) if now["task_id"] else None
-        latest = interactions.recent(db, limit=1)
+        latest = last_call_at(db)
         dashboard = dashboards.running(db)
     database = connection.resolve_path(db_path)
     note, budget, running = now["current_note"], now["budget"], now["proxies"]
@@ -67,11 +69,11 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         "dashboard": dashboard,
         "budget": budget,
         "alerts": [{"alert_id": alert.pop("id"), **alert, "blocks": bool(alert["blocks"])} for alert in now["alerts"]],
-        "last_interaction_at": latest[0]["started_at"] if latest else None,
+        "last_interaction_at": latest,
         # Calls not in the database: waiting in the spool, or kept apart for a person.
-        "spooled_calls": callfile.count_lines(callfile.spool_path(database)),
-        "quarantined_calls": callfile.count_lines(callfile.quarantine_path(database)),
-        "quarantine": str(callfile.quarantine_path(database)),
+        "spooled_calls": callfiles.count_lines(callfiles.spool_path(database)),
+        "quarantined_calls": callfiles.count_lines(callfiles.quarantine_path(database)),
+        "quarantine": str(callfiles.quarantine_path(database)),
         # Set when `meter start` runs the proxy in the background.
         "pidfile": str(lifecycle.pid_path(database)) if lifecycle.pid_path(database).exists() else None,
         "log": str(lifecycle.log_path(database)) if lifecycle.pid_path(database).exists() else None,
@@ -209,6 +211,8 @@ BESIDE_PREVIEW = {"Cache R", "Cache W", "Reason", "1st tok", "Source"}
 
 
 def _log_row(row: dict) -> list:
+    from taskmeter.analytics.listings import latency
+
     first, total = latency(row)
     return [
         row["id"],
@@ -259,6 +263,11 @@ def log_cmd(
     """Recent AI calls, newest first, with IDs to use with `meter show` and `meter flag`."""
     import shutil
 
+    from taskmeter.analytics.listings import call_record, search_match
+    from taskmeter.analytics.listings import preview as call_preview
+    from taskmeter.store import interactions
+    from taskmeter.store import texts as call_texts
+
     if follow and as_json:
         raise click.UsageError("--follow prints lines; use it without --json")
     if task_id and task_id.strip().lower() == "unassigned":  # the name listings show for no task
@@ -306,10 +315,11 @@ def _match_text(match: dict | None) -> str | None:
     return f"{match['field']}: {match['snippet']}" if match else None
 
 
-def _follow(db: sqlite3.Connection, limit: int, calls: interactions.CallFilter) -> None:
+def _follow(db: sqlite3.Connection, limit: int, calls: "CallFilter") -> None:
     """The last `limit` calls, oldest first, then each new one as the recorder
     stores it: the proxy's live view, from any terminal."""
     from taskmeter.callline import call_line
+    from taskmeter.store import interactions
 
     db.execute("BEGIN")  # one snapshot for both: no call missed or shown twice
     seen = db.execute("SELECT coalesce(max(rowid), 0) FROM interactions").fetchone()[0]
@@ -341,9 +351,11 @@ def _tokens_text(row: dict) -> str:
     return "no usage" if total is None else f"{total:,} tokens"
 
 
-def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> interactions.LastCall:
+def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> "LastCall":
     """`last` (see interactions.last_call: of the current task; of every task with
     --any or when no task is current) or an ID or prefix, which skips nothing."""
+    from taskmeter.store import interactions
+
     if reference.strip().lower() != "last":
         if any_task:
             raise click.UsageError("--any goes with `last`")
@@ -356,7 +368,7 @@ def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> interact
 SKIPPED_NAMED = 3
 
 
-def _skipped_lines(chosen: interactions.LastCall) -> list[str]:
+def _skipped_lines(chosen: "LastCall") -> list[str]:
     """The newer calls `last` passed over, and why, a line each."""
     lines = [f"  skipped newer {interaction_id}, {why}" for interaction_id, why in chosen.skipped[:SKIPPED_NAMED]]
     more = len(chosen.skipped) - SKIPPED_NAMED
@@ -365,7 +377,7 @@ def _skipped_lines(chosen: interactions.LastCall) -> list[str]:
     return lines
 
 
-def _skipped_json(chosen: interactions.LastCall) -> list[dict]:
+def _skipped_json(chosen: "LastCall") -> list[dict]:
     return [{"interaction_id": interaction_id, "why": why} for interaction_id, why in chosen.skipped]
 
 
@@ -381,6 +393,9 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
     Metadata, usage and where it came from, cost, flag and note, then the last
     message a person typed, the tool steps since (a line each) and the response.
     """
+    from taskmeter.analytics.listings import show_record
+    from taskmeter.store import interactions
+
     with open_db(db_path, create=False) as db:
         chosen = _resolve(db, interaction, any_task)
         row = interactions.one(db, chosen.interaction_id)
@@ -466,6 +481,10 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
     A call that got no model answer (HTTP 4xx or 5xx, refused by the meter, no
     response) cannot be flagged.
     """
+    from taskmeter.analytics.listings import call_record
+    from taskmeter.store import interactions
+    from taskmeter.store import texts as call_texts
+
     with open_db(db_path, create=False) as db:
         chosen = _resolve(db, interaction, any_task)
         interaction_id = chosen.interaction_id
@@ -497,6 +516,8 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
 @db_option
 def unflag_cmd(interaction, db_path):
     """Remove the hallucination flag from an AI call."""
+    from taskmeter.store import interactions
+
     with open_db(db_path, create=False) as db:
         interaction_id = interactions.unflag(db, interaction)
     terminal.info(f"Unflagged {interaction_id}.")
@@ -510,6 +531,8 @@ def purge_cmd(before, db_path):
 
     The recorder already deletes text older than `retention_days` (config).
     """
+    from taskmeter.store import texts as call_texts
+
     with open_db(db_path, create=False) as db:
         purged = call_texts.purge(db, before)
     terminal.info(f"Deleted the stored text of {purged:,} call{'s' if purged != 1 else ''}; usage is kept.")
@@ -534,6 +557,7 @@ def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned
       meter retag --since 2025-10-04T09:00:00Z --until 2025-10-04T10:00:00Z --to P1-011
       meter retag --unassigned --since today --to P1-011
     """
+    from taskmeter.store import interactions
     from taskmeter.store.calls import retag
 
     if bool(to_task) == unassign:

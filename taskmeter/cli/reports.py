@@ -5,6 +5,7 @@ agent sessions and 5-hour blocks.
 place: `meter report --json daily` and `meter report daily --json` are one command.
 """
 
+from collections.abc import Callable
 from functools import partial
 
 import click
@@ -104,7 +105,9 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
         )
         return ""
 
-    csv_rows = [*report["phases"], {"phase_id": "unassigned", **report["unassigned"]}]
+    def csv_rows() -> list[dict]:
+        return [*report["phases"], {"phase_id": "unassigned", **report["unassigned"]}]
+
     _emit(report, output_format, formats.overview_markdown, table, csv_rows)
 
 
@@ -216,7 +219,6 @@ def _usage_command(period: str, label: str, help_text: str):
     @report_options
     @click.pass_context
     def command(ctx, since, until, task_id, output_format, as_json, utc, db_path):
-        from taskmeter.analytics import formats
         from taskmeter.analytics.periods import usage_report
 
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
@@ -229,7 +231,17 @@ def _usage_command(period: str, label: str, help_text: str):
             _usage_table(report, period, label, since or until, utc)
             return ""
 
-        _emit(report, output_format, partial(formats.usage_markdown, label=label), table, formats.usage_lines(report))
+        def markdown(report) -> str:
+            from taskmeter.analytics import formats
+
+            return formats.usage_markdown(report, label=label)
+
+        def csv_rows() -> list[dict]:
+            from taskmeter.analytics import formats
+
+            return formats.usage_lines(report)
+
+        _emit(report, output_format, markdown, table, csv_rows)
 
     return command
 
@@ -304,7 +316,6 @@ def report_sessions_cmd(ctx, task_id, since, until, output_format, as_json, utc,
 
     A session's ID goes to `meter log --session ID`.
     """
-    from taskmeter.analytics import formats
     from taskmeter.analytics.windows import session_report
 
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
@@ -348,8 +359,12 @@ def report_sessions_cmd(ctx, task_id, since, until, output_format, as_json, utc,
         terminal.table(columns, rows, utc=utc)
         return ""
 
-    markdown = partial(_lines_markdown, lines=formats.session_lines(report), title="Agent sessions", utc=utc)
-    _emit(report, output_format, markdown, table, formats.session_lines(report))
+    def csv_rows() -> list[dict]:
+        from taskmeter.analytics import formats
+
+        return formats.session_lines(report)
+
+    _emit(report, output_format, partial(_lines_markdown, lines=csv_rows, title="Agent sessions", utc=utc), table, csv_rows)
 
 
 # A session's ID as a terminal shows it: enough for `meter log --session`, which takes a unique beginning.
@@ -369,7 +384,6 @@ def report_blocks_cmd(ctx, since, until, provider, output_format, as_json, utc, 
     projection. A block starts at its first call's UTC hour; a call more than 5 hours
     after its start, or after the call before it, starts the next.
     """
-    from taskmeter.analytics import formats
     from taskmeter.analytics.windows import block_report
 
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
@@ -414,24 +428,29 @@ def report_blocks_cmd(ctx, since, until, provider, output_format, as_json, utc, 
         terminal.table(columns, rows, utc=utc)
         return ""
 
-    markdown = partial(_lines_markdown, lines=formats.block_lines(report), title="5-hour blocks", utc=utc)
-    _emit(report, output_format, markdown, table, formats.block_lines(report))
+    def csv_rows() -> list[dict]:
+        from taskmeter.analytics import formats
+
+        return formats.block_lines(report)
+
+    _emit(report, output_format, partial(_lines_markdown, lines=csv_rows, title="5-hour blocks", utc=utc), table, csv_rows)
 
 
-def _lines_markdown(report: dict, lines: list[dict], title: str, utc: bool) -> str:
+def _lines_markdown(report: dict, lines: Callable[[], list[dict]], title: str, utc: bool) -> str:
     from taskmeter.analytics import formats
 
-    return formats.lines_markdown(lines, title, utc)
+    return formats.lines_markdown(lines(), title, utc)
 
 
-def _emit(report: dict, output_format: str, markdown, text, csv_rows: list[dict] | None = None) -> None:
-    """One report in the chosen format; CSV has one row per report unless rows are given."""
-    from taskmeter.analytics import formats
-
+def _emit(report: dict, output_format: str, markdown, text, csv_rows: Callable[[], list[dict]] | None = None) -> None:
+    """One report in the chosen format; CSV has one row per report unless `csv_rows` gives rows
+    (made only for CSV: thousands of lines for an hourly report)."""
     if output_format == "json":
         terminal.print_json(report)
     elif output_format == "csv":
-        terminal.text(formats.as_csv(csv_rows or [report]))
+        from taskmeter.analytics import formats  # here: a table or JSON needs none of it
+
+        terminal.text(formats.as_csv(csv_rows() if csv_rows else [report]))
     elif output_format == "markdown":
         terminal.text(markdown(report))
     else:

@@ -201,12 +201,12 @@ def status_cmd(as_json, config_path, db_path):
 
 def _current_error(url: str | None, joined_at: str | None, path: Path) -> str | None:
     """The one line that says what keeps rows from the team store now, or None."""
-    import psycopg
+    if not url or joined_at is None:
+        return "this meter is in no team: `meter team join URL`"
+    import psycopg  # only now: in no team, status answers without the driver
 
     from taskmeter.team import address, schema
 
-    if not url or joined_at is None:
-        return "this meter is in no team: `meter team join URL`"
     full = _full_disk(path)
     if full:
         return full

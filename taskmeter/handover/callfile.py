@@ -25,20 +25,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from taskmeter.handover.call import CapturedCall
+from taskmeter.handover.callfiles import count_lines, quarantine_path, spool_path  # noqa: F401 (this module's API too)
 from taskmeter.secrets import redact
 
 log = logging.getLogger(__name__)
 
 _BYTES_FIELDS = {"request_body", "response_body", "response_tail"}
 _FIELDS = {f.name for f in fields(CapturedCall)}
-
-
-def spool_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".spool.jsonl")
-
-
-def quarantine_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".quarantine.jsonl")
 
 
 def encode(call: CapturedCall, reason: str | None = None) -> str:
@@ -146,11 +139,3 @@ def read(path: Path) -> Iterator[CapturedCall | str]:
                 yield decode(line)
             except (ValueError, TypeError, KeyError):
                 yield line
-
-
-def count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as handle:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-    except OSError:
-        return 0

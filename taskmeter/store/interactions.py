@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from taskmeter import ids
 from taskmeter.errors import Ambiguous, MeterError, NotFound
 from taskmeter.store.connection import require_transaction, write_transaction
+from taskmeter.store.rules import FAILED_CALL_SQL  # the failed-call rule, kept apart to import cheaply
 from taskmeter.timefmt import now_stored
 from taskmeter.tokens import TOKEN_COLUMNS, TOKENS_SQL
 
@@ -391,16 +392,6 @@ def unflag(db: sqlite3.Connection, reference: str) -> str:
         if not deleted:
             raise MeterError(f"interaction {interaction_id} is not flagged")
     return interaction_id
-
-
-# A failed call: a generation call that got no model answer and stated no usage:
-# no response came (outcome 'failed', the meter's own refusals included), or the
-# answer was an HTTP error, 4xx or 5xx. Not an AI interaction (docs/metrics.md).
-# The one rule; the rollups' triggers keep a frozen copy (migration m017).
-# `{r}` is the interactions table's name or alias in the query.
-FAILED_CALL_SQL = (
-    "({r}.operation = 'generate' AND {r}.input_total IS NULL AND ({r}.outcome = 'failed' OR {r}.http_status >= 400))"
-)
 
 
 @dataclass(frozen=True)
