@@ -70,7 +70,7 @@ def developers(url: str, tasks: list[str]) -> list[str]:
     conn = connect(url)
     try:
         found = conn.execute(
-            "SELECT developer FROM taskmeter.calls WHERE task_id = ANY(%s) AND NOT deleted"
+            "SELECT developer FROM taskmeter.task_usage WHERE task_key = ANY(%s)"
             " UNION SELECT developer FROM taskmeter.records WHERE task_id = ANY(%s) AND NOT deleted ORDER BY 1",
             (tasks, tasks),
         ).fetchall()
@@ -109,43 +109,10 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
         phases = _with_previous(db, phases)  # a phase's token change is taken against the one before
         wanted = {phase.upper() for phase in phases}
         tasks = [task_id for task_id, phase_id in task_phases.items() if phase_id.upper() in wanted]
-    clauses, params = ["NOT deleted"], list[Any]()
-    if tasks is not None:
-        clauses.append("task_id = ANY(%s)")
-        params.append(tasks)
-    if developer is not None:
-        clauses.append("developer = %s")
-        params.append(developer)
-    where = " AND ".join(clauses)
-    with conn.cursor(name="team_calls") as cursor:  # server-side: a big phase streams
-        cursor.itersize = 5000
-        cursor.execute(f"SELECT id, row FROM taskmeter.calls WHERE {where}", params)
-        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in cursor))
-    record_where = where
-    record_params = list(params)
-    if tasks is not None:  # flags and texts name their call, not its task
-        record_where = where.replace(
-            "task_id = ANY(%s)",
-            "(task_id = ANY(%s) OR id IN (SELECT called.kind || ':' || c.id FROM taskmeter.calls c,"
-            " unnest(ARRAY['flag', 'call_text']) AS called(kind) WHERE c.task_id = ANY(%s)))",  # by their IDs: the index
-        )
-        record_params.insert(1, tasks)
-        # Every switch: the one away from a task (to another phase's, or to none) ends its time as current.
-        record_where = f"({record_where}) OR (kind = 'task_event' AND NOT deleted AND row->>'kind' = 'switch'"
-        if developer is not None:
-            record_where += " AND developer = %s"
-            record_params.append(developer)
-        record_where += ")"
-        if phases:
-            record_where = f"({record_where}) OR (kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s)"
-            record_params.append([phase.upper() for phase in phases])
-            if developer is not None:
-                record_where += " AND developer = %s"
-                record_params.append(developer)
-            record_where += ")"
-    records = conn.execute(
-        f"SELECT kind, device, row FROM taskmeter.records WHERE {record_where} ORDER BY at, id", record_params
-    ).fetchall()
+    if tasks is None:
+        records = _everything(conn, db, developer)
+    else:
+        records = _covered(conn, db, tasks, phases, developer)
     by_table: dict[str, list[dict]] = {}
     for kind, device, row in records:
         table = _RECORD_TABLES.get(kind)
@@ -159,6 +126,103 @@ def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[st
         by_table.setdefault(table, []).append(row)
     for table, rows in by_table.items():
         scratch.insert_rows(db, table, rows, keep_first=table == "commits")  # one commit seen by two meters
+    if tasks is not None:
+        _take_rollups(conn, db, tasks, developer)
+
+
+def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
+    """Every call (loaded here) and record (returned) of one developer or all: the overview
+    and the usage reports read the calls."""
+    from taskmeter.store import scratch
+
+    where, params = ("NOT deleted", []) if developer is None else ("NOT deleted AND developer = %s", [developer])
+    with conn.cursor(name="team_calls") as cursor:  # server-side: a big store streams
+        cursor.itersize = 5000
+        cursor.execute(f"SELECT id, row FROM taskmeter.calls WHERE {where}", params)
+        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in cursor))
+    return conn.execute(f"SELECT kind, device, row FROM taskmeter.records WHERE {where} ORDER BY at, id", params).fetchall()
+
+
+def _covered(conn, db: sqlite3.Connection, tasks: list[str], phases: list[str] | None, developer: str | None) -> list[tuple]:
+    """What a task or phase report reads besides the rollups: the calls (loaded here) of the
+    sessions with a flagged call (their rework) and those after a task's approval; and the
+    records (returned): those calls' flags and texts, the tasks' records, each switch after a
+    switch to one of them (it ends its time as current), and the phases' marks."""
+    from taskmeter.store import scratch
+
+    mine, mine_params = ("", []) if developer is None else (" AND c.developer = %s", [developer])
+    approved = [(row["id"], row["final_approval_at"]) for row in db.execute("SELECT id, final_approval_at FROM tasks")]
+    approved = [(task_id, at) for task_id, at in approved if at is not None and task_id in set(tasks)]
+    rows = conn.execute(
+        f"""
+        WITH flagged AS (
+            SELECT c.id, c.task_id, c.row->>'session_id' AS session_id
+            FROM taskmeter.records f JOIN taskmeter.calls c ON c.id = substr(f.id, 6)
+            WHERE f.kind = 'flag' AND NOT f.deleted AND NOT c.deleted AND c.task_id = ANY(%s){mine}
+        )
+        SELECT c.id, c.row FROM taskmeter.calls c JOIN flagged f ON c.id = f.id
+        UNION SELECT c.id, c.row FROM taskmeter.calls c
+            JOIN flagged f ON c.task_id = f.task_id AND c.row->>'session_id' = f.session_id WHERE NOT c.deleted{mine}
+        UNION SELECT c.id, c.row FROM taskmeter.calls c JOIN unnest(%s::text[], %s::timestamptz[]) AS a(task_id, at)
+            ON c.task_id = a.task_id AND c.started_at >= a.at WHERE NOT c.deleted{mine}
+        """,
+        [tasks, *mine_params, *mine_params, [task for task, _ in approved], [at for _, at in approved], *mine_params],
+    ).fetchall()
+    calls = [{**row, "id": call_id} for call_id, row in rows]
+    scratch.insert_rows(db, "interactions", calls)
+    about_calls = [f"{kind}:{call['id']}" for call in calls for kind in _CALL_KEYED]
+    mine = mine.replace("c.", "")
+    switch = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
+    clauses = [
+        f"(task_id = ANY(%s) AND NOT deleted{mine})",
+        "(id = ANY(%s))",
+        # The switch after each switch to one of the tasks (the team's next, or the developer's own).
+        f"""id IN (SELECT after.id FROM taskmeter.records s, LATERAL (
+                SELECT n.id FROM taskmeter.records n WHERE n.{switch}{mine.replace("developer", "n.developer")}
+                AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1) after
+            WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")})""",
+    ]
+    params: list[Any] = [tasks, *mine_params, about_calls, *mine_params, tasks, *mine_params]
+    if phases:
+        clauses.append(f"(kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine})")
+        params += [[phase.upper() for phase in phases], *mine_params]
+    records = conn.execute(
+        f"SELECT kind, device, row FROM taskmeter.records WHERE {' OR '.join(clauses)} ORDER BY at, id", params
+    ).fetchall()
+    return records
+
+
+def _take_rollups(conn, db: sqlite3.Connection, tasks: list[str], developer: str | None) -> None:
+    """The tasks' sums and minutes with a call, from the team store's rollups (t003, computed
+    there from the rows) in place of the calls: the local task_usage rows made by the few
+    calls loaded are replaced, and the minutes make task_activity (and its runs) as calls would."""
+    from taskmeter.team.schema import USAGE_COLUMNS
+
+    mine, mine_params = ("", []) if developer is None else (" AND developer = %s", [developer])
+    sums = ", ".join(f"sum({column})" for column in USAGE_COLUMNS)
+    usage = conn.execute(
+        f"SELECT task_key, {sums} FROM taskmeter.task_usage WHERE task_key = ANY(%s){mine} GROUP BY task_key",
+        [tasks, *mine_params],
+    ).fetchall()
+    db.execute(f"DELETE FROM task_usage WHERE task_key IN ({', '.join('?' for _ in tasks)})", tasks)
+    db.executemany(
+        f"INSERT INTO task_usage (task_key, {', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' * (1 + len(USAGE_COLUMNS)))})",
+        [
+            (
+                row[0],
+                *(
+                    float(value) if column.endswith("usd") else int(value)
+                    for column, value in zip(USAGE_COLUMNS, row[1:], strict=True)
+                ),
+            )
+            for row in usage
+        ],
+    )
+    minutes = conn.execute(
+        f"SELECT DISTINCT task_id, minute FROM taskmeter.task_minutes WHERE task_id = ANY(%s){mine} ORDER BY 1, 2",
+        [tasks, *mine_params],
+    )
+    db.executemany("INSERT OR IGNORE INTO task_activity (task_id, minute) VALUES (?, ?)", minutes)
 
 
 def configured_url(config_path: str | None = None) -> str:
@@ -216,9 +280,10 @@ def with_developers(
         return dict(report)
     url = configured_url()
     split = _TASK_SPLIT if phases is None else _PHASE_SPLIT
-    if tasks is None:
-        with team_database(url, phases=phases) as db:
-            tasks = [row[0] for row in db.execute("SELECT id FROM tasks")]
+    if tasks is None:  # the phases' own tasks: who worked on them, and each one's share of them
+        wanted = {phase.upper() for phase in phases or []}
+        with team_database(url, phases=[]) as db:
+            tasks = [task_id for task_id, phase_id in db.execute("SELECT id, phase_id FROM tasks") if phase_id.upper() in wanted]
     names = [meta["developer"]] if meta.get("developer") else developers(url, tasks)
     shares = []
     for name in names:

@@ -36,6 +36,141 @@ def _own_rows_only(table: str) -> str:
     """
 
 
+# What a call adds to its task's local task_usage row (taskmeter/store/migrations.py m002,
+# m004, m014, m015, m017): the same rules, over the team's row `c` (its `row` is the local
+# interactions row as JSON). Every column counts generation calls only.
+_FAILED = "coalesce(c.input_total IS NULL AND (c.row->>'outcome' = 'failed' OR (c.row->>'http_status')::int >= 400), false)"
+_TOKENS = "coalesce(c.input_total, 0) + coalesce(c.output_total, 0)"
+_USAGE_COLUMNS = {
+    "interactions": f"(NOT {_FAILED})::int",
+    "input_total": "coalesce(c.input_total, 0)",
+    "input_total_calls": "(c.input_total IS NOT NULL)::int",
+    "cache_read": "coalesce((c.row->>'cache_read')::bigint, 0)",
+    "cache_read_calls": "(c.row->>'cache_read' IS NOT NULL)::int",
+    "cache_read_input": "CASE WHEN c.row->>'cache_read' IS NOT NULL THEN coalesce(c.input_total, 0) ELSE 0 END",
+    "cache_write": "coalesce((c.row->>'cache_write')::bigint, 0)",
+    "cache_write_calls": "(c.row->>'cache_write' IS NOT NULL)::int",
+    "output_total": "coalesce(c.output_total, 0)",
+    "output_total_calls": "(c.output_total IS NOT NULL)::int",
+    "reasoning": "coalesce((c.row->>'reasoning')::bigint, 0)",
+    "reasoning_calls": "(c.row->>'reasoning' IS NOT NULL)::int",
+    "reasoning_output": "CASE WHEN c.row->>'reasoning' IS NOT NULL THEN coalesce(c.output_total, 0) ELSE 0 END",
+    # Exact sums of the costs as stored (the JSON text of each double): no order of arrival changes a digit.
+    "cost_usd": "coalesce((c.row->>'cost_usd')::numeric, 0)",
+    "cost_calls": "(c.cost_usd IS NOT NULL)::int",
+    "reported_tokens": f"CASE WHEN c.row->>'usage_source' = 'reported' THEN {_TOKENS} ELSE 0 END",
+    "estimated_tokens": f"CASE WHEN c.row->>'usage_source' = 'estimated' THEN {_TOKENS} ELSE 0 END",
+    "partial_tokens": f"CASE WHEN c.row->>'usage_source' = 'partial' THEN {_TOKENS} ELSE 0 END",
+    "context_switches": "coalesce((c.row->>'context_switch')::bigint, 0)",
+    "flagged": "EXISTS (SELECT 1 FROM taskmeter.records f WHERE f.id = 'flag:' || c.id AND NOT f.deleted)::int",
+    "failed_calls": f"{_FAILED}::int",
+    "agent_log_tokens": f"CASE WHEN c.row->>'usage_source' = 'agent-log' THEN {_TOKENS} ELSE 0 END",
+    "api_equivalent_usd": "CASE WHEN c.row->>'price_basis' = 'api-equivalent' THEN coalesce((c.row->>'cost_usd')::numeric, 0) ELSE 0 END",
+}
+USAGE_COLUMNS = list(_USAGE_COLUMNS)
+
+
+def _usage_delta(rows: str) -> str:
+    """Add to task_usage each (task, developer)'s sums over `rows` (a set of calls `c` with a `sign`):
+    +1 for a row as it is now, -1 for a row as it was before an update."""
+    sums = ", ".join(
+        f"sum(c.sign * CASE WHEN c.operation = 'generate' THEN {expr} ELSE 0 END)" for expr in _USAGE_COLUMNS.values()
+    )
+    added = ", ".join(f"{column} = u.{column} + EXCLUDED.{column}" for column in _USAGE_COLUMNS)
+    return f"""
+        INSERT INTO taskmeter.task_usage AS u (task_key, developer, calls, {", ".join(_USAGE_COLUMNS)})
+        SELECT coalesce(c.task_id, ''), c.developer, sum(c.sign), {sums}
+        FROM ({rows}) c WHERE NOT c.deleted GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (task_key, developer) DO UPDATE SET calls = u.calls + EXCLUDED.calls, {added};
+        DELETE FROM taskmeter.task_usage u USING (SELECT DISTINCT coalesce(task_id, '') AS task_key, developer FROM ({rows}) c) k
+        WHERE u.task_key = k.task_key AND u.developer = k.developer AND u.calls = 0;"""
+
+
+def _minutes_delta(rows: str) -> str:
+    """Count in task_minutes each (task, developer, minute) of `rows`, as the local task_activity
+    keeps a task's minutes with a call (m007: its start's first 16 characters, as stored)."""
+    return f"""
+        INSERT INTO taskmeter.task_minutes AS m (task_id, developer, minute, calls)
+        SELECT c.task_id, c.developer, substr(c.row->>'started_at', 1, 16), sum(c.sign)
+        FROM ({rows}) c WHERE NOT c.deleted AND c.task_id IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (task_id, developer, minute) DO UPDATE SET calls = m.calls + EXCLUDED.calls;
+        DELETE FROM taskmeter.task_minutes m USING ({rows}) c
+        WHERE m.task_id = c.task_id AND m.developer = c.developer AND m.minute = substr(c.row->>'started_at', 1, 16)
+            AND m.calls = 0;"""
+
+
+def _flag_delta(rows: str) -> str:
+    """A flag (or its tombstone) in `rows` counts (or stops counting) its call in task_usage.flagged."""
+    return f"""
+        INSERT INTO taskmeter.task_usage AS u (task_key, developer, flagged)
+        SELECT coalesce(c.task_id, ''), c.developer, sum(f.sign)
+        FROM ({rows}) f JOIN taskmeter.calls c ON c.id = substr(f.id, 6)
+        WHERE f.kind = 'flag' AND NOT f.deleted AND NOT c.deleted AND c.operation = 'generate'
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (task_key, developer) DO UPDATE SET flagged = u.flagged + EXCLUDED.flagged;"""
+
+
+def _trigger_functions() -> str:
+    """Statement-level triggers over the rows each upsert inserted or changed (transition
+    tables): the rollups move by exactly what the rows did, in the same transaction."""
+    inserted = "SELECT 1 AS sign, * FROM inserted"
+    changed = "SELECT -1 AS sign, * FROM before_update UNION ALL SELECT 1, * FROM after_update"
+    functions = {
+        "calls_inserted": _usage_delta(inserted) + _minutes_delta(inserted),
+        "calls_changed": _usage_delta(changed) + _minutes_delta(changed),
+        "flags_inserted": _flag_delta(inserted),
+        "flags_changed": _flag_delta(changed),
+    }
+    # SECURITY DEFINER: a developer writes the rollups only through its rows; search_path fixed for it.
+    return "".join(
+        f"""
+        CREATE FUNCTION taskmeter.{name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp AS $body$ BEGIN {body} RETURN NULL; END $body$;"""
+        for name, body in functions.items()
+    )
+
+
+_ROLLUPS = f"""
+        -- Per task (task_key '' = no task) and developer: the local task_usage's sums, and every call counted.
+        CREATE TABLE taskmeter.task_usage (
+            task_key text NOT NULL,
+            developer text NOT NULL,
+            calls bigint NOT NULL DEFAULT 0,
+            {", ".join(f"{column} {'numeric' if column.endswith('usd') else 'bigint'} NOT NULL DEFAULT 0" for column in _USAGE_COLUMNS)},
+            PRIMARY KEY (task_key, developer)
+        );
+        -- Per task and developer, the minutes with a call (the local task_activity), and how many calls each.
+        CREATE TABLE taskmeter.task_minutes (
+            task_id text NOT NULL,
+            developer text NOT NULL,
+            minute text NOT NULL,
+            calls bigint NOT NULL,
+            PRIMARY KEY (task_id, developer, minute)
+        );
+        -- What a team report loads whole: a task's calls after a moment (after its approval), a session's calls.
+        CREATE INDEX calls_task_started ON taskmeter.calls (task_id, started_at);
+        CREATE INDEX calls_session ON taskmeter.calls (task_id, (row->>'session_id'));
+        CREATE INDEX records_flags ON taskmeter.records (kind) WHERE kind = 'flag' AND NOT deleted;
+        -- The switch after a task's switch ends its time as current: the team's next, or one developer's.
+        CREATE INDEX records_switch_order ON taskmeter.records (at, id)
+            WHERE kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted;
+        CREATE INDEX records_developer_switch_order ON taskmeter.records (developer, at, id)
+            WHERE kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted;
+        {_trigger_functions()}
+        CREATE TRIGGER calls_inserted AFTER INSERT ON taskmeter.calls REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.calls_inserted();
+        CREATE TRIGGER calls_changed AFTER UPDATE ON taskmeter.calls REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.calls_changed();
+        CREATE TRIGGER flags_inserted AFTER INSERT ON taskmeter.records REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.flags_inserted();
+        CREATE TRIGGER flags_changed AFTER UPDATE ON taskmeter.records REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.flags_changed();
+        -- A store made before: the rollups from the rows it holds.
+        {_usage_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        {_minutes_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        """
+
+
 # (name, SQL): never edit or reorder one a team may have applied; append.
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -112,6 +247,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             GROUP BY c.task_id, c.developer;
         """,
     ),
+    ("t003_rollups", _ROLLUPS),
 ]
 KNOWN = [name for name, _ in MIGRATIONS]
 
