@@ -8,6 +8,7 @@ gets them from the rows it holds when `meter team setup` upgrades it."""
 import os
 import sqlite3
 
+import anthropic
 import psycopg
 import pytest
 
@@ -58,11 +59,19 @@ def assert_rollups_equal_the_local_ones(admin_url: str, developer: Developer) ->
         minutes = set(
             conn.execute("SELECT task_id, minute FROM taskmeter.task_minutes WHERE developer = %s", (developer.name,)).fetchall()
         )
+        rework = conn.execute(
+            "SELECT task_id, session_key, flagged_at, split_part(flagged_id, ':', 2), calls, tokens, cost_usd"
+            " FROM taskmeter.session_rework WHERE developer = %s ORDER BY 1, 2",
+            (developer.name,),
+        ).fetchall()
     db = sqlite3.connect(developer.db_path)
     try:
         assert minutes == set(db.execute("SELECT task_id, minute FROM task_activity").fetchall())
+        own_rework = db.execute("SELECT * FROM session_rework ORDER BY 1, 2").fetchall()
     finally:
         db.close()
+    assert [row[:6] for row in rework] == [row[:6] for row in own_rework]
+    assert [float(row[6]) for row in rework] == pytest.approx([row[6] for row in own_rework], rel=1e-12)
 
 
 def assert_same(teams, own, where: str = "report") -> None:
@@ -82,6 +91,13 @@ def assert_same(teams, own, where: str = "report") -> None:
         assert teams == own, where
 
 
+def ask_in_session(origin: str, count: int, session: str) -> None:
+    headers = {"x-claude-code-session-id": session}
+    claude = anthropic.Anthropic(base_url=f"{origin}/anthropic", api_key="sk-test", max_retries=0, default_headers=headers)
+    for n in range(count):
+        claude.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": f"step {n}"}])
+
+
 def sync(developer: Developer) -> None:
     done = developer.meter("team", "sync", "--once")
     assert done.returncode == 0, done.stderr
@@ -99,11 +115,11 @@ def test_rollups_follow_retags_flags_and_unflags_and_team_reports_stay_each_deve
     ask_openai(proxy.origin, 3)
     proxy.rows(wait_for=3)
     alice.ok("set-task", "P1-002", "--estimate", "2h")
-    ask_anthropic(proxy.origin, 2)
-    ours = proxy.rows(wait_for=5)
+    ask_in_session(proxy.origin, 4, "review-1")  # ours[3:7]: the calls after a flagged one are its rework
+    ours = proxy.rows(wait_for=7)
     proxy.stop()
     alice.ok("flag", ours[0]["id"], "--note", "invented an API")
-    alice.ok("flag", ours[3]["id"])
+    alice.ok("flag", ours[4]["id"])
     alice.ok("mark", "approved", "P1-001", "--force")
     proxy = bob.start_proxy()
     bob.ok("set-task", "P2-001", "--create")  # a phase of his own: P1's fields stay alice's
@@ -120,9 +136,11 @@ def test_rollups_follow_retags_flags_and_unflags_and_team_reports_stay_each_deve
 
     # Newer revisions of synced calls: moved between tasks (a flagged one too), flags taken back and added.
     alice.ok("retag", ours[1]["id"], "--to", "P1-002")
-    alice.ok("retag", ours[3]["id"], "--to", "P1-001")
+    alice.ok("retag", ours[4]["id"], "--to", "P1-001")  # the session's flagged call
+    alice.ok("retag", ours[6]["id"], "--to", "P1-001")  # and a call after it
     alice.ok("unflag", ours[0]["id"])
     alice.ok("flag", ours[2]["id"])
+    alice.ok("flag", ours[3]["id"])  # the session's first call, on P1-002
     bob.ok("retag", theirs[0]["id"], "--to", "P2-002", "--create")
     bob.ok("flag", theirs[0]["id"])
     for developer in (alice, bob):
@@ -133,7 +151,13 @@ def test_rollups_follow_retags_flags_and_unflags_and_team_reports_stay_each_deve
         moved = conn.execute(
             "SELECT task_key, flagged FROM taskmeter.task_usage WHERE developer = %s ORDER BY task_key", (alice.name,)
         ).fetchall()
-    assert moved == [("P1-001", 2), ("P1-002", 0)], "alice's flags on P1-001: the call moved there and the new one"
+        rework = conn.execute(
+            "SELECT task_id, calls FROM taskmeter.session_rework WHERE developer = %s ORDER BY 1, 2", (alice.name,)
+        ).fetchall()
+    assert moved == [("P1-001", 2), ("P1-002", 1)], "alice's flags: the call moved to P1-001, the new ones"
+    assert rework == [("P1-001", 0), ("P1-001", 1), ("P1-002", 1)], (
+        "ours[2] alone; after ours[4]: ours[6]; after ours[3]: ours[5]"
+    )
 
     # Alice's share of the team's phase, read from the rollups, is her own phase report
     # (bob's switches would end her tasks' time as current in the team's: docs/team.md).
@@ -156,7 +180,7 @@ def test_rollups_follow_retags_flags_and_unflags_and_team_reports_stay_each_deve
     finally:
         local.close()
     assert alices_task["after_approval"]["ai_interactions"] == 0
-    assert teams["ai_interactions_total"] == 5 and teams["hallucination_count_total"] == 2
+    assert teams["ai_interactions_total"] == 7 and teams["hallucination_count_total"] == 3
     split = bob.json("report", "phase", "P2", "--team")["developers"]
     assert [(share["developer"], share["ai_interactions"], share["hallucination_count"]) for share in split] == [(bob.name, 2, 2)]
     assert bob.json("report", "task", "P2-002", "--team")["ai_interactions"] == 1

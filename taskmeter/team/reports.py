@@ -144,58 +144,45 @@ def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tup
 
 
 def _covered(conn, db: sqlite3.Connection, tasks: list[str], phases: list[str] | None, developer: str | None) -> list[tuple]:
-    """What a task or phase report reads besides the rollups: the calls (loaded here) of the
-    sessions with a flagged call (their rework) and those after a task's approval; and the
-    records (returned): those calls' flags and texts, the tasks' records, each switch after a
+    """What a task or phase report reads besides the rollups: the calls (loaded here) after
+    each task's approval; and the records (returned): the tasks' own, each switch after a
     switch to one of them (it ends its time as current), and the phases' marks."""
     from taskmeter.store import scratch
 
-    mine, mine_params = ("", []) if developer is None else (" AND c.developer = %s", [developer])
-    approved = [(row["id"], row["final_approval_at"]) for row in db.execute("SELECT id, final_approval_at FROM tasks")]
-    approved = [(task_id, at) for task_id, at in approved if at is not None and task_id in set(tasks)]
-    rows = conn.execute(
-        f"""
-        WITH flagged AS (
-            SELECT c.id, c.task_id, c.row->>'session_id' AS session_id
-            FROM taskmeter.records f JOIN taskmeter.calls c ON c.id = substr(f.id, 6)
-            WHERE f.kind = 'flag' AND NOT f.deleted AND NOT c.deleted AND c.task_id = ANY(%s){mine}
-        )
-        SELECT c.id, c.row FROM taskmeter.calls c JOIN flagged f ON c.id = f.id
-        UNION SELECT c.id, c.row FROM taskmeter.calls c
-            JOIN flagged f ON c.task_id = f.task_id AND c.row->>'session_id' = f.session_id WHERE NOT c.deleted{mine}
-        UNION SELECT c.id, c.row FROM taskmeter.calls c JOIN unnest(%s::text[], %s::timestamptz[]) AS a(task_id, at)
-            ON c.task_id = a.task_id AND c.started_at >= a.at WHERE NOT c.deleted{mine}
-        """,
-        [tasks, *mine_params, *mine_params, [task for task, _ in approved], [at for _, at in approved], *mine_params],
-    ).fetchall()
-    calls = [{**row, "id": call_id} for call_id, row in rows]
-    scratch.insert_rows(db, "interactions", calls)
-    about_calls = [f"{kind}:{call['id']}" for call in calls for kind in _CALL_KEYED]
-    mine = mine.replace("c.", "")
+    mine, mine_params = ("", []) if developer is None else (" AND developer = %s", [developer])
+    wanted = set(tasks)
+    approved = [
+        (task_id, at) for task_id, at in db.execute("SELECT id, final_approval_at FROM tasks") if at and task_id in wanted
+    ]
+    after_approval = conn.execute(  # a superset (>= on the server's times): the report's own query picks its calls
+        f"""SELECT c.id, c.row FROM taskmeter.calls c JOIN unnest(%s::text[], %s::timestamptz[]) AS a(task_id, at)
+            ON c.task_id = a.task_id AND c.started_at >= a.at WHERE NOT c.deleted{mine}""",
+        [[task_id for task_id, _ in approved], [at for _, at in approved], *mine_params],
+    )
+    scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in after_approval))
     switch = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
     clauses = [
-        f"(task_id = ANY(%s) AND NOT deleted{mine})",
-        "(id = ANY(%s))",
+        f"(task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine})",
         # The switch after each switch to one of the tasks (the team's next, or the developer's own).
         f"""id IN (SELECT after.id FROM taskmeter.records s, LATERAL (
                 SELECT n.id FROM taskmeter.records n WHERE n.{switch}{mine.replace("developer", "n.developer")}
                 AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1) after
             WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")})""",
     ]
-    params: list[Any] = [tasks, *mine_params, about_calls, *mine_params, tasks, *mine_params]
+    params: list[Any] = [tasks, *mine_params, *mine_params, tasks, *mine_params]
     if phases:
         clauses.append(f"(kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine})")
         params += [[phase.upper() for phase in phases], *mine_params]
-    records = conn.execute(
+    return conn.execute(
         f"SELECT kind, device, row FROM taskmeter.records WHERE {' OR '.join(clauses)} ORDER BY at, id", params
     ).fetchall()
-    return records
 
 
 def _take_rollups(conn, db: sqlite3.Connection, tasks: list[str], developer: str | None) -> None:
-    """The tasks' sums and minutes with a call, from the team store's rollups (t003, computed
-    there from the rows) in place of the calls: the local task_usage rows made by the few
-    calls loaded are replaced, and the minutes make task_activity (and its runs) as calls would."""
+    """The tasks' sums, minutes with a call and rework, from the team store's rollups (t003,
+    computed there from the rows) in place of the calls: the local task_usage rows the few
+    calls loaded made are replaced, the minutes make task_activity (and its runs) as calls
+    would, and session_rework takes the server's rows."""
     from taskmeter.team.schema import USAGE_COLUMNS
 
     mine, mine_params = ("", []) if developer is None else (" AND developer = %s", [developer])
@@ -223,6 +210,17 @@ def _take_rollups(conn, db: sqlite3.Connection, tasks: list[str], developer: str
         [tasks, *mine_params],
     )
     db.executemany("INSERT OR IGNORE INTO task_activity (task_id, minute) VALUES (?, ?)", minutes)
+    rework = conn.execute(
+        "SELECT task_id, session_key, min(flagged_at), min(flagged_id), sum(calls), sum(tokens), sum(cost_usd)"
+        f" FROM taskmeter.session_rework WHERE task_id = ANY(%s){mine} GROUP BY task_id, session_key",
+        [tasks, *mine_params],
+    )
+    db.execute(f"DELETE FROM session_rework WHERE task_id IN ({', '.join('?' for _ in tasks)})", tasks)
+    db.executemany(
+        "INSERT INTO session_rework (task_id, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(*row[:4], int(row[4]), int(row[5]), float(row[6])) for row in rework],
+    )
 
 
 def configured_url(config_path: str | None = None) -> str:

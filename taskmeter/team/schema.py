@@ -39,7 +39,11 @@ def _own_rows_only(table: str) -> str:
 # What a call adds to its task's local task_usage row (taskmeter/store/migrations.py m002,
 # m004, m014, m015, m017): the same rules, over the team's row `c` (its `row` is the local
 # interactions row as JSON). Every column counts generation calls only.
-_FAILED = "coalesce(c.input_total IS NULL AND (c.row->>'outcome' = 'failed' OR (c.row->>'http_status')::int >= 400), false)"
+# A generation call that never reached a model (m017's rule), of the call {r}.
+_FAILED_OF = (
+    "coalesce({r}.input_total IS NULL AND ({r}.row->>'outcome' = 'failed' OR ({r}.row->>'http_status')::int >= 400), false)"
+)
+_FAILED = _FAILED_OF.format(r="c")
 _TOKENS = "coalesce(c.input_total, 0) + coalesce(c.output_total, 0)"
 _USAGE_COLUMNS = {
     "interactions": f"(NOT {_FAILED})::int",
@@ -110,16 +114,67 @@ def _flag_delta(rows: str) -> str:
         ON CONFLICT (task_key, developer) DO UPDATE SET flagged = u.flagged + EXCLUDED.flagged;"""
 
 
+# A call's session as the local session_rework (m013) keys it: no session is a session of its own.
+_SESSION_OF = "coalesce({r}.row->>'session_id', {r}.row->>'id')"
+
+
+def _rework_recompute(keys: str) -> str:
+    """session_rework's rows of the sessions `keys` (task_id, developer, session_key) made
+    again from their calls, as the local m013/m022 rows are: after a session's first flagged
+    generation call, the calls a model answered, their tokens and cost."""
+    g, later = _SESSION_OF.format(r="g"), _SESSION_OF.format(r="later")
+    return f"""
+        DELETE FROM taskmeter.session_rework r USING ({keys}) k
+        WHERE r.task_id = k.task_id AND r.developer = k.developer AND r.session_key = k.session_key;
+        INSERT INTO taskmeter.session_rework (task_id, developer, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)
+        SELECT first.task_id, first.developer, first.session_key, first.started_at, first.id, count(later.id),
+            coalesce(sum(coalesce(later.input_total, 0) + coalesce(later.output_total, 0)), 0),
+            coalesce(sum((later.row->>'cost_usd')::numeric), 0)
+        FROM (
+            SELECT DISTINCT ON (g.task_id, g.developer, {g}) g.task_id, g.developer, {g} AS session_key,
+                g.row->>'started_at' AS started_at, g.id
+            FROM (SELECT DISTINCT * FROM ({keys}) k0) k
+            JOIN taskmeter.calls g ON g.task_id = k.task_id AND {g} = k.session_key AND g.developer = k.developer
+            JOIN taskmeter.records f ON f.id = 'flag:' || g.id AND NOT f.deleted
+            WHERE g.operation = 'generate' AND NOT g.deleted
+            ORDER BY g.task_id, g.developer, {g}, g.row->>'started_at', g.id
+        ) first
+        LEFT JOIN taskmeter.calls later ON later.task_id = first.task_id AND {later} = first.session_key
+            AND later.developer = first.developer AND later.operation = 'generate' AND NOT later.deleted
+            AND (later.row->>'started_at', later.id) > (first.started_at, first.id) AND NOT {_FAILED_OF.format(r="later")}
+        GROUP BY first.task_id, first.developer, first.session_key, first.started_at, first.id;"""
+
+
+def _rework_of_calls(rows: str) -> str:
+    """The sessions of the calls `rows` that have a rework row or gain one (the call is flagged)."""
+    c = _SESSION_OF.format(r="c")
+    return _rework_recompute(f"""
+        SELECT c.task_id, c.developer, {c} AS session_key FROM ({rows}) c
+        WHERE c.task_id IS NOT NULL AND (
+            EXISTS (SELECT 1 FROM taskmeter.records f WHERE f.id = 'flag:' || c.id)
+            OR EXISTS (SELECT 1 FROM taskmeter.session_rework r
+                       WHERE r.task_id = c.task_id AND r.developer = c.developer AND r.session_key = {c}))""")
+
+
+def _rework_of_flags(rows: str) -> str:
+    """The sessions of the calls the flags `rows` name."""
+    c = _SESSION_OF.format(r="c")
+    return _rework_recompute(f"""
+        SELECT c.task_id, c.developer, {c} AS session_key
+        FROM ({rows}) f JOIN taskmeter.calls c ON c.id = substr(f.id, 6)
+        WHERE f.kind = 'flag' AND c.task_id IS NOT NULL""")
+
+
 def _trigger_functions() -> str:
     """Statement-level triggers over the rows each upsert inserted or changed (transition
     tables): the rollups move by exactly what the rows did, in the same transaction."""
     inserted = "SELECT 1 AS sign, * FROM inserted"
     changed = "SELECT -1 AS sign, * FROM before_update UNION ALL SELECT 1, * FROM after_update"
     functions = {
-        "calls_inserted": _usage_delta(inserted) + _minutes_delta(inserted),
-        "calls_changed": _usage_delta(changed) + _minutes_delta(changed),
-        "flags_inserted": _flag_delta(inserted),
-        "flags_changed": _flag_delta(changed),
+        "calls_inserted": _usage_delta(inserted) + _minutes_delta(inserted) + _rework_of_calls(inserted),
+        "calls_changed": _usage_delta(changed) + _minutes_delta(changed) + _rework_of_calls(changed),
+        "flags_inserted": _flag_delta(inserted) + _rework_of_flags(inserted),
+        "flags_changed": _flag_delta(changed) + _rework_of_flags(changed),
     }
     # SECURITY DEFINER: a developer writes the rollups only through its rows; search_path fixed for it.
     return "".join(
@@ -147,10 +202,21 @@ _ROLLUPS = f"""
             calls bigint NOT NULL,
             PRIMARY KEY (task_id, developer, minute)
         );
-        -- What a team report loads whole: a task's calls after a moment (after its approval), a session's calls.
+        -- Per task, developer and session with a flagged call: the local session_rework (the calls after it).
+        CREATE TABLE taskmeter.session_rework (
+            task_id text NOT NULL,
+            developer text NOT NULL,
+            session_key text NOT NULL,
+            flagged_at text NOT NULL,
+            flagged_id text NOT NULL,
+            calls bigint NOT NULL,
+            tokens bigint NOT NULL,
+            cost_usd numeric NOT NULL,
+            PRIMARY KEY (task_id, developer, session_key)
+        );
+        -- A session's calls (its rework is made again from them); a task's calls after its approval (a report loads them).
+        CREATE INDEX calls_session ON taskmeter.calls (task_id, {_SESSION_OF.format(r="calls")});
         CREATE INDEX calls_task_started ON taskmeter.calls (task_id, started_at);
-        CREATE INDEX calls_session ON taskmeter.calls (task_id, (row->>'session_id'));
-        CREATE INDEX records_flags ON taskmeter.records (kind) WHERE kind = 'flag' AND NOT deleted;
         -- The switch after a task's switch ends its time as current: the team's next, or one developer's.
         CREATE INDEX records_switch_order ON taskmeter.records (at, id)
             WHERE kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted;
@@ -168,6 +234,7 @@ _ROLLUPS = f"""
         -- A store made before: the rollups from the rows it holds.
         {_usage_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
         {_minutes_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        {_rework_of_flags("SELECT * FROM taskmeter.records WHERE kind = 'flag' AND NOT deleted")}
         """
 
 
