@@ -59,6 +59,9 @@ def assert_rollups_equal_the_local_ones(admin_url: str, developer: Developer) ->
         minutes = set(
             conn.execute("SELECT task_id, minute FROM taskmeter.task_minutes WHERE developer = %s", (developer.name,)).fetchall()
         )
+        runs = conn.execute(
+            'SELECT task_id, start, "end" FROM taskmeter.task_activity_runs WHERE developer = %s ORDER BY 1, 2', (developer.name,)
+        ).fetchall()
         rework = conn.execute(
             "SELECT task_id, session_key, flagged_at, split_part(flagged_id, ':', 2), calls, tokens, cost_usd"
             " FROM taskmeter.session_rework WHERE developer = %s ORDER BY 1, 2",
@@ -67,6 +70,7 @@ def assert_rollups_equal_the_local_ones(admin_url: str, developer: Developer) ->
     db = sqlite3.connect(developer.db_path)
     try:
         assert minutes == set(db.execute("SELECT task_id, minute FROM task_activity").fetchall())
+        assert runs == db.execute("SELECT task_id, start, end FROM task_activity_runs ORDER BY 1, 2").fetchall()
         own_rework = db.execute("SELECT * FROM session_rework ORDER BY 1, 2").fetchall()
     finally:
         db.close()

@@ -205,11 +205,12 @@ def _take_rollups(conn, db: sqlite3.Connection, tasks: list[str], developer: str
             for row in usage
         ],
     )
-    minutes = conn.execute(
-        f"SELECT DISTINCT task_id, minute FROM taskmeter.task_minutes WHERE task_id = ANY(%s){mine} ORDER BY 1, 2",
+    runs = conn.execute(
+        f'SELECT task_id, start, "end" FROM taskmeter.task_activity_runs WHERE task_id = ANY(%s){mine} ORDER BY 1, 2',
         [tasks, *mine_params],
     )
-    db.executemany("INSERT OR IGNORE INTO task_activity (task_id, minute) VALUES (?, ?)", minutes)
+    db.execute(f"DELETE FROM task_activity_runs WHERE task_id IN ({', '.join('?' for _ in tasks)})", tasks)
+    db.executemany("INSERT INTO task_activity_runs (task_id, start, end) VALUES (?, ?, ?)", _joined(runs))
     rework = conn.execute(
         "SELECT task_id, session_key, min(flagged_at), min(flagged_id), sum(calls), sum(tokens), sum(cost_usd)"
         f" FROM taskmeter.session_rework WHERE task_id = ANY(%s){mine} GROUP BY task_id, session_key",
@@ -221,6 +222,21 @@ def _take_rollups(conn, db: sqlite3.Connection, tasks: list[str], developer: str
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(*row[:4], int(row[4]), int(row[5]), float(row[6])) for row in rework],
     )
+
+
+def _joined(runs) -> Iterator[tuple[str, float, float]]:
+    """Each task's runs of minutes over all developers (sorted by task and start): one where
+    they overlap or meet, as the local task_activity_runs makes them of every call's minute."""
+    current: list | None = None
+    for task_id, start, end in runs:
+        if current is not None and current[0] == task_id and start <= current[2]:
+            current[2] = max(current[2], end)
+            continue
+        if current is not None:
+            yield tuple(current)
+        current = [task_id, start, end]
+    if current is not None:
+        yield tuple(current)
 
 
 def configured_url(config_path: str | None = None) -> str:

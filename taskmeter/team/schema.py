@@ -103,6 +103,50 @@ def _minutes_delta(rows: str) -> str:
             AND m.calls = 0;"""
 
 
+# A task_minutes minute ('YYYY-MM-DDTHH:MM', UTC) as POSIX seconds, as the local m024 unixepoch(minute).
+_EPOCH_OF = "extract(epoch FROM ({m} || ':00Z')::timestamptz)::double precision"
+_MINUTE_OF = "to_char(to_timestamp({e}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI')"
+
+
+def _runs_refresh(rows: str) -> str:
+    """task_activity_runs (the local m024's: runs of consecutive minutes, [start, end) in
+    POSIX seconds) per task and developer, made again from task_minutes around the minutes
+    of `rows`: the runs touching them are replaced by the runs of the minutes they span.
+    The spans are kept in the trigger's arrays (a statement cannot insert a key it deletes)."""
+    epoch = _EPOCH_OF.format(m="substr(c.row->>'started_at', 1, 16)")
+    spans = "unnest(span_tasks, span_developers, span_starts, span_ends) AS s(task_id, developer, lo, hi)"
+    return f"""
+        SELECT array_agg(task_id), array_agg(developer), array_agg(lo), array_agg(hi)
+        INTO span_tasks, span_developers, span_starts, span_ends
+        FROM (
+            SELECT t.task_id, t.developer, least(t.lo, min(r.start)) AS lo, greatest(t.hi, max(r."end")) AS hi
+            FROM (
+                SELECT c.task_id, c.developer, min({epoch}) - 60 AS lo, max({epoch}) + 60 AS hi
+                FROM ({rows}) c WHERE c.task_id IS NOT NULL AND c.row->>'started_at' IS NOT NULL GROUP BY 1, 2
+            ) t LEFT JOIN taskmeter.task_activity_runs r
+                ON r.task_id = t.task_id AND r.developer = t.developer AND r."end" >= t.lo AND r.start <= t.hi
+            GROUP BY t.task_id, t.developer, t.lo, t.hi
+        ) touched;
+        DELETE FROM taskmeter.task_activity_runs r USING {spans}
+        WHERE r.task_id = s.task_id AND r.developer = s.developer AND r."end" >= s.lo AND r.start <= s.hi;
+        {
+        _runs_of(f'''{spans} JOIN taskmeter.task_minutes m ON m.task_id = s.task_id AND m.developer = s.developer
+            AND m.minute >= {_MINUTE_OF.format(e="s.lo")} AND m.minute <= {_MINUTE_OF.format(e="s.hi")}''')
+    }"""
+
+
+def _runs_of(minutes: str) -> str:
+    """Insert the runs of consecutive minutes of `minutes` (a FROM clause naming task_minutes `m`)."""
+    at = _EPOCH_OF.format(m="m.minute")
+    return f"""
+        INSERT INTO taskmeter.task_activity_runs (task_id, developer, start, "end")
+        SELECT task_id, developer, min(at), max(at) + 60 FROM (
+            SELECT m.task_id, m.developer, {at} AS at,
+                {at} - 60 * row_number() OVER (PARTITION BY m.task_id, m.developer ORDER BY m.minute) AS run
+            FROM {minutes}
+        ) islands GROUP BY task_id, developer, run;"""
+
+
 def _flag_delta(rows: str) -> str:
     """A flag (or its tombstone) in `rows` counts (or stops counting) its call in task_usage.flagged."""
     return f"""
@@ -171,8 +215,11 @@ def _trigger_functions() -> str:
     inserted = "SELECT 1 AS sign, * FROM inserted"
     changed = "SELECT -1 AS sign, * FROM before_update UNION ALL SELECT 1, * FROM after_update"
     functions = {
-        "calls_inserted": _usage_delta(inserted) + _minutes_delta(inserted) + _rework_of_calls(inserted),
-        "calls_changed": _usage_delta(changed) + _minutes_delta(changed) + _rework_of_calls(changed),
+        "calls_inserted": _usage_delta(inserted)
+        + _minutes_delta(inserted)
+        + _runs_refresh(inserted)
+        + _rework_of_calls(inserted),
+        "calls_changed": _usage_delta(changed) + _minutes_delta(changed) + _runs_refresh(changed) + _rework_of_calls(changed),
         "flags_inserted": _flag_delta(inserted) + _rework_of_flags(inserted),
         "flags_changed": _flag_delta(changed) + _rework_of_flags(changed),
     }
@@ -180,7 +227,9 @@ def _trigger_functions() -> str:
     return "".join(
         f"""
         CREATE FUNCTION taskmeter.{name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-        SET search_path = pg_catalog, pg_temp AS $body$ BEGIN {body} RETURN NULL; END $body$;"""
+        SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE span_tasks text[]; span_developers text[]; span_starts float8[]; span_ends float8[];
+        BEGIN {body} RETURN NULL; END $body$;"""
         for name, body in functions.items()
     )
 
@@ -201,6 +250,14 @@ _ROLLUPS = f"""
             minute text NOT NULL,
             calls bigint NOT NULL,
             PRIMARY KEY (task_id, developer, minute)
+        );
+        -- Per task and developer, the runs of consecutive minutes with a call (the local task_activity_runs).
+        CREATE TABLE taskmeter.task_activity_runs (
+            task_id text NOT NULL,
+            developer text NOT NULL,
+            start double precision NOT NULL,
+            "end" double precision NOT NULL,
+            PRIMARY KEY (task_id, developer, start)
         );
         -- Per task, developer and session with a flagged call: the local session_rework (the calls after it).
         CREATE TABLE taskmeter.session_rework (
@@ -234,6 +291,7 @@ _ROLLUPS = f"""
         -- A store made before: the rollups from the rows it holds.
         {_usage_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
         {_minutes_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        {_runs_of("taskmeter.task_minutes m")}
         {_rework_of_flags("SELECT * FROM taskmeter.records WHERE kind = 'flag' AND NOT deleted")}
         """
 
