@@ -89,10 +89,22 @@ def _with_previous(db: sqlite3.Connection, phases: list[str]) -> list[str]:
     return [*phases, *extra]
 
 
-def _load(conn, db: sqlite3.Connection, tasks: list[str] | None, phases: list[str] | None, developer: str | None) -> None:
+def _entities(conn) -> list[tuple]:
+    return conn.execute("SELECT entity, id, fields, created_at FROM taskmeter.entities ORDER BY entity DESC, id").fetchall()
+
+
+def _load(
+    conn,
+    db: sqlite3.Connection,
+    tasks: list[str] | None,
+    phases: list[str] | None,
+    developer: str | None,
+    entities: list[tuple] | None = None,
+) -> None:
     from taskmeter.store import scratch
 
-    entities = conn.execute("SELECT entity, id, fields, created_at FROM taskmeter.entities ORDER BY entity DESC, id").fetchall()
+    if entities is None:
+        entities = _entities(conn)
     task_phases: dict[str, str] = {}
     for entity, entity_id, fields, created_at in entities:  # phases first ("phase" > "task" descending)
         fields = fields or {}
@@ -161,20 +173,22 @@ def _covered(conn, db: sqlite3.Connection, tasks: list[str], phases: list[str] |
     )
     scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in after_approval))
     switch = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
-    clauses = [
-        f"(task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine})",
+    chosen = [  # each by its own index
+        f"SELECT id FROM taskmeter.records WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine}",
         # The switch after each switch to one of the tasks (the team's next, or the developer's own).
-        f"""id IN (SELECT after.id FROM taskmeter.records s, LATERAL (
+        f"""SELECT after.id FROM taskmeter.records s, LATERAL (
                 SELECT n.id FROM taskmeter.records n WHERE n.{switch}{mine.replace("developer", "n.developer")}
                 AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1) after
-            WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")})""",
+            WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")}""",
     ]
     params: list[Any] = [tasks, *mine_params, *mine_params, tasks, *mine_params]
     if phases:
-        clauses.append(f"(kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine})")
+        chosen.append(
+            f"SELECT id FROM taskmeter.records WHERE kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine}"
+        )
         params += [[phase.upper() for phase in phases], *mine_params]
     return conn.execute(
-        f"SELECT kind, device, row FROM taskmeter.records WHERE {' OR '.join(clauses)} ORDER BY at, id", params
+        f"SELECT kind, device, row FROM taskmeter.records WHERE id IN ({' UNION '.join(chosen)}) ORDER BY at, id", params
     ).fetchall()
 
 
@@ -300,11 +314,38 @@ def with_developers(
             tasks = [task_id for task_id, phase_id in db.execute("SELECT id, phase_id FROM tasks") if phase_id.upper() in wanted]
     names = [meta["developer"]] if meta.get("developer") else developers(url, tasks)
     shares = []
-    for name in names:
-        with team_database(url, tasks, phases, name) as db:
-            own = compute(db)
+    for name, own in _each_developer(url, tasks, phases, names, compute):
         shares.append({"developer": name, **{key: own.get(field) for key, field in split}})
     return {**report, "developers": shares}
+
+
+def _each_developer(url: str, tasks: list[str], phases: list[str] | None, names: list[str], compute) -> Iterator[tuple]:
+    """(name, `compute(db)`) over each developer's rows of `tasks`, through one connection
+    that reads the tasks and phases once."""
+    import psycopg
+
+    from taskmeter.store import scratch
+    from taskmeter.store.connection import write_transaction
+    from taskmeter.team.address import TeamStoreError, connect, connection_failure, describe
+    from taskmeter.team.schema import check
+
+    conn = connect(url)
+    try:
+        check(conn, describe(url))
+        entities = _entities(conn)
+        for name in names:
+            db = scratch.scratch_database()
+            try:
+                with write_transaction(db):
+                    _load(conn, db, tasks, phases, name, entities)
+                yield name, compute(db)
+            finally:
+                db.close()
+        conn.rollback()
+    except psycopg.Error as exc:
+        raise TeamStoreError(connection_failure(exc, url)) from None
+    finally:
+        conn.close()
 
 
 def split_text(render):

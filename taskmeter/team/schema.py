@@ -234,6 +234,13 @@ def _trigger_functions() -> str:
     )
 
 
+# The rollups of every row a store holds (into empty rollups): an upgraded store's, the bench's.
+ROLLUPS_FROM_ROWS = f"""
+        {_usage_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        {_minutes_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        {_runs_of("taskmeter.task_minutes m")}
+        {_rework_of_flags("SELECT * FROM taskmeter.records WHERE kind = 'flag' AND NOT deleted")}"""
+
 _ROLLUPS = f"""
         -- Per task (task_key '' = no task) and developer: the local task_usage's sums, and every call counted.
         CREATE TABLE taskmeter.task_usage (
@@ -274,6 +281,8 @@ _ROLLUPS = f"""
         -- A session's calls (its rework is made again from them); a task's calls after its approval (a report loads them).
         CREATE INDEX calls_session ON taskmeter.calls (task_id, {_SESSION_OF.format(r="calls")});
         CREATE INDEX calls_task_started ON taskmeter.calls (task_id, started_at);
+        -- One developer's records of a phase's tasks (each developer's share of a team report).
+        CREATE INDEX records_task_developer ON taskmeter.records (task_id, developer);
         -- The switch after a task's switch ends its time as current: the team's next, or one developer's.
         CREATE INDEX records_switch_order ON taskmeter.records (at, id)
             WHERE kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted;
@@ -289,10 +298,7 @@ _ROLLUPS = f"""
         CREATE TRIGGER flags_changed AFTER UPDATE ON taskmeter.records REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update
             FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.flags_changed();
         -- A store made before: the rollups from the rows it holds.
-        {_usage_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
-        {_minutes_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
-        {_runs_of("taskmeter.task_minutes m")}
-        {_rework_of_flags("SELECT * FROM taskmeter.records WHERE kind = 'flag' AND NOT deleted")}
+        {ROLLUPS_FROM_ROWS}
         """
 
 
