@@ -52,7 +52,10 @@ def _insert_calls(db, first: int, count: int) -> None:
 DEVELOPERS = 50
 PHASES = 10
 TASKS_PER_PHASE = 200
-WORKING_DAYS = 250  # a year of them, 8 hours each
+WORKING_DAYS = 250  # a year of them
+# A call every 6.5 s while working (the full store: 1.1M calls a developer, 8 hours a day); a
+# smaller store works fewer hours a day, so that its minutes and their runs are shaped alike.
+CALL_GAP_SECONDS = 6.5
 SWITCHES_PER_DEVELOPER = 2200  # ~9 a working day: 110,000 switches, sessions and flags in all
 _STAMP = """to_char(({at}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 _ORIGIN = "timestamptz '2026-01-05 00:00:00+00'"
@@ -87,10 +90,10 @@ def _build_scale_store(conn, calls: int) -> None:
             ('final_approval_at', CASE WHEN p < {PHASES} THEN to_jsonb({_STAMP.format(at=approved)}) END)) AS f(field, value)
         WHERE f.value IS NOT NULL"""
     )
-    # Call m of developer d: working day m / per_day (5 a week), from 09:00 UTC, evenly over 8 hours.
+    # Call m of developer d: working day m / per_day (5 a week), from 09:00 UTC, one every CALL_GAP_SECONDS.
     at = (
         f"{_ORIGIN} + ((m / {per_day}) / 5 * 7 + (m / {per_day}) % 5) * interval '1 day' + interval '9 hours'"
-        f" + (m % {per_day}) * interval '{28800 / per_day} seconds'"
+        f" + (m % {per_day}) * interval '{CALL_GAP_SECONDS} seconds'"
     )
     phase = f"least({PHASES}, 1 + floor(extract(epoch FROM ({at}) - {_ORIGIN}) / 86400 / {phase_days})::int)"
     task_of = f"'P' || {phase} || '-' || lpad((((d * 4 + (m / {per_switch}) % 8)) % {TASKS_PER_PHASE})::text, 3, '0')"
@@ -139,7 +142,7 @@ def report_at_scale(calls: int, cache: Path, runs: int) -> dict:
     """`meter report --team phase P5` over a store of `calls` calls, built once and kept in
     `cache` (a server data folder); its server time: the execution time pg_stat_statements
     sums over the report's statements (the median of `runs`)."""
-    folder = cache / f"team-store-{calls}-{schema.KNOWN[-1]}"  # a newer schema builds anew
+    folder = cache / f"team-store-{calls}-{schema.KNOWN[-1]}-v2"  # a newer schema or shape builds anew
     built_marker = folder / "built"
     server = PostgresServer(
         folder,

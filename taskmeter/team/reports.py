@@ -10,7 +10,7 @@ are put in time order, so "the first estimate" is the team's first."""
 import contextlib
 import sqlite3
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskmeter.errors import MeterError
 
@@ -100,7 +100,10 @@ def _load(
     phases: list[str] | None,
     developer: str | None,
     entities: list[tuple] | None = None,
+    covered: "_Covered | None" = None,
 ) -> None:
+    """Fill `db`: every task and phase, and what the report covers (see team_database).
+    `entities` and `covered` (all developers' rows of `tasks`) may come read already."""
     from taskmeter.store import scratch
 
     if entities is None:
@@ -124,7 +127,15 @@ def _load(
     if tasks is None:
         records = _everything(conn, db, developer)
     else:
-        records = _covered(conn, db, tasks, phases, developer)
+        covered = covered or _fetch(conn, entities, tasks, phases, developer)
+        scratch.insert_rows(
+            db, "interactions", ({**row, "id": call_id} for name, call_id, row in covered.calls if developer in (None, name))
+        )
+        records = [
+            (kind, device, row)
+            for name, kind, device, row, teams, owns in covered.records
+            if (owns and name == developer if developer is not None else teams)
+        ]
     by_table: dict[str, list[dict]] = {}
     for kind, device, row in records:
         table = _RECORD_TABLES.get(kind)
@@ -138,8 +149,8 @@ def _load(
         by_table.setdefault(table, []).append(row)
     for table, rows in by_table.items():
         scratch.insert_rows(db, table, rows, keep_first=table == "commits")  # one commit seen by two meters
-    if tasks is not None:
-        _take_rollups(conn, db, tasks, developer)
+    if covered is not None and tasks is not None:
+        _take_rollups(db, covered, tasks, developer)
 
 
 def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
@@ -155,86 +166,112 @@ def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tup
     return conn.execute(f"SELECT kind, device, row FROM taskmeter.records WHERE {where} ORDER BY at, id", params).fetchall()
 
 
-def _covered(conn, db: sqlite3.Connection, tasks: list[str], phases: list[str] | None, developer: str | None) -> list[tuple]:
-    """What a task or phase report reads besides the rollups: the calls (loaded here) after
-    each task's approval; and the records (returned): the tasks' own, each switch after a
-    switch to one of them (it ends its time as current), and the phases' marks."""
-    from taskmeter.store import scratch
+class _Covered(NamedTuple):
+    """What a task or phase report reads of its tasks, each row with its developer: the calls
+    after each task's approval, the records (with whether the team's report and the
+    developer's own share read each), and the rollups (t003)."""
+
+    calls: list[tuple]  # developer, id, row
+    records: list[tuple]  # developer, kind, device, row, team's, developer's own
+    usage: list[tuple]  # task_key, developer, *USAGE_COLUMNS
+    runs: list[tuple]  # task_id, developer, start, end
+    rework: list[tuple]  # task_id, developer, session_key, flagged_at, flagged_id, calls, tokens, cost_usd
+
+
+def _fetch(conn, entities: list[tuple], tasks: list[str], phases: list[str] | None, developer: str | None) -> _Covered:
+    """Read `tasks`' rows (of one `developer`, or of all) in a few statements, each by its index:
+    the calls after each task's approval; the tasks' records, the switch after each switch to
+    one of them (it ends its time as current: the team's next for the team's report, the
+    developer's own next for a developer's share), the phases' marks; the rollups."""
+    from taskmeter.team.schema import USAGE_COLUMNS
 
     mine, mine_params = ("", []) if developer is None else (" AND developer = %s", [developer])
     wanted = set(tasks)
     approved = [
-        (task_id, at) for task_id, at in db.execute("SELECT id, final_approval_at FROM tasks") if at and task_id in wanted
+        (entity_id, fields["final_approval_at"])
+        for entity, entity_id, fields, _ in entities
+        if entity == "task" and entity_id in wanted and (fields or {}).get("final_approval_at")
     ]
-    after_approval = conn.execute(  # a superset (>= on the server's times): the report's own query picks its calls
-        f"""SELECT c.id, c.row FROM taskmeter.calls c JOIN unnest(%s::text[], %s::timestamptz[]) AS a(task_id, at)
-            ON c.task_id = a.task_id AND c.started_at >= a.at WHERE NOT c.deleted{mine}""",
+    calls = conn.execute(  # a superset (>= on the server's times): the report's own query picks its calls
+        f"""SELECT c.developer, c.id, c.row FROM unnest(%s::text[], %s::timestamptz[]) AS a(task_id, at),
+            LATERAL (SELECT * FROM taskmeter.calls c WHERE c.task_id = a.task_id AND c.started_at >= a.at
+                     AND NOT c.deleted{mine.replace("developer", "c.developer")}) c""",
         [[task_id for task_id, _ in approved], [at for _, at in approved], *mine_params],
-    )
-    scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in after_approval))
+    ).fetchall()
     switch = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
-    chosen = [  # each by its own index
-        f"SELECT id FROM taskmeter.records WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine}",
-        # The switch after each switch to one of the tasks (the team's next, or the developer's own).
-        f"""SELECT after.id FROM taskmeter.records s, LATERAL (
-                SELECT n.id FROM taskmeter.records n WHERE n.{switch}{mine.replace("developer", "n.developer")}
+
+    def next_switch(same_developer: bool) -> str:
+        who = " AND n.developer = s.developer" if same_developer else mine.replace("developer", "n.developer")
+        return f"""SELECT after.id FROM taskmeter.records s, LATERAL (
+                SELECT n.id FROM taskmeter.records n WHERE n.{switch}{who}
                 AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1) after
-            WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")}""",
-    ]
-    params: list[Any] = [tasks, *mine_params, *mine_params, tasks, *mine_params]
+            WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")}"""
+
+    own = f"SELECT id, true, true FROM taskmeter.records WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine}"
+    chosen = [own, f"SELECT id, false, true FROM ({next_switch(True)}) o"]
+    params: list[Any] = [tasks, *mine_params, tasks, *mine_params]
+    if developer is None:
+        chosen.append(f"SELECT id, true, false FROM ({next_switch(False)}) t")
+        params += [tasks]
     if phases:
         chosen.append(
-            f"SELECT id FROM taskmeter.records WHERE kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine}"
+            f"SELECT id, true, true FROM taskmeter.records WHERE kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine}"
         )
         params += [[phase.upper() for phase in phases], *mine_params]
-    return conn.execute(
-        f"SELECT kind, device, row FROM taskmeter.records WHERE id IN ({' UNION '.join(chosen)}) ORDER BY at, id", params
+    records = conn.execute(
+        f"""SELECT r.developer, r.kind, r.device, r.row, x.teams, x.owns FROM taskmeter.records r JOIN (
+                SELECT id, bool_or(teams) AS teams, bool_or(owns) AS owns
+                FROM ({" UNION ALL ".join(chosen)}) AS chosen(id, teams, owns) GROUP BY id
+            ) x ON r.id = x.id ORDER BY r.at, r.id""",
+        params,
     ).fetchall()
+    usage = conn.execute(
+        f"SELECT task_key, developer, {', '.join(USAGE_COLUMNS)} FROM taskmeter.task_usage WHERE task_key = ANY(%s){mine}",
+        [tasks, *mine_params],
+    ).fetchall()
+    runs = conn.execute(
+        f'SELECT task_id, developer, start, "end" FROM taskmeter.task_activity_runs WHERE task_id = ANY(%s){mine} ORDER BY 1, 3',
+        [tasks, *mine_params],
+    ).fetchall()
+    rework = conn.execute(
+        "SELECT task_id, developer, session_key, flagged_at, flagged_id, calls, tokens, cost_usd"
+        f" FROM taskmeter.session_rework WHERE task_id = ANY(%s){mine}",
+        [tasks, *mine_params],
+    ).fetchall()
+    return _Covered(calls, records, usage, runs, rework)
 
 
-def _take_rollups(conn, db: sqlite3.Connection, tasks: list[str], developer: str | None) -> None:
-    """The tasks' sums, minutes with a call and rework, from the team store's rollups (t003,
-    computed there from the rows) in place of the calls: the local task_usage rows the few
-    calls loaded made are replaced, the minutes make task_activity (and its runs) as calls
-    would, and session_rework takes the server's rows."""
+def _take_rollups(db: sqlite3.Connection, covered: _Covered, tasks: list[str], developer: str | None) -> None:
+    """The tasks' sums, runs of minutes with a call and rework, from the team store's rollups
+    (t003, computed there from the rows) in place of the calls: summed over the developers
+    (or one developer's), they replace the local rows the few calls loaded made."""
     from taskmeter.team.schema import USAGE_COLUMNS
 
-    mine, mine_params = ("", []) if developer is None else (" AND developer = %s", [developer])
-    sums = ", ".join(f"sum({column})" for column in USAGE_COLUMNS)
-    usage = conn.execute(
-        f"SELECT task_key, {sums} FROM taskmeter.task_usage WHERE task_key = ANY(%s){mine} GROUP BY task_key",
-        [tasks, *mine_params],
-    ).fetchall()
-    db.execute(f"DELETE FROM task_usage WHERE task_key IN ({', '.join('?' for _ in tasks)})", tasks)
+    def ours(rows: list[tuple]) -> list[tuple]:
+        return [row for row in rows if developer in (None, row[1])]
+
+    usage: dict[str, list] = {}
+    for task_key, _, *sums in ours(covered.usage):
+        usage[task_key] = [a + b for a, b in zip(usage[task_key], sums, strict=True)] if task_key in usage else sums
+    money = [column.endswith("usd") for column in USAGE_COLUMNS]
+    marks = ", ".join("?" for _ in tasks)
+    db.execute(f"DELETE FROM task_usage WHERE task_key IN ({marks})", tasks)
     db.executemany(
-        f"INSERT INTO task_usage (task_key, {', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' * (1 + len(USAGE_COLUMNS)))})",
-        [
-            (
-                row[0],
-                *(
-                    float(value) if column.endswith("usd") else int(value)
-                    for column, value in zip(USAGE_COLUMNS, row[1:], strict=True)
-                ),
-            )
-            for row in usage
-        ],
+        f"INSERT INTO task_usage (task_key, {', '.join(USAGE_COLUMNS)}) VALUES (?, {', '.join('?' for _ in USAGE_COLUMNS)})",
+        [(key, *(float(v) if m else int(v) for v, m in zip(sums, money, strict=True))) for key, sums in usage.items()],
     )
-    runs = conn.execute(
-        f'SELECT task_id, start, "end" FROM taskmeter.task_activity_runs WHERE task_id = ANY(%s){mine} ORDER BY 1, 2',
-        [tasks, *mine_params],
-    )
-    db.execute(f"DELETE FROM task_activity_runs WHERE task_id IN ({', '.join('?' for _ in tasks)})", tasks)
+    db.execute(f"DELETE FROM task_activity_runs WHERE task_id IN ({marks})", tasks)
+    runs = sorted((task_id, start, end) for task_id, _, start, end in ours(covered.runs))
     db.executemany("INSERT INTO task_activity_runs (task_id, start, end) VALUES (?, ?, ?)", _joined(runs))
-    rework = conn.execute(
-        "SELECT task_id, session_key, min(flagged_at), min(flagged_id), sum(calls), sum(tokens), sum(cost_usd)"
-        f" FROM taskmeter.session_rework WHERE task_id = ANY(%s){mine} GROUP BY task_id, session_key",
-        [tasks, *mine_params],
-    )
-    db.execute(f"DELETE FROM session_rework WHERE task_id IN ({', '.join('?' for _ in tasks)})", tasks)
+    rework: dict[tuple[str, str], list] = {}
+    for task_id, _, session_key, flagged_at, flagged_id, calls, tokens, cost in ours(covered.rework):
+        row = rework.setdefault((task_id, session_key), [flagged_at, flagged_id, 0, 0, 0])
+        row[:] = [min(row[0], flagged_at), min(row[1], flagged_id), row[2] + calls, row[3] + tokens, row[4] + cost]
+    db.execute(f"DELETE FROM session_rework WHERE task_id IN ({marks})", tasks)
     db.executemany(
         "INSERT INTO session_rework (task_id, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(*row[:4], int(row[4]), int(row[5]), float(row[6])) for row in rework],
+        [(*key, at, first, int(calls), int(tokens), float(cost)) for key, (at, first, calls, tokens, cost) in rework.items()],
     )
 
 
@@ -320,8 +357,7 @@ def with_developers(
 
 
 def _each_developer(url: str, tasks: list[str], phases: list[str] | None, names: list[str], compute) -> Iterator[tuple]:
-    """(name, `compute(db)`) over each developer's rows of `tasks`, through one connection
-    that reads the tasks and phases once."""
+    """(name, `compute(db)`) over each developer's rows of `tasks`, all read at once."""
     import psycopg
 
     from taskmeter.store import scratch
@@ -333,11 +369,12 @@ def _each_developer(url: str, tasks: list[str], phases: list[str] | None, names:
     try:
         check(conn, describe(url))
         entities = _entities(conn)
+        covered = _fetch(conn, entities, tasks, phases, None)  # every developer's rows, read once
         for name in names:
             db = scratch.scratch_database()
             try:
                 with write_transaction(db):
-                    _load(conn, db, tasks, phases, name, entities)
+                    _load(conn, db, tasks, phases, name, entities, covered)
                 yield name, compute(db)
             finally:
                 db.close()
