@@ -306,6 +306,8 @@ def main() -> None:
             syncer.wait()
         server.close()
     cache = Path(tempfile.mkdtemp(prefix="taskmeter-bench-scale-")) if args.smoke else Path(args.cache).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    cache.chmod(0o755)  # the server's folder is inside: its postgres user must get through
     try:
         scale_calls = args.scale_calls or (20_000 if args.smoke else 55_000_000)
         results["report_at_scale"] = report_at_scale(scale_calls, cache, runs=1 if args.smoke else 5)
