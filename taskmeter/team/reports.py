@@ -1,8 +1,10 @@
-"""Team reports by the local code: the team store's rows for what a report
-covers are loaded into a scratch SQLite database with the local schema (its
-triggers rebuild the rollups from the rows), and the same functions that read
-a meter's own database read it. A team's phase record is thus computed by the
-same code and definitions as a developer's own (docs/team.md).
+"""Team reports by the local code: what a report covers is loaded into a
+scratch SQLite database with the local schema, and the same functions that
+read a meter's own database read it. A task or phase report takes the team
+store's rollups (t003, kept on the server from the rows) in place of the calls,
+so its cost does not grow with them; the overview and the usage reports load
+the rows, whose triggers rebuild the rollups. A team's phase record is thus
+computed by the same code and definitions as a developer's own (docs/team.md).
 
 Calls keep their team-wide ID (`device:id`); records of several developers
 are put in time order, so "the first estimate" is the team's first."""
@@ -34,9 +36,10 @@ _INTEGER_IDS = {"task_event", "test_run", "automatic_mark", "phase_mark", "task_
 def team_database(
     url: str, tasks: list[str] | None = None, phases: list[str] | None = None, developer: str | None = None
 ) -> Iterator[sqlite3.Connection]:
-    """A scratch database holding the team's rows: every task and phase, and the
-    calls and records of `tasks` (or of `phases`' tasks; all when neither), of
-    one `developer` or all."""
+    """A scratch database holding the team's rows: every task and phase, and what
+    reports on `tasks` (or on `phases`' tasks and the phase before) read of them
+    (their records and rollups, _fetch), or every call and record when neither;
+    of one `developer` or all."""
     import psycopg
 
     from taskmeter.store import scratch
