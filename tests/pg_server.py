@@ -42,22 +42,34 @@ def _free_port() -> int:
 class PostgresServer:
     """One server: `admin_url` is its superuser's (password in `passfile`), `stop()` and `start()` it at will."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path | None = None, settings: dict[str, str] | None = None) -> None:
+        """A new server in a temporary folder; or, with `folder`, the one kept there (made there
+        the first time, kept by `close()`: the bench's cached stores). `settings`: more `-c` options."""
         self.bin = _binaries()
         self.account = pwd.getpwnam("postgres")
-        self.folder = Path(tempfile.mkdtemp(prefix="taskmeter-pg-"))
+        self.kept = folder is not None
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="taskmeter-pg-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
         os.chown(self.folder, self.account.pw_uid, self.account.pw_gid)
         self.data = self.folder / "data"
-        self.password = secrets.token_urlsafe(12)
+        self.settings = settings or {}
         self.passfile = self.folder / "pgpass"  # the tests' own, root's: the server never reads it
-        password_input = self.folder / "initdb-password"
-        password_input.write_text(self.password + "\n")
-        os.chown(password_input, self.account.pw_uid, self.account.pw_gid)
-        self._as_postgres(
-            [self.bin / "initdb", "-D", self.data, "-U", "postgres", f"--pwfile={password_input}", "--auth=scram-sha-256"]
-            + ["--encoding=UTF8", "--no-sync"]
-        )
-        password_input.unlink()
+        saved = self.folder / "admin-password"
+        if (self.data / "PG_VERSION").exists() and saved.exists():
+            self.password = saved.read_text().strip()
+        else:
+            self.password = secrets.token_urlsafe(12)
+            password_input = self.folder / "initdb-password"
+            password_input.write_text(self.password + "\n")
+            os.chown(password_input, self.account.pw_uid, self.account.pw_gid)
+            self._as_postgres(
+                [self.bin / "initdb", "-D", self.data, "-U", "postgres", f"--pwfile={password_input}", "--auth=scram-sha-256"]
+                + ["--encoding=UTF8", "--no-sync"]
+            )
+            password_input.unlink()
+            fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.password + "\n")
         self.port = _free_port()
         self.process: subprocess.Popen | None = None
         self.passwords = {"postgres": self.password}
@@ -73,7 +85,8 @@ class PostgresServer:
         log = open(self.folder / "server.log", "ab")  # a file, never a pipe that fills and stalls the server
         self.process = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.folder)]
-            + ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+            + ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"]
+            + [part for name, value in self.settings.items() for part in ("-c", f"{name}={value}")],
             stdout=subprocess.DEVNULL,
             stderr=log,
             user="postgres",
@@ -119,7 +132,8 @@ class PostgresServer:
 
     def close(self) -> None:
         self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not self.kept:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,272 @@ def _own_rows_only(table: str) -> str:
     """
 
 
+# What a call adds to its task's local task_usage row (taskmeter/store/migrations.py m002,
+# m004, m014, m015, m017): the same rules, over the team's row `c` (its `row` is the local
+# interactions row as JSON). Every column counts generation calls only.
+# A generation call that never reached a model (m017's rule), of the call {r}.
+_FAILED_OF = (
+    "coalesce({r}.input_total IS NULL AND ({r}.row->>'outcome' = 'failed' OR ({r}.row->>'http_status')::int >= 400), false)"
+)
+_FAILED = _FAILED_OF.format(r="c")
+_TOKENS = "coalesce(c.input_total, 0) + coalesce(c.output_total, 0)"
+_USAGE_COLUMNS = {
+    "interactions": f"(NOT {_FAILED})::int",
+    "input_total": "coalesce(c.input_total, 0)",
+    "input_total_calls": "(c.input_total IS NOT NULL)::int",
+    "cache_read": "coalesce((c.row->>'cache_read')::bigint, 0)",
+    "cache_read_calls": "(c.row->>'cache_read' IS NOT NULL)::int",
+    "cache_read_input": "CASE WHEN c.row->>'cache_read' IS NOT NULL THEN coalesce(c.input_total, 0) ELSE 0 END",
+    "cache_write": "coalesce((c.row->>'cache_write')::bigint, 0)",
+    "cache_write_calls": "(c.row->>'cache_write' IS NOT NULL)::int",
+    "output_total": "coalesce(c.output_total, 0)",
+    "output_total_calls": "(c.output_total IS NOT NULL)::int",
+    "reasoning": "coalesce((c.row->>'reasoning')::bigint, 0)",
+    "reasoning_calls": "(c.row->>'reasoning' IS NOT NULL)::int",
+    "reasoning_output": "CASE WHEN c.row->>'reasoning' IS NOT NULL THEN coalesce(c.output_total, 0) ELSE 0 END",
+    # Exact sums of the costs as stored (the JSON text of each double): no order of arrival changes a digit.
+    "cost_usd": "coalesce((c.row->>'cost_usd')::numeric, 0)",
+    "cost_calls": "(c.cost_usd IS NOT NULL)::int",
+    "reported_tokens": f"CASE WHEN c.row->>'usage_source' = 'reported' THEN {_TOKENS} ELSE 0 END",
+    "estimated_tokens": f"CASE WHEN c.row->>'usage_source' = 'estimated' THEN {_TOKENS} ELSE 0 END",
+    "partial_tokens": f"CASE WHEN c.row->>'usage_source' = 'partial' THEN {_TOKENS} ELSE 0 END",
+    "context_switches": "coalesce((c.row->>'context_switch')::bigint, 0)",
+    "flagged": "EXISTS (SELECT 1 FROM taskmeter.records f WHERE f.id = 'flag:' || c.id AND NOT f.deleted)::int",
+    "failed_calls": f"{_FAILED}::int",
+    "agent_log_tokens": f"CASE WHEN c.row->>'usage_source' = 'agent-log' THEN {_TOKENS} ELSE 0 END",
+    "api_equivalent_usd": "CASE WHEN c.row->>'price_basis' = 'api-equivalent' THEN coalesce((c.row->>'cost_usd')::numeric, 0) ELSE 0 END",
+}
+USAGE_COLUMNS = list(_USAGE_COLUMNS)
+
+
+def _usage_delta(rows: str) -> str:
+    """Add to task_usage each (task, developer)'s sums over `rows` (a set of calls `c` with a `sign`):
+    +1 for a row as it is now, -1 for a row as it was before an update."""
+    sums = ", ".join(
+        f"sum(c.sign * CASE WHEN c.operation = 'generate' THEN {expr} ELSE 0 END)" for expr in _USAGE_COLUMNS.values()
+    )
+    added = ", ".join(f"{column} = u.{column} + EXCLUDED.{column}" for column in _USAGE_COLUMNS)
+    return f"""
+        INSERT INTO taskmeter.task_usage AS u (task_key, developer, calls, {", ".join(_USAGE_COLUMNS)})
+        SELECT coalesce(c.task_id, ''), c.developer, sum(c.sign), {sums}
+        FROM ({rows}) c WHERE NOT c.deleted GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (task_key, developer) DO UPDATE SET calls = u.calls + EXCLUDED.calls, {added};
+        DELETE FROM taskmeter.task_usage u USING (SELECT DISTINCT coalesce(task_id, '') AS task_key, developer FROM ({rows}) c) k
+        WHERE u.task_key = k.task_key AND u.developer = k.developer AND u.calls = 0;"""
+
+
+def _minutes_delta(rows: str) -> str:
+    """Count in task_minutes each (task, developer, minute) of `rows`, as the local task_activity
+    keeps a task's minutes with a call (m007: its start's first 16 characters, as stored)."""
+    return f"""
+        INSERT INTO taskmeter.task_minutes AS m (task_id, developer, minute, calls)
+        SELECT c.task_id, c.developer, substr(c.row->>'started_at', 1, 16), sum(c.sign)
+        FROM ({rows}) c WHERE NOT c.deleted AND c.task_id IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (task_id, developer, minute) DO UPDATE SET calls = m.calls + EXCLUDED.calls;
+        DELETE FROM taskmeter.task_minutes m USING ({rows}) c
+        WHERE m.task_id = c.task_id AND m.developer = c.developer AND m.minute = substr(c.row->>'started_at', 1, 16)
+            AND m.calls = 0;"""
+
+
+# A task_minutes minute ('YYYY-MM-DDTHH:MM', UTC) as POSIX seconds, as the local m024 unixepoch(minute).
+_EPOCH_OF = "extract(epoch FROM ({m} || ':00Z')::timestamptz)::double precision"
+_MINUTE_OF = "to_char(to_timestamp({e}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI')"
+
+
+def _runs_refresh(rows: str) -> str:
+    """task_activity_runs (the local m024's: runs of consecutive minutes, [start, end) in
+    POSIX seconds) per task and developer, made again from task_minutes around the minutes
+    of `rows`: the runs touching them are replaced by the runs of the minutes they span.
+    The spans are kept in the trigger's arrays (a statement cannot insert a key it deletes)."""
+    epoch = _EPOCH_OF.format(m="substr(c.row->>'started_at', 1, 16)")
+    spans = "unnest(span_tasks, span_developers, span_starts, span_ends) AS s(task_id, developer, lo, hi)"
+    return f"""
+        SELECT array_agg(task_id), array_agg(developer), array_agg(lo), array_agg(hi)
+        INTO span_tasks, span_developers, span_starts, span_ends
+        FROM (
+            SELECT t.task_id, t.developer, least(t.lo, min(r.start)) AS lo, greatest(t.hi, max(r."end")) AS hi
+            FROM (
+                SELECT c.task_id, c.developer, min({epoch}) - 60 AS lo, max({epoch}) + 60 AS hi
+                FROM ({rows}) c WHERE c.task_id IS NOT NULL AND c.row->>'started_at' IS NOT NULL GROUP BY 1, 2
+            ) t LEFT JOIN taskmeter.task_activity_runs r
+                ON r.task_id = t.task_id AND r.developer = t.developer AND r."end" >= t.lo AND r.start <= t.hi
+            GROUP BY t.task_id, t.developer, t.lo, t.hi
+        ) touched;
+        DELETE FROM taskmeter.task_activity_runs r USING {spans}
+        WHERE r.task_id = s.task_id AND r.developer = s.developer AND r."end" >= s.lo AND r.start <= s.hi;
+        {
+        _runs_of(f'''{spans} JOIN taskmeter.task_minutes m ON m.task_id = s.task_id AND m.developer = s.developer
+            AND m.minute >= {_MINUTE_OF.format(e="s.lo")} AND m.minute <= {_MINUTE_OF.format(e="s.hi")}''')
+    }"""
+
+
+def _runs_of(minutes: str) -> str:
+    """Insert the runs of consecutive minutes of `minutes` (a FROM clause naming task_minutes `m`)."""
+    at = _EPOCH_OF.format(m="m.minute")
+    return f"""
+        INSERT INTO taskmeter.task_activity_runs (task_id, developer, start, "end")
+        SELECT task_id, developer, min(at), max(at) + 60 FROM (
+            SELECT m.task_id, m.developer, {at} AS at,
+                {at} - 60 * row_number() OVER (PARTITION BY m.task_id, m.developer ORDER BY m.minute) AS run
+            FROM {minutes}
+        ) islands GROUP BY task_id, developer, run;"""
+
+
+def _flag_delta(rows: str) -> str:
+    """A flag (or its tombstone) in `rows` counts (or stops counting) its call in task_usage.flagged."""
+    return f"""
+        INSERT INTO taskmeter.task_usage AS u (task_key, developer, flagged)
+        SELECT coalesce(c.task_id, ''), c.developer, sum(f.sign)
+        FROM ({rows}) f JOIN taskmeter.calls c ON c.id = substr(f.id, 6)
+        WHERE f.kind = 'flag' AND NOT f.deleted AND NOT c.deleted AND c.operation = 'generate'
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (task_key, developer) DO UPDATE SET flagged = u.flagged + EXCLUDED.flagged;"""
+
+
+# A call's session as the local session_rework (m013) keys it: no session is a session of its own.
+_SESSION_OF = "coalesce({r}.row->>'session_id', {r}.row->>'id')"
+
+
+def _rework_recompute(keys: str) -> str:
+    """session_rework's rows of the sessions `keys` (task_id, developer, session_key) made
+    again from their calls, as the local m013/m022 rows are: after a session's first flagged
+    generation call, the calls a model answered, their tokens and cost."""
+    g, later = _SESSION_OF.format(r="g"), _SESSION_OF.format(r="later")
+    return f"""
+        DELETE FROM taskmeter.session_rework r USING ({keys}) k
+        WHERE r.task_id = k.task_id AND r.developer = k.developer AND r.session_key = k.session_key;
+        INSERT INTO taskmeter.session_rework (task_id, developer, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)
+        SELECT first.task_id, first.developer, first.session_key, first.started_at, first.id, count(later.id),
+            coalesce(sum(coalesce(later.input_total, 0) + coalesce(later.output_total, 0)), 0),
+            coalesce(sum((later.row->>'cost_usd')::numeric), 0)
+        FROM (
+            SELECT DISTINCT ON (g.task_id, g.developer, {g}) g.task_id, g.developer, {g} AS session_key,
+                g.row->>'started_at' AS started_at, g.id
+            FROM (SELECT DISTINCT * FROM ({keys}) k0) k
+            JOIN taskmeter.calls g ON g.task_id = k.task_id AND {g} = k.session_key AND g.developer = k.developer
+            JOIN taskmeter.records f ON f.id = 'flag:' || g.id AND NOT f.deleted
+            WHERE g.operation = 'generate' AND NOT g.deleted
+            ORDER BY g.task_id, g.developer, {g}, g.row->>'started_at', g.id
+        ) first
+        LEFT JOIN taskmeter.calls later ON later.task_id = first.task_id AND {later} = first.session_key
+            AND later.developer = first.developer AND later.operation = 'generate' AND NOT later.deleted
+            AND (later.row->>'started_at', later.id) > (first.started_at, first.id) AND NOT {_FAILED_OF.format(r="later")}
+        GROUP BY first.task_id, first.developer, first.session_key, first.started_at, first.id;"""
+
+
+def _rework_of_calls(rows: str) -> str:
+    """The sessions of the calls `rows` that have a rework row or gain one (the call is flagged)."""
+    c = _SESSION_OF.format(r="c")
+    return _rework_recompute(f"""
+        SELECT c.task_id, c.developer, {c} AS session_key FROM ({rows}) c
+        WHERE c.task_id IS NOT NULL AND (
+            EXISTS (SELECT 1 FROM taskmeter.records f WHERE f.id = 'flag:' || c.id)
+            OR EXISTS (SELECT 1 FROM taskmeter.session_rework r
+                       WHERE r.task_id = c.task_id AND r.developer = c.developer AND r.session_key = {c}))""")
+
+
+def _rework_of_flags(rows: str) -> str:
+    """The sessions of the calls the flags `rows` name."""
+    c = _SESSION_OF.format(r="c")
+    return _rework_recompute(f"""
+        SELECT c.task_id, c.developer, {c} AS session_key
+        FROM ({rows}) f JOIN taskmeter.calls c ON c.id = substr(f.id, 6)
+        WHERE f.kind = 'flag' AND c.task_id IS NOT NULL""")
+
+
+def _trigger_functions() -> str:
+    """Statement-level triggers over the rows each upsert inserted or changed (transition
+    tables): the rollups move by exactly what the rows did, in the same transaction."""
+    inserted = "SELECT 1 AS sign, * FROM inserted"
+    changed = "SELECT -1 AS sign, * FROM before_update UNION ALL SELECT 1, * FROM after_update"
+    functions = {
+        "calls_inserted": _usage_delta(inserted)
+        + _minutes_delta(inserted)
+        + _runs_refresh(inserted)
+        + _rework_of_calls(inserted),
+        "calls_changed": _usage_delta(changed) + _minutes_delta(changed) + _runs_refresh(changed) + _rework_of_calls(changed),
+        "flags_inserted": _flag_delta(inserted) + _rework_of_flags(inserted),
+        "flags_changed": _flag_delta(changed) + _rework_of_flags(changed),
+    }
+    # SECURITY DEFINER: a developer writes the rollups only through its rows; search_path fixed for it.
+    return "".join(
+        f"""
+        CREATE FUNCTION taskmeter.{name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE span_tasks text[]; span_developers text[]; span_starts float8[]; span_ends float8[];
+        BEGIN {body} RETURN NULL; END $body$;"""
+        for name, body in functions.items()
+    )
+
+
+# The rollups of every row a store holds (into empty rollups): an upgraded store's, the bench's.
+ROLLUPS_FROM_ROWS = f"""
+        {_usage_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        {_minutes_delta("SELECT 1 AS sign, * FROM taskmeter.calls")}
+        {_runs_of("taskmeter.task_minutes m")}
+        {_rework_of_flags("SELECT * FROM taskmeter.records WHERE kind = 'flag' AND NOT deleted")}"""
+
+_ROLLUPS = f"""
+        -- Per task (task_key '' = no task) and developer: the local task_usage's sums, and every call counted.
+        CREATE TABLE taskmeter.task_usage (
+            task_key text NOT NULL,
+            developer text NOT NULL,
+            calls bigint NOT NULL DEFAULT 0,
+            {", ".join(f"{column} {'numeric' if column.endswith('usd') else 'bigint'} NOT NULL DEFAULT 0" for column in _USAGE_COLUMNS)},
+            PRIMARY KEY (task_key, developer)
+        );
+        -- Per task and developer, the minutes with a call (the local task_activity), and how many calls each.
+        CREATE TABLE taskmeter.task_minutes (
+            task_id text NOT NULL,
+            developer text NOT NULL,
+            minute text NOT NULL,
+            calls bigint NOT NULL,
+            PRIMARY KEY (task_id, developer, minute)
+        );
+        -- Per task and developer, the runs of consecutive minutes with a call (the local task_activity_runs).
+        CREATE TABLE taskmeter.task_activity_runs (
+            task_id text NOT NULL,
+            developer text NOT NULL,
+            start double precision NOT NULL,
+            "end" double precision NOT NULL,
+            PRIMARY KEY (task_id, developer, start)
+        );
+        -- Per task, developer and session with a flagged call: the local session_rework (the calls after it).
+        CREATE TABLE taskmeter.session_rework (
+            task_id text NOT NULL,
+            developer text NOT NULL,
+            session_key text NOT NULL,
+            flagged_at text NOT NULL,
+            flagged_id text NOT NULL,
+            calls bigint NOT NULL,
+            tokens bigint NOT NULL,
+            cost_usd numeric NOT NULL,
+            PRIMARY KEY (task_id, developer, session_key)
+        );
+        -- A session's calls (its rework is made again from them); a task's calls after its approval (a report loads them).
+        CREATE INDEX calls_session ON taskmeter.calls (task_id, {_SESSION_OF.format(r="calls")});
+        CREATE INDEX calls_task_started ON taskmeter.calls (task_id, started_at);
+        -- One developer's records of a phase's tasks (each developer's share of a team report).
+        CREATE INDEX records_task_developer ON taskmeter.records (task_id, developer);
+        -- The switch after a task's switch ends its time as current: the team's next, or one developer's.
+        CREATE INDEX records_switch_order ON taskmeter.records (at, id)
+            WHERE kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted;
+        CREATE INDEX records_developer_switch_order ON taskmeter.records (developer, at, id)
+            WHERE kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted;
+        {_trigger_functions()}
+        CREATE TRIGGER calls_inserted AFTER INSERT ON taskmeter.calls REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.calls_inserted();
+        CREATE TRIGGER calls_changed AFTER UPDATE ON taskmeter.calls REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.calls_changed();
+        CREATE TRIGGER flags_inserted AFTER INSERT ON taskmeter.records REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.flags_inserted();
+        CREATE TRIGGER flags_changed AFTER UPDATE ON taskmeter.records REFERENCING OLD TABLE AS before_update NEW TABLE AS after_update
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.flags_changed();
+        -- A store made before: the rollups from the rows it holds.
+        {ROLLUPS_FROM_ROWS}
+        """
+
+
 # (name, SQL): never edit or reorder one a team may have applied; append.
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -112,6 +378,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             GROUP BY c.task_id, c.developer;
         """,
     ),
+    ("t003_rollups", _ROLLUPS),
 ]
 KNOWN = [name for name, _ in MIGRATIONS]
 
