@@ -1,6 +1,7 @@
 """A real `meter proxy` in its own process, on loopback, with a throwaway CA and config."""
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -55,6 +56,20 @@ def proxy_in_front_of(tmp_path: Path, upstream_port: int, providers=("openai", "
     origin = f"http://127.0.0.1:{upstream_port}"
     config = write_config(tmp_path / "config.toml", tmp_path / "ca", dict.fromkeys(providers, origin))
     return RunningProxy(config, tmp_path / "meter.db")
+
+
+def meter(proxy: "RunningProxy", *args: str) -> subprocess.CompletedProcess:
+    """The real `meter ARGS` on the proxy's database, as a user would run it."""
+    return subprocess.run(
+        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def meter_json(proxy: "RunningProxy", *args: str):
+    """`meter ARGS --json` on the proxy's database, which must succeed, read."""
+    done = meter(proxy, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 class RunningProxy:

@@ -20,7 +20,7 @@ import pytest
 from taskmeter.store import alerts, connection, tasks
 from taskmeter.timefmt import now_stored
 from tests.fake_upstream import FakeUpstream, Scenario
-from tests.proxy_harness import VENV_BIN, RunningProxy, proxy_in_front_of
+from tests.proxy_harness import VENV_BIN, RunningProxy, meter, meter_json, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -38,18 +38,6 @@ def proxy(tmp_path, upstream):
     running = proxy_in_front_of(tmp_path, upstream.port)
     yield running
     running.stop()
-
-
-def meter(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=60
-    )
-
-
-def meter_json(proxy: RunningProxy, *args: str):
-    done = meter(proxy, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def in_terminal(proxy: RunningProxy, columns: int, *args: str) -> str:

@@ -26,7 +26,7 @@ from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, proxy_in_front_of
+from tests.proxy_harness import RunningProxy, meter, meter_json, proxy_in_front_of
 from tests.test_read_imports import HEAVY
 from tests.test_records import assert_shape
 
@@ -49,18 +49,6 @@ def proxy(tmp_path, upstream):
     running = proxy_in_front_of(tmp_path, upstream.port, providers=("openai", "anthropic", "gemini"))
     yield running
     running.stop()
-
-
-def meter(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=60
-    )
-
-
-def meter_json(proxy: RunningProxy, *args: str):
-    done = meter(proxy, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def _message(input_tokens: int, output_tokens: int) -> Scenario:

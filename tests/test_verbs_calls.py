@@ -8,7 +8,6 @@ proxy`, the official SDKs and the real CLI, against the loopback fake upstream."
 
 import json
 import sqlite3
-import subprocess
 import time
 import uuid
 from types import SimpleNamespace
@@ -27,7 +26,7 @@ from tests.conftest import dump
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.guard_probe import EMBEDDINGS, Probe
-from tests.proxy_harness import VENV_BIN, RunningProxy, proxy_in_front_of
+from tests.proxy_harness import RunningProxy, meter, meter_json, proxy_in_front_of
 from tests.test_dashboard import RunningDashboard
 
 pytestmark = pytest.mark.e2e
@@ -52,18 +51,6 @@ def proxy(tmp_path, upstream):
     running = proxy_in_front_of(tmp_path, upstream.port)
     yield running
     running.stop()
-
-
-def meter(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=60
-    )
-
-
-def meter_json(proxy: RunningProxy, *args: str):
-    done = meter(proxy, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def _message(model: str, text: str, input_tokens: int, output_tokens: int) -> Scenario:
