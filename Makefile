@@ -1,6 +1,6 @@
 # Entry points for a fresh machine (see README):
 #   make proxy   install taskmeter and run the metering proxy
-#   make test    install taskmeter with its test tools (and Debian's chromium, zsh and fish, the Codex, Gemini and Claude Code CLIs), lint (ruff), type-check (mypy) and run the tests
+#   make test    install taskmeter with its test tools (and, when missing, Debian's chromium, systemd, zsh, fish and PostgreSQL, and the Codex, Gemini and Claude Code CLIs), lint (ruff), type-check (mypy) and run the tests
 #   make check   lint, type-check and run the fast tests only: those that start no process (not marked e2e, browser or bench)
 #   make lock    regenerate requirements-run.lock and requirements-test.lock from pyproject.toml (hashes, every platform)
 # Each installs into ./.venv from the pinned lock files (hashes checked), only when they changed.
