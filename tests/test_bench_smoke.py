@@ -20,7 +20,7 @@ def test_bench_smoke_run_produces_every_measure(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert len(report["targets"]) == 54  # 37, and a row per read command (bench.measures.READ_COMMANDS)
+    assert len(report["targets"]) == 56  # 37, and a row per read command (bench.measures.READ_COMMANDS)
     for target in report["targets"]:
         value = target["value"]
         assert isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)), target

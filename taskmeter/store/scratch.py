@@ -35,3 +35,31 @@ def insert_rows(db: sqlite3.Connection, table: str, rows: Iterable[dict[str, Any
 def drop_derived_estimates(db: sqlite3.Connection) -> None:
     """The estimates the tasks' trigger (m018) made as the tasks went in: the history loaded next replaces them."""
     db.execute("DELETE FROM task_estimates")
+
+
+def replace_rollups(
+    db: sqlite3.Connection,
+    tasks: list[str],
+    usage_columns: list[str],
+    usage: list[tuple],
+    runs: list[tuple],
+    rework: list[tuple],
+) -> None:
+    """The rollups of `tasks` replaced by sums made elsewhere (the team store's, over
+    its developers): task_usage rows (task_key, *usage_columns), task_activity_runs
+    (task_id, start, end) and session_rework (task_id, session_key, flagged_at,
+    flagged_id, calls, tokens, cost_usd)."""
+    marks = ", ".join("?" for _ in tasks)
+    db.execute(f"DELETE FROM task_usage WHERE task_key IN ({marks})", tasks)
+    db.executemany(
+        f"INSERT INTO task_usage (task_key, {', '.join(usage_columns)}) VALUES (?, {', '.join('?' for _ in usage_columns)})",
+        usage,
+    )
+    db.execute(f"DELETE FROM task_activity_runs WHERE task_id IN ({marks})", tasks)
+    db.executemany("INSERT INTO task_activity_runs (task_id, start, end) VALUES (?, ?, ?)", runs)
+    db.execute(f"DELETE FROM session_rework WHERE task_id IN ({marks})", tasks)
+    db.executemany(
+        "INSERT INTO session_rework (task_id, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rework,
+    )

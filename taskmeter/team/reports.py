@@ -256,6 +256,7 @@ def _take_rollups(db: sqlite3.Connection, covered: _Covered, tasks: list[str], d
     """The tasks' sums, runs of minutes with a call and rework, from the team store's rollups
     (t003, computed there from the rows) in place of the calls: summed over the developers
     (or one developer's), they replace the local rows the few calls loaded made."""
+    from taskmeter.store import scratch
     from taskmeter.team.schema import USAGE_COLUMNS
 
     def ours(rows: list[tuple]) -> list[tuple]:
@@ -265,23 +266,17 @@ def _take_rollups(db: sqlite3.Connection, covered: _Covered, tasks: list[str], d
     for task_key, _, *sums in ours(covered.usage):
         usage[task_key] = [a + b for a, b in zip(usage[task_key], sums, strict=True)] if task_key in usage else sums
     money = [column.endswith("usd") for column in USAGE_COLUMNS]
-    marks = ", ".join("?" for _ in tasks)
-    db.execute(f"DELETE FROM task_usage WHERE task_key IN ({marks})", tasks)
-    db.executemany(
-        f"INSERT INTO task_usage (task_key, {', '.join(USAGE_COLUMNS)}) VALUES (?, {', '.join('?' for _ in USAGE_COLUMNS)})",
-        [(key, *(float(v) if m else int(v) for v, m in zip(sums, money, strict=True))) for key, sums in usage.items()],
-    )
-    db.execute(f"DELETE FROM task_activity_runs WHERE task_id IN ({marks})", tasks)
     runs = sorted((task_id, start, end) for task_id, _, start, end in ours(covered.runs))
-    db.executemany("INSERT INTO task_activity_runs (task_id, start, end) VALUES (?, ?, ?)", _joined(runs))
     rework: dict[tuple[str, str], list] = {}
     for task_id, _, session_key, flagged_at, flagged_id, calls, tokens, cost in ours(covered.rework):
         row = rework.setdefault((task_id, session_key), [flagged_at, flagged_id, 0, 0, 0])
         row[:] = [min(row[0], flagged_at), min(row[1], flagged_id), row[2] + calls, row[3] + tokens, row[4] + cost]
-    db.execute(f"DELETE FROM session_rework WHERE task_id IN ({marks})", tasks)
-    db.executemany(
-        "INSERT INTO session_rework (task_id, session_key, flagged_at, flagged_id, calls, tokens, cost_usd)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    scratch.replace_rollups(
+        db,
+        tasks,
+        USAGE_COLUMNS,
+        [(key, *(float(v) if m else int(v) for v, m in zip(sums, money, strict=True))) for key, sums in usage.items()],
+        list(_joined(runs)),
         [(*key, at, first, int(calls), int(tokens), float(cost)) for key, (at, first, calls, tokens, cost) in rework.items()],
     )
 
