@@ -72,6 +72,19 @@ def meter_json(proxy: "RunningProxy", *args: str):
     return json.loads(done.stdout)
 
 
+def claude_code_turn(proxy: "RunningProxy", prompt: str, session: str) -> None:
+    """A turn as Claude Code sends it through the proxy: its User-Agent and its session header."""
+    import anthropic
+
+    client = anthropic.Anthropic(
+        base_url=f"{proxy.origin}/anthropic",
+        api_key="sk-ant-test",
+        max_retries=0,
+        default_headers={"user-agent": "claude-cli/2.1.197 (external, cli)", "x-claude-code-session-id": session},
+    )
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": prompt}])
+
+
 class RunningProxy:
     # Every proxy a test starts, so that none outlives its test (see conftest.py).
     started: list["RunningProxy"] = []

@@ -20,7 +20,7 @@ import pytest
 from taskmeter.store import alerts, connection, tasks
 from taskmeter.timefmt import now_stored
 from tests.fake_upstream import FakeUpstream, Scenario
-from tests.proxy_harness import VENV_BIN, RunningProxy, meter, meter_json, proxy_in_front_of
+from tests.proxy_harness import VENV_BIN, RunningProxy, claude_code_turn, meter, meter_json, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -91,17 +91,6 @@ def _chat(text: str) -> Scenario:
     return Scenario(body=json.dumps(body).encode())
 
 
-def _claude_code(proxy: RunningProxy, prompt: str) -> None:
-    """A turn as Claude Code sends it: its User-Agent and its session header."""
-    client = anthropic.Anthropic(
-        base_url=f"{proxy.origin}/anthropic",
-        api_key="sk-ant-test",
-        max_retries=0,
-        default_headers={"user-agent": "claude-cli/2.1.197 (external, cli)", "x-claude-code-session-id": SESSION},
-    )
-    client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": prompt}])
-
-
 def _sdk_chat(proxy: RunningProxy, prompt: str, task: str | None = None) -> None:
     prefix = f"/t/{task}" if task else ""
     client = openai.OpenAI(base_url=f"{proxy.origin}{prefix}/openai/v1", api_key="sk-test", max_retries=0)
@@ -113,9 +102,9 @@ def calls(proxy, upstream):
     """Two Claude Code turns of one session while P3-001 is current, then an SDK chat to /t/P3-002/."""
     assert meter(proxy, "set-task", "P3-001").returncode == 0
     upstream.routes["/v1/messages"] = _message("The parser drops the BOM.\nThen it reads the header.")
-    _claude_code(proxy, "Why does the CSV import fail on the first column?")
+    claude_code_turn(proxy, "Why does the CSV import fail on the first column?", SESSION)
     upstream.routes["/v1/messages"] = _message("Fixed: strip the BOM before splitting.")
-    _claude_code(proxy, "Please fix it")
+    claude_code_turn(proxy, "Please fix it", SESSION)
     upstream.routes["/v1/chat/completions"] = _chat("Paris is the capital of France.")
     _sdk_chat(proxy, "What is the capital of France?", task="P3-002")
     rows = proxy.rows(wait_for=3)
@@ -204,7 +193,7 @@ def test_show_tells_a_bound_session_from_the_current_task(proxy, upstream):
     finally:
         db.close()
     upstream.routes["/v1/messages"] = _message("ok")
-    _claude_code(proxy, "go on")
+    claude_code_turn(proxy, "go on", SESSION)
     [row] = proxy.rows(wait_for=1)
     assert len(upstream.received) == 1
     shown = meter_json(proxy, "show", row["id"])

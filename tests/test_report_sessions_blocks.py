@@ -15,7 +15,6 @@ import subprocess
 import sys
 import uuid
 
-import anthropic
 import openai
 import pytest
 
@@ -26,7 +25,7 @@ from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import RunningProxy, meter, meter_json, proxy_in_front_of
+from tests.proxy_harness import RunningProxy, claude_code_turn, meter, meter_json, proxy_in_front_of
 from tests.test_read_imports import HEAVY
 from tests.test_records import assert_shape
 
@@ -64,16 +63,6 @@ def _message(input_tokens: int, output_tokens: int) -> Scenario:
     return Scenario(body=json.dumps(body).encode())
 
 
-def _claude_code(proxy: RunningProxy, prompt: str) -> None:
-    client = anthropic.Anthropic(
-        base_url=f"{proxy.origin}/anthropic",
-        api_key="sk-ant-test",
-        max_retries=0,
-        default_headers={"user-agent": "claude-cli/2.1.197 (external, cli)", "x-claude-code-session-id": CLAUDE_SESSION},
-    )
-    client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": prompt}])
-
-
 def _codex(proxy: RunningProxy, prompt: str) -> None:
     """A turn as Codex sends it: the Responses API, its User-Agent and its session header."""
     client = openai.OpenAI(
@@ -94,10 +83,10 @@ def test_a_line_per_agent_session_with_its_tasks_calls_tokens_and_cost(proxy, up
     upstream.routes["/v1/responses"] = Scenario(body=FIXTURE["openai_responses/responses_nonstream_basic"].body)
     upstream.routes["/v1/chat/completions"] = Scenario(body=FIXTURE["openai/chat_nonstream_cached_tokens"].body)
     assert meter(proxy, "set-task", "P6-001").returncode == 0
-    _claude_code(proxy, "first")
+    claude_code_turn(proxy, "first", CLAUDE_SESSION)
     _codex(proxy, "tests")
     assert meter(proxy, "set-task", "P6-002").returncode == 0
-    _claude_code(proxy, "second")
+    claude_code_turn(proxy, "second", CLAUDE_SESSION)
     plain = openai.OpenAI(base_url=f"{proxy.origin}/openai/v1", api_key="sk-test", max_retries=0)
     plain.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a script's call"}])
     rows = proxy.rows(wait_for=4)
