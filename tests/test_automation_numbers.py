@@ -28,7 +28,7 @@ BRANCH = "feature/P1-001-calc"
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
 
 
-def at(minute: int) -> datetime:
+def at(minute: float) -> datetime:
     return START + timedelta(minutes=minute)
 
 
@@ -40,7 +40,7 @@ class Work:
         self.repo, self.db = repo, db
         git(repo, "checkout", "-q", "-b", BRANCH)
 
-    def commit(self, minute: int) -> None:
+    def commit(self, minute: float) -> None:
         (self.repo / "calc.py").write_text(f"STEP = {minute}\n")
         git(self.repo, "add", "calc.py")
         stamp = at(minute).isoformat()
@@ -51,7 +51,7 @@ class Work:
         )
         automation_git.on_commit(self.db, self.repo, "HEAD", BRANCH, load_settings().automation.branch_pattern)
 
-    def run(self, minute: int, exit_status: int, tests: int, fail_under=None, configured=None) -> None:
+    def run(self, minute: float, exit_status: int, tests: int, fail_under=None, configured=None) -> None:
         run = {
             "repo": str(self.repo),
             "branch": BRANCH,
@@ -99,6 +99,29 @@ def test_red_green_tdd_is_the_first_attempt_and_red_after_a_commit_is_rework(wor
     # Nothing derived is stored: the count follows the rule whenever it is read.
     kinds = [row["note"] for row in work.db.execute("SELECT note FROM task_events WHERE kind = 'iteration'")]
     assert kinds == ["wrong API"]
+
+
+SECOND = 1 / 60  # of a minute
+
+
+def test_a_red_run_in_the_second_git_dates_the_next_commit_to_may_have_come_before_it(work):
+    """Git dates a commit to the whole second; pytest dates a run to the microsecond."""
+    work.commit(0)
+    work.run(1, 0, tests=2)  # TESTS_COMPLETION
+    work.run(2 + 0.2 * SECOND, 1, tests=2)  # broken, then fixed and committed within the same second
+    work.run(2 + 0.5 * SECOND, 0, tests=2)
+    work.commit(2)  # dated 2:00, made at 2:00.9
+    assert work.iterations() == 1
+    work.run(2 + 1.2 * SECOND, 1, tests=2)  # after the commit's second: rework
+    assert work.iterations() == 2
+
+
+def test_a_commit_in_the_second_of_the_first_green_run_counts_as_made_since_it(work):
+    work.commit(0)
+    work.run(1 + 0.7 * SECOND, 0, tests=2)  # TESTS_COMPLETION
+    work.commit(1)  # dated 1:00, made at 1:00.9
+    work.run(2, 1, tests=2)  # broken after that commit: rework
+    assert work.iterations() == 2
 
 
 def test_a_red_run_after_a_validation_a_person_marked_is_rework(work, meter):

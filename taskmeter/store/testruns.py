@@ -32,7 +32,8 @@ def reworking_runs(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, lis
     TESTS_COMPLETION and before approval, collecting no more tests than the last
     green full run (a red run that adds tests is the red of red-green TDD), and
     after a commit of the task made since TESTS_COMPLETION or after a VALIDATION
-    a person marked (the meter's own moves on with every green run). In one query:
+    a person marked (the meter's own moves on with every green run), counting a
+    commit from the end of the second git dates it to. In one query:
     a thousand tasks of twenty runs each cost a report nothing in Python."""
     reworks: dict[str, list[str]] = {task_id: [] for task_id in task_ids}
     if not task_ids:
@@ -44,9 +45,12 @@ def reworking_runs(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, lis
         f" AND e.task_id = t.id COLLATE BINARY ORDER BY e.id DESC LIMIT 1), 1, {len(tasks.AUTOMATIC_NOTE)}) = ?, 0)"
         " THEN NULL ELSE t.validation_at END"
     )
+    # Git dates a commit to the whole second, so the commit happened before that second
+    # ended: a run that ended within the same second may have come before it.
+    commit_second_ended = "strftime('%Y-%m-%dT%H:%M:%S.000000Z', c.committed_at, '+1 second')"
     committed = (
-        "(SELECT min(c.committed_at) FROM commits c"
-        " WHERE c.task_id = t.id COLLATE BINARY AND c.committed_at > t.tests_completion_at)"
+        f"(SELECT min({commit_second_ended}) FROM commits c"
+        f" WHERE c.task_id = t.id COLLATE BINARY AND {commit_second_ended} > t.tests_completion_at)"
     )
     last_green_tests = (
         "(SELECT g.tests FROM test_runs g WHERE g.task_id = r.task_id AND g.full_run = 1 AND g.exit_status = 0"
