@@ -25,8 +25,9 @@ call and, since that call, either
   call. Other sessions (scripts, one-shot SDK calls, an SDK chat resumed after
   a pause) never make a switch.
 Calls are ordered by (started_at, id). `is_context_switch` judges a call as it
-is stored; `context_switches` judges every call of a task at once (after a
-retag, and in migration m020); both decide by the same predicates below.
+is stored (and the few calls stored before it that a late call can change:
+`later_calls_judged_afresh`); `context_switches` judges every call of a task at
+once (after a retag, and in migration m020); both decide by the same predicates below.
 """
 
 import sqlite3
@@ -129,25 +130,55 @@ def is_context_switch(db: sqlite3.Connection, row: Interaction) -> bool:
 def later_calls_judged_afresh(db: sqlite3.Connection, row: Interaction) -> list[tuple[int, str]]:
     """(value, call ID) for each call of the task that started after `row` but
     was stored before it (a stream that finished after shorter calls began) and
-    that the rule now judges otherwise. Usually none, in one indexed query."""
-    later = [
-        Interaction(
-            id=call["id"],
-            started_at=call["started_at"],
-            task_id=row.task_id,
-            protocol=call["protocol"],
-            client_session=call["client_session"],
-            session_id=call["session_id"],
-            context_switch=call["context_switch"],
+    that the rule now judges otherwise, `row` being stored. Usually none start
+    after it, found in one indexed query. Otherwise only these can change,
+    however many calls started after `row`:
+    - the next call of the task, whose previous call `row` now is;
+    - in `row`'s session, its next call (a Responses chain's second call is
+      agent work) and its next two calls of agent work (the session's agent
+      work began already, or began with that next call instead);
+    - the task's next agent work in another session, if `row` brings the
+      task's first agent work forward."""
+    later = "e.task_id = ? AND e.operation = 'generate' AND (e.started_at, e.id) > (?, ?)"
+    after = (row.task_id, row.started_at, row.id)
+
+    def first(condition: str = "1", *params: object, count: int = 1) -> list[sqlite3.Row]:
+        return db.execute(
+            f"SELECT e.id, e.started_at, e.session_id, e.client_session, e.protocol, e.context_switch FROM interactions e"
+            f" WHERE {later} AND {condition} ORDER BY e.started_at, e.id LIMIT {count}",
+            (*after, *params),
+        ).fetchall()
+
+    candidates = first()
+    if not candidates:
+        return []
+    agent_work = db.execute(f"SELECT {_AGENT_WORK_SQL} FROM interactions e WHERE e.id = ?", (row.id,)).fetchone()[0]
+    if row.session_id is not None:
+        same_session = first("e.session_id = ?", row.session_id)
+        candidates += same_session + first(f"e.session_id = ? AND {_AGENT_WORK_SQL}", row.session_id, count=2)
+        agent_work = agent_work or bool(same_session)
+    if agent_work:
+        candidates += first(f"e.session_id IS NOT ? AND {_AGENT_WORK_SQL}", row.session_id)
+    judged = {
+        call["id"]: (
+            int(
+                is_context_switch(
+                    db,
+                    Interaction(
+                        id=call["id"],
+                        started_at=call["started_at"],
+                        task_id=row.task_id,
+                        protocol=call["protocol"],
+                        client_session=call["client_session"],
+                        session_id=call["session_id"],
+                    ),
+                )
+            ),
+            call["context_switch"],
         )
-        for call in db.execute(
-            "SELECT id, started_at, session_id, client_session, protocol, context_switch FROM interactions"
-            " WHERE task_id = ? AND operation = 'generate' AND (started_at, id) > (?, ?) ORDER BY started_at, id",
-            (row.task_id, row.started_at, row.id),
-        )
-    ]
-    judged = [(int(is_context_switch(db, call)), call) for call in later]
-    return [(value, call.id) for value, call in judged if value != call.context_switch]
+        for call in candidates
+    }
+    return [(value, call_id) for call_id, (value, stored) in judged.items() if value != stored]
 
 
 def switch_events(db: sqlite3.Connection) -> list[tuple[str, str | None]]:

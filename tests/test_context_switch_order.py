@@ -1,0 +1,77 @@
+"""The context-switch rule does not depend on the order calls are stored in: a
+stream that finishes after shorter calls began, a batch replayed from the spool,
+a call stored minutes late. Whatever the order, the stored verdicts are those the
+rule gives every call of the task judged at once (as a retag or m020 judges them)."""
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from unittest import mock
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taskmeter.store import calls, connection, sessions, tasks
+from taskmeter.store.calls import CallRow
+from taskmeter.store.connection import write_transaction
+from taskmeter.store.interactions import Interaction
+from taskmeter.timefmt import to_stored
+
+DAY = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+TASKS = ("P1-001", "P1-002")
+# How a call ties to others: a client's own session, a Responses chain, an SDK
+# conversation, or nothing.
+KINDS = (
+    ("anthropic", "cc-one", "root-a"),
+    ("anthropic", "cc-two", "root-b"),
+    ("openai_chat", "codex-one", "root-c"),
+    ("openai_responses", None, "chain-d"),
+    ("openai_responses", None, "chain-e"),
+    ("openai_chat", None, "root-f"),
+    ("openai_chat", None, None),
+)
+
+a_call = st.tuples(st.integers(0, 90), st.sampled_from(TASKS), st.integers(0, len(KINDS) - 1))
+a_switch = st.tuples(st.integers(0, 90), st.sampled_from((*TASKS, None)))
+
+
+def _row(n: int, seconds: int, task_id: str, kind: int) -> CallRow:
+    protocol, client_session, root = KINDS[kind]
+    at = to_stored(DAY + timedelta(seconds=seconds))
+    return CallRow(
+        Interaction(
+            id=f"{n:012d}",
+            started_at=at,
+            ended_at=at,
+            task_id=task_id,
+            attribution="path",
+            protocol=protocol,
+            client_session=client_session,
+            conversation_root=root,
+        )
+    )
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(a_call, min_size=1, max_size=14).flatmap(
+        lambda made: st.tuples(st.just(made), st.permutations(range(len(made))), st.integers(1, 4))
+    ),
+    st.lists(a_switch, max_size=8),
+)
+def test_stored_verdicts_are_those_of_the_task_judged_at_once_whatever_the_order(drawn, switches):
+    made, order, batch = drawn
+    with tempfile.TemporaryDirectory() as folder:
+        db = connection.connect(Path(folder) / "meter.db")
+        try:
+            for seconds, task_id in sorted(switches, key=lambda switch: switch[0]):
+                with mock.patch.object(tasks, "now", lambda: DAY + timedelta(seconds=seconds)):
+                    _ = tasks.set_task(db, task_id, create=True) if task_id else tasks.clear_task(db)
+            rows = [_row(n, *made[n]) for n in order]
+            for first in range(0, len(rows), batch):
+                with write_transaction(db):
+                    calls.store_calls(db, rows[first : first + batch])
+            for task_id in TASKS:
+                assert [(value, stored) for _, value, stored in sessions.context_switches(db, task_id) if value != stored] == []
+        finally:
+            db.close()
