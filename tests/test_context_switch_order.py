@@ -65,7 +65,7 @@ def test_stored_verdicts_are_those_of_the_task_judged_at_once_whatever_the_order
         db = connection.connect(Path(folder) / "meter.db")
         try:
             for seconds, task_id in sorted(switches, key=lambda switch: switch[0]):
-                with mock.patch.object(tasks, "now", lambda: DAY + timedelta(seconds=seconds)):
+                with mock.patch.object(tasks, "now", return_value=DAY + timedelta(seconds=seconds)):
                     _ = tasks.set_task(db, task_id, create=True) if task_id else tasks.clear_task(db)
             rows = [_row(n, *made[n]) for n in order]
             for first in range(0, len(rows), batch):
@@ -75,3 +75,44 @@ def test_stored_verdicts_are_those_of_the_task_judged_at_once_whatever_the_order
                 assert [(value, stored) for _, value, stored in sessions.context_switches(db, task_id) if value != stored] == []
         finally:
             db.close()
+
+
+def _sqlite_steps_to_store(db, row: CallRow) -> int:
+    """The SQLite VM steps storing one call takes: work, counted without a clock."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    db.set_progress_handler(count, 100)
+    try:
+        with write_transaction(db):
+            calls.store_calls(db, [row])
+    finally:
+        db.set_progress_handler(None, 0)
+    return steps
+
+
+def test_storing_a_call_costs_the_same_beside_ten_or_five_thousand_calls_of_its_session(db):
+    """A script asking one prompt over and over makes one long session; judging
+    a call, in order or stored after calls that began later, must not walk the
+    session's earlier calls."""
+
+    def script_call(n: int, seconds: float) -> CallRow:
+        row = _row(n, 0, "P1-001", 5)  # an SDK conversation: one session while it goes on
+        row.interaction.started_at = row.interaction.ended_at = to_stored(DAY + timedelta(seconds=seconds))
+        return row
+
+    def costs(first: int, count: int) -> tuple[int, int]:
+        with write_transaction(db):
+            calls.store_calls(db, [script_call(first + n, 100 + (first + n) / 10) for n in range(count)])
+        in_order = _sqlite_steps_to_store(db, script_call(first + count, 100 + (first + count) / 10))
+        # Begun before the last ten calls, stored after them.
+        late = _sqlite_steps_to_store(db, script_call(first + count + 1, 100 + (first + count - 10) / 10 - 0.05))
+        return in_order, late
+
+    few = costs(0, 20)
+    many = costs(10_000, 5_000)
+    assert many[0] < 2 * few[0] and many[1] < 2 * few[1], (few, many)

@@ -117,11 +117,12 @@ def is_context_switch(db: sqlite3.Connection, row: Interaction) -> bool:
     if row.task_id in switched_to and _returned(row.task_id, tasks.task_current_at(db, previous["started_at"]), switched_to):
         return True
     in_session = f"SELECT 1 FROM interactions e WHERE {_BEFORE} AND e.session_id = ?"
-    earlier_in_session, agent_in_session = db.execute(
-        f"SELECT EXISTS ({in_session}), EXISTS ({in_session} AND {_AGENT_WORK_SQL})", (*before, row.session_id) * 2
-    ).fetchone()
-    if not _agent_work(row.client_session, row.protocol, bool(earlier_in_session)) or agent_in_session:
-        return False  # not agent work, or its agent session had begun already
+    # Asked one at a time: a script's session of thousands of calls has no agent work to find.
+    earlier_in_session = db.execute(in_session, (*before, row.session_id)).fetchone() is not None
+    if not _agent_work(row.client_session, row.protocol, earlier_in_session):
+        return False
+    if db.execute(f"{in_session} AND {_AGENT_WORK_SQL} LIMIT 1", (*before, row.session_id)).fetchone():
+        return False  # its agent session had begun already
     return (
         db.execute(f"SELECT 1 FROM interactions e WHERE {_BEFORE} AND {_AGENT_WORK_SQL} LIMIT 1", before).fetchone() is not None
     )
