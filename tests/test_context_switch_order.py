@@ -16,6 +16,7 @@ from taskmeter.store.calls import CallRow
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import to_stored
+from tests.sqlite_work import sqlite_steps
 
 DAY = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 TASKS = ("P1-001", "P1-002")
@@ -78,21 +79,11 @@ def test_stored_verdicts_are_those_of_the_task_judged_at_once_whatever_the_order
 
 
 def _sqlite_steps_to_store(db, row: CallRow) -> int:
-    """The SQLite VM steps storing one call takes: work, counted without a clock."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    db.set_progress_handler(count, 100)
-    try:
+    def store() -> None:
         with write_transaction(db):
             calls.store_calls(db, [row])
-    finally:
-        db.set_progress_handler(None, 0)
-    return steps
+
+    return sqlite_steps(db, store)
 
 
 def test_storing_a_call_costs_the_same_beside_ten_or_five_thousand_calls_of_its_session(db):
