@@ -346,6 +346,20 @@ def test_the_usage_rollup_equals_the_calls_after_any_changes(db, calls, changes)
                 assert rollup == direct, (period, utc, task_id)
 
 
+def test_models_with_the_same_figures_are_listed_alike_from_the_rollup_and_the_calls(db):
+    """Calls deleted from a quarter hour leave the last bits of their cost in the rollup:
+    models that show no cost must not be ordered by what is left."""
+    at = to_stored(datetime(2026, 3, 28, 10, 1, tzinfo=UTC))
+    for n, cost in enumerate((0.1, 0.2)):
+        interactions.insert(db, Interaction(id=f"00000002{n:04d}", started_at=at, model="gpt-4o", cost_usd=cost))
+    db.execute("DELETE FROM interactions")
+    for n, model in enumerate((None, "gpt-4o")):
+        interactions.insert(db, Interaction(id=f"00000003{n:04d}", started_at=at, model=model, usage_source="reported"))
+    rollup, direct = _usage_both_ways(db, "daily", True, None)
+    assert [model["model"] for model in rollup["periods"][0]["models"]] == ["?", "gpt-4o"]
+    assert rollup == direct
+
+
 SESSION_CALL = st.fixed_dictionaries(
     {
         "minute": st.integers(0, 5),  # few minutes: calls that start together, ordered by ID

@@ -73,6 +73,15 @@ def _sum(rows: list[dict]) -> dict:
     return total
 
 
+# A period's models, the costliest first, then the most tokens: from the figures the report
+# shows (a cost no call stated is none, sums to the nano-dollar), so the rollup and the calls
+# order them alike (a rollup keeps 0, and the last bits of costs its deleted calls took away).
+_LARGEST_FIRST = (
+    "coalesce(round(CASE WHEN sum(cost_usd_calls) > 0 THEN sum(cost_usd) END, 9), -1) DESC,"
+    " coalesce(sum(input_total), 0) + coalesce(sum(output_total), 0) DESC"
+)
+
+
 def usage_report(
     db: sqlite3.Connection,
     period: str,
@@ -102,7 +111,7 @@ def usage_report(
             sum(failed_calls) AS failed_calls, {stated}, sum(priced) AS priced, sum(flagged) AS hallucination_count
         FROM ({source}) WHERE {" AND ".join(clauses) or "1"}
         GROUP BY 1, 2 HAVING sum(ai_interactions) + sum(failed_calls) > 0
-        ORDER BY 1, coalesce(sum(cost_usd), -1) DESC, sum(input_total + output_total) DESC, 2
+        ORDER BY 1, {_LARGEST_FIRST}, 2
         """,
         params,
     ).fetchall()
