@@ -1,3 +1,4 @@
+import gc
 import io
 import os
 import sqlite3
@@ -32,6 +33,18 @@ SLOW_MARKS = ("e2e", "browser", "bench")
 
 def is_slow(item: pytest.Item) -> bool:
     return any(item.get_closest_marker(mark) for mark in SLOW_MARKS)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """The test modules are loaded with the collector off, and what they made is frozen: objects
+    that live as long as the run, which the collector's passes took 2.5 s of CPU over, per worker."""
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def pytest_collection_modifyitems(items):

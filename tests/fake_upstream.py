@@ -115,5 +115,11 @@ class FakeUpstream:
         self.server.shutdown()
         self.server.server_close()
 
+    def forget(self) -> None:
+        """No routes and nothing received, as a new one: for the next test of a module sharing it."""
+        self.routes.clear()
+        self.received.clear()
+        self.last_chunk_sent_at.clear()
+
     def request_json(self, index: int = -1) -> dict:
         return json.loads(self.received[index].body)

@@ -106,6 +106,9 @@ class RunningProxy:
         )
         # Read stderr as it comes: a full pipe would block the proxy's logging.
         self._stderr: list[str] = []
+        # What an earlier test of a module sharing this proxy left: see begin_test().
+        self._earlier_rows: set[str] = set()
+        self._earlier_stderr = 0
         threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True).start()
         RunningProxy.started.append(self)
         line = self.process.stdout.readline()
@@ -168,12 +171,19 @@ class RunningProxy:
         assert not self._live_view_reader.is_alive(), "the proxy's standard output is still open"
         return [line for _, line in self.live_view]
 
+    def begin_test(self) -> None:
+        """A module's tests share this proxy (a start costs a second of CPU): from
+        now on rows() and stderr() hold only what the test beginning made, so
+        "each call stored once, and nothing else" still means the test's calls."""
+        self._earlier_rows |= {row["id"] for row in self.rows(wait_for=0)}
+        self._earlier_stderr = len(self._stderr)
+
     def stderr(self) -> str:
-        """What the proxy has written to stderr so far."""
-        return "".join(self._stderr)
+        """What the proxy has written to stderr so far (since begin_test())."""
+        return "".join(self._stderr[self._earlier_stderr :])
 
     def rows(self, wait_for: int = 1, timeout: float = 10) -> list[dict]:
-        """Interactions in the database once at least `wait_for` are stored."""
+        """Interactions in the database (stored since begin_test()) once at least `wait_for` are stored."""
         deadline = time.monotonic() + timeout
         while True:
             db = connection.connect(self.db_path)
@@ -181,6 +191,7 @@ class RunningProxy:
                 rows = [dict(r) for r in db.execute("SELECT * FROM interactions ORDER BY started_at")]
             finally:
                 db.close()
+            rows = [row for row in rows if row["id"] not in self._earlier_rows]
             if len(rows) >= wait_for or time.monotonic() > deadline:
                 return rows
             time.sleep(0.05)

@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from taskmeter.analytics.windows import BLOCK_HOURS, block_report
-from taskmeter.store import connection
 from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
+from tests.migrated import migrated_database
 
 ORIGIN = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 NOW = "2026-11-21T08:10:00.000000Z"  # some blocks done, one active at times
@@ -149,7 +149,7 @@ def test_blocks_from_the_rollup_are_the_blocks_of_the_calls(history, window):
     since, until, provider = window
     since, until = (None if value is None else _stored(value) for value in (since, until))
     with tempfile.TemporaryDirectory() as folder:
-        db = connection.connect(Path(folder) / "meter.db")
+        db = migrated_database(Path(folder) / "meter.db")
         try:
             _store(db, history)
             report = block_report(db, since, until, provider, now=NOW)["blocks"]

@@ -11,11 +11,12 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskmeter.store import calls, connection, sessions, tasks
+from taskmeter.store import calls, sessions, tasks
 from taskmeter.store.calls import CallRow
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import to_stored
+from tests.migrated import migrated_database
 from tests.sqlite_work import sqlite_steps
 
 DAY = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -63,7 +64,7 @@ def _row(n: int, seconds: int, task_id: str, kind: int) -> CallRow:
 def test_stored_verdicts_are_those_of_the_task_judged_at_once_whatever_the_order(drawn, switches):
     made, order, batch = drawn
     with tempfile.TemporaryDirectory() as folder:
-        db = connection.connect(Path(folder) / "meter.db")
+        db = migrated_database(Path(folder) / "meter.db")
         try:
             for seconds, task_id in sorted(switches, key=lambda switch: switch[0]):
                 with mock.patch.object(tasks, "now", return_value=DAY + timedelta(seconds=seconds)):

@@ -48,13 +48,14 @@ from hypothesis import strategies as st
 from taskmeter.analytics.reports import phase_report, task_report
 from taskmeter.automation import testruns
 from taskmeter.errors import MeterError
-from taskmeter.store import calls, connection, interactions, tasks
+from taskmeter.store import calls, interactions, tasks
 from taskmeter.store.calls import CallRow
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import Writer
 from taskmeter.timefmt import to_stored
+from tests.migrated import migrated_database
 
 IDLE = 15 * 60
 GAP = DEFAULT_SESSION_GAP_SECONDS
@@ -613,7 +614,7 @@ def test_every_field_equals_its_plain_recomputation(zone, history):
     steps, tail = history
     with _zone(zone), tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "meter.db"
-        db, writer, model = connection.connect(path), Writer(path), Model()
+        db, writer, model = migrated_database(path), Writer(path), Model()
         try:
             now = apply(db, writer, model, steps, DAYS[zone]) + tail
             oracle = Oracle(model, now)

@@ -47,25 +47,39 @@ def chat_proxy(tmp_path):
         proxy.stop()
 
 
-@pytest.fixture
-def tls_upstream(tmp_path):
-    context, ca_path = make_server_tls(tmp_path, TLS_HOST)
+@pytest.fixture(scope="module")
+def shared_tls_upstream(tmp_path_factory):
+    context, ca_path = make_server_tls(tmp_path_factory.mktemp("tls"), TLS_HOST)
     with FakeUpstream(tls_context=context, host=TLS_HOST) as fake:
         fake.ca_path = ca_path
         yield fake
 
 
 @pytest.fixture
-def tls_proxy(tls_upstream, tmp_path):
+def tls_upstream(shared_tls_upstream):
+    shared_tls_upstream.forget()
+    return shared_tls_upstream
+
+
+@pytest.fixture(scope="module")
+def shared_tls_proxy(shared_tls_upstream, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls-proxy")
     config = write_config(
-        tmp_path / "config.toml",
-        tmp_path / "ca",
-        {"corp": f"https://{TLS_HOST}:{tls_upstream.port}"},
-        upstream_ca=str(tls_upstream.ca_path),
+        folder / "config.toml",
+        folder / "ca",
+        {"corp": f"https://{TLS_HOST}:{shared_tls_upstream.port}"},
+        upstream_ca=str(shared_tls_upstream.ca_path),
     )
-    running = RunningProxy(config, tmp_path / "meter.db")
+    running = RunningProxy(config, folder / "meter.db")
     yield running
     running.stop()
+
+
+@pytest.fixture
+def tls_proxy(shared_tls_proxy, tls_upstream):
+    """The module's proxy in front of the TLS upstream, holding only what this test makes."""
+    shared_tls_proxy.begin_test()
+    return shared_tls_proxy
 
 
 def test_https_proxy_mode_meters_tls_traffic_with_the_meter_ca(tls_proxy, tls_upstream):

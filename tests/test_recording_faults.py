@@ -47,13 +47,19 @@ POISON = {
 }
 
 
-@pytest.fixture
-def upstream():
+@pytest.fixture(scope="module")
+def shared_upstream():
     with FakeUpstream() as fake:
-        fake.routes[CHAT] = Scenario(body=PLAIN.body)
-        for name, scenario in POISON.items():
-            fake.routes[f"/poison/{name}{CHAT}"] = scenario
         yield fake
+
+
+@pytest.fixture
+def upstream(shared_upstream):
+    shared_upstream.forget()
+    shared_upstream.routes[CHAT] = Scenario(body=PLAIN.body)
+    for name, scenario in POISON.items():
+        shared_upstream.routes[f"/poison/{name}{CHAT}"] = scenario
+    return shared_upstream
 
 
 def _start(tmp_path, upstream, **proxy_settings) -> RunningProxy:
@@ -65,6 +71,30 @@ def _start(tmp_path, upstream, **proxy_settings) -> RunningProxy:
         **proxy_settings,
     )
     return RunningProxy(config, tmp_path / "meter.db")
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(tmp_path_factory, shared_upstream):
+    running = _start(tmp_path_factory.mktemp("faults"), shared_upstream)
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture
+def proxy(shared_proxy, upstream):
+    """The module's proxy, for the tests that need no proxy of their own, holding only what this test makes."""
+    shared_proxy.begin_test()
+    return shared_proxy
+
+
+def _stored_call(proxy: RunningProxy, interaction_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {row["id"]: row for row in proxy.rows(wait_for=0)}
+        if interaction_id in rows:
+            return rows[interaction_id]
+        assert time.monotonic() < deadline, f"call {interaction_id} was never stored"
+        time.sleep(0.05)
 
 
 def _post(client: httpx.Client, proxy: RunningProxy, path: str = f"/openai{CHAT}", **json_body) -> str:
@@ -164,24 +194,20 @@ class CutsAnEmojiInHalf(httpx.HTTPTransport):
 
 
 @pytest.mark.parametrize("half", [b"\\ud83d", b"\xf0\x9f"], ids=["lone-surrogate-escape", "invalid-utf8"])
-def test_a_request_with_half_an_emoji_keeps_its_model_and_usage(tmp_path, upstream, half):
+def test_a_request_with_half_an_emoji_keeps_its_model_and_usage(proxy, upstream, half):
     stream = FIXTURE["openai/chat_stream_include_usage_toolcall"]
     upstream.routes[CHAT] = Scenario(body=stream.body, content_type="text/event-stream", chunk_size=101)
-    proxy = _start(tmp_path, upstream)
-    try:
-        client = openai.OpenAI(
-            base_url=f"{proxy.origin}/openai/v1",
-            api_key="sk-test",
-            max_retries=0,
-            http_client=httpx.Client(transport=CutsAnEmojiInHalf(half)),
-        )
-        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a cut emoji: HALF"}]
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, stream=True)
-        chunks = list(raw.parse())
-        interaction_id = raw.headers["x-meter-interaction-id"]
-        row = _stored(proxy.db_path, 1)[interaction_id]
-    finally:
-        proxy.stop()
+    client = openai.OpenAI(
+        base_url=f"{proxy.origin}/openai/v1",
+        api_key="sk-test",
+        max_retries=0,
+        http_client=httpx.Client(transport=CutsAnEmojiInHalf(half)),
+    )
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a cut emoji: HALF"}]
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, stream=True)
+    chunks = list(raw.parse())
+    interaction_id = raw.headers["x-meter-interaction-id"]
+    row = _stored_call(proxy, interaction_id)
     assert half in upstream.received[-1].body  # forwarded as the client sent it
     assert json.loads(upstream.received[-1].body.decode("utf-8", "replace"))["stream_options"] == {"include_usage": True}
     assert all(chunk.usage is None for chunk in chunks)  # the usage chunk the meter asked for was removed
@@ -194,33 +220,25 @@ def test_a_request_with_half_an_emoji_keeps_its_model_and_usage(tmp_path, upstre
     assert row["cost_usd"] > 0 and row["conversation_id"]
 
 
-def test_stream_options_null_is_replaced_not_duplicated(tmp_path, upstream):
+def test_stream_options_null_is_replaced_not_duplicated(proxy, upstream):
     stream = FIXTURE["openai/chat_stream_include_usage_toolcall"]
     upstream.routes[CHAT] = Scenario(body=stream.body, content_type="text/event-stream", chunk_size=101)
-    proxy = _start(tmp_path, upstream)
-    try:
-        response = httpx.post(
-            f"{proxy.origin}/openai{CHAT}", content=json.dumps({**CHAT_ARGS, "stream": True, "stream_options": None})
-        )
-        row = _stored(proxy.db_path, 1)[response.headers["x-meter-interaction-id"]]
-    finally:
-        proxy.stop()
+    response = httpx.post(
+        f"{proxy.origin}/openai{CHAT}", content=json.dumps({**CHAT_ARGS, "stream": True, "stream_options": None})
+    )
+    row = _stored_call(proxy, response.headers["x-meter-interaction-id"])
     sent = upstream.received[-1].body
     assert sent.count(b'"stream_options"') == 1 and json.loads(sent)["stream_options"] == {"include_usage": True}
     assert b'"choices":[]' not in response.content
     assert (row["input_total"], row["output_total"], row["usage_source"]) == (54, 20, "reported")
 
 
-def test_the_usage_event_is_removed_from_a_gzip_stream_and_sse_is_known_by_its_content(tmp_path, upstream):
+def test_the_usage_event_is_removed_from_a_gzip_stream_and_sse_is_known_by_its_content(proxy, upstream):
     stream = FIXTURE["openai/chat_stream_include_usage_toolcall"]
     # A server that compresses although asked not to, and calls its stream text/plain.
     upstream.routes[CHAT] = Scenario(body=stream.body, content_type="text/plain", chunk_size=101, gzip=True)
-    proxy = _start(tmp_path, upstream)
-    try:
-        response = httpx.post(f"{proxy.origin}/openai{CHAT}", json={**CHAT_ARGS, "stream": True})
-        row = _stored(proxy.db_path, 1)[response.headers["x-meter-interaction-id"]]
-    finally:
-        proxy.stop()
+    response = httpx.post(f"{proxy.origin}/openai{CHAT}", json={**CHAT_ARGS, "stream": True})
+    row = _stored_call(proxy, response.headers["x-meter-interaction-id"])
     assert "content-encoding" not in response.headers
     events = [e for e in stream.body.split(b"\n\n") if e]
     usage_only = [e for e in events if b'"choices":[]' in e]
@@ -228,22 +246,18 @@ def test_the_usage_event_is_removed_from_a_gzip_stream_and_sse_is_known_by_its_c
     assert (row["input_total"], row["output_total"], row["usage_source"]) == (54, 20, "reported")
 
 
-def test_a_cut_anthropic_stream_counts_the_output_that_was_delivered(tmp_path, upstream):
+def test_a_cut_anthropic_stream_counts_the_output_that_was_delivered(proxy, upstream):
     fixture = FIXTURE["anthropic/messages_stream_cache_creation"]  # message_start states output 1; the end, 201
     upstream.routes["/v1/messages"] = Scenario(body=fixture.body, content_type="text/event-stream", chunk_size=120, delay=0.03)
-    proxy = _start(tmp_path, upstream)
-    try:
-        client = anthropic.Anthropic(base_url=f"{proxy.origin}/anthropic", api_key="sk-ant-test", max_retries=0)
-        delivered = ""
-        with client.messages.stream(model="claude-test", max_tokens=500, messages=[{"role": "user", "content": "hi"}]) as stream:
-            interaction_id = stream.response.headers["x-meter-interaction-id"]
-            for index, text in enumerate(stream.text_stream):
-                delivered += text
-                if index == 15:
-                    break  # Esc in Claude Code
-        row = _stored(proxy.db_path, 1)[interaction_id]
-    finally:
-        proxy.stop()
+    client = anthropic.Anthropic(base_url=f"{proxy.origin}/anthropic", api_key="sk-ant-test", max_retries=0)
+    delivered = ""
+    with client.messages.stream(model="claude-test", max_tokens=500, messages=[{"role": "user", "content": "hi"}]) as stream:
+        interaction_id = stream.response.headers["x-meter-interaction-id"]
+        for index, text in enumerate(stream.text_stream):
+            delivered += text
+            if index == 15:
+                break  # Esc in Claude Code
+    row = _stored_call(proxy, interaction_id)
     assert row["outcome"] == "partial" and row["usage_source"] == "partial"
     assert (row["input_total"], row["cache_write"]) == (1169, 1165)  # from message_start
     assert count_tokens(delivered, "claude-test") <= row["output_total"] < 201
