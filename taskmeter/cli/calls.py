@@ -327,14 +327,11 @@ def _follow(db: sqlite3.Connection, limit: int, calls: "CallFilter") -> None:
     db.execute("COMMIT")
     for row in reversed(earlier):
         terminal.info(call_line(row))  # wrapped to the terminal
-    try:
-        while True:
-            time.sleep(FOLLOW_POLL_SECONDS)
-            for row in interactions.stored_after(db, seen, calls):
-                seen = row["rowid"]
-                terminal.info(call_line(row))  # wrapped to the terminal
-    except KeyboardInterrupt:
-        return
+    while True:  # until Ctrl-C, which ends it as it ends any command (status 130)
+        time.sleep(FOLLOW_POLL_SECONDS)
+        for row in interactions.stored_after(db, seen, calls):
+            seen = row["rowid"]
+            terminal.info(call_line(row))  # wrapped to the terminal
 
 
 def _status_cell(row: dict) -> str:

@@ -110,10 +110,15 @@ def quarantine(path: Path, calls: list[CapturedCall], reason: str) -> int:
     return 0
 
 
+def replaying_path(spool: Path) -> Path:
+    """Where the spool is while the recorder replays it."""
+    return spool.with_name(spool.name + ".replaying")
+
+
 def take_for_replay(spool: Path) -> Path | None:
     """Rename the spool aside (under its lock) so appends go to a fresh file; the
     renamed file, or None when there is nothing to replay."""
-    taken = spool.with_name(spool.name + ".replaying")
+    taken = replaying_path(spool)
     if taken.exists():
         return taken  # a replay that did not finish
     try:

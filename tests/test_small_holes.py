@@ -1,0 +1,346 @@
+"""Small holes of issue 23, each through the real CLI and a real `meter proxy` on
+loopback (the AI API is the loopback fake upstream):
+
+- Ctrl-C at any moment of a command (its imports, its start-up, its work) ends
+  it with status 130 and no traceback; an interrupted `meter proxy` or `meter
+  start` leaves nothing that makes the next `meter start` refuse;
+- `meter unflag` and `meter retag` take `last` as `meter flag` does;
+- `meter env --task` names the task in OTEL_RESOURCE_ATTRIBUTES, and puts the
+  shell's own value back;
+- `meter doctor` and the dashboard say what `meter status` says of a failing
+  OpenTelemetry export;
+- the proxy's last line accounts for every call it saw."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from taskmeter.store import connection
+from tests.fake_upstream import FakeUpstream, Scenario
+from tests.fixtures import ALL
+from tests.proxy_harness import BANNER_END, VENV_BIN, RunningProxy, proxy_in_front_of, write_config
+from tests.test_otel_export import wait_for
+
+pytestmark = pytest.mark.e2e
+
+CHAT = "/v1/chat/completions"
+REPLY = {f.name: f for f in ALL}["openai/chat_nonstream_cached_tokens"].body
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, Linux
+
+
+@pytest.fixture
+def upstream():
+    with FakeUpstream() as fake:
+        fake.routes[CHAT] = Scenario(body=REPLY)
+        yield fake
+
+
+@pytest.fixture
+def proxy(tmp_path, upstream):
+    running = proxy_in_front_of(tmp_path, upstream.port)
+    yield running
+    running.stop()
+
+
+def _chat_calls(proxy: RunningProxy, count: int) -> list[str]:
+    """`count` answered calls through the proxy with the openai SDK: their IDs, oldest first."""
+    client = openai.OpenAI(base_url=f"{proxy.origin}/openai/v1", api_key="sk-test", max_retries=0)
+    history = [{"role": "user", "content": "Name a prime."}]
+    ids = []
+    for _ in range(count):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=history)
+        ids.append(raw.headers["x-meter-interaction-id"])
+        history += [{"role": "assistant", "content": "7"}, {"role": "user", "content": "another"}]
+    return ids
+
+
+def _stored_once(db_path: Path, ids: list[str]) -> dict[str, dict]:
+    """Every call of `ids` stored exactly once, and nothing else: the rows by ID."""
+    db = connection.connect(db_path)
+    try:
+        rows = [dict(row) for row in db.execute("SELECT i.*, f.interaction_id AS flagged FROM interactions i"
+                                                " LEFT JOIN flags f ON f.interaction_id = i.id")]  # fmt: skip
+    finally:
+        db.close()
+    assert sorted(row["id"] for row in rows) == sorted(ids)
+    return {row["id"]: row for row in rows}
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+# What PYTHONVERBOSE makes Python itself write to stderr.
+PYTHON_VERBOSE = ("#", "import ", "Processing ", "Adding directory", "Python 3.", 'Type "help"')
+
+
+class Interrupted:
+    """A real `meter ARGS` in a session of its own, as a terminal runs it, sent
+    Ctrl-C (SIGINT to its whole process group) at a chosen moment of its life.
+
+    Python writes each import as it finishes to stderr (PYTHONPROFILEIMPORTTIME),
+    and a few lines more for each (PYTHONVERBOSE), through a pipe shrunk to one
+    page: until the test has read the line of the import it waits for, the command
+    can run at most a page of output further, a few imports, so the signal lands
+    where it was meant to, not after the command has finished."""
+
+    def __init__(self, args: list[str], env: dict, after_import: str | None = None) -> None:
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "meter"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONVERBOSE": "1"},
+            start_new_session=True,
+        )
+        fcntl.fcntl(self.process.stderr.fileno(), F_SETPIPE_SZ, 4096)
+        self.imports: list[str] = []
+        self.other_stderr: list[str] = []
+        self.stdout: list[str] = []
+        self.signalled = threading.Event()
+        self._after_import = after_import
+        self._readers = [
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=lambda: self.stdout.extend(map(bytes.decode, self.process.stdout)), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stderr(self) -> None:
+        for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith("import time:"):
+                module = line.rsplit("|", 1)[1].strip()
+                self.imports.append(module)
+                if module == self._after_import and not self.signalled.is_set():
+                    self.ctrl_c()
+            elif not line.startswith(PYTHON_VERBOSE):
+                self.other_stderr.append(line)
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.signalled.set()
+
+    def when(self, condition, what: str, timeout: float = 30) -> None:
+        """Ctrl-C once `condition()` holds, polled while the command runs."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"meter ended before {what}: {self.other_stderr}"
+            assert time.monotonic() < deadline, f"never {what}"
+            time.sleep(0.01)
+        self.ctrl_c()
+
+    def end(self, timeout: float = 60) -> int:
+        """The exit status, once the command and every process of its group ended
+        (killed, and the test failed, if it was never interrupted or outlives the interruption)."""
+        try:
+            assert self.signalled.wait(timeout), f"meter never imported {self._after_import}: {self.other_stderr}"
+            code = self.process.wait(timeout)
+        except BaseException:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+        for reader in self._readers:
+            reader.join(timeout)
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.process.pid):  # a recorder, a syncer: nothing outlives the command
+            assert time.monotonic() < deadline, "a process of the interrupted command outlived it"
+            time.sleep(0.01)
+        return code
+
+    def assert_quiet(self) -> None:
+        """No traceback, and at most one line, on stderr."""
+        said = [line for line in self.other_stderr if line.strip()]
+        assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in said), "\n".join(said)
+        assert len(said) <= 1, "\n".join(said)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone but for its exit status; only live processes count.
+    return any(_state(pid) not in ("Z", None) for pid in _group_members(pgid))
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _opened(pid: int, path: Path) -> bool:
+    """Whether the process has `path` open."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def _isolated(tmp_path: Path) -> dict:
+    """The environment of a user of this test's own: config, state and database."""
+    return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+# The moments of a read command: inside main() (sqlite3 is its first import), once
+# click is loaded, once the commands' common module is, while the command's module
+# loads (importlib loads it, which Python does not time: by one of its imports), and
+# once the command runs (its first import). `meter log --follow` is interrupted at work.
+STATUS_MOMENTS = ["sqlite3", "click", "taskmeter.cli.common", "taskmeter.store.proxies", "taskmeter.lifecycle"]
+
+
+@pytest.mark.parametrize("moment", STATUS_MOMENTS)
+def test_ctrl_c_during_the_start_of_a_command_exits_130_without_a_traceback(tmp_path, moment):
+    db_path = tmp_path / "meter.db"
+    connection.connect(db_path).close()
+    command = Interrupted(["status", "--db", str(db_path)], _isolated(tmp_path), after_import=moment)
+    assert command.end() == 130, command.other_stderr
+    command.assert_quiet()
+
+
+def test_ctrl_c_ends_log_follow_quietly(tmp_path, proxy):
+    ids = _chat_calls(proxy, 1)
+    proxy.rows(wait_for=1)
+    command = Interrupted(["log", "--follow", "--db", str(proxy.db_path)], _isolated(tmp_path))
+    command.when(lambda: any(ids[0] in line for line in command.stdout), "printed the call")
+    assert command.end() == 130
+    command.assert_quiet()
+    _stored_once(proxy.db_path, ids)
+
+
+def _proxy_command(tmp_path: Path, upstream: FakeUpstream) -> tuple[list[str], Path]:
+    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"})
+    db_path = tmp_path / "meter.db"
+    return ["proxy", "--port", "0", "--config", str(config), "--db", str(db_path)], db_path
+
+
+def _nothing_left(tmp_path: Path, db_path: Path, args: list[str]) -> None:
+    """No proxy counts as running on the database, no health or pid file is left, and
+    `meter start` starts one (then `meter stop` stops it)."""
+    assert not db_path.with_name(db_path.name + ".health.json").exists()
+    assert not list((tmp_path / "state").rglob("*.pid"))
+    env = _isolated(tmp_path)
+    status = subprocess.run([str(VENV_BIN / "meter"), "status", "--json", "--db", str(db_path)],
+                            capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert status.returncode == 0 and json.loads(status.stdout)["proxies"] == [], status.stderr
+    config = args[args.index("--config") + 1]
+    started = subprocess.run([str(VENV_BIN / "meter"), "start", "--port", "0", "--config", config, "--db", str(db_path)],
+                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    stopped = subprocess.run([str(VENV_BIN / "meter"), "stop", "--config", config, "--db", str(db_path)],
+                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
+
+
+# `meter proxy`'s moments: in main(), loading its command's module, loading its config
+# (pydantic), mitmproxy and its runner, just before it runs, and once its recorder runs
+# (the health file is made), which may be before it listens or after.
+PROXY_MOMENTS = [
+    "sqlite3",
+    "taskmeter.store.dashboards",
+    "taskmeter.config.settings",
+    "taskmeter.proxy.runner",
+    "taskmeter.team.process",
+]
+
+
+@pytest.mark.parametrize("moment", [*PROXY_MOMENTS, "recorder started"])
+def test_ctrl_c_during_proxy_start_up_exits_130_and_leaves_nothing_behind(tmp_path, upstream, moment):
+    args, db_path = _proxy_command(tmp_path, upstream)
+    health = db_path.with_name(db_path.name + ".health.json")
+    env = _isolated(tmp_path)
+    if moment == "recorder started":
+        command = Interrupted(args, env)
+        command.when(health.exists, "made its health file")
+    else:
+        command = Interrupted(args, env, after_import=moment)
+    code = command.end()
+    listening = any("listening on" in line for line in command.stdout)
+    # Once it listens, Ctrl-C is the way to stop it, as every test's proxy stops: status 0.
+    assert code == (0 if listening else 130), command.other_stderr
+    command.assert_quiet()
+    _nothing_left(tmp_path, db_path, args)
+
+
+def test_ctrl_c_during_meter_start_stops_the_proxy_it_was_starting(tmp_path, upstream):
+    args, db_path = _proxy_command(tmp_path, upstream)
+    start = ["start", *args[1:]]
+    command = Interrupted(start, _isolated(tmp_path))
+    pidfiles = lambda: list((tmp_path / "state").rglob("*.pid"))  # noqa: E731
+    command.when(lambda: pidfiles() and pidfiles()[0].read_text().strip(), "wrote its pidfile")
+    background = int(pidfiles()[0].read_text())
+    assert command.end() == 130
+    command.assert_quiet()
+    wait_for(lambda: _state(background) in ("Z", None), "the proxy it was starting to stop")
+    _nothing_left(tmp_path, db_path, args)
+
+
+# ---------------------------------------------------------------- the run's summary
+
+
+def test_the_run_summary_accounts_for_every_call_seen(tmp_path, upstream):
+    proxy = proxy_in_front_of(tmp_path, upstream.port)
+    ids = _chat_calls(proxy, 3)
+    upstream.routes[CHAT] = Scenario(status=500, body=b'{"error":{"message":"overloaded","type":"server_error"}}')
+    failed = httpx.post(f"{proxy.origin}/openai/v1/chat/completions", json={"model": "gpt-4o", "messages": []}, timeout=30)
+    ids.append(failed.headers["x-meter-interaction-id"])
+    proxy.rows(wait_for=4)
+    assert proxy.stop() == 0
+    last = proxy.whole_live_view()[-1]
+    assert last.startswith("meter: stopped after ") and " min: 4 calls recorded (1 failed), " in last
+    assert last.endswith("; all 4 calls seen are stored"), last
+    _stored_once(proxy.db_path, ids)
+
+
+def test_the_run_summary_says_which_calls_wait_in_the_spool(tmp_path, upstream):
+    """A database that cannot be written (its write lock held past the recorder's
+    wait): the calls go to the spool, and the last line says so, with how many
+    were stored before."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    proxy = RunningProxy(
+        write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": f"http://127.0.0.1:{upstream.port}"}),
+        folder / "meter.db",
+    )
+    stored = _chat_calls(proxy, 2)
+    proxy.rows(wait_for=2)
+    db = connection.connect(proxy.db_path)
+    try:  # held write lock: the recorder cannot store, and spools
+        db.execute("BEGIN EXCLUSIVE")
+        spooled = _chat_calls(proxy, 3)
+        spool = proxy.db_path.with_name(proxy.db_path.name + ".spool.jsonl")
+        wait_for(lambda: spool.exists() and len(spool.read_text().splitlines()) == 3, "three calls in the spool", 30)
+        proxy.stop()
+        last = proxy.whole_live_view()[-1]
+    finally:
+        db.rollback()
+        db.close()
+    assert " min: 2 calls recorded (0 failed), " in last, last
+    assert last.endswith("; of 5 calls seen, 3 wait in the spool (stored once the database can take them)"), last
+    assert BANNER_END not in last
+    _stored_once(proxy.db_path, stored)
+    # In the spool, or set aside by the recorder's last replay, which the next recorder finishes.
+    waiting = [line for path in folder.glob("meter.db.spool.jsonl*") for line in path.read_text().splitlines()]
+    assert sorted(json.loads(line)["id"] for line in waiting) == sorted(spooled)
