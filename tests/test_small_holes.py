@@ -27,7 +27,7 @@ import pytest
 from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import BANNER_END, VENV_BIN, RunningProxy, proxy_in_front_of, write_config
+from tests.proxy_harness import BANNER_END, VENV_BIN, RunningProxy, meter, meter_json, proxy_in_front_of, write_config
 from tests.test_otel_export import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -295,6 +295,56 @@ def test_ctrl_c_during_meter_start_stops_the_proxy_it_was_starting(tmp_path, ups
     command.assert_quiet()
     wait_for(lambda: _state(background) in ("Z", None), "the proxy it was starting to stop")
     _nothing_left(tmp_path, db_path, args)
+
+
+# ---------------------------------------------------------------- last
+
+
+def test_unflag_and_retag_take_last_as_flag_does(proxy):
+    assert meter(proxy, "set-task", "P7-010").returncode == 0
+    ids = _chat_calls(proxy, 3)
+    proxy.rows(wait_for=3)
+
+    flagged = meter(proxy, "flag", "last")
+    assert flagged.returncode == 0 and flagged.stdout.startswith(f"Flagged {ids[2]} as a hallucination"), flagged.stderr
+    unflagged = meter(proxy, "unflag", "last")
+    assert unflagged.returncode == 0 and unflagged.stdout.splitlines() == [f"Unflagged {ids[2]}."], unflagged.stderr
+    again = meter(proxy, "unflag", "LAST")  # as `flag` takes it: any case
+    assert again.returncode == 1 and again.stderr.strip() == f"meter: error: interaction {ids[2]} is not flagged"
+
+    moved = meter(proxy, "retag", "last", "--to", "P7-011", "--create")
+    assert moved.returncode == 0 and moved.stdout.splitlines() == ["Moved 1 interaction to P7-011."], moved.stderr
+    # `last` is of the current task: now its newest call is the second.
+    assert meter_json(proxy, "show", "last")["interaction_id"] == ids[1]
+    assert meter_json(proxy, "show", "last", "--any")["interaction_id"] == ids[2]
+    # A range may end at `last`; --any makes it the newest call of every task.
+    ranged = meter(proxy, "retag", "--between", ids[0], "last", "--any", "--to", "P7-012", "--create")
+    assert ranged.returncode == 0 and ranged.stdout.splitlines() == ["Moved 3 interactions to P7-012."], ranged.stderr
+
+    refused = meter(proxy, "unflag", ids[0], "--any")
+    assert refused.returncode == 1 and "--any goes with `last`" in refused.stderr
+    for command in ("unflag", "retag"):
+        shown = meter(proxy, command, "--help").stdout
+        assert "`last`" in shown and "--any" in shown, shown
+
+    rows = _stored_once(proxy.db_path, ids)
+    assert {row["task_id"] for row in rows.values()} == {"P7-012"}
+    assert not any(row["flagged"] for row in rows.values())
+
+
+def test_last_is_offered_by_completion_wherever_a_call_is_taken(proxy):
+    ids = _chat_calls(proxy, 1)
+    proxy.rows(wait_for=1)
+    for words in ("meter show ", "meter flag ", "meter unflag ", "meter retag ", "meter retag --between "):
+        done = subprocess.run(
+            [str(VENV_BIN / "meter")],
+            env={**os.environ, "_METER_COMPLETE": "bash_complete", "COMP_WORDS": words + "--db " + str(proxy.db_path) + " ",
+                 "COMP_CWORD": str(len(words.split()) + 2), "METER_DB": str(proxy.db_path)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        offered = done.stdout.splitlines()
+        assert "plain,last" in offered and f"plain,{ids[0]}" in offered, (words, done.stdout, done.stderr)
+    _stored_once(proxy.db_path, ids)
 
 
 # ---------------------------------------------------------------- the run's summary
