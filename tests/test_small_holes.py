@@ -14,8 +14,10 @@ loopback (the AI API is the loopback fake upstream):
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -345,6 +347,50 @@ def test_last_is_offered_by_completion_wherever_a_call_is_taken(proxy):
         offered = done.stdout.splitlines()
         assert "plain,last" in offered and f"plain,{ids[0]}" in offered, (words, done.stdout, done.stderr)
     _stored_once(proxy.db_path, ids)
+
+
+# ---------------------------------------------------------------- meter env --task and OTel
+
+
+def _shell_steps(tmp_path: Path, steps: list[str], environment: dict) -> list[dict]:
+    """Each `meter env STEP` evaluated in turn by a real dash; the environment before and after each."""
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    dump = f"{sys.executable} -c 'import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], \"w\"))'"
+    meter_env = f"{VENV_BIN / 'meter'} env --db {tmp_path / 'meter.db'}"
+    lines = [f"{dump} {dumps / '0.json'}"]
+    for number, step in enumerate(steps, 1):
+        lines += [f'eval "$({meter_env} {step})"', f"{dump} {dumps / f'{number}.json'}"]
+    done = subprocess.run([shutil.which("dash") or "dash", "-c", "\n".join([*lines, "true"])],
+                          env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [json.loads((dumps / f"{n}.json").read_text()) for n in range(len(steps) + 1)]
+
+
+def test_env_task_names_the_task_for_the_agents_telemetry_and_unset_puts_the_shells_value_back(tmp_path):
+    own = "service.name=my-agent,deployment.environment=dev"
+    environment = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8", "OTEL_RESOURCE_ATTRIBUTES": own,
+        "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "user.email", "GIT_CONFIG_VALUE_0": "dev@example.com",
+    }  # fmt: skip
+    states = _shell_steps(tmp_path, ["--task P1-001", "--task 'P2-003'", "", "--task P1-001", "--unset"], environment)
+    initial, first, second, untasked, again, after = states
+    named = "taskmeter.task.id={},taskmeter.phase.id={},taskmeter.developer=dev%40example.com"
+    assert first["OTEL_RESOURCE_ATTRIBUTES"] == f"{own},{named.format('P1-001', 'P1')}"
+    assert first["OPENAI_BASE_URL"].endswith("/t/P1-001/openai/v1")
+    # Another task replaces ours, over the shell's own value: never ours twice.
+    assert second["OTEL_RESOURCE_ATTRIBUTES"] == f"{own},{named.format('P2-003', 'P2')}"
+    # No task: the base URLs name none, and neither does the telemetry.
+    assert untasked["OTEL_RESOURCE_ATTRIBUTES"] == own and "/t/" not in untasked["OPENAI_BASE_URL"]
+    assert again["OTEL_RESOURCE_ATTRIBUTES"] == f"{own},{named.format('P1-001', 'P1')}"
+    assert after == initial
+
+
+def test_env_task_in_a_shell_without_otel_attributes_unsets_them_again(tmp_path):
+    environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8", "GIT_CONFIG_NOSYSTEM": "1"}
+    initial, tasked, after = _shell_steps(tmp_path, ["--task P1-001", "--unset"], environment)
+    assert tasked["OTEL_RESOURCE_ATTRIBUTES"] == "taskmeter.task.id=P1-001,taskmeter.phase.id=P1"
+    assert "OTEL_RESOURCE_ATTRIBUTES" not in after and after == initial
 
 
 # ---------------------------------------------------------------- the run's summary
