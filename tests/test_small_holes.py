@@ -30,7 +30,8 @@ from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import BANNER_END, VENV_BIN, RunningProxy, meter, meter_json, proxy_in_front_of, write_config
-from tests.test_otel_export import wait_for
+from tests.test_dashboard import RunningDashboard
+from tests.test_otel_export import free_port_closed, start_proxy, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -391,6 +392,48 @@ def test_env_task_in_a_shell_without_otel_attributes_unsets_them_again(tmp_path)
     initial, tasked, after = _shell_steps(tmp_path, ["--task P1-001", "--unset"], environment)
     assert tasked["OTEL_RESOURCE_ATTRIBUTES"] == "taskmeter.task.id=P1-001,taskmeter.phase.id=P1"
     assert "OTEL_RESOURCE_ATTRIBUTES" not in after and after == initial
+
+
+# ---------------------------------------------------------------- telemetry problems
+
+
+def test_doctor_and_the_dashboard_say_what_status_says_of_a_failing_export(tmp_path, upstream):
+    endpoint = free_port_closed()
+    proxy = start_proxy(tmp_path, upstream, endpoint)
+    try:
+        ids = _chat_calls(proxy, 2)
+        proxy.rows(wait_for=2)
+
+        def status_lines():
+            shown = meter(proxy, "status")
+            return [line.removeprefix("meter: warning: ") for line in (shown.stdout + shown.stderr).splitlines()
+                    if "telemetry:" in line]  # fmt: skip
+
+        said = wait_for(status_lines, "the status line")
+        assert all(f"export to {endpoint}/v1/" in line and "(connection refused)" in line for line in said), said
+        problems = [line.split("telemetry: ", 1)[1] for line in said]
+
+        doctor = meter(proxy, "doctor")
+        assert doctor.returncode == 1, doctor.stdout
+        checks = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL  telemetry ")]
+        assert [line.removeprefix("FAIL  telemetry ").strip() for line in checks] == problems, doctor.stdout
+        as_json = meter(proxy, "doctor", "--json")
+        assert as_json.returncode == 1
+        reported = {check["detail"] for check in json.loads(as_json.stdout) if check["name"] == "telemetry"}
+        assert reported == set(problems)
+
+        dashboard = RunningDashboard(proxy.db_path)
+        try:
+            with httpx.Client(base_url=dashboard.origin, headers=dashboard.cookie) as client:
+                state = client.get("/proxy").json()
+                page = client.get("/").text
+        finally:
+            dashboard.stop()
+        assert state["state"] == "recording" and state["problems"] == said
+        assert all(f"<li>{line}</li>" in page for line in said), page
+    finally:
+        assert proxy.stop() == 0
+    _stored_once(proxy.db_path, ids)
 
 
 # ---------------------------------------------------------------- the run's summary

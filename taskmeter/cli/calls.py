@@ -45,7 +45,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     from taskmeter.analytics.snapshot import current_state, last_call_at
     from taskmeter.handover import callfiles
     from taskmeter.store import dashboards
-    from taskmeter.telemetry import read_state
+    from taskmeter.telemetry import PROBLEM_LABEL, export_problems, read_state
 
     if not connection.resolve_path(db_path).exists():
         _status_without_database(connection.resolve_path(db_path), as_json)
@@ -141,16 +141,8 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
     if state["quarantined_calls"]:
         terminal.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
-    telemetry = state["telemetry"] or {}
-    for url, failing in telemetry.get("failing", {}).items():
-        since = terminal.moment(failing["since"], utc)
-        terminal.warn(
-            f"telemetry: export to {url} failing since {since} ({failing['cause']}); calls are recorded here all the same"
-        )
-    if telemetry.get("dropped_calls"):
-        terminal.warn(
-            f"telemetry: {telemetry['dropped_calls']} stored calls were not exported (the export queue was full, or export could not run)"
-        )
+    for problem in export_problems(state["telemetry"], lambda at: terminal.moment(at, utc)):
+        terminal.warn(f"{PROBLEM_LABEL}: {problem}")
     for alert in state["alerts"]:
         terminal.warn(f"ALERT {alert['alert_id']}: {alert['message']} (`meter alerts clear {alert['alert_id']}`)")
     if dashboard:
