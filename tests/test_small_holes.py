@@ -30,7 +30,7 @@ from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import BANNER_END, VENV_BIN, RunningProxy, meter, meter_json, proxy_in_front_of, write_config
-from tests.test_dashboard import RunningDashboard
+from tests.test_dashboard import RunningDashboard, browser, page  # noqa: F401 (the browser fixtures)
 from tests.test_otel_export import free_port_closed, start_proxy, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -397,7 +397,7 @@ def test_env_task_in_a_shell_without_otel_attributes_unsets_them_again(tmp_path)
 # ---------------------------------------------------------------- telemetry problems
 
 
-def test_doctor_and_the_dashboard_say_what_status_says_of_a_failing_export(tmp_path, upstream):
+def test_doctor_and_the_dashboard_say_what_status_says_of_a_failing_export(tmp_path, upstream, page):  # noqa: F811
     endpoint = free_port_closed()
     proxy = start_proxy(tmp_path, upstream, endpoint)
     try:
@@ -426,13 +426,19 @@ def test_doctor_and_the_dashboard_say_what_status_says_of_a_failing_export(tmp_p
         try:
             with httpx.Client(base_url=dashboard.origin, headers=dashboard.cookie) as client:
                 state = client.get("/proxy").json()
-                page = client.get("/").text
+            assert state["state"] == "recording" and state["problems"] == said
+            dashboard.goto(page, "/calls/" + ids[0])  # under the bar of every page
+            problems = page.locator("#proxy-problems li")
+            assert problems.all_inner_texts() == said
+            # The page keeps them current: the proxy gone, its export problems go with it.
+            assert proxy.stop() == 0
+            page.locator("#proxy-state.down").wait_for(timeout=15_000)  # the next look, every 2 s
+            assert problems.count() == 0 and not page.locator("#proxy-problems").is_visible()
+            assert page.errors == []
         finally:
             dashboard.stop()
-        assert state["state"] == "recording" and state["problems"] == said
-        assert all(f"<li>{line}</li>" in page for line in said), page
     finally:
-        assert proxy.stop() == 0
+        proxy.stop()
     _stored_once(proxy.db_path, ids)
 
 

@@ -133,6 +133,18 @@ def take_for_replay(spool: Path) -> Path | None:
     return taken
 
 
+def call_ids(path: Path) -> Iterator[str]:
+    """The ID of each call in the file, its bodies left undecoded; a line that cannot be read is skipped."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            try:
+                call_id = json.loads(line)["id"]
+            except (ValueError, TypeError, KeyError):
+                continue
+            if isinstance(call_id, str):
+                yield call_id
+
+
 def read(path: Path) -> Iterator[CapturedCall | str]:
     """Each call in the file, or, for a line that cannot be read (the torn last
     line of a crash), that line."""

@@ -279,7 +279,7 @@ class Handover:
         from taskmeter.store import connection
 
         kept = {
-            path: {call.id for call in callfile.read(path) if not isinstance(call, str) and call.id > self._proxy_id}
+            path: {call_id for call_id in callfile.call_ids(path) if call_id > self._proxy_id}
             for path in (self._spool, callfile.replaying_path(self._spool), self._quarantine)
             if path.exists()
         }
