@@ -10,6 +10,17 @@ import os
 import sys
 
 
+def _ctrl_c_before_main(kind, value, traceback) -> None:
+    """Ctrl-C while `meter` imports this module, before main() runs: status 130, no
+    traceback (nothing is begun yet). Only the command line imports this module."""
+    if issubclass(kind, KeyboardInterrupt):
+        os._exit(130)
+    sys.__excepthook__(kind, value, traceback)
+
+
+sys.excepthook = _ctrl_c_before_main
+
+
 def main() -> None:
     """Entry point: no traceback ever reaches the user. Ctrl-C at any moment from
     here on, imports included, ends the command with status 130 and no traceback."""
