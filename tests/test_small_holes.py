@@ -26,6 +26,8 @@ import httpx
 import openai
 import pytest
 
+from taskmeter.handover.pipe import RunAccount
+from taskmeter.proxy.runner import summary_line
 from taskmeter.store import connection
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
@@ -489,3 +491,25 @@ def test_the_run_summary_says_which_calls_wait_in_the_spool(tmp_path, upstream):
     # In the spool, or set aside by the recorder's last replay, which the next recorder finishes.
     waiting = [line for path in folder.glob("meter.db.spool.jsonl*") for line in path.read_text().splitlines()]
     assert sorted(json.loads(line)["id"] for line in waiting) == sorted(spooled)
+
+
+@pytest.mark.parametrize(
+    ("account", "ending"),
+    [
+        (RunAccount(7, {"calls": 7, "failed": 2, "tokens": 90, "cost": 0.5}, 0, 0, 0), "; all 7 calls seen are stored"),
+        (
+            RunAccount(9, {"calls": 4, "failed": 0, "tokens": 90, "cost": 0.5}, 1, 2, 1),
+            "; of 9 calls seen, 1 waits in the spool (stored once the database can take them),"
+            " 2 are in the quarantine (`meter status` says where), 1 was lost, 1 is not accounted for (see the messages above)",
+        ),
+        (
+            RunAccount(3, None, 0, 0, 3),
+            ": the database could not be read to count the calls stored; of 3 calls seen, 3 were lost",
+        ),
+    ],
+)
+def test_the_run_summary_places_every_call_it_can(account, ending):
+    line = summary_line(account, 90)
+    assert line.startswith("meter: stopped after 1.5 min") and line.endswith(ending), line
+    if account.stored is not None:
+        assert f": {account.stored['calls']} calls recorded ({account.stored['failed']} failed), 90 tokens, $0.5000;" in line

@@ -310,16 +310,16 @@ def summary_line(account: RunAccount, seconds: float) -> str:
             f"{stored['calls']:,} calls recorded ({stored['failed']:,} failed), "
             f"{stored['tokens']:,} tokens, {usd(stored['cost'])}"
         )
-    elsewhere = {
-        "wait in the spool (stored once the database can take them)": account.spooled,
-        "are in the quarantine (`meter status` says where)": account.quarantined,
-        "were lost": account.lost,
-    }
+    # Where calls went other than the database: (verb for one, for several, where), and how many.
+    elsewhere = [
+        (("waits", "wait", "in the spool (stored once the database can take them)"), account.spooled),
+        (("is", "are", "in the quarantine (`meter status` says where)"), account.quarantined),
+        (("was", "were", "lost"), account.lost),
+    ]
     if stored is not None:
-        elsewhere["are not accounted for (see the messages above)"] = (
-            account.seen - stored["calls"] - account.spooled - account.quarantined - account.lost
-        )
-    parts = [f"{count:,} {where}" for where, count in elsewhere.items() if count]
+        unplaced = account.seen - stored["calls"] - account.spooled - account.quarantined - account.lost
+        elsewhere.append((("is", "are", "not accounted for (see the messages above)"), unplaced))
+    parts = [f"{count:,} {one if count == 1 else several} {where}" for (one, several, where), count in elsewhere if count]
     if not parts:
         return line + f"; all {account.seen:,} calls seen are stored"
     return line + f"; of {account.seen:,} calls seen, " + ", ".join(parts)
