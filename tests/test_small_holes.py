@@ -411,8 +411,13 @@ def test_doctor_and_the_dashboard_say_what_status_says_of_a_failing_export(tmp_p
             return [line.removeprefix("meter: warning: ") for line in (shown.stdout + shown.stderr).splitlines()
                     if "telemetry:" in line]  # fmt: skip
 
-        said = wait_for(status_lines, "the status line")
-        assert all(f"export to {endpoint}/v1/" in line and "(connection refused)" in line for line in said), said
+        # A line per failing endpoint: the metrics' once their first export is due.
+        said = wait_for(lambda: (lines := status_lines()) and len(lines) == 2 and lines, "a status line per endpoint")
+        assert {line.split(" failing since ")[0] for line in said} == {
+            f"telemetry: export to {endpoint}/v1/traces",
+            f"telemetry: export to {endpoint}/v1/metrics",
+        }, said
+        assert all(line.endswith("(connection refused); calls are recorded here all the same") for line in said), said
         problems = [line.split("telemetry: ", 1)[1] for line in said]
 
         doctor = meter(proxy, "doctor")
