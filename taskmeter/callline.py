@@ -1,8 +1,6 @@
 """One line per finished call, as the proxy's terminal and `meter log --follow`
 show it. Standard library only: the recorder process prints these."""
 
-from datetime import datetime
-
 from taskmeter.money import usd
 from taskmeter.printable import printable
 from taskmeter.timefmt import from_stored
@@ -35,11 +33,3 @@ def call_line(row: dict) -> str:
     if row["outcome"] == "failed" and row["error"]:
         parts.append(f"({row['error'][:120]})")
     return printable("  ".join(parts), one_line=True)
-
-
-def run_summary(calls: int, unanswered: int, tokens: int, cost: float, started: datetime) -> str:
-    minutes = (datetime.now(started.tzinfo) - started).total_seconds() / 60
-    return (
-        f"meter: stopped after {minutes:.1f} min: {calls:,} calls recorded ({unanswered:,} without a response), "
-        f"{tokens:,} tokens, {usd(cost)}"
-    )

@@ -59,6 +59,7 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
     checks.append(
         Check("proxy", recording, f"pid {proxy['pid']} on {proxy['listen']}" + ("" if recording else f": {proxy['recording']}"))
     )
+    checks += _telemetry_checks(db_path)
 
     pointed = {name: environ[name] for name in BASE_URL_VARIABLES if environ.get(name)}
     elsewhere = [name for name, value in pointed.items() if not value.startswith(origin)]
@@ -95,6 +96,16 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
         )
         checks.append(Check("ca", bool(trusted), detail))
     return checks
+
+
+def _telemetry_checks(db_path: Path) -> list[Check]:
+    """OpenTelemetry export of the running recorder, as `meter status` says it: a
+    failing endpoint or calls not exported (none while export is well, or off)."""
+    from taskmeter import telemetry
+    from taskmeter.terminal import moment
+
+    problems = telemetry.export_problems(telemetry.read_state(db_path), moment)
+    return [Check(telemetry.PROBLEM_LABEL, False, problem) for problem in problems]
 
 
 def _automation_checks(folder: Path) -> list[Check]:

@@ -61,20 +61,34 @@ def start(db_path: Path, proxy_args: list[str]) -> dict:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # not stopped by the terminal's Ctrl-C or hang-up
         )
-    private_file(pidfile).write_text(f"{process.pid}\n")
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pidfile.unlink(missing_ok=True)
-            last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise MeterError(f"the proxy did not start: {last[0]} (log: {log})")
-        started = running_proxy(db_path)
-        if started and started["pid"] == process.pid:
-            return started
-        time.sleep(0.1)
-    process.terminate()
-    pidfile.unlink(missing_ok=True)
-    raise MeterError(f"the proxy did not start within {START_TIMEOUT_SECONDS} s (log: {log})")
+    try:
+        private_file(pidfile).write_text(f"{process.pid}\n")
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise MeterError(f"the proxy did not start: {last[0]} (log: {log})")
+            started = running_proxy(db_path)
+            if started and started["pid"] == process.pid:
+                return started
+            time.sleep(0.1)
+        raise MeterError(f"the proxy did not start within {START_TIMEOUT_SECONDS} s (log: {log})")
+    except BaseException:  # Ctrl-C too: no proxy left starting behind the user's back, no pidfile for it
+        pidfile.unlink(missing_ok=True)
+        _cancel(process)
+        raise
+
+
+def _cancel(process: subprocess.Popen) -> None:
+    """Stop a proxy that has not finished starting as Ctrl-C would stop it in the
+    foreground (whatever it has begun, it ends cleanly), and wait for it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(START_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def stop(db_path: Path, timeout: float) -> int | None:
@@ -129,7 +143,7 @@ def join(db_path: Path, proxy_args: list[str]) -> dict:
         if proxy is None:
             try:
                 proxy = start(db_path, proxy_args)
-            except MeterError:
+            except BaseException:  # Ctrl-C too
                 (users / str(os.getpid())).unlink(missing_ok=True)
                 raise
             _started_by_runs(db_path).touch(mode=0o600)

@@ -443,7 +443,7 @@ def test_the_summary_counts_every_call_of_the_run_after_a_recorder_was_killed(tm
         assert proxy.stop() == 0
     assert sorted(_stored_ids(db_path)) == sorted(ids)
     (summary,) = [line for _, line in proxy.live_view if "calls recorded" in line]
-    assert "25 calls recorded (0 without a response), 375 tokens" in summary
+    assert "25 calls recorded (0 failed), 375 tokens" in summary and summary.endswith("; all 25 calls seen are stored")
 
 
 # ---------------------------------------------------------------- secrets and the spool

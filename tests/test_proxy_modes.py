@@ -477,7 +477,7 @@ def test_the_proxy_sums_up_its_run_at_the_end_and_quiet_prints_nothing(tmp_path)
         assert quiet.stop() == 0
     lines = loud.whole_live_view()
     assert len([line for line in lines if "gpt-4o-mini" in line]) == 2
-    assert "2 calls recorded (0 without a response), 218 tokens" in lines[-1]
+    assert "2 calls recorded (0 failed), 218 tokens" in lines[-1]
     quiet_lines = quiet.whole_live_view()
     assert quiet_lines and all(
         line.startswith(("  gateway:", "  proxy:", "  dashboard:")) for line in quiet_lines

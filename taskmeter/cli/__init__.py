@@ -7,12 +7,44 @@ so that `meter statusline` starts without either and every command without the o
 """
 
 import os
-import sqlite3
 import sys
 
 
+def _ctrl_c_before_main(kind, value, traceback) -> None:
+    """Ctrl-C while `meter` imports this module, before main() runs: status 130, no
+    traceback (nothing is begun yet). Only the command line imports this module."""
+    if issubclass(kind, KeyboardInterrupt):
+        os._exit(130)
+    sys.__excepthook__(kind, value, traceback)
+
+
+sys.excepthook = _ctrl_c_before_main
+
+
 def main() -> None:
-    """Entry point: no traceback ever reaches the user."""
+    """Entry point: no traceback ever reaches the user. Ctrl-C at any moment from
+    here on, imports included, ends the command with status 130 and no traceback."""
+    if not isinstance(sys.unraisablehook, _QuietAboutCtrlC):
+        sys.unraisablehook = _QuietAboutCtrlC(sys.unraisablehook)
+    try:
+        _run()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class _QuietAboutCtrlC:
+    """A Ctrl-C while the interpreter ends (joining threads, atexit) says nothing;
+    Python would print it as an exception ignored, with a traceback."""
+
+    def __init__(self, default) -> None:
+        self._default = default
+
+    def __call__(self, unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self._default(unraisable)
+
+
+def _run() -> None:
     if sys.argv[1:2] == ["statusline"]:  # imported only then: every other command starts without it
         from taskmeter import statusline
 
@@ -26,6 +58,8 @@ def main() -> None:
 
         (git.main if sys.argv[2] == "git-event" else testruns.main)(sys.argv[3:])
         return
+    import sqlite3
+
     import click
 
     from taskmeter import terminal
@@ -37,7 +71,9 @@ def main() -> None:
         cli.main(prog_name="meter", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click's word for Ctrl-C in a command (after a newline)
+            sys.exit(130)
         terminal.error("aborted")
         sys.exit(1)
     except click.ClickException as exc:
@@ -57,8 +93,6 @@ def main() -> None:
     except OSError as exc:
         terminal.error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
         sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("METER_DEBUG"):
             raise

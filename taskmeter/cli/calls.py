@@ -45,7 +45,7 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     from taskmeter.analytics.snapshot import current_state, last_call_at
     from taskmeter.handover import callfiles
     from taskmeter.store import dashboards
-    from taskmeter.telemetry import read_state
+    from taskmeter.telemetry import PROBLEM_LABEL, export_problems, read_state
 
     if not connection.resolve_path(db_path).exists():
         _status_without_database(connection.resolve_path(db_path), as_json)
@@ -141,16 +141,8 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
         terminal.info(f"{state['spooled_calls']} calls wait in the spool until the database can take them")
     if state["quarantined_calls"]:
         terminal.warn(f"{state['quarantined_calls']} calls could not be stored and are kept in {state['quarantine']}")
-    telemetry = state["telemetry"] or {}
-    for url, failing in telemetry.get("failing", {}).items():
-        since = terminal.moment(failing["since"], utc)
-        terminal.warn(
-            f"telemetry: export to {url} failing since {since} ({failing['cause']}); calls are recorded here all the same"
-        )
-    if telemetry.get("dropped_calls"):
-        terminal.warn(
-            f"telemetry: {telemetry['dropped_calls']} stored calls were not exported (the export queue was full, or export could not run)"
-        )
+    for problem in export_problems(state["telemetry"], lambda at: terminal.moment(at, utc)):
+        terminal.warn(f"{PROBLEM_LABEL}: {problem}")
     for alert in state["alerts"]:
         terminal.warn(f"ALERT {alert['alert_id']}: {alert['message']} (`meter alerts clear {alert['alert_id']}`)")
     if dashboard:
@@ -327,14 +319,11 @@ def _follow(db: sqlite3.Connection, limit: int, calls: "CallFilter") -> None:
     db.execute("COMMIT")
     for row in reversed(earlier):
         terminal.info(call_line(row))  # wrapped to the terminal
-    try:
-        while True:
-            time.sleep(FOLLOW_POLL_SECONDS)
-            for row in interactions.stored_after(db, seen, calls):
-                seen = row["rowid"]
-                terminal.info(call_line(row))  # wrapped to the terminal
-    except KeyboardInterrupt:
-        return
+    while True:  # until Ctrl-C, which ends it as it ends any command (status 130)
+        time.sleep(FOLLOW_POLL_SECONDS)
+        for row in interactions.stored_after(db, seen, calls):
+            seen = row["rowid"]
+            terminal.info(call_line(row))  # wrapped to the terminal
 
 
 def _status_cell(row: dict) -> str:
@@ -351,17 +340,29 @@ def _tokens_text(row: dict) -> str:
     return "no usage" if total is None else f"{total:,} tokens"
 
 
+# The option of every command that takes a call by ID or `last`.
+any_option = click.option("--any", "any_task", is_flag=True, help="With `last`: the last call of any task, not the current one.")
+
+
+def _is_last(reference: str) -> bool:
+    return reference.strip().lower() == "last"
+
+
 def _resolve(db: sqlite3.Connection, reference: str, any_task: bool) -> "LastCall":
-    """`last` (see interactions.last_call: of the current task; of every task with
-    --any or when no task is current) or an ID or prefix, which skips nothing."""
+    """The one reading of a call reference: `last` (see interactions.last_call: of
+    the current task; of every task with --any or when no task is current) or an
+    ID or prefix, which skips nothing."""
     from taskmeter.store import interactions
 
-    if reference.strip().lower() != "last":
-        if any_task:
-            raise click.UsageError("--any goes with `last`")
+    if not _is_last(reference):
         return interactions.LastCall(interactions.resolve_id(db, reference), [])
     current = None if any_task else tasks.current_task(db)
     return interactions.last_call(db, current.task_id if current else None)
+
+
+def _refuse_lone_any(references: list[str], any_task: bool) -> None:
+    if any_task and not any(map(_is_last, references)):
+        raise click.UsageError("--any goes with `last`")
 
 
 # How many of the newer calls `last` passed over are named, newest first.
@@ -383,7 +384,7 @@ def _skipped_json(chosen: "LastCall") -> list[dict]:
 
 @cli.command("show")
 @click.argument("interaction", type=INTERACTION)
-@click.option("--any", "any_task", is_flag=True, help="With `last`: the last call of any task, not the current one.")
+@any_option
 @json_option
 @utc_option
 @db_option
@@ -396,6 +397,7 @@ def show_cmd(interaction, any_task, as_json, utc, db_path):
     from taskmeter.analytics.listings import show_record
     from taskmeter.store import interactions
 
+    _refuse_lone_any([interaction], any_task)
     with open_db(db_path, create=False) as db:
         chosen = _resolve(db, interaction, any_task)
         row = interactions.one(db, chosen.interaction_id)
@@ -468,7 +470,7 @@ def _set_aside_text(set_aside: dict | None, utc: bool) -> str:
 @cli.command("flag")
 @click.argument("interaction", type=INTERACTION)
 @click.option("--note", help="What was hallucinated, e.g. 'invented API'.")
-@click.option("--any", "any_task", is_flag=True, help="With `last`: the last call of any task, not the current one.")
+@any_option
 @json_option
 @utc_option
 @db_option
@@ -485,6 +487,7 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
     from taskmeter.store import interactions
     from taskmeter.store import texts as call_texts
 
+    _refuse_lone_any([interaction], any_task)
     with open_db(db_path, create=False) as db:
         chosen = _resolve(db, interaction, any_task)
         interaction_id = chosen.interaction_id
@@ -513,14 +516,22 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
 
 @cli.command("unflag")
 @click.argument("interaction", type=INTERACTION)
+@any_option
 @db_option
-def unflag_cmd(interaction, db_path):
-    """Remove the hallucination flag from an AI call."""
+def unflag_cmd(interaction, any_task, db_path):
+    """Remove the hallucination flag from an AI call, by ID, prefix (6+ characters) or `last`.
+
+    `last` is the call `meter flag last` names; the newer calls it skips are named, with why.
+    """
     from taskmeter.store import interactions
 
+    _refuse_lone_any([interaction], any_task)
     with open_db(db_path, create=False) as db:
-        interaction_id = interactions.unflag(db, interaction)
+        chosen = _resolve(db, interaction, any_task)
+        interaction_id = interactions.unflag(db, chosen.interaction_id)
     terminal.info(f"Unflagged {interaction_id}.")
+    for line in _skipped_lines(chosen):
+        terminal.info(line)
 
 
 @cli.command("purge")
@@ -543,16 +554,22 @@ def purge_cmd(before, db_path):
 @click.option("--to", "to_task", type=TASK, help="The task to move them to (it must exist, unless --create).")
 @click.option("--create", is_flag=True, help="With --to: create the task (and its phase) if it does not exist.")
 @click.option("--unassign", is_flag=True, help="Move them to the unassigned bucket instead.")
-@click.option("--between", nargs=2, metavar="ID ID", help="Every call from the first ID to the second, inclusive.")
+@click.option(
+    "--between", nargs=2, metavar="ID ID", type=INTERACTION, help="Every call from the first ID to the second, inclusive."
+)
 @click.option("--unassigned", "from_unassigned", is_flag=True, help="Every unassigned call (within --since/--until if given).")
 @click.option("--since", type=MOMENT, help="Every call started at or after this time ...")
 @click.option("--until", type=MOMENT, help="... and before this one (today, 6h, 2026-11-20, ISO 8601).")
+@any_option
 @db_option
-def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned, since, until, db_path):
+def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned, since, until, any_task, db_path):
     """Move AI calls to another task (or unassign them); reports follow at once.
+
+    Each ID is an ID, a prefix (6+ characters) or `last` (as `meter flag last`).
 
     \b
       meter retag 05j6e2pw21jh7 05j6e2q0 --to P1-011
+      meter retag last --to P1-011
       meter retag --between 05j6e2pw 05j6e3aa --to P1-011
       meter retag --since 2025-10-04T09:00:00Z --until 2025-10-04T10:00:00Z --to P1-011
       meter retag --unassigned --since today --to P1-011
@@ -569,12 +586,20 @@ def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned
         raise click.UsageError("choose the calls one way: IDs, --between, --unassigned, or --since/--until")
     if not from_unassigned and (since is None) != (until is None):
         raise click.UsageError("--since and --until go together (or narrow --unassigned)")
+    _refuse_lone_any([*interactions_, *(between or ())], any_task)
     if to_task:
         to_task = tasks.validate_task_id(to_task)
+    chosen_calls: list[LastCall] = []
     with open_db(db_path, create=False) as db:
         with connection.write_transaction(db):
             if interactions_ or between:
-                ids = interactions.select_ids(db, list(interactions_), between)
+                chosen_calls = [_resolve(db, reference, any_task) for reference in (*interactions_, *(between or ()))]
+                named = [chosen.interaction_id for chosen in chosen_calls]
+                ids = (
+                    interactions.select_ids(db, named)
+                    if interactions_
+                    else interactions.select_ids(db, between=(named[0], named[1]))
+                )
             else:
                 window = interactions.CallFilter(unassigned=from_unassigned, since=since, until=until)
                 ids = interactions.matching_ids(db, window)
@@ -582,3 +607,6 @@ def retag_cmd(interactions_, to_task, create, unassign, between, from_unassigned
                 raise MeterError("no interactions match")
             moved = retag(db, ids, to_task, create=create)
     terminal.info(f"Moved {moved} interaction{'s' if moved != 1 else ''} to {to_task or 'unassigned'}.")
+    for chosen in chosen_calls:
+        for line in _skipped_lines(chosen):
+            terminal.info(line)

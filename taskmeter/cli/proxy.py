@@ -180,7 +180,12 @@ def _listen_address(db_path, host: str, port: int) -> tuple[str, bool]:
 
 @cli.command("env")
 @click.option("--shell", type=click.Choice(["sh", "fish", "powershell"]), default="sh", show_default=True)
-@click.option("--task", "task_id", help="Attribute the calls of clients using these variables to TASK.")
+@click.option(
+    "--task",
+    "task_id",
+    help="Attribute the calls of clients using these variables to TASK, and name it in OTEL_RESOURCE_ATTRIBUTES "
+    "(as `meter run --task` does) for the agent's own telemetry.",
+)
 @click.option(
     "--https-proxy",
     "https_proxy",
@@ -214,6 +219,7 @@ def env_cmd(shell, task_id, https_proxy, unset, create, config_path, db_path):
         meter_answers,
         render,
     )
+    from taskmeter.telemetry import RESOURCE_VARIABLE
 
     if create and not task_id:
         raise click.UsageError("--create goes with --task")
@@ -231,6 +237,10 @@ def env_cmd(shell, task_id, https_proxy, unset, create, config_path, db_path):
         return
     earlier_no_proxy = [earlier_value(name, os.environ) for name in ("NO_PROXY", "no_proxy")]
     env = client_environment(ca, listen, task_id, https_proxy=https_proxy, no_proxy=",".join(filter(None, earlier_no_proxy)))
+    if task_id:
+        env[RESOURCE_VARIABLE] = _task_resource(
+            connection.resolve_path(db_path), task_id, earlier_value(RESOURCE_VARIABLE, os.environ)
+        )
     click.echo(render(entering(env, os.environ), shell))
     if not meter_answers(listen):
         from taskmeter.lifecycle import START_ADVICE
@@ -249,6 +259,21 @@ def _refuse_typo(db_path, task_id: str, create: bool) -> None:
     if not create and path.exists():
         with open_db(path, create=False) as db:
             tasks.refuse_typo(db, task_id)
+
+
+def _task_resource(path, task_id: str | None, existing: str | None) -> str:
+    """OTEL_RESOURCE_ATTRIBUTES over `existing` with the task, its phase and the
+    developer: the agent's own OpenTelemetry carries the task too (docs/telemetry.md)."""
+    from taskmeter import telemetry
+
+    return telemetry.resource_attributes(
+        existing,
+        {
+            "taskmeter.task.id": task_id,
+            "taskmeter.phase.id": _phase_of(path, task_id) if task_id else None,
+            "taskmeter.developer": telemetry.developer(),
+        },
+    )
 
 
 def _phase_of(path, task_id: str) -> str:
@@ -303,15 +328,7 @@ def run_cmd(task_id, create, command, config_path, db_path):
     try:
         no_proxy = ",".join(filter(None, (os.environ.get("NO_PROXY"), os.environ.get("no_proxy"))))
         env = {**os.environ, **client_environment(settings.confdir, proxy["listen"], task_id, no_proxy=no_proxy)}
-        # The agent's own OpenTelemetry carries the task too (docs/telemetry.md).
-        env[telemetry.RESOURCE_VARIABLE] = telemetry.resource_attributes(
-            env.get(telemetry.RESOURCE_VARIABLE),
-            {
-                "taskmeter.task.id": task_id,
-                "taskmeter.phase.id": _phase_of(path, task_id) if task_id else None,
-                "taskmeter.developer": telemetry.developer(),
-            },
-        )
+        env[telemetry.RESOURCE_VARIABLE] = _task_resource(path, task_id, env.get(telemetry.RESOURCE_VARIABLE))
         router = Router(settings)
         machine = agents.default_machine(dict(os.environ), lambda host: router.provider_for_host(host) is not None)
         argv, env, _ = agents.prepare([program, *command[1:]], env, machine)

@@ -122,7 +122,7 @@ def create_app(
         """A page's data, with the proxy's state for the navigation bar."""
 
         def with_proxy(db, *args):
-            return {**build(db, *args), "proxy": pages.proxy_state(db)}
+            return {**build(db, *args), "proxy": pages.proxy_state(db, db_path)}
 
         return await in_thread(with_proxy, *args)
 
@@ -164,7 +164,7 @@ def create_app(
         return render(request, "call.html", await page_data(pages.call_page, request.path_params["interaction_id"]))
 
     async def proxy_state(request: Request) -> Response:
-        return JSONResponse(await in_thread(pages.proxy_state), headers={"cache-control": "no-store"})
+        return JSONResponse(await in_thread(pages.proxy_state, db_path), headers={"cache-control": "no-store"})
 
     async def team_page(request: Request) -> Response:
         from taskmeter.team.page import team_page as build  # psycopg only for this page

@@ -5,6 +5,7 @@ sqlite3 connection (see app.py)."""
 
 import sqlite3
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Literal
 
 from taskmeter.analytics import forecasts, history
@@ -58,16 +59,21 @@ def feed_call(row: dict) -> dict:
     return {**call_record(row), "rowid": row["rowid"]}
 
 
-def proxy_state(db: sqlite3.Connection) -> dict:
+def proxy_state(db: sqlite3.Connection, db_path: Path) -> dict:
     """Whether a proxy records to this database, by the rule `meter status` follows
-    (snapshot.recording): `state` is recording, not-recording or down; `text` says it."""
+    (snapshot.recording): `state` is recording, not-recording or down; `text` says it;
+    `problems`, what `meter status` warns of its OpenTelemetry export, a line each."""
+    from taskmeter import telemetry
+
     running = proxies.running(db)
     if not running:
-        return {"state": "down", "text": f"No proxy is running: AI calls are not metered ({START_ADVICE})"}
+        return {"state": "down", "text": f"No proxy is running: AI calls are not metered ({START_ADVICE})", "problems": []}
+    problems = telemetry.export_problems(telemetry.read_state(db_path), moment)
+    problems = [f"{telemetry.PROBLEM_LABEL}: {problem}" for problem in problems]
     if recording(running):
         proxy = next(proxy for proxy in running if proxy["recording"] == proxies.RECORDING)
-        return {"state": "recording", "text": f"Proxy recording: pid {proxy['pid']} on {proxy['listen']}"}
-    return {"state": "not-recording", "text": f"Proxy running, NOT RECORDING: {running[0]['recording']}"}
+        return {"state": "recording", "text": f"Proxy recording: pid {proxy['pid']} on {proxy['listen']}", "problems": problems}
+    return {"state": "not-recording", "text": f"Proxy running, NOT RECORDING: {running[0]['recording']}", "problems": problems}
 
 
 def task_choices(db: sqlite3.Connection) -> list[dict]:

@@ -110,10 +110,15 @@ def quarantine(path: Path, calls: list[CapturedCall], reason: str) -> int:
     return 0
 
 
+def replaying_path(spool: Path) -> Path:
+    """Where the spool is while the recorder replays it."""
+    return spool.with_name(spool.name + ".replaying")
+
+
 def take_for_replay(spool: Path) -> Path | None:
     """Rename the spool aside (under its lock) so appends go to a fresh file; the
     renamed file, or None when there is nothing to replay."""
-    taken = spool.with_name(spool.name + ".replaying")
+    taken = replaying_path(spool)
     if taken.exists():
         return taken  # a replay that did not finish
     try:
@@ -126,6 +131,18 @@ def take_for_replay(spool: Path) -> Path | None:
     finally:
         os.close(fd)
     return taken
+
+
+def call_ids(path: Path) -> Iterator[str]:
+    """The ID of each call in the file, its bodies left undecoded; a line that cannot be read is skipped."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            try:
+                call_id = json.loads(line)["id"]
+            except (ValueError, TypeError, KeyError):
+                continue
+            if isinstance(call_id, str):
+                yield call_id
 
 
 def read(path: Path) -> Iterator[CapturedCall | str]:

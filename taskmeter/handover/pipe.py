@@ -34,6 +34,7 @@ reading the recorder's replies) is logged with its traceback, once per kind,
 and the calls it was on go to the spool, or are counted as lost.
 """
 
+import contextlib
 import json
 import logging
 import pickle
@@ -46,6 +47,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO
@@ -118,6 +120,17 @@ class _Frame:
         return HEADER.size + self.payload_size
 
 
+@dataclass(frozen=True)
+class RunAccount:
+    """Every call a proxy run saw, and where it went (Handover.account)."""
+
+    seen: int
+    stored: proxies.RunTotals | None  # None: the database could not be read
+    spooled: int  # waiting in the spool for the next recorder
+    quarantined: int
+    lost: int
+
+
 def _body_bytes(call) -> int:
     """What a call holds in memory, as far as it can be large: its bodies."""
     return len(call.request_body or b"") + len(call.response_body) + len(call.response_tail)
@@ -168,6 +181,7 @@ class Handover:
         self._stopping = False
         self._spool_failing = False  # touched by the sender thread only
         self.not_recording: str | None = None  # why, while no recorder runs
+        self.seen = 0  # calls submitted in this run
         self.dropped = 0  # calls the proxy lost
         self._recorder_lost = 0  # calls its recorders lost, those dead holding calls included
         self._recorder_said = {"held": 0, "lost": 0}  # by the current recorder
@@ -211,6 +225,7 @@ class Handover:
         """Called on the event loop: a queue put, nothing more. A call that would
         take the calls waiting for the sender past the bound goes to the spill
         thread instead (one alone, however large, always waits for the sender)."""
+        self.seen += 1
         size = _body_bytes(call)
         with self._queued_lock:
             waits = not self._queued_bytes or self._queued_bytes + size <= self._limit
@@ -253,6 +268,31 @@ class Handover:
                 "meter: %d calls were lost in this run: neither the database, the spool nor memory could take them", self.lost
             )
         self._health.remove()
+
+    def account(self) -> "RunAccount":
+        """Where each call of this run went, once stop() returned: the database
+        (its totals; None if it cannot be read), the spool, the quarantine, or lost.
+        The run's calls are those whose ID comes after the proxy's (IDs sort by time)."""
+        import sqlite3
+
+        from taskmeter.errors import MeterError
+        from taskmeter.store import connection
+
+        kept = {
+            path: {call_id for call_id in callfile.call_ids(path) if call_id > self._proxy_id}
+            for path in (self._spool, callfile.replaying_path(self._spool), self._quarantine)
+            if path.exists()
+        }
+        stored: proxies.RunTotals | None = None
+        try:
+            with contextlib.closing(connection.connect(self._db_path, create=False)) as db:
+                stored = proxies.recorded_by(db, self._proxy_id)
+                for ids in kept.values():  # a replay cut short may leave a stored call in the spool
+                    ids.difference_update(proxies.stored_ids(db, ids))
+        except (sqlite3.Error, OSError, MeterError):
+            pass
+        spooled = len(kept.get(self._spool, set()) | kept.get(callfile.replaying_path(self._spool), set()))
+        return RunAccount(self.seen, stored, spooled, len(kept.get(self._quarantine, ())), self.lost)
 
     # ------------------------------------------------------------ sending
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from taskmeter.config.files import ca_bundle, ca_cert
+from taskmeter.telemetry import RESOURCE_VARIABLE
 
 # Base-URL variables the common clients read, and the gateway path each needs.
 BASE_URL_VARIABLES = {
@@ -86,6 +87,9 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 SAVED_PREFIX = "METER_SAVED_"
 WAS_UNSET = "METER_WAS_UNSET"
+# Set by `meter env --task` to the shell's own entries and the task's (telemetry.resource_attributes):
+# never the meter's alone, so only a record says what to put back.
+TASK_VARIABLES = (RESOURCE_VARIABLE,)
 
 
 def merged_no_proxy(*earlier: str | None) -> str:
@@ -134,7 +138,9 @@ def _without_task(value: str) -> str:
 def _is_the_meters(name: str, value: str, meter: Mapping[str, str]) -> bool:
     """Whether `value` of `name` is what a `meter env` that kept no record (one
     before records were kept) set, for any task. NO_PROXY's loopback names are too common to tell."""
-    return name in meter and name not in NO_PROXY_VARIABLES and _without_task(value) == _without_task(meter[name])
+    if name not in meter or name in NO_PROXY_VARIABLES or name in TASK_VARIABLES:
+        return False
+    return _without_task(value) == _without_task(meter[name])
 
 
 def earlier_value(name: str, current: Mapping[str, str]) -> str | None:
@@ -146,9 +152,20 @@ def earlier_value(name: str, current: Mapping[str, str]) -> str | None:
 
 def entering(meter: dict[str, str], current: Mapping[str, str]) -> dict[str, str | None]:
     """What `meter env` changes in a shell whose environment is `current`: the
-    variables of `meter`, and the record of what each replaces."""
+    variables of `meter`, and the record of what each replaces. A task's variable
+    (TASK_VARIABLES) that an earlier `meter env --task` set and `meter` does not
+    goes back to its recorded value, as --unset puts it: no stale task stays."""
     was_unset = current.get(WAS_UNSET, "").split()
     changes: dict[str, str | None] = dict(meter)
+    for name in TASK_VARIABLES:
+        if name in meter:
+            continue
+        if SAVED_PREFIX + name in current:
+            changes[name], changes[SAVED_PREFIX + name] = current[SAVED_PREFIX + name], None
+        elif name in was_unset:
+            was_unset.remove(name)
+            if name in current:
+                changes[name] = None
     for name in meter:
         if SAVED_PREFIX + name in current or name in was_unset:
             continue  # recorded by an earlier `meter env`
@@ -158,7 +175,7 @@ def entering(meter: dict[str, str], current: Mapping[str, str]) -> dict[str, str
         else:
             changes[SAVED_PREFIX + name] = earlier
     if was_unset != current.get(WAS_UNSET, "").split():
-        changes[WAS_UNSET] = " ".join(was_unset)
+        changes[WAS_UNSET] = " ".join(was_unset) or None
     return changes
 
 
@@ -166,10 +183,10 @@ def leaving(meter: dict[str, str], current: Mapping[str, str]) -> dict[str, str 
     """What `meter env --unset` changes (None: unset): each variable `meter env`
     set goes back to its recorded value, or away if it had none; a variable without
     a record only if it holds the meter's value (`meter` is every variable `meter env`
-    may set). Everything else stays as it is."""
+    may set but the task's, TASK_VARIABLES, which only a record names). Everything else stays as it is."""
     was_unset = current.get(WAS_UNSET, "").split()
     changes: dict[str, str | None] = {}
-    for name in meter:
+    for name in dict.fromkeys([*meter, *TASK_VARIABLES]):
         saved = current.get(SAVED_PREFIX + name)
         if saved is not None:
             changes[name] = saved

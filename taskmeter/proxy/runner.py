@@ -21,9 +21,10 @@ from taskmeter import telemetry
 from taskmeter.config import Settings
 from taskmeter.config.settings import AlertSettings, BudgetSettings, flat
 from taskmeter.errors import MeterError
-from taskmeter.handover.pipe import Handover
+from taskmeter.handover.pipe import Handover, RunAccount
 from taskmeter.ids import new_id
 from taskmeter.logs import configure_logging
+from taskmeter.money import usd
 from taskmeter.private import private_dir
 from taskmeter.proxy import upstream_errors
 from taskmeter.proxy.addons import Capture, Gateway, TaskAttribution
@@ -248,39 +249,80 @@ async def _serve(
         on_guard_state=guard.take_state,
         urgent=lambda: guard.counts_in_flight,
     )
+    started = time.monotonic()
     handover.start()
-    mode = corporate.mode if corporate else "regular"
-    opts = options.Options(listen_host=host, listen_port=port, mode=[mode], confdir=str(settings.confdir))
-    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-    master.options.update(
-        # Both sides HTTP/1.1, server connections opened per request: proper 502s
-        # and error hooks, and no h2->h1 close-delimited responses.
-        connection_strategy="lazy",
-        http2=False,
-        allow_hosts=Router(settings).allow_hosts(),
-        ssl_verify_upstream_trusted_ca=str(settings.proxy.upstream_ca) if settings.proxy.upstream_ca else None,
-        # Long agent streams can idle between events.
-        tcp_timeout=1800,
-    )
-    gateway, capture = Gateway(settings), Capture(settings, handover.submit)
-    sockets = ResponsesWebSocket(settings, handover.submit, guard)
-    upstream_errors.install()
-    chain = [UpstreamChain(corporate)] if corporate else []  # after the Gateway, which sets where a call goes
-    master.addons.add(gateway, *chain, TaskAttribution(), capture, sockets, guard, Announcer(settings, db_path, proxy_id, ready))
+    try:  # from here on, whatever ends the run (Ctrl-C during start-up too) hands over what was seen
+        mode = corporate.mode if corporate else "regular"
+        opts = options.Options(listen_host=host, listen_port=port, mode=[mode], confdir=str(settings.confdir))
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        master.options.update(
+            # Both sides HTTP/1.1, server connections opened per request: proper 502s
+            # and error hooks, and no h2->h1 close-delimited responses.
+            connection_strategy="lazy",
+            http2=False,
+            allow_hosts=Router(settings).allow_hosts(),
+            ssl_verify_upstream_trusted_ca=str(settings.proxy.upstream_ca) if settings.proxy.upstream_ca else None,
+            # Long agent streams can idle between events.
+            tcp_timeout=1800,
+        )
+        gateway, capture = Gateway(settings), Capture(settings, handover.submit)
+        sockets = ResponsesWebSocket(settings, handover.submit, guard)
+        upstream_errors.install()
+        chain = [UpstreamChain(corporate)] if corporate else []  # after the Gateway, which sets where a call goes
+        master.addons.add(
+            gateway, *chain, TaskAttribution(), capture, sockets, guard, Announcer(settings, db_path, proxy_id, ready)
+        )
 
-    stop = GracefulStop(master, gateway, capture, sockets, settings.proxy.shutdown_grace_seconds)
-    reload = ConfigReload(reload_settings, settings, master, [gateway, capture, sockets], stop)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.signalled)
-    loop.add_signal_handler(signal.SIGHUP, reload.signalled)
-    loop.set_exception_handler(_quiet_about_cancelled_connections)
-    try:
+        stop = GracefulStop(master, gateway, capture, sockets, settings.proxy.shutdown_grace_seconds)
+        reload = ConfigReload(reload_settings, settings, master, [gateway, capture, sockets], stop)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.signalled)
+        loop.add_signal_handler(signal.SIGHUP, reload.signalled)
+        loop.set_exception_handler(_quiet_about_cancelled_connections)
         await master.run()
     except SystemExit:
         raise MeterError("the proxy could not start (see the messages above)") from None
     finally:
         handover.stop()
+        if not quiet:
+            _say_summary(handover, time.monotonic() - started)
+
+
+def _say_summary(handover: Handover, seconds: float) -> None:
+    """The run's last line, once its recorder has stored what it could."""
+    from taskmeter import terminal
+
+    terminal.info(summary_line(handover.account(), seconds))
+    sys.stdout.flush()
+
+
+def summary_line(account: RunAccount, seconds: float) -> str:
+    """What a run recorded, and where every call it saw went: `meter: stopped after 2.0 min:
+    25 calls recorded (1 failed), 375 tokens, $0.01; all 25 calls seen are stored`. A failed call
+    got no model answer (no response, HTTP 4xx or 5xx), as the reports count them."""
+    line = f"meter: stopped after {seconds / 60:.1f} min: "
+    stored = account.stored
+    if stored is None:
+        line += "the database could not be read to count the calls stored"
+    else:
+        line += (
+            f"{stored['calls']:,} calls recorded ({stored['failed']:,} failed), "
+            f"{stored['tokens']:,} tokens, {usd(stored['cost'])}"
+        )
+    # Where calls went other than the database: (verb for one, for several, where), and how many.
+    elsewhere = [
+        (("waits", "wait", "in the spool (stored once the database can take them)"), account.spooled),
+        (("is", "are", "in the quarantine (`meter status` says where)"), account.quarantined),
+        (("was", "were", "lost"), account.lost),
+    ]
+    if stored is not None:
+        unplaced = account.seen - stored["calls"] - account.spooled - account.quarantined - account.lost
+        elsewhere.append((("is", "are", "not accounted for (see the messages above)"), unplaced))
+    parts = [f"{count:,} {one if count == 1 else several} {where}" for (one, several, where), count in elsewhere if count]
+    if not parts:
+        return line + f"; all {account.seen:,} calls seen are stored"
+    return line + f"; of {account.seen:,} calls seen, " + ", ".join(parts)
 
 
 def run_proxy(

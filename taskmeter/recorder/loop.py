@@ -42,12 +42,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskmeter.callline import call_line, run_summary
+from taskmeter.callline import call_line
 from taskmeter.handover import callfile
 from taskmeter.handover.pipe import ACKNOWLEDGED, GUARD_STATE, HEADER, RECORDER_STATE, REPLY
 from taskmeter.printable import printable
 from taskmeter.store.calls import CallRow
-from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING, RunTotals, recorded_by
+from taskmeter.store.proxies import HEARTBEAT_SECONDS, RECORDING
 from taskmeter.store.sessions import DEFAULT_SESSION_GAP_SECONDS
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.terminal import fit
@@ -179,9 +179,7 @@ class RecorderLoop:
         self.writer = Writer(db_path, session_gap_seconds)
         self._retention_days = retention_days
         self._last_prune: float = -PRUNE_SECONDS
-        self._live_view = live_view  # one line per call stored, and a summary at the end
-        self._totals: RunTotals = {"calls": 0, "unanswered": 0, "tokens": 0, "cost": 0.0}
-        self._started = datetime.now(UTC)
+        self._live_view = live_view  # one line per call stored (the proxy sums the run up)
         self.spool = callfile.spool_path(db_path)
         self.quarantine = callfile.quarantine_path(db_path)
         self._finalizer = finalizer
@@ -252,11 +250,6 @@ class RecorderLoop:
         return rejected
 
     def _show(self, stored: list) -> None:
-        for interaction in stored:
-            self._totals["calls"] += 1
-            self._totals["unanswered"] += interaction.outcome == "failed"
-            self._totals["tokens"] += (interaction.input_total or 0) + (interaction.output_total or 0)
-            self._totals["cost"] += interaction.cost_usd or 0.0
         if self._live_view is not None and stored:
             self._live_view.show("".join(call_line(asdict(i)) + "\n" for i in stored))
 
@@ -451,8 +444,8 @@ class RecorderLoop:
             self._told = state
 
     def finish(self) -> None:
-        """End of input: store what we can, say what this run recorded, then
-        leave the proxies table."""
+        """End of input: store what we can, then leave the proxies table (the
+        proxy then sums up the run: Handover.account)."""
         self.replay()
         if self._held:
             log.error("meter: %d calls could not be stored or spooled before exit and are lost", len(self._held))
@@ -462,26 +455,12 @@ class RecorderLoop:
             log.error("meter: what %d stored calls said could not be stored before exit", len(self._texts_waiting))
         self.tell_state()
         if self._live_view is not None:
-            self._live_view.show(self._summary() + "\n")
             self._live_view.close()
         if self.telemetry is not None:
             self.telemetry.close()
         if self._proxy_id:
             self.writer.unregister(self._proxy_id)
         self.writer.close()
-
-    def _summary(self) -> str:
-        """What this proxy run recorded, counted in the database (recorders
-        restarted during the run included); this process's own count if it cannot be read."""
-        found = self.writer.quietly(recorded_by, self._proxy_id) if self._proxy_id else None
-        if found is None:
-            found = self._totals
-        line = run_summary(found["calls"], found["unanswered"], found["tokens"], found["cost"], self._started)
-        return (
-            line
-            if found is not self._totals or not self._proxy_id
-            else line + " (this recorder's count: the database could not be read)"
-        )
 
 
 def _usage_only(row: CallRow) -> CallRow:

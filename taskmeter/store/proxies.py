@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from taskmeter.store.connection import write_transaction
+from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import now, now_stored, to_stored
 from taskmeter.tokens import TOKENS_SQL
 
@@ -103,22 +104,33 @@ def unregister(db: sqlite3.Connection, proxy_id: str) -> None:
 
 class RunTotals(TypedDict):
     calls: int
-    unanswered: int  # calls without a response
+    failed: int  # failed calls: no model answer (rules.FAILED_CALL_SQL)
     tokens: int
     cost: float
 
 
 def recorded_by(db: sqlite3.Connection, proxy_id: str) -> RunTotals:
-    """Calls a proxy run recorded: its calls, those without a response, tokens and cost.
+    """Calls a proxy run recorded: its calls, the failed ones, tokens and cost.
     IDs sort by time and one process makes them in order, so the proxy's own ID
     comes before its calls': the primary key finds them."""
     row = db.execute(
-        "SELECT count(*), coalesce(sum(outcome = 'failed'), 0),"
+        f"SELECT count(*), coalesce(sum(coalesce({FAILED_CALL_SQL.format(r='interactions')}, 0)), 0),"
         f" coalesce(sum({TOKENS_SQL.format(r='')}), 0), coalesce(sum(cost_usd), 0.0)"
         " FROM interactions WHERE id > ? AND proxy_id = ?",
         (proxy_id, proxy_id),
     ).fetchone()
-    return {"calls": row[0], "unanswered": row[1], "tokens": row[2], "cost": row[3]}
+    return {"calls": row[0], "failed": row[1], "tokens": row[2], "cost": row[3]}
+
+
+def stored_ids(db: sqlite3.Connection, ids: set[str]) -> set[str]:
+    """Which of `ids` are stored calls."""
+    found: set[str] = set()
+    listed = sorted(ids)
+    for start in range(0, len(listed), 500):  # within SQLite's limit on parameters
+        chunk = listed[start : start + 500]
+        placeholders = ", ".join("?" for _ in chunk)
+        found.update(row[0] for row in db.execute(f"SELECT id FROM interactions WHERE id IN ({placeholders})", chunk))
+    return found
 
 
 def meter_process_alive(pid: int) -> bool:

@@ -120,6 +120,27 @@ def read_state(db_path: Path) -> dict | None:
     return state if meter_process_alive(state["pid"]) else None
 
 
+# What names an export problem where it is shown: `telemetry: ...` in `meter status`
+# and the dashboard, the `telemetry` check of `meter doctor`.
+PROBLEM_LABEL = "telemetry"
+
+
+def export_problems(state: dict | None, moment) -> list[str]:
+    """What the running recorder's export state (read_state) says is wrong, a line
+    each (after PROBLEM_LABEL), as `meter status`, `meter doctor` and the dashboard
+    show it; `moment` writes a stored timestamp for the reader."""
+    state = state or {}
+    lines = [
+        f"export to {url} failing since {moment(failing['since'])} ({failing['cause']}); calls are recorded here all the same"
+        for url, failing in state.get("failing", {}).items()
+    ]
+    if state.get("dropped_calls"):
+        lines.append(
+            f"{state['dropped_calls']} stored calls were not exported (the export queue was full, or export could not run)"
+        )
+    return lines
+
+
 # ------------------------------------------------------------ the agent's own telemetry
 
 

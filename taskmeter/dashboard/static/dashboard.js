@@ -98,6 +98,19 @@ function openLinkedCall() {
   if (details) details.open = true;
 }
 
+// What `meter status` warns of the proxy's OpenTelemetry export, a line each, under the navigation bar.
+function showProblems(problems) {
+  const list = document.getElementById("proxy-problems");
+  if (!list) return;
+  list.replaceChildren(
+    ...problems.map((problem) => {
+      const item = document.createElement("li");
+      item.textContent = problem;
+      return item;
+    }),
+  );
+}
+
 function watchProxy() {
   const badge = document.getElementById("proxy-state");
   if (!badge) return;
@@ -108,6 +121,7 @@ function watchProxy() {
       const state = await response.json();
       badge.textContent = state.text;
       badge.className = "proxy " + state.state;
+      showProblems(state.problems);
     } catch {
       badge.textContent = "The dashboard does not answer: is `meter ui` still running?";
       badge.className = "proxy unknown";
