@@ -47,10 +47,12 @@ HEAVY = (
     "psycopg",
 )
 # Standard modules that cost milliseconds a command (OpenSSL's hashlib, secrets, subprocess,
-# socket, shutil with its compression modules, click's completion): only the commands that use them load them.
-COSTLY = ("hashlib", "secrets", "subprocess", "socket", "shutil", "click.shell_completion")
-# status names the pidfile by a hash of the database's path; doctor and env ask the network, run git and the like.
-USES_COSTLY = {"status": {"hashlib"}, "doctor": set(COSTLY), "env": set(COSTLY)}
+# socket, shutil with its compression modules, click's completion, the idna codec's unicodedata):
+# only the commands that use them load them.
+COSTLY = ("hashlib", "secrets", "subprocess", "socket", "shutil", "click.shell_completion", "unicodedata")
+# status and env name the pidfile by a hash of the database's path; env asks the proxy's port whether
+# a meter answers; doctor asks the network, runs git and the like.
+USES_COSTLY = {"status": {"hashlib"}, "env": {"hashlib", "socket"}, "doctor": set(COSTLY)}
 CHAT = {f.name: f for f in ALL}["openai/chat_nonstream_cached_tokens"]
 
 
