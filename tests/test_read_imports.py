@@ -48,8 +48,12 @@ HEAVY = (
 )
 # Standard modules that cost milliseconds a command (OpenSSL's hashlib, secrets, subprocess,
 # socket, shutil with its compression modules, click's completion, the idna codec's unicodedata, and
-# tomllib once a command has cached the settings): only the commands that use them load them.
-COSTLY = ("hashlib", "secrets", "subprocess", "socket", "shutil", "click.shell_completion", "unicodedata", "tomllib")
+# tomllib once a command has cached the settings, decimal through statistics where no forecast draws on
+# approved tasks, csv but for CSV): only the commands that use them load them.
+COSTLY = (
+    *("hashlib", "secrets", "subprocess", "socket", "shutil", "click.shell_completion", "unicodedata", "tomllib"),
+    *("decimal", "csv"),
+)
 # status and env name the pidfile by a hash of the database's path; env asks the proxy's port whether
 # a meter answers; doctor asks the network, runs git and the like.
 USES_COSTLY = {"status": {"hashlib"}, "env": {"hashlib", "socket"}, "doctor": set(COSTLY)}

@@ -1,7 +1,6 @@
 """Rendering reports: markdown in the seed's execution-log form, a terminal view,
 JSON with the seed's field names in snake_case, and CSV. Nothing is computed here."""
 
-import csv
 import io
 import json
 from collections.abc import Mapping
@@ -356,6 +355,8 @@ def _flatten(value, prefix: str = "") -> dict:
 
 def as_csv(rows: list[dict]) -> str:
     """A header of (dotted) field names, then one line per report row."""
+    import csv  # only for CSV: the table and Markdown reports start without it
+
     flat = [_flatten(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
     out = io.StringIO()
