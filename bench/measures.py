@@ -333,7 +333,8 @@ def statusline_cost(db_path: Path, runs: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "config.toml"
         config.write_text("[statusline]\nshow = [" + ", ".join(f'"{item}"' for item in ITEMS) + "]\n")
-        environ = {**os.environ, "METER_CONFIG": str(config)}
+        # Its own cache folder: the first run parses the settings and caches them, as a prompt's first line does.
+        environ = {**os.environ, "METER_CONFIG": str(config), "XDG_CACHE_HOME": str(Path(folder) / "cache")}
         shown = subprocess.run(commands["statusline"], input=claude, capture_output=True, text=True, check=True, env=environ)
         # The session was never seen: the marker shows, and the session's cost.
         assert shown.stdout.startswith("NOT METERED · ") and " · session $" in shown.stdout, shown
@@ -379,11 +380,13 @@ READ_COMMANDS = {
 
 def read_command_costs(db_path: Path, phase: str, runs: int, names: list[str] | None = None) -> dict:
     """Each read command's wall time with `--db PATH`, output piped, against `python -c pass`,
-    interleaved run by run; medians of `runs`. No user config is read: the shipped defaults."""
+    interleaved run by run; medians of `runs`. No user config is read: the shipped defaults, parsed by
+    the first command and then read from the settings cache (config/files.py) in a folder of its own."""
     meter = str(Path(sys.executable).parent / "meter")
     with tempfile.TemporaryDirectory() as config_home:
         environ = {name: value for name, value in os.environ.items() if name not in ("METER_CONFIG", "METER_DB")}
         environ["XDG_CONFIG_HOME"] = config_home
+        environ["XDG_CACHE_HOME"] = str(Path(config_home) / "cache")
         commands = {"python -c pass": [sys.executable, "-c", "pass"]}
         for name in names or READ_COMMANDS:
             arguments = [argument.format(phase=phase) for argument in READ_COMMANDS[name]]

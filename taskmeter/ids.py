@@ -14,10 +14,9 @@ neighbours changes it unless they differ by exactly 16. IDs made before the
 check character existed (12 characters) stay valid.
 """
 
-import hashlib
-import secrets
 import threading
 import time
+from random import SystemRandom  # not secrets: it loads hashlib (OpenSSL), milliseconds for every command
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _VALUES = {char: value for value, char in enumerate(ALPHABET)}
@@ -30,6 +29,9 @@ LENGTH = BODY_LENGTH + 1
 # Shorter prefixes name a stretch of about five minutes, not a call.
 MIN_PREFIX = 6
 _WEIGHTS = tuple(2 * position + 1 for position in range(BODY_LENGTH))
+
+# What secrets.randbelow draws from: the operating system's randomness.
+_system_random = SystemRandom()
 
 
 def _encode(value: int, width: int) -> str:
@@ -61,10 +63,10 @@ class IdGenerator:
                 self._last_random += 1
                 if self._last_random >= _RANDOM_SPACE:
                     centis += 1
-                    self._last_random = secrets.randbelow(_RANDOM_SPACE // 2)
+                    self._last_random = _system_random.randrange(_RANDOM_SPACE // 2)
             else:
                 # Start in the lower half so increments rarely overflow.
-                self._last_random = secrets.randbelow(_RANDOM_SPACE // 2)
+                self._last_random = _system_random.randrange(_RANDOM_SPACE // 2)
             self._last_time = centis
             body = _encode(centis, _TIME_CHARS) + _encode(self._last_random, _RANDOM_CHARS)
         return body + check_char(body)
@@ -77,6 +79,8 @@ def derived_id(moment: float, key: str) -> str:
     """The same ID every time for the same `key` at the same `moment` (epoch
     seconds): the random part is drawn from the key's hash, so importing a
     record twice (`meter reconcile --import`) names the same call."""
+    import hashlib  # only `meter reconcile --import` derives IDs: the other commands start without OpenSSL
+
     centis = int((moment - _EPOCH) * 100)
     drawn = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4]) % _RANDOM_SPACE
     body = _encode(centis, _TIME_CHARS) + _encode(drawn, _RANDOM_CHARS)

@@ -8,7 +8,6 @@ import fcntl
 import hashlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,8 @@ def start(db_path: Path, proxy_args: list[str]) -> dict:
     already = running_proxy(db_path)
     if already:
         raise MeterError(f"a meter proxy already records to {db_path} (pid {already['pid']} on {already['listen']})")
+    import subprocess  # only to start one: `meter status` and `meter doctor` read the pidfile's name without it
+
     log, pidfile = log_path(db_path), pid_path(db_path)
     private_dir(log.parent)
     with open(private_file(log), "ab") as output:

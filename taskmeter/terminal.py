@@ -15,9 +15,7 @@ terminal: plain SGR codes, not a library, so that no command pays for one at sta
 import json
 import os
 import re
-import shutil
 import sys
-import textwrap
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple, TextIO
@@ -87,6 +85,8 @@ def _wrap_line(line: str, width: int, indent: int | None) -> str:
         if filled and (len(hanging + field) <= width or len(current + gap + field.split(" ", 1)[0]) > width):
             lines.append(current.rstrip())
             current, gap = hanging, ""
+        import textwrap  # only a line too long for the terminal: a command that wraps none starts without it
+
         pieces = textwrap.wrap(
             field,
             width,
@@ -234,6 +234,8 @@ def table(columns: Sequence[Column], rows: Iterable[Sequence], utc: bool = False
         sys.stdout.write("\t".join(column.header for column in columns) + "\n")
         sys.stdout.writelines("\t".join(row) + "\n" for row in cells)
         return
+    import shutil  # only a table: with the compression modules it loads, milliseconds for the other commands
+
     shown, widths = _fit(columns, cells, shutil.get_terminal_size().columns)
 
     def line(values: list[str]) -> str:

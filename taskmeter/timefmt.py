@@ -100,23 +100,24 @@ def parse_user_timestamp(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)", re.IGNORECASE)
-_ISO_DURATION = re.compile(
-    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$",
-    re.IGNORECASE,
+# Patterns as text, compiled by `re` (and cached) when first used: compiling every pattern
+# at import cost each command that parses no duration a fraction of a millisecond per pattern.
+_DURATION_PART = r"(?i)(\d+(?:\.\d+)?)\s*(h|m|s)"
+_ISO_DURATION = (
+    r"(?i)^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 
 
 def parse_duration(text: str) -> int:
     """Seconds in a duration such as `1h30m`, `90m`, `1.5h`, `45s` or ISO `PT1H30M`."""
     compact = text.strip().replace(" ", "")
-    iso = _ISO_DURATION.match(compact)
+    iso = re.match(_ISO_DURATION, compact)
     if iso and compact.upper() not in ("P", "PT"):
         parts = {k: float(v) if v else 0.0 for k, v in iso.groupdict().items()}
         seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
     else:
         position, seconds = 0, 0.0
-        for match in _DURATION_PART.finditer(compact):
+        for match in re.finditer(_DURATION_PART, compact):
             if match.start() != position:
                 break
             position = match.end()
@@ -163,7 +164,7 @@ def seconds_between(start: str, end: str) -> float:
     return (from_stored(end) - from_stored(start)) / timedelta(seconds=1)
 
 
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(d|h|m|w)$", re.IGNORECASE)
+_AGO = r"(?i)^(\d+(?:\.\d+)?)\s*(d|h|m|w)$"
 
 
 def parse_moment(text: str, reference: datetime | None = None) -> datetime:
@@ -178,7 +179,7 @@ def parse_moment(text: str, reference: datetime | None = None) -> datetime:
         return local_midnight(today)
     if word == "yesterday":
         return local_midnight(today - timedelta(days=1))
-    age = _AGO.match(word)
+    age = re.match(_AGO, word)
     if age:
         unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[age.group(2).lower()]
         return reference - timedelta(seconds=float(age.group(1)) * unit)

@@ -13,11 +13,12 @@ _XDG = {
     "config": ("XDG_CONFIG_HOME", ".config"),
     "data": ("XDG_DATA_HOME", ".local/share"),
     "state": ("XDG_STATE_HOME", ".local/state"),
+    "cache": ("XDG_CACHE_HOME", ".cache"),
 }
 
 
 def user_path(kind: str) -> Path:
-    """The folder of `kind` (config, data or state) for taskmeter."""
+    """The folder of `kind` (config, data, state or cache) for taskmeter."""
     variable, under_home = _XDG[kind]
     if sys.platform == "linux" and not hasattr(sys, "getandroidapilevel"):
         chosen, home = os.environ.get(variable, ""), os.environ.get("HOME", "")

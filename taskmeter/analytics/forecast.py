@@ -22,8 +22,6 @@ The model, for each quantity (working_seconds, tokens, cost_usd) alike:
 
 import bisect
 import math
-import random
-import statistics
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
@@ -120,6 +118,10 @@ def predict(ordered: Sequence[float], level: float) -> Prediction:
     upper = _upper_rank(n, level)
     if n == 0 or upper > n:
         return Prediction(n, None, None, None)
+    # statistics and random only where used: they load fractions and decimal, milliseconds of each report
+    # whose forecast has too few approved tasks to draw on (the task and phase reports show one).
+    import statistics
+
     return Prediction(n, statistics.median(ordered), ordered[n - upper], ordered[upper - 1])
 
 
@@ -275,6 +277,8 @@ def resample_total(forecasts: Sequence[TaskForecast], quantity: str, seed: str, 
     among the results at least what it has used so far (what it has used when none is),
     minus that. Seeded: the same history gives the same draws. None when a task has
     no interval."""
+    import random
+
     rng = random.Random(seed)
     totals = [0.0] * samples
     for forecast in forecasts:
@@ -327,6 +331,8 @@ class _Scores:
         n = len(self.widths)
         if not n:
             return {"n": 0, "coverage": None, "median_width": None, "median_abs_log_error": None, "winkler": None}
+        import statistics
+
         return {
             "n": n,
             "coverage": self.covered / n,

@@ -1,26 +1,28 @@
 """Rendering reports: markdown in the seed's execution-log form, a terminal view,
 JSON with the seed's field names in snake_case, and CSV. Nothing is computed here."""
 
-import csv
 import io
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from taskmeter.analytics.metrics import NOT_MEASURED, NOT_YET, PHASE_SECTIONS, TASK_SECTIONS
-from taskmeter.analytics.records import (
-    BlocksReport,
-    OverviewReport,
-    PhaseReport,
-    SessionsReport,
-    TargetCheck,
-    TaskReport,
-    UsageReport,
-    UsageStats,
-)
 from taskmeter.money import usd
 from taskmeter.store.tasks import TASK_FIELDS
 from taskmeter.timefmt import display, format_duration
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the report types are for the type checker: importing them costs each report's start-up
+    from taskmeter.analytics.records import (
+        BlocksReport,
+        OverviewReport,
+        PhaseReport,
+        SessionsReport,
+        TargetCheck,
+        TaskReport,
+        UsageReport,
+        UsageStats,
+    )
 
 PLACEHOLDER = "_____"  # the seed's mark for a field not filled
 
@@ -227,7 +229,7 @@ def _history_lines(fields: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _completeness_line(fields: TaskReport | PhaseReport) -> str:
+def _completeness_line(fields: "TaskReport | PhaseReport") -> str:
     completeness = fields["tracking_completeness"]
     line = f"Tracking completeness: {completeness['percent']:.0f}% ({completeness['filled']}/{completeness['total']} fields)"
     if completeness["missing"]:
@@ -237,7 +239,7 @@ def _completeness_line(fields: TaskReport | PhaseReport) -> str:
     return line
 
 
-def task_markdown(fields: TaskReport, utc: bool = False) -> str:
+def task_markdown(fields: "TaskReport", utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"### Task {fields['task_id']}{title}",
@@ -254,7 +256,7 @@ def task_markdown(fields: TaskReport, utc: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _target_value(check: TargetCheck) -> str:
+def _target_value(check: "TargetCheck") -> str:
     value = check["value"]
     if value is None:
         return NOT_MEASURED
@@ -263,7 +265,7 @@ def _target_value(check: TargetCheck) -> str:
     return _measured(check)
 
 
-def _measured(check: TargetCheck) -> str:
+def _measured(check: "TargetCheck") -> str:
     value = check["value"]
     if check["metric"] == "tracking_completeness":
         return f"{value:.0f}%"
@@ -274,13 +276,13 @@ def _measured(check: TargetCheck) -> str:
     return f"{value:.1%}" if check["metric"] == "projection_accuracy" else f"{value:.2%}"
 
 
-def _verdict(check: TargetCheck) -> str:
+def _verdict(check: "TargetCheck") -> str:
     if check["reason"] == NOT_YET:
         return "not yet"
     return {True: "✅", False: "❌", None: "—"}[check["passed"]]
 
 
-def phase_markdown(fields: PhaseReport, utc: bool = False) -> str:
+def phase_markdown(fields: "PhaseReport", utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"## 📈 Phase {fields['phase_id']} Aggregate Tracking{title}",
@@ -313,7 +315,7 @@ def phase_markdown(fields: PhaseReport, utc: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def task_text(fields: TaskReport, utc: bool = False) -> str:
+def task_text(fields: "TaskReport", utc: bool = False) -> str:
     """The terminal view: the execution log without markdown fences."""
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
@@ -327,7 +329,7 @@ def task_text(fields: TaskReport, utc: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def phase_text(fields: PhaseReport, utc: bool = False) -> str:
+def phase_text(fields: "PhaseReport", utc: bool = False) -> str:
     title = f" — {fields['title']}" if fields["title"] else ""
     lines = [
         f"Phase {fields['phase_id']}{title}",
@@ -356,6 +358,8 @@ def _flatten(value, prefix: str = "") -> dict:
 
 def as_csv(rows: list[dict]) -> str:
     """A header of (dotted) field names, then one line per report row."""
+    import csv  # only for CSV: the table and Markdown reports start without it
+
     flat = [_flatten(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
     out = io.StringIO()
@@ -365,7 +369,7 @@ def as_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def overview_markdown(report: OverviewReport) -> str:
+def overview_markdown(report: "OverviewReport") -> str:
     lines = [
         "| Phase | Tasks | Tokens | Tokens/task | Trend | Interactions | Hallucination rate | Cost | From agent logs | Completeness |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -380,7 +384,7 @@ def _share(value: float | None) -> str:
     return f"{value or 0:.1%}"
 
 
-def overview_rows(report: OverviewReport) -> list[list[str]]:
+def overview_rows(report: "OverviewReport") -> list[list[str]]:
     rows = []
     for phase in report["phases"]:
         trend = phase["token_efficiency_change"]
@@ -439,7 +443,7 @@ LATENCY_FIGURES = [
 ]
 
 
-def _usage_figures(stats: UsageStats) -> dict:
+def _usage_figures(stats: "UsageStats") -> dict:
     tokens = stats["tokens"]
     return {
         "ai_interactions": stats["ai_interactions"],
@@ -452,7 +456,7 @@ def _usage_figures(stats: UsageStats) -> dict:
     }
 
 
-def usage_lines(report: UsageReport) -> list[dict]:
+def usage_lines(report: "UsageReport") -> list[dict]:
     """Every line of a usage report whole, as CSV and Markdown give it: per period its
     line (model `all`) then its models' lines, or a line per model with its latency;
     then the totals (period `total`)."""
@@ -483,7 +487,7 @@ def _figure(key: str, value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def usage_markdown(report: UsageReport, label: str) -> str:
+def usage_markdown(report: "UsageReport", label: str) -> str:
     """A usage report as a Markdown table, a line per usage_lines line."""
     lines = usage_lines(report)
     keys = [key for key in lines[0] if key not in ("start", "unpriced_interactions")] if lines else []  # the label reads
@@ -501,7 +505,7 @@ def usage_markdown(report: UsageReport, label: str) -> str:
     return "\n".join(table) + "\n" + note
 
 
-def session_lines(report: SessionsReport) -> list[dict]:
+def session_lines(report: "SessionsReport") -> list[dict]:
     """A line per agent session, for CSV and Markdown; then the totals (session `total`)."""
     lines = []
     for session in report["sessions"]:
@@ -522,7 +526,7 @@ def session_lines(report: SessionsReport) -> list[dict]:
     return lines
 
 
-def block_lines(report: BlocksReport) -> list[dict]:
+def block_lines(report: "BlocksReport") -> list[dict]:
     """A line per block (and gap), for CSV and Markdown."""
     lines = []
     for block in report["blocks"]:

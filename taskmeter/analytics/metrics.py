@@ -166,7 +166,7 @@ def spans_of(
         return []
     begin, end = _seconds(task["begin_at"]), _seconds(_end_of(task, now))
     # A task still current is current until its approval, or now.
-    current_spans = [(a, min(end, b) if b is not None else end) for a, b in current if a <= end]
+    current_spans = [(a, b if b is not None and b < end else end) for a, b in current if a <= end]
     return worktime.working_spans(current_spans, [*activity, *((at, at) for at in events)], idle_seconds, (begin, end))
 
 

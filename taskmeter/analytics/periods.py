@@ -5,6 +5,7 @@ days (weeks start on Monday) unless `utc`. An hour is a real hour: on the day th
 clock goes back the repeated hour is two periods, each labelled with its zone."""
 
 import sqlite3
+import time
 
 from taskmeter.analytics.history import STATED_BY, seconds_sql
 from taskmeter.store.rules import FAILED_CALL_SQL
@@ -43,10 +44,24 @@ def _on_quarter(stored: str | None) -> bool:
 _LOCAL_HOUR_START = "strftime('%Y-%m-%dT%H:%M:00.000000Z', at, printf('-%d minutes', strftime('%M', at, 'localtime')))"
 
 
+# Where the clock is a whole number of hours from UTC, as in most zones, a call's local minute is
+# its UTC minute, and its local hour starts with its UTC hour: the same key as _LOCAL_HOUR_START,
+# without a second date conversion a row (a third of an hourly report over a million calls).
+_WHOLE_HOUR_LOCAL_START = (
+    "CASE WHEN strftime('%M', at, 'localtime') = substr(at, 15, 2) THEN substr(at, 1, 13) || ':00:00.000000Z'"
+    f" ELSE {_LOCAL_HOUR_START} END"
+)
+
+
+def _local_hour_sql() -> str:
+    # Both keys are exact in any zone; elsewhere (India, Nepal, Newfoundland...) the test would cost more than it saves.
+    return _WHOLE_HOUR_LOCAL_START if time.localtime().tm_gmtoff % 3600 == 0 else _LOCAL_HOUR_START
+
+
 def _period_sql(period: str, utc: bool) -> str:
     moment = "at" if utc else "at, 'localtime'"
     return {
-        "hourly": "strftime('%Y-%m-%dT%H:00:00.000000Z', at)" if utc else _LOCAL_HOUR_START,
+        "hourly": "strftime('%Y-%m-%dT%H:00:00.000000Z', at)" if utc else _local_hour_sql(),
         "daily": f"date({moment})",
         "weekly": f"date({moment}, 'weekday 0', '-6 days')",  # the Monday of the week
         "monthly": f"strftime('%Y-%m', {moment})",

@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 
 from taskmeter.errors import MeterError
-from taskmeter.store import interactions, tasks
+from taskmeter.store import tasks
 from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import now_stored
 
@@ -130,6 +130,8 @@ def prompt_submit(db, event: dict) -> dict | None:
     prompt = str(event.get("prompt") or "").strip()
     if prompt.split(maxsplit=1)[:1] != [FLAG_COMMAND]:
         return None
+    from taskmeter.store import interactions  # only to flag: `meter doctor` reads the settings without it
+
     note = prompt[len(FLAG_COMMAND) :].strip() or None
     try:
         interaction_id = interactions.last_call(db, None, client_session=str(event.get("session_id") or "")).interaction_id

@@ -23,7 +23,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -142,6 +141,8 @@ def install(repo: Path, db_path: Path | None = None) -> list[str]:
 
 def _write_executable(path: Path, text: str) -> None:
     """Replace `path` in one step, so a git command running now sees the old hook or the new one."""
+    import tempfile  # only to install a hook: `meter doctor` and the hooks themselves start without it (and shutil)
+
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:

@@ -150,6 +150,12 @@ def status_cmd(as_json: bool, utc: bool, db_path: str | None) -> None:
     terminal.info(f"Database: {state['database']}")
 
 
+def _terminal_columns() -> int:
+    import shutil  # only on a terminal: piped, `meter log` starts without it
+
+    return shutil.get_terminal_size().columns
+
+
 def _status_without_database(database, as_json: bool) -> None:
     """`meter status` where there is no database: it says so, makes none, and
     still says whether a proxy records there (its health file tells)."""
@@ -253,8 +259,6 @@ def log_cmd(
     limit, task_id, unassigned, since, until, model, flagged, failed, search, session, preview, follow, as_json, utc, db_path
 ):
     """Recent AI calls, newest first, with IDs to use with `meter show` and `meter flag`."""
-    import shutil
-
     from taskmeter.analytics.listings import call_record, search_match
     from taskmeter.analytics.listings import preview as call_preview
     from taskmeter.store import interactions
@@ -277,7 +281,7 @@ def log_cmd(
             return
         rows = interactions.recent(db, limit=limit, calls=calls)
         if preview is None:
-            preview = not terminal.to_pipe() and shutil.get_terminal_size().columns >= PREVIEW_MIN_COLUMNS
+            preview = not terminal.to_pipe() and _terminal_columns() >= PREVIEW_MIN_COLUMNS
         said = call_texts.of_calls(db, [row["id"] for row in rows]) if rows and (preview or search or as_json) else {}
     matches = {row["id"]: search_match(said.get(row["id"]), row, search) for row in rows} if search else {}
     if as_json:

@@ -7,7 +7,6 @@ import sqlite3
 from collections.abc import Iterator
 
 import click
-from click.shell_completion import CompletionItem
 
 from taskmeter import __version__
 from taskmeter.errors import MeterError
@@ -89,6 +88,8 @@ class TaskIdType(click.ParamType):
     name = "TASK"
 
     def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem  # only when the shell completes: not at every command's start
+
         found = _known("SELECT id, title FROM tasks WHERE lower(id) LIKE ? ORDER BY begin_at DESC LIMIT 100", incomplete)
         return [CompletionItem(value, help=help) for value, help in found]
 
@@ -97,6 +98,8 @@ class InteractionIdType(click.ParamType):
     name = "ID"
 
     def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
         found = _known(
             "SELECT id, coalesce(task_id, 'unassigned') || ' ' || coalesce(model, '?') FROM interactions"
             " WHERE id LIKE ? ORDER BY started_at DESC LIMIT 50",

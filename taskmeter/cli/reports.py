@@ -17,6 +17,10 @@ from taskmeter.team.reports import report_source, split_text, with_developers
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, seconds_between
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the report types are for the type checker: importing them costs each report's start-up
+    from taskmeter.analytics.records import OverviewReport
+
 FORMAT = click.Choice(["table", "markdown", "json", "csv"])
 
 
@@ -79,14 +83,13 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
     if ctx.invoked_subcommand is not None:
         return
     from taskmeter.analytics import formats
-    from taskmeter.analytics.records import OverviewReport
     from taskmeter.analytics.reports import overview_report
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with report_source(ctx.meta, db_path) as db:
         report = overview_report(db)
 
-    def table(overview: OverviewReport) -> str:
+    def table(overview: "OverviewReport") -> str:
         terminal.table(
             [
                 Column("Phase", shrink=True),

@@ -2,14 +2,19 @@
 config.toml over it. Nothing here validates (that is settings.py, with pydantic,
 which `meter config check`, `meter proxy` and `meter doctor` run): a command that
 only reads takes the few values it needs from `read_values`, each checked to be
-of the kind it computes with, and starts without pydantic."""
+of the kind it computes with, and starts without pydantic.
 
+What the two files say is kept, parsed, in the user cache folder (settings.marshal,
+the user's alone), with each file's identity (device, inode, size, modification and
+change times): a command whose files have not changed since reads that instead of loading
+tomllib and parsing TOML, a few milliseconds of every command and status line."""
+
+import marshal
 import os
-import tomllib
 from pathlib import Path
 
 from taskmeter.errors import MeterError
-from taskmeter.private import refuse_if_others_may_write
+from taskmeter.private import private_dir, refuse_if_others_may_write
 
 ENV_VAR = "METER_CONFIG"
 # What the values a command computes with must be; `meter config check` says more.
@@ -57,9 +62,13 @@ def ca_bundle(folder: Path) -> Path:
     return folder / "ca-bundle.pem"
 
 
-def defaults_text() -> str:
+def _defaults_file() -> Path:
     # Beside this module (package data), read without importlib.resources: the status line reads it too.
-    return Path(__file__).with_name("defaults.toml").read_text()
+    return Path(__file__).with_name("defaults.toml")
+
+
+def defaults_text() -> str:
+    return _defaults_file().read_text()
 
 
 def starter_text() -> str:
@@ -82,21 +91,85 @@ def merge(base: dict, override: dict) -> dict:
 
 def layers(explicit: str | os.PathLike | None) -> tuple[dict, dict, Path]:
     """The shipped defaults, the user's file (empty when absent) and its path."""
-    defaults = tomllib.loads(defaults_text())
     path = config_path(explicit)
-    user: dict = {}
-    if path.exists():
+    user_identity = _identity(path)
+    if user_identity is not None:
         # It names commands the meter runs (alert_command) and where API keys go (upstreams).
         refuse_if_others_may_write(path, "config")
-        try:
-            user = tomllib.loads(path.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MeterError(f"cannot read config {path}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise MeterError(f"config {path} is not valid TOML: {exc}") from None
     elif named_config(explicit):
         raise missing_config(path)
-    return defaults, user, path
+    key = (str(path), user_identity, _identity(_defaults_file()))
+    parsed = _cached(key)
+    if parsed is None:
+        parsed = _parse(path if user_identity is not None else None)
+        _remember(key, parsed)
+    return parsed[0], parsed[1], path
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What changes when the file does: a new file, one written in place, or its mode
+    changed (the change time, which no one can set back); None: there is none."""
+    try:
+        status = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+def _parse(user_file: Path | None) -> tuple[dict, dict]:
+    import tomllib  # only when the files changed since the last command: see the module's docstring
+
+    defaults, user = tomllib.loads(defaults_text()), {}
+    if user_file is not None:
+        try:
+            user = tomllib.loads(user_file.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MeterError(f"cannot read config {user_file}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise MeterError(f"config {user_file} is not valid TOML: {exc}") from None
+    return defaults, user
+
+
+def _cache_file() -> Path:
+    from taskmeter.userdirs import user_path
+
+    return user_path("cache") / "settings.marshal"
+
+
+def _cached(key: tuple) -> tuple[dict, dict] | None:
+    """What the cache holds for `key`; None when it holds another key, or nothing
+    trustworthy: a file another account could have written is not read."""
+    cache = _cache_file()
+    try:
+        with open(cache, "rb") as file:
+            for status in (os.fstat(file.fileno()), cache.parent.stat()):
+                if status.st_uid != os.getuid() or status.st_mode & 0o022:
+                    return None
+            stored_key, defaults, user = marshal.loads(file.read())
+    except (OSError, ValueError, EOFError, TypeError):  # none yet, unreadable, or not what _remember writes
+        return None
+    return (defaults, user) if stored_key == key else None
+
+
+def _remember(key: tuple, parsed: tuple[dict, dict]) -> None:
+    """Keep `parsed` for the next command; quietly not, where the cache folder cannot be written."""
+    try:
+        data = marshal.dumps((key, *parsed))
+    except ValueError:  # a TOML date or time, which marshal does not keep: parsed each time
+        return
+    cache = _cache_file()
+    temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
+    try:
+        private_dir(cache.parent)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(temporary, cache)  # whole or not at all, for a command reading it meanwhile
+    except OSError:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 class Values:

@@ -50,8 +50,11 @@ def meter_answers(listen: str, timeout: float = 0.04) -> bool:
     deadline = time.monotonic() + timeout
     host, _, port = proxy_origin(listen).removeprefix("http://").rpartition(":")
     host = host.strip("[]")
+    # An ASCII host as bytes, which getaddrinfo takes (the stubs say str only): it would encode a str with
+    # the idna codec, which loads stringprep and unicodedata (milliseconds of `meter env`) for ASCII already.
+    address = host.encode("ascii") if host.isascii() else host
     try:
-        probe = socket.create_connection((host, int(port)), timeout=timeout)
+        probe = socket.create_connection((address, int(port)), timeout=timeout)  # type: ignore[arg-type]
     except OSError:  # refused, or nothing accepts in time
         return False
     with probe:

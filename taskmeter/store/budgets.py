@@ -8,20 +8,21 @@ from taskmeter.store import alerts
 from taskmeter.store.connection import write_transaction
 from taskmeter.timefmt import now_stored
 
-_TOKENS = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMbB]?)(?:\s*tokens?)?$")
-_USD = re.compile(r"^\$\s*(\d+(?:\.\d+)?)$|^(\d+(?:\.\d+)?)\s*(?:usd|USD|\$)$")
+# Patterns as text, compiled by `re` (and cached) when a budget is parsed, not by every command that imports this.
+_TOKENS = r"^(\d+(?:\.\d+)?)\s*([kKmMbB]?)(?:\s*tokens?)?$"
+_USD = r"^\$\s*(\d+(?:\.\d+)?)$|^(\d+(?:\.\d+)?)\s*(?:usd|USD|\$)$"
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 
 
 def parse_amount(text: str) -> tuple[str, int | float]:
     """`2M`, `500k`, `150000` (tokens) or `$5`, `5 USD` (dollars): ("tokens", 2000000) or ("usd", 5.0)."""
     value = text.strip()
-    usd = _USD.match(value)
+    usd = re.match(_USD, value)
     if usd:
         amount = float(usd.group(1) or usd.group(2))
         if amount > 0:
             return "usd", amount
-    tokens = _TOKENS.match(value)
+    tokens = re.match(_TOKENS, value)
     if tokens:
         amount = round(float(tokens.group(1)) * _SCALE[tokens.group(2).lower()])
         if amount > 0:

@@ -9,7 +9,6 @@ the token stays in the terminal of `meter ui`."""
 
 import json
 import os
-import socket
 import sqlite3
 import stat
 from pathlib import Path
@@ -29,6 +28,8 @@ def private_to_user(path: Path) -> bool:
 
 def register(db: sqlite3.Connection, db_path: Path, address: str, url: str) -> None:
     """`url` is the address with the access token, stored only in a private database file."""
+    import socket  # here and in running(), not at the top: `meter status` reads no dashboard most of the time
+
     value = json.dumps(
         {
             "address": address,
@@ -56,6 +57,8 @@ def running(db: sqlite3.Connection) -> str | None:
     row = db.execute("SELECT value FROM state WHERE key = ?", (KEY,)).fetchone()
     if row is None:
         return None
+    import socket
+
     dashboard = json.loads(row[0])
     if dashboard["hostname"] == socket.gethostname() and not meter_process_alive(dashboard["pid"]):
         return None

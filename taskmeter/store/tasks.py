@@ -9,8 +9,9 @@ from taskmeter.errors import MeterError, NotFound
 from taskmeter.store.connection import require_transaction, write_transaction
 from taskmeter.timefmt import display, now, now_stored, parse_duration, to_stored
 
-_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$")
-_PHASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
+# Patterns as text, compiled by `re` (and cached) when first used: not at import, by every command.
+_TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)+$"
+_PHASE_ID = r"^[A-Za-z0-9][A-Za-z0-9._]*$"
 
 # The seed's Level 1 milestones, in the order they must happen.
 MILESTONES = {
@@ -107,13 +108,13 @@ def parse_percent(text: str) -> float:
     return number
 
 
-_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+_TAG = r"^[a-z0-9][a-z0-9._-]{0,39}$"
 
 
 def parse_tag(text: str) -> str:
     """A tag as stored: one word of letters, digits, dots, dashes and underscores, in lower case."""
     tag = text.strip().lower()
-    if not _TAG.match(tag):
+    if not re.match(_TAG, tag):
         raise MeterError(f"malformed tag {text!r}: use one word of letters, digits, '.', '-' or '_', such as api")
     return tag
 
@@ -139,7 +140,7 @@ def parse_input(field: Field, text: str) -> str | int | float:
 def validate_task_id(text: str) -> str:
     """The canonical (upper-case) spelling of a task ID: IDs are case-insensitive."""
     task_id = text.strip().upper()
-    if not _TASK_ID.match(task_id) or len(task_id) > 64:
+    if not re.match(_TASK_ID, task_id) or len(task_id) > 64:
         raise MeterError(f"malformed task ID {text!r}: use a phase, a dash and a number or name, such as P1-010")
     return task_id
 
@@ -147,7 +148,7 @@ def validate_task_id(text: str) -> str:
 def validate_phase_id(text: str) -> str:
     """The canonical (upper-case) spelling of a phase ID."""
     phase_id = text.strip().upper()
-    if not _PHASE_ID.match(phase_id) or len(phase_id) > 32:
+    if not re.match(_PHASE_ID, phase_id) or len(phase_id) > 32:
         raise MeterError(f"malformed phase ID {text!r}: use letters, digits and dots, such as P1")
     return phase_id
 
@@ -183,7 +184,7 @@ class NeedsCreate(MeterError):
 
 
 # A name and its number: `P` and `3` of phase P3 (`3.5` of P3.5), `0` and `010` of task P1-010.
-_NUMBERED = re.compile(r"^(.*?)(\d+(?:\.\d+)*)$")
+_NUMBERED = r"^(.*?)(\d+(?:\.\d+)*)$"
 
 
 def _one_edit_apart(a: str, b: str) -> bool:
@@ -200,7 +201,7 @@ def _one_edit_apart(a: str, b: str) -> bool:
 
 
 def _numbered(identifier: str) -> tuple[str, str] | None:
-    match = _NUMBERED.match(identifier)
+    match = re.match(_NUMBERED, identifier)
     return (match.group(1), match.group(2)) if match else None
 
 
