@@ -17,6 +17,10 @@ from taskmeter.private import private_dir, private_file
 from taskmeter.store import connection, proxies
 from taskmeter.userdirs import user_path
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for the type checker alone: read commands import this module without it
+    import subprocess
+
 START_TIMEOUT_SECONDS = 30
 # What `meter status`, `meter doctor` and `meter env` say when no proxy runs.
 START_ADVICE = "start one with `meter start`, or keep one running with `meter service install`"
@@ -80,9 +84,11 @@ def start(db_path: Path, proxy_args: list[str]) -> dict:
         raise
 
 
-def _cancel(process: subprocess.Popen) -> None:
+def _cancel(process: "subprocess.Popen") -> None:
     """Stop a proxy that has not finished starting as Ctrl-C would stop it in the
     foreground (whatever it has begun, it ends cleanly), and wait for it."""
+    import subprocess  # `start` imported it already
+
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     try:
