@@ -15,6 +15,7 @@ from taskmeter.store import connection, tasks
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
+from tests.gitrepo import eventually
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -416,13 +417,16 @@ def test_the_live_view_prints_a_line_per_call_within_a_second(proxy, upstream):
 
 def test_log_follow_shows_each_new_call_from_another_terminal(proxy, upstream):
     upstream.routes[CHAT] = json_reply("openai/chat_nonstream_toolcall")
+    earlier = openai_client(proxy, "/t/P9-050").chat.completions.with_raw_response.create(**CHAT_ARGS)
+    earlier_id = earlier.headers["x-meter-interaction-id"]
+    eventually(lambda: any(row["id"] == earlier_id for row in proxy.rows(wait_for=0)))  # stored, whatever ran before
     follower = subprocess.Popen(
         [str(VENV_BIN / "meter"), "log", "--follow", "-n", "1", "--db", str(proxy.db_path)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert follower.stdout.readline()  # the latest call so far
+        assert earlier_id in follower.stdout.readline()  # the latest call so far
         raw = openai_client(proxy, "/t/P9-051").chat.completions.with_raw_response.create(**CHAT_ARGS)
         line = follower.stdout.readline()
         assert raw.headers["x-meter-interaction-id"] in line and "P9-051" in line and "in 92  out 17" in line
