@@ -337,25 +337,28 @@ def _fetch(conn, entities: list[tuple], tasks: list[str], phases: list[str] | No
     switch = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
 
     def next_switch(same_developer: bool) -> str:
+        """The switch after each of the tasks' switches (found among the tasks' own records,
+        never among the store's switches): one index probe each."""
         who = " AND n.developer = s.developer" if same_developer else mine.replace("developer", "n.developer")
-        return f"""SELECT after.id FROM taskmeter.records s, LATERAL (
+        return f"""SELECT after.id FROM tasks_records s, LATERAL (
                 SELECT n.id FROM taskmeter.records n WHERE n.{switch}{who}
                 AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1) after
-            WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")}"""
+            WHERE s.kind = 'task_event' AND s.row->>'kind' = 'switch'"""
 
-    own = f"SELECT id, true, true FROM taskmeter.records WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine}"
-    chosen = [own, f"SELECT id, false, true FROM ({next_switch(True)}) o"]
-    params: list[Any] = [tasks, *mine_params, tasks, *mine_params]
+    chosen = ["SELECT id, true, true FROM tasks_records", f"SELECT id, false, true FROM ({next_switch(True)}) o"]
+    params: list[Any] = [tasks, *mine_params]
     if developer is None:
         chosen.append(f"SELECT id, true, false FROM ({next_switch(False)}) t")
-        params += [tasks]
     if phases:
         chosen.append(
             f"SELECT id, true, true FROM taskmeter.records WHERE kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine}"
         )
         params += [[phase.upper() for phase in phases], *mine_params]
     records = conn.execute(
-        f"""SELECT r.developer, r.kind, r.device, r.row, x.teams, x.owns, r.task_id FROM taskmeter.records r JOIN (
+        f"""WITH tasks_records AS MATERIALIZED (
+                SELECT id, developer, kind, at, row FROM taskmeter.records
+                WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine})
+            SELECT r.developer, r.kind, r.device, r.row, x.teams, x.owns, r.task_id FROM taskmeter.records r JOIN (
                 SELECT id, bool_or(teams) AS teams, bool_or(owns) AS owns
                 FROM ({" UNION ALL ".join(chosen)}) AS chosen(id, teams, owns) GROUP BY id
             ) x ON r.id = x.id ORDER BY r.at, r.id""",

@@ -412,9 +412,6 @@ _QUARTERS = f"""
             PRIMARY KEY ({_QUARTER_KEY})
         );
         CREATE INDEX usage_quarters_task ON taskmeter.usage_quarters (task_key, quarter);
-        -- A task's switches (a report reads its tasks' switches, never the store's).
-        CREATE INDEX records_task_switches ON taskmeter.records (task_id)
-            WHERE kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted;
         -- A phase's marks, by the phase in any case.
         CREATE INDEX records_phase_marks ON taskmeter.records (upper(phase_id)) WHERE kind = 'phase_mark' AND NOT deleted;
         -- What the overview reads of the records: all but the switches, flags and call texts, in order.
