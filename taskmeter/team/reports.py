@@ -246,8 +246,11 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
         if value:
             clauses.append(clause)
             params.append(value)
+    # Summed over the developers, and over the tasks unless the report keeps one: a year's
+    # report reads a row per quarter hour and model.
+    task_key = "task_key" if window.task_id else "''"
     quarters = conn.execute(
-        f"SELECT quarter, model, task_key, {', '.join(f'sum({column})' for column in QUARTER_COLUMNS)}"
+        f"SELECT quarter, model, {task_key}, {', '.join(f'sum({column})' for column in QUARTER_COLUMNS)}"
         f" FROM taskmeter.usage_quarters WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3",
         params,
     ).fetchall()
