@@ -246,11 +246,10 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
         if value:
             clauses.append(clause)
             params.append(value)
-    # Summed over the developers, and over the tasks unless the report keeps one: a year's
-    # report reads a row per quarter hour and model.
-    task_key = "task_key" if window.task_id else "''"
+    # Summed over the developers into the local rows (per task too: the local report sums those,
+    # and its sums of cost are the same additions).
     quarters = conn.execute(
-        f"SELECT quarter, model, {task_key}, {', '.join(f'sum({column})' for column in QUARTER_COLUMNS)}"
+        f"SELECT quarter, model, task_key, {', '.join(f'sum({column})' for column in QUARTER_COLUMNS)}"
         f" FROM taskmeter.usage_quarters WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3",
         params,
     ).fetchall()
@@ -504,12 +503,17 @@ def with_developers(
     own = _Own(covered, ids, history.rollup_columns(db))
     names = [meta["developer"]] if meta.get("developer") else sorted(own.developers)
     shares = []
+    # A task a developer never touched adds nothing to their share's figures: a phase's share is
+    # computed over their own tasks, and one begun task (a working time of 0, not missing).
+    begun = [task for task in team_tasks if task.task["begin_at"]][:1]
     for name in names:
-        tasks = [own.history(task, name) for task in team_tasks]
         if team is not None:
-            fields: Mapping[str, Any] = metrics.phase_fields(team._replace(tasks=tasks), now, None, idle_seconds)
+            tasks = [task for task in team_tasks if own.touched(task.task["id"], name)]
+            tasks += [] if any(task.task["begin_at"] for task in tasks) else begun
+            phase = team._replace(tasks=[own.history(task, name) for task in tasks])
+            fields: Mapping[str, Any] = metrics.phase_fields(phase, now, None, idle_seconds)
         else:
-            fields = metrics.task_fields(tasks[0], now, idle_seconds)
+            fields = metrics.task_fields(own.history(team_tasks[0], name), now, idle_seconds)
         shares.append({"developer": name, **{key: fields.get(field) for key, field in split}})
     return {**report, "developers": shares}
 
@@ -552,6 +556,13 @@ class _Own:
             moments = [from_stored(row["at"]).timestamp() for row in rows]
             for row, since, until in zip(rows, moments, [*moments[1:], None], strict=True):
                 self.current[(row.get("task_id") or "").lower(), name].append((since, until))
+
+    def touched(self, task_id: str, developer: str) -> bool:
+        """Whether `developer` has calls, switches, minutes or events on the task."""
+        return (
+            any((task_id, developer) in rows for rows in (self.usage, self.runs, self.events))
+            or (task_id.lower(), developer) in self.current
+        )
 
     def history(self, task, developer: str):
         """`task`'s TaskHistory (the team's) with `developer`'s usage and working time in place of the team's."""
