@@ -110,7 +110,7 @@ def test_each_developers_share_of_a_phase_and_a_task_is_that_developers_own_repo
 def team_quarters(admin_url: str, name: str) -> dict[tuple, dict]:
     with psycopg.connect(admin_url) as conn:
         cursor = conn.execute("SELECT * FROM taskmeter.usage_quarters WHERE developer = %s", (name,))
-        columns = [column.name for column in cursor.description]
+        columns = [column.name for column in cursor.description or []]
         rows = [dict(zip(columns, row, strict=True)) for row in cursor]
     for row in rows:
         del row["developer"]
