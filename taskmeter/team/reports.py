@@ -2,9 +2,11 @@
 scratch SQLite database with the local schema, and the same functions that
 read a meter's own database read it. A task or phase report takes the team
 store's rollups (t003, kept on the server from the rows) in place of the calls,
-so its cost does not grow with them; the overview and the usage reports load
-the rows, whose triggers rebuild the rollups. A team's phase record is thus
-computed by the same code and definitions as a developer's own (docs/team.md).
+so its cost does not grow with them; so do the overview (t003's task_usage) and
+the usage reports (t004's usage_quarters); `sessions` and `blocks` load the
+calls. A team's phase record is thus computed by the same code and definitions
+as a developer's own, and each developer's share of it by the same metrics from
+the rows read once (docs/team.md).
 
 Calls keep their team-wide ID (`device:id`); records of several developers
 are put in time order, so "the first estimate" is the team's first."""
