@@ -62,8 +62,8 @@ _ORIGIN = "timestamptz '2026-01-05 00:00:00+00'"
 
 
 def _build_scale_store(conn, calls: int) -> None:
-    """The store's rows, then its rollups from them (ROLLUPS_FROM_ROWS, as an upgrade makes
-    them: set-wise, faster than 50 developers' syncs through the triggers)."""
+    """The store's rows, then its rollups from them (ROLLUPS_FROM_ROWS and QUARTERS_FROM_ROWS,
+    as an upgrade makes them: set-wise, faster than 50 developers' syncs through the triggers)."""
     per_developer = calls // DEVELOPERS
     per_day = max(1, per_developer // WORKING_DAYS)
     per_switch = max(1, per_developer // SWITCHES_PER_DEVELOPER)
@@ -130,6 +130,7 @@ def _build_scale_store(conn, calls: int) -> None:
         conn.commit()
         print(f"  built developer {d + 1}/{DEVELOPERS}", flush=True)
     conn.execute(schema.ROLLUPS_FROM_ROWS)
+    conn.execute(schema.QUARTERS_FROM_ROWS)
     conn.execute("ALTER TABLE taskmeter.calls ENABLE TRIGGER USER")
     conn.execute("ALTER TABLE taskmeter.records ENABLE TRIGGER USER")
     conn.commit()
@@ -184,29 +185,14 @@ def report_at_scale(calls: int, cache: Path, runs: int) -> dict:
         config = cache / f"team-store-{calls}.toml"  # the meter's, beside the server's folder (postgres owns it)
         config.write_text(f'[team]\nurl = "{server.url("postgres", "scale")}"\n')
         os.environ["PGPASSFILE"] = str(server.passfile)
-        command = [sys.executable, "-m", "taskmeter", "report", "phase", "P5", "--team", "--format", "json"]
-        timings, walls, statements = [], [], 0
-        for _ in range(runs + 1):  # the first warms the server's cache, as a second report finds it
-            with psycopg.connect(url, autocommit=True) as admin:
-                admin.execute("SELECT pg_stat_statements_reset()")
-            started = time.perf_counter()
-            done = subprocess.run(command, env={**os.environ, "METER_CONFIG": str(config)}, capture_output=True, text=True)
-            walls.append(time.perf_counter() - started)
-            if done.returncode != 0:
-                raise RuntimeError(done.stderr)
-            with psycopg.connect(url, autocommit=True) as admin:
-                total, statements = admin.execute(
-                    "SELECT sum(total_exec_time), sum(calls) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
-                    " WHERE d.datname = 'scale' AND query NOT LIKE '%pg_stat_statements%'"
-                ).fetchone() or (0, 0)
-            timings.append(float(total) / 1000)
-            with psycopg.connect(url, autocommit=True) as admin:
-                slowest = admin.execute(
-                    "SELECT round(total_exec_time::numeric, 1), calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 160)"
-                    " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'scale'"
-                    " AND query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 5"
-                ).fetchall()
-        report = json.loads(done.stdout)
+        env = {**os.environ, "METER_CONFIG": str(config)}
+        phase_run = _time_report(url, ["report", "phase", "P5"], env, runs)
+        # The overview and the usage reports read the server's rollups (t004), never the calls.
+        others = {
+            " ".join(words): _time_report(url, words, env, runs)
+            for words in (["report"], ["report", "daily"], ["report", "models"])
+        }
+        report = phase_run["output"]
     finally:
         server.close()
     return {
@@ -218,10 +204,48 @@ def report_at_scale(calls: int, cache: Path, runs: int) -> dict:
         "build_seconds": build_seconds,
         "phase_calls": report["ai_interactions_total"],
         "phase_developers": len(report["developers"]),
-        "report_server_seconds": round(statistics.median(timings[1:]), 3),
-        "report_statements": int(statements),
-        "report_wall_seconds": round(statistics.median(walls[1:]), 2),
+        "report_server_seconds": phase_run["server_seconds"],
+        "report_statements": phase_run["statements"],
+        "report_wall_seconds": phase_run["wall_seconds"],
+        "slowest_statements_ms": phase_run["slowest_statements_ms"],
+        "other_reports": {
+            name: {key: value for key, value in run.items() if key in ("server_seconds", "statements", "wall_seconds")}
+            for name, run in others.items()
+        },
+    }
+
+
+def _time_report(url: str, words: list[str], env: dict, runs: int) -> dict:
+    """`meter WORDS --team --format json`: the median over `runs` (after a first that warms the
+    server's cache) of its wall time and of the execution time pg_stat_statements sums over
+    the statements it sent; its slowest statements and output (of the last run)."""
+    command = [sys.executable, "-m", "taskmeter", *words, "--team", "--format", "json"]
+    timings, walls, statements = [], [], 0
+    for _ in range(runs + 1):
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_stat_statements_reset()")
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        walls.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr)
+        with psycopg.connect(url, autocommit=True) as admin:
+            total, statements = admin.execute(
+                "SELECT sum(total_exec_time), sum(calls) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+                " WHERE d.datname = 'scale' AND query NOT LIKE '%pg_stat_statements%'"
+            ).fetchone() or (0, 0)
+            timings.append(float(total) / 1000)
+            slowest = admin.execute(
+                "SELECT round(total_exec_time::numeric, 1), calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 160)"
+                " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = 'scale'"
+                " AND query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 5"
+            ).fetchall()
+    return {
+        "server_seconds": round(statistics.median(timings[1:]), 3),
+        "statements": int(statements),
+        "wall_seconds": round(statistics.median(walls[1:]), 2),
         "slowest_statements_ms": [{"ms": float(ms), "calls": n, "query": query} for ms, n, query in slowest],
+        "output": json.loads(done.stdout),
     }
 
 

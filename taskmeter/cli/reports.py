@@ -13,7 +13,7 @@ import click
 from taskmeter import terminal
 from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, utc_option
 from taskmeter.store import tasks
-from taskmeter.team.reports import report_source, split_text, with_developers
+from taskmeter.team.reports import UsageWindow, report_source, split_text, with_developers
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, seconds_between
 
@@ -86,7 +86,7 @@ def report_cmd(ctx, output_format, as_json, utc, db_path):
     from taskmeter.analytics.reports import overview_report
 
     output_format, _, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with report_source(ctx.meta, db_path) as db:
+    with report_source(ctx.meta, db_path, reads="rollups") as db:
         report = overview_report(db)
 
     def table(overview: "OverviewReport") -> str:
@@ -128,8 +128,7 @@ def report_task_cmd(ctx, task_id, output_format, as_json, utc, db_path):
     with report_source(ctx.meta, db_path, tasks=[task_id.upper()]) as db:
         report = task_report(db, task_id, idle_seconds=idle)
         block = _forecast_block(ctx.meta, db, "task", report["task_id"], output_format, utc)
-    team_task = [task_id.upper()]
-    report = with_developers(ctx.meta, report, lambda db: task_report(db, task_id, idle_seconds=idle), tasks=team_task)
+        report = with_developers(ctx.meta, report, db, idle, task_id=report["task_id"])
     _emit(
         report,
         output_format,
@@ -152,7 +151,7 @@ def report_phase_cmd(ctx, phase_id, output_format, as_json, utc, db_path):
     with report_source(ctx.meta, db_path, phases=[phase_id]) as db:
         report = phase_report(db, phase_id, idle_seconds=idle)
         block = _forecast_block(ctx.meta, db, "phase", report["phase_id"], output_format, utc)
-    report = with_developers(ctx.meta, report, lambda db: phase_report(db, phase_id, idle_seconds=idle), phases=[phase_id])
+        report = with_developers(ctx.meta, report, db, idle, phase_id=report["phase_id"])
     _emit(
         report,
         output_format,
@@ -225,7 +224,8 @@ def _usage_command(period: str, label: str, help_text: str):
         from taskmeter.analytics.periods import usage_report
 
         output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-        with report_source(ctx.meta, db_path, tasks=[task_id.strip().upper()] if task_id else None) as db:
+        window = UsageWindow(since, until, task_id.strip() if task_id else None, period == "models")
+        with report_source(ctx.meta, db_path, reads=window) as db:
             if task_id:
                 task_id = tasks.get_task(db, task_id.strip())["id"]
             report = usage_report(db, period, since, until, utc, task_id)

@@ -2,6 +2,7 @@
 elsewhere: the team store's, for team reports (taskmeter/team/reports.py).
 Its triggers rebuild the rollups from those rows as they do from a meter's own."""
 
+import itertools
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
@@ -25,10 +26,11 @@ def insert_rows(db: sqlite3.Connection, table: str, rows: Iterable[dict[str, Any
     with `keep_first`, a row whose key is there already is left out."""
     known = columns(db, table)
     verb = "INSERT OR IGNORE" if keep_first else "INSERT"
-    for row in rows:
-        names = [name for name in known if name in row]
-        db.execute(
-            f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", [row[name] for name in names]
+    # Runs of rows with the same columns go in one executemany, in order (integer IDs follow it).
+    for names, run in itertools.groupby(rows, key=lambda row: tuple(name for name in known if name in row)):
+        db.executemany(
+            f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            ([row[name] for name in names] for row in run),
         )
 
 

@@ -24,8 +24,6 @@ def team_page(phase_id: str | None, idle_seconds: float, config_path: str | None
         raise MeterError(f"the team store has no phase {chosen}")
     with team_database(url, phases=[chosen]) as db:
         report = phase_report(db, chosen, idle_seconds=idle_seconds)
-    report = with_developers(
-        {"team": True}, report, lambda db: phase_report(db, chosen, idle_seconds=idle_seconds), phases=[chosen]
-    )
+        report = with_developers({"team": True}, report, db, idle_seconds, phase_id=report["phase_id"])
     over = [task for task in report["tasks"] if task["variance"] is not None and task["variance"] > 0]
     return {"store": describe(url), "problem": None, "phase_ids": ordered, "report": report, "over": over}

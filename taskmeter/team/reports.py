@@ -2,15 +2,18 @@
 scratch SQLite database with the local schema, and the same functions that
 read a meter's own database read it. A task or phase report takes the team
 store's rollups (t003, kept on the server from the rows) in place of the calls,
-so its cost does not grow with them; the overview and the usage reports load
-the rows, whose triggers rebuild the rollups. A team's phase record is thus
-computed by the same code and definitions as a developer's own (docs/team.md).
+so its cost does not grow with them; so do the overview (t003's task_usage) and
+the usage reports (t004's usage_quarters); `sessions` and `blocks` load the
+calls. A team's phase record is thus computed by the same code and definitions
+as a developer's own, and each developer's share of it by the same metrics from
+the rows read once (docs/team.md).
 
 Calls keep their team-wide ID (`device:id`); records of several developers
 are put in time order, so "the first estimate" is the team's first."""
 
 import contextlib
 import sqlite3
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -34,12 +37,17 @@ _INTEGER_IDS = {"task_event", "test_run", "automatic_mark", "phase_mark", "task_
 
 @contextlib.contextmanager
 def team_database(
-    url: str, tasks: list[str] | None = None, phases: list[str] | None = None, developer: str | None = None
+    url: str,
+    tasks: list[str] | None = None,
+    phases: list[str] | None = None,
+    developer: str | None = None,
+    reads: "str | UsageWindow" = "calls",
 ) -> Iterator[sqlite3.Connection]:
     """A scratch database holding the team's rows: every task and phase, and what
     reports on `tasks` (or on `phases`' tasks and the phase before) read of them
-    (their records and rollups, _fetch), or every call and record when neither;
-    of one `developer` or all."""
+    (their records and rollups, _fetch); when neither, what `reads` says: "calls",
+    every call and record; "rollups", the overview's (_rollups); a UsageWindow, a
+    usage report's (_usage). Of one `developer` or all."""
     import psycopg
 
     from taskmeter.store import scratch
@@ -52,16 +60,24 @@ def team_database(
         check(conn, describe(url))
         db = scratch.scratch_database()
         with write_transaction(db):
-            _load(conn, db, tasks, phases, developer)
+            covered = _load(conn, db, tasks, phases, developer, reads)
         conn.rollback()
     except psycopg.Error as exc:
         raise TeamStoreError(connection_failure(exc, url)) from None
     finally:
         conn.close()
+    if covered is not None:
+        _READ[db] = covered
     try:
         yield db
     finally:
+        _READ.pop(db, None)
         db.close()
+
+
+# What each open team database of a task or phase report was made of: the per-developer
+# split (with_developers) computes each developer's share from it, reading nothing again.
+_READ: dict[sqlite3.Connection, "_Covered"] = {}
 
 
 def _reading(conn):
@@ -69,26 +85,6 @@ def _reading(conn):
     JIT compiling (from PostgreSQL's cost estimates of a large store) would turn into 100s."""
     conn.execute("SET jit = off")
     return conn
-
-
-def developers(url: str, tasks: list[str]) -> list[str]:
-    """The developers with calls or records on any of `tasks`, by name."""
-    import psycopg
-
-    from taskmeter.team.address import TeamStoreError, connect, connection_failure
-
-    conn = _reading(connect(url))
-    try:
-        found = conn.execute(
-            "SELECT developer FROM taskmeter.task_usage WHERE task_key = ANY(%s)"
-            " UNION SELECT developer FROM taskmeter.records WHERE task_id = ANY(%s) AND NOT deleted ORDER BY 1",
-            (tasks, tasks),
-        ).fetchall()
-    except psycopg.Error as exc:
-        raise TeamStoreError(connection_failure(exc, url)) from None
-    finally:
-        conn.close()
-    return [row[0] for row in found]
 
 
 def _with_previous(db: sqlite3.Connection, phases: list[str]) -> list[str]:
@@ -109,41 +105,48 @@ def _load(
     tasks: list[str] | None,
     phases: list[str] | None,
     developer: str | None,
-    entities: list[tuple] | None = None,
-    covered: "_Covered | None" = None,
-) -> None:
-    """Fill `db`: every task and phase, and what the report covers (see team_database).
-    `entities` and `covered` (all developers' rows of `tasks`) may come read already."""
+    reads: "str | UsageWindow" = "calls",
+) -> "_Covered | None":
+    """Fill `db`: every task and phase, and what the report covers (see team_database);
+    what was read of the tasks' rows, for a task or phase report."""
     from taskmeter.store import scratch
 
-    if entities is None:
-        entities = _entities(conn)
+    entities = _entities(conn)
     task_phases: dict[str, str] = {}
-    for entity, entity_id, fields, created_at in entities:  # phases first ("phase" > "task" descending)
+    shared: dict[str, list[dict]] = {"phases": [], "tasks": []}
+    for entity, entity_id, fields, created_at in entities:
         fields = fields or {}
         if fields.get("deleted") or created_at is None:
             continue
         row = {**fields, "id": entity_id, "created_at": created_at}
         if entity == "phase":
-            scratch.insert_rows(db, "phases", [row])
+            shared["phases"].append(row)
         elif fields.get("phase_id"):
-            scratch.insert_rows(db, "tasks", [row])
+            shared["tasks"].append(row)
             task_phases[entity_id] = fields["phase_id"]
+    for entity_table, entity_rows in shared.items():  # phases first: a task names its phase
+        scratch.insert_rows(db, entity_table, entity_rows)
     scratch.drop_derived_estimates(db)
     if tasks is None and phases is not None:
         phases = _with_previous(db, phases)  # a phase's token change is taken against the one before
         wanted = {phase.upper() for phase in phases}
         tasks = [task_id for task_id, phase_id in task_phases.items() if phase_id.upper() in wanted]
-    if tasks is None:
+    covered = None
+    if tasks is None and isinstance(reads, UsageWindow):
+        _usage(conn, db, developer, reads)
+        return None
+    if tasks is None and reads == "rollups":
+        records = _rollups(conn, db, developer)
+    elif tasks is None:
         records = _everything(conn, db, developer)
     else:
-        covered = covered or _fetch(conn, entities, tasks, phases, developer)
+        covered = _fetch(conn, entities, tasks, phases, developer)
         scratch.insert_rows(
             db, "interactions", ({**row, "id": call_id} for name, call_id, row in covered.calls if developer in (None, name))
         )
         records = [
             (kind, device, row)
-            for name, kind, device, row, teams, owns in covered.records
+            for name, kind, device, row, teams, owns, _ in covered.records
             if (owns and name == developer if developer is not None else teams)
         ]
     by_table: dict[str, list[dict]] = {}
@@ -161,6 +164,7 @@ def _load(
         scratch.insert_rows(db, table, rows, keep_first=table == "commits")  # one commit seen by two meters
     if covered is not None and tasks is not None:
         _take_rollups(db, covered, tasks, developer)
+    return covered
 
 
 def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
@@ -176,13 +180,138 @@ def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tup
     return conn.execute(f"SELECT kind, device, row FROM taskmeter.records WHERE {where} ORDER BY at, id", params).fetchall()
 
 
+def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
+    """The overview's rows: every task's sums and rework from the rollups (t003, summed over the
+    developers on the server), and the records but switches, flags and call texts (returned)."""
+    from taskmeter.store import scratch
+    from taskmeter.team.schema import USAGE_COLUMNS
+
+    mine, params = ("", []) if developer is None else (" AND developer = %s", [developer])
+    usage = conn.execute(
+        f"SELECT task_key, {', '.join(f'sum({column})' for column in USAGE_COLUMNS)} FROM taskmeter.task_usage"
+        f" WHERE true{mine} GROUP BY task_key",
+        params,
+    ).fetchall()
+    # One row per task: the local history sums a task's sessions, which the server did.
+    rework = conn.execute(
+        "SELECT task_id, '', min(flagged_at), min(flagged_id), sum(calls), sum(tokens), sum(cost_usd)"
+        f" FROM taskmeter.session_rework WHERE true{mine} GROUP BY task_id",
+        params,
+    ).fetchall()
+    keys = [row[0] for row in usage] + [row[0] for row in rework]
+    scratch.replace_rollups(
+        db,
+        keys,
+        USAGE_COLUMNS,
+        [(key, *_local_sums(USAGE_COLUMNS, sums)) for key, *sums in usage],
+        [],
+        [(*key, int(calls), int(tokens), float(cost)) for *key, calls, tokens, cost in rework],
+    )
+    return conn.execute(
+        "SELECT kind, device, row FROM taskmeter.records WHERE kind NOT IN ('flag', 'call_text')"
+        f" AND NOT (kind = 'task_event' AND row->>'kind' = 'switch') AND NOT deleted{mine} ORDER BY at, id",
+        params,
+    ).fetchall()
+
+
+def _local_sums(columns: list[str], sums) -> list:
+    """A rollup's sums as the local rollup keeps them: money as REAL, counts as INTEGER."""
+    return [float(value) if column.endswith("usd") else int(value) for column, value in zip(columns, sums, strict=True)]
+
+
+class UsageWindow(NamedTuple):
+    """What a usage report (analytics/periods.py usage_report) covers: since and until
+    (stored moments), one task, and whether it is the models report (with latency)."""
+
+    since: str | None
+    until: str | None
+    task_id: str | None
+    models: bool
+
+
+def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWindow) -> None:
+    """A usage report's rows: the server's usage_quarters (t004) of the window, summed over the
+    developers, in place of the local ones; the calls of the window (and their flags) when it
+    does not start and end on a quarter hour; a models report's latency samples, each model's
+    newest calls the local query picks among (periods.LATENCY_SAMPLE)."""
+    from taskmeter.analytics.periods import LATENCY_SAMPLE
+    from taskmeter.analytics.periods import _on_quarter as on_quarter  # the local report's own rule
+    from taskmeter.team.schema import QUARTER_COLUMNS, failed_call
+
+    clauses, params = ["true"], []
+    for clause, value in (
+        ("developer = %s", developer),
+        ("upper(task_key) = upper(%s)", window.task_id),
+        ("quarter || ':00.000000Z' >= %s", window.since),
+        ("quarter || ':00.000000Z' < %s", window.until),
+    ):
+        if value:
+            clauses.append(clause)
+            params.append(value)
+    # Summed over the developers into the local rows (per task too: the local report sums those,
+    # and its sums of cost are the same additions).
+    quarters = conn.execute(
+        f"SELECT quarter, model, task_key, {', '.join(f'sum({column})' for column in QUARTER_COLUMNS)}"
+        f" FROM taskmeter.usage_quarters WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3",
+        params,
+    ).fetchall()
+    calls = ["true"]
+    call_params: list[Any] = []
+    for clause, value in (
+        ("c.developer = %s", developer),
+        ("upper(c.task_id) = upper(%s)", window.task_id),
+        ("c.started_at >= %s::timestamptz - interval '1 second'", window.since),  # a superset: the local query picks
+        ("c.started_at < %s::timestamptz + interval '1 second'", window.until),
+    ):
+        if value:
+            calls.append(clause)
+            call_params.append(value)
+    wanted = " AND ".join(calls)
+    if not (on_quarter(window.since) and on_quarter(window.until)):
+        _load_calls(conn, db, f"SELECT * FROM taskmeter.calls c WHERE {wanted} AND NOT c.deleted", call_params)
+    if window.models:
+        timed = (
+            f"c.operation = 'generate' AND NOT {failed_call('c')} AND c.row->>'ended_at' IS NOT NULL"
+            " AND c.row->>'usage_source' IS DISTINCT FROM 'agent-log' AND NOT c.deleted"
+        )
+        for model in sorted({row[1] for row in quarters}):
+            named = "c.model IS NULL" if model == "?" else "c.model = %s"
+            _load_calls(
+                conn,
+                db,
+                f"SELECT * FROM taskmeter.calls c WHERE {named} AND {timed} AND {wanted} ORDER BY c.started_at DESC LIMIT %s",
+                [*([] if model == "?" else [model]), *call_params, LATENCY_SAMPLE],
+            )
+    db.execute("DELETE FROM usage_quarters")  # what the calls loaded added: the server's sums replace it
+    db.executemany(
+        f"INSERT INTO usage_quarters (quarter, model, task_key, {', '.join(QUARTER_COLUMNS)})"
+        f" VALUES (?, ?, ?, {', '.join('?' for _ in QUARTER_COLUMNS)})",
+        [(*row[:3], *_local_sums(QUARTER_COLUMNS, row[3:])) for row in quarters],
+    )
+
+
+def _load_calls(conn, db: sqlite3.Connection, query: str, params: list) -> None:
+    """The calls `query` selects (as `c`), and their flags, into `db` (each once)."""
+    from taskmeter.store import scratch
+
+    found = conn.execute(f"SELECT c.id, c.row FROM ({query}) c", params).fetchall()
+    scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in found), keep_first=True)
+    flags = conn.execute(
+        "SELECT device, row FROM taskmeter.records WHERE id = ANY(%s) AND NOT deleted",
+        [[f"flag:{call_id}" for call_id, _ in found]],
+    ).fetchall()
+    scratch.insert_rows(
+        db, "flags", ({**row, "interaction_id": f"{device}:{row['interaction_id']}"} for device, row in flags), keep_first=True
+    )
+
+
 class _Covered(NamedTuple):
     """What a task or phase report reads of its tasks, each row with its developer: the calls
     after each task's approval, the records (with whether the team's report and the
     developer's own share read each), and the rollups (t003)."""
 
     calls: list[tuple]  # developer, id, row
-    records: list[tuple]  # developer, kind, device, row, team's, developer's own
+    records: list[tuple]  # developer, kind, device, row, team's, developer's own, task_id
     usage: list[tuple]  # task_key, developer, *USAGE_COLUMNS
     runs: list[tuple]  # task_id, developer, start, end
     rework: list[tuple]  # task_id, developer, session_key, flagged_at, flagged_id, calls, tokens, cost_usd
@@ -212,25 +341,28 @@ def _fetch(conn, entities: list[tuple], tasks: list[str], phases: list[str] | No
     switch = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
 
     def next_switch(same_developer: bool) -> str:
+        """The switch after each of the tasks' switches (found among the tasks' own records,
+        never among the store's switches): one index probe each."""
         who = " AND n.developer = s.developer" if same_developer else mine.replace("developer", "n.developer")
-        return f"""SELECT after.id FROM taskmeter.records s, LATERAL (
+        return f"""SELECT after.id FROM tasks_records s, LATERAL (
                 SELECT n.id FROM taskmeter.records n WHERE n.{switch}{who}
                 AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1) after
-            WHERE s.task_id = ANY(%s) AND s.{switch}{mine.replace("developer", "s.developer")}"""
+            WHERE s.kind = 'task_event' AND s.row->>'kind' = 'switch'"""
 
-    own = f"SELECT id, true, true FROM taskmeter.records WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine}"
-    chosen = [own, f"SELECT id, false, true FROM ({next_switch(True)}) o"]
-    params: list[Any] = [tasks, *mine_params, tasks, *mine_params]
+    chosen = ["SELECT id, true, true FROM tasks_records", f"SELECT id, false, true FROM ({next_switch(True)}) o"]
+    params: list[Any] = [tasks, *mine_params]
     if developer is None:
         chosen.append(f"SELECT id, true, false FROM ({next_switch(False)}) t")
-        params += [tasks]
     if phases:
         chosen.append(
             f"SELECT id, true, true FROM taskmeter.records WHERE kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine}"
         )
         params += [[phase.upper() for phase in phases], *mine_params]
     records = conn.execute(
-        f"""SELECT r.developer, r.kind, r.device, r.row, x.teams, x.owns FROM taskmeter.records r JOIN (
+        f"""WITH tasks_records AS MATERIALIZED (
+                SELECT id, developer, kind, at, row FROM taskmeter.records
+                WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine})
+            SELECT r.developer, r.kind, r.device, r.row, x.teams, x.owns, r.task_id FROM taskmeter.records r JOIN (
                 SELECT id, bool_or(teams) AS teams, bool_or(owns) AS owns
                 FROM ({" UNION ALL ".join(chosen)}) AS chosen(id, teams, owns) GROUP BY id
             ) x ON r.id = x.id ORDER BY r.at, r.id""",
@@ -308,9 +440,14 @@ def configured_url(config_path: str | None = None) -> str:
 
 @contextlib.contextmanager
 def report_source(
-    meta: dict, db_path, tasks: list[str] | None = None, phases: list[str] | None = None
+    meta: dict,
+    db_path,
+    tasks: list[str] | None = None,
+    phases: list[str] | None = None,
+    reads: "str | UsageWindow" = "calls",
 ) -> Iterator[sqlite3.Connection]:
-    """What `meter report` reads: this meter's database, or with --team (in `meta`) the team's rows."""
+    """What `meter report` reads: this meter's database, or with --team (in `meta`) the team's
+    rows (team_database: `reads` says what a report on neither tasks nor phases needs)."""
     if not meta.get("team"):
         if meta.get("developer"):
             raise MeterError("--developer filters a team report: add --team")
@@ -319,7 +456,7 @@ def report_source(
         with open_db(db_path, create=False) as db:
             yield db
         return
-    with team_database(configured_url(), tasks, phases, meta.get("developer")) as db:
+    with team_database(configured_url(), tasks, phases, meta.get("developer"), reads) as db:
         yield db
 
 
@@ -343,52 +480,109 @@ _PHASE_SPLIT = [
 
 
 def with_developers(
-    meta: dict, report: Mapping[str, Any], compute, tasks: list[str] | None = None, phases: list[str] | None = None
+    meta: dict,
+    report: Mapping[str, Any],
+    db: sqlite3.Connection,
+    idle_seconds: float,
+    task_id: str | None = None,
+    phase_id: str | None = None,
 ):
-    """A team task or phase report with `developers`: each developer's figures, computed
-    by `compute(db)` (the same report function) over that developer's rows alone."""
+    """A team task or phase report with `developers`: each developer's figures, computed by
+    the same code as the report (analytics/metrics.py) over that developer's rows alone, from
+    what `db` (the team_database the report read) was made of: the rollups of each task per
+    developer, the developer's own switches (each ending at the developer's own next one),
+    milestones, iterations, commits and test runs. One pass over rows already read."""
     if not meta.get("team"):
         return dict(report)
-    url = configured_url()
-    split = _TASK_SPLIT if phases is None else _PHASE_SPLIT
-    if tasks is None:  # the phases' own tasks: who worked on them, and each one's share of them
-        wanted = {phase.upper() for phase in phases or []}
-        with team_database(url, phases=[]) as db:
-            tasks = [task_id for task_id, phase_id in db.execute("SELECT id, phase_id FROM tasks") if phase_id.upper() in wanted]
-    names = [meta["developer"]] if meta.get("developer") else developers(url, tasks)
+    from taskmeter.analytics import history, metrics
+    from taskmeter.timefmt import now_stored
+
+    covered, now = _READ[db], now_stored()
+    team = history.phase_history(db, phase_id) if phase_id is not None else None
+    team_tasks = team.tasks if team is not None else [history.task_history(db, str(task_id))]
+    split = _PHASE_SPLIT if team is not None else _TASK_SPLIT
+    ids = {task.task["id"] for task in team_tasks}
+    own = _Own(covered, ids, history.rollup_columns(db))
+    names = [meta["developer"]] if meta.get("developer") else sorted(own.developers)
     shares = []
-    for name, own in _each_developer(url, tasks, phases, names, compute):
-        shares.append({"developer": name, **{key: own.get(field) for key, field in split}})
+    # A task a developer never touched adds nothing to their share's figures: a phase's share is
+    # computed over their own tasks, and one begun task (a working time of 0, not missing).
+    begun = [task for task in team_tasks if task.task["begin_at"]][:1]
+    for name in names:
+        if team is not None:
+            tasks = [task for task in team_tasks if own.touched(task.task["id"], name)]
+            tasks += [] if any(task.task["begin_at"] for task in tasks) else begun
+            phase = team._replace(tasks=[own.history(task, name) for task in tasks])
+            fields: Mapping[str, Any] = metrics.phase_fields(phase, now, None, idle_seconds)
+        else:
+            fields = metrics.task_fields(own.history(team_tasks[0], name), now, idle_seconds)
+        shares.append({"developer": name, **{key: fields.get(field) for key, field in split}})
     return {**report, "developers": shares}
 
 
-def _each_developer(url: str, tasks: list[str], phases: list[str] | None, names: list[str], compute) -> Iterator[tuple]:
-    """(name, `compute(db)`) over each developer's rows of `tasks`, all read at once."""
-    import psycopg
+class _Own:
+    """Each developer's own rows of the tasks `ids`, sorted out of a report's _Covered in one
+    pass: what the local history (analytics/history.py) reads of a task, per developer."""
 
-    from taskmeter.store import scratch
-    from taskmeter.store.connection import write_transaction
-    from taskmeter.team.address import TeamStoreError, connect, connection_failure, describe
-    from taskmeter.team.schema import check
+    def __init__(self, covered: "_Covered", ids: set[str], columns: list[str]) -> None:
+        from taskmeter.team.schema import USAGE_COLUMNS
+        from taskmeter.timefmt import from_stored
 
-    conn = _reading(connect(url))
-    try:
-        check(conn, describe(url))
-        entities = _entities(conn)
-        covered = _fetch(conn, entities, tasks, phases, None)  # every developer's rows, read once
-        for name in names:
-            db = scratch.scratch_database()
-            try:
-                with write_transaction(db):
-                    _load(conn, db, tasks, phases, name, entities, covered)
-                yield name, compute(db)
-            finally:
-                db.close()
-        conn.rollback()
-    except psycopg.Error as exc:
-        raise TeamStoreError(connection_failure(exc, url)) from None
-    finally:
-        conn.close()
+        self.columns = columns
+        self.usage: dict[tuple[str, str], dict[str, Any]] = {}
+        for task_key, name, *sums in covered.usage:
+            if task_key in ids:
+                usage = self.usage.setdefault((task_key, name), dict.fromkeys(columns, 0))
+                for column, value in zip(USAGE_COLUMNS, sums, strict=True):
+                    usage[column] += float(value) if column.endswith("usd") else int(value)
+        self.runs: dict[tuple[str, str], list[tuple[str, float, float]]] = defaultdict(list)
+        for task_id, name, start, end in sorted(covered.runs, key=lambda run: (run[0], run[2])):
+            self.runs[task_id, name].append((task_id, start, end))
+        # When the developer's own switches had a task current: each until the developer's next.
+        self.current: dict[tuple[str, str], list[tuple[float, float | None]]] = defaultdict(list)
+        self.events: dict[tuple[str, str], list[float]] = defaultdict(list)
+        switches: dict[str, list[dict]] = defaultdict(list)
+        self.developers = {name for _, name in self.usage}
+        for name, kind, _, row, _, owns, task_id in covered.records:  # in (at, id) order, as the local switch_spans
+            if not owns:
+                continue
+            if task_id in ids:
+                self.developers.add(name)
+            if kind == "task_event" and row.get("kind") == "switch":
+                switches[name].append(row)
+                continue
+            at = _EVENT_MOMENTS.get(kind if kind != "task_event" else row.get("kind"))
+            if at is not None and task_id in ids:
+                self.events[task_id, name].append(from_stored(row[at]).timestamp())
+        for name, rows in switches.items():
+            moments = [from_stored(row["at"]).timestamp() for row in rows]
+            for row, since, until in zip(rows, moments, [*moments[1:], None], strict=True):
+                self.current[(row.get("task_id") or "").lower(), name].append((since, until))
+
+    def touched(self, task_id: str, developer: str) -> bool:
+        """Whether `developer` has calls, switches, minutes or events on the task."""
+        return (
+            any((task_id, developer) in rows for rows in (self.usage, self.runs, self.events))
+            or (task_id.lower(), developer) in self.current
+        )
+
+    def history(self, task, developer: str):
+        """`task`'s TaskHistory (the team's) with `developer`'s usage and working time in place of the team's."""
+        from taskmeter.analytics.history import missing_when_unstated
+
+        task_id = task.task["id"]
+        usage = self.usage.get((task_id, developer)) or dict.fromkeys(self.columns, 0)
+        return task._replace(
+            usage=missing_when_unstated(dict(usage)),
+            current=self.current.get((task_id.lower(), developer), []),
+            activity=[(start, end) for _, start, end in _joined(self.runs.get((task_id, developer), []))],
+            events=self.events.get((task_id, developer), []),
+        )
+
+
+# The records whose moment counts as work on their task (history.working_inputs): the
+# kind (a task event's own kind) and the field holding the moment.
+_EVENT_MOMENTS = {"milestone": "at", "iteration": "at", "commit": "committed_at", "test_run": "at"}
 
 
 def split_text(render):

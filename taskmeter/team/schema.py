@@ -44,6 +44,13 @@ _FAILED_OF = (
     "coalesce({r}.input_total IS NULL AND ({r}.row->>'outcome' = 'failed' OR ({r}.row->>'http_status')::int >= 400), false)"
 )
 _FAILED = _FAILED_OF.format(r="c")
+
+
+def failed_call(r: str) -> str:
+    """Whether the team's call `r` is a generation call that never reached a model (m017's rule)."""
+    return _FAILED_OF.format(r=r)
+
+
 _TOKENS = "coalesce(c.input_total, 0) + coalesce(c.output_total, 0)"
 _USAGE_COLUMNS = {
     "interactions": f"(NOT {_FAILED})::int",
@@ -302,6 +309,121 @@ _ROLLUPS = f"""
         """
 
 
+# Usage per quarter hour (UTC), model, task and developer: the local usage_quarters (m011,
+# with m017's failed-call rule), which the usage reports read. Each counted column keeps
+# how many calls stated it; cost is an exact decimal, as in task_usage.
+_QUARTER_OF = (
+    "substr({r}.row->>'started_at', 1, 14) || CASE WHEN substr({r}.row->>'started_at', 15, 2) < '15' THEN '00'"
+    " WHEN substr({r}.row->>'started_at', 15, 2) < '30' THEN '15' WHEN substr({r}.row->>'started_at', 15, 2) < '45' THEN '30'"
+    " ELSE '45' END"
+)
+_STATED = {
+    "input_total": "c.input_total",
+    "cache_read": "(c.row->>'cache_read')::bigint",
+    "cache_write": "(c.row->>'cache_write')::bigint",
+    "output_total": "c.output_total",
+    "reasoning": "(c.row->>'reasoning')::bigint",
+    "cost_usd": "(c.row->>'cost_usd')::numeric",
+}
+_QUARTER_COLUMNS = {
+    "ai_interactions": f"(NOT {_FAILED})::int",
+    "failed_calls": f"{_FAILED}::int",
+    **{
+        name: expr
+        for column, value in _STATED.items()
+        for name, expr in ((column, f"coalesce({value}, 0)"), (f"{column}_calls", f"({value} IS NOT NULL)::int"))
+    },
+    "priced": f"(c.cost_usd IS NOT NULL AND NOT {_FAILED})::int",
+    "flagged": _USAGE_COLUMNS["flagged"],
+}
+QUARTER_COLUMNS = list(_QUARTER_COLUMNS)
+_QUARTER_KEY = "quarter, model, task_key, developer"
+
+
+def _quarters_delta(rows: str) -> str:
+    """Add to usage_quarters each quarter's sums over the generation calls `rows` (with a `sign`);
+    a quarter left with no call goes."""
+    sums = ", ".join(f"sum(c.sign * {expr})" for expr in _QUARTER_COLUMNS.values())
+    added = ", ".join(f"{column} = q.{column} + EXCLUDED.{column}" for column in _QUARTER_COLUMNS)
+    key = f"{_QUARTER_OF.format(r='c')}, coalesce(c.model, '?'), coalesce(c.task_id, ''), c.developer"
+    return f"""
+        INSERT INTO taskmeter.usage_quarters AS q ({_QUARTER_KEY}, {", ".join(_QUARTER_COLUMNS)})
+        SELECT {key}, {sums}
+        FROM ({rows}) c WHERE NOT c.deleted AND c.operation = 'generate' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT ({_QUARTER_KEY}) DO UPDATE SET {added};
+        DELETE FROM taskmeter.usage_quarters q USING (SELECT DISTINCT {key} FROM ({rows}) c) AS k({_QUARTER_KEY})
+        WHERE (q.quarter, q.model, q.task_key, q.developer) = (k.quarter, k.model, k.task_key, k.developer)
+            AND q.ai_interactions = 0 AND q.failed_calls = 0;"""
+
+
+def _quarters_flag_delta(rows: str) -> str:
+    """A flag (or its tombstone) in `rows` counts (or stops counting) its call in usage_quarters.flagged."""
+    return f"""
+        INSERT INTO taskmeter.usage_quarters AS q ({_QUARTER_KEY}, flagged)
+        SELECT {_QUARTER_OF.format(r="c")}, coalesce(c.model, '?'), coalesce(c.task_id, ''), c.developer, sum(f.sign)
+        FROM ({rows}) f JOIN taskmeter.calls c ON c.id = substr(f.id, 6)
+        WHERE f.kind = 'flag' AND NOT f.deleted AND NOT c.deleted AND c.operation = 'generate'
+        GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT ({_QUARTER_KEY}) DO UPDATE SET flagged = q.flagged + EXCLUDED.flagged;"""
+
+
+# The quarters of every call a store holds (into an empty usage_quarters): t004's, the bench's.
+QUARTERS_FROM_ROWS = _quarters_delta("SELECT 1 AS sign, * FROM taskmeter.calls")
+
+
+def _quarter_triggers() -> str:
+    """usage_quarters kept as t003 keeps its rollups: statement-level triggers over each upsert's rows."""
+    inserted = "SELECT 1 AS sign, * FROM inserted"
+    changed = "SELECT -1 AS sign, * FROM before_update UNION ALL SELECT 1, * FROM after_update"
+    functions = {
+        "quarters_calls_inserted": (_quarters_delta(inserted), "calls", "INSERT", "NEW TABLE AS inserted"),
+        "quarters_calls_changed": (
+            _quarters_delta(changed),
+            "calls",
+            "UPDATE",
+            "OLD TABLE AS before_update NEW TABLE AS after_update",
+        ),
+        "quarters_flags_inserted": (_quarters_flag_delta(inserted), "records", "INSERT", "NEW TABLE AS inserted"),
+        "quarters_flags_changed": (
+            _quarters_flag_delta(changed),
+            "records",
+            "UPDATE",
+            "OLD TABLE AS before_update NEW TABLE AS after_update",
+        ),
+    }
+    return "".join(
+        f"""
+        CREATE FUNCTION taskmeter.{name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp AS $body$
+        BEGIN {body} RETURN NULL; END $body$;
+        CREATE TRIGGER {name} AFTER {event} ON taskmeter.{table} REFERENCING {tables}
+            FOR EACH STATEMENT EXECUTE FUNCTION taskmeter.{name}();"""
+        for name, (body, table, event, tables) in functions.items()
+    )
+
+
+_QUARTERS = f"""
+        CREATE TABLE taskmeter.usage_quarters (
+            quarter text NOT NULL,
+            model text NOT NULL,
+            task_key text NOT NULL,
+            developer text NOT NULL,
+            {", ".join(f"{column} {'numeric' if column == 'cost_usd' else 'bigint'} NOT NULL DEFAULT 0" for column in _QUARTER_COLUMNS)},
+            PRIMARY KEY ({_QUARTER_KEY})
+        );
+        CREATE INDEX usage_quarters_task ON taskmeter.usage_quarters (task_key, quarter);
+        -- A phase's marks, by the phase in any case.
+        CREATE INDEX records_phase_marks ON taskmeter.records (upper(phase_id)) WHERE kind = 'phase_mark' AND NOT deleted;
+        -- What the overview reads of the records: all but the switches, flags and call texts, in order.
+        CREATE INDEX records_facts ON taskmeter.records (at, id)
+            WHERE kind NOT IN ('flag', 'call_text') AND NOT (kind = 'task_event' AND row->>'kind' = 'switch') AND NOT deleted;
+        -- A model's newest calls (the models report's latency).
+        CREATE INDEX calls_model_started ON taskmeter.calls (model, started_at);
+        {_quarter_triggers()}
+        {QUARTERS_FROM_ROWS}
+        """
+
+
 # (name, SQL): never edit or reorder one a team may have applied; append.
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -379,6 +501,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     ("t003_rollups", _ROLLUPS),
+    ("t004_usage_quarters", _QUARTERS),
 ]
 KNOWN = [name for name, _ in MIGRATIONS]
 
