@@ -1,6 +1,7 @@
 import gc
 import io
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,12 @@ from taskmeter.store import connection
 
 # The `repo` fixture: a real git repository for the automation tests.
 pytest_plugins = ["tests.gitrepo"]
+
+# The processes the tests start are interrupted as from a terminal (proxies are stopped
+# with SIGINT, Ctrl-C is tested): a suite run in the background of a shell inherits
+# SIGINT ignored, which they would inherit in turn. A handler here is the default there.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
