@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import coverage
 import openai
@@ -159,6 +160,9 @@ def test_commits_and_test_runs_fill_the_level_1_record(repo, db_path, tmp_path, 
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "mul and div")
     eventually(lambda: _commits(db_path, "P1-010") == 2)
+    # Git dates a commit to the second: a red run ending in that second may have come before it.
+    committed = int(git(repo, "log", "-1", "--format=%ct").stdout)
+    eventually(lambda: time.time() >= committed + 1)
     # Broken after a commit that followed the first green run: rework.
     _write(repo, "test_calc.py", (GREEN + TEST_MUL + TEST_DIV).replace("== 5", "== 6"))
     _full_run(repo, db_path, 1)
