@@ -34,7 +34,7 @@ _CALLS = f"""
 """
 
 
-def _on_quarter(stored: str | None) -> bool:
+def on_quarter(stored: str | None) -> bool:
     """Whether a window's edge falls on a quarter hour (local midnight always does)."""
     return stored is None or (stored[14:16] in ("00", "15", "30", "45") and stored[16:] == ":00.000000Z")
 
@@ -117,7 +117,7 @@ def usage_report(
     if task_id:
         clauses.append("task_key = ?")
         params.append(task_id)
-    source = _QUARTERS if _on_quarter(since) and _on_quarter(until) else _CALLS
+    source = _QUARTERS if on_quarter(since) and on_quarter(until) else _CALLS
     # A count no call stated stays missing, never 0.
     stated = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in _COUNTED)
     rows = db.execute(

@@ -65,3 +65,14 @@ def replace_rollups(
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         rework,
     )
+
+
+def replace_usage_quarters(db: sqlite3.Connection, columns: list[str], quarters: list[tuple]) -> None:
+    """The usage_quarters rollup replaced by sums made elsewhere (the team store's):
+    rows of (quarter, model, task_key, *columns)."""
+    db.execute("DELETE FROM usage_quarters")
+    db.executemany(
+        f"INSERT INTO usage_quarters (quarter, model, task_key, {', '.join(columns)})"
+        f" VALUES (?, ?, ?, {', '.join('?' for _ in columns)})",
+        quarters,
+    )

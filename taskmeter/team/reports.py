@@ -234,8 +234,8 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
     developers, in place of the local ones; the calls of the window (and their flags) when it
     does not start and end on a quarter hour; a models report's latency samples, each model's
     newest calls the local query picks among (periods.LATENCY_SAMPLE)."""
-    from taskmeter.analytics.periods import LATENCY_SAMPLE
-    from taskmeter.analytics.periods import _on_quarter as on_quarter  # the local report's own rule
+    from taskmeter.analytics.periods import LATENCY_SAMPLE, on_quarter  # the local report's own rules
+    from taskmeter.store import scratch
     from taskmeter.team.schema import QUARTER_COLUMNS, failed_call
 
     clauses, params = ["true"], []
@@ -282,12 +282,8 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
                 f"SELECT * FROM taskmeter.calls c WHERE {named} AND {timed} AND {wanted} ORDER BY c.started_at DESC LIMIT %s",
                 [*([] if model == "?" else [model]), *call_params, LATENCY_SAMPLE],
             )
-    db.execute("DELETE FROM usage_quarters")  # what the calls loaded added: the server's sums replace it
-    db.executemany(
-        f"INSERT INTO usage_quarters (quarter, model, task_key, {', '.join(QUARTER_COLUMNS)})"
-        f" VALUES (?, ?, ?, {', '.join('?' for _ in QUARTER_COLUMNS)})",
-        [(*row[:3], *_local_sums(QUARTER_COLUMNS, row[3:])) for row in quarters],
-    )
+    # What the calls loaded added to the rollup: the server's sums replace it.
+    scratch.replace_usage_quarters(db, QUARTER_COLUMNS, [(*row[:3], *_local_sums(QUARTER_COLUMNS, row[3:])) for row in quarters])
 
 
 def _load_calls(conn, db: sqlite3.Connection, query: str, params: list) -> None:
