@@ -99,7 +99,7 @@ def task_records(
 
 # Why a call has its task, per stored attribution (store/calls.py decides it).
 _ATTRIBUTION = {
-    "path": "named by the request: a /t/{task}/ path, or `meter run --task`",
+    "path": "named by the request: a /t/{task}/ path, `meter run --task` or `meter env --task`",
     "header": "named by the request's x-meter-task header",
     "session": "its agent session {session} is bound to {task} (`meter claude install`)",
     "header-or-session": "the x-meter-task header or its bound agent session {session}:"
