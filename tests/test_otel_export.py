@@ -25,11 +25,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from taskmeter.errors import MeterError
-from taskmeter.handover.call import CapturedCall
 from taskmeter.handover.pipe import HEADER
 from taskmeter.store import connection
 from taskmeter.telemetry import Endpoints, resolve, resource_attributes
 from taskmeter.timefmt import from_stored
+from tests.captured import chat_call
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -404,20 +404,8 @@ def test_recovery_clears_the_status_line(tmp_path, upstream):
 def _recorder_imports(tmp_path: Path, *args: str) -> str:
     """Run the real recorder process on one captured call (as the proxy hands it
     over) and return what it imported (`python -X importtime` reports each module)."""
-    call = CapturedCall(
-        id="0000000000000001",
-        started=time.time(),
-        provider="openai",
-        protocol="openai_chat",
-        operation="generate",
-        method="POST",
-        endpoint="/v1/chat/completions",
-        status=200,
-        content_type="application/json",
-        outcome="complete",
-        request_body=json.dumps({"model": "o4-mini", "messages": [{"role": "user", "content": "hi"}]}).encode(),
-    )
-    call.response_body += json.dumps(OPENAI_REPLY).encode()
+    request = {"model": "o4-mini", "messages": [{"role": "user", "content": "hi"}]}
+    call = chat_call("0000000000000001", request, json.dumps(OPENAI_REPLY).encode())
     payload = pickle.dumps([call])
     db_path = tmp_path / "meter.db"
     done = subprocess.run(

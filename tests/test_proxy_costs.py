@@ -18,6 +18,7 @@ from taskmeter.handover.call import CapturedCall
 from taskmeter.handover.pipe import GATHER_SECONDS, Handover
 from taskmeter.ids import new_id
 from taskmeter.proxy.tee import ResponseTee
+from tests.captured import chat_call
 
 ANSWER = json.dumps(
     {
@@ -31,21 +32,7 @@ ANSWER = json.dumps(
 
 def _call(prompt_bytes: int = 100) -> CapturedCall:
     ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * prompt_bytes}]}
-    call = CapturedCall(
-        id=new_id(),
-        started=time.time(),
-        provider="openai",
-        protocol="openai_chat",
-        operation="generate",
-        method="POST",
-        endpoint="/v1/chat/completions",
-        status=200,
-        content_type="application/json",
-        outcome="complete",
-        request_body=json.dumps(ask).encode(),
-    )
-    call.response_body += ANSWER
-    return call
+    return chat_call(new_id(), ask, ANSWER)
 
 
 def _stored(db_path: Path) -> list[tuple]:

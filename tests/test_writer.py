@@ -20,6 +20,7 @@ from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
 from taskmeter.store.writer import DatabaseUnavailable, Writer
 from taskmeter.timefmt import now_stored
+from tests.captured import chat_call
 
 
 def _row(n: int, **values) -> CallRow:
@@ -29,22 +30,8 @@ def _row(n: int, **values) -> CallRow:
 def _call(n: int, body: bytes | None = None, model: str = "gpt-4o-mini", **values) -> CapturedCall:
     usage = {"prompt_tokens": 10, "completion_tokens": 5}
     response = body if body is not None else json.dumps({"object": "chat.completion", "model": model, "usage": usage}).encode()
-    defaults = dict(
-        id=f"00000000{n:04d}",
-        started=time.time(),
-        provider="openai",
-        protocol="openai_chat",
-        operation="generate",
-        method="POST",
-        endpoint="/v1/chat/completions",
-        status=200,
-        content_type="application/json",
-        outcome="complete",
-        request_body=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode(),
-    )
-    call = CapturedCall(**{**defaults, **values})
-    call.response_body += response
-    return call
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    return chat_call(f"00000000{n:04d}", request, response, **values)
 
 
 def _rows(path) -> dict[str, dict]:
