@@ -11,6 +11,7 @@ loopback (the AI API is the loopback fake upstream):
   OpenTelemetry export;
 - the proxy's last line accounts for every call it saw."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -293,9 +294,16 @@ def test_ctrl_c_during_meter_start_stops_the_proxy_it_was_starting(tmp_path, ups
     args, db_path = _proxy_command(tmp_path, upstream)
     start = ["start", *args[1:]]
     command = Interrupted(start, _isolated(tmp_path))
-    pidfiles = lambda: list((tmp_path / "state").rglob("*.pid"))  # noqa: E731
-    command.when(lambda: pidfiles() and pidfiles()[0].read_text().strip(), "wrote its pidfile")
-    background = int(pidfiles()[0].read_text())
+    written: list[int] = []  # the PID the pidfile named when Ctrl-C came: the interrupted start removes the file
+
+    def pidfile_written() -> bool:
+        for pidfile in (tmp_path / "state").rglob("*.pid"):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                written.append(int(pidfile.read_text()))
+        return bool(written)
+
+    command.when(pidfile_written, "wrote its pidfile")
+    background = written[0]
     assert command.end() == 130
     command.assert_quiet()
     wait_for(lambda: _state(background) in ("Z", None), "the proxy it was starting to stop")
