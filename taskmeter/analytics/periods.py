@@ -6,6 +6,7 @@ clock goes back the repeated hour is two periods, each labelled with its zone.""
 
 import sqlite3
 import time
+from datetime import date, datetime, timedelta
 
 from taskmeter.analytics.history import STATED_BY, seconds_sql
 from taskmeter.store.rules import FAILED_CALL_SQL
@@ -91,10 +92,187 @@ def _sum(rows: list[dict]) -> dict:
 # A period's models, the costliest first, then the most tokens: from the figures the report
 # shows (a cost no call stated is none, sums to the nano-dollar), so the rollup and the calls
 # order them alike (a rollup keeps 0, and the last bits of costs its deleted calls took away).
-_LARGEST_FIRST = (
-    "coalesce(round(CASE WHEN sum(cost_usd_calls) > 0 THEN sum(cost_usd) END, 9), -1) DESC,"
-    " coalesce(sum(input_total), 0) + coalesce(sum(output_total), 0) DESC"
-)
+_RANKS = {
+    "cost_rank": "coalesce(round(CASE WHEN sum(cost_usd_calls) > 0 THEN sum(cost_usd) END, 9), -1)",
+    "token_rank": "coalesce(sum(input_total), 0) + coalesce(sum(output_total), 0)",
+}
+_LARGEST_FIRST = ", ".join(f"{rank} DESC" for rank in _RANKS.values())
+# A count no call stated stays missing, never 0.
+_STATED = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in _COUNTED)
+_GROUP_SUMS = f"""sum(ai_interactions) AS ai_interactions, sum(failed_calls) AS failed_calls, {_STATED},
+    sum(priced) AS priced, sum(flagged) AS hallucination_count"""
+_HAVING = "HAVING sum(ai_interactions) + sum(failed_calls) > 0"
+
+
+def usage_rows(
+    db: sqlite3.Connection, period: str, since: str | None, until: str | None, utc: bool, task_id: str | None
+) -> list[sqlite3.Row]:
+    """A row per period and model with calls (`period`, `model` and the sums), in the report's
+    order: by period, then the costliest model first."""
+    rows = _rows_by_span(db, period, since, until, utc, task_id) if on_quarter(since) and on_quarter(until) else None
+    return _rows_by_key(db, period, since, until, utc, task_id) if rows is None else rows
+
+
+def _rows_by_key(
+    db: sqlite3.Connection, period: str, since: str | None, until: str | None, utc: bool, task_id: str | None
+) -> list[sqlite3.Row]:
+    """A row per period and model, the period of each quarter hour (or call) worked out in SQL, the
+    rows sorted into periods: whatever the window, zone or number of models."""
+    clauses, params = [], []
+    if since:
+        clauses.append("at >= ?")
+        params.append(since)
+    if until:
+        clauses.append("at < ?")
+        params.append(until)
+    if task_id:
+        clauses.append("task_key = ?")
+        params.append(task_id)
+    source = _QUARTERS if on_quarter(since) and on_quarter(until) else _CALLS
+    return db.execute(
+        f"""
+        SELECT {_period_sql(period, utc)} AS period, model, {_GROUP_SUMS}
+        FROM ({source}) WHERE {" AND ".join(clauses) or "1"}
+        GROUP BY 1, 2 {_HAVING}
+        ORDER BY 1, {_LARGEST_FIRST}, 2
+        """,
+        params,
+    ).fetchall()
+
+
+# Up to this many models, a pass per model over the window's quarter hours costs less than
+# sorting its rows into periods (a pass reads every row of the window: 1 ms per 20,000).
+MODEL_PASSES = 8
+# Beyond this many periods (an hourly report over more than half a year: 3 µs a span to work
+# out), sorting the rows into periods costs less than a span per hour.
+SPAN_LIMIT = 5_000
+
+
+def _rows_by_span(
+    db: sqlite3.Connection, period: str, since: str | None, until: str | None, utc: bool, task_id: str | None
+) -> list[sqlite3.Row] | None:
+    """`_rows_by_key`'s rows over a window of whole quarter hours, in its order and to the last bit
+    of each cost: each period a span of quarter hours (period_spans), summed model by model as the
+    primary key reads them, with no sort but of the few rows made. None where `_rows_by_key` must
+    answer: more than MODEL_PASSES models or SPAN_LIMIT periods, or periods that are no spans."""
+    clauses, params = [], []
+    for clause, value in (
+        ("quarter >= ?", since and since[:16]),
+        ("quarter < ?", until and until[:16]),
+        ("task_key = ?", task_id),
+    ):
+        if value:
+            clauses.append(clause)
+            params.append(value)
+    where = " AND ".join(clauses) or "1"
+    # Two statements: SQLite reads a lone min() or max() from the index's end, but scans for both.
+    first = db.execute(f"SELECT min(quarter) FROM usage_quarters WHERE {where}", params).fetchone()[0]
+    if first is None:
+        return []
+    last = db.execute(f"SELECT max(quarter) FROM usage_quarters WHERE {where}", params).fetchone()[0]
+    models = [row[0] for row in db.execute(f"SELECT DISTINCT model FROM usage_quarters WHERE {where}", params)]
+    spans = period_spans(period, utc, first, last) if len(models) <= MODEL_PASSES else None
+    if spans is None:
+        return None
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS period_spans (k INTEGER PRIMARY KEY, period TEXT, lo TEXT, hi TEXT)")
+    db.execute("DELETE FROM temp.period_spans")
+    db.executemany("INSERT INTO temp.period_spans VALUES (?, ?, ?, ?)", [(k, *span) for k, span in enumerate(spans)])
+    # The spans in order (CROSS JOIN keeps them the outer loop), each read by the primary key:
+    # a group's rows come in the order the sort of _rows_by_key leaves them, so its sums are the same.
+    task = "AND task_key = ?" if task_id else ""
+    ranks = ", ".join(f"{rank} AS {name}" for name, rank in _RANKS.items())
+    passes = " UNION ALL ".join(
+        f"""SELECT s.period AS period, model, {_GROUP_SUMS}, {ranks}
+        FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi
+        WHERE q.model = ? {task} GROUP BY s.k {_HAVING}"""
+        for _ in models
+    )
+    columns = ", ".join(("period", "model", "ai_interactions", "failed_calls", *_COUNTED, "priced", "hallucination_count"))
+    return db.execute(
+        f"SELECT {columns} FROM ({passes}) ORDER BY period, {', '.join(f'{name} DESC' for name in _RANKS)}, model",
+        [value for model in models for value in (model, *([task_id] if task_id else []))],
+    ).fetchall()
+
+
+# SQLite reads local time through the C library for moments from 1970 to 2038-01-18 alone (outside,
+# it takes a like year); Python's `time` reads the same C library, so between these the two agree.
+_LOCAL_TIME_FROM, _LOCAL_TIME_UNTIL = 86_400, 2_147_385_600 - 86_400
+_QUARTER_SECONDS, _DAY_SECONDS = 900, 86_400
+
+
+def period_spans(period: str, utc: bool, first: str, last: str) -> list[tuple[str, str, str]] | None:
+    """The periods from quarter hour `first` to quarter hour `last` (usage_quarters' keys), as
+    (period, first quarter, quarter after the last): the period each quarter hour has in
+    `_period_sql`, worked out where it can change alone: where a local hour or day begins and
+    where the offset from UTC changes. None where a period would be two spans (a clock put back
+    over midnight), where SQLite's local time is not the C library's, or beyond SPAN_LIMIT."""
+    start = int(datetime.fromisoformat(first + ":00+00:00").timestamp())
+    end = int(datetime.fromisoformat(last + ":00+00:00").timestamp()) + _QUARTER_SECONDS
+    if period == "models":
+        return [("all", first, _quarter(end))]
+    if not utc and not (_LOCAL_TIME_FROM <= start and end <= _LOCAL_TIME_UNTIL):
+        return None
+    step = 3600 if period == "hourly" else _DAY_SECONDS
+    changes = [(start, 0)] if utc else _offset_changes(start, end)
+    starts: set[int] = set()
+    for (begins, offset), (ends, _) in zip(changes, [*changes[1:], (end, 0)], strict=True):
+        starts.add(-(-begins // _QUARTER_SECONDS) * _QUARTER_SECONDS)
+        moment = begins + (-(begins + offset)) % step  # the first local hour or midnight from `begins`
+        while moment < ends:
+            starts.add(-(-moment // _QUARTER_SECONDS) * _QUARTER_SECONDS)  # the first quarter hour in it
+            moment += step
+        if len(starts) > SPAN_LIMIT:
+            return None
+    key = _PERIOD_KEYS[period]
+    spans: list[list] = []
+    for moment in sorted(starts):
+        if moment >= end:
+            break
+        period_key = key(moment, time.gmtime(moment) if utc else time.localtime(moment))
+        if spans and spans[-1][0] == period_key:
+            continue
+        if spans and spans[-1][0] > period_key:
+            return None  # the clock went back over the start of a period: it is two spans
+        spans.append([period_key, moment])
+    bounds = [moment for _, moment in spans[1:]] + [end]
+    return [(period_key, _quarter(moment), _quarter(bound)) for (period_key, moment), bound in zip(spans, bounds, strict=True)]
+
+
+def _offset_changes(start: int, end: int) -> list[tuple[int, int]]:
+    """(moment, offset from UTC in seconds from then on) over [start, end): the offset at `start`,
+    then each change, to the second. Probed a day apart: no zone has changed its offset twice
+    within a week since 1970 (the shortest was Brazil's, 7 days in October 2000)."""
+    changes = [(start, time.localtime(start).tm_gmtoff)]
+    probe = start
+    while probe < end:
+        ahead = min(probe + _DAY_SECONDS, end)
+        if time.localtime(ahead).tm_gmtoff == changes[-1][1]:
+            probe = ahead
+            continue
+        before, after = probe, ahead  # the offset changes after `before`, by `after`
+        while after - before > 1:
+            middle = (before + after) // 2
+            before, after = (middle, after) if time.localtime(middle).tm_gmtoff == changes[-1][1] else (before, middle)
+        changes.append((after, time.localtime(after).tm_gmtoff))
+        probe = after
+    return changes
+
+
+def _quarter(moment: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(moment))
+
+
+def _day(clock: time.struct_time) -> date:
+    return date(clock.tm_year, clock.tm_mon, clock.tm_mday)
+
+
+# The period of the quarter hour starting at `moment`, whose clock (local or UTC) is `clock`: `_period_sql`'s text.
+_PERIOD_KEYS = {
+    "hourly": lambda moment, clock: time.strftime("%Y-%m-%dT%H:%M:00.000000Z", time.gmtime(moment - 60 * clock.tm_min)),
+    "daily": lambda moment, clock: _day(clock).isoformat(),
+    "weekly": lambda moment, clock: (_day(clock) - timedelta(days=clock.tm_wday)).isoformat(),
+    "monthly": lambda moment, clock: f"{clock.tm_year:04d}-{clock.tm_mon:02d}",
+}
 
 
 def usage_report(
@@ -107,29 +285,7 @@ def usage_report(
 ) -> "UsageReport":
     """`period` is hourly, daily, weekly, monthly or models; since/until are stored
     timestamps; `task_id` narrows to one task's calls."""
-    clauses, params = [], []
-    if since:
-        clauses.append("at >= ?")
-        params.append(since)
-    if until:
-        clauses.append("at < ?")
-        params.append(until)
-    if task_id:
-        clauses.append("task_key = ?")
-        params.append(task_id)
-    source = _QUARTERS if on_quarter(since) and on_quarter(until) else _CALLS
-    # A count no call stated stays missing, never 0.
-    stated = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in _COUNTED)
-    rows = db.execute(
-        f"""
-        SELECT {_period_sql(period, utc)} AS period, model, sum(ai_interactions) AS ai_interactions,
-            sum(failed_calls) AS failed_calls, {stated}, sum(priced) AS priced, sum(flagged) AS hallucination_count
-        FROM ({source}) WHERE {" AND ".join(clauses) or "1"}
-        GROUP BY 1, 2 HAVING sum(ai_interactions) + sum(failed_calls) > 0
-        ORDER BY 1, {_LARGEST_FIRST}, 2
-        """,
-        params,
-    ).fetchall()
+    rows = usage_rows(db, period, since, until, utc, task_id)
     by_period: dict[str, list[dict]] = {}
     for row in map(dict, rows):
         by_period.setdefault(row["period"], []).append(row)
