@@ -134,7 +134,8 @@ def local_zone(zone: str):
 
 
 MODELS = ["claude-sonnet-4-6", "gpt-5", None]
-TASKS = ["P1-001", "P1-002", None]
+NAMED_TASKS = ["P1-001", "P1-002"]
+TASKS = [*NAMED_TASKS, None]
 # Seconds from the anchor: on quarter hours, on minutes, anywhere (to the microsecond), three days
 # either side; and within two hours of it, where calls of several tasks share quarter hours.
 offsets = st.one_of(
@@ -166,7 +167,7 @@ edges = st.one_of(
 
 def _store(db, anchor: datetime, history, models: list) -> None:
     with write_transaction(db):
-        for task_id in TASKS[:-1]:
+        for task_id in NAMED_TASKS:
             tasks.ensure_task(db, task_id, "2026-01-01T00:00:00.000000Z")
     rows, flagged = [], []
     for number, (at, model, task, kind, tokens, cost, flag) in enumerate(history):
