@@ -311,7 +311,8 @@ def _model_usage(row: dict) -> "ModelUsage":
 
 
 def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> "PeriodUsage":
-    stats, models = _stats(_sum(group)), [_model_usage(row) for row in group]
+    # A period of one model (most hours) sums to that model's row: sum() of one number is the number.
+    stats, models = _stats(_sum(group) if len(group) > 1 else group[0]), [_model_usage(row) for row in group]
     if hourly:  # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
         return {"period": hour_label(key, utc), "start": key, **stats, "models": models}
     return {"period": key, **stats, "models": models}
