@@ -229,7 +229,15 @@ def _fit(columns: list[Column], cells: list[list[str]], width: int) -> tuple[lis
 def table(columns: Sequence[Column], rows: Iterable[Sequence], utc: bool = False) -> None:
     columns = list(columns)
     piped = to_pipe()
-    cells = [[_cell(column, value, utc, piped) for column, value in zip(columns, row, strict=True)] for row in rows]
+    # Piped, a count is written as it is (_cell's first case): without a call per cell, thousands of rows cost half.
+    plain = [piped and column.kind not in ("time", "money") for column in columns]
+    cells = [
+        [
+            str(value) if type(value) is int and as_is else _cell(column, value, utc, piped)
+            for column, as_is, value in zip(columns, plain, row, strict=True)
+        ]
+        for row in rows
+    ]
     if piped:
         sys.stdout.write("\t".join(column.header for column in columns) + "\n")
         sys.stdout.writelines("\t".join(row) + "\n" for row in cells)

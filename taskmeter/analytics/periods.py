@@ -234,8 +234,8 @@ def period_spans(period: str, utc: bool, first: str, last: str) -> list[tuple[st
         if spans and spans[-1][0] > period_key:
             return None  # the clock went back over the start of a period: it is two spans
         spans.append([period_key, moment])
-    bounds = [moment for _, moment in spans[1:]] + [end]
-    return [(period_key, _quarter(moment), _quarter(bound)) for (period_key, moment), bound in zip(spans, bounds, strict=True)]
+    quarters = [_quarter(moment) for _, moment in spans] + [_quarter(end)]
+    return [(period_key, quarters[n], quarters[n + 1]) for n, (period_key, _) in enumerate(spans)]
 
 
 def _offset_changes(start: int, end: int) -> list[tuple[int, int]]:
