@@ -304,3 +304,29 @@ def test_an_hourly_report_over_years_is_sorted_as_before():
         assert periods.period_spans("hourly", False, "2026-01-01T00:00", "2026-12-31T23:45") is None
         assert len(periods.period_spans("daily", False, "2026-01-01T00:00", "2026-12-31T23:45") or []) == 365
         assert len(periods.period_spans("hourly", False, "2026-01-01T00:00", "2026-01-31T23:45") or []) == 31 * 24
+
+
+def test_a_report_sorts_only_the_rows_it_makes(tmp_path):
+    """Each model's pass reads the spans in order and usage_quarters by its primary key (or a
+    task's index): SQLite sorts no quarter hour into its period, only the rows of the report."""
+    statements: list[str] = []
+    db = migrated_database(tmp_path / "meter.db")
+    try:
+        _store(
+            db,
+            datetime(2026, 3, 8, 7, tzinfo=UTC),
+            [(n * 600.0, n % 3, n % 3, "answered", n, 0.1, False) for n in range(50)],
+            MODELS,
+        )
+        db.set_trace_callback(statements.append)
+        for task_id in (None, "P1-001"):
+            assert periods._rows_by_span(db, "daily", None, "2026-03-09T00:00:00.000000Z", False, task_id)
+        db.set_trace_callback(None)
+        passes = [statement for statement in statements if "period_spans s" in statement]
+        assert len(passes) == 2
+        for statement in passes:
+            plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {statement}")]
+            assert not any("FOR GROUP BY" in step for step in plan), plan
+            assert any(step.startswith("SEARCH q USING") and "quarter>? AND quarter<?" in step for step in plan), plan
+    finally:
+        db.close()
