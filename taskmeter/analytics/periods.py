@@ -195,7 +195,8 @@ def _rows_by_span(
 
 
 # SQLite reads local time through the C library for moments from 1970 to 2038-01-18 alone (outside,
-# it takes a like year); Python's `time` reads the same C library, so between these the two agree.
+# it takes a like year); Python's `time` reads the same C library, so between these the two agree
+# (and, in UTC too, years of four digits are written alike).
 _LOCAL_TIME_FROM, _LOCAL_TIME_UNTIL = 86_400, 2_147_385_600 - 86_400
 _QUARTER_SECONDS, _DAY_SECONDS = 900, 86_400
 
@@ -205,12 +206,13 @@ def period_spans(period: str, utc: bool, first: str, last: str) -> list[tuple[st
     (period, first quarter, quarter after the last): the period each quarter hour has in
     `_period_sql`, worked out where it can change alone: where a local hour or day begins and
     where the offset from UTC changes. None where a period would be two spans (a clock put back
-    over midnight), where SQLite's local time is not the C library's, or beyond SPAN_LIMIT."""
+    over midnight), outside 1970-2037, where SQLite's local time is not the C library's, or beyond
+    SPAN_LIMIT."""
     start = int(datetime.fromisoformat(first + ":00+00:00").timestamp())
     end = int(datetime.fromisoformat(last + ":00+00:00").timestamp()) + _QUARTER_SECONDS
     if period == "models":
         return [("all", first, _quarter(end))]
-    if not utc and not (_LOCAL_TIME_FROM <= start and end <= _LOCAL_TIME_UNTIL):
+    if not _LOCAL_TIME_FROM <= start < end <= _LOCAL_TIME_UNTIL:
         return None
     step = 3600 if period == "hourly" else _DAY_SECONDS
     changes = [(start, 0)] if utc else _offset_changes(start, end)
