@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from taskmeter.analytics import history, metrics, worktime
 from taskmeter.analytics.listings import task_records
-from taskmeter.store import interactions, tasks
+from taskmeter.store import connection, interactions, settled, tasks
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import to_stored
@@ -174,3 +174,26 @@ def test_meter_tasks_keeps_settled_tasks_and_forgets_one_made_current(db, db_pat
     meter("set-task", "P1-001")
     assert db.execute("SELECT count(*) FROM settled_work").fetchone()[0] == 0
     assert "P1-001" in meter("tasks")
+
+
+def test_what_was_computed_before_a_change_is_not_kept_but_a_call_that_changes_nothing_does_not_stop_it(db, db_path):
+    """The listing counts m029's changes before it reads: a switch stored by another connection
+    while it computes makes it keep nothing (the triggers forgot that task before its row came);
+    a call in a minute its task already had changes no working time, and does not count."""
+    with _clock(0):
+        tasks.set_task(db, "P1-001")
+    interactions.insert(db, Interaction(id="000000000001", started_at=to_stored(_at(1)), task_id="P1-001"))
+    with _clock(30):
+        tasks.set_task(db, "P1-002")
+    other = connection.connect(db_path)
+    try:
+        read_at = settled.changes(db)
+        interactions.insert(other, Interaction(id="000000000002", started_at=to_stored(_at(1.5)), task_id="P1-001"))
+        assert settled.keep(db, {"P1-001": ("", 60.0)}, IDLE, read_at)
+        read_at = settled.changes(db)
+        with _clock(40):
+            tasks.set_task(other, "P1-001")
+        assert not settled.keep(db, {"P1-001": ("", 60.0)}, IDLE, read_at)
+    finally:
+        other.close()
+    assert db.execute("SELECT count(*) FROM settled_work").fetchone()[0] == 0  # the switch forgot the first

@@ -106,7 +106,7 @@ def _with_working_time(
     """Each task's history, in the order of `rows`, with its working time when settled (as
     kept, the history then holding no switch or minute); the others' histories hold what
     their working time is made of, and those that are settled now are kept."""
-    read_at = settled.data_version(db)
+    read_at = settled.changes(db)
     known = settled.known(db, idle_seconds, now)
     fresh = [row["id"] for row in rows if row["id"] not in known]
     current, activity, events = history.working_inputs(db, fresh) if fresh else ({}, {}, {})

@@ -1714,8 +1714,10 @@ def m029_settled_working_time(db: sqlite3.Connection) -> None:
     (store/settled.py) and deleted here by every change to what working time is made
     of: the task's begin and approval, its switches, activity minutes, milestones,
     iterations, commits and test runs, however their task ID is spelled (IDs are
-    case-insensitive, as tasks.id is)."""
+    case-insensitive, as tasks.id is). Each such change also counts in
+    settled_work_changes: what was computed from rows read before a change is not kept."""
     forget = "DELETE FROM settled_work WHERE task_id = {row}.{column};"
+    counted = "UPDATE settled_work_changes SET changes = changes + 1;"
     inputs = [
         ("tasks", "id", ("UPDATE OF id, begin_at, final_approval_at", "DELETE")),
         ("switch_spans", "task_id", ("INSERT", "UPDATE", "DELETE")),
@@ -1730,11 +1732,13 @@ def m029_settled_working_time(db: sqlite3.Connection) -> None:
             idle_seconds REAL NOT NULL,
             holds_from TEXT NOT NULL,  -- '' (approved): always
             working_seconds REAL NOT NULL
-        ) WITHOUT ROWID;"""
+        ) WITHOUT ROWID;
+        CREATE TABLE settled_work_changes (id INTEGER PRIMARY KEY CHECK (id = 1), changes INTEGER NOT NULL);
+        INSERT INTO settled_work_changes (id, changes) VALUES (1, 0);"""
     for table, column, events in inputs:
         for event in events:
             rows = {"INSERT": ["NEW"], "DELETE": ["OLD"]}.get(event, ["OLD", "NEW"])
-            body = " ".join(forget.format(row=row, column=column) for row in rows)
+            body = " ".join([*(forget.format(row=row, column=column) for row in rows), counted])
             script += f"""
         CREATE TRIGGER settled_work_{table}_{event.split()[0].lower()} AFTER {event} ON {table} BEGIN {body} END;"""
     run_script(db, script + "\n")

@@ -21,23 +21,24 @@ def known(db: sqlite3.Connection, idle_seconds: float, now: str) -> dict[str, fl
     return dict(rows.fetchall())
 
 
-def data_version(db: sqlite3.Connection) -> int:
-    """Changes when another connection commits (SQLite's PRAGMA data_version)."""
-    return db.execute("PRAGMA data_version").fetchone()[0]
+def changes(db: sqlite3.Connection) -> int:
+    """How many changes to what working time is made of m029's triggers have counted."""
+    return db.execute("SELECT changes FROM settled_work_changes").fetchone()[0]
 
 
 def keep(db: sqlite3.Connection, settled: dict[str, tuple[str, float]], idle_seconds: float, read_at: int) -> bool:
-    """Keep `settled` ({task ID: (holds from, working seconds)}, metrics.settled_since) computed from what the
-    database held at data_version `read_at`, unless another connection wrote since: a change the
-    triggers forgot in between would otherwise come back. Never waits long, never fails a listing:
-    a read-only or busy database keeps nothing. Whether it kept them."""
+    """Keep `settled` ({task ID: (holds from, working seconds)}, metrics.settled_since) computed from rows
+    read after `read_at` changes, unless a change came since: the triggers forgot it before it was
+    kept, and it would come back. Only such a change counts, not every call the proxy stores: a
+    listing keeps what it computed while calls come. Never waits long, never fails a listing: a
+    read-only or busy database keeps nothing. Whether it kept them."""
     if not settled or db.in_transaction:
         return False
     (timeout,) = db.execute("PRAGMA busy_timeout").fetchone()
     db.execute(f"PRAGMA busy_timeout = {KEEP_WAIT_MS}")
     try:
         with write_transaction(db):
-            if data_version(db) != read_at:
+            if changes(db) != read_at:
                 return False
             db.executemany(
                 "INSERT OR REPLACE INTO settled_work (task_id, idle_seconds, holds_from, working_seconds) VALUES (?, ?, ?, ?)",
