@@ -1,16 +1,15 @@
 """`meter doctor`: each thing the meter needs, checked and explained in one line."""
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from taskmeter.errors import MeterError
 from taskmeter.store import connection, proxies
 
 
-@dataclass
-class Check:
+class Check(NamedTuple):  # not a dataclass: dataclasses loads inspect, a fifth of what doctor imports
     name: str
     ok: bool
     detail: str
@@ -18,7 +17,6 @@ class Check:
 
 def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) -> list[Check]:
     from taskmeter.config import files
-    from taskmeter.proxy.environment import BASE_URL_VARIABLES, PING_PATH, proxy_origin
 
     checks = []
     if config_path or files.config_path().exists():  # validated whole; the shipped defaults are valid (a test holds it)
@@ -53,6 +51,8 @@ def run_checks(db_path: Path, config_path: str | None, environ: dict[str, str]) 
     if not running:
         checks.append(Check("proxy", False, f"no meter proxy records to {db_path}: {START_ADVICE}"))
         return checks
+    from taskmeter.proxy.environment import BASE_URL_VARIABLES, PING_PATH, proxy_origin  # here: what a running proxy needs
+
     proxy = running[0]
     origin = proxy_origin(proxy["listen"])
     recording = proxy["recording"] == proxies.RECORDING

@@ -5,7 +5,6 @@ leave stops, counted by reference so that two terminals never stop each other's.
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import signal
 import sys
@@ -28,6 +27,8 @@ START_ADVICE = "start one with `meter start`, or keep one running with `meter se
 
 def _state_name(db_path: Path) -> str:
     """Files of the proxy recording to `db_path`: one name per database."""
+    import hashlib  # here: `meter doctor` reads START_ADVICE alone
+
     return "proxy-" + hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:12]
 
 

@@ -46,6 +46,7 @@ RELEASED = {
     "m026_task_tags_and_forecast_alerts": "dd5ad92be0a4352d636acafea1e91d47d7726c8b0e24c770769862dfda54ba60",
     "_m027_synced_tables": "82d7450ef3177a227a93f5d0ab25590660e91a7bef29a8fdc6425813e7ea4751",
     "m027_team_identity_and_outbox": "e059a06f846b6420b7752c5835a6b027fa7cc969eec259e9f5906da7d467e932",
+    "m029_settled_working_time": "15f8a45700551df6d53e0281f3f9bf1b29157f31b3922149cc4fe1d9b9aeccc6",
 }
 
 

@@ -303,3 +303,22 @@ def test_the_status_line_loads_neither_click_nor_platformdirs_nor_the_report_typ
     )
     assert done.stdout.startswith("NOT METERED · P1-001 0m/1h00m"), done
     assert ast.literal_eval(done.stderr.strip().splitlines()[-1]) == []
+
+
+def test_doctor_without_a_proxy_loads_no_agent_and_no_network_module(tmp_path):
+    """With no proxy recording, `meter doctor` checks no gateway, shell or CA: it loads
+    neither the agents (read only for `--agent`), nor the proxy's environment, telemetry
+    or sockets, nor hashlib (the pidfile's name) or dataclasses."""
+    db_path = tmp_path / "meter.db"
+    connection.connect(db_path).close()
+    unused = (
+        *HEAVY,
+        "taskmeter.agents",
+        "taskmeter.proxy.environment",
+        "taskmeter.telemetry",
+        "socket",
+        "hashlib",
+        "dataclasses",
+    )
+    assert _heavy_loaded(db_path, tmp_path, "doctor", modules=unused) == []
+    assert _heavy_loaded(db_path, tmp_path, "doctor", "--agent", "codex", modules=("taskmeter.agents",)) == ["taskmeter.agents"]

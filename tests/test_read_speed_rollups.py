@@ -164,7 +164,8 @@ def test_rollups_match_after_a_random_history(db):
 
 
 def test_the_migration_backfills_a_database_with_history(db_path, monkeypatch):
-    before = [fn for fn in migrations.MIGRATIONS if fn.__name__ != "m024_working_time_rollups"]
+    # m029 keeps its rows by triggers on m024's tables: it comes with m024.
+    before = [fn for fn in migrations.MIGRATIONS if fn.__name__ not in ("m024_working_time_rollups", "m029_settled_working_time")]
     monkeypatch.setattr(migrations, "MIGRATIONS", before)
     old = connection.connect(db_path)
     tasks.set_task(old, "P1-001")

@@ -172,7 +172,7 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
             *rework[row["id"]],
             activity=activity[row["id"]],
             events=events[row["id"]],
-            after_approval=_after_approval(db, row),
+            after_approval=calls_after_approval(db, row),
             estimates=estimates[row["id"]],
             withdrawn_approvals=approvals[row["id"]],
         )
@@ -180,7 +180,8 @@ def histories(db: sqlite3.Connection, task_rows: list[dict], working_time: bool 
     ]
 
 
-def _after_approval(db: sqlite3.Connection, task: dict) -> tuple[int, int | None]:
+def calls_after_approval(db: sqlite3.Connection, task: dict) -> tuple[int, int | None]:
+    """The AI calls and tokens of `task` after its final approval (TaskHistory.after_approval)."""
     if task["final_approval_at"] is None:
         return 0, None
     row = db.execute(

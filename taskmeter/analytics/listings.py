@@ -6,11 +6,10 @@ yes/no as true/false. docs/schema.md lists them."""
 
 import sqlite3
 
-from taskmeter.analytics import history, metrics
+from taskmeter.analytics import history, metrics, worktime
 from taskmeter.analytics.reports import task_record
-from taskmeter.analytics.worktime import DEFAULT_IDLE_SECONDS
 from taskmeter.clients import client_name
-from taskmeter.store import tasks
+from taskmeter.store import settled, tasks
 from taskmeter.store.texts import first_line
 from taskmeter.timefmt import now_stored, seconds_between
 from taskmeter.tokens import AGENT_LOG, tokens_object
@@ -76,25 +75,60 @@ def task_records(
     db: sqlite3.Connection,
     phase_id: str | None = None,
     now: str | None = None,
-    idle_seconds: float = DEFAULT_IDLE_SECONDS,
+    idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS,
     intervals: bool = True,
+    keep_settled: bool = False,
 ) -> list["TaskListing"] | list["TaskRow"]:
     """Every task's Level 1 fields (as `task --json` gives them), and whether it is current.
     Without `intervals`, no `working_intervals`: tens of thousands of timestamps to write
-    for a history of a million calls, which only JSON shows."""
+    for a history of a million calls, which only JSON shows; then a settled task's working
+    time is read (store/settled.py), not walked again, and `keep_settled` keeps the ones computed."""
     now = now or now_stored()
     current = tasks.current_task(db)
     current_id = current.task_id.lower() if current else None
-    task_histories = history.histories(db, [dict(row) for row in tasks.list_task_rows(db, phase_id)])
+    rows = [dict(row) for row in tasks.list_task_rows(db, phase_id)]
     if intervals:
         listings: list[TaskListing] = [
-            {**task_record(h, now, idle_seconds), "current": h.task["id"].lower() == current_id} for h in task_histories
+            {**task_record(h, now, idle_seconds), "current": h.task["id"].lower() == current_id}
+            for h in history.histories(db, rows)
         ]
         return listings
-    rows: list[TaskRow] = [
-        {**metrics.task_fields(h, now, idle_seconds), "current": h.task["id"].lower() == current_id} for h in task_histories
+    listed: list[TaskRow] = [
+        {**metrics.task_fields(h, now, idle_seconds, working_seconds=seconds), "current": h.task["id"].lower() == current_id}
+        for h, seconds in _with_working_time(db, rows, now, idle_seconds, keep_settled)
     ]
-    return rows
+    return listed
+
+
+def _with_working_time(
+    db: sqlite3.Connection, rows: list[dict], now: str, idle_seconds: float, keep: bool
+) -> list[tuple[history.TaskHistory, float | None]]:
+    """Each task's history, in the order of `rows`, with its working time when settled (as
+    kept, the history then holding no switch or minute); the others' histories hold what
+    their working time is made of, and those that are settled now are kept."""
+    read_at = settled.changes(db)
+    known = settled.known(db, idle_seconds, now)
+    fresh = [row["id"] for row in rows if row["id"] not in known]
+    current, activity, events = history.working_inputs(db, fresh) if fresh else ({}, {}, {})
+    found: list[tuple[history.TaskHistory, float | None]] = []
+    computed: dict[str, tuple[str, float]] = {}
+    for h in history.histories(db, rows, working_time=False):
+        task_id = h.task["id"]
+        h = h._replace(after_approval=history.calls_after_approval(db, h.task))
+        if task_id in known:
+            found.append((h, known[task_id]))
+            continue
+        h = h._replace(
+            current=current.get(task_id.lower(), []), activity=activity.get(task_id, []), events=events.get(task_id, [])
+        )
+        since = metrics.settled_since(h, now)
+        seconds = worktime.total(metrics.task_spans(h, now, idle_seconds)) if since is not None else None
+        if since is not None and seconds is not None:
+            computed[task_id] = (since, seconds)
+        found.append((h, seconds))
+    if keep:
+        settled.keep(db, computed, idle_seconds, read_at)
+    return found
 
 
 # Why a call has its task, per stored attribution (store/calls.py decides it).

@@ -170,6 +170,23 @@ def spans_of(
     return worktime.working_spans(current_spans, [*activity, *((at, at) for at in events)], idle_seconds, (begin, end))
 
 
+def settled_since(history: TaskHistory, now: str) -> str | None:
+    """From when the task's working time, as task_spans gives it at `now`, is the same at every
+    later now while nothing it is made of changes (store/settled.py keeps it): always ("") once
+    approved, its window ending at the approval; from `now` on for an open task no longer current
+    that has nothing later than now. None while it is current (it counts up to now) or has not begun."""
+    task = history.task
+    if task["begin_at"] is None:
+        return None
+    if task["final_approval_at"]:
+        return ""
+    closed = [until for _, until in history.current if until is not None]
+    if len(closed) < len(history.current):
+        return None
+    latest = max([_seconds(task["begin_at"]), *closed, *(end for _, end in history.activity), *history.events])
+    return now if latest <= _seconds(now) else None
+
+
 def _stages(task: dict) -> "StageDurations":
     def between(a: str, b: str) -> float | None:
         return seconds_between(task[a], task[b]) if task[a] and task[b] else None
@@ -183,14 +200,22 @@ def _stages(task: dict) -> "StageDurations":
 
 
 def task_fields(
-    history: TaskHistory, now: str, idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS, spans: list | None = None
+    history: TaskHistory,
+    now: str,
+    idle_seconds: float = worktime.DEFAULT_IDLE_SECONDS,
+    spans: list | None = None,
+    working_seconds: float | None = None,
 ) -> "TaskReport":
-    """`spans`: the task's working spans when the caller has them already."""
+    """`spans`: the task's working spans when the caller has them already; `working_seconds`:
+    its working time, when the caller has that (a settled one, store/settled.py)."""
     task, usage = history.task, history.usage
     wall = seconds_between(task["begin_at"], _end_of(task, now)) if task["begin_at"] else None
-    if spans is None:
-        spans = task_spans(history, now, idle_seconds)
-    actual = worktime.total(spans) if task["begin_at"] else None
+    if working_seconds is not None:
+        actual: float | None = working_seconds
+    else:
+        if spans is None:
+            spans = task_spans(history, now, idle_seconds)
+        actual = worktime.total(spans) if task["begin_at"] else None
     estimate = first_estimate(history.task["estimate_seconds"], history.estimates)
     tokens = total_tokens(usage)
     # Every approval, oldest first: those `meter task --reopen` withdrew, then the one in force.

@@ -134,8 +134,9 @@ def block_report(
 
     A block's calls are those from its first call to its end (its start + 5 hours, inclusive): a later call
     is more than 5 hours after the start, and a pause of more than 5 hours after a call ends a block anyway.
-    So each block is found with two seeks in the started_at index, and its sums come from usage_quarters,
-    the calls of a quarter only partly in the block (or of one provider) read one by one."""
+    So the blocks are found by two seeks each in the started_at index, all in one statement, and each
+    block's sums come from usage_quarters, the calls of a quarter only partly in the block (or of one
+    provider) read one by one."""
     where, params = _window(since, until, None)
     if provider:
         where += " AND i.provider = ?"
@@ -143,28 +144,45 @@ def block_report(
     moment = from_stored(now or now_stored())
     span = BLOCK_HOURS * 3600
     blocks: list[UsageBlock] = []
-    last, first = None, _edge_call(db, where, params)
+    last = None
     end: str | None = None
-    while first is not None:
-        end_before, end = end, _stored(_hour_start(first["at"]) + span)
+    for first_at, first_started, last_at, last_started, block_end in db.execute(_block_edges(where), params * 3):
+        first, end_before, end = {"at": first_at, "started_at": first_started}, end, block_end
         if last is not None and first["at"] - last["at"] > span:
             blocks.append(_gap(last["at"] + span, first["at"]))
-        last = _edge_call(db, f"{where} AND i.started_at <= ?", [*params, end], newest=True)
+        last = {"at": last_at, "started_at": last_started}
         edges = (since, until, end_before, end)
         usage = _block_usage(db, first["started_at"], last["started_at"], edges, where, params, provider)
         blocks.append(_block(first, last, usage, moment))
-        first = _edge_call(db, f"{where} AND i.started_at > ?", [*params, end])
     return {"since": since, "until": until, "provider": provider, "block_hours": BLOCK_HOURS, "blocks": blocks}
 
 
-def _edge_call(db: sqlite3.Connection, where: str, params: list, newest: bool = False):
-    """The first call (by start, then ID) that matches, or with `newest` the last; None if none does."""
-    order = "DESC" if newest else ""
-    return db.execute(
-        f"SELECT {seconds_sql('i.started_at')} AS at, i.started_at FROM interactions i INDEXED BY interactions_started"
-        f" WHERE {where} ORDER BY i.started_at {order}, i.id {order} LIMIT 1",
-        params,
-    ).fetchone()
+def _block_edges(where: str) -> str:
+    """The query of every block's first and last call (each as POSIX seconds and stored moment) and
+    end, oldest first, among the calls that match `where` (its parameters given three times): the
+    first call; the last at most 5 hours after its UTC hour, the block's end; the first after that
+    end, which starts the next block. A recursive query: one statement, not two seeks' worth of
+    round trips per block."""
+
+    def seek(condition: str, newest: bool = False) -> str:
+        # Ordered by start alone: calls that start together give the same moment.
+        return (
+            f"(SELECT i.started_at FROM interactions i INDEXED BY interactions_started WHERE {where} AND {condition}"
+            f" ORDER BY i.started_at {'DESC' if newest else ''} LIMIT 1)"
+        )
+
+    def block_end(first: str) -> str:  # as _stored(_hour_start(at) + BLOCK_HOURS * 3600) gives it
+        return f"strftime('%Y-%m-%dT%H:00:00.000000Z', substr({first}, 1, 19), '+{BLOCK_HOURS} hours')"
+
+    return f"""
+        WITH RECURSIVE starts(first) AS (
+            SELECT {seek("1")}
+            UNION ALL
+            SELECT {seek("i.started_at > " + block_end("starts.first"))} FROM starts WHERE starts.first IS NOT NULL
+        ), edges(first, last) AS (
+            SELECT first, {seek("i.started_at <= " + block_end("starts.first"), newest=True)} FROM starts WHERE first IS NOT NULL
+        )
+        SELECT {seconds_sql("first")}, first, {seconds_sql("last")}, last, {block_end("first")} FROM edges"""
 
 
 # A block's usage per model, as usage_quarters keeps it: each sum with how many calls stated it.

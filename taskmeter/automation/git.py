@@ -54,9 +54,8 @@ def _git(repo: Path, *args: str) -> str:
 
 def hooks_dir(repo: Path) -> Path:
     """Where git runs this repository's hooks: core.hooksPath is honoured."""
-    try:
-        top = Path(_git(repo, "rev-parse", "--show-toplevel"))
-        path = Path(_git(repo, "rev-parse", "--git-path", "hooks"))
+    try:  # one git, answering both (`meter doctor` asks in every repository)
+        top, path = map(Path, _git(repo, "rev-parse", "--show-toplevel", "--git-path", "hooks").splitlines())
     except (subprocess.CalledProcessError, FileNotFoundError):
         raise NotARepository(f"{repo} is not a git repository (or git is not installed)") from None
     return path if path.is_absolute() else top / path

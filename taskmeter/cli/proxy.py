@@ -135,16 +135,28 @@ def stop_cmd(config_path, db_path):
         )
 
 
-def _agent_names() -> list[str]:
-    from taskmeter.agents import AGENTS, UNREACHABLE
+class _AgentChoice(click.Choice):
+    """The agents `doctor --agent` knows, read from taskmeter.agents when first asked for (help,
+    a value to check, completion): a plain `meter doctor` or `meter env` does not import them."""
 
-    return [*AGENTS, *UNREACHABLE]
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        from taskmeter.agents import AGENTS, UNREACHABLE
+
+        return [*AGENTS, *UNREACHABLE]
+
+    @choices.setter
+    def choices(self, _names) -> None:  # click.Choice.__init__ sets it
+        pass
 
 
 @cli.command("doctor")
 @click.option(
     "--agent",
-    type=click.Choice(_agent_names()),
+    type=_AgentChoice(),
     help="Instead: whether this agent, as logged in and configured on this machine, will be metered.",
 )
 @json_option
@@ -152,8 +164,6 @@ def _agent_names() -> list[str]:
 @db_option
 def doctor_cmd(agent, as_json, config_path, db_path):
     """Check, one line each, that the meter can meter this shell's AI calls; exit 1 if not."""
-    from dataclasses import asdict
-
     from taskmeter.doctor import run_agent_checks, run_checks
 
     if agent:
@@ -161,7 +171,7 @@ def doctor_cmd(agent, as_json, config_path, db_path):
     else:
         checks = run_checks(connection.resolve_path(db_path), config_path, dict(os.environ))
     if as_json:
-        terminal.print_json([asdict(check) for check in checks])
+        terminal.print_json([check._asdict() for check in checks])
     else:
         for check in checks:
             terminal.info(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}", indent=16)  # under the detail

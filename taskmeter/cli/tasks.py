@@ -390,7 +390,9 @@ def tasks_cmd(phase, as_json, utc, db_path):
     from taskmeter.analytics.listings import task_records
 
     with open_db(db_path, create=False) as db:
-        records = task_records(db, phase.strip() if phase else None, idle_seconds=idle_seconds(), intervals=as_json)
+        records = task_records(
+            db, phase.strip() if phase else None, idle_seconds=idle_seconds(), intervals=as_json, keep_settled=True
+        )
     if as_json:
         terminal.print_json(records)
         return

@@ -1705,6 +1705,45 @@ def m027_team_identity_and_outbox(db: sqlite3.Connection) -> None:
     run_script(db, script + "\n")
 
 
+@migration
+def m029_settled_working_time(db: sqlite3.Connection) -> None:
+    """Each task's working time once it is settled: approved, or no longer current
+    with nothing of it later than the moment it was computed, so that it stays what
+    it is while nothing it is made of changes (`meter tasks` reads it instead of
+    walking every switch and minute again). Rows are written by whoever computes one
+    (store/settled.py) and deleted here by every change to what working time is made
+    of: the task's begin and approval, its switches, activity minutes, milestones,
+    iterations, commits and test runs, however their task ID is spelled (IDs are
+    case-insensitive, as tasks.id is). Each such change also counts in
+    settled_work_changes: what was computed from rows read before a change is not kept."""
+    forget = "DELETE FROM settled_work WHERE task_id = {row}.{column};"
+    counted = "UPDATE settled_work_changes SET changes = changes + 1;"
+    inputs = [
+        ("tasks", "id", ("UPDATE OF id, begin_at, final_approval_at", "DELETE")),
+        ("switch_spans", "task_id", ("INSERT", "UPDATE", "DELETE")),
+        ("task_activity_runs", "task_id", ("INSERT", "UPDATE", "DELETE")),
+        ("task_events", "task_id", ("INSERT", "UPDATE", "DELETE")),
+        ("commits", "task_id", ("INSERT", "UPDATE", "DELETE")),
+        ("test_runs", "task_id", ("INSERT", "UPDATE", "DELETE")),
+    ]
+    script = """
+        CREATE TABLE settled_work (
+            task_id TEXT PRIMARY KEY COLLATE NOCASE,
+            idle_seconds REAL NOT NULL,
+            holds_from TEXT NOT NULL,  -- '' (approved): always
+            working_seconds REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE settled_work_changes (id INTEGER PRIMARY KEY CHECK (id = 1), changes INTEGER NOT NULL);
+        INSERT INTO settled_work_changes (id, changes) VALUES (1, 0);"""
+    for table, column, events in inputs:
+        for event in events:
+            rows = {"INSERT": ["NEW"], "DELETE": ["OLD"]}.get(event, ["OLD", "NEW"])
+            body = " ".join([*(forget.format(row=row, column=column) for row in rows), counted])
+            script += f"""
+        CREATE TRIGGER settled_work_{table}_{event.split()[0].lower()} AFTER {event} ON {table} BEGIN {body} END;"""
+    run_script(db, script + "\n")
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:
