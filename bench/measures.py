@@ -271,7 +271,7 @@ def _wall_ms(command: list[str], runs: int) -> float:
     return _median_ms(lambda: subprocess.run(command, capture_output=True, check=True), runs)
 
 
-def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int, command_runs: int) -> dict:
+def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int, command_runs: int, dashboard_runs: int) -> dict:
     """Over both of the issue's histories: `meter report` and `meter report phase
     ID --format json`, their work in process and their wall time with start-up;
     and over the first, the cost of `meter statusline`."""
@@ -297,7 +297,7 @@ def large_store_reads(rows: int, tasks_count: int, flags: int, runs: int, comman
             }
             db.close()
         results["statusline"] = statusline_cost(Path(folder) / "with_switches.db", runs=4 * runs)
-        results["dashboard"] = dashboard_over_history(Path(folder) / "with_switches.db", tasks_count)
+        results["dashboard"] = dashboard_over_history(Path(folder) / "with_switches.db", tasks_count, dashboard_runs)
         # After the dashboard's: a task of the history is current, as `meter status` usually finds one.
         results["commands"] = read_command_costs(Path(folder) / "with_switches.db", phase_of(tasks_count), command_runs)
     statusline, dashboard, commands = results.pop("statusline"), results.pop("dashboard"), results.pop("commands")
@@ -309,7 +309,7 @@ def phase_of(tasks_count: int) -> str:
     return "P5" if tasks_count >= PHASES else "P1"
 
 
-def dashboard_over_history(db_path: Path, tasks_count: int, runs: int = 20) -> dict:
+def dashboard_over_history(db_path: Path, tasks_count: int, runs: int) -> dict:
     """Each page's time to first byte over the history, with a task of it current."""
     from taskmeter.store import connection, tasks
 
@@ -555,39 +555,35 @@ class BudgetsSet:
         await asyncio.sleep(1.0)
 
 
-LARGE_STREAM_MB = 100
-LARGE_REQUEST_MB = 48
-
-
-def large_request_file(folder: Path) -> Path:
-    """A 48 MB streamed chat request, as an agent sends a big context: code with quotes
-    and line ends (so escapes all through the text), `stream` after the messages."""
+def large_request_file(folder: Path, megabytes: int) -> Path:
+    """A large streamed chat request (48 MB), as an agent sends a big context: code with
+    quotes and line ends (so escapes all through the text), `stream` after the messages."""
     path = folder / "large-request.json"
     line = 'print("hello, world")  # a line of code\n'
-    text = line * (LARGE_REQUEST_MB * 1024 * 1024 // len(json.dumps(line)))
+    text = line * (megabytes * 1024 * 1024 // len(json.dumps(line)))
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], "stream": True}
     path.write_bytes(json.dumps(body).encode())
     return path
 
 
-def _large_transfer(arm: Arm, kind: str, request_file: Path) -> subprocess.Popen:
+def _large_transfer(arm: Arm, kind: str, request_file: Path, stream_mb: int) -> subprocess.Popen:
     url = f"http://127.0.0.1:{arm.port}{arm.path}"
     command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", url]
     if kind == "stream":
-        command += ["-H", f"x-mock-stream-mb: {LARGE_STREAM_MB}", "--data-binary", json.dumps(STREAM)]
+        command += ["-H", f"x-mock-stream-mb: {stream_mb}", "--data-binary", json.dumps(STREAM)]
     else:
         command += ["--data-binary", f"@{request_file}"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-async def beside_large_bodies(arms: list[Arm], rounds: int, folder: Path, settle) -> dict:
-    """Per arm and kind (a 100 MB streamed response, a 48 MB request): the latency
+async def beside_large_bodies(arms: list[Arm], rounds: int, folder: Path, settle, megabytes: dict[str, int]) -> dict:
+    """Per arm and kind (a streamed response, a request, of `megabytes[kind]` MB: 100 and 48): the latency
     of small calls (non-streamed, zero delay, c=1) made while the large body passes
     through the arm, then until the arm is done with it (`settle(arm)`; the meter:
     handed over and stored), and of as many made just before, with nothing else
     passing. The large body goes through curl, in a process of its own, so that
     moving its bytes costs this loop nothing."""
-    request_file = large_request_file(folder)
+    request_file = large_request_file(folder, megabytes["request"])
     results: dict = {}
     for kind in ("stream", "request"):
         for arm in arms:
@@ -596,7 +592,7 @@ async def beside_large_bodies(arms: list[Arm], rounds: int, folder: Path, settle
             for _ in range(rounds):
                 for _ in range(max(50, len(beside) // max(1, len(seconds)))):
                     alone.append((await _one(arm, connection, CHAT, {})).total)
-                transfer = _large_transfer(arm, kind, request_file)
+                transfer = _large_transfer(arm, kind, request_file, megabytes["stream"])
                 started = time.perf_counter()
                 while transfer.poll() is None:
                     beside.append((await _one(arm, connection, CHAT, {})).total)

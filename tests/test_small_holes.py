@@ -99,14 +99,20 @@ class Interrupted:
     where it was meant to, not after the command has finished."""
 
     def __init__(self, args: list[str], env: dict, after_import: str | None = None) -> None:
-        self.process = subprocess.Popen(
-            [str(VENV_BIN / "meter"), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**env, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONVERBOSE": "1"},
-            start_new_session=True,
-        )
-        fcntl.fcntl(self.process.stderr.fileno(), F_SETPIPE_SZ, 4096)
+        # Shrunk before the command starts: a pipe holding more than a page cannot be (EBUSY).
+        read_end, write_end = os.pipe()
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
+        try:
+            self.process = subprocess.Popen(
+                [str(VENV_BIN / "meter"), *args],
+                stdout=subprocess.PIPE,
+                stderr=write_end,
+                env={**env, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONVERBOSE": "1"},
+                start_new_session=True,
+            )
+        finally:
+            os.close(write_end)
+        self._stderr = os.fdopen(read_end, "rb")
         self.imports: list[str] = []
         self.other_stderr: list[str] = []
         self.stdout: list[str] = []
@@ -120,7 +126,7 @@ class Interrupted:
             reader.start()
 
     def _read_stderr(self) -> None:
-        for raw in self.process.stderr:
+        for raw in self._stderr:
             line = raw.decode(errors="replace").rstrip("\n")
             if line.startswith("import time:"):
                 module = line.rsplit("|", 1)[1].strip()

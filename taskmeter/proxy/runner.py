@@ -3,6 +3,7 @@
 import asyncio
 import errno
 import gc
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -12,10 +13,11 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import certifi
+import mitmproxy
 from mitmproxy import options
-from mitmproxy.tools.dump import DumpMaster
 
 from taskmeter import telemetry
 from taskmeter.config import Settings
@@ -33,6 +35,9 @@ from taskmeter.proxy.refusals import Guard
 from taskmeter.proxy.routing import Router
 from taskmeter.proxy.websocket import ResponsesWebSocket
 from taskmeter.store import connection, proxies
+
+if TYPE_CHECKING:
+    from mitmproxy.master import Master
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,42 @@ def exposure_warning(settings: Settings, listen_host: str) -> str | None:
         f"meter: warning: listening on {listen_host}: clients not on loopback may use {gateway}; "
         f"those in {networks} may also use it as an HTTPS proxy (to any host but this machine's loopback services)"
     )
+
+
+def _addon_modules_alone() -> None:
+    """`mitmproxy.addons.NAME` then loads that addon's module alone: the package's own
+    module loads all 31 of mitmproxy's default addons (flask for its mitm.it page, ldap3
+    for proxy logins, ...), a fifth of a second of CPU at every start, for the six the meter
+    runs. A process that already loaded the package (a test's) keeps it as it is."""
+    if "mitmproxy.addons" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mitmproxy.addons")
+    assert spec is not None
+    package = importlib.util.module_from_spec(spec)  # its __path__, without running its module
+    sys.modules["mitmproxy.addons"] = mitmproxy.addons = package
+
+
+def lean_master(opts: options.Options) -> "Master":
+    """mitmproxy's master with only the addons a meter runs, in the order DumpMaster adds
+    them: blocking clients from public addresses (block_global), no h2c upgrades, the proxy
+    server, the choice of protocol layers (allow_hosts), TLS interception with the meter's
+    CA, and the exit when start-up logged an error. DumpMaster's other addons do nothing
+    with the options the meter sets (replays, scripts, maps, saving flows, proxy and upstream
+    logins, DNS, the mitm.it page, its command history), so a meter does without them."""
+    _addon_modules_alone()
+    from mitmproxy.addons import block, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+    from mitmproxy.master import Master
+
+    master = Master(opts, with_termlog=False)
+    master.addons.add(
+        block.Block(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(),
+    )
+    return master
 
 
 class Announcer:
@@ -133,7 +174,7 @@ class GracefulStop:
     period, cuts the rest, which are recorded as aborted."""
 
     def __init__(
-        self, master: DumpMaster, gateway: Gateway, capture: Capture, sockets: ResponsesWebSocket, grace_seconds: float
+        self, master: "Master", gateway: Gateway, capture: Capture, sockets: ResponsesWebSocket, grace_seconds: float
     ) -> None:
         self._master = master
         self._gateway = gateway
@@ -182,7 +223,7 @@ class ConfigReload:
         *(f"alerts.{name}" for name in AlertSettings.model_fields),
     )  # fmt: skip
 
-    def __init__(self, load, settings: Settings, master: DumpMaster, addons: list, stop: "GracefulStop") -> None:
+    def __init__(self, load, settings: Settings, master: "Master", addons: list, stop: "GracefulStop") -> None:
         self._load = load
         self._settings = settings
         self._master = master
@@ -254,7 +295,7 @@ async def _serve(
     try:  # from here on, whatever ends the run (Ctrl-C during start-up too) hands over what was seen
         mode = corporate.mode if corporate else "regular"
         opts = options.Options(listen_host=host, listen_port=port, mode=[mode], confdir=str(settings.confdir))
-        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        master = lean_master(opts)
         master.options.update(
             # Both sides HTTP/1.1, server connections opened per request: proper 502s
             # and error hooks, and no h2->h1 close-delimited responses.
