@@ -1,8 +1,8 @@
 """The git side of the self-filling record (docs/automation.md).
 
 `meter hooks install` puts small shell hooks into a repository. Each reads
-HEAD and the branch (a few ms: the background job may run after the next git
-command), hands the event to `meter hooks git-event HOOK ...` in
+HEAD, the branch and the time (a few ms: the background jobs may run after the
+next git command, and in any order), hands the event to `meter hooks git-event HOOK ...` in
 the background, and exits with the status of the hook it replaced (0 when
 there was none), so a hook never fails or slows a git command. Here, in that
 background process:
@@ -23,7 +23,7 @@ import os
 import re
 import shlex
 import subprocess
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from taskmeter.automation import command
@@ -87,7 +87,8 @@ if {missing}; then
 fi
 head=$(git rev-parse -q --verify HEAD 2>/dev/null)
 branch=$(git symbolic-ref -q --short HEAD 2>/dev/null)
-( {command.render(words)} hooks git-event --repo "$PWD" --head "$head" --branch "$branch"{db} {name} -- "$@" </dev/null >/dev/null 2>&1 & )
+at=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+( {command.render(words)} hooks git-event --repo "$PWD" --head "$head" --branch "$branch" --at "$at"{db} {name} -- "$@" </dev/null >/dev/null 2>&1 & )
 exit $status
 """
 
@@ -194,21 +195,21 @@ def current_branch(repo: Path) -> str | None:
         return None  # detached HEAD
 
 
-def branch_task(db, branch: str | None, pattern: str) -> str | None:
+def branch_task(db, branch: str | None, pattern: str, as_of: str | None = None) -> str | None:
     """The task `branch` names, unless it is a new ID that `meter set-task` would make
-    only with --create (a near-typo): a branch never creates such a task silently;
-    hooks.log says why it was passed over."""
+    only with --create (a near-typo; `as_of`: judged by the tasks made before then): a
+    branch never creates such a task silently; hooks.log says why it was passed over."""
     task_id = task_of_branch(branch, pattern)
-    refusal = task_id and tasks.creation_refusal(db, task_id)
+    refusal = task_id and tasks.creation_refusal(db, task_id, as_of=as_of)
     if refusal:
         log.warning("meter: branch %s names no task: %s; `meter set-task %s --create` makes it", branch, refusal, task_id)
         return None
     return task_id
 
 
-def task_of_work(db, branch: str | None, pattern: str) -> str | None:
+def task_of_work(db, branch: str | None, pattern: str, as_of: str | None = None) -> str | None:
     """The task work on `branch` belongs to: the branch's, else the current task."""
-    task_id = branch_task(db, branch, pattern)
+    task_id = branch_task(db, branch, pattern, as_of)
     if task_id is None:
         current = tasks.current_task(db)
         task_id = current.task_id if current else None
@@ -220,22 +221,30 @@ def task_of_repository(db, repo: Path, pattern: str) -> str | None:
     return task_of_work(db, current_branch(repo), pattern)
 
 
-def on_checkout(db, repo: Path, flag: str, branch: str | None, pattern: str, main: str) -> None:
-    """`branch`: the one the hook saw checked out (None: a detached HEAD)."""
+def on_checkout(db, repo: Path, flag: str, branch: str | None, pattern: str, main: str, at: str | None = None) -> None:
+    """`branch`: the one the hook saw checked out (None: a detached HEAD) at `at` (None:
+    a hook of an older meter, which did not say). A checkout that git has already left for
+    another branch makes its task but selects nothing: its job ran late, and the later
+    checkout's job selects (or selected) the task the developer is on."""
     if flag == "1":  # a branch checkout, not a file checkout
-        task_id = branch_task(db, branch, pattern)
-        if task_id:
+        task_id = branch_task(db, branch, pattern, as_of=at)
+        if task_id and branch == current_branch(repo):
             tasks.set_task(db, task_id, create=True)  # branch_task applied the typo rule
+        elif task_id:
+            with write_transaction(db):
+                tasks.ensure_task(db, task_id, at or now_stored())
     approve_merged(db, repo, main, pattern)
 
 
-def on_commit(db, repo: Path, sha: str, branch: str | None, pattern: str) -> None:
-    """`sha` and `branch`: the commit and branch the hook saw, whatever HEAD is by now."""
-    task_id = task_of_work(db, branch, pattern)
+def on_commit(db, repo: Path, sha: str, branch: str | None, pattern: str, at: str | None = None) -> None:
+    """`sha` and `branch`: the commit and branch the hook saw at `at` (None: a hook of an
+    older meter), whatever HEAD is by now. The branch's task is judged by the tasks made
+    before then: a later checkout's job that ran first must not make its new ID a typo."""
     sha, committed = _git(repo, "log", "-1", "--format=%H%x00%cI", sha).split("\x00")
     numstat = _git(repo, "show", "--numstat", "--format=", sha).splitlines()
     added = sum(int(parts[0]) for parts in (line.split("\t") for line in numstat) if parts[0].isdigit())
     deleted = sum(int(parts[1]) for parts in (line.split("\t") for line in numstat) if parts[1].isdigit())
+    task_id = task_of_work(db, branch, pattern, as_of=at)
     at = to_stored(datetime.fromisoformat(committed))
     with write_transaction(db):
         if task_id:
@@ -408,6 +417,20 @@ def log_to_hooks_log() -> None:
     configure_logging(path)
 
 
+def _moment(said: str | None) -> str | None:
+    """The stored moment of a hook's `--at`, None when it said none (or nothing readable).
+    A `date` without %N (macOS's) says the whole second: the end of that second, so that
+    whatever was made within it counts as made before, as the typo rule would have seen it."""
+    if not said:
+        return None
+    whole = said.endswith(".NZ")
+    try:
+        moment = datetime.fromisoformat(said.replace(".NZ", "Z"))
+    except ValueError:
+        return None
+    return to_stored(moment + timedelta(seconds=1) if whole else moment)
+
+
 def main(argv: list[str] | None = None) -> None:
     """One hook's event, in the background (`meter hooks git-event`, which the hooks run)."""
     import argparse
@@ -420,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db")
     parser.add_argument("--head", help="HEAD when the hook ran (default: HEAD now)")
     parser.add_argument("--branch", help="the branch when the hook ran, empty for a detached HEAD (default: now)")
+    parser.add_argument("--at", help="when the hook ran, to the second (ISO 8601, UTC)")
     parser.add_argument("args", nargs="*")
     args = parser.parse_args(argv)
     log_to_hooks_log()
@@ -431,9 +455,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             if args.hook == "post-checkout":
                 flag = (args.args + ["", "", ""])[2]
-                on_checkout(db, repo, flag, branch, settings.automation.branch_pattern, settings.automation.main_branch)
+                automation = settings.automation
+                on_checkout(db, repo, flag, branch, automation.branch_pattern, automation.main_branch, _moment(args.at))
             elif args.hook == "post-commit":
-                on_commit(db, repo, args.head or "HEAD", branch, settings.automation.branch_pattern)
+                on_commit(db, repo, args.head or "HEAD", branch, settings.automation.branch_pattern, _moment(args.at))
             else:
                 approve_merged(db, repo, settings.automation.main_branch, settings.automation.branch_pattern)
         finally:

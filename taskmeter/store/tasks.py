@@ -228,24 +228,30 @@ def _follows_task_naming(task_id: str, phase_id: str, siblings: list[str]) -> bo
     return bool(numbers) and int(own[1]) > max(numbers)
 
 
-def creation_refusal(db: sqlite3.Connection, task_id: str, phase_id: str | None = None) -> str | None:
+def creation_refusal(db: sqlite3.Connection, task_id: str, phase_id: str | None = None, as_of: str | None = None) -> str | None:
     """Why a new task `task_id` (in `phase_id`, default its ID's) must not be made
     without --create, or None: the one rule for every way a task is named (set-task,
     run --task, branch checkouts). A new ID needs --create when it is within one edit
     of an existing ID, or when its phase is new and does not follow the database's
     phase naming (LOGIN when the phases are P1 and P2). The first task of an empty
     database, a new phase in the same naming (P3 after P2), and the next task of a
-    phase's numbering (P1-011 after P1-010) never need it."""
+    phase's numbering (P1-011 after P1-010) never need it. `as_of` (a stored moment)
+    judges by the tasks and phases made before it: an event handed over in the
+    background (a commit's hook) is judged as when it happened, not by tasks that
+    later events made first."""
     task_id = validate_task_id(task_id)
     phase_id = validate_phase_id(phase_id) if phase_id else infer_phase(task_id)
-    existing = [row["id"].upper() for row in db.execute("SELECT id FROM tasks")]
+    made, before = _made_before(as_of)
+    existing = [row["id"].upper() for row in db.execute(f"SELECT id FROM tasks WHERE {made}", before)]
     if not existing or task_id in existing:
         return None
-    phases = [row["id"].upper() for row in db.execute("SELECT id FROM phases")]
+    phases = [row["id"].upper() for row in db.execute(f"SELECT id FROM phases WHERE {made}", before)]
     if phase_id not in phases:
-        off_naming = new_phase_refusal(db, phase_id)
+        off_naming = new_phase_refusal(db, phase_id, as_of)
         return f"{task_id} would start {off_naming}" if off_naming else None
-    siblings = [row["id"].upper() for row in db.execute("SELECT id FROM tasks WHERE phase_id = ?", (phase_id,))]
+    siblings = [
+        row["id"].upper() for row in db.execute(f"SELECT id FROM tasks WHERE phase_id = ? AND {made}", (phase_id, *before))
+    ]
     if _follows_task_naming(task_id, phase_id, siblings):
         return None
     resembles = sorted((other for other in existing if _one_edit_apart(task_id, other)), key=natural_key)
@@ -254,11 +260,18 @@ def creation_refusal(db: sqlite3.Connection, task_id: str, phase_id: str | None 
     return None
 
 
-def new_phase_refusal(db: sqlite3.Connection, phase_id: str) -> str | None:
+def _made_before(as_of: str | None) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause and parameters of the tasks or phases made before `as_of` (all when None)."""
+    return ("created_at < ?", (as_of,)) if as_of else ("1", ())
+
+
+def new_phase_refusal(db: sqlite3.Connection, phase_id: str, as_of: str | None = None) -> str | None:
     """Why a new phase `phase_id` must not be made without --create, or None: it
     does not follow the database's phase naming (LOGIN when the phases are P1 and
-    P2). A database with no phase, and an existing phase, never need it."""
-    phases = [row["id"].upper() for row in db.execute("SELECT id FROM phases")]
+    P2). A database with no phase, and an existing phase, never need it. `as_of`:
+    as creation_refusal's."""
+    made, before = _made_before(as_of)
+    phases = [row["id"].upper() for row in db.execute(f"SELECT id FROM phases WHERE {made}", before)]
     if not phases or phase_id in phases:
         return None
     names = {numbered[0] for phase in phases if (numbered := _numbered(phase))}
