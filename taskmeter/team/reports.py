@@ -42,13 +42,13 @@ def team_database(
     tasks: list[str] | None = None,
     phases: list[str] | None = None,
     developer: str | None = None,
-    reads: "str | UsageWindow" = "calls",
+    reads: "str | UsageWindow | CallWindow" = "rollups",
 ) -> Iterator[sqlite3.Connection]:
     """A scratch database holding the team's rows: every task and phase, and what
     reports on `tasks` (or on `phases`' tasks and the phase before) read of them
-    (their records and rollups, _fetch); when neither, what `reads` says: "calls",
-    every call and record; "rollups", the overview's (_rollups); a UsageWindow, a
-    usage report's (_usage). Of one `developer` or all."""
+    (their records and rollups, _fetch); when neither, what `reads` says: "rollups",
+    the overview's (_rollups); a UsageWindow, a usage report's (_usage); a CallWindow,
+    the calls `sessions` or `blocks` read (_window_calls). Of one `developer` or all."""
     import psycopg
 
     from taskmeter.store import scratch
@@ -106,7 +106,7 @@ def _load(
     tasks: list[str] | None,
     phases: list[str] | None,
     developer: str | None,
-    reads: "str | UsageWindow" = "calls",
+    reads: "str | UsageWindow | CallWindow" = "rollups",
 ) -> "_Covered | None":
     """Fill `db`: every task and phase, and what the report covers (see team_database);
     what was read of the tasks' rows, for a task or phase report."""
@@ -136,10 +136,11 @@ def _load(
     if tasks is None and isinstance(reads, UsageWindow):
         _usage(conn, db, developer, reads)
         return None
-    if tasks is None and reads == "rollups":
+    if tasks is None and isinstance(reads, CallWindow):
+        _window_calls(conn, db, developer, reads, entities)
+        return None
+    if tasks is None:
         records = _rollups(conn, db, developer)
-    elif tasks is None:
-        records = _everything(conn, db, developer)
     else:
         covered = _fetch(conn, entities, tasks, phases, developer)
         scratch.insert_rows(
@@ -168,19 +169,6 @@ def _load(
     return covered
 
 
-def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
-    """Every call (loaded here) and record (returned) of one developer or all: the overview
-    and the usage reports read the calls."""
-    from taskmeter.store import scratch
-
-    where, params = ("NOT deleted", []) if developer is None else ("NOT deleted AND developer = %s", [developer])
-    with conn.cursor(name="team_calls") as cursor:  # server-side: a big store streams
-        cursor.itersize = 5000
-        cursor.execute(f"SELECT id, row FROM taskmeter.calls WHERE {where}", params)
-        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in cursor))
-    return conn.execute(f"SELECT kind, device, row FROM taskmeter.records WHERE {where} ORDER BY at, id", params).fetchall()
-
-
 def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
     """The overview's rows: every task's sums and rework from the rollups (t003, summed over the
     developers on the server), and the records but switches, flags and call texts (returned)."""
@@ -189,8 +177,7 @@ def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]
 
     mine, params = ("", []) if developer is None else (" AND developer = %s", [developer])
     usage = conn.execute(
-        f"SELECT task_key, {', '.join(f'sum({column})' for column in USAGE_COLUMNS)} FROM taskmeter.task_usage"
-        f" WHERE true{mine} GROUP BY task_key",
+        f"SELECT task_key, {_summed(USAGE_COLUMNS)} FROM taskmeter.task_usage WHERE true{mine} GROUP BY task_key",
         params,
     ).fetchall()
     # One row per task: the local history sums a task's sessions, which the server did.
@@ -204,7 +191,7 @@ def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]
         db,
         keys,
         USAGE_COLUMNS,
-        [(key, *_local_sums(USAGE_COLUMNS, sums)) for key, *sums in usage],
+        usage,
         [],
         [(*key, int(calls), int(tokens), float(cost)) for *key, calls, tokens, cost in rework],
     )
@@ -215,9 +202,11 @@ def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]
     ).fetchall()
 
 
-def _local_sums(columns: list[str], sums) -> list:
-    """A rollup's sums as the local rollup keeps them: money as REAL, counts as INTEGER."""
-    return [float(value) if column.endswith("usd") else int(value) for column, value in zip(columns, sums, strict=True)]
+def _summed(columns: list[str]) -> str:
+    """SQL summing a rollup's columns on the server, each as the local rollup keeps it: money as
+    a double (the exact decimal sum rounded once, as Python's float() of it), counts as integers.
+    Typed there, a row costs nothing to convert here."""
+    return ", ".join(f"sum({column})::{'float8' if column.endswith('usd') else 'bigint'}" for column in columns)
 
 
 class UsageWindow(NamedTuple):
@@ -249,11 +238,14 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
         if value:
             clauses.append(clause)
             params.append(value)
-    # Summed over the developers into the local rows (per task too: the local report sums those,
-    # and its sums of cost are the same additions).
+    # Summed over the developers into the local rows. One developer's rows stay per task, as that
+    # developer's meter keeps them: the report adds their costs as the meter's own report does, to
+    # the last bit. A team's are summed over the tasks too (only --task reads task_key): a row per
+    # quarter hour and model, not per task worked, each cost the exact sum of its calls' rounded once.
+    task_key = "task_key" if window.task_id or developer or _one_developer(conn) else "''"
     quarters = conn.execute(
-        f"SELECT quarter, model, task_key, {', '.join(f'sum({column})' for column in QUARTER_COLUMNS)}"
-        f" FROM taskmeter.usage_quarters WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3",
+        f"SELECT quarter, model, {task_key}, {_summed(QUARTER_COLUMNS)}"
+        f" FROM taskmeter.usage_quarters WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",  # in the key's order
         params,
     ).fetchall()
     calls = ["true"]
@@ -284,7 +276,48 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
                 [*([] if model == "?" else [model]), *call_params, LATENCY_SAMPLE],
             )
     # What the calls loaded added to the rollup: the server's sums replace it.
-    scratch.replace_usage_quarters(db, QUARTER_COLUMNS, [(*row[:3], *_local_sums(QUARTER_COLUMNS, row[3:])) for row in quarters])
+    scratch.replace_usage_quarters(db, QUARTER_COLUMNS, quarters)
+
+
+def _one_developer(conn) -> bool:
+    """Whether the team store's calls are one developer's (task_usage has a row per task each worked on)."""
+    return conn.execute("SELECT count(DISTINCT developer) <= 1 FROM taskmeter.task_usage").fetchone()[0]
+
+
+class CallWindow(NamedTuple):
+    """What `sessions` and `blocks` (analytics/windows.py) read: the generation calls from since
+    until until (stored moments), of one task, of one provider, only those an agent named its
+    session in (`sessions`)."""
+
+    since: str | None
+    until: str | None
+    task_id: str | None
+    provider: str | None
+    sessions: bool
+
+
+def _window_calls(conn, db: sqlite3.Connection, developer: str | None, window: CallWindow, entities: list[tuple]) -> None:
+    """The calls (and their flags) `window` covers, each through an index (the calls' start, or
+    the task's calls): never the store's other calls, nor any record but flags."""
+    task_ids = [
+        entity_id
+        for entity, entity_id, _, _ in entities
+        if entity == "task" and entity_id.upper() == (window.task_id or "").upper()
+    ]
+    clauses, params = ["c.operation = 'generate'", "NOT c.deleted"], []
+    for clause, value in (
+        ("c.developer = %s", developer),
+        ("c.task_id = ANY(%s)", task_ids if window.task_id else None),
+        ("c.started_at >= %s::timestamptz - interval '1 second'", window.since),  # a superset: the local query picks
+        ("c.started_at < %s::timestamptz + interval '1 second'", window.until),
+        ("c.row->>'provider' = %s", window.provider),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    if window.sessions:
+        clauses.append("c.row->>'client_session' IS NOT NULL")
+    _load_calls(conn, db, f"SELECT * FROM taskmeter.calls c WHERE {' AND '.join(clauses)}", params)
 
 
 def _load_calls(conn, db: sqlite3.Connection, query: str, params: list) -> None:
@@ -474,7 +507,7 @@ def report_source(
     db_path,
     tasks: list[str] | None = None,
     phases: list[str] | None = None,
-    reads: "str | UsageWindow" = "calls",
+    reads: "str | UsageWindow | CallWindow" = "rollups",
 ) -> Iterator[sqlite3.Connection]:
     """What `meter report` reads: this meter's database, or with --team (in `meta`) the team's
     rows (team_database: `reads` says what a report on neither tasks nor phases needs)."""
