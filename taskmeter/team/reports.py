@@ -299,6 +299,8 @@ class CallWindow(NamedTuple):
 def _window_calls(conn, db: sqlite3.Connection, developer: str | None, window: CallWindow, entities: list[tuple]) -> None:
     """The calls (and their flags) `window` covers, each through an index (the calls' start, or
     the task's calls): never the store's other calls, nor any record but flags."""
+    from taskmeter.store import scratch
+
     task_ids = [
         entity_id
         for entity, entity_id, _, _ in entities
@@ -317,7 +319,17 @@ def _window_calls(conn, db: sqlite3.Connection, developer: str | None, window: C
             params.append(value)
     if window.sessions:
         clauses.append("c.row->>'client_session' IS NOT NULL")
-    _load_calls(conn, db, f"SELECT * FROM taskmeter.calls c WHERE {' AND '.join(clauses)}", params)
+    covered = " AND ".join(clauses)
+    with conn.cursor(name="team_window_calls") as cursor:  # server-side: a window with no edge streams
+        cursor.itersize = 5000
+        cursor.execute(f"SELECT c.id, c.row FROM taskmeter.calls c WHERE {covered}", params)
+        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in cursor))
+    flags = conn.execute(
+        "SELECT f.device, f.row FROM taskmeter.calls c JOIN taskmeter.records f ON f.id = 'flag:' || c.id"
+        f" WHERE {covered} AND NOT f.deleted",
+        params,
+    )
+    scratch.insert_rows(db, "flags", ({**row, "interaction_id": f"{device}:{row['interaction_id']}"} for device, row in flags))
 
 
 def _load_calls(conn, db: sqlite3.Connection, query: str, params: list) -> None:
