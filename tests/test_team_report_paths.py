@@ -101,9 +101,9 @@ def test_a_one_developer_teams_sessions_and_blocks_and_every_cost_shown_are_the_
         ["sessions"],
         ["blocks"],
     ):
-        own = shown_costs(solo.json("report", *report))
+        own = shown_costs(settled(solo.json("report", *report)))
         assert own, report
-        teams = solo.json("report", *report, "--team")
+        teams = settled(solo.json("report", *report, "--team"))
         teams.pop("developers", None)
         assert shown_costs(teams) == own, report
 

@@ -136,6 +136,9 @@ def _load(
     if tasks is None and isinstance(reads, UsageWindow):
         _usage(conn, db, developer, reads)
         return None
+    if tasks is None and reads == CallWindow(None, None, None, None, False):
+        _block_edges(conn, db, developer)
+        return None
     if tasks is None and isinstance(reads, CallWindow):
         _window_calls(conn, db, developer, reads, entities)
         return None
@@ -330,6 +333,55 @@ def _window_calls(conn, db: sqlite3.Connection, developer: str | None, window: C
         params,
     )
     scratch.insert_rows(db, "flags", ({**row, "interaction_id": f"{device}:{row['interaction_id']}"} for device, row in flags))
+
+
+def _block_edges(conn, db: sqlite3.Connection, developer: str | None) -> None:
+    """What `blocks` over the whole history reads (analytics/windows.py block_report): the
+    server's usage_quarters, as a usage report takes them, and the first and last generation
+    call of each quarter hour with one. A block starts after an hour (a quarter hour's start)
+    and takes whole quarter hours from the rollup, so its first and last calls are those of
+    their quarters; only a quarter with a call right at its start that may end a block (on the
+    hour, with a call in the hour BLOCK_HOURS before, where that block would have begun) is read
+    call by call, and loaded whole. So it reads two calls per quarter hour worked, through the
+    calls' start index, never every call."""
+    from datetime import timedelta
+
+    from taskmeter.analytics.windows import BLOCK_HOURS, QUARTER_SECONDS
+    from taskmeter.store import scratch
+
+    mine, params = ("", []) if developer is None else (" AND c.developer = %s", [developer])
+    generation = f"c.operation = 'generate' AND NOT c.deleted{mine}"
+    quarter = "c.started_at >= q.start AND c.started_at < q.start + interval '15 minutes'"
+    edges = conn.execute(
+        f"""SELECT q.start, e.id, e.row, e.started_at = q.start FROM (
+                SELECT DISTINCT (quarter || ':00Z')::timestamptz AS start FROM taskmeter.usage_quarters
+                WHERE true{mine.replace("c.", "")}) q,
+            LATERAL (
+                (SELECT c.id, c.row, c.started_at FROM taskmeter.calls c WHERE {quarter} AND {generation}
+                 ORDER BY c.started_at, c.id LIMIT 1)
+                UNION ALL
+                (SELECT c.id, c.row, c.started_at FROM taskmeter.calls c WHERE {quarter} AND {generation}
+                 ORDER BY c.started_at DESC, c.id DESC LIMIT 1)) e""",
+        params * 3,
+    ).fetchall()
+    scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for _, call_id, row, _ in edges), keep_first=True)
+    worked = {start for start, *_ in edges}
+    begun = [timedelta(hours=-BLOCK_HOURS, seconds=QUARTER_SECONDS * n) for n in range(3600 // QUARTER_SECONDS)]
+    whole = sorted(
+        {
+            start
+            for start, _, _, at_start in edges
+            if at_start and start.minute == 0 and any(start + before in worked for before in begun)
+        }
+    )
+    if whole:
+        calls = conn.execute(
+            f"""SELECT c.id, c.row FROM unnest(%s::timestamptz[]) AS q(start),
+                LATERAL (SELECT c.id, c.row FROM taskmeter.calls c WHERE {quarter} AND {generation}) c""",
+            [whole, *params],
+        )
+        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in calls), keep_first=True)
+    _usage(conn, db, developer, UsageWindow(None, None, None, False))  # the server's quarters replace the calls'
 
 
 def _load_calls(conn, db: sqlite3.Connection, query: str, params: list) -> None:
