@@ -13,7 +13,7 @@ import click
 from taskmeter import terminal
 from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, utc_option
 from taskmeter.store import tasks
-from taskmeter.team.reports import UsageWindow, report_source, split_text, with_developers
+from taskmeter.team.reports import CallWindow, UsageWindow, report_source, split_text, with_developers
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, seconds_between
 
@@ -322,7 +322,7 @@ def report_sessions_cmd(ctx, task_id, since, until, output_format, as_json, utc,
     from taskmeter.analytics.windows import session_report
 
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with report_source(ctx.meta, db_path, tasks=[task_id.strip().upper()] if task_id else None) as db:
+    with report_source(ctx.meta, db_path, reads=CallWindow(since, until, task_id and task_id.strip(), None, True)) as db:
         if task_id:
             task_id = tasks.get_task(db, task_id.strip())["id"]
         report = session_report(db, since, until, task_id)
@@ -390,8 +390,9 @@ def report_blocks_cmd(ctx, since, until, provider, output_format, as_json, utc, 
     from taskmeter.analytics.windows import block_report
 
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
-    with report_source(ctx.meta, db_path) as db:
-        report = block_report(db, since, until, provider.strip().lower() if provider else None)
+    provider = provider.strip().lower() if provider else None
+    with report_source(ctx.meta, db_path, reads=CallWindow(since, until, None, provider, False)) as db:
+        report = block_report(db, since, until, provider)
 
     def table(report) -> str:
         if not report["blocks"]:

@@ -12,6 +12,7 @@ Calls keep their team-wide ID (`device:id`); records of several developers
 are put in time order, so "the first estimate" is the team's first."""
 
 import contextlib
+import itertools
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -41,13 +42,13 @@ def team_database(
     tasks: list[str] | None = None,
     phases: list[str] | None = None,
     developer: str | None = None,
-    reads: "str | UsageWindow" = "calls",
+    reads: "str | UsageWindow | CallWindow" = "rollups",
 ) -> Iterator[sqlite3.Connection]:
     """A scratch database holding the team's rows: every task and phase, and what
     reports on `tasks` (or on `phases`' tasks and the phase before) read of them
-    (their records and rollups, _fetch); when neither, what `reads` says: "calls",
-    every call and record; "rollups", the overview's (_rollups); a UsageWindow, a
-    usage report's (_usage). Of one `developer` or all."""
+    (their records and rollups, _fetch); when neither, what `reads` says: "rollups",
+    the overview's (_rollups); a UsageWindow, a usage report's (_usage); a CallWindow,
+    the calls `sessions` or `blocks` read (_window_calls). Of one `developer` or all."""
     import psycopg
 
     from taskmeter.store import scratch
@@ -105,7 +106,7 @@ def _load(
     tasks: list[str] | None,
     phases: list[str] | None,
     developer: str | None,
-    reads: "str | UsageWindow" = "calls",
+    reads: "str | UsageWindow | CallWindow" = "rollups",
 ) -> "_Covered | None":
     """Fill `db`: every task and phase, and what the report covers (see team_database);
     what was read of the tasks' rows, for a task or phase report."""
@@ -135,10 +136,14 @@ def _load(
     if tasks is None and isinstance(reads, UsageWindow):
         _usage(conn, db, developer, reads)
         return None
-    if tasks is None and reads == "rollups":
+    if tasks is None and reads == CallWindow(None, None, None, None, False):
+        _block_edges(conn, db, developer)
+        return None
+    if tasks is None and isinstance(reads, CallWindow):
+        _window_calls(conn, db, developer, reads, entities)
+        return None
+    if tasks is None:
         records = _rollups(conn, db, developer)
-    elif tasks is None:
-        records = _everything(conn, db, developer)
     else:
         covered = _fetch(conn, entities, tasks, phases, developer)
         scratch.insert_rows(
@@ -167,19 +172,6 @@ def _load(
     return covered
 
 
-def _everything(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
-    """Every call (loaded here) and record (returned) of one developer or all: the overview
-    and the usage reports read the calls."""
-    from taskmeter.store import scratch
-
-    where, params = ("NOT deleted", []) if developer is None else ("NOT deleted AND developer = %s", [developer])
-    with conn.cursor(name="team_calls") as cursor:  # server-side: a big store streams
-        cursor.itersize = 5000
-        cursor.execute(f"SELECT id, row FROM taskmeter.calls WHERE {where}", params)
-        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in cursor))
-    return conn.execute(f"SELECT kind, device, row FROM taskmeter.records WHERE {where} ORDER BY at, id", params).fetchall()
-
-
 def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]:
     """The overview's rows: every task's sums and rework from the rollups (t003, summed over the
     developers on the server), and the records but switches, flags and call texts (returned)."""
@@ -188,8 +180,7 @@ def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]
 
     mine, params = ("", []) if developer is None else (" AND developer = %s", [developer])
     usage = conn.execute(
-        f"SELECT task_key, {', '.join(f'sum({column})' for column in USAGE_COLUMNS)} FROM taskmeter.task_usage"
-        f" WHERE true{mine} GROUP BY task_key",
+        f"SELECT task_key, {_summed(USAGE_COLUMNS)} FROM taskmeter.task_usage WHERE true{mine} GROUP BY task_key",
         params,
     ).fetchall()
     # One row per task: the local history sums a task's sessions, which the server did.
@@ -203,7 +194,7 @@ def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]
         db,
         keys,
         USAGE_COLUMNS,
-        [(key, *_local_sums(USAGE_COLUMNS, sums)) for key, *sums in usage],
+        usage,
         [],
         [(*key, int(calls), int(tokens), float(cost)) for *key, calls, tokens, cost in rework],
     )
@@ -214,9 +205,11 @@ def _rollups(conn, db: sqlite3.Connection, developer: str | None) -> list[tuple]
     ).fetchall()
 
 
-def _local_sums(columns: list[str], sums) -> list:
-    """A rollup's sums as the local rollup keeps them: money as REAL, counts as INTEGER."""
-    return [float(value) if column.endswith("usd") else int(value) for column, value in zip(columns, sums, strict=True)]
+def _summed(columns: list[str]) -> str:
+    """SQL summing a rollup's columns on the server, each as the local rollup keeps it: money as
+    a double (the exact decimal sum rounded once, as Python's float() of it), counts as integers.
+    Typed there, a row costs nothing to convert here."""
+    return ", ".join(f"sum({column})::{'float8' if column.endswith('usd') else 'bigint'}" for column in columns)
 
 
 class UsageWindow(NamedTuple):
@@ -248,11 +241,14 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
         if value:
             clauses.append(clause)
             params.append(value)
-    # Summed over the developers into the local rows (per task too: the local report sums those,
-    # and its sums of cost are the same additions).
+    # Summed over the developers into the local rows. One developer's rows stay per task, as that
+    # developer's meter keeps them: the report adds their costs as the meter's own report does, to
+    # the last bit. A team's are summed over the tasks too (only --task reads task_key): a row per
+    # quarter hour and model, not per task worked, each cost the exact sum of its calls' rounded once.
+    task_key = "task_key" if window.task_id or developer or _one_developer(conn) else "''"
     quarters = conn.execute(
-        f"SELECT quarter, model, task_key, {', '.join(f'sum({column})' for column in QUARTER_COLUMNS)}"
-        f" FROM taskmeter.usage_quarters WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3",
+        f"SELECT quarter, model, {task_key}, {_summed(QUARTER_COLUMNS)}"
+        f" FROM taskmeter.usage_quarters WHERE {' AND '.join(clauses)} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",  # in the key's order
         params,
     ).fetchall()
     calls = ["true"]
@@ -283,7 +279,109 @@ def _usage(conn, db: sqlite3.Connection, developer: str | None, window: UsageWin
                 [*([] if model == "?" else [model]), *call_params, LATENCY_SAMPLE],
             )
     # What the calls loaded added to the rollup: the server's sums replace it.
-    scratch.replace_usage_quarters(db, QUARTER_COLUMNS, [(*row[:3], *_local_sums(QUARTER_COLUMNS, row[3:])) for row in quarters])
+    scratch.replace_usage_quarters(db, QUARTER_COLUMNS, quarters)
+
+
+def _one_developer(conn) -> bool:
+    """Whether the team store's calls are one developer's (task_usage has a row per task each worked on)."""
+    return conn.execute("SELECT count(DISTINCT developer) <= 1 FROM taskmeter.task_usage").fetchone()[0]
+
+
+class CallWindow(NamedTuple):
+    """What `sessions` and `blocks` (analytics/windows.py) read: the generation calls from since
+    until until (stored moments), of one task, of one provider, only those an agent named its
+    session in (`sessions`)."""
+
+    since: str | None
+    until: str | None
+    task_id: str | None
+    provider: str | None
+    sessions: bool
+
+
+def _window_calls(conn, db: sqlite3.Connection, developer: str | None, window: CallWindow, entities: list[tuple]) -> None:
+    """The calls (and their flags) `window` covers, each through an index (the calls' start, or
+    the task's calls): never the store's other calls, nor any record but flags."""
+    from taskmeter.store import scratch
+
+    task_ids = [
+        entity_id
+        for entity, entity_id, _, _ in entities
+        if entity == "task" and entity_id.upper() == (window.task_id or "").upper()
+    ]
+    clauses, params = ["c.operation = 'generate'", "NOT c.deleted"], []
+    for clause, value in (
+        ("c.developer = %s", developer),
+        ("c.task_id = ANY(%s)", task_ids if window.task_id else None),
+        ("c.started_at >= %s::timestamptz - interval '1 second'", window.since),  # a superset: the local query picks
+        ("c.started_at < %s::timestamptz + interval '1 second'", window.until),
+        ("c.row->>'provider' = %s", window.provider),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    if window.sessions:
+        clauses.append("c.row->>'client_session' IS NOT NULL")
+    covered = " AND ".join(clauses)
+    with conn.cursor(name="team_window_calls") as cursor:  # server-side: a window with no edge streams
+        cursor.itersize = 5000
+        cursor.execute(f"SELECT c.id, c.row FROM taskmeter.calls c WHERE {covered}", params)
+        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in cursor))
+    flags = conn.execute(
+        "SELECT f.device, f.row FROM taskmeter.calls c JOIN taskmeter.records f ON f.id = 'flag:' || c.id"
+        f" WHERE {covered} AND NOT f.deleted",
+        params,
+    )
+    scratch.insert_rows(db, "flags", ({**row, "interaction_id": f"{device}:{row['interaction_id']}"} for device, row in flags))
+
+
+def _block_edges(conn, db: sqlite3.Connection, developer: str | None) -> None:
+    """What `blocks` over the whole history reads (analytics/windows.py block_report): the
+    server's usage_quarters, as a usage report takes them, and the first and last generation
+    call of each quarter hour with one. A block starts after an hour (a quarter hour's start)
+    and takes whole quarter hours from the rollup, so its first and last calls are those of
+    their quarters; only a quarter with a call right at its start that may end a block (on the
+    hour, with a call in the hour BLOCK_HOURS before, where that block would have begun) is read
+    call by call, and loaded whole. So it reads two calls per quarter hour worked, through the
+    calls' start index, never every call."""
+    from datetime import timedelta
+
+    from taskmeter.analytics.windows import BLOCK_HOURS, QUARTER_SECONDS
+    from taskmeter.store import scratch
+
+    mine, params = ("", []) if developer is None else (" AND c.developer = %s", [developer])
+    generation = f"c.operation = 'generate' AND NOT c.deleted{mine}"
+    quarter = "c.started_at >= q.start AND c.started_at < q.start + interval '15 minutes'"
+    edges = conn.execute(
+        f"""SELECT q.start, e.id, e.row, e.started_at = q.start FROM (
+                SELECT DISTINCT (quarter || ':00Z')::timestamptz AS start FROM taskmeter.usage_quarters
+                WHERE true{mine.replace("c.", "")}) q,
+            LATERAL (
+                (SELECT c.id, c.row, c.started_at FROM taskmeter.calls c WHERE {quarter} AND {generation}
+                 ORDER BY c.started_at, c.id LIMIT 1)
+                UNION ALL
+                (SELECT c.id, c.row, c.started_at FROM taskmeter.calls c WHERE {quarter} AND {generation}
+                 ORDER BY c.started_at DESC, c.id DESC LIMIT 1)) e""",
+        params * 3,
+    ).fetchall()
+    scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for _, call_id, row, _ in edges), keep_first=True)
+    worked = {start for start, *_ in edges}
+    begun = [timedelta(hours=-BLOCK_HOURS, seconds=QUARTER_SECONDS * n) for n in range(3600 // QUARTER_SECONDS)]
+    whole = sorted(
+        {
+            start
+            for start, _, _, at_start in edges
+            if at_start and start.minute == 0 and any(start + before in worked for before in begun)
+        }
+    )
+    if whole:
+        calls = conn.execute(
+            f"""SELECT c.id, c.row FROM unnest(%s::timestamptz[]) AS q(start),
+                LATERAL (SELECT c.id, c.row FROM taskmeter.calls c WHERE {quarter} AND {generation}) c""",
+            [whole, *params],
+        )
+        scratch.insert_rows(db, "interactions", ({**row, "id": call_id} for call_id, row in calls), keep_first=True)
+    _usage(conn, db, developer, UsageWindow(None, None, None, False))  # the server's quarters replace the calls'
 
 
 def _load_calls(conn, db: sqlite3.Connection, query: str, params: list) -> None:
@@ -334,42 +432,13 @@ def _fetch(conn, entities: list[tuple], tasks: list[str], phases: list[str] | No
                      OFFSET 0) c""",  # a fence: one index range per task, never a scan of every call
         [[task_id for task_id, _ in approved], [at for _, at in approved], *mine_params],
     ).fetchall()
-    switch = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
-
-    def next_switch(same_developer: bool) -> str:
-        """The switch after each of the tasks' switches (found among the tasks' own records,
-        never among the store's switches): one index probe each."""
-        who = " AND n.developer = s.developer" if same_developer else mine.replace("developer", "n.developer")
-        return f"""SELECT after.id FROM tasks_records s, LATERAL (
-                SELECT n.id FROM taskmeter.records n WHERE n.{switch}{who}
-                AND (n.at, n.id) > (s.at, s.id) ORDER BY n.at, n.id LIMIT 1) after
-            WHERE s.kind = 'task_event' AND s.row->>'kind' = 'switch'"""
-
-    chosen = ["SELECT id, true, true FROM tasks_records", f"SELECT id, false, true FROM ({next_switch(True)}) o"]
-    params: list[Any] = [tasks, *mine_params]
-    if developer is None:
-        chosen.append(f"SELECT id, true, false FROM ({next_switch(False)}) t")
-    if phases:
-        chosen.append(
-            f"SELECT id, true, true FROM taskmeter.records WHERE kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine}"
-        )
-        params += [[phase.upper() for phase in phases], *mine_params]
-    records = conn.execute(
-        f"""WITH tasks_records AS MATERIALIZED (
-                SELECT id, developer, kind, at, row FROM taskmeter.records
-                WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine})
-            SELECT r.developer, r.kind, r.device, r.row, x.teams, x.owns, r.task_id FROM taskmeter.records r JOIN (
-                SELECT id, bool_or(teams) AS teams, bool_or(owns) AS owns
-                FROM ({" UNION ALL ".join(chosen)}) AS chosen(id, teams, owns) GROUP BY id
-            ) x ON r.id = x.id ORDER BY r.at, r.id""",
-        params,
-    ).fetchall()
+    records = _task_records(conn, tasks, phases, developer)
     usage = conn.execute(
         f"SELECT task_key, developer, {', '.join(USAGE_COLUMNS)} FROM taskmeter.task_usage WHERE task_key = ANY(%s){mine}",
         [tasks, *mine_params],
     ).fetchall()
     runs = conn.execute(
-        f'SELECT task_id, developer, start, "end" FROM taskmeter.task_activity_runs WHERE task_id = ANY(%s){mine} ORDER BY 1, 3',
+        f'SELECT task_id, developer, start, "end" FROM taskmeter.task_activity_runs WHERE task_id = ANY(%s){mine}',  # sorted here
         [tasks, *mine_params],
     ).fetchall()
     rework = conn.execute(
@@ -378,6 +447,68 @@ def _fetch(conn, entities: list[tuple], tasks: list[str], phases: list[str] | No
         [tasks, *mine_params],
     ).fetchall()
     return _Covered(calls, records, usage, runs, rework)
+
+
+_SWITCH = "kind = 'task_event' AND row->>'kind' = 'switch' AND NOT deleted"
+# The switches of a developer `b.developer` (or, with no such condition, the team's) from
+# `b.first` to `b.last` (stored moments), and the one after, in index order.
+_SWITCHES_FROM = f"""LATERAL (
+    SELECT n.at, n.id FROM taskmeter.records n WHERE n.{_SWITCH}{{who}} AND n.at >= b.first AND n.at <= b.last
+    UNION ALL (SELECT n.at, n.id FROM taskmeter.records n WHERE n.{_SWITCH}{{who}} AND n.at > b.last ORDER BY n.at, n.id LIMIT 1)) w"""
+
+
+def _task_records(conn, tasks: list[str], phases: list[str] | None, developer: str | None) -> list[tuple]:
+    """The tasks' records and the phases' marks, and the switch after each of the tasks' switches
+    (it ends the task's time as current): the team's next for the team's report, the developer's
+    own next for a developer's share. Each row as _Covered.records has it, in (at, id) order.
+
+    The switches after are found in one pass over the switches from the tasks' first to the one
+    after their last, each developer's and the team's, read in index order: a range the size of
+    the tasks' own switches, where a probe per switch cost ten times as much in index look-ups."""
+    mine, mine_params = ("", []) if developer is None else (" AND developer = %s", [developer])
+    marks, params = "", [tasks, *mine_params]
+    if phases:
+        marks = f""" UNION ALL SELECT at, id, developer, kind, device, row, task_id FROM taskmeter.records
+            WHERE kind = 'phase_mark' AND NOT deleted AND upper(phase_id) = ANY(%s){mine}"""
+        params += [[phase.upper() for phase in phases], *mine_params]
+    own = conn.execute(
+        f"""SELECT at, id, developer, kind, device, row, task_id FROM taskmeter.records
+            WHERE task_id = ANY(%s) AND kind NOT IN ('flag', 'call_text') AND NOT deleted{mine}{marks}""",
+        params,
+    ).fetchall()
+    rows = {row[1]: (*row[:6], True, True, row[6]) for row in own}  # the team's report and each share read them
+    spans: dict[str | None, tuple[str, str]] = {}  # each developer's first and last switch (None: the team's)
+    for at, _, name, kind, _, row, _ in own:
+        if kind == "task_event" and row.get("kind") == "switch" and at is not None:
+            for who in (name, None) if developer is None else (name,):
+                first, last = spans.get(who, (at, at))
+                spans[who] = (min(first, at), max(last, at))
+    following: dict[str | None, list[tuple[str, str]]] = defaultdict(list)
+    if spans:
+        names = [name for name in spans if name is not None]
+        team = spans.get(None)
+        for name, at, record_id in conn.execute(
+            f"""SELECT b.developer, w.at, w.id FROM unnest(%s::text[], %s::text[], %s::text[]) AS b(developer, first, last),
+                {_SWITCHES_FROM.format(who=" AND n.developer = b.developer")}
+            UNION ALL
+            SELECT NULL, w.at, w.id FROM (SELECT %s::text AS first, %s::text AS last) b,
+                {_SWITCHES_FROM.format(who="")} WHERE b.first IS NOT NULL""",
+            [names, [spans[name][0] for name in names], [spans[name][1] for name in names], *(team or (None, None))],
+        ):
+            following[name].append((at, record_id))
+    after: dict[str, list[bool]] = {}  # each switch after one of the tasks': [the team's next, a developer's own next]
+    for name, switched in following.items():
+        switched.sort()
+        for (_, record_id), (_, next_id) in itertools.pairwise(switched):
+            if record_id in rows and next_id not in rows:
+                after.setdefault(next_id, [False, False])[name is not None] = True
+    if after:
+        for at, record_id, name, kind, device, row, task_id in conn.execute(
+            "SELECT at, id, developer, kind, device, row, task_id FROM taskmeter.records WHERE id = ANY(%s)", [list(after)]
+        ):
+            rows[record_id] = (at, record_id, name, kind, device, row, *after[record_id], task_id)
+    # In (at, id) order, a record with no moment last (as SQL's ORDER BY).
+    return [row[2:] for row in sorted(rows.values(), key=lambda row: (row[0] is None, row[0] or "", row[1]))]
 
 
 def _take_rollups(db: sqlite3.Connection, covered: _Covered, tasks: list[str], developer: str | None) -> None:
@@ -440,7 +571,7 @@ def report_source(
     db_path,
     tasks: list[str] | None = None,
     phases: list[str] | None = None,
-    reads: "str | UsageWindow" = "calls",
+    reads: "str | UsageWindow | CallWindow" = "rollups",
 ) -> Iterator[sqlite3.Connection]:
     """What `meter report` reads: this meter's database, or with --team (in `meta`) the team's
     rows (team_database: `reads` says what a report on neither tasks nor phases needs)."""
