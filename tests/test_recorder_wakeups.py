@@ -1,7 +1,8 @@
 """The hand-over wakes on data, not on a timer: an idle recorder sleeps until
-something of its housekeeping is due, and the proxy's sender gathers calls for
-GATHER_SECONDS but stops waiting as soon as waiting has no point (a batch's
-worth of calls, a call that must go over at once, the proxy stopping). Each
+something of its housekeeping is due, and the proxy's sender gathers calls
+while they keep coming (up to GATHER_SECONDS) but stops waiting as soon as
+waiting has no point (no call for QUIET_SECONDS, a batch's worth of calls, a
+call that must go over at once, the proxy stopping). Each
 wake costs CPU, which at a few calls a second weighs on every call: `make bench
 --only proxy` measures it. Every call of each test is stored exactly once."""
 
@@ -114,6 +115,7 @@ def _gathering(handover: Handover) -> CapturedCall:
 @pytest.fixture
 def long_gather(monkeypatch):
     monkeypatch.setattr(pipe, "GATHER_SECONDS", HOUR)
+    monkeypatch.setattr(pipe, "QUIET_SECONDS", HOUR)
 
 
 @pytest.mark.e2e
@@ -163,6 +165,20 @@ def test_a_call_that_must_go_over_at_once_ends_the_gather(db_path, long_gather):
         handover.stop()
     assert _stored_ids(db_path) == sorted([gathered.id, counted.id])
     assert handover.lost == 0
+
+
+@pytest.mark.e2e
+def test_a_call_alone_goes_over_once_no_other_comes_for_quiet_seconds(db_path, monkeypatch):
+    monkeypatch.setattr(pipe, "GATHER_SECONDS", HOUR)  # the quiet ends it, not the gather's bound
+    handover = Handover(db_path, ["--store-bodies", "none"], new_id(), 1 << 20)
+    handover.start()
+    try:
+        call = _call()
+        handover.submit(call)
+        _until(lambda: _stored_ids(db_path) == [call.id], what="the call to be stored before the hour is over")
+    finally:
+        handover.stop()
+    assert handover.batches == 1 and handover.lost == 0
 
 
 @pytest.mark.e2e

@@ -68,17 +68,20 @@ ACKNOWLEDGED, GUARD_STATE, RECORDER_STATE = 1, 2, 3
 _STOP = object()
 BATCH = 256
 # Calls that come one by one are handed over together: after the first, the
-# sender waits this long, and the calls that end meanwhile go in its batch. The
-# recorder stores them in one transaction and acknowledges them once, and the
-# threads of both processes wake once per batch instead of once per call: each
-# batch costs the two processes about 1 ms of CPU whatever its size, so at five
-# calls a second (one client, a 200 ms upstream) a quarter of a second left the
-# meter at 1.4 times bare mitmproxy's CPU per call, and a second at 1.25. The price
-# is this much more time before a call is stored, except while `urgent()` (the
-# proxy counts calls in flight against a budget in block mode), when each call
-# goes over at once. The wait ends early when a batch's worth waits (GATHERED_SHARE)
-# and when the proxy stops.
+# sender waits while calls keep ending, until none ended for QUIET_SECONDS or
+# GATHER_SECONDS after the first, and they go in one batch. The recorder stores
+# them in one transaction and acknowledges them once, and the threads of both
+# processes wake once per batch instead of once per call: each batch costs the two
+# processes about 1 ms of CPU whatever its size, so at five calls a second (one
+# client, a 200 ms upstream) batches of two left the meter at 1.4 times bare
+# mitmproxy's CPU per call, and batches of five at 1.25. A call alone is stored
+# QUIET_SECONDS later for it (the live view shows it within a second), one in a
+# steady stream up to GATHER_SECONDS later; while `urgent()` (the proxy counts
+# calls in flight against a budget in block mode), each call goes over at once.
+# The wait also ends when a batch's worth waits (GATHERED_SHARE) and when the
+# proxy stops.
 GATHER_SECONDS = 1.0
+QUIET_SECONDS = 0.25
 # A gather also ends once the calls waiting hold this share of max_pending_mb:
 # a fast stream of large calls must not fill the queue, and spill to the spool,
 # while the sender waits for more.
@@ -325,8 +328,7 @@ class Handover:
                 continue
             self._gathered.clear()
             if batch[0] is not _STOP and not self._closing and not self._gather_ends():
-                # Asleep, not woken by each call that comes meanwhile: only by a batch's worth, or stop().
-                self._gathered.wait(GATHER_SECONDS)
+                self._gather()
             while len(batch) < BATCH and batch[-1] is not _STOP:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -343,6 +345,18 @@ class Handover:
         with self._lock:
             self._stopping = True
             self._wake_pipe.notify()
+
+    def _gather(self) -> None:
+        """Wait while calls keep ending: until none ended for QUIET_SECONDS, or
+        GATHER_SECONDS passed. Asleep, not woken by each call that comes meanwhile:
+        only by a batch's worth, an urgent call, or stop()."""
+        ends = time.monotonic() + GATHER_SECONDS
+        waiting = self._queue.qsize()
+        while not self._gathered.wait(max(0.0, min(QUIET_SECONDS, ends - time.monotonic()))):
+            now_waiting = self._queue.qsize()
+            if now_waiting == waiting or time.monotonic() >= ends:
+                return
+            waiting = now_waiting
 
     def _spill_loop(self) -> None:
         """Calls past the queue's bound, appended to the spool, which the recorder
