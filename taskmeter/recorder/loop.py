@@ -445,9 +445,8 @@ class RecorderLoop:
         if self._retention_days:
             due.append(self._last_prune + PRUNE_SECONDS)
         wake = min(due)
-        if self.guard is not None:
-            # The refresh keeps its own clock: the rest waits for it, or is done early with it.
-            wake = self.guard.refresh_due() if self.guard.refresh_due() - wake < EARLY_SECONDS else wake
+        if self.guard is not None and self.guard.refresh_due() - wake < EARLY_SECONDS:
+            wake = self.guard.refresh_due()  # its own clock: the rest waits for it, or is done early with it
         return max(0.0, wake - time.monotonic()) + _LATE_SECONDS
 
     def _plan(self, step: str, *args) -> None:
