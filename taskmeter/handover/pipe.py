@@ -173,7 +173,7 @@ class Handover:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._queued_bytes = 0  # of the bodies of the calls in _queue
         self._queued_lock = threading.Lock()  # held for an addition only: the event loop never waits on it
-        # Set when a batch's worth of calls waits, or the proxy stops: the sender's gather ends.
+        # Set when waiting for more calls has no point (_gather_ends) or the proxy stops: the gather ends.
         self._gathered = threading.Event()
         self._closing = False  # stop() was called: no more gathering
         self._spill: queue.SimpleQueue = queue.SimpleQueue()  # calls past the queue's bound, for the spool
