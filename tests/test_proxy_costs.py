@@ -15,7 +15,7 @@ import pytest
 
 from taskmeter.handover import callfile
 from taskmeter.handover.call import CapturedCall
-from taskmeter.handover.pipe import GATHER_SECONDS, Handover
+from taskmeter.handover.pipe import QUIET_SECONDS, Handover
 from taskmeter.ids import new_id
 from taskmeter.proxy.tee import ResponseTee
 from tests.captured import chat_call
@@ -187,7 +187,7 @@ def test_calls_that_come_one_by_one_reach_the_recorder_together(db_path):
     handover = Handover(db_path, ["--store-bodies", "none"], new_id(), 1 << 20)
     handover.start()
     try:
-        batches = _one_by_one(handover, db_path, spacing=GATHER_SECONDS / 20)
+        batches = _one_by_one(handover, db_path, spacing=QUIET_SECONDS / 5)
     finally:
         handover.stop()
     assert batches <= 3  # the first alone, then the five in one or two (a loaded machine may pace them late)
@@ -198,7 +198,7 @@ def test_while_a_budget_counts_calls_in_flight_each_call_goes_over_at_once(db_pa
     handover = Handover(db_path, ["--store-bodies", "none"], new_id(), 1 << 20, urgent=lambda: True)
     handover.start()
     try:
-        batches = _one_by_one(handover, db_path, spacing=GATHER_SECONDS)
+        batches = _one_by_one(handover, db_path, spacing=QUIET_SECONDS / 5)  # gathered, were they not urgent
     finally:
         handover.stop()
     assert batches == 6

@@ -58,10 +58,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How often a recorder looks for calls waiting in the spool or in memory, and
+# retries a database it could not write. Between batches it sleeps until the
+# next of these, the heartbeat or the budgets' refresh (recorder/planner.py) is
+# due, not on a timer of its own: each wake costs CPU, which at a few calls a
+# second weighs on every call.
 RETRY_SECONDS = 1.0
-# How often an idle recorder looks around (retries, heartbeat, budgets): within
-# REFRESH_SECONDS of a change, the proxy knows what to refuse.
-WAKE_SECONDS = 0.25
+# Work due this soon is done at a wake for other work: an idle recorder wakes
+# once per REFRESH_SECONDS, not once for each kind of work on its own clock.
+EARLY_SECONDS = 0.25
+# It wakes this long after a due time, never a hair before (a second wake).
+_LATE_SECONDS = 0.001
 HELD_ROWS_MAX = 10_000
 # What held calls said (characters in all), kept until it can be stored; past
 # this, a call is held with its usage only, and a note says so.
@@ -409,21 +416,38 @@ class RecorderLoop:
     # ------------------------------------------------------------ housekeeping
 
     def housekeeping(self) -> None:
+        """Whatever is due, or due within EARLY_SECONDS: a retry of what waits (the
+        spool looked at once a RETRY_SECONDS, not at every wake), the heartbeat,
+        the budgets, the pruning."""
         now = time.monotonic()
-        waiting = self.writer.failing or self._held or self._texts_waiting or self.spool.exists()
-        if waiting and now - self._last_retry >= RETRY_SECONDS:
+        soon = now + EARLY_SECONDS
+        if soon - self._last_retry >= RETRY_SECONDS:
             self._last_retry = now
-            self.replay()
-        if self._proxy_id and now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            if self.writer.failing or self._held or self._texts_waiting or self.spool.exists():
+                self.replay()
+        if self._proxy_id and soon - self._last_heartbeat >= HEARTBEAT_SECONDS:
             self._last_heartbeat = now
             self.writer.heartbeat(self._proxy_id, RECORDING)
         self._plan("refresh")
-        if self._retention_days and now - self._last_prune >= PRUNE_SECONDS:
+        if self._retention_days and soon - self._last_prune >= PRUNE_SECONDS:
             self._last_prune = now
             cutoff = datetime.now(UTC) - timedelta(days=self._retention_days)
             pruned = self.writer.prune_texts(to_stored(cutoff))
             if pruned:
                 log.warning("meter: deleted the stored text of %d calls older than %d days", pruned, self._retention_days)
+
+    def seconds_to_next_housekeeping(self) -> float:
+        """How long the loop may sleep when no batch comes: until the next thing
+        housekeeping() does is due."""
+        due = [self._last_retry + RETRY_SECONDS]
+        if self._proxy_id:
+            due.append(self._last_heartbeat + HEARTBEAT_SECONDS)
+        if self._retention_days:
+            due.append(self._last_prune + PRUNE_SECONDS)
+        wake = min(due)
+        if self.guard is not None and self.guard.refresh_due() - wake < EARLY_SECONDS:
+            wake = self.guard.refresh_due()  # its own clock: the rest waits for it, or is done early with it
+        return max(0.0, wake - time.monotonic()) + _LATE_SECONDS
 
     def _plan(self, step: str, *args) -> None:
         """Budgets and alerts (`self.guard.<step>(*args)`): never the end of recording.
@@ -534,7 +558,7 @@ def main() -> None:
     loop.replay()
     first_since_start = True
     while not frames.closed:
-        first = frames.next(timeout=WAKE_SECONDS)
+        first = frames.next(timeout=loop.seconds_to_next_housekeeping())
         if first is not None:
             # Under load, batches queue up while one is stored: take them all in
             # one transaction, which costs far less CPU than one each. The first

@@ -143,6 +143,11 @@ class Guard:
             self._last_burn_check = now
             self._writer.quietly(self._burn_rate, now)
 
+    def refresh_due(self) -> float:
+        """When (time.monotonic()) refresh() next does anything but return: the
+        recorder sleeps until then when no batch comes."""
+        return self._last_refresh + REFRESH_SECONDS
+
     def _push_state(self, settled: Sequence[str]) -> None:
         state = self._writer.quietly(self._state)
         if state is None:
