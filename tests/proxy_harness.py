@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from taskmeter.store import connection
+from taskmeter.timefmt import now_stored
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -106,8 +107,8 @@ class RunningProxy:
         )
         # Read stderr as it comes: a full pipe would block the proxy's logging.
         self._stderr: list[str] = []
-        # What an earlier test of a module sharing this proxy left: see begin_test().
-        self._earlier_rows: set[str] = set()
+        # Where the test of a module sharing this proxy began: see begin_test().
+        self._begun_at = ""
         self._earlier_stderr = 0
         threading.Thread(target=lambda: self._stderr.extend(self.process.stderr), daemon=True).start()
         RunningProxy.started.append(self)
@@ -174,8 +175,10 @@ class RunningProxy:
     def begin_test(self) -> None:
         """A module's tests share this proxy (a start costs a second of CPU): from
         now on rows() and stderr() hold only what the test beginning made, so
-        "each call stored once, and nothing else" still means the test's calls."""
-        self._earlier_rows |= {row["id"] for row in self.rows(wait_for=0)}
+        "each call stored once, and nothing else" still means the test's calls. By when
+        the calls started, not by what is stored now: an earlier test's call may still be on
+        its way to the database (the hand-over gathers calls for up to a second)."""
+        self._begun_at = now_stored()
         self._earlier_stderr = len(self._stderr)
 
     def stderr(self) -> str:
@@ -183,7 +186,7 @@ class RunningProxy:
         return "".join(self._stderr[self._earlier_stderr :])
 
     def rows(self, wait_for: int = 1, timeout: float = 10) -> list[dict]:
-        """Interactions in the database (stored since begin_test()) once at least `wait_for` are stored."""
+        """Interactions in the database (started since begin_test()) once at least `wait_for` are stored."""
         deadline = time.monotonic() + timeout
         while True:
             db = connection.connect(self.db_path)
@@ -191,7 +194,7 @@ class RunningProxy:
                 rows = [dict(r) for r in db.execute("SELECT * FROM interactions ORDER BY started_at")]
             finally:
                 db.close()
-            rows = [row for row in rows if row["id"] not in self._earlier_rows]
+            rows = [row for row in rows if row["started_at"] >= self._begun_at]
             if len(rows) >= wait_for or time.monotonic() > deadline:
                 return rows
             time.sleep(0.05)
