@@ -9,6 +9,7 @@ import time
 from datetime import date, datetime, timedelta
 
 from taskmeter.analytics.history import STATED_BY, seconds_sql
+from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label
 from taskmeter.tokens import tokens_object
@@ -174,9 +175,7 @@ def _rows_by_span(
     spans = period_spans(period, utc, first, last) if len(models) <= MODEL_PASSES else None
     if spans is None:
         return None
-    db.execute("CREATE TEMP TABLE IF NOT EXISTS period_spans (k INTEGER PRIMARY KEY, period TEXT, lo TEXT, hi TEXT)")
-    db.execute("DELETE FROM temp.period_spans")
-    db.executemany("INSERT INTO temp.period_spans VALUES (?, ?, ?, ?)", [(k, *span) for k, span in enumerate(spans)])
+    scratch.hold_period_spans(db, spans)
     # The spans in order (CROSS JOIN keeps them the outer loop), each read by the primary key:
     # a group's rows come in the order the sort of _rows_by_key leaves them, so its sums are the same.
     task = "AND task_key = ?" if task_id else ""

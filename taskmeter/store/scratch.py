@@ -1,16 +1,18 @@
 """A scratch database in memory with the local schema, filled with rows from
 elsewhere: the team store's, for team reports (taskmeter/team/reports.py).
-Its triggers rebuild the rollups from those rows as they do from a meter's own."""
+Its triggers rebuild the rollups from those rows as they do from a meter's own.
+And the temporary tables a read fills for its own statements (the connection's
+alone, gone when it closes)."""
 
 import itertools
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from taskmeter.store import migrations
-
 
 def scratch_database() -> sqlite3.Connection:
+    from taskmeter.store import migrations  # here: a read that holds period spans never needs it
+
     db = sqlite3.connect(":memory:", isolation_level=None)
     db.row_factory = sqlite3.Row
     migrations.migrate(db)
@@ -76,3 +78,11 @@ def replace_usage_quarters(db: sqlite3.Connection, columns: list[str], quarters:
         f" VALUES (?, ?, ?, {', '.join('?' for _ in columns)})",
         quarters,
     )
+
+
+def hold_period_spans(db: sqlite3.Connection, spans: list[tuple[str, str, str]]) -> None:
+    """temp.period_spans holds `spans` (period, first quarter hour, the one after its last),
+    `k` their order: what the usage reports sum usage_quarters over (analytics/periods.py)."""
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS period_spans (k INTEGER PRIMARY KEY, period TEXT, lo TEXT, hi TEXT)")
+    db.execute("DELETE FROM temp.period_spans")
+    db.executemany("INSERT INTO temp.period_spans VALUES (?, ?, ?, ?)", [(k, *span) for k, span in enumerate(spans)])
