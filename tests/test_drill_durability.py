@@ -240,6 +240,21 @@ def test_losses_on_a_full_disk_with_a_stalled_recorder_are_counted_exactly_while
     assert "unreadable spool line" not in proxy.stderr()
 
 
+@pytest.mark.parametrize("free_kb", [128, 512])  # the disk fills while the schema is being made
+def test_a_disk_that_fills_while_a_new_database_is_made_says_so_and_a_later_command_makes_it(small_disk, free_kb):
+    filler = _fill(small_disk)
+    os.truncate(filler, os.path.getsize(filler) - free_kb * 1024)
+    db_path = small_disk / "meter.db"
+    meter = [str(VENV_BIN / "meter"), "set-task", "P1-001", "--db", str(db_path)]
+    failed = subprocess.run(meter, capture_output=True, text=True, timeout=60)
+    # SQLite rolled the migration back itself: its error is told, not our ROLLBACK's "no transaction".
+    assert (failed.returncode, failed.stderr) == (1, f"meter: error: cannot write database {db_path}: database or disk is full\n")
+    filler.unlink()
+    made = subprocess.run(meter, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert [row[0] for row in _read(db_path, "SELECT id FROM tasks")] == ["P1-001"]
+
+
 # ---------------------------------------------------------------- a deleted database
 
 

@@ -1790,7 +1790,8 @@ def migrate(db: sqlite3.Connection) -> list[str]:
                 ran.append(fn.__name__)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled it back already (a full disk): its error is the one to tell
+                db.execute("ROLLBACK")
             raise
         finally:
             if foreign_keys_off:
