@@ -62,8 +62,8 @@ _ORIGIN = "timestamptz '2026-01-05 00:00:00+00'"
 
 
 def _build_scale_store(conn, calls: int) -> None:
-    """The store's rows, then its rollups from them (ROLLUPS_FROM_ROWS and QUARTERS_FROM_ROWS,
-    as an upgrade makes them: set-wise, faster than 50 developers' syncs through the triggers)."""
+    """The store's rows, then its rollups from them (ROLLUPS_FROM_ROWS and QUARTERS_FROM_ROWS's
+    quarters_delta, as an upgrade makes them: set-wise, faster than 50 developers' syncs through the triggers)."""
     per_developer = calls // DEVELOPERS
     per_day = max(1, per_developer // WORKING_DAYS)
     per_switch = max(1, per_developer // SWITCHES_PER_DEVELOPER)
@@ -130,7 +130,12 @@ def _build_scale_store(conn, calls: int) -> None:
         conn.commit()
         print(f"  built developer {d + 1}/{DEVELOPERS}", flush=True)
     conn.execute(schema.ROLLUPS_FROM_ROWS)
-    conn.execute(schema.QUARTERS_FROM_ROWS)
+    # usage_quarters a developer at a time (a range of the primary key): QUARTERS_FROM_ROWS in one
+    # statement sorts every call with its JSON on disk to group them (41 GB at 55M calls).
+    for d in range(DEVELOPERS):
+        conn.execute(
+            schema.quarters_delta(f"SELECT 1 AS sign, * FROM taskmeter.calls WHERE id >= 'dev{d:02d}:' AND id < 'dev{d:02d};'")
+        )
     conn.execute("ALTER TABLE taskmeter.calls ENABLE TRIGGER USER")
     conn.execute("ALTER TABLE taskmeter.records ENABLE TRIGGER USER")
     conn.commit()

@@ -340,7 +340,7 @@ QUARTER_COLUMNS = list(_QUARTER_COLUMNS)
 _QUARTER_KEY = "quarter, model, task_key, developer"
 
 
-def _quarters_delta(rows: str) -> str:
+def quarters_delta(rows: str) -> str:
     """Add to usage_quarters each quarter's sums over the generation calls `rows` (with a `sign`);
     a quarter left with no call goes."""
     sums = ", ".join(f"sum(c.sign * {expr})" for expr in _QUARTER_COLUMNS.values())
@@ -368,7 +368,7 @@ def _quarters_flag_delta(rows: str) -> str:
 
 
 # The quarters of every call a store holds (into an empty usage_quarters): t004's, the bench's.
-QUARTERS_FROM_ROWS = _quarters_delta("SELECT 1 AS sign, * FROM taskmeter.calls")
+QUARTERS_FROM_ROWS = quarters_delta("SELECT 1 AS sign, * FROM taskmeter.calls")
 
 
 def _quarter_triggers() -> str:
@@ -376,9 +376,9 @@ def _quarter_triggers() -> str:
     inserted = "SELECT 1 AS sign, * FROM inserted"
     changed = "SELECT -1 AS sign, * FROM before_update UNION ALL SELECT 1, * FROM after_update"
     functions = {
-        "quarters_calls_inserted": (_quarters_delta(inserted), "calls", "INSERT", "NEW TABLE AS inserted"),
+        "quarters_calls_inserted": (quarters_delta(inserted), "calls", "INSERT", "NEW TABLE AS inserted"),
         "quarters_calls_changed": (
-            _quarters_delta(changed),
+            quarters_delta(changed),
             "calls",
             "UPDATE",
             "OLD TABLE AS before_update NEW TABLE AS after_update",
