@@ -25,6 +25,7 @@ from taskmeter.store import connection
 from taskmeter.timefmt import now_stored
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -117,18 +118,6 @@ def _status_saying(db_path: Path, words: str) -> str | None:
     return text if words in text else None
 
 
-def _until(condition, timeout: float = 30, what: str = "the condition"):
-    """Poll `condition()` until it gives something true; fail past `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 # ---------------------------------------------------------------- a full disk
 
 
@@ -138,26 +127,26 @@ def test_a_full_disk_holds_calls_then_stores_each_once_usage_first_and_said_whil
     try:
         with httpx.Client() as client:
             ids = [_post(client, proxy, 0)]
-            _until(lambda: len(_stored_ids(db_path)) == 1, what="the first call")
+            until(lambda: len(_stored_ids(db_path)) == 1, what="the first call")
             filler = _fill(small_disk)
             ids += [_post(client, proxy, n) for n in range(1, 151)]  # clients notice nothing
             # While the disk is full, `meter status` counts what the recorder holds.
-            running = _until(
+            running = until(
                 lambda: next((p for p in _status(db_path)["proxies"] if p["held_calls"]), None), what="held calls in status"
             )
             assert 0 < running["held_calls"] <= 150 and running["dropped_calls"] == 0
             # Once the heartbeat is overdue, the reason is said too (not "no word from its recorder").
-            text = _until(lambda: _status_saying(db_path, "NOT RECORDING"), what="the reason in status")
+            text = until(lambda: _status_saying(db_path, "NOT RECORDING"), what="the reason in status")
             assert "NOT RECORDING: neither the database nor the spool can be written (is the disk full?)" in text
             assert "calls are held in the recorder's memory until the database can be written" in text
             # Some room again, less than the held calls' text needs in one go: usage first.
             os.truncate(filler, filler.stat().st_size - 700 * 1024)
-            _until(lambda: len(_stored_ids(db_path)) == 151, what="the usage of every call")
+            until(lambda: len(_stored_ids(db_path)) == 151, what="the usage of every call")
             # Room for the text too, if the WAL gives back what it took (as the drill's 3.6 MB for 600 calls),
             # with a margin for the rollups the calls' rows feed (working time's runs, the team outbox's checks).
             os.truncate(filler, filler.stat().st_size - 600 * 1024)
             try:
-                _until(lambda: _read(db_path, "SELECT count(*) FROM call_texts")[0][0] == 151, what="what every call said")
+                until(lambda: _read(db_path, "SELECT count(*) FROM call_texts")[0][0] == 151, what="what every call said")
             except AssertionError as missing:  # what the recorder said of it, for whoever reads the failure
                 raise AssertionError(f"{missing}; the proxy said: {proxy.stderr()[-2000:]}") from None
             after = _status(db_path)["proxies"][0]
@@ -178,10 +167,10 @@ def test_calls_still_held_when_the_proxy_stops_on_a_full_disk_are_counted_lost_e
     try:
         with httpx.Client() as client:
             ids = [_post(client, proxy, 0)]
-            _until(lambda: len(_stored_ids(db_path)) == 1, what="the first call")
+            until(lambda: len(_stored_ids(db_path)) == 1, what="the first call")
             _fill(small_disk)
             ids += [_post(client, proxy, n) for n in range(1, 41)]
-            _until(
+            until(
                 lambda: sum(p["held_calls"] for p in _status(db_path)["proxies"]) + len(_stored_ids(db_path)) == 41,
                 what="every call stored or held",
             )
@@ -209,7 +198,7 @@ def test_losses_on_a_full_disk_with_a_stalled_recorder_are_counted_exactly_while
     try:
         with httpx.Client() as client:
             ids = [_post(client, proxy, 0)]
-            _until(lambda: len(_stored_ids(db_path)) == 1, what="the first call")
+            until(lambda: len(_stored_ids(db_path)) == 1, what="the first call")
             recorder = _recorder_of(proxy)
             os.kill(recorder, signal.SIGSTOP)  # it takes nothing: the proxy's memory limit fills
             filler = _fill(small_disk)  # and the spool cannot be written
@@ -218,9 +207,7 @@ def test_losses_on_a_full_disk_with_a_stalled_recorder_are_counted_exactly_while
                     response = client.post(f"{proxy.origin}/big{CHAT}", json=_ask(n), timeout=30)
                     ids.append(response.headers["x-meter-interaction-id"])
                 # Said while it happens, though no database can be written.
-                lost_so_far = _until(
-                    lambda: sum(p["dropped_calls"] for p in _status(db_path)["proxies"]), what="losses in status"
-                )
+                lost_so_far = until(lambda: sum(p["dropped_calls"] for p in _status(db_path)["proxies"]), what="losses in status")
             finally:
                 os.kill(recorder, signal.SIGCONT)
             filler.unlink()
@@ -230,7 +217,7 @@ def test_losses_on_a_full_disk_with_a_stalled_recorder_are_counted_exactly_while
                 done = len(_stored_ids(db_path)) + running["dropped_calls"] >= 301 and not running["held_calls"]
                 return running if done else None
 
-            running = _until(settled, timeout=60, what="every call stored or lost")
+            running = until(settled, timeout=60, what="every call stored or lost")
     finally:
         assert proxy.stop() == 0
     stored = set(_stored_ids(db_path))
@@ -265,11 +252,11 @@ def test_a_database_deleted_under_a_running_proxy_is_made_again_and_every_later_
     try:
         with httpx.Client() as client:
             before = [_post(client, proxy, n) for n in range(5)]
-            _until(lambda: len(_stored_ids(db_path)) == 5, what="the calls before")
+            until(lambda: len(_stored_ids(db_path)) == 5, what="the calls before")
             for suffix in deleted:
                 os.unlink(f"{db_path}{suffix}")
             after = [_post(client, proxy, n) for n in range(5, 20)]
-            _until(lambda: db_path.exists() and len(_stored_ids(db_path)) == 15, what="the calls after")
+            until(lambda: db_path.exists() and len(_stored_ids(db_path)) == 15, what="the calls after")
         (running,) = _status(db_path)["proxies"]  # the new database knows the proxy
     finally:
         assert proxy.stop() == 0
@@ -394,7 +381,7 @@ def test_a_malformed_budget_row_stops_no_call_through_a_real_proxy(tmp_path, ups
     try:
         with httpx.Client() as client:
             ids = [_post(client, proxy, n) for n in range(20)]
-        _until(lambda: len(_stored_ids(db_path)) == 20, what="every call")
+        until(lambda: len(_stored_ids(db_path)) == 20, what="every call")
     finally:
         assert proxy.stop() == 0
     assert sorted(_stored_ids(db_path)) == sorted(ids)
@@ -450,10 +437,10 @@ def test_the_summary_counts_every_call_of_the_run_after_a_recorder_was_killed(tm
     try:
         with httpx.Client() as client:
             ids = [_post(client, proxy, n) for n in range(10)]
-            _until(lambda: len(_stored_ids(db_path)) == 10, what="the first calls")
+            until(lambda: len(_stored_ids(db_path)) == 10, what="the first calls")
             os.kill(_recorder_of(proxy), signal.SIGKILL)
             ids += [_post(client, proxy, n) for n in range(10, 25)]
-            _until(lambda: len(_stored_ids(db_path)) == 25, what="every call")
+            until(lambda: len(_stored_ids(db_path)) == 25, what="every call")
     finally:
         assert proxy.stop() == 0
     assert sorted(_stored_ids(db_path)) == sorted(ids)
@@ -481,12 +468,12 @@ def test_a_secret_in_a_body_never_reaches_the_spool(tmp_path, upstream):
             with httpx.Client() as client:
                 response = client.post(f"{proxy.origin}/openai{CHAT}", json=body, timeout=30)
             assert SECRET_KEY in response.text  # the client gets its answer as it was
-            _until(lambda: callfile.count_lines(spool) == 1, what="the spooled call")
+            until(lambda: callfile.count_lines(spool) == 1, what="the spooled call")
             raw = spool.read_bytes()
             (spooled,) = callfile.read(spool)
         finally:
             os.kill(recorder, signal.SIGCONT)
-        _until(lambda: len(_stored_ids(db_path)) == 1, what="the call, from the spool")
+        until(lambda: len(_stored_ids(db_path)) == 1, what="the call, from the spool")
     finally:
         assert proxy.stop() == 0
     assert upstream.received[-1].body.count(SECRET_KEY.encode()) == 1  # the upstream got it as sent

@@ -19,6 +19,7 @@ from taskmeter.handover.pipe import QUIET_SECONDS, Handover
 from taskmeter.ids import new_id
 from taskmeter.proxy.tee import ResponseTee
 from tests.captured import chat_call
+from tests.waiting import until
 
 ANSWER = json.dumps(
     {
@@ -41,15 +42,6 @@ def _stored(db_path: Path) -> list[tuple]:
             return db.execute("SELECT id, input_total, output_total FROM interactions").fetchall()
     except sqlite3.OperationalError:
         return []  # not made yet: the recorder makes it
-
-
-def _until(condition, timeout: float = 30, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return found
 
 
 # ---------------------------------------------------------------- the spool
@@ -132,7 +124,7 @@ def test_calls_past_the_queue_bound_go_to_the_spool_and_are_each_stored_once(db_
                     assert handover.queued_bytes <= bound
                 # Those past the bound went to the spool, which the recorder stores meanwhile: at
                 # least 6, as the queue holds 3 and the sender may have taken 3 before it was held up.
-                _until(lambda: len(_stored(db_path)) >= 6, what="the spilled calls stored")
+                until(lambda: len(_stored(db_path)) >= 6, what="the spilled calls stored")
     finally:
         handover.stop()
     rows = _stored(db_path)
@@ -157,7 +149,7 @@ def test_a_spool_that_cannot_be_written_keeps_the_calls_past_the_bound_for_the_s
             with handover._lock:
                 for call in calls:
                     handover.submit(call)
-                _until(lambda: "spooling calls past the hand-over queue's bound" in caplog.text, what="the spill to fail")
+                until(lambda: "spooling calls past the hand-over queue's bound" in caplog.text, what="the spill to fail")
     finally:
         handover.stop()
     # Nothing lost: the sender took them, and went on as it does when the spool cannot be written.
@@ -173,11 +165,11 @@ def _one_by_one(handover: Handover, db_path: Path, spacing: float) -> int:
     `spacing` after the one before; every one stored once. The batches handed over."""
     calls = [_call() for _ in range(6)]
     handover.submit(calls[0])
-    _until(lambda: len(_stored(db_path)) == 1, what="the first call")
+    until(lambda: len(_stored(db_path)) == 1, what="the first call")
     for call in calls[1:]:
         time.sleep(spacing)  # paces the input: calls that end one by one
         handover.submit(call)
-    _until(lambda: len(_stored(db_path)) == 6, what="every call")
+    until(lambda: len(_stored(db_path)) == 6, what="every call")
     assert sorted(row[0] for row in _stored(db_path)) == sorted(call.id for call in calls)
     return handover.batches
 

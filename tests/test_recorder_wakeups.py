@@ -22,6 +22,7 @@ from taskmeter.proxy.runner import guard_settings
 from taskmeter.recorder.loop import RETRY_SECONDS
 from taskmeter.recorder.planner import REFRESH_SECONDS
 from tests.captured import chat_call
+from tests.waiting import until
 
 ANSWER = (
     b'{"object": "chat.completion", "model": "gpt-4o-mini", "usage": {"prompt_tokens": 7, "completion_tokens": 8},'
@@ -45,15 +46,6 @@ def _stored_ids(db_path: Path) -> list[str]:
         return []  # not made yet: the recorder makes it
 
 
-def _until(condition, timeout: float = 30, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return found
-
-
 def _wakes(pid: int) -> int:
     """The times the process's threads went to sleep and were woken: its voluntary context switches."""
     total = 0
@@ -68,8 +60,8 @@ def _idle_wakes_per_second(handover: Handover, db_path: Path) -> float:
     """Once the recorder stored a first call and said so, its wakes per second over IDLE_WINDOW_SECONDS."""
     first = _call()
     handover.submit(first)
-    _until(lambda: _stored_ids(db_path) == [first.id], what="the first call")
-    _until(lambda: not handover._unacknowledged, what="its acknowledgement")
+    until(lambda: _stored_ids(db_path) == [first.id], what="the first call")
+    until(lambda: not handover._unacknowledged, what="its acknowledgement")
     assert handover._process is not None
     pid = handover._process.pid
     before, started = _wakes(pid), time.monotonic()
@@ -108,7 +100,7 @@ def _gathering(handover: Handover) -> CapturedCall:
     """A call the sender took, and gathers others for GATHER_SECONDS after."""
     call = _call()
     handover.submit(call)
-    _until(lambda: handover._queue.qsize() == 0, what="the sender to take the call")
+    until(lambda: handover._queue.qsize() == 0, what="the sender to take the call")
     return call
 
 
@@ -126,7 +118,7 @@ def test_a_batch_worth_of_calls_ends_the_gather(db_path, long_gather):
         calls = [_gathering(handover)] + [_call() for _ in range(pipe.BATCH - 1)]
         for call in calls[1:]:
             handover.submit(call)
-        _until(lambda: len(_stored_ids(db_path)) == pipe.BATCH, what="the batch to be stored before the hour is over")
+        until(lambda: len(_stored_ids(db_path)) == pipe.BATCH, what="the batch to be stored before the hour is over")
     finally:
         handover.stop()
     assert _stored_ids(db_path) == sorted(call.id for call in calls)
@@ -143,7 +135,7 @@ def test_calls_holding_a_share_of_the_pending_limit_end_the_gather(db_path, long
         gathered = _gathering(handover)
         large = _call(int(limit * pipe.GATHERED_SHARE))
         handover.submit(large)
-        _until(lambda: len(_stored_ids(db_path)) == 2, what="both calls to be stored before the hour is over")
+        until(lambda: len(_stored_ids(db_path)) == 2, what="both calls to be stored before the hour is over")
     finally:
         handover.stop()
     assert _stored_ids(db_path) == sorted([gathered.id, large.id])
@@ -160,7 +152,7 @@ def test_a_call_that_must_go_over_at_once_ends_the_gather(db_path, long_gather):
         urgent.set()
         counted = _call()
         handover.submit(counted)
-        _until(lambda: len(_stored_ids(db_path)) == 2, what="both calls to be stored before the hour is over")
+        until(lambda: len(_stored_ids(db_path)) == 2, what="both calls to be stored before the hour is over")
     finally:
         handover.stop()
     assert _stored_ids(db_path) == sorted([gathered.id, counted.id])
@@ -175,7 +167,7 @@ def test_a_call_alone_goes_over_once_no_other_comes_for_quiet_seconds(db_path, m
     try:
         call = _call()
         handover.submit(call)
-        _until(lambda: _stored_ids(db_path) == [call.id], what="the call to be stored before the hour is over")
+        until(lambda: _stored_ids(db_path) == [call.id], what="the call to be stored before the hour is over")
     finally:
         handover.stop()
     assert handover.batches == 1 and handover.lost == 0
@@ -188,5 +180,5 @@ def test_stopping_ends_the_gather_and_stores_the_call(db_path, long_gather):
     gathered = _gathering(handover)
     stopper = threading.Thread(target=handover.stop, daemon=True)
     stopper.start()
-    _until(lambda: not stopper.is_alive(), what="stop() to return before the hour is over")
+    until(lambda: not stopper.is_alive(), what="stop() to return before the hour is over")
     assert _stored_ids(db_path) == [gathered.id] and handover.lost == 0
