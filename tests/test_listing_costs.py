@@ -128,15 +128,20 @@ def test_the_listing_from_settled_working_time_is_the_listing_computed_afresh(op
             db.close()
 
 
-def test_a_settled_task_is_read_until_it_changes(db):
-    """Worked 09:00-09:30, then the developer moved to P1-002: P1-001 is settled, kept at the
-    first listing and read at the next; a late call of its own at 09:40 brings its walk back."""
+def _worked_half_an_hour_on_p1_001(db) -> None:
+    """P1-001 current from 09:00, a call every 5 minutes, then P1-002 from 09:30."""
     with _clock(0):
         tasks.set_task(db, "P1-001")
     for minute in range(0, 30, 5):
         interactions.insert(db, Interaction(id=f"{minute:012d}", started_at=to_stored(_at(minute)), task_id="P1-001"))
     with _clock(30):
         tasks.set_task(db, "P1-002")
+
+
+def test_a_settled_task_is_read_until_it_changes(db):
+    """Worked 09:00-09:30, then the developer moved to P1-002: P1-001 is settled, kept at the
+    first listing and read at the next; a late call of its own at 09:40 brings its walk back."""
+    _worked_half_an_hour_on_p1_001(db)
     now = to_stored(_at(60))
     first = task_records(db, now=now, idle_seconds=IDLE, intervals=False, keep_settled=True)
     kept = [tuple(row) for row in db.execute("SELECT task_id, holds_from, working_seconds FROM settled_work")]
@@ -153,12 +158,7 @@ def test_a_settled_task_is_read_until_it_changes(db):
 def test_meter_tasks_keeps_settled_tasks_and_forgets_one_made_current(db, db_path):
     """Through the real `meter`: the second listing reads what the first kept, the same
     table; `meter set-task` makes P1-001 current again and its row goes."""
-    with _clock(0):
-        tasks.set_task(db, "P1-001")
-    for minute in range(0, 30, 5):
-        interactions.insert(db, Interaction(id=f"{minute:012d}", started_at=to_stored(_at(minute)), task_id="P1-001"))
-    with _clock(30):
-        tasks.set_task(db, "P1-002")
+    _worked_half_an_hour_on_p1_001(db)
 
     def meter(*args: str) -> str:
         done = subprocess.run([str(VENV_BIN / "meter"), *args, "--db", str(db_path)], capture_output=True, text=True, timeout=60)

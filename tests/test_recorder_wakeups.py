@@ -56,43 +56,38 @@ def _wakes(pid: int) -> int:
     return total
 
 
-def _idle_wakes_per_second(handover: Handover, db_path: Path) -> float:
-    """Once the recorder stored a first call and said so, its wakes per second over IDLE_WINDOW_SECONDS."""
-    first = _call()
-    handover.submit(first)
-    until(lambda: _stored_ids(db_path) == [first.id], what="the first call")
-    until(lambda: not handover._unacknowledged, what="its acknowledgement")
-    assert handover._process is not None
-    pid = handover._process.pid
-    before, started = _wakes(pid), time.monotonic()
-    deadline = started + IDLE_WINDOW_SECONDS
-    while time.monotonic() < deadline:  # the window itself is what is measured
-        time.sleep(deadline - time.monotonic())
-    return (_wakes(pid) - before) / (time.monotonic() - started)
+def _idle_wakes_per_second(db_path: Path, arguments: list[str]) -> float:
+    """A recorder run with `arguments`: once it stored a first call and said so, its wakes per
+    second over IDLE_WINDOW_SECONDS."""
+    handover = Handover(db_path, arguments, new_id(), 1 << 20)
+    handover.start()
+    try:
+        first = _call()
+        handover.submit(first)
+        until(lambda: _stored_ids(db_path) == [first.id], what="the first call")
+        until(lambda: not handover._unacknowledged, what="its acknowledgement")
+        assert handover._process is not None
+        pid = handover._process.pid
+        before, started = _wakes(pid), time.monotonic()
+        deadline = started + IDLE_WINDOW_SECONDS
+        while time.monotonic() < deadline:  # the window itself is what is measured
+            time.sleep(deadline - time.monotonic())
+        return (_wakes(pid) - before) / (time.monotonic() - started)
+    finally:
+        handover.stop()
 
 
 @pytest.mark.e2e
 def test_an_idle_recorder_wakes_only_when_its_housekeeping_is_due(db_path):
     # No budgets to refresh: what waits (the spool, a database to retry) is looked at once a RETRY_SECONDS.
-    handover = Handover(db_path, ["--store-bodies", "none"], new_id(), 1 << 20)
-    handover.start()
-    try:
-        rate = _idle_wakes_per_second(handover, db_path)
-    finally:
-        handover.stop()
+    rate = _idle_wakes_per_second(db_path, ["--store-bodies", "none"])
     assert rate <= 1.25 / RETRY_SECONDS  # it used to wake four times a second
 
 
 @pytest.mark.e2e
 def test_an_idle_recorder_with_budgets_wakes_for_their_refresh_and_no_more(db_path):
     # As `meter proxy` runs it: the budgets and alerts are refreshed every REFRESH_SECONDS.
-    arguments = ["--store-bodies", "none", "--guard", guard_settings(load_settings())]
-    handover = Handover(db_path, arguments, new_id(), 1 << 20)
-    handover.start()
-    try:
-        rate = _idle_wakes_per_second(handover, db_path)
-    finally:
-        handover.stop()
+    rate = _idle_wakes_per_second(db_path, ["--store-bodies", "none", "--guard", guard_settings(load_settings())])
     assert rate <= 1.25 / REFRESH_SECONDS  # it used to wake four times a second
 
 
