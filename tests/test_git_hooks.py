@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from taskmeter.automation.git import MARKER
 from taskmeter.store import connection, tasks
 from tests.gitrepo import background_work_done, eventually, git, meter, task_row
 
@@ -91,6 +92,35 @@ def test_existing_hooks_are_chained_kept_and_restored_and_core_hookspath_honoure
     assert meter("hooks", "uninstall", "--repo", str(repo)).returncode == 0
     assert "exit 3" in theirs.read_text() and not (hooks / "post-commit.pre-meter").exists()
     assert "not installed" in meter("hooks", "status", "--repo", str(repo)).stdout
+
+
+@pytest.mark.parametrize("hooks_path", [None, "shared-hooks"])
+def test_hooks_installed_from_a_subfolder_go_where_git_runs_them(repo, db_path, hooks_path):
+    """git answers a relative hooks folder relative to the folder it was asked in, not to the top."""
+    if hooks_path:
+        git(repo, "config", "core.hooksPath", hooks_path)  # relative: to the top, where hooks run
+    folder = repo / (hooks_path or ".git/hooks")
+    below = repo / "src" / "pkg"
+    below.mkdir(parents=True)
+    installed = meter("hooks", "install", "--repo", str(below))
+    assert installed.returncode == 0, installed.stderr
+    assert f"in {folder}\n" in installed.stdout and git_hooks_ours(folder)
+    assert f"installed in {folder};" in meter("hooks", "status", "--repo", str(below)).stdout
+    (below / "m.py").write_text("x = 1\n")
+    git(below, "add", "m.py")
+    git(below, "commit", "-q", "-m", "m")
+    sha = git(repo, "rev-parse", "HEAD").stdout.strip()
+    background_work_done(repo)
+    db = connection.connect(db_path)
+    assert db.execute("SELECT count(*) FROM commits WHERE sha = ?", (sha,)).fetchone()[0] == 1
+    db.close()
+    assert meter("hooks", "uninstall", "--repo", str(below)).returncode == 0
+    assert not git_hooks_ours(folder)
+
+
+def git_hooks_ours(folder) -> bool:
+    hook = folder / "post-commit"
+    return hook.exists() and MARKER in hook.read_text()
 
 
 def test_file_checkouts_detached_heads_and_other_branches_leave_the_task_alone(repo, db_path):

@@ -52,13 +52,22 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
 
 
+def repository_top(folder: Path) -> Path:
+    """The top of the repository `folder` is in: where its hooks are installed from and its virtualenvs found."""
+    try:
+        return Path(_git(folder, "rev-parse", "--show-toplevel"))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        raise NotARepository(f"{folder} is not a git repository (or git is not installed)") from None
+
+
 def hooks_dir(repo: Path) -> Path:
     """Where git runs this repository's hooks: core.hooksPath is honoured."""
-    try:  # one git, answering both (`meter doctor` asks in every repository)
-        top, path = map(Path, _git(repo, "rev-parse", "--show-toplevel", "--git-path", "hooks").splitlines())
+    try:
+        path = Path(_git(repo, "rev-parse", "--git-path", "hooks"))
     except (subprocess.CalledProcessError, FileNotFoundError):
         raise NotARepository(f"{repo} is not a git repository (or git is not installed)") from None
-    return path if path.is_absolute() else top / path
+    # A relative answer is relative to the folder git ran in (`-C repo`), which may be below the top.
+    return path if path.is_absolute() else Path(os.path.normpath(repo / path))
 
 
 def _hook_text(name: str, db_path: Path | None) -> str:
@@ -449,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     log_to_hooks_log()
     try:
         settings = load_settings()
-        repo = Path(_git(Path(args.repo), "rev-parse", "--show-toplevel"))
+        repo = repository_top(Path(args.repo))
         branch = current_branch(repo) if args.branch is None else args.branch or None
         db = connection.connect(args.db or os.environ.get(connection.ENV_VAR))
         try:

@@ -23,7 +23,11 @@ def hooks_group():
 
 
 repo_option = click.option(
-    "--repo", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True, help="The repository."
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="The repository, or any folder in it.",
 )
 venv_option = click.option(
     "--venv",
@@ -46,8 +50,7 @@ def hooks_install_cmd(repo, named_venvs, db_path):
     top (.venv, venv, ...) and each --venv."""
     from taskmeter.automation import git, venvs
 
-    repo = repo.resolve()
-    git.hooks_dir(repo)  # not a repository: say so before touching any virtualenv
+    repo = git.repository_top(repo.resolve())  # not a repository: say so before touching any virtualenv
     found = venvs.repository_venvs(repo, list(named_venvs))
     written = git.install(repo, connection.resolve_path(db_path) if db_path else None)
     terminal.info(f"installed {', '.join(Path(path).name for path in written)} in {Path(written[0]).parent}")
@@ -67,7 +70,7 @@ def hooks_uninstall_cmd(repo, named_venvs):
     from the virtualenvs install would choose."""
     from taskmeter.automation import git, venvs
 
-    repo = repo.resolve()
+    repo = git.repository_top(repo.resolve())
     removed = git.uninstall(repo)
     terminal.info(f"removed {', '.join(Path(path).name for path in removed)}" if removed else "no taskmeter hooks here")
     for venv in venvs.repository_venvs(repo, list(named_venvs)):
@@ -84,7 +87,7 @@ def hooks_status_cmd(repo, named_venvs):
     from taskmeter.automation import git, venvs
     from taskmeter.automation.command import broken, repair_hooks
 
-    repo = repo.resolve()
+    repo = git.repository_top(repo.resolve())
     folder = git.hooks_dir(repo)
     settings = git.enrolment_of(folder / "post-commit")
     words = git.hook_command(repo)
