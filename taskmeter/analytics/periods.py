@@ -141,9 +141,6 @@ def _rows_by_key(
     ).fetchall()
 
 
-# Up to this many models, a pass per model over the window's quarter hours costs less than
-# sorting its rows into periods (a pass reads every row of the window: 1 ms per 20,000).
-MODEL_PASSES = 8
 # Beyond this many periods (an hourly report over more than half a year: 3 µs a span to work
 # out), sorting the rows into periods costs less than a span per hour.
 SPAN_LIMIT = 5_000
@@ -155,7 +152,7 @@ def _rows_by_span(
     """`_rows_by_key`'s rows over a window of whole quarter hours, in its order and to the last bit
     of each cost: each period a span of quarter hours (period_spans), summed model by model as the
     primary key reads them, with no sort but of the few rows made. None where `_rows_by_key` must
-    answer: more than MODEL_PASSES models or SPAN_LIMIT periods, or periods that are no spans."""
+    answer: more than MODEL_PASSES models (store/scratch.py) or SPAN_LIMIT periods, or periods that are no spans."""
     clauses, params = [], []
     for clause, value in (
         ("quarter >= ?", since and since[:16]),
@@ -172,7 +169,7 @@ def _rows_by_span(
         return []
     last = db.execute(f"SELECT max(quarter) FROM usage_quarters WHERE {where}", params).fetchone()[0]
     models = [row[0] for row in db.execute(f"SELECT DISTINCT model FROM usage_quarters WHERE {where}", params)]
-    spans = period_spans(period, utc, first, last) if len(models) <= MODEL_PASSES else None
+    spans = period_spans(period, utc, first, last) if len(models) <= scratch.MODEL_PASSES else None
     if spans is None:
         return None
     scratch.hold_period_spans(db, spans)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from taskmeter.analytics.history import seconds_sql
 from taskmeter.clients import AGENTS, client_name
+from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import from_stored, now_stored, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
@@ -134,25 +135,24 @@ def block_report(
 
     A block's calls are those from its first call to its end (its start + 5 hours, inclusive): a later call
     is more than 5 hours after the start, and a pause of more than 5 hours after a call ends a block anyway.
-    So the blocks are found by two seeks each in the started_at index, all in one statement, and each
-    block's sums come from usage_quarters, the calls of a quarter only partly in the block (or of one
-    provider) read one by one."""
+    So the blocks are found by two seeks each in the started_at index, all in one statement, and the
+    blocks' sums come from usage_quarters in one more, the calls of a quarter only partly in a block
+    (or of one provider) read one by one."""
     where, params = _window(since, until, None)
     if provider:
         where += " AND i.provider = ?"
         params.append(provider)
     moment = from_stored(now or now_stored())
     span = BLOCK_HOURS * 3600
+    edges = db.execute(_block_edges(where), params * 3).fetchall()
+    usages = _blocks_usage(db, edges, (since, until), where, params, provider)
     blocks: list[UsageBlock] = []
     last = None
-    end: str | None = None
-    for first_at, first_started, last_at, last_started, block_end in db.execute(_block_edges(where), params * 3):
-        first, end_before, end = {"at": first_at, "started_at": first_started}, end, block_end
+    for (first_at, first_started, last_at, last_started, _), usage in zip(edges, usages, strict=True):
+        first = {"at": first_at, "started_at": first_started}
         if last is not None and first["at"] - last["at"] > span:
             blocks.append(_gap(last["at"] + span, first["at"]))
         last = {"at": last_at, "started_at": last_started}
-        edges = (since, until, end_before, end)
-        usage = _block_usage(db, first["started_at"], last["started_at"], edges, where, params, provider)
         blocks.append(_block(first, last, usage, moment))
     return {"since": since, "until": until, "provider": provider, "block_hours": BLOCK_HOURS, "blocks": blocks}
 
@@ -198,51 +198,90 @@ _QUARTERS_USAGE = ", ".join(f"sum({column}) AS {column}" for column in _USAGE_CO
 QUARTER_SECONDS = 15 * 60
 
 
-def _block_usage(
-    db: sqlite3.Connection, first: str, last: str, edges: tuple, where: str, params: list, provider: str | None
-) -> dict:
-    """Per model, the usage of the calls that match `where` and started from `first` to `last`
-    (stored moments, inclusive): whole quarter hours from usage_quarters, the rest call by call.
-    `edges`: the window's since and until, the end of the block before (None: none) and this one's."""
-    parts: list[tuple[str, list]] = []
-    since, until, end_before, end = edges
-    rollup_from, rollup_until = _quarter_start(first), _quarter_start(last, after=True)
-    if provider is None:  # usage_quarters keeps every provider's calls together
+def _blocks_usage(
+    db: sqlite3.Connection, edges: list, window: tuple, where: str, params: list, provider: str | None
+) -> list[dict]:
+    """Per block (`edges`: _block_edges' rows), its usage per model: the calls that match `where` and
+    started from its first call to its last, inclusive. Its whole quarter hours come from usage_quarters,
+    every block's in one statement; the rest call by call. `window`: the window's since and until."""
+    since, until = window
+    spans: list[tuple[int, str, str]] = []  # (block, first quarter, quarter after its last) of the rollup
+    ranges: list[list[tuple[str, str, str]]] = []  # per block, (low, high, "<" or "<=") of calls read one by one
+    for number, (_, first, _, last, _) in enumerate(edges):
+        if provider is not None:  # usage_quarters keeps every provider's calls together
+            ranges.append([(first, last, "<=")])
+            continue
+        rollup_from, rollup_until = _quarter_start(first), _quarter_start(last, after=True)
         # A call before the block in its first quarter, or after it in its last, makes that quarter call by call.
-        # None can be there, with no look, where the seeks for `first` and `last` would have found it.
-        maybe_before = (end_before is not None and rollup_from <= end_before) or (since is not None and since > rollup_from)
-        if maybe_before and _any_call(db, "i.started_at >= ? AND i.started_at < ?", rollup_from, first):
+        # One in the window is the block before's last call or the block after's first; one the window leaves
+        # out can be there only where the window starts or ends within that quarter: only there it is looked for.
+        if (number > 0 and edges[number - 1][3] >= rollup_from) or (
+            since is not None
+            and since > rollup_from
+            and _any_call(db, "i.started_at >= ? AND i.started_at < ?", rollup_from, first)
+        ):
             rollup_from = _quarter_start(first, after=True)
-        maybe_after = last == end or (until is not None and until < rollup_until)
-        if maybe_after and _any_call(db, "i.started_at > ? AND i.started_at < ?", last, rollup_until):
+        if (number + 1 < len(edges) and edges[number + 1][1] < rollup_until) or (
+            until is not None
+            and until < rollup_until
+            and _any_call(db, "i.started_at > ? AND i.started_at < ?", last, rollup_until)
+        ):
             rollup_until = _quarter_start(last)
-    if provider is None and rollup_from < rollup_until:
-        parts.append(
-            (
-                f"SELECT model, {_QUARTERS_USAGE} FROM usage_quarters WHERE quarter >= ? AND quarter < ? GROUP BY model",
-                [rollup_from[:16], rollup_until[:16]],
-            )
+        if rollup_from < rollup_until:
+            spans.append((number, rollup_from[:16], rollup_until[:16]))
+            parts = [(first, rollup_from, "<"), (rollup_until, last, "<=")]
+        else:
+            parts = [(first, last, "<=")]
+        ranges.append([(low, high, below) for low, high, below in parts if low < high or (below == "<=" and low == high)])
+    rollup = _quarters_usage(db, spans)
+    usages = []
+    for number, parts in enumerate(ranges):
+        rows = list(rollup.get(number, ()))
+        for low, high, below in parts:
+            rows += db.execute(
+                f"SELECT coalesce(i.model, '?') AS model, {_CALLS_USAGE} FROM interactions i INDEXED BY interactions_started"
+                f" WHERE {where} AND i.started_at >= ? AND i.started_at {below} ? GROUP BY coalesce(i.model, '?')",
+                [*params, low, high],
+            ).fetchall()
+        usages.append(_added(rows))
+    return usages
+
+
+def _quarters_usage(db: sqlite3.Connection, spans: list[tuple[int, str, str]]) -> dict[int, list]:
+    """Per block of `spans` (block, first quarter, quarter after its last), its usage_quarters rows summed
+    per model, by model: the spans held in temp.period_spans and read in order, each model's quarters
+    by the primary key (up to MODEL_PASSES models; else sorted by block and model), so that each sum
+    adds its rows in the order a block's own GROUP BY model would."""
+    if not spans:
+        return {}
+    scratch.hold_period_spans(db, [(str(number), low, high) for number, low, high in spans])
+    models = [
+        row[0]
+        for row in db.execute(
+            "SELECT DISTINCT model FROM usage_quarters WHERE quarter >= ? AND quarter < ?", (spans[0][1], spans[-1][2])
         )
-        ranges = [(first, rollup_from, "<"), (rollup_until, last, "<=")]
+    ]
+    joined = "FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi"
+    if len(models) > scratch.MODEL_PASSES:
+        query, values = f"SELECT s.k AS k, q.model AS model, {_QUARTERS_USAGE} {joined} GROUP BY s.k, q.model", []
     else:
-        ranges = [(first, last, "<=")]
-    for low, high, below in ranges:
-        if low < high or (below == "<=" and low == high):
-            parts.append(
-                (
-                    f"SELECT coalesce(i.model, '?') AS model, {_CALLS_USAGE} FROM interactions i INDEXED BY interactions_started"
-                    f" WHERE {where} AND i.started_at >= ? AND i.started_at {below} ? GROUP BY coalesce(i.model, '?')",
-                    [*params, low, high],
-                )
-            )
+        passes = [f"SELECT s.k AS k, q.model AS model, {_QUARTERS_USAGE} {joined} WHERE q.model = ? GROUP BY s.k"] * len(models)
+        query, values = f"{' UNION ALL '.join(passes)} ORDER BY k, model", models
+    usage: dict[int, list] = {}
+    for row in db.execute(query, values):
+        usage.setdefault(spans[row["k"]][0], []).append(row)
+    return usage
+
+
+def _added(rows: list) -> dict:
+    """The usage of a block's rows (per model, of the rollup and of calls), added in their order."""
     usage: dict = dict.fromkeys(_USAGE_COLUMNS, 0)
     models: set[str] = set()
-    for query, values in parts:
-        for row in db.execute(query, values):
-            if row["ai_interactions"] or row["failed_calls"]:
-                models.add(row["model"])
-                for column in _USAGE_COLUMNS:
-                    usage[column] += row[column]
+    for row in rows:
+        if row["ai_interactions"] or row["failed_calls"]:
+            models.add(row["model"])
+            for column in _USAGE_COLUMNS:
+                usage[column] += row[column]
     return {**usage, "models": sorted(models)}
 
 
