@@ -28,18 +28,24 @@ TASKS = ["P1-001", "P1-002", None]
 MODELS = [None, "claude-sonnet-4-6", "gpt-5"]
 
 
+def _old_quarter_start(stored: str, after: bool = False) -> str:
+    seconds = from_stored(stored).timestamp()
+    start = seconds - seconds % windows.QUARTER_SECONDS + (windows.QUARTER_SECONDS if after else 0)
+    return to_stored(datetime.fromtimestamp(start, UTC))
+
+
 def _old_block_usage(db, first, last, edges, where, params, provider) -> dict:
     """A block's usage as block_report summed it before: its own usage_quarters statement, after two looks."""
     parts: list[tuple[str, list]] = []
     since, until, end_before, end = edges
-    rollup_from, rollup_until = windows._quarter_start(first), windows._quarter_start(last, after=True)
+    rollup_from, rollup_until = _old_quarter_start(first), _old_quarter_start(last, after=True)
     if provider is None:
         maybe_before = (end_before is not None and rollup_from <= end_before) or (since is not None and since > rollup_from)
         if maybe_before and windows._any_call(db, "i.started_at >= ? AND i.started_at < ?", rollup_from, first):
-            rollup_from = windows._quarter_start(first, after=True)
+            rollup_from = _old_quarter_start(first, after=True)
         maybe_after = last == end or (until is not None and until < rollup_until)
         if maybe_after and windows._any_call(db, "i.started_at > ? AND i.started_at < ?", last, rollup_until):
-            rollup_until = windows._quarter_start(last)
+            rollup_until = _old_quarter_start(last)
     if provider is None and rollup_from < rollup_until:
         parts.append(
             (
@@ -216,3 +222,11 @@ def test_blocks_take_three_statements_however_many_there_are(tmp_path):
         assert json.dumps(report) == json.dumps(_old_block_report(db, now=NOW))
     finally:
         db.close()
+
+
+@given(st.integers(0, 4_000_000_000 * 10**6).map(lambda micros: to_stored(datetime.fromtimestamp(micros / 10**6, UTC))))
+@example("2026-12-31T23:59:59.999999Z")
+@example("2026-02-28T23:45:00.000000Z")
+def test_a_quarter_hour_read_from_the_text_is_the_one_worked_out_from_the_moment(stored):
+    for after in (False, True):
+        assert windows._quarter_start(stored, after) == _old_quarter_start(stored, after)

@@ -14,7 +14,6 @@ import sqlite3
 from datetime import UTC, datetime
 
 from taskmeter.analytics.history import seconds_sql
-from taskmeter.clients import AGENTS, client_name
 from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import from_stored, now_stored, to_stored
@@ -78,6 +77,8 @@ def session_report(
 ) -> "SessionsReport":
     """A line per agent session with a call in the window (and of `task_id`), oldest
     first: its agent, tasks, first and last call, and its calls' usage (of `task_id` alone, when given)."""
+    from taskmeter.clients import AGENTS, client_name  # here: `report blocks` needs none of it
+
     where, params = _window(since, until, task_id)
     where += " AND i.client_session IS NOT NULL"
     rows = db.execute(
@@ -268,21 +269,20 @@ def _quarters_usage(db: sqlite3.Connection, spans: list[tuple[int, str, str]]) -
         passes = [f"SELECT s.k AS k, q.model AS model, {_QUARTERS_USAGE} {joined} WHERE q.model = ? GROUP BY s.k"] * len(models)
         query, values = f"{' UNION ALL '.join(passes)} ORDER BY k, model", models
     usage: dict[int, list] = {}
-    for row in db.execute(query, values):
-        usage.setdefault(spans[row["k"]][0], []).append(row)
+    for k, *row in db.execute(query, values):
+        usage.setdefault(spans[k][0], []).append(row)
     return usage
 
 
 def _added(rows: list) -> dict:
-    """The usage of a block's rows (per model, of the rollup and of calls), added in their order."""
-    usage: dict = dict.fromkeys(_USAGE_COLUMNS, 0)
+    """The usage of a block's rows (model, then _USAGE_COLUMNS: of the rollup and of calls), added in their order."""
+    sums = [0] * len(_USAGE_COLUMNS)
     models: set[str] = set()
-    for row in rows:
-        if row["ai_interactions"] or row["failed_calls"]:
-            models.add(row["model"])
-            for column in _USAGE_COLUMNS:
-                usage[column] += row[column]
-    return {**usage, "models": sorted(models)}
+    for model, calls, failed, *values in rows:
+        if calls or failed:
+            models.add(model)
+            sums = [total + value for total, value in zip(sums, (calls, failed, *values), strict=True)]
+    return {**dict(zip(_USAGE_COLUMNS, sums, strict=True)), "models": sorted(models)}
 
 
 def _any_call(db: sqlite3.Connection, between: str, low: str, high: str) -> bool:
@@ -293,9 +293,11 @@ def _any_call(db: sqlite3.Connection, between: str, low: str, high: str) -> bool
 
 def _quarter_start(stored: str, after: bool = False) -> str:
     """The stored moment that starts the UTC quarter hour of `stored`, or with `after` the next one."""
+    minute = int(stored[14:16]) // 15 * 15 + (15 if after else 0)
+    if minute < 60:  # read from the text (a report works out two a block): the hour's own
+        return f"{stored[:14]}{minute:02d}:00.000000Z"
     seconds = from_stored(stored).timestamp()
-    start = seconds - seconds % QUARTER_SECONDS + (QUARTER_SECONDS if after else 0)
-    return _stored(start)
+    return _stored(seconds - seconds % QUARTER_SECONDS + QUARTER_SECONDS)
 
 
 def _hour_start(seconds: float) -> float:
