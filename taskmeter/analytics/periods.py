@@ -150,8 +150,8 @@ def _rows_by_span(
     db: sqlite3.Connection, period: str, since: str | None, until: str | None, utc: bool, task_id: str | None
 ) -> list[sqlite3.Row] | None:
     """`_rows_by_key`'s rows over a window of whole quarter hours, in its order and to the last bit
-    of each cost: each period a span of quarter hours (period_spans), summed model by model as the
-    primary key reads them, with no sort but of the few rows made. None where `_rows_by_key` must
+    of each cost: each period a span of quarter hours (period_spans), summed model by model (in one
+    pass, of a single model) as the primary key reads them, with no sort but of the few rows made. None where `_rows_by_key` must
     answer: more than MODEL_PASSES models (store/scratch.py) or SPAN_LIMIT periods, or periods that are no spans."""
     clauses, params = [], []
     for clause, value in (
@@ -176,11 +176,15 @@ def _rows_by_span(
     # The spans in order (CROSS JOIN keeps them the outer loop), each read by the primary key:
     # a group's rows come in the order the sort of _rows_by_key leaves them, so its sums are the same.
     task = "AND task_key = ?" if task_id else ""
+    joined = "FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi"
+    if len(models) == 1:  # one pass of all the rows, a row a period in the order of the spans: no models to rank
+        return db.execute(
+            f"SELECT s.period AS period, model, {_GROUP_SUMS} {joined} WHERE 1 {task} GROUP BY s.k {_HAVING}",
+            [task_id] if task_id else [],
+        ).fetchall()
     ranks = ", ".join(f"{rank} AS {name}" for name, rank in _RANKS.items())
     passes = " UNION ALL ".join(
-        f"""SELECT s.period AS period, model, {_GROUP_SUMS}, {ranks}
-        FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi
-        WHERE q.model = ? {task} GROUP BY s.k {_HAVING}"""
+        f"SELECT s.period AS period, model, {_GROUP_SUMS}, {ranks} {joined} WHERE q.model = ? {task} GROUP BY s.k {_HAVING}"
         for _ in models
     )
     columns = ", ".join(("period", "model", "ai_interactions", "failed_calls", *_COUNTED, "priced", "hallucination_count"))
@@ -284,22 +288,23 @@ def usage_report(
     """`period` is hourly, daily, weekly, monthly or models; since/until are stored
     timestamps; `task_id` narrows to one task's calls."""
     rows = usage_rows(db, period, since, until, utc, task_id)
-    by_period: dict[str, list[dict]] = {}
-    for row in map(dict, rows):
-        by_period.setdefault(row["period"], []).append(row)
-    every = [row for group in by_period.values() for row in group]
+    keys = rows[0].keys() if rows else []
+    every = [dict(zip(keys, row, strict=True)) for row in rows]  # by name, a Row looks each key up in turn
     report: UsageReport = {
         "period": period,
         "since": since,
         "until": until,
         "task_id": task_id,
         "time_zone": "UTC" if utc else "local",
-        "totals": _stats(_sum(every)) if every else _stats(_sum([])),
+        "totals": _stats(_sum(every)),
     }
     if period == "models":
         latencies = model_latencies(db, [row["model"] for row in every], since, until, task_id)
         report["models"] = [{**_model_usage(row), "latency": latencies[row["model"]]} for row in every]
     else:
+        by_period: dict[str, list[dict]] = {}
+        for row in every:
+            by_period.setdefault(row["period"], []).append(row)
         report["periods"] = [_period_usage(key, group, period == "hourly", utc) for key, group in by_period.items()]
     return report
 
@@ -309,8 +314,11 @@ def _model_usage(row: dict) -> "ModelUsage":
 
 
 def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> "PeriodUsage":
-    # A period of one model (most hours) sums to that model's row: sum() of one number is the number.
-    stats, models = _stats(_sum(group) if len(group) > 1 else group[0]), [_model_usage(row) for row in group]
+    if len(group) == 1:  # one model (most hours): its figures are the period's, sum() of one number the number
+        stats = _stats(group[0])
+        models: list[ModelUsage] = [{"model": group[0]["model"], **stats}]
+    else:
+        stats, models = _stats(_sum(group)), [_model_usage(row) for row in group]
     if hourly:  # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
         return {"period": hour_label(key, utc), "start": key, **stats, "models": models}
     return {"period": key, **stats, "models": models}
