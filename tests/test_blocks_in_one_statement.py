@@ -19,6 +19,7 @@ from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, now_stored, to_stored
+from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 from tests.migrated import migrated_database
 
 ORIGIN = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -76,6 +77,47 @@ def _old_block_usage(db, first, last, edges, where, params, provider) -> dict:
     return {**usage, "models": sorted(models)}
 
 
+def _old_block(first, last, usage: dict, now: datetime) -> dict:
+    """A block's record as block_report made it before, its start and end worked out from POSIX seconds."""
+    start = windows._hour_start(first["at"])
+    end = start + windows.BLOCK_HOURS * 3600
+    now_seconds = now.timestamp()
+    active = now_seconds - last["at"] < windows.BLOCK_HOURS * 3600 and now_seconds < end
+    sums = {column: usage[column] if usage[f"{column}_calls"] else None for column in (*TOKEN_COLUMNS, "cost_usd")}
+    tokens = tokens_object(sums)
+    minutes = (last["at"] - first["at"]) / 60
+    burn: dict | None = None
+    if minutes > 0:
+        burn = {
+            "tokens_per_minute": (tokens["total"] or 0) / minutes,
+            "cost_per_hour_usd": (sums["cost_usd"] or 0) / minutes * 60,
+        }
+    left = end - now_seconds if active else None
+    projected: dict | None = None
+    if active and burn is not None and left is not None:
+        projected = {
+            "tokens": round((tokens["total"] or 0) + burn["tokens_per_minute"] * left / 60),
+            "cost_usd": (sums["cost_usd"] or 0) + burn["cost_per_hour_usd"] * left / 3600,
+        }
+    return {
+        "start": windows._stored(start),
+        "end": windows._stored(end),
+        "first_call_at": first["started_at"],
+        "last_call_at": last["started_at"],
+        "gap": False,
+        "active": active,
+        "ai_interactions": usage["ai_interactions"],
+        "failed_calls": usage["failed_calls"],
+        "tokens": tokens,
+        "cost_usd": sums["cost_usd"],
+        "unpriced_interactions": usage["ai_interactions"] - usage["priced"],
+        "models": usage["models"],
+        "time_left_seconds": left,
+        "burn_rate": burn,
+        "projected": projected,
+    }
+
+
 def _old_block_report(db, since=None, until=None, provider=None, now=None) -> dict:
     where, params = windows._window(since, until, None)
     if provider:
@@ -93,7 +135,7 @@ def _old_block_report(db, since=None, until=None, provider=None, now=None) -> di
         usage = _old_block_usage(
             db, first["started_at"], last["started_at"], (since, until, end_before, end), where, params, provider
         )
-        blocks.append(windows._block(first, last, usage, moment))
+        blocks.append(_old_block(first, last, usage, moment))
     return {"since": since, "until": until, "provider": provider, "block_hours": windows.BLOCK_HOURS, "blocks": blocks}
 
 

@@ -149,12 +149,12 @@ def block_report(
     usages = _blocks_usage(db, edges, (since, until), where, params, provider)
     blocks: list[UsageBlock] = []
     last = None
-    for (first_at, first_started, last_at, last_started, _), usage in zip(edges, usages, strict=True):
+    for (first_at, first_started, last_at, last_started, end), usage in zip(edges, usages, strict=True):
         first = {"at": first_at, "started_at": first_started}
         if last is not None and first["at"] - last["at"] > span:
             blocks.append(_gap(last["at"] + span, first["at"]))
         last = {"at": last_at, "started_at": last_started}
-        blocks.append(_block(first, last, usage, moment))
+        blocks.append(_block(first, last, end, usage, moment))
     return {"since": since, "until": until, "provider": provider, "block_hours": BLOCK_HOURS, "blocks": blocks}
 
 
@@ -251,8 +251,8 @@ def _blocks_usage(
 def _quarters_usage(db: sqlite3.Connection, spans: list[tuple[int, str, str]]) -> dict[int, list]:
     """Per block of `spans` (block, first quarter, quarter after its last), its usage_quarters rows summed
     per model, by model: the spans held in temp.period_spans and read in order, each model's quarters
-    by the primary key (up to MODEL_PASSES models; else sorted by block and model), so that each sum
-    adds its rows in the order a block's own GROUP BY model would."""
+    by the primary key (all at once for one model; up to MODEL_PASSES, model by model; else sorted by
+    block and model), so that each sum adds its rows in the order a block's own GROUP BY model would."""
     if not spans:
         return {}
     scratch.hold_period_spans(db, [(str(number), low, high) for number, low, high in spans])
@@ -262,12 +262,20 @@ def _quarters_usage(db: sqlite3.Connection, spans: list[tuple[int, str, str]]) -
             "SELECT DISTINCT model FROM usage_quarters WHERE quarter >= ? AND quarter < ?", (spans[0][1], spans[-1][2])
         )
     ]
+    if not models:
+        return {}
     joined = "FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi"
-    if len(models) > scratch.MODEL_PASSES:
-        query, values = f"SELECT s.k AS k, q.model AS model, {_QUARTERS_USAGE} {joined} GROUP BY s.k, q.model", []
+    select = f"SELECT s.k AS k, q.model AS model, {_QUARTERS_USAGE} {joined}"
+    values: list[str] = []
+    if len(models) == 1:  # one pass, a row a block in order
+        query = f"{select} GROUP BY s.k"
+    elif len(models) > scratch.MODEL_PASSES:
+        query = f"{select} GROUP BY s.k, q.model"
     else:
-        passes = [f"SELECT s.k AS k, q.model AS model, {_QUARTERS_USAGE} {joined} WHERE q.model = ? GROUP BY s.k"] * len(models)
-        query, values = f"{' UNION ALL '.join(passes)} ORDER BY k, model", models
+        query, values = (
+            f"{' UNION ALL '.join([f'{select} WHERE q.model = ? GROUP BY s.k'] * len(models))} ORDER BY k, model",
+            models,
+        )
     usage: dict[int, list] = {}
     for k, *row in db.execute(query, values):
         usage.setdefault(spans[k][0], []).append(row)
@@ -308,7 +316,8 @@ def _stored(seconds: float) -> str:
     return to_stored(datetime.fromtimestamp(seconds, UTC))
 
 
-def _block(first, last, usage: dict, now: datetime) -> "UsageBlock":
+def _block(first, last, ends: str, usage: dict, now: datetime) -> "UsageBlock":
+    """A block from its first and last call (POSIX seconds `at` and stored moment) and its end (stored)."""
     start = _hour_start(first["at"])
     end = start + BLOCK_HOURS * 3600
     now_seconds = now.timestamp()
@@ -330,8 +339,8 @@ def _block(first, last, usage: dict, now: datetime) -> "UsageBlock":
             "cost_usd": (sums["cost_usd"] or 0) + burn["cost_per_hour_usd"] * left / 3600,
         }
     return {
-        "start": _stored(start),
-        "end": _stored(end),
+        "start": first["started_at"][:13] + ":00:00.000000Z",  # _stored(start), without the dates' cost
+        "end": ends,
         "first_call_at": first["started_at"],
         "last_call_at": last["started_at"],
         "gap": False,
