@@ -8,18 +8,17 @@ import sqlite3
 import time
 from datetime import date, datetime, timedelta
 
-from taskmeter.analytics.history import STATED_BY, seconds_sql
 from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
-from taskmeter.timefmt import hour_label
-from taskmeter.tokens import tokens_object
+from taskmeter.timefmt import hour_label, seconds_sql
+from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for the type checker: the report types cost a report's start-up
     from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
 
 # The columns summed with a count of the calls that stated each; usage_quarters (m011) names that count `{column}_calls`.
-_COUNTED = tuple(STATED_BY)
+_COUNTED = (*TOKEN_COLUMNS, "cost_usd")
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
 _SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in _COUNTED)}, priced, flagged"""
 

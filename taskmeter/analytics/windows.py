@@ -13,10 +13,9 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 
-from taskmeter.analytics.history import seconds_sql
 from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
-from taskmeter.timefmt import from_stored, now_stored, to_stored
+from taskmeter.timefmt import from_stored, now_stored, seconds_sql, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 
 TYPE_CHECKING = False
