@@ -1,6 +1,7 @@
 """Issue 23, instant commands: a usage report (`meter report hourly|daily|weekly|monthly|models`)
-builds its dicts from the rows once (a period of one model shares that model's figures), and a
-piped table writes its cells column by column. Held equal, byte for byte, to the report's JSON
+of one model sums its periods in one pass with no sort, builds its dicts from the rows once (a
+period of one model shares that model's figures), and a piped table writes its cells column by
+column. Held equal, byte for byte, to the report's JSON
 and the piped table as they were made before (kept here as the oracles): the reports over random
 histories in several zones on a real SQLite file, the table over random cells of every kind."""
 
@@ -124,3 +125,25 @@ def test_a_piped_table_is_the_text_it_was(kinds, data, utc):
     with redirect_stdout(written):
         terminal.table(columns, rows, utc=utc)
     assert written.getvalue() == _old_piped_table(columns, rows, utc)
+
+
+def test_a_report_of_one_model_sums_its_periods_in_one_pass_and_sorts_nothing(tmp_path):
+    """One model in the window: one pass over the spans, along the primary key (or a task's index),
+    with no sort at all; its rows are the rows the model's own pass gave before."""
+    statements: list[str] = []
+    db = migrated_database(tmp_path / "meter.db")
+    try:
+        anchor = _anchors("Europe/Berlin")[0]
+        _store(db, anchor, [(n * 600.0, 0, n % 3, "answered", n, 0.1 * (n % 4), n % 5 == 0) for n in range(-50, 50)], MODELS)
+        db.set_trace_callback(statements.append)
+        for task_id in (None, "P1-001"):
+            assert periods._rows_by_span(db, "hourly", None, None, False, task_id)
+        db.set_trace_callback(None)
+        passes = [statement for statement in statements if "period_spans s" in statement]
+        assert len(passes) == 2 and all("UNION" not in statement for statement in passes)
+        for statement in passes:
+            plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {statement}")]
+            assert not any("TEMP B-TREE" in step for step in plan), plan
+            assert any(step.startswith("SEARCH q USING") and "quarter>? AND quarter<?" in step for step in plan), plan
+    finally:
+        db.close()
