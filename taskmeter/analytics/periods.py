@@ -149,9 +149,10 @@ def _rows_by_span(
     db: sqlite3.Connection, period: str, since: str | None, until: str | None, utc: bool, task_id: str | None
 ) -> list[sqlite3.Row] | None:
     """`_rows_by_key`'s rows over a window of whole quarter hours, in its order and to the last bit
-    of each cost: each period a span of quarter hours (period_spans), summed model by model (in one
-    pass, of a single model) as the primary key reads them, with no sort but of the few rows made. None where `_rows_by_key` must
-    answer: more than MODEL_PASSES models (store/scratch.py) or SPAN_LIMIT periods, or periods that are no spans."""
+    of each cost: each period a span of quarter hours (period_spans), summed model by model (a single
+    model in one pass) as the primary key reads them, with no sort but of the few rows made. None
+    where `_rows_by_key` must answer: more than MODEL_PASSES models (store/scratch.py) or SPAN_LIMIT
+    periods, or periods that are no spans."""
     clauses, params = [], []
     for clause, value in (
         ("quarter >= ?", since and since[:16]),
