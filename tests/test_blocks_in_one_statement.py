@@ -18,7 +18,7 @@ from taskmeter.store import scratch, tasks
 from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
-from taskmeter.timefmt import from_stored, now_stored, to_stored
+from taskmeter.timefmt import from_stored, now_stored, seconds_sql, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 from tests.migrated import migrated_database
 
@@ -118,6 +118,34 @@ def _old_block(first, last, usage: dict, now: datetime) -> dict:
     }
 
 
+def _old_block_edges(where: str) -> str:
+    """The query of every block's first and last call (each as POSIX seconds and stored moment) and
+    end, oldest first, among the calls that match `where` (its parameters given three times): the
+    first call; the last at most 5 hours after its UTC hour, the block's end; the first after that
+    end, which starts the next block. A recursive query: one statement, not two seeks' worth of
+    round trips per block."""
+
+    def seek(condition: str, newest: bool = False) -> str:
+        # Ordered by start alone: calls that start together give the same moment.
+        return (
+            f"(SELECT i.started_at FROM interactions i INDEXED BY interactions_started WHERE {where} AND {condition}"
+            f" ORDER BY i.started_at {'DESC' if newest else ''} LIMIT 1)"
+        )
+
+    def block_end(first: str) -> str:  # as _stored(_hour_start(at) + windows.BLOCK_HOURS * 3600) gives it
+        return f"strftime('%Y-%m-%dT%H:00:00.000000Z', substr({first}, 1, 19), '+{windows.BLOCK_HOURS} hours')"
+
+    return f"""
+        WITH RECURSIVE starts(first) AS (
+            SELECT {seek("1")}
+            UNION ALL
+            SELECT {seek("i.started_at > " + block_end("starts.first"))} FROM starts WHERE starts.first IS NOT NULL
+        ), edges(first, last) AS (
+            SELECT first, {seek("i.started_at <= " + block_end("starts.first"), newest=True)} FROM starts WHERE first IS NOT NULL
+        )
+        SELECT {seconds_sql("first")}, first, {seconds_sql("last")}, last, {block_end("first")} FROM edges"""
+
+
 def _old_block_report(db, since=None, until=None, provider=None, now=None) -> dict:
     where, params = windows._window(since, until, None)
     if provider:
@@ -127,7 +155,7 @@ def _old_block_report(db, since=None, until=None, provider=None, now=None) -> di
     blocks: list = []
     last = None
     end = None
-    for first_at, first_started, last_at, last_started, block_end in db.execute(windows._block_edges(where), params * 3):
+    for first_at, first_started, last_at, last_started, block_end in db.execute(_old_block_edges(where), params * 3):
         first, end_before, end = {"at": first_at, "started_at": first_started}, end, block_end
         if last is not None and first["at"] - last["at"] > SPAN:
             blocks.append(windows._gap(last["at"] + SPAN, first["at"]))

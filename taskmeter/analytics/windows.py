@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
-from taskmeter.timefmt import from_stored, now_stored, seconds_sql, to_stored
+from taskmeter.timefmt import from_stored, now_stored, to_stored
 from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 
 TYPE_CHECKING = False
@@ -144,7 +144,11 @@ def block_report(
         params.append(provider)
     moment = from_stored(now or now_stored())
     span = BLOCK_HOURS * 3600
-    edges = db.execute(_block_edges(where), params * 3).fetchall()
+    # Each first and last call also as POSIX seconds: from_stored gives what seconds_sql would, at a third of the cost.
+    edges = [
+        (from_stored(first).timestamp(), first, from_stored(last).timestamp(), last, end)
+        for first, last, end in db.execute(_block_edges(where), params * 3)
+    ]
     usages = _blocks_usage(db, edges, (since, until), where, params, provider)
     blocks: list[UsageBlock] = []
     last = None
@@ -158,8 +162,7 @@ def block_report(
 
 
 def _block_edges(where: str) -> str:
-    """The query of every block's first and last call (each as POSIX seconds and stored moment) and
-    end, oldest first, among the calls that match `where` (its parameters given three times): the
+    """The query of every block's first and last call and its end (stored moments), oldest first, among the calls that match `where` (its parameters given three times): the
     first call; the last at most 5 hours after its UTC hour, the block's end; the first after that
     end, which starts the next block. A recursive query: one statement, not two seeks' worth of
     round trips per block."""
@@ -182,7 +185,7 @@ def _block_edges(where: str) -> str:
         ), edges(first, last) AS (
             SELECT first, {seek("i.started_at <= " + block_end("starts.first"), newest=True)} FROM starts WHERE first IS NOT NULL
         )
-        SELECT {seconds_sql("first")}, first, {seconds_sql("last")}, last, {block_end("first")} FROM edges"""
+        SELECT first, last, {block_end("first")} FROM edges"""
 
 
 # A block's usage per model, as usage_quarters keeps it: each sum with how many calls stated it.
@@ -201,7 +204,7 @@ QUARTER_SECONDS = 15 * 60
 def _blocks_usage(
     db: sqlite3.Connection, edges: list, window: tuple, where: str, params: list, provider: str | None
 ) -> list[dict]:
-    """Per block (`edges`: _block_edges' rows), its usage per model: the calls that match `where` and
+    """Per block (`edges`: first and last call, each as POSIX seconds and stored moment, and end), its usage per model: the calls that match `where` and
     started from its first call to its last, inclusive. Its whole quarter hours come from usage_quarters,
     every block's in one statement; the rest call by call. `window`: the window's since and until."""
     since, until = window
