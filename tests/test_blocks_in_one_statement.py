@@ -296,6 +296,7 @@ def test_blocks_take_three_statements_however_many_there_are(tmp_path):
 
 @given(st.integers(0, 4_000_000_000 * 10**6).map(lambda micros: to_stored(datetime.fromtimestamp(micros / 10**6, UTC))))
 @example("2026-12-31T23:59:59.999999Z")
+@example("2026-11-20T13:59:59.000001Z")
 @example("2026-02-28T23:45:00.000000Z")
 def test_a_quarter_hour_read_from_the_text_is_the_one_worked_out_from_the_moment(stored):
     for after in (False, True):

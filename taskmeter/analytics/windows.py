@@ -306,6 +306,8 @@ def _quarter_start(stored: str, after: bool = False) -> str:
     minute = int(stored[14:16]) // 15 * 15 + (15 if after else 0)
     if minute < 60:  # read from the text (a report works out two a block): the hour's own
         return f"{stored[:14]}{minute:02d}:00.000000Z"
+    if (hour := int(stored[11:13]) + 1) < 24:  # the next hour's: after a block's last call, most often
+        return f"{stored[:11]}{hour:02d}:00:00.000000Z"
     seconds = from_stored(stored).timestamp()
     return _stored(seconds - seconds % QUARTER_SECONDS + QUARTER_SECONDS)
 
