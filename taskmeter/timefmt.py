@@ -26,6 +26,13 @@ def now_stored() -> str:
     return to_stored(now())
 
 
+# A stored moment as POSIX seconds, computed by SQLite as from_stored(moment).timestamp()
+# is (whole microseconds over 10**6, one rounding): reading thousands of moments costs
+# a report nothing in Python.
+def seconds_sql(column: str) -> str:
+    return f"(unixepoch(substr({column}, 1, 19)) * 1000000 + CAST(substr({column}, 21, 6) AS INTEGER)) / 1e6"
+
+
 def from_stored(text: str) -> datetime:
     return datetime.fromisoformat(text)  # the `Z` reads as UTC; far cheaper than strptime
 

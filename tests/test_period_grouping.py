@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from taskmeter.analytics import periods
 from taskmeter.analytics.history import STATED_BY
-from taskmeter.store import interactions, tasks
+from taskmeter.store import interactions, scratch, tasks
 from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
@@ -218,7 +218,7 @@ def _check(zone: str, anchor_index: int, history, window, period: str, utc: bool
             spans = periods._rows_by_span(db, period, since, until, utc, task_id)
             if spans is not None:
                 assert [tuple(row) for row in spans] == expected
-            elif zone != BACK_OVER_MIDNIGHT and len(models) <= periods.MODEL_PASSES:
+            elif zone != BACK_OVER_MIDNIGHT and len(models) <= scratch.MODEL_PASSES:
                 raise AssertionError("a window of whole quarter hours in a zone of today's rules is read by spans")
         finally:
             db.close()
@@ -286,7 +286,7 @@ def test_spans_sum_each_period_as_the_sorted_rows_did(zone, anchor_index, histor
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=calls, period=st.sampled_from(["hourly", "daily", "models"]))
 def test_more_models_than_passes_are_sorted_into_periods_as_before(history, period):
-    models = [f"model-{n}" for n in range(periods.MODEL_PASSES + 2)]
+    models = [f"model-{n}" for n in range(scratch.MODEL_PASSES + 2)]
     spread = [(at, number, *rest) for number, (at, _, *rest) in enumerate(history)]  # a model a call
     _check("Europe/Berlin", 1, spread, (None, None), period, False, 2, models)
 

@@ -163,6 +163,12 @@ def test_status_and_the_listings_load_only_their_own_modules(proxy, tmp_path):
     unused = (*HEAVY, "taskmeter.store.interactions", "taskmeter.analytics.formats", "taskmeter.analytics.records")
     for report in ("blocks", "sessions", "hourly", "daily", "models"):
         assert _heavy_loaded(running.db_path, tmp_path, "report", report, modules=unused) == [], report
+    # The blocks need no client's names (the sessions' agents), nor the period reports' module; they and
+    # the usage reports need none of the task and phase histories.
+    not_theirs = ("taskmeter.clients", "taskmeter.analytics.periods", "taskmeter.analytics.history")
+    assert _heavy_loaded(running.db_path, tmp_path, "report", "blocks", modules=not_theirs) == []
+    for report in ("hourly", "daily", "models"):
+        assert _heavy_loaded(running.db_path, tmp_path, "report", report, modules=("taskmeter.analytics.history",)) == [], report
     assert _heavy_loaded(running.db_path, tmp_path, "service", "status", modules=("psycopg",)) == []
     in_no_team = "meter: error: this meter is in no team"
     assert _heavy_loaded(running.db_path, tmp_path, "team", "status", modules=("psycopg",), answer=in_no_team) == []

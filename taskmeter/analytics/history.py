@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.store.tasks import approval_histories, estimate_histories, get_phase, get_task, iterations_of, natural_key
+from taskmeter.timefmt import seconds_sql
 from taskmeter.tokens import TOKEN_COLUMNS
 
 # Each summed column and the count of calls that stated it, as task_usage names it:
@@ -21,13 +22,6 @@ def missing_when_unstated(usage: dict) -> dict:
         if not usage.get(calls):
             usage[column] = None
     return usage
-
-
-# A stored moment as POSIX seconds, computed by SQLite as from_stored(moment).timestamp()
-# is (whole microseconds over 10**6, one rounding): reading thousands of moments costs
-# a report nothing in Python.
-def seconds_sql(column: str) -> str:
-    return f"(unixepoch(substr({column}, 1, 19)) * 1000000 + CAST(substr({column}, 21, 6) AS INTEGER)) / 1e6"
 
 
 class TaskHistory(NamedTuple):

@@ -8,18 +8,17 @@ import sqlite3
 import time
 from datetime import date, datetime, timedelta
 
-from taskmeter.analytics.history import STATED_BY, seconds_sql
 from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
-from taskmeter.timefmt import hour_label
-from taskmeter.tokens import tokens_object
+from taskmeter.timefmt import hour_label, seconds_sql
+from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for the type checker: the report types cost a report's start-up
     from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
 
 # The columns summed with a count of the calls that stated each; usage_quarters (m011) names that count `{column}_calls`.
-_COUNTED = tuple(STATED_BY)
+_COUNTED = (*TOKEN_COLUMNS, "cost_usd")
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
 _SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in _COUNTED)}, priced, flagged"""
 
@@ -141,9 +140,6 @@ def _rows_by_key(
     ).fetchall()
 
 
-# Up to this many models, a pass per model over the window's quarter hours costs less than
-# sorting its rows into periods (a pass reads every row of the window: 1 ms per 20,000).
-MODEL_PASSES = 8
 # Beyond this many periods (an hourly report over more than half a year: 3 µs a span to work
 # out), sorting the rows into periods costs less than a span per hour.
 SPAN_LIMIT = 5_000
@@ -153,9 +149,10 @@ def _rows_by_span(
     db: sqlite3.Connection, period: str, since: str | None, until: str | None, utc: bool, task_id: str | None
 ) -> list[sqlite3.Row] | None:
     """`_rows_by_key`'s rows over a window of whole quarter hours, in its order and to the last bit
-    of each cost: each period a span of quarter hours (period_spans), summed model by model as the
-    primary key reads them, with no sort but of the few rows made. None where `_rows_by_key` must
-    answer: more than MODEL_PASSES models or SPAN_LIMIT periods, or periods that are no spans."""
+    of each cost: each period a span of quarter hours (period_spans), summed model by model (a single
+    model in one pass) as the primary key reads them, with no sort but of the few rows made. None
+    where `_rows_by_key` must answer: more than MODEL_PASSES models (store/scratch.py) or SPAN_LIMIT
+    periods, or periods that are no spans."""
     clauses, params = [], []
     for clause, value in (
         ("quarter >= ?", since and since[:16]),
@@ -172,18 +169,22 @@ def _rows_by_span(
         return []
     last = db.execute(f"SELECT max(quarter) FROM usage_quarters WHERE {where}", params).fetchone()[0]
     models = [row[0] for row in db.execute(f"SELECT DISTINCT model FROM usage_quarters WHERE {where}", params)]
-    spans = period_spans(period, utc, first, last) if len(models) <= MODEL_PASSES else None
+    spans = period_spans(period, utc, first, last) if len(models) <= scratch.MODEL_PASSES else None
     if spans is None:
         return None
     scratch.hold_period_spans(db, spans)
     # The spans in order (CROSS JOIN keeps them the outer loop), each read by the primary key:
     # a group's rows come in the order the sort of _rows_by_key leaves them, so its sums are the same.
     task = "AND task_key = ?" if task_id else ""
+    joined = "FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi"
+    if len(models) == 1:  # one pass of all the rows, a row a period in the order of the spans: no models to rank
+        return db.execute(
+            f"SELECT s.period AS period, model, {_GROUP_SUMS} {joined} WHERE 1 {task} GROUP BY s.k {_HAVING}",
+            [task_id] if task_id else [],
+        ).fetchall()
     ranks = ", ".join(f"{rank} AS {name}" for name, rank in _RANKS.items())
     passes = " UNION ALL ".join(
-        f"""SELECT s.period AS period, model, {_GROUP_SUMS}, {ranks}
-        FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi
-        WHERE q.model = ? {task} GROUP BY s.k {_HAVING}"""
+        f"SELECT s.period AS period, model, {_GROUP_SUMS}, {ranks} {joined} WHERE q.model = ? {task} GROUP BY s.k {_HAVING}"
         for _ in models
     )
     columns = ", ".join(("period", "model", "ai_interactions", "failed_calls", *_COUNTED, "priced", "hallucination_count"))
@@ -225,17 +226,18 @@ def period_spans(period: str, utc: bool, first: str, last: str) -> list[tuple[st
         if len(starts) > SPAN_LIMIT:
             return None
     key = _PERIOD_KEYS[period]
-    spans: list[list] = []
+    spans: list[tuple[str, str]] = []  # (period, its first quarter hour)
     for moment in sorted(starts):
         if moment >= end:
             break
-        period_key = key(moment, time.gmtime(moment) if utc else time.localtime(moment))
+        quarter = _quarter(moment)
+        period_key = key(moment, time.gmtime(moment) if utc else time.localtime(moment), quarter)
         if spans and spans[-1][0] == period_key:
             continue
         if spans and spans[-1][0] > period_key:
             return None  # the clock went back over the start of a period: it is two spans
-        spans.append([period_key, moment])
-    quarters = [_quarter(moment) for _, moment in spans] + [_quarter(end)]
+        spans.append((period_key, quarter))
+    quarters = [quarter for _, quarter in spans] + [_quarter(end)]
     return [(period_key, quarters[n], quarters[n + 1]) for n, (period_key, _) in enumerate(spans)]
 
 
@@ -267,12 +269,18 @@ def _day(clock: time.struct_time) -> date:
     return date(clock.tm_year, clock.tm_mon, clock.tm_mday)
 
 
-# The period of the quarter hour starting at `moment`, whose clock (local or UTC) is `clock`: `_period_sql`'s text.
+def _hour_key(moment: int, clock: time.struct_time, quarter: str) -> str:
+    # The UTC start of the local hour: most often the quarter hour's own (written once, a third of the spans' cost).
+    return (quarter if clock.tm_min == 0 else _quarter(moment - 60 * clock.tm_min)) + ":00.000000Z"
+
+
+# The period of the quarter hour starting at `moment`, whose clock (local or UTC) is `clock` and
+# text (`_quarter`) is `quarter`: `_period_sql`'s text.
 _PERIOD_KEYS = {
-    "hourly": lambda moment, clock: time.strftime("%Y-%m-%dT%H:%M:00.000000Z", time.gmtime(moment - 60 * clock.tm_min)),
-    "daily": lambda moment, clock: _day(clock).isoformat(),
-    "weekly": lambda moment, clock: (_day(clock) - timedelta(days=clock.tm_wday)).isoformat(),
-    "monthly": lambda moment, clock: f"{clock.tm_year:04d}-{clock.tm_mon:02d}",
+    "hourly": _hour_key,
+    "daily": lambda moment, clock, quarter: _day(clock).isoformat(),
+    "weekly": lambda moment, clock, quarter: (_day(clock) - timedelta(days=clock.tm_wday)).isoformat(),
+    "monthly": lambda moment, clock, quarter: f"{clock.tm_year:04d}-{clock.tm_mon:02d}",
 }
 
 
@@ -287,22 +295,23 @@ def usage_report(
     """`period` is hourly, daily, weekly, monthly or models; since/until are stored
     timestamps; `task_id` narrows to one task's calls."""
     rows = usage_rows(db, period, since, until, utc, task_id)
-    by_period: dict[str, list[dict]] = {}
-    for row in map(dict, rows):
-        by_period.setdefault(row["period"], []).append(row)
-    every = [row for group in by_period.values() for row in group]
+    keys = rows[0].keys() if rows else []
+    every = [dict(zip(keys, row, strict=True)) for row in rows]  # by name, a Row looks each key up in turn
     report: UsageReport = {
         "period": period,
         "since": since,
         "until": until,
         "task_id": task_id,
         "time_zone": "UTC" if utc else "local",
-        "totals": _stats(_sum(every)) if every else _stats(_sum([])),
+        "totals": _stats(_sum(every)),
     }
     if period == "models":
         latencies = model_latencies(db, [row["model"] for row in every], since, until, task_id)
         report["models"] = [{**_model_usage(row), "latency": latencies[row["model"]]} for row in every]
     else:
+        by_period: dict[str, list[dict]] = {}
+        for row in every:
+            by_period.setdefault(row["period"], []).append(row)
         report["periods"] = [_period_usage(key, group, period == "hourly", utc) for key, group in by_period.items()]
     return report
 
@@ -312,8 +321,11 @@ def _model_usage(row: dict) -> "ModelUsage":
 
 
 def _period_usage(key: str, group: list[dict], hourly: bool, utc: bool) -> "PeriodUsage":
-    # A period of one model (most hours) sums to that model's row: sum() of one number is the number.
-    stats, models = _stats(_sum(group) if len(group) > 1 else group[0]), [_model_usage(row) for row in group]
+    if len(group) == 1:  # one model (most hours): its figures are the period's, sum() of one number the number
+        stats = _stats(group[0])
+        models: list[ModelUsage] = [{"model": group[0]["model"], **stats}]
+    else:
+        stats, models = _stats(_sum(group)), [_model_usage(row) for row in group]
     if hourly:  # An hour's key is its UTC start (`start`, for JSON); its label reads local, with the zone.
         return {"period": hour_label(key, utc), "start": key, **stats, "models": models}
     return {"period": key, **stats, "models": models}
