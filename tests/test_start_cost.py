@@ -40,13 +40,18 @@ def test_the_recorder_loads_prices_at_its_first_priced_call_and_tiktoken_at_its_
             at_start = imported_modules(proxy.stderr())
             assert "taskmeter.proxy.runner" in at_start, "the proxy's import times were not reported"
             assert not (ON_FIRST_PRICE | ON_FIRST_ESTIMATE) & set(at_start)
+            assert at_start.count("pydantic") == 1  # the proxy's: the recorder is handed settings, validated
 
             upstream.routes["/v1/chat/completions"] = Scenario(body=FIXTURE["openai/chat_nonstream_cached_tokens"].body)
             client.chat.completions.create(**chat)
             priced = proxy.rows(wait_for=1)[0]
-            after_price = imported_modules(proxy.stderr())
+            # Its import times were written before the row: once read from the pipe, they are all there.
+            after_price = until(
+                lambda: "genai_prices" in (loaded := imported_modules(proxy.stderr())) and loaded, what="the price's imports"
+            )
             # The recorder's imports: what it loaded for the price, once (the proxy loaded none of it).
             assert all(after_price.count(name) == 1 for name in ON_FIRST_PRICE)
+            assert after_price.count("pydantic") == 2  # and the recorder's, for genai-prices
             assert not ON_FIRST_ESTIMATE & set(after_price)  # a stated usage is not estimated
 
             upstream.routes["/v1/chat/completions"] = Scenario(
@@ -57,8 +62,10 @@ def test_the_recorder_loads_prices_at_its_first_priced_call_and_tiktoken_at_its_
             estimated = proxy.rows(wait_for=2)[1]
         finally:
             assert proxy.stop() == 0
-    loaded = imported_modules(proxy.stderr())
-    assert ON_FIRST_ESTIMATE <= set(loaded[len(after_price) :])
+    loaded = until(
+        lambda: ON_FIRST_ESTIMATE <= set((found := imported_modules(proxy.stderr()))[len(after_price) :]) and found,
+        what="the estimate's imports",
+    )
     assert len(upstream.received) == 2  # each call stored exactly once
     # The first call is priced as genai-prices prices it, the second estimated with tiktoken and priced too.
     expected = genai_prices.calc_price(
@@ -79,3 +86,4 @@ def test_the_recorder_loads_prices_at_its_first_priced_call_and_tiktoken_at_its_
     recorder_modules = [name for name in loaded if name.startswith("taskmeter.recorder.")]
     assert "taskmeter.recorder.finalize" in recorder_modules
     assert len(recorder_modules) == len(set(recorder_modules))
+    assert loaded.count("taskmeter.config.settings") == 1  # and the recorder validates no config of its own
