@@ -8,17 +8,13 @@ import pytest
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import RunningProxy, write_config
+from tests.test_start_cost import imported_modules
 
 pytestmark = pytest.mark.e2e
 
 CHAT = {f.name: f for f in ALL}["openai/chat_nonstream_cached_tokens"]
 # The modules of the addons the meter runs, and termlog, which mitmproxy's master imports itself.
 ADDON_MODULES = {"block", "disable_h2c", "proxyserver", "next_layer", "tlsconfig", "errorcheck", "termlog"}
-
-
-def _imported(stderr: str) -> set[str]:
-    """The modules `python -X importtime` reported loading (PYTHONPROFILEIMPORTTIME)."""
-    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
 def test_the_proxy_loads_only_the_mitmproxy_addons_it_runs_and_meters_a_call(tmp_path):
@@ -34,7 +30,7 @@ def test_the_proxy_loads_only_the_mitmproxy_addons_it_runs_and_meters_a_call(tmp
             assert (rows[0]["input_total"], rows[0]["output_total"]) == (1149, 353)
         finally:
             assert proxy.stop() == 0
-    imported = _imported(proxy.stderr())
+    imported = set(imported_modules(proxy.stderr()))
     assert "taskmeter.proxy.runner" in imported, "the proxy's import times were not reported"
     addons = {name.removeprefix("mitmproxy.addons.") for name in imported if name.startswith("mitmproxy.addons.")}
     assert addons == ADDON_MODULES

@@ -134,7 +134,9 @@ class Announcer:
         await asyncio.to_thread(self._announce, f"{host}:{port}")
         # What was made to start the proxy lives as long as it does: kept out of
         # the collector's full passes, each of which held the event loop 50-80 ms.
+        # The collector was off during the start (cli/proxy.py): on from here.
         gc.freeze()
+        gc.enable()
         self._ready(host, port)
 
     def _announce(self, listen: str) -> None:

@@ -3,6 +3,9 @@
 The BPE rank files ship inside the package (gzipped) so estimates work offline.
 They are verified against tiktoken's published SHA-256 and placed where tiktoken's
 own offline cache (TIKTOKEN_CACHE_DIR) looks for them; nothing is ever fetched.
+
+tiktoken and platformdirs are imported at the first estimate, not when the recorder
+starts: most providers state their usage, and a start that never estimates saves them.
 """
 
 import gzip
@@ -13,12 +16,12 @@ import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
-
-import platformdirs
-import tiktoken
-from tiktoken.model import encoding_name_for_model
+from typing import TYPE_CHECKING
 
 from taskmeter.private import private_dir
+
+if TYPE_CHECKING:
+    import tiktoken
 
 # name -> (the URL tiktoken keys its cache on, SHA-256 of the decompressed file)
 BPE_FILES = {
@@ -52,6 +55,8 @@ def shipped_bpe(name: str) -> bytes:
 
 
 def cache_dir() -> Path:
+    import platformdirs
+
     return platformdirs.user_cache_path("taskmeter") / "tiktoken"
 
 
@@ -77,6 +82,8 @@ def _prepare_cache() -> None:
 def encoding_name(model: str | None) -> str:
     """o200k_base for current OpenAI models and as the stand-in for other vendors'."""
     if model:
+        from tiktoken.model import encoding_name_for_model
+
         try:
             name = encoding_name_for_model(model)
         except KeyError:
@@ -86,7 +93,9 @@ def encoding_name(model: str | None) -> str:
     return DEFAULT_ENCODING
 
 
-def encoding(model: str | None) -> tiktoken.Encoding:
+def encoding(model: str | None) -> "tiktoken.Encoding":
+    import tiktoken
+
     _prepare_cache()
     return tiktoken.get_encoding(encoding_name(model))
 

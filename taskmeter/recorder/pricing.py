@@ -1,9 +1,8 @@
-"""Cost per call from genai-prices' bundled data; the source of each price is kept."""
+"""Cost per call from genai-prices' bundled data; the source of each price is kept.
 
-from importlib.metadata import version
-
-from genai_prices import Usage as PriceUsage
-from genai_prices import calc_price
+genai-prices is imported when the first call is priced, not when the recorder starts:
+with pydantic, httpx and importlib.metadata under it, its import was two thirds of the
+CPU of a recorder's start (0.2 s), which a proxy that prices no call never needs."""
 
 from taskmeter.protocols.usage import Usage
 from taskmeter.store.interactions import call_cost
@@ -26,7 +25,6 @@ _PROVIDER_IDS = {
     "chatgpt": "openai",  # Codex on a ChatGPT login: priced as OpenAI's API would
     "code_assist": "google",  # Gemini CLI's Login with Google
 }
-_VERSION = version("genai-prices")
 
 
 def price(provider: str | None, model: str | None, usage: Usage) -> tuple[float | None, str | None]:
@@ -38,9 +36,11 @@ def price(provider: str | None, model: str | None, usage: Usage) -> tuple[float 
         return usage.reported_cost, f"reported by {provider}"
     if not model or usage.input_total is None or usage.output_total is None:
         return None, None
+    import genai_prices  # here, not at the top: see the module's docstring
+
     try:
-        calculation = calc_price(
-            PriceUsage(
+        calculation = genai_prices.calc_price(
+            genai_prices.Usage(
                 input_tokens=usage.input_total,
                 cache_read_tokens=usage.cache_read or 0,
                 cache_write_tokens=usage.cache_write or 0,
@@ -50,10 +50,10 @@ def price(provider: str | None, model: str | None, usage: Usage) -> tuple[float 
             provider_id=_PROVIDER_IDS.get(provider or ""),
         )
     except LookupError:
-        return None, f"no price for {model} in genai-prices {_VERSION}"
+        return None, f"no price for {model} in genai-prices {genai_prices.__version__}"
     except Exception as exc:  # a price-data problem must not lose the call
-        return None, f"genai-prices {_VERSION} failed: {exc}"[:200]
-    source = f"genai-prices {_VERSION}: {calculation.provider.id}/{calculation.model.id}"
+        return None, f"genai-prices {genai_prices.__version__} failed: {exc}"[:200]
+    source = f"genai-prices {genai_prices.__version__}: {calculation.provider.id}/{calculation.model.id}"
     cost = call_cost(float(calculation.total_price))
     if cost is None:
         return None, f"not priced: {source} gave {float(calculation.total_price)!r}, not a plausible cost of one call"
