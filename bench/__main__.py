@@ -55,6 +55,8 @@ class Plan:
     forecast_runs: int = 9
     # Calls per arm in each CPU scenario (measures.CPU_SCENARIOS), in its order.
     cpu_requests: tuple[int, ...] = (1500, 150, 3000)
+    # Idle is measured this long after the last call: its storing and the timers it set are over.
+    idle_after_seconds: float = 3.0
     idle_seconds: float = 20.0
 
 
@@ -69,15 +71,15 @@ SMOKE = Plan(
     rps_windows=1,
     soak_requests=100,
     writer_rows=2000,
-    report_rows=20_000,
+    report_rows=2000,
     report_tasks=10,
     report_flags=10,
     report_runs=1,
     command_runs=1,
     large_body_rounds=1,
-    # Past max_parsed_body_mb (16) as the full sizes are: the same path through the meter, a fifth of the bytes.
-    large_stream_mb=20,
-    large_request_mb=20,
+    # Past max_parsed_body_mb (16) as the full sizes are: the same path through the meter, a sixth of the bytes.
+    large_stream_mb=17,
+    large_request_mb=17,
     dashboard_runs=2,
     websocket_samples=5,
     websockets=8,
@@ -85,6 +87,7 @@ SMOKE = Plan(
     forecast_tasks=500,
     forecast_runs=1,
     cpu_requests=(20, 5, 64),
+    idle_after_seconds=0.5,
     idle_seconds=1.0,
 )
 
@@ -240,7 +243,7 @@ async def proxy_costs(plan: Plan, arms: list[Arm], db_path: Path, log) -> dict:
     results: dict = {}
     for arm in (bare, meter):  # past start-up: each has answered and stored a call
         await measures.paired_cpu([arm], 1, 1, {}, settle)
-    await asyncio.sleep(IDLE_AFTER_SECONDS)
+    await asyncio.sleep(plan.idle_after_seconds)
     log(f"idle CPU, {plan.idle_seconds:.0f} s, M and P")
     load = measures.load_average()
     results["idle_cpu_percent"] = {**await measures.idle_cpu([bare, meter], plan.idle_seconds), "load": load}
@@ -332,8 +335,6 @@ def proxy_cost_rows(r: dict, row) -> list:
 
 
 CPU_RATIO_TARGET = 1.35
-# Idle is measured this long after the last call: its storing and the timers it set are over.
-IDLE_AFTER_SECONDS = 3.0
 
 
 def targets(r: dict) -> list[dict]:
