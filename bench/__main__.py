@@ -47,6 +47,8 @@ class Plan:
     large_body_rounds: int = 5
     large_stream_mb: int = 100
     large_request_mb: int = 48
+    # The meter's max_parsed_body_mb: None, its default (16).
+    max_parsed_body_mb: int | None = None
     dashboard_runs: int = 20
     websocket_samples: int = 400
     websockets: int = 64
@@ -77,9 +79,11 @@ SMOKE = Plan(
     report_runs=1,
     command_runs=1,
     large_body_rounds=1,
-    # Past max_parsed_body_mb (16) as the full sizes are: the same path through the meter, a sixth of the bytes.
-    large_stream_mb=17,
-    large_request_mb=17,
+    # Past max_parsed_body_mb as the full sizes are past its default (16): the same path through the meter,
+    # a 50th of the bytes.
+    large_stream_mb=2,
+    large_request_mb=2,
+    max_parsed_body_mb=1,
     dashboard_runs=2,
     websocket_samples=5,
     websockets=8,
@@ -116,7 +120,7 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
         websocket_bare = start_bare_mitmproxy(websocket_mock.port, workdir / "mitm-ca")
         websocket_bare.path = websocket.PATH
         started.append(websocket_bare)
-        meter, db_path = start_meter(mock.port, workdir, websocket_mock.port)
+        meter, db_path = start_meter(mock.port, workdir, websocket_mock.port, plan.max_parsed_body_mb)
         started.append(meter)
         arms = [mock, bare, meter]
         time.sleep(0.5)
