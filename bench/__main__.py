@@ -47,6 +47,8 @@ class Plan:
     large_body_rounds: int = 5
     large_stream_mb: int = 100
     large_request_mb: int = 48
+    # The meter's max_parsed_body_mb: None, its default (16).
+    max_parsed_body_mb: int | None = None
     dashboard_runs: int = 20
     websocket_samples: int = 400
     websockets: int = 64
@@ -55,6 +57,8 @@ class Plan:
     forecast_runs: int = 9
     # Calls per arm in each CPU scenario (measures.CPU_SCENARIOS), in its order.
     cpu_requests: tuple[int, ...] = (1500, 150, 3000)
+    # Idle is measured this long after the last call: its storing and the timers it set are over.
+    idle_after_seconds: float = 3.0
     idle_seconds: float = 20.0
 
 
@@ -69,15 +73,17 @@ SMOKE = Plan(
     rps_windows=1,
     soak_requests=100,
     writer_rows=2000,
-    report_rows=20_000,
+    report_rows=2000,
     report_tasks=10,
     report_flags=10,
     report_runs=1,
     command_runs=1,
     large_body_rounds=1,
-    # Past max_parsed_body_mb (16) as the full sizes are: the same path through the meter, a fifth of the bytes.
-    large_stream_mb=20,
-    large_request_mb=20,
+    # Past max_parsed_body_mb as the full sizes are past its default (16): the same path through the meter,
+    # a 50th of the bytes.
+    large_stream_mb=2,
+    large_request_mb=2,
+    max_parsed_body_mb=1,
     dashboard_runs=2,
     websocket_samples=5,
     websockets=8,
@@ -85,6 +91,7 @@ SMOKE = Plan(
     forecast_tasks=500,
     forecast_runs=1,
     cpu_requests=(20, 5, 64),
+    idle_after_seconds=0.5,
     idle_seconds=1.0,
 )
 
@@ -113,7 +120,7 @@ async def run(plan: Plan, workdir: Path, log) -> dict:
         websocket_bare = start_bare_mitmproxy(websocket_mock.port, workdir / "mitm-ca")
         websocket_bare.path = websocket.PATH
         started.append(websocket_bare)
-        meter, db_path = start_meter(mock.port, workdir, websocket_mock.port)
+        meter, db_path = start_meter(mock.port, workdir, websocket_mock.port, plan.max_parsed_body_mb)
         started.append(meter)
         arms = [mock, bare, meter]
         time.sleep(0.5)
@@ -240,7 +247,7 @@ async def proxy_costs(plan: Plan, arms: list[Arm], db_path: Path, log) -> dict:
     results: dict = {}
     for arm in (bare, meter):  # past start-up: each has answered and stored a call
         await measures.paired_cpu([arm], 1, 1, {}, settle)
-    await asyncio.sleep(IDLE_AFTER_SECONDS)
+    await asyncio.sleep(plan.idle_after_seconds)
     log(f"idle CPU, {plan.idle_seconds:.0f} s, M and P")
     load = measures.load_average()
     results["idle_cpu_percent"] = {**await measures.idle_cpu([bare, meter], plan.idle_seconds), "load": load}
@@ -332,8 +339,6 @@ def proxy_cost_rows(r: dict, row) -> list:
 
 
 CPU_RATIO_TARGET = 1.35
-# Idle is measured this long after the last call: its storing and the timers it set are over.
-IDLE_AFTER_SECONDS = 3.0
 
 
 def targets(r: dict) -> list[dict]:

@@ -152,12 +152,16 @@ def _start_meter_command(args: list[str], announces: str) -> tuple[subprocess.Po
     return process, line.split(announces)[1].split()[0].rstrip(",")
 
 
-def start_meter(mock_port: int, workdir: Path, websocket_port: int | None = None) -> tuple[Arm, Path]:
+def start_meter(
+    mock_port: int, workdir: Path, websocket_port: int | None = None, max_parsed_body_mb: int | None = None
+) -> tuple[Arm, Path]:
+    """The meter on its defaults, but for `max_parsed_body_mb` when given."""
     config = workdir / "config.toml"
     upstreams = f'openai = "http://127.0.0.1:{mock_port}"\n'
     if websocket_port is not None:
         upstreams += f'websocket = "http://127.0.0.1:{websocket_port}"\n'  # bench/websocket.py's mock
-    config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n[upstreams]\n{upstreams}')
+    limit = "" if max_parsed_body_mb is None else f"max_parsed_body_mb = {max_parsed_body_mb}\n"
+    config.write_text(f'[proxy]\nconfdir = "{workdir / "ca"}"\n{limit}[upstreams]\n{upstreams}')
     db_path = workdir / "bench.db"
     # --quiet: nobody reads the live view here, and a full pipe would stall the recorder.
     process, listen = _start_meter_command(

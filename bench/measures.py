@@ -511,7 +511,11 @@ class DashboardOpen:
         await self._watcher.start()
 
     async def replies(self, replies: list[Reply]) -> None:
-        await asyncio.sleep(1.5)  # the last call's way to the feed
+        # The calls have 1.5 s after the last answer to reach the feed; the wait ends once all have.
+        deadline = time.perf_counter() + 1.5
+        ids = [reply.headers["x-meter-interaction-id"] for reply in replies]
+        while not all(id_ in self._watcher.arrived for id_ in ids) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
         for reply in replies:
             arrived = self._watcher.arrived.get(reply.headers["x-meter-interaction-id"])
             if arrived is None:

@@ -25,19 +25,34 @@ ANTHROPIC_BODY = FIXTURE["anthropic/messages_nonstream_cache"].body
 ANTHROPIC_REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture
-def upstream():
+@pytest.fixture(scope="module")
+def shared_upstream():
     with FakeUpstream() as fake:
         yield fake
 
 
 @pytest.fixture
-def proxy(tmp_path, upstream):
-    origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "anthropic": origin, "gemini": origin})
-    running = RunningProxy(config, tmp_path / "meter.db")
+def upstream(shared_upstream):
+    shared_upstream.forget()
+    return shared_upstream
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(shared_upstream, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("proxy")
+    origin = f"http://127.0.0.1:{shared_upstream.port}"
+    config = write_config(folder / "config.toml", folder / "ca", {"openai": origin, "anthropic": origin, "gemini": origin})
+    running = RunningProxy(config, folder / "meter.db")
     yield running
     running.stop()
+
+
+@pytest.fixture
+def proxy(shared_proxy, upstream):
+    """The module's proxy, holding only what this test makes. Its tests' task IDs are
+    two edits apart, so that none is refused as a typo of another's (tasks.creation_refusal)."""
+    shared_proxy.begin_test()
+    return shared_proxy
 
 
 def _home(tmp_path: Path) -> Path:
@@ -158,7 +173,7 @@ def test_codex_under_meter_run_is_metered_over_http_with_its_usage_and_task(tmp_
     )
     home = _home(tmp_path)
     result = _meter_run(
-        proxy, home, "P4-010", ["codex", "exec", "--skip-git-repo-check", "say hi"], OPENAI_API_KEY="sk-test-codex"
+        proxy, home, "P4-024", ["codex", "exec", "--skip-git-repo-check", "say hi"], OPENAI_API_KEY="sk-test-codex"
     )
 
     assert result.returncode == 0, result.stderr
@@ -170,7 +185,7 @@ def test_codex_under_meter_run_is_metered_over_http_with_its_usage_and_task(tmp_
     rows = proxy.rows(wait_for=len(upstream.received))
     assert len(rows) == len(upstream.received)  # each call stored exactly once
     for row in rows:
-        assert (row["provider"], row["task_id"], row["attribution"]) == ("openai", "P4-010", "path")
+        assert (row["provider"], row["task_id"], row["attribution"]) == ("openai", "P4-024", "path")
         assert (row["input_total"], row["cache_read"], row["output_total"], row["reasoning"]) == (5123, 2048, 77, 31)
         assert row["usage_source"] == "reported"
 
@@ -208,7 +223,7 @@ def test_gemini_under_meter_run_is_metered_with_its_usage_and_task_and_its_setti
     result = _meter_run(
         proxy,
         home,
-        "P4-011",
+        "P4-047",
         ["gemini", "--skip-trust", "-m", "gemini-2.5-flash", "-p", "say hi"],
         GEMINI_API_KEY="test-gemini-key",
     )
@@ -220,7 +235,7 @@ def test_gemini_under_meter_run_is_metered_with_its_usage_and_task_and_its_setti
     rows = proxy.rows(wait_for=len(upstream.received))
     assert len(rows) == len(upstream.received) == 1
     row = rows[0]
-    assert (row["provider"], row["task_id"], row["model"]) == ("gemini", "P4-011", "gemini-2.5-flash")
+    assert (row["provider"], row["task_id"], row["model"]) == ("gemini", "P4-047", "gemini-2.5-flash")
     # Gemini states thoughts apart from candidates; the meter counts them in the output.
     assert (row["input_total"], row["cache_read"], row["output_total"], row["reasoning"]) == (4321, 1000, 17, 5)
 
@@ -233,7 +248,7 @@ CLAUDE_STREAM = FIXTURE["anthropic/messages_stream_cache_read"]
 def test_claude_code_under_meter_run_is_metered_with_its_usage_and_task(tmp_path, proxy, upstream):
     _installed("claude")
     upstream.routes["/v1/messages"] = Scenario(body=CLAUDE_STREAM.body, content_type=CLAUDE_STREAM.content_type, chunk_size=512)
-    result = _meter_run(proxy, _home(tmp_path), "P4-012", ["claude", "-p", "say hi"], ANTHROPIC_API_KEY="sk-ant-test-claude")
+    result = _meter_run(proxy, _home(tmp_path), "P4-068", ["claude", "-p", "say hi"], ANTHROPIC_API_KEY="sk-ant-test-claude")
 
     assert result.returncode == 0, result.stderr
     assert upstream.received and all(_header(r, "x-api-key") == "sk-ant-test-claude" for r in upstream.received)
@@ -241,7 +256,7 @@ def test_claude_code_under_meter_run_is_metered_with_its_usage_and_task(tmp_path
     assert len(rows) == len(upstream.received)
     expected = CLAUDE_STREAM.meta["normalized"]
     for row in rows:
-        assert (row["provider"], row["task_id"], row["attribution"]) == ("anthropic", "P4-012", "path")
+        assert (row["provider"], row["task_id"], row["attribution"]) == ("anthropic", "P4-068", "path")
         assert {name: row[name] for name in ("input_total", "cache_read", "cache_write", "output_total")} == {
             name: expected[name] for name in ("input_total", "cache_read", "cache_write", "output_total")
         }

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from taskmeter.store import connection
-from tests.fake_upstream import FakeUpstream, Scenario
+from tests.fake_upstream import SHUTDOWN_POLL_SECONDS, FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.tls import make_server_tls
@@ -239,7 +239,7 @@ class _PageServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS}, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from taskmeter.proxy.environment import render
+from tests.fake_upstream import SHUTDOWN_POLL_SECONDS
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
 pytestmark = pytest.mark.e2e  # real shells running real `meter env`
@@ -126,7 +127,7 @@ def test_unset_of_a_shell_without_records_removes_only_the_meters_values(shell, 
 def test_env_warns_once_on_stderr_when_no_meter_answers(tmp_path):
     # A port where another web server answers, and a port nobody listens on.
     other = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)  # answers 501 to anything
-    threading.Thread(target=other.serve_forever, daemon=True).start()
+    threading.Thread(target=other.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS}, daemon=True).start()
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
     closed.close()

@@ -50,11 +50,20 @@ def upstream():
         yield fake
 
 
+@pytest.fixture(scope="module")
+def shared_proxy(tmp_path_factory):
+    with FakeUpstream() as upstream:
+        upstream.routes[CHAT] = Scenario(body=REPLY)
+        running = proxy_in_front_of(tmp_path_factory.mktemp("proxy"), upstream.port)
+        yield running
+        running.stop()
+
+
 @pytest.fixture
-def proxy(tmp_path, upstream):
-    running = proxy_in_front_of(tmp_path, upstream.port)
-    yield running
-    running.stop()
+def proxy(shared_proxy):
+    """The module's proxy, holding only what this test makes; a test's newest call is the newest of all (`last`)."""
+    shared_proxy.begin_test()
+    return shared_proxy
 
 
 def _chat_calls(proxy: RunningProxy, count: int) -> list[str]:
@@ -69,16 +78,17 @@ def _chat_calls(proxy: RunningProxy, count: int) -> list[str]:
     return ids
 
 
-def _stored_once(db_path: Path, ids: list[str]) -> dict[str, dict]:
-    """Every call of `ids` stored exactly once, and nothing else: the rows by ID."""
-    db = connection.connect(db_path)
+def _stored_once(proxy: RunningProxy, ids: list[str]) -> dict[str, dict]:
+    """Every call of `ids` stored exactly once, and nothing else since the test began (a shared
+    proxy's earlier tests' calls aside: RunningProxy.begin_test): the rows by ID, with `flagged`."""
+    rows = proxy.rows(wait_for=0)
+    db = connection.connect(proxy.db_path)
     try:
-        rows = [dict(row) for row in db.execute("SELECT i.*, f.interaction_id AS flagged FROM interactions i"
-                                                " LEFT JOIN flags f ON f.interaction_id = i.id")]  # fmt: skip
+        flagged = {row[0] for row in db.execute("SELECT interaction_id FROM flags")}
     finally:
         db.close()
     assert sorted(row["id"] for row in rows) == sorted(ids)
-    return {row["id"]: row for row in rows}
+    return {row["id"]: {**row, "flagged": row["id"] if row["id"] in flagged else None} for row in rows}
 
 
 # ---------------------------------------------------------------- Ctrl-C
@@ -239,7 +249,7 @@ def test_ctrl_c_ends_log_follow_quietly(tmp_path, proxy):
     command.when(lambda: any(ids[0] in line for line in command.stdout), "printed the call")
     assert command.end() == 130
     command.assert_quiet()
-    _stored_once(proxy.db_path, ids)
+    _stored_once(proxy, ids)
 
 
 def _proxy_command(tmp_path: Path, upstream: FakeUpstream) -> tuple[list[str], Path]:
@@ -346,7 +356,7 @@ def test_unflag_and_retag_take_last_as_flag_does(proxy):
         shown = meter(proxy, command, "--help").stdout
         assert "`last`" in shown and "--any" in shown, shown
 
-    rows = _stored_once(proxy.db_path, ids)
+    rows = _stored_once(proxy, ids)
     assert {row["task_id"] for row in rows.values()} == {"P7-012"}
     assert not any(row["flagged"] for row in rows.values())
 
@@ -363,7 +373,7 @@ def test_last_is_offered_by_completion_wherever_a_call_is_taken(proxy):
         )  # fmt: skip
         offered = done.stdout.splitlines()
         assert "plain,last" in offered and f"plain,{ids[0]}" in offered, (words, done.stdout, done.stderr)
-    _stored_once(proxy.db_path, ids)
+    _stored_once(proxy, ids)
 
 
 # ---------------------------------------------------------------- meter env --task and OTel
@@ -460,7 +470,7 @@ def test_doctor_and_the_dashboard_say_what_status_says_of_a_failing_export(tmp_p
             dashboard.stop()
     finally:
         proxy.stop()
-    _stored_once(proxy.db_path, ids)
+    _stored_once(proxy, ids)
 
 
 # ---------------------------------------------------------------- the run's summary
@@ -477,7 +487,7 @@ def test_the_run_summary_accounts_for_every_call_seen(tmp_path, upstream):
     last = proxy.whole_live_view()[-1]
     assert last.startswith("meter: stopped after ") and " min: 4 calls recorded (1 failed), " in last
     assert last.endswith("; all 4 calls seen are stored"), last
-    _stored_once(proxy.db_path, ids)
+    _stored_once(proxy, ids)
 
 
 def test_the_run_summary_says_which_calls_wait_in_the_spool(tmp_path, upstream):
@@ -506,7 +516,7 @@ def test_the_run_summary_says_which_calls_wait_in_the_spool(tmp_path, upstream):
     assert " min: 2 calls recorded (0 failed), " in last, last
     assert last.endswith("; of 5 calls seen, 3 wait in the spool (stored once the database can take them)"), last
     assert BANNER_END not in last
-    _stored_once(proxy.db_path, stored)
+    _stored_once(proxy, stored)
     # In the spool, or set aside by the recorder's last replay, which the next recorder finishes.
     waiting = [line for path in folder.glob("meter.db.spool.jsonl*") for line in path.read_text().splitlines()]
     assert sorted(json.loads(line)["id"] for line in waiting) == sorted(spooled)
