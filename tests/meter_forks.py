@@ -50,6 +50,7 @@ class ForkingMeter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
+        atexit.register(self.close)
 
     def _start(self) -> subprocess.Popen:
         requests_read, self._requests = os.pipe()
@@ -62,13 +63,14 @@ class ForkingMeter:
         os.close(requests_read)
         os.close(replies_write)
         self._pending = b""
-        atexit.register(self.close)
         return process
 
     def run(self, args: list[str], env: dict[str, str], timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess:
         """`meter ARGS` in `env`: its output as text, its exit status; subprocess.TimeoutExpired past `timeout`."""
         with self._lock, tempfile.TemporaryDirectory(prefix="meter-fork-") as folder:
-            if self._process is None or self._process.poll() is not None:
+            if self._process is not None and self._process.poll() is not None:
+                self.close()  # it ended (killed?): a new one
+            if self._process is None:
                 self._process = self._start()
             out, err = Path(folder, "stdout"), Path(folder, "stderr")
             request = {"args": args, "env": env, "cwd": cwd or os.getcwd(), "stdout": str(out), "stderr": str(err)}
