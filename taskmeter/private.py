@@ -70,3 +70,33 @@ def refuse_if_others_may_write(path: Path, what: str) -> None:
                 f"{what} {path}: other users may change {checked} (mode {stat.S_IMODE(status.st_mode):04o}); "
                 f"refused: `chmod go-w {checked}`"
             )
+
+
+def read_own_cache(path: Path) -> bytes | None:
+    """The bytes of a cache file the user's own `write_own_cache` kept; None when there is
+    none, or none trustworthy: a file (or folder) another account could have written."""
+    try:
+        with open(path, "rb") as file:
+            for status in (os.fstat(file.fileno()), path.parent.stat()):
+                if status.st_uid != os.getuid() or status.st_mode & 0o022:
+                    return None
+            return file.read()
+    except OSError:
+        return None
+
+
+def write_own_cache(path: Path, data: bytes) -> None:
+    """Keep `data` at `path`, the user's alone, whole or not at all (a process reading it
+    meanwhile sees the old file or the new one); quietly not, where the folder cannot be written."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        private_dir(path.parent)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -24,6 +24,8 @@ import psycopg
 import pytest
 
 START_SECONDS = 60
+# The tests' cluster is thrown away: no commit waits for the WAL, no page is written twice.
+THROWAWAY = {"synchronous_commit": "off", "full_page_writes": "off"}
 
 
 def _binaries() -> Path:
@@ -138,7 +140,7 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def pg_server():
-    server = PostgresServer()
+    server = PostgresServer(settings=THROWAWAY)
     try:
         yield server
     finally:

@@ -1,5 +1,7 @@
 """Developers' meters for the team store's tests: each a config, a database and
-`meter` commands run against them, with the password file of the test server."""
+`meter` commands run against them, with the password file of the test server.
+The commands are forks of one preloaded meter (tests/meter_forks.py): these tests
+run hundreds, each otherwise 0.1-0.3 s of CPU spent starting Python and importing."""
 
 import json
 import os
@@ -10,19 +12,18 @@ from pathlib import Path
 
 import psycopg
 
+from tests.meter_forks import METER
 from tests.pg_server import PostgresServer
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import RunningProxy, write_config
 
 
 def setup_team(server: PostgresServer, database: str, names: list[str]) -> str:
     """`meter team setup` for `names`; their passwords go in the server's password file. Its output."""
-    done = subprocess.run(
-        [str(VENV_BIN / "meter"), "team", "setup", "--admin-url", server.url("postgres", database)]
+    done = METER.run(
+        ["team", "setup", "--admin-url", server.url("postgres", database)]
         + [part for name in names for part in ("--developer", name)],
-        capture_output=True,
-        text=True,
-        timeout=60,
         env={**os.environ, "PGPASSFILE": str(server.passfile)},
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     for name in names:
@@ -45,13 +46,7 @@ class Developer:
         self.proxy: RunningProxy | None = None
 
     def meter(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(VENV_BIN / "meter"), *args, "--db", str(self.db_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**self.env, "METER_CONFIG": str(self.config)},
-        )
+        return METER.run([*args, "--db", str(self.db_path)], env={**self.env, "METER_CONFIG": str(self.config)}, timeout=timeout)
 
     def ok(self, *args: str) -> str:
         done = self.meter(*args)

@@ -32,6 +32,7 @@ from taskmeter.timefmt import from_stored
 from tests.captured import chat_call
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
+from tests.meter_forks import METER
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
 API_KEY = "sk-test-otel-4242"
@@ -201,20 +202,14 @@ def upstream():
 
 
 def meter_status(db_path: Path) -> str:
-    done = subprocess.run(
-        [str(VENV_BIN / "meter"), "status", "--db", str(db_path)], capture_output=True, text=True, env=no_otel_environment()
-    )
+    """`meter status`, as the tests poll it: a fork of the preloaded meter (tests/meter_forks.py)."""
+    done = METER.run(["status", "--db", str(db_path)], env=no_otel_environment(), timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr
 
 
 def meter_status_json(db_path: Path) -> str:
-    done = subprocess.run(
-        [str(VENV_BIN / "meter"), "status", "--json", "--db", str(db_path)],
-        capture_output=True,
-        text=True,
-        env=no_otel_environment(),
-    )
+    done = METER.run(["status", "--json", "--db", str(db_path)], env=no_otel_environment(), timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

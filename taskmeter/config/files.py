@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from taskmeter.errors import MeterError
-from taskmeter.private import private_dir, refuse_if_others_may_write
+from taskmeter.private import read_own_cache, refuse_if_others_may_write, write_own_cache
 
 ENV_VAR = "METER_CONFIG"
 # What the values a command computes with must be; `meter config check` says more.
@@ -139,14 +139,12 @@ def _cache_file() -> Path:
 def _cached(key: tuple) -> tuple[dict, dict] | None:
     """What the cache holds for `key`; None when it holds another key, or nothing
     trustworthy: a file another account could have written is not read."""
-    cache = _cache_file()
+    data = read_own_cache(_cache_file())
+    if data is None:
+        return None
     try:
-        with open(cache, "rb") as file:
-            for status in (os.fstat(file.fileno()), cache.parent.stat()):
-                if status.st_uid != os.getuid() or status.st_mode & 0o022:
-                    return None
-            stored_key, defaults, user = marshal.loads(file.read())
-    except (OSError, ValueError, EOFError, TypeError):  # none yet, unreadable, or not what _remember writes
+        stored_key, defaults, user = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):  # not what _remember writes
         return None
     return (defaults, user) if stored_key == key else None
 
@@ -157,19 +155,7 @@ def _remember(key: tuple, parsed: tuple[dict, dict]) -> None:
         data = marshal.dumps((key, *parsed))
     except ValueError:  # a TOML date or time, which marshal does not keep: parsed each time
         return
-    cache = _cache_file()
-    temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-    try:
-        private_dir(cache.parent)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, cache)  # whole or not at all, for a command reading it meanwhile
-    except OSError:
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
+    write_own_cache(_cache_file(), data)
 
 
 class Values:
