@@ -65,7 +65,7 @@ def pytest_collection_modifyitems(items):
 def slowest_files_first(items: list[pytest.Item]) -> None:
     """The files that start processes first (the bench's, then the browser's, then
     the other e2e ones), the fast ones last, each file's tests together and in
-    order: `make test`'s two workers, which take a file at a time in this order
+    order: `make test`'s workers, which take a file at a time in this order
     (--no-loadscope-reorder), then end together, the fast files filling in."""
     slowness: dict[Path, int] = {}
     for item in items:
