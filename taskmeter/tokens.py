@@ -9,6 +9,9 @@ if TYPE_CHECKING:  # for the type checker alone: this module imports nothing whe
 # Inclusive counts (OpenTelemetry GenAI): input_total includes cache_read and
 # cache_write, output_total includes reasoning. A count not stated is None (NULL).
 TOKEN_COLUMNS = ("input_total", "cache_read", "cache_write", "output_total", "reasoning")
+# What a call may state of its usage: the counts and the cost. Reports sum each with a count of
+# the calls that stated it, so that a sum no call stated is missing, not 0.
+STATED_COLUMNS = (*TOKEN_COLUMNS, "cost_usd")
 
 # Who stated a call's counts (interactions.usage_source).
 REPORTED = "reported"  # the provider

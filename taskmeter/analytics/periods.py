@@ -11,16 +11,15 @@ from datetime import date, datetime, timedelta
 from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import hour_label, seconds_sql
-from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
+from taskmeter.tokens import STATED_COLUMNS, tokens_object
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for the type checker: the report types cost a report's start-up
     from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
 
-# The columns summed with a count of the calls that stated each; usage_quarters (m011) names that count `{column}_calls`.
-_COUNTED = (*TOKEN_COLUMNS, "cost_usd")
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
-_SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in _COUNTED)}, priced, flagged"""
+# usage_quarters (m011) names the count of calls that stated each column `{column}_calls`.
+_SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in STATED_COLUMNS)}, priced, flagged"""
 
 # Usage per quarter hour, model and task, kept by triggers (migration m011).
 _QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, task_key, {_SUMS} FROM usage_quarters"
@@ -28,7 +27,7 @@ _QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, task_key, {_SUMS} FR
 _CALLS = f"""
     SELECT i.started_at AS at, coalesce(i.model, '?') AS model, coalesce(i.task_id, '') AS task_key,
         NOT {_FAILED} AS ai_interactions, {_FAILED} AS failed_calls,
-        {", ".join(f"coalesce(i.{c}, 0) AS {c}, i.{c} IS NOT NULL AS {c}_calls" for c in _COUNTED)},
+        {", ".join(f"coalesce(i.{c}, 0) AS {c}, i.{c} IS NOT NULL AS {c}_calls" for c in STATED_COLUMNS)},
         i.cost_usd IS NOT NULL AND NOT {_FAILED} AS priced, f.interaction_id IS NOT NULL AS flagged
     FROM interactions i LEFT JOIN flags f ON f.interaction_id = i.id
     WHERE i.operation = 'generate'
@@ -83,7 +82,7 @@ def _stats(row: dict) -> "UsageStats":
 
 def _sum(rows: list[dict]) -> dict:
     total = {key: sum(row[key] for row in rows) for key in ("ai_interactions", "failed_calls", "priced", "hallucination_count")}
-    for column in _COUNTED:
+    for column in STATED_COLUMNS:
         stated = [row[column] for row in rows if row[column] is not None]
         total[column] = sum(stated) if stated else None
     return total
@@ -98,7 +97,7 @@ _RANKS = {
 }
 _LARGEST_FIRST = ", ".join(f"{rank} DESC" for rank in _RANKS.values())
 # A count no call stated stays missing, never 0.
-_STATED = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in _COUNTED)
+_STATED = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in STATED_COLUMNS)
 _GROUP_SUMS = f"""sum(ai_interactions) AS ai_interactions, sum(failed_calls) AS failed_calls, {_STATED},
     sum(priced) AS priced, sum(flagged) AS hallucination_count"""
 _HAVING = "HAVING sum(ai_interactions) + sum(failed_calls) > 0"
@@ -187,7 +186,7 @@ def _rows_by_span(
         f"SELECT s.period AS period, model, {_GROUP_SUMS}, {ranks} {joined} WHERE q.model = ? {task} GROUP BY s.k {_HAVING}"
         for _ in models
     )
-    columns = ", ".join(("period", "model", "ai_interactions", "failed_calls", *_COUNTED, "priced", "hallucination_count"))
+    columns = ", ".join(("period", "model", "ai_interactions", "failed_calls", *STATED_COLUMNS, "priced", "hallucination_count"))
     return db.execute(
         f"SELECT {columns} FROM ({passes}) ORDER BY period, {', '.join(f'{name} DESC' for name in _RANKS)}, model",
         [value for model in models for value in (model, *([task_id] if task_id else []))],

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from taskmeter.store import scratch
 from taskmeter.store.rules import FAILED_CALL_SQL
 from taskmeter.timefmt import from_stored, now_stored, to_stored
-from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
+from taskmeter.tokens import STATED_COLUMNS, TOKEN_COLUMNS, tokens_object
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for the type checker: the report types cost a report's start-up
@@ -34,7 +34,7 @@ _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"
 # The agent that names its sessions in each protocol (protocols/*.py session headers).
 _AGENT_OF_PROTOCOL = {"anthropic": "Claude Code", "openai_responses": "Codex", "code_assist": "Gemini CLI"}
 BLOCK_HOURS = 5
-_SUMS = ", ".join(f"CASE WHEN count(i.{c}) > 0 THEN sum(i.{c}) END AS {c}" for c in (*TOKEN_COLUMNS, "cost_usd"))
+_SUMS = ", ".join(f"CASE WHEN count(i.{c}) > 0 THEN sum(i.{c}) END AS {c}" for c in STATED_COLUMNS)
 _COUNTS = f"""sum(NOT {_FAILED}) AS ai_interactions, sum({_FAILED}) AS failed_calls,
     sum(i.cost_usd IS NOT NULL AND NOT {_FAILED}) AS priced"""
 # The calls an agent named its session in, through their index: without statistics SQLite
@@ -162,10 +162,10 @@ def block_report(
 
 
 def _block_edges(where: str) -> str:
-    """The query of every block's first and last call and its end (stored moments), oldest first, among the calls that match `where` (its parameters given three times): the
-    first call; the last at most 5 hours after its UTC hour, the block's end; the first after that
-    end, which starts the next block. A recursive query: one statement, not two seeks' worth of
-    round trips per block."""
+    """The query of every block's first and last call and its end (stored moments), oldest first,
+    among the calls that match `where` (its parameters given three times): the first call; the last
+    at most 5 hours after its UTC hour, the block's end; the first after that end, which starts the
+    next block. A recursive query: one statement, not two seeks' worth of round trips per block."""
 
     def seek(condition: str, newest: bool = False) -> str:
         # Ordered by start alone: calls that start together give the same moment.
@@ -189,11 +189,11 @@ def _block_edges(where: str) -> str:
 
 
 # A block's usage per model, as usage_quarters keeps it: each sum with how many calls stated it.
-_USAGE_COLUMNS = ("ai_interactions", "failed_calls", *(f"{c}{n}" for c in (*TOKEN_COLUMNS, "cost_usd") for n in ("", "_calls")), "priced")  # fmt: skip
+_USAGE_COLUMNS = ("ai_interactions", "failed_calls", *(f"{c}{n}" for c in STATED_COLUMNS for n in ("", "_calls")), "priced")  # fmt: skip
 _CALLS_USAGE = ", ".join(
     (
         f"sum(NOT {_FAILED}) AS ai_interactions, sum({_FAILED}) AS failed_calls",
-        *(f"sum(coalesce(i.{c}, 0)) AS {c}, count(i.{c}) AS {c}_calls" for c in (*TOKEN_COLUMNS, "cost_usd")),
+        *(f"sum(coalesce(i.{c}, 0)) AS {c}, count(i.{c}) AS {c}_calls" for c in STATED_COLUMNS),
         f"sum(i.cost_usd IS NOT NULL AND NOT {_FAILED}) AS priced",
     )
 )
@@ -204,9 +204,10 @@ QUARTER_SECONDS = 15 * 60
 def _blocks_usage(
     db: sqlite3.Connection, edges: list, window: tuple, where: str, params: list, provider: str | None
 ) -> list[dict]:
-    """Per block (`edges`: first and last call, each as POSIX seconds and stored moment, and end), its usage per model: the calls that match `where` and
-    started from its first call to its last, inclusive. Its whole quarter hours come from usage_quarters,
-    every block's in one statement; the rest call by call. `window`: the window's since and until."""
+    """Per block (`edges`: first and last call, each as POSIX seconds and stored moment, and end), its
+    usage per model: the calls that match `where` and started from its first call to its last,
+    inclusive. Its whole quarter hours come from usage_quarters, every block's in one statement; the
+    rest call by call. `window`: the window's since and until."""
     since, until = window
     spans: list[tuple[int, str, str]] = []  # (block, first quarter, quarter after its last) of the rollup
     ranges: list[list[tuple[str, str, str]]] = []  # per block, (low, high, "<" or "<=") of calls read one by one
@@ -326,7 +327,7 @@ def _block(first, last, ends: str, usage: dict, now: datetime) -> "UsageBlock":
     end = start + BLOCK_HOURS * 3600
     now_seconds = now.timestamp()
     active = now_seconds - last["at"] < BLOCK_HOURS * 3600 and now_seconds < end
-    sums = {column: usage[column] if usage[f"{column}_calls"] else None for column in (*TOKEN_COLUMNS, "cost_usd")}
+    sums = {column: usage[column] if usage[f"{column}_calls"] else None for column in STATED_COLUMNS}
     tokens = tokens_object(sums)
     minutes = (last["at"] - first["at"]) / 60
     burn: BurnRate | None = None
