@@ -25,7 +25,6 @@ Budget and alert planning (recorder/planner.py) is not recording: whatever it
 raises is logged once per kind, and recording goes on.
 """
 
-import gc
 import json
 import logging
 import os
@@ -566,13 +565,8 @@ def main() -> None:
             # batch after a start goes alone: should it crash us, the proxy blames
             # the first batch it has no answer for, which is then the right one.
             batches = [first] if first_since_start else [first, *frames.waiting(limit=FRAMES_PER_TRANSACTION - 1)]
-            loop.record([call for _, payload in batches for call in pickle.loads(payload)])
-            if first_since_start:
-                # What pricing the first calls loaded (genai-prices, pydantic, the price data) lives as
-                # long as we do: frozen as our start's modules are (__main__.py), the collector's passes,
-                # and the one at exit, skip it (30-50 ms of CPU in a run that priced a call).
-                gc.freeze()
             first_since_start = False
+            loop.record([call for _, payload in batches for call in pickle.loads(payload)])
             loop.tell_state()  # before the acknowledgement: the proxy always knows what we hold
             _acknowledge(batches[-1][0])
         loop.housekeeping()
