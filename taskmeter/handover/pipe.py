@@ -39,6 +39,7 @@ import json
 import logging
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -503,6 +504,9 @@ class Handover:
         send it whatever is unacknowledged. Holds _lock."""
         self._spawned_at = time.monotonic()
         self._acknowledged_since_spawn = False
+        # A Ctrl-C to the terminal's process group in the instant the child has not yet left it (subprocess
+        # resets its signal handlers first) would kill it: blocked here, and in the recorder until it ignores it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process = subprocess.Popen(
                 self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, pass_fds=self._pass_fds
@@ -511,6 +515,8 @@ class Handover:
             self._process = None
             threading.Thread(target=self._recorder_exited, args=(None, str(exc)), daemon=True).start()
             return
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._process = process
         self._written_seq = 0  # it gets every unacknowledged batch
         self._wake_pipe.notify()

@@ -535,9 +535,11 @@ def main() -> None:
     parser.add_argument("--otel-traces-endpoint", help="Export a span per stored call to this OTLP/HTTP URL.")
     parser.add_argument("--otel-metrics-endpoint", help="Export the gen_ai.client.* metrics to this OTLP/HTTP URL.")
     args = parser.parse_args()
-    # The proxy handles Ctrl-C and stops us by closing our input.
+    # The proxy handles Ctrl-C and stops us by closing our input. It started us with SIGINT blocked
+    # (handover/pipe.py): one that came meanwhile is dropped by the ignoring, and our children get it unblocked.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     configure_logging()
     live_view = None
     if args.live_view_fd is not None:
