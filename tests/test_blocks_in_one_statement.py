@@ -19,7 +19,6 @@ from taskmeter.store.calls import CallRow, store_calls
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, now_stored, seconds_sql, to_stored
-from taskmeter.tokens import TOKEN_COLUMNS, tokens_object
 from tests.migrated import migrated_database
 
 ORIGIN = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -78,72 +77,18 @@ def _old_block_usage(db, first, last, edges, where, params, provider) -> dict:
 
 
 def _old_block(first, last, usage: dict, now: datetime) -> dict:
-    """A block's record as block_report made it before, its start and end worked out from POSIX seconds."""
+    """A block's record as block_report made it before: its start and end worked out from POSIX seconds
+    (the rest of the record is made as it is now)."""
     start = windows._hour_start(first["at"])
-    end = start + windows.BLOCK_HOURS * 3600
-    now_seconds = now.timestamp()
-    active = now_seconds - last["at"] < windows.BLOCK_HOURS * 3600 and now_seconds < end
-    sums = {column: usage[column] if usage[f"{column}_calls"] else None for column in (*TOKEN_COLUMNS, "cost_usd")}
-    tokens = tokens_object(sums)
-    minutes = (last["at"] - first["at"]) / 60
-    burn: dict | None = None
-    if minutes > 0:
-        burn = {
-            "tokens_per_minute": (tokens["total"] or 0) / minutes,
-            "cost_per_hour_usd": (sums["cost_usd"] or 0) / minutes * 60,
-        }
-    left = end - now_seconds if active else None
-    projected: dict | None = None
-    if active and burn is not None and left is not None:
-        projected = {
-            "tokens": round((tokens["total"] or 0) + burn["tokens_per_minute"] * left / 60),
-            "cost_usd": (sums["cost_usd"] or 0) + burn["cost_per_hour_usd"] * left / 3600,
-        }
-    return {
-        "start": windows._stored(start),
-        "end": windows._stored(end),
-        "first_call_at": first["started_at"],
-        "last_call_at": last["started_at"],
-        "gap": False,
-        "active": active,
-        "ai_interactions": usage["ai_interactions"],
-        "failed_calls": usage["failed_calls"],
-        "tokens": tokens,
-        "cost_usd": sums["cost_usd"],
-        "unpriced_interactions": usage["ai_interactions"] - usage["priced"],
-        "models": usage["models"],
-        "time_left_seconds": left,
-        "burn_rate": burn,
-        "projected": projected,
-    }
+    record = windows._block(first, last, windows._stored(start + SPAN), usage, now)
+    return {**record, "start": windows._stored(start)}
 
 
 def _old_block_edges(where: str) -> str:
-    """The query of every block's first and last call (each as POSIX seconds and stored moment) and
-    end, oldest first, among the calls that match `where` (its parameters given three times): the
-    first call; the last at most 5 hours after its UTC hour, the block's end; the first after that
-    end, which starts the next block. A recursive query: one statement, not two seeks' worth of
-    round trips per block."""
-
-    def seek(condition: str, newest: bool = False) -> str:
-        # Ordered by start alone: calls that start together give the same moment.
-        return (
-            f"(SELECT i.started_at FROM interactions i INDEXED BY interactions_started WHERE {where} AND {condition}"
-            f" ORDER BY i.started_at {'DESC' if newest else ''} LIMIT 1)"
-        )
-
-    def block_end(first: str) -> str:  # as _stored(_hour_start(at) + windows.BLOCK_HOURS * 3600) gives it
-        return f"strftime('%Y-%m-%dT%H:00:00.000000Z', substr({first}, 1, 19), '+{windows.BLOCK_HOURS} hours')"
-
-    return f"""
-        WITH RECURSIVE starts(first) AS (
-            SELECT {seek("1")}
-            UNION ALL
-            SELECT {seek("i.started_at > " + block_end("starts.first"))} FROM starts WHERE starts.first IS NOT NULL
-        ), edges(first, last) AS (
-            SELECT first, {seek("i.started_at <= " + block_end("starts.first"), newest=True)} FROM starts WHERE first IS NOT NULL
-        )
-        SELECT {seconds_sql("first")}, first, {seconds_sql("last")}, last, {block_end("first")} FROM edges"""
+    """The query of every block's first and last call and end as it was before: each call also as
+    POSIX seconds, worked out by SQLite."""
+    return f"""WITH edges(first, last, block_end) AS ({windows._block_edges(where)})
+        SELECT {seconds_sql("first")}, first, {seconds_sql("last")}, last, block_end FROM edges"""
 
 
 def _old_block_report(db, since=None, until=None, provider=None, now=None) -> dict:
