@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     """One hook's event, in the background (`meter hooks git-event`, which the hooks run)."""
     import argparse
 
-    from taskmeter.config import load_settings
+    from taskmeter.config.files import automation_values
 
     parser = argparse.ArgumentParser(prog="meter hooks git-event")
     parser.add_argument("hook", choices=HOOKS)
@@ -457,19 +457,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log_to_hooks_log()
     try:
-        settings = load_settings()
+        settings = automation_values()
         repo = repository_top(Path(args.repo))
         branch = current_branch(repo) if args.branch is None else args.branch or None
         db = connection.connect(args.db or os.environ.get(connection.ENV_VAR))
         try:
             if args.hook == "post-checkout":
                 flag = (args.args + ["", "", ""])[2]
-                automation = settings.automation
-                on_checkout(db, repo, flag, branch, automation.branch_pattern, automation.main_branch, _moment(args.at))
+                on_checkout(db, repo, flag, branch, settings.branch_pattern, settings.main_branch, _moment(args.at))
             elif args.hook == "post-commit":
-                on_commit(db, repo, args.head or "HEAD", branch, settings.automation.branch_pattern, _moment(args.at))
+                on_commit(db, repo, args.head or "HEAD", branch, settings.branch_pattern, _moment(args.at))
             else:
-                approve_merged(db, repo, settings.automation.main_branch, settings.automation.branch_pattern)
+                approve_merged(db, repo, settings.main_branch, settings.branch_pattern)
         finally:
             db.close()
     except Exception as exc:  # never the developer's problem: a line in the meter's log

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from taskmeter.automation.git import log_to_hooks_log, task_of_work
-    from taskmeter.config import load_settings
+    from taskmeter.config.files import automation_values
 
     parser = argparse.ArgumentParser(prog="meter hooks test-run", description="a pytest run on stdin")
     parser.add_argument("--db", help="the database the repository's hooks record to (default: $METER_DB, else the default)")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     log_to_hooks_log()
     try:
         run = json.loads(sys.stdin.read())
-        settings = load_settings().automation
+        settings = automation_values()
         db = connection.connect(args.db)
         try:
             task_id = task_of_work(db, run.get("branch"), settings.branch_pattern)

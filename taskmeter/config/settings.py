@@ -130,25 +130,10 @@ class AutomationSettings(BaseModel):
 
     branch_pattern: str
     main_branch: str
-    coverage_target: float | None = Field(default=None, le=100)
+    coverage_target: float | None = None
 
-    @field_validator("coverage_target")
-    @classmethod
-    def _target(cls, target: float | None) -> float | None:
-        if target is not None and target <= 0:
-            raise ValueError("a percentage above 0 (0 would be no target: leave the setting out)")
-        return target
-
-    @field_validator("branch_pattern")
-    @classmethod
-    def _pattern(cls, pattern: str) -> str:
-        import re
-
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return pattern
+    _target = field_validator("coverage_target")(files.coverage_target_rule)
+    _pattern = field_validator("branch_pattern")(files.branch_pattern_rule)
 
 
 class BudgetSettings(BaseModel):
