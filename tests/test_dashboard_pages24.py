@@ -32,8 +32,11 @@ from tests.test_dashboard import (  # noqa: F401 (fixtures)
     _id,
     browser,
     dashboard,
+    db_path,
     history,
     page,
+    shared_dashboard,
+    written_history,
 )
 
 pytestmark = pytest.mark.e2e
