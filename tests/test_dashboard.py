@@ -519,32 +519,28 @@ def test_a_call_through_a_real_proxy_appears_in_the_live_feed(db_path, page, tmp
             proxy.stop()
 
 
-def test_now_shows_the_budget_and_open_alerts_and_clears_one_by_click(history, page, meter):
+def test_now_shows_the_budget_and_open_alerts_and_clears_one_by_click(dashboard, db_path, page, meter):
     from taskmeter.store import alerts
 
     _cli_json(meter, "status")  # the database is current
     assert meter("set-task", "P2-001").code == 0
     # P2-001's calls (n = 9, 10, 11) used 1,050 n tokens each: 31,500, over the budget, in warn mode.
     assert meter("task", "P2-001", "--budget", "30000").code == 0
-    db = connection.connect(history)
+    db = connection.connect(db_path)
     alerts.raise_alert(db, "loop", "loop:s1:x", "loop: session s1 sent 10 calls of near-identical requests", session_id="s1")
     db.close()
-    dashboard = RunningDashboard(history)
-    try:
-        dashboard.goto(page)
-        budget = _cli_json(meter, "status")["budget"]
-        shown = page.locator(".budget [data-field=used_share]")
-        assert json.loads(shown.get_attribute("data-value")) == budget["used_share"]
-        assert shown.text_content() == "Budget: P2-001: 31,500 of 30,000 tokens (105% used) — spent (calls go on: warn)"
-        alert = page.locator(".alerts form.alert")
-        assert alert.count() == 1 and "near-identical requests" in alert.text_content()
-        alert.get_by_role("button", name="Clear").click()
-        page.wait_for_load_state()
-        assert page.locator(".alerts").count() == 0
-        assert _cli_json(meter, "alerts") == []
-        assert page.errors == []
-    finally:
-        dashboard.stop()
+    dashboard.goto(page)
+    budget = _cli_json(meter, "status")["budget"]
+    shown = page.locator(".budget [data-field=used_share]")
+    assert json.loads(shown.get_attribute("data-value")) == budget["used_share"]
+    assert shown.text_content() == "Budget: P2-001: 31,500 of 30,000 tokens (105% used) — spent (calls go on: warn)"
+    alert = page.locator(".alerts form.alert")
+    assert alert.count() == 1 and "near-identical requests" in alert.text_content()
+    alert.get_by_role("button", name="Clear").click()
+    page.wait_for_load_state()
+    assert page.locator(".alerts").count() == 0
+    assert _cli_json(meter, "alerts") == []
+    assert page.errors == []
 
 
 def _form_token(dashboard: RunningDashboard) -> str:
