@@ -171,7 +171,7 @@ def copy_database(source: sqlite3.Connection, target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def written_history(tmp_path_factory):
-    """The history, written once per module (about as long as a page load): tests get copies."""
+    """The history, written once per module (60 ms of CPU): tests get copies (3 ms)."""
     path = tmp_path_factory.mktemp("history") / "meter.db"
     write_history(path)
     with closing(sqlite3.connect(path)) as written:
@@ -186,9 +186,9 @@ def history(db_path, written_history):
 
 
 class SharedDashboard(RunningDashboard):
-    """One `meter ui` over the history that a module's tests take turns on (a start costs 0.2-0.4 s
-    of CPU and the first pages compile the templates): before each test its database is put back
-    as it was when the dashboard had started, so no test sees another's writes."""
+    """One `meter ui` over the history that a module's tests take turns on (a start and its first
+    pages cost 0.3-0.5 s of CPU): before each test its database is put back as it was when the
+    dashboard had started, so no test sees another's writes."""
 
     def __init__(self, db_path: Path, log: Path) -> None:
         self.db_path, self.log = db_path, log
