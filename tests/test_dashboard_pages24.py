@@ -32,8 +32,11 @@ from tests.test_dashboard import (  # noqa: F401 (fixtures)
     _id,
     browser,
     dashboard,
+    db_path,
     history,
     page,
+    shared_dashboard,
+    written_history,
 )
 
 pytestmark = pytest.mark.e2e
@@ -379,32 +382,28 @@ def test_the_phase_page_sets_its_fields_budget_and_marks(dashboard, page, db_pat
     assert _console_errors(page) == []
 
 
-def test_a_task_milestone_from_the_task_page(history, page, db_path, meter):
+def test_a_task_milestone_from_the_task_page(dashboard, page, db_path, meter):
     assert meter("set-task", "P3-001", "--create").code == 0
-    dashboard = RunningDashboard(history)
-    try:
-        before = _everything(db_path)
-        dashboard.goto(page, "/tasks/P3-001")
-        marks = page.locator("form.mark-form")
-        marks.locator('select[name="milestone"]').select_option("initial")
+    before = _everything(db_path)
+    dashboard.goto(page, "/tasks/P3-001")
+    marks = page.locator("form.mark-form")
+    marks.locator('select[name="milestone"]').select_option("initial")
+    marks.get_by_role("button", name="Mark").click()
+    page.wait_for_url("**/tasks/P3-001#marks")
+    report = _cli_json(meter, "report", "task", "P3-001")
+    assert report["initial_completion_timestamp"] is not None
+    after = _everything(db_path)
+    assert [row[1:5] for row in after["task_events"][len(before["task_events"]) :]] == [
+        ("P3-001", "milestone", report["initial_completion_timestamp"], "initial")
+    ]
+    # Marking it again is refused, and says how the CLI would force it.
+    marks = page.locator("form.mark-form")
+    marks.locator('select[name="milestone"]').select_option("initial")
+    with page.expect_response("**/tasks/P3-001/mark") as response:
         marks.get_by_role("button", name="Mark").click()
-        page.wait_for_url("**/tasks/P3-001#marks")
-        report = _cli_json(meter, "report", "task", "P3-001")
-        assert report["initial_completion_timestamp"] is not None
-        after = _everything(db_path)
-        assert [row[1:5] for row in after["task_events"][len(before["task_events"]) :]] == [
-            ("P3-001", "milestone", report["initial_completion_timestamp"], "initial")
-        ]
-        # Marking it again is refused, and says how the CLI would force it.
-        marks = page.locator("form.mark-form")
-        marks.locator('select[name="milestone"]').select_option("initial")
-        with page.expect_response("**/tasks/P3-001/mark") as response:
-            marks.get_by_role("button", name="Mark").click()
-        assert response.value.status == 400
-        assert "already has initial" in page.locator(".error").text_content()
-        assert _everything(db_path) == after
-    finally:
-        dashboard.stop()
+    assert response.value.status == 400
+    assert "already has initial" in page.locator(".error").text_content()
+    assert _everything(db_path) == after
 
 
 # ---------------------------------------------------------------- retag
