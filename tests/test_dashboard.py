@@ -1,4 +1,4 @@
-"""The dashboard (`meter ui`) in a real browser: Debian's chromium (its headless shell) driven by
+"""The dashboard (`meter ui`) in a real browser: Debian's chromium driven by
 Playwright, against a real `meter ui` process over a real SQLite file, and a
 real `meter proxy` for the live feed. Screenshots go to test-artifacts/dashboard/."""
 
@@ -251,12 +251,8 @@ def own_dashboard(history):
 
 @pytest.fixture(scope="module")
 def browser():
-    # Chromium's headless shell, which Playwright itself runs headless: the same Blink and V8 as
-    # `chromium`, whose headless mode is the whole browser and costs about half as much CPU again.
-    executable = shutil.which("chromium-headless-shell")
-    assert executable, (
-        "the dashboard's tests need Debian's chromium-headless-shell: `make test` installs it (scripts/ensure-chromium)"
-    )
+    executable = shutil.which("chromium")
+    assert executable, "the dashboard's tests need Debian's chromium: `make test` installs it (scripts/ensure-chromium)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=executable,
