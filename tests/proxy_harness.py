@@ -1,17 +1,24 @@
 """A real `meter proxy` in its own process, on loopback, with a throwaway CA and config."""
 
+import atexit
 import ctypes
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 
+from taskmeter.private import private_dir
 from taskmeter.store import connection
 from taskmeter.timefmt import now_stored
+from tests.migrated import migrated_file
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -44,6 +51,41 @@ def write_config(path: Path, confdir: Path, upstreams: dict[str, str], **proxy) 
     lines += [f'{name} = "{url}"' for name, url in upstreams.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@functools.cache
+def _ca_template() -> Path:
+    """A CA made as `meter proxy` makes its own on a first start (by mitmproxy, with its
+    settings), once per test process."""
+    from mitmproxy import certs, options
+
+    folder = Path(tempfile.mkdtemp(prefix="meter-ca-template-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    certs.CertStore.create_store(folder, options.CONF_BASENAME, options.KEY_SIZE)
+    return folder
+
+
+def _configured_confdir(config: Path) -> Path | None:
+    """The CA folder `config` names (none: the user's, or a config the proxy will refuse)."""
+    try:
+        confdir = tomllib.loads(config.read_text()).get("proxy", {}).get("confdir")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return Path(confdir) if isinstance(confdir, str) else None
+
+
+def as_after_a_first_start(config: Path, db_path: Path) -> None:
+    """What a proxy's first start on `config` and `db_path` makes and the test has not:
+    its CA (an RSA key) and a migrated database, copied from ones made once per test process.
+    A later start reads them as it reads its own: making them took 0.1 s of CPU a start.
+    A test about making them passes fresh=True to RunningProxy instead."""
+    confdir = _configured_confdir(config)
+    if confdir is not None and not (confdir.exists() and any(confdir.glob("mitmproxy-*"))):
+        for made in _ca_template().iterdir():
+            shutil.copy(made, private_dir(confdir))  # mitmproxy's modes: the proxy still makes them private
+    left_by_another = [Path(f"{db_path}{suffix}") for suffix in ("", "-wal", "-shm")]
+    if db_path.parent.is_dir() and not any(path.exists() for path in left_by_another):
+        migrated_file(db_path)
 
 
 # Set for each test by conftest.py: only tests marked e2e (or browser, bench) start processes.
@@ -90,9 +132,14 @@ class RunningProxy:
     # Every proxy a test starts, so that none outlives its test (see conftest.py).
     started: list["RunningProxy"] = []
 
-    def __init__(self, config: Path, db_path: Path, extra_env: dict | None = None, extra_args: list[str] = ()) -> None:
+    def __init__(
+        self, config: Path, db_path: Path, extra_env: dict | None = None, extra_args: list[str] = (), fresh: bool = False
+    ) -> None:
+        """A proxy on `config` and `db_path`; unless `fresh`, as after a first start (as_after_a_first_start)."""
         if not processes_allowed:
             raise AssertionError("this test starts a `meter proxy`: mark it e2e (pytest.mark.e2e), `make check` runs none")
+        if not fresh:
+            as_after_a_first_start(config, db_path)
         self.config = config
         self.db_path = db_path
         # The test runner's own HTTPS_PROXY is no corporate proxy of the test's; extra_env may name one.

@@ -106,21 +106,35 @@ def test_cache_markers_are_ignored_in_every_protocol_that_carries_them():
 # ---------------------------------------------------------------- through a real proxy
 
 
-@pytest.fixture
-def upstream():
+@pytest.fixture(scope="module")
+def shared_upstream():
     with FakeUpstream() as fake:
-        fake.routes["/v1/messages"] = Scenario(body=json.dumps(TOOL_USE).encode())
-        fake.routes["/v1/responses"] = Scenario(body=FIXTURE["openai_responses/responses_nonstream_basic"].body)
         yield fake
 
 
 @pytest.fixture
-def proxy(tmp_path, upstream):
-    origin = f"http://127.0.0.1:{upstream.port}"
-    config = write_config(tmp_path / "config.toml", tmp_path / "ca", {"openai": origin, "anthropic": origin, "gemini": origin})
-    running = RunningProxy(config, tmp_path / "meter.db")
+def upstream(shared_upstream):
+    shared_upstream.forget()
+    shared_upstream.routes["/v1/messages"] = Scenario(body=json.dumps(TOOL_USE).encode())
+    shared_upstream.routes["/v1/responses"] = Scenario(body=FIXTURE["openai_responses/responses_nonstream_basic"].body)
+    return shared_upstream
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(tmp_path_factory, shared_upstream):
+    folder = tmp_path_factory.mktemp("conversations")
+    origin = f"http://127.0.0.1:{shared_upstream.port}"
+    config = write_config(folder / "config.toml", folder / "ca", {"openai": origin, "anthropic": origin, "gemini": origin})
+    running = RunningProxy(config, folder / "meter.db")
     yield running
-    running.stop()
+    assert running.stop() == 0
+
+
+@pytest.fixture
+def proxy(shared_proxy, upstream):
+    """The module's proxy (each test has tasks of its own), holding only what this test makes."""
+    shared_proxy.begin_test()
+    return shared_proxy
 
 
 def _anthropic(proxy, task: str | None = None) -> anthropic.Anthropic:
@@ -306,7 +320,7 @@ def test_codex_under_meter_run_keeps_its_own_session(tmp_path, proxy, upstream):
     )
     home = _home(tmp_path)
     for _ in range(2):  # two runs of one prompt in one task
-        result = _meter_run(proxy, home, "P5-008", ["codex", "exec", "--skip-git-repo-check", "say hi"], OPENAI_API_KEY="sk-t")
+        result = _meter_run(proxy, home, "P8-130", ["codex", "exec", "--skip-git-repo-check", "say hi"], OPENAI_API_KEY="sk-t")
         assert result.returncode == 0, result.stderr
 
     rows = proxy.rows(wait_for=len(upstream.received))

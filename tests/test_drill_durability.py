@@ -24,6 +24,7 @@ from taskmeter.recorder.loop import RecorderLoop
 from taskmeter.store import connection
 from taskmeter.timefmt import now_stored
 from tests.fake_upstream import FakeUpstream, Scenario
+from tests.meter_forks import METER
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 from tests.waiting import until
 
@@ -106,15 +107,15 @@ def _stored_ids(db_path: Path) -> list[str]:
 
 
 def _status(db_path: Path) -> dict:
-    done = subprocess.run(
-        [str(VENV_BIN / "meter"), "status", "--json", "--db", str(db_path)], capture_output=True, text=True, check=True
-    )
+    """`meter status --json`, which the tests poll: a fork of a process that imported the CLI once (tests/meter_forks.py)."""
+    done = METER.run(["status", "--json", "--db", str(db_path)], env=dict(os.environ), timeout=60)
+    assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def _status_saying(db_path: Path, words: str) -> str | None:
     """What `meter status` prints, once it says `words`."""
-    text = subprocess.run([str(VENV_BIN / "meter"), "status", "--db", str(db_path)], capture_output=True, text=True).stdout
+    text = METER.run(["status", "--db", str(db_path)], env=dict(os.environ), timeout=60).stdout
     return text if words in text else None
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from taskmeter.store import alerts, connection
 from tests.fake_upstream import FakeUpstream, Scenario
+from tests.meter_forks import METER
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -35,10 +36,11 @@ SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _meter(db_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """The real `meter` command, its output piped."""
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(db_path)], capture_output=True, text=True, timeout=60, check=True
-    )
+    """The real `meter` command, its output to no terminal, which must succeed: a fork of a
+    process that imported the CLI once (tests/meter_forks.py)."""
+    done = METER.run([*args, "--db", str(db_path)], env=dict(os.environ), timeout=60)
+    assert done.returncode == 0, (args, done.stderr)
+    return done
 
 
 def _meter_on_a_terminal(db_path: Path, *args: str) -> str:

@@ -27,17 +27,18 @@ pytestmark = pytest.mark.e2e
 SESSION = "5f0c1b9e-2d4a-4c3e-9d7a-1b2c3d4e5f60"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def upstream():
     with FakeUpstream() as fake:
         yield fake
 
 
-@pytest.fixture
-def proxy(tmp_path, upstream):
-    running = proxy_in_front_of(tmp_path, upstream.port)
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, upstream):
+    """The module's proxy: its calls are the three of `calls`, which its tests read."""
+    running = proxy_in_front_of(tmp_path_factory.mktemp("calls"), upstream.port)
     yield running
-    running.stop()
+    assert running.stop() == 0
 
 
 def in_terminal(proxy: RunningProxy, columns: int, *args: str) -> str:
@@ -97,7 +98,7 @@ def _sdk_chat(proxy: RunningProxy, prompt: str, task: str | None = None) -> None
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def calls(proxy, upstream):
     """Two Claude Code turns of one session while P3-001 is current, then an SDK chat to /t/P3-002/."""
     assert meter(proxy, "set-task", "P3-001").returncode == 0
@@ -182,9 +183,19 @@ def test_show_says_why_the_call_has_its_task_and_which_program_made_it(proxy, ca
     assert "Attributed:   named by the request: a /t/P3-002/ path" in text
 
 
-def test_show_tells_a_bound_session_from_the_current_task(proxy, upstream):
+@pytest.fixture
+def own_proxy(tmp_path):
+    """A proxy of the test's own: it sets tasks and makes a call the module's proxy's log has not."""
+    with FakeUpstream() as upstream:
+        running = proxy_in_front_of(tmp_path, upstream.port)
+        yield running, upstream
+        running.stop()
+
+
+def test_show_tells_a_bound_session_from_the_current_task(own_proxy):
     """A Claude Code session bound to a task (`meter claude install`'s hook) is its own
     reason, no longer stored as `header` like the x-meter-task header."""
+    proxy, upstream = own_proxy
     assert meter(proxy, "set-task", "P3-009").returncode == 0
     assert meter(proxy, "set-task", "P4-100", "--create").returncode == 0  # another terminal's task: the session's wins
     db = connection.connect(proxy.db_path)

@@ -122,18 +122,15 @@ def _immutable(paths, on: bool) -> None:
             subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
 
 
-def test_poison_values_between_normal_calls_are_stored_with_notes_and_stop_nothing(tmp_path, upstream):
-    proxy = _start(tmp_path, upstream)
-    try:
-        plain, poisoned = [], {}
-        with httpx.Client() as client:
-            for name in POISON:
-                plain.append(_post(client, proxy))
-                poisoned[name] = _post(client, proxy, f"/poison/{name}{CHAT}")
+def test_poison_values_between_normal_calls_are_stored_with_notes_and_stop_nothing(proxy, upstream):
+    """On the module's proxy, which its later tests use and which must stop cleanly (shared_proxy)."""
+    plain, poisoned = [], {}
+    with httpx.Client() as client:
+        for name in POISON:
             plain.append(_post(client, proxy))
-        rows = _stored(proxy.db_path, len(plain) + len(poisoned))
-    finally:
-        assert proxy.stop() == 0
+            poisoned[name] = _post(client, proxy, f"/poison/{name}{CHAT}")
+        plain.append(_post(client, proxy))
+    rows = {row["id"]: row for row in proxy.rows(wait_for=len(plain) + len(poisoned), timeout=30)}
     assert set(rows) == set(plain) | set(poisoned.values())  # each call stored exactly once
     for interaction_id in plain:
         assert (rows[interaction_id]["input_total"], rows[interaction_id]["output_total"]) == (92, 17)

@@ -17,6 +17,7 @@ from taskmeter import ids
 from taskmeter.store import connection, interactions, tasks
 from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
+from tests.meter_forks import METER
 from tests.proxy_harness import VENV_BIN
 
 pytestmark = pytest.mark.e2e
@@ -101,7 +102,8 @@ def in_terminal(db_path, *args: str, columns: int = 80) -> tuple[int, str]:
 
 
 def piped(db_path, *args: str, tz: str = "UTC") -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "meter"), *args], capture_output=True, text=True, env=_env(db_path, tz), timeout=30)
+    """`meter ARGS` writing to no terminal: a fork of a process that imported the CLI once (tests/meter_forks.py)."""
+    return METER.run(list(args), env=_env(db_path, tz), timeout=30)
 
 
 TABLES = [
