@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     """One hook's event, in the background (`meter hooks git-event`, which the hooks run)."""
     import argparse
 
-    from taskmeter.config.files import automation_values
+    from taskmeter.config.automation import automation_values
 
     parser = argparse.ArgumentParser(prog="meter hooks git-event")
     parser.add_argument("hook", choices=HOOKS)

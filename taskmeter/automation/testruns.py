@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from taskmeter.automation.git import log_to_hooks_log, task_of_work
-    from taskmeter.config.files import automation_values
+    from taskmeter.config.automation import automation_values
 
     parser = argparse.ArgumentParser(prog="meter hooks test-run", description="a pytest run on stdin")
     parser.add_argument("--db", help="the database the repository's hooks record to (default: $METER_DB, else the default)")

@@ -1,6 +1,7 @@
 """Settings: shipped defaults, overridden by the user's config file.
 
 `files` reads them as plain values (the commands that only read, without pydantic);
+`automation` the [automation] ones the hooks read, by the rules `settings` applies;
 `settings` validates them whole. Settings and load_settings are imported from it on
 first use, so that importing `taskmeter.config.files` never loads pydantic.
 """

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from taskmeter.config import files
+from taskmeter.config.automation import branch_pattern_rule, coverage_target_rule
 from taskmeter.errors import MeterError
 
 
@@ -132,8 +133,8 @@ class AutomationSettings(BaseModel):
     main_branch: str
     coverage_target: float | None = None
 
-    _target = field_validator("coverage_target")(files.coverage_target_rule)
-    _pattern = field_validator("branch_pattern")(files.branch_pattern_rule)
+    _target = field_validator("coverage_target")(coverage_target_rule)
+    _pattern = field_validator("branch_pattern")(branch_pattern_rule)
 
 
 class BudgetSettings(BaseModel):
