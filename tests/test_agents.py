@@ -16,7 +16,7 @@ import pytest
 from taskmeter import agents
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -40,9 +40,7 @@ def upstream(shared_upstream):
 @pytest.fixture(scope="module")
 def shared_proxy(shared_upstream, tmp_path_factory):
     folder = tmp_path_factory.mktemp("proxy")
-    origin = f"http://127.0.0.1:{shared_upstream.port}"
-    config = write_config(folder / "config.toml", folder / "ca", {"openai": origin, "anthropic": origin, "gemini": origin})
-    running = RunningProxy(config, folder / "meter.db")
+    running = proxy_in_front_of(folder, shared_upstream.port, ("openai", "anthropic", "gemini"))
     yield running
     running.stop()
 

@@ -21,7 +21,7 @@ from taskmeter.store.calls import CallRow
 from taskmeter.store.interactions import Interaction
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import RunningProxy, write_config
+from tests.proxy_harness import proxy_in_front_of
 from tests.test_agents import _home, _installed, _meter_run, _responses_stream
 
 pytestmark = pytest.mark.e2e
@@ -123,9 +123,7 @@ def upstream(shared_upstream):
 @pytest.fixture(scope="module")
 def shared_proxy(tmp_path_factory, shared_upstream):
     folder = tmp_path_factory.mktemp("conversations")
-    origin = f"http://127.0.0.1:{shared_upstream.port}"
-    config = write_config(folder / "config.toml", folder / "ca", {"openai": origin, "anthropic": origin, "gemini": origin})
-    running = RunningProxy(config, folder / "meter.db")
+    running = proxy_in_front_of(folder, shared_upstream.port, ("openai", "anthropic", "gemini"))
     yield running
     assert running.stop() == 0
 
