@@ -27,18 +27,14 @@ def _template() -> Path:
     return path
 
 
-def migrated_database(path: Path) -> sqlite3.Connection:
-    """The meter's connection to a new database at `path`, as `connection.connect` makes it."""
-    source, target = sqlite3.connect(_template()), sqlite3.connect(path)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
-    return connection.connect(path)
-
-
 def migrated_file(path: Path) -> None:
     """A new database file at `path` as `connection.connect` leaves it once it has made one
-    (WAL mode, migrated, readable by the user alone), copied file-wise."""
+    (WAL mode, migrated, readable by the user alone), copied file-wise: no connection to open
+    (each parses the schema's triggers) and close."""
     shutil.copy(_template(), path)
+
+
+def migrated_database(path: Path) -> sqlite3.Connection:
+    """The meter's connection to a new database at `path`, as `connection.connect` makes it."""
+    migrated_file(path)
+    return connection.connect(path)
