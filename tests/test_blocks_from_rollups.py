@@ -56,26 +56,29 @@ def _stored(seconds: float) -> str:
     return to_stored(ORIGIN + timedelta(seconds=seconds))
 
 
-def _store(db, history) -> None:
-    rows = []
-    for number, (at, provider, answered, tokens, cost, model) in enumerate(history):
-        moment = _stored(at)
-        rows.append(
-            CallRow(
-                Interaction(
-                    id=f"0000000c{number:04d}",
-                    started_at=moment,
-                    ended_at=moment,
-                    provider=provider,
-                    model=model,
-                    http_status=200 if answered else 500,
-                    input_total=tokens if answered else None,
-                    output_total=None if tokens is None else tokens // 2,
-                    cost_usd=cost,
-                    usage_source="reported",
-                )
-            )
+def blocks_call(number: int, at: float, provider, answered: bool, tokens, cost, model: str, task_id=None) -> CallRow:
+    """A call `at` seconds after ORIGIN, as the blocks' property tests draw them (ids 0000000c...)."""
+    moment = _stored(at)
+    return CallRow(
+        Interaction(
+            id=f"0000000c{number:04d}",
+            started_at=moment,
+            ended_at=moment,
+            task_id=task_id,
+            attribution="path" if task_id else None,
+            provider=provider,
+            model=model,
+            http_status=200 if answered else 500,
+            input_total=tokens if answered else None,
+            output_total=None if tokens is None else tokens // 2,
+            cost_usd=cost,
+            usage_source="reported",
         )
+    )
+
+
+def _store(db, history) -> None:
+    rows = [blocks_call(number, *call) for number, call in enumerate(history)]
     with write_transaction(db):
         store_calls(db, rows)
 

@@ -7,7 +7,7 @@ block (kept here as the oracle), over random histories of several tasks on a rea
 
 import json
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 
 from taskmeter.analytics import windows
 from taskmeter.store import scratch, tasks
-from taskmeter.store.calls import CallRow, store_calls
+from taskmeter.store.calls import store_calls
 from taskmeter.store.connection import write_transaction
-from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, now_stored, seconds_sql, to_stored
 from tests.migrated import migrated_database
+from tests.test_blocks_from_rollups import _stored, blocks_call
 
-ORIGIN = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 NOW = "2026-11-21T08:10:00.000000Z"
 SPAN = windows.BLOCK_HOURS * 3600
 TASKS = ["P1-001", "P1-002", None]
@@ -112,35 +111,14 @@ def _old_block_report(db, since=None, until=None, provider=None, now=None) -> di
     return {"since": since, "until": until, "provider": provider, "block_hours": windows.BLOCK_HOURS, "blocks": blocks}
 
 
-def _stored(seconds: float) -> str:
-    return to_stored(ORIGIN + timedelta(seconds=seconds))
-
-
 def _store(db, history, models: list) -> None:
     with write_transaction(db):
         for task_id in TASKS[:-1]:
             tasks.ensure_task(db, task_id, "2026-01-01T00:00:00.000000Z")
-    rows = []
-    for number, (at, provider, answered, tokens, cost, model, task) in enumerate(history):
-        moment = _stored(at)
-        rows.append(
-            CallRow(
-                Interaction(
-                    id=f"0000000b{number:04d}",
-                    started_at=moment,
-                    ended_at=moment,
-                    task_id=TASKS[task],
-                    attribution="path" if TASKS[task] else None,
-                    provider=provider,
-                    model=models[model % len(models)],
-                    http_status=200 if answered else 500,
-                    input_total=tokens if answered else None,
-                    output_total=None if tokens is None else tokens // 2,
-                    cost_usd=cost,
-                    usage_source="reported",
-                )
-            )
-        )
+    rows = [
+        blocks_call(number, at, provider, answered, tokens, cost, models[model % len(models)], TASKS[task])
+        for number, (at, provider, answered, tokens, cost, model, task) in enumerate(history)
+    ]
     with write_transaction(db):
         store_calls(db, rows)
 

@@ -224,16 +224,20 @@ def _check(zone: str, anchor_index: int, history, window, period: str, utc: bool
             db.close()
 
 
+# A usage report's arguments over a drawn history: its zone, when the history starts, the window, the period...
+USAGE_REPORT_CASES = {
+    "zone": st.sampled_from(ZONES),
+    "anchor_index": st.integers(0, 3),
+    "history": calls,
+    "window": st.tuples(edges, edges),
+    "period": st.sampled_from(["hourly", "daily", "weekly", "monthly", "models"]),
+    "utc": st.booleans(),
+    "task": st.integers(0, len(TASKS) - 1),
+}
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    zone=st.sampled_from(ZONES),
-    anchor_index=st.integers(0, 3),
-    history=calls,
-    window=st.tuples(edges, edges),
-    period=st.sampled_from(["hourly", "daily", "weekly", "monthly", "models"]),
-    utc=st.booleans(),
-    task=st.integers(0, len(TASKS) - 1),
-)
+@given(**USAGE_REPORT_CASES)
 @example(  # three tasks' calls in each quarter hour: a cost's sum shows the order its terms were added in
     zone="America/New_York",
     anchor_index=1,

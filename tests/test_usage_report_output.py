@@ -20,7 +20,7 @@ from taskmeter.analytics import periods
 from taskmeter.terminal import Column
 from taskmeter.timefmt import hour_label, to_stored
 from tests.migrated import migrated_database
-from tests.test_period_grouping import MODELS, TASKS, ZONES, _anchors, _store, calls, edges, local_zone
+from tests.test_period_grouping import MODELS, TASKS, USAGE_REPORT_CASES, _anchors, _store, local_zone
 
 
 def _old_report(db, period: str, since, until, utc: bool, task_id) -> dict:
@@ -52,15 +52,7 @@ def _old_report(db, period: str, since, until, utc: bool, task_id) -> dict:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    zone=st.sampled_from(ZONES),
-    anchor_index=st.integers(0, 3),
-    history=calls,
-    window=st.tuples(edges, edges),
-    period=st.sampled_from(["hourly", "daily", "weekly", "monthly", "models"]),
-    utc=st.booleans(),
-    task=st.integers(0, len(TASKS) - 1),
-)
+@given(**USAGE_REPORT_CASES)
 @example(  # hours of two models and of one, three tasks' calls in a quarter hour
     zone="America/New_York",
     anchor_index=1,
