@@ -1,4 +1,5 @@
 import gc
+import importlib
 import io
 import os
 import signal
@@ -6,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import types
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,26 @@ pytest_plugins = ["tests.gitrepo"]
 # SIGINT ignored, which they would inherit in turn. A handler here is the default there.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _ImportedOnUse(types.ModuleType):
+    """An SDK's stand-in, which imports it when a test first reads one of its names.
+    The SDKs cost seconds of CPU to import (anthropic 1.8 s, openai 0.8 s: thousands of
+    pydantic models), and every worker imports every test module, whose tests mostly
+    never call them (none of `make check`'s do)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # what pytest looks for on a test module's every name (_mock_name)
+            raise AttributeError(name)
+        sdk = sys.modules.get(self.__name__)
+        if sdk is self:  # the first name read: the SDK itself takes the stand-in's place
+            del sys.modules[self.__name__]
+            sdk = importlib.import_module(self.__name__)
+        return getattr(sdk, name)
+
+
+for _sdk in ("anthropic", "openai"):
+    sys.modules.setdefault(_sdk, _ImportedOnUse(_sdk))
 
 
 @dataclass

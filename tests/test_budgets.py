@@ -59,12 +59,12 @@ def proxy(tmp_path, upstream, db_path):
     running.stop()
 
 
-def _openai(proxy, prefix="", upstream="openai") -> openai.OpenAI:
+def _openai(proxy, prefix="", upstream="openai") -> "openai.OpenAI":
     # Default retries (2): x-should-retry must be what stops them.
     return openai.OpenAI(base_url=f"{proxy.origin}{prefix}/{upstream}/v1", api_key="sk-test")
 
 
-def _anthropic(proxy, **kwargs) -> anthropic.Anthropic:
+def _anthropic(proxy, **kwargs) -> "anthropic.Anthropic":
     return anthropic.Anthropic(base_url=f"{proxy.origin}/anthropic", api_key="sk-test", **kwargs)
 
 

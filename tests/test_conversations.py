@@ -135,12 +135,12 @@ def proxy(shared_proxy, upstream):
     return shared_proxy
 
 
-def _anthropic(proxy, task: str | None = None) -> anthropic.Anthropic:
+def _anthropic(proxy, task: str | None = None) -> "anthropic.Anthropic":
     prefix = f"/t/{task}" if task else ""
     return anthropic.Anthropic(base_url=f"{proxy.origin}{prefix}/anthropic", api_key="sk-test", max_retries=0)
 
 
-def _tool_loop(client: anthropic.Anthropic, prompt: str = "Fix the failing test in tests/test_math.py", **headers) -> None:
+def _tool_loop(client: "anthropic.Anthropic", prompt: str = "Fix the failing test in tests/test_math.py", **headers) -> None:
     """Two steps of a tool loop with the Anthropic SDK: the tool call it answers
     the first step with goes back, with its result, in the second."""
     first, second = _claude_code_turns(prompt)
@@ -188,7 +188,7 @@ def test_runs_with_one_first_prompt_are_a_conversation_each(proxy, upstream):
     assert [row["context_switch"] for row in rows[4:]] == [0, 0, 1, 0]
 
 
-def _responses(proxy, task: str) -> openai.OpenAI:
+def _responses(proxy, task: str) -> "openai.OpenAI":
     return openai.OpenAI(base_url=f"{proxy.origin}/t/{task}/openai/v1", api_key="sk-test", max_retries=0)
 
 

@@ -48,12 +48,12 @@ def _meter(meter, *args):
     return result
 
 
-def _chat(proxy, prefix: str = "", upstream: str = "openai", **headers) -> openai.OpenAI:
+def _chat(proxy, prefix: str = "", upstream: str = "openai", **headers) -> "openai.OpenAI":
     # Default retries (2): x-should-retry must be what stops them.
     return openai.OpenAI(base_url=f"{proxy.origin}{prefix}/{upstream}/v1", api_key="sk-test", default_headers=headers)
 
 
-def _outcome(client: openai.OpenAI, **args) -> str:
+def _outcome(client: "openai.OpenAI", **args) -> str:
     try:
         client.chat.completions.create(**{**CHAT_ARGS, **args})
         return "answered"

@@ -76,11 +76,11 @@ def row(proxy: RunningProxy, interaction_id: str) -> dict:
     raise AssertionError(f"interaction {interaction_id} was not recorded")
 
 
-def openai_client(proxy, prefix="") -> openai.OpenAI:
+def openai_client(proxy, prefix="") -> "openai.OpenAI":
     return openai.OpenAI(base_url=f"{proxy.origin}{prefix}/openai/v1", api_key=API_KEY, max_retries=0)
 
 
-def anthropic_client(proxy, prefix="") -> anthropic.Anthropic:
+def anthropic_client(proxy, prefix="") -> "anthropic.Anthropic":
     return anthropic.Anthropic(base_url=f"{proxy.origin}{prefix}/anthropic", api_key=API_KEY, max_retries=0)
 
 

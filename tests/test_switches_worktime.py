@@ -65,17 +65,17 @@ def _report(proxy, task_id: str) -> dict:
     return json.loads(_meter(proxy, "report", "task", task_id, "--json").stdout)
 
 
-def _anthropic(proxy, task: str | None = None) -> anthropic.Anthropic:
+def _anthropic(proxy, task: str | None = None) -> "anthropic.Anthropic":
     prefix = f"/t/{task}" if task else ""
     return anthropic.Anthropic(base_url=f"{proxy.origin}{prefix}/anthropic", api_key="sk-test", max_retries=0)
 
 
-def _openai(proxy, task: str | None = None) -> openai.OpenAI:
+def _openai(proxy, task: str | None = None) -> "openai.OpenAI":
     prefix = f"/t/{task}" if task else ""
     return openai.OpenAI(base_url=f"{proxy.origin}{prefix}/openai/v1", api_key="sk-test", max_retries=0)
 
 
-def _ask(client: anthropic.Anthropic, text: str, session: str | None = None) -> None:
+def _ask(client: "anthropic.Anthropic", text: str, session: str | None = None) -> None:
     headers = {"x-claude-code-session-id": session} if session else {}
     client.messages.create(
         model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": text}], extra_headers=headers
