@@ -306,6 +306,30 @@ def test_ctrl_c_during_proxy_start_up_exits_130_and_leaves_nothing_behind(tmp_pa
     _nothing_left(tmp_path, db_path, args)
 
 
+# `meter proxy` with a Ctrl-C sent while asyncio makes its event loop: the instant after the
+# last import ("taskmeter.team.process" lands there now and then), met every time.
+CTRL_C_WHILE_THE_LOOP_IS_MADE = """
+import asyncio.events, os, signal, sys
+make = asyncio.events.new_event_loop
+def interrupted():
+    os.kill(os.getpid(), signal.SIGINT)
+    return make()
+asyncio.events.new_event_loop = interrupted
+from taskmeter.cli import main
+sys.argv[0] = "meter"
+main()
+"""
+
+
+def test_ctrl_c_while_the_proxy_makes_its_event_loop_exits_130_and_leaves_nothing_behind(tmp_path, upstream):
+    args, db_path = _proxy_command(tmp_path, upstream)
+    done = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_THE_LOOP_IS_MADE, *args],
+                          env=_isolated(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 130 and "listening on" not in done.stdout, done
+    assert done.stderr.strip() == "", done.stderr  # not a half-made loop's traceback, nor "coroutine '_serve' was never awaited"
+    _nothing_left(tmp_path, db_path, args)
+
+
 def test_ctrl_c_during_meter_start_stops_the_proxy_it_was_starting(tmp_path, upstream):
     args, db_path = _proxy_command(tmp_path, upstream)
     start = ["start", *args[1:]]

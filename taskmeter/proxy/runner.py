@@ -264,8 +264,17 @@ def guard_settings(settings: Settings) -> str:
 
 
 async def _serve(
-    settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings, corporate: CorporateProxy | None
+    settings: Settings,
+    db_path: Path,
+    host: str,
+    port: int,
+    ready,
+    quiet: bool,
+    reload_settings,
+    corporate: CorporateProxy | None,
+    signal_mask: set[int | signal.Signals],
 ) -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # a Ctrl-C held since run_proxy lands here
     private_dir(settings.confdir)
     export = telemetry.resolve(settings.otel.endpoint, os.environ)  # a malformed URL is a one-line error, before we start
     for note in export.notes:
@@ -383,4 +392,11 @@ def run_proxy(
     Upstreams are reached through the `corporate` proxy, if any."""
     _check_port_free(host, port)
     configure_logging()
-    asyncio.run(_serve(settings, db_path, host, port, ready, quiet, reload_settings, corporate))
+    # A Ctrl-C while asyncio makes its loop would leave a half-made loop and a coroutine never
+    # run, each complaining at exit with a traceback: held until _serve begins, where asyncio's
+    # handler cancels the run (status 130) as it does any Ctrl-C before the proxy listens.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        asyncio.run(_serve(settings, db_path, host, port, ready, quiet, reload_settings, corporate, mask))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
