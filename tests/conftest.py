@@ -34,7 +34,9 @@ class _ImportedOnUse(types.ModuleType):
     never call them (none of `make check`'s do)."""
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):  # what pytest looks for on a test module's every name (_mock_name)
+        # What pytest reads of every name in a test module (__test__, __bases__, _mock_name...)
+        # finds nothing; the SDK's own names are public, or its __version__.
+        if name.startswith("_") and name != "__version__":
             raise AttributeError(name)
         sdk = sys.modules.get(self.__name__)
         if sdk is self:  # the first name read: the SDK itself takes the stand-in's place

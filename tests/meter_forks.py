@@ -1,7 +1,8 @@
 """`meter` commands for the tests that run hundreds of them (the team store's): each
 command is a fork of one process that imported the meter's modules and psycopg once.
 The fork runs the command as the `meter` script does (taskmeter.cli.main) with the
-command's arguments, environment, working folder and standard streams (files), and
+command's arguments, environment, working folder, standard input (a file, empty unless
+given) and standard output and error (files), and
 its exit status is the command's. What is left out is Python's start-up, the imports
 (psycopg alone imports asyncio) and the tearing down of every module at the end,
 which in a fork copies each page of the preloaded heap: 0.1-0.3 s of CPU a command,
@@ -65,15 +66,19 @@ class ForkingMeter:
         self._pending = b""
         return process
 
-    def run(self, args: list[str], env: dict[str, str], timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess:
-        """`meter ARGS` in `env`: its output as text, its exit status; subprocess.TimeoutExpired past `timeout`."""
+    def run(
+        self, args: list[str], env: dict[str, str], timeout: float, cwd: str | None = None, stdin: str = ""
+    ) -> subprocess.CompletedProcess:
+        """`meter ARGS` in `env`, reading `stdin`: its output as text, its exit status; subprocess.TimeoutExpired past `timeout`."""
         with self._lock, tempfile.TemporaryDirectory(prefix="meter-fork-") as folder:
             if self._process is not None and self._process.poll() is not None:
                 self.close()  # it ended (killed?): a new one
             if self._process is None:
                 self._process = self._start()
-            out, err = Path(folder, "stdout"), Path(folder, "stderr")
-            request = {"args": args, "env": env, "cwd": cwd or os.getcwd(), "stdout": str(out), "stderr": str(err)}
+            given, out, err = Path(folder, "stdin"), Path(folder, "stdout"), Path(folder, "stderr")
+            given.write_text(stdin)
+            request = {"args": args, "env": env, "cwd": cwd or os.getcwd()}
+            request.update(stdin=str(given), stdout=str(out), stderr=str(err))
             os.write(self._requests, json.dumps(request).encode() + b"\n")
             deadline = time.monotonic() + timeout
             pid = int(self._reply(deadline, args, timeout))
@@ -136,7 +141,7 @@ def _become(request: dict) -> None:
     os.environ.update(request["env"])
     time.tzset()
     for fd, path, flags in (
-        (0, os.devnull, os.O_RDONLY),
+        (0, request["stdin"], os.O_RDONLY),
         (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
         (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
     ):

@@ -18,6 +18,7 @@ from pathlib import Path
 from taskmeter.private import private_dir
 from taskmeter.store import connection
 from taskmeter.timefmt import now_stored
+from tests.meter_forks import METER
 from tests.migrated import migrated_file
 
 VENV_BIN = Path(sys.executable).parent
@@ -101,18 +102,20 @@ def proxy_in_front_of(tmp_path: Path, upstream_port: int, providers=("openai", "
     return RunningProxy(config, tmp_path / "meter.db")
 
 
-def meter(proxy: "RunningProxy", *args: str) -> subprocess.CompletedProcess:
-    """The real `meter ARGS` on the proxy's database, as a user would run it."""
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=60
-    )
+def meter(
+    proxy: "RunningProxy", *args: str, env: dict[str, str] | None = None, stdin: str = "", check: bool = False
+) -> subprocess.CompletedProcess:
+    """`meter ARGS` on the proxy's database, in the test's environment (or `env`), reading `stdin`
+    (with `check`, it must succeed): a fork of a process that imported the CLI once
+    (tests/meter_forks.py), as the script runs it."""
+    done = METER.run([*args, "--db", str(proxy.db_path)], env=dict(os.environ) if env is None else env, timeout=60, stdin=stdin)
+    assert done.returncode == 0 or not check, done.stderr
+    return done
 
 
 def meter_json(proxy: "RunningProxy", *args: str):
     """`meter ARGS --json` on the proxy's database, which must succeed, read."""
-    done = meter(proxy, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(meter(proxy, *args, "--json", check=True).stdout)
 
 
 def claude_code_turn(proxy: "RunningProxy", prompt: str, session: str) -> None:

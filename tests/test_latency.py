@@ -3,9 +3,7 @@ stored since the start (`first_byte_at`, `ended_at`), show in `meter log` and `m
 show`, and `meter report models` gives each model's p50 and p95 of both. Through a
 real `meter proxy`, the official SDKs and a loopback upstream that paces its stream."""
 
-import json
 import math
-import subprocess
 from datetime import datetime
 
 import anthropic
@@ -14,7 +12,7 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, proxy_in_front_of
+from tests.proxy_harness import meter, meter_json, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +32,6 @@ def proxy(tmp_path, upstream):
     running = proxy_in_front_of(tmp_path, upstream.port)
     yield running
     running.stop()
-
-
-def meter(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 def _seconds(start: str, end: str) -> float:
@@ -76,22 +66,22 @@ def test_time_to_first_token_and_total_time_in_log_show_and_report_models(proxy,
         first, total = _seconds(row["started_at"], row["first_byte_at"]), _seconds(row["started_at"], row["ended_at"])
         assert first < total - 0.3, (first, total)  # 19 paced chunks after the first
 
-    logged = {call["interaction_id"]: call for call in json.loads(meter(proxy, "log", "--json").stdout)}
+    logged = {call["interaction_id"]: call for call in meter_json(proxy, "log")}
     for row in rows:
         call = logged[row["id"]]
         assert call["first_token_seconds"] == pytest.approx(_seconds(row["started_at"], row["first_byte_at"]), abs=1e-6)
         assert call["total_seconds"] == pytest.approx(_seconds(row["started_at"], row["ended_at"]), abs=1e-6)
-    piped = meter(proxy, "log", "--no-preview").stdout.splitlines()
+    piped = meter(proxy, "log", "--no-preview", check=True).stdout.splitlines()
     header = piped[0].split("\t")
     newest = dict(zip(header, piped[1].split("\t"), strict=True))
     assert newest["1st tok"].endswith("s") and newest["Time"].endswith("s")
 
     one = streamed[-1]
-    shown = meter(proxy, "show", one["id"]).stdout
+    shown = meter(proxy, "show", one["id"], check=True).stdout
     first, total = logged[one["id"]]["first_token_seconds"], logged[one["id"]]["total_seconds"]
     assert f"Latency:      first token after {first:.2f}s, done after {total:.2f}s" in shown
 
-    report = json.loads(meter(proxy, "report", "models", "--json").stdout)
+    report = meter_json(proxy, "report", "models")
     latency = {model["model"]: model["latency"] for model in report["models"]}
     model = streamed[0]["model"]
     firsts = [_seconds(row["started_at"], row["first_byte_at"]) for row in streamed]
@@ -102,8 +92,8 @@ def test_time_to_first_token_and_total_time_in_log_show_and_report_models(proxy,
     assert latency[model]["total_p50_seconds"] == pytest.approx(_nearest_rank(totals, 50), abs=1e-6)
     assert latency[model]["total_p95_seconds"] == pytest.approx(max(totals), abs=1e-6)
     assert latency["gpt-4o-mini-2024-07-18"]["timed_calls"] == 1  # the model the answer names
-    notes = meter(proxy, "report", "models").stderr  # piped: the latency lines go beside the table
+    notes = meter(proxy, "report", "models", check=True).stderr  # piped: the latency lines go beside the table
     assert notes.startswith("Latency p50 / p95: first token; whole answer\n")
     assert f"  {model}" in notes and "(3 calls)" in notes and "(1 call)" in notes
-    csv_lines = meter(proxy, "report", "models", "--format", "csv").stdout.splitlines()
+    csv_lines = meter(proxy, "report", "models", "--format", "csv", check=True).stdout.splitlines()
     assert csv_lines[0].endswith(",first_token_p50_seconds,first_token_p95_seconds,total_p50_seconds,total_p95_seconds")

@@ -16,7 +16,7 @@ from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.gitrepo import eventually
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, meter, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -435,12 +435,6 @@ def test_log_follow_shows_each_new_call_from_another_terminal(proxy, upstream):
         follower.wait(10)
 
 
-def meter_cli(proxy: RunningProxy, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], input=stdin, capture_output=True, text=True, timeout=30
-    )
-
-
 WEATHER_TOOL = {"name": "weather", "description": "Weather", "input_schema": {"type": "object", "properties": {}}}
 
 
@@ -463,13 +457,13 @@ def test_show_tells_what_an_anthropic_tool_use_turn_said(proxy, upstream):
         stream.get_final_message()
         interaction_id = stream.response.headers["x-meter-interaction-id"]
     row(proxy, interaction_id)
-    shown = json.loads(meter_cli(proxy, "show", interaction_id, "--json").stdout)
+    shown = json.loads(meter(proxy, "show", interaction_id, "--json").stdout)
     # The tool result travelled as a user turn, but the typed message is the first one.
     assert shown["text"]["prompt"] == "Is it raining in Paris? My key is [redacted]"
     assert shown["text"]["steps"] == ['tool call weather {"city": "Paris"}', "tool result 18°C, dry"]
     assert shown["text"]["response"] == 'tool call weather {"latitude": "52.5200", "longitude": "13.4050"}'
     assert shown["interaction_id"] == interaction_id and shown["tokens"]["input_total"] == 633
-    text = meter_cli(proxy, "show", interaction_id[:8]).stdout
+    text = meter(proxy, "show", interaction_id[:8]).stdout
     assert "Usage source: reported: stated by the provider" in text
     assert text.index("--- last message typed ---") < text.index("--- since then ---") < text.index("--- response ---")
     assert "tool result 18°C, dry" in text
@@ -484,33 +478,33 @@ def test_show_and_flag_an_openai_call_with_a_tool_result(proxy, upstream):
             {"id": "call_1", "type": "function", "function": {"name": "lookup_city", "arguments": '{"city":"Crumpet"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "Crumpet is a country, not a city"},
     ]  # fmt: skip
-    meter_cli(proxy, "set-task", "P9-070")
+    meter(proxy, "set-task", "P9-070")
     raw = openai_client(proxy).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
     interaction_id = raw.headers["x-meter-interaction-id"]
     row(proxy, interaction_id)
-    shown = json.loads(meter_cli(proxy, "show", "last", "--json").stdout)
+    shown = json.loads(meter(proxy, "show", "last", "--json").stdout)
     assert shown["interaction_id"] == interaction_id and shown["task_id"] == "P9-070"
     assert shown["text"] == {
         "prompt": "How many people live in Crumpet?",
         "steps": ['tool call lookup_city {"city":"Crumpet"}', "tool result Crumpet is a country, not a city"],
         "response": 'tool call lookup_population {"country":"Crumpet"}',
     }
-    flagged = meter_cli(proxy, "flag", "last", "--note", "invented a country")
+    flagged = meter(proxy, "flag", "last", "--note", "invented a country")
     assert flagged.returncode == 0, flagged.stderr
     first, details, response = flagged.stdout.splitlines()
     assert first == f"Flagged {interaction_id} as a hallucination:"
     assert "P9-070" in details and "gpt-4o-mini-2024-07-18" in details and "109 tokens" in details
     assert response.strip() == 'tool call lookup_population {"country":"Crumpet"}'
-    purged = meter_cli(proxy, "purge")
+    purged = meter(proxy, "purge")
     assert purged.returncode == 0 and "usage is kept" in purged.stdout
-    after = json.loads(meter_cli(proxy, "show", interaction_id, "--json").stdout)
+    after = json.loads(meter(proxy, "show", interaction_id, "--json").stdout)
     assert after["text"] is None and after["tokens"]["total"] == 109 and after["flagged"]
-    meter_cli(proxy, "set-task", "--none")
+    meter(proxy, "set-task", "--none")
 
 
 def test_statusline_knows_whether_a_claude_code_session_is_metered(proxy, upstream, tmp_path):
     upstream.routes[MESSAGES] = json_reply("anthropic/messages_nonstream_cache")
-    meter_cli(proxy, "set-task", "P9-080", "--estimate", "2h")
+    meter(proxy, "set-task", "P9-080", "--estimate", "2h")
     client = anthropic_client(proxy)
     with_header = client.messages.with_raw_response.create(**MESSAGES_ARGS, extra_headers={"x-claude-code-session-id": "cc-1"})
     in_metadata = client.messages.with_raw_response.create(
@@ -535,4 +529,4 @@ def test_statusline_knows_whether_a_claude_code_session_is_metered(proxy, upstre
     down = tmp_path / "no-proxy.db"
     subprocess.run([str(VENV_BIN / "meter"), "set-task", "P9-081", "--db", str(down)], check=True, capture_output=True)
     assert statusline(["--db", str(down)], None).startswith("NOT METERED · P9-081 0m")
-    meter_cli(proxy, "set-task", "--none")
+    meter(proxy, "set-task", "--none")

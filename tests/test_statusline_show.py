@@ -21,7 +21,7 @@ from taskmeter.store.interactions import Interaction, insert_many
 from taskmeter.timefmt import parse_moment, to_stored
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, proxy_in_front_of
+from tests.proxy_harness import VENV_BIN, meter, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -46,14 +46,7 @@ def _meter(proxy, *args: str, stdin: str = "", config: str | None = None) -> sub
         path = proxy.config.with_name("statusline.toml")
         path.write_text(proxy.config.read_text() + config)
         environ["METER_CONFIG"] = str(path)
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=environ,
-    )
+    return meter(proxy, *args, env=environ, stdin=stdin)
 
 
 def _line(proxy, session: str | None, config: str | None = None) -> list[str]:

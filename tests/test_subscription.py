@@ -22,6 +22,7 @@ import pytest
 
 from taskmeter.proxy.routing import classify, subscription_login
 from taskmeter.store import connection, migrations, tasks
+from tests import proxy_harness
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
@@ -54,13 +55,7 @@ def header(received, name: str) -> str | None:
 
 
 def meter(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "METER_CONFIG": str(proxy.config)},
-    )
+    return proxy_harness.meter(proxy, *args, env={**os.environ, "METER_CONFIG": str(proxy.config)})
 
 
 @pytest.fixture

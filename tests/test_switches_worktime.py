@@ -5,7 +5,6 @@ go through the store's own functions (set-task, the recorder's writer, retag,
 the pytest plugin's record, the git hook's commit on a real repository) with
 the clock set."""
 
-import json
 import os
 import subprocess
 import uuid
@@ -29,7 +28,7 @@ from taskmeter.store.writer import Writer
 from taskmeter.timefmt import to_stored
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, proxy_in_front_of
+from tests.proxy_harness import meter, meter_json, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -53,16 +52,8 @@ def proxy(tmp_path, upstream):
     running.stop()
 
 
-def _meter(proxy, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=30, env=os.environ
-    )
-    assert result.returncode == 0, result.stderr
-    return result
-
-
 def _report(proxy, task_id: str) -> dict:
-    return json.loads(_meter(proxy, "report", "task", task_id, "--json").stdout)
+    return meter_json(proxy, "report", "task", task_id)
 
 
 def _anthropic(proxy, task: str | None = None) -> "anthropic.Anthropic":
@@ -85,7 +76,7 @@ def _ask(client: "anthropic.Anthropic", text: str, session: str | None = None) -
 def test_twelve_sdk_calls_with_new_first_messages_make_no_context_switch(proxy, upstream):
     """The issue's 12 calls in 90 s on one task: one-shot calls of three SDKs,
     each with a new first message. Twelve sessions, no context switch."""
-    _meter(proxy, "set-task", "P1-001")
+    meter(proxy, "set-task", "P1-001", check=True)
     claude, gpt = _anthropic(proxy), _openai(proxy)
     for n in range(4):
         _ask(claude, f"Summarise module {n}")
@@ -107,16 +98,16 @@ def test_claude_code_sessions_and_returns_count_by_the_rule(proxy, upstream):
     (no switch: the task had it). P2-002 keeps one agent session: no switch."""
     one, two = str(uuid.uuid4()), str(uuid.uuid4())
     terminal_one, second_terminal = _anthropic(proxy), _anthropic(proxy, "P2-002")
-    _meter(proxy, "set-task", "P2-001")
+    meter(proxy, "set-task", "P2-001", check=True)
     for n in range(3):
         _ask(terminal_one, f"Fix bug {n}", one)  # one session: the same header, new prompts
         _ask(second_terminal, f"Write docs {n}", "cc-docs")
     _ask(terminal_one, "Review the diff", two)
     _ask(terminal_one, "Review the diff again", two)
     _openai(proxy).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "a script's question"}])
-    _meter(proxy, "set-task", "P2-003")
+    meter(proxy, "set-task", "P2-003", check=True)
     _ask(terminal_one, "Look at the flaky test", str(uuid.uuid4()))
-    _meter(proxy, "set-task", "P2-001")
+    meter(proxy, "set-task", "P2-001", check=True)
     _ask(terminal_one, "Back to bug 2", one)
     _ask(terminal_one, "And bug 3", one)
 
@@ -128,9 +119,9 @@ def test_claude_code_sessions_and_returns_count_by_the_rule(proxy, upstream):
     assert by_task == {"P2-001": [0, 0, 0, 1, 0, 0, 1, 0], "P2-002": [0, 0, 0], "P2-003": [0]}
     assert _report(proxy, "P2-001")["context_switches"] == 2
     assert _report(proxy, "P2-002")["context_switches"] == 0
-    phase = json.loads(_meter(proxy, "report", "phase", "P2", "--json").stdout)
+    phase = meter_json(proxy, "report", "phase", "P2")
     assert phase["context_switches_total"] == 2
-    text = _meter(proxy, "report", "task", "P2-001").stdout
+    text = meter(proxy, "report", "task", "P2-001", check=True).stdout
     assert "2 (returns to the task after another one, and agent sessions after its first)" in text
 
 
@@ -153,7 +144,7 @@ def test_a_responses_chain_is_an_agent_session_from_its_second_call(proxy, upstr
 def test_a_task_never_current_has_no_more_working_time_than_wall_time(proxy, upstream):
     """A task worked only through `/t/` while another is current: its call's minute
     reached 60 s past the call (65.6 s of work against 15.5 s of wall time)."""
-    _meter(proxy, "set-task", "P4-001")
+    meter(proxy, "set-task", "P4-001", check=True)
     _ask(_anthropic(proxy, "P4-002"), "one call from the second terminal")
     assert len(proxy.rows(wait_for=1)) == len(upstream.received) == 1
     report = _report(proxy, "P4-002")

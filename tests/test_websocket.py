@@ -19,7 +19,7 @@ from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fake_ws_upstream import FakeResponsesSocket, response_frames, sse_frames, usage
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.proxy_harness import RunningProxy, meter, meter_json, write_config
 from tests.tls import make_server_tls
 
 pytestmark = pytest.mark.e2e
@@ -143,7 +143,7 @@ def test_two_responses_on_one_socket_are_two_calls_with_their_usage(proxy):
     while not all(any(row["id"] in line for _, line in proxy.live_view) for row in (one, two)):
         assert time.monotonic() < deadline, proxy.live_view[-5:]
         time.sleep(0.05)
-    log = meter_cli(proxy, "log", "--json", "--limit", "1000").stdout
+    log = meter(proxy, "log", "--json", "--limit", "1000", check=True).stdout
     assert one["id"] in log and two["id"] in log
     # A `previous_response_id` chain is one conversation, as over HTTP.
     assert one["conversation_id"] and one["conversation_id"] == two["conversation_id"]
@@ -154,12 +154,6 @@ def new_rows(proxy: RunningProxy, before: int, count: int) -> list[dict]:
     rows = proxy.rows(wait_for=before + count)[before:]
     assert len(rows) == count, rows
     return rows
-
-
-def meter_cli(proxy: RunningProxy, *args: str):
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), *args, "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=30, check=True
-    )
 
 
 def test_a_prewarm_with_generate_false_is_a_call_billed_for_its_input(proxy):
@@ -346,16 +340,16 @@ def test_attribution_follows_the_path_prefix_and_the_header(proxy, upstream):
 
 def test_each_create_goes_to_the_task_current_when_it_was_sent(proxy):
     before = len(proxy.rows(wait_for=0, timeout=0))
-    meter_cli(proxy, "set-task", "WS-FIRST")
+    meter(proxy, "set-task", "WS-FIRST", check=True)
     try:
         with connect(socket_url(proxy)) as ws:
             ws.send(create("resp_task_1", 30, 3))
             receive_response(ws)
-            meter_cli(proxy, "set-task", "WS-SECOND")
+            meter(proxy, "set-task", "WS-SECOND", check=True)
             ws.send(create("resp_task_2", 40, 4))
             receive_response(ws)
     finally:
-        meter_cli(proxy, "set-task", "--none")
+        meter(proxy, "set-task", "--none", check=True)
     first, second = new_rows(proxy, before, 2)
     assert (first["task_id"], first["input_total"]) == ("WS-FIRST", 30)
     assert (second["task_id"], second["input_total"]) == ("WS-SECOND", 40)
@@ -627,7 +621,7 @@ def test_a_socket_of_codex_on_a_chatgpt_login_is_metered_at_the_api_equivalent_p
                 ws.send(create("resp_sub_1", 900, 9))
                 receive_response(ws)
             (row,) = new_rows(proxy, 0, 1)
-            (shown,) = json.loads(meter_cli(proxy, "log", "--json").stdout)
+            (shown,) = meter_json(proxy, "log")
         finally:
             assert proxy.stop() == 0
     assert (row["provider"], row["task_id"], row["input_total"], row["output_total"]) == ("chatgpt", "WS-SUB", 900, 9)
