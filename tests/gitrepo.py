@@ -12,7 +12,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from taskmeter.store import connection
-from tests.proxy_harness import VENV_BIN
+from tests.meter_forks import METER
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def meter(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "meter"), *args], capture_output=True, text=True, env=os.environ, timeout=30)
+    """`meter ARGS` here, in the test's environment: a fork of the preloaded meter (tests/meter_forks.py)."""
+    return METER.run(list(args), env=dict(os.environ), timeout=30)
 
 
 def eventually(check, timeout: float = 15.0):

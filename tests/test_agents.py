@@ -16,7 +16,8 @@ import pytest
 from taskmeter import agents
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, proxy_in_front_of
+from tests.meter_forks import METER
+from tests.proxy_harness import RunningProxy, proxy_in_front_of
 
 pytestmark = pytest.mark.e2e
 
@@ -63,25 +64,8 @@ def _meter_run(proxy: RunningProxy, home: Path, task: str, command: list[str], *
     """`meter run --task TASK -- COMMAND` with HOME at `home`, no key of the developer's, and no proxy of the machine's."""
     environ = {name: value for name, value in os.environ.items() if not name.endswith(("_API_KEY", "_PROXY", "_proxy"))}
     environ.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), **env)
-    return subprocess.run(
-        [
-            str(VENV_BIN / "meter"),
-            "run",
-            "--task",
-            task,
-            "--config",
-            str(proxy.config),
-            "--db",
-            str(proxy.db_path),
-            "--",
-            *command,
-        ],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=home,
-        timeout=60,
-    )
+    args = ["run", "--task", task, "--config", str(proxy.config), "--db", str(proxy.db_path), "--", *command]
+    return METER.run(args, env=environ, timeout=60, cwd=str(home))
 
 
 def _header(received, name: str) -> str | None:
@@ -367,9 +351,7 @@ def test_other_commands_are_left_as_they_are(tmp_path):
 def _doctor(tmp_path: Path, agent: str, **env: str) -> subprocess.CompletedProcess:
     environ = {name: value for name, value in os.environ.items() if not name.endswith("_API_KEY")}
     environ.update(HOME=str(_home(tmp_path)), METER_DB=str(tmp_path / "meter.db"), XDG_CONFIG_HOME=str(tmp_path / "xdg"), **env)
-    return subprocess.run(
-        [str(VENV_BIN / "meter"), "doctor", "--agent", agent], capture_output=True, text=True, env=environ, timeout=30
-    )
+    return METER.run(["doctor", "--agent", agent], env=environ, timeout=30)
 
 
 def test_doctor_tells_a_chatgpt_codex_login_from_an_api_key(tmp_path):

@@ -26,7 +26,8 @@ from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import local_hour_starts, local_midnight, parse_moment, to_stored
 from tests.fake_upstream import FakeUpstream, Scenario
-from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
+from tests.meter_forks import METER
+from tests.proxy_harness import RunningProxy, write_config
 from tests.test_dashboard import RunningDashboard, browser, page  # noqa: F401  (the browser fixtures)
 
 pytestmark = pytest.mark.e2e
@@ -131,9 +132,9 @@ def store_hourly_calls(db_path, first: datetime, hours: int, task_id: str = "P1-
 
 
 def meter_in(name: str, db_path, *args: str) -> subprocess.CompletedProcess:
-    """The real `meter` in its own process, in time zone `name`."""
+    """`meter` in time zone `name` (a fork of the preloaded meter: tests/meter_forks.py)."""
     env = {"PATH": "/usr/bin:/bin", "METER_DB": str(db_path), "TZ": name, "HOME": str(db_path.parent)}
-    return subprocess.run([str(VENV_BIN / "meter"), *args], capture_output=True, text=True, env=env, timeout=60)
+    return METER.run(list(args), env=env, timeout=60)
 
 
 def hourly(name: str, db_path, *args: str) -> list[dict]:

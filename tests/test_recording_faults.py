@@ -21,7 +21,7 @@ from taskmeter.store import connection
 from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
-from tests.proxy_harness import VENV_BIN, RunningProxy, unread_input, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, meter, unread_input, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -263,14 +263,9 @@ def test_a_cut_anthropic_stream_counts_the_output_that_was_delivered(proxy, upst
 
 def test_a_task_id_in_any_case_is_one_task(tmp_path, upstream):
     proxy = _start(tmp_path, upstream)
-    env = {**os.environ, "METER_DB": str(proxy.db_path)}
-
-    def meter(*args: str) -> str:
-        return subprocess.run([str(VENV_BIN / "meter"), *args], check=True, capture_output=True, text=True, env=env).stdout
-
     try:
-        meter("set-task", "P1-010")
-        meter("set-task", "p1-010")
+        meter(proxy, "set-task", "P1-010", check=True)
+        meter(proxy, "set-task", "p1-010", check=True)
         with httpx.Client() as client:
             ids = [
                 _post(client, proxy),
@@ -280,8 +275,8 @@ def test_a_task_id_in_any_case_is_one_task(tmp_path, upstream):
                 ],
             ]
         rows = _stored(proxy.db_path, 3)
-        report = meter("report", "phase", "p1", "--format", "json")
-        listing = meter("tasks", "--json")
+        report = meter(proxy, "report", "phase", "p1", "--format", "json", check=True).stdout
+        listing = meter(proxy, "tasks", "--json", check=True).stdout
     finally:
         proxy.stop()
     assert {rows[i]["task_id"] for i in ids} == {"P1-010"}

@@ -24,6 +24,7 @@ from taskmeter.store import connection
 from taskmeter.terminal import width_of, wrap
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
+from tests.meter_forks import METER
 from tests.proxy_harness import BANNER_END, VENV_BIN, write_config
 
 COLUMNS = 80
@@ -103,7 +104,8 @@ def _free_port() -> int:
 
 
 def _meter(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "meter"), *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    """`meter ARGS` piped: a fork of the preloaded meter (tests/meter_forks.py)."""
+    return METER.run(list(args), env=dict(os.environ), timeout=60)
 
 
 @pytest.fixture(scope="module")
