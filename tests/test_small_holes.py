@@ -29,7 +29,7 @@ import pytest
 
 from taskmeter.handover.pipe import RunAccount
 from taskmeter.proxy.runner import summary_line
-from taskmeter.store import connection
+from taskmeter.store import connection, dashboards
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import BANNER_END, VENV_BIN, RunningProxy, meter, meter_json, proxy_in_front_of, write_config
@@ -306,28 +306,39 @@ def test_ctrl_c_during_proxy_start_up_exits_130_and_leaves_nothing_behind(tmp_pa
     _nothing_left(tmp_path, db_path, args)
 
 
-# `meter proxy` with a Ctrl-C sent while asyncio makes its event loop: the instant after the
-# last import ("taskmeter.team.process" lands there now and then), met every time.
+# A command with a Ctrl-C sent while asyncio makes its event loop (asyncio.Runner's first step,
+# whichever loop the command asks for): the instant after the last import, which the proxy's
+# "taskmeter.team.process" moment above meets now and then, met every time.
 CTRL_C_WHILE_THE_LOOP_IS_MADE = """
-import asyncio.events, os, signal, sys
-make = asyncio.events.new_event_loop
-def interrupted():
+import asyncio.runners, os, signal, sys
+make = asyncio.runners.Runner._lazy_init
+def interrupted(runner):
     os.kill(os.getpid(), signal.SIGINT)
-    return make()
-asyncio.events.new_event_loop = interrupted
+    return make(runner)
+asyncio.runners.Runner._lazy_init = interrupted
 from taskmeter.cli import main
 sys.argv[0] = "meter"
 main()
 """
 
 
-def test_ctrl_c_while_the_proxy_makes_its_event_loop_exits_130_and_leaves_nothing_behind(tmp_path, upstream):
+@pytest.mark.parametrize("command", ["proxy", "ui"])
+def test_ctrl_c_while_a_command_makes_its_event_loop_stops_it_quietly_and_leaves_nothing_behind(tmp_path, upstream, command):
     args, db_path = _proxy_command(tmp_path, upstream)
+    if command == "ui":  # Ctrl-C is the way to stop the dashboard: status 0
+        connection.connect(db_path).close()
+        args = ["ui", "--port", "0", "--db", str(db_path)]
     done = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_THE_LOOP_IS_MADE, *args],
                           env=_isolated(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert done.returncode == 130 and "listening on" not in done.stdout, done
-    assert done.stderr.strip() == "", done.stderr  # not a half-made loop's traceback, nor "coroutine '_serve' was never awaited"
-    _nothing_left(tmp_path, db_path, args)
+    # Not a half-made loop's traceback, nor "coroutine '_serve' (or 'Server.serve') was never awaited".
+    assert done.stderr.strip() == "", done.stderr
+    if command == "ui":
+        assert done.returncode == 0, done
+        with contextlib.closing(connection.connect(db_path)) as db:
+            assert db.execute("SELECT value FROM state WHERE key = ?", (dashboards.KEY,)).fetchall() == []  # unregistered
+    else:
+        assert done.returncode == 130 and "listening on" not in done.stdout, done
+        _nothing_left(tmp_path, db_path, args)
 
 
 def test_ctrl_c_during_meter_start_stops_the_proxy_it_was_starting(tmp_path, upstream):

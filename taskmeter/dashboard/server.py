@@ -1,6 +1,7 @@
 """`meter ui`: the dashboard served by uvicorn on 127.0.0.1, announced in the
 database for the proxy's banner and `meter status` while it runs."""
 
+import contextlib
 import errno
 import os
 import secrets
@@ -8,12 +9,13 @@ import socket
 import sys
 import threading
 import webbrowser
+from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
 import uvicorn
 
-from taskmeter import terminal
+from taskmeter import ctrl_c, terminal
 from taskmeter.analytics.budgets import Defaults
 from taskmeter.dashboard.access import moving_on_page, tokened_url
 from taskmeter.dashboard.app import create_app
@@ -50,6 +52,12 @@ class StoppingServer(uvicorn.Server):
         self.stopping.set()
         super().handle_exit(sig, frame)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            ctrl_c.release()  # a Ctrl-C held since serve() began lands here, in handle_exit: stopped as later
+            yield
+
 
 def _opener(url: str) -> Path:
     """A page of the user's alone that opens `url`: the browser is given its path, not the
@@ -82,7 +90,8 @@ def serve(db_path: Path, port: int, idle_seconds: float, budget_defaults: Defaul
             # A request still running then (a page's report) is cut short rather than hold Ctrl-C.
             timeout_graceful_shutdown=1,
         )
-        StoppingServer(config, stopping).run(sockets=[sock])
+        with ctrl_c.held_until_running():
+            StoppingServer(config, stopping).run(sockets=[sock])
     finally:
         dashboards.unregister(db)
         db.close()

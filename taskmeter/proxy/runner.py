@@ -19,7 +19,7 @@ import certifi
 import mitmproxy
 from mitmproxy import options
 
-from taskmeter import telemetry
+from taskmeter import ctrl_c, telemetry
 from taskmeter.config import Settings
 from taskmeter.config.settings import AlertSettings, BudgetSettings, flat
 from taskmeter.errors import MeterError
@@ -264,17 +264,9 @@ def guard_settings(settings: Settings) -> str:
 
 
 async def _serve(
-    settings: Settings,
-    db_path: Path,
-    host: str,
-    port: int,
-    ready,
-    quiet: bool,
-    reload_settings,
-    corporate: CorporateProxy | None,
-    signal_mask: set[int | signal.Signals],
+    settings: Settings, db_path: Path, host: str, port: int, ready, quiet: bool, reload_settings, corporate: CorporateProxy | None
 ) -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # a Ctrl-C held since run_proxy lands here
+    ctrl_c.release()  # a Ctrl-C held since run_proxy began lands here (status 130, as before listening)
     private_dir(settings.confdir)
     export = telemetry.resolve(settings.otel.endpoint, os.environ)  # a malformed URL is a one-line error, before we start
     for note in export.notes:
@@ -392,11 +384,5 @@ def run_proxy(
     Upstreams are reached through the `corporate` proxy, if any."""
     _check_port_free(host, port)
     configure_logging()
-    # A Ctrl-C while asyncio makes its loop would leave a half-made loop and a coroutine never
-    # run, each complaining at exit with a traceback: held until _serve begins, where asyncio's
-    # handler cancels the run (status 130) as it does any Ctrl-C before the proxy listens.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        asyncio.run(_serve(settings, db_path, host, port, ready, quiet, reload_settings, corporate, mask))
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    with ctrl_c.held_until_running():
+        asyncio.run(_serve(settings, db_path, host, port, ready, quiet, reload_settings, corporate))
