@@ -1,14 +1,13 @@
-"""`meter` commands for the tests that run hundreds of them (the team store's): each
-command is a fork of one process that imported the meter's modules and psycopg once.
+"""`meter` commands that tests run piped (the team store's hundreds, proxy_harness.meter's):
+each command is a fork of one process that imported the meter's modules and psycopg once.
 The fork runs the command as the `meter` script does (taskmeter.cli.main) with the
 command's arguments, environment, working folder, standard input (a file, empty unless
-given) and standard output and error (files), and
-its exit status is the command's. What is left out is Python's start-up, the imports
-(psycopg alone imports asyncio) and the tearing down of every module at the end,
-which in a fork copies each page of the preloaded heap: 0.1-0.3 s of CPU a command,
-against 0.01-0.03 s. The fork ends as the interpreter does otherwise: threads joined,
-atexit handlers run, streams flushed. A module that is not preloaded is imported by
-the command, as it would be.
+given) and standard output and error (files), and its exit status is the command's.
+What is left out is Python's start-up, the imports (psycopg alone imports asyncio) and
+the tearing down of every module at the end, which in a fork copies each page of the
+preloaded heap: 0.1-0.3 s of CPU a command, against 0.01-0.03 s. The fork ends as the
+interpreter does otherwise: threads joined, atexit handlers run, streams flushed. A
+module that is not preloaded is imported by the command, as it would be.
 
 tests/test_meter_forks.py holds a forked command's output and status to the script's.
 Run as a script, this file is that process: it reads one JSON request a line from
