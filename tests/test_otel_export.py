@@ -356,10 +356,13 @@ def test_a_dead_collector_loses_no_call_and_costs_one_status_line(tmp_path, upst
         assert run_concurrently(call, 8) == []
         for _ in range(12):
             call()
-        status = wait_for(lambda: (text := meter_status(proxy.db_path)) and "telemetry:" in text and text, "the status line")
-        # One line per failing endpoint (metrics join once their first export is due), each with the cause.
+        # One line per failing endpoint, each with the cause: the traces' (the metrics' may come
+        # first, or join once their first export is due).
+        traces_line = f"telemetry: export to {endpoint}/v1/traces failing since"
+        status = wait_for(
+            lambda: (text := meter_status(proxy.db_path)) and traces_line in text and text, "the traces' status line"
+        )
         lines = [line for line in status.splitlines() if "telemetry:" in line]
-        assert any(f"telemetry: export to {endpoint}/v1/traces failing since" in line for line in lines), status
         assert all(f"({cause})" in line and f"export to {endpoint}/v1/" in line for line in lines), status
         failing = json.loads(meter_status_json(proxy.db_path))["telemetry"]["failing"]
         assert failing[f"{endpoint}/v1/traces"]["cause"] == cause
