@@ -16,7 +16,7 @@ from tests.conftest import run_concurrently
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.gitrepo import eventually
-from tests.proxy_harness import VENV_BIN, RunningProxy, meter, write_config
+from tests.proxy_harness import VENV_BIN, RunningProxy, meter, meter_json, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -114,11 +114,7 @@ def test_openai_stream_through_gateway_is_metered_exactly_and_not_buffered(proxy
 
 
 def test_status_shows_the_running_proxy(proxy):
-    result = subprocess.run(
-        [str(VENV_BIN / "meter"), "status", "--json", "--db", str(proxy.db_path)], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 0, result.stderr
-    running = json.loads(result.stdout)["proxies"]
+    running = meter_json(proxy, "status")["proxies"]
     assert [p["listen"] for p in running] == [proxy.address]
     assert running[0]["pid"] == proxy.process.pid
 
