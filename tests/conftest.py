@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from taskmeter.cli import main
-from taskmeter.store import connection
+from tests.migrated import migrated_database
 
 # The `repo` fixture: a real git repository for the automation tests.
 pytest_plugins = ["tests.gitrepo"]
@@ -173,7 +173,9 @@ def meter(db_path, monkeypatch):
 
 @pytest.fixture
 def db(db_path):
-    opened = connection.connect(db_path)
+    """The meter's connection to a new, migrated database at db_path: a copy of one
+    migrated once per test process (tests/migrated.py)."""
+    opened = migrated_database(db_path)
     yield opened
     opened.close()
 
