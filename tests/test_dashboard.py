@@ -32,6 +32,7 @@ from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
+from tests.meter_forks import METER
 from tests.proxy_harness import VENV_BIN, RunningProxy, write_config
 
 pytestmark = pytest.mark.e2e
@@ -44,12 +45,8 @@ class RunningDashboard:
     """`meter ui --port 0` in its own process; stopped by its process ID."""
 
     def __init__(self, db_path: Path, *extra_args: str, env: dict | None = None, stderr=subprocess.PIPE) -> None:
-        self.process = subprocess.Popen(
-            [str(VENV_BIN / "meter"), "ui", "--port", "0", "--db", str(db_path), *extra_args],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
+        self.process = METER.popen(  # a fork of the preloaded meter (tests/meter_forks.py)
+            ["ui", "--port", "0", "--db", str(db_path), *extra_args], env=env, stdout=subprocess.PIPE, stderr=stderr
         )
         line = self.process.stdout.readline()
         if "dashboard on " not in line:
