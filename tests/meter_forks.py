@@ -64,6 +64,8 @@ PRELOADED = [
 ]
 # A request and its answers are one packet each; a request holds the child's environment.
 _PACKET = 1 << 20
+# Where the statuses would be: the preloaded process ended, and no fork will be answered for.
+_ENDED = -1
 
 
 def starts_alike(env: dict[str, str]) -> bool:
@@ -129,7 +131,7 @@ class ForkingMeter:
         )
         theirs.close()
         with self._ended:
-            self._statuses.pop(-1, None)  # the last preloaded process's end
+            self._statuses.pop(_ENDED, None)  # the last preloaded process's
         self._reader = threading.Thread(target=self._read_answers, daemon=True)
         self._reader.start()
 
@@ -142,8 +144,8 @@ class ForkingMeter:
                 else:
                     self._started.append(message["started"])
                 self._ended.notify_all()
-        with self._ended:  # the preloaded process ended: no fork will answer again
-            self._statuses[-1] = -1
+        with self._ended:
+            self._statuses[_ENDED] = _ENDED
             self._ended.notify_all()
 
     def _fork(self, args: list[str], env: dict[str, str], cwd: str | None, streams: list[int]) -> int:
@@ -158,15 +160,15 @@ class ForkingMeter:
                 self._started.clear()
             socket.send_fds(self._channel, [json.dumps(request).encode()], streams)
             with self._ended:
-                if not self._ended.wait_for(lambda: self._started or -1 in self._statuses, 60) or not self._started:
+                if not self._ended.wait_for(lambda: self._started or _ENDED in self._statuses, 60) or not self._started:
                     raise RuntimeError(f"the forking meter did not start meter {' '.join(args)}")
                 return self._started[0]
 
     def status(self, pid: int, timeout: float | None) -> int | None:
         """The fork's exit status once it ended, waiting up to `timeout` seconds; else None."""
         with self._ended:
-            self._ended.wait_for(lambda: pid in self._statuses or -1 in self._statuses, timeout)
-            if pid not in self._statuses and -1 in self._statuses:
+            self._ended.wait_for(lambda: pid in self._statuses or _ENDED in self._statuses, timeout)
+            if pid not in self._statuses and _ENDED in self._statuses:
                 raise RuntimeError(f"the forking meter ended: fork {pid} has no status")
             return self._statuses.pop(pid, None)
 
