@@ -64,7 +64,7 @@ def _claude(proxy, session: str, n: int) -> None:
         default_headers={"user-agent": "claude-cli/2.1.197 (external, cli)", "x-claude-code-session-id": session},
     )
     for k in range(n):
-        client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": f"step {k}"}])
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=100, messages=[{"role": "user", "content": f"step {k}"}])
 
 
 def test_today_and_the_session_cost_show_where_and_in_the_order_the_config_says(proxy):
