@@ -5,11 +5,13 @@ next one still runs."""
 
 import json
 import os
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.meter_forks import METER
+from tests.meter_forks import METER, starts_alike
 from tests.proxy_harness import VENV_BIN
 
 pytestmark = pytest.mark.e2e
@@ -59,3 +61,34 @@ def test_a_command_past_its_timeout_is_killed_and_the_next_one_runs(tmp_path):
     with pytest.raises(subprocess.TimeoutExpired):
         METER.run(["log", "--follow"], env=env, timeout=1)  # runs until stopped
     assert METER.run(["tasks", "--json"], env=env, timeout=60).returncode == 0
+
+
+def test_a_running_fork_is_a_process_as_popen_shows_one(tmp_path):
+    """What RunningProxy and the dashboard's tests read of a fork: its PID, its piped output as
+    it comes, whether it still runs, and the status a signal ends it with, as the script's."""
+    env = {**os.environ, "METER_DB": str(tmp_path / "meter.db")}
+    assert METER.run(["set-task", "P1-001"], env=env, timeout=60).returncode == 0
+
+    def script(args, env, **pipes):
+        return subprocess.Popen([str(VENV_BIN / "meter"), *args], env=env, text=True, **pipes)
+
+    ended = []
+    for start in (METER.popen, script):
+        dashboard = start(["ui", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert "dashboard on http://127.0.0.1:" in dashboard.stdout.readline()
+        assert dashboard.poll() is None and Path(f"/proc/{dashboard.pid}").exists()
+        with pytest.raises(subprocess.TimeoutExpired):
+            dashboard.wait(0.2)
+        dashboard.send_signal(signal.SIGINT)
+        ended.append((dashboard.wait(30), dashboard.stdout.read(), dashboard.stderr.read()))
+        assert dashboard.poll() == ended[-1][0] and not Path(f"/proc/{dashboard.pid}").exists()
+    assert ended[0] == ended[1] and ended[0][0] == 0, ended
+
+
+def test_an_environment_that_acts_at_start_up_runs_the_script():
+    assert starts_alike(dict(os.environ))
+    assert not starts_alike({**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert not starts_alike({name: value for name, value in os.environ.items() if name != "PYTHONPATH"} | {"LD_PRELOAD": "x.so"})
+    profiled = METER.popen(["--version"], env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}, stderr=subprocess.PIPE)
+    assert isinstance(profiled, subprocess.Popen) and "import time:" in profiled.stderr.read()
+    assert profiled.wait(30) == 0
