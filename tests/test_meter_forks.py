@@ -1,7 +1,8 @@
-"""The forked `meter` the team store's tests run their commands with (tests/meter_forks.py)
-is the `meter` script: the same output, error lines and exit status for each command, in
-the command's own environment and folder; a command past its timeout is killed and the
-next one still runs."""
+"""The forked `meter` the tests run their commands, proxies and dashboards with
+(tests/meter_forks.py) is the `meter` script: the same output, error lines and exit status
+for each command, in the command's own environment and folder; a command past its timeout
+is killed and the next one still runs; a running one is a process as subprocess.Popen
+shows one."""
 
 import json
 import os
@@ -69,11 +70,11 @@ def test_a_running_fork_is_a_process_as_popen_shows_one(tmp_path):
     env = {**os.environ, "METER_DB": str(tmp_path / "meter.db")}
     assert METER.run(["set-task", "P1-001"], env=env, timeout=60).returncode == 0
 
-    def script(args, env, **pipes):
+    def started_script(args, env, **pipes):
         return subprocess.Popen([str(VENV_BIN / "meter"), *args], env=env, text=True, **pipes)
 
     ended = []
-    for start in (METER.popen, script):
+    for start in (METER.popen, started_script):
         dashboard = start(["ui", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert "dashboard on http://127.0.0.1:" in dashboard.stdout.readline()
         assert dashboard.poll() is None and Path(f"/proc/{dashboard.pid}").exists()
