@@ -13,7 +13,8 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # The tests run in this many processes (pytest-xdist), each test file whole in one of them, handed
 # out in the order tests/conftest.py sets: the slowest first (not xdist's: the most tests first).
 # Twice the 2 cores: a test that starts processes waits on them for about 40% of its time, which the
-# other workers fill (the whole suite took 507 s of pytest in 2 processes, 365 s in 4).
+# other workers fill (the whole suite took 507 s of pytest in 2 processes, 365 s in 4; since the tests'
+# proxies are forks, 280 s in 4 and 273 s in 6).
 JOBS ?= 4
 # The fast tests start no process and wait on nothing: a process per core.
 CHECK_JOBS ?= 2
