@@ -40,7 +40,7 @@ def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 def meter(*args: str) -> subprocess.CompletedProcess:
     """`meter ARGS` here, in the test's environment: a fork of the preloaded meter (tests/meter_forks.py)."""
-    return METER.run(list(args), env=dict(os.environ), timeout=30)
+    return METER.run(list(args), timeout=30)
 
 
 def eventually(check, timeout: float = 15.0):

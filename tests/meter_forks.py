@@ -199,9 +199,11 @@ class ForkingMeter:
         return ForkedProcess(self, ["meter", *args], pid, *ours)
 
     def run(
-        self, args: list[str], env: dict[str, str], timeout: float, cwd: str | None = None, stdin: str = ""
+        self, args: list[str], timeout: float, env: dict[str, str] | None = None, cwd: str | None = None, stdin: str = ""
     ) -> subprocess.CompletedProcess:
-        """`meter ARGS` in `env`, reading `stdin`: its output as text, its exit status; subprocess.TimeoutExpired past `timeout`."""
+        """`meter ARGS` in `env` (else this process's), reading `stdin`: its output as text, its exit
+        status; subprocess.TimeoutExpired past `timeout`."""
+        env = dict(os.environ) if env is None else env
         with tempfile.TemporaryDirectory(prefix="meter-fork-") as folder:
             given, out, err = Path(folder, "stdin"), Path(folder, "stdout"), Path(folder, "stderr")
             given.write_text(stdin)

@@ -105,7 +105,7 @@ def meter(
     """`meter ARGS` on the proxy's database, in the test's environment (or `env`), reading `stdin`
     (with `check`, it must succeed): a fork of a process that imported the CLI once
     (tests/meter_forks.py), as the script runs it."""
-    done = METER.run([*args, "--db", str(proxy.db_path)], env=dict(os.environ) if env is None else env, timeout=60, stdin=stdin)
+    done = METER.run([*args, "--db", str(proxy.db_path)], env=env, timeout=60, stdin=stdin)
     assert done.returncode == 0 or not check, done.stderr
     return done
 

@@ -108,14 +108,14 @@ def _stored_ids(db_path: Path) -> list[str]:
 
 def _status(db_path: Path) -> dict:
     """`meter status --json`, which the tests poll: a fork of a process that imported the CLI once (tests/meter_forks.py)."""
-    done = METER.run(["status", "--json", "--db", str(db_path)], env=dict(os.environ), timeout=60)
+    done = METER.run(["status", "--json", "--db", str(db_path)], timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def _status_saying(db_path: Path, words: str) -> str | None:
     """What `meter status` prints, once it says `words`."""
-    text = METER.run(["status", "--db", str(db_path)], env=dict(os.environ), timeout=60).stdout
+    text = METER.run(["status", "--db", str(db_path)], timeout=60).stdout
     return text if words in text else None
 
 

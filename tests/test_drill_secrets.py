@@ -38,7 +38,7 @@ SGR = re.compile(r"\x1b\[[0-9;]*m")
 def _meter(db_path: Path, *args: str) -> subprocess.CompletedProcess:
     """The real `meter` command, its output to no terminal, which must succeed: a fork of a
     process that imported the CLI once (tests/meter_forks.py)."""
-    done = METER.run([*args, "--db", str(db_path)], env=dict(os.environ), timeout=60)
+    done = METER.run([*args, "--db", str(db_path)], timeout=60)
     assert done.returncode == 0, (args, done.stderr)
     return done
 

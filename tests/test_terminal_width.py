@@ -105,7 +105,7 @@ def _free_port() -> int:
 
 def _meter(*args: str) -> subprocess.CompletedProcess:
     """`meter ARGS` piped: a fork of the preloaded meter (tests/meter_forks.py)."""
-    return METER.run(list(args), env=dict(os.environ), timeout=60)
+    return METER.run(list(args), timeout=60)
 
 
 @pytest.fixture(scope="module")
