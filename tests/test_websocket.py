@@ -232,8 +232,9 @@ def test_a_client_that_closes_mid_response_leaves_a_partial_call_with_its_bytes(
         ws.send(create("resp_cut", 700, 9, plan={"terminal": None, "text": "one two three four"}))
         assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
         assert json.loads(ws.recv(timeout=10))["type"] == "response.output_text.delta"
-        # A second create the server never answers before the close.
-        ws.send(create("resp_never", 100, 1, plan={"terminal": None}))
+        # A second create the server never answers (deferred: not even its response.created,
+        # which would end the first response before the close does).
+        ws.send(create("resp_never", 100, 1, plan={"defer": True}))
     cut, never = new_rows(proxy, before, 2)
     assert cut["outcome"] == "partial" and "closed by the client" in cut["error"]
     assert cut["usage_source"] == "partial" and cut["output_total"] > 0  # counted from what arrived
