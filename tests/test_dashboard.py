@@ -575,7 +575,8 @@ def test_open_gives_the_browser_a_private_page_not_the_token(db_path, page, tmp_
     browser a page of the user's alone that leads to the URL with the token."""
     browser_log = tmp_path / "browser-args"
     fake_browser = tmp_path / "browser"
-    fake_browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {browser_log}\n')
+    # Written whole, then moved in place: the test waits for the file, never reads it half written.
+    fake_browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {browser_log}.part && mv {browser_log}.part {browser_log}\n')
     fake_browser.chmod(0o700)
     env = {**os.environ, "BROWSER": f"{fake_browser} %s", "XDG_STATE_HOME": str(tmp_path / "state")}
     connection.connect(db_path).close()  # the dashboard shows a database, never makes one
