@@ -341,6 +341,31 @@ def test_ctrl_c_while_a_command_makes_its_event_loop_stops_it_quietly_and_leaves
         _nothing_left(tmp_path, db_path, args)
 
 
+# A proxy sent SIGTERM (`meter stop`, or an interrupted `meter start`) the moment its recorder has
+# started, before the proxy's own handlers are in place: the instant the drill above meets now and then.
+SIGTERM_ONCE_THE_RECORDER_STARTS = """
+import os, signal, sys
+from taskmeter.handover.pipe import Handover
+start = Handover.start
+def started(handover):
+    start(handover)
+    os.kill(os.getpid(), signal.SIGTERM)
+Handover.start = started
+from taskmeter.cli import main
+sys.argv[0] = "meter"
+main()
+"""
+
+
+def test_sigterm_as_the_recorder_starts_stops_the_proxy_as_any_later_one_and_leaves_nothing_behind(tmp_path, upstream):
+    args, db_path = _proxy_command(tmp_path, upstream)
+    done = subprocess.run([sys.executable, "-c", SIGTERM_ONCE_THE_RECORDER_STARTS, *args],
+                          env=_isolated(tmp_path), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done
+    assert "meter: stopped after" in done.stdout, done.stdout  # the run's summary, its recorder stopped
+    _nothing_left(tmp_path, db_path, args)
+
+
 def test_ctrl_c_during_meter_start_stops_the_proxy_it_was_starting(tmp_path, upstream):
     args, db_path = _proxy_command(tmp_path, upstream)
     start = ["start", *args[1:]]

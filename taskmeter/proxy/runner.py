@@ -276,7 +276,8 @@ async def _serve(
             "meter: stored calls are exported to OpenTelemetry: %s", ", ".join(filter(None, [export.traces, export.metrics]))
         )
     proxy_id = new_id()
-    guard = Guard(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    guard = Guard(loop)
     handover = Handover(
         db_path,
         [
@@ -294,6 +295,10 @@ async def _serve(
         urgent=lambda: guard.counts_in_flight,
     )
     started = time.monotonic()
+    # From the recorder's start, a SIGTERM (`meter stop`, an interrupted `meter start`) waits for the
+    # loop, which hands it to the handler set below once the proxy is made (nothing between awaits):
+    # by default it would end the process on the spot, leaving the recorder's health file and no summary.
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)
     handover.start()
     try:  # from here on, whatever ends the run (Ctrl-C during start-up too) hands over what was seen
         mode = corporate.mode if corporate else "regular"
@@ -319,7 +324,6 @@ async def _serve(
 
         stop = GracefulStop(master, gateway, capture, sockets, settings.proxy.shutdown_grace_seconds)
         reload = ConfigReload(reload_settings, settings, master, [gateway, capture, sockets], stop)
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.signalled)
         loop.add_signal_handler(signal.SIGHUP, reload.signalled)
