@@ -12,7 +12,7 @@ import pytest
 from taskmeter.errors import MeterError
 from taskmeter.store import connection, migrations, schema_doc
 
-# Every migration up to and including m022, and m024, has run on users' databases: editing
+# Every migration listed here has run on users' databases (there is no m023 or m028): editing
 # one reaches none of them. Its private helpers and constants (`_mNNN_...`) are part of it.
 RELEASED = {
     "m001_initial": "e1215df1759d1e41050b733cad832c1883bedc2f7399d5f62e99ad5ac9944155",
@@ -47,6 +47,7 @@ RELEASED = {
     "_m027_synced_tables": "82d7450ef3177a227a93f5d0ab25590660e91a7bef29a8fdc6425813e7ea4751",
     "m027_team_identity_and_outbox": "e059a06f846b6420b7752c5835a6b027fa7cc969eec259e9f5906da7d467e932",
     "m029_settled_working_time": "15f8a45700551df6d53e0281f3f9bf1b29157f31b3922149cc4fe1d9b9aeccc6",
+    "m030_usage_per_model_quarter": "988ed3b9a17d3a1ff46496b68512bf683eb187ad94f029a4b8088f8399ebdd4c",
 }
 
 

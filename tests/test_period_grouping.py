@@ -1,6 +1,6 @@
 """Issue 23, instant commands: the usage reports (`meter report hourly|daily|weekly|monthly|models`)
-over a window of whole quarter hours sum each period as a span of the usage_quarters rollup,
-read model by model along its primary key, with no sort of its rows and no local time worked
+over a window of whole quarter hours sum each period as a span of a rollup (usage_quarters for
+a task, usage_model_quarters for every task), read model by model along its primary key, with no sort of its rows and no local time worked
 out row by row in SQL. Held equal, to the last bit of every cost, to the SQL the reports ran
 before (kept here as the oracle), over random histories on a real SQLite file: around every
 change of the clock in 2026 and the new year, in zones an hour, half an hour or three quarters
@@ -35,7 +35,8 @@ from tests.migrated import migrated_database
 _COUNTED = tuple(STATED_BY)
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"
 _SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in _COUNTED)}, priced, flagged"""
-_QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, task_key, {_SUMS} FROM usage_quarters"
+# A task's quarter hours (usage_quarters), or every task's summed (usage_model_quarters, m030): the rollup the reports read.
+_QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, {{task_key}} {_SUMS} FROM {{table}}"
 _CALLS = f"""
     SELECT i.started_at AS at, coalesce(i.model, '?') AS model, coalesce(i.task_id, '') AS task_key,
         NOT {_FAILED} AS ai_interactions, {_FAILED} AS failed_calls,
@@ -70,7 +71,12 @@ def _old_rows(db, period: str, since: str | None, until: str | None, utc: bool, 
         if value:
             clauses.append(clause)
             params.append(value)
-    source = _QUARTERS if periods.on_quarter(since) and periods.on_quarter(until) else _CALLS
+    rollup = (
+        _QUARTERS.format(task_key="task_key,", table="usage_quarters")
+        if task_id
+        else _QUARTERS.format(task_key="", table="usage_model_quarters")
+    )
+    source = rollup if periods.on_quarter(since) and periods.on_quarter(until) else _CALLS
     stated = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in _COUNTED)
     rows = db.execute(
         f"""

@@ -319,9 +319,10 @@ CHANGE = st.tuples(st.sampled_from(["flag", "unflag", "retag", "fail", "delete",
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(calls=st.lists(CALL, min_size=1, max_size=30), changes=st.lists(CHANGE, max_size=12))
 def test_the_usage_rollup_equals_the_calls_after_any_changes(db, calls, changes):
-    """Usage reports read usage_quarters; whatever happens to the calls (flags,
-    retags, a call turned failed, deletes, a changed start), it stays what
-    summing the calls themselves gives, in every period, zone and task."""
+    """Usage reports read usage_quarters (a task's) and usage_model_quarters (every
+    task's); whatever happens to the calls (flags, retags, a call turned failed,
+    deletes, a changed start), they stay what summing the calls themselves gives,
+    in every period, zone and task."""
     db.execute("DELETE FROM interactions")
     tasks.set_task(db, "P1-001")
     tasks.set_task(db, "P1-002")
@@ -344,6 +345,103 @@ def test_the_usage_rollup_equals_the_calls_after_any_changes(db, calls, changes)
             for task_id in (None, "P1-001"):
                 rollup, direct = _usage_both_ways(db, period, utc, task_id)
                 assert rollup == direct, (period, utc, task_id)
+
+
+def _summed_over_tasks(db) -> tuple[list, list]:
+    """usage_model_quarters' rows and usage_quarters' summed per quarter hour and model, each
+    with a call or a flag, costs to the nano-dollar (sums in another order differ in the last bits)."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(usage_model_quarters)")][2:]
+    cost = columns.index("cost_usd")
+
+    def rows(query: str) -> list:
+        found = [[*row[:2], *(round(v, 9) if n == cost else v for n, v in enumerate(row[2:]))] for row in db.execute(query)]
+        return [row for row in found if any(row[2:])]
+
+    summed = ", ".join(f"sum({column})" for column in columns)
+    return (
+        rows(f"SELECT quarter, model, {', '.join(columns)} FROM usage_model_quarters ORDER BY 1, 2"),
+        rows(f"SELECT quarter, model, {summed} FROM usage_quarters GROUP BY 1, 2 ORDER BY 1, 2"),
+    )
+
+
+def test_upgrading_sums_the_usage_of_every_task_per_quarter_hour_and_model(db_path, monkeypatch):
+    """m030 fills usage_model_quarters from the calls an older database holds."""
+    monkeypatch.setattr(
+        migrations, "MIGRATIONS", migrations.MIGRATIONS[: migrations.MIGRATIONS.index(migrations.m030_usage_per_model_quarter)]
+    )
+    old = connection.connect(db_path)
+    tasks.set_task(old, "P1-001")
+    tasks.set_task(old, "P1-002")
+    for n, (task_id, minute, cost) in enumerate((("P1-001", 1, 0.25), ("P1-002", 2, 0.5), ("P1-002", 20, None))):
+        at = to_stored(datetime(2026, 3, 28, 10, minute, tzinfo=UTC))
+        interactions.insert(
+            old, Interaction(id=f"00000004{n:04d}", started_at=at, task_id=task_id, model="gpt-4o", input_total=10, cost_usd=cost)
+        )
+    old.close()
+    monkeypatch.undo()
+    upgraded = connection.connect(db_path)
+    rows = upgraded.execute(
+        "SELECT quarter, model, ai_interactions, input_total, cost_usd, cost_usd_calls FROM usage_model_quarters ORDER BY 1"
+    )
+    assert [tuple(row) for row in rows] == [
+        ("2026-03-28T10:00", "gpt-4o", 2, 20, 0.75, 2),
+        ("2026-03-28T10:15", "gpt-4o", 1, 10, 0.0, 0),
+    ]
+    assert _summed_over_tasks(upgraded)[0] == _summed_over_tasks(upgraded)[1]
+
+
+QUARTER_ROW = st.tuples(
+    st.sampled_from(["2026-03-28T10:00", "2026-03-28T10:15", "2026-03-29T23:45"]),
+    st.sampled_from(["?", "gpt-4o"]),
+    st.sampled_from(["", "P1-001", "P1-002"]),
+    st.integers(0, 5),
+    st.floats(0, 1),
+)
+QUARTER_CHANGE = st.one_of(
+    st.tuples(st.just("add"), QUARTER_ROW),
+    st.tuples(st.just("move"), QUARTER_ROW),
+    st.tuples(st.just("delete"), QUARTER_ROW),
+    st.tuples(st.just("replace"), st.lists(QUARTER_ROW, max_size=4, unique_by=lambda row: row[:3])),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(QUARTER_CHANGE, max_size=15))
+def test_usage_model_quarters_is_usage_quarters_summed_over_tasks_whatever_changes_it(db, changes):
+    """m030's triggers keep usage_model_quarters usage_quarters' sum over tasks through every change
+    made to usage_quarters: a call's sums added to its quarter (as m011's triggers do), its row moved
+    to another quarter or model, deleted (as a deleted task's rows are), or every row replaced (as a
+    team report replaces them with the team store's sums)."""
+    from taskmeter.store import scratch
+
+    db.execute("DELETE FROM usage_quarters")
+    db.execute("DELETE FROM usage_model_quarters")
+    key = "quarter = ? AND model = ? AND task_key = ?"
+    for change, argument in changes:
+        if change == "replace":
+            scratch.replace_usage_quarters(db, ["ai_interactions", "cost_usd", "cost_usd_calls"], [(*row, 1) for row in argument])
+            continue
+        quarter, model, task_key, calls, cost = argument
+        if change == "add":
+            db.execute(
+                "INSERT INTO usage_quarters (quarter, model, task_key, ai_interactions, cost_usd, cost_usd_calls)"
+                " VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (quarter, model, task_key) DO UPDATE SET"
+                " ai_interactions = ai_interactions + excluded.ai_interactions, cost_usd = cost_usd + excluded.cost_usd,"
+                " cost_usd_calls = cost_usd_calls + 1",
+                (quarter, model, task_key, calls, cost),
+            )
+        elif change == "move":  # the first row with this task to another quarter hour and model, if no row is there
+            db.execute(
+                "UPDATE OR IGNORE usage_quarters SET quarter = ?, model = ? WHERE (quarter, model, task_key) ="
+                " (SELECT quarter, model, task_key FROM usage_quarters WHERE task_key = ? ORDER BY quarter, model LIMIT 1)",
+                (quarter, model, task_key),
+            )
+        else:
+            db.execute(f"DELETE FROM usage_quarters WHERE {key}", (quarter, model, task_key))
+        model_rows, summed = _summed_over_tasks(db)
+        assert model_rows == summed, (change, argument)
+    model_rows, summed = _summed_over_tasks(db)
+    assert model_rows == summed
 
 
 def test_models_with_the_same_figures_are_listed_alike_from_the_rollup_and_the_calls(db):

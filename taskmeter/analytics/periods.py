@@ -18,11 +18,17 @@ if TYPE_CHECKING:  # for the type checker: the report types cost a report's star
     from taskmeter.analytics.records import ModelLatency, ModelUsage, PeriodUsage, UsageReport, UsageStats
 
 _FAILED = f"coalesce({FAILED_CALL_SQL.format(r='i')}, 0)"  # a NULL status makes the rule NULL: not failed
-# usage_quarters (m011) names the count of calls that stated each column `{column}_calls`.
-_SUMS = f"""ai_interactions, failed_calls, {", ".join(f"{c}, {c}_calls" for c in STATED_COLUMNS)}, priced, flagged"""
 
-# Usage per quarter hour, model and task, kept by triggers (migration m011).
-_QUARTERS = f"SELECT quarter || ':00.000000Z' AS at, model, task_key, {_SUMS} FROM usage_quarters"
+# A rollup's rows (_quarters_table) with the moment each quarter hour starts.
+_QUARTERS = "SELECT quarter || ':00.000000Z' AS at, * FROM {table}"
+
+
+def _quarters_table(task_id: str | None) -> str:
+    """The rollup a window of whole quarter hours is read from: usage per quarter hour, model and
+    task (migration m011) for a task's report; for every task's, the same summed over tasks (m030)."""
+    return "usage_quarters" if task_id else "usage_model_quarters"
+
+
 # Each call as the rollup counts it: for a window that does not start and end on a quarter hour.
 _CALLS = f"""
     SELECT i.started_at AS at, coalesce(i.model, '?') AS model, coalesce(i.task_id, '') AS task_key,
@@ -96,7 +102,7 @@ _RANKS = {
     "token_rank": "coalesce(sum(input_total), 0) + coalesce(sum(output_total), 0)",
 }
 _LARGEST_FIRST = ", ".join(f"{rank} DESC" for rank in _RANKS.values())
-# A count no call stated stays missing, never 0.
+# A count no call stated stays missing, never 0 (the rollups keep how many calls stated each: `{column}_calls`).
 _STATED = ", ".join(f"CASE WHEN sum({c}_calls) > 0 THEN sum({c}) END AS {c}" for c in STATED_COLUMNS)
 _GROUP_SUMS = f"""sum(ai_interactions) AS ai_interactions, sum(failed_calls) AS failed_calls, {_STATED},
     sum(priced) AS priced, sum(flagged) AS hallucination_count"""
@@ -127,7 +133,7 @@ def _rows_by_key(
     if task_id:
         clauses.append("task_key = ?")
         params.append(task_id)
-    source = _QUARTERS if on_quarter(since) and on_quarter(until) else _CALLS
+    source = _QUARTERS.format(table=_quarters_table(task_id)) if on_quarter(since) and on_quarter(until) else _CALLS
     return db.execute(
         f"""
         SELECT {_period_sql(period, utc)} AS period, model, {_GROUP_SUMS}
@@ -161,13 +167,13 @@ def _rows_by_span(
         if value:
             clauses.append(clause)
             params.append(value)
-    where = " AND ".join(clauses) or "1"
+    where, table = " AND ".join(clauses) or "1", _quarters_table(task_id)
     # Two statements: SQLite reads a lone min() or max() from the index's end, but scans for both.
-    first = db.execute(f"SELECT min(quarter) FROM usage_quarters WHERE {where}", params).fetchone()[0]
+    first = db.execute(f"SELECT min(quarter) FROM {table} WHERE {where}", params).fetchone()[0]
     if first is None:
         return []
-    last = db.execute(f"SELECT max(quarter) FROM usage_quarters WHERE {where}", params).fetchone()[0]
-    models = [row[0] for row in db.execute(f"SELECT DISTINCT model FROM usage_quarters WHERE {where}", params)]
+    last = db.execute(f"SELECT max(quarter) FROM {table} WHERE {where}", params).fetchone()[0]
+    models = [row[0] for row in db.execute(f"SELECT DISTINCT model FROM {table} WHERE {where}", params)]
     spans = period_spans(period, utc, first, last) if len(models) <= scratch.MODEL_PASSES else None
     if spans is None:
         return None
@@ -175,7 +181,7 @@ def _rows_by_span(
     # The spans in order (CROSS JOIN keeps them the outer loop), each read by the primary key:
     # a group's rows come in the order the sort of _rows_by_key leaves them, so its sums are the same.
     task = "AND task_key = ?" if task_id else ""
-    joined = "FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi"
+    joined = f"FROM temp.period_spans s CROSS JOIN {table} q ON q.quarter >= s.lo AND q.quarter < s.hi"
     if len(models) == 1:  # one pass of all the rows, a row a period in the order of the spans: no models to rank
         return db.execute(
             f"SELECT s.period AS period, model, {_GROUP_SUMS} {joined} WHERE 1 {task} GROUP BY s.k {_HAVING}",
@@ -201,7 +207,7 @@ _QUARTER_SECONDS, _DAY_SECONDS = 900, 86_400
 
 
 def period_spans(period: str, utc: bool, first: str, last: str) -> list[tuple[str, str, str]] | None:
-    """The periods from quarter hour `first` to quarter hour `last` (usage_quarters' keys), as
+    """The periods from quarter hour `first` to quarter hour `last` (the rollups' keys), as
     (period, first quarter, quarter after the last): the period each quarter hour has in
     `_period_sql`, worked out where it can change alone: where a local hour or day begins and
     where the offset from UTC changes. None where a period would be two spans (a clock put back

@@ -70,10 +70,10 @@ def last_call_at(db: sqlite3.Connection) -> str | None:
 
 def today_cost(db: sqlite3.Connection) -> float | None:
     """The cost of every call since local midnight, as `meter report daily` counts today's
-    (the usage_quarters rollup: local midnight is always a quarter hour); None: none priced."""
+    (the usage_model_quarters rollup: local midnight is always a quarter hour); None: none priced."""
     since = to_stored(parse_moment("today"))[:16]  # a quarter's key: YYYY-MM-DDTHH:MM, UTC
     row = db.execute(
-        "SELECT CASE WHEN sum(cost_usd_calls) > 0 THEN sum(cost_usd) END FROM usage_quarters WHERE quarter >= ?", (since,)
+        "SELECT CASE WHEN sum(cost_usd_calls) > 0 THEN sum(cost_usd) END FROM usage_model_quarters WHERE quarter >= ?", (since,)
     ).fetchone()
     return row[0]
 

@@ -136,7 +136,7 @@ def block_report(
     A block's calls are those from its first call to its end (its start + 5 hours, inclusive): a later call
     is more than 5 hours after the start, and a pause of more than 5 hours after a call ends a block anyway.
     So the blocks are found by two seeks each in the started_at index, all in one statement, and the
-    blocks' sums come from usage_quarters in one more, the calls of a quarter only partly in a block
+    blocks' sums come from usage_model_quarters in one more, the calls of a quarter only partly in a block
     (or of one provider) read one by one."""
     where, params = _window(since, until, None)
     if provider:
@@ -188,7 +188,7 @@ def _block_edges(where: str) -> str:
         SELECT first, last, {block_end("first")} FROM edges"""
 
 
-# A block's usage per model, as usage_quarters keeps it: each sum with how many calls stated it.
+# A block's usage per model, as the rollups keep it: each sum with how many calls stated it.
 _USAGE_COLUMNS = ("ai_interactions", "failed_calls", *(f"{c}{n}" for c in STATED_COLUMNS for n in ("", "_calls")), "priced")  # fmt: skip
 _CALLS_USAGE = ", ".join(
     (
@@ -206,13 +206,13 @@ def _blocks_usage(
 ) -> list[dict]:
     """Per block (`edges`: first and last call, each as POSIX seconds and stored moment, and end), its
     usage per model: the calls that match `where` and started from its first call to its last,
-    inclusive. Its whole quarter hours come from usage_quarters, every block's in one statement; the
+    inclusive. Its whole quarter hours come from usage_model_quarters (m030), every block's in one statement; the
     rest call by call. `window`: the window's since and until."""
     since, until = window
     spans: list[tuple[int, str, str]] = []  # (block, first quarter, quarter after its last) of the rollup
     ranges: list[list[tuple[str, str, str]]] = []  # per block, (low, high, "<" or "<=") of calls read one by one
     for number, (_, first, _, last, _) in enumerate(edges):
-        if provider is not None:  # usage_quarters keeps every provider's calls together
+        if provider is not None:  # the rollup keeps every provider's calls together
             ranges.append([(first, last, "<=")])
             continue
         rollup_from, rollup_until = _quarter_start(first), _quarter_start(last, after=True)
@@ -252,7 +252,7 @@ def _blocks_usage(
 
 
 def _quarters_usage(db: sqlite3.Connection, spans: list[tuple[int, str, str]]) -> dict[int, list]:
-    """Per block of `spans` (block, first quarter, quarter after its last), its usage_quarters rows summed
+    """Per block of `spans` (block, first quarter, quarter after its last), its usage_model_quarters rows summed
     per model, by model: the spans held in temp.period_spans and read in order, each model's quarters
     by the primary key (all at once for one model; up to MODEL_PASSES, model by model; else sorted by
     block and model), so that each sum adds its rows in the order a block's own GROUP BY model would."""
@@ -262,12 +262,12 @@ def _quarters_usage(db: sqlite3.Connection, spans: list[tuple[int, str, str]]) -
     models = [
         row[0]
         for row in db.execute(
-            "SELECT DISTINCT model FROM usage_quarters WHERE quarter >= ? AND quarter < ?", (spans[0][1], spans[-1][2])
+            "SELECT DISTINCT model FROM usage_model_quarters WHERE quarter >= ? AND quarter < ?", (spans[0][1], spans[-1][2])
         )
     ]
     if not models:
         return {}
-    joined = "FROM temp.period_spans s CROSS JOIN usage_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi"
+    joined = "FROM temp.period_spans s CROSS JOIN usage_model_quarters q ON q.quarter >= s.lo AND q.quarter < s.hi"
     select = f"SELECT s.k AS k, q.model AS model, {_QUARTERS_USAGE} {joined}"
     values: list[str] = []
     if len(models) == 1:  # one pass, a row a block in order

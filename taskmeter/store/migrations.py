@@ -1744,6 +1744,66 @@ def m029_settled_working_time(db: sqlite3.Connection) -> None:
     run_script(db, script + "\n")
 
 
+@migration
+def m030_usage_per_model_quarter(db: sqlite3.Connection) -> None:
+    """usage_quarters summed over tasks: a row per quarter hour and model, for the usage
+    reports and 5-hour blocks of every task (a task's own still read usage_quarters). A
+    developer who switches tasks several times an hour has several rows of usage_quarters
+    per quarter hour. Kept by triggers on usage_quarters itself, so that whatever changes
+    it (a call's triggers, a deleted task's rows, a team report's sums) changes this too."""
+    counted = ["input_total", "cache_read", "cache_write", "output_total", "reasoning", "cost_usd"]
+    sums = ["ai_interactions", "failed_calls", *(f"{c}{n}" for c in counted for n in ("", "_calls")), "priced", "flagged"]
+    columns = "".join(f"{c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL DEFAULT 0, " for c in sums)
+
+    def add(key: str, value: str) -> str:
+        """Add each sum's `value` (`{c}` for the column's name) to the row of quarter `key` (NEW or OLD)."""
+        return f"""
+            INSERT INTO usage_model_quarters (quarter, model, {", ".join(sums)})
+            VALUES ({key}.quarter, {key}.model, {", ".join(value.format(c=c) for c in sums)})
+            ON CONFLICT(quarter, model) DO UPDATE SET {", ".join(f"{c} = {c} + excluded.{c}" for c in sums)};"""
+
+    def change(key: str, value: str) -> str:
+        """`add` where the row is there: a quarter's (quarter, model) row is made with its first
+        usage_quarters row and never deleted. An update costs less than an upsert (most calls)."""
+        return f"""
+            UPDATE usage_model_quarters SET {", ".join(f"{c} = {c} + {value.format(c=c)}" for c in sums)}
+            WHERE quarter = {key}.quarter AND model = {key}.model;"""
+
+    run_script(
+        db,
+        f"""
+        CREATE TABLE usage_model_quarters (
+            quarter TEXT NOT NULL,
+            model TEXT NOT NULL,
+            {columns}
+            PRIMARY KEY (quarter, model)
+        ) WITHOUT ROWID;
+
+        CREATE TRIGGER usage_model_quarters_insert AFTER INSERT ON usage_quarters
+        BEGIN {add("NEW", "NEW.{c}")}
+        END;
+
+        -- A call's sums added to its quarter's row (the most frequent change): the difference.
+        CREATE TRIGGER usage_model_quarters_update AFTER UPDATE ON usage_quarters
+            WHEN NEW.quarter = OLD.quarter AND NEW.model = OLD.model
+        BEGIN {change("NEW", "(NEW.{c} - OLD.{c})")}
+        END;
+
+        CREATE TRIGGER usage_model_quarters_move AFTER UPDATE ON usage_quarters
+            WHEN NEW.quarter <> OLD.quarter OR NEW.model <> OLD.model
+        BEGIN {change("OLD", "-OLD.{c}")} {add("NEW", "NEW.{c}")}
+        END;
+
+        CREATE TRIGGER usage_model_quarters_delete AFTER DELETE ON usage_quarters
+        BEGIN {change("OLD", "-OLD.{c}")}
+        END;
+
+        INSERT INTO usage_model_quarters (quarter, model, {", ".join(sums)})
+        SELECT quarter, model, {", ".join(f"sum({c})" for c in sums)} FROM usage_quarters GROUP BY 1, 2;
+        """,
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_meter_migrations'").fetchone()
     if not exists:

@@ -117,14 +117,14 @@ def replace_usage_quarters(db: sqlite3.Connection, columns: list[str], quarters:
     )
 
 
-# Up to this many models, a pass per model over the held spans, reading usage_quarters by its primary
+# Up to this many models, a pass per model over the held spans, reading the rollup by its primary
 # key, costs less than sorting the spans' rows (a pass reads every row of the spans: 1 ms per 20,000).
 MODEL_PASSES = 8
 
 
 def hold_period_spans(db: sqlite3.Connection, spans: list[tuple[str, str, str]]) -> None:
     """temp.period_spans holds `spans` (period, first quarter hour, the one after its last),
-    `k` their order: what the usage reports and the 5-hour blocks sum usage_quarters over
+    `k` their order: what the usage reports and the 5-hour blocks sum a rollup over
     (analytics/periods.py, analytics/windows.py)."""
     db.execute("CREATE TEMP TABLE IF NOT EXISTS period_spans (k INTEGER PRIMARY KEY, period TEXT, lo TEXT, hi TEXT)")
     db.execute("DELETE FROM temp.period_spans")
