@@ -7,6 +7,8 @@ title (`\\x1b]0;...\\x07`) or rewrite what is shown; CR and backspace overwrite
 it. Every C0 and C1 control character (and DEL) is shown as U+FFFD instead;
 newline and tab are kept in texts of several lines (bodies), and are spaces
 in a one-line text.
+
+A text shown in a column or a preview is cut to its width (`clip`, `first_line`).
 """
 
 import re
@@ -27,3 +29,13 @@ def printable(text: str, one_line: bool = False) -> str:
     if one_line:
         return _CONTROLS_AND_LAYOUT.sub(_replace, text)
     return _CONTROLS.sub(REPLACEMENT, text)
+
+
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def first_line(text: str | None, width: int = 100) -> str | None:
+    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), None)
+    return None if line is None else clip(line, width)

@@ -12,7 +12,6 @@ Only a table's header and a warning are styled (bold, bold yellow), and only on 
 terminal: plain SGR codes, not a library, so that no command pays for one at start-up.
 """
 
-import json
 import os
 import re
 import sys
@@ -21,8 +20,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple, TextIO
 
 from taskmeter.money import usd
-from taskmeter.printable import printable
-from taskmeter.store.texts import clip
+from taskmeter.printable import clip, printable
 from taskmeter.timefmt import display, from_stored
 
 MISSING = "—"
@@ -148,6 +146,8 @@ _RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
 
 
 def print_json(value) -> None:
+    import json  # here: a table needs none of it
+
     text = json.dumps(value, indent=2, default=str, ensure_ascii=False)
     sys.stdout.write(_RAW_IN_JSON.sub(lambda match: f"\\u{ord(match[0]):04x}", text) + "\n")
 

@@ -9,8 +9,8 @@ import sqlite3
 from taskmeter.analytics import history, metrics, worktime
 from taskmeter.analytics.reports import task_record
 from taskmeter.clients import client_name
+from taskmeter.printable import first_line
 from taskmeter.store import settled, tasks
-from taskmeter.store.texts import first_line
 from taskmeter.timefmt import now_stored, seconds_between
 from taskmeter.tokens import AGENT_LOG, tokens_object
 

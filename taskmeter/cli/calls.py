@@ -488,8 +488,8 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
     response) cannot be flagged.
     """
     from taskmeter.analytics.listings import call_record
+    from taskmeter.printable import first_line
     from taskmeter.store import interactions
-    from taskmeter.store import texts as call_texts
 
     _refuse_lone_any([interaction], any_task)
     with open_db(db_path, create=False) as db:
@@ -513,7 +513,7 @@ def flag_cmd(interaction, note, any_task, as_json, utc, db_path):
         _tokens_text(row),
     ]
     terminal.info("  " + "  ".join(details))
-    terminal.info("  " + (call_texts.first_line(row["response"]) or "(no response text kept)"))  # fmt: skip
+    terminal.info("  " + (first_line(row["response"]) or "(no response text kept)"))
     for line in _skipped_lines(chosen):
         terminal.info(line)
 

@@ -10,7 +10,7 @@ import click
 
 from taskmeter import __version__
 from taskmeter.errors import MeterError
-from taskmeter.store import connection, tasks
+from taskmeter.store import connection
 from taskmeter.timefmt import parse_duration, parse_moment, parse_user_timestamp, to_stored
 
 
@@ -42,6 +42,8 @@ class PercentType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, float):
             return value
+        from taskmeter.store import tasks  # here: the read commands need none of it
+
         try:
             return tasks.parse_percent(str(value))
         except MeterError as exc:
@@ -52,6 +54,8 @@ class TagType(click.ParamType):
     name = "TAG"
 
     def convert(self, value, param, ctx):
+        from taskmeter.store import tasks
+
         try:
             return tasks.parse_tag(value)
         except MeterError as exc:

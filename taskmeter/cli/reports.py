@@ -12,7 +12,6 @@ import click
 
 from taskmeter import terminal
 from taskmeter.cli.common import MOMENT, TASK, cli, db_option, idle_seconds, utc_option
-from taskmeter.store import tasks
 from taskmeter.team.reports import CallWindow, UsageWindow, report_source, split_text, with_developers
 from taskmeter.terminal import Column
 from taskmeter.timefmt import format_duration, seconds_between
@@ -213,6 +212,13 @@ def _usage_cells(stats: dict) -> list:
     ]
 
 
+def _stored_task_id(db, given: str) -> str:
+    """A task's ID as stored (IDs are case-insensitive); NotFound for an unknown one."""
+    from taskmeter.store.tasks import get_task  # here: only a report of one task needs it
+
+    return get_task(db, given.strip())["id"]
+
+
 def _usage_command(period: str, label: str, help_text: str):
     @report_cmd.command(period, help=help_text)
     @click.option("--since", type=MOMENT, help="From this time on: today, yesterday, 7d, 2026-11-01, ISO 8601.")
@@ -227,7 +233,7 @@ def _usage_command(period: str, label: str, help_text: str):
         window = UsageWindow(since, until, task_id.strip() if task_id else None, period == "models")
         with report_source(ctx.meta, db_path, reads=window) as db:
             if task_id:
-                task_id = tasks.get_task(db, task_id.strip())["id"]
+                task_id = _stored_task_id(db, task_id)
             report = usage_report(db, period, since, until, utc, task_id)
 
         def table(report) -> str:
@@ -280,7 +286,7 @@ def _usage_table(report: dict, period: str, label: str, window: bool, utc: bool)
 
 def _latency_lines(models: list[dict]) -> None:
     """A line per model timed: its p50 and p95 to the first token and to the end."""
-    from taskmeter.store.texts import clip
+    from taskmeter.printable import clip
     from taskmeter.timefmt import format_seconds as seconds
 
     timed = [model for model in models if model["latency"]["timed_calls"]]
@@ -324,7 +330,7 @@ def report_sessions_cmd(ctx, task_id, since, until, output_format, as_json, utc,
     output_format, utc, db_path = _chosen(ctx, output_format, as_json, utc, db_path)
     with report_source(ctx.meta, db_path, reads=CallWindow(since, until, task_id and task_id.strip(), None, True)) as db:
         if task_id:
-            task_id = tasks.get_task(db, task_id.strip())["id"]
+            task_id = _stored_task_id(db, task_id)
         report = session_report(db, since, until, task_id)
 
     def table(report) -> str:

@@ -17,8 +17,8 @@ from starlette.responses import StreamingResponse
 
 from taskmeter.dashboard.pages import feed_call
 from taskmeter.errors import MeterError
+from taskmeter.printable import clip
 from taskmeter.store.interactions import stored_after_query
-from taskmeter.store.texts import clip
 
 POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15  # a comment now and then, so proxies and browsers keep the stream

@@ -11,7 +11,7 @@ Code's `<system-reminder>` blocks are not typed either.
 import json
 
 from taskmeter import protocols
-from taskmeter.store.texts import clip
+from taskmeter.printable import clip
 
 STEP_WIDTH = 160
 

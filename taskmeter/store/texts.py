@@ -35,16 +35,6 @@ def of_calls(db: sqlite3.Connection, interaction_ids: list[str]) -> dict[str, di
 _IDS_PER_QUERY = 500
 
 
-def clip(text: str, width: int) -> str:
-    """`text` cut to `width` characters, the cut marked with an ellipsis."""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def first_line(text: str | None, width: int = 100) -> str | None:
-    line = next((line.strip() for line in (text or "").splitlines() if line.strip()), None)
-    return None if line is None else clip(line, width)
-
-
 def purge(db: sqlite3.Connection, before: str | None = None) -> int:
     """Delete the stored text and bodies of calls started before `before` (every
     call when None); returns how many calls lost text."""
