@@ -3,6 +3,7 @@
 import json
 import sqlite3
 from dataclasses import dataclass, fields
+from operator import attrgetter
 
 from taskmeter import ids
 from taskmeter.errors import Ambiguous, MeterError, NotFound
@@ -60,6 +61,7 @@ class Interaction:
 
 
 COLUMNS = tuple(f.name for f in fields(Interaction))
+_VALUES = attrgetter(*COLUMNS)  # a row's values in COLUMNS' order, read in one call
 _INSERT = f"INSERT INTO interactions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT(id) DO NOTHING"
 
 
@@ -67,7 +69,7 @@ def insert_many(db: sqlite3.Connection, rows: list[Interaction]) -> None:
     """Insert in the caller's transaction. Replaying a row already stored is a no-op,
     so a spool replayed twice never double-counts."""
     require_transaction(db, "insert_many")
-    db.executemany(_INSERT, [tuple(getattr(row, c) for c in COLUMNS) for row in map(storable, rows)])
+    db.executemany(_INSERT, [_VALUES(storable(row)) for row in rows])
 
 
 # What SQLite can hold: 64-bit signed integers, finite floats, UTF-8 text.
@@ -121,6 +123,13 @@ _TEXT_MAX = {
     "response_id": 256,
 }
 _TEXT_MAX_DEFAULT = 65536
+# The columns storable() checks for SQLite (the token columns and notes have their own rules), with their place
+# in COLUMNS and the longest text each keeps.
+_CHECKED = tuple(
+    (place, column, _TEXT_MAX.get(column, _TEXT_MAX_DEFAULT))
+    for place, column in enumerate(COLUMNS)
+    if column != "notes" and column not in TOKEN_COLUMNS
+)
 
 
 def storable_text(value: str, limit: int | None = None) -> tuple[str, list[str]]:
@@ -159,11 +168,10 @@ def storable(row: Interaction) -> Interaction:
     if row.cost_usd is not None and call_cost(row.cost_usd) is None:
         notes.append(f"cost_usd {shown(row.cost_usd)} is not a plausible cost of one call: stored as NULL")
         row.cost_usd = None
-    for column in COLUMNS:
-        value = getattr(row, column)
-        if value is None or column == "notes" or column in TOKEN_COLUMNS:
-            continue
-        if isinstance(value, bool):
+    values = _VALUES(row)
+    for place, column, limit in _CHECKED:
+        value = values[place]
+        if value is None or isinstance(value, bool):
             continue
         if isinstance(value, int):
             if not _INT_MIN <= value <= _INT_MAX:
@@ -174,7 +182,7 @@ def storable(row: Interaction) -> Interaction:
                 setattr(row, column, None)
                 notes.append(f"{column} {value!r} is not a plausible number: stored as NULL")
         elif isinstance(value, str):
-            text, changes = storable_text(value, _TEXT_MAX.get(column, _TEXT_MAX_DEFAULT))
+            text, changes = storable_text(value, limit)
             if changes:
                 setattr(row, column, text)
                 notes.append(f"{column}: {', '.join(changes)}")
