@@ -18,7 +18,7 @@ import os
 import re
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,9 @@ class Syncer:
         except TeamStoreError:
             self.close()
             raise
-        self.state.sent_rows += sent
-        self.state.last_sync_at = now_stored()
+        if sent:
+            self.state.sent_rows += sent
+            self.state.last_sync_at = now_stored()
         return sent
 
     def close(self) -> None:
@@ -276,6 +277,15 @@ def run(db_path: Path, url: str, share_text: bool, once: bool = False, parent: i
     if outbox.joined(db) is None:
         raise MeterError(f"{db_path} has not joined a team: run `meter team join URL` first")
     total = 0
+    written: SyncState | None = None
+
+    def write_if_changed() -> None:
+        # An idle syncer passes every POLL_SECONDS: it writes nothing until rows go or its error changes.
+        nonlocal written
+        if syncer.state != written:
+            syncer.state.write(db_path)
+            written = replace(syncer.state)
+
     try:
         while parent is None or os.getppid() == parent:
             try:
@@ -283,7 +293,7 @@ def run(db_path: Path, url: str, share_text: bool, once: bool = False, parent: i
                 if syncer.state.error is not None:
                     log.warning("meter: team store %s reachable again; the outbox is sent", syncer.state.url)
                 syncer.state.error = syncer.state.error_since = None
-                syncer.state.write(db_path)
+                write_if_changed()
                 if once:
                     return total
                 time.sleep(POLL_SECONDS)
@@ -297,7 +307,7 @@ def run(db_path: Path, url: str, share_text: bool, once: bool = False, parent: i
                     log.warning("meter: team sync paused: %s; rows are kept and sent when it works again", message)
                     syncer.state.error_since = now_stored()
                 syncer.state.error = message
-                syncer.state.write(db_path)
+                write_if_changed()
                 time.sleep(RETRY_SECONDS)
         return total
     finally:
