@@ -146,6 +146,31 @@ def no_proxy_outlives_the_tests():
         proxy.stop()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright, for a module's pages (the dashboard's, a web page's calls)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright  # here: most workers' modules show no page
+
+    executable = shutil.which("chromium")
+    assert executable, "these tests need Debian's chromium: `make test` installs it (scripts/ensure-chromium)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable,
+            # Without the network flags chromium reaches for Google's hosts, which this machine refuses.
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
 @pytest.fixture
 def db_path(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "meter.db"

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from taskmeter import ids
 from taskmeter.private import private_file
@@ -244,26 +244,6 @@ def own_dashboard(history):
     running = RunningDashboard(history)
     yield running
     assert running.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = shutil.which("chromium")
-    assert executable, "the dashboard's tests need Debian's chromium: `make test` installs it (scripts/ensure-chromium)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable,
-            # Without the network flags chromium reaches for Google's hosts, which this machine refuses.
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

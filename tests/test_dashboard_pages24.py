@@ -30,7 +30,6 @@ from tests.test_dashboard import (  # noqa: F401 (fixtures)
     _cli_json,
     _embedded,
     _id,
-    browser,
     dashboard,
     db_path,
     history,

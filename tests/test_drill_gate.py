@@ -5,7 +5,6 @@ with the loopback fake upstream (and, for web pages, Debian's chromium)."""
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -17,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import openai
 import pytest
-from playwright.sync_api import sync_playwright
 
 from taskmeter.store import connection
 from tests.fake_upstream import SHUTDOWN_POLL_SECONDS, FakeUpstream, Scenario
@@ -251,20 +249,6 @@ def page_server():
     server = _PageServer()
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = shutil.which("chromium")
-    assert executable, "these tests need Debian's chromium: `make test` installs it (scripts/ensure-chromium)"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable,
-            # Without the network flags chromium reaches for Google's hosts, which this machine refuses.
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield launched
-        launched.close()
 
 
 # What the drill's page did: no-cors POSTs (a "simple" request, sent without a

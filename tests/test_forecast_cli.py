@@ -15,7 +15,7 @@ from taskmeter.analytics import forecast
 from taskmeter.store import connection
 from taskmeter.timefmt import from_stored, now
 from tests.forecast_history import START, stored_task
-from tests.test_dashboard import browser, page  # noqa: F401 (fixtures of the dashboard's browser test)
+from tests.test_dashboard import page  # noqa: F401 (the dashboard's page fixture)
 
 HOUR = 3600
 # Nine approved tasks estimated at an hour: what each took, in hours (ratios to the estimate).

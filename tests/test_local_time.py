@@ -28,7 +28,7 @@ from taskmeter.timefmt import local_hour_starts, local_midnight, parse_moment, t
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.meter_forks import METER
 from tests.proxy_harness import RunningProxy, write_config
-from tests.test_dashboard import RunningDashboard, browser, page  # noqa: F401  (the browser fixtures)
+from tests.test_dashboard import RunningDashboard, page  # noqa: F401  (the page fixture)
 
 pytestmark = pytest.mark.e2e
 

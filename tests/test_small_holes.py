@@ -33,7 +33,7 @@ from taskmeter.store import connection, dashboards
 from tests.fake_upstream import FakeUpstream, Scenario
 from tests.fixtures import ALL
 from tests.proxy_harness import BANNER_END, VENV_BIN, RunningProxy, meter, meter_json, proxy_in_front_of, write_config
-from tests.test_dashboard import RunningDashboard, browser, page  # noqa: F401 (the browser fixtures)
+from tests.test_dashboard import RunningDashboard, page  # noqa: F401 (the page fixture)
 from tests.test_otel_export import free_port_closed, start_proxy, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from taskmeter.store.connection import write_transaction
 from taskmeter.store.interactions import Interaction
 from taskmeter.timefmt import from_stored, now_stored
 from tests.test_budgets import CHAT_ARGS, start_proxy, upstream  # noqa: F401 (a fixture)
-from tests.test_dashboard import RunningDashboard, browser, page  # noqa: F401 (fixtures)
+from tests.test_dashboard import RunningDashboard, page  # noqa: F401 (fixture)
 
 DAY = "2025-10-04"
 
