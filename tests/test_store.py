@@ -387,7 +387,8 @@ def test_upgrading_sums_the_usage_of_every_task_per_quarter_hour_and_model(db_pa
         ("2026-03-28T10:00", "gpt-4o", 2, 20, 0.75, 2),
         ("2026-03-28T10:15", "gpt-4o", 1, 10, 0.0, 0),
     ]
-    assert _summed_over_tasks(upgraded)[0] == _summed_over_tasks(upgraded)[1]
+    model_rows, summed = _summed_over_tasks(upgraded)
+    assert model_rows == summed
 
 
 QUARTER_ROW = st.tuples(
@@ -416,13 +417,11 @@ def test_usage_model_quarters_is_usage_quarters_summed_over_tasks_whatever_chang
 
     db.execute("DELETE FROM usage_quarters")
     db.execute("DELETE FROM usage_model_quarters")
-    key = "quarter = ? AND model = ? AND task_key = ?"
     for change, argument in changes:
         if change == "replace":
             scratch.replace_usage_quarters(db, ["ai_interactions", "cost_usd", "cost_usd_calls"], [(*row, 1) for row in argument])
-            continue
-        quarter, model, task_key, calls, cost = argument
-        if change == "add":
+        elif change == "add":
+            quarter, model, task_key, calls, cost = argument
             db.execute(
                 "INSERT INTO usage_quarters (quarter, model, task_key, ai_interactions, cost_usd, cost_usd_calls)"
                 " VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (quarter, model, task_key) DO UPDATE SET"
@@ -431,17 +430,16 @@ def test_usage_model_quarters_is_usage_quarters_summed_over_tasks_whatever_chang
                 (quarter, model, task_key, calls, cost),
             )
         elif change == "move":  # the first row with this task to another quarter hour and model, if no row is there
+            quarter, model, task_key = argument[:3]
             db.execute(
                 "UPDATE OR IGNORE usage_quarters SET quarter = ?, model = ? WHERE (quarter, model, task_key) ="
                 " (SELECT quarter, model, task_key FROM usage_quarters WHERE task_key = ? ORDER BY quarter, model LIMIT 1)",
                 (quarter, model, task_key),
             )
         else:
-            db.execute(f"DELETE FROM usage_quarters WHERE {key}", (quarter, model, task_key))
+            db.execute("DELETE FROM usage_quarters WHERE quarter = ? AND model = ? AND task_key = ?", argument[:3])
         model_rows, summed = _summed_over_tasks(db)
         assert model_rows == summed, (change, argument)
-    model_rows, summed = _summed_over_tasks(db)
-    assert model_rows == summed
 
 
 def test_models_with_the_same_figures_are_listed_alike_from_the_rollup_and_the_calls(db):
