@@ -206,8 +206,8 @@ def _blocks_usage(
 ) -> list[dict]:
     """Per block (`edges`: first and last call, each as POSIX seconds and stored moment, and end), its
     usage per model: the calls that match `where` and started from its first call to its last,
-    inclusive. Its whole quarter hours come from usage_model_quarters (m030), every block's in one statement; the
-    rest call by call. `window`: the window's since and until."""
+    inclusive. Its whole quarter hours come from usage_model_quarters, every block's in one
+    statement; the rest call by call. `window`: the window's since and until."""
     since, until = window
     spans: list[tuple[int, str, str]] = []  # (block, first quarter, quarter after its last) of the rollup
     ranges: list[list[tuple[str, str, str]]] = []  # per block, (low, high, "<" or "<=") of calls read one by one
