@@ -22,15 +22,11 @@ class _Store:
     """A team store that takes each batch, or fails while `down`."""
 
     down = False
-    closed = False
 
     def transaction(self):
         if self.down:
             raise TeamStoreError("cannot reach the team store")
         return contextlib.nullcontext()
-
-    def close(self):
-        self.closed = True
 
 
 def _call(db, call_id: str) -> None:
